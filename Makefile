@@ -1,0 +1,40 @@
+# Thin wrappers: every target calls into the project's venv; `make setup` builds it once.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.stageflow-installed
+
+.PHONY: setup demo test check lint docs-freshness release-gate bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml app/requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/inv demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+check: setup lint docs-freshness
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+docs-freshness: setup
+	$(BIN)/inv docs.freshness
+
+release-gate: setup
+	$(BIN)/inv release.gate $(if $(REF),--ref $(REF),) $(if $(DB_URL),--db-url $(DB_URL),)
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	$(BIN)/inv dev.down staging.down prod.down || true
+	rm -rf .stageflow dist

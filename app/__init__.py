@@ -1,0 +1,1 @@
+"""The reference web service stageflow deploys: plain WSGI over PostgreSQL and Redis."""

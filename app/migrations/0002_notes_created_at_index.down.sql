@@ -1,0 +1,2 @@
+-- stageflow: transaction=off
+DROP INDEX CONCURRENTLY IF EXISTS notes_created_at_idx;

@@ -1,0 +1,1 @@
+"""argv builders: they return lists and never run anything."""

@@ -1,0 +1,64 @@
+"""argv builders for releases and the service's processes (git archive, venv, listener, gunicorn)."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+
+def rev_parse(ref: str) -> list[str]:
+    return ["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"]
+
+
+def archive(commit: str, output: str) -> list[str]:
+    return ["git", "archive", "--format=tar", "-o", output, commit]
+
+
+def extract(tarball: str, into: str) -> list[str]:
+    return ["tar", "-xf", tarball, "-C", into]
+
+
+def venv_create(python: str, path: str) -> list[str]:
+    return [python, "-m", "venv", path]
+
+
+def venv_install(venv: str, lockfile: str) -> list[str]:
+    return [str(PurePosixPath(venv, "bin", "python")), "-m", "pip", "install", "--quiet",
+            "--disable-pip-version-check", "-r", lockfile]
+
+
+def listener(python: str, release: str, *, port: int, control: str, pidfile: str) -> list[str]:
+    return [python, str(PurePosixPath(release, "deploy", "runtime", "listener.py")),
+            "--port", str(port), "--control", control, "--pidfile", pidfile]
+
+
+def gunicorn(release: str, *, control: str, pidfile: str, workers: int, logfile: str,
+             graceful_timeout: int = 20) -> list[str]:
+    """gunicorn on the listener's socket, through launch.py, which swaps in the fd number."""
+    venv_bin = PurePosixPath(release, ".venv", "bin")
+    return [
+        str(venv_bin / "python"), str(PurePosixPath(release, "deploy", "runtime", "launch.py")),
+        control, "--",
+        str(venv_bin / "gunicorn"), "--bind", "fd://{fd}", "--workers", str(workers),
+        "--worker-class", "sync", "--daemon", "--pid", pidfile, "--chdir", release,
+        "--config", str(PurePosixPath(release, "deploy", "runtime", "gunicorn_conf.py")),
+        "--graceful-timeout", str(graceful_timeout), "--timeout", "30",
+        "--error-logfile", logfile, "--capture-output", "app.wsgi:application",
+    ]
+
+
+BARRIER_CODE = (
+    "import json,sys\n"
+    "from app.wsgi import application\n"
+    "out={}\n"
+    "def sr(status, headers, exc_info=None): out['status']=status\n"
+    "body=b''.join(application({'REQUEST_METHOD':'GET','PATH_INFO':'/readyz','QUERY_STRING':'',"
+    "'SERVER_NAME':'barrier','SERVER_PORT':'0','wsgi.url_scheme':'http','wsgi.input':None,"
+    "'wsgi.errors':sys.stderr,'SERVER_PROTOCOL':'HTTP/1.1'}, sr))\n"
+    "print(out.get('status'), body.decode(errors='replace')[:300])\n"
+    "sys.exit(0 if str(out.get('status','')).startswith('200') else 1)\n"
+)
+
+
+def barrier(release: str) -> list[str]:
+    """The new release answers /readyz in-process, before it is given any traffic."""
+    return [str(PurePosixPath(release, ".venv", "bin", "python")), "-c", BARRIER_CODE]

@@ -1,0 +1,204 @@
+"""Docs freshness: every task, make target, link, anchor and env key the docs name exists, and the reverse."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.errors import ConfigError
+
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_INLINE_CODE = re.compile(r"(`+)(.+?)\1")
+_INV = re.compile(r"(?:^|[\s;&|(/`$])inv\s+((?:-[-\w=]*\s+)*)([A-Za-z][\w.-]*)")
+_MAKE = re.compile(r"(?:^|[\s;&|(`])make\s+((?:-[-\w=]*\s+|[A-Z_]+=\S*\s+)*)([a-z][\w.-]*)")
+_LINK = re.compile(r"!?\[(?:[^\]\[]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+_REF_DEF = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+.*)?$")
+_HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
+_MAKE_RULE = re.compile(r"^([A-Za-z0-9][\w.\- ]*?)\s*::?(?!=)")
+_ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Z][A-Z0-9_]*)\s*=")
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}" if self.line else f"{self.file}: {self.message}"
+
+
+@dataclass(frozen=True)
+class DocLine:
+    file: Path
+    line: int
+    text: str
+    code: bool  # inside a fenced block
+
+
+def doc_files(root: Path) -> list[Path]:
+    files = [root / "README.md"] if (root / "README.md").is_file() else []
+    return files + sorted((root / "docs").glob("*.md"))
+
+
+def read_lines(path: Path) -> list[DocLine]:
+    out, fenced = [], False
+    for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if _FENCE.match(text):
+            fenced = not fenced
+            continue
+        out.append(DocLine(path, number, text, fenced))
+    return out
+
+
+def code_texts(line: DocLine) -> list[str]:
+    """The parts of a line that are code: the whole line in a fence, else its backtick spans."""
+    return [line.text] if line.code else [m[2] for m in _INLINE_CODE.finditer(line.text)]
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lowercase, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # links keep their text
+    text = re.sub(r"<[^>]+>", "", text).strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    out = set()
+    for line in read_lines(path):
+        if line.code:
+            continue
+        m = _HEADING.match(line.text)
+        if not m:
+            continue
+        base = slug(m[2].replace("`", ""))
+        n = seen.get(base, 0)
+        out.add(base if n == 0 else f"{base}-{n}")
+        seen[base] = n + 1
+    return out
+
+
+def make_targets(makefile: Path) -> set[str]:
+    if not makefile.is_file():
+        return set()
+    targets: set[str] = set()
+    for text in makefile.read_text(encoding="utf-8").splitlines():
+        if text.startswith(("\t", "#", " ")) or "$" in text.split(":")[0]:
+            continue
+        m = _MAKE_RULE.match(text)
+        if m:
+            targets.update(t for t in m[1].split() if not t.startswith(".") and "%" not in t)
+    return targets
+
+
+def _flatten(collection: Mapping[str, object], prefix: str = "") -> set[str]:
+    names: set[str] = set()
+    for task in collection.get("tasks", []) or []:  # type: ignore[union-attr]
+        names.add(prefix + task["name"])
+        names.update(prefix + a for a in task.get("aliases", []) or [])
+    for sub in collection.get("collections", []) or []:  # type: ignore[union-attr]
+        names.update(_flatten(sub, prefix + sub["name"] + "."))
+        if sub.get("default"):
+            names.add(prefix + sub["name"])
+    return names
+
+
+def invoke_tasks(root: Path, *, python: str = sys.executable, timeout_s: float = 60) -> set[str]:
+    """Ask invoke itself, run with the project's interpreter in the project's root."""
+    if not (root / "tasks.py").is_file():
+        return set()
+    res = subprocess.run([python, "-m", "invoke", "--list", "--list-format=json"], cwd=root,
+                         capture_output=True, text=True, timeout=timeout_s, check=False)
+    if res.returncode != 0:
+        tail = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or ["no output"]
+        raise ConfigError(f"`inv --list` failed in {root.name}: {tail[0]}",
+                          hint="fix tasks.py so that `inv --list` works")
+    return _flatten(json.loads(res.stdout))
+
+
+def env_keys(root: Path) -> set[str]:
+    keys: set[str] = set()
+    for path in sorted((root / "env").glob("*.env")):
+        for text in path.read_text(encoding="utf-8").splitlines():
+            m = _ENV_LINE.match(text)
+            if m:
+                keys.add(m[1])
+    return keys
+
+
+def _link_problems(line: DocLine, root: Path, target: str) -> list[Problem]:
+    if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I) or target.startswith("//"):
+        return []  # external: not checked (no network)
+    rel = str(line.file.relative_to(root))
+    path_part, _, anchor = target.partition("#")
+    dest = line.file if not path_part else (line.file.parent / path_part).resolve()
+    if path_part and not dest.exists():
+        return [Problem(rel, line.line, f"broken link: {target} ({path_part} does not exist)")]
+    if anchor and dest.is_file() and dest.suffix.lower() == ".md" and anchor not in anchors(dest):
+        return [Problem(rel, line.line, f"broken anchor: {target} (no heading #{anchor})")]
+    return []
+
+
+def check_docs(root: Path, *, tasks: Iterable[str] | None = None,
+               keys: Iterable[str] | None = None, python: str = sys.executable) -> list[Problem]:
+    """All problems, in file order. tasks/keys default to what the project itself declares."""
+    task_names = set(tasks) if tasks is not None else invoke_tasks(root, python=python)
+    if keys is None:
+        from deploy.config import ENV_KEYS, SECRET_KEYS
+
+        keys = set(ENV_KEYS) | set(SECRET_KEYS)
+    wanted_keys = set(keys) | env_keys(root)
+    targets = make_targets(root / "Makefile")
+    problems: list[Problem] = []
+    used_tasks: set[str] = set()
+    used_targets: set[str] = set()
+    mentioned: set[str] = set()
+    for path in doc_files(root):
+        rel = str(path.relative_to(root))
+        for line in read_lines(path):
+            for code in code_texts(line):
+                mentioned.update(code.split())
+                for m in _INV.finditer(code):
+                    name = m[2]
+                    used_tasks.add(name)
+                    if name not in task_names:
+                        problems.append(Problem(rel, line.line, f"`inv {name}`: no such task"))
+                for m in _MAKE.finditer(code):
+                    name = m[2]
+                    used_targets.add(name)
+                    if name not in targets:
+                        problems.append(Problem(rel, line.line, f"`make {name}`: no such Makefile target"))
+            if line.code:
+                continue
+            prose = _INLINE_CODE.sub("", line.text)
+            for m in _LINK.finditer(prose):
+                problems += _link_problems(line, root, m[1])
+            m = _REF_DEF.match(prose)
+            if m:
+                problems += _link_problems(line, root, m[1])
+    documented = used_tasks | mentioned
+    for name in sorted(task_names - documented):
+        problems.append(Problem("docs", 0, f"task `inv {name}` is not documented in README.md or docs/*.md"))
+    for name in sorted(targets - used_targets - mentioned):
+        problems.append(Problem("docs", 0, f"make target `{name}` is not documented in README.md or docs/*.md"))
+    env_doc = root / "docs" / "ENVIRONMENT.md"
+    if not env_doc.is_file():
+        problems.append(Problem("docs/ENVIRONMENT.md", 0, "does not exist; it must describe every env key"))
+    else:
+        text = env_doc.read_text(encoding="utf-8")
+        for key in sorted(wanted_keys):
+            if not re.search(rf"(?<![A-Z0-9_]){re.escape(key)}(?![A-Z0-9_])", text):
+                problems.append(Problem("docs/ENVIRONMENT.md", 0, f"env key {key} is not described"))
+    return problems
+
+
+def input_files(root: Path) -> list[Path]:
+    """What the check reads, for the release gate's cache key."""
+    return [*doc_files(root), root / "Makefile", root / "tasks.py", *sorted((root / "env").glob("*.env"))]

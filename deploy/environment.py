@@ -1,0 +1,88 @@
+"""Bring an environment's servers up and down, and read its status: the engine behind dev.up etc."""
+
+from __future__ import annotations
+
+import os
+import secrets as pysecrets
+from typing import Any
+
+from deploy.config import SECRET_KEYS, Project
+from deploy.errors import ConfigError
+from deploy.runtime.native import NativeServices
+from deploy.state import Layout, audit
+
+
+def services(proj: Project, name: str) -> NativeServices:
+    policy = proj.policies[name]
+    if policy.runtime != "native":
+        raise ConfigError(f"{name} uses runtime {policy.runtime!r}; this command drives the native runtime",
+                          hint="use the compose tasks, or set runtime = \"native\"")
+    return NativeServices(proj.env(name), user_name=proj.service_user)
+
+
+def up(proj: Project, name: str) -> list[str]:
+    return services(proj, name).up()
+
+
+def down(proj: Project, name: str) -> list[str]:
+    from deploy import releases
+
+    svc = services(proj, name)
+    lines = releases.stop_service(proj, name)
+    return lines + svc.down()
+
+
+def status(proj: Project, name: str) -> dict[str, Any]:
+    from deploy import releases
+
+    env = proj.env(name)
+    svc = NativeServices(env, user_name=proj.service_user)
+    st = {s.name: s for s in svc.status()}
+    app = releases.service_status(proj, name)
+    return {
+        "env": name,
+        "environment": env.environment,
+        "compose_project": env.compose_project,
+        "postgres": {"up": st["postgres"].up, "port": env.postgres_port, "pid": st["postgres"].pid},
+        "redis": {"up": st["redis"].up, "port": env.redis_port, "pid": st["redis"].pid},
+        "app": app,
+        "data_dir": str(env.data_dir),
+        "frozen": os.path.exists(Layout(str(env.data_dir)).freeze),
+    }
+
+
+def _updown(flag: bool, port: int) -> str:
+    return f"{'up' if flag else 'down'} :{port}"
+
+
+def print_status(rows: list[dict[str, Any]]) -> None:
+    from deploy.output import print_table
+
+    print_table("environments", ["env", "postgres", "redis", "app", "release", "data dir"], [
+        (r["env"] + (" (frozen)" if r["frozen"] else ""), _updown(r["postgres"]["up"], r["postgres"]["port"]),
+         _updown(r["redis"]["up"], r["redis"]["port"]),
+         _updown(r["app"]["up"], r["app"]["port"]), r["app"].get("release") or "-", r["data_dir"])
+        for r in rows
+    ])
+
+
+def generate_secrets(proj: Project, name: str, *, actor: str) -> list[str]:
+    """Fill missing secrets with random values in env/<name>.secrets.env (mode 0600)."""
+    env = proj.env(name)
+    path = proj.root / "env" / f"{name}.secrets.env"
+    have = {k: s.reveal() for k, s in env.secrets if path.exists()}
+    missing = [k for k in SECRET_KEYS if k not in have]
+    if not missing:
+        return ["every secret is already set"]
+    for key in missing:
+        have[key] = pysecrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("".join(f"{k}={v}\n" for k, v in have.items()))
+    os.chmod(path, 0o600)
+    audit_layout = Layout(str(env.data_dir))
+    os.makedirs(audit_layout.state, exist_ok=True)
+    from deploy.hosts import Host
+
+    audit(Host(), audit_layout, actor=actor, action="secrets-generated", keys=missing)
+    return [f"generated {', '.join(missing)} in {path.name} (mode 0600)"]

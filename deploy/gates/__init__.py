@@ -1,0 +1,154 @@
+"""Release gate: the shared types every gate module speaks (context in, outcome out) and its runner of commands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from deploy.secrets import Secret, scrub
+
+Status = Literal["passed", "failed", "error", "skipped", "timeout"]
+Requirement = Literal["required", "report_only"]
+STATUSES: tuple[str, ...] = ("passed", "failed", "error", "skipped", "timeout")
+# A skipped gate (eval with nothing to evaluate) passes; everything else that is not "passed" blocks.
+PASSING: frozenset[str] = frozenset({"passed", "skipped"})
+CACHEABLE: frozenset[str] = frozenset({"passed", "failed"})
+
+
+@dataclass(frozen=True)
+class GateContext:
+    """What one gate may look at: the release's files, the project's runtime state, its own config."""
+
+    name: str
+    root: Path  # the operator's project root: runtime state (env data dirs), dist/
+    tree: Path  # a snapshot of the commit under test (git archive): the release's files
+    ref: str
+    commit: str
+    tree_hash: str
+    stage: str
+    requirement: Requirement
+    config: Mapping[str, Any]  # [gates.<name>] from stageflow.toml
+    policy: Mapping[str, Any]  # the whole stageflow.toml
+    report_dir: Path
+    timeout_s: float
+    python: str = sys.executable
+    db_url: Secret | None = None
+    results: Mapping[str, GateResult] = field(default_factory=dict)  # for promotion_guard only
+
+    def bin(self, tool: str) -> str:
+        """A tool from the interpreter's own venv when there, else the bare name for PATH."""
+        candidate = Path(self.python).parent / tool
+        return str(candidate) if candidate.exists() else tool
+
+    @property
+    def secrets(self) -> tuple[Secret, ...]:
+        return (self.db_url,) if self.db_url else ()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a gate decides; the runner adds the timing and the cache flag."""
+
+    status: Status
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    name: str
+    requirement: Requirement
+    status: Status
+    summary: str
+    duration_s: float
+    cached: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passing(self) -> bool:
+        return self.status in PASSING
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "requirement": self.requirement,
+            "status": self.status,
+            "cached": self.cached,
+            "duration_s": round(self.duration_s, 3),
+            "summary": self.summary,
+            "details": self.details,
+        }
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: tuple[str, ...]
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_s: float
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+    def lines(self) -> list[str]:
+        return [ln for ln in (self.stdout + "\n" + self.stderr).splitlines() if ln.strip()]
+
+
+class CommandTimedOut(Exception):
+    """A gate's command outlived its timeout; its process group was killed."""
+
+    def __init__(self, argv: Sequence[str], timeout_s: float) -> None:
+        super().__init__(f"`{Path(argv[0]).name}` ran longer than {timeout_s:g}s and was killed")
+        self.argv = tuple(argv)
+        self.timeout_s = timeout_s
+
+
+def run_command(argv: Sequence[str], *, cwd: Path, timeout_s: float,
+                env: Mapping[str, str] | None = None, stdin: str | None = None,
+                secrets: Sequence[Secret] = ()) -> Completed:
+    """Run one gate command in its own process group; on timeout kill the whole group.
+
+    Gates run local tools against a local snapshot, in threads: deploy.hosts runs on invoke, whose
+    timeout kills only the direct child, so a test runner's grandchildren could outlive it.
+    """
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [str(a) for a in argv], cwd=str(cwd), env=dict(env) if env is not None else None,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(stdin, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        raise CommandTimedOut(argv, timeout_s) from None
+    except BaseException:
+        _kill_group(proc)
+        raise
+    return Completed(tuple(str(a) for a in argv), proc.returncode, scrub(out, tuple(secrets)),
+                     scrub(err, tuple(secrets)), time.monotonic() - start)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def first_lines(lines: Sequence[str], limit: int = 10) -> list[str]:
+    return [ln.rstrip()[:300] for ln in lines[:limit]]

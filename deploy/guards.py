@@ -1,0 +1,132 @@
+"""Preflight checks: each returns a Check(name, ok, detail); one that cannot decide refuses."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from deploy.config import SECRET_KEYS, EnvConfig, Project
+from deploy.errors import GuardRefused
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+
+
+def run_checks(checks: Iterable[tuple[str, Callable[[], Check]]]) -> list[Check]:
+    """Run every check; one that raises counts as refused (fail closed), never as passed."""
+    out = []
+    for name, fn in checks:
+        try:
+            result = fn()
+            if not isinstance(result, Check):
+                result = Check(name, False, "check returned no verdict")
+        except Exception as exc:  # noqa: BLE001 - a guard that cannot decide refuses
+            result = Check(name, False, f"could not decide ({exc.__class__.__name__}): refusing")
+        out.append(result)
+    return out
+
+
+def require(checks: list[Check]) -> None:
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        more = f" (+{len(failed) - 1} more: see `preflight`)" if len(failed) > 1 else ""
+        raise GuardRefused(f"guard {failed[0].name} refused: {failed[0].detail}{more}")
+
+
+# -- individual guards -------------------------------------------------------------------------
+
+def shell_environment(target: EnvConfig, process_env: Mapping[str, str]) -> Check:
+    """The shell's ENVIRONMENT, when set, must name the target (seed 001: verify before proceeding)."""
+    shell = process_env.get("ENVIRONMENT")
+    if not shell:
+        return Check("shell-environment", True, "ENVIRONMENT not set in the shell")
+    if shell != target.environment:
+        return Check("shell-environment", False,
+                     f"the shell says ENVIRONMENT={shell} but the target is {target.name} "
+                     f"({target.environment}); unset it or run the {target.name} task from a "
+                     f"{target.environment} shell")
+    return Check("shell-environment", True, f"ENVIRONMENT={shell} matches")
+
+
+def _hosts(project: Project, env: str) -> tuple[str, ...]:
+    return project.policies[env].hosts
+
+
+def isolation_problems(project: Project) -> list[str]:
+    """Every resource two environments share, named with both environments."""
+    problems: list[str] = []
+    for a, b in itertools.combinations(sorted(project.envs), 2):
+        ea, eb = project.envs[a], project.envs[b]
+        shared_hosts = set(_hosts(project, a)) & set(_hosts(project, b))
+        if ea.compose_project == eb.compose_project:
+            problems.append(f"{a} and {b} share COMPOSE_PROJECT_NAME {ea.compose_project}")
+        if shared_hosts:
+            ports_a = {"APP_PORT": ea.app_port, "POSTGRES_PORT": ea.postgres_port,
+                       "REDIS_PORT": ea.redis_port}
+            ports_b = {"APP_PORT": eb.app_port, "POSTGRES_PORT": eb.postgres_port,
+                       "REDIS_PORT": eb.redis_port}
+            for ka, pa in ports_a.items():
+                for kb, pb in ports_b.items():
+                    if pa == pb:
+                        problems.append(f"{a} and {b} share port {pa} ({a} {ka}, {b} {kb})")
+            da, db = os.path.normpath(ea.data_dir), os.path.normpath(eb.data_dir)
+            if da == db or da.startswith(db + os.sep) or db.startswith(da + os.sep):
+                problems.append(f"{a} and {b} share the data directory {min(da, db, key=len)}")
+        if _norm_host(ea.database.host) == _norm_host(eb.database.host) and \
+                ea.database.port == eb.database.port and ea.database.name == eb.database.name:
+            problems.append(f"{a} and {b} share the database {ea.database.name} on "
+                            f"{ea.database.host}:{ea.database.port}")
+        if _norm_host(ea.redis.host) == _norm_host(eb.redis.host) and \
+                ea.redis.port == eb.redis.port and ea.redis.db == eb.redis.db:
+            problems.append(f"{a} and {b} share Redis {ea.redis.host}:{ea.redis.port}/{ea.redis.db}")
+    return problems
+
+
+def _norm_host(host: str) -> str:
+    return "127.0.0.1" if host in ("localhost", "127.0.0.1", "::1") else host
+
+
+def isolation(project: Project, target: str) -> Check:
+    problems = isolation_problems(project)
+    if problems:
+        return Check("isolation", False, "; ".join(problems))
+    return Check("isolation", True, f"{target} shares no port, database, Redis or data directory")
+
+
+def production_posture(env: EnvConfig) -> Check:
+    """staging and prod: debug off, API keys required, a rate limit, every secret present."""
+    if not env.production_like:
+        return Check("posture", True, f"{env.name} is {env.environment}: relaxed posture allowed")
+    problems = []
+    if env.debug:
+        problems.append("DEBUG must be false")
+    if not env.require_api_key:
+        problems.append("REQUIRE_API_KEY must be true")
+    if env.api_rate_limit <= 0:
+        problems.append("API_RATE_LIMIT must be > 0")
+    missing = [k for k in SECRET_KEYS if not env.secret(k)]
+    if missing:
+        problems.append(f"missing secrets {', '.join(missing)} "
+                        f"(env/{env.name}.secrets.env, or `inv {env.name}.secrets --generate`)")
+    if problems:
+        return Check("posture", False, f"{env.name}: " + "; ".join(problems))
+    return Check("posture", True, f"{env.name}: production-like posture holds")
+
+
+def environment_checks(project: Project, target: str,
+                       process_env: Mapping[str, str]) -> list[tuple[str, Callable[[], Check]]]:
+    env = project.env(target)
+    return [
+        ("shell-environment", lambda: shell_environment(env, process_env)),
+        ("isolation", lambda: isolation(project, target)),
+        ("posture", lambda: production_posture(env)),
+    ]

@@ -1,0 +1,896 @@
+"""The migration engine: plain SQL files, a ledger table in the target database, an advisory lock.
+
+Files are ``NNNN_slug.up.sql`` with an optional ``NNNN_slug.down.sql`` in one directory, numbered
+1, 2, 3... without gaps. Header lines at the top of a file set how it runs::
+
+    -- stageflow: transaction=off
+    -- stageflow: phase=expand
+
+A transactional file (the default) runs with its ledger row in one transaction: it is applied
+completely or not at all. A ``transaction=off`` file (CREATE INDEX CONCURRENTLY and friends) runs
+statement by statement in autocommit; when one fails, the ledger records the version as 'failed'
+and every later run refuses until the operator finishes or undoes it by hand and calls
+:func:`resolve_failed`.
+
+Ledger rows describe the latest action on a version: a revert keeps the row and marks it
+'reverted' (applied_by, applied_at, duration_ms and release then describe the revert), so the
+history of a version is never deleted and the next migrate simply applies it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import psycopg
+
+from deploy.errors import MigrationError
+from deploy.secrets import Secret, scrub
+
+LEDGER_TABLE = "stageflow_migrations"
+# Fixed key shared by every stageflow process that migrates this database ("STAGEFLW" in ASCII).
+LOCK_KEY = 0x5354_4147_4546_4C57
+LOCK_POLL_S = 0.1
+STATES = ("applied", "failed", "reverted")
+PHASES = ("expand", "contract")
+
+_FILE_NAME = re.compile(
+    r"^(?P<version>\d{4,})_(?P<slug>[a-z0-9][a-z0-9_]*)\.(?P<kind>up|down)\.sql$"
+)
+_HEADER = re.compile(r"^--\s*stageflow\s*:(?P<body>.*)$", re.IGNORECASE)
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*)?\$")
+_IDENT_CHAR = re.compile(r"[A-Za-z0-9_$\x80-\uffff]")
+_TX_CONTROL = re.compile(r"^(BEGIN|COMMIT|ROLLBACK|START\s+TRANSACTION|END|ABORT)\b", re.IGNORECASE)
+# Statements PostgreSQL refuses inside a transaction block: a transactional file holding one
+# would fail at deploy time, so discover() says so while the author is still at the keyboard.
+_NO_TX = re.compile(
+    r"^(CREATE\s+(UNIQUE\s+)?INDEX\s+CONCURRENTLY|DROP\s+INDEX\s+CONCURRENTLY|REINDEX\b[^;]*\bCONCURRENTLY"
+    r"|ALTER\s+TABLE\b[^;]*\bDETACH\s+PARTITION\b[^;]*\bCONCURRENTLY|VACUUM|CREATE\s+DATABASE"
+    r"|DROP\s+DATABASE|ALTER\s+SYSTEM|CREATE\s+TABLESPACE|DROP\s+TABLESPACE)\b",
+    re.IGNORECASE,
+)
+_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+_LEDGER_DDL = f"""
+CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
+    version     integer PRIMARY KEY,
+    name        text NOT NULL,
+    checksum    text NOT NULL,
+    phase       text NULL,
+    state       text NOT NULL CHECK (state IN ('applied', 'failed', 'reverted')),
+    applied_by  text NOT NULL DEFAULT '',
+    applied_at  timestamptz NOT NULL DEFAULT now(),
+    duration_ms integer NOT NULL DEFAULT 0,
+    release     text NOT NULL DEFAULT '',
+    error       text NULL
+)
+"""
+_LEDGER_COLUMNS = (
+    "version, name, checksum, phase, state, applied_by, applied_at, duration_ms, release, error"
+)
+_UPSERT = f"""
+INSERT INTO {LEDGER_TABLE} ({_LEDGER_COLUMNS})
+VALUES (%s, %s, %s, %s, %s, %s, now(), %s, %s, %s)
+ON CONFLICT (version) DO UPDATE SET
+    name = EXCLUDED.name, checksum = EXCLUDED.checksum, phase = EXCLUDED.phase,
+    state = EXCLUDED.state, applied_by = EXCLUDED.applied_by, applied_at = EXCLUDED.applied_at,
+    duration_ms = EXCLUDED.duration_ms, release = EXCLUDED.release, error = EXCLUDED.error
+"""
+
+
+@dataclass(frozen=True)
+class MigrationFile:
+    """One version: its up file (required), its down file (optional) and their headers."""
+
+    version: int
+    name: str  # the slug: 0003_add_email.up.sql -> "add_email"
+    up_path: Path
+    down_path: Path | None
+    checksum: str  # sha256 of the up file's bytes, hex
+    transactional: bool
+    phase: str | None
+    down_transactional: bool = True
+    sql: str = field(default="", repr=False, compare=False)
+    down_sql: str = field(default="", repr=False, compare=False)
+
+    @property
+    def filename(self) -> str:
+        return self.up_path.name
+
+    @property
+    def label(self) -> str:
+        return f"{self.version:04d}_{self.name}"
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    """One version as the files and the ledger see it; state is 'pending' when never applied."""
+
+    version: int
+    name: str
+    file: MigrationFile | None
+    state: str  # pending | applied | failed | reverted
+    applied_at: datetime | None = None
+    applied_by: str = ""
+    duration_ms: int | None = None
+    release: str = ""
+    error: str | None = None
+    drift: bool = False  # applied, and the file's checksum differs from the ledger's
+
+    @property
+    def applied(self) -> bool:
+        return self.state == "applied"
+
+
+class MigrationFailed(MigrationError):
+    """A file failed while running; `applied` lists the files this run applied before it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: MigrationFile,
+        applied: Sequence[MigrationFile],
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.file = file
+        self.applied = list(applied)
+
+
+@dataclass(frozen=True)
+class _Row:
+    version: int
+    name: str
+    checksum: str
+    phase: str | None
+    state: str
+    applied_by: str
+    applied_at: datetime | None
+    duration_ms: int | None
+    release: str
+    error: str | None
+
+
+# --------------------------------------------------------------------------- files (no I/O but reads)
+
+
+def parse_header(text: str, *, source: str) -> dict[str, str]:
+    """Read the ``-- stageflow: key=value`` lines at the top of a SQL file; reject anything unknown."""
+    found: dict[str, str] = {}
+    at_top = True
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        match = _HEADER.match(line)
+        if match is None:
+            if line and not line.startswith("--"):
+                at_top = False
+            continue
+        if not at_top:
+            raise MigrationError(
+                f"{source}:{lineno}: stageflow header below the first SQL statement",
+                hint="move the '-- stageflow:' lines to the top of the file",
+            )
+        tokens = [t for t in re.split(r"[\s,]+", match["body"].strip()) if t]
+        if not tokens:
+            raise MigrationError(
+                f"{source}:{lineno}: empty stageflow header",
+                hint="write e.g. '-- stageflow: transaction=off'",
+            )
+        for token in tokens:
+            key, sep, value = token.partition("=")
+            key, value = key.lower(), value.lower()
+            if not sep or key not in ("transaction", "phase"):
+                raise MigrationError(
+                    f"{source}:{lineno}: unknown stageflow header {token!r}",
+                    hint="known headers: transaction=on|off, phase=expand|contract",
+                )
+            allowed = ("on", "off") if key == "transaction" else PHASES
+            if value not in allowed:
+                raise MigrationError(
+                    f"{source}:{lineno}: bad value {token!r}",
+                    hint=f"{key} must be one of {', '.join(allowed)}",
+                )
+            if found.get(key, value) != value:
+                raise MigrationError(
+                    f"{source}:{lineno}: {key} set twice with different values",
+                    hint=f"keep one {key}= header",
+                )
+            found[key] = value
+    return found
+
+
+def split_sql(sql: str, *, source: str = "SQL") -> list[str]:
+    """Split SQL into statements on top-level semicolons (quotes, dollar quotes, comments respected).
+
+    Statements holding only comments are dropped. SQL-standard function bodies (BEGIN ATOMIC ...
+    END) are not understood: put them in a transactional file, which runs as one piece.
+    """
+    out: list[str] = []
+    start = 0
+    has_code = False
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c == "-" and sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif c == "/" and sql.startswith("/*", i):
+            i = _skip_block_comment(sql, i, source)
+        elif c == "'":
+            backslash = (
+                i > 0 and sql[i - 1] in "eE" and not (i > 1 and _IDENT_CHAR.match(sql[i - 2]))
+            )
+            i = _skip_quoted(sql, i, "'", backslash=backslash, source=source)
+            has_code = True
+        elif c == '"':
+            i = _skip_quoted(sql, i, '"', backslash=False, source=source)
+            has_code = True
+        elif (
+            c == "$"
+            and not (i > 0 and _IDENT_CHAR.match(sql[i - 1]))
+            and (tag := _DOLLAR_TAG.match(sql, i))
+        ):
+            end = sql.find(tag.group(0), tag.end())
+            if end < 0:
+                raise MigrationError(
+                    f"{source}: unterminated dollar-quoted string {tag.group(0)}",
+                    hint=f"close it with {tag.group(0)}",
+                )
+            i = end + len(tag.group(0))
+            has_code = True
+        elif c == ";":
+            if has_code:
+                out.append(sql[start:i].strip())
+            start, has_code = i + 1, False
+            i += 1
+        else:
+            has_code = has_code or not c.isspace()
+            i += 1
+    if has_code:
+        out.append(sql[start:].strip())
+    return out
+
+
+def _skip_block_comment(sql: str, i: int, source: str) -> int:
+    depth, i = 1, i + 2  # block comments nest in PostgreSQL
+    while depth:
+        nxt_open, nxt_close = sql.find("/*", i), sql.find("*/", i)
+        if nxt_close < 0:
+            raise MigrationError(f"{source}: unterminated /* comment", hint="close it with */")
+        if 0 <= nxt_open < nxt_close:
+            depth, i = depth + 1, nxt_open + 2
+        else:
+            depth, i = depth - 1, nxt_close + 2
+    return i
+
+
+def _skip_quoted(sql: str, i: int, quote: str, *, backslash: bool, source: str) -> int:
+    i += 1
+    while i < len(sql):
+        c = sql[i]
+        if backslash and c == "\\":
+            i += 2
+        elif c == quote:
+            if sql.startswith(quote, i + 1):  # doubled quote is an escaped quote
+                i += 2
+            else:
+                return i + 1
+        else:
+            i += 1
+    what = "string" if quote == "'" else "quoted identifier"
+    raise MigrationError(f"{source}: unterminated {what}", hint=f"close it with {quote}")
+
+
+def _strip_leading_comments(stmt: str) -> str:
+    while True:
+        stmt = stmt.lstrip()
+        if stmt.startswith("--"):
+            nl = stmt.find("\n")
+            stmt = "" if nl < 0 else stmt[nl + 1 :]
+        elif stmt.startswith("/*"):
+            stmt = stmt[_skip_block_comment(stmt, 0, "SQL") :]
+        else:
+            return stmt
+
+
+def _check_statements(sql: str, *, source: str, transactional: bool) -> None:
+    for stmt in split_sql(sql, source=source):
+        head = _strip_leading_comments(stmt)
+        if _TX_CONTROL.match(head):
+            raise MigrationError(
+                f"{source}: transaction control statement {head.split()[0].upper()!r} in a migration",
+                hint="remove it: each file runs in its own transaction, or add "
+                "'-- stageflow: transaction=off' to run it statement by statement",
+            )
+        if transactional and (m := _NO_TX.match(head)):
+            raise MigrationError(
+                f"{source}: {' '.join(m.group(0).split()).upper()} cannot run inside a transaction",
+                hint="add '-- stageflow: transaction=off' at the top of the file",
+            )
+
+
+def _read_sql(path: Path) -> tuple[bytes, str]:
+    data = path.read_bytes()
+    try:
+        return data, data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MigrationError(
+            f"{path.name}: not UTF-8 ({e.reason} at byte {e.start})", hint="save the file as UTF-8"
+        ) from None
+
+
+def discover(directory: Path) -> list[MigrationFile]:
+    """Read every migration in directory, check names, headers and numbering; sorted by version."""
+    if not directory.is_dir():
+        raise MigrationError(
+            f"migrations directory {directory} does not exist",
+            hint="create it or point the config at the right one",
+        )
+    ups: dict[int, tuple[str, Path]] = {}
+    downs: dict[int, tuple[str, Path]] = {}
+    for path in sorted(directory.iterdir()):
+        if not path.name.endswith(".sql"):
+            continue  # READMEs, package markers and the like live here too
+        m = _FILE_NAME.match(path.name)
+        if m is None or not path.is_file():
+            raise MigrationError(
+                f"bad migration file name {path.name}",
+                hint="name files NNNN_slug.up.sql / NNNN_slug.down.sql (slug: a-z, 0-9, _)",
+            )
+        version, slug = int(m["version"]), m["slug"]
+        if version == 0:
+            raise MigrationError(
+                f"{path.name}: version 0 is reserved", hint="number migrations from 0001"
+            )
+        bucket = ups if m["kind"] == "up" else downs
+        if version in bucket:
+            raise MigrationError(
+                f"duplicate migration version {version}: {bucket[version][1].name} and {path.name}",
+                hint="give each migration its own number",
+            )
+        bucket[version] = (slug, path)
+    for version, (slug, path) in downs.items():
+        if version not in ups or ups[version][0] != slug:
+            raise MigrationError(
+                f"{path.name} has no matching up file",
+                hint=f"add {version:04d}_{slug}.up.sql or remove the down file",
+            )
+    files = []
+    for version in sorted(ups):
+        slug, up_path = ups[version]
+        data, sql = _read_sql(up_path)
+        header = parse_header(sql, source=up_path.name)
+        transactional = header.get("transaction", "on") == "on"
+        _check_statements(sql, source=up_path.name, transactional=transactional)
+        down_path, down_sql, down_tx = None, "", True
+        if version in downs:
+            down_path = downs[version][1]
+            down_sql = _read_sql(down_path)[1]
+            down_tx = parse_header(down_sql, source=down_path.name).get("transaction", "on") == "on"
+            _check_statements(down_sql, source=down_path.name, transactional=down_tx)
+        files.append(
+            MigrationFile(
+                version=version,
+                name=slug,
+                up_path=up_path,
+                down_path=down_path,
+                checksum=hashlib.sha256(data).hexdigest(),
+                transactional=transactional,
+                phase=header.get("phase"),
+                down_transactional=down_tx,
+                sql=sql,
+                down_sql=down_sql,
+            )
+        )
+    check_sequence(files)
+    return files
+
+
+def check_sequence(files: Sequence[MigrationFile]) -> None:
+    """Versions must run 1, 2, 3... with no gap and no duplicate."""
+    seen: dict[int, MigrationFile] = {}
+    for f in sorted(files, key=lambda f: f.version):
+        if f.version in seen:
+            raise MigrationError(
+                f"duplicate migration version {f.version}: {seen[f.version].filename} and {f.filename}",
+                hint="give each migration its own number",
+            )
+        expected = len(seen) + 1
+        if f.version != expected:
+            raise MigrationError(
+                f"gap in migration numbering: {f.filename} follows version {expected - 1}",
+                hint=f"renumber it {expected:04d}",
+            )
+        seen[f.version] = f
+
+
+def is_expand_only(files: Sequence[MigrationFile], versions: Sequence[int]) -> bool:
+    """True when every one of versions is a known file with phase=expand (unknown -> False)."""
+    by_version = {f.version: f for f in files}
+    return all(v in by_version and by_version[v].phase == "expand" for v in versions)
+
+
+# --------------------------------------------------------------------------- database
+
+
+def _safe(text: str, password: Secret | None) -> str:
+    text = scrub(text, [password] if password else [])
+    return _PASSWORD_KV.sub(lambda m: m[1] + "[REDACTED]", text)
+
+
+def _pg_error(e: BaseException, password: Secret | None) -> str:
+    diag = getattr(e, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    lines = (primary or str(e)).strip().splitlines()
+    return _safe(lines[0] if lines else type(e).__name__, password)
+
+
+@contextmanager
+def _connect(
+    conninfo: str, password: Secret | None, connect_timeout: int
+) -> Iterator[psycopg.Connection]:
+    kwargs: dict[str, object] = {
+        "connect_timeout": connect_timeout,
+        "autocommit": True,
+        "application_name": "stageflow-migrations",
+    }
+    if password is not None:
+        kwargs["password"] = password.reveal()
+    try:
+        conn = psycopg.connect(conninfo, **kwargs)  # type: ignore[arg-type]
+    except psycopg.Error as e:
+        raise MigrationError(
+            f"cannot connect to the database: {_pg_error(e, password)}",
+            hint="check that PostgreSQL runs and the database URL is right",
+        ) from None
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextmanager
+def _advisory_lock(conn: psycopg.Connection, wait_s: float) -> Iterator[None]:
+    deadline = time.monotonic() + max(wait_s, 0.0)
+    while True:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+        if row and row[0]:
+            break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            # An advisory bigint key shows in pg_locks split into classid (high) and objid (low).
+            holder = conn.execute(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND classid = %s AND objid = %s AND objsubid = 1 LIMIT 1",
+                (LOCK_KEY >> 32, LOCK_KEY & 0xFFFF_FFFF),
+            ).fetchone()
+            who = f" (backend pid {holder[0]})" if holder else ""
+            raise MigrationError(
+                f"another migration holds the lock{who}; waited {wait_s:g}s",
+                hint="let it finish and retry; a stuck holder can be ended with pg_terminate_backend(pid)",
+            )
+        time.sleep(min(LOCK_POLL_S, remaining))
+    try:
+        yield
+    finally:
+        try:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+        except psycopg.Error:
+            pass  # the connection is gone, and the session lock with it
+
+
+def _configure(
+    conn: psycopg.Connection, lock_timeout: str | int, statement_timeout: str | int
+) -> None:
+    for name, value in (("lock_timeout", lock_timeout), ("statement_timeout", statement_timeout)):
+        try:
+            conn.execute("SELECT set_config(%s, %s, false)", (name, str(value)))
+        except psycopg.Error as e:
+            raise MigrationError(
+                f"bad {name} {str(value)!r}: {_pg_error(e, None)}",
+                hint=f"use a PostgreSQL duration such as '5s' or '500ms' for {name}",
+            ) from None
+
+
+def _ledger_exists(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (LEDGER_TABLE,)).fetchone()
+    return bool(row and row[0])
+
+
+def _read_ledger(conn: psycopg.Connection) -> dict[int, _Row]:
+    if not _ledger_exists(conn):
+        return {}
+    rows = conn.execute(f"SELECT {_LEDGER_COLUMNS} FROM {LEDGER_TABLE} ORDER BY version").fetchall()
+    return {r[0]: _Row(*r) for r in rows}
+
+
+def _problems(files: Sequence[MigrationFile], ledger: dict[int, _Row]) -> list[tuple[str, str]]:
+    by_version = {f.version: f for f in files}
+    found: list[tuple[str, str]] = []
+    for row in ledger.values():
+        f = by_version.get(row.version)
+        filename = f.filename if f else f"{row.version:04d}_{row.name}.up.sql"
+        if row.state == "failed":
+            found.append(
+                (
+                    f"{filename} failed at {row.applied_at:%Y-%m-%d %H:%M:%S%z}: {row.error or 'no error recorded'}",
+                    f"finish or undo its statements by hand, then resolve version {row.version}"
+                    " as applied or reverted (resolve_failed)",
+                )
+            )
+        elif row.state == "applied" and f is None:
+            found.append(
+                (
+                    f"applied version {row.version} has no file {filename}",
+                    "run from a release that contains it, or revert the database to a version this release knows",
+                )
+            )
+        elif row.state == "applied" and f is not None and f.checksum != row.checksum:
+            found.append(
+                (
+                    f"{filename} changed after it was applied (checksum drift)",
+                    "restore the file as it was applied and put the change in a new migration",
+                )
+            )
+    applied = [v for v, r in ledger.items() if r.state == "applied"]
+    top = max(applied, default=0)
+    for f in files:
+        if f.version < top and (f.version not in ledger or ledger[f.version].state == "reverted"):
+            found.append(
+                (
+                    f"{f.filename} is pending but version {top} is already applied",
+                    f"renumber it after {top:04d}, or revert the database below {f.version:04d} first",
+                )
+            )
+    return found
+
+
+def _validate(files: Sequence[MigrationFile], ledger: dict[int, _Row]) -> None:
+    check_sequence(files)
+    found = _problems(files, ledger)
+    if found:
+        message, hint = found[0]
+        more = f" (+{len(found) - 1} more)" if len(found) > 1 else ""
+        raise MigrationError(message + more, hint=hint)
+
+
+def _plan_up(
+    files: Sequence[MigrationFile], ledger: dict[int, _Row], target: int | None
+) -> list[MigrationFile]:
+    applied = {v for v, r in ledger.items() if r.state == "applied"}
+    if target is not None:
+        known = {f.version for f in files}
+        if target != 0 and target not in known:
+            raise MigrationError(
+                f"target version {target} has no migration file",
+                hint=f"pick one of {min(known, default=0)}..{max(known, default=0)}",
+            )
+        if applied and target < max(applied):
+            raise MigrationError(
+                f"target version {target} is below the applied version {max(applied)}",
+                hint="use revert to go down",
+            )
+    return [
+        f
+        for f in sorted(files, key=lambda f: f.version)
+        if f.version not in applied and (target is None or f.version <= target)
+    ]
+
+
+def _plan_down(
+    files: Sequence[MigrationFile], ledger: dict[int, _Row], to_version: int
+) -> list[MigrationFile]:
+    if to_version < 0:
+        raise MigrationError(
+            f"cannot revert to version {to_version}", hint="use 0 to revert everything"
+        )
+    by_version = {f.version: f for f in files}
+    plan = [
+        by_version[v]
+        for v in sorted(ledger, reverse=True)
+        if v > to_version and ledger[v].state == "applied"
+    ]
+    missing = [f.filename for f in plan if f.down_path is None]
+    if missing:
+        raise MigrationError(
+            f"cannot revert to version {to_version}: {', '.join(missing)} has no down file;"
+            " level 3 (restore) is needed",
+            hint="restore the database from the backup taken before the deploy",
+        )
+    return plan
+
+
+def _record(
+    conn: psycopg.Connection,
+    f: MigrationFile,
+    *,
+    state: str,
+    applied_by: str,
+    duration_ms: int,
+    release: str,
+    error: str | None = None,
+) -> None:
+    conn.execute(
+        _UPSERT,
+        (f.version, f.name, f.checksum, f.phase, state, applied_by, duration_ms, release, error),
+    )
+
+
+def _run(
+    conn: psycopg.Connection,
+    f: MigrationFile,
+    *,
+    down: bool,
+    applied_by: str,
+    release: str,
+    password: Secret | None,
+    done: Sequence[MigrationFile],
+) -> None:
+    sql = f.down_sql if down else f.sql
+    filename = f.down_path.name if down and f.down_path else f.filename
+    success = "reverted" if down else "applied"
+    t0 = time.monotonic()
+
+    def elapsed() -> int:
+        return int((time.monotonic() - t0) * 1000)
+
+    if f.down_transactional if down else f.transactional:
+        try:
+            with conn.transaction():
+                if split_sql(sql, source=filename):
+                    # One piece: the server parses the file, so the splitter's limits don't apply.
+                    conn.execute(sql)  # type: ignore[call-overload]
+                _record(
+                    conn,
+                    f,
+                    state=success,
+                    applied_by=applied_by,
+                    duration_ms=elapsed(),
+                    release=release,
+                )
+        except psycopg.Error as e:
+            raise MigrationFailed(
+                f"{filename} failed and was rolled back: {_pg_error(e, password)}",
+                file=f,
+                applied=done,
+                hint="fix the file and run again; nothing of it was kept",
+            ) from None
+        return
+    statements = split_sql(sql, source=filename)
+    for number, stmt in enumerate(statements, start=1):
+        try:
+            conn.execute(stmt)  # type: ignore[call-overload]
+        except psycopg.Error as e:
+            error = f"statement {number} of {len(statements)}: {_pg_error(e, password)}"
+            note = ""
+            try:
+                _record(
+                    conn,
+                    f,
+                    state="failed",
+                    applied_by=applied_by,
+                    duration_ms=elapsed(),
+                    release=release,
+                    error=("down: " if down else "") + error,
+                )
+            except psycopg.Error as e2:
+                note = f" (and the ledger could not record it: {_pg_error(e2, password)})"
+            raise MigrationFailed(
+                f"{filename} failed at {error}{note}",
+                file=f,
+                applied=done,
+                hint="statements before it stay applied (transaction=off); finish or undo them by "
+                "hand, then resolve the version (resolve_failed)",
+            ) from None
+    _record(conn, f, state=success, applied_by=applied_by, duration_ms=elapsed(), release=release)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def status(
+    conninfo: str,
+    files: Sequence[MigrationFile],
+    *,
+    password: Secret | None = None,
+    connect_timeout: int = 10,
+) -> list[MigrationStatus]:
+    """Every version known to the files or the ledger, read-only (the ledger is never created)."""
+    with _connect(conninfo, password, connect_timeout) as conn:
+        ledger = _read_ledger(conn)
+    by_version = {f.version: f for f in files}
+    out = []
+    for version in sorted(set(by_version) | set(ledger)):
+        f, row = by_version.get(version), ledger.get(version)
+        if row is None:
+            assert f is not None
+            out.append(MigrationStatus(version=version, name=f.name, file=f, state="pending"))
+            continue
+        out.append(
+            MigrationStatus(
+                version=version,
+                name=f.name if f else row.name,
+                file=f,
+                state=row.state,
+                applied_at=row.applied_at,
+                applied_by=row.applied_by,
+                duration_ms=row.duration_ms,
+                release=row.release,
+                error=row.error,
+                drift=row.state == "applied" and f is not None and f.checksum != row.checksum,
+            )
+        )
+    return out
+
+
+def validate(
+    conninfo: str,
+    files: Sequence[MigrationFile],
+    *,
+    password: Secret | None = None,
+    connect_timeout: int = 10,
+) -> None:
+    """Refuse drift, applied versions without a file, failed rows, gaps and out-of-order files."""
+    with _connect(conninfo, password, connect_timeout) as conn:
+        _validate(files, _read_ledger(conn))
+
+
+def pending(
+    conninfo: str,
+    files: Sequence[MigrationFile],
+    *,
+    password: Secret | None = None,
+    connect_timeout: int = 10,
+) -> list[MigrationFile]:
+    """Files not applied yet (never run, failed or reverted), in order; read-only, no validation."""
+    with _connect(conninfo, password, connect_timeout) as conn:
+        ledger = _read_ledger(conn)
+    return [
+        f
+        for f in sorted(files, key=lambda f: f.version)
+        if f.version not in ledger or ledger[f.version].state != "applied"
+    ]
+
+
+def current_version(
+    conninfo: str, *, password: Secret | None = None, connect_timeout: int = 10
+) -> int:
+    """The highest applied version; 0 when nothing was applied or there is no ledger."""
+    with _connect(conninfo, password, connect_timeout) as conn:
+        ledger = _read_ledger(conn)
+    return max((v for v, r in ledger.items() if r.state == "applied"), default=0)
+
+
+def migrate(
+    conninfo: str,
+    files: Sequence[MigrationFile],
+    *,
+    target: int | None = None,
+    release: str = "",
+    applied_by: str = "",
+    password: Secret | None = None,
+    lock_timeout: str | int = "5s",
+    statement_timeout: str | int = "0",
+    lock_wait_s: float = 30.0,
+    connect_timeout: int = 10,
+    dry_run: bool = False,
+) -> list[MigrationFile]:
+    """Apply pending files up to target (all when None) under the advisory lock; returns them.
+
+    With dry_run, validates and returns the plan without taking the lock or creating the ledger.
+    Integer timeouts are milliseconds, as in PostgreSQL.
+    """
+    with _connect(conninfo, password, connect_timeout) as conn:
+        if dry_run:
+            ledger = _read_ledger(conn)
+            _validate(files, ledger)
+            return _plan_up(files, ledger, target)
+        _configure(conn, lock_timeout, statement_timeout)
+        with _advisory_lock(conn, lock_wait_s):
+            conn.execute(_LEDGER_DDL)  # type: ignore[call-overload]
+            ledger = _read_ledger(conn)
+            _validate(files, ledger)
+            done: list[MigrationFile] = []
+            for f in _plan_up(files, ledger, target):
+                _run(
+                    conn,
+                    f,
+                    down=False,
+                    applied_by=applied_by,
+                    release=release,
+                    password=password,
+                    done=done,
+                )
+                done.append(f)
+            return done
+
+
+def revert(
+    conninfo: str,
+    files: Sequence[MigrationFile],
+    *,
+    to_version: int,
+    release: str = "",
+    applied_by: str = "",
+    password: Secret | None = None,
+    lock_timeout: str | int = "5s",
+    statement_timeout: str | int = "0",
+    lock_wait_s: float = 30.0,
+    connect_timeout: int = 10,
+    dry_run: bool = False,
+) -> list[MigrationFile]:
+    """Run the down files of applied versions above to_version, newest first; returns them.
+
+    Rows are kept and marked 'reverted' (the next migrate applies them again). When any of them
+    has no down file, refuses before changing anything: level 3 (restore) is needed.
+    """
+    with _connect(conninfo, password, connect_timeout) as conn:
+        if dry_run or not _ledger_exists(conn):
+            ledger = _read_ledger(conn)
+            _validate(files, ledger)
+            return _plan_down(files, ledger, to_version)
+        _configure(conn, lock_timeout, statement_timeout)
+        with _advisory_lock(conn, lock_wait_s):
+            ledger = _read_ledger(conn)
+            _validate(files, ledger)
+            done: list[MigrationFile] = []
+            for f in _plan_down(files, ledger, to_version):
+                _run(
+                    conn,
+                    f,
+                    down=True,
+                    applied_by=applied_by,
+                    release=release,
+                    password=password,
+                    done=done,
+                )
+                done.append(f)
+            return done
+
+
+def resolve_failed(
+    conninfo: str,
+    files: Sequence[MigrationFile],
+    *,
+    version: int,
+    state: Literal["applied", "reverted"],
+    applied_by: str = "",
+    release: str = "",
+    password: Secret | None = None,
+    lock_wait_s: float = 30.0,
+    connect_timeout: int = 10,
+) -> None:
+    """After fixing a failed transaction=off file by hand, mark it applied (done) or reverted (retry)."""
+    if state not in ("applied", "reverted"):
+        raise MigrationError(f"cannot resolve to state {state!r}", hint="use applied or reverted")
+    by_version = {f.version: f for f in files}
+    with _connect(conninfo, password, connect_timeout) as conn, _advisory_lock(conn, lock_wait_s):
+        row = _read_ledger(conn).get(version)
+        if row is None or row.state != "failed":
+            raise MigrationError(
+                f"version {version} is not failed (state: {row.state if row else 'none'})",
+                hint="only a failed version can be resolved",
+            )
+        f = by_version.get(version)
+        if f is None:
+            raise MigrationError(
+                f"failed version {version} ({row.name}) has no file",
+                hint="run from the release that holds it",
+            )
+        _record(
+            conn,
+            f,
+            state=state,
+            applied_by=applied_by,
+            duration_ms=row.duration_ms or 0,
+            release=release or row.release,
+            error=None,
+        )

@@ -1,0 +1,359 @@
+"""Releases on a host: build from a git ref, share venvs by lock hash, start, switch, stop, prune."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from deploy.commands import app as cmd
+from deploy.config import EnvConfig, Project
+from deploy.errors import ServiceError, UsageError
+from deploy.hosts import Host
+from deploy.runtime.native import port_answers, port_is_free
+from deploy.state import Layout
+
+LOCKFILE = "app/requirements.lock"
+
+
+@dataclass(frozen=True)
+class Release:
+    id: str
+    commit: str
+    ref: str
+    dirty: bool = False
+
+    @property
+    def short(self) -> str:
+        return self.commit[:12]
+
+
+# -- refs --------------------------------------------------------------------------------------
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+
+
+def resolve_ref(root: Path, ref: str) -> str:
+    """The commit a ref names; a ref that names nothing is refused before anything changes."""
+    if not ref or ref.startswith("-"):
+        raise UsageError(f"bad ref {ref!r}", hint="give a branch, tag or commit, e.g. --ref v1.2.0")
+    out = _git(root, *cmd.rev_parse(ref)[1:])
+    if out.returncode != 0 or not out.stdout.strip():
+        raise UsageError(f"ref {ref!r} names no commit in this repository",
+                         hint="check `git tag` / `git branch`, or fetch it first")
+    return out.stdout.strip()
+
+
+def working_tree_dirty(root: Path) -> bool:
+    return bool(_git(root, "status", "--porcelain", "--untracked-files=no").stdout.strip())
+
+
+def snapshot_dirty(root: Path) -> str:
+    """A commit object of the working tree's tracked changes (dev --allow-dirty), HEAD unmoved."""
+    out = _git(root, "stash", "create", "stageflow dev snapshot")
+    return out.stdout.strip() or resolve_ref(root, "HEAD")
+
+
+def new_release_id(commit: str, taken: list[str]) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    rid = f"{stamp}-{commit[:8]}"
+    n = 1
+    while rid in taken:
+        n += 1
+        rid = f"{stamp}-{commit[:8]}-{n}"
+    return rid
+
+
+# -- build -------------------------------------------------------------------------------------
+
+def lock_hash(lock_text: str) -> str:
+    ver = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return hashlib.sha256(f"{ver}\n{lock_text}".encode()).hexdigest()[:16]
+
+
+def build(proj: Project, env: EnvConfig, host: Host, *, commit: str, ref: str,
+          dirty: bool = False) -> Release:
+    """git archive of the commit, extracted into releases/<id>, with its venv linked by lock hash."""
+    layout = Layout(str(env.data_dir))
+    host.makedirs(layout.releases, layout.venvs, layout.run, layout.logs)
+    rid = new_release_id(commit, host.listdir(layout.releases))
+    build_dir = proj.root / ".stageflow" / "build"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    tarball = build_dir / f"{commit}.tar"
+    if not tarball.exists():
+        tmp = build_dir / f".{commit}.{os.getpid()}.tar"
+        out = _git(proj.root, *cmd.archive(commit, str(tmp))[1:])
+        if out.returncode != 0:
+            raise ServiceError(f"git archive {commit[:12]} failed: {out.stderr.strip()[:200]}")
+        os.replace(tmp, tarball)
+    target = layout.release(rid)
+    staging_dir = target + ".partial"
+    host.remove_tree(staging_dir)
+    host.makedirs(staging_dir)
+    remote_tar = str(tarball) if host.is_local else f"{layout.run}/{commit}.tar"
+    if not host.is_local:
+        host.put_file(tarball, remote_tar)
+    host.run(cmd.extract(remote_tar, staging_dir))
+    lock_text = host.read_text(f"{staging_dir}/{LOCKFILE}") or ""
+    venv = ensure_venv(host, layout, lock_text, f"{staging_dir}/{LOCKFILE}")
+    host.run(["ln", "-sfn", venv, f"{staging_dir}/.venv"])
+    meta = {"id": rid, "commit": commit, "ref": ref, "dirty": dirty,
+            "built_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    host.write_text(f"{staging_dir}/RELEASE.json", json.dumps(meta, indent=2))
+    host.run(["mv", "-T", staging_dir, target])  # a release dir exists only when complete
+    return Release(rid, commit, ref, dirty)
+
+
+def ensure_venv(host: Host, layout: Layout, lock_text: str, lockfile: str) -> str:
+    """One venv per lock hash: a deploy that changes no dependency installs nothing."""
+    venv = f"{layout.venvs}/{lock_hash(lock_text)}"
+    done = f"{venv}/.complete"
+    if host.exists(done):
+        return venv
+    # venv scripts carry their own path, so build in place; the marker says it finished
+    host.remove_tree(venv)
+    python = sys.executable if host.is_local else "python3"
+    host.run(cmd.venv_create(python, venv), timeout=120)
+    host.run(cmd.venv_install(venv, lockfile), timeout=600)
+    host.write_text(done, lock_text)
+    return venv
+
+
+def release_meta(host: Host, layout: Layout, rid: str) -> dict[str, Any] | None:
+    text = host.read_text(f"{layout.release(rid)}/RELEASE.json")
+    return json.loads(text) if text else None
+
+
+def list_releases(host: Host, layout: Layout) -> list[str]:
+    return [r for r in host.listdir(layout.releases) if not r.endswith(".partial")]
+
+
+def current_release(host: Host, layout: Layout) -> str | None:
+    target = host.readlink(layout.current)
+    return PurePosixPath(target).name if target else None
+
+
+def prune(host: Host, layout: Layout, *, keep: int, protect: set[str]) -> list[str]:
+    """Drop the oldest releases beyond keep; never the current or the previous good one."""
+    releases = list_releases(host, layout)
+    removable = [r for r in releases if r not in protect]
+    excess = len(releases) - keep
+    pruned = []
+    for rid in removable[:max(0, excess)]:
+        host.remove_tree(layout.release(rid))
+        pruned.append(rid)
+    return pruned
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_pid(host: Host, path: str) -> int | None:
+    text = host.read_text(path)
+    try:
+        return int((text or "").split()[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def _alive(host: Host, pid: int | None) -> bool:
+    if not pid:
+        return False
+    if host.is_local:
+        return _pid_alive(pid)
+    return host.run(["kill", "-0", str(pid)], check=False).ok
+
+
+def _signal(host: Host, pid: int, sig: signal.Signals) -> None:
+    if host.is_local:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+        return
+    host.run(["kill", f"-{sig.name.removeprefix('SIG')}", str(pid)], check=False)
+
+
+@dataclass(frozen=True)
+class Paths:
+    control: str
+    listener_pid: str
+    app_env: str
+    app_log: str
+
+    @classmethod
+    def of(cls, layout: Layout) -> Paths:
+        return cls(control=f"{layout.run}/listener.sock", listener_pid=f"{layout.run}/listener.pid",
+                   app_env=f"{layout.shared}/app.env", app_log=f"{layout.logs}/app.log")
+
+
+def master_pidfile(layout: Layout, rid: str) -> str:
+    return f"{layout.run}/app-{rid}.pid"
+
+
+def running_masters(host: Host, layout: Layout) -> dict[str, int]:
+    """release id -> gunicorn master pid, for every master still alive."""
+    out = {}
+    for name in host.listdir(layout.run):
+        if name.startswith("app-") and name.endswith(".pid"):
+            rid = name[4:-4]
+            pid = _read_pid(host, f"{layout.run}/{name}")
+            if _alive(host, pid):
+                out[rid] = pid  # type: ignore[assignment]
+    return out
+
+
+def write_app_env(host: Host, env: EnvConfig, layout: Layout) -> None:
+    """The service's environment file: committed keys plus secrets, readable by its owner only."""
+    lines = [f"{k}={v}" for k, v in env.service_env().items()]
+    host.write_text(Paths.of(layout).app_env, "\n".join(lines) + "\n", mode=0o600)
+
+
+def ensure_listener(host: Host, env: EnvConfig, layout: Layout, release_dir: str) -> None:
+    paths = Paths.of(layout)
+    if _alive(host, _read_pid(host, paths.listener_pid)) and host.exists(paths.control):
+        return
+    if host.is_local and not port_is_free(env.app_port):
+        raise ServiceError(f"port {env.app_port} (APP_PORT in {env.file.name}) is taken by another process",
+                           hint="stop that process or change APP_PORT; nothing was switched")
+    python = f"{release_dir}/.venv/bin/python"
+    host.run(cmd.listener(python, release_dir, port=env.app_port, control=paths.control,
+                          pidfile=paths.listener_pid), timeout=20)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if host.exists(paths.listener_pid) and host.exists(paths.control):
+            return
+        time.sleep(0.02)
+    raise ServiceError(f"the listener for port {env.app_port} did not start")
+
+
+def service_env(env: EnvConfig, layout: Layout, release: Release, ready_dir: str) -> dict[str, str]:
+    return {
+        "STAGEFLOW_ENV_FILE": Paths.of(layout).app_env,
+        "STAGEFLOW_RELEASE": release.id,
+        "STAGEFLOW_COMMIT": release.commit,
+        "STAGEFLOW_APP_DIR": layout.release(release.id),
+        "STAGEFLOW_READY_DIR": ready_dir,
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+    }
+
+
+def health_barrier(host: Host, env: EnvConfig, layout: Layout, release: Release,
+                   extra_env: dict[str, str] | None = None) -> None:
+    """Refuse to start a release that does not answer /readyz in-process (code, schema, servers)."""
+    rdir = layout.release(release.id)
+    res = host.run(cmd.barrier(rdir), check=False, timeout=60, cwd=rdir,
+                   env={**service_env(env, layout, release, ""), **(extra_env or {})})
+    if not res.ok:
+        raise ServiceError(f"release {release.id} is not ready: {res.tail(1)}",
+                           hint="check its migrations and servers; the previous release still serves")
+
+
+def start(host: Host, env: EnvConfig, layout: Layout, release: Release, *, workers: int,
+          extra_env: dict[str, str] | None = None, timeout_s: float = 30.0) -> int:
+    """Start a gunicorn master for release on the shared socket; return once its workers booted."""
+    rdir = layout.release(release.id)
+    paths = Paths.of(layout)
+    ensure_listener(host, env, layout, rdir)
+    pidfile = master_pidfile(layout, release.id)
+    old = _read_pid(host, pidfile)
+    if _alive(host, old):
+        return old  # type: ignore[return-value]
+    ready_dir = f"{layout.run}/ready-{release.id}"
+    host.remove_tree(ready_dir)
+    host.makedirs(ready_dir)
+    host.run(cmd.gunicorn(rdir, control=paths.control, pidfile=pidfile, workers=workers,
+                          logfile=paths.app_log),
+             env={**service_env(env, layout, release, ready_dir), **(extra_env or {})}, timeout=30)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if len(host.listdir(ready_dir)) >= workers:
+            pid = _read_pid(host, pidfile)
+            if _alive(host, pid):
+                host.remove_tree(ready_dir)
+                return pid  # type: ignore[return-value]
+        time.sleep(0.03)
+    pid = _read_pid(host, pidfile)
+    if pid:
+        stop_master(host, pid)
+    tail = (host.read_text(paths.app_log) or "").strip().splitlines()[-2:]
+    raise ServiceError(f"release {release.id} did not boot its workers: {' | '.join(tail)}",
+                       hint=f"see {paths.app_log}")
+
+
+def stop_master(host: Host, pid: int, *, timeout_s: float = 25.0) -> None:
+    """Graceful: TERM lets workers finish in-flight requests; queued ones go to the other master."""
+    _signal(host, pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(host, pid):
+            return
+        time.sleep(0.03)
+    _signal(host, pid, signal.SIGKILL)
+
+
+def retire_others(host: Host, layout: Layout, keep: str) -> list[str]:
+    """Drain every master but keep's; returns the releases retired."""
+    retired = []
+    for rid, pid in running_masters(host, layout).items():
+        if rid != keep:
+            stop_master(host, pid)
+            host.run(["rm", "-f", master_pidfile(layout, rid)], check=False)
+            retired.append(rid)
+    return retired
+
+
+def switch(host: Host, layout: Layout, release_id: str) -> None:
+    host.switch_symlink(layout.current, f"releases/{release_id}")
+
+
+def stop_service(proj: Project, name: str) -> list[str]:
+    env = proj.env(name)
+    layout = Layout(str(env.data_dir))
+    host = Host(secrets=env.secret_values())
+    lines = []
+    for rid, pid in running_masters(host, layout).items():
+        stop_master(host, pid)
+        lines.append(f"service {rid} stopped")
+    paths = Paths.of(layout)
+    lpid = _read_pid(host, paths.listener_pid)
+    if _alive(host, lpid):
+        _signal(host, lpid, signal.SIGTERM)  # type: ignore[arg-type]
+        lines.append("listener stopped")
+    for p in (paths.listener_pid, paths.control):
+        if host.exists(p):
+            host.run(["rm", "-f", p], check=False)
+    return lines
+
+
+def service_status(proj: Project, name: str) -> dict[str, Any]:
+    env = proj.env(name)
+    layout = Layout(str(env.data_dir))
+    host = Host()
+    masters = running_masters(host, layout)
+    current = current_release(host, layout)
+    up = bool(masters) and port_answers(env.app_port)
+    return {"up": up, "port": env.app_port, "release": current,
+            "masters": masters, "serving": sorted(masters)}
+
+
+def to_dict(release: Release) -> dict[str, Any]:
+    return asdict(release)

@@ -1,0 +1,1 @@
+"""Runtimes: native (embedded Postgres, Redis, gunicorn) and compose."""

@@ -1,0 +1,472 @@
+"""The compose runtime: an environment as a docker compose project whose release is the image tag."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from deploy.commands import compose as cmd
+from deploy.commands.compose import ComposeCommands
+from deploy.config import SECRET_KEYS, EnvConfig, read_env_file
+from deploy.errors import ConfigError, MigrationError, ServiceError, UsageError
+from deploy.hosts import CommandResult, Host
+from deploy.secrets import REDACTED, scrub
+from deploy.state import Layout, history
+
+DEFAULT_IMAGE = "stageflow-app"
+APP_SERVICE = "app"
+# compose.yml refuses to render without these (${VAR:?}): check first and say where they go.
+REQUIRED_SECRETS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "SECRET_KEY")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_GOOD_KINDS = ("deploy", "rollback-1", "rollback-2", "rollback-3", "emergency", "restart")
+
+
+# -- rendering the files offline (tests, guards): the subset of compose's rules our files use ------
+
+_VAR = re.compile(
+    r"\$(?:(?P<escaped>\$)"
+    r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
+    r"|(?P<named>[A-Za-z_][A-Za-z0-9_]*)"
+    r"|(?P<invalid>\{[^}]*\}?))"
+)
+
+
+def interpolate(text: str, variables: Mapping[str, str], *, source: str = "compose file") -> str:
+    """Resolve $$, $VAR, ${VAR}, ${VAR:-d}, ${VAR-d}, ${VAR:?e}, ${VAR?e}, ${VAR:+r}, ${VAR+r}."""
+
+    def one(m: re.Match[str]) -> str:
+        if m["escaped"]:
+            return "$"
+        if m["invalid"] is not None:
+            raise ConfigError(
+                f"{source}: invalid interpolation ${m['invalid']}",
+                hint="write ${NAME}, ${NAME:-default} or $$ for a literal $",
+            )
+        name = m["braced"] or m["named"]
+        op, arg = m["op"], m["arg"] or ""
+        value = variables.get(name)
+        is_set, non_empty = value is not None, bool(value)
+        present = non_empty if op and op.startswith(":") else is_set
+        if op in (":-", "-"):
+            return value if present and value is not None else arg
+        if op in (":?", "?"):
+            if not present or value is None:
+                raise ConfigError(f"{source}: {name} is required: {arg or 'it is not set'}")
+            return value
+        if op in (":+", "+"):
+            return arg if present else ""
+        return value or ""
+
+    return _VAR.sub(one, text)
+
+
+def interpolate_tree(node: Any, variables: Mapping[str, str], *, source: str) -> Any:
+    """Interpolate every string value (compose leaves keys alone)."""
+    if isinstance(node, str):
+        return interpolate(node, variables, source=source)
+    if isinstance(node, list):
+        return [interpolate_tree(v, variables, source=source) for v in node]
+    if isinstance(node, dict):
+        return {k: interpolate_tree(v, variables, source=source) for k, v in node.items()}
+    return node
+
+
+_REPLACED_LISTS = frozenset({"command", "entrypoint", "test"})
+_MAPPING_LISTS = frozenset({"environment", "labels"})
+
+
+def _as_mapping(value: Any) -> Any:
+    if isinstance(value, list):  # KEY=value list form
+        return dict(str(item).partition("=")[::2] for item in value)
+    return value
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Compose's merge: mappings recursively, argv lists replaced, other lists appended uniquely."""
+    out = dict(base)
+    for key, value in override.items():
+        old = out.get(key)
+        if key in _MAPPING_LISTS:
+            old, value = _as_mapping(old), _as_mapping(value)
+        if isinstance(old, dict) and isinstance(value, dict):
+            out[key] = merge(old, value)
+        elif isinstance(old, list) and isinstance(value, list) and key not in _REPLACED_LISTS:
+            out[key] = old + [v for v in value if v not in old]
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    import yaml  # loaded only when files are rendered offline: `inv --list` stays fast
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist", hint="restore it from the repository") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path.name}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path.name}: a compose file must be a mapping at the top")
+    return data
+
+
+def render_files(files: Sequence[Path], variables: Mapping[str, str]) -> dict[str, Any]:
+    """Interpolate each file, then merge them in order (what `docker compose config` does)."""
+    model: dict[str, Any] = {}
+    for path in files:
+        model = merge(model, interpolate_tree(load_yaml(path), variables, source=path.name))
+    return model
+
+
+def compose_variables(cfg: EnvConfig) -> dict[str, str]:
+    """What compose interpolates from: the env file's keys, with every secret a placeholder."""
+    variables = dict(cfg.values)
+    variables.update(dict.fromkeys(SECRET_KEYS, REDACTED))
+    return variables
+
+
+def render(root: Path, cfg: EnvConfig, *, files: Sequence[str] | None = None) -> dict[str, Any]:
+    """An environment's compose model as compose would see it, secrets left out."""
+    names = files if files is not None else cmd.compose_files(cfg.name)
+    return render_files([root / f for f in names], compose_variables(cfg))
+
+
+def env_file_variables(path: Path) -> dict[str, str]:
+    return {k: v for k, (v, _line) in read_env_file(path).items()}
+
+
+# -- isolation ------------------------------------------------------------------------------------
+
+
+def _port_numbers(spec: str) -> list[int]:
+    low, _, high = spec.partition("-")
+    if not low.isdigit() or (high and not high.isdigit()):
+        return []
+    return list(range(int(low), int(high or low) + 1))
+
+
+def published_ports(entry: Any) -> list[int]:
+    """Host ports one `ports:` entry publishes (none when the engine picks them)."""
+    if isinstance(entry, dict):
+        published = entry.get("published")
+        return _port_numbers(str(published)) if published not in (None, "") else []
+    if isinstance(entry, int):
+        return []
+    parts = str(entry).split("/", 1)[0].rsplit(":", 2)
+    return _port_numbers(parts[-2]) if len(parts) >= 2 else []
+
+
+def _bind_source(entry: Any) -> str | None:
+    if isinstance(entry, dict):
+        return str(entry.get("source")) if entry.get("type") == "bind" else None
+    source = str(entry).split(":", 1)[0]
+    return source if source.startswith(("/", ".", "~")) else None
+
+
+def _names(envs: Iterable[str]) -> str:
+    envs = list(dict.fromkeys(envs))
+    return " and ".join(envs) if len(envs) < 3 else ", ".join(envs[:-1]) + " and " + envs[-1]
+
+
+def compose_isolation_problems(rendered: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per thing two environments share: project name, host port, named volume, bind."""
+    problems: list[str] = []
+    projects: dict[str, list[str]] = {}
+    ports: dict[int, list[tuple[str, str]]] = {}
+    volumes: dict[str, list[tuple[str, str]]] = {}
+    binds: dict[str, list[tuple[str, str]]] = {}
+    for env, model in rendered.items():
+        project = model.get("name")
+        if not isinstance(project, str) or not project:
+            problems.append(f"{env}: its compose files set no project name (top-level name:)")
+            project = ""
+        else:
+            projects.setdefault(project, []).append(env)
+        for service, spec in (model.get("services") or {}).items():
+            for entry in (spec or {}).get("ports") or []:
+                for port in published_ports(entry):
+                    ports.setdefault(port, []).append((env, service))
+            for entry in (spec or {}).get("volumes") or []:
+                source = _bind_source(entry)
+                if source:
+                    binds.setdefault(source, []).append((env, service))
+        for key, spec in (model.get("volumes") or {}).items():
+            spec = spec or {}
+            # compose prefixes an unnamed volume with the project; external ones keep their key
+            name = spec.get("name") or (key if spec.get("external") else f"{project}_{key}")
+            volumes.setdefault(str(name), []).append((env, key))
+    for project, envs in projects.items():
+        if len(set(envs)) > 1:
+            problems.append(f"{_names(envs)} share the compose project name {project!r}")
+    for what, table in (
+        ("publish host port", ports),
+        ("use the named volume", volumes),
+        ("bind-mount", binds),
+    ):
+        for item, users in table.items():
+            envs = [env for env, _ in users]
+            if len(set(envs)) > 1:
+                who = ", ".join(f"{env} {owner}" for env, owner in users)
+                verb = "both " + what if len(set(envs)) == 2 else what
+                problems.append(f"{_names(envs)} {verb} {item!r} ({who})")
+    return problems
+
+
+# -- reading compose output -----------------------------------------------------------------------
+
+
+def parse_ps(stdout: str) -> list[dict[str, Any]]:
+    """`ps --format json`: a JSON array (compose < 2.21) or one object per line (newer)."""
+    text = stdout.strip()
+    if not text:
+        return []
+    try:
+        if text.startswith("["):
+            data = json.loads(text)
+            rows = data if isinstance(data, list) else [data]
+        else:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError:
+        raise ServiceError(
+            "`docker compose ps` did not print JSON",
+            hint="use docker compose v2 (the `docker compose` plugin)",
+        ) from None
+    if not all(isinstance(r, dict) for r in rows):
+        raise ServiceError("`docker compose ps` printed JSON that is not a list of containers")
+    return rows
+
+
+def image_tag(image: str) -> str | None:
+    """registry:5000/name:tag -> tag; None when the reference carries no tag."""
+    name, sep, tag = image.rpartition(":")
+    return tag if sep and name and "/" not in tag else None
+
+
+def previous_release(entries: Sequence[Mapping[str, Any]], current: str | None) -> str | None:
+    """The newest successful release other than current, from history oldest first."""
+    for entry in reversed(entries):
+        release = entry.get("release")
+        if (
+            entry.get("status") == "success"
+            and entry.get("kind", "deploy") in _GOOD_KINDS
+            and release
+            and release != current
+        ):
+            return str(release)
+    return None
+
+
+def check_release(release: str) -> str:
+    if not _TAG.match(release):
+        raise UsageError(
+            f"release {release!r} cannot be an image tag",
+            hint="use letters, digits, '_', '.' and '-' (at most 128), not starting with . or -",
+        )
+    return release
+
+
+# -- the runtime ----------------------------------------------------------------------------------
+
+
+class ComposeRuntime:
+    """Runs one environment's compose project on one host through Host.run."""
+
+    def __init__(
+        self,
+        cfg: EnvConfig,
+        host: Host,
+        *,
+        root: str | Path | None = None,
+        image: str = DEFAULT_IMAGE,
+        wait_timeout_s: int = 120,
+    ) -> None:
+        self.cfg = cfg
+        self.host = host
+        # The project's root on that host: compose/ and env/ are read relative to it.
+        self.root = str(root if root is not None else cfg.file.parent.parent)
+        self.image = image
+        self.wait_timeout_s = wait_timeout_s
+        self._engine_checked = False
+
+    # -- plumbing -----------------------------------------------------------------------------
+    @property
+    def _secrets_rel(self) -> str:
+        return f"env/{self.cfg.name}.secrets.env"
+
+    def commands(self) -> ComposeCommands:
+        secrets_present = self.host.exists(str(PurePosixPath(self.root, self._secrets_rel)))
+        return cmd.ComposeCommands(
+            project=self.cfg.compose_project,
+            env_file=f"env/{self.cfg.name}.env",
+            files=cmd.compose_files(self.cfg.name),
+            secrets_file=self._secrets_rel if secrets_present else None,
+        )
+
+    def _scrub(self, text: str) -> str:
+        return scrub(text, self.cfg.secret_values())
+
+    def check_engine(self) -> None:
+        """Fail closed, in one line, when docker or its engine or the compose plugin is missing."""
+        if self._engine_checked:
+            return
+        res = self.host.run(cmd.engine_info(), check=False, timeout=30)
+        if not res.ok:
+            detail = "the docker client is not installed" if res.exit_code == 127 else res.tail(1)
+            raise ServiceError(
+                f'no Docker engine answers at {self.host.name}; use runtime = "native"',
+                hint=f"or start Docker there: {self._scrub(detail)}",
+            )
+        res = self.host.run(cmd.compose_version(), check=False, timeout=30)
+        if not res.ok:
+            raise ServiceError(
+                f'docker compose is not installed at {self.host.name}; use runtime = "native"',
+                hint="or install the compose plugin (docker-compose-plugin)",
+            )
+        self._engine_checked = True
+
+    def _run_env(self, commands: ComposeCommands, extra: Mapping[str, str]) -> dict[str, str]:
+        missing = [k for k in REQUIRED_SECRETS if not self.cfg.secret(k)]
+        if missing:
+            raise ConfigError(
+                f"{self.cfg.name} has no {missing[0]}",
+                hint=f"set it in env/{self.cfg.name}.secrets.env (mode 0600)",
+            )
+        env = dict(extra)
+        if self.host.is_local:
+            # As compose's own environment, never argv; like load_env, they win over the file.
+            env.update({k: s.reveal() for k, s in self.cfg.secrets})
+        elif commands.secrets_file is None:
+            # Host.run would put them on the remote command line; only a file there is safe.
+            raise ConfigError(
+                f"{self._secrets_rel} is missing on {self.host.name}",
+                hint="copy it there with mode 0600; compose reads secrets from it",
+            )
+        return env
+
+    def run(
+        self,
+        build: Callable[[ComposeCommands], list[str]],
+        *,
+        release: str | None = None,
+        check: bool = False,
+        timeout: float | None = None,
+    ) -> CommandResult:
+        """Build one compose argv (build(commands) -> list[str]) and run it in the project root."""
+        # Input and config first: they fail the same way with or without an engine.
+        extra = {"STAGEFLOW_IMAGE": self.image}
+        if release is not None:
+            extra["STAGEFLOW_RELEASE"] = check_release(release)
+        commands = self.commands()
+        env = self._run_env(commands, extra)
+        self.check_engine()
+        return self.host.run(build(commands), check=check, timeout=timeout, env=env, cwd=self.root)
+
+    def _failed(self, what: str, res: CommandResult) -> ServiceError:
+        return ServiceError(
+            f"{self.cfg.name}: {what} failed (exit {res.exit_code}): {self._scrub(res.tail())}",
+            hint=f"inspect with `docker compose -p {self.cfg.compose_project} logs`",
+        )
+
+    # -- operations ---------------------------------------------------------------------------
+    def validate(self) -> None:
+        """`docker compose config --quiet`: the files and their interpolation, nothing started."""
+        res = self.run(lambda c: c.config(), timeout=60)
+        if not res.ok:
+            raise ConfigError(
+                f"{self.cfg.name}: compose files do not validate: {self._scrub(res.tail())}",
+                hint="fix compose/compose.yml or the environment's override",
+            )
+
+    def pull(self, release: str) -> None:
+        res = self.run(lambda c: c.pull(services=[APP_SERVICE]), release=release)
+        if not res.ok:
+            raise self._failed(f"pulling {cmd.image_ref(self.image, release)}", res)
+
+    def up(self, release: str) -> list[dict[str, Any]]:
+        """Start (or switch to) release and wait until every service is healthy."""
+        res = self.run(
+            lambda c: c.up(wait=True, wait_timeout_s=self.wait_timeout_s), release=release
+        )
+        if not res.ok:
+            raise self._failed(f"starting release {release}", res)
+        return self.status()
+
+    def down(self, *, volumes: bool = False) -> None:
+        """Stop the project; its data stays unless volumes=True (never on production)."""
+        if volumes and self.cfg.environment == "production":
+            raise UsageError(
+                f"{self.cfg.name} refuses to remove its data volumes",
+                hint="production data goes only through a backup and a restore",
+            )
+        res = self.run(lambda c: c.down(volumes=volumes))
+        if not res.ok:
+            raise self._failed("compose down", res)
+
+    def status(self) -> list[dict[str, Any]]:
+        """One parsed `ps --format json` row per container (Service, Image, State, Health, ...)."""
+        res = self.run(lambda c: c.ps(all_states=True), timeout=60)
+        if not res.ok:
+            raise self._failed("compose ps", res)
+        return parse_ps(res.stdout)
+
+    def current_release(self) -> str | None:
+        for row in self.status():
+            if row.get("Service") == APP_SERVICE and row.get("State") == "running":
+                return image_tag(str(row.get("Image", "")))
+        return None
+
+    def logs(self, *, tail: int = 100, services: Sequence[str] = ()) -> str:
+        res = self.run(lambda c: c.logs(services=services, tail=tail), timeout=60)
+        if not res.ok:
+            raise self._failed("compose logs", res)
+        return self._scrub(res.stdout)
+
+    def exec(self, argv: Sequence[str], *, service: str = APP_SERVICE) -> CommandResult:
+        return self.run(lambda c: c.exec(service, argv))
+
+    def migrate(self, argv: Sequence[str]) -> CommandResult:
+        """Run the migration command inside the running app container."""
+        res = self.exec(argv)
+        if not res.ok:
+            raise MigrationError(
+                f"{self.cfg.name}: migration command exited {res.exit_code}: "
+                f"{self._scrub(res.tail())}",
+                hint="nothing was switched; fix the migration and deploy again",
+            )
+        return res
+
+    def restart(self) -> list[dict[str, Any]]:
+        """Level 1: restart every container of the current release, then wait for health."""
+        current = self.current_release()
+        if current is None:
+            raise ServiceError(
+                f"{self.cfg.name} has no running release to restart", hint="deploy one first"
+            )
+        res = self.run(lambda c: c.restart())
+        if not res.ok:
+            raise self._failed("compose restart", res)
+        return self.up(current)
+
+    def rollback(self, *, level: int = 2, to: str | None = None) -> str:
+        """Level 1 restarts; level 2 starts the previous good image tag (or `to`). Returns the release."""
+        if level == 1:
+            self.restart()
+            return self.current_release() or ""
+        if level != 2:
+            raise UsageError(
+                f"the compose runtime does level 1 and 2, not {level}",
+                hint="level 3 restores a backup: run the environment's rollback task",
+            )
+        current = self.current_release()
+        target = to or previous_release(history(self.host, Layout(str(self.cfg.data_dir))), current)
+        if not target:
+            raise ServiceError(
+                f"{self.cfg.name} has no previous good release to go back to",
+                hint="name one with --to TAG",
+            )
+        self.up(target)
+        return target

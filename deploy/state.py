@@ -1,0 +1,253 @@
+"""An environment's home on a host: layout, the deploy lock, history and audit records."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+from deploy.errors import LockHeld, UsageError
+from deploy.hosts import Host
+
+LOCK_STALE_AFTER_S = 3600.0
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths under <DATA_DIR> on one host (DESIGN.md, "State on a host")."""
+
+    home: str
+
+    def _p(self, *parts: str) -> str:
+        return str(PurePosixPath(self.home, *parts))
+
+    @property
+    def releases(self) -> str:
+        return self._p("releases")
+
+    def release(self, release_id: str) -> str:
+        return self._p("releases", release_id)
+
+    @property
+    def current(self) -> str:
+        return self._p("current")
+
+    @property
+    def shared(self) -> str:
+        return self._p("shared")
+
+    @property
+    def pgdata(self) -> str:
+        return self._p("shared", "pgdata")
+
+    @property
+    def redis_dir(self) -> str:
+        return self._p("shared", "redis")
+
+    @property
+    def logs(self) -> str:
+        return self._p("shared", "logs")
+
+    @property
+    def backups(self) -> str:
+        return self._p("shared", "backups")
+
+    @property
+    def venvs(self) -> str:
+        return self._p("shared", "venvs")
+
+    @property
+    def run(self) -> str:
+        return self._p("run")
+
+    @property
+    def state(self) -> str:
+        return self._p("state")
+
+    @property
+    def history(self) -> str:
+        return self._p("state", "history.jsonl")
+
+    @property
+    def audit(self) -> str:
+        return self._p("state", "audit.jsonl")
+
+    @property
+    def lock(self) -> str:
+        return self._p("state", "lock")
+
+    @property
+    def freeze(self) -> str:
+        return self._p("state", "frozen.json")
+
+    @property
+    def requests(self) -> str:
+        return self._p("state", "requests")
+
+    @property
+    def marker(self) -> str:
+        """Names the environment that owns this home, so two environments never share one."""
+        return self._p(".stageflow-env")
+
+
+def read_jsonl(host: Host, path: str) -> list[dict[str, Any]]:
+    text = host.read_text(path) or ""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a torn last line from a killed writer is skipped, not fatal
+    return out
+
+
+def append_jsonl(host: Host, path: str, record: dict[str, Any]) -> None:
+    host.append_line(path, json.dumps(record, sort_keys=True, separators=(",", ":")))
+
+
+def audit(host: Host, layout: Layout, *, actor: str, action: str, **details: Any) -> None:
+    append_jsonl(host, layout.audit, {"time": utc_now(), "actor": actor, "action": action, **details})
+
+
+# -- history ---------------------------------------------------------------------------------
+
+@dataclass
+class HistoryEntry:
+    id: str
+    time: str
+    env: str
+    release: str
+    commit: str
+    ref: str
+    actor: str
+    kind: str  # deploy | rollback-1 | rollback-2 | rollback-3 | emergency | restart
+    status: str  # success | failed | rolled-back | running
+    duration_s: float = 0.0
+    migrations: list[int] | None = None
+    backup: str | None = None
+    gate_report: str | None = None
+    previous: str | None = None
+    notes: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def new_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def record_history(host: Host, layout: Layout, entry: HistoryEntry) -> None:
+    append_jsonl(host, layout.history, entry.to_dict())
+
+
+def history(host: Host, layout: Layout) -> list[dict[str, Any]]:
+    """Entries oldest first; a later line with the same id supersedes an earlier one."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for rec in read_jsonl(host, layout.history):
+        by_id[rec.get("id", "")] = {**by_id.get(rec.get("id", ""), {}), **rec}
+    return list(by_id.values())
+
+
+# -- the deploy lock -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LockInfo:
+    who: str
+    pid: int
+    host: str
+    command: str
+    release: str
+    time: str
+    since: float
+
+    def describe(self) -> str:
+        return (f"held by {self.who} (pid {self.pid} on {self.host}) since {self.time} "
+                f"for `{self.command}` {self.release}".rstrip())
+
+
+class DeployLock:
+    """An atomic mkdir on the primary host: works with the database down, reports stale holders."""
+
+    def __init__(self, host: Host, layout: Layout) -> None:
+        self.host = host
+        self.layout = layout
+        self.held = False
+
+    @property
+    def _info_path(self) -> str:
+        return str(PurePosixPath(self.layout.lock, "holder.json"))
+
+    def holder(self) -> LockInfo | None:
+        if not self.host.exists(self.layout.lock):
+            return None
+        text = self.host.read_text(self._info_path)
+        try:
+            data = json.loads(text or "")
+            return LockInfo(**data)
+        except (json.JSONDecodeError, TypeError):
+            # mkdir happened, holder file not yet (or torn): report as unknown but held
+            return LockInfo("unknown", 0, "unknown", "unknown", "", "unknown", 0.0)
+
+    def is_stale(self, info: LockInfo) -> bool:
+        """Stale: the holder's process is gone (same machine), or it is older than an hour."""
+        if info.since and time.time() - info.since > LOCK_STALE_AFTER_S:
+            return True
+        if info.host == socket.gethostname() and info.pid > 0:
+            try:
+                os.kill(info.pid, 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+        return False
+
+    def acquire(self, *, who: str, command: str, release: str = "") -> None:
+        if not self.host.mkdir_atomic(self.layout.lock):
+            info = self.holder()
+            stale = info is not None and self.is_stale(info)
+            desc = info.describe() if info else "held"
+            raise LockHeld(
+                f"the deploy lock is {desc}{' (stale: its process is gone)' if stale else ''}",
+                hint=("release it with --force --reason TEXT" if stale
+                      else "wait for it to finish, or inspect with `inv <env>.lock`"),
+            )
+        info = LockInfo(who=who, pid=os.getpid(), host=socket.gethostname(), command=command,
+                        release=release, time=utc_now(), since=time.time())
+        self.host.write_text(self._info_path, json.dumps(asdict(info)))
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.host.remove_tree(self.layout.lock)
+            self.held = False
+
+    def force_release(self, *, actor: str, reason: str) -> LockInfo | None:
+        if not reason.strip():
+            raise UsageError("--force needs --reason TEXT", hint="say why the lock is safe to break")
+        info = self.holder()
+        if info is None:
+            return None
+        self.host.remove_tree(self.layout.lock)
+        audit(self.host, self.layout, actor=actor, action="lock-force-release", reason=reason,
+              holder=asdict(info))
+        return info
+
+    def __enter__(self) -> DeployLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,1 @@
+"""invoke task modules, one per namespace; tasks parse flags and call the engine."""

@@ -1,0 +1,58 @@
+"""What every task module shares: the project, the target environment, and the error edge."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from invoke import Exit
+
+from deploy import guards
+from deploy.actors import Actor, resolve
+from deploy.config import Project, find_root, load_project
+from deploy.errors import DeployError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def edge(fn: F) -> F:
+    """Map an expected failure to one line on stderr and its exit code; no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DeployError as err:
+            raise Exit(f"stageflow: {err.line()}", code=int(err.exit_code)) from None
+        except KeyboardInterrupt:
+            raise Exit("stageflow: interrupted", code=130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def project() -> Project:
+    return load_project(find_root(Path.cwd()), process_env=dict(os.environ))
+
+
+def env_name(c: Any) -> str:
+    """The namespace a task was called through (dev, staging, prod), set by env_collection()."""
+    return c.config.stageflow.env
+
+
+def actor() -> Actor:
+    return resolve(os.environ, stdin_is_tty=sys.stdin.isatty())
+
+
+def preflight(proj: Project, name: str) -> list[guards.Check]:
+    return guards.run_checks(guards.environment_checks(proj, name, os.environ))
+
+
+def guarded(proj: Project, name: str) -> list[guards.Check]:
+    """Run the environment guards; refuse (exit 3) when any fails. Every mutating task calls this."""
+    checks = preflight(proj, name)
+    guards.require(checks)
+    return checks

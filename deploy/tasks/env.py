@@ -1,0 +1,88 @@
+"""Tasks of one environment namespace (dev, staging, prod): the same tasks, bound to one env."""
+
+from __future__ import annotations
+
+from invoke import Collection, task
+
+from deploy import environment
+from deploy.output import mark, print_json, print_table, say
+from deploy.tasks._common import actor, edge, env_name, guarded, preflight, project
+
+
+@task(help={"json": "print the checks as JSON"})
+@edge
+def preflight_(c, json=False):
+    """Run this environment's guards and print them as a table; changes nothing."""
+    name = env_name(c)
+    checks = preflight(project(), name)
+    if json:
+        print_json([ch.to_dict() for ch in checks])
+    else:
+        print_table(f"{name} preflight", ["check", "verdict", "detail"],
+                    [(ch.name, mark(ch.ok), ch.detail) for ch in checks])
+    if not all(ch.ok for ch in checks):
+        from deploy.guards import require
+
+        require(checks)
+
+
+@task
+@edge
+def up(c):
+    """Start this environment's PostgreSQL and Redis (idempotent)."""
+    name = env_name(c)
+    proj = project()
+    guarded(proj, name)
+    for line in environment.up(proj, name):
+        say(f"{name}: {line}")
+
+
+@task
+@edge
+def down(c):
+    """Stop this environment's service, PostgreSQL and Redis."""
+    name = env_name(c)
+    proj = project()
+    for line in environment.down(proj, name):
+        say(f"{name}: {line}")
+
+
+@task(help={"json": "print the status as JSON"})
+@edge
+def status(c, json=False):
+    """Show this environment's servers, ports, release and data directory."""
+    rows = [environment.status(project(), env_name(c))]
+    if json:
+        print_json(rows[0])
+    else:
+        environment.print_status(rows)
+
+
+@task(help={"generate": "create missing secrets with random values (file mode 0600)"})
+@edge
+def secrets(c, generate=False):
+    """List which secrets are set for this environment (never their values)."""
+    name = env_name(c)
+    proj = project()
+    if generate:
+        for line in environment.generate_secrets(proj, name, actor=str(actor())):
+            say(f"{name}: {line}")
+        proj = project()
+    env = proj.env(name)
+    from deploy.config import SECRET_KEYS
+
+    print_table(f"{name} secrets", ["key", "set", "meaning"],
+                [(k, "yes" if env.secret(k) else "no", v) for k, v in SECRET_KEYS.items()])
+
+
+TASKS = [preflight_, up, down, status, secrets]
+
+
+def env_collection(name: str) -> Collection:
+    from deploy.tasks import release_steps
+
+    ns = Collection(name)
+    for t in TASKS + release_steps.TASKS:
+        ns.add_task(t, name=t.name.strip("_").replace("_", "-"))
+    ns.configure({"stageflow": {"env": name}})
+    return ns

@@ -1,0 +1,149 @@
+"""Deploy-side tasks of an environment namespace: deploy, migrate, smoke, lock, history."""
+
+from __future__ import annotations
+
+import os
+
+from invoke import task
+
+from deploy import migrations, releases, rollout, smoke
+from deploy.errors import RolledBack, UsageError
+from deploy.hosts import Host
+from deploy.output import print_json, print_table, say
+from deploy.state import DeployLock, Layout, history
+from deploy.tasks._common import actor, edge, env_name, guarded, preflight, project
+
+
+@task(help={"ref": "git ref to deploy (default HEAD)", "dry_run": "print guards and plan; change nothing",
+            "allow_dirty": "dev only: deploy uncommitted changes of tracked files",
+            "json": "print the result as JSON"})
+@edge
+def deploy(c, ref="HEAD", dry_run=False, allow_dirty=False, json=False):
+    """Deploy a git ref: guards, lock, build, migrate, switch, smoke, verify, record."""
+    name = env_name(c)
+    proj = project()
+    if dry_run:
+        checks = preflight(proj, name)
+        print_table(f"{name} preflight", ["check", "verdict", "detail"],
+                    [(ch.name, "ok" if ch.ok else "REFUSED", ch.detail) for ch in checks])
+        releases.resolve_ref(proj.root, ref)
+        print_table(f"{name} deploy plan for {ref}", ["step", "does"], rollout.plan(proj, name, ref=ref))
+        return
+    result = rollout.deploy(proj, name, actor=actor(), ref=ref, allow_dirty=allow_dirty,
+                            printer=(lambda _l: None) if json else say,
+                            stop_at=os.environ.get("STAGEFLOW_TEST_STOP_AT"),
+                            process_env=dict(os.environ))
+    if json:
+        print_json(result)
+    else:
+        say(f"{name}: deployed {result['release']} in {result['duration_s']:.2f}s")
+
+
+def _files_and_url(name):
+    proj = project()
+    env = proj.env(name)
+    layout = Layout(str(env.data_dir))
+    current = releases.current_release(Host(), layout)
+    src = layout.release(current) if current else str(proj.root)
+    return proj, env, rollout.migration_files(src)
+
+
+@task(help={"to": "migrate up to this version only", "dry_run": "print the plan; change nothing"})
+@edge
+def migrate(c, to=None, dry_run=False):
+    """Apply pending migrations of the serving release (or the working tree before the first deploy)."""
+    name = env_name(c)
+    proj, env, files = _files_and_url(name)
+    if not dry_run:
+        guarded(proj, name)
+    target = int(to) if to is not None else None
+    done = migrations.migrate(env.database_url, files, target=target, dry_run=dry_run,
+                              applied_by=str(actor()), password=env.secret("POSTGRES_PASSWORD"))
+    verb = "would apply" if dry_run else "applied"
+    say(f"{name}: {verb} {[f.version for f in done] or 'nothing'}")
+
+
+@task(help={"json": "print as JSON"})
+@edge
+def migrations_(c, json=False):
+    """Show each migration: applied or pending, when, by whom, drift."""
+    name = env_name(c)
+    proj, env, files = _files_and_url(name)
+    rows = migrations.status(env.database_url, files, password=env.secret("POSTGRES_PASSWORD"))
+    if json:
+        print_json([r.to_dict() if hasattr(r, "to_dict") else r.__dict__ for r in rows])
+        return
+    print_table(f"{name} migrations", ["version", "name", "state", "applied at", "release", "drift"],
+                [(r.version, r.name, r.state, r.applied_at, r.release, "DRIFT" if r.drift else "")
+                 for r in rows])
+
+
+@task(help={"json": "print the probes as JSON"})
+@edge
+def smoke_(c, json=False):
+    """Probe the serving release: health, ready, version, identity, postgres, redis."""
+    name = env_name(c)
+    proj = project()
+    env = proj.env(name)
+    current = releases.current_release(Host(), Layout(str(env.data_dir)))
+    probes = smoke.run(env, expect_release=current)
+    if json:
+        print_json([p.to_dict() for p in probes])
+    else:
+        print_table(f"{name} smoke", ["probe", "verdict", "ms", "detail"],
+                    [(p.name, "ok" if p.ok else "FAILED", f"{p.ms:.1f}", p.detail) for p in probes])
+    bad = smoke.failed(probes)
+    if bad:
+        raise RolledBack(f"smoke failed: {bad[0].name}: {bad[0].detail}")
+
+
+@task(help={"release": "release the lock you hold", "force": "break a lock held by someone else",
+            "reason": "why breaking the lock is safe (required with --force; audited)"})
+@edge
+def lock(c, release=False, force=False, reason=""):
+    """Show who holds the deploy lock; --force --reason breaks a stale one (audited)."""
+    name = env_name(c)
+    env = project().env(name)
+    layout = Layout(str(env.data_dir))
+    dl = DeployLock(Host(), layout)
+    info = dl.holder()
+    if force:
+        if not reason.strip():
+            raise UsageError("--force needs --reason TEXT", hint="say why the lock is safe to break")
+        broken = dl.force_release(actor=str(actor()), reason=reason)
+        say(f"{name}: lock {'released (audited)' if broken else 'was not held'}")
+        return
+    if release:
+        if info and info.pid != os.getpid() and not dl.is_stale(info):
+            raise UsageError(f"the lock is {info.describe()}", hint="use --force --reason if it is stuck")
+        dl.force_release(actor=str(actor()), reason="released by holder") if info else None
+        say(f"{name}: lock released")
+        return
+    if info is None:
+        say(f"{name}: lock free")
+    else:
+        stale = " (STALE: its process is gone; --force --reason releases it)" if dl.is_stale(info) else ""
+        say(f"{name}: lock {info.describe()}{stale}")
+
+
+@task(help={"limit": "how many entries (newest first)", "json": "print as JSON"})
+@edge
+def history_(c, limit=20, json=False):
+    """Deployment history: Date | Version | Type | Status | Rollback | Notes."""
+    name = env_name(c)
+    env = project().env(name)
+    entries = history(Host(), Layout(str(env.data_dir)))[-int(limit):][::-1]
+    if json:
+        print_json(entries)
+        return
+    print_table(f"{name} history", ["Date", "Version", "Type", "Status", "Rollback", "Duration", "Notes"], [
+        (e.get("time", ""), f"{e.get('release') or '-'} ({(e.get('ref') or '')[:20]})",
+         e.get("kind", ""), e.get("status", ""),
+         "yes" if str(e.get("kind", "")).startswith("rollback") else "N/A",
+         f"{e.get('duration_s', 0):.2f}s",
+         (f"migrations {e['migrations']} " if e.get("migrations") else "") + (e.get("notes") or ""))
+        for e in entries
+    ])
+
+
+TASKS = [deploy, migrate, migrations_, smoke_, lock, history_]

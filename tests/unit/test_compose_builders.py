@@ -1,0 +1,235 @@
+"""The compose builders produce exactly these argv lists; the parsers read compose's real output."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy.commands import compose as cmd
+from deploy.errors import ServiceError, UsageError
+from deploy.runtime.compose import check_release, image_tag, parse_ps, previous_release
+
+BASE = [
+    "docker",
+    "compose",
+    "-p",
+    "stageflow-dev",
+    "--env-file",
+    "env/dev.env",
+    "-f",
+    "compose/compose.yml",
+    "-f",
+    "compose/compose.dev.yml",
+]
+WITH_SECRETS = [
+    "docker",
+    "compose",
+    "-p",
+    "stageflow-dev",
+    "--env-file",
+    "env/dev.env",
+    "--env-file",
+    "env/dev.secrets.env",
+    "-f",
+    "compose/compose.yml",
+    "-f",
+    "compose/compose.dev.yml",
+]
+
+
+@pytest.fixture
+def dev() -> cmd.ComposeCommands:
+    return cmd.ComposeCommands("stageflow-dev", "env/dev.env", cmd.compose_files("dev"))
+
+
+def test_compose_files_are_base_then_override() -> None:
+    assert cmd.compose_files("prod") == ("compose/compose.yml", "compose/compose.prod.yml")
+
+
+def test_base_without_and_with_secrets_file() -> None:
+    files = ["compose/compose.yml", "compose/compose.dev.yml"]
+    assert cmd.base("stageflow-dev", "env/dev.env", files) == BASE
+    assert cmd.base("stageflow-dev", "env/dev.env", files, secrets_file="env/dev.secrets.env") == (
+        WITH_SECRETS
+    )
+
+
+def test_secrets_file_is_a_second_env_file() -> None:
+    c = cmd.ComposeCommands(
+        "stageflow-dev", "env/dev.env", cmd.compose_files("dev"), secrets_file="env/dev.secrets.env"
+    )
+    assert c.base() == WITH_SECRETS
+    assert c.ps() == [*WITH_SECRETS, "ps", "--format", "json"]
+
+
+def test_up_waits_and_removes_orphans(dev: cmd.ComposeCommands) -> None:
+    assert dev.up() == [*BASE, "up", "-d", "--wait", "--remove-orphans"]
+    assert dev.up(wait_timeout_s=90, services=["app"]) == [
+        *BASE,
+        "up",
+        "-d",
+        "--wait",
+        "--wait-timeout",
+        "90",
+        "--remove-orphans",
+        "app",
+    ]
+    assert dev.up(wait=False, wait_timeout_s=90) == [*BASE, "up", "-d", "--remove-orphans"]
+
+
+def test_pull(dev: cmd.ComposeCommands) -> None:
+    assert dev.pull() == [*BASE, "pull", "--quiet"]
+    assert dev.pull(services=["app"]) == [*BASE, "pull", "--quiet", "app"]
+
+
+def test_ps(dev: cmd.ComposeCommands) -> None:
+    assert dev.ps() == [*BASE, "ps", "--format", "json"]
+    assert dev.ps(all_states=True) == [*BASE, "ps", "--all", "--format", "json"]
+
+
+def test_logs(dev: cmd.ComposeCommands) -> None:
+    assert dev.logs() == [*BASE, "logs", "--no-color", "--tail", "100"]
+    assert dev.logs(tail=20, services=["app", "redis"]) == [
+        *BASE,
+        "logs",
+        "--no-color",
+        "--tail",
+        "20",
+        "app",
+        "redis",
+    ]
+
+
+def test_down_keeps_volumes_unless_asked(dev: cmd.ComposeCommands) -> None:
+    assert dev.down() == [*BASE, "down", "--remove-orphans"]
+    assert "--volumes" not in dev.down(timeout_s=5) and "-v" not in dev.down()
+    assert dev.down(timeout_s=5) == [*BASE, "down", "--remove-orphans", "--timeout", "5"]
+    assert dev.down(volumes=True) == [*BASE, "down", "--remove-orphans", "--volumes"]
+
+
+def test_exec_has_no_tty_and_passes_argv_whole(dev: cmd.ComposeCommands) -> None:
+    argv = ["python", "-m", "deploy.migrations", "up", "--release", "a b;c"]
+    assert dev.exec("app", argv) == [*BASE, "exec", "-T", "app", *argv]
+    assert dev.exec("postgres", ["psql", "-c", "select 1"], user="postgres") == [
+        *BASE,
+        "exec",
+        "-T",
+        "--user",
+        "postgres",
+        "postgres",
+        "psql",
+        "-c",
+        "select 1",
+    ]
+
+
+def test_restart(dev: cmd.ComposeCommands) -> None:
+    assert dev.restart() == [*BASE, "restart"]
+    assert dev.restart(services=["app"], timeout_s=10) == [
+        *BASE,
+        "restart",
+        "--timeout",
+        "10",
+        "app",
+    ]
+
+
+def test_config_is_quiet_so_secrets_never_print(dev: cmd.ComposeCommands) -> None:
+    assert dev.config() == [*BASE, "config", "--quiet"]
+
+
+def test_engine_and_image_builders() -> None:
+    assert cmd.engine_info() == ["docker", "info", "--format", "{{.ServerVersion}}"]
+    assert cmd.compose_version() == ["docker", "compose", "version", "--short"]
+    assert cmd.image_ref("stageflow-app", "20261122T0351Z-abc1234") == (
+        "stageflow-app:20261122T0351Z-abc1234"
+    )
+    assert cmd.build_image("stageflow-app", "r1") == [
+        "docker",
+        "build",
+        "--tag",
+        "stageflow-app:r1",
+        "--file",
+        "Dockerfile",
+        ".",
+    ]
+    assert cmd.build_image("img", "r2", context="/src", dockerfile="/src/Dockerfile") == [
+        "docker",
+        "build",
+        "--tag",
+        "img:r2",
+        "--file",
+        "/src/Dockerfile",
+        "/src",
+    ]
+    assert cmd.image_exists("img", "r2") == [
+        "docker",
+        "image",
+        "inspect",
+        "--format",
+        "{{.Id}}",
+        "img:r2",
+    ]
+
+
+def test_builders_return_fresh_lists(dev: cmd.ComposeCommands) -> None:
+    first = dev.ps()
+    first.append("mutated")
+    assert dev.ps() == [*BASE, "ps", "--format", "json"]
+
+
+# -- parsing what compose prints ----------------------------------------------------------------
+
+# compose >= 2.21 prints one object per line; older versions print one JSON array.
+PS_LINES = (
+    '{"Name":"stageflow-dev-app-1","Service":"app","Image":"stageflow-app:r2","State":"running",'
+    '"Health":"healthy","Publishers":[{"URL":"127.0.0.1","TargetPort":8000,"PublishedPort":8101}]}\n'
+    '{"Name":"stageflow-dev-postgres-1","Service":"postgres","Image":"postgres:16-alpine",'
+    '"State":"running","Health":"healthy"}\n'
+)
+PS_ARRAY = (
+    '[{"Name":"stageflow-dev-app-1","Service":"app","Image":"stageflow-app:r2","State":"running",'
+    '"Health":"healthy"}]'
+)
+
+
+def test_parse_ps_lines_and_array() -> None:
+    rows = parse_ps(PS_LINES)
+    assert [r["Service"] for r in rows] == ["app", "postgres"]
+    assert rows[0]["Publishers"][0]["PublishedPort"] == 8101
+    assert parse_ps(PS_ARRAY)[0]["Health"] == "healthy"
+    assert parse_ps("") == [] and parse_ps("\n") == []
+
+
+def test_parse_ps_refuses_non_json() -> None:
+    with pytest.raises(ServiceError, match="did not print JSON"):
+        parse_ps("NAME   IMAGE   STATUS\nstageflow-dev-app-1  stageflow-app:r2  Up\n")
+    with pytest.raises(ServiceError, match="not a list of containers"):
+        parse_ps("[1, 2]")
+
+
+def test_image_tag() -> None:
+    assert image_tag("stageflow-app:r2") == "r2"
+    assert image_tag("registry.example:5000/team/stageflow-app:r3") == "r3"
+    assert image_tag("registry.example:5000/team/stageflow-app") is None
+    assert image_tag("stageflow-app") is None
+
+
+def test_previous_release_is_the_newest_good_one_before_current() -> None:
+    history = [
+        {"release": "r1", "status": "success", "kind": "deploy"},
+        {"release": "r2", "status": "success", "kind": "deploy"},
+        {"release": "r3", "status": "failed", "kind": "deploy"},
+        {"release": "r4", "status": "success", "kind": "deploy"},
+    ]
+    assert previous_release(history, "r4") == "r2"
+    assert previous_release(history, "r2") == "r4"
+    assert previous_release(history, None) == "r4"
+    assert previous_release(history[:1], "r1") is None
+    assert previous_release([], "r1") is None
+
+
+def test_release_must_be_an_image_tag() -> None:
+    assert check_release("20261122T035113Z-abc1234") == "20261122T035113Z-abc1234"
+    for bad in ("", "-r1", ".r1", "r1:latest", "a/b", "r 1", "x" * 129):
+        with pytest.raises(UsageError, match="cannot be an image tag"):
+            check_release(bad)
