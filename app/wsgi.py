@@ -332,9 +332,8 @@ class Service:
         sql = f"SELECT {columns} FROM notes ORDER BY created_at DESC, id DESC LIMIT {NOTES_LIMIT}"
         try:
             rows = self.db.run(lambda conn: conn.execute(sql).fetchall())
-        except psycopg.OperationalError as exc:
-            self.log.warning("notes: database unavailable: %s", self._scrub(_first_line(exc)))
-            return _error(503, "database unavailable")
+        except psycopg.Error as exc:
+            return self._database_error(exc)
         notes = [self._row(r) for r in rows]
         try:
             pipe = self.redis.pipeline(transaction=True)
@@ -344,6 +343,16 @@ class Service:
         except (redis.RedisError, OSError):
             self.log.debug("notes cache not written: redis unavailable")
         return json_response(200, {"notes": notes, "cached": False})
+
+    def _database_error(self, exc: psycopg.Error) -> Response:
+        """503 for a database that is down or behind this release's schema; anything else is a bug."""
+        if isinstance(exc, psycopg.OperationalError):
+            self.log.warning("notes: database unavailable: %s", self._scrub(_first_line(exc)))
+            return _error(503, "database unavailable")
+        if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
+            self.log.warning("notes: schema behind this release: %s", _first_line(exc))
+            return _error(503, "database schema is behind this release; run the migrations")
+        raise exc
 
     def _read_json(self, environ: Environ) -> dict[str, Any] | Response:
         try:
@@ -401,9 +410,8 @@ class Service:
 
         try:
             row = self.db.run(insert, retry=lambda: not committing)
-        except psycopg.OperationalError as exc:
-            self.log.warning("notes: database unavailable: %s", self._scrub(_first_line(exc)))
-            return _error(503, "database unavailable")
+        except psycopg.Error as exc:
+            return self._database_error(exc)
         if row is None:
             return _error(500, "insert returned no row")
         try:

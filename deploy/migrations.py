@@ -46,6 +46,7 @@ _FILE_NAME = re.compile(
 )
 _HEADER = re.compile(r"^--\s*stageflow\s*:(?P<body>.*)$", re.IGNORECASE)
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*)?\$")
+_WORD = re.compile(r"[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*")
 _IDENT_CHAR = re.compile(r"[A-Za-z0-9_$\x80-\uffff]")
 _TX_CONTROL = re.compile(r"^(BEGIN|COMMIT|ROLLBACK|START\s+TRANSACTION|END|ABORT)\b", re.IGNORECASE)
 # Statements PostgreSQL refuses inside a transaction block: a transactional file holding one
@@ -210,12 +211,14 @@ def parse_header(text: str, *, source: str) -> dict[str, str]:
 def split_sql(sql: str, *, source: str = "SQL") -> list[str]:
     """Split SQL into statements on top-level semicolons (quotes, dollar quotes, comments respected).
 
-    Statements holding only comments are dropped. SQL-standard function bodies (BEGIN ATOMIC ...
-    END) are not understood: put them in a transactional file, which runs as one piece.
+    Statements holding only comments are dropped. Like psql, semicolons inside the SQL-standard
+    body of CREATE FUNCTION/PROCEDURE (BEGIN ATOMIC ... END, with CASE ... END inside) do not split.
     """
     out: list[str] = []
     start = 0
     has_code = False
+    words: list[str] = []  # the statement's first words, to spot CREATE [OR REPLACE] FUNCTION
+    depth = 0  # BEGIN/CASE nesting inside such a routine's body
     i, n = 0, len(sql)
     while i < n:
         c = sql[i]
@@ -246,17 +249,33 @@ def split_sql(sql: str, *, source: str = "SQL") -> list[str]:
                 )
             i = end + len(tag.group(0))
             has_code = True
-        elif c == ";":
+        elif c == ";" and depth == 0:
             if has_code:
                 out.append(sql[start:i].strip())
-            start, has_code = i + 1, False
+            start, has_code, words = i + 1, False, []
             i += 1
+        elif (word := _WORD.match(sql, i)) and not (i > 0 and _IDENT_CHAR.match(sql[i - 1])):
+            upper = word.group(0).upper()
+            if len(words) < 4:
+                words.append(upper)
+            if _is_routine(words):
+                if upper in ("BEGIN", "CASE"):
+                    depth += 1
+                elif upper == "END" and depth:
+                    depth -= 1
+            has_code = True
+            i = word.end()
         else:
             has_code = has_code or not c.isspace()
             i += 1
     if has_code:
         out.append(sql[start:].strip())
     return out
+
+
+def _is_routine(words: list[str]) -> bool:
+    kind = words[3:4] if words[1:3] == ["OR", "REPLACE"] else words[1:2]
+    return words[:1] == ["CREATE"] and kind in (["FUNCTION"], ["PROCEDURE"])
 
 
 def _skip_block_comment(sql: str, i: int, source: str) -> int:

@@ -310,12 +310,16 @@ def stop_master(host: Host, pid: int, *, timeout_s: float = 25.0) -> None:
     _signal(host, pid, signal.SIGKILL)
 
 
-def retire_others(host: Host, layout: Layout, keep: str) -> list[str]:
-    """Drain every master but keep's; returns the releases retired."""
+def retire_others(host: Host, layout: Layout, keep: str, *, wait: bool = False) -> list[str]:
+    """Drain every master but keep's. TERM stops their accepting at once and lets in-flight
+    requests finish; the deploy need not wait for the exit unless asked."""
     retired = []
     for rid, pid in running_masters(host, layout).items():
         if rid != keep:
-            stop_master(host, pid)
+            if wait:
+                stop_master(host, pid)
+            else:
+                _signal(host, pid, signal.SIGTERM)
             host.run(["rm", "-f", master_pidfile(layout, rid)], check=False)
             retired.append(rid)
     return retired

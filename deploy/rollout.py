@@ -24,6 +24,10 @@ STEPS = ("preflight", "lock", "build", "backup", "migrate", "barrier", "start", 
 Printer = Callable[[str], None]
 
 
+class VerifyFailed(DeployError):
+    """verify found a trigger, and the environment's policy has automatic rollback off."""
+
+
 def conninfo(env: EnvConfig) -> str:
     return env.database_url
 
@@ -239,15 +243,21 @@ def _run_steps(ctx: Context, *, commit: str, ref: str, dirty: bool, entry: Histo
             verdict = verify.watch(ctx.proj, env.name, release=rel.id, baseline=ctx.previous,
                                    window_s=policy.verify_window_s)
             if not verdict.ok:
+                if not policy.auto_rollback:
+                    raise VerifyFailed(f"verify failed: {verdict.reason}; auto_rollback is off, "
+                                       f"{rel.id} still serves",
+                                       hint=f"`inv {env.name}.rollback --level 2` to go back")
                 raise RolledBack(f"verify failed: {verdict.reason}")
             return verdict.summary
 
         ctx.step("verify", verify_step)
+    except VerifyFailed:
+        raise  # the operator chose no automatic rollback: the new release keeps serving
     except RolledBack as err:
         _revert_to_previous(ctx, rel, reason=err.message)
         raise
-    except DeployError:
-        _revert_to_previous(ctx, rel, reason="failed step")
+    except Exception as err:  # any failure after start: the previous release goes back in front
+        _revert_to_previous(ctx, rel, reason=getattr(err, "message", err.__class__.__name__))
         raise
     ctx.step("record", lambda: "history written")
     protect = {rel.id, ctx.previous} - {None}

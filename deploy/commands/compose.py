@@ -72,6 +72,18 @@ class ComposeCommands:
             out += ["--user", user]
         return [*out, service, *argv]
 
+    def run(self, service: str, argv: Sequence[str], *, no_deps: bool = False) -> list[str]:
+        """A one-off container of service's image (e.g. migrations of a release not yet live)."""
+        return [
+            *self.base(),
+            "run",
+            "--rm",
+            "-T",
+            *(["--no-deps"] if no_deps else []),
+            service,
+            *argv,
+        ]
+
     def restart(self, *, services: Sequence[str] = (), timeout_s: int | None = None) -> list[str]:
         argv = [*self.base(), "restart"]
         if timeout_s is not None:

@@ -19,12 +19,13 @@ def canonical(value: Any) -> str:
 
 
 def _item(value: Any) -> Any:
-    """Files count by their content, not their name or mtime."""
+    """Files count by their base name and content: never their directory (each run's snapshot is
+    a fresh temp dir) nor their mtime."""
     if isinstance(value, Path):
         try:
-            return ["file", str(value), hashlib.sha256(value.read_bytes()).hexdigest()]
+            return ["file", value.name, hashlib.sha256(value.read_bytes()).hexdigest()]
         except FileNotFoundError:
-            return ["file", str(value), "missing"]
+            return ["file", value.name, "missing"]
     if isinstance(value, list | tuple):
         return [_item(v) for v in value]
     if isinstance(value, dict):

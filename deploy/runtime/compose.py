@@ -10,7 +10,7 @@ from typing import Any
 
 from deploy.commands import compose as cmd
 from deploy.commands.compose import ComposeCommands
-from deploy.config import SECRET_KEYS, EnvConfig, read_env_file
+from deploy.config import SECRET_KEYS, EnvConfig
 from deploy.errors import ConfigError, MigrationError, ServiceError, UsageError
 from deploy.hosts import CommandResult, Host
 from deploy.secrets import REDACTED, scrub
@@ -18,8 +18,9 @@ from deploy.state import Layout, history
 
 DEFAULT_IMAGE = "stageflow-app"
 APP_SERVICE = "app"
+SERVER_SERVICES = ("postgres", "redis")
 # compose.yml refuses to render without these (${VAR:?}): check first and say where they go.
-REQUIRED_SECRETS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "SECRET_KEY")
+REQUIRED_SECRETS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _GOOD_KINDS = ("deploy", "rollback-1", "rollback-2", "rollback-3", "emergency", "restart")
 
@@ -133,10 +134,6 @@ def render(root: Path, cfg: EnvConfig, *, files: Sequence[str] | None = None) ->
     """An environment's compose model as compose would see it, secrets left out."""
     names = files if files is not None else cmd.compose_files(cfg.name)
     return render_files([root / f for f in names], compose_variables(cfg))
-
-
-def env_file_variables(path: Path) -> dict[str, str]:
-    return {k: v for k, (v, _line) in read_env_file(path).items()}
 
 
 # -- isolation ------------------------------------------------------------------------------------
@@ -333,7 +330,7 @@ class ComposeRuntime:
         if missing:
             raise ConfigError(
                 f"{self.cfg.name} has no {missing[0]}",
-                hint=f"set it in env/{self.cfg.name}.secrets.env (mode 0600)",
+                hint=f"set it in env/{self.cfg.name}.secrets.env, mode 0600",
             )
         env = dict(extra)
         if self.host.is_local:
@@ -352,6 +349,7 @@ class ComposeRuntime:
         build: Callable[[ComposeCommands], list[str]],
         *,
         release: str | None = None,
+        commit: str | None = None,
         check: bool = False,
         timeout: float | None = None,
     ) -> CommandResult:
@@ -360,6 +358,8 @@ class ComposeRuntime:
         extra = {"STAGEFLOW_IMAGE": self.image}
         if release is not None:
             extra["STAGEFLOW_RELEASE"] = check_release(release)
+        if commit:
+            extra["STAGEFLOW_COMMIT"] = commit
         commands = self.commands()
         env = self._run_env(commands, extra)
         self.check_engine()
@@ -386,10 +386,12 @@ class ComposeRuntime:
         if not res.ok:
             raise self._failed(f"pulling {cmd.image_ref(self.image, release)}", res)
 
-    def up(self, release: str) -> list[dict[str, Any]]:
+    def up(self, release: str, *, commit: str | None = None) -> list[dict[str, Any]]:
         """Start (or switch to) release and wait until every service is healthy."""
         res = self.run(
-            lambda c: c.up(wait=True, wait_timeout_s=self.wait_timeout_s), release=release
+            lambda c: c.up(wait=True, wait_timeout_s=self.wait_timeout_s),
+            release=release,
+            commit=commit,
         )
         if not res.ok:
             raise self._failed(f"starting release {release}", res)
@@ -428,14 +430,27 @@ class ComposeRuntime:
     def exec(self, argv: Sequence[str], *, service: str = APP_SERVICE) -> CommandResult:
         return self.run(lambda c: c.exec(service, argv))
 
-    def migrate(self, argv: Sequence[str]) -> CommandResult:
-        """Run the migration command inside the running app container."""
-        res = self.exec(argv)
+    def migrate(self, argv: Sequence[str], *, release: str | None = None) -> CommandResult:
+        """Run the migration command in the live app container, or with release's image.
+
+        With a release, the servers are started (and waited for) and the command runs in a
+        one-off container of that image, so a release's migrations can run before it is live.
+        """
+        if release is None:
+            res = self.exec(argv)
+        else:
+            started = self.run(
+                lambda c: c.up(services=SERVER_SERVICES, wait_timeout_s=self.wait_timeout_s),
+                release=release,
+            )
+            if not started.ok:
+                raise self._failed("starting postgres and redis", started)
+            res = self.run(lambda c: c.run(APP_SERVICE, argv, no_deps=True), release=release)
         if not res.ok:
             raise MigrationError(
                 f"{self.cfg.name}: migration command exited {res.exit_code}: "
                 f"{self._scrub(res.tail())}",
-                hint="nothing was switched; fix the migration and deploy again",
+                hint="fix the migration, then deploy again",
             )
         return res
 

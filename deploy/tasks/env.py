@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from invoke import Collection, task
+import copy
+
+from invoke import Collection, Task, task
 
 from deploy import environment
 from deploy.output import mark, print_json, print_table, say
@@ -78,11 +80,19 @@ def secrets(c, generate=False):
 TASKS = [preflight_, up, down, status, secrets]
 
 
+def _own_copy(t: Task, env: str) -> Task:
+    """A task object per namespace: invoke dedupes tasks of equal name and code, so
+    `inv dev.up staging.up` would otherwise run only the first."""
+    twin = copy.copy(t)
+    twin._name = f"{env}.{t.name}"
+    return twin
+
+
 def env_collection(name: str) -> Collection:
-    from deploy.tasks import release_steps
+    from deploy.tasks import release_steps, rollback_steps
 
     ns = Collection(name)
-    for t in TASKS + release_steps.TASKS:
-        ns.add_task(t, name=t.name.strip("_").replace("_", "-"))
+    for t in TASKS + release_steps.TASKS + rollback_steps.TASKS:
+        ns.add_task(_own_copy(t, name), name=t.name.strip("_").replace("_", "-"))
     ns.configure({"stageflow": {"env": name}})
     return ns

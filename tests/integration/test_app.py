@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -57,7 +57,6 @@ class Server:
     port: int
     log: Path
     sent: int = 0  # requests made to this server, to check the metrics against
-    pids: set[int] = field(default_factory=set)
 
     def request(
         self, method: str, path: str, *, body: object = None, headers: dict[str, str] | None = None
@@ -107,8 +106,10 @@ def base_env(dsn: str, redis_url: str, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def gunicorn(tmp_path: Path, port: int, env: dict[str, str]) -> Iterator[Server]:
-    """gunicorn with 2 sync workers on 127.0.0.1:port; yields once both workers have booted."""
+def gunicorn(
+    tmp_path: Path, port: int, env: dict[str, str], *, booted: str = "service starting"
+) -> Iterator[Server]:
+    """gunicorn with 2 sync workers on 127.0.0.1:port; yields once both workers logged `booted`."""
     log = tmp_path / f"gunicorn-{port}.log"
     argv = [str(GUNICORN), "--bind", f"127.0.0.1:{port}", "--workers", "2"]
     argv += ["--chdir", str(REPO), "app.wsgi:application"]
@@ -118,7 +119,7 @@ def gunicorn(tmp_path: Path, port: int, env: dict[str, str]) -> Iterator[Server]
     try:
         deadline = time.monotonic() + BOOT_WAIT_S
         # Each worker logs one "service starting" line at boot; the socket is bound before that.
-        while server.output().count("service starting") < 2:
+        while server.output().count(booted) < 2:
             if proc.poll() is not None:
                 raise AssertionError(f"gunicorn exited {proc.returncode}:\n{server.output()}")
             if time.monotonic() > deadline:
@@ -158,7 +159,7 @@ def total(series: dict, name: str, **match: str) -> float:
 def start(tmp_path: Path, free_port: Callable[[], int]):
     """Start gunicorn with an env; every server started is stopped at teardown."""
     with ExitStack() as stack:
-        yield lambda env: stack.enter_context(gunicorn(tmp_path, free_port(), env))
+        yield lambda env, **kw: stack.enter_context(gunicorn(tmp_path, free_port(), env, **kw))
 
 
 # ----------------------------------------------------------------------------- health and schema
@@ -171,6 +172,7 @@ def test_health_readiness_follows_the_schema(start, pg_dsn: str, redis_url: str)
     before = server.get("/readyz")
     assert before.status == 503
     assert "stageflow_migrations" in before.json()["reason"]
+    assert server.get("/notes").status == 503  # no notes table yet: not ready, not a crash
 
     migrate(pg_dsn, upto=EXPECTED - 1)
     behind = server.get("/readyz")
@@ -271,6 +273,40 @@ def test_notes_need_the_feature(start, pg_dsn: str, redis_url: str) -> None:
     assert server.get("/version").json()["features"] == []
 
 
+def test_workers_reconnect_once_when_the_database_drops_them(
+    start, pg_dsn: str, redis_url: str
+) -> None:
+    migrate(pg_dsn)
+    server = start(base_env(pg_dsn, redis_url))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in range(10):
+            assert set(pool.map(lambda _: server.get("/readyz").status, range(16))) == {200}
+            if len(server.access_pids()) >= 2:
+                break
+    assert len(server.access_pids()) == 2  # both workers now hold a connection
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        dropped = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert dropped == (2,)
+    assert server.post("/notes", {"body": "after the drop"}).status == 201
+    assert server.post("/notes", {"body": "and again"}).status == 201
+    assert server.get("/readyz").status == 200
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM notes").fetchone() == (2,)
+
+
+def test_log_level_is_honoured(start, pg_dsn: str, redis_url: str) -> None:
+    server = start(base_env(pg_dsn, redis_url, LOG_LEVEL="warning"), booted="Booting worker")
+    assert server.get("/healthz").status == 200
+    assert server.get("/readyz").status == 503
+    assert "app.access" not in server.output()
+    loud = start(base_env(pg_dsn, redis_url, LOG_LEVEL="info"))
+    assert loud.get("/healthz").status == 200
+    assert re.search(r"app\.access: GET /healthz 200 [0-9.]+ms", loud.output())
+
+
 def test_api_key_and_rate_limit(start, pg_dsn: str, redis_url: str) -> None:
     migrate(pg_dsn)
     limit = 3
@@ -366,7 +402,8 @@ def test_bad_setting_stops_gunicorn_with_one_line(
     pg_dsn: str, redis_url: str, tmp_path: Path, free_port: Callable[[], int]
 ) -> None:
     env = base_env(pg_dsn, redis_url, REQUIRE_API_KEY="maybe")
-    argv = [str(GUNICORN), "--bind", f"127.0.0.1:{free_port()}", "--workers", "2"]
+    # One worker: when two fail at once, gunicorn's own master prints a traceback of its halt.
+    argv = [str(GUNICORN), "--bind", f"127.0.0.1:{free_port()}", "--workers", "1"]
     argv += ["--chdir", str(REPO), "app.wsgi:application"]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0

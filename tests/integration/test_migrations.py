@@ -121,6 +121,29 @@ def test_applies_three_files_and_records_them(pg_dsn: str, tmp_path: Path) -> No
     m.validate(pg_dsn, files)
 
 
+def test_non_transactional_file_with_tricky_sql_runs_statement_by_statement(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    tricky = (
+        "-- stageflow: transaction=off\n"
+        "CREATE TABLE t (id int, note text);\n"
+        "/* a; comment */ INSERT INTO t VALUES (1, 'semi;colon'), (2, E'it\\'s;');\n"
+        "CREATE FUNCTION plus_one(x int) RETURNS int LANGUAGE plpgsql AS $fn$\n"
+        "BEGIN RETURN x + 1; END;\n$fn$;\n"
+        "CREATE FUNCTION sign_of(x int) RETURNS int LANGUAGE sql BEGIN ATOMIC\n"
+        "  SELECT CASE WHEN x > 0 THEN 1 WHEN x < 0 THEN -1 ELSE 0 END;\nEND;\n"
+        "CREATE INDEX CONCURRENTLY t_id ON t (id); -- trailing; comment\n"
+    )
+    files = write(tmp_path, {"0001_tricky.up.sql": tricky})
+    assert not files[0].transactional
+
+    m.migrate(pg_dsn, files)
+
+    assert query(pg_dsn, "SELECT note FROM t ORDER BY id") == [("semi;colon",), ("it's;",)]
+    assert query(pg_dsn, "SELECT plus_one(1), sign_of(-5)") == [(2, -1)]
+    assert query(pg_dsn, "SELECT indexname FROM pg_indexes WHERE tablename = 't'") == [("t_id",)]
+
+
 def test_target_version_is_respected(pg_dsn: str, tmp_path: Path) -> None:
     files = write(tmp_path, NOTES)
     assert [f.version for f in m.migrate(pg_dsn, files, target=2)] == [1, 2]

@@ -233,3 +233,17 @@ def test_release_must_be_an_image_tag() -> None:
     for bad in ("", "-r1", ".r1", "r1:latest", "a/b", "r 1", "x" * 129):
         with pytest.raises(UsageError, match="cannot be an image tag"):
             check_release(bad)
+
+
+def test_run_is_a_one_off_container_without_tty(dev: cmd.ComposeCommands) -> None:
+    argv = ["python", "-m", "deploy.migrations", "up"]
+    assert dev.run("app", argv) == [*BASE, "run", "--rm", "-T", "app", *argv]
+    assert dev.run("app", argv, no_deps=True) == [
+        *BASE,
+        "run",
+        "--rm",
+        "-T",
+        "--no-deps",
+        "app",
+        *argv,
+    ]

@@ -20,6 +20,7 @@ from deploy.runtime.compose import (
     merge,
     published_ports,
     render,
+    render_files,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,11 +158,20 @@ def test_no_secret_is_written_in_a_compose_file() -> None:
                 assert not any(f"${k}" in bare or f"${{{k}" in bare for k in SECRET_KEYS), name
 
 
-def test_release_picks_the_image_tag(configs: dict[str, EnvConfig]) -> None:
+def test_release_picks_the_image_tag_and_reaches_the_service(
+    configs: dict[str, EnvConfig],
+) -> None:
     cfg = configs["dev"]
-    variables = {**dict(cfg.values), **dict.fromkeys(SECRET_KEYS, "x"), "STAGEFLOW_RELEASE": "r7"}
-    base = load_yaml(ROOT / BASE_FILE)
-    assert interpolate(base["services"]["app"]["image"], variables) == "stageflow-app:r7"
+    variables = {
+        **dict(cfg.values),
+        **dict.fromkeys(SECRET_KEYS, "x"),
+        "STAGEFLOW_RELEASE": "r7",
+        "STAGEFLOW_COMMIT": "abc1234",
+    }
+    app = render_files([ROOT / f for f in compose_files("dev")], variables)["services"]["app"]
+    assert app["image"] == "stageflow-app:r7"
+    assert app["environment"]["STAGEFLOW_RELEASE"] == "r7"
+    assert app["environment"]["STAGEFLOW_COMMIT"] == "abc1234"
 
 
 # -- isolation ----------------------------------------------------------------------------------
@@ -280,8 +290,6 @@ def test_missing_required_variable_names_it(tmp_path: Path) -> None:
     (tmp_path / "compose.yml").write_text(
         "services:\n  app:\n    image: x\n    ports: ['127.0.0.1:${APP_PORT:?set APP_PORT}:80']\n"
     )
-    from deploy.runtime.compose import render_files
-
     with pytest.raises(ConfigError, match="compose.yml: APP_PORT is required: set APP_PORT"):
         render_files([tmp_path / "compose.yml"], {})
 

@@ -221,6 +221,25 @@ def test_is_expand_only(tmp_path: Path) -> None:
         ),
         ("PREPARE p AS SELECT $1; SELECT 2", ["PREPARE p AS SELECT $1", "SELECT 2"]),
         ("SELECT a$b$c FROM t; SELECT 2", ["SELECT a$b$c FROM t", "SELECT 2"]),
+        (
+            "CREATE OR REPLACE FUNCTION f(x int) RETURNS int LANGUAGE sql BEGIN ATOMIC"
+            " SELECT CASE WHEN x > 0 THEN 1 ELSE 0 END; SELECT 2; END; SELECT 3",
+            [
+                "CREATE OR REPLACE FUNCTION f(x int) RETURNS int LANGUAGE sql BEGIN ATOMIC"
+                " SELECT CASE WHEN x > 0 THEN 1 ELSE 0 END; SELECT 2; END",
+                "SELECT 3",
+            ],
+        ),
+        (
+            "CREATE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC INSERT INTO t VALUES (1); END;"
+            " SELECT CASE WHEN true THEN 1 END; SELECT 4",
+            [
+                "CREATE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC INSERT INTO t VALUES (1); END",
+                "SELECT CASE WHEN true THEN 1 END",
+                "SELECT 4",
+            ],
+        ),
+        ("SELECT 1e5; SELECT x$1 FROM t", ["SELECT 1e5", "SELECT x$1 FROM t"]),
         ("-- only a comment;\n/* and; another */\n", []),
         ("-- header\nSELECT 1;\n-- trailing comment\n", ["-- header\nSELECT 1"]),
     ],

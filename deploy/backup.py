@@ -1,0 +1,113 @@
+"""Backups of an environment's database: pg_dump -Fc with sha256 and metadata; restore; retention."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from deploy import migrations
+from deploy.config import Project
+from deploy.errors import ServiceError, UsageError
+from deploy.hosts import Host
+from deploy.runtime.native import NativeServices, pg_bin_dir
+from deploy.state import Layout, audit
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def dump_argv(bin_dir: Path, conninfo: str, output: str) -> list[str]:
+    return [str(bin_dir / "pg_dump"), "-Fc", "-Z", "1", "--no-owner", "-f", output, "-d", conninfo]
+
+
+def restore_argv(bin_dir: Path, conninfo: str, dump: str, *, jobs: int = 2) -> list[str]:
+    return [str(bin_dir / "pg_restore"), "--clean", "--if-exists", "--exit-on-error", "--no-owner",
+            f"--jobs={jobs}", "-d", conninfo, dump]
+
+
+def take(proj: Project, name: str, *, actor: str, release: str = "", reason: str = "") -> dict[str, Any]:
+    """Dump the env's database to shared/backups/<id>.dump, write <id>.json beside it."""
+    env = proj.env(name)
+    svc = NativeServices(env, user_name=proj.service_user)
+    layout = Layout(str(env.data_dir))
+    host = Host(secrets=env.secret_values())
+    Path(layout.backups).mkdir(parents=True, exist_ok=True)
+    bid = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    out = Path(layout.backups) / f"{bid}.dump"
+    start = time.perf_counter()
+    host.run(dump_argv(pg_bin_dir(), svc.admin_conninfo(env.database.name), str(out)), timeout=3600)
+    version = migrations.current_version(env.database_url, password=env.secret("POSTGRES_PASSWORD"))
+    info = {
+        "id": bid, "env": name, "database": env.database.name, "file": out.name,
+        "sha256": _sha256(out), "size_bytes": out.stat().st_size, "release": release,
+        "ledger_version": version, "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - start, 3), "actor": actor, "reason": reason,
+    }
+    (Path(layout.backups) / f"{bid}.json").write_text(json.dumps(info, indent=2))
+    os.chmod(out, 0o600)
+    audit(host, layout, actor=actor, action="backup", backup=bid, release=release)
+    return info
+
+
+def list_backups(proj: Project, name: str) -> list[dict[str, Any]]:
+    layout = Layout(str(proj.env(name).data_dir))
+    out = []
+    for meta in sorted(Path(layout.backups).glob("*.json")):
+        try:
+            out.append(json.loads(meta.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out
+
+
+def find(proj: Project, name: str, backup_id: str) -> dict[str, Any]:
+    for b in list_backups(proj, name):
+        if b["id"] == backup_id:
+            return b
+    raise UsageError(f"no backup {backup_id!r} in {name}", hint=f"list them with `inv {name}.backups`")
+
+
+def restore(proj: Project, name: str, backup_id: str, *, actor: str) -> dict[str, Any]:
+    """pg_restore --clean --if-exists --exit-on-error; the dump's checksum is verified first."""
+    env = proj.env(name)
+    info = find(proj, name, backup_id)
+    layout = Layout(str(env.data_dir))
+    dump = Path(layout.backups) / info["file"]
+    if not dump.exists() or _sha256(dump) != info["sha256"]:
+        raise ServiceError(f"backup {backup_id} is missing or its checksum does not match",
+                           hint="choose another backup with `inv <env>.backups`")
+    svc = NativeServices(env, user_name=proj.service_user)
+    host = Host(secrets=env.secret_values())
+    start = time.perf_counter()
+    host.run(restore_argv(pg_bin_dir(), svc.admin_conninfo(env.database.name), str(dump)),
+             timeout=7200)
+    took = round(time.perf_counter() - start, 3)
+    audit(host, layout, actor=actor, action="restore", backup=backup_id, duration_s=took)
+    return {**info, "restore_s": took}
+
+
+def prune(proj: Project, name: str, *, keep: int = 10, max_age_days: float | None = None) -> list[str]:
+    """Retention by count and age; the newest backup is always kept."""
+    backups = list_backups(proj, name)
+    layout = Layout(str(proj.env(name).data_dir))
+    now = datetime.now(UTC)
+    drop = backups[:-keep] if keep > 0 else []
+    if max_age_days is not None:
+        for b in backups[:-1]:
+            age = (now - datetime.fromisoformat(b["time"])).total_seconds() / 86400
+            if age > max_age_days and b not in drop:
+                drop.append(b)
+    for b in drop:
+        for suffix in (".dump", ".json"):
+            (Path(layout.backups) / f"{b['id']}{suffix}").unlink(missing_ok=True)
+    return [b["id"] for b in drop]

@@ -1,0 +1,278 @@
+"""Release gate runner: pick the stage from the ref, run its gates in parallel on a snapshot, decide, record."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from deploy.config import load_policy_file
+from deploy.errors import ConfigError, DeployError, GateFailed, UsageError
+from deploy.gates import (
+    CommandTimedOut,
+    GateContext,
+    GateResult,
+    Outcome,
+    budgets,
+    check,
+    deps,
+    docs,
+    evals,
+    migrations,
+    observability,
+    policy_drift,
+    promotion_guard,
+    tests,
+)
+from deploy.gates.cache import VerdictCache, cache_key
+from deploy.gates.report import Report
+from deploy.gates.stages import GATE_NAMES, GUARD, Stage, load_stages
+from deploy.secrets import Secret, scrub
+
+GATES: dict[str, ModuleType] = {
+    "check": check, "test": tests, "docs-freshness": docs, "migrations": migrations, "deps": deps,
+    "policy-drift": policy_drift, "budgets": budgets, "observability": observability,
+    "eval": evals, GUARD: promotion_guard,
+}
+assert tuple(GATES) == GATE_NAMES
+DEFAULT_TIMEOUT_S = {"test": 900.0, "migrations": 900.0, "eval": 900.0}
+REPORT_DIR = Path("dist") / "release-gate"
+
+
+@dataclass(frozen=True)
+class GateRequest:
+    """What the operator asked for (`inv release.gate` flags)."""
+
+    root: Path
+    ref: str | None = None
+    db_url: Secret | None = None
+    use_cache: bool = True
+    break_glass: str | None = None
+    only: tuple[str, ...] = ()
+    actor: str = "unknown"
+
+
+def git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def default_ref(root: Path) -> str:
+    """The current branch, or on a detached HEAD the tag that points at it."""
+    branch = git(root, "symbolic-ref", "--short", "-q", "HEAD").stdout.strip()
+    if branch:
+        return branch
+    tags = git(root, "tag", "--points-at", "HEAD", "--sort=-creatordate").stdout.split()
+    if tags:
+        return tags[0]
+    raise UsageError("HEAD is detached and no tag points at it", hint="pass --ref BRANCH_OR_TAG")
+
+
+def resolve_ref(root: Path, ref: str | None) -> tuple[str, str, str]:
+    """(ref, commit, tree) for a branch, tag or commit; a ref git cannot resolve is a UsageError."""
+    if git(root, "rev-parse", "--git-dir").returncode != 0:
+        raise UsageError(f"{root} is not a git repository", hint="run from the project's checkout")
+    name = ref or default_ref(root)
+    if name.startswith("-"):
+        raise UsageError(f"bad ref {name!r}", hint="pass a branch, tag or commit")
+    commit = git(root, "rev-parse", "--verify", "-q", f"{name}^{{commit}}").stdout.strip()
+    if not commit:
+        raise UsageError(f"ref {name!r} does not name a commit",
+                         hint="check `git tag` / `git branch`, or fetch it first")
+    tree = git(root, "rev-parse", "--verify", "-q", f"{name}^{{tree}}").stdout.strip()
+    return name, commit, tree
+
+
+def snapshot(root: Path, commit: str, dest: Path) -> None:
+    """The commit's files, exactly as committed: gates judge the release, not the working tree."""
+    res = subprocess.run(["git", "-C", str(root), "archive", "--format=tar", commit],
+                         capture_output=True, timeout=300, check=False)
+    if res.returncode != 0:
+        raise UsageError(f"git archive {commit[:12]} failed: {res.stderr.decode(errors='replace').strip()}")
+    with tarfile.open(fileobj=io.BytesIO(res.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+
+
+def gate_config(policy: Mapping[str, Any], name: str) -> dict[str, Any]:
+    table = policy.get("gates", {})
+    if not isinstance(table, dict):
+        raise ConfigError("[gates] must be a table")
+    config = table.get(name, {})
+    if not isinstance(config, dict):
+        raise ConfigError(f"[gates.{name}] must be a table")
+    return config
+
+
+def timeout_for(policy: Mapping[str, Any], name: str) -> float:
+    config = gate_config(policy, name)
+    value = config.get("timeout_s", policy.get("gates", {}).get("timeout_s"))
+    if value is None:
+        return DEFAULT_TIMEOUT_S.get(name, 300.0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"[gates.{name}] timeout_s must be a positive number of seconds")
+    return float(value)
+
+
+def _scrubbed(value: Any, secrets: tuple[Secret, ...]) -> Any:
+    """Gate details are evidence for people; a secret must never reach the report."""
+    return json.loads(scrub(json.dumps(value, default=str), secrets))
+
+
+def run_one(name: str, ctx: GateContext, cache: VerdictCache, *, use_cache: bool) -> GateResult:
+    """One gate, fail closed: an exception, a timeout or an unknown gate is a verdict, not a crash."""
+    module = GATES.get(name)
+    start = time.monotonic()
+    key: str | None = None
+    if module is None:
+        outcome = Outcome("error", f"unknown gate {name!r}")
+    else:
+        try:
+            found = module.inputs(ctx)
+            key = None if found is None else cache_key(name, ctx.config, found)
+            hit = cache.get(name, key) if (key and use_cache) else None
+            if hit is not None:
+                outcome, took = hit
+                return GateResult(name, ctx.requirement, outcome.status, outcome.summary, took,
+                                  cached=True, details=outcome.details)
+            outcome = module.run(ctx)
+        except CommandTimedOut as exc:
+            outcome = Outcome("timeout", str(exc))
+        except DeployError as exc:
+            outcome = Outcome("error", exc.line())
+        except Exception as exc:  # a bug in a gate must still fail closed, not crash the others
+            outcome = Outcome("error", f"{type(exc).__name__}: {exc}")
+    outcome = Outcome(outcome.status, scrub(outcome.summary, ctx.secrets),
+                      _scrubbed(outcome.details, ctx.secrets))
+    took = time.monotonic() - start
+    if key is not None:
+        cache.put(name, key, outcome, took)
+    return GateResult(name, ctx.requirement, outcome.status, outcome.summary, took,
+                      details=outcome.details)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def plan(request: GateRequest) -> tuple[Stage, str, str, str, list[tuple[str, str]]]:
+    """Read-only: (stage, ref, commit, tree, [(gate, requirement)]) for what run() would do."""
+    policy = load_policy_file(request.root)
+    stages = load_stages(policy)
+    ref, commit, tree = resolve_ref(request.root, request.ref)
+    stage = stages.match(ref)
+    gates = list(stage.gates)
+    if request.only:
+        unknown = [g for g in request.only if g not in GATE_NAMES]
+        if unknown:
+            raise UsageError(f"--only names unknown gate(s): {', '.join(unknown)}",
+                             hint=f"known: {', '.join(GATE_NAMES)}")
+        absent = [g for g in request.only if g not in dict(gates)]
+        if absent:
+            raise UsageError(f"stage {stage.name} has no gate(s) {', '.join(absent)}",
+                             hint="see `inv release.stages`")
+        gates = [(g, r) for g, r in gates if g in request.only]
+    return stage, ref, commit, tree, gates
+
+
+def run(request: GateRequest, *, on_start: Callable[[str], None] | None = None,
+        on_finish: Callable[[GateResult], None] | None = None) -> Report:
+    """Run the gates, write the report (JSON + Markdown) and the audit; never raises for a failed gate."""
+    if request.break_glass is not None and not request.break_glass.strip():
+        raise UsageError("--break-glass needs a reason", hint='--break-glass "why this cannot wait"')
+    policy = load_policy_file(request.root)
+    stage, ref, commit, tree_hash, gates = plan(request)
+    report_dir = request.root / REPORT_DIR
+    cache = VerdictCache(report_dir / "cache")
+    report = Report(stage=stage.name, ref=ref, commit=commit, tree=tree_hash, started=utc_now(),
+                    selection=list(request.only) or None)
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="stageflow-gate-"))
+    try:
+        snapshot(request.root, commit, workdir)
+        base = GateContext(name="", root=request.root, tree=workdir, ref=ref, commit=commit,
+                           tree_hash=tree_hash, stage=stage.name, requirement="report_only",
+                           config={}, policy=policy, report_dir=report_dir, timeout_s=300.0,
+                           python=sys.executable, db_url=request.db_url)
+
+        def ctx_for(name: str, requirement: str, **extra: Any) -> GateContext:
+            return replace(base, name=name, requirement=requirement,  # type: ignore[arg-type]
+                           config={**gate_config(policy, name), **extra},
+                           timeout_s=timeout_for(policy, name))
+
+        def one(name: str, requirement: str) -> GateResult:
+            if on_start:
+                on_start(name)
+            result = run_one(name, ctx_for(name, requirement), cache, use_cache=request.use_cache)
+            if on_finish:
+                on_finish(result)
+            return result
+
+        parallel = [(g, r) for g, r in gates if g != GUARD]
+        results: dict[str, GateResult] = {}
+        if parallel:
+            with ThreadPoolExecutor(max_workers=len(parallel)) as pool:
+                futures = {g: pool.submit(one, g, r) for g, r in parallel}
+                results = {g: f.result() for g, f in futures.items()}
+        if GUARD in dict(gates):
+            guard_ctx = replace(ctx_for(GUARD, dict(gates)[GUARD], required=stage.required()),
+                                results=dict(results))
+            if on_start:
+                on_start(GUARD)
+            results[GUARD] = run_one(GUARD, guard_ctx, cache, use_cache=False)
+            if on_finish:
+                on_finish(results[GUARD])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report.gates = [results[g] for g, _ in gates]
+    report.blocking = [g.name for g in report.gates if g.requirement == "required" and not g.passing]
+    sbom = report_dir / f"{commit}.sbom.cdx.json"
+    if "deps" in results and sbom.exists():
+        report.artifacts["sbom"] = sbom.name
+    if report.blocking and request.break_glass:
+        when = utc_now()
+        report.overrides = [{"gate": g, "actor": request.actor, "time": when,
+                             "reason": request.break_glass.strip()} for g in report.blocking]
+        report.verdict = "passed-with-override"
+    elif report.blocking:
+        report.verdict = "failed"
+    else:
+        report.verdict = "partial" if request.only else "passed"
+    report.finished = utc_now()
+    report.duration_s = time.monotonic() - started
+    report.write(report_dir)
+    if report.overrides:
+        _audit(report_dir / "audit.jsonl", report)
+    return report
+
+
+def _audit(path: Path, report: Report) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        for o in report.overrides:
+            fh.write(json.dumps({"time": o["time"], "actor": o["actor"], "action": "release-gate.break-glass",
+                                 "gate": o["gate"], "stage": report.stage, "ref": report.ref,
+                                 "commit": report.commit, "reason": o["reason"]}, sort_keys=True) + "\n")
+
+
+def enforce(report: Report) -> None:
+    """Raise GateFailed (exit 5) when a required gate blocks and nobody broke the glass."""
+    if report.verdict != "failed":
+        return
+    reasons = []
+    for name in report.blocking:
+        g = report.gate(name)
+        reasons.append(f"{name}: {g.status if g else 'missing'}")
+    raise GateFailed(f"release gate failed at stage {report.stage} for {report.ref}: {'; '.join(reasons)}",
+                     hint=f"see dist/release-gate/{report.commit}.md")

@@ -1,0 +1,327 @@
+"""Release gate end to end on tiny git repos: stages, fail closed, timeouts, cache, break-glass, migrations."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from deploy import migrations
+from deploy.errors import ExitCode, GateFailed
+from deploy.gates import runner
+from deploy.gates.migrations import fingerprint
+from deploy.secrets import Secret
+
+STAGES = """
+[environments.dev]
+
+[stages]
+order = ["PRE_GA", "GA", "PILOT"]
+
+[stages.PRE_GA]
+patterns = ["v*-rc.*"]
+[stages.PRE_GA.gates]
+check = "required"
+test = "required"
+migrations = "required"
+promotion_guard = "required"
+
+[stages.GA]
+patterns = ["v*"]
+[stages.GA.gates]
+check = "required"
+test = "required"
+promotion_guard = "required"
+
+[stages.PILOT]
+patterns = ["main", "*"]
+[stages.PILOT.gates]
+check = "report_only"
+test = "report_only"
+promotion_guard = "report_only"
+
+[gates.test]
+command = ["python", "-m", "pytest", "-q", "-x", "tests"]
+"""
+
+GOOD_TEST = "def test_ok():\n    assert 1 + 1 == 2\n"
+BAD_TEST = "def test_ok():\n    assert True\n\n\ndef test_broken():\n    assert 1 + 1 == 3\n"
+
+
+def git(root: Path, *args: str) -> str:
+    res = subprocess.run(
+        ["git", "-c", "user.name=Gate Test", "-c", "user.email=gate@example.org", *args],
+        cwd=root, capture_output=True, text=True, check=True,
+    )
+    return res.stdout.strip()
+
+
+def commit(root: Path, files: dict[str, str], *, message: str = "change", tag: str | None = None) -> str:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", message)
+    if tag:
+        git(root, "tag", tag)
+    return git(root, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    (root / ".gitignore").write_text("dist/\n")
+    commit(root, {"stageflow.toml": STAGES, "app.py": "VALUE = 1\n", "tests/test_a.py": GOOD_TEST},
+           message="initial")
+    return root
+
+
+def gate(root: Path, ref: str | None = None, **kwargs) -> runner.Report:
+    return runner.run(runner.GateRequest(root=root, ref=ref, **kwargs))
+
+
+def by_name(report) -> dict:
+    return {g.name: g for g in report.gates}
+
+
+def test_rc_with_failing_test_blocks_pre_ga_and_names_the_test(repo: Path) -> None:
+    sha = commit(repo, {"tests/test_a.py": BAD_TEST}, tag="v1.0.0-rc.1")
+    report = gate(repo, "v1.0.0-rc.1", only=())
+    assert report.stage == "PRE_GA"
+    gates = by_name(report)
+    assert gates["test"].status == "failed"
+    assert "tests/test_a.py::test_broken" in gates["test"].summary
+    assert gates["check"].status == "passed"
+    assert gates["promotion_guard"].status == "failed"
+    assert report.verdict == "failed"
+    data = json.loads((repo / "dist" / "release-gate" / f"{sha}.json").read_text())
+    assert data["commit"] == sha and data["schema_version"] == 1
+    assert data["tree"] == git(repo, "rev-parse", "v1.0.0-rc.1^{tree}")
+    assert set(data["blocking"]) >= {"test", "promotion_guard", "migrations"}
+    md = (repo / "dist" / "release-gate" / f"{sha}.md").read_text()
+    assert "tests/test_a.py::test_broken" in md and "Blocking reasons" in md
+    with pytest.raises(GateFailed) as err:
+        runner.enforce(report)
+    assert err.value.exit_code == ExitCode.GATE_FAILED
+
+
+def test_inv_release_gate_exits_5_and_prints_json(repo: Path) -> None:
+    commit(repo, {"tests/test_a.py": BAD_TEST,
+                  "tasks.py": "from invoke import Collection\n\nfrom deploy.tasks import release\n\n"
+                              "ns = Collection(release.ns)\n"}, tag="v2.0.0")
+    inv = str(Path(sys.executable).parent / "inv")
+    res = subprocess.run([inv, "release.gate", "--ref", "v2.0.0", "--json"], cwd=repo,
+                         capture_output=True, text=True, check=False)
+    assert res.returncode == int(ExitCode.GATE_FAILED), res.stderr
+    data = json.loads(res.stdout)
+    assert data["stage"] == "GA" and data["verdict"] == "failed"
+    assert "Traceback" not in res.stderr and "release gate failed" in res.stderr
+
+
+def test_main_with_lint_error_reports_in_pilot_and_passes(repo: Path) -> None:
+    commit(repo, {"bad.py": "import os\n"})
+    report = gate(repo)  # default ref: the current branch
+    assert report.ref == "main" and report.stage == "PILOT"
+    check = by_name(report)["check"]
+    assert check.status == "failed" and check.requirement == "report_only"
+    assert "bad.py:1:8: F401" in check.summary
+    assert report.verdict == "passed"
+    runner.enforce(report)  # report-only failures never block
+
+
+def test_gates_judge_the_commit_not_the_working_tree(repo: Path) -> None:
+    git(repo, "tag", "v1.1.0")
+    (repo / "tests" / "test_a.py").write_text(BAD_TEST)  # uncommitted breakage
+    report = gate(repo, "v1.1.0")
+    assert by_name(report)["test"].status == "passed"
+
+
+def test_a_hanging_gate_is_killed_and_fails_closed(repo: Path, tmp_path: Path) -> None:
+    pidfile = tmp_path / "sleeper.pid"
+    hang = STAGES.replace(
+        'command = ["python", "-m", "pytest", "-q", "-x", "tests"]',
+        f'command = ["sh", "-c", "sleep 60 & echo $! > {pidfile}; wait"]\ntimeout_s = 1',
+    )
+    commit(repo, {"stageflow.toml": hang}, tag="v1.2.0")
+    report = gate(repo, "v1.2.0")
+    test = by_name(report)["test"]
+    assert test.status == "timeout" and "killed" in test.summary
+    assert report.verdict == "failed" and "test" in report.blocking
+    sleeper = int(pidfile.read_text())
+    assert not _alive(sleeper)  # the grandchild died with its process group
+    # a timeout says nothing about the inputs: the next run tries again
+    assert not by_name(gate(repo, "v1.2.0"))["test"].cached
+
+
+def _alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie nobody reaped yet (PID 1 in a container may not)."""
+    for _ in range(50):  # SIGKILL lands asynchronously: allow it a moment
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return False
+        if state in ("Z", "X"):
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_unchanged_rerun_reuses_every_cached_verdict(repo: Path) -> None:
+    commit(repo, {"bad.py": "import os\n"}, tag="v1.3.0")
+    first = gate(repo, "v1.3.0")
+    assert not any(g.cached for g in first.gates)
+    second = gate(repo, "v1.3.0")
+    cached = {g.name: g.cached for g in second.gates}
+    assert cached == {"check": True, "test": True, "promotion_guard": False}
+    assert [(g.name, g.status, g.summary) for g in second.gates] == \
+        [(g.name, g.status, g.summary) for g in first.gates]
+    assert not any(g.cached for g in gate(repo, "v1.3.0", use_cache=False).gates)
+    commit(repo, {"tests/test_a.py": BAD_TEST}, tag="v1.3.1")
+    third = by_name(gate(repo, "v1.3.1"))
+    assert not third["test"].cached and third["test"].status == "failed"
+
+
+def test_break_glass_records_overrides_and_audit(repo: Path) -> None:
+    commit(repo, {"tests/test_a.py": BAD_TEST}, tag="v1.4.0")
+    report = gate(repo, "v1.4.0", break_glass="P1 outage, fix is the revert", actor="alice@example.org")
+    assert report.verdict == "passed-with-override"
+    assert {o["gate"] for o in report.overrides} == {"test", "promotion_guard"}
+    assert all(o["actor"] == "alice@example.org" and o["reason"].startswith("P1") and o["time"]
+               for o in report.overrides)
+    runner.enforce(report)
+    audit = [json.loads(line) for line in
+             (repo / "dist" / "release-gate" / "audit.jsonl").read_text().splitlines()]
+    assert {a["gate"] for a in audit} == {"test", "promotion_guard"}
+    assert all(a["commit"] == report.commit and a["action"] == "release-gate.break-glass" for a in audit)
+    saved = json.loads((repo / "dist" / "release-gate" / f"{report.commit}.json").read_text())
+    assert saved["verdict"] == "passed-with-override" and len(saved["overrides"]) == 2
+
+
+def test_bad_ref_and_bad_stages_are_refused(repo: Path) -> None:
+    from deploy.errors import ConfigError, UsageError
+
+    with pytest.raises(UsageError):
+        gate(repo, "no-such-tag")
+    broken = STAGES.replace('patterns = ["v*-rc.*"]', 'patterns = ["v*-rc.*"]\n').replace(
+        'order = ["PRE_GA", "GA", "PILOT"]', 'order = ["PILOT", "PRE_GA", "GA"]')
+    (repo / "stageflow.toml").write_text(broken)
+    with pytest.raises(ConfigError, match="can never match"):
+        gate(repo, "main")
+    inv = str(Path(sys.executable).parent / "inv")
+    (repo / "tasks.py").write_text("from invoke import Collection\n\nfrom deploy.tasks import release\n\n"
+                                   "ns = Collection(release.ns)\n")
+    res = subprocess.run([inv, "release.stages"], cwd=repo, capture_output=True, text=True, check=False)
+    assert res.returncode == int(ExitCode.USAGE) and "can never match" in res.stderr
+
+
+def test_db_url_password_never_reaches_the_report(repo: Path) -> None:
+    git(repo, "tag", "v1.5.0-rc.1")
+    report = gate(repo, "v1.5.0-rc.1", only=("migrations",),
+                  db_url=Secret("postgresql://app:hunter2secret@127.0.0.1:1/nope"))
+    mig = by_name(report)["migrations"]
+    assert mig.status == "error" and report.verdict == "failed"
+    text = (repo / "dist" / "release-gate" / f"{report.commit}.json").read_text()
+    assert "hunter2secret" not in text
+
+
+def test_migrations_without_db_url_fail_closed(repo: Path) -> None:
+    git(repo, "tag", "v1.6.0-rc.1")
+    report = gate(repo, "v1.6.0-rc.1", only=("migrations",))
+    mig = by_name(report)["migrations"]
+    assert mig.status == "error" and "--db-url" in mig.summary
+    assert report.verdict == "failed"
+
+
+# -- migrations against a real PostgreSQL ---------------------------------------------------------
+
+CREATE = "CREATE TABLE IF NOT EXISTS notes (id bigint PRIMARY KEY, score bigint NOT NULL);\n"
+
+
+def _applied_target(repo: Path, dsn: str) -> None:
+    """The target as production has it: version 1 applied, with data."""
+    migrations.migrate(dsn, migrations.discover(repo / "app" / "migrations"))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO notes VALUES (1, 10), (2, -5)")
+
+
+def _scratch_dbs(dsn: str) -> list[str]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'stageflow_gate_%'")
+        return [r[0] for r in rows]
+
+
+def _mig_repo(repo: Path, dsn: str, second: dict[str, str], tag: str) -> str:
+    commit(repo, {"app/migrations/0001_notes.up.sql": CREATE})
+    _applied_target(repo, dsn)
+    commit(repo, second, tag=tag)
+    return fingerprint(dsn)
+
+
+def test_fingerprint_sees_writes(pg_dsn: str, repo: Path) -> None:
+    commit(repo, {"app/migrations/0001_notes.up.sql": CREATE})
+    _applied_target(repo, pg_dsn)
+    before = fingerprint(pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE notes SET score = 11 WHERE id = 1")
+    assert fingerprint(pg_dsn) != before
+
+
+def test_migration_gate_refuses_squawk_blocking_file(pg_dsn: str, repo: Path) -> None:
+    before = _mig_repo(repo, pg_dsn, {
+        "app/migrations/0002_author.up.sql": "ALTER TABLE notes ADD COLUMN author_id bigint NOT NULL;\n",
+    }, "v2.0.0-rc.1")
+    report = gate(repo, "v2.0.0-rc.1", only=("migrations",), db_url=Secret(pg_dsn))
+    mig = by_name(report)["migrations"]
+    assert mig.status == "failed" and "adding-required-field" in mig.summary
+    assert mig.details["pending"] == ["0002_author.up.sql"]
+    assert report.verdict == "failed"
+    assert fingerprint(pg_dsn) == before
+
+
+def test_migration_gate_refuses_file_failing_in_rehearsal(pg_dsn: str, repo: Path) -> None:
+    before = _mig_repo(repo, pg_dsn, {
+        "app/migrations/0002_positive.up.sql":
+            "ALTER TABLE notes ADD CONSTRAINT notes_score_positive CHECK (score > 0);\n",
+    }, "v2.1.0-rc.1")
+    report = gate(repo, "v2.1.0-rc.1", only=("migrations",), db_url=Secret(pg_dsn))
+    mig = by_name(report)["migrations"]
+    assert mig.status == "failed" and "rehearsal of 0002_positive.up.sql failed" in mig.summary
+    assert fingerprint(pg_dsn) == before
+    assert migrations.pending(pg_dsn, migrations.discover(repo / "app" / "migrations"))[0].version == 2
+    assert _scratch_dbs(pg_dsn) == []
+
+
+def test_migration_gate_rehearses_a_copy_while_the_target_is_in_use(pg_dsn: str, repo: Path) -> None:
+    before = _mig_repo(repo, pg_dsn, {
+        "app/migrations/0002_tags.up.sql": "ALTER TABLE notes ADD COLUMN IF NOT EXISTS tags text;\n",
+        "app/migrations/0002_tags.down.sql": "ALTER TABLE notes DROP COLUMN IF EXISTS tags;\n",
+    }, "v2.2.0-rc.1")
+    # A connected client (the running service) rules out CREATE DATABASE ... TEMPLATE.
+    with psycopg.connect(pg_dsn, autocommit=True):
+        report = gate(repo, "v2.2.0-rc.1", only=("migrations",), db_url=Secret(pg_dsn))
+    mig = by_name(report)["migrations"]
+    assert mig.status == "passed", mig.summary
+    assert mig.details["scratch_method"] == "pg_dump"
+    assert mig.details["rehearsal"]["applied"][0]["file"] == "0002_tags.up.sql"
+    assert mig.details["rehearsal"]["round_trip"]["versions"] == [2]
+    assert fingerprint(pg_dsn) == before
+    assert _scratch_dbs(pg_dsn) == []
+    # Nobody connected: the instant template copy, same verdict, target still untouched.
+    again = gate(repo, "v2.2.0-rc.1", only=("migrations",), db_url=Secret(pg_dsn), use_cache=False)
+    assert by_name(again)["migrations"].status == "passed"
+    assert by_name(again)["migrations"].details["scratch_method"] == "template"
+    assert fingerprint(pg_dsn) == before
+    assert by_name(gate(repo, "v2.2.0-rc.1", only=("migrations",), db_url=Secret(pg_dsn)))[
+        "migrations"].cached
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # new data: the verdict must be redone
+        conn.execute("INSERT INTO notes VALUES (3, 7)")
+    assert not by_name(gate(repo, "v2.2.0-rc.1", only=("migrations",), db_url=Secret(pg_dsn)))[
+        "migrations"].cached
