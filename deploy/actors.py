@@ -26,8 +26,9 @@ class Actor:
 
 def _git_email() -> str | None:
     try:
-        out = subprocess.run(["git", "config", "user.email"], capture_output=True, text=True,
-                             timeout=5, check=False)
+        out = subprocess.run(
+            ["git", "config", "user.email"], capture_output=True, text=True, timeout=5, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -37,8 +38,12 @@ def resolve(process_env: Mapping[str, str], *, stdin_is_tty: bool) -> Actor:
     """Default kind: human only when stdin is a terminal; otherwise ci (fail closed for prod)."""
     kind = process_env.get("STAGEFLOW_ACTOR_KIND") or ("human" if stdin_is_tty else "ci")
     if kind not in KINDS:
-        raise UsageError(f"STAGEFLOW_ACTOR_KIND={kind!r} is not a kind", hint=f"use {', '.join(KINDS)}")
+        raise UsageError(
+            f"STAGEFLOW_ACTOR_KIND={kind!r} is not a kind", hint=f"use {', '.join(KINDS)}"
+        )
     if process_env.get("CI") and kind == "human" and not process_env.get("STAGEFLOW_ACTOR_KIND"):
         kind = "ci"
-    name = process_env.get("STAGEFLOW_ACTOR") or _git_email() or process_env.get("USER") or "unknown"
+    name = (
+        process_env.get("STAGEFLOW_ACTOR") or _git_email() or process_env.get("USER") or "unknown"
+    )
     return Actor(name=name, kind=kind)

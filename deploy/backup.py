@@ -30,12 +30,27 @@ def dump_argv(bin_dir: Path, conninfo: str, output: str) -> list[str]:
     return [str(bin_dir / "pg_dump"), "-Fc", "-Z", "1", "--no-owner", "-f", output, "-d", conninfo]
 
 
-def restore_argv(bin_dir: Path, conninfo: str, dump: str, *, jobs: int = 2) -> list[str]:
-    return [str(bin_dir / "pg_restore"), "--clean", "--if-exists", "--exit-on-error", "--no-owner",
-            f"--jobs={jobs}", "-d", conninfo, dump]
+def restore_argv(
+    bin_dir: Path, conninfo: str, dump: str, *, jobs: int = 2, role: str | None = None
+) -> list[str]:
+    # --role: objects come back owned by the app's role, not by the superuser restoring them
+    return [
+        str(bin_dir / "pg_restore"),
+        "--clean",
+        "--if-exists",
+        "--exit-on-error",
+        "--no-owner",
+        *([f"--role={role}"] if role else []),
+        f"--jobs={jobs}",
+        "-d",
+        conninfo,
+        dump,
+    ]
 
 
-def take(proj: Project, name: str, *, actor: str, release: str = "", reason: str = "") -> dict[str, Any]:
+def take(
+    proj: Project, name: str, *, actor: str, release: str = "", reason: str = ""
+) -> dict[str, Any]:
     """Dump the env's database to shared/backups/<id>.dump, write <id>.json beside it."""
     env = proj.env(name)
     svc = NativeServices(env, user_name=proj.service_user)
@@ -48,10 +63,18 @@ def take(proj: Project, name: str, *, actor: str, release: str = "", reason: str
     host.run(dump_argv(pg_bin_dir(), svc.admin_conninfo(env.database.name), str(out)), timeout=3600)
     version = migrations.current_version(env.database_url, password=env.secret("POSTGRES_PASSWORD"))
     info = {
-        "id": bid, "env": name, "database": env.database.name, "file": out.name,
-        "sha256": _sha256(out), "size_bytes": out.stat().st_size, "release": release,
-        "ledger_version": version, "time": datetime.now(UTC).isoformat(timespec="seconds"),
-        "duration_s": round(time.perf_counter() - start, 3), "actor": actor, "reason": reason,
+        "id": bid,
+        "env": name,
+        "database": env.database.name,
+        "file": out.name,
+        "sha256": _sha256(out),
+        "size_bytes": out.stat().st_size,
+        "release": release,
+        "ledger_version": version,
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - start, 3),
+        "actor": actor,
+        "reason": reason,
     }
     (Path(layout.backups) / f"{bid}.json").write_text(json.dumps(info, indent=2))
     os.chmod(out, 0o600)
@@ -74,7 +97,9 @@ def find(proj: Project, name: str, backup_id: str) -> dict[str, Any]:
     for b in list_backups(proj, name):
         if b["id"] == backup_id:
             return b
-    raise UsageError(f"no backup {backup_id!r} in {name}", hint=f"list them with `inv {name}.backups`")
+    raise UsageError(
+        f"no backup {backup_id!r} in {name}", hint=f"list them with `inv {name}.backups`"
+    )
 
 
 def restore(proj: Project, name: str, backup_id: str, *, actor: str) -> dict[str, Any]:
@@ -84,19 +109,27 @@ def restore(proj: Project, name: str, backup_id: str, *, actor: str) -> dict[str
     layout = Layout(str(env.data_dir))
     dump = Path(layout.backups) / info["file"]
     if not dump.exists() or _sha256(dump) != info["sha256"]:
-        raise ServiceError(f"backup {backup_id} is missing or its checksum does not match",
-                           hint="choose another backup with `inv <env>.backups`")
+        raise ServiceError(
+            f"backup {backup_id} is missing or its checksum does not match",
+            hint="choose another backup with `inv <env>.backups`",
+        )
     svc = NativeServices(env, user_name=proj.service_user)
     host = Host(secrets=env.secret_values())
     start = time.perf_counter()
-    host.run(restore_argv(pg_bin_dir(), svc.admin_conninfo(env.database.name), str(dump)),
-             timeout=7200)
+    host.run(
+        restore_argv(
+            pg_bin_dir(), svc.admin_conninfo(env.database.name), str(dump), role=env.database.user
+        ),
+        timeout=7200,
+    )
     took = round(time.perf_counter() - start, 3)
     audit(host, layout, actor=actor, action="restore", backup=backup_id, duration_s=took)
     return {**info, "restore_s": took}
 
 
-def prune(proj: Project, name: str, *, keep: int = 10, max_age_days: float | None = None) -> list[str]:
+def prune(
+    proj: Project, name: str, *, keep: int = 10, max_age_days: float | None = None
+) -> list[str]:
     """Retention by count and age; the newest backup is always kept."""
     backups = list_backups(proj, name)
     layout = Layout(str(proj.env(name).data_dir))

@@ -36,7 +36,9 @@ ENV_KEYS: dict[str, str] = {
     "REQUIRE_API_KEY": "true | false; must be true on staging and production",
     "API_RATE_LIMIT": "requests per minute per API key; required > 0 on staging and production",
 }
-OPTIONAL_ENV_KEYS = frozenset({"FEATURES", "LOG_LEVEL", "DEBUG", "REQUIRE_API_KEY", "API_RATE_LIMIT"})
+OPTIONAL_ENV_KEYS = frozenset(
+    {"FEATURES", "LOG_LEVEL", "DEBUG", "REQUIRE_API_KEY", "API_RATE_LIMIT"}
+)
 
 # Keys that only a secrets file (or the process environment) may hold.
 SECRET_KEYS: dict[str, str] = {
@@ -162,7 +164,9 @@ def read_env_file(path: Path) -> dict[str, tuple[str, int]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist", hint="create it from the documented keys") from None
+        raise ConfigError(
+            f"{path} does not exist", hint="create it from the documented keys"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} cannot be read: {exc.__class__.__name__}") from None
     out: dict[str, tuple[str, int]] = {}
@@ -175,7 +179,9 @@ def read_env_file(path: Path) -> dict[str, tuple[str, int]]:
         if binding.value is None:
             raise _err(path, line, f"{binding.key} has no value", f"write {binding.key}=value")
         if binding.key in out:
-            raise _err(path, line, f"{binding.key} is set twice (first on line {out[binding.key][1]})")
+            raise _err(
+                path, line, f"{binding.key} is set twice (first on line {out[binding.key][1]})"
+            )
         out[binding.key] = (binding.value, line)
     return out
 
@@ -219,8 +225,12 @@ def _db_target(path: Path, raw: dict[str, tuple[str, int]], port: int) -> DbTarg
         url_port = None
     name = parts.path.lstrip("/")
     if not parts.hostname or not url_port or not name or not parts.username:
-        raise _err(path, line, "DATABASE_URL needs user, host, port and database",
-                   "postgresql://USER@127.0.0.1:PORT/DB")
+        raise _err(
+            path,
+            line,
+            "DATABASE_URL needs user, host, port and database",
+            "postgresql://USER@127.0.0.1:PORT/DB",
+        )
     if url_port != port:
         raise _err(path, line, f"DATABASE_URL port {url_port} is not POSTGRES_PORT {port}")
     return DbTarget(parts.hostname, url_port, unquote(name), unquote(parts.username))
@@ -237,7 +247,9 @@ def _redis_target(path: Path, raw: dict[str, tuple[str, int]], port: int) -> Red
         url_port = None
     db = parts.path.lstrip("/") or "0"
     if not parts.hostname or not url_port or not db.isdigit():
-        raise _err(path, line, "REDIS_URL needs host, port and db number", "redis://127.0.0.1:PORT/0")
+        raise _err(
+            path, line, "REDIS_URL needs host, port and db number", "redis://127.0.0.1:PORT/0"
+        )
     if url_port != port:
         raise _err(path, line, f"REDIS_URL port {url_port} is not REDIS_PORT {port}")
     return RedisTarget(parts.hostname, url_port, int(db))
@@ -262,35 +274,60 @@ def load_secrets(path: Path) -> dict[str, Secret]:
 def load_env(root: Path, name: str, *, process_env: dict[str, str] | None = None) -> EnvConfig:
     """Load env/<name>.env and env/<name>.secrets.env; secrets may also come from process_env."""
     if name not in NAMESPACES:
-        raise ConfigError(f"unknown environment {name!r}", hint=f"use one of: {', '.join(NAMESPACES)}")
+        raise ConfigError(
+            f"unknown environment {name!r}", hint=f"use one of: {', '.join(NAMESPACES)}"
+        )
     path = root / "env" / f"{name}.env"
     raw = read_env_file(path)
     for key, (value, line) in raw.items():
         if key in SECRET_KEYS or (key not in ENV_KEYS and _SECRETISH.search(key)):
-            raise _err(path, line, f"{key} is a secret in a committed file",
-                       f"move it to env/{name}.secrets.env (mode 0600)")
+            raise _err(
+                path,
+                line,
+                f"{key} is a secret in a committed file",
+                f"move it to env/{name}.secrets.env (mode 0600)",
+            )
         if key not in ENV_KEYS:
             raise _err(path, line, f"unknown key {key}", "see docs/ENVIRONMENT.md for the keys")
         if _URL_WITH_PASSWORD.search(value):
-            raise _err(path, line, f"{key} carries a password in a committed file",
-                       f"drop it from the URL and set POSTGRES_PASSWORD in env/{name}.secrets.env")
+            raise _err(
+                path,
+                line,
+                f"{key} carries a password in a committed file",
+                f"drop it from the URL and set POSTGRES_PASSWORD in env/{name}.secrets.env",
+            )
     missing = [k for k in ENV_KEYS if k not in raw and k not in OPTIONAL_ENV_KEYS]
     if missing:
-        raise _err(path, None, f"missing key {missing[0]}", f"add {missing[0]}=... ({ENV_KEYS[missing[0]]})")
+        raise _err(
+            path,
+            None,
+            f"missing key {missing[0]}",
+            f"add {missing[0]}=... ({ENV_KEYS[missing[0]]})",
+        )
     environment, line = raw["ENVIRONMENT"]
     if environment != NAMESPACES[name]:
-        raise _err(path, line, f"ENVIRONMENT={environment} but this is the {name} file",
-                   f"{name}.env must say ENVIRONMENT={NAMESPACES[name]}")
+        raise _err(
+            path,
+            line,
+            f"ENVIRONMENT={environment} but this is the {name} file",
+            f"{name}.env must say ENVIRONMENT={NAMESPACES[name]}",
+        )
     project, line = raw["COMPOSE_PROJECT_NAME"]
     if not _NAME.match(project):
-        raise _err(path, line, f"COMPOSE_PROJECT_NAME={project!r} is not a valid project name",
-                   "use lowercase letters, digits, '-' and '_'")
+        raise _err(
+            path,
+            line,
+            f"COMPOSE_PROJECT_NAME={project!r} is not a valid project name",
+            "use lowercase letters, digits, '-' and '_'",
+        )
     app_port = _port(path, "APP_PORT", raw)
     pg_port = _port(path, "POSTGRES_PORT", raw)
     redis_port = _port(path, "REDIS_PORT", raw)
     level, line = raw.get("LOG_LEVEL", ("info", 0))
     if level not in LOG_LEVELS:
-        raise _err(path, line, f"LOG_LEVEL={level!r} is not a level", f"use one of {', '.join(LOG_LEVELS)}")
+        raise _err(
+            path, line, f"LOG_LEVEL={level!r} is not a level", f"use one of {', '.join(LOG_LEVELS)}"
+        )
     rate, line = raw.get("API_RATE_LIMIT", ("0", 0))
     if not rate.isdigit():
         raise _err(path, line, f"API_RATE_LIMIT={rate!r} is not a whole number")
@@ -335,21 +372,42 @@ def load_env(root: Path, name: str, *, process_env: dict[str, str] | None = None
 
 
 _POLICY_KEYS = {
-    "hosts": (list,), "runtime": (str,), "keep_releases": (int,), "verify_window_s": (int, float),
-    "soak_s": (int, float), "auto_rollback": (bool,), "backup": (str,), "allow_dirty": (bool,),
-    "batch": (str, int), "workers": (int,), "refresh_s": (int, float), "thresholds": (dict,),
-    "relax_thresholds_from": (str,), "relax_factor": (int, float),
+    "hosts": (list,),
+    "runtime": (str,),
+    "keep_releases": (int,),
+    "verify_window_s": (int, float),
+    "soak_s": (int, float),
+    "auto_rollback": (bool,),
+    "backup": (str,),
+    "allow_dirty": (bool,),
+    "batch": (str, int),
+    "workers": (int,),
+    "refresh_s": (int, float),
+    "thresholds": (dict,),
+    "relax_thresholds_from": (str,),
+    "relax_factor": (int, float),
 }
-_THRESHOLD_KEYS = {"health_failures": int, "error_rate_points": float, "p95_ratio": float, "memory_mb": int}
+_THRESHOLD_KEYS = {
+    "health_failures": int,
+    "error_rate_points": float,
+    "p95_ratio": float,
+    "memory_mb": int,
+}
 
 
 def _thresholds(path: Path, env: str, table: dict[str, Any]) -> Thresholds:
     for key, value in table.items():
         if key not in _THRESHOLD_KEYS:
-            raise _err(path, None, f"[environments.{env}.thresholds] unknown key {key}",
-                       f"known: {', '.join(_THRESHOLD_KEYS)}")
+            raise _err(
+                path,
+                None,
+                f"[environments.{env}.thresholds] unknown key {key}",
+                f"known: {', '.join(_THRESHOLD_KEYS)}",
+            )
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise _err(path, None, f"[environments.{env}.thresholds] {key} must be a positive number")
+            raise _err(
+                path, None, f"[environments.{env}.thresholds] {key} must be a positive number"
+            )
     return Thresholds(**{k: _THRESHOLD_KEYS[k](v) for k, v in table.items()})
 
 
@@ -371,17 +429,26 @@ def load_policies(path: Path, data: dict[str, Any]) -> dict[str, EnvPolicy]:
     pending_relax: dict[str, tuple[str, float]] = {}
     for name, table in envs.items():
         if name not in NAMESPACES:
-            raise _err(path, None, f"[environments.{name}] is not an environment",
-                       f"use {', '.join(NAMESPACES)}")
+            raise _err(
+                path,
+                None,
+                f"[environments.{name}] is not an environment",
+                f"use {', '.join(NAMESPACES)}",
+            )
         kwargs: dict[str, Any] = {}
         for key, value in table.items():
             if key not in _POLICY_KEYS:
                 raise _err(path, None, f"[environments.{name}] unknown key {key}")
-            if not isinstance(value, _POLICY_KEYS[key]) or (isinstance(value, bool) and bool not in _POLICY_KEYS[key]):
+            if not isinstance(value, _POLICY_KEYS[key]) or (
+                isinstance(value, bool) and bool not in _POLICY_KEYS[key]
+            ):
                 raise _err(path, None, f"[environments.{name}] {key} has the wrong type")
             kwargs[key] = value
         if "relax_thresholds_from" in kwargs:
-            pending_relax[name] = (kwargs.pop("relax_thresholds_from"), float(kwargs.pop("relax_factor", 2)))
+            pending_relax[name] = (
+                kwargs.pop("relax_thresholds_from"),
+                float(kwargs.pop("relax_factor", 2)),
+            )
         kwargs.pop("relax_factor", None)
         kwargs["thresholds"] = _thresholds(path, name, kwargs.get("thresholds", {}))
         hosts = kwargs.get("hosts", ["local"])
@@ -390,18 +457,36 @@ def load_policies(path: Path, data: dict[str, Any]) -> dict[str, EnvPolicy]:
         kwargs["hosts"] = tuple(hosts)
         if kwargs.get("runtime", "native") not in ("native", "compose"):
             raise _err(path, None, f"[environments.{name}] runtime must be native or compose")
-        if kwargs.get("backup", "pending-migrations") not in ("never", "pending-migrations", "always"):
-            raise _err(path, None, f"[environments.{name}] backup must be never, pending-migrations or always")
+        if kwargs.get("backup", "pending-migrations") not in (
+            "never",
+            "pending-migrations",
+            "always",
+        ):
+            raise _err(
+                path,
+                None,
+                f"[environments.{name}] backup must be never, pending-migrations or always",
+            )
         if kwargs.get("keep_releases", 5) < 2:
-            raise _err(path, None, f"[environments.{name}] keep_releases must be at least 2",
-                       "the current and the previous good release are always kept")
+            raise _err(
+                path,
+                None,
+                f"[environments.{name}] keep_releases must be at least 2",
+                "the current and the previous good release are always kept",
+            )
         kwargs["batch"] = str(kwargs.get("batch", "1"))
         policies[name] = EnvPolicy(name=name, **kwargs)
     for name, (source, factor) in pending_relax.items():
         if source not in policies:
-            raise _err(path, None, f"[environments.{name}] relax_thresholds_from={source!r} is not an environment")
+            raise _err(
+                path,
+                None,
+                f"[environments.{name}] relax_thresholds_from={source!r} is not an environment",
+            )
         p = policies[name]
-        policies[name] = EnvPolicy(**{**p.__dict__, "thresholds": _relaxed(policies[source].thresholds, factor)})
+        policies[name] = EnvPolicy(
+            **{**p.__dict__, "thresholds": _relaxed(policies[source].thresholds, factor)}
+        )
     for name in NAMESPACES:
         policies.setdefault(name, EnvPolicy(name=name))
     return policies
@@ -413,7 +498,9 @@ def load_policy_file(root: Path) -> dict[str, Any]:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist", hint="run inv from the project's root") from None
+        raise ConfigError(
+            f"{path} does not exist", hint="run inv from the project's root"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"stageflow.toml: {exc}", hint="fix the TOML syntax") from None
 
@@ -422,11 +509,14 @@ def find_root(start: Path) -> Path:
     for candidate in (start, *start.parents):
         if (candidate / "stageflow.toml").is_file():
             return candidate
-    raise ConfigError(f"no stageflow.toml in {start} or above", hint="run inv from the project's root")
+    raise ConfigError(
+        f"no stageflow.toml in {start} or above", hint="run inv from the project's root"
+    )
 
 
-def load_project(root: Path, *, process_env: dict[str, str] | None = None,
-                 only: str | None = None) -> Project:
+def load_project(
+    root: Path, *, process_env: dict[str, str] | None = None, only: str | None = None
+) -> Project:
     """Load every environment (isolation is checked across all of them, not only the target)."""
     root = root.resolve()
     data = load_policy_file(root)
@@ -435,5 +525,7 @@ def load_project(root: Path, *, process_env: dict[str, str] | None = None,
     envs = {name: load_env(root, name, process_env=process_env) for name in names}
     user = data.get("project", {}).get("service_user", "stageflow")
     if not isinstance(user, str) or not _NAME.match(user):
-        raise _err(root / "stageflow.toml", None, "[project] service_user must be a plain user name")
+        raise _err(
+            root / "stageflow.toml", None, "[project] service_user must be a plain user name"
+        )
     return Project(root=root, envs=envs, policies=policies, policy=data, service_user=user)

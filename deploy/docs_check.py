@@ -30,7 +30,11 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message}" if self.line else f"{self.file}: {self.message}"
+        return (
+            f"{self.file}:{self.line}: {self.message}"
+            if self.line
+            else f"{self.file}: {self.message}"
+        )
 
 
 @dataclass(frozen=True)
@@ -113,12 +117,20 @@ def invoke_tasks(root: Path, *, python: str = sys.executable, timeout_s: float =
     """The project's tasks: tasks.ns imported by the project's interpreter in the project's root."""
     if not (root / "tasks.py").is_file():
         return set()
-    res = subprocess.run([python, "-c", _LIST_TASKS], cwd=root, capture_output=True, text=True,
-                         timeout=timeout_s, check=False)
+    res = subprocess.run(
+        [python, "-c", _LIST_TASKS],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
     if res.returncode != 0:
         tail = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or ["no output"]
-        raise ConfigError(f"tasks.py does not load in {root.name}: {tail[0]}",
-                          hint="fix tasks.py so that `inv --list` works")
+        raise ConfigError(
+            f"tasks.py does not load in {root.name}: {tail[0]}",
+            hint="fix tasks.py so that `inv --list` works",
+        )
     return set(json.loads(res.stdout))
 
 
@@ -180,7 +192,9 @@ def check_docs(
                     name = m[2]
                     used_targets.add(name)
                     if name not in targets:
-                        problems.append(Problem(rel, line.line, f"`make {name}`: no such Makefile target"))
+                        problems.append(
+                            Problem(rel, line.line, f"`make {name}`: no such Makefile target")
+                        )
             if line.code:
                 continue
             prose = _INLINE_CODE.sub("", line.text)
@@ -191,26 +205,42 @@ def check_docs(
                 problems += _link_problems(line, root, m[1])
     documented = used_tasks | mentioned
     # dev, staging and prod carry the same tasks: `inv staging.up` documents dev.up and prod.up too.
-    leaves = {n.split(".", 1)[1] for n in documented if n.split(".", 1)[0] in env_namespaces}
-    leaves |= {n.split(".", 1)[1] for n in documented if re.match(r"^[<{]\w+[>}]\.", n)}
+    leaves = {
+        n.partition(".")[2]
+        for n in documented
+        if "." in n and (n.partition(".")[0] in env_namespaces or re.match(r"^[<{]\w+[>}]\.", n))
+    }
     for name in sorted(task_names - documented):
         prefix, _, leaf = name.partition(".")
         if prefix in env_namespaces and leaf in leaves:
             continue
-        problems.append(Problem("docs", 0, f"task `inv {name}` is not documented in README.md or docs/*.md"))
+        problems.append(
+            Problem("docs", 0, f"task `inv {name}` is not documented in README.md or docs/*.md")
+        )
     for name in sorted(targets - used_targets - mentioned):
-        problems.append(Problem("docs", 0, f"make target `{name}` is not documented in README.md or docs/*.md"))
+        problems.append(
+            Problem("docs", 0, f"make target `{name}` is not documented in README.md or docs/*.md")
+        )
     env_doc = root / "docs" / "ENVIRONMENT.md"
     if not env_doc.is_file():
-        problems.append(Problem("docs/ENVIRONMENT.md", 0, "does not exist; it must describe every env key"))
+        problems.append(
+            Problem("docs/ENVIRONMENT.md", 0, "does not exist; it must describe every env key")
+        )
     else:
         text = env_doc.read_text(encoding="utf-8")
         for key in sorted(wanted_keys):
             if not re.search(rf"(?<![A-Z0-9_]){re.escape(key)}(?![A-Z0-9_])", text):
-                problems.append(Problem("docs/ENVIRONMENT.md", 0, f"env key {key} is not described"))
+                problems.append(
+                    Problem("docs/ENVIRONMENT.md", 0, f"env key {key} is not described")
+                )
     return problems
 
 
 def input_files(root: Path) -> list[Path]:
     """What the check reads, for the release gate's cache key."""
-    return [*doc_files(root), root / "Makefile", root / "tasks.py", *sorted((root / "env").glob("*.env"))]
+    return [
+        *doc_files(root),
+        root / "Makefile",
+        root / "tasks.py",
+        *sorted((root / "env").glob("*.env")),
+    ]

@@ -15,8 +15,10 @@ from deploy.state import Layout, audit
 def services(proj: Project, name: str) -> NativeServices:
     policy = proj.policies[name]
     if policy.runtime != "native":
-        raise ConfigError(f"{name} uses runtime {policy.runtime!r}; this command drives the native runtime",
-                          hint="use the compose tasks, or set runtime = \"native\"")
+        raise ConfigError(
+            f"{name} uses runtime {policy.runtime!r}; this command drives the native runtime",
+            hint='use the compose tasks, or set runtime = "native"',
+        )
     return NativeServices(proj.env(name), user_name=proj.service_user)
 
 
@@ -58,12 +60,21 @@ def _updown(flag: bool, port: int) -> str:
 def print_status(rows: list[dict[str, Any]]) -> None:
     from deploy.output import print_table
 
-    print_table("environments", ["env", "postgres", "redis", "app", "release", "data dir"], [
-        (r["env"] + (" (frozen)" if r["frozen"] else ""), _updown(r["postgres"]["up"], r["postgres"]["port"]),
-         _updown(r["redis"]["up"], r["redis"]["port"]),
-         _updown(r["app"]["up"], r["app"]["port"]), r["app"].get("release") or "-", r["data_dir"])
-        for r in rows
-    ])
+    print_table(
+        "environments",
+        ["env", "postgres", "redis", "app", "release", "data dir"],
+        [
+            (
+                r["env"] + (" (frozen)" if r["frozen"] else ""),
+                _updown(r["postgres"]["up"], r["postgres"]["port"]),
+                _updown(r["redis"]["up"], r["redis"]["port"]),
+                _updown(r["app"]["up"], r["app"]["port"]),
+                r["app"].get("release") or "-",
+                r["data_dir"],
+            )
+            for r in rows
+        ],
+    )
 
 
 def generate_secrets(proj: Project, name: str, *, actor: str) -> list[str]:

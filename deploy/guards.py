@@ -44,16 +44,20 @@ def require(checks: list[Check]) -> None:
 
 # -- individual guards -------------------------------------------------------------------------
 
+
 def shell_environment(target: EnvConfig, process_env: Mapping[str, str]) -> Check:
     """The shell's ENVIRONMENT, when set, must name the target (seed 001: verify before proceeding)."""
     shell = process_env.get("ENVIRONMENT")
     if not shell:
         return Check("shell-environment", True, "ENVIRONMENT not set in the shell")
     if shell != target.environment:
-        return Check("shell-environment", False,
-                     f"the shell says ENVIRONMENT={shell} but the target is {target.name} "
-                     f"({target.environment}); unset it or run the {target.name} task from a "
-                     f"{target.environment} shell")
+        return Check(
+            "shell-environment",
+            False,
+            f"the shell says ENVIRONMENT={shell} but the target is {target.name} "
+            f"({target.environment}); unset it or run the {target.name} task from a "
+            f"{target.environment} shell",
+        )
     return Check("shell-environment", True, f"ENVIRONMENT={shell} matches")
 
 
@@ -70,10 +74,16 @@ def isolation_problems(project: Project) -> list[str]:
         if ea.compose_project == eb.compose_project:
             problems.append(f"{a} and {b} share COMPOSE_PROJECT_NAME {ea.compose_project}")
         if shared_hosts:
-            ports_a = {"APP_PORT": ea.app_port, "POSTGRES_PORT": ea.postgres_port,
-                       "REDIS_PORT": ea.redis_port}
-            ports_b = {"APP_PORT": eb.app_port, "POSTGRES_PORT": eb.postgres_port,
-                       "REDIS_PORT": eb.redis_port}
+            ports_a = {
+                "APP_PORT": ea.app_port,
+                "POSTGRES_PORT": ea.postgres_port,
+                "REDIS_PORT": ea.redis_port,
+            }
+            ports_b = {
+                "APP_PORT": eb.app_port,
+                "POSTGRES_PORT": eb.postgres_port,
+                "REDIS_PORT": eb.redis_port,
+            }
             for ka, pa in ports_a.items():
                 for kb, pb in ports_b.items():
                     if pa == pb:
@@ -81,13 +91,23 @@ def isolation_problems(project: Project) -> list[str]:
             da, db = os.path.normpath(ea.data_dir), os.path.normpath(eb.data_dir)
             if da == db or da.startswith(db + os.sep) or db.startswith(da + os.sep):
                 problems.append(f"{a} and {b} share the data directory {min(da, db, key=len)}")
-        if _norm_host(ea.database.host) == _norm_host(eb.database.host) and \
-                ea.database.port == eb.database.port and ea.database.name == eb.database.name:
-            problems.append(f"{a} and {b} share the database {ea.database.name} on "
-                            f"{ea.database.host}:{ea.database.port}")
-        if _norm_host(ea.redis.host) == _norm_host(eb.redis.host) and \
-                ea.redis.port == eb.redis.port and ea.redis.db == eb.redis.db:
-            problems.append(f"{a} and {b} share Redis {ea.redis.host}:{ea.redis.port}/{ea.redis.db}")
+        if (
+            _norm_host(ea.database.host) == _norm_host(eb.database.host)
+            and ea.database.port == eb.database.port
+            and ea.database.name == eb.database.name
+        ):
+            problems.append(
+                f"{a} and {b} share the database {ea.database.name} on "
+                f"{ea.database.host}:{ea.database.port}"
+            )
+        if (
+            _norm_host(ea.redis.host) == _norm_host(eb.redis.host)
+            and ea.redis.port == eb.redis.port
+            and ea.redis.db == eb.redis.db
+        ):
+            problems.append(
+                f"{a} and {b} share Redis {ea.redis.host}:{ea.redis.port}/{ea.redis.db}"
+            )
     return problems
 
 
@@ -115,15 +135,18 @@ def production_posture(env: EnvConfig) -> Check:
         problems.append("API_RATE_LIMIT must be > 0")
     missing = [k for k in SECRET_KEYS if not env.secret(k)]
     if missing:
-        problems.append(f"missing secrets {', '.join(missing)} "
-                        f"(env/{env.name}.secrets.env, or `inv {env.name}.secrets --generate`)")
+        problems.append(
+            f"missing secrets {', '.join(missing)} "
+            f"(env/{env.name}.secrets.env, or `inv {env.name}.secrets --generate`)"
+        )
     if problems:
         return Check("posture", False, f"{env.name}: " + "; ".join(problems))
     return Check("posture", True, f"{env.name}: production-like posture holds")
 
 
-def environment_checks(project: Project, target: str,
-                       process_env: Mapping[str, str]) -> list[tuple[str, Callable[[], Check]]]:
+def environment_checks(
+    project: Project, target: str, process_env: Mapping[str, str]
+) -> list[tuple[str, Callable[[], Check]]]:
     env = project.env(target)
     return [
         ("shell-environment", lambda: shell_environment(env, process_env)),

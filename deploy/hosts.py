@@ -43,8 +43,13 @@ def as_user(argv: Sequence[str], user: str | None) -> list[str]:
     return ["runuser", "-u", user, "--", *argv]
 
 
-def to_shell(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-             cwd: str | None = None, stdout: str | None = None) -> str:
+def to_shell(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    stdout: str | None = None,
+) -> str:
     cmd = shlex.join(argv)
     if env:
         cmd = shlex.join(["env", *(f"{k}={v}" for k, v in env.items())]) + " " + cmd
@@ -70,28 +75,45 @@ class Host:
         return self.address is None
 
     # -- commands -----------------------------------------------------------------------------
-    def run(self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
-            env: Mapping[str, str] | None = None, cwd: str | Path | None = None,
-            stdout_file: str | Path | None = None) -> CommandResult:
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | Path | None = None,
+        stdout_file: str | Path | None = None,
+    ) -> CommandResult:
         """Run argv; output is captured (and scrubbed of secrets) and returned, never streamed."""
         # Locally the environment goes to the process, not into the command line (ps shows argv).
-        cmd = to_shell([str(a) for a in argv], env=None if self.is_local else env,
-                       cwd=str(cwd) if cwd else None,
-                       stdout=str(stdout_file) if stdout_file else None)
+        cmd = to_shell(
+            [str(a) for a in argv],
+            env=None if self.is_local else env,
+            cwd=str(cwd) if cwd else None,
+            stdout=str(stdout_file) if stdout_file else None,
+        )
         extra = {"env": dict(env)} if (env and self.is_local) else {}
         start = time.monotonic()
         try:
-            result = self._runner().run(cmd, hide=True, warn=True, timeout=timeout,
-                                        in_stream=False, **extra)
+            result = self._runner().run(
+                cmd, hide=True, warn=True, timeout=timeout, in_stream=False, **extra
+            )
             code, out, err = result.exited, result.stdout, result.stderr
         except Exception as exc:  # timeouts and connection failures are results, not crashes
             code, out, err = 255, "", f"{exc.__class__.__name__}: {exc}"
-        res = CommandResult(self.name, tuple(str(a) for a in argv), code,
-                            scrub(out, self.secrets), scrub(err, self.secrets),
-                            time.monotonic() - start)
+        res = CommandResult(
+            self.name,
+            tuple(str(a) for a in argv),
+            code,
+            scrub(out, self.secrets),
+            scrub(err, self.secrets),
+            time.monotonic() - start,
+        )
         if check and not res.ok:
-            raise HostError(f"{self.name}: `{argv[0]}` exited {res.exit_code}: {res.tail()}",
-                            host=self.name)
+            raise HostError(
+                f"{self.name}: `{argv[0]}` exited {res.exit_code}: {res.tail()}", host=self.name
+            )
         return res
 
     def _runner(self) -> Any:
@@ -147,8 +169,16 @@ class Host:
                 fh.flush()
                 os.fsync(fh.fileno())
             return
-        self.run(["sh", "-c", 'mkdir -p "$(dirname "$1")" && printf "%s\\n" "$2" >> "$1"', "sh",
-                  str(path), line])
+        self.run(
+            [
+                "sh",
+                "-c",
+                'mkdir -p "$(dirname "$1")" && printf "%s\\n" "$2" >> "$1"',
+                "sh",
+                str(path),
+                line,
+            ]
+        )
 
     def exists(self, path: str | Path) -> bool:
         if self.is_local:

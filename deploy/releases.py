@@ -38,6 +38,7 @@ class Release:
 
 # -- refs --------------------------------------------------------------------------------------
 
+
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
 
@@ -48,8 +49,10 @@ def resolve_ref(root: Path, ref: str) -> str:
         raise UsageError(f"bad ref {ref!r}", hint="give a branch, tag or commit, e.g. --ref v1.2.0")
     out = _git(root, *cmd.rev_parse(ref)[1:])
     if out.returncode != 0 or not out.stdout.strip():
-        raise UsageError(f"ref {ref!r} names no commit in this repository",
-                         hint="check `git tag` / `git branch`, or fetch it first")
+        raise UsageError(
+            f"ref {ref!r} names no commit in this repository",
+            hint="check `git tag` / `git branch`, or fetch it first",
+        )
     return out.stdout.strip()
 
 
@@ -75,13 +78,15 @@ def new_release_id(commit: str, taken: list[str]) -> str:
 
 # -- build -------------------------------------------------------------------------------------
 
+
 def lock_hash(lock_text: str) -> str:
     ver = f"{sys.version_info.major}.{sys.version_info.minor}"
     return hashlib.sha256(f"{ver}\n{lock_text}".encode()).hexdigest()[:16]
 
 
-def build(proj: Project, env: EnvConfig, host: Host, *, commit: str, ref: str,
-          dirty: bool = False) -> Release:
+def build(
+    proj: Project, env: EnvConfig, host: Host, *, commit: str, ref: str, dirty: bool = False
+) -> Release:
     """git archive of the commit, extracted into releases/<id>, with its venv linked by lock hash."""
     layout = Layout(str(env.data_dir))
     host.makedirs(layout.releases, layout.venvs, layout.run, layout.logs)
@@ -106,8 +111,13 @@ def build(proj: Project, env: EnvConfig, host: Host, *, commit: str, ref: str,
     lock_text = host.read_text(f"{staging_dir}/{LOCKFILE}") or ""
     venv = ensure_venv(host, layout, lock_text, f"{staging_dir}/{LOCKFILE}")
     host.run(["ln", "-sfn", venv, f"{staging_dir}/.venv"])
-    meta = {"id": rid, "commit": commit, "ref": ref, "dirty": dirty,
-            "built_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    meta = {
+        "id": rid,
+        "commit": commit,
+        "ref": ref,
+        "dirty": dirty,
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     host.write_text(f"{staging_dir}/RELEASE.json", json.dumps(meta, indent=2))
     host.run(["mv", "-T", staging_dir, target])  # a release dir exists only when complete
     return Release(rid, commit, ref, dirty)
@@ -148,13 +158,14 @@ def prune(host: Host, layout: Layout, *, keep: int, protect: set[str]) -> list[s
     removable = [r for r in releases if r not in protect]
     excess = len(releases) - keep
     pruned = []
-    for rid in removable[:max(0, excess)]:
+    for rid in removable[: max(0, excess)]:
         host.remove_tree(layout.release(rid))
         pruned.append(rid)
     return pruned
 
 
 # -- processes ---------------------------------------------------------------------------------
+
 
 def _pid_alive(pid: int) -> bool:
     try:
@@ -201,8 +212,12 @@ class Paths:
 
     @classmethod
     def of(cls, layout: Layout) -> Paths:
-        return cls(control=f"{layout.run}/listener.sock", listener_pid=f"{layout.run}/listener.pid",
-                   app_env=f"{layout.shared}/app.env", app_log=f"{layout.logs}/app.log")
+        return cls(
+            control=f"{layout.run}/listener.sock",
+            listener_pid=f"{layout.run}/listener.pid",
+            app_env=f"{layout.shared}/app.env",
+            app_log=f"{layout.logs}/app.log",
+        )
 
 
 def master_pidfile(layout: Layout, rid: str) -> str:
@@ -232,11 +247,21 @@ def ensure_listener(host: Host, env: EnvConfig, layout: Layout, release_dir: str
     if _alive(host, _read_pid(host, paths.listener_pid)) and host.exists(paths.control):
         return
     if host.is_local and not port_is_free(env.app_port):
-        raise ServiceError(f"port {env.app_port} (APP_PORT in {env.file.name}) is taken by another process",
-                           hint="stop that process or change APP_PORT; nothing was switched")
+        raise ServiceError(
+            f"port {env.app_port} (APP_PORT in {env.file.name}) is taken by another process",
+            hint="stop that process or change APP_PORT; nothing was switched",
+        )
     python = f"{release_dir}/.venv/bin/python"
-    host.run(cmd.listener(python, release_dir, port=env.app_port, control=paths.control,
-                          pidfile=paths.listener_pid), timeout=20)
+    host.run(
+        cmd.listener(
+            python,
+            release_dir,
+            port=env.app_port,
+            control=paths.control,
+            pidfile=paths.listener_pid,
+        ),
+        timeout=20,
+    )
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         if host.exists(paths.listener_pid) and host.exists(paths.control):
@@ -256,19 +281,39 @@ def service_env(env: EnvConfig, layout: Layout, release: Release, ready_dir: str
     }
 
 
-def health_barrier(host: Host, env: EnvConfig, layout: Layout, release: Release,
-                   extra_env: dict[str, str] | None = None) -> None:
+def health_barrier(
+    host: Host,
+    env: EnvConfig,
+    layout: Layout,
+    release: Release,
+    extra_env: dict[str, str] | None = None,
+) -> None:
     """Refuse to start a release that does not answer /readyz in-process (code, schema, servers)."""
     rdir = layout.release(release.id)
-    res = host.run(cmd.barrier(rdir), check=False, timeout=60, cwd=rdir,
-                   env={**service_env(env, layout, release, ""), **(extra_env or {})})
+    res = host.run(
+        cmd.barrier(rdir),
+        check=False,
+        timeout=60,
+        cwd=rdir,
+        env={**service_env(env, layout, release, ""), **(extra_env or {})},
+    )
     if not res.ok:
-        raise ServiceError(f"release {release.id} is not ready: {res.tail(1)}",
-                           hint="check its migrations and servers; the previous release still serves")
+        raise ServiceError(
+            f"release {release.id} is not ready: {res.tail(1)}",
+            hint="check its migrations and servers; the previous release still serves",
+        )
 
 
-def start(host: Host, env: EnvConfig, layout: Layout, release: Release, *, workers: int,
-          extra_env: dict[str, str] | None = None, timeout_s: float = 30.0) -> int:
+def start(
+    host: Host,
+    env: EnvConfig,
+    layout: Layout,
+    release: Release,
+    *,
+    workers: int,
+    extra_env: dict[str, str] | None = None,
+    timeout_s: float = 30.0,
+) -> int:
     """Start a gunicorn master for release on the shared socket; return once its workers booted."""
     rdir = layout.release(release.id)
     paths = Paths.of(layout)
@@ -280,9 +325,13 @@ def start(host: Host, env: EnvConfig, layout: Layout, release: Release, *, worke
     ready_dir = f"{layout.run}/ready-{release.id}"
     host.remove_tree(ready_dir)
     host.makedirs(ready_dir)
-    host.run(cmd.gunicorn(rdir, control=paths.control, pidfile=pidfile, workers=workers,
-                          logfile=paths.app_log),
-             env={**service_env(env, layout, release, ready_dir), **(extra_env or {})}, timeout=30)
+    host.run(
+        cmd.gunicorn(
+            rdir, control=paths.control, pidfile=pidfile, workers=workers, logfile=paths.app_log
+        ),
+        env={**service_env(env, layout, release, ready_dir), **(extra_env or {})},
+        timeout=30,
+    )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if len(host.listdir(ready_dir)) >= workers:
@@ -295,8 +344,10 @@ def start(host: Host, env: EnvConfig, layout: Layout, release: Release, *, worke
     if pid:
         stop_master(host, pid)
     tail = (host.read_text(paths.app_log) or "").strip().splitlines()[-2:]
-    raise ServiceError(f"release {release.id} did not boot its workers: {' | '.join(tail)}",
-                       hint=f"see {paths.app_log}")
+    raise ServiceError(
+        f"release {release.id} did not boot its workers: {' | '.join(tail)}",
+        hint=f"see {paths.app_log}",
+    )
 
 
 def stop_master(host: Host, pid: int, *, timeout_s: float = 25.0) -> None:
@@ -355,8 +406,13 @@ def service_status(proj: Project, name: str) -> dict[str, Any]:
     masters = running_masters(host, layout)
     current = current_release(host, layout)
     up = bool(masters) and port_answers(env.app_port)
-    return {"up": up, "port": env.app_port, "release": current,
-            "masters": masters, "serving": sorted(masters)}
+    return {
+        "up": up,
+        "port": env.app_port,
+        "release": current,
+        "masters": masters,
+        "serving": sorted(masters),
+    }
 
 
 def to_dict(release: Release) -> dict[str, Any]:

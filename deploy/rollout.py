@@ -13,13 +13,26 @@ from typing import Any
 from deploy import guards, migrations, releases, smoke
 from deploy.actors import Actor
 from deploy.config import EnvConfig, Project
-from deploy.errors import DeployError, Frozen, RolledBack, UsageError
+from deploy.errors import DeployError, Frozen, NotApproved, RolledBack, UsageError
 from deploy.hosts import Host
 from deploy.runtime.native import NativeServices
 from deploy.state import DeployLock, HistoryEntry, Layout, new_id, record_history, utc_now
 
-STEPS = ("preflight", "lock", "build", "backup", "migrate", "barrier", "start", "switch", "smoke",
-         "verify", "record", "prune", "unlock")
+STEPS = (
+    "preflight",
+    "lock",
+    "build",
+    "backup",
+    "migrate",
+    "barrier",
+    "start",
+    "switch",
+    "smoke",
+    "verify",
+    "record",
+    "prune",
+    "unlock",
+)
 
 Printer = Callable[[str], None]
 
@@ -90,23 +103,40 @@ def plan(proj: Project, name: str, *, ref: str) -> list[tuple[str, str]]:
 def _services_up(env: EnvConfig, proj: Project) -> guards.Check:
     down = [s.name for s in NativeServices(env, user_name=proj.service_user).status() if not s.up]
     if down:
-        return guards.Check("servers", False, f"{', '.join(down)} not running; run `inv {env.name}.up`")
+        return guards.Check(
+            "servers", False, f"{', '.join(down)} not running; run `inv {env.name}.up`"
+        )
     return guards.Check("servers", True, "postgres and redis answer")
 
 
 def _not_frozen(layout: Layout, host: Host) -> guards.Check:
     if host.exists(layout.freeze):
-        return guards.Check("freeze", False, "frozen after a level 3 restore")
-    return guards.Check("freeze", True, "not frozen")
+        return guards.Check("frozen", False, "frozen after a level 3 restore")
+    return guards.Check("frozen", True, "not frozen")
 
 
-def deploy(proj: Project, name: str, *, actor: Actor, ref: str = "HEAD", allow_dirty: bool = False,
-           printer: Printer = print, stop_at: str | None = None, kind: str = "deploy",
-           process_env: dict[str, str] | None = None, notes: str = "",
-           extra_checks: list[tuple[str, Callable[[], guards.Check]]] | None = None,
-           service_env: dict[str, str] | None = None) -> dict[str, Any]:
+def deploy(
+    proj: Project,
+    name: str,
+    *,
+    actor: Actor,
+    ref: str = "HEAD",
+    allow_dirty: bool = False,
+    printer: Printer = print,
+    stop_at: str | None = None,
+    kind: str = "deploy",
+    process_env: dict[str, str] | None = None,
+    notes: str = "",
+    extra_checks: list[tuple[str, Callable[[], guards.Check]]] | None = None,
+    service_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Carry ref to a healthy, verified release on env `name`; the previous one serves on failure."""
     env = proj.env(name)
+    if env.environment == "production" and extra_checks is None:
+        raise NotApproved(
+            "production deploys only through an approved request",
+            hint="inv prod.request --ref REF; inv prod.approve ID; inv prod.deploy --request ID",
+        )
     policy = proj.policies[name]
     layout = Layout(str(env.data_dir))
     host = Host(secrets=env.secret_values())
@@ -119,31 +149,56 @@ def deploy(proj: Project, name: str, *, actor: Actor, ref: str = "HEAD", allow_d
         if allow_dirty and policy.allow_dirty:
             commit, dirty = releases.snapshot_dirty(proj.root), True
         elif allow_dirty:
-            raise UsageError(f"--allow-dirty is not allowed on {name}",
-                             hint="commit your changes; only dev may deploy a dirty tree")
+            raise UsageError(
+                f"--allow-dirty is not allowed on {name}",
+                hint="commit your changes; only dev may deploy a dirty tree",
+            )
         else:
-            printer(f"{name}: note: uncommitted changes are not deployed; deploying HEAD {commit[:12]}")
+            printer(
+                f"{name}: note: uncommitted changes are not deployed; deploying HEAD {commit[:12]}"
+            )
 
     def preflight() -> str:
-        checks = guards.run_checks([*guards.environment_checks(proj, name, process_env or {}),
-                                    ("servers", lambda: _services_up(env, proj)),
-                                    ("freeze", lambda: _not_frozen(layout, host)),
-                                    *(extra_checks or [])])
+        checks = guards.run_checks(
+            [
+                *guards.environment_checks(proj, name, process_env or {}),
+                ("servers", lambda: _services_up(env, proj)),
+                ("frozen", lambda: _not_frozen(layout, host)),
+                *(extra_checks or []),
+            ]
+        )
         failed = [c for c in checks if not c.ok]
-        if failed and failed[0].name == "freeze":
-            raise Frozen(f"{name} is frozen after a level 3 restore",
-                         hint=f"inspect, then `inv {name}.unfreeze --reason TEXT`")
+        if failed and failed[0].name == "frozen":
+            raise Frozen(
+                f"{name} is frozen after a level 3 restore",
+                hint=f"inspect, then `inv {name}.unfreeze --reason TEXT`",
+            )
         guards.require(checks)
         return f"{len(checks)} checks passed"
 
     ctx.step("preflight", preflight)
     lock = DeployLock(host, layout)
-    entry = HistoryEntry(id=new_id(), time=utc_now(), env=name, release="", commit=commit, ref=ref,
-                         actor=str(actor), kind=kind, status="running", notes=notes)
+    entry = HistoryEntry(
+        id=new_id(),
+        time=utc_now(),
+        env=name,
+        release="",
+        commit=commit,
+        ref=ref,
+        actor=str(actor),
+        kind=kind,
+        status="running",
+        notes=notes,
+    )
     started = time.perf_counter()
     try:
-        ctx.step("lock", lambda: lock.acquire(who=str(actor), command=f"{name}.deploy", release=ref)
-                 or f"held by {actor}")
+        ctx.step(
+            "lock",
+            lambda: (
+                lock.acquire(who=str(actor), command=f"{name}.deploy", release=ref)
+                or f"held by {actor}"
+            ),
+        )
         ctx.previous = releases.current_release(host, layout)
         entry.previous = ctx.previous
         record_history(host, layout, entry)
@@ -165,13 +220,27 @@ def deploy(proj: Project, name: str, *, actor: Actor, ref: str = "HEAD", allow_d
         if lock.held:
             record_history(host, layout, entry)
             ctx.step("unlock", lambda: lock.release())
-    return {"release": entry.release, "commit": commit, "status": entry.status,
-            "duration_s": entry.duration_s, "steps": ctx.timings, "migrations": ctx.applied,
-            "previous": ctx.previous, "history_id": entry.id}
+    return {
+        "release": entry.release,
+        "commit": commit,
+        "status": entry.status,
+        "duration_s": entry.duration_s,
+        "steps": ctx.timings,
+        "migrations": ctx.applied,
+        "previous": ctx.previous,
+        "history_id": entry.id,
+    }
 
 
-def _run_steps(ctx: Context, *, commit: str, ref: str, dirty: bool, entry: HistoryEntry,
-               service_env: dict[str, str] | None) -> None:
+def _run_steps(
+    ctx: Context,
+    *,
+    commit: str,
+    ref: str,
+    dirty: bool,
+    entry: HistoryEntry,
+    service_env: dict[str, str] | None,
+) -> None:
     env, host, layout, policy = ctx.env, ctx.host, ctx.layout, ctx.proj.policies[ctx.env.name]
 
     def build() -> str:
@@ -192,27 +261,35 @@ def _run_steps(ctx: Context, *, commit: str, ref: str, dirty: bool, entry: Histo
             return f"skipped (policy {policy.backup}, {len(pending)} pending)"
         from deploy import backup as backups
 
-        info = backups.take(ctx.proj, env.name, actor=str(ctx.actor), release=ctx.previous or "",
-                            reason=f"before {entry.kind} of {rel.id}")
+        info = backups.take(
+            ctx.proj,
+            env.name,
+            actor=str(ctx.actor),
+            release=ctx.previous or "",
+            reason=f"before {entry.kind} of {rel.id}",
+        )
         ctx.backup_id = info["id"]
         return f"{info['id']} ({info['size_bytes'] / 1e6:.1f} MB)"
 
     ctx.step("backup", backup)
 
     def migrate() -> str:
-        applied = migrations.migrate(conninfo(env), files, release=rel.id,
-                                     applied_by=str(ctx.actor), password=password)
+        applied = migrations.migrate(
+            conninfo(env), files, release=rel.id, applied_by=str(ctx.actor), password=password
+        )
         ctx.applied = [f.version for f in applied]
         return f"applied {ctx.applied}" if applied else "schema up to date"
 
     ctx.step("migrate", migrate)
     releases.write_app_env(host, env, layout)
-    ctx.step("barrier", lambda: releases.health_barrier(host, env, layout, rel, service_env)
-             or "ready")
+    ctx.step(
+        "barrier", lambda: releases.health_barrier(host, env, layout, rel, service_env) or "ready"
+    )
 
     def start() -> str:
-        ctx.started_pid = releases.start(host, env, layout, rel, workers=policy.workers,
-                                         extra_env=service_env)
+        ctx.started_pid = releases.start(
+            host, env, layout, rel, workers=policy.workers, extra_env=service_env
+        )
         return f"master pid {ctx.started_pid}"
 
     try:
@@ -240,13 +317,20 @@ def _run_steps(ctx: Context, *, commit: str, ref: str, dirty: bool, entry: Histo
                 return "no verify window"
             from deploy import verify
 
-            verdict = verify.watch(ctx.proj, env.name, release=rel.id, baseline=ctx.previous,
-                                   window_s=policy.verify_window_s)
+            verdict = verify.watch(
+                ctx.proj,
+                env.name,
+                release=rel.id,
+                baseline=ctx.previous,
+                window_s=policy.verify_window_s,
+            )
             if not verdict.ok:
                 if not policy.auto_rollback:
-                    raise VerifyFailed(f"verify failed: {verdict.reason}; auto_rollback is off, "
-                                       f"{rel.id} still serves",
-                                       hint=f"`inv {env.name}.rollback --level 2` to go back")
+                    raise VerifyFailed(
+                        f"verify failed: {verdict.reason}; auto_rollback is off, "
+                        f"{rel.id} still serves",
+                        hint=f"`inv {env.name}.rollback --level 2` to go back",
+                    )
                 raise RolledBack(f"verify failed: {verdict.reason}")
             return verdict.summary
 
@@ -261,7 +345,12 @@ def _run_steps(ctx: Context, *, commit: str, ref: str, dirty: bool, entry: Histo
         raise
     ctx.step("record", lambda: "history written")
     protect = {rel.id, ctx.previous} - {None}
-    ctx.step("prune", lambda: f"pruned {len(releases.prune(host, layout, keep=policy.keep_releases, protect=protect))}")  # type: ignore[arg-type]
+    ctx.step(
+        "prune",
+        lambda: (
+            f"pruned {len(releases.prune(host, layout, keep=policy.keep_releases, protect=protect))}"
+        ),
+    )  # type: ignore[arg-type]
 
 
 def _revert_to_previous(ctx: Context, rel: releases.Release, *, reason: str) -> None:
@@ -280,4 +369,3 @@ def _revert_to_previous(ctx: Context, rel: releases.Release, *, reason: str) -> 
         if ctx.switched:
             host.run(["rm", "-f", layout.current], check=False)
         ctx.printer(f"{env.name}: revert    no previous release; {rel.id} stopped ({reason})")
-

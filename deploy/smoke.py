@@ -25,11 +25,21 @@ class Probe:
         return {"name": self.name, "ok": self.ok, "detail": self.detail, "ms": round(self.ms, 1)}
 
 
-def http(method: str, url: str, *, body: dict | None = None, headers: dict[str, str] | None = None,
-         timeout: float = 3.0) -> tuple[int, Any]:
+def http(
+    method: str,
+    url: str,
+    *,
+    body: dict | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 3.0,
+) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={
-        "Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        url,
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
@@ -51,7 +61,9 @@ def _timed(name: str, fn: Callable[[], tuple[bool, str]]) -> Probe:
     return Probe(name, ok, detail, (time.perf_counter() - start) * 1000)
 
 
-def run(env: EnvConfig, *, expect_release: str | None = None, host: str = "127.0.0.1") -> list[Probe]:
+def run(
+    env: EnvConfig, *, expect_release: str | None = None, host: str = "127.0.0.1"
+) -> list[Probe]:
     base = f"http://{host}:{env.app_port}"
     api_keys = env.secret("API_KEYS")
     headers = {"X-API-Key": api_keys.reveal().split(",")[0].strip()} if api_keys else {}
@@ -91,15 +103,23 @@ def run(env: EnvConfig, *, expect_release: str | None = None, host: str = "127.0
             return False, f"write: HTTP {status}"
         status, listed = http("GET", f"{base}/notes", headers=headers)
         found = isinstance(listed, list | dict) and token in json.dumps(listed)
-        return status == 200 and found, "note written and read back" if found else "note not read back"
+        return (
+            status == 200 and found,
+            "note written and read back" if found else "note not read back",
+        )
 
     def redis_probe() -> tuple[bool, str]:
         import redis
 
         password = env.secret("REDIS_PASSWORD")
-        client = redis.Redis(host=env.redis.host, port=env.redis.port, db=env.redis.db,
-                             password=password.reveal() if password else None,
-                             socket_timeout=2, socket_connect_timeout=2)
+        client = redis.Redis(
+            host=env.redis.host,
+            port=env.redis.port,
+            db=env.redis.db,
+            password=password.reveal() if password else None,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+        )
         try:
             key = f"stageflow:smoke:{uuid.uuid4().hex[:8]}"
             client.set(key, "1", ex=30)
@@ -109,9 +129,17 @@ def run(env: EnvConfig, *, expect_release: str | None = None, host: str = "127.0
             client.close()
         return ok, "set+get" if ok else "value not read back"
 
-    return [_timed(n, f) for n, f in (("health", health), ("ready", ready), ("version", version),
-                                      ("identity", identity), ("postgres", postgres_probe),
-                                      ("redis", redis_probe))]
+    return [
+        _timed(n, f)
+        for n, f in (
+            ("health", health),
+            ("ready", ready),
+            ("version", version),
+            ("identity", identity),
+            ("postgres", postgres_probe),
+            ("redis", redis_probe),
+        )
+    ]
 
 
 def failed(probes: list[Probe]) -> list[Probe]:

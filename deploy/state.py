@@ -119,10 +119,13 @@ def append_jsonl(host: Host, path: str, record: dict[str, Any]) -> None:
 
 
 def audit(host: Host, layout: Layout, *, actor: str, action: str, **details: Any) -> None:
-    append_jsonl(host, layout.audit, {"time": utc_now(), "actor": actor, "action": action, **details})
+    append_jsonl(
+        host, layout.audit, {"time": utc_now(), "actor": actor, "action": action, **details}
+    )
 
 
 # -- history ---------------------------------------------------------------------------------
+
 
 @dataclass
 class HistoryEntry:
@@ -164,6 +167,7 @@ def history(host: Host, layout: Layout) -> list[dict[str, Any]]:
 
 # -- the deploy lock -------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class LockInfo:
     who: str
@@ -175,8 +179,10 @@ class LockInfo:
     since: float
 
     def describe(self) -> str:
-        return (f"held by {self.who} (pid {self.pid} on {self.host}) since {self.time} "
-                f"for `{self.command}` {self.release}".rstrip())
+        return (
+            f"held by {self.who} (pid {self.pid} on {self.host}) since {self.time} "
+            f"for `{self.command}` {self.release}".rstrip()
+        )
 
 
 class DeployLock:
@@ -222,11 +228,21 @@ class DeployLock:
             desc = info.describe() if info else "held"
             raise LockHeld(
                 f"the deploy lock is {desc}{' (stale: its process is gone)' if stale else ''}",
-                hint=("release it with --force --reason TEXT" if stale
-                      else "wait for it to finish, or inspect with `inv <env>.lock`"),
+                hint=(
+                    "release it with --force --reason TEXT"
+                    if stale
+                    else "wait for it to finish, or inspect with `inv <env>.lock`"
+                ),
             )
-        info = LockInfo(who=who, pid=os.getpid(), host=socket.gethostname(), command=command,
-                        release=release, time=utc_now(), since=time.time())
+        info = LockInfo(
+            who=who,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            command=command,
+            release=release,
+            time=utc_now(),
+            since=time.time(),
+        )
         self.host.write_text(self._info_path, json.dumps(asdict(info)))
         self.held = True
 
@@ -237,13 +253,21 @@ class DeployLock:
 
     def force_release(self, *, actor: str, reason: str) -> LockInfo | None:
         if not reason.strip():
-            raise UsageError("--force needs --reason TEXT", hint="say why the lock is safe to break")
+            raise UsageError(
+                "--force needs --reason TEXT", hint="say why the lock is safe to break"
+            )
         info = self.holder()
         if info is None:
             return None
         self.host.remove_tree(self.layout.lock)
-        audit(self.host, self.layout, actor=actor, action="lock-force-release", reason=reason,
-              holder=asdict(info))
+        audit(
+            self.host,
+            self.layout,
+            actor=actor,
+            action="lock-force-release",
+            reason=reason,
+            holder=asdict(info),
+        )
         return info
 
     def __enter__(self) -> DeployLock:

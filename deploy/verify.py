@@ -44,8 +44,14 @@ class Verdict:
 def stats_from_hash(raw: dict[str, int]) -> Stats:
     requests = raw.get("duration_count", 0)
     errors = raw.get("errors", 0)
-    buckets = sorted(((math.inf if k[7:] == "+Inf" else float(k[7:]), v)
-                      for k, v in raw.items() if k.startswith("bucket:")), key=lambda b: b[0])
+    buckets = sorted(
+        (
+            (math.inf if k[7:] == "+Inf" else float(k[7:]), v)
+            for k, v in raw.items()
+            if k.startswith("bucket:")
+        ),
+        key=lambda b: b[0],
+    )
     p95 = None
     if requests:
         need, seen = 0.95 * requests, 0
@@ -63,8 +69,13 @@ def release_stats(env: EnvConfig, release: str | None) -> Stats | None:
     import redis
 
     password = env.secret("REDIS_PASSWORD")
-    client = redis.Redis(host=env.redis.host, port=env.redis.port, db=env.redis.db,
-                         password=password.reveal() if password else None, socket_timeout=2)
+    client = redis.Redis(
+        host=env.redis.host,
+        port=env.redis.port,
+        db=env.redis.db,
+        password=password.reveal() if password else None,
+        socket_timeout=2,
+    )
     try:
         raw = client.hgetall(METRICS_KEY + release)
     finally:
@@ -97,35 +108,68 @@ def service_memory_mb(layout: Layout, release: str) -> float:
     return total_kb / 1024
 
 
-def evaluate(t: Thresholds, *, new: Stats, base: Stats | None, consecutive_failures: int,
-             memory_mb: float) -> Verdict:
+def evaluate(
+    t: Thresholds, *, new: Stats, base: Stats | None, consecutive_failures: int, memory_mb: float
+) -> Verdict:
     """Pure: the first trigger that fires, with its numbers."""
-    numbers: dict[str, Any] = {"requests": new.requests, "error_pct": round(new.error_pct, 2),
-                               "p95_s": new.p95_s, "memory_mb": round(memory_mb, 1),
-                               "health_failures": consecutive_failures}
+    numbers: dict[str, Any] = {
+        "requests": new.requests,
+        "error_pct": round(new.error_pct, 2),
+        "p95_s": new.p95_s,
+        "memory_mb": round(memory_mb, 1),
+        "health_failures": consecutive_failures,
+    }
     if base:
         numbers.update(baseline_error_pct=round(base.error_pct, 2), baseline_p95_s=base.p95_s)
     if consecutive_failures > t.health_failures:
-        return Verdict(False, f"health check failed {consecutive_failures} times in a row "
-                              f"(limit {t.health_failures})", numbers=numbers)
+        return Verdict(
+            False,
+            f"health check failed {consecutive_failures} times in a row "
+            f"(limit {t.health_failures})",
+            numbers=numbers,
+        )
     if new.requests >= MIN_REQUESTS:
         base_pct = base.error_pct if base and base.requests >= MIN_REQUESTS else 0.0
         if new.error_pct - base_pct > t.error_rate_points:
-            return Verdict(False, f"error rate {new.error_pct:.1f}% vs baseline {base_pct:.1f}% "
-                                  f"(limit +{t.error_rate_points:g} points)", numbers=numbers)
-        if base and base.requests >= MIN_REQUESTS and base.p95_s and new.p95_s and \
-                new.p95_s > t.p95_ratio * base.p95_s:
-            return Verdict(False, f"p95 latency {new.p95_s * 1000:.0f} ms vs baseline "
-                                  f"{base.p95_s * 1000:.0f} ms (limit {t.p95_ratio:g}x)", numbers=numbers)
+            return Verdict(
+                False,
+                f"error rate {new.error_pct:.1f}% vs baseline {base_pct:.1f}% "
+                f"(limit +{t.error_rate_points:g} points)",
+                numbers=numbers,
+            )
+        if (
+            base
+            and base.requests >= MIN_REQUESTS
+            and base.p95_s
+            and new.p95_s
+            and new.p95_s > t.p95_ratio * base.p95_s
+        ):
+            return Verdict(
+                False,
+                f"p95 latency {new.p95_s * 1000:.0f} ms vs baseline "
+                f"{base.p95_s * 1000:.0f} ms (limit {t.p95_ratio:g}x)",
+                numbers=numbers,
+            )
     if memory_mb > t.memory_mb:
-        return Verdict(False, f"memory {memory_mb:.0f} MB over the limit {t.memory_mb} MB",
-                       numbers=numbers)
-    return Verdict(True, summary=f"{new.requests} requests, {new.error_pct:.1f}% errors, "
-                                 f"{memory_mb:.0f} MB", numbers=numbers)
+        return Verdict(
+            False, f"memory {memory_mb:.0f} MB over the limit {t.memory_mb} MB", numbers=numbers
+        )
+    return Verdict(
+        True,
+        summary=f"{new.requests} requests, {new.error_pct:.1f}% errors, {memory_mb:.0f} MB",
+        numbers=numbers,
+    )
 
 
-def watch(proj: Project, name: str, *, release: str, baseline: str | None, window_s: float,
-          interval_s: float = 0.25) -> Verdict:
+def watch(
+    proj: Project,
+    name: str,
+    *,
+    release: str,
+    baseline: str | None,
+    window_s: float,
+    interval_s: float = 0.25,
+) -> Verdict:
     """Probe for window_s; stop early on a health trigger; then judge the metrics."""
     env = proj.env(name)
     t = proj.policies[name].thresholds

@@ -57,15 +57,17 @@ def _services():
     support.write_envs(root, names=("dev",))
     env = load_env(root, "dev")
     services = NativeServices(env)
-    entry = support.register("services", {"root": str(root), "pgdata": services.layout.pgdata,
-                                          "pattern": str(root)})
+    entry = support.register(
+        "services", {"root": str(root), "pgdata": services.layout.pgdata, "pattern": str(root)}
+    )
     try:
         services.up()
         # tests connect as the superuser over TCP: trust on loopback for this throwaway cluster
         hba = Path(services.layout.pgdata) / "pg_hba.conf"
         hba.write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
-        services._run_as_service([str(pg_bin_dir() / "pg_ctl"), "-D", services.layout.pgdata,
-                                  "-s", "reload"])
+        services._run_as_service(
+            [str(pg_bin_dir() / "pg_ctl"), "-D", services.layout.pgdata, "-s", "reload"]
+        )
         yield services
     finally:
         services.down()

@@ -28,27 +28,39 @@ def public_tmpdir(prefix: str) -> Path:
     return path
 
 
-def env_text(name: str, environment: str, *, app: int, pg: int, redis: int, data_dir: str,
-             production_like: bool) -> str:
-    return "\n".join([
-        f"ENVIRONMENT={environment}",
-        f"COMPOSE_PROJECT_NAME=sftest-{name}",
-        f"APP_PORT={app}",
-        f"POSTGRES_PORT={pg}",
-        f"REDIS_PORT={redis}",
-        f"DATABASE_URL=postgresql://app_{name}@127.0.0.1:{pg}/sf_{name}",
-        f"REDIS_URL=redis://127.0.0.1:{redis}/0",
-        f"DATA_DIR={data_dir}",
-        f"FEATURES={'all' if name == 'staging' else 'notes'}",
-        f"LOG_LEVEL={'debug' if name != 'prod' else 'info'}",
-        f"DEBUG={'false' if production_like else 'true'}",
-        f"REQUIRE_API_KEY={'true' if production_like else 'false'}",
-        f"API_RATE_LIMIT={600 if production_like else 0}",
-        "",
-    ])
+def env_text(
+    name: str,
+    environment: str,
+    *,
+    app: int,
+    pg: int,
+    redis: int,
+    data_dir: str,
+    production_like: bool,
+) -> str:
+    return "\n".join(
+        [
+            f"ENVIRONMENT={environment}",
+            f"COMPOSE_PROJECT_NAME=stageflow-{name}",
+            f"APP_PORT={app}",
+            f"POSTGRES_PORT={pg}",
+            f"REDIS_PORT={redis}",
+            f"DATABASE_URL=postgresql://app_{name}@127.0.0.1:{pg}/stageflow_{name}",
+            f"REDIS_URL=redis://127.0.0.1:{redis}/0",
+            f"DATA_DIR={data_dir}",
+            f"FEATURES={'all' if name == 'staging' else 'notes'}",
+            f"LOG_LEVEL={'debug' if name != 'prod' else 'info'}",
+            f"DEBUG={'false' if production_like else 'true'}",
+            f"REQUIRE_API_KEY={'true' if production_like else 'false'}",
+            f"API_RATE_LIMIT={600 if production_like else 0}",
+            "",
+        ]
+    )
 
 
-def write_envs(root: Path, *, names: tuple[str, ...] = ("dev", "staging", "prod")) -> dict[str, dict]:
+def write_envs(
+    root: Path, *, names: tuple[str, ...] = ("dev", "staging", "prod")
+) -> dict[str, dict]:
     """env/<name>.env for each environment on fresh free ports; secrets for the production-like ones."""
     envmap = {"dev": "development", "staging": "staging", "prod": "production"}
     (root / "env").mkdir(exist_ok=True)
@@ -57,14 +69,23 @@ def write_envs(root: Path, *, names: tuple[str, ...] = ("dev", "staging", "prod"
         p = {"app": free_port(), "pg": free_port(), "redis": free_port()}
         ports[name] = p
         prod_like = name != "dev"
-        (root / "env" / f"{name}.env").write_text(env_text(
-            name, envmap[name], app=p["app"], pg=p["pg"], redis=p["redis"],
-            data_dir=f".stageflow/{name}", production_like=prod_like))
+        (root / "env" / f"{name}.env").write_text(
+            env_text(
+                name,
+                envmap[name],
+                app=p["app"],
+                pg=p["pg"],
+                redis=p["redis"],
+                data_dir=f".stageflow/{name}",
+                production_like=prod_like,
+            )
+        )
         if prod_like:
             secrets = root / "env" / f"{name}.secrets.env"
             secrets.write_text(
                 f"POSTGRES_PASSWORD=pg-{name}-s3cret-value\nREDIS_PASSWORD=redis-{name}-s3cret-value\n"
-                f"API_KEYS=key-{name}-s3cret-value\nSECRET_KEY=sign-{name}-s3cret-value\n")
+                f"API_KEYS=key-{name}-s3cret-value\nSECRET_KEY=sign-{name}-s3cret-value\n"
+            )
             os.chmod(secrets, 0o600)
     return ports
 

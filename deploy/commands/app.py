@@ -22,27 +22,69 @@ def venv_create(python: str, path: str) -> list[str]:
 
 
 def venv_install(venv: str, lockfile: str) -> list[str]:
-    return [str(PurePosixPath(venv, "bin", "python")), "-m", "pip", "install", "--quiet",
-            "--disable-pip-version-check", "-r", lockfile]
+    return [
+        str(PurePosixPath(venv, "bin", "python")),
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "-r",
+        lockfile,
+    ]
 
 
 def listener(python: str, release: str, *, port: int, control: str, pidfile: str) -> list[str]:
-    return [python, str(PurePosixPath(release, "deploy", "runtime", "listener.py")),
-            "--port", str(port), "--control", control, "--pidfile", pidfile]
+    return [
+        python,
+        str(PurePosixPath(release, "deploy", "runtime", "listener.py")),
+        "--port",
+        str(port),
+        "--control",
+        control,
+        "--pidfile",
+        pidfile,
+    ]
 
 
-def gunicorn(release: str, *, control: str, pidfile: str, workers: int, logfile: str,
-             graceful_timeout: int = 20) -> list[str]:
+def gunicorn(
+    release: str,
+    *,
+    control: str,
+    pidfile: str,
+    workers: int,
+    logfile: str,
+    graceful_timeout: int = 20,
+) -> list[str]:
     """gunicorn on the listener's socket, through launch.py, which swaps in the fd number."""
     venv_bin = PurePosixPath(release, ".venv", "bin")
     return [
-        str(venv_bin / "python"), str(PurePosixPath(release, "deploy", "runtime", "launch.py")),
-        control, "--",
-        str(venv_bin / "gunicorn"), "--bind", "fd://{fd}", "--workers", str(workers),
-        "--worker-class", "sync", "--daemon", "--pid", pidfile, "--chdir", release,
-        "--config", str(PurePosixPath(release, "deploy", "runtime", "gunicorn_conf.py")),
-        "--graceful-timeout", str(graceful_timeout), "--timeout", "30",
-        "--error-logfile", logfile, "--capture-output", "app.wsgi:application",
+        str(venv_bin / "python"),
+        str(PurePosixPath(release, "deploy", "runtime", "launch.py")),
+        control,
+        "--",
+        str(venv_bin / "gunicorn"),
+        "--bind",
+        "fd://{fd}",
+        "--workers",
+        str(workers),
+        "--worker-class",
+        "sync",
+        "--daemon",
+        "--pid",
+        pidfile,
+        "--chdir",
+        release,
+        "--config",
+        str(PurePosixPath(release, "deploy", "runtime", "gunicorn_conf.py")),
+        "--graceful-timeout",
+        str(graceful_timeout),
+        "--timeout",
+        "30",
+        "--error-logfile",
+        logfile,
+        "--capture-output",
+        "app.wsgi:application",
     ]
 
 

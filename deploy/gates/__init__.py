@@ -113,9 +113,15 @@ class CommandTimedOut(Exception):
         self.timeout_s = timeout_s
 
 
-def run_command(argv: Sequence[str], *, cwd: Path, timeout_s: float,
-                env: Mapping[str, str] | None = None, stdin: str | None = None,
-                secrets: Sequence[Secret] = ()) -> Completed:
+def run_command(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    timeout_s: float,
+    env: Mapping[str, str] | None = None,
+    stdin: str | None = None,
+    secrets: Sequence[Secret] = (),
+) -> Completed:
     """Run one gate command in its own process group; on timeout kill the whole group.
 
     Gates run local tools against a local snapshot, in threads: deploy.hosts runs on invoke, whose
@@ -123,9 +129,14 @@ def run_command(argv: Sequence[str], *, cwd: Path, timeout_s: float,
     """
     start = time.monotonic()
     proc = subprocess.Popen(
-        [str(a) for a in argv], cwd=str(cwd), env=dict(env) if env is not None else None,
+        [str(a) for a in argv],
+        cwd=str(cwd),
+        env=dict(env) if env is not None else None,
         stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         out, err = proc.communicate(stdin, timeout=timeout_s)
@@ -135,8 +146,13 @@ def run_command(argv: Sequence[str], *, cwd: Path, timeout_s: float,
     except BaseException:
         _kill_group(proc)
         raise
-    return Completed(tuple(str(a) for a in argv), proc.returncode, scrub(out, tuple(secrets)),
-                     scrub(err, tuple(secrets)), time.monotonic() - start)
+    return Completed(
+        tuple(str(a) for a in argv),
+        proc.returncode,
+        scrub(out, tuple(secrets)),
+        scrub(err, tuple(secrets)),
+        time.monotonic() - start,
+    )
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:

@@ -41,6 +41,10 @@ def run(ctx: GateContext) -> Outcome:
     if not locked:
         return Outcome("failed", f"no locked_hash; current is {current}", details)
     if locked != current:
-        return Outcome("failed", f"thresholds changed: current hash {current} is not the locked "
-                       f"{locked}; lock it deliberately in [gates.budgets] locked_hash", details)
+        return Outcome(
+            "failed",
+            f"thresholds changed: current hash {current} is not the locked "
+            f"{locked}; lock it deliberately in [gates.budgets] locked_hash",
+            details,
+        )
     return Outcome("passed", f"thresholds locked ({current[:12]})", details)

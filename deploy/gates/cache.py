@@ -52,8 +52,10 @@ class VerdictCache:
             return None
         if data.get("status") not in CACHEABLE:
             return None
-        return (Outcome(data["status"], str(data.get("summary", "")), dict(data.get("details", {}))),
-                float(data.get("duration_s", 0.0)))
+        return (
+            Outcome(data["status"], str(data.get("summary", "")), dict(data.get("details", {}))),
+            float(data.get("duration_s", 0.0)),
+        )
 
     def put(self, gate: str, key: str, outcome: Outcome, duration_s: float) -> None:
         # error and timeout say nothing about the inputs, only about the moment: never reuse them.
@@ -62,7 +64,17 @@ class VerdictCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self._path(gate, key)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(canonical({"gate": gate, "key": key, "status": outcome.status,
-                                  "summary": outcome.summary, "details": outcome.details,
-                                  "duration_s": duration_s}), encoding="utf-8")
+        tmp.write_text(
+            canonical(
+                {
+                    "gate": gate,
+                    "key": key,
+                    "status": outcome.status,
+                    "summary": outcome.summary,
+                    "details": outcome.details,
+                    "duration_s": duration_s,
+                }
+            ),
+            encoding="utf-8",
+        )
         os.replace(tmp, path)

@@ -38,8 +38,11 @@ def _license(dist: metadata.Distribution) -> str:
     expression = md.get("License-Expression")
     if expression:
         return expression.strip()
-    classifiers = [c.split("::")[-1].strip() for c in md.get_all("Classifier") or []
-                   if c.startswith("License ::") and c.count("::") >= 2]
+    classifiers = [
+        c.split("::")[-1].strip()
+        for c in md.get_all("Classifier") or []
+        if c.startswith("License ::") and c.count("::") >= 2
+    ]
     if classifiers:
         return " OR ".join(sorted(set(classifiers)))
     text = (md.get("License") or "").strip()
@@ -70,8 +73,12 @@ def sbom(components: list[Component], *, commit: str, ref: str) -> dict[str, Any
         "metadata": {
             "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "tools": {"components": [{"type": "application", "name": "stageflow release gate"}]},
-            "component": {"type": "application", "name": SELF, "version": ref,
-                          "bom-ref": f"{SELF}@{commit}"},
+            "component": {
+                "type": "application",
+                "name": SELF,
+                "version": ref,
+                "bom-ref": f"{SELF}@{commit}",
+            },
         },
         "components": [
             {
@@ -80,8 +87,11 @@ def sbom(components: list[Component], *, commit: str, ref: str) -> dict[str, Any
                 "name": c.name,
                 "version": c.version,
                 "purl": f"pkg:pypi/{c.name}@{c.version}",
-                "licenses": ([{"expression": c.license}] if " OR " in c.license or " AND " in c.license
-                             else [{"license": {"name": c.license}}]),
+                "licenses": (
+                    [{"expression": c.license}]
+                    if " OR " in c.license or " AND " in c.license
+                    else [{"license": {"name": c.license}}]
+                ),
             }
             for c in components
         ],
@@ -97,13 +107,17 @@ def load_approved(path: Path) -> dict[str, dict[str, Any]]:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"{path.name} does not exist",
-                          hint="generate it: python -m deploy.gates.deps > deploy/gates/approved-deps.toml") from None
+        raise ConfigError(
+            f"{path.name} does not exist",
+            hint="generate it: python -m deploy.gates.deps > deploy/gates/approved-deps.toml",
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path.name}: {exc}") from None
     packages = data.get("packages", {})
     if not isinstance(packages, dict):
-        raise ConfigError(f"{path.name}: [packages] must be a table of name -> {{version, licenses}}")
+        raise ConfigError(
+            f"{path.name}: [packages] must be a table of name -> {{version, licenses}}"
+        )
     return {normalize(k): v for k, v in packages.items() if isinstance(v, dict)}
 
 
@@ -118,9 +132,13 @@ def check(components: list[Component], approved: dict[str, dict[str, Any]]) -> l
             continue
         try:
             if Version(c.version) not in SpecifierSet(str(entry.get("version", ""))):
-                problems.append(f"{c.name} {c.version} is outside approved {entry.get('version')!r}")
+                problems.append(
+                    f"{c.name} {c.version} is outside approved {entry.get('version')!r}"
+                )
         except (InvalidSpecifier, InvalidVersion):
-            problems.append(f"{c.name}: approved range {entry.get('version')!r} or version {c.version} is invalid")
+            problems.append(
+                f"{c.name}: approved range {entry.get('version')!r} or version {c.version} is invalid"
+            )
         licenses = entry.get("licenses", [])
         if c.license not in licenses and "*" not in licenses:
             problems.append(f"{c.name} license {c.license!r} is not among approved {licenses!r}")
@@ -136,8 +154,10 @@ def inputs(ctx: GateContext) -> list[Any]:
     components = installed()
     path = sbom_path(ctx)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(sbom(components, commit=ctx.commit, ref=ctx.ref), indent=2) + "\n",
-                    encoding="utf-8")
+    path.write_text(
+        json.dumps(sbom(components, commit=ctx.commit, ref=ctx.ref), indent=2) + "\n",
+        encoding="utf-8",
+    )
     return [[c.__dict__ for c in components], approved_path(ctx)]
 
 
@@ -147,14 +167,18 @@ def run(ctx: GateContext) -> Outcome:
     details = {"sbom": sbom_path(ctx).name, "components": len(components), "problems": problems}
     if problems:
         return Outcome("failed", f"{len(problems)} unapproved: {problems[0]}", details)
-    return Outcome("passed", f"{len(components)} components approved; SBOM {sbom_path(ctx).name}",
-                   details)
+    return Outcome(
+        "passed", f"{len(components)} components approved; SBOM {sbom_path(ctx).name}", details
+    )
 
 
 def approved_toml(components: list[Component]) -> str:
     """An approved list that admits today's venv: same major version, today's license."""
-    lines = ["# Approved dependencies for the release gate's `deps` gate: name -> version range, licenses.",
-             "# Generated from the venv by `python -m deploy.gates.deps`; edit by review.", ""]
+    lines = [
+        "# Approved dependencies for the release gate's `deps` gate: name -> version range, licenses.",
+        "# Generated from the venv by `python -m deploy.gates.deps`; edit by review.",
+        "",
+    ]
     for c in components:
         if c.name == SELF:
             continue
@@ -163,8 +187,12 @@ def approved_toml(components: list[Component]) -> str:
             rng = f">={c.version},<{major + 1}"
         except InvalidVersion:
             rng = f"=={c.version}"
-        lines += [f"[packages.{json.dumps(c.name)}]", f"version = {json.dumps(rng)}",
-                  f"licenses = [{json.dumps(c.license)}]", ""]
+        lines += [
+            f"[packages.{json.dumps(c.name)}]",
+            f"version = {json.dumps(rng)}",
+            f"licenses = [{json.dumps(c.license)}]",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -16,6 +16,9 @@ def inputs(ctx: GateContext) -> list[Any]:
 def run(ctx: GateContext) -> Outcome:
     problems = [str(p) for p in check_docs(ctx.tree, python=ctx.python)]
     if problems:
-        return Outcome("failed", f"{len(problems)} problem(s): {problems[0]}",
-                       {"problems": first_lines(problems, 50)})
+        return Outcome(
+            "failed",
+            f"{len(problems)} problem(s): {problems[0]}",
+            {"problems": first_lines(problems, 50)},
+        )
     return Outcome("passed", "docs name only existing tasks, targets, links and keys")

@@ -12,8 +12,9 @@ from deploy.gates import GateContext, Outcome, first_lines, run_command
 
 
 def _git(ctx: GateContext, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", "-C", str(ctx.root), *args], capture_output=True, text=True,
-                          timeout=60, check=False)
+    return subprocess.run(
+        ["git", "-C", str(ctx.root), *args], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def previous_tag(ctx: GateContext) -> str | None:
@@ -32,8 +33,9 @@ def changed_files(ctx: GateContext, since: str | None) -> list[str]:
 def _config(ctx: GateContext) -> tuple[list[str] | None, list[str]]:
     command = ctx.config.get("command")
     paths = ctx.config.get("paths", [])
-    if command is not None and (not isinstance(command, list) or not command
-                                or not all(isinstance(a, str) for a in command)):
+    if command is not None and (
+        not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command)
+    ):
         raise ConfigError("[gates.eval] command must be a non-empty list of strings")
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
         raise ConfigError("[gates.eval] paths must be a list of globs")
@@ -60,8 +62,9 @@ def run(ctx: GateContext) -> Outcome:
     since, hits = _watched(ctx)
     details: dict[str, Any] = {"since": since, "changed": hits[:50]}
     if not hits:
-        return Outcome("skipped", f"no watched paths changed since {since or 'the first commit'}",
-                       details)
+        return Outcome(
+            "skipped", f"no watched paths changed since {since or 'the first commit'}", details
+        )
     argv = [sys.executable if command[0] in ("python", "python3") else command[0], *command[1:]]
     done = run_command(argv, cwd=ctx.tree, timeout_s=ctx.timeout_s)
     details["exit_code"] = done.exit_code

@@ -23,9 +23,17 @@ from deploy.secrets import Secret, scrub
 
 DEFAULT_DIR = "app/migrations"
 # squawk reports nearly everything as a warning; these rules break running clients, so they block.
-DEFAULT_BLOCKING_RULES = ("ban-drop-database", "adding-required-field", "changing-column-type",
-                          "renaming-column", "renaming-table", "adding-not-nullable-field")
-_USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_%%'"
+DEFAULT_BLOCKING_RULES = (
+    "ban-drop-database",
+    "adding-required-field",
+    "changing-column-type",
+    "renaming-column",
+    "renaming-table",
+    "adding-not-nullable-field",
+)
+_USER_SCHEMAS = (
+    "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_%%'"
+)
 
 
 def split_url(url: Secret) -> tuple[str, Secret | None]:
@@ -33,15 +41,23 @@ def split_url(url: Secret) -> tuple[str, Secret | None]:
     try:
         parts = conninfo_to_dict(url.reveal())
     except psycopg.ProgrammingError:
-        raise ConfigError("--db-url is not a PostgreSQL URL",
-                          hint="postgresql://USER@HOST:PORT/DB (password in PGPASSWORD)") from None
+        raise ConfigError(
+            "--db-url is not a PostgreSQL URL",
+            hint="postgresql://USER@HOST:PORT/DB (password in PGPASSWORD)",
+        ) from None
     password = parts.pop("password", None)
-    return make_conninfo(**{k: str(v) for k, v in parts.items()}), Secret(str(password)) if password else None
+    return make_conninfo(**{k: str(v) for k, v in parts.items()}), Secret(
+        str(password)
+    ) if password else None
 
 
 def _connect(conninfo: str, password: Secret | None, **override: str) -> psycopg.Connection:
-    kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": 10,
-                              "application_name": "stageflow-release-gate", **override}
+    kwargs: dict[str, Any] = {
+        "autocommit": True,
+        "connect_timeout": 10,
+        "application_name": "stageflow-release-gate",
+        **override,
+    }
     if password:
         kwargs["password"] = password.reveal()
     return psycopg.connect(conninfo, **kwargs)
@@ -57,18 +73,29 @@ def fingerprint(conninfo: str, *, password: Secret | None = None) -> str:
             "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
             "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
             f"WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm') AND {_USER_SCHEMAS} "
-            "ORDER BY 1, 2, a.attnum").fetchall()
+            "ORDER BY 1, 2, a.attnum"
+        ).fetchall()
         parts.append(repr(cols))
-        parts.append(repr(conn.execute(
-            "SELECT schemaname, tablename, indexname, indexdef FROM pg_indexes "
-            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2, 3").fetchall()))
-        parts.append(repr(conn.execute(
-            "SELECT n.nspname, c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c "
-            f"JOIN pg_namespace n ON n.oid = c.connamespace WHERE {_USER_SCHEMAS} ORDER BY 1, 2, 3"
-        ).fetchall()))
+        parts.append(
+            repr(
+                conn.execute(
+                    "SELECT schemaname, tablename, indexname, indexdef FROM pg_indexes "
+                    "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2, 3"
+                ).fetchall()
+            )
+        )
+        parts.append(
+            repr(
+                conn.execute(
+                    "SELECT n.nspname, c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c "
+                    f"JOIN pg_namespace n ON n.oid = c.connamespace WHERE {_USER_SCHEMAS} ORDER BY 1, 2, 3"
+                ).fetchall()
+            )
+        )
         tables = conn.execute(
             "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            f"WHERE c.relkind IN ('r', 'p') AND {_USER_SCHEMAS} ORDER BY 1, 2").fetchall()
+            f"WHERE c.relkind IN ('r', 'p') AND {_USER_SCHEMAS} ORDER BY 1, 2"
+        ).fetchall()
         for schema, table in tables:
             q = sql.SQL(
                 "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) "
@@ -101,7 +128,9 @@ def inputs(ctx: GateContext) -> list[Any] | None:
     # are rehearsed on every run rather than trusted on weaker evidence.
     if size is None or size[0] > float(ctx.config.get("cache_max_mb", 64)) * 1024 * 1024:
         return None
-    squawk = run_command([ctx.bin("squawk"), "--version"], cwd=ctx.tree, timeout_s=30).stdout.strip()
+    squawk = run_command(
+        [ctx.bin("squawk"), "--version"], cwd=ctx.tree, timeout_s=30
+    ).stdout.strip()
     return [files, squawk, conninfo, fingerprint(conninfo, password=password)]
 
 
@@ -109,24 +138,32 @@ def lint(ctx: GateContext, files: list[Path]) -> tuple[list[str], list[str]]:
     """squawk on the pending files: (blocking, warnings), each 'file:line: rule: message'."""
     if not files:
         return [], []
-    done = run_command([ctx.bin("squawk"), "--reporter", "json", *[str(f) for f in files]],
-                       cwd=ctx.tree, timeout_s=ctx.timeout_s)
+    done = run_command(
+        [ctx.bin("squawk"), "--reporter", "json", *[str(f) for f in files]],
+        cwd=ctx.tree,
+        timeout_s=ctx.timeout_s,
+    )
     try:
         findings = json.loads(done.stdout or "[]")
     except ValueError:
-        raise MigrationError(f"squawk exited {done.exit_code} without a JSON report: "
-                             f"{(done.lines() or ['no output'])[-1]}") from None
+        raise MigrationError(
+            f"squawk exited {done.exit_code} without a JSON report: "
+            f"{(done.lines() or ['no output'])[-1]}"
+        ) from None
     rules = set(ctx.config.get("blocking_rules", DEFAULT_BLOCKING_RULES))
     blocking, warnings = [], []
     for f in findings:
         line = f"{Path(f.get('file', '?')).name}:{int(f.get('line', 0)) + 1}: {f.get('rule_name')}: {f.get('message')}"
-        (blocking if f.get("level") == "Error" or f.get("rule_name") in rules else warnings).append(line)
+        (blocking if f.get("level") == "Error" or f.get("rule_name") in rules else warnings).append(
+            line
+        )
     return blocking, warnings
 
 
 @contextmanager
-def scratch_copy(conninfo: str, password: Secret | None, *, label: str,
-                 timeout_s: float) -> Iterator[tuple[str, str]]:
+def scratch_copy(
+    conninfo: str, password: Secret | None, *, label: str, timeout_s: float
+) -> Iterator[tuple[str, str]]:
     """A throwaway copy of the target: (conninfo, method); dropped on the way out."""
     target = conninfo_to_dict(conninfo).get("dbname") or "postgres"
     name = f"stageflow_gate_{label}_{uuid.uuid4().hex[:6]}"
@@ -135,8 +172,11 @@ def scratch_copy(conninfo: str, password: Secret | None, *, label: str,
     with _connect(conninfo, password, **maintenance) as admin:
         try:
             # Instant, but only when nobody (the running service included) is connected to the target.
-            admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(str(target))))
+            admin.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(str(target))
+                )
+            )
         except psycopg.errors.ObjectInUse:
             method = "pg_dump"
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -147,7 +187,9 @@ def scratch_copy(conninfo: str, password: Secret | None, *, label: str,
         yield scratch, method
     finally:
         with _connect(conninfo, password, **maintenance) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 def _dump_restore(source: str, dest: str, password: Secret | None, timeout_s: float) -> None:
@@ -159,25 +201,51 @@ def _dump_restore(source: str, dest: str, password: Secret | None, timeout_s: fl
     secrets = (password,) if password else ()
     with tempfile.TemporaryDirectory(prefix="stageflow-gate-") as tmp:
         dump = Path(tmp) / "target.dump"
-        for argv in ([pg_tool("pg_dump"), "--format=custom", "--no-owner", "--no-privileges",
-                      f"--file={dump}", f"--dbname={source}"],
-                     [pg_tool("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error",
-                      f"--dbname={dest}", str(dump)]):
+        for argv in (
+            [
+                pg_tool("pg_dump"),
+                "--format=custom",
+                "--no-owner",
+                "--no-privileges",
+                f"--file={dump}",
+                f"--dbname={source}",
+            ],
+            [
+                pg_tool("pg_restore"),
+                "--no-owner",
+                "--no-privileges",
+                "--exit-on-error",
+                f"--dbname={dest}",
+                str(dump),
+            ],
+        ):
             done = run_command(argv, cwd=Path(tmp), timeout_s=timeout_s, env=env, secrets=secrets)
             if not done.ok:
-                raise MigrationError(f"{Path(argv[0]).name} exited {done.exit_code}: "
-                                     f"{(done.lines() or ['no output'])[-1]}")
+                raise MigrationError(
+                    f"{Path(argv[0]).name} exited {done.exit_code}: "
+                    f"{(done.lines() or ['no output'])[-1]}"
+                )
 
 
-def rehearse(scratch: str, password: Secret | None, files: list[migrations.MigrationFile],
-             todo: list[migrations.MigrationFile]) -> dict[str, Any]:
+def rehearse(
+    scratch: str,
+    password: Secret | None,
+    files: list[migrations.MigrationFile],
+    todo: list[migrations.MigrationFile],
+) -> dict[str, Any]:
     """Apply each pending file on the scratch copy, timed; then a down/up round trip where possible."""
     timings: list[dict[str, Any]] = []
     for f in todo:
         start = time.monotonic()
         try:
-            migrations.migrate(scratch, files, target=f.version, password=password,
-                               applied_by="release-gate", release="rehearsal")
+            migrations.migrate(
+                scratch,
+                files,
+                target=f.version,
+                password=password,
+                applied_by="release-gate",
+                release="rehearsal",
+            )
         except MigrationError as exc:
             raise MigrationError(f"rehearsal of {f.filename} failed: {exc.line()}") from None
         timings.append({"file": f.filename, "seconds": round(time.monotonic() - start, 3)})
@@ -194,20 +262,32 @@ def rehearse(scratch: str, password: Secret | None, files: list[migrations.Migra
     schema_before = _schema(scratch, password)
     start = time.monotonic()
     try:
-        migrations.revert(scratch, files, to_version=tail[0].version - 1, password=password,
-                          applied_by="release-gate", release="rehearsal")
+        migrations.revert(
+            scratch,
+            files,
+            to_version=tail[0].version - 1,
+            password=password,
+            applied_by="release-gate",
+            release="rehearsal",
+        )
         down_s = time.monotonic() - start
         start = time.monotonic()
-        migrations.migrate(scratch, files, password=password, applied_by="release-gate",
-                           release="rehearsal")
+        migrations.migrate(
+            scratch, files, password=password, applied_by="release-gate", release="rehearsal"
+        )
     except MigrationError as exc:
         raise MigrationError(f"down/up round trip failed: {exc.line()}") from None
     up_s = time.monotonic() - start
     if _schema(scratch, password) != schema_before:
-        raise MigrationError("down/up round trip left a different schema",
-                             hint="make each down file undo exactly its up file")
-    out["round_trip"] = {"versions": [f.version for f in tail], "down_s": round(down_s, 3),
-                         "up_s": round(up_s, 3)}
+        raise MigrationError(
+            "down/up round trip left a different schema",
+            hint="make each down file undo exactly its up file",
+        )
+    out["round_trip"] = {
+        "versions": [f.version for f in tail],
+        "down_s": round(down_s, 3),
+        "up_s": round(up_s, 3),
+    }
     return out
 
 
@@ -217,10 +297,12 @@ def _schema(conninfo: str, password: Secret | None) -> str:
         rows = conn.execute(
             "SELECT table_schema, table_name, column_name, data_type, is_nullable, column_default "
             "FROM information_schema.columns WHERE table_schema NOT IN ('pg_catalog', 'information_schema') "
-            "ORDER BY 1, 2, 3").fetchall()
-        idx = conn.execute("SELECT schemaname, tablename, indexname, indexdef FROM pg_indexes "
-                           "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2, 3"
-                           ).fetchall()
+            "ORDER BY 1, 2, 3"
+        ).fetchall()
+        idx = conn.execute(
+            "SELECT schemaname, tablename, indexname, indexdef FROM pg_indexes "
+            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2, 3"
+        ).fetchall()
     return hashlib.sha256(repr((rows, idx)).encode()).hexdigest()
 
 
@@ -251,13 +333,21 @@ def run(ctx: GateContext) -> Outcome:
         return fail(f"squawk blocks {len(blocking)} finding(s): {blocking[0]}")
     try:
         with scratch_copy(conninfo, password, label=ctx.commit[:8], timeout_s=ctx.timeout_s) as (
-                scratch, method):
+            scratch,
+            method,
+        ):
             details["scratch_method"] = method
             details["rehearsal"] = rehearse(scratch, password, files, todo)
     except MigrationError as exc:
         return fail(exc.line())
     except psycopg.Error as exc:
-        return Outcome("error", scrub(f"database: {str(exc).strip().splitlines()[0]}", secrets), details)
+        return Outcome(
+            "error", scrub(f"database: {str(exc).strip().splitlines()[0]}", secrets), details
+        )
     total = sum(t["seconds"] for t in details["rehearsal"]["applied"])
-    return Outcome("passed", f"{len(todo)} pending migration(s) rehearsed on a {method} copy in {total:.2f}s"
-                   f"{f'; {len(warnings)} squawk warning(s)' if warnings else ''}", details)
+    return Outcome(
+        "passed",
+        f"{len(todo)} pending migration(s) rehearsed on a {method} copy in {total:.2f}s"
+        f"{f'; {len(warnings)} squawk warning(s)' if warnings else ''}",
+        details,
+    )

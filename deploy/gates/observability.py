@@ -32,7 +32,9 @@ def run(ctx: GateContext) -> Outcome:
         with urllib.request.urlopen(url, timeout=min(ctx.timeout_s, 5.0)) as resp:
             body = resp.read(65536).decode("utf-8", "replace")
             details["metrics_status"] = resp.status
-            details["metrics_lines"] = sum(1 for ln in body.splitlines() if ln and not ln.startswith("#"))
+            details["metrics_lines"] = sum(
+                1 for ln in body.splitlines() if ln and not ln.startswith("#")
+            )
             if resp.status != 200 or not body.strip():
                 problems.append(f"{url} answered {resp.status} with {len(body)} bytes")
     except (urllib.error.URLError, OSError, ValueError) as exc:
@@ -40,16 +42,24 @@ def run(ctx: GateContext) -> Outcome:
         problems.append(f"{url} does not answer ({reason}); is staging up? (inv staging.status)")
     logs = Path(Layout(str(data_dir)).logs)
     details["log_dir"] = str(logs)
-    newest = max((p.stat().st_mtime for p in logs.glob("*") if p.is_file()), default=None) \
-        if logs.is_dir() else None
+    newest = (
+        max((p.stat().st_mtime for p in logs.glob("*") if p.is_file()), default=None)
+        if logs.is_dir()
+        else None
+    )
     if newest is None:
         problems.append(f"no log files in {logs}")
     else:
         age_min = (time.time() - newest) / 60
         details["newest_log_age_min"] = round(age_min, 1)
         if age_min > max_age_min:
-            problems.append(f"newest log in {logs} is {age_min:.0f} min old (limit {max_age_min:g})")
+            problems.append(
+                f"newest log in {logs} is {age_min:.0f} min old (limit {max_age_min:g})"
+            )
     if problems:
         return Outcome("failed", "; ".join(problems), details)
-    return Outcome("passed", f"metrics answer and logs are fresh ({details['newest_log_age_min']} min)",
-                   details)
+    return Outcome(
+        "passed",
+        f"metrics answer and logs are fresh ({details['newest_log_age_min']} min)",
+        details,
+    )

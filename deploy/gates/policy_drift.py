@@ -10,8 +10,16 @@ from deploy.errors import ConfigError
 from deploy.gates import GateContext, Outcome
 
 # Isolation keys must differ; the rest must be identical unless [gates.policy-drift] allows it.
-DEFAULT_ALLOWED = ("ENVIRONMENT", "COMPOSE_PROJECT_NAME", "APP_PORT", "POSTGRES_PORT", "REDIS_PORT",
-                   "DATABASE_URL", "REDIS_URL", "DATA_DIR")
+DEFAULT_ALLOWED = (
+    "ENVIRONMENT",
+    "COMPOSE_PROJECT_NAME",
+    "APP_PORT",
+    "POSTGRES_PORT",
+    "REDIS_PORT",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "DATA_DIR",
+)
 
 
 def _files(ctx: GateContext) -> tuple[Path, Path]:
@@ -48,7 +56,9 @@ def prod_posture(prod: dict[str, str]) -> list[str]:
     if prod.get("DEBUG", "false").lower() not in ("false", "0", "no"):
         problems.append(f"prod DEBUG={prod['DEBUG']!r} must be false")
     if prod.get("REQUIRE_API_KEY", "").lower() not in ("true", "1", "yes"):
-        problems.append(f"prod REQUIRE_API_KEY={prod.get('REQUIRE_API_KEY', '<unset>')!r} must be true")
+        problems.append(
+            f"prod REQUIRE_API_KEY={prod.get('REQUIRE_API_KEY', '<unset>')!r} must be true"
+        )
     rate = prod.get("API_RATE_LIMIT", "0")
     if not rate.isdigit() or int(rate) <= 0:
         problems.append(f"prod API_RATE_LIMIT={rate!r} must be a number > 0")
@@ -65,4 +75,6 @@ def run(ctx: GateContext) -> Outcome:
     details = {"allowed_keys": allowed_keys(ctx), "problems": problems}
     if problems:
         return Outcome("failed", f"{len(problems)} problem(s): {problems[0]}", details)
-    return Outcome("passed", "staging and prod differ only in allowed keys; prod posture strict", details)
+    return Outcome(
+        "passed", "staging and prod differ only in allowed keys; prod posture strict", details
+    )

@@ -34,7 +34,11 @@ JSON schema (schema_version 1), one file per gated commit, rewritten on every ru
     }
 
 A required gate passes only with status passed or skipped; error, timeout and unknown gates fail
-closed. "partial" means --only left gates out and none of those run blocked: it is never a release pass.
+closed. "partial" means --only left gates out and none of those run blocked: it is never a release
+pass, and it is written to <sha>.partial.json / .md so it never replaces the full report. The same
+commit gated under two refs (v1.4.0-rc.1 and v1.4.0) keeps the latest run: check "stage" too.
+Beside the report: <sha>.sbom.cdx.json (CycloneDX 1.5), audit.jsonl (one line per override) and
+cache/ (one file per gate verdict, keyed by the sha256 of the gate's inputs).
 """
 
 from __future__ import annotations
@@ -55,8 +59,16 @@ from rich.table import Table
 from deploy.gates import GateResult
 
 SCHEMA_VERSION = 1
-_STYLE = {"passed": "green", "skipped": "cyan", "failed": "red", "error": "red", "timeout": "red",
-          "running": "yellow", "waiting": "dim", "cached": "green"}
+_STYLE = {
+    "passed": "green",
+    "skipped": "cyan",
+    "failed": "red",
+    "error": "red",
+    "timeout": "red",
+    "running": "yellow",
+    "waiting": "dim",
+    "cached": "green",
+}
 
 
 @dataclass
@@ -75,18 +87,30 @@ class Report:
     artifacts: dict[str, str] = field(default_factory=dict)
     verdict: str = "failed"
 
+    @property
+    def stem(self) -> str:
+        """File name stem: a partial run (--only) must not replace the commit's full verdict."""
+        return f"{self.commit}.partial" if self.selection else self.commit
+
     def gate(self, name: str) -> GateResult | None:
         return next((g for g in self.gates if g.name == name), None)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": SCHEMA_VERSION,
-            "stage": self.stage, "ref": self.ref, "commit": self.commit, "tree": self.tree,
-            "started": self.started, "finished": self.finished,
-            "duration_s": round(self.duration_s, 3), "selection": self.selection,
+            "stage": self.stage,
+            "ref": self.ref,
+            "commit": self.commit,
+            "tree": self.tree,
+            "started": self.started,
+            "finished": self.finished,
+            "duration_s": round(self.duration_s, 3),
+            "selection": self.selection,
             "gates": [g.to_dict() for g in self.gates],
-            "blocking": self.blocking, "overrides": self.overrides,
-            "artifacts": self.artifacts, "verdict": self.verdict,
+            "blocking": self.blocking,
+            "overrides": self.overrides,
+            "artifacts": self.artifacts,
+            "verdict": self.verdict,
         }
 
     def to_json(self) -> str:
@@ -103,26 +127,36 @@ class Report:
         ]
         if self.selection:
             lines.append(f"- Partial run (--only): {', '.join(self.selection)}")
-        lines += ["", "| Gate | Requirement | Status | Cached | Time (s) | Summary |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| Gate | Requirement | Status | Cached | Time (s) | Summary |",
+            "|---|---|---|---|---|---|",
+        ]
         for g in self.gates:
             summary = g.summary.replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {g.name} | {g.requirement} | {g.status} | "
-                         f"{'yes' if g.cached else 'no'} | {g.duration_s:.2f} | {summary} |")
+            lines.append(
+                f"| {g.name} | {g.requirement} | {g.status} | "
+                f"{'yes' if g.cached else 'no'} | {g.duration_s:.2f} | {summary} |"
+            )
         lines += ["", "## Blocking reasons", ""]
         if self.blocking:
             for name in self.blocking:
                 g = self.gate(name)
-                lines.append(f"- {name}: {g.status.upper() if g else 'MISSING'}: "
-                             f"{g.summary if g else 'not run'}")
+                lines.append(
+                    f"- {name}: {g.status.upper() if g else 'MISSING'}: "
+                    f"{g.summary if g else 'not run'}"
+                )
         else:
             lines.append("None.")
         if self.overrides:
             lines += ["", "## Overrides (break-glass)", ""]
             for o in self.overrides:
-                lines.append(f"- {o['gate']}: overridden by {o['actor']} at {o['time']}: {o['reason']}")
-        failing_report_only = [g for g in self.gates
-                               if g.requirement == "report_only" and not g.passing]
+                lines.append(
+                    f"- {o['gate']}: overridden by {o['actor']} at {o['time']}: {o['reason']}"
+                )
+        failing_report_only = [
+            g for g in self.gates if g.requirement == "report_only" and not g.passing
+        ]
         if failing_report_only:
             lines += ["", "## Report-only findings (not blocking)", ""]
             lines += [f"- {g.name}: {g.status}: {g.summary}" for g in failing_report_only]
@@ -130,8 +164,7 @@ class Report:
 
     def write(self, directory: Path) -> tuple[Path, Path]:
         directory.mkdir(parents=True, exist_ok=True)
-        json_path = directory / f"{self.commit}.json"
-        md_path = directory / f"{self.commit}.md"
+        json_path, md_path = directory / f"{self.stem}.json", directory / f"{self.stem}.md"
         json_path.write_text(self.to_json() + "\n", encoding="utf-8")
         md_path.write_text(self.to_markdown(), encoding="utf-8")
         return json_path, md_path
@@ -143,8 +176,13 @@ def results_table(report: Report) -> Table:
         table.add_column(column)
     for g in report.gates:
         status = f"{g.status} (cached)" if g.cached else g.status
-        table.add_row(g.name, g.requirement, _styled(g.status, status),
-                      f"{g.duration_s:.1f}s", escape(g.summary))
+        table.add_row(
+            g.name,
+            g.requirement,
+            _styled(g.status, status),
+            f"{g.duration_s:.1f}s",
+            escape(g.summary),
+        )
     return table
 
 
@@ -167,8 +205,9 @@ class Board:
 
     def __enter__(self) -> Board:
         if self.live_mode:
-            self._live = Live(self._render(), console=self.console, refresh_per_second=8,
-                              transient=True)
+            self._live = Live(
+                self._render(), console=self.console, refresh_per_second=8, transient=True
+            )
             self._live.__enter__()
         return self
 
@@ -182,9 +221,12 @@ class Board:
             table.add_column(column)
         now = time.monotonic()
         for name, row in self.rows.items():
-            elapsed = row["time"] or (f"{now - row['start']:.1f}s" if row["status"] == "running" else "")
-            table.add_row(name, row["requirement"],
-                          _styled(row["status"].split()[0], row["status"]), elapsed)
+            elapsed = row["time"] or (
+                f"{now - row['start']:.1f}s" if row["status"] == "running" else ""
+            )
+            table.add_row(
+                name, row["requirement"], _styled(row["status"].split()[0], row["status"]), elapsed
+            )
         return table
 
     def started(self, name: str) -> None:
@@ -199,8 +241,11 @@ class Board:
         if self.live_mode:
             self._refresh()
         else:
-            print(f"{result.name}: {status} in {result.duration_s:.1f}s: {result.summary}",
-                  file=sys.stderr if self.console.stderr else sys.stdout, flush=True)
+            print(
+                f"{result.name}: {status} in {result.duration_s:.1f}s: {result.summary}",
+                file=sys.stderr if self.console.stderr else sys.stdout,
+                flush=True,
+            )
 
     def _refresh(self) -> None:
         if self._live is not None:

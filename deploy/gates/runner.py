@@ -1,4 +1,11 @@
-"""Release gate runner: pick the stage from the ref, run its gates in parallel on a snapshot, decide, record."""
+"""Release gate runner: pick the stage from the ref, run its gates in parallel on a snapshot, decide, record.
+
+What is judged comes from the release; who judges comes from the operator. The release's files
+(code, tests, docs, env files, migrations, the approved dependency list) are read from a `git
+archive` snapshot of the commit, never from the working tree. The policy (stages, gate settings,
+locked budgets) and the runtime state (staging's metrics and logs) are read from the operator's
+checkout, so a release cannot relax the rules it is judged by.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +16,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +26,7 @@ from types import ModuleType
 from typing import Any
 
 from deploy.config import load_policy_file
-from deploy.errors import ConfigError, DeployError, GateFailed, UsageError
+from deploy.errors import ConfigError, DeployError, GateFailed, GuardRefused, UsageError
 from deploy.gates import (
     CommandTimedOut,
     GateContext,
@@ -42,13 +49,22 @@ from deploy.gates.stages import GATE_NAMES, GUARD, Stage, load_stages
 from deploy.secrets import Secret, scrub
 
 GATES: dict[str, ModuleType] = {
-    "check": check, "test": tests, "docs-freshness": docs, "migrations": migrations, "deps": deps,
-    "policy-drift": policy_drift, "budgets": budgets, "observability": observability,
-    "eval": evals, GUARD: promotion_guard,
+    "check": check,
+    "test": tests,
+    "docs-freshness": docs,
+    "migrations": migrations,
+    "deps": deps,
+    "policy-drift": policy_drift,
+    "budgets": budgets,
+    "observability": observability,
+    "eval": evals,
+    GUARD: promotion_guard,
 }
 assert tuple(GATES) == GATE_NAMES
 DEFAULT_TIMEOUT_S = {"test": 900.0, "migrations": 900.0, "eval": 900.0}
 REPORT_DIR = Path("dist") / "release-gate"
+# Beyond its command's own timeout, time a gate may spend on its own work before it counts as hung.
+GRACE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -62,11 +78,13 @@ class GateRequest:
     break_glass: str | None = None
     only: tuple[str, ...] = ()
     actor: str = "unknown"
+    actor_is_human: bool = True  # automation may run the gate, never break its glass
 
 
 def git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
-                          timeout=60, check=False)
+    return subprocess.run(
+        ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def default_ref(root: Path) -> str:
@@ -89,18 +107,26 @@ def resolve_ref(root: Path, ref: str | None) -> tuple[str, str, str]:
         raise UsageError(f"bad ref {name!r}", hint="pass a branch, tag or commit")
     commit = git(root, "rev-parse", "--verify", "-q", f"{name}^{{commit}}").stdout.strip()
     if not commit:
-        raise UsageError(f"ref {name!r} does not name a commit",
-                         hint="check `git tag` / `git branch`, or fetch it first")
+        raise UsageError(
+            f"ref {name!r} does not name a commit",
+            hint="check `git tag` / `git branch`, or fetch it first",
+        )
     tree = git(root, "rev-parse", "--verify", "-q", f"{name}^{{tree}}").stdout.strip()
     return name, commit, tree
 
 
 def snapshot(root: Path, commit: str, dest: Path) -> None:
     """The commit's files, exactly as committed: gates judge the release, not the working tree."""
-    res = subprocess.run(["git", "-C", str(root), "archive", "--format=tar", commit],
-                         capture_output=True, timeout=300, check=False)
+    res = subprocess.run(
+        ["git", "-C", str(root), "archive", "--format=tar", commit],
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
     if res.returncode != 0:
-        raise UsageError(f"git archive {commit[:12]} failed: {res.stderr.decode(errors='replace').strip()}")
+        raise UsageError(
+            f"git archive {commit[:12]} failed: {res.stderr.decode(errors='replace').strip()}"
+        )
     with tarfile.open(fileobj=io.BytesIO(res.stdout)) as tar:
         tar.extractall(dest, filter="data")
 
@@ -144,8 +170,15 @@ def run_one(name: str, ctx: GateContext, cache: VerdictCache, *, use_cache: bool
             hit = cache.get(name, key) if (key and use_cache) else None
             if hit is not None:
                 outcome, took = hit
-                return GateResult(name, ctx.requirement, outcome.status, outcome.summary, took,
-                                  cached=True, details=outcome.details)
+                return GateResult(
+                    name,
+                    ctx.requirement,
+                    outcome.status,
+                    outcome.summary,
+                    took,
+                    cached=True,
+                    details=outcome.details,
+                )
             outcome = module.run(ctx)
         except CommandTimedOut as exc:
             outcome = Outcome("timeout", str(exc))
@@ -153,13 +186,75 @@ def run_one(name: str, ctx: GateContext, cache: VerdictCache, *, use_cache: bool
             outcome = Outcome("error", exc.line())
         except Exception as exc:  # a bug in a gate must still fail closed, not crash the others
             outcome = Outcome("error", f"{type(exc).__name__}: {exc}")
-    outcome = Outcome(outcome.status, scrub(outcome.summary, ctx.secrets),
-                      _scrubbed(outcome.details, ctx.secrets))
+    outcome = Outcome(
+        outcome.status, scrub(outcome.summary, ctx.secrets), _scrubbed(outcome.details, ctx.secrets)
+    )
     took = time.monotonic() - start
     if key is not None:
         cache.put(name, key, outcome, took)
-    return GateResult(name, ctx.requirement, outcome.status, outcome.summary, took,
-                      details=outcome.details)
+    return GateResult(
+        name, ctx.requirement, outcome.status, outcome.summary, took, details=outcome.details
+    )
+
+
+def run_parallel(
+    jobs: list[tuple[str, str]],
+    one: Callable[[str, str], GateResult],
+    deadlines: Mapping[str, float],
+    *,
+    on_finish: Callable[[GateResult], None] | None = None,
+) -> dict[str, GateResult]:
+    """Each gate in its own daemon thread; one that outlives its deadline is reported as a timeout.
+
+    Daemon threads, not a pool: a gate stuck outside any subprocess (a hung socket) must not keep
+    the whole run, or the interpreter's exit, waiting for it.
+    """
+    results: dict[str, GateResult] = {}
+    lock = threading.Lock()
+
+    def record(result: GateResult) -> None:
+        with lock:
+            if result.name in results:
+                return  # already declared timed out
+            results[result.name] = result
+        if on_finish:
+            on_finish(result)
+
+    def work(name: str, requirement: str) -> None:
+        start = time.monotonic()
+        try:
+            result = one(name, requirement)
+        except Exception as exc:  # progress display or bookkeeping failed: still a verdict
+            result = GateResult(
+                name,
+                requirement,
+                "error",
+                f"{type(exc).__name__}: {exc}",  # type: ignore[arg-type]
+                time.monotonic() - start,
+            )
+        record(result)
+
+    threads = []
+    for name, requirement in jobs:
+        thread = threading.Thread(
+            target=work, args=(name, requirement), daemon=True, name=f"gate-{name}"
+        )
+        thread.start()
+        threads.append((name, requirement, thread))
+    start = time.monotonic()
+    for name, requirement, thread in threads:
+        thread.join(max(0.0, start + deadlines[name] - time.monotonic()))
+        if thread.is_alive():
+            record(
+                GateResult(
+                    name,
+                    requirement,
+                    "timeout",  # type: ignore[arg-type]
+                    f"did not finish within {deadlines[name]:g}s",
+                    deadlines[name],
+                )
+            )
+    return dict(results)
 
 
 def utc_now() -> str:
@@ -176,58 +271,90 @@ def plan(request: GateRequest) -> tuple[Stage, str, str, str, list[tuple[str, st
     if request.only:
         unknown = [g for g in request.only if g not in GATE_NAMES]
         if unknown:
-            raise UsageError(f"--only names unknown gate(s): {', '.join(unknown)}",
-                             hint=f"known: {', '.join(GATE_NAMES)}")
+            raise UsageError(
+                f"--only names unknown gate(s): {', '.join(unknown)}",
+                hint=f"known: {', '.join(GATE_NAMES)}",
+            )
         absent = [g for g in request.only if g not in dict(gates)]
         if absent:
-            raise UsageError(f"stage {stage.name} has no gate(s) {', '.join(absent)}",
-                             hint="see `inv release.stages`")
+            raise UsageError(
+                f"stage {stage.name} has no gate(s) {', '.join(absent)}",
+                hint="see `inv release.stages`",
+            )
         gates = [(g, r) for g, r in gates if g in request.only]
     return stage, ref, commit, tree, gates
 
 
-def run(request: GateRequest, *, on_start: Callable[[str], None] | None = None,
-        on_finish: Callable[[GateResult], None] | None = None) -> Report:
+def run(
+    request: GateRequest,
+    *,
+    on_start: Callable[[str], None] | None = None,
+    on_finish: Callable[[GateResult], None] | None = None,
+) -> Report:
     """Run the gates, write the report (JSON + Markdown) and the audit; never raises for a failed gate."""
     if request.break_glass is not None and not request.break_glass.strip():
-        raise UsageError("--break-glass needs a reason", hint='--break-glass "why this cannot wait"')
+        raise UsageError(
+            "--break-glass needs a reason", hint='--break-glass "why this cannot wait"'
+        )
+    if request.break_glass is not None and not request.actor_is_human:
+        raise GuardRefused(
+            f"break-glass needs a human; {request.actor} is automation",
+            hint="a person runs it, with STAGEFLOW_ACTOR_KIND=human and STAGEFLOW_ACTOR=<name>",
+        )
     policy = load_policy_file(request.root)
     stage, ref, commit, tree_hash, gates = plan(request)
     report_dir = request.root / REPORT_DIR
     cache = VerdictCache(report_dir / "cache")
-    report = Report(stage=stage.name, ref=ref, commit=commit, tree=tree_hash, started=utc_now(),
-                    selection=list(request.only) or None)
+    report = Report(
+        stage=stage.name,
+        ref=ref,
+        commit=commit,
+        tree=tree_hash,
+        started=utc_now(),
+        selection=list(request.only) or None,
+    )
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="stageflow-gate-"))
     try:
         snapshot(request.root, commit, workdir)
-        base = GateContext(name="", root=request.root, tree=workdir, ref=ref, commit=commit,
-                           tree_hash=tree_hash, stage=stage.name, requirement="report_only",
-                           config={}, policy=policy, report_dir=report_dir, timeout_s=300.0,
-                           python=sys.executable, db_url=request.db_url)
+        base = GateContext(
+            name="",
+            root=request.root,
+            tree=workdir,
+            ref=ref,
+            commit=commit,
+            tree_hash=tree_hash,
+            stage=stage.name,
+            requirement="report_only",
+            config={},
+            policy=policy,
+            report_dir=report_dir,
+            timeout_s=300.0,
+            python=sys.executable,
+            db_url=request.db_url,
+        )
 
         def ctx_for(name: str, requirement: str, **extra: Any) -> GateContext:
-            return replace(base, name=name, requirement=requirement,  # type: ignore[arg-type]
-                           config={**gate_config(policy, name), **extra},
-                           timeout_s=timeout_for(policy, name))
+            return replace(
+                base,
+                name=name,
+                requirement=requirement,  # type: ignore[arg-type]
+                config={**gate_config(policy, name), **extra},
+                timeout_s=timeout_for(policy, name),
+            )
 
         def one(name: str, requirement: str) -> GateResult:
             if on_start:
                 on_start(name)
-            result = run_one(name, ctx_for(name, requirement), cache, use_cache=request.use_cache)
-            if on_finish:
-                on_finish(result)
-            return result
+            return run_one(name, ctx_for(name, requirement), cache, use_cache=request.use_cache)
 
         parallel = [(g, r) for g, r in gates if g != GUARD]
-        results: dict[str, GateResult] = {}
-        if parallel:
-            with ThreadPoolExecutor(max_workers=len(parallel)) as pool:
-                futures = {g: pool.submit(one, g, r) for g, r in parallel}
-                results = {g: f.result() for g, f in futures.items()}
+        deadlines = {g: timeout_for(policy, g) + GRACE_S for g, _ in parallel}
+        results = run_parallel(parallel, one, deadlines, on_finish=on_finish)
         if GUARD in dict(gates):
-            guard_ctx = replace(ctx_for(GUARD, dict(gates)[GUARD], required=stage.required()),
-                                results=dict(results))
+            guard_ctx = replace(
+                ctx_for(GUARD, dict(gates)[GUARD], required=stage.required()), results=dict(results)
+            )
             if on_start:
                 on_start(GUARD)
             results[GUARD] = run_one(GUARD, guard_ctx, cache, use_cache=False)
@@ -236,14 +363,18 @@ def run(request: GateRequest, *, on_start: Callable[[str], None] | None = None,
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report.gates = [results[g] for g, _ in gates]
-    report.blocking = [g.name for g in report.gates if g.requirement == "required" and not g.passing]
+    report.blocking = [
+        g.name for g in report.gates if g.requirement == "required" and not g.passing
+    ]
     sbom = report_dir / f"{commit}.sbom.cdx.json"
     if "deps" in results and sbom.exists():
         report.artifacts["sbom"] = sbom.name
     if report.blocking and request.break_glass:
         when = utc_now()
-        report.overrides = [{"gate": g, "actor": request.actor, "time": when,
-                             "reason": request.break_glass.strip()} for g in report.blocking]
+        report.overrides = [
+            {"gate": g, "actor": request.actor, "time": when, "reason": request.break_glass.strip()}
+            for g in report.blocking
+        ]
         report.verdict = "passed-with-override"
     elif report.blocking:
         report.verdict = "failed"
@@ -261,9 +392,22 @@ def _audit(path: Path, report: Report) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as fh:
         for o in report.overrides:
-            fh.write(json.dumps({"time": o["time"], "actor": o["actor"], "action": "release-gate.break-glass",
-                                 "gate": o["gate"], "stage": report.stage, "ref": report.ref,
-                                 "commit": report.commit, "reason": o["reason"]}, sort_keys=True) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "time": o["time"],
+                        "actor": o["actor"],
+                        "action": "release-gate.break-glass",
+                        "gate": o["gate"],
+                        "stage": report.stage,
+                        "ref": report.ref,
+                        "commit": report.commit,
+                        "reason": o["reason"],
+                    },
+                    sort_keys=True,
+                )
+                + "\n"
+            )
 
 
 def enforce(report: Report) -> None:
@@ -274,5 +418,7 @@ def enforce(report: Report) -> None:
     for name in report.blocking:
         g = report.gate(name)
         reasons.append(f"{name}: {g.status if g else 'missing'}")
-    raise GateFailed(f"release gate failed at stage {report.stage} for {report.ref}: {'; '.join(reasons)}",
-                     hint=f"see dist/release-gate/{report.commit}.md")
+    raise GateFailed(
+        f"release gate failed at stage {report.stage} for {report.ref}: {'; '.join(reasons)}",
+        hint=f"see dist/release-gate/{report.stem}.md",
+    )

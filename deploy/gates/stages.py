@@ -11,8 +11,16 @@ from deploy.errors import ConfigError
 
 # Every gate the runner knows, in the order reports list them; promotion_guard is computed last.
 GATE_NAMES: tuple[str, ...] = (
-    "check", "test", "docs-freshness", "migrations", "deps", "policy-drift", "budgets",
-    "observability", "eval", "promotion_guard",
+    "check",
+    "test",
+    "docs-freshness",
+    "migrations",
+    "deps",
+    "policy-drift",
+    "budgets",
+    "observability",
+    "eval",
+    "promotion_guard",
 )
 REQUIREMENTS = ("required", "report_only")
 GUARD = "promotion_guard"
@@ -41,8 +49,10 @@ class Stages:
             if any(fnmatch.fnmatchcase(ref, p) for p in stage.patterns):
                 return stage
         names = ", ".join(s.name for s in self.order)
-        raise ConfigError(f"ref {ref!r} matches no stage ({names})",
-                          hint="add a catch-all pattern \"*\" to the last stage in [stages]")
+        raise ConfigError(
+            f"ref {ref!r} matches no stage ({names})",
+            hint='add a catch-all pattern "*" to the last stage in [stages]',
+        )
 
 
 def _shadowed(pattern: str, earlier: str) -> bool:
@@ -57,13 +67,17 @@ def load_stages(policy: Mapping[str, Any]) -> Stages:
     """Read and validate [stages]; every problem is a ConfigError naming the stage."""
     table = policy.get("stages")
     if not isinstance(table, dict):
-        raise ConfigError("stageflow.toml: missing [stages] table",
-                          hint="define [stages] order = [...] and one [stages.<NAME>] per stage")
+        raise ConfigError(
+            "stageflow.toml: missing [stages] table",
+            hint="define [stages] order = [...] and one [stages.<NAME>] per stage",
+        )
     order = table.get("order")
     tables = {k: v for k, v in table.items() if isinstance(v, dict)}
     if not isinstance(order, list) or not order or not all(isinstance(n, str) for n in order):
-        raise ConfigError("[stages] order must list the stage names, most specific first",
-                          hint=f"e.g. order = {sorted(tables)!r}")
+        raise ConfigError(
+            "[stages] order must list the stage names, most specific first",
+            hint=f"e.g. order = {sorted(tables)!r}",
+        )
     for name in order:
         if name not in tables:
             raise ConfigError(f"[stages] order names {name!r} but there is no [stages.{name}]")
@@ -82,7 +96,8 @@ def load_stages(policy: Mapping[str, Any]) -> Stages:
                     raise ConfigError(
                         f"[stages.{name}] pattern {pattern!r} can never match: "
                         f"{earlier_stage} pattern {earlier!r} takes every such ref first",
-                        hint="put the more specific stage earlier in [stages] order")
+                        hint="put the more specific stage earlier in [stages] order",
+                    )
             seen.append((name, pattern))
         stages.append(stage)
     return Stages(tuple(stages))
@@ -90,34 +105,53 @@ def load_stages(policy: Mapping[str, Any]) -> Stages:
 
 def _stage(name: str, table: Mapping[str, Any]) -> Stage:
     patterns = table.get("patterns")
-    if (not isinstance(patterns, list) or not patterns
-            or not all(isinstance(p, str) and p for p in patterns)):
-        raise ConfigError(f"[stages.{name}] patterns must be a non-empty list of ref patterns",
-                          hint='e.g. patterns = ["v*-rc.*"]')
+    if (
+        not isinstance(patterns, list)
+        or not patterns
+        or not all(isinstance(p, str) and p for p in patterns)
+    ):
+        raise ConfigError(
+            f"[stages.{name}] patterns must be a non-empty list of ref patterns",
+            hint='e.g. patterns = ["v*-rc.*"]',
+        )
     gates = table.get("gates")
     if not isinstance(gates, dict) or not gates:
-        raise ConfigError(f"[stages.{name}] has no gates",
-                          hint=f"add [stages.{name}.gates] with gate = \"required\" | \"report_only\"")
+        raise ConfigError(
+            f"[stages.{name}] has no gates",
+            hint=f'add [stages.{name}.gates] with gate = "required" | "report_only"',
+        )
     for gate, requirement in gates.items():
         if gate not in GATE_NAMES:
-            raise ConfigError(f"[stages.{name}.gates] unknown gate {gate!r}",
-                              hint=f"known gates: {', '.join(GATE_NAMES)}")
+            raise ConfigError(
+                f"[stages.{name}.gates] unknown gate {gate!r}",
+                hint=f"known gates: {', '.join(GATE_NAMES)}",
+            )
         if requirement not in REQUIREMENTS:
-            raise ConfigError(f"[stages.{name}.gates] {gate} = {requirement!r}",
-                              hint="use \"required\" or \"report_only\"")
+            raise ConfigError(
+                f"[stages.{name}.gates] {gate} = {requirement!r}",
+                hint='use "required" or "report_only"',
+            )
     if GUARD not in gates:
-        raise ConfigError(f"[stages.{name}] has no {GUARD}",
-                          hint=f"add {GUARD} = \"required\" (or \"report_only\") to [stages.{name}.gates]")
+        raise ConfigError(
+            f"[stages.{name}] has no {GUARD}",
+            hint=f'add {GUARD} = "required" (or "report_only") to [stages.{name}.gates]',
+        )
     ordered = tuple((g, gates[g]) for g in GATE_NAMES if g in gates)
     description = table.get("description", "")
-    return Stage(name, tuple(patterns), ordered, description if isinstance(description, str) else "")
+    return Stage(
+        name, tuple(patterns), ordered, description if isinstance(description, str) else ""
+    )
 
 
 def stage_rows(stages: Stages) -> list[dict[str, Any]]:
     """One row per stage for `inv release.stages` (table or JSON)."""
     return [
-        {"stage": s.name, "patterns": list(s.patterns), "gates": dict(s.gates),
-         "description": s.description}
+        {
+            "stage": s.name,
+            "patterns": list(s.patterns),
+            "gates": dict(s.gates),
+            "description": s.description,
+        }
         for s in stages.order
     ]
 

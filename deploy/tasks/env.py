@@ -7,21 +7,41 @@ import copy
 from invoke import Collection, Task, task
 
 from deploy import environment
+from deploy.errors import UsageError
 from deploy.output import mark, print_json, print_table, say
 from deploy.tasks._common import actor, edge, env_name, guarded, preflight, project
 
 
-@task(help={"json": "print the checks as JSON"})
+@task(
+    help={
+        "json": "print the checks as JSON",
+        "request": "prod: also every promotion rule for this request id",
+        "break_glass": "prod: the break-glass reason a deploy would carry",
+    }
+)
 @edge
-def preflight_(c, json=False):
+def preflight_(c, json=False, request=None, break_glass=""):
     """Run this environment's guards and print them as a table; changes nothing."""
     name = env_name(c)
-    checks = preflight(project(), name)
+    proj = project()
+    checks = preflight(proj, name)
+    if request is not None:
+        from deploy import guards, promotion
+
+        if name != "prod":
+            raise UsageError("--request is for prod", hint="requests promote to prod only")
+        req = promotion.load(proj, request)
+        checks += guards.run_checks(
+            promotion.checks(proj, req, actor=actor(), break_glass=break_glass)
+        )
     if json:
         print_json([ch.to_dict() for ch in checks])
     else:
-        print_table(f"{name} preflight", ["check", "verdict", "detail"],
-                    [(ch.name, mark(ch.ok), ch.detail) for ch in checks])
+        print_table(
+            f"{name} preflight",
+            ["check", "verdict", "detail"],
+            [(ch.name, mark(ch.ok), ch.detail) for ch in checks],
+        )
     if not all(ch.ok for ch in checks):
         from deploy.guards import require
 
@@ -73,8 +93,11 @@ def secrets(c, generate=False):
     env = proj.env(name)
     from deploy.config import SECRET_KEYS
 
-    print_table(f"{name} secrets", ["key", "set", "meaning"],
-                [(k, "yes" if env.secret(k) else "no", v) for k, v in SECRET_KEYS.items()])
+    print_table(
+        f"{name} secrets",
+        ["key", "set", "meaning"],
+        [(k, "yes" if env.secret(k) else "no", v) for k, v in SECRET_KEYS.items()],
+    )
 
 
 TASKS = [preflight_, up, down, status, secrets]
@@ -89,10 +112,11 @@ def _own_copy(t: Task, env: str) -> Task:
 
 
 def env_collection(name: str) -> Collection:
-    from deploy.tasks import release_steps, rollback_steps
+    from deploy.tasks import promotion_steps, release_steps, rollback_steps
 
     ns = Collection(name)
-    for t in TASKS + release_steps.TASKS + rollback_steps.TASKS:
+    prod_only = promotion_steps.TASKS if name == "prod" else []
+    for t in TASKS + release_steps.TASKS + rollback_steps.TASKS + prod_only:
         ns.add_task(_own_copy(t, name), name=t.name.strip("_").replace("_", "-"))
     ns.configure({"stageflow": {"env": name}})
     return ns

@@ -28,14 +28,19 @@ from deploy.tasks._common import actor, edge
 @edge
 def gate(c, ref=None, db_url=None, no_cache=False, break_glass=None, json=False, only=None):
     """Run the release gates for a ref's maturity stage; exit 5 when a required gate fails."""
+    who = actor()
     request = runner.GateRequest(
-        root=find_root(Path.cwd()), ref=ref, db_url=Secret(db_url) if db_url else None,
-        use_cache=not no_cache, break_glass=break_glass,
+        root=find_root(Path.cwd()),
+        ref=ref,
+        db_url=Secret(db_url) if db_url else None,
+        use_cache=not no_cache,
+        break_glass=break_glass,
         only=tuple(g.strip() for g in (only or "").split(",") if g.strip()),
-        actor=actor().name if break_glass else "",
+        actor=who.name,
+        actor_is_human=who.is_human,
     )
     stage, ref_name, commit, _, gates = runner.plan(request)
-    board = Board(gates, console=None if not json else _stderr())
+    board = Board(gates, console=_console(stderr=json))
     if not json:
         say(f"release gate: {ref_name} @ {commit[:12]} is stage {stage.name}")
     with board:
@@ -44,7 +49,7 @@ def gate(c, ref=None, db_url=None, no_cache=False, break_glass=None, json=False,
         print_json(report.to_dict())
     else:
         board.console.print(results_table(report))
-        say(f"verdict: {report.verdict} (dist/release-gate/{report.commit}.md)")
+        say(f"verdict: {report.verdict} (dist/release-gate/{report.stem}.md)")
     runner.enforce(report)
 
 
@@ -57,15 +62,20 @@ def stages(c, json=False):
         print_json(rows)
         return
     gates = [g for g in GATE_NAMES if any(g in r["gates"] for r in rows)]
-    print_table("stages (first match wins, top to bottom)", ["stage", "patterns", *gates],
-                [(r["stage"], " ".join(r["patterns"]), *(r["gates"].get(g, "-") for g in gates))
-                 for r in rows])
+    columns = ["gate", *(f"{r['stage']}: {' '.join(r['patterns'])}" for r in rows)]
+    print_table(
+        "stages (a ref takes the first stage, left to right, whose pattern matches)",
+        columns,
+        [(g, *(r["gates"].get(g, "-") for r in rows)) for g in gates],
+    )
 
 
-def _stderr():
+def _console(*, stderr: bool):
     from rich.console import Console
 
-    return Console(stderr=True)
+    console = Console(stderr=stderr)
+    # Piped output still deserves readable summaries rather than rich's 80-column default.
+    return console if console.is_terminal else Console(stderr=stderr, width=160)
 
 
 ns = Collection("release", gate, stages)

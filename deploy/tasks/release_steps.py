@@ -6,33 +6,94 @@ import os
 
 from invoke import task
 
-from deploy import migrations, releases, rollout, smoke
-from deploy.errors import RolledBack, UsageError
+from deploy import guards, migrations, releases, rollout, smoke
+from deploy.errors import NotApproved, RolledBack, UsageError
 from deploy.hosts import Host
 from deploy.output import print_json, print_table, say
 from deploy.state import DeployLock, Layout, history
 from deploy.tasks._common import actor, edge, env_name, guarded, preflight, project
 
 
-@task(help={"ref": "git ref to deploy (default HEAD)", "dry_run": "print guards and plan; change nothing",
-            "allow_dirty": "dev only: deploy uncommitted changes of tracked files",
-            "json": "print the result as JSON"})
+@task(
+    help={
+        "ref": "git ref to deploy (default HEAD; prod takes --request instead)",
+        "dry_run": "print guards and plan; change nothing",
+        "allow_dirty": "dev only: deploy uncommitted changes of tracked files",
+        "request": "prod: the approved request id to deploy",
+        "break_glass": "prod: deploy during a freeze window, with this reason (audited)",
+        "json": "print the result as JSON",
+    }
+)
 @edge
-def deploy(c, ref="HEAD", dry_run=False, allow_dirty=False, json=False):
+def deploy(
+    c, ref="HEAD", dry_run=False, allow_dirty=False, request=None, break_glass="", json=False
+):
     """Deploy a git ref: guards, lock, build, migrate, switch, smoke, verify, record."""
     name = env_name(c)
     proj = project()
+    if name == "prod" or request is not None:
+        from deploy import promotion
+
+        if name != "prod":
+            raise UsageError("--request is for prod", hint="dev and staging deploy a --ref")
+        if request is None:
+            raise NotApproved(
+                "prod deploys only an approved request",
+                hint="inv prod.request --ref REF, then a second human runs inv prod.approve ID",
+            )
+        if ref != "HEAD":
+            raise UsageError("prod takes --request, not --ref", hint="the request names the ref")
+        if dry_run:
+            req = promotion.load(proj, request)
+            checks = guards.run_checks(
+                promotion.checks(proj, req, actor=actor(), break_glass=break_glass)
+            )
+            print_table(
+                "prod promotion",
+                ["check", "verdict", "detail"],
+                [(ch.name, "ok" if ch.ok else "REFUSED", ch.detail) for ch in checks],
+            )
+            print_table(
+                f"prod deploy plan for request #{req['id']}",
+                ["step", "does"],
+                rollout.plan(proj, name, ref=req["commit"]),
+            )
+            return
+        result = promotion.deploy(
+            proj,
+            request,
+            actor=actor(),
+            break_glass=break_glass,
+            printer=(lambda _l: None) if json else say,
+            process_env=dict(os.environ),
+            stop_at=os.environ.get("STAGEFLOW_TEST_STOP_AT"),
+        )
+        print_json(result) if json else say(
+            f"prod: deployed {result['release']} in {result['duration_s']:.2f}s"
+        )
+        return
     if dry_run:
         checks = preflight(proj, name)
-        print_table(f"{name} preflight", ["check", "verdict", "detail"],
-                    [(ch.name, "ok" if ch.ok else "REFUSED", ch.detail) for ch in checks])
+        print_table(
+            f"{name} preflight",
+            ["check", "verdict", "detail"],
+            [(ch.name, "ok" if ch.ok else "REFUSED", ch.detail) for ch in checks],
+        )
         releases.resolve_ref(proj.root, ref)
-        print_table(f"{name} deploy plan for {ref}", ["step", "does"], rollout.plan(proj, name, ref=ref))
+        print_table(
+            f"{name} deploy plan for {ref}", ["step", "does"], rollout.plan(proj, name, ref=ref)
+        )
         return
-    result = rollout.deploy(proj, name, actor=actor(), ref=ref, allow_dirty=allow_dirty,
-                            printer=(lambda _l: None) if json else say,
-                            stop_at=os.environ.get("STAGEFLOW_TEST_STOP_AT"),
-                            process_env=dict(os.environ))
+    result = rollout.deploy(
+        proj,
+        name,
+        actor=actor(),
+        ref=ref,
+        allow_dirty=allow_dirty,
+        printer=(lambda _l: None) if json else say,
+        stop_at=os.environ.get("STAGEFLOW_TEST_STOP_AT"),
+        process_env=dict(os.environ),
+    )
     if json:
         print_json(result)
     else:
@@ -57,8 +118,14 @@ def migrate(c, to=None, dry_run=False):
     if not dry_run:
         guarded(proj, name)
     target = int(to) if to is not None else None
-    done = migrations.migrate(env.database_url, files, target=target, dry_run=dry_run,
-                              applied_by=str(actor()), password=env.secret("POSTGRES_PASSWORD"))
+    done = migrations.migrate(
+        env.database_url,
+        files,
+        target=target,
+        dry_run=dry_run,
+        applied_by=str(actor()),
+        password=env.secret("POSTGRES_PASSWORD"),
+    )
     verb = "would apply" if dry_run else "applied"
     say(f"{name}: {verb} {[f.version for f in done] or 'nothing'}")
 
@@ -73,9 +140,14 @@ def migrations_(c, json=False):
     if json:
         print_json([r.to_dict() if hasattr(r, "to_dict") else r.__dict__ for r in rows])
         return
-    print_table(f"{name} migrations", ["version", "name", "state", "applied at", "release", "drift"],
-                [(r.version, r.name, r.state, r.applied_at, r.release, "DRIFT" if r.drift else "")
-                 for r in rows])
+    print_table(
+        f"{name} migrations",
+        ["version", "name", "state", "applied at", "release", "drift"],
+        [
+            (r.version, r.name, r.state, r.applied_at, r.release, "DRIFT" if r.drift else "")
+            for r in rows
+        ],
+    )
 
 
 @task(help={"json": "print the probes as JSON"})
@@ -90,15 +162,23 @@ def smoke_(c, json=False):
     if json:
         print_json([p.to_dict() for p in probes])
     else:
-        print_table(f"{name} smoke", ["probe", "verdict", "ms", "detail"],
-                    [(p.name, "ok" if p.ok else "FAILED", f"{p.ms:.1f}", p.detail) for p in probes])
+        print_table(
+            f"{name} smoke",
+            ["probe", "verdict", "ms", "detail"],
+            [(p.name, "ok" if p.ok else "FAILED", f"{p.ms:.1f}", p.detail) for p in probes],
+        )
     bad = smoke.failed(probes)
     if bad:
         raise RolledBack(f"smoke failed: {bad[0].name}: {bad[0].detail}")
 
 
-@task(help={"release": "release the lock you hold", "force": "break a lock held by someone else",
-            "reason": "why breaking the lock is safe (required with --force; audited)"})
+@task(
+    help={
+        "release": "release the lock you hold",
+        "force": "break a lock held by someone else",
+        "reason": "why breaking the lock is safe (required with --force; audited)",
+    }
+)
 @edge
 def lock(c, release=False, force=False, reason=""):
     """Show who holds the deploy lock; --force --reason breaks a stale one (audited)."""
@@ -109,20 +189,28 @@ def lock(c, release=False, force=False, reason=""):
     info = dl.holder()
     if force:
         if not reason.strip():
-            raise UsageError("--force needs --reason TEXT", hint="say why the lock is safe to break")
+            raise UsageError(
+                "--force needs --reason TEXT", hint="say why the lock is safe to break"
+            )
         broken = dl.force_release(actor=str(actor()), reason=reason)
         say(f"{name}: lock {'released (audited)' if broken else 'was not held'}")
         return
     if release:
         if info and info.pid != os.getpid() and not dl.is_stale(info):
-            raise UsageError(f"the lock is {info.describe()}", hint="use --force --reason if it is stuck")
+            raise UsageError(
+                f"the lock is {info.describe()}", hint="use --force --reason if it is stuck"
+            )
         dl.force_release(actor=str(actor()), reason="released by holder") if info else None
         say(f"{name}: lock released")
         return
     if info is None:
         say(f"{name}: lock free")
     else:
-        stale = " (STALE: its process is gone; --force --reason releases it)" if dl.is_stale(info) else ""
+        stale = (
+            " (STALE: its process is gone; --force --reason releases it)"
+            if dl.is_stale(info)
+            else ""
+        )
         say(f"{name}: lock {info.describe()}{stale}")
 
 
@@ -132,18 +220,27 @@ def history_(c, limit=20, json=False):
     """Deployment history: Date | Version | Type | Status | Rollback | Notes."""
     name = env_name(c)
     env = project().env(name)
-    entries = history(Host(), Layout(str(env.data_dir)))[-int(limit):][::-1]
+    entries = history(Host(), Layout(str(env.data_dir)))[-int(limit) :][::-1]
     if json:
         print_json(entries)
         return
-    print_table(f"{name} history", ["Date", "Version", "Type", "Status", "Rollback", "Duration", "Notes"], [
-        (e.get("time", ""), f"{e.get('release') or '-'} ({(e.get('ref') or '')[:20]})",
-         e.get("kind", ""), e.get("status", ""),
-         "yes" if str(e.get("kind", "")).startswith("rollback") else "N/A",
-         f"{e.get('duration_s', 0):.2f}s",
-         (f"migrations {e['migrations']} " if e.get("migrations") else "") + (e.get("notes") or ""))
-        for e in entries
-    ])
+    print_table(
+        f"{name} history",
+        ["Date", "Version", "Type", "Status", "Rollback", "Duration", "Notes"],
+        [
+            (
+                e.get("time", ""),
+                f"{e.get('release') or '-'} ({(e.get('ref') or '')[:20]})",
+                e.get("kind", ""),
+                e.get("status", ""),
+                "yes" if str(e.get("kind", "")).startswith("rollback") else "N/A",
+                f"{e.get('duration_s', 0):.2f}s",
+                (f"migrations {e['migrations']} " if e.get("migrations") else "")
+                + (e.get("notes") or ""),
+            )
+            for e in entries
+        ],
+    )
 
 
 TASKS = [deploy, migrate, migrations_, smoke_, lock, history_]

@@ -1,3 +1,187 @@
-"""Rollback-side tasks of an environment namespace (filled in by the rollback work)."""
+"""Rollback-side tasks of an environment namespace: rollback, backup(s), verify, unfreeze."""
 
-TASKS: list = []
+from __future__ import annotations
+
+import os
+
+from invoke import task
+
+from deploy import backup as backups
+from deploy import releases
+from deploy import rollback as engine
+from deploy.errors import ServiceError, UsageError
+from deploy.hosts import Host
+from deploy.output import print_json, print_table, say
+from deploy.rollout import VerifyFailed
+from deploy.state import Layout
+from deploy.tasks._common import actor, edge, env_name, guarded, project
+
+
+@task(
+    help={
+        "level": "1 restart, 2 revert to the previous good release, 3 restore the pre-deploy backup",
+        "to": "level 2: the release to go back to (default: the previous good one)",
+        "backup": "level 3: the backup id to restore (default: the one taken before the deploy)",
+        "reason": "why (recorded in history and audit)",
+        "yes": "prod: skip typing the environment's name (humans only)",
+        "dry_run": "print the plan; change nothing",
+        "reset_data": "level 1, dev and staging only: wipe the database, migrate, re-seed",
+        "json": "print the result as JSON",
+    }
+)
+@edge
+def rollback(
+    c,
+    level=0,
+    to=None,
+    backup=None,
+    reason="",
+    yes=False,
+    dry_run=False,
+    reset_data=False,
+    json=False,
+):
+    """Roll back: --level 1 restart, 2 revert to the previous release, 3 restore a backup."""
+    name = env_name(c)
+    proj = project()
+
+    def ask(prompt: str) -> str:
+        return input(prompt)
+
+    result = engine.rollback(
+        proj,
+        name,
+        level=int(level),
+        actor=actor(),
+        to=to,
+        backup_id=backup,
+        reason=reason,
+        yes=yes,
+        dry_run=dry_run,
+        reset_data=reset_data,
+        printer=(lambda _line: None) if json else say,
+        stop_at=os.environ.get("STAGEFLOW_TEST_STOP_AT"),
+        process_env=dict(os.environ),
+        confirm=ask,
+    )
+    if json:
+        print_json(result)
+    elif dry_run:
+        say(
+            f"{name}: level {level} ({engine.LEVELS[int(level)]}) {result['current']} -> {result['target']}"
+        )
+        print_table(f"{name} rollback plan (nothing changed)", ["step", "does"], result["steps"])
+    else:
+        say(
+            f"{name}: rollback level {level} {result['status']}: {result['release']} serves "
+            f"({result['duration_s']:.2f}s)"
+        )
+
+
+@task(
+    help={
+        "verify": "restore into a scratch database and compare row counts with the live one",
+        "reason": "why (recorded with the backup)",
+        "json": "print the backup as JSON",
+    }
+)
+@edge
+def backup(c, verify=False, reason="manual", json=False):
+    """Take a backup of this environment's database now (pg_dump -Fc, sha256, metadata)."""
+    name = env_name(c)
+    proj = project()
+    guarded(proj, name)
+    env = proj.env(name)
+    current = releases.current_release(Host(), Layout(str(env.data_dir))) or ""
+    info = backups.take(proj, name, actor=str(actor()), release=current, reason=reason)
+    checked = engine.verify_backup(proj, name, info["id"]) if verify else None
+    if json:
+        print_json({**info, "verify": checked})
+    else:
+        say(
+            f"{name}: backup {info['id']} ({info['size_bytes'] / 1e6:.2f} MB, ledger version "
+            f"{info['ledger_version']}, release {current or '-'})"
+        )
+        if checked:
+            print_table(
+                f"{name} backup {info['id']} restored into a scratch database",
+                ["table", "backup rows", "live rows", "verdict"],
+                [
+                    (r["table"], r["backup"], r["live"], "ok" if r["same"] else "DIFFERS")
+                    for r in checked["tables"]
+                ],
+            )
+    if checked and not checked["ok"]:
+        raise ServiceError(
+            f"backup {info['id']} row counts differ from the live database",
+            hint="writes during the backup? take another and verify it",
+        )
+
+
+@task(help={"json": "print as JSON"})
+@edge
+def backups_(c, json=False):
+    """List this environment's backups: id, time, release, ledger version, size."""
+    name = env_name(c)
+    found = backups.list_backups(project(), name)[::-1]
+    if json:
+        print_json(found)
+        return
+    print_table(
+        f"{name} backups",
+        ["id", "time", "release", "ledger", "size", "actor", "reason"],
+        [
+            (
+                b["id"],
+                b.get("time"),
+                b.get("release") or "-",
+                b.get("ledger_version"),
+                f"{b.get('size_bytes', 0) / 1e6:.2f} MB",
+                b.get("actor"),
+                b.get("reason"),
+            )
+            for b in found
+        ],
+    )
+
+
+@task(
+    help={
+        "window": "seconds to watch (default: the environment's verify window, or 5)",
+        "json": "print the verdict as JSON",
+    }
+)
+@edge
+def verify(c, window=None, json=False):
+    """Watch the serving release against the previous one; non-zero exit on a trigger."""
+    name = env_name(c)
+    out = engine.verify_serving(project(), name, window_s=float(window) if window else None)
+    if json:
+        print_json(out)
+    else:
+        say(
+            f"{name}: verify {out['release']} against {out['baseline'] or 'no baseline'} "
+            f"for {out['window_s']:g}s: {'ok' if out['ok'] else 'TRIGGERED'}"
+        )
+        print_table(None, ["number", "value"], sorted(out["numbers"].items()))
+    if not out["ok"]:
+        raise VerifyFailed(
+            f"verify: {out['reason']}",
+            hint=f"`inv {name}.rollback --level 2` goes back to the previous release",
+        )
+
+
+@task(help={"reason": "what was checked after the restore (required; audited)"})
+@edge
+def unfreeze(c, reason=""):
+    """Lift the freeze a level 3 restore left, so deploys may run again (audited)."""
+    name = env_name(c)
+    if not reason.strip():
+        raise UsageError(
+            "unfreeze needs --reason TEXT", hint="say what was checked after the restore"
+        )
+    lifted = engine.unfreeze(project(), name, actor=actor(), reason=reason)
+    say(f"{name}: {'unfrozen (audited)' if lifted else 'was not frozen'}")
+
+
+TASKS = [rollback, backup, backups_, verify, unfreeze]

@@ -24,26 +24,49 @@ class Project:
     entry: Path | None = None
     started: set[str] = field(default_factory=set)
 
-    def inv(self, *args: str, actor: str | None = None, kind: str = "human",
-            env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    def inv(
+        self,
+        *args: str,
+        actor: str | None = None,
+        kind: str = "human",
+        env: dict[str, str] | None = None,
+        timeout: float = 180,
+    ) -> subprocess.CompletedProcess[str]:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("STAGEFLOW_")}
         full_env.pop("ENVIRONMENT", None)
-        full_env.update({"STAGEFLOW_ACTOR": actor or self.actor, "STAGEFLOW_ACTOR_KIND": kind,
-                         "NO_COLOR": "1", "COLUMNS": "200", **(env or {})})
+        full_env.update(
+            {
+                "STAGEFLOW_ACTOR": actor or self.actor,
+                "STAGEFLOW_ACTOR_KIND": kind,
+                "NO_COLOR": "1",
+                "COLUMNS": "200",
+                **(env or {}),
+            }
+        )
         for a in args:
             if a.endswith(".up"):
                 self.started.add(a.split(".")[0])
-        return subprocess.run([INV, *args], cwd=self.root, env=full_env, capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [INV, *args],
+            cwd=self.root,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
     def ok(self, *args: str, **kw) -> subprocess.CompletedProcess[str]:
         res = self.inv(*args, **kw)
-        assert res.returncode == 0, f"inv {' '.join(args)} exited {res.returncode}:\n{res.stdout}\n{res.stderr}"
+        assert res.returncode == 0, (
+            f"inv {' '.join(args)} exited {res.returncode}:\n{res.stdout}\n{res.stderr}"
+        )
         return res
 
     def git(self, *args: str) -> str:
-        return subprocess.run(["git", *args], cwd=self.root, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=self.root, capture_output=True, text=True, check=True
+        ).stdout.strip()
 
     def commit(self, message: str, tag: str | None = None) -> str:
         self.git("add", "-A")
@@ -51,6 +74,17 @@ class Project:
         if tag:
             self.git("tag", tag)
         return self.git("rev-parse", "HEAD")
+
+    def edit(self, rel: str, old: str, new: str) -> None:
+        path = self.root / rel
+        text = path.read_text()
+        assert old in text, f"{old!r} not in {rel}"
+        path.write_text(text.replace(old, new, 1))
+
+    def history(self, env: str) -> list[dict]:
+        import json
+
+        return json.loads(self.ok(f"{env}.history", "--json").stdout)
 
     def url(self, env: str, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.ports[env]['app']}{path}"
@@ -62,22 +96,31 @@ def make_project(prefix: str = "sf-e2e-") -> Project:
     root = base / "proj"
     root.mkdir()
     os.chmod(root, 0o755)
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=support.REPO,
-                           capture_output=True, check=True).stdout.split(b"\0")
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=support.REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
     for raw in files:
         if not raw:
             continue
         rel = raw.decode()
         src = support.REPO / rel
-        if not src.is_file() or rel.startswith(("tests/", "benchmarks/")):
+        if not src.is_file() or rel.startswith("benchmarks/"):
             continue
         dst = root / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst)
     ports = support.write_envs(root)
     (root / ".gitignore").write_text((support.REPO / ".gitignore").read_text())
-    for cmd in (["init", "-q", "-b", "main"], ["config", "user.email", "ci@example.com"],
-                ["config", "user.name", "ci"], ["add", "-A"], ["commit", "-qm", "initial"]):
+    for cmd in (
+        ["init", "-q", "-b", "main"],
+        ["config", "user.email", "ci@example.com"],
+        ["config", "user.name", "ci"],
+        ["add", "-A"],
+        ["commit", "-qm", "initial"],
+    ):
         subprocess.run(["git", *cmd], cwd=root, check=True, capture_output=True)
     proj = Project(root=root, ports=ports)
     proj.entry = support.register("e2e", {"root": str(base), "pattern": str(root)})

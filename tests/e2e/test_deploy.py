@@ -38,19 +38,30 @@ def test_dev_and_staging_deploy_serve_the_commit(project):
 def test_failing_migration_leaves_everything_as_before(project):
     before = version(project, "staging")
     (project.root / "app/migrations/0004_broken.up.sql").write_text(
-        "ALTER TABLE notes ADD COLUMN broken int;\nINSERT INTO no_such_table VALUES (1);\n")
+        "ALTER TABLE notes ADD COLUMN broken int;\nINSERT INTO no_such_table VALUES (1);\n"
+    )
     project.commit("broken migration", tag="v1.0.1-rc.1")
     res = project.inv("staging.deploy", "--ref", "v1.0.1-rc.1")
     assert res.returncode != 0
     assert "0004" in res.stderr and "Traceback" not in res.stderr
     assert version(project, "staging")["release"] == before["release"]
-    env = dict(line.split("=", 1) for line in (project.root / "env/staging.secrets.env").read_text().split())
-    url = f"postgresql://app_staging@127.0.0.1:{project.ports['staging']['pg']}/sf_staging"
+    env = dict(
+        line.split("=", 1)
+        for line in (project.root / "env/staging.secrets.env").read_text().split()
+    )
+    url = f"postgresql://app_staging@127.0.0.1:{project.ports['staging']['pg']}/stageflow_staging"
     with psycopg.connect(url, password=env["POSTGRES_PASSWORD"]) as conn:
-        cols = [r[0] for r in conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name='notes'")]
+        cols = [
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name='notes'"
+            )
+        ]
         assert "broken" not in cols
-        assert conn.execute("SELECT count(*) FROM stageflow_migrations WHERE version=4").fetchone()[0] == 0
+        assert (
+            conn.execute("SELECT count(*) FROM stageflow_migrations WHERE version=4").fetchone()[0]
+            == 0
+        )
     hist = json.loads(project.ok("staging.history", "--json").stdout)
     assert hist[0]["status"] == "failed"
     assert "lock free" in project.ok("staging.lock").stdout
@@ -85,10 +96,14 @@ def test_second_deploy_refused_while_locked_and_stale_lock_forced(project):
 
 
 def test_concurrent_deploy_names_the_holder(project):
-    first = subprocess.Popen([__import__("tests.e2e.conftest", fromlist=["INV"]).INV, "staging.deploy"],
-                             cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "STAGEFLOW_ACTOR": "bob@example.com",
-                                  "STAGEFLOW_ACTOR_KIND": "human"})
+    first = subprocess.Popen(
+        [__import__("tests.e2e.conftest", fromlist=["INV"]).INV, "staging.deploy"],
+        cwd=project.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "STAGEFLOW_ACTOR": "bob@example.com", "STAGEFLOW_ACTOR_KIND": "human"},
+    )
     deadline = time.monotonic() + 30
     lock = project.root / ".stageflow/staging/state/lock/holder.json"
     while not lock.exists() and time.monotonic() < deadline and first.poll() is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -56,12 +57,17 @@ BAD_TEST = "def test_ok():\n    assert True\n\n\ndef test_broken():\n    assert 
 def git(root: Path, *args: str) -> str:
     res = subprocess.run(
         ["git", "-c", "user.name=Gate Test", "-c", "user.email=gate@example.org", *args],
-        cwd=root, capture_output=True, text=True, check=True,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return res.stdout.strip()
 
 
-def commit(root: Path, files: dict[str, str], *, message: str = "change", tag: str | None = None) -> str:
+def commit(
+    root: Path, files: dict[str, str], *, message: str = "change", tag: str | None = None
+) -> str:
     for name, text in files.items():
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,8 +85,11 @@ def repo(tmp_path: Path) -> Path:
     root.mkdir()
     git(root, "init", "-q", "-b", "main")
     (root / ".gitignore").write_text("dist/\n")
-    commit(root, {"stageflow.toml": STAGES, "app.py": "VALUE = 1\n", "tests/test_a.py": GOOD_TEST},
-           message="initial")
+    commit(
+        root,
+        {"stageflow.toml": STAGES, "app.py": "VALUE = 1\n", "tests/test_a.py": GOOD_TEST},
+        message="initial",
+    )
     return root
 
 
@@ -114,16 +123,38 @@ def test_rc_with_failing_test_blocks_pre_ga_and_names_the_test(repo: Path) -> No
 
 
 def test_inv_release_gate_exits_5_and_prints_json(repo: Path) -> None:
-    commit(repo, {"tests/test_a.py": BAD_TEST,
-                  "tasks.py": "from invoke import Collection\n\nfrom deploy.tasks import release\n\n"
-                              "ns = Collection(release.ns)\n"}, tag="v2.0.0")
+    commit(
+        repo,
+        {
+            "tests/test_a.py": BAD_TEST,
+            "tasks.py": "from invoke import Collection\n\nfrom deploy.tasks import release\n\n"
+            "ns = Collection(release.ns)\n",
+        },
+        tag="v2.0.0",
+    )
     inv = str(Path(sys.executable).parent / "inv")
-    res = subprocess.run([inv, "release.gate", "--ref", "v2.0.0", "--json"], cwd=repo,
-                         capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        [inv, "release.gate", "--ref", "v2.0.0", "--json"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert res.returncode == int(ExitCode.GATE_FAILED), res.stderr
     data = json.loads(res.stdout)
     assert data["stage"] == "GA" and data["verdict"] == "failed"
     assert "Traceback" not in res.stderr and "release gate failed" in res.stderr
+    env = {**os.environ, "STAGEFLOW_ACTOR": "alice@example.org", "STAGEFLOW_ACTOR_KIND": "human"}
+    res = subprocess.run(
+        [inv, "release.gate", "--ref", "v2.0.0", "--break-glass", "P1: revert"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "verdict: passed-with-override" in res.stdout
 
 
 def test_main_with_lint_error_reports_in_pilot_and_passes(repo: Path) -> None:
@@ -181,8 +212,9 @@ def test_unchanged_rerun_reuses_every_cached_verdict(repo: Path) -> None:
     second = gate(repo, "v1.3.0")
     cached = {g.name: g.cached for g in second.gates}
     assert cached == {"check": True, "test": True, "promotion_guard": False}
-    assert [(g.name, g.status, g.summary) for g in second.gates] == \
-        [(g.name, g.status, g.summary) for g in first.gates]
+    assert [(g.name, g.status, g.summary) for g in second.gates] == [
+        (g.name, g.status, g.summary) for g in first.gates
+    ]
     assert not any(g.cached for g in gate(repo, "v1.3.0", use_cache=False).gates)
     commit(repo, {"tests/test_a.py": BAD_TEST}, tag="v1.3.1")
     third = by_name(gate(repo, "v1.3.1"))
@@ -191,18 +223,56 @@ def test_unchanged_rerun_reuses_every_cached_verdict(repo: Path) -> None:
 
 def test_break_glass_records_overrides_and_audit(repo: Path) -> None:
     commit(repo, {"tests/test_a.py": BAD_TEST}, tag="v1.4.0")
-    report = gate(repo, "v1.4.0", break_glass="P1 outage, fix is the revert", actor="alice@example.org")
+    report = gate(
+        repo, "v1.4.0", break_glass="P1 outage, fix is the revert", actor="alice@example.org"
+    )
     assert report.verdict == "passed-with-override"
     assert {o["gate"] for o in report.overrides} == {"test", "promotion_guard"}
-    assert all(o["actor"] == "alice@example.org" and o["reason"].startswith("P1") and o["time"]
-               for o in report.overrides)
+    assert all(
+        o["actor"] == "alice@example.org" and o["reason"].startswith("P1") and o["time"]
+        for o in report.overrides
+    )
     runner.enforce(report)
-    audit = [json.loads(line) for line in
-             (repo / "dist" / "release-gate" / "audit.jsonl").read_text().splitlines()]
+    audit = [
+        json.loads(line)
+        for line in (repo / "dist" / "release-gate" / "audit.jsonl").read_text().splitlines()
+    ]
     assert {a["gate"] for a in audit} == {"test", "promotion_guard"}
-    assert all(a["commit"] == report.commit and a["action"] == "release-gate.break-glass" for a in audit)
+    assert all(
+        a["commit"] == report.commit and a["action"] == "release-gate.break-glass" for a in audit
+    )
     saved = json.loads((repo / "dist" / "release-gate" / f"{report.commit}.json").read_text())
     assert saved["verdict"] == "passed-with-override" and len(saved["overrides"]) == 2
+
+
+def test_automation_cannot_break_the_glass(repo: Path) -> None:
+    from deploy.errors import GuardRefused
+
+    commit(repo, {"tests/test_a.py": BAD_TEST}, tag="v1.4.1")
+    with pytest.raises(GuardRefused, match="needs a human"):
+        gate(repo, "v1.4.1", break_glass="ship it", actor="bot", actor_is_human=False)
+    assert not (repo / "dist" / "release-gate" / "audit.jsonl").exists()
+
+
+def test_a_gate_stuck_outside_any_command_times_out() -> None:
+    import threading
+
+    from deploy.gates import GateResult
+
+    release = threading.Event()
+
+    def one(name: str, requirement: str) -> GateResult:
+        if name == "stuck":
+            release.wait()
+        return GateResult(name, requirement, "passed", "ok", 0.0)  # type: ignore[arg-type]
+
+    try:
+        results = runner.run_parallel(
+            [("stuck", "required"), ("quick", "required")], one, {"stuck": 0.2, "quick": 60}
+        )
+    finally:
+        release.set()
+    assert results["stuck"].status == "timeout" and results["quick"].status == "passed"
 
 
 def test_bad_ref_and_bad_stages_are_refused(repo: Path) -> None:
@@ -211,33 +281,48 @@ def test_bad_ref_and_bad_stages_are_refused(repo: Path) -> None:
     with pytest.raises(UsageError):
         gate(repo, "no-such-tag")
     broken = STAGES.replace('patterns = ["v*-rc.*"]', 'patterns = ["v*-rc.*"]\n').replace(
-        'order = ["PRE_GA", "GA", "PILOT"]', 'order = ["PILOT", "PRE_GA", "GA"]')
+        'order = ["PRE_GA", "GA", "PILOT"]', 'order = ["PILOT", "PRE_GA", "GA"]'
+    )
     (repo / "stageflow.toml").write_text(broken)
     with pytest.raises(ConfigError, match="can never match"):
         gate(repo, "main")
     inv = str(Path(sys.executable).parent / "inv")
-    (repo / "tasks.py").write_text("from invoke import Collection\n\nfrom deploy.tasks import release\n\n"
-                                   "ns = Collection(release.ns)\n")
-    res = subprocess.run([inv, "release.stages"], cwd=repo, capture_output=True, text=True, check=False)
+    (repo / "tasks.py").write_text(
+        "from invoke import Collection\n\nfrom deploy.tasks import release\n\n"
+        "ns = Collection(release.ns)\n"
+    )
+    res = subprocess.run(
+        [inv, "release.stages"], cwd=repo, capture_output=True, text=True, check=False
+    )
     assert res.returncode == int(ExitCode.USAGE) and "can never match" in res.stderr
 
 
 def test_db_url_password_never_reaches_the_report(repo: Path) -> None:
     git(repo, "tag", "v1.5.0-rc.1")
-    report = gate(repo, "v1.5.0-rc.1", only=("migrations",),
-                  db_url=Secret("postgresql://app:hunter2secret@127.0.0.1:1/nope"))
+    report = gate(
+        repo,
+        "v1.5.0-rc.1",
+        only=("migrations",),
+        db_url=Secret("postgresql://app:hunter2secret@127.0.0.1:1/nope"),
+    )
     mig = by_name(report)["migrations"]
     assert mig.status == "error" and report.verdict == "failed"
-    text = (repo / "dist" / "release-gate" / f"{report.commit}.json").read_text()
-    assert "hunter2secret" not in text
+    out = repo / "dist" / "release-gate"
+    text = (out / f"{report.stem}.json").read_text() + (out / f"{report.stem}.md").read_text()
+    assert report.stem.endswith(".partial") and "hunter2secret" not in text
 
 
 def test_migrations_without_db_url_fail_closed(repo: Path) -> None:
     git(repo, "tag", "v1.6.0-rc.1")
+    full = gate(repo, "v1.6.0-rc.1")
+    assert by_name(full)["migrations"].status == "error" and full.verdict == "failed"
     report = gate(repo, "v1.6.0-rc.1", only=("migrations",))
     mig = by_name(report)["migrations"]
     assert mig.status == "error" and "--db-url" in mig.summary
     assert report.verdict == "failed"
+    # the partial run is written beside, never over, the commit's full report
+    saved = json.loads((repo / "dist" / "release-gate" / f"{full.commit}.json").read_text())
+    assert saved["selection"] is None and len(saved["gates"]) == 4
 
 
 # -- migrations against a real PostgreSQL ---------------------------------------------------------
@@ -275,9 +360,14 @@ def test_fingerprint_sees_writes(pg_dsn: str, repo: Path) -> None:
 
 
 def test_migration_gate_refuses_squawk_blocking_file(pg_dsn: str, repo: Path) -> None:
-    before = _mig_repo(repo, pg_dsn, {
-        "app/migrations/0002_author.up.sql": "ALTER TABLE notes ADD COLUMN author_id bigint NOT NULL;\n",
-    }, "v2.0.0-rc.1")
+    before = _mig_repo(
+        repo,
+        pg_dsn,
+        {
+            "app/migrations/0002_author.up.sql": "ALTER TABLE notes ADD COLUMN author_id bigint NOT NULL;\n",
+        },
+        "v2.0.0-rc.1",
+    )
     report = gate(repo, "v2.0.0-rc.1", only=("migrations",), db_url=Secret(pg_dsn))
     mig = by_name(report)["migrations"]
     assert mig.status == "failed" and "adding-required-field" in mig.summary
@@ -287,23 +377,36 @@ def test_migration_gate_refuses_squawk_blocking_file(pg_dsn: str, repo: Path) ->
 
 
 def test_migration_gate_refuses_file_failing_in_rehearsal(pg_dsn: str, repo: Path) -> None:
-    before = _mig_repo(repo, pg_dsn, {
-        "app/migrations/0002_positive.up.sql":
-            "ALTER TABLE notes ADD CONSTRAINT notes_score_positive CHECK (score > 0);\n",
-    }, "v2.1.0-rc.1")
+    before = _mig_repo(
+        repo,
+        pg_dsn,
+        {
+            "app/migrations/0002_positive.up.sql": "ALTER TABLE notes ADD CONSTRAINT notes_score_positive CHECK (score > 0);\n",
+        },
+        "v2.1.0-rc.1",
+    )
     report = gate(repo, "v2.1.0-rc.1", only=("migrations",), db_url=Secret(pg_dsn))
     mig = by_name(report)["migrations"]
     assert mig.status == "failed" and "rehearsal of 0002_positive.up.sql failed" in mig.summary
     assert fingerprint(pg_dsn) == before
-    assert migrations.pending(pg_dsn, migrations.discover(repo / "app" / "migrations"))[0].version == 2
+    assert (
+        migrations.pending(pg_dsn, migrations.discover(repo / "app" / "migrations"))[0].version == 2
+    )
     assert _scratch_dbs(pg_dsn) == []
 
 
-def test_migration_gate_rehearses_a_copy_while_the_target_is_in_use(pg_dsn: str, repo: Path) -> None:
-    before = _mig_repo(repo, pg_dsn, {
-        "app/migrations/0002_tags.up.sql": "ALTER TABLE notes ADD COLUMN IF NOT EXISTS tags text;\n",
-        "app/migrations/0002_tags.down.sql": "ALTER TABLE notes DROP COLUMN IF EXISTS tags;\n",
-    }, "v2.2.0-rc.1")
+def test_migration_gate_rehearses_a_copy_while_the_target_is_in_use(
+    pg_dsn: str, repo: Path
+) -> None:
+    before = _mig_repo(
+        repo,
+        pg_dsn,
+        {
+            "app/migrations/0002_tags.up.sql": "ALTER TABLE notes ADD COLUMN IF NOT EXISTS tags text;\n",
+            "app/migrations/0002_tags.down.sql": "ALTER TABLE notes DROP COLUMN IF EXISTS tags;\n",
+        },
+        "v2.2.0-rc.1",
+    )
     # A connected client (the running service) rules out CREATE DATABASE ... TEMPLATE.
     with psycopg.connect(pg_dsn, autocommit=True):
         report = gate(repo, "v2.2.0-rc.1", only=("migrations",), db_url=Secret(pg_dsn))
@@ -320,8 +423,194 @@ def test_migration_gate_rehearses_a_copy_while_the_target_is_in_use(pg_dsn: str,
     assert by_name(again)["migrations"].details["scratch_method"] == "template"
     assert fingerprint(pg_dsn) == before
     assert by_name(gate(repo, "v2.2.0-rc.1", only=("migrations",), db_url=Secret(pg_dsn)))[
-        "migrations"].cached
+        "migrations"
+    ].cached
     with psycopg.connect(pg_dsn, autocommit=True) as conn:  # new data: the verdict must be redone
         conn.execute("INSERT INTO notes VALUES (3, 7)")
     assert not by_name(gate(repo, "v2.2.0-rc.1", only=("migrations",), db_url=Secret(pg_dsn)))[
-        "migrations"].cached
+        "migrations"
+    ].cached
+
+
+# -- the config gates: deps, policy-drift, budgets, docs-freshness, observability, eval -----------
+
+ENV = """ENVIRONMENT={environment}
+APP_PORT={port}
+DATA_DIR=.stageflow/{name}
+LOG_LEVEL={level}
+DEBUG=false
+REQUIRE_API_KEY=true
+API_RATE_LIMIT={rate}
+"""
+FULL = """
+[environments.prod.thresholds]
+p95_ratio = 2.0
+
+[environments.staging]
+relax_thresholds_from = "prod"
+relax_factor = 2
+
+[stages]
+order = ["GA", "PILOT"]
+
+[stages.GA]
+patterns = ["v*"]
+[stages.GA.gates]
+docs-freshness = "required"
+deps = "required"
+policy-drift = "required"
+budgets = "required"
+observability = "required"
+eval = "required"
+promotion_guard = "required"
+
+[stages.PILOT]
+patterns = ["*"]
+[stages.PILOT.gates]
+promotion_guard = "report_only"
+
+[gates.deps]
+approved = "approved.toml"
+
+[gates.policy-drift]
+allowed_keys = ["ENVIRONMENT", "APP_PORT", "DATA_DIR", "LOG_LEVEL"]
+
+[gates.eval]
+command = ["python", "-c", "import pathlib, sys; sys.exit(pathlib.Path('prompts/a.txt').read_text() != 'good')"]
+paths = ["prompts/*"]
+"""
+
+
+@pytest.fixture
+def metrics_port():
+    import http.server
+    import threading
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"requests_total 1\n" if self.path == "/metrics" else b""
+            self.send_response(200 if body else 404)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def full_repo(tmp_path: Path, metrics_port: int) -> Path:
+    from deploy.config import ENV_KEYS, SECRET_KEYS
+    from deploy.gates.budgets import budgets_hash
+    from deploy.gates.deps import approved_toml, installed
+
+    root = tmp_path / "full"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    (root / ".gitignore").write_text("dist/\n.stageflow/\n")
+    import tomllib
+
+    locked = budgets_hash(tomllib.loads(FULL))
+    files = {
+        "stageflow.toml": FULL + f'\n[gates.budgets]\nlocked_hash = "{locked}"\n',
+        "approved.toml": approved_toml(installed()),
+        "env/staging.env": ENV.format(
+            environment="staging", name="staging", port=metrics_port, level="debug", rate=600
+        ),
+        "env/prod.env": ENV.format(
+            environment="production", name="prod", port=1, level="info", rate=600
+        ),
+        "tasks.py": "from invoke import Collection\n\nfrom deploy.tasks import release\n\n"
+        "ns = Collection(release.ns)\n",
+        "README.md": "# Full\n\nRun `inv release.gate` (stages: `inv release.stages`), "
+        "see [env](docs/ENVIRONMENT.md#keys).\n",
+        "docs/ENVIRONMENT.md": "# Environment\n\n## Keys\n\n"
+        + "".join(f"- {k}\n" for k in sorted({*ENV_KEYS, *SECRET_KEYS})),
+        "prompts/a.txt": "good",
+    }
+    commit(root, files, message="initial", tag="v1.0.0")
+    logs = root / ".stageflow" / "staging" / "shared" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "app.log").write_text("started\n")
+    return root
+
+
+def test_every_config_gate_passes_on_a_sound_release(full_repo: Path) -> None:
+    report = gate(full_repo, "v1.0.0")
+    assert report.stage == "GA"
+    statuses = {g.name: (g.status, g.summary) for g in report.gates}
+    assert all(s in ("passed", "skipped") for s, _ in statuses.values()), statuses
+    assert statuses["eval"][0] == "passed"  # no earlier tag: every file is new
+    sbom = json.loads(
+        (full_repo / "dist" / "release-gate" / f"{report.commit}.sbom.cdx.json").read_text()
+    )
+    assert sbom["bomFormat"] == "CycloneDX" and sbom["specVersion"] == "1.5"
+    assert any(c["name"] == "invoke" and c["licenses"] for c in sbom["components"])
+    assert report.verdict == "passed" and report.artifacts["sbom"].endswith(".sbom.cdx.json")
+    rerun = by_name(gate(full_repo, "v1.0.0"))
+    assert all(
+        rerun[n].cached for n in ("docs-freshness", "deps", "policy-drift", "budgets", "eval")
+    )
+    assert not rerun["observability"].cached  # live state is looked at every time
+
+
+def test_each_config_gate_catches_its_own_problem(full_repo: Path, metrics_port: int) -> None:
+    text = (full_repo / "approved.toml").read_text()
+    approved = text.replace('[packages."invoke"]', '[packages."invoke-was-removed"]')
+    toml = (full_repo / "stageflow.toml").read_text().replace("p95_ratio = 2.0", "p95_ratio = 9.0")
+    prod = ENV.format(environment="production", name="prod", port=1, level="info", rate=0)
+    commit(
+        full_repo,
+        {
+            "approved.toml": approved,
+            "stageflow.toml": toml,
+            "env/prod.env": prod,
+            "README.md": "# Full\n\n[x](docs/NOPE.md)\n",
+            "prompts/a.txt": "bad",
+        },
+        tag="v1.1.0",
+    )
+    (full_repo / ".stageflow" / "staging" / "shared" / "logs" / "app.log").unlink()
+    report = by_name(gate(full_repo, "v1.1.0"))
+    assert "invoke" in report["deps"].summary and report["deps"].status == "failed"
+    assert "API_RATE_LIMIT" in report["policy-drift"].summary
+    assert report["budgets"].status == "failed"
+    assert report["budgets"].details["current_hash"] != report["budgets"].details["locked_hash"]
+    assert "broken link: docs/NOPE.md" in " ".join(report["docs-freshness"].details["problems"])
+    assert "no log files" in report["observability"].summary
+    assert (
+        report["eval"].status == "failed" and "prompts/a.txt" in report["eval"].details["changed"]
+    )
+    assert report["promotion_guard"].status == "failed"
+
+
+def test_eval_is_skipped_when_watched_paths_did_not_change(full_repo: Path) -> None:
+    commit(
+        full_repo, {"README.md": (full_repo / "README.md").read_text() + "\nMore.\n"}, tag="v1.0.1"
+    )
+    ev = by_name(gate(full_repo, "v1.0.1", only=("eval",)))["eval"]
+    assert ev.status == "skipped" and "since v1.0.0" in ev.summary
+
+
+def test_the_projects_own_migrations_rehearse_on_an_empty_target(pg_dsn: str, repo: Path) -> None:
+    source = Path(__file__).resolve().parents[2] / "app" / "migrations"
+    files = {f"app/migrations/{p.name}": p.read_text() for p in sorted(source.glob("*.sql"))}
+    if not files:
+        pytest.skip("the project has no migrations yet")
+    commit(repo, files, tag="v3.0.0-rc.1")
+    before = fingerprint(pg_dsn)
+    report = gate(repo, "v3.0.0-rc.1", only=("migrations",), db_url=Secret(pg_dsn))
+    mig = by_name(report)["migrations"]
+    assert mig.status == "passed", mig.summary
+    assert len(mig.details["rehearsal"]["applied"]) == len(
+        [n for n in files if n.endswith(".up.sql")]
+    )
+    assert fingerprint(pg_dsn) == before

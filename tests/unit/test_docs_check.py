@@ -45,16 +45,27 @@ Run `inv release.gate --ref v1.0.0` first ([back](../README.md#project)).
 
 A second heading with the same text gets a -1 anchor: [again](#promotion-via-staging-1).
 """
-ENVIRONMENT = "# Environment\n\n| key | meaning |\n|---|---|\n| APP_PORT | port |\n| API_KEYS | keys |\n"
+ENVIRONMENT = (
+    "# Environment\n\n| key | meaning |\n|---|---|\n| APP_PORT | port |\n| API_KEYS | keys |\n"
+)
 TASKS = {"dev.up", "dev.deploy", "release.gate"}
 KEYS = {"APP_PORT", "API_KEYS"}
 
 
 def tree(root: Path, **overrides: str) -> Path:
-    files = {"Makefile": MAKEFILE, "README.md": README, "docs/RELEASING.md": RELEASING,
-             "docs/ENVIRONMENT.md": ENVIRONMENT, "env/dev.env": "APP_PORT=8000\n"}
-    files.update({k.replace("__", "/").replace("_md", ".md").replace("_env", ".env"): v
-                  for k, v in overrides.items()})
+    files = {
+        "Makefile": MAKEFILE,
+        "README.md": README,
+        "docs/RELEASING.md": RELEASING,
+        "docs/ENVIRONMENT.md": ENVIRONMENT,
+        "env/dev.env": "APP_PORT=8000\n",
+    }
+    files.update(
+        {
+            k.replace("__", "/").replace("_md", ".md").replace("_env", ".env"): v
+            for k, v in overrides.items()
+        }
+    )
     for name, text in files.items():
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +86,9 @@ def test_make_targets_skip_variables_and_special_targets(tmp_path: Path) -> None
 
 
 def test_unknown_task_and_target_are_named_with_their_line(tmp_path: Path) -> None:
-    root = tree(tmp_path, docs__RELEASING_md=RELEASING + "\nThen `inv prod.deploy` and `make deploy`.\n")
+    root = tree(
+        tmp_path, docs__RELEASING_md=RELEASING + "\nThen `inv prod.deploy` and `make deploy`.\n"
+    )
     found = problems(root)
     assert "docs/RELEASING.md:11: `inv prod.deploy`: no such task" in found
     assert "docs/RELEASING.md:11: `make deploy`: no such Makefile target" in found
@@ -89,7 +102,10 @@ def test_undocumented_task_and_target(tmp_path: Path) -> None:
 
 
 def test_broken_links_and_anchors(tmp_path: Path) -> None:
-    readme = README + "\n[gone](docs/GONE.md) [bad](docs/RELEASING.md#nope) [web](https://example.org/x)\n"
+    readme = (
+        README
+        + "\n[gone](docs/GONE.md) [bad](docs/RELEASING.md#nope) [web](https://example.org/x)\n"
+    )
     found = problems(tree(tmp_path, README_md=readme))
     assert any("broken link: docs/GONE.md" in p for p in found)
     assert any("broken anchor: docs/RELEASING.md#nope" in p for p in found)
@@ -110,12 +126,15 @@ def test_env_keys_from_files_and_config_must_be_described(tmp_path: Path) -> Non
     assert any("ENVIRONMENT.md: does not exist" in p for p in problems(root))
 
 
-@pytest.mark.parametrize(("heading", "anchor"), [
-    ("Promotion via staging", "promotion-via-staging"),
-    ("Rollback: level 2 (revert)", "rollback-level-2-revert"),
-    ("`inv release.gate` flags", "inv-releasegate-flags"),
-    ("Dev → staging → prod", "dev--staging--prod"),
-])
+@pytest.mark.parametrize(
+    ("heading", "anchor"),
+    [
+        ("Promotion via staging", "promotion-via-staging"),
+        ("Rollback: level 2 (revert)", "rollback-level-2-revert"),
+        ("`inv release.gate` flags", "inv-releasegate-flags"),
+        ("Dev → staging → prod", "dev--staging--prod"),
+    ],
+)
 def test_github_slugs(heading: str, anchor: str) -> None:
     assert slug(heading.replace("`", "")) == anchor
 
@@ -129,12 +148,13 @@ def test_tasks_come_from_invoke_itself(tmp_path: Path) -> None:
     (tmp_path / "tasks.py").write_text(
         "from invoke import Collection, task\n\n\n@task\ndef up(c):\n    pass\n\n\n"
         "@task\ndef deploy_now(c):\n    pass\n\n\n"
-        "ns = Collection(Collection('dev', up, deploy_now))\n")
+        "ns = Collection(Collection('dev', up, deploy_now))\n"
+    )
     assert invoke_tasks(tmp_path, python=sys.executable) == {"dev.up", "dev.deploy-now"}
 
 
 def test_one_environment_documents_the_same_task_in_the_others(tmp_path: Path) -> None:
     found = problems(tree(tmp_path), tasks=TASKS | {"staging.up", "prod.deploy", "prod.rollback"})
     assert found == ["docs: task `inv prod.rollback` is not documented in README.md or docs/*.md"]
-    readme = README + "\nRoll back with `inv <env>.rollback`.\n"
+    readme = README + "\nRoll back with `inv <env>.rollback` (env: `dev` or `prod`).\n"
     assert problems(tree(tmp_path, README_md=readme), tasks=TASKS | {"prod.rollback"}) == []

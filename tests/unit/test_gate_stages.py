@@ -15,11 +15,15 @@ from deploy.gates.stages import GATE_NAMES, load_stages
 POLICY: dict[str, Any] = {
     "stages": {
         "order": ["PRE_GA", "GA", "PILOT"],
-        "PRE_GA": {"patterns": ["v*-rc.*"],
-                   "gates": {"test": "required", "deps": "report_only", "promotion_guard": "required"}},
+        "PRE_GA": {
+            "patterns": ["v*-rc.*"],
+            "gates": {"test": "required", "deps": "report_only", "promotion_guard": "required"},
+        },
         "GA": {"patterns": ["v*"], "gates": {"test": "required", "promotion_guard": "required"}},
-        "PILOT": {"patterns": ["main", "*"],
-                  "gates": {"test": "report_only", "promotion_guard": "report_only"}},
+        "PILOT": {
+            "patterns": ["main", "*"],
+            "gates": {"test": "report_only", "promotion_guard": "report_only"},
+        },
     }
 }
 
@@ -34,10 +38,17 @@ def policy(**changes: Any) -> dict[str, Any]:
     return data
 
 
-@pytest.mark.parametrize(("ref", "stage"), [
-    ("v1.0.0-rc.1", "PRE_GA"), ("v1.0.0", "GA"), ("v2.3.4", "GA"), ("main", "PILOT"),
-    ("feature/x", "PILOT"), ("1.0.0", "PILOT"),
-])
+@pytest.mark.parametrize(
+    ("ref", "stage"),
+    [
+        ("v1.0.0-rc.1", "PRE_GA"),
+        ("v1.0.0", "GA"),
+        ("v2.3.4", "GA"),
+        ("main", "PILOT"),
+        ("feature/x", "PILOT"),
+        ("1.0.0", "PILOT"),
+    ],
+)
 def test_first_match_wins_most_specific_first(ref: str, stage: str) -> None:
     assert load_stages(POLICY).match(ref).name == stage
 
@@ -75,8 +86,10 @@ def test_stage_without_promotion_guard() -> None:
         load_stages(policy(GA={"gates": {"test": "required"}}))
 
 
-@pytest.mark.parametrize("order", [["PRE_GA", "GA"], ["PRE_GA", "GA", "PILOT", "RC"], [],
-                                   ["PRE_GA", "GA", "GA", "PILOT"]])
+@pytest.mark.parametrize(
+    "order",
+    [["PRE_GA", "GA"], ["PRE_GA", "GA", "PILOT", "RC"], [], ["PRE_GA", "GA", "GA", "PILOT"]],
+)
 def test_order_must_name_each_stage_once(order: list[str]) -> None:
     with pytest.raises(ConfigError):
         load_stages(policy(order=order))
@@ -91,8 +104,12 @@ def test_missing_stages_table_and_unmatched_ref() -> None:
 
 
 def test_budgets_hash_follows_thresholds_only() -> None:
-    base = {"environments": {"prod": {"thresholds": {"p95_ratio": 2.0}, "workers": 2},
-                             "staging": {"relax_factor": 2, "relax_thresholds_from": "prod"}}}
+    base = {
+        "environments": {
+            "prod": {"thresholds": {"p95_ratio": 2.0}, "workers": 2},
+            "staging": {"relax_factor": 2, "relax_thresholds_from": "prod"},
+        }
+    }
     other = copy.deepcopy(base)
     other["environments"]["prod"]["workers"] = 4  # not a budget
     assert budgets_hash(base) == budgets_hash(other)
@@ -104,10 +121,22 @@ def test_policy_drift_and_prod_posture() -> None:
     staging = {"APP_PORT": "1", "DEBUG": "false", "FEATURES": "all"}
     prod = {"APP_PORT": "2", "DEBUG": "false", "FEATURES": "notes", "EXTRA": "x"}
     assert drift(staging, prod, ["APP_PORT"]) == [
-        "EXTRA is set on prod only", "FEATURES differs: staging='all' prod='notes'"]
+        "EXTRA is set on prod only",
+        "FEATURES differs: staging='all' prod='notes'",
+    ]
     assert drift(staging, prod, ["APP_PORT", "FEATURES", "EXTRA"]) == []
-    assert prod_posture({"DEBUG": "false", "REQUIRE_API_KEY": "true", "API_RATE_LIMIT": "10",
-                         "LOG_LEVEL": "info"}) == []
-    bad = prod_posture({"DEBUG": "true", "REQUIRE_API_KEY": "false", "API_RATE_LIMIT": "0",
-                        "LOG_LEVEL": "debug"})
+    assert (
+        prod_posture(
+            {
+                "DEBUG": "false",
+                "REQUIRE_API_KEY": "true",
+                "API_RATE_LIMIT": "10",
+                "LOG_LEVEL": "info",
+            }
+        )
+        == []
+    )
+    bad = prod_posture(
+        {"DEBUG": "true", "REQUIRE_API_KEY": "false", "API_RATE_LIMIT": "0", "LOG_LEVEL": "debug"}
+    )
     assert len(bad) == 4

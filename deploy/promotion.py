@@ -1,0 +1,610 @@
+"""Promotion to prod: requests, human approvals, staging evidence, gate reports, freeze windows.
+
+prod runs only a commit that staging deployed and verified, that passed the gate at the GA stage,
+and that a human other than the requester approved. Automation may prepare requests, never approve
+or deploy prod. Each rule is a guard Check, so `prod.preflight --request ID` shows the whole decision.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from deploy import guards
+from deploy.actors import Actor
+from deploy.config import Project
+from deploy.errors import ConfigError, NotApproved, UsageError
+from deploy.hosts import Host
+from deploy.state import Layout, audit, history, utc_now
+
+SEVERITIES = ("P1", "P2", "P3", "P4")
+PROD = "prod"
+GA_STAGE = "GA"
+
+
+@dataclass(frozen=True)
+class Policy:
+    approvers: tuple[str, ...] = ()
+    min_approvals: int = 1
+    approval_ttl_s: float = 86400.0
+    freezes: tuple[dict[str, Any], ...] = ()
+
+
+def policy(proj: Project) -> Policy:
+    raw = proj.policy.get("promotion", {})
+    known = {"approvers", "min_approvals", "approval_ttl_s", "freeze"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"stageflow.toml: [promotion] unknown key {sorted(unknown)[0]}")
+    freezes = tuple(raw.get("freeze", []))
+    for f in freezes:
+        if not {"start", "end", "timezone"} <= set(f):
+            raise ConfigError(
+                "stageflow.toml: each [[promotion.freeze]] needs start, end and timezone",
+                hint='start = "0 18 * * 5", end = "0 8 * * 1", timezone = "UTC"',
+            )
+    min_approvals = int(raw.get("min_approvals", 1))
+    if min_approvals < 1:
+        raise ConfigError("stageflow.toml: [promotion] min_approvals must be at least 1")
+    return Policy(
+        tuple(raw.get("approvers", [])),
+        min_approvals,
+        float(raw.get("approval_ttl_s", 86400)),
+        freezes,
+    )
+
+
+# -- storage -----------------------------------------------------------------------------------
+
+
+def _dir(proj: Project) -> Path:
+    return Path(Layout(str(proj.env(PROD).data_dir)).requests)
+
+
+def _path(proj: Project, rid: int) -> Path:
+    return _dir(proj) / f"{rid}.json"
+
+
+def load(proj: Project, rid: str | int) -> dict[str, Any]:
+    try:
+        n = int(str(rid))
+    except ValueError:
+        raise UsageError(
+            f"request id {rid!r} is not a number", hint="list them with `inv prod.requests`"
+        ) from None
+    try:
+        return json.loads(_path(proj, n).read_text())
+    except FileNotFoundError:
+        raise NotApproved(
+            f"no deployment request {n}", hint="create one with `inv prod.request --ref REF`"
+        ) from None
+
+
+def save(proj: Project, req: dict[str, Any]) -> None:
+    Host().write_text(_path(proj, int(req["id"])), json.dumps(req, indent=2, sort_keys=True))
+
+
+def all_requests(proj: Project) -> list[dict[str, Any]]:
+    out = []
+    for p in sorted(
+        _dir(proj).glob("*.json"), key=lambda p: int(p.stem) if p.stem.isdigit() else 0
+    ):
+        try:
+            out.append(json.loads(p.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out
+
+
+def _claim_id(proj: Project) -> int:
+    d = _dir(proj)
+    d.mkdir(parents=True, exist_ok=True)
+    n = max((int(p.stem) for p in d.glob("*.json") if p.stem.isdigit()), default=0) + 1
+    while True:
+        try:
+            fd = os.open(d / f"{n}.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.close(fd)
+            return n
+        except FileExistsError:
+            n += 1
+
+
+# -- evidence ----------------------------------------------------------------------------------
+
+
+def _git(root: Path, *args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def gate_report(proj: Project, commit: str) -> dict[str, Any] | None:
+    path = proj.root / "dist" / "release-gate" / f"{commit}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def staging_evidence(proj: Project, commit: str) -> dict[str, Any] | None:
+    """The newest successful staging deploy of this commit (smoke and verify passed)."""
+    env = proj.env("staging")
+    entries = history(Host(), Layout(str(env.data_dir)))
+    ok = [
+        e
+        for e in entries
+        if e.get("commit") == commit
+        and e.get("status") == "success"
+        and e.get("kind") in ("deploy", "emergency")
+    ]
+    return ok[-1] if ok else None
+
+
+def _prod_current_commit(proj: Project) -> str | None:
+    entries = history(Host(), Layout(str(proj.env(PROD).data_dir)))
+    done = [e for e in entries if e.get("status") == "success"]
+    return done[-1]["commit"] if done else None
+
+
+def _migration_changes(proj: Project, commit: str, since: str | None) -> list[dict[str, Any]]:
+    names = _git(proj.root, "ls-tree", "--name-only", commit, "app/migrations/").splitlines()
+    old = (
+        set(_git(proj.root, "ls-tree", "--name-only", since, "app/migrations/").splitlines())
+        if since
+        else set()
+    )
+    out = []
+    for name in sorted(n for n in names if n.endswith(".up.sql") and n not in old):
+        text = _git(proj.root, "show", f"{commit}:{name}")
+        phase = (
+            "expand" if "phase=expand" in text else "contract" if "phase=contract" in text else None
+        )
+        down = name.replace(".up.sql", ".down.sql") in names
+        out.append({"file": Path(name).name, "phase": phase, "down": down})
+    return out
+
+
+def risk(migs: list[dict[str, Any]], deps_changed: bool) -> str:
+    if any(m["phase"] == "contract" or not m["down"] for m in migs):
+        return "High"
+    if migs or deps_changed:
+        return "Medium"
+    return "Low"
+
+
+def checklist(proj: Project, req: dict[str, Any]) -> str:
+    """The seed's deployment checklist and request, filled from real data."""
+    commit = req["commit"]
+    since = _prod_current_commit(proj)
+    log = _git(
+        proj.root,
+        "log",
+        "--oneline",
+        "--no-decorate",
+        f"{since}..{commit}" if since else commit,
+        "-n",
+        "50",
+    ).splitlines()
+    report = gate_report(proj, commit)
+    migs = _migration_changes(proj, commit, since)
+    deps = (
+        _git(
+            proj.root,
+            "diff",
+            "--stat",
+            since,
+            commit,
+            "--",
+            "app/requirements.lock",
+            "pyproject.toml",
+        )
+        if since
+        else "(first prod deploy)"
+    )
+    staging = staging_evidence(proj, commit)
+    level = (
+        "2 (revert; schema stays: expand-only)"
+        if all(m["phase"] == "expand" for m in migs)
+        else "2 with down files, else 3 (restore)"
+    )
+    lines = [
+        f"## Production Deployment Request #{req['id']}",
+        "",
+        f"**Status**: {req['status'].upper()}",
+        f"**Urgency**: {'Emergency' if req.get('emergency') else 'Routine'} ({req['severity']})",
+        f"**Requested By**: {req['requester']['name']} ({req['requester']['kind']})",
+        f"**Version**: {req['ref']} ({commit[:12]})",
+        f"**Date**: {req['created'][:10]}",
+        f"**Risk Level**: {req['risk']}",
+        "",
+        "### Changes Included",
+        *([f"- [ ] {line}" for line in log] or ["- [ ] (no commits since prod's release)"]),
+        "",
+        "### Gates",
+        (
+            f"- [{'x' if report and report.get('verdict', '').startswith('passed') else ' '}] stage "
+            f"{report.get('stage')}: {report.get('verdict')}"
+            if report
+            else "- [ ] no gate report for this commit: run `inv release.gate --ref REF`"
+        ),
+        *(
+            [
+                f"  - {g['name']}: {g['status']} ({g['requirement']})"
+                for g in report.get("gates", [])
+            ]
+            if report
+            else []
+        ),
+        "",
+        "### Database Changes",
+        *(
+            [
+                f"- [ ] Migration: {m['file']} (phase {m['phase'] or 'unset'}, "
+                f"down file: {'yes' if m['down'] else 'no'})"
+                for m in migs
+            ]
+            or ["- [x] No migrations"]
+        ),
+        "",
+        "### Dependencies",
+        f"```\n{deps or 'no dependency changes'}\n```",
+        "",
+        "### Rollback Plan",
+        f"- [ ] Previous release: {since[:12] if since else 'none (first deploy)'}",
+        f"- [ ] Rollback command: `inv prod.rollback --level {level[0]}` ({level})",
+        "- [ ] Backup: taken automatically before the deploy (policy backup = "
+        f"{proj.policies[PROD].backup})",
+        "",
+        "### Staging Evidence",
+        (
+            f"- [x] staging deployed {commit[:12]} as {staging['release']} at {staging['time']} "
+            "(smoke and verify passed)"
+            if staging
+            else "- [ ] staging has not verified this commit"
+        ),
+        "",
+        "### Required Actions",
+        "1. Review checklist",
+        f"2. Approve: `inv prod.approve {req['id']}` (a human other than the requester)",
+        f"3. Execute: `inv prod.deploy --request {req['id']}`",
+        "4. Verify health checks",
+        f"5. Monitor for {proj.policies[PROD].verify_window_s:g}s (verify window)",
+        "",
+        "---",
+        "**ACTION REQUIRED**: a human must approve and execute this deployment",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# -- operations --------------------------------------------------------------------------------
+
+
+def request(
+    proj: Project,
+    *,
+    ref: str,
+    actor: Actor,
+    severity: str = "P4",
+    emergency: bool = False,
+    reason: str = "",
+) -> dict[str, Any]:
+    from deploy.releases import resolve_ref
+
+    if severity not in SEVERITIES:
+        raise UsageError(f"severity {severity!r} is not one of {', '.join(SEVERITIES)}")
+    if emergency and (severity not in ("P1", "P2") or not reason.strip()):
+        raise UsageError(
+            "--emergency needs --severity P1 or P2 and --reason TEXT",
+            hint="emergencies skip soak and staging, never the approval",
+        )
+    commit = resolve_ref(proj.root, ref)
+    since = _prod_current_commit(proj)
+    migs = _migration_changes(proj, commit, since)
+    deps_changed = bool(
+        since
+        and _git(proj.root, "diff", "--name-only", since, commit, "--", "app/requirements.lock")
+    )
+    rid = _claim_id(proj)
+    req = {
+        "id": rid,
+        "ref": ref,
+        "commit": commit,
+        "requester": {"name": actor.name, "kind": actor.kind},
+        "severity": severity,
+        "emergency": emergency,
+        "reason": reason,
+        "created": utc_now(),
+        "created_ts": time.time(),
+        "status": "pending",
+        "approvals": [],
+        "rejections": [],
+        "risk": risk(migs, deps_changed),
+    }
+    save(proj, req)
+    md = checklist(proj, req)
+    (_dir(proj) / f"{rid}.md").write_text(md)
+    layout = Layout(str(proj.env(PROD).data_dir))
+    audit(
+        Host(),
+        layout,
+        actor=str(actor),
+        action="request",
+        request=rid,
+        ref=ref,
+        commit=commit,
+        emergency=emergency,
+    )
+    return req
+
+
+def approve(proj: Project, rid: str | int, *, actor: Actor) -> dict[str, Any]:
+    req = load(proj, rid)
+    pol = policy(proj)
+    if not actor.is_human:
+        raise NotApproved(f"{actor} cannot approve a prod deploy: only humans approve")
+    if actor.name == req["requester"]["name"]:
+        raise NotApproved(
+            f"{actor.name} requested #{req['id']} and cannot approve it",
+            hint="another human must approve",
+        )
+    if pol.approvers and actor.name not in pol.approvers:
+        raise NotApproved(
+            f"{actor.name} is not an approver", hint="[promotion] approvers in stageflow.toml"
+        )
+    if req["status"] in ("rejected", "deployed"):
+        raise NotApproved(f"request #{req['id']} is {req['status']}")
+    if any(a["actor"] == actor.name for a in req["approvals"]):
+        raise UsageError(f"{actor.name} already approved #{req['id']}")
+    req["approvals"].append(
+        {
+            "actor": actor.name,
+            "kind": actor.kind,
+            "time": utc_now(),
+            "ts": time.time(),
+            "commit": req["commit"],
+        }
+    )
+    if len(req["approvals"]) >= pol.min_approvals:
+        req["status"] = "approved"
+    save(proj, req)
+    audit(
+        Host(),
+        Layout(str(proj.env(PROD).data_dir)),
+        actor=str(actor),
+        action="approve",
+        request=req["id"],
+        commit=req["commit"],
+    )
+    return req
+
+
+def reject(proj: Project, rid: str | int, *, actor: Actor, reason: str) -> dict[str, Any]:
+    if not reason.strip():
+        raise UsageError("reject needs --reason TEXT")
+    req = load(proj, rid)
+    req["status"] = "rejected"
+    req["rejections"].append({"actor": actor.name, "time": utc_now(), "reason": reason})
+    save(proj, req)
+    audit(
+        Host(),
+        Layout(str(proj.env(PROD).data_dir)),
+        actor=str(actor),
+        action="reject",
+        request=req["id"],
+        reason=reason,
+    )
+    return req
+
+
+def active_freeze(pol: Policy, now: datetime | None = None) -> dict[str, Any] | None:
+    """The freeze window now falls in: the latest start is after the latest end."""
+    from croniter import croniter
+
+    for f in pol.freezes:
+        tz = ZoneInfo(f["timezone"])
+        local = (now or datetime.now(UTC)).astimezone(tz)
+        last_start = croniter(f["start"], local + timedelta(seconds=1)).get_prev(datetime)
+        last_end = croniter(f["end"], local + timedelta(seconds=1)).get_prev(datetime)
+        if last_start > last_end:
+            return f
+    return None
+
+
+def checks(
+    proj: Project,
+    req: dict[str, Any],
+    *,
+    actor: Actor,
+    break_glass: str = "",
+    now: float | None = None,
+) -> list[tuple[str, Any]]:
+    """Every rule of promotion, each a named check for the guard table."""
+    from deploy.releases import resolve_ref
+
+    pol = policy(proj)
+    now = now or time.time()
+    emergency = bool(req.get("emergency"))
+    commit = req["commit"]
+
+    def actor_check() -> guards.Check:
+        ok = actor.is_human
+        return guards.Check(
+            "actor",
+            ok,
+            f"{actor} is a human"
+            if ok
+            else f"{actor} may prepare requests, never deploy prod (a human must)",
+        )
+
+    def approved() -> guards.Check:
+        if req["status"] == "rejected":
+            return guards.Check("approval", False, f"request #{req['id']} was rejected")
+        if req["status"] == "deployed":
+            return guards.Check("approval", False, f"request #{req['id']} was already deployed")
+        valid = [
+            a
+            for a in req["approvals"]
+            if a["kind"] == "human"
+            and a["actor"] != req["requester"]["name"]
+            and a["commit"] == commit
+            and now - a["ts"] <= pol.approval_ttl_s
+        ]
+        names = sorted({a["actor"] for a in valid})
+        if len(names) < pol.min_approvals:
+            expired = [a for a in req["approvals"] if now - a["ts"] > pol.approval_ttl_s]
+            why = "approval expired" if expired else "not approved"
+            if req["approvals"] and not expired:
+                why = "approved only by the requester or by automation"
+            return guards.Check(
+                "approval",
+                False,
+                f"request #{req['id']}: {why} "
+                f"({len(names)}/{pol.min_approvals} valid human approvals)",
+            )
+        return guards.Check("approval", True, f"approved by {', '.join(names)}")
+
+    def ref_unmoved() -> guards.Check:
+        try:
+            now_commit = resolve_ref(proj.root, req["ref"])
+        except Exception:  # noqa: BLE001 - a ref that no longer resolves is a moved ref
+            now_commit = ""
+        if now_commit != commit:
+            return guards.Check(
+                "ref",
+                False,
+                f"{req['ref']} moved to {now_commit[:12] or 'nothing'} "
+                f"after approval of {commit[:12]}: the approval is stale",
+            )
+        return guards.Check("ref", True, f"{req['ref']} still names {commit[:12]}")
+
+    def gate() -> guards.Check:
+        report = gate_report(proj, commit)
+        if not report:
+            return guards.Check(
+                "gate",
+                False,
+                f"no gate report for {commit[:12]}: run `inv release.gate --ref {req['ref']}`",
+            )
+        if report.get("stage") != GA_STAGE:
+            return guards.Check(
+                "gate",
+                False,
+                f"the gate ran at stage {report.get('stage')}, "
+                f"prod needs {GA_STAGE} (tag a v* release)",
+            )
+        if report.get("verdict") not in ("passed", "passed-with-override"):
+            return guards.Check(
+                "gate", False, f"the {GA_STAGE} gate verdict is {report.get('verdict')}"
+            )
+        return guards.Check("gate", True, f"{GA_STAGE} gate {report.get('verdict')}")
+
+    def staging() -> guards.Check:
+        if emergency:
+            return guards.Check("staging", True, f"skipped: emergency {req['severity']}")
+        ev = staging_evidence(proj, commit)
+        if not ev:
+            failed = [
+                e
+                for e in history(Host(), Layout(str(proj.env("staging").data_dir)))
+                if e.get("commit") == commit
+            ]
+            if failed:
+                return guards.Check(
+                    "staging",
+                    False,
+                    f"staging's run of {commit[:12]} "
+                    f"ended {failed[-1].get('status')}: smoke or verify did not pass",
+                )
+            return guards.Check("staging", False, f"staging never deployed {commit[:12]}")
+        return guards.Check("staging", True, f"staging verified it as {ev['release']}")
+
+    def soak() -> guards.Check:
+        need = proj.policies["staging"].soak_s or proj.policies[PROD].soak_s
+        if emergency:
+            return guards.Check("soak", True, f"skipped: emergency {req['severity']}")
+        ev = staging_evidence(proj, commit)
+        if not ev:
+            return guards.Check("soak", False, "no staging run to soak")
+        since = datetime.fromisoformat(ev["time"].replace("Z", "+00:00")).timestamp()
+        age = now - since
+        if age < need:
+            return guards.Check("soak", False, f"soaked {age:.0f}s of {need:.0f}s in staging")
+        return guards.Check("soak", True, f"soaked {age:.0f}s (needs {need:.0f}s)")
+
+    def freeze() -> guards.Check:
+        window = active_freeze(pol)
+        if window and not break_glass:
+            return guards.Check(
+                "freeze-window",
+                False,
+                f"freeze window {window['start']} .. {window['end']} "
+                f"({window['timezone']}) is active: use --break-glass REASON",
+            )
+        if window:
+            return guards.Check(
+                "freeze-window", True, f"freeze overridden by break-glass: {break_glass}"
+            )
+        return guards.Check("freeze-window", True, "no freeze window active")
+
+    return [
+        ("actor", actor_check),
+        ("approval", approved),
+        ("ref", ref_unmoved),
+        ("gate", gate),
+        ("staging", staging),
+        ("soak", soak),
+        ("freeze-window", freeze),
+    ]
+
+
+def deploy(
+    proj: Project,
+    rid: str | int,
+    *,
+    actor: Actor,
+    break_glass: str = "",
+    printer=print,
+    process_env: dict[str, str] | None = None,
+    stop_at: str | None = None,
+) -> dict[str, Any]:
+    from deploy import rollout
+
+    req = load(proj, rid)
+    layout = Layout(str(proj.env(PROD).data_dir))
+    if break_glass:
+        audit(
+            Host(),
+            layout,
+            actor=str(actor),
+            action="break-glass",
+            request=req["id"],
+            reason=break_glass,
+        )
+    approvers = ", ".join(a["actor"] for a in req["approvals"])
+    notes = (
+        f"request #{req['id']} by {req['requester']['name']}; approved by {approvers}; "
+        f"gate {req['commit'][:12]}.json" + (f"; break-glass: {break_glass}" if break_glass else "")
+    )
+    result = rollout.deploy(
+        proj,
+        PROD,
+        actor=actor,
+        ref=req["commit"],
+        printer=printer,
+        kind="emergency" if req.get("emergency") else "deploy",
+        process_env=process_env,
+        notes=notes,
+        stop_at=stop_at,
+        extra_checks=checks(proj, req, actor=actor, break_glass=break_glass),
+    )
+    req["status"] = "deployed"
+    req["deployed"] = {"time": utc_now(), "release": result["release"], "actor": actor.name}
+    save(proj, req)
+    return result

@@ -1,0 +1,833 @@
+"""Rollback in three levels: restart the release, revert to the previous good one, restore a backup."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deploy import guards, migrations, releases, smoke
+from deploy.actors import Actor
+from deploy.config import EnvConfig, Project
+from deploy.errors import DeployError, GuardRefused, ServiceError, UsageError
+from deploy.hosts import Host
+from deploy.rollout import Context, Printer, conninfo, migration_files
+from deploy.runtime.native import NativeServices
+from deploy.state import (
+    DeployLock,
+    HistoryEntry,
+    Layout,
+    audit,
+    history,
+    new_id,
+    record_history,
+    utc_now,
+)
+
+LEVELS = {1: "restart", 2: "revert", 3: "restore"}
+# releases a later rollback may go back to; a rollback-3 target carries restored data, not a verdict
+GOOD_KINDS = ("deploy", "emergency", "rollback-2")
+Confirm = Callable[[str], str]
+
+
+# -- pure selection logic (no I/O; unit-tested) ------------------------------------------------
+
+
+def interrupted(entries: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The newest history entry when it is a rollback still marked running: its process died."""
+    if not entries:
+        return None
+    last = entries[-1]
+    if str(last.get("kind", "")).startswith("rollback-") and last.get("status") == "running":
+        return last
+    return None
+
+
+def previous_good(
+    entries: Sequence[Mapping[str, Any]],
+    *,
+    current: str | None,
+    existing: set[str] | frozenset[str],
+) -> str | None:
+    """The newest release that succeeded before the current one, was never rolled back from, and
+    still has its directory; None when there is none."""
+    rolled_back_from = {
+        e.get("previous")
+        for e in entries
+        if e.get("kind") in ("rollback-2", "rollback-3") and e.get("status") == "success"
+    }
+    anchor = len(entries)
+    for i in range(len(entries) - 1, -1, -1):
+        if current and entries[i].get("release") == current:
+            anchor = i
+            break
+    for e in reversed(entries[:anchor]):
+        rid = e.get("release")
+        if (
+            e.get("status") == "success"
+            and e.get("kind") in GOOD_KINDS
+            and rid
+            and rid != current
+            and rid not in rolled_back_from
+            and rid in existing
+        ):
+            return str(rid)
+    return None
+
+
+@dataclass(frozen=True)
+class SchemaPlan:
+    """What level 2 does to the schema on the way back to a release that ships target_version."""
+
+    target_version: int
+    since: tuple[int, ...]  # versions applied above target_version
+    expand_only: bool
+    missing_down: tuple[str, ...]  # files among `since` that have no down file
+
+    @property
+    def revert(self) -> bool:
+        return bool(self.since) and not self.expand_only
+
+    @property
+    def refused(self) -> bool:
+        return self.revert and bool(self.missing_down)
+
+    def describe(self) -> str:
+        if not self.since:
+            return f"schema already at version {self.target_version}"
+        listed = ", ".join(str(v) for v in self.since)
+        if self.expand_only:
+            return f"schema stays: {listed} expand-only"
+        if self.missing_down:
+            return f"refused: {', '.join(self.missing_down)} has no down file"
+        return f"run down files of {', '.join(str(v) for v in reversed(self.since))}"
+
+
+def schema_plan(
+    files: Sequence[migrations.MigrationFile], applied: Sequence[int], *, target_version: int
+) -> SchemaPlan:
+    """files: the serving release's (the target lacks newer files); applied: the ledger's versions."""
+    since = tuple(sorted(v for v in applied if v > target_version))
+    by_version = {f.version: f for f in files}
+    missing = tuple(
+        by_version[v].filename if v in by_version else f"version {v} (no file)"
+        for v in since
+        if v not in by_version or by_version[v].down_path is None
+    )
+    return SchemaPlan(target_version, since, migrations.is_expand_only(files, since), missing)
+
+
+def backup_for(
+    entries: Sequence[Mapping[str, Any]],
+    backups: Sequence[Mapping[str, Any]],
+    *,
+    current: str | None,
+) -> Mapping[str, Any] | None:
+    """The backup taken before the current release's deploy: its history entry names it; else the
+    newest backup taken while another release served."""
+    by_id = {b.get("id"): b for b in backups}
+    for e in reversed(entries):
+        if e.get("release") == current and e.get("kind") in GOOD_KINDS and e.get("backup") in by_id:
+            return by_id[e["backup"]]
+    older = [b for b in backups if b.get("release") and b.get("release") != current]
+    return max(older, key=lambda b: str(b.get("id")), default=None)
+
+
+def check_request(
+    *,
+    level: int,
+    env: EnvConfig,
+    actor: Actor,
+    yes: bool,
+    dry_run: bool,
+    reset_data: bool,
+    to: str | None,
+    backup_id: str | None,
+) -> None:
+    """Refuse a request that no state could make right, before anything is read or changed."""
+    if level not in LEVELS:
+        raise UsageError(
+            f"--level {level} is not a rollback level",
+            hint="1 restart, 2 revert to the previous release, 3 restore a backup",
+        )
+    prod = env.environment == "production"
+    if reset_data and (level != 1 or prod):
+        raise UsageError(
+            f"--reset-data is not allowed on {env.name}"
+            if prod
+            else "--reset-data goes with --level 1",
+            hint="prod data is never wiped; use level 3 to restore a backup"
+            if prod
+            else f"`inv {env.name}.rollback --level 1 --reset-data`",
+        )
+    if to and level != 2:
+        raise UsageError("--to goes with --level 2", hint="level 3 takes --backup ID")
+    if backup_id and level != 3:
+        raise UsageError("--backup goes with --level 3", hint="level 2 takes --to RELEASE")
+    if prod and not dry_run and not actor.is_human:
+        raise GuardRefused(
+            f"{actor} may not roll back {env.name}: automation never acts on prod",
+            hint="a human runs it (STAGEFLOW_ACTOR_KIND=human)",
+        )
+
+
+# -- the plan ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    level: int
+    env: str
+    current: str | None
+    target: str | None
+    steps: list[tuple[str, str]] = field(default_factory=list)
+    schema: SchemaPlan | None = None
+    backup: Mapping[str, Any] | None = None
+    resumes: str | None = None  # history id of an interrupted rollback this one completes
+    reset_data: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "level": self.level,
+            "kind": LEVELS[self.level],
+            "env": self.env,
+            "current": self.current,
+            "target": self.target,
+            "steps": self.steps,
+            "schema": self.schema.describe() if self.schema else None,
+            "backup": self.backup.get("id") if self.backup else None,
+            "resumes": self.resumes,
+        }
+
+
+def _host(env: EnvConfig) -> Host:
+    return Host(secrets=env.secret_values())
+
+
+def make_plan(
+    proj: Project,
+    name: str,
+    *,
+    level: int,
+    to: str | None = None,
+    backup_id: str | None = None,
+    reset_data: bool = False,
+) -> Plan:
+    """Read the environment and decide every change; refuse here, before anything changes."""
+    env = proj.env(name)
+    layout = Layout(str(env.data_dir))
+    host = _host(env)
+    current = releases.current_release(host, layout)
+    if current is None:
+        raise UsageError(
+            f"{name} has no deployed release to roll back",
+            hint=f"deploy one with `inv {name}.deploy`",
+        )
+    entries = history(host, layout)
+    dead = interrupted(entries)
+    resumes = dead.get("id") if dead and dead.get("kind") == f"rollback-{level}" else None
+    p = Plan(level, name, current, current, resumes=resumes, reset_data=reset_data)
+    workers = proj.policies[name].workers
+    if level == 1:
+        p.steps = [("services", "start PostgreSQL or Redis only if one is down")]
+        if reset_data:
+            p.steps += [
+                ("reset", f"drop and recreate {env.database.name}; flush Redis db {env.redis.db}"),
+                ("migrate", "every migration of the serving release"),
+                ("seed", "app/seed.py of the release when it has one"),
+            ]
+        p.steps += [
+            ("restart", f"a new master of {current} (x{workers}), then drain the old one"),
+            ("smoke", "health, ready, version, identity, postgres, redis"),
+        ]
+        return p
+    if level == 2:
+        p.target = _level2_target(
+            host, layout, entries, current=current, to=to, dead=dead if resumes else None
+        )
+        files = migration_files(layout.release(current))
+        target_files = migration_files(layout.release(p.target))
+        target_version = max((f.version for f in target_files), default=0)
+        rows = migrations.status(conninfo(env), files, password=env.secret("POSTGRES_PASSWORD"))
+        p.schema = schema_plan(
+            files, [r.version for r in rows if r.state == "applied"], target_version=target_version
+        )
+        if p.schema.refused:
+            raise GuardRefused(
+                f"level 2 cannot go back to {p.target}: {', '.join(p.schema.missing_down)} "
+                "has no down file; level 3 (restore) is needed",
+                hint=f"`inv {name}.rollback --level 3` restores the backup taken before the deploy",
+            )
+        p.steps = [
+            ("schema", p.schema.describe()),
+            ("barrier", f"{p.target} answers /readyz in-process"),
+            ("start", f"gunicorn x{workers} of {p.target} on the shared socket :{env.app_port}"),
+            ("switch", f"{layout.current} -> releases/{p.target}; drain {current}"),
+            ("smoke", "health, ready, version, identity, postgres, redis"),
+        ]
+        return p
+    from deploy import backup as backups
+
+    known = backups.list_backups(proj, name)
+    if not backup_id and resumes and dead and dead.get("backup"):
+        backup_id = str(dead["backup"])
+    chosen = (
+        backups.find(proj, name, backup_id)
+        if backup_id
+        else backup_for(entries, known, current=current)
+    )
+    if chosen is None:
+        raise GuardRefused(
+            f"no backup of {name} was taken before {current}",
+            hint=f"list them with `inv {name}.backups`; pick one with --backup ID",
+        )
+    target = chosen.get("release") or ""
+    if not target or not host.exists(layout.release(target)):
+        raise GuardRefused(
+            f"backup {chosen['id']} matches release {target or '(none)'}, whose directory is gone",
+            hint="redeploy that release's commit, then restore with --backup ID",
+        )
+    p.backup, p.target = chosen, target
+    p.steps = [
+        ("freeze", f"write {layout.freeze}: deploys refused until unfreeze"),
+        ("stop", "stop the service's masters and listener"),
+        ("restore", f"drop and recreate {env.database.name}; pg_restore {chosen['id']}"),
+        ("barrier", f"{target} answers /readyz in-process"),
+        ("start", f"gunicorn x{workers} of {target} on :{env.app_port}"),
+        ("switch", f"{layout.current} -> releases/{target}"),
+        ("smoke", "health, ready, version, identity, postgres, redis"),
+    ]
+    return p
+
+
+def _level2_target(
+    host: Host,
+    layout: Layout,
+    entries: Sequence[Mapping[str, Any]],
+    *,
+    current: str,
+    to: str | None,
+    dead: Mapping[str, Any] | None,
+) -> str:
+    existing = set(releases.list_releases(host, layout))
+    if to:
+        if to not in existing:
+            raise UsageError(
+                f"no release {to!r} on this host",
+                hint="`inv <env>.history` lists releases; pruned ones cannot come back",
+            )
+        if to == current:
+            raise UsageError(f"{to} is already serving", hint="level 1 restarts it")
+        return to
+    if dead and dead.get("release") in existing:
+        return str(dead["release"])  # finish what the killed rollback started
+    target = previous_good(entries, current=current, existing=frozenset(existing))
+    if target is None:
+        raise GuardRefused(
+            f"no previous good release of {current} is left on this host",
+            hint="name one with --to RELEASE, or restore with --level 3",
+        )
+    return target
+
+
+# -- acting --------------------------------------------------------------------------------------
+
+
+def retiring_pidfile(layout: Layout, rid: str, pid: int) -> str:
+    # still named app-*.pid so running_masters() tracks (and later drains) a master a kill orphaned
+    return f"{layout.run}/app-{rid}~{pid}.pid"
+
+
+def restart_release(
+    host: Host, env: EnvConfig, layout: Layout, rel: releases.Release, *, workers: int
+) -> tuple[int | None, int]:
+    """A second master of the same release on the shared socket, then drain the first one.
+
+    gunicorn refuses to start while its pidfile names a live master, so the old pidfile moves
+    aside first; the listener keeps one accept queue, so no request is lost."""
+    old = releases.running_masters(host, layout).get(rel.id)
+    if old:
+        host.run(
+            [
+                "mv",
+                "-f",
+                releases.master_pidfile(layout, rel.id),
+                retiring_pidfile(layout, rel.id, old),
+            ]
+        )
+    new = releases.start(host, env, layout, rel, workers=workers)
+    releases.retire_others(host, layout, keep=rel.id)
+    return old, new
+
+
+def recreate_database(svc: NativeServices, env: EnvConfig) -> None:
+    """Drop the env's database (ending its sessions) and create it empty, owned by the app role."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(svc.admin_conninfo(), autocommit=True, connect_timeout=10) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(env.database.name)
+            )
+        )
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(env.database.name), sql.Identifier(env.database.user)
+            )
+        )
+
+
+def flush_redis(env: EnvConfig) -> None:
+    import redis
+
+    password = env.secret("REDIS_PASSWORD")
+    client = redis.Redis(
+        host=env.redis.host,
+        port=env.redis.port,
+        db=env.redis.db,
+        password=password.reveal() if password else None,
+        socket_timeout=5,
+    )
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+def release_of(host: Host, layout: Layout, rid: str) -> releases.Release:
+    meta = releases.release_meta(host, layout, rid) or {}
+    return releases.Release(
+        rid, meta.get("commit", ""), meta.get("ref", ""), bool(meta.get("dirty"))
+    )
+
+
+def freeze(
+    host: Host, layout: Layout, *, actor: str, reason: str, backup: str | None, release: str | None
+) -> dict[str, Any]:
+    record = {
+        "who": actor,
+        "when": utc_now(),
+        "why": reason or "level 3 restore",
+        "backup": backup,
+        "release": release,
+    }
+    host.makedirs(layout.state)
+    host.write_text(layout.freeze, json.dumps(record, indent=2) + "\n")
+    audit(host, layout, actor=actor, action="freeze", **record)
+    return record
+
+
+def unfreeze(proj: Project, name: str, *, actor: Actor, reason: str) -> dict[str, Any] | None:
+    """Lift the freeze a level 3 restore left; the reason and the freeze it lifts are audited."""
+    if not reason.strip():
+        raise UsageError(
+            "unfreeze needs --reason TEXT", hint="say what was checked after the restore"
+        )
+    env = proj.env(name)
+    if env.environment == "production" and not actor.is_human:
+        raise GuardRefused(f"{actor} may not unfreeze {name}", hint="a human lifts a prod freeze")
+    layout = Layout(str(env.data_dir))
+    host = _host(env)
+    text = host.read_text(layout.freeze)
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        record = {"raw": text[:200]}
+    host.run(["rm", "-f", layout.freeze])
+    audit(host, layout, actor=str(actor), action="unfreeze", reason=reason, freeze=record)
+    return record
+
+
+def _confirm(env: EnvConfig, *, actor: Actor, yes: bool, confirm: Confirm | None) -> None:
+    """prod: the operator types the environment's name, unless a human passed --yes."""
+    if env.environment != "production" or (yes and actor.is_human):
+        return
+    answer = ""
+    if confirm is not None:
+        try:
+            answer = confirm(f"type {env.name!r} to roll back {env.name}: ").strip()
+        except EOFError:
+            answer = ""
+    if answer != env.name:
+        raise GuardRefused(
+            f"rollback of {env.name} not confirmed",
+            hint=f"type {env.name!r} at the prompt, or pass --yes",
+        )
+
+
+def _smoke(env: EnvConfig, rid: str) -> str:
+    probes = smoke.run(env, expect_release=rid)
+    bad = smoke.failed(probes)
+    if bad:
+        raise ServiceError(
+            f"smoke failed after the rollback ({bad[0].name}: {bad[0].detail})",
+            hint="see the app log; try the next rollback level",
+        )
+    return f"{len(probes)} probes passed"
+
+
+def _seed(host: Host, env: EnvConfig, layout: Layout, rel: releases.Release) -> str:
+    rdir = layout.release(rel.id)
+    if not host.exists(f"{rdir}/app/seed.py"):
+        return "skipped (the release has no app/seed.py)"
+    host.run(
+        [f"{rdir}/.venv/bin/python", "-m", "app.seed"],
+        cwd=rdir,
+        timeout=300,
+        env=releases.service_env(env, layout, rel, ""),
+    )
+    return "app.seed ran"
+
+
+def rollback(
+    proj: Project,
+    name: str,
+    *,
+    level: int,
+    actor: Actor,
+    to: str | None = None,
+    backup_id: str | None = None,
+    reason: str = "",
+    yes: bool = False,
+    dry_run: bool = False,
+    reset_data: bool = False,
+    printer: Printer = print,
+    stop_at: str | None = None,
+    process_env: Mapping[str, str] | None = None,
+    confirm: Confirm | None = None,
+) -> dict[str, Any]:
+    """Carry out one rollback level under the deploy lock; record history and audit."""
+    env = proj.env(name)
+    check_request(
+        level=level,
+        env=env,
+        actor=actor,
+        yes=yes,
+        dry_run=dry_run,
+        reset_data=reset_data,
+        to=to,
+        backup_id=backup_id,
+    )
+    layout = Layout(str(env.data_dir))
+    host = _host(env)
+    checks = [*guards.environment_checks(proj, name, process_env or {})]
+    if level > 1:  # level 1 brings servers back itself; 2 and 3 read the ledger first
+        from deploy.rollout import _services_up
+
+        checks.append(("servers", lambda: _services_up(env, proj)))
+    guards.require(guards.run_checks(checks))
+    p = make_plan(proj, name, level=level, to=to, backup_id=backup_id, reset_data=reset_data)
+    if dry_run:
+        return {"dry_run": True, **p.to_dict()}
+    _confirm(env, actor=actor, yes=yes, confirm=confirm)
+
+    ctx = Context(proj, env, actor, host, layout, printer, stop_at=stop_at)
+    kind = f"rollback-{level}"
+    target = release_of(host, layout, p.target or "")
+    lock = DeployLock(host, layout)
+    entry = HistoryEntry(
+        id=new_id(),
+        time=utc_now(),
+        env=name,
+        release=target.id,
+        commit=target.commit,
+        ref=target.ref,
+        actor=str(actor),
+        kind=kind,
+        status="running",
+        previous=p.current,
+        backup=p.backup.get("id") if p.backup else None,
+        notes=f"reason: {reason}" if reason else "",
+    )
+    details: list[str] = []
+    started = time.perf_counter()
+    ctx.step(
+        "lock",
+        lambda: (
+            lock.acquire(
+                who=str(actor), command=f"{name}.rollback --level {level}", release=target.id
+            )
+            or f"held by {actor}"
+        ),
+    )
+    try:
+        record_history(host, layout, entry)
+        if p.resumes:
+            record_history(
+                host, layout, _superseded(entries=history(host, layout), hid=p.resumes, by=entry.id)
+            )
+            details.append(f"completes interrupted {p.resumes}")
+        {1: _level1, 2: _level2, 3: _level3}[level](ctx, p, target, reason=reason, details=details)
+        entry.status = "success"
+    except DeployError as err:
+        entry.status = "failed"
+        details.append(err.message[:300])
+        raise
+    except BaseException as err:
+        entry.status = "failed"
+        details.append(f"{err.__class__.__name__}: {str(err)[:200]}")
+        raise
+    finally:
+        entry.duration_s = round(time.perf_counter() - started, 3)
+        entry.notes = "; ".join(x for x in [entry.notes, *details] if x)
+        if lock.held:
+            record_history(host, layout, entry)
+            audit(
+                host,
+                layout,
+                actor=str(actor),
+                action=kind,
+                status=entry.status,
+                reason=reason,
+                previous=p.current,
+                target=target.id,
+                history_id=entry.id,
+            )
+            ctx.step("unlock", lambda: lock.release())
+    return {
+        "level": level,
+        "kind": kind,
+        "status": entry.status,
+        "previous": p.current,
+        "release": target.id,
+        "duration_s": entry.duration_s,
+        "steps": ctx.timings,
+        "history_id": entry.id,
+        "notes": entry.notes,
+        "backup": entry.backup,
+    }
+
+
+def _superseded(*, entries: Sequence[Mapping[str, Any]], hid: str, by: str) -> HistoryEntry:
+    old = next(e for e in entries if e.get("id") == hid)
+    known = {k: old.get(k) for k in HistoryEntry.__dataclass_fields__ if k in old}
+    rec = HistoryEntry(**known)  # type: ignore[arg-type]
+    rec.status = "failed"
+    rec.notes = "; ".join(
+        x for x in [rec.notes, f"interrupted (its process died); completed by {by}"] if x
+    )
+    return rec
+
+
+def _level1(
+    ctx: Context, p: Plan, rel: releases.Release, *, reason: str, details: list[str]
+) -> None:
+    env, host, layout = ctx.env, ctx.host, ctx.layout
+    svc = NativeServices(env, user_name=ctx.proj.service_user, host=host)
+    ctx.step("services", lambda: "; ".join(svc.restart_unhealthy()) or "postgres and redis healthy")
+    if p.reset_data:
+
+        def reset() -> str:
+            recreate_database(svc, env)
+            flush_redis(env)
+            return f"{env.database.name} recreated empty; redis db {env.redis.db} flushed"
+
+        def migrate() -> str:
+            done = migrations.migrate(
+                conninfo(env),
+                migration_files(layout.release(rel.id)),
+                release=rel.id,
+                applied_by=str(ctx.actor),
+                password=env.secret("POSTGRES_PASSWORD"),
+            )
+            ctx.applied = [f.version for f in done]
+            return f"applied {ctx.applied}"
+
+        ctx.step("reset", reset)
+        ctx.step("migrate", migrate)
+        ctx.step("seed", lambda: _seed(host, env, layout, rel))
+        details.append("data reset")
+    releases.write_app_env(host, env, layout)
+
+    def restart() -> str:
+        old, new = restart_release(
+            host, env, layout, rel, workers=ctx.proj.policies[env.name].workers
+        )
+        return f"master {new} serves {rel.id}" + (f"; drained {old}" if old else "")
+
+    ctx.step("restart", restart)
+    ctx.step("smoke", lambda: _smoke(env, rel.id))
+
+
+def _switch_to(ctx: Context, p: Plan, rel: releases.Release) -> None:
+    env, host, layout = ctx.env, ctx.host, ctx.layout
+    releases.write_app_env(host, env, layout)
+    ctx.step("barrier", lambda: releases.health_barrier(host, env, layout, rel) or "ready")
+    ctx.step(
+        "start",
+        lambda: (
+            f"master pid {releases.start(host, env, layout, rel, workers=ctx.proj.policies[env.name].workers)}"
+        ),
+    )
+
+    def switch() -> str:
+        releases.switch(host, layout, rel.id)
+        retired = releases.retire_others(host, layout, keep=rel.id)
+        return f"serving {rel.id}" + (f"; drained {', '.join(retired)}" if retired else "")
+
+    ctx.step("switch", switch)
+    ctx.step("smoke", lambda: _smoke(env, rel.id))
+
+
+def _level2(
+    ctx: Context, p: Plan, rel: releases.Release, *, reason: str, details: list[str]
+) -> None:
+    env, layout = ctx.env, ctx.layout
+    schema = p.schema
+    assert schema is not None and p.current is not None
+
+    def schema_step() -> str:
+        if not schema.revert:
+            return schema.describe()
+        # the serving release's files: the target predates the files whose downs must run
+        done = migrations.revert(
+            conninfo(env),
+            migration_files(layout.release(p.current or "")),
+            to_version=schema.target_version,
+            release=rel.id,
+            applied_by=str(ctx.actor),
+            password=env.secret("POSTGRES_PASSWORD"),
+        )
+        reverted = [f.version for f in done]
+        details.append(f"reverted migrations {reverted}")
+        return f"reverted {reverted}"
+
+    ctx.step("schema", schema_step)
+    if not schema.revert and schema.since:
+        details.append(f"schema kept (expand-only {list(schema.since)})")
+    _switch_to(ctx, p, rel)
+
+
+def _level3(
+    ctx: Context, p: Plan, rel: releases.Release, *, reason: str, details: list[str]
+) -> None:
+    from deploy import backup as backups
+
+    env, host, layout = ctx.env, ctx.host, ctx.layout
+    info = p.backup
+    assert info is not None
+    # frozen first: a restore that dies half-way must not invite the next deploy in
+    ctx.step(
+        "freeze",
+        lambda: str(
+            freeze(
+                host, layout, actor=str(ctx.actor), reason=reason, backup=info["id"], release=rel.id
+            )["when"]
+        ),
+    )
+    ctx.step("stop", lambda: "; ".join(releases.stop_service(ctx.proj, env.name)) or "not running")
+    svc = NativeServices(env, user_name=ctx.proj.service_user, host=host)
+
+    def restore() -> str:
+        recreate_database(svc, env)
+        done = backups.restore(ctx.proj, env.name, info["id"], actor=str(ctx.actor))
+        return f"{info['id']} restored in {done['restore_s']:.2f}s (ledger version {info.get('ledger_version')})"
+
+    ctx.step("restore", restore)
+    details.append(f"restored backup {info['id']}; frozen")
+    _switch_to(ctx, p, rel)
+
+
+# -- read-side helpers for the tasks --------------------------------------------------------------
+
+
+def verify_serving(proj: Project, name: str, *, window_s: float | None = None) -> dict[str, Any]:
+    """Watch the serving release against the previous good one; the verdict with its numbers."""
+    from deploy import verify
+
+    env = proj.env(name)
+    layout = Layout(str(env.data_dir))
+    host = _host(env)
+    current = releases.current_release(host, layout)
+    if current is None:
+        raise UsageError(f"{name} serves no release", hint=f"deploy one with `inv {name}.deploy`")
+    baseline = previous_good(
+        history(host, layout),
+        current=current,
+        existing=frozenset(releases.list_releases(host, layout)),
+    )
+    window = window_s if window_s is not None else (proj.policies[name].verify_window_s or 5.0)
+    verdict = verify.watch(proj, name, release=current, baseline=baseline, window_s=float(window))
+    return {
+        "release": current,
+        "baseline": baseline,
+        "window_s": window,
+        "ok": verdict.ok,
+        "reason": verdict.reason,
+        "summary": verdict.summary,
+        "numbers": verdict.numbers,
+    }
+
+
+def _table_counts(dsn: str) -> dict[str, int]:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
+            )
+        ]
+        return {
+            t: int(
+                conn.execute(
+                    sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))
+                ).fetchone()[0]
+            )
+            for t in tables
+        }  # type: ignore[index]
+
+
+def verify_backup(proj: Project, name: str, backup_id: str) -> dict[str, Any]:
+    """Restore a backup into a scratch database and compare its tables' row counts with the live
+    database's; the scratch database is always dropped."""
+    import psycopg
+    from psycopg import sql
+
+    from deploy import backup as backups
+    from deploy.runtime.native import pg_bin_dir
+
+    env = proj.env(name)
+    info = backups.find(proj, name, backup_id)
+    layout = Layout(str(env.data_dir))
+    dump = Path(layout.backups) / info["file"]
+    if not dump.exists() or backups._sha256(dump) != info["sha256"]:
+        raise ServiceError(
+            f"backup {backup_id} is missing or its checksum does not match",
+            hint=f"take a new one with `inv {name}.backup`",
+        )
+    svc = NativeServices(env, user_name=proj.service_user)
+    scratch = f"{env.database.name}_verify_{os.getpid()}"
+    admin = svc.admin_conninfo()
+    with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
+    try:
+        _host(env).run(
+            backups.restore_argv(pg_bin_dir(), svc.admin_conninfo(scratch), str(dump)), timeout=7200
+        )
+        restored = _table_counts(svc.admin_conninfo(scratch))
+        live = _table_counts(svc.admin_conninfo(env.database.name))
+    finally:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch))
+            )
+    rows = [
+        {
+            "table": t,
+            "backup": restored.get(t),
+            "live": live.get(t),
+            "same": restored.get(t) == live.get(t),
+        }
+        for t in sorted(set(restored) | set(live))
+    ]
+    return {"id": backup_id, "ok": all(r["same"] for r in rows), "tables": rows}

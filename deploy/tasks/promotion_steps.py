@@ -1,0 +1,83 @@
+"""prod-only tasks: deployment requests, approvals and rejections."""
+
+from __future__ import annotations
+
+from invoke import task
+
+from deploy import promotion
+from deploy.output import print_json, print_table, say
+from deploy.tasks._common import actor, edge, project
+
+
+@task(
+    help={
+        "ref": "the git ref (a v* tag) to promote",
+        "severity": "P1 | P2 | P3 | P4 (default P4)",
+        "emergency": "P1/P2 only: skip soak and staging, never the approval",
+        "reason": "why (required with --emergency)",
+    }
+)
+@edge
+def request(c, ref, severity="P4", emergency=False, reason=""):
+    """Request a prod deploy of a ref; prints the filled-in checklist (Markdown)."""
+    proj = project()
+    req = promotion.request(
+        proj, ref=ref, actor=actor(), severity=severity, emergency=emergency, reason=reason
+    )
+    say(promotion.checklist(proj, req))
+    say(
+        f"prod: request #{req['id']} stored; it needs {promotion.policy(proj).min_approvals} approval(s)"
+    )
+
+
+@task(help={"id": "the request id"})
+@edge
+def approve(c, id):
+    """Approve a deployment request (a human other than the requester)."""
+    req = promotion.approve(project(), id, actor=actor())
+    say(f"prod: request #{req['id']} {req['status']} ({len(req['approvals'])} approval(s))")
+
+
+@task(help={"id": "the request id", "reason": "why it is rejected"})
+@edge
+def reject(c, id, reason=""):
+    """Reject a deployment request, with a reason."""
+    req = promotion.reject(project(), id, actor=actor(), reason=reason)
+    say(f"prod: request #{req['id']} rejected")
+
+
+@task(help={"json": "print as JSON"})
+@edge
+def requests(c, json=False):
+    """List deployment requests: ref, commit, requester, approvals, status."""
+    reqs = promotion.all_requests(project())
+    if json:
+        print_json(reqs)
+        return
+    print_table(
+        "prod requests",
+        ["id", "ref", "commit", "requester", "approvals", "status", "risk"],
+        [
+            (
+                r["id"],
+                r["ref"],
+                r["commit"][:12],
+                r["requester"]["name"],
+                ", ".join(a["actor"] for a in r["approvals"]) or "-",
+                r["status"],
+                r.get("risk", ""),
+            )
+            for r in reqs
+        ],
+    )
+
+
+@task(help={"id": "the request id"})
+@edge
+def checklist(c, id):
+    """Print a request's deployment checklist as Markdown."""
+    proj = project()
+    say(promotion.checklist(proj, promotion.load(proj, id)))
+
+
+TASKS = [request, approve, reject, requests, checklist]
