@@ -359,6 +359,8 @@ def restart_release(
                 retiring_pidfile(layout, rel.id, old),
             ]
         )
+    if old:
+        releases.stop_master(host, old)
     new = releases.start(host, env, layout, rel, workers=workers)
     releases.retire_others(host, layout, keep=rel.id)
     return old, new
@@ -445,7 +447,7 @@ def unfreeze(proj: Project, name: str, *, actor: Actor, reason: str) -> dict[str
     return record
 
 
-def _confirm(env: EnvConfig, *, actor: Actor, yes: bool, confirm: Confirm | None) -> None:
+def confirm_prod(env: EnvConfig, *, actor: Actor, yes: bool, confirm: Confirm | None) -> None:
     """prod: the operator types the environment's name, unless a human passed --yes."""
     if env.environment != "production" or (yes and actor.is_human):
         return
@@ -526,7 +528,7 @@ def rollback(
     p = make_plan(proj, name, level=level, to=to, backup_id=backup_id, reset_data=reset_data)
     if dry_run:
         return {"dry_run": True, **p.to_dict()}
-    _confirm(env, actor=actor, yes=yes, confirm=confirm)
+    confirm_prod(env, actor=actor, yes=yes, confirm=confirm)
 
     ctx = Context(proj, env, actor, host, layout, printer, stop_at=stop_at)
     kind = f"rollback-{level}"
@@ -831,3 +833,33 @@ def verify_backup(proj: Project, name: str, backup_id: str) -> dict[str, Any]:
         for t in sorted(set(restored) | set(live))
     ]
     return {"id": backup_id, "ok": all(r["same"] for r in rows), "tables": rows}
+
+
+def interruption(proj: Project, name: str) -> dict[str, Any] | None:
+    """What a deploy or rollback that is running, or was killed, left behind: for `status`."""
+    env = proj.env(name)
+    layout = Layout(str(env.data_dir))
+    host = _host(env)
+    lock = DeployLock(host, layout)
+    info = lock.holder()
+    running = [e for e in history(host, layout) if e.get("status") == "running"]
+    if info is None and not running:
+        return None
+    stale = info is not None and lock.is_stale(info)
+    last = running[-1] if running else None
+    what = f"{last['kind']} of {last.get('release') or '?'}" if last else "a command"
+    if info is None:
+        text = f"{what} never finished and holds no lock; run it again"
+    elif stale:
+        text = (
+            f"{what} was killed: the lock is {info.describe()} (stale: its process is gone); "
+            f"`inv {name}.lock --force --reason TEXT`, then run it again"
+        )
+    else:
+        text = f"{what} is in progress: the lock is {info.describe()}"
+    return {
+        "entry": last,
+        "lock_stale": stale,
+        "explain": text,
+        "lock": info.describe() if info else None,
+    }

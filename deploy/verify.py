@@ -19,6 +19,9 @@ from deploy.releases import master_pidfile
 from deploy.state import Layout
 
 MIN_REQUESTS = 20  # below this a rate or a percentile says nothing
+# Latency buckets are coarse (5, 10, 25, 50, 100 ms ...) and a new release's first requests are
+# cold: a p95 under this floor never triggers, whatever its ratio to the baseline.
+P95_FLOOR_S = 0.1
 METRICS_KEY = "stageflow:metrics:"
 
 
@@ -142,6 +145,7 @@ def evaluate(
             and base.requests >= MIN_REQUESTS
             and base.p95_s
             and new.p95_s
+            and new.p95_s > P95_FLOOR_S
             and new.p95_s > t.p95_ratio * base.p95_s
         ):
             return Verdict(

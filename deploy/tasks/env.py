@@ -112,11 +112,18 @@ def _own_copy(t: Task, env: str) -> Task:
 
 
 def env_collection(name: str) -> Collection:
-    from deploy.tasks import promotion_steps, release_steps, rollback_steps
+    from deploy.tasks import (
+        observe_steps,
+        promotion_steps,
+        release_steps,
+        rollback_steps,
+        staging_steps,
+    )
 
     ns = Collection(name)
-    prod_only = promotion_steps.TASKS if name == "prod" else []
-    for t in TASKS + release_steps.TASKS + rollback_steps.TASKS + prod_only:
+    only = {"prod": promotion_steps.TASKS, "staging": staging_steps.TASKS}.get(name, [])
+    every = TASKS + release_steps.TASKS + rollback_steps.TASKS + observe_steps.TASKS
+    for t in every + only:
         ns.add_task(_own_copy(t, name), name=t.name.strip("_").replace("_", "-"))
     ns.configure({"stageflow": {"env": name}})
     return ns

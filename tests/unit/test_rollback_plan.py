@@ -168,3 +168,22 @@ def test_request_checks():
         check(level=2, backup_id="x")
     with pytest.raises(GuardRefused, match="automation"):
         check(env=PROD, actor=AGENT, yes=True)
+
+
+def test_prod_confirmation_wants_the_environment_name():
+    from deploy.rollback import confirm_prod
+
+    confirm_prod(STAGING, actor=AGENT, yes=False, confirm=None)  # only prod asks
+    confirm_prod(PROD, actor=HUMAN, yes=True, confirm=None)
+    confirm_prod(PROD, actor=HUMAN, yes=False, confirm=lambda _prompt: "prod\n")
+    for answer in ("", "staging", "yes"):
+        with pytest.raises(GuardRefused, match="not confirmed"):
+            confirm_prod(PROD, actor=HUMAN, yes=False, confirm=lambda _p, a=answer: a)
+
+    def eof(_prompt):
+        raise EOFError
+
+    with pytest.raises(GuardRefused, match="not confirmed"):
+        confirm_prod(PROD, actor=HUMAN, yes=False, confirm=eof)
+    with pytest.raises(GuardRefused, match="not confirmed"):
+        confirm_prod(PROD, actor=AGENT, yes=True, confirm=lambda _p: "")  # --yes is for humans

@@ -1,0 +1,3 @@
+"""staging-only tasks: init, seed, refresh (filled in by the staging work)."""
+
+TASKS: list = []

@@ -1,0 +1,501 @@
+"""Bad input through `inv`, table-driven: each case exits with its documented code, says one line,
+shows no traceback, and changes nothing (files restored, no release, history as before)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from deploy.errors import ExitCode
+from tests.e2e.conftest import Project, destroy, make_project
+
+ENVS = ("dev", "staging", "prod")
+USAGE, GUARD = int(ExitCode.USAGE), int(ExitCode.GUARD_REFUSED)
+NOT_APPROVED = int(ExitCode.NOT_APPROVED)
+INVOKE_PARSE = 1  # invoke's own parser (unknown task or flag) exits 1 before stageflow runs
+Setup = Callable[[Project], AbstractContextManager[None]]
+
+
+@pytest.fixture(scope="module")
+def proj() -> Iterator[Project]:
+    """One project for the whole table: dev up with one good release serving."""
+    p = make_project("sf-badinput-")
+    try:
+        p.ok("dev.up")
+        p.ok("dev.deploy")
+        yield p
+    finally:
+        destroy(p)
+
+
+# -- setups: each changes one thing and puts it back ------------------------------------------------
+
+
+def _values(p: Project, name: str) -> dict[str, str]:
+    text = (p.root / "env" / f"{name}.env").read_text()
+    return dict(
+        ln.split("=", 1) for ln in text.splitlines() if "=" in ln and not ln.startswith("#")
+    )
+
+
+@contextmanager
+def _restoring(path: Path) -> Iterator[None]:
+    existed = path.exists()
+    data = path.read_bytes() if existed else b""
+    mode = path.stat().st_mode if existed else None
+    try:
+        yield
+    finally:
+        if existed:
+            path.write_bytes(data)
+            assert mode is not None
+            os.chmod(path, mode)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def edit_env(name: str, fn: Callable[[list[str], dict[str, str]], list[str]]) -> Setup:
+    @contextmanager
+    def setup(p: Project) -> Iterator[None]:
+        path = p.root / "env" / f"{name}.env"
+        with _restoring(path):
+            lines = fn(path.read_text().splitlines(), _values(p, name))
+            path.write_text("\n".join(lines) + "\n")
+            yield
+
+    return setup
+
+
+def set_key(key: str, value: str | Callable[[dict[str, str]], str], name: str = "dev") -> Setup:
+    def fn(lines: list[str], values: dict[str, str]) -> list[str]:
+        new = value(values) if callable(value) else value
+        return [f"{key}={new}" if ln.startswith(f"{key}=") else ln for ln in lines]
+
+    return edit_env(name, fn)
+
+
+def drop_key(key: str, name: str = "dev") -> Setup:
+    return edit_env(name, lambda lines, _v: [ln for ln in lines if not ln.startswith(f"{key}=")])
+
+
+def add_line(line: str, name: str = "dev") -> Setup:
+    return edit_env(name, lambda lines, _v: [*lines, line])
+
+
+def remove_env_file(name: str) -> Setup:
+    @contextmanager
+    def setup(p: Project) -> Iterator[None]:
+        path = p.root / "env" / f"{name}.env"
+        with _restoring(path):
+            path.unlink()
+            yield
+
+    return setup
+
+
+def secrets_mode(mode: int, name: str = "staging") -> Setup:
+    @contextmanager
+    def setup(p: Project) -> Iterator[None]:
+        path = p.root / "env" / f"{name}.secrets.env"
+        with _restoring(path):
+            os.chmod(path, mode)
+            yield
+
+    return setup
+
+
+def secrets_line(line: str, name: str = "staging") -> Setup:
+    @contextmanager
+    def setup(p: Project) -> Iterator[None]:
+        path = p.root / "env" / f"{name}.secrets.env"
+        with _restoring(path):
+            path.write_text(path.read_text() + line + "\n")
+            yield
+
+    return setup
+
+
+def policy(fn: Callable[[str], str]) -> Setup:
+    @contextmanager
+    def setup(p: Project) -> Iterator[None]:
+        path = p.root / "stageflow.toml"
+        with _restoring(path):
+            path.write_text(fn(path.read_text()))
+            yield
+
+    return setup
+
+
+def append_policy(text: str) -> Setup:
+    return policy(lambda t: t + "\n" + text + "\n")
+
+
+def replace_policy(old: str, new: str) -> Setup:
+    def fn(text: str) -> str:
+        assert old in text, old
+        return text.replace(old, new, 1)
+
+    return policy(fn)
+
+
+def dirty_tree() -> Setup:
+    @contextmanager
+    def setup(p: Project) -> Iterator[None]:
+        path = p.root / "README.md"
+        with _restoring(path):
+            path.write_text(path.read_text() + "\nan uncommitted edit\n")
+            yield
+
+    return setup
+
+
+def migrations(files: dict[str, str]) -> Setup:
+    """Commit migration files into the project (deploy reads the commit), then take them out."""
+
+    @contextmanager
+    def setup(p: Project) -> Iterator[None]:
+        folder = p.root / "app" / "migrations"
+        for fname, text in files.items():
+            (folder / fname).write_text(text)
+        p.commit(f"add {', '.join(files)}")
+        try:
+            yield
+        finally:
+            p.git("rm", "-q", *(f"app/migrations/{f}" for f in files))
+            p.commit("remove bad migrations")
+
+    return setup
+
+
+def _pw_url(values: dict[str, str]) -> str:
+    return values["DATABASE_URL"].replace("app_dev@", "app_dev:leaked-pw@")
+
+
+# -- the table ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    args: tuple[str, ...]
+    code: int
+    needle: str = ""  # a fragment the one line must hold (file:line, key, flag...)
+    setup: Setup | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    actor: str | None = None
+
+
+CASES: dict[str, Case] = {
+    # env files, each malformed kind
+    "env-missing-key": Case(
+        ("dev.deploy",), USAGE, "dev.env: missing key REDIS_URL", drop_key("REDIS_URL")
+    ),
+    "env-unknown-key": Case(
+        ("dev.deploy",), USAGE, "dev.env:14: unknown key COLOUR", add_line("COLOUR=blue")
+    ),
+    "env-malformed-line": Case(
+        ("dev.deploy",), USAGE, "dev.env:14: malformed line", add_line("this is not an assignment")
+    ),
+    "env-key-without-value": Case(("dev.up",), USAGE, "dev.env:14:", add_line("FEATURES")),
+    "env-duplicate-key": Case(
+        ("dev.deploy",), USAGE, "dev.env:14: LOG_LEVEL is set twice", add_line("LOG_LEVEL=info")
+    ),
+    "env-port-text": Case(
+        ("dev.deploy",),
+        USAGE,
+        "dev.env:3: APP_PORT='abc' is not a port",
+        set_key("APP_PORT", "abc"),
+    ),
+    "env-port-zero": Case(
+        ("dev.deploy",), USAGE, "dev.env:3: APP_PORT='0'", set_key("APP_PORT", "0")
+    ),
+    "env-port-70000": Case(
+        ("dev.up",), USAGE, "dev.env:4: POSTGRES_PORT='70000'", set_key("POSTGRES_PORT", "70000")
+    ),
+    "env-port-negative": Case(
+        ("dev.up",), USAGE, "dev.env:5: REDIS_PORT='-1'", set_key("REDIS_PORT", "-1")
+    ),
+    "env-environment-mismatch": Case(
+        ("prod.up",),
+        USAGE,
+        "prod.env:1: ENVIRONMENT=staging but this is the prod file",
+        set_key("ENVIRONMENT", "staging", name="prod"),
+    ),
+    "env-secret-committed": Case(
+        ("dev.deploy",),
+        USAGE,
+        "dev.env:14: POSTGRES_PASSWORD is a secret in a committed file",
+        add_line("POSTGRES_PASSWORD=committed-s3cret-value"),
+    ),
+    "env-secretish-key": Case(
+        ("dev.deploy",),
+        USAGE,
+        "dev.env:14: SLACK_TOKEN is a secret",
+        add_line("SLACK_TOKEN=committed-s3cret-value"),
+    ),
+    "env-url-password": Case(
+        ("dev.deploy",),
+        USAGE,
+        "dev.env:6: DATABASE_URL carries a password",
+        set_key("DATABASE_URL", _pw_url),
+    ),
+    "env-db-port-mismatch": Case(
+        ("dev.deploy",),
+        USAGE,
+        "dev.env:6: DATABASE_URL port 5999 is not POSTGRES_PORT",
+        set_key("DATABASE_URL", "postgresql://app_dev@127.0.0.1:5999/db"),
+    ),
+    "env-redis-port-mismatch": Case(
+        ("dev.deploy",),
+        USAGE,
+        "dev.env:7: REDIS_URL port 5999 is not REDIS_PORT",
+        set_key("REDIS_URL", "redis://127.0.0.1:5999/0"),
+    ),
+    "env-db-scheme": Case(
+        ("dev.deploy",),
+        USAGE,
+        "dev.env:6: DATABASE_URL must start",
+        set_key("DATABASE_URL", "mysql://app_dev@127.0.0.1:1/db"),
+    ),
+    "env-log-level": Case(
+        ("dev.deploy",), USAGE, "dev.env:10: LOG_LEVEL='verbose'", set_key("LOG_LEVEL", "verbose")
+    ),
+    "env-debug-not-bool": Case(
+        ("dev.deploy",), USAGE, "dev.env:11: DEBUG='maybe'", set_key("DEBUG", "maybe")
+    ),
+    "env-rate-limit-text": Case(
+        ("dev.deploy",),
+        USAGE,
+        "dev.env:13: API_RATE_LIMIT='lots'",
+        set_key("API_RATE_LIMIT", "lots"),
+    ),
+    "env-compose-name": Case(
+        ("dev.deploy",),
+        USAGE,
+        "dev.env:2: COMPOSE_PROJECT_NAME='Has Space'",
+        set_key("COMPOSE_PROJECT_NAME", "Has Space"),
+    ),
+    "env-file-missing": Case(
+        ("dev.deploy",), USAGE, "dev.env does not exist", remove_env_file("dev")
+    ),
+    "env-other-file-broken": Case(
+        ("dev.deploy",), USAGE, "staging.env:3: APP_PORT", set_key("APP_PORT", "x", name="staging")
+    ),
+    "secrets-mode-0644": Case(
+        ("staging.up",), USAGE, "staging.secrets.env: is readable by others", secrets_mode(0o644)
+    ),
+    "secrets-unknown-key": Case(
+        ("staging.up",),
+        USAGE,
+        "staging.secrets.env:5: unknown secret key SMTP_PASSWORD",
+        secrets_line("SMTP_PASSWORD=other-s3cret-value"),
+    ),
+    "secrets-malformed": Case(
+        ("staging.up",),
+        USAGE,
+        "staging.secrets.env:5: malformed line",
+        secrets_line("not a secret line s3cret-value"),
+    ),
+    # stageflow.toml
+    "toml-syntax": Case(
+        ("dev.deploy",), USAGE, "stageflow.toml:", append_policy("[broken\nx = = 1")
+    ),
+    "toml-unknown-key": Case(
+        ("dev.deploy",),
+        USAGE,
+        "[environments.dev] unknown key colour",
+        replace_policy("[environments.dev]\n", '[environments.dev]\ncolour = "blue"\n'),
+    ),
+    "toml-bad-runtime": Case(
+        ("dev.up",),
+        USAGE,
+        "runtime must be native or compose",
+        replace_policy('runtime = "native"', 'runtime = "kubernetes"'),
+    ),
+    "toml-keep-releases-1": Case(
+        ("dev.deploy",),
+        USAGE,
+        "keep_releases must be at least 2",
+        replace_policy("keep_releases = 3", "keep_releases = 1"),
+    ),
+    "toml-unknown-environment": Case(
+        ("dev.deploy",),
+        USAGE,
+        "[environments.qa] is not an environment",
+        append_policy('[environments.qa]\nhosts = ["local"]'),
+    ),
+    "toml-wrong-type": Case(
+        ("dev.deploy",),
+        USAGE,
+        "workers has the wrong type",
+        replace_policy("workers = 2", 'workers = "two"'),
+    ),
+    "toml-bad-threshold": Case(
+        ("dev.deploy",),
+        USAGE,
+        "health_failures must be a positive number",
+        replace_policy("health_failures = 3", "health_failures = 0"),
+    ),
+    "toml-bad-backup": Case(
+        ("dev.deploy",),
+        USAGE,
+        "backup must be never",
+        replace_policy('backup = "never"', 'backup = "weekly"'),
+    ),
+    # environment names: the shell's, and the namespace typed
+    "shell-environment-other": Case(
+        ("staging.deploy",), GUARD, "ENVIRONMENT=production", env={"ENVIRONMENT": "production"}
+    ),
+    "shell-environment-unknown": Case(
+        ("dev.deploy",), GUARD, "ENVIRONMENT=qa", env={"ENVIRONMENT": "qa"}
+    ),
+    "shell-environment-short-name": Case(
+        ("prod.up",), GUARD, "ENVIRONMENT=prod", env={"ENVIRONMENT": "prod"}
+    ),
+    "unknown-namespace": Case(("qa.deploy",), INVOKE_PARSE, "qa.deploy"),
+    # refs
+    "ref-nope": Case(("dev.deploy", "--ref", "nope"), USAGE, "ref 'nope' names no commit"),
+    "ref-dash": Case(("dev.deploy", "--ref", "-x"), USAGE, "bad ref '-x'"),
+    "ref-empty": Case(("dev.deploy", "--ref", ""), USAGE, "bad ref ''"),
+    "ref-beyond-history": Case(("dev.deploy", "--ref", "HEAD~500"), USAGE, "names no commit"),
+    "ref-dry-run-nope": Case(
+        ("dev.deploy", "--dry-run", "--ref", "nope"), USAGE, "names no commit"
+    ),
+    # flags
+    "flag-limit-text": Case(("dev.history", "--limit", "abc"), USAGE, "--limit"),
+    "flag-limit-negative": Case(("dev.history", "--limit", "-5"), USAGE, "--limit"),
+    "flag-migrate-to-text": Case(("dev.migrate", "--to", "abc"), USAGE, "--to"),
+    "flag-unknown": Case(("dev.deploy", "--bogus"), INVOKE_PARSE, "--bogus"),
+    "flag-allow-dirty-staging": Case(
+        ("staging.deploy", "--allow-dirty"),
+        USAGE,
+        "--allow-dirty is not allowed on staging",
+        dirty_tree(),
+    ),
+    # the lock
+    "lock-force-without-reason": Case(("dev.lock", "--force"), USAGE, "--reason"),
+    "lock-force-blank-reason": Case(("dev.lock", "--force", "--reason", "   "), USAGE, "--reason"),
+    # promotion and rollback
+    "prod-request-unknown": Case(("prod.deploy", "--request", "999"), NOT_APPROVED, "999"),
+    "prod-deploy-without-request": Case(("prod.deploy",), NOT_APPROVED, "approved request"),
+    "prod-deploy-ref-and-request": Case(
+        ("prod.deploy", "--request", "1", "--ref", "main"), USAGE, "--request, not --ref"
+    ),
+    "staging-deploy-request": Case(
+        ("staging.deploy", "--request", "1"), USAGE, "--request is for prod"
+    ),
+    "prod-approve-unknown": Case(
+        ("prod.approve", "999"), NOT_APPROVED, "no deployment request 999", actor="bob@example.com"
+    ),
+    "prod-checklist-unknown": Case(("prod.checklist", "999"), NOT_APPROVED, "999"),
+    "prod-request-bad-ref": Case(("prod.request", "--ref", "nope"), USAGE, "names no commit"),
+    "prod-reject-without-reason": Case(("prod.reject", "999"), USAGE, "--reason"),
+    "rollback-level-unknown": Case(("dev.rollback", "--level", "7"), USAGE, "--level 7"),
+    "rollback-level-text": Case(("dev.rollback", "--level", "abc"), USAGE, "--level"),
+    "rollback-prod-reset-data": Case(
+        ("prod.rollback", "--level", "1", "--reset-data"),
+        USAGE,
+        "--reset-data is not allowed on prod",
+    ),
+    "unfreeze-without-reason": Case(("dev.unfreeze",), USAGE, "--reason"),
+    # migration files committed into the project, then deployed
+    "migration-bad-name": Case(
+        ("dev.deploy",),
+        USAGE,
+        "0004_Bad-Name.up.sql",
+        migrations({"0004_Bad-Name.up.sql": "SELECT 1;\n"}),
+    ),
+    "migration-gap": Case(
+        ("dev.deploy",), USAGE, "0005_skipped", migrations({"0005_skipped.up.sql": "SELECT 1;\n"})
+    ),
+    "migration-unknown-header": Case(
+        ("dev.deploy",),
+        USAGE,
+        "unknown stageflow header",
+        migrations({"0004_retry.up.sql": "-- stageflow: retries=3\nSELECT 1;\n"}),
+    ),
+    "migration-down-without-up": Case(
+        ("dev.deploy",),
+        USAGE,
+        "0004_orphan.down.sql",
+        migrations({"0004_orphan.down.sql": "SELECT 1;\n"}),
+    ),
+    "migration-duplicate-version": Case(
+        ("dev.deploy",),
+        USAGE,
+        "duplicate migration version 3",
+        migrations({"0003_again.up.sql": "SELECT 1;\n"}),
+    ),
+}
+
+
+def state_snapshot(p: Project) -> dict[str, object]:
+    """Everything a refused command must leave alone."""
+    snap: dict[str, object] = {}
+    for path in sorted((p.root / "env").iterdir()):
+        snap[f"env/{path.name}"] = (path.read_bytes(), path.stat().st_mode)
+    snap["stageflow.toml"] = (p.root / "stageflow.toml").read_bytes()
+    for name in ENVS:
+        home = p.root / ".stageflow" / name
+        releases = home / "releases"
+        snap[f"{name}/releases"] = sorted(os.listdir(releases)) if releases.is_dir() else []
+        current = home / "current"
+        snap[f"{name}/current"] = os.readlink(current) if current.is_symlink() else None
+        state = home / "state"  # history, audit, lock, requests, approvals
+        files = sorted(state.rglob("*")) if state.is_dir() else []
+        for f in files:
+            snap[f"{name}/{f.relative_to(state)}"] = f.read_bytes() if f.is_file() else "dir"
+        snap[f"{name}/state"] = [str(f.relative_to(state)) for f in files]
+    return snap
+
+
+def _has_flag(p: Project, task: str, flag: str) -> bool:
+    res = p.inv(task, "--help")
+    return res.returncode == 0 and flag in res.stdout
+
+
+@pytest.mark.parametrize("case_id", list(CASES))
+def test_bad_input_is_refused_in_one_line_and_changes_nothing(proj: Project, case_id: str) -> None:
+    case = CASES[case_id]
+    if case_id.startswith("prod-") and not _has_flag(proj, "prod.deploy", "--request"):
+        pytest.skip("prod.deploy has no --request flag (promotion not wired in)")
+    before = state_snapshot(proj)
+    setup = case.setup(proj) if case.setup else nullcontext()
+    with setup:
+        res = proj.inv(*case.args, env=case.env, actor=case.actor)
+    after = state_snapshot(proj)
+
+    shown = f"inv {' '.join(case.args)} -> {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}"
+    assert "Traceback" not in res.stderr + res.stdout, shown
+    assert res.returncode == case.code, shown
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, shown
+    assert case.needle in lines[0], shown
+    assert "s3cret" not in res.stderr + res.stdout, shown
+    assert after == before, f"{case_id} changed state: " + ", ".join(
+        k for k in before if before[k] != after.get(k)
+    )
+
+
+def test_the_table_is_large_enough() -> None:
+    assert len(CASES) >= 40
+
+
+def test_project_still_serves_after_the_table(proj: Project) -> None:
+    # every refusal above left the first release serving and the tree clean
+    assert (
+        subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=proj.root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        == ""
+    )
+    proj.ok("dev.smoke")
