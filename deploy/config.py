@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import stat
@@ -121,11 +122,47 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class HostSpec:
+    """One host of an environment: "local" (this machine) or an SSH destination user@host:port."""
+
+    address: str = "local"
+    data_dir: str | None = None  # the environment's home on this host; DATA_DIR when None
+    bind: str = "127.0.0.1"  # the address the service listens on there
+    identity_file: str | None = None  # SSH private key; the SSH agent and ~/.ssh when None
+    known_hosts: str | None = None  # when set, only host keys listed there are accepted
+
+    @property
+    def is_local(self) -> bool:
+        return self.address == "local"
+
+    @property
+    def plain(self) -> bool:
+        """The shipped single-host setting: this machine, DATA_DIR, loopback."""
+        return self.is_local and self.data_dir is None and self.bind == "127.0.0.1"
+
+    def home(self, env: EnvConfig) -> str:
+        return self.data_dir or str(env.data_dir)
+
+
+LOCAL = HostSpec()
+
+
+def host_spec(value: object) -> HostSpec:
+    """A HostSpec from what a caller holds: a HostSpec, or a plain host string."""
+    if isinstance(value, HostSpec):
+        return value
+    return HostSpec(address=str(value).removeprefix("ssh://"))
+
+
+_HOST_KEYS = ("address", "data_dir", "bind", "identity_file", "known_hosts")
+
+
+@dataclass(frozen=True)
 class EnvPolicy:
     """One environment's operator policy from stageflow.toml."""
 
     name: str
-    hosts: tuple[str, ...] = ("local",)
+    hosts: tuple[HostSpec, ...] = (LOCAL,)
     runtime: str = "native"
     keep_releases: int = 5
     verify_window_s: float = 0.0
@@ -451,10 +488,7 @@ def load_policies(path: Path, data: dict[str, Any]) -> dict[str, EnvPolicy]:
             )
         kwargs.pop("relax_factor", None)
         kwargs["thresholds"] = _thresholds(path, name, kwargs.get("thresholds", {}))
-        hosts = kwargs.get("hosts", ["local"])
-        if not hosts or not all(isinstance(h, str) and h for h in hosts):
-            raise _err(path, None, f"[environments.{name}] hosts must be a non-empty list of names")
-        kwargs["hosts"] = tuple(hosts)
+        kwargs["hosts"] = _host_specs(path, name, kwargs.get("hosts", ["local"]), path.parent)
         if kwargs.get("runtime", "native") not in ("native", "compose"):
             raise _err(path, None, f"[environments.{name}] runtime must be native or compose")
         if kwargs.get("backup", "pending-migrations") not in (
@@ -474,7 +508,7 @@ def load_policies(path: Path, data: dict[str, Any]) -> dict[str, EnvPolicy]:
                 f"[environments.{name}] keep_releases must be at least 2",
                 "the current and the previous good release are always kept",
             )
-        kwargs["batch"] = str(kwargs.get("batch", "1"))
+        kwargs["batch"] = _batch(path, name, kwargs.get("batch", "1"))
         policies[name] = EnvPolicy(name=name, **kwargs)
     for name, (source, factor) in pending_relax.items():
         if source not in policies:
@@ -490,6 +524,71 @@ def load_policies(path: Path, data: dict[str, Any]) -> dict[str, EnvPolicy]:
     for name in NAMESPACES:
         policies.setdefault(name, EnvPolicy(name=name))
     return policies
+
+
+def _host_specs(path: Path, env: str, hosts: list[Any], root: Path) -> tuple[HostSpec, ...]:
+    """Plain strings ("local", "user@host:port") or inline tables {address = ..., ...}."""
+    where = f"[environments.{env}] hosts"
+    if not hosts:
+        raise _err(path, None, f"{where} must be a non-empty list", 'write hosts = ["local"]')
+    specs: list[HostSpec] = []
+    for item in hosts:
+        if isinstance(item, str) and item.strip():
+            specs.append(host_spec(item.strip()))
+            continue
+        if not isinstance(item, dict):
+            raise _err(path, None, f"{where}: each host is a string or a table", '"user@host:port"')
+        unknown = [k for k in item if k not in _HOST_KEYS]
+        if unknown:
+            raise _err(
+                path, None, f"{where}: unknown key {unknown[0]}", f"known: {', '.join(_HOST_KEYS)}"
+            )
+        if not all(isinstance(v, str) and v.strip() for v in item.values()):
+            raise _err(path, None, f"{where}: every host key takes a non-empty string")
+        address = item.get("address")
+        if not address:
+            raise _err(path, None, f"{where}: a host table needs address", 'address = "user@host"')
+        data_dir = item.get("data_dir")
+        if data_dir is not None and not data_dir.startswith("/"):
+            raise _err(
+                path, None, f"{where}: data_dir {data_dir!r} is not absolute", "use a full path"
+            )
+        bind = item.get("bind", "127.0.0.1")
+        try:
+            ipaddress.ip_address(bind)
+        except ValueError:
+            raise _err(path, None, f"{where}: bind {bind!r} is not an IP address") from None
+        files = {k: item.get(k) for k in ("identity_file", "known_hosts")}
+        for key, value in files.items():
+            if value is not None and not value.startswith("/"):
+                files[key] = str(root / value)  # relative to the project, like DATA_DIR
+        specs.append(
+            HostSpec(
+                address=address.removeprefix("ssh://"),
+                data_dir=os.path.normpath(data_dir) if data_dir else None,
+                bind=bind,
+                **files,
+            )
+        )
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.address in seen:
+            raise _err(path, None, f"{where}: {spec.address} is listed twice")
+        seen.add(spec.address)
+    return tuple(specs)
+
+
+def _batch(path: Path, env: str, value: str | int) -> str:
+    text = str(value).strip()
+    digits = text[:-1] if text.endswith("%") else text
+    if not digits.isdigit() or int(digits) < 1 or (text.endswith("%") and int(digits) > 100):
+        raise _err(
+            path,
+            None,
+            f"[environments.{env}] batch={value!r} is not a batch size",
+            'give a number of hosts (batch = 2) or a percentage (batch = "25%")',
+        )
+    return text
 
 
 def load_policy_file(root: Path) -> dict[str, Any]:

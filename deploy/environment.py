@@ -6,10 +6,11 @@ import os
 import secrets as pysecrets
 from typing import Any
 
-from deploy.config import SECRET_KEYS, Project
+from deploy.config import SECRET_KEYS, Project, load_secrets
 from deploy.errors import ConfigError
+from deploy.hosts import Host
 from deploy.runtime.native import NativeServices
-from deploy.state import Layout, audit
+from deploy.state import DeployLock, Layout, audit, history
 
 
 def services(proj: Project, name: str) -> NativeServices:
@@ -41,6 +42,14 @@ def status(proj: Project, name: str) -> dict[str, Any]:
     svc = NativeServices(env, user_name=proj.service_user)
     st = {s.name: s for s in svc.status()}
     app = releases.service_status(proj, name)
+    host = Host()
+    layout = Layout(str(env.data_dir))
+    lock = DeployLock(host, layout)
+    holder = lock.holder()
+    entries = history(host, layout)
+    last = entries[-1] if entries else None
+    if last and last.get("status") == "running" and (holder is None or lock.is_stale(holder)):
+        last = {**last, "status": "interrupted"}  # its process died: the lock says so, or is gone
     return {
         "env": name,
         "environment": env.environment,
@@ -49,7 +58,13 @@ def status(proj: Project, name: str) -> dict[str, Any]:
         "redis": {"up": st["redis"].up, "port": env.redis_port, "pid": st["redis"].pid},
         "app": app,
         "data_dir": str(env.data_dir),
-        "frozen": os.path.exists(Layout(str(env.data_dir)).freeze),
+        "frozen": os.path.exists(layout.freeze),
+        "lock": None
+        if holder is None
+        else {"holder": holder.describe(), "stale": lock.is_stale(holder)},
+        "last": None
+        if last is None
+        else {k: last.get(k) for k in ("id", "time", "kind", "status", "release", "notes")},
     }
 
 
@@ -57,12 +72,24 @@ def _updown(flag: bool, port: int) -> str:
     return f"{'up' if flag else 'down'} :{port}"
 
 
+def _last(last: dict[str, Any] | None) -> str:
+    if not last:
+        return "-"
+    return f"{last['kind']} {last['status']} {last['time']}"
+
+
+def _lock(lock: dict[str, Any] | None) -> str:
+    if not lock:
+        return "free"
+    return ("STALE: " if lock["stale"] else "held: ") + lock["holder"]
+
+
 def print_status(rows: list[dict[str, Any]]) -> None:
     from deploy.output import print_table
 
     print_table(
         "environments",
-        ["env", "postgres", "redis", "app", "release", "data dir"],
+        ["env", "postgres", "redis", "app", "release", "last operation", "lock", "data dir"],
         [
             (
                 r["env"] + (" (frozen)" if r["frozen"] else ""),
@@ -70,6 +97,8 @@ def print_status(rows: list[dict[str, Any]]) -> None:
                 _updown(r["redis"]["up"], r["redis"]["port"]),
                 _updown(r["app"]["up"], r["app"]["port"]),
                 r["app"].get("release") or "-",
+                _last(r["last"]),
+                _lock(r["lock"]),
                 r["data_dir"],
             )
             for r in rows
@@ -81,7 +110,8 @@ def generate_secrets(proj: Project, name: str, *, actor: str) -> list[str]:
     """Fill missing secrets with random values in env/<name>.secrets.env (mode 0600)."""
     env = proj.env(name)
     path = proj.root / "env" / f"{name}.secrets.env"
-    have = {k: s.reveal() for k, s in env.secrets if path.exists()}
+    # only what the file holds: secrets injected through the process environment stay out of it
+    have = {k: s.reveal() for k, s in load_secrets(path).items()}
     missing = [k for k in SECRET_KEYS if k not in have]
     if not missing:
         return ["every secret is already set"]
@@ -93,7 +123,5 @@ def generate_secrets(proj: Project, name: str, *, actor: str) -> list[str]:
     os.chmod(path, 0o600)
     audit_layout = Layout(str(env.data_dir))
     os.makedirs(audit_layout.state, exist_ok=True)
-    from deploy.hosts import Host
-
     audit(Host(), audit_layout, actor=actor, action="secrets-generated", keys=missing)
     return [f"generated {', '.join(missing)} in {path.name} (mode 0600)"]

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from deploy.config import SECRET_KEYS, EnvConfig, Project
+from deploy.config import SECRET_KEYS, EnvConfig, HostSpec, Project, host_spec
 from deploy.errors import GuardRefused
 
 
@@ -61,8 +61,18 @@ def shell_environment(target: EnvConfig, process_env: Mapping[str, str]) -> Chec
     return Check("shell-environment", True, f"ENVIRONMENT={shell} matches")
 
 
-def _hosts(project: Project, env: str) -> tuple[str, ...]:
-    return project.policies[env].hosts
+def _hosts(project: Project, env: str) -> dict[str, HostSpec]:
+    """address -> host; the same address is the same machine."""
+    return {h.address: h for h in map(host_spec, project.policies[env].hosts)}
+
+
+def _ports(env: EnvConfig, *, app: bool = True) -> dict[str, int]:
+    ports = {"POSTGRES_PORT": env.postgres_port, "REDIS_PORT": env.redis_port}
+    return {"APP_PORT": env.app_port, **ports} if app else ports
+
+
+def _loopback(env: EnvConfig) -> bool:
+    return _norm_host(env.database.host) == _norm_host(env.redis.host) == "127.0.0.1"
 
 
 def isolation_problems(project: Project) -> list[str]:
@@ -70,27 +80,26 @@ def isolation_problems(project: Project) -> list[str]:
     problems: list[str] = []
     for a, b in itertools.combinations(sorted(project.envs), 2):
         ea, eb = project.envs[a], project.envs[b]
-        shared_hosts = set(_hosts(project, a)) & set(_hosts(project, b))
+        hosts_a, hosts_b = _hosts(project, a), _hosts(project, b)
+        shared_hosts = sorted(set(hosts_a) & set(hosts_b))
         if ea.compose_project == eb.compose_project:
             problems.append(f"{a} and {b} share COMPOSE_PROJECT_NAME {ea.compose_project}")
-        if shared_hosts:
-            ports_a = {
-                "APP_PORT": ea.app_port,
-                "POSTGRES_PORT": ea.postgres_port,
-                "REDIS_PORT": ea.redis_port,
-            }
-            ports_b = {
-                "APP_PORT": eb.app_port,
-                "POSTGRES_PORT": eb.postgres_port,
-                "REDIS_PORT": eb.redis_port,
-            }
-            for ka, pa in ports_a.items():
-                for kb, pb in ports_b.items():
+        # Postgres and Redis of loopback URLs run on the operator's machine whatever the hosts
+        both_local = _loopback(ea) and _loopback(eb)
+        if shared_hosts or both_local:
+            app = bool(shared_hosts)
+            for ka, pa in _ports(ea, app=app).items():
+                for kb, pb in _ports(eb, app=app).items():
                     if pa == pb:
                         problems.append(f"{a} and {b} share port {pa} ({a} {ka}, {b} {kb})")
-            da, db = os.path.normpath(ea.data_dir), os.path.normpath(eb.data_dir)
+        for addr in shared_hosts:
+            da = os.path.normpath(hosts_a[addr].home(ea))
+            db = os.path.normpath(hosts_b[addr].home(eb))
             if da == db or da.startswith(db + os.sep) or db.startswith(da + os.sep):
-                problems.append(f"{a} and {b} share the data directory {min(da, db, key=len)}")
+                where = "" if addr == "local" else f" on {addr}"
+                problem = f"{a} and {b} share the data directory {min(da, db, key=len)}{where}"
+                if problem not in problems:
+                    problems.append(problem)
         if (
             _norm_host(ea.database.host) == _norm_host(eb.database.host)
             and ea.database.port == eb.database.port

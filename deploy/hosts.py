@@ -11,9 +11,10 @@ import shlex
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from deploy.config import HostSpec, host_spec
 from deploy.errors import HostError
 from deploy.secrets import Secret, scrub
 
@@ -68,7 +69,10 @@ class Host:
     address: str | None = None  # user@host:port for SSH
     connect_timeout_s: float = 10.0
     secrets: tuple[Secret, ...] = ()
+    identity_file: str | None = None  # SSH: this key only, instead of the agent and ~/.ssh
+    known_hosts: str | None = None  # SSH: accept only the host keys listed in this file
     _conn: Any = field(default=None, repr=False)
+    _sftp_client: Any = field(default=None, repr=False)
 
     @property
     def is_local(self) -> bool:
@@ -123,10 +127,38 @@ class Host:
 
                 self._conn = Context()
             else:
-                self._conn = _ssh_connection(self.address or "", self.connect_timeout_s)
+                self._conn = _ssh_connection(
+                    self.address or "",
+                    self.connect_timeout_s,
+                    identity_file=self.identity_file,
+                    known_hosts=self.known_hosts,
+                )
         return self._conn
 
     # -- files --------------------------------------------------------------------------------
+    # Remotely, file operations go over SFTP on the open connection: no shell, no process per
+    # call, which is what makes a rolling deploy over many hosts affordable.
+    def _sftp(self) -> Any:
+        if self._sftp_client is None:
+            conn = self._runner()
+            conn.open()  # reconnects after a lost connection; fabric's own sftp() would not
+            self._sftp_client = conn.client.open_sftp()
+        return self._sftp_client
+
+    def _remote(self, what: str, fn: Any) -> Any:
+        """Run fn(sftp); a lost or refused connection is a HostError naming this host."""
+        try:
+            return fn(self._sftp())
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # paramiko raises socket, SSH and EOF errors alike
+            self._sftp_client = None
+            raise HostError(
+                f"{self.name}: {what} failed: {exc.__class__.__name__}: {str(exc)[:160]}",
+                host=self.name,
+                hint="check that the host is up and reachable over SSH",
+            ) from None
+
     def path(self, p: str | Path) -> str:
         return str(p)
 
@@ -136,8 +168,15 @@ class Host:
                 return Path(path).read_text(encoding="utf-8")
             except FileNotFoundError:
                 return None
-        res = self.run(["cat", str(path)], check=False)
-        return res.stdout if res.ok else None
+
+        def read(sftp: Any) -> str | None:
+            try:
+                with sftp.open(str(path), "r") as fh:
+                    return fh.read().decode("utf-8")
+            except FileNotFoundError:
+                return None
+
+        return self._remote(f"reading {path}", read)
 
     def write_text(self, path: str | Path, text: str, *, mode: int = 0o644) -> None:
         """Write atomically: a temp file beside the target, then rename."""
@@ -151,13 +190,17 @@ class Host:
             os.chmod(tmp, mode)
             os.replace(tmp, target)
             return
-        import io
+        remote = PurePosixPath(str(path))
+        self.makedirs(remote.parent)
+        tmp = str(remote.with_name(f".{remote.name}.{os.getpid()}.tmp"))
 
-        tmp = f"{path}.tmp"
-        self.run(["mkdir", "-p", str(Path(path).parent)])
-        self._runner().put(io.BytesIO(text.encode()), remote=tmp)
-        self.run(["chmod", f"{mode:o}", tmp])
-        self.run(["mv", "-f", tmp, str(path)])
+        def write(sftp: Any) -> None:
+            with sftp.open(tmp, "w") as fh:
+                fh.chmod(mode)  # before the secret goes in: never readable by others
+                fh.write(text.encode("utf-8"))
+            sftp.posix_rename(tmp, str(remote))
+
+        self._remote(f"writing {path}", write)
 
     def append_line(self, path: str | Path, line: str) -> None:
         if "\n" in line:
@@ -169,21 +212,26 @@ class Host:
                 fh.flush()
                 os.fsync(fh.fileno())
             return
-        self.run(
-            [
-                "sh",
-                "-c",
-                'mkdir -p "$(dirname "$1")" && printf "%s\\n" "$2" >> "$1"',
-                "sh",
-                str(path),
-                line,
-            ]
-        )
+        self.makedirs(PurePosixPath(str(path)).parent)
+
+        def append(sftp: Any) -> None:
+            with sftp.open(str(path), "a") as fh:  # O_APPEND on the server: one write, one line
+                fh.write((line + "\n").encode("utf-8"))
+
+        self._remote(f"appending to {path}", append)
 
     def exists(self, path: str | Path) -> bool:
         if self.is_local:
             return os.path.lexists(path)
-        return self.run(["test", "-e", str(path)], check=False).ok
+
+        def lstat(sftp: Any) -> bool:
+            try:
+                sftp.lstat(str(path))
+                return True
+            except FileNotFoundError:
+                return False
+
+        return bool(self._remote(f"checking {path}", lstat))
 
     def mkdir_atomic(self, path: str | Path) -> bool:
         """True when this call created the directory: the lock primitive."""
@@ -194,15 +242,43 @@ class Host:
                 return True
             except FileExistsError:
                 return False
-        self.run(["mkdir", "-p", str(Path(path).parent)])
-        return self.run(["mkdir", str(path)], check=False).ok
+        self.makedirs(PurePosixPath(str(path)).parent)
+
+        def mkdir(sftp: Any) -> bool:
+            try:
+                sftp.mkdir(str(path))  # mkdir(2) on the server: atomic, fails if it exists
+                return True
+            except OSError:
+                if self.exists(path):
+                    return False
+                raise
+
+        return bool(self._remote(f"creating {path}", mkdir))
 
     def makedirs(self, *paths: str | Path) -> None:
         if self.is_local:
             for p in paths:
                 Path(p).mkdir(parents=True, exist_ok=True)
             return
-        self.run(["mkdir", "-p", *map(str, paths)])
+
+        def mkdirs(sftp: Any) -> None:
+            for p in paths:
+                missing: list[str] = []
+                cur = PurePosixPath(str(p))
+                while str(cur) not in ("/", "."):
+                    try:
+                        sftp.stat(str(cur))
+                        break
+                    except FileNotFoundError:
+                        missing.append(str(cur))
+                        cur = cur.parent
+                for d in reversed(missing):
+                    try:
+                        sftp.mkdir(d)
+                    except OSError:
+                        sftp.stat(d)  # made by a racing writer: fine if it is there now
+
+        self._remote(f"creating {', '.join(map(str, paths))}", mkdirs)
 
     def remove_tree(self, path: str | Path) -> None:
         self.run(["rm", "-rf", "--", str(path)])
@@ -213,8 +289,14 @@ class Host:
                 return os.readlink(path)
             except OSError:
                 return None
-        res = self.run(["readlink", str(path)], check=False)
-        return res.stdout.strip() if res.ok else None
+
+        def readlink(sftp: Any) -> str | None:
+            try:
+                return sftp.readlink(str(path))
+            except OSError:
+                return None
+
+        return self._remote(f"reading link {path}", readlink)
 
     def switch_symlink(self, link: str | Path, target: str) -> None:
         """Point link at target atomically: a symlink under a temp name, then rename over."""
@@ -225,8 +307,16 @@ class Host:
             os.symlink(target, tmp)
             os.replace(tmp, link)
             return
-        self.run(["ln", "-sfn", target, tmp])
-        self.run(["mv", "-Tf", tmp, str(link)])
+
+        def switch(sftp: Any) -> None:
+            try:
+                sftp.remove(tmp)
+            except FileNotFoundError:
+                pass
+            sftp.symlink(target, tmp)
+            sftp.posix_rename(tmp, str(link))  # rename(2): readers see the old or the new link
+
+        self._remote(f"switching {link}", switch)
 
     def listdir(self, path: str | Path) -> list[str]:
         if self.is_local:
@@ -234,8 +324,14 @@ class Host:
                 return sorted(os.listdir(path))
             except FileNotFoundError:
                 return []
-        res = self.run(["ls", "-1", str(path)], check=False)
-        return sorted(res.stdout.split()) if res.ok else []
+
+        def listdir(sftp: Any) -> list[str]:
+            try:
+                return sorted(sftp.listdir(str(path)))
+            except FileNotFoundError:
+                return []
+
+        return list(self._remote(f"listing {path}", listdir))
 
     def put_file(self, local: str | Path, remote: str | Path) -> None:
         if self.is_local:
@@ -244,25 +340,51 @@ class Host:
 
                 shutil.copyfile(local, remote)
             return
-        self._runner().put(str(local), remote=str(remote))
+        self.makedirs(PurePosixPath(str(remote)).parent)
+        self._remote(f"uploading {remote}", lambda sftp: sftp.put(str(local), str(remote)))
 
     def close(self) -> None:
         if self._conn is not None and not self.is_local:
             self._conn.close()
         self._conn = None
+        self._sftp_client = None
 
 
-def _ssh_connection(address: str, timeout: float) -> Any:
+def _ssh_connection(
+    address: str,
+    timeout: float,
+    *,
+    identity_file: str | None = None,
+    known_hosts: str | None = None,
+) -> Any:
     # fabric (and paramiko) load only when a remote host is used: `inv --list` stays fast.
     from fabric import Config, Connection
 
     config = Config(overrides={"load_ssh_configs": True, "timeouts": {"connect": timeout}})
-    return Connection(address, config=config, connect_timeout=timeout)
+    connect_kwargs: dict[str, Any] = {"banner_timeout": timeout, "auth_timeout": timeout}
+    if identity_file:
+        connect_kwargs.update(key_filename=[identity_file], look_for_keys=False, allow_agent=False)
+    conn = Connection(
+        address, config=config, connect_timeout=timeout, connect_kwargs=connect_kwargs
+    )
+    if known_hosts:
+        from paramiko import RejectPolicy
+
+        # fabric trusts any host key by default; a known_hosts file makes an unknown key fatal
+        conn.client.load_host_keys(known_hosts)
+        conn.client.set_missing_host_key_policy(RejectPolicy())
+    return conn
 
 
-def host_from_spec(spec: str, *, secrets: tuple[Secret, ...] = ()) -> Host:
+def host_from_spec(spec: str | HostSpec, *, secrets: tuple[Secret, ...] = ()) -> Host:
     """'local' is this machine; anything else is an SSH destination (user@host:port)."""
-    if spec == "local":
+    hs = host_spec(spec)
+    if hs.is_local:
         return Host(name="local", secrets=secrets)
-    dest = spec.removeprefix("ssh://")
-    return Host(name=dest, address=dest, secrets=secrets)
+    return Host(
+        name=hs.address,
+        address=hs.address,
+        secrets=secrets,
+        identity_file=hs.identity_file,
+        known_hosts=hs.known_hosts,
+    )

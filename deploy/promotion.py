@@ -125,11 +125,14 @@ def _git(root: Path, *args: str) -> str:
 
 
 def gate_report(proj: Project, commit: str) -> dict[str, Any] | None:
-    path = proj.root / "dist" / "release-gate" / f"{commit}.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    """The GA verdict for commit if the gate ever ran at GA, else the latest report."""
+    base = proj.root / "dist" / "release-gate"
+    for path in (base / f"{commit}.{GA_STAGE}.json", base / f"{commit}.json"):
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+    return None
 
 
 def staging_evidence(proj: Project, commit: str) -> dict[str, Any] | None:

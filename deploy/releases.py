@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -84,22 +85,39 @@ def lock_hash(lock_text: str) -> str:
     return hashlib.sha256(f"{ver}\n{lock_text}".encode()).hexdigest()[:16]
 
 
-def build(
-    proj: Project, env: EnvConfig, host: Host, *, commit: str, ref: str, dirty: bool = False
-) -> Release:
-    """git archive of the commit, extracted into releases/<id>, with its venv linked by lock hash."""
-    layout = Layout(str(env.data_dir))
-    host.makedirs(layout.releases, layout.venvs, layout.run, layout.logs)
-    rid = new_release_id(commit, host.listdir(layout.releases))
+def archive(proj: Project, commit: str) -> Path:
+    """git archive of the commit, made once on this machine and reused by every host."""
     build_dir = proj.root / ".stageflow" / "build"
     build_dir.mkdir(parents=True, exist_ok=True)
     tarball = build_dir / f"{commit}.tar"
     if not tarball.exists():
-        tmp = build_dir / f".{commit}.{os.getpid()}.tar"
+        tmp = build_dir / f".{commit}.{os.getpid()}.{threading.get_ident()}.tar"
         out = _git(proj.root, *cmd.archive(commit, str(tmp))[1:])
         if out.returncode != 0:
             raise ServiceError(f"git archive {commit[:12]} failed: {out.stderr.strip()[:200]}")
         os.replace(tmp, tarball)
+    return tarball
+
+
+def build(
+    proj: Project,
+    env: EnvConfig,
+    host: Host,
+    *,
+    commit: str,
+    ref: str,
+    dirty: bool = False,
+    layout: Layout | None = None,
+    rid: str | None = None,
+) -> Release:
+    """git archive of the commit, extracted into releases/<id>, with its venv linked by lock hash.
+
+    Several hosts share one release id (rid) and one archive; each host gets it uploaded once.
+    """
+    layout = layout or Layout(str(env.data_dir))
+    host.makedirs(layout.releases, layout.venvs, layout.run, layout.logs)
+    rid = rid or new_release_id(commit, host.listdir(layout.releases))
+    tarball = archive(proj, commit)
     target = layout.release(rid)
     staging_dir = target + ".partial"
     host.remove_tree(staging_dir)
@@ -108,6 +126,8 @@ def build(
     if not host.is_local:
         host.put_file(tarball, remote_tar)
     host.run(cmd.extract(remote_tar, staging_dir))
+    if not host.is_local:
+        host.run(["rm", "-f", remote_tar], check=False)
     lock_text = host.read_text(f"{staging_dir}/{LOCKFILE}") or ""
     venv = ensure_venv(host, layout, lock_text, f"{staging_dir}/{LOCKFILE}")
     host.run(["ln", "-sfn", venv, f"{staging_dir}/.venv"])
@@ -190,7 +210,7 @@ def _alive(host: Host, pid: int | None) -> bool:
         return False
     if host.is_local:
         return _pid_alive(pid)
-    return host.run(["kill", "-0", str(pid)], check=False).ok
+    return host.exists(f"/proc/{pid}")  # over SFTP: no process spawned per check
 
 
 def _signal(host: Host, pid: int, sig: signal.Signals) -> None:
@@ -242,26 +262,35 @@ def write_app_env(host: Host, env: EnvConfig, layout: Layout) -> None:
     host.write_text(Paths.of(layout).app_env, "\n".join(lines) + "\n", mode=0o600)
 
 
-def ensure_listener(host: Host, env: EnvConfig, layout: Layout, release_dir: str) -> None:
+def ensure_listener(
+    host: Host, env: EnvConfig, layout: Layout, release_dir: str, *, bind: str = "127.0.0.1"
+) -> None:
     paths = Paths.of(layout)
     if _alive(host, _read_pid(host, paths.listener_pid)) and host.exists(paths.control):
         return
-    if host.is_local and not port_is_free(env.app_port):
+    if host.is_local and not port_is_free(env.app_port, bind):
         raise ServiceError(
             f"port {env.app_port} (APP_PORT in {env.file.name}) is taken by another process",
             hint="stop that process or change APP_PORT; nothing was switched",
         )
     python = f"{release_dir}/.venv/bin/python"
-    host.run(
+    res = host.run(
         cmd.listener(
             python,
             release_dir,
             port=env.app_port,
             control=paths.control,
             pidfile=paths.listener_pid,
+            host=bind,
         ),
         timeout=20,
+        check=False,
     )
+    if not res.ok:
+        raise ServiceError(
+            f"{host.name}: the listener for {bind}:{env.app_port} did not start: {res.tail(1)}",
+            hint="stop what holds that address and port, or change APP_PORT or the host's bind",
+        )
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         if host.exists(paths.listener_pid) and host.exists(paths.control):
@@ -313,11 +342,12 @@ def start(
     workers: int,
     extra_env: dict[str, str] | None = None,
     timeout_s: float = 30.0,
+    bind: str = "127.0.0.1",
 ) -> int:
     """Start a gunicorn master for release on the shared socket; return once its workers booted."""
     rdir = layout.release(release.id)
     paths = Paths.of(layout)
-    ensure_listener(host, env, layout, rdir)
+    ensure_listener(host, env, layout, rdir, bind=bind)
     pidfile = master_pidfile(layout, release.id)
     old = _read_pid(host, pidfile)
     if _alive(host, old):

@@ -359,8 +359,6 @@ def restart_release(
                 retiring_pidfile(layout, rel.id, old),
             ]
         )
-    if old:
-        releases.stop_master(host, old)
     new = releases.start(host, env, layout, rel, workers=workers)
     releases.retire_others(host, layout, keep=rel.id)
     return old, new
@@ -560,12 +558,16 @@ def rollback(
         ),
     )
     try:
-        record_history(host, layout, entry)
-        if p.resumes:
-            record_history(
-                host, layout, _superseded(entries=history(host, layout), hid=p.resumes, by=entry.id)
+        # we hold the lock, so a newest entry still marked running belongs to a dead process
+        before = history(host, layout)
+        if before and before[-1].get("status") == "running":
+            dead = before[-1]
+            completes = dead.get("id") == p.resumes
+            record_history(host, layout, _superseded(dead, by=entry.id, completes=completes))
+            details.append(
+                f"{'completes' if completes else 'supersedes'} interrupted {dead.get('id')}"
             )
-            details.append(f"completes interrupted {p.resumes}")
+        record_history(host, layout, entry)
         {1: _level1, 2: _level2, 3: _level3}[level](ctx, p, target, reason=reason, details=details)
         entry.status = "success"
     except DeployError as err:
@@ -607,13 +609,14 @@ def rollback(
     }
 
 
-def _superseded(*, entries: Sequence[Mapping[str, Any]], hid: str, by: str) -> HistoryEntry:
-    old = next(e for e in entries if e.get("id") == hid)
+def _superseded(old: Mapping[str, Any], *, by: str, completes: bool) -> HistoryEntry:
+    """The dead run's entry, closed as failed and pointing at the run that took over."""
     known = {k: old.get(k) for k in HistoryEntry.__dataclass_fields__ if k in old}
     rec = HistoryEntry(**known)  # type: ignore[arg-type]
     rec.status = "failed"
+    verb = "completed" if completes else "superseded"
     rec.notes = "; ".join(
-        x for x in [rec.notes, f"interrupted (its process died); completed by {by}"] if x
+        x for x in [rec.notes, f"interrupted (its process died); {verb} by {by}"] if x
     )
     return rec
 
@@ -842,11 +845,12 @@ def interruption(proj: Project, name: str) -> dict[str, Any] | None:
     host = _host(env)
     lock = DeployLock(host, layout)
     info = lock.holder()
-    running = [e for e in history(host, layout) if e.get("status") == "running"]
-    if info is None and not running:
+    entries = history(host, layout)
+    # only the newest entry counts: an older one left running was closed by whoever came after
+    last = entries[-1] if entries and entries[-1].get("status") == "running" else None
+    if info is None and last is None:
         return None
     stale = info is not None and lock.is_stale(info)
-    last = running[-1] if running else None
     what = f"{last['kind']} of {last.get('release') or '?'}" if last else "a command"
     if info is None:
         text = f"{what} never finished and holds no lock; run it again"

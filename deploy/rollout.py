@@ -10,13 +10,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy import guards, migrations, releases, smoke
+from deploy import guards, migrations, releases, rolling, smoke
 from deploy.actors import Actor
 from deploy.config import EnvConfig, Project
 from deploy.errors import DeployError, Frozen, NotApproved, RolledBack, UsageError
 from deploy.hosts import Host
+from deploy.rolling import HostOutcome as HostOutcome  # re-exported: rollback uses them
+from deploy.rolling import RolloutError, Target
+from deploy.rolling import switch_hosts as switch_hosts
 from deploy.runtime.native import NativeServices
-from deploy.state import DeployLock, HistoryEntry, Layout, new_id, record_history, utc_now
+from deploy.state import (
+    DeployLock,
+    HistoryEntry,
+    Layout,
+    audit,
+    new_id,
+    record_history,
+    utc_now,
+)
 
 STEPS = (
     "preflight",
@@ -67,6 +78,9 @@ class Context:
     backup_id: str | None = None
     started_pid: int | None = None
     switched: bool = False
+    # the environment's hosts when it rolls (several hosts, or a remote one); empty otherwise
+    targets: list[rolling.Target] = field(default_factory=list)
+    outcomes: list[rolling.HostOutcome] = field(default_factory=list)
 
     def step(self, name: str, fn: Callable[[], str | None]) -> None:
         if self.stop_at == name:  # test-only: die here as a SIGKILL would, to prove recovery
@@ -82,6 +96,8 @@ def plan(proj: Project, name: str, *, ref: str) -> list[tuple[str, str]]:
     """The ordered steps and what each will do, for --dry-run."""
     env = proj.env(name)
     policy = proj.policies[name]
+    if rolling.is_rolling(proj, name):
+        return _rolling_plan(proj, name, ref=ref)
     layout = Layout(str(env.data_dir))
     return [
         ("preflight", "environment guards; servers up; environment not frozen"),
@@ -98,6 +114,44 @@ def plan(proj: Project, name: str, *, ref: str) -> list[tuple[str, str]]:
         ("prune", f"keep {policy.keep_releases} releases"),
         ("unlock", f"rmdir {layout.lock}"),
     ]
+
+
+def _rolling_plan(proj: Project, name: str, *, ref: str) -> list[tuple[str, str]]:
+    env = proj.env(name)
+    policy = proj.policies[name]
+    todo = rolling.targets(proj, name)
+    primary = todo[0]
+    groups = rolling.batches([t.name for t in todo], policy.batch)
+    order = " | ".join(", ".join(g) for g in groups)
+    return [
+        ("preflight", "environment guards; servers up; every host answers; not frozen"),
+        ("lock", f"mkdir {primary.layout.lock} on {primary.name} (the primary)"),
+        (
+            "build",
+            f"git archive {ref} once; upload, extract and venv on {len(todo)} hosts in parallel",
+        ),
+        ("backup", f"policy {policy.backup!r}: pg_dump -Fc before migrating"),
+        ("migrate", f"pending files of app/migrations on {env.database.name}, once"),
+        (
+            "rollout",
+            f"batch {policy.batch!r}: {order}; per host: /readyz in-process, gunicorn "
+            f"x{policy.workers} on <bind>:{env.app_port}, switch, health check; "
+            "a failure switches the done hosts back",
+        ),
+        ("verify", f"{policy.verify_window_s:g}s window over every host"),
+        ("record", f"history {primary.layout.history} on {primary.name}"),
+        ("prune", f"keep {policy.keep_releases} releases on every host"),
+        ("unlock", f"rmdir {primary.layout.lock} on {primary.name}"),
+    ]
+
+
+def _hosts_answer(todo: list[Target]) -> guards.Check:
+    """Every host answers over SSH before anything changes: a dead host refuses the deploy."""
+    results = rolling.parallel(todo, lambda t: t.host.exists("/"))
+    down = [f"{t.name} ({rolling.reason_of(exc)})" for t, _, exc, _ in results if exc]
+    if down:
+        return guards.Check("hosts", False, f"unreachable: {'; '.join(down)}")
+    return guards.Check("hosts", True, f"{len(todo)} hosts answer")
 
 
 def _services_up(env: EnvConfig, proj: Project) -> guards.Check:
@@ -138,9 +192,11 @@ def deploy(
             hint="inv prod.request --ref REF; inv prod.approve ID; inv prod.deploy --request ID",
         )
     policy = proj.policies[name]
-    layout = Layout(str(env.data_dir))
-    host = Host(secrets=env.secret_values())
-    ctx = Context(proj, env, actor, host, layout, printer, stop_at=stop_at)
+    todo = rolling.targets(proj, name) if rolling.is_rolling(proj, name) else []
+    # the primary host holds the lock and the state files
+    layout = todo[0].layout if todo else Layout(str(env.data_dir))
+    host = todo[0].host if todo else Host(secrets=env.secret_values())
+    ctx = Context(proj, env, actor, host, layout, printer, stop_at=stop_at, targets=todo)
 
     # resolve before any change: a bad ref or a dirty tree is refused here
     commit = releases.resolve_ref(proj.root, ref)
@@ -163,6 +219,7 @@ def deploy(
             [
                 *guards.environment_checks(proj, name, process_env or {}),
                 ("servers", lambda: _services_up(env, proj)),
+                *([("hosts", lambda: _hosts_answer(todo))] if todo else []),
                 ("frozen", lambda: _not_frozen(layout, host)),
                 *(extra_checks or []),
             ]
@@ -202,10 +259,12 @@ def deploy(
         ctx.previous = releases.current_release(host, layout)
         entry.previous = ctx.previous
         record_history(host, layout, entry)
-        _run_steps(ctx, commit=commit, ref=ref, dirty=dirty, entry=entry, service_env=service_env)
+        run = _run_rolling if todo else _run_steps
+        run(ctx, commit=commit, ref=ref, dirty=dirty, entry=entry, service_env=service_env)
         entry.status = "success"
     except DeployError as err:
-        entry.status = "rolled-back" if isinstance(err, RolledBack) else "failed"
+        reverted = isinstance(err, RolloutError) and err.reverted
+        entry.status = "rolled-back" if isinstance(err, RolledBack) or reverted else "failed"
         entry.notes = (entry.notes + " " if entry.notes else "") + err.message[:300]
         raise
     except BaseException as err:
@@ -219,8 +278,21 @@ def deploy(
         entry.backup = ctx.backup_id
         if lock.held:
             record_history(host, layout, entry)
+            if ctx.outcomes:  # every host's outcome is kept on the primary, not only printed
+                audit(
+                    host,
+                    layout,
+                    actor=str(actor),
+                    action="rollout",
+                    history_id=entry.id,
+                    release=entry.release,
+                    status=entry.status,
+                    hosts=[o.to_dict() for o in ctx.outcomes],
+                )
             ctx.step("unlock", lambda: lock.release())
-    return {
+        for t in todo:
+            t.host.close()
+    result = {
         "release": entry.release,
         "commit": commit,
         "status": entry.status,
@@ -230,6 +302,9 @@ def deploy(
         "previous": ctx.previous,
         "history_id": entry.id,
     }
+    if todo:
+        result["hosts"] = [o.to_dict() for o in ctx.outcomes]
+    return result
 
 
 def _run_steps(
@@ -252,35 +327,8 @@ def _run_steps(
     rel = ctx.release
     assert rel is not None
     files = migration_files(layout.release(rel.id))
-    password = env.secret("POSTGRES_PASSWORD")
-
-    def backup() -> str:
-        pending = migrations.pending(conninfo(env), files, password=password)
-        wanted = policy.backup == "always" or (policy.backup == "pending-migrations" and pending)
-        if not wanted:
-            return f"skipped (policy {policy.backup}, {len(pending)} pending)"
-        from deploy import backup as backups
-
-        info = backups.take(
-            ctx.proj,
-            env.name,
-            actor=str(ctx.actor),
-            release=ctx.previous or "",
-            reason=f"before {entry.kind} of {rel.id}",
-        )
-        ctx.backup_id = info["id"]
-        return f"{info['id']} ({info['size_bytes'] / 1e6:.1f} MB)"
-
-    ctx.step("backup", backup)
-
-    def migrate() -> str:
-        applied = migrations.migrate(
-            conninfo(env), files, release=rel.id, applied_by=str(ctx.actor), password=password
-        )
-        ctx.applied = [f.version for f in applied]
-        return f"applied {ctx.applied}" if applied else "schema up to date"
-
-    ctx.step("migrate", migrate)
+    ctx.step("backup", lambda: _backup(ctx, rel, files, entry))
+    ctx.step("migrate", lambda: _migrate(ctx, rel, files))
     releases.write_app_env(host, env, layout)
     ctx.step(
         "barrier", lambda: releases.health_barrier(host, env, layout, rel, service_env) or "ready"
@@ -351,6 +399,217 @@ def _run_steps(
             f"pruned {len(releases.prune(host, layout, keep=policy.keep_releases, protect=protect))}"
         ),
     )  # type: ignore[arg-type]
+
+
+def _run_rolling(
+    ctx: Context,
+    *,
+    commit: str,
+    ref: str,
+    dirty: bool,
+    entry: HistoryEntry,
+    service_env: dict[str, str] | None,
+) -> None:
+    """The pipeline over several hosts: build everywhere, migrate once, roll out in batches."""
+    env, policy, todo = ctx.env, ctx.proj.policies[ctx.env.name], ctx.targets
+
+    def build() -> str:
+        taken = rolling.parallel(todo, lambda t: t.host.listdir(t.layout.releases))
+        rid = releases.new_release_id(
+            commit, sorted({r for _, rs, _, _ in taken for r in rs or []})
+        )
+        releases.archive(ctx.proj, commit)  # once, before the threads upload it
+
+        def one(t: Target) -> str:
+            t.previous = releases.current_release(t.host, t.layout)
+            releases.build(
+                ctx.proj, env, t.host, commit=commit, ref=ref, dirty=dirty, layout=t.layout, rid=rid
+            )
+            releases.write_app_env(t.host, env, t.layout)
+            return "built"
+
+        results = rolling.parallel(todo, one)
+        broken = [(t, exc) for t, _, exc, _ in results if exc]
+        if broken:
+            first, exc = broken[0]
+            ctx.outcomes = [
+                rolling.HostOutcome(
+                    t.name, rolling.FAILED, f"build: {rolling.reason_of(e)}", t.previous, took
+                )
+                if e
+                else rolling.HostOutcome(
+                    t.name,
+                    rolling.SKIPPED,
+                    f"not switched: the build failed on {first.name}",
+                    t.previous,
+                    took,
+                )
+                for t, _, e, took in results
+            ]
+            _print_outcomes(ctx)
+            raise RolloutError(
+                f"build of {rid} failed on {first.name} ({rolling.reason_of(exc)}); nothing was "
+                f"switched; {rolling.summary(ctx.outcomes)}",
+                outcomes=ctx.outcomes,
+                hint=f"fix {first.name}, then deploy again",
+            )
+        ctx.release = releases.Release(rid, commit, ref, dirty)
+        entry.release = rid
+        return f"{rid} on {len(todo)} hosts" + (" (dirty snapshot)" if dirty else "")
+
+    ctx.step("build", build)
+    rel = ctx.release
+    assert rel is not None
+    # the operator machine reads the migrations from its own copy of the commit
+    files = migration_files_of(ctx.proj, commit)
+    ctx.step("backup", lambda: _backup(ctx, rel, files, entry))
+    ctx.step("migrate", lambda: _migrate(ctx, rel, files))
+
+    def deploy_one(t: Target) -> str:
+        releases.health_barrier(t.host, env, t.layout, rel, service_env)
+        return rolling.switch_one(env, t, rel.id, workers=policy.workers, extra_env=service_env)
+
+    def rollout() -> str:
+        ctx.outcomes = rolling.roll(
+            env, todo, deploy_one, batch=policy.batch, printer=ctx.printer, release=rel.id
+        )
+        failed = [o for o in ctx.outcomes if o.status == rolling.FAILED]
+        if failed:
+            _switch_back(ctx, why=f"{failed[0].host} failed")
+            raise RolloutError(
+                f"rollout of {rel.id} stopped: {failed[0].host} failed ({failed[0].reason}); "
+                f"{rolling.summary(ctx.outcomes)}",
+                outcomes=ctx.outcomes,
+                hint=f"every host serves its previous release; fix {failed[0].host} and deploy again",
+            )
+        groups = len(rolling.batches(todo, policy.batch))
+        return f"{len(todo)} hosts serve {rel.id} ({groups} batches, batch {policy.batch!r})"
+
+    def verify_step() -> str:
+        if policy.verify_window_s <= 0:
+            return "no verify window"
+        verdict = rolling.watch(
+            ctx.proj,
+            env.name,
+            todo,
+            release=rel.id,
+            baseline=ctx.previous,
+            window_s=policy.verify_window_s,
+        )
+        if not verdict.ok:
+            if not policy.auto_rollback:
+                raise VerifyFailed(
+                    f"verify failed: {verdict.reason}; auto_rollback is off, "
+                    f"{rel.id} still serves on every host",
+                    hint=f"`inv {env.name}.rollback --level 2` to go back",
+                )
+            _switch_back(ctx, why="verify failed")
+            raise RolloutError(
+                f"verify failed: {verdict.reason}; {rolling.summary(ctx.outcomes)}",
+                outcomes=ctx.outcomes,
+                hint="every host serves its previous release again",
+            )
+        return verdict.summary
+
+    try:
+        ctx.step("rollout", rollout)
+        ctx.step("verify", verify_step)
+    except (VerifyFailed, RolloutError):
+        raise
+    except Exception:  # anything unexpected once hosts started: the previous release goes back
+        if not ctx.outcomes:
+            ctx.outcomes = [
+                rolling.HostOutcome(
+                    t.name,
+                    rolling.FAILED if t.started else rolling.SKIPPED,
+                    "interrupted",
+                    t.previous,
+                )
+                for t in todo
+            ]
+        _switch_back(ctx, why="the deploy failed")
+        raise
+    ctx.step("record", lambda: "history written")
+
+    def prune() -> str:
+        def one(t: Target) -> int:
+            protect = {rel.id, t.previous} - {None}
+            return len(releases.prune(t.host, t.layout, keep=policy.keep_releases, protect=protect))  # type: ignore[arg-type]
+
+        results = rolling.parallel(todo, one)
+        missed = [t.name for t, _, exc, _ in results if exc]
+        done = sum(n or 0 for _, n, _, _ in results)
+        return f"pruned {done} on {len(todo)} hosts" + (
+            f"; not pruned on {', '.join(missed)}" if missed else ""
+        )
+
+    ctx.step("prune", prune)
+
+
+def _switch_back(ctx: Context, *, why: str) -> None:
+    ctx.outcomes = rolling.switch_back(
+        ctx.env,
+        ctx.targets,
+        ctx.outcomes,
+        workers=ctx.proj.policies[ctx.env.name].workers,
+        printer=ctx.printer,
+        why=why,
+    )
+    _print_outcomes(ctx)
+
+
+def _print_outcomes(ctx: Context) -> None:
+    ctx.printer(f"{ctx.env.name}: hosts")
+    for line in rolling.table(ctx.outcomes):
+        ctx.printer(line)
+
+
+def migration_files_of(proj: Project, commit: str) -> list[migrations.MigrationFile]:
+    """The commit's migrations, from the archive built for the hosts (no host is read)."""
+    import tarfile
+    import tempfile
+
+    tarball = releases.archive(proj, commit)
+    with tempfile.TemporaryDirectory(prefix="stageflow-migrations-") as tmp:
+        with tarfile.open(tarball) as tar:
+            members = [m for m in tar.getmembers() if m.name.startswith("app/migrations/")]
+            tar.extractall(tmp, members=members, filter="data")
+        return migrations.discover(Path(tmp) / "app" / "migrations")
+
+
+def _backup(
+    ctx: Context, rel: releases.Release, files: list[migrations.MigrationFile], entry: HistoryEntry
+) -> str:
+    env, policy = ctx.env, ctx.proj.policies[ctx.env.name]
+    password = env.secret("POSTGRES_PASSWORD")
+    pending = migrations.pending(conninfo(env), files, password=password)
+    wanted = policy.backup == "always" or (policy.backup == "pending-migrations" and pending)
+    if not wanted:
+        return f"skipped (policy {policy.backup}, {len(pending)} pending)"
+    from deploy import backup as backups
+
+    info = backups.take(
+        ctx.proj,
+        env.name,
+        actor=str(ctx.actor),
+        release=ctx.previous or "",
+        reason=f"before {entry.kind} of {rel.id}",
+    )
+    ctx.backup_id = info["id"]
+    return f"{info['id']} ({info['size_bytes'] / 1e6:.1f} MB)"
+
+
+def _migrate(ctx: Context, rel: releases.Release, files: list[migrations.MigrationFile]) -> str:
+    env = ctx.env
+    applied = migrations.migrate(
+        conninfo(env),
+        files,
+        release=rel.id,
+        applied_by=str(ctx.actor),
+        password=env.secret("POSTGRES_PASSWORD"),
+    )
+    ctx.applied = [f.version for f in applied]
+    return f"applied {ctx.applied}" if applied else "schema up to date"
 
 
 def _revert_to_previous(ctx: Context, rel: releases.Release, *, reason: str) -> None:

@@ -128,6 +128,8 @@ def reap_leftovers() -> list[str]:
                 os.kill(pid, signal.SIGKILL)
             except (OSError, ValueError, IndexError):
                 pass
+        if data.get("root"):
+            _kill_pidfiles(Path(data["root"]))
         if data.get("pattern"):
             subprocess.run(["pkill", "-9", "-f", data["pattern"]], check=False)
         if data.get("root") and str(data["root"]).startswith(tempfile.gettempdir()):
@@ -135,6 +137,16 @@ def reap_leftovers() -> list[str]:
         entry.unlink(missing_ok=True)
         reaped.append(str(entry.name))
     return reaped
+
+
+def _kill_pidfiles(root: Path) -> None:
+    """Every server under root wrote a pid file (postmaster.pid, redis.pid, listener, gunicorn)."""
+    for pidfile in [*root.glob("**/run/*.pid"), *root.glob("**/postmaster.pid")]:
+        try:
+            pid = int(pidfile.read_text().split()[0])
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            continue
 
 
 def minimal_policy() -> str:

@@ -34,10 +34,20 @@ def venv_install(venv: str, lockfile: str) -> list[str]:
     ]
 
 
-def listener(python: str, release: str, *, port: int, control: str, pidfile: str) -> list[str]:
+def listener(
+    python: str,
+    release: str,
+    *,
+    port: int,
+    control: str,
+    pidfile: str,
+    host: str = "127.0.0.1",
+) -> list[str]:
     return [
         python,
         str(PurePosixPath(release, "deploy", "runtime", "listener.py")),
+        "--host",
+        host,
         "--port",
         str(port),
         "--control",

@@ -77,8 +77,9 @@ def pg_hba(*, app_user: str, database: str, password: bool) -> str:
         [
             "# written by stageflow: the superuser only on the private socket; the app role over TCP",
             "local all postgres trust",
-            f"local {database} {app_user} {method}",
-            f"host {database},postgres {app_user} 127.0.0.1/32 {method}",
+            # every database of this cluster is this environment's, the gate's scratch copies too
+            f"local all {app_user} {method}",
+            f"host all {app_user} 127.0.0.1/32 {method}",
             "host all postgres 127.0.0.1/32 reject",
             "",
         ]

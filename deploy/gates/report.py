@@ -167,6 +167,11 @@ class Report:
         json_path, md_path = directory / f"{self.stem}.json", directory / f"{self.stem}.md"
         json_path.write_text(self.to_json() + "\n", encoding="utf-8")
         md_path.write_text(self.to_markdown(), encoding="utf-8")
+        if self.verdict != "partial":
+            # <sha>.<STAGE>.json keeps each stage's verdict: a later PILOT run of the same commit
+            # must not erase the GA verdict that prod promotion reads
+            stage_path = directory / f"{self.stem}.{self.stage}.json"
+            stage_path.write_text(self.to_json() + "\n", encoding="utf-8")
         return json_path, md_path
 
 

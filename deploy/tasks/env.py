@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
+import os
 
 from invoke import Collection, Task, task
 
-from deploy import environment
+from deploy import environment, guards
 from deploy.errors import UsageError
 from deploy.output import mark, print_json, print_table, say
 from deploy.tasks._common import actor, edge, env_name, guarded, preflight, project
@@ -65,6 +66,8 @@ def down(c):
     """Stop this environment's service, PostgreSQL and Redis."""
     name = env_name(c)
     proj = project()
+    # stopping needs no isolation verdict (it is how a clash gets fixed), only the right shell
+    guards.require([guards.shell_environment(proj.env(name), os.environ)])
     for line in environment.down(proj, name):
         say(f"{name}: {line}")
 
@@ -73,11 +76,19 @@ def down(c):
 @edge
 def status(c, json=False):
     """Show this environment's servers, ports, release and data directory."""
-    rows = [environment.status(project(), env_name(c))]
+    proj, name = project(), env_name(c)
+    rows = [environment.status(proj, name)]
+    if name == "staging":
+        from deploy.staging import threshold_rows
+
+        rows[0]["thresholds"] = threshold_rows(proj, name)
     if json:
         print_json(rows[0])
     else:
         environment.print_status(rows)
+        if name == "staging":
+            cols = ["trigger", "staging", "prod", "staging vs prod"]
+            print_table("staging thresholds (relaxed from prod)", cols, rows[0]["thresholds"])
 
 
 @task(help={"generate": "create missing secrets with random values (file mode 0600)"})
@@ -87,6 +98,7 @@ def secrets(c, generate=False):
     name = env_name(c)
     proj = project()
     if generate:
+        guards.require([guards.shell_environment(proj.env(name), os.environ)])
         for line in environment.generate_secrets(proj, name, actor=str(actor())):
             say(f"{name}: {line}")
         proj = project()

@@ -1,3 +1,38 @@
-"""Tasks of every environment for watching and recording: monitor, incident (filled in later)."""
+"""Tasks of every environment for watching and recording: monitor (incident joins later)."""
 
-TASKS: list = []
+from __future__ import annotations
+
+from invoke import task
+
+from deploy import monitor as engine
+from deploy.output import print_json
+from deploy.tasks._common import edge, env_name, project
+
+
+@task(
+    help={
+        "once": "take one reading (two samples 1 s apart) and exit",
+        "json": "with --once: print the reading as JSON",
+        "samples": "stop after this many refreshes (0: until Ctrl-C)",
+    }
+)
+@edge
+def monitor(c, once=False, json=False, samples=0):
+    """Live dashboard: health, request rate, error rate, p95, memory against the thresholds."""
+    name = env_name(c)
+    proj = project()
+    if once:
+        reading = engine.once(proj, name)
+        if json:
+            print_json(reading)
+        else:
+            from rich.console import Console
+
+            Console().print(engine.render(name, reading, proj.policies[name].refresh_s))
+        return
+    last = engine.live(proj, name, samples=int(samples))
+    if json:
+        print_json(last)
+
+
+TASKS: list = [monitor]

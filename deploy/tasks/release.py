@@ -7,9 +7,6 @@ from pathlib import Path
 from invoke import Collection, task
 
 from deploy.config import find_root, load_policy_file
-from deploy.gates import runner
-from deploy.gates.report import Board, results_table
-from deploy.gates.stages import GATE_NAMES, load_stages, stage_rows
 from deploy.output import print_json, print_table, say
 from deploy.secrets import Secret
 from deploy.tasks._common import actor, edge
@@ -28,6 +25,9 @@ from deploy.tasks._common import actor, edge
 @edge
 def gate(c, ref=None, db_url=None, no_cache=False, break_glass=None, json=False, only=None):
     """Run the release gates for a ref's maturity stage; exit 5 when a required gate fails."""
+    # the gate engine imports psycopg and rich: load it when a gate runs, not for `inv --list`
+    from deploy.gates import runner
+    from deploy.gates.report import Board, results_table
     who = actor()
     request = runner.GateRequest(
         root=find_root(Path.cwd()),
@@ -57,6 +57,8 @@ def gate(c, ref=None, db_url=None, no_cache=False, break_glass=None, json=False,
 @edge
 def stages(c, json=False):
     """Show and validate the maturity stages: ref patterns and each gate's requirement."""
+    from deploy.gates.stages import GATE_NAMES, load_stages, stage_rows
+
     rows = stage_rows(load_stages(load_policy_file(find_root(Path.cwd()))))
     if json:
         print_json(rows)

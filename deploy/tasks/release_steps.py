@@ -1,4 +1,8 @@
-"""Deploy-side tasks of an environment namespace: deploy, migrate, smoke, lock, history."""
+"""Deploy-side tasks of an environment namespace: deploy, migrate, smoke, lock, history.
+
+The pipeline and the migration engine (which loads psycopg) are imported inside the tasks that
+use them, so `inv --list` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import os
 
 from invoke import task
 
-from deploy import guards, migrations, releases, rollout, smoke
+from deploy import guards, releases, smoke
 from deploy.errors import NotApproved, RolledBack, UsageError
 from deploy.hosts import Host
 from deploy.output import print_json, print_table, say
@@ -29,6 +33,8 @@ def deploy(
     c, ref="HEAD", dry_run=False, allow_dirty=False, request=None, break_glass="", json=False
 ):
     """Deploy a git ref: guards, lock, build, migrate, switch, smoke, verify, record."""
+    from deploy import rollout
+
     name = env_name(c)
     proj = project()
     if name == "prod" or request is not None:
@@ -101,6 +107,8 @@ def deploy(
 
 
 def _files_and_url(name):
+    from deploy import rollout
+
     proj = project()
     env = proj.env(name)
     layout = Layout(str(env.data_dir))
@@ -109,14 +117,37 @@ def _files_and_url(name):
     return proj, env, rollout.migration_files(src)
 
 
-@task(help={"to": "migrate up to this version only", "dry_run": "print the plan; change nothing"})
+@task(
+    help={
+        "to": "migrate up to this version only",
+        "dry_run": "print the plan; change nothing",
+        "resolve": "a failed migration's version: mark it resolved (see --mark)",
+        "mark": "with --resolve: applied (you finished it by hand) or reverted (run it again)",
+    }
+)
 @edge
-def migrate(c, to=None, dry_run=False):
+def migrate(c, to=None, dry_run=False, resolve=None, mark=""):
     """Apply pending migrations of the serving release (or the working tree before the first deploy)."""
+    from deploy import migrations
+
     name = env_name(c)
     proj, env, files = _files_and_url(name)
     if not dry_run:
         guarded(proj, name)
+    password = env.secret("POSTGRES_PASSWORD")
+    if resolve is not None:
+        if mark not in ("applied", "reverted"):
+            raise UsageError("--resolve needs --mark applied or --mark reverted")
+        migrations.resolve_failed(
+            env.database_url,
+            files,
+            version=int(resolve),
+            state=mark,
+            applied_by=str(actor()),
+            password=password,
+        )
+        say(f"{name}: migration {resolve} marked {mark}")
+        return
     target = int(to) if to is not None else None
     done = migrations.migrate(
         env.database_url,
@@ -124,7 +155,7 @@ def migrate(c, to=None, dry_run=False):
         target=target,
         dry_run=dry_run,
         applied_by=str(actor()),
-        password=env.secret("POSTGRES_PASSWORD"),
+        password=password,
     )
     verb = "would apply" if dry_run else "applied"
     say(f"{name}: {verb} {[f.version for f in done] or 'nothing'}")
@@ -134,6 +165,8 @@ def migrate(c, to=None, dry_run=False):
 @edge
 def migrations_(c, json=False):
     """Show each migration: applied or pending, when, by whom, drift."""
+    from deploy import migrations
+
     name = env_name(c)
     proj, env, files = _files_and_url(name)
     rows = migrations.status(env.database_url, files, password=env.secret("POSTGRES_PASSWORD"))
@@ -159,6 +192,10 @@ def smoke_(c, json=False):
     env = proj.env(name)
     current = releases.current_release(Host(), Layout(str(env.data_dir)))
     probes = smoke.run(env, expect_release=current)
+    if name == "staging":
+        from deploy.staging import profile_checks
+
+        probes += profile_checks(proj, name, process_env=dict(os.environ))
     if json:
         print_json([p.to_dict() for p in probes])
     else:
@@ -196,7 +233,7 @@ def lock(c, release=False, force=False, reason=""):
         say(f"{name}: lock {'released (audited)' if broken else 'was not held'}")
         return
     if release:
-        if info and info.pid != os.getpid() and not dl.is_stale(info):
+        if info and info.who != str(actor()) and not dl.is_stale(info):
             raise UsageError(
                 f"the lock is {info.describe()}", hint="use --force --reason if it is stuck"
             )

@@ -1,3 +1,89 @@
-"""staging-only tasks: init, seed, refresh (filled in by the staging work)."""
+"""staging-only tasks: init (and reset), seed, refresh from prod."""
 
-TASKS: list = []
+from __future__ import annotations
+
+import os
+
+from invoke import task
+
+from deploy import seed as seeding
+from deploy import staging
+from deploy.output import print_json, print_table, say
+from deploy.tasks._common import actor, edge, env_name, guarded, project
+
+
+@task(
+    help={
+        "reset": "wipe and re-create: stop, down, remove DATA_DIR (state/ kept), up, migrate, seed",
+        "json": "print the steps as JSON",
+    }
+)
+@edge
+def init(c, reset=False, json=False):
+    """Prepare staging: directories, config check, servers, migrations, seed data, log files."""
+    name = env_name(c)
+    steps = staging.init(
+        project(), name, actor=str(actor()), reset=reset, process_env=dict(os.environ)
+    )
+    if json:
+        print_json([{"step": s, "result": r} for s, r in steps])
+    else:
+        print_table(f"{name} init", ["step", "result"], steps)
+
+
+@task(help={"size": "small (10 k notes), medium (100 k) or large (1 M)", "json": "print as JSON"})
+@edge
+def seed(c, size="small", json=False):
+    """Replace the seed rows with deterministic test data (other rows are never touched)."""
+    name = env_name(c)
+    proj = project()
+    seeding.size_rows(size)
+    guarded(proj, name)
+    result = seeding.seed(proj.env(name), size=size)
+    if json:
+        print_json(result.to_dict())
+    else:
+        say(
+            f"{name}: {result.inserted} seed rows ({size}) in {result.seconds:.2f}s, "
+            f"{result.rows_per_s:,.0f} rows/s; {result.deleted} old seed rows replaced"
+        )
+
+
+@task(
+    name="refresh",
+    help={
+        "from_": "the environment to copy from (prod)",
+        "anonymize": "apply the [anonymize] rules of stageflow.toml (required unless allow_raw)",
+        "fresh": "dump the source now instead of using its latest backup",
+        "json": "print the result as JSON",
+    },
+)
+@edge
+def refresh(c, from_="prod", anonymize=False, fresh=False, json=False):
+    """Replace staging's data with prod's latest backup, anonymized; staging is untouched on failure."""
+    name = env_name(c)
+    proj = project()
+    guarded(proj, name)
+    result = staging.refresh(
+        proj,
+        name,
+        source=from_,
+        anonymize_data=anonymize,
+        actor=str(actor()),
+        fresh=fresh,
+        printer=(lambda _l: None) if json else say,
+    )
+    if json:
+        print_json(result)
+        return
+    print_table(
+        f"{name} refreshed from {result['source']} backup {result['backup']}"
+        + (" (fresh dump)" if result["fresh_dump"] else ""),
+        ["table", "rows", "anonymized rows"],
+        [(t, n, result["updated"].get(t, "-")) for t, n in result["rows"].items()],
+    )
+    leaks = ", ".join(f"{k} {v}" for k, v in result["leaks"].items()) or "not anonymized"
+    say(f"{name}: values equal to {result['source']}'s: {leaks}")
+
+
+TASKS = [init, seed, refresh]

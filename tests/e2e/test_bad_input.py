@@ -470,15 +470,23 @@ def test_bad_input_is_refused_in_one_line_and_changes_nothing(proj: Project, cas
         res = proj.inv(*case.args, env=case.env, actor=case.actor)
     after = state_snapshot(proj)
 
-    shown = f"inv {' '.join(case.args)} -> {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}"
-    assert "Traceback" not in res.stderr + res.stdout, shown
-    assert res.returncode == case.code, shown
+    out = res.stdout + res.stderr
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, shown
-    assert case.needle in lines[0], shown
-    assert "s3cret" not in res.stderr + res.stdout, shown
-    assert after == before, f"{case_id} changed state: " + ", ".join(
-        k for k in before if before[k] != after.get(k)
+    problems = [
+        *(["a traceback"] if "Traceback" in out else []),
+        *([f"exit {res.returncode}, expected {case.code}"] if res.returncode != case.code else []),
+        *([f"{len(lines)} lines on stderr, expected 1"] if len(lines) != 1 else []),
+        *([f"stderr lacks {case.needle!r}"] if not lines or case.needle not in lines[0] else []),
+        *(["a secret value in the output"] if "s3cret" in out else []),
+        *[
+            f"changed {k}"
+            for k in sorted(set(before) | set(after))
+            if before.get(k) != after.get(k)
+        ],
+    ]
+    assert not problems, (
+        f"inv {' '.join(case.args)}: {'; '.join(problems)}\n"
+        f"stdout:\n{res.stdout}\nstderr:\n{res.stderr}"
     )
 
 

@@ -112,3 +112,30 @@ def test_concurrent_deploy_names_the_holder(project):
     first.communicate(timeout=120)
     assert first.returncode == 0
     assert second.returncode == 4 and "bob@example.com" in second.stderr
+
+
+def test_switching_releases_under_load_fails_no_request(project):
+    """>= 50 req/s from another process while two deploys switch releases: zero failures."""
+    import sys
+
+    project.ok("dev.deploy")
+    load = subprocess.Popen(
+        [sys.executable, "-m", "tests.loadgen", project.url("dev", "/healthz"), "80", "60"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(__import__("tests.support", fromlist=["REPO"]).REPO),
+    )
+    try:
+        time.sleep(1.0)
+        for i in range(2):
+            (project.root / f"CHANGES-{i}").write_text(f"change {i}\n")
+            project.commit(f"change {i}")
+            project.ok("dev.deploy")
+        time.sleep(1.0)
+    finally:
+        load.send_signal(signal.SIGTERM)
+        out, _ = load.communicate(timeout=30)
+    result = json.loads(out)
+    assert result["rate"] >= 50, result
+    assert result["failed"] == 0, result
+    assert result["total"] > 100, result

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import signal
 import threading
 import time
@@ -349,18 +350,28 @@ def test_verify_task_and_a_killed_rollback_that_a_second_one_completes(project, 
     assert set(ledger(project).items()) >= {(4, "reverted"), (5, "reverted"), (6, "reverted")}
 
 
-def test_backup_verify_list_and_reset_data(project, staged):
+def test_backup_verify_list_then_level1_restarts_redis_and_resets_data(project, staged):
     a = staged
     out = project.ok("staging.backup", "--verify").stdout
     assert "notes" in out and "DIFFERS" not in out
     listed = json.loads(project.ok("staging.backups", "--json").stdout)
     assert listed[0]["release"] == a and len(listed[0]["sha256"]) == 64
     assert listed[0]["reason"] == "manual"
+    assert listed[0]["id"] in project.ok("staging.backups").stdout
+
+    # level 1 starts a server that died, and only that one
+    pidfile = project.root / ".stageflow/staging/run/redis.pid"
+    redis_pid = int(pidfile.read_text().split()[0])
+    os.kill(redis_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{redis_pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
 
     out = project.ok(
         "staging.rollback", "--level", "1", "--reset-data", "--reason", "fresh data"
     ).stdout
     assert "skipped" in out  # the reference app ships no seed
+    assert "redis started" in out and "postgres started" not in out
     assert user_rows(project)[0] == 0
     assert ledger(project) == {1: "applied", 2: "applied", 3: "applied"}
     assert version(project)["release"] == a

@@ -1,0 +1,181 @@
+"""Warm `inv dev.deploy`: wall and per-step time against a bare baseline, and the requests lost
+and p99 latency under constant load (new connection per request) during back-to-back deploys."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import _common as c
+
+from tests.e2e.conftest import destroy, make_project
+
+RATE = float(os.environ.get("STAGEFLOW_BENCH_RATE", "60"))  # requests per second
+PATH = "/healthz"
+
+
+def get(port: int, path: str = PATH, timeout: float = 10.0) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+class Load:
+    """Open-loop load: one request every 1/RATE s, each on a new connection, latency counted
+    from the moment it was due (so a stalled server shows up, not hides)."""
+
+    def __init__(self, port: int, rate: float) -> None:
+        self.port, self.rate = port, rate
+        self.lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.failures: dict[str, int] = {}
+        self.stop = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=64)
+        self.thread = threading.Thread(target=self._schedule, daemon=True)
+
+    def _one(self, due: float) -> None:
+        try:
+            status = get(self.port)
+            error = None if status == 200 else f"http {status}"
+        except OSError as exc:
+            error = exc.__class__.__name__
+        took = time.perf_counter() - due
+        with self.lock:
+            if error:
+                self.failures[error] = self.failures.get(error, 0) + 1
+            else:
+                self.latencies.append(took)
+
+    def _schedule(self) -> None:
+        due = time.perf_counter()
+        while not self.stop.is_set():
+            self.pool.submit(self._one, due)
+            due += 1 / self.rate
+            pause = due - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+
+    def __enter__(self) -> Load:
+        self.started = time.perf_counter()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.pool.shutdown(wait=True)
+        self.seconds = time.perf_counter() - self.started
+
+    def report(self) -> dict[str, Any]:
+        ok, failed = len(self.latencies), sum(self.failures.values())
+        return {
+            "path": PATH,
+            "target_rate_per_s": self.rate,
+            "achieved_rate_per_s": round((ok + failed) / self.seconds, 1),
+            "seconds": round(self.seconds, 2),
+            "requests": ok + failed,
+            "failed": failed,
+            "failures": self.failures,
+            "p50_ms": round(c.percentile(self.latencies, 50) * 1000, 1),
+            "p99_ms": round(c.percentile(self.latencies, 99) * 1000, 1),
+            "max_ms": round(max(self.latencies, default=0) * 1000, 1),
+        }
+
+
+def deploy(root: Path, env: dict[str, str]) -> dict[str, Any]:
+    res = c.run([c.INV, "dev.deploy", "--json"], cwd=root, env=env)
+    return json.loads(res.stdout)
+
+
+def bare_baseline(root: Path, port: int, work: Path, n: int) -> None:
+    """What any deploy must do at least: git archive + tar x + symlink switch + one health GET."""
+    rel = work / f"r{n}"
+    rel.mkdir()
+    tarball = work / f"r{n}.tar"
+    subprocess.run(
+        ["git", "archive", "--format=tar", "-o", str(tarball), "HEAD"], cwd=root, check=True
+    )
+    subprocess.run(["tar", "-xf", str(tarball), "-C", str(rel)], check=True)
+    tmp_link = work / "current.tmp"
+    os.symlink(rel, tmp_link)
+    os.replace(tmp_link, work / "current")
+    if get(port) != 200:
+        raise SystemExit("baseline health request failed")
+
+
+def main() -> None:
+    proj = make_project("sf-bench-deploy-")
+    env = c.inv_env()
+    port = proj.ports["dev"]["app"]
+    work = Path(tempfile.mkdtemp(prefix="sf-bench-bare-"))
+    try:
+        c.run([c.INV, "dev.up"], cwd=proj.root, env=env)
+        first_wall = c.wall(lambda: deploy(proj.root, env))  # builds the venv once
+
+        walls, steps = [], []
+        for _ in range(c.RUNS):
+            out: dict[str, Any] = {}
+            walls.append(c.wall(lambda out=out: out.update(deploy(proj.root, env))))
+            steps.append(out["steps"])
+        baseline = [
+            c.wall(lambda n=n: bare_baseline(proj.root, port, work, n)) for n in range(c.RUNS)
+        ]
+
+        with Load(port, RATE) as quiet:  # the same load with no deploy: the reference p99
+            time.sleep(5)
+        deploy_walls = []
+        with Load(port, RATE) as loaded:
+            time.sleep(1)
+            for _ in range(c.RUNS):
+                deploy_walls.append(c.wall(lambda: deploy(proj.root, env)))
+            time.sleep(1)
+    finally:
+        destroy(proj)
+        shutil.rmtree(work, ignore_errors=True)
+
+    step_names = list(steps[0])
+    step_medians = {s: round(statistics.median(run[s] for run in steps), 4) for s in step_names}
+    c.emit(
+        {
+            "bench": "deploy",
+            "command": "inv dev.deploy --json (warm: venv and servers exist)",
+            "baseline": "git archive + tar x + symlink switch + one GET /healthz",
+            "results": {
+                "first_deploy_s": round(first_wall, 3),
+                "warm_deploy": c.summary(walls),
+                "warm_deploy_steps_median_s": step_medians,
+                "warm_deploy_steps_total_s": round(sum(step_medians.values()), 3),
+                "bare_baseline": c.summary(baseline),
+                "warm_over_baseline_s": round(
+                    statistics.median(walls) - statistics.median(baseline), 3
+                ),
+            },
+            "load": {
+                "no_deploy": quiet.report(),
+                "during_deploys": {
+                    **loaded.report(),
+                    "deploys": len(deploy_walls),
+                    "deploy_wall": c.summary(deploy_walls),
+                },
+            },
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""A live view of one environment: health, request and error rate, p95, memory against its triggers.
+
+Rates are deltas: the service's counters (one Redis hash per release) are read twice and the
+difference is divided by the time between the reads. p95 is over the release's whole life, as the
+verify window judges it; error rate is over the interval when it saw requests.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from deploy import releases, verify
+from deploy.config import Project, Thresholds
+from deploy.hosts import Host
+from deploy.smoke import http
+from deploy.state import Layout
+
+OK, WARN, ALERT, UNKNOWN = "ok", "warn", "ALERT", "n/a"
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float  # time.monotonic() of the read
+    wall: str  # UTC time of the read, for people
+    release: str | None
+    health_ok: bool
+    health_ms: float | None
+    health_detail: str
+    requests: int | None  # None: the counters could not be read
+    errors: int | None
+    p95_s: float | None
+    memory_mb: float
+
+
+def _health(port: int) -> tuple[bool, float | None, str]:
+    start = time.perf_counter()
+    try:
+        status, _ = http("GET", f"http://127.0.0.1:{port}/healthz", timeout=2.0)
+    except OSError as exc:
+        return False, None, exc.__class__.__name__
+    return status == 200, (time.perf_counter() - start) * 1000, f"HTTP {status}"
+
+
+def _previous_release(host: Host, layout: Layout, current: str | None) -> str | None:
+    # release ids start with a UTC timestamp: the one sorted just before current is the baseline
+    older = sorted(r for r in releases.list_releases(host, layout) if current and r < current)
+    return older[-1] if older else None
+
+
+def take_sample(proj: Project, name: str) -> Sample:
+    env = proj.env(name)
+    layout = Layout(str(env.data_dir))
+    host = Host()
+    current = releases.current_release(host, layout)
+    ok, ms, detail = _health(env.app_port)
+    try:
+        stats = verify.release_stats(env, current)
+        requests, errors, p95 = (
+            (stats.requests, stats.errors, stats.p95_s) if stats else (0, 0, None)
+        )
+    except Exception:  # noqa: BLE001 - Redis down: the view shows it, the monitor keeps going
+        requests = errors = None
+        p95 = None
+    memory = (
+        verify.service_memory_mb(layout, current) if current and os.path.exists(layout.run) else 0.0
+    )
+    return Sample(
+        at=time.monotonic(),
+        wall=datetime.now(UTC).isoformat(timespec="seconds"),
+        release=current,
+        health_ok=ok,
+        health_ms=None if ms is None else round(ms, 1),
+        health_detail=detail,
+        requests=requests,
+        errors=errors,
+        p95_s=p95,
+        memory_mb=round(memory, 1),
+    )
+
+
+def baseline(proj: Project, name: str, release: str | None) -> verify.Stats | None:
+    env = proj.env(name)
+    prev = _previous_release(Host(), Layout(str(env.data_dir)), release)
+    try:
+        return verify.release_stats(env, prev)
+    except Exception:  # noqa: BLE001 - no baseline is a reading, not a failure
+        return None
+
+
+def reading(
+    prev: Sample | None,
+    cur: Sample,
+    t: Thresholds,
+    *,
+    base: verify.Stats | None = None,
+    consecutive_failures: int = 0,
+) -> dict[str, Any]:
+    """Pure: one row per signal, each with its value, its limit and a status (ok, warn, ALERT)."""
+    out: dict[str, Any] = {"release": cur.release, "time": cur.wall}
+    fails = consecutive_failures
+    out["health"] = {
+        "ok": cur.health_ok,
+        "ms": cur.health_ms,
+        "detail": cur.health_detail,
+        "consecutive_failures": fails,
+        "limit": t.health_failures,
+        "status": OK if cur.health_ok else (ALERT if fails > t.health_failures else WARN),
+    }
+    rate = err_pct = None
+    interval = None
+    if (
+        prev
+        and cur.requests is not None
+        and prev.requests is not None
+        and cur.release == prev.release
+    ):
+        interval = max(cur.at - prev.at, 1e-6)
+        delta = max(cur.requests - prev.requests, 0)
+        rate = delta / interval
+        if delta:
+            err_pct = 100.0 * max((cur.errors or 0) - (prev.errors or 0), 0) / delta
+    out["interval_s"] = None if interval is None else round(interval, 3)
+    out["request_rate"] = {
+        "per_s": None if rate is None else round(rate, 2),
+        "status": UNKNOWN if rate is None else OK,
+    }
+    base_pct = base.error_pct if base and base.requests >= verify.MIN_REQUESTS else 0.0
+    limit_pct = base_pct + t.error_rate_points
+    out["error_rate"] = {
+        "pct": None if err_pct is None else round(err_pct, 2),
+        "baseline_pct": round(base_pct, 2),
+        "limit_pct": round(limit_pct, 2),
+        "status": UNKNOWN if err_pct is None else (ALERT if err_pct > limit_pct else OK),
+    }
+    base_p95 = base.p95_s if base and base.requests >= verify.MIN_REQUESTS else None
+    limit_p95 = base_p95 * t.p95_ratio if base_p95 else None
+    if cur.p95_s is None:
+        p95_status = UNKNOWN
+    elif limit_p95 is None:
+        p95_status = OK  # no baseline to compare with: shown, never alerting
+    else:
+        over = cur.p95_s > limit_p95 and cur.p95_s > verify.P95_FLOOR_S
+        p95_status = ALERT if over else OK
+    out["p95"] = {
+        "ms": None if cur.p95_s is None else round(cur.p95_s * 1000, 1),
+        "baseline_ms": None if base_p95 is None else round(base_p95 * 1000, 1),
+        "limit_ms": None if limit_p95 is None else round(limit_p95 * 1000, 1),
+        "status": p95_status,
+    }
+    out["memory"] = {
+        "mb": cur.memory_mb,
+        "limit_mb": t.memory_mb,
+        "status": ALERT if cur.memory_mb > t.memory_mb else OK,
+    }
+    out["ok"] = (
+        all(out[k]["status"] != ALERT for k in ("health", "error_rate", "p95", "memory"))
+        and cur.health_ok
+    )
+    return out
+
+
+def once(proj: Project, name: str, *, gap_s: float = 1.0) -> dict[str, Any]:
+    """Two samples gap_s apart (a rate needs two), judged against the env's thresholds."""
+    first = take_sample(proj, name)
+    time.sleep(gap_s)
+    second = take_sample(proj, name)
+    fails = 0 if second.health_ok else (1 if first.health_ok else 2)
+    return {
+        "env": name,
+        **reading(
+            first,
+            second,
+            proj.policies[name].thresholds,
+            base=baseline(proj, name, second.release),
+            consecutive_failures=fails,
+        ),
+    }
+
+
+def _cell(value: Any, unit: str = "") -> str:
+    return "-" if value is None else f"{value}{unit}"
+
+
+def render(name: str, r: dict[str, Any], refresh_s: float) -> Any:
+    """The dashboard as a rich Table."""
+    from rich.table import Table
+
+    colour = {OK: "green", WARN: "yellow", ALERT: "bold red", UNKNOWN: "dim"}
+    title = (
+        f"{name} monitor - release {r['release'] or '-'} - {r['time']} "
+        f"(every {refresh_s:g}s, Ctrl-C to stop)"
+    )
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for col in ("signal", "value", "limit", "status"):
+        table.add_column(col)
+    h, rr, er, p, m = r["health"], r["request_rate"], r["error_rate"], r["p95"], r["memory"]
+    rows = [
+        ("health", f"{h['detail']} ({_cell(h['ms'], ' ms')})",
+         f"> {h['limit']} failures in a row", h["status"]),
+        ("request rate", _cell(rr["per_s"], " req/s"), "-", rr["status"]),
+        ("error rate", _cell(er["pct"], " %"),
+         f"{er['limit_pct']:g} % (baseline {er['baseline_pct']:g} %)", er["status"]),
+        ("p95 latency", _cell(p["ms"], " ms"), _cell(p["limit_ms"], " ms"), p["status"]),
+        ("memory", f"{m['mb']:g} MB", f"{m['limit_mb']} MB", m["status"]),
+    ]  # fmt: skip
+    for signal, value, limit, status in rows:
+        table.add_row(signal, value, limit, f"[{colour[status]}]{status}[/]")
+    return table
+
+
+def live(
+    proj: Project,
+    name: str,
+    *,
+    refresh_s: float | None = None,
+    samples: int = 0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Refresh the dashboard every refresh_s (the env's policy) until Ctrl-C or `samples` updates."""
+    from rich.console import Console
+    from rich.live import Live
+
+    every = refresh_s or proj.policies[name].refresh_s
+    t = proj.policies[name].thresholds
+    prev = take_sample(proj, name)
+    base = baseline(proj, name, prev.release)
+    fails = 0 if prev.health_ok else 1
+    last = reading(None, prev, t, base=base, consecutive_failures=fails)
+    done = 0
+    try:
+        with Live(render(name, last, every), console=Console(), auto_refresh=False) as view:
+            view.refresh()
+            while not samples or done < samples:
+                sleep(every)
+                cur = take_sample(proj, name)
+                fails = 0 if cur.health_ok else fails + 1
+                if cur.release != prev.release:
+                    base = baseline(proj, name, cur.release)
+                last = reading(prev, cur, t, base=base, consecutive_failures=fails)
+                view.update(render(name, last, every), refresh=True)
+                prev, done = cur, done + 1
+    except KeyboardInterrupt:
+        pass  # stopping the view is how it ends
+    return {"env": name, **last}

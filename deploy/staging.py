@@ -1,0 +1,616 @@
+"""Staging as a rehearsal of prod: init and reset, seed, refresh from prod (anonymized), profile checks."""
+
+from __future__ import annotations
+
+import os
+import secrets as pysecrets
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from deploy import anonymize, backup, guards, migrations, releases, rollout
+from deploy import seed as seeding
+from deploy.config import EnvConfig, Project, Thresholds
+from deploy.errors import DeployError, GuardRefused, HostError, ServiceError, UsageError
+from deploy.hosts import Host
+from deploy.runtime.native import NativeServices, pg_bin_dir
+from deploy.smoke import Probe, http
+from deploy.state import DeployLock, Layout, audit
+
+Printer = Callable[[str], None]
+LOG_FILES = ("app.log", "postgres.log", "redis.log")
+SCRATCH_SUFFIX = "_refresh"
+RETIRED_SUFFIX = "_retired"
+THRESHOLD_FIELDS = ("health_failures", "error_rate_points", "p95_ratio", "memory_mb")
+# the service caches its notes list here for a few seconds (app.wsgi.NOTES_CACHE_KEY)
+NOTES_CACHE_KEY = "stageflow:notes:latest"
+
+
+def _refuse_production(env: EnvConfig, what: str) -> None:
+    if env.environment == "production":
+        raise GuardRefused(
+            f"{what} is refused on {env.name}: it is production",
+            hint="production is never wiped, seeded or overwritten; use staging",
+        )
+
+
+def _services(proj: Project, name: str) -> NativeServices:
+    return NativeServices(proj.env(name), user_name=proj.service_user)
+
+
+def _migration_source(proj: Project, layout: Layout) -> str:
+    """The serving release's migrations, or the working tree's before the first deploy."""
+    current = releases.current_release(Host(), layout)
+    return layout.release(current) if current else str(proj.root)
+
+
+def _as_role(conninfo: str, role: str) -> str:
+    # objects the superuser creates over the private socket belong to the app role, as on deploy
+    return f"{conninfo} options='-c role={role}'"
+
+
+# -- init and reset ------------------------------------------------------------------------------
+
+
+def _safe_to_wipe(proj: Project, env: EnvConfig) -> Path:
+    """DATA_DIR must be this environment's own home, never the project or a parent of it."""
+    home = Path(env.data_dir).resolve()
+    marker = home / ".stageflow-env"
+    if home == Path("/") or home == proj.root or home in proj.root.parents:
+        raise GuardRefused(
+            f"DATA_DIR {home} holds the project: refusing to wipe it",
+            hint=f"give {env.name} its own DATA_DIR in {env.file.name}",
+        )
+    if home.exists() and any(home.iterdir()):
+        owner = marker.read_text().strip() if marker.exists() else ""
+        if owner != env.name:
+            raise GuardRefused(
+                f"{home} is not marked as {env.name}'s home (marker says {owner or 'nothing'})",
+                hint="check DATA_DIR; nothing was removed",
+            )
+    return home
+
+
+def _wipe(proj: Project, name: str) -> str:
+    """Stop everything, then remove DATA_DIR except state/ (the audit trail outlives a reset)."""
+    env = proj.env(name)
+    home = _safe_to_wipe(proj, env)
+    releases.stop_service(proj, name)
+    _services(proj, name).down()
+    layout = Layout(str(home))
+    removed = 0
+    if home.exists():
+        for entry in home.iterdir():
+            if str(entry) == layout.state:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed += 1
+    return f"service and servers stopped; {removed} entries of {home} removed (state/ kept)"
+
+
+def _log_files(svc: NativeServices) -> str:
+    made = []
+    for name in LOG_FILES:
+        path = Path(svc.layout.logs) / name
+        if not path.exists():
+            path.touch()
+            made.append(name)
+        if svc.user:
+            import pwd
+
+            pw = pwd.getpwnam(svc.user)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+    return f"created {', '.join(made)}" if made else f"{', '.join(LOG_FILES)} present"
+
+
+def init(
+    proj: Project,
+    name: str,
+    *,
+    actor: str,
+    reset: bool = False,
+    process_env: Mapping[str, str] | None = None,
+    size: str = "small",
+) -> list[tuple[str, str]]:
+    """Make the environment ready to deploy to: dirs, config, servers, schema, seed, logs.
+
+    Idempotent: a second run changes nothing and says so. With reset, the environment is wiped
+    and rebuilt from the working tree's migrations first. Production is always refused.
+    """
+    env = proj.env(name)
+    _refuse_production(env, "init" + (" --reset" if reset else ""))
+    seeding.size_rows(size)
+    steps: list[tuple[str, str]] = []
+    checks = guards.run_checks(guards.environment_checks(proj, name, process_env or {}))
+    guards.require(checks)
+    steps.append(("config", f"{env.file.name} + stageflow.toml load; {len(checks)} guards pass"))
+    layout = Layout(str(env.data_dir))
+    host = Host(secrets=env.secret_values())
+    if reset:
+        _safe_to_wipe(proj, env)
+    Path(layout.state).mkdir(parents=True, exist_ok=True)
+    lock = DeployLock(host, layout)
+    lock.acquire(who=actor, command=f"{name}.init{' --reset' if reset else ''}")
+    try:
+        if reset:
+            steps.append(("reset", _wipe(proj, name)))
+            Path(layout.state).mkdir(parents=True, exist_ok=True)
+        svc = _services(proj, name)
+        wanted = [
+            layout.shared, layout.logs, layout.backups, layout.releases, layout.run,
+            layout.state, layout.venvs,
+        ]  # fmt: skip
+        missing = [d for d in wanted if not os.path.isdir(d)]
+        steps.append(
+            (
+                "directories",
+                f"created {len(missing)} under {env.data_dir}" if missing else "present",
+            )
+        )
+        steps.append(("servers", "; ".join(svc.up())))
+        steps.append(("logs", _log_files(svc)))
+        source = str(proj.root) if reset else _migration_source(proj, layout)
+        applied = migrations.migrate(
+            env.database_url,
+            rollout.migration_files(source),
+            applied_by=actor,
+            password=env.secret("POSTGRES_PASSWORD"),
+        )
+        steps.append(
+            ("migrate", f"applied {[f.version for f in applied]}" if applied else "up to date")
+        )
+        have = seeding.count_seed_rows(env.database_url, password=env.secret("POSTGRES_PASSWORD"))
+        if have:
+            steps.append(("seed", f"kept {have} seed rows (reseed with `inv {name}.seed`)"))
+        else:
+            result = seeding.seed(env, size=size)
+            steps.append(("seed", f"{result.inserted} {size} seed rows in {result.seconds:.2f}s"))
+        audit(host, layout, actor=actor, action="init", reset=reset)
+    finally:
+        lock.release()
+    if not releases.current_release(host, layout):
+        steps.append(("next", f"deploy a release: inv {name}.deploy"))
+    return steps
+
+
+# -- refresh -------------------------------------------------------------------------------------
+
+
+def _latest_backup(proj: Project, source: str) -> dict[str, Any] | None:
+    layout = Layout(str(proj.env(source).data_dir))
+    for info in reversed(backup.list_backups(proj, source)):
+        dump = Path(layout.backups) / info.get("file", "")
+        if dump.exists() and backup._sha256(dump) == info.get("sha256"):
+            return {**info, "path": str(dump)}
+    return None
+
+
+def _source_dump(proj: Project, source: str, *, actor: str, fresh: bool) -> dict[str, Any]:
+    info = None if fresh else _latest_backup(proj, source)
+    if info is not None:
+        return {**info, "fresh": False}
+    try:
+        info = backup.take(proj, source, actor=actor, reason="staging refresh")
+    except (HostError, ServiceError) as exc:
+        raise ServiceError(
+            f"cannot dump {source}: {exc.message}",
+            hint=f"start it with `inv {source}.up`; staging was not touched",
+        ) from None
+    path = Path(Layout(str(proj.env(source).data_dir)).backups) / info["file"]
+    return {**info, "path": str(path), "fresh": True}
+
+
+def _source_connection(env: EnvConfig) -> Any:
+    """Read-only: every transaction on this connection is READ ONLY, so nothing can write to prod."""
+    import psycopg
+
+    password = env.secret("POSTGRES_PASSWORD")
+    try:
+        return psycopg.connect(
+            env.database_url,
+            password=password.reveal() if password else None,
+            connect_timeout=5,
+            autocommit=True,
+            options="-c default_transaction_read_only=on",
+            application_name="stageflow-refresh-check",
+        )
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or ["unreachable"])[0]
+        if password:
+            first = first.replace(password.reveal(), "[REDACTED]")
+        raise ServiceError(
+            f"cannot read {env.name} to check the anonymization: {first}",
+            hint=f"start it with `inv {env.name}.up`; staging was not touched",
+        ) from None
+
+
+def _admin(svc: NativeServices, dbname: str = "postgres") -> Any:
+    import psycopg
+
+    return psycopg.connect(svc.admin_conninfo(dbname), autocommit=True, connect_timeout=10)
+
+
+def _drop(svc: NativeServices, dbname: str) -> None:
+    from psycopg import sql
+
+    with _admin(svc) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
+        )
+
+
+def _swap(svc: NativeServices, live: str, scratch: str) -> None:
+    """Put scratch in live's place in one transaction; live is kept aside until that commits.
+
+    New sessions to live are refused first, then the open ones (the service's) are ended: a
+    database cannot be renamed while anyone is connected. The service's store reconnects on its
+    next query and lands on the new database, so the service need not stop.
+    """
+    import psycopg
+    from psycopg import sql
+
+    retired = live + RETIRED_SUFFIX
+    ident = sql.Identifier
+    with _admin(svc) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident(retired)))
+        conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(ident(live)))
+        try:
+            for _ in range(50):
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (live,),
+                )
+                try:
+                    with conn.transaction():
+                        conn.execute(
+                            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                                ident(live), ident(retired)
+                            )
+                        )
+                        conn.execute(
+                            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                                ident(scratch), ident(live)
+                            )
+                        )
+                    break
+                except psycopg.errors.ObjectInUse:
+                    time.sleep(0.05)  # a session ended by terminate may still be leaving
+            else:
+                raise ServiceError(
+                    f"{live} kept getting new sessions: could not swap it",
+                    hint="stop whatever connects to it and run the refresh again",
+                )
+        finally:
+            still = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (live,)).fetchone()
+            if still:
+                conn.execute(
+                    sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(ident(live))
+                )
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (retired,)).fetchone():
+                conn.execute(
+                    sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(ident(retired))
+                )
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident(retired)))
+
+
+def _forget_cache(env: EnvConfig) -> None:
+    import redis
+
+    password = env.secret("REDIS_PASSWORD")
+    client = redis.Redis(
+        host=env.redis.host,
+        port=env.redis.port,
+        db=env.redis.db,
+        password=password.reveal() if password else None,
+        socket_timeout=3,
+    )
+    try:
+        client.delete(NOTES_CACHE_KEY)
+    except redis.RedisError:
+        pass  # the cache expires on its own within seconds
+    finally:
+        client.close()
+
+
+def refresh(
+    proj: Project,
+    name: str,
+    *,
+    source: str = "prod",
+    anonymize_data: bool,
+    actor: str,
+    fresh: bool = False,
+    printer: Printer = lambda _line: None,
+) -> dict[str, Any]:
+    """Replace name's database with source's latest backup (a fresh dump when there is none).
+
+    The order keeps the target whole until the very end, whatever fails:
+      1. dump:      source's latest verified backup, or pg_dump now (read-only on the source);
+      2. restore:   into a scratch database beside the target's, never into the target itself;
+      3. migrate:   the target's serving release's pending migrations, on that scratch copy;
+      4. anonymize: the rules of [anonymize], in one transaction on the scratch copy;
+      5. check:     no rewritten value equals a value of the restored copy or of the live source
+                    (read-only queries there); the source being unreadable stops here;
+      6. swap:      rename target -> retired and scratch -> target in one transaction, then drop
+                    the retired one.
+    Any failure before 6 drops the scratch copy and leaves the target exactly as it was.
+    """
+    target = proj.env(name)
+    _refuse_production(target, "refresh")
+    if source == name or source not in proj.envs:
+        raise UsageError(f"cannot refresh {name} from {source!r}", hint="use --from prod")
+    rules = anonymize.load_rules(proj.policy)
+    if not anonymize_data and not rules.allow_raw:
+        raise GuardRefused(
+            f"a raw copy of {source} into {name} is refused by policy",
+            hint="add --anonymize (rules in [anonymize] of stageflow.toml)",
+        )
+    svc = _services(proj, name)
+    down = [s.name for s in svc.status() if not s.up]
+    if down:
+        raise ServiceError(f"{name}: {', '.join(down)} not running", hint=f"run `inv {name}.up`")
+    layout = Layout(str(target.data_dir))
+    host = Host(secrets=target.secret_values())
+    lock = DeployLock(host, layout)
+    lock.acquire(who=actor, command=f"{name}.refresh --from {source}")
+    timings: dict[str, float] = {}
+    scratch = target.database.name + SCRATCH_SUFFIX
+    started = time.perf_counter()
+
+    def step(label: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        out = fn()
+        timings[label] = round(time.perf_counter() - t0, 3)
+        printer(f"{name}: {label} ({timings[label]:.2f}s)")
+        return out
+
+    try:
+        dump = step("dump", lambda: _source_dump(proj, source, actor=actor, fresh=fresh))
+        _drop(svc, scratch)
+        try:
+            step(
+                "restore",
+                lambda: _restore_scratch(svc, target, scratch, dump["path"]),
+            )
+            applied = step(
+                "migrate",
+                lambda: migrations.migrate(
+                    _as_role(svc.admin_conninfo(scratch), target.database.user),
+                    rollout.migration_files(_migration_source(proj, layout)),
+                    applied_by=actor,
+                ),
+            )
+            checked = step(
+                "anonymize",
+                lambda: _anonymize_scratch(
+                    proj, svc, scratch, rules, source=source, enabled=anonymize_data
+                ),
+            )
+            step("swap", lambda: _swap(svc, target.database.name, scratch))
+        except BaseException:
+            try:
+                _drop(svc, scratch)
+            except Exception:  # noqa: BLE001 - the first failure is the one to report
+                pass
+            raise
+        _forget_cache(target)
+        out = {
+            "env": name,
+            "source": source,
+            "backup": dump["id"],
+            "fresh_dump": dump["fresh"],
+            "anonymized": anonymize_data,
+            "migrations": [f.version for f in applied],
+            "rows": checked["rows"],
+            "updated": checked["updated"],
+            "leaks": checked["leaks"],
+            "timings_s": timings,
+            "duration_s": round(time.perf_counter() - started, 3),
+        }
+        audit(
+            host, layout, actor=actor, action="refresh", source=source, backup=dump["id"],
+            anonymized=anonymize_data, rows=checked["rows"],
+        )  # fmt: skip
+        return out
+    finally:
+        lock.release()
+
+
+def _restore_scratch(svc: NativeServices, env: EnvConfig, scratch: str, dump: str) -> None:
+    from psycopg import sql
+
+    with _admin(svc) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(scratch), sql.Identifier(env.database.user)
+            )
+        )
+    try:
+        Host(secrets=env.secret_values()).run(
+            backup.restore_argv(
+                pg_bin_dir(), svc.admin_conninfo(scratch), dump, role=env.database.user
+            ),
+            timeout=7200,
+        )
+    except HostError as exc:
+        raise ServiceError(
+            f"restoring the dump failed: {exc.message}", hint="staging was not touched"
+        ) from None
+
+
+def _anonymize_scratch(
+    proj: Project,
+    svc: NativeServices,
+    scratch: str,
+    rules: anonymize.Rules,
+    *,
+    source: str,
+    enabled: bool,
+) -> dict[str, Any]:
+    updated: dict[str, int] = {}
+    found: dict[str, int] = {}
+    with _admin(svc, scratch) as conn:
+        if enabled:
+            salt = pysecrets.token_hex(16)
+            with conn.transaction():
+                anonymize.require_coverage(rules, anonymize.read_columns(conn))
+                anonymize.start_reference(conn, rules)
+                updated = anonymize.apply(conn, rules, salt=salt)
+            with _source_connection(proj.env(source)) as src:
+                anonymize.add_reference(conn, src, rules)
+            found = anonymize.leaks(conn, rules)
+            anonymize.require_no_leaks(found)
+        rows = anonymize.table_counts(conn)
+    return {"updated": updated, "leaks": found, "rows": rows}
+
+
+# -- the staging profile -------------------------------------------------------------------------
+
+
+def relax_settings(proj: Project, name: str) -> tuple[str, float] | None:
+    """(source env, factor) when name's thresholds are derived from another's, else None."""
+    table = proj.policy.get("environments", {}).get(name, {})
+    source = table.get("relax_thresholds_from")
+    if not source:
+        return None
+    return str(source), float(table.get("relax_factor", 2))
+
+
+def threshold_rows(proj: Project, name: str) -> list[tuple[str, str, str, str]]:
+    """(trigger, name's value, source's value, relation) for the status table."""
+    relax = relax_settings(proj, name)
+    source = relax[0] if relax else "prod"
+    mine, theirs = proj.policies[name].thresholds, proj.policies[source].thresholds
+    rows = []
+    for key in THRESHOLD_FIELDS:
+        a, b = getattr(mine, key), getattr(theirs, key)
+        rel = f"x{a / b:g}" if b else "-"
+        rows.append((key, f"{a:g}", f"{b:g}", rel))
+    return rows
+
+
+def expected_thresholds(proj: Project, name: str) -> Thresholds | None:
+    relax = relax_settings(proj, name)
+    if relax is None:
+        return None
+    base = proj.policies[relax[0]].thresholds
+    f = relax[1]
+    return Thresholds(
+        health_failures=int(base.health_failures * f),
+        error_rate_points=base.error_rate_points * f,
+        p95_ratio=base.p95_ratio * f,
+        memory_mb=int(base.memory_mb * f),
+    )
+
+
+def _probe(name: str, fn: Callable[[], tuple[bool, str]]) -> Probe:
+    start = time.perf_counter()
+    try:
+        ok, detail = fn()
+    except DeployError as exc:
+        ok, detail = False, exc.line()
+    except Exception as exc:  # noqa: BLE001 - a check that cannot run has failed
+        ok, detail = False, f"{exc.__class__.__name__}: {str(exc)[:120]}"
+    return Probe(name, ok, detail, (time.perf_counter() - start) * 1000)
+
+
+def profile_checks(
+    proj: Project, name: str = "staging", *, process_env: Mapping[str, str] | None = None
+) -> list[Probe]:
+    """What makes staging a faithful rehearsal of prod, each as a smoke probe (well under 2 s)."""
+    env = proj.env(name)
+    layout = Layout(str(env.data_dir))
+    host = Host()
+    version: dict[str, Any] = {}
+
+    def detected() -> tuple[bool, str]:
+        shell = guards.shell_environment(env, process_env or {})
+        ok = env.environment == "staging" and shell.ok
+        return ok, f"ENVIRONMENT={env.environment}; {shell.detail}"
+
+    def config() -> tuple[bool, str]:
+        posture = guards.production_posture(env)
+        return posture.ok, f"{env.file.name} + stageflow.toml; {posture.detail}"
+
+    def directories() -> tuple[bool, str]:
+        dirs = [
+            layout.shared,
+            layout.logs,
+            layout.backups,
+            layout.state,
+            layout.releases,
+            layout.pgdata,
+        ]
+        gone = [os.path.relpath(d, layout.home) for d in dirs if not os.path.isdir(d)]
+        logs = [f for f in LOG_FILES if not os.path.isfile(os.path.join(layout.logs, f))]
+        if gone or logs:
+            return False, f"missing {', '.join(gone + logs)} (run `inv {name}.init`)"
+        return True, f"{len(dirs)} directories, {', '.join(LOG_FILES)}"
+
+    def features() -> tuple[bool, str]:
+        from app.config import KNOWN_FEATURES
+
+        if "all" not in env.features:
+            return False, f"FEATURES={','.join(env.features)}: staging runs every flag (all)"
+        status, body = http("GET", f"http://127.0.0.1:{env.app_port}/version", timeout=1.5)
+        if status != 200 or not isinstance(body, dict):
+            return False, f"/version HTTP {status}"
+        version.update(body)
+        off = sorted(set(KNOWN_FEATURES) - set(body.get("features") or []))
+        return not off, f"off: {', '.join(off)}" if off else f"all on: {', '.join(KNOWN_FEATURES)}"
+
+    def thresholds() -> tuple[bool, str]:
+        want = expected_thresholds(proj, name)
+        have = proj.policies[name].thresholds
+        if want is None:
+            return False, "no relax_thresholds_from: staging's triggers are not derived from prod's"
+        src, factor = relax_settings(proj, name) or ("prod", 2.0)
+        return have == want, f"{name} = {src} x {factor:g}" if have == want else f"{have} != {want}"
+
+    def healthy() -> tuple[bool, str]:
+        svc = NativeServices(env, user_name=proj.service_user)
+        down = [s.name for s in svc.status() if not s.up]
+        app = releases.service_status(proj, name)
+        if not app["up"]:
+            down.append("app")
+        return not down, f"down: {', '.join(down)}" if down else "postgres, redis, app up"
+
+    def version_matches() -> tuple[bool, str]:
+        current = releases.current_release(host, layout)
+        if not version:
+            status, body = http("GET", f"http://127.0.0.1:{env.app_port}/version", timeout=1.5)
+            version.update(body if isinstance(body, dict) else {})
+        meta = releases.release_meta(host, layout, current) if current else None
+        serving = version.get("release")
+        if not current or serving != current:
+            return False, f"serving {serving}, current is {current}"
+        if meta and meta.get("commit") and version.get("commit") != meta["commit"]:
+            return False, f"commit {version.get('commit')} != {meta['commit']}"
+        return True, f"{current}"
+
+    def isolated() -> tuple[bool, str]:
+        check = guards.isolation(proj, name)
+        wired = version.get("database")
+        if wired and wired != env.database.name:
+            return False, f"the service uses database {wired}, not {env.database.name}"
+        return check.ok, check.detail
+
+    return [
+        _probe(n, f)
+        for n, f in (
+            ("environment", detected),
+            ("config", config),
+            ("directories", directories),
+            ("features", features),
+            ("thresholds", thresholds),
+            ("services", healthy),
+            ("version", version_matches),
+            ("isolation", isolated),
+        )
+    ]

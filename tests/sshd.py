@@ -1,0 +1,215 @@
+"""Real OpenSSH servers for tests: one sshd per loopback address (127.0.0.2, ...), each its own host."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests import support
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def sshd_available() -> bool:
+    return (
+        os.path.exists(SSHD) and os.access(SSHD, os.X_OK) and shutil.which("ssh-keygen") is not None
+    )
+
+
+def can_run_sshd() -> tuple[bool, str]:
+    """sshd must be installed and we must be root (it switches users to run commands)."""
+    if not sshd_available():
+        return False, "OpenSSH server (sshd) is not installed"
+    if os.geteuid() != 0:
+        return False, "sshd test servers need root"
+    return True, ""
+
+
+def free_port_on(address: str) -> int:
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+def keygen(path: Path) -> Path:
+    """An ed25519 key pair at path (private) and path.pub."""
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "stageflow-test", "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+def _descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for child in map(int, children):
+        out += [child, *_descendants(child)]
+    return out
+
+
+@dataclass
+class Sshd:
+    """One sshd -D on address:port; stop() kills it and every connection it forked."""
+
+    address: str
+    port: int
+    home: Path  # config, keys, pid file; and the deploy root of this host under home/"srv"
+    client_key: Path
+    known_hosts: Path
+    proc: subprocess.Popen[bytes] | None = None
+    registry: Path | None = field(default=None, repr=False)
+
+    @property
+    def destination(self) -> str:
+        return f"root@{self.address}:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "srv"
+
+    def table(self, **extra: str) -> dict[str, str]:
+        """This host as a stageflow.toml inline table."""
+        return {
+            "address": self.destination,
+            "data_dir": str(self.data_dir),
+            "bind": self.address,
+            "identity_file": str(self.client_key),
+            "known_hosts": str(self.known_hosts),
+            **extra,
+        }
+
+    def toml(self, **extra: str) -> str:
+        items = ", ".join(f'{k} = "{v}"' for k, v in self.table(**extra).items())
+        return "{" + items + "}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        # a fixed order: the listening socket exists before start() returns
+        self.proc = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(self.home / "sshd_config")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.home / "sshd.log", "ab"),  # noqa: SIM115 - sshd owns it until stop
+            start_new_session=True,
+        )
+        if self.registry:
+            support.REGISTRY.mkdir(exist_ok=True)
+            self.registry.write_text(
+                '{"owner": %d, "pids": [%d]}' % (os.getpid(), self.proc.pid)  # noqa: UP031
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                log = (self.home / "sshd.log").read_text(errors="replace")[-400:]
+                raise RuntimeError(f"sshd on {self.address}:{self.port} exited: {log}")
+            try:
+                with socket.create_connection((self.address, self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"sshd on {self.address}:{self.port} did not listen")
+
+    def stop(self) -> None:
+        """Kill the server and every session it holds: the host is unreachable afterwards."""
+        if self.proc is None:
+            return
+        pids = [self.proc.pid, *_descendants(self.proc.pid)]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(timeout=10)
+        self.proc = None
+        if self.registry:
+            self.registry.unlink(missing_ok=True)
+
+
+def make_sshd(base: Path, address: str, client_key: Path) -> Sshd:
+    """Configure (not start) an sshd on address that accepts root with client_key only."""
+    home = base / f"host-{address}"
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o755)
+    host_key = keygen(home / "ssh_host_ed25519_key")
+    auth = home / "authorized_keys"
+    auth.write_text(Path(f"{client_key}.pub").read_text())
+    port = free_port_on(address)
+    (home / "sshd_config").write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                f"ListenAddress {address}",
+                f"HostKey {host_key}",
+                f"PidFile {home / 'sshd.pid'}",
+                f"AuthorizedKeysFile {auth}",
+                "StrictModes no",
+                "UsePAM no",
+                "PermitRootLogin prohibit-password",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "Subsystem sftp internal-sftp",
+                "MaxSessions 64",
+                "MaxStartups 100",
+                "LogLevel ERROR",
+                "PrintMotd no",
+                "PrintLastLog no",
+                "UseDNS no",
+                "",
+            ]
+        )
+    )
+    pub = Path(f"{host_key}.pub").read_text().split()
+    known = home / "known_hosts"
+    known.write_text(f"[{address}]:{port} {pub[0]} {pub[1]}\n")
+    registry = support.REGISTRY / f"{os.getpid()}-sshd-{address}-{port}.json"
+    return Sshd(address, port, home, client_key, known, registry=registry)
+
+
+@contextmanager
+def fleet(base: Path, count: int, *, first: int = 2) -> Iterator[list[Sshd]]:
+    """count running sshd hosts on 127.0.0.<first>...; all are killed on exit, even on failure."""
+    # sshd refuses to start without its privilege separation directory
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    client_key = keygen(base / "client_key")
+    hosts: list[Sshd] = []
+    try:
+        for i in range(count):
+            h = make_sshd(base, f"127.0.0.{first + i}", client_key)
+            hosts.append(h)
+            h.start()
+        yield hosts
+    finally:
+        for h in hosts:
+            h.stop()
+
+
+def set_hosts(root: Path, env: str, hosts: list[Sshd], **policy: str | int | float) -> None:
+    """Point [environments.<env>] of root/stageflow.toml at hosts (inline tables), plus policy."""
+    path = root / "stageflow.toml"
+    lines = path.read_text().splitlines()
+    start = lines.index(f"[environments.{env}]")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+    keys = {"hosts", *policy}
+    body = [ln for ln in lines[start + 1 : end] if ln.split("=")[0].strip() not in keys]
+    new = [f"hosts = [{', '.join(h.toml() for h in hosts)}]"]
+    for key, value in policy.items():
+        new.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
+    lines[start + 1 : end] = new + body
+    path.write_text("\n".join(lines) + "\n")
