@@ -28,9 +28,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from deploy.actors import Actor
 from deploy.config import NAMESPACES, Project
 from deploy.errors import ConfigError, DeployError
+from deploy.hosts import Host
 from deploy.secrets import scrub
+from deploy.state import Layout, audit
 
 POINTS = (
     "pre-deploy",
@@ -181,6 +184,11 @@ def plan(proj: Project, env: str, point: str) -> list[Hook]:
     return hooks
 
 
+def plan_all(proj: Project, env: str) -> list[Hook]:
+    """Every point's hooks for env, in point order; what `--dry-run` lists."""
+    return [hook for point in POINTS for hook in plan(proj, env, point)]
+
+
 def environment(
     proj: Project,
     env: str,
@@ -198,6 +206,11 @@ def environment(
     hosts = proj.policies[env].hosts if env in proj.policies else ()
     out = {k: process_env[k] for k in INHERITED if k in process_env}
     out.setdefault("PATH", os.defpath)
+    context = dict(context)
+    who = context.get("actor")
+    if isinstance(who, Actor):  # the name and the kind travel in separate variables
+        context["actor"] = who.name
+        context.setdefault("actor_kind", who.kind)
     values: dict[str, Any] = {
         "env": env,
         "environment": cfg.environment,
@@ -294,7 +307,13 @@ def run(
     process_env: Mapping[str, str] | None = None,
 ) -> list[HookResult]:
     """Run point's hooks in order. A failing pre- hook raises HookFailed; others are returned."""
-    hooks = plan(proj, env, point)
+    try:
+        hooks = plan(proj, env, point)
+    except ConfigError as err:
+        if point.startswith("pre-"):
+            raise
+        # after the fact a malformed [hooks] table must not mask the outcome being recorded
+        return [HookResult(point, "stageflow.toml [hooks]", (), None, False, 0.0, err.line())]
     if not hooks:
         return []
     hook_env = environment(
@@ -318,3 +337,20 @@ def run(
 def failures(results: list[HookResult]) -> str:
     """One line for a history note: the failed post- hooks, or empty when all passed."""
     return "; ".join(r.describe() for r in results if not r.ok)
+
+
+def record_failures(
+    host: Host, layout: Layout, results: list[HookResult], *, actor: str, history_id: str = ""
+) -> str:
+    """Audit each failed hook ("hook-failed"); the one-line note for the history entry."""
+    for r in results:
+        if not r.ok:
+            audit(
+                host,
+                layout,
+                actor=actor,
+                action="hook-failed",
+                history_id=history_id,
+                **{k: v for k, v in r.to_dict().items() if k != "ok"},
+            )
+    return failures(results)

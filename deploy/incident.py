@@ -52,13 +52,21 @@ class Incident:
     def start(self) -> Record:
         return self.entries[0]
 
+    @property
+    def day(self) -> str:
+        """The incident's date: its first bad entry's, else the window's start."""
+        first = next((e for e in self.entries if is_bad(e)), self.start)
+        return str(first.get("time", ""))[:10]
+
 
 def is_bad(entry: Record) -> bool:
     kind = str(entry.get("kind", ""))
     return entry.get("status") in BAD_STATUSES or kind.startswith(("rollback-", "restart"))
 
 
-def select(entries: Sequence[Record], *, since: str | None = None) -> list[Record]:
+def select(
+    entries: Sequence[Record], *, since: str | None = None, env: str = "<env>"
+) -> list[Record]:
     """History from `since`, or from the last good deploy before the latest rollback or failure."""
     if not entries:
         raise UsageError("no history yet", hint="an incident draft needs deploys to describe")
@@ -67,14 +75,14 @@ def select(entries: Sequence[Record], *, since: str | None = None) -> list[Recor
         if since not in ids:
             recent = ", ".join(ids[-3:])
             raise UsageError(
-                f"history has no entry {since!r}", hint=f"see `inv <env>.history`; latest: {recent}"
+                f"history has no entry {since!r}", hint=f"see `inv {env}.history`; latest: {recent}"
             )
         return list(entries[ids.index(since) :])
     bad = [i for i, e in enumerate(entries) if is_bad(e)]
     if not bad:
         raise UsageError(
             "history has no rollback or failed entry to draft an incident from",
-            hint="pass --since ID to draft from a given entry",
+            hint=f"pass --since ID (from `inv {env}.history`) to draft from a given entry",
         )
     start = 0
     for i in range(bad[-1] - 1, -1, -1):
@@ -90,7 +98,7 @@ def collect(
 ) -> Incident:
     """Read env's history and audit log and keep the incident's part of each."""
     known = history(host, layout)
-    entries = select(known, since=since)
+    entries = select(known, since=since, env=env)
     first = str(entries[0].get("time", ""))
     records = [a for a in read_jsonl(host, layout.audit) if str(a.get("time", "")) >= first]
     return Incident(env, environment, entries, records, known)
@@ -151,6 +159,9 @@ def _entry_rows(e: Record) -> list[tuple[str, str, str, str]]:
     rows = [(str(e.get("time", "")), what, who, detail + f" (history {e.get('id')})")]
     for t in fired:
         rows.append((_end(e), "TRIGGER", "stageflow", t))
+    if kind in DEPLOY_KINDS and status == "rolled-back":
+        back = e.get("previous") or "no previous release (the new one was stopped)"
+        rows.append((_end(e), "auto-rollback", "stageflow", f"{back} serves again"))
     return rows
 
 
@@ -231,10 +242,12 @@ def render(inc: Incident, *, now: str | None = None) -> str:
     people: dict[str, list[str]] = {}
     for time_, what, who, _ in rows:
         if who != "stageflow":
-            people.setdefault(who, []).append(f"{what.split(' ')[0]} {time_[11:19]}")
+            people.setdefault(who, []).append(
+                f"{what.split(' ')[0]} {time_[5:19].replace('T', ' ')}"
+            )
 
     lines = [
-        f"# Incident: {name} ({inc.environment}), {str(inc.start.get('time', ''))[:10]}",
+        f"# Incident: {name} ({inc.environment}), {inc.day}",
         "",
         f"Draft written by `inv {name}.incident` at {now or utc_now()} from {name}'s history "
         f"(entries {inc.start.get('id')} to {entries[-1].get('id')}) and audit log. "
@@ -329,7 +342,7 @@ def write(
     """Draft the incident of env under root/docs/incidents; the path of the new file."""
     inc = collect(host, layout, env=env, environment=environment, since=since)
     text = scrub(render(inc, now=now), host.secrets)
-    path = _free_path(root, str(inc.start.get("time", ""))[:10] or utc_now()[:10], env)
+    path = _free_path(root, inc.day or utc_now()[:10], env)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + "\n", encoding="utf-8")
     return path

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from deploy import procs
 from deploy.commands import app as cmd
 from deploy.config import EnvConfig, Project
 from deploy.errors import ServiceError, UsageError
@@ -188,13 +189,7 @@ def prune(host: Host, layout: Layout, *, keep: int, protect: set[str]) -> list[s
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return procs.alive(pid)
 
 
 def _read_pid(host: Host, path: str) -> int | None:
@@ -411,9 +406,24 @@ def switch(host: Host, layout: Layout, release_id: str) -> None:
 
 
 def stop_service(proj: Project, name: str) -> list[str]:
+    """Stop the service's masters and listener on every host of the environment."""
+    from deploy import rolling
+
     env = proj.env(name)
-    layout = Layout(str(env.data_dir))
-    host = Host(secrets=env.secret_values())
+    if not rolling.is_rolling(proj, name):
+        return stop_on_host(Host(secrets=env.secret_values()), Layout(str(env.data_dir)))
+    lines = []
+    for t, out, exc, _ in rolling.parallel(
+        rolling.targets(proj, name), lambda t: stop_on_host(t.host, t.layout)
+    ):
+        if exc is not None:
+            lines.append(f"{t.name}: not stopped ({rolling.reason_of(exc)})")
+        lines += [f"{t.name}: {line}" for line in out or []]
+        t.host.close()
+    return lines
+
+
+def stop_on_host(host: Host, layout: Layout) -> list[str]:
     lines = []
     for rid, pid in running_masters(host, layout).items():
         stop_master(host, pid)
@@ -430,7 +440,11 @@ def stop_service(proj: Project, name: str) -> list[str]:
 
 
 def service_status(proj: Project, name: str) -> dict[str, Any]:
+    from deploy import rolling
+
     env = proj.env(name)
+    if rolling.is_rolling(proj, name):
+        return _hosts_status(proj, name)
     layout = Layout(str(env.data_dir))
     host = Host()
     masters = running_masters(host, layout)
@@ -442,6 +456,44 @@ def service_status(proj: Project, name: str) -> dict[str, Any]:
         "release": current,
         "masters": masters,
         "serving": sorted(masters),
+    }
+
+
+def _hosts_status(proj: Project, name: str) -> dict[str, Any]:
+    """service_status over several hosts: up when every host answers on its bind address."""
+    from deploy import rolling
+
+    env = proj.env(name)
+
+    def one(t: rolling.Target) -> dict[str, Any]:
+        masters = running_masters(t.host, t.layout)
+        return {
+            "host": t.name,
+            "release": current_release(t.host, t.layout),
+            "serving": sorted(masters),
+            "up": bool(masters) and port_answers(env.app_port, t.bind),
+        }
+
+    rows = []
+    for t, row, exc, _ in rolling.parallel(rolling.targets(proj, name), one):
+        rows.append(
+            row
+            or {
+                "host": t.name,
+                "release": None,
+                "serving": [],
+                "up": False,
+                "error": rolling.reason_of(exc) if exc else "",
+            }
+        )
+        t.host.close()
+    return {
+        "up": all(r["up"] for r in rows),
+        "port": env.app_port,
+        "release": rows[0]["release"],
+        "masters": {},
+        "serving": rows[0]["serving"],
+        "hosts": rows,
     }
 
 

@@ -401,3 +401,10 @@ def watch(
     return verify.evaluate(
         limits, new=new, base=base, consecutive_failures=worst, memory_mb=max(memory, default=0.0)
     )
+
+
+def primary(proj: Project, name: str) -> tuple[Host, Layout]:
+    """The host that holds the environment's lock and state files, and its layout there."""
+    spec = host_spec(proj.policies[name].hosts[0])
+    env = proj.env(name)
+    return host_from_spec(spec, secrets=env.secret_values()), Layout(spec.home(env))

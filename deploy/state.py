@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
+from deploy import procs
 from deploy.errors import LockHeld, UsageError
 from deploy.hosts import Host
 
@@ -213,12 +214,7 @@ class DeployLock:
         if info.since and time.time() - info.since > LOCK_STALE_AFTER_S:
             return True
         if info.host == socket.gethostname() and info.pid > 0:
-            try:
-                os.kill(info.pid, 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                return False
+            return not procs.alive(info.pid)
         return False
 
     def acquire(self, *, who: str, command: str, release: str = "") -> None:

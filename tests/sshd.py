@@ -200,16 +200,55 @@ def fleet(base: Path, count: int, *, first: int = 2) -> Iterator[list[Sshd]]:
             h.stop()
 
 
-def set_hosts(root: Path, env: str, hosts: list[Sshd], **policy: str | int | float) -> None:
-    """Point [environments.<env>] of root/stageflow.toml at hosts (inline tables), plus policy."""
+def set_hosts(root: Path, env: str, hosts: list[Sshd], **policy: str | int | float) -> list[Path]:
+    """Point [environments.<env>] of root/stageflow.toml at hosts, plus policy keys; returns the
+    hosts' data dirs, under root/.stageflow/hosts so the project's cleanup reaches them."""
     path = root / "stageflow.toml"
     lines = path.read_text().splitlines()
     start = lines.index(f"[environments.{env}]")
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
     keys = {"hosts", *policy}
     body = [ln for ln in lines[start + 1 : end] if ln.split("=")[0].strip() not in keys]
-    new = [f"hosts = [{', '.join(h.toml() for h in hosts)}]"]
+    dirs = [root / ".stageflow" / "hosts" / f"{env}-{h.address}" for h in hosts]
+    tables = [h.toml(data_dir=str(d)) for h, d in zip(hosts, dirs, strict=True)]
+    new = [f"hosts = [{', '.join(tables)}]"]
     for key, value in policy.items():
         new.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
     lines[start + 1 : end] = new + body
     path.write_text("\n".join(lines) + "\n")
+    return dirs
+
+
+def shared_venv(base: Path, lock: Path) -> Path:
+    """One venv of the app's lock file, built once, that seed_venv links into hosts."""
+    venv = base / "app-venv"
+    if not (venv / ".complete").exists():
+        subprocess.run(["python3", "-m", "venv", str(venv)], check=True, capture_output=True)
+        subprocess.run(
+            [str(venv / "bin/python"), "-m", "pip", "install", "-q", "-r", str(lock)],
+            check=True,
+            capture_output=True,
+        )
+        (venv / ".complete").write_text(lock.read_text())
+    return venv
+
+
+def seed_venv(data_dir: Path, venv: Path, lock: Path) -> None:
+    """Give a host the app's venv under its lock hash, so its first build installs nothing: pip
+    for every host would make the test minutes long (one host per test still builds for real)."""
+    from deploy.releases import lock_hash
+
+    venvs = data_dir / "shared" / "venvs"
+    venvs.mkdir(parents=True, exist_ok=True)
+    link = venvs / lock_hash(lock.read_text())
+    if not link.exists():
+        link.symlink_to(venv)
+
+
+def kill_served(data_dir: Path) -> None:
+    """Stop, by pid file, every listener and master a test left under a host's data dir."""
+    for pidfile in data_dir.glob("run/*.pid"):
+        try:
+            os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            continue

@@ -17,9 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy import procs
 from deploy.commands import services as cmd
 from deploy.config import EnvConfig
-from deploy.errors import ServiceError
+from deploy.errors import HostError, ServiceError
 from deploy.hosts import Host, as_user
 from deploy.state import Layout
 
@@ -134,13 +135,7 @@ def scram_verifier(password: str, *, iterations: int = 4096) -> str:
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return procs.alive(pid)
 
 
 def _read_pid(path: Path) -> int | None:
@@ -328,14 +323,20 @@ class NativeServices:
             actions.append("stale postgres pid file removed")
         Path(self.pg_log).touch()
         _chown(self.pg_log, self.user)
-        try:
-            self._run_as_service(cmd.pg_start(bin_dir, str(pgdata), self.pg_log), timeout=60)
-        except Exception:
-            tail = Path(self.pg_log).read_text(errors="replace").strip().splitlines()[-2:]
-            raise ServiceError(
-                f"postgres did not start on port {self.env.postgres_port}: " + " | ".join(tail),
-                hint=f"see {self.pg_log}",
-            ) from None
+        # after a crash the old server's children may hold its shared memory for a moment
+        for attempt in range(5 if stale else 1):
+            try:
+                self._run_as_service(cmd.pg_start(bin_dir, str(pgdata), self.pg_log), timeout=60)
+                break
+            except Exception:
+                if attempt < (4 if stale else 0):
+                    time.sleep(1.0)
+                    continue
+                tail = Path(self.pg_log).read_text(errors="replace").strip().splitlines()[-2:]
+                raise ServiceError(
+                    f"postgres did not start on port {self.env.postgres_port}: " + " | ".join(tail),
+                    hint=f"see {self.pg_log}",
+                ) from None
         actions.append(f"postgres started on 127.0.0.1:{self.env.postgres_port}")
         return actions
 
@@ -408,8 +409,16 @@ class NativeServices:
         actions = []
         pg_pid = self.postgres_pid()
         if pg_pid:
-            self._run_as_service(cmd.pg_stop(pg_bin_dir(), self.layout.pgdata), timeout=60)
-            actions.append("postgres stopped")
+            try:
+                stop = cmd.pg_stop(pg_bin_dir(), self.layout.pgdata, timeout_s=60)
+                self._run_as_service(stop, timeout=90)
+                actions.append("postgres stopped")
+            except HostError:
+                # fast shutdown did not finish in time: immediate is safe (recovery on next start)
+                self._run_as_service(
+                    cmd.pg_stop(pg_bin_dir(), self.layout.pgdata, mode="immediate"), timeout=60
+                )
+                actions.append("postgres stopped (immediate: fast shutdown timed out)")
         r_pid = self.redis_pid()
         if r_pid:
             _terminate(r_pid)

@@ -14,7 +14,7 @@ from invoke import Exit
 from deploy import guards
 from deploy.actors import Actor, resolve
 from deploy.config import Project, find_root, load_project
-from deploy.errors import DeployError
+from deploy.errors import DeployError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,6 +32,14 @@ def edge(fn: F) -> F:
             raise Exit("stageflow: interrupted", code=130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def whole(value: object, flag: str, *, minimum: int = 0) -> int:
+    """A flag that must be a whole number: bad text is a usage error, not a traceback."""
+    text = str(value).strip()
+    if not text.lstrip("-").isdigit() or int(text) < minimum:
+        raise UsageError(f"{flag} {text!r} is not a whole number >= {minimum}")
+    return int(text)
 
 
 def project() -> Project:

@@ -1,11 +1,12 @@
-"""Tasks of every environment for watching and recording: monitor (incident joins later)."""
+"""Tasks of every environment for watching and recording: monitor, incident."""
 
 from __future__ import annotations
 
 from invoke import task
 
+from deploy import incident as incidents
 from deploy import monitor as engine
-from deploy.output import print_json
+from deploy.output import print_json, say
 from deploy.tasks._common import edge, env_name, project
 
 
@@ -35,4 +36,19 @@ def monitor(c, once=False, json=False, samples=0):
         print_json(last)
 
 
-TASKS: list = [monitor]
+@task(
+    help={
+        "since": "history id to start from (default: the last good deploy before the latest "
+        "rollback or failed entry)",
+    }
+)
+@edge
+def incident(c, since=None):
+    """Draft docs/incidents/<date>-<env>.md from history and audit; prints its path."""
+    proj = project()
+    path = incidents.draft(proj, env_name(c), since=since)
+    say(str(path.relative_to(proj.root)))
+    return path
+
+
+TASKS: list = [monitor, incident]

@@ -15,7 +15,7 @@ from deploy.errors import NotApproved, RolledBack, UsageError
 from deploy.hosts import Host
 from deploy.output import print_json, print_table, say
 from deploy.state import DeployLock, Layout, history
-from deploy.tasks._common import actor, edge, env_name, guarded, preflight, project
+from deploy.tasks._common import actor, edge, env_name, guarded, preflight, project, whole
 
 
 @task(
@@ -141,14 +141,14 @@ def migrate(c, to=None, dry_run=False, resolve=None, mark=""):
         migrations.resolve_failed(
             env.database_url,
             files,
-            version=int(resolve),
+            version=whole(resolve, "--resolve", minimum=1),
             state=mark,
             applied_by=str(actor()),
             password=password,
         )
         say(f"{name}: migration {resolve} marked {mark}")
         return
-    target = int(to) if to is not None else None
+    target = whole(to, "--to", minimum=1) if to is not None else None
     done = migrations.migrate(
         env.database_url,
         files,
@@ -253,11 +253,13 @@ def lock(c, release=False, force=False, reason=""):
 
 @task(help={"limit": "how many entries (newest first)", "json": "print as JSON"})
 @edge
-def history_(c, limit=20, json=False):
+def history_(c, limit="20", json=False):
     """Deployment history: Date | Version | Type | Status | Rollback | Notes."""
     name = env_name(c)
     env = project().env(name)
-    entries = history(Host(), Layout(str(env.data_dir)))[-int(limit) :][::-1]
+    entries = history(Host(), Layout(str(env.data_dir)))[-whole(limit, "--limit", minimum=1) :][
+        ::-1
+    ]
     if json:
         print_json(entries)
         return

@@ -97,7 +97,7 @@ def test_anonymize_rewrites_every_value_and_the_check_finds_none(pg_dsn):
     originals_body = {b for _, b, _ in before}
     originals_author = {a for _, _, a in before if a}
     assert len(after) == len(before)
-    for (i, body, author), (j, new_body, new_author) in zip(before, after, strict=True):
+    for (i, _body, author), (j, new_body, new_author) in zip(before, after, strict=True):
         assert i == j
         assert new_body not in originals_body and 3 <= len(new_body.split()) <= 8
         if author is None:
@@ -120,7 +120,9 @@ def test_the_check_reports_a_value_that_still_equals_the_source(pg_dsn, second_d
             anonymize.start_reference(conn, RULES)
             anonymize.apply(conn, RULES, salt="s4")
         # a raw value of the restored copy coming back is caught ...
-        conn.execute("UPDATE notes SET body = %s WHERE id = (SELECT min(id) FROM notes)", (KNOWN[1][0],))
+        conn.execute(
+            "UPDATE notes SET body = %s WHERE id = (SELECT min(id) FROM notes)", (KNOWN[1][0],)
+        )
         assert anonymize.leaks(conn, RULES)["notes.body"] == 1
         # ... and so is a value only the live source holds, read through a read-only session
         conn.execute("UPDATE notes SET author = 'eve' WHERE id = (SELECT max(id) FROM notes)")

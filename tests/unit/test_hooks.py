@@ -13,8 +13,11 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from deploy import hooks
+from deploy.actors import Actor
 from deploy.config import Project, load_project
 from deploy.errors import ConfigError, ExitCode
+from deploy.hosts import Host
+from deploy.state import Layout, read_jsonl
 from tests import support
 
 SECRET = "pg-staging-s3cret-value"  # support.write_envs puts it in env/staging.secrets.env
@@ -71,6 +74,7 @@ def test_passing_pre_hooks_run_in_order_file_then_dir_then_toml(root: Path) -> N
         "deploy/hooks/pre-deploy.d/20-b",
         "stageflow.toml: sh",
     ]
+    assert [h.name for h in hooks.plan_all(proj, "dev")] == names
     results = hooks.run(proj, "dev", "pre-deploy", {}, process_env={})
     assert all(r.ok for r in results) and len(results) == 4
     assert (root / "order").read_text().split() == ["single", "a", "b", "toml"]
@@ -87,6 +91,12 @@ def test_post_hook_failure_is_returned_not_raised_and_the_rest_still_run(root: P
     note = hooks.failures(results)
     assert "10-notify" in note and "chat server said 503" in note and "20-log" not in note
     assert results[0].to_dict()["ok"] is False
+    layout = Layout(str(root / "home"))
+    line = hooks.record_failures(Host(), layout, results, actor="ana", history_id="h1")
+    assert line == note
+    (record,) = read_jsonl(Host(), layout.audit)
+    assert record["action"] == "hook-failed" and record["history_id"] == "h1"
+    assert record["name"] == "deploy/hooks/post-deploy.d/10-notify" and record["exit_code"] == 3
 
 
 def test_on_failure_hook_that_cannot_start_is_a_result(root: Path) -> None:
@@ -140,8 +150,7 @@ def test_environment_has_the_context_and_no_secret(root: Path) -> None:
         "release": "20261122T040723Z-7d0d1934",
         "commit": "7d0d1934cf3453d6c88848cfb82cb4a49df1e1aa",
         "ref": "v1.4.0",
-        "actor": "ana@example.com",
-        "actor_kind": "human",
+        "actor": Actor("ana@example.com", "human"),
         "status": "success",
         "previous": "20261121T100000Z-1234abcd",
         "reason": f"p95 doubled; password {SECRET} leaked in a log",
@@ -208,8 +217,11 @@ def test_per_env_commands_replace_the_shared_list(root: Path) -> None:
 def test_malformed_hooks_table_is_a_config_error(root: Path, toml: str, needle: str) -> None:
     proj = make_project(root, toml)
     with pytest.raises(ConfigError, match=needle) as info:
-        hooks.plan(proj, "prod", "pre-deploy")
+        hooks.run(proj, "prod", "pre-deploy", {}, process_env={})
     assert info.value.exit_code == ExitCode.USAGE
+    # after the fact it is a failed result, so the outcome being recorded is not masked
+    (result,) = hooks.run(proj, "prod", "on-failure", {}, process_env={})
+    assert not result.ok and needle in result.output
 
 
 def test_samples_ship_switched_off() -> None:

@@ -1,0 +1,23 @@
+"""Process liveness on this host: a zombie is dead (orphans are not always reaped here)."""
+
+from __future__ import annotations
+
+import os
+
+
+def alive(pid: int | None) -> bool:
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            # the state follows the command name, which is in parentheses and may hold spaces
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")

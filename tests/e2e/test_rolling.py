@@ -1,0 +1,197 @@
+"""Rolling deploys over real OpenSSH hosts on loopback addresses: batches, barrier, switch back."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploy import rolling, rollout
+from deploy.actors import Actor
+from deploy.config import load_project
+from deploy.errors import ExitCode
+from tests import support
+from tests.conftest import need
+from tests.e2e.conftest import Project, destroy, make_project
+from tests.sshd import Sshd, can_run_sshd, fleet, kill_served, seed_venv, set_hosts, shared_venv
+
+STAGING, PROD = 3, 6
+
+
+class Fleet:
+    def __init__(self, project: Project, staging: list[Sshd], prod: list[Sshd]) -> None:
+        self.project = project
+        self.staging = staging
+        self.prod = prod
+        self.dirs: dict[str, list[Path]] = {}
+
+    def url(self, env: str, host: Sshd, path: str = "/version") -> str:
+        return f"http://{host.address}:{self.project.ports[env]['app']}{path}"
+
+    def history(self, env: str) -> list[dict[str, Any]]:
+        """The primary's history file, newest first (the primary is on this machine here)."""
+        text = (self.dirs[env][0] / "state" / "history.jsonl").read_text()
+        by_id: dict[str, dict[str, Any]] = {}
+        for line in text.splitlines():
+            rec = json.loads(line)
+            by_id[rec["id"]] = {**by_id.get(rec["id"], {}), **rec}
+        return list(by_id.values())[::-1]
+
+    def lock_free(self, env: str) -> bool:
+        return not (self.dirs[env][0] / "state" / "lock").exists()
+
+    def serving(self, env: str) -> list[str | None]:
+        """What each host of env answers on its own address (None: nothing answers)."""
+        out: list[str | None] = []
+        for h in self.staging if env == "staging" else self.prod:
+            try:
+                with urllib.request.urlopen(self.url(env, h), timeout=5) as resp:
+                    out.append(json.loads(resp.read())["release"])
+            except OSError:
+                out.append(None)
+        return out
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[Fleet]:
+    ok, why = can_run_sshd()
+    need(ok, why)
+    base = support.public_tmpdir("sf-sshd-")
+    project = make_project("sf-e2e-rolling-")
+    try:
+        with fleet(base, STAGING + PROD) as servers:
+            f = Fleet(project, servers[:STAGING], servers[STAGING:])
+            f.dirs["staging"] = set_hosts(project.root, "staging", f.staging, batch="1")
+            f.dirs["prod"] = set_hosts(project.root, "prod", f.prod, batch="50%")
+            project.commit("staging on 3 hosts, prod on 6")
+            lock = project.root / "app" / "requirements.lock"
+            venv = shared_venv(base, lock)
+            # staging's first host builds its venv for real over SSH; the rest reuse one
+            for d in f.dirs["staging"][1:] + f.dirs["prod"]:
+                seed_venv(d, venv, lock)
+            project.ok("staging.up", "prod.up")
+            try:
+                yield f
+            finally:
+                destroy(project)  # `down` stops the service on every host while sshd still runs
+                for d in f.dirs["staging"] + f.dirs["prod"]:
+                    kill_served(d)
+    finally:
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(project.root.parent, ignore_errors=True)
+
+
+def in_process(f: Fleet, env: str, printer: Callable[[str], None], **kw: Any) -> dict[str, Any]:
+    """The deploy engine in this process, so a test can act between two batches (printer)."""
+    proj = load_project(f.project.root, process_env={})
+    actor = Actor(name=f.project.actor, kind="human")
+    return rollout.deploy(proj, env, actor=actor, printer=printer, **kw)
+
+
+def test_dry_run_shows_the_batches(hosts: Fleet) -> None:
+    out = hosts.project.ok("staging.deploy", "--dry-run").stdout
+    addrs = [h.destination for h in hosts.staging]
+    assert " | ".join(addrs) in " ".join(out.split()), out
+
+
+def test_staging_three_hosts_batch_one_first_host_first(hosts: Fleet) -> None:
+    p = hosts.project
+    res = p.ok("staging.deploy")
+    release = hosts.serving("staging")[0]
+    assert release and hosts.serving("staging") == [release] * STAGING
+    batch_lines = [ln for ln in res.stdout.splitlines() if "(batch " in ln]
+    for i, h in enumerate(hosts.staging):  # one host per batch, the primary alone first
+        assert h.destination in batch_lines[i] and f"(batch {i + 1}/{STAGING})" in batch_lines[i]
+    # lock and state live on the primary only
+    primary, others = hosts.dirs["staging"][0], hosts.dirs["staging"][1:]
+    assert (primary / "state" / "history.jsonl").exists()
+    assert not any((d / "state").exists() for d in others)
+    hist = hosts.history("staging")
+    assert hist[0]["status"] == "success" and hist[0]["release"] == release
+    assert hosts.lock_free("staging")
+
+
+def test_prod_six_hosts_half_batch(hosts: Fleet) -> None:
+    lines: list[str] = []
+    # the engine promotion.deploy calls once a request is approved (the promotion tests cover it)
+    result = in_process(hosts, "prod", lines.append, extra_checks=[])
+    assert result["status"] == "success"
+    assert [o["status"] for o in result["hosts"]] == ["ok"] * PROD
+    assert hosts.serving("prod") == [result["release"]] * PROD
+    batches = [ln.split("(batch ")[1].split(")")[0] for ln in lines if "(batch " in ln]
+    # 50% of 6 hosts is 3 per batch, after the primary alone: 1 + 3 + 2
+    assert batches == ["1/3", "2/3", "2/3", "2/3", "3/3", "3/3"]
+
+
+def test_sshd_stopping_mid_rollout_switches_back_every_host(hosts: Fleet) -> None:
+    p = hosts.project
+    before = hosts.serving("staging")
+    assert before[0] and len(set(before)) == 1
+    p.commit("a change that never reaches every host")
+    victim = hosts.staging[1]
+    lines: list[str] = []
+
+    def printer(line: str) -> None:
+        lines.append(line)
+        # the primary passed its health check: the second host's sshd dies before its turn
+        if f"{hosts.staging[0].destination} ok (batch 1/" in line:
+            victim.stop()
+
+    try:
+        with pytest.raises(rolling.RolloutError) as info:
+            in_process(hosts, "staging", printer)
+    finally:
+        if not victim.running:
+            victim.start()
+    err = info.value
+    by_host = {o.host: o for o in err.outcomes}
+    assert [o.host for o in err.outcomes] == [h.destination for h in hosts.staging]
+    assert by_host[hosts.staging[0].destination].status == "reverted"
+    assert by_host[victim.destination].status == "failed"
+    assert by_host[hosts.staging[2].destination].status == "skipped"
+    assert err.exit_code == ExitCode.ROLLED_BACK
+    assert victim.destination in err.message and "skipped" in err.message
+    assert any(victim.destination in ln and "failed" in ln for ln in lines)  # the table
+    assert hosts.serving("staging") == before
+    assert hosts.lock_free("staging")
+    hist = hosts.history("staging")
+    assert hist[0]["status"] == "rolled-back"
+    audit = (hosts.dirs["staging"][0] / "state" / "audit.jsonl").read_text().splitlines()
+    outcome = json.loads(audit[-1])
+    assert outcome["action"] == "rollout" and len(outcome["hosts"]) == STAGING
+
+
+def test_unreachable_host_refuses_before_any_change(hosts: Fleet) -> None:
+    p = hosts.project
+    before = hosts.serving("staging")
+    down = hosts.staging[2]
+    down.stop()
+    try:
+        res = p.inv("staging.deploy")
+    finally:
+        down.start()
+    assert res.returncode == ExitCode.GUARD_REFUSED, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and down.destination in lines[0] and "unreachable" in lines[0]
+    assert hosts.serving("staging") == before
+    assert hosts.lock_free("staging")
+
+
+def test_switch_hosts_moves_every_host_and_reports_each(hosts: Fleet) -> None:
+    proj = load_project(hosts.project.root, process_env={})
+    history = hosts.history("prod")
+    current = history[0]["release"]
+    lines: list[str] = []
+    outcomes = rolling.switch_hosts(proj, "prod", current, printer=lines.append)
+    assert [o.status for o in outcomes] == ["ok"] * PROD
+    with pytest.raises(rolling.RolloutError) as info:
+        rolling.switch_hosts(proj, "prod", "no-such-release", printer=lines.append)
+    assert len(info.value.outcomes) == PROD
+    assert {o.status for o in info.value.outcomes} == {"failed"}
+    assert hosts.serving("prod") == [current] * PROD
