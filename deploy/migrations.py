@@ -27,12 +27,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
-
-import psycopg
+from typing import TYPE_CHECKING, Literal
 
 from deploy.errors import MigrationError
 from deploy.secrets import Secret, scrub
+
+if TYPE_CHECKING:  # psycopg loads where a server is spoken to, not on import (fast `inv --list`)
+    import psycopg
 
 LEDGER_TABLE = "stageflow_migrations"
 # Fixed key shared by every stageflow process that migrates this database ("STAGEFLW" in ASCII).
@@ -456,6 +457,8 @@ def _pg_error(e: BaseException, password: Secret | None) -> str:
 def _connect(
     conninfo: str, password: Secret | None, connect_timeout: int
 ) -> Iterator[psycopg.Connection]:
+    import psycopg
+
     kwargs: dict[str, object] = {
         "connect_timeout": connect_timeout,
         "autocommit": True,
@@ -478,6 +481,8 @@ def _connect(
 
 @contextmanager
 def _advisory_lock(conn: psycopg.Connection, wait_s: float) -> Iterator[None]:
+    import psycopg
+
     deadline = time.monotonic() + max(wait_s, 0.0)
     while True:
         row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
@@ -509,6 +514,8 @@ def _advisory_lock(conn: psycopg.Connection, wait_s: float) -> Iterator[None]:
 def _configure(
     conn: psycopg.Connection, lock_timeout: str | int, statement_timeout: str | int
 ) -> None:
+    import psycopg
+
     for name, value in (("lock_timeout", lock_timeout), ("statement_timeout", statement_timeout)):
         try:
             conn.execute("SELECT set_config(%s, %s, false)", (name, str(value)))
@@ -653,6 +660,8 @@ def _run(
     password: Secret | None,
     done: Sequence[MigrationFile],
 ) -> None:
+    import psycopg
+
     sql = f.down_sql if down else f.sql
     filename = f.down_path.name if down and f.down_path else f.filename
     success = "reverted" if down else "applied"

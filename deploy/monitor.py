@@ -191,10 +191,8 @@ def render(name: str, r: dict[str, Any], refresh_s: float) -> Any:
     from rich.table import Table
 
     colour = {OK: "green", WARN: "yellow", ALERT: "bold red", UNKNOWN: "dim"}
-    title = (
-        f"{name} monitor - release {r['release'] or '-'} - {r['time']} "
-        f"(every {refresh_s:g}s, Ctrl-C to stop)"
-    )
+    every = f"every {refresh_s:g}s, Ctrl-C to stop" if refresh_s > 0 else "one reading"
+    title = f"{name} monitor - release {r['release'] or '-'} - {r['time']} ({every})"
     table = Table(title=title, title_justify="left", header_style="bold")
     for col in ("signal", "value", "limit", "status"):
         table.add_column(col)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from deploy import guards
+from deploy import guards, notify
 from deploy.actors import Actor
 from deploy.config import Project
 from deploy.errors import ConfigError, NotApproved, UsageError
@@ -377,6 +377,16 @@ def approve(proj: Project, rid: str | int, *, actor: Actor) -> dict[str, Any]:
     if len(req["approvals"]) >= pol.min_approvals:
         req["status"] = "approved"
     save(proj, req)
+    notify.send(
+        proj,
+        PROD,
+        "approval",
+        actor=str(actor),
+        commit=req["commit"],
+        ref=req["ref"],
+        status=req["status"],
+        details={"request": req["id"]},
+    )
     audit(
         Host(),
         Layout(str(proj.env(PROD).data_dir)),
@@ -582,6 +592,16 @@ def deploy(
     req = load(proj, rid)
     layout = Layout(str(proj.env(PROD).data_dir))
     if break_glass:
+        notify.send(
+            proj,
+            PROD,
+            "break-glass",
+            actor=str(actor),
+            commit=req["commit"],
+            ref=req["ref"],
+            status="override",
+            details={"request": req["id"], "reason": break_glass},
+        )
         audit(
             Host(),
             layout,

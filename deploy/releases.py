@@ -205,7 +205,14 @@ def _alive(host: Host, pid: int | None) -> bool:
         return False
     if host.is_local:
         return _pid_alive(pid)
-    return host.exists(f"/proc/{pid}")  # over SFTP: no process spawned per check
+    # over SFTP: no process spawned per check; a zombie is dead, as procs.alive says locally
+    stat = host.read_text(f"/proc/{pid}/stat")
+    if stat is None:
+        return False
+    try:
+        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except IndexError:
+        return True
 
 
 def _signal(host: Host, pid: int, sig: signal.Signals) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy import guards, migrations, releases, smoke
+from deploy import guards, hooks, migrations, notify, releases, smoke
 from deploy.actors import Actor
 from deploy.config import EnvConfig, Project
 from deploy.errors import DeployError, GuardRefused, ServiceError, UsageError
@@ -442,6 +442,9 @@ def unfreeze(proj: Project, name: str, *, actor: Actor, reason: str) -> dict[str
         record = {"raw": text[:200]}
     host.run(["rm", "-f", layout.freeze])
     audit(host, layout, actor=str(actor), action="unfreeze", reason=reason, freeze=record)
+    notify.send(
+        proj, name, "unfreeze", actor=str(actor), status="unfrozen", details={"reason": reason}
+    )
     return record
 
 
@@ -527,6 +530,7 @@ def rollback(
     if dry_run:
         return {"dry_run": True, **p.to_dict()}
     confirm_prod(env, actor=actor, yes=yes, confirm=confirm)
+    hook_ctx = {"actor": actor, "previous": p.current or "", "reason": reason}
 
     ctx = Context(proj, env, actor, host, layout, printer, stop_at=stop_at)
     kind = f"rollback-{level}"
@@ -547,6 +551,8 @@ def rollback(
         notes=f"reason: {reason}" if reason else "",
     )
     details: list[str] = []
+    hook_ctx.update(release=target.id, commit=target.commit, ref=target.ref)
+    hooks.run(proj, name, "pre-rollback", hook_ctx, process_env=process_env)  # fails closed
     started = time.perf_counter()
     ctx.step(
         "lock",
@@ -580,9 +586,32 @@ def rollback(
         raise
     finally:
         entry.duration_s = round(time.perf_counter() - started, 3)
+        point = "post-rollback" if entry.status == "success" else "on-failure"
+        results = hooks.run(
+            proj, name, point, {**hook_ctx, "status": entry.status}, process_env=process_env
+        )
+        details.append(
+            hooks.record_failures(host, layout, results, actor=str(actor), history_id=entry.id)
+        )
         entry.notes = "; ".join(x for x in [entry.notes, *details] if x)
         if lock.held:
             record_history(host, layout, entry)
+            notify.send(
+                proj,
+                name,
+                "rollback",
+                actor=str(actor),
+                release=target.id,
+                commit=target.commit,
+                ref=target.ref,
+                status=entry.status,
+                details={
+                    "level": level,
+                    "reason": reason,
+                    "previous": p.current,
+                    "history_id": entry.id,
+                },
+            )
             audit(
                 host,
                 layout,
@@ -718,15 +747,24 @@ def _level3(
     env, host, layout = ctx.env, ctx.host, ctx.layout
     info = p.backup
     assert info is not None
+
     # frozen first: a restore that dies half-way must not invite the next deploy in
-    ctx.step(
-        "freeze",
-        lambda: str(
-            freeze(
-                host, layout, actor=str(ctx.actor), reason=reason, backup=info["id"], release=rel.id
-            )["when"]
-        ),
-    )
+    def freeze_step() -> str:
+        record = freeze(
+            host, layout, actor=str(ctx.actor), reason=reason, backup=info["id"], release=rel.id
+        )
+        notify.send(
+            ctx.proj,
+            env.name,
+            "freeze",
+            actor=str(ctx.actor),
+            release=rel.id,
+            status="frozen",
+            details=record,
+        )
+        return str(record["when"])
+
+    ctx.step("freeze", freeze_step)
     ctx.step("stop", lambda: "; ".join(releases.stop_service(ctx.proj, env.name)) or "not running")
     svc = NativeServices(env, user_name=ctx.proj.service_user, host=host)
 

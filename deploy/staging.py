@@ -287,14 +287,10 @@ def _swap(svc: NativeServices, live: str, scratch: str) -> None:
                     hint="stop whatever connects to it and run the refresh again",
                 )
         finally:
-            still = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (live,)).fetchone()
-            if still:
+            # whichever database holds the name takes sessions (after a failure: the untouched target)
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (live,)).fetchone():
                 conn.execute(
                     sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(ident(live))
-                )
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (retired,)).fetchone():
-                conn.execute(
-                    sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(ident(retired))
                 )
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident(retired)))
 

@@ -30,6 +30,9 @@ def edge(fn: F) -> F:
             raise Exit(f"stageflow: {err.line()}", code=int(err.exit_code)) from None
         except KeyboardInterrupt:
             raise Exit("stageflow: interrupted", code=130) from None
+        finally:
+            if "deploy.notify" in sys.modules:  # events queued by this task: wait a little
+                sys.modules["deploy.notify"].flush(5.0)
 
     return wrapper  # type: ignore[return-value]
 

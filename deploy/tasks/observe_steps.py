@@ -29,7 +29,7 @@ def monitor(c, once=False, json=False, samples=0):
         else:
             from rich.console import Console
 
-            Console().print(engine.render(name, reading, proj.policies[name].refresh_s))
+            Console().print(engine.render(name, reading, 0))
         return
     last = engine.live(proj, name, samples=int(samples))
     if json:

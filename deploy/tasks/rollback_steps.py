@@ -32,7 +32,7 @@ from deploy.tasks._common import actor, edge, env_name, guarded, project
 @edge
 def rollback(
     c,
-    level=0,
+    level="",
     to=None,
     backup=None,
     reason="",
@@ -43,6 +43,13 @@ def rollback(
 ):
     """Roll back: --level 1 restart, 2 revert to the previous release, 3 restore a backup."""
     name = env_name(c)
+    try:  # a string flag: invoke's own int parsing would end in a traceback
+        lvl = int(str(level).strip())
+    except ValueError:
+        raise UsageError(
+            f"--level {level or '(missing)'} is not a rollback level",
+            hint="--level 1 restart, 2 revert to the previous release, 3 restore a backup",
+        ) from None
     proj = project()
 
     def ask(prompt: str) -> str:
@@ -51,7 +58,7 @@ def rollback(
     result = engine.rollback(
         proj,
         name,
-        level=int(level),
+        level=lvl,
         actor=actor(),
         to=to,
         backup_id=backup,
@@ -68,7 +75,7 @@ def rollback(
         print_json(result)
     elif dry_run:
         say(
-            f"{name}: level {level} ({engine.LEVELS[int(level)]}) {result['current']} -> {result['target']}"
+            f"{name}: level {level} ({engine.LEVELS[lvl]}) {result['current']} -> {result['target']}"
         )
         print_table(f"{name} rollback plan (nothing changed)", ["step", "does"], result["steps"])
     else:
@@ -155,7 +162,15 @@ def backups_(c, json=False):
 def verify(c, window=None, json=False):
     """Watch the serving release against the previous one; non-zero exit on a trigger."""
     name = env_name(c)
-    out = engine.verify_serving(project(), name, window_s=float(window) if window else None)
+    try:
+        seconds = float(window) if window else None
+    except ValueError:
+        raise UsageError(
+            f"--window {window} is not a number of seconds", hint="e.g. --window 30"
+        ) from None
+    if seconds is not None and not 0 < seconds <= 3600:
+        raise UsageError(f"--window {window} is out of range", hint="give 0 < seconds <= 3600")
+    out = engine.verify_serving(project(), name, window_s=seconds)
     if json:
         print_json(out)
     else:

@@ -65,8 +65,10 @@ def hosts() -> Iterator[Fleet]:
     try:
         with fleet(base, STAGING + PROD) as servers:
             f = Fleet(project, servers[:STAGING], servers[STAGING:])
-            f.dirs["staging"] = set_hosts(project.root, "staging", f.staging, batch="1")
-            f.dirs["prod"] = set_hosts(project.root, "prod", f.prod, batch="50%")
+            f.dirs["staging"] = set_hosts(
+                project.root, "staging", f.staging, batch="1", verify_window_s=1
+            )
+            f.dirs["prod"] = set_hosts(project.root, "prod", f.prod, batch="50%", verify_window_s=1)
             project.commit("staging on 3 hosts, prod on 6")
             lock = project.root / "app" / "requirements.lock"
             venv = shared_venv(base, lock)

@@ -1,0 +1,166 @@
+"""deploy/hosts.py over real OpenSSH servers: commands, files over SFTP, the lock, lost hosts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.config import HostSpec
+from deploy.errors import HostError, LockHeld
+from deploy.hosts import Host, host_from_spec
+from deploy.secrets import Secret
+from deploy.state import DeployLock, Layout
+from tests import support
+from tests.conftest import need
+from tests.sshd import Sshd, can_run_sshd, fleet, keygen
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[list[Sshd]]:
+    ok, why = can_run_sshd()
+    need(ok, why)
+    base = support.public_tmpdir("sf-sshd-")
+    try:
+        with fleet(base, 2) as hosts:
+            yield hosts
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def connect(server: Sshd, **changes: str) -> Host:
+    t = {**server.table(), **changes}
+    spec = HostSpec(
+        address=t["address"], identity_file=t["identity_file"], known_hosts=t["known_hosts"]
+    )
+    return host_from_spec(spec, secrets=(Secret("hunter2-secret"),))
+
+
+@pytest.fixture
+def remote(servers: list[Sshd], tmp_path: Path) -> Iterator[tuple[Host, Path]]:
+    host = connect(servers[0])
+    try:
+        yield host, tmp_path
+    finally:
+        host.close()
+
+
+def test_commands_run_over_ssh_with_quoting_env_and_cwd(remote: tuple[Host, Path]) -> None:
+    host, tmp = remote
+    assert not host.is_local
+    res = host.run(["printf", "%s|%s", "two words", "it's $HOME"], cwd=tmp)
+    assert res.stdout == "two words|it's $HOME"
+    res = host.run(["sh", "-c", 'echo "$GREETING from $(pwd)"'], env={"GREETING": "hi"}, cwd=tmp)
+    assert res.stdout.strip() == f"hi from {tmp}"
+    host.run(["echo", "to a file"], stdout_file=tmp / "out.log")
+    assert (tmp / "out.log").read_text() == "to a file\n"
+    assert host.run(["sh", "-c", "exit 7"], check=False).exit_code == 7
+    with pytest.raises(HostError) as info:
+        host.run(["sh", "-c", "echo hunter2-secret >&2; exit 3"])
+    assert info.value.host == host.name and "exited 3" in info.value.message
+    assert "hunter2" not in info.value.message and "[REDACTED]" in info.value.message
+
+
+def test_files_go_over_sftp_atomically(remote: tuple[Host, Path]) -> None:
+    host, tmp = remote
+    target = tmp / "deep" / "er" / "app.env"
+    host.write_text(target, "A=1\n", mode=0o600)
+    assert target.read_text() == "A=1\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert sorted(os.listdir(target.parent)) == ["app.env"]  # no temp file left behind
+    assert host.read_text(target) == "A=1\n" and host.read_text(tmp / "missing") is None
+    host.append_line(tmp / "state" / "h.jsonl", '{"n":1}')
+    host.append_line(tmp / "state" / "h.jsonl", '{"n":2}')
+    assert (tmp / "state" / "h.jsonl").read_text() == '{"n":1}\n{"n":2}\n'
+    assert host.exists(target) and not host.exists(tmp / "nope")
+    host.makedirs(tmp / "a" / "b", tmp / "c")
+    assert host.listdir(tmp) == sorted(["a", "c", "deep", "state"])
+    assert host.listdir(tmp / "nope") == []
+    (tmp / "releases" / "r1").mkdir(parents=True)
+    (tmp / "releases" / "r2").mkdir()
+    host.switch_symlink(tmp / "current", "releases/r1")
+    assert host.readlink(tmp / "current") == "releases/r1"
+    host.switch_symlink(tmp / "current", "releases/r2")
+    assert os.readlink(tmp / "current") == "releases/r2" and host.readlink(tmp / "nope") is None
+    local = tmp / "upload.bin"
+    local.write_bytes(os.urandom(300_000))
+    host.put_file(local, tmp / "up" / "copy.bin")
+    assert (tmp / "up" / "copy.bin").read_bytes() == local.read_bytes()
+    assert host.mkdir_atomic(tmp / "locks" / "x") and not host.mkdir_atomic(tmp / "locks" / "x")
+    host.remove_tree(tmp / "locks")
+    assert not (tmp / "locks").exists()
+
+
+def test_the_lock_on_a_remote_primary_is_exclusive(servers: list[Sshd], tmp_path: Path) -> None:
+    layout = Layout(str(tmp_path / "home"))
+    first, second = connect(servers[0]), connect(servers[0])
+    try:
+        lock = DeployLock(first, layout)
+        lock.acquire(who="alice", command="staging.deploy")
+        with pytest.raises(LockHeld) as info:
+            DeployLock(second, layout).acquire(who="bob", command="staging.deploy")
+        assert "alice" in info.value.message
+        lock.release()
+        assert not os.path.exists(layout.lock)
+        DeployLock(second, layout).acquire(who="bob", command="staging.deploy")
+        assert (Path(layout.lock) / "holder.json").exists()
+    finally:
+        first.close()
+        second.close()
+
+
+def test_an_unknown_host_key_is_refused(servers: list[Sshd]) -> None:
+    # the second server's known_hosts does not list the first server's key
+    host = connect(servers[0], known_hosts=str(servers[1].known_hosts))
+    res = host.run(["true"], check=False)
+    assert res.exit_code == 255 and "known_hosts" in res.stderr
+    with pytest.raises(HostError):
+        host.exists("/")
+
+
+def test_a_key_the_host_does_not_know_is_refused(servers: list[Sshd], tmp_path: Path) -> None:
+    other = keygen(tmp_path / "other_key")
+    res = connect(servers[0], identity_file=str(other)).run(["true"], check=False)
+    assert res.exit_code == 255 and "Authentication" in res.stderr
+
+
+def test_a_host_whose_sshd_stops_fails_with_its_name(servers: list[Sshd], tmp_path: Path) -> None:
+    server = servers[1]
+    host = connect(server)
+    try:
+        assert host.run(["true"]).ok and host.exists("/")
+        server.stop()
+        with pytest.raises(HostError) as info:
+            host.exists(tmp_path)
+        assert server.destination in info.value.message
+        res = host.run(["true"], check=False)
+        assert res.exit_code == 255
+        server.start()
+        assert host.exists("/")  # the next call reconnects
+    finally:
+        if not server.running:
+            server.start()
+        host.close()
+
+
+def test_inv_list_does_not_load_fabric() -> None:
+    code = (
+        "import sys, tasks; "
+        "loaded = [m for m in ('fabric', 'paramiko') if m in sys.modules]; "
+        "print(','.join(loaded) or 'none')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=support.REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "none"
+
+
+def test_a_local_host_stays_local() -> None:
+    host = host_from_spec("local")
+    assert host.is_local and host.run(["true"]).ok and isinstance(host, Host)
