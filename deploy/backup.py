@@ -18,7 +18,7 @@ from deploy.runtime.native import NativeServices, pg_bin_dir
 from deploy.state import Layout, audit
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -67,7 +67,7 @@ def take(
         "env": name,
         "database": env.database.name,
         "file": out.name,
-        "sha256": _sha256(out),
+        "sha256": sha256_file(out),
         "size_bytes": out.stat().st_size,
         "release": release,
         "ledger_version": version,
@@ -108,7 +108,7 @@ def restore(proj: Project, name: str, backup_id: str, *, actor: str) -> dict[str
     info = find(proj, name, backup_id)
     layout = Layout(str(env.data_dir))
     dump = Path(layout.backups) / info["file"]
-    if not dump.exists() or _sha256(dump) != info["sha256"]:
+    if not dump.exists() or sha256_file(dump) != info["sha256"]:
         raise ServiceError(
             f"backup {backup_id} is missing or its checksum does not match",
             hint="choose another backup with `inv <env>.backups`",

@@ -104,8 +104,18 @@ class Host:
                 cmd, hide=True, warn=True, timeout=timeout, in_stream=False, **extra
             )
             code, out, err = result.exited, result.stdout, result.stderr
-        except Exception as exc:  # timeouts and connection failures are results, not crashes
-            code, out, err = 255, "", f"{exc.__class__.__name__}: {exc}"
+        except Exception as exc:  # timeouts are results, not crashes
+            from invoke.exceptions import CommandTimedOut
+
+            if not self.is_local and not isinstance(exc, CommandTimedOut):
+                # no command ran: "exit 255" would read as the command's own verdict
+                self._sftp_client = None
+                raise HostError(
+                    f"{self.name}: cannot run `{argv[0]}`: {_describe(exc)}",
+                    host=self.name,
+                    hint="check that the host is up and reachable over SSH",
+                ) from None
+            code, out, err = 255, "", _describe(exc)
         res = CommandResult(
             self.name,
             tuple(str(a) for a in argv),
@@ -154,7 +164,7 @@ class Host:
         except Exception as exc:  # paramiko raises socket, SSH and EOF errors alike
             self._sftp_client = None
             raise HostError(
-                f"{self.name}: {what} failed: {exc.__class__.__name__}: {str(exc)[:160]}",
+                f"{self.name}: {what} failed: {_describe(exc)}",
                 host=self.name,
                 hint="check that the host is up and reachable over SSH",
             ) from None
@@ -348,6 +358,11 @@ class Host:
             self._conn.close()
         self._conn = None
         self._sftp_client = None
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:160]
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
 
 
 def _ssh_connection(

@@ -238,7 +238,7 @@ def make_plan(
             p.steps += [
                 ("reset", f"drop and recreate {env.database.name}; flush Redis db {env.redis.db}"),
                 ("migrate", "every migration of the serving release"),
-                ("seed", "app/seed.py of the release when it has one"),
+                ("seed", "the small deterministic seed (staging.seed --size small)"),
             ]
         p.steps += [
             ("restart", f"a new master of {current} (x{workers}), then drain the old one"),
@@ -477,16 +477,10 @@ def _smoke(env: EnvConfig, rid: str) -> str:
 
 
 def _seed(host: Host, env: EnvConfig, layout: Layout, rel: releases.Release) -> str:
-    rdir = layout.release(rel.id)
-    if not host.exists(f"{rdir}/app/seed.py"):
-        return "skipped (the release has no app/seed.py)"
-    host.run(
-        [f"{rdir}/.venv/bin/python", "-m", "app.seed"],
-        cwd=rdir,
-        timeout=300,
-        env=releases.service_env(env, layout, rel, ""),
-    )
-    return "app.seed ran"
+    from deploy import seed
+
+    result = seed.seed(env, size="small")
+    return f"seeded {result.inserted} notes"
 
 
 def rollback(
@@ -843,7 +837,7 @@ def verify_backup(proj: Project, name: str, backup_id: str) -> dict[str, Any]:
     info = backups.find(proj, name, backup_id)
     layout = Layout(str(env.data_dir))
     dump = Path(layout.backups) / info["file"]
-    if not dump.exists() or backups._sha256(dump) != info["sha256"]:
+    if not dump.exists() or backups.sha256_file(dump) != info["sha256"]:
         raise ServiceError(
             f"backup {backup_id} is missing or its checksum does not match",
             hint=f"take a new one with `inv {name}.backup`",

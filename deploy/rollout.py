@@ -213,6 +213,8 @@ def deploy(
             printer(
                 f"{name}: note: uncommitted changes are not deployed; deploying HEAD {commit[:12]}"
             )
+    if not dirty:
+        migrations.discover_at_commit(proj.root, commit)  # malformed files: refused, nothing built
 
     def preflight() -> str:
         checks = guards.run_checks(

@@ -185,7 +185,7 @@ def _latest_backup(proj: Project, source: str) -> dict[str, Any] | None:
     layout = Layout(str(proj.env(source).data_dir))
     for info in reversed(backup.list_backups(proj, source)):
         dump = Path(layout.backups) / info.get("file", "")
-        if dump.exists() and backup._sha256(dump) == info.get("sha256"):
+        if dump.exists() and backup.sha256_file(dump) == info.get("sha256"):
             return {**info, "path": str(dump)}
     return None
 

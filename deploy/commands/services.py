@@ -104,6 +104,8 @@ def redis_conf(
         f"pidfile {pidfile}",
         f"logfile {logfile}",
         "daemonize yes",
+        # the title names the config file, so a process scan finds the environment's server
+        'proc-title-template "{title} {listen-addr} {config-file}"',
         "appendonly yes",
         'save ""',
     ]

@@ -301,6 +301,9 @@ class NativeServices:
             actions.append("postgres cluster initialised")
         sock = Path(self.socket_dir)
         sock.mkdir(parents=True, exist_ok=True)
+        sock_lock = sock / f".s.PGSQL.{self.env.postgres_port}.lock"
+        if sock_lock.exists() and not _pid_alive(_read_pid(sock_lock) or 0):
+            sock_lock.unlink()  # Postgres refuses to start while it names a dead (zombie) server
         _chown(str(sock), self.user)
         os.chmod(sock, 0o700)
         (pgdata / "stageflow.conf").write_text(
@@ -346,7 +349,14 @@ class NativeServices:
 
         db, role = self.env.database.name, self.env.database.user
         password = self.env.secret("POSTGRES_PASSWORD")
-        with psycopg.connect(self.admin_conninfo(), autocommit=True, connect_timeout=10) as conn:
+        try:
+            conn = psycopg.connect(self.admin_conninfo(), autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError:
+            raise ServiceError(
+                f"postgres on port {self.env.postgres_port} does not accept connections",
+                hint=f"see {self.pg_log}; `inv {self.env.name}.down` then `up` restarts it",
+            ) from None
+        with conn:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
             verb = "ALTER" if exists else "CREATE"
             if password:

@@ -370,8 +370,10 @@ def test_backup_verify_list_then_level1_restarts_redis_and_resets_data(project, 
     out = project.ok(
         "staging.rollback", "--level", "1", "--reset-data", "--reason", "fresh data"
     ).stdout
-    assert "skipped" in out  # the reference app ships no seed
+    assert "seeded 10000 notes" in out  # wiped, re-created, re-seeded with the small seed
     assert "redis started" in out and "postgres started" not in out
-    assert user_rows(project)[0] == 0
+    with connect(project) as conn:
+        seeded = conn.execute("SELECT count(*) FROM notes WHERE author LIKE 'seed:%'").fetchone()[0]
+    assert user_rows(project)[0] == seeded == 10_000
     assert ledger(project) == {1: "applied", 2: "applied", 3: "applied"}
     assert version(project)["release"] == a

@@ -130,8 +130,8 @@ def test_a_staging_day_never_shows_a_secret(project: Project) -> None:
 
     home = project.root / ".stageflow"
     app_env = home / "staging" / "shared" / "app.env"
-    confs = [home / env / "run" / "redis.conf" for env in ("staging",)]
-    allowed = (app_env, *confs)
+    redis_conf = home / "staging" / "run" / "redis.conf"
+    allowed = (app_env, redis_conf)  # the service's env file and requirepass: both 0600
     for path in allowed:
         assert path.exists(), path
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{path} is not mode 0600"
