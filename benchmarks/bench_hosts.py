@@ -8,7 +8,6 @@ import os
 import shutil
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import _common as c
@@ -65,7 +64,7 @@ def main() -> int:
     try:
         with fleet(base, max(SIZES)) as servers:
             try:
-                measure(project, servers, base, doc)
+                measure(project, servers, doc)
             finally:
                 destroy(project)  # `down` stops the service on every host while sshd still runs
     finally:
@@ -76,9 +75,9 @@ def main() -> int:
     return 0
 
 
-def measure(project: Any, servers: list[Sshd], base: Path, doc: dict[str, Any]) -> None:
+def measure(project: Any, servers: list[Sshd], doc: dict[str, Any]) -> None:
     lock = project.root / "app" / "requirements.lock"
-    venv = shared_venv(base, lock)
+    venv = shared_venv(lock)
     doc["ssh"] = ssh_overhead(servers[0])
     c.run([c.INV, "staging.up"], cwd=project.root, env=c.inv_env())
     for n in SIZES:

@@ -111,11 +111,11 @@ class Host:
                 # no command ran: "exit 255" would read as the command's own verdict
                 self._sftp_client = None
                 raise HostError(
-                    f"{self.name}: cannot run `{argv[0]}`: {_describe(exc)}",
+                    f"{self.name}: cannot run `{argv[0]}`: {scrub(_describe(exc), self.secrets)}",
                     host=self.name,
                     hint="check that the host is up and reachable over SSH",
                 ) from None
-            code, out, err = 255, "", _describe(exc)
+            code, out, err = 255, "", _describe(exc)  # scrubbed below with the output
         res = CommandResult(
             self.name,
             tuple(str(a) for a in argv),
@@ -164,7 +164,7 @@ class Host:
         except Exception as exc:  # paramiko raises socket, SSH and EOF errors alike
             self._sftp_client = None
             raise HostError(
-                f"{self.name}: {what} failed: {_describe(exc)}",
+                f"{self.name}: {what} failed: {scrub(_describe(exc), self.secrets)}",
                 host=self.name,
                 hint="check that the host is up and reachable over SSH",
             ) from None

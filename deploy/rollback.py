@@ -12,6 +12,7 @@ from typing import Any
 
 from deploy import guards, hooks, migrations, notify, releases, smoke
 from deploy.actors import Actor
+from deploy.clients import redis_client
 from deploy.config import EnvConfig, Project
 from deploy.errors import DeployError, GuardRefused, ServiceError, UsageError
 from deploy.hosts import Host
@@ -383,20 +384,8 @@ def recreate_database(svc: NativeServices, env: EnvConfig) -> None:
 
 
 def flush_redis(env: EnvConfig) -> None:
-    import redis
-
-    password = env.secret("REDIS_PASSWORD")
-    client = redis.Redis(
-        host=env.redis.host,
-        port=env.redis.port,
-        db=env.redis.db,
-        password=password.reveal() if password else None,
-        socket_timeout=5,
-    )
-    try:
+    with redis_client(env, timeout_s=5) as client:
         client.flushdb()
-    finally:
-        client.close()
 
 
 def release_of(host: Host, layout: Layout, rid: str) -> releases.Release:
@@ -563,6 +552,8 @@ def rollback(
         if before and before[-1].get("status") == "running":
             dead = before[-1]
             completes = dead.get("id") == p.resumes
+            # what the dead run rolled back from, so previous_good never returns to it
+            entry.previous = (dead.get("previous") or p.current) if completes else p.current
             record_history(host, layout, _superseded(dead, by=entry.id, completes=completes))
             details.append(
                 f"{'completes' if completes else 'supersedes'} interrupted {dead.get('id')}"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy import guards, migrations, releases, rolling, smoke
+from deploy import guards, hooks, migrations, notify, releases, rolling, smoke
 from deploy.actors import Actor
 from deploy.config import EnvConfig, Project
 from deploy.errors import DeployError, Frozen, NotApproved, RolledBack, UsageError
@@ -81,6 +81,7 @@ class Context:
     # the environment's hosts when it rolls (several hosts, or a remote one); empty otherwise
     targets: list[rolling.Target] = field(default_factory=list)
     outcomes: list[rolling.HostOutcome] = field(default_factory=list)
+    hook_notes: list[str] = field(default_factory=list)  # post-hook failures, for history
 
     def step(self, name: str, fn: Callable[[], str | None]) -> None:
         if self.stop_at == name:  # test-only: die here as a SIGKILL would, to prove recovery
@@ -236,6 +237,20 @@ def deploy(
         return f"{len(checks)} checks passed"
 
     ctx.step("preflight", preflight)
+    # a failing pre-deploy hook refuses here, before the lock: nothing has changed yet
+    hooks.run(
+        proj,
+        name,
+        "pre-deploy",
+        {
+            "commit": commit,
+            "ref": ref,
+            "actor": actor,
+            "previous": releases.current_release(host, layout) or "",
+            "status": "starting",
+        },
+        process_env=process_env,
+    )
     lock = DeployLock(host, layout)
     entry = HistoryEntry(
         id=new_id(),
@@ -279,7 +294,41 @@ def deploy(
         entry.migrations = ctx.applied
         entry.backup = ctx.backup_id
         if lock.held:
+            point = "post-deploy" if entry.status == "success" else "on-failure"
+            results = hooks.run(
+                proj,
+                name,
+                point,
+                {
+                    **_hook_context(ctx, ctx.release, entry.status),
+                    "commit": commit,
+                    "ref": ref,
+                    "reason": entry.notes[:200],
+                },
+                process_env=process_env,
+            )
+            ctx.hook_notes.append(
+                hooks.record_failures(host, layout, results, actor=str(actor), history_id=entry.id)
+            )
+            entry.notes = "; ".join(n for n in [entry.notes, *ctx.hook_notes] if n)
             record_history(host, layout, entry)
+            notify.send(
+                proj,
+                name,
+                "auto-rollback" if entry.status == "rolled-back" else "deploy",
+                actor=str(actor),
+                release=entry.release,
+                commit=commit,
+                ref=ref,
+                status=entry.status,
+                details={
+                    "kind": kind,
+                    "previous": ctx.previous,
+                    "history_id": entry.id,
+                    "duration_s": entry.duration_s,
+                    "notes": entry.notes[:500],
+                },
+            )
             if ctx.outcomes:  # every host's outcome is kept on the primary, not only printed
                 audit(
                     host,
@@ -611,7 +660,22 @@ def _migrate(ctx: Context, rel: releases.Release, files: list[migrations.Migrati
         password=env.secret("POSTGRES_PASSWORD"),
     )
     ctx.applied = [f.version for f in applied]
+    results = hooks.run(ctx.proj, env.name, "post-migrate", _hook_context(ctx, rel, "running"))
+    ctx.hook_notes.append(
+        hooks.record_failures(ctx.host, ctx.layout, results, actor=str(ctx.actor))
+    )
     return f"applied {ctx.applied}" if applied else "schema up to date"
+
+
+def _hook_context(ctx: Context, rel: releases.Release | None, status: str) -> dict[str, Any]:
+    return {
+        "release": rel.id if rel else "",
+        "commit": rel.commit if rel else "",
+        "ref": rel.ref if rel else "",
+        "actor": ctx.actor,
+        "previous": ctx.previous or "",
+        "status": status,
+    }
 
 
 def _revert_to_previous(ctx: Context, rel: releases.Release, *, reason: str) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from deploy.clients import redis_client
 from deploy.config import EnvConfig
 
 
@@ -109,24 +110,11 @@ def run(
         )
 
     def redis_probe() -> tuple[bool, str]:
-        import redis
-
-        password = env.secret("REDIS_PASSWORD")
-        client = redis.Redis(
-            host=env.redis.host,
-            port=env.redis.port,
-            db=env.redis.db,
-            password=password.reveal() if password else None,
-            socket_timeout=2,
-            socket_connect_timeout=2,
-        )
-        try:
+        with redis_client(env) as client:
             key = f"stageflow:smoke:{uuid.uuid4().hex[:8]}"
             client.set(key, "1", ex=30)
             ok = client.get(key) == b"1"
             client.delete(key)
-        finally:
-            client.close()
         return ok, "set+get" if ok else "value not read back"
 
     return [

@@ -12,6 +12,7 @@ from typing import Any
 
 from deploy import anonymize, backup, guards, migrations, releases, rollout
 from deploy import seed as seeding
+from deploy.clients import redis_client
 from deploy.config import EnvConfig, Project, Thresholds
 from deploy.errors import DeployError, GuardRefused, HostError, ServiceError, UsageError
 from deploy.hosts import Host
@@ -298,20 +299,11 @@ def _swap(svc: NativeServices, live: str, scratch: str) -> None:
 def _forget_cache(env: EnvConfig) -> None:
     import redis
 
-    password = env.secret("REDIS_PASSWORD")
-    client = redis.Redis(
-        host=env.redis.host,
-        port=env.redis.port,
-        db=env.redis.db,
-        password=password.reveal() if password else None,
-        socket_timeout=3,
-    )
     try:
-        client.delete(NOTES_CACHE_KEY)
+        with redis_client(env, timeout_s=3) as client:
+            client.delete(NOTES_CACHE_KEY)
     except redis.RedisError:
         pass  # the cache expires on its own within seconds
-    finally:
-        client.close()
 
 
 def refresh(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deploy import smoke
+from deploy.clients import redis_client
 from deploy.config import EnvConfig, Project, Thresholds
 from deploy.hosts import Host
 from deploy.releases import master_pidfile
@@ -69,20 +70,8 @@ def stats_from_hash(raw: dict[str, int]) -> Stats:
 def release_stats(env: EnvConfig, release: str | None) -> Stats | None:
     if not release:
         return None
-    import redis
-
-    password = env.secret("REDIS_PASSWORD")
-    client = redis.Redis(
-        host=env.redis.host,
-        port=env.redis.port,
-        db=env.redis.db,
-        password=password.reveal() if password else None,
-        socket_timeout=2,
-    )
-    try:
+    with redis_client(env) as client:
         raw = client.hgetall(METRICS_KEY + release)
-    finally:
-        client.close()
     return stats_from_hash({k.decode(): int(v) for k, v in raw.items()})
 
 

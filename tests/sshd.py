@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -219,17 +220,26 @@ def set_hosts(root: Path, env: str, hosts: list[Sshd], **policy: str | int | flo
     return dirs
 
 
-def shared_venv(base: Path, lock: Path) -> Path:
-    """One venv of the app's lock file, built once, that seed_venv links into hosts."""
-    venv = base / "app-venv"
-    if not (venv / ".complete").exists():
-        subprocess.run(["python3", "-m", "venv", str(venv)], check=True, capture_output=True)
-        subprocess.run(
-            [str(venv / "bin/python"), "-m", "pip", "install", "-q", "-r", str(lock)],
-            check=True,
-            capture_output=True,
-        )
-        (venv / ".complete").write_text(lock.read_text())
+def shared_venv(lock: Path) -> Path:
+    """One venv of the app's lock file that seed_venv links into hosts; built once per lock file
+    and kept in the temp dir, so a later test run reuses it."""
+    import fcntl
+
+    from deploy.releases import lock_hash
+
+    venv = Path(tempfile.gettempdir()) / f"stageflow-test-venv-{lock_hash(lock.read_text())}"
+    # venv scripts carry their own path, so it is built in place; a file lock keeps two runs apart
+    with open(f"{venv}.lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if not (venv / ".complete").exists():
+            shutil.rmtree(venv, ignore_errors=True)
+            subprocess.run(["python3", "-m", "venv", str(venv)], check=True, capture_output=True)
+            subprocess.run(
+                [str(venv / "bin/python"), "-m", "pip", "install", "-q", "-r", str(lock)],
+                check=True,
+                capture_output=True,
+            )
+            (venv / ".complete").write_text(lock.read_text())
     return venv
 
 

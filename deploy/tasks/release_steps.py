@@ -64,6 +64,7 @@ def deploy(
                 ["step", "does"],
                 rollout.plan(proj, name, ref=req["commit"]),
             )
+            _print_hooks(proj, name)
             return
         result = promotion.deploy(
             proj,
@@ -89,6 +90,7 @@ def deploy(
         print_table(
             f"{name} deploy plan for {ref}", ["step", "does"], rollout.plan(proj, name, ref=ref)
         )
+        _print_hooks(proj, name)
         return
     result = rollout.deploy(
         proj,
@@ -104,6 +106,17 @@ def deploy(
         print_json(result)
     else:
         say(f"{name}: deployed {result['release']} in {result['duration_s']:.2f}s")
+
+
+def _print_hooks(proj, name):
+    from deploy import hooks
+
+    planned = hooks.plan_all(proj, name)
+    print_table(
+        f"{name} hooks that would run",
+        ["point", "hook", "timeout"],
+        [(h.point, h.name, f"{h.timeout_s:g}s") for h in planned] or [("-", "none", "")],
+    )
 
 
 def _files_and_url(name):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from deploy import rolling, rollout
 from deploy.actors import Actor
 from deploy.config import load_project
 from deploy.errors import ExitCode
+from deploy.releases import lock_hash
 from tests import support
 from tests.conftest import need
 from tests.e2e.conftest import Project, destroy, make_project
@@ -71,7 +73,7 @@ def hosts() -> Iterator[Fleet]:
             f.dirs["prod"] = set_hosts(project.root, "prod", f.prod, batch="50%", verify_window_s=1)
             project.commit("staging on 3 hosts, prod on 6")
             lock = project.root / "app" / "requirements.lock"
-            venv = shared_venv(base, lock)
+            venv = shared_venv(lock)
             # staging's first host builds its venv for real over SSH; the rest reuse one
             for d in f.dirs["staging"][1:] + f.dirs["prod"]:
                 seed_venv(d, venv, lock)
@@ -83,8 +85,6 @@ def hosts() -> Iterator[Fleet]:
                 for d in f.dirs["staging"] + f.dirs["prod"]:
                     kill_served(d)
     finally:
-        import shutil
-
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(project.root.parent, ignore_errors=True)
 
@@ -126,6 +126,9 @@ def test_staging_three_hosts_batch_one_first_host_first(hosts: Fleet) -> None:
     hist = hosts.history("staging")
     assert hist[0]["status"] == "success" and hist[0]["release"] == release
     assert hosts.lock_free("staging")
+    status = {row["env"]: row for row in json.loads(p.ok("status", "--json").stdout)}
+    app = status["staging"]["app"]
+    assert app["up"] and [h["release"] for h in app["hosts"]] == [release] * STAGING
 
 
 def test_prod_six_hosts_half_batch(hosts: Fleet) -> None:
@@ -202,6 +205,37 @@ def test_switch_hosts_moves_every_host_and_reports_each(hosts: Fleet) -> None:
     assert [o.status for o in outcomes] == ["ok"] * PROD
     with pytest.raises(rolling.RolloutError) as info:
         rolling.switch_hosts(proj, "prod", "no-such-release", printer=lines.append)
-    assert len(info.value.outcomes) == PROD
-    assert {o.status for o in info.value.outcomes} == {"failed"}
+    assert [o.status for o in info.value.outcomes] == ["failed"] * PROD  # all at once
+    with pytest.raises(rolling.RolloutError) as info:
+        rolling.switch_hosts(proj, "prod", "no-such-release", batch="50%", printer=lines.append)
+    # the barrier: the first host failed, so no other host was touched
+    assert [o.status for o in info.value.outcomes] == ["failed"] + ["skipped"] * (PROD - 1)
     assert hosts.serving("prod") == [current] * PROD
+
+
+def test_a_host_failing_its_barrier_through_inv_prints_every_host(hosts: Fleet) -> None:
+    p = hosts.project
+    before = served(hosts, "staging")
+    # the third host's venv for this lock file is empty: its release cannot answer /readyz
+    lock = (p.root / "app" / "requirements.lock").read_text()
+    venv = hosts.dirs["staging"][2] / "shared" / "venvs" / lock_hash(lock)
+    kept = venv.with_name(venv.name + ".kept")
+    venv.rename(kept)
+    venv.mkdir()
+    (venv / ".complete").write_text(lock)
+    try:
+        p.commit("a release the third host cannot run")
+        res = p.inv("staging.deploy")
+    finally:
+        shutil.rmtree(venv)
+        kept.rename(venv)
+    assert res.returncode == ExitCode.ROLLED_BACK, res.stdout + res.stderr
+    errors = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(errors) == 1 and "Traceback" not in res.stderr
+    first, second, third = (h.destination for h in hosts.staging)
+    assert f"{first} reverted; {second} reverted; {third} failed" in errors[0]
+    table = res.stdout[res.stdout.index("staging: hosts") :]
+    for host, status in ((first, "reverted"), (second, "reverted"), (third, "failed")):
+        assert any(host in ln and status in ln for ln in table.splitlines()), table
+    assert hosts.serving("staging") == before
+    assert hosts.lock_free("staging") and hosts.history("staging")[0]["status"] == "rolled-back"

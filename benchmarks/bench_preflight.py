@@ -1,0 +1,79 @@
+"""Warm `inv prod.preflight --request ID` on an approved request whose checks all pass, against
+`inv --list` (what any `inv` command costs) and the plain `inv prod.preflight`."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+import _common as c
+
+from tests.e2e.conftest import Project, destroy, make_project
+
+REF = "v1.0.0"
+REQUESTER, APPROVER = "alice@example.com", "bob@example.com"
+
+
+def inv(proj: Project, *args: str, actor: str = REQUESTER) -> str:
+    env = {**c.inv_env(), "STAGEFLOW_ACTOR": actor, "STAGEFLOW_ACTOR_KIND": "human"}
+    return c.run([c.INV, *args], cwd=proj.root, env=env, timeout=600).stdout
+
+
+def approved_request(proj: Project) -> str:
+    """Gate, staging evidence, a request and its approval: what prod.preflight --request reads."""
+    toml = proj.root / "stageflow.toml"
+    toml.write_text(c.quick_ga_policy(toml.read_text()))
+    proj.commit("gate GA on the quick gates for this benchmark project", tag=REF)
+    inv(proj, "staging.up", "prod.up")
+    inv(proj, "release.gate", "--ref", REF)
+    inv(proj, "staging.deploy", "--ref", REF)
+    out = inv(proj, "prod.request", "--ref", REF)
+    rid = out.strip().splitlines()[-1].split("#")[1].split()[0]
+    inv(proj, "prod.approve", rid, actor=APPROVER)
+    return rid
+
+
+def main() -> None:
+    began = time.perf_counter()
+    proj = make_project("sf-bench-preflight-")
+    try:
+        rid = approved_request(proj)
+        checks: list[dict[str, Any]] = json.loads(
+            inv(proj, "prod.preflight", "--request", rid, "--json")
+        )
+        if not all(ch["ok"] for ch in checks):
+            raise SystemExit(f"preflight does not pass: {[ch for ch in checks if not ch['ok']]}")
+
+        def timed(*args: str) -> float:
+            return c.wall(lambda: inv(proj, *args))
+
+        with_request = [timed("prod.preflight", "--request", rid) for _ in range(c.RUNS)]
+        plain = [timed("prod.preflight") for _ in range(c.RUNS)]
+        inv_list = [timed("--list") for _ in range(c.RUNS)]
+    finally:
+        destroy(proj)
+
+    med = statistics.median
+    c.emit(
+        {
+            "bench": "preflight",
+            "bench_s": round(time.perf_counter() - began, 1),
+            "command": "inv prod.preflight --request ID (approved request, every check passes)",
+            "baseline": "inv --list in the same project; inv prod.preflight (no request)",
+            "checks": [ch["name"] for ch in checks],
+            "results": {
+                "preflight_request": c.summary(with_request),
+                "preflight_plain": c.summary(plain),
+                "inv_list": c.summary(inv_list),
+                "request_over_inv_list_s": round(med(with_request) - med(inv_list), 3),
+                "request_over_plain_s": round(med(with_request) - med(plain), 3),
+            },
+        }
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
