@@ -144,18 +144,36 @@ def build(
     return Release(rid, commit, ref, dirty)
 
 
+def venv_cache(host: Host) -> str:
+    """Built venvs kept per host, by lock hash; each environment still gets a copy of its own."""
+    if host.is_local:
+        return str(Path.home() / ".cache" / "stageflow" / "venvs")
+    return ".cache/stageflow/venvs"  # relative to the SSH user's home
+
+
 def ensure_venv(host: Host, layout: Layout, lock_text: str, lockfile: str) -> str:
-    """One venv per lock hash: a deploy that changes no dependency installs nothing."""
-    venv = f"{layout.venvs}/{lock_hash(lock_text)}"
-    done = f"{venv}/.complete"
-    if host.exists(done):
+    """One venv per lock hash: a deploy that changes no dependency installs nothing, and a
+    second environment on the same host copies the host's cached build instead of installing."""
+    digest = lock_hash(lock_text)
+    venv = f"{layout.venvs}/{digest}"
+    if host.exists(f"{venv}/.complete"):
         return venv
-    # venv scripts carry their own path, so build in place; the marker says it finished
-    host.remove_tree(venv)
-    python = sys.executable if host.is_local else "python3"
-    host.run(cmd.venv_create(python, venv), timeout=120)
-    host.run(cmd.venv_install(venv, lockfile), timeout=600)
-    host.write_text(done, lock_text)
+    cached = f"{venv_cache(host)}/{digest}"
+    if not host.exists(f"{cached}/.complete"):
+        building = f"{cached}.tmp-{os.getpid()}"
+        host.remove_tree(building)
+        host.makedirs(venv_cache(host))
+        python = sys.executable if host.is_local else "python3"
+        host.run(cmd.venv_create(python, building), timeout=120)
+        host.run(cmd.venv_install(building, lockfile), timeout=600)
+        host.write_text(f"{building}/.complete", lock_text)
+        # a concurrent build may have won the rename; either copy is complete and equal
+        if not host.run(["mv", "-T", building, cached], check=False).ok:
+            host.remove_tree(building)
+    # the service runs `python -m gunicorn`, so the copy needs no rewritten script paths
+    host.remove_tree(f"{venv}.partial")
+    host.run(["cp", "-a", cached, f"{venv}.partial"], timeout=300)
+    host.run(["mv", "-T", f"{venv}.partial", venv])
     return venv
 
 

@@ -73,7 +73,10 @@ def gunicorn(
         str(PurePosixPath(release, "deploy", "runtime", "launch.py")),
         control,
         "--",
-        str(venv_bin / "gunicorn"),
+        # python -m, not the gunicorn script: a venv copied from the host cache keeps working
+        str(venv_bin / "python"),
+        "-m",
+        "gunicorn",
         "--bind",
         "fd://{fd}",
         "--workers",

@@ -28,6 +28,7 @@ def gate(c, ref=None, db_url=None, no_cache=False, break_glass=None, json=False,
     # the gate engine imports psycopg and rich: load it when a gate runs, not for `inv --list`
     from deploy.gates import runner
     from deploy.gates.report import Board, results_table
+
     who = actor()
     request = runner.GateRequest(
         root=find_root(Path.cwd()),

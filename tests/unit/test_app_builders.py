@@ -1,0 +1,135 @@
+"""The release, service and server builders return exact argv lists and config text."""
+
+from pathlib import Path
+
+from deploy.commands import app, services
+
+BIN = Path("/opt/pg/bin")
+
+
+def test_git_builders():
+    assert app.rev_parse("v1.2.0") == ["git", "rev-parse", "--verify", "--quiet", "v1.2.0^{commit}"]
+    assert app.archive("abc123", "/tmp/x.tar") == [
+        "git",
+        "archive",
+        "--format=tar",
+        "-o",
+        "/tmp/x.tar",
+        "abc123",
+    ]
+    assert app.extract("/tmp/x.tar", "/srv/r") == ["tar", "-xf", "/tmp/x.tar", "-C", "/srv/r"]
+
+
+def test_venv_builders():
+    assert app.venv_create("/usr/bin/python3", "/v") == ["/usr/bin/python3", "-m", "venv", "/v"]
+    assert app.venv_install("/v", "/r/app/requirements.lock") == [
+        "/v/bin/python",
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "-r",
+        "/r/app/requirements.lock",
+    ]
+
+
+def test_listener_binds_the_hosts_address():
+    argv = app.listener(
+        "/r/.venv/bin/python", "/r", port=8102, control="/h/run/l.sock", pidfile="/h/run/l.pid"
+    )
+    assert argv[:2] == ["/r/.venv/bin/python", "/r/deploy/runtime/listener.py"]
+    assert argv[argv.index("--port") + 1] == "8102"
+    assert argv[argv.index("--control") + 1] == "/h/run/l.sock"
+    assert argv[argv.index("--pidfile") + 1] == "/h/run/l.pid"
+
+
+def test_gunicorn_runs_on_the_listeners_socket_through_launch():
+    argv = app.gunicorn(
+        "/r",
+        control="/h/run/l.sock",
+        pidfile="/h/run/app-R.pid",
+        workers=3,
+        logfile="/h/logs/app.log",
+    )
+    assert argv[:7] == [
+        "/r/.venv/bin/python",
+        "/r/deploy/runtime/launch.py",
+        "/h/run/l.sock",
+        "--",
+        "/r/.venv/bin/python",
+        "-m",
+        "gunicorn",
+    ]
+    assert argv[argv.index("--bind") + 1] == "fd://{fd}"  # launch.py swaps in the fd number
+    assert argv[argv.index("--workers") + 1] == "3"
+    assert argv[argv.index("--pid") + 1] == "/h/run/app-R.pid"
+    assert argv[argv.index("--chdir") + 1] == "/r"
+    assert argv[argv.index("--config") + 1] == "/r/deploy/runtime/gunicorn_conf.py"
+    assert "--daemon" in argv and argv[-1] == "app.wsgi:application"
+
+
+def test_barrier_asks_readyz_in_process():
+    argv = app.barrier("/r")
+    assert argv[:2] == ["/r/.venv/bin/python", "-c"] and "/readyz" in argv[2]
+
+
+def test_postgres_builders():
+    assert services.initdb(BIN, "/d") == [
+        "/opt/pg/bin/initdb",
+        "-D",
+        "/d",
+        "-U",
+        "postgres",
+        "--auth-local=trust",
+        "--auth-host=scram-sha-256",
+        "-E",
+        "UTF8",
+        "--locale=C",
+        "--no-instructions",
+    ]
+    assert services.pg_start(BIN, "/d", "/l.log") == [
+        "/opt/pg/bin/pg_ctl",
+        "-D",
+        "/d",
+        "-l",
+        "/l.log",
+        "-w",
+        "-t",
+        "30",
+        "-s",
+        "start",
+    ]
+    assert services.pg_stop(BIN, "/d", mode="immediate", timeout_s=60) == [
+        "/opt/pg/bin/pg_ctl",
+        "-D",
+        "/d",
+        "-m",
+        "immediate",
+        "-w",
+        "-t",
+        "60",
+        "-s",
+        "stop",
+    ]
+
+
+def test_pg_hba_keeps_the_superuser_off_tcp():
+    text = services.pg_hba(app_user="app_prod", database="stageflow_prod", password=True)
+    assert "host all postgres 127.0.0.1/32 reject" in text
+    assert "host all app_prod 127.0.0.1/32 scram-sha-256" in text
+    assert "trust" not in text.replace("local all postgres trust", "")
+    dev = services.pg_hba(app_user="app_dev", database="stageflow_dev", password=False)
+    assert "host all app_dev 127.0.0.1/32 trust" in dev
+
+
+def test_redis_conf_binds_loopback_and_holds_the_password_only_when_set():
+    conf = services.redis_conf(
+        port=6380, data_dir="/d", pidfile="/p", logfile="/l", password="pw-123"
+    )
+    assert "port 6380\nbind 127.0.0.1\n" in conf and "requirepass pw-123" in conf
+    assert "{config-file}" in conf  # the process title names the config: scans find it
+    assert "\nrequirepass " not in services.redis_conf(
+        port=1, data_dir="/d", pidfile="/p", logfile="/l", password=None
+    )
+    assert services.redis_start(Path("/r/redis-server"), "/c") == ["/r/redis-server", "/c"]
