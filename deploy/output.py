@@ -21,7 +21,11 @@ def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequen
         table.add_column(col)
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
-    Console(width=max(100, Console().width)).print(table)
+    console = Console()
+    if not console.is_terminal:
+        # a pipe or a CI log has no width of its own: room for the table instead of wrapped cells
+        console = Console(width=160)
+    console.print(table)
 
 
 def mark(ok: bool) -> str:

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy import guards, hooks, migrations, notify, releases, smoke
+from deploy import guards, hooks, migrations, notify, releases, rolling, smoke
 from deploy.actors import Actor
 from deploy.clients import redis_client
 from deploy.config import EnvConfig, Project
 from deploy.errors import DeployError, GuardRefused, ServiceError, UsageError
 from deploy.hosts import Host
+from deploy.rolling import RolloutError, Target
 from deploy.rollout import Context, Printer, conninfo, migration_files
 from deploy.runtime.native import NativeServices
 from deploy.state import (
@@ -220,8 +222,10 @@ def make_plan(
 ) -> Plan:
     """Read the environment and decide every change; refuse here, before anything changes."""
     env = proj.env(name)
-    layout = Layout(str(env.data_dir))
-    host = _host(env)
+    multi = rolling.is_rolling(proj, name)
+    if multi and level == 3:
+        _refuse_level3(name)
+    host, layout = rolling.primary(proj, name)  # the plain setting: this machine, DATA_DIR
     current = releases.current_release(host, layout)
     if current is None:
         raise UsageError(
@@ -241,17 +245,31 @@ def make_plan(
                 ("migrate", "every migration of the serving release"),
                 ("seed", "the small deterministic seed (staging.seed --size small)"),
             ]
+        if multi:
+            p.steps += [
+                (
+                    "restart",
+                    f"on {_order(proj, name)}: a new master of {current} (x{workers}) on each "
+                    "host's shared socket, drain the old one, health check",
+                )
+            ]
+            return p
         p.steps += [
             ("restart", f"a new master of {current} (x{workers}), then drain the old one"),
             ("smoke", "health, ready, version, identity, postgres, redis"),
         ]
         return p
     if level == 2:
-        p.target = _level2_target(
-            host, layout, entries, current=current, to=to, dead=dead if resumes else None
+        existing = (
+            _on_every_host(rolling.targets(proj, name))
+            if multi
+            else set(releases.list_releases(host, layout))
         )
-        files = migration_files(layout.release(current))
-        target_files = migration_files(layout.release(p.target))
+        p.target = _level2_target(
+            existing, entries, current=current, to=to, dead=dead if resumes else None
+        )
+        files = release_migration_files(host, layout, current)
+        target_files = release_migration_files(host, layout, p.target)
         target_version = max((f.version for f in target_files), default=0)
         rows = migrations.status(conninfo(env), files, password=env.secret("POSTGRES_PASSWORD"))
         p.schema = schema_plan(
@@ -263,6 +281,18 @@ def make_plan(
                 "has no down file; level 3 (restore) is needed",
                 hint=f"`inv {name}.rollback --level 3` restores the backup taken before the deploy",
             )
+        if multi:
+            p.steps = [
+                ("schema", f"{p.schema.describe()} (once, from this machine)"),
+                ("barrier", f"{p.target} answers /readyz in-process on every host"),
+                (
+                    "switch",
+                    f"on {_order(proj, name)}: gunicorn x{workers} of {p.target} on each "
+                    f"host's shared socket :{env.app_port}, switch, drain {current}, health "
+                    "check; a failure switches the moved hosts back",
+                ),
+            ]
+            return p
         p.steps = [
             ("schema", p.schema.describe()),
             ("barrier", f"{p.target} answers /readyz in-process"),
@@ -305,16 +335,61 @@ def make_plan(
     return p
 
 
+def _refuse_level3(name: str) -> None:
+    raise UsageError(
+        f"level 3 (restore) runs on a single-host environment only; {name} has several hosts",
+        hint=f"`inv {name}.rollback --level 2`, or restore by hand with `inv {name}.backups`",
+    )
+
+
+def _order(proj: Project, name: str) -> str:
+    """The batches hosts go in, primary first and alone: "a | b, c"."""
+    todo = [t.name for t in rolling.targets(proj, name)]
+    groups = rolling.batches(todo, proj.policies[name].batch)
+    return " | ".join(", ".join(g) for g in groups) + f" (batch {proj.policies[name].batch!r})"
+
+
+def _on_every_host(todo: Sequence[Target]) -> set[str]:
+    """The releases present on every host: only those can serve everywhere."""
+    results = rolling.parallel(todo, lambda t: releases.list_releases(t.host, t.layout))
+    down = [f"{t.name} ({rolling.reason_of(exc)})" for t, _, exc, _ in results if exc]
+    if down:
+        raise ServiceError(
+            f"cannot read the releases of {'; '.join(down)}",
+            hint="every host must answer over SSH before a rollback",
+        )
+    sets = [set(rs or []) for _, rs, _, _ in results]
+    return set.intersection(*sets) if sets else set()
+
+
+def release_migration_files(
+    host: Host, layout: Layout, rid: str
+) -> list[migrations.MigrationFile]:
+    """The migrations shipped in release rid on host; a remote host's are copied here first
+    (each file's text is kept in memory, so the copy can go)."""
+    if host.is_local:
+        return migration_files(layout.release(rid))
+    directory = f"{layout.release(rid)}/app/migrations"
+    if not host.exists(directory):
+        raise ServiceError(
+            f"{host.name}: release {rid} has no app/migrations",
+            hint="the release directory is incomplete; deploy its commit again",
+        )
+    with tempfile.TemporaryDirectory(prefix="stageflow-migrations-") as tmp:
+        for fname in host.listdir(directory):
+            if fname.endswith(".sql"):
+                (Path(tmp) / fname).write_text(host.read_text(f"{directory}/{fname}") or "")
+        return migrations.discover(Path(tmp))
+
+
 def _level2_target(
-    host: Host,
-    layout: Layout,
+    existing: set[str],
     entries: Sequence[Mapping[str, Any]],
     *,
     current: str,
     to: str | None,
     dead: Mapping[str, Any] | None,
 ) -> str:
-    existing = set(releases.list_releases(host, layout))
     if to:
         if to not in existing:
             raise UsageError(
@@ -501,13 +576,21 @@ def rollback(
         to=to,
         backup_id=backup_id,
     )
-    layout = Layout(str(env.data_dir))
-    host = _host(env)
+    multi = rolling.is_rolling(proj, name)
+    if multi and level == 3:
+        _refuse_level3(name)
+    # the primary holds the lock and the state files; the plain setting: this machine, DATA_DIR
+    host, layout = rolling.primary(proj, name)
+    todo = rolling.targets(proj, name) if multi else []
     checks = [*guards.environment_checks(proj, name, process_env or {})]
     if level > 1:  # level 1 brings servers back itself; 2 and 3 read the ledger first
         from deploy.rollout import _services_up
 
         checks.append(("servers", lambda: _services_up(env, proj)))
+    if todo:
+        from deploy.rollout import _hosts_answer
+
+        checks.append(("hosts", lambda: _hosts_answer(todo)))
     guards.require(guards.run_checks(checks))
     p = make_plan(proj, name, level=level, to=to, backup_id=backup_id, reset_data=reset_data)
     if dry_run:
@@ -515,7 +598,7 @@ def rollback(
     confirm_prod(env, actor=actor, yes=yes, confirm=confirm)
     hook_ctx = {"actor": actor, "previous": p.current or "", "reason": reason}
 
-    ctx = Context(proj, env, actor, host, layout, printer, stop_at=stop_at)
+    ctx = Context(proj, env, actor, host, layout, printer, stop_at=stop_at, targets=todo)
     kind = f"rollback-{level}"
     target = release_of(host, layout, p.target or "")
     lock = DeployLock(host, layout)
@@ -559,11 +642,14 @@ def rollback(
                 f"{'completes' if completes else 'supersedes'} interrupted {dead.get('id')}"
             )
         record_history(host, layout, entry)
-        {1: _level1, 2: _level2, 3: _level3}[level](ctx, p, target, reason=reason, details=details)
+        act = {1: _level1_hosts, 2: _level2_hosts} if todo else {1: _level1, 2: _level2, 3: _level3}
+        act[level](ctx, p, target, reason=reason, details=details)
         entry.status = "success"
+        if ctx.outcomes:
+            details.append(f"hosts: {rolling.summary(ctx.outcomes)}")
     except DeployError as err:
         entry.status = "failed"
-        details.append(err.message[:300])
+        details.append(err.message[:300 if not ctx.outcomes else 1000])
         raise
     except BaseException as err:
         entry.status = "failed"
@@ -607,9 +693,15 @@ def rollback(
                 previous=p.current,
                 target=target.id,
                 history_id=entry.id,
+                # every host's outcome is kept on the primary, not only printed
+                **({"hosts": [o.to_dict() for o in ctx.outcomes]} if ctx.outcomes else {}),
             )
             ctx.step("unlock", lambda: lock.release())
-    return {
+        for t in todo:
+            t.host.close()
+        if todo:
+            host.close()
+    result = {
         "level": level,
         "kind": kind,
         "status": entry.status,
@@ -621,6 +713,9 @@ def rollback(
         "notes": entry.notes,
         "backup": entry.backup,
     }
+    if todo:
+        result["hosts"] = [o.to_dict() for o in ctx.outcomes]
+    return result
 
 
 def _superseded(old: Mapping[str, Any], *, by: str, completes: bool) -> HistoryEntry:
