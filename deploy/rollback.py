@@ -362,9 +362,7 @@ def _on_every_host(todo: Sequence[Target]) -> set[str]:
     return set.intersection(*sets) if sets else set()
 
 
-def release_migration_files(
-    host: Host, layout: Layout, rid: str
-) -> list[migrations.MigrationFile]:
+def release_migration_files(host: Host, layout: Layout, rid: str) -> list[migrations.MigrationFile]:
     """The migrations shipped in release rid on host; a remote host's are copied here first
     (each file's text is kept in memory, so the copy can go)."""
     if host.is_local:
@@ -419,7 +417,13 @@ def retiring_pidfile(layout: Layout, rid: str, pid: int) -> str:
 
 
 def restart_release(
-    host: Host, env: EnvConfig, layout: Layout, rel: releases.Release, *, workers: int
+    host: Host,
+    env: EnvConfig,
+    layout: Layout,
+    rel: releases.Release,
+    *,
+    workers: int,
+    bind: str = "127.0.0.1",
 ) -> tuple[int | None, int]:
     """A second master of the same release on the shared socket, then drain the first one.
 
@@ -435,7 +439,7 @@ def restart_release(
                 retiring_pidfile(layout, rel.id, old),
             ]
         )
-    new = releases.start(host, env, layout, rel, workers=workers)
+    new = releases.start(host, env, layout, rel, workers=workers, bind=bind)
     releases.retire_others(host, layout, keep=rel.id)
     return old, new
 
@@ -495,8 +499,7 @@ def unfreeze(proj: Project, name: str, *, actor: Actor, reason: str) -> dict[str
     env = proj.env(name)
     if env.environment == "production" and not actor.is_human:
         raise GuardRefused(f"{actor} may not unfreeze {name}", hint="a human lifts a prod freeze")
-    layout = Layout(str(env.data_dir))
-    host = _host(env)
+    host, layout = rolling.primary(proj, name)
     text = host.read_text(layout.freeze)
     if text is None:
         return None
@@ -649,7 +652,7 @@ def rollback(
             details.append(f"hosts: {rolling.summary(ctx.outcomes)}")
     except DeployError as err:
         entry.status = "failed"
-        details.append(err.message[:300 if not ctx.outcomes else 1000])
+        details.append(err.message[: 300 if not ctx.outcomes else 1000])
         raise
     except BaseException as err:
         entry.status = "failed"
@@ -730,34 +733,43 @@ def _superseded(old: Mapping[str, Any], *, by: str, completes: bool) -> HistoryE
     return rec
 
 
+def _services_and_reset(
+    ctx: Context, p: Plan, rel: releases.Release, svc: NativeServices, details: list[str]
+) -> None:
+    """Level 1's data part: bring PostgreSQL and Redis back; with reset_data, start them over."""
+    env = ctx.env
+    ctx.step("services", lambda: "; ".join(svc.restart_unhealthy()) or "postgres and redis healthy")
+    if not p.reset_data:
+        return
+
+    def reset() -> str:
+        recreate_database(svc, env)
+        flush_redis(env)
+        return f"{env.database.name} recreated empty; redis db {env.redis.db} flushed"
+
+    def migrate() -> str:
+        done = migrations.migrate(
+            conninfo(env),
+            release_migration_files(ctx.host, ctx.layout, rel.id),
+            release=rel.id,
+            applied_by=str(ctx.actor),
+            password=env.secret("POSTGRES_PASSWORD"),
+        )
+        ctx.applied = [f.version for f in done]
+        return f"applied {ctx.applied}"
+
+    ctx.step("reset", reset)
+    ctx.step("migrate", migrate)
+    ctx.step("seed", lambda: _seed(ctx.host, env, ctx.layout, rel))
+    details.append("data reset")
+
+
 def _level1(
     ctx: Context, p: Plan, rel: releases.Release, *, reason: str, details: list[str]
 ) -> None:
     env, host, layout = ctx.env, ctx.host, ctx.layout
     svc = NativeServices(env, user_name=ctx.proj.service_user, host=host)
-    ctx.step("services", lambda: "; ".join(svc.restart_unhealthy()) or "postgres and redis healthy")
-    if p.reset_data:
-
-        def reset() -> str:
-            recreate_database(svc, env)
-            flush_redis(env)
-            return f"{env.database.name} recreated empty; redis db {env.redis.db} flushed"
-
-        def migrate() -> str:
-            done = migrations.migrate(
-                conninfo(env),
-                migration_files(layout.release(rel.id)),
-                release=rel.id,
-                applied_by=str(ctx.actor),
-                password=env.secret("POSTGRES_PASSWORD"),
-            )
-            ctx.applied = [f.version for f in done]
-            return f"applied {ctx.applied}"
-
-        ctx.step("reset", reset)
-        ctx.step("migrate", migrate)
-        ctx.step("seed", lambda: _seed(host, env, layout, rel))
-        details.append("data reset")
+    _services_and_reset(ctx, p, rel, svc, details)
     releases.write_app_env(host, env, layout)
 
     def restart() -> str:
@@ -768,6 +780,44 @@ def _level1(
 
     ctx.step("restart", restart)
     ctx.step("smoke", lambda: _smoke(env, rel.id))
+
+
+def _level1_hosts(
+    ctx: Context, p: Plan, rel: releases.Release, *, reason: str, details: list[str]
+) -> None:
+    """Level 1 over every host: a new master of the same release on each, batch by batch."""
+    from deploy.rollout import _print_outcomes
+
+    env, todo = ctx.env, ctx.targets
+    policy = ctx.proj.policies[env.name]
+    # PostgreSQL and Redis run next to this machine's operator; the hosts run the app only
+    svc = NativeServices(env, user_name=ctx.proj.service_user, host=_host(env))
+    _services_and_reset(ctx, p, rel, svc, details)
+
+    def restart_one(t: Target) -> str:
+        t.previous = rel.id
+        releases.write_app_env(t.host, env, t.layout)
+        old, new = restart_release(t.host, env, t.layout, rel, workers=policy.workers, bind=t.bind)
+        drained = f"; drained {old}" if old else ""
+        return f"master {new} serves {rel.id}{drained}; {rolling.probe(env, t, rel.id)}"
+
+    def restart() -> str:
+        ctx.outcomes = rolling.roll(
+            env, todo, restart_one, batch=policy.batch, printer=ctx.printer, release=rel.id
+        )
+        failed = [o for o in ctx.outcomes if o.status == rolling.FAILED]
+        if failed:
+            _print_outcomes(ctx)
+            raise RolloutError(
+                f"restart of {rel.id} stopped: {failed[0].host} failed ({failed[0].reason}); "
+                f"{rolling.summary(ctx.outcomes)}",
+                outcomes=ctx.outcomes,
+                hint=f"fix {failed[0].host}, then run the same rollback again",
+            )
+        groups = len(rolling.batches(todo, policy.batch))
+        return f"{len(todo)} hosts restarted {rel.id} ({groups} batches, batch {policy.batch!r})"
+
+    ctx.step("restart", restart)
 
 
 def _switch_to(ctx: Context, p: Plan, rel: releases.Release) -> None:
@@ -790,10 +840,9 @@ def _switch_to(ctx: Context, p: Plan, rel: releases.Release) -> None:
     ctx.step("smoke", lambda: _smoke(env, rel.id))
 
 
-def _level2(
-    ctx: Context, p: Plan, rel: releases.Release, *, reason: str, details: list[str]
-) -> None:
-    env, layout = ctx.env, ctx.layout
+def _schema_step(ctx: Context, p: Plan, rel: releases.Release, details: list[str]) -> None:
+    """Level 2's schema part, run once from this machine whatever the number of hosts."""
+    env = ctx.env
     schema = p.schema
     assert schema is not None and p.current is not None
 
@@ -803,7 +852,7 @@ def _level2(
         # the serving release's files: the target predates the files whose downs must run
         done = migrations.revert(
             conninfo(env),
-            migration_files(layout.release(p.current or "")),
+            release_migration_files(ctx.host, ctx.layout, p.current or ""),
             to_version=schema.target_version,
             release=rel.id,
             applied_by=str(ctx.actor),
@@ -816,7 +865,95 @@ def _level2(
     ctx.step("schema", schema_step)
     if not schema.revert and schema.since:
         details.append(f"schema kept (expand-only {list(schema.since)})")
+
+
+def _level2(
+    ctx: Context, p: Plan, rel: releases.Release, *, reason: str, details: list[str]
+) -> None:
+    _schema_step(ctx, p, rel, details)
     _switch_to(ctx, p, rel)
+
+
+def _level2_hosts(
+    ctx: Context, p: Plan, rel: releases.Release, *, reason: str, details: list[str]
+) -> None:
+    """Level 2 over every host: schema once, a barrier on each, then switch in batches with the
+    first-host barrier; a failing host sends the hosts already moved back to what they served."""
+    from deploy.rollout import _print_outcomes
+
+    env, todo = ctx.env, ctx.targets
+    policy = ctx.proj.policies[env.name]
+    _schema_step(ctx, p, rel, details)
+
+    def ready(t: Target) -> str:
+        t.previous = releases.current_release(t.host, t.layout)  # where a failure sends it back
+        releases.write_app_env(t.host, env, t.layout)
+        releases.health_barrier(t.host, env, t.layout, rel)
+        return "ready"
+
+    def barrier() -> str:
+        results = rolling.parallel(todo, ready)
+        broken = [(t, exc) for t, _, exc, _ in results if exc]
+        if broken:
+            first, exc = broken[0]
+            ctx.outcomes = [
+                rolling.HostOutcome(
+                    t.name, rolling.FAILED, f"barrier: {rolling.reason_of(e)}", t.previous, took
+                )
+                if e
+                else rolling.HostOutcome(
+                    t.name,
+                    rolling.SKIPPED,
+                    f"not switched: the barrier failed on {first.name}",
+                    t.previous,
+                    took,
+                )
+                for t, _, e, took in results
+            ]
+            _print_outcomes(ctx)
+            raise RolloutError(
+                f"{rel.id} failed its barrier on {first.name} ({rolling.reason_of(exc)}); "
+                f"nothing was switched; {rolling.summary(ctx.outcomes)}",
+                outcomes=ctx.outcomes,
+                hint=f"fix {first.name}, then run the same rollback again",
+            )
+        return f"{rel.id} ready on {len(todo)} hosts"
+
+    def switch() -> str:
+        try:
+            ctx.outcomes = rolling.switch_hosts(
+                ctx.proj,
+                env.name,
+                rel.id,
+                hosts=todo,
+                batch=policy.batch,
+                printer=ctx.printer,
+            )
+        except RolloutError as err:
+            failed = [o for o in err.outcomes if o.status == rolling.FAILED]
+            culprit = failed[0] if failed else err.outcomes[0]
+            ctx.outcomes = rolling.switch_back(
+                env,
+                todo,
+                err.outcomes,
+                workers=policy.workers,
+                printer=ctx.printer,
+                why=f"{culprit.host} failed",
+            )
+            _print_outcomes(ctx)
+            kept = "; the schema stays reverted" if p.schema and p.schema.revert else ""
+            raise RolloutError(
+                f"rollback of {env.name} to {rel.id} stopped: {culprit.host} failed "
+                f"({culprit.reason}); the hosts already moved were switched back{kept}; "
+                f"{rolling.summary(ctx.outcomes)}",
+                outcomes=ctx.outcomes,
+                hint=f"fix {culprit.host}, then run the same rollback again",
+            ) from None
+        groups = len(rolling.batches(todo, policy.batch))
+        return f"{len(todo)} hosts serve {rel.id} ({groups} batches, batch {policy.batch!r})"
+
+    ctx.step("barrier", barrier)
+    ctx.step("switch", switch)
 
 
 def _level3(
@@ -865,9 +1002,7 @@ def verify_serving(proj: Project, name: str, *, window_s: float | None = None) -
     """Watch the serving release against the previous good one; the verdict with its numbers."""
     from deploy import verify
 
-    env = proj.env(name)
-    layout = Layout(str(env.data_dir))
-    host = _host(env)
+    host, layout = rolling.primary(proj, name)
     current = releases.current_release(host, layout)
     if current is None:
         raise UsageError(f"{name} serves no release", hint=f"deploy one with `inv {name}.deploy`")
@@ -877,7 +1012,19 @@ def verify_serving(proj: Project, name: str, *, window_s: float | None = None) -
         existing=frozenset(releases.list_releases(host, layout)),
     )
     window = window_s if window_s is not None else (proj.policies[name].verify_window_s or 5.0)
-    verdict = verify.watch(proj, name, release=current, baseline=baseline, window_s=float(window))
+    if rolling.is_rolling(proj, name):
+        verdict = rolling.watch(
+            proj,
+            name,
+            rolling.targets(proj, name),
+            release=current,
+            baseline=baseline,
+            window_s=float(window),
+        )
+    else:
+        verdict = verify.watch(
+            proj, name, release=current, baseline=baseline, window_s=float(window)
+        )
     return {
         "release": current,
         "baseline": baseline,
@@ -958,9 +1105,7 @@ def verify_backup(proj: Project, name: str, backup_id: str) -> dict[str, Any]:
 
 def interruption(proj: Project, name: str) -> dict[str, Any] | None:
     """What a deploy or rollback that is running, or was killed, left behind: for `status`."""
-    env = proj.env(name)
-    layout = Layout(str(env.data_dir))
-    host = _host(env)
+    host, layout = rolling.primary(proj, name)
     lock = DeployLock(host, layout)
     info = lock.holder()
     entries = history(host, layout)

@@ -8,9 +8,9 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from deploy import anonymize, backup, guards, migrations, releases, rollout
+from deploy import backup, guards, migrations, releases, rollout
 from deploy import seed as seeding
 from deploy.clients import redis_client
 from deploy.config import EnvConfig, Project, Thresholds
@@ -19,6 +19,9 @@ from deploy.hosts import Host
 from deploy.runtime.native import NativeServices, pg_bin_dir
 from deploy.smoke import Probe, http
 from deploy.state import DeployLock, Layout, audit
+
+if TYPE_CHECKING:
+    from deploy import anonymize
 
 Printer = Callable[[str], None]
 LOG_FILES = ("app.log", "postgres.log", "redis.log")
@@ -333,6 +336,8 @@ def refresh(
     _refuse_production(target, "refresh")
     if source == name or source not in proj.envs:
         raise UsageError(f"cannot refresh {name} from {source!r}", hint="use --from prod")
+    from deploy import anonymize  # psycopg.sql: loaded when a refresh runs, not for --list
+
     rules = anonymize.load_rules(proj.policy)
     if not anonymize_data and not rules.allow_raw:
         raise GuardRefused(
@@ -441,6 +446,8 @@ def _anonymize_scratch(
     source: str,
     enabled: bool,
 ) -> dict[str, Any]:
+    from deploy import anonymize
+
     updated: dict[str, int] = {}
     found: dict[str, int] = {}
     with _admin(svc, scratch) as conn:

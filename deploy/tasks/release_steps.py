@@ -12,9 +12,8 @@ from invoke import task
 
 from deploy import guards, releases, smoke
 from deploy.errors import NotApproved, RolledBack, UsageError
-from deploy.hosts import Host
 from deploy.output import print_json, print_table, say
-from deploy.state import DeployLock, Layout, history
+from deploy.state import DeployLock, history
 from deploy.tasks._common import actor, edge, env_name, guarded, preflight, project, whole
 
 
@@ -108,6 +107,13 @@ def deploy(
         say(f"{name}: deployed {result['release']} in {result['duration_s']:.2f}s")
 
 
+def _primary(proj, name):
+    """The host holding the environment's lock and state files, and its layout there."""
+    from deploy import rolling
+
+    return rolling.primary(proj, name)
+
+
 def _print_hooks(proj, name):
     from deploy import hooks
 
@@ -120,14 +126,16 @@ def _print_hooks(proj, name):
 
 
 def _files_and_url(name):
-    from deploy import rollout
+    from deploy import rolling, rollout
+    from deploy.rollback import release_migration_files
 
     proj = project()
     env = proj.env(name)
-    layout = Layout(str(env.data_dir))
-    current = releases.current_release(Host(), layout)
-    src = layout.release(current) if current else str(proj.root)
-    return proj, env, rollout.migration_files(src)
+    host, layout = rolling.primary(proj, name)  # the serving release's files, on the primary
+    current = releases.current_release(host, layout)
+    if current:
+        return proj, env, release_migration_files(host, layout, current)
+    return proj, env, rollout.migration_files(str(proj.root))
 
 
 @task(
@@ -203,7 +211,7 @@ def smoke_(c, json=False):
     name = env_name(c)
     proj = project()
     env = proj.env(name)
-    current = releases.current_release(Host(), Layout(str(env.data_dir)))
+    current = releases.current_release(*_primary(proj, name))
     probes = smoke.run(env, expect_release=current)
     if name == "staging":
         from deploy.staging import profile_checks
@@ -233,9 +241,7 @@ def smoke_(c, json=False):
 def lock(c, release=False, force=False, reason=""):
     """Show who holds the deploy lock; --force --reason breaks a stale one (audited)."""
     name = env_name(c)
-    env = project().env(name)
-    layout = Layout(str(env.data_dir))
-    dl = DeployLock(Host(), layout)
+    dl = DeployLock(*_primary(project(), name))
     info = dl.holder()
     if force:
         if not reason.strip():
@@ -269,10 +275,7 @@ def lock(c, release=False, force=False, reason=""):
 def history_(c, limit="20", json=False):
     """Deployment history: Date | Version | Type | Status | Rollback | Notes."""
     name = env_name(c)
-    env = project().env(name)
-    entries = history(Host(), Layout(str(env.data_dir)))[-whole(limit, "--limit", minimum=1) :][
-        ::-1
-    ]
+    entries = history(*_primary(project(), name))[-whole(limit, "--limit", minimum=1) :][::-1]
     if json:
         print_json(entries)
         return
