@@ -108,7 +108,9 @@ def bare_restart(env: EnvConfig, layout: Layout, rid: str, work: Path, n: int) -
         "PATH": "/usr/local/bin:/usr/bin:/bin",
     }
     argv = [
-        f"{rdir}/.venv/bin/gunicorn",
+        f"{rdir}/.venv/bin/python",  # -m, as the service starts it: a venv copy has no scripts
+        "-m",
+        "gunicorn",
         "--bind",
         f"127.0.0.1:{port}",
         "--workers",
@@ -156,9 +158,10 @@ def fill(env: EnvConfig, svc: NativeServices) -> tuple[int, int, float]:
     """COPY seed notes into staging until the live data alone is >= 100 MB; (rows, bytes, s)."""
     count, start = 1_000_000, time.perf_counter()
     while True:
-        seed.load(env.database_url, count, password=env.secret("POSTGRES_PASSWORD"))
-        with admin(svc, env.database.name) as conn:
-            conn.execute("VACUUM FULL notes")  # the rows a reload deleted are not data
+        deleted, _ = seed.load(env.database_url, count, password=env.secret("POSTGRES_PASSWORD"))
+        if deleted:
+            with admin(svc, env.database.name) as conn:
+                conn.execute("VACUUM FULL notes")  # the rows a reload deleted are not data
         size = db_size(svc, env.database.name)
         if size >= MIN_DB_BYTES:
             return count, size, time.perf_counter() - start
@@ -182,9 +185,24 @@ def bare_restore(svc: NativeServices, dump: Path, role: str) -> float:
     return time.perf_counter() - start
 
 
+def no_verify_window(proj: Project) -> None:
+    """staging's post-switch watch is the deploy's cost, not a rollback's: skip it in setup."""
+    path = proj.root / "stageflow.toml"
+    lines = path.read_text().splitlines()
+    start = lines.index(f"[environments.{ENV}]")
+    for i in range(start + 1, len(lines)):
+        if lines[i].split("=")[0].strip() == "verify_window_s":
+            lines[i] = "verify_window_s = 0"
+            break
+        if lines[i].startswith("["):
+            raise SystemExit(f"no verify_window_s in [environments.{ENV}]")
+    path.write_text("\n".join(lines) + "\n")
+
+
 def deploy_two(proj: Project) -> tuple[str, str]:
     """Releases A then B on staging; returns their ids."""
     port = proj.ports[ENV]["app"]
+    no_verify_window(proj)
     proj.commit("release A", tag="v1.0.0")
     inv(proj, f"{ENV}.deploy", "--ref", "v1.0.0")
     a = serving(port)
@@ -292,7 +310,7 @@ def main() -> None:
                 "level3": f"inv {ENV}.rollback --level 3 --backup <id> --reason bench --json",
             },
             "baselines": {
-                "restart": "gunicorn -w 2 on the release + poll GET /healthz to 200 + symlink switch",
+                "restart": "python -m gunicorn -w 2 on the release + poll GET /healthz to 200 + symlink switch",
                 "restore": "DROP/CREATE DATABASE + pg_restore --jobs=2 of the same dump, same flags",
             },
             "results": {

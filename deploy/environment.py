@@ -36,19 +36,23 @@ def down(proj: Project, name: str) -> list[str]:
 
 
 def status(proj: Project, name: str) -> dict[str, Any]:
-    from deploy import releases
+    from deploy import releases, rolling
 
     env = proj.env(name)
     svc = NativeServices(env, user_name=proj.service_user)
     st = {s.name: s for s in svc.status()}
     app = releases.service_status(proj, name)
-    host = Host()
-    layout = Layout(str(env.data_dir))
+    # lock, history and freeze live on the primary (this machine, DATA_DIR, in the plain setting)
+    host, layout = rolling.primary(proj, name)
     lock = DeployLock(host, layout)
     holder = lock.holder()
     entries = history(host, layout)
+    frozen = host.exists(layout.freeze)
+    stale = holder is not None and lock.is_stale(holder)
+    if not host.is_local:
+        host.close()
     last = entries[-1] if entries else None
-    if last and last.get("status") == "running" and (holder is None or lock.is_stale(holder)):
+    if last and last.get("status") == "running" and (holder is None or stale):
         last = {**last, "status": "interrupted"}  # its process died: the lock says so, or is gone
     return {
         "env": name,
@@ -58,10 +62,8 @@ def status(proj: Project, name: str) -> dict[str, Any]:
         "redis": {"up": st["redis"].up, "port": env.redis_port, "pid": st["redis"].pid},
         "app": app,
         "data_dir": str(env.data_dir),
-        "frozen": os.path.exists(layout.freeze),
-        "lock": None
-        if holder is None
-        else {"holder": holder.describe(), "stale": lock.is_stale(holder)},
+        "frozen": frozen,
+        "lock": None if holder is None else {"holder": holder.describe(), "stale": stale},
         "last": None
         if last is None
         else {k: last.get(k) for k in ("id", "time", "kind", "status", "release", "notes")},

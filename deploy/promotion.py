@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from deploy import guards, notify
+from deploy import guards, notify, rolling
 from deploy.actors import Actor
 from deploy.config import Project
 from deploy.errors import ConfigError, NotApproved, UsageError
@@ -137,8 +137,7 @@ def gate_report(proj: Project, commit: str) -> dict[str, Any] | None:
 
 def staging_evidence(proj: Project, commit: str) -> dict[str, Any] | None:
     """The newest successful staging deploy of this commit (smoke and verify passed)."""
-    env = proj.env("staging")
-    entries = history(Host(), Layout(str(env.data_dir)))
+    entries = history(*rolling.primary(proj, "staging"))
     ok = [
         e
         for e in entries
@@ -150,7 +149,7 @@ def staging_evidence(proj: Project, commit: str) -> dict[str, Any] | None:
 
 
 def _prod_current_commit(proj: Project) -> str | None:
-    entries = history(Host(), Layout(str(proj.env(PROD).data_dir)))
+    entries = history(*rolling.primary(proj, PROD))
     done = [e for e in entries if e.get("status") == "success"]
     return done[-1]["commit"] if done else None
 
@@ -333,10 +332,8 @@ def request(
     save(proj, req)
     md = checklist(proj, req)
     (_dir(proj) / f"{rid}.md").write_text(md)
-    layout = Layout(str(proj.env(PROD).data_dir))
     audit(
-        Host(),
-        layout,
+        *rolling.primary(proj, PROD),
         actor=str(actor),
         action="request",
         request=rid,
@@ -388,8 +385,7 @@ def approve(proj: Project, rid: str | int, *, actor: Actor) -> dict[str, Any]:
         details={"request": req["id"]},
     )
     audit(
-        Host(),
-        Layout(str(proj.env(PROD).data_dir)),
+        *rolling.primary(proj, PROD),
         actor=str(actor),
         action="approve",
         request=req["id"],
@@ -406,8 +402,7 @@ def reject(proj: Project, rid: str | int, *, actor: Actor, reason: str) -> dict[
     req["rejections"].append({"actor": actor.name, "time": utc_now(), "reason": reason})
     save(proj, req)
     audit(
-        Host(),
-        Layout(str(proj.env(PROD).data_dir)),
+        *rolling.primary(proj, PROD),
         actor=str(actor),
         action="reject",
         request=req["id"],
@@ -524,9 +519,7 @@ def checks(
         ev = staging_evidence(proj, commit)
         if not ev:
             failed = [
-                e
-                for e in history(Host(), Layout(str(proj.env("staging").data_dir)))
-                if e.get("commit") == commit
+                e for e in history(*rolling.primary(proj, "staging")) if e.get("commit") == commit
             ]
             if failed:
                 return guards.Check(
@@ -590,7 +583,6 @@ def deploy(
     from deploy import rollout
 
     req = load(proj, rid)
-    layout = Layout(str(proj.env(PROD).data_dir))
     if break_glass:
         notify.send(
             proj,
@@ -603,8 +595,7 @@ def deploy(
             details={"request": req["id"], "reason": break_glass},
         )
         audit(
-            Host(),
-            layout,
+            *rolling.primary(proj, PROD),
             actor=str(actor),
             action="break-glass",
             request=req["id"],

@@ -221,11 +221,38 @@ def make_plan(
     reset_data: bool = False,
 ) -> Plan:
     """Read the environment and decide every change; refuse here, before anything changes."""
-    env = proj.env(name)
-    multi = rolling.is_rolling(proj, name)
-    if multi and level == 3:
+    if rolling.is_rolling(proj, name) and level == 3:
         _refuse_level3(name)
     host, layout = rolling.primary(proj, name)  # the plain setting: this machine, DATA_DIR
+    try:
+        return _make_plan(
+            proj,
+            name,
+            host,
+            layout,
+            level=level,
+            to=to,
+            backup_id=backup_id,
+            reset_data=reset_data,
+        )
+    finally:
+        if not host.is_local:
+            host.close()
+
+
+def _make_plan(
+    proj: Project,
+    name: str,
+    host: Host,
+    layout: Layout,
+    *,
+    level: int,
+    to: str | None,
+    backup_id: str | None,
+    reset_data: bool,
+) -> Plan:
+    env = proj.env(name)
+    multi = rolling.is_rolling(proj, name)
     current = releases.current_release(host, layout)
     if current is None:
         raise UsageError(
@@ -352,6 +379,8 @@ def _order(proj: Project, name: str) -> str:
 def _on_every_host(todo: Sequence[Target]) -> set[str]:
     """The releases present on every host: only those can serve everywhere."""
     results = rolling.parallel(todo, lambda t: releases.list_releases(t.host, t.layout))
+    for t in todo:
+        t.host.close()
     down = [f"{t.name} ({rolling.reason_of(exc)})" for t, _, exc, _ in results if exc]
     if down:
         raise ServiceError(
@@ -594,11 +623,17 @@ def rollback(
         from deploy.rollout import _hosts_answer
 
         checks.append(("hosts", lambda: _hosts_answer(todo)))
-    guards.require(guards.run_checks(checks))
-    p = make_plan(proj, name, level=level, to=to, backup_id=backup_id, reset_data=reset_data)
+    try:
+        guards.require(guards.run_checks(checks))
+        p = make_plan(proj, name, level=level, to=to, backup_id=backup_id, reset_data=reset_data)
+        if not dry_run:
+            confirm_prod(env, actor=actor, yes=yes, confirm=confirm)
+    except BaseException:
+        _close(host, todo)  # refused: the SSH connections the checks opened go
+        raise
     if dry_run:
+        _close(host, todo)
         return {"dry_run": True, **p.to_dict()}
-    confirm_prod(env, actor=actor, yes=yes, confirm=confirm)
     hook_ctx = {"actor": actor, "previous": p.current or "", "reason": reason}
 
     ctx = Context(proj, env, actor, host, layout, printer, stop_at=stop_at, targets=todo)
@@ -700,10 +735,7 @@ def rollback(
                 **({"hosts": [o.to_dict() for o in ctx.outcomes]} if ctx.outcomes else {}),
             )
             ctx.step("unlock", lambda: lock.release())
-        for t in todo:
-            t.host.close()
-        if todo:
-            host.close()
+        _close(host, todo)
     result = {
         "level": level,
         "kind": kind,
@@ -719,6 +751,12 @@ def rollback(
     if todo:
         result["hosts"] = [o.to_dict() for o in ctx.outcomes]
     return result
+
+
+def _close(primary: Host, todo: Sequence[Target]) -> None:
+    for t in todo:
+        t.host.close()
+    primary.close()  # nothing to close on this machine
 
 
 def _superseded(old: Mapping[str, Any], *, by: str, completes: bool) -> HistoryEntry:
@@ -1109,6 +1147,7 @@ def interruption(proj: Project, name: str) -> dict[str, Any] | None:
     lock = DeployLock(host, layout)
     info = lock.holder()
     entries = history(host, layout)
+    host.close()  # the reads are done; a remote primary's connection goes
     # only the newest entry counts: an older one left running was closed by whoever came after
     last = entries[-1] if entries and entries[-1].get("status") == "running" else None
     if info is None and last is None:
