@@ -158,3 +158,11 @@ def test_one_environment_documents_the_same_task_in_the_others(tmp_path: Path) -
     assert found == ["docs: task `inv prod.rollback` is not documented in README.md or docs/*.md"]
     readme = README + "\nRoll back with `inv <env>.rollback` (env: `dev` or `prod`).\n"
     assert problems(tree(tmp_path, README_md=readme), tasks=TASKS | {"prod.rollback"}) == []
+
+
+def test_the_repositorys_own_docs_are_fresh():
+    """CI runs this: a doc naming a task, target, link or key that does not exist fails the build."""
+    from tests.support import REPO
+
+    problems = check_docs(REPO)
+    assert not problems, "\n".join(str(p) for p in problems)
