@@ -17,8 +17,8 @@ def services(proj: Project, name: str) -> NativeServices:
     policy = proj.policies[name]
     if policy.runtime != "native":
         raise ConfigError(
-            f"{name} uses runtime {policy.runtime!r}; this command drives the native runtime",
-            hint='use the compose tasks, or set runtime = "native"',
+            f"{name} uses runtime {policy.runtime!r}, which no task drives yet",
+            hint='set runtime = "native"; the compose runtime is a library for now (DEPLOYMENT.md)',
         )
     return NativeServices(proj.env(name), user_name=proj.service_user)
 
