@@ -680,8 +680,8 @@ def rollback(
                 f"{'completes' if completes else 'supersedes'} interrupted {dead.get('id')}"
             )
         record_history(host, layout, entry)
-        act = {1: _level1_hosts, 2: _level2_hosts} if todo else {1: _level1, 2: _level2, 3: _level3}
-        act[level](ctx, p, target, reason=reason, details=details)
+        # a rolling environment's hosts are ctx.targets; level 3 was refused for it above
+        {1: _level1, 2: _level2, 3: _level3}[level](ctx, p, target, reason=reason, details=details)
         entry.status = "success"
         if ctx.outcomes:
             details.append(f"hosts: {rolling.summary(ctx.outcomes)}")
@@ -771,43 +771,40 @@ def _superseded(old: Mapping[str, Any], *, by: str, completes: bool) -> HistoryE
     return rec
 
 
-def _services_and_reset(
-    ctx: Context, p: Plan, rel: releases.Release, svc: NativeServices, details: list[str]
-) -> None:
-    """Level 1's data part: bring PostgreSQL and Redis back; with reset_data, start them over."""
-    env = ctx.env
-    ctx.step("services", lambda: "; ".join(svc.restart_unhealthy()) or "postgres and redis healthy")
-    if not p.reset_data:
-        return
-
-    def reset() -> str:
-        recreate_database(svc, env)
-        flush_redis(env)
-        return f"{env.database.name} recreated empty; redis db {env.redis.db} flushed"
-
-    def migrate() -> str:
-        done = migrations.migrate(
-            conninfo(env),
-            release_migration_files(ctx.host, ctx.layout, rel.id),
-            release=rel.id,
-            applied_by=str(ctx.actor),
-            password=env.secret("POSTGRES_PASSWORD"),
-        )
-        ctx.applied = [f.version for f in done]
-        return f"applied {ctx.applied}"
-
-    ctx.step("reset", reset)
-    ctx.step("migrate", migrate)
-    ctx.step("seed", lambda: _seed(ctx.host, env, ctx.layout, rel))
-    details.append("data reset")
-
-
 def _level1(
     ctx: Context, p: Plan, rel: releases.Release, *, reason: str, details: list[str]
 ) -> None:
     env, host, layout = ctx.env, ctx.host, ctx.layout
-    svc = NativeServices(env, user_name=ctx.proj.service_user, host=host)
-    _services_and_reset(ctx, p, rel, svc, details)
+    # PostgreSQL and Redis run on this machine even when the app runs on other hosts
+    svc = NativeServices(
+        env, user_name=ctx.proj.service_user, host=_host(env) if ctx.targets else host
+    )
+    ctx.step("services", lambda: "; ".join(svc.restart_unhealthy()) or "postgres and redis healthy")
+    if p.reset_data:
+
+        def reset() -> str:
+            recreate_database(svc, env)
+            flush_redis(env)
+            return f"{env.database.name} recreated empty; redis db {env.redis.db} flushed"
+
+        def migrate() -> str:
+            done = migrations.migrate(
+                conninfo(env),
+                release_migration_files(host, layout, rel.id),
+                release=rel.id,
+                applied_by=str(ctx.actor),
+                password=env.secret("POSTGRES_PASSWORD"),
+            )
+            ctx.applied = [f.version for f in done]
+            return f"applied {ctx.applied}"
+
+        ctx.step("reset", reset)
+        ctx.step("migrate", migrate)
+        ctx.step("seed", lambda: _seed(host, env, layout, rel))
+        details.append("data reset")
+    if ctx.targets:
+        _restart_hosts(ctx, rel)
+        return
     releases.write_app_env(host, env, layout)
 
     def restart() -> str:
@@ -820,17 +817,12 @@ def _level1(
     ctx.step("smoke", lambda: _smoke(env, rel.id))
 
 
-def _level1_hosts(
-    ctx: Context, p: Plan, rel: releases.Release, *, reason: str, details: list[str]
-) -> None:
+def _restart_hosts(ctx: Context, rel: releases.Release) -> None:
     """Level 1 over every host: a new master of the same release on each, batch by batch."""
     from deploy.rollout import _print_outcomes
 
     env, todo = ctx.env, ctx.targets
     policy = ctx.proj.policies[env.name]
-    # PostgreSQL and Redis run next to this machine's operator; the hosts run the app only
-    svc = NativeServices(env, user_name=ctx.proj.service_user, host=_host(env))
-    _services_and_reset(ctx, p, rel, svc, details)
 
     def restart_one(t: Target) -> str:
         t.previous = rel.id
@@ -878,8 +870,9 @@ def _switch_to(ctx: Context, p: Plan, rel: releases.Release) -> None:
     ctx.step("smoke", lambda: _smoke(env, rel.id))
 
 
-def _schema_step(ctx: Context, p: Plan, rel: releases.Release, details: list[str]) -> None:
-    """Level 2's schema part, run once from this machine whatever the number of hosts."""
+def _level2(
+    ctx: Context, p: Plan, rel: releases.Release, *, reason: str, details: list[str]
+) -> None:
     env = ctx.env
     schema = p.schema
     assert schema is not None and p.current is not None
@@ -900,28 +893,23 @@ def _schema_step(ctx: Context, p: Plan, rel: releases.Release, details: list[str
         details.append(f"reverted migrations {reverted}")
         return f"reverted {reverted}"
 
+    # once, from this machine, whatever the number of hosts
     ctx.step("schema", schema_step)
     if not schema.revert and schema.since:
         details.append(f"schema kept (expand-only {list(schema.since)})")
+    if ctx.targets:
+        _switch_hosts_to(ctx, p, rel)
+    else:
+        _switch_to(ctx, p, rel)
 
 
-def _level2(
-    ctx: Context, p: Plan, rel: releases.Release, *, reason: str, details: list[str]
-) -> None:
-    _schema_step(ctx, p, rel, details)
-    _switch_to(ctx, p, rel)
-
-
-def _level2_hosts(
-    ctx: Context, p: Plan, rel: releases.Release, *, reason: str, details: list[str]
-) -> None:
-    """Level 2 over every host: schema once, a barrier on each, then switch in batches with the
-    first-host barrier; a failing host sends the hosts already moved back to what they served."""
+def _switch_hosts_to(ctx: Context, p: Plan, rel: releases.Release) -> None:
+    """Level 2 over every host once the schema is done: a barrier on each, then switch in batches
+    with the first-host barrier; a failing host sends the hosts already moved back."""
     from deploy.rollout import _print_outcomes
 
     env, todo = ctx.env, ctx.targets
     policy = ctx.proj.policies[env.name]
-    _schema_step(ctx, p, rel, details)
 
     def ready(t: Target) -> str:
         t.previous = releases.current_release(t.host, t.layout)  # where a failure sends it back
