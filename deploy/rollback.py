@@ -918,31 +918,18 @@ def _switch_hosts_to(ctx: Context, p: Plan, rel: releases.Release) -> None:
         return "ready"
 
     def barrier() -> str:
-        results = rolling.parallel(todo, ready)
-        broken = [(t, exc) for t, _, exc, _ in results if exc]
-        if broken:
-            first, exc = broken[0]
-            ctx.outcomes = [
-                rolling.HostOutcome(
-                    t.name, rolling.FAILED, f"barrier: {rolling.reason_of(e)}", t.previous, took
-                )
-                if e
-                else rolling.HostOutcome(
-                    t.name,
-                    rolling.SKIPPED,
-                    f"not switched: the barrier failed on {first.name}",
-                    t.previous,
-                    took,
-                )
-                for t, _, e, took in results
-            ]
-            _print_outcomes(ctx)
-            raise RolloutError(
-                f"{rel.id} failed its barrier on {first.name} ({rolling.reason_of(exc)}); "
-                f"nothing was switched; {rolling.summary(ctx.outcomes)}",
-                outcomes=ctx.outcomes,
-                hint=f"fix {first.name}, then run the same rollback again",
+        try:
+            rolling.on_every_host(
+                todo,
+                ready,
+                phase="barrier",
+                subject=rel.id,
+                hint="fix that host, then run the same rollback again",
             )
+        except RolloutError as err:
+            ctx.outcomes = list(err.outcomes)
+            _print_outcomes(ctx)
+            raise
         return f"{rel.id} ready on {len(todo)} hosts"
 
     def switch() -> str:

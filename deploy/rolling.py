@@ -175,6 +175,33 @@ def reason_of(exc: BaseException) -> str:
     return " ".join(str(text).split())[:200]
 
 
+def on_every_host(
+    targets: Sequence[Target], fn: Callable[[Target], str], *, phase: str, subject: str, hint: str
+) -> None:
+    """A step that must succeed on every host before anything switches: fn on all of them in
+    parallel; if one fails, one RolloutError carries every host's outcome (the failed hosts
+    FAILED, the others SKIPPED, since nothing was switched)."""
+    results = parallel(targets, fn)
+    broken = [(t, exc) for t, _, exc, _ in results if exc]
+    if not broken:
+        return
+    first, exc = broken[0]
+    outcomes = [
+        HostOutcome(t.name, FAILED, f"{phase}: {reason_of(e)}", t.previous, took)
+        if e
+        else HostOutcome(
+            t.name, SKIPPED, f"not switched: the {phase} failed on {first.name}", t.previous, took
+        )
+        for t, _, e, took in results
+    ]
+    raise RolloutError(
+        f"{phase} of {subject} failed on {first.name} ({reason_of(exc)}); nothing was switched; "
+        f"{summary(outcomes)}",
+        outcomes=outcomes,
+        hint=hint,
+    )
+
+
 # -- one host ------------------------------------------------------------------------------------
 
 

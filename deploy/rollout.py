@@ -479,31 +479,14 @@ def _run_rolling(
             releases.write_app_env(t.host, env, t.layout)
             return "built"
 
-        results = rolling.parallel(todo, one)
-        broken = [(t, exc) for t, _, exc, _ in results if exc]
-        if broken:
-            first, exc = broken[0]
-            ctx.outcomes = [
-                rolling.HostOutcome(
-                    t.name, rolling.FAILED, f"build: {rolling.reason_of(e)}", t.previous, took
-                )
-                if e
-                else rolling.HostOutcome(
-                    t.name,
-                    rolling.SKIPPED,
-                    f"not switched: the build failed on {first.name}",
-                    t.previous,
-                    took,
-                )
-                for t, _, e, took in results
-            ]
-            _print_outcomes(ctx)
-            raise RolloutError(
-                f"build of {rid} failed on {first.name} ({rolling.reason_of(exc)}); nothing was "
-                f"switched; {rolling.summary(ctx.outcomes)}",
-                outcomes=ctx.outcomes,
-                hint=f"fix {first.name}, then deploy again",
+        try:
+            rolling.on_every_host(
+                todo, one, phase="build", subject=rid, hint="fix that host, then deploy again"
             )
+        except RolloutError as err:
+            ctx.outcomes = list(err.outcomes)
+            _print_outcomes(ctx)
+            raise
         ctx.release = releases.Release(rid, commit, ref, dirty)
         entry.release = rid
         return f"{rid} on {len(todo)} hosts" + (" (dirty snapshot)" if dirty else "")

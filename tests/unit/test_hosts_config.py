@@ -152,3 +152,39 @@ def test_database_ports_on_the_operator_machine_are_compared_whatever_the_hosts(
     )
     apart = with_hosts(clash, dev=(HostSpec(address="a"),), staging=(HostSpec(address="b"),))
     assert any(f"share port {pg}" in p for p in guards.isolation_problems(apart))
+
+
+def test_a_step_that_fails_on_one_host_reports_every_host_and_switches_nothing():
+    from dataclasses import dataclass
+
+    import pytest
+
+    from deploy import rolling
+
+    @dataclass
+    class Item:  # on_every_host reads only a host's name and what it served before
+        name: str
+        previous: str | None = "r-old"
+
+    def build(t: Item) -> str:
+        if t.name == "b":
+            raise OSError("disk full")
+        return "built"
+
+    rolling.on_every_host([Item("a"), Item("c")], build, phase="build", subject="r1", hint="h")
+    with pytest.raises(rolling.RolloutError) as caught:
+        rolling.on_every_host(
+            [Item("a"), Item("b"), Item("c")],
+            build,
+            phase="build",
+            subject="r1",
+            hint="fix that host",
+        )
+    err = caught.value
+    assert [(o.host, o.status) for o in err.outcomes] == [
+        ("a", rolling.SKIPPED),
+        ("b", rolling.FAILED),
+        ("c", rolling.SKIPPED),
+    ]
+    assert "build of r1 failed on b" in err.message and "disk full" in err.message
+    assert "nothing was switched" in err.message and not err.reverted
