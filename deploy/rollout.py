@@ -412,24 +412,19 @@ def _run_steps(
         ctx.step("smoke", smoke_step)
 
         def verify_step() -> str:
-            if policy.verify_window_s <= 0:
-                return "no verify window"
             from deploy import verify
 
-            verdict = verify.watch(
-                ctx.proj,
-                env.name,
-                release=rel.id,
-                baseline=ctx.previous,
-                window_s=policy.verify_window_s,
+            verdict = _verify_window(
+                ctx,
+                rel,
+                lambda window_s: verify.watch(
+                    ctx.proj, env.name, release=rel.id, baseline=ctx.previous, window_s=window_s
+                ),
+                where="",
             )
+            if verdict is None:
+                return "no verify window"
             if not verdict.ok:
-                if not policy.auto_rollback:
-                    raise VerifyFailed(
-                        f"verify failed: {verdict.reason}; auto_rollback is off, "
-                        f"{rel.id} still serves",
-                        hint=f"`inv {env.name}.rollback --level 2` to go back",
-                    )
                 raise RolledBack(f"verify failed: {verdict.reason}")
             return verdict.summary
 
@@ -520,23 +515,22 @@ def _run_rolling(
         return f"{len(todo)} hosts serve {rel.id} ({groups} batches, batch {policy.batch!r})"
 
     def verify_step() -> str:
-        if policy.verify_window_s <= 0:
-            return "no verify window"
-        verdict = rolling.watch(
-            ctx.proj,
-            env.name,
-            todo,
-            release=rel.id,
-            baseline=ctx.previous,
-            window_s=policy.verify_window_s,
+        verdict = _verify_window(
+            ctx,
+            rel,
+            lambda window_s: rolling.watch(
+                ctx.proj,
+                env.name,
+                todo,
+                release=rel.id,
+                baseline=ctx.previous,
+                window_s=window_s,
+            ),
+            where=" on every host",
         )
+        if verdict is None:
+            return "no verify window"
         if not verdict.ok:
-            if not policy.auto_rollback:
-                raise VerifyFailed(
-                    f"verify failed: {verdict.reason}; auto_rollback is off, "
-                    f"{rel.id} still serves on every host",
-                    hint=f"`inv {env.name}.rollback --level 2` to go back",
-                )
             _switch_back(ctx, why="verify failed")
             raise RolloutError(
                 f"verify failed: {verdict.reason}; {rolling.summary(ctx.outcomes)}",
@@ -659,6 +653,23 @@ def _hook_context(ctx: Context, rel: releases.Release | None, status: str) -> di
         "previous": ctx.previous or "",
         "status": status,
     }
+
+
+def _verify_window(
+    ctx: Context, rel: releases.Release, watch: Callable[[float], Any], *, where: str
+) -> Any:
+    """The verify window's verdict (None when the env has none). With auto_rollback off a trigger
+    raises VerifyFailed and the new release keeps serving; otherwise the caller rolls back."""
+    policy = ctx.proj.policies[ctx.env.name]
+    if policy.verify_window_s <= 0:
+        return None
+    verdict = watch(policy.verify_window_s)
+    if not verdict.ok and not policy.auto_rollback:
+        raise VerifyFailed(
+            f"verify failed: {verdict.reason}; auto_rollback is off, {rel.id} still serves{where}",
+            hint=f"`inv {ctx.env.name}.rollback --level 2` to go back",
+        )
+    return verdict
 
 
 def _revert_to_previous(ctx: Context, rel: releases.Release, *, reason: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,8 +87,9 @@ def redis_server(_services: NativeServices) -> RedisServer:
     return RedisServer("127.0.0.1", _services.env.redis_port)
 
 
-@pytest.fixture
-def pg_dsn(pg_server: PgServer):
+@contextmanager
+def fresh_database(pg_server: PgServer) -> Iterator[str]:
+    """A new empty database on pg_server (its superuser DSN), dropped on exit."""
     import psycopg
 
     name = f"t_{uuid.uuid4().hex[:10]}"
@@ -97,6 +100,12 @@ def pg_dsn(pg_server: PgServer):
     finally:
         with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_dsn(pg_server: PgServer):
+    with fresh_database(pg_server) as dsn:
+        yield dsn
 
 
 _redis_dbs = iter(range(1, 16))

@@ -81,6 +81,31 @@ class Project:
         assert old in text, f"{old!r} not in {rel}"
         path.write_text(text.replace(old, new, 1))
 
+    def set_policy(self, env: str, **changes: object) -> None:
+        """Set keys of [environments.<env>] in the project's stageflow.toml (operator policy)."""
+        path = self.root / "stageflow.toml"
+        lines = path.read_text().splitlines()
+        start = lines.index(f"[environments.{env}]")
+        for key, value in changes.items():
+            for i in range(start + 1, len(lines) + 1):
+                if i == len(lines) or lines[i].startswith("["):
+                    lines.insert(i, f"{key} = {value}")
+                    break
+                if lines[i].split("=")[0].strip() == key:
+                    lines[i] = f"{key} = {value}"
+                    break
+        path.write_text("\n".join(lines) + "\n")
+
+    def set_fault(self, fault: str) -> None:
+        """Make the committed app's default STAGEFLOW_FAULT `fault` ("" for none): a release built
+        from the next commit misbehaves on its own, with no change to how it is started."""
+        path = self.root / "app/config.py"
+        text = path.read_text()
+        marker = 'env.get("STAGEFLOW_FAULT", "'
+        start = text.index(marker) + len(marker)
+        end = text.index('")', start)
+        path.write_text(text[:start] + fault + text[end:])
+
     def history(self, env: str) -> list[dict]:
         import json
 

@@ -196,22 +196,6 @@ def status(project) -> dict:
     return json.loads(project.ok("staging.status", "--json").stdout)
 
 
-def set_policy(project, **changes: object) -> None:
-    """Edit [environments.staging] of the temp project's stageflow.toml."""
-    path = project.root / "stageflow.toml"
-    lines = path.read_text().splitlines()
-    start = lines.index("[environments.staging]")
-    for key, value in changes.items():
-        for i in range(start + 1, len(lines)):
-            if lines[i].startswith("["):
-                lines.insert(i, f"{key} = {value}")
-                break
-            if lines[i].split("=")[0].strip() == key:
-                lines[i] = f"{key} = {value}"
-                break
-    path.write_text("\n".join(lines) + "\n")
-
-
 # -- the shared staging and its states ------------------------------------------------------------
 
 
@@ -259,7 +243,7 @@ class Staging:
 
 @pytest.fixture(scope="module")
 def staging(project):
-    set_policy(project, verify_window_s=0, keep_releases=100)
+    project.set_policy("staging", verify_window_s=0, keep_releases=100)
     project.ok("staging.up")
     a = project.commit("release A", tag="vA")
     d = project.root / "app/migrations"

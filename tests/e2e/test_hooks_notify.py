@@ -137,16 +137,8 @@ def test_rollback_sends_its_event_and_no_event_carries_a_secret(hooked):
 def test_incident_draft_after_an_automatic_rollback(hooked):
     project, receiver = hooked
     good = project.history("staging")[0]["release"]
-    path = project.root / "stageflow.toml"
-    path.write_text(path.read_text().replace("verify_window_s = 3", "verify_window_s = 6", 1))
-    config = project.root / "app/config.py"
-    text = config.read_text()
-    assert 'env.get("STAGEFLOW_FAULT", "")' in text
-    config.write_text(
-        text.replace(
-            'env.get("STAGEFLOW_FAULT", "")', 'env.get("STAGEFLOW_FAULT", "healthz-fail-after:1")'
-        )
-    )
+    project.set_policy("staging", verify_window_s=6)
+    project.set_fault("healthz-fail-after:1")
     project.commit("health fails after a second")
     res = project.inv("staging.deploy")
     assert res.returncode == 6, res.stdout + res.stderr
@@ -161,5 +153,5 @@ def test_incident_draft_after_an_automatic_rollback(hooked):
     assert bad["release"] in text and good in text
     assert bad["time"][:16].replace("T", " ") in text.replace("T", " ")
     assert "root cause" in text.lower()
-    config.write_text(config.read_text().replace("healthz-fail-after:1", ""))
+    project.set_fault("")
     project.commit("health fixed")

@@ -81,22 +81,6 @@ def migration(project, version, slug, up, down=None):
         (d / f"{version:04d}_{slug}.down.sql").write_text(down)
 
 
-def set_policy(project, **changes):
-    """Edit [environments.staging] of the temp project's stageflow.toml."""
-    path = project.root / "stageflow.toml"
-    lines = path.read_text().splitlines()
-    start = lines.index("[environments.staging]")
-    for key, value in changes.items():
-        for i in range(start + 1, len(lines)):
-            if lines[i].startswith("["):
-                lines.insert(i, f"{key} = {value}")
-                break
-            if lines[i].split("=")[0].strip() == key:
-                lines[i] = f"{key} = {value}"
-                break
-    path.write_text("\n".join(lines) + "\n")
-
-
 @dataclass
 class Load:
     """GET /healthz on a new connection each time, about 60 per second, counting every failure."""
@@ -282,20 +266,13 @@ def test_no_down_file_refuses_level2_and_level3_restores_then_freezes(project, s
 
 def faulty_release(project, tag):
     """A release whose /healthz starts failing 2 s after its workers boot."""
-    path = project.root / "app/config.py"
-    text = path.read_text()
-    assert 'env.get("STAGEFLOW_FAULT", "")' in text
-    path.write_text(
-        text.replace(
-            'env.get("STAGEFLOW_FAULT", "")', 'env.get("STAGEFLOW_FAULT", "healthz-fail-after:2")'
-        )
-    )
+    project.set_fault("healthz-fail-after:2")
     return project.commit("release E: health fails after 2 s", tag=tag)
 
 
 def test_failing_health_after_the_switch_is_rolled_back_automatically(project, staged):
     a = staged
-    set_policy(project, verify_window_s=6)
+    project.set_policy("staging", verify_window_s=6)
     faulty_release(project, "v1.4.0")
     res = project.inv("staging.deploy", "--ref", "v1.4.0")
     assert res.returncode == 6, res.stdout + res.stderr
@@ -309,7 +286,7 @@ def test_verify_task_and_a_killed_rollback_that_a_second_one_completes(project, 
     a = staged
     out = project.ok("staging.verify", "--window", "1").stdout
     assert "ok" in out and a in out
-    set_policy(project, auto_rollback="false")
+    project.set_policy("staging", auto_rollback="false")
     res = project.inv("staging.deploy", "--ref", "v1.4.0")
     assert res.returncode == 1 and "auto_rollback is off" in res.stderr
     e = version(project)["release"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import psycopg
@@ -11,6 +10,7 @@ import pytest
 from deploy import anonymize, migrations, seed
 from deploy.errors import GuardRefused
 from tests import support
+from tests.conftest import fresh_database
 
 MIGRATIONS = Path(support.REPO) / "app" / "migrations"
 RULES = anonymize.Rules(tables={"notes": {"body": "fake", "author": "hash"}})
@@ -42,14 +42,8 @@ def _insert_known(conn: psycopg.Connection) -> None:
 
 @pytest.fixture
 def second_db(pg_server):
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield pg_server.dsn(name)
-    finally:
-        with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database(pg_server) as dsn:
+        yield dsn
 
 
 def test_seed_replaces_only_its_own_rows_and_is_deterministic(pg_dsn):
