@@ -28,6 +28,10 @@ Environ = dict[str, Any]
 
 NOTES_LIMIT = 50
 NOTES_CACHE_KEY = "stageflow:notes:latest"
+# Bumped after every committed write. A list is cached with the generation read before its query,
+# and only an entry of the current generation is served: a reader that queried before a write
+# and stored its list after the write's invalidation can never hide that write.
+NOTES_GENERATION_KEY = "stageflow:notes:generation"
 NOTES_CACHE_TTL_S = 5.0
 MAX_BODY_BYTES = 64 * 1024
 MAX_NOTE_CHARS = 10_000
@@ -320,11 +324,17 @@ class Service:
             return refused
         # Releases with different schemas may share this Redis during a switch: one field each.
         cache_field = f"v{self.config.schema_expected}"
+        generation: int | None = None
         try:
-            cached = self.redis.hget(NOTES_CACHE_KEY, cache_field)
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.get(NOTES_GENERATION_KEY)
+            pipe.hget(NOTES_CACHE_KEY, cache_field)
+            raw_generation, cached = pipe.execute()
+            generation = int(raw_generation or 0)
             if cached:
                 entry = json.loads(str(cached))
-                if time.time() - float(entry["at"]) < NOTES_CACHE_TTL_S:
+                fresh = time.time() - float(entry["at"]) < NOTES_CACHE_TTL_S
+                if fresh and entry.get("generation") == generation:
                     return json_response(200, {"notes": entry["notes"], "cached": True})
         except (redis.RedisError, OSError, ValueError, KeyError, TypeError):
             self.log.debug("notes cache unreadable; reading the database")
@@ -335,9 +345,12 @@ class Service:
         except psycopg.Error as exc:
             return self._database_error(exc)
         notes = [self._row(r) for r in rows]
+        if generation is None:  # redis did not answer: nothing to cache against
+            return json_response(200, {"notes": notes, "cached": False})
         try:
+            entry = {"at": time.time(), "generation": generation, "notes": notes}
             pipe = self.redis.pipeline(transaction=True)
-            pipe.hset(NOTES_CACHE_KEY, cache_field, json.dumps({"at": time.time(), "notes": notes}))
+            pipe.hset(NOTES_CACHE_KEY, cache_field, json.dumps(entry))
             pipe.expire(NOTES_CACHE_KEY, math.ceil(NOTES_CACHE_TTL_S) * 2)
             pipe.execute()
         except (redis.RedisError, OSError):
@@ -415,7 +428,10 @@ class Service:
         if row is None:
             return _error(500, "insert returned no row")
         try:
-            self.redis.delete(NOTES_CACHE_KEY)
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.incr(NOTES_GENERATION_KEY)
+            pipe.delete(NOTES_CACHE_KEY)
+            pipe.execute()
         except (redis.RedisError, OSError):
             self.log.warning(
                 "notes cache not invalidated: redis unavailable (stale up to %ss)",

@@ -28,8 +28,10 @@ LOG_FILES = ("app.log", "postgres.log", "redis.log")
 SCRATCH_SUFFIX = "_refresh"
 RETIRED_SUFFIX = "_retired"
 THRESHOLD_FIELDS = ("health_failures", "error_rate_points", "p95_ratio", "memory_mb")
-# the service caches its notes list here for a few seconds (app.wsgi.NOTES_CACHE_KEY)
+# the service caches its notes list for a few seconds and serves an entry only of the current
+# generation (app.wsgi.NOTES_CACHE_KEY, NOTES_GENERATION_KEY)
 NOTES_CACHE_KEY = "stageflow:notes:latest"
+NOTES_GENERATION_KEY = "stageflow:notes:generation"
 
 
 def _refuse_production(env: EnvConfig, what: str) -> None:
@@ -304,7 +306,11 @@ def _forget_cache(env: EnvConfig) -> None:
 
     try:
         with redis_client(env, timeout_s=3) as client:
-            client.delete(NOTES_CACHE_KEY)
+            # a new generation: a list read from the old database before the swap is never served
+            pipe = client.pipeline(transaction=True)
+            pipe.incr(NOTES_GENERATION_KEY)
+            pipe.delete(NOTES_CACHE_KEY)
+            pipe.execute()
     except redis.RedisError:
         pass  # the cache expires on its own within seconds
 

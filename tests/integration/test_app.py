@@ -266,6 +266,27 @@ def test_notes_create_list_and_cache_invalidation(start, pg_dsn: str, redis_url:
     assert server.get("/nope").status == 404
 
 
+def test_a_slow_reader_cannot_hide_a_committed_note(start, pg_dsn: str, redis_url: str) -> None:
+    """A reader that queried before a write and stored its list after the write's invalidation
+    (the race several hosts' smoke probes hit) must not make the new note invisible."""
+    import redis as redis_lib
+
+    from app.wsgi import NOTES_CACHE_KEY
+
+    migrate(pg_dsn)
+    server = start(base_env(pg_dsn, redis_url))
+    server.post("/notes", {"body": "old"})
+    assert server.get("/notes").json()["cached"] is False
+    client = redis_lib.Redis.from_url(redis_url)
+    stale = client.hgetall(NOTES_CACHE_KEY)  # what the slow reader is about to store
+    assert stale
+    assert server.post("/notes", {"body": "new"}).status == 201
+    client.hset(NOTES_CACHE_KEY, mapping=stale)  # ... and stores, after the invalidation
+    listed = server.get("/notes").json()
+    assert [n["body"] for n in listed["notes"]] == ["new", "old"] and listed["cached"] is False
+    client.close()
+
+
 def test_notes_need_the_feature(start, pg_dsn: str, redis_url: str) -> None:
     migrate(pg_dsn)
     server = start(base_env(pg_dsn, redis_url, FEATURES=""))
