@@ -13,6 +13,10 @@ COPY app/requirements.lock app/requirements.lock
 RUN python -m pip install -r app/requirements.lock
 
 COPY app/ app/
+# The migration engine and its entry point: a release migrates the schema with the files it ships,
+# inside the project network (`docker compose run --rm app python -m deploy.compose_migrate up`).
+COPY deploy/__init__.py deploy/errors.py deploy/secrets.py deploy/migrations.py \
+     deploy/compose_migrate.py deploy/
 
 # Servers run unprivileged (the same rule as the native runtime).
 RUN useradd --system --uid 10001 --home-dir /srv/stageflow --shell /usr/sbin/nologin stageflow

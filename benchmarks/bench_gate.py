@@ -17,8 +17,7 @@ REF = "v1.0.0"  # matches GA's "v*"
 
 
 def trim_ga(proj: Project) -> None:
-    toml = proj.root / "stageflow.toml"
-    toml.write_text(c.quick_ga_policy(toml.read_text()))
+    proj.gate_ga_on_quick_gates()
     proj.commit("gate GA on the quick gates for this benchmark project", tag=REF)
 
 

@@ -24,8 +24,7 @@ def inv(proj: Project, *args: str, actor: str = REQUESTER) -> str:
 
 def approved_request(proj: Project) -> str:
     """Gate, staging evidence, a request and its approval: what prod.preflight --request reads."""
-    toml = proj.root / "stageflow.toml"
-    toml.write_text(c.quick_ga_policy(toml.read_text()))
+    proj.gate_ga_on_quick_gates()
     proj.commit("gate GA on the quick gates for this benchmark project", tag=REF)
     inv(proj, "staging.up", "prod.up")
     inv(proj, "release.gate", "--ref", REF)

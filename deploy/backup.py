@@ -26,6 +26,10 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _compose(proj: Project, name: str) -> bool:
+    return proj.policies[name].runtime == "compose"
+
+
 def dump_argv(bin_dir: Path, conninfo: str, output: str) -> list[str]:
     return [str(bin_dir / "pg_dump"), "-Fc", "-Z", "1", "--no-owner", "-f", output, "-d", conninfo]
 
@@ -52,6 +56,10 @@ def take(
     proj: Project, name: str, *, actor: str, release: str = "", reason: str = ""
 ) -> dict[str, Any]:
     """Dump the env's database to shared/backups/<id>.dump, write <id>.json beside it."""
+    if _compose(proj, name):  # dumped inside the postgres container, kept on the project's host
+        from deploy import compose_ops
+
+        return compose_ops.take_backup(proj, name, actor=actor, release=release, reason=reason)
     env = proj.env(name)
     svc = NativeServices(env, user_name=proj.service_user)
     layout = Layout(str(env.data_dir))
@@ -78,11 +86,22 @@ def take(
     }
     (Path(layout.backups) / f"{bid}.json").write_text(json.dumps(info, indent=2))
     os.chmod(out, 0o600)
-    audit(host, layout, actor=actor, action="backup", backup=bid, release=release)
+    from deploy import rolling
+
+    # the environment's audit is on its primary host; the dump stays beside the database
+    primary, state = rolling.primary(proj, name)
+    try:
+        audit(primary, state, actor=actor, action="backup", backup=bid, release=release)
+    finally:
+        primary.close()
     return info
 
 
 def list_backups(proj: Project, name: str) -> list[dict[str, Any]]:
+    if _compose(proj, name):
+        from deploy import compose_ops
+
+        return sorted(compose_ops.list_backups(proj, name), key=lambda b: str(b.get("id")))
     layout = Layout(str(proj.env(name).data_dir))
     out = []
     for meta in sorted(Path(layout.backups).glob("*.json")):
@@ -140,6 +159,11 @@ def prune(
             age = (now - datetime.fromisoformat(b["time"])).total_seconds() / 86400
             if age > max_age_days and b not in drop:
                 drop.append(b)
+    if _compose(proj, name):
+        from deploy import compose_ops
+
+        compose_ops.remove_backups(proj, name, [b["id"] for b in drop])
+        return [b["id"] for b in drop]
     for b in drop:
         for suffix in (".dump", ".json"):
             (Path(layout.backups) / f"{b['id']}{suffix}").unlink(missing_ok=True)

@@ -491,6 +491,15 @@ def load_policies(path: Path, data: dict[str, Any]) -> dict[str, EnvPolicy]:
         kwargs["hosts"] = _host_specs(path, name, kwargs.get("hosts", ["local"]), path.parent)
         if kwargs.get("runtime", "native") not in ("native", "compose"):
             raise _err(path, None, f"[environments.{name}] runtime must be native or compose")
+        if kwargs.get("runtime") == "compose" and len(kwargs["hosts"]) > 1:
+            # one compose project holds the env's database: several would each hold their own
+            raise _err(
+                path,
+                None,
+                f"[environments.{name}] the compose runtime runs on one host, not "
+                f"{len(kwargs['hosts'])}",
+                'list one host, or use runtime = "native" to roll over several',
+            )
         if kwargs.get("backup", "pending-migrations") not in (
             "never",
             "pending-migrations",

@@ -10,24 +10,38 @@ from deploy.config import SECRET_KEYS, Project, load_secrets
 from deploy.errors import ConfigError
 from deploy.hosts import Host
 from deploy.runtime.native import NativeServices
+from deploy.secrets import scrub
 from deploy.state import DeployLock, Layout, audit, history
 
 
+def is_compose(proj: Project, name: str) -> bool:
+    return proj.policies[name].runtime == "compose"
+
+
 def services(proj: Project, name: str) -> NativeServices:
+    """The native runtime's servers; a compose environment's live in its compose project."""
     policy = proj.policies[name]
     if policy.runtime != "native":
         raise ConfigError(
-            f"{name} uses runtime {policy.runtime!r}, which no task drives yet",
-            hint='set runtime = "native"; the compose runtime is a library for now (DEPLOYMENT.md)',
+            f"{name} uses runtime {policy.runtime!r}; its servers are compose services",
+            hint=f"use `inv {name}.up`, `{name}.down` and `{name}.status`",
         )
     return NativeServices(proj.env(name), user_name=proj.service_user)
 
 
 def up(proj: Project, name: str) -> list[str]:
+    if is_compose(proj, name):
+        from deploy import compose_ops
+
+        return compose_ops.up(proj, name)
     return services(proj, name).up()
 
 
 def down(proj: Project, name: str) -> list[str]:
+    if is_compose(proj, name):
+        from deploy import compose_ops
+
+        return compose_ops.down(proj, name)
     from deploy import releases
 
     svc = services(proj, name)
@@ -35,13 +49,39 @@ def down(proj: Project, name: str) -> list[str]:
     return lines + svc.down()
 
 
+def logs(proj: Project, name: str, *, tail: int = 100, service: str = "") -> str:
+    """The last lines of the environment's logs: compose's, or the native log files."""
+    if is_compose(proj, name):
+        from deploy import compose_ops
+
+        return compose_ops.logs(proj, name, tail=tail, services=[service] if service else [])
+    from deploy import rolling
+
+    host, layout = rolling.primary(proj, name)
+    names = [n for n in host.listdir(layout.logs) if n.endswith(".log")]
+    if service:
+        names = [n for n in names if n.startswith(service)]
+    out = []
+    for fname in names:
+        lines = (host.read_text(f"{layout.logs}/{fname}") or "").splitlines()[-tail:]
+        out += [f"==> {fname} <==", *lines]
+    return scrub("\n".join(out), proj.env(name).secret_values())
+
+
 def status(proj: Project, name: str) -> dict[str, Any]:
     from deploy import releases, rolling
 
     env = proj.env(name)
-    svc = NativeServices(env, user_name=proj.service_user)
-    st = {s.name: s for s in svc.status()}
-    app = releases.service_status(proj, name)
+    if is_compose(proj, name):
+        from deploy import compose_ops
+
+        containers = compose_ops.container_status(proj, name)
+        st = None
+        app = containers["app"]
+    else:
+        svc = NativeServices(env, user_name=proj.service_user)
+        st = {s.name: s for s in svc.status()}
+        app = releases.service_status(proj, name)
     # lock, history and freeze live on the primary (this machine, DATA_DIR, in the plain setting)
     host, layout = rolling.primary(proj, name)
     lock = DeployLock(host, layout)
@@ -54,12 +94,23 @@ def status(proj: Project, name: str) -> dict[str, Any]:
     last = entries[-1] if entries else None
     if last and last.get("status") == "running" and (holder is None or stale):
         last = {**last, "status": "interrupted"}  # its process died: the lock says so, or is gone
+    servers = (
+        {k: containers[k] for k in ("runtime", "engine", "postgres", "redis")}
+        if st is None
+        else {
+            "postgres": {
+                "up": st["postgres"].up,
+                "port": env.postgres_port,
+                "pid": st["postgres"].pid,
+            },
+            "redis": {"up": st["redis"].up, "port": env.redis_port, "pid": st["redis"].pid},
+        }
+    )
     return {
         "env": name,
         "environment": env.environment,
         "compose_project": env.compose_project,
-        "postgres": {"up": st["postgres"].up, "port": env.postgres_port, "pid": st["postgres"].pid},
-        "redis": {"up": st["redis"].up, "port": env.redis_port, "pid": st["redis"].pid},
+        **servers,
         "app": app,
         "data_dir": str(env.data_dir),
         "frozen": frozen,
@@ -106,6 +157,11 @@ def print_status(rows: list[dict[str, Any]]) -> None:
             for r in rows
         ],
     )
+    for r in rows:  # a compose environment whose engine does not answer says why it shows down
+        if r.get("engine"):
+            from deploy.output import say
+
+            say(f"{r['env']}: {r['engine']}")
 
 
 def generate_secrets(proj: Project, name: str, *, actor: str) -> list[str]:

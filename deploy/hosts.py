@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import stat
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -291,7 +292,44 @@ class Host:
         self._remote(f"creating {', '.join(map(str, paths))}", mkdirs)
 
     def remove_tree(self, path: str | Path) -> None:
-        self.run(["rm", "-rf", "--", str(path)])
+        """rm -rf path. A missing path, a file, a link or a small flat directory costs no command
+        on a remote host (every command there starts a login shell); only a real tree needs rm."""
+        if self.is_local:
+            if os.path.isdir(path) and not os.path.islink(path):
+                self.run(["rm", "-rf", "--", str(path)])
+            elif os.path.lexists(path):
+                os.unlink(path)
+            return
+
+        def remove(sftp: Any) -> bool:
+            try:
+                st = sftp.lstat(str(path))
+            except FileNotFoundError:
+                return True
+            if not stat.S_ISDIR(st.st_mode or 0):
+                sftp.remove(str(path))
+                return True
+            entries = sftp.listdir_attr(str(path))
+            if len(entries) > 32 or any(stat.S_ISDIR(e.st_mode or 0) for e in entries):
+                return False  # a real tree: one rm beats a round trip per entry
+            for e in entries:
+                sftp.remove(f"{path}/{e.filename}")
+            sftp.rmdir(str(path))
+            return True
+
+        if not self._remote(f"removing {path}", remove):
+            self.run(["rm", "-rf", "--", str(path)])
+
+    def symlink(self, target: str, link: str | Path) -> None:
+        """ln -sfn target link, through the atomic switch."""
+        self.switch_symlink(link, target)
+
+    def rename(self, src: str | Path, dst: str | Path) -> None:
+        """rename(2): dst appears whole or not at all; a non-empty dst directory refuses."""
+        if self.is_local:
+            os.rename(src, dst)
+            return
+        self._remote(f"renaming {src}", lambda sftp: sftp.posix_rename(str(src), str(dst)))
 
     def readlink(self, path: str | Path) -> str | None:
         if self.is_local:

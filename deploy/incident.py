@@ -349,13 +349,19 @@ def write(
 
 
 def draft(proj: Project, name: str, *, since: str | None = None) -> Path:
-    """inv <env>.incident: the draft for env `name`, from its records on this machine."""
+    """inv <env>.incident: the draft for env `name`, from the records on its primary host."""
+    from deploy import rolling
+
     env = proj.env(name)
-    return write(
-        proj.root,
-        env=name,
-        environment=env.environment,
-        host=Host(secrets=env.secret_values()),
-        layout=Layout(str(env.data_dir)),
-        since=since,
-    )
+    host, layout = rolling.primary(proj, name)
+    try:
+        return write(
+            proj.root,
+            env=name,
+            environment=env.environment,
+            host=host,
+            layout=layout,
+            since=since,
+        )
+    finally:
+        host.close()

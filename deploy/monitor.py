@@ -37,10 +37,10 @@ class Sample:
     memory_mb: float
 
 
-def _health(port: int) -> tuple[bool, float | None, str]:
+def _health(port: int, address: str = "127.0.0.1") -> tuple[bool, float | None, str]:
     start = time.perf_counter()
     try:
-        status, _ = http("GET", f"http://127.0.0.1:{port}/healthz", timeout=2.0)
+        status, _ = http("GET", f"http://{address}:{port}/healthz", timeout=2.0)
     except OSError as exc:
         return False, None, exc.__class__.__name__
     return status == 200, (time.perf_counter() - start) * 1000, f"HTTP {status}"
@@ -52,12 +52,55 @@ def _previous_release(host: Host, layout: Layout, current: str | None) -> str | 
     return older[-1] if older else None
 
 
-def take_sample(proj: Project, name: str) -> Sample:
+def _hosts_sample(proj: Project, name: str) -> tuple[str | None, bool, float | None, str, float]:
+    """Release (the primary's), health of every host on its own address, the largest memory."""
+    from deploy import rolling
+
     env = proj.env(name)
-    layout = Layout(str(env.data_dir))
-    host = Host()
-    current = releases.current_release(host, layout)
-    ok, ms, detail = _health(env.app_port)
+    todo = rolling.targets(proj, name)
+    try:
+        current = releases.current_release(todo[0].host, todo[0].layout)
+
+        def one(t: rolling.Target) -> tuple[bool, float | None, str, float]:
+            ok, ms, detail = _health(env.app_port, t.bind)
+            return ok, ms, detail, rolling.host_memory_mb(t, current) if current else 0.0
+
+        seen = rolling.parallel(todo, one)
+    finally:
+        for t in todo:
+            t.host.close()
+    bad = []
+    slowest: float | None = None
+    memory = 0.0
+    for t, out, exc, _ in seen:
+        if exc is not None or out is None:
+            bad.append(f"{t.name}: {rolling.reason_of(exc) if exc else 'no answer'}")
+            continue
+        ok, ms, detail, mb = out
+        if not ok:
+            bad.append(f"{t.name}: {detail}")
+        slowest = ms if slowest is None or (ms is not None and ms > slowest) else slowest
+        memory = max(memory, mb)
+    detail = "; ".join(bad) if bad else f"{len(todo)} hosts answer"
+    return current, not bad, slowest, detail, memory
+
+
+def take_sample(proj: Project, name: str) -> Sample:
+    """One reading; on several hosts health is every host's, memory the largest host's."""
+    from deploy import rolling
+
+    env = proj.env(name)
+    if rolling.is_rolling(proj, name):
+        current, ok, ms, detail, memory = _hosts_sample(proj, name)
+    else:
+        layout = Layout(str(env.data_dir))
+        current = releases.current_release(Host(), layout)
+        ok, ms, detail = _health(env.app_port)
+        memory = (
+            verify.service_memory_mb(layout, current)
+            if current and os.path.exists(layout.run)
+            else 0.0
+        )
     try:
         stats = verify.release_stats(env, current)
         requests, errors, p95 = (
@@ -66,9 +109,6 @@ def take_sample(proj: Project, name: str) -> Sample:
     except Exception:  # noqa: BLE001 - Redis down: the view shows it, the monitor keeps going
         requests = errors = None
         p95 = None
-    memory = (
-        verify.service_memory_mb(layout, current) if current and os.path.exists(layout.run) else 0.0
-    )
     return Sample(
         at=time.monotonic(),
         wall=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -84,12 +124,17 @@ def take_sample(proj: Project, name: str) -> Sample:
 
 
 def baseline(proj: Project, name: str, release: str | None) -> verify.Stats | None:
+    from deploy import rolling
+
     env = proj.env(name)
-    prev = _previous_release(Host(), Layout(str(env.data_dir)), release)
+    host, layout = rolling.primary(proj, name)
     try:
+        prev = _previous_release(host, layout, release)
         return verify.release_stats(env, prev)
     except Exception:  # noqa: BLE001 - no baseline is a reading, not a failure
         return None
+    finally:
+        host.close()
 
 
 def reading(

@@ -41,7 +41,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -151,19 +151,23 @@ class Notifier:
     def send(self, proj: Project, env: str, name: str, **fields: Any) -> int:
         """Queue the event for env's URLs and return at once; how many deliveries were queued."""
         body = event(proj, env, name, **fields)
-        cfg = proj.env(env)
-        layout = Layout(str(cfg.data_dir))
-        host = Host(secrets=cfg.secret_values())
+
+        def where() -> tuple[Host, Layout]:
+            # the environment's audit is on its primary host; reached only when a delivery fails
+            from deploy import rolling
+
+            return rolling.primary(proj, env)
+
         try:
             targets = urls(proj, env)
         except ConfigError as err:  # a notification never stops an operation; the audit says why
-            self._failed(host, layout, body, url="(config)", error=err.line(), attempts=0)
+            self._failed(where, body, url="(config)", error=err.line(), attempts=0)
             return 0
         payload = json.dumps(body, sort_keys=True).encode()
         for url in targets:
             thread = threading.Thread(
                 target=self._deliver,
-                args=(url, payload, body, host, layout),
+                args=(url, payload, body, where),
                 name=f"stageflow-notify-{name}",
                 daemon=True,  # an undelivered event must not keep the operator's shell waiting
             )
@@ -201,7 +205,11 @@ class Notifier:
             resp.read(1024)
 
     def _deliver(
-        self, url: str, payload: bytes, body: dict[str, Any], host: Host, layout: Layout
+        self,
+        url: str,
+        payload: bytes,
+        body: dict[str, Any],
+        where: Callable[[], tuple[Host, Layout]],
     ) -> None:
         error = ""
         tried = 0
@@ -220,18 +228,21 @@ class Notifier:
                 reason = getattr(exc, "reason", None) or exc
                 error = f"{exc.__class__.__name__}: {reason}"
         shown = safe_url(url)
-        self._failed(host, layout, body, url=shown, error=error.replace(url, shown), attempts=tried)
+        self._failed(where, body, url=shown, error=error.replace(url, shown), attempts=tried)
 
     def _failed(
         self,
-        host: Host,
-        layout: Layout,
+        where: Callable[[], tuple[Host, Layout]],
         body: dict[str, Any],
         *,
         url: str,
         error: str,
         attempts: int,
     ) -> None:
+        try:
+            host, layout = where()
+        except Exception:  # an unreadable hosts table must not break the operation either
+            return
         try:
             audit(
                 host,
@@ -246,6 +257,8 @@ class Notifier:
             )
         except Exception:  # an unwritable audit log must not break the operation
             pass
+        finally:
+            host.close()
 
 
 # The task edge flushes whatever any engine call queued, without a notifier threaded through

@@ -128,10 +128,10 @@ def build(
         host.put_file(tarball, remote_tar)
     host.run(cmd.extract(remote_tar, staging_dir))
     if not host.is_local:
-        host.run(["rm", "-f", remote_tar], check=False)
+        host.remove_tree(remote_tar)
     lock_text = host.read_text(f"{staging_dir}/{LOCKFILE}") or ""
     venv = ensure_venv(host, layout, lock_text, f"{staging_dir}/{LOCKFILE}")
-    host.run(["ln", "-sfn", venv, f"{staging_dir}/.venv"])
+    host.symlink(venv, f"{staging_dir}/.venv")
     meta = {
         "id": rid,
         "commit": commit,
@@ -140,7 +140,7 @@ def build(
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     host.write_text(f"{staging_dir}/RELEASE.json", json.dumps(meta, indent=2))
-    host.run(["mv", "-T", staging_dir, target])  # a release dir exists only when complete
+    host.rename(staging_dir, target)  # a release dir exists only when complete
     return Release(rid, commit, ref, dirty)
 
 
@@ -173,7 +173,7 @@ def ensure_venv(host: Host, layout: Layout, lock_text: str, lockfile: str) -> st
     # the service runs `python -m gunicorn`, so the copy needs no rewritten script paths
     host.remove_tree(f"{venv}.partial")
     host.run(["cp", "-a", cached, f"{venv}.partial"], timeout=300)
-    host.run(["mv", "-T", f"{venv}.partial", venv])
+    host.rename(f"{venv}.partial", venv)
     return venv
 
 
@@ -421,7 +421,7 @@ def retire_others(host: Host, layout: Layout, keep: str, *, wait: bool = False) 
                 stop_master(host, pid)
             else:
                 _signal(host, pid, signal.SIGTERM)
-            host.run(["rm", "-f", master_pidfile(layout, rid)], check=False)
+            host.remove_tree(master_pidfile(layout, rid))
             retired.append(rid)
     return retired
 
@@ -459,8 +459,7 @@ def stop_on_host(host: Host, layout: Layout) -> list[str]:
         _signal(host, lpid, signal.SIGTERM)  # type: ignore[arg-type]
         lines.append("listener stopped")
     for p in (paths.listener_pid, paths.control):
-        if host.exists(p):
-            host.run(["rm", "-f", p], check=False)
+        host.remove_tree(p)
     return lines
 
 

@@ -133,8 +133,10 @@ def backup_for(
     """The backup taken before the current release's deploy: its history entry names it; else the
     newest backup taken while another release served."""
     by_id = {b.get("id"): b for b in backups}
+    # a restore put its release back on the backup's data: restoring again goes to the same point
+    kinds = (*GOOD_KINDS, "rollback-3")
     for e in reversed(entries):
-        if e.get("release") == current and e.get("kind") in GOOD_KINDS and e.get("backup") in by_id:
+        if e.get("release") == current and e.get("kind") in kinds and e.get("backup") in by_id:
             return by_id[e["backup"]]
     older = [b for b in backups if b.get("release") and b.get("release") != current]
     return max(older, key=lambda b: str(b.get("id")), default=None)
@@ -221,8 +223,6 @@ def make_plan(
     reset_data: bool = False,
 ) -> Plan:
     """Read the environment and decide every change; refuse here, before anything changes."""
-    if rolling.is_rolling(proj, name) and level == 3:
-        _refuse_level3(name)
     host, layout = rolling.primary(proj, name)  # the plain setting: this machine, DATA_DIR
     try:
         return _make_plan(
@@ -344,12 +344,31 @@ def _make_plan(
             hint=f"list them with `inv {name}.backups`; pick one with --backup ID",
         )
     target = chosen.get("release") or ""
-    if not target or not host.exists(layout.release(target)):
+    present = (
+        target in _on_every_host(rolling.targets(proj, name))
+        if multi
+        else host.exists(layout.release(target))
+    )
+    if not target or not present:
+        gone = "is missing on some host" if multi else "is gone"
         raise GuardRefused(
-            f"backup {chosen['id']} matches release {target or '(none)'}, whose directory is gone",
+            f"backup {chosen['id']} matches release {target or '(none)'}, whose directory {gone}",
             hint="redeploy that release's commit, then restore with --backup ID",
         )
     p.backup, p.target = chosen, target
+    if multi:
+        p.steps = [
+            ("freeze", f"write {layout.freeze} on the primary: deploys refused until unfreeze"),
+            ("stop", f"stop the service on every host: {_order(proj, name)}"),
+            ("restore", f"drop and recreate {env.database.name}; pg_restore {chosen['id']}"),
+            ("barrier", f"{target} answers /readyz in-process on every host"),
+            (
+                "switch",
+                f"gunicorn x{workers} of {target} on each host's shared socket "
+                f":{env.app_port}, in batches, health check; a failing host is left stopped",
+            ),
+        ]
+        return p
     p.steps = [
         ("freeze", f"write {layout.freeze}: deploys refused until unfreeze"),
         ("stop", "stop the service's masters and listener"),
@@ -360,13 +379,6 @@ def _make_plan(
         ("smoke", "health, ready, version, identity, postgres, redis"),
     ]
     return p
-
-
-def _refuse_level3(name: str) -> None:
-    raise UsageError(
-        f"level 3 (restore) runs on a single-host environment only; {name} has several hosts",
-        hint=f"`inv {name}.rollback --level 2`, or restore by hand with `inv {name}.backups`",
-    )
 
 
 def _order(proj: Project, name: str) -> str:
@@ -597,6 +609,25 @@ def rollback(
     confirm: Confirm | None = None,
 ) -> dict[str, Any]:
     """Carry out one rollback level under the deploy lock; record history and audit."""
+    if proj.policies[name].runtime == "compose":  # levels 1 and 2 as image tags; 3 refuses
+        from deploy import compose_ops
+
+        return compose_ops.rollback(
+            proj,
+            name,
+            level=level,
+            actor=actor,
+            to=to,
+            backup_id=backup_id,
+            reason=reason,
+            yes=yes,
+            dry_run=dry_run,
+            reset_data=reset_data,
+            printer=printer,
+            stop_at=stop_at,
+            process_env=process_env,
+            confirm=confirm,
+        )
     env = proj.env(name)
     check_request(
         level=level,
@@ -609,8 +640,6 @@ def rollback(
         backup_id=backup_id,
     )
     multi = rolling.is_rolling(proj, name)
-    if multi and level == 3:
-        _refuse_level3(name)
     # the primary holds the lock and the state files; the plain setting: this machine, DATA_DIR
     host, layout = rolling.primary(proj, name)
     todo = rolling.targets(proj, name) if multi else []
@@ -634,12 +663,8 @@ def rollback(
     if dry_run:
         _close(host, todo)
         return {"dry_run": True, **p.to_dict()}
-    hook_ctx = {"actor": actor, "previous": p.current or "", "reason": reason}
-
     ctx = Context(proj, env, actor, host, layout, printer, stop_at=stop_at, targets=todo)
-    kind = f"rollback-{level}"
     target = release_of(host, layout, p.target or "")
-    lock = DeployLock(host, layout)
     entry = HistoryEntry(
         id=new_id(),
         time=utc_now(),
@@ -648,26 +673,14 @@ def rollback(
         commit=target.commit,
         ref=target.ref,
         actor=str(actor),
-        kind=kind,
+        kind=f"rollback-{level}",
         status="running",
         previous=p.current,
         backup=p.backup.get("id") if p.backup else None,
         notes=f"reason: {reason}" if reason else "",
     )
-    details: list[str] = []
-    hook_ctx.update(release=target.id, commit=target.commit, ref=target.ref)
-    hooks.run(proj, name, "pre-rollback", hook_ctx, process_env=process_env)  # fails closed
-    started = time.perf_counter()
-    ctx.step(
-        "lock",
-        lambda: (
-            lock.acquire(
-                who=str(actor), command=f"{name}.rollback --level {level}", release=target.id
-            )
-            or f"held by {actor}"
-        ),
-    )
-    try:
+
+    def body(details: list[str]) -> None:
         # we hold the lock, so a newest entry still marked running belongs to a dead process
         before = history(host, layout)
         if before and before[-1].get("status") == "running":
@@ -680,11 +693,81 @@ def rollback(
                 f"{'completes' if completes else 'supersedes'} interrupted {dead.get('id')}"
             )
         record_history(host, layout, entry)
-        # a rolling environment's hosts are ctx.targets; level 3 was refused for it above
+        # a rolling environment's hosts are ctx.targets; each level handles them
         {1: _level1, 2: _level2, 3: _level3}[level](ctx, p, target, reason=reason, details=details)
-        entry.status = "success"
         if ctx.outcomes:
             details.append(f"hosts: {rolling.summary(ctx.outcomes)}")
+
+    try:
+        recorded(
+            ctx,
+            entry,
+            level=level,
+            reason=reason,
+            process_env=process_env,
+            body=body,
+            # every host's outcome is kept on the primary, not only printed
+            audit_extra=lambda: (
+                {"hosts": [o.to_dict() for o in ctx.outcomes]} if ctx.outcomes else {}
+            ),
+        )
+    finally:
+        _close(host, todo)
+    result = {
+        "level": level,
+        "kind": entry.kind,
+        "status": entry.status,
+        "previous": p.current,
+        "release": target.id,
+        "duration_s": entry.duration_s,
+        "steps": ctx.timings,
+        "history_id": entry.id,
+        "notes": entry.notes,
+        "backup": entry.backup,
+    }
+    if todo:
+        result["hosts"] = [o.to_dict() for o in ctx.outcomes]
+    return result
+
+
+def recorded(
+    ctx: Context,
+    entry: HistoryEntry,
+    *,
+    level: int,
+    reason: str,
+    process_env: Mapping[str, str] | None,
+    body: Callable[[list[str]], None],
+    audit_extra: Callable[[], dict[str, Any]] = dict,
+) -> None:
+    """Run body under the deploy lock as one rollback, whatever the runtime: the pre-rollback hook
+    (fails closed), the lock, then the post-rollback or on-failure hook, history, the notification
+    and the audit record, and the unlock. body appends what history's notes should say."""
+    proj, name, host, layout, actor = ctx.proj, ctx.env.name, ctx.host, ctx.layout, ctx.actor
+    hook_ctx = {
+        "actor": actor,
+        "previous": entry.previous or "",
+        "reason": reason,
+        "release": entry.release,
+        "commit": entry.commit,
+        "ref": entry.ref,
+    }
+    hooks.run(proj, name, "pre-rollback", hook_ctx, process_env=process_env)
+    lock = DeployLock(host, layout)
+    details: list[str] = []
+    started = time.perf_counter()
+    ctx.step(
+        "lock",
+        lambda: (
+            lock.acquire(
+                who=str(actor), command=f"{name}.rollback --level {level}", release=entry.release
+            )
+            or f"held by {actor}"
+        ),
+    )
+    try:
+        body(details)
+        entry.status = "success"
     except DeployError as err:
         entry.status = "failed"
         details.append(err.message[: 300 if not ctx.outcomes else 1000])
@@ -710,14 +793,14 @@ def rollback(
                 name,
                 "rollback",
                 actor=str(actor),
-                release=target.id,
-                commit=target.commit,
-                ref=target.ref,
+                release=entry.release,
+                commit=entry.commit,
+                ref=entry.ref,
                 status=entry.status,
                 details={
                     "level": level,
                     "reason": reason,
-                    "previous": p.current,
+                    "previous": entry.previous,
                     "history_id": entry.id,
                 },
             )
@@ -725,32 +808,15 @@ def rollback(
                 host,
                 layout,
                 actor=str(actor),
-                action=kind,
+                action=entry.kind,
                 status=entry.status,
                 reason=reason,
-                previous=p.current,
-                target=target.id,
+                previous=entry.previous,
+                target=entry.release,
                 history_id=entry.id,
-                # every host's outcome is kept on the primary, not only printed
-                **({"hosts": [o.to_dict() for o in ctx.outcomes]} if ctx.outcomes else {}),
+                **audit_extra(),
             )
             ctx.step("unlock", lambda: lock.release())
-        _close(host, todo)
-    result = {
-        "level": level,
-        "kind": kind,
-        "status": entry.status,
-        "previous": p.current,
-        "release": target.id,
-        "duration_s": entry.duration_s,
-        "steps": ctx.timings,
-        "history_id": entry.id,
-        "notes": entry.notes,
-        "backup": entry.backup,
-    }
-    if todo:
-        result["hosts"] = [o.to_dict() for o in ctx.outcomes]
-    return result
 
 
 def _close(primary: Host, todo: Sequence[Target]) -> None:
@@ -903,29 +969,32 @@ def _level2(
         _switch_to(ctx, p, rel)
 
 
-def _switch_hosts_to(ctx: Context, p: Plan, rel: releases.Release) -> None:
-    """Level 2 over every host once the schema is done: a barrier on each, then switch in batches
-    with the first-host barrier; a failing host sends the hosts already moved back."""
+def _switch_hosts_to(
+    ctx: Context, p: Plan, rel: releases.Release, *, restored: bool = False
+) -> None:
+    """Levels 2 and 3 over every host once the data is done: a barrier on each, then switch in
+    batches with the first-host barrier.
+
+    Level 2: a failing host sends the hosts already moved back to what they served. Level 3
+    (restored): nothing goes back, because the release before the restore expects data that is
+    gone; a failing host is left stopped and the freeze stays until a human looks.
+    """
     from deploy.rollout import _print_outcomes
 
     env, todo = ctx.env, ctx.targets
     policy = ctx.proj.policies[env.name]
+    retry = f"fix that host, then `inv {env.name}.rollback --level {p.level}` again"
 
     def ready(t: Target) -> str:
-        t.previous = releases.current_release(t.host, t.layout)  # where a failure sends it back
+        # where a failure sends the host back; after a restore there is no such place
+        t.previous = None if restored else releases.current_release(t.host, t.layout)
         releases.write_app_env(t.host, env, t.layout)
         releases.health_barrier(t.host, env, t.layout, rel)
         return "ready"
 
     def barrier() -> str:
         try:
-            rolling.on_every_host(
-                todo,
-                ready,
-                phase="barrier",
-                subject=rel.id,
-                hint="fix that host, then run the same rollback again",
-            )
+            rolling.on_every_host(todo, ready, phase="barrier", subject=rel.id, hint=retry)
         except RolloutError as err:
             ctx.outcomes = list(err.outcomes)
             _print_outcomes(ctx)
@@ -935,32 +1004,32 @@ def _switch_hosts_to(ctx: Context, p: Plan, rel: releases.Release) -> None:
     def switch() -> str:
         try:
             ctx.outcomes = rolling.switch_hosts(
-                ctx.proj,
-                env.name,
-                rel.id,
-                hosts=todo,
-                batch=policy.batch,
-                printer=ctx.printer,
+                ctx.proj, env.name, rel.id, hosts=todo, batch=policy.batch, printer=ctx.printer
             )
         except RolloutError as err:
             failed = [o for o in err.outcomes if o.status == rolling.FAILED]
             culprit = failed[0] if failed else err.outcomes[0]
-            ctx.outcomes = rolling.switch_back(
-                env,
-                todo,
-                err.outcomes,
-                workers=policy.workers,
-                printer=ctx.printer,
-                why=f"{culprit.host} failed",
-            )
+            if restored:
+                ctx.outcomes = list(err.outcomes)
+                what = f"{env.name} is restored but {culprit.host} failed to start {rel.id}"
+                after = "it stays frozen"
+            else:
+                ctx.outcomes = rolling.switch_back(
+                    env,
+                    todo,
+                    err.outcomes,
+                    workers=policy.workers,
+                    printer=ctx.printer,
+                    why=f"{culprit.host} failed",
+                )
+                kept = "; the schema stays reverted" if p.schema and p.schema.revert else ""
+                what = f"rollback of {env.name} to {rel.id} stopped: {culprit.host} failed"
+                after = f"the hosts already moved were switched back{kept}"
             _print_outcomes(ctx)
-            kept = "; the schema stays reverted" if p.schema and p.schema.revert else ""
             raise RolloutError(
-                f"rollback of {env.name} to {rel.id} stopped: {culprit.host} failed "
-                f"({culprit.reason}); the hosts already moved were switched back{kept}; "
-                f"{rolling.summary(ctx.outcomes)}",
+                f"{what} ({culprit.reason}); {after}; {rolling.summary(ctx.outcomes)}",
                 outcomes=ctx.outcomes,
-                hint=f"fix {culprit.host}, then run the same rollback again",
+                hint=retry.replace("that host", culprit.host),
             ) from None
         groups = len(rolling.batches(todo, policy.batch))
         return f"{len(todo)} hosts serve {rel.id} ({groups} batches, batch {policy.batch!r})"
@@ -996,7 +1065,10 @@ def _level3(
 
     ctx.step("freeze", freeze_step)
     ctx.step("stop", lambda: "; ".join(releases.stop_service(ctx.proj, env.name)) or "not running")
-    svc = NativeServices(env, user_name=ctx.proj.service_user, host=host)
+    # the environment's servers and backups are on this machine, whichever hosts run the app
+    svc = NativeServices(
+        env, user_name=ctx.proj.service_user, host=_host(env) if ctx.targets else host
+    )
 
     def restore() -> str:
         recreate_database(svc, env)
@@ -1005,7 +1077,10 @@ def _level3(
 
     ctx.step("restore", restore)
     details.append(f"restored backup {info['id']}; frozen")
-    _switch_to(ctx, p, rel)
+    if ctx.targets:
+        _switch_hosts_to(ctx, p, rel, restored=True)
+    else:
+        _switch_to(ctx, p, rel)
 
 
 # -- read-side helpers for the tasks --------------------------------------------------------------
@@ -1073,6 +1148,10 @@ def _table_counts(dsn: str) -> dict[str, int]:
 def verify_backup(proj: Project, name: str, backup_id: str) -> dict[str, Any]:
     """Restore a backup into a scratch database and compare its tables' row counts with the live
     database's; the scratch database is always dropped."""
+    if proj.policies[name].runtime == "compose":  # the same, inside the postgres container
+        from deploy import compose_ops
+
+        return compose_ops.verify_backup(proj, name, backup_id)
     import psycopg
     from psycopg import sql
 

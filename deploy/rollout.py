@@ -82,6 +82,7 @@ class Context:
     targets: list[rolling.Target] = field(default_factory=list)
     outcomes: list[rolling.HostOutcome] = field(default_factory=list)
     hook_notes: list[str] = field(default_factory=list)  # post-hook failures, for history
+    runtime: Any = None  # a compose environment's ComposeRuntime (deploy.compose_ops)
 
     def step(self, name: str, fn: Callable[[], str | None]) -> None:
         if self.stop_at == name:  # test-only: die here as a SIGKILL would, to prove recovery
@@ -97,6 +98,10 @@ def plan(proj: Project, name: str, *, ref: str) -> list[tuple[str, str]]:
     """The ordered steps and what each will do, for --dry-run."""
     env = proj.env(name)
     policy = proj.policies[name]
+    if policy.runtime == "compose":
+        from deploy import compose_ops
+
+        return compose_ops.plan(proj, name, ref=ref)[0]
     if rolling.is_rolling(proj, name):
         return _rolling_plan(proj, name, ref=ref)
     layout = Layout(str(env.data_dir))
@@ -193,11 +198,18 @@ def deploy(
             hint="inv prod.request --ref REF; inv prod.approve ID; inv prod.deploy --request ID",
         )
     policy = proj.policies[name]
-    todo = rolling.targets(proj, name) if rolling.is_rolling(proj, name) else []
+    compose = policy.runtime == "compose"
+    todo = rolling.targets(proj, name) if rolling.is_rolling(proj, name) and not compose else []
     # the primary host holds the lock and the state files
     layout = todo[0].layout if todo else Layout(str(env.data_dir))
     host = todo[0].host if todo else Host(secrets=env.secret_values())
     ctx = Context(proj, env, actor, host, layout, printer, stop_at=stop_at, targets=todo)
+    if compose:  # one compose project on the env's first host, local or SSH
+        from deploy import compose_ops
+
+        host, layout = compose_ops.place(proj, name)
+        ctx.host, ctx.layout = host, layout
+        ctx.runtime = compose_ops.runtime_for(proj, name, host=host, layout=layout)
 
     # resolve before any change: a bad ref or a dirty tree is refused here
     commit = releases.resolve_ref(proj.root, ref)
@@ -221,7 +233,14 @@ def deploy(
         checks = guards.run_checks(
             [
                 *guards.environment_checks(proj, name, process_env or {}),
-                ("servers", lambda: _services_up(env, proj)),
+                *(
+                    [
+                        ("engine", lambda: compose_ops.engine_check(ctx.runtime)),
+                        ("backup", lambda: compose_ops.backup_check(proj, name)),
+                    ]
+                    if compose
+                    else [("servers", lambda: _services_up(env, proj))]
+                ),
                 *([("hosts", lambda: _hosts_answer(todo))] if todo else []),
                 ("frozen", lambda: _not_frozen(layout, host)),
                 *(extra_checks or []),
@@ -246,7 +265,7 @@ def deploy(
             "commit": commit,
             "ref": ref,
             "actor": actor,
-            "previous": releases.current_release(host, layout) or "",
+            "previous": _serving(ctx) or "",
             "status": "starting",
         },
         process_env=process_env,
@@ -273,10 +292,10 @@ def deploy(
                 or f"held by {actor}"
             ),
         )
-        ctx.previous = releases.current_release(host, layout)
+        ctx.previous = _serving(ctx)
         entry.previous = ctx.previous
         record_history(host, layout, entry)
-        run = _run_rolling if todo else _run_steps
+        run = _run_compose if compose else _run_rolling if todo else _run_steps
         run(ctx, commit=commit, ref=ref, dirty=dirty, entry=entry, service_env=service_env)
         entry.status = "success"
     except DeployError as err:
@@ -356,6 +375,31 @@ def deploy(
     if todo:
         result["hosts"] = [o.to_dict() for o in ctx.outcomes]
     return result
+
+
+def _serving(ctx: Context) -> str | None:
+    """The release serving now: the current symlink, or the running app's image tag (compose)."""
+    if ctx.runtime is not None:
+        from deploy import compose_ops
+
+        return compose_ops.serving(ctx.runtime)
+    return releases.current_release(ctx.host, ctx.layout)
+
+
+def _run_compose(
+    ctx: Context,
+    *,
+    commit: str,
+    ref: str,
+    dirty: bool,
+    entry: HistoryEntry,
+    service_env: dict[str, str] | None,
+) -> None:
+    from deploy import compose_ops
+
+    compose_ops.run_deploy(
+        ctx, commit=commit, ref=ref, dirty=dirty, entry=entry, service_env=service_env
+    )
 
 
 def _run_steps(

@@ -525,9 +525,14 @@ def profile_checks(
     proj: Project, name: str = "staging", *, process_env: Mapping[str, str] | None = None
 ) -> list[Probe]:
     """What makes staging a faithful rehearsal of prod, each as a smoke probe (well under 2 s)."""
+    from deploy import rolling
+
     env = proj.env(name)
-    layout = Layout(str(env.data_dir))
-    host = Host()
+    layout = Layout(str(env.data_dir))  # this machine: the servers, their logs, the backups
+    # the service's side: every host's release and log directories; version from the primary
+    todo = rolling.targets(proj, name) if rolling.is_rolling(proj, name) else []
+    host, app_layout = (todo[0].host, todo[0].layout) if todo else (Host(), layout)
+    address = todo[0].bind if todo else "127.0.0.1"
     version: dict[str, Any] = {}
 
     def detected() -> tuple[bool, str]:
@@ -540,26 +545,28 @@ def profile_checks(
         return posture.ok, f"{env.file.name} + stageflow.toml; {posture.detail}"
 
     def directories() -> tuple[bool, str]:
-        dirs = [
-            layout.shared,
-            layout.logs,
-            layout.backups,
-            layout.state,
-            layout.releases,
-            layout.pgdata,
+        # this machine holds the servers' side; each host the service's (state on the primary)
+        local = Host()
+        wanted = [(local, layout, d) for d in (layout.shared, layout.backups, layout.pgdata)]
+        wanted += [(local, layout, f"{layout.logs}/{f}") for f in LOG_FILES[1:]]
+        for h, lay in [(t.host, t.layout) for t in todo] or [(local, layout)]:
+            wanted += [(h, lay, d) for d in (lay.releases, lay.logs, f"{lay.logs}/{LOG_FILES[0]}")]
+        wanted.append((host, app_layout, app_layout.state))
+        gone = [
+            (f"{h.name}:" if todo else "") + os.path.relpath(path, lay.home)
+            for h, lay, path in wanted
+            if not h.exists(path)
         ]
-        gone = [os.path.relpath(d, layout.home) for d in dirs if not os.path.isdir(d)]
-        logs = [f for f in LOG_FILES if not os.path.isfile(os.path.join(layout.logs, f))]
-        if gone or logs:
-            return False, f"missing {', '.join(gone + logs)} (run `inv {name}.init`)"
-        return True, f"{len(dirs)} directories, {', '.join(LOG_FILES)}"
+        if gone:
+            return False, f"missing {', '.join(gone)} (run `inv {name}.init`)"
+        return True, f"{len(wanted)} directories and logs"
 
     def features() -> tuple[bool, str]:
         from app.config import KNOWN_FEATURES
 
         if "all" not in env.features:
             return False, f"FEATURES={','.join(env.features)}: staging runs every flag (all)"
-        status, body = http("GET", f"http://127.0.0.1:{env.app_port}/version", timeout=1.5)
+        status, body = http("GET", f"http://{address}:{env.app_port}/version", timeout=1.5)
         if status != 200 or not isinstance(body, dict):
             return False, f"/version HTTP {status}"
         version.update(body)
@@ -583,11 +590,11 @@ def profile_checks(
         return not down, f"down: {', '.join(down)}" if down else "postgres, redis, app up"
 
     def version_matches() -> tuple[bool, str]:
-        current = releases.current_release(host, layout)
+        current = releases.current_release(host, app_layout)
         if not version:
-            status, body = http("GET", f"http://127.0.0.1:{env.app_port}/version", timeout=1.5)
+            status, body = http("GET", f"http://{address}:{env.app_port}/version", timeout=1.5)
             version.update(body if isinstance(body, dict) else {})
-        meta = releases.release_meta(host, layout, current) if current else None
+        meta = releases.release_meta(host, app_layout, current) if current else None
         serving = version.get("release")
         if not current or serving != current:
             return False, f"serving {serving}, current is {current}"
@@ -602,16 +609,18 @@ def profile_checks(
             return False, f"the service uses database {wired}, not {env.database.name}"
         return check.ok, check.detail
 
-    return [
-        _probe(n, f)
-        for n, f in (
-            ("environment", detected),
-            ("config", config),
-            ("directories", directories),
-            ("features", features),
-            ("thresholds", thresholds),
-            ("services", healthy),
-            ("version", version_matches),
-            ("isolation", isolated),
-        )
-    ]
+    checks = (
+        ("environment", detected),
+        ("config", config),
+        ("directories", directories),
+        ("features", features),
+        ("thresholds", thresholds),
+        ("services", healthy),
+        ("version", version_matches),
+        ("isolation", isolated),
+    )
+    try:
+        return [_probe(n, f) for n, f in checks]
+    finally:
+        for t in todo:
+            t.host.close()

@@ -1,4 +1,8 @@
-"""Shared fixtures: real PostgreSQL and Redis servers (embedded wheels), started once per session."""
+"""Shared fixtures: real PostgreSQL and Redis servers, started once per session.
+
+They come from the embedded wheels by default, or from testcontainers with
+STAGEFLOW_TEST_SERVICES=docker where a Docker engine answers.
+"""
 
 from __future__ import annotations
 
@@ -53,8 +57,29 @@ class RedisServer:
         return f"redis://{self.host}:{self.port}/0"
 
 
+# Where the test servers come from: "embedded" (the wheels, the default) or "docker"
+# (testcontainers, on a machine whose Docker engine answers).
+SERVICES = os.environ.get("STAGEFLOW_TEST_SERVICES", "embedded")
+PG_IMAGE, REDIS_IMAGE = "postgres:16-alpine", "redis:7-alpine"
+
+
 @pytest.fixture(scope="session")
-def _services():
+def _services() -> Iterator[tuple[PgServer, RedisServer]]:
+    if SERVICES == "docker":
+        with _container_services() as servers:
+            yield servers
+    elif SERVICES == "embedded":
+        with _embedded_services() as servers:
+            yield servers
+    else:
+        pytest.fail(
+            f"STAGEFLOW_TEST_SERVICES={SERVICES!r} is not a source of servers; "
+            "use embedded (the default) or docker"
+        )
+
+
+@contextmanager
+def _embedded_services() -> Iterator[tuple[PgServer, RedisServer]]:
     root = support.public_tmpdir("sf-services-")
     support.write_envs(root, names=("dev",))
     env = load_env(root, "dev")
@@ -70,21 +95,49 @@ def _services():
         services._run_as_service(
             [str(pg_bin_dir() / "pg_ctl"), "-D", services.layout.pgdata, "-s", "reload"]
         )
-        yield services
+        yield (
+            PgServer("127.0.0.1", env.postgres_port, pg_bin_dir()),
+            RedisServer("127.0.0.1", env.redis_port),
+        )
     finally:
         services.down()
         shutil.rmtree(root, ignore_errors=True)
         entry.unlink(missing_ok=True)
 
 
-@pytest.fixture(scope="session")
-def pg_server(_services: NativeServices) -> PgServer:
-    return PgServer("127.0.0.1", _services.env.postgres_port, pg_bin_dir())
+@contextmanager
+def _container_services() -> Iterator[tuple[PgServer, RedisServer]]:
+    """PostgreSQL and Redis from testcontainers; asked for by name, so no engine is a failure."""
+    try:
+        import docker
+
+        docker.from_env().ping()
+    except Exception as exc:  # noqa: BLE001 - any way of not answering is the same answer
+        pytest.fail(
+            f"STAGEFLOW_TEST_SERVICES=docker but no Docker engine answers ({exc.__class__.__name__}); "
+            "start one or unset it for the embedded servers"
+        )
+    from testcontainers.community.postgres import PostgresContainer
+    from testcontainers.community.redis import RedisContainer
+
+    # the embedded fixtures' contract: the superuser needs no password over TCP
+    pg = PostgresContainer(PG_IMAGE, username="postgres", dbname="postgres")
+    pg.with_env("POSTGRES_HOST_AUTH_METHOD", "trust")
+    with pg, RedisContainer(REDIS_IMAGE) as rd:
+        yield (
+            PgServer(pg.get_container_host_ip(), int(pg.get_exposed_port(5432)), pg_bin_dir()),
+            RedisServer(rd.get_container_host_ip(), int(rd.get_exposed_port(6379))),
+        )
 
 
 @pytest.fixture(scope="session")
-def redis_server(_services: NativeServices) -> RedisServer:
-    return RedisServer("127.0.0.1", _services.env.redis_port)
+def pg_server(_services: tuple[PgServer, RedisServer]) -> PgServer:
+    return _services[0]
+
+
+@pytest.fixture(scope="session")
+def redis_server(_services: tuple[PgServer, RedisServer]) -> RedisServer:
+    return _services[1]
 
 
 @contextmanager

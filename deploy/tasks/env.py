@@ -52,7 +52,7 @@ def preflight_(c, json=False, request=None, break_glass=""):
 @task
 @edge
 def up(c):
-    """Start this environment's PostgreSQL and Redis (idempotent)."""
+    """Start this environment's PostgreSQL and Redis (idempotent; compose: their containers)."""
     name = env_name(c)
     proj = project()
     guarded(proj, name)
@@ -91,6 +91,24 @@ def status(c, json=False):
             print_table("staging thresholds (relaxed from prod)", cols, rows[0]["thresholds"])
 
 
+@task(
+    help={
+        "tail": "how many lines per service or log file (default 100)",
+        "service": "only this one: app, postgres or redis",
+    }
+)
+@edge
+def logs(c, tail="100", service=""):
+    """Print the last lines of this environment's logs (compose: docker compose logs)."""
+    from deploy.tasks._common import whole
+
+    name = env_name(c)
+    if service and service not in ("app", "postgres", "redis"):
+        raise UsageError(f"--service {service!r} is not a service", hint="app, postgres or redis")
+    text = environment.logs(project(), name, tail=whole(tail, "--tail", minimum=1), service=service)
+    say(text.rstrip("\n") or f"{name}: no logs yet")
+
+
 @task(help={"generate": "create missing secrets with random values (file mode 0600)"})
 @edge
 def secrets(c, generate=False):
@@ -112,7 +130,7 @@ def secrets(c, generate=False):
     )
 
 
-TASKS = [preflight_, up, down, status, secrets]
+TASKS = [preflight_, up, down, status, logs, secrets]
 
 
 def _own_copy(t: Task, env: str) -> Task:

@@ -6,6 +6,7 @@ use them, so `inv --list` stays fast.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from invoke import task
@@ -89,6 +90,11 @@ def deploy(
         print_table(
             f"{name} deploy plan for {ref}", ["step", "does"], rollout.plan(proj, name, ref=ref)
         )
+        if proj.policies[name].runtime == "compose":  # the exact commands, one per line
+            from deploy import compose_ops
+
+            for line in compose_ops.plan(proj, name, ref=ref, actor=str(actor()))[1]:
+                say(f"  {line}")
         _print_hooks(proj, name)
         return
     result = rollout.deploy(
@@ -204,6 +210,15 @@ def migrations_(c, json=False):
     )
 
 
+def _smoke_addresses(proj, name):
+    """(label, address) of every host to probe: ("", loopback) on a single local host."""
+    from deploy import rolling
+
+    if not rolling.is_rolling(proj, name):
+        return [("", "127.0.0.1")]
+    return [(t.name, t.bind) for t in rolling.targets(proj, name)]
+
+
 @task(help={"json": "print the probes as JSON"})
 @edge
 def smoke_(c, json=False):
@@ -212,7 +227,12 @@ def smoke_(c, json=False):
     proj = project()
     env = proj.env(name)
     current = releases.current_release(*_primary(proj, name))
-    probes = smoke.run(env, expect_release=current)
+    # each host on its own address, from this machine: a probe that misses a host proves nothing
+    probes = [
+        dataclasses.replace(p, name=f"{where}: {p.name}") if where else p
+        for where, bind in _smoke_addresses(proj, name)
+        for p in smoke.run(env, expect_release=current, host=bind)
+    ]
     if name == "staging":
         from deploy.staging import profile_checks
 

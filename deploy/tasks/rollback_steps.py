@@ -10,10 +10,8 @@ from deploy import backup as backups
 from deploy import releases
 from deploy import rollback as engine
 from deploy.errors import ServiceError, UsageError
-from deploy.hosts import Host
 from deploy.output import print_json, print_table, say
 from deploy.rollout import VerifyFailed
-from deploy.state import Layout
 from deploy.tasks._common import actor, edge, env_name, guarded, project
 
 
@@ -78,6 +76,8 @@ def rollback(
             f"{name}: level {level} ({engine.LEVELS[lvl]}) {result['current']} -> {result['target']}"
         )
         print_table(f"{name} rollback plan (nothing changed)", ["step", "does"], result["steps"])
+        for line in result.get("commands", []):  # compose: the exact commands, one per line
+            say(f"  {line}")
     else:
         say(
             f"{name}: rollback level {level} {result['status']}: {result['release']} serves "
@@ -98,8 +98,9 @@ def backup(c, verify=False, reason="manual", json=False):
     name = env_name(c)
     proj = project()
     guarded(proj, name)
-    env = proj.env(name)
-    current = releases.current_release(Host(), Layout(str(env.data_dir))) or ""
+    from deploy import rolling
+
+    current = releases.current_release(*rolling.primary(proj, name)) or ""
     info = backups.take(proj, name, actor=str(actor()), release=current, reason=reason)
     checked = engine.verify_backup(proj, name, info["id"]) if verify else None
     if json:

@@ -107,7 +107,7 @@ def _step_names(module: object, *functions: str) -> set[str]:
 def test_the_matrix_covers_every_step_the_code_passes_through():
     assert DEPLOY_STEPS == rollout.STEPS
     assert _step_names(rollout, "deploy", "_run_steps") == set(rollout.STEPS)
-    around = _step_names(rollback, "rollback")
+    around = _step_names(rollback, "recorded")
     switch = _step_names(rollback, "_switch_to")
     assert around == {"lock", "unlock"}
     assert set(LEVEL_STEPS[1]) | set(RESET_DATA_STEPS) == around | _step_names(rollback, "_level1")

@@ -8,26 +8,11 @@ import os
 import pytest
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
-GA_POLICY = {  # the e2e project gates GA on the quick gates; the full set is the release-gate tests'
-    "check": "report_only",
-    "docs-freshness": "report_only",
-    "migrations": "report_only",
-    "deps": "report_only",
-    "observability": "report_only",
-    "eval": "report_only",
-}
 
 
 @pytest.fixture(scope="module")
 def promo(project):
-    toml = project.root / "stageflow.toml"
-    text = toml.read_text()
-    ga = text.index("[stages.GA.gates]")
-    head, tail = text[:ga], text[ga:]
-    for gate, level in GA_POLICY.items():
-        tail = tail.replace(f'\n{gate} = "required"', f'\n{gate} = "{level}"', 1)
-    tail = tail.replace('"-x", "tests/unit"]', '"-x", "tests/unit/test_migrations_files.py"]', 1)
-    toml.write_text(head + tail)
+    project.gate_ga_on_quick_gates()
     project.commit("gate GA on the quick gates for this test project")
     project.ok("staging.up", "prod.up")
     return project

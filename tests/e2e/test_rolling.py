@@ -19,9 +19,11 @@ from deploy.releases import lock_hash
 from tests import support
 from tests.conftest import need
 from tests.e2e.conftest import Project, destroy, make_project
+from tests.e2e.test_promotion import request_id
 from tests.sshd import Sshd, can_run_sshd, fleet, kill_served, seed_venv, set_hosts, shared_venv
 
 STAGING, PROD = 3, 6
+RELEASE_TAG, APPROVER = "v1.0.0", "bob@example.com"
 
 
 class Fleet:
@@ -36,7 +38,8 @@ class Fleet:
 
     def history(self, env: str) -> list[dict[str, Any]]:
         """The primary's history file, newest first (the primary is on this machine here)."""
-        text = (self.dirs[env][0] / "state" / "history.jsonl").read_text()
+        path = self.dirs[env][0] / "state" / "history.jsonl"
+        text = path.read_text() if path.exists() else ""
         by_id: dict[str, dict[str, Any]] = {}
         for line in text.splitlines():
             rec = json.loads(line)
@@ -67,11 +70,15 @@ def hosts() -> Iterator[Fleet]:
     try:
         with fleet(base, STAGING + PROD) as servers:
             f = Fleet(project, servers[:STAGING], servers[STAGING:])
+            # one worker per host: nine hosts' gunicorns share this machine's cores
             f.dirs["staging"] = set_hosts(
-                project.root, "staging", f.staging, batch="1", verify_window_s=1
+                project.root, "staging", f.staging, batch="1", verify_window_s=1, workers=1
             )
-            f.dirs["prod"] = set_hosts(project.root, "prod", f.prod, batch="50%", verify_window_s=1)
-            project.commit("staging on 3 hosts, prod on 6")
+            f.dirs["prod"] = set_hosts(
+                project.root, "prod", f.prod, batch="50%", verify_window_s=1, workers=1
+            )
+            project.gate_ga_on_quick_gates()
+            project.commit("staging on 3 hosts, prod on 6; GA on the quick gates")
             lock = project.root / "app" / "requirements.lock"
             venv = shared_venv(lock)
             # staging's first host builds its venv for real over SSH; the rest reuse one
@@ -131,16 +138,37 @@ def test_staging_three_hosts_batch_one_first_host_first(hosts: Fleet) -> None:
     assert app["up"] and [h["release"] for h in app["hosts"]] == [release] * STAGING
 
 
-def test_prod_six_hosts_half_batch(hosts: Fleet) -> None:
-    lines: list[str] = []
-    # the engine promotion.deploy calls once a request is approved (the promotion tests cover it)
-    result = in_process(hosts, "prod", lines.append, extra_checks=[])
-    assert result["status"] == "success"
-    assert [o["status"] for o in result["hosts"]] == ["ok"] * PROD
-    assert hosts.serving("prod") == [result["release"]] * PROD
-    batches = [ln.split("(batch ")[1].split(")")[0] for ln in lines if "(batch " in ln]
+def test_prod_six_hosts_half_batch_through_an_approved_request(hosts: Fleet) -> None:
+    p = hosts.project
+    commit = p.git("rev-parse", "HEAD")
+    p.git("tag", "-f", RELEASE_TAG, commit)
+    verified = [e for e in hosts.history("staging") if e["status"] == "success"]
+    if not any(e["commit"] == commit for e in verified):  # run on its own (-k): staging first
+        p.ok("staging.deploy", "--ref", RELEASE_TAG)
+    p.ok("release.gate", "--ref", RELEASE_TAG)
+    rid = request_id(p.ok("prod.request", "--ref", RELEASE_TAG))
+    p.ok("prod.approve", rid, actor=APPROVER)
+    res = p.ok("prod.deploy", "--request", rid)
+    release = res.stdout.strip().splitlines()[-1].split("deployed ")[1].split()[0]
+    assert hosts.serving("prod") == [release] * PROD
+    # one line per host as it finishes: "<host> ok (batch i/n)", batch after batch
+    done: list[tuple[str, str, str]] = []  # (batch, host, status)
+    for line in res.stdout.splitlines():
+        if line.startswith("prod: host ") and "(batch " in line:
+            words = line.split()
+            at = words.index("(batch")
+            done.append((words[at + 1].rstrip("):"), words[at - 2], words[at - 1]))
     # 50% of 6 hosts is 3 per batch, after the primary alone: 1 + 3 + 2
-    assert batches == ["1/3", "2/3", "2/3", "2/3", "3/3", "3/3"]
+    expected = ["1/3"] + ["2/3"] * 3 + ["3/3"] * 2
+    assert [b for b, _, _ in done] == expected, res.stdout
+    dests = [h.destination for h in hosts.prod]  # the primary first: it alone is batch 1
+    assert sorted(done) == sorted(zip(expected, dests, ["ok"] * PROD, strict=True)), res.stdout
+    entry = hosts.history("prod")[0]
+    assert entry["status"] == "success" and entry["release"] == release
+    assert entry["commit"] == commit and entry["actor"] == p.actor
+    assert f"request #{rid} by {p.actor}" in entry["notes"]
+    assert f"approved by {APPROVER}" in entry["notes"]
+    assert hosts.lock_free("prod")
 
 
 def test_sshd_stopping_mid_rollout_switches_back_every_host(hosts: Fleet) -> None:

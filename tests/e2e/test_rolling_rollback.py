@@ -6,9 +6,12 @@ The tests share one fleet and run in order: each leaves staging serving one rele
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,13 @@ from tests.sshd import Sshd, can_run_sshd, fleet, kill_served, seed_venv, set_ho
 
 HOSTS = 3
 EXPAND = "-- stageflow: phase=expand\n"
+
+
+def wait_until(cond: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
 
 
 class Staging:
@@ -66,17 +76,25 @@ class Staging:
         """The master pid of release rid on each host, from the host's pid file."""
         return [int((d / "run" / f"app-{rid}.pid").read_text().split()[0]) for d in self.dirs]
 
+    def _env(self, name: str) -> dict[str, str]:
+        text = (self.project.root / "env" / name).read_text()
+        return dict(line.split("=", 1) for line in text.split() if "=" in line)
+
+    def _dsn(self) -> str:
+        return self._env("staging.env")["DATABASE_URL"]
+
+    def _password(self) -> str:
+        return self._env("staging.secrets.env")["POSTGRES_PASSWORD"]
+
     def ledger(self) -> dict[int, str]:
         """The staging database's migration ledger: version -> state."""
+        return {int(v): st for v, st in self.sql("SELECT version, state FROM stageflow_migrations")}
 
-        def read(name: str) -> dict[str, str]:
-            text = (self.project.root / "env" / name).read_text()
-            return dict(line.split("=", 1) for line in text.split() if "=" in line)
-
-        url = read("staging.env")["DATABASE_URL"]
-        password = read("staging.secrets.env")["POSTGRES_PASSWORD"]
-        with psycopg.connect(url, password=password, autocommit=True) as conn:
-            return dict(conn.execute("SELECT version, state FROM stageflow_migrations"))
+    def sql(self, query: str) -> list[tuple[Any, ...]]:
+        """One statement on the staging database; the rows it returns, if any."""
+        with psycopg.connect(self._dsn(), password=self._password(), autocommit=True) as conn:
+            cur = conn.execute(query)
+            return cur.fetchall() if cur.description else []
 
     def engine(self, **kw: Any) -> dict[str, Any]:
         """The rollback engine in this process, so a test can act between two batches."""
@@ -185,13 +203,111 @@ def test_level1_restarts_the_release_on_every_host(staging: Staging) -> None:
     assert staging.history()[0]["kind"] == "rollback-1"
 
 
-def test_level3_is_refused_on_several_hosts(staging: Staging) -> None:
-    before = staging.serving()
-    res = staging.project.inv("staging.rollback", "--level", "3", "--yes")
-    assert res.returncode == ExitCode.USAGE, res.stdout + res.stderr
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "single-host" in lines[0], res.stderr
-    assert staging.serving() == before
+def test_level3_restores_once_and_every_host_serves_the_backups_release(
+    staging: Staging,
+) -> None:
+    p = staging.project
+    a = staging.releases["A"]
+    assert staging.serving() == [a] * HOSTS
+    staging.sql("INSERT INTO notes (body) VALUES ('before-c')")
+    # C ships a migration, so staging's backup policy dumps the database first (release A)
+    d = p.root / "app" / "migrations"
+    (d / "0005_rr_flag.up.sql").write_text(EXPAND + "ALTER TABLE notes ADD COLUMN rr_flag int;\n")
+    (d / "0005_rr_flag.down.sql").write_text("ALTER TABLE notes DROP COLUMN rr_flag;\n")
+    p.commit("release C: another migration")
+    c = json.loads(p.ok("staging.deploy", "--json").stdout)["release"]
+    assert staging.serving() == [c] * HOSTS and staging.ledger()[5] == "applied"
+    staging.sql("INSERT INTO notes (body) VALUES ('after-the-backup')")
+
+    plan = p.ok("staging.rollback", "--level", "3", "--dry-run").stdout
+    assert "restore" in plan and a in plan and staging.hosts[2].destination in plan, plan
+    res = p.ok("staging.rollback", "--level", "3", "--yes", "--reason", "C broke notes")
+    # one restore, then every host serves the backup's release on the data of that moment
+    assert staging.serving() == [a] * HOSTS, res.stdout
+    # (smoke probes write notes of their own: count the two rows this test wrote)
+    marks = "SELECT body FROM notes WHERE body IN ('before-c', 'after-the-backup')"
+    assert staging.sql(marks) == [("before-c",)]
+    assert 5 not in staging.ledger()
+    newest = staging.history()[0]
+    assert newest["kind"] == "rollback-3" and newest["status"] == "success", newest
+    assert newest["release"] == a and newest["previous"] == c and newest["backup"]
+    assert all(f"{h.destination} ok" in newest["notes"] for h in staging.hosts), newest
+    # frozen on the primary: the next deploy is refused until a human lifts it
+    frozen = json.loads(staging.state("frozen.json").read_text())
+    assert frozen["why"] == "C broke notes" and frozen["backup"] == newest["backup"]
+    res = p.inv("staging.deploy")
+    assert res.returncode == ExitCode.FROZEN and "frozen" in res.stderr, res.stderr
+    assert staging.serving() == [a] * HOSTS and not staging.state("lock").exists()
+    p.ok("staging.unfreeze", "--reason", "notes checked on every host")
+    assert not staging.state("frozen.json").exists()
+
+
+def test_smoke_monitor_and_incident_read_every_host(staging: Staging) -> None:
+    p = staging.project
+    current = staging.serving()[0]
+    probes = json.loads(p.ok("staging.smoke", "--json").stdout)
+    for h in staging.hosts:  # every host probed on its own address
+        mine = [x for x in probes if x["name"].startswith(f"{h.destination}: ")]
+        assert mine and all(x["ok"] for x in mine), probes
+    reading = json.loads(p.ok("staging.monitor", "--once", "--json").stdout)
+    assert reading["release"] == current and reading["health"]["ok"], reading
+    assert f"{HOSTS} hosts answer" in reading["health"]["detail"]
+    # the incident draft comes from the primary's history: the level 3 restore is in it
+    path = p.ok("staging.incident").stdout.strip().splitlines()[-1]
+    assert "rollback-3" in (p.root / path).read_text()
+
+    # one host stops serving: smoke and monitor name it, and smoke fails
+    run = staging.dirs[2] / "run"
+    for pidfile in (run / f"app-{current}.pid", run / "listener.pid"):
+        os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
+    try:
+        wait_until(lambda: staging.serving()[2] is None)
+        res = p.inv("staging.smoke")
+        assert res.returncode != 0 and staging.hosts[2].destination in res.stdout + res.stderr
+        reading = json.loads(p.ok("staging.monitor", "--once", "--json").stdout)
+        assert not reading["health"]["ok"]
+        assert staging.hosts[2].destination in reading["health"]["detail"], reading
+    finally:
+        p.ok("staging.rollback", "--level", "1", "--yes")
+    assert staging.serving() == [current] * HOSTS
+
+
+def test_a_host_failing_after_a_restore_is_left_stopped_and_the_freeze_stays(
+    staging: Staging,
+) -> None:
+    a = staging.releases["A"]
+    assert staging.serving() == [a] * HOSTS
+    victim = staging.hosts[1]
+    lines: list[str] = []
+
+    def printer(line: str) -> None:
+        lines.append(line)
+        if f"{staging.hosts[0].destination} ok (batch 1/" in line:
+            victim.stop()  # restored, the primary serves: the second host's sshd dies
+
+    try:
+        with pytest.raises(rolling.RolloutError) as info:
+            staging.engine(level=3, reason="restore drill", printer=printer)
+    finally:
+        if not victim.running:
+            victim.start()
+    err = info.value
+    first, second, third = (h.destination for h in staging.hosts)
+    assert [(o.host, o.status) for o in err.outcomes] == [
+        (first, "ok"),
+        (second, "failed"),
+        (third, "skipped"),
+    ]
+    assert "stays frozen" in err.message and second in err.message
+    # nothing went back to a release that expects the data before the restore
+    assert staging.serving() == [a, None, None]
+    assert staging.state("frozen.json").exists() and not staging.state("lock").exists()
+    newest = staging.history()[0]
+    assert newest["kind"] == "rollback-3" and newest["status"] == "failed"
+    # the same command again, once the host is back, finishes the job
+    res = staging.project.ok("staging.rollback", "--level", "3", "--yes", "--reason", "again")
+    assert staging.serving() == [a] * HOSTS, res.stdout
+    staging.project.ok("staging.unfreeze", "--reason", "drill over")
 
 
 def test_a_host_failing_mid_rollback_sends_the_moved_hosts_back(staging: Staging) -> None:

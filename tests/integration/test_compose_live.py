@@ -164,3 +164,59 @@ def test_dev_comes_up_healthy_and_goes_down(tmp_path: Path) -> None:
             ["docker", "image", "rm", "--force", cmd.image_ref(DEFAULT_IMAGE, tag)], check=False
         )
     assert runtime.status() == []
+
+
+@pytest.mark.docker
+def test_the_tasks_drive_a_real_engine_up_deploy_and_rollback_level_two() -> None:
+    """`inv dev.up`, `dev.deploy` twice, `dev.rollback --level 2` on compose, for real."""
+    problem = _engine_problem()
+    if problem:
+        pytest.skip(problem)
+    import json
+
+    from tests.e2e.conftest import destroy, make_project
+
+    proj = make_project("sf-compose-live-")
+    suffix = secrets.token_hex(4)
+    proj.set_policy("dev", runtime='"compose"')
+    proj.edit(
+        "env/dev.env",
+        "COMPOSE_PROJECT_NAME=stageflow-dev",
+        f"COMPOSE_PROJECT_NAME=sf-live-{suffix}",
+    )
+    proj.edit("compose/compose.dev.yml", "name: stageflow-dev", f"name: sf-live-{suffix}")
+    proj.commit("dev on compose")
+    try:
+        proj.ok("dev.secrets", "--generate")
+        proj.ok("dev.up", timeout=600)
+        proj.ok("dev.deploy", timeout=1800)
+        first = proj.history("dev")[0]
+        assert first["status"] == "success"
+        (proj.root / "README.md").write_text("a second release\n")
+        proj.commit("second release")
+        proj.ok("dev.deploy", timeout=1800)
+        second = proj.history("dev")[0]
+        assert (second["status"], second["previous"]) == ("success", first["release"])
+        proj.ok("dev.rollback", "--level", "2", timeout=600)
+        back = proj.history("dev")[0]
+        assert (back["kind"], back["status"], back["release"]) == (
+            "rollback-2",
+            "success",
+            first["release"],
+        )
+        with urllib.request.urlopen(proj.url("dev", "/version"), timeout=5) as resp:
+            assert json.load(resp)["release"] == first["release"]
+    finally:
+        proj.inv("dev.down", timeout=300)
+        host = Host()
+        volumes = [f"sf-live-{suffix}-pgdata", f"sf-live-{suffix}-redisdata"]
+        host.run(["docker", "volume", "rm", "--force", *volumes], check=False)
+        for entry in (proj.root / ".stageflow" / "dev" / "state").glob("history.jsonl"):
+            for line in entry.read_text().splitlines():
+                release = json.loads(line).get("release")
+                if release:
+                    host.run(
+                        ["docker", "image", "rm", "--force", cmd.image_ref(DEFAULT_IMAGE, release)],
+                        check=False,
+                    )
+        destroy(proj)

@@ -1,6 +1,12 @@
-"""The shared fixtures reach real servers."""
+"""The shared fixtures reach real servers, and say why when the asked-for source cannot give them."""
 
+import os
+import subprocess
+import sys
+
+import docker
 import psycopg
+import pytest
 import redis
 
 
@@ -18,3 +24,33 @@ def test_redis_url_is_flushed(redis_url):
     assert client.dbsize() == 0
     client.set("k", "v")
     assert client.get("k") == b"v"
+
+
+def _pytest_with(services: str) -> subprocess.CompletedProcess[str]:
+    """This module's first test in a new session whose servers come from `services`."""
+    env = {**os.environ, "STAGEFLOW_TEST_SERVICES": services}
+    here = f"{__file__}::test_pg_dsn_is_a_fresh_database"
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", here],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_asking_for_docker_servers_without_an_engine_fails_with_the_reason():
+    try:
+        docker.from_env().ping()
+    except Exception:  # noqa: BLE001 - no engine: the case under test
+        pass
+    else:
+        pytest.skip("a Docker engine answers here: the fixtures would start containers")
+    res = _pytest_with("docker")
+    assert res.returncode != 0
+    assert "STAGEFLOW_TEST_SERVICES=docker but no Docker engine answers" in res.stdout
+
+
+def test_an_unknown_source_of_servers_fails_with_the_choices():
+    res = _pytest_with("podman")
+    assert res.returncode != 0 and "use embedded (the default) or docker" in res.stdout

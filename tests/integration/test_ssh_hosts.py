@@ -97,6 +97,37 @@ def test_files_go_over_sftp_atomically(remote: tuple[Host, Path]) -> None:
     assert not (tmp / "locks").exists()
 
 
+@pytest.mark.parametrize("where", ["remote", "local"])
+def test_remove_rename_and_link_without_a_shell_where_they_can(
+    remote: tuple[Host, Path], where: str
+) -> None:
+    host, tmp = remote
+    if where == "local":
+        host = Host()
+    (tmp / "tree" / "sub").mkdir(parents=True)
+    (tmp / "tree" / "sub" / "f").write_text("x")
+    (tmp / "empty").mkdir()
+    (tmp / "flat").mkdir()
+    for i in range(3):
+        (tmp / "flat" / f"ready-{i}").write_text("")
+    (tmp / "file").write_text("x")
+    os.symlink("tree", tmp / "link")
+    for path in ("tree", "empty", "flat", "file", "link", "missing"):
+        host.remove_tree(tmp / path)
+        assert not os.path.lexists(tmp / path), path
+    (tmp / "r.partial").mkdir()
+    (tmp / "r.partial" / "RELEASE.json").write_text("{}")
+    host.rename(tmp / "r.partial", tmp / "r")
+    assert (tmp / "r" / "RELEASE.json").exists() and not (tmp / "r.partial").exists()
+    (tmp / "other").mkdir()
+    (tmp / "other" / "x").write_text("x")
+    with pytest.raises((HostError, OSError)):
+        host.rename(tmp / "other", tmp / "r")  # a complete directory is never replaced
+    host.symlink("r", tmp / "r" / ".venv")
+    host.symlink("other", tmp / "r" / ".venv")  # ln -sfn: an existing link is replaced
+    assert os.readlink(tmp / "r" / ".venv") == "other"
+
+
 def test_the_lock_on_a_remote_primary_is_exclusive(servers: list[Sshd], tmp_path: Path) -> None:
     layout = Layout(str(tmp_path / "home"))
     first, second = connect(servers[0]), connect(servers[0])

@@ -247,3 +247,164 @@ def test_run_is_a_one_off_container_without_tty(dev: cmd.ComposeCommands) -> Non
         "app",
         *argv,
     ]
+
+
+def test_stop_and_remove_image(dev: cmd.ComposeCommands) -> None:
+    assert dev.stop(services=["app"]) == [*BASE, "stop", "app"]
+    assert dev.stop(timeout_s=5) == [*BASE, "stop", "--timeout", "5"]
+    assert cmd.remove_image("stageflow-app", "r1") == ["docker", "image", "rm", "stageflow-app:r1"]
+
+
+def test_the_migration_command_of_a_release_image() -> None:
+    from deploy.compose_ops import migrate_argv
+
+    assert migrate_argv("up", release="r2", applied_by="alice@example.com") == [
+        "python",
+        "-m",
+        "deploy.compose_migrate",
+        "up",
+        "--release",
+        "r2",
+        "--applied-by",
+        "alice@example.com",
+    ]
+    assert migrate_argv("down", release="r1", applied_by="a b", to=3)[3:6] == ["down", "--to", "3"]
+
+
+def test_a_planned_command_shows_its_variables_then_argv_quoted() -> None:
+    from deploy.compose_ops import shown
+
+    line = shown(["docker", "compose", "up", "a b"], {"STAGEFLOW_RELEASE": "r1"})
+    assert line == "STAGEFLOW_RELEASE=r1 docker compose up 'a b'"
+
+
+def test_what_the_migration_entry_point_printed_is_read_back() -> None:
+    from deploy.compose_ops import _versions
+
+    out = 'Container stageflow-dev-postgres-1 Running\n{"applied":[4,5]}\n'
+    assert _versions(out, "applied") == [4, 5]
+    assert _versions(out, "reverted") == []
+    assert _versions("no json at all", "applied") == []
+
+
+# -- backups and restores inside the postgres container ---------------------------------------------
+
+PG = ["exec", "-T", "postgres"]
+PSQL = ["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1"]
+
+
+def test_cp_names_the_container_side_service_colon_path(dev: cmd.ComposeCommands) -> None:
+    assert cmd.in_container("postgres", "/tmp/x.dump") == "postgres:/tmp/x.dump"
+    assert dev.cp("postgres:/tmp/x.dump", "/srv/b/x.dump") == [
+        *BASE,
+        "cp",
+        "postgres:/tmp/x.dump",
+        "/srv/b/x.dump",
+    ]
+
+
+def test_postgres_client_argv() -> None:
+    assert cmd.pg_dump(user="app_dev", database="stageflow_dev", output="/tmp/b.dump") == [
+        "pg_dump",
+        "-Fc",
+        "-Z",
+        "1",
+        "--no-owner",
+        "-U",
+        "app_dev",
+        "-d",
+        "stageflow_dev",
+        "-f",
+        "/tmp/b.dump",
+    ]
+    assert cmd.pg_restore(user="app_dev", database="stageflow_dev", dump="/tmp/b.dump") == [
+        "pg_restore",
+        "--clean",
+        "--if-exists",
+        "--exit-on-error",
+        "--no-owner",
+        "--jobs=2",
+        "-U",
+        "app_dev",
+        "-d",
+        "stageflow_dev",
+        "/tmp/b.dump",
+    ]
+    assert cmd.psql(user="u", database="d", statements=["SELECT 1", "SELECT 2"]) == [
+        *PSQL,
+        "-U",
+        "u",
+        "-d",
+        "d",
+        "-c",
+        "SELECT 1",
+        "-c",
+        "SELECT 2",
+    ]
+    assert cmd.remove_file("/tmp/b.dump") == ["rm", "-f", "/tmp/b.dump"]
+    assert cmd.container_dump("20260101T000000000000Z") == "/tmp/20260101T000000000000Z.dump"
+
+
+def test_database_sql_quotes_identifiers() -> None:
+    assert cmd.quote_ident('we"ird') == '"we""ird"'
+    assert cmd.recreate_database_sql("stageflow_dev", "app_dev") == [
+        'DROP DATABASE IF EXISTS "stageflow_dev" WITH (FORCE)',
+        'CREATE DATABASE "stageflow_dev" OWNER "app_dev"',
+    ]
+    assert cmd.create_database_sql("s") == ['CREATE DATABASE "s"']
+    assert cmd.drop_database_sql("s") == ['DROP DATABASE IF EXISTS "s" WITH (FORCE)']
+    (ledger,) = cmd.applied_versions_sql("stageflow_migrations")
+    assert "to_regclass('\"stageflow_migrations\"')" in ledger
+    assert "FROM \"stageflow_migrations\" WHERE state = 'applied'" in ledger
+
+
+def test_a_backup_dumps_in_the_container_copies_out_and_cleans_up(
+    dev: cmd.ComposeCommands,
+) -> None:
+    from deploy.compose_ops import backup_argv
+
+    argv = backup_argv(
+        dev, user="app_dev", database="stageflow_dev", backup_id="B1", backups_dir="/h/backups"
+    )
+    assert argv == [
+        [*BASE, *PG, *cmd.pg_dump(user="app_dev", database="stageflow_dev", output="/tmp/B1.dump")],
+        [*BASE, "cp", "postgres:/tmp/B1.dump", "/h/backups/B1.dump"],
+        [*BASE, *PG, "rm", "-f", "/tmp/B1.dump"],
+    ]
+
+
+def test_a_restore_copies_in_recreates_restores_and_cleans_up(dev: cmd.ComposeCommands) -> None:
+    from deploy.compose_ops import ledger_argv, restore_argv
+
+    argv = restore_argv(
+        dev, user="app_dev", database="stageflow_dev", backup_id="B1", backups_dir="/h/backups"
+    )
+    assert argv == [
+        [*BASE, "cp", "/h/backups/B1.dump", "postgres:/tmp/B1.dump"],
+        [*BASE, *PG, *PSQL, "-U", "app_dev", "-d", "postgres"]
+        + ["-c", 'DROP DATABASE IF EXISTS "stageflow_dev" WITH (FORCE)']
+        + ["-c", 'CREATE DATABASE "stageflow_dev" OWNER "app_dev"'],
+        [*BASE, *PG, "pg_restore", "--clean", "--if-exists", "--exit-on-error", "--no-owner"]
+        + ["--jobs=2", "-U", "app_dev", "-d", "stageflow_dev", "/tmp/B1.dump"],
+        [*BASE, *PG, "rm", "-f", "/tmp/B1.dump"],
+    ]
+    assert ledger_argv(dev, user="app_dev", database="stageflow_dev") == [
+        *BASE,
+        *PG,
+        *PSQL,
+        "-U",
+        "app_dev",
+        "-d",
+        "stageflow_dev",
+        "-c",
+        *cmd.applied_versions_sql("stageflow_migrations"),
+    ]
+
+
+def test_the_deploy_backs_up_by_the_native_policy() -> None:
+    from deploy.compose_ops import pending_versions, wants_backup
+
+    assert pending_versions([1, 2, 3, 4], [1, 2, 3]) == [4]
+    assert pending_versions([1, 2], [1, 2, 5]) == []
+    assert wants_backup("always", []) and wants_backup("pending-migrations", [4])
+    assert not wants_backup("pending-migrations", []) and not wants_backup("never", [4])

@@ -304,4 +304,41 @@ def test_dockerfile_runs_the_app_unprivileged_and_ships_no_secrets() -> None:
         if line.strip() and not line.startswith("#")
     ]
     assert ignore[0] == "*"  # everything out, then only the service back in
-    assert [line for line in ignore if line.startswith("!")] == ["!app/"]
+    # back in: the service, and the migration engine a release runs against its own database
+    assert [line for line in ignore if line.startswith("!")] == [
+        "!app/",
+        "!deploy/__init__.py",
+        "!deploy/errors.py",
+        "!deploy/secrets.py",
+        "!deploy/migrations.py",
+        "!deploy/compose_migrate.py",
+    ]
+    copied = " ".join(dockerfile.split("\\\n"))
+    assert "deploy/migrations.py" in copied and "deploy/compose_migrate.py" in copied
+
+
+def test_the_image_migration_entry_imports_only_what_the_image_ships() -> None:
+    """compose_migrate runs in the image: its deploy imports must all be COPYed there."""
+    import ast
+
+    shipped = {"deploy", "deploy.errors", "deploy.secrets", "deploy.migrations"}
+    for mod in ("compose_migrate", "migrations", "errors", "secrets"):
+        tree = ast.parse((ROOT / "deploy" / f"{mod}.py").read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("deploy"):
+                names = {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+                assert names & shipped, f"deploy/{mod}.py imports {node.module}"
+
+
+def test_the_image_migration_entry_refuses_without_a_database_url_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deploy import compose_migrate
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert compose_migrate.main(["up", "--release", "r1"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "stageflow: DATABASE_URL is not set in the container "
+        "(compose/compose.yml sets it for the app service)\n"
+    )

@@ -257,6 +257,12 @@ def test_bad_runtime(root: Path) -> None:
     assert "[environments.staging] runtime must be native or compose" in msg
 
 
+def test_compose_runs_on_one_host(root: Path) -> None:
+    text = '[environments.prod]\nruntime = "compose"\nhosts = ["a@web-1", "a@web-2"]\n'
+    msg = policy_refused(root, text)
+    assert "[environments.prod] the compose runtime runs on one host, not 2" in msg
+
+
 @pytest.mark.parametrize("keep", [1, 0, -3])
 def test_keep_releases_below_two(root: Path, keep: int) -> None:
     msg = policy_refused(root, f"[environments.prod]\nkeep_releases = {keep}\n")

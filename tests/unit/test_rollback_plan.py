@@ -117,6 +117,17 @@ def test_backup_for_prefers_the_history_entry_of_the_current_deploy():
     assert backup_for([], [], current="B") is None
 
 
+def test_after_a_restore_level3_restores_the_same_backup_again():
+    backups = [{"id": "b0", "release": ""}, {"id": "b1", "release": "A"}]
+    # A's first deploy came with a backup of an empty database; then B; then a restore to A
+    entries = [
+        entry("A", backup="b0"),
+        entry("B", backup="b1"),
+        entry("A", kind="rollback-3", backup="b1"),
+    ]
+    assert backup_for(entries, backups, current="A")["id"] == "b1"
+
+
 def test_interrupted_is_only_a_running_rollback_at_the_end():
     assert (
         interrupted([entry("A"), entry("A", kind="rollback-2", status="running")])["release"] == "A"

@@ -1,0 +1,1188 @@
+"""The compose runtime driven by the environment tasks: up, down, status, logs, deploy, rollback.
+
+A compose environment runs on its first host (local, or SSH) as one docker compose project; a
+release is an image tag. The deploy pipeline (guards, lock, history, hooks, notify) is
+rollout.deploy's: it calls run_deploy() here for the steps between lock and record, the way it
+calls _run_steps for the native runtime. Migrations run with the release's own image, in a
+one-off container inside the project network (deploy/compose_migrate.py calls deploy.migrations:
+one engine, one ledger, one advisory lock), so they work the same on a remote host whose
+PostgreSQL publishes on that host's loopback only. For the same reason backups (pg_dump) and the
+level 3 restore (pg_restore) run inside the postgres container; the dumps stay on that host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from deploy import backup as backup_mod
+from deploy import guards, hooks, migrations, notify, releases, rolling, smoke
+from deploy.actors import Actor
+from deploy.commands import compose as cmd
+from deploy.config import EnvConfig, Project
+from deploy.errors import (
+    DeployError,
+    GuardRefused,
+    MigrationError,
+    RolledBack,
+    ServiceError,
+    UsageError,
+)
+from deploy.hosts import CommandResult, Host
+from deploy.runtime.compose import (
+    APP_SERVICE,
+    REQUIRED_SECRETS,
+    SERVER_SERVICES,
+    ComposeRuntime,
+    check_release,
+    image_tag,
+)
+from deploy.state import (
+    HistoryEntry,
+    Layout,
+    audit,
+    history,
+    new_id,
+    record_history,
+    utc_now,
+)
+
+if TYPE_CHECKING:
+    from deploy.rollout import Context
+
+Printer = Callable[[str], None]
+MIGRATE_MODULE = "deploy.compose_migrate"
+# The kinds whose release served successfully (what serves now; what prune keeps).
+_SERVED_KINDS = ("deploy", "emergency", "rollback-1", "rollback-2", "rollback-3")
+
+
+def is_compose(proj: Project, name: str) -> bool:
+    return proj.policies[name].runtime == "compose"
+
+
+# -- where the project lives -----------------------------------------------------------------------
+
+
+def place(proj: Project, name: str) -> tuple[Host, Layout]:
+    """The environment's first host (it runs the project and keeps lock and history) and layout."""
+    return rolling.primary(proj, name)
+
+
+def runtime_for(
+    proj: Project, name: str, *, host: Host | None = None, layout: Layout | None = None
+) -> ComposeRuntime:
+    """The compose runtime on the env's first host. Locally the project root is the working
+    tree; remotely it is <home>/compose, refreshed with the compose files and the env file."""
+    if host is None or layout is None:
+        host, layout = place(proj, name)
+    env = proj.env(name)
+    if host.is_local:
+        return ComposeRuntime(env, host, root=proj.root)
+    root = str(PurePosixPath(layout.home, "compose"))
+    for rel in (*cmd.compose_files(name), f"env/{name}.env"):
+        host.put_file(proj.root / rel, f"{root}/{rel}")
+    return ComposeRuntime(env, host, root=root)
+
+
+def _release_env(
+    rt: ComposeRuntime, release: str | None, commit: str | None = None
+) -> dict[str, str]:
+    """What ComposeRuntime.run adds to compose's environment besides secrets: no secret here."""
+    out = {"STAGEFLOW_IMAGE": rt.image}
+    if release is not None:
+        out["STAGEFLOW_RELEASE"] = release
+    if commit:
+        out["STAGEFLOW_COMMIT"] = commit
+    return out
+
+
+def shown(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+    """One command as an operator would type it: VAR=value assignments (never secrets), argv."""
+    return shlex.join([*(f"{k}={v}" for k, v in (env or {}).items()), *argv])
+
+
+def migrate_argv(action: str, *, release: str, applied_by: str, to: int | None = None) -> list[str]:
+    """The migration command run in a one-off container of a release's image."""
+    argv = ["python", "-m", MIGRATE_MODULE, action]
+    if to is not None:
+        argv += ["--to", str(to)]
+    return [*argv, "--release", release, "--applied-by", applied_by]
+
+
+def _versions(stdout: str, key: str) -> list[int]:
+    """The JSON line compose_migrate prints last; compose may print its own lines before it."""
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict) and isinstance(data.get(key), list):
+            return [int(v) for v in data[key]]
+    return []
+
+
+# -- checks ----------------------------------------------------------------------------------------
+
+
+def engine_check(rt: ComposeRuntime) -> guards.Check:
+    """Secrets set, `docker info` and `docker compose version` answer: the compose "servers" check."""
+    name = rt.cfg.name
+    missing = [k for k in REQUIRED_SECRETS if not rt.cfg.secret(k)]
+    if missing:
+        return guards.Check(
+            "engine",
+            False,
+            f"{name} has no {missing[0]}; set it in env/{name}.secrets.env (mode 0600) or run "
+            f"`inv {name}.secrets --generate`",
+        )
+    try:
+        rt.check_engine()
+    except DeployError as err:
+        return guards.Check("engine", False, err.line())
+    return guards.Check(
+        "engine", True, f"a Docker engine and docker compose answer at {rt.host.name}"
+    )
+
+
+def backup_check(proj: Project, name: str) -> guards.Check:
+    """The policy's backups are taken inside the postgres container: every policy is runnable."""
+    policy = proj.policies[name].backup
+    if policy == "never":
+        return guards.Check("backup", True, "backup policy never")
+    return guards.Check(
+        "backup", True, f"backup policy {policy}: pg_dump in the postgres container"
+    )
+
+
+# -- history helpers -------------------------------------------------------------------------------
+
+
+def _releases_in(entries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every release history names, oldest first, once each."""
+    return list(dict.fromkeys(str(e["release"]) for e in entries if e.get("release")))
+
+
+def _served(entries: Sequence[Mapping[str, Any]]) -> str | None:
+    """The release the newest successful operation left serving (when no engine can be asked)."""
+    for e in reversed(entries):
+        if e.get("status") == "success" and e.get("kind") in _SERVED_KINDS and e.get("release"):
+            return str(e["release"])
+    return None
+
+
+def _commit_of(entries: Sequence[Mapping[str, Any]], release: str) -> str:
+    for e in reversed(entries):
+        if e.get("release") == release and e.get("commit"):
+            return str(e["commit"])
+    raise UsageError(
+        f"history names no commit for release {release}",
+        hint="name another release with --to, or deploy that commit again",
+    )
+
+
+def serving(rt: ComposeRuntime) -> str | None:
+    """The tag the running app container was started from (compose ps)."""
+    return rt.current_release()
+
+
+# -- backups ---------------------------------------------------------------------------------------
+# pg_dump and pg_restore run inside the postgres container, as its own superuser over its socket:
+# the database port need not be reachable from here, and the client matches the server's major
+# version. The dump is copied out with `compose cp` into the backups dir on the project's host,
+# with the native backup's id, metadata file, checksum and listing.
+
+
+def _pg(rt: ComposeRuntime) -> tuple[str, str]:
+    """The role and database the postgres container was created with (compose.<env>.yml)."""
+    return rt.cfg.database.user, rt.cfg.database.name
+
+
+def _new_backup_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def backup_argv(
+    c: cmd.ComposeCommands, *, user: str, database: str, backup_id: str, backups_dir: str
+) -> list[list[str]]:
+    """Dump in the container, copy the dump to the host's backups dir, remove the container's copy."""
+    tmp = cmd.container_dump(backup_id)
+    return [
+        c.exec(cmd.PG_SERVICE, cmd.pg_dump(user=user, database=database, output=tmp)),
+        c.cp(cmd.in_container(cmd.PG_SERVICE, tmp), f"{backups_dir}/{backup_id}.dump"),
+        c.exec(cmd.PG_SERVICE, cmd.remove_file(tmp)),
+    ]
+
+
+def restore_argv(
+    c: cmd.ComposeCommands, *, user: str, database: str, backup_id: str, backups_dir: str
+) -> list[list[str]]:
+    """Copy the dump in, drop and recreate the database, pg_restore, remove the container's copy."""
+    tmp = cmd.container_dump(backup_id)
+    return [
+        c.cp(f"{backups_dir}/{backup_id}.dump", cmd.in_container(cmd.PG_SERVICE, tmp)),
+        c.exec(
+            cmd.PG_SERVICE,
+            cmd.psql(
+                user=user,
+                database=cmd.MAINTENANCE_DB,
+                statements=cmd.recreate_database_sql(database, user),
+            ),
+        ),
+        c.exec(cmd.PG_SERVICE, cmd.pg_restore(user=user, database=database, dump=tmp)),
+        c.exec(cmd.PG_SERVICE, cmd.remove_file(tmp)),
+    ]
+
+
+def ledger_argv(c: cmd.ComposeCommands, *, user: str, database: str) -> list[str]:
+    return c.exec(
+        cmd.PG_SERVICE,
+        cmd.psql(
+            user=user,
+            database=database,
+            statements=cmd.applied_versions_sql(migrations.LEDGER_TABLE),
+        ),
+    )
+
+
+def _exec_pg(rt: ComposeRuntime, argv: list[str], what: str) -> CommandResult:
+    """One command against the postgres container; a stopped container says how to start it."""
+    res = rt.run(lambda _c: argv, timeout=7200)
+    if not res.ok:
+        raise ServiceError(
+            f"{rt.cfg.name}: {what} in the postgres container failed (exit {res.exit_code}): "
+            f"{rt._scrub(res.tail(1))}",
+            hint=f"is it running? `inv {rt.cfg.name}.status`; `inv {rt.cfg.name}.up` starts it",
+        )
+    return res
+
+
+def applied_versions(rt: ComposeRuntime) -> list[int]:
+    """The versions the ledger marks applied, read by psql in the postgres container."""
+    user, database = _pg(rt)
+    res = _exec_pg(
+        rt, ledger_argv(rt.commands(), user=user, database=database), "reading the ledger"
+    )
+    line = (res.stdout.strip().splitlines() or [""])[-1]
+    try:
+        return [int(v) for v in line.split(",") if v.strip()]
+    except ValueError:
+        raise ServiceError(
+            f"{rt.cfg.name}: the ledger query printed {line[:80]!r}, not versions",
+            hint="check the postgres container's psql",
+        ) from None
+
+
+def _file_facts(host: Host, path: str) -> tuple[str, int]:
+    """sha256 and size of a file on the host (read there: a remote dump never travels)."""
+    if host.is_local:
+        return backup_mod.sha256_file(Path(path)), Path(path).stat().st_size
+    digest = host.run(["sha256sum", path], timeout=3600).stdout.split()
+    size = host.run(["stat", "-c", "%s", path], timeout=60).stdout.strip()
+    return (digest[0] if digest else ""), int(size or 0)
+
+
+def _take(
+    rt: ComposeRuntime,
+    layout: Layout,
+    *,
+    actor: str,
+    release: str,
+    reason: str,
+    applied: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    host, name = rt.host, rt.cfg.name
+    user, database = _pg(rt)
+    if applied is None:
+        applied = applied_versions(rt)
+    bid = _new_backup_id()
+    host.makedirs(layout.backups)
+    dump, copy, clean = backup_argv(
+        rt.commands(), user=user, database=database, backup_id=bid, backups_dir=layout.backups
+    )
+    out = f"{layout.backups}/{bid}.dump"
+    start = time.perf_counter()
+    try:
+        _exec_pg(rt, dump, "pg_dump")
+        _exec_pg(rt, copy, "copying the dump out")
+    except BaseException:
+        host.run(["rm", "-f", out], check=False)  # half a dump must never look like a backup
+        raise
+    finally:
+        rt.run(lambda _c: clean, timeout=300)
+    host.run(["chmod", "600", out])
+    sha, size = _file_facts(host, out)
+    info = {
+        "id": bid,
+        "env": name,
+        "database": database,
+        "file": f"{bid}.dump",
+        "sha256": sha,
+        "size_bytes": size,
+        "release": release,
+        "ledger_version": max(applied, default=0),
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - start, 3),
+        "actor": actor,
+        "reason": reason,
+        "runtime": "compose",
+    }
+    host.write_text(f"{layout.backups}/{bid}.json", json.dumps(info, indent=2), mode=0o600)
+    audit(host, layout, actor=actor, action="backup", backup=bid, release=release)
+    return info
+
+
+def take_backup(
+    proj: Project, name: str, *, actor: str, release: str = "", reason: str = ""
+) -> dict[str, Any]:
+    """A backup now (`inv <env>.backup`); release defaults to the tag the app container runs."""
+    host, layout = place(proj, name)
+    try:
+        rt = runtime_for(proj, name, host=host, layout=layout)
+        return _take(rt, layout, actor=actor, release=release or serving(rt) or "", reason=reason)
+    finally:
+        host.close()
+
+
+def list_backups(proj: Project, name: str) -> list[dict[str, Any]]:
+    """Every backup's metadata in the backups dir on the project's host, oldest first."""
+    host, layout = place(proj, name)
+    out = []
+    try:
+        for file in host.listdir(layout.backups):
+            if not file.endswith(".json"):
+                continue
+            try:
+                out.append(json.loads(host.read_text(f"{layout.backups}/{file}") or ""))
+            except json.JSONDecodeError:
+                continue
+    finally:
+        host.close()
+    return out
+
+
+def remove_backups(proj: Project, name: str, ids: Sequence[str]) -> None:
+    """Retention's deletes (deploy.backup.prune decides which), on the project's host."""
+    host, layout = place(proj, name)
+    try:
+        for bid in ids:
+            host.run(
+                ["rm", "-f", f"{layout.backups}/{bid}.dump", f"{layout.backups}/{bid}.json"],
+                check=False,
+            )
+    finally:
+        host.close()
+
+
+def _checked_dump(host: Host, layout: Layout, info: Mapping[str, Any], *, name: str) -> None:
+    """Refuse before anything changes when the dump is gone or differs from its checksum."""
+    path = f"{layout.backups}/{info['file']}"
+    ok = host.exists(path) and _file_facts(host, path)[0] == info.get("sha256")
+    if not ok:
+        raise GuardRefused(
+            f"backup {info['id']} is missing or its checksum does not match",
+            hint=f"choose another with `inv {name}.backups` and --backup ID",
+        )
+
+
+def _restore(rt: ComposeRuntime, layout: Layout, info: Mapping[str, Any], *, actor: str) -> str:
+    user, database = _pg(rt)
+    copy_in, recreate, restore, clean = restore_argv(
+        rt.commands(),
+        user=user,
+        database=database,
+        backup_id=info["id"],
+        backups_dir=layout.backups,
+    )
+    start = time.perf_counter()
+    try:
+        _exec_pg(rt, copy_in, "copying the dump in")
+        _exec_pg(rt, recreate, "recreating the database")
+        _exec_pg(rt, restore, "pg_restore")
+    finally:
+        rt.run(lambda _c: clean, timeout=300)
+    took = round(time.perf_counter() - start, 3)
+    audit(rt.host, layout, actor=actor, action="restore", backup=info["id"], duration_s=took)
+    return f"{info['id']} restored in {took:.2f}s (ledger version {info.get('ledger_version')})"
+
+
+def verify_backup(proj: Project, name: str, backup_id: str) -> dict[str, Any]:
+    """Restore a backup into a scratch database in the postgres container and compare its tables'
+    row counts with the live database's (the native verify's result); the scratch always goes."""
+    host, layout = place(proj, name)
+    try:
+        rt = runtime_for(proj, name, host=host, layout=layout)
+        info = backup_mod.find(proj, name, backup_id)
+        _checked_dump(host, layout, info, name=name)
+        user, database = _pg(rt)
+        scratch = f"{database}_verify_{os.getpid()}"
+        tmp = cmd.container_dump(backup_id)
+        c = rt.commands()
+
+        def psql(db: str, statements: list[str]) -> list[str]:
+            return c.exec(cmd.PG_SERVICE, cmd.psql(user=user, database=db, statements=statements))
+
+        def counts(db: str) -> dict[str, int]:
+            res = _exec_pg(rt, psql(db, cmd.table_counts_sql()), "counting rows")
+            return {str(k): int(v) for k, v in json.loads(res.stdout.strip() or "{}").items()}
+
+        _exec_pg(
+            rt,
+            c.cp(f"{layout.backups}/{info['file']}", cmd.in_container(cmd.PG_SERVICE, tmp)),
+            "copying the dump in",
+        )
+        try:
+            _exec_pg(rt, psql(cmd.MAINTENANCE_DB, cmd.create_database_sql(scratch)), "create")
+            _exec_pg(
+                rt,
+                c.exec(cmd.PG_SERVICE, cmd.pg_restore(user=user, database=scratch, dump=tmp)),
+                "pg_restore",
+            )
+            restored, live = counts(scratch), counts(database)
+        finally:
+            rt.run(lambda _c: psql(cmd.MAINTENANCE_DB, cmd.drop_database_sql(scratch)))
+            rt.run(lambda _c: c.exec(cmd.PG_SERVICE, cmd.remove_file(tmp)))
+    finally:
+        host.close()
+    rows = [
+        {
+            "table": t,
+            "backup": restored.get(t),
+            "live": live.get(t),
+            "same": restored.get(t) == live.get(t),
+        }
+        for t in sorted(set(restored) | set(live))
+    ]
+    return {"id": backup_id, "ok": all(r["same"] for r in rows), "tables": rows}
+
+
+def pending_versions(shipped: Sequence[int], applied: Sequence[int]) -> list[int]:
+    """The release's versions the ledger does not mark applied (never run, failed, reverted)."""
+    done = set(applied)
+    return sorted(v for v in shipped if v not in done)
+
+
+def wants_backup(policy: str, pending: Sequence[int]) -> bool:
+    """The native rule: "always", or "pending-migrations" with something to migrate."""
+    return policy == "always" or (policy == "pending-migrations" and bool(pending))
+
+
+def _deploy_backup(
+    ctx: Context, rt: ComposeRuntime, rel: releases.Release, *, commit: str, kind: str
+) -> str:
+    """The deploy's backup step: the native policy, the pending files read from the commit."""
+    policy = ctx.proj.policies[ctx.env.name]
+    if policy.backup == "never":
+        return "skipped (policy never)"
+    # the servers must run to be dumped; the migrate step would start them next anyway
+    res = rt.run(lambda c: c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s))
+    if not res.ok:
+        raise rt._failed("starting postgres and redis", res)
+    applied = applied_versions(rt)
+    shipped = [f.version for f in migrations.discover_at_commit(ctx.proj.root, commit)]
+    pending = pending_versions(shipped, applied)
+    if not wants_backup(policy.backup, pending):
+        return f"skipped (policy {policy.backup}, {len(pending)} pending)"
+    info = _take(
+        rt,
+        ctx.layout,
+        actor=str(ctx.actor),
+        release=ctx.previous or "",
+        reason=f"before {kind} of {rel.id}",
+        applied=applied,
+    )
+    ctx.backup_id = info["id"]
+    return f"{info['id']} ({info['size_bytes'] / 1e6:.1f} MB)"
+
+
+# -- up, down, status, logs ------------------------------------------------------------------------
+
+
+def up(proj: Project, name: str) -> list[str]:
+    """Start the project's PostgreSQL and Redis and wait until both are healthy."""
+    rt = runtime_for(proj, name)
+    res = rt.run(lambda c: c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s))
+    if not res.ok:
+        raise rt._failed("starting postgres and redis", res)
+    return [f"compose project {rt.cfg.compose_project}: postgres and redis healthy"]
+
+
+def down(proj: Project, name: str) -> list[str]:
+    """Stop the project's containers; its data volumes stay."""
+    rt = runtime_for(proj, name)
+    rt.down()
+    return [f"compose project {rt.cfg.compose_project} stopped (data volumes kept)"]
+
+
+def container_status(proj: Project, name: str) -> dict[str, Any]:
+    """postgres, redis and app as `compose ps` sees them; an absent engine is a detail, not a crash."""
+    env = proj.env(name)
+    rows: list[dict[str, Any]] = []
+    problem = None
+    try:
+        rows = runtime_for(proj, name).status()
+    except DeployError as err:
+        problem = err.line()
+    by = {str(r.get("Service")): r for r in rows}
+
+    def healthy(service: str) -> bool:
+        row = by.get(service)
+        return bool(
+            row and row.get("State") == "running" and row.get("Health") in (None, "", "healthy")
+        )
+
+    app_row = by.get(APP_SERVICE)
+    return {
+        "runtime": "compose",
+        "engine": problem,
+        "postgres": {"up": healthy("postgres"), "port": env.postgres_port, "pid": None},
+        "redis": {"up": healthy("redis"), "port": env.redis_port, "pid": None},
+        "app": {
+            "up": healthy(APP_SERVICE),
+            "port": env.app_port,
+            "release": image_tag(str(app_row.get("Image", ""))) if app_row else None,
+        },
+    }
+
+
+def logs(proj: Project, name: str, *, tail: int = 100, services: Sequence[str] = ()) -> str:
+    return runtime_for(proj, name).logs(tail=tail, services=services)
+
+
+# -- deploy ----------------------------------------------------------------------------------------
+
+
+def plan(
+    proj: Project, name: str, *, ref: str, actor: str = "<actor>"
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """The deploy's steps and the exact commands each runs, read-only (no engine is asked).
+
+    The release id is the one a deploy started now would get: a UTC timestamp and the commit."""
+    env, policy = proj.env(name), proj.policies[name]
+    commit = releases.resolve_ref(proj.root, ref)
+    host, layout = place(proj, name)
+    rt = runtime_for(proj, name, host=host, layout=layout)
+    c = rt.commands()
+    rid = releases.new_release_id(commit, _releases_in(history(host, layout)))
+    ctxdir = layout.release(rid)
+    build = cmd.build_image(rt.image, rid, context=ctxdir, dockerfile=f"{ctxdir}/Dockerfile")
+    env_r = _release_env(rt, rid)
+    servers = c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s)
+    migrate = c.run(APP_SERVICE, migrate_argv("up", release=rid, applied_by=actor), no_deps=True)
+    start = c.up(wait=True, wait_timeout_s=rt.wait_timeout_s)
+    where = f"127.0.0.1:{env.app_port}" if host.is_local else f"the app container on {host.name}"
+    rows = [
+        (
+            "preflight",
+            "environment guards; secrets set; docker engine and compose answer; not frozen",
+        ),
+        ("lock", f"mkdir {layout.lock} on {host.name}"),
+        ("build", f"git archive {commit[:12]} -> {ctxdir}; docker build of {rt.image}:{rid}"),
+        (
+            "backup",
+            "none: backup policy 'never'"
+            if policy.backup == "never"
+            else f"policy {policy.backup!r}: pg_dump -Fc in the postgres container, copied to "
+            f"{layout.backups} on {host.name}",
+        ),
+        ("migrate", f"postgres and redis healthy, then the migrations {rid} ships, in its image"),
+        ("start", f"up --wait with {rt.image}:{rid}; a failure starts the previous tag again"),
+        ("smoke", f"health, ready, version, identity, postgres, redis on {where}"),
+        (
+            "verify",
+            f"{policy.verify_window_s:g}s health window" if policy.verify_window_s else "none",
+        ),
+        ("record", f"history {layout.history}"),
+        ("prune", f"keep {policy.keep_releases} images: docker image rm the one that falls out"),
+        ("unlock", f"rmdir {layout.lock}"),
+    ]
+    backup = []
+    if policy.backup != "never":
+        user, database = _pg(rt)
+        env_b = _release_env(rt, None)
+        backup = [
+            f"backup:  {shown(argv, env_b)}"
+            for argv in [
+                servers,
+                ledger_argv(c, user=user, database=database),
+                *backup_argv(
+                    c, user=user, database=database, backup_id="<id>", backups_dir=layout.backups
+                ),
+            ]
+        ]
+    commands = [
+        f"build:   {shown(build)}",
+        *backup,
+        f"migrate: {shown(servers, env_r)}",
+        f"migrate: {shown(migrate, env_r)}",
+        f"start:   {shown(start, _release_env(rt, rid, commit))}",
+    ]
+    return rows, commands
+
+
+def _extract(proj: Project, host: Host, layout: Layout, commit: str, rid: str) -> str:
+    """The commit's files on the host, as the image's build context (never the working tree)."""
+    tarball = releases.archive(proj, commit)
+    target = layout.release(rid)
+    host.makedirs(layout.releases, layout.run)
+    host.remove_tree(target)
+    host.makedirs(target)
+    remote_tar = str(tarball) if host.is_local else f"{layout.run}/{commit}.tar"
+    if not host.is_local:
+        host.put_file(tarball, remote_tar)
+    host.run(["tar", "-xf", remote_tar, "-C", target])
+    if not host.is_local:
+        host.run(["rm", "-f", remote_tar], check=False)
+    return target
+
+
+def run_deploy(
+    ctx: Context,
+    *,
+    commit: str,
+    ref: str,
+    dirty: bool,
+    entry: HistoryEntry,
+    service_env: dict[str, str] | None,
+) -> None:
+    """Build, migrate, start, smoke, verify, prune on a compose environment (rollout's `run`)."""
+    from deploy.rollout import VerifyFailed, _hook_context
+
+    rt: ComposeRuntime = ctx.runtime
+    env, host, layout = ctx.env, ctx.host, ctx.layout
+    policy = ctx.proj.policies[env.name]
+
+    def build() -> str:
+        rid = check_release(releases.new_release_id(commit, _releases_in(history(host, layout))))
+        ctxdir = _extract(ctx.proj, host, layout, commit, rid)
+        argv = cmd.build_image(rt.image, rid, context=ctxdir, dockerfile=f"{ctxdir}/Dockerfile")
+        try:
+            res = host.run(argv, check=False, timeout=1800)
+        finally:
+            host.remove_tree(ctxdir)  # the image holds the files now
+        if not res.ok:
+            raise ServiceError(
+                f"{env.name}: docker build of {rt.image}:{rid} failed (exit {res.exit_code}): "
+                f"{res.tail(1)}",
+                hint="fix the Dockerfile or the build, then deploy again",
+            )
+        ctx.release = releases.Release(rid, commit, ref, dirty)
+        entry.release = rid
+        return f"{rt.image}:{rid}" + (" (dirty snapshot)" if dirty else "")
+
+    ctx.step("build", build)
+    rel = ctx.release
+    assert rel is not None
+    ctx.step("backup", lambda: _deploy_backup(ctx, rt, rel, commit=commit, kind=entry.kind))
+
+    def migrate() -> str:
+        res = rt.migrate(
+            migrate_argv("up", release=rel.id, applied_by=str(ctx.actor)), release=rel.id
+        )
+        ctx.applied = _versions(res.stdout, "applied")
+        results = hooks.run(ctx.proj, env.name, "post-migrate", _hook_context(ctx, rel, "running"))
+        ctx.hook_notes.append(hooks.record_failures(host, layout, results, actor=str(ctx.actor)))
+        return f"applied {ctx.applied}" if ctx.applied else "schema up to date"
+
+    ctx.step("migrate", migrate)
+    try:
+
+        def start() -> str:
+            rt.up(rel.id, commit=commit)
+            return f"{rt.image}:{rel.id} healthy"
+
+        ctx.step("start", start)
+        ctx.step("smoke", lambda: _smoke(rt, rel.id))
+
+        def verify_step() -> str:
+            if policy.verify_window_s <= 0:
+                return "no verify window"
+            if not host.is_local:
+                return "health checked by compose (up --wait) on the remote host"
+            failures = _health_window(
+                env, policy.verify_window_s, policy.thresholds.health_failures
+            )
+            if failures is None:
+                return f"{policy.verify_window_s:g}s of /healthz answered"
+            reason = f"/healthz failed {failures} times in a row"
+            if not policy.auto_rollback:
+                raise VerifyFailed(
+                    f"verify failed: {reason}; auto_rollback is off, {rel.id} still serves",
+                    hint=f"`inv {env.name}.rollback --level 2` to go back",
+                )
+            raise RolledBack(f"verify failed: {reason}")
+
+        ctx.step("verify", verify_step)
+    except VerifyFailed:
+        raise  # the operator chose no automatic rollback: the new release keeps serving
+    except Exception as err:
+        reason = getattr(err, "message", err.__class__.__name__)
+        back = _revert(ctx, rt, rel.id, reason=reason)
+        if back and not isinstance(err, RolledBack):
+            raise RolledBack(
+                f"{reason}; {back} serves again", hint=f"inspect with `inv {env.name}.logs`"
+            ) from None
+        raise
+    ctx.step("record", lambda: "history written")
+    ctx.step(
+        "prune",
+        lambda: _prune(
+            rt, host, layout, keep=policy.keep_releases, protect={rel.id, ctx.previous or ""}
+        ),
+    )
+
+
+def _revert(ctx: Context, rt: ComposeRuntime, rid: str, *, reason: str) -> str | None:
+    """Start the previous tag again (or stop the new app when there is none); returns the tag."""
+    prev = ctx.previous
+    try:
+        if prev:
+            rt.up(prev, commit=_commit_of(history(ctx.host, ctx.layout), prev))
+            ctx.printer(f"{ctx.env.name}: revert    {prev} serves again ({reason})")
+            return prev
+        res = rt.run(lambda c: c.stop(services=[APP_SERVICE]), release=rid)
+        if not res.ok:
+            raise rt._failed("stopping the app", res)
+        ctx.printer(f"{ctx.env.name}: revert    no previous release; {rid} stopped ({reason})")
+    except DeployError as err:
+        raise ServiceError(
+            f"{reason}; going back failed too: {err.message}",
+            hint=f"nothing may be serving: `inv {ctx.env.name}.status`, then deploy a fix",
+        ) from None
+    return None
+
+
+def _smoke(rt: ComposeRuntime, rid: str, *, rolling_back: bool = False) -> str:
+    if not rt.host.is_local:
+        return _probe_in_container(rt, rid)
+    probes = smoke.run(rt.cfg, expect_release=rid)
+    bad = smoke.failed(probes)
+    if bad:
+        what = f"smoke failed ({bad[0].name}: {bad[0].detail})"
+        if rolling_back:  # nothing to go back to from a rollback: it failed, it did not roll back
+            raise ServiceError(what, hint=f"inspect with `inv {rt.cfg.name}.logs`")
+        raise RolledBack(what)
+    return f"{len(probes)} probes passed in {sum(p.ms for p in probes):.0f} ms"
+
+
+# A remote host publishes the app on its own loopback: it is probed from inside the container.
+_PROBE = """
+import json, sys, urllib.request
+base = "http://127.0.0.1:8000"
+for path in ("/healthz", "/readyz"):
+    urllib.request.urlopen(base + path, timeout=3)
+print(json.load(urllib.request.urlopen(base + "/version", timeout=3)).get("release"))
+"""
+
+
+def _probe_in_container(rt: ComposeRuntime, rid: str) -> str:
+    res = rt.exec(["python", "-c", _PROBE])
+    serving_now = res.stdout.strip().splitlines()[-1:] if res.ok else []
+    if serving_now != [rid]:
+        detail = f"serving {serving_now[0]}" if serving_now else rt._scrub(res.tail(1))
+        raise RolledBack(f"smoke failed in the app container ({detail}, expected {rid})")
+    return "health, ready and version answered in the app container"
+
+
+def _health_window(env: EnvConfig, window_s: float, limit: int) -> int | None:
+    """Poll /healthz for window_s; the run of failures that passed limit, or None."""
+    deadline = time.monotonic() + window_s
+    run = 0
+    while time.monotonic() < deadline:
+        try:
+            status, _ = smoke.http("GET", f"http://127.0.0.1:{env.app_port}/healthz", timeout=2)
+        except OSError:
+            status = 0
+        run = run + 1 if status != 200 else 0
+        if run > limit:
+            return run
+        time.sleep(0.25)
+    return None
+
+
+def _prune(rt: ComposeRuntime, host: Host, layout: Layout, *, keep: int, protect: set[str]) -> str:
+    """Untag the served release that falls out of the newest `keep` (one per deploy)."""
+    entries = history(host, layout)
+    good = [
+        str(e["release"])
+        for e in reversed(entries)
+        if e.get("status") == "success" and e.get("kind") in _SERVED_KINDS and e.get("release")
+    ]
+    newest = list(dict.fromkeys([*[p for p in protect if p], *good]))
+    if len(newest) <= keep or newest[keep] in protect:
+        return "pruned 0"
+    res = host.run(cmd.remove_image(rt.image, newest[keep]), check=False, timeout=120)
+    return f"pruned {rt.image}:{newest[keep]}" if res.ok else f"{newest[keep]} already gone"
+
+
+# -- rollback --------------------------------------------------------------------------------------
+
+
+def rollback(
+    proj: Project,
+    name: str,
+    *,
+    level: int,
+    actor: Actor,
+    to: str | None = None,
+    backup_id: str | None = None,
+    reason: str = "",
+    yes: bool = False,
+    dry_run: bool = False,
+    reset_data: bool = False,
+    printer: Printer = print,
+    stop_at: str | None = None,
+    process_env: Mapping[str, str] | None = None,
+    confirm: Callable[[str], str] | None = None,
+) -> dict[str, Any]:
+    """Level 1 restarts the serving tag, level 2 starts the previous good one (down migrations
+    first when native level 2 would run them), level 3 freezes, restores the backup in the
+    postgres container and starts the backup's tag. Under the deploy lock."""
+    from deploy import rollback as native
+    from deploy.rollout import Context
+
+    env = proj.env(name)
+    native.check_request(
+        level=level,
+        env=env,
+        actor=actor,
+        yes=yes,
+        dry_run=dry_run,
+        reset_data=reset_data,
+        to=to,
+        backup_id=backup_id,
+    )
+    if reset_data:
+        raise UsageError(
+            f"--reset-data is not available on the compose runtime that {name} uses",
+            hint=f"`inv {name}.down`, remove the project's volumes by hand, then `inv {name}.up`",
+        )
+    host, layout = place(proj, name)
+    rt = runtime_for(proj, name, host=host, layout=layout)
+    checks = [*guards.environment_checks(proj, name, process_env or {})]
+    if not dry_run:  # a plan reads history only; acting needs the engine
+        checks.append(("engine", lambda: engine_check(rt)))
+    guards.require(guards.run_checks(checks))
+    entries = history(host, layout)
+    current = _served(entries) if dry_run else serving(rt)
+    if current is None and level == 3:
+        # a restore needs no running app: one that stopped half-way is run again from history
+        current = _served(entries)
+    if current is None:
+        raise UsageError(
+            f"{name} has no running release to roll back",
+            hint=f"deploy one with `inv {name}.deploy`",
+        )
+    p = _rollback_plan(
+        proj,
+        rt,
+        entries,
+        level=level,
+        current=current,
+        to=to,
+        actor=str(actor),
+        backup_id=backup_id,
+        layout=layout,
+    )
+    if dry_run:
+        hidden = ("schema_plan", "backup_info")
+        return {"dry_run": True, **{k: v for k, v in p.items() if k not in hidden}}
+    info: Mapping[str, Any] | None = p["backup_info"]
+    if info is not None:  # before anything changes: the dump is whole and the tag still exists
+        _checked_dump(host, layout, info, name=name)
+        if not host.run(cmd.image_exists(rt.image, p["target"]), check=False, timeout=60).ok:
+            raise GuardRefused(
+                f"backup {info['id']} matches release {p['target']}, whose image "
+                f"{rt.image}:{p['target']} is gone",
+                hint="build and tag that commit's image again, then restore with --backup ID",
+            )
+    native.confirm_prod(env, actor=actor, yes=yes, confirm=confirm)
+
+    ctx = Context(proj, env, actor, host, layout, printer, stop_at=stop_at)
+    target: str = p["target"]
+    commit = _commit_of(entries, target)
+    entry = HistoryEntry(
+        id=new_id(),
+        time=utc_now(),
+        env=name,
+        release=target,
+        commit=commit,
+        ref=next(
+            (str(e.get("ref", "")) for e in reversed(entries) if e.get("release") == target), ""
+        ),
+        actor=str(actor),
+        kind=f"rollback-{level}",
+        status="running",
+        previous=current,
+        backup=info["id"] if info else None,
+        notes=f"reason: {reason}" if reason else "",
+    )
+
+    def body(details: list[str]) -> None:
+        record_history(host, layout, entry)
+        if level == 1:
+
+            def restart() -> str:
+                res = rt.run(lambda c: c.restart(), release=current, commit=commit)
+                if not res.ok:
+                    raise rt._failed("compose restart", res)
+                return f"{len(rt.up(current, commit=commit))} containers healthy"
+
+            ctx.step("restart", restart)
+        elif info is not None:
+            _level3(ctx, rt, info, current=current, target=target, commit=commit, reason=reason)
+            details.append(f"restored backup {info['id']}; frozen")
+        else:
+            schema = p["schema_plan"]
+
+            def schema_step() -> str:
+                if not schema.revert:
+                    return schema.describe()
+                argv = migrate_argv(
+                    "down", release=target, applied_by=str(actor), to=schema.target_version
+                )
+                try:
+                    res = rt.migrate(argv, release=current)  # the serving image has the down files
+                except MigrationError as err:
+                    raise MigrationError(
+                        err.message, hint=f"level 2 stopped; {current} still serves"
+                    ) from None
+                done = _versions(res.stdout, "reverted")
+                details.append(f"reverted migrations {done}")
+                return f"reverted {done}"
+
+            ctx.step("schema", schema_step)
+            if not schema.revert and schema.since:
+                details.append(f"schema kept (expand-only {list(schema.since)})")
+            ctx.step("start", lambda: f"{len(rt.up(target, commit=commit))} containers healthy")
+        ctx.step("smoke", lambda: _smoke(rt, target, rolling_back=True))
+
+    try:
+        native.recorded(
+            ctx,
+            entry,
+            level=level,
+            reason=reason,
+            process_env=process_env,
+            body=body,
+            audit_extra=lambda: {"runtime": "compose"},
+        )
+    finally:
+        host.close()
+    return {
+        "level": level,
+        "kind": entry.kind,
+        "status": entry.status,
+        "previous": current,
+        "release": target,
+        "duration_s": entry.duration_s,
+        "steps": ctx.timings,
+        "history_id": entry.id,
+        "notes": entry.notes,
+        "backup": entry.backup,
+    }
+
+
+def _level3(
+    ctx: Context,
+    rt: ComposeRuntime,
+    info: Mapping[str, Any],
+    *,
+    current: str,
+    target: str,
+    commit: str,
+    reason: str,
+) -> None:
+    """Freeze, stop the app, restore in the postgres container, start the backup's tag."""
+    from deploy import rollback as native
+
+    name, actor = ctx.env.name, str(ctx.actor)
+
+    # frozen first: a restore that dies half-way must not invite the next deploy in
+    def freeze_step() -> str:
+        record = native.freeze(
+            ctx.host, ctx.layout, actor=actor, reason=reason, backup=info["id"], release=target
+        )
+        notify.send(
+            ctx.proj, name, "freeze", actor=actor, release=target, status="frozen", details=record
+        )
+        return str(record["when"])
+
+    def stop() -> str:
+        res = rt.run(lambda c: c.stop(services=[APP_SERVICE]), release=current)
+        if not res.ok:
+            raise rt._failed("stopping the app", res)
+        return f"{current} stopped"
+
+    ctx.step("freeze", freeze_step)
+    ctx.step("stop", stop)
+    ctx.step("restore", lambda: _restore(rt, ctx.layout, info, actor=actor))
+    ctx.step("start", lambda: f"{len(rt.up(target, commit=commit))} containers healthy")
+
+
+def _level3_plan(
+    proj: Project,
+    rt: ComposeRuntime,
+    entries: Sequence[Mapping[str, Any]],
+    *,
+    current: str,
+    backup_id: str | None,
+    layout: Layout,
+) -> dict[str, Any]:
+    """The backup to restore (native choice rules) and the tag it was taken under."""
+    from deploy import rollback as native
+
+    name, c = rt.cfg.name, rt.commands()
+    chosen = (
+        backup_mod.find(proj, name, backup_id)
+        if backup_id
+        else native.backup_for(entries, backup_mod.list_backups(proj, name), current=current)
+    )
+    if chosen is None:
+        raise GuardRefused(
+            f"no backup of {name} was taken before {current}",
+            hint=f"list them with `inv {name}.backups`; pick one with --backup ID",
+        )
+    target = str(chosen.get("release") or "")
+    if not target or target not in set(_releases_in(entries)):
+        raise GuardRefused(
+            f"backup {chosen['id']} matches release {target or '(none)'}, which history does "
+            "not know as an image tag",
+            hint=f"pick another with --backup ID (`inv {name}.backups` lists them)",
+        )
+    user, database = _pg(rt)
+    env_img = _release_env(rt, None)
+    restore = restore_argv(
+        c, user=user, database=database, backup_id=chosen["id"], backups_dir=layout.backups
+    )
+    start = c.up(wait=True, wait_timeout_s=rt.wait_timeout_s)
+    commands = [
+        f"stop:    {shown(c.stop(services=[APP_SERVICE]), _release_env(rt, current))}",
+        *(f"restore: {shown(argv, env_img)}" for argv in restore),
+        f"start:   {shown(start, _release_env(rt, target, _commit_of(entries, target)))}",
+    ]
+    return {
+        "target": target,
+        "backup": chosen["id"],
+        "backup_info": chosen,
+        "steps": [
+            ("freeze", f"write {layout.freeze}: deploys refused until unfreeze"),
+            ("stop", f"stop the app container ({current})"),
+            (
+                "restore",
+                f"copy {chosen['id']}.dump into the postgres container; drop and recreate "
+                f"{database}; pg_restore it there",
+            ),
+            ("start", f"up --wait with the backup's tag {rt.image}:{target}"),
+            ("smoke", "health, ready, version, identity, postgres, redis"),
+        ],
+        "commands": commands,
+    }
+
+
+def _rollback_plan(
+    proj: Project,
+    rt: ComposeRuntime,
+    entries: Sequence[Mapping[str, Any]],
+    *,
+    level: int,
+    current: str,
+    to: str | None,
+    actor: str,
+    backup_id: str | None = None,
+    layout: Layout | None = None,
+) -> dict[str, Any]:
+    """The rollback's target, steps and exact commands; refuses before anything changes."""
+    from deploy import rollback as native
+
+    name, c = rt.cfg.name, rt.commands()
+    smoke_row = ("smoke", "health, ready, version, identity, postgres, redis")
+    out: dict[str, Any] = {
+        "level": level,
+        "kind": native.LEVELS[level],
+        "env": name,
+        "current": current,
+        "target": current,
+        "schema": None,
+        "backup": None,
+        "resumes": None,
+        "schema_plan": None,
+        "backup_info": None,
+    }
+    if level == 3:
+        assert layout is not None
+        out.update(
+            _level3_plan(proj, rt, entries, current=current, backup_id=backup_id, layout=layout)
+        )
+        return out
+    if level == 1:
+        start = c.up(wait=True, wait_timeout_s=rt.wait_timeout_s)
+        env_cur = _release_env(rt, current, _commit_of(entries, current))
+        out["steps"] = [
+            ("restart", f"restart every container of {current}, then up --wait with it"),
+            smoke_row,
+        ]
+        out["commands"] = [
+            f"restart: {shown(c.restart(), env_cur)}",
+            f"restart: {shown(start, env_cur)}",
+        ]
+        return out
+    known = set(_releases_in(entries))
+    if to:
+        if to not in known:
+            raise UsageError(
+                f"history names no release {to!r}", hint=f"`inv {name}.history` lists them"
+            )
+        if to == current:
+            raise UsageError(f"{to} is already serving", hint="level 1 restarts it")
+        target = to
+    else:
+        found = native.previous_good(entries, current=current, existing=frozenset(known))
+        if found is None:
+            raise GuardRefused(
+                f"no previous good release of {current} is in history",
+                hint="name one with --to RELEASE",
+            )
+        target = found
+    files = migrations.discover_at_commit(proj.root, _commit_of(entries, current))
+    target_files = migrations.discover_at_commit(proj.root, _commit_of(entries, target))
+    target_version = max((f.version for f in target_files), default=0)
+    # the serving release applied every file it ships; the engine re-reads the ledger to act
+    schema = native.schema_plan(files, [f.version for f in files], target_version=target_version)
+    if schema.refused:
+        raise GuardRefused(
+            f"level 2 cannot go back to {target}: {', '.join(schema.missing_down)} has no down file",
+            hint=f"`inv {name}.rollback --level 3` restores the backup taken before the deploy",
+        )
+    start = c.up(wait=True, wait_timeout_s=rt.wait_timeout_s)
+    commands = []
+    if schema.revert:
+        down = migrate_argv("down", release=target, applied_by=actor, to=schema.target_version)
+        env_cur = _release_env(rt, current)
+        commands += [
+            f"schema:  {shown(c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s), env_cur)}",
+            f"schema:  {shown(c.run(APP_SERVICE, down, no_deps=True), env_cur)}",
+        ]
+    commands.append(
+        f"start:   {shown(start, _release_env(rt, target, _commit_of(entries, target)))}"
+    )
+    out.update(
+        target=target,
+        schema=schema.describe(),
+        schema_plan=schema,
+        steps=[
+            (
+                "schema",
+                schema.describe() + (f" (with the {current} image)" if schema.revert else ""),
+            ),
+            ("start", f"up --wait with the previous tag {rt.image}:{target}"),
+            smoke_row,
+        ],
+        commands=commands,
+    )
+    return out

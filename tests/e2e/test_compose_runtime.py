@@ -1,0 +1,589 @@
+"""The compose runtime through `inv`: its dry-run plans, its refusal without an engine, and the
+exact docker argv of a deploy, a deploy whose `up` fails, rollback level 2, backups taken in the
+postgres container and a level 3 restore.
+
+No Docker engine runs here. The argv test puts tests/fake_docker.py first on PATH as `docker`: the
+stand-in for the engine (and only for it). It records every call and does what the engine would
+with the real parts: PostgreSQL and Redis as the native runtime runs them, the app under
+gunicorn from the image's files, the migration engine in the image's directory, the wheel's
+pg_dump, pg_restore and psql for the postgres container. Smoke is HTTP against APP_PORT, as on a
+real engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Project, destroy, make_project
+
+REPO = Path(__file__).resolve().parents[2]
+SECRETS = {
+    "POSTGRES_PASSWORD": "pg-compose-dev-s3cret-9f1",
+    "REDIS_PASSWORD": "redis-compose-dev-s3cret-4a7",
+    "API_KEYS": "key-compose-dev-s3cret-c2e",
+    "SECRET_KEY": "sign-compose-dev-s3cret-77b",
+}
+BASE = [
+    "docker",
+    "compose",
+    "-p",
+    "stageflow-dev",
+    "--env-file",
+    "env/dev.env",
+    "--env-file",
+    "env/dev.secrets.env",
+    "-f",
+    "compose/compose.yml",
+    "-f",
+    "compose/compose.dev.yml",
+]
+ENGINE = [
+    ["docker", "info", "--format", "{{.ServerVersion}}"],
+    ["docker", "compose", "version", "--short"],
+]
+PS = [*BASE, "ps", "--all", "--format", "json"]
+UP_SERVERS = [
+    *BASE,
+    "up",
+    "-d",
+    "--wait",
+    "--wait-timeout",
+    "120",
+    "--remove-orphans",
+    "postgres",
+    "redis",
+]
+UP = [*BASE, "up", "-d", "--wait", "--wait-timeout", "120", "--remove-orphans"]
+
+
+def _engine_answers() -> bool:
+    import subprocess
+
+    if shutil.which("docker") is None:
+        return False
+    res = subprocess.run(["docker", "info"], capture_output=True, check=False)
+    return res.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def compose() -> Project:
+    proj = make_project("sf-compose-")
+    proj.set_policy("dev", runtime='"compose"')
+    path = proj.root / "env" / "dev.secrets.env"
+    path.write_text("".join(f"{k}={v}\n" for k, v in SECRETS.items()))
+    os.chmod(path, 0o600)
+    proj.commit("dev runs on the compose runtime")
+    try:
+        yield proj
+    finally:
+        destroy(proj)
+
+
+def _no_secret(*texts: str) -> None:
+    for text in texts:
+        for value in SECRETS.values():
+            assert value not in text
+
+
+def _rid(commit: str) -> str:
+    return r"\d{8}T\d{6}Z-" + commit[:8]
+
+
+def test_dry_run_prints_the_exact_docker_commands(compose: Project) -> None:
+    commit = compose.git("rev-parse", "HEAD")
+    res = compose.ok("dev.deploy", "--dry-run")
+    lines = [line.strip() for line in res.stdout.splitlines()]
+    home = compose.root / ".stageflow" / "dev"
+    build = next(line for line in lines if line.startswith("build:"))
+    m = re.fullmatch(
+        rf"build: +docker build --tag stageflow-app:(?P<rid>{_rid(commit)}) "
+        rf"--file {home}/releases/(?P=rid)/Dockerfile {home}/releases/(?P=rid)",
+        build,
+    )
+    assert m, build
+    rid = m["rid"]
+    env = f"STAGEFLOW_IMAGE=stageflow-app STAGEFLOW_RELEASE={rid}"
+    migrate = [line for line in lines if line.startswith("migrate:")]
+    assert migrate == [
+        f"migrate: {env} {' '.join(UP_SERVERS)}",
+        f"migrate: {env} {' '.join(BASE)} run --rm -T --no-deps app python -m "
+        f"deploy.compose_migrate up --release {rid} --applied-by alice@example.com",
+    ]
+    start = next(line for line in lines if line.startswith("start:"))
+    assert start == f"start:   {env} STAGEFLOW_COMMIT={commit} {' '.join(UP)}"
+    _no_secret(res.stdout, res.stderr)
+    assert not (home / "state" / "history.jsonl").exists()  # a plan changes nothing
+
+
+@pytest.mark.skipif(_engine_answers(), reason="a Docker engine answers here; this is the refusal")
+def test_without_an_engine_deploy_and_up_fail_closed_in_one_line(compose: Project) -> None:
+    res = compose.inv("dev.deploy")
+    assert res.returncode == 3, res.stdout + res.stderr
+    line = res.stderr.strip()
+    assert "\n" not in line
+    assert line.startswith(
+        'stageflow: guard engine refused: no Docker engine answers at local; use runtime = "native" (or '
+    )
+    home = compose.root / ".stageflow" / "dev"
+    assert not (home / "state" / "lock").exists()
+    assert compose.history("dev") == []
+    assert not (home / "releases").exists() or not os.listdir(home / "releases")
+    assert not list((compose.root / ".stageflow").glob("build/*.tar"))  # not even archived
+
+    res = compose.inv("dev.up")
+    assert res.returncode == 1, res.stdout + res.stderr
+    line = res.stderr.strip()
+    assert "\n" not in line
+    assert line.startswith(
+        'stageflow: no Docker engine answers at local; use runtime = "native" (or '
+    )
+    _no_secret(res.stdout, res.stderr)
+
+
+# -- against the stand-in engine --------------------------------------------------------------------
+
+
+class Engine:
+    """The stand-in's PATH entry and its record of calls."""
+
+    def __init__(self, proj: Project) -> None:
+        self.dir = proj.root / ".fake-docker"
+        self.bin = proj.root.parent / "fake-bin"
+        self.bin.mkdir(exist_ok=True)
+        script = self.bin / "docker"
+        script.write_text(
+            f'#!/bin/sh\nexec {sys.executable} {REPO / "tests" / "fake_docker.py"} "$@"\n'
+        )
+        script.chmod(0o755)
+        self.env = {"PATH": f"{self.bin}:{os.environ['PATH']}", "FAKE_DOCKER_DIR": str(self.dir)}
+        self.seen = 0
+        self.proj = proj
+        self.outputs: list[str] = []  # everything inv printed, for the secret scan
+
+    def inv(self, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+        """`inv args` with the stand-in first on PATH; its exit code must be `code`."""
+        res = self.proj.inv(*args, env=self.env)
+        self.outputs.extend([res.stdout, res.stderr])
+        assert res.returncode == code, (
+            f"inv {' '.join(args)}: {res.returncode}\n{res.stdout}\n{res.stderr}"
+        )
+        return res
+
+    def calls(self) -> list[dict]:
+        path = self.dir / "calls.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def new_calls(self) -> list[dict]:
+        """The calls since the last time this was asked."""
+        calls = self.calls()
+        out, self.seen = calls[self.seen :], len(calls)
+        return out
+
+    def fail(self, subcommand: str, *, commit: str) -> None:
+        (self.dir / "fail.json").write_text(
+            json.dumps({"subcommand": subcommand, "commit": commit})
+        )
+
+    def heal(self) -> None:
+        (self.dir / "fail.json").unlink(missing_ok=True)
+
+
+def _argv(calls: list[dict]) -> list[list[str]]:
+    return [c["argv"] for c in calls]
+
+
+def _build(home: Path, rid: str) -> list[str]:
+    ctx = f"{home}/releases/{rid}"
+    return ["docker", "build", "--tag", f"stageflow-app:{rid}", "--file", f"{ctx}/Dockerfile", ctx]
+
+
+def _migrate_up(rid: str, actor: str) -> list[str]:
+    return [
+        *BASE,
+        "run",
+        "--rm",
+        "-T",
+        "--no-deps",
+        "app",
+        "python",
+        "-m",
+        "deploy.compose_migrate",
+    ] + [
+        "up",
+        "--release",
+        rid,
+        "--applied-by",
+        actor,
+    ]
+
+
+def _deploy_argv(home: Path, rid: str, actor: str) -> list[list[str]]:
+    """What a deploy runs before start: engine checks, what serves (hook and lock), build, migrate."""
+    return [*ENGINE, PS, PS, _build(home, rid), UP_SERVERS, _migrate_up(rid, actor)]
+
+
+def _last(proj: Project) -> dict:
+    return proj.history("dev")[0]  # `history --json` lists the newest first
+
+
+def _serving(proj: Project) -> str:
+    """The release the app on APP_PORT reports: what an operator's browser would see."""
+    import urllib.request
+
+    with urllib.request.urlopen(proj.url("dev", "/version"), timeout=5) as resp:
+        return json.load(resp)["release"]
+
+
+def test_deploy_failed_up_and_rollback_run_these_docker_commands(compose: Project) -> None:
+    engine = Engine(compose)
+    home = compose.root / ".stageflow" / "dev"
+    actor = compose.actor
+    inv = engine.inv
+
+    try:
+        inv("dev.up")
+        assert _argv(engine.new_calls()) == [*ENGINE, UP_SERVERS]
+
+        # first deploy: nothing served before it
+        commit_a = compose.git("rev-parse", "HEAD")
+        inv("dev.deploy")
+        a = _last(compose)
+        assert (a["status"], a["commit"], a["migrations"]) == ("success", commit_a, [1, 2, 3])
+        rid_a = a["release"]
+        assert re.fullmatch(_rid(commit_a), rid_a)
+        calls = engine.new_calls()
+        assert _argv(calls) == [*_deploy_argv(home, rid_a, actor), UP, PS]
+        start = calls[-2]
+        assert (start["release"], start["commit"]) == (rid_a, commit_a)
+        assert {"STAGEFLOW_IMAGE", "STAGEFLOW_RELEASE", "POSTGRES_PASSWORD"} <= set(start["env"])
+        assert _serving(compose) == rid_a
+
+        # second deploy ships a migration with a down file (contract: level 2 runs its down)
+        mig = compose.root / "app" / "migrations"
+        (mig / "0004_compose_probe.up.sql").write_text("CREATE TABLE compose_probe (id int);\n")
+        (mig / "0004_compose_probe.down.sql").write_text("DROP TABLE compose_probe;\n")
+        commit_b = compose.commit("a contract migration")
+        inv("dev.deploy")
+        b = _last(compose)
+        assert (b["status"], b["previous"], b["migrations"]) == ("success", rid_a, [4])
+        rid_b = b["release"]
+        assert _argv(engine.new_calls()) == [*_deploy_argv(home, rid_b, actor), UP, PS]
+        assert _serving(compose) == rid_b
+
+        # the plan of level 2 names the previous tag and the down migration, in B's image
+        res = inv("dev.rollback", "--level", "2", "--dry-run")
+        assert f"dev: level 2 (revert) {rid_b} -> {rid_a}" in res.stdout
+        lines = [
+            line.strip()
+            for line in res.stdout.splitlines()
+            if line.strip().startswith(("schema:", "start:"))
+        ]
+        env_b = f"STAGEFLOW_IMAGE=stageflow-app STAGEFLOW_RELEASE={rid_b}"
+        assert lines == [
+            f"schema:  {env_b} {' '.join(UP_SERVERS)}",
+            f"schema:  {env_b} {' '.join(BASE)} run --rm -T --no-deps app python -m "
+            f"deploy.compose_migrate down --to 3 --release {rid_a} --applied-by alice@example.com",
+            f"start:   STAGEFLOW_IMAGE=stageflow-app STAGEFLOW_RELEASE={rid_a} "
+            f"STAGEFLOW_COMMIT={commit_a} {' '.join(UP)}",
+        ]
+        assert engine.new_calls() == []  # a plan asks no engine
+
+        # a deploy whose `up` fails: B is started again, history says rolled-back, lock released
+        (compose.root / "README.md").write_text("a release whose container never gets healthy\n")
+        commit_c = compose.commit("release C")
+        engine.fail("up", commit=commit_c)
+        res = inv("dev.deploy", code=6)
+        assert f"{rid_b} serves again" in res.stderr and "\n" not in res.stderr.strip()
+        c = _last(compose)
+        assert (c["status"], c["previous"]) == ("rolled-back", rid_b)
+        rid_c = c["release"]
+        calls = engine.new_calls()
+        assert _argv(calls) == [*_deploy_argv(home, rid_c, actor), UP, UP, PS]
+        assert [(x["release"], x["commit"]) for x in calls[-3:-1]] == [
+            (rid_c, commit_c),
+            (rid_b, commit_b),
+        ]
+        assert not (home / "state" / "lock").exists()
+        assert _serving(compose) == rid_b
+        engine.heal()
+
+        # level 2: B's image reverts migration 4, then A's tag starts
+        inv("dev.rollback", "--level", "2", "--reason", "compose e2e")
+        r = _last(compose)
+        assert (r["kind"], r["status"], r["release"], r["previous"]) == (
+            "rollback-2",
+            "success",
+            rid_a,
+            rid_b,
+        )
+        assert "reverted migrations [4]" in r["notes"]
+        calls = engine.new_calls()
+        down = [
+            *BASE,
+            "run",
+            "--rm",
+            "-T",
+            "--no-deps",
+            "app",
+            "python",
+            "-m",
+            "deploy.compose_migrate",
+        ]
+        down += ["down", "--to", "3", "--release", rid_a, "--applied-by", actor]
+        assert _argv(calls) == [*ENGINE, PS, UP_SERVERS, down, UP, PS]
+        assert [x["release"] for x in calls[-4:-1]] == [rid_b, rid_b, rid_a]
+        assert _serving(compose) == rid_a
+        assert not (home / "state" / "lock").exists()
+
+        status = json.loads(inv("dev.status", "--json").stdout)
+        assert (status["app"]["release"], status["postgres"]["up"], status["redis"]["up"]) == (
+            rid_a,
+            True,
+            True,
+        )
+        inv("dev.logs", "--tail", "5")
+    finally:
+        engine.heal()
+        compose.inv("dev.down", env=engine.env)
+    assert _argv(engine.new_calls())[-1] == [*BASE, "down", "--remove-orphans"]
+    recorded = (engine.dir / "calls.jsonl").read_text()
+    _no_secret(recorded, *engine.outputs)
+
+
+# -- backups and level 3 ----------------------------------------------------------------------------
+
+PG = ["exec", "-T", "postgres"]
+PSQL = ["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-U", "app_dev"]
+
+
+def _ledger() -> list[str]:
+    from deploy.commands.compose import applied_versions_sql
+
+    return [
+        *BASE,
+        *PG,
+        *PSQL,
+        "-d",
+        "stageflow_dev",
+        "-c",
+        *applied_versions_sql("stageflow_migrations"),
+    ]
+
+
+def _backup(home: Path, bid: str) -> list[list[str]]:
+    tmp = f"/tmp/{bid}.dump"
+    return [
+        [*BASE, *PG, "pg_dump", "-Fc", "-Z", "1", "--no-owner", "-U", "app_dev"]
+        + ["-d", "stageflow_dev", "-f", tmp],
+        [*BASE, "cp", f"postgres:{tmp}", f"{home}/shared/backups/{bid}.dump"],
+        [*BASE, *PG, "rm", "-f", tmp],
+    ]
+
+
+def _restore(home: Path, bid: str) -> list[list[str]]:
+    tmp = f"/tmp/{bid}.dump"
+    return [
+        [*BASE, "cp", f"{home}/shared/backups/{bid}.dump", f"postgres:{tmp}"],
+        [*BASE, *PG, *PSQL, "-d", "postgres"]
+        + ["-c", 'DROP DATABASE IF EXISTS "stageflow_dev" WITH (FORCE)']
+        + ["-c", 'CREATE DATABASE "stageflow_dev" OWNER "app_dev"'],
+        [*BASE, *PG, "pg_restore", "--clean", "--if-exists", "--exit-on-error", "--no-owner"]
+        + ["--jobs=2", "-U", "app_dev", "-d", "stageflow_dev", tmp],
+        [*BASE, *PG, "rm", "-f", tmp],
+    ]
+
+
+def _sql(proj: Project, query: str) -> list[tuple]:
+    """What the app's role sees in dev's database (the stand-in publishes it on loopback)."""
+    import psycopg
+
+    dsn = f"postgresql://app_dev@127.0.0.1:{proj.ports['dev']['pg']}/stageflow_dev"
+    with psycopg.connect(dsn, password=SECRETS["POSTGRES_PASSWORD"], autocommit=True) as conn:
+        cur = conn.execute(query)
+        return cur.fetchall() if cur.description else []
+
+
+def test_backups_and_level_3_restore_run_in_the_postgres_container(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import hashlib
+
+    proj = make_project("sf-compose-l3-")
+    proj.set_policy("dev", runtime='"compose"', backup='"pending-migrations"')
+    path = proj.root / "env" / "dev.secrets.env"
+    path.write_text("".join(f"{k}={v}\n" for k, v in SECRETS.items()))
+    os.chmod(path, 0o600)
+    commit_a = proj.commit("dev runs on compose and backs up before pending migrations")
+    engine = Engine(proj)
+    home = proj.root / ".stageflow" / "dev"
+    inv = engine.inv
+
+    def newest() -> dict:
+        """The newest history entry, read as `inv dev.history` reads it (without its start-up)."""
+        from deploy.hosts import Host
+        from deploy.state import Layout, history
+
+        return history(Host(), Layout(str(home)))[-1]
+
+    try:
+        res = inv("dev.deploy", "--dry-run")
+        env_img = "STAGEFLOW_IMAGE=stageflow-app"
+        assert [
+            line.strip() for line in res.stdout.splitlines() if line.strip().startswith("backup:")
+        ] == [
+            f"backup:  {env_img} {shlex.join(argv)}"
+            for argv in [UP_SERVERS, _ledger(), *_backup(home, "<id>")]
+        ]
+        # A: the backup step starts postgres; 1-3 are pending on an empty database, so it dumps
+        inv("dev.deploy")
+        a = newest()
+        rid_a = a["release"]
+        assert a["backup"] and a["commit"] == commit_a
+        # that backup holds no release to go back to: level 3 refuses before anything changes
+        res = inv("dev.rollback", "--level", "3", "--dry-run", code=3)
+        assert f"backup {a['backup']} matches release (none)" in res.stderr
+        _sql(proj, "INSERT INTO notes (body) VALUES ('written under A')")
+
+        mig = proj.root / "app" / "migrations"
+        (mig / "0004_compose_probe.up.sql").write_text("CREATE TABLE compose_probe (id int);\n")
+        (mig / "0004_compose_probe.down.sql").write_text("DROP TABLE compose_probe;\n")
+        proj.commit("B ships migration 4")
+        engine.new_calls()
+        inv("dev.deploy")
+        b = newest()
+        rid_b, bid = b["release"], b["backup"]
+        assert (b["status"], b["migrations"], b["previous"]) == ("success", [4], rid_a)
+        img = {"STAGEFLOW_IMAGE"}
+        calls = engine.new_calls()
+        assert _argv(calls) == [
+            *ENGINE,
+            PS,
+            PS,
+            _build(home, rid_b),
+            UP_SERVERS,
+            _ledger(),
+            *_backup(home, bid),
+            UP_SERVERS,
+            _migrate_up(rid_b, proj.actor),
+            UP,
+            PS,
+        ]
+        assert calls[5]["release"] is None and img <= set(calls[5]["env"])
+        dump = home / "shared" / "backups" / f"{bid}.dump"
+        meta = json.loads((home / "shared" / "backups" / f"{bid}.json").read_text())
+        assert meta["sha256"] == hashlib.sha256(dump.read_bytes()).hexdigest()
+        assert dump.read_bytes()[:5] == b"PGDMP"  # pg_dump's custom format
+        assert (dump.stat().st_mode & 0o777, meta["size_bytes"]) == (0o600, dump.stat().st_size)
+        assert (meta["id"], meta["release"], meta["ledger_version"], meta["database"]) == (
+            bid,
+            rid_a,
+            3,
+            "stageflow_dev",
+        )
+        assert not list((engine.dir / "containers" / "postgres" / "tmp").iterdir())
+        # by hand: recorded under the tag the app container runs
+        manual = json.loads(inv("dev.backup", "--reason", "by hand", "--json").stdout)
+        assert (manual["release"], manual["ledger_version"], manual["reason"]) == (
+            rid_b,
+            4,
+            "by hand",
+        )
+        assert _argv(engine.new_calls())[-3:] == _backup(home, manual["id"])
+        listed = json.loads(inv("dev.backups", "--json").stdout)
+        assert [x["id"] for x in listed] == [manual["id"], bid, a["backup"]]  # newest first
+
+        # verify (the native result): restored into a scratch database beside the live one
+        from deploy import compose_ops
+        from deploy.config import load_project
+
+        for key, value in engine.env.items():
+            monkeypatch.setenv(key, value)
+        checked = compose_ops.verify_backup(load_project(proj.root, process_env={}), "dev", bid)
+        tables = {t["table"]: (t["backup"], t["live"]) for t in checked["tables"]}
+        assert tables["stageflow_migrations"] == (3, 4) and tables["compose_probe"] == (None, 0)
+        assert tables["notes"][1] == tables["notes"][0] + 1  # B's smoke wrote one since
+        assert not checked["ok"]
+        databases = _sql(proj, "SELECT datname FROM pg_database WHERE datname LIKE '%verify%'")
+        assert databases == []  # the scratch database is gone
+        assert engine.new_calls()[-1]["argv"][len(BASE) :] == [*PG, "rm", "-f", f"/tmp/{bid}.dump"]
+
+        _sql(proj, "INSERT INTO notes (body) VALUES ('written under B')")
+        res = inv("dev.rollback", "--level", "3", "--dry-run")
+        assert f"dev: level 3 (restore) {rid_b} -> {rid_a}" in res.stdout
+        planned = [
+            line.strip()
+            for line in res.stdout.splitlines()
+            if line.strip().startswith(("stop:", "restore:", "start:"))
+        ]
+        assert planned == [
+            f"stop:    STAGEFLOW_IMAGE=stageflow-app STAGEFLOW_RELEASE={rid_b} "
+            f"{' '.join(BASE)} stop app",
+            *(
+                f"restore: STAGEFLOW_IMAGE=stageflow-app {shlex.join(argv)}"
+                for argv in _restore(home, bid)
+            ),
+            f"start:   STAGEFLOW_IMAGE=stageflow-app STAGEFLOW_RELEASE={rid_a} "
+            f"STAGEFLOW_COMMIT={commit_a} {' '.join(UP)}",
+        ]
+        assert engine.new_calls() == []  # a plan asks no engine
+
+        inv("dev.rollback", "--level", "3", "--reason", "compose e2e restore")
+        r = newest()
+        assert (r["kind"], r["status"], r["release"], r["previous"], r["backup"]) == (
+            "rollback-3",
+            "success",
+            rid_a,
+            rid_b,
+            bid,
+        )
+        calls = engine.new_calls()
+        assert _argv(calls) == [
+            *ENGINE,
+            PS,
+            ["docker", "image", "inspect", "--format", "{{.Id}}", f"stageflow-app:{rid_a}"],
+            [*BASE, "stop", "app"],
+            *_restore(home, bid),
+            UP,
+            PS,
+        ]
+        assert calls[-2]["release"] == rid_a
+        assert _sql(proj, "SELECT body FROM notes WHERE body LIKE 'written%'") == [
+            ("written under A",)
+        ]
+        assert _sql(proj, "SELECT to_regclass('compose_probe') IS NULL") == [(True,)]
+        assert _serving(proj) == rid_a
+        assert json.loads((home / "state" / "frozen.json").read_text())["backup"] == bid
+
+        res = inv("dev.deploy", code=7)
+        assert "dev is frozen after a level 3 restore" in res.stderr
+        assert "\n" not in res.stderr.strip()
+        assert newest()["id"] == r["id"]  # refused before the lock: no history row
+        inv("dev.unfreeze", "--reason", "notes checked after the restore")
+        assert not (home / "state" / "frozen.json").exists()
+        kept = ("backup", "freeze", "restore", "rollback-3", "unfreeze")
+        audit = [
+            json.loads(line) for line in (home / "state" / "audit.jsonl").read_text().splitlines()
+        ]
+        assert [x["action"] for x in audit if x["action"] in kept] == [
+            "backup",
+            "backup",
+            "backup",
+            "freeze",
+            "restore",
+            "rollback-3",
+            "unfreeze",
+        ]
+    finally:
+        proj.inv("dev.down", env=engine.env)
+        recorded = (engine.dir / "calls.jsonl").read_text()
+        destroy(proj)
+    _no_secret(recorded, *engine.outputs)
