@@ -62,10 +62,29 @@ def _timed(name: str, fn: Callable[[], tuple[bool, str]]) -> Probe:
     return Probe(name, ok, detail, (time.perf_counter() - start) * 1000)
 
 
+def _settle(base: str, release: str, *, answers: int = 3, timeout_s: float = 5.0) -> None:
+    """Wait until `answers` requests in a row come from release. Just after a switch, a worker
+    of the master being drained may still take a request off the shared socket (a good answer
+    for a client, a wrong one for a probe of the new release). Gives up silently after
+    timeout_s: the version probe then says what answers."""
+    deadline = time.monotonic() + timeout_s
+    streak = 0
+    while streak < answers and time.monotonic() < deadline:
+        try:
+            _, body = http("GET", f"{base}/version", timeout=2.0)
+        except OSError:
+            body = None
+        streak = streak + 1 if isinstance(body, dict) and body.get("release") == release else 0
+        if streak < answers and not streak:
+            time.sleep(0.05)
+
+
 def run(
     env: EnvConfig, *, expect_release: str | None = None, host: str = "127.0.0.1"
 ) -> list[Probe]:
     base = f"http://{host}:{env.app_port}"
+    if expect_release:
+        _settle(base, expect_release)
     api_keys = env.secret("API_KEYS")
     headers = {"X-API-Key": api_keys.reveal().split(",")[0].strip()} if api_keys else {}
 
