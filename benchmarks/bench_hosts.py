@@ -410,6 +410,7 @@ def main() -> int:
         with fleet(base, max(SIZES)) as servers:
             try:
                 measure(project, servers, doc)
+                doc["rollbacks"] = measure_rollbacks(project, servers)
             finally:
                 destroy(project)  # `down` stops the service on every host while sshd still runs
     finally:
@@ -480,6 +481,63 @@ def measure(project: Project, servers: list[Sshd], doc: dict[str, Any]) -> None:
         }
         if n in (min(SIZES), max(SIZES)):  # the two ends show it; each profile is one more deploy
             doc["deploys"][str(n)]["profile"] = profiled_deploy(project, cpu, batches=groups)
+
+
+ROLLBACK_HOSTS = int(os.environ.get("STAGEFLOW_BENCH_ROLLBACK_HOSTS", "4"))
+
+
+def measure_rollbacks(project: Project, servers: list[Sshd]) -> dict[str, Any]:
+    """Each rollback level over ROLLBACK_HOSTS hosts at batch 25%, with the deploy beside it."""
+    n = min(ROLLBACK_HOSTS, len(servers))
+    lock = project.root / "app" / "requirements.lock"
+    venv = shared_venv(lock)
+    dirs = set_hosts(project.root, "staging", servers[:n], batch=BATCH, verify_window_s=0)
+    for d in dirs:
+        seed_venv(d, venv, lock)
+    project.set_policy("staging", keep_releases=20)  # x must outlive the runs' deploys
+    project.commit(f"staging on {n} hosts, for rollbacks")
+
+    def inv_json(*args: str) -> tuple[float, dict[str, Any]]:
+        start = time.perf_counter()
+        res = c.run([c.INV, *args, "--json"], cwd=project.root, env=c.inv_env(), timeout=600)
+        took = time.perf_counter() - start
+        out = json.loads(res.stdout)
+        if isinstance(out, dict) and "hosts" in out:
+            assert [h["status"] for h in out["hosts"]] == ["ok"] * n, out["hosts"]
+        return took, out
+
+    def release(args: tuple[str, ...]) -> str:
+        return str(inv_json(*args)[1]["release"])
+
+    deploy = ("staging.deploy",)
+    x = release(deploy)
+    inv_json("staging.backup")  # taken while x serves: level 3 goes back to it
+    y = release(deploy)
+    walls: dict[str, list[float]] = {"deploy": [], "level 1": [], "level 2": [], "level 3": []}
+    steps: dict[str, Any] = {}
+    for _ in range(3):
+        walls["deploy"].append(inv_json(*deploy)[0])
+        y = release(deploy)  # the next level 2 alternates between x and this one
+        took, out = inv_json("staging.rollback", "--level", "1", "--yes")
+        walls["level 1"].append(took)
+        steps["level 1"] = out["steps"]
+        for target in (x, y):
+            took, out = inv_json("staging.rollback", "--level", "2", "--to", target, "--yes")
+            walls["level 2"].append(took)
+            steps["level 2"] = out["steps"]
+        # y serves; level 3 restores the backup taken under x, then x serves everywhere
+        took, out = inv_json("staging.rollback", "--level", "3", "--yes", "--reason", "bench")
+        assert out["release"] == x, out
+        walls["level 3"].append(took)
+        steps["level 3"] = out["steps"]
+        c.run([c.INV, "staging.unfreeze", "--reason", "bench"], cwd=project.root, env=c.inv_env())
+    return {
+        "hosts": n,
+        "batch": BATCH,
+        "batches": len(rolling.batches(list(range(n)), BATCH)),
+        **{name: c.summary(samples, digits=2) for name, samples in walls.items()},
+        "last_steps_s": steps,
+    }
 
 
 def idle_busy_cores(seconds: float = 3.0) -> float:

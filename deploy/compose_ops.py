@@ -759,7 +759,7 @@ def _revert(ctx: Context, rt: ComposeRuntime, rid: str, *, reason: str) -> str |
 
 def _smoke(rt: ComposeRuntime, rid: str, *, rolling_back: bool = False) -> str:
     if not rt.host.is_local:
-        return _probe_in_container(rt, rid)
+        return _probe_on_host(rt, rid, rolling_back=rolling_back)
     probes = smoke.run(rt.cfg, expect_release=rid)
     bad = smoke.failed(probes)
     if bad:
@@ -770,23 +770,33 @@ def _smoke(rt: ComposeRuntime, rid: str, *, rolling_back: bool = False) -> str:
     return f"{len(probes)} probes passed in {sum(p.ms for p in probes):.0f} ms"
 
 
-# A remote host publishes the app on its own loopback: it is probed from inside the container.
+# A remote host publishes the app on its own loopback only: the probe runs there, over SSH,
+# against the published port (what a proxy on that host would reach), with the host's python3.
 _PROBE = """
 import json, sys, urllib.request
-base = "http://127.0.0.1:8000"
+base = sys.argv[1]
 for path in ("/healthz", "/readyz"):
     urllib.request.urlopen(base + path, timeout=3)
 print(json.load(urllib.request.urlopen(base + "/version", timeout=3)).get("release"))
 """
 
 
-def _probe_in_container(rt: ComposeRuntime, rid: str) -> str:
-    res = rt.exec(["python", "-c", _PROBE])
-    serving_now = res.stdout.strip().splitlines()[-1:] if res.ok else []
-    if serving_now != [rid]:
+def _probe_on_host(rt: ComposeRuntime, rid: str, *, rolling_back: bool = False) -> str:
+    base = f"http://127.0.0.1:{rt.cfg.app_port}"
+    # a few tries: a container of the old tag may still answer while compose replaces it
+    serving_now: list[str] = []
+    detail = ""
+    for _ in range(5):
+        res = rt.host.run(["python3", "-c", _PROBE, base], check=False, timeout=30)
+        serving_now = res.stdout.strip().splitlines()[-1:] if res.ok else []
+        if serving_now == [rid]:
+            return f"health, ready and version answered on {rt.host.name}'s {base}"
         detail = f"serving {serving_now[0]}" if serving_now else rt._scrub(res.tail(1))
-        raise RolledBack(f"smoke failed in the app container ({detail}, expected {rid})")
-    return "health, ready and version answered in the app container"
+        time.sleep(0.5)
+    what = f"smoke failed on {rt.host.name} ({detail}, expected {rid})"
+    if rolling_back:
+        raise ServiceError(what, hint=f"inspect with `inv {rt.cfg.name}.logs`")
+    raise RolledBack(what)
 
 
 def _health_window(env: EnvConfig, window_s: float, limit: int) -> int | None:

@@ -23,7 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from tests import support
+from tests.conftest import need
 from tests.e2e.conftest import Project, destroy, make_project
+from tests.sshd import can_run_sshd, keygen, make_sshd, set_hosts
 
 REPO = Path(__file__).resolve().parents[2]
 SECRETS = {
@@ -587,3 +590,57 @@ def test_backups_and_level_3_restore_run_in_the_postgres_container(
         recorded = (engine.dir / "calls.jsonl").read_text()
         destroy(proj)
     _no_secret(recorded, *engine.outputs)
+
+
+def test_a_compose_environment_on_an_ssh_host() -> None:
+    """The compose project on a real OpenSSH host: files uploaded there, the secrets file only
+    read there, every docker command run there, smoke against that host's published port."""
+    ok, why = can_run_sshd()
+    need(ok, why)
+    base = support.public_tmpdir("sf-sshd-compose-")
+    proj = make_project("sf-compose-ssh-")
+    engine = Engine(proj)
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+    server = make_sshd(base, "127.0.0.70", keygen(base / "client_key"))
+    # the stand-in engine is what `docker` finds in that host's sessions
+    with (server.home / "sshd_config").open("a") as fh:
+        fh.write(f"SetEnv PATH={engine.bin}:{os.environ['PATH']} FAKE_DOCKER_DIR={engine.dir}\n")
+    server.start()
+    try:
+        [home] = set_hosts(proj.root, "dev", [server], runtime="compose")
+        secrets = "".join(f"{k}={v}\n" for k, v in SECRETS.items())
+        local = proj.root / "env" / "dev.secrets.env"
+        local.write_text(secrets)
+        os.chmod(local, 0o600)
+        proj.commit("dev runs on compose on one SSH host")
+
+        res = proj.inv("dev.up")  # the host has no secrets file yet: refused, nothing started
+        assert res.returncode != 0 and "dev.secrets.env is missing on" in res.stderr, res.stderr
+        assert engine.new_calls() == []  # refused before any docker command ran there
+        remote = home / "compose" / "env" / "dev.secrets.env"
+        remote.write_text(secrets)
+        os.chmod(remote, 0o600)
+
+        engine.inv("dev.up")
+        a = json.loads(engine.inv("dev.deploy", "--json").stdout)
+        assert a["status"] == "success", a
+        assert _serving(proj) == a["release"]
+        # what the host ran: the project, env files and tag of this environment, from its files
+        for rel in ("compose/compose.yml", "compose/compose.dev.yml", "env/dev.env"):
+            assert (home / "compose" / rel).read_text() == (proj.root / rel).read_text()
+        ups = [c for c in engine.new_calls() if "up" in c["argv"]]
+        assert ups and all(c["argv"][:4] == BASE[:4] for c in ups)
+        assert any(c["release"] == a["release"] for c in ups)
+
+        (proj.root / "README.md").write_text("release B\n")
+        proj.commit("release B")
+        b = json.loads(engine.inv("dev.deploy", "--json").stdout)
+        assert _serving(proj) == b["release"]
+        back = json.loads(engine.inv("dev.rollback", "--level", "2", "--yes", "--json").stdout)
+        assert back["release"] == a["release"] and _serving(proj) == a["release"]
+        _no_secret(*(json.dumps(c) for c in engine.calls()), *engine.outputs)
+    finally:
+        proj.inv("dev.down", env=engine.env, timeout=120)
+        server.stop()
+        destroy(proj)
+        shutil.rmtree(base, ignore_errors=True)
