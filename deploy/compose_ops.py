@@ -856,17 +856,7 @@ def rollback(
     from deploy import rollback as native
     from deploy.rollout import Context
 
-    env = proj.env(name)
-    native.check_request(
-        level=level,
-        env=env,
-        actor=actor,
-        yes=yes,
-        dry_run=dry_run,
-        reset_data=reset_data,
-        to=to,
-        backup_id=backup_id,
-    )
+    env = proj.env(name)  # the request itself was checked by rollback.rollback, which calls this
     if reset_data:
         raise UsageError(
             f"--reset-data is not available on the compose runtime that {name} uses",

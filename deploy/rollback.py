@@ -609,7 +609,18 @@ def rollback(
     confirm: Confirm | None = None,
 ) -> dict[str, Any]:
     """Carry out one rollback level under the deploy lock; record history and audit."""
-    if proj.policies[name].runtime == "compose":  # levels 1 and 2 as image tags; 3 refuses
+    env = proj.env(name)
+    check_request(
+        level=level,
+        env=env,
+        actor=actor,
+        yes=yes,
+        dry_run=dry_run,
+        reset_data=reset_data,
+        to=to,
+        backup_id=backup_id,
+    )
+    if proj.policies[name].runtime == "compose":  # the same levels, as image tags
         from deploy import compose_ops
 
         return compose_ops.rollback(
@@ -628,17 +639,6 @@ def rollback(
             process_env=process_env,
             confirm=confirm,
         )
-    env = proj.env(name)
-    check_request(
-        level=level,
-        env=env,
-        actor=actor,
-        yes=yes,
-        dry_run=dry_run,
-        reset_data=reset_data,
-        to=to,
-        backup_id=backup_id,
-    )
     multi = rolling.is_rolling(proj, name)
     # the primary holds the lock and the state files; the plain setting: this machine, DATA_DIR
     host, layout = rolling.primary(proj, name)

@@ -35,9 +35,7 @@ def can_run_sshd() -> tuple[bool, str]:
 
 
 def free_port_on(address: str) -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
+    return support.free_port(address)
 
 
 def keygen(path: Path) -> Path:

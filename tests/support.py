@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -15,10 +16,33 @@ REPO = Path(__file__).resolve().parent.parent
 REGISTRY = Path(tempfile.gettempdir()) / "stageflow-test-servers"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Below the kernel's ephemeral range: a port handed out here is written into an env file and bound
+# later, and a client socket of any process (they take ephemeral ports) cannot land on it meanwhile.
+_RANGE = (10000, max(10100, min(30000, _ephemeral_low() - 1)))
+_given: set[int] = set()
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    """A port nothing listens on at address, never handed out twice in this process."""
+    for _ in range(500):
+        port = random.randint(*_RANGE)
+        if port in _given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((address, port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_RANGE} on {address}")
 
 
 def public_tmpdir(prefix: str) -> Path:

@@ -27,6 +27,7 @@ from tests import support
 from tests.conftest import need
 from tests.e2e.conftest import Project, destroy, make_project
 from tests.sshd import can_run_sshd, keygen, make_sshd, set_hosts
+from tests.unit.test_compose_builders import WITH_SECRETS
 
 REPO = Path(__file__).resolve().parents[2]
 SECRETS = {
@@ -35,20 +36,7 @@ SECRETS = {
     "API_KEYS": "key-compose-dev-s3cret-c2e",
     "SECRET_KEY": "sign-compose-dev-s3cret-77b",
 }
-BASE = [
-    "docker",
-    "compose",
-    "-p",
-    "stageflow-dev",
-    "--env-file",
-    "env/dev.env",
-    "--env-file",
-    "env/dev.secrets.env",
-    "-f",
-    "compose/compose.yml",
-    "-f",
-    "compose/compose.dev.yml",
-]
+BASE = WITH_SECRETS  # the exact prefix the builders are tested for
 ENGINE = [
     ["docker", "info", "--format", "{{.ServerVersion}}"],
     ["docker", "compose", "version", "--short"],
