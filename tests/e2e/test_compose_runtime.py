@@ -42,6 +42,8 @@ ENGINE = [
     ["docker", "compose", "version", "--short"],
 ]
 PS = [*BASE, "ps", "--all", "--format", "json"]
+# a one-off container of a release image running the migration engine
+MIGRATE = [*BASE, "run", "--rm", "-T", "--no-deps", "app", "python", "-m", "deploy.compose_migrate"]
 UP_SERVERS = [
     *BASE,
     "up",
@@ -199,16 +201,7 @@ def _build(home: Path, rid: str) -> list[str]:
 
 def _migrate_up(rid: str, actor: str) -> list[str]:
     return [
-        *BASE,
-        "run",
-        "--rm",
-        "-T",
-        "--no-deps",
-        "app",
-        "python",
-        "-m",
-        "deploy.compose_migrate",
-    ] + [
+        *MIGRATE,
         "up",
         "--release",
         rid,
@@ -318,17 +311,7 @@ def test_deploy_failed_up_and_rollback_run_these_docker_commands(compose: Projec
         )
         assert "reverted migrations [4]" in r["notes"]
         calls = engine.new_calls()
-        down = [
-            *BASE,
-            "run",
-            "--rm",
-            "-T",
-            "--no-deps",
-            "app",
-            "python",
-            "-m",
-            "deploy.compose_migrate",
-        ]
+        down = list(MIGRATE)
         down += ["down", "--to", "3", "--release", rid_a, "--applied-by", actor]
         assert _argv(calls) == [*ENGINE, PS, UP_SERVERS, down, UP, PS]
         assert [x["release"] for x in calls[-4:-1]] == [rid_b, rid_b, rid_a]
