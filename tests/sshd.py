@@ -260,3 +260,24 @@ def kill_served(data_dir: Path) -> None:
             os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
         except (OSError, ValueError, IndexError):
             continue
+
+
+class StopsAfterPrimary:
+    """A rollout printer that stops victim's sshd once the primary passed its first batch, so the
+    failure lands mid-rollout; use it as a context manager, which starts the sshd again."""
+
+    def __init__(self, primary: Sshd, victim: Sshd) -> None:
+        self.primary, self.victim = primary, victim
+        self.lines: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+        if f"{self.primary.destination} ok (batch 1/" in line:
+            self.victim.stop()
+
+    def __enter__(self) -> StopsAfterPrimary:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.victim.running:
+            self.victim.start()

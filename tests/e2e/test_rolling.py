@@ -20,7 +20,16 @@ from tests import support
 from tests.conftest import need
 from tests.e2e.conftest import Project, destroy, make_project
 from tests.e2e.test_promotion import request_id
-from tests.sshd import Sshd, can_run_sshd, fleet, kill_served, seed_venv, set_hosts, shared_venv
+from tests.sshd import (
+    Sshd,
+    StopsAfterPrimary,
+    can_run_sshd,
+    fleet,
+    kill_served,
+    seed_venv,
+    set_hosts,
+    shared_venv,
+)
 
 STAGING, PROD = 3, 6
 RELEASE_TAG, APPROVER = "v1.0.0", "bob@example.com"
@@ -177,20 +186,11 @@ def test_sshd_stopping_mid_rollout_switches_back_every_host(hosts: Fleet) -> Non
     assert before[0] and len(set(before)) == 1
     p.commit("a change that never reaches every host")
     victim = hosts.staging[1]
-    lines: list[str] = []
-
-    def printer(line: str) -> None:
-        lines.append(line)
-        # the primary passed its health check: the second host's sshd dies before its turn
-        if f"{hosts.staging[0].destination} ok (batch 1/" in line:
-            victim.stop()
-
-    try:
+    # the primary passed its health check: the second host's sshd dies before its turn
+    with StopsAfterPrimary(hosts.staging[0], victim) as printer:
         with pytest.raises(rolling.RolloutError) as info:
             in_process(hosts, "staging", printer)
-    finally:
-        if not victim.running:
-            victim.start()
+    lines = printer.lines
     err = info.value
     by_host = {o.host: o for o in err.outcomes}
     assert [o.host for o in err.outcomes] == [h.destination for h in hosts.staging]

@@ -26,7 +26,16 @@ from deploy.state import DeployLock
 from tests import support
 from tests.conftest import need
 from tests.e2e.conftest import Project, destroy, make_project
-from tests.sshd import Sshd, can_run_sshd, fleet, kill_served, seed_venv, set_hosts, shared_venv
+from tests.sshd import (
+    Sshd,
+    StopsAfterPrimary,
+    can_run_sshd,
+    fleet,
+    kill_served,
+    seed_venv,
+    set_hosts,
+    shared_venv,
+)
 
 HOSTS = 3
 EXPAND = "-- stageflow: phase=expand\n"
@@ -277,20 +286,10 @@ def test_a_host_failing_after_a_restore_is_left_stopped_and_the_freeze_stays(
 ) -> None:
     a = staging.releases["A"]
     assert staging.serving() == [a] * HOSTS
-    victim = staging.hosts[1]
-    lines: list[str] = []
-
-    def printer(line: str) -> None:
-        lines.append(line)
-        if f"{staging.hosts[0].destination} ok (batch 1/" in line:
-            victim.stop()  # restored, the primary serves: the second host's sshd dies
-
-    try:
+    # restored, the primary serves: the second host's sshd dies
+    with StopsAfterPrimary(staging.hosts[0], staging.hosts[1]) as printer:
         with pytest.raises(rolling.RolloutError) as info:
             staging.engine(level=3, reason="restore drill", printer=printer)
-    finally:
-        if not victim.running:
-            victim.start()
     err = info.value
     first, second, third = (h.destination for h in staging.hosts)
     assert [(o.host, o.status) for o in err.outcomes] == [
@@ -315,21 +314,10 @@ def test_a_host_failing_mid_rollback_sends_the_moved_hosts_back(staging: Staging
     # staging serves A; go to B with --to so the failure has somewhere to send hosts back from
     staging.engine(level=2, to=b, printer=lambda _line: None)
     assert staging.serving() == [b] * HOSTS
-    victim = staging.hosts[1]
-    lines: list[str] = []
-
-    def printer(line: str) -> None:
-        lines.append(line)
-        # the primary passed its health check on A: the second host's sshd dies before its turn
-        if f"{staging.hosts[0].destination} ok (batch 1/" in line:
-            victim.stop()
-
-    try:
+    # the primary passed its health check on A: the second host's sshd dies before its turn
+    with StopsAfterPrimary(staging.hosts[0], staging.hosts[1]) as printer:
         with pytest.raises(rolling.RolloutError) as info:
             staging.engine(level=2, to=a, printer=printer)
-    finally:
-        if not victim.running:
-            victim.start()
     err = info.value
     statuses = [(o.host, o.status) for o in err.outcomes]
     first, second, third = (h.destination for h in staging.hosts)
