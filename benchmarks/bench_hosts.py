@@ -31,9 +31,10 @@ from typing import Any
 
 import _common as c
 
-from deploy import releases, rolling, rollout
+from deploy import releases, rolling
 from deploy.actors import Actor
 from deploy.config import HostSpec, load_project
+from deploy.engine import deploy_pipeline, group
 from deploy.hosts import Host, host_from_spec
 from tests import support
 from tests.e2e.conftest import Project, destroy, make_project
@@ -316,7 +317,7 @@ def profiled_deploy(project: Project, cpu: HostCpu, *, batches: int) -> dict[str
     start_cpu = sum(cpu.now(fresh_s=0).values())
     start = time.perf_counter()
     with clock.installed(), cpu.sampling():
-        result = rollout.deploy(
+        result = deploy_pipeline.deploy(
             proj, "staging", actor=Actor(name="bench@example.com", kind="human"), printer=_quiet
         )
     wall = time.perf_counter() - start
@@ -456,7 +457,7 @@ def measure(project: Project, servers: list[Sshd], doc: dict[str, Any]) -> None:
             result = json.loads(res.stdout)
             assert [h["status"] for h in result["hosts"]] == ["ok"] * n, result["hosts"]
             steps = result["steps"]
-        groups = len(rolling.batches(list(range(n)), BATCH))
+        groups = len(group.batches(list(range(n)), BATCH))
         median = statistics.median(samples)
         hosts_s, operator_s = statistics.median(host_cpu), statistics.median(operator_cpu)
         doc["deploys"][str(n)] = {
@@ -534,7 +535,7 @@ def measure_rollbacks(project: Project, servers: list[Sshd]) -> dict[str, Any]:
     return {
         "hosts": n,
         "batch": BATCH,
-        "batches": len(rolling.batches(list(range(n)), BATCH)),
+        "batches": len(group.batches(list(range(n)), BATCH)),
         **{name: c.summary(samples, digits=2) for name, samples in walls.items()},
         "last_steps_s": steps,
     }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -12,18 +11,10 @@ from typing import Any
 
 from deploy import migrations
 from deploy.config import Project
-from deploy.errors import ServiceError, UsageError
+from deploy.errors import ServiceError
 from deploy.hosts import Host
 from deploy.runtime.native import NativeServices, pg_bin_dir
-from deploy.state import Layout, audit
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from deploy.state import Layout, audit, find_backup, sha256_file
 
 
 def _compose(proj: Project, name: str) -> bool:
@@ -113,12 +104,7 @@ def list_backups(proj: Project, name: str) -> list[dict[str, Any]]:
 
 
 def find(proj: Project, name: str, backup_id: str) -> dict[str, Any]:
-    for b in list_backups(proj, name):
-        if b["id"] == backup_id:
-            return b
-    raise UsageError(
-        f"no backup {backup_id!r} in {name}", hint=f"list them with `inv {name}.backups`"
-    )
+    return find_backup(list_backups(proj, name), backup_id, env=name)
 
 
 def restore(proj: Project, name: str, backup_id: str, *, actor: str) -> dict[str, Any]:

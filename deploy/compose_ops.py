@@ -1,9 +1,8 @@
 """The compose runtime driven by the environment tasks: up, down, status, logs, deploy, rollback.
 
 A compose environment runs on its first host (local, or SSH) as one docker compose project; a
-release is an image tag. The deploy pipeline (guards, lock, history, hooks, notify) is
-rollout.deploy's: it calls run_deploy() here for the steps between lock and record, the way it
-calls _run_steps for the native runtime. Migrations run with the release's own image, in a
+release is an image tag. The deploy pipeline (deploy.engine.deploy_pipeline) drives it through
+ComposeDeploy, the Runtime it shares with the native runtime. Migrations run with the release's own image, in a
 one-off container inside the project network (deploy/compose_migrate.py calls deploy.migrations:
 one engine, one ledger, one advisory lock), so they work the same on a remote host whose
 PostgreSQL publishes on that host's loopback only. For the same reason backups (pg_dump) and the
@@ -21,11 +20,21 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from deploy import backup as backup_mod
-from deploy import guards, hooks, migrations, notify, releases, rolling, smoke
+from deploy import guards, migrations, notify, releases, rolling, smoke
 from deploy.actors import Actor
 from deploy.commands import compose as cmd
 from deploy.config import EnvConfig, Project
+from deploy.engine.group import Target
+from deploy.engine.lifecycle import recorded
+from deploy.engine.rollback_rules import (
+    LEVELS,
+    backup_for,
+    confirm_prod,
+    freeze,
+    previous_good,
+    schema_plan,
+)
+from deploy.engine.steps import Step
 from deploy.errors import (
     DeployError,
     GuardRefused,
@@ -47,14 +56,16 @@ from deploy.state import (
     HistoryEntry,
     Layout,
     audit,
+    find_backup,
     history,
     new_id,
     record_history,
+    sha256_file,
     utc_now,
 )
 
 if TYPE_CHECKING:
-    from deploy.rollout import Context
+    from deploy.engine.context import Context
 
 Printer = Callable[[str], None]
 MIGRATE_MODULE = "deploy.compose_migrate"
@@ -256,7 +267,7 @@ def _exec_pg(rt: ComposeRuntime, argv: list[str], what: str) -> CommandResult:
     if not res.ok:
         raise ServiceError(
             f"{rt.cfg.name}: {what} in the postgres container failed (exit {res.exit_code}): "
-            f"{rt._scrub(res.tail(1))}",
+            f"{rt.scrub(res.tail(1))}",
             hint=f"is it running? `inv {rt.cfg.name}.status`; `inv {rt.cfg.name}.up` starts it",
         )
     return res
@@ -281,7 +292,7 @@ def applied_versions(rt: ComposeRuntime) -> list[int]:
 def _file_facts(host: Host, path: str) -> tuple[str, int]:
     """sha256 and size of a file on the host (read there: a remote dump never travels)."""
     if host.is_local:
-        return backup_mod.sha256_file(Path(path)), Path(path).stat().st_size
+        return sha256_file(Path(path)), Path(path).stat().st_size
     digest = host.run(["sha256sum", path], timeout=3600).stdout.split()
     size = host.run(["stat", "-c", "%s", path], timeout=60).stdout.strip()
     return (digest[0] if digest else ""), int(size or 0)
@@ -417,7 +428,7 @@ def verify_backup(proj: Project, name: str, backup_id: str) -> dict[str, Any]:
     host, layout = place(proj, name)
     try:
         rt = runtime_for(proj, name, host=host, layout=layout)
-        info = backup_mod.find(proj, name, backup_id)
+        info = find_backup(list_backups(proj, name), backup_id, env=name)
         _checked_dump(host, layout, info, name=name)
         user, database = _pg(rt)
         scratch = f"{database}_verify_{os.getpid()}"
@@ -482,7 +493,7 @@ def _deploy_backup(
     # the servers must run to be dumped; the migrate step would start them next anyway
     res = rt.run(lambda c: c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s))
     if not res.ok:
-        raise rt._failed("starting postgres and redis", res)
+        raise rt.failed("starting postgres and redis", res)
     applied = applied_versions(rt)
     shipped = [f.version for f in migrations.discover_at_commit(ctx.proj.root, commit)]
     pending = pending_versions(shipped, applied)
@@ -508,7 +519,7 @@ def up(proj: Project, name: str) -> list[str]:
     rt = runtime_for(proj, name)
     res = rt.run(lambda c: c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s))
     if not res.ok:
-        raise rt._failed("starting postgres and redis", res)
+        raise rt.failed("starting postgres and redis", res)
     return [f"compose project {rt.cfg.compose_project}: postgres and redis healthy"]
 
 
@@ -558,7 +569,12 @@ def logs(proj: Project, name: str, *, tail: int = 100, services: Sequence[str] =
 
 
 def plan(
-    proj: Project, name: str, *, ref: str, actor: str = "<actor>"
+    proj: Project,
+    name: str,
+    *,
+    ref: str,
+    actor: str = "<actor>",
+    rt: ComposeRuntime | None = None,
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """The deploy's steps and the exact commands each runs, read-only (no engine is asked).
 
@@ -566,7 +582,7 @@ def plan(
     env, policy = proj.env(name), proj.policies[name]
     commit = releases.resolve_ref(proj.root, ref)
     host, layout = place(proj, name)
-    rt = runtime_for(proj, name, host=host, layout=layout)
+    rt = rt or runtime_for(proj, name, host=host, layout=layout)
     c = rt.commands()
     rid = releases.new_release_id(commit, _releases_in(history(host, layout)))
     ctxdir = layout.release(rid)
@@ -641,23 +657,43 @@ def _extract(proj: Project, host: Host, layout: Layout, commit: str, rid: str) -
     return target
 
 
-def run_deploy(
-    ctx: Context,
-    *,
-    commit: str,
-    ref: str,
-    dirty: bool,
-    entry: HistoryEntry,
-    service_env: dict[str, str] | None,
-) -> None:
-    """Build, migrate, start, smoke, verify, prune on a compose environment (rollout's `run`)."""
-    from deploy.rollout import VerifyFailed, _hook_context
+class ComposeDeploy:
+    """The compose runtime as the deploy pipeline sees it: a release is an image tag, started by
+    `up` on the environment's one host; migrations and backups run in containers there."""
 
-    rt: ComposeRuntime = ctx.runtime
-    env, host, layout = ctx.env, ctx.host, ctx.layout
-    policy = ctx.proj.policies[env.name]
+    kind = "compose"
 
-    def build() -> str:
+    def __init__(self, proj: Project, name: str, targets: list[Target]) -> None:
+        self.proj, self.name, self.targets = proj, name, targets
+        primary = targets[0]
+        self.rt = runtime_for(proj, name, host=primary.host, layout=primary.layout)
+        self.ctx: Context | None = None
+        self._applied: list[int] | None = None
+        self._does: dict[str, str] = {}
+
+    def bind(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def checks(self) -> list[tuple[str, Callable[[], guards.Check]]]:
+        return [
+            ("engine", lambda: engine_check(self.rt)),
+            ("backup", lambda: backup_check(self.proj, self.name)),
+        ]
+
+    def serving(self) -> str | None:
+        return serving(self.rt)
+
+    def describe(self, ctx: Context, ref: str) -> dict[str, str]:
+        self._does = dict(plan(self.proj, self.name, ref=ref, rt=self.rt)[0])
+        return self._does
+
+    def dry_run_commands(self, ctx: Context, ref: str) -> list[str]:
+        return plan(self.proj, self.name, ref=ref, actor=str(ctx.actor), rt=self.rt)[1]
+
+    def build(self, ctx: Context, *, commit: str, ref: str, dirty: bool) -> tuple[Any, str]:
+        rt, host, layout = self.rt, ctx.host, ctx.layout
+        for t in self.targets:
+            t.previous = ctx.previous
         rid = check_release(releases.new_release_id(commit, _releases_in(history(host, layout))))
         ctxdir = _extract(ctx.proj, host, layout, commit, rid)
         argv = cmd.build_image(rt.image, rid, context=ctxdir, dockerfile=f"{ctxdir}/Dockerfile")
@@ -667,94 +703,90 @@ def run_deploy(
             host.remove_tree(ctxdir)  # the image holds the files now
         if not res.ok:
             raise ServiceError(
-                f"{env.name}: docker build of {rt.image}:{rid} failed (exit {res.exit_code}): "
+                f"{ctx.env.name}: docker build of {rt.image}:{rid} failed (exit {res.exit_code}): "
                 f"{res.tail(1)}",
                 hint="fix the Dockerfile or the build, then deploy again",
             )
-        ctx.release = releases.Release(rid, commit, ref, dirty)
-        entry.release = rid
-        return f"{rt.image}:{rid}" + (" (dirty snapshot)" if dirty else "")
+        return releases.Release(rid, commit, ref, dirty), f"{rt.image}:{rid}"
 
-    ctx.step("build", build)
-    rel = ctx.release
-    assert rel is not None
-    ctx.step("backup", lambda: _deploy_backup(ctx, rt, rel, commit=commit, kind=entry.kind))
+    def pending(self, ctx: Context) -> list[int]:
+        rt = self.rt
+        # the servers must run to be read; the migrate step would start them next anyway
+        res = rt.run(lambda c: c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s))
+        if not res.ok:
+            raise rt.failed("starting postgres and redis", res)
+        self._applied = applied_versions(rt)
+        shipped = [
+            f.version for f in migrations.discover_at_commit(ctx.proj.root, ctx.built.commit)
+        ]
+        return pending_versions(shipped, self._applied)
 
-    def migrate() -> str:
-        res = rt.migrate(
-            migrate_argv("up", release=rel.id, applied_by=str(ctx.actor)), release=rel.id
+    def backup(self, ctx: Context, *, reason: str) -> dict[str, Any]:
+        return _take(
+            self.rt,
+            ctx.layout,
+            actor=str(ctx.actor),
+            release=ctx.previous or "",
+            reason=reason,
+            applied=self._applied,
         )
-        ctx.applied = _versions(res.stdout, "applied")
-        results = hooks.run(ctx.proj, env.name, "post-migrate", _hook_context(ctx, rel, "running"))
-        ctx.hook_notes.append(hooks.record_failures(host, layout, results, actor=str(ctx.actor)))
-        return f"applied {ctx.applied}" if ctx.applied else "schema up to date"
 
-    ctx.step("migrate", migrate)
-    try:
+    def migrate(self, ctx: Context) -> list[int]:
+        rid = ctx.built.id
+        res = self.rt.migrate(
+            migrate_argv("up", release=rid, applied_by=str(ctx.actor)), release=rid
+        )
+        return _versions(res.stdout, "applied")
+
+    def host_steps(self, ctx: Context, target: Target) -> list[Step]:
+        rt = self.rt
+        where = f"127.0.0.1:{ctx.env.app_port}" if ctx.host.is_local else ctx.host.name
 
         def start() -> str:
-            rt.up(rel.id, commit=commit)
-            return f"{rt.image}:{rel.id} healthy"
+            target.started = True
+            rt.up(ctx.built.id, commit=ctx.built.commit)
+            return f"{rt.image}:{ctx.built.id} healthy"
 
-        ctx.step("start", start)
-        ctx.step("smoke", lambda: _smoke(rt, rel.id))
+        return [
+            Step("start", self._does.get("start", f"up --wait with {rt.image}:<id>"), start),
+            Step(
+                "smoke",
+                self._does.get("smoke", f"health, ready, version, identity on {where}"),
+                lambda: _smoke(rt, ctx.built.id),
+            ),
+        ]
 
-        def verify_step() -> str:
-            if policy.verify_window_s <= 0:
-                return "no verify window"
-            if not host.is_local:
-                return "health checked by compose (up --wait) on the remote host"
-            failures = _health_window(
-                env, policy.verify_window_s, policy.thresholds.health_failures
-            )
-            if failures is None:
-                return f"{policy.verify_window_s:g}s of /healthz answered"
-            reason = f"/healthz failed {failures} times in a row"
-            if not policy.auto_rollback:
-                raise VerifyFailed(
-                    f"verify failed: {reason}; auto_rollback is off, {rel.id} still serves",
-                    hint=f"`inv {env.name}.rollback --level 2` to go back",
-                )
-            raise RolledBack(f"verify failed: {reason}")
-
-        ctx.step("verify", verify_step)
-    except VerifyFailed:
-        raise  # the operator chose no automatic rollback: the new release keeps serving
-    except Exception as err:
-        reason = getattr(err, "message", err.__class__.__name__)
-        back = _revert(ctx, rt, rel.id, reason=reason)
-        if back and not isinstance(err, RolledBack):
-            raise RolledBack(
-                f"{reason}; {back} serves again", hint=f"inspect with `inv {env.name}.logs`"
+    def revert(self, ctx: Context, target: Target) -> str | None:
+        """Start the previous tag again (or stop the new app when there is none)."""
+        rt, prev, rid = self.rt, ctx.previous, ctx.built.id
+        try:
+            if prev:
+                rt.up(prev, commit=_commit_of(history(ctx.host, ctx.layout), prev))
+                return prev
+            res = rt.run(lambda c: c.stop(services=[APP_SERVICE]), release=rid)
+            if not res.ok:
+                raise rt.failed("stopping the app", res)
+        except DeployError as err:
+            raise ServiceError(
+                f"going back failed too: {err.message}",
+                hint=f"nothing may be serving: `inv {ctx.env.name}.status`, then deploy a fix",
             ) from None
-        raise
-    ctx.step("record", lambda: "history written")
-    ctx.step(
-        "prune",
-        lambda: _prune(
-            rt, host, layout, keep=policy.keep_releases, protect={rel.id, ctx.previous or ""}
-        ),
-    )
+        return None
 
+    def watch(self, ctx: Context, *, window_s: float) -> Any:
+        from deploy.verify import Verdict
 
-def _revert(ctx: Context, rt: ComposeRuntime, rid: str, *, reason: str) -> str | None:
-    """Start the previous tag again (or stop the new app when there is none); returns the tag."""
-    prev = ctx.previous
-    try:
-        if prev:
-            rt.up(prev, commit=_commit_of(history(ctx.host, ctx.layout), prev))
-            ctx.printer(f"{ctx.env.name}: revert    {prev} serves again ({reason})")
-            return prev
-        res = rt.run(lambda c: c.stop(services=[APP_SERVICE]), release=rid)
-        if not res.ok:
-            raise rt._failed("stopping the app", res)
-        ctx.printer(f"{ctx.env.name}: revert    no previous release; {rid} stopped ({reason})")
-    except DeployError as err:
-        raise ServiceError(
-            f"{reason}; going back failed too: {err.message}",
-            hint=f"nothing may be serving: `inv {ctx.env.name}.status`, then deploy a fix",
-        ) from None
-    return None
+        if not ctx.host.is_local:
+            return Verdict(True, summary="health checked by compose (up --wait) on the remote host")
+        limit = ctx.policy.thresholds.health_failures
+        failures = _health_window(ctx.env, window_s, limit)
+        if failures is None:
+            return Verdict(True, summary=f"{window_s:g}s of /healthz answered")
+        return Verdict(False, reason=f"/healthz failed {failures} times in a row")
+
+    def prune(self, ctx: Context) -> str:
+        protect = {ctx.built.id, ctx.previous or ""}
+        return _prune(self.rt, ctx.host, ctx.layout, keep=ctx.policy.keep_releases, protect=protect)
 
 
 def _smoke(rt: ComposeRuntime, rid: str, *, rolling_back: bool = False) -> str:
@@ -791,7 +823,7 @@ def _probe_on_host(rt: ComposeRuntime, rid: str, *, rolling_back: bool = False) 
         serving_now = res.stdout.strip().splitlines()[-1:] if res.ok else []
         if serving_now == [rid]:
             return f"health, ready and version answered on {rt.host.name}'s {base}"
-        detail = f"serving {serving_now[0]}" if serving_now else rt._scrub(res.tail(1))
+        detail = f"serving {serving_now[0]}" if serving_now else rt.scrub(res.tail(1))
         time.sleep(0.5)
     what = f"smoke failed on {rt.host.name} ({detail}, expected {rid})"
     if rolling_back:
@@ -846,15 +878,13 @@ def rollback(
     dry_run: bool = False,
     reset_data: bool = False,
     printer: Printer = print,
-    stop_at: str | None = None,
     process_env: Mapping[str, str] | None = None,
     confirm: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
     """Level 1 restarts the serving tag, level 2 starts the previous good one (down migrations
     first when native level 2 would run them), level 3 freezes, restores the backup in the
     postgres container and starts the backup's tag. Under the deploy lock."""
-    from deploy import rollback as native
-    from deploy.rollout import Context
+    from deploy.engine.context import Context
 
     env = proj.env(name)  # the request itself was checked by rollback.rollback, which calls this
     if reset_data:
@@ -901,9 +931,9 @@ def rollback(
                 f"{rt.image}:{p['target']} is gone",
                 hint="build and tag that commit's image again, then restore with --backup ID",
             )
-    native.confirm_prod(env, actor=actor, yes=yes, confirm=confirm)
+    confirm_prod(env, actor=actor, yes=yes, confirm=confirm)
 
-    ctx = Context(proj, env, actor, host, layout, printer, stop_at=stop_at)
+    ctx = Context(proj, env, actor, host, layout, printer)
     target: str = p["target"]
     commit = _commit_of(entries, target)
     entry = HistoryEntry(
@@ -930,7 +960,7 @@ def rollback(
             def restart() -> str:
                 res = rt.run(lambda c: c.restart(), release=current, commit=commit)
                 if not res.ok:
-                    raise rt._failed("compose restart", res)
+                    raise rt.failed("compose restart", res)
                 return f"{len(rt.up(current, commit=commit))} containers healthy"
 
             ctx.step("restart", restart)
@@ -963,7 +993,7 @@ def rollback(
         ctx.step("smoke", lambda: _smoke(rt, target, rolling_back=True))
 
     try:
-        native.recorded(
+        recorded(
             ctx,
             entry,
             level=level,
@@ -999,13 +1029,11 @@ def _level3(
     reason: str,
 ) -> None:
     """Freeze, stop the app, restore in the postgres container, start the backup's tag."""
-    from deploy import rollback as native
-
     name, actor = ctx.env.name, str(ctx.actor)
 
     # frozen first: a restore that dies half-way must not invite the next deploy in
     def freeze_step() -> str:
-        record = native.freeze(
+        record = freeze(
             ctx.host, ctx.layout, actor=actor, reason=reason, backup=info["id"], release=target
         )
         notify.send(
@@ -1016,7 +1044,7 @@ def _level3(
     def stop() -> str:
         res = rt.run(lambda c: c.stop(services=[APP_SERVICE]), release=current)
         if not res.ok:
-            raise rt._failed("stopping the app", res)
+            raise rt.failed("stopping the app", res)
         return f"{current} stopped"
 
     ctx.step("freeze", freeze_step)
@@ -1035,13 +1063,11 @@ def _level3_plan(
     layout: Layout,
 ) -> dict[str, Any]:
     """The backup to restore (native choice rules) and the tag it was taken under."""
-    from deploy import rollback as native
-
     name, c = rt.cfg.name, rt.commands()
     chosen = (
-        backup_mod.find(proj, name, backup_id)
+        find_backup(list_backups(proj, name), backup_id, env=name)
         if backup_id
-        else native.backup_for(entries, backup_mod.list_backups(proj, name), current=current)
+        else backup_for(entries, list_backups(proj, name), current=current)
     )
     if chosen is None:
         raise GuardRefused(
@@ -1098,13 +1124,11 @@ def _rollback_plan(
     layout: Layout | None = None,
 ) -> dict[str, Any]:
     """The rollback's target, steps and exact commands; refuses before anything changes."""
-    from deploy import rollback as native
-
     name, c = rt.cfg.name, rt.commands()
     smoke_row = ("smoke", "health, ready, version, identity, postgres, redis")
     out: dict[str, Any] = {
         "level": level,
-        "kind": native.LEVELS[level],
+        "kind": LEVELS[level],
         "env": name,
         "current": current,
         "target": current,
@@ -1142,7 +1166,7 @@ def _rollback_plan(
             raise UsageError(f"{to} is already serving", hint="level 1 restarts it")
         target = to
     else:
-        found = native.previous_good(entries, current=current, existing=frozenset(known))
+        found = previous_good(entries, current=current, existing=frozenset(known))
         if found is None:
             raise GuardRefused(
                 f"no previous good release of {current} is in history",
@@ -1153,7 +1177,7 @@ def _rollback_plan(
     target_files = migrations.discover_at_commit(proj.root, _commit_of(entries, target))
     target_version = max((f.version for f in target_files), default=0)
     # the serving release applied every file it ships; the engine re-reads the ledger to act
-    schema = native.schema_plan(files, [f.version for f in files], target_version=target_version)
+    schema = schema_plan(files, [f.version for f in files], target_version=target_version)
     if schema.refused:
         raise GuardRefused(
             f"level 2 cannot go back to {target}: {', '.join(schema.missing_down)} has no down file",

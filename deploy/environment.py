@@ -42,10 +42,10 @@ def down(proj: Project, name: str) -> list[str]:
         from deploy import compose_ops
 
         return compose_ops.down(proj, name)
-    from deploy import releases
+    from deploy import rolling
 
     svc = services(proj, name)
-    lines = releases.stop_service(proj, name)
+    lines = rolling.stop_service(proj, name)
     return lines + svc.down()
 
 
@@ -69,7 +69,7 @@ def logs(proj: Project, name: str, *, tail: int = 100, service: str = "") -> str
 
 
 def status(proj: Project, name: str) -> dict[str, Any]:
-    from deploy import releases, rolling
+    from deploy import rolling
 
     env = proj.env(name)
     if is_compose(proj, name):
@@ -81,7 +81,7 @@ def status(proj: Project, name: str) -> dict[str, Any]:
     else:
         svc = NativeServices(env, user_name=proj.service_user)
         st = {s.name: s for s in svc.status()}
-        app = releases.service_status(proj, name)
+        app = rolling.service_status(proj, name)
     # lock, history and freeze live on the primary (this machine, DATA_DIR, in the plain setting)
     host, layout = rolling.primary(proj, name)
     lock = DeployLock(host, layout)

@@ -55,6 +55,10 @@ class RolledBack(DeployError):
     exit_code = ExitCode.ROLLED_BACK
 
 
+class VerifyFailed(DeployError):
+    """verify found a trigger, and the environment's policy has automatic rollback off."""
+
+
 class Frozen(DeployError):
     exit_code = ExitCode.FROZEN
 

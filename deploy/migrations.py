@@ -950,3 +950,8 @@ def resolve_failed(
             release=release or row.release,
             error=None,
         )
+
+
+def in_release(release_dir: str) -> list[MigrationFile]:
+    """The migration files a release directory ships."""
+    return discover(Path(release_dir) / "app" / "migrations")

@@ -16,6 +16,7 @@ from typing import Any
 
 from deploy import releases, verify
 from deploy.config import Project, Thresholds
+from deploy.engine import group
 from deploy.hosts import Host
 from deploy.smoke import http
 from deploy.state import Layout
@@ -61,11 +62,11 @@ def _hosts_sample(proj: Project, name: str) -> tuple[str | None, bool, float | N
     try:
         current = releases.current_release(todo[0].host, todo[0].layout)
 
-        def one(t: rolling.Target) -> tuple[bool, float | None, str, float]:
+        def one(t: group.Target) -> tuple[bool, float | None, str, float]:
             ok, ms, detail = _health(env.app_port, t.bind)
             return ok, ms, detail, rolling.host_memory_mb(t, current) if current else 0.0
 
-        seen = rolling.parallel(todo, one)
+        seen = group.parallel(todo, one)
     finally:
         for t in todo:
             t.host.close()
@@ -74,7 +75,7 @@ def _hosts_sample(proj: Project, name: str) -> tuple[str | None, bool, float | N
     memory = 0.0
     for t, out, exc, _ in seen:
         if exc is not None or out is None:
-            bad.append(f"{t.name}: {rolling.reason_of(exc) if exc else 'no answer'}")
+            bad.append(f"{t.name}: {group.reason_of(exc) if exc else 'no answer'}")
             continue
         ok, ms, detail, mb = out
         if not ok:

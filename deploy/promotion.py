@@ -570,6 +570,21 @@ def checks(
     ]
 
 
+def check_deploy_flags(name: str, *, ref: str, request: str | int | None) -> None:
+    """prod deploys an approved request and nothing else; other environments deploy a ref."""
+    if name != PROD and request is None:
+        return
+    if name != PROD:
+        raise UsageError("--request is for prod", hint="dev and staging deploy a --ref")
+    if request is None:
+        raise NotApproved(
+            "prod deploys only an approved request",
+            hint="inv prod.request --ref REF, then a second human runs inv prod.approve ID",
+        )
+    if ref != "HEAD":
+        raise UsageError("prod takes --request, not --ref", hint="the request names the ref")
+
+
 def deploy(
     proj: Project,
     rid: str | int,
@@ -578,9 +593,8 @@ def deploy(
     break_glass: str = "",
     printer=print,
     process_env: dict[str, str] | None = None,
-    stop_at: str | None = None,
 ) -> dict[str, Any]:
-    from deploy import rollout
+    from deploy.engine import deploy_pipeline
 
     req = load(proj, rid)
     if break_glass:
@@ -606,7 +620,7 @@ def deploy(
         f"request #{req['id']} by {req['requester']['name']}; approved by {approvers}; "
         f"gate {req['commit'][:12]}.json" + (f"; break-glass: {break_glass}" if break_glass else "")
     )
-    result = rollout.deploy(
+    result = deploy_pipeline.deploy(
         proj,
         PROD,
         actor=actor,
@@ -615,7 +629,6 @@ def deploy(
         kind="emergency" if req.get("emergency") else "deploy",
         process_env=process_env,
         notes=notes,
-        stop_at=stop_at,
         extra_checks=checks(proj, req, actor=actor, break_glass=break_glass),
     )
     req["status"] = "deployed"

@@ -20,7 +20,7 @@ from deploy.commands import app as cmd
 from deploy.config import EnvConfig, Project
 from deploy.errors import ServiceError, UsageError
 from deploy.hosts import Host
-from deploy.runtime.native import port_answers, port_is_free
+from deploy.runtime.native import port_is_free
 from deploy.state import Layout
 
 LOCKFILE = "app/requirements.lock"
@@ -430,24 +430,6 @@ def switch(host: Host, layout: Layout, release_id: str) -> None:
     host.switch_symlink(layout.current, f"releases/{release_id}")
 
 
-def stop_service(proj: Project, name: str) -> list[str]:
-    """Stop the service's masters and listener on every host of the environment."""
-    from deploy import rolling
-
-    env = proj.env(name)
-    if not rolling.is_rolling(proj, name):
-        return stop_on_host(Host(secrets=env.secret_values()), Layout(str(env.data_dir)))
-    lines = []
-    for t, out, exc, _ in rolling.parallel(
-        rolling.targets(proj, name), lambda t: stop_on_host(t.host, t.layout)
-    ):
-        if exc is not None:
-            lines.append(f"{t.name}: not stopped ({rolling.reason_of(exc)})")
-        lines += [f"{t.name}: {line}" for line in out or []]
-        t.host.close()
-    return lines
-
-
 def stop_on_host(host: Host, layout: Layout) -> list[str]:
     lines = []
     for rid, pid in running_masters(host, layout).items():
@@ -461,64 +443,6 @@ def stop_on_host(host: Host, layout: Layout) -> list[str]:
     for p in (paths.listener_pid, paths.control):
         host.remove_tree(p)
     return lines
-
-
-def service_status(proj: Project, name: str) -> dict[str, Any]:
-    from deploy import rolling
-
-    env = proj.env(name)
-    if rolling.is_rolling(proj, name):
-        return _hosts_status(proj, name)
-    layout = Layout(str(env.data_dir))
-    host = Host()
-    masters = running_masters(host, layout)
-    current = current_release(host, layout)
-    up = bool(masters) and port_answers(env.app_port)
-    return {
-        "up": up,
-        "port": env.app_port,
-        "release": current,
-        "masters": masters,
-        "serving": sorted(masters),
-    }
-
-
-def _hosts_status(proj: Project, name: str) -> dict[str, Any]:
-    """service_status over several hosts: up when every host answers on its bind address."""
-    from deploy import rolling
-
-    env = proj.env(name)
-
-    def one(t: rolling.Target) -> dict[str, Any]:
-        masters = running_masters(t.host, t.layout)
-        return {
-            "host": t.name,
-            "release": current_release(t.host, t.layout),
-            "serving": sorted(masters),
-            "up": bool(masters) and port_answers(env.app_port, t.bind),
-        }
-
-    rows = []
-    for t, row, exc, _ in rolling.parallel(rolling.targets(proj, name), one):
-        rows.append(
-            row
-            or {
-                "host": t.name,
-                "release": None,
-                "serving": [],
-                "up": False,
-                "error": rolling.reason_of(exc) if exc else "",
-            }
-        )
-        t.host.close()
-    return {
-        "up": all(r["up"] for r in rows),
-        "port": env.app_port,
-        "release": rows[0]["release"],
-        "masters": {},
-        "serving": rows[0]["serving"],
-        "hosts": rows,
-    }
 
 
 def to_dict(release: Release) -> dict[str, Any]:

@@ -5,21 +5,35 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy import guards, hooks, migrations, notify, releases, rolling, smoke
+from deploy import guards, migrations, notify, releases, rolling, smoke
 from deploy.actors import Actor
 from deploy.clients import redis_client
 from deploy.config import EnvConfig, Project
-from deploy.errors import DeployError, GuardRefused, ServiceError, UsageError
+from deploy.engine import group
+from deploy.engine.context import Context, Printer
+from deploy.engine.lifecycle import recorded
+from deploy.engine.rollback_rules import (
+    LEVELS,
+    Confirm,
+    SchemaPlan,
+    backup_for,
+    check_request,
+    confirm_prod,
+    freeze,
+    interrupted,
+    previous_good,
+    schema_plan,
+)
+from deploy.errors import GuardRefused, ServiceError, UsageError
 from deploy.hosts import Host
 from deploy.rolling import RolloutError, Target
-from deploy.rollout import Context, Printer, conninfo, migration_files
 from deploy.runtime.native import NativeServices
+from deploy.runtime.native_runtime import hosts_answer, services_up
 from deploy.state import (
     DeployLock,
     HistoryEntry,
@@ -28,157 +42,9 @@ from deploy.state import (
     history,
     new_id,
     record_history,
+    sha256_file,
     utc_now,
 )
-
-LEVELS = {1: "restart", 2: "revert", 3: "restore"}
-# releases a later rollback may go back to; a rollback-3 target carries restored data, not a verdict
-GOOD_KINDS = ("deploy", "emergency", "rollback-2")
-Confirm = Callable[[str], str]
-
-
-# -- pure selection logic (no I/O; unit-tested) ------------------------------------------------
-
-
-def interrupted(entries: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The newest history entry when it is a rollback still marked running: its process died."""
-    if not entries:
-        return None
-    last = entries[-1]
-    if str(last.get("kind", "")).startswith("rollback-") and last.get("status") == "running":
-        return last
-    return None
-
-
-def previous_good(
-    entries: Sequence[Mapping[str, Any]],
-    *,
-    current: str | None,
-    existing: set[str] | frozenset[str],
-) -> str | None:
-    """The newest release that succeeded before the current one, was never rolled back from, and
-    still has its directory; None when there is none."""
-    rolled_back_from = {
-        e.get("previous")
-        for e in entries
-        if e.get("kind") in ("rollback-2", "rollback-3") and e.get("status") == "success"
-    }
-    anchor = len(entries)
-    for i in range(len(entries) - 1, -1, -1):
-        if current and entries[i].get("release") == current:
-            anchor = i
-            break
-    for e in reversed(entries[:anchor]):
-        rid = e.get("release")
-        if (
-            e.get("status") == "success"
-            and e.get("kind") in GOOD_KINDS
-            and rid
-            and rid != current
-            and rid not in rolled_back_from
-            and rid in existing
-        ):
-            return str(rid)
-    return None
-
-
-@dataclass(frozen=True)
-class SchemaPlan:
-    """What level 2 does to the schema on the way back to a release that ships target_version."""
-
-    target_version: int
-    since: tuple[int, ...]  # versions applied above target_version
-    expand_only: bool
-    missing_down: tuple[str, ...]  # files among `since` that have no down file
-
-    @property
-    def revert(self) -> bool:
-        return bool(self.since) and not self.expand_only
-
-    @property
-    def refused(self) -> bool:
-        return self.revert and bool(self.missing_down)
-
-    def describe(self) -> str:
-        if not self.since:
-            return f"schema already at version {self.target_version}"
-        listed = ", ".join(str(v) for v in self.since)
-        if self.expand_only:
-            return f"schema stays: {listed} expand-only"
-        if self.missing_down:
-            return f"refused: {', '.join(self.missing_down)} has no down file"
-        return f"run down files of {', '.join(str(v) for v in reversed(self.since))}"
-
-
-def schema_plan(
-    files: Sequence[migrations.MigrationFile], applied: Sequence[int], *, target_version: int
-) -> SchemaPlan:
-    """files: the serving release's (the target lacks newer files); applied: the ledger's versions."""
-    since = tuple(sorted(v for v in applied if v > target_version))
-    by_version = {f.version: f for f in files}
-    missing = tuple(
-        by_version[v].filename if v in by_version else f"version {v} (no file)"
-        for v in since
-        if v not in by_version or by_version[v].down_path is None
-    )
-    return SchemaPlan(target_version, since, migrations.is_expand_only(files, since), missing)
-
-
-def backup_for(
-    entries: Sequence[Mapping[str, Any]],
-    backups: Sequence[Mapping[str, Any]],
-    *,
-    current: str | None,
-) -> Mapping[str, Any] | None:
-    """The backup taken before the current release's deploy: its history entry names it; else the
-    newest backup taken while another release served."""
-    by_id = {b.get("id"): b for b in backups}
-    # a restore put its release back on the backup's data: restoring again goes to the same point
-    kinds = (*GOOD_KINDS, "rollback-3")
-    for e in reversed(entries):
-        if e.get("release") == current and e.get("kind") in kinds and e.get("backup") in by_id:
-            return by_id[e["backup"]]
-    older = [b for b in backups if b.get("release") and b.get("release") != current]
-    return max(older, key=lambda b: str(b.get("id")), default=None)
-
-
-def check_request(
-    *,
-    level: int,
-    env: EnvConfig,
-    actor: Actor,
-    yes: bool,
-    dry_run: bool,
-    reset_data: bool,
-    to: str | None,
-    backup_id: str | None,
-) -> None:
-    """Refuse a request that no state could make right, before anything is read or changed."""
-    if level not in LEVELS:
-        raise UsageError(
-            f"--level {level} is not a rollback level",
-            hint="1 restart, 2 revert to the previous release, 3 restore a backup",
-        )
-    prod = env.environment == "production"
-    if reset_data and (level != 1 or prod):
-        raise UsageError(
-            f"--reset-data is not allowed on {env.name}"
-            if prod
-            else "--reset-data goes with --level 1",
-            hint="prod data is never wiped; use level 3 to restore a backup"
-            if prod
-            else f"`inv {env.name}.rollback --level 1 --reset-data`",
-        )
-    if to and level != 2:
-        raise UsageError("--to goes with --level 2", hint="level 3 takes --backup ID")
-    if backup_id and level != 3:
-        raise UsageError("--backup goes with --level 3", hint="level 2 takes --to RELEASE")
-    if prod and not dry_run and not actor.is_human:
-        raise GuardRefused(
-            f"{actor} may not roll back {env.name}: automation never acts on prod",
-            hint="a human runs it (STAGEFLOW_ACTOR_KIND=human)",
-        )
-
 
 # -- the plan ------------------------------------------------------------------------------------
 
@@ -298,7 +164,7 @@ def _make_plan(
         files = release_migration_files(host, layout, current)
         target_files = release_migration_files(host, layout, p.target)
         target_version = max((f.version for f in target_files), default=0)
-        rows = migrations.status(conninfo(env), files, password=env.secret("POSTGRES_PASSWORD"))
+        rows = migrations.status(env.database_url, files, password=env.secret("POSTGRES_PASSWORD"))
         p.schema = schema_plan(
             files, [r.version for r in rows if r.state == "applied"], target_version=target_version
         )
@@ -384,16 +250,16 @@ def _make_plan(
 def _order(proj: Project, name: str) -> str:
     """The batches hosts go in, primary first and alone: "a | b, c"."""
     todo = [t.name for t in rolling.targets(proj, name)]
-    groups = rolling.batches(todo, proj.policies[name].batch)
+    groups = group.batches(todo, proj.policies[name].batch)
     return " | ".join(", ".join(g) for g in groups) + f" (batch {proj.policies[name].batch!r})"
 
 
 def _on_every_host(todo: Sequence[Target]) -> set[str]:
     """The releases present on every host: only those can serve everywhere."""
-    results = rolling.parallel(todo, lambda t: releases.list_releases(t.host, t.layout))
+    results = group.parallel(todo, lambda t: releases.list_releases(t.host, t.layout))
     for t in todo:
         t.host.close()
-    down = [f"{t.name} ({rolling.reason_of(exc)})" for t, _, exc, _ in results if exc]
+    down = [f"{t.name} ({group.reason_of(exc)})" for t, _, exc, _ in results if exc]
     if down:
         raise ServiceError(
             f"cannot read the releases of {'; '.join(down)}",
@@ -407,7 +273,7 @@ def release_migration_files(host: Host, layout: Layout, rid: str) -> list[migrat
     """The migrations shipped in release rid on host; a remote host's are copied here first
     (each file's text is kept in memory, so the copy can go)."""
     if host.is_local:
-        return migration_files(layout.release(rid))
+        return migrations.in_release(layout.release(rid))
     directory = f"{layout.release(rid)}/app/migrations"
     if not host.exists(directory):
         raise ServiceError(
@@ -515,22 +381,6 @@ def release_of(host: Host, layout: Layout, rid: str) -> releases.Release:
     )
 
 
-def freeze(
-    host: Host, layout: Layout, *, actor: str, reason: str, backup: str | None, release: str | None
-) -> dict[str, Any]:
-    record = {
-        "who": actor,
-        "when": utc_now(),
-        "why": reason or "level 3 restore",
-        "backup": backup,
-        "release": release,
-    }
-    host.makedirs(layout.state)
-    host.write_text(layout.freeze, json.dumps(record, indent=2) + "\n")
-    audit(host, layout, actor=actor, action="freeze", **record)
-    return record
-
-
 def unfreeze(proj: Project, name: str, *, actor: Actor, reason: str) -> dict[str, Any] | None:
     """Lift the freeze a level 3 restore left; the reason and the freeze it lifts are audited."""
     if not reason.strip():
@@ -554,23 +404,6 @@ def unfreeze(proj: Project, name: str, *, actor: Actor, reason: str) -> dict[str
         proj, name, "unfreeze", actor=str(actor), status="unfrozen", details={"reason": reason}
     )
     return record
-
-
-def confirm_prod(env: EnvConfig, *, actor: Actor, yes: bool, confirm: Confirm | None) -> None:
-    """prod: the operator types the environment's name, unless a human passed --yes."""
-    if env.environment != "production" or (yes and actor.is_human):
-        return
-    answer = ""
-    if confirm is not None:
-        try:
-            answer = confirm(f"type {env.name!r} to roll back {env.name}: ").strip()
-        except EOFError:
-            answer = ""
-    if answer != env.name:
-        raise GuardRefused(
-            f"rollback of {env.name} not confirmed",
-            hint=f"type {env.name!r} at the prompt, or pass --yes",
-        )
 
 
 def _smoke(env: EnvConfig, rid: str) -> str:
@@ -604,7 +437,6 @@ def rollback(
     dry_run: bool = False,
     reset_data: bool = False,
     printer: Printer = print,
-    stop_at: str | None = None,
     process_env: Mapping[str, str] | None = None,
     confirm: Confirm | None = None,
 ) -> dict[str, Any]:
@@ -635,7 +467,6 @@ def rollback(
             dry_run=dry_run,
             reset_data=reset_data,
             printer=printer,
-            stop_at=stop_at,
             process_env=process_env,
             confirm=confirm,
         )
@@ -645,13 +476,9 @@ def rollback(
     todo = rolling.targets(proj, name) if multi else []
     checks = [*guards.environment_checks(proj, name, process_env or {})]
     if level > 1:  # level 1 brings servers back itself; 2 and 3 read the ledger first
-        from deploy.rollout import _services_up
-
-        checks.append(("servers", lambda: _services_up(env, proj)))
+        checks.append(("servers", lambda: services_up(proj, name)))
     if todo:
-        from deploy.rollout import _hosts_answer
-
-        checks.append(("hosts", lambda: _hosts_answer(todo)))
+        checks.append(("hosts", lambda: hosts_answer(todo)))
     try:
         guards.require(guards.run_checks(checks))
         p = make_plan(proj, name, level=level, to=to, backup_id=backup_id, reset_data=reset_data)
@@ -663,7 +490,7 @@ def rollback(
     if dry_run:
         _close(host, todo)
         return {"dry_run": True, **p.to_dict()}
-    ctx = Context(proj, env, actor, host, layout, printer, stop_at=stop_at, targets=todo)
+    ctx = Context(proj, env, actor, host, layout, printer, targets=todo)
     target = release_of(host, layout, p.target or "")
     entry = HistoryEntry(
         id=new_id(),
@@ -696,7 +523,7 @@ def rollback(
         # a rolling environment's hosts are ctx.targets; each level handles them
         {1: _level1, 2: _level2, 3: _level3}[level](ctx, p, target, reason=reason, details=details)
         if ctx.outcomes:
-            details.append(f"hosts: {rolling.summary(ctx.outcomes)}")
+            details.append(f"hosts: {group.summary(ctx.outcomes)}")
 
     try:
         recorded(
@@ -728,95 +555,6 @@ def rollback(
     if todo:
         result["hosts"] = [o.to_dict() for o in ctx.outcomes]
     return result
-
-
-def recorded(
-    ctx: Context,
-    entry: HistoryEntry,
-    *,
-    level: int,
-    reason: str,
-    process_env: Mapping[str, str] | None,
-    body: Callable[[list[str]], None],
-    audit_extra: Callable[[], dict[str, Any]] = dict,
-) -> None:
-    """Run body under the deploy lock as one rollback, whatever the runtime: the pre-rollback hook
-    (fails closed), the lock, then the post-rollback or on-failure hook, history, the notification
-    and the audit record, and the unlock. body appends what history's notes should say."""
-    proj, name, host, layout, actor = ctx.proj, ctx.env.name, ctx.host, ctx.layout, ctx.actor
-    hook_ctx = {
-        "actor": actor,
-        "previous": entry.previous or "",
-        "reason": reason,
-        "release": entry.release,
-        "commit": entry.commit,
-        "ref": entry.ref,
-    }
-    hooks.run(proj, name, "pre-rollback", hook_ctx, process_env=process_env)
-    lock = DeployLock(host, layout)
-    details: list[str] = []
-    started = time.perf_counter()
-    ctx.step(
-        "lock",
-        lambda: (
-            lock.acquire(
-                who=str(actor), command=f"{name}.rollback --level {level}", release=entry.release
-            )
-            or f"held by {actor}"
-        ),
-    )
-    try:
-        body(details)
-        entry.status = "success"
-    except DeployError as err:
-        entry.status = "failed"
-        details.append(err.message[: 300 if not ctx.outcomes else 1000])
-        raise
-    except BaseException as err:
-        entry.status = "failed"
-        details.append(f"{err.__class__.__name__}: {str(err)[:200]}")
-        raise
-    finally:
-        entry.duration_s = round(time.perf_counter() - started, 3)
-        point = "post-rollback" if entry.status == "success" else "on-failure"
-        results = hooks.run(
-            proj, name, point, {**hook_ctx, "status": entry.status}, process_env=process_env
-        )
-        details.append(
-            hooks.record_failures(host, layout, results, actor=str(actor), history_id=entry.id)
-        )
-        entry.notes = "; ".join(x for x in [entry.notes, *details] if x)
-        if lock.held:
-            record_history(host, layout, entry)
-            notify.send(
-                proj,
-                name,
-                "rollback",
-                actor=str(actor),
-                release=entry.release,
-                commit=entry.commit,
-                ref=entry.ref,
-                status=entry.status,
-                details={
-                    "level": level,
-                    "reason": reason,
-                    "previous": entry.previous,
-                    "history_id": entry.id,
-                },
-            )
-            audit(
-                host,
-                layout,
-                actor=str(actor),
-                action=entry.kind,
-                status=entry.status,
-                reason=reason,
-                previous=entry.previous,
-                target=entry.release,
-                history_id=entry.id,
-                **audit_extra(),
-            )
-            ctx.step("unlock", lambda: lock.release())
 
 
 def _close(primary: Host, todo: Sequence[Target]) -> None:
@@ -855,7 +593,7 @@ def _level1(
 
         def migrate() -> str:
             done = migrations.migrate(
-                conninfo(env),
+                env.database_url,
                 release_migration_files(host, layout, rel.id),
                 release=rel.id,
                 applied_by=str(ctx.actor),
@@ -885,8 +623,6 @@ def _level1(
 
 def _restart_hosts(ctx: Context, rel: releases.Release) -> None:
     """Level 1 over every host: a new master of the same release on each, batch by batch."""
-    from deploy.rollout import _print_outcomes
-
     env, todo = ctx.env, ctx.targets
     policy = ctx.proj.policies[env.name]
 
@@ -898,19 +634,19 @@ def _restart_hosts(ctx: Context, rel: releases.Release) -> None:
         return f"master {new} serves {rel.id}{drained}; {rolling.probe(env, t, rel.id)}"
 
     def restart() -> str:
-        ctx.outcomes = rolling.roll(
-            env, todo, restart_one, batch=policy.batch, printer=ctx.printer, release=rel.id
+        ctx.outcomes = group.roll(
+            env.name, todo, restart_one, batch=policy.batch, printer=ctx.printer, release=rel.id
         )
-        failed = [o for o in ctx.outcomes if o.status == rolling.FAILED]
+        failed = [o for o in ctx.outcomes if o.status == group.FAILED]
         if failed:
-            _print_outcomes(ctx)
+            ctx.print_outcomes()
             raise RolloutError(
                 f"restart of {rel.id} stopped: {failed[0].host} failed ({failed[0].reason}); "
-                f"{rolling.summary(ctx.outcomes)}",
+                f"{group.summary(ctx.outcomes)}",
                 outcomes=ctx.outcomes,
                 hint=f"fix {failed[0].host}, then run the same rollback again",
             )
-        groups = len(rolling.batches(todo, policy.batch))
+        groups = len(group.batches(todo, policy.batch))
         return f"{len(todo)} hosts restarted {rel.id} ({groups} batches, batch {policy.batch!r})"
 
     ctx.step("restart", restart)
@@ -948,7 +684,7 @@ def _level2(
             return schema.describe()
         # the serving release's files: the target predates the files whose downs must run
         done = migrations.revert(
-            conninfo(env),
+            env.database_url,
             release_migration_files(ctx.host, ctx.layout, p.current or ""),
             to_version=schema.target_version,
             release=rel.id,
@@ -979,8 +715,6 @@ def _switch_hosts_to(
     (restored): nothing goes back, because the release before the restore expects data that is
     gone; a failing host is left stopped and the freeze stays until a human looks.
     """
-    from deploy.rollout import _print_outcomes
-
     env, todo = ctx.env, ctx.targets
     policy = ctx.proj.policies[env.name]
     retry = f"fix that host, then `inv {env.name}.rollback --level {p.level}` again"
@@ -994,10 +728,10 @@ def _switch_hosts_to(
 
     def barrier() -> str:
         try:
-            rolling.on_every_host(todo, ready, phase="barrier", subject=rel.id, hint=retry)
+            group.on_every_host(todo, ready, phase="barrier", subject=rel.id, hint=retry)
         except RolloutError as err:
             ctx.outcomes = list(err.outcomes)
-            _print_outcomes(ctx)
+            ctx.print_outcomes()
             raise
         return f"{rel.id} ready on {len(todo)} hosts"
 
@@ -1007,7 +741,7 @@ def _switch_hosts_to(
                 ctx.proj, env.name, rel.id, hosts=todo, batch=policy.batch, printer=ctx.printer
             )
         except RolloutError as err:
-            failed = [o for o in err.outcomes if o.status == rolling.FAILED]
+            failed = [o for o in err.outcomes if o.status == group.FAILED]
             culprit = failed[0] if failed else err.outcomes[0]
             if restored:
                 ctx.outcomes = list(err.outcomes)
@@ -1025,13 +759,13 @@ def _switch_hosts_to(
                 kept = "; the schema stays reverted" if p.schema and p.schema.revert else ""
                 what = f"rollback of {env.name} to {rel.id} stopped: {culprit.host} failed"
                 after = f"the hosts already moved were switched back{kept}"
-            _print_outcomes(ctx)
+            ctx.print_outcomes()
             raise RolloutError(
-                f"{what} ({culprit.reason}); {after}; {rolling.summary(ctx.outcomes)}",
+                f"{what} ({culprit.reason}); {after}; {group.summary(ctx.outcomes)}",
                 outcomes=ctx.outcomes,
                 hint=retry.replace("that host", culprit.host),
             ) from None
-        groups = len(rolling.batches(todo, policy.batch))
+        groups = len(group.batches(todo, policy.batch))
         return f"{len(todo)} hosts serve {rel.id} ({groups} batches, batch {policy.batch!r})"
 
     ctx.step("barrier", barrier)
@@ -1064,7 +798,7 @@ def _level3(
         return str(record["when"])
 
     ctx.step("freeze", freeze_step)
-    ctx.step("stop", lambda: "; ".join(releases.stop_service(ctx.proj, env.name)) or "not running")
+    ctx.step("stop", lambda: "; ".join(rolling.stop_service(ctx.proj, env.name)) or "not running")
     # the environment's servers and backups are on this machine, whichever hosts run the app
     svc = NativeServices(
         env, user_name=ctx.proj.service_user, host=_host(env) if ctx.targets else host
@@ -1162,7 +896,7 @@ def verify_backup(proj: Project, name: str, backup_id: str) -> dict[str, Any]:
     info = backups.find(proj, name, backup_id)
     layout = Layout(str(env.data_dir))
     dump = Path(layout.backups) / info["file"]
-    if not dump.exists() or backups.sha256_file(dump) != info["sha256"]:
+    if not dump.exists() or sha256_file(dump) != info["sha256"]:
         raise ServiceError(
             f"backup {backup_id} is missing or its checksum does not match",
             hint=f"take a new one with `inv {name}.backup`",

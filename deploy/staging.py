@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploy import backup, guards, migrations, releases, rollout
+from deploy import backup, guards, migrations, releases, rolling
 from deploy import seed as seeding
 from deploy.clients import redis_client
 from deploy.config import EnvConfig, Project, Thresholds
@@ -18,7 +18,7 @@ from deploy.errors import DeployError, GuardRefused, HostError, ServiceError, Us
 from deploy.hosts import Host
 from deploy.runtime.native import NativeServices, pg_bin_dir
 from deploy.smoke import Probe, http
-from deploy.state import DeployLock, Layout, audit
+from deploy.state import DeployLock, Layout, audit, sha256_file
 
 if TYPE_CHECKING:
     from deploy import anonymize
@@ -83,7 +83,7 @@ def _wipe(proj: Project, name: str) -> str:
     """Stop everything, then remove DATA_DIR except state/ (the audit trail outlives a reset)."""
     env = proj.env(name)
     home = _safe_to_wipe(proj, env)
-    releases.stop_service(proj, name)
+    rolling.stop_service(proj, name)
     _services(proj, name).down()
     layout = Layout(str(home))
     removed = 0
@@ -163,7 +163,7 @@ def init(
         source = str(proj.root) if reset else _migration_source(proj, layout)
         applied = migrations.migrate(
             env.database_url,
-            rollout.migration_files(source),
+            migrations.in_release(source),
             applied_by=actor,
             password=env.secret("POSTGRES_PASSWORD"),
         )
@@ -191,7 +191,7 @@ def _latest_backup(proj: Project, source: str) -> dict[str, Any] | None:
     layout = Layout(str(proj.env(source).data_dir))
     for info in reversed(backup.list_backups(proj, source)):
         dump = Path(layout.backups) / info.get("file", "")
-        if dump.exists() and backup.sha256_file(dump) == info.get("sha256"):
+        if dump.exists() and sha256_file(dump) == info.get("sha256"):
             return {**info, "path": str(dump)}
     return None
 
@@ -381,7 +381,7 @@ def refresh(
                 "migrate",
                 lambda: migrations.migrate(
                     _as_role(svc.admin_conninfo(scratch), target.database.user),
-                    rollout.migration_files(_migration_source(proj, layout)),
+                    migrations.in_release(_migration_source(proj, layout)),
                     applied_by=actor,
                 ),
             )
@@ -584,7 +584,7 @@ def profile_checks(
     def healthy() -> tuple[bool, str]:
         svc = NativeServices(env, user_name=proj.service_user)
         down = [s.name for s in svc.status() if not s.up]
-        app = releases.service_status(proj, name)
+        app = rolling.service_status(proj, name)
         if not app["up"]:
             down.append("app")
         return not down, f"down: {', '.join(down)}" if down else "postgres, redis, app up"

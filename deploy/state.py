@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -9,7 +10,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from deploy import procs
@@ -271,3 +272,22 @@ class DeployLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def sha256_file(path: Path) -> str:
+    """A file's sha256 read on this machine, a MiB at a time (backups are large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def find_backup(backups: list[dict[str, Any]], backup_id: str, *, env: str) -> dict[str, Any]:
+    """The backup with this id among an environment's backups; refused with the way to list them."""
+    for b in backups:
+        if b.get("id") == backup_id:
+            return b
+    raise UsageError(
+        f"no backup {backup_id!r} in {env}", hint=f"list them with `inv {env}.backups`"
+    )

@@ -303,7 +303,7 @@ class ComposeRuntime:
             secrets_file=self._secrets_rel if secrets_present else None,
         )
 
-    def _scrub(self, text: str) -> str:
+    def scrub(self, text: str) -> str:
         return scrub(text, self.cfg.secret_values())
 
     def check_engine(self) -> None:
@@ -315,7 +315,7 @@ class ComposeRuntime:
             detail = "the docker client is not installed" if res.exit_code == 127 else res.tail(1)
             raise ServiceError(
                 f'no Docker engine answers at {self.host.name}; use runtime = "native"',
-                hint=f"or start Docker there: {self._scrub(detail)}",
+                hint=f"or start Docker there: {self.scrub(detail)}",
             )
         res = self.host.run(cmd.compose_version(), check=False, timeout=30)
         if not res.ok:
@@ -365,9 +365,9 @@ class ComposeRuntime:
         self.check_engine()
         return self.host.run(build(commands), check=check, timeout=timeout, env=env, cwd=self.root)
 
-    def _failed(self, what: str, res: CommandResult) -> ServiceError:
+    def failed(self, what: str, res: CommandResult) -> ServiceError:
         return ServiceError(
-            f"{self.cfg.name}: {what} failed (exit {res.exit_code}): {self._scrub(res.tail())}",
+            f"{self.cfg.name}: {what} failed (exit {res.exit_code}): {self.scrub(res.tail())}",
             hint=f"inspect with `docker compose -p {self.cfg.compose_project} logs`",
         )
 
@@ -377,14 +377,14 @@ class ComposeRuntime:
         res = self.run(lambda c: c.config(), timeout=60)
         if not res.ok:
             raise ConfigError(
-                f"{self.cfg.name}: compose files do not validate: {self._scrub(res.tail())}",
+                f"{self.cfg.name}: compose files do not validate: {self.scrub(res.tail())}",
                 hint="fix compose/compose.yml or the environment's override",
             )
 
     def pull(self, release: str) -> None:
         res = self.run(lambda c: c.pull(services=[APP_SERVICE]), release=release)
         if not res.ok:
-            raise self._failed(f"pulling {cmd.image_ref(self.image, release)}", res)
+            raise self.failed(f"pulling {cmd.image_ref(self.image, release)}", res)
 
     def up(self, release: str, *, commit: str | None = None) -> list[dict[str, Any]]:
         """Start (or switch to) release and wait until every service is healthy."""
@@ -394,7 +394,7 @@ class ComposeRuntime:
             commit=commit,
         )
         if not res.ok:
-            raise self._failed(f"starting release {release}", res)
+            raise self.failed(f"starting release {release}", res)
         return self.status()
 
     def down(self, *, volumes: bool = False) -> None:
@@ -406,13 +406,13 @@ class ComposeRuntime:
             )
         res = self.run(lambda c: c.down(volumes=volumes))
         if not res.ok:
-            raise self._failed("compose down", res)
+            raise self.failed("compose down", res)
 
     def status(self) -> list[dict[str, Any]]:
         """One parsed `ps --format json` row per container (Service, Image, State, Health, ...)."""
         res = self.run(lambda c: c.ps(all_states=True), timeout=60)
         if not res.ok:
-            raise self._failed("compose ps", res)
+            raise self.failed("compose ps", res)
         return parse_ps(res.stdout)
 
     def current_release(self) -> str | None:
@@ -424,8 +424,8 @@ class ComposeRuntime:
     def logs(self, *, tail: int = 100, services: Sequence[str] = ()) -> str:
         res = self.run(lambda c: c.logs(services=services, tail=tail), timeout=60)
         if not res.ok:
-            raise self._failed("compose logs", res)
-        return self._scrub(res.stdout)
+            raise self.failed("compose logs", res)
+        return self.scrub(res.stdout)
 
     def exec(self, argv: Sequence[str], *, service: str = APP_SERVICE) -> CommandResult:
         return self.run(lambda c: c.exec(service, argv))
@@ -444,12 +444,12 @@ class ComposeRuntime:
                 release=release,
             )
             if not started.ok:
-                raise self._failed("starting postgres and redis", started)
+                raise self.failed("starting postgres and redis", started)
             res = self.run(lambda c: c.run(APP_SERVICE, argv, no_deps=True), release=release)
         if not res.ok:
             raise MigrationError(
                 f"{self.cfg.name}: migration command exited {res.exit_code}: "
-                f"{self._scrub(res.tail())}",
+                f"{self.scrub(res.tail())}",
                 hint="fix the migration, then deploy again",
             )
         return res
@@ -463,7 +463,7 @@ class ComposeRuntime:
             )
         res = self.run(lambda c: c.restart())
         if not res.ok:
-            raise self._failed("compose restart", res)
+            raise self.failed("compose restart", res)
         return self.up(current)
 
     def rollback(self, *, level: int = 2, to: str | None = None) -> str:

@@ -12,7 +12,7 @@ import os
 from invoke import task
 
 from deploy import guards, releases, smoke
-from deploy.errors import NotApproved, RolledBack, UsageError
+from deploy.errors import RolledBack, UsageError
 from deploy.output import print_json, print_table, say
 from deploy.state import DeployLock, history
 from deploy.tasks._common import actor, edge, env_name, guarded, preflight, project, whole
@@ -33,84 +33,50 @@ def deploy(
     c, ref="HEAD", dry_run=False, allow_dirty=False, request=None, break_glass="", json=False
 ):
     """Deploy a git ref: guards, lock, build, migrate, switch, smoke, verify, record."""
-    from deploy import rollout
+    from deploy import promotion
+    from deploy.engine import deploy_pipeline
 
-    name = env_name(c)
-    proj = project()
-    if name == "prod" or request is not None:
-        from deploy import promotion
-
-        if name != "prod":
-            raise UsageError("--request is for prod", hint="dev and staging deploy a --ref")
-        if request is None:
-            raise NotApproved(
-                "prod deploys only an approved request",
-                hint="inv prod.request --ref REF, then a second human runs inv prod.approve ID",
-            )
-        if ref != "HEAD":
-            raise UsageError("prod takes --request, not --ref", hint="the request names the ref")
-        if dry_run:
-            req = promotion.load(proj, request)
-            checks = guards.run_checks(
-                promotion.checks(proj, req, actor=actor(), break_glass=break_glass)
-            )
-            print_table(
-                "prod promotion",
-                ["check", "verdict", "detail"],
-                [(ch.name, "ok" if ch.ok else "REFUSED", ch.detail) for ch in checks],
-            )
-            print_table(
-                f"prod deploy plan for request #{req['id']}",
-                ["step", "does"],
-                rollout.plan(proj, name, ref=req["commit"]),
-            )
-            _print_hooks(proj, name)
-            return
-        result = promotion.deploy(
-            proj,
-            request,
-            actor=actor(),
-            break_glass=break_glass,
-            printer=(lambda _l: None) if json else say,
-            process_env=dict(os.environ),
-            stop_at=os.environ.get("STAGEFLOW_TEST_STOP_AT"),
-        )
-        print_json(result) if json else say(
-            f"prod: deployed {result['release']} in {result['duration_s']:.2f}s"
-        )
-        return
+    name, proj = env_name(c), project()
+    promotion.check_deploy_flags(name, ref=ref, request=request)
     if dry_run:
-        checks = preflight(proj, name)
-        print_table(
-            f"{name} preflight",
-            ["check", "verdict", "detail"],
-            [(ch.name, "ok" if ch.ok else "REFUSED", ch.detail) for ch in checks],
-        )
-        releases.resolve_ref(proj.root, ref)
-        print_table(
-            f"{name} deploy plan for {ref}", ["step", "does"], rollout.plan(proj, name, ref=ref)
-        )
-        if proj.policies[name].runtime == "compose":  # the exact commands, one per line
-            from deploy import compose_ops
-
-            for line in compose_ops.plan(proj, name, ref=ref, actor=str(actor()))[1]:
-                say(f"  {line}")
-        _print_hooks(proj, name)
+        _print_deploy_plan(proj, name, ref=ref, request=request, break_glass=break_glass)
         return
-    result = rollout.deploy(
-        proj,
-        name,
-        actor=actor(),
-        ref=ref,
-        allow_dirty=allow_dirty,
-        printer=(lambda _l: None) if json else say,
-        stop_at=os.environ.get("STAGEFLOW_TEST_STOP_AT"),
-        process_env=dict(os.environ),
-    )
-    if json:
-        print_json(result)
+    printer = (lambda _l: None) if json else say
+    if request is not None:
+        result = promotion.deploy(proj, request, actor=actor(), break_glass=break_glass,
+                                  printer=printer, process_env=dict(os.environ))  # fmt: skip
     else:
-        say(f"{name}: deployed {result['release']} in {result['duration_s']:.2f}s")
+        result = deploy_pipeline.deploy(proj, name, actor=actor(), ref=ref, allow_dirty=allow_dirty,
+                                        printer=printer, process_env=dict(os.environ))  # fmt: skip
+    print_json(result) if json else say(f"{name}: deployed {result['release']} in {result['duration_s']:.2f}s")  # fmt: skip
+
+
+def _print_deploy_plan(proj, name, *, ref, request, break_glass):
+    """The dry run: guards (or, for a request, every promotion rule), the steps, the hooks."""
+    from deploy import promotion
+    from deploy.engine import deploy_pipeline
+
+    if request is not None:
+        req = promotion.load(proj, request)
+        checks = guards.run_checks(
+            promotion.checks(proj, req, actor=actor(), break_glass=break_glass)
+        )
+        title, ref = "prod promotion", req["commit"]
+        plan_title = f"prod deploy plan for request #{req['id']}"
+    else:
+        checks, title = preflight(proj, name), f"{name} preflight"
+        releases.resolve_ref(proj.root, ref)
+        plan_title = f"{name} deploy plan for {ref}"
+    print_table(
+        title,
+        ["check", "verdict", "detail"],
+        [(ch.name, "ok" if ch.ok else "REFUSED", ch.detail) for ch in checks],
+    )
+    planned = deploy_pipeline.plan(proj, name, ref=ref, actor=str(actor()))
+    print_table(plan_title, ["step", "does"], planned["steps"])
+    for line in planned["commands"]:  # where known in advance: the exact commands, one per line
+        say(f"  {line}")
+    _print_hooks(proj, name)
 
 
 def _primary(proj, name):
@@ -132,7 +98,7 @@ def _print_hooks(proj, name):
 
 
 def _files_and_url(name):
-    from deploy import rolling, rollout
+    from deploy import migrations, rolling
     from deploy.rollback import release_migration_files
 
     proj = project()
@@ -141,7 +107,7 @@ def _files_and_url(name):
     current = releases.current_release(host, layout)
     if current:
         return proj, env, release_migration_files(host, layout, current)
-    return proj, env, rollout.migration_files(str(proj.root))
+    return proj, env, migrations.in_release(str(proj.root))
 
 
 @task(

@@ -9,9 +9,8 @@ from invoke import task
 from deploy import backup as backups
 from deploy import releases
 from deploy import rollback as engine
-from deploy.errors import ServiceError, UsageError
+from deploy.errors import ServiceError, UsageError, VerifyFailed
 from deploy.output import print_json, print_table, say
-from deploy.rollout import VerifyFailed
 from deploy.tasks._common import actor, edge, env_name, guarded, project
 
 
@@ -40,49 +39,21 @@ def rollback(
     json=False,
 ):
     """Roll back: --level 1 restart, 2 revert to the previous release, 3 restore a backup."""
-    name = env_name(c)
-    try:  # a string flag: invoke's own int parsing would end in a traceback
-        lvl = int(str(level).strip())
-    except ValueError:
-        raise UsageError(
-            f"--level {level or '(missing)'} is not a rollback level",
-            hint="--level 1 restart, 2 revert to the previous release, 3 restore a backup",
-        ) from None
-    proj = project()
-
-    def ask(prompt: str) -> str:
-        return input(prompt)
-
-    result = engine.rollback(
-        proj,
-        name,
-        level=lvl,
-        actor=actor(),
-        to=to,
-        backup_id=backup,
-        reason=reason,
-        yes=yes,
-        dry_run=dry_run,
-        reset_data=reset_data,
-        printer=(lambda _line: None) if json else say,
-        stop_at=os.environ.get("STAGEFLOW_TEST_STOP_AT"),
-        process_env=dict(os.environ),
-        confirm=ask,
-    )
+    name, proj, lvl = env_name(c), project(), engine.parse_level(level)
+    result = engine.rollback(proj, name, level=lvl, actor=actor(), to=to, backup_id=backup,
+                             reason=reason, yes=yes, dry_run=dry_run, reset_data=reset_data,
+                             printer=(lambda _line: None) if json else say,
+                             process_env=dict(os.environ), confirm=input)  # fmt: skip
     if json:
         print_json(result)
     elif dry_run:
-        say(
-            f"{name}: level {level} ({engine.LEVELS[lvl]}) {result['current']} -> {result['target']}"
-        )
+        say(f"{name}: level {lvl} ({engine.LEVELS[lvl]}) {result['current']} -> {result['target']}")
         print_table(f"{name} rollback plan (nothing changed)", ["step", "does"], result["steps"])
         for line in result.get("commands", []):  # compose: the exact commands, one per line
             say(f"  {line}")
     else:
-        say(
-            f"{name}: rollback level {level} {result['status']}: {result['release']} serves "
-            f"({result['duration_s']:.2f}s)"
-        )
+        say(f"{name}: rollback level {lvl} {result['status']}: {result['release']} serves "
+            f"({result['duration_s']:.2f}s)")  # fmt: skip
 
 
 @task(

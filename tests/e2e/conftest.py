@@ -14,6 +14,7 @@ import pytest
 from tests import support
 
 INV = str(Path(sys.executable).with_name("inv"))
+KILLPOINT = str(Path(__file__).resolve().parents[1] / "killpoint.py")
 
 
 @dataclass
@@ -31,7 +32,9 @@ class Project:
         kind: str = "human",
         env: dict[str, str] | None = None,
         timeout: float = 180,
+        kill_at: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
+        """`inv ARGS` as the operator runs it; kill_at: SIGKILLed when that step starts."""
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("STAGEFLOW_")}
         full_env.pop("ENVIRONMENT", None)
         full_env.update(
@@ -46,8 +49,9 @@ class Project:
         for a in args:
             if a.endswith(".up"):
                 self.started.add(a.split(".")[0])
+        argv = [sys.executable, KILLPOINT, kill_at, *args] if kill_at else [INV, *args]
         return subprocess.run(
-            [INV, *args],
+            argv,
             cwd=self.root,
             env=full_env,
             capture_output=True,

@@ -81,8 +81,7 @@ def test_changed_applied_migration_is_refused_by_name(project):
 
 
 def test_second_deploy_refused_while_locked_and_stale_lock_forced(project):
-    env = {"STAGEFLOW_TEST_STOP_AT": "migrate"}
-    killed = project.inv("dev.deploy", env=env)
+    killed = project.inv("dev.deploy", kill_at="migrate")
     assert killed.returncode == -signal.SIGKILL
     res = project.inv("dev.deploy")
     assert res.returncode == 4 and "stale" in res.stderr

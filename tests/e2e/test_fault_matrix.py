@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
-from deploy import rollback, rollout
+from deploy import rollback
+from deploy.engine import deploy_pipeline
 
 # the steps each operation passes through on a single-host staging, in order
 DEPLOY_STEPS = (
@@ -105,8 +106,7 @@ def _step_names(module: object, *functions: str) -> set[str]:
 
 
 def test_the_matrix_covers_every_step_the_code_passes_through():
-    assert DEPLOY_STEPS == rollout.STEPS
-    assert _step_names(rollout, "deploy", "_run_steps") == set(rollout.STEPS)
+    assert DEPLOY_STEPS == deploy_pipeline.STEPS
     around = _step_names(rollback, "recorded")
     switch = _step_names(rollback, "_switch_to")
     assert around == {"lock", "unlock"}
@@ -263,7 +263,7 @@ def staging(project):
 def kill_at(st: Staging, op: str, step: str, argv: tuple[str, ...]):
     if op != "level3":  # level 3 restores the backup B's deploy took: keep knowing its rows
         st.backup_rows = None
-    res = st.project.inv(*argv, env={"STAGEFLOW_TEST_STOP_AT": step})  # type: ignore[attr-defined]
+    res = st.project.inv(*argv, kill_at=step)  # type: ignore[attr-defined]
     assert res.returncode == -signal.SIGKILL, (
         f"{op} did not die at {step}: exit {res.returncode}\n{res.stdout}\n{res.stderr}"
     )
@@ -278,6 +278,15 @@ def check_lock_and_force(project, step: str) -> None:
     assert "STALE" in out, out
     res = project.inv("staging.lock", "--force", "--reason", f"fault matrix: killed at {step}")
     assert res.returncode == 0 and "released (audited)" in res.stdout, res.stdout + res.stderr
+
+
+def test_a_single_host_deploy_walks_exactly_the_matrix_steps(staging):
+    """The dry run prints the list the run walks: its names are the steps killed at below."""
+    from deploy.config import load_project
+
+    proj = load_project(staging.project.root, process_env={})
+    walked = [name for name, _ in deploy_pipeline.plan(proj, "staging", ref="HEAD")["steps"]]
+    assert tuple(walked) == DEPLOY_STEPS
 
 
 @pytest.mark.parametrize(("op", "step"), CASES, ids=[f"{o}-{s}" for o, s in CASES])

@@ -300,7 +300,7 @@ def test_verify_task_and_a_killed_rollback_that_a_second_one_completes(project, 
         "2",
         "--reason",
         "E fails health",
-        env={"STAGEFLOW_TEST_STOP_AT": "switch"},
+        kill_at="switch",
     )
     assert killed.returncode == -signal.SIGKILL
     assert "STALE" in project.ok("staging.lock").stdout

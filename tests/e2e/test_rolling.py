@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from deploy import rolling, rollout
+from deploy import rolling
 from deploy.actors import Actor
 from deploy.config import load_project
+from deploy.engine import deploy_pipeline, group
 from deploy.errors import ExitCode
 from deploy.releases import lock_hash
 from tests import support
@@ -118,7 +119,7 @@ def in_process(f: Fleet, env: str, printer: Callable[[str], None], **kw: Any) ->
     """The deploy engine in this process, so a test can act between two batches (printer)."""
     proj = load_project(f.project.root, process_env={})
     actor = Actor(name=f.project.actor, kind="human")
-    return rollout.deploy(proj, env, actor=actor, printer=printer, **kw)
+    return deploy_pipeline.deploy(proj, env, actor=actor, printer=printer, **kw)
 
 
 def test_dry_run_shows_the_batches(hosts: Fleet) -> None:
@@ -188,7 +189,7 @@ def test_sshd_stopping_mid_rollout_switches_back_every_host(hosts: Fleet) -> Non
     victim = hosts.staging[1]
     # the primary passed its health check: the second host's sshd dies before its turn
     with StopsAfterPrimary(hosts.staging[0], victim) as printer:
-        with pytest.raises(rolling.RolloutError) as info:
+        with pytest.raises(group.RolloutError) as info:
             in_process(hosts, "staging", printer)
     lines = printer.lines
     err = info.value
@@ -231,10 +232,10 @@ def test_switch_hosts_moves_every_host_and_reports_each(hosts: Fleet) -> None:
     lines: list[str] = []
     outcomes = rolling.switch_hosts(proj, "prod", current, printer=lines.append)
     assert [o.status for o in outcomes] == ["ok"] * PROD
-    with pytest.raises(rolling.RolloutError) as info:
+    with pytest.raises(group.RolloutError) as info:
         rolling.switch_hosts(proj, "prod", "no-such-release", printer=lines.append)
     assert [o.status for o in info.value.outcomes] == ["failed"] * PROD  # all at once
-    with pytest.raises(rolling.RolloutError) as info:
+    with pytest.raises(group.RolloutError) as info:
         rolling.switch_hosts(proj, "prod", "no-such-release", batch="50%", printer=lines.append)
     # the barrier: the first host failed, so no other host was touched
     assert [o.status for o in info.value.outcomes] == ["failed"] + ["skipped"] * (PROD - 1)

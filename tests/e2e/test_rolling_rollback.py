@@ -21,6 +21,7 @@ import pytest
 from deploy import rollback, rolling
 from deploy.actors import Actor
 from deploy.config import load_project
+from deploy.engine import group
 from deploy.errors import ExitCode
 from deploy.state import DeployLock
 from tests import support
@@ -288,7 +289,7 @@ def test_a_host_failing_after_a_restore_is_left_stopped_and_the_freeze_stays(
     assert staging.serving() == [a] * HOSTS
     # restored, the primary serves: the second host's sshd dies
     with StopsAfterPrimary(staging.hosts[0], staging.hosts[1]) as printer:
-        with pytest.raises(rolling.RolloutError) as info:
+        with pytest.raises(group.RolloutError) as info:
             staging.engine(level=3, reason="restore drill", printer=printer)
     err = info.value
     first, second, third = (h.destination for h in staging.hosts)
@@ -316,7 +317,7 @@ def test_a_host_failing_mid_rollback_sends_the_moved_hosts_back(staging: Staging
     assert staging.serving() == [b] * HOSTS
     # the primary passed its health check on A: the second host's sshd dies before its turn
     with StopsAfterPrimary(staging.hosts[0], staging.hosts[1]) as printer:
-        with pytest.raises(rolling.RolloutError) as info:
+        with pytest.raises(group.RolloutError) as info:
             staging.engine(level=2, to=a, printer=printer)
     err = info.value
     statuses = [(o.host, o.status) for o in err.outcomes]

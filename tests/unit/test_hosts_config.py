@@ -10,6 +10,7 @@ import pytest
 from deploy import guards, rolling
 from deploy.commands import app as cmd
 from deploy.config import LOCAL, HostSpec, Project, load_project
+from deploy.engine import group
 from deploy.errors import ConfigError
 from tests import support
 
@@ -68,29 +69,29 @@ def test_bad_hosts_and_batches_refuse(tmp_path: Path, staging: str, says: str) -
     [("1", 3, 1), ("2", 3, 2), ("9", 3, 3), ("50%", 6, 3), ("25%", 16, 4), ("25%", 1, 1)],
 )
 def test_batch_size(batch: str, hosts: int, size: int) -> None:
-    assert rolling.batch_size(batch, hosts) == size
+    assert group.batch_size(batch, hosts) == size
 
 
 def test_batches_put_the_first_host_alone() -> None:
-    assert rolling.batches(list("abcdef"), "50%") == [["a"], ["b", "c", "d"], ["e", "f"]]
-    assert rolling.batches(list("abc"), "1") == [["a"], ["b"], ["c"]]
-    assert rolling.batches(list("abc"), None) == [["a", "b", "c"]]
-    assert rolling.batches(["a"], "25%") == [["a"]]
+    assert group.batches(list("abcdef"), "50%") == [["a"], ["b", "c", "d"], ["e", "f"]]
+    assert group.batches(list("abc"), "1") == [["a"], ["b"], ["c"]]
+    assert group.batches(list("abc"), None) == [["a", "b", "c"]]
+    assert group.batches(["a"], "25%") == [["a"]]
 
 
 def test_outcome_table_and_error_keep_every_host() -> None:
     outcomes = [
-        rolling.HostOutcome("h1", rolling.REVERTED, "switched back to r0", "r0", 1.0),
-        rolling.HostOutcome("h2", rolling.FAILED, "unreachable", "r0", 0.5),
-        rolling.HostOutcome("h3", rolling.SKIPPED, "stopped before", "r0"),
+        group.HostOutcome("h1", group.REVERTED, "switched back to r0", "r0", 1.0),
+        group.HostOutcome("h2", group.FAILED, "unreachable", "r0", 0.5),
+        group.HostOutcome("h3", group.SKIPPED, "stopped before", "r0"),
     ]
-    err = rolling.RolloutError("stopped", outcomes=outcomes)
+    err = group.RolloutError("stopped", outcomes=outcomes)
     assert err.reverted and int(err.exit_code) == 6
     assert [h["host"] for h in err.to_dict()["hosts"]] == ["h1", "h2", "h3"]
-    lines = rolling.table(outcomes)
+    lines = group.table(outcomes)
     assert len(lines) == 4 and all(h in "".join(lines) for h in ("h1", "h2", "h3"))
-    assert rolling.summary(outcomes) == "h1 reverted; h2 failed; h3 skipped"
-    no_revert = rolling.RolloutError("stopped", outcomes=outcomes[1:])
+    assert group.summary(outcomes) == "h1 reverted; h2 failed; h3 skipped"
+    no_revert = group.RolloutError("stopped", outcomes=outcomes[1:])
     assert not no_revert.reverted and int(no_revert.exit_code) == 1
 
 
@@ -159,8 +160,6 @@ def test_a_step_that_fails_on_one_host_reports_every_host_and_switches_nothing()
 
     import pytest
 
-    from deploy import rolling
-
     @dataclass
     class Item:  # on_every_host reads only a host's name and what it served before
         name: str
@@ -171,9 +170,9 @@ def test_a_step_that_fails_on_one_host_reports_every_host_and_switches_nothing()
             raise OSError("disk full")
         return "built"
 
-    rolling.on_every_host([Item("a"), Item("c")], build, phase="build", subject="r1", hint="h")
-    with pytest.raises(rolling.RolloutError) as caught:
-        rolling.on_every_host(
+    group.on_every_host([Item("a"), Item("c")], build, phase="build", subject="r1", hint="h")
+    with pytest.raises(group.RolloutError) as caught:
+        group.on_every_host(
             [Item("a"), Item("b"), Item("c")],
             build,
             phase="build",
@@ -182,9 +181,9 @@ def test_a_step_that_fails_on_one_host_reports_every_host_and_switches_nothing()
         )
     err = caught.value
     assert [(o.host, o.status) for o in err.outcomes] == [
-        ("a", rolling.SKIPPED),
-        ("b", rolling.FAILED),
-        ("c", rolling.SKIPPED),
+        ("a", group.SKIPPED),
+        ("b", group.FAILED),
+        ("c", group.SKIPPED),
     ]
     assert "build of r1 failed on b" in err.message and "disk full" in err.message
     assert "nothing was switched" in err.message and not err.reverted

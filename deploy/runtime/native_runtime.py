@@ -1,0 +1,277 @@
+"""The native runtime for the pipelines: releases as directories with gunicorn masters on a shared
+socket, on every host of the environment (this machine alone is a group of one)."""
+
+from __future__ import annotations
+
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deploy import guards, migrations, releases, rolling, smoke
+from deploy.config import Project
+from deploy.engine import group
+from deploy.engine.steps import Step
+from deploy.errors import RolledBack
+from deploy.runtime.native import NativeServices
+
+if TYPE_CHECKING:
+    from deploy.engine.context import Context
+    from deploy.runtime.base import CheckFn
+
+
+def migration_files_of(proj: Project, commit: str) -> list[migrations.MigrationFile]:
+    """The commit's migrations, from the archive built for the hosts (no host is read)."""
+    tarball = releases.archive(proj, commit)
+    with tempfile.TemporaryDirectory(prefix="stageflow-migrations-") as tmp:
+        with tarfile.open(tarball) as tar:
+            members = [m for m in tar.getmembers() if m.name.startswith("app/migrations/")]
+            tar.extractall(tmp, members=members, filter="data")
+        return migrations.discover(Path(tmp) / "app" / "migrations")
+
+
+def services_up(proj: Project, name: str) -> guards.Check:
+    """PostgreSQL and Redis of the environment answer (they run on this machine)."""
+    env = proj.env(name)
+    down = [s.name for s in NativeServices(env, user_name=proj.service_user).status() if not s.up]
+    if down:
+        return guards.Check(
+            "servers", False, f"{', '.join(down)} not running; run `inv {env.name}.up`"
+        )
+    return guards.Check("servers", True, "postgres and redis answer")
+
+
+def hosts_answer(todo: list[group.Target]) -> guards.Check:
+    """Every host answers over SSH before anything changes: a dead host refuses the operation."""
+    results = group.parallel(todo, lambda t: t.host.exists("/"))
+    down = [f"{t.name} ({group.reason_of(exc)})" for t, _, exc, _ in results if exc]
+    if down:
+        return guards.Check("hosts", False, f"unreachable: {'; '.join(down)}")
+    return guards.Check("hosts", True, f"{len(todo)} hosts answer")
+
+
+class NativeRuntime:
+    """gunicorn releases on the environment's hosts; PostgreSQL and Redis on this machine."""
+
+    kind = "native"
+
+    def __init__(self, targets: list[group.Target], *, rolling_hosts: bool) -> None:
+        self.targets = targets
+        self.rolling_hosts = rolling_hosts  # several hosts, or a remote one: every host is asked
+        self.ctx: Context | None = None
+        self._files: list[migrations.MigrationFile] | None = None
+
+    def bind(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def checks(self) -> list[CheckFn]:
+        ctx = self.ctx
+        assert ctx is not None
+        out: list[CheckFn] = [("servers", lambda: services_up(ctx.proj, ctx.env.name))]
+        if self.rolling_hosts:
+            out.append(("hosts", lambda: hosts_answer(self.targets)))
+        return out
+
+    def serving(self) -> str | None:
+        primary = self.targets[0]
+        return releases.current_release(primary.host, primary.layout)
+
+    def describe(self, ctx: Context, ref: str) -> dict[str, str]:
+        env, policy, layout = ctx.env, ctx.policy, ctx.layout
+        many = len(self.targets) > 1
+        where = f" on {self.targets[0].name} (the primary)" if self.rolling_hosts else ""
+        order = " | ".join(
+            ", ".join(t.name for t in g) for g in group.batches(self.targets, policy.batch)
+        )
+        return {
+            "preflight": "environment guards; servers up; "
+            + ("every host answers; " if self.rolling_hosts else "")
+            + "not frozen",
+            "lock": f"mkdir {layout.lock}{where}",
+            "build": (
+                f"git archive {ref} once; upload, extract and venv on {len(self.targets)} hosts "
+                "in parallel"
+                if self.rolling_hosts
+                else f"git archive {ref} -> {layout.releases}/<id>; venv by lock hash"
+            ),
+            "backup": f"policy {policy.backup!r}: pg_dump -Fc before migrating",
+            "migrate": f"pending files of app/migrations on {env.database.name}"
+            + (", once" if self.rolling_hosts else ""),
+            "rollout": f"batch {policy.batch!r}: {order}; per host: /readyz in-process, gunicorn "
+            f"x{policy.workers} on <bind>:{env.app_port}, switch, health check; "
+            "a failure switches the done hosts back",
+            "verify": f"{policy.verify_window_s:g}s window "
+            + ("over every host" if many else "against the env's thresholds"),
+            "prune": f"keep {policy.keep_releases} releases" + (" on every host" if many else ""),
+        }
+
+    def dry_run_commands(self, ctx: Context, ref: str) -> list[str]:
+        return []
+
+    # -- acting -------------------------------------------------------------------------------
+
+    def build(self, ctx: Context, *, commit: str, ref: str, dirty: bool) -> tuple[Any, str]:
+        taken = group.parallel(self.targets, lambda t: t.host.listdir(t.layout.releases))
+        rid = releases.new_release_id(
+            commit, sorted({r for _, rs, _, _ in taken for r in rs or []})
+        )
+        releases.archive(ctx.proj, commit)  # once, before the threads upload it
+
+        def one(t: group.Target) -> str:
+            t.previous = releases.current_release(t.host, t.layout)
+            releases.build(
+                ctx.proj,
+                ctx.env,
+                t.host,
+                commit=commit,
+                ref=ref,
+                dirty=dirty,
+                layout=t.layout,
+                rid=rid,
+            )
+            releases.write_app_env(t.host, ctx.env, t.layout)
+            return "built"
+
+        on_every_host(ctx, one, phase="build", subject=rid, hint="fix that host, then deploy again")
+        rel = releases.Release(rid, commit, ref, dirty)
+        if len(self.targets) == 1:
+            return rel, rid
+        return rel, f"{rid} on {len(self.targets)} hosts"
+
+    def _migration_files(self, ctx: Context) -> list[migrations.MigrationFile]:
+        if self._files is None:
+            self._files = migration_files_of(ctx.proj, ctx.built.commit)
+        return self._files
+
+    def pending(self, ctx: Context) -> list[int]:
+        env = ctx.env
+        files = self._migration_files(ctx)
+        found = migrations.pending(
+            env.database_url, files, password=env.secret("POSTGRES_PASSWORD")
+        )
+        return [f.version for f in found]
+
+    def backup(self, ctx: Context, *, reason: str) -> dict[str, Any]:
+        from deploy import backup as backups
+
+        return backups.take(
+            ctx.proj, ctx.env.name, actor=str(ctx.actor), release=ctx.previous or "", reason=reason
+        )
+
+    def migrate(self, ctx: Context) -> list[int]:
+        env = ctx.env
+        applied = migrations.migrate(
+            env.database_url,
+            self._migration_files(ctx),
+            release=ctx.built.id,
+            applied_by=str(ctx.actor),
+            password=env.secret("POSTGRES_PASSWORD"),
+        )
+        return [f.version for f in applied]
+
+    def host_steps(self, ctx: Context, target: group.Target) -> list[Step]:
+        env, policy = ctx.env, ctx.policy
+        on = f" on {target.name}" if len(self.targets) > 1 else ""
+        return [
+            Step(
+                "barrier",
+                f"the new release answers /readyz in-process{on}",
+                lambda: _barrier(ctx, target),
+            ),
+            Step(
+                "start",
+                f"gunicorn x{policy.workers} on the shared socket :{env.app_port}{on}",
+                lambda: _start(ctx, target),
+            ),
+            Step(
+                "switch",
+                f"{target.layout.current} -> releases/<id>; drain the old master",
+                lambda: _switch(ctx, target),
+            ),
+            Step(
+                "smoke",
+                "health, ready, version, identity, postgres, redis",
+                lambda: _smoke(ctx, target),
+            ),
+        ]
+
+    def revert(self, ctx: Context, target: group.Target) -> str | None:
+        t = target
+        if t.previous and t.host.exists(t.layout.release(t.previous)):
+            rolling.switch_one(ctx.env, t, t.previous, workers=ctx.policy.workers, check=False)
+            return t.previous
+        releases.retire_others(t.host, t.layout, keep="")
+        if t.switched:
+            t.host.run(["rm", "-f", t.layout.current], check=False)
+        return None
+
+    def watch(self, ctx: Context, *, window_s: float) -> Any:
+        return rolling.watch(
+            ctx.proj,
+            ctx.env.name,
+            self.targets,
+            release=ctx.built.id,
+            baseline=ctx.previous,
+            window_s=window_s,
+        )
+
+    def prune(self, ctx: Context) -> str:
+        keep, rid = ctx.policy.keep_releases, ctx.built.id
+
+        def one(t: group.Target) -> int:
+            protect = {rid, t.previous} - {None}
+            return len(releases.prune(t.host, t.layout, keep=keep, protect=protect))  # type: ignore[arg-type]
+
+        results = group.parallel(self.targets, one)
+        done = sum(n or 0 for _, n, _, _ in results)
+        if len(self.targets) == 1:
+            return f"pruned {done}"
+        missed = [t.name for t, _, exc, _ in results if exc]
+        return f"pruned {done} on {len(self.targets)} hosts" + (
+            f"; not pruned on {', '.join(missed)}" if missed else ""
+        )
+
+
+def on_every_host(ctx: Context, fn: Any, *, phase: str, subject: str, hint: str) -> None:
+    """A step that must pass on every host before anything switches. A group of one raises the
+    host's own error; a larger group one RolloutError carrying every host's outcome."""
+    if len(ctx.targets) == 1:
+        fn(ctx.targets[0])
+        return
+    try:
+        group.on_every_host(ctx.targets, fn, phase=phase, subject=subject, hint=hint)
+    except group.RolloutError as err:
+        ctx.outcomes = list(err.outcomes)
+        ctx.print_outcomes()
+        raise
+
+
+def _barrier(ctx: Context, t: group.Target) -> str:
+    releases.health_barrier(t.host, ctx.env, t.layout, ctx.built)
+    return "ready"
+
+
+def _start(ctx: Context, t: group.Target) -> str:
+    t.started = True
+    pid = releases.start(
+        t.host, ctx.env, t.layout, ctx.built, workers=ctx.policy.workers, bind=t.bind
+    )
+    return f"master pid {pid}"
+
+
+def _switch(ctx: Context, t: group.Target) -> str:
+    rid = ctx.built.id
+    releases.switch(t.host, t.layout, rid)
+    t.switched = True
+    retired = releases.retire_others(t.host, t.layout, keep=rid)
+    return f"serving {rid}" + (f"; drained {', '.join(retired)}" if retired else "")
+
+
+def _smoke(ctx: Context, t: group.Target) -> str:
+    probes = smoke.run(ctx.env, expect_release=ctx.built.id, host=t.bind)
+    bad = smoke.failed(probes)
+    if bad:
+        raise RolledBack(f"smoke failed ({bad[0].name}: {bad[0].detail})")
+    return f"{len(probes)} probes passed in {sum(p.ms for p in probes):.0f} ms"
