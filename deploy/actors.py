@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from deploy.commands import git as gitcmd
 from deploy.errors import UsageError
+from deploy.hosts import run_process
 
 KINDS = ("human", "agent", "ci")
 
@@ -26,12 +27,10 @@ class Actor:
 
 def _git_email() -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "config", "user.email"], capture_output=True, text=True, timeout=5, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
+        out = run_process(gitcmd.config_get("user.email"), timeout=5)
+    except OSError:
         return None
-    return out.stdout.strip() or None
+    return (out.stdout.strip() or None) if out.ok else None
 
 
 def resolve(process_env: Mapping[str, str], *, stdin_is_tty: bool) -> Actor:

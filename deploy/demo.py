@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from deploy.commands import git as gitcmd
 from deploy.config import Project, load_env
 from deploy.errors import DeployError
+from deploy.hosts import run_process
 from deploy.output import say
 
 OPERATOR, APPROVER = "operator@example.com", "approver@example.com"
@@ -33,18 +34,12 @@ class Demo:
         self.started = time.perf_counter()
 
     def sh(self, *argv: str, env: dict[str, str] | None = None) -> str:
-        out = subprocess.run(
-            argv,
-            cwd=self.repo,
-            capture_output=True,
-            text=True,
-            env={**os.environ, **(env or {})},
-            stdin=subprocess.DEVNULL,
-        )
-        if out.returncode != 0:
+        # the operator's own session: Ctrl-C reaches the `inv` step as it would at a prompt
+        out = run_process(argv, cwd=self.repo, env={**os.environ, **(env or {})}, new_session=False)
+        if out.exit_code != 0:
             detail = (out.stderr.strip() or out.stdout.strip()).splitlines()[-1:] or ["?"]
             raise DemoFailed(
-                f"`{' '.join(argv[:4])}` exited {out.returncode}: {detail[0]}",
+                f"`{' '.join(argv[:4])}` exited {out.exit_code}: {detail[0]}",
                 hint=f"the demo clone is in {self.repo}",
             )
         return out.stdout
@@ -69,8 +64,8 @@ class Demo:
         say(f"{self.n:>2}. {what:<44} {took:6.2f}s  inv {' '.join(args)}{who}")
         return out
 
-    def git(self, *args: str) -> str:
-        return self.sh("git", *args).strip()
+    def git(self, argv: list[str]) -> str:
+        return self.sh(*argv).strip()
 
 
 def run(source: Project, *, keep: bool = False) -> None:
@@ -83,7 +78,7 @@ def run(source: Project, *, keep: bool = False) -> None:
     try:
         demo.step("start dev, staging and prod servers", "dev.up", "staging.up", "prod.up")
         demo.step("deploy HEAD to dev", "dev.deploy")
-        demo.git("tag", "-f", "v1.4.0-rc.1")
+        demo.git(gitcmd.tag("v1.4.0-rc.1", force=True))
         demo.step(
             "deploy the release candidate to staging", "staging.deploy", "--ref", "v1.4.0-rc.1"
         )
@@ -96,7 +91,7 @@ def run(source: Project, *, keep: bool = False) -> None:
             db_url,
             env=gate_env,
         )
-        demo.git("tag", "-f", "v1.4.0")
+        demo.git(gitcmd.tag("v1.4.0", force=True))
         demo.step(
             "release gate, stage GA",
             "release.gate",
@@ -111,11 +106,9 @@ def run(source: Project, *, keep: bool = False) -> None:
         demo.step("deploy the approved request to prod", "prod.deploy", "--request", rid)
         # a second release goes the same way, then prod rolls back to the first
         (demo.repo / "CHANGES.demo").write_text("v1.4.1: a change that will be rolled back\n")
-        demo.git("add", "CHANGES.demo")
-        demo.git(
-            "-c", "user.email=demo@example.com", "-c", "user.name=demo", "commit", "-qm", "v1.4.1"
-        )
-        demo.git("tag", "-f", "v1.4.1")
+        demo.git(gitcmd.add("CHANGES.demo"))
+        demo.git(gitcmd.commit_staged("v1.4.1", email="demo@example.com", name="demo"))
+        demo.git(gitcmd.tag("v1.4.1", force=True))
         demo.step("deploy v1.4.1 to staging", "staging.deploy", "--ref", "v1.4.1")
         demo.step(
             "release gate, stage GA",
@@ -157,18 +150,13 @@ def _request(demo: Demo, ref: str) -> str:
 def _prepare(source: Project, demo: Demo) -> None:
     """A fresh clone of HEAD each run (its servers stopped first), with generated secrets."""
     if demo.repo.exists():
-        subprocess.run(
-            [demo.inv_bin, "dev.down", "staging.down", "prod.down"],
-            cwd=demo.repo,
-            capture_output=True,
-            check=False,
-        )
+        run_process([demo.inv_bin, "dev.down", "staging.down", "prod.down"], cwd=demo.repo)
         shutil.rmtree(demo.base)
     demo.base.mkdir(parents=True)
     os.chmod(demo.base, 0o755)
-    subprocess.run(["git", "clone", "-q", str(source.root), str(demo.repo)], check=True)
-    demo.git("config", "user.email", "demo@example.com")
-    demo.git("config", "user.name", "demo")
+    run_process(gitcmd.clone(source.root, demo.repo), check=True)
+    demo.git(gitcmd.config_set("user.email", "demo@example.com"))
+    demo.git(gitcmd.config_set("user.name", "demo"))
     for env in ("staging", "prod"):  # dev runs with the relaxed posture and no secrets
         demo.sh(demo.inv_bin, f"{env}.secrets", "--generate")
     say(f"demo: a scratch clone of HEAD in {demo.repo}")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.errors import ConfigError
+from deploy.hosts import run_process
 
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _INLINE_CODE = re.compile(r"(`+)(.+?)\1")
@@ -117,15 +117,8 @@ def invoke_tasks(root: Path, *, python: str = sys.executable, timeout_s: float =
     """The project's tasks: tasks.ns imported by the project's interpreter in the project's root."""
     if not (root / "tasks.py").is_file():
         return set()
-    res = subprocess.run(
-        [python, "-c", _LIST_TASKS],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
-    if res.returncode != 0:
+    res = run_process([python, "-c", _LIST_TASKS], cwd=root, timeout=timeout_s)
+    if res.exit_code != 0:
         tail = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or ["no output"]
         raise ConfigError(
             f"tasks.py does not load in {root.name}: {tail[0]}",

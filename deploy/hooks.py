@@ -20,8 +20,6 @@ is returned as a HookResult with ok=False for the caller to record, and never ra
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -31,7 +29,7 @@ from typing import Any
 from deploy.actors import Actor
 from deploy.config import NAMESPACES, Project
 from deploy.errors import ConfigError, DeployError
-from deploy.hosts import Host
+from deploy.hosts import Host, run_process
 from deploy.secrets import scrub
 from deploy.state import Layout, audit
 
@@ -223,42 +221,25 @@ def environment(
     return out
 
 
-def _tail(raw: bytes, secrets: tuple[Any, ...]) -> str:
-    text = raw.decode("utf-8", errors="replace")
+def _tail(text: str, secrets: tuple[Any, ...]) -> str:
     lines = text.splitlines()[-OUTPUT_TAIL_LINES:]
     return scrub("\n".join(lines)[-OUTPUT_TAIL_CHARS:], secrets)
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """TERM the hook's whole process group, then KILL what is left after a short grace."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=KILL_GRACE_S)
-    except subprocess.TimeoutExpired:
-        pass
-    try:  # children that ignored TERM, or outlived their leader, go too
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _run_one(hook: Hook, *, cwd: Path, env: dict[str, str], secrets: tuple[Any, ...]) -> HookResult:
     start = time.monotonic()
     try:
         # A hook is the operator's own program on the operator's machine, not a command on an
-        # environment's host, so it does not go through deploy.hosts: it needs its own process
-        # group (to kill what it starts) and a clean environment.
-        proc = subprocess.Popen(
-            list(hook.argv),
+        # environment's host: it runs here, in its own process group (to kill what it starts on
+        # timeout) and with a clean environment.
+        done = run_process(
+            hook.argv,
             cwd=cwd,
             env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            timeout=hook.timeout_s,
+            secrets=secrets,
+            merge_stderr=True,
+            kill_grace_s=KILL_GRACE_S,
         )
     except OSError as exc:
         return HookResult(
@@ -270,29 +251,15 @@ def _run_one(hook: Hook, *, cwd: Path, env: dict[str, str], secrets: tuple[Any, 
             round(time.monotonic() - start, 3),
             scrub(f"cannot run {hook.argv[0]}: {exc.strerror or exc}", secrets),
         )
-    timed_out = False
-    try:
-        out, _ = proc.communicate(timeout=hook.timeout_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        _kill_group(proc)
-        try:
-            out, _ = proc.communicate(timeout=KILL_GRACE_S)
-        except subprocess.TimeoutExpired:
-            # something outside the group still holds the pipe; give up on the rest of the output
-            out = b""
-            if proc.stdout:
-                proc.stdout.close()
-            proc.wait()
-    output = _tail(out or b"", secrets)
-    if timed_out:
+    output = _tail(done.stdout, secrets)
+    if done.timed_out:
         output = (output + "\n" if output else "") + f"killed after {hook.timeout_s:g}s"
     return HookResult(
         hook.point,
         hook.name,
         hook.argv,
-        None if timed_out else proc.returncode,
-        timed_out,
+        None if done.timed_out else done.exit_code,
+        done.timed_out,
         round(time.monotonic() - start, 3),
         output,
     )

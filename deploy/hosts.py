@@ -1,19 +1,23 @@
 """The one executor: runs argv lists on the local host (invoke) or a remote one (fabric over SSH).
 
 This is the only module where an argv becomes a shell string (shlex.join). Builders elsewhere
-return argv lists and never run anything.
+return argv lists and never run anything. `run_process` is the one runner of the engine's own local
+tools (git, hooks, gate commands): no shell, its own process group, a timeout that kills them all.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
+import signal
 import stat
+import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 from deploy.config import HostSpec, host_spec
 from deploy.errors import HostError
@@ -28,6 +32,7 @@ class CommandResult:
     stdout: str
     stderr: str
     duration_s: float
+    timed_out: bool = False  # run_process killed it at its timeout; exit_code is then TIMEOUT_EXIT
 
     @property
     def ok(self) -> bool:
@@ -36,6 +41,131 @@ class CommandResult:
     def tail(self, lines: int = 3) -> str:
         text = (self.stderr.strip() or self.stdout.strip()).splitlines()
         return " | ".join(text[-lines:])
+
+
+log = logging.getLogger("stageflow.exec")
+TIMEOUT_EXIT = 124  # as timeout(1): the command was stopped, this is not its own verdict
+KILL_GRACE_S = 2.0  # between TERM and KILL of a timed-out process group
+
+
+def run_process(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    input: str | None = None,
+    secrets: Sequence[Secret] = (),
+    check: bool = False,
+    new_session: bool = True,
+    stdout: IO[Any] | int | None = None,
+    merge_stderr: bool = False,
+    kill_grace_s: float = KILL_GRACE_S,
+) -> CommandResult:
+    """Run argv on this machine, without a shell, and wait for it.
+
+    Output is captured as text (undecodable bytes replaced) unless `stdout` is a file or descriptor
+    to stream it to; `merge_stderr` sends stderr where stdout goes, as one transcript. env, when
+    given, is the child's whole environment. With new_session the child leads its own process
+    group, so a timeout or an interrupt stops it and everything it started: TERM, kill_grace_s,
+    then KILL, and the child is always reaped. A timeout is a result (TIMEOUT_EXIT, timed_out),
+    not an exception; a program that cannot start raises OSError. check=True turns either, and any
+    non-zero exit, into one HostError line.
+
+    Output comes back as the program wrote it (`git show` must return the file as committed): the
+    caller scrubs what it shows. The logged argv and any error message are scrubbed of secrets.
+    """
+    args = [os.fspath(a) for a in argv]
+    hide = tuple(secrets)
+    log.debug("run %s%s", scrub(shlex.join(args), hide), f" in {cwd}" if cwd else "")
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stdout is None else stdout,
+            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+            encoding="utf-8",
+            errors="replace",
+            start_new_session=new_session,
+        )
+    except OSError as exc:
+        if check:
+            raise HostError(
+                scrub(f"local: cannot run `{args[0]}`: {exc.strerror or exc}", hide),
+                hint="check that it is installed and on PATH",
+            ) from None
+        raise
+    timed_out = False
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        out, err = _stop(proc, group=new_session, grace_s=kill_grace_s)
+    except BaseException:  # Ctrl-C included: the child is in its own session and would not see it
+        _stop(proc, group=new_session, grace_s=kill_grace_s)
+        raise
+    code = TIMEOUT_EXIT if timed_out else proc.returncode
+    res = CommandResult(
+        "local",
+        tuple(args),
+        code,
+        out or "",
+        err or "",
+        time.monotonic() - start,
+        timed_out=timed_out,
+    )
+    log.debug(
+        "%s exited %d after %.2fs%s",
+        scrub(args[0], hide),
+        code,
+        res.duration_s,
+        " (timed out, group killed)" if timed_out else "",
+    )
+    if check and not res.ok:
+        if timed_out:
+            what = f"ran longer than {timeout:g}s and was killed"
+        else:
+            what = f"exited {code}: {res.tail()}"
+        raise HostError(scrub(f"local: `{args[0]}` {what}", hide))
+    return res
+
+
+def _stop(
+    proc: subprocess.Popen[str], *, group: bool, grace_s: float
+) -> tuple[str | None, str | None]:
+    """TERM the child (and its group), KILL what is left after grace_s, reap it; return the output
+    that could still be read."""
+    _signal(proc, signal.SIGTERM, group=group)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    # children that ignored TERM, or outlived their leader, go too
+    _signal(proc, signal.SIGKILL, group=group)
+    try:
+        return proc.communicate(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        # a process that left the group still holds the pipe: give up on the rest of the output
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        proc.wait()
+        return None, None
+
+
+def _signal(proc: subprocess.Popen[str], sig: signal.Signals, *, group: bool) -> None:
+    try:
+        if group:
+            # the group outlives its reaped leader under the same id, and no other group can
+            # take that id while any member is alive
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def as_user(argv: Sequence[str], user: str | None) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,9 +18,10 @@ from zoneinfo import ZoneInfo
 
 from deploy import guards, notify, rolling
 from deploy.actors import Actor
+from deploy.commands import git as gitcmd
 from deploy.config import Project
 from deploy.errors import ConfigError, NotApproved, UsageError
-from deploy.hosts import Host
+from deploy.hosts import Host, run_process
 from deploy.state import Layout, audit, history, utc_now
 
 SEVERITIES = ("P1", "P2", "P3", "P4")
@@ -120,8 +120,8 @@ def _claim_id(proj: Project) -> int:
 
 
 def _git(root: Path, *args: str) -> str:
-    out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
-    return out.stdout.strip() if out.returncode == 0 else ""
+    out = run_process(gitcmd.git(*args), cwd=root)
+    return out.stdout.strip() if out.exit_code == 0 else ""
 
 
 def gate_report(proj: Project, commit: str) -> dict[str, Any] | None:

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -17,9 +16,10 @@ from typing import Any
 
 from deploy import procs
 from deploy.commands import app as cmd
+from deploy.commands import git as gitcmd
 from deploy.config import EnvConfig, Project
 from deploy.errors import ServiceError, UsageError
-from deploy.hosts import Host
+from deploy.hosts import CommandResult, Host, run_process
 from deploy.runtime.native import port_is_free
 from deploy.state import Layout
 
@@ -41,16 +41,16 @@ class Release:
 # -- refs --------------------------------------------------------------------------------------
 
 
-def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+def _git(root: Path, argv: list[str]) -> CommandResult:
+    return run_process(argv, cwd=root)
 
 
 def resolve_ref(root: Path, ref: str) -> str:
     """The commit a ref names; a ref that names nothing is refused before anything changes."""
     if not ref or ref.startswith("-"):
         raise UsageError(f"bad ref {ref!r}", hint="give a branch, tag or commit, e.g. --ref v1.2.0")
-    out = _git(root, *cmd.rev_parse(ref)[1:])
-    if out.returncode != 0 or not out.stdout.strip():
+    out = _git(root, gitcmd.rev_parse(ref))
+    if out.exit_code != 0 or not out.stdout.strip():
         raise UsageError(
             f"ref {ref!r} names no commit in this repository",
             hint="check `git tag` / `git branch`, or fetch it first",
@@ -59,12 +59,12 @@ def resolve_ref(root: Path, ref: str) -> str:
 
 
 def working_tree_dirty(root: Path) -> bool:
-    return bool(_git(root, "status", "--porcelain", "--untracked-files=no").stdout.strip())
+    return bool(_git(root, gitcmd.status_porcelain()).stdout.strip())
 
 
 def snapshot_dirty(root: Path) -> str:
     """A commit object of the working tree's tracked changes (dev --allow-dirty), HEAD unmoved."""
-    out = _git(root, "stash", "create", "stageflow dev snapshot")
+    out = _git(root, gitcmd.stash_create("stageflow dev snapshot"))
     return out.stdout.strip() or resolve_ref(root, "HEAD")
 
 
@@ -93,8 +93,8 @@ def archive(proj: Project, commit: str) -> Path:
     tarball = build_dir / f"{commit}.tar"
     if not tarball.exists():
         tmp = build_dir / f".{commit}.{os.getpid()}.{threading.get_ident()}.tar"
-        out = _git(proj.root, *cmd.archive(commit, str(tmp))[1:])
-        if out.returncode != 0:
+        out = _git(proj.root, gitcmd.archive(commit, output=tmp))
+        if out.exit_code != 0:
             raise ServiceError(f"git archive {commit[:12]} failed: {out.stderr.strip()[:200]}")
         os.replace(tmp, tarball)
     return tarball

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
+import shlex
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from deploy.errors import DeployError
+from deploy.hosts import CommandResult, run_process
 from deploy.secrets import Secret, scrub
 
 Status = Literal["passed", "failed", "error", "skipped", "timeout"]
@@ -124,46 +123,29 @@ def run_command(
 ) -> Completed:
     """Run one gate command in its own process group; on timeout kill the whole group.
 
-    Gates run local tools against a local snapshot, in threads: deploy.hosts runs on invoke, whose
+    Gates run local tools against a local snapshot, in threads: Host.run runs on invoke, whose
     timeout kills only the direct child, so a test runner's grandchildren could outlive it.
     """
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        [str(a) for a in argv],
-        cwd=str(cwd),
-        env=dict(env) if env is not None else None,
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    done = run_process(
+        argv, cwd=cwd, env=env, timeout=timeout_s, input=stdin, secrets=tuple(secrets)
     )
-    try:
-        out, err = proc.communicate(stdin, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        raise CommandTimedOut(argv, timeout_s) from None
-    except BaseException:
-        _kill_group(proc)
-        raise
+    if done.timed_out:
+        raise CommandTimedOut(argv, timeout_s)
     return Completed(
-        tuple(str(a) for a in argv),
-        proc.returncode,
-        scrub(out, tuple(secrets)),
-        scrub(err, tuple(secrets)),
-        time.monotonic() - start,
+        done.argv,
+        done.exit_code,
+        scrub(done.stdout, tuple(secrets)),
+        scrub(done.stderr, tuple(secrets)),
+        done.duration_s,
     )
 
 
-def _kill_group(proc: subprocess.Popen[str]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.communicate(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
+def git(argv: Sequence[str], *, timeout_s: float = 60) -> CommandResult:
+    """A read-only git query of the operator's repository; its exit code is the caller's to judge."""
+    res = run_process(argv, timeout=timeout_s)
+    if res.timed_out:  # a hung git must not read as "no such ref" or "nothing changed"
+        raise DeployError(f"`{shlex.join(argv)}` ran longer than {timeout_s:g}s and was killed")
+    return res
 
 
 def first_lines(lines: Sequence[str], limit: int = 10) -> list[str]:

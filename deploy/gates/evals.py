@@ -3,30 +3,24 @@
 from __future__ import annotations
 
 import fnmatch
-import subprocess
 import sys
 from typing import Any
 
+from deploy.commands import git as gitcmd
 from deploy.errors import ConfigError
-from deploy.gates import GateContext, Outcome, first_lines, run_command
-
-
-def _git(ctx: GateContext, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["git", "-C", str(ctx.root), *args], capture_output=True, text=True, timeout=60, check=False
-    )
+from deploy.gates import GateContext, Outcome, first_lines, git, run_command
 
 
 def previous_tag(ctx: GateContext) -> str | None:
-    res = _git(ctx, "describe", "--tags", "--abbrev=0", f"{ctx.commit}^")
-    return res.stdout.strip() if res.returncode == 0 and res.stdout.strip() else None
+    res = git(gitcmd.previous_tag(ctx.commit, repo=ctx.root))
+    return res.stdout.strip() if res.exit_code == 0 and res.stdout.strip() else None
 
 
 def changed_files(ctx: GateContext, since: str | None) -> list[str]:
     if since is None:  # no earlier tag: everything in the release is new
-        res = _git(ctx, "ls-tree", "-r", "--name-only", ctx.commit)
+        res = git(gitcmd.ls_tree_names(ctx.commit, recursive=True, repo=ctx.root))
     else:
-        res = _git(ctx, "diff", "--name-only", f"{since}..{ctx.commit}")
+        res = git(gitcmd.diff_names(f"{since}..{ctx.commit}", repo=ctx.root))
     return [ln for ln in res.stdout.splitlines() if ln]
 
 

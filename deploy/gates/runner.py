@@ -9,10 +9,8 @@ checkout, so a release cannot relax the rules it is judged by.
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -25,6 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from deploy.commands import git as gitcmd
 from deploy.config import load_policy_file
 from deploy.errors import ConfigError, DeployError, GateFailed, GuardRefused, UsageError
 from deploy.gates import (
@@ -37,6 +36,7 @@ from deploy.gates import (
     deps,
     docs,
     evals,
+    git,
     migrations,
     observability,
     policy_drift,
@@ -46,6 +46,7 @@ from deploy.gates import (
 from deploy.gates.cache import VerdictCache, cache_key
 from deploy.gates.report import Report
 from deploy.gates.stages import GATE_NAMES, GUARD, Stage, load_stages
+from deploy.hosts import run_process
 from deploy.secrets import Secret, scrub
 
 GATES: dict[str, ModuleType] = {
@@ -81,18 +82,12 @@ class GateRequest:
     actor_is_human: bool = True  # automation may run the gate, never break its glass
 
 
-def git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=60, check=False
-    )
-
-
 def default_ref(root: Path) -> str:
     """The current branch, or on a detached HEAD the tag that points at it."""
-    branch = git(root, "symbolic-ref", "--short", "-q", "HEAD").stdout.strip()
+    branch = git(gitcmd.current_branch(repo=root)).stdout.strip()
     if branch:
         return branch
-    tags = git(root, "tag", "--points-at", "HEAD", "--sort=-creatordate").stdout.split()
+    tags = git(gitcmd.tags_at("HEAD", repo=root)).stdout.split()
     if tags:
         return tags[0]
     raise UsageError("HEAD is detached and no tag points at it", hint="pass --ref BRANCH_OR_TAG")
@@ -100,35 +95,31 @@ def default_ref(root: Path) -> str:
 
 def resolve_ref(root: Path, ref: str | None) -> tuple[str, str, str]:
     """(ref, commit, tree) for a branch, tag or commit; a ref git cannot resolve is a UsageError."""
-    if git(root, "rev-parse", "--git-dir").returncode != 0:
+    if git(gitcmd.git_dir(repo=root)).exit_code != 0:
         raise UsageError(f"{root} is not a git repository", hint="run from the project's checkout")
     name = ref or default_ref(root)
     if name.startswith("-"):
         raise UsageError(f"bad ref {name!r}", hint="pass a branch, tag or commit")
-    commit = git(root, "rev-parse", "--verify", "-q", f"{name}^{{commit}}").stdout.strip()
+    commit = git(gitcmd.rev_parse(name, repo=root)).stdout.strip()
     if not commit:
         raise UsageError(
             f"ref {name!r} does not name a commit",
             hint="check `git tag` / `git branch`, or fetch it first",
         )
-    tree = git(root, "rev-parse", "--verify", "-q", f"{name}^{{tree}}").stdout.strip()
+    tree = git(gitcmd.rev_parse(name, kind="tree", repo=root)).stdout.strip()
     return name, commit, tree
 
 
 def snapshot(root: Path, commit: str, dest: Path) -> None:
     """The commit's files, exactly as committed: gates judge the release, not the working tree."""
-    res = subprocess.run(
-        ["git", "-C", str(root), "archive", "--format=tar", commit],
-        capture_output=True,
-        timeout=300,
-        check=False,
-    )
-    if res.returncode != 0:
-        raise UsageError(
-            f"git archive {commit[:12]} failed: {res.stderr.decode(errors='replace').strip()}"
-        )
-    with tarfile.open(fileobj=io.BytesIO(res.stdout)) as tar:
-        tar.extractall(dest, filter="data")
+    with tempfile.TemporaryFile() as tarball:
+        res = run_process(gitcmd.archive(commit, repo=root), stdout=tarball, timeout=300)
+        if res.exit_code != 0:
+            why = "ran longer than 300s" if res.timed_out else res.stderr.strip()
+            raise UsageError(f"git archive {commit[:12]} failed: {why}")
+        tarball.seek(0)
+        with tarfile.open(fileobj=tarball) as tar:
+            tar.extractall(dest, filter="data")
 
 
 def gate_config(policy: Mapping[str, Any], name: str) -> dict[str, Any]:

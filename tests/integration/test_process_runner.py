@@ -1,0 +1,181 @@
+"""run_process against real processes: group kill on timeout and interrupt, redacted logs, results."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.errors import HostError
+from deploy.hosts import TIMEOUT_EXIT, run_process
+from deploy.secrets import Secret
+
+SECRET = "hunter2-process-secret"
+
+# The shell records its own pid and its background child's, says so, and waits for the child.
+FAMILY = (
+    "echo $$ > shell.pid\n"
+    "sleep 60 &\n"
+    "echo $! > child.pid\n"
+    "(trap '' TERM; sleep 60) &\n"
+    "echo $! > stubborn.pid\n"
+    "echo started\n"
+    "wait\n"
+)
+
+
+def _exists(pid: int) -> bool:
+    """True while pid is a process, a zombie included: os.kill(pid, 0) succeeds on both."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _running(pid: int) -> bool:
+    """Running, not a zombie: an orphan's zombie is its new parent's to reap, not ours."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_gone(pids: list[int]) -> list[int]:
+    deadline = time.monotonic() + 10  # KILL is asynchronous: wait for it, do not time it
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [p for p in pids if _running(p)]
+
+
+@pytest.fixture
+def family(tmp_path: Path) -> Iterator[Path]:
+    """A directory for FAMILY's pid files; whatever of it still runs afterwards is killed."""
+    yield tmp_path
+    for name in ("shell", "child", "stubborn"):
+        try:
+            pid = int((tmp_path / f"{name}.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            continue
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _pids(root: Path, *names: str) -> list[int]:
+    return [int((root / f"{n}.pid").read_text()) for n in names]
+
+
+def test_a_timeout_kills_the_whole_group_and_is_a_result(family: Path) -> None:
+    res = run_process(["sh", "-c", FAMILY], cwd=family, timeout=2)
+    shell, child, stubborn = _pids(family, "shell", "child", "stubborn")
+    # our own child is reaped before run_process returns: not even a zombie is left
+    assert not _exists(shell)
+    # the child that ignores TERM is gone as well: the KILL went to the whole group
+    assert _wait_gone([child, stubborn]) == []
+    assert res.timed_out and res.exit_code == TIMEOUT_EXIT and not res.ok
+    assert res.stdout == "started\n"  # what it wrote before the kill is kept
+
+
+def test_an_interrupt_kills_the_whole_group_and_propagates(family: Path) -> None:
+    def interrupt_once_started() -> None:
+        deadline = time.monotonic() + 30
+        while not (family / "stubborn.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does to the operator's process
+
+    timer = threading.Thread(target=interrupt_once_started)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_process(["sh", "-c", FAMILY], cwd=family, timeout=60)
+    finally:
+        timer.join()
+    shell, child, stubborn = _pids(family, "shell", "child", "stubborn")
+    assert not _exists(shell)
+    assert _wait_gone([child, stubborn]) == []
+
+
+def test_without_a_session_only_the_child_is_stopped() -> None:
+    # the child shares our process group: a group kill would take the test run down with it
+    res = run_process(["sleep", "60"], timeout=0.5, new_session=False)
+    assert res.timed_out and res.exit_code == TIMEOUT_EXIT
+
+
+def test_the_argv_is_logged_at_debug_with_secrets_redacted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="stageflow.exec")
+    res = run_process(["echo", "--password", SECRET], secrets=(Secret(SECRET),))
+    assert res.ok
+    records = [r for r in caplog.records if r.name == "stageflow.exec"]
+    assert records and all(r.levelno == logging.DEBUG for r in records)
+    assert "echo --password [REDACTED]" in caplog.text
+    assert SECRET not in caplog.text
+
+
+def test_nothing_is_logged_above_debug(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    run_process(["true"])
+    run_process(["false"])
+    assert not [r for r in caplog.records if r.name == "stageflow.exec"]
+
+
+def test_a_non_zero_exit_is_data() -> None:
+    res = run_process(["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert (res.exit_code, res.stdout, res.stderr) == (3, "out\n", "err\n")
+    assert not res.ok and not res.timed_out
+    assert res.host == "local" and res.argv[0] == "sh"
+
+
+def test_check_raises_one_redacted_line() -> None:
+    script = f"echo first >&2; echo 'bad password {SECRET}' >&2; exit 2"
+    with pytest.raises(HostError) as info:
+        run_process(["sh", "-c", script], secrets=(Secret(SECRET),), check=True)
+    line = info.value.line()
+    assert "\n" not in line
+    assert "`sh` exited 2" in line and "bad password [REDACTED]" in line
+    assert SECRET not in line
+
+
+def test_check_turns_a_timeout_into_one_line() -> None:
+    with pytest.raises(HostError) as info:
+        run_process(["sleep", "60"], timeout=0.5, check=True)
+    assert info.value.line() == "local: `sleep` ran longer than 0.5s and was killed"
+
+
+def test_a_program_that_cannot_start(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-such-tool")
+    with pytest.raises(FileNotFoundError):
+        run_process([missing])
+    with pytest.raises(HostError) as info:
+        run_process([missing], check=True)
+    assert "cannot run" in info.value.line() and "\n" not in info.value.line()
+
+
+def test_input_env_and_cwd_reach_the_child(tmp_path: Path) -> None:
+    assert run_process(["cat"], input="hello\n").stdout == "hello\n"
+    env = {"PATH": os.defpath, "ONLY": "this"}
+    res = run_process(["sh", "-c", 'echo "$ONLY $HOME"; pwd'], env=env, cwd=tmp_path)
+    assert res.stdout == f"this \n{tmp_path}\n"  # env is the whole environment: no HOME
+
+
+def test_output_streams_to_a_file_or_merges_into_one_transcript(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    with target.open("wb") as fh:
+        res = run_process(["sh", "-c", "printf 'a\\000b'; echo oops >&2"], stdout=fh)
+    assert target.read_bytes() == b"a\x00b"  # bytes as written: a tar streams the same way
+    assert (res.stdout, res.stderr) == ("", "oops\n")
+    merged = run_process(["sh", "-c", "echo one; echo two >&2; echo three"], merge_stderr=True)
+    assert merged.stdout == "one\ntwo\nthree\n" and merged.stderr == ""
+
+
+def test_undecodable_output_is_replaced_not_fatal() -> None:
+    res = run_process(["printf", "ok \\377\\n"])
+    assert res.ok and res.stdout == "ok \ufffd\n"
