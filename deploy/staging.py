@@ -586,7 +586,7 @@ class _StagingView:
     name: str
     env: EnvConfig
     layout: Layout  # this machine: the servers, their logs, the backups
-    todo: list[rolling.Target]  # the service's hosts when it rolls over several, else none
+    targets: list[rolling.Target]  # the service's hosts when it rolls over several, else none
     app_host: Host  # the primary: its release and state
     app_layout: Layout
     address: str
@@ -610,11 +610,11 @@ def _directories_present(v: _StagingView) -> tuple[bool, str]:
     local, layout = Host(), v.layout
     wanted = [(local, layout, d) for d in (layout.shared, layout.backups, layout.pgdata)]
     wanted += [(local, layout, f"{layout.logs}/{f}") for f in LOG_FILES[1:]]
-    for h, lay in [(t.host, t.layout) for t in v.todo] or [(local, layout)]:
+    for h, lay in [(t.host, t.layout) for t in v.targets] or [(local, layout)]:
         wanted += [(h, lay, d) for d in (lay.releases, lay.logs, f"{lay.logs}/{LOG_FILES[0]}")]
     wanted.append((v.app_host, v.app_layout, v.app_layout.state))
     gone = [
-        (f"{h.name}:" if v.todo else "") + os.path.relpath(path, lay.home)
+        (f"{h.name}:" if v.targets else "") + os.path.relpath(path, lay.home)
         for h, lay, path in wanted
         if not h.exists(path)
     ]
@@ -705,7 +705,7 @@ def profile_checks(
         name=name,
         env=env,
         layout=layout,
-        todo=todo,
+        targets=todo,
         app_host=todo[0].host if todo else Host(),
         app_layout=todo[0].layout if todo else layout,
         address=todo[0].bind if todo else "127.0.0.1",
