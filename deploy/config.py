@@ -316,6 +316,47 @@ def load_env(root: Path, name: str, *, process_env: dict[str, str] | None = None
         )
     path = root / "env" / f"{name}.env"
     raw = read_env_file(path)
+    _check_committed_keys(path, name, raw)
+    environment = _environment(path, name, raw)
+    project = _compose_project(path, raw)
+    app_port = _port(path, "APP_PORT", raw)
+    pg_port = _port(path, "POSTGRES_PORT", raw)
+    redis_port = _port(path, "REDIS_PORT", raw)
+    level = _log_level(path, raw)
+    rate, line = raw.get("API_RATE_LIMIT", ("0", 0))
+    if not rate.isdigit():
+        raise _err(path, line, f"API_RATE_LIMIT={rate!r} is not a whole number")
+    data_dir = _data_dir(root, path, raw)
+    features_raw = raw.get("FEATURES", ("", 0))[0]
+    features = tuple(f.strip() for f in features_raw.split(",") if f.strip())
+    secrets_path = root / "env" / f"{name}.secrets.env"
+    secrets = _env_secrets(secrets_path, name, process_env)
+    return EnvConfig(
+        name=name,
+        environment=environment,
+        file=path,
+        compose_project=project,
+        app_port=app_port,
+        postgres_port=pg_port,
+        redis_port=redis_port,
+        database_url=raw["DATABASE_URL"][0],
+        redis_url=raw["REDIS_URL"][0],
+        database=_db_target(path, raw, pg_port),
+        redis=_redis_target(path, raw, redis_port),
+        data_dir=Path(os.path.normpath(data_dir)),
+        features=features,
+        log_level=level,
+        debug=_bool(path, "DEBUG", raw, False),
+        require_api_key=_bool(path, "REQUIRE_API_KEY", raw, False),
+        api_rate_limit=int(rate),
+        values=tuple((k, v) for k, (v, _) in raw.items()),
+        secrets=tuple(sorted(secrets.items())),
+        secrets_file=secrets_path if secrets_path.exists() else None,
+    )
+
+
+def _check_committed_keys(path: Path, name: str, raw: dict[str, tuple[str, int]]) -> None:
+    """A committed env file holds every required key, only known keys, and no secret."""
     for key, (value, line) in raw.items():
         if key in SECRET_KEYS or (key not in ENV_KEYS and _SECRETISH.search(key)):
             raise _err(
@@ -341,6 +382,9 @@ def load_env(root: Path, name: str, *, process_env: dict[str, str] | None = None
             f"missing key {missing[0]}",
             f"add {missing[0]}=... ({ENV_KEYS[missing[0]]})",
         )
+
+
+def _environment(path: Path, name: str, raw: dict[str, tuple[str, int]]) -> str:
     environment, line = raw["ENVIRONMENT"]
     if environment != NAMESPACES[name]:
         raise _err(
@@ -349,6 +393,10 @@ def load_env(root: Path, name: str, *, process_env: dict[str, str] | None = None
             f"ENVIRONMENT={environment} but this is the {name} file",
             f"{name}.env must say ENVIRONMENT={NAMESPACES[name]}",
         )
+    return environment
+
+
+def _compose_project(path: Path, raw: dict[str, tuple[str, int]]) -> str:
     project, line = raw["COMPOSE_PROJECT_NAME"]
     if not _NAME.match(project):
         raise _err(
@@ -357,55 +405,37 @@ def load_env(root: Path, name: str, *, process_env: dict[str, str] | None = None
             f"COMPOSE_PROJECT_NAME={project!r} is not a valid project name",
             "use lowercase letters, digits, '-' and '_'",
         )
-    app_port = _port(path, "APP_PORT", raw)
-    pg_port = _port(path, "POSTGRES_PORT", raw)
-    redis_port = _port(path, "REDIS_PORT", raw)
+    return project
+
+
+def _log_level(path: Path, raw: dict[str, tuple[str, int]]) -> str:
     level, line = raw.get("LOG_LEVEL", ("info", 0))
     if level not in LOG_LEVELS:
         raise _err(
             path, line, f"LOG_LEVEL={level!r} is not a level", f"use one of {', '.join(LOG_LEVELS)}"
         )
-    rate, line = raw.get("API_RATE_LIMIT", ("0", 0))
-    if not rate.isdigit():
-        raise _err(path, line, f"API_RATE_LIMIT={rate!r} is not a whole number")
+    return level
+
+
+def _data_dir(root: Path, path: Path, raw: dict[str, tuple[str, int]]) -> Path:
+    """DATA_DIR as given, a relative one taken from the project root."""
     data_value, line = raw["DATA_DIR"]
     if not data_value.strip():
         raise _err(path, line, "DATA_DIR is empty")
     data_dir = Path(data_value)
-    if not data_dir.is_absolute():
-        data_dir = root / data_dir
-    features_raw = raw.get("FEATURES", ("", 0))[0]
-    features = tuple(f.strip() for f in features_raw.split(",") if f.strip())
+    return data_dir if data_dir.is_absolute() else root / data_dir
 
-    secrets_path = root / "env" / f"{name}.secrets.env"
+
+def _env_secrets(
+    secrets_path: Path, name: str, process_env: dict[str, str] | None
+) -> dict[str, Secret]:
+    """The secrets file's values; STAGEFLOW_<ENV>_<KEY> in the process environment wins."""
     secrets = load_secrets(secrets_path)
     for key in SECRET_KEYS:
         env_key = f"STAGEFLOW_{name.upper()}_{key}"
         if process_env and process_env.get(env_key):
             secrets[key] = Secret(process_env[env_key])
-
-    return EnvConfig(
-        name=name,
-        environment=environment,
-        file=path,
-        compose_project=project,
-        app_port=app_port,
-        postgres_port=pg_port,
-        redis_port=redis_port,
-        database_url=raw["DATABASE_URL"][0],
-        redis_url=raw["REDIS_URL"][0],
-        database=_db_target(path, raw, pg_port),
-        redis=_redis_target(path, raw, redis_port),
-        data_dir=Path(os.path.normpath(data_dir)),
-        features=features,
-        log_level=level,
-        debug=_bool(path, "DEBUG", raw, False),
-        require_api_key=_bool(path, "REQUIRE_API_KEY", raw, False),
-        api_rate_limit=int(rate),
-        values=tuple((k, v) for k, (v, _) in raw.items()),
-        secrets=tuple(sorted(secrets.items())),
-        secrets_file=secrets_path if secrets_path.exists() else None,
-    )
+    return secrets
 
 
 _POLICY_KEYS = {
@@ -465,60 +495,15 @@ def load_policies(path: Path, data: dict[str, Any]) -> dict[str, EnvPolicy]:
     policies: dict[str, EnvPolicy] = {}
     pending_relax: dict[str, tuple[str, float]] = {}
     for name, table in envs.items():
-        if name not in NAMESPACES:
-            raise _err(
-                path,
-                None,
-                f"[environments.{name}] is not an environment",
-                f"use {', '.join(NAMESPACES)}",
-            )
-        kwargs: dict[str, Any] = {}
-        for key, value in table.items():
-            if key not in _POLICY_KEYS:
-                raise _err(path, None, f"[environments.{name}] unknown key {key}")
-            if not isinstance(value, _POLICY_KEYS[key]) or (
-                isinstance(value, bool) and bool not in _POLICY_KEYS[key]
-            ):
-                raise _err(path, None, f"[environments.{name}] {key} has the wrong type")
-            kwargs[key] = value
+        kwargs = _policy_table(path, name, table)
         if "relax_thresholds_from" in kwargs:
             pending_relax[name] = (
                 kwargs.pop("relax_thresholds_from"),
                 float(kwargs.pop("relax_factor", 2)),
             )
         kwargs.pop("relax_factor", None)
-        kwargs["thresholds"] = _thresholds(path, name, kwargs.get("thresholds", {}))
-        kwargs["hosts"] = _host_specs(path, name, kwargs.get("hosts", ["local"]), path.parent)
-        if kwargs.get("runtime", "native") not in ("native", "compose"):
-            raise _err(path, None, f"[environments.{name}] runtime must be native or compose")
-        if kwargs.get("runtime") == "compose" and len(kwargs["hosts"]) > 1:
-            # one compose project holds the env's database: several would each hold their own
-            raise _err(
-                path,
-                None,
-                f"[environments.{name}] the compose runtime runs on one host, not "
-                f"{len(kwargs['hosts'])}",
-                'list one host, or use runtime = "native" to roll over several',
-            )
-        if kwargs.get("backup", "pending-migrations") not in (
-            "never",
-            "pending-migrations",
-            "always",
-        ):
-            raise _err(
-                path,
-                None,
-                f"[environments.{name}] backup must be never, pending-migrations or always",
-            )
-        if kwargs.get("keep_releases", 5) < 2:
-            raise _err(
-                path,
-                None,
-                f"[environments.{name}] keep_releases must be at least 2",
-                "the current and the previous good release are always kept",
-            )
-        kwargs["batch"] = _batch(path, name, kwargs.get("batch", "1"))
-        policies[name] = EnvPolicy(name=name, **kwargs)
+        policies[name] = _env_policy(path, name, kwargs)
+    # thresholds relaxed from another environment's, once every environment's own are known
     for name, (source, factor) in pending_relax.items():
         if source not in policies:
             raise _err(
@@ -533,6 +518,63 @@ def load_policies(path: Path, data: dict[str, Any]) -> dict[str, EnvPolicy]:
     for name in NAMESPACES:
         policies.setdefault(name, EnvPolicy(name=name))
     return policies
+
+
+def _policy_table(path: Path, name: str, table: dict[str, Any]) -> dict[str, Any]:
+    """[environments.<name>]: a known environment, known keys, each of its type."""
+    if name not in NAMESPACES:
+        raise _err(
+            path,
+            None,
+            f"[environments.{name}] is not an environment",
+            f"use {', '.join(NAMESPACES)}",
+        )
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in _POLICY_KEYS:
+            raise _err(path, None, f"[environments.{name}] unknown key {key}")
+        if not isinstance(value, _POLICY_KEYS[key]) or (
+            isinstance(value, bool) and bool not in _POLICY_KEYS[key]
+        ):
+            raise _err(path, None, f"[environments.{name}] {key} has the wrong type")
+        kwargs[key] = value
+    return kwargs
+
+
+def _env_policy(path: Path, name: str, kwargs: dict[str, Any]) -> EnvPolicy:
+    """One environment's policy: thresholds, hosts, runtime, backup, releases kept, batch."""
+    kwargs["thresholds"] = _thresholds(path, name, kwargs.get("thresholds", {}))
+    kwargs["hosts"] = _host_specs(path, name, kwargs.get("hosts", ["local"]), path.parent)
+    if kwargs.get("runtime", "native") not in ("native", "compose"):
+        raise _err(path, None, f"[environments.{name}] runtime must be native or compose")
+    if kwargs.get("runtime") == "compose" and len(kwargs["hosts"]) > 1:
+        # one compose project holds the env's database: several would each hold their own
+        raise _err(
+            path,
+            None,
+            f"[environments.{name}] the compose runtime runs on one host, not "
+            f"{len(kwargs['hosts'])}",
+            'list one host, or use runtime = "native" to roll over several',
+        )
+    if kwargs.get("backup", "pending-migrations") not in (
+        "never",
+        "pending-migrations",
+        "always",
+    ):
+        raise _err(
+            path,
+            None,
+            f"[environments.{name}] backup must be never, pending-migrations or always",
+        )
+    if kwargs.get("keep_releases", 5) < 2:
+        raise _err(
+            path,
+            None,
+            f"[environments.{name}] keep_releases must be at least 2",
+            "the current and the previous good release are always kept",
+        )
+    kwargs["batch"] = _batch(path, name, kwargs.get("batch", "1"))
+    return EnvPolicy(name=name, **kwargs)
 
 
 def _host_specs(path: Path, env: str, hosts: list[Any], root: Path) -> tuple[HostSpec, ...]:

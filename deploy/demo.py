@@ -78,59 +78,9 @@ def run(source: Project, *, keep: bool = False) -> None:
     try:
         demo.step("start dev, staging and prod servers", "dev.up", "staging.up", "prod.up")
         demo.step("deploy HEAD to dev", "dev.deploy")
-        demo.git(gitcmd.tag("v1.4.0-rc.1", force=True))
-        demo.step(
-            "deploy the release candidate to staging", "staging.deploy", "--ref", "v1.4.0-rc.1"
-        )
-        demo.step(
-            "release gate, stage PRE_GA",
-            "release.gate",
-            "--ref",
-            "v1.4.0-rc.1",
-            "--db-url",
-            db_url,
-            env=gate_env,
-        )
-        demo.git(gitcmd.tag("v1.4.0", force=True))
-        demo.step(
-            "release gate, stage GA",
-            "release.gate",
-            "--ref",
-            "v1.4.0",
-            "--db-url",
-            db_url,
-            env=gate_env,
-        )
-        rid = _request(demo, "v1.4.0")
-        demo.step("a second human approves", "prod.approve", rid, actor=APPROVER)
-        demo.step("deploy the approved request to prod", "prod.deploy", "--request", rid)
+        _first_release(demo, db_url=db_url, gate_env=gate_env)
         # a second release goes the same way, then prod rolls back to the first
-        (demo.repo / "CHANGES.demo").write_text("v1.4.1: a change that will be rolled back\n")
-        demo.git(gitcmd.add("CHANGES.demo"))
-        demo.git(gitcmd.commit_staged("v1.4.1", email="demo@example.com", name="demo"))
-        demo.git(gitcmd.tag("v1.4.1", force=True))
-        demo.step("deploy v1.4.1 to staging", "staging.deploy", "--ref", "v1.4.1")
-        demo.step(
-            "release gate, stage GA",
-            "release.gate",
-            "--ref",
-            "v1.4.1",
-            "--db-url",
-            db_url,
-            env=gate_env,
-        )
-        rid = _request(demo, "v1.4.1")
-        demo.step("a second human approves", "prod.approve", rid, actor=APPROVER)
-        demo.step("deploy v1.4.1 to prod", "prod.deploy", "--request", rid)
-        demo.step(
-            "roll prod back to v1.4.0 (level 2)",
-            "prod.rollback",
-            "--level",
-            "2",
-            "--yes",
-            "--reason",
-            "demo: v1.4.1 misbehaves",
-        )
+        _second_release_rolled_back(demo, db_url=db_url, gate_env=gate_env)
         demo.step("prod history", "prod.history", "--limit", "3")
         say(demo.step("every environment at a glance", "status").rstrip())
     finally:
@@ -140,6 +90,52 @@ def run(source: Project, *, keep: bool = False) -> None:
         f"demo finished in {time.perf_counter() - demo.started:.1f}s"
         + (f"; environments left running in {demo.repo}" if keep else "; everything stopped")
     )
+
+
+def _first_release(demo: Demo, *, db_url: str, gate_env: dict[str, str]) -> None:
+    """v1.4.0: its release candidate on staging and through the PRE_GA gate, then GA and prod."""
+    demo.git(gitcmd.tag("v1.4.0-rc.1", force=True))
+    demo.step("deploy the release candidate to staging", "staging.deploy", "--ref", "v1.4.0-rc.1")
+    _release_gate(demo, "PRE_GA", "v1.4.0-rc.1", db_url=db_url, gate_env=gate_env)
+    demo.git(gitcmd.tag("v1.4.0", force=True))
+    _release_gate(demo, "GA", "v1.4.0", db_url=db_url, gate_env=gate_env)
+    _approve_and_deploy(demo, "v1.4.0", "deploy the approved request to prod")
+
+
+def _second_release_rolled_back(demo: Demo, *, db_url: str, gate_env: dict[str, str]) -> None:
+    """v1.4.1: a commit of its own through staging, the GA gate and prod, then rolled back."""
+    (demo.repo / "CHANGES.demo").write_text("v1.4.1: a change that will be rolled back\n")
+    demo.git(gitcmd.add("CHANGES.demo"))
+    demo.git(gitcmd.commit_staged("v1.4.1", email="demo@example.com", name="demo"))
+    demo.git(gitcmd.tag("v1.4.1", force=True))
+    demo.step("deploy v1.4.1 to staging", "staging.deploy", "--ref", "v1.4.1")
+    _release_gate(demo, "GA", "v1.4.1", db_url=db_url, gate_env=gate_env)
+    _approve_and_deploy(demo, "v1.4.1", "deploy v1.4.1 to prod")
+    demo.step(
+        "roll prod back to v1.4.0 (level 2)",
+        "prod.rollback",
+        "--level",
+        "2",
+        "--yes",
+        "--reason",
+        "demo: v1.4.1 misbehaves",
+    )
+
+
+def _release_gate(
+    demo: Demo, stage: str, ref: str, *, db_url: str, gate_env: dict[str, str]
+) -> None:
+    demo.step(
+        f"release gate, stage {stage}", "release.gate", "--ref", ref, "--db-url", db_url,
+        env=gate_env,
+    )  # fmt: skip
+
+
+def _approve_and_deploy(demo: Demo, ref: str, what: str) -> None:
+    """A prod request for ref, approved by a second human, then deployed by the operator."""
+    rid = _request(demo, ref)
+    demo.step("a second human approves", "prod.approve", rid, actor=APPROVER)
+    demo.step(what, "prod.deploy", "--request", rid)
 
 
 def _request(demo: Demo, ref: str) -> str:

@@ -6,7 +6,7 @@ import json
 import re
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy.errors import ConfigError
@@ -150,6 +150,15 @@ def _link_problems(line: DocLine, root: Path, target: str) -> list[Problem]:
     return []
 
 
+@dataclass
+class _DocUse:
+    """What the docs name: the tasks and make targets they run, and every word of their code."""
+
+    tasks: set[str] = field(default_factory=set)
+    targets: set[str] = field(default_factory=set)
+    mentioned: set[str] = field(default_factory=set)
+
+
 def check_docs(
     root: Path,
     *,
@@ -167,42 +176,57 @@ def check_docs(
         keys = set(ENV_KEYS) | set(SECRET_KEYS)
     wanted_keys = set(keys) | env_keys(root)
     targets = make_targets(root / "Makefile")
+    use = _DocUse()
     problems: list[Problem] = []
-    used_tasks: set[str] = set()
-    used_targets: set[str] = set()
-    mentioned: set[str] = set()
     for path in doc_files(root):
-        rel = str(path.relative_to(root))
         for line in read_lines(path):
-            for code in code_texts(line):
-                mentioned.update(code.split())
-                for m in _INV.finditer(code):
-                    name = m[2]
-                    used_tasks.add(name)
-                    if name not in task_names:
-                        problems.append(Problem(rel, line.line, f"`inv {name}`: no such task"))
-                for m in _MAKE.finditer(code):
-                    name = m[2]
-                    used_targets.add(name)
-                    if name not in targets:
-                        problems.append(
-                            Problem(rel, line.line, f"`make {name}`: no such Makefile target")
-                        )
-            if line.code:
-                continue
-            prose = _INLINE_CODE.sub("", line.text)
-            for m in _LINK.finditer(prose):
-                problems += _link_problems(line, root, m[1])
-            m = _REF_DEF.match(prose)
-            if m:
-                problems += _link_problems(line, root, m[1])
-    documented = used_tasks | mentioned
+            problems += _line_problems(line, root, task_names, targets, use)
+    problems += _undocumented(task_names, targets, use, env_namespaces)
+    problems += _env_doc_problems(root, wanted_keys)
+    return problems
+
+
+def _line_problems(
+    line: DocLine, root: Path, task_names: set[str], targets: set[str], use: _DocUse
+) -> list[Problem]:
+    """A doc line's unknown tasks and targets (noting what it uses), then its broken links."""
+    rel = str(line.file.relative_to(root))
+    problems: list[Problem] = []
+    for code in code_texts(line):
+        use.mentioned.update(code.split())
+        for m in _INV.finditer(code):
+            name = m[2]
+            use.tasks.add(name)
+            if name not in task_names:
+                problems.append(Problem(rel, line.line, f"`inv {name}`: no such task"))
+        for m in _MAKE.finditer(code):
+            name = m[2]
+            use.targets.add(name)
+            if name not in targets:
+                problems.append(Problem(rel, line.line, f"`make {name}`: no such Makefile target"))
+    if line.code:
+        return problems
+    prose = _INLINE_CODE.sub("", line.text)
+    for m in _LINK.finditer(prose):
+        problems += _link_problems(line, root, m[1])
+    m = _REF_DEF.match(prose)
+    if m:
+        problems += _link_problems(line, root, m[1])
+    return problems
+
+
+def _undocumented(
+    task_names: set[str], targets: set[str], use: _DocUse, env_namespaces: set[str]
+) -> list[Problem]:
+    """Tasks and make targets that no doc names."""
+    documented = use.tasks | use.mentioned
     # dev, staging and prod carry the same tasks: `inv staging.up` documents dev.up and prod.up too.
     leaves = {
         n.partition(".")[2]
         for n in documented
         if "." in n and (n.partition(".")[0] in env_namespaces or re.match(r"^[<{]\w+[>}]\.", n))
     }
+    problems = []
     for name in sorted(task_names - documented):
         prefix, _, leaf = name.partition(".")
         if prefix in env_namespaces and leaf in leaves:
@@ -210,23 +234,24 @@ def check_docs(
         problems.append(
             Problem("docs", 0, f"task `inv {name}` is not documented in README.md or docs/*.md")
         )
-    for name in sorted(targets - used_targets - mentioned):
+    for name in sorted(targets - use.targets - use.mentioned):
         problems.append(
             Problem("docs", 0, f"make target `{name}` is not documented in README.md or docs/*.md")
         )
+    return problems
+
+
+def _env_doc_problems(root: Path, wanted_keys: set[str]) -> list[Problem]:
+    """docs/ENVIRONMENT.md exists and describes every env key."""
     env_doc = root / "docs" / "ENVIRONMENT.md"
     if not env_doc.is_file():
-        problems.append(
-            Problem("docs/ENVIRONMENT.md", 0, "does not exist; it must describe every env key")
-        )
-    else:
-        text = env_doc.read_text(encoding="utf-8")
-        for key in sorted(wanted_keys):
-            if not re.search(rf"(?<![A-Z0-9_]){re.escape(key)}(?![A-Z0-9_])", text):
-                problems.append(
-                    Problem("docs/ENVIRONMENT.md", 0, f"env key {key} is not described")
-                )
-    return problems
+        return [Problem("docs/ENVIRONMENT.md", 0, "does not exist; it must describe every env key")]
+    text = env_doc.read_text(encoding="utf-8")
+    return [
+        Problem("docs/ENVIRONMENT.md", 0, f"env key {key} is not described")
+        for key in sorted(wanted_keys)
+        if not re.search(rf"(?<![A-Z0-9_]){re.escape(key)}(?![A-Z0-9_])", text)
+    ]
 
 
 def input_files(root: Path) -> list[Path]:

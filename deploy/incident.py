@@ -234,18 +234,25 @@ def releases_involved(inc: Incident) -> list[tuple[str, str, str, str]]:
 
 
 def render(inc: Incident, *, now: str | None = None) -> str:
+    rows = timeline(inc)
+    sections = [
+        _summary(inc, rows, now=now),
+        _table_section("Timeline (UTC)", ("time", "what", "who", "detail"), rows),
+        _table_section(
+            "Releases and commits", ("release", "ref", "commit", "role"), releases_involved(inc)
+        ),
+        _data_changes(inc),
+        _who_acted(rows),
+        _review(),
+    ]
+    return "\n".join(line for section in sections for line in section)
+
+
+def _summary(inc: Incident, rows: list[tuple[str, str, str, str]], *, now: str | None) -> list[str]:
+    """The draft's title and provenance, then the window, the triggers and how it ended."""
     entries, name = inc.entries, inc.env
-    bad = [e for e in entries if is_bad(e)]
     fired = [(e, t) for e in entries for t in triggers(e)]
     ok = [e for e in entries if e.get("status") == "success" and e.get("release")]
-    rows = timeline(inc)
-    people: dict[str, list[str]] = {}
-    for time_, what, who, _ in rows:
-        if who != "stageflow":
-            people.setdefault(who, []).append(
-                f"{what.split(' ')[0]} {time_[5:19].replace('T', ' ')}"
-            )
-
     lines = [
         f"# Incident: {name} ({inc.environment}), {inc.day}",
         "",
@@ -262,60 +269,69 @@ def render(inc: Incident, *, now: str | None = None) -> str:
             lines.append(f"- Trigger: {t} (release {e.get('release') or '-'}, history {e['id']})")
     else:
         lines.append("- Trigger: none recorded (a rollback by hand; its reason is in the timeline)")
-    for e in bad:
-        lines.append(
-            f"- {e.get('kind')} {e.get('status')}: {e.get('release') or '-'} at {e.get('time')}"
-            f" by {e.get('actor')}"
-        )
+    for e in entries:
+        if is_bad(e):
+            lines.append(
+                f"- {e.get('kind')} {e.get('status')}: {e.get('release') or '-'} at {e.get('time')}"
+                f" by {e.get('actor')}"
+            )
     if ok:
         last = ok[-1]
         lines.append(f"- Serving at the end of the record: {last['release']} ({last.get('kind')})")
     lines.append("")
+    return lines
 
-    lines += ["## Timeline (UTC)", "", "| time | what | who | detail |", "|---|---|---|---|"]
-    lines += [f"| {' | '.join(_cell(v) for v in row)} |" for row in rows]
-    lines.append("")
 
-    lines += [
-        "## Releases and commits",
+def _table_section(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    return [
+        f"## {title}",
         "",
-        "| release | ref | commit | role |",
-        "|---|---|---|---|",
+        f"| {' | '.join(header)} |",
+        f"|{'---|' * len(header)}",
+        *[f"| {' | '.join(_cell(v) for v in row)} |" for row in rows],
+        "",
     ]
-    lines += [f"| {' | '.join(_cell(v) for v in row)} |" for row in releases_involved(inc)]
-    lines.append("")
 
-    lines += ["## Migrations and backups", ""]
-    data_lines = []
-    for e in entries:
+
+def _data_changes(inc: Incident) -> list[str]:
+    """Migrations applied and backups taken or restored, from history and then the audit log."""
+    lines = []
+    for e in inc.entries:
         if e.get("migrations"):
-            data_lines.append(
+            lines.append(
                 f"- {e.get('kind')} of {e.get('release') or '-'} ({e.get('status')}) applied "
                 f"migrations {', '.join(str(m) for m in e['migrations'])}"
             )
         if e.get("backup"):
             verb = "restored" if str(e.get("kind")) == "rollback-3" else "took"
-            data_lines.append(
+            lines.append(
                 f"- {e.get('kind')} of {e.get('release') or '-'} {verb} backup {e['backup']}"
             )
     for a in inc.audit:
         if a.get("action") == "backup":
-            data_lines.append(f"- backup {a.get('backup')} at {a.get('time')} by {a.get('actor')}")
+            lines.append(f"- backup {a.get('backup')} at {a.get('time')} by {a.get('actor')}")
         elif a.get("action") == "restore":
-            data_lines.append(
-                f"- restore of {a.get('backup')} at {a.get('time')} by {a.get('actor')}"
+            lines.append(f"- restore of {a.get('backup')} at {a.get('time')} by {a.get('actor')}")
+    return ["## Migrations and backups", "", *(lines or ["- none recorded"]), ""]
+
+
+def _who_acted(rows: list[tuple[str, str, str, str]]) -> list[str]:
+    """Each person who acted, with what they did and when; stageflow's own entries left out."""
+    people: dict[str, list[str]] = {}
+    for time_, what, who, _ in rows:
+        if who != "stageflow":
+            people.setdefault(who, []).append(
+                f"{what.split(' ')[0]} {time_[5:19].replace('T', ' ')}"
             )
-    lines += data_lines or ["- none recorded"]
-    lines.append("")
+    acts = [f"- {who}: {', '.join(done)}" for who, done in people.items()]
+    return ["## Who acted", "", *(acts or ["- nobody"]), ""]
 
-    lines += ["## Who acted", ""]
-    lines += [f"- {who}: {', '.join(acts)}" for who, acts in people.items()] or ["- nobody"]
-    lines.append("")
 
-    lines += ["## Review (to be written by a person)", ""]
+def _review() -> list[str]:
+    lines = ["## Review (to be written by a person)", ""]
     for i, (title, prompt) in enumerate(REVIEW, 1):
         lines += [f"### {i}. {title}", "", f"_{prompt}_", "", "TODO", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _free_path(root: Path, day: str, env: str) -> Path:

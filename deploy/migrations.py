@@ -229,10 +229,7 @@ def split_sql(sql: str, *, source: str = "SQL") -> list[str]:
         elif c == "/" and sql.startswith("/*", i):
             i = _skip_block_comment(sql, i, source)
         elif c == "'":
-            backslash = (
-                i > 0 and sql[i - 1] in "eE" and not (i > 1 and _IDENT_CHAR.match(sql[i - 2]))
-            )
-            i = _skip_quoted(sql, i, "'", backslash=backslash, source=source)
+            i = _skip_quoted(sql, i, "'", backslash=_escape_string_at(sql, i), source=source)
             has_code = True
         elif c == '"':
             i = _skip_quoted(sql, i, '"', backslash=False, source=source)
@@ -242,13 +239,7 @@ def split_sql(sql: str, *, source: str = "SQL") -> list[str]:
             and not (i > 0 and _IDENT_CHAR.match(sql[i - 1]))
             and (tag := _DOLLAR_TAG.match(sql, i))
         ):
-            end = sql.find(tag.group(0), tag.end())
-            if end < 0:
-                raise MigrationError(
-                    f"{source}: unterminated dollar-quoted string {tag.group(0)}",
-                    hint=f"close it with {tag.group(0)}",
-                )
-            i = end + len(tag.group(0))
+            i = _skip_dollar_quoted(sql, tag, source)
             has_code = True
         elif c == ";" and depth == 0:
             if has_code:
@@ -277,6 +268,21 @@ def split_sql(sql: str, *, source: str = "SQL") -> list[str]:
 def _is_routine(words: list[str]) -> bool:
     kind = words[3:4] if words[1:3] == ["OR", "REPLACE"] else words[1:2]
     return words[:1] == ["CREATE"] and kind in (["FUNCTION"], ["PROCEDURE"])
+
+
+def _escape_string_at(sql: str, i: int) -> bool:
+    """The quote at i opens an E'...' string, where backslashes escape (not a word ending in e)."""
+    return i > 0 and sql[i - 1] in "eE" and not (i > 1 and bool(_IDENT_CHAR.match(sql[i - 2])))
+
+
+def _skip_dollar_quoted(sql: str, tag: re.Match[str], source: str) -> int:
+    end = sql.find(tag.group(0), tag.end())
+    if end < 0:
+        raise MigrationError(
+            f"{source}: unterminated dollar-quoted string {tag.group(0)}",
+            hint=f"close it with {tag.group(0)}",
+        )
+    return end + len(tag.group(0))
 
 
 def _skip_block_comment(sql: str, i: int, source: str) -> int:
@@ -382,6 +388,25 @@ def discover(directory: Path) -> list[MigrationFile]:
             f"migrations directory {directory} does not exist",
             hint="create it or point the config at the right one",
         )
+    ups, downs = _files_by_version(directory)
+    for version, (slug, path) in downs.items():
+        if version not in ups or ups[version][0] != slug:
+            raise MigrationError(
+                f"{path.name} has no matching up file",
+                hint=f"add {version:04d}_{slug}.up.sql or remove the down file",
+            )
+    files = [
+        _read_migration(version, *ups[version], downs[version][1] if version in downs else None)
+        for version in sorted(ups)
+    ]
+    check_sequence(files)
+    return files
+
+
+def _files_by_version(
+    directory: Path,
+) -> tuple[dict[int, tuple[str, Path]], dict[int, tuple[str, Path]]]:
+    """(up files, down files), each version -> (slug, path); a bad name or a duplicate refuses."""
     ups: dict[int, tuple[str, Path]] = {}
     downs: dict[int, tuple[str, Path]] = {}
     for path in sorted(directory.iterdir()):
@@ -405,41 +430,34 @@ def discover(directory: Path) -> list[MigrationFile]:
                 hint="give each migration its own number",
             )
         bucket[version] = (slug, path)
-    for version, (slug, path) in downs.items():
-        if version not in ups or ups[version][0] != slug:
-            raise MigrationError(
-                f"{path.name} has no matching up file",
-                hint=f"add {version:04d}_{slug}.up.sql or remove the down file",
-            )
-    files = []
-    for version in sorted(ups):
-        slug, up_path = ups[version]
-        data, sql = _read_sql(up_path)
-        header = parse_header(sql, source=up_path.name)
-        transactional = header.get("transaction", "on") == "on"
-        _check_statements(sql, source=up_path.name, transactional=transactional)
-        down_path, down_sql, down_tx = None, "", True
-        if version in downs:
-            down_path = downs[version][1]
-            down_sql = _read_sql(down_path)[1]
-            down_tx = parse_header(down_sql, source=down_path.name).get("transaction", "on") == "on"
-            _check_statements(down_sql, source=down_path.name, transactional=down_tx)
-        files.append(
-            MigrationFile(
-                version=version,
-                name=slug,
-                up_path=up_path,
-                down_path=down_path,
-                checksum=hashlib.sha256(data).hexdigest(),
-                transactional=transactional,
-                phase=header.get("phase"),
-                down_transactional=down_tx,
-                sql=sql,
-                down_sql=down_sql,
-            )
-        )
-    check_sequence(files)
-    return files
+    return ups, downs
+
+
+def _read_migration(
+    version: int, slug: str, up_path: Path, down_path: Path | None
+) -> MigrationFile:
+    """One version's files read, their headers parsed and their statements checked."""
+    data, sql = _read_sql(up_path)
+    header = parse_header(sql, source=up_path.name)
+    transactional = header.get("transaction", "on") == "on"
+    _check_statements(sql, source=up_path.name, transactional=transactional)
+    down_sql, down_tx = "", True
+    if down_path is not None:
+        down_sql = _read_sql(down_path)[1]
+        down_tx = parse_header(down_sql, source=down_path.name).get("transaction", "on") == "on"
+        _check_statements(down_sql, source=down_path.name, transactional=down_tx)
+    return MigrationFile(
+        version=version,
+        name=slug,
+        up_path=up_path,
+        down_path=down_path,
+        checksum=hashlib.sha256(data).hexdigest(),
+        transactional=transactional,
+        phase=header.get("phase"),
+        down_transactional=down_tx,
+        sql=sql,
+        down_sql=down_sql,
+    )
 
 
 def check_sequence(files: Sequence[MigrationFile]) -> None:
@@ -678,6 +696,44 @@ def _record(
     )
 
 
+@dataclass(frozen=True)
+class _FileRun:
+    """One migration file run one way (up or down), and how its outcome goes into the ledger."""
+
+    conn: psycopg.Connection
+    file: MigrationFile
+    down: bool
+    applied_by: str
+    release: str
+    password: Secret | None
+    done: Sequence[MigrationFile]  # applied by this run before this file
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def sql(self) -> str:
+        return self.file.down_sql if self.down else self.file.sql
+
+    @property
+    def filename(self) -> str:
+        f = self.file
+        return f.down_path.name if self.down and f.down_path else f.filename
+
+    @property
+    def transactional(self) -> bool:
+        return self.file.down_transactional if self.down else self.file.transactional
+
+    def record(self, state: str, error: str | None = None) -> None:
+        _record(
+            self.conn,
+            self.file,
+            state=state,
+            applied_by=self.applied_by,
+            duration_ms=int((time.monotonic() - self.started) * 1000),
+            release=self.release,
+            error=error,
+        )
+
+
 def _run(
     conn: psycopg.Connection,
     f: MigrationFile,
@@ -688,65 +744,56 @@ def _run(
     password: Secret | None,
     done: Sequence[MigrationFile],
 ) -> None:
+    run = _FileRun(conn, f, down, applied_by, release, password, done)
+    if run.transactional:
+        _run_in_transaction(run)
+    else:
+        _run_statement_by_statement(run)
+
+
+def _run_in_transaction(run: _FileRun) -> None:
+    """The whole file and its ledger row in one transaction: applied completely or not at all."""
     import psycopg
 
-    sql = f.down_sql if down else f.sql
-    filename = f.down_path.name if down and f.down_path else f.filename
-    success = "reverted" if down else "applied"
-    t0 = time.monotonic()
+    conn = run.conn
+    try:
+        with conn.transaction():
+            if split_sql(run.sql, source=run.filename):
+                # One piece: the server parses the file, so the splitter's limits don't apply.
+                conn.execute(run.sql)  # type: ignore[call-overload]
+            run.record("reverted" if run.down else "applied")
+    except psycopg.Error as e:
+        raise MigrationFailed(
+            f"{run.filename} failed and was rolled back: {_pg_error(e, run.password)}",
+            file=run.file,
+            applied=run.done,
+            hint="fix the file and run again; nothing of it was kept",
+        ) from None
 
-    def elapsed() -> int:
-        return int((time.monotonic() - t0) * 1000)
 
-    if f.down_transactional if down else f.transactional:
-        try:
-            with conn.transaction():
-                if split_sql(sql, source=filename):
-                    # One piece: the server parses the file, so the splitter's limits don't apply.
-                    conn.execute(sql)  # type: ignore[call-overload]
-                _record(
-                    conn,
-                    f,
-                    state=success,
-                    applied_by=applied_by,
-                    duration_ms=elapsed(),
-                    release=release,
-                )
-        except psycopg.Error as e:
-            raise MigrationFailed(
-                f"{filename} failed and was rolled back: {_pg_error(e, password)}",
-                file=f,
-                applied=done,
-                hint="fix the file and run again; nothing of it was kept",
-            ) from None
-        return
-    statements = split_sql(sql, source=filename)
+def _run_statement_by_statement(run: _FileRun) -> None:
+    """transaction=off: each statement commits; a failure leaves the version 'failed' in the ledger."""
+    import psycopg
+
+    statements = split_sql(run.sql, source=run.filename)
     for number, stmt in enumerate(statements, start=1):
         try:
-            conn.execute(stmt)  # type: ignore[call-overload]
+            run.conn.execute(stmt)  # type: ignore[call-overload]
         except psycopg.Error as e:
-            error = f"statement {number} of {len(statements)}: {_pg_error(e, password)}"
+            error = f"statement {number} of {len(statements)}: {_pg_error(e, run.password)}"
             note = ""
             try:
-                _record(
-                    conn,
-                    f,
-                    state="failed",
-                    applied_by=applied_by,
-                    duration_ms=elapsed(),
-                    release=release,
-                    error=("down: " if down else "") + error,
-                )
+                run.record("failed", ("down: " if run.down else "") + error)
             except psycopg.Error as e2:
-                note = f" (and the ledger could not record it: {_pg_error(e2, password)})"
+                note = f" (and the ledger could not record it: {_pg_error(e2, run.password)})"
             raise MigrationFailed(
-                f"{filename} failed at {error}{note}",
-                file=f,
-                applied=done,
+                f"{run.filename} failed at {error}{note}",
+                file=run.file,
+                applied=run.done,
                 hint="statements before it stay applied (transaction=off); finish or undo them by "
                 "hand, then resolve the version (resolve_failed)",
             ) from None
-    _record(conn, f, state=success, applied_by=applied_by, duration_ms=elapsed(), release=release)
+    run.record("reverted" if run.down else "applied")
 
 
 # --------------------------------------------------------------------------- public API

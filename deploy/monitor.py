@@ -157,47 +157,16 @@ def reading(
         "limit": t.health_failures,
         "status": OK if cur.health_ok else (ALERT if fails > t.health_failures else WARN),
     }
-    rate = err_pct = None
-    interval = None
-    if (
-        prev
-        and cur.requests is not None
-        and prev.requests is not None
-        and cur.release == prev.release
-    ):
-        interval = max(cur.at - prev.at, 1e-6)
-        delta = max(cur.requests - prev.requests, 0)
-        rate = delta / interval
-        if delta:
-            err_pct = 100.0 * max((cur.errors or 0) - (prev.errors or 0), 0) / delta
+    interval, rate, err_pct = _rates(prev, cur)
     out["interval_s"] = None if interval is None else round(interval, 3)
     out["request_rate"] = {
         "per_s": None if rate is None else round(rate, 2),
         "status": UNKNOWN if rate is None else OK,
     }
-    base_pct = base.error_pct if base and base.requests >= verify.MIN_REQUESTS else 0.0
-    limit_pct = base_pct + t.error_rate_points
-    out["error_rate"] = {
-        "pct": None if err_pct is None else round(err_pct, 2),
-        "baseline_pct": round(base_pct, 2),
-        "limit_pct": round(limit_pct, 2),
-        "status": UNKNOWN if err_pct is None else (ALERT if err_pct > limit_pct else OK),
-    }
-    base_p95 = base.p95_s if base and base.requests >= verify.MIN_REQUESTS else None
-    limit_p95 = base_p95 * t.p95_ratio if base_p95 else None
-    if cur.p95_s is None:
-        p95_status = UNKNOWN
-    elif limit_p95 is None:
-        p95_status = OK  # no baseline to compare with: shown, never alerting
-    else:
-        over = cur.p95_s > limit_p95 and cur.p95_s > verify.P95_FLOOR_S
-        p95_status = ALERT if over else OK
-    out["p95"] = {
-        "ms": None if cur.p95_s is None else round(cur.p95_s * 1000, 1),
-        "baseline_ms": None if base_p95 is None else round(base_p95 * 1000, 1),
-        "limit_ms": None if limit_p95 is None else round(limit_p95 * 1000, 1),
-        "status": p95_status,
-    }
+    # a baseline of too few requests says nothing: judged as if there were none
+    trusted = base if base and base.requests >= verify.MIN_REQUESTS else None
+    out["error_rate"] = _error_rate_row(err_pct, trusted, t)
+    out["p95"] = _p95_row(cur.p95_s, trusted, t)
     out["memory"] = {
         "mb": cur.memory_mb,
         "limit_mb": t.memory_mb,
@@ -208,6 +177,54 @@ def reading(
         and cur.health_ok
     )
     return out
+
+
+def _rates(prev: Sample | None, cur: Sample) -> tuple[float | None, float | None, float | None]:
+    """(interval, requests per second, error %) between two reads of the same release's counters."""
+    if not (
+        prev
+        and cur.requests is not None
+        and prev.requests is not None
+        and cur.release == prev.release
+    ):
+        return None, None, None
+    interval = max(cur.at - prev.at, 1e-6)
+    delta = max(cur.requests - prev.requests, 0)
+    err_pct = None
+    if delta:
+        err_pct = 100.0 * max((cur.errors or 0) - (prev.errors or 0), 0) / delta
+    return interval, delta / interval, err_pct
+
+
+def _error_rate_row(
+    err_pct: float | None, base: verify.Stats | None, t: Thresholds
+) -> dict[str, Any]:
+    base_pct = base.error_pct if base else 0.0
+    limit_pct = base_pct + t.error_rate_points
+    return {
+        "pct": None if err_pct is None else round(err_pct, 2),
+        "baseline_pct": round(base_pct, 2),
+        "limit_pct": round(limit_pct, 2),
+        "status": UNKNOWN if err_pct is None else (ALERT if err_pct > limit_pct else OK),
+    }
+
+
+def _p95_row(p95_s: float | None, base: verify.Stats | None, t: Thresholds) -> dict[str, Any]:
+    base_p95 = base.p95_s if base else None
+    limit_p95 = base_p95 * t.p95_ratio if base_p95 else None
+    if p95_s is None:
+        status = UNKNOWN
+    elif limit_p95 is None:
+        status = OK  # no baseline to compare with: shown, never alerting
+    else:
+        over = p95_s > limit_p95 and p95_s > verify.P95_FLOOR_S
+        status = ALERT if over else OK
+    return {
+        "ms": None if p95_s is None else round(p95_s * 1000, 1),
+        "baseline_ms": None if base_p95 is None else round(base_p95 * 1000, 1),
+        "limit_ms": None if limit_p95 is None else round(limit_p95 * 1000, 1),
+        "status": status,
+    }
 
 
 def once(proj: Project, name: str, *, gap_s: float = 1.0) -> dict[str, Any]:

@@ -7,9 +7,11 @@ or deploy prod. Each rule is a guard Check, so `prod.preflight --request ID` sho
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -210,40 +212,59 @@ def checklist(proj: Project, req: dict[str, Any]) -> str:
         else "(first prod deploy)"
     )
     staging = staging_evidence(proj, commit)
-    level = (
-        "2 (revert; schema stays: expand-only)"
-        if all(m["phase"] == "expand" for m in migs)
-        else "2 with down files, else 3 (restore)"
-    )
-    lines = [
+    sections = [
+        _request_header(req),
+        _changes_section(log),
+        _gates_section(report),
+        _database_section(migs),
+        _dependencies_section(deps),
+        _rollback_section(proj, since, migs),
+        _staging_section(commit, staging),
+        _actions_section(proj, req),
+    ]
+    return "\n".join(line for section in sections for line in section)
+
+
+def _request_header(req: dict[str, Any]) -> list[str]:
+    return [
         f"## Production Deployment Request #{req['id']}",
         "",
         f"**Status**: {req['status'].upper()}",
         f"**Urgency**: {'Emergency' if req.get('emergency') else 'Routine'} ({req['severity']})",
         f"**Requested By**: {req['requester']['name']} ({req['requester']['kind']})",
-        f"**Version**: {req['ref']} ({commit[:12]})",
+        f"**Version**: {req['ref']} ({req['commit'][:12]})",
         f"**Date**: {req['created'][:10]}",
         f"**Risk Level**: {req['risk']}",
         "",
+    ]
+
+
+def _changes_section(log: list[str]) -> list[str]:
+    return [
         "### Changes Included",
         *([f"- [ ] {line}" for line in log] or ["- [ ] (no commits since prod's release)"]),
         "",
+    ]
+
+
+def _gates_section(report: dict[str, Any] | None) -> list[str]:
+    if not report:
+        return [
+            "### Gates",
+            "- [ ] no gate report for this commit: run `inv release.gate --ref REF`",
+            "",
+        ]
+    passed = report.get("verdict", "").startswith("passed")
+    return [
         "### Gates",
-        (
-            f"- [{'x' if report and report.get('verdict', '').startswith('passed') else ' '}] stage "
-            f"{report.get('stage')}: {report.get('verdict')}"
-            if report
-            else "- [ ] no gate report for this commit: run `inv release.gate --ref REF`"
-        ),
-        *(
-            [
-                f"  - {g['name']}: {g['status']} ({g['requirement']})"
-                for g in report.get("gates", [])
-            ]
-            if report
-            else []
-        ),
+        f"- [{'x' if passed else ' '}] stage {report.get('stage')}: {report.get('verdict')}",
+        *[f"  - {g['name']}: {g['status']} ({g['requirement']})" for g in report.get("gates", [])],
         "",
+    ]
+
+
+def _database_section(migs: list[dict[str, Any]]) -> list[str]:
+    return [
         "### Database Changes",
         *(
             [
@@ -254,15 +275,31 @@ def checklist(proj: Project, req: dict[str, Any]) -> str:
             or ["- [x] No migrations"]
         ),
         "",
-        "### Dependencies",
-        f"```\n{deps or 'no dependency changes'}\n```",
-        "",
+    ]
+
+
+def _dependencies_section(deps: str) -> list[str]:
+    return ["### Dependencies", f"```\n{deps or 'no dependency changes'}\n```", ""]
+
+
+def _rollback_section(proj: Project, since: str | None, migs: list[dict[str, Any]]) -> list[str]:
+    level = (
+        "2 (revert; schema stays: expand-only)"
+        if all(m["phase"] == "expand" for m in migs)
+        else "2 with down files, else 3 (restore)"
+    )
+    return [
         "### Rollback Plan",
         f"- [ ] Previous release: {since[:12] if since else 'none (first deploy)'}",
         f"- [ ] Rollback command: `inv prod.rollback --level {level[0]}` ({level})",
         "- [ ] Backup: taken automatically before the deploy (policy backup = "
         f"{proj.policies[PROD].backup})",
         "",
+    ]
+
+
+def _staging_section(commit: str, staging: dict[str, Any] | None) -> list[str]:
+    return [
         "### Staging Evidence",
         (
             f"- [x] staging deployed {commit[:12]} as {staging['release']} at {staging['time']} "
@@ -271,6 +308,11 @@ def checklist(proj: Project, req: dict[str, Any]) -> str:
             else "- [ ] staging has not verified this commit"
         ),
         "",
+    ]
+
+
+def _actions_section(proj: Project, req: dict[str, Any]) -> list[str]:
+    return [
         "### Required Actions",
         "1. Review checklist",
         f"2. Approve: `inv prod.approve {req['id']}` (a human other than the requester)",
@@ -282,7 +324,6 @@ def checklist(proj: Project, req: dict[str, Any]) -> str:
         "**ACTION REQUIRED**: a human must approve and execute this deployment",
         "",
     ]
-    return "\n".join(lines)
 
 
 # -- operations --------------------------------------------------------------------------------
@@ -425,6 +466,173 @@ def active_freeze(pol: Policy, now: datetime | None = None) -> dict[str, Any] | 
     return None
 
 
+@dataclass(frozen=True)
+class _PromotionCase:
+    """What every promotion rule judges: the request, who acts, the policy, and when."""
+
+    proj: Project
+    req: dict[str, Any]
+    actor: Actor
+    break_glass: str
+    pol: Policy
+    now: float
+
+    @property
+    def commit(self) -> str:
+        return self.req["commit"]
+
+    @property
+    def emergency(self) -> bool:
+        return bool(self.req.get("emergency"))
+
+
+def _actor_is_human(case: _PromotionCase) -> guards.Check:
+    ok = case.actor.is_human
+    return guards.Check(
+        "actor",
+        ok,
+        f"{case.actor} is a human"
+        if ok
+        else f"{case.actor} may prepare requests, never deploy prod (a human must)",
+    )
+
+
+def _valid_approvers(case: _PromotionCase) -> list[str]:
+    """Humans other than the requester who approved this very commit within the approval TTL."""
+    req = case.req
+    return sorted(
+        {
+            a["actor"]
+            for a in req["approvals"]
+            if a["kind"] == "human"
+            and a["actor"] != req["requester"]["name"]
+            and a["commit"] == case.commit
+            and case.now - a["ts"] <= case.pol.approval_ttl_s
+        }
+    )
+
+
+def _approval(case: _PromotionCase) -> guards.Check:
+    req, pol = case.req, case.pol
+    if req["status"] == "rejected":
+        return guards.Check("approval", False, f"request #{req['id']} was rejected")
+    if req["status"] == "deployed":
+        return guards.Check("approval", False, f"request #{req['id']} was already deployed")
+    names = _valid_approvers(case)
+    if len(names) < pol.min_approvals:
+        expired = [a for a in req["approvals"] if case.now - a["ts"] > pol.approval_ttl_s]
+        why = "approval expired" if expired else "not approved"
+        if req["approvals"] and not expired:
+            why = "approved only by the requester or by automation"
+        return guards.Check(
+            "approval",
+            False,
+            f"request #{req['id']}: {why} ({len(names)}/{pol.min_approvals} valid human approvals)",
+        )
+    return guards.Check("approval", True, f"approved by {', '.join(names)}")
+
+
+def _ref_unmoved(case: _PromotionCase) -> guards.Check:
+    from deploy.releases import resolve_ref
+
+    ref, commit = case.req["ref"], case.commit
+    try:
+        now_commit = resolve_ref(case.proj.root, ref)
+    except Exception:  # noqa: BLE001 - a ref that no longer resolves is a moved ref
+        now_commit = ""
+    if now_commit != commit:
+        return guards.Check(
+            "ref",
+            False,
+            f"{ref} moved to {now_commit[:12] or 'nothing'} "
+            f"after approval of {commit[:12]}: the approval is stale",
+        )
+    return guards.Check("ref", True, f"{ref} still names {commit[:12]}")
+
+
+def _ga_gate(case: _PromotionCase) -> guards.Check:
+    report = gate_report(case.proj, case.commit)
+    if not report:
+        return guards.Check(
+            "gate",
+            False,
+            f"no gate report for {case.commit[:12]}: run `inv release.gate --ref {case.req['ref']}`",
+        )
+    if report.get("stage") != GA_STAGE:
+        return guards.Check(
+            "gate",
+            False,
+            f"the gate ran at stage {report.get('stage')}, prod needs {GA_STAGE} (tag a v* release)",
+        )
+    if report.get("verdict") not in ("passed", "passed-with-override"):
+        return guards.Check(
+            "gate", False, f"the {GA_STAGE} gate verdict is {report.get('verdict')}"
+        )
+    return guards.Check("gate", True, f"{GA_STAGE} gate {report.get('verdict')}")
+
+
+def _staging_verified(case: _PromotionCase) -> guards.Check:
+    commit = case.commit
+    if case.emergency:
+        return guards.Check("staging", True, f"skipped: emergency {case.req['severity']}")
+    ev = staging_evidence(case.proj, commit)
+    if ev:
+        return guards.Check("staging", True, f"staging verified it as {ev['release']}")
+    failed = [
+        e for e in history(*rolling.primary(case.proj, "staging")) if e.get("commit") == commit
+    ]
+    if failed:
+        return guards.Check(
+            "staging",
+            False,
+            f"staging's run of {commit[:12]} "
+            f"ended {failed[-1].get('status')}: smoke or verify did not pass",
+        )
+    return guards.Check("staging", False, f"staging never deployed {commit[:12]}")
+
+
+def _staging_soak(case: _PromotionCase) -> guards.Check:
+    need = case.proj.policies["staging"].soak_s or case.proj.policies[PROD].soak_s
+    if case.emergency:
+        return guards.Check("soak", True, f"skipped: emergency {case.req['severity']}")
+    ev = staging_evidence(case.proj, case.commit)
+    if not ev:
+        return guards.Check("soak", False, "no staging run to soak")
+    since = datetime.fromisoformat(ev["time"].replace("Z", "+00:00")).timestamp()
+    age = case.now - since
+    if age < need:
+        return guards.Check("soak", False, f"soaked {age:.0f}s of {need:.0f}s in staging")
+    return guards.Check("soak", True, f"soaked {age:.0f}s (needs {need:.0f}s)")
+
+
+def _freeze_window(case: _PromotionCase) -> guards.Check:
+    window = active_freeze(case.pol)
+    if window and not case.break_glass:
+        return guards.Check(
+            "freeze-window",
+            False,
+            f"freeze window {window['start']} .. {window['end']} "
+            f"({window['timezone']}) is active: use --break-glass REASON",
+        )
+    if window:
+        return guards.Check(
+            "freeze-window", True, f"freeze overridden by break-glass: {case.break_glass}"
+        )
+    return guards.Check("freeze-window", True, "no freeze window active")
+
+
+# The rules of promotion, in the order the guard table shows them.
+_PROMOTION_RULES: tuple[tuple[str, Callable[[_PromotionCase], guards.Check]], ...] = (
+    ("actor", _actor_is_human),
+    ("approval", _approval),
+    ("ref", _ref_unmoved),
+    ("gate", _ga_gate),
+    ("staging", _staging_verified),
+    ("soak", _staging_soak),
+    ("freeze-window", _freeze_window),
+)
+
+
 def checks(
     proj: Project,
     req: dict[str, Any],
@@ -434,140 +642,8 @@ def checks(
     now: float | None = None,
 ) -> list[tuple[str, Any]]:
     """Every rule of promotion, each a named check for the guard table."""
-    from deploy.releases import resolve_ref
-
-    pol = policy(proj)
-    now = now or time.time()
-    emergency = bool(req.get("emergency"))
-    commit = req["commit"]
-
-    def actor_check() -> guards.Check:
-        ok = actor.is_human
-        return guards.Check(
-            "actor",
-            ok,
-            f"{actor} is a human"
-            if ok
-            else f"{actor} may prepare requests, never deploy prod (a human must)",
-        )
-
-    def approved() -> guards.Check:
-        if req["status"] == "rejected":
-            return guards.Check("approval", False, f"request #{req['id']} was rejected")
-        if req["status"] == "deployed":
-            return guards.Check("approval", False, f"request #{req['id']} was already deployed")
-        valid = [
-            a
-            for a in req["approvals"]
-            if a["kind"] == "human"
-            and a["actor"] != req["requester"]["name"]
-            and a["commit"] == commit
-            and now - a["ts"] <= pol.approval_ttl_s
-        ]
-        names = sorted({a["actor"] for a in valid})
-        if len(names) < pol.min_approvals:
-            expired = [a for a in req["approvals"] if now - a["ts"] > pol.approval_ttl_s]
-            why = "approval expired" if expired else "not approved"
-            if req["approvals"] and not expired:
-                why = "approved only by the requester or by automation"
-            return guards.Check(
-                "approval",
-                False,
-                f"request #{req['id']}: {why} "
-                f"({len(names)}/{pol.min_approvals} valid human approvals)",
-            )
-        return guards.Check("approval", True, f"approved by {', '.join(names)}")
-
-    def ref_unmoved() -> guards.Check:
-        try:
-            now_commit = resolve_ref(proj.root, req["ref"])
-        except Exception:  # noqa: BLE001 - a ref that no longer resolves is a moved ref
-            now_commit = ""
-        if now_commit != commit:
-            return guards.Check(
-                "ref",
-                False,
-                f"{req['ref']} moved to {now_commit[:12] or 'nothing'} "
-                f"after approval of {commit[:12]}: the approval is stale",
-            )
-        return guards.Check("ref", True, f"{req['ref']} still names {commit[:12]}")
-
-    def gate() -> guards.Check:
-        report = gate_report(proj, commit)
-        if not report:
-            return guards.Check(
-                "gate",
-                False,
-                f"no gate report for {commit[:12]}: run `inv release.gate --ref {req['ref']}`",
-            )
-        if report.get("stage") != GA_STAGE:
-            return guards.Check(
-                "gate",
-                False,
-                f"the gate ran at stage {report.get('stage')}, "
-                f"prod needs {GA_STAGE} (tag a v* release)",
-            )
-        if report.get("verdict") not in ("passed", "passed-with-override"):
-            return guards.Check(
-                "gate", False, f"the {GA_STAGE} gate verdict is {report.get('verdict')}"
-            )
-        return guards.Check("gate", True, f"{GA_STAGE} gate {report.get('verdict')}")
-
-    def staging() -> guards.Check:
-        if emergency:
-            return guards.Check("staging", True, f"skipped: emergency {req['severity']}")
-        ev = staging_evidence(proj, commit)
-        if not ev:
-            failed = [
-                e for e in history(*rolling.primary(proj, "staging")) if e.get("commit") == commit
-            ]
-            if failed:
-                return guards.Check(
-                    "staging",
-                    False,
-                    f"staging's run of {commit[:12]} "
-                    f"ended {failed[-1].get('status')}: smoke or verify did not pass",
-                )
-            return guards.Check("staging", False, f"staging never deployed {commit[:12]}")
-        return guards.Check("staging", True, f"staging verified it as {ev['release']}")
-
-    def soak() -> guards.Check:
-        need = proj.policies["staging"].soak_s or proj.policies[PROD].soak_s
-        if emergency:
-            return guards.Check("soak", True, f"skipped: emergency {req['severity']}")
-        ev = staging_evidence(proj, commit)
-        if not ev:
-            return guards.Check("soak", False, "no staging run to soak")
-        since = datetime.fromisoformat(ev["time"].replace("Z", "+00:00")).timestamp()
-        age = now - since
-        if age < need:
-            return guards.Check("soak", False, f"soaked {age:.0f}s of {need:.0f}s in staging")
-        return guards.Check("soak", True, f"soaked {age:.0f}s (needs {need:.0f}s)")
-
-    def freeze() -> guards.Check:
-        window = active_freeze(pol)
-        if window and not break_glass:
-            return guards.Check(
-                "freeze-window",
-                False,
-                f"freeze window {window['start']} .. {window['end']} "
-                f"({window['timezone']}) is active: use --break-glass REASON",
-            )
-        if window:
-            return guards.Check(
-                "freeze-window", True, f"freeze overridden by break-glass: {break_glass}"
-            )
-        return guards.Check("freeze-window", True, "no freeze window active")
-
-    return [
-        ("actor", actor_check),
-        ("approval", approved),
-        ("ref", ref_unmoved),
-        ("gate", gate),
-        ("staging", staging),
-        ("soak", soak),
-        ("freeze-window", freeze),
-    ]
+    case = _PromotionCase(proj, req, actor, break_glass, policy(proj), now or time.time())
+    return [(name, functools.partial(rule, case)) for name, rule in _PROMOTION_RULES]
 
 
 def check_deploy_flags(name: str, *, ref: str, request: str | int | None) -> None:

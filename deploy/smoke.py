@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from deploy.clients import redis_client
@@ -79,6 +80,83 @@ def _settle(base: str, release: str, *, answers: int = 3, timeout_s: float = 5.0
             time.sleep(0.05)
 
 
+@dataclass(frozen=True)
+class _Service:
+    """The running service a smoke probe speaks to, and what it should answer."""
+
+    base: str  # http://host:port
+    env: EnvConfig
+    expect_release: str | None
+    # the API key the service asks for, when it has one; kept out of any repr
+    headers: dict[str, str] = field(repr=False)
+
+
+def _health(svc: _Service) -> tuple[bool, str]:
+    status, body = http("GET", f"{svc.base}/healthz")
+    return status == 200, f"HTTP {status}"
+
+
+def _ready(svc: _Service) -> tuple[bool, str]:
+    status, body = http("GET", f"{svc.base}/readyz")
+    return status == 200, f"HTTP {status}" + ("" if status == 200 else f": {str(body)[:120]}")
+
+
+def _version(svc: _Service) -> tuple[bool, str]:
+    status, body = http("GET", f"{svc.base}/version")
+    if status != 200 or not isinstance(body, dict):
+        return False, f"HTTP {status}"
+    if svc.expect_release and body.get("release") != svc.expect_release:
+        return False, f"serving {body.get('release')}, expected {svc.expect_release}"
+    return True, f"release {body.get('release')}"
+
+
+def _identity(svc: _Service) -> tuple[bool, str]:
+    # a staging service wired to prod's database fails here
+    env = svc.env
+    _, body = http("GET", f"{svc.base}/version")
+    if not isinstance(body, dict):
+        return False, "no /version"
+    problems = []
+    if body.get("environment") != env.environment:
+        problems.append(f"environment {body.get('environment')} != {env.environment}")
+    if body.get("database") != env.database.name:
+        problems.append(f"database {body.get('database')} != {env.database.name}")
+    return not problems, "; ".join(problems) or f"{env.environment} on {env.database.name}"
+
+
+def _postgres_write_read(svc: _Service) -> tuple[bool, str]:
+    token = f"smoke-{uuid.uuid4().hex[:10]}"
+    status, _ = http("POST", f"{svc.base}/notes", body={"body": token}, headers=svc.headers)
+    if status != 201:
+        return False, f"write: HTTP {status}"
+    status, listed = http("GET", f"{svc.base}/notes", headers=svc.headers)
+    found = isinstance(listed, list | dict) and token in json.dumps(listed)
+    return (
+        status == 200 and found,
+        "note written and read back" if found else "note not read back",
+    )
+
+
+def _redis_write_read(svc: _Service) -> tuple[bool, str]:
+    with redis_client(svc.env) as client:
+        key = f"stageflow:smoke:{uuid.uuid4().hex[:8]}"
+        client.set(key, "1", ex=30)
+        ok = client.get(key) == b"1"
+        client.delete(key)
+    return ok, "set+get" if ok else "value not read back"
+
+
+# The probes in the order they run and are reported.
+_PROBES: tuple[tuple[str, Callable[[_Service], tuple[bool, str]]], ...] = (
+    ("health", _health),
+    ("ready", _ready),
+    ("version", _version),
+    ("identity", _identity),
+    ("postgres", _postgres_write_read),
+    ("redis", _redis_write_read),
+)
+
+
 def run(
     env: EnvConfig, *, expect_release: str | None = None, host: str = "127.0.0.1"
 ) -> list[Probe]:
@@ -87,66 +165,8 @@ def run(
         _settle(base, expect_release)
     api_keys = env.secret("API_KEYS")
     headers = {"X-API-Key": api_keys.reveal().split(",")[0].strip()} if api_keys else {}
-
-    def health() -> tuple[bool, str]:
-        status, body = http("GET", f"{base}/healthz")
-        return status == 200, f"HTTP {status}"
-
-    def ready() -> tuple[bool, str]:
-        status, body = http("GET", f"{base}/readyz")
-        return status == 200, f"HTTP {status}" + ("" if status == 200 else f": {str(body)[:120]}")
-
-    def version() -> tuple[bool, str]:
-        status, body = http("GET", f"{base}/version")
-        if status != 200 or not isinstance(body, dict):
-            return False, f"HTTP {status}"
-        if expect_release and body.get("release") != expect_release:
-            return False, f"serving {body.get('release')}, expected {expect_release}"
-        return True, f"release {body.get('release')}"
-
-    def identity() -> tuple[bool, str]:
-        # a staging service wired to prod's database fails here
-        _, body = http("GET", f"{base}/version")
-        if not isinstance(body, dict):
-            return False, "no /version"
-        problems = []
-        if body.get("environment") != env.environment:
-            problems.append(f"environment {body.get('environment')} != {env.environment}")
-        if body.get("database") != env.database.name:
-            problems.append(f"database {body.get('database')} != {env.database.name}")
-        return not problems, "; ".join(problems) or f"{env.environment} on {env.database.name}"
-
-    def postgres_probe() -> tuple[bool, str]:
-        token = f"smoke-{uuid.uuid4().hex[:10]}"
-        status, _ = http("POST", f"{base}/notes", body={"body": token}, headers=headers)
-        if status != 201:
-            return False, f"write: HTTP {status}"
-        status, listed = http("GET", f"{base}/notes", headers=headers)
-        found = isinstance(listed, list | dict) and token in json.dumps(listed)
-        return (
-            status == 200 and found,
-            "note written and read back" if found else "note not read back",
-        )
-
-    def redis_probe() -> tuple[bool, str]:
-        with redis_client(env) as client:
-            key = f"stageflow:smoke:{uuid.uuid4().hex[:8]}"
-            client.set(key, "1", ex=30)
-            ok = client.get(key) == b"1"
-            client.delete(key)
-        return ok, "set+get" if ok else "value not read back"
-
-    return [
-        _timed(n, f)
-        for n, f in (
-            ("health", health),
-            ("ready", ready),
-            ("version", version),
-            ("identity", identity),
-            ("postgres", postgres_probe),
-            ("redis", redis_probe),
-        )
-    ]
+    svc = _Service(base, env, expect_release, headers)
+    return [_timed(name, functools.partial(probe, svc)) for name, probe in _PROBES]
 
 
 def failed(probes: list[Probe]) -> list[Probe]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets as pysecrets
 import shutil
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +23,7 @@ from deploy.smoke import Probe, http
 from deploy.state import DeployLock, Layout, audit, sha256_file
 
 if TYPE_CHECKING:
-    from deploy import anonymize
+    from deploy import anonymize, rolling
 
 Printer = Callable[[str], None]
 LOG_FILES = ("app.log", "postgres.log", "redis.log")
@@ -146,42 +148,55 @@ def init(
         if reset:
             steps.append(("reset", _wipe(proj, name)))
             Path(layout.state).mkdir(parents=True, exist_ok=True)
-        svc = _services(proj, name)
-        wanted = [
-            layout.shared, layout.logs, layout.backups, layout.releases, layout.run,
-            layout.state, layout.venvs,
-        ]  # fmt: skip
-        missing = [d for d in wanted if not os.path.isdir(d)]
-        steps.append(
-            (
-                "directories",
-                f"created {len(missing)} under {env.data_dir}" if missing else "present",
-            )
-        )
-        steps.append(("servers", "; ".join(svc.up())))
-        steps.append(("logs", _log_files(svc)))
-        source = str(proj.root) if reset else _migration_source(proj, layout)
-        applied = migrations.migrate(
-            env.database_url,
-            migrations.in_release(source),
-            applied_by=actor,
-            password=env.secret("POSTGRES_PASSWORD"),
-        )
-        steps.append(
-            ("migrate", f"applied {[f.version for f in applied]}" if applied else "up to date")
-        )
-        have = seeding.count_seed_rows(env.database_url, password=env.secret("POSTGRES_PASSWORD"))
-        if have:
-            steps.append(("seed", f"kept {have} seed rows (reseed with `inv {name}.seed`)"))
-        else:
-            result = seeding.seed(env, size=size)
-            steps.append(("seed", f"{result.inserted} {size} seed rows in {result.seconds:.2f}s"))
+        steps += _build_environment(proj, name, layout, actor=actor, reset=reset, size=size)
         audit(host, layout, actor=actor, action="init", reset=reset)
     finally:
         lock.release()
     if not releases.current_release(host, layout):
         steps.append(("next", f"deploy a release: inv {name}.deploy"))
     return steps
+
+
+def _build_environment(
+    proj: Project, name: str, layout: Layout, *, actor: str, reset: bool, size: str
+) -> list[tuple[str, str]]:
+    """Directories, servers, log files, schema and seed rows, each step saying what it did."""
+    env = proj.env(name)
+    svc = _services(proj, name)
+    wanted = [
+        layout.shared, layout.logs, layout.backups, layout.releases, layout.run,
+        layout.state, layout.venvs,
+    ]  # fmt: skip
+    missing = [d for d in wanted if not os.path.isdir(d)]
+    return [
+        ("directories", f"created {len(missing)} under {env.data_dir}" if missing else "present"),
+        ("servers", "; ".join(svc.up())),
+        ("logs", _log_files(svc)),
+        ("migrate", _migrate_schema(proj, env, layout, actor=actor, reset=reset)),
+        ("seed", _seed_rows(env, name, size)),
+    ]
+
+
+def _migrate_schema(
+    proj: Project, env: EnvConfig, layout: Layout, *, actor: str, reset: bool
+) -> str:
+    source = str(proj.root) if reset else _migration_source(proj, layout)
+    applied = migrations.migrate(
+        env.database_url,
+        migrations.in_release(source),
+        applied_by=actor,
+        password=env.secret("POSTGRES_PASSWORD"),
+    )
+    return f"applied {[f.version for f in applied]}" if applied else "up to date"
+
+
+def _seed_rows(env: EnvConfig, name: str, size: str) -> str:
+    """Seed an empty database; rows already there are kept (a reseed is its own task)."""
+    have = seeding.count_seed_rows(env.database_url, password=env.secret("POSTGRES_PASSWORD"))
+    if have:
+        return f"kept {have} seed rows (reseed with `inv {name}.seed`)"
+    result = seeding.seed(env, size=size)
+    return f"{result.inserted} {size} seed rows in {result.seconds:.2f}s"
 
 
 # -- refresh -------------------------------------------------------------------------------------
@@ -315,6 +330,22 @@ def _forget_cache(env: EnvConfig) -> None:
         pass  # the cache expires on its own within seconds
 
 
+class _TimedSteps:
+    """Runs a refresh's steps in turn, timing each and telling the operator as each one ends."""
+
+    def __init__(self, name: str, printer: Printer) -> None:
+        self.name = name
+        self.printer = printer
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, label: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        out = fn()
+        self.timings[label] = round(time.perf_counter() - t0, 3)
+        self.printer(f"{self.name}: {label} ({self.timings[label]:.2f}s)")
+        return out
+
+
 def refresh(
     proj: Project,
     name: str,
@@ -339,65 +370,20 @@ def refresh(
     Any failure before 6 drops the scratch copy and leaves the target exactly as it was.
     """
     target = proj.env(name)
-    _refuse_production(target, "refresh")
-    if source == name or source not in proj.envs:
-        raise UsageError(f"cannot refresh {name} from {source!r}", hint="use --from prod")
-    from deploy import anonymize  # psycopg.sql: loaded when a refresh runs, not for --list
-
-    rules = anonymize.load_rules(proj.policy)
-    if not anonymize_data and not rules.allow_raw:
-        raise GuardRefused(
-            f"a raw copy of {source} into {name} is refused by policy",
-            hint="add --anonymize (rules in [anonymize] of stageflow.toml)",
-        )
+    rules = _refresh_rules(proj, target, source=source, anonymize_data=anonymize_data)
     svc = _services(proj, name)
-    down = [s.name for s in svc.status() if not s.up]
-    if down:
-        raise ServiceError(f"{name}: {', '.join(down)} not running", hint=f"run `inv {name}.up`")
+    _require_running(svc, name)
     layout = Layout(str(target.data_dir))
     host = Host(secrets=target.secret_values())
     lock = DeployLock(host, layout)
     lock.acquire(who=actor, command=f"{name}.refresh --from {source}")
-    timings: dict[str, float] = {}
-    scratch = target.database.name + SCRATCH_SUFFIX
+    step = _TimedSteps(name, printer)
     started = time.perf_counter()
-
-    def step(label: str, fn: Callable[[], Any]) -> Any:
-        t0 = time.perf_counter()
-        out = fn()
-        timings[label] = round(time.perf_counter() - t0, 3)
-        printer(f"{name}: {label} ({timings[label]:.2f}s)")
-        return out
-
     try:
-        dump = step("dump", lambda: _source_dump(proj, source, actor=actor, fresh=fresh))
-        _drop(svc, scratch)
-        try:
-            step(
-                "restore",
-                lambda: _restore_scratch(svc, target, scratch, dump["path"]),
-            )
-            applied = step(
-                "migrate",
-                lambda: migrations.migrate(
-                    _as_role(svc.admin_conninfo(scratch), target.database.user),
-                    migrations.in_release(_migration_source(proj, layout)),
-                    applied_by=actor,
-                ),
-            )
-            checked = step(
-                "anonymize",
-                lambda: _anonymize_scratch(
-                    proj, svc, scratch, rules, source=source, enabled=anonymize_data
-                ),
-            )
-            step("swap", lambda: _swap(svc, target.database.name, scratch))
-        except BaseException:
-            try:
-                _drop(svc, scratch)
-            except Exception:  # noqa: BLE001 - the first failure is the one to report
-                pass
-            raise
+        dump, applied, checked = _refresh_database(
+            proj, svc, layout, rules, step, source=source, actor=actor, fresh=fresh,
+            anonymize_data=anonymize_data,
+        )  # fmt: skip
         _forget_cache(target)
         out = {
             "env": name,
@@ -409,7 +395,7 @@ def refresh(
             "rows": checked["rows"],
             "updated": checked["updated"],
             "leaks": checked["leaks"],
-            "timings_s": timings,
+            "timings_s": step.timings,
             "duration_s": round(time.perf_counter() - started, 3),
         }
         audit(
@@ -419,6 +405,77 @@ def refresh(
         return out
     finally:
         lock.release()
+
+
+def _refresh_rules(
+    proj: Project, target: EnvConfig, *, source: str, anonymize_data: bool
+) -> anonymize.Rules:
+    """The anonymization rules, once the target, the source and the policy allow the refresh."""
+    name = target.name
+    _refuse_production(target, "refresh")
+    if source == name or source not in proj.envs:
+        raise UsageError(f"cannot refresh {name} from {source!r}", hint="use --from prod")
+    from deploy import anonymize  # psycopg.sql: loaded when a refresh runs, not for --list
+
+    rules = anonymize.load_rules(proj.policy)
+    if not anonymize_data and not rules.allow_raw:
+        raise GuardRefused(
+            f"a raw copy of {source} into {name} is refused by policy",
+            hint="add --anonymize (rules in [anonymize] of stageflow.toml)",
+        )
+    return rules
+
+
+def _require_running(svc: NativeServices, name: str) -> None:
+    down = [s.name for s in svc.status() if not s.up]
+    if down:
+        raise ServiceError(f"{name}: {', '.join(down)} not running", hint=f"run `inv {name}.up`")
+
+
+def _refresh_database(
+    proj: Project,
+    svc: NativeServices,
+    layout: Layout,
+    rules: anonymize.Rules,
+    step: _TimedSteps,
+    *,
+    source: str,
+    actor: str,
+    fresh: bool,
+    anonymize_data: bool,
+) -> tuple[dict[str, Any], list[migrations.MigrationFile], dict[str, Any]]:
+    """Steps 1 to 6 of refresh: (the dump, the migrations applied, what anonymize found).
+
+    The scratch copy is dropped whatever fails before the swap; the target is not touched.
+    """
+    target = svc.env
+    scratch = target.database.name + SCRATCH_SUFFIX
+    dump = step("dump", lambda: _source_dump(proj, source, actor=actor, fresh=fresh))
+    _drop(svc, scratch)
+    try:
+        step("restore", lambda: _restore_scratch(svc, target, scratch, dump["path"]))
+        applied = step(
+            "migrate",
+            lambda: migrations.migrate(
+                _as_role(svc.admin_conninfo(scratch), target.database.user),
+                migrations.in_release(_migration_source(proj, layout)),
+                applied_by=actor,
+            ),
+        )
+        checked = step(
+            "anonymize",
+            lambda: _anonymize_scratch(
+                proj, svc, scratch, rules, source=source, enabled=anonymize_data
+            ),
+        )
+        step("swap", lambda: _swap(svc, target.database.name, scratch))
+    except BaseException:
+        try:
+            _drop(svc, scratch)
+        except Exception:  # noqa: BLE001 - the first failure is the one to report
+            pass
+        raise
+    return dump, applied, checked
 
 
 def _restore_scratch(svc: NativeServices, env: EnvConfig, scratch: str, dump: str) -> None:
@@ -521,6 +578,118 @@ def _probe(name: str, fn: Callable[[], tuple[bool, str]]) -> Probe:
     return Probe(name, ok, detail, (time.perf_counter() - start) * 1000)
 
 
+@dataclass(frozen=True)
+class _StagingView:
+    """Where each profile check looks: this machine's servers, and the service's hosts."""
+
+    proj: Project
+    name: str
+    env: EnvConfig
+    layout: Layout  # this machine: the servers, their logs, the backups
+    targets: list[rolling.Target]  # the service's hosts when it rolls over several, else none
+    app_host: Host  # the primary: its release and state
+    app_layout: Layout
+    address: str
+    process_env: Mapping[str, str]
+    version: dict[str, Any] = field(default_factory=dict)  # /version, once one check read it
+
+
+def _environment_detected(v: _StagingView) -> tuple[bool, str]:
+    shell = guards.shell_environment(v.env, v.process_env)
+    ok = v.env.environment == "staging" and shell.ok
+    return ok, f"ENVIRONMENT={v.env.environment}; {shell.detail}"
+
+
+def _config_posture(v: _StagingView) -> tuple[bool, str]:
+    posture = guards.production_posture(v.env)
+    return posture.ok, f"{v.env.file.name} + stageflow.toml; {posture.detail}"
+
+
+def _directories_present(v: _StagingView) -> tuple[bool, str]:
+    # this machine holds the servers' side; each host the service's (state on the primary)
+    local, layout = Host(), v.layout
+    wanted = [(local, layout, d) for d in (layout.shared, layout.backups, layout.pgdata)]
+    wanted += [(local, layout, f"{layout.logs}/{f}") for f in LOG_FILES[1:]]
+    for h, lay in [(t.host, t.layout) for t in v.targets] or [(local, layout)]:
+        wanted += [(h, lay, d) for d in (lay.releases, lay.logs, f"{lay.logs}/{LOG_FILES[0]}")]
+    wanted.append((v.app_host, v.app_layout, v.app_layout.state))
+    gone = [
+        (f"{h.name}:" if v.targets else "") + os.path.relpath(path, lay.home)
+        for h, lay, path in wanted
+        if not h.exists(path)
+    ]
+    if gone:
+        return False, f"missing {', '.join(gone)} (run `inv {v.name}.init`)"
+    return True, f"{len(wanted)} directories and logs"
+
+
+def _features_all_on(v: _StagingView) -> tuple[bool, str]:
+    from app.config import KNOWN_FEATURES
+
+    if "all" not in v.env.features:
+        return False, f"FEATURES={','.join(v.env.features)}: staging runs every flag (all)"
+    status, body = http("GET", f"http://{v.address}:{v.env.app_port}/version", timeout=1.5)
+    if status != 200 or not isinstance(body, dict):
+        return False, f"/version HTTP {status}"
+    v.version.update(body)
+    off = sorted(set(KNOWN_FEATURES) - set(body.get("features") or []))
+    return not off, f"off: {', '.join(off)}" if off else f"all on: {', '.join(KNOWN_FEATURES)}"
+
+
+def _thresholds_derived(v: _StagingView) -> tuple[bool, str]:
+    want = expected_thresholds(v.proj, v.name)
+    have = v.proj.policies[v.name].thresholds
+    if want is None:
+        return False, "no relax_thresholds_from: staging's triggers are not derived from prod's"
+    src, factor = relax_settings(v.proj, v.name) or ("prod", 2.0)
+    return have == want, f"{v.name} = {src} x {factor:g}" if have == want else f"{have} != {want}"
+
+
+def _services_up(v: _StagingView) -> tuple[bool, str]:
+    svc = NativeServices(v.env, user_name=v.proj.service_user)
+    down = [s.name for s in svc.status() if not s.up]
+    app = rolling.service_status(v.proj, v.name)
+    if not app["up"]:
+        down.append("app")
+    return not down, f"down: {', '.join(down)}" if down else "postgres, redis, app up"
+
+
+def _serving_current_release(v: _StagingView) -> tuple[bool, str]:
+    current = releases.current_release(v.app_host, v.app_layout)
+    if not v.version:
+        status, body = http("GET", f"http://{v.address}:{v.env.app_port}/version", timeout=1.5)
+        v.version.update(body if isinstance(body, dict) else {})
+    meta = releases.release_meta(v.app_host, v.app_layout, current) if current else None
+    serving = v.version.get("release")
+    if not current or serving != current:
+        return False, f"serving {serving}, current is {current}"
+    if meta and meta.get("commit") and v.version.get("commit") != meta["commit"]:
+        return False, f"commit {v.version.get('commit')} != {meta['commit']}"
+    return True, f"{current}"
+
+
+def _isolated(v: _StagingView) -> tuple[bool, str]:
+    check = guards.isolation(v.proj, v.name)
+    wired = v.version.get("database")
+    if wired and wired != v.env.database.name:
+        return False, f"the service uses database {wired}, not {v.env.database.name}"
+    return check.ok, check.detail
+
+
+# What makes staging a rehearsal of prod, in the order the probes run: the version the features
+# check reads is the one the version and isolation checks judge.
+_PROFILE_CHECKS: tuple[tuple[str, Callable[[_StagingView], tuple[bool, str]]], ...] = (
+    ("environment", _environment_detected),
+    ("config", _config_posture),
+    ("directories", _directories_present),
+    ("features", _features_all_on),
+    ("thresholds", _thresholds_derived),
+    ("services", _services_up),
+    ("version", _serving_current_release),
+    ("isolation", _isolated),
+)
+
+
 def profile_checks(
     proj: Project, name: str = "staging", *, process_env: Mapping[str, str] | None = None
 ) -> list[Probe]:
@@ -528,99 +697,22 @@ def profile_checks(
     from deploy import rolling
 
     env = proj.env(name)
-    layout = Layout(str(env.data_dir))  # this machine: the servers, their logs, the backups
+    layout = Layout(str(env.data_dir))
     # the service's side: every host's release and log directories; version from the primary
     todo = rolling.targets(proj, name) if rolling.is_rolling(proj, name) else []
-    host, app_layout = (todo[0].host, todo[0].layout) if todo else (Host(), layout)
-    address = todo[0].bind if todo else "127.0.0.1"
-    version: dict[str, Any] = {}
-
-    def detected() -> tuple[bool, str]:
-        shell = guards.shell_environment(env, process_env or {})
-        ok = env.environment == "staging" and shell.ok
-        return ok, f"ENVIRONMENT={env.environment}; {shell.detail}"
-
-    def config() -> tuple[bool, str]:
-        posture = guards.production_posture(env)
-        return posture.ok, f"{env.file.name} + stageflow.toml; {posture.detail}"
-
-    def directories() -> tuple[bool, str]:
-        # this machine holds the servers' side; each host the service's (state on the primary)
-        local = Host()
-        wanted = [(local, layout, d) for d in (layout.shared, layout.backups, layout.pgdata)]
-        wanted += [(local, layout, f"{layout.logs}/{f}") for f in LOG_FILES[1:]]
-        for h, lay in [(t.host, t.layout) for t in todo] or [(local, layout)]:
-            wanted += [(h, lay, d) for d in (lay.releases, lay.logs, f"{lay.logs}/{LOG_FILES[0]}")]
-        wanted.append((host, app_layout, app_layout.state))
-        gone = [
-            (f"{h.name}:" if todo else "") + os.path.relpath(path, lay.home)
-            for h, lay, path in wanted
-            if not h.exists(path)
-        ]
-        if gone:
-            return False, f"missing {', '.join(gone)} (run `inv {name}.init`)"
-        return True, f"{len(wanted)} directories and logs"
-
-    def features() -> tuple[bool, str]:
-        from app.config import KNOWN_FEATURES
-
-        if "all" not in env.features:
-            return False, f"FEATURES={','.join(env.features)}: staging runs every flag (all)"
-        status, body = http("GET", f"http://{address}:{env.app_port}/version", timeout=1.5)
-        if status != 200 or not isinstance(body, dict):
-            return False, f"/version HTTP {status}"
-        version.update(body)
-        off = sorted(set(KNOWN_FEATURES) - set(body.get("features") or []))
-        return not off, f"off: {', '.join(off)}" if off else f"all on: {', '.join(KNOWN_FEATURES)}"
-
-    def thresholds() -> tuple[bool, str]:
-        want = expected_thresholds(proj, name)
-        have = proj.policies[name].thresholds
-        if want is None:
-            return False, "no relax_thresholds_from: staging's triggers are not derived from prod's"
-        src, factor = relax_settings(proj, name) or ("prod", 2.0)
-        return have == want, f"{name} = {src} x {factor:g}" if have == want else f"{have} != {want}"
-
-    def healthy() -> tuple[bool, str]:
-        svc = NativeServices(env, user_name=proj.service_user)
-        down = [s.name for s in svc.status() if not s.up]
-        app = rolling.service_status(proj, name)
-        if not app["up"]:
-            down.append("app")
-        return not down, f"down: {', '.join(down)}" if down else "postgres, redis, app up"
-
-    def version_matches() -> tuple[bool, str]:
-        current = releases.current_release(host, app_layout)
-        if not version:
-            status, body = http("GET", f"http://{address}:{env.app_port}/version", timeout=1.5)
-            version.update(body if isinstance(body, dict) else {})
-        meta = releases.release_meta(host, app_layout, current) if current else None
-        serving = version.get("release")
-        if not current or serving != current:
-            return False, f"serving {serving}, current is {current}"
-        if meta and meta.get("commit") and version.get("commit") != meta["commit"]:
-            return False, f"commit {version.get('commit')} != {meta['commit']}"
-        return True, f"{current}"
-
-    def isolated() -> tuple[bool, str]:
-        check = guards.isolation(proj, name)
-        wired = version.get("database")
-        if wired and wired != env.database.name:
-            return False, f"the service uses database {wired}, not {env.database.name}"
-        return check.ok, check.detail
-
-    checks = (
-        ("environment", detected),
-        ("config", config),
-        ("directories", directories),
-        ("features", features),
-        ("thresholds", thresholds),
-        ("services", healthy),
-        ("version", version_matches),
-        ("isolation", isolated),
+    view = _StagingView(
+        proj=proj,
+        name=name,
+        env=env,
+        layout=layout,
+        targets=todo,
+        app_host=todo[0].host if todo else Host(),
+        app_layout=todo[0].layout if todo else layout,
+        address=todo[0].bind if todo else "127.0.0.1",
+        process_env=process_env or {},
     )
     try:
-        return [_probe(n, f) for n, f in checks]
+        return [_probe(n, functools.partial(check, view)) for n, check in _PROFILE_CHECKS]
     finally:
         for t in todo:
             t.host.close()

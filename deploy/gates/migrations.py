@@ -234,6 +234,27 @@ def rehearse(
     todo: list[migrations.MigrationFile],
 ) -> dict[str, Any]:
     """Apply each pending file on the scratch copy, timed; then a down/up round trip where possible."""
+    out: dict[str, Any] = {"applied": _apply_timed(scratch, password, files, todo)}
+    # The newest pending files that all have a down file can be taken down and up again.
+    tail: list[migrations.MigrationFile] = []
+    for f in reversed(todo):
+        if f.down_path is None:
+            break
+        tail.insert(0, f)
+    if not tail:
+        out["round_trip"] = "skipped: no down files"
+        return out
+    out["round_trip"] = _round_trip(scratch, password, files, tail)
+    return out
+
+
+def _apply_timed(
+    scratch: str,
+    password: Secret | None,
+    files: list[migrations.MigrationFile],
+    todo: list[migrations.MigrationFile],
+) -> list[dict[str, Any]]:
+    """Each pending file applied on its own, with the seconds it took."""
     timings: list[dict[str, Any]] = []
     for f in todo:
         start = time.monotonic()
@@ -249,16 +270,16 @@ def rehearse(
         except MigrationError as exc:
             raise MigrationError(f"rehearsal of {f.filename} failed: {exc.line()}") from None
         timings.append({"file": f.filename, "seconds": round(time.monotonic() - start, 3)})
-    out: dict[str, Any] = {"applied": timings}
-    # The newest pending files that all have a down file can be taken down and up again.
-    tail: list[migrations.MigrationFile] = []
-    for f in reversed(todo):
-        if f.down_path is None:
-            break
-        tail.insert(0, f)
-    if not tail:
-        out["round_trip"] = "skipped: no down files"
-        return out
+    return timings
+
+
+def _round_trip(
+    scratch: str,
+    password: Secret | None,
+    files: list[migrations.MigrationFile],
+    tail: list[migrations.MigrationFile],
+) -> dict[str, Any]:
+    """Take tail down and up again, timed; the schema must come back exactly as it was."""
     schema_before = _schema(scratch, password)
     start = time.monotonic()
     try:
@@ -283,12 +304,11 @@ def rehearse(
             "down/up round trip left a different schema",
             hint="make each down file undo exactly its up file",
         )
-    out["round_trip"] = {
+    return {
         "versions": [f.version for f in tail],
         "down_s": round(down_s, 3),
         "up_s": round(up_s, 3),
     }
-    return out
 
 
 def _schema(conninfo: str, password: Secret | None) -> str:

@@ -283,15 +283,7 @@ def run(
     on_finish: Callable[[GateResult], None] | None = None,
 ) -> Report:
     """Run the gates, write the report (JSON + Markdown) and the audit; never raises for a failed gate."""
-    if request.break_glass is not None and not request.break_glass.strip():
-        raise UsageError(
-            "--break-glass needs a reason", hint='--break-glass "why this cannot wait"'
-        )
-    if request.break_glass is not None and not request.actor_is_human:
-        raise GuardRefused(
-            f"break-glass needs a human; {request.actor} is automation",
-            hint="a person runs it, with STAGEFLOW_ACTOR_KIND=human and STAGEFLOW_ACTOR=<name>",
-        )
+    _check_break_glass(request)
     policy = load_policy_file(request.root)
     stage, ref, commit, tree_hash, gates = plan(request)
     report_dir = request.root / REPORT_DIR
@@ -324,40 +316,92 @@ def run(
             python=sys.executable,
             db_url=request.db_url,
         )
-
-        def ctx_for(name: str, requirement: str, **extra: Any) -> GateContext:
-            return replace(
-                base,
-                name=name,
-                requirement=requirement,  # type: ignore[arg-type]
-                config={**gate_config(policy, name), **extra},
-                timeout_s=timeout_for(policy, name),
-            )
-
-        def one(name: str, requirement: str) -> GateResult:
-            if on_start:
-                on_start(name)
-            return run_one(name, ctx_for(name, requirement), cache, use_cache=request.use_cache)
-
-        parallel = [(g, r) for g, r in gates if g != GUARD]
-        deadlines = {g: timeout_for(policy, g) + GRACE_S for g, _ in parallel}
-        results = run_parallel(parallel, one, deadlines, on_finish=on_finish)
-        if GUARD in dict(gates):
-            guard_ctx = replace(
-                ctx_for(GUARD, dict(gates)[GUARD], required=stage.required()), results=dict(results)
-            )
-            if on_start:
-                on_start(GUARD)
-            results[GUARD] = run_one(GUARD, guard_ctx, cache, use_cache=False)
-            if on_finish:
-                on_finish(results[GUARD])
+        results = _run_gates(
+            base, stage, gates, cache, request=request, on_start=on_start, on_finish=on_finish
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    _decide(report, results, gates, request=request, report_dir=report_dir)
+    report.finished = utc_now()
+    report.duration_s = time.monotonic() - started
+    report.write(report_dir)
+    if report.overrides:
+        _audit(report_dir / "audit.jsonl", report)
+    return report
+
+
+def _check_break_glass(request: GateRequest) -> None:
+    """Breaking the glass needs a reason and a human, checked before any gate runs."""
+    if request.break_glass is not None and not request.break_glass.strip():
+        raise UsageError(
+            "--break-glass needs a reason", hint='--break-glass "why this cannot wait"'
+        )
+    if request.break_glass is not None and not request.actor_is_human:
+        raise GuardRefused(
+            f"break-glass needs a human; {request.actor} is automation",
+            hint="a person runs it, with STAGEFLOW_ACTOR_KIND=human and STAGEFLOW_ACTOR=<name>",
+        )
+
+
+def _gate_context(base: GateContext, name: str, requirement: str, **extra: Any) -> GateContext:
+    """The snapshot's context with this gate's own settings and timeout from the policy."""
+    return replace(
+        base,
+        name=name,
+        requirement=requirement,  # type: ignore[arg-type]
+        config={**gate_config(base.policy, name), **extra},
+        timeout_s=timeout_for(base.policy, name),
+    )
+
+
+def _run_gates(
+    base: GateContext,
+    stage: Stage,
+    gates: list[tuple[str, str]],
+    cache: VerdictCache,
+    *,
+    request: GateRequest,
+    on_start: Callable[[str], None] | None,
+    on_finish: Callable[[GateResult], None] | None,
+) -> dict[str, GateResult]:
+    """The stage's gates in parallel, then the promotion guard, which judges their results."""
+
+    def one(name: str, requirement: str) -> GateResult:
+        if on_start:
+            on_start(name)
+        ctx = _gate_context(base, name, requirement)
+        return run_one(name, ctx, cache, use_cache=request.use_cache)
+
+    parallel = [(g, r) for g, r in gates if g != GUARD]
+    deadlines = {g: timeout_for(base.policy, g) + GRACE_S for g, _ in parallel}
+    results = run_parallel(parallel, one, deadlines, on_finish=on_finish)
+    if GUARD in dict(gates):
+        guard_ctx = replace(
+            _gate_context(base, GUARD, dict(gates)[GUARD], required=stage.required()),
+            results=dict(results),
+        )
+        if on_start:
+            on_start(GUARD)
+        results[GUARD] = run_one(GUARD, guard_ctx, cache, use_cache=False)
+        if on_finish:
+            on_finish(results[GUARD])
+    return results
+
+
+def _decide(
+    report: Report,
+    results: Mapping[str, GateResult],
+    gates: list[tuple[str, str]],
+    *,
+    request: GateRequest,
+    report_dir: Path,
+) -> None:
+    """The report's gates, the required ones that block, and the verdict (with any override)."""
     report.gates = [results[g] for g, _ in gates]
     report.blocking = [
         g.name for g in report.gates if g.requirement == "required" and not g.passing
     ]
-    sbom = report_dir / f"{commit}.sbom.cdx.json"
+    sbom = report_dir / f"{report.commit}.sbom.cdx.json"
     if "deps" in results and sbom.exists():
         report.artifacts["sbom"] = sbom.name
     if report.blocking and request.break_glass:
@@ -371,12 +415,6 @@ def run(
         report.verdict = "failed"
     else:
         report.verdict = "partial" if request.only else "passed"
-    report.finished = utc_now()
-    report.duration_s = time.monotonic() - started
-    report.write(report_dir)
-    if report.overrides:
-        _audit(report_dir / "audit.jsonl", report)
-    return report
 
 
 def _audit(path: Path, report: Report) -> None:
