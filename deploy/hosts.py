@@ -79,8 +79,44 @@ def run_process(
     hide = tuple(secrets)
     log.debug("run %s%s", scrub(shlex.join(args), hide), f" in {cwd}" if cwd else "")
     start = time.monotonic()
+    proc = _spawn(
+        args, cwd=cwd, env=env, input=input, stdout=stdout, merge_stderr=merge_stderr,
+        new_session=new_session, check=check, hide=hide,
+    )  # fmt: skip
+    timed_out = False
     try:
-        proc = subprocess.Popen(
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        out, err = _stop(proc, group=new_session, grace_s=kill_grace_s)
+    except BaseException:  # Ctrl-C included: the child is in its own session and would not see it
+        _stop(proc, group=new_session, grace_s=kill_grace_s)
+        raise
+    code = TIMEOUT_EXIT if timed_out else proc.returncode
+    took = time.monotonic() - start
+    res = CommandResult("local", tuple(args), code, out or "", err or "", took, timed_out=timed_out)
+    killed = " (timed out, group killed)" if timed_out else ""
+    log.debug("%s exited %d after %.2fs%s", scrub(args[0], hide), code, took, killed)
+    if check and not res.ok:
+        what = f"ran longer than {timeout:g}s and was killed" if timed_out else f"exited {code}: {res.tail()}"  # fmt: skip
+        raise HostError(scrub(f"local: `{args[0]}` {what}", hide))
+    return res
+
+
+def _spawn(
+    args: list[str],
+    *,
+    cwd: str | os.PathLike[str] | None,
+    env: Mapping[str, str] | None,
+    input: str | None,
+    stdout: IO[Any] | int | None,
+    merge_stderr: bool,
+    new_session: bool,
+    check: bool,
+    hide: tuple[Secret, ...],
+) -> subprocess.Popen[str]:
+    try:
+        return subprocess.Popen(
             args,
             cwd=cwd,
             env=dict(env) if env is not None else None,
@@ -98,39 +134,6 @@ def run_process(
                 hint="check that it is installed and on PATH",
             ) from None
         raise
-    timed_out = False
-    try:
-        out, err = proc.communicate(input, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        out, err = _stop(proc, group=new_session, grace_s=kill_grace_s)
-    except BaseException:  # Ctrl-C included: the child is in its own session and would not see it
-        _stop(proc, group=new_session, grace_s=kill_grace_s)
-        raise
-    code = TIMEOUT_EXIT if timed_out else proc.returncode
-    res = CommandResult(
-        "local",
-        tuple(args),
-        code,
-        out or "",
-        err or "",
-        time.monotonic() - start,
-        timed_out=timed_out,
-    )
-    log.debug(
-        "%s exited %d after %.2fs%s",
-        scrub(args[0], hide),
-        code,
-        res.duration_s,
-        " (timed out, group killed)" if timed_out else "",
-    )
-    if check and not res.ok:
-        if timed_out:
-            what = f"ran longer than {timeout:g}s and was killed"
-        else:
-            what = f"exited {code}: {res.tail()}"
-        raise HostError(scrub(f"local: `{args[0]}` {what}", hide))
-    return res
 
 
 def _stop(

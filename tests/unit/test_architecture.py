@@ -157,10 +157,7 @@ def test_builders_import_no_executor_and_no_engine(module):
 def test_nothing_below_the_tasks_imports_them():
     below = [m for m in MODULES if not m.startswith("deploy.tasks") and m != "deploy.demo"]
     found = [
-        f"{m} imports {t}"
-        for m in below
-        for t, _, _ in _imports(m)
-        if t.startswith("deploy.tasks")
+        f"{m} imports {t}" for m in below for t, _, _ in _imports(m) if t.startswith("deploy.tasks")
     ]
     assert found == []
 
