@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stageflow-installed
+# root's copies of the server binaries for the service user (SHARED_BINARIES in deploy/runtime/native.py)
+SHARED_BINARIES := /var/cache/stageflow
 
 .PHONY: setup demo test check lint docs-freshness release-gate bench clean
 
@@ -38,3 +40,4 @@ bench: setup
 clean:
 	$(BIN)/inv dev.down staging.down prod.down || true
 	rm -rf .stageflow dist
+	if [ "$$(id -u)" = 0 ]; then rm -rf $(SHARED_BINARIES); fi
