@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy import demo
 from deploy.commands import system
 from deploy.errors import ConfigError
 from deploy.runtime import native
@@ -34,7 +35,8 @@ def test_other_names_are_refused_before_any_command_is_built(name):
         system.useradd_system(name)
 
 
-def test_make_clean_removes_the_directory_the_copies_go_to():
+def test_make_clean_removes_what_root_puts_outside_the_clone():
     makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
     assert f"SHARED_BINARIES := {native.SHARED_BINARIES}\n" in makefile
-    assert "rm -rf $(SHARED_BINARIES)" in makefile
+    assert f"SHARED_DEMO     := {demo.SHARED_DEMO}\n" in makefile
+    assert "rm -rf $(SHARED_BINARIES) $(SHARED_DEMO)" in makefile
