@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.stageflow-installed
 # root's copies of the server binaries for the service user (SHARED_BINARIES in deploy/runtime/native.py),
 # and the demo's home when the clone sits behind a private directory (SHARED_DEMO in deploy/demo.py)
 SHARED_BINARIES := /var/cache/stageflow
-SHARED_DEMO     := /var/lib/stageflow/demo
+SHARED_DEMO     := /var/lib/stageflow-demo
 
 .PHONY: setup demo test check lint docs-freshness release-gate bench clean
 

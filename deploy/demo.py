@@ -21,7 +21,7 @@ from deploy.runtime.native import reachable_by, service_user
 OPERATOR, APPROVER = "operator@example.com", "approver@example.com"
 # under root, when the clone sits behind a private directory the service user cannot reach the
 # demo's data directories in it: the demo runs here instead (`make clean` removes it)
-SHARED_DEMO = Path("/var/lib/stageflow/demo")
+SHARED_DEMO = Path("/var/lib/stageflow-demo")
 
 
 class DemoFailed(DeployError):
