@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stageflow-installed
+# root's copies of the server binaries for the service user (SHARED_BINARIES in deploy/runtime/native.py),
+# and the demo's home when the clone sits behind a private directory (SHARED_DEMO in deploy/demo.py)
+SHARED_BINARIES := /var/cache/stageflow
+SHARED_DEMO     := /var/lib/stageflow-demo
 
 .PHONY: setup demo test check lint docs-freshness release-gate bench clean
 
@@ -38,3 +42,4 @@ bench: setup
 clean:
 	$(BIN)/inv dev.down staging.down prod.down || true
 	rm -rf .stageflow dist
+	if [ "$$(id -u)" = 0 ]; then rm -rf $(SHARED_BINARIES) $(SHARED_DEMO); fi

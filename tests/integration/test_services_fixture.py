@@ -26,12 +26,14 @@ def test_redis_url_is_flushed(redis_url):
     assert client.get("k") == b"v"
 
 
-def _pytest_with(services: str) -> subprocess.CompletedProcess[str]:
-    """This module's first test in a new session whose servers come from `services`."""
-    env = {**os.environ, "STAGEFLOW_TEST_SERVICES": services}
-    here = f"{__file__}::test_pg_dsn_is_a_fresh_database"
+def _pytest_with(
+    services: str, *, tests: tuple[str, ...] = ("test_pg_dsn_is_a_fresh_database",), **env: str
+) -> subprocess.CompletedProcess[str]:
+    """This module's tests in a new session whose servers come from `services`."""
+    env = {**os.environ, "STAGEFLOW_TEST_SERVICES": services, **env}
+    here = [f"{__file__}::{test}" for test in tests]
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", here],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *here],
         capture_output=True,
         text=True,
         env=env,
@@ -54,3 +56,17 @@ def test_asking_for_docker_servers_without_an_engine_fails_with_the_reason():
 def test_an_unknown_source_of_servers_fails_with_the_choices():
     res = _pytest_with("podman")
     assert res.returncode != 0 and "use embedded (the default) or docker" in res.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root's servers run as another user")
+def test_servers_the_service_user_cannot_reach_stop_the_run_with_one_line(tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)  # the fixtures' data dirs go under TMPDIR: here, out of its reach
+    res = _pytest_with(
+        "embedded",
+        tests=("test_pg_dsn_is_a_fresh_database", "test_redis_url_is_flushed"),
+        TMPDIR=str(private),
+    )
+    assert res.returncode != 0
+    assert res.stdout.count("cannot reach") == 1, res.stdout
+    assert "the test servers cannot start: the service user stageflow cannot reach" in res.stdout
