@@ -9,6 +9,7 @@ from invoke import task
 from deploy import backup as backups
 from deploy import releases
 from deploy import rollback as engine
+from deploy.engine import rollback_rules as rules
 from deploy.errors import ServiceError, UsageError, VerifyFailed
 from deploy.output import print_json, print_table, say
 from deploy.tasks._common import actor, edge, env_name, guarded, project
@@ -39,7 +40,7 @@ def rollback(
     json=False,
 ):
     """Roll back: --level 1 restart, 2 revert to the previous release, 3 restore a backup."""
-    name, proj, lvl = env_name(c), project(), engine.parse_level(level)
+    name, proj, lvl = env_name(c), project(), rules.parse_level(level)
     result = engine.rollback(proj, name, level=lvl, actor=actor(), to=to, backup_id=backup,
                              reason=reason, yes=yes, dry_run=dry_run, reset_data=reset_data,
                              printer=(lambda _line: None) if json else say,
@@ -47,7 +48,7 @@ def rollback(
     if json:
         print_json(result)
     elif dry_run:
-        say(f"{name}: level {lvl} ({engine.LEVELS[lvl]}) {result['current']} -> {result['target']}")
+        say(f"{name}: level {lvl} ({rules.LEVELS[lvl]}) {result['current']} -> {result['target']}")
         print_table(f"{name} rollback plan (nothing changed)", ["step", "does"], result["steps"])
         for line in result.get("commands", []):  # compose: the exact commands, one per line
             say(f"  {line}")

@@ -32,7 +32,7 @@ import psycopg
 import pytest
 
 from deploy import rollback
-from deploy.engine import deploy_pipeline
+from deploy.engine import deploy_pipeline, lifecycle
 
 # the steps each operation passes through on a single-host staging, in order
 DEPLOY_STEPS = (
@@ -107,7 +107,7 @@ def _step_names(module: object, *functions: str) -> set[str]:
 
 def test_the_matrix_covers_every_step_the_code_passes_through():
     assert DEPLOY_STEPS == deploy_pipeline.STEPS
-    around = _step_names(rollback, "recorded")
+    around = _step_names(lifecycle, "recorded")
     switch = _step_names(rollback, "_switch_to")
     assert around == {"lock", "unlock"}
     assert set(LEVEL_STEPS[1]) | set(RESET_DATA_STEPS) == around | _step_names(rollback, "_level1")

@@ -9,7 +9,7 @@ import pytest
 from deploy.actors import Actor
 from deploy.errors import GuardRefused, UsageError
 from deploy.migrations import MigrationFile
-from deploy.rollback import (
+from deploy.engine.rollback_rules import (
     backup_for,
     check_request,
     interrupted,
@@ -182,7 +182,7 @@ def test_request_checks():
 
 
 def test_prod_confirmation_wants_the_environment_name():
-    from deploy.rollback import confirm_prod
+    from deploy.engine.rollback_rules import confirm_prod
 
     confirm_prod(STAGING, actor=AGENT, yes=False, confirm=None)  # only prod asks
     confirm_prod(PROD, actor=HUMAN, yes=True, confirm=None)
