@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 
 from deploy.actors import Actor
-from deploy.errors import GuardRefused, UsageError
-from deploy.migrations import MigrationFile
 from deploy.engine.rollback_rules import (
     backup_for,
     check_request,
@@ -16,6 +14,8 @@ from deploy.engine.rollback_rules import (
     previous_good,
     schema_plan,
 )
+from deploy.errors import GuardRefused, UsageError
+from deploy.migrations import MigrationFile
 
 
 def entry(release, *, kind="deploy", status="success", previous=None, backup=None, id=None):
