@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from deploy.engine.rollback_rules import (
     previous_good,
     schema_plan,
 )
+from deploy.engine.steps import Step, rows
 from deploy.errors import GuardRefused, ServiceError, UsageError
 from deploy.hosts import Host
 from deploy.rolling import RolloutError, Target
@@ -129,28 +130,7 @@ def _make_plan(
     dead = interrupted(entries)
     resumes = dead.get("id") if dead and dead.get("kind") == f"rollback-{level}" else None
     p = Plan(level, name, current, current, resumes=resumes, reset_data=reset_data)
-    workers = proj.policies[name].workers
     if level == 1:
-        p.steps = [("services", "start PostgreSQL or Redis only if one is down")]
-        if reset_data:
-            p.steps += [
-                ("reset", f"drop and recreate {env.database.name}; flush Redis db {env.redis.db}"),
-                ("migrate", "every migration of the serving release"),
-                ("seed", "the small deterministic seed (staging.seed --size small)"),
-            ]
-        if multi:
-            p.steps += [
-                (
-                    "restart",
-                    f"on {_order(proj, name)}: a new master of {current} (x{workers}) on each "
-                    "host's shared socket, drain the old one, health check",
-                )
-            ]
-            return p
-        p.steps += [
-            ("restart", f"a new master of {current} (x{workers}), then drain the old one"),
-            ("smoke", "health, ready, version, identity, postgres, redis"),
-        ]
         return p
     if level == 2:
         existing = (
@@ -174,25 +154,6 @@ def _make_plan(
                 "has no down file; level 3 (restore) is needed",
                 hint=f"`inv {name}.rollback --level 3` restores the backup taken before the deploy",
             )
-        if multi:
-            p.steps = [
-                ("schema", f"{p.schema.describe()} (once, from this machine)"),
-                ("barrier", f"{p.target} answers /readyz in-process on every host"),
-                (
-                    "switch",
-                    f"on {_order(proj, name)}: gunicorn x{workers} of {p.target} on each "
-                    f"host's shared socket :{env.app_port}, switch, drain {current}, health "
-                    "check; a failure switches the moved hosts back",
-                ),
-            ]
-            return p
-        p.steps = [
-            ("schema", p.schema.describe()),
-            ("barrier", f"{p.target} answers /readyz in-process"),
-            ("start", f"gunicorn x{workers} of {p.target} on the shared socket :{env.app_port}"),
-            ("switch", f"{layout.current} -> releases/{p.target}; drain {current}"),
-            ("smoke", "health, ready, version, identity, postgres, redis"),
-        ]
         return p
     from deploy import backup as backups
 
@@ -222,28 +183,6 @@ def _make_plan(
             hint="redeploy that release's commit, then restore with --backup ID",
         )
     p.backup, p.target = chosen, target
-    if multi:
-        p.steps = [
-            ("freeze", f"write {layout.freeze} on the primary: deploys refused until unfreeze"),
-            ("stop", f"stop the service on every host: {_order(proj, name)}"),
-            ("restore", f"drop and recreate {env.database.name}; pg_restore {chosen['id']}"),
-            ("barrier", f"{target} answers /readyz in-process on every host"),
-            (
-                "switch",
-                f"gunicorn x{workers} of {target} on each host's shared socket "
-                f":{env.app_port}, in batches, health check; a failing host is left stopped",
-            ),
-        ]
-        return p
-    p.steps = [
-        ("freeze", f"write {layout.freeze}: deploys refused until unfreeze"),
-        ("stop", "stop the service's masters and listener"),
-        ("restore", f"drop and recreate {env.database.name}; pg_restore {chosen['id']}"),
-        ("barrier", f"{target} answers /readyz in-process"),
-        ("start", f"gunicorn x{workers} of {target} on :{env.app_port}"),
-        ("switch", f"{layout.current} -> releases/{target}"),
-        ("smoke", "health, ready, version, identity, postgres, redis"),
-    ]
     return p
 
 
@@ -443,116 +382,124 @@ def rollback(
     """Carry out one rollback level under the deploy lock; record history and audit."""
     env = proj.env(name)
     check_request(
-        level=level,
-        env=env,
-        actor=actor,
-        yes=yes,
-        dry_run=dry_run,
-        reset_data=reset_data,
-        to=to,
-        backup_id=backup_id,
-    )
+        level=level, env=env, actor=actor, yes=yes, dry_run=dry_run, reset_data=reset_data,
+        to=to, backup_id=backup_id,
+    )  # fmt: skip
     if proj.policies[name].runtime == "compose":  # the same levels, as image tags
         from deploy import compose_ops
 
         return compose_ops.rollback(
-            proj,
-            name,
-            level=level,
-            actor=actor,
-            to=to,
-            backup_id=backup_id,
-            reason=reason,
-            yes=yes,
-            dry_run=dry_run,
-            reset_data=reset_data,
-            printer=printer,
-            process_env=process_env,
-            confirm=confirm,
-        )
-    multi = rolling.is_rolling(proj, name)
+            proj, name, level=level, actor=actor, to=to, backup_id=backup_id, reason=reason,
+            yes=yes, dry_run=dry_run, reset_data=reset_data, printer=printer,
+            process_env=process_env, confirm=confirm,
+        )  # fmt: skip
     # the primary holds the lock and the state files; the plain setting: this machine, DATA_DIR
     host, layout = rolling.primary(proj, name)
-    todo = rolling.targets(proj, name) if multi else []
-    checks = [*guards.environment_checks(proj, name, process_env or {})]
-    if level > 1:  # level 1 brings servers back itself; 2 and 3 read the ledger first
-        checks.append(("servers", lambda: services_up(proj, name)))
-    if todo:
-        checks.append(("hosts", lambda: hosts_answer(todo)))
+    todo = rolling.targets(proj, name) if rolling.is_rolling(proj, name) else []
     try:
-        guards.require(guards.run_checks(checks))
+        guards.require(guards.run_checks(_checks(proj, name, level, todo, process_env)))
         p = make_plan(proj, name, level=level, to=to, backup_id=backup_id, reset_data=reset_data)
         if not dry_run:
             confirm_prod(env, actor=actor, yes=yes, confirm=confirm)
-    except BaseException:
-        _close(host, todo)  # refused: the SSH connections the checks opened go
-        raise
-    if dry_run:
-        _close(host, todo)
-        return {"dry_run": True, **p.to_dict()}
-    ctx = Context(proj, env, actor, host, layout, printer, targets=todo)
-    target = release_of(host, layout, p.target or "")
-    entry = HistoryEntry(
-        id=new_id(),
-        time=utc_now(),
-        env=name,
-        release=target.id,
-        commit=target.commit,
-        ref=target.ref,
-        actor=str(actor),
-        kind=f"rollback-{level}",
-        status="running",
-        previous=p.current,
-        backup=p.backup.get("id") if p.backup else None,
-        notes=f"reason: {reason}" if reason else "",
-    )
-
-    def body(details: list[str]) -> None:
-        # we hold the lock, so a newest entry still marked running belongs to a dead process
-        before = history(host, layout)
-        if before and before[-1].get("status") == "running":
-            dead = before[-1]
-            completes = dead.get("id") == p.resumes
-            # what the dead run rolled back from, so previous_good never returns to it
-            entry.previous = (dead.get("previous") or p.current) if completes else p.current
-            record_history(host, layout, _superseded(dead, by=entry.id, completes=completes))
-            details.append(
-                f"{'completes' if completes else 'supersedes'} interrupted {dead.get('id')}"
-            )
-        record_history(host, layout, entry)
-        # a rolling environment's hosts are ctx.targets; each level handles them
-        {1: _level1, 2: _level2, 3: _level3}[level](ctx, p, target, reason=reason, details=details)
-        if ctx.outcomes:
-            details.append(f"hosts: {group.summary(ctx.outcomes)}")
-
-    try:
+        ctx = Context(proj, env, actor, host, layout, printer, targets=todo)
+        details: list[str] = []
+        steps = level_steps(ctx, p, reason=reason, details=details)
+        if dry_run:
+            p.steps = rows(steps)
+            return {"dry_run": True, **p.to_dict()}
+        entry = _entry(ctx, p, reason=reason)
         recorded(
             ctx,
             entry,
             level=level,
             reason=reason,
             process_env=process_env,
-            body=body,
+            body=lambda notes: _walk(ctx, p, entry, steps, notes, details),
             # every host's outcome is kept on the primary, not only printed
             audit_extra=lambda: (
                 {"hosts": [o.to_dict() for o in ctx.outcomes]} if ctx.outcomes else {}
             ),
         )
     finally:
-        _close(host, todo)
+        _close(host, todo)  # the SSH connections the checks and steps opened go
+    return _result(ctx, p, entry)
+
+
+def _checks(
+    proj: Project,
+    name: str,
+    level: int,
+    todo: list[Target],
+    process_env: Mapping[str, str] | None,
+) -> list[tuple[str, Callable[[], guards.Check]]]:
+    checks = [*guards.environment_checks(proj, name, process_env or {})]
+    if level > 1:  # level 1 brings servers back itself; 2 and 3 read the ledger first
+        checks.append(("servers", lambda: services_up(proj, name)))
+    if todo:
+        checks.append(("hosts", lambda: hosts_answer(todo)))
+    return checks
+
+
+def _entry(ctx: Context, p: Plan, *, reason: str) -> HistoryEntry:
+    target = _target(ctx, p)
+    return HistoryEntry(
+        id=new_id(),
+        time=utc_now(),
+        env=ctx.env.name,
+        release=target.id,
+        commit=target.commit,
+        ref=target.ref,
+        actor=str(ctx.actor),
+        kind=f"rollback-{p.level}",
+        status="running",
+        previous=p.current,
+        backup=p.backup.get("id") if p.backup else None,
+        notes=f"reason: {reason}" if reason else "",
+    )
+
+
+def _walk(
+    ctx: Context,
+    p: Plan,
+    entry: HistoryEntry,
+    steps: list[Step],
+    notes: list[str],
+    details: list[str],
+) -> None:
+    """The level's steps under the lock; a dead run's entry is closed first."""
+    host, layout = ctx.host, ctx.layout
+    # we hold the lock, so a newest entry still marked running belongs to a dead process
+    before = history(host, layout)
+    if before and before[-1].get("status") == "running":
+        dead = before[-1]
+        completes = dead.get("id") == p.resumes
+        # what the dead run rolled back from, so previous_good never returns to it
+        entry.previous = (dead.get("previous") or p.current) if completes else p.current
+        record_history(host, layout, _superseded(dead, by=entry.id, completes=completes))
+        notes.append(f"{'completes' if completes else 'supersedes'} interrupted {dead.get('id')}")
+    record_history(host, layout, entry)
+    try:
+        ctx.walker.walk(steps)
+    finally:
+        notes.extend(details)
+    if ctx.outcomes:
+        notes.append(f"hosts: {group.summary(ctx.outcomes)}")
+
+
+def _result(ctx: Context, p: Plan, entry: HistoryEntry) -> dict[str, Any]:
     result = {
-        "level": level,
+        "level": p.level,
         "kind": entry.kind,
         "status": entry.status,
         "previous": p.current,
-        "release": target.id,
+        "release": entry.release,
         "duration_s": entry.duration_s,
         "steps": ctx.timings,
         "history_id": entry.id,
         "notes": entry.notes,
         "backup": entry.backup,
     }
-    if todo:
+    if ctx.targets:
         result["hosts"] = [o.to_dict() for o in ctx.outcomes]
     return result
 
@@ -575,56 +522,109 @@ def _superseded(old: Mapping[str, Any], *, by: str, completes: bool) -> HistoryE
     return rec
 
 
-def _level1(
-    ctx: Context, p: Plan, rel: releases.Release, *, reason: str, details: list[str]
-) -> None:
-    env, host, layout = ctx.env, ctx.host, ctx.layout
+def level_steps(ctx: Context, p: Plan, *, reason: str, details: list[str]) -> list[Step]:
+    """Every step of one level, in order: the dry run prints them, the run walks them. details
+    collects what history's notes should say."""
+    build = {1: _level1_steps, 2: _level2_steps, 3: _level3_steps}[p.level]
+    return build(ctx, p, reason=reason, details=details)
+
+
+def _target(ctx: Context, p: Plan) -> releases.Release:
+    """The release the level leaves serving, read when a step first needs it."""
+    if ctx.release is None:
+        ctx.release = release_of(ctx.host, ctx.layout, p.target or "")
+    return ctx.release
+
+
+def _services(ctx: Context) -> NativeServices:
     # PostgreSQL and Redis run on this machine even when the app runs on other hosts
-    svc = NativeServices(
-        env, user_name=ctx.proj.service_user, host=_host(env) if ctx.targets else host
-    )
-    ctx.step("services", lambda: "; ".join(svc.restart_unhealthy()) or "postgres and redis healthy")
-    if p.reset_data:
+    return NativeServices(ctx.env, user_name=ctx.proj.service_user, host=_host(ctx.env))
 
-        def reset() -> str:
-            recreate_database(svc, env)
-            flush_redis(env)
-            return f"{env.database.name} recreated empty; redis db {env.redis.db} flushed"
 
-        def migrate() -> str:
-            done = migrations.migrate(
-                env.database_url,
-                release_migration_files(host, layout, rel.id),
-                release=rel.id,
-                applied_by=str(ctx.actor),
-                password=env.secret("POSTGRES_PASSWORD"),
-            )
-            ctx.applied = [f.version for f in done]
-            return f"applied {ctx.applied}"
-
-        ctx.step("reset", reset)
-        ctx.step("migrate", migrate)
-        ctx.step("seed", lambda: _seed(host, env, layout, rel))
-        details.append("data reset")
-    if ctx.targets:
-        _restart_hosts(ctx, rel)
-        return
-    releases.write_app_env(host, env, layout)
-
-    def restart() -> str:
-        old, new = restart_release(
-            host, env, layout, rel, workers=ctx.proj.policies[env.name].workers
+def _level1_steps(ctx: Context, p: Plan, *, reason: str, details: list[str]) -> list[Step]:
+    env, workers = ctx.env, ctx.policy.workers
+    steps = [
+        Step(
+            "services",
+            "start PostgreSQL or Redis only if one is down",
+            lambda: "; ".join(_services(ctx).restart_unhealthy()) or "postgres and redis healthy",
         )
-        return f"master {new} serves {rel.id}" + (f"; drained {old}" if old else "")
+    ]
+    if p.reset_data:
+        steps += [
+            Step(
+                "reset",
+                f"drop and recreate {env.database.name}; flush Redis db {env.redis.db}",
+                lambda: _reset(ctx),
+            ),
+            Step("migrate", "every migration of the serving release", lambda: _remigrate(ctx, p)),
+            Step(
+                "seed",
+                "the small deterministic seed (staging.seed --size small)",
+                lambda: _seed(ctx, details),
+            ),
+        ]
+    if ctx.targets:
+        return [
+            *steps,
+            Step(
+                "restart",
+                f"on {_order(ctx.proj, env.name)}: a new master of {p.current} (x{workers}) on "
+                "each host's shared socket, drain the old one, health check",
+                lambda: _restart_hosts(ctx, _target(ctx, p)),
+            ),
+        ]
+    return [
+        *steps,
+        Step(
+            "restart",
+            f"a new master of {p.current} (x{workers}), then drain the old one",
+            lambda: _restart_here(ctx, _target(ctx, p)),
+        ),
+        Step("smoke", _SMOKE, lambda: _smoke(env, p.target or "")),
+    ]
 
-    ctx.step("restart", restart)
-    ctx.step("smoke", lambda: _smoke(env, rel.id))
+
+_SMOKE = "health, ready, version, identity, postgres, redis"
 
 
-def _restart_hosts(ctx: Context, rel: releases.Release) -> None:
+def _reset(ctx: Context) -> str:
+    env = ctx.env
+    recreate_database(_services(ctx), env)
+    flush_redis(env)
+    return f"{env.database.name} recreated empty; redis db {env.redis.db} flushed"
+
+
+def _remigrate(ctx: Context, p: Plan) -> str:
+    env, rel = ctx.env, _target(ctx, p)
+    done = migrations.migrate(
+        env.database_url,
+        release_migration_files(ctx.host, ctx.layout, rel.id),
+        release=rel.id,
+        applied_by=str(ctx.actor),
+        password=env.secret("POSTGRES_PASSWORD"),
+    )
+    ctx.applied = [f.version for f in done]
+    return f"applied {ctx.applied}"
+
+
+def _seed(ctx: Context, details: list[str]) -> str:
+    from deploy import seed
+
+    result = seed.seed(ctx.env, size="small")
+    details.append("data reset")
+    return f"seeded {result.inserted} notes"
+
+
+def _restart_here(ctx: Context, rel: releases.Release) -> str:
+    releases.write_app_env(ctx.host, ctx.env, ctx.layout)
+    old, new = restart_release(ctx.host, ctx.env, ctx.layout, rel, workers=ctx.policy.workers)
+    return f"master {new} serves {rel.id}" + (f"; drained {old}" if old else "")
+
+
+def _restart_hosts(ctx: Context, rel: releases.Release) -> str:
     """Level 1 over every host: a new master of the same release on each, batch by batch."""
-    env, todo = ctx.env, ctx.targets
-    policy = ctx.proj.policies[env.name]
+    env, todo, policy = ctx.env, ctx.targets, ctx.policy
 
     def restart_one(t: Target) -> str:
         t.previous = rel.id
@@ -633,91 +633,107 @@ def _restart_hosts(ctx: Context, rel: releases.Release) -> None:
         drained = f"; drained {old}" if old else ""
         return f"master {new} serves {rel.id}{drained}; {rolling.probe(env, t, rel.id)}"
 
-    def restart() -> str:
-        ctx.outcomes = group.roll(
-            env.name, todo, restart_one, batch=policy.batch, printer=ctx.printer, release=rel.id
-        )
-        failed = [o for o in ctx.outcomes if o.status == group.FAILED]
-        if failed:
-            ctx.print_outcomes()
-            raise RolloutError(
-                f"restart of {rel.id} stopped: {failed[0].host} failed ({failed[0].reason}); "
-                f"{group.summary(ctx.outcomes)}",
-                outcomes=ctx.outcomes,
-                hint=f"fix {failed[0].host}, then run the same rollback again",
-            )
-        groups = len(group.batches(todo, policy.batch))
-        return f"{len(todo)} hosts restarted {rel.id} ({groups} batches, batch {policy.batch!r})"
-
-    ctx.step("restart", restart)
-
-
-def _switch_to(ctx: Context, p: Plan, rel: releases.Release) -> None:
-    env, host, layout = ctx.env, ctx.host, ctx.layout
-    releases.write_app_env(host, env, layout)
-    ctx.step("barrier", lambda: releases.health_barrier(host, env, layout, rel) or "ready")
-    ctx.step(
-        "start",
-        lambda: (
-            f"master pid {releases.start(host, env, layout, rel, workers=ctx.proj.policies[env.name].workers)}"
-        ),
+    ctx.outcomes = group.roll(
+        env.name, todo, restart_one, batch=policy.batch, printer=ctx.printer, release=rel.id
     )
+    failed = [o for o in ctx.outcomes if o.status == group.FAILED]
+    if failed:
+        ctx.print_outcomes()
+        raise RolloutError(
+            f"restart of {rel.id} stopped: {failed[0].host} failed ({failed[0].reason}); "
+            f"{group.summary(ctx.outcomes)}",
+            outcomes=ctx.outcomes,
+            hint=f"fix {failed[0].host}, then run the same rollback again",
+        )
+    groups = len(group.batches(todo, policy.batch))
+    return f"{len(todo)} hosts restarted {rel.id} ({groups} batches, batch {policy.batch!r})"
 
-    def switch() -> str:
-        releases.switch(host, layout, rel.id)
-        retired = releases.retire_others(host, layout, keep=rel.id)
-        return f"serving {rel.id}" + (f"; drained {', '.join(retired)}" if retired else "")
 
-    ctx.step("switch", switch)
-    ctx.step("smoke", lambda: _smoke(env, rel.id))
-
-
-def _level2(
-    ctx: Context, p: Plan, rel: releases.Release, *, reason: str, details: list[str]
-) -> None:
-    env = ctx.env
+def _level2_steps(ctx: Context, p: Plan, *, reason: str, details: list[str]) -> list[Step]:
     schema = p.schema
     assert schema is not None and p.current is not None
-
-    def schema_step() -> str:
-        if not schema.revert:
-            return schema.describe()
-        # the serving release's files: the target predates the files whose downs must run
-        done = migrations.revert(
-            env.database_url,
-            release_migration_files(ctx.host, ctx.layout, p.current or ""),
-            to_version=schema.target_version,
-            release=rel.id,
-            applied_by=str(ctx.actor),
-            password=env.secret("POSTGRES_PASSWORD"),
-        )
-        reverted = [f.version for f in done]
-        details.append(f"reverted migrations {reverted}")
-        return f"reverted {reverted}"
-
     # once, from this machine, whatever the number of hosts
-    ctx.step("schema", schema_step)
-    if not schema.revert and schema.since:
-        details.append(f"schema kept (expand-only {list(schema.since)})")
+    once = " (once, from this machine)" if ctx.targets else ""
+    return [
+        Step("schema", schema.describe() + once, lambda: _revert_schema(ctx, p, details)),
+        *_switch_steps(ctx, p, restored=False),
+    ]
+
+
+def _revert_schema(ctx: Context, p: Plan, details: list[str]) -> str:
+    env, schema = ctx.env, p.schema
+    assert schema is not None
+    if not schema.revert:
+        if schema.since:
+            details.append(f"schema kept (expand-only {list(schema.since)})")
+        return schema.describe()
+    # the serving release's files: the target predates the files whose downs must run
+    done = migrations.revert(
+        env.database_url,
+        release_migration_files(ctx.host, ctx.layout, p.current or ""),
+        to_version=schema.target_version,
+        release=_target(ctx, p).id,
+        applied_by=str(ctx.actor),
+        password=env.secret("POSTGRES_PASSWORD"),
+    )
+    reverted = [f.version for f in done]
+    details.append(f"reverted migrations {reverted}")
+    return f"reverted {reverted}"
+
+
+def _switch_steps(ctx: Context, p: Plan, *, restored: bool) -> list[Step]:
+    """Levels 2 and 3 once the data is done: the target release in front on every host."""
+    env, layout, workers, target = ctx.env, ctx.layout, ctx.policy.workers, p.target
     if ctx.targets:
-        _switch_hosts_to(ctx, p, rel)
-    else:
-        _switch_to(ctx, p, rel)
+        how = (
+            f"gunicorn x{workers} of {target} on each host's shared socket :{env.app_port}, in "
+            "batches, health check; a failing host is left stopped"
+            if restored
+            else f"on {_order(ctx.proj, env.name)}: gunicorn x{workers} of {target} on each "
+            f"host's shared socket :{env.app_port}, switch, drain {p.current}, health check; a "
+            "failure switches the moved hosts back"
+        )
+        return [
+            Step(
+                "barrier",
+                f"{target} answers /readyz in-process on every host",
+                lambda: _hosts_ready(ctx, p, restored=restored),
+            ),
+            Step("switch", how, lambda: _switch_hosts(ctx, p, restored=restored)),
+        ]
+    on = f":{env.app_port}" if restored else f"the shared socket :{env.app_port}"
+    drain = "" if restored else f"; drain {p.current}"
+    return [
+        Step("barrier", f"{target} answers /readyz in-process", lambda: _barrier_here(ctx, p)),
+        Step("start", f"gunicorn x{workers} of {target} on {on}", lambda: _start_here(ctx, p)),
+        Step(
+            "switch", f"{layout.current} -> releases/{target}{drain}", lambda: _switch_here(ctx, p)
+        ),
+        Step("smoke", _SMOKE, lambda: _smoke(env, target or "")),
+    ]
 
 
-def _switch_hosts_to(
-    ctx: Context, p: Plan, rel: releases.Release, *, restored: bool = False
-) -> None:
-    """Levels 2 and 3 over every host once the data is done: a barrier on each, then switch in
-    batches with the first-host barrier.
+def _barrier_here(ctx: Context, p: Plan) -> str:
+    releases.write_app_env(ctx.host, ctx.env, ctx.layout)
+    releases.health_barrier(ctx.host, ctx.env, ctx.layout, _target(ctx, p))
+    return "ready"
 
-    Level 2: a failing host sends the hosts already moved back to what they served. Level 3
-    (restored): nothing goes back, because the release before the restore expects data that is
-    gone; a failing host is left stopped and the freeze stays until a human looks.
-    """
-    env, todo = ctx.env, ctx.targets
-    policy = ctx.proj.policies[env.name]
-    retry = f"fix that host, then `inv {env.name}.rollback --level {p.level}` again"
+
+def _start_here(ctx: Context, p: Plan) -> str:
+    rel = _target(ctx, p)
+    return f"master pid {releases.start(ctx.host, ctx.env, ctx.layout, rel, workers=ctx.policy.workers)}"
+
+
+def _switch_here(ctx: Context, p: Plan) -> str:
+    rid = _target(ctx, p).id
+    releases.switch(ctx.host, ctx.layout, rid)
+    retired = releases.retire_others(ctx.host, ctx.layout, keep=rid)
+    return f"serving {rid}" + (f"; drained {', '.join(retired)}" if retired else "")
+
+
+def _hosts_ready(ctx: Context, p: Plan, *, restored: bool) -> str:
+    """Levels 2 and 3 over every host once the data is done: a barrier on each first."""
+    env, todo, rel = ctx.env, ctx.targets, _target(ctx, p)
 
     def ready(t: Target) -> str:
         # where a failure sends the host back; after a restore there is no such place
@@ -726,95 +742,110 @@ def _switch_hosts_to(
         releases.health_barrier(t.host, env, t.layout, rel)
         return "ready"
 
-    def barrier() -> str:
-        try:
-            group.on_every_host(todo, ready, phase="barrier", subject=rel.id, hint=retry)
-        except RolloutError as err:
+    try:
+        group.on_every_host(todo, ready, phase="barrier", subject=rel.id, hint=_retry(ctx, p))
+    except RolloutError as err:
+        ctx.outcomes = list(err.outcomes)
+        ctx.print_outcomes()
+        raise
+    return f"{rel.id} ready on {len(todo)} hosts"
+
+
+def _retry(ctx: Context, p: Plan) -> str:
+    return f"fix that host, then `inv {ctx.env.name}.rollback --level {p.level}` again"
+
+
+def _switch_hosts(ctx: Context, p: Plan, *, restored: bool) -> str:
+    """Then switch in batches with the first-host barrier. Level 2: a failing host sends the
+    hosts already moved back to what they served. Level 3 (restored): nothing goes back, because
+    the release before the restore expects data that is gone; a failing host is left stopped and
+    the freeze stays until a human looks."""
+    env, todo, policy, rel = ctx.env, ctx.targets, ctx.policy, _target(ctx, p)
+    try:
+        ctx.outcomes = rolling.switch_hosts(
+            ctx.proj, env.name, rel.id, hosts=todo, batch=policy.batch, printer=ctx.printer
+        )
+    except RolloutError as err:
+        failed = [o for o in err.outcomes if o.status == group.FAILED]
+        culprit = failed[0] if failed else err.outcomes[0]
+        if restored:
             ctx.outcomes = list(err.outcomes)
-            ctx.print_outcomes()
-            raise
-        return f"{rel.id} ready on {len(todo)} hosts"
-
-    def switch() -> str:
-        try:
-            ctx.outcomes = rolling.switch_hosts(
-                ctx.proj, env.name, rel.id, hosts=todo, batch=policy.batch, printer=ctx.printer
-            )
-        except RolloutError as err:
-            failed = [o for o in err.outcomes if o.status == group.FAILED]
-            culprit = failed[0] if failed else err.outcomes[0]
-            if restored:
-                ctx.outcomes = list(err.outcomes)
-                what = f"{env.name} is restored but {culprit.host} failed to start {rel.id}"
-                after = "it stays frozen"
-            else:
-                ctx.outcomes = rolling.switch_back(
-                    env,
-                    todo,
-                    err.outcomes,
-                    workers=policy.workers,
-                    printer=ctx.printer,
-                    why=f"{culprit.host} failed",
-                )
-                kept = "; the schema stays reverted" if p.schema and p.schema.revert else ""
-                what = f"rollback of {env.name} to {rel.id} stopped: {culprit.host} failed"
-                after = f"the hosts already moved were switched back{kept}"
-            ctx.print_outcomes()
-            raise RolloutError(
-                f"{what} ({culprit.reason}); {after}; {group.summary(ctx.outcomes)}",
-                outcomes=ctx.outcomes,
-                hint=retry.replace("that host", culprit.host),
-            ) from None
-        groups = len(group.batches(todo, policy.batch))
-        return f"{len(todo)} hosts serve {rel.id} ({groups} batches, batch {policy.batch!r})"
-
-    ctx.step("barrier", barrier)
-    ctx.step("switch", switch)
+            what = f"{env.name} is restored but {culprit.host} failed to start {rel.id}"
+            after = "it stays frozen"
+        else:
+            ctx.outcomes = rolling.switch_back(
+                env, todo, err.outcomes, workers=policy.workers, printer=ctx.printer,
+                why=f"{culprit.host} failed",
+            )  # fmt: skip
+            kept = "; the schema stays reverted" if p.schema and p.schema.revert else ""
+            what = f"rollback of {env.name} to {rel.id} stopped: {culprit.host} failed"
+            after = f"the hosts already moved were switched back{kept}"
+        ctx.print_outcomes()
+        raise RolloutError(
+            f"{what} ({culprit.reason}); {after}; {group.summary(ctx.outcomes)}",
+            outcomes=ctx.outcomes,
+            hint=_retry(ctx, p).replace("that host", culprit.host),
+        ) from None
+    groups = len(group.batches(todo, policy.batch))
+    return f"{len(todo)} hosts serve {rel.id} ({groups} batches, batch {policy.batch!r})"
 
 
-def _level3(
-    ctx: Context, p: Plan, rel: releases.Release, *, reason: str, details: list[str]
-) -> None:
+def _level3_steps(ctx: Context, p: Plan, *, reason: str, details: list[str]) -> list[Step]:
+    env, layout, info = ctx.env, ctx.layout, p.backup
+    assert info is not None
+    where = " on the primary" if ctx.targets else ""
+    stops = (
+        f"stop the service on every host: {_order(ctx.proj, env.name)}"
+        if ctx.targets
+        else "stop the service's masters and listener"
+    )
+    # frozen first: a restore that dies half-way must not invite the next deploy in
+    return [
+        Step(
+            "freeze",
+            f"write {layout.freeze}{where}: deploys refused until unfreeze",
+            lambda: _freeze(ctx, p, reason),
+        ),
+        Step(
+            "stop",
+            stops,
+            lambda: "; ".join(rolling.stop_service(ctx.proj, env.name)) or "not running",
+        ),
+        Step(
+            "restore",
+            f"drop and recreate {env.database.name}; pg_restore {info['id']}",
+            lambda: _restore(ctx, p, details),
+        ),
+        *_switch_steps(ctx, p, restored=True),
+    ]
+
+
+def _freeze(ctx: Context, p: Plan, reason: str) -> str:
+    info, rid = p.backup or {}, p.target
+    record = freeze(
+        ctx.host,
+        ctx.layout,
+        actor=str(ctx.actor),
+        reason=reason,
+        backup=info.get("id"),
+        release=rid,
+    )
+    notify.send(
+        ctx.proj, ctx.env.name, "freeze", actor=str(ctx.actor), release=rid, status="frozen",
+        details=record,
+    )  # fmt: skip
+    return str(record["when"])
+
+
+def _restore(ctx: Context, p: Plan, details: list[str]) -> str:
     from deploy import backup as backups
 
-    env, host, layout = ctx.env, ctx.host, ctx.layout
-    info = p.backup
-    assert info is not None
-
-    # frozen first: a restore that dies half-way must not invite the next deploy in
-    def freeze_step() -> str:
-        record = freeze(
-            host, layout, actor=str(ctx.actor), reason=reason, backup=info["id"], release=rel.id
-        )
-        notify.send(
-            ctx.proj,
-            env.name,
-            "freeze",
-            actor=str(ctx.actor),
-            release=rel.id,
-            status="frozen",
-            details=record,
-        )
-        return str(record["when"])
-
-    ctx.step("freeze", freeze_step)
-    ctx.step("stop", lambda: "; ".join(rolling.stop_service(ctx.proj, env.name)) or "not running")
-    # the environment's servers and backups are on this machine, whichever hosts run the app
-    svc = NativeServices(
-        env, user_name=ctx.proj.service_user, host=_host(env) if ctx.targets else host
-    )
-
-    def restore() -> str:
-        recreate_database(svc, env)
-        done = backups.restore(ctx.proj, env.name, info["id"], actor=str(ctx.actor))
-        return f"{info['id']} restored in {done['restore_s']:.2f}s (ledger version {info.get('ledger_version')})"
-
-    ctx.step("restore", restore)
+    info = p.backup or {}
+    recreate_database(_services(ctx), ctx.env)
+    done = backups.restore(ctx.proj, ctx.env.name, info["id"], actor=str(ctx.actor))
     details.append(f"restored backup {info['id']}; frozen")
-    if ctx.targets:
-        _switch_hosts_to(ctx, p, rel, restored=True)
-    else:
-        _switch_to(ctx, p, rel)
+    version = info.get("ledger_version")
+    return f"{info['id']} restored in {done['restore_s']:.2f}s (ledger version {version})"
 
 
 # -- read-side helpers for the tasks --------------------------------------------------------------

@@ -88,19 +88,19 @@ CASES = _ordered_cases()
 
 
 def _step_names(module: object, *functions: str) -> set[str]:
-    """Every literal name passed to `<ctx>.step(NAME, ...)` inside the named functions."""
+    """Every literal step name inside the named functions: `<ctx>.step(NAME, ...)` calls and
+    `Step(NAME, ...)` objects of a step list."""
     tree = ast.parse(inspect.getsource(module))  # type: ignore[arg-type]
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and node.name in functions:
             for call in ast.walk(node):
-                if (
-                    isinstance(call, ast.Call)
-                    and isinstance(call.func, ast.Attribute)
-                    and call.func.attr == "step"
-                    and call.args
-                    and isinstance(call.args[0], ast.Constant)
-                ):
+                if not (isinstance(call, ast.Call) and call.args):
+                    continue
+                named = (isinstance(call.func, ast.Attribute) and call.func.attr == "step") or (
+                    isinstance(call.func, ast.Name) and call.func.id == "Step"
+                )
+                if named and isinstance(call.args[0], ast.Constant):
                     names.add(str(call.args[0].value))
     return names
 
@@ -108,11 +108,11 @@ def _step_names(module: object, *functions: str) -> set[str]:
 def test_the_matrix_covers_every_step_the_code_passes_through():
     assert DEPLOY_STEPS == deploy_pipeline.STEPS
     around = _step_names(lifecycle, "recorded")
-    switch = _step_names(rollback, "_switch_to")
+    switch = _step_names(rollback, "_switch_steps")
     assert around == {"lock", "unlock"}
-    assert set(LEVEL_STEPS[1]) | set(RESET_DATA_STEPS) == around | _step_names(rollback, "_level1")
-    assert set(LEVEL_STEPS[2]) == around | switch | _step_names(rollback, "_level2")
-    assert set(LEVEL_STEPS[3]) == around | switch | _step_names(rollback, "_level3")
+    assert set(LEVEL_STEPS[1]) | set(RESET_DATA_STEPS) == around | _step_names(rollback, "_level1_steps")
+    assert set(LEVEL_STEPS[2]) == around | switch | _step_names(rollback, "_level2_steps")
+    assert set(LEVEL_STEPS[3]) == around | switch | _step_names(rollback, "_level3_steps")
     assert set(CASES) == {
         *((f"level{n}", s) for n, steps in LEVEL_STEPS.items() for s in steps),
         *(("deploy", s) for s in DEPLOY_STEPS),
