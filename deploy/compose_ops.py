@@ -20,17 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from deploy import guards, migrations, notify, releases, rolling, smoke
-from deploy.actors import Actor
+from deploy import guards, migrations, releases, rolling, smoke
 from deploy.commands import compose as cmd
 from deploy.config import EnvConfig, Project
 from deploy.engine.group import Target
-from deploy.engine.lifecycle import recorded
 from deploy.engine.rollback_rules import (
     LEVELS,
+    RollbackPlan,
     backup_for,
-    confirm_prod,
-    freeze,
     previous_good,
     schema_plan,
 )
@@ -53,15 +50,11 @@ from deploy.runtime.compose import (
     image_tag,
 )
 from deploy.state import (
-    HistoryEntry,
     Layout,
     audit,
     find_backup,
     history,
-    new_id,
-    record_history,
     sha256_file,
-    utc_now,
 )
 
 if TYPE_CHECKING:
@@ -670,6 +663,7 @@ class ComposeDeploy:
         self.ctx: Context | None = None
         self._applied: list[int] | None = None
         self._does: dict[str, str] = {}
+        self._entries: list[dict[str, Any]] = []
 
     def bind(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -788,6 +782,153 @@ class ComposeDeploy:
         protect = {ctx.built.id, ctx.previous or ""}
         return _prune(self.rt, ctx.host, ctx.layout, keep=ctx.policy.keep_releases, protect=protect)
 
+    # -- rollback -----------------------------------------------------------------------------
+
+    reports_hosts = False  # one project on one host: no per-host outcomes
+
+    def refuse_rollback(self, ctx: Context, *, level: int, reset_data: bool) -> None:
+        if reset_data:
+            raise UsageError(
+                f"--reset-data is not available on the compose runtime that {self.name} uses",
+                hint=f"`inv {self.name}.down`, remove the project's volumes by hand, then "
+                f"`inv {self.name}.up`",
+            )
+
+    def rollback_checks(
+        self, level: int, *, dry_run: bool
+    ) -> list[tuple[str, Callable[[], guards.Check]]]:
+        # a plan reads history only; acting needs the engine
+        return [] if dry_run else [("engine", lambda: engine_check(self.rt))]
+
+    def rollback_plan(
+        self,
+        ctx: Context,
+        *,
+        level: int,
+        to: str | None,
+        backup_id: str | None,
+        reset_data: bool,
+        dry_run: bool,
+    ) -> RollbackPlan:
+        entries = self._entries = history(ctx.host, ctx.layout)
+        current = _served(entries) if dry_run else serving(self.rt)
+        if current is None and level == 3:
+            # a restore needs no running app: one that stopped half-way is run again from history
+            current = _served(entries)
+        if current is None:
+            raise UsageError(
+                f"{self.name} has no running release to roll back",
+                hint=f"deploy one with `inv {self.name}.deploy`",
+            )
+        d = _rollback_plan(
+            self.proj, self.rt, entries, level=level, current=current, to=to,
+            actor=str(ctx.actor), backup_id=backup_id, layout=ctx.layout,
+        )  # fmt: skip
+        return RollbackPlan(
+            level, self.name, current, d["target"], schema=d["schema_plan"],
+            backup=d["backup_info"], commands=d["commands"],
+        )  # fmt: skip
+
+    def rollback_does(self, ctx: Context, p: RollbackPlan) -> dict[str, str]:
+        info, schema = p.backup or {}, p.schema
+        image = f" (with the {p.current} image)" if schema and schema.revert else ""
+        return {
+            "schema": (schema.describe() if schema else "") + image,
+            "freeze": f"write {ctx.layout.freeze}: deploys refused until unfreeze",
+            "stop": f"stop the app container ({p.current})",
+            "restore": f"copy {info.get('id')}.dump into the postgres container; drop and "
+            f"recreate {ctx.env.database.name}; pg_restore it there",
+        }
+
+    def restart_steps(self, ctx: Context, p: RollbackPlan, details: list[str]) -> list[Step]:
+        rt, current = self.rt, p.current or ""
+
+        def restart() -> str:
+            commit = _commit_of(self._entries, current)
+            res = rt.run(lambda c: c.restart(), release=current, commit=commit)
+            if not res.ok:
+                raise rt.failed("compose restart", res)
+            return f"{len(rt.up(current, commit=commit))} containers healthy"
+
+        return [
+            Step(
+                "restart", f"restart every container of {current}, then up --wait with it", restart
+            ),
+            Step("smoke", _SMOKE_ROW, lambda: _smoke(rt, current, rolling_back=True)),
+        ]
+
+    def revert_schema(self, ctx: Context, p: RollbackPlan, details: list[str]) -> str:
+        schema, target, current = p.schema, p.target or "", p.current or ""
+        assert schema is not None
+        if not schema.revert:
+            if schema.since:
+                details.append(f"schema kept (expand-only {list(schema.since)})")
+            return schema.describe()
+        argv = migrate_argv(
+            "down", release=target, applied_by=str(ctx.actor), to=schema.target_version
+        )
+        try:
+            res = self.rt.migrate(argv, release=current)  # the serving image has the down files
+        except MigrationError as err:
+            raise MigrationError(
+                err.message, hint=f"level 2 stopped; {current} still serves"
+            ) from None
+        done = _versions(res.stdout, "reverted")
+        details.append(f"reverted migrations {done}")
+        return f"reverted {done}"
+
+    def switch_steps(self, ctx: Context, p: RollbackPlan, *, restored: bool) -> list[Step]:
+        rt, target = self.rt, p.target or ""
+        which = "the backup's" if restored else "the previous"
+
+        def start() -> str:
+            return (
+                f"{len(rt.up(target, commit=_commit_of(self._entries, target)))} containers healthy"
+            )
+
+        return [
+            Step("start", f"up --wait with {which} tag {rt.image}:{target}", start),
+            Step("smoke", _SMOKE_ROW, lambda: _smoke(rt, target, rolling_back=True)),
+        ]
+
+    def stop_service(self, ctx: Context, p: RollbackPlan) -> str:
+        res = self.rt.run(lambda c: c.stop(services=[APP_SERVICE]), release=p.current)
+        if not res.ok:
+            raise self.rt.failed("stopping the app", res)
+        return f"{p.current} stopped"
+
+    def restore(self, ctx: Context, p: RollbackPlan, details: list[str]) -> str:
+        info = p.backup or {}
+        done = _restore(self.rt, ctx.layout, info, actor=str(ctx.actor))
+        details.append(f"restored backup {info['id']}; frozen")
+        return done
+
+    def check_rollback_target(self, ctx: Context, p: RollbackPlan) -> None:
+        """Before anything changes: the dump is whole and the backup's image tag still exists."""
+        info, rt = p.backup, self.rt
+        if info is None:
+            return
+        _checked_dump(ctx.host, ctx.layout, info, name=self.name)
+        if not ctx.host.run(cmd.image_exists(rt.image, p.target or ""), check=False, timeout=60).ok:
+            raise GuardRefused(
+                f"backup {info['id']} matches release {p.target}, whose image "
+                f"{rt.image}:{p.target} is gone",
+                hint="build and tag that commit's image again, then restore with --backup ID",
+            )
+
+    def release_of(self, ctx: Context, rid: str) -> releases.Release:
+        entries = self._entries
+        ref = next(
+            (str(e.get("ref", "")) for e in reversed(entries) if e.get("release") == rid), ""
+        )
+        return releases.Release(rid, _commit_of(entries, rid), ref)
+
+    def audit_extra(self, ctx: Context) -> dict[str, Any]:
+        return {"runtime": "compose"}
+
+
+_SMOKE_ROW = "health, ready, version, identity, postgres, redis"
+
 
 def _smoke(rt: ComposeRuntime, rid: str, *, rolling_back: bool = False) -> str:
     if not rt.host.is_local:
@@ -865,194 +1006,6 @@ def _prune(rt: ComposeRuntime, host: Host, layout: Layout, *, keep: int, protect
 # -- rollback --------------------------------------------------------------------------------------
 
 
-def rollback(
-    proj: Project,
-    name: str,
-    *,
-    level: int,
-    actor: Actor,
-    to: str | None = None,
-    backup_id: str | None = None,
-    reason: str = "",
-    yes: bool = False,
-    dry_run: bool = False,
-    reset_data: bool = False,
-    printer: Printer = print,
-    process_env: Mapping[str, str] | None = None,
-    confirm: Callable[[str], str] | None = None,
-) -> dict[str, Any]:
-    """Level 1 restarts the serving tag, level 2 starts the previous good one (down migrations
-    first when native level 2 would run them), level 3 freezes, restores the backup in the
-    postgres container and starts the backup's tag. Under the deploy lock."""
-    from deploy.engine.context import Context
-
-    env = proj.env(name)  # the request itself was checked by rollback.rollback, which calls this
-    if reset_data:
-        raise UsageError(
-            f"--reset-data is not available on the compose runtime that {name} uses",
-            hint=f"`inv {name}.down`, remove the project's volumes by hand, then `inv {name}.up`",
-        )
-    host, layout = place(proj, name)
-    rt = runtime_for(proj, name, host=host, layout=layout)
-    checks = [*guards.environment_checks(proj, name, process_env or {})]
-    if not dry_run:  # a plan reads history only; acting needs the engine
-        checks.append(("engine", lambda: engine_check(rt)))
-    guards.require(guards.run_checks(checks))
-    entries = history(host, layout)
-    current = _served(entries) if dry_run else serving(rt)
-    if current is None and level == 3:
-        # a restore needs no running app: one that stopped half-way is run again from history
-        current = _served(entries)
-    if current is None:
-        raise UsageError(
-            f"{name} has no running release to roll back",
-            hint=f"deploy one with `inv {name}.deploy`",
-        )
-    p = _rollback_plan(
-        proj,
-        rt,
-        entries,
-        level=level,
-        current=current,
-        to=to,
-        actor=str(actor),
-        backup_id=backup_id,
-        layout=layout,
-    )
-    if dry_run:
-        hidden = ("schema_plan", "backup_info")
-        return {"dry_run": True, **{k: v for k, v in p.items() if k not in hidden}}
-    info: Mapping[str, Any] | None = p["backup_info"]
-    if info is not None:  # before anything changes: the dump is whole and the tag still exists
-        _checked_dump(host, layout, info, name=name)
-        if not host.run(cmd.image_exists(rt.image, p["target"]), check=False, timeout=60).ok:
-            raise GuardRefused(
-                f"backup {info['id']} matches release {p['target']}, whose image "
-                f"{rt.image}:{p['target']} is gone",
-                hint="build and tag that commit's image again, then restore with --backup ID",
-            )
-    confirm_prod(env, actor=actor, yes=yes, confirm=confirm)
-
-    ctx = Context(proj, env, actor, host, layout, printer)
-    target: str = p["target"]
-    commit = _commit_of(entries, target)
-    entry = HistoryEntry(
-        id=new_id(),
-        time=utc_now(),
-        env=name,
-        release=target,
-        commit=commit,
-        ref=next(
-            (str(e.get("ref", "")) for e in reversed(entries) if e.get("release") == target), ""
-        ),
-        actor=str(actor),
-        kind=f"rollback-{level}",
-        status="running",
-        previous=current,
-        backup=info["id"] if info else None,
-        notes=f"reason: {reason}" if reason else "",
-    )
-
-    def body(details: list[str]) -> None:
-        record_history(host, layout, entry)
-        if level == 1:
-
-            def restart() -> str:
-                res = rt.run(lambda c: c.restart(), release=current, commit=commit)
-                if not res.ok:
-                    raise rt.failed("compose restart", res)
-                return f"{len(rt.up(current, commit=commit))} containers healthy"
-
-            ctx.step("restart", restart)
-        elif info is not None:
-            _level3(ctx, rt, info, current=current, target=target, commit=commit, reason=reason)
-            details.append(f"restored backup {info['id']}; frozen")
-        else:
-            schema = p["schema_plan"]
-
-            def schema_step() -> str:
-                if not schema.revert:
-                    return schema.describe()
-                argv = migrate_argv(
-                    "down", release=target, applied_by=str(actor), to=schema.target_version
-                )
-                try:
-                    res = rt.migrate(argv, release=current)  # the serving image has the down files
-                except MigrationError as err:
-                    raise MigrationError(
-                        err.message, hint=f"level 2 stopped; {current} still serves"
-                    ) from None
-                done = _versions(res.stdout, "reverted")
-                details.append(f"reverted migrations {done}")
-                return f"reverted {done}"
-
-            ctx.step("schema", schema_step)
-            if not schema.revert and schema.since:
-                details.append(f"schema kept (expand-only {list(schema.since)})")
-            ctx.step("start", lambda: f"{len(rt.up(target, commit=commit))} containers healthy")
-        ctx.step("smoke", lambda: _smoke(rt, target, rolling_back=True))
-
-    try:
-        recorded(
-            ctx,
-            entry,
-            level=level,
-            reason=reason,
-            process_env=process_env,
-            body=body,
-            audit_extra=lambda: {"runtime": "compose"},
-        )
-    finally:
-        host.close()
-    return {
-        "level": level,
-        "kind": entry.kind,
-        "status": entry.status,
-        "previous": current,
-        "release": target,
-        "duration_s": entry.duration_s,
-        "steps": ctx.timings,
-        "history_id": entry.id,
-        "notes": entry.notes,
-        "backup": entry.backup,
-    }
-
-
-def _level3(
-    ctx: Context,
-    rt: ComposeRuntime,
-    info: Mapping[str, Any],
-    *,
-    current: str,
-    target: str,
-    commit: str,
-    reason: str,
-) -> None:
-    """Freeze, stop the app, restore in the postgres container, start the backup's tag."""
-    name, actor = ctx.env.name, str(ctx.actor)
-
-    # frozen first: a restore that dies half-way must not invite the next deploy in
-    def freeze_step() -> str:
-        record = freeze(
-            ctx.host, ctx.layout, actor=actor, reason=reason, backup=info["id"], release=target
-        )
-        notify.send(
-            ctx.proj, name, "freeze", actor=actor, release=target, status="frozen", details=record
-        )
-        return str(record["when"])
-
-    def stop() -> str:
-        res = rt.run(lambda c: c.stop(services=[APP_SERVICE]), release=current)
-        if not res.ok:
-            raise rt.failed("stopping the app", res)
-        return f"{current} stopped"
-
-    ctx.step("freeze", freeze_step)
-    ctx.step("stop", stop)
-    ctx.step("restore", lambda: _restore(rt, ctx.layout, info, actor=actor))
-    ctx.step("start", lambda: f"{len(rt.up(target, commit=commit))} containers healthy")
-
-
 def _level3_plan(
     proj: Project,
     rt: ComposeRuntime,
@@ -1096,17 +1049,6 @@ def _level3_plan(
         "target": target,
         "backup": chosen["id"],
         "backup_info": chosen,
-        "steps": [
-            ("freeze", f"write {layout.freeze}: deploys refused until unfreeze"),
-            ("stop", f"stop the app container ({current})"),
-            (
-                "restore",
-                f"copy {chosen['id']}.dump into the postgres container; drop and recreate "
-                f"{database}; pg_restore it there",
-            ),
-            ("start", f"up --wait with the backup's tag {rt.image}:{target}"),
-            ("smoke", "health, ready, version, identity, postgres, redis"),
-        ],
         "commands": commands,
     }
 
@@ -1125,7 +1067,6 @@ def _rollback_plan(
 ) -> dict[str, Any]:
     """The rollback's target, steps and exact commands; refuses before anything changes."""
     name, c = rt.cfg.name, rt.commands()
-    smoke_row = ("smoke", "health, ready, version, identity, postgres, redis")
     out: dict[str, Any] = {
         "level": level,
         "kind": LEVELS[level],
@@ -1147,10 +1088,6 @@ def _rollback_plan(
     if level == 1:
         start = c.up(wait=True, wait_timeout_s=rt.wait_timeout_s)
         env_cur = _release_env(rt, current, _commit_of(entries, current))
-        out["steps"] = [
-            ("restart", f"restart every container of {current}, then up --wait with it"),
-            smoke_row,
-        ]
         out["commands"] = [
             f"restart: {shown(c.restart(), env_cur)}",
             f"restart: {shown(start, env_cur)}",
@@ -1199,14 +1136,6 @@ def _rollback_plan(
         target=target,
         schema=schema.describe(),
         schema_plan=schema,
-        steps=[
-            (
-                "schema",
-                schema.describe() + (f" (with the {current} image)" if schema.revert else ""),
-            ),
-            ("start", f"up --wait with the previous tag {rt.image}:{target}"),
-            smoke_row,
-        ],
         commands=commands,
     )
     return out

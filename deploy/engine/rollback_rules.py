@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from deploy import migrations
@@ -207,3 +207,33 @@ def confirm_prod(env: EnvConfig, *, actor: Actor, yes: bool, confirm: Confirm | 
             f"rollback of {env.name} not confirmed",
             hint=f"type {env.name!r} at the prompt, or pass --yes",
         )
+
+
+@dataclass
+class RollbackPlan:
+    """What a rollback will do, decided before anything changes; the dry run shows it."""
+
+    level: int
+    env: str
+    current: str | None
+    target: str | None
+    steps: list[tuple[str, str]] = field(default_factory=list)
+    schema: SchemaPlan | None = None
+    backup: Mapping[str, Any] | None = None
+    resumes: str | None = None  # history id of an interrupted rollback this one completes
+    reset_data: bool = False
+    commands: list[str] = field(default_factory=list)  # the exact commands, where known
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "level": self.level,
+            "kind": LEVELS[self.level],
+            "env": self.env,
+            "current": self.current,
+            "target": self.target,
+            "steps": self.steps,
+            "schema": self.schema.describe() if self.schema else None,
+            "backup": self.backup.get("id") if self.backup else None,
+            "resumes": self.resumes,
+            "commands": self.commands,
+        }

@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Any
 from deploy import guards, migrations, releases, rolling, smoke
 from deploy.config import Project
 from deploy.engine import group
+from deploy.engine.rollback_rules import RollbackPlan
 from deploy.engine.steps import Step
 from deploy.errors import RolledBack
+from deploy.runtime import native_rollback
 from deploy.runtime.native import NativeServices
 
 if TYPE_CHECKING:
@@ -58,6 +60,7 @@ class NativeRuntime:
     def __init__(self, targets: list[group.Target], *, rolling_hosts: bool) -> None:
         self.targets = targets
         self.rolling_hosts = rolling_hosts  # several hosts, or a remote one: every host is asked
+        self.reports_hosts = rolling_hosts  # results and audit carry one outcome per host
         self.ctx: Context | None = None
         self._files: list[migrations.MigrationFile] | None = None
 
@@ -232,6 +235,74 @@ class NativeRuntime:
         return f"pruned {done} on {len(self.targets)} hosts" + (
             f"; not pruned on {', '.join(missed)}" if missed else ""
         )
+
+    # -- rollback -----------------------------------------------------------------------------
+
+    def refuse_rollback(self, ctx: Context, *, level: int, reset_data: bool) -> None:
+        return None  # every level and --reset-data are the native runtime's
+
+    def rollback_checks(self, level: int, *, dry_run: bool) -> list[CheckFn]:
+        ctx = self.ctx
+        assert ctx is not None
+        out: list[CheckFn] = []
+        if level > 1:  # level 1 brings servers back itself; 2 and 3 read the ledger first
+            out.append(("servers", lambda: services_up(ctx.proj, ctx.env.name)))
+        if self.rolling_hosts:
+            out.append(("hosts", lambda: hosts_answer(self.targets)))
+        return out
+
+    def rollback_plan(
+        self,
+        ctx: Context,
+        *,
+        level: int,
+        to: str | None,
+        backup_id: str | None,
+        reset_data: bool,
+        dry_run: bool,
+    ) -> RollbackPlan:
+        return native_rollback.make_plan(
+            ctx.proj, ctx.env.name, level=level, to=to, backup_id=backup_id, reset_data=reset_data
+        )
+
+    def rollback_does(self, ctx: Context, p: RollbackPlan) -> dict[str, str]:
+        env, many = ctx.env, self.rolling_hosts
+        order = native_rollback.order(ctx.proj, env.name) if many else ""
+        info = p.backup or {}
+        return {
+            "schema": (p.schema.describe() if p.schema else "")
+            + (" (once, from this machine)" if many else ""),
+            "freeze": f"write {ctx.layout.freeze}{' on the primary' if many else ''}: deploys "
+            "refused until unfreeze",
+            "stop": f"stop the service on every host: {order}"
+            if many
+            else "stop the service's masters and listener",
+            "restore": f"drop and recreate {env.database.name}; pg_restore {info.get('id')}",
+        }
+
+    def restart_steps(self, ctx: Context, p: RollbackPlan, details: list[str]) -> list[Step]:
+        return native_rollback.restart_steps(ctx, p, details)
+
+    def revert_schema(self, ctx: Context, p: RollbackPlan, details: list[str]) -> str:
+        return native_rollback.revert_schema(ctx, p, details)
+
+    def switch_steps(self, ctx: Context, p: RollbackPlan, *, restored: bool) -> list[Step]:
+        return native_rollback.switch_steps(ctx, p, restored=restored)
+
+    def stop_service(self, ctx: Context, p: RollbackPlan) -> str:
+        return "; ".join(rolling.stop_service(ctx.proj, ctx.env.name)) or "not running"
+
+    def restore(self, ctx: Context, p: RollbackPlan, details: list[str]) -> str:
+        return native_rollback.restore(ctx, p, details)
+
+    def check_rollback_target(self, ctx: Context, p: RollbackPlan) -> None:
+        return None  # make_plan already found the target's release directory on every host
+
+    def release_of(self, ctx: Context, rid: str) -> releases.Release:
+        return native_rollback.release_of(ctx.host, ctx.layout, rid)
+
+    def audit_extra(self, ctx: Context) -> dict[str, Any]:
+        return {"hosts": [o.to_dict() for o in ctx.outcomes]} if ctx.outcomes else {}
 
 
 def on_every_host(ctx: Context, fn: Any, *, phase: str, subject: str, hint: str) -> None:

@@ -99,7 +99,7 @@ def _print_hooks(proj, name):
 
 def _files_and_url(name):
     from deploy import migrations, rolling
-    from deploy.rollback import release_migration_files
+    from deploy.runtime.native_rollback import release_migration_files
 
     proj = project()
     env = proj.env(name)

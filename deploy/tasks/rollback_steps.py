@@ -9,6 +9,7 @@ from invoke import task
 from deploy import backup as backups
 from deploy import releases
 from deploy import rollback as engine
+from deploy.engine import rollback_pipeline
 from deploy.engine import rollback_rules as rules
 from deploy.errors import ServiceError, UsageError, VerifyFailed
 from deploy.output import print_json, print_table, say
@@ -41,7 +42,7 @@ def rollback(
 ):
     """Roll back: --level 1 restart, 2 revert to the previous release, 3 restore a backup."""
     name, proj, lvl = env_name(c), project(), rules.parse_level(level)
-    result = engine.rollback(proj, name, level=lvl, actor=actor(), to=to, backup_id=backup,
+    result = rollback_pipeline.rollback(proj, name, level=lvl, actor=actor(), to=to, backup_id=backup,
                              reason=reason, yes=yes, dry_run=dry_run, reset_data=reset_data,
                              printer=(lambda _line: None) if json else say,
                              process_env=dict(os.environ), confirm=input)  # fmt: skip

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
-from deploy import rollback
-from deploy.engine import deploy_pipeline, lifecycle
+from deploy.engine import deploy_pipeline, lifecycle, rollback_pipeline
+from deploy.runtime import native_rollback
 
 # the steps each operation passes through on a single-host staging, in order
 DEPLOY_STEPS = (
@@ -108,11 +108,13 @@ def _step_names(module: object, *functions: str) -> set[str]:
 def test_the_matrix_covers_every_step_the_code_passes_through():
     assert DEPLOY_STEPS == deploy_pipeline.STEPS
     around = _step_names(lifecycle, "recorded")
-    switch = _step_names(rollback, "_switch_steps")
+    switch = _step_names(native_rollback, "switch_steps")
     assert around == {"lock", "unlock"}
-    assert set(LEVEL_STEPS[1]) | set(RESET_DATA_STEPS) == around | _step_names(rollback, "_level1_steps")
-    assert set(LEVEL_STEPS[2]) == around | switch | _step_names(rollback, "_level2_steps")
-    assert set(LEVEL_STEPS[3]) == around | switch | _step_names(rollback, "_level3_steps")
+    restart = _step_names(native_rollback, "restart_steps")
+    assert set(LEVEL_STEPS[1]) | set(RESET_DATA_STEPS) == around | restart
+    assert _step_names(rollback_pipeline, "level_steps") == {"schema", "freeze", "stop", "restore"}
+    assert set(LEVEL_STEPS[2]) == around | switch | {"schema"}
+    assert set(LEVEL_STEPS[3]) == around | switch | {"freeze", "stop", "restore"}
     assert set(CASES) == {
         *((f"level{n}", s) for n, steps in LEVEL_STEPS.items() for s in steps),
         *(("deploy", s) for s in DEPLOY_STEPS),

@@ -18,10 +18,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from deploy import rollback, rolling
+from deploy import rolling
 from deploy.actors import Actor
 from deploy.config import load_project
-from deploy.engine import group
+from deploy.engine import group, rollback_pipeline
 from deploy.errors import ExitCode
 from deploy.state import DeployLock
 from tests import support
@@ -110,7 +110,7 @@ class Staging:
         """The rollback engine in this process, so a test can act between two batches."""
         proj = load_project(self.project.root, process_env={})
         actor = Actor(name=self.project.actor, kind="human")
-        return rollback.rollback(proj, "staging", actor=actor, yes=True, **kw)
+        return rollback_pipeline.rollback(proj, "staging", actor=actor, yes=True, **kw)
 
 
 @pytest.fixture(scope="module")

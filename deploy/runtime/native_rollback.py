@@ -1,0 +1,550 @@
+"""The native runtime's rollback: the plan read from the hosts' release directories and the
+migration ledger, and the steps of each level (restart, revert the schema, switch, stop, restore)
+on this machine alone or on every host of the group, batch by batch."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from deploy import migrations, releases, rolling, smoke
+from deploy.clients import redis_client
+from deploy.config import EnvConfig, Project
+from deploy.engine import group
+from deploy.engine.context import Context
+from deploy.engine.group import RolloutError, Target
+from deploy.engine.rollback_rules import (
+    RollbackPlan,
+    backup_for,
+    interrupted,
+    previous_good,
+    schema_plan,
+)
+from deploy.engine.steps import Step
+from deploy.errors import GuardRefused, ServiceError, UsageError
+from deploy.hosts import Host
+from deploy.runtime.native import NativeServices
+from deploy.state import Layout, history
+
+
+def _many(ctx: Context) -> bool:
+    """Several hosts, or a remote one: each host is driven over SSH and reported on its own."""
+    return bool(ctx.runtime.rolling_hosts)
+
+
+def _host(env: EnvConfig) -> Host:
+    return Host(secrets=env.secret_values())
+
+
+def make_plan(
+    proj: Project,
+    name: str,
+    *,
+    level: int,
+    to: str | None = None,
+    backup_id: str | None = None,
+    reset_data: bool = False,
+) -> RollbackPlan:
+    """Read the environment and decide every change; refuse here, before anything changes."""
+    host, layout = rolling.primary(proj, name)  # the plain setting: this machine, DATA_DIR
+    try:
+        return _make_plan(
+            proj,
+            name,
+            host,
+            layout,
+            level=level,
+            to=to,
+            backup_id=backup_id,
+            reset_data=reset_data,
+        )
+    finally:
+        if not host.is_local:
+            host.close()
+
+
+def _make_plan(
+    proj: Project,
+    name: str,
+    host: Host,
+    layout: Layout,
+    *,
+    level: int,
+    to: str | None,
+    backup_id: str | None,
+    reset_data: bool,
+) -> RollbackPlan:
+    env = proj.env(name)
+    multi = rolling.is_rolling(proj, name)
+    current = releases.current_release(host, layout)
+    if current is None:
+        raise UsageError(
+            f"{name} has no deployed release to roll back",
+            hint=f"deploy one with `inv {name}.deploy`",
+        )
+    entries = history(host, layout)
+    dead = interrupted(entries)
+    resumes = dead.get("id") if dead and dead.get("kind") == f"rollback-{level}" else None
+    p = RollbackPlan(level, name, current, current, resumes=resumes, reset_data=reset_data)
+    if level == 1:
+        return p
+    if level == 2:
+        existing = (
+            _on_every_host(rolling.targets(proj, name))
+            if multi
+            else set(releases.list_releases(host, layout))
+        )
+        p.target = _level2_target(
+            existing, entries, current=current, to=to, dead=dead if resumes else None
+        )
+        files = release_migration_files(host, layout, current)
+        target_files = release_migration_files(host, layout, p.target)
+        target_version = max((f.version for f in target_files), default=0)
+        rows = migrations.status(env.database_url, files, password=env.secret("POSTGRES_PASSWORD"))
+        p.schema = schema_plan(
+            files, [r.version for r in rows if r.state == "applied"], target_version=target_version
+        )
+        if p.schema.refused:
+            raise GuardRefused(
+                f"level 2 cannot go back to {p.target}: {', '.join(p.schema.missing_down)} "
+                "has no down file; level 3 (restore) is needed",
+                hint=f"`inv {name}.rollback --level 3` restores the backup taken before the deploy",
+            )
+        return p
+    from deploy import backup as backups
+
+    known = backups.list_backups(proj, name)
+    if not backup_id and resumes and dead and dead.get("backup"):
+        backup_id = str(dead["backup"])
+    chosen = (
+        backups.find(proj, name, backup_id)
+        if backup_id
+        else backup_for(entries, known, current=current)
+    )
+    if chosen is None:
+        raise GuardRefused(
+            f"no backup of {name} was taken before {current}",
+            hint=f"list them with `inv {name}.backups`; pick one with --backup ID",
+        )
+    target = chosen.get("release") or ""
+    present = (
+        target in _on_every_host(rolling.targets(proj, name))
+        if multi
+        else host.exists(layout.release(target))
+    )
+    if not target or not present:
+        gone = "is missing on some host" if multi else "is gone"
+        raise GuardRefused(
+            f"backup {chosen['id']} matches release {target or '(none)'}, whose directory {gone}",
+            hint="redeploy that release's commit, then restore with --backup ID",
+        )
+    p.backup, p.target = chosen, target
+    return p
+
+
+def order(proj: Project, name: str) -> str:
+    """The batches hosts go in, primary first and alone: "a | b, c"."""
+    todo = [t.name for t in rolling.targets(proj, name)]
+    groups = group.batches(todo, proj.policies[name].batch)
+    return " | ".join(", ".join(g) for g in groups) + f" (batch {proj.policies[name].batch!r})"
+
+
+def _on_every_host(todo: Sequence[Target]) -> set[str]:
+    """The releases present on every host: only those can serve everywhere."""
+    results = group.parallel(todo, lambda t: releases.list_releases(t.host, t.layout))
+    for t in todo:
+        t.host.close()
+    down = [f"{t.name} ({group.reason_of(exc)})" for t, _, exc, _ in results if exc]
+    if down:
+        raise ServiceError(
+            f"cannot read the releases of {'; '.join(down)}",
+            hint="every host must answer over SSH before a rollback",
+        )
+    sets = [set(rs or []) for _, rs, _, _ in results]
+    return set.intersection(*sets) if sets else set()
+
+
+def release_migration_files(host: Host, layout: Layout, rid: str) -> list[migrations.MigrationFile]:
+    """The migrations shipped in release rid on host; a remote host's are copied here first
+    (each file's text is kept in memory, so the copy can go)."""
+    if host.is_local:
+        return migrations.in_release(layout.release(rid))
+    directory = f"{layout.release(rid)}/app/migrations"
+    if not host.exists(directory):
+        raise ServiceError(
+            f"{host.name}: release {rid} has no app/migrations",
+            hint="the release directory is incomplete; deploy its commit again",
+        )
+    with tempfile.TemporaryDirectory(prefix="stageflow-migrations-") as tmp:
+        for fname in host.listdir(directory):
+            if fname.endswith(".sql"):
+                (Path(tmp) / fname).write_text(host.read_text(f"{directory}/{fname}") or "")
+        return migrations.discover(Path(tmp))
+
+
+def _level2_target(
+    existing: set[str],
+    entries: Sequence[Mapping[str, Any]],
+    *,
+    current: str,
+    to: str | None,
+    dead: Mapping[str, Any] | None,
+) -> str:
+    if to:
+        if to not in existing:
+            raise UsageError(
+                f"no release {to!r} on this host",
+                hint="`inv <env>.history` lists releases; pruned ones cannot come back",
+            )
+        if to == current:
+            raise UsageError(f"{to} is already serving", hint="level 1 restarts it")
+        return to
+    if dead and dead.get("release") in existing:
+        return str(dead["release"])  # finish what the killed rollback started
+    target = previous_good(entries, current=current, existing=frozenset(existing))
+    if target is None:
+        raise GuardRefused(
+            f"no previous good release of {current} is left on this host",
+            hint="name one with --to RELEASE, or restore with --level 3",
+        )
+    return target
+
+
+# -- acting --------------------------------------------------------------------------------------
+
+
+def retiring_pidfile(layout: Layout, rid: str, pid: int) -> str:
+    # still named app-*.pid so running_masters() tracks (and later drains) a master a kill orphaned
+    return f"{layout.run}/app-{rid}~{pid}.pid"
+
+
+def restart_release(
+    host: Host,
+    env: EnvConfig,
+    layout: Layout,
+    rel: releases.Release,
+    *,
+    workers: int,
+    bind: str = "127.0.0.1",
+) -> tuple[int | None, int]:
+    """A second master of the same release on the shared socket, then drain the first one.
+
+    gunicorn refuses to start while its pidfile names a live master, so the old pidfile moves
+    aside first; the listener keeps one accept queue, so no request is lost."""
+    old = releases.running_masters(host, layout).get(rel.id)
+    if old:
+        host.run(
+            [
+                "mv",
+                "-f",
+                releases.master_pidfile(layout, rel.id),
+                retiring_pidfile(layout, rel.id, old),
+            ]
+        )
+    new = releases.start(host, env, layout, rel, workers=workers, bind=bind)
+    releases.retire_others(host, layout, keep=rel.id)
+    return old, new
+
+
+def recreate_database(svc: NativeServices, env: EnvConfig) -> None:
+    """Drop the env's database (ending its sessions) and create it empty, owned by the app role."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(svc.admin_conninfo(), autocommit=True, connect_timeout=10) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(env.database.name)
+            )
+        )
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(env.database.name), sql.Identifier(env.database.user)
+            )
+        )
+
+
+def flush_redis(env: EnvConfig) -> None:
+    with redis_client(env, timeout_s=5) as client:
+        client.flushdb()
+
+
+def release_of(host: Host, layout: Layout, rid: str) -> releases.Release:
+    meta = releases.release_meta(host, layout, rid) or {}
+    return releases.Release(
+        rid, meta.get("commit", ""), meta.get("ref", ""), bool(meta.get("dirty"))
+    )
+
+
+def _smoke(env: EnvConfig, rid: str) -> str:
+    probes = smoke.run(env, expect_release=rid)
+    bad = smoke.failed(probes)
+    if bad:
+        raise ServiceError(
+            f"smoke failed after the rollback ({bad[0].name}: {bad[0].detail})",
+            hint="see the app log; try the next rollback level",
+        )
+    return f"{len(probes)} probes passed"
+
+
+def target_release(ctx: Context, p: RollbackPlan) -> releases.Release:
+    """The release the level leaves serving, read when a step first needs it."""
+    if ctx.release is None:
+        ctx.release = release_of(ctx.host, ctx.layout, p.target or "")
+    return ctx.release
+
+
+def _services(ctx: Context) -> NativeServices:
+    # PostgreSQL and Redis run on this machine even when the app runs on other hosts
+    return NativeServices(ctx.env, user_name=ctx.proj.service_user, host=_host(ctx.env))
+
+
+def restart_steps(ctx: Context, p: RollbackPlan, details: list[str]) -> list[Step]:
+    env, workers = ctx.env, ctx.policy.workers
+    steps = [
+        Step(
+            "services",
+            "start PostgreSQL or Redis only if one is down",
+            lambda: "; ".join(_services(ctx).restart_unhealthy()) or "postgres and redis healthy",
+        )
+    ]
+    if p.reset_data:
+        steps += [
+            Step(
+                "reset",
+                f"drop and recreate {env.database.name}; flush Redis db {env.redis.db}",
+                lambda: _reset(ctx),
+            ),
+            Step("migrate", "every migration of the serving release", lambda: _remigrate(ctx, p)),
+            Step(
+                "seed",
+                "the small deterministic seed (staging.seed --size small)",
+                lambda: _seed(ctx, details),
+            ),
+        ]
+    if _many(ctx):
+        return [
+            *steps,
+            Step(
+                "restart",
+                f"on {order(ctx.proj, env.name)}: a new master of {p.current} (x{workers}) on "
+                "each host's shared socket, drain the old one, health check",
+                lambda: _restart_hosts(ctx, target_release(ctx, p)),
+            ),
+        ]
+    return [
+        *steps,
+        Step(
+            "restart",
+            f"a new master of {p.current} (x{workers}), then drain the old one",
+            lambda: _restart_here(ctx, target_release(ctx, p)),
+        ),
+        Step("smoke", _SMOKE, lambda: _smoke(env, p.target or "")),
+    ]
+
+
+_SMOKE = "health, ready, version, identity, postgres, redis"
+
+
+def _reset(ctx: Context) -> str:
+    env = ctx.env
+    recreate_database(_services(ctx), env)
+    flush_redis(env)
+    return f"{env.database.name} recreated empty; redis db {env.redis.db} flushed"
+
+
+def _remigrate(ctx: Context, p: RollbackPlan) -> str:
+    env, rel = ctx.env, target_release(ctx, p)
+    done = migrations.migrate(
+        env.database_url,
+        release_migration_files(ctx.host, ctx.layout, rel.id),
+        release=rel.id,
+        applied_by=str(ctx.actor),
+        password=env.secret("POSTGRES_PASSWORD"),
+    )
+    ctx.applied = [f.version for f in done]
+    return f"applied {ctx.applied}"
+
+
+def _seed(ctx: Context, details: list[str]) -> str:
+    from deploy import seed
+
+    result = seed.seed(ctx.env, size="small")
+    details.append("data reset")
+    return f"seeded {result.inserted} notes"
+
+
+def _restart_here(ctx: Context, rel: releases.Release) -> str:
+    releases.write_app_env(ctx.host, ctx.env, ctx.layout)
+    old, new = restart_release(ctx.host, ctx.env, ctx.layout, rel, workers=ctx.policy.workers)
+    return f"master {new} serves {rel.id}" + (f"; drained {old}" if old else "")
+
+
+def _restart_hosts(ctx: Context, rel: releases.Release) -> str:
+    """Level 1 over every host: a new master of the same release on each, batch by batch."""
+    env, todo, policy = ctx.env, ctx.targets, ctx.policy
+
+    def restart_one(t: Target) -> str:
+        t.previous = rel.id
+        releases.write_app_env(t.host, env, t.layout)
+        old, new = restart_release(t.host, env, t.layout, rel, workers=policy.workers, bind=t.bind)
+        drained = f"; drained {old}" if old else ""
+        return f"master {new} serves {rel.id}{drained}; {rolling.probe(env, t, rel.id)}"
+
+    ctx.outcomes = group.roll(
+        env.name, todo, restart_one, batch=policy.batch, printer=ctx.printer, release=rel.id
+    )
+    failed = [o for o in ctx.outcomes if o.status == group.FAILED]
+    if failed:
+        ctx.print_outcomes()
+        raise RolloutError(
+            f"restart of {rel.id} stopped: {failed[0].host} failed ({failed[0].reason}); "
+            f"{group.summary(ctx.outcomes)}",
+            outcomes=ctx.outcomes,
+            hint=f"fix {failed[0].host}, then run the same rollback again",
+        )
+    groups = len(group.batches(todo, policy.batch))
+    return f"{len(todo)} hosts restarted {rel.id} ({groups} batches, batch {policy.batch!r})"
+
+
+def revert_schema(ctx: Context, p: RollbackPlan, details: list[str]) -> str:
+    env, schema = ctx.env, p.schema
+    assert schema is not None
+    if not schema.revert:
+        if schema.since:
+            details.append(f"schema kept (expand-only {list(schema.since)})")
+        return schema.describe()
+    # the serving release's files: the target predates the files whose downs must run
+    done = migrations.revert(
+        env.database_url,
+        release_migration_files(ctx.host, ctx.layout, p.current or ""),
+        to_version=schema.target_version,
+        release=target_release(ctx, p).id,
+        applied_by=str(ctx.actor),
+        password=env.secret("POSTGRES_PASSWORD"),
+    )
+    reverted = [f.version for f in done]
+    details.append(f"reverted migrations {reverted}")
+    return f"reverted {reverted}"
+
+
+def switch_steps(ctx: Context, p: RollbackPlan, *, restored: bool) -> list[Step]:
+    """Levels 2 and 3 once the data is done: the target release in front on every host."""
+    env, layout, workers, target = ctx.env, ctx.layout, ctx.policy.workers, p.target
+    if _many(ctx):
+        how = (
+            f"gunicorn x{workers} of {target} on each host's shared socket :{env.app_port}, in "
+            "batches, health check; a failing host is left stopped"
+            if restored
+            else f"on {order(ctx.proj, env.name)}: gunicorn x{workers} of {target} on each "
+            f"host's shared socket :{env.app_port}, switch, drain {p.current}, health check; a "
+            "failure switches the moved hosts back"
+        )
+        return [
+            Step(
+                "barrier",
+                f"{target} answers /readyz in-process on every host",
+                lambda: _hosts_ready(ctx, p, restored=restored),
+            ),
+            Step("switch", how, lambda: _switch_hosts(ctx, p, restored=restored)),
+        ]
+    on = f":{env.app_port}" if restored else f"the shared socket :{env.app_port}"
+    drain = "" if restored else f"; drain {p.current}"
+    return [
+        Step("barrier", f"{target} answers /readyz in-process", lambda: _barrier_here(ctx, p)),
+        Step("start", f"gunicorn x{workers} of {target} on {on}", lambda: _start_here(ctx, p)),
+        Step(
+            "switch", f"{layout.current} -> releases/{target}{drain}", lambda: _switch_here(ctx, p)
+        ),
+        Step("smoke", _SMOKE, lambda: _smoke(env, target or "")),
+    ]
+
+
+def _barrier_here(ctx: Context, p: RollbackPlan) -> str:
+    releases.write_app_env(ctx.host, ctx.env, ctx.layout)
+    releases.health_barrier(ctx.host, ctx.env, ctx.layout, target_release(ctx, p))
+    return "ready"
+
+
+def _start_here(ctx: Context, p: RollbackPlan) -> str:
+    rel = target_release(ctx, p)
+    return f"master pid {releases.start(ctx.host, ctx.env, ctx.layout, rel, workers=ctx.policy.workers)}"
+
+
+def _switch_here(ctx: Context, p: RollbackPlan) -> str:
+    rid = target_release(ctx, p).id
+    releases.switch(ctx.host, ctx.layout, rid)
+    retired = releases.retire_others(ctx.host, ctx.layout, keep=rid)
+    return f"serving {rid}" + (f"; drained {', '.join(retired)}" if retired else "")
+
+
+def _hosts_ready(ctx: Context, p: RollbackPlan, *, restored: bool) -> str:
+    """Levels 2 and 3 over every host once the data is done: a barrier on each first."""
+    env, todo, rel = ctx.env, ctx.targets, target_release(ctx, p)
+
+    def ready(t: Target) -> str:
+        # where a failure sends the host back; after a restore there is no such place
+        t.previous = None if restored else releases.current_release(t.host, t.layout)
+        releases.write_app_env(t.host, env, t.layout)
+        releases.health_barrier(t.host, env, t.layout, rel)
+        return "ready"
+
+    try:
+        group.on_every_host(todo, ready, phase="barrier", subject=rel.id, hint=_retry(ctx, p))
+    except RolloutError as err:
+        ctx.outcomes = list(err.outcomes)
+        ctx.print_outcomes()
+        raise
+    return f"{rel.id} ready on {len(todo)} hosts"
+
+
+def _retry(ctx: Context, p: RollbackPlan) -> str:
+    return f"fix that host, then `inv {ctx.env.name}.rollback --level {p.level}` again"
+
+
+def _switch_hosts(ctx: Context, p: RollbackPlan, *, restored: bool) -> str:
+    """Then switch in batches with the first-host barrier. Level 2: a failing host sends the
+    hosts already moved back to what they served. Level 3 (restored): nothing goes back, because
+    the release before the restore expects data that is gone; a failing host is left stopped and
+    the freeze stays until a human looks."""
+    env, todo, policy, rel = ctx.env, ctx.targets, ctx.policy, target_release(ctx, p)
+    try:
+        ctx.outcomes = rolling.switch_hosts(
+            ctx.proj, env.name, rel.id, hosts=todo, batch=policy.batch, printer=ctx.printer
+        )
+    except RolloutError as err:
+        failed = [o for o in err.outcomes if o.status == group.FAILED]
+        culprit = failed[0] if failed else err.outcomes[0]
+        if restored:
+            ctx.outcomes = list(err.outcomes)
+            what = f"{env.name} is restored but {culprit.host} failed to start {rel.id}"
+            after = "it stays frozen"
+        else:
+            ctx.outcomes = rolling.switch_back(
+                env, todo, err.outcomes, workers=policy.workers, printer=ctx.printer,
+                why=f"{culprit.host} failed",
+            )  # fmt: skip
+            kept = "; the schema stays reverted" if p.schema and p.schema.revert else ""
+            what = f"rollback of {env.name} to {rel.id} stopped: {culprit.host} failed"
+            after = f"the hosts already moved were switched back{kept}"
+        ctx.print_outcomes()
+        raise RolloutError(
+            f"{what} ({culprit.reason}); {after}; {group.summary(ctx.outcomes)}",
+            outcomes=ctx.outcomes,
+            hint=_retry(ctx, p).replace("that host", culprit.host),
+        ) from None
+    groups = len(group.batches(todo, policy.batch))
+    return f"{len(todo)} hosts serve {rel.id} ({groups} batches, batch {policy.batch!r})"
+
+
+def restore(ctx: Context, p: RollbackPlan, details: list[str]) -> str:
+    from deploy import backup as backups
+
+    info = p.backup or {}
+    recreate_database(_services(ctx), ctx.env)
+    done = backups.restore(ctx.proj, ctx.env.name, info["id"], actor=str(ctx.actor))
+    details.append(f"restored backup {info['id']}; frozen")
+    version = info.get("ledger_version")
+    return f"{info['id']} restored in {done['restore_s']:.2f}s (ledger version {version})"
