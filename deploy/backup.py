@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -168,3 +170,72 @@ def prune(
         for suffix in (".dump", ".json"):
             (Path(layout.backups) / f"{b['id']}{suffix}").unlink(missing_ok=True)
     return [b["id"] for b in drop]
+
+
+# -- what `inv <env>.backup` and `inv <env>.backups` answer ---------------------------------------
+
+
+@dataclass(frozen=True)
+class TakenBackup:
+    """A backup taken on request, the release that served when it was taken ("" before the first
+    deploy) and, when asked for, its restore check (rollback.verify_backup)."""
+
+    info: dict[str, Any]
+    serving: str
+    verify: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.info, "verify": self.verify}
+
+    def summary(self) -> str:
+        return (
+            f"backup {self.info['id']} ({self.info['size_bytes'] / 1e6:.2f} MB, ledger version "
+            f"{self.info['ledger_version']}, release {self.serving or '-'})"
+        )
+
+    def verify_rows(self) -> Iterator[tuple[Any, ...]]:
+        for r in (self.verify or {}).get("tables", []):
+            yield (r["table"], r["backup"], r["live"], "ok" if r["same"] else "DIFFERS")
+
+    def require_same(self) -> None:
+        """Refuse (ServiceError) a backup whose restore check found other row counts."""
+        if self.verify and not self.verify["ok"]:
+            raise ServiceError(
+                f"backup {self.info['id']} row counts differ from the live database",
+                hint="writes during the backup? take another and verify it",
+            )
+
+
+def take_now(
+    proj: Project, name: str, *, actor: str, reason: str, verify: bool = False
+) -> TakenBackup:
+    """Back up `name` now, labelled with its serving release; with verify, restore the dump into
+    a scratch database and compare row counts with the live one."""
+    from deploy import releases, rolling
+    from deploy.rollback import verify_backup
+
+    host, layout = rolling.primary(proj, name)
+    try:
+        current = releases.current_release(host, layout) or ""
+    finally:
+        host.close()
+    info = take(proj, name, actor=actor, release=current, reason=reason)
+    checked = verify_backup(proj, name, info["id"]) if verify else None
+    return TakenBackup(info=info, serving=current, verify=checked)
+
+
+BACKUP_COLUMNS = ("id", "time", "release", "ledger", "size", "actor", "reason")
+
+
+def backup_rows(found: list[dict[str, Any]]) -> Iterator[tuple[Any, ...]]:
+    """One table row per backup's metadata, in BACKUP_COLUMNS order."""
+    for b in found:
+        yield (
+            b["id"],
+            b.get("time"),
+            b.get("release") or "-",
+            b.get("ledger_version"),
+            f"{b.get('size_bytes', 0) / 1e6:.2f} MB",
+            b.get("actor"),
+            b.get("reason"),
+        )

@@ -7,8 +7,9 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from deploy.actors import Actor
 from deploy.config import SECRET_KEYS, EnvConfig, HostSpec, Project, host_spec
-from deploy.errors import GuardRefused
+from deploy.errors import GuardRefused, UsageError
 
 
 @dataclass(frozen=True)
@@ -162,3 +163,27 @@ def environment_checks(
         ("isolation", lambda: isolation(project, target)),
         ("posture", lambda: production_posture(env)),
     ]
+
+
+def preflight(
+    project: Project,
+    target: str,
+    process_env: Mapping[str, str],
+    *,
+    request: str | None = None,
+    actor: Actor | None = None,
+    break_glass: str = "",
+) -> list[Check]:
+    """The environment's guards; with a prod request id, also every promotion rule a deploy of
+    that request would meet (as `actor`, with `break_glass`). Read-only."""
+    checks = run_checks(environment_checks(project, target, process_env))
+    if request is not None:
+        from deploy import promotion
+
+        if target != "prod":
+            raise UsageError("--request is for prod", hint="requests promote to prod only")
+        if actor is None:  # a caller's mistake, not the operator's
+            raise ValueError("a request's rules need the actor who would deploy it")
+        req = promotion.load(project, request)
+        checks += run_checks(promotion.checks(project, req, actor=actor, break_glass=break_glass))
+    return checks

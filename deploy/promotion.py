@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -622,3 +623,20 @@ def deploy(
     req["deployed"] = {"time": utc_now(), "release": result["release"], "actor": actor.name}
     save(proj, req)
     return result
+
+
+REQUEST_COLUMNS = ("id", "ref", "commit", "requester", "approvals", "status", "risk")
+
+
+def request_rows(reqs: list[dict[str, Any]]) -> Iterator[tuple[Any, ...]]:
+    """One table row per request, in REQUEST_COLUMNS order."""
+    for r in reqs:
+        yield (
+            r["id"],
+            r["ref"],
+            r["commit"][:12],
+            r["requester"]["name"],
+            ", ".join(a["actor"] for a in r["approvals"]) or "-",
+            r["status"],
+            r.get("risk", ""),
+        )

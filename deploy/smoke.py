@@ -7,12 +7,12 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from deploy.clients import redis_client
-from deploy.config import EnvConfig
+from deploy.config import EnvConfig, Project
 
 
 @dataclass(frozen=True)
@@ -151,3 +151,41 @@ def run(
 
 def failed(probes: list[Probe]) -> list[Probe]:
     return [p for p in probes if not p.ok]
+
+
+def probe_serving(
+    proj: Project, name: str, *, process_env: Mapping[str, str] | None = None
+) -> list[Probe]:
+    """Probe every host of `name` for its serving release, each on its own address from this
+    machine (a probe through one address that misses a host proves nothing about it); probes are
+    named "<host>: <probe>" when there are several hosts. Staging adds its profile checks."""
+    from deploy import releases, rolling
+
+    host, layout = rolling.primary(proj, name)
+    try:
+        current = releases.current_release(host, layout)
+    finally:
+        host.close()
+    env = proj.env(name)
+    if rolling.is_rolling(proj, name):
+        probes = [
+            replace(p, name=f"{t.name}: {p.name}")
+            for t in rolling.targets(proj, name)
+            for p in run(env, expect_release=current, host=t.bind)
+        ]
+    else:
+        probes = run(env, expect_release=current)
+    if name == "staging":
+        from deploy.staging import profile_checks
+
+        probes += profile_checks(proj, name, process_env=process_env)
+    return probes
+
+
+def require_passed(probes: list[Probe]) -> None:
+    """Raise RolledBack (its exit code) naming the first failed probe."""
+    bad = failed(probes)
+    if bad:
+        from deploy.errors import RolledBack
+
+        raise RolledBack(f"smoke failed: {bad[0].name}: {bad[0].detail}")
