@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -154,3 +156,139 @@ def prune(
         for suffix in (".dump", ".json"):
             (Path(layout.backups) / f"{b['id']}{suffix}").unlink(missing_ok=True)
     return [b["id"] for b in drop]
+
+
+# -- what `inv <env>.backup` and `inv <env>.backups` answer ---------------------------------------
+
+
+@dataclass(frozen=True)
+class TakenBackup:
+    """A backup taken on request, the release that served when it was taken ("" before the first
+    deploy) and, when asked for, its restore check (verify_backup)."""
+
+    info: dict[str, Any]
+    serving: str
+    verify: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.info, "verify": self.verify}
+
+    def summary(self) -> str:
+        return (
+            f"backup {self.info['id']} ({self.info['size_bytes'] / 1e6:.2f} MB, ledger version "
+            f"{self.info['ledger_version']}, release {self.serving or '-'})"
+        )
+
+    def verify_rows(self) -> Iterator[tuple[Any, ...]]:
+        for r in (self.verify or {}).get("tables", []):
+            yield (r["table"], r["backup"], r["live"], "ok" if r["same"] else "DIFFERS")
+
+    def require_same(self) -> None:
+        """Refuse (ServiceError) a backup whose restore check found other row counts."""
+        if self.verify and not self.verify["ok"]:
+            raise ServiceError(
+                f"backup {self.info['id']} row counts differ from the live database",
+                hint="writes during the backup? take another and verify it",
+            )
+
+
+def take_now(
+    proj: Project, name: str, *, actor: str, reason: str, verify: bool = False
+) -> TakenBackup:
+    """Back up `name` now, labelled with its serving release; with verify, restore the dump into
+    a scratch database and compare row counts with the live one."""
+    from deploy import releases, rolling
+
+    host, layout = rolling.primary(proj, name)
+    try:
+        current = releases.current_release(host, layout) or ""
+    finally:
+        host.close()
+    info = take(proj, name, actor=actor, release=current, reason=reason)
+    checked = verify_backup(proj, name, info["id"]) if verify else None
+    return TakenBackup(info=info, serving=current, verify=checked)
+
+
+BACKUP_COLUMNS = ("id", "time", "release", "ledger", "size", "actor", "reason")
+
+
+def backup_rows(found: list[dict[str, Any]]) -> Iterator[tuple[Any, ...]]:
+    """One table row per backup's metadata, in BACKUP_COLUMNS order."""
+    for b in found:
+        yield (
+            b["id"],
+            b.get("time"),
+            b.get("release") or "-",
+            b.get("ledger_version"),
+            f"{b.get('size_bytes', 0) / 1e6:.2f} MB",
+            b.get("actor"),
+            b.get("reason"),
+        )
+
+
+def _table_counts(dsn: str) -> dict[str, int]:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
+            )
+        ]
+        return {
+            t: int(
+                conn.execute(
+                    sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))
+                ).fetchone()[0]
+            )
+            for t in tables
+        }  # type: ignore[index]
+
+
+def verify_backup(proj: Project, name: str, backup_id: str) -> dict[str, Any]:
+    """Restore a backup into a scratch database and compare its tables' row counts with the live
+    database's; the scratch database is always dropped."""
+    if proj.policies[name].runtime == "compose":  # the same, inside the postgres container
+        from deploy import compose_ops
+
+        return compose_ops.verify_backup(proj, name, backup_id)
+    import psycopg
+    from psycopg import sql
+
+    env = proj.env(name)
+    info = find(proj, name, backup_id)
+    layout = Layout(str(env.data_dir))
+    dump = Path(layout.backups) / info["file"]
+    if not dump.exists() or sha256_file(dump) != info["sha256"]:
+        raise ServiceError(
+            f"backup {backup_id} is missing or its checksum does not match",
+            hint=f"take a new one with `inv {name}.backup`",
+        )
+    svc = NativeServices(env, user_name=proj.service_user)
+    scratch = f"{env.database.name}_verify_{os.getpid()}"
+    admin = svc.admin_conninfo()
+    with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
+    try:
+        Host(secrets=env.secret_values()).run(
+            restore_argv(pg_bin_dir(), svc.admin_conninfo(scratch), str(dump)), timeout=7200
+        )
+        restored = _table_counts(svc.admin_conninfo(scratch))
+        live = _table_counts(svc.admin_conninfo(env.database.name))
+    finally:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch))
+            )
+    rows = [
+        {
+            "table": t,
+            "backup": restored.get(t),
+            "live": live.get(t),
+            "same": restored.get(t) == live.get(t),
+        }
+        for t in sorted(set(restored) | set(live))
+    ]
+    return {"id": backup_id, "ok": all(r["same"] for r in rows), "tables": rows}

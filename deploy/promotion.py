@@ -11,7 +11,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -711,3 +711,42 @@ def deploy(
     req["deployed"] = {"time": utc_now(), "release": result["release"], "actor": actor.name}
     save(proj, req)
     return result
+
+
+REQUEST_COLUMNS = ("id", "ref", "commit", "requester", "approvals", "status", "risk")
+
+
+def request_rows(reqs: list[dict[str, Any]]) -> Iterator[tuple[Any, ...]]:
+    """One table row per request, in REQUEST_COLUMNS order."""
+    for r in reqs:
+        yield (
+            r["id"],
+            r["ref"],
+            r["commit"][:12],
+            r["requester"]["name"],
+            ", ".join(a["actor"] for a in r["approvals"]) or "-",
+            r["status"],
+            r.get("risk", ""),
+        )
+
+
+def preflight(
+    project: Project,
+    target: str,
+    process_env: Mapping[str, str],
+    *,
+    request: str | None = None,
+    actor: Actor | None = None,
+    break_glass: str = "",
+) -> list[guards.Check]:
+    """The environment's guards; with a prod request id, also every promotion rule a deploy of
+    that request would meet (as `actor`, with `break_glass`). Read-only."""
+    found = guards.run_checks(guards.environment_checks(project, target, process_env))
+    if request is not None:
+        if target != "prod":
+            raise UsageError("--request is for prod", hint="requests promote to prod only")
+        if actor is None:  # a caller's mistake, not the operator's
+            raise ValueError("a request's rules need the actor who would deploy it")
+        req = load(project, request)
+        found += guards.run_checks(checks(project, req, actor=actor, break_glass=break_glass))
+    return found

@@ -4,18 +4,14 @@ one, a backup restored into a scratch database, an interrupted operation, the fr
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 from deploy import notify, releases, rolling
 from deploy.actors import Actor
 from deploy.config import Project
 from deploy.engine.rollback_rules import previous_good
-from deploy.errors import GuardRefused, ServiceError, UsageError
-from deploy.hosts import Host
-from deploy.runtime.native import NativeServices
-from deploy.state import DeployLock, Layout, audit, history, sha256_file
+from deploy.errors import GuardRefused, UsageError
+from deploy.state import DeployLock, audit, history
 
 
 def unfreeze(proj: Project, name: str, *, actor: Actor, reason: str) -> dict[str, Any] | None:
@@ -82,77 +78,6 @@ def verify_serving(proj: Project, name: str, *, window_s: float | None = None) -
         "summary": verdict.summary,
         "numbers": verdict.numbers,
     }
-
-
-def _table_counts(dsn: str) -> dict[str, int]:
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-        tables = [
-            r[0]
-            for r in conn.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
-            )
-        ]
-        return {
-            t: int(
-                conn.execute(
-                    sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))
-                ).fetchone()[0]
-            )
-            for t in tables
-        }  # type: ignore[index]
-
-
-def verify_backup(proj: Project, name: str, backup_id: str) -> dict[str, Any]:
-    """Restore a backup into a scratch database and compare its tables' row counts with the live
-    database's; the scratch database is always dropped."""
-    if proj.policies[name].runtime == "compose":  # the same, inside the postgres container
-        from deploy import compose_ops
-
-        return compose_ops.verify_backup(proj, name, backup_id)
-    import psycopg
-    from psycopg import sql
-
-    from deploy import backup as backups
-    from deploy.runtime.native import pg_bin_dir
-
-    env = proj.env(name)
-    info = backups.find(proj, name, backup_id)
-    layout = Layout(str(env.data_dir))
-    dump = Path(layout.backups) / info["file"]
-    if not dump.exists() or sha256_file(dump) != info["sha256"]:
-        raise ServiceError(
-            f"backup {backup_id} is missing or its checksum does not match",
-            hint=f"take a new one with `inv {name}.backup`",
-        )
-    svc = NativeServices(env, user_name=proj.service_user)
-    scratch = f"{env.database.name}_verify_{os.getpid()}"
-    admin = svc.admin_conninfo()
-    with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
-    try:
-        Host(secrets=env.secret_values()).run(
-            backups.restore_argv(pg_bin_dir(), svc.admin_conninfo(scratch), str(dump)), timeout=7200
-        )
-        restored = _table_counts(svc.admin_conninfo(scratch))
-        live = _table_counts(svc.admin_conninfo(env.database.name))
-    finally:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch))
-            )
-    rows = [
-        {
-            "table": t,
-            "backup": restored.get(t),
-            "live": live.get(t),
-            "same": restored.get(t) == live.get(t),
-        }
-        for t in sorted(set(restored) | set(live))
-    ]
-    return {"id": backup_id, "ok": all(r["same"] for r in rows), "tables": rows}
 
 
 def interruption(proj: Project, name: str) -> dict[str, Any] | None:

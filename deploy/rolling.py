@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from deploy import releases, smoke
@@ -323,3 +324,24 @@ def _hosts_status(proj: Project, name: str) -> dict[str, Any]:
         "serving": rows[0]["serving"],
         "hosts": rows,
     }
+
+
+def probe_serving(proj: Project, name: str) -> list[smoke.Probe]:
+    """Probe every host of `name` for its serving release, each on its own address from this
+    machine (a probe through one address that misses a host proves nothing about it); probes are
+    named "<host>: <probe>" when there are several hosts."""
+    host, layout = primary(proj, name)
+    try:
+        current = releases.current_release(host, layout)
+    finally:
+        host.close()
+    env = proj.env(name)
+    if is_rolling(proj, name):
+        probes = [
+            replace(p, name=f"{t.name}: {p.name}")
+            for t in targets(proj, name)
+            for p in smoke.run(env, expect_release=current, host=t.bind)
+        ]
+    else:
+        probes = smoke.run(env, expect_release=current)
+    return probes

@@ -171,3 +171,12 @@ def run(
 
 def failed(probes: list[Probe]) -> list[Probe]:
     return [p for p in probes if not p.ok]
+
+
+def require_passed(probes: list[Probe]) -> None:
+    """Raise RolledBack (its exit code) naming the first failed probe."""
+    bad = failed(probes)
+    if bad:
+        from deploy.errors import RolledBack
+
+        raise RolledBack(f"smoke failed: {bad[0].name}: {bad[0].detail}")

@@ -716,3 +716,24 @@ def profile_checks(
     finally:
         for t in todo:
             t.host.close()
+
+
+def refresh_summary(result: dict[str, Any]) -> tuple[str, list[tuple[Any, ...]], str]:
+    """What `refresh` returned, for people: (title, [(table, rows, anonymized rows)], the values
+    still equal to the source's, or "not anonymized")."""
+    title = f"refreshed from {result['source']} backup {result['backup']}" + (
+        " (fresh dump)" if result["fresh_dump"] else ""
+    )
+    rows = [(t, n, result["updated"].get(t, "-")) for t, n in result["rows"].items()]
+    leaks = ", ".join(f"{k} {v}" for k, v in result["leaks"].items()) or "not anonymized"
+    return title, rows, leaks
+
+
+def smoke_probes(
+    proj: Project, name: str, *, process_env: Mapping[str, str] | None = None
+) -> list[Probe]:
+    """`inv <env>.smoke`: the serving release probed on every host; staging adds its profile."""
+    probes = rolling.probe_serving(proj, name)
+    if name == "staging":
+        probes += profile_checks(proj, name, process_env=process_env)
+    return probes

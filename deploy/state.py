@@ -8,6 +8,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -291,3 +292,55 @@ def find_backup(backups: list[dict[str, Any]], backup_id: str, *, env: str) -> d
     raise UsageError(
         f"no backup {backup_id!r} in {env}", hint=f"list them with `inv {env}.backups`"
     )
+
+
+# -- what `inv <env>.lock` and `inv <env>.history` answer --------------------------------------
+
+
+def use_lock(
+    lock: DeployLock, *, actor: str, release: bool = False, force: bool = False, reason: str = ""
+) -> str:
+    """Show the lock, release the caller's own (release), or break anyone's (force, audited);
+    returns what happened, as the operator reads it."""
+    if force:
+        broken = lock.force_release(actor=actor, reason=reason)  # refuses a blank reason first
+        return f"lock {'released (audited)' if broken else 'was not held'}"
+    info = lock.holder()
+    if release:
+        # someone else's live lock is theirs: only --force (with its audited reason) breaks it
+        if info and info.who != actor and not lock.is_stale(info):
+            raise UsageError(
+                f"the lock is {info.describe()}", hint="use --force --reason if it is stuck"
+            )
+        if info:
+            lock.force_release(actor=actor, reason="released by holder")
+        return "lock released"
+    if info is None:
+        return "lock free"
+    stale = " (STALE: its process is gone; --force --reason releases it)"
+    return f"lock {info.describe()}{stale if lock.is_stale(info) else ''}"
+
+
+def recent_history(host: Host, layout: Layout, *, limit: int) -> list[dict[str, Any]]:
+    """The last `limit` entries, newest first."""
+    return history(host, layout)[-limit:][::-1]
+
+
+HISTORY_COLUMNS = ("Date", "Version", "Type", "Status", "Rollback", "Duration", "Notes")
+
+
+def history_rows(entries: list[dict[str, Any]]) -> Iterator[tuple[str, ...]]:
+    """One table row per entry, in HISTORY_COLUMNS order."""
+    for e in entries:
+        notes = (f"migrations {e['migrations']} " if e.get("migrations") else "") + (
+            e.get("notes") or ""
+        )
+        yield (
+            e.get("time", ""),
+            f"{e.get('release') or '-'} ({(e.get('ref') or '')[:20]})",
+            e.get("kind", ""),
+            e.get("status", ""),
+            "yes" if str(e.get("kind", "")).startswith("rollback") else "N/A",
+            f"{e.get('duration_s', 0):.2f}s",
+            notes,
+        )

@@ -67,3 +67,16 @@ def guarded(proj: Project, name: str) -> list[guards.Check]:
     checks = preflight(proj, name)
     guards.require(checks)
     return checks
+
+
+def seconds(value: object, flag: str, *, maximum: float) -> float:
+    """A flag that must be a number of seconds, 0 < s <= maximum: bad text is a usage error."""
+    try:
+        out = float(str(value))
+    except ValueError:
+        raise UsageError(
+            f"{flag} {value} is not a number of seconds", hint=f"e.g. {flag} 30"
+        ) from None
+    if not 0 < out <= maximum:
+        raise UsageError(f"{flag} {value} is out of range", hint=f"give 0 < seconds <= {maximum:g}")
+    return out

@@ -9,8 +9,8 @@ from invoke import Collection, Task, task
 
 from deploy import environment, guards
 from deploy.errors import UsageError
-from deploy.output import mark, print_json, print_table, say
-from deploy.tasks._common import actor, edge, env_name, guarded, preflight, project
+from deploy.output import mark, print_json, print_table, say, show
+from deploy.tasks._common import actor, edge, env_name, guarded, project
 
 
 @task(
@@ -23,30 +23,20 @@ from deploy.tasks._common import actor, edge, env_name, guarded, preflight, proj
 @edge
 def preflight_(c, json=False, request=None, break_glass=""):
     """Run this environment's guards and print them as a table; changes nothing."""
+    from deploy import promotion
+
     name = env_name(c)
-    proj = project()
-    checks = preflight(proj, name)
-    if request is not None:
-        from deploy import guards, promotion
-
-        if name != "prod":
-            raise UsageError("--request is for prod", hint="requests promote to prod only")
-        req = promotion.load(proj, request)
-        checks += guards.run_checks(
-            promotion.checks(proj, req, actor=actor(), break_glass=break_glass)
-        )
-    if json:
-        print_json([ch.to_dict() for ch in checks])
-    else:
-        print_table(
-            f"{name} preflight",
-            ["check", "verdict", "detail"],
-            [(ch.name, mark(ch.ok), ch.detail) for ch in checks],
-        )
-    if not all(ch.ok for ch in checks):
-        from deploy.guards import require
-
-        require(checks)
+    checks = promotion.preflight(project(), name, os.environ, request=request,
+                                 actor=actor() if request is not None else None,  # its rules only
+                                 break_glass=break_glass)  # fmt: skip
+    show(
+        [ch.to_dict() for ch in checks],
+        as_json=json,
+        title=f"{name} preflight",
+        columns=["check", "verdict", "detail"],
+        rows=((ch.name, mark(ch.ok), ch.detail) for ch in checks),
+    )
+    guards.require(checks)
 
 
 @task
@@ -138,6 +128,8 @@ def _own_copy(t: Task, env: str) -> Task:
     `inv dev.up staging.up` would otherwise run only the first."""
     twin = copy.copy(t)
     twin._name = f"{env}.{t.name}"
+    # invoke consumes a task's help dict while building its parser: each twin needs its own
+    twin.help = dict(t.help)
     return twin
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from invoke import task
 
 from deploy import promotion
-from deploy.output import print_json, print_table, say
+from deploy.output import say, show
 from deploy.tasks._common import actor, edge, project
 
 
@@ -51,24 +51,12 @@ def reject(c, id, reason=""):
 def requests(c, json=False):
     """List deployment requests: ref, commit, requester, approvals, status."""
     reqs = promotion.all_requests(project())
-    if json:
-        print_json(reqs)
-        return
-    print_table(
-        "prod requests",
-        ["id", "ref", "commit", "requester", "approvals", "status", "risk"],
-        [
-            (
-                r["id"],
-                r["ref"],
-                r["commit"][:12],
-                r["requester"]["name"],
-                ", ".join(a["actor"] for a in r["approvals"]) or "-",
-                r["status"],
-                r.get("risk", ""),
-            )
-            for r in reqs
-        ],
+    show(
+        reqs,
+        as_json=json,
+        title="prod requests",
+        columns=promotion.REQUEST_COLUMNS,
+        rows=promotion.request_rows(reqs),
     )
 
 

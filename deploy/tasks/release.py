@@ -1,4 +1,7 @@
-"""Release tasks: the release gate and its maturity stages."""
+"""Release tasks: the release gate and its maturity stages.
+
+The gate engine (psycopg, rich) is imported inside the gate task, so `inv --list` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,7 @@ from pathlib import Path
 from invoke import Collection, task
 
 from deploy.config import find_root, load_policy_file
-from deploy.output import print_json, print_table, say
-from deploy.secrets import Secret
+from deploy.output import print_json, print_table
 from deploy.tasks._common import actor, edge
 
 
@@ -25,32 +27,20 @@ from deploy.tasks._common import actor, edge
 @edge
 def gate(c, ref=None, db_url=None, no_cache=False, break_glass=None, json=False, only=None):
     """Run the release gates for a ref's maturity stage; exit 5 when a required gate fails."""
-    # the gate engine imports psycopg and rich: load it when a gate runs, not for `inv --list`
-    from deploy.gates import runner
-    from deploy.gates.report import Board, results_table
+    from deploy.gates import runner, session
 
-    who = actor()
-    request = runner.GateRequest(
-        root=find_root(Path.cwd()),
+    report = session.watch(
+        find_root(Path.cwd()),
+        actor(),
         ref=ref,
-        db_url=Secret(db_url) if db_url else None,
+        db_url=db_url,
         use_cache=not no_cache,
         break_glass=break_glass,
-        only=tuple(g.strip() for g in (only or "").split(",") if g.strip()),
-        actor=who.name,
-        actor_is_human=who.is_human,
+        only=only,
+        json_on_stdout=json,
     )
-    stage, ref_name, commit, _, gates = runner.plan(request)
-    board = Board(gates, console=_console(stderr=json))
-    if not json:
-        say(f"release gate: {ref_name} @ {commit[:12]} is stage {stage.name}")
-    with board:
-        report = runner.run(request, on_start=board.started, on_finish=board.finished)
     if json:
         print_json(report.to_dict())
-    else:
-        board.console.print(results_table(report))
-        say(f"verdict: {report.verdict} (dist/release-gate/{report.stem}.md)")
     runner.enforce(report)
 
 
@@ -71,14 +61,6 @@ def stages(c, json=False):
         columns,
         [(g, *(r["gates"].get(g, "-") for r in rows)) for g in gates],
     )
-
-
-def _console(*, stderr: bool):
-    from rich.console import Console
-
-    console = Console(stderr=stderr)
-    # Piped output still deserves readable summaries rather than rich's 80-column default.
-    return console if console.is_terminal else Console(stderr=stderr, width=160)
 
 
 ns = Collection("release", gate, stages)

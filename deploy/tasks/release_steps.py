@@ -6,15 +6,12 @@ use them, so `inv --list` stays fast.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 from invoke import task
 
-from deploy import guards, releases, smoke
-from deploy.errors import RolledBack, UsageError
-from deploy.output import print_json, print_table, say
-from deploy.state import DeployLock, history
+from deploy import guards, releases, smoke, state
+from deploy.output import print_json, print_table, say, show
 from deploy.tasks._common import actor, edge, env_name, guarded, preflight, project, whole
 
 
@@ -97,19 +94,6 @@ def _print_hooks(proj, name):
     )
 
 
-def _files_and_url(name):
-    from deploy import migrations, rolling
-    from deploy.runtime.native_rollback import release_migration_files
-
-    proj = project()
-    env = proj.env(name)
-    host, layout = rolling.primary(proj, name)  # the serving release's files, on the primary
-    current = releases.current_release(host, layout)
-    if current:
-        return proj, env, release_migration_files(host, layout, current)
-    return proj, env, migrations.in_release(str(proj.root))
-
-
 @task(
     help={
         "to": "migrate up to this version only",
@@ -121,35 +105,18 @@ def _files_and_url(name):
 @edge
 def migrate(c, to=None, dry_run=False, resolve=None, mark=""):
     """Apply pending migrations of the serving release (or the working tree before the first deploy)."""
-    from deploy import migrations
+    from deploy import env_migrations
 
-    name = env_name(c)
-    proj, env, files = _files_and_url(name)
+    name, proj = env_name(c), project()
     if not dry_run:
         guarded(proj, name)
-    password = env.secret("POSTGRES_PASSWORD")
     if resolve is not None:
-        if mark not in ("applied", "reverted"):
-            raise UsageError("--resolve needs --mark applied or --mark reverted")
-        migrations.resolve_failed(
-            env.database_url,
-            files,
-            version=whole(resolve, "--resolve", minimum=1),
-            state=mark,
-            applied_by=str(actor()),
-            password=password,
-        )
+        version = whole(resolve, "--resolve", minimum=1)
+        env_migrations.resolve(proj, name, version=version, state=mark, actor=str(actor()))
         say(f"{name}: migration {resolve} marked {mark}")
         return
     target = whole(to, "--to", minimum=1) if to is not None else None
-    done = migrations.migrate(
-        env.database_url,
-        files,
-        target=target,
-        dry_run=dry_run,
-        applied_by=str(actor()),
-        password=password,
-    )
+    done = env_migrations.migrate(proj, name, target=target, dry_run=dry_run, actor=str(actor()))
     verb = "would apply" if dry_run else "applied"
     say(f"{name}: {verb} {[f.version for f in done] or 'nothing'}")
 
@@ -158,31 +125,20 @@ def migrate(c, to=None, dry_run=False, resolve=None, mark=""):
 @edge
 def migrations_(c, json=False):
     """Show each migration: applied or pending, when, by whom, drift."""
-    from deploy import migrations
+    from deploy import env_migrations
 
     name = env_name(c)
-    proj, env, files = _files_and_url(name)
-    rows = migrations.status(env.database_url, files, password=env.secret("POSTGRES_PASSWORD"))
-    if json:
-        print_json([r.to_dict() if hasattr(r, "to_dict") else r.__dict__ for r in rows])
-        return
-    print_table(
-        f"{name} migrations",
-        ["version", "name", "state", "applied at", "release", "drift"],
-        [
+    rows = env_migrations.status(project(), name)
+    show(
+        [r.to_dict() if hasattr(r, "to_dict") else r.__dict__ for r in rows],
+        as_json=json,
+        title=f"{name} migrations",
+        columns=["version", "name", "state", "applied at", "release", "drift"],
+        rows=(
             (r.version, r.name, r.state, r.applied_at, r.release, "DRIFT" if r.drift else "")
             for r in rows
-        ],
+        ),
     )
-
-
-def _smoke_addresses(proj, name):
-    """(label, address) of every host to probe: ("", loopback) on a single local host."""
-    from deploy import rolling
-
-    if not rolling.is_rolling(proj, name):
-        return [("", "127.0.0.1")]
-    return [(t.name, t.bind) for t in rolling.targets(proj, name)]
 
 
 @task(help={"json": "print the probes as JSON"})
@@ -190,30 +146,17 @@ def _smoke_addresses(proj, name):
 def smoke_(c, json=False):
     """Probe the serving release: health, ready, version, identity, postgres, redis."""
     name = env_name(c)
-    proj = project()
-    env = proj.env(name)
-    current = releases.current_release(*_primary(proj, name))
-    # each host on its own address, from this machine: a probe that misses a host proves nothing
-    probes = [
-        dataclasses.replace(p, name=f"{where}: {p.name}") if where else p
-        for where, bind in _smoke_addresses(proj, name)
-        for p in smoke.run(env, expect_release=current, host=bind)
-    ]
-    if name == "staging":
-        from deploy.staging import profile_checks
+    from deploy import staging
 
-        probes += profile_checks(proj, name, process_env=dict(os.environ))
-    if json:
-        print_json([p.to_dict() for p in probes])
-    else:
-        print_table(
-            f"{name} smoke",
-            ["probe", "verdict", "ms", "detail"],
-            [(p.name, "ok" if p.ok else "FAILED", f"{p.ms:.1f}", p.detail) for p in probes],
-        )
-    bad = smoke.failed(probes)
-    if bad:
-        raise RolledBack(f"smoke failed: {bad[0].name}: {bad[0].detail}")
+    probes = staging.smoke_probes(project(), name, process_env=dict(os.environ))
+    show(
+        [p.to_dict() for p in probes],
+        as_json=json,
+        title=f"{name} smoke",
+        columns=["probe", "verdict", "ms", "detail"],
+        rows=((p.name, "ok" if p.ok else "FAILED", f"{p.ms:.1f}", p.detail) for p in probes),
+    )
+    smoke.require_passed(probes)
 
 
 @task(
@@ -227,33 +170,9 @@ def smoke_(c, json=False):
 def lock(c, release=False, force=False, reason=""):
     """Show who holds the deploy lock; --force --reason breaks a stale one (audited)."""
     name = env_name(c)
-    dl = DeployLock(*_primary(project(), name))
-    info = dl.holder()
-    if force:
-        if not reason.strip():
-            raise UsageError(
-                "--force needs --reason TEXT", hint="say why the lock is safe to break"
-            )
-        broken = dl.force_release(actor=str(actor()), reason=reason)
-        say(f"{name}: lock {'released (audited)' if broken else 'was not held'}")
-        return
-    if release:
-        if info and info.who != str(actor()) and not dl.is_stale(info):
-            raise UsageError(
-                f"the lock is {info.describe()}", hint="use --force --reason if it is stuck"
-            )
-        dl.force_release(actor=str(actor()), reason="released by holder") if info else None
-        say(f"{name}: lock released")
-        return
-    if info is None:
-        say(f"{name}: lock free")
-    else:
-        stale = (
-            " (STALE: its process is gone; --force --reason releases it)"
-            if dl.is_stale(info)
-            else ""
-        )
-        say(f"{name}: lock {info.describe()}{stale}")
+    dl = state.DeployLock(*_primary(project(), name))
+    said = state.use_lock(dl, actor=str(actor()), release=release, force=force, reason=reason)
+    say(f"{name}: {said}")
 
 
 @task(help={"limit": "how many entries (newest first)", "json": "print as JSON"})
@@ -261,26 +180,14 @@ def lock(c, release=False, force=False, reason=""):
 def history_(c, limit="20", json=False):
     """Deployment history: Date | Version | Type | Status | Rollback | Notes."""
     name = env_name(c)
-    entries = history(*_primary(project(), name))[-whole(limit, "--limit", minimum=1) :][::-1]
-    if json:
-        print_json(entries)
-        return
-    print_table(
-        f"{name} history",
-        ["Date", "Version", "Type", "Status", "Rollback", "Duration", "Notes"],
-        [
-            (
-                e.get("time", ""),
-                f"{e.get('release') or '-'} ({(e.get('ref') or '')[:20]})",
-                e.get("kind", ""),
-                e.get("status", ""),
-                "yes" if str(e.get("kind", "")).startswith("rollback") else "N/A",
-                f"{e.get('duration_s', 0):.2f}s",
-                (f"migrations {e['migrations']} " if e.get("migrations") else "")
-                + (e.get("notes") or ""),
-            )
-            for e in entries
-        ],
+    where = _primary(project(), name)
+    entries = state.recent_history(*where, limit=whole(limit, "--limit", minimum=1))
+    show(
+        entries,
+        as_json=json,
+        title=f"{name} history",
+        columns=state.HISTORY_COLUMNS,
+        rows=state.history_rows(entries),
     )
 
 

@@ -7,13 +7,12 @@ import os
 from invoke import task
 
 from deploy import backup as backups
-from deploy import releases
 from deploy import rollback as engine
 from deploy.engine import rollback_pipeline
 from deploy.engine import rollback_rules as rules
-from deploy.errors import ServiceError, UsageError, VerifyFailed
-from deploy.output import print_json, print_table, say
-from deploy.tasks._common import actor, edge, env_name, guarded, project
+from deploy.errors import UsageError, VerifyFailed
+from deploy.output import print_json, print_table, say, show
+from deploy.tasks._common import actor, edge, env_name, guarded, project, seconds
 
 
 @task(
@@ -29,17 +28,8 @@ from deploy.tasks._common import actor, edge, env_name, guarded, project
     }
 )
 @edge
-def rollback(
-    c,
-    level="",
-    to=None,
-    backup=None,
-    reason="",
-    yes=False,
-    dry_run=False,
-    reset_data=False,
-    json=False,
-):
+def rollback(c, level="", to=None, backup=None, reason="", yes=False, dry_run=False,
+             reset_data=False, json=False):  # fmt: skip
     """Roll back: --level 1 restart, 2 revert to the previous release, 3 restore a backup."""
     name, proj, lvl = env_name(c), project(), rules.parse_level(level)
     result = rollback_pipeline.rollback(proj, name, level=lvl, actor=actor(), to=to, backup_id=backup,
@@ -49,13 +39,17 @@ def rollback(
     if json:
         print_json(result)
     elif dry_run:
-        say(f"{name}: level {lvl} ({rules.LEVELS[lvl]}) {result['current']} -> {result['target']}")
-        print_table(f"{name} rollback plan (nothing changed)", ["step", "does"], result["steps"])
-        for line in result.get("commands", []):  # compose: the exact commands, one per line
-            say(f"  {line}")
+        _print_rollback_plan(name, lvl, result)
     else:
         say(f"{name}: rollback level {lvl} {result['status']}: {result['release']} serves "
             f"({result['duration_s']:.2f}s)")  # fmt: skip
+
+
+def _print_rollback_plan(name, lvl, result):
+    say(f"{name}: level {lvl} ({rules.LEVELS[lvl]}) {result['current']} -> {result['target']}")
+    print_table(f"{name} rollback plan (nothing changed)", ["step", "does"], result["steps"])
+    for line in result.get("commands", []):  # where known: the exact commands, one per line
+        say(f"  {line}")
 
 
 @task(
@@ -71,32 +65,18 @@ def backup(c, verify=False, reason="manual", json=False):
     name = env_name(c)
     proj = project()
     guarded(proj, name)
-    from deploy import rolling
-
-    current = releases.current_release(*rolling.primary(proj, name)) or ""
-    info = backups.take(proj, name, actor=str(actor()), release=current, reason=reason)
-    checked = engine.verify_backup(proj, name, info["id"]) if verify else None
+    taken = backups.take_now(proj, name, actor=str(actor()), reason=reason, verify=verify)
     if json:
-        print_json({**info, "verify": checked})
+        print_json(taken.to_dict())
     else:
-        say(
-            f"{name}: backup {info['id']} ({info['size_bytes'] / 1e6:.2f} MB, ledger version "
-            f"{info['ledger_version']}, release {current or '-'})"
-        )
-        if checked:
+        say(f"{name}: {taken.summary()}")
+        if taken.verify:
             print_table(
-                f"{name} backup {info['id']} restored into a scratch database",
+                f"{name} backup {taken.info['id']} restored into a scratch database",
                 ["table", "backup rows", "live rows", "verdict"],
-                [
-                    (r["table"], r["backup"], r["live"], "ok" if r["same"] else "DIFFERS")
-                    for r in checked["tables"]
-                ],
+                taken.verify_rows(),
             )
-    if checked and not checked["ok"]:
-        raise ServiceError(
-            f"backup {info['id']} row counts differ from the live database",
-            hint="writes during the backup? take another and verify it",
-        )
+    taken.require_same()
 
 
 @task(help={"json": "print as JSON"})
@@ -105,24 +85,12 @@ def backups_(c, json=False):
     """List this environment's backups: id, time, release, ledger version, size."""
     name = env_name(c)
     found = backups.list_backups(project(), name)[::-1]
-    if json:
-        print_json(found)
-        return
-    print_table(
-        f"{name} backups",
-        ["id", "time", "release", "ledger", "size", "actor", "reason"],
-        [
-            (
-                b["id"],
-                b.get("time"),
-                b.get("release") or "-",
-                b.get("ledger_version"),
-                f"{b.get('size_bytes', 0) / 1e6:.2f} MB",
-                b.get("actor"),
-                b.get("reason"),
-            )
-            for b in found
-        ],
+    show(
+        found,
+        as_json=json,
+        title=f"{name} backups",
+        columns=backups.BACKUP_COLUMNS,
+        rows=backups.backup_rows(found),
     )
 
 
@@ -136,15 +104,8 @@ def backups_(c, json=False):
 def verify(c, window=None, json=False):
     """Watch the serving release against the previous one; non-zero exit on a trigger."""
     name = env_name(c)
-    try:
-        seconds = float(window) if window else None
-    except ValueError:
-        raise UsageError(
-            f"--window {window} is not a number of seconds", hint="e.g. --window 30"
-        ) from None
-    if seconds is not None and not 0 < seconds <= 3600:
-        raise UsageError(f"--window {window} is out of range", hint="give 0 < seconds <= 3600")
-    out = engine.verify_serving(project(), name, window_s=seconds)
+    window_s = seconds(window, "--window", maximum=3600) if window else None
+    out = engine.verify_serving(project(), name, window_s=window_s)
     if json:
         print_json(out)
     else:

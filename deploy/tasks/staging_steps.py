@@ -8,7 +8,7 @@ from invoke import task
 
 from deploy import seed as seeding
 from deploy import staging
-from deploy.output import print_json, print_table, say
+from deploy.output import print_json, print_table, progress, say
 from deploy.tasks._common import actor, edge, env_name, guarded, project
 
 
@@ -71,18 +71,13 @@ def refresh(c, from_="prod", anonymize=False, fresh=False, json=False):
         anonymize_data=anonymize,
         actor=str(actor()),
         fresh=fresh,
-        printer=(lambda _l: None) if json else say,
+        printer=progress(as_json=json),
     )
     if json:
         print_json(result)
         return
-    print_table(
-        f"{name} refreshed from {result['source']} backup {result['backup']}"
-        + (" (fresh dump)" if result["fresh_dump"] else ""),
-        ["table", "rows", "anonymized rows"],
-        [(t, n, result["updated"].get(t, "-")) for t, n in result["rows"].items()],
-    )
-    leaks = ", ".join(f"{k} {v}" for k, v in result["leaks"].items()) or "not anonymized"
+    title, rows, leaks = staging.refresh_summary(result)
+    print_table(f"{name} {title}", ["table", "rows", "anonymized rows"], rows)
     say(f"{name}: values equal to {result['source']}'s: {leaks}")
 
 

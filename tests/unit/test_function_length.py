@@ -26,20 +26,7 @@ PENDING = {
 }
 
 # (module under deploy/ without .py, task function) still over MAX_TASK_LINES.
-PENDING_TASKS = {
-    ("tasks/env", "preflight_"),
-    ("tasks/promotion_steps", "requests"),
-    ("tasks/release", "gate"),
-    ("tasks/release_steps", "history_"),
-    ("tasks/release_steps", "lock"),
-    ("tasks/release_steps", "migrate"),
-    ("tasks/release_steps", "smoke_"),
-    ("tasks/rollback_steps", "backup"),
-    ("tasks/rollback_steps", "backups_"),
-    ("tasks/rollback_steps", "rollback"),
-    ("tasks/rollback_steps", "verify"),
-    ("tasks/staging_steps", "refresh"),
-}
+PENDING_TASKS: set[tuple[str, str]] = set()
 
 
 def functions(tree: ast.AST, prefix: str = "") -> Iterator[tuple[str, Function]]:

@@ -1,0 +1,70 @@
+"""A release gate run as the operator watches it: the request its flags describe, a live board."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from deploy.actors import Actor
+from deploy.gates import runner
+from deploy.gates.report import Board, Report, results_table
+from deploy.output import console, say
+from deploy.secrets import Secret
+
+
+def request_for(
+    root: Path,
+    actor: Actor,
+    *,
+    ref: str | None = None,
+    db_url: str | None = None,
+    use_cache: bool = True,
+    break_glass: str | None = None,
+    only: str | None = None,
+) -> runner.GateRequest:
+    """The request `inv release.gate` flags describe; `only` is a comma-separated list of gates."""
+    return runner.GateRequest(
+        root=root,
+        ref=ref,
+        db_url=Secret(db_url) if db_url else None,
+        use_cache=use_cache,
+        break_glass=break_glass,
+        only=tuple(g.strip() for g in (only or "").split(",") if g.strip()),
+        actor=actor.name,
+        actor_is_human=actor.is_human,
+    )
+
+
+def watch(
+    root: Path,
+    actor: Actor,
+    *,
+    ref: str | None = None,
+    db_url: str | None = None,
+    use_cache: bool = True,
+    break_glass: str | None = None,
+    only: str | None = None,
+    json_on_stdout: bool = False,
+) -> Report:
+    """Run the gates as the operator watches: the stage line, a board while they run, then the
+    results table and the verdict; returns the report (a failed gate does not raise:
+    runner.enforce does). With json_on_stdout only the board shows, on stderr, so stdout is left
+    to the JSON report alone."""
+    request = request_for(
+        root,
+        actor,
+        ref=ref,
+        db_url=db_url,
+        use_cache=use_cache,
+        break_glass=break_glass,
+        only=only,
+    )
+    stage, ref_name, commit, _, gates = runner.plan(request)
+    board = Board(gates, console=console(stderr=json_on_stdout))
+    if not json_on_stdout:
+        say(f"release gate: {ref_name} @ {commit[:12]} is stage {stage.name}")
+    with board:
+        report = runner.run(request, on_start=board.started, on_finish=board.finished)
+    if not json_on_stdout:
+        board.console.print(results_table(report))
+        say(f"verdict: {report.verdict} (dist/release-gate/{report.stem}.md)")
+    return report
