@@ -70,33 +70,41 @@ def recorded(
         )
         entry.notes = "; ".join(x for x in [entry.notes, *details] if x)
         if lock.held:
-            record_history(host, layout, entry)
-            notify.send(
-                proj,
-                name,
-                "rollback",
-                actor=str(actor),
-                release=entry.release,
-                commit=entry.commit,
-                ref=entry.ref,
-                status=entry.status,
-                details={
-                    "level": level,
-                    "reason": reason,
-                    "previous": entry.previous,
-                    "history_id": entry.id,
-                },
-            )
-            audit(
-                host,
-                layout,
-                actor=str(actor),
-                action=entry.kind,
-                status=entry.status,
-                reason=reason,
-                previous=entry.previous,
-                target=entry.release,
-                history_id=entry.id,
-                **audit_extra(),
-            )
+            _close_out(ctx, entry, level=level, reason=reason, audit_extra=audit_extra())
             ctx.step("unlock", lambda: lock.release())
+
+
+def _close_out(
+    ctx: Context, entry: HistoryEntry, *, level: int, reason: str, audit_extra: dict[str, Any]
+) -> None:
+    """History, the notification and the audit record of a rollback that held the lock."""
+    proj, name, host, layout, actor = ctx.proj, ctx.env.name, ctx.host, ctx.layout, str(ctx.actor)
+    record_history(host, layout, entry)
+    notify.send(
+        proj,
+        name,
+        "rollback",
+        actor=actor,
+        release=entry.release,
+        commit=entry.commit,
+        ref=entry.ref,
+        status=entry.status,
+        details={
+            "level": level,
+            "reason": reason,
+            "previous": entry.previous,
+            "history_id": entry.id,
+        },
+    )
+    audit(
+        host,
+        layout,
+        actor=actor,
+        action=entry.kind,
+        status=entry.status,
+        reason=reason,
+        previous=entry.previous,
+        target=entry.release,
+        history_id=entry.id,
+        **audit_extra,
+    )

@@ -76,8 +76,6 @@ def _make_plan(
     backup_id: str | None,
     reset_data: bool,
 ) -> RollbackPlan:
-    env = proj.env(name)
-    multi = rolling.is_rolling(proj, name)
     current = releases.current_release(host, layout)
     if current is None:
         raise UsageError(
@@ -91,37 +89,68 @@ def _make_plan(
     if level == 1:
         return p
     if level == 2:
-        existing = (
-            _on_every_host(rolling.targets(proj, name))
-            if multi
-            else set(releases.list_releases(host, layout))
+        _plan_revert(proj, name, host, layout, p, entries, to=to, dead=dead if resumes else None)
+    else:
+        if not backup_id and resumes and dead and dead.get("backup"):
+            backup_id = str(dead["backup"])
+        _plan_restore(proj, name, host, layout, p, entries, backup_id=backup_id)
+    return p
+
+
+def _plan_revert(
+    proj: Project,
+    name: str,
+    host: Host,
+    layout: Layout,
+    p: RollbackPlan,
+    entries: list[dict[str, Any]],
+    *,
+    to: str | None,
+    dead: Mapping[str, Any] | None,
+) -> None:
+    """Level 2: the target (--to, the release a killed level 2 was going to, or the previous good
+    one) and what the schema must do to serve it; refused when a down file is missing."""
+    env, current = proj.env(name), p.current or ""
+    existing = (
+        _on_every_host(rolling.targets(proj, name))
+        if rolling.is_rolling(proj, name)
+        else set(releases.list_releases(host, layout))
+    )
+    p.target = _level2_target(existing, entries, current=current, to=to, dead=dead)
+    files = release_migration_files(host, layout, current)
+    target_files = release_migration_files(host, layout, p.target)
+    target_version = max((f.version for f in target_files), default=0)
+    rows = migrations.status(env.database_url, files, password=env.secret("POSTGRES_PASSWORD"))
+    p.schema = schema_plan(
+        files, [r.version for r in rows if r.state == "applied"], target_version=target_version
+    )
+    if p.schema.refused:
+        raise GuardRefused(
+            f"level 2 cannot go back to {p.target}: {', '.join(p.schema.missing_down)} "
+            "has no down file; level 3 (restore) is needed",
+            hint=f"`inv {name}.rollback --level 3` restores the backup taken before the deploy",
         )
-        p.target = _level2_target(
-            existing, entries, current=current, to=to, dead=dead if resumes else None
-        )
-        files = release_migration_files(host, layout, current)
-        target_files = release_migration_files(host, layout, p.target)
-        target_version = max((f.version for f in target_files), default=0)
-        rows = migrations.status(env.database_url, files, password=env.secret("POSTGRES_PASSWORD"))
-        p.schema = schema_plan(
-            files, [r.version for r in rows if r.state == "applied"], target_version=target_version
-        )
-        if p.schema.refused:
-            raise GuardRefused(
-                f"level 2 cannot go back to {p.target}: {', '.join(p.schema.missing_down)} "
-                "has no down file; level 3 (restore) is needed",
-                hint=f"`inv {name}.rollback --level 3` restores the backup taken before the deploy",
-            )
-        return p
+
+
+def _plan_restore(
+    proj: Project,
+    name: str,
+    host: Host,
+    layout: Layout,
+    p: RollbackPlan,
+    entries: list[dict[str, Any]],
+    *,
+    backup_id: str | None,
+) -> None:
+    """Level 3: the backup (--backup, or the one taken before the serving release's deploy) and
+    the release it matches, which must still be on every host."""
     from deploy import backup as backups
 
-    known = backups.list_backups(proj, name)
-    if not backup_id and resumes and dead and dead.get("backup"):
-        backup_id = str(dead["backup"])
+    current, multi = p.current or "", rolling.is_rolling(proj, name)
     chosen = (
         backups.find(proj, name, backup_id)
         if backup_id
-        else backup_for(entries, known, current=current)
+        else backup_for(entries, backups.list_backups(proj, name), current=current)
     )
     if chosen is None:
         raise GuardRefused(
@@ -141,7 +170,6 @@ def _make_plan(
             hint="redeploy that release's commit, then restore with --backup ID",
         )
     p.backup, p.target = chosen, target
-    return p
 
 
 def order(proj: Project, name: str) -> str:
