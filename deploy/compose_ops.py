@@ -25,8 +25,8 @@ from deploy.commands import compose as cmd
 from deploy.config import EnvConfig, Project
 from deploy.engine.group import Target
 from deploy.engine.rollback_rules import (
-    LEVELS,
     RollbackPlan,
+    SchemaPlan,
     backup_for,
     previous_good,
     schema_plan,
@@ -572,20 +572,21 @@ def plan(
     """The deploy's steps and the exact commands each runs, read-only (no engine is asked).
 
     The release id is the one a deploy started now would get: a UTC timestamp and the commit."""
-    env, policy = proj.env(name), proj.policies[name]
     commit = releases.resolve_ref(proj.root, ref)
     host, layout = place(proj, name)
     rt = rt or runtime_for(proj, name, host=host, layout=layout)
-    c = rt.commands()
     rid = releases.new_release_id(commit, _releases_in(history(host, layout)))
+    rows = _deploy_rows(proj, name, rt, layout, commit=commit, rid=rid)
+    return rows, _deploy_commands(proj, name, rt, layout, commit=commit, rid=rid, actor=actor)
+
+
+def _deploy_rows(
+    proj: Project, name: str, rt: ComposeRuntime, layout: Layout, *, commit: str, rid: str
+) -> list[tuple[str, str]]:
+    env, policy, host = proj.env(name), proj.policies[name], rt.host
     ctxdir = layout.release(rid)
-    build = cmd.build_image(rt.image, rid, context=ctxdir, dockerfile=f"{ctxdir}/Dockerfile")
-    env_r = _release_env(rt, rid)
-    servers = c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s)
-    migrate = c.run(APP_SERVICE, migrate_argv("up", release=rid, applied_by=actor), no_deps=True)
-    start = c.up(wait=True, wait_timeout_s=rt.wait_timeout_s)
     where = f"127.0.0.1:{env.app_port}" if host.is_local else f"the app container on {host.name}"
-    rows = [
+    return [
         (
             "preflight",
             "environment guards; secrets set; docker engine and compose answer; not frozen",
@@ -610,6 +611,24 @@ def plan(
         ("prune", f"keep {policy.keep_releases} images: docker image rm the one that falls out"),
         ("unlock", f"rmdir {layout.lock}"),
     ]
+
+
+def _deploy_commands(
+    proj: Project,
+    name: str,
+    rt: ComposeRuntime,
+    layout: Layout,
+    *,
+    commit: str,
+    rid: str,
+    actor: str,
+) -> list[str]:
+    policy, c, ctxdir = proj.policies[name], rt.commands(), layout.release(rid)
+    build = cmd.build_image(rt.image, rid, context=ctxdir, dockerfile=f"{ctxdir}/Dockerfile")
+    env_r = _release_env(rt, rid)
+    servers = c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s)
+    migrate = c.run(APP_SERVICE, migrate_argv("up", release=rid, applied_by=actor), no_deps=True)
+    start = c.up(wait=True, wait_timeout_s=rt.wait_timeout_s)
     backup = []
     if policy.backup != "never":
         user, database = _pg(rt)
@@ -624,14 +643,13 @@ def plan(
                 ),
             ]
         ]
-    commands = [
+    return [
         f"build:   {shown(build)}",
         *backup,
         f"migrate: {shown(servers, env_r)}",
         f"migrate: {shown(migrate, env_r)}",
         f"start:   {shown(start, _release_env(rt, rid, commit))}",
     ]
-    return rows, commands
 
 
 def _extract(proj: Project, host: Host, layout: Layout, commit: str, rid: str) -> str:
@@ -820,13 +838,9 @@ class ComposeDeploy:
                 f"{self.name} has no running release to roll back",
                 hint=f"deploy one with `inv {self.name}.deploy`",
             )
-        d = _rollback_plan(
+        return _rollback_plan(
             self.proj, self.rt, entries, level=level, current=current, to=to,
             actor=str(ctx.actor), backup_id=backup_id, layout=ctx.layout,
-        )  # fmt: skip
-        return RollbackPlan(
-            level, self.name, current, d["target"], schema=d["schema_plan"],
-            backup=d["backup_info"], commands=d["commands"],
         )  # fmt: skip
 
     def rollback_does(self, ctx: Context, p: RollbackPlan) -> dict[str, str]:
@@ -1064,35 +1078,33 @@ def _rollback_plan(
     actor: str,
     backup_id: str | None = None,
     layout: Layout | None = None,
-) -> dict[str, Any]:
-    """The rollback's target, steps and exact commands; refuses before anything changes."""
-    name, c = rt.cfg.name, rt.commands()
-    out: dict[str, Any] = {
-        "level": level,
-        "kind": LEVELS[level],
-        "env": name,
-        "current": current,
-        "target": current,
-        "schema": None,
-        "backup": None,
-        "resumes": None,
-        "schema_plan": None,
-        "backup_info": None,
-    }
+) -> RollbackPlan:
+    """The rollback's target, schema plan, backup and exact commands; refuses before anything
+    changes."""
+    p = RollbackPlan(level, rt.cfg.name, current, current)
     if level == 3:
         assert layout is not None
-        out.update(
-            _level3_plan(proj, rt, entries, current=current, backup_id=backup_id, layout=layout)
-        )
-        return out
-    if level == 1:
+        d = _level3_plan(proj, rt, entries, current=current, backup_id=backup_id, layout=layout)
+        p.target, p.backup, p.commands = d["target"], d["backup_info"], d["commands"]
+    elif level == 1:
+        c = rt.commands()
         start = c.up(wait=True, wait_timeout_s=rt.wait_timeout_s)
         env_cur = _release_env(rt, current, _commit_of(entries, current))
-        out["commands"] = [
+        p.commands = [
             f"restart: {shown(c.restart(), env_cur)}",
             f"restart: {shown(start, env_cur)}",
         ]
-        return out
+    else:
+        p.target = _level2_target(rt.cfg.name, entries, current=current, to=to)
+        p.schema = _level2_schema(proj, rt.cfg.name, entries, current=current, target=p.target)
+        p.commands = _level2_commands(rt, entries, p, actor=actor)
+    return p
+
+
+def _level2_target(
+    name: str, entries: Sequence[Mapping[str, Any]], *, current: str, to: str | None
+) -> str:
+    """--to (a release history knows), or the previous good one."""
     known = set(_releases_in(entries))
     if to:
         if to not in known:
@@ -1101,15 +1113,19 @@ def _rollback_plan(
             )
         if to == current:
             raise UsageError(f"{to} is already serving", hint="level 1 restarts it")
-        target = to
-    else:
-        found = previous_good(entries, current=current, existing=frozenset(known))
-        if found is None:
-            raise GuardRefused(
-                f"no previous good release of {current} is in history",
-                hint="name one with --to RELEASE",
-            )
-        target = found
+        return to
+    found = previous_good(entries, current=current, existing=frozenset(known))
+    if found is None:
+        raise GuardRefused(
+            f"no previous good release of {current} is in history",
+            hint="name one with --to RELEASE",
+        )
+    return found
+
+
+def _level2_schema(
+    proj: Project, name: str, entries: Sequence[Mapping[str, Any]], *, current: str, target: str
+) -> SchemaPlan:
     files = migrations.discover_at_commit(proj.root, _commit_of(entries, current))
     target_files = migrations.discover_at_commit(proj.root, _commit_of(entries, target))
     target_version = max((f.version for f in target_files), default=0)
@@ -1120,22 +1136,23 @@ def _rollback_plan(
             f"level 2 cannot go back to {target}: {', '.join(schema.missing_down)} has no down file",
             hint=f"`inv {name}.rollback --level 3` restores the backup taken before the deploy",
         )
-    start = c.up(wait=True, wait_timeout_s=rt.wait_timeout_s)
+    return schema
+
+
+def _level2_commands(
+    rt: ComposeRuntime, entries: Sequence[Mapping[str, Any]], p: RollbackPlan, *, actor: str
+) -> list[str]:
+    c, schema, target = rt.commands(), p.schema, p.target or ""
+    assert schema is not None
     commands = []
     if schema.revert:
         down = migrate_argv("down", release=target, applied_by=actor, to=schema.target_version)
-        env_cur = _release_env(rt, current)
+        env_cur = _release_env(rt, p.current)
+        servers = c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s)
         commands += [
-            f"schema:  {shown(c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s), env_cur)}",
+            f"schema:  {shown(servers, env_cur)}",
             f"schema:  {shown(c.run(APP_SERVICE, down, no_deps=True), env_cur)}",
         ]
-    commands.append(
-        f"start:   {shown(start, _release_env(rt, target, _commit_of(entries, target)))}"
-    )
-    out.update(
-        target=target,
-        schema=schema.describe(),
-        schema_plan=schema,
-        commands=commands,
-    )
-    return out
+    start = c.up(wait=True, wait_timeout_s=rt.wait_timeout_s)
+    env_target = _release_env(rt, target, _commit_of(entries, target))
+    return [*commands, f"start:   {shown(start, env_target)}"]
