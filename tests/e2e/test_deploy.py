@@ -138,3 +138,38 @@ def test_switching_releases_under_load_fails_no_request(project):
     assert result["rate"] >= 50, result
     assert result["failed"] == 0, result
     assert result["total"] > 100, result
+
+
+def test_a_step_added_to_the_pipeline_is_in_the_dry_run_and_is_walked(project, monkeypatch):
+    """The dry run is the step list the run walks: a new step shows in `--dry-run` and runs,
+    with no change to any printer."""
+    from deploy.actors import Actor
+    from deploy.config import load_project
+    from deploy.engine import deploy_pipeline
+    from deploy.engine.steps import Step
+
+    sang: list[str] = []
+    real = deploy_pipeline.steps
+
+    def with_canary(ctx, **kw):
+        walked = real(ctx, **kw)
+        at = [s.name for s in walked].index("record")
+        canary = Step("canary", "a step no printer knows of", lambda: sang.append("ok") or "sang")
+        return [*walked[:at], canary, *walked[at:]]
+
+    monkeypatch.setattr(deploy_pipeline, "steps", with_canary)
+    project.ok("dev.up")
+    proj = load_project(project.root, process_env={})
+    planned = [name for name, _ in deploy_pipeline.plan(proj, "dev", ref="HEAD")["steps"]]
+    assert planned[planned.index("verify") + 1 : planned.index("record") + 1] == [
+        "canary",
+        "record",
+    ]
+    assert sang == []  # planning runs nothing
+    lines: list[str] = []
+    result = deploy_pipeline.deploy(
+        proj, "dev", actor=Actor(project.actor, "human"), printer=lines.append
+    )
+    assert result["status"] == "success" and sang == ["ok"]
+    assert list(result["steps"]) == planned
+    assert any(line.startswith("dev: canary") and line.endswith("sang") for line in lines)
