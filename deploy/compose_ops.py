@@ -686,6 +686,20 @@ class ComposeDeploy:
     def bind(self, ctx: Context) -> None:
         self.ctx = ctx
 
+    def up(self) -> list[str]:
+        return up(self.proj, self.name)
+
+    def down(self) -> list[str]:
+        return down(self.proj, self.name)
+
+    def logs(self, *, tail: int, service: str) -> str:
+        return self.rt.logs(tail=tail, services=[service] if service else [])
+
+    def servers_status(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        containers = container_status(self.proj, self.name)
+        servers = {k: containers[k] for k in ("runtime", "engine", "postgres", "redis")}
+        return servers, containers["app"]
+
     def checks(self) -> list[tuple[str, Callable[[], guards.Check]]]:
         return [
             ("engine", lambda: engine_check(self.rt)),

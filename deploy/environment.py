@@ -4,84 +4,45 @@ from __future__ import annotations
 
 import os
 import secrets as pysecrets
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from deploy.config import SECRET_KEYS, Project, load_secrets
-from deploy.errors import ConfigError
 from deploy.hosts import Host
-from deploy.runtime.native import NativeServices
-from deploy.secrets import scrub
 from deploy.state import DeployLock, Layout, audit, history
 
-
-def is_compose(proj: Project, name: str) -> bool:
-    return proj.policies[name].runtime == "compose"
+T = TypeVar("T")
 
 
-def services(proj: Project, name: str) -> NativeServices:
-    """The native runtime's servers; a compose environment's live in its compose project."""
-    policy = proj.policies[name]
-    if policy.runtime != "native":
-        raise ConfigError(
-            f"{name} uses runtime {policy.runtime!r}; its servers are compose services",
-            hint=f"use `inv {name}.up`, `{name}.down` and `{name}.status`",
-        )
-    return NativeServices(proj.env(name), user_name=proj.service_user)
+def _on_runtime(proj: Project, name: str, act: Callable[[Any], T]) -> T:
+    """act(runtime) with the environment's runtime; its hosts' connections go afterwards."""
+    from deploy.engine import runtimes
+
+    runtime, targets = runtimes.runtime_for(proj, name)
+    try:
+        return act(runtime)
+    finally:
+        runtimes.close(targets)
 
 
 def up(proj: Project, name: str) -> list[str]:
-    if is_compose(proj, name):
-        from deploy import compose_ops
-
-        return compose_ops.up(proj, name)
-    return services(proj, name).up()
+    return _on_runtime(proj, name, lambda rt: rt.up())
 
 
 def down(proj: Project, name: str) -> list[str]:
-    if is_compose(proj, name):
-        from deploy import compose_ops
-
-        return compose_ops.down(proj, name)
-    from deploy import rolling
-
-    svc = services(proj, name)
-    lines = rolling.stop_service(proj, name)
-    return lines + svc.down()
+    return _on_runtime(proj, name, lambda rt: rt.down())
 
 
 def logs(proj: Project, name: str, *, tail: int = 100, service: str = "") -> str:
     """The last lines of the environment's logs: compose's, or the native log files."""
-    if is_compose(proj, name):
-        from deploy import compose_ops
-
-        return compose_ops.logs(proj, name, tail=tail, services=[service] if service else [])
-    from deploy import rolling
-
-    host, layout = rolling.primary(proj, name)
-    names = [n for n in host.listdir(layout.logs) if n.endswith(".log")]
-    if service:
-        names = [n for n in names if n.startswith(service)]
-    out = []
-    for fname in names:
-        lines = (host.read_text(f"{layout.logs}/{fname}") or "").splitlines()[-tail:]
-        out += [f"==> {fname} <==", *lines]
-    return scrub("\n".join(out), proj.env(name).secret_values())
+    return _on_runtime(proj, name, lambda rt: rt.logs(tail=tail, service=service))
 
 
 def status(proj: Project, name: str) -> dict[str, Any]:
     from deploy import rolling
 
     env = proj.env(name)
-    if is_compose(proj, name):
-        from deploy import compose_ops
-
-        containers = compose_ops.container_status(proj, name)
-        st = None
-        app = containers["app"]
-    else:
-        svc = NativeServices(env, user_name=proj.service_user)
-        st = {s.name: s for s in svc.status()}
-        app = rolling.service_status(proj, name)
+    servers, app = _on_runtime(proj, name, lambda rt: rt.servers_status())
     # lock, history and freeze live on the primary (this machine, DATA_DIR, in the plain setting)
     host, layout = rolling.primary(proj, name)
     lock = DeployLock(host, layout)
@@ -94,18 +55,6 @@ def status(proj: Project, name: str) -> dict[str, Any]:
     last = entries[-1] if entries else None
     if last and last.get("status") == "running" and (holder is None or stale):
         last = {**last, "status": "interrupted"}  # its process died: the lock says so, or is gone
-    servers = (
-        {k: containers[k] for k in ("runtime", "engine", "postgres", "redis")}
-        if st is None
-        else {
-            "postgres": {
-                "up": st["postgres"].up,
-                "port": env.postgres_port,
-                "pid": st["postgres"].pid,
-            },
-            "redis": {"up": st["redis"].up, "port": env.redis_port, "pid": st["redis"].pid},
-        }
-    )
     return {
         "env": name,
         "environment": env.environment,

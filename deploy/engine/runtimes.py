@@ -15,4 +15,10 @@ def runtime_for(proj: Project, name: str) -> tuple[Runtime, list[Target]]:
     targets = rolling.targets(proj, name)
     if proj.policies[name].runtime == "compose":  # one project on the first host (config checks)
         return ComposeDeploy(proj, name, targets[:1]), targets[:1]
-    return NativeRuntime(targets, rolling_hosts=rolling.is_rolling(proj, name)), targets
+    return NativeRuntime(proj, name, targets, rolling_hosts=rolling.is_rolling(proj, name)), targets
+
+
+def close(targets: list[Target]) -> None:
+    """The SSH connections a runtime's hosts opened go (a local host has none)."""
+    for t in targets:
+        t.host.close()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from deploy.engine.context import Context
     from deploy.engine.group import Target
+    from deploy.engine.rollback_rules import RollbackPlan
     from deploy.engine.steps import Step
     from deploy.guards import Check
     from deploy.releases import Release
@@ -25,6 +26,27 @@ class Runtime(Protocol):
     """One environment's runtime, bound to its hosts (a group; one host is a group of one)."""
 
     kind: str  # "native" or "compose": for messages and the dry run only, never for branching
+    reports_hosts: bool  # results and audit carry one outcome per host
+
+    # -- the environment's servers ------------------------------------------------------------
+
+    def up(self) -> list[str]:
+        """Start the environment's PostgreSQL and Redis (idempotent); one line per server."""
+        ...
+
+    def down(self) -> list[str]:
+        """Stop the service on every host, then PostgreSQL and Redis; data stays."""
+        ...
+
+    def logs(self, *, tail: int, service: str) -> str:
+        """The last lines of the environment's logs, secrets scrubbed."""
+        ...
+
+    def servers_status(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(PostgreSQL and Redis, the service) as `status` shows them."""
+        ...
+
+    # -- deploy -------------------------------------------------------------------------------
 
     def bind(self, ctx: Context) -> None:
         """Called once with the operation's context, before any other method."""
@@ -77,4 +99,63 @@ class Runtime(Protocol):
 
     def dry_run_commands(self, ctx: Context, ref: str) -> list[str]:
         """The exact commands the steps will run, where they are known in advance."""
+        ...
+
+    # -- rollback -----------------------------------------------------------------------------
+
+    def refuse_rollback(self, ctx: Context, *, level: int, reset_data: bool) -> None:
+        """Refuse what this runtime cannot do, before any check runs."""
+        ...
+
+    def rollback_checks(self, level: int, *, dry_run: bool) -> list[CheckFn]:
+        """What must answer before a rollback of this level plans or acts."""
+        ...
+
+    def rollback_plan(
+        self,
+        ctx: Context,
+        *,
+        level: int,
+        to: str | None,
+        backup_id: str | None,
+        reset_data: bool,
+        dry_run: bool,
+    ) -> RollbackPlan:
+        """What serves, the target, the schema plan and the backup; refuses before any change."""
+        ...
+
+    def rollback_does(self, ctx: Context, p: RollbackPlan) -> dict[str, str]:
+        """What schema, freeze, stop and restore will do, for the dry run."""
+        ...
+
+    def restart_steps(self, ctx: Context, p: RollbackPlan, details: list[str]) -> list[Step]:
+        """Level 1: the serving release restarted (servers first), then checked."""
+        ...
+
+    def revert_schema(self, ctx: Context, p: RollbackPlan, details: list[str]) -> str:
+        """Level 2: the down migrations the target needs, once, or nothing (expand-only)."""
+        ...
+
+    def switch_steps(self, ctx: Context, p: RollbackPlan, *, restored: bool) -> list[Step]:
+        """Levels 2 and 3: the target release in front on every host, then checked."""
+        ...
+
+    def stop_service(self, ctx: Context, p: RollbackPlan) -> str:
+        """Level 3: the service stopped everywhere before the restore."""
+        ...
+
+    def restore(self, ctx: Context, p: RollbackPlan, details: list[str]) -> str:
+        """Level 3: the database replaced by the plan's backup."""
+        ...
+
+    def check_rollback_target(self, ctx: Context, p: RollbackPlan) -> None:
+        """Refuse, before any change, a target that cannot serve (a dump or an image gone)."""
+        ...
+
+    def release_of(self, ctx: Context, rid: str) -> Release:
+        """A release's id, commit and ref, as this runtime recorded them."""
+        ...
+
+    def audit_extra(self, ctx: Context) -> dict[str, Any]:
+        """What the rollback's audit record adds (every host's outcome, the runtime)."""
         ...

@@ -16,6 +16,7 @@ from deploy.engine.steps import Step
 from deploy.errors import RolledBack
 from deploy.runtime import native_rollback
 from deploy.runtime.native import NativeServices
+from deploy.secrets import scrub
 
 if TYPE_CHECKING:
     from deploy.engine.context import Context
@@ -57,15 +58,58 @@ class NativeRuntime:
 
     kind = "native"
 
-    def __init__(self, targets: list[group.Target], *, rolling_hosts: bool) -> None:
-        self.targets = targets
+    def __init__(
+        self, proj: Project, name: str, targets: list[group.Target], *, rolling_hosts: bool
+    ) -> None:
+        self.proj, self.name, self.targets = proj, name, targets
         self.rolling_hosts = rolling_hosts  # several hosts, or a remote one: every host is asked
-        self.reports_hosts = rolling_hosts  # results and audit carry one outcome per host
         self.ctx: Context | None = None
         self._files: list[migrations.MigrationFile] | None = None
 
+    @property
+    def reports_hosts(self) -> bool:
+        """Results and audit carry one outcome per host when each host is driven on its own."""
+        return self.rolling_hosts
+
     def bind(self, ctx: Context) -> None:
         self.ctx = ctx
+
+    # -- the environment's servers ------------------------------------------------------------
+
+    def _servers(self) -> NativeServices:
+        return NativeServices(self.proj.env(self.name), user_name=self.proj.service_user)
+
+    def up(self) -> list[str]:
+        return self._servers().up()
+
+    def down(self) -> list[str]:
+        return rolling.stop_service(self.proj, self.name) + self._servers().down()
+
+    def logs(self, *, tail: int, service: str) -> str:
+        """The last lines of the native log files on the primary (secrets scrubbed)."""
+        host, layout = self.targets[0].host, self.targets[0].layout
+        names = [n for n in host.listdir(layout.logs) if n.endswith(".log")]
+        if service:
+            names = [n for n in names if n.startswith(service)]
+        out = []
+        for fname in names:
+            lines = (host.read_text(f"{layout.logs}/{fname}") or "").splitlines()[-tail:]
+            out += [f"==> {fname} <==", *lines]
+        return scrub("\n".join(out), self.proj.env(self.name).secret_values())
+
+    def servers_status(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """PostgreSQL and Redis as `status` shows them, and the service on every host."""
+        env = self.proj.env(self.name)
+        st = {s.name: s for s in self._servers().status()}
+        servers = {
+            "postgres": {
+                "up": st["postgres"].up,
+                "port": env.postgres_port,
+                "pid": st["postgres"].pid,
+            },
+            "redis": {"up": st["redis"].up, "port": env.redis_port, "pid": st["redis"].pid},
+        }
+        return servers, rolling.service_status(self.proj, self.name)
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -169,3 +169,16 @@ def test_the_pipelines_name_no_runtime():
         assert '"compose"' not in text and '"native"' not in text, module
         reached = {t for t, _, _ in _imports(module)}
         assert not reached & {"deploy.compose_ops", "deploy.runtime.native_runtime"}, module
+
+
+def test_every_runtime_implements_the_whole_protocol():
+    """The pipelines call only the Runtime protocol; each runtime answers all of it."""
+    from deploy.compose_ops import ComposeDeploy
+    from deploy.runtime.base import Runtime
+    from deploy.runtime.native_runtime import NativeRuntime
+
+    wanted = {n for n in vars(Runtime) if not n.startswith("_")} | set(Runtime.__annotations__)
+    assert {"build", "switch_steps", "restart_steps", "restore", "up"} <= wanted
+    for runtime in (NativeRuntime, ComposeDeploy):
+        missing = sorted(n for n in wanted if not hasattr(runtime, n))
+        assert missing == [], f"{runtime.__name__} lacks {missing}"
