@@ -7,11 +7,12 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from deploy import migrations
+from deploy.clock import Clock, as_utc, system_clock
 from deploy.config import Project
 from deploy.errors import ServiceError
 from deploy.hosts import Host
@@ -134,19 +135,46 @@ def restore(proj: Project, name: str, backup_id: str, *, actor: str) -> dict[str
     return {**info, "restore_s": took}
 
 
+def _taken_at(backup: dict[str, Any]) -> datetime | None:
+    try:
+        at = datetime.fromisoformat(str(backup["time"]))
+    except (KeyError, ValueError):
+        return None
+    return at if at.tzinfo is not None else None
+
+
+def expired_backups(
+    backups: list[dict[str, Any]], *, now: datetime, keep: int, max_age_days: float | None
+) -> list[dict[str, Any]]:
+    """The retention rule: which of backups (oldest first) to drop.
+
+    All but the newest `keep` (keep 0: no count limit), and, with max_age_days, every backup
+    older than that (exactly that old is kept). The newest backup is always kept, and a backup
+    whose time cannot be read is never dropped for its age: deleting is the step to fail closed.
+    """
+    drop = backups[:-keep] if keep > 0 else []
+    if max_age_days is None:
+        return drop
+    limit = timedelta(days=max_age_days)
+    for b in backups[:-1]:
+        at = _taken_at(b)
+        if at is not None and as_utc(now) - at > limit and b not in drop:
+            drop.append(b)
+    return drop
+
+
 def prune(
-    proj: Project, name: str, *, keep: int = 10, max_age_days: float | None = None
+    proj: Project,
+    name: str,
+    *,
+    keep: int = 10,
+    max_age_days: float | None = None,
+    clock: Clock = system_clock,
 ) -> list[str]:
-    """Retention by count and age; the newest backup is always kept."""
+    """Retention by count and age (expired_backups); the newest backup is always kept."""
     backups = list_backups(proj, name)
     layout = Layout(str(proj.env(name).data_dir))
-    now = datetime.now(UTC)
-    drop = backups[:-keep] if keep > 0 else []
-    if max_age_days is not None:
-        for b in backups[:-1]:
-            age = (now - datetime.fromisoformat(b["time"])).total_seconds() / 86400
-            if age > max_age_days and b not in drop:
-                drop.append(b)
+    drop = expired_backups(backups, now=clock(), keep=keep, max_age_days=max_age_days)
     if _compose(proj, name):
         from deploy import compose_ops
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 import functools
 import json
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from deploy import guards, notify, rolling
 from deploy.actors import Actor
+from deploy.clock import Clock, as_utc, from_epoch, stamp, system_clock
 from deploy.commands import git as gitcmd
 from deploy.config import Project
 from deploy.errors import ConfigError, NotApproved, UsageError
@@ -337,6 +337,7 @@ def request(
     severity: str = "P4",
     emergency: bool = False,
     reason: str = "",
+    clock: Clock = system_clock,
 ) -> dict[str, Any]:
     from deploy.releases import resolve_ref
 
@@ -355,6 +356,7 @@ def request(
         and _git(proj.root, "diff", "--name-only", since, commit, "--", "app/requirements.lock")
     )
     rid = _claim_id(proj)
+    created = clock()
     req = {
         "id": rid,
         "ref": ref,
@@ -363,8 +365,8 @@ def request(
         "severity": severity,
         "emergency": emergency,
         "reason": reason,
-        "created": utc_now(),
-        "created_ts": time.time(),
+        "created": stamp(created),
+        "created_ts": as_utc(created).timestamp(),
         "status": "pending",
         "approvals": [],
         "rejections": [],
@@ -385,7 +387,9 @@ def request(
     return req
 
 
-def approve(proj: Project, rid: str | int, *, actor: Actor) -> dict[str, Any]:
+def approve(
+    proj: Project, rid: str | int, *, actor: Actor, clock: Clock = system_clock
+) -> dict[str, Any]:
     req = load(proj, rid)
     pol = policy(proj)
     if not actor.is_human:
@@ -403,12 +407,13 @@ def approve(proj: Project, rid: str | int, *, actor: Actor) -> dict[str, Any]:
         raise NotApproved(f"request #{req['id']} is {req['status']}")
     if any(a["actor"] == actor.name for a in req["approvals"]):
         raise UsageError(f"{actor.name} already approved #{req['id']}")
+    at = clock()
     req["approvals"].append(
         {
             "actor": actor.name,
             "kind": actor.kind,
-            "time": utc_now(),
-            "ts": time.time(),
+            "time": stamp(at),
+            "ts": as_utc(at).timestamp(),
             "commit": req["commit"],
         }
     )
@@ -452,18 +457,45 @@ def reject(proj: Project, rid: str | int, *, actor: Actor, reason: str) -> dict[
     return req
 
 
-def active_freeze(pol: Policy, now: datetime | None = None) -> dict[str, Any] | None:
-    """The freeze window now falls in: the latest start is after the latest end."""
+def in_freeze(window: Mapping[str, Any], *, now: datetime) -> bool:
+    """Whether now falls in this freeze window: its latest start is after its latest end.
+
+    start and end are cron times on the wall clock of the window's timezone, read to the second:
+    frozen from the start minute (included) until the end minute (excluded). The arithmetic runs
+    on the naive wall time on purpose: given aware times, croniter moves a time that the
+    spring-forward gap skips (02:30) to the gap's end (03:00), so an end at 02:30 ties with a
+    start at 03:00 and the tie read "not frozen" until the next day; on the wall clock 02:30
+    stays before 03:00. A start in the gap takes effect when the clock jumps past it; in the hour
+    that autumn repeats, the wall clock reads those times twice and the window follows the clock.
+    """
     from croniter import croniter
 
-    for f in pol.freezes:
-        tz = ZoneInfo(f["timezone"])
-        local = (now or datetime.now(UTC)).astimezone(tz)
-        last_start = croniter(f["start"], local + timedelta(seconds=1)).get_prev(datetime)
-        last_end = croniter(f["end"], local + timedelta(seconds=1)).get_prev(datetime)
-        if last_start > last_end:
-            return f
-    return None
+    tz = ZoneInfo(window["timezone"])
+    wall = as_utc(now).astimezone(tz).replace(tzinfo=None, microsecond=0)
+    # get_prev is strictly before its base: one second on, a start at this very second counts;
+    # whole seconds, so that a start is not reached in the second before it
+    base = wall + timedelta(seconds=1)
+    last_start = croniter(window["start"], base).get_prev(datetime)
+    last_end = croniter(window["end"], base).get_prev(datetime)
+    return last_start > last_end
+
+
+def active_freeze(
+    pol: Policy, now: datetime | None = None, *, clock: Clock = system_clock
+) -> dict[str, Any] | None:
+    """The first freeze window that now (default: the clock's time) falls in."""
+    at = clock() if now is None else now
+    return next((f for f in pol.freezes if in_freeze(f, now=at)), None)
+
+
+def approval_current(approved_at: datetime, *, now: datetime, ttl_s: float) -> bool:
+    """An approval holds for ttl_s after it was given, its last second included."""
+    return as_utc(now) - as_utc(approved_at) <= timedelta(seconds=ttl_s)
+
+
+def soak_met(deployed_at: datetime, *, now: datetime, need_s: float) -> bool:
+    """Staging has run the release for at least need_s (exactly need_s is enough)."""
+    return as_utc(now) - as_utc(deployed_at) >= timedelta(seconds=need_s)
 
 
 @dataclass(frozen=True)
@@ -475,7 +507,7 @@ class _PromotionCase:
     actor: Actor
     break_glass: str
     pol: Policy
-    now: float
+    now: datetime  # aware UTC: every rule of one decision judges the same moment
 
     @property
     def commit(self) -> str:
@@ -507,7 +539,7 @@ def _valid_approvers(case: _PromotionCase) -> list[str]:
             if a["kind"] == "human"
             and a["actor"] != req["requester"]["name"]
             and a["commit"] == case.commit
-            and case.now - a["ts"] <= case.pol.approval_ttl_s
+            and approval_current(from_epoch(a["ts"]), now=case.now, ttl_s=case.pol.approval_ttl_s)
         }
     )
 
@@ -520,7 +552,11 @@ def _approval(case: _PromotionCase) -> guards.Check:
         return guards.Check("approval", False, f"request #{req['id']} was already deployed")
     names = _valid_approvers(case)
     if len(names) < pol.min_approvals:
-        expired = [a for a in req["approvals"] if case.now - a["ts"] > pol.approval_ttl_s]
+        expired = [
+            a
+            for a in req["approvals"]
+            if not approval_current(from_epoch(a["ts"]), now=case.now, ttl_s=pol.approval_ttl_s)
+        ]
         why = "approval expired" if expired else "not approved"
         if req["approvals"] and not expired:
             why = "approved only by the requester or by automation"
@@ -598,15 +634,15 @@ def _staging_soak(case: _PromotionCase) -> guards.Check:
     ev = staging_evidence(case.proj, case.commit)
     if not ev:
         return guards.Check("soak", False, "no staging run to soak")
-    since = datetime.fromisoformat(ev["time"].replace("Z", "+00:00")).timestamp()
-    age = case.now - since
-    if age < need:
+    since = datetime.fromisoformat(ev["time"].replace("Z", "+00:00"))
+    age = (case.now - since).total_seconds()
+    if not soak_met(since, now=case.now, need_s=need):
         return guards.Check("soak", False, f"soaked {age:.0f}s of {need:.0f}s in staging")
     return guards.Check("soak", True, f"soaked {age:.0f}s (needs {need:.0f}s)")
 
 
 def _freeze_window(case: _PromotionCase) -> guards.Check:
-    window = active_freeze(case.pol)
+    window = active_freeze(case.pol, case.now)
     if window and not case.break_glass:
         return guards.Check(
             "freeze-window",
@@ -639,10 +675,13 @@ def checks(
     *,
     actor: Actor,
     break_glass: str = "",
-    now: float | None = None,
+    now: datetime | float | None = None,
+    clock: Clock = system_clock,
 ) -> list[tuple[str, Any]]:
-    """Every rule of promotion, each a named check for the guard table."""
-    case = _PromotionCase(proj, req, actor, break_glass, policy(proj), now or time.time())
+    """Every rule of promotion, each a named check for the guard table, all judged at one moment:
+    now (an aware datetime, or epoch seconds as before), else the clock's time."""
+    at = clock() if now is None else now if isinstance(now, datetime) else from_epoch(now)
+    case = _PromotionCase(proj, req, actor, break_glass, policy(proj), as_utc(at))
     return [(name, functools.partial(rule, case)) for name, rule in _PROMOTION_RULES]
 
 
@@ -669,6 +708,7 @@ def deploy(
     break_glass: str = "",
     printer=print,
     process_env: dict[str, str] | None = None,
+    clock: Clock = system_clock,
 ) -> dict[str, Any]:
     from deploy.engine import deploy_pipeline
 
@@ -705,10 +745,10 @@ def deploy(
         kind="emergency" if req.get("emergency") else "deploy",
         process_env=process_env,
         notes=notes,
-        extra_checks=checks(proj, req, actor=actor, break_glass=break_glass),
+        extra_checks=checks(proj, req, actor=actor, break_glass=break_glass, clock=clock),
     )
     req["status"] = "deployed"
-    req["deployed"] = {"time": utc_now(), "release": result["release"], "actor": actor.name}
+    req["deployed"] = {"time": stamp(clock()), "release": result["release"], "actor": actor.name}
     save(proj, req)
     return result
 

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -15,6 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from deploy import procs
+from deploy.clock import Clock, as_utc, stamp, system_clock
 from deploy.errors import LockHeld, UsageError
 from deploy.hosts import Host
 
@@ -22,7 +22,7 @@ LOCK_STALE_AFTER_S = 3600.0
 
 
 def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return stamp(system_clock())
 
 
 @dataclass(frozen=True)
@@ -188,12 +188,27 @@ class LockInfo:
         )
 
 
+def held_too_long(
+    info: LockInfo, *, now: datetime, stale_after_s: float = LOCK_STALE_AFTER_S
+) -> bool:
+    """The lock's age rule: held for more than stale_after_s (exactly that long is not stale yet).
+
+    A holder without a start time (since 0: torn or unreadable holder file) never ages out:
+    its staleness is for the process check, or for a human to judge.
+    """
+    if not info.since:
+        return False
+    # epoch seconds on both sides: a holder file's odd `since` cannot make the check itself fail
+    return as_utc(now).timestamp() - info.since > stale_after_s
+
+
 class DeployLock:
     """An atomic mkdir on the primary host: works with the database down, reports stale holders."""
 
-    def __init__(self, host: Host, layout: Layout) -> None:
+    def __init__(self, host: Host, layout: Layout, *, clock: Clock = system_clock) -> None:
         self.host = host
         self.layout = layout
+        self.clock = clock
         self.held = False
 
     @property
@@ -213,7 +228,7 @@ class DeployLock:
 
     def is_stale(self, info: LockInfo) -> bool:
         """Stale: the holder's process is gone (same machine), or it is older than an hour."""
-        if info.since and time.time() - info.since > LOCK_STALE_AFTER_S:
+        if held_too_long(info, now=self.clock()):
             return True
         if info.host == socket.gethostname() and info.pid > 0:
             return not procs.alive(info.pid)
@@ -232,14 +247,15 @@ class DeployLock:
                     else "wait for it to finish, or inspect with `inv <env>.lock`"
                 ),
             )
+        at = self.clock()  # one reading: the text and the epoch name the same moment
         info = LockInfo(
             who=who,
             pid=os.getpid(),
             host=socket.gethostname(),
             command=command,
             release=release,
-            time=utc_now(),
-            since=time.time(),
+            time=stamp(at),
+            since=as_utc(at).timestamp(),
         )
         self.host.write_text(self._info_path, json.dumps(asdict(info)))
         self.held = True
