@@ -13,6 +13,8 @@ from typing import Any
 
 from deploy import migrations
 from deploy.clock import Clock, as_utc, system_clock
+from deploy.commands.postgres import pg_dump_dsn as dump_argv
+from deploy.commands.postgres import pg_restore_dsn as restore_argv
 from deploy.config import Project
 from deploy.errors import ServiceError
 from deploy.hosts import Host
@@ -22,28 +24,6 @@ from deploy.state import Layout, audit, find_backup, sha256_file
 
 def _compose(proj: Project, name: str) -> bool:
     return proj.policies[name].runtime == "compose"
-
-
-def dump_argv(bin_dir: Path, conninfo: str, output: str) -> list[str]:
-    return [str(bin_dir / "pg_dump"), "-Fc", "-Z", "1", "--no-owner", "-f", output, "-d", conninfo]
-
-
-def restore_argv(
-    bin_dir: Path, conninfo: str, dump: str, *, jobs: int = 2, role: str | None = None
-) -> list[str]:
-    # --role: objects come back owned by the app's role, not by the superuser restoring them
-    return [
-        str(bin_dir / "pg_restore"),
-        "--clean",
-        "--if-exists",
-        "--exit-on-error",
-        "--no-owner",
-        *([f"--role={role}"] if role else []),
-        f"--jobs={jobs}",
-        "-d",
-        conninfo,
-        dump,
-    ]
 
 
 def take(

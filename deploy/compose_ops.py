@@ -21,7 +21,13 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from deploy import guards, migrations, releases, rolling, smoke
+from deploy.commands import app as appcmd
 from deploy.commands import compose as cmd
+from deploy.commands import files as filecmd
+from deploy.commands import postgres as pg
+from deploy.commands.compose import backup_in_container as backup_argv
+from deploy.commands.compose import migrate as migrate_argv
+from deploy.commands.compose import restore_in_container as restore_argv
 from deploy.config import EnvConfig, Project
 from deploy.engine.group import Target
 from deploy.engine.rollback_rules import (
@@ -61,7 +67,6 @@ if TYPE_CHECKING:
     from deploy.engine.context import Context
 
 Printer = Callable[[str], None]
-MIGRATE_MODULE = "deploy.compose_migrate"
 # The kinds whose release served successfully (what serves now; what prune keeps).
 _SERVED_KINDS = ("deploy", "emergency", "rollback-1", "rollback-2", "rollback-3")
 
@@ -109,14 +114,6 @@ def _release_env(
 def shown(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
     """One command as an operator would type it: VAR=value assignments (never secrets), argv."""
     return shlex.join([*(f"{k}={v}" for k, v in (env or {}).items()), *argv])
-
-
-def migrate_argv(action: str, *, release: str, applied_by: str, to: int | None = None) -> list[str]:
-    """The migration command run in a one-off container of a release's image."""
-    argv = ["python", "-m", MIGRATE_MODULE, action]
-    if to is not None:
-        argv += ["--to", str(to)]
-    return [*argv, "--release", release, "--applied-by", applied_by]
 
 
 def _versions(stdout: str, key: str) -> list[int]:
@@ -211,46 +208,9 @@ def _new_backup_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def backup_argv(
-    c: cmd.ComposeCommands, *, user: str, database: str, backup_id: str, backups_dir: str
-) -> list[list[str]]:
-    """Dump in the container, copy the dump to the host's backups dir, remove the container's copy."""
-    tmp = cmd.container_dump(backup_id)
-    return [
-        c.exec(cmd.PG_SERVICE, cmd.pg_dump(user=user, database=database, output=tmp)),
-        c.cp(cmd.in_container(cmd.PG_SERVICE, tmp), f"{backups_dir}/{backup_id}.dump"),
-        c.exec(cmd.PG_SERVICE, cmd.remove_file(tmp)),
-    ]
-
-
-def restore_argv(
-    c: cmd.ComposeCommands, *, user: str, database: str, backup_id: str, backups_dir: str
-) -> list[list[str]]:
-    """Copy the dump in, drop and recreate the database, pg_restore, remove the container's copy."""
-    tmp = cmd.container_dump(backup_id)
-    return [
-        c.cp(f"{backups_dir}/{backup_id}.dump", cmd.in_container(cmd.PG_SERVICE, tmp)),
-        c.exec(
-            cmd.PG_SERVICE,
-            cmd.psql(
-                user=user,
-                database=cmd.MAINTENANCE_DB,
-                statements=cmd.recreate_database_sql(database, user),
-            ),
-        ),
-        c.exec(cmd.PG_SERVICE, cmd.pg_restore(user=user, database=database, dump=tmp)),
-        c.exec(cmd.PG_SERVICE, cmd.remove_file(tmp)),
-    ]
-
-
 def ledger_argv(c: cmd.ComposeCommands, *, user: str, database: str) -> list[str]:
-    return c.exec(
-        cmd.PG_SERVICE,
-        cmd.psql(
-            user=user,
-            database=database,
-            statements=cmd.applied_versions_sql(migrations.LEDGER_TABLE),
-        ),
+    return cmd.ledger_in_container(
+        c, user=user, database=database, ledger_table=migrations.LEDGER_TABLE
     )
 
 
@@ -286,8 +246,8 @@ def _file_facts(host: Host, path: str) -> tuple[str, int]:
     """sha256 and size of a file on the host (read there: a remote dump never travels)."""
     if host.is_local:
         return sha256_file(Path(path)), Path(path).stat().st_size
-    digest = host.run(["sha256sum", path], timeout=3600).stdout.split()
-    size = host.run(["stat", "-c", "%s", path], timeout=60).stdout.strip()
+    digest = host.run(filecmd.sha256(path), timeout=3600).stdout.split()
+    size = host.run(filecmd.size(path), timeout=60).stdout.strip()
     return (digest[0] if digest else ""), int(size or 0)
 
 
@@ -315,11 +275,11 @@ def _take(
         _exec_pg(rt, dump, "pg_dump")
         _exec_pg(rt, copy, "copying the dump out")
     except BaseException:
-        host.run(["rm", "-f", out], check=False)  # half a dump must never look like a backup
+        host.run(filecmd.remove(out), check=False)  # half a dump must never look like a backup
         raise
     finally:
         rt.run(lambda _c: clean, timeout=300)
-    host.run(["chmod", "600", out])
+    host.run(filecmd.chmod(0o600, out))
     sha, size = _file_facts(host, out)
     info = {
         "id": bid,
@@ -376,7 +336,7 @@ def remove_backups(proj: Project, name: str, ids: Sequence[str]) -> None:
     try:
         for bid in ids:
             host.run(
-                ["rm", "-f", f"{layout.backups}/{bid}.dump", f"{layout.backups}/{bid}.json"],
+                filecmd.remove(f"{layout.backups}/{bid}.dump", f"{layout.backups}/{bid}.json"),
                 check=False,
             )
     finally:
@@ -429,10 +389,10 @@ def verify_backup(proj: Project, name: str, backup_id: str) -> dict[str, Any]:
         c = rt.commands()
 
         def psql(db: str, statements: list[str]) -> list[str]:
-            return c.exec(cmd.PG_SERVICE, cmd.psql(user=user, database=db, statements=statements))
+            return c.exec(cmd.PG_SERVICE, pg.psql(user=user, database=db, statements=statements))
 
         def counts(db: str) -> dict[str, int]:
-            res = _exec_pg(rt, psql(db, cmd.table_counts_sql()), "counting rows")
+            res = _exec_pg(rt, psql(db, pg.table_counts_sql()), "counting rows")
             return {str(k): int(v) for k, v in json.loads(res.stdout.strip() or "{}").items()}
 
         _exec_pg(
@@ -441,15 +401,15 @@ def verify_backup(proj: Project, name: str, backup_id: str) -> dict[str, Any]:
             "copying the dump in",
         )
         try:
-            _exec_pg(rt, psql(cmd.MAINTENANCE_DB, cmd.create_database_sql(scratch)), "create")
+            _exec_pg(rt, psql(pg.MAINTENANCE_DB, pg.create_database_sql(scratch)), "create")
             _exec_pg(
                 rt,
-                c.exec(cmd.PG_SERVICE, cmd.pg_restore(user=user, database=scratch, dump=tmp)),
+                c.exec(cmd.PG_SERVICE, pg.pg_restore(user=user, database=scratch, dump=tmp)),
                 "pg_restore",
             )
             restored, live = counts(scratch), counts(database)
         finally:
-            rt.run(lambda _c: psql(cmd.MAINTENANCE_DB, cmd.drop_database_sql(scratch)))
+            rt.run(lambda _c: psql(pg.MAINTENANCE_DB, pg.drop_database_sql(scratch)))
             rt.run(lambda _c: c.exec(cmd.PG_SERVICE, cmd.remove_file(tmp)))
     finally:
         host.close()
@@ -662,9 +622,9 @@ def _extract(proj: Project, host: Host, layout: Layout, commit: str, rid: str) -
     remote_tar = str(tarball) if host.is_local else f"{layout.run}/{commit}.tar"
     if not host.is_local:
         host.put_file(tarball, remote_tar)
-    host.run(["tar", "-xf", remote_tar, "-C", target])
+    host.run(appcmd.extract(remote_tar, target))
     if not host.is_local:
-        host.run(["rm", "-f", remote_tar], check=False)
+        host.run(filecmd.remove(remote_tar), check=False)
     return target
 
 
@@ -971,24 +931,13 @@ def _smoke(rt: ComposeRuntime, rid: str, *, rolling_back: bool = False) -> str:
     return f"{len(probes)} probes passed in {sum(p.ms for p in probes):.0f} ms"
 
 
-# A remote host publishes the app on its own loopback only: the probe runs there, over SSH,
-# against the published port (what a proxy on that host would reach), with the host's python3.
-_PROBE = """
-import json, sys, urllib.request
-base = sys.argv[1]
-for path in ("/healthz", "/readyz"):
-    urllib.request.urlopen(base + path, timeout=3)
-print(json.load(urllib.request.urlopen(base + "/version", timeout=3)).get("release"))
-"""
-
-
 def _probe_on_host(rt: ComposeRuntime, rid: str, *, rolling_back: bool = False) -> str:
     base = f"http://127.0.0.1:{rt.cfg.app_port}"
     # a few tries: a container of the old tag may still answer while compose replaces it
     serving_now: list[str] = []
     detail = ""
     for _ in range(5):
-        res = rt.host.run(["python3", "-c", _PROBE, base], check=False, timeout=30)
+        res = rt.host.run(appcmd.http_probe(base), check=False, timeout=30)
         serving_now = res.stdout.strip().splitlines()[-1:] if res.ok else []
         if serving_now == [rid]:
             return f"health, ready and version answered on {rt.host.name}'s {base}"

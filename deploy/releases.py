@@ -16,6 +16,7 @@ from typing import Any
 
 from deploy import procs
 from deploy.commands import app as cmd
+from deploy.commands import files as filecmd
 from deploy.commands import git as gitcmd
 from deploy.config import EnvConfig, Project
 from deploy.errors import ServiceError, UsageError
@@ -168,11 +169,11 @@ def ensure_venv(host: Host, layout: Layout, lock_text: str, lockfile: str) -> st
         host.run(cmd.venv_install(building, lockfile), timeout=600)
         host.write_text(f"{building}/.complete", lock_text)
         # a concurrent build may have won the rename; either copy is complete and equal
-        if not host.run(["mv", "-T", building, cached], check=False).ok:
+        if not host.run(filecmd.rename_onto(building, cached), check=False).ok:
             host.remove_tree(building)
     # the service runs `python -m gunicorn`, so the copy needs no rewritten script paths
     host.remove_tree(f"{venv}.partial")
-    host.run(["cp", "-a", cached, f"{venv}.partial"], timeout=300)
+    host.run(filecmd.copy_tree(cached, f"{venv}.partial"), timeout=300)
     host.rename(f"{venv}.partial", venv)
     return venv
 
@@ -240,7 +241,7 @@ def _signal(host: Host, pid: int, sig: signal.Signals) -> None:
         except ProcessLookupError:
             pass
         return
-    host.run(["kill", f"-{sig.name.removeprefix('SIG')}", str(pid)], check=False)
+    host.run(cmd.kill(pid, sig), check=False)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 from deploy import notify, releases, rolling
 from deploy.actors import Actor
+from deploy.commands import files as filecmd
 from deploy.config import Project
 from deploy.engine.rollback_rules import previous_good
 from deploy.errors import GuardRefused, UsageError
@@ -31,7 +32,7 @@ def unfreeze(proj: Project, name: str, *, actor: Actor, reason: str) -> dict[str
         record = json.loads(text)
     except json.JSONDecodeError:
         record = {"raw": text[:200]}
-    host.run(["rm", "-f", layout.freeze])
+    host.run(filecmd.remove(layout.freeze))
     audit(host, layout, actor=str(actor), action="unfreeze", reason=reason, freeze=record)
     notify.send(
         proj, name, "unfreeze", actor=str(actor), status="unfrozen", details={"reason": reason}

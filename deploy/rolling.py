@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from deploy import releases, smoke
+from deploy.commands import files as filecmd
 from deploy.config import EnvConfig, Project, host_spec
 from deploy.engine.group import (
     FAILED,
@@ -151,7 +152,7 @@ def switch_back(
             switch_one(env, t, t.previous, workers=workers, check=False)
             return f"switched back to {t.previous}"
         releases.retire_others(t.host, t.layout, keep="")
-        t.host.run(["rm", "-f", t.layout.current], check=False)
+        t.host.run(filecmd.remove(t.layout.current), check=False)
         return "no previous release; the new one was stopped"
 
     results = {t.name: (detail, exc) for t, detail, exc, _ in parallel(started, back)}

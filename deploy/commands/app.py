@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import PurePosixPath
 
 
@@ -117,3 +118,28 @@ BARRIER_CODE = (
 def barrier(release: str) -> list[str]:
     """The new release answers /readyz in-process, before it is given any traffic."""
     return [str(PurePosixPath(release, ".venv", "bin", "python")), "-c", BARRIER_CODE]
+
+
+def kill(pid: int, sig: signal.Signals) -> list[str]:
+    """`kill -TERM 123`. No `--`: dash's kill takes none. A pid of 0 or below would signal a
+    whole process group, so only a positive one is built."""
+    if pid <= 0:
+        raise ValueError(f"{pid} is not the pid of one process")
+    return ["kill", f"-{sig.name.removeprefix('SIG')}", str(pid)]
+
+
+# A remote host publishes the app on its own loopback only: the probe runs there, over SSH,
+# against the published port (what a proxy on that host would reach), with the host's python3.
+PROBE_CODE = """
+import json, sys, urllib.request
+base = sys.argv[1]
+for path in ("/healthz", "/readyz"):
+    urllib.request.urlopen(base + path, timeout=3)
+print(json.load(urllib.request.urlopen(base + "/version", timeout=3)).get("release"))
+"""
+
+
+def http_probe(base: str) -> list[str]:
+    """Health and readiness of the app at base (`http://host:port`); prints the serving release.
+    base follows `-c CODE`, so python hands it to the code as sys.argv[1], never as an option."""
+    return ["python3", "-c", PROBE_CODE, base]

@@ -5,6 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# re-exported: compose callers name the container's clients and statements through this module
+from deploy.commands.postgres import MAINTENANCE_DB as MAINTENANCE_DB
+from deploy.commands.postgres import applied_versions_sql as applied_versions_sql
+from deploy.commands.postgres import create_database_sql as create_database_sql
+from deploy.commands.postgres import drop_database_sql as drop_database_sql
+from deploy.commands.postgres import pg_dump as pg_dump
+from deploy.commands.postgres import pg_restore as pg_restore
+from deploy.commands.postgres import psql as psql
+from deploy.commands.postgres import quote_ident as quote_ident
+from deploy.commands.postgres import recreate_database_sql as recreate_database_sql
+from deploy.commands.postgres import table_counts_sql as table_counts_sql
+
 DOCKER = "docker"
 BASE_FILE = "compose/compose.yml"
 
@@ -137,9 +149,9 @@ def image_exists(image: str, tag: str) -> list[str]:
 # -- PostgreSQL inside the postgres container (argv for ComposeCommands.exec) ------------------------
 # The postgres image trusts its own socket for POSTGRES_USER, its superuser: no password goes on
 # a command line, and the database need not be reachable from the machine running stageflow.
+# The clients and statements are deploy.commands.postgres's, re-exported at the top of this module.
 
 PG_SERVICE = "postgres"
-MAINTENANCE_DB = "postgres"
 
 
 def in_container(service: str, path: str) -> str:
@@ -152,83 +164,61 @@ def container_dump(backup_id: str) -> str:
     return f"/tmp/{backup_id}.dump"
 
 
-def pg_dump(*, user: str, database: str, output: str) -> list[str]:
-    """The native backup's format: custom (-Fc), fast compression, no ownership."""
-    return ["pg_dump", "-Fc", "-Z", "1", "--no-owner", "-U", user, "-d", database, "-f", output]
-
-
-def pg_restore(*, user: str, database: str, dump: str, jobs: int = 2) -> list[str]:
-    # --no-owner: objects come back owned by the role restoring them, the environment's own
-    return [
-        "pg_restore",
-        "--clean",
-        "--if-exists",
-        "--exit-on-error",
-        "--no-owner",
-        f"--jobs={jobs}",
-        "-U",
-        user,
-        "-d",
-        database,
-        dump,
-    ]
-
-
-def psql(*, user: str, database: str, statements: Sequence[str]) -> list[str]:
-    """Each statement a -c of its own (its own transaction); unaligned rows, no psqlrc."""
-    argv = ["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-U", user, "-d", database]
-    for statement in statements:
-        argv += ["-c", statement]
-    return argv
-
-
 def remove_file(path: str) -> list[str]:
+    """The container's copy of a dump: always container_dump's absolute path, never an option."""
     return ["rm", "-f", path]
 
 
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def recreate_database_sql(database: str, owner: str) -> list[str]:
-    """Drop the database (ending its sessions) and create it empty: run against MAINTENANCE_DB."""
+def backup_in_container(
+    c: ComposeCommands, *, user: str, database: str, backup_id: str, backups_dir: str
+) -> list[list[str]]:
+    """Dump in the container, copy the dump to the host's backups dir, remove the container's copy."""
+    tmp = container_dump(backup_id)
     return [
-        f"DROP DATABASE IF EXISTS {quote_ident(database)} WITH (FORCE)",
-        f"CREATE DATABASE {quote_ident(database)} OWNER {quote_ident(owner)}",
+        c.exec(PG_SERVICE, pg_dump(user=user, database=database, output=tmp)),
+        c.cp(in_container(PG_SERVICE, tmp), f"{backups_dir}/{backup_id}.dump"),
+        c.exec(PG_SERVICE, remove_file(tmp)),
     ]
 
 
-def create_database_sql(database: str) -> list[str]:
-    return [f"CREATE DATABASE {quote_ident(database)}"]
-
-
-def drop_database_sql(database: str) -> list[str]:
-    return [f"DROP DATABASE IF EXISTS {quote_ident(database)} WITH (FORCE)"]
-
-
-def applied_versions_sql(ledger_table: str) -> list[str]:
-    """One line: the applied ledger versions, comma-separated; empty when there is no ledger.
-
-    PL/pgSQL plans its SELECT only when it reaches it, so a database without the ledger table
-    answers instead of failing; both statements run in one transaction (one -c)."""
-    table = quote_ident(ledger_table)
+def restore_in_container(
+    c: ComposeCommands, *, user: str, database: str, backup_id: str, backups_dir: str
+) -> list[list[str]]:
+    """Copy the dump in, drop and recreate the database, pg_restore, remove the container's copy."""
+    tmp = container_dump(backup_id)
     return [
-        "DO $stageflow$ BEGIN "
-        f"IF to_regclass('{table}') IS NOT NULL THEN "
-        "PERFORM set_config('stageflow.applied', coalesce((SELECT string_agg(version::text, ',' "
-        f"ORDER BY version) FROM {table} WHERE state = 'applied'), ''), true); "
-        "END IF; END $stageflow$; "
-        "SELECT coalesce(current_setting('stageflow.applied', true), '')"
+        c.cp(f"{backups_dir}/{backup_id}.dump", in_container(PG_SERVICE, tmp)),
+        c.exec(
+            PG_SERVICE,
+            psql(
+                user=user,
+                database=MAINTENANCE_DB,
+                statements=recreate_database_sql(database, user),
+            ),
+        ),
+        c.exec(PG_SERVICE, pg_restore(user=user, database=database, dump=tmp)),
+        c.exec(PG_SERVICE, remove_file(tmp)),
     ]
 
 
-def table_counts_sql() -> list[str]:
-    """One line: {"table": rows, ...} for every table of the public schema, as JSON."""
-    return [
-        "DO $stageflow$ DECLARE t text; n bigint; counts jsonb := '{}'; BEGIN "
-        "FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename "
-        "LOOP EXECUTE format('SELECT count(*) FROM public.%I', t) INTO n; "
-        "counts := counts || jsonb_build_object(t, n); END LOOP; "
-        "PERFORM set_config('stageflow.counts', counts::text, true); END $stageflow$; "
-        "SELECT current_setting('stageflow.counts', true)"
-    ]
+def ledger_in_container(
+    c: ComposeCommands, *, user: str, database: str, ledger_table: str
+) -> list[str]:
+    """psql in the container printing the applied ledger versions (applied_versions_sql)."""
+    return c.exec(
+        PG_SERVICE,
+        psql(user=user, database=database, statements=applied_versions_sql(ledger_table)),
+    )
+
+
+# -- migrations in a one-off container of a release's image ------------------------------------------
+
+MIGRATE_MODULE = "deploy.compose_migrate"
+
+
+def migrate(action: str, *, release: str, applied_by: str, to: int | None = None) -> list[str]:
+    """The migration command run in a one-off container of a release's image (ComposeCommands.run)."""
+    argv = ["python", "-m", MIGRATE_MODULE, action]
+    if to is not None:
+        argv += ["--to", str(to)]
+    return [*argv, "--release", release, "--applied-by", applied_by]

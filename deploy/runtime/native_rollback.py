@@ -11,6 +11,7 @@ from typing import Any
 
 from deploy import migrations, releases, rolling, smoke
 from deploy.clients import redis_client
+from deploy.commands import files as filecmd
 from deploy.config import EnvConfig, Project
 from deploy.engine import group
 from deploy.engine.context import Context
@@ -264,12 +265,9 @@ def restart_release(
     old = releases.running_masters(host, layout).get(rel.id)
     if old:
         host.run(
-            [
-                "mv",
-                "-f",
-                releases.master_pidfile(layout, rel.id),
-                retiring_pidfile(layout, rel.id, old),
-            ]
+            filecmd.move(
+                releases.master_pidfile(layout, rel.id), retiring_pidfile(layout, rel.id, old)
+            )
         )
     new = releases.start(host, env, layout, rel, workers=workers, bind=bind)
     releases.retire_others(host, layout, keep=rel.id)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploy import guards, migrations, releases, rolling, smoke
+from deploy.commands import files as filecmd
 from deploy.config import Project
 from deploy.engine import group
 from deploy.engine.rollback_rules import RollbackPlan
@@ -251,7 +252,7 @@ class NativeRuntime:
             return t.previous
         releases.retire_others(t.host, t.layout, keep="")
         if t.switched:
-            t.host.run(["rm", "-f", t.layout.current], check=False)
+            t.host.run(filecmd.remove(t.layout.current), check=False)
         return None
 
     def watch(self, ctx: Context, *, window_s: float) -> Any:

@@ -182,3 +182,70 @@ def test_every_runtime_implements_the_whole_protocol():
     for runtime in (NativeRuntime, ComposeDeploy):
         missing = sorted(n for n in wanted if not hasattr(runtime, n))
         assert missing == [], f"{runtime.__name__} lacks {missing}"
+
+
+# Executables whose argv the engine builds; a list literal naming one outside the builders is an
+# argv built inline. The executor is exempt: its own wrapping (runuser, rm of a tree) sits below
+# the builders and may not import them.
+EXECUTABLES = frozenset(
+    {
+        "rm",
+        "mv",
+        "cp",
+        "tar",
+        "pg_dump",
+        "pg_restore",
+        "psql",
+        "docker",
+        "git",
+        "sha256sum",
+        "stat",
+        "chmod",
+        "python",
+        "python3",
+        "runuser",
+        "useradd",
+        "kill",
+    }
+)
+EXECUTOR = "deploy.hosts"
+# (module, executable) still built inline, each with its reason; an entry no longer needed fails.
+PENDING = {
+    # migrations.py ships alone into the app image (see the Dockerfile), where deploy/commands is
+    # not; its `git archive` leaves with discover_at_commit, which runs only where stageflow does
+    ("deploy.migrations", "git"),
+}
+
+
+def _inline_argv(source: str) -> list[tuple[int, str, str]]:
+    """(line, executable, the list's source) for each list literal whose first element is a
+    string naming an executable, in the order of the source."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.List) and node.elts and isinstance(node.elts[0], ast.Constant):
+            first = node.elts[0].value
+            if first in EXECUTABLES:
+                found.append((node.lineno, node.col_offset, str(first), ast.unparse(node)))
+    return [(line, exe, text) for line, _, exe, text in sorted(found)]
+
+
+def test_the_inline_argv_finder_finds_one():
+    source = 'host.run(["rm", "-f", path])\nargv = [\n    "pg_dump",\n    "-Fc",\n]\n'
+    assert _inline_argv(source) == [
+        (1, "rm", "['rm', '-f', path]"),
+        (2, "pg_dump", "['pg_dump', '-Fc']"),
+    ]
+    assert _inline_argv('cols = ["env", "rm"]\nx = [python, "-c"]\n') == []
+
+
+def test_argv_is_built_only_in_the_builders():
+    """Builders in deploy/commands return argv lists; everything else calls them."""
+    found = [
+        (m, exe, f"{m}:{line}: {text}")
+        for m, path in MODULES.items()
+        if not m.startswith("deploy.commands") and m != EXECUTOR
+        for line, exe, text in _inline_argv(path.read_text())
+    ]
+    assert [hit for m, exe, hit in found if (m, exe) not in PENDING] == []
+    stale = PENDING - {(m, exe) for m, exe, _ in found}
+    assert stale == set(), "built by a builder now: drop these from PENDING"
