@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import stat
-import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from deploy.commands import services as cmd
 from deploy.commands import system
 from deploy.config import EnvConfig
 from deploy.errors import HostError, ServiceError
-from deploy.hosts import Host, as_user
+from deploy.hosts import Host, as_user, run_process
 from deploy.state import Layout
 
 
@@ -81,7 +80,7 @@ def service_user(name: str) -> str | None:
         pwd.getpwnam(name)
     except KeyError:
         # a concurrent run may create it first: the lookup below is the verdict, not useradd's exit
-        subprocess.run(system.useradd_system(name), capture_output=True, check=False)
+        run_process(system.useradd_system(name), timeout=60)
         try:
             pwd.getpwnam(name)
         except KeyError:
