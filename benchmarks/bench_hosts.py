@@ -31,11 +31,12 @@ from typing import Any
 
 import _common as c
 
-from deploy import releases, rolling
+from deploy import releases
 from deploy.actors import Actor
 from deploy.config import HostSpec, load_project
 from deploy.engine import deploy_pipeline, group
 from deploy.hosts import Host, host_from_spec
+from deploy.runtime import native_hosts
 from tests import support
 from tests.e2e.conftest import Project, destroy, make_project
 from tests.sshd import Sshd, can_run_sshd, fleet, seed_venv, set_hosts, shared_venv
@@ -213,7 +214,7 @@ STEP_TIMERS: tuple[tuple[Any, str, str, Callable[..., str]], ...] = (
     (releases, "start", "gunicorn start", lambda host, *_a, **_: host.name),
     (releases, "switch", "switch", lambda host, *_a, **_: host.name),
     (releases, "retire_others", "drain old", lambda host, *_a, **_: host.name),
-    (rolling, "probe", "health check", lambda _env, target, *_a, **_: target.name),
+    (native_hosts, "probe", "health check", lambda _env, target, *_a, **_: target.name),
     (releases, "prune", "prune", lambda host, *_a, **_: host.name),
 )
 

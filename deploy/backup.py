@@ -60,10 +60,10 @@ def take(
     }
     (Path(layout.backups) / f"{bid}.json").write_text(json.dumps(info, indent=2))
     os.chmod(out, 0o600)
-    from deploy import rolling
+    from deploy.engine import group
 
     # the environment's audit is on its primary host; the dump stays beside the database
-    primary, state = rolling.primary(proj, name)
+    primary, state = group.primary(proj, name)
     try:
         audit(primary, state, actor=actor, action="backup", backup=bid, release=release)
     finally:
@@ -205,9 +205,10 @@ def take_now(
 ) -> TakenBackup:
     """Back up `name` now, labelled with its serving release; with verify, restore the dump into
     a scratch database and compare row counts with the live one."""
-    from deploy import releases, rolling
+    from deploy import releases
+    from deploy.engine import group
 
-    host, layout = rolling.primary(proj, name)
+    host, layout = group.primary(proj, name)
     try:
         current = releases.current_release(host, layout) or ""
     finally:

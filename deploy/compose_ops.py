@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from deploy import guards, migrations, releases, rolling, smoke
+from deploy import guards, migrations, releases, smoke
 from deploy.commands import app as appcmd
 from deploy.commands import compose as cmd
 from deploy.commands import files as filecmd
@@ -29,6 +29,7 @@ from deploy.commands.compose import backup_in_container as backup_argv
 from deploy.commands.compose import migrate as migrate_argv
 from deploy.commands.compose import restore_in_container as restore_argv
 from deploy.config import EnvConfig, Project
+from deploy.engine import group
 from deploy.engine.group import Target
 from deploy.engine.rollback_rules import (
     RollbackPlan,
@@ -80,7 +81,7 @@ def is_compose(proj: Project, name: str) -> bool:
 
 def place(proj: Project, name: str) -> tuple[Host, Layout]:
     """The environment's first host (it runs the project and keeps lock and history) and layout."""
-    return rolling.primary(proj, name)
+    return group.primary(proj, name)
 
 
 def runtime_for(

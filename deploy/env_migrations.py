@@ -15,10 +15,11 @@ from deploy.migrations import MigrationFile, MigrationStatus
 def serving_files(proj: Project, name: str) -> list[MigrationFile]:
     """The migrations of the release serving `name`, read on its primary host; before the first
     deploy, the working tree's (what the first deploy would apply)."""
-    from deploy import releases, rolling
+    from deploy import releases
+    from deploy.engine import group
     from deploy.runtime.native_rollback import release_migration_files
 
-    host, layout = rolling.primary(proj, name)
+    host, layout = group.primary(proj, name)
     try:
         current = releases.current_release(host, layout)
         if current:

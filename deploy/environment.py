@@ -39,12 +39,12 @@ def logs(proj: Project, name: str, *, tail: int = 100, service: str = "") -> str
 
 
 def status(proj: Project, name: str) -> dict[str, Any]:
-    from deploy import rolling
+    from deploy.engine import group
 
     env = proj.env(name)
     servers, app = _on_runtime(proj, name, lambda rt: rt.servers_status())
     # lock, history and freeze live on the primary (this machine, DATA_DIR, in the plain setting)
-    host, layout = rolling.primary(proj, name)
+    host, layout = group.primary(proj, name)
     lock = DeployLock(host, layout)
     holder = lock.holder()
     entries = history(host, layout)

@@ -366,10 +366,10 @@ def write(
 
 def draft(proj: Project, name: str, *, since: str | None = None) -> Path:
     """inv <env>.incident: the draft for env `name`, from the records on its primary host."""
-    from deploy import rolling
+    from deploy.engine import group
 
     env = proj.env(name)
-    host, layout = rolling.primary(proj, name)
+    host, layout = group.primary(proj, name)
     try:
         return write(
             proj.root,

@@ -55,16 +55,16 @@ def _previous_release(host: Host, layout: Layout, current: str | None) -> str | 
 
 def _hosts_sample(proj: Project, name: str) -> tuple[str | None, bool, float | None, str, float]:
     """Release (the primary's), health of every host on its own address, the largest memory."""
-    from deploy import rolling
+    from deploy.runtime import native_hosts
 
     env = proj.env(name)
-    todo = rolling.targets(proj, name)
+    todo = group.targets(proj, name)
     try:
         current = releases.current_release(todo[0].host, todo[0].layout)
 
         def one(t: group.Target) -> tuple[bool, float | None, str, float]:
             ok, ms, detail = _health(env.app_port, t.bind)
-            return ok, ms, detail, rolling.host_memory_mb(t, current) if current else 0.0
+            return ok, ms, detail, native_hosts.host_memory_mb(t, current) if current else 0.0
 
         seen = group.parallel(todo, one)
     finally:
@@ -88,10 +88,9 @@ def _hosts_sample(proj: Project, name: str) -> tuple[str | None, bool, float | N
 
 def take_sample(proj: Project, name: str) -> Sample:
     """One reading; on several hosts health is every host's, memory the largest host's."""
-    from deploy import rolling
 
     env = proj.env(name)
-    if rolling.is_rolling(proj, name):
+    if group.is_rolling(proj, name):
         current, ok, ms, detail, memory = _hosts_sample(proj, name)
     else:
         layout = Layout(str(env.data_dir))
@@ -125,10 +124,9 @@ def take_sample(proj: Project, name: str) -> Sample:
 
 
 def baseline(proj: Project, name: str, release: str | None) -> verify.Stats | None:
-    from deploy import rolling
 
     env = proj.env(name)
-    host, layout = rolling.primary(proj, name)
+    host, layout = group.primary(proj, name)
     try:
         prev = _previous_release(host, layout, release)
         return verify.release_stats(env, prev)

@@ -154,9 +154,9 @@ class Notifier:
 
         def where() -> tuple[Host, Layout]:
             # the environment's audit is on its primary host; reached only when a delivery fails
-            from deploy import rolling
+            from deploy.engine import group
 
-            return rolling.primary(proj, env)
+            return group.primary(proj, env)
 
         try:
             targets = urls(proj, env)

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from deploy import guards, notify, rolling
+from deploy import guards, notify
 from deploy.actors import Actor
 from deploy.clock import Clock, as_utc, from_epoch, stamp, system_clock
 from deploy.commands import git as gitcmd
 from deploy.config import Project
+from deploy.engine import group
 from deploy.errors import ConfigError, NotApproved, UsageError
 from deploy.hosts import Host, run_process
 from deploy.state import Layout, audit, history, utc_now
@@ -139,7 +140,7 @@ def gate_report(proj: Project, commit: str) -> dict[str, Any] | None:
 
 def staging_evidence(proj: Project, commit: str) -> dict[str, Any] | None:
     """The newest successful staging deploy of this commit (smoke and verify passed)."""
-    entries = history(*rolling.primary(proj, "staging"))
+    entries = history(*group.primary(proj, "staging"))
     ok = [
         e
         for e in entries
@@ -151,7 +152,7 @@ def staging_evidence(proj: Project, commit: str) -> dict[str, Any] | None:
 
 
 def _prod_current_commit(proj: Project) -> str | None:
-    entries = history(*rolling.primary(proj, PROD))
+    entries = history(*group.primary(proj, PROD))
     done = [e for e in entries if e.get("status") == "success"]
     return done[-1]["commit"] if done else None
 
@@ -376,7 +377,7 @@ def request(
     md = checklist(proj, req)
     (_dir(proj) / f"{rid}.md").write_text(md)
     audit(
-        *rolling.primary(proj, PROD),
+        *group.primary(proj, PROD),
         actor=str(actor),
         action="request",
         request=rid,
@@ -431,7 +432,7 @@ def approve(
         details={"request": req["id"]},
     )
     audit(
-        *rolling.primary(proj, PROD),
+        *group.primary(proj, PROD),
         actor=str(actor),
         action="approve",
         request=req["id"],
@@ -448,7 +449,7 @@ def reject(proj: Project, rid: str | int, *, actor: Actor, reason: str) -> dict[
     req["rejections"].append({"actor": actor.name, "time": utc_now(), "reason": reason})
     save(proj, req)
     audit(
-        *rolling.primary(proj, PROD),
+        *group.primary(proj, PROD),
         actor=str(actor),
         action="reject",
         request=req["id"],
@@ -614,9 +615,7 @@ def _staging_verified(case: _PromotionCase) -> guards.Check:
     ev = staging_evidence(case.proj, commit)
     if ev:
         return guards.Check("staging", True, f"staging verified it as {ev['release']}")
-    failed = [
-        e for e in history(*rolling.primary(case.proj, "staging")) if e.get("commit") == commit
-    ]
+    failed = [e for e in history(*group.primary(case.proj, "staging")) if e.get("commit") == commit]
     if failed:
         return guards.Check(
             "staging",
@@ -725,7 +724,7 @@ def deploy(
             details={"request": req["id"], "reason": break_glass},
         )
         audit(
-            *rolling.primary(proj, PROD),
+            *group.primary(proj, PROD),
             actor=str(actor),
             action="break-glass",
             request=req["id"],

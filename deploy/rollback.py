@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from deploy import notify, releases, rolling
+from deploy import notify, releases
 from deploy.actors import Actor
 from deploy.commands import files as filecmd
 from deploy.config import Project
+from deploy.engine import group
 from deploy.engine.rollback_rules import previous_good
 from deploy.errors import GuardRefused, UsageError
+from deploy.runtime import native_hosts
 from deploy.state import DeployLock, audit, history
 
 
@@ -24,7 +26,7 @@ def unfreeze(proj: Project, name: str, *, actor: Actor, reason: str) -> dict[str
     env = proj.env(name)
     if env.environment == "production" and not actor.is_human:
         raise GuardRefused(f"{actor} may not unfreeze {name}", hint="a human lifts a prod freeze")
-    host, layout = rolling.primary(proj, name)
+    host, layout = group.primary(proj, name)
     text = host.read_text(layout.freeze)
     if text is None:
         return None
@@ -47,7 +49,7 @@ def verify_serving(proj: Project, name: str, *, window_s: float | None = None) -
     """Watch the serving release against the previous good one; the verdict with its numbers."""
     from deploy import verify
 
-    host, layout = rolling.primary(proj, name)
+    host, layout = group.primary(proj, name)
     current = releases.current_release(host, layout)
     if current is None:
         raise UsageError(f"{name} serves no release", hint=f"deploy one with `inv {name}.deploy`")
@@ -57,11 +59,11 @@ def verify_serving(proj: Project, name: str, *, window_s: float | None = None) -
         existing=frozenset(releases.list_releases(host, layout)),
     )
     window = window_s if window_s is not None else (proj.policies[name].verify_window_s or 5.0)
-    if rolling.is_rolling(proj, name):
-        verdict = rolling.watch(
+    if group.is_rolling(proj, name):
+        verdict = native_hosts.watch(
             proj,
             name,
-            rolling.targets(proj, name),
+            group.targets(proj, name),
             release=current,
             baseline=baseline,
             window_s=float(window),
@@ -83,7 +85,7 @@ def verify_serving(proj: Project, name: str, *, window_s: float | None = None) -
 
 def interruption(proj: Project, name: str) -> dict[str, Any] | None:
     """What a deploy or rollback that is running, or was killed, left behind: for `status`."""
-    host, layout = rolling.primary(proj, name)
+    host, layout = group.primary(proj, name)
     lock = DeployLock(host, layout)
     info = lock.holder()
     entries = history(host, layout)

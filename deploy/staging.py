@@ -12,18 +12,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploy import backup, guards, migrations, releases, rolling
+from deploy import backup, guards, migrations, releases
 from deploy import seed as seeding
 from deploy.clients import redis_client
 from deploy.config import EnvConfig, Project, Thresholds
+from deploy.engine import group
 from deploy.errors import DeployError, GuardRefused, HostError, ServiceError, UsageError
 from deploy.hosts import Host
+from deploy.runtime import native_hosts
 from deploy.runtime.native import NativeServices, pg_bin_dir
 from deploy.smoke import Probe, http
 from deploy.state import DeployLock, Layout, audit, sha256_file
 
 if TYPE_CHECKING:
-    from deploy import anonymize, rolling
+    from deploy import anonymize
+    from deploy.runtime import native_hosts
 
 Printer = Callable[[str], None]
 LOG_FILES = ("app.log", "postgres.log", "redis.log")
@@ -85,7 +88,7 @@ def _wipe(proj: Project, name: str) -> str:
     """Stop everything, then remove DATA_DIR except state/ (the audit trail outlives a reset)."""
     env = proj.env(name)
     home = _safe_to_wipe(proj, env)
-    rolling.stop_service(proj, name)
+    native_hosts.stop_service(proj, name)
     _services(proj, name).down()
     layout = Layout(str(home))
     removed = 0
@@ -586,7 +589,7 @@ class _StagingView:
     name: str
     env: EnvConfig
     layout: Layout  # this machine: the servers, their logs, the backups
-    targets: list[rolling.Target]  # the service's hosts when it rolls over several, else none
+    targets: list[native_hosts.Target]  # the service's hosts when it rolls over several, else none
     app_host: Host  # the primary: its release and state
     app_layout: Layout
     address: str
@@ -648,7 +651,7 @@ def _thresholds_derived(v: _StagingView) -> tuple[bool, str]:
 def _services_up(v: _StagingView) -> tuple[bool, str]:
     svc = NativeServices(v.env, user_name=v.proj.service_user)
     down = [s.name for s in svc.status() if not s.up]
-    app = rolling.service_status(v.proj, v.name)
+    app = native_hosts.service_status(v.proj, v.name)
     if not app["up"]:
         down.append("app")
     return not down, f"down: {', '.join(down)}" if down else "postgres, redis, app up"
@@ -694,12 +697,11 @@ def profile_checks(
     proj: Project, name: str = "staging", *, process_env: Mapping[str, str] | None = None
 ) -> list[Probe]:
     """What makes staging a faithful rehearsal of prod, each as a smoke probe (well under 2 s)."""
-    from deploy import rolling
 
     env = proj.env(name)
     layout = Layout(str(env.data_dir))
     # the service's side: every host's release and log directories; version from the primary
-    todo = rolling.targets(proj, name) if rolling.is_rolling(proj, name) else []
+    todo = group.targets(proj, name) if group.is_rolling(proj, name) else []
     view = _StagingView(
         proj=proj,
         name=name,
@@ -733,7 +735,7 @@ def smoke_probes(
     proj: Project, name: str, *, process_env: Mapping[str, str] | None = None
 ) -> list[Probe]:
     """`inv <env>.smoke`: the serving release probed on every host; staging adds its profile."""
-    probes = rolling.probe_serving(proj, name)
+    probes = native_hosts.probe_serving(proj, name)
     if name == "staging":
         probes += profile_checks(proj, name, process_env=process_env)
     return probes

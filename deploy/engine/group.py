@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from deploy.config import HostSpec
+from deploy.config import HostSpec, Project, host_spec
 from deploy.errors import DeployError, ExitCode
-from deploy.hosts import Host
+from deploy.hosts import Host, host_from_spec
 from deploy.state import Layout
 
 Printer = Callable[[str], None]
@@ -216,3 +216,30 @@ def roll(
                 )
             break
     return [outcomes[t.name] for t in todo]
+
+
+# -- an environment's hosts ---------------------------------------------------------------------
+
+
+def targets(proj: Project, name: str) -> list[Target]:
+    """Every host of environment `name`, primary first, each with its own layout."""
+    env = proj.env(name)
+    out = []
+    for raw in proj.policies[name].hosts:
+        spec = host_spec(raw)
+        host = host_from_spec(spec, secrets=env.secret_values())
+        out.append(Target(spec, host, Layout(spec.home(env))))
+    return out
+
+
+def is_rolling(proj: Project, name: str) -> bool:
+    """False for the shipped setting (this machine alone, DATA_DIR, loopback): the plain pipeline."""
+    hosts = [host_spec(h) for h in proj.policies[name].hosts]
+    return not (len(hosts) == 1 and hosts[0].plain)
+
+
+def primary(proj: Project, name: str) -> tuple[Host, Layout]:
+    """The host that holds the environment's lock and state files, and its layout there."""
+    spec = host_spec(proj.policies[name].hosts[0])
+    env = proj.env(name)
+    return host_from_spec(spec, secrets=env.secret_values()), Layout(spec.home(env))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from deploy import rolling
 from deploy.compose_ops import ComposeDeploy
 from deploy.config import Project
+from deploy.engine import group
 from deploy.engine.group import Target
 from deploy.runtime.base import Runtime
 from deploy.runtime.native_runtime import NativeRuntime
@@ -12,10 +12,10 @@ from deploy.runtime.native_runtime import NativeRuntime
 
 def runtime_for(proj: Project, name: str) -> tuple[Runtime, list[Target]]:
     """The environment's runtime and its group of hosts, primary first."""
-    targets = rolling.targets(proj, name)
+    targets = group.targets(proj, name)
     if proj.policies[name].runtime == "compose":  # one project on the first host (config checks)
         return ComposeDeploy(proj, name, targets[:1]), targets[:1]
-    return NativeRuntime(proj, name, targets, rolling_hosts=rolling.is_rolling(proj, name)), targets
+    return NativeRuntime(proj, name, targets, rolling_hosts=group.is_rolling(proj, name)), targets
 
 
 def close(targets: list[Target]) -> None:

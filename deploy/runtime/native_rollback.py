@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from deploy import migrations, releases, rolling, smoke
+from deploy import migrations, releases, smoke
 from deploy.clients import redis_client
 from deploy.commands import files as filecmd
 from deploy.config import EnvConfig, Project
@@ -26,6 +26,7 @@ from deploy.engine.rollback_rules import (
 from deploy.engine.steps import Step
 from deploy.errors import GuardRefused, ServiceError, UsageError
 from deploy.hosts import Host
+from deploy.runtime import native_hosts
 from deploy.runtime.native import NativeServices
 from deploy.state import Layout, history
 
@@ -49,7 +50,7 @@ def make_plan(
     reset_data: bool = False,
 ) -> RollbackPlan:
     """Read the environment and decide every change; refuse here, before anything changes."""
-    host, layout = rolling.primary(proj, name)  # the plain setting: this machine, DATA_DIR
+    host, layout = group.primary(proj, name)  # the plain setting: this machine, DATA_DIR
     try:
         return _make_plan(
             proj,
@@ -113,8 +114,8 @@ def _plan_revert(
     one) and what the schema must do to serve it; refused when a down file is missing."""
     env, current = proj.env(name), p.current or ""
     existing = (
-        _on_every_host(rolling.targets(proj, name))
-        if rolling.is_rolling(proj, name)
+        _on_every_host(group.targets(proj, name))
+        if group.is_rolling(proj, name)
         else set(releases.list_releases(host, layout))
     )
     p.target = _level2_target(existing, entries, current=current, to=to, dead=dead)
@@ -147,7 +148,7 @@ def _plan_restore(
     the release it matches, which must still be on every host."""
     from deploy import backup as backups
 
-    current, multi = p.current or "", rolling.is_rolling(proj, name)
+    current, multi = p.current or "", group.is_rolling(proj, name)
     chosen = (
         backups.find(proj, name, backup_id)
         if backup_id
@@ -160,7 +161,7 @@ def _plan_restore(
         )
     target = chosen.get("release") or ""
     present = (
-        target in _on_every_host(rolling.targets(proj, name))
+        target in _on_every_host(group.targets(proj, name))
         if multi
         else host.exists(layout.release(target))
     )
@@ -175,7 +176,7 @@ def _plan_restore(
 
 def order(proj: Project, name: str) -> str:
     """The batches hosts go in, primary first and alone: "a | b, c"."""
-    todo = [t.name for t in rolling.targets(proj, name)]
+    todo = [t.name for t in group.targets(proj, name)]
     groups = group.batches(todo, proj.policies[name].batch)
     return " | ".join(", ".join(g) for g in groups) + f" (batch {proj.policies[name].batch!r})"
 
@@ -417,7 +418,7 @@ def _restart_hosts(ctx: Context, rel: releases.Release) -> str:
         releases.write_app_env(t.host, env, t.layout)
         old, new = restart_release(t.host, env, t.layout, rel, workers=policy.workers, bind=t.bind)
         drained = f"; drained {old}" if old else ""
-        return f"master {new} serves {rel.id}{drained}; {rolling.probe(env, t, rel.id)}"
+        return f"master {new} serves {rel.id}{drained}; {native_hosts.probe(env, t, rel.id)}"
 
     ctx.outcomes = group.roll(
         env.name, todo, restart_one, batch=policy.batch, printer=ctx.printer, release=rel.id
@@ -537,7 +538,7 @@ def _switch_hosts(ctx: Context, p: RollbackPlan, *, restored: bool) -> str:
     the freeze stays until a human looks."""
     env, todo, policy, rel = ctx.env, ctx.targets, ctx.policy, target_release(ctx, p)
     try:
-        ctx.outcomes = rolling.switch_hosts(
+        ctx.outcomes = native_hosts.switch_hosts(
             ctx.proj, env.name, rel.id, hosts=todo, batch=policy.batch, printer=ctx.printer
         )
     except RolloutError as err:
@@ -548,7 +549,7 @@ def _switch_hosts(ctx: Context, p: RollbackPlan, *, restored: bool) -> str:
             what = f"{env.name} is restored but {culprit.host} failed to start {rel.id}"
             after = "it stays frozen"
         else:
-            ctx.outcomes = rolling.switch_back(
+            ctx.outcomes = native_hosts.switch_back(
                 env, todo, err.outcomes, workers=policy.workers, printer=ctx.printer,
                 why=f"{culprit.host} failed",
             )  # fmt: skip

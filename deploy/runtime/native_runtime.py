@@ -8,14 +8,14 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploy import guards, migrations, releases, rolling, smoke
+from deploy import guards, migrations, releases, smoke
 from deploy.commands import files as filecmd
 from deploy.config import Project
 from deploy.engine import group
 from deploy.engine.rollback_rules import RollbackPlan
 from deploy.engine.steps import Step
 from deploy.errors import RolledBack
-from deploy.runtime import native_rollback
+from deploy.runtime import native_hosts, native_rollback
 from deploy.runtime.native import NativeServices
 from deploy.secrets import scrub
 
@@ -84,7 +84,7 @@ class NativeRuntime:
         return self._servers().up()
 
     def down(self) -> list[str]:
-        return rolling.stop_service(self.proj, self.name) + self._servers().down()
+        return native_hosts.stop_service(self.proj, self.name) + self._servers().down()
 
     def logs(self, *, tail: int, service: str) -> str:
         """The last lines of the native log files on the primary (secrets scrubbed)."""
@@ -110,7 +110,7 @@ class NativeRuntime:
             },
             "redis": {"up": st["redis"].up, "port": env.redis_port, "pid": st["redis"].pid},
         }
-        return servers, rolling.service_status(self.proj, self.name)
+        return servers, native_hosts.service_status(self.proj, self.name)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -248,7 +248,7 @@ class NativeRuntime:
     def revert(self, ctx: Context, target: group.Target) -> str | None:
         t = target
         if t.previous and t.host.exists(t.layout.release(t.previous)):
-            rolling.switch_one(ctx.env, t, t.previous, workers=ctx.policy.workers, check=False)
+            native_hosts.switch_one(ctx.env, t, t.previous, workers=ctx.policy.workers, check=False)
             return t.previous
         releases.retire_others(t.host, t.layout, keep="")
         if t.switched:
@@ -256,7 +256,7 @@ class NativeRuntime:
         return None
 
     def watch(self, ctx: Context, *, window_s: float) -> Any:
-        return rolling.watch(
+        return native_hosts.watch(
             ctx.proj,
             ctx.env.name,
             self.targets,
@@ -335,7 +335,7 @@ class NativeRuntime:
         return native_rollback.switch_steps(ctx, p, restored=restored)
 
     def stop_service(self, ctx: Context, p: RollbackPlan) -> str:
-        return "; ".join(rolling.stop_service(ctx.proj, ctx.env.name)) or "not running"
+        return "; ".join(native_hosts.stop_service(ctx.proj, ctx.env.name)) or "not running"
 
     def restore(self, ctx: Context, p: RollbackPlan, details: list[str]) -> str:
         return native_rollback.restore(ctx, p, details)

@@ -78,9 +78,9 @@ def _print_deploy_plan(proj, name, *, ref, request, break_glass):
 
 def _primary(proj, name):
     """The host holding the environment's lock and state files, and its layout there."""
-    from deploy import rolling
+    from deploy.engine import group
 
-    return rolling.primary(proj, name)
+    return group.primary(proj, name)
 
 
 def _print_hooks(proj, name):

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from deploy import rolling
 from deploy.actors import Actor
 from deploy.config import load_project
 from deploy.engine import deploy_pipeline, group
 from deploy.errors import ExitCode
 from deploy.releases import lock_hash
+from deploy.runtime import native_hosts
 from tests import support
 from tests.conftest import need
 from tests.e2e.conftest import Project, destroy, make_project
@@ -230,13 +230,15 @@ def test_switch_hosts_moves_every_host_and_reports_each(hosts: Fleet) -> None:
     current = served(hosts, "prod")[0]
     proj = load_project(hosts.project.root, process_env={})
     lines: list[str] = []
-    outcomes = rolling.switch_hosts(proj, "prod", current, printer=lines.append)
+    outcomes = native_hosts.switch_hosts(proj, "prod", current, printer=lines.append)
     assert [o.status for o in outcomes] == ["ok"] * PROD
     with pytest.raises(group.RolloutError) as info:
-        rolling.switch_hosts(proj, "prod", "no-such-release", printer=lines.append)
+        native_hosts.switch_hosts(proj, "prod", "no-such-release", printer=lines.append)
     assert [o.status for o in info.value.outcomes] == ["failed"] * PROD  # all at once
     with pytest.raises(group.RolloutError) as info:
-        rolling.switch_hosts(proj, "prod", "no-such-release", batch="50%", printer=lines.append)
+        native_hosts.switch_hosts(
+            proj, "prod", "no-such-release", batch="50%", printer=lines.append
+        )
     # the barrier: the first host failed, so no other host was touched
     assert [o.status for o in info.value.outcomes] == ["failed"] + ["skipped"] * (PROD - 1)
     assert hosts.serving("prod") == [current] * PROD

@@ -18,7 +18,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from deploy import rolling
 from deploy.actors import Actor
 from deploy.config import load_project
 from deploy.engine import group, rollback_pipeline
@@ -184,7 +183,7 @@ def test_level2_sends_every_host_back_and_the_primary_records_it(staging: Stagin
 def test_lock_is_read_and_taken_on_the_primary(staging: Staging) -> None:
     p = staging.project
     assert "lock free" in p.ok("staging.lock").stdout
-    host, layout = rolling.primary(load_project(p.root, process_env={}), "staging")
+    host, layout = group.primary(load_project(p.root, process_env={}), "staging")
     held = DeployLock(host, layout)
     held.acquire(who="carol@example.com", command="by hand", release="")
     try:

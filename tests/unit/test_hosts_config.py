@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import guards, rolling
+from deploy import guards
 from deploy.commands import app as cmd
 from deploy.config import LOCAL, HostSpec, Project, load_project
 from deploy.engine import group
@@ -40,7 +40,7 @@ def test_plain_strings_and_inline_tables(tmp_path: Path) -> None:
     assert hosts[1].home(proj.env("staging")) == str(proj.env("staging").data_dir)
     assert proj.policies["staging"].batch == "50%"
     assert proj.policies["dev"].hosts == (LOCAL,)
-    assert rolling.is_rolling(proj, "staging") and not rolling.is_rolling(proj, "dev")
+    assert group.is_rolling(proj, "staging") and not group.is_rolling(proj, "dev")
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,6 @@
-"""The native runtime over an environment's hosts: switching releases host by host, probing them.
-
-The first host of `hosts` is the primary: it holds the deploy lock and the state files, and it goes
-first and alone (the barrier): the rest start only once it serves the new release and passes its
-health check. The others follow in batches of `batch` hosts (a number or a percentage of all
-hosts), each batch in parallel threads. A failing host stops the rollout: later hosts are skipped
-and every host already switched is switched back. Like fabric's GroupResult, the outcome of every
-host is data, and one RolloutError carries all of them.
-"""
+"""The native runtime host by host: serve a release on one host, probe it, switch a group of hosts
+in batches (engine/group.py: the primary first and alone, then batches), switch them back, watch
+them through the verify window, stop the service on every host and read its status."""
 
 from __future__ import annotations
 
@@ -17,7 +11,8 @@ from typing import Any
 
 from deploy import releases, smoke
 from deploy.commands import files as filecmd
-from deploy.config import EnvConfig, Project, host_spec
+from deploy.config import EnvConfig, Project
+from deploy.engine import group
 from deploy.engine.group import (
     FAILED,
     REVERTED,
@@ -30,28 +25,11 @@ from deploy.engine.group import (
     summary,
 )
 from deploy.errors import ServiceError
-from deploy.hosts import Host, host_from_spec
+from deploy.hosts import Host
 from deploy.runtime.native import port_answers
 from deploy.state import Layout
 
 Printer = Callable[[str], None]
-
-
-def targets(proj: Project, name: str) -> list[Target]:
-    """Every host of environment `name`, primary first, each with its own layout."""
-    env = proj.env(name)
-    out = []
-    for raw in proj.policies[name].hosts:
-        spec = host_spec(raw)
-        host = host_from_spec(spec, secrets=env.secret_values())
-        out.append(Target(spec, host, Layout(spec.home(env))))
-    return out
-
-
-def is_rolling(proj: Project, name: str) -> bool:
-    """False for the shipped setting (this machine alone, DATA_DIR, loopback): the plain pipeline."""
-    hosts = [host_spec(h) for h in proj.policies[name].hosts]
-    return not (len(hosts) == 1 and hosts[0].plain)
 
 
 # -- one host ------------------------------------------------------------------------------------
@@ -114,7 +92,7 @@ def switch_hosts(
     switches nothing back (the caller decides what "back" means)."""
     env = proj.env(name)
     workers = proj.policies[name].workers
-    todo = list(hosts) if hosts is not None else targets(proj, name)
+    todo = list(hosts) if hosts is not None else group.targets(proj, name)
     outcomes = roll(
         env.name,
         todo,
@@ -247,24 +225,17 @@ def watch(
     )
 
 
-def primary(proj: Project, name: str) -> tuple[Host, Layout]:
-    """The host that holds the environment's lock and state files, and its layout there."""
-    spec = host_spec(proj.policies[name].hosts[0])
-    env = proj.env(name)
-    return host_from_spec(spec, secrets=env.secret_values()), Layout(spec.home(env))
-
-
 # -- the service on every host --------------------------------------------------------------------
 
 
 def stop_service(proj: Project, name: str) -> list[str]:
     """Stop the service's masters and listener on every host of the environment."""
     env = proj.env(name)
-    if not is_rolling(proj, name):
+    if not group.is_rolling(proj, name):
         return releases.stop_on_host(Host(secrets=env.secret_values()), Layout(str(env.data_dir)))
     lines = []
     for t, out, exc, _ in parallel(
-        targets(proj, name), lambda t: releases.stop_on_host(t.host, t.layout)
+        group.targets(proj, name), lambda t: releases.stop_on_host(t.host, t.layout)
     ):
         if exc is not None:
             lines.append(f"{t.name}: not stopped ({reason_of(exc)})")
@@ -275,7 +246,7 @@ def stop_service(proj: Project, name: str) -> list[str]:
 
 def service_status(proj: Project, name: str) -> dict[str, Any]:
     env = proj.env(name)
-    if is_rolling(proj, name):
+    if group.is_rolling(proj, name):
         return _hosts_status(proj, name)
     layout = Layout(str(env.data_dir))
     host = Host()
@@ -305,7 +276,7 @@ def _hosts_status(proj: Project, name: str) -> dict[str, Any]:
         }
 
     rows = []
-    for t, row, exc, _ in parallel(targets(proj, name), one):
+    for t, row, exc, _ in parallel(group.targets(proj, name), one):
         rows.append(
             row
             or {
@@ -331,16 +302,16 @@ def probe_serving(proj: Project, name: str) -> list[smoke.Probe]:
     """Probe every host of `name` for its serving release, each on its own address from this
     machine (a probe through one address that misses a host proves nothing about it); probes are
     named "<host>: <probe>" when there are several hosts."""
-    host, layout = primary(proj, name)
+    host, layout = group.primary(proj, name)
     try:
         current = releases.current_release(host, layout)
     finally:
         host.close()
     env = proj.env(name)
-    if is_rolling(proj, name):
+    if group.is_rolling(proj, name):
         probes = [
             replace(p, name=f"{t.name}: {p.name}")
-            for t in targets(proj, name)
+            for t in group.targets(proj, name)
             for p in smoke.run(env, expect_release=current, host=t.bind)
         ]
     else:
