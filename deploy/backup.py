@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy import migrations
-from deploy.clock import Clock, as_utc, system_clock
+from deploy.clock import as_utc
 from deploy.commands.postgres import pg_dump_dsn as dump_argv
 from deploy.commands.postgres import pg_restore_dsn as restore_argv
 from deploy.config import Project
@@ -22,18 +22,11 @@ from deploy.runtime.native import NativeServices, pg_bin_dir
 from deploy.state import Layout, audit, find_backup, sha256_file
 
 
-def _compose(proj: Project, name: str) -> bool:
-    return proj.policies[name].runtime == "compose"
-
-
 def take(
     proj: Project, name: str, *, actor: str, release: str = "", reason: str = ""
 ) -> dict[str, Any]:
-    """Dump the env's database to shared/backups/<id>.dump, write <id>.json beside it."""
-    if _compose(proj, name):  # dumped inside the postgres container, kept on the project's host
-        from deploy import compose_ops
-
-        return compose_ops.take_backup(proj, name, actor=actor, release=release, reason=reason)
+    """Dump the env's database to shared/backups/<id>.dump, write <id>.json beside it (the native
+    runtime; compose dumps inside its postgres container: ask the environment's runtime)."""
     env = proj.env(name)
     svc = NativeServices(env, user_name=proj.service_user)
     layout = Layout(str(env.data_dir))
@@ -72,10 +65,7 @@ def take(
 
 
 def list_backups(proj: Project, name: str) -> list[dict[str, Any]]:
-    if _compose(proj, name):
-        from deploy import compose_ops
-
-        return sorted(compose_ops.list_backups(proj, name), key=lambda b: str(b.get("id")))
+    """The native runtime's backups of `name`, oldest first."""
     layout = Layout(str(proj.env(name).data_dir))
     out = []
     for meta in sorted(Path(layout.backups).glob("*.json")):
@@ -143,27 +133,12 @@ def expired_backups(
     return drop
 
 
-def prune(
-    proj: Project,
-    name: str,
-    *,
-    keep: int = 10,
-    max_age_days: float | None = None,
-    clock: Clock = system_clock,
-) -> list[str]:
-    """Retention by count and age (expired_backups); the newest backup is always kept."""
-    backups = list_backups(proj, name)
+def remove(proj: Project, name: str, ids: list[str]) -> None:
+    """Delete the native runtime's backups with these ids (dump and metadata)."""
     layout = Layout(str(proj.env(name).data_dir))
-    drop = expired_backups(backups, now=clock(), keep=keep, max_age_days=max_age_days)
-    if _compose(proj, name):
-        from deploy import compose_ops
-
-        compose_ops.remove_backups(proj, name, [b["id"] for b in drop])
-        return [b["id"] for b in drop]
-    for b in drop:
+    for bid in ids:
         for suffix in (".dump", ".json"):
-            (Path(layout.backups) / f"{b['id']}{suffix}").unlink(missing_ok=True)
-    return [b["id"] for b in drop]
+            (Path(layout.backups) / f"{bid}{suffix}").unlink(missing_ok=True)
 
 
 # -- what `inv <env>.backup` and `inv <env>.backups` answer ---------------------------------------
@@ -198,24 +173,6 @@ class TakenBackup:
                 f"backup {self.info['id']} row counts differ from the live database",
                 hint="writes during the backup? take another and verify it",
             )
-
-
-def take_now(
-    proj: Project, name: str, *, actor: str, reason: str, verify: bool = False
-) -> TakenBackup:
-    """Back up `name` now, labelled with its serving release; with verify, restore the dump into
-    a scratch database and compare row counts with the live one."""
-    from deploy import releases
-    from deploy.engine import group
-
-    host, layout = group.primary(proj, name)
-    try:
-        current = releases.current_release(host, layout) or ""
-    finally:
-        host.close()
-    info = take(proj, name, actor=actor, release=current, reason=reason)
-    checked = verify_backup(proj, name, info["id"]) if verify else None
-    return TakenBackup(info=info, serving=current, verify=checked)
 
 
 BACKUP_COLUMNS = ("id", "time", "release", "ledger", "size", "actor", "reason")
@@ -259,10 +216,6 @@ def _table_counts(dsn: str) -> dict[str, int]:
 def verify_backup(proj: Project, name: str, backup_id: str) -> dict[str, Any]:
     """Restore a backup into a scratch database and compare its tables' row counts with the live
     database's; the scratch database is always dropped."""
-    if proj.policies[name].runtime == "compose":  # the same, inside the postgres container
-        from deploy import compose_ops
-
-        return compose_ops.verify_backup(proj, name, backup_id)
     import psycopg
     from psycopg import sql
 

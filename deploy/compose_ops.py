@@ -72,10 +72,6 @@ Printer = Callable[[str], None]
 _SERVED_KINDS = ("deploy", "emergency", "rollback-1", "rollback-2", "rollback-3")
 
 
-def is_compose(proj: Project, name: str) -> bool:
-    return proj.policies[name].runtime == "compose"
-
-
 # -- where the project lives -----------------------------------------------------------------------
 
 
@@ -655,6 +651,18 @@ class ComposeDeploy:
 
     def logs(self, *, tail: int, service: str) -> str:
         return self.rt.logs(tail=tail, services=[service] if service else [])
+
+    def take_backup(self, *, actor: str, release: str, reason: str) -> dict[str, Any]:
+        return take_backup(self.proj, self.name, actor=actor, release=release, reason=reason)
+
+    def list_backups(self) -> list[dict[str, Any]]:
+        return list_backups(self.proj, self.name)
+
+    def remove_backups(self, ids: list[str]) -> None:
+        remove_backups(self.proj, self.name, ids)
+
+    def verify_backup(self, backup_id: str) -> dict[str, Any]:
+        return verify_backup(self.proj, self.name, backup_id)
 
     def servers_status(self) -> tuple[dict[str, Any], dict[str, Any]]:
         containers = container_status(self.proj, self.name)

@@ -7,6 +7,8 @@ import secrets as pysecrets
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from deploy.backup import TakenBackup, expired_backups
+from deploy.clock import Clock, system_clock
 from deploy.config import SECRET_KEYS, Project, load_secrets
 from deploy.hosts import Host
 from deploy.state import DeployLock, Layout, audit, history
@@ -36,6 +38,61 @@ def down(proj: Project, name: str) -> list[str]:
 def logs(proj: Project, name: str, *, tail: int = 100, service: str = "") -> str:
     """The last lines of the environment's logs: compose's, or the native log files."""
     return _on_runtime(proj, name, lambda rt: rt.logs(tail=tail, service=service))
+
+
+# -- backups, through the runtime that holds the database ----------------------------------------
+
+
+def take_backup(
+    proj: Project, name: str, *, actor: str, release: str = "", reason: str = ""
+) -> dict[str, Any]:
+    return _on_runtime(
+        proj, name, lambda rt: rt.take_backup(actor=actor, release=release, reason=reason)
+    )
+
+
+def list_backups(proj: Project, name: str) -> list[dict[str, Any]]:
+    """The environment's backups, oldest first."""
+    found = _on_runtime(proj, name, lambda rt: rt.list_backups())
+    return sorted(found, key=lambda b: str(b.get("id")))
+
+
+def verify_backup(proj: Project, name: str, backup_id: str) -> dict[str, Any]:
+    """Restore a backup into a scratch database and compare row counts with the live one."""
+    return _on_runtime(proj, name, lambda rt: rt.verify_backup(backup_id))
+
+
+def prune_backups(
+    proj: Project,
+    name: str,
+    *,
+    keep: int = 10,
+    max_age_days: float | None = None,
+    clock: Clock = system_clock,
+) -> list[str]:
+    """Retention by count and age (backup.expired_backups); the newest backup is always kept."""
+
+    def prune(rt: Any) -> list[str]:
+        drop = expired_backups(rt.list_backups(), now=clock(), keep=keep, max_age_days=max_age_days)
+        rt.remove_backups([b["id"] for b in drop])
+        return [b["id"] for b in drop]
+
+    return _on_runtime(proj, name, prune)
+
+
+def take_now(
+    proj: Project, name: str, *, actor: str, reason: str, verify: bool = False
+) -> TakenBackup:
+    """Back up `name` now, labelled with its serving release; with verify, restore the dump into
+    a scratch database and compare row counts with the live one."""
+
+    def take(rt: Any) -> TakenBackup:
+        current = rt.serving() or ""
+        info = rt.take_backup(actor=actor, release=current, reason=reason)
+        checked = rt.verify_backup(info["id"]) if verify else None
+        return TakenBackup(info=info, serving=current, verify=checked)
+
+    return _on_runtime(proj, name, take)
 
 
 def status(proj: Project, name: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploy import backup, guards, migrations, releases
+from deploy import backup, environment, guards, migrations, releases
 from deploy import seed as seeding
 from deploy.clients import redis_client
 from deploy.config import EnvConfig, Project, Thresholds
@@ -207,7 +207,7 @@ def _seed_rows(env: EnvConfig, name: str, size: str) -> str:
 
 def _latest_backup(proj: Project, source: str) -> dict[str, Any] | None:
     layout = Layout(str(proj.env(source).data_dir))
-    for info in reversed(backup.list_backups(proj, source)):
+    for info in reversed(environment.list_backups(proj, source)):
         dump = Path(layout.backups) / info.get("file", "")
         if dump.exists() and sha256_file(dump) == info.get("sha256"):
             return {**info, "path": str(dump)}
@@ -219,7 +219,7 @@ def _source_dump(proj: Project, source: str, *, actor: str, fresh: bool) -> dict
     if info is not None:
         return {**info, "fresh": False}
     try:
-        info = backup.take(proj, source, actor=actor, reason="staging refresh")
+        info = environment.take_backup(proj, source, actor=actor, reason="staging refresh")
     except (HostError, ServiceError) as exc:
         raise ServiceError(
             f"cannot dump {source}: {exc.message}",

@@ -42,6 +42,22 @@ class Runtime(Protocol):
         """The last lines of the environment's logs, secrets scrubbed."""
         ...
 
+    def take_backup(self, *, actor: str, release: str, reason: str) -> dict[str, Any]:
+        """A backup of the environment's database now, labelled with release; its metadata."""
+        ...
+
+    def list_backups(self) -> list[dict[str, Any]]:
+        """The environment's backups' metadata."""
+        ...
+
+    def remove_backups(self, ids: list[str]) -> None:
+        """Delete these backups (retention)."""
+        ...
+
+    def verify_backup(self, backup_id: str) -> dict[str, Any]:
+        """Restore into a scratch database, compare row counts with the live one, drop it."""
+        ...
+
     def servers_status(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(PostgreSQL and Redis, the service) as `status` shows them."""
         ...

@@ -98,6 +98,26 @@ class NativeRuntime:
             out += [f"==> {fname} <==", *lines]
         return scrub("\n".join(out), self.proj.env(self.name).secret_values())
 
+    def take_backup(self, *, actor: str, release: str, reason: str) -> dict[str, Any]:
+        from deploy import backup as backups
+
+        return backups.take(self.proj, self.name, actor=actor, release=release, reason=reason)
+
+    def list_backups(self) -> list[dict[str, Any]]:
+        from deploy import backup as backups
+
+        return backups.list_backups(self.proj, self.name)
+
+    def remove_backups(self, ids: list[str]) -> None:
+        from deploy import backup as backups
+
+        backups.remove(self.proj, self.name, ids)
+
+    def verify_backup(self, backup_id: str) -> dict[str, Any]:
+        from deploy import backup as backups
+
+        return backups.verify_backup(self.proj, self.name, backup_id)
+
     def servers_status(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """PostgreSQL and Redis as `status` shows them, and the service on every host."""
         env = self.proj.env(self.name)
@@ -202,11 +222,7 @@ class NativeRuntime:
         return [f.version for f in found]
 
     def backup(self, ctx: Context, *, reason: str) -> dict[str, Any]:
-        from deploy import backup as backups
-
-        return backups.take(
-            ctx.proj, ctx.env.name, actor=str(ctx.actor), release=ctx.previous or "", reason=reason
-        )
+        return self.take_backup(actor=str(ctx.actor), release=ctx.previous or "", reason=reason)
 
     def migrate(self, ctx: Context) -> list[int]:
         env = ctx.env

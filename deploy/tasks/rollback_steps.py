@@ -7,6 +7,7 @@ import os
 from invoke import task
 
 from deploy import backup as backups
+from deploy import environment
 from deploy import rollback as engine
 from deploy.engine import rollback_pipeline
 from deploy.engine import rollback_rules as rules
@@ -65,7 +66,7 @@ def backup(c, verify=False, reason="manual", json=False):
     name = env_name(c)
     proj = project()
     guarded(proj, name)
-    taken = backups.take_now(proj, name, actor=str(actor()), reason=reason, verify=verify)
+    taken = environment.take_now(proj, name, actor=str(actor()), reason=reason, verify=verify)
     if json:
         print_json(taken.to_dict())
     else:
@@ -84,7 +85,7 @@ def backup(c, verify=False, reason="manual", json=False):
 def backups_(c, json=False):
     """List this environment's backups: id, time, release, ledger version, size."""
     name = env_name(c)
-    found = backups.list_backups(project(), name)[::-1]
+    found = environment.list_backups(project(), name)[::-1]
     show(
         found,
         as_json=json,

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from deploy import backup, promotion
+from deploy import backup, environment, promotion
 from deploy.actors import Actor
 from deploy.clock import as_utc, stamp, system_clock
 from deploy.config import Project, load_project
@@ -409,7 +409,7 @@ def test_prune_drops_by_its_clock(tmp_path: Path):
         info = {"id": bid, "time": (T0 + timedelta(days=day)).isoformat(timespec="seconds")}
         (home / f"{bid}.json").write_text(json.dumps(info))
         (home / f"{bid}.dump").write_text(f"dump {i}")
-    dropped = backup.prune(
+    dropped = environment.prune_backups(
         proj, "dev", keep=10, max_age_days=1, clock=clock_at(T0 + timedelta(days=2))
     )
     assert dropped == ["20260306T120000000000Z"]
