@@ -11,10 +11,9 @@ import os
 
 from invoke import task
 
-from deploy import guards, releases, smoke
+from deploy import guards
 from deploy.errors import RolledBack, UsageError
 from deploy.output import print_json, print_table, say
-from deploy.state import DeployLock, history
 from deploy.tasks._common import actor, edge, env_name, guarded, preflight, project, whole
 
 
@@ -53,7 +52,7 @@ def deploy(
 
 def _print_deploy_plan(proj, name, *, ref, request, break_glass):
     """The dry run: guards (or, for a request, every promotion rule), the steps, the hooks."""
-    from deploy import promotion
+    from deploy import promotion, releases
     from deploy.engine import deploy_pipeline
 
     if request is not None:
@@ -98,7 +97,7 @@ def _print_hooks(proj, name):
 
 
 def _files_and_url(name):
-    from deploy import migrations, rolling
+    from deploy import migrations, releases, rolling
     from deploy.rollback import release_migration_files
 
     proj = project()
@@ -189,6 +188,8 @@ def _smoke_addresses(proj, name):
 @edge
 def smoke_(c, json=False):
     """Probe the serving release: health, ready, version, identity, postgres, redis."""
+    from deploy import releases, smoke
+
     name = env_name(c)
     proj = project()
     env = proj.env(name)
@@ -226,6 +227,8 @@ def smoke_(c, json=False):
 @edge
 def lock(c, release=False, force=False, reason=""):
     """Show who holds the deploy lock; --force --reason breaks a stale one (audited)."""
+    from deploy.state import DeployLock
+
     name = env_name(c)
     dl = DeployLock(*_primary(project(), name))
     info = dl.holder()
@@ -260,6 +263,8 @@ def lock(c, release=False, force=False, reason=""):
 @edge
 def history_(c, limit="20", json=False):
     """Deployment history: Date | Version | Type | Status | Rollback | Notes."""
+    from deploy.state import history
+
     name = env_name(c)
     entries = history(*_primary(project(), name))[-whole(limit, "--limit", minimum=1) :][::-1]
     if json:

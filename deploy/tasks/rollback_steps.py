@@ -6,10 +6,6 @@ import os
 
 from invoke import task
 
-from deploy import backup as backups
-from deploy import releases
-from deploy import rollback as engine
-from deploy.engine import rollback_rules as rules
 from deploy.errors import ServiceError, UsageError, VerifyFailed
 from deploy.output import print_json, print_table, say
 from deploy.tasks._common import actor, edge, env_name, guarded, project
@@ -40,6 +36,9 @@ def rollback(
     json=False,
 ):
     """Roll back: --level 1 restart, 2 revert to the previous release, 3 restore a backup."""
+    from deploy import rollback as engine
+    from deploy.engine import rollback_rules as rules
+
     name, proj, lvl = env_name(c), project(), rules.parse_level(level)
     result = engine.rollback(proj, name, level=lvl, actor=actor(), to=to, backup_id=backup,
                              reason=reason, yes=yes, dry_run=dry_run, reset_data=reset_data,
@@ -67,6 +66,10 @@ def rollback(
 @edge
 def backup(c, verify=False, reason="manual", json=False):
     """Take a backup of this environment's database now (pg_dump -Fc, sha256, metadata)."""
+    from deploy import backup as backups
+    from deploy import releases
+    from deploy import rollback as engine
+
     name = env_name(c)
     proj = project()
     guarded(proj, name)
@@ -102,6 +105,8 @@ def backup(c, verify=False, reason="manual", json=False):
 @edge
 def backups_(c, json=False):
     """List this environment's backups: id, time, release, ledger version, size."""
+    from deploy import backup as backups
+
     name = env_name(c)
     found = backups.list_backups(project(), name)[::-1]
     if json:
@@ -134,6 +139,8 @@ def backups_(c, json=False):
 @edge
 def verify(c, window=None, json=False):
     """Watch the serving release against the previous one; non-zero exit on a trigger."""
+    from deploy import rollback as engine
+
     name = env_name(c)
     try:
         seconds = float(window) if window else None
@@ -163,6 +170,8 @@ def verify(c, window=None, json=False):
 @edge
 def unfreeze(c, reason=""):
     """Lift the freeze a level 3 restore left, so deploys may run again (audited)."""
+    from deploy import rollback as engine
+
     name = env_name(c)
     if not reason.strip():
         raise UsageError(
