@@ -30,22 +30,34 @@ from pathlib import Path
 from typing import Any
 
 import _common as c
+from _floor import Floor, Ssh
 
 from deploy import releases, rolling
 from deploy.actors import Actor
 from deploy.config import HostSpec, load_project
 from deploy.engine import deploy_pipeline, group
 from deploy.hosts import Host, host_from_spec
+from deploy.state import Layout
 from tests import support
 from tests.e2e.conftest import Project, destroy, make_project
-from tests.sshd import Sshd, can_run_sshd, fleet, seed_venv, set_hosts, shared_venv
+from tests.sshd import (
+    Sshd,
+    can_run_sshd,
+    fleet,
+    free_port_on,
+    seed_venv,
+    set_hosts,
+    shared_venv,
+)
 
 # STAGEFLOW_BENCH_HOSTS=1,4 measures fewer sizes (a quicker look); the docs quote the default
 SIZES = tuple(int(n) for n in os.environ.get("STAGEFLOW_BENCH_HOSTS", "1,4,8,16").split(","))
 BATCH = "25%"
+LOCK = Path("app") / "requirements.lock"
 NOOPS = 30
 TICK = os.sysconf("SC_CLK_TCK")
 SAMPLE_S = 0.25
+ONE_HOST_TARGETS_S = {"deploy": 1.4, "level2": 1.4}  # wall to one SSH host, `inv` start-up included
 
 
 def runs_for(hosts: int) -> int:
@@ -424,7 +436,7 @@ def main() -> int:
 
 
 def measure(project: Project, servers: list[Sshd], doc: dict[str, Any]) -> None:
-    lock = project.root / "app" / "requirements.lock"
+    lock = project.root / LOCK
     venv = shared_venv(lock)
     doc["ssh"] = ssh_overhead(servers[0])
     doc["venv_copy"] = venv_copy(venv)
@@ -464,6 +476,12 @@ def measure(project: Project, servers: list[Sshd], doc: dict[str, Any]) -> None:
             **c.summary(samples, digits=2),
             "batches": groups,
             "wall_per_batch_s": round(median / groups, 2),
+            # the `inv` process on this machine and what it waited for; not the hosts' servers
+            "controller": {
+                "cpu_s": round(operator_s, 2),
+                "cpu_per_host_s": round(operator_s / n, 3),
+                "wall_per_host_s": round(median / n, 2),
+            },
             "cpu_s": {
                 "hosts": round(hosts_s, 2),
                 "per_host": round(hosts_s / n, 2),
@@ -482,6 +500,71 @@ def measure(project: Project, servers: list[Sshd], doc: dict[str, Any]) -> None:
         }
         if n in (min(SIZES), max(SIZES)):  # the two ends show it; each profile is one more deploy
             doc["deploys"][str(n)]["profile"] = profiled_deploy(project, cpu, batches=groups)
+        if n == 1:
+            doc["one_host"] = one_host(project, servers[0], dirs[0])
+    doc["controller_cpu"] = {
+        n: {"wall_s": d["median_s"], "hosts": int(n), **d["controller"]}
+        for n, d in doc["deploys"].items()
+    }
+
+
+def one_host(project: Project, server: Sshd, data_dir: Path) -> dict[str, Any]:
+    """Deploy and level 2 to one SSH host against their floors through one `ssh` command each,
+    interleaved run by run."""
+    proj = load_project(project.root, process_env={})
+    env = proj.env("staging")
+    layout = Layout(str(data_dir))
+    key = server.table()
+    floor = Floor(
+        root=project.root,
+        env=env,
+        home=project.root / ".stageflow" / "hosts" / f"floor-{server.address}",
+        venv=f"{layout.venvs}/{releases.lock_hash((project.root / LOCK).read_text())}",
+        app_env=Path(layout.shared) / "app.env",
+        workers=proj.policies["staging"].workers,
+        bind=server.address,
+        ssh=Ssh(server.address, server.port, key["identity_file"], key["known_hosts"]),
+    )
+    commit = c.run(["git", "rev-parse", "HEAD"], cwd=project.root).stdout.strip()
+    deploys, floor_deploys, level2, floor_backs, rids = [], [], [], [], []
+    try:
+        floor.setup(commit, free_port_on(server.address))
+        for n in range(runs_for(1)):
+            took, out = timed_inv("staging.deploy", root=project.root)
+            deploys.append(took)
+            rids.append(out["release"])
+            floor_deploys.append(floor.deploy(commit, f"r{n + 1}"))
+        for n in range(runs_for(1)):  # back and forth between the last two releases
+            took, _ = timed_inv(
+                "staging.rollback", "--level", "2", "--to", rids[-2 + n % 2], "--yes",
+                root=project.root,
+            )  # fmt: skip
+            level2.append(took)
+            floor_backs.append(floor.rollback(f"r{len(rids) - 1 + n % 2}"))
+    finally:
+        floor.stop()
+        shutil.rmtree(floor.home, ignore_errors=True)
+    med = statistics.median
+    return {
+        "host": server.destination,
+        "floor": "one `ssh` command: extract the archive from stdin, link the venv, gunicorn "
+        "master on the shared listener socket, wait for its workers, switch, drain the old "
+        "master; then one GET from this machine (rollback: the same without the archive)",
+        "deploy": c.summary(deploys),
+        "deploy_floor": c.summary(floor_deploys),
+        "deploy_ratio_to_floor": round(med(deploys) / med(floor_deploys), 2),
+        "deploy_target_s": ONE_HOST_TARGETS_S["deploy"],
+        "level2": c.summary(level2),
+        "level2_floor": c.summary(floor_backs),
+        "level2_ratio_to_floor": round(med(level2) / med(floor_backs), 2),
+        "level2_target_s": ONE_HOST_TARGETS_S["level2"],
+    }
+
+
+def timed_inv(*args: str, root: Path) -> tuple[float, dict[str, Any]]:
+    start = time.perf_counter()
+    res = c.run([c.INV, *args, "--json"], cwd=root, env=c.inv_env(), timeout=600)
+    return time.perf_counter() - start, json.loads(res.stdout)
 
 
 ROLLBACK_HOSTS = int(os.environ.get("STAGEFLOW_BENCH_ROLLBACK_HOSTS", "4"))
