@@ -1,5 +1,6 @@
-"""Warm `inv dev.deploy`: wall and per-step time against a bare baseline, and the requests lost
-and p99 latency under constant load (new connection per request) during back-to-back deploys."""
+"""Warm `inv dev.deploy`: wall and per-step time against the bare floor of a zero-downtime switch
+(benchmarks/_floor.py), and the requests lost and p99 latency under constant load (new connection
+per request) during back-to-back deploys."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -17,11 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import _common as c
+from _floor import Floor, venv_of
 
+from deploy.config import load_project
+from deploy.state import Layout
 from tests.e2e.conftest import destroy, make_project
+from tests.support import free_port
 
 RATE = float(os.environ.get("STAGEFLOW_BENCH_RATE", "60"))  # requests per second
 PATH = "/healthz"
+TARGET_S = 1.0  # warm `inv dev.deploy`, wall, `inv` start-up included
 
 
 def get(port: int, path: str = PATH, timeout: float = 10.0) -> int:
@@ -102,39 +107,43 @@ def deploy(root: Path, env: dict[str, str]) -> dict[str, Any]:
     return json.loads(res.stdout)
 
 
-def bare_baseline(root: Path, port: int, work: Path, n: int) -> None:
-    """What any deploy must do at least: git archive + tar x + symlink switch + one health GET."""
-    rel = work / f"r{n}"
-    rel.mkdir()
-    tarball = work / f"r{n}.tar"
-    subprocess.run(
-        ["git", "archive", "--format=tar", "-o", str(tarball), "HEAD"], cwd=root, check=True
+def floor_for(root: Path, env_name: str = "dev") -> Floor:
+    """The bare floor beside the environment: its venv, service env file and worker count."""
+    proj = load_project(root, process_env={})
+    env, layout = proj.env(env_name), Layout(str(proj.env(env_name).data_dir))
+    return Floor(
+        root=root,
+        env=env,
+        home=Path(tempfile.mkdtemp(prefix="sf-bench-floor-")),
+        venv=venv_of(layout),
+        app_env=Path(layout.shared) / "app.env",
+        workers=proj.policies[env_name].workers,
     )
-    subprocess.run(["tar", "-xf", str(tarball), "-C", str(rel)], check=True)
-    tmp_link = work / "current.tmp"
-    os.symlink(rel, tmp_link)
-    os.replace(tmp_link, work / "current")
-    if get(port) != 200:
-        raise SystemExit("baseline health request failed")
+
+
+def head(root: Path) -> str:
+    return c.run(["git", "rev-parse", "HEAD"], cwd=root).stdout.strip()
 
 
 def main() -> None:
     proj = make_project("sf-bench-deploy-")
     env = c.inv_env()
     port = proj.ports["dev"]["app"]
-    work = Path(tempfile.mkdtemp(prefix="sf-bench-bare-"))
+    floor: Floor | None = None
+    load_before = os.getloadavg()[0]
     try:
         c.run([c.INV, "dev.up"], cwd=proj.root, env=env)
         first_wall = c.wall(lambda: deploy(proj.root, env))  # builds the venv once
+        floor = floor_for(proj.root)
+        commit = head(proj.root)
+        floor.setup(commit, free_port())
 
-        walls, steps = [], []
-        for _ in range(c.RUNS):
+        walls, steps, floors = [], [], []
+        for n in range(c.RUNS):  # interleaved: each pair shares the machine's mood
             out: dict[str, Any] = {}
             walls.append(c.wall(lambda out=out: out.update(deploy(proj.root, env))))
             steps.append(out["steps"])
-        baseline = [
-            c.wall(lambda n=n: bare_baseline(proj.root, port, work, n)) for n in range(c.RUNS)
-        ]
+            floors.append(floor.deploy(commit, f"r{n + 1}"))
 
         with Load(port, RATE) as quiet:  # the same load with no deploy: the reference p99
             time.sleep(5)
@@ -145,25 +154,36 @@ def main() -> None:
                 deploy_walls.append(c.wall(lambda: deploy(proj.root, env)))
             time.sleep(1)
     finally:
+        if floor is not None:
+            floor.stop()
+            shutil.rmtree(floor.home, ignore_errors=True)
         destroy(proj)
-        shutil.rmtree(work, ignore_errors=True)
 
+    med = statistics.median
     step_names = list(steps[0])
-    step_medians = {s: round(statistics.median(run[s] for run in steps), 4) for s in step_names}
+    step_medians = {s: round(med(run[s] for run in steps), 4) for s in step_names}
     c.emit(
         {
             "bench": "deploy",
             "command": "inv dev.deploy --json (warm: venv and servers exist)",
-            "baseline": "git archive + tar x + symlink switch + one GET /healthz",
+            "floor": "by hand, same argv builders: git archive + tar x + venv link + gunicorn "
+            "master on a shared listener socket + ready marks + symlink switch + drain the old "
+            "master + one GET /version answering from the new release",
+            "loadavg_1m_before": round(load_before, 2),
+            "loadavg_1m_after": round(os.getloadavg()[0], 2),
             "results": {
                 "first_deploy_s": round(first_wall, 3),
                 "warm_deploy": c.summary(walls),
                 "warm_deploy_steps_median_s": step_medians,
                 "warm_deploy_steps_total_s": round(sum(step_medians.values()), 3),
-                "bare_baseline": c.summary(baseline),
-                "warm_over_baseline_s": round(
-                    statistics.median(walls) - statistics.median(baseline), 3
+                "floor": c.summary(floors),
+                "ratio_to_floor": round(med(walls) / med(floors), 2),
+                "ratio_to_floor_pairwise_median": round(
+                    med(w / f for w, f in zip(walls, floors, strict=True)), 2
                 ),
+                "warm_over_floor_s": round(med(walls) - med(floors), 3),
+                "target_s": TARGET_S,
+                "meets_target": med(walls) <= TARGET_S,
             },
             "load": {
                 "no_deploy": quiet.report(),

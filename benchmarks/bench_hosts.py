@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import _common as c
+from _floor import Floor, Ssh
 
 from deploy import releases
 from deploy.actors import Actor
@@ -37,16 +38,27 @@ from deploy.config import HostSpec, load_project
 from deploy.engine import deploy_pipeline, group
 from deploy.hosts import Host, host_from_spec
 from deploy.runtime import native_hosts
+from deploy.state import Layout
 from tests import support
 from tests.e2e.conftest import Project, destroy, make_project
-from tests.sshd import Sshd, can_run_sshd, fleet, seed_venv, set_hosts, shared_venv
+from tests.sshd import (
+    Sshd,
+    can_run_sshd,
+    fleet,
+    free_port_on,
+    seed_venv,
+    set_hosts,
+    shared_venv,
+)
 
 # STAGEFLOW_BENCH_HOSTS=1,4 measures fewer sizes (a quicker look); the docs quote the default
 SIZES = tuple(int(n) for n in os.environ.get("STAGEFLOW_BENCH_HOSTS", "1,4,8,16").split(","))
 BATCH = "25%"
+LOCK = Path("app") / "requirements.lock"
 NOOPS = 30
 TICK = os.sysconf("SC_CLK_TCK")
 SAMPLE_S = 0.25
+ONE_HOST_TARGETS_S = {"deploy": 1.4, "level2": 1.4}  # wall to one SSH host, `inv` start-up included
 
 
 def runs_for(hosts: int) -> int:
@@ -332,13 +344,29 @@ def profiled_deploy(project: Project, cpu: HostCpu, *, batches: int) -> dict[str
         "hosts_cpu_s": round(sum(cpu.now(fresh_s=0).values()) - start_cpu, 2),
         "per_host_step": clock.summary(),
         "ssh_commands": clock.command_summary(next(iter(cpu.hosts))),
-        "rollout_per_batch_s": round(result["steps"]["rollout"] / batches, 2),
-        "rollout_host_s": [h["seconds"] for h in result["hosts"]],
+        "rollout_per_batch_s": round(rollout_s(result) / batches, 2),
+        "rollout_host_s": [h["seconds"] for h in result.get("hosts", [])] or [rollout_s(result)],
     }
 
 
 def _quiet(_line: str) -> None:
     return None
+
+
+HOST_STEPS = ("barrier", "start", "switch", "smoke")
+
+
+def rollout_s(result: dict[str, Any]) -> float:
+    """The rollout's seconds: one step over a group, or a lone host's own steps, walked inline."""
+    steps = result["steps"]
+    return float(steps.get("rollout", sum(steps.get(s, 0.0) for s in HOST_STEPS)))
+
+
+def hosts_ok(result: dict[str, Any], n: int) -> bool:
+    """Every host ok: a group's result lists its hosts; a group of one reports its own status."""
+    if "hosts" not in result:
+        return n == 1 and result.get("status") == "success"
+    return [h["status"] for h in result["hosts"]] == ["ok"] * n
 
 
 # -- fits ------------------------------------------------------------------------------------------
@@ -425,7 +453,7 @@ def main() -> int:
 
 
 def measure(project: Project, servers: list[Sshd], doc: dict[str, Any]) -> None:
-    lock = project.root / "app" / "requirements.lock"
+    lock = project.root / LOCK
     venv = shared_venv(lock)
     doc["ssh"] = ssh_overhead(servers[0])
     doc["venv_copy"] = venv_copy(venv)
@@ -456,7 +484,7 @@ def measure(project: Project, servers: list[Sshd], doc: dict[str, Any]) -> None:
             mine = host_cpu[-1] + operator_cpu[-1] + self_cpu_s() - meter
             other_cpu.append(machine_busy_s() - busy - mine)
             result = json.loads(res.stdout)
-            assert [h["status"] for h in result["hosts"]] == ["ok"] * n, result["hosts"]
+            assert hosts_ok(result, n), result
             steps = result["steps"]
         groups = len(group.batches(list(range(n)), BATCH))
         median = statistics.median(samples)
@@ -465,6 +493,12 @@ def measure(project: Project, servers: list[Sshd], doc: dict[str, Any]) -> None:
             **c.summary(samples, digits=2),
             "batches": groups,
             "wall_per_batch_s": round(median / groups, 2),
+            # the `inv` process on this machine and what it waited for; not the hosts' servers
+            "controller": {
+                "cpu_s": round(operator_s, 2),
+                "cpu_per_host_s": round(operator_s / n, 3),
+                "wall_per_host_s": round(median / n, 2),
+            },
             "cpu_s": {
                 "hosts": round(hosts_s, 2),
                 "per_host": round(hosts_s / n, 2),
@@ -483,6 +517,71 @@ def measure(project: Project, servers: list[Sshd], doc: dict[str, Any]) -> None:
         }
         if n in (min(SIZES), max(SIZES)):  # the two ends show it; each profile is one more deploy
             doc["deploys"][str(n)]["profile"] = profiled_deploy(project, cpu, batches=groups)
+        if n == 1:
+            doc["one_host"] = one_host(project, servers[0], dirs[0])
+    doc["controller_cpu"] = {
+        n: {"wall_s": d["median_s"], "hosts": int(n), **d["controller"]}
+        for n, d in doc["deploys"].items()
+    }
+
+
+def one_host(project: Project, server: Sshd, data_dir: Path) -> dict[str, Any]:
+    """Deploy and level 2 to one SSH host against their floors through one `ssh` command each,
+    interleaved run by run."""
+    proj = load_project(project.root, process_env={})
+    env = proj.env("staging")
+    layout = Layout(str(data_dir))
+    key = server.table()
+    floor = Floor(
+        root=project.root,
+        env=env,
+        home=project.root / ".stageflow" / "hosts" / f"floor-{server.address}",
+        venv=f"{layout.venvs}/{releases.lock_hash((project.root / LOCK).read_text())}",
+        app_env=Path(layout.shared) / "app.env",
+        workers=proj.policies["staging"].workers,
+        bind=server.address,
+        ssh=Ssh(server.address, server.port, key["identity_file"], key["known_hosts"]),
+    )
+    commit = c.run(["git", "rev-parse", "HEAD"], cwd=project.root).stdout.strip()
+    deploys, floor_deploys, level2, floor_backs, rids = [], [], [], [], []
+    try:
+        floor.setup(commit, free_port_on(server.address))
+        for n in range(runs_for(1)):
+            took, out = timed_inv("staging.deploy", root=project.root)
+            deploys.append(took)
+            rids.append(out["release"])
+            floor_deploys.append(floor.deploy(commit, f"r{n + 1}"))
+        for n in range(runs_for(1)):  # back and forth between the last two releases
+            took, _ = timed_inv(
+                "staging.rollback", "--level", "2", "--to", rids[-2 + n % 2], "--yes",
+                root=project.root,
+            )  # fmt: skip
+            level2.append(took)
+            floor_backs.append(floor.rollback(f"r{len(rids) - 1 + n % 2}"))
+    finally:
+        floor.stop()
+        shutil.rmtree(floor.home, ignore_errors=True)
+    med = statistics.median
+    return {
+        "host": server.destination,
+        "floor": "one `ssh` command: extract the archive from stdin, link the venv, gunicorn "
+        "master on the shared listener socket, wait for its workers, switch, drain the old "
+        "master; then one GET from this machine (rollback: the same without the archive)",
+        "deploy": c.summary(deploys),
+        "deploy_floor": c.summary(floor_deploys),
+        "deploy_ratio_to_floor": round(med(deploys) / med(floor_deploys), 2),
+        "deploy_target_s": ONE_HOST_TARGETS_S["deploy"],
+        "level2": c.summary(level2),
+        "level2_floor": c.summary(floor_backs),
+        "level2_ratio_to_floor": round(med(level2) / med(floor_backs), 2),
+        "level2_target_s": ONE_HOST_TARGETS_S["level2"],
+    }
+
+
+def timed_inv(*args: str, root: Path) -> tuple[float, dict[str, Any]]:
+    start = time.perf_counter()
+    res = c.run([c.INV, *args, "--json"], cwd=root, env=c.inv_env(), timeout=600)
+    return time.perf_counter() - start, json.loads(res.stdout)
 
 
 ROLLBACK_HOSTS = int(os.environ.get("STAGEFLOW_BENCH_ROLLBACK_HOSTS", "4"))
@@ -505,7 +604,7 @@ def measure_rollbacks(project: Project, servers: list[Sshd]) -> dict[str, Any]:
         took = time.perf_counter() - start
         out = json.loads(res.stdout)
         if isinstance(out, dict) and "hosts" in out:
-            assert [h["status"] for h in out["hosts"]] == ["ok"] * n, out["hosts"]
+            assert hosts_ok(out, n), out["hosts"]
         return took, out
 
     def release(args: tuple[str, ...]) -> str:

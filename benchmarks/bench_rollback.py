@@ -1,6 +1,7 @@
-"""`inv staging.rollback` levels 1 and 2 (warm) against a bare gunicorn start + switch, the requests
-they lose under constant load, and level 3's restore of a >= 100 MB database against a bare
-pg_restore of the same dump."""
+"""`inv staging.rollback` levels 1 and 2 (warm) against the bare floor of a rollback (a master of the
+other release on the shared socket + switch + one GET, benchmarks/_floor.py), the requests they lose
+under constant load, and level 3's restore of a >= 100 MB database against a bare pg_restore of the
+same dump (STAGEFLOW_BENCH_RESTORE_RUNS=0 skips level 3)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import _common as c
 import psycopg
+from _floor import Floor
+from bench_deploy import floor_for
 from psycopg import sql
 
 from deploy import backup as backups
@@ -34,6 +36,7 @@ RATE = float(os.environ.get("STAGEFLOW_BENCH_RATE", "60"))  # requests per secon
 MIN_DB_BYTES = 100 * 1024 * 1024
 LEVEL3_RUNS = int(os.environ.get("STAGEFLOW_BENCH_RESTORE_RUNS", str(min(c.RUNS, 3))))
 SCRATCH_DB = "bench_bare_restore"
+TARGETS_S = {"level1": 0.8, "level2": 0.9}  # wall, `inv` start-up included
 
 
 def get(port: int, path: str = "/healthz", timeout: float = 5.0) -> tuple[int, bytes]:
@@ -94,54 +97,6 @@ def quiet_reference(port: int) -> dict[str, Any]:
         check=True,
     )
     return json.loads(res.stdout)
-
-
-def bare_restart(env: EnvConfig, layout: Layout, rid: str, work: Path, n: int) -> float:
-    """What a restart must do at least: start gunicorn on the release, wait for its first 200 on
-    /healthz, switch a symlink. Returns the wall time; the server is stopped outside it."""
-    rdir = layout.release(rid)
-    port = free_port()
-    child_env = {
-        "STAGEFLOW_ENV_FILE": f"{layout.shared}/app.env",
-        "STAGEFLOW_RELEASE": rid,
-        "STAGEFLOW_APP_DIR": rdir,
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-    }
-    argv = [
-        f"{rdir}/.venv/bin/python",  # -m, as the service starts it: a venv copy has no scripts
-        "-m",
-        "gunicorn",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        "2",
-        "--chdir",
-        rdir,
-        "app.wsgi:application",
-    ]
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        argv, env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=rdir
-    )
-    try:
-        deadline = start + 30
-        while True:
-            try:
-                if get(port, timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.perf_counter() > deadline or proc.poll() is not None:
-                raise SystemExit("the bare gunicorn never answered /healthz")
-            time.sleep(0.01)
-        tmp_link = work / "current.tmp"
-        os.symlink(rdir, tmp_link)
-        os.replace(tmp_link, work / "current")
-        took = time.perf_counter() - start
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    return took
 
 
 def admin(svc: NativeServices, dbname: str = "postgres") -> psycopg.Connection[Any]:
@@ -214,144 +169,170 @@ def deploy_two(proj: Project) -> tuple[str, str]:
     return a, b
 
 
-def main() -> None:
-    began = time.perf_counter()
-    proj = make_project("sf-bench-rollback-")
-    work = Path(tempfile.mkdtemp(prefix="sf-bench-bare-"))
+def floor_of_two(proj: Project) -> Floor:
+    """The floor beside staging, with releases A (r0) and B (r1) built and B serving."""
+    floor = floor_for(proj.root, ENV)
+    commits = [
+        c.run(["git", "rev-parse", f"{tag}^{{commit}}"], cwd=proj.root).stdout.strip()
+        for tag in ("v1.0.0", "v1.1.0")
+    ]
+    floor.setup(commits[0], free_port())
+    floor.deploy(commits[1], "r1")
+    return floor
+
+
+def ratios(stageflow: list[float], floor: list[float], target: float) -> dict[str, Any]:
+    med = statistics.median
+    return {
+        "ratio_to_floor": round(med(stageflow) / med(floor), 2),
+        "ratio_to_floor_pairwise_median": round(
+            med(x / y for x, y in zip(stageflow, floor, strict=True)), 2
+        ),
+        "over_floor_s": round(med(stageflow) - med(floor), 3),
+        "target_s": target,
+        "meets_target": med(stageflow) <= target,
+    }
+
+
+def step_medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {s: round(statistics.median(r.get(s, 0.0) for r in runs), 4) for s in runs[0]}
+
+
+def levels(proj: Project, floor: Floor, a: str, b: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Levels 1 and 2 interleaved with the rollback floor; then both under load."""
     port = proj.ports[ENV]["app"]
     url = f"http://127.0.0.1:{port}/healthz"
+
+    def level1() -> dict[str, Any]:
+        return inv_json(proj, f"{ENV}.rollback", "--level", "1", "--reason", "bench")
+
+    def level2() -> dict[str, Any]:
+        to = a if serving(port) == b else b
+        return inv_json(proj, f"{ENV}.rollback", "--level", "2", "--to", to, "--reason", "bench")
+
+    def floor_back() -> float:
+        assert floor.serving is not None
+        return floor.rollback("r1" if floor.serving[0] == "r0" else "r0")
+
+    level1()  # warm: the first of each level compiles what the later ones reuse
+    level2()
+    floor_back()
+    l1, l2, l1_steps, l2_steps, floors = [], [], [], [], []
+    for _ in range(c.RUNS):  # interleaved: each level and its floor share the machine's mood
+        out: dict[str, Any] = {}
+        l1.append(c.wall(lambda out=out: out.update(level1())))
+        l1_steps.append(out["steps"])
+        out = {}
+        l2.append(c.wall(lambda out=out: out.update(level2())))
+        l2_steps.append(out["steps"])
+        floors.append(floor_back())
+
+    quiet = quiet_reference(port)
+    with LoadGen(url, RATE) as load1:
+        l1_loaded = [c.wall(level1) for _ in range(c.RUNS)]
+    with LoadGen(url, RATE) as load2:
+        l2_loaded = [c.wall(level2) for _ in range(c.RUNS)]
+    results = {
+        "level1": {**c.summary(l1), **ratios(l1, floors, TARGETS_S["level1"])},
+        "level1_steps_median_s": step_medians(l1_steps),
+        "level2": {**c.summary(l2), **ratios(l2, floors, TARGETS_S["level2"])},
+        "level2_steps_median_s": step_medians(l2_steps),
+        "floor": c.summary(floors),
+    }
+    load = {
+        "tool": f"python -m tests.loadgen URL {RATE:g} SECONDS (separate process)",
+        "no_rollback_5s": quiet,
+        "during_level1": {**load1.result, "rollbacks": len(l1_loaded)},
+        "during_level2": {**load2.result, "rollbacks": len(l2_loaded)},
+        "level1_wall_loaded": c.summary(l1_loaded),
+        "level2_wall_loaded": c.summary(l2_loaded),
+    }
+    return results, load
+
+
+def restore(proj: Project, env: EnvConfig, layout: Layout, svc: NativeServices) -> dict[str, Any]:
+    """Level 3 of a >= 100 MB database against a bare pg_restore of the same dump."""
+    rows, size, fill_s = fill(env, svc)
+    taken = inv_json(proj, f"{ENV}.backup", "--reason", "bench")
+    dump = Path(layout.backups) / taken["file"]
+    # untimed: from here on every bare restore drops a database as big as level 3 drops
+    bare_restore(svc, dump, env.database.user)
+    l3, l3_steps, bare3 = [], [], []
+    level3 = (f"{ENV}.rollback", "--level", "3", "--backup", taken["id"], "--reason", "bench")
+    for _ in range(LEVEL3_RUNS):
+        out: dict[str, Any] = {}
+        l3.append(c.wall(lambda out=out: out.update(inv_json(proj, *level3))))
+        l3_steps.append(out["steps"])
+        inv(proj, f"{ENV}.unfreeze", "--reason", "bench: restored its own backup")
+        bare3.append(bare_restore(svc, dump, env.database.user))
+    restored_size = db_size(svc, env.database.name)
+    bare_size = db_size(svc, SCRATCH_DB)
+    with admin(svc) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(SCRATCH_DB))
+        )
+    med = statistics.median
+    l3_restore = [steps["restore"] for steps in l3_steps]
+    return {
+        "notes_rows": rows,
+        "fill_s": round(fill_s, 1),
+        "db_bytes_before_backup": size,
+        "db_mb_before_backup": round(size / 2**20, 1),
+        "db_mb_after_level3": round(restored_size / 2**20, 1),
+        "db_mb_after_bare": round(bare_size / 2**20, 1),
+        "dump_mb": round(taken["size_bytes"] / 2**20, 1),
+        "backup_s": taken["duration_s"],
+        "level3_wall": c.summary(l3),
+        "level3_steps_median_s": step_medians(l3_steps),
+        "level3_restore_step": c.summary(l3_restore),
+        "bare_pg_restore": c.summary(bare3),
+        "restore_step_over_bare_ratio": round(med(l3_restore) / med(bare3), 3),
+        # each level 3 ran right before its bare restore: the pairs share the machine's mood
+        "restore_step_over_bare_ratio_pairwise_median": round(
+            med(x / y for x, y in zip(l3_restore, bare3, strict=True)), 3
+        ),
+        "level3_wall_over_bare_ratio": round(med(l3) / med(bare3), 3),
+    }
+
+
+def main() -> None:
+    began = time.perf_counter()
+    doc: dict[str, Any] = {
+        "bench": "rollback",
+        "environment": ENV,
+        "loadavg_1m_before": round(os.getloadavg()[0], 2),
+        "commands": {
+            "level1": f"inv {ENV}.rollback --level 1 --reason bench --json",
+            "level2": f"inv {ENV}.rollback --level 2 --to <other release> --reason bench --json",
+            "level3": f"inv {ENV}.rollback --level 3 --backup <id> --reason bench --json",
+        },
+        "baselines": {
+            "floor": "by hand, same argv builders: a gunicorn master of the other release on "
+            "the shared listener socket + ready marks + symlink switch + drain the old master + "
+            "one GET /version answering from it (level 1's floor too: the same processes)",
+            "restore": "DROP/CREATE DATABASE + pg_restore --jobs=2 of the same dump, same flags",
+        },
+    }
+    proj = make_project("sf-bench-rollback-")
+    floor: Floor | None = None
     try:
         inv(proj, f"{ENV}.up")
         a, b = deploy_two(proj)
         config = load_project(proj.root, process_env={})
         env = config.env(ENV)
-        layout = Layout(str(env.data_dir))
-        svc = NativeServices(env, user_name=config.service_user)
-
-        def level1() -> dict[str, Any]:
-            return inv_json(proj, f"{ENV}.rollback", "--level", "1", "--reason", "bench")
-
-        def level2() -> dict[str, Any]:
-            to = a if serving(port) == b else b
-            return inv_json(
-                proj, f"{ENV}.rollback", "--level", "2", "--to", to, "--reason", "bench"
-            )
-
-        level1()  # warm: the first of each level compiles what the later ones reuse
-        level2()
-        l1, l2, l1_steps, l2_steps, bare = [], [], [], [], []
-        for n in range(c.RUNS):
-            out: dict[str, Any] = {}
-            l1.append(c.wall(lambda out=out: out.update(level1())))
-            l1_steps.append(out["steps"])
-            out = {}
-            l2.append(c.wall(lambda out=out: out.update(level2())))
-            l2_steps.append(out["steps"])
-            bare.append(bare_restart(env, layout, serving(port), work, n))
-
-        quiet = quiet_reference(port)
-        with LoadGen(url, RATE) as load1:
-            l1_loaded = [c.wall(level1) for _ in range(c.RUNS)]
-        with LoadGen(url, RATE) as load2:
-            l2_loaded = [c.wall(level2) for _ in range(c.RUNS)]
-
-        rows, size, fill_s = fill(env, svc)
-        taken = inv_json(proj, f"{ENV}.backup", "--reason", "bench")
-        dump = Path(layout.backups) / taken["file"]
-        # untimed: from here on every bare restore drops a database as big as level 3 drops
-        bare_restore(svc, dump, env.database.user)
-        l3, l3_steps, bare3 = [], [], []
-        for _ in range(LEVEL3_RUNS):
-            out = {}
-            l3.append(
-                c.wall(
-                    lambda out=out: out.update(
-                        inv_json(
-                            proj,
-                            f"{ENV}.rollback",
-                            "--level",
-                            "3",
-                            "--backup",
-                            taken["id"],
-                            "--reason",
-                            "bench",
-                        )
-                    )
-                )
-            )
-            l3_steps.append(out["steps"])
-            inv(proj, f"{ENV}.unfreeze", "--reason", "bench: restored its own backup")
-            bare3.append(bare_restore(svc, dump, env.database.user))
-        restored_size = db_size(svc, env.database.name)
-        bare_size = db_size(svc, SCRATCH_DB)
-        with admin(svc) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(SCRATCH_DB)
-                )
-            )
+        floor = floor_of_two(proj)
+        doc["results"], doc["load"] = levels(proj, floor, a, b)
+        if LEVEL3_RUNS:
+            svc = NativeServices(env, user_name=config.service_user)
+            doc["restore"] = restore(proj, env, Layout(str(env.data_dir)), svc)
     finally:
+        if floor is not None:
+            floor.stop()
+            shutil.rmtree(floor.home, ignore_errors=True)
         destroy(proj)
-        shutil.rmtree(work, ignore_errors=True)
-
-    def step_medians(runs: list[dict[str, float]]) -> dict[str, float]:
-        return {s: round(statistics.median(r.get(s, 0.0) for r in runs), 4) for s in runs[0]}
-
-    med = statistics.median
-    l3_restore = [steps["restore"] for steps in l3_steps]
-    c.emit(
-        {
-            "bench": "rollback",
-            "environment": ENV,
-            "bench_s": round(time.perf_counter() - began, 1),
-            "commands": {
-                "level1": f"inv {ENV}.rollback --level 1 --reason bench --json",
-                "level2": f"inv {ENV}.rollback --level 2 --to <other release> --reason bench --json",
-                "level3": f"inv {ENV}.rollback --level 3 --backup <id> --reason bench --json",
-            },
-            "baselines": {
-                "restart": "python -m gunicorn -w 2 on the release + poll GET /healthz to 200 + symlink switch",
-                "restore": "DROP/CREATE DATABASE + pg_restore --jobs=2 of the same dump, same flags",
-            },
-            "results": {
-                "level1": c.summary(l1),
-                "level1_steps_median_s": step_medians(l1_steps),
-                "level2": c.summary(l2),
-                "level2_steps_median_s": step_medians(l2_steps),
-                "bare_restart": c.summary(bare),
-                "level1_over_bare_s": round(med(l1) - med(bare), 3),
-                "level2_over_bare_s": round(med(l2) - med(bare), 3),
-            },
-            "load": {
-                "tool": f"python -m tests.loadgen URL {RATE:g} SECONDS (separate process)",
-                "no_rollback_5s": quiet,
-                "during_level1": {**load1.result, "rollbacks": len(l1_loaded)},
-                "during_level2": {**load2.result, "rollbacks": len(l2_loaded)},
-                "level1_wall_loaded": c.summary(l1_loaded),
-                "level2_wall_loaded": c.summary(l2_loaded),
-            },
-            "restore": {
-                "notes_rows": rows,
-                "fill_s": round(fill_s, 1),
-                "db_bytes_before_backup": size,
-                "db_mb_before_backup": round(size / 2**20, 1),
-                "db_mb_after_level3": round(restored_size / 2**20, 1),
-                "db_mb_after_bare": round(bare_size / 2**20, 1),
-                "dump_mb": round(taken["size_bytes"] / 2**20, 1),
-                "backup_s": taken["duration_s"],
-                "level3_wall": c.summary(l3),
-                "level3_steps_median_s": step_medians(l3_steps),
-                "level3_restore_step": c.summary(l3_restore),
-                "bare_pg_restore": c.summary(bare3),
-                "restore_step_over_bare_ratio": round(med(l3_restore) / med(bare3), 3),
-                # each level 3 ran right before its bare restore: the pairs share the machine's mood
-                "restore_step_over_bare_ratio_pairwise_median": round(
-                    med(x / y for x, y in zip(l3_restore, bare3, strict=True)), 3
-                ),
-                "level3_wall_over_bare_ratio": round(med(l3) / med(bare3), 3),
-            },
-        }
-    )
+    doc["bench_s"] = round(time.perf_counter() - began, 1)
+    doc["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
+    c.emit(doc)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""`make bench`: run every bench_*.py script here and print their results as one JSON document."""
+"""`make bench`: run every bench_*.py script here and print their results as one JSON document,
+with `targets`: each figure the project set a target for, beside the bare floor measured in the
+same script (the floor's median, `ratio_to_floor`) and whether it meets the target. The same rows
+go to stderr as a table."""
 
 from __future__ import annotations
 
@@ -8,8 +11,60 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import _common as c
+
+# (row, script, path to the figure's median, path to its floor's median, target seconds or ratio)
+TARGETS: tuple[tuple[str, str, str, str | None, float], ...] = (
+    ("warm inv dev.deploy", "deploy", "results.warm_deploy.median_s", "results.floor.median_s", 1.0),
+    ("deploy, one SSH host", "hosts", "one_host.deploy.median_s", "one_host.deploy_floor.median_s", 1.4),
+    ("rollback level 1", "rollback", "results.level1.median_s", "results.floor.median_s", 0.8),
+    ("rollback level 2", "rollback", "results.level2.median_s", "results.floor.median_s", 0.9),
+    ("level 2, one SSH host", "hosts", "one_host.level2.median_s", "one_host.level2_floor.median_s", 1.4),
+    ("inv --list / import invoke", "cli", "inv_list_ratio", None, 2.0),
+)  # fmt: skip
+
+
+def dig(doc: Any, path: str) -> Any:
+    for key in path.split("."):
+        if not isinstance(doc, dict) or key not in doc:
+            return None
+        doc = doc[key]
+    return doc
+
+
+def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per target: the figure, its floor and ratio, and the verdict (None: not measured)."""
+    rows = []
+    for name, script, figure, floor, target in TARGETS:
+        value = dig(doc.get(script), figure)
+        base = dig(doc.get(script), floor) if floor else None
+        rows.append(
+            {
+                "figure": name,
+                "value": value,
+                "floor_s": base,
+                "ratio_to_floor": round(value / base, 2) if value and base else None,
+                "target": target,
+                "meets_target": None if value is None else value <= target,
+            }
+        )
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    def num(v: Any) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    lines = [f"{'figure':28} {'value':>6} {'floor':>6} {'ratio':>6} {'target':>6}  verdict"]
+    for r in rows:
+        verdict = {None: "not measured", True: "meets", False: "MISSES"}[r["meets_target"]]
+        lines.append(
+            f"{r['figure']:28} {num(r['value']):>6} {num(r['floor_s']):>6} "
+            f"{num(r['ratio_to_floor']):>6} {num(r['target']):>6}  {verdict}"
+        )
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -40,6 +95,8 @@ def main() -> int:
             doc[name] = {"error": (res.stderr.strip().splitlines() or ["no output"])[-1]}
         print(f"bench {name}: {'ok' if name not in failed else 'FAILED'}", file=sys.stderr)
     doc["total_s"] = round(time.perf_counter() - started, 1)
+    doc["targets"] = targets(doc)
+    print(table(doc["targets"]), file=sys.stderr)
     c.emit(doc)
     return 1 if failed else 0
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from invoke import Collection, task
 
 from deploy.config import find_root
-from deploy.docs_check import check_docs
 from deploy.errors import UsageError
 from deploy.output import say
 from deploy.tasks._common import edge
@@ -17,6 +16,8 @@ from deploy.tasks._common import edge
 @edge
 def freshness(c):
     """Check that the docs name only existing tasks, targets, links, anchors and env keys."""
+    from deploy.docs_check import check_docs
+
     problems = check_docs(find_root(Path.cwd()))
     for problem in problems:
         say(str(problem))

@@ -7,7 +7,7 @@ import os
 
 from invoke import Collection, Task, task
 
-from deploy import environment, guards
+from deploy import guards
 from deploy.errors import UsageError
 from deploy.output import mark, print_json, print_table, say, show
 from deploy.tasks._common import actor, edge, env_name, guarded, project
@@ -43,6 +43,8 @@ def preflight_(c, json=False, request=None, break_glass=""):
 @edge
 def up(c):
     """Start this environment's PostgreSQL and Redis (idempotent; compose: their containers)."""
+    from deploy import environment
+
     name = env_name(c)
     proj = project()
     guarded(proj, name)
@@ -54,6 +56,8 @@ def up(c):
 @edge
 def down(c):
     """Stop this environment's service, PostgreSQL and Redis."""
+    from deploy import environment
+
     name = env_name(c)
     proj = project()
     # stopping needs no isolation verdict (it is how a clash gets fixed), only the right shell
@@ -66,6 +70,8 @@ def down(c):
 @edge
 def status(c, json=False):
     """Show this environment's servers, ports, release and data directory."""
+    from deploy import environment
+
     proj, name = project(), env_name(c)
     rows = [environment.status(proj, name)]
     if name == "staging":
@@ -90,6 +96,7 @@ def status(c, json=False):
 @edge
 def logs(c, tail="100", service=""):
     """Print the last lines of this environment's logs (compose: docker compose logs)."""
+    from deploy import environment
     from deploy.tasks._common import whole
 
     name = env_name(c)
@@ -103,6 +110,8 @@ def logs(c, tail="100", service=""):
 @edge
 def secrets(c, generate=False):
     """List which secrets are set for this environment (never their values)."""
+    from deploy import environment
+
     name = env_name(c)
     proj = project()
     if generate:

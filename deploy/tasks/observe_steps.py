@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from invoke import task
 
-from deploy import incident as incidents
-from deploy import monitor as engine
 from deploy.output import print_json, say
 from deploy.tasks._common import edge, env_name, project
 
@@ -20,6 +18,8 @@ from deploy.tasks._common import edge, env_name, project
 @edge
 def monitor(c, once=False, json=False, samples=0):
     """Live dashboard: health, request rate, error rate, p95, memory against the thresholds."""
+    from deploy import monitor as engine
+
     name = env_name(c)
     proj = project()
     if once:
@@ -45,6 +45,8 @@ def monitor(c, once=False, json=False, samples=0):
 @edge
 def incident(c, since=None):
     """Draft docs/incidents/<date>-<env>.md from history and audit; prints its path."""
+    from deploy import incident as incidents
+
     proj = project()
     path = incidents.draft(proj, env_name(c), since=since)
     say(str(path.relative_to(proj.root)))

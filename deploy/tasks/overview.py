@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from invoke import task
 
-from deploy import environment
 from deploy.config import NAMESPACES
 from deploy.output import print_json
 from deploy.tasks._common import edge, project
@@ -14,6 +13,8 @@ from deploy.tasks._common import edge, project
 @edge
 def status(c, json=False):
     """Every environment at a glance: servers, ports, serving release, data directory."""
+    from deploy import environment
+
     proj = project()
     rows = [environment.status(proj, name) for name in NAMESPACES]
     if json:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from invoke import task
 
-from deploy import promotion
 from deploy.output import say, show
 from deploy.tasks._common import actor, edge, project
 
@@ -20,6 +19,8 @@ from deploy.tasks._common import actor, edge, project
 @edge
 def request(c, ref, severity="P4", emergency=False, reason=""):
     """Request a prod deploy of a ref; prints the filled-in checklist (Markdown)."""
+    from deploy import promotion
+
     proj = project()
     req = promotion.request(
         proj, ref=ref, actor=actor(), severity=severity, emergency=emergency, reason=reason
@@ -34,6 +35,8 @@ def request(c, ref, severity="P4", emergency=False, reason=""):
 @edge
 def approve(c, id):
     """Approve a deployment request (a human other than the requester)."""
+    from deploy import promotion
+
     req = promotion.approve(project(), id, actor=actor())
     say(f"prod: request #{req['id']} {req['status']} ({len(req['approvals'])} approval(s))")
 
@@ -42,6 +45,8 @@ def approve(c, id):
 @edge
 def reject(c, id, reason=""):
     """Reject a deployment request, with a reason."""
+    from deploy import promotion
+
     req = promotion.reject(project(), id, actor=actor(), reason=reason)
     say(f"prod: request #{req['id']} rejected")
 
@@ -50,6 +55,8 @@ def reject(c, id, reason=""):
 @edge
 def requests(c, json=False):
     """List deployment requests: ref, commit, requester, approvals, status."""
+    from deploy import promotion
+
     reqs = promotion.all_requests(project())
     show(
         reqs,
@@ -64,6 +71,8 @@ def requests(c, json=False):
 @edge
 def checklist(c, id):
     """Print a request's deployment checklist as Markdown."""
+    from deploy import promotion
+
     proj = project()
     say(promotion.checklist(proj, promotion.load(proj, id)))
 

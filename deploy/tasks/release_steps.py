@@ -10,7 +10,6 @@ import os
 
 from invoke import task
 
-from deploy import guards, releases, smoke, state
 from deploy.output import print_json, print_table, say, show
 from deploy.tasks._common import actor, edge, env_name, guarded, preflight, project, whole
 
@@ -50,7 +49,7 @@ def deploy(
 
 def _print_deploy_plan(proj, name, *, ref, request, break_glass):
     """The dry run: guards (or, for a request, every promotion rule), the steps, the hooks."""
-    from deploy import promotion
+    from deploy import guards, promotion, releases
     from deploy.engine import deploy_pipeline
 
     if request is not None:
@@ -145,6 +144,8 @@ def migrations_(c, json=False):
 @edge
 def smoke_(c, json=False):
     """Probe the serving release: health, ready, version, identity, postgres, redis."""
+    from deploy import smoke
+
     name = env_name(c)
     from deploy import staging
 
@@ -169,6 +170,8 @@ def smoke_(c, json=False):
 @edge
 def lock(c, release=False, force=False, reason=""):
     """Show who holds the deploy lock; --force --reason breaks a stale one (audited)."""
+    from deploy import state
+
     name = env_name(c)
     dl = state.DeployLock(*_primary(project(), name))
     said = state.use_lock(dl, actor=str(actor()), release=release, force=force, reason=reason)
@@ -179,6 +182,8 @@ def lock(c, release=False, force=False, reason=""):
 @edge
 def history_(c, limit="20", json=False):
     """Deployment history: Date | Version | Type | Status | Rollback | Notes."""
+    from deploy import state
+
     name = env_name(c)
     where = _primary(project(), name)
     entries = state.recent_history(*where, limit=whole(limit, "--limit", minimum=1))

@@ -6,11 +6,6 @@ import os
 
 from invoke import task
 
-from deploy import backup as backups
-from deploy import environment
-from deploy import rollback as engine
-from deploy.engine import rollback_pipeline
-from deploy.engine import rollback_rules as rules
 from deploy.errors import UsageError, VerifyFailed
 from deploy.output import print_json, print_table, say, show
 from deploy.tasks._common import actor, edge, env_name, guarded, project, seconds
@@ -32,6 +27,9 @@ from deploy.tasks._common import actor, edge, env_name, guarded, project, second
 def rollback(c, level="", to=None, backup=None, reason="", yes=False, dry_run=False,
              reset_data=False, json=False):  # fmt: skip
     """Roll back: --level 1 restart, 2 revert to the previous release, 3 restore a backup."""
+    from deploy.engine import rollback_pipeline
+    from deploy.engine import rollback_rules as rules
+
     name, proj, lvl = env_name(c), project(), rules.parse_level(level)
     result = rollback_pipeline.rollback(proj, name, level=lvl, actor=actor(), to=to, backup_id=backup,
                              reason=reason, yes=yes, dry_run=dry_run, reset_data=reset_data,
@@ -47,6 +45,8 @@ def rollback(c, level="", to=None, backup=None, reason="", yes=False, dry_run=Fa
 
 
 def _print_rollback_plan(name, lvl, result):
+    from deploy.engine import rollback_rules as rules
+
     say(f"{name}: level {lvl} ({rules.LEVELS[lvl]}) {result['current']} -> {result['target']}")
     print_table(f"{name} rollback plan (nothing changed)", ["step", "does"], result["steps"])
     for line in result.get("commands", []):  # where known: the exact commands, one per line
@@ -63,6 +63,8 @@ def _print_rollback_plan(name, lvl, result):
 @edge
 def backup(c, verify=False, reason="manual", json=False):
     """Take a backup of this environment's database now (pg_dump -Fc, sha256, metadata)."""
+    from deploy import environment
+
     name = env_name(c)
     proj = project()
     guarded(proj, name)
@@ -84,6 +86,9 @@ def backup(c, verify=False, reason="manual", json=False):
 @edge
 def backups_(c, json=False):
     """List this environment's backups: id, time, release, ledger version, size."""
+    from deploy import backup as backups
+    from deploy import environment
+
     name = env_name(c)
     found = environment.list_backups(project(), name)[::-1]
     show(
@@ -104,6 +109,8 @@ def backups_(c, json=False):
 @edge
 def verify(c, window=None, json=False):
     """Watch the serving release against the previous one; non-zero exit on a trigger."""
+    from deploy import rollback as engine
+
     name = env_name(c)
     window_s = seconds(window, "--window", maximum=3600) if window else None
     out = engine.verify_serving(project(), name, window_s=window_s)
@@ -126,6 +133,8 @@ def verify(c, window=None, json=False):
 @edge
 def unfreeze(c, reason=""):
     """Lift the freeze a level 3 restore left, so deploys may run again (audited)."""
+    from deploy import rollback as engine
+
     name = env_name(c)
     if not reason.strip():
         raise UsageError(

@@ -6,8 +6,6 @@ import os
 
 from invoke import task
 
-from deploy import seed as seeding
-from deploy import staging
 from deploy.output import print_json, print_table, progress, say
 from deploy.tasks._common import actor, edge, env_name, guarded, project
 
@@ -21,6 +19,8 @@ from deploy.tasks._common import actor, edge, env_name, guarded, project
 @edge
 def init(c, reset=False, json=False):
     """Prepare staging: directories, config check, servers, migrations, seed data, log files."""
+    from deploy import staging
+
     name = env_name(c)
     steps = staging.init(
         project(), name, actor=str(actor()), reset=reset, process_env=dict(os.environ)
@@ -35,6 +35,8 @@ def init(c, reset=False, json=False):
 @edge
 def seed(c, size="small", json=False):
     """Replace the seed rows with deterministic test data (other rows are never touched)."""
+    from deploy import seed as seeding
+
     name = env_name(c)
     proj = project()
     seeding.size_rows(size)
@@ -61,18 +63,12 @@ def seed(c, size="small", json=False):
 @edge
 def refresh(c, from_="prod", anonymize=False, fresh=False, json=False):
     """Replace staging's data with prod's latest backup, anonymized; staging is untouched on failure."""
-    name = env_name(c)
-    proj = project()
+    from deploy import staging
+
+    name, proj = env_name(c), project()
     guarded(proj, name)
-    result = staging.refresh(
-        proj,
-        name,
-        source=from_,
-        anonymize_data=anonymize,
-        actor=str(actor()),
-        fresh=fresh,
-        printer=progress(as_json=json),
-    )
+    result = staging.refresh(proj, name, source=from_, anonymize_data=anonymize,
+                             actor=str(actor()), fresh=fresh, printer=progress(as_json=json))  # fmt: skip
     if json:
         print_json(result)
         return
