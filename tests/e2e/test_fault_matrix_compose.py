@@ -26,6 +26,7 @@ import pytest
 
 from deploy.config import load_project
 from deploy.engine import deploy_pipeline
+from deploy.errors import ExitCode
 from tests.e2e import faults
 from tests.e2e.conftest import Project
 from tests.e2e.faults import after, assert_ledger_matches_schema, user_rows, write_rows
@@ -139,3 +140,31 @@ def test_a_compose_deploy_killed_at_step(dev: Engine, step: str) -> None:
     status = json.loads(dev.inv("dev.status", "--json").stdout)
     assert status["lock"] is None and status["last"]["status"] == "success", status
     assert status["app"]["release"] == result["release"], status
+
+
+def test_a_deploy_failing_after_a_killed_one_sends_the_killed_ones_tag_back(dev: Engine) -> None:
+    """A deploy killed once its tag runs leaves that tag serving; the next deploy takes it as the
+    previous release, so when its own container never gets healthy it starts that tag again,
+    with the commit it was built from."""
+    p = dev.proj
+    killed = p.commit("a deploy killed once its container runs", tag="compose-killed")
+    faults.kill_at(p, "smoke", ("dev.deploy", "--ref", "compose-killed"), env=dev.env)
+    killed_tag, commit = app_container(dev)
+    assert commit == killed
+    faults.check_lock_and_force(p, "smoke", "dev", env=dev.env)
+
+    (p.root / "README.md").write_text("a release whose container never gets healthy\n")
+    broken = p.commit("a release whose container never gets healthy")
+    dev.new_calls()
+    dev.fail("up", commit=broken)
+    try:
+        res = dev.inv("dev.deploy", code=ExitCode.ROLLED_BACK)
+    finally:
+        dev.heal()
+    assert f"{killed_tag} serves again" in res.stderr, res.stderr
+    starts = [(c["release"], c["commit"]) for c in dev.new_calls() if c["argv"] == UP]
+    assert starts[1:] == [(killed_tag, killed)], starts
+    assert starts[0][1] == broken, starts
+    assert app_container(dev) == (killed_tag, killed)
+    status = json.loads(dev.inv("dev.status", "--json").stdout)
+    assert status["lock"] is None and status["last"]["status"] == "rolled-back", status
