@@ -51,7 +51,9 @@ def steps(ctx: Context, *, commit: str, ref: str, dirty: bool, entry: HistoryEnt
     return [
         Step("preflight", does["preflight"], lambda: _preflight(ctx)),
         Step("lock", does["lock"], lambda: _lock(ctx, lock, ref)),
-        Step("build", does["build"], lambda: _build(ctx, commit=commit, ref=ref, dirty=dirty)),
+        Step(
+            "build", does["build"], lambda: _build(ctx, entry, commit=commit, ref=ref, dirty=dirty)
+        ),
         Step("backup", does["backup"], lambda: _backup(ctx, entry.kind)),
         Step("migrate", does["migrate"], lambda: _migrate(ctx)),
         *_rollout_steps(ctx, does),
@@ -319,9 +321,13 @@ def _lock(ctx: Context, lock: Any, ref: str) -> str:
     return lock.acquire(who=who, command=f"{ctx.env.name}.deploy", release=ref) or f"held by {who}"
 
 
-def _build(ctx: Context, *, commit: str, ref: str, dirty: bool) -> str:
+def _build(ctx: Context, entry: HistoryEntry, *, commit: str, ref: str, dirty: bool) -> str:
     rel, detail = ctx.runtime.build(ctx, commit=commit, ref=ref, dirty=dirty)
     ctx.release = rel
+    # on record before anything starts it: a run killed from here on leaves its release and
+    # commit in history, where the next deploy finds them to start that release again
+    entry.release = rel.id
+    record_history(ctx.host, ctx.layout, entry)
     return detail + (" (dirty snapshot)" if dirty else "")
 
 

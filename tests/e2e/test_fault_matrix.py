@@ -20,19 +20,18 @@ A is never pruned however many times B is deployed over it.
 from __future__ import annotations
 
 import ast
-import hashlib
 import inspect
 import json
-import signal
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-import psycopg
 import pytest
 
 from deploy.engine import deploy_pipeline, lifecycle, rollback_pipeline
 from deploy.runtime import native_rollback
+from tests.e2e import faults
+from tests.e2e.faults import assert_ledger_matches_schema, ledger, user_rows, write_rows
 
 # the steps each operation passes through on a single-host staging, in order
 DEPLOY_STEPS = (
@@ -63,6 +62,7 @@ L3_RESTORED = ("barrier", "start", "switch", "smoke", "unlock")
 
 FAULT_UP = "ALTER TABLE notes ADD COLUMN IF NOT EXISTS fault_tag text;\n"
 FAULT_DOWN = "ALTER TABLE notes DROP COLUMN IF EXISTS fault_tag;\n"
+FAULT_COLUMNS = {4: "fault_tag"}  # the migration B ships: version -> the column it adds
 
 
 def _ordered_cases() -> list[tuple[str, str]]:
@@ -122,54 +122,6 @@ def test_the_matrix_covers_every_step_the_code_passes_through():
 
 
 # -- staging, read from outside -------------------------------------------------------------------
-
-
-def _connect(project):
-    def read(name):
-        path = project.root / "env" / name
-        return dict(line.split("=", 1) for line in path.read_text().split() if "=" in line)
-
-    url = read("staging.env")["DATABASE_URL"]
-    password = read("staging.secrets.env")["POSTGRES_PASSWORD"]
-    return psycopg.connect(url, password=password, autocommit=True, connect_timeout=10)
-
-
-def user_rows(project) -> tuple[int, str]:
-    """Every note no smoke probe wrote: how many, and a checksum over id and body."""
-    with _connect(project) as conn:
-        rows = conn.execute(
-            "SELECT id, body FROM notes WHERE body NOT LIKE 'smoke-%' ORDER BY id"
-        ).fetchall()
-    return len(rows), hashlib.sha256(repr(rows).encode()).hexdigest()
-
-
-def write_rows(project, prefix: str, n: int = 3) -> None:
-    with _connect(project) as conn:
-        for i in range(n):
-            conn.execute("INSERT INTO notes (body) VALUES (%s)", (f"{prefix}-{i}",))
-
-
-def ledger(project) -> dict[int, str]:
-    with _connect(project) as conn:
-        return dict(conn.execute("SELECT version, state FROM stageflow_migrations"))
-
-
-def assert_ledger_matches_schema(project) -> dict[int, str]:
-    led = ledger(project)
-    with _connect(project) as conn:
-        cols = {
-            r[0]
-            for r in conn.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = 'notes'"
-            )
-        }
-        index = conn.execute("SELECT to_regclass('notes_created_at_idx') IS NOT NULL").fetchone()[0]
-    assert "failed" not in led.values(), led
-    assert led.get(1) == "applied" and "body" in cols, led
-    assert (led.get(2) == "applied") == index, (led, index)
-    assert (led.get(3) == "applied") == ("author" in cols), (led, cols)
-    assert (led.get(4) == "applied") == ("fault_tag" in cols), (led, cols)
-    return led
 
 
 def healthz(project) -> int:
@@ -262,24 +214,10 @@ def staging(project):
 # -- the matrix -----------------------------------------------------------------------------------
 
 
-def kill_at(st: Staging, op: str, step: str, argv: tuple[str, ...]):
+def kill_at(st: Staging, op: str, step: str, argv: tuple[str, ...]) -> None:
     if op != "level3":  # level 3 restores the backup B's deploy took: keep knowing its rows
         st.backup_rows = None
-    res = st.project.inv(*argv, kill_at=step)  # type: ignore[attr-defined]
-    assert res.returncode == -signal.SIGKILL, (
-        f"{op} did not die at {step}: exit {res.returncode}\n{res.stdout}\n{res.stderr}"
-    )
-    return res
-
-
-def check_lock_and_force(project, step: str) -> None:
-    out = project.ok("staging.lock").stdout
-    if step in ("preflight", "lock"):  # killed before the lock was taken
-        assert "lock free" in out, out
-        return
-    assert "STALE" in out, out
-    res = project.inv("staging.lock", "--force", "--reason", f"fault matrix: killed at {step}")
-    assert res.returncode == 0 and "released (audited)" in res.stdout, res.stdout + res.stderr
+    faults.kill_at(st.project, step, argv)  # type: ignore[arg-type]
 
 
 def test_a_single_host_deploy_walks_exactly_the_matrix_steps(staging):
@@ -326,9 +264,9 @@ def test_killed_at_step_boundary(staging, op, step):
         assert user_rows(project) == backup_rows
     else:
         assert user_rows(project) == before
-    assert_ledger_matches_schema(project)
+    assert_ledger_matches_schema(project, columns=FAULT_COLUMNS)
 
-    check_lock_and_force(project, step)
+    faults.check_lock_and_force(project, step)
 
     # the next operation succeeds
     if op == "deploy":
@@ -355,7 +293,7 @@ def test_killed_at_step_boundary(staging, op, step):
         st.run("staging.unfreeze", "--reason", f"fault matrix: checked after {step}")
         st.deploy_b()
     assert healthz(project) == 200
-    led = assert_ledger_matches_schema(project)
+    led = assert_ledger_matches_schema(project, columns=FAULT_COLUMNS)
     assert (led.get(4) == "applied") == (serving_commit(project) == st.b), led
     s = status(project)
     assert s["lock"] is None and s["last"]["status"] == "success", s
