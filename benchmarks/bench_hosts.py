@@ -33,10 +33,10 @@ import _common as c
 from _floor import Floor, Ssh
 
 from deploy import releases
-from deploy.actors import Actor
 from deploy.config import HostSpec, load_project
 from deploy.engine import deploy_pipeline, group
 from deploy.hosts import Host, host_from_spec
+from deploy.policy.actors import Actor
 from deploy.runtime import native_hosts
 from deploy.state import Layout
 from tests import support

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from deploy import guards, migrations, releases, smoke
+from deploy import migrations, releases
 from deploy.commands import app as appcmd
 from deploy.commands import compose as cmd
 from deploy.commands import files as filecmd
@@ -48,6 +48,8 @@ from deploy.errors import (
     UsageError,
 )
 from deploy.hosts import CommandResult, Host
+from deploy.policy import guards
+from deploy.probes import smoke
 from deploy.runtime.compose import (
     APP_SERVICE,
     REQUIRED_SECRETS,
@@ -769,7 +771,7 @@ class ComposeDeploy:
         return None
 
     def watch(self, ctx: Context, *, window_s: float) -> Any:
-        from deploy.verify import Verdict
+        from deploy.probes.verify import Verdict
 
         if not ctx.host.is_local:
             return Verdict(True, summary="health checked by compose (up --wait) on the remote host")

@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from deploy.actors import Actor
 from deploy.config import NAMESPACES, Project
 from deploy.errors import ConfigError, DeployError
 from deploy.hosts import Host, run_process
+from deploy.policy.actors import Actor
 from deploy.secrets import scrub
 from deploy.state import Layout, audit
 

@@ -7,12 +7,12 @@ import json
 from typing import Any
 
 from deploy import notify, releases
-from deploy.actors import Actor
 from deploy.commands import files as filecmd
 from deploy.config import Project
 from deploy.engine import group
 from deploy.engine.rollback_rules import previous_good
 from deploy.errors import GuardRefused, UsageError
+from deploy.policy.actors import Actor
 from deploy.runtime import native_hosts
 from deploy.state import DeployLock, audit, history
 
@@ -47,7 +47,7 @@ def unfreeze(proj: Project, name: str, *, actor: Actor, reason: str) -> dict[str
 
 def verify_serving(proj: Project, name: str, *, window_s: float | None = None) -> dict[str, Any]:
     """Watch the serving release against the previous good one; the verdict with its numbers."""
-    from deploy import verify
+    from deploy.probes import verify
 
     host, layout = group.primary(proj, name)
     current = releases.current_release(host, layout)

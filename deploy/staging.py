@@ -12,16 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploy import backup, environment, guards, migrations, releases
+from deploy import backup, environment, migrations, releases
 from deploy import seed as seeding
 from deploy.clients import redis_client
 from deploy.config import EnvConfig, Project, Thresholds
 from deploy.engine import group
 from deploy.errors import DeployError, GuardRefused, HostError, ServiceError, UsageError
 from deploy.hosts import Host
+from deploy.policy import guards
+from deploy.probes.smoke import Probe, http
 from deploy.runtime import native_hosts
 from deploy.runtime.native import NativeServices, pg_bin_dir
-from deploy.smoke import Probe, http
 from deploy.state import DeployLock, Layout, audit, sha256_file
 
 if TYPE_CHECKING:

@@ -6,12 +6,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from deploy.actors import Actor
 from deploy.config import EnvConfig, Project
 from deploy.engine import group
 from deploy.engine.steps import Walker
 from deploy.errors import DeployError
 from deploy.hosts import Host
+from deploy.policy.actors import Actor
 from deploy.state import DeployLock, Layout
 
 if TYPE_CHECKING:

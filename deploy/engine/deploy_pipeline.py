@@ -13,14 +13,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from deploy import guards, hooks, migrations, notify, releases
-from deploy.actors import Actor
+from deploy import hooks, migrations, notify, releases
 from deploy.config import Project
 from deploy.engine import group
 from deploy.engine.context import Context, Printer
 from deploy.engine.runtimes import runtime_for
 from deploy.engine.steps import Step, rows
 from deploy.errors import DeployError, Frozen, NotApproved, RolledBack, UsageError, VerifyFailed
+from deploy.policy import guards
+from deploy.policy.actors import Actor
 from deploy.state import HistoryEntry, audit, new_id, record_history, utc_now
 
 # the steps a deploy of a single-host native environment walks, in order

@@ -17,8 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from deploy import guards, notify
-from deploy.actors import Actor
+from deploy import notify
 from deploy.config import Project
 from deploy.engine import group
 from deploy.engine.context import Context, Printer
@@ -32,6 +31,8 @@ from deploy.engine.rollback_rules import (
 )
 from deploy.engine.runtimes import runtime_for
 from deploy.engine.steps import Step, rows
+from deploy.policy import guards
+from deploy.policy.actors import Actor
 from deploy.state import HistoryEntry, history, new_id, record_history, utc_now
 
 

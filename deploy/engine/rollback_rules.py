@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deploy import migrations
-from deploy.actors import Actor
 from deploy.config import EnvConfig
 from deploy.errors import GuardRefused, UsageError
 from deploy.hosts import Host
 from deploy.migrations import MigrationFile
+from deploy.policy.actors import Actor
 from deploy.state import Layout, audit, utc_now
 
 LEVELS = {1: "restart", 2: "revert", 3: "restore"}

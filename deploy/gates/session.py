@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deploy.actors import Actor
 from deploy.gates import runner
 from deploy.gates.report import Board, Report, results_table
 from deploy.output import console, say
+from deploy.policy.actors import Actor
 from deploy.secrets import Secret
 
 

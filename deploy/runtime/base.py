@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from deploy.engine.group import Target
     from deploy.engine.rollback_rules import RollbackPlan
     from deploy.engine.steps import Step
-    from deploy.guards import Check
+    from deploy.policy.guards import Check
     from deploy.releases import Release
 
 CheckFn = tuple[str, Callable[[], "Check"]]

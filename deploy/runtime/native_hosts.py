@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from deploy import releases, smoke
+from deploy import releases
 from deploy.commands import files as filecmd
 from deploy.config import EnvConfig, Project
 from deploy.engine import group
@@ -26,6 +26,7 @@ from deploy.engine.group import (
 )
 from deploy.errors import ServiceError
 from deploy.hosts import Host
+from deploy.probes import smoke
 from deploy.runtime.native import port_answers
 from deploy.state import Layout
 
@@ -194,7 +195,7 @@ def watch(
 ) -> Any:
     """verify.watch over several hosts: health of each host's bind address for window_s, then the
     release's metrics (shared in Redis) and the largest host's memory, judged by verify.evaluate."""
-    from deploy import verify
+    from deploy.probes import verify
 
     env = proj.env(name)
     limits = proj.policies[name].thresholds

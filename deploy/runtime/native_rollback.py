@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from deploy import migrations, releases, smoke
+from deploy import migrations, releases
 from deploy.clients import redis_client
 from deploy.commands import files as filecmd
 from deploy.config import EnvConfig, Project
@@ -26,6 +26,7 @@ from deploy.engine.rollback_rules import (
 from deploy.engine.steps import Step
 from deploy.errors import GuardRefused, ServiceError, UsageError
 from deploy.hosts import Host
+from deploy.probes import smoke
 from deploy.runtime import native_hosts
 from deploy.runtime.native import NativeServices
 from deploy.state import Layout, history

@@ -8,13 +8,15 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploy import guards, migrations, releases, smoke
+from deploy import migrations, releases
 from deploy.commands import files as filecmd
 from deploy.config import Project
 from deploy.engine import group
 from deploy.engine.rollback_rules import RollbackPlan
 from deploy.engine.steps import Step
 from deploy.errors import RolledBack
+from deploy.policy import guards
+from deploy.probes import smoke
 from deploy.runtime import native_hosts, native_rollback
 from deploy.runtime.native import NativeServices
 from deploy.secrets import scrub

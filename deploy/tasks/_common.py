@@ -11,10 +11,10 @@ from typing import Any, TypeVar
 
 from invoke import Exit
 
-from deploy import guards
-from deploy.actors import Actor, resolve
 from deploy.config import Project, find_root, load_project
 from deploy.errors import DeployError, UsageError
+from deploy.policy import guards
+from deploy.policy.actors import Actor, resolve
 
 F = TypeVar("F", bound=Callable[..., Any])
 

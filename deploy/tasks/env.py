@@ -7,9 +7,9 @@ import os
 
 from invoke import Collection, Task, task
 
-from deploy import guards
 from deploy.errors import UsageError
 from deploy.output import mark, print_json, print_table, say, show
+from deploy.policy import guards
 from deploy.tasks._common import actor, edge, env_name, guarded, project
 
 
@@ -23,7 +23,7 @@ from deploy.tasks._common import actor, edge, env_name, guarded, project
 @edge
 def preflight_(c, json=False, request=None, break_glass=""):
     """Run this environment's guards and print them as a table; changes nothing."""
-    from deploy import promotion
+    from deploy.policy import promotion
 
     name = env_name(c)
     checks = promotion.preflight(project(), name, os.environ, request=request,

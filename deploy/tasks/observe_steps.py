@@ -18,7 +18,7 @@ from deploy.tasks._common import edge, env_name, project
 @edge
 def monitor(c, once=False, json=False, samples=0):
     """Live dashboard: health, request rate, error rate, p95, memory against the thresholds."""
-    from deploy import monitor as engine
+    from deploy.probes import monitor as engine
 
     name = env_name(c)
     proj = project()

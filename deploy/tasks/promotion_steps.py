@@ -19,7 +19,7 @@ from deploy.tasks._common import actor, edge, project
 @edge
 def request(c, ref, severity="P4", emergency=False, reason=""):
     """Request a prod deploy of a ref; prints the filled-in checklist (Markdown)."""
-    from deploy import promotion
+    from deploy.policy import promotion
 
     proj = project()
     req = promotion.request(
@@ -35,7 +35,7 @@ def request(c, ref, severity="P4", emergency=False, reason=""):
 @edge
 def approve(c, id):
     """Approve a deployment request (a human other than the requester)."""
-    from deploy import promotion
+    from deploy.policy import promotion
 
     req = promotion.approve(project(), id, actor=actor())
     say(f"prod: request #{req['id']} {req['status']} ({len(req['approvals'])} approval(s))")
@@ -45,7 +45,7 @@ def approve(c, id):
 @edge
 def reject(c, id, reason=""):
     """Reject a deployment request, with a reason."""
-    from deploy import promotion
+    from deploy.policy import promotion
 
     req = promotion.reject(project(), id, actor=actor(), reason=reason)
     say(f"prod: request #{req['id']} rejected")
@@ -55,7 +55,7 @@ def reject(c, id, reason=""):
 @edge
 def requests(c, json=False):
     """List deployment requests: ref, commit, requester, approvals, status."""
-    from deploy import promotion
+    from deploy.policy import promotion
 
     reqs = promotion.all_requests(project())
     show(
@@ -71,7 +71,7 @@ def requests(c, json=False):
 @edge
 def checklist(c, id):
     """Print a request's deployment checklist as Markdown."""
-    from deploy import promotion
+    from deploy.policy import promotion
 
     proj = project()
     say(promotion.checklist(proj, promotion.load(proj, id)))

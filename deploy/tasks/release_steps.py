@@ -29,8 +29,8 @@ def deploy(
     c, ref="HEAD", dry_run=False, allow_dirty=False, request=None, break_glass="", json=False
 ):
     """Deploy a git ref: guards, lock, build, migrate, switch, smoke, verify, record."""
-    from deploy import promotion
     from deploy.engine import deploy_pipeline
+    from deploy.policy import promotion
 
     name, proj = env_name(c), project()
     promotion.check_deploy_flags(name, ref=ref, request=request)
@@ -49,8 +49,9 @@ def deploy(
 
 def _print_deploy_plan(proj, name, *, ref, request, break_glass):
     """The dry run: guards (or, for a request, every promotion rule), the steps, the hooks."""
-    from deploy import guards, promotion, releases
+    from deploy import releases
     from deploy.engine import deploy_pipeline
+    from deploy.policy import guards, promotion
 
     if request is not None:
         req = promotion.load(proj, request)
@@ -144,7 +145,7 @@ def migrations_(c, json=False):
 @edge
 def smoke_(c, json=False):
     """Probe the serving release: health, ready, version, identity, postgres, redis."""
-    from deploy import smoke
+    from deploy.probes import smoke
 
     name = env_name(c)
     from deploy import staging

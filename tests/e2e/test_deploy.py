@@ -143,10 +143,10 @@ def test_switching_releases_under_load_fails_no_request(project):
 def test_a_step_added_to_the_pipeline_is_in_the_dry_run_and_is_walked(project, monkeypatch):
     """The dry run is the step list the run walks: a new step shows in `--dry-run` and runs,
     with no change to any printer."""
-    from deploy.actors import Actor
     from deploy.config import load_project
     from deploy.engine import deploy_pipeline
     from deploy.engine.steps import Step
+    from deploy.policy.actors import Actor
 
     sang: list[str] = []
     real = deploy_pipeline.steps

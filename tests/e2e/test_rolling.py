@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from deploy.actors import Actor
 from deploy.config import load_project
 from deploy.engine import deploy_pipeline, group
 from deploy.errors import ExitCode
+from deploy.policy.actors import Actor
 from deploy.releases import lock_hash
 from deploy.runtime import native_hosts
 from tests import support

@@ -18,10 +18,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from deploy.actors import Actor
 from deploy.config import load_project
 from deploy.engine import group, rollback_pipeline
 from deploy.errors import ExitCode
+from deploy.policy.actors import Actor
 from deploy.state import DeployLock
 from tests import support
 from tests.conftest import need

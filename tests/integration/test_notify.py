@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from deploy import notify
-from deploy.actors import Actor
 from deploy.config import Project, load_project
 from deploy.errors import ConfigError
 from deploy.hosts import Host
+from deploy.policy.actors import Actor
 from deploy.state import Layout, read_jsonl
 from tests import support
 

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from deploy import smoke
+from deploy.probes import smoke
 
 
 class Answers:

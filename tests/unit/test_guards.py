@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy import guards
 from deploy.config import DbTarget, EnvConfig, EnvPolicy, Project, RedisTarget, load_project
 from deploy.errors import ExitCode, GuardRefused
+from deploy.policy import guards
 from tests import support
 
 

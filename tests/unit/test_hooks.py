@@ -13,10 +13,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from deploy import hooks
-from deploy.actors import Actor
 from deploy.config import Project, load_project
 from deploy.errors import ConfigError, ExitCode
 from deploy.hosts import Host
+from deploy.policy.actors import Actor
 from deploy.state import Layout, read_jsonl
 from tests import support
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from deploy import guards
 from deploy.commands import app as cmd
 from deploy.config import LOCAL, HostSpec, Project, load_project
 from deploy.engine import group
 from deploy.errors import ConfigError
+from deploy.policy import guards
 from tests import support
 
 

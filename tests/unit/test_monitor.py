@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from deploy.config import Thresholds
-from deploy.monitor import ALERT, OK, UNKNOWN, WARN, Sample, reading
-from deploy.verify import Stats
+from deploy.probes.monitor import ALERT, OK, UNKNOWN, WARN, Sample, reading
+from deploy.probes.verify import Stats
 
 T = Thresholds(health_failures=3, error_rate_points=5.0, p95_ratio=2.0, memory_mb=512)
 

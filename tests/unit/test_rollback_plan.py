@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from deploy.actors import Actor
 from deploy.engine.rollback_rules import (
     backup_for,
     check_request,
@@ -16,6 +15,7 @@ from deploy.engine.rollback_rules import (
 )
 from deploy.errors import GuardRefused, UsageError
 from deploy.migrations import MigrationFile
+from deploy.policy.actors import Actor
 
 
 def entry(release, *, kind="deploy", status="success", previous=None, backup=None, id=None):

@@ -12,11 +12,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from deploy import backup, environment, promotion
-from deploy.actors import Actor
+from deploy import backup, environment
 from deploy.clock import as_utc, stamp, system_clock
 from deploy.config import Project, load_project
 from deploy.hosts import Host
+from deploy.policy import promotion
+from deploy.policy.actors import Actor
 from deploy.state import LOCK_STALE_AFTER_S, DeployLock, Layout, LockInfo, held_too_long
 from tests import support
 

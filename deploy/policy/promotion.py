@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from deploy import guards, notify
-from deploy.actors import Actor
+from deploy import notify
 from deploy.clock import Clock, as_utc, from_epoch, stamp, system_clock
 from deploy.commands import git as gitcmd
 from deploy.config import Project
 from deploy.engine import group
 from deploy.errors import ConfigError, NotApproved, UsageError
 from deploy.hosts import Host, run_process
+from deploy.policy import guards
+from deploy.policy.actors import Actor
 from deploy.state import Layout, audit, history, utc_now
 
 SEVERITIES = ("P1", "P2", "P3", "P4")

@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploy import smoke
 from deploy.clients import redis_client
 from deploy.config import EnvConfig, Project, Thresholds
 from deploy.hosts import Host
+from deploy.probes import smoke
 from deploy.releases import master_pidfile
 from deploy.state import Layout
 

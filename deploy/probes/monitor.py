@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from deploy import releases, verify
+from deploy import releases
 from deploy.config import Project, Thresholds
 from deploy.engine import group
 from deploy.hosts import Host
-from deploy.smoke import http
+from deploy.probes import verify
+from deploy.probes.smoke import http
 from deploy.state import Layout
 
 OK, WARN, ALERT, UNKNOWN = "ok", "warn", "ALERT", "n/a"

@@ -1,0 +1,1 @@
+"""Policy: the guards that fail closed, promotion to prod, and who acts."""

@@ -1,0 +1,1 @@
+"""Probes of the running service: smoke, the verify window, monitoring."""
