@@ -21,8 +21,11 @@ $(STAMP): pyproject.toml app/requirements.lock
 demo: setup
 	$(BIN)/inv demo
 
+# the suite mostly waits on servers and subprocesses: whole files run side by side, one worker
+# each (a file's module fixtures and its order stay in one process); TEST_WORKERS=0 runs serially
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 check: setup lint docs-freshness
 

@@ -28,6 +28,22 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     support.reap_leftovers()
 
 
+# The longest files, longest first. `make test` hands whole files to parallel workers in collection
+# order (pytest-xdist --dist loadfile): a long file handed out last would finish the run alone.
+RUN_FIRST = ("tests/e2e/test_fault_matrix.py",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not hasattr(config, "workerinput"):  # pytest-xdist's mark of a worker
+        return  # one process runs everything anyway: keep the plain order
+
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return RUN_FIRST.index(path) if path in RUN_FIRST else len(RUN_FIRST)
+
+    items.sort(key=rank)  # stable: every file keeps its own order, the rest theirs
+
+
 def need(condition: bool, reason: str) -> None:
     """Skip when a part is missing, except in CI (STAGEFLOW_REQUIRE_ALL=1), where it fails."""
     if condition:
@@ -65,18 +81,34 @@ PG_IMAGE, REDIS_IMAGE = "postgres:16-alpine", "redis:7-alpine"
 
 
 @pytest.fixture(scope="session")
-def _services() -> Iterator[tuple[PgServer, RedisServer]]:
+def _services(request: pytest.FixtureRequest) -> Iterator[tuple[PgServer, RedisServer]]:
     if SERVICES == "docker":
         with _container_services() as servers:
             yield servers
     elif SERVICES == "embedded":
-        with _embedded_services() as servers:
+        with _stop_the_run_from_a_worker(request.session), _embedded_services() as servers:
             yield servers
     else:
         pytest.fail(
             f"STAGEFLOW_TEST_SERVICES={SERVICES!r} is not a source of servers; "
             "use embedded (the default) or docker"
         )
+
+
+@contextmanager
+def _stop_the_run_from_a_worker(session: pytest.Session) -> Iterator[None]:
+    """pytest.exit in a parallel worker (pytest-xdist) crashes the controller and loses the reason:
+    there, fail this test and have the controller stop the run with the reason instead."""
+    try:
+        yield
+    except pytest.exit.Exception as exc:
+        if not hasattr(session.config, "workerinput"):
+            raise
+        reason = exc.msg
+    else:
+        return
+    session.shouldstop = reason
+    raise pytest.fail.Exception(reason, pytrace=False) from None  # the reason alone, no chain
 
 
 @contextmanager

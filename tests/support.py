@@ -29,10 +29,30 @@ _RANGE = (10000, max(10100, min(30000, _ephemeral_low() - 1)))
 _given: set[int] = set()
 
 
+def worker_range(
+    full: tuple[int, int] = _RANGE, *, worker: str = "", count: str = ""
+) -> tuple[int, int]:
+    """This process's slice of full. Parallel test workers (pytest-xdist sets PYTEST_XDIST_WORKER
+    "gw<i>" and PYTEST_XDIST_WORKER_COUNT) each hand out ports before binding them, and _given
+    is per process: disjoint slices keep two workers from writing the same port into env files."""
+    worker = worker or os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = count or os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit()):
+        return full
+    n = int(count)
+    if n <= 1:
+        return full
+    width = (full[1] - full[0] + 1) // n
+    low = full[0] + (int(worker[2:]) % n) * width  # a restarted worker numbers on: wrap
+    return low, low + width - 1
+
+
 def free_port(address: str = "127.0.0.1") -> int:
-    """A port nothing listens on at address, never handed out twice in this process."""
+    """A port nothing listens on at address, never handed out twice in this process nor by
+    another worker of the same test run."""
+    low, high = worker_range()
     for _ in range(500):
-        port = random.randint(*_RANGE)
+        port = random.randint(low, high)
         if port in _given:
             continue
         with socket.socket() as s:
@@ -42,7 +62,7 @@ def free_port(address: str = "127.0.0.1") -> int:
                 continue
         _given.add(port)
         return port
-    raise RuntimeError(f"no free port in {_RANGE} on {address}")
+    raise RuntimeError(f"no free port in {(low, high)} on {address}")
 
 
 def public_tmpdir(prefix: str) -> Path:

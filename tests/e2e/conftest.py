@@ -15,6 +15,7 @@ from tests import support
 
 INV = str(Path(sys.executable).with_name("inv"))
 KILLPOINT = str(Path(__file__).resolve().parents[1] / "killpoint.py")
+VERIFY_WINDOW_S = 1  # staging's and prod's in every test project (see make_project)
 
 
 @dataclass
@@ -157,6 +158,12 @@ def make_project(prefix: str = "sf-e2e-") -> Project:
         shutil.copy2(src, dst)
     ports = support.write_envs(root)
     (root / ".gitignore").write_text((support.REPO / ".gitignore").read_text())
+    proj = Project(root=root, ports=ports)
+    # verify windows of 1 s: each still probes health and judges the metrics, where the policy's
+    # 3 s (staging) and 5 s (prod) only add seconds to every deploy; a test of what the window
+    # catches sets its own (verify_window_s=6)
+    for env in ("staging", "prod"):
+        proj.set_policy(env, verify_window_s=VERIFY_WINDOW_S)
     for cmd in (
         ["init", "-q", "-b", "main"],
         ["config", "user.email", "ci@example.com"],
@@ -165,7 +172,6 @@ def make_project(prefix: str = "sf-e2e-") -> Project:
         ["commit", "-qm", "initial"],
     ):
         subprocess.run(["git", *cmd], cwd=root, check=True, capture_output=True)
-    proj = Project(root=root, ports=ports)
     proj.entry = support.register("e2e", {"root": str(base), "pattern": str(root)})
     return proj
 
