@@ -30,7 +30,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 # The longest files, longest first. `make test` hands whole files to parallel workers in collection
 # order (pytest-xdist --dist loadfile): a long file handed out last would finish the run alone.
-RUN_FIRST = ("tests/e2e/test_fault_matrix.py",)
+RUN_FIRST = (
+    "tests/e2e/test_fault_matrix.py",
+    "tests/e2e/test_fault_matrix_hosts.py",
+    "tests/e2e/test_fault_matrix_compose.py",
+    "tests/e2e/test_compose_runtime.py",
+    "tests/e2e/test_rolling_rollback.py",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
