@@ -80,17 +80,25 @@ def find(proj: Project, name: str, backup_id: str) -> dict[str, Any]:
     return find_backup(list_backups(proj, name), backup_id, env=name)
 
 
+def _whole_dump(
+    proj: Project, name: str, backup_id: str, *, hint: str
+) -> tuple[dict[str, Any], Path]:
+    """The backup's metadata and dump, refused when the dump is gone or its checksum differs."""
+    info = find(proj, name, backup_id)
+    dump = Path(Layout(str(proj.env(name).data_dir)).backups) / info["file"]
+    if not dump.exists() or sha256_file(dump) != info["sha256"]:
+        raise ServiceError(
+            f"backup {backup_id} is missing or its checksum does not match", hint=hint
+        )
+    return info, dump
+
+
 def restore(proj: Project, name: str, backup_id: str, *, actor: str) -> dict[str, Any]:
     """pg_restore --clean --if-exists --exit-on-error; the dump's checksum is verified first."""
     env = proj.env(name)
-    info = find(proj, name, backup_id)
-    layout = Layout(str(env.data_dir))
-    dump = Path(layout.backups) / info["file"]
-    if not dump.exists() or sha256_file(dump) != info["sha256"]:
-        raise ServiceError(
-            f"backup {backup_id} is missing or its checksum does not match",
-            hint="choose another backup with `inv <env>.backups`",
-        )
+    info, dump = _whole_dump(
+        proj, name, backup_id, hint="choose another backup with `inv <env>.backups`"
+    )
     svc = NativeServices(env, user_name=proj.service_user)
     host = Host(secrets=env.secret_values())
     start = time.perf_counter()
@@ -101,6 +109,7 @@ def restore(proj: Project, name: str, backup_id: str, *, actor: str) -> dict[str
         timeout=7200,
     )
     took = round(time.perf_counter() - start, 3)
+    layout = Layout(str(env.data_dir))
     audit(host, layout, actor=actor, action="restore", backup=backup_id, duration_s=took)
     return {**info, "restore_s": took}
 
@@ -220,14 +229,7 @@ def verify_backup(proj: Project, name: str, backup_id: str) -> dict[str, Any]:
     from psycopg import sql
 
     env = proj.env(name)
-    info = find(proj, name, backup_id)
-    layout = Layout(str(env.data_dir))
-    dump = Path(layout.backups) / info["file"]
-    if not dump.exists() or sha256_file(dump) != info["sha256"]:
-        raise ServiceError(
-            f"backup {backup_id} is missing or its checksum does not match",
-            hint=f"take a new one with `inv {name}.backup`",
-        )
+    info, dump = _whole_dump(proj, name, backup_id, hint=f"take a new one with `inv {name}.backup`")
     svc = NativeServices(env, user_name=proj.service_user)
     scratch = f"{env.database.name}_verify_{os.getpid()}"
     admin = svc.admin_conninfo()
@@ -244,6 +246,13 @@ def verify_backup(proj: Project, name: str, backup_id: str) -> dict[str, Any]:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch))
             )
+    return compare_counts(backup_id, restored=restored, live=live)
+
+
+def compare_counts(
+    backup_id: str, *, restored: dict[str, int], live: dict[str, int]
+) -> dict[str, Any]:
+    """A restore check's verdict: every table's row count in the restored copy and the live one."""
     rows = [
         {
             "table": t,

@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from deploy import migrations, releases
+from deploy.backup import compare_counts
 from deploy.commands import app as appcmd
 from deploy.commands import compose as cmd
 from deploy.commands import files as filecmd
@@ -412,16 +413,7 @@ def verify_backup(proj: Project, name: str, backup_id: str) -> dict[str, Any]:
             rt.run(lambda _c: c.exec(cmd.PG_SERVICE, cmd.remove_file(tmp)))
     finally:
         host.close()
-    rows = [
-        {
-            "table": t,
-            "backup": restored.get(t),
-            "live": live.get(t),
-            "same": restored.get(t) == live.get(t),
-        }
-        for t in sorted(set(restored) | set(live))
-    ]
-    return {"id": backup_id, "ok": all(r["same"] for r in rows), "tables": rows}
+    return compare_counts(backup_id, restored=restored, live=live)
 
 
 def pending_versions(shipped: Sequence[int], applied: Sequence[int]) -> list[int]:
