@@ -427,34 +427,6 @@ def wants_backup(policy: str, pending: Sequence[int]) -> bool:
     return policy == "always" or (policy == "pending-migrations" and bool(pending))
 
 
-def _deploy_backup(
-    ctx: Context, rt: ComposeRuntime, rel: releases.Release, *, commit: str, kind: str
-) -> str:
-    """The deploy's backup step: the native policy, the pending files read from the commit."""
-    policy = ctx.proj.policies[ctx.env.name]
-    if policy.backup == "never":
-        return "skipped (policy never)"
-    # the servers must run to be dumped; the migrate step would start them next anyway
-    res = rt.run(lambda c: c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s))
-    if not res.ok:
-        raise rt.failed("starting postgres and redis", res)
-    applied = applied_versions(rt)
-    shipped = [f.version for f in migrations.discover_at_commit(ctx.proj.root, commit)]
-    pending = pending_versions(shipped, applied)
-    if not wants_backup(policy.backup, pending):
-        return f"skipped (policy {policy.backup}, {len(pending)} pending)"
-    info = _take(
-        rt,
-        ctx.layout,
-        actor=str(ctx.actor),
-        release=ctx.previous or "",
-        reason=f"before {kind} of {rel.id}",
-        applied=applied,
-    )
-    ctx.backup_id = info["id"]
-    return f"{info['id']} ({info['size_bytes'] / 1e6:.1f} MB)"
-
-
 # -- up, down, status, logs ------------------------------------------------------------------------
 
 
@@ -705,9 +677,7 @@ class ComposeDeploy:
         if not res.ok:
             raise rt.failed("starting postgres and redis", res)
         self._applied = applied_versions(rt)
-        shipped = [
-            f.version for f in migrations.discover_at_commit(ctx.proj.root, ctx.built.commit)
-        ]
+        shipped = [f.version for f in releases.migrations_at_commit(ctx.proj, ctx.built.commit)]
         return pending_versions(shipped, self._applied)
 
     def backup(self, ctx: Context, *, reason: str) -> dict[str, Any]:
@@ -1092,8 +1062,8 @@ def _level2_target(
 def _level2_schema(
     proj: Project, name: str, entries: Sequence[Mapping[str, Any]], *, current: str, target: str
 ) -> SchemaPlan:
-    files = migrations.discover_at_commit(proj.root, _commit_of(entries, current))
-    target_files = migrations.discover_at_commit(proj.root, _commit_of(entries, target))
+    files = releases.migrations_at_commit(proj, _commit_of(entries, current))
+    target_files = releases.migrations_at_commit(proj, _commit_of(entries, target))
     target_version = max((f.version for f in target_files), default=0)
     # the serving release applied every file it ships; the engine re-reads the ledger to act
     schema = schema_plan(files, [f.version for f in files], target_version=target_version)

@@ -353,34 +353,6 @@ def _read_sql(path: Path) -> tuple[bytes, str]:
         ) from None
 
 
-def discover_at_commit(
-    root: Path, commit: str, subdir: str = "app/migrations"
-) -> list[MigrationFile]:
-    """The migration files of a commit, read and checked without a checkout; a malformed file is
-    bad input (ConfigError, exit 2), found before a deploy takes the lock or builds anything."""
-    import io
-    import subprocess
-    import tarfile
-    import tempfile
-
-    from deploy.errors import ConfigError
-
-    out = subprocess.run(
-        ["git", "archive", "--format=tar", commit, "--", subdir],
-        cwd=root,
-        capture_output=True,
-        check=False,
-    )
-    with tempfile.TemporaryDirectory(prefix="stageflow-migrations-") as tmp:
-        if out.returncode == 0:
-            with tarfile.open(fileobj=io.BytesIO(out.stdout)) as tar:
-                tar.extractall(tmp, filter="data")
-        try:
-            return discover(Path(tmp) / subdir)
-        except MigrationError as err:
-            raise ConfigError(f"{commit[:12]}: {err.message}", hint=err.hint) from None
-
-
 def discover(directory: Path) -> list[MigrationFile]:
     """Read every migration in directory, check names, headers and numbering; sorted by version."""
     if not directory.is_dir():

@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import sys
+import tarfile
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -14,12 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from deploy import procs
+from deploy import migrations, procs
 from deploy.commands import app as cmd
 from deploy.commands import files as filecmd
 from deploy.commands import git as gitcmd
 from deploy.config import EnvConfig, Project
-from deploy.errors import ServiceError, UsageError
+from deploy.errors import ConfigError, MigrationError, ServiceError, UsageError
 from deploy.hosts import CommandResult, Host, run_process
 from deploy.runtime.native import port_is_free
 from deploy.state import Layout
@@ -99,6 +101,22 @@ def archive(proj: Project, commit: str) -> Path:
             raise ServiceError(f"git archive {commit[:12]} failed: {out.stderr.strip()[:200]}")
         os.replace(tmp, tarball)
     return tarball
+
+
+def migrations_at_commit(
+    proj: Project, commit: str, subdir: str = "app/migrations"
+) -> list[migrations.MigrationFile]:
+    """The migration files of a commit, read from its archive (no checkout); a malformed file is
+    bad input (ConfigError, exit 2), found before a deploy takes the lock or builds anything."""
+    tarball = archive(proj, commit)
+    with tempfile.TemporaryDirectory(prefix="stageflow-migrations-") as tmp:
+        with tarfile.open(tarball) as tar:
+            members = [m for m in tar.getmembers() if m.name.startswith(f"{subdir}/")]
+            tar.extractall(tmp, members=members, filter="data")
+        try:
+            return migrations.discover(Path(tmp) / subdir)
+        except MigrationError as err:
+            raise ConfigError(f"{commit[:12]}: {err.message}", hint=err.hint) from None
 
 
 def build(

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from deploy import hooks, migrations, notify, releases
+from deploy import hooks, notify, releases
 from deploy.config import Project
 from deploy.engine import group
 from deploy.engine.context import Context, Printer
@@ -157,7 +157,7 @@ def _resolve(ctx: Context, ref: str, *, allow_dirty: bool) -> tuple[str, bool]:
         ctx.printer(
             f"{name}: note: uncommitted changes are not deployed; deploying HEAD {commit[:12]}"
         )
-    migrations.discover_at_commit(proj.root, commit)  # malformed files: refused, nothing built
+    releases.migrations_at_commit(proj, commit)  # malformed files: refused, nothing built
     return commit, False
 
 

@@ -3,9 +3,6 @@ socket, on every host of the environment (this machine alone is a group of one).
 
 from __future__ import annotations
 
-import tarfile
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploy import migrations, releases
@@ -28,12 +25,7 @@ if TYPE_CHECKING:
 
 def migration_files_of(proj: Project, commit: str) -> list[migrations.MigrationFile]:
     """The commit's migrations, from the archive built for the hosts (no host is read)."""
-    tarball = releases.archive(proj, commit)
-    with tempfile.TemporaryDirectory(prefix="stageflow-migrations-") as tmp:
-        with tarfile.open(tarball) as tar:
-            members = [m for m in tar.getmembers() if m.name.startswith("app/migrations/")]
-            tar.extractall(tmp, members=members, filter="data")
-        return migrations.discover(Path(tmp) / "app" / "migrations")
+    return releases.migrations_at_commit(proj, commit)
 
 
 def services_up(proj: Project, name: str) -> guards.Check:

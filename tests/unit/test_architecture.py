@@ -210,11 +210,7 @@ EXECUTABLES = frozenset(
 )
 EXECUTOR = "deploy.hosts"
 # (module, executable) still built inline, each with its reason; an entry no longer needed fails.
-PENDING = {
-    # migrations.py ships alone into the app image (see the Dockerfile), where deploy/commands is
-    # not; its `git archive` leaves with discover_at_commit, which runs only where stageflow does
-    ("deploy.migrations", "git"),
-}
+PENDING: set[tuple[str, str]] = set()
 
 
 def _inline_argv(source: str) -> list[tuple[int, str, str]]:
