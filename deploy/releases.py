@@ -106,13 +106,13 @@ def archive(proj: Project, commit: str) -> Path:
 def migrations_at_commit(
     proj: Project, commit: str, subdir: str = "app/migrations"
 ) -> list[migrations.MigrationFile]:
-    """The migration files of a commit, read from its archive (no checkout); a malformed file is
-    bad input (ConfigError, exit 2), found before a deploy takes the lock or builds anything."""
-    tarball = archive(proj, commit)
+    """The migration files of a commit, read without a checkout and without building anything (a
+    deploy checks them before its guards); a malformed file is bad input (ConfigError, exit 2)."""
     with tempfile.TemporaryDirectory(prefix="stageflow-migrations-") as tmp:
-        with tarfile.open(tarball) as tar:
-            members = [m for m in tar.getmembers() if m.name.startswith(f"{subdir}/")]
-            tar.extractall(tmp, members=members, filter="data")
+        tarball = Path(tmp) / "migrations.tar"
+        if _git(proj.root, gitcmd.archive(commit, output=tarball, paths=[subdir])).ok:
+            with tarfile.open(tarball) as tar:
+                tar.extractall(tmp, filter="data")
         try:
             return migrations.discover(Path(tmp) / subdir)
         except MigrationError as err:
