@@ -36,6 +36,7 @@ from deploy.engine.rollback_rules import (
     RollbackPlan,
     SchemaPlan,
     backup_for,
+    interrupted,
     previous_good,
     schema_plan,
 )
@@ -1016,10 +1017,15 @@ def _rollback_plan(
     layout: Layout | None = None,
 ) -> RollbackPlan:
     """The rollback's target, schema plan, backup and exact commands; refuses before anything
-    changes."""
-    p = RollbackPlan(level, rt.cfg.name, current, current)
+    changes. A rollback of the same level whose process died is completed: its target (level 2)
+    or its backup (level 3), whatever serves now."""
+    dead = interrupted(entries)
+    resumes = str(dead["id"]) if dead and dead.get("kind") == f"rollback-{level}" else None
+    p = RollbackPlan(level, rt.cfg.name, current, current, resumes=resumes)
     if level == 3:
         assert layout is not None
+        if not backup_id and resumes and dead and dead.get("backup"):
+            backup_id = str(dead["backup"])
         d = _level3_plan(proj, rt, entries, current=current, backup_id=backup_id, layout=layout)
         p.target, p.backup, p.commands = d["target"], d["backup_info"], d["commands"]
     elif level == 1:
@@ -1031,16 +1037,24 @@ def _rollback_plan(
             f"restart: {shown(start, env_cur)}",
         ]
     else:
-        p.target = _level2_target(rt.cfg.name, entries, current=current, to=to)
+        p.target = _level2_target(
+            rt.cfg.name, entries, current=current, to=to, dead=dead if resumes else None
+        )
         p.schema = _level2_schema(proj, rt.cfg.name, entries, current=current, target=p.target)
         p.commands = _level2_commands(rt, entries, p, actor=actor)
     return p
 
 
 def _level2_target(
-    name: str, entries: Sequence[Mapping[str, Any]], *, current: str, to: str | None
+    name: str,
+    entries: Sequence[Mapping[str, Any]],
+    *,
+    current: str,
+    to: str | None,
+    dead: Mapping[str, Any] | None = None,
 ) -> str:
-    """--to (a release history knows), or the previous good one."""
+    """--to (a release history knows), the release a killed level 2 was going to, or the previous
+    good one."""
     known = set(_releases_in(entries))
     if to:
         if to not in known:
@@ -1050,6 +1064,11 @@ def _level2_target(
         if to == current:
             raise UsageError(f"{to} is already serving", hint="level 1 restarts it")
         return to
+    if dead and dead.get("release"):
+        # finish what the killed rollback started: once its tag runs, the newest entry naming
+        # the current release is the dead one, and the previous good one would be the release
+        # it was rolling back from
+        return str(dead["release"])
     found = previous_good(entries, current=current, existing=frozenset(known))
     if found is None:
         raise GuardRefused(

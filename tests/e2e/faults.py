@@ -8,6 +8,7 @@ environment from outside: the database through its env files, the lock through `
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import signal
 import subprocess
@@ -42,6 +43,28 @@ def planned_steps(env: str, configure: Callable[[Project], None]) -> tuple[str, 
 def after(steps: tuple[str, ...], killed: str, done: str) -> bool:
     """Whether step `done` had finished when the run was killed as step `killed` started."""
     return steps.index(killed) > steps.index(done)
+
+
+# -- a rollback level's plan ------------------------------------------------------------------------
+
+
+def rollback_plan(project: Project, name: str, level: int, **inv: Any) -> dict[str, Any]:
+    """`inv NAME.rollback --level N --dry-run --json` on the live environment: current, target,
+    backup, and the steps, which are the very list a run of that level walks."""
+    res = project.ok(f"{name}.rollback", "--level", str(level), "--dry-run", "--json", **inv)
+    return json.loads(res.stdout)
+
+
+def rollback_cases(plan: Mapping[str, Any]) -> tuple[str, ...]:
+    """Where a rollback is killed: the lifecycle's lock, every step of the plan, its unlock. Read
+    from the dry run, so a step added to a level becomes a case without the matrix changing."""
+    return ("lock", *(name for name, _ in plan["steps"]), "unlock")
+
+
+def dark(steps: tuple[str, ...], killed: str, *, starts: str) -> bool:
+    """Level 3 killed after its `stop` ran and before `starts` (the step that puts the backup's
+    release in front) ran: nothing serves until the rollback runs again."""
+    return after(steps, killed, "stop") and not after(steps, killed, starts)
 
 
 # -- the environment's database, read from outside --------------------------------------------------

@@ -13,6 +13,15 @@ on its tag.
 Each case ships a release with a migration of its own (one nullable column) and dev backs up
 before pending migrations, so every deploy has a backup to take and a schema to change; the
 recovering deploy leaves that release serving, which is the next case's starting point.
+
+Rollback levels 1-3 are killed the same way, at "lock", at every step of the level's dry run on
+this environment (read when the level's test starts) and at "unlock". After each kill: the app
+container runs and answers (except in level 3's dark window between stop and start, where status
+shows dev frozen and the operation interrupted), no row is lost (after level 3's restore: exactly
+the backup's rows), the ledger agrees with the schema, the lock is stale and can be forced, and
+the same rollback again finishes with the target's tag running (level 3 stays frozen until
+unfreeze). Each level's cases are walked in order inside one test, so each recovery is the next
+case's starting point.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import json
 import os
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -168,3 +178,148 @@ def test_a_deploy_failing_after_a_killed_one_sends_the_killed_ones_tag_back(dev:
     assert app_container(dev) == (killed_tag, killed)
     status = json.loads(dev.inv("dev.status", "--json").stdout)
     assert status["lock"] is None and status["last"]["status"] == "rolled-back", status
+
+
+# -- rollback levels 1-3 --------------------------------------------------------------------------
+# Each level's cases are its live dry run's steps plus the lifecycle's lock and unlock: level 1
+# restart, smoke; level 2 schema, start, smoke; level 3 freeze, stop, restore, start, smoke.
+
+
+def level_argv(level: int, step: str) -> tuple[str, ...]:
+    return ("dev.rollback", "--level", str(level), "--reason", f"fault matrix on compose: {step}")
+
+
+def forward(dev: Engine, label: str, *, migration: bool = False) -> tuple[str, str]:
+    """Deploy a new commit over what serves (with a migration of its own: dev backs up first);
+    the app container's (tag, commit) afterwards."""
+    p = dev.proj
+    if migration:
+        faults.add_fault_migration(p)
+    commit = p.commit(f"fault matrix on compose: {label}", tag=f"compose-{label}")
+    result = json.loads(dev.inv("dev.deploy", "--ref", f"compose-{label}", "--json").stdout)
+    assert app_container(dev) == (result["release"], commit)
+    return result["release"], commit
+
+
+def kill_at_level(dev: Engine, step: str, level: int) -> None:
+    """`inv dev.rollback --level N` SIGKILLed as step starts: it left its lock behind, unless it
+    died before taking it."""
+    faults.kill_at(dev.proj, step, level_argv(level, step), env=dev.env)
+    assert state(dev, "lock").exists() == (step != "lock"), step
+
+
+def state(dev: Engine, name: str) -> Path:
+    return dev.proj.root / ".stageflow" / "dev" / "state" / name
+
+
+def newest(dev: Engine) -> dict:
+    """The newest history entry, read from the state directory as `dev.history` reads it."""
+    from deploy.hosts import Host
+    from deploy.state import Layout, history
+
+    return history(Host(), Layout(str(dev.proj.root / ".stageflow" / "dev")))[-1]
+
+
+def finished(dev: Engine, level: int) -> dict:
+    """The newest operation is this level's, a success, and nothing holds the lock; its entry."""
+    entry = newest(dev)
+    assert entry["kind"] == f"rollback-{level}" and entry["status"] == "success", entry
+    assert not state(dev, "lock").exists()
+    return entry
+
+
+def test_rollback_level_1_killed_at_every_step(dev: Engine) -> None:
+    """Level 1 restarts the serving tag: whatever the kill, it runs and answers."""
+    p = dev.proj
+    steps = faults.rollback_cases(faults.rollback_plan(p, "dev", 1, env=dev.env))
+    assert steps == ("lock", "restart", "smoke", "unlock"), steps
+    serving = app_container(dev)
+    for step in steps:
+        write_rows(p, f"level1-{step}", env="dev")
+        before = user_rows(p, "dev")
+
+        kill_at_level(dev, step, 1)
+
+        assert app_container(dev) == serving, step
+        assert user_rows(p, "dev") == before, step
+        assert_ledger_matches_schema(p, "dev", columns=faults.fault_columns(p))
+        faults.check_lock_and_force(p, step, "dev", env=dev.env)
+        if step != "unlock":  # killed at unlock, it had finished
+            dev.inv(*level_argv(1, step))
+        assert app_container(dev) == serving, step
+        finished(dev, 1)
+
+
+def test_rollback_level_2_killed_at_every_step(dev: Engine) -> None:
+    """Level 2 from a release deployed over the previous one: the newer tag runs until `start`
+    ran, the previous one after; the same rollback again leaves the previous one running. Each
+    case first deploys forward (a release rolled back from is never a previous good one again)."""
+    p = dev.proj
+    # a deploy that succeeded first: what runs may be a killed deploy's tag, never a good one
+    target = forward(dev, "level2-base")
+    current = forward(dev, "level2-0")
+    plan = faults.rollback_plan(p, "dev", 2, env=dev.env)
+    assert (plan["current"], plan["target"]) == (current[0], target[0]), plan
+    steps = faults.rollback_cases(plan)
+    assert steps == ("lock", "schema", START, "smoke", "unlock"), steps
+    for i, step in enumerate(steps):
+        if i:  # the previous case left the previous release serving: go forward again
+            target, current = app_container(dev), forward(dev, f"level2-{i}")
+        write_rows(p, f"level2-{step}", env="dev")
+        before = user_rows(p, "dev")
+
+        kill_at_level(dev, step, 2)
+
+        assert app_container(dev) == (target if after(steps, step, START) else current), step
+        assert user_rows(p, "dev") == before, step
+        assert_ledger_matches_schema(p, "dev", columns=faults.fault_columns(p))
+        faults.check_lock_and_force(p, step, "dev", env=dev.env)
+        if step != "unlock":
+            dev.inv(*level_argv(2, step))
+        assert app_container(dev) == target, (step, p.history("dev")[:3])
+        # what it rolled back from, even when a re-run completed it: never a previous good again
+        assert finished(dev, 2)["previous"] == current[0], (step, newest(dev))
+
+
+def test_rollback_level_3_killed_at_every_step(dev: Engine) -> None:
+    """Level 3 restores the backup taken before the serving tag's deploy. The first case restores
+    it from that tag; each later one starts from the restore before it, unfrozen, which restores
+    the same backup again. Killed between stop and start no app container runs and status says
+    frozen and interrupted; after the restore the rows are exactly the backup's; the same
+    rollback again leaves the backup's tag running, frozen until unfreeze."""
+    p = dev.proj
+    target = app_container(dev)
+    backup_rows = user_rows(p, "dev")  # what the deploy below backs up before migrating
+    forward(dev, "level3", migration=True)
+    plan = faults.rollback_plan(p, "dev", 3, env=dev.env)
+    assert plan["target"] == target[0] and plan["backup"], plan
+    steps = faults.rollback_cases(plan)
+    assert steps == ("lock", "freeze", "stop", "restore", START, "smoke", "unlock"), steps
+    frozen = state(dev, "frozen.json")
+    for step in steps:
+        old = app_container(dev)
+        write_rows(p, f"after-backup-{step}", env="dev")  # the restore drops these, only these
+        before = user_rows(p, "dev")
+
+        kill_at_level(dev, step, 3)
+
+        if faults.dark(steps, step, starts=START):
+            status = json.loads(dev.inv("dev.status", "--json").stdout)
+            assert status["frozen"] and status["last"]["status"] == "interrupted", status
+            assert status["last"]["kind"] == "rollback-3" and not status["app"]["up"], status
+        else:
+            assert app_container(dev) == (target if after(steps, step, START) else old), step
+            assert frozen.exists() == after(steps, step, "freeze"), step
+        assert user_rows(p, "dev") == (backup_rows if after(steps, step, "restore") else before)
+        assert_ledger_matches_schema(p, "dev", columns=faults.fault_columns(p))
+        faults.check_lock_and_force(p, step, "dev", env=dev.env)
+        if step != "unlock":
+            dev.inv(*level_argv(3, step))
+        assert app_container(dev) == target, step
+        assert user_rows(p, "dev") == backup_rows, step
+        finished(dev, 3)
+        assert frozen.exists(), step
+        if step == steps[-1]:  # frozen means it: the next deploy is refused until unfreeze
+            res = dev.inv("dev.deploy", code=ExitCode.FROZEN)
+            assert "frozen" in res.stderr, res.stderr
+        dev.inv("dev.unfreeze", "--reason", f"fault matrix: checked after {step}")

@@ -12,6 +12,15 @@ stale and can be forced, and the next deploy succeeds with every host serving it
 Each case ships a release with a migration of its own (one nullable column), so every deploy has a
 backup to take and a schema to change; the recovering deploy leaves that release serving on every
 host, which is the next case's starting point.
+
+Rollback levels 1-3 are killed the same way, at "lock", at every step of the level's dry run on
+this fleet (read when the level's test starts) and at "unlock". After each kill: every host
+answers and serves one release (except in level 3's dark window between stop and the switch,
+where status shows staging frozen and the operation interrupted), no row is lost (after level 3's
+restore: exactly the backup's rows), the ledger agrees with the schema, the primary's lock is
+stale and can be forced, and the same rollback again finishes with every host on the target
+(level 3 stays frozen until unfreeze). Each level's cases are walked in order inside one test, so
+each recovery is the next case's starting point.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import pytest
 
 from deploy.config import load_project
 from deploy.engine import deploy_pipeline
+from deploy.errors import ExitCode
 from tests.e2e import faults
 from tests.e2e.conftest import Project
 from tests.e2e.faults import after, assert_ledger_matches_schema, user_rows, write_rows
@@ -116,3 +126,146 @@ def test_a_rolling_deploy_killed_at_step(fleet: Staging, step: str) -> None:
     assert assert_ledger_matches_schema(p, columns=columns).get(version) == "applied"
     status = json.loads(p.ok("staging.status", "--json").stdout)
     assert status["lock"] is None and status["last"]["status"] == "success", status
+
+
+# -- rollback levels 1-3 over the group -----------------------------------------------------------
+# Each level's cases are its live dry run's steps plus the lifecycle's lock and unlock; the hosts'
+# own work runs inside them (level 1: one `restart` step; levels 2 and 3: a `barrier` on every host,
+# then one `switch` step in batches), so a kill lands before or after every host moved, never
+# between two of them.
+
+MOVES = "switch"  # levels 2 and 3: the step that puts the target in front on every host
+
+
+def level_argv(level: int, step: str) -> tuple[str, ...]:
+    reason = f"fault matrix over {HOSTS} hosts: level {level} killed at {step}"
+    return ("staging.rollback", "--level", str(level), "--reason", reason)
+
+
+def forward(fleet: Staging, label: str, *, migration: bool = False) -> tuple[str, str]:
+    """Deploy a new commit over what serves (with a migration of its own: a backup is taken
+    first); the (release, commit) every host then serves."""
+    p = fleet.project
+    if migration:
+        faults.add_fault_migration(p)
+    commit = p.commit(f"fault matrix over {HOSTS} hosts: {label}", tag=f"hosts-{label}")
+    result = json.loads(p.ok("staging.deploy", "--ref", f"hosts-{label}", "--json").stdout)
+    assert served(fleet) == [(result["release"], commit)] * HOSTS
+    return result["release"], commit
+
+
+def lock_on_primary(fleet: Staging, step: str) -> None:
+    """Only the primary ever holds the lock: after a kill, stale and forced (free if killed at
+    lock)."""
+    assert fleet.state("lock").exists() == (step != "lock"), step
+    assert not any((Path(d) / "state" / "lock").exists() for d in fleet.dirs[1:])
+    faults.check_lock_and_force(fleet.project, step)
+    assert not fleet.state("lock").exists()
+
+
+def finished(fleet: Staging, level: int) -> None:
+    """The newest operation is this level's, a success, and nothing holds the lock."""
+    newest = fleet.history()[0]
+    assert newest["kind"] == f"rollback-{level}" and newest["status"] == "success", newest
+    assert not fleet.state("lock").exists()
+
+
+def test_rollback_level_1_killed_at_every_step(fleet: Staging) -> None:
+    """Level 1 restarts what serves, host by host: whatever the kill, every host serves it."""
+    p = fleet.project
+    steps = faults.rollback_cases(faults.rollback_plan(p, "staging", 1))
+    assert "restart" in steps and "smoke" not in steps, steps  # the hosts' probes are in restart
+    serving = served(fleet)[0]
+    assert served(fleet) == [serving] * HOSTS
+    for step in steps:
+        write_rows(p, f"level1-{step}")
+        before = user_rows(p)
+
+        faults.kill_at(p, step, level_argv(1, step))
+
+        assert served(fleet) == [serving] * HOSTS, step
+        assert user_rows(p) == before, step
+        assert_ledger_matches_schema(p, columns=faults.fault_columns(p))
+        lock_on_primary(fleet, step)
+        if step != "unlock":  # killed at unlock, it had finished
+            p.ok(*level_argv(1, step))
+        assert served(fleet) == [serving] * HOSTS, step
+        finished(fleet, 1)
+
+
+def test_rollback_level_2_killed_at_every_step(fleet: Staging) -> None:
+    """Level 2 from a release deployed over the previous one: before the switch every host
+    serves the newer, after it the previous; the same rollback again leaves every host on the
+    previous. Each case first deploys forward (a release rolled back from is never a previous
+    good one again, so going forward by rollback would leave the next case nowhere to go back
+    to)."""
+    p = fleet.project
+    target = served(fleet)[0]
+    current = forward(fleet, "level2-0")
+    plan = faults.rollback_plan(p, "staging", 2)  # the plan of this very state: its steps are cases
+    assert (plan["current"], plan["target"]) == (current[0], target[0]), plan
+    steps = faults.rollback_cases(plan)
+    assert steps[-3:] == ("barrier", MOVES, "unlock"), steps
+    for i, step in enumerate(steps):
+        if i:  # the previous case left the previous release serving: go forward again
+            target, current = served(fleet)[0], forward(fleet, f"level2-{i}")
+        write_rows(p, f"level2-{step}")
+        before = user_rows(p)
+
+        faults.kill_at(p, step, level_argv(2, step))
+
+        moved = after(steps, step, MOVES)
+        assert served(fleet) == [target if moved else current] * HOSTS, step
+        assert user_rows(p) == before, step
+        assert_ledger_matches_schema(p, columns=faults.fault_columns(p))
+        lock_on_primary(fleet, step)
+        if step != "unlock":
+            p.ok(*level_argv(2, step))
+        assert served(fleet) == [target] * HOSTS, (step, p.history("staging")[:3])
+        finished(fleet, 2)
+        # what it rolled back from, even when a re-run completed it: never a previous good again
+        assert fleet.history()[0]["previous"] == current[0], (step, fleet.history()[0])
+
+
+def test_rollback_level_3_killed_at_every_step(fleet: Staging) -> None:
+    """Level 3 restores the backup taken before the serving release's deploy. The first case
+    restores it from that release; each later one starts from the restore before it, unfrozen,
+    which restores the same backup again (a restore's release is restored to the same point).
+    Killed between stop and the switch nothing serves and status says frozen and interrupted;
+    after the restore the rows are exactly the backup's; the same rollback again leaves every
+    host on the backup's release, frozen until unfreeze."""
+    p = fleet.project
+    target = served(fleet)[0]
+    backup_rows = user_rows(p)  # what the deploy below backs up before migrating
+    forward(fleet, "level3", migration=True)
+    plan = faults.rollback_plan(p, "staging", 3)
+    assert plan["target"] == target[0] and plan["backup"], plan
+    steps = faults.rollback_cases(plan)
+    assert steps[1:4] == ("freeze", "stop", "restore") and MOVES in steps, steps
+    for step in steps:
+        old = served(fleet)[0]
+        write_rows(p, f"after-backup-{step}")  # the restore must drop these, and only these
+        before = user_rows(p)
+
+        faults.kill_at(p, step, level_argv(3, step))
+
+        if faults.dark(steps, step, starts=MOVES):
+            status = json.loads(p.ok("staging.status", "--json").stdout)
+            assert status["frozen"] and status["last"]["status"] == "interrupted", status
+            assert status["last"]["kind"] == "rollback-3", status
+        else:
+            assert served(fleet) == [target if after(steps, step, MOVES) else old] * HOSTS
+            assert fleet.state("frozen.json").exists() == after(steps, step, "freeze"), step
+        assert user_rows(p) == (backup_rows if after(steps, step, "restore") else before), step
+        assert_ledger_matches_schema(p, columns=faults.fault_columns(p))
+        lock_on_primary(fleet, step)
+        if step != "unlock":
+            p.ok(*level_argv(3, step))
+        assert served(fleet) == [target] * HOSTS, step
+        assert user_rows(p) == backup_rows, step
+        finished(fleet, 3)
+        assert fleet.state("frozen.json").exists(), step
+        if step == steps[-1]:  # frozen means it: the next deploy is refused until unfreeze
+            res = p.inv("staging.deploy")
+            assert res.returncode == ExitCode.FROZEN and "frozen" in res.stderr, res.stderr
+        p.ok("staging.unfreeze", "--reason", f"fault matrix: checked after {step}")
