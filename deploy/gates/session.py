@@ -34,30 +34,11 @@ def request_for(
     )
 
 
-def watch(
-    root: Path,
-    actor: Actor,
-    *,
-    ref: str | None = None,
-    db_url: str | None = None,
-    use_cache: bool = True,
-    break_glass: str | None = None,
-    only: str | None = None,
-    json_on_stdout: bool = False,
-) -> Report:
+def watch(request: runner.GateRequest, *, json_on_stdout: bool = False) -> Report:
     """Run the gates as the operator watches: the stage line, a board while they run, then the
     results table and the verdict; returns the report (a failed gate does not raise:
     runner.enforce does). With json_on_stdout only the board shows, on stderr, so stdout is left
     to the JSON report alone."""
-    request = request_for(
-        root,
-        actor,
-        ref=ref,
-        db_url=db_url,
-        use_cache=use_cache,
-        break_glass=break_glass,
-        only=only,
-    )
     stage, ref_name, commit, _, gates = runner.plan(request)
     board = Board(gates, console=console(stderr=json_on_stdout))
     if not json_on_stdout:

@@ -29,16 +29,9 @@ def gate(c, ref=None, db_url=None, no_cache=False, break_glass=None, json=False,
     """Run the release gates for a ref's maturity stage; exit 5 when a required gate fails."""
     from deploy.gates import runner, session
 
-    report = session.watch(
-        find_root(Path.cwd()),
-        actor(),
-        ref=ref,
-        db_url=db_url,
-        use_cache=not no_cache,
-        break_glass=break_glass,
-        only=only,
-        json_on_stdout=json,
-    )
+    request = session.request_for(find_root(Path.cwd()), actor(), ref=ref, db_url=db_url,
+                                  use_cache=not no_cache, break_glass=break_glass, only=only)  # fmt: skip
+    report = session.watch(request, json_on_stdout=json)
     if json:
         print_json(report.to_dict())
     runner.enforce(report)
