@@ -16,6 +16,7 @@ from dotenv.parser import parse_stream
 
 from deploy.errors import ConfigError
 from deploy.secrets import Secret
+from deploy.service import Service, load_service
 
 # The namespaces an operator types, and the ENVIRONMENT each must declare.
 NAMESPACES: dict[str, str] = {"dev": "development", "staging": "staging", "prod": "production"}
@@ -182,6 +183,7 @@ class Project:
     envs: dict[str, EnvConfig]
     policies: dict[str, EnvPolicy]
     policy: dict[str, Any]  # the raw stageflow.toml, for the gate and promotion sections
+    service: Service
     service_user: str = "stageflow"
 
     def env(self, name: str) -> EnvConfig:
@@ -671,6 +673,7 @@ def load_project(
     root = root.resolve()
     data = load_policy_file(root)
     policies = load_policies(root / "stageflow.toml", data)
+    service = load_service(root / "stageflow.toml", data)
     names = [only] if only else list(NAMESPACES)
     envs = {name: load_env(root, name, process_env=process_env) for name in names}
     user = data.get("project", {}).get("service_user", "stageflow")
@@ -678,4 +681,6 @@ def load_project(
         raise _err(
             root / "stageflow.toml", None, "[project] service_user must be a plain user name"
         )
-    return Project(root=root, envs=envs, policies=policies, policy=data, service_user=user)
+    return Project(
+        root=root, envs=envs, policies=policies, policy=data, service=service, service_user=user
+    )
