@@ -155,7 +155,9 @@ def test_builders_import_no_executor_and_no_engine(module):
 
 
 def test_nothing_below_the_tasks_imports_them():
-    below = [m for m in MODULES if not m.startswith("deploy.tasks") and m != "deploy.demo"]
+    # the `stageflow` command sits above the tasks: it runs them as `inv` does
+    above = ("deploy.demo", "deploy.cli")
+    below = [m for m in MODULES if not m.startswith("deploy.tasks") and m not in above]
     found = [
         f"{m} imports {t}" for m in below for t, _, _ in _imports(m) if t.startswith("deploy.tasks")
     ]
