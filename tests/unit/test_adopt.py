@@ -11,7 +11,7 @@ import pytest
 from deploy.adopt import render
 from deploy.adopt.detect import ASGI_WORKER, Overrides, detect, service_name
 from deploy.adopt.init import choose_ports, port_is_free
-from deploy.errors import UsageError
+from deploy.errors import ConfigError, UsageError
 from deploy.gates.budgets import budgets_hash
 from deploy.service import load_service
 
@@ -183,3 +183,19 @@ def test_a_listening_port_is_not_free() -> None:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         assert not port_is_free(sock.getsockname()[1])
+
+
+def test_a_service_repositorys_docs_name_only_what_exists(tmp_path: Path) -> None:
+    from deploy.docs_check import check_docs
+
+    write(tmp_path, {"README.md": "Run `inv dev.deploy`, then `inv dev.launch`.\n"})
+    tasks = {"dev.deploy", "dev.up", "status"}
+    # stageflow's own repository: every task documented, docs/ENVIRONMENT.md describes the keys
+    strict = [str(p) for p in check_docs(tmp_path, tasks=tasks, keys=[])]
+    assert "docs: task `inv status` is not documented in README.md or docs/*.md" in strict
+    write(tmp_path, {"stageflow.toml": "[docs]\ncomplete = false\n"})
+    relaxed = [str(p) for p in check_docs(tmp_path, tasks=tasks, keys=["APP_PORT"])]
+    assert relaxed == ["README.md:1: `inv dev.launch`: no such task"]
+    write(tmp_path, {"stageflow.toml": "[docs]\ncomplete = 'no'\n"})
+    with pytest.raises(ConfigError, match=r"\[docs\] complete must be true or false"):
+        check_docs(tmp_path, tasks=tasks, keys=[])
