@@ -89,7 +89,7 @@ class PostureRule:
         if self.one_of:
             ok = value in self.one_of
         else:
-            ok = value.isdigit() and not (
+            ok = _whole(value) and not (
                 (self.min is not None and int(value) < self.min)
                 or (self.max is not None and int(value) > self.max)
             )
@@ -282,11 +282,21 @@ _CONTROL_NAMES = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", "
 
 
 def control_character(value: str) -> str:
-    """The first control character in value, named (never the value itself), or ""."""
+    """The first control character in value, named (never the value itself), or "".
+
+    Unicode's line and paragraph separators count: str.splitlines() breaks lines at them."""
     for char in value:
-        if unicodedata.category(char) == "Cc":
+        category = unicodedata.category(char)
+        if category == "Cc":
             return _CONTROL_NAMES.get(char, f"the control character U+{ord(char):04X}")
+        if category in ("Zl", "Zp"):
+            return f"the line separator U+{ord(char):04X}"
     return ""
+
+
+def _whole(value: str) -> bool:
+    """Only ASCII digits: str.isdigit() also takes '²', which int() refuses."""
+    return value.isascii() and value.isdigit()
 
 
 class _Stream:
@@ -301,7 +311,7 @@ class _Stream:
 
 def _port(path: Path, key: str, raw: dict[str, tuple[str, int]]) -> int:
     value, line = raw[key]
-    if not value.isdigit() or not 1024 <= int(value) <= 65535:
+    if not _whole(value) or not 1024 <= int(value) <= 65535:
         raise _err(path, line, f"{key}={value!r} is not a port", "use a number from 1024 to 65535")
     return int(value)
 
@@ -338,7 +348,7 @@ def _redis_target(path: Path, raw: dict[str, tuple[str, int]], port: int) -> Red
     except ValueError:
         url_port = None
     db = parts.path.lstrip("/") or "0"
-    if not parts.hostname or not url_port or not db.isdigit():
+    if not parts.hostname or not url_port or not _whole(db):
         raise _err(
             path, line, "REDIS_URL needs host, port and db number", "redis://127.0.0.1:PORT/0"
         )

@@ -161,6 +161,8 @@ def test_process_environment_sets_a_declared_service_secret(root: Path) -> None:
         ("info\x1b[31m", "the control character U+001B"),
         ("in\tfo", "a tab"),
         ('"info\\r"', "a carriage return"),
+        ("in\u2028fo", "the line separator U+2028"),  # str.splitlines() breaks there
+        ("in\x85fo", "the control character U+0085"),
     ],
 )
 def test_a_control_character_in_an_env_file_is_refused(
@@ -227,6 +229,7 @@ def test_posture_rules_from_the_shipped_policy(root: Path) -> None:
         (PostureRule("N", min=1), "0", "N must be a whole number >= 1, not '0'"),
         (PostureRule("N", min=1), "-5", "N must be a whole number >= 1, not '-5'"),
         (PostureRule("N", min=1), "1.5", "N must be a whole number >= 1, not '1.5'"),
+        (PostureRule("N", min=1), "\u00b2", "N must be a whole number >= 1, not '\u00b2'"),
         (
             PostureRule("N", min=1, max=10),
             "11",
@@ -326,3 +329,13 @@ def test_a_value_set_by_hand_reads_back_the_same(tmp_path: Path, value: str) -> 
     path = tmp_path / "x.env"
     path.write_text(dotenv_line("K", value))
     assert read_env_file(path)["K"][0] == value
+
+
+def test_a_superscript_digit_is_not_a_port(tmp_path: Path) -> None:
+    (tmp_path / "stageflow.toml").write_text(policy())
+    support.write_envs(tmp_path)
+    path = env_file(tmp_path)
+    lines = path.read_text().splitlines()
+    lines[2] = "APP_PORT=8\u00b2"
+    path.write_text("\n".join(lines) + "\n")
+    assert "dev.env:3: APP_PORT='8\u00b2' is not a port" in refused(tmp_path)
