@@ -630,8 +630,9 @@ def _directories_present(v: _StagingView) -> tuple[bool, str]:
 def _features_all_on(v: _StagingView) -> tuple[bool, str]:
     from app.config import KNOWN_FEATURES
 
-    if "all" not in v.env.features:
-        return False, f"FEATURES={','.join(v.env.features)}: staging runs every flag (all)"
+    features = [f.strip() for f in v.env.value("FEATURES").split(",") if f.strip()]
+    if "all" not in features:
+        return False, f"FEATURES={','.join(features)}: staging runs every flag (all)"
     status, body = http("GET", f"http://{v.address}:{v.env.app_port}/version", timeout=1.5)
     if status != 200 or not isinstance(body, dict):
         return False, f"/version HTTP {status}"

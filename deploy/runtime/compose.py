@@ -10,7 +10,7 @@ from typing import Any
 
 from deploy.commands import compose as cmd
 from deploy.commands.compose import ComposeCommands
-from deploy.config import SECRET_KEYS, EnvConfig
+from deploy.config import EnvConfig
 from deploy.errors import ConfigError, MigrationError, ServiceError, UsageError
 from deploy.hosts import CommandResult, Host
 from deploy.secrets import REDACTED, scrub
@@ -126,7 +126,7 @@ def render_files(files: Sequence[Path], variables: Mapping[str, str]) -> dict[st
 def compose_variables(cfg: EnvConfig) -> dict[str, str]:
     """What compose interpolates from: the env file's keys, with every secret a placeholder."""
     variables = dict(cfg.values)
-    variables.update(dict.fromkeys(SECRET_KEYS, REDACTED))
+    variables.update(dict.fromkeys(cfg.declared_secrets, REDACTED))
     return variables
 
 

@@ -40,6 +40,7 @@ def _project_copy(tmp_path: Path, project: str, *, with_secrets: bool = True) ->
     """A project root holding the real compose files and a dev env on its own name and ports."""
     root = tmp_path / "project"
     shutil.copytree(ROOT / "compose", root / "compose")
+    shutil.copy(ROOT / "stageflow.toml", root / "stageflow.toml")  # the service's declared keys
     (root / "env").mkdir()
     dev = load_env(ROOT, "dev")
     ports = {"APP_PORT": _free_port(), "POSTGRES_PORT": _free_port(), "REDIS_PORT": _free_port()}
