@@ -104,10 +104,17 @@ def archive(proj: Project, commit: str) -> Path:
 
 
 def migrations_at_commit(
-    proj: Project, commit: str, subdir: str = "app/migrations"
+    proj: Project, commit: str, subdir: str | None = None
 ) -> list[migrations.MigrationFile]:
-    """The migration files of a commit, read without a checkout and without building anything (a
-    deploy checks them before its guards); a malformed file is bad input (ConfigError, exit 2)."""
+    """The SQL migration files of a commit (the service's migrations.dir unless subdir), read
+    without a checkout and without building anything (a deploy checks them before its guards); a
+    malformed file is bad input (ConfigError, exit 2). A service whose own tool migrates
+    (kind "command" or "none") has none."""
+    svc = proj.service
+    if subdir is None:
+        if svc.migrations.kind != "sql":
+            return []
+        subdir = svc.repo_path(svc.migrations.dir)
     with tempfile.TemporaryDirectory(prefix="stageflow-migrations-") as tmp:
         tarball = Path(tmp) / "migrations.tar"
         if _git(proj.root, gitcmd.archive(commit, output=tarball, paths=[subdir])).ok:
@@ -199,6 +206,12 @@ def ensure_venv(host: Host, layout: Layout, lock_text: str, lockfile: str) -> st
 def release_meta(host: Host, layout: Layout, rid: str) -> dict[str, Any] | None:
     text = host.read_text(f"{layout.release(rid)}/RELEASE.json")
     return json.loads(text) if text else None
+
+
+def update_meta(host: Host, layout: Layout, rid: str, **fields: Any) -> None:
+    """Add fields to a built release's RELEASE.json (the schema revisions it ran on, say)."""
+    meta = {**(release_meta(host, layout, rid) or {}), **fields}
+    host.write_text(f"{layout.release(rid)}/RELEASE.json", json.dumps(meta, indent=2))
 
 
 def list_releases(host: Host, layout: Layout) -> list[str]:

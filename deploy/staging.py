@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploy import backup, environment, migrations, releases
+from deploy import backup, env_migrations, environment, migrations, releases
 from deploy import seed as seeding
 from deploy.clients import redis_client
 from deploy.config import EnvConfig, Project, Thresholds
@@ -187,7 +187,7 @@ def _migrate_schema(
     source = str(proj.root) if reset else _migration_source(proj, layout)
     applied = migrations.migrate(
         env.database_url,
-        migrations.in_release(source),
+        env_migrations.files_in(proj, source),
         applied_by=actor,
         password=env.secret("POSTGRES_PASSWORD"),
     )
@@ -462,7 +462,7 @@ def _refresh_database(
             "migrate",
             lambda: migrations.migrate(
                 _as_role(svc.admin_conninfo(scratch), target.database.user),
-                migrations.in_release(_migration_source(proj, layout)),
+                env_migrations.files_in(proj, _migration_source(proj, layout)),
                 applied_by=actor,
             ),
         )

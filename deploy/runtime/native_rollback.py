@@ -4,12 +4,11 @@ on this machine alone or on every host of the group, batch by batch."""
 
 from __future__ import annotations
 
-import tempfile
+import shlex
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from deploy import migrations, releases
+from deploy import env_migrations, migrations, releases
 from deploy.clients import redis_client
 from deploy.commands import files as filecmd
 from deploy.config import EnvConfig, Project
@@ -18,6 +17,7 @@ from deploy.engine.context import Context
 from deploy.engine.group import RolloutError, Target
 from deploy.engine.rollback_rules import (
     RollbackPlan,
+    ToolSchemaPlan,
     backup_for,
     interrupted,
     previous_good,
@@ -120,8 +120,11 @@ def _plan_revert(
         else set(releases.list_releases(host, layout))
     )
     p.target = _level2_target(existing, entries, current=current, to=to, dead=dead)
-    files = release_migration_files(host, layout, current)
-    target_files = release_migration_files(host, layout, p.target)
+    if proj.service.migrations.kind != "sql":
+        _plan_tool_revert(proj, name, host, layout, p)
+        return
+    files = env_migrations.release_migration_files(proj, host, layout, current)
+    target_files = env_migrations.release_migration_files(proj, host, layout, p.target)
     target_version = max((f.version for f in target_files), default=0)
     rows = migrations.status(env.database_url, files, password=env.secret("POSTGRES_PASSWORD"))
     p.schema = schema_plan(
@@ -131,6 +134,23 @@ def _plan_revert(
         raise GuardRefused(
             f"level 2 cannot go back to {p.target}: {', '.join(p.schema.missing_down)} "
             "has no down file; level 3 (restore) is needed",
+            hint=f"`inv {name}.rollback --level 3` restores the backup taken before the deploy",
+        )
+
+
+def _plan_tool_revert(
+    proj: Project, name: str, host: Host, layout: Layout, p: RollbackPlan
+) -> None:
+    """Level 2 when the service's own tool migrates: `down` (run in the serving release, the one
+    that knows the newer revisions) to what the target release recorded at its deploy."""
+    target = p.target or ""
+    serving = env_migrations.MigrationTool(proj, name, host, layout, p.current or "")
+    wanted = env_migrations.recorded_revisions(releases.release_meta(host, layout, target))
+    p.schema = env_migrations.down_plan(serving, wanted, target=target)
+    p.commands = [shlex.join(argv) for argv in p.schema.commands]
+    if p.schema.refused:
+        raise GuardRefused(
+            f"level 2 cannot go back to {target}: {p.schema.refusal}; level 3 (restore) is needed",
             hint=f"`inv {name}.rollback --level 3` restores the backup taken before the deploy",
         )
 
@@ -195,24 +215,6 @@ def _on_every_host(todo: Sequence[Target]) -> set[str]:
         )
     sets = [set(rs or []) for _, rs, _, _ in results]
     return set.intersection(*sets) if sets else set()
-
-
-def release_migration_files(host: Host, layout: Layout, rid: str) -> list[migrations.MigrationFile]:
-    """The migrations shipped in release rid on host; a remote host's are copied here first
-    (each file's text is kept in memory, so the copy can go)."""
-    if host.is_local:
-        return migrations.in_release(layout.release(rid))
-    directory = f"{layout.release(rid)}/app/migrations"
-    if not host.exists(directory):
-        raise ServiceError(
-            f"{host.name}: release {rid} has no app/migrations",
-            hint="the release directory is incomplete; deploy its commit again",
-        )
-    with tempfile.TemporaryDirectory(prefix="stageflow-migrations-") as tmp:
-        for fname in host.listdir(directory):
-            if fname.endswith(".sql"):
-                (Path(tmp) / fname).write_text(host.read_text(f"{directory}/{fname}") or "")
-        return migrations.discover(Path(tmp))
 
 
 def _level2_target(
@@ -385,15 +387,24 @@ def _reset(ctx: Context) -> str:
 
 def _remigrate(ctx: Context, p: RollbackPlan) -> str:
     env, rel = ctx.env, target_release(ctx, p)
+    kind = ctx.proj.service.migrations.kind
+    if kind != "sql":
+        return _remigrate_with_tool(ctx, rel.id) if kind == "command" else "nothing (kind none)"
     done = migrations.migrate(
         env.database_url,
-        release_migration_files(ctx.host, ctx.layout, rel.id),
+        env_migrations.release_migration_files(ctx.proj, ctx.host, ctx.layout, rel.id),
         release=rel.id,
         applied_by=str(ctx.actor),
         password=env.secret("POSTGRES_PASSWORD"),
     )
     ctx.applied = [f.version for f in done]
     return f"applied {ctx.applied}"
+
+
+def _remigrate_with_tool(ctx: Context, rid: str) -> str:
+    tool = env_migrations.MigrationTool(ctx.proj, ctx.env.name, ctx.host, ctx.layout, rid)
+    change = env_migrations.migrate_command(tool)
+    return f"schema {change.describe()}"
 
 
 def _seed(ctx: Context, details: list[str]) -> str:
@@ -440,6 +451,8 @@ def _restart_hosts(ctx: Context, rel: releases.Release) -> str:
 def revert_schema(ctx: Context, p: RollbackPlan, details: list[str]) -> str:
     env, schema = ctx.env, p.schema
     assert schema is not None
+    if isinstance(schema, ToolSchemaPlan):
+        return _revert_with_tool(ctx, p, schema, details)
     if not schema.revert:
         if schema.since:
             details.append(f"schema kept (expand-only {list(schema.since)})")
@@ -447,7 +460,7 @@ def revert_schema(ctx: Context, p: RollbackPlan, details: list[str]) -> str:
     # the serving release's files: the target predates the files whose downs must run
     done = migrations.revert(
         env.database_url,
-        release_migration_files(ctx.host, ctx.layout, p.current or ""),
+        env_migrations.release_migration_files(ctx.proj, ctx.host, ctx.layout, p.current or ""),
         to_version=schema.target_version,
         release=target_release(ctx, p).id,
         applied_by=str(ctx.actor),
@@ -456,6 +469,20 @@ def revert_schema(ctx: Context, p: RollbackPlan, details: list[str]) -> str:
     reverted = [f.version for f in done]
     details.append(f"reverted migrations {reverted}")
     return f"reverted {reverted}"
+
+
+def _revert_with_tool(
+    ctx: Context, p: RollbackPlan, schema: ToolSchemaPlan, details: list[str]
+) -> str:
+    """The plan's `down` commands in the serving release, under the migration lock."""
+    if not schema.revert:
+        return schema.describe()
+    serving = env_migrations.MigrationTool(
+        ctx.proj, ctx.env.name, ctx.host, ctx.layout, p.current or ""
+    )
+    change = env_migrations.migrate_down(serving, schema)
+    details.append(f"schema {change.describe()}")
+    return f"schema {change.describe()}"
 
 
 def switch_steps(ctx: Context, p: RollbackPlan, *, restored: bool) -> list[Step]:

@@ -3,9 +3,10 @@ socket, on every host of the environment (this machine alone is a group of one).
 
 from __future__ import annotations
 
+import shlex
 from typing import TYPE_CHECKING, Any
 
-from deploy import migrations, releases
+from deploy import env_migrations, migrations, releases
 from deploy.commands import files as filecmd
 from deploy.config import Project
 from deploy.engine import group
@@ -159,7 +160,7 @@ class NativeRuntime:
                 else f"git archive {ref} -> {layout.releases}/<id>; venv by lock hash"
             ),
             "backup": f"policy {policy.backup!r}: pg_dump -Fc before migrating",
-            "migrate": f"pending files of app/migrations on {env.database.name}"
+            "migrate": migrate_does(ctx.proj, env.database.name)
             + (", once" if self.rolling_hosts else ""),
             "rollout": f"batch {policy.batch!r}: {order}; per host: /readyz in-process, gunicorn "
             f"x{policy.workers} on <bind>:{env.app_port}, switch, health check; "
@@ -207,8 +208,16 @@ class NativeRuntime:
             self._files = migration_files_of(ctx.proj, ctx.built.commit)
         return self._files
 
-    def pending(self, ctx: Context) -> list[int]:
-        env = ctx.env
+    def pending(self, ctx: Context) -> list[int] | list[str]:
+        env, kind = ctx.env, ctx.proj.service.migrations.kind
+        if kind == "command":  # the tool keeps its own books: what changed since the serving one
+            prev = ctx.previous
+            rel = native_rollback.release_of(ctx.host, ctx.layout, prev) if prev else None
+            return env_migrations.pending_by_changes(
+                ctx.proj, rel.commit if rel else None, ctx.built.commit, first=rel is None
+            )
+        if kind == "none":
+            return []
         files = self._migration_files(ctx)
         found = migrations.pending(
             env.database_url, files, password=env.secret("POSTGRES_PASSWORD")
@@ -218,8 +227,12 @@ class NativeRuntime:
     def backup(self, ctx: Context, *, reason: str) -> dict[str, Any]:
         return self.take_backup(actor=str(ctx.actor), release=ctx.previous or "", reason=reason)
 
-    def migrate(self, ctx: Context) -> list[int]:
-        env = ctx.env
+    def migrate(self, ctx: Context) -> list[int] | list[str]:
+        env, kind = ctx.env, ctx.proj.service.migrations.kind
+        if kind == "command":
+            return migrate_with_tool(ctx, self.targets)
+        if kind == "none":
+            return []
         applied = migrations.migrate(
             env.database_url,
             self._migration_files(ctx),
@@ -358,6 +371,29 @@ class NativeRuntime:
 
     def audit_extra(self, ctx: Context) -> dict[str, Any]:
         return {"hosts": [o.to_dict() for o in ctx.outcomes]} if ctx.outcomes else {}
+
+
+def migrate_does(proj: Project, database: str) -> str:
+    m = proj.service.migrations
+    if m.kind == "command":
+        return f"`{shlex.join(m.up)}` in the release's venv on {database}, under the migration lock"
+    if m.kind == "none":
+        return "nothing (migrations kind none)"
+    return f"pending files of {proj.service.repo_path(m.dir)} on {database}"
+
+
+def migrate_with_tool(ctx: Context, targets: list[group.Target]) -> list[str]:
+    """The service's `up` once, on the primary, between two `current`s; both revisions go into
+    the release's RELEASE.json on every host and into history's notes."""
+    primary = targets[0]
+    tool = env_migrations.MigrationTool(
+        ctx.proj, ctx.env.name, primary.host, primary.layout, ctx.built.id
+    )
+    change = env_migrations.migrate_command(tool)
+    for t in targets:
+        releases.update_meta(t.host, t.layout, ctx.built.id, **change.meta())
+    ctx.hook_notes.append(f"schema {change.describe()}")
+    return [change.describe()] if change.changed else []
 
 
 def on_every_host(ctx: Context, fn: Any, *, phase: str, subject: str, hint: str) -> None:

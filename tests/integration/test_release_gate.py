@@ -19,6 +19,14 @@ from deploy.gates.migrations import fingerprint
 from deploy.secrets import Secret
 
 STAGES = """
+[service]
+name = "notes"
+wsgi = "app.wsgi:application"
+
+[service.migrations]
+kind = "sql"
+dir = "app/migrations"  # the migrations gate reads its folder from here
+
 [environments.dev]
 
 [stages]
