@@ -242,7 +242,7 @@ def _seed_rows(
     if not proj.service.seed:
         return "none: [service] seed is empty"
     if tables:
-        return f"kept the data of {tables} tables (reseed with `inv {env.name}.seed`)"
+        return f"kept the data already there ({tables} tables; reseed with `inv {env.name}.seed`)"
     result = seeding.run(proj, env, size=size, process_env=process_env)
     return f"{size} seed in {result.seconds:.2f}s from {result.where}: {result.summary}"
 

@@ -54,7 +54,7 @@ LEVEL_STEPS = {
     2: ("lock", "schema", "barrier", "start", "switch", "smoke", "unlock"),
     3: ("lock", "freeze", "stop", "restore", "barrier", "start", "switch", "smoke", "unlock"),
 }
-RESET_DATA_STEPS = ("reset", "migrate", "seed")  # level 1 --reset-data only: wipes on purpose
+RESET_DATA_STEPS = ("reset", "migrate", "seed", "swap")  # level 1 --reset-data: wipes on purpose
 # level 3 killed here: stop has run, start has not, so nothing serves until the rollback reruns
 L3_DARK = ("restore", "barrier", "start")
 # level 3 killed here: the restore has run, so the data are the backup's
