@@ -110,7 +110,7 @@ def test_the_matrix_covers_every_step_the_code_passes_through():
     around = _step_names(lifecycle, "recorded")
     switch = _step_names(native_rollback, "switch_steps")
     assert around == {"lock", "unlock"}
-    restart = _step_names(native_rollback, "restart_steps")
+    restart = _step_names(native_rollback, "restart_steps", "_reset_steps")
     assert set(LEVEL_STEPS[1]) | set(RESET_DATA_STEPS) == around | restart
     assert _step_names(rollback_pipeline, "level_steps") == {"schema", "freeze", "stop", "restore"}
     assert set(LEVEL_STEPS[2]) == around | switch | {"schema"}
