@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from deploy import migrations
 from deploy.commands import git as gitcmd
-from deploy.config import Project
+from deploy.config import EnvConfig, Project
 from deploy.engine.rollback_rules import ToolSchemaPlan
 from deploy.errors import MigrationError, ServiceError, UsageError
 from deploy.hosts import Host, run_process
@@ -174,6 +174,12 @@ class MigrationTool:
     host: Host
     layout: Layout
     rid: str
+    # another database of the environment (a reset builds one beside the live one)
+    target: EnvConfig | None = None
+
+    @property
+    def env(self) -> EnvConfig:
+        return self.target or self.proj.env(self.name)
 
     @property
     def release_dir(self) -> str:
@@ -182,7 +188,7 @@ class MigrationTool:
     def environment(self) -> dict[str, str]:
         """The service's settings, its release's venv first on PATH, and the engine's timeouts for
         libpq (PGOPTIONS), so the tool waits on locks no longer than stageflow's own engine."""
-        out = service_settings(self.proj.env(self.name), self.proj.service, release=self.rid)
+        out = service_settings(self.env, self.proj.service, release=self.rid)
         venv = f"{self.release_dir}/.venv"
         out.update(
             PATH=f"{venv}/bin:{SYSTEM_PATH}",
@@ -195,7 +201,7 @@ class MigrationTool:
         return out
 
     def secrets(self) -> list[Secret]:
-        env = self.proj.env(self.name)
+        env = self.env
         found = list(env.secret_values())
         # a password inside a URL may be percent-encoded there
         found += [Secret(quote(s.reveal(), safe="")) for s in env.secret_values()]
@@ -229,7 +235,7 @@ class MigrationTool:
         return migrations.parse_revisions(self.run(argv, what="the current command"))
 
     def locked(self) -> Any:
-        env = self.proj.env(self.name)
+        env = self.env
         return migrations.holding_lock(env.database_url, password=env.secret("POSTGRES_PASSWORD"))
 
 

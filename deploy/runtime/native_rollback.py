@@ -5,10 +5,10 @@ on this machine alone or on every host of the group, batch by batch."""
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from deploy import env_migrations, migrations, releases
+from deploy import env_migrations, migrations, releases, scratch
 from deploy.clients import redis_client
 from deploy.commands import files as filecmd
 from deploy.config import EnvConfig, Project
@@ -24,7 +24,7 @@ from deploy.engine.rollback_rules import (
     schema_plan,
 )
 from deploy.engine.steps import Step
-from deploy.errors import GuardRefused, ServiceError, UsageError
+from deploy.errors import DeployError, GuardRefused, ServiceError, UsageError
 from deploy.hosts import Host
 from deploy.probes import smoke
 from deploy.runtime import native_hosts
@@ -341,19 +341,7 @@ def restart_steps(ctx: Context, p: RollbackPlan, details: list[str]) -> list[Ste
         )
     ]
     if p.reset_data:
-        steps += [
-            Step(
-                "reset",
-                f"drop and recreate {env.database.name}; flush Redis db {env.redis.db}",
-                lambda: _reset(ctx),
-            ),
-            Step("migrate", "every migration of the serving release", lambda: _remigrate(ctx, p)),
-            Step(
-                "seed",
-                "the small deterministic seed (staging.seed --size small)",
-                lambda: _seed(ctx, details),
-            ),
-        ]
+        steps += _reset_steps(ctx, p, details)
     if _many(ctx):
         return [
             *steps,
@@ -378,18 +366,80 @@ def restart_steps(ctx: Context, p: RollbackPlan, details: list[str]) -> list[Ste
 _SMOKE = "health, ready, version, identity, postgres, redis"
 
 
-def _reset(ctx: Context) -> str:
+RESET_SUFFIX = "_reset"
+
+
+def _reset_steps(ctx: Context, p: RollbackPlan, details: list[str]) -> list[Step]:
+    """--reset-data: a new database built beside the live one, swapped in only once complete.
+
+    The live database serves until the swap, so a migration or seed that fails leaves the
+    previous data in place and the service serving it; the half-built copy is dropped.
+    """
     env = ctx.env
-    recreate_database(_services(ctx), env)
+    live = env.database.name
+    fresh = scratch.on_database(env, live + RESET_SUFFIX)
+    name = fresh.database.name
+    seed_cmd = ctx.proj.service.seed
+    return [
+        Step("reset", f"an empty {name} beside {live}, which serves on", lambda: _reset(ctx, name)),
+        Step(
+            "migrate",
+            f"every migration of the serving release, into {name}",
+            lambda: _or_drop(ctx, name, lambda: _remigrate(ctx, p, fresh)),
+        ),
+        Step(
+            "seed",
+            f"the service's seed command (size small), into {name}"
+            if seed_cmd
+            else "none: [service] seed is empty",
+            lambda: _or_drop(ctx, name, lambda: _seed(ctx, fresh)),
+        ),
+        Step(
+            "swap",
+            f"{name} takes {live}'s place in one transaction; flush Redis db {env.redis.db}",
+            lambda: _swap_in(ctx, name, details),
+        ),
+    ]
+
+
+def _reset(ctx: Context, name: str) -> str:
+    svc = _services(ctx)
+    scratch.drop(svc, name)  # what a reset that died before its swap left
+    scratch.create(svc, name)
+    return f"{name} created empty"
+
+
+def _or_drop(ctx: Context, name: str, fn: Callable[[], str]) -> str:
+    """Run a step on the new database; when it fails, drop that database and say the data stay."""
+    try:
+        return fn()
+    except BaseException as exc:
+        try:
+            scratch.drop(_services(ctx), name)
+        except Exception:  # noqa: BLE001 - the first failure is the one to report
+            pass
+        if isinstance(exc, DeployError):
+            exc.hint = f"{ctx.env.database.name} was not touched and still serves; " + (
+                exc.hint or "fix the cause and reset again"
+            )
+        raise
+
+
+def _swap_in(ctx: Context, name: str, details: list[str]) -> str:
+    env = ctx.env
+    scratch.swap(_services(ctx), env.database.name, name)
     flush_redis(env)
-    return f"{env.database.name} recreated empty; redis db {env.redis.db} flushed"
+    details.append("data reset")
+    return f"{env.database.name} replaced by the new database; redis db {env.redis.db} flushed"
 
 
-def _remigrate(ctx: Context, p: RollbackPlan) -> str:
-    env, rel = ctx.env, target_release(ctx, p)
+def _remigrate(ctx: Context, p: RollbackPlan, env: EnvConfig | None = None) -> str:
+    env, rel = env or ctx.env, target_release(ctx, p)
     kind = ctx.proj.service.migrations.kind
     if kind != "sql":
-        return _remigrate_with_tool(ctx, rel.id) if kind == "command" else "nothing (kind none)"
+        return (
+            _remigrate_with_tool(ctx, rel.id, env) if kind == "command" else "nothing (kind none)"
+        )
     done = migrations.migrate(
         env.database_url,
         env_migrations.release_migration_files(ctx.proj, ctx.host, ctx.layout, rel.id),
@@ -401,18 +451,21 @@ def _remigrate(ctx: Context, p: RollbackPlan) -> str:
     return f"applied {ctx.applied}"
 
 
-def _remigrate_with_tool(ctx: Context, rid: str) -> str:
-    tool = env_migrations.MigrationTool(ctx.proj, ctx.env.name, ctx.host, ctx.layout, rid)
+def _remigrate_with_tool(ctx: Context, rid: str, env: EnvConfig) -> str:
+    tool = env_migrations.MigrationTool(
+        ctx.proj, ctx.env.name, ctx.host, ctx.layout, rid, target=env
+    )
     change = env_migrations.migrate_command(tool)
     return f"schema {change.describe()}"
 
 
-def _seed(ctx: Context, details: list[str]) -> str:
+def _seed(ctx: Context, env: EnvConfig) -> str:
     from deploy import seed
 
-    result = seed.seed(ctx.env, size="small")
-    details.append("data reset")
-    return f"seeded {result.inserted} notes"
+    if not ctx.proj.service.seed:
+        return "skipped: [service] seed is empty"
+    result = seed.run(ctx.proj, env, size="small")
+    return f"seeded (small) from {result.where}: {result.summary}"
 
 
 def _restart_here(ctx: Context, rel: releases.Release) -> str:

@@ -54,7 +54,7 @@ LEVEL_STEPS = {
     2: ("lock", "schema", "barrier", "start", "switch", "smoke", "unlock"),
     3: ("lock", "freeze", "stop", "restore", "barrier", "start", "switch", "smoke", "unlock"),
 }
-RESET_DATA_STEPS = ("reset", "migrate", "seed")  # level 1 --reset-data only: wipes on purpose
+RESET_DATA_STEPS = ("reset", "migrate", "seed", "swap")  # level 1 --reset-data: wipes on purpose
 # level 3 killed here: stop has run, start has not, so nothing serves until the rollback reruns
 L3_DARK = ("restore", "barrier", "start")
 # level 3 killed here: the restore has run, so the data are the backup's
@@ -110,7 +110,7 @@ def test_the_matrix_covers_every_step_the_code_passes_through():
     around = _step_names(lifecycle, "recorded")
     switch = _step_names(native_rollback, "switch_steps")
     assert around == {"lock", "unlock"}
-    restart = _step_names(native_rollback, "restart_steps")
+    restart = _step_names(native_rollback, "restart_steps", "_reset_steps")
     assert set(LEVEL_STEPS[1]) | set(RESET_DATA_STEPS) == around | restart
     assert _step_names(rollback_pipeline, "level_steps") == {"schema", "freeze", "stop", "restore"}
     assert set(LEVEL_STEPS[2]) == around | switch | {"schema"}
