@@ -44,7 +44,7 @@ class Hidden:
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    """A deliberate failure for rollback tests: healthz-fail-after:N or error-rate:P."""
+    """A deliberate failure for rollback tests: healthz-fail-after:N, error-rate:P or latency:MS."""
 
     kind: str
     value: float
@@ -140,8 +140,11 @@ def _fault(raw: str) -> Fault | None:
         return Fault(kind, value)
     if kind == "error-rate" and 0 <= value <= 100:
         return Fault(kind, value)
+    if kind == "latency" and 0 <= value <= 60_000:
+        return Fault(kind, value)
     raise ConfigInvalid(
-        "STAGEFLOW_FAULT must be healthz-fail-after:SECONDS or error-rate:PERCENT (0-100)"
+        "STAGEFLOW_FAULT must be healthz-fail-after:SECONDS, error-rate:PERCENT (0-100) "
+        "or latency:MILLISECONDS (0-60000)"
     )
 
 

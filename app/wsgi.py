@@ -133,6 +133,9 @@ class Service:
         began = time.perf_counter()
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "") or "/"
+        fault = self.config.fault
+        if fault and fault.kind == "latency":
+            time.sleep(fault.value / 1000)  # every answer this much later: a slow dependency
         try:
             response = self.dispatch(method, path, environ)
         except Exception:

@@ -29,7 +29,7 @@ from deploy.commands import postgres as pg
 from deploy.commands.compose import backup_in_container as backup_argv
 from deploy.commands.compose import migrate as migrate_argv
 from deploy.commands.compose import restore_in_container as restore_argv
-from deploy.config import EnvConfig, Project
+from deploy.config import Project
 from deploy.engine import group
 from deploy.engine.group import Target
 from deploy.engine.rollback_rules import (
@@ -60,6 +60,7 @@ from deploy.runtime.compose import (
     check_release,
     image_tag,
 )
+from deploy.service import Service
 from deploy.state import (
     Layout,
     audit,
@@ -711,8 +712,8 @@ class ComposeDeploy:
             Step("start", self._does.get("start", f"up --wait with {rt.image}:<id>"), start),
             Step(
                 "smoke",
-                self._does.get("smoke", f"health, ready, version, identity on {where}"),
-                lambda: _smoke(rt, ctx.built.id),
+                self._does.get("smoke", f"health, ready, release, smoke checks on {where}"),
+                lambda: _smoke(rt, self.proj.service, ctx.built.id),
             ),
         ]
 
@@ -734,15 +735,22 @@ class ComposeDeploy:
         return None
 
     def watch(self, ctx: Context, *, window_s: float) -> Any:
-        from deploy.probes.verify import Verdict
+        from deploy.probes import verify
 
         if not ctx.host.is_local:
-            return Verdict(True, summary="health checked by compose (up --wait) on the remote host")
-        limit = ctx.policy.thresholds.health_failures
-        failures = _health_window(ctx.env, window_s, limit)
-        if failures is None:
-            return Verdict(True, summary=f"{window_s:g}s of /healthz answered")
-        return Verdict(False, reason=f"/healthz failed {failures} times in a row")
+            return verify.Verdict(
+                True, summary="health checked by compose (up --wait) on the remote host"
+            )
+        return verify.watch_places(
+            self.proj.service,
+            ctx.policy.thresholds,
+            [verify.LocalPlace(ctx.host, ctx.layout)],
+            port=ctx.env.app_port,
+            headers=smoke.auth_headers(ctx.env, self.proj.service),
+            release=ctx.built.id,
+            baseline=ctx.previous,
+            window_s=window_s,
+        )
 
     def prune(self, ctx: Context) -> str:
         protect = {ctx.built.id, ctx.previous or ""}
@@ -816,7 +824,11 @@ class ComposeDeploy:
             Step(
                 "restart", f"restart every container of {current}, then up --wait with it", restart
             ),
-            Step("smoke", _SMOKE_ROW, lambda: _smoke(rt, current, rolling_back=True)),
+            Step(
+                "smoke",
+                _SMOKE_ROW,
+                lambda: _smoke(rt, self.proj.service, current, rolling_back=True),
+            ),
         ]
 
     def revert_schema(self, ctx: Context, p: RollbackPlan, details: list[str]) -> str:
@@ -850,7 +862,11 @@ class ComposeDeploy:
 
         return [
             Step("start", f"up --wait with {which} tag {rt.image}:{target}", start),
-            Step("smoke", _SMOKE_ROW, lambda: _smoke(rt, target, rolling_back=True)),
+            Step(
+                "smoke",
+                _SMOKE_ROW,
+                lambda: _smoke(rt, self.proj.service, target, rolling_back=True),
+            ),
         ]
 
     def stop_service(self, ctx: Context, p: RollbackPlan) -> str:
@@ -889,13 +905,13 @@ class ComposeDeploy:
         return {"runtime": "compose"}
 
 
-_SMOKE_ROW = "health, ready, version, identity, postgres, redis"
+_SMOKE_ROW = "health, ready, release, the [[service.smoke]] checks, redis"
 
 
-def _smoke(rt: ComposeRuntime, rid: str, *, rolling_back: bool = False) -> str:
+def _smoke(rt: ComposeRuntime, service: Service, rid: str, *, rolling_back: bool = False) -> str:
     if not rt.host.is_local:
-        return _probe_on_host(rt, rid, rolling_back=rolling_back)
-    probes = smoke.run(rt.cfg, expect_release=rid)
+        return _probe_on_host(rt, service, rid, rolling_back=rolling_back)
+    probes = smoke.run(rt.cfg, service, expect_release=rid)
     bad = smoke.failed(probes)
     if bad:
         what = f"smoke failed ({bad[0].name}: {bad[0].detail})"
@@ -905,38 +921,27 @@ def _smoke(rt: ComposeRuntime, rid: str, *, rolling_back: bool = False) -> str:
     return f"{len(probes)} probes passed in {sum(p.ms for p in probes):.0f} ms"
 
 
-def _probe_on_host(rt: ComposeRuntime, rid: str, *, rolling_back: bool = False) -> str:
+def _probe_on_host(
+    rt: ComposeRuntime, service: Service, rid: str, *, rolling_back: bool = False
+) -> str:
     base = f"http://127.0.0.1:{rt.cfg.app_port}"
     # a few tries: a container of the old tag may still answer while compose replaces it
     serving_now: list[str] = []
     detail = ""
     for _ in range(5):
-        res = rt.host.run(appcmd.http_probe(base), check=False, timeout=30)
+        argv = appcmd.http_probe(
+            base, health=service.health, ready=service.ready_path, version=service.version
+        )
+        res = rt.host.run(argv, check=False, timeout=30)
         serving_now = res.stdout.strip().splitlines()[-1:] if res.ok else []
         if serving_now == [rid]:
-            return f"health, ready and version answered on {rt.host.name}'s {base}"
+            return f"health, ready and release answered on {rt.host.name}'s {base}"
         detail = f"serving {serving_now[0]}" if serving_now else rt.scrub(res.tail(1))
         time.sleep(0.5)
     what = f"smoke failed on {rt.host.name} ({detail}, expected {rid})"
     if rolling_back:
         raise ServiceError(what, hint=f"inspect with `inv {rt.cfg.name}.logs`")
     raise RolledBack(what)
-
-
-def _health_window(env: EnvConfig, window_s: float, limit: int) -> int | None:
-    """Poll /healthz for window_s; the run of failures that passed limit, or None."""
-    deadline = time.monotonic() + window_s
-    run = 0
-    while time.monotonic() < deadline:
-        try:
-            status, _ = smoke.http("GET", f"http://127.0.0.1:{env.app_port}/healthz", timeout=2)
-        except OSError:
-            status = 0
-        run = run + 1 if status != 200 else 0
-        if run > limit:
-            return run
-        time.sleep(0.25)
-    return None
 
 
 def _prune(rt: ComposeRuntime, host: Host, layout: Layout, *, keep: int, protect: set[str]) -> str:

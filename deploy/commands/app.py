@@ -130,16 +130,36 @@ def kill(pid: int, sig: signal.Signals) -> list[str]:
 
 # A remote host publishes the app on its own loopback only: the probe runs there, over SSH,
 # against the published port (what a proxy on that host would reach), with the host's python3.
+# Health may answer 2xx or 3xx (a redirect is not followed), ready must answer 2xx; the release is
+# the X-Stageflow-Release header of the ready answer, else the `release` of the version path.
 PROBE_CODE = """
-import json, sys, urllib.request
-base = sys.argv[1]
-for path in ("/healthz", "/readyz"):
-    urllib.request.urlopen(base + path, timeout=3)
-print(json.load(urllib.request.urlopen(base + "/version", timeout=3)).get("release"))
+import json, sys, urllib.error, urllib.request
+base, health, ready, version = sys.argv[1:5]
+class Keep(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+opener = urllib.request.build_opener(Keep)
+def get(path):
+    try:
+        with opener.open(base + path, timeout=3) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+status = get(health)[0]
+if not 200 <= status < 400:
+    sys.exit(f"{health}: HTTP {status}")
+status, headers, _ = get(ready)
+if not 200 <= status < 300:
+    sys.exit(f"{ready}: HTTP {status}")
+release = headers.get("X-Stageflow-Release")
+if not release and version:
+    release = json.loads(get(version)[2] or b"{}").get("release")
+print(release or "")
 """
 
 
-def http_probe(base: str) -> list[str]:
-    """Health and readiness of the app at base (`http://host:port`); prints the serving release.
-    base follows `-c CODE`, so python hands it to the code as sys.argv[1], never as an option."""
-    return ["python3", "-c", PROBE_CODE, base]
+def http_probe(base: str, *, health: str, ready: str, version: str = "") -> list[str]:
+    """Health and readiness of the service at base (`http://host:port`) on the given paths; prints
+    the serving release (an empty line when it cannot be told). base and the paths follow
+    `-c CODE`, so python hands them to the code as sys.argv, never as options."""
+    return ["python3", "-c", PROBE_CODE, base, health, ready, version]

@@ -29,6 +29,7 @@ from deploy.hosts import Host
 from deploy.probes import smoke
 from deploy.runtime import native_hosts
 from deploy.runtime.native import NativeServices
+from deploy.service import Service
 from deploy.state import Layout, history
 
 
@@ -308,8 +309,8 @@ def release_of(host: Host, layout: Layout, rid: str) -> releases.Release:
     )
 
 
-def _smoke(env: EnvConfig, rid: str) -> str:
-    probes = smoke.run(env, expect_release=rid)
+def _smoke(env: EnvConfig, service: Service, rid: str) -> str:
+    probes = smoke.run(env, service, expect_release=rid)
     bad = smoke.failed(probes)
     if bad:
         raise ServiceError(
@@ -359,7 +360,7 @@ def restart_steps(ctx: Context, p: RollbackPlan, details: list[str]) -> list[Ste
             f"a new master of {p.current} (x{workers}), then drain the old one",
             lambda: _restart_here(ctx, target_release(ctx, p)),
         ),
-        Step("smoke", _SMOKE, lambda: _smoke(env, p.target or "")),
+        Step("smoke", _SMOKE, lambda: _smoke(env, ctx.proj.service, p.target or "")),
     ]
 
 
@@ -483,7 +484,7 @@ def _restart_hosts(ctx: Context, rel: releases.Release) -> str:
         releases.write_app_env(t.host, env, t.layout)
         old, new = restart_release(t.host, env, t.layout, rel, workers=policy.workers, bind=t.bind)
         drained = f"; drained {old}" if old else ""
-        return f"master {new} serves {rel.id}{drained}; {native_hosts.probe(env, t, rel.id)}"
+        return f"master {new} serves {rel.id}{drained}; {native_hosts.probe(env, ctx.proj.service, t, rel.id)}"
 
     ctx.outcomes = group.roll(
         env.name, todo, restart_one, batch=policy.batch, printer=ctx.printer, release=rel.id
@@ -566,7 +567,7 @@ def switch_steps(ctx: Context, p: RollbackPlan, *, restored: bool) -> list[Step]
         Step(
             "switch", f"{layout.current} -> releases/{target}{drain}", lambda: _switch_here(ctx, p)
         ),
-        Step("smoke", _SMOKE, lambda: _smoke(env, target or "")),
+        Step("smoke", _SMOKE, lambda: _smoke(env, ctx.proj.service, target or "")),
     ]
 
 
