@@ -1,8 +1,7 @@
-"""The compose runtime driven by the environment tasks: up, down, status, logs, deploy, rollback.
+"""The compose runtime: the Runtime the pipelines drive when an environment runs on docker compose.
 
-A compose environment runs on its first host (local, or SSH) as one docker compose project; a
-release is an image tag. The deploy pipeline (deploy.engine.deploy_pipeline) drives it through
-ComposeDeploy, the Runtime it shares with the native runtime. Migrations run with the release's own image, in a
+A compose environment runs on its first host (local, or SSH) as one docker compose project
+(ComposeProject); a release is an image tag. Migrations run with the release's own image, in a
 one-off container inside the project network (deploy/compose_migrate.py calls deploy.migrations:
 one engine, one ledger, one advisory lock), so they work the same on a remote host whose
 PostgreSQL publishes on that host's loopback only. For the same reason backups (pg_dump) and the
@@ -52,11 +51,11 @@ from deploy.errors import (
 from deploy.hosts import CommandResult, Host
 from deploy.policy import guards
 from deploy.probes import smoke
-from deploy.runtime.compose import (
+from deploy.runtime.compose_project import (
     APP_SERVICE,
     REQUIRED_SECRETS,
     SERVER_SERVICES,
-    ComposeRuntime,
+    ComposeProject,
     check_release,
     image_tag,
 )
@@ -86,24 +85,24 @@ def place(proj: Project, name: str) -> tuple[Host, Layout]:
 
 def runtime_for(
     proj: Project, name: str, *, host: Host | None = None, layout: Layout | None = None
-) -> ComposeRuntime:
+) -> ComposeProject:
     """The compose runtime on the env's first host. Locally the project root is the working
     tree; remotely it is <home>/compose, refreshed with the compose files and the env file."""
     if host is None or layout is None:
         host, layout = place(proj, name)
     env = proj.env(name)
     if host.is_local:
-        return ComposeRuntime(env, host, root=proj.root)
+        return ComposeProject(env, host, root=proj.root)
     root = str(PurePosixPath(layout.home, "compose"))
     for rel in (*cmd.compose_files(name), f"env/{name}.env"):
         host.put_file(proj.root / rel, f"{root}/{rel}")
-    return ComposeRuntime(env, host, root=root)
+    return ComposeProject(env, host, root=root)
 
 
 def _release_env(
-    rt: ComposeRuntime, release: str | None, commit: str | None = None
+    rt: ComposeProject, release: str | None, commit: str | None = None
 ) -> dict[str, str]:
-    """What ComposeRuntime.run adds to compose's environment besides secrets: no secret here."""
+    """What ComposeProject.run adds to compose's environment besides secrets: no secret here."""
     out = {"STAGEFLOW_IMAGE": rt.image}
     if release is not None:
         out["STAGEFLOW_RELEASE"] = release
@@ -132,7 +131,7 @@ def _versions(stdout: str, key: str) -> list[int]:
 # -- checks ----------------------------------------------------------------------------------------
 
 
-def engine_check(rt: ComposeRuntime) -> guards.Check:
+def engine_check(rt: ComposeProject) -> guards.Check:
     """Secrets set, `docker info` and `docker compose version` answer: the compose "servers" check."""
     name = rt.cfg.name
     missing = [k for k in REQUIRED_SECRETS if not rt.cfg.secret(k)]
@@ -188,7 +187,7 @@ def _commit_of(entries: Sequence[Mapping[str, Any]], release: str) -> str:
     )
 
 
-def serving(rt: ComposeRuntime) -> str | None:
+def serving(rt: ComposeProject) -> str | None:
     """The tag the running app container was started from (compose ps)."""
     return rt.current_release()
 
@@ -200,7 +199,7 @@ def serving(rt: ComposeRuntime) -> str | None:
 # with the native backup's id, metadata file, checksum and listing.
 
 
-def _pg(rt: ComposeRuntime) -> tuple[str, str]:
+def _pg(rt: ComposeProject) -> tuple[str, str]:
     """The role and database the postgres container was created with (compose.<env>.yml)."""
     return rt.cfg.database.user, rt.cfg.database.name
 
@@ -215,7 +214,7 @@ def ledger_argv(c: cmd.ComposeCommands, *, user: str, database: str) -> list[str
     )
 
 
-def _exec_pg(rt: ComposeRuntime, argv: list[str], what: str) -> CommandResult:
+def _exec_pg(rt: ComposeProject, argv: list[str], what: str) -> CommandResult:
     """One command against the postgres container; a stopped container says how to start it."""
     res = rt.run(lambda _c: argv, timeout=7200)
     if not res.ok:
@@ -227,7 +226,7 @@ def _exec_pg(rt: ComposeRuntime, argv: list[str], what: str) -> CommandResult:
     return res
 
 
-def applied_versions(rt: ComposeRuntime) -> list[int]:
+def applied_versions(rt: ComposeProject) -> list[int]:
     """The versions the ledger marks applied, read by psql in the postgres container."""
     user, database = _pg(rt)
     res = _exec_pg(
@@ -253,7 +252,7 @@ def _file_facts(host: Host, path: str) -> tuple[str, int]:
 
 
 def _take(
-    rt: ComposeRuntime,
+    rt: ComposeProject,
     layout: Layout,
     *,
     actor: str,
@@ -355,7 +354,7 @@ def _checked_dump(host: Host, layout: Layout, info: Mapping[str, Any], *, name: 
         )
 
 
-def _restore(rt: ComposeRuntime, layout: Layout, info: Mapping[str, Any], *, actor: str) -> str:
+def _restore(rt: ComposeProject, layout: Layout, info: Mapping[str, Any], *, actor: str) -> str:
     user, database = _pg(rt)
     copy_in, recreate, restore, clean = restore_argv(
         rt.commands(),
@@ -491,7 +490,7 @@ def plan(
     *,
     ref: str,
     actor: str = "<actor>",
-    rt: ComposeRuntime | None = None,
+    rt: ComposeProject | None = None,
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """The deploy's steps and the exact commands each runs, read-only (no engine is asked).
 
@@ -505,7 +504,7 @@ def plan(
 
 
 def _deploy_rows(
-    proj: Project, name: str, rt: ComposeRuntime, layout: Layout, *, commit: str, rid: str
+    proj: Project, name: str, rt: ComposeProject, layout: Layout, *, commit: str, rid: str
 ) -> list[tuple[str, str]]:
     env, policy, host = proj.env(name), proj.policies[name], rt.host
     ctxdir = layout.release(rid)
@@ -540,7 +539,7 @@ def _deploy_rows(
 def _deploy_commands(
     proj: Project,
     name: str,
-    rt: ComposeRuntime,
+    rt: ComposeProject,
     layout: Layout,
     *,
     commit: str,
@@ -592,7 +591,7 @@ def _extract(proj: Project, host: Host, layout: Layout, commit: str, rid: str) -
     return target
 
 
-class ComposeDeploy:
+class ComposeRuntime:
     """The compose runtime as the deploy pipeline sees it: a release is an image tag, started by
     `up` on the environment's one host; migrations and backups run in containers there."""
 
@@ -892,7 +891,7 @@ class ComposeDeploy:
 _SMOKE_ROW = "health, ready, version, identity, postgres, redis"
 
 
-def _smoke(rt: ComposeRuntime, rid: str, *, rolling_back: bool = False) -> str:
+def _smoke(rt: ComposeProject, rid: str, *, rolling_back: bool = False) -> str:
     if not rt.host.is_local:
         return _probe_on_host(rt, rid, rolling_back=rolling_back)
     probes = smoke.run(rt.cfg, expect_release=rid)
@@ -905,7 +904,7 @@ def _smoke(rt: ComposeRuntime, rid: str, *, rolling_back: bool = False) -> str:
     return f"{len(probes)} probes passed in {sum(p.ms for p in probes):.0f} ms"
 
 
-def _probe_on_host(rt: ComposeRuntime, rid: str, *, rolling_back: bool = False) -> str:
+def _probe_on_host(rt: ComposeProject, rid: str, *, rolling_back: bool = False) -> str:
     base = f"http://127.0.0.1:{rt.cfg.app_port}"
     # a few tries: a container of the old tag may still answer while compose replaces it
     serving_now: list[str] = []
@@ -939,7 +938,7 @@ def _health_window(env: EnvConfig, window_s: float, limit: int) -> int | None:
     return None
 
 
-def _prune(rt: ComposeRuntime, host: Host, layout: Layout, *, keep: int, protect: set[str]) -> str:
+def _prune(rt: ComposeProject, host: Host, layout: Layout, *, keep: int, protect: set[str]) -> str:
     """Untag the served release that falls out of the newest `keep` (one per deploy)."""
     entries = history(host, layout)
     good = [
@@ -959,7 +958,7 @@ def _prune(rt: ComposeRuntime, host: Host, layout: Layout, *, keep: int, protect
 
 def _level3_plan(
     proj: Project,
-    rt: ComposeRuntime,
+    rt: ComposeProject,
     entries: Sequence[Mapping[str, Any]],
     *,
     current: str,
@@ -1006,7 +1005,7 @@ def _level3_plan(
 
 def _rollback_plan(
     proj: Project,
-    rt: ComposeRuntime,
+    rt: ComposeProject,
     entries: Sequence[Mapping[str, Any]],
     *,
     level: int,
@@ -1095,7 +1094,7 @@ def _level2_schema(
 
 
 def _level2_commands(
-    rt: ComposeRuntime, entries: Sequence[Mapping[str, Any]], p: RollbackPlan, *, actor: str
+    rt: ComposeProject, entries: Sequence[Mapping[str, Any]], p: RollbackPlan, *, actor: str
 ) -> list[str]:
     c, schema, target = rt.commands(), p.schema, p.target or ""
     assert schema is not None

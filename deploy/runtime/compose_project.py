@@ -1,4 +1,4 @@
-"""The compose runtime: an environment as a docker compose project whose release is the image tag."""
+"""One environment's docker compose project on one host, whose release is the app's image tag."""
 
 from __future__ import annotations
 
@@ -266,10 +266,10 @@ def check_release(release: str) -> str:
     return release
 
 
-# -- the runtime ----------------------------------------------------------------------------------
+# -- the project ----------------------------------------------------------------------------------
 
 
-class ComposeRuntime:
+class ComposeProject:
     """Runs one environment's compose project on one host through Host.run."""
 
     def __init__(
