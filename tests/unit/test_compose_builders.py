@@ -272,7 +272,7 @@ def test_the_migration_command_of_a_release_image() -> None:
 
 
 def test_a_planned_command_shows_its_variables_then_argv_quoted() -> None:
-    from deploy.runtime.compose_runtime import shown
+    from deploy.runtime.compose_project import shown
 
     line = shown(["docker", "compose", "up", "a b"], {"STAGEFLOW_RELEASE": "r1"})
     assert line == "STAGEFLOW_RELEASE=r1 docker compose up 'a b'"
@@ -361,7 +361,7 @@ def test_database_sql_quotes_identifiers() -> None:
 def test_a_backup_dumps_in_the_container_copies_out_and_cleans_up(
     dev: cmd.ComposeCommands,
 ) -> None:
-    from deploy.runtime.compose_runtime import backup_argv
+    from deploy.runtime.compose_backups import backup_argv
 
     argv = backup_argv(
         dev, user="app_dev", database="stageflow_dev", backup_id="B1", backups_dir="/h/backups"
@@ -374,7 +374,7 @@ def test_a_backup_dumps_in_the_container_copies_out_and_cleans_up(
 
 
 def test_a_restore_copies_in_recreates_restores_and_cleans_up(dev: cmd.ComposeCommands) -> None:
-    from deploy.runtime.compose_runtime import ledger_argv, restore_argv
+    from deploy.runtime.compose_backups import ledger_argv, restore_argv
 
     argv = restore_argv(
         dev, user="app_dev", database="stageflow_dev", backup_id="B1", backups_dir="/h/backups"
@@ -402,7 +402,7 @@ def test_a_restore_copies_in_recreates_restores_and_cleans_up(dev: cmd.ComposeCo
 
 
 def test_the_deploy_backs_up_by_the_native_policy() -> None:
-    from deploy.runtime.compose_runtime import pending_versions, wants_backup
+    from deploy.runtime.compose_backups import pending_versions, wants_backup
 
     assert pending_versions([1, 2, 3, 4], [1, 2, 3]) == [4]
     assert pending_versions([1, 2], [1, 2, 5]) == []
