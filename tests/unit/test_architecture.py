@@ -163,9 +163,15 @@ def test_nothing_below_the_tasks_imports_them():
 
 
 def test_the_pipelines_name_no_runtime():
-    """The deploy pipeline and the rollback lifecycle choose no runtime: runtime_for does."""
-    runtimes = {"deploy.runtime.compose_runtime", "deploy.runtime.native_runtime"}
-    for module in ("deploy.engine.deploy_pipeline", "deploy.engine.lifecycle"):
+    """The pipelines and the rollback lifecycle choose no runtime: runtime_for does."""
+    runtimes = {m for m in MODULES if m.startswith("deploy.runtime.")} - {"deploy.runtime.base"}
+    assert {"deploy.runtime.compose_runtime", "deploy.runtime.native_runtime"} <= runtimes
+    pipelines = (
+        "deploy.engine.deploy_pipeline",
+        "deploy.engine.rollback_pipeline",
+        "deploy.engine.lifecycle",
+    )
+    for module in pipelines:
         text = MODULES[module].read_text()
         assert '"compose"' not in text and '"native"' not in text, module
         reached = {t for t, _, _ in _imports(module)}
