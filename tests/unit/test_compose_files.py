@@ -13,7 +13,7 @@ import pytest
 from deploy.commands.compose import BASE_FILE, compose_files
 from deploy.config import NAMESPACES, EnvConfig, load_env
 from deploy.errors import ConfigError
-from deploy.runtime.compose import (
+from deploy.runtime.compose_project import (
     compose_isolation_problems,
     interpolate,
     load_yaml,

@@ -1,8 +1,7 @@
-"""The compose runtime driven by the environment tasks: up, down, status, logs, deploy, rollback.
+"""The compose runtime: the Runtime the pipelines drive when an environment runs on docker compose.
 
-A compose environment runs on its first host (local, or SSH) as one docker compose project; a
-release is an image tag. The deploy pipeline (deploy.engine.deploy_pipeline) drives it through
-ComposeDeploy, the Runtime it shares with the native runtime. Migrations run with the release's own image, in a
+A compose environment runs on its first host (local, or SSH) as one docker compose project
+(ComposeProject); a release is an image tag. Migrations run with the release's own image, in a
 one-off container inside the project network (deploy/compose_migrate.py calls deploy.migrations:
 one engine, one ledger, one advisory lock), so they work the same on a remote host whose
 PostgreSQL publishes on that host's loopback only. For the same reason backups (pg_dump) and the
@@ -12,34 +11,19 @@ level 3 restore (pg_restore) run inside the postgres container; the dumps stay o
 from __future__ import annotations
 
 import json
-import os
-import shlex
 import time
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from deploy import migrations, releases
-from deploy.backup import compare_counts
+from deploy import releases
 from deploy.commands import app as appcmd
 from deploy.commands import compose as cmd
 from deploy.commands import files as filecmd
-from deploy.commands import postgres as pg
 from deploy.commands.compose import backup_in_container as backup_argv
 from deploy.commands.compose import migrate as migrate_argv
-from deploy.commands.compose import restore_in_container as restore_argv
 from deploy.config import Project
-from deploy.engine import group
 from deploy.engine.group import Target
-from deploy.engine.rollback_rules import (
-    RollbackPlan,
-    SchemaPlan,
-    backup_for,
-    interrupted,
-    previous_good,
-    schema_plan,
-)
+from deploy.engine.rollback_rules import RollbackPlan
 from deploy.engine.steps import Step
 from deploy.errors import (
     DeployError,
@@ -49,73 +33,29 @@ from deploy.errors import (
     ServiceError,
     UsageError,
 )
-from deploy.hosts import CommandResult, Host
+from deploy.hosts import Host
 from deploy.policy import guards
 from deploy.probes import smoke
-from deploy.runtime.compose import (
+from deploy.runtime import compose_backups, compose_rollback
+from deploy.runtime.compose_backups import ledger_argv, role_and_database
+from deploy.runtime.compose_project import (
     APP_SERVICE,
     REQUIRED_SECRETS,
     SERVER_SERVICES,
-    ComposeRuntime,
+    ComposeProject,
     check_release,
     image_tag,
+    place,
+    project_for,
+    release_env,
+    shown,
 )
+from deploy.runtime.compose_rollback import SERVED_KINDS, commit_of, releases_in, served
 from deploy.service import Service
-from deploy.state import (
-    Layout,
-    audit,
-    find_backup,
-    history,
-    sha256_file,
-)
+from deploy.state import Layout, history
 
 if TYPE_CHECKING:
     from deploy.engine.context import Context
-
-Printer = Callable[[str], None]
-# The kinds whose release served successfully (what serves now; what prune keeps).
-_SERVED_KINDS = ("deploy", "emergency", "rollback-1", "rollback-2", "rollback-3")
-
-
-# -- where the project lives -----------------------------------------------------------------------
-
-
-def place(proj: Project, name: str) -> tuple[Host, Layout]:
-    """The environment's first host (it runs the project and keeps lock and history) and layout."""
-    return group.primary(proj, name)
-
-
-def runtime_for(
-    proj: Project, name: str, *, host: Host | None = None, layout: Layout | None = None
-) -> ComposeRuntime:
-    """The compose runtime on the env's first host. Locally the project root is the working
-    tree; remotely it is <home>/compose, refreshed with the compose files and the env file."""
-    if host is None or layout is None:
-        host, layout = place(proj, name)
-    env = proj.env(name)
-    if host.is_local:
-        return ComposeRuntime(env, host, root=proj.root)
-    root = str(PurePosixPath(layout.home, "compose"))
-    for rel in (*cmd.compose_files(name), f"env/{name}.env"):
-        host.put_file(proj.root / rel, f"{root}/{rel}")
-    return ComposeRuntime(env, host, root=root)
-
-
-def _release_env(
-    rt: ComposeRuntime, release: str | None, commit: str | None = None
-) -> dict[str, str]:
-    """What ComposeRuntime.run adds to compose's environment besides secrets: no secret here."""
-    out = {"STAGEFLOW_IMAGE": rt.image}
-    if release is not None:
-        out["STAGEFLOW_RELEASE"] = release
-    if commit:
-        out["STAGEFLOW_COMMIT"] = commit
-    return out
-
-
-def shown(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
-    """One command as an operator would type it: VAR=value assignments (never secrets), argv."""
-    return shlex.join([*(f"{k}={v}" for k, v in (env or {}).items()), *argv])
 
 
 def _versions(stdout: str, key: str) -> list[int]:
@@ -133,7 +73,7 @@ def _versions(stdout: str, key: str) -> list[int]:
 # -- checks ----------------------------------------------------------------------------------------
 
 
-def engine_check(rt: ComposeRuntime) -> guards.Check:
+def engine_check(rt: ComposeProject) -> guards.Check:
     """Secrets set, `docker info` and `docker compose version` answer: the compose "servers" check."""
     name = rt.cfg.name
     missing = [k for k in REQUIRED_SECRETS if not rt.cfg.secret(k)]
@@ -163,270 +103,9 @@ def backup_check(proj: Project, name: str) -> guards.Check:
     )
 
 
-# -- history helpers -------------------------------------------------------------------------------
-
-
-def _releases_in(entries: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Every release history names, oldest first, once each."""
-    return list(dict.fromkeys(str(e["release"]) for e in entries if e.get("release")))
-
-
-def _served(entries: Sequence[Mapping[str, Any]]) -> str | None:
-    """The release the newest successful operation left serving (when no engine can be asked)."""
-    for e in reversed(entries):
-        if e.get("status") == "success" and e.get("kind") in _SERVED_KINDS and e.get("release"):
-            return str(e["release"])
-    return None
-
-
-def _commit_of(entries: Sequence[Mapping[str, Any]], release: str) -> str:
-    for e in reversed(entries):
-        if e.get("release") == release and e.get("commit"):
-            return str(e["commit"])
-    raise UsageError(
-        f"history names no commit for release {release}",
-        hint="name another release with --to, or deploy that commit again",
-    )
-
-
-def serving(rt: ComposeRuntime) -> str | None:
+def serving(rt: ComposeProject) -> str | None:
     """The tag the running app container was started from (compose ps)."""
     return rt.current_release()
-
-
-# -- backups ---------------------------------------------------------------------------------------
-# pg_dump and pg_restore run inside the postgres container, as its own superuser over its socket:
-# the database port need not be reachable from here, and the client matches the server's major
-# version. The dump is copied out with `compose cp` into the backups dir on the project's host,
-# with the native backup's id, metadata file, checksum and listing.
-
-
-def _pg(rt: ComposeRuntime) -> tuple[str, str]:
-    """The role and database the postgres container was created with (compose.<env>.yml)."""
-    return rt.cfg.database.user, rt.cfg.database.name
-
-
-def _new_backup_id() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-
-
-def ledger_argv(c: cmd.ComposeCommands, *, user: str, database: str) -> list[str]:
-    return cmd.ledger_in_container(
-        c, user=user, database=database, ledger_table=migrations.LEDGER_TABLE
-    )
-
-
-def _exec_pg(rt: ComposeRuntime, argv: list[str], what: str) -> CommandResult:
-    """One command against the postgres container; a stopped container says how to start it."""
-    res = rt.run(lambda _c: argv, timeout=7200)
-    if not res.ok:
-        raise ServiceError(
-            f"{rt.cfg.name}: {what} in the postgres container failed (exit {res.exit_code}): "
-            f"{rt.scrub(res.tail(1))}",
-            hint=f"is it running? `inv {rt.cfg.name}.status`; `inv {rt.cfg.name}.up` starts it",
-        )
-    return res
-
-
-def applied_versions(rt: ComposeRuntime) -> list[int]:
-    """The versions the ledger marks applied, read by psql in the postgres container."""
-    user, database = _pg(rt)
-    res = _exec_pg(
-        rt, ledger_argv(rt.commands(), user=user, database=database), "reading the ledger"
-    )
-    line = (res.stdout.strip().splitlines() or [""])[-1]
-    try:
-        return [int(v) for v in line.split(",") if v.strip()]
-    except ValueError:
-        raise ServiceError(
-            f"{rt.cfg.name}: the ledger query printed {line[:80]!r}, not versions",
-            hint="check the postgres container's psql",
-        ) from None
-
-
-def _file_facts(host: Host, path: str) -> tuple[str, int]:
-    """sha256 and size of a file on the host (read there: a remote dump never travels)."""
-    if host.is_local:
-        return sha256_file(Path(path)), Path(path).stat().st_size
-    digest = host.run(filecmd.sha256(path), timeout=3600).stdout.split()
-    size = host.run(filecmd.size(path), timeout=60).stdout.strip()
-    return (digest[0] if digest else ""), int(size or 0)
-
-
-def _take(
-    rt: ComposeRuntime,
-    layout: Layout,
-    *,
-    actor: str,
-    release: str,
-    reason: str,
-    applied: Sequence[int] | None = None,
-) -> dict[str, Any]:
-    host, name = rt.host, rt.cfg.name
-    user, database = _pg(rt)
-    if applied is None:
-        applied = applied_versions(rt)
-    bid = _new_backup_id()
-    host.makedirs(layout.backups)
-    dump, copy, clean = backup_argv(
-        rt.commands(), user=user, database=database, backup_id=bid, backups_dir=layout.backups
-    )
-    out = f"{layout.backups}/{bid}.dump"
-    start = time.perf_counter()
-    try:
-        _exec_pg(rt, dump, "pg_dump")
-        _exec_pg(rt, copy, "copying the dump out")
-    except BaseException:
-        host.run(filecmd.remove(out), check=False)  # half a dump must never look like a backup
-        raise
-    finally:
-        rt.run(lambda _c: clean, timeout=300)
-    host.run(filecmd.chmod(0o600, out))
-    sha, size = _file_facts(host, out)
-    info = {
-        "id": bid,
-        "env": name,
-        "database": database,
-        "file": f"{bid}.dump",
-        "sha256": sha,
-        "size_bytes": size,
-        "release": release,
-        "ledger_version": max(applied, default=0),
-        "time": datetime.now(UTC).isoformat(timespec="seconds"),
-        "duration_s": round(time.perf_counter() - start, 3),
-        "actor": actor,
-        "reason": reason,
-        "runtime": "compose",
-    }
-    host.write_text(f"{layout.backups}/{bid}.json", json.dumps(info, indent=2), mode=0o600)
-    audit(host, layout, actor=actor, action="backup", backup=bid, release=release)
-    return info
-
-
-def take_backup(
-    proj: Project, name: str, *, actor: str, release: str = "", reason: str = ""
-) -> dict[str, Any]:
-    """A backup now (`inv <env>.backup`); release defaults to the tag the app container runs."""
-    host, layout = place(proj, name)
-    try:
-        rt = runtime_for(proj, name, host=host, layout=layout)
-        return _take(rt, layout, actor=actor, release=release or serving(rt) or "", reason=reason)
-    finally:
-        host.close()
-
-
-def list_backups(proj: Project, name: str) -> list[dict[str, Any]]:
-    """Every backup's metadata in the backups dir on the project's host, oldest first."""
-    host, layout = place(proj, name)
-    out = []
-    try:
-        for file in host.listdir(layout.backups):
-            if not file.endswith(".json"):
-                continue
-            try:
-                out.append(json.loads(host.read_text(f"{layout.backups}/{file}") or ""))
-            except json.JSONDecodeError:
-                continue
-    finally:
-        host.close()
-    return out
-
-
-def remove_backups(proj: Project, name: str, ids: Sequence[str]) -> None:
-    """Retention's deletes (deploy.backup.prune decides which), on the project's host."""
-    host, layout = place(proj, name)
-    try:
-        for bid in ids:
-            host.run(
-                filecmd.remove(f"{layout.backups}/{bid}.dump", f"{layout.backups}/{bid}.json"),
-                check=False,
-            )
-    finally:
-        host.close()
-
-
-def _checked_dump(host: Host, layout: Layout, info: Mapping[str, Any], *, name: str) -> None:
-    """Refuse before anything changes when the dump is gone or differs from its checksum."""
-    path = f"{layout.backups}/{info['file']}"
-    ok = host.exists(path) and _file_facts(host, path)[0] == info.get("sha256")
-    if not ok:
-        raise GuardRefused(
-            f"backup {info['id']} is missing or its checksum does not match",
-            hint=f"choose another with `inv {name}.backups` and --backup ID",
-        )
-
-
-def _restore(rt: ComposeRuntime, layout: Layout, info: Mapping[str, Any], *, actor: str) -> str:
-    user, database = _pg(rt)
-    copy_in, recreate, restore, clean = restore_argv(
-        rt.commands(),
-        user=user,
-        database=database,
-        backup_id=info["id"],
-        backups_dir=layout.backups,
-    )
-    start = time.perf_counter()
-    try:
-        _exec_pg(rt, copy_in, "copying the dump in")
-        _exec_pg(rt, recreate, "recreating the database")
-        _exec_pg(rt, restore, "pg_restore")
-    finally:
-        rt.run(lambda _c: clean, timeout=300)
-    took = round(time.perf_counter() - start, 3)
-    audit(rt.host, layout, actor=actor, action="restore", backup=info["id"], duration_s=took)
-    return f"{info['id']} restored in {took:.2f}s (ledger version {info.get('ledger_version')})"
-
-
-def verify_backup(proj: Project, name: str, backup_id: str) -> dict[str, Any]:
-    """Restore a backup into a scratch database in the postgres container and compare its tables'
-    row counts with the live database's (the native verify's result); the scratch always goes."""
-    host, layout = place(proj, name)
-    try:
-        rt = runtime_for(proj, name, host=host, layout=layout)
-        info = find_backup(list_backups(proj, name), backup_id, env=name)
-        _checked_dump(host, layout, info, name=name)
-        user, database = _pg(rt)
-        scratch = f"{database}_verify_{os.getpid()}"
-        tmp = cmd.container_dump(backup_id)
-        c = rt.commands()
-
-        def psql(db: str, statements: list[str]) -> list[str]:
-            return c.exec(cmd.PG_SERVICE, pg.psql(user=user, database=db, statements=statements))
-
-        def counts(db: str) -> dict[str, int]:
-            res = _exec_pg(rt, psql(db, pg.table_counts_sql()), "counting rows")
-            return {str(k): int(v) for k, v in json.loads(res.stdout.strip() or "{}").items()}
-
-        _exec_pg(
-            rt,
-            c.cp(f"{layout.backups}/{info['file']}", cmd.in_container(cmd.PG_SERVICE, tmp)),
-            "copying the dump in",
-        )
-        try:
-            _exec_pg(rt, psql(pg.MAINTENANCE_DB, pg.create_database_sql(scratch)), "create")
-            _exec_pg(
-                rt,
-                c.exec(cmd.PG_SERVICE, pg.pg_restore(user=user, database=scratch, dump=tmp)),
-                "pg_restore",
-            )
-            restored, live = counts(scratch), counts(database)
-        finally:
-            rt.run(lambda _c: psql(pg.MAINTENANCE_DB, pg.drop_database_sql(scratch)))
-            rt.run(lambda _c: c.exec(cmd.PG_SERVICE, cmd.remove_file(tmp)))
-    finally:
-        host.close()
-    return compare_counts(backup_id, restored=restored, live=live)
-
-
-def pending_versions(shipped: Sequence[int], applied: Sequence[int]) -> list[int]:
-    """The release's versions the ledger does not mark applied (never run, failed, reverted)."""
-    done = set(applied)
-    return sorted(v for v in shipped if v not in done)
-
-
-def wants_backup(policy: str, pending: Sequence[int]) -> bool:
-    """The native rule: "always", or "pending-migrations" with something to migrate."""
-    return policy == "always" or (policy == "pending-migrations" and bool(pending))
 
 
 # -- up, down, status, logs ------------------------------------------------------------------------
@@ -434,7 +113,7 @@ def wants_backup(policy: str, pending: Sequence[int]) -> bool:
 
 def up(proj: Project, name: str) -> list[str]:
     """Start the project's PostgreSQL and Redis and wait until both are healthy."""
-    rt = runtime_for(proj, name)
+    rt = project_for(proj, name)
     res = rt.run(lambda c: c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s))
     if not res.ok:
         raise rt.failed("starting postgres and redis", res)
@@ -443,7 +122,7 @@ def up(proj: Project, name: str) -> list[str]:
 
 def down(proj: Project, name: str) -> list[str]:
     """Stop the project's containers; its data volumes stay."""
-    rt = runtime_for(proj, name)
+    rt = project_for(proj, name)
     rt.down()
     return [f"compose project {rt.cfg.compose_project} stopped (data volumes kept)"]
 
@@ -454,7 +133,7 @@ def container_status(proj: Project, name: str) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     problem = None
     try:
-        rows = runtime_for(proj, name).status()
+        rows = project_for(proj, name).status()
     except DeployError as err:
         problem = err.line()
     by = {str(r.get("Service")): r for r in rows}
@@ -480,7 +159,7 @@ def container_status(proj: Project, name: str) -> dict[str, Any]:
 
 
 def logs(proj: Project, name: str, *, tail: int = 100, services: Sequence[str] = ()) -> str:
-    return runtime_for(proj, name).logs(tail=tail, services=services)
+    return project_for(proj, name).logs(tail=tail, services=services)
 
 
 # -- deploy ----------------------------------------------------------------------------------------
@@ -492,21 +171,21 @@ def plan(
     *,
     ref: str,
     actor: str = "<actor>",
-    rt: ComposeRuntime | None = None,
+    rt: ComposeProject | None = None,
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """The deploy's steps and the exact commands each runs, read-only (no engine is asked).
 
     The release id is the one a deploy started now would get: a UTC timestamp and the commit."""
     commit = releases.resolve_ref(proj.root, ref)
     host, layout = place(proj, name)
-    rt = rt or runtime_for(proj, name, host=host, layout=layout)
-    rid = releases.new_release_id(commit, _releases_in(history(host, layout)))
+    rt = rt or project_for(proj, name, host=host, layout=layout)
+    rid = releases.new_release_id(commit, releases_in(history(host, layout)))
     rows = _deploy_rows(proj, name, rt, layout, commit=commit, rid=rid)
     return rows, _deploy_commands(proj, name, rt, layout, commit=commit, rid=rid, actor=actor)
 
 
 def _deploy_rows(
-    proj: Project, name: str, rt: ComposeRuntime, layout: Layout, *, commit: str, rid: str
+    proj: Project, name: str, rt: ComposeProject, layout: Layout, *, commit: str, rid: str
 ) -> list[tuple[str, str]]:
     env, policy, host = proj.env(name), proj.policies[name], rt.host
     ctxdir = layout.release(rid)
@@ -541,7 +220,7 @@ def _deploy_rows(
 def _deploy_commands(
     proj: Project,
     name: str,
-    rt: ComposeRuntime,
+    rt: ComposeProject,
     layout: Layout,
     *,
     commit: str,
@@ -550,14 +229,14 @@ def _deploy_commands(
 ) -> list[str]:
     policy, c, ctxdir = proj.policies[name], rt.commands(), layout.release(rid)
     build = cmd.build_image(rt.image, rid, context=ctxdir, dockerfile=f"{ctxdir}/Dockerfile")
-    env_r = _release_env(rt, rid)
+    env_r = release_env(rt, rid)
     servers = c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s)
     migrate = c.run(APP_SERVICE, migrate_argv("up", release=rid, applied_by=actor), no_deps=True)
     start = c.up(wait=True, wait_timeout_s=rt.wait_timeout_s)
     backup = []
     if policy.backup != "never":
-        user, database = _pg(rt)
-        env_b = _release_env(rt, None)
+        user, database = role_and_database(rt)
+        env_b = release_env(rt, None)
         backup = [
             f"backup:  {shown(argv, env_b)}"
             for argv in [
@@ -573,7 +252,7 @@ def _deploy_commands(
         *backup,
         f"migrate: {shown(servers, env_r)}",
         f"migrate: {shown(migrate, env_r)}",
-        f"start:   {shown(start, _release_env(rt, rid, commit))}",
+        f"start:   {shown(start, release_env(rt, rid, commit))}",
     ]
 
 
@@ -593,7 +272,7 @@ def _extract(proj: Project, host: Host, layout: Layout, commit: str, rid: str) -
     return target
 
 
-class ComposeDeploy:
+class ComposeRuntime:
     """The compose runtime as the deploy pipeline sees it: a release is an image tag, started by
     `up` on the environment's one host; migrations and backups run in containers there."""
 
@@ -602,7 +281,7 @@ class ComposeDeploy:
     def __init__(self, proj: Project, name: str, targets: list[Target]) -> None:
         self.proj, self.name, self.targets = proj, name, targets
         primary = targets[0]
-        self.rt = runtime_for(proj, name, host=primary.host, layout=primary.layout)
+        self.rt = project_for(proj, name, host=primary.host, layout=primary.layout)
         self.ctx: Context | None = None
         self._applied: list[int] | None = None
         self._does: dict[str, str] = {}
@@ -621,16 +300,18 @@ class ComposeDeploy:
         return self.rt.logs(tail=tail, services=[service] if service else [])
 
     def take_backup(self, *, actor: str, release: str, reason: str) -> dict[str, Any]:
-        return take_backup(self.proj, self.name, actor=actor, release=release, reason=reason)
+        return compose_backups.take_backup(
+            self.proj, self.name, actor=actor, release=release, reason=reason
+        )
 
     def list_backups(self) -> list[dict[str, Any]]:
-        return list_backups(self.proj, self.name)
+        return compose_backups.list_backups(self.proj, self.name)
 
     def remove_backups(self, ids: list[str]) -> None:
-        remove_backups(self.proj, self.name, ids)
+        compose_backups.remove_backups(self.proj, self.name, ids)
 
     def verify_backup(self, backup_id: str) -> dict[str, Any]:
-        return verify_backup(self.proj, self.name, backup_id)
+        return compose_backups.verify_backup(self.proj, self.name, backup_id)
 
     def servers_status(self) -> tuple[dict[str, Any], dict[str, Any]]:
         containers = container_status(self.proj, self.name)
@@ -657,7 +338,7 @@ class ComposeDeploy:
         rt, host, layout = self.rt, ctx.host, ctx.layout
         for t in self.targets:
             t.previous = ctx.previous
-        rid = check_release(releases.new_release_id(commit, _releases_in(history(host, layout))))
+        rid = check_release(releases.new_release_id(commit, releases_in(history(host, layout))))
         ctxdir = _extract(ctx.proj, host, layout, commit, rid)
         argv = cmd.build_image(rt.image, rid, context=ctxdir, dockerfile=f"{ctxdir}/Dockerfile")
         try:
@@ -678,12 +359,12 @@ class ComposeDeploy:
         res = rt.run(lambda c: c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s))
         if not res.ok:
             raise rt.failed("starting postgres and redis", res)
-        self._applied = applied_versions(rt)
+        self._applied = compose_backups.applied_versions(rt)
         shipped = [f.version for f in releases.migrations_at_commit(ctx.proj, ctx.built.commit)]
-        return pending_versions(shipped, self._applied)
+        return compose_backups.pending_versions(shipped, self._applied)
 
     def backup(self, ctx: Context, *, reason: str) -> dict[str, Any]:
-        return _take(
+        return compose_backups.take(
             self.rt,
             ctx.layout,
             actor=str(ctx.actor),
@@ -722,7 +403,7 @@ class ComposeDeploy:
         rt, prev, rid = self.rt, ctx.previous, ctx.built.id
         try:
             if prev:
-                rt.up(prev, commit=_commit_of(history(ctx.host, ctx.layout), prev))
+                rt.up(prev, commit=commit_of(history(ctx.host, ctx.layout), prev))
                 return prev
             res = rt.run(lambda c: c.stop(services=[APP_SERVICE]), release=rid)
             if not res.ok:
@@ -785,16 +466,16 @@ class ComposeDeploy:
         dry_run: bool,
     ) -> RollbackPlan:
         entries = self._entries = history(ctx.host, ctx.layout)
-        current = _served(entries) if dry_run else serving(self.rt)
+        current = served(entries) if dry_run else serving(self.rt)
         if current is None and level == 3:
             # a restore needs no running app: one that stopped half-way is run again from history
-            current = _served(entries)
+            current = served(entries)
         if current is None:
             raise UsageError(
                 f"{self.name} has no running release to roll back",
                 hint=f"deploy one with `inv {self.name}.deploy`",
             )
-        return _rollback_plan(
+        return compose_rollback.make_plan(
             self.proj, self.rt, entries, level=level, current=current, to=to,
             actor=str(ctx.actor), backup_id=backup_id, layout=ctx.layout,
         )  # fmt: skip
@@ -814,7 +495,7 @@ class ComposeDeploy:
         rt, current = self.rt, p.current or ""
 
         def restart() -> str:
-            commit = _commit_of(self._entries, current)
+            commit = commit_of(self._entries, current)
             res = rt.run(lambda c: c.restart(), release=current, commit=commit)
             if not res.ok:
                 raise rt.failed("compose restart", res)
@@ -857,7 +538,7 @@ class ComposeDeploy:
 
         def start() -> str:
             return (
-                f"{len(rt.up(target, commit=_commit_of(self._entries, target)))} containers healthy"
+                f"{len(rt.up(target, commit=commit_of(self._entries, target)))} containers healthy"
             )
 
         return [
@@ -877,7 +558,7 @@ class ComposeDeploy:
 
     def restore(self, ctx: Context, p: RollbackPlan, details: list[str]) -> str:
         info = p.backup or {}
-        done = _restore(self.rt, ctx.layout, info, actor=str(ctx.actor))
+        done = compose_backups.restore(self.rt, ctx.layout, info, actor=str(ctx.actor))
         details.append(f"restored backup {info['id']}; frozen")
         return done
 
@@ -886,7 +567,7 @@ class ComposeDeploy:
         info, rt = p.backup, self.rt
         if info is None:
             return
-        _checked_dump(ctx.host, ctx.layout, info, name=self.name)
+        compose_backups.check_dump(ctx.host, ctx.layout, info, name=self.name)
         if not ctx.host.run(cmd.image_exists(rt.image, p.target or ""), check=False, timeout=60).ok:
             raise GuardRefused(
                 f"backup {info['id']} matches release {p.target}, whose image "
@@ -899,7 +580,7 @@ class ComposeDeploy:
         ref = next(
             (str(e.get("ref", "")) for e in reversed(entries) if e.get("release") == rid), ""
         )
-        return releases.Release(rid, _commit_of(entries, rid), ref)
+        return releases.Release(rid, commit_of(entries, rid), ref)
 
     def audit_extra(self, ctx: Context) -> dict[str, Any]:
         return {"runtime": "compose"}
@@ -908,7 +589,7 @@ class ComposeDeploy:
 _SMOKE_ROW = "health, ready, release, the [[service.smoke]] checks, redis"
 
 
-def _smoke(rt: ComposeRuntime, service: Service, rid: str, *, rolling_back: bool = False) -> str:
+def _smoke(rt: ComposeProject, service: Service, rid: str, *, rolling_back: bool = False) -> str:
     if not rt.host.is_local:
         return _probe_on_host(rt, service, rid, rolling_back=rolling_back)
     probes = smoke.run(rt.cfg, service, expect_release=rid)
@@ -922,7 +603,7 @@ def _smoke(rt: ComposeRuntime, service: Service, rid: str, *, rolling_back: bool
 
 
 def _probe_on_host(
-    rt: ComposeRuntime, service: Service, rid: str, *, rolling_back: bool = False
+    rt: ComposeProject, service: Service, rid: str, *, rolling_back: bool = False
 ) -> str:
     base = f"http://127.0.0.1:{rt.cfg.app_port}"
     # a few tries: a container of the old tag may still answer while compose replaces it
@@ -944,175 +625,16 @@ def _probe_on_host(
     raise RolledBack(what)
 
 
-def _prune(rt: ComposeRuntime, host: Host, layout: Layout, *, keep: int, protect: set[str]) -> str:
+def _prune(rt: ComposeProject, host: Host, layout: Layout, *, keep: int, protect: set[str]) -> str:
     """Untag the served release that falls out of the newest `keep` (one per deploy)."""
     entries = history(host, layout)
     good = [
         str(e["release"])
         for e in reversed(entries)
-        if e.get("status") == "success" and e.get("kind") in _SERVED_KINDS and e.get("release")
+        if e.get("status") == "success" and e.get("kind") in SERVED_KINDS and e.get("release")
     ]
     newest = list(dict.fromkeys([*[p for p in protect if p], *good]))
     if len(newest) <= keep or newest[keep] in protect:
         return "pruned 0"
     res = host.run(cmd.remove_image(rt.image, newest[keep]), check=False, timeout=120)
     return f"pruned {rt.image}:{newest[keep]}" if res.ok else f"{newest[keep]} already gone"
-
-
-# -- rollback --------------------------------------------------------------------------------------
-
-
-def _level3_plan(
-    proj: Project,
-    rt: ComposeRuntime,
-    entries: Sequence[Mapping[str, Any]],
-    *,
-    current: str,
-    backup_id: str | None,
-    layout: Layout,
-) -> dict[str, Any]:
-    """The backup to restore (native choice rules) and the tag it was taken under."""
-    name, c = rt.cfg.name, rt.commands()
-    chosen = (
-        find_backup(list_backups(proj, name), backup_id, env=name)
-        if backup_id
-        else backup_for(entries, list_backups(proj, name), current=current)
-    )
-    if chosen is None:
-        raise GuardRefused(
-            f"no backup of {name} was taken before {current}",
-            hint=f"list them with `inv {name}.backups`; pick one with --backup ID",
-        )
-    target = str(chosen.get("release") or "")
-    if not target or target not in set(_releases_in(entries)):
-        raise GuardRefused(
-            f"backup {chosen['id']} matches release {target or '(none)'}, which history does "
-            "not know as an image tag",
-            hint=f"pick another with --backup ID (`inv {name}.backups` lists them)",
-        )
-    user, database = _pg(rt)
-    env_img = _release_env(rt, None)
-    restore = restore_argv(
-        c, user=user, database=database, backup_id=chosen["id"], backups_dir=layout.backups
-    )
-    start = c.up(wait=True, wait_timeout_s=rt.wait_timeout_s)
-    commands = [
-        f"stop:    {shown(c.stop(services=[APP_SERVICE]), _release_env(rt, current))}",
-        *(f"restore: {shown(argv, env_img)}" for argv in restore),
-        f"start:   {shown(start, _release_env(rt, target, _commit_of(entries, target)))}",
-    ]
-    return {
-        "target": target,
-        "backup": chosen["id"],
-        "backup_info": chosen,
-        "commands": commands,
-    }
-
-
-def _rollback_plan(
-    proj: Project,
-    rt: ComposeRuntime,
-    entries: Sequence[Mapping[str, Any]],
-    *,
-    level: int,
-    current: str,
-    to: str | None,
-    actor: str,
-    backup_id: str | None = None,
-    layout: Layout | None = None,
-) -> RollbackPlan:
-    """The rollback's target, schema plan, backup and exact commands; refuses before anything
-    changes. A rollback of the same level whose process died is completed: its target (level 2)
-    or its backup (level 3), whatever serves now."""
-    dead = interrupted(entries)
-    resumes = str(dead["id"]) if dead and dead.get("kind") == f"rollback-{level}" else None
-    p = RollbackPlan(level, rt.cfg.name, current, current, resumes=resumes)
-    if level == 3:
-        assert layout is not None
-        if not backup_id and resumes and dead and dead.get("backup"):
-            backup_id = str(dead["backup"])
-        d = _level3_plan(proj, rt, entries, current=current, backup_id=backup_id, layout=layout)
-        p.target, p.backup, p.commands = d["target"], d["backup_info"], d["commands"]
-    elif level == 1:
-        c = rt.commands()
-        start = c.up(wait=True, wait_timeout_s=rt.wait_timeout_s)
-        env_cur = _release_env(rt, current, _commit_of(entries, current))
-        p.commands = [
-            f"restart: {shown(c.restart(), env_cur)}",
-            f"restart: {shown(start, env_cur)}",
-        ]
-    else:
-        p.target = _level2_target(
-            rt.cfg.name, entries, current=current, to=to, dead=dead if resumes else None
-        )
-        p.schema = _level2_schema(proj, rt.cfg.name, entries, current=current, target=p.target)
-        p.commands = _level2_commands(rt, entries, p, actor=actor)
-    return p
-
-
-def _level2_target(
-    name: str,
-    entries: Sequence[Mapping[str, Any]],
-    *,
-    current: str,
-    to: str | None,
-    dead: Mapping[str, Any] | None = None,
-) -> str:
-    """--to (a release history knows), the release a killed level 2 was going to, or the previous
-    good one."""
-    known = set(_releases_in(entries))
-    if to:
-        if to not in known:
-            raise UsageError(
-                f"history names no release {to!r}", hint=f"`inv {name}.history` lists them"
-            )
-        if to == current:
-            raise UsageError(f"{to} is already serving", hint="level 1 restarts it")
-        return to
-    if dead and dead.get("release"):
-        # finish what the killed rollback started: once its tag runs, the newest entry naming
-        # the current release is the dead one, and the previous good one would be the release
-        # it was rolling back from
-        return str(dead["release"])
-    found = previous_good(entries, current=current, existing=frozenset(known))
-    if found is None:
-        raise GuardRefused(
-            f"no previous good release of {current} is in history",
-            hint="name one with --to RELEASE",
-        )
-    return found
-
-
-def _level2_schema(
-    proj: Project, name: str, entries: Sequence[Mapping[str, Any]], *, current: str, target: str
-) -> SchemaPlan:
-    files = releases.migrations_at_commit(proj, _commit_of(entries, current))
-    target_files = releases.migrations_at_commit(proj, _commit_of(entries, target))
-    target_version = max((f.version for f in target_files), default=0)
-    # the serving release applied every file it ships; the engine re-reads the ledger to act
-    schema = schema_plan(files, [f.version for f in files], target_version=target_version)
-    if schema.refused:
-        raise GuardRefused(
-            f"level 2 cannot go back to {target}: {', '.join(schema.missing_down)} has no down file",
-            hint=f"`inv {name}.rollback --level 3` restores the backup taken before the deploy",
-        )
-    return schema
-
-
-def _level2_commands(
-    rt: ComposeRuntime, entries: Sequence[Mapping[str, Any]], p: RollbackPlan, *, actor: str
-) -> list[str]:
-    c, schema, target = rt.commands(), p.schema, p.target or ""
-    assert schema is not None
-    commands = []
-    if schema.revert:
-        down = migrate_argv("down", release=target, applied_by=actor, to=schema.target_version)
-        env_cur = _release_env(rt, p.current)
-        servers = c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s)
-        commands += [
-            f"schema:  {shown(servers, env_cur)}",
-            f"schema:  {shown(c.run(APP_SERVICE, down, no_deps=True), env_cur)}",
-        ]
-    start = c.up(wait=True, wait_timeout_s=rt.wait_timeout_s)
-    env_target = _release_env(rt, target, _commit_of(entries, target))
-    return [*commands, f"start:   {shown(start, env_target)}"]
