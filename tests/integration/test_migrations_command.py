@@ -35,6 +35,10 @@ name = "widgets"
 wsgi = "widgets.web:app"
 requirements = "requirements.txt"
 
+[service.env]  # the keys the test env files hold
+keys = ["FEATURES", "LOG_LEVEL", "DEBUG", "REQUIRE_API_KEY", "API_RATE_LIMIT"]
+secrets = ["API_KEYS", "SECRET_KEY"]
+
 [service.migrations]
 kind = "command"
 dir = "migrations"
