@@ -28,6 +28,7 @@ from deploy.errors import ServiceError
 from deploy.hosts import Host
 from deploy.probes import smoke
 from deploy.runtime.native import port_answers
+from deploy.service import Service
 from deploy.state import Layout
 
 Printer = Callable[[str], None]
@@ -47,11 +48,11 @@ def probe(env: EnvConfig, target: Target, release_id: str) -> str:
 
 def switch_one(
     env: EnvConfig,
+    service: Service,
     target: Target,
     release_id: str,
     *,
     workers: int,
-    extra_env: dict[str, str] | None = None,
     check: bool = True,
 ) -> str:
     """Serve release_id on one host: start it on the shared socket, switch current, drain the rest,
@@ -65,9 +66,7 @@ def switch_one(
         )
     rel = releases.Release(release_id, meta.get("commit", ""), meta.get("ref", ""))
     target.started = True
-    pid = releases.start(
-        host, env, layout, rel, workers=workers, extra_env=extra_env, bind=target.bind
-    )
+    pid = releases.start(host, env, service, layout, rel, workers=workers, bind=target.bind)
     releases.switch(host, layout, release_id)
     target.switched = True
     retired = releases.retire_others(host, layout, keep=release_id)
@@ -97,7 +96,7 @@ def switch_hosts(
     outcomes = roll(
         env.name,
         todo,
-        lambda t: switch_one(env, t, release_id, workers=workers, check=check),
+        lambda t: switch_one(env, proj.service, t, release_id, workers=workers, check=check),
         batch=batch,
         printer=printer,
         release=release_id,
@@ -115,6 +114,7 @@ def switch_hosts(
 
 def switch_back(
     env: EnvConfig,
+    service: Service,
     todo: Sequence[Target],
     outcomes: Sequence[HostOutcome],
     *,
@@ -128,7 +128,7 @@ def switch_back(
 
     def back(t: Target) -> str:
         if t.previous and t.host.exists(t.layout.release(t.previous)):
-            switch_one(env, t, t.previous, workers=workers, check=False)
+            switch_one(env, service, t, t.previous, workers=workers, check=False)
             return f"switched back to {t.previous}"
         releases.retire_others(t.host, t.layout, keep="")
         t.host.run(filecmd.remove(t.layout.current), check=False)
