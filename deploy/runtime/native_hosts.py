@@ -47,13 +47,12 @@ def probe(env: EnvConfig, service: Service, target: Target, release_id: str) -> 
 
 def switch_one(
     env: EnvConfig,
+    service: Service,
     target: Target,
     release_id: str,
     *,
     workers: int,
-    extra_env: dict[str, str] | None = None,
     check: bool = True,
-    service: Service | None = None,
 ) -> str:
     """Serve release_id on one host: start it on the shared socket, switch current, drain the rest,
     and (check) probe it with the service's smoke probes."""
@@ -66,16 +65,12 @@ def switch_one(
         )
     rel = releases.Release(release_id, meta.get("commit", ""), meta.get("ref", ""))
     target.started = True
-    pid = releases.start(
-        host, env, layout, rel, workers=workers, extra_env=extra_env, bind=target.bind
-    )
+    pid = releases.start(host, env, service, layout, rel, workers=workers, bind=target.bind)
     releases.switch(host, layout, release_id)
     target.switched = True
     retired = releases.retire_others(host, layout, keep=release_id)
     detail = f"serving {release_id} (pid {pid})" + (f"; drained {len(retired)}" if retired else "")
     if check:
-        if service is None:
-            raise ValueError("a checked switch needs the service to probe")
         detail += f"; {probe(env, service, target, release_id)}"
     return detail
 
@@ -100,9 +95,7 @@ def switch_hosts(
     outcomes = roll(
         env.name,
         todo,
-        lambda t: switch_one(
-            env, t, release_id, workers=workers, check=check, service=proj.service
-        ),
+        lambda t: switch_one(env, proj.service, t, release_id, workers=workers, check=check),
         batch=batch,
         printer=printer,
         release=release_id,
@@ -120,6 +113,7 @@ def switch_hosts(
 
 def switch_back(
     env: EnvConfig,
+    service: Service,
     todo: Sequence[Target],
     outcomes: Sequence[HostOutcome],
     *,
@@ -133,7 +127,7 @@ def switch_back(
 
     def back(t: Target) -> str:
         if t.previous and t.host.exists(t.layout.release(t.previous)):
-            switch_one(env, t, t.previous, workers=workers, check=False)
+            switch_one(env, service, t, t.previous, workers=workers, check=False)
             return f"switched back to {t.previous}"
         releases.retire_others(t.host, t.layout, keep="")
         t.host.run(filecmd.remove(t.layout.current), check=False)

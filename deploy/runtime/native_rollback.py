@@ -257,6 +257,7 @@ def retiring_pidfile(layout: Layout, rid: str, pid: int) -> str:
 def restart_release(
     host: Host,
     env: EnvConfig,
+    service: Service,
     layout: Layout,
     rel: releases.Release,
     *,
@@ -274,7 +275,7 @@ def restart_release(
                 releases.master_pidfile(layout, rel.id), retiring_pidfile(layout, rel.id, old)
             )
         )
-    new = releases.start(host, env, layout, rel, workers=workers, bind=bind)
+    new = releases.start(host, env, service, layout, rel, workers=workers, bind=bind)
     releases.retire_others(host, layout, keep=rel.id)
     return old, new
 
@@ -470,8 +471,9 @@ def _seed(ctx: Context, env: EnvConfig) -> str:
 
 
 def _restart_here(ctx: Context, rel: releases.Release) -> str:
-    releases.write_app_env(ctx.host, ctx.env, ctx.layout)
-    old, new = restart_release(ctx.host, ctx.env, ctx.layout, rel, workers=ctx.policy.workers)
+    old, new = restart_release(
+        ctx.host, ctx.env, ctx.proj.service, ctx.layout, rel, workers=ctx.policy.workers
+    )
     return f"master {new} serves {rel.id}" + (f"; drained {old}" if old else "")
 
 
@@ -481,8 +483,9 @@ def _restart_hosts(ctx: Context, rel: releases.Release) -> str:
 
     def restart_one(t: Target) -> str:
         t.previous = rel.id
-        releases.write_app_env(t.host, env, t.layout)
-        old, new = restart_release(t.host, env, t.layout, rel, workers=policy.workers, bind=t.bind)
+        old, new = restart_release(
+            t.host, env, ctx.proj.service, t.layout, rel, workers=policy.workers, bind=t.bind
+        )
         drained = f"; drained {old}" if old else ""
         return f"master {new} serves {rel.id}{drained}; {native_hosts.probe(env, ctx.proj.service, t, rel.id)}"
 
@@ -542,28 +545,25 @@ def _revert_with_tool(
 def switch_steps(ctx: Context, p: RollbackPlan, *, restored: bool) -> list[Step]:
     """Levels 2 and 3 once the data is done: the target release in front on every host."""
     env, layout, workers, target = ctx.env, ctx.layout, ctx.policy.workers, p.target
+    ready = f"each worker answering {ctx.proj.service.ready_path} in-process first"
     if _many(ctx):
         how = (
-            f"gunicorn x{workers} of {target} on each host's shared socket :{env.app_port}, in "
-            "batches, health check; a failing host is left stopped"
+            f"gunicorn x{workers} of {target} on each host's shared socket :{env.app_port}, "
+            f"{ready}, in batches, health check; a failing host is left stopped"
             if restored
             else f"on {order(ctx.proj, env.name)}: gunicorn x{workers} of {target} on each "
-            f"host's shared socket :{env.app_port}, switch, drain {p.current}, health check; a "
-            "failure switches the moved hosts back"
+            f"host's shared socket :{env.app_port}, {ready}, switch, drain {p.current}, health "
+            "check; a failure switches the moved hosts back"
         )
-        return [
-            Step(
-                "barrier",
-                f"{target} answers /readyz in-process on every host",
-                lambda: _hosts_ready(ctx, p, restored=restored),
-            ),
-            Step("switch", how, lambda: _switch_hosts(ctx, p, restored=restored)),
-        ]
+        return [Step("switch", how, lambda: _switch_hosts(ctx, p, restored=restored))]
     on = f":{env.app_port}" if restored else f"the shared socket :{env.app_port}"
     drain = "" if restored else f"; drain {p.current}"
     return [
-        Step("barrier", f"{target} answers /readyz in-process", lambda: _barrier_here(ctx, p)),
-        Step("start", f"gunicorn x{workers} of {target} on {on}", lambda: _start_here(ctx, p)),
+        Step(
+            "start",
+            f"gunicorn x{workers} of {target} on {on}, {ready}",
+            lambda: _start_here(ctx, p),
+        ),
         Step(
             "switch", f"{layout.current} -> releases/{target}{drain}", lambda: _switch_here(ctx, p)
         ),
@@ -571,15 +571,12 @@ def switch_steps(ctx: Context, p: RollbackPlan, *, restored: bool) -> list[Step]
     ]
 
 
-def _barrier_here(ctx: Context, p: RollbackPlan) -> str:
-    releases.write_app_env(ctx.host, ctx.env, ctx.layout)
-    releases.health_barrier(ctx.host, ctx.env, ctx.layout, target_release(ctx, p))
-    return "ready"
-
-
 def _start_here(ctx: Context, p: RollbackPlan) -> str:
     rel = target_release(ctx, p)
-    return f"master pid {releases.start(ctx.host, ctx.env, ctx.layout, rel, workers=ctx.policy.workers)}"
+    pid = releases.start(
+        ctx.host, ctx.env, ctx.proj.service, ctx.layout, rel, workers=ctx.policy.workers
+    )
+    return f"master pid {pid}"
 
 
 def _switch_here(ctx: Context, p: RollbackPlan) -> str:
@@ -589,36 +586,23 @@ def _switch_here(ctx: Context, p: RollbackPlan) -> str:
     return f"serving {rid}" + (f"; drained {', '.join(retired)}" if retired else "")
 
 
-def _hosts_ready(ctx: Context, p: RollbackPlan, *, restored: bool) -> str:
-    """Levels 2 and 3 over every host once the data is done: a barrier on each first."""
-    env, todo, rel = ctx.env, ctx.targets, target_release(ctx, p)
-
-    def ready(t: Target) -> str:
-        # where a failure sends the host back; after a restore there is no such place
-        t.previous = None if restored else releases.current_release(t.host, t.layout)
-        releases.write_app_env(t.host, env, t.layout)
-        releases.health_barrier(t.host, env, t.layout, rel)
-        return "ready"
-
-    try:
-        group.on_every_host(todo, ready, phase="barrier", subject=rel.id, hint=_retry(ctx, p))
-    except RolloutError as err:
-        ctx.outcomes = list(err.outcomes)
-        ctx.print_outcomes()
-        raise
-    return f"{rel.id} ready on {len(todo)} hosts"
-
-
 def _retry(ctx: Context, p: RollbackPlan) -> str:
     return f"fix that host, then `inv {ctx.env.name}.rollback --level {p.level}` again"
 
 
 def _switch_hosts(ctx: Context, p: RollbackPlan, *, restored: bool) -> str:
-    """Then switch in batches with the first-host barrier. Level 2: a failing host sends the
+    """Switch in batches, the first host alone: each host's workers answer the ready path
+    in-process before its master takes a request. Level 2: a failing host sends the
     hosts already moved back to what they served. Level 3 (restored): nothing goes back, because
     the release before the restore expects data that is gone; a failing host is left stopped and
     the freeze stays until a human looks."""
     env, todo, policy, rel = ctx.env, ctx.targets, ctx.policy, target_release(ctx, p)
+
+    def remember(t: Target) -> None:
+        # where a failure sends the host back; after a restore there is no such place
+        t.previous = None if restored else releases.current_release(t.host, t.layout)
+
+    group.parallel(todo, remember)
     try:
         ctx.outcomes = native_hosts.switch_hosts(
             ctx.proj, env.name, rel.id, hosts=todo, batch=policy.batch, printer=ctx.printer
@@ -632,7 +616,8 @@ def _switch_hosts(ctx: Context, p: RollbackPlan, *, restored: bool) -> str:
             after = "it stays frozen"
         else:
             ctx.outcomes = native_hosts.switch_back(
-                env, todo, err.outcomes, workers=policy.workers, printer=ctx.printer,
+                env, ctx.proj.service, todo, err.outcomes, workers=policy.workers,
+                printer=ctx.printer,
                 why=f"{culprit.host} failed",
             )  # fmt: skip
             kept = "; the schema stays reverted" if p.schema and p.schema.revert else ""

@@ -157,13 +157,14 @@ class NativeRuntime:
                 f"git archive {ref} once; upload, extract and venv on {len(self.targets)} hosts "
                 "in parallel"
                 if self.rolling_hosts
-                else f"git archive {ref} -> {layout.releases}/<id>; venv by lock hash"
+                else f"git archive {ref} -> {layout.releases}/<id>; venv by requirements hash"
             ),
             "backup": f"policy {policy.backup!r}: pg_dump -Fc before migrating",
             "migrate": migrate_does(ctx.proj, env.database.name)
             + (", once" if self.rolling_hosts else ""),
-            "rollout": f"batch {policy.batch!r}: {order}; per host: /readyz in-process, gunicorn "
-            f"x{policy.workers} on <bind>:{env.app_port}, switch, health check; "
+            "rollout": f"batch {policy.batch!r}: {order}; per host: gunicorn x{policy.workers} on "
+            f"<bind>:{env.app_port}, each worker answering {ctx.proj.service.ready_path} "
+            "in-process first, switch, health check; "
             "a failure switches the done hosts back",
             "verify": f"{policy.verify_window_s:g}s window "
             + ("over every host" if many else "against the env's thresholds"),
@@ -194,7 +195,6 @@ class NativeRuntime:
                 layout=t.layout,
                 rid=rid,
             )
-            releases.write_app_env(t.host, ctx.env, t.layout)
             return "built"
 
         on_every_host(ctx, one, phase="build", subject=rid, hint="fix that host, then deploy again")
@@ -245,15 +245,12 @@ class NativeRuntime:
     def host_steps(self, ctx: Context, target: group.Target) -> list[Step]:
         env, policy = ctx.env, ctx.policy
         on = f" on {target.name}" if len(self.targets) > 1 else ""
+        ready = ctx.proj.service.ready_path
         return [
             Step(
-                "barrier",
-                f"the new release answers /readyz in-process{on}",
-                lambda: _barrier(ctx, target),
-            ),
-            Step(
                 "start",
-                f"gunicorn x{policy.workers} on the shared socket :{env.app_port}{on}",
+                f"gunicorn x{policy.workers} on the shared socket :{env.app_port}{on}; each "
+                f"worker answers {ready} in-process before it accepts a request",
                 lambda: _start(ctx, target),
             ),
             Step(
@@ -271,7 +268,9 @@ class NativeRuntime:
     def revert(self, ctx: Context, target: group.Target) -> str | None:
         t = target
         if t.previous and t.host.exists(t.layout.release(t.previous)):
-            native_hosts.switch_one(ctx.env, t, t.previous, workers=ctx.policy.workers, check=False)
+            native_hosts.switch_one(
+                ctx.env, ctx.proj.service, t, t.previous, workers=ctx.policy.workers, check=False
+            )
             return t.previous
         releases.retire_others(t.host, t.layout, keep="")
         if t.switched:
@@ -410,15 +409,16 @@ def on_every_host(ctx: Context, fn: Any, *, phase: str, subject: str, hint: str)
         raise
 
 
-def _barrier(ctx: Context, t: group.Target) -> str:
-    releases.health_barrier(t.host, ctx.env, t.layout, ctx.built)
-    return "ready"
-
-
 def _start(ctx: Context, t: group.Target) -> str:
     t.started = True
     pid = releases.start(
-        t.host, ctx.env, t.layout, ctx.built, workers=ctx.policy.workers, bind=t.bind
+        t.host,
+        ctx.env,
+        ctx.proj.service,
+        t.layout,
+        ctx.built,
+        workers=ctx.policy.workers,
+        bind=t.bind,
     )
     return f"master pid {pid}"
 
