@@ -620,17 +620,24 @@ def _directories_present(v: _StagingView) -> tuple[bool, str]:
 
 
 def _features_all_on(v: _StagingView) -> tuple[bool, str]:
-    from app.config import KNOWN_FEATURES
-
+    """Staging runs every feature flag, when the service has flags (a FEATURES key); its version
+    path, when it reports `features` and `known_features`, says whether all are on."""
+    service = v.proj.service
+    if "FEATURES" not in service.env_keys:
+        return True, "the service declares no FEATURES key"
     features = [f.strip() for f in v.env.value("FEATURES").split(",") if f.strip()]
     if "all" not in features:
         return False, f"FEATURES={','.join(features)}: staging runs every flag (all)"
-    status, body = http("GET", f"http://{v.address}:{v.env.app_port}/version", timeout=1.5)
+    if not service.version:
+        return True, "FEATURES=all (no version path to confirm it)"
+    url = f"http://{v.address}:{v.env.app_port}{service.version}"
+    status, body = http("GET", url, timeout=1.5)
     if status != 200 or not isinstance(body, dict):
-        return False, f"/version HTTP {status}"
+        return False, f"{service.version} HTTP {status}"
     v.version.update(body)
-    off = sorted(set(KNOWN_FEATURES) - set(body.get("features") or []))
-    return not off, f"off: {', '.join(off)}" if off else f"all on: {', '.join(KNOWN_FEATURES)}"
+    known = list(body.get("known_features") or body.get("features") or [])
+    off = sorted(set(known) - set(body.get("features") or []))
+    return not off, f"off: {', '.join(off)}" if off else f"all on: {', '.join(known) or '-'}"
 
 
 def _thresholds_derived(v: _StagingView) -> tuple[bool, str]:
