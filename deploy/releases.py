@@ -12,11 +12,14 @@ import tarfile
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import quote
 
 from deploy import migrations, procs
 from deploy.commands import app as cmd
@@ -26,7 +29,7 @@ from deploy.config import EnvConfig, Project
 from deploy.errors import ConfigError, MigrationError, ServiceError, UsageError
 from deploy.hosts import CommandResult, Host, run_process
 from deploy.runtime.native import port_is_free
-from deploy.secrets import scrub
+from deploy.secrets import Secret, scrub
 from deploy.service import Service
 from deploy.settings import service_settings
 from deploy.state import Layout
@@ -419,6 +422,57 @@ def write_settings(
     return path
 
 
+def secret_forms(env: EnvConfig) -> list[Secret]:
+    """The environment's secrets as they may appear in output: as they are, and percent-encoded
+    (the form a password takes inside DATABASE_URL or REDIS_URL)."""
+    found = list(env.secret_values())
+    found += [Secret(quote(s.reveal(), safe="")) for s in env.secret_values()]
+    return found
+
+
+def ensure_helpers(host: Host, release_dir: str) -> None:
+    if not host.exists(f"{release_dir}/{cmd.HELPERS_DIR}/launch.py"):
+        install_helpers(host, release_dir)  # a release built before the helpers shipped with it
+
+
+def service_command(
+    host: Host,
+    env: EnvConfig,
+    service: Service,
+    layout: Layout,
+    rid: str,
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    extra_env: Mapping[str, str] | None = None,
+) -> CommandResult:
+    """Run one of the service's commands in release rid on host: the release's venv first on
+    PATH, the service's dir as cwd, the service's settings (for env, which may be a database
+    beside the live one) as its environment. The settings go into a private file for this one
+    command, which launch.py loads, so over SSH only that file's path is on the command line;
+    extra_env holds names that are no secret. The output comes back scrubbed of every secret."""
+    release_dir = layout.release(rid)
+    ensure_helpers(host, release_dir)
+    settings = f"{layout.shared}/command-{uuid.uuid4().hex[:12]}.json"
+    host.write_text(settings, json.dumps(service_settings(env, service, release=rid)), mode=0o600)
+    try:
+        res = host.run(
+            cmd.service_command(
+                release_dir,
+                list(argv),
+                settings=settings,
+                cwd=service.path_in_release(release_dir),
+                env=sorted((extra_env or {}).items()),
+            ),
+            check=False,
+            timeout=timeout,
+        )
+    finally:
+        host.remove_tree(settings)
+    hide = secret_forms(env)
+    return replace(res, stdout=scrub(res.stdout, hide), stderr=scrub(res.stderr, hide))
+
+
 def ensure_listener(
     host: Host, env: EnvConfig, layout: Layout, release_dir: str, *, bind: str = "127.0.0.1"
 ) -> None:
@@ -471,8 +525,7 @@ def start(
     the service and answered its ready path in-process. A worker that did not answer halts the
     master before it accepts anything: the release is stopped and refused (ServiceError)."""
     rdir = layout.release(release.id)
-    if not host.exists(f"{rdir}/{cmd.HELPERS_DIR}/launch.py"):
-        install_helpers(host, rdir)  # a release built before the helpers shipped with it
+    ensure_helpers(host, rdir)
     paths = Paths.of(layout)
     ensure_listener(host, env, layout, rdir, bind=bind)
     pidfile = master_pidfile(layout, release.id)
