@@ -775,6 +775,7 @@ def start_processes(
     if not service.processes:
         return []
     rid, rdir = release.id, layout.release(release.id)
+    ensure_helpers(host, rdir)
     host.write_text(_record_path(layout, rid), json.dumps(dict(service.processes)))
     settings = ""
     started: dict[str, tuple[str, ...]] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -14,7 +15,7 @@ from urllib.parse import quote
 
 import pytest
 
-from deploy import env_migrations, releases
+from deploy import env_migrations, procs, releases
 from deploy import seed as seeding
 from deploy.config import EnvConfig, HostSpec, Project, load_project
 from deploy.errors import MigrationError, ServiceError
@@ -174,3 +175,72 @@ def test_the_seed_runs_in_the_release_on_an_ssh_primary(remote: Remote) -> None:
     bad = replace(r.env, values=(*r.env.values, ("SHOW_EXIT", "3")))
     with pytest.raises(ServiceError, match=r"the seed command failed in release r1 \(exit 3\)"):
         seeding.run(r.proj, bad, size="tiny")
+
+
+TICK = """\
+import os, time
+print("tick of", os.environ["STAGEFLOW_RELEASE"], flush=True)
+while True:
+    time.sleep(0.2)
+"""
+
+
+def test_a_process_runs_detached_on_an_ssh_host_and_a_planted_pid_file_is_not_trusted(
+    remote: Remote,
+) -> None:
+    r = remote
+    (r.release_dir / "svc" / "tick.py").write_text(TICK)
+    service = replace(r.proj.service, processes=(("ticker", ("python", "tick.py")),))
+    r.host.makedirs(r.layout.run, r.layout.logs)
+    rel = releases.Release("r1", "c0ffee", "main")
+    states = releases.start_processes(r.host, r.env, service, r.layout, rel)
+    assert [(s.name, s.release, s.up) for s in states] == [("ticker", "r1", True)]
+    pid = states[0].pid
+    assert pid and procs.alive(pid)
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2]
+    assert cmdline == [f"{r.release_dir}/.venv/bin/python".encode(), b"tick.py"]
+    sent = r.command_lines()
+    assert "--detach" in sent and PASSWORD not in sent and "PGPASSWORD" not in sent
+    # a second start keeps the running one
+    again = releases.start_processes(r.host, r.env, service, r.layout, rel)
+    assert [s.pid for s in again] == [pid]
+
+    # a release whose record names the same command, and a pid file naming a stranger
+    other = Path(r.layout.release("r2"))
+    (other / ".stageflow").mkdir(parents=True)
+    (other / ".stageflow" / "processes.json").write_text('{"ticker": ["python", "tick.py"]}')
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        Path(releases.process_pidfile(r.layout, "ticker", "r2")).write_text(f"{stranger.pid}\n")
+        found = {(s.release, s.pid, s.up) for s in releases.processes_on_host(r.host, r.layout)}
+        assert found == {("r1", pid, True), ("r2", stranger.pid, False)}
+        lines = releases.stop_processes(r.host, r.layout, grace_s=5)
+        assert lines == [f"ticker r1 stopped (pid {pid})"]
+        assert stranger.poll() is None  # never signalled
+        assert not procs.alive(pid)
+        assert not Path(releases.process_pidfile(r.layout, "ticker", "r2")).exists()
+    finally:
+        stranger.kill()
+        stranger.wait()
+    log = Path(releases.process_log(r.layout, "ticker")).read_text()
+    assert "tick of r1" in log
+
+
+def test_a_process_that_cannot_start_refuses_the_release_in_one_line(remote: Remote) -> None:
+    r = remote
+    r.host.makedirs(r.layout.run, r.layout.logs)
+    (r.release_dir / "svc" / "dies.py").write_text(
+        "import os, sys\nsys.exit('cannot start: ' + os.environ['DATABASE_URL'])\n"
+    )
+    rel = releases.Release("r1", "c0ffee", "main")
+    for argv, said in (
+        (("no-such-program",), "cannot run 'no-such-program'"),
+        (("python", "dies.py"), "cannot start: postgresql://"),
+    ):
+        service = replace(r.proj.service, processes=(("job", argv),))
+        with pytest.raises(ServiceError) as err:
+            releases.start_processes(r.host, r.env, service, r.layout, rel)
+        line = err.value.line()
+        assert "process job of release r1 did not start" in line and said in line
+        assert PASSWORD not in line and quote(PASSWORD, safe="") not in line
+        assert not releases.processes_on_host(r.host, r.layout)
