@@ -598,8 +598,7 @@ def _await_workers(
         answered, failure = _marks(host, ready)
         pid = _read_pid(host, pidfile) or seen
         if failure is not None:
-            if pid:
-                stop_master(host, pid)
+            _halt(host, pidfile, pid)
             raise ServiceError(
                 f"release {release.id} is not ready: {scrub(failure, env.secret_values())}",
                 hint="check its migrations, settings and servers; the previous release still "
@@ -611,15 +610,25 @@ def _await_workers(
             break  # the master halted: a worker could not load the service
         seen = pid
         time.sleep(0.03)
-    pid = _read_pid(host, pidfile) or seen
-    if pid:
-        stop_master(host, pid)
+    _halt(host, pidfile, _read_pid(host, pidfile) or seen)
     tail = (host.read_text(log) or "").strip().splitlines()[-2:]
     raise ServiceError(
         f"release {release.id} did not boot its workers: "
         f"{scrub(' | '.join(tail), env.secret_values())}",
         hint=f"see {log}; the previous release still serves",
     )
+
+
+def _halt(host: Host, pidfile: str, pid: int | None) -> None:
+    """Stop a refused release's master and wait for it: the failing worker may have reported
+    before the master wrote its pid file, and a master halting on its own takes a moment."""
+    deadline = time.monotonic() + 2.0
+    while not pid and time.monotonic() < deadline:
+        time.sleep(0.03)
+        pid = _read_pid(host, pidfile)
+    if pid:
+        stop_master(host, pid)
+    host.remove_tree(pidfile)
 
 
 def stop_master(host: Host, pid: int, *, timeout_s: float = 25.0) -> None:
