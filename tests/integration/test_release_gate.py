@@ -415,7 +415,8 @@ def test_migration_gate_rehearses_a_copy_while_the_target_is_in_use(
         },
         "v2.2.0-rc.1",
     )
-    # A connected client (the running service) rules out CREATE DATABASE ... TEMPLATE.
+    # A connected client (the running service) changes nothing: the copy is a dump, restored
+    # into a cluster the gate starts for the rehearsal.
     with psycopg.connect(pg_dsn, autocommit=True):
         report = gate(repo, "v2.2.0-rc.1", only=("migrations",), db_url=Secret(pg_dsn))
     mig = by_name(report)["migrations"]
@@ -425,10 +426,8 @@ def test_migration_gate_rehearses_a_copy_while_the_target_is_in_use(
     assert mig.details["rehearsal"]["round_trip"]["versions"] == [2]
     assert fingerprint(pg_dsn) == before
     assert _scratch_dbs(pg_dsn) == []
-    # Nobody connected: the instant template copy, same verdict, target still untouched.
     again = gate(repo, "v2.2.0-rc.1", only=("migrations",), db_url=Secret(pg_dsn), use_cache=False)
     assert by_name(again)["migrations"].status == "passed"
-    assert by_name(again)["migrations"].details["scratch_method"] == "template"
     assert fingerprint(pg_dsn) == before
     assert by_name(gate(repo, "v2.2.0-rc.1", only=("migrations",), db_url=Secret(pg_dsn)))[
         "migrations"
