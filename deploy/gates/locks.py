@@ -111,45 +111,45 @@ def short(sql: str, limit: int = 160) -> str:
 
 def profile(conn: Any, statements: Sequence[str], *, source: str) -> list[dict[str, Any]]:
     """Run statements in one transaction on the scratch copy and roll it back: per statement its
-    seconds and the blocking locks it took on tables that existed before, each with how long it
-    was held (from the statement's start to the transaction's end)."""
+    seconds and the blocking locks held after it on tables that existed before, each with how
+    long it was held (from the start of the statement that took it to the transaction's end)."""
     before = {r[0] for r in conn.execute(_OIDS).fetchall()}
-    seen: set[tuple[int, str]] = set()
+    since: dict[tuple[str, str], int] = {}  # (table, mode) -> the statement that took it
     rows: list[dict[str, Any]] = []
     starts: list[float] = []
     conn.execute("BEGIN")
     try:
-        for i, stmt in enumerate(statements, 1):
+        for i, stmt in enumerate(statements):
             start = time.monotonic()
             try:
                 conn.execute(stmt)
             except Exception as exc:  # psycopg's errors: the rehearsal's verdict on this statement
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise MigrationError(
-                    f"rehearsal of {source} failed at statement {i} ({short(stmt, 80)}): {first}"
+                    f"rehearsal of {source} failed at statement {i + 1} ({short(stmt, 80)}): {first}"
                 ) from None
-            took = time.monotonic() - start
-            held = {
-                (oid, mode, rel)
+            starts.append(start)
+            held = sorted(
+                (rel, mode)
                 for oid, rel, mode in conn.execute(_HELD).fetchall()
                 if oid in before and mode in BLOCKING_MODES
-            }
-            new = sorted((rel, mode) for oid, mode, rel in held if (oid, mode) not in seen)
-            seen |= {(oid, mode) for oid, mode, _ in held}
-            starts.append(start)
+            )
+            for key in held:
+                since.setdefault(key, i)
             rows.append(
                 {
                     "statement": short(stmt),
-                    "seconds": round(took, 4),
-                    "locks": [{"table": rel, "mode": mode} for rel, mode in new],
+                    "seconds": round(time.monotonic() - start, 4),
+                    "locks": [{"table": t, "mode": m} for t, m in held],
                 }
             )
         end = time.monotonic()
     finally:
         conn.execute("ROLLBACK")
-    for row, start in zip(rows, starts, strict=True):
+    # a lock is held from the statement that took it to the end of the transaction
+    for row in rows:
         for lock in row["locks"]:
-            lock["held_s"] = round(end - start, 4)
+            lock["held_s"] = round(end - starts[since[(lock["table"], lock["mode"])]], 4)
     return rows
 
 

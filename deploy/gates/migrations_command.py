@@ -115,7 +115,15 @@ def render_argv(ctx: GateContext, m: Migrations, before: Mapping[str, str]) -> l
 
 def rendered_statements(text: str) -> list[str]:
     """The statements of a tool's offline SQL, without its own transaction control."""
-    return [s for s in migrations.split_sql(text, source="rendered SQL") if not _TX.match(s)]
+    out = []
+    for stmt in migrations.split_sql(text, source="rendered SQL"):
+        lines = stmt.splitlines()
+        while lines and (not lines[0].strip() or lines[0].lstrip().startswith("--")):
+            lines.pop(0)  # alembic's "-- Running upgrade a1 -> b2" before each revision
+        body = "\n".join(lines).strip()
+        if body and not _TX.match(body):
+            out.append(body)
+    return out
 
 
 def _lint_rendered(
