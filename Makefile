@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.stageflow-installed
 SHARED_BINARIES := /var/cache/stageflow
 SHARED_DEMO     := /var/lib/stageflow-demo
 
-.PHONY: setup demo test check lint docs-freshness release-gate bench clean
+.PHONY: setup demo test check lint docs-freshness release-gate bench clean engine
 
 setup: $(STAMP)
 
@@ -28,6 +28,11 @@ TEST_WORKERS ?= 2
 # the venv it judges with is already built, and the snapshot must never build (or re-point) one
 test: $(if $(NO_SETUP),,setup)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
+# a Docker engine for the compose runtime (root): packages, Compose v2, dockerd, local images;
+# idempotent, and an engine that already answers is used as it is (.ci/engine-up)
+engine:
+	bash .ci/engine-up
 
 check: setup lint docs-freshness
 

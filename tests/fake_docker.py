@@ -326,12 +326,14 @@ def _build(tag: str, dockerfile: Path, context: Path) -> int:
     image.mkdir(parents=True)
     text = dockerfile.read_text().replace("\\\n", " ")
     for line in text.splitlines():
-        words = line.split()
+        words = line.split(maxsplit=1)
         if not words or words[0] != "COPY":
             continue
-        *sources, dest = words[1:]
+        rest = words[1].strip()
+        *sources, dest = json.loads(rest) if rest.startswith("[") else rest.split()
         for src in sources:
-            origin, target = context / src, image / dest
+            # an absolute destination lands inside the image's directory, never on this machine
+            origin, target = context / src, image / dest.lstrip("/")
             if not origin.exists():
                 print(f"COPY failed: {src} not found in the build context", file=sys.stderr)
                 return 1

@@ -132,9 +132,17 @@ def image_ref(image: str, tag: str) -> str:
 
 
 def build_image(
-    image: str, tag: str, *, context: str = ".", dockerfile: str = "Dockerfile"
+    image: str,
+    tag: str,
+    *,
+    context: str = ".",
+    dockerfile: str = "Dockerfile",
+    env_build_args: Sequence[str] = (),
 ) -> list[str]:
-    return [DOCKER, "build", "--tag", image_ref(image, tag), "--file", dockerfile, context]
+    """`docker build`; each env_build_args name is passed bare, so docker takes its value from its
+    own environment (and the Dockerfile's default when it is unset): no value is on argv."""
+    args = [a for name in env_build_args for a in ("--build-arg", name)]
+    return [DOCKER, "build", "--tag", image_ref(image, tag), "--file", dockerfile, *args, context]
 
 
 def remove_image(image: str, tag: str) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from deploy import releases
@@ -36,7 +37,7 @@ from deploy.errors import (
 from deploy.hosts import Host
 from deploy.policy import guards
 from deploy.probes import smoke
-from deploy.runtime import compose_backups, compose_rollback
+from deploy.runtime import compose_backups, compose_image, compose_rollback
 from deploy.runtime.compose_backups import ledger_argv, role_and_database
 from deploy.runtime.compose_project import (
     APP_SERVICE,
@@ -228,7 +229,7 @@ def _deploy_commands(
     actor: str,
 ) -> list[str]:
     policy, c, ctxdir = proj.policies[name], rt.commands(), layout.release(rid)
-    build = cmd.build_image(rt.image, rid, context=ctxdir, dockerfile=f"{ctxdir}/Dockerfile")
+    build = image_build_argv(rt, ctxdir, rid)
     env_r = release_env(rt, rid)
     servers = c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s)
     migrate = c.run(APP_SERVICE, migrate_argv("up", release=rid, applied_by=actor), no_deps=True)
@@ -256,8 +257,20 @@ def _deploy_commands(
     ]
 
 
+def image_build_argv(rt: ComposeProject, ctxdir: str, rid: str) -> list[str]:
+    """docker build of the release's context with the Dockerfile the engine wrote there."""
+    return cmd.build_image(
+        rt.image,
+        rid,
+        context=ctxdir,
+        dockerfile=f"{ctxdir}/{compose_image.DOCKERFILE}",
+        env_build_args=[compose_image.BASE_IMAGE_ARG],
+    )
+
+
 def _extract(proj: Project, host: Host, layout: Layout, commit: str, rid: str) -> str:
-    """The commit's files on the host, as the image's build context (never the working tree)."""
+    """The commit's files on the host, as the image's build context (never the working tree),
+    with the engine's Dockerfile, .dockerignore and migration modules beside them."""
     tarball = releases.archive(proj, commit)
     target = layout.release(rid)
     host.makedirs(layout.releases, layout.run)
@@ -269,6 +282,10 @@ def _extract(proj: Project, host: Host, layout: Layout, commit: str, rid: str) -
     host.run(appcmd.extract(remote_tar, target))
     if not host.is_local:
         host.run(filecmd.remove(remote_tar), check=False)
+    files = compose_image.context_files(proj.service)
+    host.makedirs(*sorted({str(PurePosixPath(target, rel).parent) for rel in files}))
+    for rel, text in files.items():
+        host.write_text(str(PurePosixPath(target, rel)), text)
     return target
 
 
@@ -340,7 +357,7 @@ class ComposeRuntime:
             t.previous = ctx.previous
         rid = check_release(releases.new_release_id(commit, releases_in(history(host, layout))))
         ctxdir = _extract(ctx.proj, host, layout, commit, rid)
-        argv = cmd.build_image(rt.image, rid, context=ctxdir, dockerfile=f"{ctxdir}/Dockerfile")
+        argv = image_build_argv(rt, ctxdir, rid)
         try:
             res = host.run(argv, check=False, timeout=1800)
         finally:
@@ -349,7 +366,7 @@ class ComposeRuntime:
             raise ServiceError(
                 f"{ctx.env.name}: docker build of {rt.image}:{rid} failed (exit {res.exit_code}): "
                 f"{res.tail(1)}",
-                hint="fix the Dockerfile or the build, then deploy again",
+                hint="fix the service's requirements or [service] in stageflow.toml, then deploy again",
             )
         return releases.Release(rid, commit, ref, dirty), f"{rt.image}:{rid}"
 

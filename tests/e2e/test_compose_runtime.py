@@ -99,7 +99,8 @@ def test_dry_run_prints_the_exact_docker_commands(compose: Project) -> None:
     build = next(line for line in lines if line.startswith("build:"))
     m = re.fullmatch(
         rf"build: +docker build --tag stageflow-app:(?P<rid>{_rid(commit)}) "
-        rf"--file {home}/releases/(?P=rid)/Dockerfile {home}/releases/(?P=rid)",
+        rf"--file {home}/releases/(?P=rid)/.stageflow-image/Dockerfile "
+        rf"--build-arg STAGEFLOW_BASE_IMAGE {home}/releases/(?P=rid)",
         build,
     )
     assert m, build
@@ -196,7 +197,10 @@ def _argv(calls: list[dict]) -> list[list[str]]:
 
 def _build(home: Path, rid: str) -> list[str]:
     ctx = f"{home}/releases/{rid}"
-    return ["docker", "build", "--tag", f"stageflow-app:{rid}", "--file", f"{ctx}/Dockerfile", ctx]
+    dockerfile = f"{ctx}/.stageflow-image/Dockerfile"
+    tag = f"stageflow-app:{rid}"
+    base = ["--build-arg", "STAGEFLOW_BASE_IMAGE"]
+    return ["docker", "build", "--tag", tag, "--file", dockerfile, *base, ctx]
 
 
 def _migrate_up(rid: str, actor: str) -> list[str]:

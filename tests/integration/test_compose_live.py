@@ -11,23 +11,19 @@ from pathlib import Path
 import pytest
 
 from deploy.commands import compose as cmd
-from deploy.config import EnvConfig, load_env
+from deploy.config import EnvConfig, load_env, load_project
 from deploy.errors import ConfigError, ServiceError, UsageError
 from deploy.hosts import Host
+from deploy.runtime import compose_image
 from deploy.runtime.compose_project import DEFAULT_IMAGE, ComposeProject
+from tests.live_engine import engine_problem, image_env, require_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _engine_problem() -> str | None:
     """Why no engine can be used here, or None when one answers."""
-    host = Host()
-    res = host.run(cmd.engine_info(), check=False, timeout=30)
-    if not res.ok:
-        return f"no Docker engine answers here ({res.tail(1) or f'exit {res.exit_code}'})"
-    if not host.run(cmd.compose_version(), check=False, timeout=30).ok:
-        return "a Docker engine answers but the docker compose plugin is missing"
-    return None
+    return engine_problem()
 
 
 def _free_port() -> int:
@@ -128,18 +124,30 @@ def test_rollback_level_three_is_not_the_runtimes(tmp_path: Path) -> None:
 
 
 @pytest.mark.docker
-def test_dev_comes_up_healthy_and_goes_down(tmp_path: Path) -> None:
-    problem = _engine_problem()
-    if problem:
-        pytest.skip(problem)
+def test_dev_comes_up_healthy_and_goes_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_engine()
+    for key, value in image_env().items():  # compose reads the image names from its environment
+        monkeypatch.setenv(key, value)
     host = Host()
     suffix = secrets.token_hex(4)
     project, tag = f"stageflow-test-{suffix}", f"test-{suffix}"
     root = _project_copy(tmp_path, project)
     cfg: EnvConfig = load_env(root, "dev")
     runtime = ComposeProject(cfg, host, root=root, wait_timeout_s=240)
+    # the build context as a deploy makes it: the service's files and what the engine adds
+    context = tmp_path / "context"
+    shutil.copytree(ROOT / "app", context / "app", ignore=shutil.ignore_patterns("__pycache__"))
+    for rel, text in compose_image.context_files(load_project(ROOT).service).items():
+        (context / rel).parent.mkdir(parents=True, exist_ok=True)
+        (context / rel).write_text(text, encoding="utf-8")
     build = cmd.build_image(
-        DEFAULT_IMAGE, tag, context=str(ROOT), dockerfile=str(ROOT / "Dockerfile")
+        DEFAULT_IMAGE,
+        tag,
+        context=str(context),
+        dockerfile=str(context / compose_image.DOCKERFILE),
+        env_build_args=[compose_image.BASE_IMAGE_ARG],
     )
     host.run(build, timeout=1200)
     try:
@@ -170,13 +178,12 @@ def test_dev_comes_up_healthy_and_goes_down(tmp_path: Path) -> None:
 @pytest.mark.docker
 def test_the_tasks_drive_a_real_engine_up_deploy_and_rollback_level_two() -> None:
     """`inv dev.up`, `dev.deploy` twice, `dev.rollback --level 2` on compose, for real."""
-    problem = _engine_problem()
-    if problem:
-        pytest.skip(problem)
+    require_engine()
     import json
 
     from tests.e2e.conftest import destroy, make_project
 
+    images = image_env()
     proj = make_project("sf-compose-live-")
     suffix = secrets.token_hex(4)
     proj.set_policy("dev", runtime='"compose"')
@@ -188,17 +195,17 @@ def test_the_tasks_drive_a_real_engine_up_deploy_and_rollback_level_two() -> Non
     proj.edit("compose/compose.dev.yml", "name: stageflow-dev", f"name: sf-live-{suffix}")
     proj.commit("dev on compose")
     try:
-        proj.ok("dev.secrets", "--generate")
-        proj.ok("dev.up", timeout=600)
-        proj.ok("dev.deploy", timeout=1800)
+        proj.ok("dev.secrets", "--generate", env=images)
+        proj.ok("dev.up", timeout=600, env=images)
+        proj.ok("dev.deploy", timeout=1800, env=images)
         first = proj.history("dev")[0]
         assert first["status"] == "success"
         (proj.root / "README.md").write_text("a second release\n")
         proj.commit("second release")
-        proj.ok("dev.deploy", timeout=1800)
+        proj.ok("dev.deploy", timeout=1800, env=images)
         second = proj.history("dev")[0]
         assert (second["status"], second["previous"]) == ("success", first["release"])
-        proj.ok("dev.rollback", "--level", "2", timeout=600)
+        proj.ok("dev.rollback", "--level", "2", timeout=600, env=images)
         back = proj.history("dev")[0]
         assert (back["kind"], back["status"], back["release"]) == (
             "rollback-2",
@@ -208,7 +215,7 @@ def test_the_tasks_drive_a_real_engine_up_deploy_and_rollback_level_two() -> Non
         with urllib.request.urlopen(proj.url("dev", "/version"), timeout=5) as resp:
             assert json.load(resp)["release"] == first["release"]
     finally:
-        proj.inv("dev.down", timeout=300)
+        proj.inv("dev.down", timeout=300, env=images)
         host = Host()
         volumes = [f"sf-live-{suffix}-pgdata", f"sf-live-{suffix}-redisdata"]
         host.run(["docker", "volume", "rm", "--force", *volumes], check=False)

@@ -161,6 +161,18 @@ def test_engine_and_image_builders() -> None:
         "/src/Dockerfile",
         "/src",
     ]
+    # a build argument's value comes from docker's environment: only its name is on argv
+    assert cmd.build_image("img", "r3", context="/c", env_build_args=["STAGEFLOW_BASE_IMAGE"]) == [
+        "docker",
+        "build",
+        "--tag",
+        "img:r3",
+        "--file",
+        "Dockerfile",
+        "--build-arg",
+        "STAGEFLOW_BASE_IMAGE",
+        "/c",
+    ]
     assert cmd.image_exists("img", "r2") == [
         "docker",
         "image",

@@ -24,7 +24,7 @@ from deploy.runtime.compose_project import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
+SCHEMA = ROOT / "tests" / "schemas" / "compose-spec.json"
 ENVS = tuple(NAMESPACES)
 FILES = (BASE_FILE, *(compose_files(env)[1] for env in ENVS))
 
@@ -296,27 +296,52 @@ def test_missing_required_variable_names_it(tmp_path: Path) -> None:
         render_files([tmp_path / "compose.yml"], {})
 
 
-def test_dockerfile_runs_the_app_unprivileged_and_ships_no_secrets() -> None:
-    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
-    assert '"app.wsgi:application"' in dockerfile and "gunicorn" in dockerfile
-    assert any(line.startswith("USER ") and "root" not in line for line in dockerfile.splitlines())
-    ignore = [
-        line.strip()
-        for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
-        if line.strip() and not line.startswith("#")
+def test_the_image_is_made_from_the_service_unprivileged_and_ships_no_secrets() -> None:
+    from deploy.config import load_project
+    from deploy.runtime import compose_image
+
+    service = load_project(ROOT).service
+    files = compose_image.context_files(service)
+    dockerfile = files[compose_image.DOCKERFILE]
+    lines = dockerfile.splitlines()
+    # the service's own app, worker class and requirements, from [service]
+    assert lines[-1] == (
+        'CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--worker-class", "sync", '
+        '"--access-logfile", "-", "--error-logfile", "-", "app.wsgi:application"]'
+    )
+    assert 'RUN python -m pip install -r "app/requirements.lock"' in lines
+    # the base image is a build argument with the public default
+    assert lines[1:3] == [
+        "ARG STAGEFLOW_BASE_IMAGE=python:3.11-slim",
+        "FROM ${STAGEFLOW_BASE_IMAGE}",
     ]
-    assert ignore[0] == "*"  # everything out, then only the service back in
-    # back in: the service, and the migration engine a release runs against its own database
-    assert [line for line in ignore if line.startswith("!")] == [
-        "!app/",
-        "!deploy/__init__.py",
-        "!deploy/errors.py",
-        "!deploy/secrets.py",
-        "!deploy/migrations.py",
-        "!deploy/compose_migrate.py",
-    ]
-    copied = " ".join(dockerfile.split("\\\n"))
-    assert "deploy/migrations.py" in copied and "deploy/compose_migrate.py" in copied
+    assert any(line.startswith("USER ") and "root" not in line for line in lines)
+    ignore = files[".dockerignore"].splitlines()
+    assert {".git", "**/*.secrets.env", "**/.env", ".stageflow"} <= set(ignore)
+    # the migration engine the one-off container runs, and nothing more of stageflow
+    shipped = sorted(k for k in files if k.endswith(".py"))
+    assert shipped == sorted(
+        f".stageflow-image/deploy/{m}"
+        for m in ("__init__.py", "errors.py", "secrets.py", "migrations.py", "compose_migrate.py")
+    )
+    assert "COPY .stageflow-image/deploy/ /opt/stageflow/deploy/" in lines
+
+
+def test_the_image_of_a_packaged_asgi_service_in_a_subdirectory() -> None:
+    from deploy.runtime import compose_image
+    from deploy.service import Service
+
+    service = Service(
+        name="api",
+        wsgi="api.main:app",
+        dir="services/api",
+        requirements="pyproject.toml",
+        worker_class="uvicorn.workers.UvicornWorker",
+    )
+    lines = compose_image.dockerfile(service).splitlines()
+    assert 'RUN python -m pip install "/srv/service/services/api"' in lines
+    assert "WORKDIR /srv/service/services/api" in lines
+    assert '"uvicorn.workers.UvicornWorker"' in lines[-1] and '"api.main:app"' in lines[-1]
 
 
 def test_the_image_migration_entry_imports_only_what_the_image_ships() -> None:
