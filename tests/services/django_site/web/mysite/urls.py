@@ -1,0 +1,5 @@
+from django.urls import path
+
+from catalog import views
+
+urlpatterns = [path("", views.index), path("items", views.items)]
