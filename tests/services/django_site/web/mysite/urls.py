@@ -1,5 +1,4 @@
-from django.urls import path
-
 from catalog import views
+from django.urls import path
 
 urlpatterns = [path("", views.index), path("items", views.items)]
