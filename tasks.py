@@ -1,16 +1,8 @@
-"""Wiring only: the invoke namespace of stageflow (dev, staging, prod, release, docs, status, demo)."""
+"""Wiring only: the invoke namespace of stageflow (dev, staging, prod, release, docs, status, demo).
 
-from invoke import Collection
+`stageflow init` writes this same file into a service's repository; add a project's own tasks by
+building a Collection around these ones here."""
 
-from deploy.tasks import docs, overview, release
-from deploy.tasks.env import env_collection
+from deploy.tasks.namespace import ns
 
-ns = Collection(
-    env_collection("dev"),
-    env_collection("staging"),
-    env_collection("prod"),
-    release.ns,
-    docs.ns,
-    overview.status,
-    overview.demo,
-)
+__all__ = ["ns"]

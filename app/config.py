@@ -1,4 +1,8 @@
-"""Service settings: the process environment over the dotenv file(s) named by STAGEFLOW_ENV_FILE."""
+"""Service settings, the 12-factor way: read from the process environment alone.
+
+Whoever runs the service puts its settings there (stageflow's launcher loads them from a private
+file; compose passes them to the container); the service reads no file of its own.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
-
-from dotenv import dotenv_values
 
 from app.schema import migration_versions
 
@@ -44,7 +46,7 @@ class Hidden:
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    """A deliberate failure for rollback tests: healthz-fail-after:N or error-rate:P."""
+    """A deliberate failure for rollback tests: healthz-fail-after:N, error-rate:P or latency:MS."""
 
     kind: str
     value: float
@@ -53,8 +55,8 @@ class Fault:
 @dataclass(frozen=True, slots=True)
 class AppConfig:
     environment: str
-    database_url: str
-    redis_url: str
+    database_url: str = field(repr=False)  # may carry its password: never printed
+    redis_url: str = field(repr=False)
     release: str
     commit: str
     app_dir: Path
@@ -84,6 +86,7 @@ class AppConfig:
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, so text leaving the process can be scrubbed of them."""
         values = [self.postgres_password.reveal(), self.redis_password.reveal()]
+        values += [unquote(urlsplit(u).password or "") for u in (self.database_url, self.redis_url)]
         values += [k.reveal() for k in self.api_keys]
         return tuple(v for v in values if v)
 
@@ -91,21 +94,6 @@ class AppConfig:
 def database_name(url: str) -> str:
     """The database part of a postgresql:// URL ('' when it names none)."""
     return unquote(urlsplit(url).path.lstrip("/"))
-
-
-def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The process environment over the dotenv file(s), the way load_dotenv(override=False) would."""
-    env = dict(os.environ if environ is None else environ)
-    files = [p for p in env.get("STAGEFLOW_ENV_FILE", "").split(os.pathsep) if p]
-    merged: dict[str, str] = {}
-    # Earlier files win over later ones and the process environment wins over all files.
-    for name in reversed(files):
-        path = Path(name)
-        if not path.is_file():
-            raise ConfigInvalid(f"STAGEFLOW_ENV_FILE names {path}, which is not a readable file")
-        merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
-    merged.update(env)
-    return merged
 
 
 def _flag(env: Mapping[str, str], key: str, default: bool) -> bool:
@@ -140,14 +128,17 @@ def _fault(raw: str) -> Fault | None:
         return Fault(kind, value)
     if kind == "error-rate" and 0 <= value <= 100:
         return Fault(kind, value)
+    if kind == "latency" and 0 <= value <= 60_000:
+        return Fault(kind, value)
     raise ConfigInvalid(
-        "STAGEFLOW_FAULT must be healthz-fail-after:SECONDS or error-rate:PERCENT (0-100)"
+        "STAGEFLOW_FAULT must be healthz-fail-after:SECONDS, error-rate:PERCENT (0-100) "
+        "or latency:MILLISECONDS (0-60000)"
     )
 
 
 def load_config(environ: Mapping[str, str] | None = None) -> AppConfig:
     """Build the settings; raise ConfigInvalid naming the key when one is unusable."""
-    env = read_environment(environ)
+    env = dict(os.environ if environ is None else environ)
     database_url = env.get("DATABASE_URL", "").strip()
     redis_url = env.get("REDIS_URL", "").strip()
     for key, url, schemes in (
@@ -156,9 +147,6 @@ def load_config(environ: Mapping[str, str] | None = None) -> AppConfig:
     ):
         if urlsplit(url).scheme not in schemes:
             raise ConfigInvalid(f"{key} must be a {schemes[-1]}:// URL")
-        if urlsplit(url).password:
-            # A password in the URL would travel into logs with it: it belongs in its own key.
-            raise ConfigInvalid(f"{key} must not carry a password; set it in the secrets file")
 
     log_level = env.get("LOG_LEVEL", "info").strip().lower() or "info"
     if log_level not in LOG_LEVELS:

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import redis
 
-from app.config import AppConfig, ConfigInvalid, load_config
+from app.config import KNOWN_FEATURES, AppConfig, ConfigInvalid, load_config
 from app.metrics import Metrics
 from app.schema import LEDGER_TABLE
 from app.store import Database, redis_client
@@ -133,6 +133,9 @@ class Service:
         began = time.perf_counter()
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "") or "/"
+        fault = self.config.fault
+        if fault and fault.kind == "latency":
+            time.sleep(fault.value / 1000)  # every answer this much later: a slow dependency
         try:
             response = self.dispatch(method, path, environ)
         except Exception:
@@ -248,6 +251,7 @@ class Service:
                 "environment": c.environment,
                 "database": c.database_name,
                 "features": list(c.features),
+                "known_features": list(KNOWN_FEATURES),
                 "schema_expected": c.schema_expected,
             },
         )

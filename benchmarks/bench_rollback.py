@@ -23,10 +23,11 @@ from _floor import Floor
 from bench_deploy import floor_for
 from psycopg import sql
 
+from app import seed
 from deploy import backup as backups
-from deploy import seed
 from deploy.config import EnvConfig, load_project
 from deploy.runtime.native import NativeServices, pg_bin_dir
+from deploy.service import with_password
 from deploy.state import Layout
 from tests.e2e.conftest import Project, destroy, make_project
 from tests.support import free_port
@@ -109,11 +110,16 @@ def db_size(svc: NativeServices, dbname: str) -> int:
     return int(row[0]) if row else 0
 
 
+def _pg_password(env: EnvConfig) -> str:
+    secret = env.secret("POSTGRES_PASSWORD")
+    return secret.reveal() if secret else ""
+
+
 def fill(env: EnvConfig, svc: NativeServices) -> tuple[int, int, float]:
     """COPY seed notes into staging until the live data alone is >= 100 MB; (rows, bytes, s)."""
     count, start = 1_000_000, time.perf_counter()
     while True:
-        deleted, _ = seed.load(env.database_url, count, password=env.secret("POSTGRES_PASSWORD"))
+        deleted, _ = seed.load(with_password(env.database_url, _pg_password(env)), count)
         if deleted:
             with admin(svc, env.database.name) as conn:
                 conn.execute("VACUUM FULL notes")  # the rows a reload deleted are not data

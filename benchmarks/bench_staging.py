@@ -11,6 +11,7 @@ from pathlib import Path
 import _common as c
 import psycopg
 
+from app import seed as notes_seed
 from deploy import backup, staging
 from deploy import seed as seeding
 from deploy.config import load_project
@@ -90,9 +91,9 @@ def main() -> None:
 
         proj = load_project(root, process_env={})
         stage = proj.env("staging")
-        count = seeding.size_rows(SEED_SIZE)
-        seeded = [seeding.seed(stage, size=SEED_SIZE).seconds for _ in range(HEAVY_RUNS)]
-        rows = list(seeding.rows(count))
+        count = notes_seed.SIZES[SEED_SIZE]
+        seeded = [seeding.run(proj, stage, size=SEED_SIZE).seconds for _ in range(HEAVY_RUNS)]
+        rows = list(notes_seed.rows(count))
         floor = [
             bare_copy(stage.database_url, _password(proj, "staging"), rows)
             for _ in range(HEAVY_RUNS)
@@ -102,8 +103,8 @@ def main() -> None:
         c.run([c.INV, "prod.migrate"], cwd=root, env=env)
         prod = proj.env("prod")
         with psycopg.connect(prod.database_url, password=_password(proj, "prod")) as conn:
-            with conn.cursor() as cur, cur.copy(seeding.COPY_SQL) as copy:
-                for body, created, author in seeding.rows(PROD_ROWS, seed=7):
+            with conn.cursor() as cur, cur.copy(notes_seed.COPY_SQL) as copy:
+                for body, created, author in notes_seed.rows(PROD_ROWS, seed=7):
                     copy.write_row((body, created, author.replace("seed:", "") + "@example.com"))
             conn.commit()
         refreshes, parts = [], {}

@@ -7,8 +7,12 @@
   fake  plausible filler words derived from the same salted hash (same shape of data, no meaning)
   null  NULL (refused on a NOT NULL column)
   keep  copied as is; stating it is how a column is declared safe
+The tables and columns are the service's own; stageflow assumes none. With no [anonymize.<table>]
+at all there is no rule, so any text-like column refuses the refresh.
 Fail closed: a text-like column of a restored table that no rule names refuses the refresh, and so
 does a rule naming a table or column the database does not have (a typo would copy data raw).
+Both are checked against the source's schema before anything is copied, and again, exactly, on the
+restored copy before a value is rewritten.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ IGNORED_TABLES = frozenset({"stageflow_migrations"})
 TEXT_TYPES = frozenset({"text", "character varying", "character", "citext"})
 # types whose values may carry personal data but that hash/fake cannot produce
 OPAQUE_TYPES = frozenset({"json", "jsonb", "bytea", "xml", "ARRAY", "USER-DEFINED"})
-DEFAULT_RULES: dict[str, dict[str, str]] = {"notes": {"body": "fake", "author": "hash"}}
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 REF_TABLE = "stageflow_anon_reference"
 _FAKE_WORDS = (
@@ -68,7 +71,7 @@ class Column:
 
 
 def load_rules(policy: Mapping[str, Any]) -> Rules:
-    """Parse the [anonymize] section of stageflow.toml; built-in notes rules when it names no table."""
+    """Parse the [anonymize] section of stageflow.toml (no table named: no rule at all)."""
     where = "stageflow.toml [anonymize]"
     section = policy.get("anonymize", {})
     if not isinstance(section, dict):
@@ -97,23 +100,33 @@ def load_rules(policy: Mapping[str, Any]) -> Rules:
                     hint=f"use one of: {', '.join(METHODS)}",
                 )
             tables[table][col] = method
-    return Rules(
-        tables=tables or {t: dict(c) for t, c in DEFAULT_RULES.items()}, allow_raw=allow_raw
-    )
+    return Rules(tables=tables, allow_raw=allow_raw)
 
 
-def problems(rules: Rules, columns: Iterable[Column]) -> list[str]:
-    """Pure: everything that stops rules from covering this schema (empty when they do)."""
-    by_table: dict[str, dict[str, Column]] = {}
+def _by_table(columns: Iterable[Column]) -> dict[str, dict[str, Column]]:
+    out: dict[str, dict[str, Column]] = {}
     for col in columns:
-        by_table.setdefault(col.table, {})[col.name] = col
+        out.setdefault(col.table, {})[col.name] = col
+    return out
+
+
+def problems(
+    rules: Rules, columns: Iterable[Column], *, known: Iterable[Column] | None = None
+) -> list[str]:
+    """Pure: everything that stops rules from covering this schema (empty when they do).
+
+    Every text-like column of `columns` needs a rule; every rule must name a table and column of
+    `known` (default: `columns`), which may hold more (the other side of a refresh).
+    """
+    by_table = _by_table(columns)
+    named_here = by_table if known is None else _by_table(known)
     out: list[str] = []
     for table, cols in sorted(rules.tables.items()):
-        if table not in by_table:
+        if table not in named_here:
             out.append(f"[anonymize.{table}] names a table the database does not have")
             continue
         for name, method in sorted(cols.items()):
-            col = by_table[table].get(name)
+            col = named_here[table].get(name)
             if col is None:
                 out.append(f"[anonymize.{table}] {name}: no such column")
             elif method in ("hash", "fake") and col.data_type not in TEXT_TYPES:
@@ -137,8 +150,10 @@ def problems(rules: Rules, columns: Iterable[Column]) -> list[str]:
     return out
 
 
-def require_coverage(rules: Rules, columns: Iterable[Column]) -> None:
-    found = problems(rules, columns)
+def require_coverage(
+    rules: Rules, columns: Iterable[Column], *, known: Iterable[Column] | None = None
+) -> None:
+    found = problems(rules, columns, known=known)
     if found:
         more = f" (+{len(found) - 1} more)" if len(found) > 1 else ""
         raise GuardRefused(

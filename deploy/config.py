@@ -7,6 +7,8 @@ import os
 import re
 import stat
 import tomllib
+import unicodedata
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,8 @@ from deploy.service import Service, load_service
 NAMESPACES: dict[str, str] = {"dev": "development", "staging": "staging", "prod": "production"}
 PRODUCTION_LIKE = ("staging", "production")
 
-# Every key a committed env file may hold, with a one-line meaning (docs/ENVIRONMENT.md lists them).
+# stageflow's own committed keys, with a one-line meaning (docs/ENVIRONMENT.md lists them). Every
+# other key belongs to the service and is allowed when stageflow.toml declares it ([service.env]).
 ENV_KEYS: dict[str, str] = {
     "ENVIRONMENT": "development | staging | production; must match the file's namespace",
     "COMPOSE_PROJECT_NAME": "compose project name; unique per environment",
@@ -32,27 +35,18 @@ ENV_KEYS: dict[str, str] = {
     "DATABASE_URL": "postgresql://USER@HOST:PORT/DB without a password",
     "REDIS_URL": "redis://HOST:PORT/DB without a password",
     "DATA_DIR": "the environment's home on each host (releases, data, state)",
-    "FEATURES": "comma-separated feature flags, or 'all'",
-    "LOG_LEVEL": "debug | info | warning | error",
-    "DEBUG": "true | false; must be false on staging and production",
-    "REQUIRE_API_KEY": "true | false; must be true on staging and production",
-    "API_RATE_LIMIT": "requests per minute per API key; required > 0 on staging and production",
 }
-OPTIONAL_ENV_KEYS = frozenset(
-    {"FEATURES", "LOG_LEVEL", "DEBUG", "REQUIRE_API_KEY", "API_RATE_LIMIT"}
-)
 
-# Keys that only a secrets file (or the process environment) may hold.
+# stageflow's own secrets: only a secrets file (or the process environment) may hold them.
 SECRET_KEYS: dict[str, str] = {
     "POSTGRES_PASSWORD": "password of the environment's database role",
     "REDIS_PASSWORD": "password of the environment's Redis (requirepass)",
-    "API_KEYS": "comma-separated API keys the service accepts",
-    "SECRET_KEY": "the service's signing key",
 }
-LOG_LEVELS = ("debug", "info", "warning", "error")
+SERVICE_SECRET = "the service's own secret ([service.env] secrets in stageflow.toml)"
 _SECRETISH = re.compile(r"(PASSWORD|SECRET|TOKEN|PRIVATE|CREDENTIAL)", re.I)
 _URL_WITH_PASSWORD = re.compile(r"://[^/@\s:]*:[^@/\s]+@")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -71,6 +65,52 @@ class RedisTarget:
 
 
 @dataclass(frozen=True)
+class PostureRule:
+    """One [posture] rule: what a committed key must hold on a production-like environment."""
+
+    key: str
+    one_of: tuple[str, ...] = ()  # the value must be one of these, as written
+    min: int | None = None  # with max: the value must be a whole number in range
+    max: int | None = None
+
+    def describe(self) -> str:
+        if self.one_of:
+            if len(self.one_of) == 1:
+                return f"{self.key} must be {self.one_of[0]}"
+            return f"{self.key} must be one of {', '.join(self.one_of)}"
+        bounds = [f">= {self.min}"] if self.min is not None else []
+        bounds += [f"<= {self.max}"] if self.max is not None else []
+        return f"{self.key} must be a whole number" + (f" {' and '.join(bounds)}" if bounds else "")
+
+    def problem(self, value: str | None) -> str | None:
+        """None when value keeps the rule, else what is wrong (values here are never secrets)."""
+        if value is None:
+            return f"{self.describe()} (it is unset)"
+        if self.one_of:
+            ok = value in self.one_of
+        else:
+            ok = _whole(value) and not (
+                (self.min is not None and int(value) < self.min)
+                or (self.max is not None and int(value) > self.max)
+            )
+        return None if ok else f"{self.describe()}, not {value!r}"
+
+
+@dataclass(frozen=True)
+class Posture:
+    """[posture] of stageflow.toml: rules for staging and production, plus each one's own."""
+
+    common: tuple[PostureRule, ...] = ()
+    per_env: tuple[tuple[str, tuple[PostureRule, ...]], ...] = ()  # ("prod", rules)
+
+    def rules_for(self, name: str) -> tuple[PostureRule, ...]:
+        """The rules one environment keeps; its own table wins over the common one, key by key."""
+        own = dict(self.per_env).get(name, ())
+        mine = {r.key for r in own}
+        return tuple(r for r in self.common if r.key not in mine) + own
+
+
+@dataclass(frozen=True)
 class EnvConfig:
     """One environment as its env file and secrets file describe it."""
 
@@ -86,18 +126,21 @@ class EnvConfig:
     database: DbTarget
     redis: RedisTarget
     data_dir: Path
-    features: tuple[str, ...]
-    log_level: str
-    debug: bool
-    require_api_key: bool
-    api_rate_limit: int
     values: tuple[tuple[str, str], ...]  # the committed keys, as written
     secrets: tuple[tuple[str, Secret], ...] = ()
     secrets_file: Path | None = None
+    # every secret this environment may hold, stageflow's and the service's; production-like
+    # environments must hold them all
+    declared_secrets: tuple[str, ...] = tuple(SECRET_KEYS)
+    posture: tuple[PostureRule, ...] = ()  # [posture] rules for this environment
 
     @property
     def production_like(self) -> bool:
         return self.environment in PRODUCTION_LIKE
+
+    def value(self, key: str, default: str = "") -> str:
+        """A committed key's value as written (the service's own keys are read this way)."""
+        return dict(self.values).get(key, default)
 
     def secret(self, key: str) -> Secret | None:
         return dict(self.secrets).get(key)
@@ -185,6 +228,7 @@ class Project:
     policy: dict[str, Any]  # the raw stageflow.toml, for the gate and promotion sections
     service: Service
     service_user: str = "stageflow"
+    posture: Posture = field(default_factory=lambda: Posture())
 
     def env(self, name: str) -> EnvConfig:
         if name not in self.envs:
@@ -221,8 +265,38 @@ def read_env_file(path: Path) -> dict[str, tuple[str, int]]:
             raise _err(
                 path, line, f"{binding.key} is set twice (first on line {out[binding.key][1]})"
             )
+        control = control_character(binding.value)
+        if control:
+            # a newline would smuggle another setting into the file the service reads
+            raise _err(
+                path,
+                line,
+                f"{binding.key} holds {control}",
+                "write the value on one line, without control characters",
+            )
         out[binding.key] = (binding.value, line)
     return out
+
+
+_CONTROL_NAMES = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", "\0": "NUL"}
+
+
+def control_character(value: str) -> str:
+    """The first control character in value, named (never the value itself), or "".
+
+    Unicode's line and paragraph separators count: str.splitlines() breaks lines at them."""
+    for char in value:
+        category = unicodedata.category(char)
+        if category == "Cc":
+            return _CONTROL_NAMES.get(char, f"the control character U+{ord(char):04X}")
+        if category in ("Zl", "Zp"):
+            return f"the line separator U+{ord(char):04X}"
+    return ""
+
+
+def _whole(value: str) -> bool:
+    """Only ASCII digits: str.isdigit() also takes '²', which int() refuses."""
+    return value.isascii() and value.isdigit()
 
 
 class _Stream:
@@ -237,20 +311,9 @@ class _Stream:
 
 def _port(path: Path, key: str, raw: dict[str, tuple[str, int]]) -> int:
     value, line = raw[key]
-    if not value.isdigit() or not 1024 <= int(value) <= 65535:
+    if not _whole(value) or not 1024 <= int(value) <= 65535:
         raise _err(path, line, f"{key}={value!r} is not a port", "use a number from 1024 to 65535")
     return int(value)
-
-
-def _bool(path: Path, key: str, raw: dict[str, tuple[str, int]], default: bool) -> bool:
-    if key not in raw:
-        return default
-    value, line = raw[key]
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise _err(path, line, f"{key}={value!r} is not a boolean", "use true or false")
 
 
 def _db_target(path: Path, raw: dict[str, tuple[str, int]], port: int) -> DbTarget:
@@ -285,7 +348,7 @@ def _redis_target(path: Path, raw: dict[str, tuple[str, int]], port: int) -> Red
     except ValueError:
         url_port = None
     db = parts.path.lstrip("/") or "0"
-    if not parts.hostname or not url_port or not db.isdigit():
+    if not parts.hostname or not url_port or not _whole(db):
         raise _err(
             path, line, "REDIS_URL needs host, port and db number", "redis://127.0.0.1:PORT/0"
         )
@@ -294,8 +357,8 @@ def _redis_target(path: Path, raw: dict[str, tuple[str, int]], port: int) -> Red
     return RedisTarget(parts.hostname, url_port, int(db))
 
 
-def load_secrets(path: Path) -> dict[str, Secret]:
-    """A secrets file must be private to its owner (mode 0600) and hold only secret keys."""
+def load_secrets(path: Path, *, allowed: Collection[str]) -> dict[str, Secret]:
+    """A secrets file must be private to its owner (mode 0600) and hold only declared secrets."""
     if not path.exists():
         return {}
     mode = stat.S_IMODE(path.stat().st_mode)
@@ -304,35 +367,51 @@ def load_secrets(path: Path) -> dict[str, Secret]:
     raw = read_env_file(path)
     out: dict[str, Secret] = {}
     for key, (value, line) in raw.items():
-        if key not in SECRET_KEYS:
-            raise _err(path, line, f"unknown secret key {key}", f"known: {', '.join(SECRET_KEYS)}")
+        if key not in allowed:
+            raise _err(
+                path,
+                line,
+                f"unknown secret key {key}",
+                f"declare the service's under [service.env] secrets in stageflow.toml "
+                f"(known: {', '.join(allowed)})",
+            )
         out[key] = Secret(value)
     return out
 
 
-def load_env(root: Path, name: str, *, process_env: dict[str, str] | None = None) -> EnvConfig:
-    """Load env/<name>.env and env/<name>.secrets.env; secrets may also come from process_env."""
+def load_env(
+    root: Path,
+    name: str,
+    *,
+    service: Service | None = None,
+    posture: Posture | None = None,
+    process_env: dict[str, str] | None = None,
+) -> EnvConfig:
+    """Load env/<name>.env and env/<name>.secrets.env; secrets may also come from process_env.
+
+    The service's keys and the posture come from stageflow.toml under root unless given."""
     if name not in NAMESPACES:
         raise ConfigError(
             f"unknown environment {name!r}", hint=f"use one of: {', '.join(NAMESPACES)}"
         )
+    if service is None or posture is None:
+        data = load_policy_file(root)
+        if service is None:
+            service = load_service(root / "stageflow.toml", data)
+        if posture is None:
+            posture = load_posture(root / "stageflow.toml", data, service)
     path = root / "env" / f"{name}.env"
     raw = read_env_file(path)
-    _check_committed_keys(path, name, raw)
+    _check_committed_keys(path, name, raw, service)
     environment = _environment(path, name, raw)
     project = _compose_project(path, raw)
     app_port = _port(path, "APP_PORT", raw)
     pg_port = _port(path, "POSTGRES_PORT", raw)
     redis_port = _port(path, "REDIS_PORT", raw)
-    level = _log_level(path, raw)
-    rate, line = raw.get("API_RATE_LIMIT", ("0", 0))
-    if not rate.isdigit():
-        raise _err(path, line, f"API_RATE_LIMIT={rate!r} is not a whole number")
     data_dir = _data_dir(root, path, raw)
-    features_raw = raw.get("FEATURES", ("", 0))[0]
-    features = tuple(f.strip() for f in features_raw.split(",") if f.strip())
+    declared = (*SECRET_KEYS, *(k for k in service.secret_keys if k not in SECRET_KEYS))
     secrets_path = root / "env" / f"{name}.secrets.env"
-    secrets = _env_secrets(secrets_path, name, process_env)
+    secrets = _env_secrets(secrets_path, name, declared, process_env)
     return EnvConfig(
         name=name,
         environment=environment,
@@ -346,29 +425,43 @@ def load_env(root: Path, name: str, *, process_env: dict[str, str] | None = None
         database=_db_target(path, raw, pg_port),
         redis=_redis_target(path, raw, redis_port),
         data_dir=Path(os.path.normpath(data_dir)),
-        features=features,
-        log_level=level,
-        debug=_bool(path, "DEBUG", raw, False),
-        require_api_key=_bool(path, "REQUIRE_API_KEY", raw, False),
-        api_rate_limit=int(rate),
         values=tuple((k, v) for k, (v, _) in raw.items()),
         secrets=tuple(sorted(secrets.items())),
         secrets_file=secrets_path if secrets_path.exists() else None,
+        declared_secrets=declared,
+        posture=posture.rules_for(name),
     )
 
 
-def _check_committed_keys(path: Path, name: str, raw: dict[str, tuple[str, int]]) -> None:
-    """A committed env file holds every required key, only known keys, and no secret."""
+def _check_committed_keys(
+    path: Path, name: str, raw: dict[str, tuple[str, int]], service: Service
+) -> None:
+    """A committed env file holds every key of stageflow's, the service's declared keys, no secret."""
     for key, (value, line) in raw.items():
-        if key in SECRET_KEYS or (key not in ENV_KEYS and _SECRETISH.search(key)):
+        if key in SECRET_KEYS or key in service.secret_keys:
             raise _err(
                 path,
                 line,
                 f"{key} is a secret in a committed file",
                 f"move it to env/{name}.secrets.env (mode 0600)",
             )
-        if key not in ENV_KEYS:
-            raise _err(path, line, f"unknown key {key}", "see docs/ENVIRONMENT.md for the keys")
+        if _SECRETISH.search(key):
+            # declared under keys or not: a name that says secret is kept out of git
+            raise _err(
+                path,
+                line,
+                f"{key} is a secret in a committed file",
+                f"declare it under [service.env] secrets in stageflow.toml and set it in "
+                f"env/{name}.secrets.env (mode 0600)",
+            )
+        if key not in ENV_KEYS and key not in service.env_keys:
+            raise _err(
+                path,
+                line,
+                f"unknown key {key}",
+                "declare the service's own keys under [service.env] keys in stageflow.toml "
+                "(docs/YOUR-SERVICE.md); stageflow's are in docs/ENVIRONMENT.md",
+            )
         if _URL_WITH_PASSWORD.search(value):
             raise _err(
                 path,
@@ -376,7 +469,7 @@ def _check_committed_keys(path: Path, name: str, raw: dict[str, tuple[str, int]]
                 f"{key} carries a password in a committed file",
                 f"drop it from the URL and set POSTGRES_PASSWORD in env/{name}.secrets.env",
             )
-    missing = [k for k in ENV_KEYS if k not in raw and k not in OPTIONAL_ENV_KEYS]
+    missing = [k for k in ENV_KEYS if k not in raw]
     if missing:
         raise _err(
             path,
@@ -410,15 +503,6 @@ def _compose_project(path: Path, raw: dict[str, tuple[str, int]]) -> str:
     return project
 
 
-def _log_level(path: Path, raw: dict[str, tuple[str, int]]) -> str:
-    level, line = raw.get("LOG_LEVEL", ("info", 0))
-    if level not in LOG_LEVELS:
-        raise _err(
-            path, line, f"LOG_LEVEL={level!r} is not a level", f"use one of {', '.join(LOG_LEVELS)}"
-        )
-    return level
-
-
 def _data_dir(root: Path, path: Path, raw: dict[str, tuple[str, int]]) -> Path:
     """DATA_DIR as given, a relative one taken from the project root."""
     data_value, line = raw["DATA_DIR"]
@@ -429,15 +513,103 @@ def _data_dir(root: Path, path: Path, raw: dict[str, tuple[str, int]]) -> Path:
 
 
 def _env_secrets(
-    secrets_path: Path, name: str, process_env: dict[str, str] | None
+    secrets_path: Path, name: str, declared: Collection[str], process_env: dict[str, str] | None
 ) -> dict[str, Secret]:
     """The secrets file's values; STAGEFLOW_<ENV>_<KEY> in the process environment wins."""
-    secrets = load_secrets(secrets_path)
-    for key in SECRET_KEYS:
+    secrets = load_secrets(secrets_path, allowed=declared)
+    for key in declared:
         env_key = f"STAGEFLOW_{name.upper()}_{key}"
-        if process_env and process_env.get(env_key):
-            secrets[key] = Secret(process_env[env_key])
+        value = (process_env or {}).get(env_key)
+        if not value:
+            continue
+        control = control_character(value)
+        if control:
+            raise ConfigError(
+                f"{env_key} (process environment) holds {control}",
+                hint="set the value on one line, without control characters",
+            )
+        secrets[key] = Secret(value)
     return secrets
+
+
+# [posture] values: "v" (exactly v), ["a", "b"] (one of them), {min = N, max = N} (a whole number)
+_POSTURE_HINT = (
+    'write KEY = "value", KEY = ["value", ...] or KEY = { min = 1 } (a whole number >= 1)'
+)
+
+
+def _posture_rule(path: Path, where: str, key: str, value: Any) -> PostureRule:
+    if isinstance(value, str):
+        return PostureRule(key, one_of=(value,))
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return PostureRule(key, one_of=tuple(value))
+    if isinstance(value, dict) and value and set(value) <= {"min", "max"}:
+        bounds = dict(value)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in bounds.values()):
+            raise _err(path, None, f"{where} {key}: min and max take whole numbers")
+        if "min" in bounds and "max" in bounds and bounds["min"] > bounds["max"]:
+            raise _err(path, None, f"{where} {key}: min is above max")
+        return PostureRule(key, min=bounds.get("min"), max=bounds.get("max"))
+    raise _err(path, None, f"{where} {key} is not a rule", _POSTURE_HINT)
+
+
+def _posture_rules(
+    path: Path, where: str, table: dict[str, Any], service: Service | None
+) -> tuple[PostureRule, ...]:
+    rules = []
+    for key, value in table.items():
+        if service is not None:
+            if key in SECRET_KEYS or key in service.secret_keys:
+                raise _err(
+                    path,
+                    None,
+                    f"{where} {key} is a secret: its value is never compared",
+                    "staging and production need every declared secret set; drop the rule",
+                )
+            if key not in ENV_KEYS and key not in service.env_keys:
+                raise _err(
+                    path,
+                    None,
+                    f"{where} {key} is not a key of the env files",
+                    "declare it under [service.env] keys, or drop the rule",
+                )
+        texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        if any(isinstance(t, str) and control_character(t) for t in texts):
+            raise _err(path, None, f"{where} {key} holds a control character")
+        rules.append(_posture_rule(path, where, key, value))
+    return tuple(rules)
+
+
+def load_posture(path: Path, data: dict[str, Any], service: Service | None = None) -> Posture:
+    """[posture]: KEY = rule for staging and production; [posture.staging] / [posture.prod] add
+    rules of their own. Without a service the keys are not checked against the declared ones."""
+    table = data.get("posture", {})
+    if not isinstance(table, dict):
+        raise _err(path, None, "[posture] must be a table", _POSTURE_HINT)
+    common: dict[str, Any] = {}
+    per_env: list[tuple[str, tuple[PostureRule, ...]]] = []
+    for key, value in table.items():
+        if key in NAMESPACES:
+            if NAMESPACES[key] not in PRODUCTION_LIKE:
+                raise _err(
+                    path,
+                    None,
+                    f"[posture.{key}]: {key} is not production-like; posture is for staging "
+                    "and prod",
+                )
+            if not isinstance(value, dict):
+                raise _err(path, None, f"[posture.{key}] must be a table", _POSTURE_HINT)
+            per_env.append((key, _posture_rules(path, f"[posture.{key}]", value, service)))
+        elif _ENV_NAME.match(key):
+            common[key] = value
+        else:
+            raise _err(
+                path,
+                None,
+                f"[posture] {key!r} is neither an env key nor staging or prod",
+                _POSTURE_HINT,
+            )
+    return Posture(_posture_rules(path, "[posture]", common, service), tuple(per_env))
 
 
 _POLICY_KEYS = {
@@ -674,13 +846,23 @@ def load_project(
     data = load_policy_file(root)
     policies = load_policies(root / "stageflow.toml", data)
     service = load_service(root / "stageflow.toml", data)
+    posture = load_posture(root / "stageflow.toml", data, service)
     names = [only] if only else list(NAMESPACES)
-    envs = {name: load_env(root, name, process_env=process_env) for name in names}
+    envs = {
+        name: load_env(root, name, service=service, posture=posture, process_env=process_env)
+        for name in names
+    }
     user = data.get("project", {}).get("service_user", "stageflow")
     if not isinstance(user, str) or not _NAME.match(user):
         raise _err(
             root / "stageflow.toml", None, "[project] service_user must be a plain user name"
         )
     return Project(
-        root=root, envs=envs, policies=policies, policy=data, service=service, service_user=user
+        root=root,
+        envs=envs,
+        policies=policies,
+        policy=data,
+        service=service,
+        service_user=user,
+        posture=posture,
     )

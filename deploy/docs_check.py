@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +160,25 @@ class _DocUse:
     mentioned: set[str] = field(default_factory=set)
 
 
+def complete_docs(root: Path) -> bool:
+    """`[docs] complete` of the project's stageflow.toml; true when it says nothing.
+
+    True: the docs must also name every task and make target, and docs/ENVIRONMENT.md describe
+    every env key (stageflow's own repository). A service's repository sets it false: its docs
+    are its own, stageflow's tasks and keys are described in stageflow's docs."""
+    path = root / "stageflow.toml"
+    if not path.is_file():
+        return True
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8")).get("docs", {})
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"stageflow.toml: {exc}", hint="fix the TOML syntax") from None
+    value = table.get("complete", True) if isinstance(table, dict) else None
+    if not isinstance(value, bool):
+        raise ConfigError("stageflow.toml [docs] complete must be true or false")
+    return value
+
+
 def check_docs(
     root: Path,
     *,
@@ -166,8 +186,12 @@ def check_docs(
     keys: Iterable[str] | None = None,
     python: str = sys.executable,
     env_namespaces: Iterable[str] = ("dev", "staging", "prod"),
+    complete: bool | None = None,
 ) -> list[Problem]:
-    """All problems, in file order. tasks/keys default to what the project itself declares."""
+    """All problems, in file order. tasks/keys default to what the project itself declares;
+    complete to the project's `[docs] complete` (see complete_docs)."""
+    if complete is None:
+        complete = complete_docs(root)
     task_names = set(tasks) if tasks is not None else invoke_tasks(root, python=python)
     env_namespaces = set(env_namespaces)
     if keys is None:
@@ -181,8 +205,9 @@ def check_docs(
     for path in doc_files(root):
         for line in read_lines(path):
             problems += _line_problems(line, root, task_names, targets, use)
-    problems += _undocumented(task_names, targets, use, env_namespaces)
-    problems += _env_doc_problems(root, wanted_keys)
+    if complete:
+        problems += _undocumented(task_names, targets, use, env_namespaces)
+        problems += _env_doc_problems(root, wanted_keys)
     return problems
 
 
@@ -260,5 +285,6 @@ def input_files(root: Path) -> list[Path]:
         *doc_files(root),
         root / "Makefile",
         root / "tasks.py",
+        root / "stageflow.toml",
         *sorted((root / "env").glob("*.env")),
     ]

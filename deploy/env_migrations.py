@@ -1,4 +1,9 @@
-"""An environment's migrations: the serving release's files against the environment's database.
+"""An environment's migrations, whatever migrates the service's schema.
+
+kind = "sql": stageflow's engine runs the release's files of migrations.dir against the
+environment's database. kind = "command": the service's own tool (alembic, Flask-Migrate, Django)
+runs its `up`, `current` and `down` commands in a release's venv with the service's settings, while
+stageflow holds the same migration lock on a connection of its own. kind = "none": nothing.
 
 Apart from deploy/migrations.py because that module also runs inside the application image,
 where only it, deploy/errors.py and deploy/secrets.py are shipped.
@@ -6,10 +11,78 @@ where only it, deploy/errors.py and deploy/secrets.py are shipped.
 
 from __future__ import annotations
 
+import shlex
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import quote
+
 from deploy import migrations
-from deploy.config import Project
-from deploy.errors import UsageError
+from deploy.commands import git as gitcmd
+from deploy.config import EnvConfig, Project
+from deploy.engine.rollback_rules import ToolSchemaPlan
+from deploy.errors import MigrationError, ServiceError, UsageError
+from deploy.hosts import Host, run_process
 from deploy.migrations import MigrationFile, MigrationStatus
+from deploy.secrets import Secret, scrub
+from deploy.settings import service_settings
+from deploy.state import Layout
+
+# the service's tool finds its own programs in the release's venv first, then the system's
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+COMMAND_TIMEOUT_S = 3600.0
+# under a service's migrations.dir at the repository's root, only these folders hold migrations
+# (Django's <app>/migrations, alembic's versions); anywhere else the whole folder counts
+_MIGRATION_FOLDERS = ("migrations", "versions")
+
+
+def kind_of(proj: Project) -> str:
+    return proj.service.migrations.kind
+
+
+# -- kind = "sql": the release's files ---------------------------------------------------------
+
+
+def _files_dir(proj: Project) -> str:
+    svc = proj.service
+    return svc.repo_path(svc.migrations.dir)
+
+
+def files_in(proj: Project, release_dir: str) -> list[MigrationFile]:
+    """The SQL migrations a release directory (or the working tree) ships."""
+    return migrations.in_release(release_dir, directory=_files_dir(proj))
+
+
+def release_migration_files(
+    proj: Project, host: Host, layout: Layout, rid: str
+) -> list[MigrationFile]:
+    """The SQL migrations shipped in release rid on host; a remote host's are copied here first
+    (each file's text is kept in memory, so the copy can go)."""
+    if host.is_local:
+        return files_in(proj, layout.release(rid))
+    relative = _files_dir(proj)
+    directory = f"{layout.release(rid)}/{relative}"
+    if not host.exists(directory):
+        raise ServiceError(
+            f"{host.name}: release {rid} has no {relative}",
+            hint="the release directory is incomplete; deploy its commit again",
+        )
+    with tempfile.TemporaryDirectory(prefix="stageflow-migrations-") as tmp:
+        for fname in host.listdir(directory):
+            if fname.endswith(".sql"):
+                (Path(tmp) / fname).write_text(host.read_text(f"{directory}/{fname}") or "")
+        return migrations.discover(Path(tmp))
+
+
+def _sql_only(proj: Project, name: str) -> None:
+    kind = kind_of(proj)
+    if kind != "sql":
+        raise UsageError(
+            f'{name}: [service.migrations] kind = "{kind}": stageflow keeps no ledger of its own',
+            hint="the deploy runs the service's `up` command; use the service's own tool to look",
+        )
 
 
 def serving_files(proj: Project, name: str) -> list[MigrationFile]:
@@ -17,22 +90,22 @@ def serving_files(proj: Project, name: str) -> list[MigrationFile]:
     deploy, the working tree's (what the first deploy would apply)."""
     from deploy import releases
     from deploy.engine import group
-    from deploy.runtime.native_rollback import release_migration_files
 
     host, layout = group.primary(proj, name)
     try:
         current = releases.current_release(host, layout)
         if current:
-            return release_migration_files(host, layout, current)
+            return release_migration_files(proj, host, layout, current)
     finally:
         host.close()
-    return migrations.in_release(str(proj.root))
+    return files_in(proj, str(proj.root))
 
 
 def migrate(
     proj: Project, name: str, *, target: int | None, dry_run: bool, actor: str
 ) -> list[MigrationFile]:
     """Apply (or with dry_run, plan) the serving release's pending migrations up to target."""
+    _sql_only(proj, name)
     env = proj.env(name)
     return migrations.migrate(
         env.database_url,
@@ -48,6 +121,7 @@ def resolve(proj: Project, name: str, *, version: int, state: str, actor: str) -
     """Mark a failed migration applied (finished by hand) or reverted (to run again)."""
     if state not in ("applied", "reverted"):
         raise UsageError("--resolve needs --mark applied or --mark reverted")
+    _sql_only(proj, name)
     env = proj.env(name)
     migrations.resolve_failed(
         env.database_url,
@@ -61,7 +135,189 @@ def resolve(proj: Project, name: str, *, version: int, state: str, actor: str) -
 
 def status(proj: Project, name: str) -> list[MigrationStatus]:
     """Every version the serving release's files or the ledger know, read-only."""
+    _sql_only(proj, name)
     env = proj.env(name)
     return migrations.status(
         env.database_url, serving_files(proj, name), password=env.secret("POSTGRES_PASSWORD")
     )
+
+
+# -- kind = "command": the service's own tool --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SchemaChange:
+    """The revisions `current` printed before and after a migrate step."""
+
+    before: dict[str, str]
+    after: dict[str, str]
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+    def describe(self) -> str:
+        before = migrations.describe_revisions(self.before)
+        return f"{before} -> {migrations.describe_revisions(self.after)}"
+
+    def meta(self) -> dict[str, Any]:
+        """What the release's RELEASE.json keeps: the schema it was deployed on and left."""
+        return {"schema_before": self.before, "schema_after": self.after}
+
+
+@dataclass(frozen=True)
+class MigrationTool:
+    """The service's migration commands, run in one release on one host."""
+
+    proj: Project
+    name: str
+    host: Host
+    layout: Layout
+    rid: str
+    # another database of the environment (a reset builds one beside the live one)
+    target: EnvConfig | None = None
+
+    @property
+    def env(self) -> EnvConfig:
+        return self.target or self.proj.env(self.name)
+
+    @property
+    def release_dir(self) -> str:
+        return self.layout.release(self.rid)
+
+    def environment(self) -> dict[str, str]:
+        """The service's settings, its release's venv first on PATH, and the engine's timeouts for
+        libpq (PGOPTIONS), so the tool waits on locks no longer than stageflow's own engine."""
+        out = service_settings(self.env, self.proj.service, release=self.rid)
+        venv = f"{self.release_dir}/.venv"
+        out.update(
+            PATH=f"{venv}/bin:{SYSTEM_PATH}",
+            VIRTUAL_ENV=venv,
+            PGOPTIONS=migrations.pg_options(
+                lock_timeout_ms=migrations.COMMAND_LOCK_TIMEOUT_MS,
+                statement_timeout_ms=migrations.COMMAND_STATEMENT_TIMEOUT_MS,
+            ),
+        )
+        return out
+
+    def secrets(self) -> list[Secret]:
+        env = self.env
+        found = list(env.secret_values())
+        # a password inside a URL may be percent-encoded there
+        found += [Secret(quote(s.reveal(), safe="")) for s in env.secret_values()]
+        return found
+
+    def run(self, argv: Sequence[str], *, what: str) -> str:
+        """Run one of the service's commands; its stdout, or one MigrationError line (scrubbed)."""
+        if not self.host.is_local:
+            # Host.run would put the settings on the remote command line, secrets and all
+            raise ServiceError(
+                f"{self.host.name}: the service's migration commands run only on a local primary",
+                hint='list this machine first in the environment\'s hosts, or use kind = "sql"',
+            )
+        res = self.host.run(
+            list(argv),
+            check=False,
+            timeout=COMMAND_TIMEOUT_S,
+            env=self.environment(),
+            cwd=self.proj.service.path_in_release(self.release_dir),
+        )
+        if not res.ok:
+            said = f"{what} `{shlex.join(argv)}` exited {res.exit_code}: {res.tail(2)}"
+            raise MigrationError(
+                scrub(said, self.secrets()),
+                hint="fix the migration and deploy again; the previous release still serves",
+            )
+        return res.stdout
+
+    def current(self) -> dict[str, str]:
+        argv = self.proj.service.migrations.current
+        return migrations.parse_revisions(self.run(argv, what="the current command"))
+
+    def locked(self) -> Any:
+        env = self.env
+        return migrations.holding_lock(env.database_url, password=env.secret("POSTGRES_PASSWORD"))
+
+
+def migrate_command(t: MigrationTool) -> SchemaChange:
+    """`current`, `up`, `current` under the migration lock: what the release migrated from and to."""
+    with t.locked():
+        before = t.current()
+        t.run(t.proj.service.migrations.up, what="the up command")
+        return SchemaChange(before, t.current())
+
+
+def down_plan(
+    serving: MigrationTool, wanted: Mapping[str, str] | None, *, target: str
+) -> ToolSchemaPlan:
+    """Level 2 back to release target: `down` to the revisions it recorded, for each app whose
+    revision differs from what the serving release's `current` prints now. Refused (level 3 is
+    then the way) without a recorded revision, or when a step is needed and there is no `down`."""
+    m = serving.proj.service.migrations
+    if m.kind == "none":
+        return ToolSchemaPlan(kind="none")
+    if wanted is None:
+        return ToolSchemaPlan(refusal=f"release {target} recorded no schema revision")
+    now = serving.current()
+    steps = migrations.revision_steps(now, wanted)
+    if steps and not m.down:
+        return ToolSchemaPlan(now, dict(wanted), refusal="the service has no `down` command")
+    commands = tuple(tuple(migrations.fill(m.down, target=rev, app=app)) for app, rev in steps)
+    return ToolSchemaPlan(now, dict(wanted), commands)
+
+
+def migrate_down(serving: MigrationTool, plan: ToolSchemaPlan) -> SchemaChange:
+    """Run the plan's down commands in the serving release (only it knows the newer revisions)."""
+    with serving.locked():
+        before = serving.current()
+        for argv in plan.commands:
+            serving.run(argv, what="the down command")
+        return SchemaChange(before, serving.current())
+
+
+def recorded_revisions(meta: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """The revisions a release left its schema at, from its RELEASE.json; None when unrecorded."""
+    after = (meta or {}).get("schema_after")
+    if not isinstance(after, dict) or not all(isinstance(v, str) for v in after.values()):
+        return None
+    return {str(k): v for k, v in after.items()}
+
+
+# -- what changed between two commits ----------------------------------------------------------
+
+
+def _counts(path: str, directory: str) -> bool:
+    """A changed path is a migration when it lies under the service's migrations.dir; when that
+    is the repository's root, only inside a migrations or versions folder."""
+    p = PurePosixPath(path)
+    if directory not in ("", "."):
+        if not p.is_relative_to(directory):
+            return False
+        return "__pycache__" not in p.parts
+    return any(part in _MIGRATION_FOLDERS for part in p.parts[:-1])
+
+
+def changed_migration_files(proj: Project, since: str | None, commit: str) -> list[str] | None:
+    """The files of migrations.dir that changed from commit since to commit (all of them at
+    commit when since is None: a first deploy); None when git cannot tell."""
+    directory = proj.service.repo_path(proj.service.migrations.dir)
+    where = [] if directory in ("", ".") else [directory]
+    argv = (
+        gitcmd.diff_names(since, commit, paths=where)
+        if since
+        else gitcmd.ls_tree_names(commit, *where, recursive=True)
+    )
+    out = run_process(argv, cwd=proj.root)
+    if not out.ok:
+        return None
+    return [n for n in out.stdout.splitlines() if n and _counts(n, directory)]
+
+
+def pending_by_changes(
+    proj: Project, since: str | None, commit: str, *, first: bool = False
+) -> list[str]:
+    """For the backup policy: the migration files changed since the serving release's commit
+    (every one at commit on a first deploy), or one entry when that cannot be told (the serving
+    release recorded no commit, git knows no such commit), so the backup is taken: fail closed."""
+    changed = changed_migration_files(proj, since, commit) if since or first else None
+    return ["(cannot tell what changed since the serving release)"] if changed is None else changed

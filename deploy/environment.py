@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-import secrets as pysecrets
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from deploy.backup import TakenBackup, expired_backups
 from deploy.clock import Clock, system_clock
-from deploy.config import SECRET_KEYS, Project, load_secrets
+from deploy.config import Project
 from deploy.hosts import Host
+from deploy.secrets_file import fill_missing
 from deploy.state import DeployLock, Layout, audit, history
 
 T = TypeVar("T")
@@ -174,17 +174,11 @@ def generate_secrets(proj: Project, name: str, *, actor: str) -> list[str]:
     """Fill missing secrets with random values in env/<name>.secrets.env (mode 0600)."""
     env = proj.env(name)
     path = proj.root / "env" / f"{name}.secrets.env"
-    # only what the file holds: secrets injected through the process environment stay out of it
-    have = {k: s.reveal() for k, s in load_secrets(path).items()}
-    missing = [k for k in SECRET_KEYS if k not in have]
+    # only what the file holds: secrets injected through the process environment stay out of it;
+    # stageflow's secrets and the service's declared ones alike
+    missing = fill_missing(path, env.declared_secrets)
     if not missing:
         return ["every secret is already set"]
-    for key in missing:
-        have[key] = pysecrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("".join(f"{k}={v}\n" for k, v in have.items()))
-    os.chmod(path, 0o600)
     audit_layout = Layout(str(env.data_dir))
     os.makedirs(audit_layout.state, exist_ok=True)
     audit(Host(), audit_layout, actor=actor, action="secrets-generated", keys=missing)

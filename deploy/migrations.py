@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -971,6 +971,104 @@ def resolve_failed(
         )
 
 
-def in_release(release_dir: str) -> list[MigrationFile]:
-    """The migration files a release directory ships."""
-    return discover(Path(release_dir) / "app" / "migrations")
+def in_release(release_dir: str, *, directory: str) -> list[MigrationFile]:
+    """The migration files a release directory ships in directory (relative to it)."""
+    return discover(Path(release_dir) / directory)
+
+
+@contextmanager
+def holding_lock(
+    conninfo: str,
+    *,
+    password: Secret | None = None,
+    lock_wait_s: float = 30.0,
+    connect_timeout: int = 10,
+) -> Iterator[None]:
+    """The migration lock, held on a connection of its own while another program migrates: a
+    service's own tool then never runs beside stageflow's engine or a second deploy."""
+    with _connect(conninfo, password, connect_timeout) as conn, _advisory_lock(conn, lock_wait_s):
+        yield
+
+
+# --------------------------------------------------------------------------- a service's own tool
+# kind = "command": the service's tool (alembic, Flask-Migrate, Django) migrates; stageflow only
+# reads what its `current` command prints. A revision map is app -> revision; a tool with one
+# line of history (alembic) is keyed by SINGLE.
+
+SINGLE = ""
+BASE = "base"  # nothing applied: alembic's name for it, which `downgrade base` understands
+ZERO = "zero"  # an app with nothing applied: Django's name for it, which `migrate app zero` takes
+COMMAND_LOCK_TIMEOUT_MS = 5000  # as the SQL engine's default lock_timeout
+COMMAND_STATEMENT_TIMEOUT_MS = 0
+# Django's showmigrations: "[X]  app.0002_name" (--plan) or " [X] 0002_name" under an app line
+_SHOWN = re.compile(r"^(?P<indent>\s*)\[(?P<mark>[ X-])\]\s+(?P<name>\S+)")
+_APP_LINE = re.compile(r"^[A-Za-z_][\w.]*$")
+_LOG_LINE = re.compile(r"^(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL)\b")
+
+
+def parse_revisions(output: str) -> dict[str, str]:
+    """What a `current` command printed, as app -> revision.
+
+    Django's showmigrations (plain or --plan): each app's last applied migration, "zero" for an
+    app with none. Anything else (alembic, Flask-Migrate): one revision, the first word of the last
+    line that is not a log line, "(head)" dropped; no such line means nothing applied ("base").
+    """
+    lines = output.splitlines()
+    if any(_SHOWN.match(line) for line in lines):
+        return _parse_showmigrations(lines)
+    words = [line.split() for line in lines if line.strip() and not _LOG_LINE.match(line.strip())]
+    if not words:
+        return {SINGLE: BASE}
+    return {SINGLE: words[-1][0].removesuffix("(head)") or BASE}
+
+
+def _parse_showmigrations(lines: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    app = ""
+    for line in lines:
+        m = _SHOWN.match(line)
+        if m is None:
+            if _APP_LINE.match(line):
+                app = line.strip()  # the plain form names the app on a line of its own
+            continue
+        if m["indent"] or "." not in m["name"]:
+            owner, name = app, m["name"]
+        else:
+            owner, _, name = m["name"].partition(".")
+        if not owner:
+            continue
+        out.setdefault(owner, ZERO)
+        if m["mark"] == "X":
+            out[owner] = name
+    return out
+
+
+def describe_revisions(revisions: Mapping[str, str]) -> str:
+    """One line for logs and history: "3f2a1c" or "auth 0012_x, shop 0002_y"."""
+    if set(revisions) == {SINGLE}:
+        return revisions[SINGLE]
+    return ", ".join(f"{app} {rev}" for app, rev in sorted(revisions.items())) or BASE
+
+
+def revision_steps(now: Mapping[str, str], wanted: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(app, revision) for each app whose revision differs from wanted's; an app wanted does not
+    name had nothing applied then (zero, or base for a single history)."""
+    if set(now) | set(wanted) <= {SINGLE}:
+        target = wanted.get(SINGLE, BASE)
+        return [] if now.get(SINGLE, BASE) == target else [(SINGLE, target)]
+    steps = []
+    for app in sorted(set(now) | set(wanted)):
+        target = wanted.get(app, ZERO)
+        if now.get(app, ZERO) != target:
+            steps.append((app, target))
+    return steps
+
+
+def fill(argv: Sequence[str], *, target: str, app: str = "") -> list[str]:
+    """A `down` command with {target} and {app} filled in, each in its own argv word."""
+    return [word.replace("{target}", target).replace("{app}", app) for word in argv]
+
+
+def pg_options(*, lock_timeout_ms: int, statement_timeout_ms: int) -> str:
+    """PGOPTIONS for a libpq-based tool: the same timeouts the SQL engine sets on its session."""
+    return f"-c lock_timeout={lock_timeout_ms} -c statement_timeout={statement_timeout_ms}"

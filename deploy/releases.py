@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sys
 import tarfile
@@ -13,6 +14,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -24,9 +26,15 @@ from deploy.config import EnvConfig, Project
 from deploy.errors import ConfigError, MigrationError, ServiceError, UsageError
 from deploy.hosts import CommandResult, Host, run_process
 from deploy.runtime.native import port_is_free
+from deploy.secrets import scrub
+from deploy.service import Service
+from deploy.settings import service_settings
 from deploy.state import Layout
 
-LOCKFILE = "app/requirements.lock"
+# the gunicorn a service that installs none gets, when the engine's own version is unknown
+DEFAULT_GUNICORN = "gunicorn==23.0.0"
+# the engine's stdlib-only helpers, copied into every release (cmd.HELPERS)
+HELPERS_SOURCE = Path(__file__).resolve().parent / "runtime"
 
 
 @dataclass(frozen=True)
@@ -84,9 +92,81 @@ def new_release_id(commit: str, taken: list[str]) -> str:
 # -- build -------------------------------------------------------------------------------------
 
 
+def engine_gunicorn() -> str:
+    """The gunicorn a release's venv gets when the service does not install one itself: the
+    engine's own version (the service's web server is stageflow's business, not the service's)."""
+    try:
+        return f"gunicorn=={metadata.version('gunicorn')}"
+    except metadata.PackageNotFoundError:
+        return DEFAULT_GUNICORN
+
+
 def lock_hash(lock_text: str) -> str:
     ver = f"{sys.version_info.major}.{sys.version_info.minor}"
     return hashlib.sha256(f"{ver}\n{lock_text}".encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class VenvSpec:
+    """What a release's venv is built from: the files pip reads (name, text), how pip is called,
+    and the gunicorn added when the service lists none. Its key names the venv."""
+
+    files: tuple[tuple[str, str], ...]
+    mode: str  # "requirements" (pip install -r FILE) or "package" (pip install DIR)
+    install: tuple[str, ...]  # pip install arguments
+    cwd: str  # where pip runs: relative paths in a requirements file resolve from here
+    gunicorn: str
+
+    @property
+    def key(self) -> str:
+        parts = [f"mode {self.mode}", f"gunicorn {self.gunicorn}"]
+        return lock_hash("\n".join(parts + [f"--- {n}\n{t}" for n, t in self.files]))
+
+
+PYPROJECT_LOCKS = ("uv.lock", "poetry.lock", "requirements.lock")
+
+
+def venv_spec(host: Host, service: Service, release_dir: str, commit: str) -> VenvSpec:
+    """Read the service's requirements from the extracted release: a requirements file is
+    installed with `-r`; a pyproject.toml installs the service's folder as a package, keyed by the
+    pyproject and the lock file beside it (uv.lock, poetry.lock or requirements.lock)."""
+    path = service.path_in_release(release_dir, service.requirements)
+    text = host.read_text(path)
+    if text is None:
+        raise ServiceError(
+            f"the service's requirements {service.repo_path(service.requirements)} are not in "
+            f"commit {commit[:12]}",
+            hint="commit that file, or point [service] requirements at the file the service "
+            "installs from",
+        )
+    folder = str(PurePosixPath(path).parent)
+    gunicorn = engine_gunicorn()
+    if PurePosixPath(path).name != "pyproject.toml":
+        files = ((service.requirements, text),)
+        return VenvSpec(files, "requirements", ("-r", path), folder, gunicorn)
+    files = [(service.requirements, text)]
+    install = [folder]
+    for name in PYPROJECT_LOCKS:
+        lock = host.read_text(f"{folder}/{name}")
+        if lock is not None:
+            files.append((name, lock))
+            if name == "requirements.lock":  # the one lock pip reads: the pins hold
+                install = ["-r", f"{folder}/{name}", folder]
+    return VenvSpec(tuple(files), "package", tuple(install), folder, gunicorn)
+
+
+def install_helpers(host: Host, release_dir: str) -> str:
+    """Copy the engine's stdlib-only helpers (listener, launcher, gunicorn hooks) into the
+    release: the service's repository holds none of the engine."""
+    target = f"{release_dir}/{cmd.HELPERS_DIR}"
+    host.makedirs(target)
+    for name in cmd.HELPERS:
+        src = HELPERS_SOURCE / name
+        if host.is_local:
+            shutil.copyfile(src, f"{target}/{name}")
+        else:
+            host.put_file(src, f"{target}/{name}")
+    return target
 
 
 def archive(proj: Project, commit: str) -> Path:
@@ -104,10 +184,17 @@ def archive(proj: Project, commit: str) -> Path:
 
 
 def migrations_at_commit(
-    proj: Project, commit: str, subdir: str = "app/migrations"
+    proj: Project, commit: str, subdir: str | None = None
 ) -> list[migrations.MigrationFile]:
-    """The migration files of a commit, read without a checkout and without building anything (a
-    deploy checks them before its guards); a malformed file is bad input (ConfigError, exit 2)."""
+    """The SQL migration files of a commit (the service's migrations.dir unless subdir), read
+    without a checkout and without building anything (a deploy checks them before its guards); a
+    malformed file is bad input (ConfigError, exit 2). A service whose own tool migrates
+    (kind "command" or "none") has none."""
+    svc = proj.service
+    if subdir is None:
+        if svc.migrations.kind != "sql":
+            return []
+        subdir = svc.repo_path(svc.migrations.dir)
     with tempfile.TemporaryDirectory(prefix="stageflow-migrations-") as tmp:
         tarball = Path(tmp) / "migrations.tar"
         if _git(proj.root, gitcmd.archive(commit, output=tarball, paths=[subdir])).ok:
@@ -130,7 +217,8 @@ def build(
     layout: Layout | None = None,
     rid: str | None = None,
 ) -> Release:
-    """git archive of the commit, extracted into releases/<id>, with its venv linked by lock hash.
+    """git archive of the commit, extracted into releases/<id>, with its venv linked by the hash of
+    the service's requirements and the engine's helpers copied into <id>/.stageflow.
 
     Several hosts share one release id (rid) and one archive; each host gets it uploaded once.
     """
@@ -148,9 +236,9 @@ def build(
     host.run(cmd.extract(remote_tar, staging_dir))
     if not host.is_local:
         host.remove_tree(remote_tar)
-    lock_text = host.read_text(f"{staging_dir}/{LOCKFILE}") or ""
-    venv = ensure_venv(host, layout, lock_text, f"{staging_dir}/{LOCKFILE}")
+    venv = ensure_venv(host, layout, venv_spec(host, proj.service, staging_dir, commit))
     host.symlink(venv, f"{staging_dir}/.venv")
+    install_helpers(host, staging_dir)
     meta = {
         "id": rid,
         "commit": commit,
@@ -170,10 +258,10 @@ def venv_cache(host: Host) -> str:
     return ".cache/stageflow/venvs"  # relative to the SSH user's home
 
 
-def ensure_venv(host: Host, layout: Layout, lock_text: str, lockfile: str) -> str:
-    """One venv per lock hash: a deploy that changes no dependency installs nothing, and a
-    second environment on the same host copies the host's cached build instead of installing."""
-    digest = lock_hash(lock_text)
+def ensure_venv(host: Host, layout: Layout, spec: VenvSpec) -> str:
+    """One venv per requirements hash: a deploy that changes no dependency installs nothing, and
+    a second environment on the same host copies the host's cached build instead of installing."""
+    digest = spec.key
     venv = f"{layout.venvs}/{digest}"
     if host.exists(f"{venv}/.complete"):
         return venv
@@ -184,8 +272,11 @@ def ensure_venv(host: Host, layout: Layout, lock_text: str, lockfile: str) -> st
         host.makedirs(venv_cache(host))
         python = sys.executable if host.is_local else "python3"
         host.run(cmd.venv_create(python, building), timeout=120)
-        host.run(cmd.venv_install(building, lockfile), timeout=600)
-        host.write_text(f"{building}/.complete", lock_text)
+        host.run(cmd.pip_install(building, spec.install), timeout=600, cwd=spec.cwd)
+        # gunicorn runs the service: the engine's, unless the service installed its own
+        if not host.run(cmd.has_module(building, "gunicorn"), check=False).ok:
+            host.run(cmd.pip_install(building, [spec.gunicorn]), timeout=300)
+        host.write_text(f"{building}/.complete", "\n".join(n for n, _ in spec.files) + "\n")
         # a concurrent build may have won the rename; either copy is complete and equal
         if not host.run(filecmd.rename_onto(building, cached), check=False).ok:
             host.remove_tree(building)
@@ -199,6 +290,12 @@ def ensure_venv(host: Host, layout: Layout, lock_text: str, lockfile: str) -> st
 def release_meta(host: Host, layout: Layout, rid: str) -> dict[str, Any] | None:
     text = host.read_text(f"{layout.release(rid)}/RELEASE.json")
     return json.loads(text) if text else None
+
+
+def update_meta(host: Host, layout: Layout, rid: str, **fields: Any) -> None:
+    """Add fields to a built release's RELEASE.json (the schema revisions it ran on, say)."""
+    meta = {**(release_meta(host, layout, rid) or {}), **fields}
+    host.write_text(f"{layout.release(rid)}/RELEASE.json", json.dumps(meta, indent=2))
 
 
 def list_releases(host: Host, layout: Layout) -> list[str]:
@@ -266,7 +363,7 @@ def _signal(host: Host, pid: int, sig: signal.Signals) -> None:
 class Paths:
     control: str
     listener_pid: str
-    app_env: str
+    settings: str
     app_log: str
 
     @classmethod
@@ -274,13 +371,22 @@ class Paths:
         return cls(
             control=f"{layout.run}/listener.sock",
             listener_pid=f"{layout.run}/listener.pid",
-            app_env=f"{layout.shared}/app.env",
+            settings=f"{layout.shared}/service.json",
             app_log=f"{layout.logs}/app.log",
         )
 
 
 def master_pidfile(layout: Layout, rid: str) -> str:
     return f"{layout.run}/app-{rid}.pid"
+
+
+def ready_dir(layout: Layout, rid: str) -> str:
+    return f"{layout.run}/ready-{rid}"
+
+
+def metrics_dir(layout: Layout, rid: str) -> str:
+    """Each worker of the release writes its response counters here, as <pid>.json."""
+    return f"{layout.run}/metrics/{rid}"
 
 
 def running_masters(host: Host, layout: Layout) -> dict[str, int]:
@@ -295,10 +401,22 @@ def running_masters(host: Host, layout: Layout) -> dict[str, int]:
     return out
 
 
-def write_app_env(host: Host, env: EnvConfig, layout: Layout) -> None:
-    """The service's environment file: committed keys plus secrets, readable by its owner only."""
-    lines = [f"{k}={v}" for k, v in env.service_env().items()]
-    host.write_text(Paths.of(layout).app_env, "\n".join(lines) + "\n", mode=0o600)
+def settings_of(env: EnvConfig, service: Service, release: Release) -> dict[str, str]:
+    """The service's environment for one release: its settings, and the commit it runs."""
+    return {
+        **service_settings(env, service, release=release.id),
+        "STAGEFLOW_COMMIT": release.commit,
+    }
+
+
+def write_settings(
+    host: Host, env: EnvConfig, service: Service, layout: Layout, release: Release
+) -> str:
+    """The settings as JSON in a file its owner alone reads: the launcher loads it into the
+    environment, so no value travels on a command line (which every user on the host can read)."""
+    path = Paths.of(layout).settings
+    host.write_text(path, json.dumps(settings_of(env, service, release)), mode=0o600)
+    return path
 
 
 def ensure_listener(
@@ -316,7 +434,7 @@ def ensure_listener(
     res = host.run(
         cmd.listener(
             python,
-            release_dir,
+            f"{release_dir}/{cmd.HELPERS_DIR}",
             port=env.app_port,
             control=paths.control,
             pidfile=paths.listener_pid,
@@ -338,84 +456,100 @@ def ensure_listener(
     raise ServiceError(f"the listener for port {env.app_port} did not start")
 
 
-def service_env(env: EnvConfig, layout: Layout, release: Release, ready_dir: str) -> dict[str, str]:
-    return {
-        "STAGEFLOW_ENV_FILE": Paths.of(layout).app_env,
-        "STAGEFLOW_RELEASE": release.id,
-        "STAGEFLOW_COMMIT": release.commit,
-        "STAGEFLOW_APP_DIR": layout.release(release.id),
-        "STAGEFLOW_READY_DIR": ready_dir,
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-    }
-
-
-def health_barrier(
-    host: Host,
-    env: EnvConfig,
-    layout: Layout,
-    release: Release,
-    extra_env: dict[str, str] | None = None,
-) -> None:
-    """Refuse to start a release that does not answer /readyz in-process (code, schema, servers)."""
-    rdir = layout.release(release.id)
-    res = host.run(
-        cmd.barrier(rdir),
-        check=False,
-        timeout=60,
-        cwd=rdir,
-        env={**service_env(env, layout, release, ""), **(extra_env or {})},
-    )
-    if not res.ok:
-        raise ServiceError(
-            f"release {release.id} is not ready: {res.tail(1)}",
-            hint="check its migrations and servers; the previous release still serves",
-        )
-
-
 def start(
     host: Host,
     env: EnvConfig,
+    service: Service,
     layout: Layout,
     release: Release,
     *,
     workers: int,
-    extra_env: dict[str, str] | None = None,
-    timeout_s: float = 30.0,
+    timeout_s: float = 45.0,
     bind: str = "127.0.0.1",
 ) -> int:
-    """Start a gunicorn master for release on the shared socket; return once its workers booted."""
+    """Start a gunicorn master for release on the shared socket; return once every worker loaded
+    the service and answered its ready path in-process. A worker that did not answer halts the
+    master before it accepts anything: the release is stopped and refused (ServiceError)."""
     rdir = layout.release(release.id)
+    if not host.exists(f"{rdir}/{cmd.HELPERS_DIR}/launch.py"):
+        install_helpers(host, rdir)  # a release built before the helpers shipped with it
     paths = Paths.of(layout)
     ensure_listener(host, env, layout, rdir, bind=bind)
     pidfile = master_pidfile(layout, release.id)
     old = _read_pid(host, pidfile)
     if _alive(host, old):
         return old  # type: ignore[return-value]
-    ready_dir = f"{layout.run}/ready-{release.id}"
-    host.remove_tree(ready_dir)
-    host.makedirs(ready_dir)
-    host.run(
-        cmd.gunicorn(
-            rdir, control=paths.control, pidfile=pidfile, workers=workers, logfile=paths.app_log
-        ),
-        env={**service_env(env, layout, release, ready_dir), **(extra_env or {})},
-        timeout=30,
+    ready = ready_dir(layout, release.id)
+    host.remove_tree(ready)
+    host.makedirs(ready, metrics_dir(layout, release.id))
+    launch = cmd.Launch(
+        control=paths.control,
+        settings=write_settings(host, env, service, layout, release),
+        pidfile=pidfile,
+        logfile=paths.app_log,
+        ready_dir=ready,
+        metrics_dir=metrics_dir(layout, release.id),
+        release=release.id,
     )
+    argv = cmd.gunicorn(
+        rdir,
+        launch,
+        app=service.wsgi,
+        service_dir=service.path_in_release(rdir),
+        worker_class=service.worker_class,
+        ready_path=service.ready_path,
+        asgi=service.is_asgi,
+        workers=workers,
+    )
+    try:
+        host.run(argv, env={"PATH": "/usr/local/bin:/usr/bin:/bin"}, timeout=30)
+        return _await_workers(host, env, layout, release, workers=workers, timeout_s=timeout_s)
+    finally:
+        host.remove_tree(ready)
+
+
+def _marks(host: Host, ready: str) -> tuple[int, str | None]:
+    """(workers that answered, the first failure's report or None)."""
+    names = host.listdir(ready)
+    failed = sorted(n for n in names if n.startswith("fail-"))
+    if failed:
+        return 0, (host.read_text(f"{ready}/{failed[0]}") or "").strip() or "no answer"
+    return sum(1 for n in names if n.startswith("ok-")), None
+
+
+def _await_workers(
+    host: Host, env: EnvConfig, layout: Layout, release: Release, *, workers: int, timeout_s: float
+) -> int:
+    pidfile = master_pidfile(layout, release.id)
+    ready = ready_dir(layout, release.id)
+    log = Paths.of(layout).app_log
+    seen: int | None = None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if len(host.listdir(ready_dir)) >= workers:
-            pid = _read_pid(host, pidfile)
-            if _alive(host, pid):
-                host.remove_tree(ready_dir)
-                return pid  # type: ignore[return-value]
+        answered, failure = _marks(host, ready)
+        pid = _read_pid(host, pidfile) or seen
+        if failure is not None:
+            if pid:
+                stop_master(host, pid)
+            raise ServiceError(
+                f"release {release.id} is not ready: {scrub(failure, env.secret_values())}",
+                hint="check its migrations, settings and servers; the previous release still "
+                "serves",
+            )
+        if answered >= workers and _alive(host, pid):
+            return pid  # type: ignore[return-value]
+        if seen and not _alive(host, seen):
+            break  # the master halted: a worker could not load the service
+        seen = pid
         time.sleep(0.03)
-    pid = _read_pid(host, pidfile)
+    pid = _read_pid(host, pidfile) or seen
     if pid:
         stop_master(host, pid)
-    tail = (host.read_text(paths.app_log) or "").strip().splitlines()[-2:]
+    tail = (host.read_text(log) or "").strip().splitlines()[-2:]
     raise ServiceError(
-        f"release {release.id} did not boot its workers: {' | '.join(tail)}",
-        hint=f"see {paths.app_log}",
+        f"release {release.id} did not boot its workers: "
+        f"{scrub(' | '.join(tail), env.secret_values())}",
+        hint=f"see {log}; the previous release still serves",
     )
 
 

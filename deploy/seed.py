@@ -1,180 +1,195 @@
-"""Deterministic test data for non-production environments, loaded with COPY through the app's schema.
+"""Test data for a non-production environment, written by the service's own seed command.
 
-Seed rows are marked by their author: every one starts with SEED_MARK ("seed:"). Seeding again
-deletes exactly those rows and loads the same set anew in one transaction, so rows that people or
-smoke probes wrote (no author, or any other author) are never touched.
+`[service] seed` is a command of the service (an argv, run without a shell), because only the
+service knows its tables. It runs on this machine, next to the database: in the serving release's
+venv (PATH `<release>/.venv/bin` first, cwd the service's dir in the release), or before the first
+deploy in the working tree with the Python that runs stageflow. It gets the service's settings as
+its environment (DATABASE_URL with the password, PG*, REDIS_URL, the service's own keys): never on
+its argv, never in a log. "{size}" in the argv becomes the operator's --size, which the command
+also finds in STAGEFLOW_SEED_SIZE. When its last line of output is a JSON object, its keys are
+reported (the reference service prints {"deleted": n, "inserted": n, ...}).
+
+A service without a seed command is a valid service: init and the data reset skip the step, and
+`inv <env>.seed` refuses with exit 2 (asked for test data, it has none to give).
 """
 
 from __future__ import annotations
 
-import random
+import json
+import os
+import re
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from deploy.config import EnvConfig
+from deploy import releases
+from deploy.config import EnvConfig, Project
 from deploy.errors import GuardRefused, ServiceError, UsageError
-from deploy.secrets import Secret
+from deploy.hosts import Host, run_process
+from deploy.secrets import scrub
+from deploy.service import Service
+from deploy.settings import service_settings
+from deploy.state import Layout
 
-SIZES: dict[str, int] = {"small": 10_000, "medium": 100_000, "large": 1_000_000}
-SEED_MARK = "seed:"
-RANDOM_SEED = 20260401  # fixed: the same size always yields the same rows
-# created_at is spread over the year before this instant (fixed, so the data never drifts with "now")
-EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
-COPY_SQL = "COPY notes (body, created_at, author) FROM STDIN"
-
-_FIRST = (
-    "ada", "alan", "barbara", "claude", "donald", "edsger", "frances", "grace", "hedy", "ivan",
-    "jean", "ken", "linus", "margaret", "niklaus", "radia", "sophie", "tim", "ursula", "yukihiro",
-)  # fmt: skip
-_LAST = (
-    "lovelace", "turing", "liskov", "shannon", "knuth", "dijkstra", "allen", "hopper", "lamarr",
-    "sutherland", "sammet", "thompson", "torvalds", "hamilton", "wirth", "perlman", "wilson",
-    "berners-lee", "franklin", "matsumoto",
-)  # fmt: skip
-_OPENERS = (
-    "Remember to", "Todo:", "Note:", "Idea:", "Follow up:", "Ask the team to", "Don't forget to",
-    "Check whether we can", "Meeting notes -", "Reminder:",
-)  # fmt: skip
-_VERBS = (
-    "review", "update", "deploy", "measure", "document", "rename", "archive", "benchmark",
-    "refactor", "test", "migrate", "back up", "rotate", "monitor", "plan",
-)  # fmt: skip
-_OBJECTS = (
-    "the release notes", "the staging database", "the login page", "the invoice export",
-    "the onboarding email", "the API keys", "the dashboard", "the search index",
-    "the quarterly report", "the on-call rota", "the payment webhook", "the cache settings",
-    "the error budget", "the signup form", "the mobile layout",
-)  # fmt: skip
-_TAILS = (
-    "", "", "", " before Friday.", " next sprint.", " with Sam.", " (blocked on review).",
-    " - see ticket.", " asap!", " after the freeze.", " and tell support.",
-)  # fmt: skip
+_SIZE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+SIZE_PLACEHOLDER = "{size}"
+TIMEOUT_S = 3600
+# what the command inherits from the operator's environment: enough to find programs and run
+INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
+SUMMARY_CHARS = 200
 
 
 @dataclass(frozen=True)
 class SeedResult:
     env: str
     size: str
-    deleted: int
-    inserted: int
     seconds: float
-
-    @property
-    def rows_per_s(self) -> float:
-        return self.inserted / self.seconds if self.seconds else 0.0
+    where: str  # "release <id>" or "the working tree"
+    summary: str  # what the command reported, in one line
+    reported: tuple[tuple[str, Any], ...] = ()  # the keys of its closing JSON object
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "env": self.env,
             "size": self.size,
-            "deleted": self.deleted,
-            "inserted": self.inserted,
             "seconds": round(self.seconds, 3),
-            "rows_per_s": round(self.rows_per_s),
+            "where": self.where,
+            "output": self.summary,
+            **dict(self.reported),
         }
 
 
-def size_rows(size: str) -> int:
-    if size not in SIZES:
-        raise UsageError(f"unknown seed size {size!r}", hint=f"use one of: {', '.join(SIZES)}")
-    return SIZES[size]
+@dataclass(frozen=True)
+class Place:
+    """Where the seed command runs: its working directory and the bin dir put first on PATH."""
+
+    cwd: str
+    bin_dir: str
+    release: str  # the serving release's id, "" in the working tree
+
+    @property
+    def label(self) -> str:
+        return f"release {self.release}" if self.release else "the working tree"
 
 
-def rows(count: int, *, seed: int = RANDOM_SEED) -> Iterator[tuple[str, datetime, str]]:
-    """(body, created_at, author) for count notes; the same count and seed give the same rows."""
-    rnd = random.Random(seed)
-    span_s = 365 * 24 * 3600
-    authors = [f"{SEED_MARK}{f}.{last}" for f in _FIRST for last in _LAST]
-    for _ in range(count):
-        body = (
-            f"{rnd.choice(_OPENERS)} {rnd.choice(_VERBS)} {rnd.choice(_OBJECTS)}"
-            f"{rnd.choice(_TAILS)}"
+def check_size(size: str) -> str:
+    """A size is a word the service's command understands (small, medium, large for the
+    reference service); stageflow only keeps it off the shell's special characters."""
+    if not _SIZE.match(size):
+        raise UsageError(
+            f"seed size {size!r} is not a plain word",
+            hint="give lowercase letters, digits, '-' or '_', e.g. --size small",
         )
-        created = EPOCH - timedelta(seconds=rnd.randrange(span_s))
-        # a few authors write most notes, as in real data
-        author = authors[min(int(rnd.paretovariate(1.2)) - 1, len(authors) - 1)]
-        yield body, created, author
+    return size
 
 
-def connect(env: EnvConfig) -> Any:
-    """A connection as the environment's app role (DATABASE_URL + POSTGRES_PASSWORD)."""
-    return _connect(env.database_url, env.secret("POSTGRES_PASSWORD"))
+def require_command(service: Service) -> None:
+    if not service.seed:
+        raise UsageError(
+            "[service] seed is empty: this service has no seed command",
+            hint='add e.g. seed = ["python", "-m", "shop.seed", "--size", "{size}"] '
+            "to [service] in stageflow.toml",
+        )
 
 
-def _connect(conninfo: str, password: Secret | None) -> Any:
-    import psycopg
-
-    kwargs: dict[str, Any] = {"connect_timeout": 10, "application_name": "stageflow-seed"}
-    if password is not None:
-        kwargs["password"] = password.reveal()
-    try:
-        return psycopg.connect(conninfo, **kwargs)
-    except psycopg.Error as exc:
-        first = (str(exc).strip().splitlines() or ["connection failed"])[0]
-        if password is not None:
-            first = first.replace(password.reveal(), "[REDACTED]")
-        raise ServiceError(
-            f"cannot connect to the database: {first}",
-            hint="start it with `inv <env>.up` and migrate with `inv <env>.migrate`",
-        ) from None
-
-
-def load(conninfo: str, count: int, *, password: Secret | None = None) -> tuple[int, int]:
-    """Replace the seed rows with count fresh ones in one transaction; returns (deleted, inserted)."""
-    import psycopg
-
-    with _connect(conninfo, password) as conn:
-        has_author = conn.execute(
-            "SELECT 1 FROM information_schema.columns"
-            " WHERE table_schema = current_schema() AND table_name = 'notes'"
-            " AND column_name = 'author'"
-        ).fetchone()
-        if not has_author:
-            raise ServiceError(
-                "the notes table is missing or has no author column",
-                hint="apply the migrations first: `inv <env>.migrate`",
-            )
-        try:
-            with conn.transaction():
-                deleted = conn.execute(
-                    "DELETE FROM notes WHERE starts_with(author, %s)", (SEED_MARK,)
-                ).rowcount
-                inserted = 0
-                with conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
-                    for row in rows(count):
-                        copy.write_row(row)
-                        inserted += 1
-        except psycopg.Error as exc:
-            first = (str(exc).strip().splitlines() or ["error"])[0]
-            raise ServiceError(f"seeding failed: {first}", hint="nothing was changed") from None
-    return deleted, inserted
-
-
-def seed(env: EnvConfig, *, size: str = "small") -> SeedResult:
-    """Seed a non-production environment's notes; production is refused whatever the caller."""
+def refuse_production(env: EnvConfig) -> None:
     if env.environment == "production":
         raise GuardRefused(
             f"{env.name} is production: seed data is never written there",
             hint="seed staging or dev; prod data reaches staging only through refresh --anonymize",
         )
-    count = size_rows(size)
+
+
+def seed_argv(service: Service, size: str) -> list[str]:
+    """The seed command with {size} filled in."""
+    return [arg.replace(SIZE_PLACEHOLDER, size) for arg in service.seed]
+
+
+def place(proj: Project, env: EnvConfig) -> Place:
+    """The serving release on this machine when it has one with a venv, else the working tree."""
+    layout = Layout(str(env.data_dir))
+    current = releases.current_release(Host(), layout)
+    if current:
+        release_dir = layout.release(current)
+        bin_dir = f"{release_dir}/.venv/bin"
+        if os.path.isdir(bin_dir):
+            return Place(proj.service.path_in_release(release_dir), bin_dir, current)
+    # before the first deploy: the Python running stageflow has the service's dependencies
+    bin_dir = str(Path(sys.executable).parent)
+    return Place(proj.service.path_in_release(str(proj.root)), bin_dir, "")
+
+
+def command_environment(
+    env: EnvConfig,
+    service: Service,
+    where: Place,
+    *,
+    size: str,
+    process_env: Mapping[str, str],
+) -> dict[str, str]:
+    """The whole environment the seed command sees: the service's settings, PATH, the size."""
+    out = {k: process_env[k] for k in INHERITED if k in process_env}
+    out["PATH"] = os.pathsep.join([where.bin_dir, out.get("PATH") or os.defpath])
+    out.update(service_settings(env, service, release=where.release))
+    out["STAGEFLOW_SEED_SIZE"] = size
+    return out
+
+
+def summarize(stdout: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    lines = [ln.strip() for ln in stdout.splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
+    try:
+        data = json.loads(last) if last.startswith("{") else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        reported = tuple(
+            (str(k), v) for k, v in data.items() if isinstance(v, str | int | float | bool)
+        )
+        return ", ".join(f"{k} {v}" for k, v in reported), reported
+    return last[:SUMMARY_CHARS], ()
+
+
+def run(
+    proj: Project,
+    env: EnvConfig,
+    *,
+    size: str = "small",
+    process_env: Mapping[str, str] | None = None,
+) -> SeedResult:
+    """Run the service's seed command against env's database; production is refused whatever
+    the caller. env may point at a scratch database (deploy.scratch.on_database)."""
+    refuse_production(env)
+    service = proj.service
+    require_command(service)
+    check_size(size)
+    where = place(proj, env)
+    environ = command_environment(
+        env, service, where, size=size,
+        process_env=os.environ if process_env is None else process_env,
+    )  # fmt: skip
+    secrets = env.secret_values()
+    argv = seed_argv(service, size)
     start = time.perf_counter()
-    deleted, inserted = load(env.database_url, count, password=env.secret("POSTGRES_PASSWORD"))
-    return SeedResult(env.name, size, deleted, inserted, time.perf_counter() - start)
-
-
-def count_seed_rows(conninfo: str, *, password: Secret | None = None) -> int:
-    """How many seed rows the database holds now (0 when notes or its author column is missing)."""
-    import psycopg
-
-    with _connect(conninfo, password) as conn:
-        try:
-            row = conn.execute(
-                "SELECT count(*) FROM notes WHERE starts_with(author, %s)", (SEED_MARK,)
-            ).fetchone()
-        except psycopg.Error:
-            return 0
-    return int(row[0]) if row else 0
+    try:
+        done = run_process(argv, cwd=where.cwd, env=environ, timeout=TIMEOUT_S, secrets=secrets)
+    except OSError as exc:
+        raise ServiceError(
+            f"cannot run the seed command {argv[0]!r} in {where.label}: "
+            f"{scrub(exc.strerror or str(exc), secrets)}",
+            hint="check [service] seed in stageflow.toml",
+        ) from None
+    seconds = time.perf_counter() - start
+    if done.timed_out or done.exit_code != 0:
+        said = [ln for ln in (done.stderr or done.stdout or "").splitlines() if ln.strip()]
+        why = "timed out" if done.timed_out else f"exit {done.exit_code}"
+        last = scrub(said[-1].strip(), secrets)[:SUMMARY_CHARS] if said else "no output"
+        raise ServiceError(
+            f"the seed command failed in {where.label} ({why}): {last}",
+            hint=f"fix the command or its data, then run `inv {env.name}.seed`",
+        )
+    summary, reported = summarize(scrub(done.stdout, secrets))
+    return SeedResult(env.name, size, seconds, where.label, summary, reported)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploy import backup, environment, migrations, releases
+from deploy import backup, env_migrations, environment, migrations, releases, scratch
 from deploy import seed as seeding
 from deploy.clients import redis_client
 from deploy.config import EnvConfig, Project, Thresholds
@@ -32,12 +32,7 @@ if TYPE_CHECKING:
 Printer = Callable[[str], None]
 LOG_FILES = ("app.log", "postgres.log", "redis.log")
 SCRATCH_SUFFIX = "_refresh"
-RETIRED_SUFFIX = "_retired"
 THRESHOLD_FIELDS = ("health_failures", "error_rate_points", "p95_ratio", "memory_mb")
-# the service caches its notes list for a few seconds and serves an entry only of the current
-# generation (app.wsgi.NOTES_CACHE_KEY, NOTES_GENERATION_KEY)
-NOTES_CACHE_KEY = "stageflow:notes:latest"
-NOTES_GENERATION_KEY = "stageflow:notes:generation"
 
 
 def _refuse_production(env: EnvConfig, what: str) -> None:
@@ -132,11 +127,13 @@ def init(
     """Make the environment ready to deploy to: dirs, config, servers, schema, seed, logs.
 
     Idempotent: a second run changes nothing and says so. With reset, the environment is wiped
-    and rebuilt from the working tree's migrations first. Production is always refused.
+    and rebuilt from the working tree's migrations first. Production is always refused. The seed
+    step runs the service's seed command on a database init found empty, and is skipped for a
+    service without one.
     """
     env = proj.env(name)
     _refuse_production(env, "init" + (" --reset" if reset else ""))
-    seeding.size_rows(size)
+    seeding.check_size(size)
     steps: list[tuple[str, str]] = []
     checks = guards.run_checks(guards.environment_checks(proj, name, process_env or {}))
     guards.require(checks)
@@ -152,7 +149,9 @@ def init(
         if reset:
             steps.append(("reset", _wipe(proj, name)))
             Path(layout.state).mkdir(parents=True, exist_ok=True)
-        steps += _build_environment(proj, name, layout, actor=actor, reset=reset, size=size)
+        steps += _build_environment(
+            proj, name, layout, actor=actor, reset=reset, size=size, process_env=process_env
+        )
         audit(host, layout, actor=actor, action="init", reset=reset)
     finally:
         lock.release()
@@ -162,7 +161,14 @@ def init(
 
 
 def _build_environment(
-    proj: Project, name: str, layout: Layout, *, actor: str, reset: bool, size: str
+    proj: Project,
+    name: str,
+    layout: Layout,
+    *,
+    actor: str,
+    reset: bool,
+    size: str,
+    process_env: Mapping[str, str] | None,
 ) -> list[tuple[str, str]]:
     """Directories, servers, log files, schema and seed rows, each step saying what it did."""
     env = proj.env(name)
@@ -172,13 +178,16 @@ def _build_environment(
         layout.state, layout.venvs,
     ]  # fmt: skip
     missing = [d for d in wanted if not os.path.isdir(d)]
-    return [
+    steps = [
         ("directories", f"created {len(missing)} under {env.data_dir}" if missing else "present"),
         ("servers", "; ".join(svc.up())),
         ("logs", _log_files(svc)),
-        ("migrate", _migrate_schema(proj, env, layout, actor=actor, reset=reset)),
-        ("seed", _seed_rows(env, name, size)),
     ]
+    # judged before the migrations run: they create tables, and some tools write rows too
+    tables = _user_tables(env)
+    steps.append(("migrate", _migrate_schema(proj, env, layout, actor=actor, reset=reset)))
+    steps.append(("seed", _seed_rows(proj, env, tables, size, process_env=process_env)))
+    return steps
 
 
 def _migrate_schema(
@@ -187,20 +196,55 @@ def _migrate_schema(
     source = str(proj.root) if reset else _migration_source(proj, layout)
     applied = migrations.migrate(
         env.database_url,
-        migrations.in_release(source),
+        env_migrations.files_in(proj, source),
         applied_by=actor,
         password=env.secret("POSTGRES_PASSWORD"),
     )
     return f"applied {[f.version for f in applied]}" if applied else "up to date"
 
 
-def _seed_rows(env: EnvConfig, name: str, size: str) -> str:
-    """Seed an empty database; rows already there are kept (a reseed is its own task)."""
-    have = seeding.count_seed_rows(env.database_url, password=env.secret("POSTGRES_PASSWORD"))
-    if have:
-        return f"kept {have} seed rows (reseed with `inv {name}.seed`)"
-    result = seeding.seed(env, size=size)
-    return f"{result.inserted} {size} seed rows in {result.seconds:.2f}s"
+def _user_tables(env: EnvConfig) -> int:
+    """How many tables the environment's database holds (the migration ledger aside)."""
+    import psycopg
+
+    password = env.secret("POSTGRES_PASSWORD")
+    try:
+        with psycopg.connect(
+            env.database_url,
+            password=password.reveal() if password else None,
+            connect_timeout=10,
+            application_name="stageflow-init",
+        ) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema ="
+                " current_schema() AND table_type = 'BASE TABLE' AND table_name <> %s",
+                (migrations.LEDGER_TABLE,),
+            ).fetchone()
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or ["connection failed"])[0]
+        if password:
+            first = first.replace(password.reveal(), "[REDACTED]")
+        raise ServiceError(
+            f"cannot read {env.name}'s database: {first}", hint=f"run `inv {env.name}.up`"
+        ) from None
+    return int(row[0]) if row else 0
+
+
+def _seed_rows(
+    proj: Project,
+    env: EnvConfig,
+    tables: int,
+    size: str,
+    *,
+    process_env: Mapping[str, str] | None,
+) -> str:
+    """Seed a database init found empty; one that held tables is kept (a reseed is its own task)."""
+    if not proj.service.seed:
+        return "none: [service] seed is empty"
+    if tables:
+        return f"kept the data already there ({tables} tables; reseed with `inv {env.name}.seed`)"
+    result = seeding.run(proj, env, size=size, process_env=process_env)
+    return f"{size} seed in {result.seconds:.2f}s from {result.where}: {result.summary}"
 
 
 # -- refresh -------------------------------------------------------------------------------------
@@ -254,84 +298,15 @@ def _source_connection(env: EnvConfig) -> Any:
         ) from None
 
 
-def _admin(svc: NativeServices, dbname: str = "postgres") -> Any:
-    import psycopg
-
-    return psycopg.connect(svc.admin_conninfo(dbname), autocommit=True, connect_timeout=10)
-
-
-def _drop(svc: NativeServices, dbname: str) -> None:
-    from psycopg import sql
-
-    with _admin(svc) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
-        )
-
-
-def _swap(svc: NativeServices, live: str, scratch: str) -> None:
-    """Put scratch in live's place in one transaction; live is kept aside until that commits.
-
-    New sessions to live are refused first, then the open ones (the service's) are ended: a
-    database cannot be renamed while anyone is connected. The service's store reconnects on its
-    next query and lands on the new database, so the service need not stop.
-    """
-    import psycopg
-    from psycopg import sql
-
-    retired = live + RETIRED_SUFFIX
-    ident = sql.Identifier
-    with _admin(svc) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident(retired)))
-        conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(ident(live)))
-        try:
-            for _ in range(50):
-                conn.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE datname = %s AND pid <> pg_backend_pid()",
-                    (live,),
-                )
-                try:
-                    with conn.transaction():
-                        conn.execute(
-                            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                                ident(live), ident(retired)
-                            )
-                        )
-                        conn.execute(
-                            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                                ident(scratch), ident(live)
-                            )
-                        )
-                    break
-                except psycopg.errors.ObjectInUse:
-                    time.sleep(0.05)  # a session ended by terminate may still be leaving
-            else:
-                raise ServiceError(
-                    f"{live} kept getting new sessions: could not swap it",
-                    hint="stop whatever connects to it and run the refresh again",
-                )
-        finally:
-            # whichever database holds the name takes sessions (after a failure: the untouched target)
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (live,)).fetchone():
-                conn.execute(
-                    sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(ident(live))
-                )
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident(retired)))
-
-
-def _forget_cache(env: EnvConfig) -> None:
+def _flush_cache(env: EnvConfig) -> None:
+    """Empty the environment's Redis database: what it cached was read from the data replaced."""
     import redis
 
     try:
         with redis_client(env, timeout_s=3) as client:
-            # a new generation: a list read from the old database before the swap is never served
-            pipe = client.pipeline(transaction=True)
-            pipe.incr(NOTES_GENERATION_KEY)
-            pipe.delete(NOTES_CACHE_KEY)
-            pipe.execute()
+            client.flushdb()
     except redis.RedisError:
-        pass  # the cache expires on its own within seconds
+        pass  # a service's cache entries expire on their own
 
 
 class _TimedSteps:
@@ -363,14 +338,15 @@ def refresh(
     """Replace name's database with source's latest backup (a fresh dump when there is none).
 
     The order keeps the target whole until the very end, whatever fails:
-      1. dump:      source's latest verified backup, or pg_dump now (read-only on the source);
+      1. dump:      source's latest verified backup, or pg_dump now (read-only on the source),
+                    then the [anonymize] rules against both schemas, before any data is copied;
       2. restore:   into a scratch database beside the target's, never into the target itself;
       3. migrate:   the target's serving release's pending migrations, on that scratch copy;
       4. anonymize: the rules of [anonymize], in one transaction on the scratch copy;
       5. check:     no rewritten value equals a value of the restored copy or of the live source
                     (read-only queries there); the source being unreadable stops here;
-      6. swap:      rename target -> retired and scratch -> target in one transaction, then drop
-                    the retired one.
+      6. swap:      rename target -> retired and scratch -> target in one transaction, drop the
+                    retired one, flush the target's Redis (its entries came from the old data).
     Any failure before 6 drops the scratch copy and leaves the target exactly as it was.
     """
     target = proj.env(name)
@@ -388,7 +364,7 @@ def refresh(
             proj, svc, layout, rules, step, source=source, actor=actor, fresh=fresh,
             anonymize_data=anonymize_data,
         )  # fmt: skip
-        _forget_cache(target)
+        _flush_cache(target)
         out = {
             "env": name,
             "source": source,
@@ -453,48 +429,43 @@ def _refresh_database(
     The scratch copy is dropped whatever fails before the swap; the target is not touched.
     """
     target = svc.env
-    scratch = target.database.name + SCRATCH_SUFFIX
+    scratch_db = target.database.name + SCRATCH_SUFFIX
     dump = step("dump", lambda: _source_dump(proj, source, actor=actor, fresh=fresh))
-    _drop(svc, scratch)
+    if anonymize_data:
+        step("rules", lambda: _check_rules_first(proj, target, rules, source=source))
+    scratch.drop(svc, scratch_db)
     try:
-        step("restore", lambda: _restore_scratch(svc, target, scratch, dump["path"]))
+        step("restore", lambda: _restore_scratch(svc, target, scratch_db, dump["path"]))
         applied = step(
             "migrate",
             lambda: migrations.migrate(
-                _as_role(svc.admin_conninfo(scratch), target.database.user),
-                migrations.in_release(_migration_source(proj, layout)),
+                _as_role(svc.admin_conninfo(scratch_db), target.database.user),
+                env_migrations.files_in(proj, _migration_source(proj, layout)),
                 applied_by=actor,
             ),
         )
         checked = step(
             "anonymize",
             lambda: _anonymize_scratch(
-                proj, svc, scratch, rules, source=source, enabled=anonymize_data
+                proj, svc, scratch_db, rules, source=source, enabled=anonymize_data
             ),
         )
-        step("swap", lambda: _swap(svc, target.database.name, scratch))
+        step("swap", lambda: scratch.swap(svc, target.database.name, scratch_db))
     except BaseException:
         try:
-            _drop(svc, scratch)
+            scratch.drop(svc, scratch_db)
         except Exception:  # noqa: BLE001 - the first failure is the one to report
             pass
         raise
     return dump, applied, checked
 
 
-def _restore_scratch(svc: NativeServices, env: EnvConfig, scratch: str, dump: str) -> None:
-    from psycopg import sql
-
-    with _admin(svc) as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                sql.Identifier(scratch), sql.Identifier(env.database.user)
-            )
-        )
+def _restore_scratch(svc: NativeServices, env: EnvConfig, scratch_db: str, dump: str) -> None:
+    scratch.create(svc, scratch_db)
     try:
         Host(secrets=env.secret_values()).run(
             backup.restore_argv(
-                pg_bin_dir(), svc.admin_conninfo(scratch), dump, role=env.database.user
+                pg_bin_dir(), svc.admin_conninfo(scratch_db), dump, role=env.database.user
             ),
             timeout=7200,
         )
@@ -504,10 +475,31 @@ def _restore_scratch(svc: NativeServices, env: EnvConfig, scratch: str, dump: st
         ) from None
 
 
+def _check_rules_first(
+    proj: Project, target: EnvConfig, rules: anonymize.Rules, *, source: str
+) -> str:
+    """The rules against the source's schema, before any of its data is copied (read-only).
+
+    A rule must name a table and column the source or the target has (the target's serving
+    release may have added it); a text column both have needs a rule. The same check runs again,
+    exactly, on the restored and migrated copy before a value is rewritten.
+    """
+    from deploy import anonymize
+
+    with _source_connection(proj.env(source)) as src:
+        theirs = anonymize.read_columns(src)
+    with _source_connection(target) as conn:
+        ours = anonymize.read_columns(conn)
+    mine = {(c.table, c.name) for c in ours}
+    both = [c for c in theirs if (c.table, c.name) in mine]
+    anonymize.require_coverage(rules, both, known=[*theirs, *ours])
+    return f"{len(rules.tables)} tables named, {len(both)} columns covered"
+
+
 def _anonymize_scratch(
     proj: Project,
     svc: NativeServices,
-    scratch: str,
+    scratch_db: str,
     rules: anonymize.Rules,
     *,
     source: str,
@@ -517,7 +509,7 @@ def _anonymize_scratch(
 
     updated: dict[str, int] = {}
     found: dict[str, int] = {}
-    with _admin(svc, scratch) as conn:
+    with scratch.admin(svc, scratch_db) as conn:
         if enabled:
             salt = pysecrets.token_hex(16)
             with conn.transaction():
@@ -628,16 +620,24 @@ def _directories_present(v: _StagingView) -> tuple[bool, str]:
 
 
 def _features_all_on(v: _StagingView) -> tuple[bool, str]:
-    from app.config import KNOWN_FEATURES
-
-    if "all" not in v.env.features:
-        return False, f"FEATURES={','.join(v.env.features)}: staging runs every flag (all)"
-    status, body = http("GET", f"http://{v.address}:{v.env.app_port}/version", timeout=1.5)
+    """Staging runs every feature flag, when the service has flags (a FEATURES key); its version
+    path, when it reports `features` and `known_features`, says whether all are on."""
+    service = v.proj.service
+    if "FEATURES" not in service.env_keys:
+        return True, "the service declares no FEATURES key"
+    features = [f.strip() for f in v.env.value("FEATURES").split(",") if f.strip()]
+    if "all" not in features:
+        return False, f"FEATURES={','.join(features)}: staging runs every flag (all)"
+    if not service.version:
+        return True, "FEATURES=all (no version path to confirm it)"
+    url = f"http://{v.address}:{v.env.app_port}{service.version}"
+    status, body = http("GET", url, timeout=1.5)
     if status != 200 or not isinstance(body, dict):
-        return False, f"/version HTTP {status}"
+        return False, f"{service.version} HTTP {status}"
     v.version.update(body)
-    off = sorted(set(KNOWN_FEATURES) - set(body.get("features") or []))
-    return not off, f"off: {', '.join(off)}" if off else f"all on: {', '.join(KNOWN_FEATURES)}"
+    known = list(body.get("known_features") or body.get("features") or [])
+    off = sorted(set(known) - set(body.get("features") or []))
+    return not off, f"off: {', '.join(off)}" if off else f"all on: {', '.join(known) or '-'}"
 
 
 def _thresholds_derived(v: _StagingView) -> tuple[bool, str]:

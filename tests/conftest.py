@@ -121,6 +121,7 @@ def _stop_the_run_from_a_worker(session: pytest.Session) -> Iterator[None]:
 def _embedded_services() -> Iterator[tuple[PgServer, RedisServer]]:
     root = support.public_tmpdir("sf-services-")
     support.write_envs(root, names=("dev",))
+    (root / "stageflow.toml").write_text(support.minimal_policy())  # the service's declared keys
     env = load_env(root, "dev")
     services = NativeServices(env)
     entry = support.register(

@@ -91,10 +91,24 @@ def _ref() -> str:
 
 def _env(env_files: list[str]):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from deploy.config import load_env
+    from deploy.config import ENV_KEYS, SECRET_KEYS, Posture, load_env, read_env_file
+    from deploy.service import Service
 
+    # a container sees whatever its env files hold: every key there counts as the service's own
     name = Path(env_files[0]).name.split(".")[0]
-    return load_env(Path.cwd(), name, process_env=dict(os.environ))
+    keys = [k for k in read_env_file(Path.cwd() / "env" / f"{name}.env") if k not in ENV_KEYS]
+    secrets_file = Path.cwd() / "env" / f"{name}.secrets.env"
+    secrets = (
+        [k for k in read_env_file(secrets_file) if k not in SECRET_KEYS]
+        if secrets_file.exists()
+        else []
+    )
+    service = Service(
+        name="container", wsgi="app:app", env_keys=tuple(keys), secret_keys=tuple(secrets)
+    )
+    return load_env(
+        Path.cwd(), name, service=service, posture=Posture(), process_env=dict(os.environ)
+    )
 
 
 def _servers(env):

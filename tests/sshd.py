@@ -223,9 +223,7 @@ def shared_venv(lock: Path) -> Path:
     and kept in the temp dir, so a later test run reuses it."""
     import fcntl
 
-    from deploy.releases import lock_hash
-
-    venv = Path(tempfile.gettempdir()) / f"stageflow-test-venv-{lock_hash(lock.read_text())}"
+    venv = Path(tempfile.gettempdir()) / f"stageflow-test-venv-{venv_key(lock)}"
     # venv scripts carry their own path, so it is built in place; a file lock keeps two runs apart
     with open(f"{venv}.lock", "w") as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)
@@ -241,14 +239,20 @@ def shared_venv(lock: Path) -> Path:
     return venv
 
 
-def seed_venv(data_dir: Path, venv: Path, lock: Path) -> None:
-    """Give a host the app's venv under its lock hash, so its first build installs nothing: pip
-    for every host would make the test minutes long (one host per test still builds for real)."""
-    from deploy.releases import lock_hash
+def venv_key(lock: Path) -> str:
+    """The name a release's venv gets for the reference service's lock file (releases.VenvSpec)."""
+    from deploy.releases import VenvSpec, engine_gunicorn
 
+    files = (("app/requirements.lock", lock.read_text()),)
+    return VenvSpec(files, "requirements", (), "", engine_gunicorn()).key
+
+
+def seed_venv(data_dir: Path, venv: Path, lock: Path) -> None:
+    """Give a host the app's venv under its key, so its first build installs nothing: pip
+    for every host would make the test minutes long (one host per test still builds for real)."""
     venvs = data_dir / "shared" / "venvs"
     venvs.mkdir(parents=True, exist_ok=True)
-    link = venvs / lock_hash(lock.read_text())
+    link = venvs / venv_key(lock)
     if not link.exists():
         link.symlink_to(venv)
 

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import PurePosixPath
+
+# the engine's stdlib-only helpers (listener, launcher, gunicorn hooks), copied into each release
+HELPERS_DIR = ".stageflow"
+HELPERS = ("listener.py", "launch.py", "gunicorn_conf.py")
 
 
 def rev_parse(ref: str) -> list[str]:
@@ -22,7 +28,8 @@ def venv_create(python: str, path: str) -> list[str]:
     return [python, "-m", "venv", path]
 
 
-def venv_install(venv: str, lockfile: str) -> list[str]:
+def pip_install(venv: str, args: Sequence[str]) -> list[str]:
+    """`pip install ARGS` with the venv's own python (`-r FILE`, a project directory, pins)."""
     return [
         str(PurePosixPath(venv, "bin", "python")),
         "-m",
@@ -30,23 +37,32 @@ def venv_install(venv: str, lockfile: str) -> list[str]:
         "install",
         "--quiet",
         "--disable-pip-version-check",
-        "-r",
-        lockfile,
+        *args,
     ]
+
+
+def venv_install(venv: str, lockfile: str) -> list[str]:
+    return pip_install(venv, ["-r", lockfile])
+
+
+def has_module(venv: str, module: str) -> list[str]:
+    """Exits 0 when the venv's python can import module (gunicorn, before installing ours)."""
+    return [str(PurePosixPath(venv, "bin", "python")), "-c", f"import {module}"]
 
 
 def listener(
     python: str,
-    release: str,
+    helpers: str,
     *,
     port: int,
     control: str,
     pidfile: str,
     host: str = "127.0.0.1",
 ) -> list[str]:
+    """The listener from the helpers shipped into the release (`<release>/.stageflow`)."""
     return [
         python,
-        str(PurePosixPath(release, "deploy", "runtime", "listener.py")),
+        str(PurePosixPath(helpers, "listener.py")),
         "--host",
         host,
         "--port",
@@ -58,24 +74,62 @@ def listener(
     ]
 
 
+@dataclass(frozen=True)
+class Launch:
+    """Where one gunicorn master of a release finds its socket, settings and marks. Every value
+    here is a path, a URL path or a release id: the settings themselves stay in their file."""
+
+    control: str  # the listener's unix socket
+    settings: str  # the JSON file of the service's environment (mode 0600)
+    pidfile: str
+    logfile: str
+    ready_dir: str  # each worker leaves ok-<pid> or fail-<pid> here
+    metrics_dir: str  # each worker's response counters, <pid>.json
+    release: str
+
+
+def _launch_args(launch: Launch, *, ready_path: str, asgi: bool) -> list[str]:
+    return [
+        "--control",
+        launch.control,
+        "--settings",
+        launch.settings,
+        "--ready-dir",
+        launch.ready_dir,
+        "--ready-path",
+        ready_path,
+        "--release",
+        launch.release,
+        "--metrics-dir",
+        launch.metrics_dir,
+        *(["--asgi"] if asgi else []),
+    ]
+
+
 def gunicorn(
-    release: str,
+    release_dir: str,
+    launch: Launch,
     *,
-    control: str,
-    pidfile: str,
+    app: str,
+    service_dir: str,
+    worker_class: str,
+    ready_path: str,
+    asgi: bool,
     workers: int,
-    logfile: str,
     graceful_timeout: int = 20,
 ) -> list[str]:
-    """gunicorn on the listener's socket, through launch.py, which swaps in the fd number."""
-    venv_bin = PurePosixPath(release, ".venv", "bin")
+    """gunicorn on the listener's socket, through launch.py, which loads the settings file into
+    the environment and swaps in the socket's fd number; the helpers come from the release's
+    `.stageflow` folder, so the service's repository needs none of the engine."""
+    venv_python = str(PurePosixPath(release_dir, ".venv", "bin", "python"))
+    helpers = PurePosixPath(release_dir, HELPERS_DIR)
     return [
-        str(venv_bin / "python"),
-        str(PurePosixPath(release, "deploy", "runtime", "launch.py")),
-        control,
+        venv_python,
+        str(helpers / "launch.py"),
+        *_launch_args(launch, ready_path=ready_path, asgi=asgi),
         "--",
         # python -m, not the gunicorn script: a venv copied from the host cache keeps working
-        str(venv_bin / "python"),
+        venv_python,
         "-m",
         "gunicorn",
         "--bind",
@@ -83,41 +137,27 @@ def gunicorn(
         "--workers",
         str(workers),
         "--worker-class",
-        "sync",
+        worker_class,
         "--daemon",
         "--pid",
-        pidfile,
+        launch.pidfile,
         "--chdir",
-        release,
+        service_dir,
+        # the service's modules import from its own folder even when a package of the same name
+        # was installed into the venv from its pyproject.toml
+        "--pythonpath",
+        service_dir,
         "--config",
-        str(PurePosixPath(release, "deploy", "runtime", "gunicorn_conf.py")),
+        str(helpers / "gunicorn_conf.py"),
         "--graceful-timeout",
         str(graceful_timeout),
         "--timeout",
         "30",
         "--error-logfile",
-        logfile,
+        launch.logfile,
         "--capture-output",
-        "app.wsgi:application",
+        app,
     ]
-
-
-BARRIER_CODE = (
-    "import json,sys\n"
-    "from app.wsgi import application\n"
-    "out={}\n"
-    "def sr(status, headers, exc_info=None): out['status']=status\n"
-    "body=b''.join(application({'REQUEST_METHOD':'GET','PATH_INFO':'/readyz','QUERY_STRING':'',"
-    "'SERVER_NAME':'barrier','SERVER_PORT':'0','wsgi.url_scheme':'http','wsgi.input':None,"
-    "'wsgi.errors':sys.stderr,'SERVER_PROTOCOL':'HTTP/1.1'}, sr))\n"
-    "print(out.get('status'), body.decode(errors='replace')[:300])\n"
-    "sys.exit(0 if str(out.get('status','')).startswith('200') else 1)\n"
-)
-
-
-def barrier(release: str) -> list[str]:
-    """The new release answers /readyz in-process, before it is given any traffic."""
-    return [str(PurePosixPath(release, ".venv", "bin", "python")), "-c", BARRIER_CODE]
 
 
 def kill(pid: int, sig: signal.Signals) -> list[str]:
@@ -130,16 +170,36 @@ def kill(pid: int, sig: signal.Signals) -> list[str]:
 
 # A remote host publishes the app on its own loopback only: the probe runs there, over SSH,
 # against the published port (what a proxy on that host would reach), with the host's python3.
+# Health may answer 2xx or 3xx (a redirect is not followed), ready must answer 2xx; the release is
+# the X-Stageflow-Release header of the ready answer, else the `release` of the version path.
 PROBE_CODE = """
-import json, sys, urllib.request
-base = sys.argv[1]
-for path in ("/healthz", "/readyz"):
-    urllib.request.urlopen(base + path, timeout=3)
-print(json.load(urllib.request.urlopen(base + "/version", timeout=3)).get("release"))
+import json, sys, urllib.error, urllib.request
+base, health, ready, version = sys.argv[1:5]
+class Keep(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+opener = urllib.request.build_opener(Keep)
+def get(path):
+    try:
+        with opener.open(base + path, timeout=3) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+status = get(health)[0]
+if not 200 <= status < 400:
+    sys.exit(f"{health}: HTTP {status}")
+status, headers, _ = get(ready)
+if not 200 <= status < 300:
+    sys.exit(f"{ready}: HTTP {status}")
+release = headers.get("X-Stageflow-Release")
+if not release and version:
+    release = json.loads(get(version)[2] or b"{}").get("release")
+print(release or "")
 """
 
 
-def http_probe(base: str) -> list[str]:
-    """Health and readiness of the app at base (`http://host:port`); prints the serving release.
-    base follows `-c CODE`, so python hands it to the code as sys.argv[1], never as an option."""
-    return ["python3", "-c", PROBE_CODE, base]
+def http_probe(base: str, *, health: str, ready: str, version: str = "") -> list[str]:
+    """Health and readiness of the service at base (`http://host:port`) on the given paths; prints
+    the serving release (an empty line when it cannot be told). base and the paths follow
+    `-c CODE`, so python hands them to the code as sys.argv, never as options."""
+    return ["python3", "-c", PROBE_CODE, base, health, ready, version]

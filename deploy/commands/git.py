@@ -32,6 +32,11 @@ def git_dir(*, repo: PathLike | None = None) -> list[str]:
     return git("rev-parse", "--git-dir", repo=repo)
 
 
+def top_level(*, repo: PathLike | None = None) -> list[str]:
+    """The root of the work tree holding the working directory (or repo)."""
+    return git("rev-parse", "--show-toplevel", repo=repo)
+
+
 def rev_parse(ref: str, *, kind: str = "commit", repo: PathLike | None = None) -> list[str]:
     """The object ref peels to (`commit` or `tree`); prints nothing and exits 1 for no such ref."""
     return git("rev-parse", "--verify", "--quiet", f"{ref}^{{{kind}}}", repo=repo)

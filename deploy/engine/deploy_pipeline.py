@@ -2,7 +2,7 @@
 
 preflight, lock, build, backup, migrate, the rollout over the group, verify, record, prune, unlock.
 The runtime says how each is done; this module says in what order, what a failure sends back, and
-what is recorded. A group of one host walks that host's steps (barrier, start, switch, smoke for the
+what is recorded. A group of one host walks that host's steps (start, switch, smoke for the
 native runtime) as steps of the pipeline; a larger group runs them per host inside one `rollout`
 step, batch by batch behind the first-host barrier. The dry run prints the very list the run walks.
 """
@@ -31,7 +31,6 @@ STEPS = (
     "build",
     "backup",
     "migrate",
-    "barrier",
     "start",
     "switch",
     "smoke",

@@ -4,6 +4,7 @@ release, the schema plan, the backup that matches a release, and the checks of t
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,6 +105,39 @@ class SchemaPlan:
         if self.missing_down:
             return f"refused: {', '.join(self.missing_down)} has no down file"
         return f"run down files of {', '.join(str(v) for v in reversed(self.since))}"
+
+
+@dataclass(frozen=True)
+class ToolSchemaPlan:
+    """What level 2 does to a schema the service's own tool manages (kind "command", or nothing
+    for kind "none"): the `down` commands to the revisions the target release recorded."""
+
+    now: dict[str, str] = field(default_factory=dict)
+    wanted: dict[str, str] | None = None  # what the target release recorded; None: nothing
+    commands: tuple[tuple[str, ...], ...] = ()
+    refusal: str = ""  # why level 2 cannot go back, when it cannot
+    kind: str = "command"
+
+    @property
+    def revert(self) -> bool:
+        return bool(self.commands) and not self.refusal
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.refusal)
+
+    @property
+    def since(self) -> tuple[int, ...]:
+        return ()  # no expand-only versions to keep: the tool's revisions are all or nothing
+
+    def describe(self) -> str:
+        if self.kind == "none":
+            return "schema not managed (migrations kind none)"
+        if self.refusal:
+            return f"refused: {self.refusal}"
+        if not self.commands:
+            return f"schema already at {migrations.describe_revisions(self.now)}"
+        return "; ".join(shlex.join(argv) for argv in self.commands)
 
 
 def schema_plan(
@@ -218,7 +252,7 @@ class RollbackPlan:
     current: str | None
     target: str | None
     steps: list[tuple[str, str]] = field(default_factory=list)
-    schema: SchemaPlan | None = None
+    schema: SchemaPlan | ToolSchemaPlan | None = None
     backup: Mapping[str, Any] | None = None
     resumes: str | None = None  # history id of an interrupted rollback this one completes
     reset_data: bool = False

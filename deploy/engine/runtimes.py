@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from deploy.compose_ops import ComposeDeploy
 from deploy.config import Project
 from deploy.engine import group
 from deploy.engine.group import Target
 from deploy.runtime.base import Runtime
+from deploy.runtime.compose_runtime import ComposeRuntime
 from deploy.runtime.native_runtime import NativeRuntime
 
 
@@ -14,7 +14,7 @@ def runtime_for(proj: Project, name: str) -> tuple[Runtime, list[Target]]:
     """The environment's runtime and its group of hosts, primary first."""
     targets = group.targets(proj, name)
     if proj.policies[name].runtime == "compose":  # one project on the first host (config checks)
-        return ComposeDeploy(proj, name, targets[:1]), targets[:1]
+        return ComposeRuntime(proj, name, targets[:1]), targets[:1]
     return NativeRuntime(proj, name, targets, rolling_hosts=group.is_rolling(proj, name)), targets
 
 

@@ -102,14 +102,15 @@ def approved_path(ctx: GateContext) -> Path:
     return ctx.tree / str(ctx.config.get("approved", DEFAULT_APPROVED))
 
 
-def load_approved(path: Path) -> dict[str, dict[str, Any]]:
+def load_approved(path: Path, *, shown: str | None = None) -> dict[str, dict[str, Any]]:
+    """The approved list; shown is its path as the project names it, for the hint."""
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(
             f"{path.name} does not exist",
-            hint="generate it: python -m deploy.gates.deps > deploy/gates/approved-deps.toml",
+            hint=f"write a first one to review: python -m deploy.gates.deps > {shown or path.name}",
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path.name}: {exc}") from None
@@ -163,7 +164,10 @@ def inputs(ctx: GateContext) -> list[Any]:
 
 def run(ctx: GateContext) -> Outcome:
     components = installed()
-    problems = check(components, load_approved(approved_path(ctx)))
+    problems = check(
+        components,
+        load_approved(approved_path(ctx), shown=str(ctx.config.get("approved", DEFAULT_APPROVED))),
+    )
     details = {"sbom": sbom_path(ctx).name, "components": len(components), "problems": problems}
     if problems:
         return Outcome("failed", f"{len(problems)} unapproved: {problems[0]}", details)

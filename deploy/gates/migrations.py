@@ -7,7 +7,7 @@ import json
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ from deploy.errors import ConfigError, MigrationError
 from deploy.gates import GateContext, Outcome, first_lines, run_command
 from deploy.secrets import Secret, scrub
 
-DEFAULT_DIR = "app/migrations"
 # squawk reports nearly everything as a warning; these rules break running clients, so they block.
 DEFAULT_BLOCKING_RULES = (
     "ban-drop-database",
@@ -113,8 +112,22 @@ def pg_tool(name: str) -> str:
     return str(pg_bin_dir() / name)
 
 
+def default_dir(policy: Mapping[str, Any]) -> str:
+    """The service's SQL migrations folder, as [service] in stageflow.toml places it."""
+    service = policy.get("service")
+    service = service if isinstance(service, dict) else {}
+    table = service.get("migrations")
+    folder = str((table if isinstance(table, dict) else {}).get("dir", "migrations"))
+    base = str(service.get("dir") or ".")
+    return folder if base == "." else f"{base.rstrip('/')}/{folder}"
+
+
+def _dir_name(ctx: GateContext) -> str:
+    return str(ctx.config.get("dir", default_dir(ctx.policy)))
+
+
 def _dir(ctx: GateContext) -> Path:
-    return ctx.tree / str(ctx.config.get("dir", DEFAULT_DIR))
+    return ctx.tree / _dir_name(ctx)
 
 
 def inputs(ctx: GateContext) -> list[Any] | None:
@@ -331,7 +344,7 @@ def run(ctx: GateContext) -> Outcome:
         return Outcome("error", "needs --db-url (the target database; nothing is written to it)")
     conninfo, password = split_url(ctx.db_url)
     secrets = [s for s in (password, ctx.db_url) if s]
-    details: dict[str, Any] = {"dir": str(ctx.config.get("dir", DEFAULT_DIR))}
+    details: dict[str, Any] = {"dir": _dir_name(ctx)}
 
     def fail(message: str) -> Outcome:
         return Outcome("failed", scrub(message, secrets), details)

@@ -1,25 +1,20 @@
-"""Gate `policy-drift`: staging and prod env files differ only where policy allows; prod posture is strict."""
+"""Gate `policy-drift`: staging and prod env files differ only where policy allows; both keep
+the [posture] rules of stageflow.toml."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
-from deploy.config import read_env_file
+from deploy.config import ENV_KEYS, PostureRule, load_posture, read_env_file
 from deploy.errors import ConfigError
 from deploy.gates import GateContext, Outcome
 
-# Isolation keys must differ; the rest must be identical unless [gates.policy-drift] allows it.
-DEFAULT_ALLOWED = (
-    "ENVIRONMENT",
-    "COMPOSE_PROJECT_NAME",
-    "APP_PORT",
-    "POSTGRES_PORT",
-    "REDIS_PORT",
-    "DATABASE_URL",
-    "REDIS_URL",
-    "DATA_DIR",
-)
+# stageflow's own keys are what isolates environments and must differ; every other key, the
+# service's included, must be identical unless [gates.policy-drift] allowed_keys names it.
+DEFAULT_ALLOWED = tuple(ENV_KEYS)
+_KEY = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
 def _files(ctx: GateContext) -> tuple[Path, Path]:
@@ -28,13 +23,23 @@ def _files(ctx: GateContext) -> tuple[Path, Path]:
 
 def allowed_keys(ctx: GateContext) -> list[str]:
     keys = ctx.config.get("allowed_keys", list(DEFAULT_ALLOWED))
-    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-        raise ConfigError("[gates.policy-drift] allowed_keys must be a list of env keys")
+    if not isinstance(keys, list) or not all(isinstance(k, str) and _KEY.match(k) for k in keys):
+        raise ConfigError(
+            "[gates.policy-drift] allowed_keys must be a list of env keys",
+            hint='e.g. ["APP_PORT", "LOG_LEVEL"]: stageflow keys and the service keys alike',
+        )
     return keys
 
 
+def posture_rules(ctx: GateContext) -> dict[str, tuple[PostureRule, ...]]:
+    """[posture] of the policy, per production-like environment."""
+    posture = load_posture(Path("stageflow.toml"), dict(ctx.policy))
+    return {name: posture.rules_for(name) for name in ("staging", "prod")}
+
+
 def inputs(ctx: GateContext) -> list[Any]:
-    return [*_files(ctx), allowed_keys(ctx)]
+    # the rules are part of the verdict: a changed [posture] runs the gate again
+    return [*_files(ctx), allowed_keys(ctx), ctx.policy.get("posture", {})]
 
 
 def drift(staging: dict[str, str], prod: dict[str, str], allowed: list[str]) -> list[str]:
@@ -51,30 +56,26 @@ def drift(staging: dict[str, str], prod: dict[str, str], allowed: list[str]) -> 
     return problems
 
 
-def prod_posture(prod: dict[str, str]) -> list[str]:
-    problems = []
-    if prod.get("DEBUG", "false").lower() not in ("false", "0", "no"):
-        problems.append(f"prod DEBUG={prod['DEBUG']!r} must be false")
-    if prod.get("REQUIRE_API_KEY", "").lower() not in ("true", "1", "yes"):
-        problems.append(
-            f"prod REQUIRE_API_KEY={prod.get('REQUIRE_API_KEY', '<unset>')!r} must be true"
-        )
-    rate = prod.get("API_RATE_LIMIT", "0")
-    if not rate.isdigit() or int(rate) <= 0:
-        problems.append(f"prod API_RATE_LIMIT={rate!r} must be a number > 0")
-    if prod.get("LOG_LEVEL", "info").lower() == "debug":
-        problems.append("prod LOG_LEVEL must not be debug")
-    return problems
+def posture_problems(
+    name: str, values: dict[str, str], rules: tuple[PostureRule, ...]
+) -> list[str]:
+    """What one environment's committed values break of its [posture] rules."""
+    return [f"{name} {p}" for p in (r.problem(values.get(r.key)) for r in rules) if p]
 
 
 def run(ctx: GateContext) -> Outcome:
     staging_file, prod_file = _files(ctx)
     staging = {k: v for k, (v, _) in read_env_file(staging_file).items()}
     prod = {k: v for k, (v, _) in read_env_file(prod_file).items()}
-    problems = drift(staging, prod, allowed_keys(ctx)) + prod_posture(prod)
+    rules = posture_rules(ctx)
+    problems = (
+        drift(staging, prod, allowed_keys(ctx))
+        + posture_problems("staging", staging, rules["staging"])
+        + posture_problems("prod", prod, rules["prod"])
+    )
     details = {"allowed_keys": allowed_keys(ctx), "problems": problems}
     if problems:
         return Outcome("failed", f"{len(problems)} problem(s): {problems[0]}", details)
     return Outcome(
-        "passed", "staging and prod differ only in allowed keys; prod posture strict", details
+        "passed", "staging and prod differ only in allowed keys; both keep [posture]", details
     )

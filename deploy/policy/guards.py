@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from deploy.config import SECRET_KEYS, EnvConfig, HostSpec, Project, host_spec
+from deploy.config import EnvConfig, HostSpec, Project, host_spec
 from deploy.errors import GuardRefused
 
 
@@ -132,17 +132,13 @@ def isolation(project: Project, target: str) -> Check:
 
 
 def production_posture(env: EnvConfig) -> Check:
-    """staging and prod: debug off, API keys required, a rate limit, every secret present."""
+    """staging and prod: every [posture] rule of stageflow.toml holds and every declared secret
+    (stageflow's and the service's) is set. A service without [posture] gets only the secrets."""
     if not env.production_like:
         return Check("posture", True, f"{env.name} is {env.environment}: relaxed posture allowed")
-    problems = []
-    if env.debug:
-        problems.append("DEBUG must be false")
-    if not env.require_api_key:
-        problems.append("REQUIRE_API_KEY must be true")
-    if env.api_rate_limit <= 0:
-        problems.append("API_RATE_LIMIT must be > 0")
-    missing = [k for k in SECRET_KEYS if not env.secret(k)]
+    values = dict(env.values)
+    problems = [p for p in (rule.problem(values.get(rule.key)) for rule in env.posture) if p]
+    missing = [k for k in env.declared_secrets if not env.secret(k)]
     if missing:
         problems.append(
             f"missing secrets {', '.join(missing)} "

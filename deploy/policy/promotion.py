@@ -159,9 +159,18 @@ def _prod_current_commit(proj: Project) -> str | None:
 
 
 def _migration_changes(proj: Project, commit: str, since: str | None) -> list[dict[str, Any]]:
-    names = _git(proj.root, "ls-tree", "--name-only", commit, "app/migrations/").splitlines()
+    """Each migration the commit brings over prod's: {file, phase, down}. SQL files carry their
+    phase and down file; a service's own tool (kind "command") counts every changed file of its
+    migrations.dir, with down meaning it has a `down` command."""
+    m = proj.service.migrations
+    if m.kind == "none":
+        return []
+    if m.kind == "command":
+        return _tool_changes(proj, commit, since)
+    folder = proj.service.repo_path(m.dir).rstrip("/") + "/"
+    names = _git(proj.root, "ls-tree", "--name-only", commit, folder).splitlines()
     old = (
-        set(_git(proj.root, "ls-tree", "--name-only", since, "app/migrations/").splitlines())
+        set(_git(proj.root, "ls-tree", "--name-only", since, folder).splitlines())
         if since
         else set()
     )
@@ -174,6 +183,22 @@ def _migration_changes(proj: Project, commit: str, since: str | None) -> list[di
         down = name.replace(".up.sql", ".down.sql") in names
         out.append({"file": Path(name).name, "phase": phase, "down": down})
     return out
+
+
+def _tool_changes(proj: Project, commit: str, since: str | None) -> list[dict[str, Any]]:
+    from deploy import env_migrations
+
+    changed = env_migrations.changed_migration_files(proj, since, commit)
+    down = bool(proj.service.migrations.down)
+    if changed is None:  # git cannot compare: say so, and let the risk say High (fail closed)
+        unknown = "(cannot tell what changed since prod's commit)"
+        return [{"file": unknown, "phase": None, "down": False, "tool": True}]
+    return [{"file": name, "phase": None, "down": down, "tool": True} for name in changed]
+
+
+def _lockfile(proj: Project) -> str:
+    """The service's dependency lock, as the repository names it."""
+    return proj.service.repo_path(proj.service.requirements)
 
 
 def risk(migs: list[dict[str, Any]], deps_changed: bool) -> str:
@@ -207,7 +232,7 @@ def checklist(proj: Project, req: dict[str, Any]) -> str:
             since,
             commit,
             "--",
-            "app/requirements.lock",
+            _lockfile(proj),
             "pyproject.toml",
         )
         if since
@@ -270,8 +295,12 @@ def _database_section(migs: list[dict[str, Any]]) -> list[str]:
         "### Database Changes",
         *(
             [
-                f"- [ ] Migration: {m['file']} (phase {m['phase'] or 'unset'}, "
-                f"down file: {'yes' if m['down'] else 'no'})"
+                f"- [ ] Migration: {m['file']} ("
+                + (
+                    f"the service's own tool, down command: {'yes' if m['down'] else 'no'})"
+                    if m.get("tool")
+                    else f"phase {m['phase'] or 'unset'}, down file: {'yes' if m['down'] else 'no'})"
+                )
                 for m in migs
             ]
             or ["- [x] No migrations"]
@@ -288,6 +317,8 @@ def _rollback_section(proj: Project, since: str | None, migs: list[dict[str, Any
     level = (
         "2 (revert; schema stays: expand-only)"
         if all(m["phase"] == "expand" for m in migs)
+        else "2 runs the service's down command, else 3 (restore)"
+        if any(m.get("tool") for m in migs)
         else "2 with down files, else 3 (restore)"
     )
     return [
@@ -354,8 +385,7 @@ def request(
     since = _prod_current_commit(proj)
     migs = _migration_changes(proj, commit, since)
     deps_changed = bool(
-        since
-        and _git(proj.root, "diff", "--name-only", since, commit, "--", "app/requirements.lock")
+        since and _git(proj.root, "diff", "--name-only", since, commit, "--", _lockfile(proj))
     )
     rid = _claim_id(proj)
     created = clock()

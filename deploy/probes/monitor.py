@@ -1,8 +1,9 @@
 """A live view of one environment: health, request and error rate, p95, memory against its triggers.
 
-Rates are deltas: the service's counters (one Redis hash per release) are read twice and the
-difference is divided by the time between the reads. p95 is over the release's whole life, as the
-verify window judges it; error rate is over the interval when it saw requests.
+Rates are deltas: stageflow's request counters (one file per gunicorn worker of the release, on
+every host) are read twice and the difference is divided by the time between the reads. Latency is
+over the release's whole life and judged as the verify window judges it; error rate is over the
+interval when it saw requests.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from deploy.config import Project, Thresholds
 from deploy.engine import group
 from deploy.hosts import Host
 from deploy.probes import verify
-from deploy.probes.smoke import http
+from deploy.probes.smoke import healthy, request
 from deploy.state import Layout
 
 OK, WARN, ALERT, UNKNOWN = "ok", "warn", "ALERT", "n/a"
@@ -37,15 +38,17 @@ class Sample:
     errors: int | None
     p95_s: float | None
     memory_mb: float
+    counts: verify.Counts | None = None  # the release's counters, for the latency judgement
+    busy: str = ""  # why the hosts were saturated (verify.busy_reason), "" when they were not
 
 
-def _health(port: int, address: str = "127.0.0.1") -> tuple[bool, float | None, str]:
+def _health(path: str, port: int, address: str = "127.0.0.1") -> tuple[bool, float | None, str]:
     start = time.perf_counter()
     try:
-        status, _ = http("GET", f"http://{address}:{port}/healthz", timeout=2.0)
+        status = request("GET", f"http://{address}:{port}{path}", timeout=2.0).status
     except OSError as exc:
         return False, None, exc.__class__.__name__
-    return status == 200, (time.perf_counter() - start) * 1000, f"HTTP {status}"
+    return healthy(status), (time.perf_counter() - start) * 1000, f"HTTP {status}"
 
 
 def _previous_release(host: Host, layout: Layout, current: str | None) -> str | None:
@@ -54,8 +57,11 @@ def _previous_release(host: Host, layout: Layout, current: str | None) -> str | 
     return older[-1] if older else None
 
 
-def _hosts_sample(proj: Project, name: str) -> tuple[str | None, bool, float | None, str, float]:
-    """Release (the primary's), health of every host on its own address, the largest memory."""
+def _hosts_sample(
+    proj: Project, name: str
+) -> tuple[str | None, bool, float | None, str, float, verify.Counts | None, str]:
+    """Release (the primary's), health of every host on its own address, the largest memory,
+    the release's counters summed over the hosts (None: a host's could not be read)."""
     from deploy.runtime import native_hosts
 
     env = proj.env(name)
@@ -64,10 +70,12 @@ def _hosts_sample(proj: Project, name: str) -> tuple[str | None, bool, float | N
         current = releases.current_release(todo[0].host, todo[0].layout)
 
         def one(t: group.Target) -> tuple[bool, float | None, str, float]:
-            ok, ms, detail = _health(env.app_port, t.bind)
+            ok, ms, detail = _health(proj.service.health, env.app_port, t.bind)
             return ok, ms, detail, native_hosts.host_memory_mb(t, current) if current else 0.0
 
         seen = group.parallel(todo, one)
+        counts = _counts([(t.host, t.layout) for t in todo], current)
+        busy = verify.busy_reason([(t.name, t.host) for t in todo])
     finally:
         for t in todo:
             t.host.close()
@@ -84,7 +92,14 @@ def _hosts_sample(proj: Project, name: str) -> tuple[str | None, bool, float | N
         slowest = ms if slowest is None or (ms is not None and ms > slowest) else slowest
         memory = max(memory, mb)
     detail = "; ".join(bad) if bad else f"{len(todo)} hosts answer"
-    return current, not bad, slowest, detail, memory
+    return current, not bad, slowest, detail, memory, counts, busy
+
+
+def _counts(places: list[tuple[Host, Layout]], release: str | None) -> verify.Counts | None:
+    try:
+        return verify.read_counts(places, release) or verify.Counts()
+    except Exception:  # noqa: BLE001 - a host unread: the view shows it, the monitor keeps going
+        return None
 
 
 def take_sample(proj: Project, name: str) -> Sample:
@@ -92,24 +107,18 @@ def take_sample(proj: Project, name: str) -> Sample:
 
     env = proj.env(name)
     if group.is_rolling(proj, name):
-        current, ok, ms, detail, memory = _hosts_sample(proj, name)
+        current, ok, ms, detail, memory, counts, busy = _hosts_sample(proj, name)
     else:
         layout = Layout(str(env.data_dir))
         current = releases.current_release(Host(), layout)
-        ok, ms, detail = _health(env.app_port)
+        ok, ms, detail = _health(proj.service.health, env.app_port)
         memory = (
             verify.service_memory_mb(layout, current)
             if current and os.path.exists(layout.run)
             else 0.0
         )
-    try:
-        stats = verify.release_stats(env, current)
-        requests, errors, p95 = (
-            (stats.requests, stats.errors, stats.p95_s) if stats else (0, 0, None)
-        )
-    except Exception:  # noqa: BLE001 - Redis down: the view shows it, the monitor keeps going
-        requests = errors = None
-        p95 = None
+        counts = _counts([(Host(), layout)], current)
+        busy = verify.busy_reason([("local", Host())])
     return Sample(
         at=time.monotonic(),
         wall=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -117,24 +126,33 @@ def take_sample(proj: Project, name: str) -> Sample:
         health_ok=ok,
         health_ms=None if ms is None else round(ms, 1),
         health_detail=detail,
-        requests=requests,
-        errors=errors,
-        p95_s=p95,
+        requests=None if counts is None else counts.requests,
+        errors=None if counts is None else counts.errors,
+        p95_s=None if counts is None else counts.p95_s,
         memory_mb=round(memory, 1),
+        counts=counts,
+        busy=busy,
     )
 
 
-def baseline(proj: Project, name: str, release: str | None) -> verify.Stats | None:
-
-    env = proj.env(name)
+def baseline(proj: Project, name: str, release: str | None) -> verify.Counts | None:
+    """The counters of the release before `release`, summed over every host."""
     host, layout = group.primary(proj, name)
     try:
         prev = _previous_release(host, layout, release)
-        return verify.release_stats(env, prev)
     except Exception:  # noqa: BLE001 - no baseline is a reading, not a failure
         return None
     finally:
         host.close()
+    if not prev:
+        return None
+    todo = group.targets(proj, name) if group.is_rolling(proj, name) else []
+    try:
+        places = [(t.host, t.layout) for t in todo] or [(Host(), layout)]
+        return _counts(places, prev)
+    finally:
+        for t in todo:
+            t.host.close()
 
 
 def reading(
@@ -142,7 +160,7 @@ def reading(
     cur: Sample,
     t: Thresholds,
     *,
-    base: verify.Stats | None = None,
+    base: verify.Counts | None = None,
     consecutive_failures: int = 0,
 ) -> dict[str, Any]:
     """Pure: one row per signal, each with its value, its limit and a status (ok, warn, ALERT)."""
@@ -165,7 +183,7 @@ def reading(
     # a baseline of too few requests says nothing: judged as if there were none
     trusted = base if base and base.requests >= verify.MIN_REQUESTS else None
     out["error_rate"] = _error_rate_row(err_pct, trusted, t)
-    out["p95"] = _p95_row(cur.p95_s, trusted, t)
+    out["p95"] = _p95_row(cur, trusted, t)
     out["memory"] = {
         "mb": cur.memory_mb,
         "limit_mb": t.memory_mb,
@@ -196,7 +214,7 @@ def _rates(prev: Sample | None, cur: Sample) -> tuple[float | None, float | None
 
 
 def _error_rate_row(
-    err_pct: float | None, base: verify.Stats | None, t: Thresholds
+    err_pct: float | None, base: verify.Counts | None, t: Thresholds
 ) -> dict[str, Any]:
     base_pct = base.error_pct if base else 0.0
     limit_pct = base_pct + t.error_rate_points
@@ -208,15 +226,19 @@ def _error_rate_row(
     }
 
 
-def _p95_row(p95_s: float | None, base: verify.Stats | None, t: Thresholds) -> dict[str, Any]:
+def _p95_row(cur: Sample, base: verify.Counts | None, t: Thresholds) -> dict[str, Any]:
+    p95_s = cur.p95_s
     base_p95 = base.p95_s if base else None
     limit_p95 = base_p95 * t.p95_ratio if base_p95 else None
     if p95_s is None:
         status = UNKNOWN
     elif limit_p95 is None:
         status = OK  # no baseline to compare with: shown, never alerting
+    elif cur.counts is not None and base is not None:
+        # the verify window's judgement: the share of slow requests, not one p95 against another
+        status = ALERT if verify.judge_latency(t, cur.counts, base, busy=cur.busy)[0] else OK
     else:
-        over = p95_s > limit_p95 and p95_s > verify.P95_FLOOR_S
+        over = p95_s > limit_p95 and p95_s > verify.FLOOR_MS / 1000
         status = ALERT if over else OK
     return {
         "ms": None if p95_s is None else round(p95_s * 1000, 1),

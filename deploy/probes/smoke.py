@@ -1,19 +1,28 @@
-"""Smoke checks against a running service: health, readiness, identity, and real write/read probes."""
+"""Smoke checks against a running service, all from its [service] contract: health, readiness, the
+release that answers, its identity, the service's own [[service.smoke]] checks, and stageflow's Redis.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
+import secrets
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from deploy.clients import redis_client
 from deploy.config import EnvConfig
+from deploy.service import Service, SmokeCheck
+
+# Set on every response by stageflow's own gunicorn hooks: which release answered, whatever the
+# service is. A service that does not send it yet is asked its `version` path instead.
+RELEASE_HEADER = "X-Stageflow-Release"
+TOKEN = "{token}"
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,54 @@ class Probe:
         return {"name": self.name, "ok": self.ok, "detail": self.detail, "ms": round(self.ms, 1)}
 
 
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: Any  # parsed JSON when the body is JSON, else text
+    headers: Mapping[str, str]  # names lower-cased
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A 3xx is the answer being judged: a health path that redirects to a login page must not
+    be reported as the login page's 200."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def request(
+    method: str,
+    url: str,
+    *,
+    body: Any = None,
+    raw: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 3.0,
+) -> Reply:
+    """One HTTP request, redirects not followed; an HTTP error status is a Reply, not an error.
+    body is sent as JSON; raw (already encoded) as it is."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    hdrs = {"Content-Type": "application/json"} if data is not None and raw is None else {}
+    req = urllib.request.Request(url, data=data, method=method, headers={**hdrs, **(headers or {})})
+    try:
+        with _OPENER.open(req, timeout=timeout) as resp:
+            payload, status, got = resp.read(), resp.status, resp.headers
+    except urllib.error.HTTPError as exc:
+        payload, status, got = exc.read(), exc.code, exc.headers
+    names = {k.lower(): v for k, v in (got or {}).items()}
+    try:
+        parsed: Any = json.loads(payload or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        parsed = payload.decode(errors="replace")
+    return Reply(status, parsed, names)
+
+
 def http(
     method: str,
     url: str,
@@ -35,23 +92,23 @@ def http(
     headers: dict[str, str] | None = None,
     timeout: float = 3.0,
 ) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        url,
-        data=data,
-        method=method,
-        headers={"Content-Type": "application/json", **(headers or {})},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
-            status = resp.status
-    except urllib.error.HTTPError as exc:
-        raw, status = exc.read(), exc.code
-    try:
-        return status, json.loads(raw or b"null")
-    except json.JSONDecodeError:
-        return status, raw.decode(errors="replace")
+    reply = request(method, url, body=body, headers=headers, timeout=timeout)
+    return reply.status, reply.body
+
+
+def auth_headers(env: EnvConfig, service: Service) -> dict[str, str]:
+    """The service's API-key header with the first of the environment's API_KEYS, when the
+    service names a header and the environment has keys; never printed."""
+    keys = env.secret("API_KEYS")
+    if not service.api_key_header or not keys:
+        return {}
+    first = keys.reveal().split(",")[0].strip()
+    return {service.api_key_header: first} if first else {}
+
+
+def healthy(status: int) -> bool:
+    """A health path answers 2xx or 3xx (a redirect is an answer, not followed)."""
+    return 200 <= status < 400
 
 
 def _timed(name: str, fn: Callable[[], tuple[bool, str]]) -> Probe:
@@ -63,82 +120,148 @@ def _timed(name: str, fn: Callable[[], tuple[bool, str]]) -> Probe:
     return Probe(name, ok, detail, (time.perf_counter() - start) * 1000)
 
 
-def _settle(base: str, release: str, *, answers: int = 3, timeout_s: float = 5.0) -> None:
+def serving_release(base: str, service: Service, *, timeout: float = 2.0) -> str | None:
+    """The release that answers at base: the release header of its ready path, else the
+    `release` of its version path; None when neither says."""
+    reply = request("GET", base + service.ready_path, timeout=timeout)
+    named = reply.header(RELEASE_HEADER)
+    if named or not service.version:
+        return named or None
+    if service.version != service.ready_path:
+        reply = request("GET", base + service.version, timeout=timeout)
+    body = reply.body
+    return (
+        body["release"] if isinstance(body, dict) and isinstance(body.get("release"), str) else None
+    )
+
+
+def _settle(
+    base: str,
+    release: str,
+    *,
+    service: Service | None = None,
+    answers: int = 3,
+    timeout_s: float = 5.0,
+) -> None:
     """Wait until `answers` requests in a row come from release. Just after a switch, a worker
     of the master being drained may still take a request off the shared socket (a good answer
     for a client, a wrong one for a probe of the new release). Gives up silently after
-    timeout_s: the version probe then says what answers."""
+    timeout_s: the release probe then says what answers."""
+    svc = service or Service(name="probe", wsgi="probe", health="/version", version="/version")
     deadline = time.monotonic() + timeout_s
     streak = 0
     while streak < answers and time.monotonic() < deadline:
         try:
-            _, body = http("GET", f"{base}/version", timeout=2.0)
+            seen = serving_release(base, svc)
         except OSError:
-            body = None
-        streak = streak + 1 if isinstance(body, dict) and body.get("release") == release else 0
+            seen = None
+        streak = streak + 1 if seen == release else 0
         if streak < answers and not streak:
             time.sleep(0.05)
 
 
 @dataclass(frozen=True)
-class _Service:
-    """The running service a smoke probe speaks to, and what it should answer."""
+class _Target:
+    """The running service a smoke run speaks to, and what it should answer."""
 
     base: str  # http://host:port
     env: EnvConfig
+    service: Service
     expect_release: str | None
-    # the API key the service asks for, when it has one; kept out of any repr
-    headers: dict[str, str] = field(repr=False)
+    token: str  # one random word per smoke run: what a check writes, a later one reads back
+    headers: dict[str, str] = field(repr=False)  # the API key, when there is one
 
 
-def _health(svc: _Service) -> tuple[bool, str]:
-    status, body = http("GET", f"{svc.base}/healthz")
-    return status == 200, f"HTTP {status}"
+def _health(t: _Target) -> tuple[bool, str]:
+    status = request("GET", t.base + t.service.health).status
+    return healthy(status), f"{t.service.health}: HTTP {status}"
 
 
-def _ready(svc: _Service) -> tuple[bool, str]:
-    status, body = http("GET", f"{svc.base}/readyz")
-    return status == 200, f"HTTP {status}" + ("" if status == 200 else f": {str(body)[:120]}")
+def _ready(t: _Target) -> tuple[bool, str]:
+    reply = request("GET", t.base + t.service.ready_path)
+    ok = 200 <= reply.status < 300
+    why = "" if ok else f": {str(reply.body)[:120]}"
+    return ok, f"{t.service.ready_path}: HTTP {reply.status}{why}"
 
 
-def _version(svc: _Service) -> tuple[bool, str]:
-    status, body = http("GET", f"{svc.base}/version")
-    if status != 200 or not isinstance(body, dict):
-        return False, f"HTTP {status}"
-    if svc.expect_release and body.get("release") != svc.expect_release:
-        return False, f"serving {body.get('release')}, expected {svc.expect_release}"
-    return True, f"release {body.get('release')}"
-
-
-def _identity(svc: _Service) -> tuple[bool, str]:
-    # a staging service wired to prod's database fails here
-    env = svc.env
-    _, body = http("GET", f"{svc.base}/version")
-    if not isinstance(body, dict):
-        return False, "no /version"
-    problems = []
-    if body.get("environment") != env.environment:
-        problems.append(f"environment {body.get('environment')} != {env.environment}")
-    if body.get("database") != env.database.name:
-        problems.append(f"database {body.get('database')} != {env.database.name}")
-    return not problems, "; ".join(problems) or f"{env.environment} on {env.database.name}"
-
-
-def _postgres_write_read(svc: _Service) -> tuple[bool, str]:
-    token = f"smoke-{uuid.uuid4().hex[:10]}"
-    status, _ = http("POST", f"{svc.base}/notes", body={"body": token}, headers=svc.headers)
-    if status != 201:
-        return False, f"write: HTTP {status}"
-    status, listed = http("GET", f"{svc.base}/notes", headers=svc.headers)
-    found = isinstance(listed, list | dict) and token in json.dumps(listed)
-    return (
-        status == 200 and found,
-        "note written and read back" if found else "note not read back",
+def _release(t: _Target) -> tuple[bool, str]:
+    reply = request("GET", t.base + t.service.ready_path)
+    named = reply.header(RELEASE_HEADER)
+    if named:
+        if t.expect_release and named != t.expect_release:
+            return False, f"serving {named}, expected {t.expect_release}"
+        return True, f"release {named} ({RELEASE_HEADER})"
+    if t.service.version:
+        return _version_release(t)
+    if not t.expect_release:
+        return True, f"no {RELEASE_HEADER} header and no version path: release not known"
+    return False, (
+        f"no {RELEASE_HEADER} header and no [service] version path: which release answers "
+        "cannot be told"
     )
 
 
-def _redis_write_read(svc: _Service) -> tuple[bool, str]:
-    with redis_client(svc.env) as client:
+def _version_release(t: _Target) -> tuple[bool, str]:
+    reply = request("GET", t.base + t.service.version)
+    if reply.status != 200 or not isinstance(reply.body, dict):
+        return False, f"{t.service.version}: HTTP {reply.status}, not a JSON object"
+    seen = reply.body.get("release")
+    if t.expect_release and seen != t.expect_release:
+        return False, f"serving {seen}, expected {t.expect_release}"
+    return True, f"release {seen} ({t.service.version})"
+
+
+def _identity(t: _Target) -> tuple[bool, str]:
+    # a staging service wired to prod's database fails here, when its version JSON says so
+    reply = request("GET", t.base + t.service.version)
+    if not isinstance(reply.body, dict):
+        return False, f"{t.service.version}: HTTP {reply.status}, not a JSON object"
+    env, body = t.env, reply.body
+    problems = []
+    if "environment" in body and body["environment"] != env.environment:
+        problems.append(f"environment {body['environment']} != {env.environment}")
+    if "database" in body and body["database"] != env.database.name:
+        problems.append(f"database {body['database']} != {env.database.name}")
+    if not problems and not {"environment", "database"} & set(body):
+        return True, f"{t.service.version} names no environment or database: not checked"
+    return not problems, "; ".join(problems) or f"{env.environment} on {env.database.name}"
+
+
+def check_name(check: SmokeCheck) -> str:
+    return f"{check.method} {check.path}"
+
+
+def _encoded(body: str) -> tuple[Any, bytes | None]:
+    """(JSON value, None) when body parses as JSON, else (None, its bytes as text)."""
+    try:
+        return json.loads(body), None
+    except json.JSONDecodeError:
+        return None, body.encode()
+
+
+def _check(check: SmokeCheck, t: _Target) -> tuple[bool, str]:
+    headers = dict(t.headers)
+    value: Any = None
+    raw: bytes | None = None
+    if check.body is not None:
+        value, raw = _encoded(check.body.replace(TOKEN, t.token))
+        if raw is not None:
+            headers.setdefault("Content-Type", "text/plain; charset=utf-8")
+    reply = request(check.method, t.base + check.path, body=value, raw=raw, headers=headers)
+    if reply.status != check.expect:
+        return False, f"HTTP {reply.status}, expected {check.expect}"
+    if check.contains:
+        wanted = check.contains.replace(TOKEN, t.token)
+        text = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
+        if wanted not in text:
+            # the token is this run's random word: naming it says nothing and is not a secret
+            return False, f"HTTP {reply.status} but the body lacks {wanted!r}"
+        return True, f"HTTP {reply.status}, body holds {wanted!r}"
+    return True, f"HTTP {reply.status}"
+
+
+def _redis_write_read(t: _Target) -> tuple[bool, str]:
+    with redis_client(t.env) as client:
         key = f"stageflow:smoke:{uuid.uuid4().hex[:8]}"
         client.set(key, "1", ex=30)
         ok = client.get(key) == b"1"
@@ -146,27 +269,33 @@ def _redis_write_read(svc: _Service) -> tuple[bool, str]:
     return ok, "set+get" if ok else "value not read back"
 
 
-# The probes in the order they run and are reported.
-_PROBES: tuple[tuple[str, Callable[[_Service], tuple[bool, str]]], ...] = (
-    ("health", _health),
-    ("ready", _ready),
-    ("version", _version),
-    ("identity", _identity),
-    ("postgres", _postgres_write_read),
-    ("redis", _redis_write_read),
-)
+def plan(service: Service) -> list[tuple[str, Callable[[_Target], tuple[bool, str]]]]:
+    """The probes in the order they run and are reported, for this service."""
+    probes: list[tuple[str, Callable[[_Target], tuple[bool, str]]]] = [
+        ("health", _health),
+        ("ready", _ready),
+        ("release", _release),
+    ]
+    if service.version:
+        probes += [("version", _version_release), ("identity", _identity)]
+    probes += [(check_name(c), functools.partial(_check, c)) for c in service.smoke]
+    probes.append(("redis", _redis_write_read))
+    return probes
 
 
 def run(
-    env: EnvConfig, *, expect_release: str | None = None, host: str = "127.0.0.1"
+    env: EnvConfig,
+    service: Service,
+    *,
+    expect_release: str | None = None,
+    host: str = "127.0.0.1",
 ) -> list[Probe]:
     base = f"http://{host}:{env.app_port}"
     if expect_release:
-        _settle(base, expect_release)
-    api_keys = env.secret("API_KEYS")
-    headers = {"X-API-Key": api_keys.reveal().split(",")[0].strip()} if api_keys else {}
-    svc = _Service(base, env, expect_release, headers)
-    return [_timed(name, functools.partial(probe, svc)) for name, probe in _PROBES]
+        _settle(base, expect_release, service=service)
+    token = f"smoke{secrets.token_hex(5)}"
+    target = _Target(base, env, service, expect_release, token, auth_headers(env, service))
+    return [_timed(name, functools.partial(probe, target)) for name, probe in plan(service)]
 
 
 def failed(probes: list[Probe]) -> list[Probe]:

@@ -1,11 +1,379 @@
-"""gunicorn settings for a release: marks each booted worker so the deploy knows when to switch."""
+"""gunicorn hooks for a release of any service (stdlib only; shipped into each release's .stageflow
+folder). Each worker, once it loaded the app, asks it its ready path in-process and marks the
+outcome; then it serves through a middleware that names the release on every response and counts
+statuses and latencies into a per-worker file the deploy's verify window reads."""
 
+from __future__ import annotations
+
+import asyncio
+import bisect
+import inspect
+import io
+import json
 import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
-_ready_dir = os.environ.get("STAGEFLOW_READY_DIR")
+# gunicorn halts the master when a worker exits with this code: a release that is not ready
+# never takes a request from the shared socket
+WORKER_BOOT_ERROR = 3
+EDGES_MS = (1, 2, 3, 5, 8, 13, 20, 30, 50, 80, 130, 200, 300, 500, 800, 1300, 2000, 3000, 5000, 8000, 13000)  # fmt: skip
+FLUSH_EVERY_S = 0.5
+FLUSH_EVERY_N = 50
+PROBE_TIMEOUT_S = 20.0  # below gunicorn's --timeout 30: the master does not kill the worker first
+HEADER = "X-Stageflow-Release"
+
+_READY_DIR = os.environ.get("STAGEFLOW_READY_DIR", "")
+_READY_PATH = os.environ.get("STAGEFLOW_READY_PATH", "") or "/"
+_RELEASE = os.environ.get("STAGEFLOW_RELEASE_ID", "")
+_METRICS_DIR = os.environ.get("STAGEFLOW_METRICS_DIR", "")
+_ASGI = os.environ.get("STAGEFLOW_ASGI") == "1"
+
+_counters: list[Counters] = []  # this worker's, for worker_exit
 
 
-def post_worker_init(worker):
-    if _ready_dir:
-        os.makedirs(_ready_dir, exist_ok=True)
-        open(os.path.join(_ready_dir, str(worker.pid)), "w").close()
+# -- counters --------------------------------------------------------------------------------------
+
+
+class Counters:
+    """One worker's responses: counted in memory, written to <dir>/<pid>.json atomically at most
+    every FLUSH_EVERY_S or FLUSH_EVERY_N responses, and at exit. No I/O on the request's path
+    otherwise."""
+
+    def __init__(self, release: str, directory: str, pid: int) -> None:
+        self.release, self.pid = release, pid
+        self.path = os.path.join(directory, f"{pid}.json") if directory else ""
+        self.requests = self.errors = 0
+        self.status: dict[str, int] = {}
+        self.counts = [0] * (len(EDGES_MS) + 1)
+        self._unflushed = 0
+        self._last_flush = time.monotonic()
+        self._lock = threading.Lock()
+
+    def add(self, status: int, ms: float) -> None:
+        with self._lock:
+            self.requests += 1
+            if status >= 500:
+                self.errors += 1
+            key = str(status)
+            self.status[key] = self.status.get(key, 0) + 1
+            self.counts[bisect.bisect_left(EDGES_MS, ms)] += 1  # counts[i]: ms <= EDGES_MS[i]
+            self._unflushed += 1
+            due = self._unflushed >= FLUSH_EVERY_N
+        if due:
+            self.flush()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            self._unflushed = 0
+            self._last_flush = time.monotonic()
+            return {
+                "release": self.release,
+                "pid": self.pid,
+                "requests": self.requests,
+                "errors": self.errors,
+                "status": dict(self.status),
+                "edges_ms": list(EDGES_MS),
+                "counts": list(self.counts),
+                "updated": time.time(),
+            }
+
+    def flush(self) -> None:
+        if not self.path:
+            return
+        data = json.dumps(self.snapshot(), separators=(",", ":"))
+        tmp = f"{self.path}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(data)
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # counting must never fail a request; the next flush tries again
+
+    def flush_if_stale(self) -> None:
+        with self._lock:
+            stale = self._unflushed and time.monotonic() - self._last_flush >= FLUSH_EVERY_S
+        if stale:
+            self.flush()
+
+    def start_flusher(self) -> None:
+        """Requests that stop arriving are still written within FLUSH_EVERY_S."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(FLUSH_EVERY_S)
+                self.flush_if_stale()
+
+        threading.Thread(target=loop, name="stageflow-counters", daemon=True).start()
+
+
+class WSGIMiddleware:
+    def __init__(self, app: Callable[..., Iterable[bytes]], counters: Counters) -> None:
+        self.app, self.counters = app, counters
+        self.header = (HEADER, counters.release)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        began = time.perf_counter()
+        seen = [500]
+
+        def named(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            try:
+                seen[0] = int(status[:3])
+            except ValueError:
+                seen[0] = 500
+            return start_response(status, [*headers, self.header], exc_info)
+
+        def done() -> None:
+            self.counters.add(seen[0], (time.perf_counter() - began) * 1000)
+
+        try:
+            body = self.app(environ, named)
+        except BaseException:
+            done()
+            raise
+        wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(body, (list, tuple)) or (
+            isinstance(wrapper, type) and isinstance(body, wrapper)
+        ):
+            done()  # already complete, or a file gunicorn sends itself (kept unwrapped)
+            return body
+        return _Counted(body, done)
+
+
+class _Counted:
+    """A streamed body, counted when the server closes it (its latency includes the stream)."""
+
+    def __init__(self, body: Iterable[bytes], done: Callable[[], None]) -> None:
+        self.body, self.done = body, done
+
+    def __iter__(self) -> Any:
+        return iter(self.body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.done()
+
+
+class ASGIMiddleware:
+    def __init__(self, app: Callable[..., Any], counters: Counters) -> None:
+        self.app, self.counters = app, counters
+        self.header = (HEADER.lower().encode(), counters.release.encode())
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        seen = [0]
+
+        async def named(message: dict[str, Any]) -> None:
+            if message.get("type") == "http.response.start":
+                seen[0] = int(message.get("status", 500))
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, named)
+        finally:
+            self.counters.add(seen[0] or 500, (time.perf_counter() - began) * 1000)
+
+
+# -- the ready probe, in-process ------------------------------------------------------------------
+
+
+def is_asgi(app: Any) -> bool:
+    return (
+        _ASGI
+        or inspect.iscoroutinefunction(app)
+        or inspect.iscoroutinefunction(
+            getattr(app, "__call__", None)  # noqa: B004 - an object whose __call__ is a coroutine
+        )
+    )
+
+
+def wsgi_get(app: Callable[..., Iterable[bytes]], path: str) -> tuple[int, bytes]:
+    """One GET through the app as a WSGI server would call it."""
+    route, _, query = path.partition("?")
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": route,
+        "QUERY_STRING": query,
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_HOST": "localhost",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    seen: dict[str, str] = {}
+
+    def start_response(status: str, headers: list[Any], exc_info: Any = None) -> Any:
+        seen["status"] = status
+        return lambda _data: None
+
+    body = app(environ, start_response)
+    try:
+        data = b"".join(body)
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+    return int(seen.get("status", "500")[:3]), data
+
+
+async def _asgi_session(app: Callable[..., Any], path: str) -> tuple[int, bytes]:
+    """Lifespan startup, one GET, lifespan shutdown, as a test client runs them. An app without
+    lifespan support (it raises or returns on the lifespan scope) is asked the GET alone."""
+    state: dict[str, Any] = {}
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    await inbox.put({"type": "lifespan.startup"})
+    lifespan_scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}}
+    lifespan = asyncio.ensure_future(app({**lifespan_scope, "state": state}, inbox.get, outbox.put))
+    reply = asyncio.ensure_future(outbox.get())
+    await asyncio.wait({lifespan, reply}, return_when=asyncio.FIRST_COMPLETED)
+    supported = reply.done()
+    if supported:
+        message = reply.result()
+        if message.get("type") == "lifespan.startup.failed":
+            return 500, f"lifespan startup failed: {message.get('message', '')}".encode()
+    else:
+        reply.cancel()
+        if not lifespan.cancelled():
+            lifespan.exception()  # retrieved: a lifespan the app refuses is not an error
+    try:
+        return await _asgi_get(app, path, state)
+    finally:
+        if supported and not lifespan.done():
+            await inbox.put({"type": "lifespan.shutdown"})
+            await asyncio.wait({lifespan}, timeout=5)
+        if not lifespan.done():
+            lifespan.cancel()
+
+
+async def _asgi_get(app: Callable[..., Any], path: str, state: dict[str, Any]) -> tuple[int, bytes]:
+    route, _, query = path.partition("?")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": route,
+        "raw_path": route.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(b"host", b"localhost")],
+        "client": ("127.0.0.1", 0),
+        "server": ("localhost", 80),
+        "state": dict(state),
+    }
+    sent = asyncio.Event()
+    requested = [False]
+    status = [500]
+    chunks: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        if not requested[0]:
+            requested[0] = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await sent.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            status[0] = int(message["status"])
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                sent.set()
+
+    await app(scope, receive, send)
+    return status[0], b"".join(chunks)
+
+
+def asgi_get(app: Callable[..., Any], path: str) -> tuple[int, bytes]:
+    """The ASGI session on a fresh event loop in its own thread: the worker's loop (uvicorn's)
+    is neither started nor touched."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            out["reply"] = loop.run_until_complete(
+                asyncio.wait_for(_asgi_session(app, path), PROBE_TIMEOUT_S)
+            )
+        except BaseException as exc:  # reported as the mark, raised nowhere
+            out["error"] = exc
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name="stageflow-ready", daemon=True)
+    thread.start()
+    thread.join(PROBE_TIMEOUT_S + 5)
+    if "error" in out:
+        raise out["error"]
+    if "reply" not in out:
+        raise TimeoutError(f"no answer within {PROBE_TIMEOUT_S:g}s")
+    return out["reply"]
+
+
+def probe(app: Any, path: str) -> tuple[bool, str]:
+    """(ready, what to report): the status and the start of the body, or the exception."""
+    try:
+        status, body = asgi_get(app, path) if is_asgi(app) else wsgi_get(app, path)
+    except Exception as exc:
+        return False, f"{type(exc).__name__}: {exc}"[:200]
+    detail = f"{status} {body.decode('utf-8', errors='replace')[:200]}"
+    return 200 <= status < 300, detail
+
+
+def _mark(kind: str, pid: int, text: str) -> None:
+    path = os.path.join(_READY_DIR, f"{kind}-{pid}")
+    with open(f"{path}.tmp", "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(f"{path}.tmp", path)  # the deploy never reads half a mark
+
+
+# -- gunicorn's hooks -----------------------------------------------------------------------------
+
+
+def post_worker_init(worker: Any) -> None:
+    app = worker.wsgi
+    # The deploy makes the ready dir before the master starts and removes it once every worker
+    # answered: a worker gunicorn replaces later (a crash, max_requests) is not probed, so a
+    # passing database blip cannot halt a release that already serves.
+    if _READY_DIR and os.path.isdir(_READY_DIR):
+        ok, detail = probe(app, _READY_PATH)
+        try:
+            _mark("ok" if ok else "fail", worker.pid, detail)
+        except OSError:
+            pass  # the deploy stopped waiting (and removed the dir): its verdict is made
+        if not ok:
+            worker.log.error("release %s is not ready: %s", _RELEASE, detail)
+            sys.exit(WORKER_BOOT_ERROR)
+    if _METRICS_DIR:
+        os.makedirs(_METRICS_DIR, exist_ok=True)
+    counters = Counters(_RELEASE, _METRICS_DIR, worker.pid)
+    counters.start_flusher()
+    _counters.append(counters)
+    worker.wsgi = ASGIMiddleware(app, counters) if is_asgi(app) else WSGIMiddleware(app, counters)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    for counters in _counters:
+        counters.flush()

@@ -4,7 +4,6 @@ them through the verify window, stop the service on every host and read its stat
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -28,6 +27,7 @@ from deploy.errors import ServiceError
 from deploy.hosts import Host
 from deploy.probes import smoke
 from deploy.runtime.native import port_answers
+from deploy.service import Service
 from deploy.state import Layout
 
 Printer = Callable[[str], None]
@@ -36,9 +36,9 @@ Printer = Callable[[str], None]
 # -- one host ------------------------------------------------------------------------------------
 
 
-def probe(env: EnvConfig, target: Target, release_id: str) -> str:
-    """The host's health check from this machine: health, ready, version, identity, data."""
-    probes = smoke.run(env, expect_release=release_id, host=target.bind)
+def probe(env: EnvConfig, service: Service, target: Target, release_id: str) -> str:
+    """The host's health check from this machine: the service's smoke probes on its address."""
+    probes = smoke.run(env, service, expect_release=release_id, host=target.bind)
     bad = smoke.failed(probes)
     if bad:
         raise ServiceError(f"health check failed ({bad[0].name}: {bad[0].detail})")
@@ -47,15 +47,15 @@ def probe(env: EnvConfig, target: Target, release_id: str) -> str:
 
 def switch_one(
     env: EnvConfig,
+    service: Service,
     target: Target,
     release_id: str,
     *,
     workers: int,
-    extra_env: dict[str, str] | None = None,
     check: bool = True,
 ) -> str:
     """Serve release_id on one host: start it on the shared socket, switch current, drain the rest,
-    and (check) probe it."""
+    and (check) probe it with the service's smoke probes."""
     host, layout = target.host, target.layout
     meta = releases.release_meta(host, layout, release_id)
     if meta is None:
@@ -65,15 +65,13 @@ def switch_one(
         )
     rel = releases.Release(release_id, meta.get("commit", ""), meta.get("ref", ""))
     target.started = True
-    pid = releases.start(
-        host, env, layout, rel, workers=workers, extra_env=extra_env, bind=target.bind
-    )
+    pid = releases.start(host, env, service, layout, rel, workers=workers, bind=target.bind)
     releases.switch(host, layout, release_id)
     target.switched = True
     retired = releases.retire_others(host, layout, keep=release_id)
     detail = f"serving {release_id} (pid {pid})" + (f"; drained {len(retired)}" if retired else "")
     if check:
-        detail += f"; {probe(env, target, release_id)}"
+        detail += f"; {probe(env, service, target, release_id)}"
     return detail
 
 
@@ -97,7 +95,7 @@ def switch_hosts(
     outcomes = roll(
         env.name,
         todo,
-        lambda t: switch_one(env, t, release_id, workers=workers, check=check),
+        lambda t: switch_one(env, proj.service, t, release_id, workers=workers, check=check),
         batch=batch,
         printer=printer,
         release=release_id,
@@ -115,6 +113,7 @@ def switch_hosts(
 
 def switch_back(
     env: EnvConfig,
+    service: Service,
     todo: Sequence[Target],
     outcomes: Sequence[HostOutcome],
     *,
@@ -128,7 +127,7 @@ def switch_back(
 
     def back(t: Target) -> str:
         if t.previous and t.host.exists(t.layout.release(t.previous)):
-            switch_one(env, t, t.previous, workers=workers, check=False)
+            switch_one(env, service, t, t.previous, workers=workers, check=False)
             return f"switched back to {t.previous}"
         releases.retire_others(t.host, t.layout, keep="")
         t.host.run(filecmd.remove(t.layout.current), check=False)
@@ -193,36 +192,26 @@ def watch(
     window_s: float,
     interval_s: float = 0.25,
 ) -> Any:
-    """verify.watch over several hosts: health of each host's bind address for window_s, then the
-    release's metrics (shared in Redis) and the largest host's memory, judged by verify.evaluate."""
+    """verify over every host: health of each host's bind address for window_s, then the
+    release's counters summed over the hosts and the largest host's memory."""
     from deploy.probes import verify
 
+    def memory() -> float:
+        found = parallel(todo, lambda t: host_memory_mb(t, release))
+        return max((m or 0.0 for _, m, _, _ in found), default=0.0)
+
     env = proj.env(name)
-    limits = proj.policies[name].thresholds
-    keys = env.secret("API_KEYS")
-    headers = {"X-API-Key": keys.reveal().split(",")[0]} if keys else {}
-    consecutive = {t.name: 0 for t in todo}
-    worst = 0
-    deadline = time.monotonic() + window_s
-    while time.monotonic() < deadline and worst <= limits.health_failures:
-        for t in todo:
-            base_url = f"http://{t.bind}:{env.app_port}"
-            try:
-                status, _ = smoke.http("GET", f"{base_url}/healthz", timeout=2)
-            except OSError:
-                status = 0
-            consecutive[t.name] = consecutive[t.name] + 1 if status != 200 else 0
-            worst = max(worst, consecutive[t.name])
-            try:
-                smoke.http("GET", f"{base_url}/notes", headers=headers, timeout=2)
-            except OSError:
-                pass
-        time.sleep(interval_s)
-    new = verify.release_stats(env, release) or verify.Stats(0, 0, None)
-    base = verify.release_stats(env, baseline)
-    memory = [m or 0.0 for _, m, _, _ in parallel(todo, lambda t: host_memory_mb(t, release))]
-    return verify.evaluate(
-        limits, new=new, base=base, consecutive_failures=worst, memory_mb=max(memory, default=0.0)
+    return verify.watch_places(
+        proj.service,
+        proj.policies[name].thresholds,
+        todo,
+        port=env.app_port,
+        headers=smoke.auth_headers(env, proj.service),
+        release=release,
+        baseline=baseline,
+        window_s=window_s,
+        interval_s=interval_s,
+        memory_mb=memory,
     )
 
 
@@ -313,8 +302,8 @@ def probe_serving(proj: Project, name: str) -> list[smoke.Probe]:
         probes = [
             replace(p, name=f"{t.name}: {p.name}")
             for t in group.targets(proj, name)
-            for p in smoke.run(env, expect_release=current, host=t.bind)
+            for p in smoke.run(env, proj.service, expect_release=current, host=t.bind)
         ]
     else:
-        probes = smoke.run(env, expect_release=current)
+        probes = smoke.run(env, proj.service, expect_release=current)
     return probes

@@ -4,12 +4,11 @@ on this machine alone or on every host of the group, batch by batch."""
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+import shlex
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from deploy import migrations, releases
+from deploy import env_migrations, migrations, releases, scratch
 from deploy.clients import redis_client
 from deploy.commands import files as filecmd
 from deploy.config import EnvConfig, Project
@@ -18,17 +17,19 @@ from deploy.engine.context import Context
 from deploy.engine.group import RolloutError, Target
 from deploy.engine.rollback_rules import (
     RollbackPlan,
+    ToolSchemaPlan,
     backup_for,
     interrupted,
     previous_good,
     schema_plan,
 )
 from deploy.engine.steps import Step
-from deploy.errors import GuardRefused, ServiceError, UsageError
+from deploy.errors import DeployError, GuardRefused, ServiceError, UsageError
 from deploy.hosts import Host
 from deploy.probes import smoke
 from deploy.runtime import native_hosts
 from deploy.runtime.native import NativeServices
+from deploy.service import Service
 from deploy.state import Layout, history
 
 
@@ -120,8 +121,11 @@ def _plan_revert(
         else set(releases.list_releases(host, layout))
     )
     p.target = _level2_target(existing, entries, current=current, to=to, dead=dead)
-    files = release_migration_files(host, layout, current)
-    target_files = release_migration_files(host, layout, p.target)
+    if proj.service.migrations.kind != "sql":
+        _plan_tool_revert(proj, name, host, layout, p)
+        return
+    files = env_migrations.release_migration_files(proj, host, layout, current)
+    target_files = env_migrations.release_migration_files(proj, host, layout, p.target)
     target_version = max((f.version for f in target_files), default=0)
     rows = migrations.status(env.database_url, files, password=env.secret("POSTGRES_PASSWORD"))
     p.schema = schema_plan(
@@ -131,6 +135,23 @@ def _plan_revert(
         raise GuardRefused(
             f"level 2 cannot go back to {p.target}: {', '.join(p.schema.missing_down)} "
             "has no down file; level 3 (restore) is needed",
+            hint=f"`inv {name}.rollback --level 3` restores the backup taken before the deploy",
+        )
+
+
+def _plan_tool_revert(
+    proj: Project, name: str, host: Host, layout: Layout, p: RollbackPlan
+) -> None:
+    """Level 2 when the service's own tool migrates: `down` (run in the serving release, the one
+    that knows the newer revisions) to what the target release recorded at its deploy."""
+    target = p.target or ""
+    serving = env_migrations.MigrationTool(proj, name, host, layout, p.current or "")
+    wanted = env_migrations.recorded_revisions(releases.release_meta(host, layout, target))
+    p.schema = env_migrations.down_plan(serving, wanted, target=target)
+    p.commands = [shlex.join(argv) for argv in p.schema.commands]
+    if p.schema.refused:
+        raise GuardRefused(
+            f"level 2 cannot go back to {target}: {p.schema.refusal}; level 3 (restore) is needed",
             hint=f"`inv {name}.rollback --level 3` restores the backup taken before the deploy",
         )
 
@@ -197,24 +218,6 @@ def _on_every_host(todo: Sequence[Target]) -> set[str]:
     return set.intersection(*sets) if sets else set()
 
 
-def release_migration_files(host: Host, layout: Layout, rid: str) -> list[migrations.MigrationFile]:
-    """The migrations shipped in release rid on host; a remote host's are copied here first
-    (each file's text is kept in memory, so the copy can go)."""
-    if host.is_local:
-        return migrations.in_release(layout.release(rid))
-    directory = f"{layout.release(rid)}/app/migrations"
-    if not host.exists(directory):
-        raise ServiceError(
-            f"{host.name}: release {rid} has no app/migrations",
-            hint="the release directory is incomplete; deploy its commit again",
-        )
-    with tempfile.TemporaryDirectory(prefix="stageflow-migrations-") as tmp:
-        for fname in host.listdir(directory):
-            if fname.endswith(".sql"):
-                (Path(tmp) / fname).write_text(host.read_text(f"{directory}/{fname}") or "")
-        return migrations.discover(Path(tmp))
-
-
 def _level2_target(
     existing: set[str],
     entries: Sequence[Mapping[str, Any]],
@@ -254,6 +257,7 @@ def retiring_pidfile(layout: Layout, rid: str, pid: int) -> str:
 def restart_release(
     host: Host,
     env: EnvConfig,
+    service: Service,
     layout: Layout,
     rel: releases.Release,
     *,
@@ -271,7 +275,7 @@ def restart_release(
                 releases.master_pidfile(layout, rel.id), retiring_pidfile(layout, rel.id, old)
             )
         )
-    new = releases.start(host, env, layout, rel, workers=workers, bind=bind)
+    new = releases.start(host, env, service, layout, rel, workers=workers, bind=bind)
     releases.retire_others(host, layout, keep=rel.id)
     return old, new
 
@@ -306,8 +310,8 @@ def release_of(host: Host, layout: Layout, rid: str) -> releases.Release:
     )
 
 
-def _smoke(env: EnvConfig, rid: str) -> str:
-    probes = smoke.run(env, expect_release=rid)
+def _smoke(env: EnvConfig, service: Service, rid: str) -> str:
+    probes = smoke.run(env, service, expect_release=rid)
     bad = smoke.failed(probes)
     if bad:
         raise ServiceError(
@@ -339,19 +343,7 @@ def restart_steps(ctx: Context, p: RollbackPlan, details: list[str]) -> list[Ste
         )
     ]
     if p.reset_data:
-        steps += [
-            Step(
-                "reset",
-                f"drop and recreate {env.database.name}; flush Redis db {env.redis.db}",
-                lambda: _reset(ctx),
-            ),
-            Step("migrate", "every migration of the serving release", lambda: _remigrate(ctx, p)),
-            Step(
-                "seed",
-                "the small deterministic seed (staging.seed --size small)",
-                lambda: _seed(ctx, details),
-            ),
-        ]
+        steps += _reset_steps(ctx, p, details)
     if _many(ctx):
         return [
             *steps,
@@ -369,25 +361,90 @@ def restart_steps(ctx: Context, p: RollbackPlan, details: list[str]) -> list[Ste
             f"a new master of {p.current} (x{workers}), then drain the old one",
             lambda: _restart_here(ctx, target_release(ctx, p)),
         ),
-        Step("smoke", _SMOKE, lambda: _smoke(env, p.target or "")),
+        Step("smoke", _SMOKE, lambda: _smoke(env, ctx.proj.service, p.target or "")),
     ]
 
 
 _SMOKE = "health, ready, version, identity, postgres, redis"
 
 
-def _reset(ctx: Context) -> str:
+RESET_SUFFIX = "_reset"
+
+
+def _reset_steps(ctx: Context, p: RollbackPlan, details: list[str]) -> list[Step]:
+    """--reset-data: a new database built beside the live one, swapped in only once complete.
+
+    The live database serves until the swap, so a migration or seed that fails leaves the
+    previous data in place and the service serving it; the half-built copy is dropped.
+    """
     env = ctx.env
-    recreate_database(_services(ctx), env)
+    live = env.database.name
+    fresh = scratch.on_database(env, live + RESET_SUFFIX)
+    name = fresh.database.name
+    seed_cmd = ctx.proj.service.seed
+    return [
+        Step("reset", f"an empty {name} beside {live}, which serves on", lambda: _reset(ctx, name)),
+        Step(
+            "migrate",
+            f"every migration of the serving release, into {name}",
+            lambda: _or_drop(ctx, name, lambda: _remigrate(ctx, p, fresh)),
+        ),
+        Step(
+            "seed",
+            f"the service's seed command (size small), into {name}"
+            if seed_cmd
+            else "none: [service] seed is empty",
+            lambda: _or_drop(ctx, name, lambda: _seed(ctx, fresh)),
+        ),
+        Step(
+            "swap",
+            f"{name} takes {live}'s place in one transaction; flush Redis db {env.redis.db}",
+            lambda: _swap_in(ctx, name, details),
+        ),
+    ]
+
+
+def _reset(ctx: Context, name: str) -> str:
+    svc = _services(ctx)
+    scratch.drop(svc, name)  # what a reset that died before its swap left
+    scratch.create(svc, name)
+    return f"{name} created empty"
+
+
+def _or_drop(ctx: Context, name: str, fn: Callable[[], str]) -> str:
+    """Run a step on the new database; when it fails, drop that database and say the data stay."""
+    try:
+        return fn()
+    except BaseException as exc:
+        try:
+            scratch.drop(_services(ctx), name)
+        except Exception:  # noqa: BLE001 - the first failure is the one to report
+            pass
+        if isinstance(exc, DeployError):
+            exc.hint = f"{ctx.env.database.name} was not touched and still serves; " + (
+                exc.hint or "fix the cause and reset again"
+            )
+        raise
+
+
+def _swap_in(ctx: Context, name: str, details: list[str]) -> str:
+    env = ctx.env
+    scratch.swap(_services(ctx), env.database.name, name)
     flush_redis(env)
-    return f"{env.database.name} recreated empty; redis db {env.redis.db} flushed"
+    details.append("data reset")
+    return f"{env.database.name} replaced by the new database; redis db {env.redis.db} flushed"
 
 
-def _remigrate(ctx: Context, p: RollbackPlan) -> str:
-    env, rel = ctx.env, target_release(ctx, p)
+def _remigrate(ctx: Context, p: RollbackPlan, env: EnvConfig | None = None) -> str:
+    env, rel = env or ctx.env, target_release(ctx, p)
+    kind = ctx.proj.service.migrations.kind
+    if kind != "sql":
+        return (
+            _remigrate_with_tool(ctx, rel.id, env) if kind == "command" else "nothing (kind none)"
+        )
     done = migrations.migrate(
         env.database_url,
-        release_migration_files(ctx.host, ctx.layout, rel.id),
+        env_migrations.release_migration_files(ctx.proj, ctx.host, ctx.layout, rel.id),
         release=rel.id,
         applied_by=str(ctx.actor),
         password=env.secret("POSTGRES_PASSWORD"),
@@ -396,17 +453,27 @@ def _remigrate(ctx: Context, p: RollbackPlan) -> str:
     return f"applied {ctx.applied}"
 
 
-def _seed(ctx: Context, details: list[str]) -> str:
+def _remigrate_with_tool(ctx: Context, rid: str, env: EnvConfig) -> str:
+    tool = env_migrations.MigrationTool(
+        ctx.proj, ctx.env.name, ctx.host, ctx.layout, rid, target=env
+    )
+    change = env_migrations.migrate_command(tool)
+    return f"schema {change.describe()}"
+
+
+def _seed(ctx: Context, env: EnvConfig) -> str:
     from deploy import seed
 
-    result = seed.seed(ctx.env, size="small")
-    details.append("data reset")
-    return f"seeded {result.inserted} notes"
+    if not ctx.proj.service.seed:
+        return "skipped: [service] seed is empty"
+    result = seed.run(ctx.proj, env, size="small")
+    return f"seeded (small) from {result.where}: {result.summary}"
 
 
 def _restart_here(ctx: Context, rel: releases.Release) -> str:
-    releases.write_app_env(ctx.host, ctx.env, ctx.layout)
-    old, new = restart_release(ctx.host, ctx.env, ctx.layout, rel, workers=ctx.policy.workers)
+    old, new = restart_release(
+        ctx.host, ctx.env, ctx.proj.service, ctx.layout, rel, workers=ctx.policy.workers
+    )
     return f"master {new} serves {rel.id}" + (f"; drained {old}" if old else "")
 
 
@@ -416,10 +483,11 @@ def _restart_hosts(ctx: Context, rel: releases.Release) -> str:
 
     def restart_one(t: Target) -> str:
         t.previous = rel.id
-        releases.write_app_env(t.host, env, t.layout)
-        old, new = restart_release(t.host, env, t.layout, rel, workers=policy.workers, bind=t.bind)
+        old, new = restart_release(
+            t.host, env, ctx.proj.service, t.layout, rel, workers=policy.workers, bind=t.bind
+        )
         drained = f"; drained {old}" if old else ""
-        return f"master {new} serves {rel.id}{drained}; {native_hosts.probe(env, t, rel.id)}"
+        return f"master {new} serves {rel.id}{drained}; {native_hosts.probe(env, ctx.proj.service, t, rel.id)}"
 
     ctx.outcomes = group.roll(
         env.name, todo, restart_one, batch=policy.batch, printer=ctx.printer, release=rel.id
@@ -440,6 +508,8 @@ def _restart_hosts(ctx: Context, rel: releases.Release) -> str:
 def revert_schema(ctx: Context, p: RollbackPlan, details: list[str]) -> str:
     env, schema = ctx.env, p.schema
     assert schema is not None
+    if isinstance(schema, ToolSchemaPlan):
+        return _revert_with_tool(ctx, p, schema, details)
     if not schema.revert:
         if schema.since:
             details.append(f"schema kept (expand-only {list(schema.since)})")
@@ -447,7 +517,7 @@ def revert_schema(ctx: Context, p: RollbackPlan, details: list[str]) -> str:
     # the serving release's files: the target predates the files whose downs must run
     done = migrations.revert(
         env.database_url,
-        release_migration_files(ctx.host, ctx.layout, p.current or ""),
+        env_migrations.release_migration_files(ctx.proj, ctx.host, ctx.layout, p.current or ""),
         to_version=schema.target_version,
         release=target_release(ctx, p).id,
         applied_by=str(ctx.actor),
@@ -458,47 +528,55 @@ def revert_schema(ctx: Context, p: RollbackPlan, details: list[str]) -> str:
     return f"reverted {reverted}"
 
 
+def _revert_with_tool(
+    ctx: Context, p: RollbackPlan, schema: ToolSchemaPlan, details: list[str]
+) -> str:
+    """The plan's `down` commands in the serving release, under the migration lock."""
+    if not schema.revert:
+        return schema.describe()
+    serving = env_migrations.MigrationTool(
+        ctx.proj, ctx.env.name, ctx.host, ctx.layout, p.current or ""
+    )
+    change = env_migrations.migrate_down(serving, schema)
+    details.append(f"schema {change.describe()}")
+    return f"schema {change.describe()}"
+
+
 def switch_steps(ctx: Context, p: RollbackPlan, *, restored: bool) -> list[Step]:
     """Levels 2 and 3 once the data is done: the target release in front on every host."""
     env, layout, workers, target = ctx.env, ctx.layout, ctx.policy.workers, p.target
+    ready = f"each worker answering {ctx.proj.service.ready_path} in-process first"
     if _many(ctx):
         how = (
-            f"gunicorn x{workers} of {target} on each host's shared socket :{env.app_port}, in "
-            "batches, health check; a failing host is left stopped"
+            f"gunicorn x{workers} of {target} on each host's shared socket :{env.app_port}, "
+            f"{ready}, in batches, health check; a failing host is left stopped"
             if restored
             else f"on {order(ctx.proj, env.name)}: gunicorn x{workers} of {target} on each "
-            f"host's shared socket :{env.app_port}, switch, drain {p.current}, health check; a "
-            "failure switches the moved hosts back"
+            f"host's shared socket :{env.app_port}, {ready}, switch, drain {p.current}, health "
+            "check; a failure switches the moved hosts back"
         )
-        return [
-            Step(
-                "barrier",
-                f"{target} answers /readyz in-process on every host",
-                lambda: _hosts_ready(ctx, p, restored=restored),
-            ),
-            Step("switch", how, lambda: _switch_hosts(ctx, p, restored=restored)),
-        ]
+        return [Step("switch", how, lambda: _switch_hosts(ctx, p, restored=restored))]
     on = f":{env.app_port}" if restored else f"the shared socket :{env.app_port}"
     drain = "" if restored else f"; drain {p.current}"
     return [
-        Step("barrier", f"{target} answers /readyz in-process", lambda: _barrier_here(ctx, p)),
-        Step("start", f"gunicorn x{workers} of {target} on {on}", lambda: _start_here(ctx, p)),
+        Step(
+            "start",
+            f"gunicorn x{workers} of {target} on {on}, {ready}",
+            lambda: _start_here(ctx, p),
+        ),
         Step(
             "switch", f"{layout.current} -> releases/{target}{drain}", lambda: _switch_here(ctx, p)
         ),
-        Step("smoke", _SMOKE, lambda: _smoke(env, target or "")),
+        Step("smoke", _SMOKE, lambda: _smoke(env, ctx.proj.service, target or "")),
     ]
-
-
-def _barrier_here(ctx: Context, p: RollbackPlan) -> str:
-    releases.write_app_env(ctx.host, ctx.env, ctx.layout)
-    releases.health_barrier(ctx.host, ctx.env, ctx.layout, target_release(ctx, p))
-    return "ready"
 
 
 def _start_here(ctx: Context, p: RollbackPlan) -> str:
     rel = target_release(ctx, p)
-    return f"master pid {releases.start(ctx.host, ctx.env, ctx.layout, rel, workers=ctx.policy.workers)}"
+    pid = releases.start(
+        ctx.host, ctx.env, ctx.proj.service, ctx.layout, rel, workers=ctx.policy.workers
+    )
+    return f"master pid {pid}"
 
 
 def _switch_here(ctx: Context, p: RollbackPlan) -> str:
@@ -508,36 +586,23 @@ def _switch_here(ctx: Context, p: RollbackPlan) -> str:
     return f"serving {rid}" + (f"; drained {', '.join(retired)}" if retired else "")
 
 
-def _hosts_ready(ctx: Context, p: RollbackPlan, *, restored: bool) -> str:
-    """Levels 2 and 3 over every host once the data is done: a barrier on each first."""
-    env, todo, rel = ctx.env, ctx.targets, target_release(ctx, p)
-
-    def ready(t: Target) -> str:
-        # where a failure sends the host back; after a restore there is no such place
-        t.previous = None if restored else releases.current_release(t.host, t.layout)
-        releases.write_app_env(t.host, env, t.layout)
-        releases.health_barrier(t.host, env, t.layout, rel)
-        return "ready"
-
-    try:
-        group.on_every_host(todo, ready, phase="barrier", subject=rel.id, hint=_retry(ctx, p))
-    except RolloutError as err:
-        ctx.outcomes = list(err.outcomes)
-        ctx.print_outcomes()
-        raise
-    return f"{rel.id} ready on {len(todo)} hosts"
-
-
 def _retry(ctx: Context, p: RollbackPlan) -> str:
     return f"fix that host, then `inv {ctx.env.name}.rollback --level {p.level}` again"
 
 
 def _switch_hosts(ctx: Context, p: RollbackPlan, *, restored: bool) -> str:
-    """Then switch in batches with the first-host barrier. Level 2: a failing host sends the
+    """Switch in batches, the first host alone: each host's workers answer the ready path
+    in-process before its master takes a request. Level 2: a failing host sends the
     hosts already moved back to what they served. Level 3 (restored): nothing goes back, because
     the release before the restore expects data that is gone; a failing host is left stopped and
     the freeze stays until a human looks."""
     env, todo, policy, rel = ctx.env, ctx.targets, ctx.policy, target_release(ctx, p)
+
+    def remember(t: Target) -> None:
+        # where a failure sends the host back; after a restore there is no such place
+        t.previous = None if restored else releases.current_release(t.host, t.layout)
+
+    group.parallel(todo, remember)
     try:
         ctx.outcomes = native_hosts.switch_hosts(
             ctx.proj, env.name, rel.id, hosts=todo, batch=policy.batch, printer=ctx.printer
@@ -551,7 +616,8 @@ def _switch_hosts(ctx: Context, p: RollbackPlan, *, restored: bool) -> str:
             after = "it stays frozen"
         else:
             ctx.outcomes = native_hosts.switch_back(
-                env, todo, err.outcomes, workers=policy.workers, printer=ctx.printer,
+                env, ctx.proj.service, todo, err.outcomes, workers=policy.workers,
+                printer=ctx.printer,
                 why=f"{culprit.host} failed",
             )  # fmt: skip
             kept = "; the schema stays reverted" if p.schema and p.schema.revert else ""

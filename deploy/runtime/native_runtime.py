@@ -3,9 +3,10 @@ socket, on every host of the environment (this machine alone is a group of one).
 
 from __future__ import annotations
 
+import shlex
 from typing import TYPE_CHECKING, Any
 
-from deploy import migrations, releases
+from deploy import env_migrations, migrations, releases
 from deploy.commands import files as filecmd
 from deploy.config import Project
 from deploy.engine import group
@@ -156,13 +157,14 @@ class NativeRuntime:
                 f"git archive {ref} once; upload, extract and venv on {len(self.targets)} hosts "
                 "in parallel"
                 if self.rolling_hosts
-                else f"git archive {ref} -> {layout.releases}/<id>; venv by lock hash"
+                else f"git archive {ref} -> {layout.releases}/<id>; venv by requirements hash"
             ),
             "backup": f"policy {policy.backup!r}: pg_dump -Fc before migrating",
-            "migrate": f"pending files of app/migrations on {env.database.name}"
+            "migrate": migrate_does(ctx.proj, env.database.name)
             + (", once" if self.rolling_hosts else ""),
-            "rollout": f"batch {policy.batch!r}: {order}; per host: /readyz in-process, gunicorn "
-            f"x{policy.workers} on <bind>:{env.app_port}, switch, health check; "
+            "rollout": f"batch {policy.batch!r}: {order}; per host: gunicorn x{policy.workers} on "
+            f"<bind>:{env.app_port}, each worker answering {ctx.proj.service.ready_path} "
+            "in-process first, switch, health check; "
             "a failure switches the done hosts back",
             "verify": f"{policy.verify_window_s:g}s window "
             + ("over every host" if many else "against the env's thresholds"),
@@ -193,7 +195,6 @@ class NativeRuntime:
                 layout=t.layout,
                 rid=rid,
             )
-            releases.write_app_env(t.host, ctx.env, t.layout)
             return "built"
 
         on_every_host(ctx, one, phase="build", subject=rid, hint="fix that host, then deploy again")
@@ -207,8 +208,16 @@ class NativeRuntime:
             self._files = migration_files_of(ctx.proj, ctx.built.commit)
         return self._files
 
-    def pending(self, ctx: Context) -> list[int]:
-        env = ctx.env
+    def pending(self, ctx: Context) -> list[int] | list[str]:
+        env, kind = ctx.env, ctx.proj.service.migrations.kind
+        if kind == "command":  # the tool keeps its own books: what changed since the serving one
+            prev = ctx.previous
+            rel = native_rollback.release_of(ctx.host, ctx.layout, prev) if prev else None
+            return env_migrations.pending_by_changes(
+                ctx.proj, rel.commit if rel else None, ctx.built.commit, first=rel is None
+            )
+        if kind == "none":
+            return []
         files = self._migration_files(ctx)
         found = migrations.pending(
             env.database_url, files, password=env.secret("POSTGRES_PASSWORD")
@@ -218,8 +227,12 @@ class NativeRuntime:
     def backup(self, ctx: Context, *, reason: str) -> dict[str, Any]:
         return self.take_backup(actor=str(ctx.actor), release=ctx.previous or "", reason=reason)
 
-    def migrate(self, ctx: Context) -> list[int]:
-        env = ctx.env
+    def migrate(self, ctx: Context) -> list[int] | list[str]:
+        env, kind = ctx.env, ctx.proj.service.migrations.kind
+        if kind == "command":
+            return migrate_with_tool(ctx, self.targets)
+        if kind == "none":
+            return []
         applied = migrations.migrate(
             env.database_url,
             self._migration_files(ctx),
@@ -232,15 +245,12 @@ class NativeRuntime:
     def host_steps(self, ctx: Context, target: group.Target) -> list[Step]:
         env, policy = ctx.env, ctx.policy
         on = f" on {target.name}" if len(self.targets) > 1 else ""
+        ready = ctx.proj.service.ready_path
         return [
             Step(
-                "barrier",
-                f"the new release answers /readyz in-process{on}",
-                lambda: _barrier(ctx, target),
-            ),
-            Step(
                 "start",
-                f"gunicorn x{policy.workers} on the shared socket :{env.app_port}{on}",
+                f"gunicorn x{policy.workers} on the shared socket :{env.app_port}{on}; each "
+                f"worker answers {ready} in-process before it accepts a request",
                 lambda: _start(ctx, target),
             ),
             Step(
@@ -258,7 +268,9 @@ class NativeRuntime:
     def revert(self, ctx: Context, target: group.Target) -> str | None:
         t = target
         if t.previous and t.host.exists(t.layout.release(t.previous)):
-            native_hosts.switch_one(ctx.env, t, t.previous, workers=ctx.policy.workers, check=False)
+            native_hosts.switch_one(
+                ctx.env, ctx.proj.service, t, t.previous, workers=ctx.policy.workers, check=False
+            )
             return t.previous
         releases.retire_others(t.host, t.layout, keep="")
         if t.switched:
@@ -360,6 +372,29 @@ class NativeRuntime:
         return {"hosts": [o.to_dict() for o in ctx.outcomes]} if ctx.outcomes else {}
 
 
+def migrate_does(proj: Project, database: str) -> str:
+    m = proj.service.migrations
+    if m.kind == "command":
+        return f"`{shlex.join(m.up)}` in the release's venv on {database}, under the migration lock"
+    if m.kind == "none":
+        return "nothing (migrations kind none)"
+    return f"pending files of {proj.service.repo_path(m.dir)} on {database}"
+
+
+def migrate_with_tool(ctx: Context, targets: list[group.Target]) -> list[str]:
+    """The service's `up` once, on the primary, between two `current`s; both revisions go into
+    the release's RELEASE.json on every host and into history's notes."""
+    primary = targets[0]
+    tool = env_migrations.MigrationTool(
+        ctx.proj, ctx.env.name, primary.host, primary.layout, ctx.built.id
+    )
+    change = env_migrations.migrate_command(tool)
+    for t in targets:
+        releases.update_meta(t.host, t.layout, ctx.built.id, **change.meta())
+    ctx.hook_notes.append(f"schema {change.describe()}")
+    return [change.describe()] if change.changed else []
+
+
 def on_every_host(ctx: Context, fn: Any, *, phase: str, subject: str, hint: str) -> None:
     """A step that must pass on every host before anything switches. A group of one raises the
     host's own error; a larger group one RolloutError carrying every host's outcome."""
@@ -374,15 +409,16 @@ def on_every_host(ctx: Context, fn: Any, *, phase: str, subject: str, hint: str)
         raise
 
 
-def _barrier(ctx: Context, t: group.Target) -> str:
-    releases.health_barrier(t.host, ctx.env, t.layout, ctx.built)
-    return "ready"
-
-
 def _start(ctx: Context, t: group.Target) -> str:
     t.started = True
     pid = releases.start(
-        t.host, ctx.env, t.layout, ctx.built, workers=ctx.policy.workers, bind=t.bind
+        t.host,
+        ctx.env,
+        ctx.proj.service,
+        t.layout,
+        ctx.built,
+        workers=ctx.policy.workers,
+        bind=t.bind,
     )
     return f"master pid {pid}"
 
@@ -396,7 +432,7 @@ def _switch(ctx: Context, t: group.Target) -> str:
 
 
 def _smoke(ctx: Context, t: group.Target) -> str:
-    probes = smoke.run(ctx.env, expect_release=ctx.built.id, host=t.bind)
+    probes = smoke.run(ctx.env, ctx.proj.service, expect_release=ctx.built.id, host=t.bind)
     bad = smoke.failed(probes)
     if bad:
         raise RolledBack(f"smoke failed ({bad[0].name}: {bad[0].detail})")

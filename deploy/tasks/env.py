@@ -7,6 +7,7 @@ import os
 
 from invoke import Collection, Task, task
 
+from deploy.config import EnvConfig
 from deploy.errors import UsageError
 from deploy.output import mark, print_json, print_table, say, show
 from deploy.policy import guards
@@ -119,14 +120,17 @@ def secrets(c, generate=False):
         for line in environment.generate_secrets(proj, name, actor=str(actor())):
             say(f"{name}: {line}")
         proj = project()
-    env = proj.env(name)
-    from deploy.config import SECRET_KEYS
+    print_table(f"{name} secrets", ["key", "set", "meaning"], _secret_rows(proj.env(name)))
 
-    print_table(
-        f"{name} secrets",
-        ["key", "set", "meaning"],
-        [(k, "yes" if env.secret(k) else "no", v) for k, v in SECRET_KEYS.items()],
-    )
+
+def _secret_rows(env: EnvConfig) -> list[tuple[str, str, str]]:
+    """stageflow's secrets, then the service's declared ones: set or not, never a value."""
+    from deploy.config import SECRET_KEYS, SERVICE_SECRET
+
+    return [
+        (k, "yes" if env.secret(k) else "no", SECRET_KEYS.get(k, SERVICE_SECRET))
+        for k in env.declared_secrets
+    ]
 
 
 TASKS = [preflight_, up, down, status, logs, secrets]

@@ -19,7 +19,8 @@ from deploy.tasks._common import actor, edge, env_name, guarded, project, second
         "reason": "why (recorded in history and audit)",
         "yes": "prod: skip typing the environment's name (humans only)",
         "dry_run": "print the plan; change nothing",
-        "reset_data": "level 1, dev and staging only: wipe the database, migrate, re-seed",
+        "reset_data": "level 1, dev and staging only: a new database by migrations (and the "
+        "service's seed), swapped in only once complete",
         "json": "print the result as JSON",
     }
 )

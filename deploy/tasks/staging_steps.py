@@ -12,7 +12,8 @@ from deploy.tasks._common import actor, edge, env_name, guarded, project
 
 @task(
     help={
-        "reset": "wipe and re-create: stop, down, remove DATA_DIR (state/ kept), up, migrate, seed",
+        "reset": "wipe and re-create: stop, down, remove DATA_DIR (state/ kept), up, migrate, "
+        "seed (when [service] seed is set)",
         "json": "print the steps as JSON",
     }
 )
@@ -31,23 +32,30 @@ def init(c, reset=False, json=False):
         print_table(f"{name} init", ["step", "result"], steps)
 
 
-@task(help={"size": "small (10 k notes), medium (100 k) or large (1 M)", "json": "print as JSON"})
+@task(
+    help={
+        "size": "a word the service's seed command gets as {size} and STAGEFLOW_SEED_SIZE "
+        "(e.g. small, medium, large)",
+        "json": "print as JSON",
+    }
+)
 @edge
 def seed(c, size="small", json=False):
-    """Replace the seed rows with deterministic test data (other rows are never touched)."""
+    """Run the service's seed command ([service] seed): deterministic test data, never on prod."""
     from deploy import seed as seeding
 
     name = env_name(c)
     proj = project()
-    seeding.size_rows(size)
+    seeding.check_size(size)
+    seeding.require_command(proj.service)
     guarded(proj, name)
-    result = seeding.seed(proj.env(name), size=size)
+    result = seeding.run(proj, proj.env(name), size=size, process_env=dict(os.environ))
     if json:
         print_json(result.to_dict())
     else:
         say(
-            f"{name}: {result.inserted} seed rows ({size}) in {result.seconds:.2f}s, "
-            f"{result.rows_per_s:,.0f} rows/s; {result.deleted} old seed rows replaced"
+            f"{name}: seed ({size}) in {result.seconds:.2f}s from {result.where}: "
+            f"{result.summary or 'done'}"
         )
 
 

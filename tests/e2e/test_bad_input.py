@@ -121,6 +121,22 @@ def secrets_line(line: str, name: str = "staging") -> Setup:
     return setup
 
 
+def secrets_set(key: str, value: str, name: str = "staging") -> Setup:
+    @contextmanager
+    def setup(p: Project) -> Iterator[None]:
+        path = p.root / "env" / f"{name}.secrets.env"
+        with _restoring(path):
+            lines = path.read_text().splitlines()
+            path.write_text(
+                "".join(
+                    f"{key}={value}\n" if ln.startswith(f"{key}=") else ln + "\n" for ln in lines
+                )
+            )
+            yield
+
+    return setup
+
+
 def policy(fn: Callable[[str], str]) -> Setup:
     @contextmanager
     def setup(p: Project) -> Iterator[None]:
@@ -262,17 +278,55 @@ CASES: dict[str, Case] = {
         "dev.env:6: DATABASE_URL must start",
         set_key("DATABASE_URL", "mysql://app_dev@127.0.0.1:1/db"),
     ),
-    "env-log-level": Case(
-        ("dev.deploy",), USAGE, "dev.env:10: LOG_LEVEL='verbose'", set_key("LOG_LEVEL", "verbose")
-    ),
-    "env-debug-not-bool": Case(
-        ("dev.deploy",), USAGE, "dev.env:11: DEBUG='maybe'", set_key("DEBUG", "maybe")
-    ),
-    "env-rate-limit-text": Case(
+    # a control character in a value would smuggle a setting into the service's environment
+    "env-value-newline": Case(
         ("dev.deploy",),
         USAGE,
-        "dev.env:13: API_RATE_LIMIT='lots'",
-        set_key("API_RATE_LIMIT", "lots"),
+        "dev.env:10: LOG_LEVEL holds a newline",
+        set_key("LOG_LEVEL", '"info\\nDEBUG=true"'),
+    ),
+    "env-value-escape": Case(
+        ("dev.deploy",),
+        USAGE,
+        "dev.env:9: FEATURES holds the control character U+001B",
+        set_key("FEATURES", "notes\x1b[2J"),
+    ),
+    "env-undeclared-service-key": Case(
+        ("dev.deploy",),
+        USAGE,
+        "dev.env:14: unknown key SMTP_HOST",
+        add_line("SMTP_HOST=mail.internal"),
+    ),
+    "secrets-value-newline": Case(
+        ("staging.up",),
+        USAGE,
+        "staging.secrets.env:4: SECRET_KEY holds a newline",
+        secrets_set("SECRET_KEY", '"sign-s3cret-value\\nINJECTED=1"'),
+    ),
+    "secret-override-newline": Case(
+        ("dev.deploy",),
+        USAGE,
+        "STAGEFLOW_DEV_API_KEYS (process environment) holds a newline",
+        env={"STAGEFLOW_DEV_API_KEYS": "key-s3cret-value\nINJECTED=1"},
+    ),
+    # [posture]: the service's rules on staging and prod
+    "posture-debug-staging": Case(
+        ("staging.deploy",),
+        GUARD,
+        "staging: DEBUG must be false, not 'true'",
+        set_key("DEBUG", "true", name="staging"),
+    ),
+    "posture-rate-limit-staging": Case(
+        ("staging.deploy",),
+        GUARD,
+        "API_RATE_LIMIT must be a whole number >= 1, not 'lots'",
+        set_key("API_RATE_LIMIT", "lots", name="staging"),
+    ),
+    "toml-posture-undeclared-key": Case(
+        ("dev.deploy",),
+        USAGE,
+        "[posture.staging] COLOUR is not a key of the env files",
+        append_policy('[posture.staging]\nCOLOUR = "blue"'),
     ),
     "env-compose-name": Case(
         ("dev.deploy",),

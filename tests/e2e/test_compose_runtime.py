@@ -476,12 +476,12 @@ def test_backups_and_level_3_restore_run_in_the_postgres_container(
         assert [x["id"] for x in listed] == [manual["id"], bid, a["backup"]]  # newest first
 
         # verify (the native result): restored into a scratch database beside the live one
-        from deploy import compose_ops
         from deploy.config import load_project
+        from deploy.runtime import compose_backups
 
         for key, value in engine.env.items():
             monkeypatch.setenv(key, value)
-        checked = compose_ops.verify_backup(load_project(proj.root, process_env={}), "dev", bid)
+        checked = compose_backups.verify_backup(load_project(proj.root, process_env={}), "dev", bid)
         tables = {t["table"]: (t["backup"], t["live"]) for t in checked["tables"]}
         assert tables["stageflow_migrations"] == (3, 4) and tables["compose_probe"] == (None, 0)
         assert tables["notes"][1] == tables["notes"][0] + 1  # B's smoke wrote one since

@@ -40,7 +40,6 @@ DEPLOY_STEPS = (
     "build",
     "backup",
     "migrate",
-    "barrier",
     "start",
     "switch",
     "smoke",
@@ -51,14 +50,14 @@ DEPLOY_STEPS = (
 )
 LEVEL_STEPS = {
     1: ("lock", "services", "restart", "smoke", "unlock"),
-    2: ("lock", "schema", "barrier", "start", "switch", "smoke", "unlock"),
-    3: ("lock", "freeze", "stop", "restore", "barrier", "start", "switch", "smoke", "unlock"),
+    2: ("lock", "schema", "start", "switch", "smoke", "unlock"),
+    3: ("lock", "freeze", "stop", "restore", "start", "switch", "smoke", "unlock"),
 }
-RESET_DATA_STEPS = ("reset", "migrate", "seed")  # level 1 --reset-data only: wipes on purpose
+RESET_DATA_STEPS = ("reset", "migrate", "seed", "swap")  # level 1 --reset-data: wipes on purpose
 # level 3 killed here: stop has run, start has not, so nothing serves until the rollback reruns
-L3_DARK = ("restore", "barrier", "start")
+L3_DARK = ("restore", "start")
 # level 3 killed here: the restore has run, so the data are the backup's
-L3_RESTORED = ("barrier", "start", "switch", "smoke", "unlock")
+L3_RESTORED = ("start", "switch", "smoke", "unlock")
 
 FAULT_UP = "ALTER TABLE notes ADD COLUMN IF NOT EXISTS fault_tag text;\n"
 FAULT_DOWN = "ALTER TABLE notes DROP COLUMN IF EXISTS fault_tag;\n"
@@ -110,7 +109,7 @@ def test_the_matrix_covers_every_step_the_code_passes_through():
     around = _step_names(lifecycle, "recorded")
     switch = _step_names(native_rollback, "switch_steps")
     assert around == {"lock", "unlock"}
-    restart = _step_names(native_rollback, "restart_steps")
+    restart = _step_names(native_rollback, "restart_steps", "_reset_steps")
     assert set(LEVEL_STEPS[1]) | set(RESET_DATA_STEPS) == around | restart
     assert _step_names(rollback_pipeline, "level_steps") == {"schema", "freeze", "stop", "restore"}
     assert set(LEVEL_STEPS[2]) == around | switch | {"schema"}

@@ -130,9 +130,9 @@ def test_a_rolling_deploy_killed_at_step(fleet: Staging, step: str) -> None:
 
 # -- rollback levels 1-3 over the group -----------------------------------------------------------
 # Each level's cases are its live dry run's steps plus the lifecycle's lock and unlock; the hosts'
-# own work runs inside them (level 1: one `restart` step; levels 2 and 3: a `barrier` on every host,
-# then one `switch` step in batches), so a kill lands before or after every host moved, never
-# between two of them.
+# own work runs inside them (level 1: one `restart` step; levels 2 and 3: one `switch` step in
+# batches, each host's workers answering the ready path before its master takes a request), so a
+# kill lands before or after every host moved, never between two of them.
 
 MOVES = "switch"  # levels 2 and 3: the step that puts the target in front on every host
 
@@ -205,7 +205,7 @@ def test_rollback_level_2_killed_at_every_step(fleet: Staging) -> None:
     plan = faults.rollback_plan(p, "staging", 2)  # the plan of this very state: its steps are cases
     assert (plan["current"], plan["target"]) == (current[0], target[0]), plan
     steps = faults.rollback_cases(plan)
-    assert steps[-3:] == ("barrier", MOVES, "unlock"), steps
+    assert steps[-3:] == ("schema", MOVES, "unlock"), steps
     for i, step in enumerate(steps):
         if i:  # the previous case left the previous release serving: go forward again
             target, current = served(fleet)[0], forward(fleet, f"level2-{i}")

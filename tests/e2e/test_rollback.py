@@ -347,7 +347,7 @@ def test_backup_verify_list_then_level1_restarts_redis_and_resets_data(project, 
     out = project.ok(
         "staging.rollback", "--level", "1", "--reset-data", "--reason", "fresh data"
     ).stdout
-    assert "seeded 10000 notes" in out  # wiped, re-created, re-seeded with the small seed
+    assert "inserted 10000" in out  # a new database, migrated, seeded small, swapped in
     assert "redis started" in out and "postgres started" not in out
     with connect(project) as conn:
         seeded = conn.execute("SELECT count(*) FROM notes WHERE author LIKE 'seed:%'").fetchone()[0]

@@ -15,7 +15,6 @@ from deploy.config import load_project
 from deploy.engine import deploy_pipeline, group
 from deploy.errors import ExitCode
 from deploy.policy.actors import Actor
-from deploy.releases import lock_hash
 from deploy.runtime import native_hosts
 from tests import support
 from tests.conftest import need
@@ -30,6 +29,7 @@ from tests.sshd import (
     seed_venv,
     set_hosts,
     shared_venv,
+    venv_key,
 )
 
 STAGING, PROD = 3, 6
@@ -244,12 +244,17 @@ def test_switch_hosts_moves_every_host_and_reports_each(hosts: Fleet) -> None:
     assert hosts.serving("prod") == [current] * PROD
 
 
-def test_a_host_failing_its_barrier_through_inv_prints_every_host(hosts: Fleet) -> None:
+def test_a_host_failing_to_start_through_inv_prints_every_host(hosts: Fleet) -> None:
     p = hosts.project
     before = served(hosts, "staging")
-    # the third host's venv for this lock file is empty: its release cannot answer /readyz
+    # the third host's venv for this lock file is empty: its release cannot start
     lock = (p.root / "app" / "requirements.lock").read_text()
-    venv = hosts.dirs["staging"][2] / "shared" / "venvs" / lock_hash(lock)
+    venv = (
+        hosts.dirs["staging"][2]
+        / "shared"
+        / "venvs"
+        / venv_key(p.root / "app" / "requirements.lock")
+    )
     kept = venv.with_name(venv.name + ".kept")
     venv.rename(kept)
     venv.mkdir()

@@ -129,9 +129,9 @@ def test_a_staging_day_never_shows_a_secret(project: Project) -> None:
         assert MARK not in res.stderr, f"{res.args}: secret on stderr"
 
     home = project.root / ".stageflow"
-    app_env = home / "staging" / "shared" / "app.env"
+    settings = home / "staging" / "shared" / "service.json"
     redis_conf = home / "staging" / "run" / "redis.conf"
-    allowed = (app_env, redis_conf)  # the service's env file and requirepass: both 0600
+    allowed = (settings, redis_conf)  # the service's settings and requirepass: both 0600
     for path in allowed:
         assert path.exists(), path
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{path} is not mode 0600"
@@ -174,7 +174,7 @@ def test_a_failing_connection_does_not_echo_the_password(project: Project) -> No
             project.root / ".stageflow",
             project.root,
             skip=(
-                project.root / ".stageflow/staging/shared/app.env",
+                project.root / ".stageflow/staging/shared/service.json",
                 project.root / ".stageflow/staging/run/redis.conf",
             ),
         )

@@ -197,22 +197,33 @@ def test_health_readiness_follows_the_schema(start, pg_dsn: str, redis_url: str)
     assert server.get("/readyz").status == 503
 
 
-def test_version_reads_the_env_file_under_the_process_env(
+def test_settings_come_from_the_process_environment_with_credentials_in_the_urls(
     start, pg_dsn: str, redis_url: str, tmp_path: Path
 ) -> None:
+    # the URLs carry their passwords, as stageflow feeds them; a dotenv file is not read any more
     env_file = tmp_path / "service.env"
-    env_file.write_text("ENVIRONMENT=from-file\nFEATURES=all\nSTAGEFLOW_COMMIT=from-file\n")
-    env = base_env(pg_dsn, redis_url, STAGEFLOW_ENV_FILE=str(env_file))
-    del env["FEATURES"]
+    env_file.write_text("ENVIRONMENT=from-file\nSTAGEFLOW_COMMIT=from-file\n")
+    parts = urlsplit(pg_dsn)
+    with_password = parts._replace(
+        netloc=f"{parts.username}:{PG_PASSWORD}@{parts.hostname}:{parts.port}"
+    )
+    env = base_env(
+        with_password.geturl(),
+        redis_url,
+        FEATURES="all",
+        STAGEFLOW_ENV_FILE=str(env_file),
+    )
     server = start(env)
     assert server.get("/version").json() == {
         "release": "20261122T000000Z-abc1234",
-        "commit": "abc1234def5678",  # the process environment wins over the file
+        "commit": "abc1234def5678",
         "environment": "staging",
-        "database": urlsplit(pg_dsn).path.lstrip("/"),
-        "features": ["notes"],  # "all" from the file, expanded
+        "database": parts.path.lstrip("/"),
+        "features": ["notes"],  # "all", expanded
         "schema_expected": EXPECTED,
     }
+    assert server.get("/healthz").status == 200
+    # the fixture checks at teardown that PG_PASSWORD reached no log line
 
 
 def test_readyz_and_metrics_when_redis_is_down(

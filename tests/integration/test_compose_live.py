@@ -14,7 +14,7 @@ from deploy.commands import compose as cmd
 from deploy.config import EnvConfig, load_env
 from deploy.errors import ConfigError, ServiceError, UsageError
 from deploy.hosts import Host
-from deploy.runtime.compose import DEFAULT_IMAGE, ComposeRuntime
+from deploy.runtime.compose_project import DEFAULT_IMAGE, ComposeProject
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,6 +40,7 @@ def _project_copy(tmp_path: Path, project: str, *, with_secrets: bool = True) ->
     """A project root holding the real compose files and a dev env on its own name and ports."""
     root = tmp_path / "project"
     shutil.copytree(ROOT / "compose", root / "compose")
+    shutil.copy(ROOT / "stageflow.toml", root / "stageflow.toml")  # the service's declared keys
     (root / "env").mkdir()
     dev = load_env(ROOT, "dev")
     ports = {"APP_PORT": _free_port(), "POSTGRES_PORT": _free_port(), "REDIS_PORT": _free_port()}
@@ -72,7 +73,7 @@ def test_no_engine_is_one_service_error_line(tmp_path: Path) -> None:
     if _engine_problem() is None:
         pytest.skip("a Docker engine answers here; the refusal needs a machine without one")
     root = _project_copy(tmp_path, "stageflow-test-noengine")
-    runtime = ComposeRuntime(load_env(root, "dev"), Host(), root=root)
+    runtime = ComposeProject(load_env(root, "dev"), Host(), root=root)
     with pytest.raises(ServiceError) as info:
         runtime.status()
     line = info.value.line()
@@ -88,7 +89,7 @@ def test_missing_docker_client_is_one_service_error_line(
     (tmp_path / "empty-bin").mkdir()
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # a machine where docker is absent
     with pytest.raises(ServiceError) as info:
-        ComposeRuntime(cfg, Host(), root=root).up("r1")
+        ComposeProject(cfg, Host(), root=root).up("r1")
     assert info.value.line() == (
         'no Docker engine answers at local; use runtime = "native" '
         "(or start Docker there: the docker client is not installed)"
@@ -99,7 +100,7 @@ def test_missing_docker_client_is_one_service_error_line(
 def test_missing_secrets_refuse_before_anything_runs(tmp_path: Path) -> None:
     root = _project_copy(tmp_path, "stageflow-test-nosecrets", with_secrets=False)
     with pytest.raises(ConfigError) as info:
-        ComposeRuntime(load_env(root, "dev"), Host(), root=root).status()
+        ComposeProject(load_env(root, "dev"), Host(), root=root).status()
     assert info.value.line() == (
         "dev has no POSTGRES_PASSWORD (set it in env/dev.secrets.env, mode 0600)"
     )
@@ -108,11 +109,11 @@ def test_missing_secrets_refuse_before_anything_runs(tmp_path: Path) -> None:
 def test_bad_release_refuses_before_anything_runs(tmp_path: Path) -> None:
     root = _project_copy(tmp_path, "stageflow-test-badtag")
     with pytest.raises(UsageError, match="'v1:latest' cannot be an image tag"):
-        ComposeRuntime(load_env(root, "dev"), Host(), root=root).up("v1:latest")
+        ComposeProject(load_env(root, "dev"), Host(), root=root).up("v1:latest")
 
 
 def test_production_never_removes_its_volumes() -> None:
-    runtime = ComposeRuntime(load_env(ROOT, "prod"), Host())
+    runtime = ComposeProject(load_env(ROOT, "prod"), Host())
     with pytest.raises(UsageError, match="prod refuses to remove its data volumes"):
         runtime.down(volumes=True)
 
@@ -120,7 +121,7 @@ def test_production_never_removes_its_volumes() -> None:
 def test_rollback_level_three_is_not_the_runtimes(tmp_path: Path) -> None:
     root = _project_copy(tmp_path, "stageflow-test-level3")
     with pytest.raises(UsageError, match="does level 1 and 2, not 3"):
-        ComposeRuntime(load_env(root, "dev"), Host(), root=root).rollback(level=3)
+        ComposeProject(load_env(root, "dev"), Host(), root=root).rollback(level=3)
 
 
 # -- live: only where an engine answers -----------------------------------------------------------
@@ -136,7 +137,7 @@ def test_dev_comes_up_healthy_and_goes_down(tmp_path: Path) -> None:
     project, tag = f"stageflow-test-{suffix}", f"test-{suffix}"
     root = _project_copy(tmp_path, project)
     cfg: EnvConfig = load_env(root, "dev")
-    runtime = ComposeRuntime(cfg, host, root=root, wait_timeout_s=240)
+    runtime = ComposeProject(cfg, host, root=root, wait_timeout_s=240)
     build = cmd.build_image(
         DEFAULT_IMAGE, tag, context=str(ROOT), dockerfile=str(ROOT / "Dockerfile")
     )

@@ -19,6 +19,14 @@ from deploy.gates.migrations import fingerprint
 from deploy.secrets import Secret
 
 STAGES = """
+[service]
+name = "notes"
+wsgi = "app.wsgi:application"
+
+[service.migrations]
+kind = "sql"
+dir = "app/migrations"  # the migrations gate reads its folder from here
+
 [environments.dev]
 
 [stages]
@@ -434,6 +442,7 @@ def test_migration_gate_rehearses_a_copy_while_the_target_is_in_use(
 
 # -- the config gates: deps, policy-drift, budgets, docs-freshness, observability, eval -----------
 
+SERVICE_KEYS = ("LOG_LEVEL", "DEBUG", "REQUIRE_API_KEY", "API_RATE_LIMIT")  # the service's, in ENV
 ENV = """ENVIRONMENT={environment}
 APP_PORT={port}
 DATA_DIR=.stageflow/{name}
@@ -533,7 +542,7 @@ def full_repo(tmp_path: Path, metrics_port: int) -> Path:
         "README.md": "# Full\n\nRun `inv release.gate` (stages: `inv release.stages`), "
         "see [env](docs/ENVIRONMENT.md#keys).\n",
         "docs/ENVIRONMENT.md": "# Environment\n\n## Keys\n\n"
-        + "".join(f"- {k}\n" for k in sorted({*ENV_KEYS, *SECRET_KEYS})),
+        + "".join(f"- {k}\n" for k in sorted({*ENV_KEYS, *SECRET_KEYS, *SERVICE_KEYS})),
         "prompts/a.txt": "good",
     }
     commit(root, files, message="initial", tag="v1.0.0")

@@ -1,4 +1,5 @@
-"""Seed loading and anonymization against a real PostgreSQL: idempotence, coverage, the leak check."""
+"""The reference service's seed and anonymization against a real PostgreSQL: idempotence,
+coverage, the leak check."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from deploy import anonymize, migrations, seed
+from app import seed
+from deploy import anonymize, migrations
 from deploy.errors import GuardRefused
 from tests import support
 from tests.conftest import fresh_database

@@ -10,12 +10,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from deploy.probes import smoke
+from deploy.service import Service
 
 
 class Answers:
     """A real HTTP server whose /version names `old` for the first `stale` requests, then `new`."""
 
-    def __init__(self, stale: int) -> None:
+    def __init__(self, stale: int, *, header: bool = False) -> None:
         self.stale = stale
         self.seen = 0
         answers = self
@@ -27,6 +28,8 @@ class Answers:
                 body = json.dumps({"release": release}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
+                if header:  # the release in the header stageflow's hooks add to every answer
+                    self.send_header(smoke.RELEASE_HEADER, release)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -61,3 +64,15 @@ def test_a_release_that_never_answers_is_left_to_the_version_probe(draining: Ans
     smoke._settle(draining.base, "missing", timeout_s=0.3)  # gives up without raising
     _, body = smoke.http("GET", f"{draining.base}/version")
     assert body["release"] != "missing"
+
+
+def test_the_release_header_is_enough_without_a_version_path() -> None:
+    answers = Answers(stale=2, header=True)
+    service = Service(name="shop", wsgi="shop:app", health="/up")  # no version path
+    try:
+        smoke._settle(answers.base, "new", service=service)
+        assert answers.seen == 2 + 3  # one request per answer: the header, no version path
+        assert smoke.serving_release(answers.base, service) == "new"
+    finally:
+        answers.server.shutdown()
+        answers.server.server_close()

@@ -28,10 +28,48 @@ def test_the_shipped_policy_anonymizes_notes_and_forbids_raw_copies():
     assert anonymize.problems(rules, NOTES) == []
 
 
-def test_no_section_means_the_built_in_notes_rules_and_no_raw_copies():
+def test_no_section_means_no_rule_so_every_text_column_refuses_and_no_raw_copies():
     rules = anonymize.load_rules({})
-    assert rules.tables == anonymize.DEFAULT_RULES and rules.allow_raw is False
+    assert rules.tables == {} and rules.allow_raw is False
     assert anonymize.load_rules({"anonymize": {"allow_raw": True}}).allow_raw is True
+    found = anonymize.problems(rules, NOTES)
+    assert [f.split(" ")[0] for f in found] == ["notes.author", "notes.body"]
+
+
+SHOP = [
+    Column("customers", "id", "bigint", False),
+    Column("customers", "email", "character varying", False, 200),
+    Column("customers", "profile", "jsonb", True),
+    Column("orders", "id", "bigint", False),
+    Column("orders", "note", "text", True),
+    Column("orders", "total", "numeric", False),
+]
+
+
+def test_rules_name_any_service_tables_and_cover_every_table_without_one():
+    rules = Rules(tables={"customers": {"email": "hash", "profile": "null"}})
+    assert anonymize.problems(rules, SHOP) == [
+        'orders.note (text) has no rule: add note = "hash", "fake", "null" or "keep"'
+        " to [anonymize.orders]"
+    ]
+    rules = Rules(tables={**rules.tables, "orders": {"note": "fake"}})
+    assert anonymize.problems(rules, SHOP) == []
+
+
+def test_a_rule_may_name_what_only_the_other_side_has_but_a_typo_is_refused():
+    new_column = Column("orders", "gift_message", "text", True)
+    rules = Rules(
+        tables={
+            "customers": {"email": "hash", "profile": "null"},
+            "orders": {"note": "fake", "gift_message": "fake"},
+        }
+    )
+    # the source lacks the column the target's release added: known on the other side
+    assert anonymize.problems(rules, SHOP, known=[*SHOP, new_column]) == []
+    assert anonymize.problems(rules, SHOP) == ["[anonymize.orders] gift_message: no such column"]
+    typo = Rules(tables={**rules.tables, "custmers": {"email": "hash"}})
+    with pytest.raises(GuardRefused, match=r"custmers\] names a table the database does not"):
+        anonymize.require_coverage(typo, SHOP, known=[*SHOP, new_column])
 
 
 @pytest.mark.parametrize(

@@ -34,44 +34,95 @@ def test_venv_builders():
     ]
 
 
-def test_listener_binds_the_hosts_address():
+def test_pip_builders():
+    assert app.pip_install("/v", ["/r/web", "gunicorn==23.0.0"])[-2:] == [
+        "/r/web",
+        "gunicorn==23.0.0",
+    ]
+    assert app.has_module("/v", "gunicorn") == ["/v/bin/python", "-c", "import gunicorn"]
+
+
+def test_listener_runs_from_the_helpers_shipped_into_the_release():
     argv = app.listener(
-        "/r/.venv/bin/python", "/r", port=8102, control="/h/run/l.sock", pidfile="/h/run/l.pid"
+        "/r/.venv/bin/python",
+        "/r/.stageflow",
+        port=8102,
+        control="/h/run/l.sock",
+        pidfile="/h/run/l.pid",
     )
-    assert argv[:2] == ["/r/.venv/bin/python", "/r/deploy/runtime/listener.py"]
+    assert argv[:2] == ["/r/.venv/bin/python", "/r/.stageflow/listener.py"]
     assert argv[argv.index("--port") + 1] == "8102"
     assert argv[argv.index("--control") + 1] == "/h/run/l.sock"
     assert argv[argv.index("--pidfile") + 1] == "/h/run/l.pid"
 
 
-def test_gunicorn_runs_on_the_listeners_socket_through_launch():
-    argv = app.gunicorn(
-        "/r",
-        control="/h/run/l.sock",
-        pidfile="/h/run/app-R.pid",
+LAUNCH = app.Launch(
+    control="/h/run/l.sock",
+    settings="/h/shared/service.json",
+    pidfile="/h/run/app-R.pid",
+    logfile="/h/logs/app.log",
+    ready_dir="/h/run/ready-R",
+    metrics_dir="/h/run/metrics/R",
+    release="R",
+)
+
+
+def _gunicorn(**kw):
+    args = dict(
+        app="svc:app",
+        service_dir="/r/web",
+        worker_class="sync",
+        ready_path="/ready",
+        asgi=False,
         workers=3,
-        logfile="/h/logs/app.log",
     )
-    assert argv[:7] == [
-        "/r/.venv/bin/python",
-        "/r/deploy/runtime/launch.py",
+    return app.gunicorn("/r", LAUNCH, **{**args, **kw})
+
+
+def test_gunicorn_runs_the_contracts_app_through_launch():
+    argv = _gunicorn()
+    cut = argv.index("--")
+    assert argv[:2] == ["/r/.venv/bin/python", "/r/.stageflow/launch.py"]
+    launch = argv[2:cut]
+    assert launch == [
+        "--control",
         "/h/run/l.sock",
-        "--",
-        "/r/.venv/bin/python",
-        "-m",
-        "gunicorn",
+        "--settings",
+        "/h/shared/service.json",
+        "--ready-dir",
+        "/h/run/ready-R",
+        "--ready-path",
+        "/ready",
+        "--release",
+        "R",
+        "--metrics-dir",
+        "/h/run/metrics/R",
     ]
+    assert argv[cut + 1 : cut + 4] == ["/r/.venv/bin/python", "-m", "gunicorn"]
     assert argv[argv.index("--bind") + 1] == "fd://{fd}"  # launch.py swaps in the fd number
     assert argv[argv.index("--workers") + 1] == "3"
+    assert argv[argv.index("--worker-class") + 1] == "sync"
     assert argv[argv.index("--pid") + 1] == "/h/run/app-R.pid"
-    assert argv[argv.index("--chdir") + 1] == "/r"
-    assert argv[argv.index("--config") + 1] == "/r/deploy/runtime/gunicorn_conf.py"
-    assert "--daemon" in argv and argv[-1] == "app.wsgi:application"
+    assert argv[argv.index("--chdir") + 1] == "/r/web"
+    assert argv[argv.index("--pythonpath") + 1] == "/r/web"
+    assert argv[argv.index("--config") + 1] == "/r/.stageflow/gunicorn_conf.py"
+    assert "--daemon" in argv and argv[-1] == "svc:app"
+    assert not any("deploy/runtime" in a for a in argv)
 
 
-def test_barrier_asks_readyz_in_process():
-    argv = app.barrier("/r")
-    assert argv[:2] == ["/r/.venv/bin/python", "-c"] and "/readyz" in argv[2]
+def test_an_asgi_service_gets_its_worker_class_and_the_asgi_flag():
+    argv = _gunicorn(worker_class="uvicorn.workers.UvicornWorker", asgi=True, app="svc:api")
+    cut = argv.index("--")
+    assert "--asgi" in argv[:cut]
+    assert argv[argv.index("--worker-class") + 1] == "uvicorn.workers.UvicornWorker"
+    assert argv[-1] == "svc:api"
+
+
+def test_the_helpers_shipped_into_a_release_exist_in_the_engine():
+    from deploy import releases
+
+    for name in app.HELPERS:
+        assert (releases.HELPERS_SOURCE / name).is_file(), name
 
 
 def test_postgres_builders():

@@ -6,7 +6,7 @@ import pytest
 
 from deploy.commands import compose as cmd
 from deploy.errors import ServiceError, UsageError
-from deploy.runtime.compose import check_release, image_tag, parse_ps, previous_release
+from deploy.runtime.compose_project import check_release, image_tag, parse_ps, previous_release
 
 BASE = [
     "docker",
@@ -256,7 +256,7 @@ def test_stop_and_remove_image(dev: cmd.ComposeCommands) -> None:
 
 
 def test_the_migration_command_of_a_release_image() -> None:
-    from deploy.compose_ops import migrate_argv
+    from deploy.runtime.compose_runtime import migrate_argv
 
     assert migrate_argv("up", release="r2", applied_by="alice@example.com") == [
         "python",
@@ -272,14 +272,14 @@ def test_the_migration_command_of_a_release_image() -> None:
 
 
 def test_a_planned_command_shows_its_variables_then_argv_quoted() -> None:
-    from deploy.compose_ops import shown
+    from deploy.runtime.compose_project import shown
 
     line = shown(["docker", "compose", "up", "a b"], {"STAGEFLOW_RELEASE": "r1"})
     assert line == "STAGEFLOW_RELEASE=r1 docker compose up 'a b'"
 
 
 def test_what_the_migration_entry_point_printed_is_read_back() -> None:
-    from deploy.compose_ops import _versions
+    from deploy.runtime.compose_runtime import _versions
 
     out = 'Container stageflow-dev-postgres-1 Running\n{"applied":[4,5]}\n'
     assert _versions(out, "applied") == [4, 5]
@@ -361,7 +361,7 @@ def test_database_sql_quotes_identifiers() -> None:
 def test_a_backup_dumps_in_the_container_copies_out_and_cleans_up(
     dev: cmd.ComposeCommands,
 ) -> None:
-    from deploy.compose_ops import backup_argv
+    from deploy.runtime.compose_backups import backup_argv
 
     argv = backup_argv(
         dev, user="app_dev", database="stageflow_dev", backup_id="B1", backups_dir="/h/backups"
@@ -374,7 +374,7 @@ def test_a_backup_dumps_in_the_container_copies_out_and_cleans_up(
 
 
 def test_a_restore_copies_in_recreates_restores_and_cleans_up(dev: cmd.ComposeCommands) -> None:
-    from deploy.compose_ops import ledger_argv, restore_argv
+    from deploy.runtime.compose_backups import ledger_argv, restore_argv
 
     argv = restore_argv(
         dev, user="app_dev", database="stageflow_dev", backup_id="B1", backups_dir="/h/backups"
@@ -402,7 +402,7 @@ def test_a_restore_copies_in_recreates_restores_and_cleans_up(dev: cmd.ComposeCo
 
 
 def test_the_deploy_backs_up_by_the_native_policy() -> None:
-    from deploy.compose_ops import pending_versions, wants_backup
+    from deploy.runtime.compose_backups import pending_versions, wants_backup
 
     assert pending_versions([1, 2, 3, 4], [1, 2, 3]) == [4]
     assert pending_versions([1, 2], [1, 2, 5]) == []

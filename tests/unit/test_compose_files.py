@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from deploy.commands.compose import BASE_FILE, compose_files
-from deploy.config import NAMESPACES, SECRET_KEYS, EnvConfig, load_env
+from deploy.config import NAMESPACES, EnvConfig, load_env
 from deploy.errors import ConfigError
-from deploy.runtime.compose import (
+from deploy.runtime.compose_project import (
     compose_isolation_problems,
     interpolate,
     load_yaml,
@@ -144,18 +144,20 @@ def test_app_waits_for_healthy_servers_and_checks_healthz(
         assert services["app"]["image"] == "stageflow-app:latest"
 
 
-def test_no_secret_is_written_in_a_compose_file() -> None:
+def test_no_secret_is_written_in_a_compose_file(configs: dict[str, EnvConfig]) -> None:
+    secret_keys = configs["prod"].declared_secrets  # stageflow's and the service's
+    assert "API_KEYS" in secret_keys
     for name in FILES:
         for service in (load_yaml(ROOT / name).get("services") or {}).values():
             env = (service or {}).get("environment") or {}
-            for key in SECRET_KEYS:
+            for key in secret_keys:
                 if key in env:
                     assert str(env[key]).startswith(f"${{{key}"), f"{name}: {key} is a literal"
             # $$NAME is the container's shell reading its environment; ${NAME} would put the
             # secret itself on the command line that a host's `ps` shows.
             for arg in (service or {}).get("command") or []:
                 bare = str(arg).replace("$$", "")
-                assert not any(f"${k}" in bare or f"${{{k}" in bare for k in SECRET_KEYS), name
+                assert not any(f"${k}" in bare or f"${{{k}" in bare for k in secret_keys), name
 
 
 def test_release_picks_the_image_tag_and_reaches_the_service(
@@ -164,7 +166,7 @@ def test_release_picks_the_image_tag_and_reaches_the_service(
     cfg = configs["dev"]
     variables = {
         **dict(cfg.values),
-        **dict.fromkeys(SECRET_KEYS, "x"),
+        **dict.fromkeys(cfg.declared_secrets, "x"),
         "STAGEFLOW_RELEASE": "r7",
         "STAGEFLOW_COMMIT": "abc1234",
     }

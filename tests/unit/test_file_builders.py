@@ -104,7 +104,15 @@ def test_kill_signals_one_positive_pid():
 class _App(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         body = json.dumps({"release": "r7"}).encode() if self.path == "/version" else b"ok"
-        self.send_response(200 if self.path in ("/healthz", "/readyz", "/version") else 404)
+        if self.path == "/login-first":  # a health path that redirects: answered, not followed
+            self.send_response(302)
+            self.send_header("Location", "/nowhere")
+        else:
+            self.send_response(
+                200 if self.path in ("/healthz", "/readyz", "/version", "/up") else 404
+            )
+        if self.path == "/up":  # what stageflow's gunicorn hooks add to every answer
+            self.send_header("X-Stageflow-Release", "r9")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -114,19 +122,46 @@ class _App(BaseHTTPRequestHandler):
 
 
 def test_the_host_probe_prints_the_serving_release():
-    assert app.http_probe("http://127.0.0.1:8080") == [
+    argv = app.http_probe("http://127.0.0.1:8080", health="/healthz", ready="/readyz")
+    assert argv == [
         "python3",
         "-c",
         app.PROBE_CODE,
         "http://127.0.0.1:8080",
+        "/healthz",
+        "/readyz",
+        "",
     ]
     server = ThreadingHTTPServer(("127.0.0.1", 0), _App)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
-        res = run_process(app.http_probe(base), timeout=60)
+        res = run_process(
+            app.http_probe(base, health="/healthz", ready="/readyz", version="/version"),
+            timeout=60,
+        )
     finally:
         server.shutdown()
         server.server_close()
     assert res.ok, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "r7"
+
+
+def test_the_host_probe_takes_the_services_paths_and_the_release_header():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _App)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        header = run_process(app.http_probe(base, health="/login-first", ready="/up"), timeout=60)
+        no_release = run_process(
+            app.http_probe(base, health="/healthz", ready="/readyz"), timeout=60
+        )
+        unready = run_process(
+            app.http_probe(base, health="/healthz", ready="/login-first"), timeout=60
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert header.ok and header.stdout.strip() == "r9", header.stderr
+    assert no_release.ok and no_release.stdout.strip() == ""
+    assert not unready.ok and "/login-first: HTTP 302" in unready.stderr

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import copy
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from deploy.config import load_posture
 from deploy.errors import ConfigError
 from deploy.gates.budgets import budgets_hash
-from deploy.gates.policy_drift import drift, prod_posture
+from deploy.gates.policy_drift import drift, posture_problems
 from deploy.gates.stages import GATE_NAMES, load_stages
+from tests import support
 
 POLICY: dict[str, Any] = {
     "stages": {
@@ -117,7 +121,7 @@ def test_budgets_hash_follows_thresholds_only() -> None:
     assert budgets_hash(base) != budgets_hash(other)
 
 
-def test_policy_drift_and_prod_posture() -> None:
+def test_policy_drift_and_posture() -> None:
     staging = {"APP_PORT": "1", "DEBUG": "false", "FEATURES": "all"}
     prod = {"APP_PORT": "2", "DEBUG": "false", "FEATURES": "notes", "EXTRA": "x"}
     assert drift(staging, prod, ["APP_PORT"]) == [
@@ -125,18 +129,21 @@ def test_policy_drift_and_prod_posture() -> None:
         "FEATURES differs: staging='all' prod='notes'",
     ]
     assert drift(staging, prod, ["APP_PORT", "FEATURES", "EXTRA"]) == []
-    assert (
-        prod_posture(
-            {
-                "DEBUG": "false",
-                "REQUIRE_API_KEY": "true",
-                "API_RATE_LIMIT": "10",
-                "LOG_LEVEL": "info",
-            }
-        )
-        == []
+    # the shipped [posture]: the reference service's rules, prod's LOG_LEVEL on top
+    posture = load_posture(Path("stageflow.toml"), tomllib.loads(support.minimal_policy()))
+    good = {
+        "DEBUG": "false",
+        "REQUIRE_API_KEY": "true",
+        "API_RATE_LIMIT": "10",
+        "LOG_LEVEL": "info",
+    }
+    assert posture_problems("prod", good, posture.rules_for("prod")) == []
+    bad = {"DEBUG": "true", "REQUIRE_API_KEY": "false", "API_RATE_LIMIT": "0", "LOG_LEVEL": "debug"}
+    found = posture_problems("prod", bad, posture.rules_for("prod"))
+    assert len(found) == 4 and all(p.startswith("prod ") for p in found)
+    assert posture_problems("staging", bad, posture.rules_for("staging"))[0] == (
+        "staging DEBUG must be false, not 'true'"
     )
-    bad = prod_posture(
-        {"DEBUG": "true", "REQUIRE_API_KEY": "false", "API_RATE_LIMIT": "0", "LOG_LEVEL": "debug"}
-    )
-    assert len(bad) == 4
+    assert len(posture_problems("staging", bad, posture.rules_for("staging"))) == 3
+    # a service without [posture]: its keys are its own business
+    assert posture_problems("prod", bad, load_posture(Path("x"), {}).rules_for("prod")) == []

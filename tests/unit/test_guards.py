@@ -186,23 +186,43 @@ def test_production_posture_holds_for_written_files(proj: Project, name: str) ->
     assert guards.production_posture(proj.env(name)).ok
 
 
+def with_values(env: EnvConfig, **values: str) -> EnvConfig:
+    return dataclasses.replace(env, values=tuple({**dict(env.values), **values}.items()))
+
+
 @pytest.mark.parametrize("name", ["staging", "prod"])
 @pytest.mark.parametrize(
-    ("changes", "needle"),
+    ("values", "needle"),
     [
-        ({"debug": True}, "DEBUG must be false"),
-        ({"require_api_key": False}, "REQUIRE_API_KEY must be true"),
-        ({"api_rate_limit": 0}, "API_RATE_LIMIT must be > 0"),
-        (
-            {"secrets": ()},
-            "missing secrets POSTGRES_PASSWORD, REDIS_PASSWORD, API_KEYS, SECRET_KEY",
-        ),
+        ({"DEBUG": "true"}, "DEBUG must be false, not 'true'"),
+        ({"REQUIRE_API_KEY": "false"}, "REQUIRE_API_KEY must be true"),
+        ({"API_RATE_LIMIT": "0"}, "API_RATE_LIMIT must be a whole number >= 1"),
+        ({"API_RATE_LIMIT": "lots"}, "API_RATE_LIMIT must be a whole number >= 1, not 'lots'"),
     ],
 )
-def test_production_posture_refuses(proj: Project, name: str, changes: dict, needle: str) -> None:
-    env: EnvConfig = dataclasses.replace(proj.env(name), **changes)
-    check = guards.production_posture(env)
+def test_production_posture_refuses(proj: Project, name: str, values: dict, needle: str) -> None:
+    check = guards.production_posture(with_values(proj.env(name), **values))
     assert not check.ok and needle in check.detail and check.detail.startswith(f"{name}:")
+
+
+@pytest.mark.parametrize("name", ["staging", "prod"])
+def test_production_posture_refuses_without_secrets(proj: Project, name: str) -> None:
+    check = guards.production_posture(dataclasses.replace(proj.env(name), secrets=()))
+    needle = "missing secrets POSTGRES_PASSWORD, REDIS_PASSWORD, API_KEYS, SECRET_KEY"
+    assert not check.ok and needle in check.detail and check.detail.startswith(f"{name}:")
+
+
+def test_an_unset_posture_key_is_refused(proj: Project) -> None:
+    env = proj.env("staging")
+    unset = dataclasses.replace(env, values=tuple((k, v) for k, v in env.values if k != "DEBUG"))
+    check = guards.production_posture(unset)
+    assert not check.ok and "DEBUG must be false (it is unset)" in check.detail
+
+
+def test_prod_has_its_own_log_level_rule(proj: Project) -> None:
+    assert guards.production_posture(with_values(proj.env("staging"), LOG_LEVEL="debug")).ok
+    check = guards.production_posture(with_values(proj.env("prod"), LOG_LEVEL="debug"))
+    assert not check.ok and "LOG_LEVEL must be one of info, warning, error" in check.detail
 
 
 def test_posture_names_only_the_missing_secret(proj: Project) -> None:
@@ -214,8 +234,8 @@ def test_posture_names_only_the_missing_secret(proj: Project) -> None:
 
 
 def test_dev_may_run_relaxed(proj: Project) -> None:
-    dev = dataclasses.replace(proj.env("dev"), debug=True, require_api_key=False, secrets=())
-    assert guards.production_posture(dev).ok
+    dev = with_values(proj.env("dev"), DEBUG="true", REQUIRE_API_KEY="false")
+    assert guards.production_posture(dataclasses.replace(dev, secrets=())).ok
 
 
 # -- running checks: fail closed ------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from deploy.config import Thresholds
 from deploy.probes.monitor import ALERT, OK, UNKNOWN, WARN, Sample, reading
-from deploy.probes.verify import Stats
+from deploy.probes.verify import EDGES_MS, Counts
 
 T = Thresholds(health_failures=3, error_rate_points=5.0, p95_ratio=2.0, memory_mb=512)
 
@@ -39,9 +39,11 @@ def test_a_first_sample_or_unreadable_counters_have_no_rate():
 def test_p95_alerts_only_against_a_baseline_and_above_the_floor():
     slow = sample(1.0, 200, 0, p95_s=0.5)
     assert reading(sample(0.0, 100, 0), slow, T)["p95"]["status"] == OK  # no baseline
-    base = Stats(requests=100, errors=0, p95_s=0.1)
+    at_100ms = [0] * (len(EDGES_MS) + 1)
+    at_100ms[EDGES_MS.index(130)] = 100
+    base = Counts(requests=100, errors=0, latency=tuple(at_100ms))  # p95 at the 130 ms edge
     r = reading(sample(0.0, 100, 0), slow, T, base=base)
-    assert r["p95"]["limit_ms"] == 200.0 and r["p95"]["status"] == ALERT
+    assert r["p95"]["limit_ms"] == 260.0 and r["p95"]["status"] == ALERT
 
 
 def test_health_warns_then_alerts_past_the_limit_and_memory_has_a_ceiling():

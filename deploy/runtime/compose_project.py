@@ -1,16 +1,18 @@
-"""The compose runtime: an environment as a docker compose project whose release is the image tag."""
+"""One environment's docker compose project on one host, whose release is the app's image tag."""
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from deploy.commands import compose as cmd
 from deploy.commands.compose import ComposeCommands
-from deploy.config import SECRET_KEYS, EnvConfig
+from deploy.config import EnvConfig, Project
+from deploy.engine import group
 from deploy.errors import ConfigError, MigrationError, ServiceError, UsageError
 from deploy.hosts import CommandResult, Host
 from deploy.secrets import REDACTED, scrub
@@ -126,7 +128,7 @@ def render_files(files: Sequence[Path], variables: Mapping[str, str]) -> dict[st
 def compose_variables(cfg: EnvConfig) -> dict[str, str]:
     """What compose interpolates from: the env file's keys, with every secret a placeholder."""
     variables = dict(cfg.values)
-    variables.update(dict.fromkeys(SECRET_KEYS, REDACTED))
+    variables.update(dict.fromkeys(cfg.declared_secrets, REDACTED))
     return variables
 
 
@@ -266,10 +268,10 @@ def check_release(release: str) -> str:
     return release
 
 
-# -- the runtime ----------------------------------------------------------------------------------
+# -- the project ----------------------------------------------------------------------------------
 
 
-class ComposeRuntime:
+class ComposeProject:
     """Runs one environment's compose project on one host through Host.run."""
 
     def __init__(
@@ -485,3 +487,44 @@ class ComposeRuntime:
             )
         self.up(target)
         return target
+
+
+# -- the project of an environment, and its commands as an operator reads them --------------------
+
+
+def place(proj: Project, name: str) -> tuple[Host, Layout]:
+    """The environment's first host (it runs the project and keeps lock and history) and layout."""
+    return group.primary(proj, name)
+
+
+def project_for(
+    proj: Project, name: str, *, host: Host | None = None, layout: Layout | None = None
+) -> ComposeProject:
+    """The environment's compose project on its first host. Locally the project root is the working
+    tree; remotely it is <home>/compose, refreshed with the compose files and the env file."""
+    if host is None or layout is None:
+        host, layout = place(proj, name)
+    env = proj.env(name)
+    if host.is_local:
+        return ComposeProject(env, host, root=proj.root)
+    root = str(PurePosixPath(layout.home, "compose"))
+    for rel in (*cmd.compose_files(name), f"env/{name}.env"):
+        host.put_file(proj.root / rel, f"{root}/{rel}")
+    return ComposeProject(env, host, root=root)
+
+
+def release_env(
+    rt: ComposeProject, release: str | None, commit: str | None = None
+) -> dict[str, str]:
+    """What ComposeProject.run adds to compose's environment besides secrets: no secret here."""
+    out = {"STAGEFLOW_IMAGE": rt.image}
+    if release is not None:
+        out["STAGEFLOW_RELEASE"] = release
+    if commit:
+        out["STAGEFLOW_COMMIT"] = commit
+    return out
+
+
+def shown(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+    """One command as an operator would type it: VAR=value assignments (never secrets), argv."""
+    return shlex.join([*(f"{k}={v}" for k, v in (env or {}).items()), *argv])

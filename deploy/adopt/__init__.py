@@ -1,0 +1,1 @@
+"""Adoption: `stageflow init` reads a service's repository and writes what stageflow needs there."""

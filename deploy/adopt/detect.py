@@ -1,0 +1,277 @@
+"""What `stageflow init` learns from a repository's files: the framework, the entry point, the
+requirements and the migration tool. Reads only; nothing here writes or runs anything."""
+
+from __future__ import annotations
+
+import configparser
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from deploy.errors import UsageError
+from deploy.service import Migrations
+
+ASGI_WORKER = "uvicorn.workers.UvicornWorker"
+# Folders that hold no service code: virtualenvs, caches, stageflow's own state, tests.
+_SKIP_DIRS = {
+    ".git",
+    ".venv",
+    "venv",
+    ".tox",
+    ".nox",
+    "node_modules",
+    "__pycache__",
+    "site-packages",
+    "build",
+    "dist",
+    ".stageflow",
+    "tests",
+    "test",
+}
+_MAX_DEPTH = 5
+_MAX_FILES = 5000  # a monorepo's far corners say nothing about its web entry point
+_FLASK_APP = re.compile(r"^(\w+)\s*(?::[^=\n]+)?=\s*(?:flask\.)?Flask\(", re.M)
+_FLASK_FACTORY = re.compile(r"^def (create_app)\(", re.M)
+_FLASK_IMPORT = re.compile(r"^\s*(?:from flask import|import flask\b)", re.M)
+_ASGI_APP = re.compile(
+    r"^(\w+)\s*(?::[^=\n]+)?=\s*(?:fastapi\.|starlette\.\w+\.)?(FastAPI|Starlette)\(", re.M
+)
+_FLASK_MIGRATE = re.compile(r"^\s*(?:from flask_migrate import|import flask_migrate\b)", re.M)
+_DJANGO_SETTINGS = re.compile(r"DJANGO_SETTINGS_MODULE['\"]\s*,\s*['\"]([\w.]+)['\"]")
+_PREFERRED_FILES = ("app.py", "wsgi.py", "main.py", "__init__.py", "asgi.py", "server.py")
+
+DJANGO_MIGRATIONS = Migrations(
+    kind="command",
+    up=("python", "manage.py", "migrate", "--noinput"),
+    down=("python", "manage.py", "migrate", "{app}", "{target}", "--noinput"),
+    current=("python", "manage.py", "showmigrations", "--plan"),
+)
+FLASK_MIGRATE_MIGRATIONS = Migrations(
+    kind="command",
+    dir="migrations/versions",
+    up=("flask", "db", "upgrade"),
+    down=("flask", "db", "downgrade", "{target}"),
+    current=("flask", "db", "current"),
+)
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What the operator passed on the command line; each replaces what detection would find."""
+
+    name: str | None = None
+    dir: str | None = None
+    wsgi: str | None = None
+    worker_class: str | None = None
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The [service] values `stageflow init` writes, and how each was found."""
+
+    name: str
+    framework: str  # Django | Flask | FastAPI | Starlette | given
+    dir: str
+    wsgi: str
+    worker_class: str
+    requirements: str
+    migrations: Migrations
+    migration_tool: str  # what the migrations are: Django, Flask-Migrate, alembic or none
+    notes: tuple[str, ...] = field(default_factory=tuple)  # what the operator should check
+
+
+def service_name(root: Path) -> str:
+    """The repository folder's name as a [service] name: lowercase letters, digits, - and _."""
+    name = re.sub(r"[^a-z0-9_-]+", "-", root.name.lower()).strip("-_")
+    return name or "service"
+
+
+def python_files(base: Path) -> Iterator[Path]:
+    """The service's Python files, shallowest first, without virtualenvs, caches and tests."""
+    count = 0
+    level = [base]
+    for _ in range(_MAX_DEPTH):
+        below: list[Path] = []
+        for folder in level:
+            try:
+                entries = sorted(folder.iterdir())
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.is_dir() and not entry.is_symlink():
+                    if entry.name not in _SKIP_DIRS and not (entry / "pyvenv.cfg").exists():
+                        below.append(entry)
+                elif entry.suffix == ".py" and not entry.name.startswith(("test_", "conftest")):
+                    count += 1
+                    if count > _MAX_FILES:
+                        return
+                    yield entry
+        level = below
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def module_name(base: Path, path: Path) -> str | None:
+    """The dotted module a gunicorn started in `base` imports for path; None when it cannot."""
+    parts = list(path.relative_to(base).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    # a src layout is installed into the venv from pyproject.toml: its modules start below src/
+    if len(parts) > 1 and parts[0] == "src" and not (base / "src" / "__init__.py").exists():
+        parts = parts[1:]
+    if not parts or not all(p.isidentifier() for p in parts):
+        return None
+    return ".".join(parts)
+
+
+def _rank(base: Path, path: Path) -> tuple[int, int, str]:
+    depth = len(path.relative_to(base).parts)
+    preferred = _PREFERRED_FILES.index(path.name) if path.name in _PREFERRED_FILES else 99
+    return depth, preferred, str(path)
+
+
+def _find_app(base: Path) -> tuple[str, str, str] | None:
+    """(framework, app spec, worker class) of the best candidate module under base."""
+    found: list[tuple[tuple[int, int, str], tuple[str, str, str]]] = []
+    for path in python_files(base):
+        text = _read(path)
+        module = module_name(base, path)
+        if module is None:
+            continue
+        m = _ASGI_APP.search(text)
+        if m:
+            found.append((_rank(base, path), (m[2], f"{module}:{m[1]}", ASGI_WORKER)))
+            continue
+        if not _FLASK_IMPORT.search(text):
+            continue
+        m = _FLASK_APP.search(text)
+        if m:
+            found.append((_rank(base, path), ("Flask", f"{module}:{m[1]}", "sync")))
+        elif _FLASK_FACTORY.search(text):
+            found.append((_rank(base, path), ("Flask", f"{module}:create_app()", "sync")))
+    return min(found)[1] if found else None
+
+
+def _manage_py(root: Path) -> Path | None:
+    """The shallowest manage.py that names its settings: a Django project's folder."""
+    for path in python_files(root):
+        if path.name == "manage.py" and _DJANGO_SETTINGS.search(_read(path)):
+            return path
+    return None
+
+
+def _django_wsgi(base: Path, manage: Path) -> str:
+    settings = _DJANGO_SETTINGS.search(_read(manage))
+    assert settings is not None  # _manage_py only returns a manage.py that names its settings
+    project = settings[1].split(".")[0]
+    if (base / project / "wsgi.py").is_file():
+        return f"{project}.wsgi:application"
+    for path in python_files(base):
+        if path.name == "wsgi.py" and "get_wsgi_application" in _read(path):
+            module = module_name(base, path)
+            if module:
+                return f"{module}:application"
+    return f"{project}.wsgi:application"
+
+
+def _alembic_versions(base: Path) -> str:
+    """The versions folder of alembic.ini's script_location, relative to base."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(base / "alembic.ini", encoding="utf-8")
+        location = parser.get("alembic", "script_location", fallback="alembic")
+    except configparser.Error:
+        location = "alembic"
+    location = location.replace("%(here)s/", "").replace("%(here)s", ".").strip() or "alembic"
+    return str(PurePosixPath(location) / "versions")
+
+
+def _migrations(base: Path, framework: str) -> tuple[Migrations, str]:
+    if framework == "Django":
+        return DJANGO_MIGRATIONS, "Django"
+    if (base / "migrations" / "alembic.ini").is_file() and any(
+        _FLASK_MIGRATE.search(_read(p)) for p in python_files(base)
+    ):
+        return FLASK_MIGRATE_MIGRATIONS, "Flask-Migrate"
+    if (base / "alembic.ini").is_file():
+        versions = _alembic_versions(base)
+        return (
+            Migrations(
+                kind="command",
+                dir=versions,
+                up=("alembic", "upgrade", "head"),
+                down=("alembic", "downgrade", "{target}"),
+                current=("alembic", "current"),
+            ),
+            "alembic",
+        )
+    return Migrations(kind="none"), "none"
+
+
+def _requirements(base: Path) -> tuple[str, tuple[str, ...]]:
+    for candidate in ("requirements.txt", "pyproject.toml"):
+        if (base / candidate).is_file():
+            return candidate, ()
+    return "requirements.txt", (
+        "no requirements.txt or pyproject.toml: write one before deploying",
+    )
+
+
+def _relative_dir(root: Path, value: str) -> str:
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts or not (root / value).is_dir():
+        raise UsageError(f"--dir {value!r} is not a folder inside the repository")
+    return str(path) if str(path) != "" else "."
+
+
+def _entry_point(root: Path, given: Overrides) -> tuple[str, str, str, str]:
+    """(framework, dir, app spec, worker class): the given values first, then what the files say."""
+    manage = _manage_py(root) if given.dir is None else _manage_py(root / given.dir)
+    if given.dir is not None:
+        folder = _relative_dir(root, given.dir)
+    elif manage is not None:
+        folder = str(PurePosixPath(*manage.parent.relative_to(root).parts)) or "."
+    else:
+        folder = "."
+    base = root / folder
+    if manage is not None:
+        found: tuple[str, str, str] | None = ("Django", _django_wsgi(base, manage), "sync")
+    else:
+        found = _find_app(base)
+    if given.wsgi:
+        worker = given.worker_class or (found[2] if found and found[1] == given.wsgi else "sync")
+        return "given", folder, given.wsgi, worker
+    if found is None:
+        raise UsageError(
+            "found no Flask, Django, FastAPI or Starlette app in this repository",
+            hint="name it: stageflow init --wsgi package.module:app",
+        )
+    return found[0], folder, found[1], given.worker_class or found[2]
+
+
+def detect(root: Path, given: Overrides | None = None) -> Detection:
+    """What to write into [service] for the repository at root."""
+    given = given or Overrides()
+    framework, folder, wsgi, worker = _entry_point(root, given)
+    base = root / folder
+    requirements, notes = _requirements(base)
+    migrations, tool = _migrations(base, framework)
+    if (root / "deploy" / "__init__.py").is_file() and not (root / "deploy" / "tasks").is_dir():
+        notes += ("a package named deploy/ here hides stageflow's engine from tasks.py: rename it",)
+    return Detection(
+        name=given.name or service_name(root),
+        framework=framework,
+        dir=folder,
+        wsgi=wsgi,
+        worker_class=worker,
+        requirements=requirements,
+        migrations=migrations,
+        migration_tool=tool,
+        notes=notes,
+    )

@@ -1,0 +1,122 @@
+"""`stageflow init`: detect the service, choose free ports, and write stageflow's files into a
+git repository, refusing to overwrite anything that is already there."""
+
+from __future__ import annotations
+
+import socket
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.adopt import render
+from deploy.adopt.detect import Detection, Overrides, detect
+from deploy.commands import git
+from deploy.config import NAMESPACES
+from deploy.errors import UsageError
+from deploy.hosts import run_process
+
+# Where each kind of port is looked for: above the usual defaults of each server, so a team's
+# own PostgreSQL on 5432 or Redis on 6379 is never in the way.
+PORT_RANGES = {
+    "APP_PORT": (8100, 8999),
+    "POSTGRES_PORT": (54300, 55299),
+    "REDIS_PORT": (63800, 64799),
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    root: Path
+    detection: Detection
+    ports: render.Ports
+    files: dict[str, str]  # relative path -> text; none of them may exist yet
+    gitignore: str  # what .gitignore gets appended
+
+
+def git_root(start: Path) -> Path:
+    """The top of the git work tree holding start; stageflow.toml goes there."""
+    try:
+        res = run_process(git.top_level(), cwd=start, timeout=30)
+    except OSError:
+        raise UsageError(
+            "git is not installed", hint="install git, then run stageflow init"
+        ) from None
+    if not res.ok:
+        raise UsageError(f"{start} is not in a git repository", hint="run git init first")
+    return Path(res.stdout.strip())
+
+
+def port_is_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:port now (a bind succeeds)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def choose_ports(name: str, *, is_free: Callable[[int], bool] = port_is_free) -> render.Ports:
+    """Distinct free ports per environment. The scan starts at an offset taken from the name, so
+    two services adopted on one machine do not both start from the same ports."""
+    offset = zlib.crc32(name.encode()) % 100 * 3
+    taken: set[int] = set()
+    out: render.Ports = {env: {} for env in NAMESPACES}
+    for key, (low, high) in PORT_RANGES.items():
+        span = high - low + 1
+        candidates = (low + (offset + i) % span for i in range(span))
+        for env in NAMESPACES:
+            port = next((p for p in candidates if p not in taken and is_free(p)), None)
+            if port is None:
+                raise UsageError(f"no free port for {key} from {low} to {high} on 127.0.0.1")
+            taken.add(port)
+            out[env][key] = port
+    return out
+
+
+def plan(start: Path, given: Overrides | None = None) -> Plan:
+    root = git_root(start)
+    detection = detect(root, given)
+    ports = choose_ports(detection.name)
+    gitignore = root / ".gitignore"
+    current = gitignore.read_text(encoding="utf-8") if gitignore.is_file() else ""
+    return Plan(
+        root, detection, ports, render.files(detection, ports), render.gitignore_addition(current)
+    )
+
+
+def existing(p: Plan) -> list[str]:
+    return [rel for rel in p.files if (p.root / rel).exists() or (p.root / rel).is_symlink()]
+
+
+def write(p: Plan) -> None:
+    """Every file, created exclusively: one that appears meanwhile is refused, never replaced."""
+    for rel, text in p.files.items():
+        path = p.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("x", encoding="utf-8") as fh:
+            fh.write(text)
+    if p.gitignore:
+        with (p.root / ".gitignore").open("a", encoding="utf-8") as fh:
+            fh.write(p.gitignore)
+
+
+def summary(p: Plan) -> list[tuple[str, str]]:
+    """(what, value) rows of what was detected, for the operator to check."""
+    d = p.detection
+    m = d.migrations
+    rows = [
+        ("framework", d.framework),
+        ("name", d.name),
+        ("dir", d.dir),
+        ("wsgi", d.wsgi),
+        ("worker_class", d.worker_class),
+        ("requirements", d.requirements),
+        ("migrations", d.migration_tool if m.kind != "none" else "none found"),
+    ]
+    if m.kind != "none":
+        rows += [("migrations up", " ".join(m.up)), ("migrations dir", m.dir)]
+    for env in NAMESPACES:
+        rows.append((f"{env} ports", ", ".join(f"{k}={v}" for k, v in p.ports[env].items())))
+    return rows

@@ -1,0 +1,128 @@
+"""The text of every file `stageflow init` writes, from a Detection and the chosen ports. Pure:
+no file is read here but the packaged templates."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from importlib import resources
+
+from deploy.adopt.detect import Detection
+from deploy.config import NAMESPACES
+from deploy.gates.budgets import budgets_hash
+from deploy.service import Migrations
+
+PORT_KEYS = ("APP_PORT", "POSTGRES_PORT", "REDIS_PORT")
+GITIGNORE_LINES = (".stageflow/", "env/*.secrets.env")
+Ports = dict[str, dict[str, int]]  # environment -> APP_PORT/POSTGRES_PORT/REDIS_PORT -> port
+
+
+def template(name: str, values: dict[str, str]) -> str:
+    """A packaged template with each {{key}} replaced; a placeholder left over is a bug here."""
+    text = (resources.files("deploy.adopt") / "templates" / name).read_text(encoding="utf-8")
+    for key, value in values.items():
+        text = text.replace("{{" + key + "}}", value)
+    if "{{" in text:
+        raise ValueError(f"template {name} has a placeholder no value fills")
+    return text
+
+
+def _toml(value: str | tuple[str, ...]) -> str:
+    # JSON strings and arrays of strings are valid TOML basic strings and arrays
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def _migrations_table(m: Migrations) -> list[str]:
+    lines = ["[service.migrations]", f"kind = {_toml(m.kind)}"]
+    if m.kind == "none":
+        return lines
+    lines.append(f"dir = {_toml(m.dir)}")
+    for key in ("up", "down", "current"):
+        value = getattr(m, key)
+        if value:
+            lines.append(f"{key} = {_toml(value)}")
+    return lines
+
+
+def service_table(d: Detection) -> str:
+    """[service] as init found it; every key left out takes its default."""
+    lines = [
+        f"# --- The service this repository deploys ({d.framework}). ---",
+        "[service]",
+        f"name = {_toml(d.name)}",
+    ]
+    if d.dir != ".":
+        lines.append(f"dir = {_toml(d.dir)}                 # paths below are relative to it")
+    lines += [
+        f"wsgi = {_toml(d.wsgi)}",
+        f"requirements = {_toml(d.requirements)}",
+    ]
+    if d.worker_class != "sync":
+        lines.append(f"worker_class = {_toml(d.worker_class)}")
+    lines += [
+        'health = "/"                           # a path that answers 2xx when the service is up'
+    ]
+    return "\n".join([*lines, "", *_migrations_table(d.migrations)])
+
+
+def stageflow_toml(d: Detection) -> str:
+    """The whole stageflow.toml, its budgets locked at the thresholds it ships with."""
+    draft = template("stageflow.toml.tmpl", {"service": service_table(d), "budgets_hash": ""})
+    locked = budgets_hash(tomllib.loads(draft))
+    return template("stageflow.toml.tmpl", {"service": service_table(d), "budgets_hash": locked})
+
+
+def database_name(d: Detection) -> str:
+    return d.name.replace("-", "_")
+
+
+def env_file(d: Detection, env: str, ports: dict[str, int]) -> str:
+    db = f"{database_name(d)}_{env}"
+    return "\n".join(
+        [
+            f"# {env}: what stageflow and the service see. No secrets here: they go in "
+            f"env/{env}.secrets.env (mode 0600).",
+            f"ENVIRONMENT={NAMESPACES[env]}",
+            f"COMPOSE_PROJECT_NAME={d.name}-{env}",
+            *(f"{key}={ports[key]}" for key in PORT_KEYS),
+            f"DATABASE_URL=postgresql://{db}@127.0.0.1:{ports['POSTGRES_PORT']}/{db}",
+            f"REDIS_URL=redis://127.0.0.1:{ports['REDIS_PORT']}/0",
+            f"DATA_DIR=.stageflow/{env}",
+            "",
+        ]
+    )
+
+
+def secrets_example(env: str) -> str:
+    return (
+        f"# Copy to env/{env}.secrets.env, chmod 600, fill in (or: inv {env}.secrets --generate).\n"
+        "POSTGRES_PASSWORD=\nREDIS_PASSWORD=\n"
+    )
+
+
+def files(d: Detection, ports: Ports) -> dict[str, str]:
+    """Every file init writes, by path relative to the repository's root, in the order written."""
+    values = {"name": d.name, "db": database_name(d), "health": "/"}
+    out = {
+        "stageflow.toml": stageflow_toml(d),
+        "tasks.py": template("tasks.py.tmpl", {}),
+    }
+    for env in NAMESPACES:
+        out[f"env/{env}.env"] = env_file(d, env, ports[env])
+        out[f"env/{env}.secrets.env.example"] = secrets_example(env)
+    out["compose/compose.yml"] = template("compose.yml.tmpl", values)
+    for env in NAMESPACES:
+        out[f"compose/compose.{env}.yml"] = template(f"compose.{env}.yml.tmpl", values)
+    return out
+
+
+def gitignore_addition(current: str) -> str:
+    """The lines .gitignore still lacks, as text to append (empty when it has them all)."""
+    have = {line.strip() for line in current.splitlines()}
+    missing = [line for line in GITIGNORE_LINES if line not in have]
+    if not missing:
+        return ""
+    lead = "" if not current or current.endswith("\n") else "\n"
+    return (
+        lead + "# stageflow: local state and secrets never enter git\n" + "\n".join(missing) + "\n"
+    )

@@ -1,0 +1,640 @@
+"""The compose runtime: the Runtime the pipelines drive when an environment runs on docker compose.
+
+A compose environment runs on its first host (local, or SSH) as one docker compose project
+(ComposeProject); a release is an image tag. Migrations run with the release's own image, in a
+one-off container inside the project network (deploy/compose_migrate.py calls deploy.migrations:
+one engine, one ledger, one advisory lock), so they work the same on a remote host whose
+PostgreSQL publishes on that host's loopback only. For the same reason backups (pg_dump) and the
+level 3 restore (pg_restore) run inside the postgres container; the dumps stay on that host.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from deploy import releases
+from deploy.commands import app as appcmd
+from deploy.commands import compose as cmd
+from deploy.commands import files as filecmd
+from deploy.commands.compose import backup_in_container as backup_argv
+from deploy.commands.compose import migrate as migrate_argv
+from deploy.config import Project
+from deploy.engine.group import Target
+from deploy.engine.rollback_rules import RollbackPlan
+from deploy.engine.steps import Step
+from deploy.errors import (
+    DeployError,
+    GuardRefused,
+    MigrationError,
+    RolledBack,
+    ServiceError,
+    UsageError,
+)
+from deploy.hosts import Host
+from deploy.policy import guards
+from deploy.probes import smoke
+from deploy.runtime import compose_backups, compose_rollback
+from deploy.runtime.compose_backups import ledger_argv, role_and_database
+from deploy.runtime.compose_project import (
+    APP_SERVICE,
+    REQUIRED_SECRETS,
+    SERVER_SERVICES,
+    ComposeProject,
+    check_release,
+    image_tag,
+    place,
+    project_for,
+    release_env,
+    shown,
+)
+from deploy.runtime.compose_rollback import SERVED_KINDS, commit_of, releases_in, served
+from deploy.service import Service
+from deploy.state import Layout, history
+
+if TYPE_CHECKING:
+    from deploy.engine.context import Context
+
+
+def _versions(stdout: str, key: str) -> list[int]:
+    """The JSON line compose_migrate prints last; compose may print its own lines before it."""
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict) and isinstance(data.get(key), list):
+            return [int(v) for v in data[key]]
+    return []
+
+
+# -- checks ----------------------------------------------------------------------------------------
+
+
+def engine_check(rt: ComposeProject) -> guards.Check:
+    """Secrets set, `docker info` and `docker compose version` answer: the compose "servers" check."""
+    name = rt.cfg.name
+    missing = [k for k in REQUIRED_SECRETS if not rt.cfg.secret(k)]
+    if missing:
+        return guards.Check(
+            "engine",
+            False,
+            f"{name} has no {missing[0]}; set it in env/{name}.secrets.env (mode 0600) or run "
+            f"`inv {name}.secrets --generate`",
+        )
+    try:
+        rt.check_engine()
+    except DeployError as err:
+        return guards.Check("engine", False, err.line())
+    return guards.Check(
+        "engine", True, f"a Docker engine and docker compose answer at {rt.host.name}"
+    )
+
+
+def backup_check(proj: Project, name: str) -> guards.Check:
+    """The policy's backups are taken inside the postgres container: every policy is runnable."""
+    policy = proj.policies[name].backup
+    if policy == "never":
+        return guards.Check("backup", True, "backup policy never")
+    return guards.Check(
+        "backup", True, f"backup policy {policy}: pg_dump in the postgres container"
+    )
+
+
+def serving(rt: ComposeProject) -> str | None:
+    """The tag the running app container was started from (compose ps)."""
+    return rt.current_release()
+
+
+# -- up, down, status, logs ------------------------------------------------------------------------
+
+
+def up(proj: Project, name: str) -> list[str]:
+    """Start the project's PostgreSQL and Redis and wait until both are healthy."""
+    rt = project_for(proj, name)
+    res = rt.run(lambda c: c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s))
+    if not res.ok:
+        raise rt.failed("starting postgres and redis", res)
+    return [f"compose project {rt.cfg.compose_project}: postgres and redis healthy"]
+
+
+def down(proj: Project, name: str) -> list[str]:
+    """Stop the project's containers; its data volumes stay."""
+    rt = project_for(proj, name)
+    rt.down()
+    return [f"compose project {rt.cfg.compose_project} stopped (data volumes kept)"]
+
+
+def container_status(proj: Project, name: str) -> dict[str, Any]:
+    """postgres, redis and app as `compose ps` sees them; an absent engine is a detail, not a crash."""
+    env = proj.env(name)
+    rows: list[dict[str, Any]] = []
+    problem = None
+    try:
+        rows = project_for(proj, name).status()
+    except DeployError as err:
+        problem = err.line()
+    by = {str(r.get("Service")): r for r in rows}
+
+    def healthy(service: str) -> bool:
+        row = by.get(service)
+        return bool(
+            row and row.get("State") == "running" and row.get("Health") in (None, "", "healthy")
+        )
+
+    app_row = by.get(APP_SERVICE)
+    return {
+        "runtime": "compose",
+        "engine": problem,
+        "postgres": {"up": healthy("postgres"), "port": env.postgres_port, "pid": None},
+        "redis": {"up": healthy("redis"), "port": env.redis_port, "pid": None},
+        "app": {
+            "up": healthy(APP_SERVICE),
+            "port": env.app_port,
+            "release": image_tag(str(app_row.get("Image", ""))) if app_row else None,
+        },
+    }
+
+
+def logs(proj: Project, name: str, *, tail: int = 100, services: Sequence[str] = ()) -> str:
+    return project_for(proj, name).logs(tail=tail, services=services)
+
+
+# -- deploy ----------------------------------------------------------------------------------------
+
+
+def plan(
+    proj: Project,
+    name: str,
+    *,
+    ref: str,
+    actor: str = "<actor>",
+    rt: ComposeProject | None = None,
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """The deploy's steps and the exact commands each runs, read-only (no engine is asked).
+
+    The release id is the one a deploy started now would get: a UTC timestamp and the commit."""
+    commit = releases.resolve_ref(proj.root, ref)
+    host, layout = place(proj, name)
+    rt = rt or project_for(proj, name, host=host, layout=layout)
+    rid = releases.new_release_id(commit, releases_in(history(host, layout)))
+    rows = _deploy_rows(proj, name, rt, layout, commit=commit, rid=rid)
+    return rows, _deploy_commands(proj, name, rt, layout, commit=commit, rid=rid, actor=actor)
+
+
+def _deploy_rows(
+    proj: Project, name: str, rt: ComposeProject, layout: Layout, *, commit: str, rid: str
+) -> list[tuple[str, str]]:
+    env, policy, host = proj.env(name), proj.policies[name], rt.host
+    ctxdir = layout.release(rid)
+    where = f"127.0.0.1:{env.app_port}" if host.is_local else f"the app container on {host.name}"
+    return [
+        (
+            "preflight",
+            "environment guards; secrets set; docker engine and compose answer; not frozen",
+        ),
+        ("lock", f"mkdir {layout.lock} on {host.name}"),
+        ("build", f"git archive {commit[:12]} -> {ctxdir}; docker build of {rt.image}:{rid}"),
+        (
+            "backup",
+            "none: backup policy 'never'"
+            if policy.backup == "never"
+            else f"policy {policy.backup!r}: pg_dump -Fc in the postgres container, copied to "
+            f"{layout.backups} on {host.name}",
+        ),
+        ("migrate", f"postgres and redis healthy, then the migrations {rid} ships, in its image"),
+        ("start", f"up --wait with {rt.image}:{rid}; a failure starts the previous tag again"),
+        ("smoke", f"health, ready, version, identity, postgres, redis on {where}"),
+        (
+            "verify",
+            f"{policy.verify_window_s:g}s health window" if policy.verify_window_s else "none",
+        ),
+        ("record", f"history {layout.history}"),
+        ("prune", f"keep {policy.keep_releases} images: docker image rm the one that falls out"),
+        ("unlock", f"rmdir {layout.lock}"),
+    ]
+
+
+def _deploy_commands(
+    proj: Project,
+    name: str,
+    rt: ComposeProject,
+    layout: Layout,
+    *,
+    commit: str,
+    rid: str,
+    actor: str,
+) -> list[str]:
+    policy, c, ctxdir = proj.policies[name], rt.commands(), layout.release(rid)
+    build = cmd.build_image(rt.image, rid, context=ctxdir, dockerfile=f"{ctxdir}/Dockerfile")
+    env_r = release_env(rt, rid)
+    servers = c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s)
+    migrate = c.run(APP_SERVICE, migrate_argv("up", release=rid, applied_by=actor), no_deps=True)
+    start = c.up(wait=True, wait_timeout_s=rt.wait_timeout_s)
+    backup = []
+    if policy.backup != "never":
+        user, database = role_and_database(rt)
+        env_b = release_env(rt, None)
+        backup = [
+            f"backup:  {shown(argv, env_b)}"
+            for argv in [
+                servers,
+                ledger_argv(c, user=user, database=database),
+                *backup_argv(
+                    c, user=user, database=database, backup_id="<id>", backups_dir=layout.backups
+                ),
+            ]
+        ]
+    return [
+        f"build:   {shown(build)}",
+        *backup,
+        f"migrate: {shown(servers, env_r)}",
+        f"migrate: {shown(migrate, env_r)}",
+        f"start:   {shown(start, release_env(rt, rid, commit))}",
+    ]
+
+
+def _extract(proj: Project, host: Host, layout: Layout, commit: str, rid: str) -> str:
+    """The commit's files on the host, as the image's build context (never the working tree)."""
+    tarball = releases.archive(proj, commit)
+    target = layout.release(rid)
+    host.makedirs(layout.releases, layout.run)
+    host.remove_tree(target)
+    host.makedirs(target)
+    remote_tar = str(tarball) if host.is_local else f"{layout.run}/{commit}.tar"
+    if not host.is_local:
+        host.put_file(tarball, remote_tar)
+    host.run(appcmd.extract(remote_tar, target))
+    if not host.is_local:
+        host.run(filecmd.remove(remote_tar), check=False)
+    return target
+
+
+class ComposeRuntime:
+    """The compose runtime as the deploy pipeline sees it: a release is an image tag, started by
+    `up` on the environment's one host; migrations and backups run in containers there."""
+
+    kind = "compose"
+
+    def __init__(self, proj: Project, name: str, targets: list[Target]) -> None:
+        self.proj, self.name, self.targets = proj, name, targets
+        primary = targets[0]
+        self.rt = project_for(proj, name, host=primary.host, layout=primary.layout)
+        self.ctx: Context | None = None
+        self._applied: list[int] | None = None
+        self._does: dict[str, str] = {}
+        self._entries: list[dict[str, Any]] = []
+
+    def bind(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def up(self) -> list[str]:
+        return up(self.proj, self.name)
+
+    def down(self) -> list[str]:
+        return down(self.proj, self.name)
+
+    def logs(self, *, tail: int, service: str) -> str:
+        return self.rt.logs(tail=tail, services=[service] if service else [])
+
+    def take_backup(self, *, actor: str, release: str, reason: str) -> dict[str, Any]:
+        return compose_backups.take_backup(
+            self.proj, self.name, actor=actor, release=release, reason=reason
+        )
+
+    def list_backups(self) -> list[dict[str, Any]]:
+        return compose_backups.list_backups(self.proj, self.name)
+
+    def remove_backups(self, ids: list[str]) -> None:
+        compose_backups.remove_backups(self.proj, self.name, ids)
+
+    def verify_backup(self, backup_id: str) -> dict[str, Any]:
+        return compose_backups.verify_backup(self.proj, self.name, backup_id)
+
+    def servers_status(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        containers = container_status(self.proj, self.name)
+        servers = {k: containers[k] for k in ("runtime", "engine", "postgres", "redis")}
+        return servers, containers["app"]
+
+    def checks(self) -> list[tuple[str, Callable[[], guards.Check]]]:
+        return [
+            ("engine", lambda: engine_check(self.rt)),
+            ("backup", lambda: backup_check(self.proj, self.name)),
+        ]
+
+    def serving(self) -> str | None:
+        return serving(self.rt)
+
+    def describe(self, ctx: Context, ref: str) -> dict[str, str]:
+        self._does = dict(plan(self.proj, self.name, ref=ref, rt=self.rt)[0])
+        return self._does
+
+    def dry_run_commands(self, ctx: Context, ref: str) -> list[str]:
+        return plan(self.proj, self.name, ref=ref, actor=str(ctx.actor), rt=self.rt)[1]
+
+    def build(self, ctx: Context, *, commit: str, ref: str, dirty: bool) -> tuple[Any, str]:
+        rt, host, layout = self.rt, ctx.host, ctx.layout
+        for t in self.targets:
+            t.previous = ctx.previous
+        rid = check_release(releases.new_release_id(commit, releases_in(history(host, layout))))
+        ctxdir = _extract(ctx.proj, host, layout, commit, rid)
+        argv = cmd.build_image(rt.image, rid, context=ctxdir, dockerfile=f"{ctxdir}/Dockerfile")
+        try:
+            res = host.run(argv, check=False, timeout=1800)
+        finally:
+            host.remove_tree(ctxdir)  # the image holds the files now
+        if not res.ok:
+            raise ServiceError(
+                f"{ctx.env.name}: docker build of {rt.image}:{rid} failed (exit {res.exit_code}): "
+                f"{res.tail(1)}",
+                hint="fix the Dockerfile or the build, then deploy again",
+            )
+        return releases.Release(rid, commit, ref, dirty), f"{rt.image}:{rid}"
+
+    def pending(self, ctx: Context) -> list[int]:
+        rt = self.rt
+        # the servers must run to be read; the migrate step would start them next anyway
+        res = rt.run(lambda c: c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s))
+        if not res.ok:
+            raise rt.failed("starting postgres and redis", res)
+        self._applied = compose_backups.applied_versions(rt)
+        shipped = [f.version for f in releases.migrations_at_commit(ctx.proj, ctx.built.commit)]
+        return compose_backups.pending_versions(shipped, self._applied)
+
+    def backup(self, ctx: Context, *, reason: str) -> dict[str, Any]:
+        return compose_backups.take(
+            self.rt,
+            ctx.layout,
+            actor=str(ctx.actor),
+            release=ctx.previous or "",
+            reason=reason,
+            applied=self._applied,
+        )
+
+    def migrate(self, ctx: Context) -> list[int]:
+        rid = ctx.built.id
+        res = self.rt.migrate(
+            migrate_argv("up", release=rid, applied_by=str(ctx.actor)), release=rid
+        )
+        return _versions(res.stdout, "applied")
+
+    def host_steps(self, ctx: Context, target: Target) -> list[Step]:
+        rt = self.rt
+        where = f"127.0.0.1:{ctx.env.app_port}" if ctx.host.is_local else ctx.host.name
+
+        def start() -> str:
+            target.started = True
+            rt.up(ctx.built.id, commit=ctx.built.commit)
+            return f"{rt.image}:{ctx.built.id} healthy"
+
+        return [
+            Step("start", self._does.get("start", f"up --wait with {rt.image}:<id>"), start),
+            Step(
+                "smoke",
+                self._does.get("smoke", f"health, ready, release, smoke checks on {where}"),
+                lambda: _smoke(rt, self.proj.service, ctx.built.id),
+            ),
+        ]
+
+    def revert(self, ctx: Context, target: Target) -> str | None:
+        """Start the previous tag again (or stop the new app when there is none)."""
+        rt, prev, rid = self.rt, ctx.previous, ctx.built.id
+        try:
+            if prev:
+                rt.up(prev, commit=commit_of(history(ctx.host, ctx.layout), prev))
+                return prev
+            res = rt.run(lambda c: c.stop(services=[APP_SERVICE]), release=rid)
+            if not res.ok:
+                raise rt.failed("stopping the app", res)
+        except DeployError as err:
+            raise ServiceError(
+                f"going back failed too: {err.message}",
+                hint=f"nothing may be serving: `inv {ctx.env.name}.status`, then deploy a fix",
+            ) from None
+        return None
+
+    def watch(self, ctx: Context, *, window_s: float) -> Any:
+        from deploy.probes import verify
+
+        if not ctx.host.is_local:
+            return verify.Verdict(
+                True, summary="health checked by compose (up --wait) on the remote host"
+            )
+        return verify.watch_places(
+            self.proj.service,
+            ctx.policy.thresholds,
+            [verify.LocalPlace(ctx.host, ctx.layout)],
+            port=ctx.env.app_port,
+            headers=smoke.auth_headers(ctx.env, self.proj.service),
+            release=ctx.built.id,
+            baseline=ctx.previous,
+            window_s=window_s,
+        )
+
+    def prune(self, ctx: Context) -> str:
+        protect = {ctx.built.id, ctx.previous or ""}
+        return _prune(self.rt, ctx.host, ctx.layout, keep=ctx.policy.keep_releases, protect=protect)
+
+    # -- rollback -----------------------------------------------------------------------------
+
+    reports_hosts = False  # one project on one host: no per-host outcomes
+
+    def refuse_rollback(self, ctx: Context, *, level: int, reset_data: bool) -> None:
+        if reset_data:
+            raise UsageError(
+                f"--reset-data is not available on the compose runtime that {self.name} uses",
+                hint=f"`inv {self.name}.down`, remove the project's volumes by hand, then "
+                f"`inv {self.name}.up`",
+            )
+
+    def rollback_checks(
+        self, level: int, *, dry_run: bool
+    ) -> list[tuple[str, Callable[[], guards.Check]]]:
+        # a plan reads history only; acting needs the engine
+        return [] if dry_run else [("engine", lambda: engine_check(self.rt))]
+
+    def rollback_plan(
+        self,
+        ctx: Context,
+        *,
+        level: int,
+        to: str | None,
+        backup_id: str | None,
+        reset_data: bool,
+        dry_run: bool,
+    ) -> RollbackPlan:
+        entries = self._entries = history(ctx.host, ctx.layout)
+        current = served(entries) if dry_run else serving(self.rt)
+        if current is None and level == 3:
+            # a restore needs no running app: one that stopped half-way is run again from history
+            current = served(entries)
+        if current is None:
+            raise UsageError(
+                f"{self.name} has no running release to roll back",
+                hint=f"deploy one with `inv {self.name}.deploy`",
+            )
+        return compose_rollback.make_plan(
+            self.proj, self.rt, entries, level=level, current=current, to=to,
+            actor=str(ctx.actor), backup_id=backup_id, layout=ctx.layout,
+        )  # fmt: skip
+
+    def rollback_does(self, ctx: Context, p: RollbackPlan) -> dict[str, str]:
+        info, schema = p.backup or {}, p.schema
+        image = f" (with the {p.current} image)" if schema and schema.revert else ""
+        return {
+            "schema": (schema.describe() if schema else "") + image,
+            "freeze": f"write {ctx.layout.freeze}: deploys refused until unfreeze",
+            "stop": f"stop the app container ({p.current})",
+            "restore": f"copy {info.get('id')}.dump into the postgres container; drop and "
+            f"recreate {ctx.env.database.name}; pg_restore it there",
+        }
+
+    def restart_steps(self, ctx: Context, p: RollbackPlan, details: list[str]) -> list[Step]:
+        rt, current = self.rt, p.current or ""
+
+        def restart() -> str:
+            commit = commit_of(self._entries, current)
+            res = rt.run(lambda c: c.restart(), release=current, commit=commit)
+            if not res.ok:
+                raise rt.failed("compose restart", res)
+            return f"{len(rt.up(current, commit=commit))} containers healthy"
+
+        return [
+            Step(
+                "restart", f"restart every container of {current}, then up --wait with it", restart
+            ),
+            Step(
+                "smoke",
+                _SMOKE_ROW,
+                lambda: _smoke(rt, self.proj.service, current, rolling_back=True),
+            ),
+        ]
+
+    def revert_schema(self, ctx: Context, p: RollbackPlan, details: list[str]) -> str:
+        schema, target, current = p.schema, p.target or "", p.current or ""
+        assert schema is not None
+        if not schema.revert:
+            if schema.since:
+                details.append(f"schema kept (expand-only {list(schema.since)})")
+            return schema.describe()
+        argv = migrate_argv(
+            "down", release=target, applied_by=str(ctx.actor), to=schema.target_version
+        )
+        try:
+            res = self.rt.migrate(argv, release=current)  # the serving image has the down files
+        except MigrationError as err:
+            raise MigrationError(
+                err.message, hint=f"level 2 stopped; {current} still serves"
+            ) from None
+        done = _versions(res.stdout, "reverted")
+        details.append(f"reverted migrations {done}")
+        return f"reverted {done}"
+
+    def switch_steps(self, ctx: Context, p: RollbackPlan, *, restored: bool) -> list[Step]:
+        rt, target = self.rt, p.target or ""
+        which = "the backup's" if restored else "the previous"
+
+        def start() -> str:
+            return (
+                f"{len(rt.up(target, commit=commit_of(self._entries, target)))} containers healthy"
+            )
+
+        return [
+            Step("start", f"up --wait with {which} tag {rt.image}:{target}", start),
+            Step(
+                "smoke",
+                _SMOKE_ROW,
+                lambda: _smoke(rt, self.proj.service, target, rolling_back=True),
+            ),
+        ]
+
+    def stop_service(self, ctx: Context, p: RollbackPlan) -> str:
+        res = self.rt.run(lambda c: c.stop(services=[APP_SERVICE]), release=p.current)
+        if not res.ok:
+            raise self.rt.failed("stopping the app", res)
+        return f"{p.current} stopped"
+
+    def restore(self, ctx: Context, p: RollbackPlan, details: list[str]) -> str:
+        info = p.backup or {}
+        done = compose_backups.restore(self.rt, ctx.layout, info, actor=str(ctx.actor))
+        details.append(f"restored backup {info['id']}; frozen")
+        return done
+
+    def check_rollback_target(self, ctx: Context, p: RollbackPlan) -> None:
+        """Before anything changes: the dump is whole and the backup's image tag still exists."""
+        info, rt = p.backup, self.rt
+        if info is None:
+            return
+        compose_backups.check_dump(ctx.host, ctx.layout, info, name=self.name)
+        if not ctx.host.run(cmd.image_exists(rt.image, p.target or ""), check=False, timeout=60).ok:
+            raise GuardRefused(
+                f"backup {info['id']} matches release {p.target}, whose image "
+                f"{rt.image}:{p.target} is gone",
+                hint="build and tag that commit's image again, then restore with --backup ID",
+            )
+
+    def release_of(self, ctx: Context, rid: str) -> releases.Release:
+        entries = self._entries
+        ref = next(
+            (str(e.get("ref", "")) for e in reversed(entries) if e.get("release") == rid), ""
+        )
+        return releases.Release(rid, commit_of(entries, rid), ref)
+
+    def audit_extra(self, ctx: Context) -> dict[str, Any]:
+        return {"runtime": "compose"}
+
+
+_SMOKE_ROW = "health, ready, release, the [[service.smoke]] checks, redis"
+
+
+def _smoke(rt: ComposeProject, service: Service, rid: str, *, rolling_back: bool = False) -> str:
+    if not rt.host.is_local:
+        return _probe_on_host(rt, service, rid, rolling_back=rolling_back)
+    probes = smoke.run(rt.cfg, service, expect_release=rid)
+    bad = smoke.failed(probes)
+    if bad:
+        what = f"smoke failed ({bad[0].name}: {bad[0].detail})"
+        if rolling_back:  # nothing to go back to from a rollback: it failed, it did not roll back
+            raise ServiceError(what, hint=f"inspect with `inv {rt.cfg.name}.logs`")
+        raise RolledBack(what)
+    return f"{len(probes)} probes passed in {sum(p.ms for p in probes):.0f} ms"
+
+
+def _probe_on_host(
+    rt: ComposeProject, service: Service, rid: str, *, rolling_back: bool = False
+) -> str:
+    base = f"http://127.0.0.1:{rt.cfg.app_port}"
+    # a few tries: a container of the old tag may still answer while compose replaces it
+    serving_now: list[str] = []
+    detail = ""
+    for _ in range(5):
+        argv = appcmd.http_probe(
+            base, health=service.health, ready=service.ready_path, version=service.version
+        )
+        res = rt.host.run(argv, check=False, timeout=30)
+        serving_now = res.stdout.strip().splitlines()[-1:] if res.ok else []
+        if serving_now == [rid]:
+            return f"health, ready and release answered on {rt.host.name}'s {base}"
+        detail = f"serving {serving_now[0]}" if serving_now else rt.scrub(res.tail(1))
+        time.sleep(0.5)
+    what = f"smoke failed on {rt.host.name} ({detail}, expected {rid})"
+    if rolling_back:
+        raise ServiceError(what, hint=f"inspect with `inv {rt.cfg.name}.logs`")
+    raise RolledBack(what)
+
+
+def _prune(rt: ComposeProject, host: Host, layout: Layout, *, keep: int, protect: set[str]) -> str:
+    """Untag the served release that falls out of the newest `keep` (one per deploy)."""
+    entries = history(host, layout)
+    good = [
+        str(e["release"])
+        for e in reversed(entries)
+        if e.get("status") == "success" and e.get("kind") in SERVED_KINDS and e.get("release")
+    ]
+    newest = list(dict.fromkeys([*[p for p in protect if p], *good]))
+    if len(newest) <= keep or newest[keep] in protect:
+        return "pruned 0"
+    res = host.run(cmd.remove_image(rt.image, newest[keep]), check=False, timeout=120)
+    return f"pruned {rt.image}:{newest[keep]}" if res.ok else f"{newest[keep]} already gone"

@@ -1,0 +1,291 @@
+"""How a release of any service is built and started, without servers: the venv's key, the
+settings file, the launcher's environment, and the gunicorn hooks (ready probe, header, counters)
+called in-process the way a worker calls them."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploy import releases
+from deploy.commands import app as cmd
+from deploy.config import load_project
+from deploy.errors import ServiceError
+from deploy.hosts import Host
+from deploy.runtime import gunicorn_conf as hooks
+from deploy.runtime import launch
+from deploy.service import Service
+from deploy.state import Layout
+from tests import support
+
+
+def _service(**kw: str) -> Service:
+    return Service(name="svc", wsgi="svc:app", **kw)  # type: ignore[arg-type]
+
+
+# -- the venv's key ---------------------------------------------------------------------------------
+
+
+def test_a_requirements_file_is_installed_with_r_and_keys_the_venv(tmp_path: Path) -> None:
+    for rel in ("a", "b"):
+        (tmp_path / rel / "web").mkdir(parents=True)
+        (tmp_path / rel / "web" / "requirements.txt").write_text("gunicorn==23.0.0\n")
+    svc = _service(dir="web", requirements="requirements.txt")
+    a = releases.venv_spec(Host(), svc, str(tmp_path / "a"), "c0ffee")
+    b = releases.venv_spec(Host(), svc, str(tmp_path / "b"), "c0ffee")
+    assert a.install == ("-r", f"{tmp_path}/a/web/requirements.txt")
+    assert a.cwd == f"{tmp_path}/a/web"
+    assert a.key == b.key  # the same requirements in another release share the venv
+    (tmp_path / "b" / "web" / "requirements.txt").write_text("gunicorn==23.0.0\nrequests\n")
+    assert releases.venv_spec(Host(), svc, str(tmp_path / "b"), "c0ffee").key != a.key
+
+
+def test_a_pyproject_installs_the_folder_and_its_lock_keys_the_venv(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "svc"\n')
+    svc = _service(requirements="pyproject.toml")
+    bare = releases.venv_spec(Host(), svc, str(tmp_path), "c0ffee")
+    assert bare.install == (str(tmp_path),) and bare.mode == "package"
+    (tmp_path / "uv.lock").write_text("version = 1\n")
+    uv = releases.venv_spec(Host(), svc, str(tmp_path), "c0ffee")
+    assert uv.key != bare.key and uv.install == (str(tmp_path),)
+    (tmp_path / "requirements.lock").write_text("requests==2.32.3\n")
+    pinned = releases.venv_spec(Host(), svc, str(tmp_path), "c0ffee")
+    assert pinned.install == ("-r", f"{tmp_path}/requirements.lock", str(tmp_path))
+    assert pinned.key not in (uv.key, bare.key)
+
+
+def test_a_missing_requirements_file_names_the_file_and_commit(tmp_path: Path) -> None:
+    svc = _service(dir="web", requirements="requirements.txt")
+    with pytest.raises(ServiceError) as err:
+        releases.venv_spec(Host(), svc, str(tmp_path), "c0ffee123456789")
+    assert "web/requirements.txt" in err.value.message and "c0ffee123456" in err.value.message
+
+
+def test_the_gunicorn_pin_keys_the_venv(tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_text("flask\n")
+    spec = releases.venv_spec(Host(), _service(), str(tmp_path), "c0ffee")
+    assert spec.gunicorn.startswith("gunicorn==")
+    other = releases.VenvSpec(spec.files, spec.mode, spec.install, spec.cwd, "gunicorn==22.0.0")
+    assert other.key != spec.key
+
+
+# -- the settings file ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def staging(tmp_path: Path):
+    (tmp_path / "stageflow.toml").write_text(support.minimal_policy())
+    support.write_envs(tmp_path)
+    return load_project(tmp_path, process_env={})
+
+
+def test_the_settings_file_is_private_and_holds_the_complete_urls(staging, tmp_path: Path) -> None:
+    env = staging.env("staging")
+    layout = Layout(str(tmp_path / "home"))
+    rel = releases.Release("20260101T000000Z-abc", "abc123", "main")
+    path = releases.write_settings(Host(), env, staging.service, layout, rel)
+    assert path == f"{layout.shared}/service.json"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    data = json.loads(Path(path).read_text())
+    assert "pg-staging-s3cret-value" in data["DATABASE_URL"]
+    assert data["PGPASSWORD"] == "pg-staging-s3cret-value"
+    assert data["STAGEFLOW_RELEASE"] == rel.id and data["STAGEFLOW_COMMIT"] == "abc123"
+
+
+def test_no_setting_travels_on_the_command_line(staging, tmp_path: Path) -> None:
+    env = staging.env("staging")
+    layout = Layout(str(tmp_path / "home"))
+    rel = releases.Release("20260101T000000Z-abc", "abc123", "main")
+    settings = releases.settings_of(env, staging.service, rel)
+    launch_paths = cmd.Launch(
+        control="/c",
+        settings="/s.json",
+        pidfile="/p",
+        logfile="/l",
+        ready_dir="/r",
+        metrics_dir="/m",
+        release=rel.id,
+    )
+    argv = cmd.gunicorn(
+        layout.release(rel.id),
+        launch_paths,
+        app=staging.service.wsgi,
+        service_dir=staging.service.path_in_release(layout.release(rel.id)),
+        worker_class="sync",
+        ready_path="/readyz",
+        asgi=False,
+        workers=2,
+    )
+    line = " ".join(argv)
+    for key in ("DATABASE_URL", "REDIS_URL", "PGPASSWORD", "API_KEYS", "SECRET_KEY"):
+        assert settings[key] not in line, key
+
+
+# -- the launcher -----------------------------------------------------------------------------------
+
+
+def test_the_launcher_gives_the_service_its_settings_and_little_else() -> None:
+    env = launch.environment(
+        {"DATABASE_URL": "postgresql://u:pw@h/db", "PATH": "/svc/bin"},
+        {"STAGEFLOW_READY_DIR": "/r"},
+        {"PATH": "/usr/bin", "HOME": "/home/op", "VIRTUAL_ENV": "/op/venv", "PYTHONPATH": "/x"},
+    )
+    assert env == {
+        "PATH": "/svc/bin",
+        "HOME": "/home/op",
+        "DATABASE_URL": "postgresql://u:pw@h/db",
+        "STAGEFLOW_READY_DIR": "/r",
+    }
+
+
+def test_a_bad_settings_file_is_one_line_without_its_values(tmp_path: Path) -> None:
+    bad = tmp_path / "s.json"
+    bad.write_text('{"DATABASE_URL": 5, "X": "hunter2"}')
+    with pytest.raises(launch.LaunchError) as err:
+        launch.read_settings(str(bad))
+    assert "hunter2" not in str(err.value) and str(bad) in str(err.value)
+    with pytest.raises(launch.LaunchError, match="cannot read"):
+        launch.read_settings(str(tmp_path / "missing.json"))
+
+
+# -- the hooks: ready probe ---------------------------------------------------------------------
+
+
+def wsgi_app(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path == "/boom":
+        raise RuntimeError("no database")
+    status = "200 OK" if path == "/ready" else "503 Service Unavailable"
+    start_response(status, [("Content-Type", "text/plain")])
+    return [f"{path} says {status}".encode()]
+
+
+def test_the_wsgi_probe_reports_status_and_body() -> None:
+    assert hooks.probe(wsgi_app, "/ready") == (True, "200 /ready says 200 OK")
+    ok, detail = hooks.probe(wsgi_app, "/other")
+    assert not ok and detail.startswith("503 /other says 503")
+    assert hooks.probe(wsgi_app, "/boom") == (False, "RuntimeError: no database")
+
+
+class LifespanApp:
+    def __init__(self, *, fail_startup: bool = False) -> None:
+        self.events: list[str] = []
+        self.fail_startup = fail_startup
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                self.events.append(message["type"])
+                if message["type"] == "lifespan.startup":
+                    if self.fail_startup:
+                        await send({"type": "lifespan.startup.failed", "message": "no redis"})
+                        return
+                    scope["state"]["ready"] = "yes"
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = f"{scope['path']} {scope['state'].get('ready')}".encode()
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def no_lifespan_app(scope, receive, send):
+    assert scope["type"] == "http", "lifespan is not supported"
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def test_the_asgi_probe_runs_lifespan_around_one_request() -> None:
+    app = LifespanApp()
+    assert hooks.is_asgi(app) and hooks.is_asgi(no_lifespan_app) and not hooks.is_asgi(wsgi_app)
+    assert hooks.probe(app, "/ready") == (True, "200 /ready yes")
+    assert app.events == ["lifespan.startup", "lifespan.shutdown"]
+    assert hooks.probe(no_lifespan_app, "/ready") == (True, "204 ")
+    ok, detail = hooks.probe(LifespanApp(fail_startup=True), "/ready")
+    assert not ok and "no redis" in detail
+
+
+# -- the hooks: header and counters -------------------------------------------------------------
+
+
+def test_counters_bucket_latencies_by_the_edges(tmp_path: Path) -> None:
+    counters = hooks.Counters("R1", str(tmp_path), 42)
+    for status, ms in ((200, 0.4), (200, 1.0), (404, 1.5), (500, 13000.0), (503, 20000.0)):
+        counters.add(status, ms)
+    counters.flush()
+    data = json.loads((tmp_path / "42.json").read_text())
+    assert set(data) == {
+        "release", "pid", "requests", "errors", "status", "edges_ms", "counts", "updated"
+    }  # fmt: skip
+    assert (data["release"], data["pid"], data["requests"], data["errors"]) == ("R1", 42, 5, 2)
+    assert data["status"] == {"200": 2, "404": 1, "500": 1, "503": 1}
+    assert data["edges_ms"] == list(hooks.EDGES_MS) and len(data["counts"]) == 22
+    assert data["counts"][0] == 2 and data["counts"][1] == 1  # <= 1 ms; <= 2 ms
+    assert data["counts"][20] == 1 and data["counts"][21] == 1  # <= 13000; over the last edge
+    assert [p.name for p in tmp_path.iterdir()] == ["42.json"]  # no temp file left
+
+
+def test_counters_flush_every_50_responses_not_on_each(tmp_path: Path) -> None:
+    counters = hooks.Counters("R1", str(tmp_path), 7)
+    for _ in range(hooks.FLUSH_EVERY_N - 1):
+        counters.add(200, 1)
+    assert not (tmp_path / "7.json").exists()
+    counters.add(200, 1)
+    assert json.loads((tmp_path / "7.json").read_text())["requests"] == hooks.FLUSH_EVERY_N
+
+
+def test_the_wsgi_middleware_names_the_release_and_counts(tmp_path: Path) -> None:
+    counters = hooks.Counters("R1", str(tmp_path), 1)
+    app = hooks.WSGIMiddleware(wsgi_app, counters)
+    seen = {}
+
+    def start_response(status, headers, exc_info=None):
+        seen["status"], seen["headers"] = status, headers
+
+    environ = {"PATH_INFO": "/ready", "wsgi.errors": sys.stderr}
+    assert b"".join(app(environ, start_response)) == b"/ready says 200 OK"
+    assert ("X-Stageflow-Release", "R1") in seen["headers"]
+    with pytest.raises(RuntimeError):
+        app({**environ, "PATH_INFO": "/boom"}, start_response)
+
+    def streamed(environ, start_response):
+        start_response("201 Created", [])
+        yield b"a"
+
+    body = hooks.WSGIMiddleware(streamed, counters)(environ, start_response)
+    assert counters.requests == 2  # a stream counts when the server closes it
+    assert list(body) == [b"a"]
+    body.close()
+    assert (counters.requests, counters.errors, counters.status) == (
+        3,
+        1,
+        {"200": 1, "500": 1, "201": 1},
+    )
+
+
+def test_the_asgi_middleware_names_the_release_and_counts(tmp_path: Path) -> None:
+    import asyncio
+
+    counters = hooks.Counters("R2", str(tmp_path), 1)
+    app = hooks.ASGIMiddleware(LifespanApp(), counters)
+    assert hooks.is_asgi(app)  # uvicorn must still see an ASGI 3 app
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "path": "/x", "state": {}}
+    asyncio.run(app(scope, receive, send))
+    assert (b"x-stageflow-release", b"R2") in sent[0]["headers"]
+    assert counters.status == {"200": 1}
