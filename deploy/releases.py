@@ -280,9 +280,14 @@ def ensure_venv(host: Host, layout: Layout, spec: VenvSpec) -> str:
         # a concurrent build may have won the rename; either copy is complete and equal
         if not host.run(filecmd.rename_onto(building, cached), check=False).ok:
             host.remove_tree(building)
-    # the service runs `python -m gunicorn`, so the copy needs no rewritten script paths
     host.remove_tree(f"{venv}.partial")
     host.run(filecmd.copy_tree(cached, f"{venv}.partial"), timeout=300)
+    # the service's own commands (alembic, flask, celery...) are scripts naming the python of the
+    # venv they were installed into: point them at this copy's, where it will live
+    python = sys.executable if host.is_local else "python3"
+    host.run(
+        filecmd.retarget_scripts(python, f"{venv}.partial/bin", f"{venv}/bin/python"), timeout=60
+    )
     host.rename(f"{venv}.partial", venv)
     return venv
 

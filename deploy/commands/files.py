@@ -42,3 +42,29 @@ def chmod(mode: int, *paths: str) -> list[str]:
     if not 0 <= mode <= 0o7777:
         raise ValueError(f"{mode!r} is not a file mode")
     return ["chmod", format(mode, "o"), "--", *paths]
+
+
+# A venv's console scripts (alembic, flask, celery...) name their python by absolute path in
+# their first line; a venv copied from the host's cache must point them at its own python.
+RETARGET_CODE = """
+import os, sys
+bin_dir, python = sys.argv[1], sys.argv[2]
+for name in os.listdir(bin_dir):
+    path = os.path.join(bin_dir, name)
+    if os.path.islink(path) or not os.path.isfile(path):
+        continue
+    with open(path, "rb") as fh:
+        data = fh.read()
+    first, sep, rest = data.partition(b"\\n")
+    if first.startswith(b"#!") and b"python" in first and b" " not in first.strip():
+        with open(path + ".tmp", "wb") as fh:
+            fh.write(b"#!" + python.encode() + sep + rest)
+        os.chmod(path + ".tmp", os.stat(path).st_mode)
+        os.replace(path + ".tmp", path)
+"""
+
+
+def retarget_scripts(python: str, bin_dir: str, venv_python: str) -> list[str]:
+    """Point every script of bin_dir whose first line runs a python at venv_python (symlinks and
+    binaries are left alone). Paths follow `-c CODE`, so python never reads them as options."""
+    return [python, "-c", RETARGET_CODE, bin_dir, venv_python]
