@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import quote
 
 from deploy import migrations
 from deploy.commands import git as gitcmd
@@ -26,12 +25,9 @@ from deploy.engine.rollback_rules import ToolSchemaPlan
 from deploy.errors import MigrationError, ServiceError, UsageError
 from deploy.hosts import Host, run_process
 from deploy.migrations import MigrationFile, MigrationStatus
-from deploy.secrets import Secret, scrub
-from deploy.settings import service_settings
+from deploy.secrets import scrub
 from deploy.state import Layout
 
-# the service's tool finds its own programs in the release's venv first, then the system's
-SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 COMMAND_TIMEOUT_S = 3600.0
 # under a service's migrations.dir at the repository's root, only these folders hold migrations
 # (Django's <app>/migrations, alembic's versions); anywhere else the whole folder counts
@@ -185,47 +181,35 @@ class MigrationTool:
     def release_dir(self) -> str:
         return self.layout.release(self.rid)
 
-    def environment(self) -> dict[str, str]:
-        """The service's settings, its release's venv first on PATH, and the engine's timeouts for
-        libpq (PGOPTIONS), so the tool waits on locks no longer than stageflow's own engine."""
-        out = service_settings(self.env, self.proj.service, release=self.rid)
-        venv = f"{self.release_dir}/.venv"
-        out.update(
-            PATH=f"{venv}/bin:{SYSTEM_PATH}",
-            VIRTUAL_ENV=venv,
-            PGOPTIONS=migrations.pg_options(
+    def extra_env(self) -> dict[str, str]:
+        """The engine's timeouts for libpq (PGOPTIONS), so the tool waits on locks no longer than
+        stageflow's own engine; no secret, so it may travel as an argument of the launcher."""
+        return {
+            "PGOPTIONS": migrations.pg_options(
                 lock_timeout_ms=migrations.COMMAND_LOCK_TIMEOUT_MS,
                 statement_timeout_ms=migrations.COMMAND_STATEMENT_TIMEOUT_MS,
-            ),
-        )
-        return out
-
-    def secrets(self) -> list[Secret]:
-        env = self.env
-        found = list(env.secret_values())
-        # a password inside a URL may be percent-encoded there
-        found += [Secret(quote(s.reveal(), safe="")) for s in env.secret_values()]
-        return found
+            )
+        }
 
     def run(self, argv: Sequence[str], *, what: str) -> str:
-        """Run one of the service's commands; its stdout, or one MigrationError line (scrubbed)."""
-        if not self.host.is_local:
-            # Host.run would put the settings on the remote command line, secrets and all
-            raise ServiceError(
-                f"{self.host.name}: the service's migration commands run only on a local primary",
-                hint='list this machine first in the environment\'s hosts, or use kind = "sql"',
-            )
-        res = self.host.run(
-            list(argv),
-            check=False,
+        """Run one of the service's commands in the release's venv with the service's settings,
+        on this machine or over SSH alike; its stdout, or one MigrationError line (scrubbed)."""
+        from deploy import releases
+
+        res = releases.service_command(
+            self.host,
+            self.env,
+            self.proj.service,
+            self.layout,
+            self.rid,
+            argv,
             timeout=COMMAND_TIMEOUT_S,
-            env=self.environment(),
-            cwd=self.proj.service.path_in_release(self.release_dir),
+            extra_env=self.extra_env(),
         )
         if not res.ok:
             said = f"{what} `{shlex.join(argv)}` exited {res.exit_code}: {res.tail(2)}"
             raise MigrationError(
-                scrub(said, self.secrets()),
+                scrub(said, releases.secret_forms(self.env)),
                 hint="fix the migration and deploy again; the previous release still serves",
             )
         return res.stdout

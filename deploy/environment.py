@@ -163,6 +163,20 @@ def print_status(rows: list[dict[str, Any]]) -> None:
             for r in rows
         ],
     )
+    processes = [
+        (
+            r["env"],
+            p.get("host", ""),
+            p["name"],
+            p["release"],
+            p["pid"],
+            "up" if p["up"] else "down",
+        )
+        for r in rows
+        for p in r["app"].get("processes") or []
+    ]
+    if processes:  # the service's other processes ([service.processes]), each on its host
+        print_table("processes", ["env", "host", "name", "release", "pid", "state"], processes)
     for r in rows:  # a compose environment whose engine does not answer says why it shows down
         if r.get("engine"):
             from deploy.output import say

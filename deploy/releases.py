@@ -12,11 +12,14 @@ import tarfile
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import quote
 
 from deploy import migrations, procs
 from deploy.commands import app as cmd
@@ -26,7 +29,7 @@ from deploy.config import EnvConfig, Project
 from deploy.errors import ConfigError, MigrationError, ServiceError, UsageError
 from deploy.hosts import CommandResult, Host, run_process
 from deploy.runtime.native import port_is_free
-from deploy.secrets import scrub
+from deploy.secrets import Secret, scrub
 from deploy.service import Service
 from deploy.settings import service_settings
 from deploy.state import Layout
@@ -424,6 +427,57 @@ def write_settings(
     return path
 
 
+def secret_forms(env: EnvConfig) -> list[Secret]:
+    """The environment's secrets as they may appear in output: as they are, and percent-encoded
+    (the form a password takes inside DATABASE_URL or REDIS_URL)."""
+    found = list(env.secret_values())
+    found += [Secret(quote(s.reveal(), safe="")) for s in env.secret_values()]
+    return found
+
+
+def ensure_helpers(host: Host, release_dir: str) -> None:
+    if not host.exists(f"{release_dir}/{cmd.HELPERS_DIR}/launch.py"):
+        install_helpers(host, release_dir)  # a release built before the helpers shipped with it
+
+
+def service_command(
+    host: Host,
+    env: EnvConfig,
+    service: Service,
+    layout: Layout,
+    rid: str,
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    extra_env: Mapping[str, str] | None = None,
+) -> CommandResult:
+    """Run one of the service's commands in release rid on host: the release's venv first on
+    PATH, the service's dir as cwd, the service's settings (for env, which may be a database
+    beside the live one) as its environment. The settings go into a private file for this one
+    command, which launch.py loads, so over SSH only that file's path is on the command line;
+    extra_env holds names that are no secret. The output comes back scrubbed of every secret."""
+    release_dir = layout.release(rid)
+    ensure_helpers(host, release_dir)
+    settings = f"{layout.shared}/command-{uuid.uuid4().hex[:12]}.json"
+    host.write_text(settings, json.dumps(service_settings(env, service, release=rid)), mode=0o600)
+    try:
+        res = host.run(
+            cmd.service_command(
+                release_dir,
+                list(argv),
+                settings=settings,
+                cwd=service.path_in_release(release_dir),
+                env=sorted((extra_env or {}).items()),
+            ),
+            check=False,
+            timeout=timeout,
+        )
+    finally:
+        host.remove_tree(settings)
+    hide = secret_forms(env)
+    return replace(res, stdout=scrub(res.stdout, hide), stderr=scrub(res.stderr, hide))
+
+
 def ensure_listener(
     host: Host, env: EnvConfig, layout: Layout, release_dir: str, *, bind: str = "127.0.0.1"
 ) -> None:
@@ -476,13 +530,14 @@ def start(
     the service and answered its ready path in-process. A worker that did not answer halts the
     master before it accepts anything: the release is stopped and refused (ServiceError)."""
     rdir = layout.release(release.id)
-    if not host.exists(f"{rdir}/{cmd.HELPERS_DIR}/launch.py"):
-        install_helpers(host, rdir)  # a release built before the helpers shipped with it
+    ensure_helpers(host, rdir)
     paths = Paths.of(layout)
     ensure_listener(host, env, layout, rdir, bind=bind)
     pidfile = master_pidfile(layout, release.id)
     old = _read_pid(host, pidfile)
     if _alive(host, old):
+        # serving already (a switch back): its processes too, unless one of them died
+        start_processes(host, env, service, layout, release)
         return old  # type: ignore[return-value]
     ready = ready_dir(layout, release.id)
     host.remove_tree(ready)
@@ -508,9 +563,18 @@ def start(
     )
     try:
         host.run(argv, env={"PATH": "/usr/local/bin:/usr/bin:/bin"}, timeout=30)
-        return _await_workers(host, env, layout, release, workers=workers, timeout_s=timeout_s)
+        pid = _await_workers(host, env, layout, release, workers=workers, timeout_s=timeout_s)
     finally:
         host.remove_tree(ready)
+    # the processes start once the web master booted and before the switch: a process that
+    # cannot start refuses the release while the previous one still serves, with its own
+    try:
+        start_processes(host, env, service, layout, release)
+    except ServiceError:
+        stop_master(host, pid)
+        host.remove_tree(pidfile)
+        raise
+    return pid
 
 
 def _marks(host: Host, ready: str) -> tuple[int, str | None]:
@@ -534,8 +598,7 @@ def _await_workers(
         answered, failure = _marks(host, ready)
         pid = _read_pid(host, pidfile) or seen
         if failure is not None:
-            if pid:
-                stop_master(host, pid)
+            _halt(host, pidfile, pid)
             raise ServiceError(
                 f"release {release.id} is not ready: {scrub(failure, env.secret_values())}",
                 hint="check its migrations, settings and servers; the previous release still "
@@ -547,15 +610,25 @@ def _await_workers(
             break  # the master halted: a worker could not load the service
         seen = pid
         time.sleep(0.03)
-    pid = _read_pid(host, pidfile) or seen
-    if pid:
-        stop_master(host, pid)
+    _halt(host, pidfile, _read_pid(host, pidfile) or seen)
     tail = (host.read_text(log) or "").strip().splitlines()[-2:]
     raise ServiceError(
         f"release {release.id} did not boot its workers: "
         f"{scrub(' | '.join(tail), env.secret_values())}",
         hint=f"see {log}; the previous release still serves",
     )
+
+
+def _halt(host: Host, pidfile: str, pid: int | None) -> None:
+    """Stop a refused release's master and wait for it: the failing worker may have reported
+    before the master wrote its pid file, and a master halting on its own takes a moment."""
+    deadline = time.monotonic() + 2.0
+    while not pid and time.monotonic() < deadline:
+        time.sleep(0.03)
+        pid = _read_pid(host, pidfile)
+    if pid:
+        stop_master(host, pid)
+    host.remove_tree(pidfile)
 
 
 def stop_master(host: Host, pid: int, *, timeout_s: float = 25.0) -> None:
@@ -581,6 +654,8 @@ def retire_others(host: Host, layout: Layout, keep: str, *, wait: bool = False) 
                 _signal(host, pid, signal.SIGTERM)
             host.remove_tree(master_pidfile(layout, rid))
             retired.append(rid)
+    # the processes of every other release stop once keep's started (start() came first)
+    stop_processes(host, layout, keep=keep)
     return retired
 
 
@@ -589,7 +664,7 @@ def switch(host: Host, layout: Layout, release_id: str) -> None:
 
 
 def stop_on_host(host: Host, layout: Layout) -> list[str]:
-    lines = []
+    lines = stop_processes(host, layout)
     for rid, pid in running_masters(host, layout).items():
         stop_master(host, pid)
         lines.append(f"service {rid} stopped")
@@ -600,6 +675,203 @@ def stop_on_host(host: Host, layout: Layout) -> list[str]:
         lines.append("listener stopped")
     for p in (paths.listener_pid, paths.control):
         host.remove_tree(p)
+    return lines
+
+
+# -- the service's other processes ([service.processes]) -----------------------------------------
+
+# A process that is gone this soon after its start did not start: the release is refused.
+PROCESS_SETTLE_S = 1.0
+# TERM lets a worker finish its job; one that is still there after this is killed.
+PROCESS_GRACE_S = 10.0
+PROCESS_RECORD = "processes.json"
+
+
+@dataclass(frozen=True)
+class ProcessState:
+    """One process of [service.processes] on a host, as its pidfile and /proc tell."""
+
+    name: str
+    release: str
+    pid: int | None
+    up: bool  # alive, and running what stageflow started for that release
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def process_pidfile(layout: Layout, name: str, rid: str) -> str:
+    return f"{layout.run}/proc-{name}-{rid}.pid"
+
+
+def process_log(layout: Layout, name: str) -> str:
+    return f"{layout.logs}/{name}.log"
+
+
+def _record_path(layout: Layout, rid: str) -> str:
+    return f"{layout.release(rid)}/{cmd.HELPERS_DIR}/{PROCESS_RECORD}"
+
+
+def recorded_processes(host: Host, layout: Layout, rid: str) -> dict[str, list[str]]:
+    """name -> argv of the processes stageflow started for release rid (its record)."""
+    try:
+        data = json.loads(host.read_text(_record_path(layout, rid)) or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        str(k): v
+        for k, v in data.items()
+        if isinstance(v, list) and v and all(isinstance(a, str) for a in v)
+    }
+
+
+def _cmdline(host: Host, pid: int) -> list[str]:
+    text = host.read_text(f"/proc/{pid}/cmdline") or ""
+    return text.rstrip("\0").split("\0") if text else []
+
+
+def runs(host: Host, pid: int | None, argv: Sequence[str]) -> bool:
+    """pid is alive and its /proc cmdline is argv as launch.py exec'd it (the program by the
+    absolute path PATH gave it): a pidfile naming any other process is not trusted, so a stale or
+    planted one never makes stageflow signal a stranger."""
+    if not pid or not _alive(host, pid):
+        return False
+    got = _cmdline(host, pid)
+    if not got or got[1:] != list(argv[1:]):
+        return False
+    program = argv[0]
+    return got[0] == program or ("/" not in program and got[0].endswith(f"/{program}"))
+
+
+def processes_on_host(host: Host, layout: Layout) -> list[ProcessState]:
+    """Every process a pidfile of the run dir names, up only when it runs what was started."""
+    releases = list_releases(host, layout)
+    records: dict[str, dict[str, list[str]]] = {}
+    out = []
+    for fname in host.listdir(layout.run):
+        if not (fname.startswith("proc-") and fname.endswith(".pid")):
+            continue
+        stem = fname[len("proc-") : -len(".pid")]
+        rid = next((r for r in releases if stem.endswith(f"-{r}")), None)
+        if rid is None:
+            continue
+        name = stem[: -len(rid) - 1]
+        if rid not in records:
+            records[rid] = recorded_processes(host, layout, rid)
+        argv = records[rid].get(name)
+        pid = _read_pid(host, f"{layout.run}/{fname}")
+        out.append(ProcessState(name, rid, pid, bool(argv) and runs(host, pid, argv or [])))
+    return out
+
+
+def process_status(host: Host, layout: Layout, service: Service) -> list[ProcessState]:
+    """What `status` shows: every process with a pidfile, and each of the service's processes
+    the serving release should have and does not."""
+    found = processes_on_host(host, layout)
+    current = current_release(host, layout)
+    if current:
+        have = {p.name for p in found if p.release == current}
+        found += [
+            ProcessState(n, current, None, False) for n, _ in service.processes if n not in have
+        ]
+    return sorted(found, key=lambda p: (p.name, p.release))
+
+
+def start_processes(
+    host: Host, env: EnvConfig, service: Service, layout: Layout, release: Release
+) -> list[ProcessState]:
+    """Start each process of [service.processes] for release (one that already runs it is
+    kept), detached from the release's venv with the service's settings; then make sure none
+    exits within PROCESS_SETTLE_S. One that does stops this release's processes and refuses the
+    release with the tail of its log; other releases' processes are never touched here."""
+    if not service.processes:
+        return []
+    rid, rdir = release.id, layout.release(release.id)
+    ensure_helpers(host, rdir)
+    host.write_text(_record_path(layout, rid), json.dumps(dict(service.processes)))
+    settings = ""
+    started: dict[str, tuple[str, ...]] = {}
+    for name, argv in service.processes:
+        pidfile = process_pidfile(layout, name, rid)
+        if runs(host, _read_pid(host, pidfile), argv):
+            continue
+        settings = settings or write_settings(host, env, service, layout, release)
+        res = host.run(
+            cmd.service_process(
+                rdir,
+                argv,
+                settings=settings,
+                cwd=service.path_in_release(rdir),
+                pidfile=pidfile,
+                log=process_log(layout, name),
+                env=[("STAGEFLOW_RELEASE", rid)],
+            ),
+            check=False,
+            timeout=30,
+        )
+        if not res.ok:
+            _refuse_processes(host, env, layout, rid, name, res.tail(1))
+        started[name] = argv
+    deadline = time.monotonic() + PROCESS_SETTLE_S
+    while started:
+        for name, argv in started.items():
+            if not runs(host, _read_pid(host, process_pidfile(layout, name, rid)), argv):
+                tail = (host.read_text(process_log(layout, name)) or "").strip().splitlines()
+                _refuse_processes(
+                    host, env, layout, rid, name, " | ".join(tail[-2:]) or "no output"
+                )
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    return [p for p in processes_on_host(host, layout) if p.release == rid]
+
+
+def _refuse_processes(
+    host: Host, env: EnvConfig, layout: Layout, rid: str, name: str, why: str
+) -> None:
+    stop_processes(host, layout, only=rid)
+    raise ServiceError(
+        f"{host.name}: process {name} of release {rid} did not start: "
+        f"{scrub(why, secret_forms(env))}",
+        hint=f"see {process_log(layout, name)}; the previous release and its processes still run",
+    )
+
+
+def stop_processes(
+    host: Host,
+    layout: Layout,
+    *,
+    keep: str | None = None,
+    only: str | None = None,
+    grace_s: float = PROCESS_GRACE_S,
+) -> list[str]:
+    """Stop the processes of every release but keep (or of release only): TERM, then KILL what
+    is still there after grace_s. A pidfile whose pid runs anything else is dropped, never
+    signalled."""
+    chosen = [
+        p
+        for p in processes_on_host(host, layout)
+        if (keep is None or p.release != keep) and (only is None or p.release == only)
+    ]
+    lines = []
+    for p in chosen:
+        if p.up and p.pid:
+            _signal(host, p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    alive = [p for p in chosen if p.up and p.pid]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if _alive(host, p.pid)]
+    for p in alive:
+        argv = recorded_processes(host, layout, p.release).get(p.name, [])
+        if runs(host, p.pid, argv):  # still the same process, not a reused pid
+            _signal(host, p.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    for p in chosen:
+        host.remove_tree(process_pidfile(layout, p.name, p.release))
+        if p.up:
+            lines.append(f"{p.name} {p.release} stopped (pid {p.pid})")
     return lines
 
 

@@ -1,11 +1,12 @@
 """Test data for a non-production environment, written by the service's own seed command.
 
 `[service] seed` is a command of the service (an argv, run without a shell), because only the
-service knows its tables. It runs on this machine, next to the database: in the serving release's
-venv (PATH `<release>/.venv/bin` first, cwd the service's dir in the release), or before the first
-deploy in the working tree with the Python that runs stageflow. It gets the service's settings as
-its environment (DATABASE_URL with the password, PG*, REDIS_URL, the service's own keys): never on
-its argv, never in a log. "{size}" in the argv becomes the operator's --size, which the command
+service knows its tables. It runs in the serving release on the environment's primary host (this
+machine or one reached over SSH), in the release's venv (PATH `<release>/.venv/bin` first, cwd the
+service's dir in the release), through releases.service_command; before the first deploy it runs in
+the working tree on this machine with the Python that runs stageflow. It gets the service's
+settings as its environment (DATABASE_URL with the password, PG*, REDIS_URL, the service's own
+keys): never on its argv, never on a command line, never in a log. "{size}" in the argv becomes the operator's --size, which the command
 also finds in STAGEFLOW_SEED_SIZE. When its last line of output is a JSON object, its keys are
 reported (the reference service prints {"deleted": n, "inserted": n, ...}).
 
@@ -28,7 +29,7 @@ from typing import Any
 from deploy import releases
 from deploy.config import EnvConfig, Project
 from deploy.errors import GuardRefused, ServiceError, UsageError
-from deploy.hosts import Host, run_process
+from deploy.hosts import CommandResult, Host, run_process
 from deploy.secrets import scrub
 from deploy.service import Service
 from deploy.settings import service_settings
@@ -108,15 +109,35 @@ def seed_argv(service: Service, size: str) -> list[str]:
     return [arg.replace(SIZE_PLACEHOLDER, size) for arg in service.seed]
 
 
-def place(proj: Project, env: EnvConfig) -> Place:
-    """The serving release on this machine when it has one with a venv, else the working tree."""
-    layout = Layout(str(env.data_dir))
-    current = releases.current_release(Host(), layout)
+def primary(proj: Project, env: EnvConfig) -> tuple[Host, Layout]:
+    """Where the serving release is: env's own DATA_DIR here in the plain setting (env may point
+    at a scratch database), else the environment's primary host."""
+    from deploy.engine import group
+
+    if not group.is_rolling(proj, env.name):
+        return Host(secrets=env.secret_values()), Layout(str(env.data_dir))
+    return group.primary(proj, env.name)
+
+
+def serving_release(host: Host, layout: Layout) -> str:
+    """The serving release when it has a venv to run the command in; "" otherwise."""
+    current = releases.current_release(host, layout)
+    if current and host.exists(f"{layout.release(current)}/.venv/bin"):
+        return current
+    return ""
+
+
+def place(
+    proj: Project, env: EnvConfig, host: Host | None = None, layout: Layout | None = None
+) -> Place:
+    """The serving release (on host, this machine by default) when it has one with a venv, else
+    the working tree."""
+    layout = layout or Layout(str(env.data_dir))
+    current = serving_release(host or Host(), layout)
     if current:
         release_dir = layout.release(current)
         bin_dir = f"{release_dir}/.venv/bin"
-        if os.path.isdir(bin_dir):
-            return Place(proj.service.path_in_release(release_dir), bin_dir, current)
+        return Place(proj.service.path_in_release(release_dir), bin_dir, current)
     # before the first deploy: the Python running stageflow has the service's dependencies
     bin_dir = str(Path(sys.executable).parent)
     return Place(proj.service.path_in_release(str(proj.root)), bin_dir, "")
@@ -166,23 +187,22 @@ def run(
     service = proj.service
     require_command(service)
     check_size(size)
-    where = place(proj, env)
-    environ = command_environment(
-        env, service, where, size=size,
-        process_env=os.environ if process_env is None else process_env,
-    )  # fmt: skip
-    secrets = env.secret_values()
-    argv = seed_argv(service, size)
-    start = time.perf_counter()
+    host, layout = primary(proj, env)
     try:
-        done = run_process(argv, cwd=where.cwd, env=environ, timeout=TIMEOUT_S, secrets=secrets)
-    except OSError as exc:
-        raise ServiceError(
-            f"cannot run the seed command {argv[0]!r} in {where.label}: "
-            f"{scrub(exc.strerror or str(exc), secrets)}",
-            hint="check [service] seed in stageflow.toml",
-        ) from None
-    seconds = time.perf_counter() - start
+        where = place(proj, env, host, layout)
+        start = time.perf_counter()
+        if where.release:
+            done = _in_release(host, layout, env, service, where, size=size)
+        else:
+            done = _in_working_tree(
+                env, service, where, size=size,
+                process_env=os.environ if process_env is None else process_env,
+            )  # fmt: skip
+        seconds = time.perf_counter() - start
+    finally:
+        if not host.is_local:
+            host.close()
+    secrets = releases.secret_forms(env)
     if done.timed_out or done.exit_code != 0:
         said = [ln for ln in (done.stderr or done.stdout or "").splitlines() if ln.strip()]
         why = "timed out" if done.timed_out else f"exit {done.exit_code}"
@@ -193,3 +213,30 @@ def run(
         )
     summary, reported = summarize(scrub(done.stdout, secrets))
     return SeedResult(env.name, size, seconds, where.label, summary, reported)
+
+
+def _in_release(
+    host: Host, layout: Layout, env: EnvConfig, service: Service, where: Place, *, size: str
+) -> CommandResult:
+    """The seed command in the serving release, on this machine or over SSH alike."""
+    return releases.service_command(
+        host, env, service, layout, where.release, seed_argv(service, size),
+        timeout=TIMEOUT_S, extra_env={"STAGEFLOW_SEED_SIZE": size},
+    )  # fmt: skip
+
+
+def _in_working_tree(
+    env: EnvConfig, service: Service, where: Place, *, size: str, process_env: Mapping[str, str]
+) -> CommandResult:
+    """Before the first deploy: the working tree on this machine, with stageflow's Python."""
+    environ = command_environment(env, service, where, size=size, process_env=process_env)
+    secrets = releases.secret_forms(env)
+    argv = seed_argv(service, size)
+    try:
+        return run_process(argv, cwd=where.cwd, env=environ, timeout=TIMEOUT_S, secrets=secrets)
+    except OSError as exc:
+        raise ServiceError(
+            f"cannot run the seed command {argv[0]!r} in {where.label}: "
+            f"{scrub(exc.strerror or str(exc), secrets)}",
+            hint="check [service] seed in stageflow.toml",
+        ) from None

@@ -203,3 +203,59 @@ def http_probe(base: str, *, health: str, ready: str, version: str = "") -> list
     the serving release (an empty line when it cannot be told). base and the paths follow
     `-c CODE`, so python hands them to the code as sys.argv, never as options."""
     return ["python3", "-c", PROBE_CODE, base, health, ready, version]
+
+
+def _launcher(release_dir: str) -> list[str]:
+    return [
+        str(PurePosixPath(release_dir, ".venv", "bin", "python")),
+        str(PurePosixPath(release_dir, HELPERS_DIR, "launch.py")),
+    ]
+
+
+def _env_args(env: Sequence[tuple[str, str]]) -> list[str]:
+    out = []
+    for name, value in env:
+        out += ["--env", f"{name}={value}"]
+    return out
+
+
+def service_command(
+    release_dir: str,
+    argv: Sequence[str],
+    *,
+    settings: str,
+    cwd: str,
+    env: Sequence[tuple[str, str]] = (),
+) -> list[str]:
+    """One of the service's commands (migrations, seed) in the release's venv, in the foreground,
+    through launch.py: the settings file's path is on the command line, never a value of it. env
+    holds names that are no secret (PGOPTIONS, STAGEFLOW_SEED_SIZE)."""
+    return [
+        *_launcher(release_dir),
+        "--settings",
+        settings,
+        "--cwd",
+        cwd,
+        "--venv",
+        str(PurePosixPath(release_dir, ".venv")),
+        *_env_args(env),
+        "--",
+        *argv,
+    ]
+
+
+def service_process(
+    release_dir: str,
+    argv: Sequence[str],
+    *,
+    settings: str,
+    cwd: str,
+    pidfile: str,
+    log: str,
+    env: Sequence[tuple[str, str]] = (),
+) -> list[str]:
+    """A process of [service.processes], detached by launch.py (a session of its own, its pid in
+    pidfile, its output in log); prints the pid once the program was exec'd."""
+    cmd = service_command(release_dir, argv, settings=settings, cwd=cwd, env=env)
+    cut = cmd.index("--")
+    return [*cmd[:cut], "--detach", "--pidfile", pidfile, "--log", log, *cmd[cut:]]

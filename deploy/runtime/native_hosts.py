@@ -249,7 +249,12 @@ def service_status(proj: Project, name: str) -> dict[str, Any]:
         "release": current,
         "masters": masters,
         "serving": sorted(masters),
+        "processes": _processes(host, layout, proj.service),
     }
+
+
+def _processes(host: Host, layout: Layout, service: Service) -> list[dict[str, Any]]:
+    return [p.to_dict() for p in releases.process_status(host, layout, service)]
 
 
 def _hosts_status(proj: Project, name: str) -> dict[str, Any]:
@@ -263,6 +268,7 @@ def _hosts_status(proj: Project, name: str) -> dict[str, Any]:
             "release": releases.current_release(t.host, t.layout),
             "serving": sorted(masters),
             "up": bool(masters) and port_answers(env.app_port, t.bind),
+            "processes": _processes(t.host, t.layout, proj.service),
         }
 
     rows = []
@@ -274,6 +280,7 @@ def _hosts_status(proj: Project, name: str) -> dict[str, Any]:
                 "release": None,
                 "serving": [],
                 "up": False,
+                "processes": [],
                 "error": reason_of(exc) if exc else "",
             }
         )
@@ -284,6 +291,7 @@ def _hosts_status(proj: Project, name: str) -> dict[str, Any]:
         "release": rows[0]["release"],
         "masters": {},
         "serving": rows[0]["serving"],
+        "processes": [{**p, "host": r["host"]} for r in rows for p in r["processes"]],
         "hosts": rows,
     }
 

@@ -267,7 +267,9 @@ def restart_release(
     """A second master of the same release on the shared socket, then drain the first one.
 
     gunicorn refuses to start while its pidfile names a live master, so the old pidfile moves
-    aside first; the listener keeps one accept queue, so no request is lost."""
+    aside first; the listener keeps one accept queue, so no request is lost. The release's
+    processes ([service.processes]) stop first and start again with the new master."""
+    releases.stop_processes(host, layout, only=rel.id)
     old = releases.running_masters(host, layout).get(rel.id)
     if old:
         host.run(

@@ -250,7 +250,8 @@ class NativeRuntime:
             Step(
                 "start",
                 f"gunicorn x{policy.workers} on the shared socket :{env.app_port}{on}; each "
-                f"worker answers {ready} in-process before it accepts a request",
+                f"worker answers {ready} in-process before it accepts a request"
+                + _processes_line(ctx.proj),
                 lambda: _start(ctx, target),
             ),
             Step(
@@ -372,6 +373,13 @@ class NativeRuntime:
         return {"hosts": [o.to_dict() for o in ctx.outcomes]} if ctx.outcomes else {}
 
 
+def _processes_line(proj: Project) -> str:
+    names = [name for name, _ in proj.service.processes]
+    if not names:
+        return ""
+    return f"; then {', '.join(names)} from the release's venv, each up for {releases.PROCESS_SETTLE_S:g}s"
+
+
 def migrate_does(proj: Project, database: str) -> str:
     m = proj.service.migrations
     if m.kind == "command":
@@ -420,7 +428,12 @@ def _start(ctx: Context, t: group.Target) -> str:
         workers=ctx.policy.workers,
         bind=t.bind,
     )
-    return f"master pid {pid}"
+    procs = [
+        f"{p.name} pid {p.pid}"
+        for p in releases.processes_on_host(t.host, t.layout)
+        if p.release == ctx.built.id and p.up
+    ]
+    return f"master pid {pid}" + "".join(f"; {p}" for p in procs)
 
 
 def _switch(ctx: Context, t: group.Target) -> str:

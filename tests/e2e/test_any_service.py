@@ -31,9 +31,9 @@ health = "/healthz"
 ready = "/readyz"
 version = "/version"
 
-[service.env]
-keys = ["FEATURES"]
-secrets = ["SECRET_KEY"]
+[service.env]  # what the test env files hold besides stageflow's own keys
+keys = ["FEATURES", "LOG_LEVEL", "DEBUG", "REQUIRE_API_KEY", "API_RATE_LIMIT"]
+secrets = ["API_KEYS", "SECRET_KEY"]
 
 [service.env.from]
 VISITS_DSN = "DATABASE_URL"

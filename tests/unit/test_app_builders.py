@@ -184,3 +184,30 @@ def test_redis_conf_binds_loopback_and_holds_the_password_only_when_set():
         port=1, data_dir="/d", pidfile="/p", logfile="/l", password=None
     )
     assert services.redis_start(Path("/r/redis-server"), "/c") == ["/r/redis-server", "/c"]
+
+
+def test_a_service_command_goes_through_launch_with_only_paths_and_plain_names():
+    argv = app.service_command(
+        "/r", ["alembic", "upgrade", "head"], settings="/h/shared/command-1.json", cwd="/r/web",
+        env=[("PGOPTIONS", "-c lock_timeout=5000")],
+    )  # fmt: skip
+    assert argv == [
+        "/r/.venv/bin/python", "/r/.stageflow/launch.py",
+        "--settings", "/h/shared/command-1.json", "--cwd", "/r/web", "--venv", "/r/.venv",
+        "--env", "PGOPTIONS=-c lock_timeout=5000",
+        "--", "alembic", "upgrade", "head",
+    ]  # fmt: skip
+
+
+def test_a_service_process_is_detached_with_its_pidfile_and_log():
+    argv = app.service_process(
+        "/r", ["python", "-m", "shop.worker"], settings="/h/shared/service.json", cwd="/r",
+        pidfile="/h/run/proc-worker-R.pid", log="/h/shared/logs/worker.log",
+        env=[("STAGEFLOW_RELEASE", "R")],
+    )  # fmt: skip
+    cut = argv.index("--")
+    assert argv[cut:] == ["--", "python", "-m", "shop.worker"]
+    assert argv[cut - 5 : cut] == [
+        "--detach", "--pidfile", "/h/run/proc-worker-R.pid", "--log", "/h/shared/logs/worker.log",
+    ]  # fmt: skip
+    assert "--control" not in argv
