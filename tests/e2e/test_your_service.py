@@ -95,19 +95,23 @@ class Service:
         env.pop("PYTHONPATH", None)
         return env
 
-    def run(self, *argv: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *argv: str, actor: str = "alice@example.com", timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             list(argv),
             cwd=self.root,
-            env=self.env(),
+            env={**self.env(), "STAGEFLOW_ACTOR": actor},
             capture_output=True,
             text=True,
             timeout=timeout,
             stdin=subprocess.DEVNULL,
         )
 
-    def ok(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        res = self.run(str(self.venv / "bin" / "inv"), *args, timeout=timeout)
+    def ok(
+        self, *args: str, actor: str = "alice@example.com", timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
+        res = self.run(str(self.venv / "bin" / "inv"), *args, actor=actor, timeout=timeout)
         assert res.returncode == 0, (
             f"inv {' '.join(args)} exited {res.returncode}:\n{res.stdout}\n{res.stderr}"
         )
@@ -248,7 +252,7 @@ def test_a_flask_service_with_alembic_and_a_worker_deploys_and_rolls_back(servic
     shop.set_table("service.processes", 'worker = ["python", "-m", "shop.worker"]')
     with open(shop.root / "env" / "dev.env", "a") as fh:
         fh.write("SHOP_GREETING=hello from dev\n")
-    first = shop.commit("stageflow init")
+    shop.commit("stageflow init")
 
     shop.ok("dev.up")
     shop.ok("dev.deploy")
@@ -272,13 +276,15 @@ def test_a_flask_service_with_alembic_and_a_worker_deploys_and_rolls_back(servic
     )
 
     res = shop.ok("dev.rollback", "--level", "2", "--yes")
-    assert "downgrade" in res.stdout + res.stderr
+    assert "schema b2 -> a1" in res.stdout, res.stdout
     assert serving(shop, "dev") == release_1
     with shop.db("dev") as conn:
         assert "sku" not in columns(conn, "products"), "alembic downgrade ran"
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "a1"
         assert conn.execute("SELECT count(*) FROM products").fetchone()[0] == 1
-    assert first  # the first release is still the one serving
+    assert wait_for(
+        lambda: (json.loads(shop.get("dev", "/worker")[1])["beat"] or "").startswith(release_1)
+    ), "the worker went back with its release"
 
 
 # -- Django in a subdirectory, settings with their own names ---------------------------------------
