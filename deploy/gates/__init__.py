@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from deploy.errors import DeployError
+from deploy.errors import ConfigError, DeployError
 from deploy.hosts import CommandResult, run_process
 from deploy.secrets import Secret, scrub
 
@@ -120,15 +120,21 @@ def run_command(
     env: Mapping[str, str] | None = None,
     stdin: str | None = None,
     secrets: Sequence[Secret] = (),
+    tool_hint: str = "",
 ) -> Completed:
     """Run one gate command in its own process group; on timeout kill the whole group.
 
     Gates run local tools against a local snapshot, in threads: Host.run runs on invoke, whose
     timeout kills only the direct child, so a test runner's grandchildren could outlive it.
+    A program that is not there is one line naming it and how to get it (tool_hint), never an
+    OSError.
     """
-    done = run_process(
-        argv, cwd=cwd, env=env, timeout=timeout_s, input=stdin, secrets=tuple(secrets)
-    )
+    try:
+        done = run_process(
+            argv, cwd=cwd, env=env, timeout=timeout_s, input=stdin, secrets=tuple(secrets)
+        )
+    except OSError as exc:
+        raise missing_tool(argv, exc, tool_hint) from None
     if done.timed_out:
         raise CommandTimedOut(argv, timeout_s)
     return Completed(
@@ -138,6 +144,43 @@ def run_command(
         scrub(done.stderr, tuple(secrets)),
         done.duration_s,
     )
+
+
+def missing_tool(argv: Sequence[str], exc: OSError, hint: str = "") -> ConfigError:
+    """`ruff` not installed (or not executable): what the gate wanted to run, and what to do."""
+    name = Path(argv[0]).name
+    why = (
+        "is not installed" if isinstance(exc, FileNotFoundError) else f"cannot run ({exc.strerror})"
+    )
+    where = "on PATH" if Path(argv[0]).name == argv[0] else f"at {Path(argv[0]).parent}"
+    return ConfigError(
+        f"`{name}` {why} {where}: the gate runs `{shlex.join([name, *argv[1:]])}`",
+        hint=hint or f"install {name} into this venv, or configure the gate's command",
+    )
+
+
+def configured_command(ctx: GateContext, key: str = "command") -> list[str] | None:
+    """[gates.<name>] <key> as an argv ("python" is this interpreter), or None when not set."""
+    value = ctx.config.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(a, str) and a for a in value):
+        raise ConfigError(
+            f"[gates.{ctx.name}] {key} must be a non-empty list of strings",
+            hint='e.g. command = ["python", "-m", "pytest", "-q"]',
+        )
+    return python_first(ctx, value)
+
+
+def python_first(ctx: GateContext, argv: Sequence[str]) -> list[str]:
+    """ "python" means the gate's own interpreter (the project's venv); a bare tool name is taken
+    from that venv's bin when it is there, so the gate needs no activated venv."""
+    head = argv[0]
+    if head in ("python", "python3"):
+        head = ctx.python
+    elif "/" not in head:
+        head = ctx.bin(head)
+    return [head, *argv[1:]]
 
 
 def git(argv: Sequence[str], *, timeout_s: float = 60) -> CommandResult:

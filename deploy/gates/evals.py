@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import fnmatch
-import sys
 from typing import Any
 
 from deploy.commands import git as gitcmd
 from deploy.errors import ConfigError
-from deploy.gates import GateContext, Outcome, first_lines, git, run_command
+from deploy.gates import GateContext, Outcome, first_lines, git, python_first, run_command
 
 
 def previous_tag(ctx: GateContext) -> str | None:
@@ -59,8 +58,13 @@ def run(ctx: GateContext) -> Outcome:
         return Outcome(
             "skipped", f"no watched paths changed since {since or 'the first commit'}", details
         )
-    argv = [sys.executable if command[0] in ("python", "python3") else command[0], *command[1:]]
-    done = run_command(argv, cwd=ctx.tree, timeout_s=ctx.timeout_s)
+    argv = python_first(ctx, command)
+    done = run_command(
+        argv,
+        cwd=ctx.tree,
+        timeout_s=ctx.timeout_s,
+        tool_hint="set [gates.eval] command to the project's evaluation",
+    )
     details["exit_code"] = done.exit_code
     details["output"] = first_lines(done.lines()[-10:], 10)
     if done.ok:

@@ -1,14 +1,20 @@
-"""Gate `migrations`: validate, lint pending files with squawk, rehearse them on a scratch copy; never write the target."""
+"""Gate `migrations`: validate, lint and rehearse the pending migrations on a copy of the target
+in a throwaway cluster; the target itself is only read (a read-only role is all it needs).
+
+The target (`--db-url`, prod's own database with a read-only role) is read three ways: its catalog
+(table sizes), a `pg_dump` (its schema and rows, or with `copy = "schema"` its schema and the
+migration ledgers alone) and, for the verdict cache, a fingerprint of its rows. Everything else
+happens in a PostgreSQL cluster the gate starts for the run and deletes after: validation against
+the ledger, each pending statement's time and locks, the migrations applied, a down/up round trip.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +24,19 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from deploy import migrations
 from deploy.errors import ConfigError, MigrationError
-from deploy.gates import GateContext, Outcome, first_lines, run_command
-from deploy.secrets import Secret, scrub
-
-# squawk reports nearly everything as a warning; these rules break running clients, so they block.
-DEFAULT_BLOCKING_RULES = (
-    "ban-drop-database",
-    "adding-required-field",
-    "changing-column-type",
-    "renaming-column",
-    "renaming-table",
-    "adding-not-nullable-field",
+from deploy.gates import (
+    GateContext,
+    Outcome,
+    first_lines,
+    locks,
+    migrations_command,
+    run_command,
+    scratch_cluster,
 )
+from deploy.gates.scratch_cluster import ScratchCluster
+from deploy.secrets import Secret, scrub
+from deploy.service import Migrations, load_service
+
 _USER_SCHEMAS = (
     "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_%%'"
 )
@@ -55,6 +62,8 @@ def _connect(conninfo: str, password: Secret | None, **override: str) -> psycopg
         "autocommit": True,
         "connect_timeout": 10,
         "application_name": "stageflow-release-gate",
+        # every session the gate opens on the target refuses to write, whatever the role may do
+        "options": "-c default_transaction_read_only=on",
         **override,
     }
     if password:
@@ -112,14 +121,19 @@ def pg_tool(name: str) -> str:
     return str(pg_bin_dir() / name)
 
 
+def service_migrations(policy: Mapping[str, Any]) -> tuple[Migrations, str]:
+    """[service.migrations] and the service's dir; a policy without [service] (an older
+    stageflow.toml) keeps the SQL files of `migrations/`."""
+    if "service" not in policy:
+        return Migrations(kind="sql"), "."
+    service = load_service(Path("stageflow.toml"), dict(policy))
+    return service.migrations, service.dir
+
+
 def default_dir(policy: Mapping[str, Any]) -> str:
-    """The service's SQL migrations folder, as [service] in stageflow.toml places it."""
-    service = policy.get("service")
-    service = service if isinstance(service, dict) else {}
-    table = service.get("migrations")
-    folder = str((table if isinstance(table, dict) else {}).get("dir", "migrations"))
-    base = str(service.get("dir") or ".")
-    return folder if base == "." else f"{base.rstrip('/')}/{folder}"
+    """The service's migrations folder, as [service] in stageflow.toml places it."""
+    m, base = service_migrations(policy)
+    return m.dir if base in ("", ".") else f"{base.rstrip('/')}/{m.dir}"
 
 
 def _dir_name(ctx: GateContext) -> str:
@@ -134,185 +148,180 @@ def inputs(ctx: GateContext) -> list[Any] | None:
     if ctx.db_url is None:
         return ["no-db-url"]  # an error verdict, never cached
     conninfo, password = split_url(ctx.db_url)
-    files = sorted(_dir(ctx).glob("*.sql")) if _dir(ctx).is_dir() else []
+    folder = _dir(ctx)
+    files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
     with _connect(conninfo, password) as conn:
         size = conn.execute("SELECT pg_database_size(current_database())").fetchone()
     # Only a database small enough to hash row by row can prove it is unchanged; larger ones
     # are rehearsed on every run rather than trusted on weaker evidence.
-    if size is None or size[0] > float(ctx.config.get("cache_max_mb", 64)) * 1024 * 1024:
+    if size is None or size[0] > locks.number(ctx, "cache_max_mb", 64) * 1024 * 1024:
         return None
-    squawk = run_command(
-        [ctx.bin("squawk"), "--version"], cwd=ctx.tree, timeout_s=30
-    ).stdout.strip()
-    return [files, squawk, conninfo, fingerprint(conninfo, password=password)]
+    squawk = _version(ctx, "squawk")
+    m, base = service_migrations(ctx.policy)
+    return [
+        [str(p.relative_to(folder)) for p in files],
+        files,
+        squawk,
+        [m.kind, m.up, m.down, m.current, base],
+        conninfo,
+        fingerprint(conninfo, password=password),
+    ]
 
 
-def lint(ctx: GateContext, files: list[Path]) -> tuple[list[str], list[str]]:
-    """squawk on the pending files: (blocking, warnings), each 'file:line: rule: message'."""
-    if not files:
-        return [], []
-    done = run_command(
-        [ctx.bin("squawk"), "--reporter", "json", *[str(f) for f in files]],
-        cwd=ctx.tree,
-        timeout_s=ctx.timeout_s,
-    )
+def _version(ctx: GateContext, tool: str) -> str:
     try:
-        findings = json.loads(done.stdout or "[]")
-    except ValueError:
-        raise MigrationError(
-            f"squawk exited {done.exit_code} without a JSON report: "
-            f"{(done.lines() or ['no output'])[-1]}"
-        ) from None
-    rules = set(ctx.config.get("blocking_rules", DEFAULT_BLOCKING_RULES))
-    blocking, warnings = [], []
-    for f in findings:
-        line = f"{Path(f.get('file', '?')).name}:{int(f.get('line', 0)) + 1}: {f.get('rule_name')}: {f.get('message')}"
-        (blocking if f.get("level") == "Error" or f.get("rule_name") in rules else warnings).append(
-            line
-        )
-    return blocking, warnings
+        return run_command([ctx.bin(tool), "--version"], cwd=ctx.tree, timeout_s=30).stdout.strip()
+    except ConfigError:
+        return "missing"  # the run says so in one line; the key only has to differ
 
 
-@contextmanager
-def scratch_copy(
-    conninfo: str, password: Secret | None, *, label: str, timeout_s: float
-) -> Iterator[tuple[str, str]]:
-    """A throwaway copy of the target: (conninfo, method); dropped on the way out."""
-    target = conninfo_to_dict(conninfo).get("dbname") or "postgres"
-    name = f"stageflow_gate_{label}_{uuid.uuid4().hex[:6]}"
-    maintenance = {"dbname": "postgres"}
-    method = "template"
-    with _connect(conninfo, password, **maintenance) as admin:
-        try:
-            # Instant, but only when nobody (the running service included) is connected to the target.
-            admin.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                    sql.Identifier(name), sql.Identifier(str(target))
-                )
-            )
-        except psycopg.errors.ObjectInUse:
-            method = "pg_dump"
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    scratch = make_conninfo(conninfo, dbname=name)
-    try:
-        if method == "pg_dump":
-            _dump_restore(conninfo, scratch, password, timeout_s)
-        yield scratch, method
-    finally:
-        with _connect(conninfo, password, **maintenance) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+# -- the copy of the target -------------------------------------------------------------------
+
+# The ledgers whose rows say what is applied: stageflow's, alembic's, Django's.
+LEDGERS = (migrations.LEDGER_TABLE, "alembic_version", "django_migrations")
 
 
-def _dump_restore(source: str, dest: str, password: Secret | None, timeout_s: float) -> None:
-    import os
+def copy_mode(ctx: GateContext, db_bytes: int) -> str:
+    """data: the target's schema and rows; schema: its schema and the ledgers' rows only."""
+    mode = str(ctx.config.get("copy", "auto"))
+    if mode not in ("auto", "data", "schema"):
+        raise ConfigError('[gates.migrations] copy must be "auto", "data" or "schema"')
+    if mode != "auto":
+        return mode
+    limit = locks.number(ctx, "copy_data_max_mb", 1024) * 1024 * 1024
+    return "data" if db_bytes <= limit else "schema"
 
+
+def copy_target(
+    conninfo: str,
+    password: Secret | None,
+    cluster: ScratchCluster,
+    *,
+    mode: str,
+    tables: list[str],
+    timeout_s: float,
+) -> dict[str, Any]:
+    """pg_dump the target (one read-only snapshot; it waits at most 5 s for a lock, so it never
+    queues behind a DDL and stalls the service), pg_restore it into the scratch cluster."""
     env = dict(os.environ)
+    env["PGOPTIONS"] = "-c default_transaction_read_only=on"
     if password:
         env["PGPASSWORD"] = password.reveal()
     secrets = (password,) if password else ()
+    skip = [
+        f"--exclude-table-data={_pattern(t)}"
+        for t in tables
+        if mode == "schema" and t.rsplit(".", 1)[-1] not in LEDGERS
+    ]
+    start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="stageflow-gate-") as tmp:
         dump = Path(tmp) / "target.dump"
-        for argv in (
-            [
-                pg_tool("pg_dump"),
-                "--format=custom",
-                "--no-owner",
-                "--no-privileges",
-                f"--file={dump}",
-                f"--dbname={source}",
-            ],
-            [
-                pg_tool("pg_restore"),
-                "--no-owner",
-                "--no-privileges",
-                "--exit-on-error",
-                f"--dbname={dest}",
-                str(dump),
-            ],
+        dump_argv = [pg_tool("pg_dump"), "--format=custom", "--no-owner", "--no-privileges",
+                     "--no-publications", "--no-subscriptions", "--lock-wait-timeout=5000",
+                     *skip, f"--file={dump}", f"--dbname={conninfo}"]  # fmt: skip
+        restore_argv = [pg_tool("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error",
+                        f"--dbname={cluster.admin_conninfo()}", str(dump)]  # fmt: skip
+        restore_env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        for argv, what, with_env in (
+            (dump_argv, "reading the target", env),
+            (restore_argv, "restoring the copy", restore_env),
         ):
-            done = run_command(argv, cwd=Path(tmp), timeout_s=timeout_s, env=env, secrets=secrets)
+            done = run_command(
+                argv, cwd=Path(tmp), timeout_s=timeout_s, env=with_env, secrets=secrets
+            )
             if not done.ok:
+                lines = done.lines()
+                # its first error line says why; the last is often the failing statement's tail
+                why = next((ln for ln in lines if "error:" in ln), lines[-1] if lines else "")
                 raise MigrationError(
-                    f"{Path(argv[0]).name} exited {done.exit_code}: "
-                    f"{(done.lines() or ['no output'])[-1]}"
+                    f"{what}: {Path(argv[0]).name} exited {done.exit_code}: {why or 'no output'}"
                 )
+        size = dump.stat().st_size
+    return {"mode": mode, "seconds": round(time.monotonic() - start, 3), "dump_bytes": size}
+
+
+def _pattern(table: str) -> str:
+    """A pg_dump table pattern naming exactly schema.table (quoted: no wildcards)."""
+    schema, _, name = table.partition(".")
+    return f'"{schema}"."{name}"'
+
+
+# -- kind = "sql": stageflow's own files ------------------------------------------------------
+
+
+def _apply_timed(
+    cluster: ScratchCluster,
+    files: list[migrations.MigrationFile],
+    todo: list[migrations.MigrationFile],
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Each pending file profiled (its statements' time and locks) then applied, timed; and the
+    profile rows by statement, for the lock lint."""
+    scratch = cluster.admin_conninfo()
+    timings: list[dict[str, Any]] = []
+    measured: dict[str, dict[str, Any]] = {}
+    for f in todo:
+        entry: dict[str, Any] = {"file": f.filename}
+        if f.transactional:
+            with scratch_cluster.connect(cluster) as conn:
+                rows = locks.profile(conn, migrations.split_sql(f.sql), source=f.filename)
+            entry["statements"] = rows
+            measured.update({r["statement"]: r for r in rows})
+        else:
+            entry["statements"] = "not profiled: the file runs outside a transaction"
+        start = time.monotonic()
+        try:
+            migrations.migrate(
+                scratch, files, target=f.version, applied_by="release-gate", release="rehearsal"
+            )
+        except MigrationError as exc:
+            raise MigrationError(f"rehearsal of {f.filename} failed: {exc.line()}") from None
+        entry["seconds"] = round(time.monotonic() - start, 3)
+        timings.append(entry)
+    return timings, measured
 
 
 def rehearse(
-    scratch: str,
-    password: Secret | None,
+    cluster: ScratchCluster,
     files: list[migrations.MigrationFile],
     todo: list[migrations.MigrationFile],
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Apply each pending file on the scratch copy, timed; then a down/up round trip where possible."""
-    out: dict[str, Any] = {"applied": _apply_timed(scratch, password, files, todo)}
+    applied, measured = _apply_timed(cluster, files, todo)
+    out: dict[str, Any] = {"applied": applied}
     # The newest pending files that all have a down file can be taken down and up again.
     tail: list[migrations.MigrationFile] = []
     for f in reversed(todo):
         if f.down_path is None:
             break
         tail.insert(0, f)
-    if not tail:
-        out["round_trip"] = "skipped: no down files"
-        return out
-    out["round_trip"] = _round_trip(scratch, password, files, tail)
-    return out
-
-
-def _apply_timed(
-    scratch: str,
-    password: Secret | None,
-    files: list[migrations.MigrationFile],
-    todo: list[migrations.MigrationFile],
-) -> list[dict[str, Any]]:
-    """Each pending file applied on its own, with the seconds it took."""
-    timings: list[dict[str, Any]] = []
-    for f in todo:
-        start = time.monotonic()
-        try:
-            migrations.migrate(
-                scratch,
-                files,
-                target=f.version,
-                password=password,
-                applied_by="release-gate",
-                release="rehearsal",
-            )
-        except MigrationError as exc:
-            raise MigrationError(f"rehearsal of {f.filename} failed: {exc.line()}") from None
-        timings.append({"file": f.filename, "seconds": round(time.monotonic() - start, 3)})
-    return timings
+    out["round_trip"] = _round_trip(cluster, files, tail) if tail else "skipped: no down files"
+    return out, measured
 
 
 def _round_trip(
-    scratch: str,
-    password: Secret | None,
+    cluster: ScratchCluster,
     files: list[migrations.MigrationFile],
     tail: list[migrations.MigrationFile],
 ) -> dict[str, Any]:
     """Take tail down and up again, timed; the schema must come back exactly as it was."""
-    schema_before = _schema(scratch, password)
+    scratch = cluster.admin_conninfo()
+    schema_before = scratch_cluster.schema_hash(cluster)
     start = time.monotonic()
     try:
         migrations.revert(
             scratch,
             files,
             to_version=tail[0].version - 1,
-            password=password,
             applied_by="release-gate",
             release="rehearsal",
         )
         down_s = time.monotonic() - start
         start = time.monotonic()
-        migrations.migrate(
-            scratch, files, password=password, applied_by="release-gate", release="rehearsal"
-        )
+        migrations.migrate(scratch, files, applied_by="release-gate", release="rehearsal")
     except MigrationError as exc:
         raise MigrationError(f"down/up round trip failed: {exc.line()}") from None
     up_s = time.monotonic() - start
-    if _schema(scratch, password) != schema_before:
+    if scratch_cluster.schema_hash(cluster) != schema_before:
         raise MigrationError(
             "down/up round trip left a different schema",
             hint="make each down file undo exactly its up file",
@@ -324,63 +333,80 @@ def _round_trip(
     }
 
 
-def _schema(conninfo: str, password: Secret | None) -> str:
-    """Columns, indexes and constraints only: a round trip may legitimately lose data."""
-    with _connect(conninfo, password) as conn:
-        rows = conn.execute(
-            "SELECT table_schema, table_name, column_name, data_type, is_nullable, column_default "
-            "FROM information_schema.columns WHERE table_schema NOT IN ('pg_catalog', 'information_schema') "
-            "ORDER BY 1, 2, 3"
-        ).fetchall()
-        idx = conn.execute(
-            "SELECT schemaname, tablename, indexname, indexdef FROM pg_indexes "
-            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2, 3"
-        ).fetchall()
-    return hashlib.sha256(repr((rows, idx)).encode()).hexdigest()
-
-
-def run(ctx: GateContext) -> Outcome:
-    if ctx.db_url is None:
-        return Outcome("error", "needs --db-url (the target database; nothing is written to it)")
-    conninfo, password = split_url(ctx.db_url)
-    secrets = [s for s in (password, ctx.db_url) if s]
-    details: dict[str, Any] = {"dir": _dir_name(ctx)}
-
-    def fail(message: str) -> Outcome:
-        return Outcome("failed", scrub(message, secrets), details)
-
+def _sql_gate(
+    ctx: GateContext,
+    cluster: ScratchCluster,
+    sizes: Mapping[str, locks.TableSize],
+    details: dict[str, Any],
+) -> Outcome:
+    scratch = cluster.admin_conninfo()
     try:
         files = migrations.discover(_dir(ctx))
-        migrations.validate(conninfo, files, password=password)
-        todo = migrations.pending(conninfo, files, password=password)
+        migrations.validate(scratch, files)
+        todo = migrations.pending(scratch, files)
     except MigrationError as exc:
-        return fail(f"validate: {exc.line()}")
+        return Outcome("failed", f"validate: {exc.line()}", details)
     details["pending"] = [f.filename for f in todo]
     if not todo:
         return Outcome("passed", f"{len(files)} migration(s), none pending", details)
     lint_files = [f.up_path for f in todo] + [f.down_path for f in todo if f.down_path]
-    blocking, warnings = lint(ctx, lint_files)
+    blocking, warnings = locks.squawk_lint(ctx, lint_files)
     details["squawk_blocking"] = first_lines(blocking, 20)
     details["squawk_warnings"] = first_lines(warnings, 20)
     if blocking:
-        return fail(f"squawk blocks {len(blocking)} finding(s): {blocking[0]}")
-    try:
-        with scratch_copy(conninfo, password, label=ctx.commit[:8], timeout_s=ctx.timeout_s) as (
-            scratch,
-            method,
-        ):
-            details["scratch_method"] = method
-            details["rehearsal"] = rehearse(scratch, password, files, todo)
-    except MigrationError as exc:
-        return fail(exc.line())
-    except psycopg.Error as exc:
         return Outcome(
-            "error", scrub(f"database: {str(exc).strip().splitlines()[0]}", secrets), details
+            "failed", f"squawk blocks {len(blocking)} finding(s): {blocking[0]}", details
         )
+    details["rehearsal"], measured = rehearse(cluster, files, todo)
+    statements = [(f.filename, s) for f in todo for s in migrations.split_sql(f.sql)]
+    held = locks.lock_lint(ctx, statements, measured, sizes, details)
+    if held:
+        return Outcome("failed", f"{len(held)} long lock(s): {held[0]}", details)
     total = sum(t["seconds"] for t in details["rehearsal"]["applied"])
+    notes = [f"{n} {what}" for n, what in ((len(warnings), "squawk warning(s)"),
+             (len(details["lock_warnings"]), "lock warning(s)")) if n]  # fmt: skip
     return Outcome(
         "passed",
-        f"{len(todo)} pending migration(s) rehearsed on a {method} copy in {total:.2f}s"
-        f"{f'; {len(warnings)} squawk warning(s)' if warnings else ''}",
+        f"{len(todo)} pending migration(s) rehearsed on a copy in {total:.2f}s"
+        + (f"; {', '.join(notes)}" if notes else ""),
         details,
     )
+
+
+# -- the gate -----------------------------------------------------------------------------------
+
+
+def run(ctx: GateContext) -> Outcome:
+    if ctx.db_url is None:
+        return Outcome(
+            "error",
+            "needs --db-url (the target database, read with a read-only role; nothing is written)",
+        )
+    conninfo, password = split_url(ctx.db_url)
+    secrets = [s for s in (password, ctx.db_url) if s]
+    m, _ = service_migrations(ctx.policy)
+    details: dict[str, Any] = {"kind": m.kind, "dir": _dir_name(ctx)}
+    if m.kind == "none":
+        return Outcome("skipped", 'no migrations ([service.migrations] kind = "none")', details)
+    user = str(ctx.policy.get("project", {}).get("service_user", "stageflow"))
+    try:
+        with _connect(conninfo, password) as conn:
+            sizes = locks.table_sizes(conn)
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        tables = sorted(k for k in sizes if "." in k)
+        with scratch_cluster.started(user_name=user, timeout_s=ctx.timeout_s) as cluster:
+            mode = copy_mode(ctx, int(row[0]) if row else 0)
+            details["scratch_method"] = "pg_dump"  # into a cluster of its own, never the target's
+            details["copy"] = copy_target(
+                conninfo, password, cluster, mode=mode, tables=tables, timeout_s=ctx.timeout_s
+            )
+            if m.kind == "sql":
+                outcome = _sql_gate(ctx, cluster, sizes, details)
+            else:
+                outcome = migrations_command.gate(ctx, m, cluster, sizes, details)
+    except MigrationError as exc:
+        return Outcome("failed", scrub(exc.line(), secrets), details)
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return Outcome("error", scrub(f"database: {first}", secrets), details)
+    return Outcome(outcome.status, scrub(outcome.summary, secrets), outcome.details)

@@ -75,7 +75,10 @@ def run(ctx: GateContext) -> Outcome:
     )
     details = {"allowed_keys": allowed_keys(ctx), "problems": problems}
     if problems:
-        return Outcome("failed", f"{len(problems)} problem(s): {problems[0]}", details)
+        hint = ""
+        if any(" differs: " in p or " only" in p for p in problems):
+            hint = " (a key meant to differ goes in [gates.policy-drift] allowed_keys)"
+        return Outcome("failed", f"{len(problems)} problem(s): {problems[0]}{hint}", details)
     return Outcome(
         "passed", "staging and prod differ only in allowed keys; both keep [posture]", details
     )

@@ -45,11 +45,12 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.live import Live
@@ -199,19 +200,33 @@ def _styled(status: str, text: str) -> str:
 class Board:
     """Live progress: a rich table on a terminal, one plain line per finished gate otherwise."""
 
-    def __init__(self, gates: Sequence[tuple[str, str]], *, console: Console | None = None) -> None:
+    def __init__(
+        self,
+        gates: Sequence[tuple[str, str]],
+        *,
+        console: Console | None = None,
+        stream: TextIO | None = None,
+    ) -> None:
         self.console = console or Console()
+        self.stream = stream  # where plain lines go; by default the console's stream
         self.live_mode = self.console.is_terminal
         self.rows: dict[str, dict[str, Any]] = {
             name: {"requirement": req, "status": "waiting", "start": 0.0, "time": "", "summary": ""}
             for name, req in gates
         }
         self._live: Live | None = None
+        # gates finish in threads of their own: one lock, and each line written in one call,
+        # so two verdicts never interleave ("...prod posture strictbudgets: passed")
+        self._lock = threading.Lock()
 
     def __enter__(self) -> Board:
         if self.live_mode:
+            # rendered afresh on every refresh, so a running gate's time keeps counting
             self._live = Live(
-                self._render(), console=self.console, refresh_per_second=8, transient=True
+                console=self.console,
+                refresh_per_second=8,
+                transient=True,
+                get_renderable=self._render,
             )
             self._live.__enter__()
         return self
@@ -225,7 +240,7 @@ class Board:
         for column in ("gate", "requirement", "status", "time"):
             table.add_column(column)
         now = time.monotonic()
-        for name, row in self.rows.items():
+        for name, row in list(self.rows.items()):
             elapsed = row["time"] or (
                 f"{now - row['start']:.1f}s" if row["status"] == "running" else ""
             )
@@ -235,22 +250,25 @@ class Board:
         return table
 
     def started(self, name: str) -> None:
-        row = self.rows.setdefault(name, {"requirement": "", "time": "", "summary": ""})
-        row.update(status="running", start=time.monotonic())
-        self._refresh()
+        with self._lock:
+            row = self.rows.setdefault(name, {"requirement": "", "time": "", "summary": ""})
+            row.update(status="running", start=time.monotonic())
+            self._refresh()
 
     def finished(self, result: GateResult) -> None:
-        row = self.rows.setdefault(result.name, {"requirement": result.requirement, "start": 0.0})
         status = f"{result.status} (cached)" if result.cached else result.status
-        row.update(status=status, time=f"{result.duration_s:.1f}s", summary=result.summary)
-        if self.live_mode:
-            self._refresh()
-        else:
-            print(
-                f"{result.name}: {status} in {result.duration_s:.1f}s: {result.summary}",
-                file=sys.stderr if self.console.stderr else sys.stdout,
-                flush=True,
+        with self._lock:
+            row = self.rows.setdefault(
+                result.name, {"requirement": result.requirement, "start": 0.0}
             )
+            row.update(status=status, time=f"{result.duration_s:.1f}s", summary=result.summary)
+            if self.live_mode:
+                self._refresh()
+                return
+            stream = self.stream or (sys.stderr if self.console.stderr else sys.stdout)
+            summary = " ".join(result.summary.split())
+            stream.write(f"{result.name}: {status} in {result.duration_s:.1f}s: {summary}\n")
+            stream.flush()
 
     def _refresh(self) -> None:
         if self._live is not None:

@@ -1,42 +1,58 @@
-"""Gate `test`: the project's test command (pytest by default); the report names failing test ids."""
+"""Gate `test`: the project's whole test command (`[gates.test] command`; for a service with a
+tests folder and none configured, `python -m pytest -q`); the report names failing test ids.
+
+The verdict is cached by the hash of the tree it ran on (and the venv's distributions), so a re-run
+of the same commit is instant and any changed commit runs everything again.
+"""
 
 from __future__ import annotations
 
 import re
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from deploy.errors import ConfigError
-from deploy.gates import GateContext, Outcome, first_lines, run_command
+from deploy.gates import (
+    GateContext,
+    Outcome,
+    configured_command,
+    first_lines,
+    python_first,
+    run_command,
+)
 
-# pytest's short summary (-rf / -rE): "FAILED tests/unit/test_x.py::test_y - AssertionError".
+# pytest's short summary (-rf / -rE, on by default): "FAILED tests/x.py::test_y - AssertionError".
 _SUMMARY = re.compile(r"^(FAILED|ERROR) (\S+)(?: - (.*))?$")
+_NO_PYTEST = re.compile(r"No module named '?pytest'?")
+DEFAULT = ("python", "-m", "pytest", "-q")
 
 
 def command(ctx: GateContext) -> list[str]:
-    configured = ctx.config.get("command")
+    """The configured command with {python} and {bin} (this venv's interpreter and bin folder)
+    filled in; without one, pytest over the whole tests folder when the release has one."""
+    configured = configured_command(ctx)
     if configured is None:
-        return [sys.executable, "-m", "pytest", "-q", "-x", "tests/unit"]
-    if (
-        not isinstance(configured, list)
-        or not configured
-        or not all(isinstance(a, str) for a in configured)
-    ):
-        raise ConfigError(
-            "[gates.test] command must be a non-empty list of strings",
-            hint='e.g. command = ["python", "-m", "pytest", "-q", "tests/unit"]',
-        )
-    # "python" means this interpreter, so the gate tests with the project's own venv.
-    return [
-        sys.executable if configured[0] in ("python", "python3") else configured[0],
-        *configured[1:],
-    ]
+        if not _tests_folder(ctx):
+            raise ConfigError(
+                "no test command: the release has no tests/ folder and [gates.test] sets no command",
+                hint='set [gates.test] command, e.g. ["python", "-m", "pytest", "-q"] or ["make", "test"]',
+            )
+        configured = python_first(ctx, DEFAULT)
+    venv_bin = str(Path(ctx.python).parent)
+    return [a.replace("{python}", ctx.python).replace("{bin}", venv_bin) for a in configured]
+
+
+def _tests_folder(ctx: GateContext) -> bool:
+    service = ctx.policy.get("service")
+    base = str(service.get("dir", ".")) if isinstance(service, dict) else "."
+    return any((ctx.tree / d / "tests").is_dir() for d in {".", base})
 
 
 def _argv(ctx: GateContext) -> list[str]:
     argv = command(ctx)
-    if any("pytest" in a for a in argv[:3]):
+    if len(argv) >= 3 and argv[1:3] == ["-m", "pytest"]:
         argv += ["-rfE", "-p", "no:cacheprovider"]
     return argv
 
@@ -48,16 +64,20 @@ def inputs(ctx: GateContext) -> list[Any]:
 
 def run(ctx: GateContext) -> Outcome:
     argv = _argv(ctx)
-    done = run_command(argv, cwd=ctx.tree, timeout_s=ctx.timeout_s)
+    done = run_command(
+        argv,
+        cwd=ctx.tree,
+        timeout_s=ctx.timeout_s,
+        tool_hint="set [gates.test] command to the project's test command",
+    )
     failing = []
     for line in done.lines():
         m = _SUMMARY.match(line.strip())
         if m:
             failing.append({"kind": m[1].lower(), "id": m[2], "message": (m[3] or "")[:300]})
-    details: dict[str, Any] = {
-        "command": argv[1:] if argv[0] == sys.executable else argv,
-        "exit_code": done.exit_code,
-    }
+    shown = [Path(argv[0]).name if argv[0] == ctx.python else argv[0], *argv[1:]]
+    details: dict[str, Any] = {"command": shown[1:] if argv[0] == ctx.python else shown}
+    details["exit_code"] = done.exit_code
     tail = done.lines()[-1] if done.lines() else ""
     if done.ok:
         return Outcome("passed", tail or "tests passed", details)
@@ -67,5 +87,12 @@ def run(ctx: GateContext) -> Outcome:
         more = f" (+{len(failing) - 5} more)" if len(failing) > 5 else ""
         return Outcome("failed", f"{len(failing)} failing: {ids}{more}", details)
     details["output"] = first_lines(done.lines()[-15:], 15)
+    if any(_NO_PYTEST.search(ln) for ln in done.lines()):
+        return Outcome(
+            "failed",
+            "pytest is not installed in this venv (pip install pytest), "
+            "or set [gates.test] command to the project's test command",
+            details,
+        )
     reason = "no tests ran" if done.exit_code == 5 and "pytest" in " ".join(argv) else tail
     return Outcome("failed", f"test command exited {done.exit_code}: {reason}", details)

@@ -112,8 +112,11 @@ class Project:
         head, tail = text[:ga], text[ga:]
         for gate in self.GA_REPORT_ONLY:
             tail = tail.replace(f'\n{gate} = "required"', f'\n{gate} = "report_only"', 1)
-        quick = '"-x", "tests/unit/test_migrations_files.py"]'
-        path.write_text(head + tail.replace('"-x", "tests/unit"]', quick, 1))
+        # the project's own test command is the whole suite (`make test`): one quick file here
+        start = tail.index("\n", tail.index("[gates.test]"))
+        end = tail.index("\n", tail.index("\ncommand = ", start) + 1)
+        quick = 'command = ["python", "-m", "pytest", "-q", "-x", "tests/unit/test_migrations_files.py"]'
+        path.write_text(head + tail[: start + 1] + quick + tail[end:])
 
     def set_fault(self, fault: str) -> None:
         """Make the committed app's default STAGEFLOW_FAULT `fault` ("" for none): a release built

@@ -415,7 +415,8 @@ def test_migration_gate_rehearses_a_copy_while_the_target_is_in_use(
         },
         "v2.2.0-rc.1",
     )
-    # A connected client (the running service) rules out CREATE DATABASE ... TEMPLATE.
+    # A connected client (the running service) changes nothing: the copy is a dump, restored
+    # into a cluster the gate starts for the rehearsal.
     with psycopg.connect(pg_dsn, autocommit=True):
         report = gate(repo, "v2.2.0-rc.1", only=("migrations",), db_url=Secret(pg_dsn))
     mig = by_name(report)["migrations"]
@@ -425,10 +426,8 @@ def test_migration_gate_rehearses_a_copy_while_the_target_is_in_use(
     assert mig.details["rehearsal"]["round_trip"]["versions"] == [2]
     assert fingerprint(pg_dsn) == before
     assert _scratch_dbs(pg_dsn) == []
-    # Nobody connected: the instant template copy, same verdict, target still untouched.
     again = gate(repo, "v2.2.0-rc.1", only=("migrations",), db_url=Secret(pg_dsn), use_cache=False)
     assert by_name(again)["migrations"].status == "passed"
-    assert by_name(again)["migrations"].details["scratch_method"] == "template"
     assert fingerprint(pg_dsn) == before
     assert by_name(gate(repo, "v2.2.0-rc.1", only=("migrations",), db_url=Secret(pg_dsn)))[
         "migrations"
@@ -623,3 +622,53 @@ def test_the_projects_own_migrations_rehearse_on_an_empty_target(pg_dsn: str, re
         [n for n in files if n.endswith(".up.sql")]
     )
     assert fingerprint(pg_dsn) == before
+
+
+# -- a service's own commands ----------------------------------------------------------------------
+
+
+def _service_repo(repo: Path, extra: str = "") -> None:
+    """The repo's policy without a test command, with ruff missing: a fresh service's gate."""
+    policy = STAGES.replace(
+        '[gates.test]\ncommand = ["python", "-m", "pytest", "-q", "-x", "tests"]\n', ""
+    )
+    commit(repo, {"stageflow.toml": policy + extra})
+
+
+def test_a_failing_test_in_any_file_fails_pre_ga_and_ga_named_in_both_reports(repo: Path) -> None:
+    _service_repo(repo)
+    commit(repo, {"tests/e2e/test_flow.py": BAD_TEST.replace("test_ok", "test_fine")})
+    git(repo, "tag", "v5.0.0-rc.1")
+    git(repo, "tag", "v5.0.0")
+    for ref, stage in (("v5.0.0-rc.1", "PRE_GA"), ("v5.0.0", "GA")):
+        report = gate(repo, ref)
+        test = by_name(report)["test"]
+        assert report.stage == stage and test.status == "failed", test.summary
+        assert "tests/e2e/test_flow.py::test_broken" in test.summary
+        out = repo / "dist" / "release-gate"
+        assert "tests/e2e/test_flow.py::test_broken" in (out / f"{report.commit}.json").read_text()
+        assert "tests/e2e/test_flow.py::test_broken" in (out / f"{report.commit}.md").read_text()
+        assert "test" in report.blocking
+    again = by_name(gate(repo, "v5.0.0"))["test"]
+    assert again.cached and again.status == "failed"
+
+
+def test_a_missing_tool_is_one_line_and_an_unconfigured_check_says_what_to_set(
+    repo: Path,
+) -> None:
+    _service_repo(
+        repo,
+        '\n[gates.check]\ncommands = [["no-such-linter", "."]]\n'
+        '\n[gates.test]\ncommand = ["no-such-runner"]\n',
+    )
+    git(repo, "tag", "v6.0.0")
+    gates = by_name(gate(repo, "v6.0.0"))
+    assert gates["check"].status == "error"
+    assert gates["check"].summary.startswith("`no-such-linter` is not installed on PATH")
+    assert "[gates.check] commands" in gates["check"].summary
+    assert "Error" not in gates["check"].summary and "Traceback" not in gates["check"].summary
+    assert gates["test"].summary.startswith("`no-such-runner` is not installed")
+    _service_repo(repo, "\n[gates.check]\ncommands = []\n")
+    git(repo, "tag", "v6.0.1")
+    check = by_name(gate(repo, "v6.0.1"))["check"]
+    assert check.status == "skipped" and "no check configured" in check.summary

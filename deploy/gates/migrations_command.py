@@ -1,0 +1,217 @@
+"""Gate `migrations` for kind = "command": the service's own tool renders its SQL for the lint and
+migrates the scratch copy, never the target.
+
+alembic (and Flask-Migrate, which wraps it) print the SQL of an upgrade offline (`--sql`), so the
+gate lints and profiles exactly what `up` will run. Other tools render through `[gates.migrations]
+render` (an argv; "{current}" is the revision the copy is at); without one the rehearsal still runs
+and the report says the SQL was not linted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from deploy import migrations
+from deploy.config import read_env_file
+from deploy.errors import ConfigError, MigrationError
+from deploy.gates import (
+    Completed,
+    GateContext,
+    Outcome,
+    first_lines,
+    locks,
+    python_first,
+    run_command,
+    scratch_cluster,
+)
+from deploy.gates.scratch_cluster import ScratchCluster
+from deploy.secrets import scrub
+from deploy.service import FED_NAMES, Migrations, load_service
+
+_TX = re.compile(r"^(BEGIN|COMMIT|ROLLBACK|START\s+TRANSACTION|END)\s*$", re.I)
+_KEEP_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER")
+
+
+class Tool:
+    """The service's migration commands, run in the snapshot against the scratch copy."""
+
+    def __init__(self, ctx: GateContext, m: Migrations, cluster: ScratchCluster) -> None:
+        self.ctx, self.m, self.cluster = ctx, m, cluster
+        service_dir = "."
+        if "service" in ctx.policy:
+            service_dir = load_service(Path("stageflow.toml"), dict(ctx.policy)).dir
+        self.cwd = ctx.tree / service_dir
+        self.env = self._env()
+
+    def _env(self) -> dict[str, str]:
+        """What the tool sees: the service's committed staging keys, then the database names
+        pointed at the copy ([service.env.from] mapped too); nothing of the operator's shell but
+        PATH and locale, so no DATABASE_URL of theirs can steer it at a real database."""
+        out = {k: os.environ[k] for k in _KEEP_ENV if k in os.environ}
+        venv_bin = str(Path(self.ctx.python).parent)
+        out["PATH"] = f"{venv_bin}:{out.get('PATH', '/usr/local/bin:/usr/bin:/bin')}"
+        committed = self.ctx.tree / "env" / "staging.env"
+        if committed.exists():
+            values = {k: v for k, (v, _) in read_env_file(committed).items()}
+            out.update({k: v for k, v in values.items() if k not in FED_NAMES})
+        out.update(self.cluster.tool_env(), ENVIRONMENT="rehearsal")
+        if "service" in self.ctx.policy:
+            service = load_service(Path("stageflow.toml"), dict(self.ctx.policy))
+            out.update({name: out[src] for name, src in service.env_from if src in out})
+        return out
+
+    def run(self, argv: Sequence[str], *, what: str) -> Completed:
+        full = python_first(self.ctx, argv)
+        return run_command(
+            full,
+            cwd=self.cwd,
+            timeout_s=self.ctx.timeout_s,
+            env=self.env,
+            secrets=(self.cluster.password, self.cluster.url()),
+            tool_hint=f"the service's {what} command ([service.migrations]); install the "
+            "service's requirements into this venv",
+        )
+
+    def checked(self, argv: Sequence[str], *, what: str) -> Completed:
+        done = self.run(argv, what=what)
+        if not done.ok:
+            tail = (done.lines() or ["no output"])[-1]
+            raise MigrationError(
+                f"rehearsal: `{' '.join(argv)}` exited {done.exit_code}: {tail[:240]}"
+            )
+        return done
+
+    def current(self) -> dict[str, str]:
+        return migrations.parse_revisions(self.checked(self.m.current, what="current").stdout)
+
+
+def render_argv(ctx: GateContext, m: Migrations, before: Mapping[str, str]) -> list[str] | None:
+    """The command printing the SQL `up` would run from the copy's revision, or None."""
+    configured = ctx.config.get("render")
+    current = migrations.describe_revisions(before)
+    if configured is not None:
+        if not isinstance(configured, list) or not all(isinstance(a, str) for a in configured):
+            raise ConfigError("[gates.migrations] render must be a list of strings (or [])")
+        return [a.replace("{current}", current) for a in configured] or None
+    words = list(m.up)
+    if "upgrade" not in words or not any("alembic" in w or w == "flask" for w in words[:3]):
+        return None
+    i = words.index("upgrade")
+    rest = words[i + 1 :]
+    target = "head"
+    if rest and not rest[0].startswith("-"):
+        target, rest = rest[0], rest[1:]
+    # alembic renders offline from a named revision; from nothing applied it needs no start
+    span = target if set(before) <= {migrations.SINGLE} and current == migrations.BASE else None
+    span = span or f"{before.get(migrations.SINGLE, current)}:{target}"
+    return [*words[: i + 1], span, *rest, "--sql"]
+
+
+def rendered_statements(text: str) -> list[str]:
+    """The statements of a tool's offline SQL, without its own transaction control."""
+    out = []
+    for stmt in migrations.split_sql(text, source="rendered SQL"):
+        lines = stmt.splitlines()
+        while lines and (not lines[0].strip() or lines[0].lstrip().startswith("--")):
+            lines.pop(0)  # alembic's "-- Running upgrade a1 -> b2" before each revision
+        body = "\n".join(lines).strip()
+        if body and not _TX.match(body):
+            out.append(body)
+    return out
+
+
+def _lint_rendered(
+    tool: Tool, before: Mapping[str, str], details: dict[str, Any]
+) -> tuple[list[str], list[str]]:
+    """(statements, squawk blocking) of the rendered SQL; details say what was linted or why not."""
+    argv = render_argv(tool.ctx, tool.m, before)
+    if argv is None:
+        details["lint"] = (
+            "not linted: the tool's SQL cannot be rendered; set [gates.migrations] render "
+            '(e.g. ["python", "manage.py", "sqlmigrate", "shop", "0002"])'
+        )
+        return [], []
+    done = tool.checked(argv, what="render")
+    statements = rendered_statements(done.stdout)
+    details["rendered"] = {"command": argv, "statements": [locks.short(s, 240) for s in statements]}
+    if not statements:
+        return [], []
+    with tempfile.TemporaryDirectory(prefix="stageflow-gate-") as tmp:
+        path = Path(tmp) / "rendered.sql"
+        path.write_text(";\n\n".join(statements) + ";\n", encoding="utf-8")
+        blocking, warnings = locks.squawk_lint(tool.ctx, [path])
+    details["squawk_blocking"] = first_lines(blocking, 20)
+    details["squawk_warnings"] = first_lines(warnings, 20)
+    return statements, blocking
+
+
+def _round_trip(tool: Tool, before: Mapping[str, str], after: Mapping[str, str]) -> dict[str, Any]:
+    """down to the revision the copy had, up again: the schema must come back the same."""
+    schema = scratch_cluster.schema_hash(tool.cluster)
+    start = time.monotonic()
+    for app, rev in migrations.revision_steps(after, before):
+        tool.checked(migrations.fill(tool.m.down, target=rev, app=app), what="down")
+    down_s = time.monotonic() - start
+    start = time.monotonic()
+    tool.checked(tool.m.up, what="up")
+    up_s = time.monotonic() - start
+    if scratch_cluster.schema_hash(tool.cluster) != schema or tool.current() != after:
+        raise MigrationError(
+            "down/up round trip left a different schema",
+            hint="make each downgrade undo exactly its upgrade",
+        )
+    return {"down_s": round(down_s, 3), "up_s": round(up_s, 3)}
+
+
+def gate(
+    ctx: GateContext,
+    m: Migrations,
+    cluster: ScratchCluster,
+    sizes: Mapping[str, locks.TableSize],
+    details: dict[str, Any],
+) -> Outcome:
+    tool = Tool(ctx, m, cluster)
+    before = tool.current()
+    details["revision_before"] = migrations.describe_revisions(before)
+    statements, blocking = _lint_rendered(tool, before, details)
+    if blocking:
+        return Outcome(
+            "failed", f"squawk blocks {len(blocking)} finding(s): {blocking[0]}", details
+        )
+    measured: dict[str, dict[str, Any]] = {}
+    if statements:
+        with scratch_cluster.connect(cluster) as conn:
+            rows = locks.profile(conn, statements, source="the rendered SQL")
+        measured = {r["statement"]: r for r in rows}
+        details["statements"] = rows
+    start = time.monotonic()
+    tool.checked(m.up, what="up")
+    took = time.monotonic() - start
+    after = tool.current()
+    details["revision_after"] = migrations.describe_revisions(after)
+    details["rehearsal"] = {"up_s": round(took, 3)}
+    if after == before:
+        return Outcome("passed", f"no pending migration (at {details['revision_after']})", details)
+    if m.down:
+        details["rehearsal"]["round_trip"] = _round_trip(tool, before, after)
+    else:
+        details["rehearsal"]["round_trip"] = "skipped: no down command"
+    held = locks.lock_lint(ctx, [("rendered SQL", s) for s in statements], measured, sizes, details)
+    if held:
+        return Outcome("failed", f"{len(held)} long lock(s): {held[0]}", details)
+    linted = f"{len(statements)} statement(s) linted" if statements else "SQL not linted"
+    return Outcome(
+        "passed",
+        scrub(
+            f"{details['revision_before']} -> {details['revision_after']} rehearsed on a copy "
+            f"in {took:.2f}s; {linted}",
+            (cluster.password,),
+        ),
+        details,
+    )

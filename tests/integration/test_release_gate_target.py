@@ -1,0 +1,295 @@
+"""The migrations gate against a production-like target read by a role that can only read: the
+rehearsal happens in a cluster of the gate's own, for SQL files and for a service's alembic."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from deploy.gates.migrations import fingerprint
+from deploy.secrets import Secret
+from tests import support
+from tests.integration import test_release_gate
+from tests.integration.test_release_gate import (
+    CREATE,
+    STAGES,
+    _applied_target,
+    by_name,
+    commit,
+    gate,
+    git,
+)
+
+repo = test_release_gate.repo  # the fixture: a tiny project with the notes service's policy
+
+
+@pytest.fixture
+def reader(pg_dsn: str) -> Iterator[str]:
+    """A URL of the target database for a role with pg_read_all_data alone: no CREATEDB, no
+    write, no ownership (what prod grants the gate)."""
+    role = f"gate_reader_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN NOCREATEDB NOSUPERUSER PASSWORD 'reader-s3cret'").format(
+                sql.Identifier(role)
+            )
+        )
+        conn.execute(sql.SQL("GRANT pg_read_all_data TO {}").format(sql.Identifier(role)))
+    url = pg_dsn.replace("postgresql://postgres@", f"postgresql://{role}:reader-s3cret@")
+    try:
+        yield url
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def _databases(dsn: str) -> set[str]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+
+
+def _target(repo: Path, dsn: str, second: dict[str, str], tag: str, *, extra: str = "") -> None:
+    if extra:
+        commit(repo, {"stageflow.toml": STAGES + extra})
+    commit(repo, {"app/migrations/0001_notes.up.sql": CREATE})
+    _applied_target(repo, dsn)
+    commit(repo, second, tag=tag)
+
+
+def test_a_read_only_role_is_all_the_gate_needs(pg_dsn: str, reader: str, repo: Path) -> None:
+    _target(
+        repo,
+        pg_dsn,
+        {
+            "app/migrations/0002_tags.up.sql": "ALTER TABLE notes ADD COLUMN tags text;\n",
+            "app/migrations/0002_tags.down.sql": "ALTER TABLE notes DROP COLUMN tags;\n",
+        },
+        "v4.0.0-rc.1",
+    )
+    before, databases = fingerprint(pg_dsn), _databases(pg_dsn)
+    # the service is writing: an open transaction holding the row locks of an INSERT
+    with psycopg.connect(pg_dsn) as service:
+        service.execute("INSERT INTO notes VALUES (9, 9)")
+        report = gate(repo, "v4.0.0-rc.1", only=("migrations",), db_url=Secret(reader))
+        service.rollback()
+    mig = by_name(report)["migrations"]
+    assert mig.status == "passed", mig.summary
+    applied = mig.details["rehearsal"]["applied"][0]
+    assert applied["file"] == "0002_tags.up.sql" and applied["seconds"] >= 0
+    (statement,) = applied["statements"]
+    (lock,) = statement["locks"]
+    assert lock["table"] == "public.notes" and lock["mode"] == "AccessExclusiveLock"
+    assert lock["held_s"] >= 0
+    assert mig.details["copy"]["mode"] == "data"
+    assert fingerprint(pg_dsn) == before  # no write
+    assert _databases(pg_dsn) == databases  # no scratch database on the target's server
+    text = (repo / "dist" / "release-gate" / f"{report.stem}.json").read_text()
+    assert "reader-s3cret" not in text
+
+
+def test_a_breaking_migration_fails_for_the_read_only_role(
+    pg_dsn: str, reader: str, repo: Path
+) -> None:
+    _target(
+        repo,
+        pg_dsn,
+        {"app/migrations/0002_positive.up.sql": "ALTER TABLE notes ADD CHECK (score > 0);\n"},
+        "v4.1.0-rc.1",
+    )
+    before, databases = fingerprint(pg_dsn), _databases(pg_dsn)
+    mig = by_name(gate(repo, "v4.1.0-rc.1", only=("migrations",), db_url=Secret(reader)))[
+        "migrations"
+    ]
+    assert mig.status == "failed" and "rehearsal of 0002_positive.up.sql failed" in mig.summary
+    assert "check constraint" in mig.summary
+    assert fingerprint(pg_dsn) == before and _databases(pg_dsn) == databases
+    commit(
+        repo,
+        {
+            "app/migrations/0002_positive.up.sql": "ALTER TABLE notes ADD COLUMN a bigint NOT NULL;\n"
+        },
+        tag="v4.1.1-rc.1",
+    )
+    mig = by_name(gate(repo, "v4.1.1-rc.1", only=("migrations",), db_url=Secret(reader)))[
+        "migrations"
+    ]
+    assert mig.status == "failed" and "adding-required-field" in mig.summary
+
+
+def test_long_locks_are_linted_with_the_rehearsals_measured_time(
+    pg_dsn: str, reader: str, repo: Path
+) -> None:
+    # a "large" table from one row on, so the small test table counts as one
+    _target(
+        repo,
+        pg_dsn,
+        {
+            "app/migrations/0002_idx.up.sql": "LOCK TABLE notes IN SHARE MODE;\n"
+            "CREATE INDEX notes_score ON notes (score);\n"
+        },
+        "v4.2.0-rc.1",
+        extra="\n[gates.migrations]\nlarge_table_rows = 1\n",
+    )
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("ANALYZE notes")  # the catalog's row estimate, as a live table has one
+    mig = by_name(gate(repo, "v4.2.0-rc.1", only=("migrations",), db_url=Secret(reader)))[
+        "migrations"
+    ]
+    assert mig.status == "failed", mig.summary
+    assert "index-without-concurrently" in mig.summary and "held ShareLock for" in mig.summary
+    (warning,) = mig.details["lock_warnings"]
+    assert warning.startswith("0002_idx.up.sql: lock-table:") and "in the rehearsal" in warning
+
+
+# -- a service whose alembic migrates ---------------------------------------------------------
+
+ENV_PY = """\
+import os
+
+from alembic import context
+
+url = os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://", 1)
+if context.is_offline_mode():
+    context.configure(url=url, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    from sqlalchemy import create_engine
+
+    with create_engine(url).connect() as connection:
+        context.configure(connection=connection)
+        with context.begin_transaction():
+            context.run_migrations()
+"""
+
+REVISION = """\
+from alembic import op
+
+revision = {rev!r}
+down_revision = {down!r}
+
+
+def upgrade():
+    op.execute({up!r})
+
+
+def downgrade():
+    op.execute({down_sql!r})
+"""
+
+SERVICE = """
+[service]
+name = "widgets"
+wsgi = "widgets:app"
+
+[service.migrations]
+kind = "command"
+dir = "migrations"
+up = ["{bin}/alembic", "upgrade", "head"]
+down = ["{bin}/alembic", "downgrade", "{{target}}"]
+current = ["{bin}/alembic", "current"]
+
+[stages]
+order = ["GA"]
+[stages.GA]
+patterns = ["*"]
+[stages.GA.gates]
+migrations = "required"
+promotion_guard = "required"
+"""
+
+
+@pytest.fixture(scope="module")
+def alembic_bin() -> Iterator[Path]:
+    base = support.public_tmpdir("sf-gate-alembic-")
+    venv = base / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = subprocess.run(
+        [str(venv / "bin/python"), "-m", "pip", "install", "-q", "alembic", "sqlalchemy",
+         "psycopg[binary]"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if pip.returncode != 0:
+        pytest.skip(f"cannot install alembic: {pip.stderr.strip().splitlines()[-1:]}")
+    try:
+        yield venv / "bin"
+    finally:
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _revision(rev: str, down: str | None, up: str, down_sql: str) -> str:
+    return REVISION.format(rev=rev, down=down, up=up, down_sql=down_sql)
+
+
+def test_an_alembic_service_gets_its_sql_linted_and_rehearsed(
+    tmp_path: Path, pg_dsn: str, reader: str, alembic_bin: Path
+) -> None:
+    root = tmp_path / "widgets"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    files = {
+        ".gitignore": "dist/\n",
+        "stageflow.toml": SERVICE.format(bin=alembic_bin),
+        "alembic.ini": "[alembic]\nscript_location = migrations\n",
+        "migrations/env.py": ENV_PY,
+        "migrations/versions/a1.py": _revision(
+            "a1", None, "CREATE TABLE widgets (id int PRIMARY KEY)", "DROP TABLE widgets"
+        ),
+        "widgets.py": "app = None\n",
+    }
+    commit(root, files, message="widgets")
+    env = {"PATH": f"{alembic_bin}:/usr/bin:/bin", "DATABASE_URL": pg_dsn}
+    subprocess.run([str(alembic_bin / "alembic"), "upgrade", "head"], cwd=root, env=env, check=True)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO widgets VALUES (1), (2)")
+    commit(
+        root,
+        {
+            "migrations/versions/b2.py": _revision(
+                "b2",
+                "a1",
+                "ALTER TABLE widgets ADD COLUMN name text",
+                "ALTER TABLE widgets DROP COLUMN name",
+            )
+        },
+        tag="v1.0.0",
+    )
+    before, databases = fingerprint(pg_dsn), _databases(pg_dsn)
+    report = gate(root, "v1.0.0", db_url=Secret(reader))
+    mig = by_name(report)["migrations"]
+    assert mig.status == "passed", mig.summary
+    assert mig.details["revision_before"] == "a1" and mig.details["revision_after"] == "b2"
+    assert "ALTER TABLE widgets ADD COLUMN name text" in mig.details["rendered"]["statements"]
+    assert "--sql" in mig.details["rendered"]["command"]
+    assert any(
+        row["statement"].startswith("ALTER TABLE widgets") and row["locks"]
+        for row in mig.details["statements"]
+    )
+    assert mig.details["rehearsal"]["round_trip"]["down_s"] >= 0
+    assert "a1 -> b2 rehearsed" in mig.summary and "statement(s) linted" in mig.summary
+    assert fingerprint(pg_dsn) == before and _databases(pg_dsn) == databases
+    md = (root / "dist" / "release-gate" / f"{report.commit}.md").read_text()
+    assert "a1 -> b2" in md
+    # a migration the copy's rows refuse fails the rehearsal, the target untouched
+    commit(
+        root,
+        {
+            "migrations/versions/c3.py": _revision(
+                "c3", "b2", "ALTER TABLE widgets ADD CHECK (id > 1)", "SELECT 1"
+            )
+        },
+        tag="v1.1.0",
+    )
+    mig = by_name(gate(root, "v1.1.0", db_url=Secret(reader)))["migrations"]
+    assert mig.status == "failed" and "check constraint" in mig.summary, mig.summary
+    assert fingerprint(pg_dsn) == before and _databases(pg_dsn) == databases

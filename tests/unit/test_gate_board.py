@@ -1,0 +1,120 @@
+"""The release gate's pure parts: the board's lines, the lock lint, the rendered SQL, tool lines."""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+
+from rich.console import Console
+
+from deploy.gates import GateContext, GateResult, missing_tool
+from deploy.gates.locks import TableSize, lint, short, statement_table
+from deploy.gates.migrations_command import render_argv, rendered_statements
+from deploy.gates.report import Board
+from deploy.service import Migrations
+
+
+class Writes(io.StringIO):
+    """A stream that keeps every write call apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self.lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self.lock:
+            self.calls.append(text)
+        return len(text)
+
+
+def test_each_finished_gate_is_one_whole_line_written_at_once() -> None:
+    names = [f"gate{i}" for i in range(40)]
+    out = Writes()
+    board = Board([(n, "required") for n in names], console=Console(file=io.StringIO()), stream=out)
+    assert not board.live_mode
+    barrier = threading.Barrier(len(names))
+
+    def finish(name: str) -> None:
+        barrier.wait()
+        board.finished(GateResult(name, "required", "passed", f"{name} ok\nmore", 0.1))
+
+    threads = [threading.Thread(target=finish, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(out.calls) == len(names)
+    assert all(c.endswith("\n") and c.count("\n") == 1 for c in out.calls)
+    assert sorted(c.split(":")[0] for c in out.calls) == sorted(names)
+
+
+def _ctx(tmp_path: Path, config: dict) -> GateContext:
+    return GateContext("migrations", tmp_path, tmp_path, "v1", "c" * 40, "t" * 40, "GA",
+                       "required", config, {}, tmp_path, 60.0)  # fmt: skip
+
+
+def test_alembic_renders_from_the_copys_revision(tmp_path: Path) -> None:
+    m = Migrations(
+        kind="command", up=("alembic", "upgrade", "head"), current=("alembic", "current")
+    )
+    ctx = _ctx(tmp_path, {})
+    assert render_argv(ctx, m, {"": "a1"}) == ["alembic", "upgrade", "a1:head", "--sql"]
+    assert render_argv(ctx, m, {"": "base"}) == ["alembic", "upgrade", "head", "--sql"]
+    flask = Migrations(
+        kind="command", up=("flask", "db", "upgrade"), current=("flask", "db", "current")
+    )
+    assert render_argv(ctx, flask, {"": "a1"}) == ["flask", "db", "upgrade", "a1:head", "--sql"]
+    django = Migrations(kind="command", up=("python", "manage.py", "migrate"), current=("x",))
+    assert render_argv(ctx, django, {"shop": "0001"}) is None
+    configured = _ctx(tmp_path, {"render": ["tool", "sql", "{current}"]})
+    assert render_argv(configured, django, {"shop": "0001"}) == ["tool", "sql", "shop 0001"]
+
+
+def test_rendered_sql_loses_its_transaction_control_and_comments() -> None:
+    text = (
+        "BEGIN;\n\n-- Running upgrade a1 -> b2\n\nALTER TABLE w ADD COLUMN n text;\n\n"
+        "UPDATE alembic_version SET version_num='b2';\n\nCOMMIT;\n"
+    )
+    assert rendered_statements(text) == [
+        "ALTER TABLE w ADD COLUMN n text",
+        "UPDATE alembic_version SET version_num='b2'",
+    ]
+
+
+def test_long_lock_rules_and_their_measured_time() -> None:
+    assert statement_table('ALTER TABLE ONLY "public"."notes" ADD COLUMN x int') == "public.notes"
+    assert statement_table("CREATE INDEX i ON ONLY notes (a)") == "notes"
+    assert statement_table("LOCK TABLE notes IN SHARE MODE") == "notes"
+    sizes = {"notes": TableSize(1_000_000, 10**9), "tiny": TableSize(5, 8192)}
+    index = "CREATE INDEX i ON notes (a)"
+    retype = "ALTER TABLE tiny ALTER COLUMN a TYPE bigint"
+    measured = {
+        short(retype): {
+            "locks": [{"table": "public.tiny", "mode": "AccessExclusiveLock", "held_s": 0.01}]
+        }
+    }
+    blocking, warnings = lint(
+        [("f.sql", index), ("f.sql", "CREATE INDEX j ON tiny (a)"), ("f.sql", retype)],
+        measured,
+        sizes,
+    )
+    assert len(blocking) == 1 and "index-without-concurrently" in blocking[0]
+    assert "(1000000 rows)" in blocking[0]
+    assert len(warnings) == 1 and "table-rewrite" in warnings[0]
+    assert "held AccessExclusiveLock for 0.010s" in warnings[0]
+    blocking, _ = lint([("f.sql", retype)], measured, sizes, max_lock_s=0.005)
+    assert "table-rewrite" in blocking[0]
+    assert lint([("f.sql", "CREATE INDEX CONCURRENTLY k ON notes (a)")], {}, sizes) == ([], [])
+
+
+def test_a_missing_tool_is_one_line_naming_the_command() -> None:
+    err = missing_tool(
+        ["ruff", "check", "."], FileNotFoundError(2, "No such file"), "pip install ruff"
+    )
+    assert (
+        err.line()
+        == "`ruff` is not installed on PATH: the gate runs `ruff check .` (pip install ruff)"
+    )
+    assert "Error" not in err.line()
