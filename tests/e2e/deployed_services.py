@@ -1,15 +1,18 @@
-"""Services that share no code with app/, deployed as a team would: stageflow installed by pip into
-an operator venv, `stageflow init` in the service's own git repository (which holds no `deploy/`),
-then `inv` through dev, releases with migrations, and rollbacks. Real PostgreSQL, Redis, gunicorn."""
+"""Helpers of the tests that deploy services sharing no code with app/, as a team would: stageflow
+installed by pip into an operator venv, `stageflow init` in the service's own git repository (which
+holds no `deploy/`), then `inv`. Real PostgreSQL, Redis, gunicorn."""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -25,18 +28,34 @@ SERVICES = Path(__file__).resolve().parents[1] / "services"
 RELEASE_HEADER = "X-Stageflow-Release"
 
 
-@pytest.fixture(scope="module")
 def operator_venv() -> Path:
     """A venv holding stageflow as pip installs it from a copy of this checkout (no editable
-    install, no repository on sys.path): what `pip install stageflow` gives a team."""
-    base = support.public_tmpdir("sf-operator-")
-    src = base / "src"
+    install, no repository on sys.path): what `pip install stageflow` gives a team. Built once per
+    test run and source tree, shared by the test files that deploy a service (under a lock)."""
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"],
         cwd=support.REPO,
         capture_output=True,
         check=True,
     ).stdout.split(b"\0")
+    digest = hashlib.sha256()
+    for raw in sorted(filter(None, files)):
+        path = support.REPO / raw.decode()
+        if path.is_file() and not raw.startswith((b"tests/", b"benchmarks/")):
+            digest.update(raw + b"\0" + path.read_bytes())
+    base = Path(tempfile.gettempdir()) / f"stageflow-operator-{digest.hexdigest()[:16]}"
+    with open(f"{base}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (base / "venv" / ".complete").exists():
+            _build_operator_venv(base, files)
+    return base / "venv"
+
+
+def _build_operator_venv(base: Path, files: list[bytes]) -> None:
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir()
+    os.chmod(base, 0o755)
+    src = base / "src"
     for raw in filter(None, files):
         rel = raw.decode()
         if (support.REPO / rel).is_file() and not rel.startswith(("tests/", "benchmarks/")):
@@ -58,8 +77,7 @@ def operator_venv() -> Path:
         timeout=900,
     )
     shutil.rmtree(src)
-    yield venv
-    shutil.rmtree(base, ignore_errors=True)
+    (venv / ".complete").touch()
 
 
 class Service:
@@ -225,110 +243,6 @@ def serving(svc: Service, env: str) -> str:
     return svc.get(env)[2].get(RELEASE_HEADER, "")
 
 
-@pytest.fixture
-def service(request, operator_venv):
-    made = []
-
-    def make(name: str) -> Service:
-        svc = Service(name, operator_venv)
-        made.append(svc)
-        return svc
-
-    yield make
-    for svc in made:
-        svc.destroy()
-
-
-# -- Flask + SQLAlchemy + alembic + Redis + a worker -----------------------------------------------
-
-
-def test_a_flask_service_with_alembic_and_a_worker_deploys_and_rolls_back(service):
-    shop = service("flask_shop")
-    out = shop.init()
-    text = shop.toml()
-    assert 'wsgi = "shop.web:create_app()"' in text, out
-    assert '"alembic", "upgrade", "head"' in text
-    shop.set_table("service.env", 'keys = ["SHOP_GREETING"]\nsecrets = ["SMTP_PASSWORD"]')
-    shop.set_table("service.processes", 'worker = ["python", "-m", "shop.worker"]')
-    with open(shop.root / "env" / "dev.env", "a") as fh:
-        fh.write("SHOP_GREETING=hello from dev\n")
-    shop.commit("stageflow init")
-
-    shop.ok("dev.up")
-    shop.ok("dev.deploy")
-    status, body, headers = shop.get("dev")
-    assert (status, body) == (200, "hello from dev ok")
-    release_1 = headers[RELEASE_HEADER]
-    assert http("POST", shop.url("dev", "/products"), {"name": "tea"})[0] == 201
-    assert "tea" in shop.get("dev", "/products")[1]
-    beat = wait_for(lambda: json.loads(shop.get("dev", "/worker")[1])["beat"])
-    assert beat and beat.startswith(release_1), "the worker runs with its release"
-
-    shop.add_next()
-    shop.commit("products get a sku")
-    shop.ok("dev.deploy")
-    release_2 = serving(shop, "dev")
-    assert release_2 != release_1
-    with shop.db("dev") as conn:
-        assert "sku" in columns(conn, "products")
-    assert wait_for(
-        lambda: (json.loads(shop.get("dev", "/worker")[1])["beat"] or "").startswith(release_2)
-    )
-
-    res = shop.ok("dev.rollback", "--level", "2", "--yes")
-    assert "schema b2 -> a1" in res.stdout, res.stdout
-    assert serving(shop, "dev") == release_1
-    with shop.db("dev") as conn:
-        assert "sku" not in columns(conn, "products"), "alembic downgrade ran"
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "a1"
-        assert conn.execute("SELECT count(*) FROM products").fetchone()[0] == 1
-    assert wait_for(
-        lambda: (json.loads(shop.get("dev", "/worker")[1])["beat"] or "").startswith(release_1)
-    ), "the worker went back with its release"
-
-
-# -- Django in a subdirectory, settings with their own names ---------------------------------------
-
-
-def test_a_django_project_in_a_subdirectory_deploys_and_level_2_migrates_each_app_back(service):
-    site = service("django_site")
-    site.init()
-    text = site.toml()
-    assert 'dir = "web"' in text
-    assert 'wsgi = "mysite.wsgi:application"' in text
-    assert '"manage.py", "migrate"' in text
-    site.set_table(
-        "service.env.from",
-        'DB_NAME = "PGDATABASE"\nDB_USER = "PGUSER"\nDB_PASSWORD = "PGPASSWORD"\n'
-        'DB_HOST = "PGHOST"\nDB_PORT = "PGPORT"',
-    )
-    site.commit("stageflow init")
-    site.ok("dev.up")
-    site.ok("dev.deploy")
-    release_1 = serving(site, "dev")
-    assert site.get("dev")[:2] == (200, "catalog ok")
-    assert http("POST", site.url("dev", "/items"), {"name": "chair"})[0] == 201
-
-    site.add_next()
-    site.commit("items get a price")
-    site.ok("dev.deploy")
-    with site.db("dev") as conn:
-        assert "price" in columns(conn, "catalog_item")
-
-    site.ok("dev.rollback", "--level", "2", "--yes")
-    assert serving(site, "dev") == release_1
-    with site.db("dev") as conn:
-        assert "price" not in columns(conn, "catalog_item")
-        applied = {
-            r[0] for r in conn.execute("SELECT name FROM django_migrations WHERE app = 'catalog'")
-        }
-        assert applied == {"0001_initial"}
-    assert "chair" in site.get("dev", "/items")[1]
-
-
-# -- ASGI under uvicorn's gunicorn worker ---------------------------------------------------------
-
-
 class Load:
     """Requests at a steady rate from a thread; counts what failed."""
 
@@ -362,19 +276,16 @@ class Load:
         self._thread.join(timeout=30)
 
 
-def test_an_asgi_app_switches_twice_under_load_without_a_failed_request(service):
-    hello = service("asgi_hello")
-    hello.init()
-    assert '"uvicorn.workers.UvicornWorker"' in hello.toml()
-    hello.commit("stageflow init")
-    hello.ok("dev.up")
-    hello.ok("dev.deploy")
-    assert hello.get("dev")[:2] == (200, "hello development")
-    with Load(hello.url("dev"), rate=60) as load:
-        for n in (1, 2):
-            (hello.root / "hello" / "extra.py").write_text(f"N = {n}\n")
-            hello.commit(f"change {n}")
-            hello.ok("dev.deploy")
-        time.sleep(0.5)
-    assert load.sent >= 60
-    assert load.failed == [], f"{len(load.failed)} of {load.sent} failed: {load.failed[:3]}"
+@pytest.fixture
+def service():
+    """make(name): the service of tests/services/<name> in a fresh repository; all torn down."""
+    made = []
+
+    def make(name: str) -> Service:
+        svc = Service(name, operator_venv())
+        made.append(svc)
+        return svc
+
+    yield make
+    for svc in made:
+        svc.destroy()
