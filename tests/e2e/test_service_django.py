@@ -1,0 +1,49 @@
+"""A Django project kept in a subdirectory, with settings that read their own variable names:
+`stageflow init` finds it; a release with a migration; level 2 migrates each app back."""
+
+from __future__ import annotations
+
+from tests.e2e.deployed_services import (
+    columns,
+    http,
+    service,  # noqa: F401 - the fixture
+    serving,
+)
+
+# -- Django in a subdirectory, settings with their own names ---------------------------------------
+
+
+def test_a_django_project_in_a_subdirectory_deploys_and_level_2_migrates_each_app_back(service):  # noqa: F811 - the fixture imported above
+    site = service("django_site")
+    site.init()
+    text = site.toml()
+    assert 'dir = "web"' in text
+    assert 'wsgi = "mysite.wsgi:application"' in text
+    assert '"manage.py", "migrate"' in text
+    site.set_table(
+        "service.env.from",
+        'DB_NAME = "PGDATABASE"\nDB_USER = "PGUSER"\nDB_PASSWORD = "PGPASSWORD"\n'
+        'DB_HOST = "PGHOST"\nDB_PORT = "PGPORT"',
+    )
+    site.commit("stageflow init")
+    site.ok("dev.up")
+    site.ok("dev.deploy")
+    release_1 = serving(site, "dev")
+    assert site.get("dev")[:2] == (200, "catalog ok")
+    assert http("POST", site.url("dev", "/items"), {"name": "chair"})[0] == 201
+
+    site.add_next()
+    site.commit("items get a price")
+    site.ok("dev.deploy")
+    with site.db("dev") as conn:
+        assert "price" in columns(conn, "catalog_item")
+
+    site.ok("dev.rollback", "--level", "2", "--yes")
+    assert serving(site, "dev") == release_1
+    with site.db("dev") as conn:
+        assert "price" not in columns(conn, "catalog_item")
+        applied = {
+            r[0] for r in conn.execute("SELECT name FROM django_migrations WHERE app = 'catalog'")
+        }
+        assert applied == {"0001_initial"}
+    assert "chair" in site.get("dev", "/items")[1]

@@ -1,0 +1,1 @@
+"""A small shop: products in PostgreSQL, counters in Redis, a background worker."""
