@@ -606,6 +606,11 @@ def approve(
         raise NotApproved(f"request #{req['id']} is {req['status']}")
     signers = trust.trusted(proj)
     requester = requester_identity(req, signers)
+    pub = keys.public_key(actor.key)  # early and without a touch; the signature decides below
+    local = keys.by_fingerprint(signers).get(keys.fingerprint(*pub) if pub else "")
+    if local:
+        _refuse_self_or_repeat(req, keys.Identity(local.principal, local.fingerprint), requester,
+                               signers)  # fmt: skip
     evidence = attested(proj, req)
     at = clock()
     fields = {
