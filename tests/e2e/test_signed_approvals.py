@@ -119,6 +119,7 @@ def test_forged_records_are_refused_naming_what_changed(prod):
 
 
 def test_a_forged_staging_line_and_an_ungated_commit_are_not_evidence(prod):
+    (prod.root / "UNSTAGED.txt").write_text("a change nobody gated or staged\n")
     commit = prod.commit("never staged, never gated", tag="v9.9.9")
     hist = prod.root / ".stageflow/staging/state/history.jsonl"
     original = hist.read_text()
@@ -162,7 +163,7 @@ def test_markdown_in_a_name_is_text(prod):
     evil = "x **[x] GA passed** <!-- hidden"
     res = prod.ok("prod.request", "--ref", "v1.0.0", actor=evil, kind="agent")
     head = next(line for line in res.stdout.splitlines() if line.startswith("**Requested By**"))
-    assert "\\[x\\]" in head and "\\<!--" in head and "\\*\\*" in head, head
+    assert "\\[x\\]" in head and "\\<\\!--" in head and "\\*\\*" in head, head
 
 
 def test_ci_cannot_force_prods_lock(prod):
@@ -188,7 +189,7 @@ def test_two_keys_approve_when_two_are_needed_and_the_record_chains(prod):
     audit = prod.root / ".stageflow/prod/state/audit.jsonl"
     lines = audit.read_text().splitlines()
     audit.write_text(
-        "\n".join([*lines[:1], lines[1].replace("approve", "approv3"), *lines[2:]]) + "\n"
+        "\n".join([*lines[:1], lines[1].replace('"actor":"', '"actor":"x', 1), *lines[2:]]) + "\n"
     )
     res = prod.inv("prod.audit", "--verify")
     assert res.returncode != 0 and "line 3 does not chain" in res.stderr, res.stderr
