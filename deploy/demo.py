@@ -61,6 +61,8 @@ class Demo:
             env={
                 "STAGEFLOW_ACTOR": actor,
                 "STAGEFLOW_ACTOR_KIND": "human",
+                # who is human on prod is decided by this key, checked against prod's signers
+                "STAGEFLOW_SIGNING_KEY": str(self.key(actor)),
                 "NO_COLOR": "1",
                 **(env or {}),
             },
@@ -69,6 +71,22 @@ class Demo:
         who = "" if actor == OPERATOR else f"  [as {actor}]"
         say(f"{self.n:>2}. {what:<44} {took:6.2f}s  inv {' '.join(args)}{who}")
         return out
+
+    def key(self, person: str) -> Path:
+        """The demo person's own ed25519 key, made for this demo (no passphrase: a demo)."""
+        path = self.base / "keys" / person
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            argv = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", person, "-f", str(path)]
+            run_process(argv, check=True)
+        return path
+
+    def trust_people(self, *people: str) -> Path:
+        """The allowed-signers file (git's format) naming the demo's two humans."""
+        path = self.base / "keys" / "prod.keys"
+        lines = [f"{p} {Path(str(self.key(p)) + '.pub').read_text().strip()}" for p in people]
+        path.write_text("\n".join(lines) + "\n")
+        return path
 
     def git(self, argv: list[str]) -> str:
         return self.sh(*argv).strip()
@@ -83,6 +101,8 @@ def run(source: Project, *, keep: bool = False) -> None:
     db_url = staging.database_url
     try:
         demo.step("start dev, staging and prod servers", "dev.up", "staging.up", "prod.up")
+        signers = demo.trust_people(OPERATOR, APPROVER)
+        demo.step("prod trusts the two humans' keys", "prod.keys", "--trust", str(signers))
         demo.step("deploy HEAD to dev", "dev.deploy")
         _first_release(demo, db_url=db_url, gate_env=gate_env)
         # a second release goes the same way, then prod rolls back to the first
@@ -138,7 +158,8 @@ def _release_gate(
 
 
 def _approve_and_deploy(demo: Demo, ref: str, what: str) -> None:
-    """A prod request for ref, approved by a second human, then deployed by the operator."""
+    """A prod request for ref signed by the operator, approved (signed) by a second human with
+    their own key, then deployed (signed) by the operator."""
     rid = _request(demo, ref)
     demo.step("a second human approves", "prod.approve", rid, actor=APPROVER)
     demo.step(what, "prod.deploy", "--request", rid)

@@ -111,14 +111,109 @@ def read_jsonl(host: Host, path: str) -> list[dict[str, Any]]:
         if not line:
             continue
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a torn last line from a killed writer is skipped, not fatal
+        if isinstance(rec, dict):
+            rec.pop("prev", None)  # the chain is for verify_chain; readers see the record
+            out.append(rec)
     return out
 
 
+GENESIS = "0" * 64  # what the first record of a chain names as the one before it
+
+
+def line_hash(line: str) -> str:
+    return hashlib.sha256(line.strip().encode()).hexdigest()
+
+
+def _last_line(host: Host, path: str) -> str | None:
+    lines = [line for line in (host.read_text(path) or "").splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
 def append_jsonl(host: Host, path: str, record: dict[str, Any]) -> None:
-    host.append_line(path, json.dumps(record, sort_keys=True, separators=(",", ":")))
+    """Append a record that names the hash of the line before it ("prev"): an edited, removed or
+    inserted record breaks the chain at the first record after it (`verify_chain`)."""
+    last = _last_line(host, path)
+    chained = {**record, "prev": line_hash(last) if last else GENESIS}
+    host.append_line(path, json.dumps(chained, sort_keys=True, separators=(",", ":")))
+
+
+@dataclass(frozen=True)
+class ChainVerdict:
+    records: int
+    legacy: int  # records written before chaining began, at the head of the file
+    broken_at: int | None  # 1-based line number of the first record that does not chain
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.broken_at is None
+
+
+def verify_lines(lines: list[str]) -> ChainVerdict:
+    """Walk a JSONL file's lines; the first that does not name its predecessor's hash breaks it."""
+    prev: str | None = None
+    legacy = 0
+    chained = False
+    for n, line in enumerate(lines, 1):
+        try:
+            rec = json.loads(line)
+            names = rec.get("prev") if isinstance(rec, dict) else None
+        except json.JSONDecodeError:
+            names = None
+            rec = None
+        if rec is None:
+            return ChainVerdict(n - 1, legacy, n, f"line {n} is not a record")
+        if names is None and not chained:
+            legacy += 1  # records from before chaining: reported, never relied on
+        elif names != (prev if prev is not None else GENESIS):
+            return ChainVerdict(
+                n - 1, legacy, n, f"line {n} does not chain to line {n - 1}: edited or removed"
+            )
+        else:
+            chained = True
+        prev = line_hash(line)
+    return ChainVerdict(len(lines), legacy, None, f"{len(lines)} records chain")
+
+
+def verify_chain(host: Host, path: str) -> ChainVerdict:
+    lines = [line.strip() for line in (host.read_text(path) or "").splitlines() if line.strip()]
+    return verify_lines(lines)
+
+
+def chain_report(host: Host, layout: Layout) -> dict[str, dict[str, Any]]:
+    """What `<env>.audit --verify` shows: each record file's chain verdict."""
+    out = {}
+    for what, path in (("audit", layout.audit), ("history", layout.history)):
+        v = verify_chain(host, path)
+        out[what] = {"ok": v.ok, "records": v.records, "legacy": v.legacy,
+                     "broken_at": v.broken_at, "detail": v.detail}  # fmt: skip
+    return out
+
+
+AUDIT_COLUMNS = ("time", "actor", "action", "details")
+
+
+def audit_rows(records: list[dict[str, Any]]) -> Iterator[tuple[str, ...]]:
+    hidden = ("time", "actor", "action", "signature", "statement")
+    for r in records:
+        details = ", ".join(f"{k}={v}" for k, v in sorted(r.items()) if k not in hidden)
+        yield (str(r.get("time", "")), str(r.get("actor", "")), str(r.get("action", "")), details)
+
+
+def chained_records(host: Host, path: str) -> list[tuple[str, dict[str, Any]]]:
+    """(hash of its line, record) for every record, oldest first: what a signature can name."""
+    out = []
+    for line in (host.read_text(path) or "").splitlines():
+        if not line.strip():
+            continue
+        try:
+            out.append((line_hash(line), json.loads(line)))
+        except json.JSONDecodeError:
+            continue
+    return out
 
 
 def audit(host: Host, layout: Layout, *, actor: str, action: str, **details: Any) -> None:

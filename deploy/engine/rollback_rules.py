@@ -206,7 +206,7 @@ def check_request(
     if prod and not dry_run and not actor.is_human:
         raise GuardRefused(
             f"{actor} may not roll back {env.name}: automation never acts on prod",
-            hint="a human runs it (STAGEFLOW_ACTOR_KIND=human)",
+            hint="a human signs it with a key prod trusts (`inv prod.keys`)",
         )
 
 

@@ -79,6 +79,7 @@ class Report:
     commit: str
     tree: str
     started: str
+    policy_sha256: str = ""  # sha256 of the commit's stageflow.toml the verdict was reached under
     finished: str = ""
     duration_s: float = 0.0
     selection: list[str] | None = None
@@ -103,6 +104,7 @@ class Report:
             "ref": self.ref,
             "commit": self.commit,
             "tree": self.tree,
+            "policy_sha256": self.policy_sha256,
             "started": self.started,
             "finished": self.finished,
             "duration_s": round(self.duration_s, 3),

@@ -3,12 +3,15 @@
 What is judged comes from the release; who judges comes from the operator. The release's files
 (code, tests, docs, env files, migrations, the approved dependency list) are read from a `git
 archive` snapshot of the commit, never from the working tree. The policy (stages, gate settings,
-locked budgets) and the runtime state (staging's metrics and logs) are read from the operator's
-checkout, so a release cannot relax the rules it is judged by.
+locked budgets) is the commit's own stageflow.toml (`git show COMMIT:stageflow.toml`): an
+uncommitted edit cannot relax it, and the report records its hash so that prod can check the
+verdict was reached under the policy the approvers saw. The runtime state (staging's metrics and
+logs) is read from the operator's checkout.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -16,6 +19,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -24,7 +28,6 @@ from types import ModuleType
 from typing import Any
 
 from deploy.commands import git as gitcmd
-from deploy.config import load_policy_file
 from deploy.errors import ConfigError, DeployError, GateFailed, GuardRefused, UsageError
 from deploy.gates import (
     CommandTimedOut,
@@ -108,6 +111,23 @@ def resolve_ref(root: Path, ref: str | None) -> tuple[str, str, str]:
         )
     tree = git(gitcmd.rev_parse(name, kind="tree", repo=root)).stdout.strip()
     return name, commit, tree
+
+
+def policy_at(root: Path, commit: str) -> tuple[dict[str, Any], str]:
+    """(policy, sha256 of its text) of the commit's own stageflow.toml, never the working tree's."""
+    res = git(gitcmd.show_file(commit, "stageflow.toml", repo=root))
+    if res.exit_code != 0:
+        raise ConfigError(
+            f"{commit[:12]} has no stageflow.toml",
+            hint="commit the policy: the gate reads it from the commit it judges",
+        )
+    try:
+        policy = tomllib.loads(res.stdout)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"{commit[:12]}:stageflow.toml: {exc}", hint="fix the TOML syntax"
+        ) from None
+    return policy, hashlib.sha256(res.stdout.encode()).hexdigest()
 
 
 def snapshot(root: Path, commit: str, dest: Path) -> None:
@@ -254,9 +274,9 @@ def utc_now() -> str:
 
 def plan(request: GateRequest) -> tuple[Stage, str, str, str, list[tuple[str, str]]]:
     """Read-only: (stage, ref, commit, tree, [(gate, requirement)]) for what run() would do."""
-    policy = load_policy_file(request.root)
-    stages = load_stages(policy)
     ref, commit, tree = resolve_ref(request.root, request.ref)
+    policy, _ = policy_at(request.root, commit)
+    stages = load_stages(policy)
     stage = stages.match(ref)
     gates = list(stage.gates)
     if request.only:
@@ -284,8 +304,8 @@ def run(
 ) -> Report:
     """Run the gates, write the report (JSON + Markdown) and the audit; never raises for a failed gate."""
     _check_break_glass(request)
-    policy = load_policy_file(request.root)
     stage, ref, commit, tree_hash, gates = plan(request)
+    policy, policy_sha256 = policy_at(request.root, commit)
     report_dir = request.root / REPORT_DIR
     cache = VerdictCache(report_dir / "cache")
     report = Report(
@@ -293,6 +313,7 @@ def run(
         ref=ref,
         commit=commit,
         tree=tree_hash,
+        policy_sha256=policy_sha256,
         started=utc_now(),
         selection=list(request.only) or None,
     )

@@ -8,6 +8,7 @@ or deploy prod. Each rule is a guard Check, so `prod.preflight --request ID` sho
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -24,9 +25,9 @@ from deploy.config import Project
 from deploy.engine import group
 from deploy.errors import ConfigError, NotApproved, UsageError
 from deploy.hosts import Host, run_process
-from deploy.policy import guards
-from deploy.policy.actors import Actor
-from deploy.state import Layout, audit, history, utc_now
+from deploy.policy import guards, keys, trust
+from deploy.policy.actors import UNSIGNED, Actor, signed, statement
+from deploy.state import Layout, audit, chained_records, history, utc_now, verify_chain
 
 SEVERITIES = ("P1", "P2", "P3", "P4")
 PROD = "prod"
@@ -41,28 +42,49 @@ class Policy:
     freezes: tuple[dict[str, Any], ...] = ()
 
 
+def _number(raw: Mapping[str, Any], key: str, default: float, *, whole: bool) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+        kind = "a whole number" if whole else "a number"
+        raise ConfigError(f"stageflow.toml: [promotion] {key} must be {kind}, not {value!r}")
+    return value
+
+
 def policy(proj: Project) -> Policy:
+    """[promotion], each key's type and range checked on load: one line naming the key."""
     raw = proj.policy.get("promotion", {})
+    if not isinstance(raw, dict):
+        raise ConfigError("stageflow.toml: [promotion] must be a table")
     known = {"approvers", "min_approvals", "approval_ttl_s", "freeze"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"stageflow.toml: [promotion] unknown key {sorted(unknown)[0]}")
-    freezes = tuple(raw.get("freeze", []))
+    approvers = raw.get("approvers", [])
+    if not isinstance(approvers, list) or not all(
+        isinstance(a, str) and a.strip() for a in approvers
+    ):
+        raise ConfigError(
+            "stageflow.toml: [promotion] approvers must be a list of principals",
+            hint='approvers = ["bob@example.org"]',
+        )
+    freezes = raw.get("freeze", [])
+    if not isinstance(freezes, list) or not all(isinstance(f, dict) for f in freezes):
+        raise ConfigError("stageflow.toml: [promotion] freeze must be [[promotion.freeze]] tables")
     for f in freezes:
-        if not {"start", "end", "timezone"} <= set(f):
+        if not {"start", "end", "timezone"} <= set(f) or not all(
+            isinstance(f[k], str) for k in ("start", "end", "timezone")
+        ):
             raise ConfigError(
                 "stageflow.toml: each [[promotion.freeze]] needs start, end and timezone",
                 hint='start = "0 18 * * 5", end = "0 8 * * 1", timezone = "UTC"',
             )
-    min_approvals = int(raw.get("min_approvals", 1))
+    min_approvals = int(_number(raw, "min_approvals", 1, whole=True))
     if min_approvals < 1:
         raise ConfigError("stageflow.toml: [promotion] min_approvals must be at least 1")
-    return Policy(
-        tuple(raw.get("approvers", [])),
-        min_approvals,
-        float(raw.get("approval_ttl_s", 86400)),
-        freezes,
-    )
+    ttl = float(_number(raw, "approval_ttl_s", 86400, whole=False))
+    if not ttl > 0:
+        raise ConfigError("stageflow.toml: [promotion] approval_ttl_s must be more than 0")
+    return Policy(tuple(keys.normalise(a) for a in approvers), min_approvals, ttl, tuple(freezes))
 
 
 # -- storage -----------------------------------------------------------------------------------
@@ -128,14 +150,66 @@ def _git(root: Path, *args: str) -> str:
     return out.stdout.strip() if out.exit_code == 0 else ""
 
 
-def gate_report(proj: Project, commit: str) -> dict[str, Any] | None:
-    """The GA verdict for commit if the gate ever ran at GA, else the latest report."""
+def gate_report_path(proj: Project, commit: str) -> Path | None:
+    """The GA verdict's file for commit if the gate ever ran at GA, else the latest report's."""
     base = proj.root / "dist" / "release-gate"
     for path in (base / f"{commit}.{GA_STAGE}.json", base / f"{commit}.json"):
-        try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
+        if path.is_file():
+            return path
+    return None
+
+
+def gate_report(proj: Project, commit: str) -> dict[str, Any] | None:
+    """The GA verdict for commit if the gate ever ran at GA, else the latest report."""
+    path = gate_report_path(proj, commit)
+    try:
+        data = json.loads(path.read_text()) if path else None
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _sha256(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def _rel(proj: Project, path: Path) -> str:
+    try:
+        return str(path.relative_to(proj.root))
+    except ValueError:
+        return str(path)
+
+
+def commit_tree(proj: Project, commit: str) -> str:
+    return _git(proj.root, "rev-parse", "--verify", "--quiet", f"{commit}^{{tree}}")
+
+
+def commit_policy_sha256(proj: Project, commit: str) -> str:
+    out = run_process(gitcmd.show_file(commit, "stageflow.toml"), cwd=proj.root, timeout=30)
+    return hashlib.sha256(out.stdout.encode()).hexdigest() if out.ok else ""
+
+
+def gate_problem(proj: Project, commit: str, ref: str) -> str | None:
+    """Why the GA report does not stand for this commit under its own policy, or None."""
+    report = gate_report(proj, commit)
+    if not report:
+        return f"no gate report for {commit[:12]}: run `inv release.gate --ref {ref}`"
+    if report.get("commit") != commit or report.get("tree") != commit_tree(proj, commit):
+        return f"the gate report for {commit[:12]} judged another commit or tree"
+    if report.get("stage") != GA_STAGE:
+        return (
+            f"the gate ran at stage {report.get('stage')}, prod needs {GA_STAGE} (tag a v* release)"
+        )
+    if report.get("verdict") not in ("passed", "passed-with-override"):
+        return f"the {GA_STAGE} gate verdict is {report.get('verdict')}"
+    if report.get("policy_sha256") != commit_policy_sha256(proj, commit):
+        return (
+            f"the gate report's policy is not {commit[:12]}:stageflow.toml "
+            "(run by an older stageflow, or under an uncommitted policy): run the gate again"
+        )
     return None
 
 
@@ -150,6 +224,34 @@ def staging_evidence(proj: Project, commit: str) -> dict[str, Any] | None:
         and e.get("kind") in ("deploy", "emergency")
     ]
     return ok[-1] if ok else None
+
+
+def staging_record(proj: Project, commit: str) -> tuple[dict[str, Any] | None, str]:
+    """(the chained line that closed staging's successful run of commit, or None; why not).
+
+    Checked against staging itself: its history chains, and its host holds that release, built
+    from this commit."""
+    from deploy.releases import release_meta
+
+    host, layout = group.primary(proj, "staging")
+    verdict = verify_chain(host, layout.history)
+    if not verdict.ok:
+        return None, f"staging's history is broken: {verdict.detail}"
+    found = None
+    for line_sha, rec in chained_records(host, layout.history)[verdict.legacy :]:
+        if (
+            rec.get("commit") == commit
+            and rec.get("status") == "success"
+            and rec.get("kind") in ("deploy", "emergency")
+        ):
+            found = {"sha256": line_sha, "id": rec.get("id"), "release": rec.get("release"),
+                     "time": rec.get("time")}  # fmt: skip
+    if found is None:
+        return None, f"staging's chained history has no successful run of {commit[:12]}"
+    meta = release_meta(host, layout, str(found["release"] or "-"))
+    if not meta or meta.get("commit") != commit:
+        return None, f"staging's host holds no release {found['release']} built from {commit[:12]}"
+    return found, ""
 
 
 def _prod_current_commit(proj: Project) -> str | None:
@@ -252,16 +354,29 @@ def checklist(proj: Project, req: dict[str, Any]) -> str:
     return "\n".join(line for section in sections for line in section)
 
 
+_MD_SPECIAL = set("\\`*_{}[]()#!|<>~&")  # our fields never start a line: - + . stay
+
+
+def md(value: object) -> str:
+    """Any text a person or a commit supplied, as literal Markdown: every character that could
+    open a link, a checkbox, a comment or HTML is escaped, and it stays on one line."""
+    text = " ".join(str(value).split())
+    return "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in text)
+
+
 def _request_header(req: dict[str, Any]) -> list[str]:
+    who = req["requester"]
+    signed = f", signed by {md(who['fingerprint'])}" if who.get("fingerprint") else ""
     return [
-        f"## Production Deployment Request #{req['id']}",
+        f"## Production Deployment Request #{md(req['id'])}",
         "",
-        f"**Status**: {req['status'].upper()}",
-        f"**Urgency**: {'Emergency' if req.get('emergency') else 'Routine'} ({req['severity']})",
-        f"**Requested By**: {req['requester']['name']} ({req['requester']['kind']})",
-        f"**Version**: {req['ref']} ({req['commit'][:12]})",
-        f"**Date**: {req['created'][:10]}",
-        f"**Risk Level**: {req['risk']}",
+        f"**Status**: {md(str(req['status']).upper())}",
+        f"**Urgency**: {'Emergency' if req.get('emergency') else 'Routine'} ({md(req['severity'])})",
+        f"**Requested By**: {md(who['name'])} ({md(who['kind'])}{signed})",
+        f"**Version**: {md(req['ref'])} ({md(req['commit'][:12])})",
+        f"**Date**: {md(req['created'][:10])}",
+        f"**Risk Level**: {md(req['risk'])}",
+        *([f"**Reason**: {md(req['reason'])}"] if req.get("reason") else []),
         "",
     ]
 
@@ -269,7 +384,7 @@ def _request_header(req: dict[str, Any]) -> list[str]:
 def _changes_section(log: list[str]) -> list[str]:
     return [
         "### Changes Included",
-        *([f"- [ ] {line}" for line in log] or ["- [ ] (no commits since prod's release)"]),
+        *([f"- [ ] {md(line)}" for line in log] or ["- [ ] (no commits since prod's release)"]),
         "",
     ]
 
@@ -284,8 +399,12 @@ def _gates_section(report: dict[str, Any] | None) -> list[str]:
     passed = report.get("verdict", "").startswith("passed")
     return [
         "### Gates",
-        f"- [{'x' if passed else ' '}] stage {report.get('stage')}: {report.get('verdict')}",
-        *[f"  - {g['name']}: {g['status']} ({g['requirement']})" for g in report.get("gates", [])],
+        f"- [{'x' if passed else ' '}] stage {md(report.get('stage'))}: {md(report.get('verdict'))}",
+        *[
+            f"  - {md(g.get('name'))}: {md(g.get('status'))} ({md(g.get('requirement'))})"
+            for g in report.get("gates", [])
+            if isinstance(g, dict)
+        ],
         "",
     ]
 
@@ -295,7 +414,7 @@ def _database_section(migs: list[dict[str, Any]]) -> list[str]:
         "### Database Changes",
         *(
             [
-                f"- [ ] Migration: {m['file']} ("
+                f"- [ ] Migration: {md(m['file'])} ("
                 + (
                     f"the service's own tool, down command: {'yes' if m['down'] else 'no'})"
                     if m.get("tool")
@@ -310,7 +429,8 @@ def _database_section(migs: list[dict[str, Any]]) -> list[str]:
 
 
 def _dependencies_section(deps: str) -> list[str]:
-    return ["### Dependencies", f"```\n{deps or 'no dependency changes'}\n```", ""]
+    fenced = (deps or "no dependency changes").replace("`", "'")  # nothing closes the fence
+    return ["### Dependencies", f"```\n{fenced}\n```", ""]
 
 
 def _rollback_section(proj: Project, since: str | None, migs: list[dict[str, Any]]) -> list[str]:
@@ -335,7 +455,8 @@ def _staging_section(commit: str, staging: dict[str, Any] | None) -> list[str]:
     return [
         "### Staging Evidence",
         (
-            f"- [x] staging deployed {commit[:12]} as {staging['release']} at {staging['time']} "
+            f"- [x] staging deployed {commit[:12]} as {md(staging['release'])} at "
+            f"{md(staging['time'])} "
             "(smoke and verify passed)"
             if staging
             else "- [ ] staging has not verified this commit"
@@ -362,6 +483,27 @@ def _actions_section(proj: Project, req: dict[str, Any]) -> list[str]:
 # -- operations --------------------------------------------------------------------------------
 
 
+def _trusted_or_none(proj: Project) -> tuple[keys.Signer, ...]:
+    try:
+        return trust.trusted(proj)
+    except NotApproved:
+        return ()
+
+
+def _sign_request(
+    proj: Project, actor: Actor, *, rid: int, ref: str, commit: str, clock: Clock
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(requester, signed statement): a human with a trusted key signs; others prepare unsigned."""
+    signers = () if actor.is_automation or not actor.key else _trusted_or_none(proj)
+    if not signers:
+        kind = actor.kind if actor.is_automation else UNSIGNED
+        return {"name": actor.name, "kind": kind}, None
+    fields = {"request": rid, "ref": ref, "commit": commit, "tree": commit_tree(proj, commit)}
+    proof = keys.sign(statement("request", PROD, clock=clock, **fields), key=actor.key)
+    who, identity = signed(actor, signers, proof)
+    return {"name": who.name, "kind": "human", "fingerprint": identity.fingerprint}, proof
+
+
 def request(
     proj: Project,
     *,
@@ -372,6 +514,8 @@ def request(
     reason: str = "",
     clock: Clock = system_clock,
 ) -> dict[str, Any]:
+    """Store a request. A human's is signed with their key; an agent's is prepared unsigned (it
+    decides nothing: a human still approves, and a human deploys)."""
     from deploy.releases import resolve_ref
 
     if severity not in SEVERITIES:
@@ -387,105 +531,159 @@ def request(
     deps_changed = bool(
         since and _git(proj.root, "diff", "--name-only", since, commit, "--", _lockfile(proj))
     )
-    rid = _claim_id(proj)
-    created = clock()
-    req = {
-        "id": rid,
-        "ref": ref,
-        "commit": commit,
-        "requester": {"name": actor.name, "kind": actor.kind},
-        "severity": severity,
-        "emergency": emergency,
-        "reason": reason,
-        "created": stamp(created),
-        "created_ts": as_utc(created).timestamp(),
-        "status": "pending",
-        "approvals": [],
-        "rejections": [],
-        "risk": risk(migs, deps_changed),
-    }
-    save(proj, req)
-    md = checklist(proj, req)
-    (_dir(proj) / f"{rid}.md").write_text(md)
-    audit(
-        *group.primary(proj, PROD),
-        actor=str(actor),
-        action="request",
-        request=rid,
-        ref=ref,
-        commit=commit,
-        emergency=emergency,
-    )
+    rid, created = _claim_id(proj), clock()
+    try:
+        requester, proof = _sign_request(proj, actor, rid=rid, ref=ref, commit=commit, clock=clock)
+    except NotApproved:
+        _path(proj, rid).unlink(missing_ok=True)
+        raise
+    req = {"id": rid, "ref": ref, "commit": commit, "tree": commit_tree(proj, commit),
+           "requester": requester, "signed": proof, "severity": severity, "emergency": emergency,
+           "reason": reason, "created": stamp(created), "created_ts": as_utc(created).timestamp(),
+           "status": "pending", "approvals": [], "rejections": [],
+           "risk": risk(migs, deps_changed)}  # fmt: skip
+    _store_request(proj, req)
     return req
+
+
+def _store_request(proj: Project, req: dict[str, Any]) -> None:
+    """The request, its checklist beside it, and one audit line."""
+    save(proj, req)
+    (_dir(proj) / f"{req['id']}.md").write_text(checklist(proj, req))
+    who = req["requester"]
+    audit(*group.primary(proj, PROD), actor=f"{who['name']} ({who['kind']})", action="request",
+          request=req["id"], ref=req["ref"], commit=req["commit"], emergency=req["emergency"],
+          fingerprint=who.get("fingerprint"))  # fmt: skip
+
+
+def requester_identity(
+    req: Mapping[str, Any], signers: tuple[keys.Signer, ...]
+) -> keys.Identity | None:
+    """Who signed the request, when a human did; None for a request an agent prepared."""
+    proof = req.get("signed")
+    if not proof:
+        return None
+    identity = keys.verify(proof, signers)
+    keys.require_fields(
+        proof["statement"],
+        {"action": "request", "env": PROD, "request": req["id"], "commit": req["commit"]},
+        what=f"request #{req['id']}",
+    )
+    return identity
+
+
+def attested(proj: Project, req: Mapping[str, Any]) -> dict[str, Any]:
+    """What an approval attests to, re-checked here in the approver's own process: the GA gate
+    report against the commit and its policy, and staging's run against staging itself."""
+    commit = req["commit"]
+    problem = gate_problem(proj, commit, req["ref"])
+    if problem:
+        raise NotApproved(f"will not sign #{req['id']}: {problem}")
+    path = gate_report_path(proj, commit)
+    assert path is not None  # gate_problem found a report
+    report = gate_report(proj, commit) or {}
+    staging = None
+    if not req.get("emergency"):
+        staging, why = staging_record(proj, commit)
+        if staging is None:
+            raise NotApproved(f"will not sign #{req['id']}: {why}")
+    return {
+        "gate": {"file": _rel(proj, path), "sha256": _sha256(path),
+                 "policy_sha256": report.get("policy_sha256")},
+        "staging": staging,
+    }  # fmt: skip
 
 
 def approve(
     proj: Project, rid: str | int, *, actor: Actor, clock: Clock = system_clock
 ) -> dict[str, Any]:
+    """A human's signed approval of exactly this request, commit, gate report and staging run."""
     req = load(proj, rid)
     pol = policy(proj)
-    if not actor.is_human:
+    if actor.is_automation:
         raise NotApproved(f"{actor} cannot approve a prod deploy: only humans approve")
-    if actor.name == req["requester"]["name"]:
-        raise NotApproved(
-            f"{actor.name} requested #{req['id']} and cannot approve it",
-            hint="another human must approve",
-        )
-    if pol.approvers and actor.name not in pol.approvers:
-        raise NotApproved(
-            f"{actor.name} is not an approver", hint="[promotion] approvers in stageflow.toml"
-        )
     if req["status"] in ("rejected", "deployed"):
         raise NotApproved(f"request #{req['id']} is {req['status']}")
-    if any(a["actor"] == actor.name for a in req["approvals"]):
-        raise UsageError(f"{actor.name} already approved #{req['id']}")
+    signers = trust.trusted(proj)
+    requester = requester_identity(req, signers)
+    pub = keys.public_key(actor.key)  # early and without a touch; the signature decides below
+    local = keys.by_fingerprint(signers).get(keys.fingerprint(*pub) if pub else "")
+    if local:
+        _refuse_self_or_repeat(req, keys.Identity(local.principal, local.fingerprint), requester,
+                               signers)  # fmt: skip
+    evidence = attested(proj, req)
     at = clock()
+    fields = {
+        "request": req["id"],
+        "ref": req["ref"],
+        "commit": req["commit"],
+        "tree": commit_tree(proj, req["commit"]),
+        "requester": requester.principal if requester else keys.normalise(req["requester"]["name"]),
+        "expires": stamp(at + timedelta(seconds=pol.approval_ttl_s)),
+        **evidence,
+    }
+    proof = keys.sign(statement("approve", PROD, clock=lambda: at, **fields), key=actor.key)
+    who, identity = signed(actor, signers, proof)
+    _refuse_self_or_repeat(req, identity, requester, signers)
+    if pol.approvers and identity.principal not in pol.approvers:
+        raise NotApproved(
+            f"{identity.principal} is not an approver",
+            hint="[promotion] approvers in stageflow.toml",
+        )
     req["approvals"].append(
-        {
-            "actor": actor.name,
-            "kind": actor.kind,
-            "time": stamp(at),
-            "ts": as_utc(at).timestamp(),
-            "commit": req["commit"],
-        }
-    )
-    if len(req["approvals"]) >= pol.min_approvals:
+        {"actor": identity.principal, "kind": "human", "fingerprint": identity.fingerprint,
+         "time": stamp(at), "ts": as_utc(at).timestamp(), "commit": req["commit"], **proof}
+    )  # fmt: skip
+    if len(verified_approvals(proj, req, signers, now=at)[0]) >= pol.min_approvals:
         req["status"] = "approved"
     save(proj, req)
-    notify.send(
-        proj,
-        PROD,
-        "approval",
-        actor=str(actor),
-        commit=req["commit"],
-        ref=req["ref"],
-        status=req["status"],
-        details={"request": req["id"]},
-    )
-    audit(
-        *group.primary(proj, PROD),
-        actor=str(actor),
-        action="approve",
-        request=req["id"],
-        commit=req["commit"],
-    )
+    notify.send(proj, PROD, "approval", actor=who.name, commit=req["commit"], ref=req["ref"],
+                status=req["status"], details={"request": req["id"]})  # fmt: skip
+    audit(*group.primary(proj, PROD), actor=who.name, action="approve", request=req["id"],
+          commit=req["commit"], fingerprint=identity.fingerprint)  # fmt: skip
     return req
 
 
+def _refuse_self_or_repeat(
+    req: Mapping[str, Any],
+    identity: keys.Identity,
+    requester: keys.Identity | None,
+    signers: tuple[keys.Signer, ...],
+) -> None:
+    """By principal and key, never by display string: the requester in any spelling, or a key
+    that already approved, adds nothing."""
+    named = keys.normalise(req["requester"]["name"])
+    if (requester and identity.same_person(requester)) or identity.principal == named:
+        raise NotApproved(
+            f"{identity.principal} requested #{req['id']} and cannot approve it",
+            hint="another human, with their own key, must approve",
+        )
+    for a in req["approvals"]:
+        try:
+            earlier = keys.verify(a, signers)
+        except NotApproved:
+            continue
+        if identity.same_person(earlier):
+            raise UsageError(f"{identity.principal} already approved #{req['id']}")
+
+
 def reject(proj: Project, rid: str | int, *, actor: Actor, reason: str) -> dict[str, Any]:
+    """Reject a request: signed by a human whose key prod trusts (a rejection stops a deploy)."""
     if not reason.strip():
         raise UsageError("reject needs --reason TEXT")
     req = load(proj, rid)
+    if actor.is_automation:
+        raise NotApproved(f"{actor} cannot reject a prod request: a human decides")
+    signers = trust.trusted(proj)
+    fields = {"request": req["id"], "commit": req["commit"], "reason": reason}
+    proof = keys.sign(statement("reject", PROD, **fields), key=actor.key)
+    who, identity = signed(actor, signers, proof)
     req["status"] = "rejected"
-    req["rejections"].append({"actor": actor.name, "time": utc_now(), "reason": reason})
+    req["rejections"].append({"actor": who.name, "fingerprint": identity.fingerprint,
+                              "time": utc_now(), "reason": reason, **proof})  # fmt: skip
     save(proj, req)
-    audit(
-        *group.primary(proj, PROD),
-        actor=str(actor),
-        action="reject",
-        request=req["id"],
-        reason=reason,
-    )
+    audit(*group.primary(proj, PROD), actor=who.name, action="reject", request=req["id"],
+          reason=reason, fingerprint=identity.fingerprint)  # fmt: skip
     return req
 
 
@@ -532,7 +730,8 @@ def soak_met(deployed_at: datetime, *, now: datetime, need_s: float) -> bool:
 
 @dataclass(frozen=True)
 class _PromotionCase:
-    """What every promotion rule judges: the request, who acts, the policy, and when."""
+    """What every promotion rule judges: the request, who acts, the policy, the keys prod trusts,
+    and when."""
 
     proj: Project
     req: dict[str, Any]
@@ -540,6 +739,7 @@ class _PromotionCase:
     break_glass: str
     pol: Policy
     now: datetime  # aware UTC: every rule of one decision judges the same moment
+    signers: tuple[keys.Signer, ...] = ()
 
     @property
     def commit(self) -> str:
@@ -549,31 +749,117 @@ class _PromotionCase:
     def emergency(self) -> bool:
         return bool(self.req.get("emergency"))
 
+    @functools.cached_property
+    def approvals(self) -> tuple[list[keys.Identity], list[str]]:
+        return verified_approvals(self.proj, self.req, self.signers, now=self.now)
+
+
+def _parse_time(text: object) -> datetime | None:
+    try:
+        return as_utc(datetime.fromisoformat(str(text).replace("Z", "+00:00")))
+    except ValueError:
+        return None
+
+
+def _staging_hashes(proj: Project) -> set[str] | str:
+    """The hashes of staging's chained history lines, or why the chain cannot be relied on."""
+    host, layout = group.primary(proj, "staging")
+    verdict = verify_chain(host, layout.history)
+    if not verdict.ok:
+        return f"staging's history is broken: {verdict.detail}"
+    return {h for h, _ in chained_records(host, layout.history)[verdict.legacy :]}
+
+
+def _approval_problem(
+    proj: Project, req: Mapping[str, Any], a: Mapping[str, Any], who: keys.Identity, *,
+    now: datetime, staging: Callable[[], set[str] | str],
+) -> str | None:  # fmt: skip
+    """Why one verified approval does not count for this request now, naming any file that
+    changed after it was signed; None when it counts."""
+    st = a["statement"]
+    tree = commit_tree(proj, req["commit"])
+    expected = {"action": "approve", "env": PROD, "request": req["id"], "commit": req["commit"],
+                "tree": tree}  # fmt: skip
+    for key, value in expected.items():
+        if st.get(key) != value:
+            return f"{who.principal}'s approval was signed for another {key}"
+    expires = _parse_time(st.get("expires"))
+    if expires is None or now > expires:
+        return f"{who.principal}'s approval expired"
+    gate = st.get("gate") or {}
+    path = proj.root / str(gate.get("file", ""))
+    if not gate.get("file") or _sha256(path) != gate.get("sha256"):
+        return f"{gate.get('file') or 'the gate report'} changed after {who.principal} signed"
+    if st.get("staging") and not req.get("emergency"):
+        hashes = staging()
+        if isinstance(hashes, str):
+            return hashes
+        if st["staging"].get("sha256") not in hashes:
+            return f"the staging history record {who.principal} signed over is gone or edited"
+    return None
+
+
+def verified_approvals(
+    proj: Project, req: Mapping[str, Any], signers: tuple[keys.Signer, ...], *, now: datetime
+) -> tuple[list[keys.Identity], list[str]]:
+    """(distinct humans whose signed approval counts, problems with any other approval). Distinct
+    by principal and by key; the requester never counts; a record that does not verify is named."""
+    staging = functools.cache(lambda: _staging_hashes(proj))
+    try:
+        requester = requester_identity(req, signers) if signers else None
+    except NotApproved as err:
+        return [], [f"the request's own signature: {err.message}"]
+    named = keys.normalise(req["requester"]["name"])
+    counted: list[keys.Identity] = []
+    problems: list[str] = []
+    for n, a in enumerate(req.get("approvals", []), 1):
+        try:
+            who = keys.verify(a, signers)
+        except NotApproved as err:
+            problems.append(f"approval {n} in the request file: {err.message}")
+            continue
+        if (requester and who.same_person(requester)) or who.principal == named:
+            problems.append(f"approval {n} is the requester's own ({who.principal})")
+            continue
+        problem = _approval_problem(proj, req, a, who, now=now, staging=staging)
+        if problem:
+            problems.append(problem)
+        elif not any(who.same_person(c) for c in counted):
+            counted.append(who)
+    return counted, problems
+
 
 def _actor_is_human(case: _PromotionCase) -> guards.Check:
-    ok = case.actor.is_human
-    return guards.Check(
-        "actor",
-        ok,
-        f"{case.actor} is a human"
-        if ok
-        else f"{case.actor} may prepare requests, never deploy prod (a human must)",
-    )
+    actor = case.actor
+    if actor.identity is not None:
+        return guards.Check("actor", True, f"{actor.identity} signed this deploy")
+    if actor.is_automation:
+        return guards.Check(
+            "actor", False, f"{actor} may prepare requests, never deploy prod (a human must)"
+        )
+    pub = keys.public_key(actor.key)
+    fp = keys.fingerprint(*pub) if pub else None
+    signer = keys.by_fingerprint(case.signers).get(fp or "")
+    if signer is None:
+        return guards.Check(
+            "actor", False,
+            f"{actor.name} has no key prod trusts: a prod deploy is signed by a human "
+            "(`inv prod.keys` shows whose keys count)",
+        )  # fmt: skip
+    return guards.Check("actor", True, f"would be signed by {signer.principal} ({fp})")
 
 
-def _valid_approvers(case: _PromotionCase) -> list[str]:
-    """Humans other than the requester who approved this very commit within the approval TTL."""
-    req = case.req
-    return sorted(
-        {
-            a["actor"]
-            for a in req["approvals"]
-            if a["kind"] == "human"
-            and a["actor"] != req["requester"]["name"]
-            and a["commit"] == case.commit
-            and approval_current(from_epoch(a["ts"]), now=case.now, ttl_s=case.pol.approval_ttl_s)
-        }
-    )
+def _signatures(case: _PromotionCase) -> guards.Check:
+    if not case.signers:
+        return guards.Check(
+            "signatures", False, "prod trusts no keys yet: `inv prod.keys --trust FILE`"
+        )
+    problems = case.approvals[1]
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        return guards.Check("signatures", False, problems[0] + more)
+    n = len(case.req.get("approvals", []))
+    return guards.Check("signatures", True, f"the request and {n} approval(s) verify")
 
 
 def _approval(case: _PromotionCase) -> guards.Check:
@@ -582,22 +868,17 @@ def _approval(case: _PromotionCase) -> guards.Check:
         return guards.Check("approval", False, f"request #{req['id']} was rejected")
     if req["status"] == "deployed":
         return guards.Check("approval", False, f"request #{req['id']} was already deployed")
-    names = _valid_approvers(case)
-    if len(names) < pol.min_approvals:
-        expired = [
-            a
-            for a in req["approvals"]
-            if not approval_current(from_epoch(a["ts"]), now=case.now, ttl_s=pol.approval_ttl_s)
-        ]
-        why = "approval expired" if expired else "not approved"
-        if req["approvals"] and not expired:
-            why = "approved only by the requester or by automation"
+    counted, problems = case.approvals
+    if len(counted) < pol.min_approvals:
+        why = "not approved" if not req.get("approvals") else "not approved by enough humans"
+        if any("expired" in p for p in problems):
+            why = "approval expired"
         return guards.Check(
-            "approval",
-            False,
-            f"request #{req['id']}: {why} ({len(names)}/{pol.min_approvals} valid human approvals)",
-        )
-    return guards.Check("approval", True, f"approved by {', '.join(names)}")
+            "approval", False,
+            f"request #{req['id']}: {why} ({len(counted)}/{pol.min_approvals} valid signed "
+            "approvals by humans other than the requester)",
+        )  # fmt: skip
+    return guards.Check("approval", True, f"approved by {', '.join(str(c) for c in counted)}")
 
 
 def _ref_unmoved(case: _PromotionCase) -> guards.Check:
@@ -619,42 +900,33 @@ def _ref_unmoved(case: _PromotionCase) -> guards.Check:
 
 
 def _ga_gate(case: _PromotionCase) -> guards.Check:
-    report = gate_report(case.proj, case.commit)
-    if not report:
-        return guards.Check(
-            "gate",
-            False,
-            f"no gate report for {case.commit[:12]}: run `inv release.gate --ref {case.req['ref']}`",
-        )
-    if report.get("stage") != GA_STAGE:
-        return guards.Check(
-            "gate",
-            False,
-            f"the gate ran at stage {report.get('stage')}, prod needs {GA_STAGE} (tag a v* release)",
-        )
-    if report.get("verdict") not in ("passed", "passed-with-override"):
-        return guards.Check(
-            "gate", False, f"the {GA_STAGE} gate verdict is {report.get('verdict')}"
-        )
-    return guards.Check("gate", True, f"{GA_STAGE} gate {report.get('verdict')}")
+    problem = gate_problem(case.proj, case.commit, case.req["ref"])
+    if problem:
+        return guards.Check("gate", False, problem)
+    report = gate_report(case.proj, case.commit) or {}
+    return guards.Check(
+        "gate", True, f"{GA_STAGE} gate {report.get('verdict')} under {case.commit[:12]}'s policy"
+    )
 
 
 def _staging_verified(case: _PromotionCase) -> guards.Check:
     commit = case.commit
     if case.emergency:
         return guards.Check("staging", True, f"skipped: emergency {case.req['severity']}")
-    ev = staging_evidence(case.proj, commit)
+    ev, why = staging_record(case.proj, commit)
     if ev:
         return guards.Check("staging", True, f"staging verified it as {ev['release']}")
-    failed = [e for e in history(*group.primary(case.proj, "staging")) if e.get("commit") == commit]
-    if failed:
+    runs = [e for e in history(*group.primary(case.proj, "staging")) if e.get("commit") == commit]
+    if runs and not any(e.get("status") == "success" for e in runs):
         return guards.Check(
             "staging",
             False,
             f"staging's run of {commit[:12]} "
-            f"ended {failed[-1].get('status')}: smoke or verify did not pass",
+            f"ended {runs[-1].get('status')}: smoke or verify did not pass",
         )
-    return guards.Check("staging", False, f"staging never deployed {commit[:12]}")
+    if not runs:
+        return guards.Check("staging", False, f"staging never deployed {commit[:12]}")
+    return guards.Check("staging", False, why)
 
 
 def _staging_soak(case: _PromotionCase) -> guards.Check:
@@ -687,15 +959,30 @@ def _freeze_window(case: _PromotionCase) -> guards.Check:
     return guards.Check("freeze-window", True, "no freeze window active")
 
 
+def _records_chain(case: _PromotionCase) -> guards.Check:
+    """The records this decision relies on: prod's audit and staging's history chain."""
+    for env, what in ((PROD, "audit"), ("staging", "history")):
+        host, layout = group.primary(case.proj, env)
+        verdict = verify_chain(host, getattr(layout, what))
+        if not verdict.ok:
+            return guards.Check(
+                "records", False,
+                f"{env}'s {what} is broken: {verdict.detail} (`inv {env}.audit --verify`)",
+            )  # fmt: skip
+    return guards.Check("records", True, "prod's audit and staging's history chain")
+
+
 # The rules of promotion, in the order the guard table shows them.
 _PROMOTION_RULES: tuple[tuple[str, Callable[[_PromotionCase], guards.Check]], ...] = (
     ("actor", _actor_is_human),
+    ("signatures", _signatures),
     ("approval", _approval),
     ("ref", _ref_unmoved),
     ("gate", _ga_gate),
     ("staging", _staging_verified),
     ("soak", _staging_soak),
     ("freeze-window", _freeze_window),
+    ("records", _records_chain),
 )
 
 
@@ -707,11 +994,13 @@ def checks(
     break_glass: str = "",
     now: datetime | float | None = None,
     clock: Clock = system_clock,
+    signers: tuple[keys.Signer, ...] | None = None,
 ) -> list[tuple[str, Any]]:
     """Every rule of promotion, each a named check for the guard table, all judged at one moment:
     now (an aware datetime, or epoch seconds as before), else the clock's time."""
     at = clock() if now is None else now if isinstance(now, datetime) else from_epoch(now)
-    case = _PromotionCase(proj, req, actor, break_glass, policy(proj), as_utc(at))
+    trusted = _trusted_or_none(proj) if signers is None else signers
+    case = _PromotionCase(proj, req, actor, break_glass, policy(proj), as_utc(at), trusted)
     return [(name, functools.partial(rule, case)) for name, rule in _PROMOTION_RULES]
 
 
@@ -740,27 +1029,26 @@ def deploy(
     process_env: dict[str, str] | None = None,
     clock: Clock = system_clock,
 ) -> dict[str, Any]:
+    """Deploy an approved request: the deployer signs it, every rule is judged before anything
+    is written or sent (a refused break-glass leaves no trace), then the pipeline runs."""
     from deploy.engine import deploy_pipeline
 
     req = load(proj, rid)
+    if actor.is_automation:
+        raise NotApproved(f"{actor} may prepare requests, never deploy prod (a human must)")
+    signers = trust.trusted(proj)
+    fields = {"request": req["id"], "commit": req["commit"], "break_glass": break_glass}
+    proof = keys.sign(statement("deploy", PROD, clock=clock, **fields), key=actor.key)
+    actor, identity = signed(actor, signers, proof)
+    rules = checks(proj, req, actor=actor, break_glass=break_glass, clock=clock, signers=signers)
+    guards.require(guards.run_checks(rules))
+    where = group.primary(proj, PROD)
     if break_glass:
-        notify.send(
-            proj,
-            PROD,
-            "break-glass",
-            actor=str(actor),
-            commit=req["commit"],
-            ref=req["ref"],
-            status="override",
-            details={"request": req["id"], "reason": break_glass},
-        )
-        audit(
-            *group.primary(proj, PROD),
-            actor=str(actor),
-            action="break-glass",
-            request=req["id"],
-            reason=break_glass,
-        )
+        notify.send(proj, PROD, "break-glass", actor=str(actor), commit=req["commit"],
+                    ref=req["ref"], status="override",
+                    details={"request": req["id"], "reason": break_glass})  # fmt: skip
+        audit(*where, actor=str(actor), action="break-glass", request=req["id"],
+              reason=break_glass, fingerprint=identity.fingerprint)  # fmt: skip
     approvers = ", ".join(a["actor"] for a in req["approvals"])
     notes = (
         f"request #{req['id']} by {req['requester']['name']}; approved by {approvers}; "
@@ -775,12 +1063,36 @@ def deploy(
         kind="emergency" if req.get("emergency") else "deploy",
         process_env=process_env,
         notes=notes,
-        extra_checks=checks(proj, req, actor=actor, break_glass=break_glass, clock=clock),
+        extra_checks=checks(
+            proj, req, actor=actor, break_glass=break_glass, clock=clock, signers=signers
+        ),  # fmt: skip
     )
     req["status"] = "deployed"
-    req["deployed"] = {"time": stamp(clock()), "release": result["release"], "actor": actor.name}
+    req["deployed"] = {"time": stamp(clock()), "release": result["release"], "actor": actor.name,
+                       "fingerprint": identity.fingerprint, **proof}  # fmt: skip
     save(proj, req)
+    audit(*where, actor=str(actor), action="deploy-signed", request=req["id"],
+          commit=req["commit"], release=result["release"], fingerprint=identity.fingerprint)  # fmt: skip
+    if trust.adopt_from_release(proj, req["commit"], actor=str(actor)):
+        printer(f"prod: now trusts the allowed signers of {req['commit'][:12]}:{keys.KEYS_FILE}")
     return result
+
+
+def key_rows(proj: Project, actor: Actor) -> tuple[list[dict[str, Any]], str]:
+    """(one row per key prod trusts, a line on the actor's own key): what `prod.keys` shows."""
+    signers = trust.trusted(proj)
+    pub = keys.public_key(actor.key)
+    mine = keys.fingerprint(*pub) if pub else ""
+    rows = [{"principal": s.principal, "type": s.key_type, "fingerprint": s.fingerprint,
+             "yours": s.fingerprint == mine} for s in signers]  # fmt: skip
+    if not actor.key:
+        return rows, "your signing key: none (set STAGEFLOW_SIGNING_KEY or git's user.signingKey)"
+    if not mine:
+        return rows, f"your signing key: {actor.key} cannot be read (no public half next to it?)"
+    match = next((s.principal for s in signers if s.fingerprint == mine), None)
+    return rows, f"your signing key: {mine}: " + (
+        f"counts as {match}" if match else "NOT trusted by prod"
+    )
 
 
 REQUEST_COLUMNS = ("id", "ref", "commit", "requester", "approvals", "status", "risk")

@@ -58,6 +58,29 @@ def actor() -> Actor:
     return resolve(os.environ, stdin_is_tty=sys.stdin.isatty())
 
 
+def acting_on(
+    proj: Project, name: str, action: str, *, dry_run: bool = False, **fields: Any
+) -> Actor:
+    """The actor of a task that changes `name`: on a production environment, human only when a
+    key prod trusts signs this action now (automation keeps its kind; anyone else is unsigned)."""
+    who = actor()
+    if dry_run or proj.env(name).environment != "production":
+        return who
+    from deploy.errors import NotApproved
+    from deploy.policy import actors, trust
+
+    try:
+        signers = trust.trusted(proj)
+    except NotApproved:
+        return who if who.is_automation else actors.replace_kind(who, actors.UNSIGNED)
+    return actors.prove(who, signers, action, name, **fields)
+
+
+def shell_guard(proj: Project, name: str) -> None:
+    """The shell-ENVIRONMENT guard alone: every task that changes anything runs it first."""
+    guards.require([guards.shell_environment(proj.env(name), os.environ)])
+
+
 def preflight(proj: Project, name: str) -> list[guards.Check]:
     return guards.run_checks(guards.environment_checks(proj, name, os.environ))
 

@@ -1,11 +1,11 @@
-"""prod-only tasks: deployment requests, approvals and rejections."""
+"""prod-only tasks: deployment requests, approvals and rejections, and whose keys prod trusts."""
 
 from __future__ import annotations
 
 from invoke import task
 
 from deploy.output import say, show
-from deploy.tasks._common import actor, edge, project
+from deploy.tasks._common import actor, edge, project, shell_guard
 
 
 @task(
@@ -22,6 +22,7 @@ def request(c, ref, severity="P4", emergency=False, reason=""):
     from deploy.policy import promotion
 
     proj = project()
+    shell_guard(proj, "prod")
     req = promotion.request(
         proj, ref=ref, actor=actor(), severity=severity, emergency=emergency, reason=reason
     )
@@ -34,10 +35,12 @@ def request(c, ref, severity="P4", emergency=False, reason=""):
 @task(help={"id": "the request id"})
 @edge
 def approve(c, id):
-    """Approve a deployment request (a human other than the requester)."""
+    """Approve a deployment request: signed with your key (a human other than the requester)."""
     from deploy.policy import promotion
 
-    req = promotion.approve(project(), id, actor=actor())
+    proj = project()
+    shell_guard(proj, "prod")
+    req = promotion.approve(proj, id, actor=actor())
     say(f"prod: request #{req['id']} {req['status']} ({len(req['approvals'])} approval(s))")
 
 
@@ -47,7 +50,9 @@ def reject(c, id, reason=""):
     """Reject a deployment request, with a reason."""
     from deploy.policy import promotion
 
-    req = promotion.reject(project(), id, actor=actor(), reason=reason)
+    proj = project()
+    shell_guard(proj, "prod")
+    req = promotion.reject(proj, id, actor=actor(), reason=reason)
     say(f"prod: request #{req['id']} rejected")
 
 
@@ -77,4 +82,32 @@ def checklist(c, id):
     say(promotion.checklist(proj, promotion.load(proj, id)))
 
 
-TASKS = [request, approve, reject, requests, checklist]
+@task(
+    help={
+        "trust": "first setup only: the allowed-signers file prod starts trusting (audited)",
+        "json": "print as JSON",
+    }
+)
+@edge
+def keys(c, trust="", json=False):
+    """Show whose keys prod trusts, and whether your signing key is one of them."""
+    from pathlib import Path
+
+    from deploy.policy import promotion
+    from deploy.policy import trust as trusted
+
+    proj = project()
+    if trust:
+        shell_guard(proj, "prod")
+        installed = trusted.bootstrap(proj, Path(trust), actor=str(actor()))
+        say(f"prod: now trusts {len(installed)} key(s) from {trust} (audited)")
+    rows, mine = promotion.key_rows(proj, actor())
+    show(rows, as_json=json, title="prod trusts these keys (every entry is a human approver)",
+         columns=["principal", "type", "fingerprint", "yours"],
+         rows=((r["principal"], r["type"], r["fingerprint"], "yes" if r["yours"] else "")
+               for r in rows))  # fmt: skip
+    if not json:
+        say(mine)
+
+
+TASKS = [request, approve, reject, requests, checklist, keys]

@@ -11,7 +11,17 @@ import os
 from invoke import task
 
 from deploy.output import print_json, print_table, say, show
-from deploy.tasks._common import actor, edge, env_name, guarded, preflight, project, whole
+from deploy.tasks._common import (
+    acting_on,
+    actor,
+    edge,
+    env_name,
+    guarded,
+    preflight,
+    project,
+    shell_guard,
+    whole,
+)
 
 
 @task(
@@ -172,10 +182,22 @@ def smoke_(c, json=False):
 def lock(c, release=False, force=False, reason=""):
     """Show who holds the deploy lock; --force --reason breaks a stale one (audited)."""
     from deploy import state
+    from deploy.errors import GuardRefused
 
-    name = env_name(c)
-    dl = state.DeployLock(*_primary(project(), name))
-    said = state.use_lock(dl, actor=str(actor()), release=release, force=force, reason=reason)
+    name, proj = env_name(c), project()
+    who = actor()
+    if release or force:
+        shell_guard(proj, name)
+    if force and reason.strip():
+        # breaking prod's lock can let two deploys race: a human signs it, never CI or an agent
+        who = acting_on(proj, name, "lock-force", reason=reason)
+        if proj.env(name).environment == "production" and not who.is_human:
+            raise GuardRefused(
+                f"{who} may not force {name}'s lock: a human signs it with a key prod trusts",
+                hint="`inv prod.keys` shows whose keys count",
+            )
+    dl = state.DeployLock(*_primary(proj, name))
+    said = state.use_lock(dl, actor=str(who), release=release, force=force, reason=reason)
     say(f"{name}: {said}")
 
 
@@ -197,4 +219,33 @@ def history_(c, limit="20", json=False):
     )
 
 
-TASKS = [deploy, migrate, migrations_, smoke_, lock, history_]
+@task(
+    help={
+        "verify": "check that every record names the hash of the one before it",
+        "limit": "how many records (newest first)",
+        "json": "print as JSON",
+    }
+)
+@edge
+def audit_(c, verify=False, limit="20", json=False):
+    """Audit log: who did what; --verify reports the first record that does not chain."""
+    from deploy import state
+    from deploy.errors import DeployError
+
+    name = env_name(c)
+    host, layout = _primary(project(), name)
+    if verify:
+        out = state.chain_report(host, layout)
+        for what, v in out.items():
+            json or say(f"{name}: {what}: {'ok' if v['ok'] else 'BROKEN'}: {v['detail']}")
+        json and print_json(out)
+        broken = [f"{w} {v['detail']}" for w, v in out.items() if not v["ok"]]
+        if broken:
+            raise DeployError(f"{name}: {broken[0]}", hint="see docs/SECURITY.md, tamper evidence")
+        return
+    records = state.read_jsonl(host, layout.audit)[-whole(limit, "--limit", minimum=1) :][::-1]
+    show(records, as_json=json, title=f"{name} audit", columns=state.AUDIT_COLUMNS,
+         rows=state.audit_rows(records))  # fmt: skip
+
+
+TASKS = [deploy, migrate, migrations_, smoke_, lock, history_, audit_]

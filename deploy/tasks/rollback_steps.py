@@ -8,7 +8,16 @@ from invoke import task
 
 from deploy.errors import UsageError, VerifyFailed
 from deploy.output import print_json, print_table, say, show
-from deploy.tasks._common import actor, edge, env_name, guarded, project, seconds
+from deploy.tasks._common import (
+    acting_on,
+    actor,
+    edge,
+    env_name,
+    guarded,
+    project,
+    seconds,
+    shell_guard,
+)
 
 
 @task(
@@ -32,7 +41,9 @@ def rollback(c, level="", to=None, backup=None, reason="", yes=False, dry_run=Fa
     from deploy.engine import rollback_rules as rules
 
     name, proj, lvl = env_name(c), project(), rules.parse_level(level)
-    result = rollback_pipeline.rollback(proj, name, level=lvl, actor=actor(), to=to, backup_id=backup,
+    dry_run or shell_guard(proj, name)
+    who = acting_on(proj, name, "rollback", dry_run=dry_run, level=lvl, reason=reason)
+    result = rollback_pipeline.rollback(proj, name, level=lvl, actor=who, to=to, backup_id=backup,
                              reason=reason, yes=yes, dry_run=dry_run, reset_data=reset_data,
                              printer=(lambda _line: None) if json else say,
                              process_env=dict(os.environ), confirm=input)  # fmt: skip
@@ -141,7 +152,10 @@ def unfreeze(c, reason=""):
         raise UsageError(
             "unfreeze needs --reason TEXT", hint="say what was checked after the restore"
         )
-    lifted = engine.unfreeze(project(), name, actor=actor(), reason=reason)
+    proj = project()
+    shell_guard(proj, name)
+    who = acting_on(proj, name, "unfreeze", reason=reason)
+    lifted = engine.unfreeze(proj, name, actor=who, reason=reason)
     say(f"{name}: {'unfrozen (audited)' if lifted else 'was not frozen'}")
 
 

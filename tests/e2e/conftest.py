@@ -47,6 +47,9 @@ class Project:
                 **(env or {}),
             }
         )
+        if kind == "human":  # a person holds their own key; prod decides whether it counts
+            full_env["STAGEFLOW_SIGNING_KEY"] = str(self.key(actor or self.actor))
+        full_env.update(env or {})
         for a in args:
             if a.endswith(".up"):
                 self.started.add(a.split(".")[0])
@@ -60,6 +63,25 @@ class Project:
             timeout=timeout,
             stdin=subprocess.DEVNULL,
         )
+
+    def key(self, name: str) -> Path:
+        """The ed25519 key of this person, made on first use (no passphrase: a test's person)."""
+        path = self.root.parent / "keys" / name.strip().replace("/", "_")
+        if not path.exists():
+            path.parent.mkdir(exist_ok=True)
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f",
+                            str(path)], check=True)  # fmt: skip
+        return path
+
+    def allowed_signers(self, *names: str) -> str:
+        return "".join(f"{n} {Path(str(self.key(n)) + '.pub').read_text()}" for n in names)
+
+    def trust(self, *names: str) -> None:
+        """Install prod's first allowed signers: these people's keys."""
+        path = self.root.parent / "keys" / "bootstrap.keys"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(self.allowed_signers(*names))
+        self.ok("prod.keys", "--trust", str(path))
 
     def ok(self, *args: str, **kw) -> subprocess.CompletedProcess[str]:
         res = self.inv(*args, **kw)

@@ -15,12 +15,15 @@ def promo(project):
     project.gate_ga_on_quick_gates()
     project.commit("gate GA on the quick gates for this test project")
     project.ok("staging.up", "prod.up")
+    project.trust(ALICE, BOB)
     return project
 
 
 def prod_state(p):
     rel = p.root / ".stageflow/prod/releases"
-    return (sorted(os.listdir(rel)) if rel.exists() else [], len(p.history("prod")))
+    audit = p.root / ".stageflow/prod/state/audit.jsonl"
+    lines = audit.read_text().count("\n") if audit.exists() else 0
+    return (sorted(os.listdir(rel)) if rel.exists() else [], len(p.history("prod")), lines)
 
 
 def refused(p, *args, says: str, actor=ALICE, kind="human", env=None):
@@ -51,12 +54,13 @@ def test_each_promotion_rule_refuses_on_its_own(promo):
     refused(promo, "prod.deploy", "--request", rid, says="not approved")
     refused(promo, "prod.approve", rid, says="cannot approve")  # the requester
     refused(promo, "prod.approve", rid, actor="bot", kind="agent", says="only humans approve")
+    # the approver's own process re-checks what it would sign: no signature over a PILOT verdict
+    refused(promo, "prod.approve", rid, actor=BOB, says="stage PILOT")
+    promo.ok("release.gate", "--ref", "v1.0.0")
+    refused(promo, "prod.approve", rid, actor=BOB, says="no successful run")
+    promo.ok("staging.deploy", "--ref", "v1.0.0")
     promo.ok("prod.approve", rid, actor=BOB)
     refused(promo, "prod.deploy", "--request", rid, actor=BOB, kind="ci", says="never deploy prod")
-    refused(promo, "prod.deploy", "--request", rid, says="stage PILOT")
-    promo.ok("release.gate", "--ref", "v1.0.0")
-    refused(promo, "prod.deploy", "--request", rid, says="staging never deployed")
-    promo.ok("staging.deploy", "--ref", "v1.0.0")
     promo.edit(
         "stageflow.toml",
         'soak_s = 0\nauto_rollback = true\nbackup = "pending-migrations"',
@@ -83,8 +87,10 @@ def test_staging_failure_is_not_evidence(promo):
     promo.inv("staging.deploy", "--ref", "v1.1.0")
     promo.ok("release.gate", "--ref", "v1.1.0")
     rid = request_id(promo.ok("prod.request", "--ref", "v1.1.0"))
-    promo.ok("prod.approve", rid, actor=BOB)
-    refused(promo, "prod.deploy", "--request", rid, says="ended failed")
+    refused(promo, "prod.approve", rid, actor=BOB, says="no successful run")
+    res = promo.inv("prod.preflight", "--request", rid, "--json")
+    staging = next(c for c in json.loads(res.stdout) if c["name"] == "staging")
+    assert not staging["ok"] and "ended failed" in staging["detail"], staging
     promo.git("rm", "-q", "app/migrations/0004_broken.up.sql")
     promo.commit("fix")
 

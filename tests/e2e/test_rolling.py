@@ -156,6 +156,7 @@ def test_prod_six_hosts_half_batch_through_an_approved_request(hosts: Fleet) -> 
     if not any(e["commit"] == commit for e in verified):  # run on its own (-k): staging first
         p.ok("staging.deploy", "--ref", RELEASE_TAG)
     p.ok("release.gate", "--ref", RELEASE_TAG)
+    p.trust(p.actor, APPROVER)  # prod's first allowed signers: the two humans' keys
     rid = request_id(p.ok("prod.request", "--ref", RELEASE_TAG))
     p.ok("prod.approve", rid, actor=APPROVER)
     res = p.ok("prod.deploy", "--request", rid)

@@ -314,9 +314,36 @@ def rule(proj: Project, req: dict, name: str, **kw):
     return dict(promotion.checks(proj, req, actor=APPROVER, **kw))[name]()
 
 
+def signed_pending(tmp_path: Path, proj: Project, approved_at: datetime) -> dict:
+    """pending(), its approval signed by a real ed25519 key that prod trusts, over a gate file."""
+    import subprocess
+
+    from deploy.policy import keys, trust
+    from deploy.policy.actors import statement
+
+    key = tmp_path / "al_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    signers = tmp_path / "allowed_signers"
+    signers.write_text(f"{APPROVER.name} {key.with_suffix('.pub').read_text()}")
+    trust.bootstrap(proj, signers, actor="test")
+    gate = tmp_path / "dist" / "release-gate" / f"{COMMIT}.GA.json"
+    gate.parent.mkdir(parents=True)
+    gate.write_text("{}")
+    req = pending(approved_at)
+    fields = {"request": 7, "ref": "v1.4.0", "commit": COMMIT, "tree": "",
+              "expires": stamp(approved_at + timedelta(seconds=TTL)),
+              "gate": {"file": str(gate.relative_to(tmp_path)),
+                       "sha256": promotion._sha256(gate)}, "staging": None}  # fmt: skip
+    proof = keys.sign(
+        statement("approve", "prod", clock=lambda: approved_at, **fields), key=str(key)
+    )
+    req["approvals"][0].update(proof)
+    return req
+
+
 def test_the_approval_check_expires_after_its_last_second(tmp_path: Path):
     proj = project(tmp_path)
-    req = pending(T0)
+    req = signed_pending(tmp_path, proj, T0)
     expiry = T0 + timedelta(seconds=TTL)
     assert rule(proj, req, "approval", now=expiry).ok
     assert rule(proj, req, "approval", clock=clock_at(expiry)).ok
