@@ -246,6 +246,15 @@ class Project:
     service_user: str = "stageflow"
     posture: Posture = field(default_factory=lambda: Posture())
 
+    def known_secrets(self) -> tuple[Secret, ...]:
+        """Every environment's secrets this machine holds: what a hook, an audit record or an
+        incident draft of any one environment is scrubbed of (a staging hook may print prod's)."""
+        seen: dict[str, Secret] = {}
+        for env in self.envs.values():
+            for secret in env.secret_values():
+                seen.setdefault(secret.reveal(), secret)
+        return tuple(seen.values())
+
     def env(self, name: str) -> EnvConfig:
         if name not in self.envs:
             known = ", ".join(sorted(self.envs))

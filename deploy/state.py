@@ -118,7 +118,21 @@ def read_jsonl(host: Host, path: str) -> list[dict[str, Any]]:
 
 
 def append_jsonl(host: Host, path: str, record: dict[str, Any]) -> None:
+    if host.is_local:
+        private_file(path)
     host.append_line(path, json.dumps(record, sort_keys=True, separators=(",", ":")))
+
+
+def private_file(path: str) -> None:
+    """path exists and only its owner reads it (0600): history and audit name actors, commands
+    and hook output; a file an older version made world-readable is narrowed too."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def audit(host: Host, layout: Layout, *, actor: str, action: str, **details: Any) -> None:
