@@ -132,3 +132,24 @@ def test_a_hook_printing_another_environments_secret_leaves_no_trace(project: Pr
         leaks += [f"{path}: {form}" for form in _forms(secret) if form.encode() in data]
     assert not leaks, leaks
     project.ok("dev.down")
+
+
+def test_the_release_sessions_name_environment_and_release(project: Project) -> None:
+    import psycopg
+
+    project.ok("dev.up")
+    project.ok("dev.deploy")
+    project.ok("dev.smoke")
+    release = project.history("dev")[0]["release"]
+    port = project.ports["dev"]["pg"]
+    with psycopg.connect(
+        f"postgresql://app_dev@127.0.0.1:{port}/stageflow_dev", connect_timeout=10
+    ) as conn:
+        names = {
+            row[0]
+            for row in conn.execute(
+                "SELECT application_name FROM pg_stat_activity WHERE usename = current_user"
+            )
+        }
+    assert f"stageflow:dev:{release}" in names, names
+    project.ok("dev.down")

@@ -244,3 +244,15 @@ def test_libpq_variables_are_named_for_removal() -> None:
     env = {"PGHOST": "/tmp", "PGSERVICE": "prod", "PATH": "/bin", "PGOPTIONS": "-c x=1"}
     assert libpq_variables(env) == ["PGHOST", "PGOPTIONS", "PGSERVICE"]
     assert os.environ is not env
+
+
+# -- identity from the servers: the service's sessions name environment and release -----------------
+
+
+def test_service_sessions_carry_environment_and_release(root: Path) -> None:
+    from deploy.settings import application_name, service_settings
+
+    proj = load_project(root)
+    settings = service_settings(proj.env("staging"), proj.service, release="20260101T000000Z-abc")
+    assert settings["PGAPPNAME"] == "stageflow:staging:20260101T000000Z-abc"
+    assert application_name("prod", "r" * 80).encode().__len__() <= 63
