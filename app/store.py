@@ -27,7 +27,8 @@ class Database:
         self._kwargs: dict[str, object] = {
             "connect_timeout": CONNECT_TIMEOUT_S,
             "autocommit": True,
-            "application_name": f"stageflow-app {config.release}"[:63],
+            # no application_name here: libpq takes the deployer's PGAPPNAME, the name the
+            # database side checks this release's sessions by
             "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
         }
         if config.postgres_password:

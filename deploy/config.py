@@ -12,12 +12,12 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from dotenv.parser import parse_stream
 
 from deploy.errors import ConfigError
-from deploy.secrets import Secret
+from deploy.secrets import Secret, redact_url
 from deploy.service import Service, load_service
 
 # The namespaces an operator types, and the ENVIRONMENT each must declare.
@@ -47,6 +47,22 @@ _SECRETISH = re.compile(r"(PASSWORD|SECRET|TOKEN|PRIVATE|CREDENTIAL)", re.I)
 _URL_WITH_PASSWORD = re.compile(r"://[^/@\s:]*:[^@/\s]+@")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+# libpq keywords a DATABASE_URL's query may carry: none of them changes where the connection goes,
+# as whom, or under which application name. Every other keyword (host, hostaddr, port, dbname,
+# user, service, passfile, options, application_name, ...) would let the query override the URL
+# that isolation was checked on, so it is refused.
+SAFE_CONNINFO_KEYS = frozenset(
+    {
+        "sslmode",
+        "connect_timeout",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
+        "gssencmode",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -230,6 +246,15 @@ class Project:
     service_user: str = "stageflow"
     posture: Posture = field(default_factory=lambda: Posture())
 
+    def known_secrets(self) -> tuple[Secret, ...]:
+        """Every environment's secrets this machine holds: what a hook, an audit record or an
+        incident draft of any one environment is scrubbed of (a staging hook may print prod's)."""
+        seen: dict[str, Secret] = {}
+        for env in self.envs.values():
+            for secret in env.secret_values():
+                seen.setdefault(secret.reveal(), secret)
+        return tuple(seen.values())
+
     def env(self, name: str) -> EnvConfig:
         if name not in self.envs:
             known = ", ".join(sorted(self.envs))
@@ -317,25 +342,50 @@ def _port(path: Path, key: str, raw: dict[str, tuple[str, int]]) -> int:
 
 
 def _db_target(path: Path, raw: dict[str, tuple[str, int]], port: int) -> DbTarget:
+    """The database as libpq reads the whole URL (query included), not as its path reads."""
     value, line = raw["DATABASE_URL"]
     parts = urlsplit(value)
     if parts.scheme not in ("postgresql", "postgres"):
         raise _err(path, line, "DATABASE_URL must start with postgresql://")
-    try:
-        url_port = parts.port
-    except ValueError:
-        url_port = None
-    name = parts.path.lstrip("/")
-    if not parts.hostname or not url_port or not name or not parts.username:
+    hint = "postgresql://USER@127.0.0.1:PORT/DB, options only from " + ", ".join(
+        sorted(SAFE_CONNINFO_KEYS)
+    )
+    if parts.fragment:
+        raise _err(path, line, "DATABASE_URL holds a '#' fragment", hint)
+    redirects = sorted(
+        {k for k, _ in parse_qsl(parts.query, keep_blank_values=True)} - SAFE_CONNINFO_KEYS
+    )
+    if redirects:
         raise _err(
             path,
             line,
-            "DATABASE_URL needs user, host, port and database",
-            "postgresql://USER@127.0.0.1:PORT/DB",
+            f"DATABASE_URL's query sets {', '.join(redirects)}: it would override the URL's "
+            "own host, port, database or user",
+            hint,
         )
-    if url_port != port:
+    # the driver's own parser, imported here: loading the task list must not load the driver
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        info = conninfo_to_dict(value)
+        bare = conninfo_to_dict(urlunsplit(parts._replace(query="")))
+    except ProgrammingError as exc:
+        reason = redact_url(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        raise _err(path, line, f"DATABASE_URL is not a URL libpq reads: {reason}", hint) from None
+    # what the query changed beyond the safe keys (an alias libpq maps, like ssl=true)
+    changed = sorted(k for k in info if k not in SAFE_CONNINFO_KEYS and info.get(k) != bare.get(k))
+    if changed:
+        raise _err(path, line, f"DATABASE_URL's query changes {', '.join(changed)}", hint)
+    host, url_port = info.get("host", ""), info.get("port", "")
+    name, user = info.get("dbname", ""), info.get("user", "")
+    if not host or not url_port or not name or not user:
+        raise _err(path, line, "DATABASE_URL needs user, host, port and database", hint)
+    if "," in host or "," in url_port:
+        raise _err(path, line, "DATABASE_URL names several hosts", "name exactly one host")
+    if not _whole(url_port) or int(url_port) != port:
         raise _err(path, line, f"DATABASE_URL port {url_port} is not POSTGRES_PORT {port}")
-    return DbTarget(parts.hostname, url_port, unquote(name), unquote(parts.username))
+    return DbTarget(host, int(url_port), name, user)
 
 
 def _redis_target(path: Path, raw: dict[str, tuple[str, int]], port: int) -> RedisTarget:
@@ -343,12 +393,20 @@ def _redis_target(path: Path, raw: dict[str, tuple[str, int]], port: int) -> Red
     parts = urlsplit(value)
     if parts.scheme != "redis":
         raise _err(path, line, "REDIS_URL must start with redis://")
+    if parts.query or parts.fragment:
+        # redis clients read db, host and socket paths from the query: it would override the URL
+        raise _err(
+            path,
+            line,
+            "REDIS_URL holds a query or fragment",
+            "redis://127.0.0.1:PORT/0 and nothing after the db number",
+        )
     try:
         url_port = parts.port
     except ValueError:
         url_port = None
     db = parts.path.lstrip("/") or "0"
-    if not parts.hostname or not url_port or not _whole(db):
+    if not parts.hostname or not url_port or not _whole(db) or "," in parts.netloc:
         raise _err(
             path, line, "REDIS_URL needs host, port and db number", "redis://127.0.0.1:PORT/0"
         )
@@ -424,7 +482,7 @@ def load_env(
         redis_url=raw["REDIS_URL"][0],
         database=_db_target(path, raw, pg_port),
         redis=_redis_target(path, raw, redis_port),
-        data_dir=Path(os.path.normpath(data_dir)),
+        data_dir=data_dir,
         values=tuple((k, v) for k, (v, _) in raw.items()),
         secrets=tuple(sorted(secrets.items())),
         secrets_file=secrets_path if secrets_path.exists() else None,
@@ -504,12 +562,28 @@ def _compose_project(path: Path, raw: dict[str, tuple[str, int]]) -> str:
 
 
 def _data_dir(root: Path, path: Path, raw: dict[str, tuple[str, int]]) -> Path:
-    """DATA_DIR as given, a relative one taken from the project root."""
+    """DATA_DIR resolved as the kernel resolves it (symlinks followed), a relative one taken from
+    the project root: two spellings of one directory must compare equal."""
     data_value, line = raw["DATA_DIR"]
     if not data_value.strip():
         raise _err(path, line, "DATA_DIR is empty")
     data_dir = Path(data_value)
-    return data_dir if data_dir.is_absolute() else root / data_dir
+    real = Path(os.path.realpath(data_dir if data_dir.is_absolute() else root / data_dir))
+    if real == Path("/") or real in (root.resolve(), *root.resolve().parents):
+        # a home holding the project (or everything) would be wiped or rewritten with it
+        raise _err(
+            path,
+            line,
+            f"DATA_DIR={data_value!r} resolves to {real}, which holds the project itself",
+            "give the environment a directory of its own, e.g. .stageflow/<env>",
+        )
+    return real
+
+
+def libpq_variables(environ: Collection[str]) -> list[str]:
+    """The operator's libpq variables (PGHOST, PGSERVICE, PGOPTIONS, ...): libpq reads them behind
+    any URL's back, so a deploy removes them before it connects anywhere."""
+    return sorted(k for k in environ if k.startswith("PG"))
 
 
 def _env_secrets(
@@ -778,6 +852,8 @@ def _host_specs(path: Path, env: str, hosts: list[Any], root: Path) -> tuple[Hos
             raise _err(
                 path, None, f"{where}: data_dir {data_dir!r} is not absolute", "use a full path"
             )
+        if data_dir is not None and _host_home(address, data_dir) == "/":
+            raise _err(path, None, f"{where}: data_dir {data_dir!r} is the root directory")
         bind = item.get("bind", "127.0.0.1")
         try:
             ipaddress.ip_address(bind)
@@ -790,7 +866,7 @@ def _host_specs(path: Path, env: str, hosts: list[Any], root: Path) -> tuple[Hos
         specs.append(
             HostSpec(
                 address=address.removeprefix("ssh://"),
-                data_dir=os.path.normpath(data_dir) if data_dir else None,
+                data_dir=_host_home(address, data_dir) if data_dir else None,
                 bind=bind,
                 **files,
             )
@@ -801,6 +877,13 @@ def _host_specs(path: Path, env: str, hosts: list[Any], root: Path) -> tuple[Hos
             raise _err(path, None, f"{where}: {spec.address} is listed twice")
         seen.add(spec.address)
     return tuple(specs)
+
+
+def _host_home(address: str, data_dir: str) -> str:
+    """A host's data_dir: symlinks resolved on this machine; another host's can only be normalised
+    here (its own tasks resolve it there)."""
+    local = address.removeprefix("ssh://") == "local"
+    return os.path.realpath(data_dir) if local else os.path.normpath(data_dir)
 
 
 def _batch(path: Path, env: str, value: str | int) -> str:

@@ -91,7 +91,7 @@ class HookResult:
     exit_code: int | None  # None when it could not start or was killed at its timeout
     timed_out: bool
     duration_s: float
-    output: str  # the tail of stdout and stderr together, scrubbed of the environment's secrets
+    output: str  # the tail of stdout and stderr together, scrubbed of every environment's secrets
 
     @property
     def ok(self) -> bool:
@@ -195,12 +195,12 @@ def environment(
     *,
     process_env: Mapping[str, str],
 ) -> dict[str, str]:
-    """The whole environment a hook sees; context values are scrubbed of the env's secrets."""
+    """The whole environment a hook sees; context values are scrubbed of every env's secrets."""
     unknown = sorted(set(context) - set(CONTEXT_KEYS))
     if unknown:
         raise ValueError(f"unknown hook context {unknown}; known: {CONTEXT_KEYS}")
     cfg = proj.env(env)
-    secrets = cfg.secret_values()
+    secrets = proj.known_secrets()
     hosts = proj.policies[env].hosts if env in proj.policies else ()
     out = {k: process_env[k] for k in INHERITED if k in process_env}
     out.setdefault("PATH", os.defpath)
@@ -286,7 +286,8 @@ def run(
     hook_env = environment(
         proj, env, point, context, process_env=os.environ if process_env is None else process_env
     )
-    secrets = proj.env(env).secret_values()
+    # every environment's: a staging hook that prints prod's password leaves no trace of it
+    secrets = proj.known_secrets()
     results: list[HookResult] = []
     for hook in hooks:
         result = _run_one(hook, cwd=proj.root, env=hook_env, secrets=secrets)

@@ -17,7 +17,7 @@ from typing import Any
 from deploy.config import Project
 from deploy.errors import UsageError
 from deploy.hosts import Host
-from deploy.secrets import scrub
+from deploy.secrets import Secret, scrub
 from deploy.state import Layout, history, read_jsonl, utc_now
 
 INCIDENTS_DIR = Path("docs") / "incidents"
@@ -354,10 +354,14 @@ def write(
     layout: Layout,
     since: str | None = None,
     now: str | None = None,
+    secrets: tuple[Secret, ...] = (),
 ) -> Path:
-    """Draft the incident of env under root/docs/incidents; the path of the new file."""
+    """Draft the incident of env under root/docs/incidents; the path of the new file.
+
+    The draft is meant to be committed: it is scrubbed of the host's secrets and of `secrets`
+    (every environment's, from draft())."""
     inc = collect(host, layout, env=env, environment=environment, since=since)
-    text = scrub(render(inc, now=now), host.secrets)
+    text = scrub(render(inc, now=now), (*host.secrets, *secrets))
     path = _free_path(root, inc.day or utc_now()[:10], env)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + "\n", encoding="utf-8")
@@ -378,6 +382,7 @@ def draft(proj: Project, name: str, *, since: str | None = None) -> Path:
             host=host,
             layout=layout,
             since=since,
+            secrets=proj.known_secrets(),
         )
     finally:
         host.close()

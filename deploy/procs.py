@@ -21,3 +21,12 @@ def alive(pid: int | None) -> bool:
     except (OSError, IndexError):
         return True
     return state not in ("Z", "X")
+
+
+def start_time(stat: str | None) -> str | None:
+    """The start time (clock ticks since boot) in a /proc/<pid>/stat text: with the pid, it names
+    one process for the life of the machine, where a pid alone is reused."""
+    try:
+        return (stat or "").rsplit(")", 1)[1].split()[19]
+    except IndexError:
+        return None

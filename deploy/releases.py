@@ -357,6 +357,45 @@ def _alive(host: Host, pid: int | None) -> bool:
         return True
 
 
+def _proc_text(host: Host, pid: int, what: str) -> str | None:
+    try:
+        return host.read_text(f"/proc/{pid}/{what}")
+    except (OSError, UnicodeDecodeError):
+        return None  # gone meanwhile, or not ours to read
+
+
+def started_file(layout: Layout, rid: str) -> str:
+    """Which process stageflow started for a release's master: "<pid> <start time>"."""
+    return f"{layout.run}/app-{rid}.started"
+
+
+def record_started(host: Host, layout: Layout, rid: str, pid: int) -> None:
+    started = procs.start_time(_proc_text(host, pid, "stat"))
+    if started:
+        host.write_text(started_file(layout, rid), f"{pid} {started}\n", mode=0o600)
+
+
+def confirmed(host: Host, pid: int | None, *, pidfile: str, started: str | None = None) -> bool:
+    """pid is the live process stageflow started, not whatever a pid file names: the start time
+    recorded when it came up matches, or (nothing recorded) its command line names its pid file.
+    A pid file is only a claim; the process is signalled only when this holds."""
+    if not _alive(host, pid):
+        return False
+    record = (host.read_text(started) or "").split() if started else []
+    if len(record) == 2:
+        return record[0] == str(pid) and record[1] == procs.start_time(
+            _proc_text(host, pid, "stat")  # type: ignore[arg-type]
+        )
+    # a retiring master's file (app-<rid>~<pid>.pid) was moved aside: its command line names
+    # the file it was started with, and the moved file's name holds the pid itself
+    folder, _, name = pidfile.rpartition("/")
+    base, tilde, moved = name.removesuffix(".pid").rpartition("~")
+    if tilde and moved != str(pid):
+        return False
+    started_with = f"{folder}/{base}.pid" if tilde else pidfile
+    return started_with in (_proc_text(host, pid, "cmdline") or "").split("\0")  # type: ignore[arg-type]
+
+
 def _signal(host: Host, pid: int, sig: signal.Signals) -> None:
     if host.is_local:
         try:
@@ -403,8 +442,9 @@ def running_masters(host: Host, layout: Layout) -> dict[str, int]:
     for name in host.listdir(layout.run):
         if name.startswith("app-") and name.endswith(".pid"):
             rid = name[4:-4]
-            pid = _read_pid(host, f"{layout.run}/{name}")
-            if _alive(host, pid):
+            pidfile = f"{layout.run}/{name}"
+            pid = _read_pid(host, pidfile)
+            if confirmed(host, pid, pidfile=pidfile, started=started_file(layout, rid)):
                 out[rid] = pid  # type: ignore[assignment]
     return out
 
@@ -531,14 +571,40 @@ def start(
     master before it accepts anything: the release is stopped and refused (ServiceError)."""
     rdir = layout.release(release.id)
     ensure_helpers(host, rdir)
-    paths = Paths.of(layout)
     ensure_listener(host, env, layout, rdir, bind=bind)
     pidfile = master_pidfile(layout, release.id)
     old = _read_pid(host, pidfile)
-    if _alive(host, old):
+    if confirmed(host, old, pidfile=pidfile, started=started_file(layout, release.id)):
         # serving already (a switch back): its processes too, unless one of them died
         start_processes(host, env, service, layout, release)
         return old  # type: ignore[return-value]
+    host.remove_tree(started_file(layout, release.id))
+    pid = _launch_master(host, env, service, layout, release, workers=workers, timeout_s=timeout_s)
+    # the processes start once the web master booted and before the switch: a process that
+    # cannot start refuses the release while the previous one still serves, with its own
+    try:
+        start_processes(host, env, service, layout, release)
+    except ServiceError:
+        stop_master(host, pid)
+        host.remove_tree(pidfile)
+        raise
+    return pid
+
+
+def _launch_master(
+    host: Host,
+    env: EnvConfig,
+    service: Service,
+    layout: Layout,
+    release: Release,
+    *,
+    workers: int,
+    timeout_s: float,
+) -> int:
+    """gunicorn for release through the launcher, its workers awaited (see start)."""
+    rdir = layout.release(release.id)
+    paths = Paths.of(layout)
+    pidfile = master_pidfile(layout, release.id)
     ready = ready_dir(layout, release.id)
     host.remove_tree(ready)
     host.makedirs(ready, metrics_dir(layout, release.id))
@@ -566,14 +632,6 @@ def start(
         pid = _await_workers(host, env, layout, release, workers=workers, timeout_s=timeout_s)
     finally:
         host.remove_tree(ready)
-    # the processes start once the web master booted and before the switch: a process that
-    # cannot start refuses the release while the previous one still serves, with its own
-    try:
-        start_processes(host, env, service, layout, release)
-    except ServiceError:
-        stop_master(host, pid)
-        host.remove_tree(pidfile)
-        raise
     return pid
 
 
@@ -605,6 +663,7 @@ def _await_workers(
                 "serves",
             )
         if answered >= workers and _alive(host, pid):
+            record_started(host, layout, release.id, pid)  # type: ignore[arg-type]
             return pid  # type: ignore[return-value]
         if seen and not _alive(host, seen):
             break  # the master halted: a worker could not load the service
@@ -653,6 +712,7 @@ def retire_others(host: Host, layout: Layout, keep: str, *, wait: bool = False) 
             else:
                 _signal(host, pid, signal.SIGTERM)
             host.remove_tree(master_pidfile(layout, rid))
+            host.remove_tree(started_file(layout, rid))
             retired.append(rid)
     # the processes of every other release stop once keep's started (start() came first)
     stop_processes(host, layout, keep=keep)
@@ -670,7 +730,7 @@ def stop_on_host(host: Host, layout: Layout) -> list[str]:
         lines.append(f"service {rid} stopped")
     paths = Paths.of(layout)
     lpid = _read_pid(host, paths.listener_pid)
-    if _alive(host, lpid):
+    if confirmed(host, lpid, pidfile=paths.listener_pid):
         _signal(host, lpid, signal.SIGTERM)  # type: ignore[arg-type]
         lines.append("listener stopped")
     for p in (paths.listener_pid, paths.control):

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import re
+from collections.abc import Iterable
+from urllib.parse import quote, quote_plus
 
 REDACTED = "[REDACTED]"
+# A printed piece of a secret at least this long is the secret, as far as a log is concerned: it
+# narrows a guess to nothing, and a truncated line (`cut -c1-12`) would otherwise pass.
+MIN_PREFIX = 8
 
 
 class Secret:
@@ -41,10 +47,51 @@ def redact_url(url: str) -> str:
     return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", url)
 
 
-def scrub(text: str, secrets: list[Secret] | tuple[Secret, ...]) -> str:
-    """Replace every secret value found in text; used on captured command output."""
-    for s in secrets:
-        value = s.reveal()
-        if value and len(value) >= 4:
-            text = text.replace(value, REDACTED)
+def derived_forms(value: str) -> list[str]:
+    """value and the forms a program commonly prints it in: base64 (standard and url-safe, padded
+    or not) and percent-encoding. Each is scrubbed as a whole and by its prefixes."""
+    raw = value.encode("utf-8", "surrogatepass")
+    forms = [value, quote(value, safe=""), quote_plus(value, safe="")]
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        text = encode(raw).decode("ascii")
+        forms += [text, text.rstrip("=")]
+    return list(dict.fromkeys(f for f in forms if f))
+
+
+def _spans(text: str, form: str) -> list[tuple[int, int]]:
+    """Where text holds form, or a prefix of it of MIN_PREFIX characters or more (each run as long
+    as it matches); a form shorter than that only whole."""
+    head = form[:MIN_PREFIX]
+    spans = []
+    i = text.find(head)
+    while i >= 0:
+        end = i + len(head)
+        while end - i < len(form) and end < len(text) and text[end] == form[end - i]:
+            end += 1
+        if len(form) >= MIN_PREFIX or end - i == len(form):
+            spans.append((i, end))
+        i = text.find(head, i + 1)
+    return spans
+
+
+def scrub(text: str, secrets: Iterable[Secret]) -> str:
+    """Replace every secret found in text, and its derived forms (derived_forms, and prefixes of
+    MIN_PREFIX characters or more); used on captured output before it is shown or stored."""
+    forms = {
+        form
+        for value in {s.reveal() for s in secrets}
+        if len(value) >= 4  # shorter is too short to tell from ordinary text
+        for form in derived_forms(value)
+    }
+    # every form's runs found in the text as given, then merged: forms that share a start (the
+    # percent-encoded value begins with the value's first characters) are hidden whole
+    spans = sorted(span for form in forms for span in _spans(text, form))
+    out, at = [], 0
+    for begin, end in spans:
+        if end <= at:
+            continue
+        if begin >= at:
+            out += [text[at:begin], REDACTED]
+        at = end
+    text = "".join([*out, text[at:]])
     return redact_url(text)

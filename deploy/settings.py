@@ -12,6 +12,11 @@ from deploy.config import EnvConfig
 from deploy.service import Service, with_password
 
 
+def application_name(env: str, release: str) -> str:
+    """The application name a release's sessions carry (PostgreSQL keeps 63 bytes of it)."""
+    return f"stageflow:{env}:{release}"[:63]
+
+
 def service_settings(env: EnvConfig, service: Service, *, release: str = "") -> dict[str, str]:
     out = dict(env.values)
     out.update({k: s.reveal() for k, s in env.secrets})
@@ -32,6 +37,9 @@ def service_settings(env: EnvConfig, service: Service, *, release: str = "") -> 
         out["PGPASSWORD"] = pg
     if release:
         out["STAGEFLOW_RELEASE"] = release
+        # libpq names every session the service opens: the database side can then tell which
+        # environment and release a connection came from, whatever the service reports itself
+        out["PGAPPNAME"] = application_name(env.name, release)
     for name, source in service.env_from:
         if source in out:
             out[name] = out[source]

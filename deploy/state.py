@@ -135,6 +135,8 @@ def _last_line(host: Host, path: str) -> str | None:
 def append_jsonl(host: Host, path: str, record: dict[str, Any]) -> None:
     """Append a record that names the hash of the line before it ("prev"): an edited, removed or
     inserted record breaks the chain at the first record after it (`verify_chain`)."""
+    if host.is_local:
+        private_file(path)
     last = _last_line(host, path)
     chained = {**record, "prev": line_hash(last) if last else GENESIS}
     host.append_line(path, json.dumps(chained, sort_keys=True, separators=(",", ":")))
@@ -214,6 +216,18 @@ def chained_records(host: Host, path: str) -> list[tuple[str, dict[str, Any]]]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def private_file(path: str) -> None:
+    """path exists and only its owner reads it (0600): history and audit name actors, commands
+    and hook output; a file an older version made world-readable is narrowed too."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def audit(host: Host, layout: Layout, *, actor: str, action: str, **details: Any) -> None:

@@ -185,7 +185,8 @@ def reap_leftovers() -> list[str]:
 
 def _kill_pidfiles(root: Path) -> None:
     """Every server under root wrote a pid file (postmaster.pid, redis.pid, listener, gunicorn)."""
-    for pidfile in [*root.glob("**/run/*.pid"), *root.glob("**/postmaster.pid")]:
+    pidfiles = [*root.glob("**/run/*.pid"), *root.glob("**/shared/redis/redis.pid")]
+    for pidfile in [*pidfiles, *root.glob("**/postmaster.pid")]:
         try:
             pid = int(pidfile.read_text().split()[0])
             os.kill(pid, signal.SIGKILL)

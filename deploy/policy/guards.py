@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
+import socket
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -72,7 +74,19 @@ def _ports(env: EnvConfig, *, app: bool = True) -> dict[str, int]:
 
 
 def _loopback(env: EnvConfig) -> bool:
-    return _norm_host(env.database.host) == _norm_host(env.redis.host) == "127.0.0.1"
+    return _norm_host(env.database.host) == _norm_host(env.redis.host) == LOCAL_MACHINE
+
+
+def _home(spec: HostSpec, env: EnvConfig) -> str:
+    """A host's home for env: on this machine resolved through symlinks, as the kernel opens it."""
+    home = spec.home(env)
+    return os.path.realpath(home) if spec.is_local else os.path.normpath(home)
+
+
+def _nested(a: str, b: str) -> bool:
+    """a and b are one directory, or one holds the other ("/" holds everything)."""
+    a, b = a.rstrip(os.sep) + os.sep, b.rstrip(os.sep) + os.sep
+    return a.startswith(b) or b.startswith(a)
 
 
 def isolation_problems(project: Project) -> list[str]:
@@ -93,13 +107,13 @@ def isolation_problems(project: Project) -> list[str]:
                     if pa == pb:
                         problems.append(f"{a} and {b} share port {pa} ({a} {ka}, {b} {kb})")
         for addr in shared_hosts:
-            da = os.path.normpath(hosts_a[addr].home(ea))
-            db = os.path.normpath(hosts_b[addr].home(eb))
-            if da == db or da.startswith(db + os.sep) or db.startswith(da + os.sep):
+            da, db = _home(hosts_a[addr], ea), _home(hosts_b[addr], eb)
+            if _nested(da, db):
                 where = "" if addr == "local" else f" on {addr}"
                 problem = f"{a} and {b} share the data directory {min(da, db, key=len)}{where}"
                 if problem not in problems:
                     problems.append(problem)
+        # the database as libpq reaches it: same machine, same port, same database name
         if (
             _norm_host(ea.database.host) == _norm_host(eb.database.host)
             and ea.database.port == eb.database.port
@@ -120,8 +134,30 @@ def isolation_problems(project: Project) -> list[str]:
     return problems
 
 
+LOCAL_MACHINE = "127.0.0.1"
+
+
 def _norm_host(host: str) -> str:
-    return "127.0.0.1" if host in ("localhost", "127.0.0.1", "::1") else host
+    """The machine a libpq or Redis host names: every loopback spelling, "localhost", this
+    machine's own name and a unix socket directory are this machine; an address is canonical."""
+    host = host.strip().strip("[]").lower()
+    if not host or host.startswith("/") or host in ("localhost", socket.gethostname().lower()):
+        return LOCAL_MACHINE
+    try:
+        # inet_aton reads the forms libpq's resolver reads too ("127.1", "0x7f.1")
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv4Address(
+            socket.inet_aton(host)
+        )
+    except OSError:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    if address.is_loopback or address.is_unspecified:
+        return LOCAL_MACHINE
+    return str(address)
 
 
 def isolation(project: Project, target: str) -> Check:
@@ -129,6 +165,34 @@ def isolation(project: Project, target: str) -> Check:
     if problems:
         return Check("isolation", False, "; ".join(problems))
     return Check("isolation", True, f"{target} shares no port, database, Redis or data directory")
+
+
+MARKER = ".stageflow-env"
+
+
+def home_marker(project: Project, target: str) -> Check:
+    """The target's home on this machine names the target, or names nothing yet (never `up`).
+
+    Isolation compares the homes this project configures; the marker also catches a home that
+    belongs to an environment configured elsewhere (another clone's prod)."""
+    env = project.env(target)
+    for spec in map(host_spec, project.policies[target].hosts):
+        if not spec.is_local:
+            continue  # a remote home's marker is read there, by the runtime
+        marker = os.path.join(_home(spec, env), MARKER)
+        try:
+            with open(marker, encoding="utf-8", errors="replace") as fh:
+                owner = fh.read(200).strip()
+        except FileNotFoundError:
+            continue
+        if owner != target:
+            return Check(
+                "home",
+                False,
+                f"{_home(spec, env)} is marked as {owner[:40]!r}'s home, not {target}'s; "
+                f"give {target} its own DATA_DIR in {env.file.name}",
+            )
+    return Check("home", True, f"{target}'s home is its own")
 
 
 def production_posture(env: EnvConfig) -> Check:
@@ -156,5 +220,6 @@ def environment_checks(
     return [
         ("shell-environment", lambda: shell_environment(env, process_env)),
         ("isolation", lambda: isolation(project, target)),
+        ("home", lambda: home_marker(project, target)),
         ("posture", lambda: production_posture(env)),
     ]

@@ -90,6 +90,17 @@ def service_user(name: str) -> str | None:
     return name
 
 
+def _own(path: str, mode: int) -> None:
+    """path belongs to the invoking user (root when root), with mode: a directory an older
+    version gave the service user is taken back."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise ServiceError(f"{path} is a symlink", hint="remove it; stageflow creates it")
+    if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+        os.chown(path, os.geteuid(), os.getegid(), follow_symlinks=False)
+    os.chmod(path, mode)
+
+
 def _chown(path: str, user: str | None) -> None:
     if user:
         pw = pwd.getpwnam(user)
@@ -371,12 +382,18 @@ class NativeServices:
         return f"/tmp/stageflow-{digest}"
 
     @property
+    def redis_log(self) -> str:
+        return os.path.join(self.layout.logs, "redis.log")
+
+    @property
     def pg_log(self) -> str:
         return os.path.join(self.layout.logs, "postgres.log")
 
     @property
     def redis_pidfile(self) -> Path:
-        return Path(self.layout.run) / "redis.pid"
+        # redis-server (the service user) writes it, so it lives in the service user's own
+        # directory, never in run/ (root's): it is only a claim, checked before any signal
+        return Path(self.layout.redis_dir) / "redis.pid"
 
     def admin_conninfo(self, dbname: str = "postgres") -> str:
         return f"host={self.socket_dir} port={self.env.postgres_port} user=postgres dbname={dbname}"
@@ -413,9 +430,21 @@ class NativeServices:
         ):
             Path(d).mkdir(parents=True, exist_ok=True)
         Path(self.layout.marker).write_text(self.env.name + "\n")
-        for d in (self.layout.logs, self.layout.run, self.layout.redis_dir, self.layout.backups):
-            _chown(d, self.user)
+        # What root trusts (pid files, the listener's socket, backups, state, logs it appends
+        # to) belongs to the invoking user, private; the service user gets its data directories,
+        # its socket directory and its own log files, and may only traverse run/ to its socket.
+        for d, mode in (
+            (self.layout.run, 0o711 if self.user else 0o700),
+            (self.layout.state, 0o700),
+            (self.layout.backups, 0o700),
+            (self.layout.logs, 0o755),
+        ):
+            _own(d, mode)
+        _chown(self.layout.redis_dir, self.user)
         os.chmod(self.layout.redis_dir, 0o700)
+        for log in (self.pg_log, self.redis_log):
+            Path(log).touch()
+            _chown(log, self.user)
 
     def binaries(self) -> ServerBinaries:
         """The binaries the service user runs, resolved (and copied, if it must) once."""
@@ -432,8 +461,32 @@ class NativeServices:
         return pid if pid and _pid_alive(pid) else None
 
     def redis_pid(self) -> int | None:
-        pid = _read_pid(self.redis_pidfile)
-        return pid if pid and _pid_alive(pid) else None
+        """The pid of this environment's redis-server: what its pid file claims, confirmed."""
+        # run/redis.pid: where a server started by an older version wrote it
+        for path in (self.redis_pidfile, Path(self.layout.run) / "redis.pid"):
+            pid = _read_pid(path)
+            if pid and self._is_our_redis(pid):
+                return pid
+        return None
+
+    def _is_our_redis(self, pid: int) -> bool:
+        """pid is a redis-server serving this environment's port from its data directory."""
+        if not _pid_alive(pid):
+            return False
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except (OSError, UnicodeDecodeError):
+            return False
+        # retitled ("redis-server 127.0.0.1:PORT"), or as started (redis-server CONF)
+        args = raw.replace("\0", " ").split()
+        conf = str(Path(self.layout.run) / "redis.conf")
+        return (
+            bool(args)
+            and args[0].endswith("redis-server")
+            and (conf in args or any(a.endswith(f":{self.env.redis_port}") for a in args[1:]))
+            and cwd == os.path.realpath(self.layout.redis_dir)
+        )
 
     def status(self) -> list[ServiceStatus]:
         pg_pid = self.postgres_pid()
@@ -582,7 +635,7 @@ class NativeServices:
         actions = []
         pidfile = self.redis_pidfile
         stale = _read_pid(pidfile)
-        if stale and not _pid_alive(stale):
+        if stale and not self._is_our_redis(stale):
             pidfile.unlink()
             actions.append("stale redis pid file removed")
         password = self.env.secret("REDIS_PASSWORD")
@@ -594,7 +647,7 @@ class NativeServices:
                     port=self.env.redis_port,
                     data_dir=self.layout.redis_dir,
                     pidfile=str(pidfile),
-                    logfile=os.path.join(self.layout.logs, "redis.log"),
+                    logfile=self.redis_log,
                     password=password.reveal() if password else None,
                 )
             )

@@ -277,6 +277,9 @@ def restart_release(
                 releases.master_pidfile(layout, rel.id), retiring_pidfile(layout, rel.id, old)
             )
         )
+        started = releases.started_file(layout, rel.id)
+        if host.exists(started):  # its record of which process it is goes along
+            host.rename(started, releases.started_file(layout, f"{rel.id}~{old}"))
     new = releases.start(host, env, service, layout, rel, workers=workers, bind=bind)
     releases.retire_others(host, layout, keep=rel.id)
     return old, new

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from invoke import Exit
 
-from deploy.config import Project, find_root, load_project
+from deploy.config import Project, find_root, libpq_variables, load_project
 from deploy.errors import DeployError, UsageError
 from deploy.policy import guards
 from deploy.policy.actors import Actor, resolve
@@ -24,6 +24,9 @@ def edge(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # libpq would read the operator's PGHOST, PGSERVICE, ... behind every URL's back
+        for key in libpq_variables(os.environ):
+            del os.environ[key]
         try:
             return fn(*args, **kwargs)
         except DeployError as err:

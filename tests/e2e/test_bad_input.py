@@ -189,6 +189,64 @@ def migrations(files: dict[str, str]) -> Setup:
     return setup
 
 
+def symlinked(link: str, target: str, then: Setup | None = None) -> Setup:
+    """A symlink in the project (link -> target, both relative to the root) for one case."""
+
+    @contextmanager
+    def setup(p: Project) -> Iterator[None]:
+        path = p.root / link
+        path.symlink_to(target if target.startswith("/") else p.root / target)
+        try:
+            with then(p) if then else nullcontext():
+                yield
+        finally:
+            path.unlink()
+
+    return setup
+
+
+def marked_home(name: str, owner: str) -> Setup:
+    """env `name`'s home exists and its marker names `owner` (another clone's environment)."""
+
+    @contextmanager
+    def setup(p: Project) -> Iterator[None]:
+        home = p.root / ".stageflow" / name
+        existed = home.exists()
+        marker = home / ".stageflow-env"
+        home.mkdir(parents=True, exist_ok=True)
+        with _restoring(marker):
+            marker.write_text(owner + "\n")
+            yield
+        if not existed:
+            home.rmdir()
+
+    return setup
+
+
+def _query(query: str) -> Callable[[dict[str, str]], str]:
+    return lambda values: f"{values['DATABASE_URL']}?{query}"
+
+
+def staging_on_dev_db(host: str) -> Setup:
+    """staging's DATABASE_URL names dev's database and port through another spelling of the host."""
+
+    @contextmanager
+    def setup(p: Project) -> Iterator[None]:
+        port = _values(p, "dev")["POSTGRES_PORT"]
+        url = f"postgresql://app_staging@{host}:{port}/stageflow_dev"
+        with (
+            set_key("POSTGRES_PORT", port, "staging")(p),
+            set_key("DATABASE_URL", url, "staging")(p),
+        ):
+            yield
+
+    return setup
+
+
+def db_redirect(query: str) -> Setup:
+    return set_key("DATABASE_URL", _query(query), name="staging")
+
+
 def _pw_url(values: dict[str, str]) -> str:
     return values["DATABASE_URL"].replace("app_dev@", "app_dev:leaked-pw@")
 
@@ -485,6 +543,106 @@ CASES: dict[str, Case] = {
         "duplicate migration version 3",
         migrations({"0003_again.up.sql": "SELECT 1;\n"}),
     ),
+    # isolation: a DATABASE_URL's query cannot redirect the connection libpq makes
+    "db-query-attack": Case(
+        ("staging.deploy",),
+        USAGE,
+        "staging.env:6: DATABASE_URL's query sets dbname, host, port, user",
+        db_redirect("host=/tmp&port=5432&user=postgres&dbname=stageflow_prod"),
+    ),
+    "db-query-hostaddr": Case(
+        ("staging.deploy",), USAGE, "query sets hostaddr", db_redirect("hostaddr=10.1.2.3")
+    ),
+    "db-query-service": Case(
+        ("staging.up",), USAGE, "query sets service", db_redirect("service=prod")
+    ),
+    "db-query-passfile": Case(
+        ("staging.deploy",), USAGE, "query sets passfile", db_redirect("passfile=/root/.pgpass")
+    ),
+    "db-query-options": Case(
+        ("staging.deploy",), USAGE, "query sets options", db_redirect("options=-crole%3Dpostgres")
+    ),
+    "db-query-application-name": Case(
+        ("staging.deploy",),
+        USAGE,
+        "query sets application_name",
+        db_redirect("application_name=stageflow-prod"),
+    ),
+    "db-query-encoded-key": Case(
+        ("staging.deploy",), USAGE, "query sets host", db_redirect("%68ost=/tmp")
+    ),
+    "db-query-behind-safe-key": Case(
+        ("staging.deploy",), USAGE, "query sets dbname", db_redirect("sslmode=disable&dbname=x")
+    ),
+    "db-several-hosts": Case(
+        ("staging.deploy",),
+        USAGE,
+        "DATABASE_URL names several hosts",
+        set_key(
+            "DATABASE_URL",
+            lambda v: v["DATABASE_URL"].replace("@127.0.0.1:", "@127.0.0.1:1,127.0.0.1:"),
+            name="staging",
+        ),
+    ),
+    "db-fragment": Case(("staging.deploy",), USAGE, "DATABASE_URL holds a '#'", db_redirect("#x")),
+    "db-loopback-alias-shared": Case(
+        ("staging.deploy",),
+        GUARD,
+        "dev and staging share the database stageflow_dev",
+        staging_on_dev_db("127.1"),
+    ),
+    "db-socket-dir-shared": Case(
+        ("staging.deploy",),
+        GUARD,
+        "dev and staging share the database stageflow_dev",
+        staging_on_dev_db("%2Ftmp"),
+    ),
+    "redis-query-db": Case(
+        ("staging.deploy",),
+        USAGE,
+        "staging.env:7: REDIS_URL holds a query",
+        set_key("REDIS_URL", lambda v: v["REDIS_URL"] + "?db=3", name="staging"),
+    ),
+    "redis-query-socket": Case(
+        ("staging.up",),
+        USAGE,
+        "REDIS_URL holds a query",
+        set_key("REDIS_URL", lambda v: v["REDIS_URL"] + "?unix_socket_path=/tmp/x", name="staging"),
+    ),
+    # isolation: homes resolved through symlinks, never / nor the project itself
+    "data-dir-root": Case(
+        ("staging.deploy",),
+        USAGE,
+        "staging.env:8: DATA_DIR='/'",
+        set_key("DATA_DIR", "/", "staging"),
+    ),
+    "data-dir-parent": Case(
+        ("dev.deploy",), USAGE, "holds the project itself", set_key("DATA_DIR", "..")
+    ),
+    "data-dir-project": Case(
+        ("dev.up",), USAGE, "holds the project itself", set_key("DATA_DIR", ".")
+    ),
+    "data-dir-symlink-to-root": Case(
+        ("staging.deploy",),
+        USAGE,
+        "holds the project itself",
+        symlinked("everything", "/", set_key("DATA_DIR", "everything", "staging")),
+    ),
+    "data-dir-symlink-to-other-home": Case(
+        ("staging.deploy",),
+        GUARD,
+        "dev and staging share the data directory",
+        symlinked("innocent", ".stageflow/dev", set_key("DATA_DIR", "innocent", "staging")),
+    ),
+    "data-dir-symlink-up-to-other-home": Case(
+        ("staging.up",),
+        GUARD,
+        "dev and staging share the data directory",
+        symlinked("alias", ".stageflow", set_key("DATA_DIR", "alias/dev/x", "staging")),
+    ),
+    "home-marked-for-another": Case(
+        ("staging.deploy",), GUARD, "marked as 'prod'", marked_home("staging", "prod")
+    ),
 }
 
 
@@ -545,7 +703,7 @@ def test_bad_input_is_refused_in_one_line_and_changes_nothing(proj: Project, cas
 
 
 def test_the_table_is_large_enough() -> None:
-    assert len(CASES) >= 40
+    assert len(CASES) >= 90
 
 
 def test_project_still_serves_after_the_table(proj: Project) -> None:

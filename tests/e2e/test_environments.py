@@ -298,7 +298,7 @@ def test_up_recovers_from_sigkilled_servers(project: Project) -> None:
     assert all(_zombie_or_gone(p) for p in killed)
     # the killed servers left their pid files behind
     assert (project.root / ".stageflow/dev/shared/pgdata/postmaster.pid").exists()
-    assert (project.root / ".stageflow/dev/run/redis.pid").exists()
+    assert (project.root / ".stageflow/dev/shared/redis/redis.pid").exists()
 
     res = project.ok("dev.up")
     assert "stale postgres pid file removed" in res.stdout

@@ -337,7 +337,7 @@ def test_backup_verify_list_then_level1_restarts_redis_and_resets_data(project, 
     assert listed[0]["id"] in project.ok("staging.backups").stdout
 
     # level 1 starts a server that died, and only that one
-    pidfile = project.root / ".stageflow/staging/run/redis.pid"
+    pidfile = project.root / ".stageflow/staging/shared/redis/redis.pid"
     redis_pid = int(pidfile.read_text().split()[0])
     os.kill(redis_pid, signal.SIGKILL)
     deadline = time.monotonic() + 10

@@ -279,10 +279,11 @@ def test_environment_checks_refuse_on_a_broken_project(proj: Project) -> None:
     assert by_name["shell-environment"].ok
 
 
-def test_environment_checks_run_all_three(proj: Project) -> None:
+def test_environment_checks_run_all_four(proj: Project) -> None:
     checks = guards.run_checks(guards.environment_checks(proj, "prod", {"ENVIRONMENT": "staging"}))
     assert [(c.name, c.ok) for c in checks] == [
         ("shell-environment", False),
         ("isolation", True),
+        ("home", True),
         ("posture", True),
     ]
