@@ -220,6 +220,7 @@ def test_settings_come_from_the_process_environment_with_credentials_in_the_urls
         "environment": "staging",
         "database": parts.path.lstrip("/"),
         "features": ["notes"],  # "all", expanded
+        "known_features": ["notes"],
         "schema_expected": EXPECTED,
     }
     assert server.get("/healthz").status == 200
