@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import stat
@@ -628,6 +629,15 @@ _POLICY_KEYS = {
     "relax_thresholds_from": (str,),
     "relax_factor": (int, float),
 }
+# Each numeric key's lower bound, and whether the bound itself is allowed: a value outside loads
+# silently today and bites at deploy time (0 workers start nothing, a negative window never ends).
+_POLICY_MINIMUMS: dict[str, tuple[float, bool]] = {
+    "verify_window_s": (0, True),
+    "soak_s": (0, True),
+    "workers": (1, True),
+    "refresh_s": (0, False),
+    "relax_factor": (0, False),
+}
 _THRESHOLD_KEYS = {
     "health_failures": int,
     "error_rate_points": float,
@@ -645,7 +655,11 @@ def _thresholds(path: Path, env: str, table: dict[str, Any]) -> Thresholds:
                 f"[environments.{env}.thresholds] unknown key {key}",
                 f"known: {', '.join(_THRESHOLD_KEYS)}",
             )
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 < value < math.inf
+        ):
             raise _err(
                 path, None, f"[environments.{env}.thresholds] {key} must be a positive number"
             )
@@ -711,8 +725,17 @@ def _policy_table(path: Path, name: str, table: dict[str, Any]) -> dict[str, Any
             isinstance(value, bool) and bool not in _POLICY_KEYS[key]
         ):
             raise _err(path, None, f"[environments.{name}] {key} has the wrong type")
+        if key in _POLICY_MINIMUMS:
+            _check_minimum(path, f"[environments.{name}] {key}", value, *_POLICY_MINIMUMS[key])
         kwargs[key] = value
     return kwargs
+
+
+def _check_minimum(path: Path, where: str, value: float, low: float, inclusive: bool) -> None:
+    """A finite number at or above low (above it when not inclusive); TOML allows inf and nan."""
+    if not math.isfinite(value) or value < low or (value == low and not inclusive):
+        bound = f">= {low:g}" if inclusive else f"> {low:g}"
+        raise _err(path, None, f"{where} must be a number {bound}, not {value!r}")
 
 
 def _env_policy(path: Path, name: str, kwargs: dict[str, Any]) -> EnvPolicy:
@@ -856,6 +879,14 @@ def load_project(
     if not isinstance(user, str) or not _NAME.match(user):
         raise _err(
             root / "stageflow.toml", None, "[project] service_user must be a plain user name"
+        )
+    if user == "root":
+        # the servers run as this user so that a compromised service cannot own the machine
+        raise _err(
+            root / "stageflow.toml",
+            None,
+            "[project] service_user must not be root",
+            "name an unprivileged user, e.g. stageflow",
         )
     return Project(
         root=root,

@@ -26,7 +26,7 @@ from deploy.errors import ConfigError, NotApproved, UsageError
 from deploy.hosts import Host, run_process
 from deploy.policy import guards
 from deploy.policy.actors import Actor
-from deploy.state import Layout, audit, history, utc_now
+from deploy.state import Layout, audit, history, read_state_record, utc_now
 
 SEVERITIES = ("P1", "P2", "P3", "P4")
 PROD = "prod"
@@ -68,6 +68,10 @@ def policy(proj: Project) -> Policy:
 # -- storage -----------------------------------------------------------------------------------
 
 
+# what every request file holds; one without them is damage, refused in one line
+REQUEST_KEYS = ("id", "ref", "commit", "requester", "status", "approvals", "rejections")
+
+
 def _dir(proj: Project) -> Path:
     return Path(Layout(str(proj.env(PROD).data_dir)).requests)
 
@@ -83,12 +87,12 @@ def load(proj: Project, rid: str | int) -> dict[str, Any]:
         raise UsageError(
             f"request id {rid!r} is not a number", hint="list them with `inv prod.requests`"
         ) from None
-    try:
-        return json.loads(_path(proj, n).read_text())
-    except FileNotFoundError:
+    req = read_state_record(Host(), _path(proj, n), keys=REQUEST_KEYS)
+    if req is None:
         raise NotApproved(
             f"no deployment request {n}", hint="create one with `inv prod.request --ref REF`"
-        ) from None
+        )
+    return req
 
 
 def save(proj: Project, req: dict[str, Any]) -> None:
@@ -102,7 +106,7 @@ def all_requests(proj: Project) -> list[dict[str, Any]]:
     ):
         try:
             out.append(json.loads(p.read_text()))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # not JSON, or not UTF-8: `prod.checklist N` names it
             continue
     return out
 
