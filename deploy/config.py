@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 from dotenv.parser import parse_stream
 
-from deploy.errors import ConfigError
+from deploy.errors import ConfigError, clip
 from deploy.secrets import Secret
 from deploy.service import Service, load_service
 
@@ -47,6 +47,8 @@ SERVICE_SECRET = "the service's own secret ([service.env] secrets in stageflow.t
 _SECRETISH = re.compile(r"(PASSWORD|SECRET|TOKEN|PRIVATE|CREDENTIAL)", re.I)
 _URL_WITH_PASSWORD = re.compile(r"://[^/@\s:]*:[^@/\s]+@")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+# a PostgreSQL duration, as deploy/migrations.py reads one (not imported: `inv --list` stays light)
+DURATION = re.compile(r"^\d{1,9}(ms|s|min|h)?$")
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
@@ -219,6 +221,11 @@ class EnvPolicy:
     workers: int = 2
     thresholds: Thresholds = field(default_factory=Thresholds)
     refresh_s: float = 10.0
+    # how long one migration statement may wait for a lock, and run (a file's own headers win),
+    # and how long a whole deploy may take before it stops and the previous release serves
+    lock_timeout: str = "5s"
+    statement_timeout: str = "5min"
+    deploy_timeout_s: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -628,6 +635,9 @@ _POLICY_KEYS = {
     "thresholds": (dict,),
     "relax_thresholds_from": (str,),
     "relax_factor": (int, float),
+    "lock_timeout": (str,),
+    "statement_timeout": (str,),
+    "deploy_timeout_s": (int, float),
 }
 # Each numeric key's lower bound, and whether the bound itself is allowed: a value outside loads
 # silently today and bites at deploy time (0 workers start nothing, a negative window never ends).
@@ -637,6 +647,7 @@ _POLICY_MINIMUMS: dict[str, tuple[float, bool]] = {
     "workers": (1, True),
     "refresh_s": (0, False),
     "relax_factor": (0, False),
+    "deploy_timeout_s": (0, False),
 }
 _THRESHOLD_KEYS = {
     "health_failures": int,
@@ -727,6 +738,13 @@ def _policy_table(path: Path, name: str, table: dict[str, Any]) -> dict[str, Any
             raise _err(path, None, f"[environments.{name}] {key} has the wrong type")
         if key in _POLICY_MINIMUMS:
             _check_minimum(path, f"[environments.{name}] {key}", value, *_POLICY_MINIMUMS[key])
+        if key in ("lock_timeout", "statement_timeout") and not DURATION.match(value):
+            raise _err(
+                path,
+                None,
+                f"[environments.{name}] {key}={clip(value)!r} is not a duration",
+                'write e.g. "5s", "500ms" or "2min" ("0": no timeout)',
+            )
         kwargs[key] = value
     return kwargs
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from deploy import procs
 from deploy.clock import Clock, as_utc, stamp, system_clock
-from deploy.errors import HostError, LockHeld, UsageError
+from deploy.errors import HostError, LockHeld, UsageError, clip
 from deploy.hosts import Host
 
 LOCK_STALE_AFTER_S = 3600.0
@@ -241,11 +241,6 @@ class LockInfo:
             f"held by {self.who} (pid {self.pid} on {self.host}) since {self.time} "
             f"for `{self.command}` {clip(self.release)}".rstrip()
         )
-
-
-def clip(text: str, limit: int = 80) -> str:
-    """text as a message may echo it: a 100,000-character ref or value is cut, and says so."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def held_too_long(
