@@ -364,6 +364,64 @@ def _check_statements(sql: str, *, source: str, transactional: bool) -> None:
             )
 
 
+# Statements that hold a strong lock on a table for as long as they (or their transaction) run,
+# blocking the serving release's reads or writes: (rule, pattern, why). The release gate blocks on
+# them; a file that must, says so to a reviewer by being split or made concurrent.
+LONG_LOCKS = (
+    (
+        "lock-table",
+        re.compile(r"^LOCK\b", re.IGNORECASE),
+        "LOCK TABLE holds the table until the transaction ends",
+    ),
+    (
+        "vacuum-full",
+        re.compile(r"^VACUUM\s*(\([^)]*\bFULL\b[^)]*\)|FULL\b)", re.IGNORECASE),
+        "VACUUM FULL rewrites the table under ACCESS EXCLUSIVE",
+    ),
+    (
+        "cluster",
+        re.compile(r"^CLUSTER\b", re.IGNORECASE),
+        "CLUSTER rewrites the table under ACCESS EXCLUSIVE",
+    ),
+    (
+        "reindex-blocking",
+        re.compile(r"^REINDEX\b(?![^;]*\bCONCURRENTLY\b)", re.IGNORECASE),
+        "REINDEX without CONCURRENTLY blocks writes (and reads through the index)",
+    ),
+    (
+        "refresh-blocking",
+        re.compile(r"^REFRESH\s+MATERIALIZED\s+VIEW\b(?![^;]*\bCONCURRENTLY\b)", re.IGNORECASE),
+        "REFRESH MATERIALIZED VIEW without CONCURRENTLY blocks its readers",
+    ),
+    (
+        "sleep",
+        re.compile(r"\bpg_sleep(_for|_until)?\s*\(", re.IGNORECASE),
+        "pg_sleep keeps every lock taken before it",
+    ),
+)
+
+
+_STRING_LITERAL = re.compile(r"'(?:[^']|'')*'")
+
+
+def long_locks(path: Path) -> list[tuple[str, str]]:
+    """(where, rule: why) for each statement of a migration file that holds a table long;
+    where is 'file:line'."""
+    sql = _read_sql(path)[1]
+    found = []
+    at = 0
+    for stmt in split_sql(sql, source=path.name):
+        start = sql.find(stmt, at)
+        at = start + len(stmt) if start >= 0 else at
+        head = _strip_leading_comments(stmt)
+        line = sql.count("\n", 0, max(start, 0) + (len(stmt) - len(head))) + 1
+        code = _STRING_LITERAL.sub("''", head)  # a quoted pg_sleep( is text, not a call
+        for rule, pattern, why in LONG_LOCKS:
+            if pattern.search(code) if rule == "sleep" else pattern.match(code):
+                found.append((f"{path.name}:{line}", f"stageflow-{rule}: {why}"))
+    return found
+
+
 def _read_sql(path: Path) -> tuple[bytes, str]:
     data = path.read_bytes()
     try:

@@ -29,6 +29,7 @@ DEFAULT_BLOCKING_RULES = (
     "renaming-column",
     "renaming-table",
     "adding-not-nullable-field",
+    *(f"stageflow-{rule}" for rule, _, _ in migrations.LONG_LOCKS),
 )
 _USER_SCHEMAS = (
     "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_%%'"
@@ -170,6 +171,10 @@ def lint(ctx: GateContext, files: list[Path]) -> tuple[list[str], list[str]]:
         (blocking if f.get("level") == "Error" or f.get("rule_name") in rules else warnings).append(
             line
         )
+    for path in files:  # what squawk does not see: statements that hold a table for long
+        for where, finding in migrations.long_locks(path):
+            rule = finding.split(":", 1)[0]
+            (blocking if rule in rules else warnings).append(f"{where}: {finding}")
     return blocking, warnings
 
 
