@@ -269,6 +269,20 @@ def judge_latency(
     return None, f"{said}; {tail}"
 
 
+def _readiness_reason(
+    t: Thresholds, not_ready: int, unready_at_end: Sequence[str], ready_path: str
+) -> str | None:
+    """Why the release is not ready (its database or Redis), or None when it is."""
+    if unready_at_end:
+        return (
+            f"{ready_path} not ready on {', '.join(unready_at_end)} when the window closed "
+            "(its database or Redis does not answer)"
+        )
+    if not_ready > t.health_failures:
+        return f"{ready_path} not ready {not_ready} times in a row (limit {t.health_failures})"
+    return None
+
+
 def evaluate(
     t: Thresholds,
     *,
@@ -312,19 +326,9 @@ def evaluate(
             f"(limit {t.health_failures})",
             numbers=numbers,
         )
-    if unready_at_end:
-        return Verdict(
-            False,
-            f"{ready_path} not ready on {', '.join(unready_at_end)} when the window closed "
-            "(its database or Redis does not answer)",
-            numbers=numbers,
-        )
-    if not_ready > t.health_failures:
-        return Verdict(
-            False,
-            f"{ready_path} not ready {not_ready} times in a row (limit {t.health_failures})",
-            numbers=numbers,
-        )
+    unready = _readiness_reason(t, not_ready, unready_at_end, ready_path)
+    if unready:
+        return Verdict(False, unready, numbers=numbers)
     if busy:
         numbers["busy"] = busy
     judged = []
