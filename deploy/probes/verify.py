@@ -269,6 +269,31 @@ def judge_latency(
     return None, f"{said}; {tail}"
 
 
+def _numbers(
+    new: Counts, base: Counts | None, memory_mb: float, health_failures: int, not_ready: int
+) -> dict[str, Any]:
+    """What a verdict reports, whichever trigger fires."""
+    numbers: dict[str, Any] = {
+        "requests": new.requests,
+        "errors": new.errors,
+        "error_pct": round(new.error_pct, 2),
+        "p95_ms": new.p95_ms(),
+        "memory_mb": round(memory_mb, 1),
+        "health_failures": health_failures,
+        "ready_failures": not_ready,
+        "workers": new.workers,
+    }
+    if new.unreadable:
+        numbers["unreadable_worker_files"] = new.unreadable
+    if base:
+        numbers.update(
+            baseline_requests=base.requests,
+            baseline_error_pct=round(base.error_pct, 2),
+            baseline_p95_ms=base.p95_ms(),
+        )
+    return numbers
+
+
 def _readiness_reason(
     t: Thresholds, not_ready: int, unready_at_end: Sequence[str], ready_path: str
 ) -> str | None:
@@ -299,24 +324,7 @@ def evaluate(
     """Pure: the first trigger that fires, with its numbers. busy: why the hosts were saturated
     during the window ("" when they were not). not_ready: the longest run of failed readiness
     probes; unready_at_end: the hosts whose ready path failed when the window closed."""
-    numbers: dict[str, Any] = {
-        "requests": new.requests,
-        "errors": new.errors,
-        "error_pct": round(new.error_pct, 2),
-        "p95_ms": new.p95_ms(),
-        "memory_mb": round(memory_mb, 1),
-        "health_failures": consecutive_failures,
-        "ready_failures": not_ready,
-        "workers": new.workers,
-    }
-    if new.unreadable:
-        numbers["unreadable_worker_files"] = new.unreadable
-    if base:
-        numbers.update(
-            baseline_requests=base.requests,
-            baseline_error_pct=round(base.error_pct, 2),
-            baseline_p95_ms=base.p95_ms(),
-        )
+    numbers = _numbers(new, base, memory_mb, consecutive_failures, not_ready)
     if service_numbers:
         numbers["service"] = dict(service_numbers)
     if consecutive_failures > t.health_failures:
