@@ -71,7 +71,7 @@ def list_backups(proj: Project, name: str) -> list[dict[str, Any]]:
     for meta in sorted(Path(layout.backups).glob("*.json")):
         try:
             out.append(json.loads(meta.read_text()))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # torn, not JSON or not UTF-8: not a backup to offer
             continue
     return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import stat
@@ -16,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from dotenv.parser import parse_stream
 
-from deploy.errors import ConfigError
+from deploy.errors import ConfigError, clip
 from deploy.secrets import Secret, redact_url
 from deploy.service import Service, load_service
 
@@ -46,6 +47,8 @@ SERVICE_SECRET = "the service's own secret ([service.env] secrets in stageflow.t
 _SECRETISH = re.compile(r"(PASSWORD|SECRET|TOKEN|PRIVATE|CREDENTIAL)", re.I)
 _URL_WITH_PASSWORD = re.compile(r"://[^/@\s:]*:[^@/\s]+@")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+# a PostgreSQL duration, as deploy/migrations.py reads one (not imported: `inv --list` stays light)
+DURATION = re.compile(r"^\d{1,9}(ms|s|min|h)?$")
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 # libpq keywords a DATABASE_URL's query may carry: none of them changes where the connection goes,
 # as whom, or under which application name. Every other keyword (host, hostaddr, port, dbname,
@@ -234,6 +237,11 @@ class EnvPolicy:
     workers: int = 2
     thresholds: Thresholds = field(default_factory=Thresholds)
     refresh_s: float = 10.0
+    # how long one migration statement may wait for a lock, and run (a file's own headers win),
+    # and how long a whole deploy may take before it stops and the previous release serves
+    lock_timeout: str = "5s"
+    statement_timeout: str = "5min"
+    deploy_timeout_s: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -701,6 +709,19 @@ _POLICY_KEYS = {
     "thresholds": (dict,),
     "relax_thresholds_from": (str,),
     "relax_factor": (int, float),
+    "lock_timeout": (str,),
+    "statement_timeout": (str,),
+    "deploy_timeout_s": (int, float),
+}
+# Each numeric key's lower bound, and whether the bound itself is allowed: a value outside loads
+# silently today and bites at deploy time (0 workers start nothing, a negative window never ends).
+_POLICY_MINIMUMS: dict[str, tuple[float, bool]] = {
+    "verify_window_s": (0, True),
+    "soak_s": (0, True),
+    "workers": (1, True),
+    "refresh_s": (0, False),
+    "relax_factor": (0, False),
+    "deploy_timeout_s": (0, False),
 }
 _THRESHOLD_KEYS = {
     "health_failures": int,
@@ -719,7 +740,11 @@ def _thresholds(path: Path, env: str, table: dict[str, Any]) -> Thresholds:
                 f"[environments.{env}.thresholds] unknown key {key}",
                 f"known: {', '.join(_THRESHOLD_KEYS)}",
             )
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 < value < math.inf
+        ):
             raise _err(
                 path, None, f"[environments.{env}.thresholds] {key} must be a positive number"
             )
@@ -785,8 +810,24 @@ def _policy_table(path: Path, name: str, table: dict[str, Any]) -> dict[str, Any
             isinstance(value, bool) and bool not in _POLICY_KEYS[key]
         ):
             raise _err(path, None, f"[environments.{name}] {key} has the wrong type")
+        if key in _POLICY_MINIMUMS:
+            _check_minimum(path, f"[environments.{name}] {key}", value, *_POLICY_MINIMUMS[key])
+        if key in ("lock_timeout", "statement_timeout") and not DURATION.match(value):
+            raise _err(
+                path,
+                None,
+                f"[environments.{name}] {key}={clip(value)!r} is not a duration",
+                'write e.g. "5s", "500ms" or "2min" ("0": no timeout)',
+            )
         kwargs[key] = value
     return kwargs
+
+
+def _check_minimum(path: Path, where: str, value: float, low: float, inclusive: bool) -> None:
+    """A finite number at or above low (above it when not inclusive); TOML allows inf and nan."""
+    if not math.isfinite(value) or value < low or (value == low and not inclusive):
+        bound = f">= {low:g}" if inclusive else f"> {low:g}"
+        raise _err(path, None, f"{where} must be a number {bound}, not {value!r}")
 
 
 def _env_policy(path: Path, name: str, kwargs: dict[str, Any]) -> EnvPolicy:
@@ -939,6 +980,14 @@ def load_project(
     if not isinstance(user, str) or not _NAME.match(user):
         raise _err(
             root / "stageflow.toml", None, "[project] service_user must be a plain user name"
+        )
+    if user == "root":
+        # the servers run as this user so that a compromised service cannot own the machine
+        raise _err(
+            root / "stageflow.toml",
+            None,
+            "[project] service_user must not be root",
+            "name an unprivileged user, e.g. stageflow",
         )
     return Project(
         root=root,

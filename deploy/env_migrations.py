@@ -26,7 +26,7 @@ from deploy.errors import MigrationError, ServiceError, UsageError
 from deploy.hosts import Host, run_process
 from deploy.migrations import MigrationFile, MigrationStatus
 from deploy.secrets import scrub
-from deploy.state import Layout
+from deploy.state import Layout, audit
 
 COMMAND_TIMEOUT_S = 3600.0
 # under a service's migrations.dir at the repository's root, only these folders hold migrations
@@ -110,16 +110,31 @@ def migrate(
         dry_run=dry_run,
         applied_by=actor,
         password=env.secret("POSTGRES_PASSWORD"),
+        **timeouts(proj, name),
     )
 
 
+def timeouts(proj: Project, name: str, *, deadline: float | None = None) -> dict[str, Any]:
+    """The environment's policy lock_timeout and statement_timeout for the SQL engine, and the
+    deadline (the deploy's) past which no migration runs."""
+    policy = proj.policies[name]
+    return {
+        "lock_timeout": policy.lock_timeout,
+        "statement_timeout": policy.statement_timeout,
+        "deadline": deadline,
+    }
+
+
 def resolve(proj: Project, name: str, *, version: int, state: str, actor: str) -> None:
-    """Mark a failed migration applied (finished by hand) or reverted (to run again)."""
+    """Mark a failed migration applied (finished by hand) or reverted (to run again); its file
+    need not be in the serving release (a failed deploy's is not). Audited on the primary."""
+    from deploy.engine import group
+
     if state not in ("applied", "reverted"):
         raise UsageError("--resolve needs --mark applied or --mark reverted")
     _sql_only(proj, name)
     env = proj.env(name)
-    migrations.resolve_failed(
+    with_file = migrations.resolve_failed(
         env.database_url,
         serving_files(proj, name),
         version=version,
@@ -127,6 +142,19 @@ def resolve(proj: Project, name: str, *, version: int, state: str, actor: str) -
         applied_by=actor,
         password=env.secret("POSTGRES_PASSWORD"),
     )
+    host, layout = group.primary(proj, name)
+    try:
+        audit(
+            host,
+            layout,
+            actor=actor,
+            action="migration-resolve",
+            version=version,
+            state=state,
+            file="serving release" if with_file else "none (the ledger's record)",
+        )
+    finally:
+        host.close()
 
 
 def status(proj: Project, name: str) -> list[MigrationStatus]:

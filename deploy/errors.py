@@ -17,6 +17,11 @@ class ExitCode(IntEnum):
     NOT_APPROVED = 8
 
 
+def clip(text: str, limit: int = 80) -> str:
+    """text as a message may echo it: a 100,000-character ref or value is cut, and says so."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class DeployError(Exception):
     """An expected failure: one line saying what is wrong and how to fix it."""
 

@@ -9,9 +9,10 @@ Sources, in this order, for one point (say pre-deploy):
 
 A file without the executable bit is skipped: that is how a hook is switched off. Hooks run on the
 operator's machine with the project root as working directory, in their own process group (a
-timeout kills the hook and everything it started), and see only PATH, HOME, LANG, TZ and
-STAGEFLOW_WORKING_TZ from the operator's environment plus the STAGEFLOW_* context below, so a
-secret the operator exported (STAGEFLOW_PROD_POSTGRES_PASSWORD, ...) never reaches a hook.
+timeout kills the hook and everything it started, even what left its session: each run marks its
+processes' environment), and see only PATH, HOME, LANG, TZ and STAGEFLOW_WORKING_TZ from the
+operator's environment plus the STAGEFLOW_* context below, so a secret the operator exported
+(STAGEFLOW_PROD_POSTGRES_PASSWORD, ...) never reaches a hook.
 
 A failing or timed-out hook at a pre- point stops the operation (HookFailed); at any other point it
 is returned as a HookResult with ok=False for the caller to record, and never raises.
@@ -20,7 +21,9 @@ is returned as a HookResult with ok=False for the caller to record, and never ra
 from __future__ import annotations
 
 import os
+import signal
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,6 +65,8 @@ CONTEXT_KEYS = (
 # The only variables a hook inherits from the operator's environment: enough to find programs
 # and format dates, nothing that could carry a credential.
 INHERITED = ("PATH", "HOME", "LANG", "TZ", "STAGEFLOW_WORKING_TZ")
+# Set in every hook run's environment to a value of its own; what carries it belongs to that run.
+RUN_MARK = "STAGEFLOW_HOOK_RUN"
 
 
 class HookFailed(DeployError):
@@ -226,21 +231,59 @@ def _tail(text: str, secrets: tuple[Any, ...]) -> str:
     return scrub("\n".join(lines)[-OUTPUT_TAIL_CHARS:], secrets)
 
 
+def _marked(needle: bytes) -> list[int]:
+    """The processes on this machine whose environment carries needle (VAR=value)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if needle in fh.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:  # gone meanwhile, or not ours to read (then not the hook's either)
+            continue
+    return found
+
+
+def kill_leftovers(run_mark: str, *, grace_s: float = KILL_GRACE_S) -> int:
+    """TERM, then after grace_s KILL, every process still carrying this hook run's mark.
+
+    Killing the hook's process group misses what left it (setsid, a double fork): those keep the
+    environment they were started with, mark included, so a scan of /proc finds them wherever they
+    went. Returns how many there were."""
+    needle = f"{RUN_MARK}={run_mark}".encode()
+    first = _marked(needle)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _marked(needle):
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + grace_s
+        while _marked(needle) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return len(first)
+
+
 def _run_one(hook: Hook, *, cwd: Path, env: dict[str, str], secrets: tuple[Any, ...]) -> HookResult:
     start = time.monotonic()
+    run_mark = uuid.uuid4().hex
+    finished = False
     try:
         # A hook is the operator's own program on the operator's machine, not a command on an
         # environment's host: it runs here, in its own process group (to kill what it starts on
-        # timeout) and with a clean environment.
+        # timeout) and with a clean environment that marks every process it starts.
         done = run_process(
             hook.argv,
             cwd=cwd,
-            env=env,
+            env={**env, RUN_MARK: run_mark},
             timeout=hook.timeout_s,
             secrets=secrets,
             merge_stderr=True,
             kill_grace_s=KILL_GRACE_S,
         )
+        finished = not done.timed_out
     except OSError as exc:
         return HookResult(
             hook.point,
@@ -251,6 +294,9 @@ def _run_one(hook: Hook, *, cwd: Path, env: dict[str, str], secrets: tuple[Any, 
             round(time.monotonic() - start, 3),
             scrub(f"cannot run {hook.argv[0]}: {exc.strerror or exc}", secrets),
         )
+    finally:
+        if not finished:  # timed out or interrupted: what escaped the group goes as well
+            kill_leftovers(run_mark)
     output = _tail(done.stdout, secrets)
     if done.timed_out:
         output = (output + "\n" if output else "") + f"killed after {hook.timeout_s:g}s"

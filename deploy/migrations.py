@@ -5,6 +5,12 @@ Files are ``NNNN_slug.up.sql`` with an optional ``NNNN_slug.down.sql`` in one di
 
     -- stageflow: transaction=off
     -- stageflow: phase=expand
+    -- stageflow: lock_timeout=2s statement_timeout=30s
+
+The two timeouts bound how long one statement of that file may wait for a lock and run; without
+them the caller's (the environment's policy) hold. A deadline (the deploy's overall timeout) bounds
+every file on top: a file still running at the deadline is cancelled, so a migration cannot hold
+the serving release's tables for longer than the deploy was allowed to take.
 
 A transactional file (the default) runs with its ledger row in one transaction: it is applied
 completely or not at all. A ``transaction=off`` file (CREATE INDEX CONCURRENTLY and friends) runs
@@ -41,6 +47,10 @@ LOCK_KEY = 0x5354_4147_4546_4C57
 LOCK_POLL_S = 0.1
 STATES = ("applied", "failed", "reverted")
 PHASES = ("expand", "contract")
+TIMEOUT_HEADERS = ("lock_timeout", "statement_timeout")
+# a PostgreSQL duration as the headers and the policy accept it: a whole number, unit optional
+# (milliseconds without one); "0" turns the timeout off
+DURATION = re.compile(r"^\d{1,9}(ms|s|min|h)?$")
 
 _FILE_NAME = re.compile(
     r"^(?P<version>\d{4,})_(?P<slug>[a-z0-9][a-z0-9_]*)\.(?P<kind>up|down)\.sql$"
@@ -101,6 +111,8 @@ class MigrationFile:
     down_transactional: bool = True
     sql: str = field(default="", repr=False, compare=False)
     down_sql: str = field(default="", repr=False, compare=False)
+    lock_timeout: str | None = None  # the file's own header; None: the caller's
+    statement_timeout: str | None = None
 
     @property
     def filename(self) -> str:
@@ -189,12 +201,21 @@ def parse_header(text: str, *, source: str) -> dict[str, str]:
         for token in tokens:
             key, sep, value = token.partition("=")
             key, value = key.lower(), value.lower()
-            if not sep or key not in ("transaction", "phase"):
+            if not sep or key not in ("transaction", "phase", *TIMEOUT_HEADERS):
                 raise MigrationError(
                     f"{source}:{lineno}: unknown stageflow header {token!r}",
-                    hint="known headers: transaction=on|off, phase=expand|contract",
+                    hint="known headers: transaction=on|off, phase=expand|contract, "
+                    "lock_timeout=DURATION, statement_timeout=DURATION",
                 )
-            allowed = ("on", "off") if key == "transaction" else PHASES
+            if key in TIMEOUT_HEADERS:
+                if not DURATION.match(value):
+                    raise MigrationError(
+                        f"{source}:{lineno}: bad value {token!r}",
+                        hint=f"{key} takes a duration such as 500ms, 5s or 2min",
+                    )
+                allowed: tuple[str, ...] = (value,)
+            else:
+                allowed = ("on", "off") if key == "transaction" else PHASES
             if value not in allowed:
                 raise MigrationError(
                     f"{source}:{lineno}: bad value {token!r}",
@@ -343,6 +364,64 @@ def _check_statements(sql: str, *, source: str, transactional: bool) -> None:
             )
 
 
+# Statements that hold a strong lock on a table for as long as they (or their transaction) run,
+# blocking the serving release's reads or writes: (rule, pattern, why). The release gate blocks on
+# them; a file that must, says so to a reviewer by being split or made concurrent.
+LONG_LOCKS = (
+    (
+        "lock-table",
+        re.compile(r"^LOCK\b", re.IGNORECASE),
+        "LOCK TABLE holds the table until the transaction ends",
+    ),
+    (
+        "vacuum-full",
+        re.compile(r"^VACUUM\s*(\([^)]*\bFULL\b[^)]*\)|FULL\b)", re.IGNORECASE),
+        "VACUUM FULL rewrites the table under ACCESS EXCLUSIVE",
+    ),
+    (
+        "cluster",
+        re.compile(r"^CLUSTER\b", re.IGNORECASE),
+        "CLUSTER rewrites the table under ACCESS EXCLUSIVE",
+    ),
+    (
+        "reindex-blocking",
+        re.compile(r"^REINDEX\b(?![^;]*\bCONCURRENTLY\b)", re.IGNORECASE),
+        "REINDEX without CONCURRENTLY blocks writes (and reads through the index)",
+    ),
+    (
+        "refresh-blocking",
+        re.compile(r"^REFRESH\s+MATERIALIZED\s+VIEW\b(?![^;]*\bCONCURRENTLY\b)", re.IGNORECASE),
+        "REFRESH MATERIALIZED VIEW without CONCURRENTLY blocks its readers",
+    ),
+    (
+        "sleep",
+        re.compile(r"\bpg_sleep(_for|_until)?\s*\(", re.IGNORECASE),
+        "pg_sleep keeps every lock taken before it",
+    ),
+)
+
+
+_STRING_LITERAL = re.compile(r"'(?:[^']|'')*'")
+
+
+def long_locks(path: Path) -> list[tuple[str, str]]:
+    """(where, rule: why) for each statement of a migration file that holds a table long;
+    where is 'file:line'."""
+    sql = _read_sql(path)[1]
+    found = []
+    at = 0
+    for stmt in split_sql(sql, source=path.name):
+        start = sql.find(stmt, at)
+        at = start + len(stmt) if start >= 0 else at
+        head = _strip_leading_comments(stmt)
+        line = sql.count("\n", 0, max(start, 0) + (len(stmt) - len(head))) + 1
+        code = _STRING_LITERAL.sub("''", head)  # a quoted pg_sleep( is text, not a call
+        for rule, pattern, why in LONG_LOCKS:
+            if pattern.search(code) if rule == "sleep" else pattern.match(code):
+                found.append((f"{path.name}:{line}", f"stageflow-{rule}: {why}"))
+    return found
+
+
 def _read_sql(path: Path) -> tuple[bytes, str]:
     data = path.read_bytes()
     try:
@@ -429,6 +508,8 @@ def _read_migration(
         down_transactional=down_tx,
         sql=sql,
         down_sql=down_sql,
+        lock_timeout=header.get("lock_timeout"),
+        statement_timeout=header.get("statement_timeout"),
     )
 
 
@@ -668,6 +749,61 @@ def _record(
     )
 
 
+def duration_ms(value: str | int) -> int:
+    """A PostgreSQL duration (or whole milliseconds) in milliseconds; 0 is "no timeout"."""
+    if isinstance(value, int):
+        return value
+    m = DURATION.match(value.strip().lower())
+    if m is None:
+        raise MigrationError(
+            f"bad duration {value!r}", hint="use a PostgreSQL duration such as 500ms, 5s or 2min"
+        )
+    unit = {"": 1, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000}[m[1] or ""]
+    return int(value.strip().lower().removesuffix(m[1] or "")) * unit
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long a statement may wait for a lock and run, unless its file says otherwise; and the
+    monotonic deadline (None: none) past which no file may run."""
+
+    lock_timeout: str | int = "5s"
+    statement_timeout: str | int = "0"
+    deadline: float | None = None
+
+    def for_file(self, lock: str | None, statement: str | None) -> tuple[int, int]:
+        """(lock_timeout, statement_timeout) in ms for one file: its headers over these, and the
+        statement never allowed past the deadline."""
+        lock_ms = duration_ms(lock or self.lock_timeout)
+        stmt_ms = duration_ms(statement or self.statement_timeout)
+        if self.deadline is not None:
+            left = max(1, int((self.deadline - time.monotonic()) * 1000))
+            stmt_ms = left if stmt_ms == 0 else min(stmt_ms, left)
+            lock_ms = left if lock_ms == 0 else min(lock_ms, left)
+        return lock_ms, stmt_ms
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+
+@contextmanager
+def _watchdog(conn: psycopg.Connection, limits: Limits) -> Iterator[None]:
+    """Cancel whatever conn runs when the deadline passes: a file of many statements, each within
+    its statement_timeout, still stops there (and with it every lock it holds)."""
+    if limits.deadline is None:
+        yield
+        return
+    import threading
+
+    timer = threading.Timer(max(0.0, limits.deadline - time.monotonic()), conn.cancel)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
 @dataclass(frozen=True)
 class _FileRun:
     """One migration file run one way (up or down), and how its outcome goes into the ledger."""
@@ -679,7 +815,29 @@ class _FileRun:
     release: str
     password: Secret | None
     done: Sequence[MigrationFile]  # applied by this run before this file
+    limits: Limits = field(default_factory=Limits)
     started: float = field(default_factory=time.monotonic)
+
+    def set_timeouts(self, *, local: bool) -> None:
+        """The file's timeouts on the session (local: until the transaction ends)."""
+        if self.limits.past_deadline():
+            raise MigrationFailed(
+                f"{self.filename} did not start: the deploy's timeout has passed",
+                file=self.file,
+                applied=self.done,
+                hint="raise deploy_timeout_s in stageflow.toml, or split the migration",
+            )
+        lock_ms, stmt_ms = self.limits.for_file(self.file.lock_timeout, self.file.statement_timeout)
+        self.conn.execute(
+            "SELECT set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)",
+            (f"{lock_ms}ms", local, f"{stmt_ms}ms", local),
+        )
+
+    def why(self, e: BaseException) -> str:
+        said = _pg_error(e, self.password)
+        if self.limits.past_deadline():
+            return f"{said} (cancelled: the deploy's timeout passed)"
+        return said
 
     @property
     def sql(self) -> str:
@@ -715,12 +873,17 @@ def _run(
     release: str,
     password: Secret | None,
     done: Sequence[MigrationFile],
+    limits: Limits,
 ) -> None:
-    run = _FileRun(conn, f, down, applied_by, release, password, done)
-    if run.transactional:
-        _run_in_transaction(run)
-    else:
-        _run_statement_by_statement(run)
+    run = _FileRun(conn, f, down, applied_by, release, password, done, limits)
+    with _watchdog(conn, limits):
+        if run.transactional:
+            _run_in_transaction(run)
+        else:
+            try:
+                _run_statement_by_statement(run)
+            finally:  # the session's own timeouts again for the next file and the ledger
+                _configure(conn, limits.lock_timeout, limits.statement_timeout)
 
 
 def _run_in_transaction(run: _FileRun) -> None:
@@ -730,13 +893,14 @@ def _run_in_transaction(run: _FileRun) -> None:
     conn = run.conn
     try:
         with conn.transaction():
+            run.set_timeouts(local=True)
             if split_sql(run.sql, source=run.filename):
                 # One piece: the server parses the file, so the splitter's limits don't apply.
                 conn.execute(run.sql)  # type: ignore[call-overload]
             run.record("reverted" if run.down else "applied")
     except psycopg.Error as e:
         raise MigrationFailed(
-            f"{run.filename} failed and was rolled back: {_pg_error(e, run.password)}",
+            f"{run.filename} failed and was rolled back: {run.why(e)}",
             file=run.file,
             applied=run.done,
             hint="fix the file and run again; nothing of it was kept",
@@ -748,11 +912,12 @@ def _run_statement_by_statement(run: _FileRun) -> None:
     import psycopg
 
     statements = split_sql(run.sql, source=run.filename)
+    run.set_timeouts(local=False)
     for number, stmt in enumerate(statements, start=1):
         try:
             run.conn.execute(stmt)  # type: ignore[call-overload]
         except psycopg.Error as e:
-            error = f"statement {number} of {len(statements)}: {_pg_error(e, run.password)}"
+            error = f"statement {number} of {len(statements)}: {run.why(e)}"
             note = ""
             try:
                 run.record("failed", ("down: " if run.down else "") + error)
@@ -857,12 +1022,15 @@ def migrate(
     lock_wait_s: float = 30.0,
     connect_timeout: int = 10,
     dry_run: bool = False,
+    deadline: float | None = None,
 ) -> list[MigrationFile]:
     """Apply pending files up to target (all when None) under the advisory lock; returns them.
 
     With dry_run, validates and returns the plan without taking the lock or creating the ledger.
-    Integer timeouts are milliseconds, as in PostgreSQL.
+    Integer timeouts are milliseconds, as in PostgreSQL; a file's own headers override them.
+    deadline (time.monotonic()) cancels a file still running then, and starts none after it.
     """
+    limits = Limits(lock_timeout, statement_timeout, deadline)
     with _connect(conninfo, password, connect_timeout) as conn:
         if dry_run:
             ledger = _read_ledger(conn)
@@ -883,6 +1051,7 @@ def migrate(
                     release=release,
                     password=password,
                     done=done,
+                    limits=limits,
                 )
                 done.append(f)
             return done
@@ -901,12 +1070,14 @@ def revert(
     lock_wait_s: float = 30.0,
     connect_timeout: int = 10,
     dry_run: bool = False,
+    deadline: float | None = None,
 ) -> list[MigrationFile]:
     """Run the down files of applied versions above to_version, newest first; returns them.
 
     Rows are kept and marked 'reverted' (the next migrate applies them again). When any of them
     has no down file, refuses before changing anything: level 3 (restore) is needed.
     """
+    limits = Limits(lock_timeout, statement_timeout, deadline)
     with _connect(conninfo, password, connect_timeout) as conn:
         if dry_run or not _ledger_exists(conn):
             ledger = _read_ledger(conn)
@@ -926,6 +1097,7 @@ def revert(
                     release=release,
                     password=password,
                     done=done,
+                    limits=limits,
                 )
                 done.append(f)
             return done
@@ -942,8 +1114,12 @@ def resolve_failed(
     password: Secret | None = None,
     lock_wait_s: float = 30.0,
     connect_timeout: int = 10,
-) -> None:
-    """After fixing a failed transaction=off file by hand, mark it applied (done) or reverted (retry)."""
+) -> bool:
+    """After fixing a failed transaction=off file by hand, mark it applied (done) or reverted (retry).
+
+    The file is not needed: a failed version's file is usually in the release that failed, not in
+    the one serving. Without it the ledger keeps the name and checksum it recorded at the failure.
+    Returns whether the file was at hand (for the audit record)."""
     if state not in ("applied", "reverted"):
         raise MigrationError(f"cannot resolve to state {state!r}", hint="use applied or reverted")
     by_version = {f.version: f for f in files}
@@ -955,20 +1131,21 @@ def resolve_failed(
                 hint="only a failed version can be resolved",
             )
         f = by_version.get(version)
-        if f is None:
-            raise MigrationError(
-                f"failed version {version} ({row.name}) has no file",
-                hint="run from the release that holds it",
-            )
-        _record(
-            conn,
-            f,
-            state=state,
-            applied_by=applied_by,
-            duration_ms=row.duration_ms or 0,
-            release=release or row.release,
-            error=None,
+        conn.execute(
+            _UPSERT,
+            (
+                version,
+                f.name if f else row.name,
+                f.checksum if f else row.checksum,  # a file fixed by hand is the one kept
+                f.phase if f else row.phase,
+                state,
+                applied_by,
+                row.duration_ms or 0,
+                release or row.release,
+                None,
+            ),
         )
+        return f is not None
 
 
 def in_release(release_dir: str, *, directory: str) -> list[MigrationFile]:

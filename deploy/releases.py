@@ -26,7 +26,7 @@ from deploy.commands import app as cmd
 from deploy.commands import files as filecmd
 from deploy.commands import git as gitcmd
 from deploy.config import EnvConfig, Project
-from deploy.errors import ConfigError, MigrationError, ServiceError, UsageError
+from deploy.errors import ConfigError, MigrationError, ServiceError, UsageError, clip
 from deploy.hosts import CommandResult, Host, run_process
 from deploy.runtime.native import port_is_free
 from deploy.secrets import Secret, scrub
@@ -62,11 +62,13 @@ def _git(root: Path, argv: list[str]) -> CommandResult:
 def resolve_ref(root: Path, ref: str) -> str:
     """The commit a ref names; a ref that names nothing is refused before anything changes."""
     if not ref or ref.startswith("-"):
-        raise UsageError(f"bad ref {ref!r}", hint="give a branch, tag or commit, e.g. --ref v1.2.0")
+        raise UsageError(
+            f"bad ref {clip(ref)!r}", hint="give a branch, tag or commit, e.g. --ref v1.2.0"
+        )
     out = _git(root, gitcmd.rev_parse(ref))
     if out.exit_code != 0 or not out.stdout.strip():
         raise UsageError(
-            f"ref {ref!r} names no commit in this repository",
+            f"ref {clip(ref)!r} names no commit in this repository",
             hint="check `git tag` / `git branch`, or fetch it first",
         )
     return out.stdout.strip()

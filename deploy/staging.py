@@ -17,7 +17,7 @@ from deploy import seed as seeding
 from deploy.clients import redis_client
 from deploy.config import EnvConfig, Project, Thresholds
 from deploy.engine import group
-from deploy.errors import DeployError, GuardRefused, HostError, ServiceError, UsageError
+from deploy.errors import DeployError, GuardRefused, HostError, ServiceError, UsageError, clip
 from deploy.hosts import Host
 from deploy.policy import guards
 from deploy.probes.smoke import Probe, http
@@ -393,8 +393,8 @@ def _refresh_rules(
     """The anonymization rules, once the target, the source and the policy allow the refresh."""
     name = target.name
     _refuse_production(target, "refresh")
-    if source == name or source not in proj.envs:
-        raise UsageError(f"cannot refresh {name} from {source!r}", hint="use --from prod")
+    if source != "prod":  # a refresh brings real data to rehearse on; only prod holds it
+        raise UsageError(f"cannot refresh {name} from {clip(source)!r}", hint="use --from prod")
     from deploy import anonymize  # psycopg.sql: loaded when a refresh runs, not for --list
 
     rules = anonymize.load_rules(proj.policy)

@@ -6,16 +6,17 @@ import hashlib
 import json
 import os
 import socket
+import threading
 import uuid
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Collection, Iterator
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from deploy import procs
 from deploy.clock import Clock, as_utc, stamp, system_clock
-from deploy.errors import LockHeld, UsageError
+from deploy.errors import HostError, LockHeld, UsageError, clip
 from deploy.hosts import Host
 
 LOCK_STALE_AFTER_S = 3600.0
@@ -103,8 +104,49 @@ class Layout:
         return self._p(".stageflow-env")
 
 
+def _damaged(path: str | Path, what: str) -> UsageError:
+    """One line for a state file that cannot be read: which file, what is wrong, the repair."""
+    return UsageError(
+        f"{path} {what}",
+        hint="restore it from a copy, or move it aside if what it held is not needed",
+    )
+
+
+def read_state_text(host: Host, path: str | Path) -> str | None:
+    """A state file's text (None when absent); bytes that are not UTF-8 refuse in one line."""
+    try:
+        return host.read_text(path)
+    except UnicodeDecodeError as exc:
+        raise _damaged(path, f"is not UTF-8 (byte {exc.start})") from None
+    except IsADirectoryError:
+        raise _damaged(path, "is a directory, not a file") from None
+    except NotADirectoryError:
+        raise _damaged(path, "sits under a file, not a directory") from None
+
+
+def read_state_record(
+    host: Host, path: str | Path, *, keys: Collection[str] = ()
+) -> dict[str, Any] | None:
+    """One JSON record (a request, a freeze...): None when absent; corrupt, truncated, not UTF-8,
+    not an object or lacking one of keys refuses in one line naming the file."""
+    text = read_state_text(host, path)
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        what = "is empty" if not text.strip() else f"is not JSON (line {exc.lineno}: {exc.msg})"
+        raise _damaged(path, what) from None
+    if not isinstance(data, dict):
+        raise _damaged(path, "holds no JSON object")
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise _damaged(path, f"lacks {', '.join(missing)}")
+    return data
+
+
 def read_jsonl(host: Host, path: str) -> list[dict[str, Any]]:
-    text = host.read_text(path) or ""
+    text = read_state_text(host, path) or ""
     out = []
     for line in text.splitlines():
         line = line.strip()
@@ -114,7 +156,7 @@ def read_jsonl(host: Host, path: str) -> list[dict[str, Any]]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a torn last line from a killed writer is skipped, not fatal
-        if isinstance(rec, dict):
+        if isinstance(rec, dict):  # a line that is JSON but no record is damage of the same kind
             rec.pop("prev", None)  # the chain is for verify_chain; readers see the record
             out.append(rec)
     return out
@@ -279,6 +321,12 @@ def history(host: Host, layout: Layout) -> list[dict[str, Any]]:
 
 # -- the deploy lock -------------------------------------------------------------------------
 
+# A holder proves it is alive by rewriting its heartbeat file; one that has not beaten for
+# HEARTBEAT_STALE_AFTER_S is stale, whatever machine it runs on. Holders written before heartbeats
+# existed fall back to the age rule (LOCK_STALE_AFTER_S).
+HEARTBEAT_EVERY_S = 2.0
+HEARTBEAT_STALE_AFTER_S = 30.0
+
 
 @dataclass(frozen=True)
 class LockInfo:
@@ -289,11 +337,16 @@ class LockInfo:
     release: str
     time: str
     since: float
+    token: str = ""  # the holder's own: only the run that holds it removes the lock
+    beat: float = 0.0  # the last heartbeat, epoch seconds (0: none read)
+    unreadable: str = ""  # why the holder file could not be read ("" when it could)
 
     def describe(self) -> str:
+        if self.unreadable:
+            return f"held by an unreadable holder ({self.unreadable})"
         return (
             f"held by {self.who} (pid {self.pid} on {self.host}) since {self.time} "
-            f"for `{self.command}` {self.release}".rstrip()
+            f"for `{self.command}` {clip(self.release)}".rstrip()
         )
 
 
@@ -311,52 +364,123 @@ def held_too_long(
     return as_utc(now).timestamp() - info.since > stale_after_s
 
 
+def _unreadable(why: str) -> LockInfo:
+    return LockInfo("unknown", 0, "unknown", "unknown", "", "unknown", 0.0, unreadable=why)
+
+
+class _Heartbeat:
+    """Rewrites the heartbeat file every HEARTBEAT_EVERY_S while its run holds the lock.
+
+    It beats from a thread of its own, over a connection of its own for a remote primary (one
+    SFTP session is not safe to share between threads), and stops for good the moment the holder
+    file no longer carries its token: a lock broken and taken by another run is not kept alive.
+    """
+
+    def __init__(self, lock: DeployLock, token: str) -> None:
+        self.lock = lock
+        self.token = token
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="stageflow-lock-heartbeat")
+        self.thread.daemon = True  # a killed run stops beating: that is what makes it stale
+        self.thread.start()
+
+    def _run(self) -> None:
+        lock = self.lock
+        host = (
+            lock.host if lock.host.is_local else replace(lock.host, _conn=None, _sftp_client=None)
+        )
+        try:
+            while not self.stop.wait(HEARTBEAT_EVERY_S):
+                try:
+                    if self.token not in (host.read_text(lock.holder_path) or ""):
+                        return
+                    host.write_text(lock.heartbeat_path, lock.now_epoch_text())
+                except Exception:  # noqa: BLE001 - a missed beat is only a late one
+                    continue
+        finally:
+            if host is not lock.host:
+                host.close()
+
+    def halt(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
 class DeployLock:
-    """An atomic mkdir on the primary host: works with the database down, reports stale holders."""
+    """The lock on the primary host: works with the database down, names its holder, beats.
+
+    Taken by renaming a directory that already holds the holder file and the first heartbeat onto
+    state/lock (rename(2) refuses a non-empty target), so the lock never exists without its
+    holder: a holder that cannot be read is damage, not a run that is still writing it.
+    """
 
     def __init__(self, host: Host, layout: Layout, *, clock: Clock = system_clock) -> None:
         self.host = host
         self.layout = layout
         self.clock = clock
         self.held = False
+        self.token = ""
+        self._heartbeat: _Heartbeat | None = None
 
     @property
-    def _info_path(self) -> str:
+    def holder_path(self) -> str:
         return str(PurePosixPath(self.layout.lock, "holder.json"))
+
+    _info_path = holder_path  # the name older callers used
+
+    @property
+    def heartbeat_path(self) -> str:
+        return str(PurePosixPath(self.layout.lock, "heartbeat"))
+
+    def now_epoch_text(self) -> str:
+        return repr(as_utc(self.clock()).timestamp())
 
     def holder(self) -> LockInfo | None:
         if not self.host.exists(self.layout.lock):
             return None
-        text = self.host.read_text(self._info_path)
         try:
-            data = json.loads(text or "")
-            return LockInfo(**data)
+            text = self.host.read_text(self.holder_path)
+        except NotADirectoryError:
+            return _unreadable(f"{self.layout.lock} is a file, not the lock directory")
+        except UnicodeDecodeError:
+            return _unreadable(f"{self.holder_path} is not UTF-8")
+        except OSError as exc:
+            return _unreadable(f"{self.holder_path}: {exc.strerror or exc.__class__.__name__}")
+        if text is None:
+            return _unreadable(f"{self.holder_path} is missing")
+        try:
+            data = json.loads(text)
+            info = LockInfo(**{**data, "beat": 0.0, "unreadable": ""})
+            texts = (info.who, info.host, info.command, info.release, info.time, info.token)
+            if not all(isinstance(t, str) for t in texts) or not isinstance(info.pid, int):
+                raise TypeError
+            if isinstance(info.since, bool) or not isinstance(info.since, int | float):
+                raise TypeError
         except (json.JSONDecodeError, TypeError):
-            # mkdir happened, holder file not yet (or torn): report as unknown but held
-            return LockInfo("unknown", 0, "unknown", "unknown", "", "unknown", 0.0)
+            return _unreadable(f"{self.holder_path} is not a holder record")
+        return replace(info, beat=self._beat())
+
+    def _beat(self) -> float:
+        try:
+            return float((self.host.read_text(self.heartbeat_path) or "").strip() or 0)
+        except (OSError, UnicodeDecodeError, ValueError):
+            return 0.0
 
     def is_stale(self, info: LockInfo) -> bool:
-        """Stale: the holder's process is gone (same machine), or it is older than an hour."""
-        if held_too_long(info, now=self.clock()):
+        """Stale, as a fact: the holder's process is gone (same machine), or its heartbeat stopped;
+        a holder that cannot be read, or never beat, proves no live run either."""
+        if info.host == socket.gethostname() and info.pid > 0 and not procs.alive(info.pid):
             return True
-        if info.host == socket.gethostname() and info.pid > 0:
-            return not procs.alive(info.pid)
-        return False
+        now = as_utc(self.clock()).timestamp()
+        if info.beat:
+            return now - info.beat > HEARTBEAT_STALE_AFTER_S
+        if info.since and not info.token and not info.unreadable:
+            return held_too_long(info, now=self.clock())  # a holder from before heartbeats
+        return True
 
     def acquire(self, *, who: str, command: str, release: str = "") -> None:
-        if not self.host.mkdir_atomic(self.layout.lock):
-            info = self.holder()
-            stale = info is not None and self.is_stale(info)
-            desc = info.describe() if info else "held"
-            raise LockHeld(
-                f"the deploy lock is {desc}{' (stale: its process is gone)' if stale else ''}",
-                hint=(
-                    "release it with --force --reason TEXT"
-                    if stale
-                    else "wait for it to finish, or inspect with `inv <env>.lock`"
-                ),
-            )
         at = self.clock()  # one reading: the text and the epoch name the same moment
+        token = uuid.uuid4().hex
         info = LockInfo(
             who=who,
             pid=os.getpid(),
@@ -365,14 +489,58 @@ class DeployLock:
             release=release,
             time=stamp(at),
             since=as_utc(at).timestamp(),
+            token=token,
         )
-        self.host.write_text(self._info_path, json.dumps(asdict(info)))
+        record = {k: v for k, v in asdict(info).items() if k not in ("beat", "unreadable")}
+        ready = f"{self.layout.lock}.{token}"  # filled first, then renamed into place whole
+        self.host.makedirs(ready)
+        try:
+            self.host.write_text(f"{ready}/holder.json", json.dumps(record), mode=0o600)
+            self.host.write_text(f"{ready}/heartbeat", repr(info.since), mode=0o600)
+            if not self._rename_into_place(ready):
+                self._refuse_held()
+        finally:
+            self.host.remove_tree(ready)  # gone already when the rename took it
+        self.token = token
         self.held = True
+        self._heartbeat = _Heartbeat(self, token)
+
+    def _rename_into_place(self, ready: str) -> bool:
+        if self.host.exists(self.layout.lock):
+            return False  # rename(2) would replace an empty directory: damage is for --force
+        try:
+            self.host.rename(ready, self.layout.lock)
+            return True
+        except (OSError, HostError):
+            if self.host.exists(self.layout.lock):
+                return False  # someone holds it (or a file sits there): refused below
+            raise
+
+    def _refuse_held(self) -> None:
+        info = self.holder()
+        stale = info is not None and self.is_stale(info)
+        desc = info.describe() if info else "held"
+        raise LockHeld(
+            f"the deploy lock is {desc}{' (stale: its holder is gone)' if stale else ''}",
+            hint=(
+                "release it with --force --reason TEXT"
+                if stale
+                else "wait for it to finish, or inspect with `inv <env>.lock`"
+            ),
+        )
 
     def release(self) -> None:
-        if self.held:
+        """Remove the lock if it is still this run's own: one broken as stale and taken by another
+        run since is that run's, and stays."""
+        if not self.held:
+            return
+        if self._heartbeat is not None:
+            self._heartbeat.halt()
+            self._heartbeat = None
+        self.held = False
+        info = self.holder()
+        if info is not None and info.token == self.token:
             self.host.remove_tree(self.layout.lock)
-            self.held = False
 
     def force_release(self, *, actor: str, reason: str) -> LockInfo | None:
         if not reason.strip():
@@ -382,6 +550,14 @@ class DeployLock:
         info = self.holder()
         if info is None:
             return None
+        if not self.is_stale(info):
+            ago = as_utc(self.clock()).timestamp() - info.beat
+            alive = f"its heartbeat {max(0.0, ago):.0f}s ago" if info.beat else "not an hour old"
+            raise LockHeld(
+                f"the deploy lock is {info.describe()} and alive ({alive})",
+                hint="wait for it, or stop that run; --force breaks only a stale lock, "
+                "a live one only a signed human action",
+            )
         self.host.remove_tree(self.layout.lock)
         audit(
             self.host,
@@ -389,7 +565,7 @@ class DeployLock:
             actor=actor,
             action="lock-force-release",
             reason=reason,
-            holder=asdict(info),
+            holder={k: v for k, v in asdict(info).items() if k != "token"},
         )
         return info
 
@@ -428,7 +604,8 @@ def use_lock(
     """Show the lock, release the caller's own (release), or break anyone's (force, audited);
     returns what happened, as the operator reads it."""
     if force:
-        broken = lock.force_release(actor=actor, reason=reason)  # refuses a blank reason first
+        # refuses a blank reason first, then a live holder: only a stale lock is broken
+        broken = lock.force_release(actor=actor, reason=reason)
         return f"lock {'released (audited)' if broken else 'was not held'}"
     info = lock.holder()
     if release:
@@ -442,13 +619,27 @@ def use_lock(
         return "lock released"
     if info is None:
         return "lock free"
-    stale = " (STALE: its process is gone; --force --reason releases it)"
+    stale = " (STALE: its holder is gone; --force --reason releases it)"
     return f"lock {info.describe()}{stale if lock.is_stale(info) else ''}"
 
 
+def settled(entries: list[dict[str, Any]], lock: DeployLock) -> list[dict[str, Any]]:
+    """History as the operator reads it: an entry still marked running is "interrupted" unless it
+    is the newest and a live holder has the lock (a killed run never wrote its end)."""
+    info = lock.holder() if entries else None
+    live = info is not None and not lock.is_stale(info)
+    last = len(entries) - 1
+    return [
+        {**e, "status": "interrupted"}
+        if e.get("status") == "running" and not (live and i == last)
+        else e
+        for i, e in enumerate(entries)
+    ]
+
+
 def recent_history(host: Host, layout: Layout, *, limit: int) -> list[dict[str, Any]]:
-    """The last `limit` entries, newest first."""
-    return history(host, layout)[-limit:][::-1]
+    """The last `limit` entries, newest first, killed runs read as interrupted."""
+    return settled(history(host, layout), DeployLock(host, layout))[-limit:][::-1]
 
 
 HISTORY_COLUMNS = ("Date", "Version", "Type", "Status", "Rollback", "Duration", "Notes")

@@ -41,6 +41,7 @@ class Context:
     runtime: Any = None
     process_env: dict[str, str] = field(default_factory=dict)
     extra_checks: list[tuple[str, Callable[[], Any]]] = field(default_factory=list)
+    deadline: float | None = None  # time.monotonic() past which the operation stops (fail closed)
     walker: Walker = field(init=False)
     lock: DeployLock = field(init=False)
 

@@ -200,9 +200,28 @@ def _run(ctx: Context, walked: list[Step], entry: HistoryEntry) -> None:
             ctx.walker.walk([unlock_step])
 
 
+def _within_deadline(ctx: Context, step: Step) -> Step:
+    """step, refused when the deploy's timeout has passed: the deploy stops there, fails closed."""
+
+    def run() -> str | None:
+        if ctx.deadline is not None and time.monotonic() >= ctx.deadline:
+            raise DeployError(
+                f"the deploy ran past deploy_timeout_s={ctx.policy.deploy_timeout_s:g} "
+                f"before {step.name}",
+                hint="find the slow step in the output above; raise deploy_timeout_s if it is "
+                "expected",
+            )
+        return step.run()
+
+    return Step(step.name, step.does, run)
+
+
 def _walk_body(ctx: Context, body: list[Step]) -> None:
     """build .. prune; once a host started the new release, any failure sends every started host
     back to what it served (unless verify failed with auto_rollback off)."""
+    ctx.deadline = time.monotonic() + ctx.policy.deploy_timeout_s
+    # once verified, recording and pruning finish whatever the clock says
+    body = [s if s.name in ("record", "prune") else _within_deadline(ctx, s) for s in body]
     try:
         ctx.walker.walk(body)
     except VerifyFailed:

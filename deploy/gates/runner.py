@@ -28,7 +28,7 @@ from types import ModuleType
 from typing import Any
 
 from deploy.commands import git as gitcmd
-from deploy.errors import ConfigError, DeployError, GateFailed, GuardRefused, UsageError
+from deploy.errors import ConfigError, DeployError, GateFailed, GuardRefused, UsageError, clip
 from deploy.gates import (
     CommandTimedOut,
     GateContext,
@@ -102,11 +102,11 @@ def resolve_ref(root: Path, ref: str | None) -> tuple[str, str, str]:
         raise UsageError(f"{root} is not a git repository", hint="run from the project's checkout")
     name = ref or default_ref(root)
     if name.startswith("-"):
-        raise UsageError(f"bad ref {name!r}", hint="pass a branch, tag or commit")
+        raise UsageError(f"bad ref {clip(name)!r}", hint="pass a branch, tag or commit")
     commit = git(gitcmd.rev_parse(name, repo=root)).stdout.strip()
     if not commit:
         raise UsageError(
-            f"ref {name!r} does not name a commit",
+            f"ref {clip(name)!r} does not name a commit",
             hint="check `git tag` / `git branch`, or fetch it first",
         )
     tree = git(gitcmd.rev_parse(name, kind="tree", repo=root)).stdout.strip()

@@ -27,7 +27,15 @@ from deploy.errors import ConfigError, NotApproved, UsageError
 from deploy.hosts import Host, run_process
 from deploy.policy import guards, keys, trust
 from deploy.policy.actors import UNSIGNED, Actor, signed, statement
-from deploy.state import Layout, audit, chained_records, history, utc_now, verify_chain
+from deploy.state import (
+    Layout,
+    audit,
+    chained_records,
+    history,
+    read_state_record,
+    utc_now,
+    verify_chain,
+)
 
 SEVERITIES = ("P1", "P2", "P3", "P4")
 PROD = "prod"
@@ -90,6 +98,10 @@ def policy(proj: Project) -> Policy:
 # -- storage -----------------------------------------------------------------------------------
 
 
+# what every request file holds; one without them is damage, refused in one line
+REQUEST_KEYS = ("id", "ref", "commit", "requester", "status", "approvals", "rejections")
+
+
 def _dir(proj: Project) -> Path:
     return Path(Layout(str(proj.env(PROD).data_dir)).requests)
 
@@ -105,12 +117,12 @@ def load(proj: Project, rid: str | int) -> dict[str, Any]:
         raise UsageError(
             f"request id {rid!r} is not a number", hint="list them with `inv prod.requests`"
         ) from None
-    try:
-        return json.loads(_path(proj, n).read_text())
-    except FileNotFoundError:
+    req = read_state_record(Host(), _path(proj, n), keys=REQUEST_KEYS)
+    if req is None:
         raise NotApproved(
             f"no deployment request {n}", hint="create one with `inv prod.request --ref REF`"
-        ) from None
+        )
+    return req
 
 
 def save(proj: Project, req: dict[str, Any]) -> None:
@@ -124,7 +136,7 @@ def all_requests(proj: Project) -> list[dict[str, Any]]:
     ):
         try:
             out.append(json.loads(p.read_text()))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # not JSON, or not UTF-8: `prod.checklist N` names it
             continue
     return out
 

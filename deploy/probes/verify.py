@@ -5,6 +5,10 @@ The counters are stageflow's own, the same for any service: each gunicorn worker
 writes `<run>/metrics/<release>/<pid>.json` on its host (requests, 5xx errors, statuses, and a
 latency histogram over EDGES_MS). Verify sums every worker file of a release on every host.
 
+Readiness is watched beside liveness: the service's ready path (its database and Redis) must not
+fail more than N times in a row, and must answer ready on every host when the window closes, so a
+database that died after smoke fails verify even when no request errored.
+
 Triggers (seed 002): more than N consecutive failed health checks; an error rate P points or more
 over the previous release's; latency (see judge_latency); memory over a limit. A busy machine must
 not roll a good release back, so the rate triggers judge only with enough requests behind them and
@@ -265,25 +269,18 @@ def judge_latency(
     return None, f"{said}; {tail}"
 
 
-def evaluate(
-    t: Thresholds,
-    *,
-    new: Counts,
-    base: Counts | None,
-    consecutive_failures: int,
-    memory_mb: float,
-    service_numbers: Mapping[str, float] | None = None,
-    busy: str = "",
-) -> Verdict:
-    """Pure: the first trigger that fires, with its numbers. busy: why the hosts were saturated
-    during the window ("" when they were not)."""
+def _numbers(
+    new: Counts, base: Counts | None, memory_mb: float, health_failures: int, not_ready: int
+) -> dict[str, Any]:
+    """What a verdict reports, whichever trigger fires."""
     numbers: dict[str, Any] = {
         "requests": new.requests,
         "errors": new.errors,
         "error_pct": round(new.error_pct, 2),
         "p95_ms": new.p95_ms(),
         "memory_mb": round(memory_mb, 1),
-        "health_failures": consecutive_failures,
+        "health_failures": health_failures,
+        "ready_failures": not_ready,
         "workers": new.workers,
     }
     if new.unreadable:
@@ -294,6 +291,40 @@ def evaluate(
             baseline_error_pct=round(base.error_pct, 2),
             baseline_p95_ms=base.p95_ms(),
         )
+    return numbers
+
+
+def _readiness_reason(
+    t: Thresholds, not_ready: int, unready_at_end: Sequence[str], ready_path: str
+) -> str | None:
+    """Why the release is not ready (its database or Redis), or None when it is."""
+    if unready_at_end:
+        return (
+            f"{ready_path} not ready on {', '.join(unready_at_end)} when the window closed "
+            "(its database or Redis does not answer)"
+        )
+    if not_ready > t.health_failures:
+        return f"{ready_path} not ready {not_ready} times in a row (limit {t.health_failures})"
+    return None
+
+
+def evaluate(
+    t: Thresholds,
+    *,
+    new: Counts,
+    base: Counts | None,
+    consecutive_failures: int,
+    memory_mb: float,
+    service_numbers: Mapping[str, float] | None = None,
+    busy: str = "",
+    not_ready: int = 0,
+    unready_at_end: Sequence[str] = (),
+    ready_path: str = "the ready path",
+) -> Verdict:
+    """Pure: the first trigger that fires, with its numbers. busy: why the hosts were saturated
+    during the window ("" when they were not). not_ready: the longest run of failed readiness
+    probes; unready_at_end: the hosts whose ready path failed when the window closed."""
+    numbers = _numbers(new, base, memory_mb, consecutive_failures, not_ready)
     if service_numbers:
         numbers["service"] = dict(service_numbers)
     if consecutive_failures > t.health_failures:
@@ -303,6 +334,9 @@ def evaluate(
             f"(limit {t.health_failures})",
             numbers=numbers,
         )
+    unready = _readiness_reason(t, not_ready, unready_at_end, ready_path)
+    if unready:
+        return Verdict(False, unready, numbers=numbers)
     if busy:
         numbers["busy"] = busy
     judged = []
@@ -400,27 +434,62 @@ def service_metrics(base_url: str, path: str) -> dict[str, float]:
     return dict(sorted(sums.items())[:20])
 
 
+def _status(url: str, headers: Mapping[str, str], timeout: float = 2) -> int:
+    try:
+        return smoke.request("GET", url, headers=headers, timeout=timeout).status
+    except OSError:
+        return 0
+
+
+def _ready(status: int) -> bool:
+    return 200 <= status < 300  # a redirect from a ready path is no "ready"
+
+
 def _probe_round(
     places: Sequence[Place],
     port: int,
     service: Service,
     headers: Mapping[str, str],
     consecutive: dict[str, int],
+    unready: dict[str, int] | None = None,
 ) -> int:
-    """One round over every host: health (counted), then the traffic paths; the worst run."""
+    """One round over every host: health (counted), then the traffic paths, the ready path among
+    them (counted in unready); the worst run of failed health checks."""
+    unready = {} if unready is None else unready
     for p in places:
         base_url = f"http://{p.bind}:{port}"
-        try:
-            status = smoke.request("GET", base_url + service.health, timeout=2).status
-        except OSError:
-            status = 0
+        status = _status(base_url + service.health, {})
         consecutive[p.name] = 0 if smoke.healthy(status) else consecutive.get(p.name, 0) + 1
+        if service.ready_path == service.health:
+            unready[p.name] = 0 if _ready(status) else unready.get(p.name, 0) + 1
         for path in traffic_paths(service):
-            try:
-                smoke.request("GET", base_url + path, headers=headers, timeout=2)
-            except OSError:
-                pass
+            answer = _status(base_url + path, headers)
+            if path == service.ready_path:
+                unready[p.name] = 0 if _ready(answer) else unready.get(p.name, 0) + 1
     return max(consecutive.values(), default=0)
+
+
+# a final readiness probe that fails is asked again this many times, a second apart, before it
+# counts: a busy machine's slow answer is not a dead database
+FINAL_READY_TRIES = 3
+
+
+def unready_hosts(
+    places: Sequence[Place], port: int, service: Service, headers: Mapping[str, str]
+) -> list[str]:
+    """The hosts whose ready path does not answer ready now (after FINAL_READY_TRIES asks)."""
+    left = list(places)
+    for attempt in range(FINAL_READY_TRIES):
+        if attempt:
+            time.sleep(1.0)
+        left = [
+            p
+            for p in left
+            if not _ready(_status(f"http://{p.bind}:{port}{service.ready_path}", headers, 5))
+        ]
+        if not left:
+            break
+    return [p.name for p in left]
 
 
 def watch_places(
@@ -440,11 +509,14 @@ def watch_places(
     release's counters from every host against the baseline's. headers: the API key, when the
     service asks for one (smoke.auth_headers)."""
     consecutive: dict[str, int] = {}
-    worst = 0
+    unready: dict[str, int] = {}
+    worst = not_ready = 0
     deadline = time.monotonic() + window_s
-    while time.monotonic() < deadline and worst <= t.health_failures:
-        worst = max(worst, _probe_round(places, port, service, headers, consecutive))
+    while time.monotonic() < deadline and max(worst, not_ready) <= t.health_failures:
+        worst = max(worst, _probe_round(places, port, service, headers, consecutive, unready))
+        not_ready = max(not_ready, *unready.values(), 0)
         time.sleep(interval_s)
+    at_end = unready_hosts(places, port, service, headers) if worst <= t.health_failures else []
     where = [(p.host, p.layout) for p in places]
     new = read_counts(where, release) or Counts()
     base = read_counts(where, baseline)
@@ -462,6 +534,9 @@ def watch_places(
         memory_mb=memory_mb(),
         service_numbers=extra,
         busy=busy_reason([(p.name, p.host) for p in places]),
+        not_ready=not_ready,
+        unready_at_end=at_end,
+        ready_path=service.ready_path,
     )
 
 

@@ -239,6 +239,7 @@ class NativeRuntime:
             release=ctx.built.id,
             applied_by=str(ctx.actor),
             password=env.secret("POSTGRES_PASSWORD"),
+            **env_migrations.timeouts(ctx.proj, env.name, deadline=ctx.deadline),
         )
         return [f.version for f in applied]
 

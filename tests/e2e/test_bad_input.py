@@ -3,8 +3,11 @@ shows no traceback, and changes nothing (files restored, no release, history as 
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -18,6 +21,7 @@ from tests.e2e.conftest import Project, destroy, make_project
 ENVS = ("dev", "staging", "prod")
 USAGE, GUARD = int(ExitCode.USAGE), int(ExitCode.GUARD_REFUSED)
 NOT_APPROVED = int(ExitCode.NOT_APPROVED)
+LOCK, FAILURE = int(ExitCode.LOCK_HELD), int(ExitCode.FAILURE)
 INVOKE_PARSE = 1  # invoke's own parser (unknown task or flag) exits 1 before stageflow runs
 Setup = Callable[[Project], AbstractContextManager[None]]
 
@@ -202,6 +206,108 @@ def symlinked(link: str, target: str, then: Setup | None = None) -> Setup:
         finally:
             path.unlink()
 
+
+def _state(p: Project, env: str) -> Path:
+    return p.root / ".stageflow" / env / "state"
+
+
+@contextmanager
+def _planted(top: Path) -> Iterator[None]:
+    """Whatever is made under top (absent before) goes afterwards, with the folders made for it."""
+    made = [d for d in (top, *top.parents) if not d.exists()]
+    assert not top.exists(), top
+    try:
+        yield
+    finally:
+        for d in [top, *made]:
+            if d.is_dir() and not d.is_symlink():
+                shutil.rmtree(d)
+            elif d.exists() or d.is_symlink():
+                d.unlink()
+
+
+def lock_damage(kind: str, env: str = "dev") -> Setup:
+    """The environment's lock left damaged: a file where the directory goes, or a holder file
+    that is not UTF-8, not JSON, lacks keys, or is missing."""
+    holder = {
+        "not-utf8": b"\xff\xfe{",
+        "not-json": b'{"who": "ann", "pid": ',
+        "missing-keys": b'{"who": "ann"}',
+        "empty-dir": None,
+    }
+
+    @contextmanager
+    def setup(p: Project) -> Iterator[None]:
+        lock = _state(p, env) / "lock"
+        with _planted(lock):
+            if kind == "plain-file":
+                lock.parent.mkdir(parents=True, exist_ok=True)
+                lock.write_text("not a directory\n")
+            else:
+                lock.mkdir(parents=True)
+                if holder[kind] is not None:
+                    (lock / "holder.json").write_bytes(holder[kind])  # type: ignore[arg-type]
+            yield
+
+    return setup
+
+
+def live_lock(env: str = "dev") -> Setup:
+    """A lock held right now by a run on another machine whose heartbeat is fresh."""
+
+    @contextmanager
+    def setup(p: Project) -> Iterator[None]:
+        lock = _state(p, env) / "lock"
+        now = time.time()
+        with _planted(lock):
+            lock.mkdir(parents=True)
+            record = {
+                "who": "carol@example.com", "pid": 4242, "host": "another-machine",
+                "command": f"{env}.deploy", "release": "v9", "time": "2026-01-01T00:00:00Z",
+                "since": now, "token": "c" * 32,
+            }  # fmt: skip
+            (lock / "holder.json").write_text(json.dumps(record))
+            (lock / "heartbeat").write_text(repr(now + 3600))  # beats through the whole case
+            yield
+
+    return setup
+
+
+def state_file(env: str, rel: str, content: bytes | None) -> Setup:
+    """A state file (history, a request...) planted damaged; None: a directory in its place."""
+
+    @contextmanager
+    def setup(p: Project) -> Iterator[None]:
+        path = _state(p, env) / rel
+        with _planted(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if content is None:
+                path.mkdir()
+            else:
+                path.write_bytes(content)
+            yield
+
+    return setup
+
+
+def _history_damage(content: bytes | None) -> Setup:
+    """dev's history with damage after its good lines (a directory: the whole file replaced)."""
+
+    @contextmanager
+    def setup(p: Project) -> Iterator[None]:
+        path = _state(p, "dev") / "history.jsonl"
+        with _restoring(path):
+            if content is None:
+                path.unlink()
+                path.mkdir()
+            else:
+                path.write_bytes(path.read_bytes() + content)
+            try:
+                yield
+            finally:
+                if path.is_dir():
+                    path.rmdir()
+
     return setup
 
 
@@ -247,6 +353,9 @@ def db_redirect(query: str) -> Setup:
     return set_key("DATABASE_URL", _query(query), name="staging")
 
 
+HUGE_REF = "x" * 100_000
+
+
 def _pw_url(values: dict[str, str]) -> str:
     return values["DATABASE_URL"].replace("app_dev@", "app_dev:leaked-pw@")
 
@@ -262,6 +371,7 @@ class Case:
     setup: Setup | None = None
     env: dict[str, str] = field(default_factory=dict)
     actor: str | None = None
+    max_line: int = 1000  # a message echoing input must cut it (a 100,000-character ref)
 
 
 CASES: dict[str, Case] = {
@@ -646,6 +756,309 @@ CASES: dict[str, Case] = {
 }
 
 
+def _dev_policy(line: str) -> Setup:
+    return replace_policy("[environments.dev]\n", f"[environments.dev]\n{line}\n")
+
+
+# bad policy values, broken state files, hostile sizes and sources: refused as the rest
+CASES |= {
+    # every numeric and enum policy key is range-checked on load
+    "toml-workers-zero": Case(
+        ("dev.deploy",),
+        USAGE,
+        "[environments.dev] workers must be a number >= 1, not 0",
+        replace_policy("workers = 2", "workers = 0"),
+    ),
+    "toml-workers-negative": Case(
+        ("dev.up",),
+        USAGE,
+        "workers must be a number >= 1",
+        replace_policy("workers = 2", "workers = -1"),
+    ),
+    "toml-verify-window-negative": Case(
+        ("dev.deploy",),
+        USAGE,
+        "verify_window_s must be a number >= 0, not -3",
+        replace_policy("verify_window_s = 0", "verify_window_s = -3"),
+    ),
+    "toml-verify-window-inf": Case(
+        ("dev.deploy",),
+        USAGE,
+        "verify_window_s must be a number >= 0, not inf",
+        replace_policy("verify_window_s = 0", "verify_window_s = inf"),
+    ),
+    "toml-verify-window-nan": Case(
+        ("dev.deploy",),
+        USAGE,
+        "verify_window_s must be a number >= 0, not nan",
+        replace_policy("verify_window_s = 0", "verify_window_s = nan"),
+    ),
+    "toml-soak-negative": Case(
+        ("staging.deploy",),
+        USAGE,
+        "[environments.staging] soak_s must be a number >= 0",
+        replace_policy("soak_s = 0", "soak_s = -1"),
+    ),
+    "toml-refresh-zero": Case(
+        ("staging.monitor",),
+        USAGE,
+        "refresh_s must be a number > 0, not 0",
+        replace_policy("refresh_s = 5", "refresh_s = 0"),
+    ),
+    "toml-relax-factor-zero": Case(
+        ("dev.deploy",),
+        USAGE,
+        "relax_factor must be a number > 0, not 0",
+        replace_policy("relax_factor = 2", "relax_factor = 0"),
+    ),
+    "toml-relax-factor-negative": Case(
+        ("staging.deploy",),
+        USAGE,
+        "relax_factor must be a number > 0",
+        replace_policy("relax_factor = 2", "relax_factor = -2"),
+    ),
+    "toml-service-user-root": Case(
+        ("dev.up",),
+        USAGE,
+        "[project] service_user must not be root",
+        replace_policy('service_user = "stageflow"', 'service_user = "root"'),
+    ),
+    "toml-service-user-not-a-name": Case(
+        ("dev.deploy",),
+        USAGE,
+        "service_user must be a plain user name",
+        replace_policy('service_user = "stageflow"', 'service_user = "Not A User"'),
+    ),
+    "toml-lock-timeout-text": Case(
+        ("dev.deploy",),
+        USAGE,
+        "[environments.dev] lock_timeout='soon' is not a duration",
+        _dev_policy('lock_timeout = "soon"'),
+    ),
+    "toml-statement-timeout-words": Case(
+        ("dev.migrate",),
+        USAGE,
+        "statement_timeout='5 minutes' is not a duration",
+        _dev_policy('statement_timeout = "5 minutes"'),
+    ),
+    "toml-statement-timeout-number": Case(
+        ("dev.deploy",),
+        USAGE,
+        "statement_timeout has the wrong type",
+        _dev_policy("statement_timeout = 5"),
+    ),
+    "toml-deploy-timeout-zero": Case(
+        ("dev.deploy",),
+        USAGE,
+        "deploy_timeout_s must be a number > 0, not 0",
+        _dev_policy("deploy_timeout_s = 0"),
+    ),
+    "toml-deploy-timeout-negative": Case(
+        ("dev.deploy",),
+        USAGE,
+        "deploy_timeout_s must be a number > 0",
+        _dev_policy("deploy_timeout_s = -5"),
+    ),
+    "toml-threshold-inf": Case(
+        ("dev.deploy",),
+        USAGE,
+        "p95_ratio must be a positive number",
+        replace_policy("p95_ratio = 2.0", "p95_ratio = inf"),
+    ),
+    "toml-threshold-nan": Case(
+        ("dev.deploy",),
+        USAGE,
+        "memory_mb must be a positive number",
+        replace_policy("memory_mb = 512", "memory_mb = nan"),
+    ),
+    "toml-batch-zero": Case(
+        ("dev.deploy",), USAGE, "batch=0 is not a batch size", _dev_policy("batch = 0")
+    ),
+    "toml-batch-over-100": Case(
+        ("dev.deploy",), USAGE, "batch='150%' is not a batch size", _dev_policy('batch = "150%"')
+    ),
+    "toml-keep-releases-0": Case(
+        ("dev.deploy",),
+        USAGE,
+        "keep_releases must be at least 2",
+        replace_policy("keep_releases = 3", "keep_releases = 0"),
+    ),
+    "toml-auto-rollback-text": Case(
+        ("dev.deploy",),
+        USAGE,
+        "auto_rollback has the wrong type",
+        replace_policy("auto_rollback = false", 'auto_rollback = "no"'),
+    ),
+    "toml-runtime-empty": Case(
+        ("dev.deploy",),
+        USAGE,
+        "runtime must be native or compose",
+        replace_policy('runtime = "native"', 'runtime = ""'),
+    ),
+    "toml-hosts-empty": Case(
+        ("dev.deploy",),
+        USAGE,
+        "hosts must be a non-empty list",
+        replace_policy('hosts = ["local"]', "hosts = []"),
+    ),
+    "toml-hooks-timeout-zero": Case(
+        ("dev.deploy",),
+        USAGE,
+        "timeout_s must be a positive number",
+        append_policy("[hooks]\ntimeout_s = 0"),
+    ),
+    # the lock: damaged holders name the file; a live holder is never broken by --force
+    "lock-plain-file": Case(
+        ("dev.deploy",), LOCK, "is a file, not the lock directory", lock_damage("plain-file")
+    ),
+    "lock-holder-not-utf8": Case(
+        ("dev.deploy",), LOCK, "holder.json is not UTF-8", lock_damage("not-utf8")
+    ),
+    "lock-holder-not-json": Case(
+        ("dev.deploy",), LOCK, "holder.json is not a holder record", lock_damage("not-json")
+    ),
+    "lock-holder-missing-keys": Case(
+        ("dev.deploy",), LOCK, "holder.json is not a holder record", lock_damage("missing-keys")
+    ),
+    "lock-holder-missing": Case(
+        ("dev.deploy",), LOCK, "holder.json is missing", lock_damage("empty-dir")
+    ),
+    "lock-damaged-force-without-reason": Case(
+        ("dev.lock", "--force"), USAGE, "--reason", lock_damage("plain-file")
+    ),
+    "lock-damaged-rollback": Case(
+        ("dev.rollback", "--level", "1"), LOCK, "unreadable holder", lock_damage("not-json")
+    ),
+    "lock-live-force": Case(
+        ("dev.lock", "--force", "--reason", "looks stuck"), LOCK, "and alive", live_lock()
+    ),
+    "lock-live-deploy": Case(("dev.deploy",), LOCK, "held by carol@example.com", live_lock()),
+    "lock-live-release-by-other": Case(
+        ("dev.lock", "--release"), USAGE, "the lock is held by carol@example.com", live_lock()
+    ),
+    "lock-live-staging-force": Case(
+        ("staging.lock", "--force", "--reason", "x"), LOCK, "and alive", live_lock("staging")
+    ),
+    # state files: corrupt, truncated or not UTF-8 name the file and the repair
+    "history-not-utf8": Case(
+        ("dev.history",), USAGE, "history.jsonl is not UTF-8", _history_damage(b"\xff\xfe\n")
+    ),
+    "history-not-utf8-status": Case(
+        ("status",), USAGE, "history.jsonl is not UTF-8", _history_damage(b'{"id": "\xff"}\n')
+    ),
+    "history-not-utf8-json": Case(
+        ("dev.history", "--json"), USAGE, "move it aside", _history_damage(b"\xc3\n")
+    ),
+    "history-is-a-directory": Case(
+        ("dev.history",), USAGE, "history.jsonl is a directory", _history_damage(None)
+    ),
+    "prod-request-file-not-json": Case(
+        ("prod.checklist", "7"),
+        USAGE,
+        "7.json is not JSON (line 1",
+        state_file("prod", "requests/7.json", b'{"id": 7, "ref"'),
+    ),
+    "prod-request-file-not-utf8": Case(
+        ("prod.approve", "7"),
+        USAGE,
+        "7.json is not UTF-8",
+        state_file("prod", "requests/7.json", b"\xff\xfe"),
+        actor="bob@example.com",
+    ),
+    "prod-request-file-missing-keys": Case(
+        ("prod.checklist", "7"),
+        USAGE,
+        "7.json lacks ref, commit",
+        state_file("prod", "requests/7.json", b'{"id": 7}'),
+    ),
+    "prod-request-file-empty": Case(
+        ("prod.reject", "7", "--reason", "bad"),
+        USAGE,
+        "7.json is empty",
+        state_file("prod", "requests/7.json", b""),
+    ),
+    "prod-request-file-a-list": Case(
+        ("prod.approve", "7"),
+        USAGE,
+        "7.json holds no JSON object",
+        state_file("prod", "requests/7.json", b"[7]"),
+        actor="bob@example.com",
+    ),
+    "prod-request-file-a-directory": Case(
+        ("prod.checklist", "7"),
+        USAGE,
+        "7.json is a directory",
+        state_file("prod", "requests/7.json", None),
+    ),
+    "prod-request-file-deploy": Case(
+        ("prod.deploy", "--request", "7"),
+        USAGE,
+        "7.json is not JSON",
+        state_file("prod", "requests/7.json", b"{"),
+    ),
+    # a huge ref is cut in the one line, not echoed whole
+    "ref-huge": Case(("dev.deploy", "--ref", HUGE_REF), USAGE, "(100000 characters)", max_line=400),
+    "ref-huge-dry-run": Case(
+        ("dev.deploy", "--dry-run", "--ref", HUGE_REF), USAGE, "names no commit", max_line=400
+    ),
+    "ref-huge-staging": Case(
+        ("staging.deploy", "--ref", HUGE_REF), USAGE, "(100000 characters)", max_line=400
+    ),
+    "ref-huge-dash": Case(
+        ("dev.deploy", "--ref", "-" + HUGE_REF[1:]), USAGE, "bad ref '-xxx", max_line=400
+    ),
+    "prod-request-huge-ref": Case(
+        ("prod.request", "--ref", HUGE_REF), USAGE, "(100000 characters)", max_line=400
+    ),
+    # refresh brings prod's data, from nowhere else
+    "refresh-from-dev": Case(
+        ("staging.refresh", "--from", "dev", "--anonymize"),
+        USAGE,
+        "cannot refresh staging from 'dev'",
+    ),
+    "refresh-from-staging": Case(
+        ("staging.refresh", "--from", "staging", "--anonymize"),
+        USAGE,
+        "cannot refresh staging from 'staging'",
+    ),
+    "refresh-from-unknown": Case(
+        ("staging.refresh", "--from", "qa", "--anonymize"), USAGE, "use --from prod"
+    ),
+    # migrations: timeout headers, and --resolve's inputs
+    "migration-bad-lock-timeout": Case(
+        ("dev.deploy",),
+        USAGE,
+        "bad value 'lock_timeout=soon'",
+        migrations({"0004_slow.up.sql": "-- stageflow: lock_timeout=soon\nSELECT 1;\n"}),
+    ),
+    "migration-bad-statement-timeout": Case(
+        ("dev.deploy",),
+        USAGE,
+        "bad value 'statement_timeout=-1s'",
+        migrations({"0004_slow.up.sql": "-- stageflow: statement_timeout=-1s\nSELECT 1;\n"}),
+    ),
+    "migrate-resolve-text": Case(("dev.migrate", "--resolve", "abc"), USAGE, "--resolve"),
+    "migrate-resolve-zero": Case(("dev.migrate", "--resolve", "0"), USAGE, "--resolve"),
+    "migrate-resolve-bad-mark": Case(
+        ("dev.migrate", "--resolve", "2", "--mark", "bogus"),
+        USAGE,
+        "--resolve needs --mark applied or --mark reverted",
+    ),
+    "migrate-resolve-not-failed": Case(
+        ("dev.migrate", "--resolve", "2", "--mark", "reverted"),
+        FAILURE,
+        "version 2 is not failed (state: applied)",
+    ),
+    # flags at their edges
+    "flag-limit-zero": Case(("dev.history", "--limit", "0"), USAGE, "--limit"),
+    "flag-migrate-to-zero": Case(("dev.migrate", "--to", "0"), USAGE, "--to"),
+    "rollback-level-zero": Case(("dev.rollback", "--level", "0"), USAGE, "--level 0"),
+    "prod-reject-unknown": Case(
+        ("prod.reject", "999", "--reason", "no"), NOT_APPROVED, "no deployment request 999"
+    ),
+}
+
+
 def state_snapshot(p: Project) -> dict[str, object]:
     """Everything a refused command must leave alone."""
     snap: dict[str, object] = {}
@@ -689,6 +1102,7 @@ def test_bad_input_is_refused_in_one_line_and_changes_nothing(proj: Project, cas
         *([f"exit {res.returncode}, expected {case.code}"] if res.returncode != case.code else []),
         *([f"{len(lines)} lines on stderr, expected 1"] if len(lines) != 1 else []),
         *([f"stderr lacks {case.needle!r}"] if not lines or case.needle not in lines[0] else []),
+        *([f"a line over {case.max_line} characters"] if len(res.stderr) > case.max_line else []),
         *(["a secret value in the output"] if "s3cret" in out else []),
         *[
             f"changed {k}"
@@ -703,7 +1117,7 @@ def test_bad_input_is_refused_in_one_line_and_changes_nothing(proj: Project, cas
 
 
 def test_the_table_is_large_enough() -> None:
-    assert len(CASES) >= 90
+    assert len(CASES) >= 120
 
 
 def test_project_still_serves_after_the_table(proj: Project) -> None:

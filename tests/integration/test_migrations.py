@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -406,3 +407,84 @@ def test_password_is_passed_and_never_shown(
     error = refusal(lambda: m.current_version(dead, password=secret, connect_timeout=2))
     assert "cannot connect" in error.message
     assert secret.reveal() not in error.line()
+
+
+# --------------------------------------------------------------------------- timeouts and the deadline
+
+NOTES_ONLY = {k: v for k, v in NOTES.items() if k.startswith("0001_")}
+
+
+def test_a_files_statement_timeout_cancels_it_and_frees_the_table(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    m.migrate(pg_dsn, write(tmp_path, NOTES_ONLY))
+    hostage = {
+        "0002_hostage.up.sql": "-- stageflow: statement_timeout=1s lock_timeout=500ms\n"
+        "LOCK TABLE notes IN ACCESS EXCLUSIVE MODE;\nSELECT pg_sleep(30);\n"
+    }
+    files = write(tmp_path, hostage)
+    assert (files[1].statement_timeout, files[1].lock_timeout) == ("1s", "500ms")
+    error = refusal(lambda: m.migrate(pg_dsn, files))
+    assert "0002_hostage.up.sql failed and was rolled back" in error.message
+    assert "statement timeout" in error.message
+    assert query(pg_dsn, "SELECT count(*) FROM notes") == [(0,)]  # readable again
+    assert [r[0] for r in ledger(pg_dsn)] == [1]
+
+
+def test_a_files_lock_timeout_stops_it_waiting_behind_the_service(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    m.migrate(pg_dsn, write(tmp_path, NOTES_ONLY))
+    files = write(
+        tmp_path,
+        {"0002_wait.up.sql": "-- stageflow: lock_timeout=200ms\nALTER TABLE notes ADD c int;\n"},
+    )
+    with psycopg.connect(pg_dsn) as reader:  # the serving release, mid-transaction on notes
+        reader.execute("SELECT * FROM notes")
+        error = refusal(lambda: m.migrate(pg_dsn, files, lock_timeout="30s"))
+    assert "lock timeout" in error.message
+
+
+def test_the_deadline_cancels_a_file_that_outlives_it(pg_dsn: str, tmp_path: Path) -> None:
+    m.migrate(pg_dsn, write(tmp_path, NOTES_ONLY))
+    # each statement alone is short; together they run past the deadline
+    slow = "LOCK TABLE notes IN ACCESS EXCLUSIVE MODE;\n" + "SELECT pg_sleep(1);\n" * 5
+    files = write(tmp_path, {"0002_slow.up.sql": slow})
+    error = refusal(
+        lambda: m.migrate(pg_dsn, files, statement_timeout="0", deadline=time.monotonic() + 1.5)
+    )
+    assert "cancelled: the deploy's timeout passed" in error.message
+    assert query(pg_dsn, "SELECT count(*) FROM notes") == [(0,)]
+    late = refusal(lambda: m.migrate(pg_dsn, files, deadline=time.monotonic() - 1))
+    assert "did not start: the deploy's timeout has passed" in late.message
+
+
+def test_a_bad_timeout_header_is_refused_naming_the_line(tmp_path: Path) -> None:
+    with pytest.raises(
+        MigrationError, match=r"0001_x.up.sql:1: bad value 'statement_timeout=soon'"
+    ):
+        write(tmp_path, {"0001_x.up.sql": "-- stageflow: statement_timeout=soon\nSELECT 1;\n"})
+
+
+def test_a_failed_version_resolves_without_its_file(pg_dsn: str, tmp_path: Path) -> None:
+    first = write(tmp_path, NOTES_ONLY)
+    m.migrate(pg_dsn, first)
+    failing = tmp_path / "failing"
+    failing.mkdir()
+    files = write(
+        failing,
+        {
+            **NOTES_ONLY,
+            "0002_half.up.sql": "-- stageflow: transaction=off\n"
+            "CREATE TABLE half (id int);\nCREATE INDEX CONCURRENTLY ON missing (id);\n",
+        },
+    )
+    refusal(lambda: m.migrate(pg_dsn, files))
+    # the serving release has only version 1: the failed file is not at hand
+    run(pg_dsn, "DROP TABLE half")
+    assert m.resolve_failed(pg_dsn, first, version=2, state="reverted", applied_by="ann") is False
+    ((state, name, checksum, by),) = query(
+        pg_dsn, "SELECT state, name, checksum, applied_by FROM stageflow_migrations WHERE version=2"
+    )
+    assert (state, name, checksum, by) == ("reverted", "half", files[1].checksum, "ann")
+    m.validate(pg_dsn, first)  # nothing stands in the way of the serving release any more

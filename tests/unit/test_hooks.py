@@ -134,6 +134,25 @@ def test_timeout_kills_the_hook_and_what_it_started(root: Path) -> None:
     assert not alive, "the hook's child outlived the timeout"
 
 
+def test_timeout_kills_what_left_the_hooks_session(root: Path) -> None:
+    proj = make_project(root, "[hooks.dev]\ntimeout_s = 1\n")
+    # setsid: a session (and group) of its own, beyond the group kill; it ignores TERM too
+    script(
+        root,
+        "post-deploy",
+        "setsid sh -c 'echo $$ > child.pid; trap \"\" TERM; exec sleep 120' "
+        ">/dev/null 2>&1 </dev/null &\n"
+        "while [ ! -s child.pid ]; do sleep 0.05; done\necho started\nsleep 120",
+    )
+    (result,) = hooks.run(proj, "dev", "post-deploy", {}, process_env={})
+    assert result.timed_out and "started" in result.output
+    child = int((root / "child.pid").read_text())
+    alive = _alive(child)
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive, "the hook's setsid child outlived the timeout"
+
+
 def test_timed_out_pre_hook_raises(root: Path) -> None:
     proj = make_project(root, "[hooks]\ntimeout_s = 1\n")
     script(root, "pre-rollback", "echo waiting for approval\nsleep 120")

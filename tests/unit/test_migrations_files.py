@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from deploy.errors import MigrationError
-from deploy.migrations import discover, is_expand_only, parse_header, split_sql
+from deploy.migrations import discover, is_expand_only, long_locks, parse_header, split_sql
 
 
 def write(directory: Path, files: dict[str, str]) -> Path:
@@ -253,3 +253,42 @@ def test_split_sql_refuses_unterminated(sql: str) -> None:
     with pytest.raises(MigrationError) as info:
         split_sql(sql, source="0009_x.up.sql")
     assert "unterminated" in info.value.message and "0009_x.up.sql" in info.value.message
+
+
+LONG_LOCK_CASES = {
+    "LOCK TABLE notes IN ACCESS EXCLUSIVE MODE;": "stageflow-lock-table",
+    "lock notes;": "stageflow-lock-table",
+    "SELECT pg_sleep(40);": "stageflow-sleep",
+    "SELECT pg_sleep_for('40 seconds');": "stageflow-sleep",
+    "CLUSTER notes USING notes_pkey;": "stageflow-cluster",
+    "REINDEX TABLE notes;": "stageflow-reindex-blocking",
+    "REFRESH MATERIALIZED VIEW totals;": "stageflow-refresh-blocking",
+}
+
+
+@pytest.mark.parametrize("stmt", list(LONG_LOCK_CASES))
+def test_long_lock_statements_are_flagged_with_their_line(tmp_path: Path, stmt: str) -> None:
+    path = tmp_path / "0002_hold.up.sql"
+    path.write_text(f"-- stageflow: phase=expand\nSELECT 1;\n{stmt}\n")
+    ((where, finding),) = long_locks(path)
+    assert where == "0002_hold.up.sql:3" and finding.startswith(LONG_LOCK_CASES[stmt] + ":")
+
+
+def test_concurrent_and_plain_statements_are_not_flagged(tmp_path: Path) -> None:
+    path = tmp_path / "0002_fine.up.sql"
+    path.write_text(
+        "-- stageflow: transaction=off\nREINDEX TABLE CONCURRENTLY notes;\n"
+        "REFRESH MATERIALIZED VIEW CONCURRENTLY totals;\n"
+        "-- LOCK TABLE in a comment is no statement\nSELECT 'pg_sleep(1)';\n"
+    )
+    assert long_locks(path) == []
+
+
+def test_timeout_headers_are_read(tmp_path: Path) -> None:
+    (f,) = discover(
+        write(
+            tmp_path,
+            {"0001_a.up.sql": "-- stageflow: lock_timeout=2s, statement_timeout=1min\nSELECT 1;\n"},
+        )  # fmt: skip
+    )
+    assert (f.lock_timeout, f.statement_timeout) == ("2s", "1min")

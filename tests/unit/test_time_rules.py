@@ -18,7 +18,14 @@ from deploy.config import Project, load_project
 from deploy.hosts import Host
 from deploy.policy import promotion
 from deploy.policy.actors import Actor
-from deploy.state import LOCK_STALE_AFTER_S, DeployLock, Layout, LockInfo, held_too_long
+from deploy.state import (
+    HEARTBEAT_STALE_AFTER_S,
+    LOCK_STALE_AFTER_S,
+    DeployLock,
+    Layout,
+    LockInfo,
+    held_too_long,
+)
 from tests import support
 
 T0 = datetime(2026, 3, 6, 12, 0, 0, tzinfo=UTC)  # a Friday
@@ -81,21 +88,24 @@ def test_the_lock_judges_staleness_by_its_clock():
     assert DeployLock(Host(), layout, clock=clock_at(T0 + STALE + TICK)).is_stale(info)
 
 
-def test_the_holder_records_the_clocks_time_and_a_live_holder_turns_stale_only_by_age(
+def test_the_holder_records_the_clocks_time_and_a_beating_holder_is_stale_only_once_silent(
     tmp_path: Path,
 ):
     lock = DeployLock(Host(), Layout(str(tmp_path)), clock=clock_at(T0))
     lock.acquire(who="bo@example.com", command="deploy", release="r1")
     info = lock.holder()
     assert info is not None
-    assert (info.time, info.since, info.pid) == (
+    assert (info.time, info.since, info.pid, info.beat) == (
         "2026-03-06T12:00:00Z",
         T0.timestamp(),
         os.getpid(),
+        T0.timestamp(),
     )
-    # this very process holds it: alive, so only the age rule can call it stale
-    at_limit = DeployLock(Host(), Layout(str(tmp_path)), clock=clock_at(T0 + STALE))
-    past_limit = DeployLock(Host(), Layout(str(tmp_path)), clock=clock_at(T0 + STALE + TICK))
+    # this very process holds it and its heartbeat says T0: the heartbeat's age decides, not the
+    # lock's (an hour-long deploy that still beats is alive)
+    silent = timedelta(seconds=HEARTBEAT_STALE_AFTER_S)
+    at_limit = DeployLock(Host(), Layout(str(tmp_path)), clock=clock_at(T0 + silent))
+    past_limit = DeployLock(Host(), Layout(str(tmp_path)), clock=clock_at(T0 + silent + TICK))
     assert not at_limit.is_stale(info)
     assert past_limit.is_stale(info)
     lock.release()

@@ -127,3 +127,26 @@ def test_counts_quantiles_and_confidence_bounds():
     assert c.slower_than(20.0) == 5 and c.within(2.0) == 50
     assert wilson_low(0, 100) == 0.0 and 0.0 < wilson_low(10, 100) < 0.1 < wilson_high(10, 100)
     assert Counts().p95_ms() is None and wilson_high(0, 0) == 1.0
+
+
+def test_a_release_not_ready_when_the_window_closes_fails_even_without_errors() -> None:
+    quiet = counts((100, 0))
+    v = evaluate(
+        PROD, new=quiet, base=None, consecutive_failures=0, memory_mb=1,
+        unready_at_end=["local"], ready_path="/readyz",
+    )  # fmt: skip
+    assert not v.ok and v.reason.startswith("/readyz not ready on local when the window closed")
+    assert evaluate(PROD, new=quiet, base=None, consecutive_failures=0, memory_mb=1).ok
+
+
+def test_readiness_failing_in_a_row_past_the_limit_fails() -> None:
+    quiet = counts((100, 0))
+    at_limit = evaluate(
+        PROD, new=quiet, base=None, consecutive_failures=0, memory_mb=1,
+        not_ready=PROD.health_failures,
+    )  # fmt: skip
+    past = evaluate(
+        PROD, new=quiet, base=None, consecutive_failures=0, memory_mb=1,
+        not_ready=PROD.health_failures + 1, ready_path="/readyz",
+    )  # fmt: skip
+    assert at_limit.ok and not past.ok and "/readyz not ready" in past.reason
