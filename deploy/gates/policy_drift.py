@@ -11,8 +11,8 @@ from deploy.config import ENV_KEYS, PostureRule, load_posture, read_env_file
 from deploy.errors import ConfigError
 from deploy.gates import GateContext, Outcome
 
-# stageflow's own keys are what isolates environments and must differ; every other key, the
-# service's included, must be identical unless [gates.policy-drift] allowed_keys names it.
+# stageflow's own keys are what isolates environments and must differ (always allowed); every other
+# key, the service's included, must be identical unless [gates.policy-drift] allowed_keys names it.
 DEFAULT_ALLOWED = tuple(ENV_KEYS)
 _KEY = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
@@ -22,13 +22,13 @@ def _files(ctx: GateContext) -> tuple[Path, Path]:
 
 
 def allowed_keys(ctx: GateContext) -> list[str]:
-    keys = ctx.config.get("allowed_keys", list(DEFAULT_ALLOWED))
+    keys = ctx.config.get("allowed_keys", [])
     if not isinstance(keys, list) or not all(isinstance(k, str) and _KEY.match(k) for k in keys):
         raise ConfigError(
             "[gates.policy-drift] allowed_keys must be a list of env keys",
-            hint='e.g. ["APP_PORT", "LOG_LEVEL"]: stageflow keys and the service keys alike',
+            hint='e.g. ["LOG_LEVEL"]: the service\'s keys meant to differ (stageflow\'s always may)',
         )
-    return keys
+    return [*DEFAULT_ALLOWED, *(k for k in keys if k not in DEFAULT_ALLOWED)]
 
 
 def posture_rules(ctx: GateContext) -> dict[str, tuple[PostureRule, ...]]:
