@@ -22,6 +22,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from deploy.service import with_password
 from tests import support
 
 SERVICES = Path(__file__).resolve().parents[1] / "services"
@@ -113,13 +114,34 @@ class Service:
         env.pop("PYTHONPATH", None)
         return env
 
+    def key(self, name: str) -> Path:
+        """This person's own ed25519 key, made on first use (a test's person: no passphrase)."""
+        path = self.base / "keys" / name
+        if not path.exists():
+            path.parent.mkdir(exist_ok=True)
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)],
+                check=True,
+            )
+        return path
+
+    def trust(self, *names: str) -> None:
+        """Install prod's first allowed signers: these people's public keys."""
+        path = self.base / "keys" / "bootstrap.keys"
+        path.write_text("".join(f"{n} {Path(f'{self.key(n)}.pub').read_text()}" for n in names))
+        self.ok("prod.keys", "--trust", str(path))
+
     def run(
         self, *argv: str, actor: str = "alice@example.com", timeout: float = 600
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             list(argv),
             cwd=self.root,
-            env={**self.env(), "STAGEFLOW_ACTOR": actor},
+            env={
+                **self.env(),
+                "STAGEFLOW_ACTOR": actor,
+                "STAGEFLOW_SIGNING_KEY": str(self.key(actor)),
+            },
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -197,10 +219,20 @@ class Service:
     def get(self, env: str, path: str = "/") -> tuple[int, str, dict[str, str]]:
         return http("GET", self.url(env, path))
 
-    def db(self, env: str):
+    def database_url(self, env: str) -> str:
+        """env's DATABASE_URL with the password of its secrets file, when it has one."""
         text = (self.root / "env" / f"{env}.env").read_text()
         url = re.search(r"^DATABASE_URL=(.*)$", text, re.M).group(1)
-        return psycopg.connect(url, autocommit=True, connect_timeout=5)
+        secrets = self.root / "env" / f"{env}.secrets.env"
+        found = (
+            re.search(r"^POSTGRES_PASSWORD=(.*)$", secrets.read_text(), re.M)
+            if secrets.exists()
+            else None
+        )
+        return with_password(url, found.group(1).strip("'\"")) if found else url
+
+    def db(self, env: str):
+        return psycopg.connect(self.database_url(env), autocommit=True, connect_timeout=5)
 
     def destroy(self) -> None:
         self.run(
