@@ -108,15 +108,15 @@ def deploy(root: Path, env: dict[str, str]) -> dict[str, Any]:
 
 
 def floor_for(root: Path, env_name: str = "dev") -> Floor:
-    """The bare floor beside the environment: its venv, service env file and worker count."""
+    """The bare floor beside the environment: its venv, the service's settings, worker count."""
     proj = load_project(root, process_env={})
     env, layout = proj.env(env_name), Layout(str(proj.env(env_name).data_dir))
     return Floor(
         root=root,
         env=env,
+        service=proj.service,
         home=Path(tempfile.mkdtemp(prefix="sf-bench-floor-")),
         venv=venv_of(layout),
-        app_env=Path(layout.shared) / "app.env",
         workers=proj.policies[env_name].workers,
     )
 
