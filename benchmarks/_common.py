@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -26,6 +27,20 @@ def wall(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def children_cpu_s() -> float:
+    """CPU seconds (user + sys) of every child this process waited for so far."""
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return use.ru_utime + use.ru_stime
+
+
+def wall_and_cpu(fn: Callable[[], Any]) -> tuple[float, float]:
+    """Wall seconds of fn, and the CPU seconds of the commands it ran and waited for (an `inv`
+    and its own children; not the daemons it left running). Load moves CPU much less than wall."""
+    cpu = children_cpu_s()
+    took = wall(fn)
+    return took, children_cpu_s() - cpu
 
 
 def summary(samples: Sequence[float], *, digits: int = 4) -> dict[str, Any]:
@@ -70,6 +85,9 @@ def run(
 def inv_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STAGEFLOW_")}
     env.pop("ENVIRONMENT", None)
+    # an operator's checkout keeps its bytecode after the first command: a warm figure must not
+    # pay for compiling the engine on every run because this shell turned bytecode off
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(
         {"STAGEFLOW_ACTOR": "bench@example.com", "STAGEFLOW_ACTOR_KIND": "human", "NO_COLOR": "1"}
     )

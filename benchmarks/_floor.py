@@ -1,14 +1,17 @@
 """The bare floor of a zero-downtime switch, done by hand with the project's own parts.
 
-A deploy's floor: `git archive` of the commit, extract it, link its venv, start a gunicorn master
-of it on the shared listener socket (the argv of deploy/commands/app.py, so the same processes as
-a real deploy: launch.py, gunicorn, its config marking each booted worker), wait for its workers,
-switch the `current` symlink, drain the old master, and one GET that answers from the new release.
-A rollback's floor is the same without the archive: a master of a release already on disk.
+A deploy's floor: `git archive` of the commit, extract it, link its venv, copy in the engine's
+helpers, write the service's settings file, start a gunicorn master of it on the shared listener
+socket (the argv of deploy/commands/app.py, so the same processes as a real deploy: launch.py,
+gunicorn, its config asking each worker's ready path in-process and marking it), wait for its
+workers, switch the `current` symlink, drain the old master, and one GET that answers from the new
+release. A rollback's floor is the same without the archive: a master of a release already on disk.
 
 The floor runs beside the environment, never in it: its own data dir, listener and port, the
-environment's venv and service env file. On an SSH host everything after the archive is one shell
-script sent through one `ssh` command (the archive on its stdin); the GET comes from this machine.
+environment's venv and the service's settings for that environment. On an SSH host everything
+after the archive is one shell script sent through one `ssh` command (the archive on its stdin);
+the GET comes from this machine. Every test host lives on this machine, so the floor writes the
+settings file (it holds the secrets) straight into the host's data dir, never into the script.
 Nothing here checks, locks, records, probes or rolls back: that is stageflow's price, the ratio.
 """
 
@@ -29,10 +32,12 @@ from pathlib import Path
 from deploy import releases
 from deploy.commands import app as cmd
 from deploy.config import EnvConfig
-from deploy.hosts import to_shell
+from deploy.hosts import Host, to_shell
+from deploy.service import Service
 from deploy.state import Layout
 
 READY_TIMEOUT_S = 30.0
+ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}  # what releases.start gives the launcher
 
 
 @dataclass(frozen=True)
@@ -70,9 +75,9 @@ class Floor:
 
     root: Path  # the project's git repository
     env: EnvConfig
+    service: Service
     home: Path  # the floor's own data dir (a local path: every test host lives on this machine)
-    venv: str  # the environment's venv for the app's lock file, linked into each release
-    app_env: Path  # the environment's service env file, copied for the floor's masters
+    venv: str  # the environment's venv for the service's requirements, linked into each release
     workers: int
     bind: str = "127.0.0.1"
     ssh: Ssh | None = None
@@ -85,19 +90,17 @@ class Floor:
         return Layout(str(self.home))
 
     def setup(self, commit: str, port: int) -> None:
-        """Directories, the service env file, a first release and the listener (untimed)."""
+        """Directories, a first release and the listener (untimed)."""
         self.port = port
         lay = self.layout
         for d in (lay.releases, lay.run, lay.logs, lay.shared):
             Path(d).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.app_env, releases.Paths.of(lay).app_env)
-        os.chmod(releases.Paths.of(lay).app_env, 0o600)
         rid = "r0"
         self._build_local(commit, rid)
         paths = releases.Paths.of(lay)
         argv = cmd.listener(
             f"{lay.release(rid)}/.venv/bin/python",
-            lay.release(rid),
+            f"{lay.release(rid)}/{cmd.HELPERS_DIR}",
             port=port,
             control=paths.control,
             pidfile=paths.listener_pid,
@@ -123,6 +126,7 @@ class Floor:
             self.built[rid] = commit
             with tempfile.NamedTemporaryFile(suffix=".tar") as tar:
                 self._git(cmd.archive(commit, tar.name))
+                self._write_settings(rid)
                 script = self._build_script(rid, "-") + " && " + self._switch_script(rid)
                 self._ssh(script, stdin=tar.name)
         self._get_serves(rid)
@@ -136,6 +140,7 @@ class Floor:
         if self.ssh is None:
             self._start_and_switch_local(rid)
         else:
+            self._write_settings(rid)
             self._ssh(self._switch_script(rid))
         self._get_serves(rid)
         took = time.perf_counter() - start
@@ -165,22 +170,32 @@ class Floor:
         subprocess.run(cmd.extract(tarball, target), check=True)
         os.unlink(tarball)
         os.symlink(self.venv, f"{target}/.venv")
+        releases.install_helpers(Host(), target)
         self.built[rid] = commit
 
     def _start_and_switch_local(self, rid: str) -> None:
         lay, paths = self.layout, releases.Paths.of(self.layout)
-        ready = f"{lay.run}/ready-{rid}"
+        ready = releases.ready_dir(lay, rid)
         shutil.rmtree(ready, ignore_errors=True)
         os.mkdir(ready)
+        os.makedirs(releases.metrics_dir(lay, rid), exist_ok=True)
+        self._write_settings(rid)
         subprocess.run(
             self._gunicorn(rid),
-            env=self._service_env(rid, ready),
+            env=ENV,
             check=True,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while len(os.listdir(ready)) < self.workers:
+        while True:
+            marks = os.listdir(ready)
+            if any(m.startswith("fail-") for m in marks):
+                raise SystemExit(
+                    f"a worker of the floor's {rid} was not ready; see {paths.app_log}"
+                )
+            if sum(m.startswith("ok-") for m in marks) >= self.workers:
+                break
             if time.monotonic() > deadline:
                 raise SystemExit(f"the floor's master of {rid} did not boot; see {paths.app_log}")
             time.sleep(0.01)
@@ -203,19 +218,29 @@ class Floor:
                 shlex.join(["mkdir", target]),
                 to_shell(cmd.extract(tarball, target)),
                 shlex.join(["ln", "-s", self.venv, f"{target}/.venv"]),
+                shlex.join(["mkdir", f"{target}/{cmd.HELPERS_DIR}"]),
+                shlex.join(
+                    [
+                        "cp",
+                        *(str(releases.HELPERS_SOURCE / name) for name in cmd.HELPERS),
+                        f"{target}/{cmd.HELPERS_DIR}",
+                    ]
+                ),
             ]
         )
 
     def _switch_script(self, rid: str) -> str:
         """Start the master, wait for its workers' marks, switch, drain the old master."""
         lay = self.layout
-        ready = f"{lay.run}/ready-{rid}"
+        ready = releases.ready_dir(lay, rid)
         polls = int(READY_TIMEOUT_S / 0.01)
+        quoted = shlex.quote(ready)
         parts = [
             shlex.join(["rm", "-rf", ready]),
-            shlex.join(["mkdir", ready]),
-            to_shell(self._gunicorn(rid), env=self._service_env(rid, ready)),
-            f"n=0; while [ $(ls -A {shlex.quote(ready)} | wc -l) -lt {self.workers} ]; do "
+            shlex.join(["mkdir", "-p", ready, releases.metrics_dir(lay, rid)]),
+            to_shell(self._gunicorn(rid), env=ENV),
+            f"n=0; while [ $(ls -A {quoted} | grep -c '^ok-') -lt {self.workers} ]; do "
+            f"ls -A {quoted} | grep -q '^fail-' && exit 4; "
             f"n=$((n+1)); [ $n -lt {polls} ] || exit 3; sleep 0.01; done",
             shlex.join(["rm", "-rf", ready]),
             shlex.join(["ln", "-sfn", f"releases/{rid}", f"{lay.current}.tmp"]),
@@ -246,29 +271,50 @@ class Floor:
 
     def _gunicorn(self, rid: str) -> list[str]:
         lay, paths = self.layout, releases.Paths.of(self.layout)
-        return cmd.gunicorn(
-            lay.release(rid),
+        rdir, svc = lay.release(rid), self.service
+        launch = cmd.Launch(
             control=paths.control,
+            settings=paths.settings,
             pidfile=releases.master_pidfile(lay, rid),
-            workers=self.workers,
             logfile=paths.app_log,
+            ready_dir=releases.ready_dir(lay, rid),
+            metrics_dir=releases.metrics_dir(lay, rid),
+            release=rid,
+        )
+        return cmd.gunicorn(
+            rdir,
+            launch,
+            app=svc.wsgi,
+            service_dir=svc.path_in_release(rdir),
+            worker_class=svc.worker_class,
+            ready_path=svc.ready_path,
+            asgi=svc.is_asgi,
+            workers=self.workers,
         )
 
-    def _service_env(self, rid: str, ready: str) -> dict[str, str]:
+    def _write_settings(self, rid: str) -> None:
+        """The release's settings file, as releases.write_settings writes it (mode 0600)."""
         release = releases.Release(rid, self.built[rid], "floor")
-        return releases.service_env(self.env, self.layout, release, ready)
+        path = releases.Paths.of(self.layout).settings
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(releases.settings_of(self.env, self.service, release), fh)
 
     def _git(self, argv: list[str]) -> None:
         subprocess.run(argv, cwd=self.root, check=True, capture_output=True)
 
+    @property
+    def version_path(self) -> str:
+        return self.service.version or "/version"
+
     def _get_serves(self, rid: str) -> None:
-        """GET /version until the new release answers: the first one almost always does, since
-        the old master stopped accepting before the switch returned."""
+        """GET the version path until the new release answers: the first one almost always does,
+        since the old master stopped accepting before the switch returned."""
         deadline = time.monotonic() + 10
         while True:
             conn = http.client.HTTPConnection(self.bind, self.port, timeout=5)
             try:
-                conn.request("GET", "/version", headers={"Connection": "close"})
+                conn.request("GET", self.version_path, headers={"Connection": "close"})
                 resp = conn.getresponse()
                 body = resp.read()
                 if resp.status == 200 and json.loads(body)["release"] == rid:
@@ -278,10 +324,12 @@ class Floor:
             finally:
                 conn.close()
             if time.monotonic() > deadline:
-                raise SystemExit(f"the floor's release {rid} never answered GET /version")
+                raise SystemExit(
+                    f"the floor's release {rid} never answered GET {self.version_path}"
+                )
             time.sleep(0.005)
 
 
 def venv_of(layout: Layout) -> str:
-    """The venv the environment's serving release links (by lock hash)."""
+    """The venv the environment's serving release links (by its requirements' key)."""
     return os.readlink(f"{layout.current}/.venv")

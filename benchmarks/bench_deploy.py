@@ -108,15 +108,15 @@ def deploy(root: Path, env: dict[str, str]) -> dict[str, Any]:
 
 
 def floor_for(root: Path, env_name: str = "dev") -> Floor:
-    """The bare floor beside the environment: its venv, service env file and worker count."""
+    """The bare floor beside the environment: its venv, the service's settings, worker count."""
     proj = load_project(root, process_env={})
     env, layout = proj.env(env_name), Layout(str(proj.env(env_name).data_dir))
     return Floor(
         root=root,
         env=env,
+        service=proj.service,
         home=Path(tempfile.mkdtemp(prefix="sf-bench-floor-")),
         venv=venv_of(layout),
-        app_env=Path(layout.shared) / "app.env",
         workers=proj.policies[env_name].workers,
     )
 
@@ -138,10 +138,12 @@ def main() -> None:
         commit = head(proj.root)
         floor.setup(commit, free_port())
 
-        walls, steps, floors = [], [], []
+        walls, cpus, steps, floors = [], [], [], []
         for n in range(c.RUNS):  # interleaved: each pair shares the machine's mood
             out: dict[str, Any] = {}
-            walls.append(c.wall(lambda out=out: out.update(deploy(proj.root, env))))
+            took, cpu = c.wall_and_cpu(lambda out=out: out.update(deploy(proj.root, env)))
+            walls.append(took)
+            cpus.append(cpu)
             steps.append(out["steps"])
             floors.append(floor.deploy(commit, f"r{n + 1}"))
 
@@ -174,6 +176,8 @@ def main() -> None:
             "results": {
                 "first_deploy_s": round(first_wall, 3),
                 "warm_deploy": c.summary(walls),
+                # `inv` and what it waited for (git, tar, the launcher); not the service's daemons
+                "warm_deploy_controller_cpu": c.summary(cpus),
                 "warm_deploy_steps_median_s": step_medians,
                 "warm_deploy_steps_total_s": round(sum(step_medians.values()), 3),
                 "floor": c.summary(floors),

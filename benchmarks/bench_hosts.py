@@ -10,9 +10,10 @@ scales with what, the script measures CPU as well as wall time:
   it runs, so a daemon that exits mid-run keeps what it used up to the last sample;
 - the operator's CPU: the `inv` process and its children (git archive, pg_dump, ...);
 - one profiled deploy at the smallest and the largest size, run in this process with timers
-  around the per-host steps (upload, extract, venv, barrier, gunicorn start, switch, drain,
-  health check, prune) and a count of the commands each host ran over SSH: wall and host CPU
-  per step, median over the hosts. It is not one of the timed runs.
+  around the per-host steps (upload, extract, venv, settings file, gunicorn start with each
+  worker asking the ready path, switch, drain, health check, prune) and a count of the commands
+  each host ran over SSH: wall and host CPU per step, median over the hosts. It is not one of
+  the timed runs.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from tests.sshd import (
     seed_venv,
     set_hosts,
     shared_venv,
+    venv_key,
 )
 
 # STAGEFLOW_BENCH_HOSTS=1,4 measures fewer sizes (a quicker look); the docs quote the default
@@ -221,8 +223,7 @@ def children_cpu_s() -> float:
 STEP_TIMERS: tuple[tuple[Any, str, str, Callable[..., str]], ...] = (
     (releases, "build", "build (all)", lambda _proj, _env, host, **_: host.name),
     (releases, "ensure_venv", "venv", lambda host, *_a, **_: host.name),
-    (releases, "write_app_env", "env file", lambda host, *_a, **_: host.name),
-    (releases, "health_barrier", "barrier", lambda host, *_a, **_: host.name),
+    (releases, "write_settings", "settings file", lambda host, *_a, **_: host.name),
     (releases, "start", "gunicorn start", lambda host, *_a, **_: host.name),
     (releases, "switch", "switch", lambda host, *_a, **_: host.name),
     (releases, "retire_others", "drain old", lambda host, *_a, **_: host.name),
@@ -353,7 +354,7 @@ def _quiet(_line: str) -> None:
     return None
 
 
-HOST_STEPS = ("barrier", "start", "switch", "smoke")
+HOST_STEPS = ("start", "switch", "smoke")
 
 
 def rollout_s(result: dict[str, Any]) -> float:
@@ -396,7 +397,7 @@ def scaling(deploys: dict[str, dict[str, Any]], cpus: int) -> dict[str, Any]:
     model = {}
     if "1" in deploys:
         # a one-host deploy has no other host competing for the cores: it, plus one more of its
-        # rollout batches (barrier, gunicorn, switch, health check) per extra batch, is what
+        # rollout batches (gunicorn start, switch, health check) per extra batch, is what
         # hosts with their own cores would take. A model from measured parts, not a measurement.
         one = deploys["1"]
         per_batch = one["profile"]["rollout_per_batch_s"]
@@ -535,9 +536,9 @@ def one_host(project: Project, server: Sshd, data_dir: Path) -> dict[str, Any]:
     floor = Floor(
         root=project.root,
         env=env,
+        service=proj.service,
         home=project.root / ".stageflow" / "hosts" / f"floor-{server.address}",
-        venv=f"{layout.venvs}/{releases.lock_hash((project.root / LOCK).read_text())}",
-        app_env=Path(layout.shared) / "app.env",
+        venv=f"{layout.venvs}/{venv_key(project.root / LOCK)}",
         workers=proj.policies["staging"].workers,
         bind=server.address,
         ssh=Ssh(server.address, server.port, key["identity_file"], key["known_hosts"]),

@@ -224,12 +224,17 @@ def levels(proj: Project, floor: Floor, a: str, b: str) -> tuple[dict[str, Any],
     level2()
     floor_back()
     l1, l2, l1_steps, l2_steps, floors = [], [], [], [], []
+    l1_cpu, l2_cpu = [], []
     for _ in range(c.RUNS):  # interleaved: each level and its floor share the machine's mood
         out: dict[str, Any] = {}
-        l1.append(c.wall(lambda out=out: out.update(level1())))
+        took, cpu = c.wall_and_cpu(lambda out=out: out.update(level1()))
+        l1.append(took)
+        l1_cpu.append(cpu)
         l1_steps.append(out["steps"])
         out = {}
-        l2.append(c.wall(lambda out=out: out.update(level2())))
+        took, cpu = c.wall_and_cpu(lambda out=out: out.update(level2()))
+        l2.append(took)
+        l2_cpu.append(cpu)
         l2_steps.append(out["steps"])
         floors.append(floor_back())
 
@@ -241,8 +246,10 @@ def levels(proj: Project, floor: Floor, a: str, b: str) -> tuple[dict[str, Any],
     results = {
         "level1": {**c.summary(l1), **ratios(l1, floors, TARGETS_S["level1"])},
         "level1_steps_median_s": step_medians(l1_steps),
+        "level1_controller_cpu": c.summary(l1_cpu),
         "level2": {**c.summary(l2), **ratios(l2, floors, TARGETS_S["level2"])},
         "level2_steps_median_s": step_medians(l2_steps),
+        "level2_controller_cpu": c.summary(l2_cpu),
         "floor": c.summary(floors),
     }
     load = {

@@ -7,6 +7,7 @@ tools (git, hooks, gate commands): no shell, its own process group, a timeout th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -426,10 +427,12 @@ class Host:
 
     def remove_tree(self, path: str | Path) -> None:
         """rm -rf path. A missing path, a file, a link or a small flat directory costs no command
-        on a remote host (every command there starts a login shell); only a real tree needs rm."""
+        (on a remote host every command starts a login shell; here a shell and rm cost more than
+        the few unlinks); only a real tree needs rm."""
         if self.is_local:
             if os.path.isdir(path) and not os.path.islink(path):
-                self.run(["rm", "-rf", "--", str(path)])
+                if not _remove_flat_dir(str(path)):
+                    self.run(["rm", "-rf", "--", str(path)])
             elif os.path.lexists(path):
                 os.unlink(path)
             return
@@ -443,7 +446,9 @@ class Host:
                 sftp.remove(str(path))
                 return True
             entries = sftp.listdir_attr(str(path))
-            if len(entries) > 32 or any(stat.S_ISDIR(e.st_mode or 0) for e in entries):
+            if len(entries) > FLAT_DIR_ENTRIES or any(
+                stat.S_ISDIR(e.st_mode or 0) for e in entries
+            ):
                 return False  # a real tree: one rm beats a round trip per entry
             for e in entries:
                 sftp.remove(f"{path}/{e.filename}")
@@ -529,6 +534,30 @@ class Host:
             self._conn.close()
         self._conn = None
         self._sftp_client = None
+
+
+FLAT_DIR_ENTRIES = 32  # a directory of at most this many files and no subdirectory is "flat"
+
+
+def _remove_flat_dir(path: str) -> bool:
+    """Remove a small directory of files (a worker's ready marks, say) without a process; False
+    when it holds a subdirectory or many entries, or an entry will not go: rm -rf does those."""
+    try:
+        with os.scandir(path) as it:
+            entries = list(it)
+    except FileNotFoundError:
+        return True
+    if len(entries) > FLAT_DIR_ENTRIES or any(e.is_dir(follow_symlinks=False) for e in entries):
+        return False
+    try:
+        for e in entries:
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile: gone as asked
+                os.unlink(e.path)
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(path)
+    except OSError:
+        return False  # an entry appeared, or one cannot go: rm -rf decides and reports
+    return True
 
 
 def _describe(exc: BaseException) -> str:

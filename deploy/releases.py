@@ -200,6 +200,17 @@ def migrations_at_commit(
         if svc.migrations.kind != "sql":
             return []
         subdir = svc.repo_path(svc.migrations.dir)
+    # a commit's files never change: a deploy reads them before its guards and again to migrate
+    key = (str(proj.root), commit, subdir)
+    if key not in _MIGRATIONS_AT:
+        _MIGRATIONS_AT[key] = tuple(_read_migrations_at(proj, commit, subdir))
+    return list(_MIGRATIONS_AT[key])
+
+
+_MIGRATIONS_AT: dict[tuple[str, str, str], tuple[migrations.MigrationFile, ...]] = {}
+
+
+def _read_migrations_at(proj: Project, commit: str, subdir: str) -> list[migrations.MigrationFile]:
     with tempfile.TemporaryDirectory(prefix="stageflow-migrations-") as tmp:
         tarball = Path(tmp) / "migrations.tar"
         if _git(proj.root, gitcmd.archive(commit, output=tarball, paths=[subdir])).ok:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploy.clients import redis_client
+from deploy.clients import redis_set_get
 from deploy.config import EnvConfig
 from deploy.service import Service, SmokeCheck
 
@@ -261,11 +261,7 @@ def _check(check: SmokeCheck, t: _Target) -> tuple[bool, str]:
 
 
 def _redis_write_read(t: _Target) -> tuple[bool, str]:
-    with redis_client(t.env) as client:
-        key = f"stageflow:smoke:{uuid.uuid4().hex[:8]}"
-        client.set(key, "1", ex=30)
-        ok = client.get(key) == b"1"
-        client.delete(key)
+    ok = redis_set_get(t.env, f"stageflow:smoke:{uuid.uuid4().hex[:8]}")
     return ok, "set+get" if ok else "value not read back"
 
 

@@ -50,9 +50,17 @@ def make_plan(
     to: str | None = None,
     backup_id: str | None = None,
     reset_data: bool = False,
+    targets: Sequence[Target] | None = None,
 ) -> RollbackPlan:
-    """Read the environment and decide every change; refuse here, before anything changes."""
-    host, layout = group.primary(proj, name)  # the plain setting: this machine, DATA_DIR
+    """Read the environment and decide every change; refuse here, before anything changes.
+
+    targets: the operation's own hosts, primary first, whose connections the plan reads through
+    and leaves open for the steps (over SSH each new connection costs a handshake); without
+    them the plan opens and closes its own."""
+    if targets:
+        host, layout = targets[0].host, targets[0].layout
+    else:
+        host, layout = group.primary(proj, name)  # the plain setting: this machine, DATA_DIR
     try:
         return _make_plan(
             proj,
@@ -63,9 +71,10 @@ def make_plan(
             to=to,
             backup_id=backup_id,
             reset_data=reset_data,
+            targets=targets,
         )
     finally:
-        if not host.is_local:
+        if not targets and not host.is_local:
             host.close()
 
 
@@ -79,6 +88,7 @@ def _make_plan(
     to: str | None,
     backup_id: str | None,
     reset_data: bool,
+    targets: Sequence[Target] | None,
 ) -> RollbackPlan:
     current = releases.current_release(host, layout)
     if current is None:
@@ -93,11 +103,14 @@ def _make_plan(
     if level == 1:
         return p
     if level == 2:
-        _plan_revert(proj, name, host, layout, p, entries, to=to, dead=dead if resumes else None)
+        _plan_revert(
+            proj, name, host, layout, p, entries, to=to, dead=dead if resumes else None,
+            targets=targets,
+        )  # fmt: skip
     else:
         if not backup_id and resumes and dead and dead.get("backup"):
             backup_id = str(dead["backup"])
-        _plan_restore(proj, name, host, layout, p, entries, backup_id=backup_id)
+        _plan_restore(proj, name, host, layout, p, entries, backup_id=backup_id, targets=targets)
     return p
 
 
@@ -111,12 +124,13 @@ def _plan_revert(
     *,
     to: str | None,
     dead: Mapping[str, Any] | None,
+    targets: Sequence[Target] | None,
 ) -> None:
     """Level 2: the target (--to, the release a killed level 2 was going to, or the previous good
     one) and what the schema must do to serve it; refused when a down file is missing."""
     env, current = proj.env(name), p.current or ""
     existing = (
-        _on_every_host(group.targets(proj, name))
+        _on_every_host(proj, name, targets)
         if group.is_rolling(proj, name)
         else set(releases.list_releases(host, layout))
     )
@@ -165,6 +179,7 @@ def _plan_restore(
     entries: list[dict[str, Any]],
     *,
     backup_id: str | None,
+    targets: Sequence[Target] | None,
 ) -> None:
     """Level 3: the backup (--backup, or the one taken before the serving release's deploy) and
     the release it matches, which must still be on every host."""
@@ -183,7 +198,7 @@ def _plan_restore(
         )
     target = chosen.get("release") or ""
     present = (
-        target in _on_every_host(group.targets(proj, name))
+        target in _on_every_host(proj, name, targets)
         if multi
         else host.exists(layout.release(target))
     )
@@ -203,11 +218,14 @@ def order(proj: Project, name: str) -> str:
     return " | ".join(", ".join(g) for g in groups) + f" (batch {proj.policies[name].batch!r})"
 
 
-def _on_every_host(todo: Sequence[Target]) -> set[str]:
-    """The releases present on every host: only those can serve everywhere."""
+def _on_every_host(proj: Project, name: str, targets: Sequence[Target] | None) -> set[str]:
+    """The releases present on every host: only those can serve everywhere. Read through the
+    operation's targets when given (left open), else through connections of its own (closed)."""
+    todo = list(targets) if targets else group.targets(proj, name)
     results = group.parallel(todo, lambda t: releases.list_releases(t.host, t.layout))
-    for t in todo:
-        t.host.close()
+    if not targets:
+        for t in todo:
+            t.host.close()
     down = [f"{t.name} ({group.reason_of(exc)})" for t, _, exc, _ in results if exc]
     if down:
         raise ServiceError(

@@ -331,7 +331,13 @@ class NativeRuntime:
         dry_run: bool,
     ) -> RollbackPlan:
         return native_rollback.make_plan(
-            ctx.proj, ctx.env.name, level=level, to=to, backup_id=backup_id, reset_data=reset_data
+            ctx.proj,
+            ctx.env.name,
+            level=level,
+            to=to,
+            backup_id=backup_id,
+            reset_data=reset_data,
+            targets=ctx.targets,
         )
 
     def rollback_does(self, ctx: Context, p: RollbackPlan) -> dict[str, str]:

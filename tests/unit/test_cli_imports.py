@@ -88,3 +88,27 @@ def test_every_deferred_import_names_something_real(where: str, module: str, nam
     mod = importlib.import_module(module)
     if name is not None:
         assert hasattr(mod, name) or importlib.util.find_spec(f"{module}.{name}"), where
+
+
+@pytest.mark.parametrize("env_off", [False, True])
+def test_inv_keeps_the_engines_bytecode_unless_the_interpreter_is_told_not_to(
+    tmp_path: Path, env_off: bool
+) -> None:
+    """invoke turns bytecode writing off; the task package turns it back on, so the next command
+    loads the engine compiled instead of compiling it again. PYTHONDONTWRITEBYTECODE still wins."""
+    import os
+    import shutil
+
+    shutil.copytree(
+        ROOT / "deploy", tmp_path / "deploy", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copyfile(ROOT / "tasks.py", tmp_path / "tasks.py")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    if env_off:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    inv = Path(sys.executable).with_name("inv")
+    subprocess.run(
+        [str(inv), "--list"], cwd=tmp_path, env=env, capture_output=True, timeout=60, check=True
+    )
+    cached = list((tmp_path / "deploy" / "tasks" / "__pycache__").glob("namespace.*.pyc"))
+    assert bool(cached) is not env_off
