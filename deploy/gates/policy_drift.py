@@ -26,7 +26,7 @@ def allowed_keys(ctx: GateContext) -> list[str]:
     if not isinstance(keys, list) or not all(isinstance(k, str) and _KEY.match(k) for k in keys):
         raise ConfigError(
             "[gates.policy-drift] allowed_keys must be a list of env keys",
-            hint='e.g. ["LOG_LEVEL"]: the service\'s keys meant to differ (stageflow\'s always may)',
+            hint="e.g. [\"LOG_LEVEL\"]: the service's keys meant to differ (stageflow's always may)",
         )
     return [*DEFAULT_ALLOWED, *(k for k in keys if k not in DEFAULT_ALLOWED)]
 
