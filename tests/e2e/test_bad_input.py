@@ -206,6 +206,8 @@ def symlinked(link: str, target: str, then: Setup | None = None) -> Setup:
         finally:
             path.unlink()
 
+    return setup
+
 
 def _state(p: Project, env: str) -> Path:
     return p.root / ".stageflow" / env / "state"
