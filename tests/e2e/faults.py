@@ -158,7 +158,9 @@ def add_fault_migration(project: Project) -> int:
 def kill_at(
     project: Project, step: str, argv: tuple[str, ...], **inv: Any
 ) -> subprocess.CompletedProcess[str]:
-    """`inv ARGV`, SIGKILLed as `step` starts; it must have died there, not finished or failed."""
+    """`inv ARGV`, SIGKILLed as `step` starts; it must have died there, not finished or failed.
+    A deploy builds and probes before its late steps: on a busy machine that takes minutes."""
+    inv.setdefault("timeout", 600)
     res = project.inv(*argv, kill_at=step, **inv)
     assert res.returncode == -signal.SIGKILL, (
         f"{' '.join(argv)} did not die at {step}: exit {res.returncode}\n{res.stdout}\n{res.stderr}"

@@ -312,7 +312,7 @@ def test_verify_task_and_a_killed_rollback_that_a_second_one_completes(project, 
         and "--force" in left["explain"]
     )
     newest = history(project)[0]
-    assert newest["kind"] == "rollback-2" and newest["status"] == "running"
+    assert newest["kind"] == "rollback-2" and newest["status"] == "interrupted"
     assert newest["release"] == a and newest["previous"] == e
     res = project.inv("staging.rollback", "--level", "2")
     assert res.returncode == 4 and "stale" in res.stderr

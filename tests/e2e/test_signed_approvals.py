@@ -64,6 +64,7 @@ def test_claims_of_being_human_decide_nothing(prod):
     env = {k: v for k, v in os.environ.items() if not k.startswith("STAGEFLOW_")}
     env |= {"STAGEFLOW_ACTOR": BOB, "NO_COLOR": "1"}
     env.pop("ENVIRONMENT", None)
+    env.pop("CI", None)  # a person's terminal, not a CI job (the suite itself may run in CI)
     env["PATH"] = f"{os.path.dirname(sys.executable)}:{env['PATH']}"
     before = state(prod)
     out = subprocess.run(["script", "-qec", f"inv prod.approve {rid}", "/dev/null"],

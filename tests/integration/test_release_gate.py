@@ -292,7 +292,8 @@ def test_bad_ref_and_bad_stages_are_refused(repo: Path) -> None:
         'order = ["PRE_GA", "GA", "PILOT"]', 'order = ["PILOT", "PRE_GA", "GA"]'
     )
     (repo / "stageflow.toml").write_text(broken)
-    with pytest.raises(ConfigError, match="can never match"):
+    git(repo, "commit", "-qam", "stages in an order where one never matches")
+    with pytest.raises(ConfigError, match="can never match"):  # the gated commit's policy
         gate(repo, "main")
     inv = str(Path(sys.executable).parent / "inv")
     (repo / "tasks.py").write_text(
