@@ -2,7 +2,7 @@
 
 A deploy's floor: `git archive` of the commit, extract it, link its venv, copy in the engine's
 helpers, write the service's settings file, start a gunicorn master of it on the shared listener
-socket (the argv of deploy/commands/app.py, so the same processes as a real deploy: launch.py,
+socket (the argv of deploy/commands/release.py, so the same processes as a real deploy: launch.py,
 gunicorn, its config asking each worker's ready path in-process and marking it), wait for its
 workers, switch the `current` symlink, drain the old master, and one GET that answers from the new
 release. A rollback's floor is the same without the archive: a master of a release already on disk.
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy import releases
-from deploy.commands import app as cmd
+from deploy.commands import release as cmd
 from deploy.config import EnvConfig
 from deploy.hosts import Host, to_shell
 from deploy.service import Service

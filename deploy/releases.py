@@ -22,9 +22,9 @@ from typing import Any
 from urllib.parse import quote
 
 from deploy import migrations, procs
-from deploy.commands import app as cmd
 from deploy.commands import files as filecmd
 from deploy.commands import git as gitcmd
+from deploy.commands import release as cmd
 from deploy.config import EnvConfig, Project
 from deploy.errors import ConfigError, MigrationError, ServiceError, UsageError, clip
 from deploy.hosts import CommandResult, Host, run_process

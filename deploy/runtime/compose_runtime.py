@@ -17,9 +17,9 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from deploy import releases
-from deploy.commands import app as appcmd
 from deploy.commands import compose as cmd
 from deploy.commands import files as filecmd
+from deploy.commands import release as appcmd
 from deploy.commands.compose import backup_in_container as backup_argv
 from deploy.commands.compose import migrate as migrate_argv
 from deploy.config import Project

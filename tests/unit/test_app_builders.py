@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from deploy.commands import app, services
+from deploy.commands import release as app
+from deploy.commands import services
 
 BIN = Path("/opt/pg/bin")
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.commands import app, files
+from deploy.commands import files
+from deploy.commands import release as app
 from deploy.hosts import run_process
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.commands import app as cmd
+from deploy.commands import release as cmd
 from deploy.config import LOCAL, HostSpec, Project, load_project
 from deploy.engine import group
 from deploy.errors import ConfigError

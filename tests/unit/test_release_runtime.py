@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from deploy import releases
-from deploy.commands import app as cmd
+from deploy.commands import release as cmd
 from deploy.config import load_project
 from deploy.errors import ServiceError
 from deploy.hosts import Host
