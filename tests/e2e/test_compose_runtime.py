@@ -150,7 +150,7 @@ class Engine:
     """The stand-in's PATH entry and its record of calls."""
 
     def __init__(self, proj: Project) -> None:
-        self.dir = proj.root / ".fake-docker"
+        self.dir = proj.root.parent / "fake-docker"  # outside the repository: never committed
         self.bin = proj.root.parent / "fake-bin"
         self.bin.mkdir(exist_ok=True)
         script = self.bin / "docker"
