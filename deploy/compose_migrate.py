@@ -1,9 +1,10 @@
 """The migration engine's entry point inside a release's image (the compose runtime's migrate step).
 
 The compose runtime runs this in a one-off container of the release's image, inside the project
-network: `python -m deploy.compose_migrate up --release R --applied-by A` or
-`... down --to N --release R --applied-by A`. It reads DATABASE_URL and POSTGRES_PASSWORD from the
-container's environment (compose sets both) and the files the image ships in app/migrations, and
+network: `python -m deploy.compose_migrate up --dir D --release R --applied-by A` or
+`... down --dir D --to N --release R --applied-by A`. It reads DATABASE_URL and POSTGRES_PASSWORD
+from the container's environment (compose sets both) and the files the image ships in D (the
+service's migrations.dir, relative to the image's working directory), and
 calls deploy.migrations: the same ledger, checksums and advisory lock as the native runtime.
 It prints one JSON line ({"applied": [...]} or {"reverted": [...]}); an expected failure is one
 line on stderr and the error's exit code. Only the standard library, psycopg and
@@ -23,8 +24,6 @@ from deploy import migrations
 from deploy.errors import DeployError, ExitCode, UsageError
 from deploy.secrets import Secret
 
-MIGRATIONS_DIR = Path("app") / "migrations"
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m deploy.compose_migrate")
@@ -33,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     down = sub.add_parser("down", help="run down files of applied versions above --to")
     down.add_argument("--to", type=int, required=True, dest="to_version")
     for one in (up, down):
+        one.add_argument("--dir", required=True, dest="directory")
         one.add_argument("--release", default="")
         one.add_argument("--applied-by", default="")
     return p
@@ -49,7 +49,10 @@ def run(argv: Sequence[str], environ: Mapping[str, str], *, root: Path) -> dict[
         )
     raw = environ.get("POSTGRES_PASSWORD")
     password = Secret(raw) if raw else None
-    files = migrations.discover(root / MIGRATIONS_DIR)
+    directory = Path(args.directory)
+    if directory.is_absolute() or ".." in directory.parts:
+        raise UsageError(f"--dir {args.directory}: a path inside the image's working directory")
+    files = migrations.discover(root / directory)
     if args.action == "up":
         done = migrations.migrate(
             url, files, release=args.release, applied_by=args.applied_by, password=password

@@ -224,9 +224,12 @@ def ledger_in_container(
 MIGRATE_MODULE = "deploy.compose_migrate"
 
 
-def migrate(action: str, *, release: str, applied_by: str, to: int | None = None) -> list[str]:
-    """The migration command run in a one-off container of a release's image (ComposeCommands.run)."""
-    argv = ["python", "-m", MIGRATE_MODULE, action]
+def migrate(
+    action: str, *, release: str, applied_by: str, directory: str, to: int | None = None
+) -> list[str]:
+    """The migration command run in a one-off container of a release's image (ComposeCommands.run);
+    directory is the service's migrations.dir, relative to the image's working directory."""
+    argv = ["python", "-m", MIGRATE_MODULE, action, "--dir", directory]
     if to is not None:
         argv += ["--to", str(to)]
     return [*argv, "--release", release, "--applied-by", applied_by]

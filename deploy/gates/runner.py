@@ -83,6 +83,8 @@ class GateRequest:
     only: tuple[str, ...] = ()
     actor: str = "unknown"
     actor_is_human: bool = True  # automation may run the gate, never break its glass
+    # signs an override's statement with the actor's key: prod counts only signed overrides
+    sign: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
 
 
 def default_ref(root: Path) -> str:
@@ -426,9 +428,10 @@ def _decide(
     if "deps" in results and sbom.exists():
         report.artifacts["sbom"] = sbom.name
     if report.blocking and request.break_glass:
-        when = utc_now()
+        when, reason = utc_now(), request.break_glass.strip()
+        proof = _override_proof(report, reason, request)
         report.overrides = [
-            {"gate": g, "actor": request.actor, "time": when, "reason": request.break_glass.strip()}
+            {"gate": g, "actor": request.actor, "time": when, "reason": reason, **proof}
             for g in report.blocking
         ]
         report.verdict = "passed-with-override"
@@ -436,6 +439,23 @@ def _decide(
         report.verdict = "failed"
     else:
         report.verdict = "partial" if request.only else "passed"
+
+
+def override_statement(report: Report, reason: str) -> dict[str, Any]:
+    """What a break-glass at the gate attests: these blocking gates of this commit, overridden."""
+    return {"commit": report.commit, "tree": report.tree, "stage": report.stage,
+            "gates": list(report.blocking), "reason": reason}  # fmt: skip
+
+
+def _override_proof(report: Report, reason: str, request: GateRequest) -> dict[str, Any]:
+    """The actor's signature over the override, or {} when they hold no key: the override then
+    stands for dev and staging, and prod refuses it (promotion.gate_problem)."""
+    if request.sign is None:
+        return {}
+    try:
+        return request.sign(override_statement(report, reason))
+    except DeployError:
+        return {}
 
 
 def _audit(path: Path, report: Report) -> None:

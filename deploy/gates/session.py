@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from deploy.gates import runner
 from deploy.gates.report import Board, Report, results_table
 from deploy.output import console, say
-from deploy.policy.actors import Actor
+from deploy.policy import keys
+from deploy.policy.actors import Actor, statement
 from deploy.secrets import Secret
 
 
@@ -31,7 +33,17 @@ def request_for(
         only=tuple(g.strip() for g in (only or "").split(",") if g.strip()),
         actor=actor.name,
         actor_is_human=actor.is_human,
+        sign=_signer(actor) if break_glass is not None and actor.key else None,
     )
+
+
+def _signer(actor: Actor):
+    """Sign an override's statement with the actor's key, as prod's trusted signers will check."""
+
+    def sign(fields):
+        return keys.sign(statement("gate-override", "release", **fields), key=actor.key)
+
+    return sign
 
 
 def watch(request: runner.GateRequest, *, json_on_stdout: bool = False) -> Report:
@@ -48,4 +60,7 @@ def watch(request: runner.GateRequest, *, json_on_stdout: bool = False) -> Repor
     if not json_on_stdout:
         board.console.print(results_table(report))
         say(f"verdict: {report.verdict} (dist/release-gate/{report.stem}.md)")
+    if report.overrides and not report.overrides[0].get("signature"):
+        print("stageflow: the override is not signed (no signing key): it stands for dev and "
+              "staging, never for prod (set STAGEFLOW_SIGNING_KEY)", file=sys.stderr)  # fmt: skip
     return report

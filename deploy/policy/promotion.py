@@ -204,6 +204,31 @@ def commit_policy_sha256(proj: Project, commit: str) -> str:
     return hashlib.sha256(out.stdout.encode()).hexdigest() if out.ok else ""
 
 
+def _override_problem(proj: Project, report: Mapping[str, Any]) -> str | None:
+    """A GA report passed by break-glass counts for prod only when a human prod trusts signed
+    the override of exactly the gates that blocked, on this commit and tree."""
+    overrides = report.get("overrides") or []
+    blocking = sorted(report.get("blocking") or [])
+    if not overrides or sorted(o.get("gate") for o in overrides) != blocking:
+        return f"the {GA_STAGE} gate report's overrides do not match its blocking gates"
+    signers = trust.trusted(proj)
+    expected = {"action": "gate-override", "commit": report.get("commit"),
+                "tree": report.get("tree"), "stage": GA_STAGE, "gates": blocking}  # fmt: skip
+    for o in overrides:
+        if not o.get("signature"):
+            return (
+                f"the {GA_STAGE} gate's override of {o.get('gate')} is not signed: a person with "
+                "a key prod trusts runs the break-glass (STAGEFLOW_SIGNING_KEY)"
+            )
+        try:
+            keys.verify(o, signers)
+            st = {**o["statement"], "gates": sorted(o["statement"].get("gates") or [])}
+            keys.require_fields(st, expected, what=f"the override of {o.get('gate')}")
+        except NotApproved as err:
+            return f"the {GA_STAGE} gate's override: {err.message}"
+    return None
+
+
 def gate_problem(proj: Project, commit: str, ref: str) -> str | None:
     """Why the GA report does not stand for this commit under its own policy, or None."""
     report = gate_report(proj, commit)
@@ -217,6 +242,10 @@ def gate_problem(proj: Project, commit: str, ref: str) -> str | None:
         )
     if report.get("verdict") not in ("passed", "passed-with-override"):
         return f"the {GA_STAGE} gate verdict is {report.get('verdict')}"
+    if report.get("verdict") == "passed-with-override":
+        problem = _override_problem(proj, report)
+        if problem:
+            return problem
     if report.get("policy_sha256") != commit_policy_sha256(proj, commit):
         return (
             f"the gate report's policy is not {commit[:12]}:stageflow.toml "

@@ -36,6 +36,12 @@ SERVED_KINDS = ("deploy", "emergency", "rollback-1", "rollback-2", "rollback-3")
 # -- what history says -----------------------------------------------------------------------------
 
 
+def migrations_dir(proj: Project) -> str:
+    """The service's SQL migrations folder as the image sees it: relative to the image's working
+    directory, which is the service's root (compose_image.dockerfile)."""
+    return proj.service.migrations.dir
+
+
 def releases_in(entries: Sequence[Mapping[str, Any]]) -> list[str]:
     """Every release history names, oldest first, once each."""
     return list(dict.fromkeys(str(e["release"]) for e in entries if e.get("release")))
@@ -147,7 +153,7 @@ def make_plan(
             rt.cfg.name, entries, current=current, to=to, dead=dead if resumes else None
         )
         p.schema = _level2_schema(proj, rt.cfg.name, entries, current=current, target=p.target)
-        p.commands = _level2_commands(rt, entries, p, actor=actor)
+        p.commands = _level2_commands(rt, entries, p, actor=actor, directory=migrations_dir(proj))
     return p
 
 
@@ -201,13 +207,20 @@ def _level2_schema(
 
 
 def _level2_commands(
-    rt: ComposeProject, entries: Sequence[Mapping[str, Any]], p: RollbackPlan, *, actor: str
+    rt: ComposeProject,
+    entries: Sequence[Mapping[str, Any]],
+    p: RollbackPlan,
+    *,
+    actor: str,
+    directory: str,
 ) -> list[str]:
     c, schema, target = rt.commands(), p.schema, p.target or ""
     assert schema is not None
     commands = []
     if schema.revert:
-        down = migrate_argv("down", release=target, applied_by=actor, to=schema.target_version)
+        down = migrate_argv(
+            "down", release=target, applied_by=actor, to=schema.target_version, directory=directory
+        )
         env_cur = release_env(rt, p.current)
         servers = c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s)
         commands += [

@@ -51,7 +51,13 @@ from deploy.runtime.compose_project import (
     release_env,
     shown,
 )
-from deploy.runtime.compose_rollback import SERVED_KINDS, commit_of, releases_in, served
+from deploy.runtime.compose_rollback import (
+    SERVED_KINDS,
+    commit_of,
+    migrations_dir,
+    releases_in,
+    served,
+)
 from deploy.service import Service
 from deploy.state import Layout, history
 
@@ -232,7 +238,8 @@ def _deploy_commands(
     build = image_build_argv(rt, ctxdir, rid)
     env_r = release_env(rt, rid)
     servers = c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s)
-    migrate = c.run(APP_SERVICE, migrate_argv("up", release=rid, applied_by=actor), no_deps=True)
+    up = migrate_argv("up", release=rid, applied_by=actor, directory=migrations_dir(proj))
+    migrate = c.run(APP_SERVICE, up, no_deps=True)
     start = c.up(wait=True, wait_timeout_s=rt.wait_timeout_s)
     backup = []
     if policy.backup != "never":
@@ -289,6 +296,20 @@ def _extract(proj: Project, host: Host, layout: Layout, commit: str, rid: str) -
     return target
 
 
+def migrations_check(proj: Project) -> guards.Check:
+    """The compose runtime runs stageflow's SQL engine in the release's image (kind "sql") or
+    nothing (kind "none"); a service's own tool (kind "command") runs on the native runtime."""
+    kind = proj.service.migrations.kind
+    if kind == "command":
+        return guards.Check(
+            "migrations",
+            False,
+            'the compose runtime runs [service.migrations] kind "sql" or "none", not "command": '
+            'use runtime = "native" for this environment, or kind = "sql"',
+        )
+    return guards.Check("migrations", True, f"kind {kind}")
+
+
 class ComposeRuntime:
     """The compose runtime as the deploy pipeline sees it: a release is an image tag, started by
     `up` on the environment's one host; migrations and backups run in containers there."""
@@ -339,6 +360,7 @@ class ComposeRuntime:
         return [
             ("engine", lambda: engine_check(self.rt)),
             ("backup", lambda: backup_check(self.proj, self.name)),
+            ("migrations", lambda: migrations_check(self.proj)),
         ]
 
     def serving(self) -> str | None:
@@ -372,6 +394,8 @@ class ComposeRuntime:
 
     def pending(self, ctx: Context) -> list[int]:
         rt = self.rt
+        if ctx.proj.service.migrations.kind == "none":
+            return []
         # the servers must run to be read; the migrate step would start them next anyway
         res = rt.run(lambda c: c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s))
         if not res.ok:
@@ -392,8 +416,13 @@ class ComposeRuntime:
 
     def migrate(self, ctx: Context) -> list[int]:
         rid = ctx.built.id
+        if ctx.proj.service.migrations.kind == "none":
+            return []
         res = self.rt.migrate(
-            migrate_argv("up", release=rid, applied_by=str(ctx.actor)), release=rid
+            migrate_argv(
+                "up", release=rid, applied_by=str(ctx.actor), directory=migrations_dir(self.proj)
+            ),
+            release=rid,
         )
         return _versions(res.stdout, "applied")
 
@@ -537,8 +566,9 @@ class ComposeRuntime:
                 details.append(f"schema kept (expand-only {list(schema.since)})")
             return schema.describe()
         argv = migrate_argv(
-            "down", release=target, applied_by=str(ctx.actor), to=schema.target_version
-        )
+            "down", release=target, applied_by=str(ctx.actor), to=schema.target_version,
+            directory=migrations_dir(self.proj),
+        )  # fmt: skip
         try:
             res = self.rt.migrate(argv, release=current)  # the serving image has the down files
         except MigrationError as err:

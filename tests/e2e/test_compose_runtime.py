@@ -207,6 +207,8 @@ def _migrate_up(rid: str, actor: str) -> list[str]:
     return [
         *MIGRATE,
         "up",
+        "--dir",
+        "app/migrations",
         "--release",
         rid,
         "--applied-by",
@@ -316,7 +318,8 @@ def test_deploy_failed_up_and_rollback_run_these_docker_commands(compose: Projec
         assert "reverted migrations [4]" in r["notes"]
         calls = engine.new_calls()
         down = list(MIGRATE)
-        down += ["down", "--to", "3", "--release", rid_a, "--applied-by", actor]
+        down += ["down", "--dir", "app/migrations", "--to", "3", "--release", rid_a]
+        down += ["--applied-by", actor]
         assert _argv(calls) == [*ENGINE, PS, UP_SERVERS, down, UP, PS]
         assert [x["release"] for x in calls[-4:-1]] == [rid_b, rid_b, rid_a]
         assert _serving(compose) == rid_a

@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 
 import pytest
 
@@ -195,3 +197,56 @@ def test_two_keys_approve_when_two_are_needed_and_the_record_chains(prod):
     res = prod.inv("prod.audit", "--verify")
     assert res.returncode != 0 and "line 3 does not chain" in res.stderr, res.stderr
     audit.write_text("\n".join(lines) + "\n")
+
+
+def test_an_expired_approval_and_one_over_another_commit_count_for_nothing(prod):
+    prod.edit("stageflow.toml", "approval_ttl_s = 86400", "approval_ttl_s = 1")
+    try:
+        rid = request(prod)
+        prod.ok("prod.approve", rid, actor=BOB)
+    finally:
+        prod.git("checkout", "-q", "--", "stageflow.toml")
+    signed = json.loads(req_path(prod, rid).read_text())["approvals"][0]["statement"]
+    expires = datetime.fromisoformat(signed["expires"].replace("Z", "+00:00"))
+    while datetime.now(UTC) <= expires:  # past the signed expiry, however slow the run
+        time.sleep(0.2)
+    refused(prod, "prod.deploy", "--request", rid, says="approval expired")
+    # bob's signature over v1.0.0, moved onto a request for another commit that the same
+    # requester signed: the statement names its commit and tree, so it proves nothing there
+    (prod.root / "OTHER.txt").write_text("another commit\n")
+    prod.commit("another commit", tag="v1.0.1")
+    try:
+        good = request(prod)
+        prod.ok("prod.approve", good, actor=BOB)
+        other = request(prod, "v1.0.1")
+        moved = json.loads(req_path(prod, other).read_text())
+        approval = json.loads(req_path(prod, good).read_text())["approvals"][0]
+        moved["approvals"] = [approval]
+        req_path(prod, other).write_text(json.dumps(moved))
+        refused(prod, "prod.deploy", "--request", other, says="signed for another")
+    finally:
+        prod.git("tag", "-d", "v1.0.1")
+        prod.git("reset", "-q", "--hard", "v1.0.0")
+
+
+def test_a_gate_override_counts_for_prod_only_when_a_trusted_human_signed_it(prod):
+    quick = prod.root / "tests/unit/test_migrations_files.py"
+    quick.write_text(quick.read_text() + "\n\ndef test_broken_on_purpose():\n    assert False\n")
+    prod.commit("a failing test the gate must catch", tag="v1.0.2")
+    try:
+        res = prod.ok("release.gate", "--ref", "v1.0.2", "--break-glass", "P1 outage",
+                      env={"STAGEFLOW_SIGNING_KEY": ""})  # fmt: skip
+        assert "passed-with-override" in res.stdout and "not signed" in res.stderr, res
+        prod.ok("staging.deploy", "--ref", "v1.0.2")
+        rid = request(prod, "v1.0.2")
+        refused(prod, "prod.approve", rid, actor=BOB, says="override of test is not signed")
+        # a key prod does not trust signs nothing that counts
+        prod.ok("release.gate", "--ref", "v1.0.2", "--break-glass", "P1 outage",
+                actor="mallory@example.com")  # fmt: skip
+        refused(prod, "prod.approve", rid, actor=BOB, says="does not trust")
+        prod.ok("release.gate", "--ref", "v1.0.2", "--break-glass", "P1 outage", actor=CAROL)
+        prod.ok("prod.approve", rid, actor=BOB)
+    finally:
+        prod.git("tag", "-d", "v1.0.2")
+        prod.git("reset", "-q", "--hard", "v1.0.0")
+        prod.ok("staging.deploy", "--ref", "v1.0.0")

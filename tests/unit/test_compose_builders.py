@@ -270,17 +270,21 @@ def test_stop_and_remove_image(dev: cmd.ComposeCommands) -> None:
 def test_the_migration_command_of_a_release_image() -> None:
     from deploy.runtime.compose_runtime import migrate_argv
 
-    assert migrate_argv("up", release="r2", applied_by="alice@example.com") == [
+    up = migrate_argv("up", release="r2", applied_by="alice@example.com", directory="db/sql")
+    assert up == [
         "python",
         "-m",
         "deploy.compose_migrate",
         "up",
+        "--dir",
+        "db/sql",
         "--release",
         "r2",
         "--applied-by",
         "alice@example.com",
     ]
-    assert migrate_argv("down", release="r1", applied_by="a b", to=3)[3:6] == ["down", "--to", "3"]
+    down = migrate_argv("down", release="r1", applied_by="a b", directory="m", to=3)
+    assert down[3:8] == ["down", "--dir", "m", "--to", "3"]
 
 
 def test_a_planned_command_shows_its_variables_then_argv_quoted() -> None:

@@ -363,9 +363,29 @@ def test_the_image_migration_entry_refuses_without_a_database_url_in_one_line(
     from deploy import compose_migrate
 
     monkeypatch.delenv("DATABASE_URL", raising=False)
-    assert compose_migrate.main(["up", "--release", "r1"]) == 2
+    assert compose_migrate.main(["up", "--dir", "app/migrations", "--release", "r1"]) == 2
     err = capsys.readouterr().err
     assert err == (
         "stageflow: DATABASE_URL is not set in the container "
         "(compose/compose.yml sets it for the app service)\n"
     )
+
+
+def test_the_image_migration_entry_reads_the_services_folder_and_only_inside_the_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deploy import compose_migrate, migrations
+    from deploy.errors import UsageError
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@127.0.0.1:1/db")
+    for bad in ("../elsewhere", "/etc"):
+        with pytest.raises(UsageError, match="inside the image"):
+            compose_migrate.run(["up", "--dir", bad], os.environ, root=tmp_path)
+    (tmp_path / "db" / "sql").mkdir(parents=True)
+    (tmp_path / "db" / "sql" / "0001_first.up.sql").write_text("CREATE TABLE t (id int);\n")
+    seen = []
+    monkeypatch.setattr(migrations, "migrate", lambda url, files, **kw: seen.extend(files) or [])
+    assert compose_migrate.run(["up", "--dir", "db/sql"], os.environ, root=tmp_path) == {
+        "applied": []
+    }
+    assert [f.version for f in seen] == [1]
