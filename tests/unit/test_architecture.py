@@ -254,3 +254,37 @@ def test_argv_is_built_only_in_the_builders():
     assert [hit for m, exe, hit in found if (m, exe) not in PENDING] == []
     stale = PENDING - {(m, exe) for m, exe, _ in found}
     assert stale == set(), "built by a builder now: drop these from PENDING"
+
+
+def _functions(path: Path) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef]:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node
+
+
+def _is_task(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    for dec in node.decorator_list:
+        target = dec.func if isinstance(dec, ast.Call) else dec
+        if isinstance(target, ast.Name) and target.id == "task":
+            return True
+    return False
+
+
+def test_functions_stay_short_and_tasks_thin():
+    """No engine function over 60 lines, no task over 20: a longer one hides a second job."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for fn in _functions(path):
+            size = fn.end_lineno - fn.lineno + 1  # type: ignore[operator]
+            limit = 20 if _is_task(fn) else 60
+            if size > limit:
+                long.append(f"{path.relative_to(PACKAGE.parent)}:{fn.lineno} {fn.name} {size}")
+    assert not long, long
+
+
+def test_the_size_check_sees_a_long_task(tmp_path: Path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(25))
+    path = tmp_path / "t.py"
+    path.write_text(f"@task\ndef t(c):\n{body}\n")
+    (fn,) = _functions(path)
+    assert _is_task(fn) and fn.end_lineno - fn.lineno + 1 > 20
