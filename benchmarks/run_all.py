@@ -23,6 +23,8 @@ TARGETS: tuple[tuple[str, str, str, str | None, float], ...] = (
     ("rollback level 2", "rollback", "results.level2.median_s", "results.floor.median_s", 0.9),
     ("level 2, one SSH host", "hosts", "one_host.level2.median_s", "one_host.level2_floor.median_s", 1.4),
     ("inv --list / import invoke", "cli", "inv_list_ratio", None, 2.0),
+    ("prod.preflight --request", "preflight", "results.preflight_request.median_s", "results.inv_list.median_s", 0.5),
+    ("verify 10,000-record chain", "preflight", "results.chain_10k.median_s", "results.chain_floor.median_s", 1.0),
 )  # fmt: skip
 
 
