@@ -83,7 +83,10 @@ class RedisServer:
 # Where the test servers come from: "embedded" (the wheels, the default) or "docker"
 # (testcontainers, on a machine whose Docker engine answers).
 SERVICES = os.environ.get("STAGEFLOW_TEST_SERVICES", "embedded")
-PG_IMAGE, REDIS_IMAGE = "postgres:16-alpine", "redis:7-alpine"
+# the same keys as compose's (docs/DEPLOYMENT.md, "Images are configuration"): a registry's own
+# images, or the local ones .ci/engine-up builds where no registry can be reached
+PG_IMAGE = os.environ.get("STAGEFLOW_POSTGRES_IMAGE") or "postgres:16-alpine"
+REDIS_IMAGE = os.environ.get("STAGEFLOW_REDIS_IMAGE") or "redis:7-alpine"
 
 
 @pytest.fixture(scope="session")
@@ -167,6 +170,8 @@ def _container_services() -> Iterator[tuple[PgServer, RedisServer]]:
             f"STAGEFLOW_TEST_SERVICES=docker but no Docker engine answers ({exc.__class__.__name__}); "
             "start one or unset it for the embedded servers"
         )
+    # the fixture stops its own containers; the reaper container would need a registry to pull from
+    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
     from testcontainers.community.postgres import PostgresContainer
     from testcontainers.community.redis import RedisContainer
 

@@ -3,11 +3,22 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import docker
 import psycopg
 import pytest
 import redis
+
+from tests.live_engine import image_env, require_engine
+
+REPO = Path(__file__).resolve().parents[2]
+# the files whose tests take the shared servers (pg_dsn, redis_url): the migration engine and the
+# release gate's migrations gate against a live database
+DOCKER_FILES = (
+    "tests/integration/test_migrations.py",
+    "tests/integration/test_release_gate_target.py",
+)
 
 
 def test_pg_dsn_is_a_fresh_database(pg_dsn):
@@ -27,17 +38,22 @@ def test_redis_url_is_flushed(redis_url):
 
 
 def _pytest_with(
-    services: str, *, tests: tuple[str, ...] = ("test_pg_dsn_is_a_fresh_database",), **env: str
+    services: str,
+    *,
+    tests: tuple[str, ...] = ("test_pg_dsn_is_a_fresh_database",),
+    files: tuple[str, ...] = (),
+    **env: str,
 ) -> subprocess.CompletedProcess[str]:
-    """This module's tests in a new session whose servers come from `services`."""
+    """This module's tests (or whole files) in a new session whose servers come from `services`."""
     env = {**os.environ, "STAGEFLOW_TEST_SERVICES": services, **env}
-    here = [f"{__file__}::{test}" for test in tests]
+    here = list(files) or [f"{__file__}::{test}" for test in tests]
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *here],
         capture_output=True,
         text=True,
         env=env,
-        timeout=300,
+        cwd=REPO,
+        timeout=1200,
     )
 
 
@@ -51,6 +67,17 @@ def test_asking_for_docker_servers_without_an_engine_fails_with_the_reason():
     res = _pytest_with("docker")
     assert res.returncode != 0
     assert "STAGEFLOW_TEST_SERVICES=docker but no Docker engine answers" in res.stdout
+
+
+def test_the_migration_and_gate_tests_pass_on_servers_from_testcontainers():
+    """The user's named test dependency for real: PostgreSQL and Redis containers started by
+    testcontainers on the engine (with the local images where no registry answers) serve the
+    migration engine's and the release gate's database tests, as the embedded servers do."""
+    require_engine()
+    res = _pytest_with("docker", files=DOCKER_FILES, **image_env())
+    last = res.stdout.strip().splitlines()[-1:]
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert last and " passed" in last[0] and "skipped" not in last[0], last
 
 
 def test_an_unknown_source_of_servers_fails_with_the_choices():
