@@ -250,3 +250,19 @@ def test_a_gate_override_counts_for_prod_only_when_a_trusted_human_signed_it(pro
         prod.git("tag", "-d", "v1.0.2")
         prod.git("reset", "-q", "--hard", "v1.0.0")
         prod.ok("staging.deploy", "--ref", "v1.0.0")
+
+
+def test_a_prod_rollback_needs_a_key_prod_trusts(prod):
+    """After the deploys above prod serves a release with one before it: a rollback is possible,
+    and only a trusted human's signature starts it."""
+    for who, env in (
+        (BOB, {"STAGEFLOW_SIGNING_KEY": ""}),  # a human's name and kind, but no key
+        ("mallory@example.com", {}),  # a key, which prod does not trust
+    ):
+        refused(prod, "prod.rollback", "--level", "1", "--reason", "r", "--yes", actor=who, env=env,
+                says="may not roll back prod")  # fmt: skip
+    refused(prod, "prod.rollback", "--level", "1", "--reason", "r", "--yes", actor="ci", kind="ci",
+            says="may not roll back prod")  # fmt: skip
+    prod.ok("prod.rollback", "--level", "1", "--reason", "signed by bob", "--yes", actor=BOB)
+    audit = (prod.root / ".stageflow/prod/state/audit.jsonl").read_text().splitlines()
+    assert json.loads(audit[-1])["actor"] == BOB, audit[-1]
