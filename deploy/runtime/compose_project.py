@@ -16,6 +16,8 @@ from deploy.engine import group
 from deploy.errors import ConfigError, MigrationError, ServiceError, UsageError
 from deploy.hosts import CommandResult, Host
 from deploy.secrets import REDACTED, scrub
+from deploy.service import Service
+from deploy.settings import container_settings, env_file_text
 from deploy.state import Layout, history
 
 DEFAULT_IMAGE = "stageflow-app"
@@ -23,6 +25,7 @@ APP_SERVICE = "app"
 SERVER_SERVICES = ("postgres", "redis")
 # compose.yml refuses to render without these (${VAR:?}): check first and say where they go.
 REQUIRED_SECRETS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD")
+SERVICE_ENV_KEY = "STAGEFLOW_SERVICE_ENV"  # compose.yml's app service: env_file from this path
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _GOOD_KINDS = ("deploy", "rollback-1", "rollback-2", "rollback-3", "emergency", "restart")
 
@@ -282,9 +285,15 @@ class ComposeProject:
         root: str | Path | None = None,
         image: str = DEFAULT_IMAGE,
         wait_timeout_s: int = 120,
+        service: Service | None = None,
+        settings_path: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.host = host
+        # the service's settings reach its containers through an env file compose reads
+        # (${STAGEFLOW_SERVICE_ENV} in compose.yml), written before each command that starts one
+        self.service = service
+        self.settings_path = settings_path
         # The project's root on that host: compose/ and env/ are read relative to it.
         self.root = str(root if root is not None else cfg.file.parent.parent)
         self.image = image
@@ -364,8 +373,17 @@ class ComposeProject:
             extra["STAGEFLOW_COMMIT"] = commit
         commands = self.commands()
         env = self._run_env(commands, extra)
+        if release is not None and self.service is not None and self.settings_path:
+            self._write_settings(release)
+            env[SERVICE_ENV_KEY] = self.settings_path
         self.check_engine()
         return self.host.run(build(commands), check=check, timeout=timeout, env=env, cwd=self.root)
+
+    def _write_settings(self, release: str) -> None:
+        assert self.service is not None and self.settings_path
+        settings = container_settings(self.cfg, self.service, release=release)
+        text = env_file_text(settings, source=f"{self.cfg.name}'s settings")
+        self.host.write_text(self.settings_path, text, mode=0o600)
 
     def failed(self, what: str, res: CommandResult) -> ServiceError:
         return ServiceError(
@@ -505,12 +523,13 @@ def project_for(
     if host is None or layout is None:
         host, layout = place(proj, name)
     env = proj.env(name)
+    settings = {"service": proj.service, "settings_path": layout.service_env}
     if host.is_local:
-        return ComposeProject(env, host, root=proj.root)
+        return ComposeProject(env, host, root=proj.root, **settings)
     root = str(PurePosixPath(layout.home, "compose"))
     for rel in (*cmd.compose_files(name), f"env/{name}.env"):
         host.put_file(proj.root / rel, f"{root}/{rel}")
-    return ComposeProject(env, host, root=root)
+    return ComposeProject(env, host, root=root, **settings)
 
 
 def release_env(
@@ -522,6 +541,8 @@ def release_env(
         out["STAGEFLOW_RELEASE"] = release
     if commit:
         out["STAGEFLOW_COMMIT"] = commit
+    if release is not None and rt.service is not None and rt.settings_path:
+        out[SERVICE_ENV_KEY] = rt.settings_path  # the file's path; its values are never shown
     return out
 
 

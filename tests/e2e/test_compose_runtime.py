@@ -106,14 +106,16 @@ def test_dry_run_prints_the_exact_docker_commands(compose: Project) -> None:
     assert m, build
     rid = m["rid"]
     env = f"STAGEFLOW_IMAGE=stageflow-app STAGEFLOW_RELEASE={rid}"
+    settings = f"STAGEFLOW_SERVICE_ENV={home}/state/service.env"
     migrate = [line for line in lines if line.startswith("migrate:")]
     assert migrate == [
-        f"migrate: {env} {' '.join(UP_SERVERS)}",
-        f"migrate: {env} {' '.join(BASE)} run --rm -T --no-deps app python -m "
-        f"deploy.compose_migrate up --release {rid} --applied-by alice@example.com",
+        f"migrate: {env} {settings} {' '.join(UP_SERVERS)}",
+        f"migrate: {env} {settings} {' '.join(BASE)} run --rm -T --no-deps app python -m "
+        f"deploy.compose_migrate up --dir app/migrations --release {rid} "
+        "--applied-by alice@example.com",
     ]
     start = next(line for line in lines if line.startswith("start:"))
-    assert start == f"start:   {env} STAGEFLOW_COMMIT={commit} {' '.join(UP)}"
+    assert start == f"start:   {env} STAGEFLOW_COMMIT={commit} {settings} {' '.join(UP)}"
     _no_secret(res.stdout, res.stderr)
     assert not (home / "state" / "history.jsonl").exists()  # a plan changes nothing
 
@@ -277,13 +279,15 @@ def test_deploy_failed_up_and_rollback_run_these_docker_commands(compose: Projec
             for line in res.stdout.splitlines()
             if line.strip().startswith(("schema:", "start:"))
         ]
-        env_b = f"STAGEFLOW_IMAGE=stageflow-app STAGEFLOW_RELEASE={rid_b}"
+        settings = f"STAGEFLOW_SERVICE_ENV={home}/state/service.env"
+        env_b = f"STAGEFLOW_IMAGE=stageflow-app STAGEFLOW_RELEASE={rid_b} {settings}"
         assert lines == [
             f"schema:  {env_b} {' '.join(UP_SERVERS)}",
             f"schema:  {env_b} {' '.join(BASE)} run --rm -T --no-deps app python -m "
-            f"deploy.compose_migrate down --to 3 --release {rid_a} --applied-by alice@example.com",
+            f"deploy.compose_migrate down --dir app/migrations --to 3 --release {rid_a} "
+            "--applied-by alice@example.com",
             f"start:   STAGEFLOW_IMAGE=stageflow-app STAGEFLOW_RELEASE={rid_a} "
-            f"STAGEFLOW_COMMIT={commit_a} {' '.join(UP)}",
+            f"STAGEFLOW_COMMIT={commit_a} {settings} {' '.join(UP)}",
         ]
         assert engine.new_calls() == []  # a plan asks no engine
 
@@ -507,13 +511,14 @@ def test_backups_and_level_3_restore_run_in_the_postgres_container(
         ]
         assert planned == [
             f"stop:    STAGEFLOW_IMAGE=stageflow-app STAGEFLOW_RELEASE={rid_b} "
-            f"{' '.join(BASE)} stop app",
+            f"STAGEFLOW_SERVICE_ENV={home}/state/service.env {' '.join(BASE)} stop app",
             *(
                 f"restore: STAGEFLOW_IMAGE=stageflow-app {shlex.join(argv)}"
                 for argv in _restore(home, bid)
             ),
             f"start:   STAGEFLOW_IMAGE=stageflow-app STAGEFLOW_RELEASE={rid_a} "
-            f"STAGEFLOW_COMMIT={commit_a} {' '.join(UP)}",
+            f"STAGEFLOW_COMMIT={commit_a} STAGEFLOW_SERVICE_ENV={home}/state/service.env "
+            f"{' '.join(UP)}",
         ]
         assert engine.new_calls() == []  # a plan asks no engine
 
