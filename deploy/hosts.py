@@ -40,8 +40,10 @@ class CommandResult:
         return self.exit_code == 0
 
     def tail(self, lines: int = 3) -> str:
-        text = (self.stderr.strip() or self.stdout.strip()).splitlines()
-        return " | ".join(text[-lines:])
+        """The last lines that say something: click's usage errors end `Usage: ... | (blank) |
+        Error: ...`, and a blank line would use up the one line a message has room for."""
+        text = [ln.strip() for ln in (self.stderr.strip() or self.stdout.strip()).splitlines()]
+        return " | ".join([ln for ln in text if ln][-lines:])
 
 
 log = logging.getLogger("stageflow.exec")

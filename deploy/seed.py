@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy import releases
+from deploy.commands.release import code_paths
 from deploy.config import EnvConfig, Project
 from deploy.errors import GuardRefused, ServiceError, UsageError
 from deploy.hosts import CommandResult, Host, run_process
@@ -155,6 +156,8 @@ def command_environment(
     out = {k: process_env[k] for k in INHERITED if k in process_env}
     out["PATH"] = os.pathsep.join([where.bin_dir, out.get("PATH") or os.defpath])
     out.update(service_settings(env, service, release=where.release))
+    # the tree's own code first, not a copy of the service an earlier `pip install .` left behind
+    out["PYTHONPATH"] = os.pathsep.join(code_paths(where.cwd))
     out["STAGEFLOW_SEED_SIZE"] = size
     return out
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import configparser
 import re
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from deploy.errors import UsageError
-from deploy.service import Migrations
+from deploy.service import FED_NAMES, Migrations
 
 ASGI_WORKER = "uvicorn.workers.UvicornWorker"
 # Folders that hold no service code: virtualenvs, caches, stageflow's own state, tests.
@@ -39,6 +40,61 @@ _ASGI_APP = re.compile(
 )
 _FLASK_MIGRATE = re.compile(r"^\s*(?:from flask_migrate import|import flask_migrate\b)", re.M)
 _DJANGO_SETTINGS = re.compile(r"DJANGO_SETTINGS_MODULE['\"]\s*,\s*['\"]([\w.]+)['\"]")
+# Route paths that say "I am up", best first; a view answering one is what health should probe.
+_HEALTH_PATHS = (
+    "/healthz",
+    "/health",
+    "/livez",
+    "/_health",
+    "/healthcheck",
+    "/health-check",
+    "/ping",
+    "/up",
+)
+_ROUTE = re.compile(r"""\.(?:route|get|api_route)\(\s*['"](/[\w./-]*)['"]""")
+_DJANGO_PATH = re.compile(r"""\b(?:re_)?path\(\s*r?['"]\^?([\w./-]*?)\$?['"]""")
+# The settings an app reads from its environment: os.environ["X"], os.environ.get("X"), getenv("X").
+_ENV_READ = re.compile(
+    r"""\b(?:environ\s*\[|environ\.get\(|getenv\(|environ\.setdefault\()\s*['"]([A-Z][A-Z0-9_]*)['"]"""
+)
+# The usual other names of what stageflow feeds: [service.env.from] maps them, never a value.
+FED_ALIASES = {
+    "SQLALCHEMY_DATABASE_URI": "DATABASE_URL",
+    "DATABASE_URI": "DATABASE_URL",
+    "DB_URL": "DATABASE_URL",
+    "POSTGRES_URL": "DATABASE_URL",
+    "DB_HOST": "PGHOST",
+    "DATABASE_HOST": "PGHOST",
+    "POSTGRES_HOST": "PGHOST",
+    "DB_PORT": "PGPORT",
+    "DATABASE_PORT": "PGPORT",
+    "DB_NAME": "PGDATABASE",
+    "DATABASE_NAME": "PGDATABASE",
+    "POSTGRES_DB": "PGDATABASE",
+    "DB_USER": "PGUSER",
+    "DATABASE_USER": "PGUSER",
+    "POSTGRES_USER": "PGUSER",
+    "DB_PASSWORD": "PGPASSWORD",
+    "DATABASE_PASSWORD": "PGPASSWORD",
+    "REDIS_URI": "REDIS_URL",
+    "CACHE_REDIS_URL": "REDIS_URL",
+    "RQ_REDIS_URL": "REDIS_URL",
+}
+_SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|PRIVATE|(?:^|_)KEYS?(?:$|_)")
+# What stageflow itself sets in env/<env>.env, and what no service setting should shadow.
+STAGEFLOW_KEYS = ("COMPOSE_PROJECT_NAME", "APP_PORT", "POSTGRES_PORT", "REDIS_PORT", "DATA_DIR")
+_PROCESS_NAMES = {
+    "PATH",
+    "HOME",
+    "USER",
+    "LANG",
+    "TZ",
+    "TMPDIR",
+    "PWD",
+    "SHELL",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+}
 _PREFERRED_FILES = ("app.py", "wsgi.py", "main.py", "__init__.py", "asgi.py", "server.py")
 
 DJANGO_MIGRATIONS = Migrations(
@@ -47,13 +103,19 @@ DJANGO_MIGRATIONS = Migrations(
     down=("python", "manage.py", "migrate", "{app}", "{target}", "--noinput"),
     current=("python", "manage.py", "showmigrations", "--plan"),
 )
-FLASK_MIGRATE_MIGRATIONS = Migrations(
-    kind="command",
-    dir="migrations/versions",
-    up=("flask", "db", "upgrade"),
-    down=("flask", "db", "downgrade", "{target}"),
-    current=("flask", "db", "current"),
-)
+
+
+def flask_migrate(app: str) -> Migrations:
+    """Flask-Migrate's `flask db` commands; `--app` names the app, since a deploy sets no
+    FLASK_APP and `flask` finds no `db` command without one (a .flaskenv is not in every repo)."""
+    flask = ("flask", "--app", app) if app else ("flask",)
+    return Migrations(
+        kind="command",
+        dir="migrations/versions",
+        up=(*flask, "db", "upgrade"),
+        down=(*flask, "db", "downgrade", "{target}"),
+        current=(*flask, "db", "current"),
+    )
 
 
 @dataclass(frozen=True)
@@ -79,11 +141,16 @@ class Detection:
     migrations: Migrations
     migration_tool: str  # what the migrations are: Django, Flask-Migrate, alembic or none
     notes: tuple[str, ...] = field(default_factory=tuple)  # what the operator should check
+    health: str = "/"
+    env_keys: tuple[str, ...] = ()  # settings the code reads from its environment
+    secret_keys: tuple[str, ...] = ()  # those of them whose names say they are secret
+    env_from: tuple[tuple[str, str], ...] = ()  # those that are another name of a fed one
 
 
-def service_name(root: Path) -> str:
-    """The repository folder's name as a [service] name: lowercase letters, digits, - and _."""
-    name = re.sub(r"[^a-z0-9_-]+", "-", root.name.lower()).strip("-_")
+def service_name(root: Path, project: str | None = None) -> str:
+    """The project's name (pyproject.toml), else the repository folder's, as a [service] name:
+    lowercase letters, digits, - and _."""
+    name = re.sub(r"[^a-z0-9_-]+", "-", (project or root.name).lower()).strip("-_")
     return name or "service"
 
 
@@ -192,13 +259,13 @@ def _alembic_versions(base: Path) -> str:
     return str(PurePosixPath(location) / "versions")
 
 
-def _migrations(base: Path, framework: str) -> tuple[Migrations, str]:
+def _migrations(base: Path, framework: str, wsgi: str) -> tuple[Migrations, str]:
     if framework == "Django":
         return DJANGO_MIGRATIONS, "Django"
     if (base / "migrations" / "alembic.ini").is_file() and any(
         _FLASK_MIGRATE.search(_read(p)) for p in python_files(base)
     ):
-        return FLASK_MIGRATE_MIGRATIONS, "Flask-Migrate"
+        return flask_migrate(wsgi), "Flask-Migrate"
     if (base / "alembic.ini").is_file():
         versions = _alembic_versions(base)
         return (
@@ -212,6 +279,50 @@ def _migrations(base: Path, framework: str) -> tuple[Migrations, str]:
             "alembic",
         )
     return Migrations(kind="none"), "none"
+
+
+def _health(base: Path, framework: str) -> tuple[str, tuple[str, ...]]:
+    """The service's own health view when its code routes one, else "/" when it routes that."""
+    routes: set[str] = set()
+    for path in python_files(base):
+        text = _read(path)
+        routes.update(m.rstrip("/") or "/" for m in _ROUTE.findall(text))
+        if framework == "Django" and path.name == "urls.py":
+            routes.update("/" + m.strip("/") for m in _DJANGO_PATH.findall(text))
+    for candidate in _HEALTH_PATHS:
+        if candidate in routes:
+            # Django's convention is the trailing slash (APPEND_SLASH redirects without it)
+            return (candidate + "/" if framework == "Django" else candidate), ()
+    note = "no health view found: add one answering 2xx and set [service] health to its path"
+    return "/", (() if "/" in routes else (note,))
+
+
+Settings = tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[str, str], ...]]
+
+
+def _settings_read(base: Path) -> Settings:
+    """(keys, secrets, fed aliases): the names the service's code reads from its environment that
+    stageflow does not feed itself; a name that says secret (SECRET_KEY, API_TOKEN) is a secret,
+    a usual other name of a fed one (DB_HOST, SQLALCHEMY_DATABASE_URI) is mapped to it."""
+    names: set[str] = set()
+    for path in python_files(base):
+        names.update(_ENV_READ.findall(_read(path)))
+    names -= {*FED_NAMES, *STAGEFLOW_KEYS, *_PROCESS_NAMES, "DJANGO_SETTINGS_MODULE"}
+    names = {n for n in names if not n.startswith("STAGEFLOW_")}
+    aliases = tuple(sorted((n, FED_ALIASES[n]) for n in names if n in FED_ALIASES))
+    names -= set(FED_ALIASES)
+    secrets = tuple(sorted(n for n in names if _SECRET_NAME.search(n)))
+    return tuple(sorted(names - set(secrets))), secrets, aliases
+
+
+def _project_name(base: Path) -> str | None:
+    """[project] name of pyproject.toml: the name the team gave its service."""
+    try:
+        data = tomllib.loads((base / "pyproject.toml").read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return None
+    name = data.get("project", {}).get("name") if isinstance(data.get("project"), dict) else None
+    return name if isinstance(name, str) and name.strip() else None
 
 
 def _requirements(base: Path) -> tuple[str, tuple[str, ...]]:
@@ -261,11 +372,19 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
     framework, folder, wsgi, worker = _entry_point(root, given)
     base = root / folder
     requirements, notes = _requirements(base)
-    migrations, tool = _migrations(base, framework)
+    migrations, tool = _migrations(base, framework, wsgi)
+    health, health_notes = _health(base, framework)
+    keys, secrets, aliases = _settings_read(base)
+    if secrets:
+        notes += (
+            f"secrets the code reads: {', '.join(secrets)}; `inv <env>.secrets --generate` fills "
+            "them with random values: set real ones in env/<env>.secrets.env where that is wrong",
+        )
     if (root / "deploy" / "__init__.py").is_file() and not (root / "deploy" / "tasks").is_dir():
         notes += ("a package named deploy/ here hides stageflow's engine from tasks.py: rename it",)
+    project = _project_name(base) or _project_name(root)
     return Detection(
-        name=given.name or service_name(root),
+        name=given.name or service_name(root, project),
         framework=framework,
         dir=folder,
         wsgi=wsgi,
@@ -273,5 +392,9 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
         requirements=requirements,
         migrations=migrations,
         migration_tool=tool,
-        notes=notes,
+        notes=notes + health_notes,
+        health=health,
+        env_keys=keys,
+        secret_keys=secrets,
+        env_from=aliases,
     )

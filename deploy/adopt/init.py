@@ -113,10 +113,13 @@ def summary(p: Plan) -> list[tuple[str, str]]:
         ("wsgi", d.wsgi),
         ("worker_class", d.worker_class),
         ("requirements", d.requirements),
+        ("health", d.health),
         ("migrations", d.migration_tool if m.kind != "none" else "none found"),
     ]
     if m.kind != "none":
         rows += [("migrations up", " ".join(m.up)), ("migrations dir", m.dir)]
+    if d.env_keys or d.secret_keys:
+        rows.append(("settings read", ", ".join([*d.env_keys, *d.secret_keys])))
     for env in NAMESPACES:
         rows.append((f"{env} ports", ", ".join(f"{k}={v}" for k, v in p.ports[env].items())))
     return rows

@@ -59,10 +59,34 @@ def service_table(d: Detection) -> str:
     ]
     if d.worker_class != "sync":
         lines.append(f"worker_class = {_toml(d.worker_class)}")
-    lines += [
-        'health = "/"                           # a path that answers 2xx when the service is up'
+    lines.append(
+        f"health = {_toml(d.health)}".ljust(39) + "# a path that answers 2xx when the service is up"
+    )
+    return "\n".join([*lines, *_env_table(d), "", *_migrations_table(d.migrations)])
+
+
+def _env_table(d: Detection) -> list[str]:
+    """[service.env] with the settings the code reads: without it, a deploy hands the service
+    none of them (its processes get only what stageflow.toml declares)."""
+    if not (d.env_keys or d.secret_keys or d.env_from):
+        return []
+    lines = [
+        "",
+        "# what the code reads from its environment: values in env/<env>.env and, for secrets,",
+        "# env/<env>.secrets.env (`inv <env>.secrets --generate` fills missing ones)",
+        "[service.env]",
     ]
-    return "\n".join([*lines, "", *_migrations_table(d.migrations)])
+    if d.env_keys:
+        lines.append(f"keys = {_toml(d.env_keys)}")
+    if d.secret_keys:
+        lines.append(f"secrets = {_toml(d.secret_keys)}")
+    if d.env_from:
+        lines += [
+            "",
+            "[service.env.from]                     # the service's name = what stageflow feeds",
+        ]
+        lines += [f"{name} = {_toml(fed)}" for name, fed in d.env_from]
+    return lines
 
 
 def stageflow_toml(d: Detection) -> str:
@@ -93,23 +117,23 @@ def env_file(d: Detection, env: str, ports: dict[str, int]) -> str:
     )
 
 
-def secrets_example(env: str) -> str:
+def secrets_example(env: str, service_secrets: tuple[str, ...] = ()) -> str:
     return (
         f"# Copy to env/{env}.secrets.env, chmod 600, fill in (or: inv {env}.secrets --generate).\n"
-        "POSTGRES_PASSWORD=\nREDIS_PASSWORD=\n"
+        "POSTGRES_PASSWORD=\nREDIS_PASSWORD=\n" + "".join(f"{k}=\n" for k in service_secrets)
     )
 
 
 def files(d: Detection, ports: Ports) -> dict[str, str]:
     """Every file init writes, by path relative to the repository's root, in the order written."""
-    values = {"name": d.name, "db": database_name(d), "health": "/"}
+    values = {"name": d.name, "db": database_name(d), "health": d.health}
     out = {
         "stageflow.toml": stageflow_toml(d),
         "tasks.py": template("tasks.py.tmpl", {}),
     }
     for env in NAMESPACES:
         out[f"env/{env}.env"] = env_file(d, env, ports[env])
-        out[f"env/{env}.secrets.env.example"] = secrets_example(env)
+        out[f"env/{env}.secrets.env.example"] = secrets_example(env, d.secret_keys)
     out["compose/compose.yml"] = template("compose.yml.tmpl", values)
     for env in NAMESPACES:
         out[f"compose/compose.{env}.yml"] = template(f"compose.{env}.yml.tmpl", values)

@@ -88,6 +88,15 @@ class Launch:
     release: str
 
 
+def code_paths(service_dir: str) -> tuple[str, str]:
+    """Where a release's own code imports from, ahead of its venv: the service's folder and its
+    `src` (a src layout). A venv built from pyproject.toml (or a requirements file naming `.`)
+    holds the package as it was when that venv was built, and every release with the same
+    requirements shares the venv: without this, a release whose code changed but whose
+    requirements did not would serve the older code."""
+    return service_dir, str(PurePosixPath(service_dir, "src"))
+
+
 def _launch_args(launch: Launch, *, ready_path: str, asgi: bool) -> list[str]:
     return [
         "--control",
@@ -143,10 +152,9 @@ def gunicorn(
         launch.pidfile,
         "--chdir",
         service_dir,
-        # the service's modules import from its own folder even when a package of the same name
-        # was installed into the venv from its pyproject.toml
+        # the release's modules, never the copy a pyproject.toml installed into the shared venv
         "--pythonpath",
-        service_dir,
+        ",".join(code_paths(service_dir)),
         "--config",
         str(helpers / "gunicorn_conf.py"),
         "--graceful-timeout",
@@ -229,7 +237,9 @@ def service_command(
 ) -> list[str]:
     """One of the service's commands (migrations, seed) in the release's venv, in the foreground,
     through launch.py: the settings file's path is on the command line, never a value of it. env
-    holds names that are no secret (PGOPTIONS, STAGEFLOW_SEED_SIZE)."""
+    holds names that are no secret (PGOPTIONS, STAGEFLOW_SEED_SIZE). cwd is the service's folder
+    in the release: its code comes first on PYTHONPATH, as in gunicorn."""
+    code = ("PYTHONPATH", ":".join(code_paths(cwd)))
     return [
         *_launcher(release_dir),
         "--settings",
@@ -238,7 +248,7 @@ def service_command(
         cwd,
         "--venv",
         str(PurePosixPath(release_dir, ".venv")),
-        *_env_args(env),
+        *_env_args([code, *env]),
         "--",
         *argv,
     ]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from deploy.commands.release import code_paths
 from deploy.errors import ConfigError, DeployError
 from deploy.hosts import CommandResult, run_process
 from deploy.secrets import Secret, scrub
@@ -49,6 +50,20 @@ class GateContext:
     @property
     def secrets(self) -> tuple[Secret, ...]:
         return (self.db_url,) if self.db_url else ()
+
+    @property
+    def service_dir(self) -> Path:
+        """The service's folder in the snapshot ([service] dir; the root without one)."""
+        service = self.policy.get("service")
+        folder = service.get("dir", ".") if isinstance(service, Mapping) else "."
+        return self.tree / (folder if isinstance(folder, str) and folder else ".")
+
+    def code_env(self, base: Mapping[str, str]) -> dict[str, str]:
+        """base with the snapshot's own code first on PYTHONPATH: the venv the gate runs from may
+        hold the service installed from another commit (`pip install .`, or `-e .` of the
+        working tree), and the gate judges the commit under test, not that copy."""
+        paths = [*code_paths(str(self.service_dir)), *filter(None, [base.get("PYTHONPATH")])]
+        return {**base, "PYTHONPATH": ":".join(paths)}
 
 
 @dataclass(frozen=True)

@@ -61,10 +61,15 @@ class Tool:
             values = {k: v for k, (v, _) in read_env_file(committed).items()}
             out.update({k: v for k, v in values.items() if k not in FED_NAMES})
         out.update(self.cluster.tool_env(), ENVIRONMENT="rehearsal")
+        # every name a deploy feeds is there, as an app's settings module may require each one
+        # at import; Redis is a port nothing listens on, so no real Redis is reached either
+        out["REDIS_URL"] = f"redis://127.0.0.1:{scratch_cluster.free_port()}/0"
+        out["STAGEFLOW_RELEASE"] = "rehearsal"
         if "service" in self.ctx.policy:
             service = load_service(Path("stageflow.toml"), dict(self.ctx.policy))
             out.update({name: out[src] for name, src in service.env_from if src in out})
-        return out
+        # the commit's own code (models imported by env.py), not a copy installed in this venv
+        return self.ctx.code_env(out)
 
     def run(self, argv: Sequence[str], *, what: str) -> Completed:
         full = python_first(self.ctx, argv)

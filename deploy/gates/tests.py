@@ -7,6 +7,7 @@ of the same commit is instant and any changed commit runs everything again.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from importlib import metadata
@@ -67,6 +68,7 @@ def run(ctx: GateContext) -> Outcome:
     done = run_command(
         argv,
         cwd=ctx.tree,
+        env=ctx.code_env(os.environ),
         timeout_s=ctx.timeout_s,
         tool_hint="set [gates.test] command to the project's test command",
     )

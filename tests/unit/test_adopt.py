@@ -98,9 +98,112 @@ def test_flask_migrate(tmp_path: Path) -> None:
     )
     d = detect(tmp_path)
     assert d.migration_tool == "Flask-Migrate"
-    assert d.migrations.up == ("flask", "db", "upgrade")
-    assert d.migrations.down == ("flask", "db", "downgrade", "{target}")
+    # a deploy sets no FLASK_APP: without --app, `flask` has no `db` command
+    assert d.migrations.up == ("flask", "--app", "app:app", "db", "upgrade")
+    assert d.migrations.down == ("flask", "--app", "app:app", "db", "downgrade", "{target}")
+    assert d.migrations.current == ("flask", "--app", "app:app", "db", "current")
     assert d.migrations.dir == "migrations/versions"
+
+
+BOOKMARKS = """\
+import os
+
+import redis
+from flask import Flask
+
+
+def create_app(test_config=None):
+    app = Flask(__name__)
+    app.config.from_mapping(
+        SECRET_KEY=os.environ.get("SECRET_KEY", "dev"),
+        SQLALCHEMY_DATABASE_URI=os.environ["DATABASE_URL"],
+        MAIL_SERVER=os.getenv("MAIL_SERVER", "localhost"),
+    )
+    app.extensions["redis"] = redis.from_url(os.environ["REDIS_URL"])
+    return app
+"""
+VIEWS = """\
+from flask import Blueprint
+
+bp = Blueprint("api", __name__)
+
+
+@bp.get("/")
+def index():
+    return {}
+
+
+@bp.get("/health")
+def health():
+    return {"status": "ok"}
+"""
+
+
+def test_a_src_layout_flask_migrate_service_as_the_tutorials_write_it(tmp_path: Path) -> None:
+    write(
+        tmp_path / "checkout",
+        {
+            "pyproject.toml": '[project]\nname = "Bookmarks"\ndependencies = ["flask"]\n',
+            "src/bookmarks/__init__.py": BOOKMARKS,
+            "src/bookmarks/views.py": VIEWS,
+            "src/bookmarks/extensions.py": "from flask_migrate import Migrate\nmigrate = Migrate()\n",
+            "migrations/alembic.ini": "[alembic]\n",
+            "tests/conftest.py": "import os\nos.environ['TEST_ONLY_TOKEN'] = 'x'\n",
+        },
+    )
+    d = detect(tmp_path / "checkout")
+    assert (d.name, d.wsgi, d.requirements) == (
+        "bookmarks",
+        "bookmarks:create_app()",
+        "pyproject.toml",
+    )
+    assert d.migrations.up == ("flask", "--app", "bookmarks:create_app()", "db", "upgrade")
+    assert d.health == "/health"  # its own health view, not the index
+    # what the code reads and stageflow does not feed: a deploy hands over only what is declared
+    assert (d.env_keys, d.secret_keys) == (("MAIL_SERVER",), ("SECRET_KEY",))
+    service = load_service(Path("stageflow.toml"), tomllib.loads(render.stageflow_toml(d)))
+    assert service.health == "/health" and service.secret_keys == ("SECRET_KEY",)
+    assert service.env_keys == ("MAIL_SERVER",)
+    example = render.files(d, choose_ports(d.name))["env/prod.secrets.env.example"]
+    assert "SECRET_KEY=\n" in example
+
+
+def test_without_a_health_view_the_index_or_a_note(tmp_path: Path) -> None:
+    write(tmp_path, {"app.py": FLASK_APP + "\n@app.route('/')\ndef index():\n    return ''\n"})
+    d = detect(tmp_path)
+    assert d.health == "/" and not any("health view" in n for n in d.notes)
+    write(tmp_path, {"app.py": FLASK_APP})
+    d = detect(tmp_path)
+    assert d.health == "/" and any("no health view found" in n for n in d.notes)
+
+
+def test_a_django_health_path_keeps_its_slash(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "manage.py": MANAGE,
+            "mysite/wsgi.py": "",
+            "mysite/urls.py": "urlpatterns = [path('healthz/', views.healthz)]\n",
+        },
+    )
+    d = detect(tmp_path)
+    assert d.health == "/healthz/"
+    # the database under the settings' own names is mapped to what stageflow feeds, never declared
+    write(tmp_path, {"mysite/settings.py": DJANGO_SETTINGS})
+    d = detect(tmp_path)
+    assert d.env_from == (("DB_HOST", "PGHOST"), ("DB_PASSWORD", "PGPASSWORD"))
+    assert (d.env_keys, d.secret_keys) == (("DJANGO_DEBUG",), ("DJANGO_SECRET_KEY",))
+    service = load_service(Path("stageflow.toml"), tomllib.loads(render.stageflow_toml(d)))
+    assert service.env_from == d.env_from
+
+
+DJANGO_SETTINGS = """\
+import os
+
+SECRET_KEY = os.environ["DJANGO_SECRET_KEY"]
+DEBUG = os.environ.get("DJANGO_DEBUG") == "1"
+DATABASES = {"default": {"HOST": os.environ["DB_HOST"], "PASSWORD": os.environ["DB_PASSWORD"]}}
+"""
 
 
 def test_fastapi_runs_under_uvicorns_worker(tmp_path: Path) -> None:

@@ -105,7 +105,8 @@ def test_gunicorn_runs_the_contracts_app_through_launch():
     assert argv[argv.index("--worker-class") + 1] == "sync"
     assert argv[argv.index("--pid") + 1] == "/h/run/app-R.pid"
     assert argv[argv.index("--chdir") + 1] == "/r/web"
-    assert argv[argv.index("--pythonpath") + 1] == "/r/web"
+    # the release's own code (and its src layout) before the copy a pyproject installed
+    assert argv[argv.index("--pythonpath") + 1] == "/r/web,/r/web/src"
     assert argv[argv.index("--config") + 1] == "/r/.stageflow/gunicorn_conf.py"
     assert "--daemon" in argv and argv[-1] == "svc:app"
     assert not any("deploy/runtime" in a for a in argv)
@@ -195,7 +196,7 @@ def test_a_service_command_goes_through_launch_with_only_paths_and_plain_names()
     assert argv == [
         "/r/.venv/bin/python", "/r/.stageflow/launch.py",
         "--settings", "/h/shared/command-1.json", "--cwd", "/r/web", "--venv", "/r/.venv",
-        "--env", "PGOPTIONS=-c lock_timeout=5000",
+        "--env", "PYTHONPATH=/r/web:/r/web/src", "--env", "PGOPTIONS=-c lock_timeout=5000",
         "--", "alembic", "upgrade", "head",
     ]  # fmt: skip
 

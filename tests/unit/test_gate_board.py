@@ -10,8 +10,10 @@ from rich.console import Console
 
 from deploy.gates import GateContext, GateResult, missing_tool
 from deploy.gates.locks import TableSize, lint, short, statement_table
-from deploy.gates.migrations_command import render_argv, rendered_statements
+from deploy.gates.migrations_command import Tool, render_argv, rendered_statements
 from deploy.gates.report import Board
+from deploy.gates.scratch_cluster import ScratchCluster
+from deploy.secrets import Secret
 from deploy.service import Migrations
 
 
@@ -118,3 +120,20 @@ def test_a_missing_tool_is_one_line_naming_the_command() -> None:
         == "`ruff` is not installed on PATH: the gate runs `ruff check .` (pip install ruff)"
     )
     assert "Error" not in err.line()
+
+
+def test_the_rehearsal_feeds_every_name_and_the_commits_own_code(tmp_path: Path) -> None:
+    # an app factory that reads os.environ["REDIS_URL"] must import during the rehearsal too
+    policy = {"service": {"name": "bookmarks", "wsgi": "bookmarks:create_app()", "dir": "web"}}
+    ctx = GateContext("migrations", tmp_path, tmp_path / "tree", "v1", "c" * 40, "t" * 40, "GA",
+                      "required", {}, policy, tmp_path, 60.0)  # fmt: skip
+    cluster = ScratchCluster(Path("/pg/bin"), 54999, "/run/pg", Secret("pw"))
+    m = Migrations(
+        kind="command", up=("flask", "db", "upgrade"), current=("flask", "db", "current")
+    )
+    env = Tool(ctx, m, cluster).env
+    assert env["DATABASE_URL"].endswith("@127.0.0.1:54999/rehearsal")
+    assert env["REDIS_URL"].startswith("redis://127.0.0.1:") and env["ENVIRONMENT"] == "rehearsal"
+    # the snapshot's code before any copy of the service installed into the gate's venv
+    tree = tmp_path / "tree" / "web"
+    assert env["PYTHONPATH"].split(":")[:2] == [str(tree), str(tree / "src")]

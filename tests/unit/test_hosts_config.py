@@ -11,6 +11,7 @@ from deploy.commands import release as cmd
 from deploy.config import LOCAL, HostSpec, Project, load_project
 from deploy.engine import group
 from deploy.errors import ConfigError
+from deploy.hosts import CommandResult
 from deploy.policy import guards
 from tests import support
 
@@ -187,3 +188,14 @@ def test_a_step_that_fails_on_one_host_reports_every_host_and_switches_nothing()
     ]
     assert "build of r1 failed on b" in err.message and "disk full" in err.message
     assert "nothing was switched" in err.message and not err.reverted
+
+
+def test_a_failed_command_s_tail_skips_blank_lines():
+    # click (flask, alembic) ends a usage error with a blank line before the one that matters
+    said = (
+        "Usage: flask [OPTIONS] COMMAND [ARGS]...\n"
+        "Try 'flask --help' for help.\n\nError: No such command 'db'.\n"
+    )
+    res = CommandResult("local", ("flask", "db", "current"), 2, "", said, 0.1)
+    assert res.tail(2) == "Try 'flask --help' for help. | Error: No such command 'db'."
+    assert res.tail(1) == "Error: No such command 'db'."

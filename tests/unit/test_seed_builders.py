@@ -53,6 +53,8 @@ def test_the_command_sees_the_settings_its_path_first_and_little_of_the_operator
     assert "AWS_SECRET_ACCESS_KEY" not in out
     assert out["STAGEFLOW_SEED_SIZE"] == "small" and out["STAGEFLOW_RELEASE"] == "r1"
     assert out["PGPASSWORD"] == "pw-s3cret" and ":pw-s3cret@" in out["DATABASE_URL"]
+    # the tree's code before any copy of the service installed into stageflow's venv
+    assert out["PYTHONPATH"] == "/srv/r1/svc:/srv/r1/svc/src"
 
 
 def test_a_scratch_database_keeps_server_role_and_password_and_changes_only_the_name():
