@@ -117,6 +117,7 @@ def summary(p: Plan) -> list[tuple[str, str]]:
     ]
     if m.kind != "none":
         rows += [("migrations up", " ".join(m.up)), ("migrations dir", m.dir)]
+    rows += [("build", " ".join(c)) for c in d.build]
     for env in NAMESPACES:
         rows.append((f"{env} ports", ", ".join(f"{k}={v}" for k, v in p.ports[env].items())))
     return rows
