@@ -313,7 +313,7 @@ def _counts(path: str, directory: str, *, in_folders: bool) -> bool:
     for Django, whose apps keep theirs in <app>/migrations), only inside a migrations or versions
     folder below it."""
     p = PurePosixPath(path)
-    if "__pycache__" in p.parts:
+    if "__pycache__" in p.parts or p.name == "__init__.py":  # a package marker, no migration
         return False
     if directory not in ("", "."):
         if not p.is_relative_to(directory):

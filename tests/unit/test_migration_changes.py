@@ -44,6 +44,7 @@ def repo(tmp_path: Path) -> tuple[Path, str, str]:
             "manage.py": "",
             "polls/models.py": "",
             "polls/migrations/0001_initial.py": "",
+            "polls/migrations/__init__.py": "",
             "web/manage.py": "",
             "web/shop/migrations/0001_initial.py": "",
         },
@@ -73,9 +74,9 @@ def test_django_at_the_root_counts_each_apps_migrations(repo) -> None:
         "polls/migrations/0002_question_closed.py",
         "web/shop/migrations/0002_price.py",
     ]
-    assert "polls/migrations/0001_initial.py" in env_migrations.changed_migration_files(
-        proj, None, v1
-    )
+    first = env_migrations.changed_migration_files(proj, None, v1)
+    assert "polls/migrations/0001_initial.py" in first
+    assert "polls/migrations/__init__.py" not in first
 
 
 def test_django_in_a_subdirectory_counts_its_migrations_not_its_code(repo) -> None:
