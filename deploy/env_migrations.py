@@ -29,8 +29,8 @@ from deploy.secrets import scrub
 from deploy.state import Layout, audit
 
 COMMAND_TIMEOUT_S = 3600.0
-# under a service's migrations.dir at the repository's root, only these folders hold migrations
-# (Django's <app>/migrations, alembic's versions); anywhere else the whole folder counts
+# when a service's migrations.dir is its own folder ("."), only these folders hold migrations
+# (Django's <app>/migrations, alembic's versions); any other migrations.dir counts whole
 _MIGRATION_FOLDERS = ("migrations", "versions")
 
 
@@ -181,8 +181,17 @@ class SchemaChange:
         return self.before != self.after
 
     def describe(self) -> str:
-        before = migrations.describe_revisions(self.before)
-        return f"{before} -> {migrations.describe_revisions(self.after)}"
+        """ "a1 -> b2" for one history; for one per app (Django), only the apps that moved, as
+        "polls 0001_initial -> 0002_closed": the others would bury the change."""
+        if set(self.before) | set(self.after) <= {migrations.SINGLE}:
+            before = migrations.describe_revisions(self.before)
+            return f"{before} -> {migrations.describe_revisions(self.after)}"
+        moved = [
+            f"{app} {self.before.get(app, migrations.ZERO)} -> {self.after.get(app, migrations.ZERO)}"
+            for app in sorted(set(self.before) | set(self.after))
+            if self.before.get(app) != self.after.get(app)
+        ]
+        return ", ".join(moved) or f"unchanged at {migrations.describe_revisions(self.after)}"
 
     def meta(self) -> dict[str, Any]:
         """What the release's RELEASE.json keeps: the schema it was deployed on and left."""
@@ -298,22 +307,33 @@ def recorded_revisions(meta: Mapping[str, Any] | None) -> dict[str, str] | None:
 # -- what changed between two commits ----------------------------------------------------------
 
 
-def _counts(path: str, directory: str) -> bool:
-    """A changed path is a migration when it lies under the service's migrations.dir; when that
-    is the repository's root, only inside a migrations or versions folder."""
+def _counts(path: str, directory: str, *, in_folders: bool) -> bool:
+    """A changed path is a migration when it lies under directory (the service's migrations.dir,
+    from the repository's root); with in_folders (migrations.dir is the service's own folder, as
+    for Django, whose apps keep theirs in <app>/migrations), only inside a migrations or versions
+    folder below it."""
     p = PurePosixPath(path)
+    if "__pycache__" in p.parts or p.name == "__init__.py":  # a package marker, no migration
+        return False
     if directory not in ("", "."):
         if not p.is_relative_to(directory):
             return False
-        return "__pycache__" not in p.parts
-    return any(part in _MIGRATION_FOLDERS for part in p.parts[:-1])
+        p = p.relative_to(directory)
+    return not in_folders or any(part in _MIGRATION_FOLDERS for part in p.parts[:-1])
 
 
 def changed_migration_files(proj: Project, since: str | None, commit: str) -> list[str] | None:
     """The files of migrations.dir that changed from commit since to commit (all of them at
-    commit when since is None: a first deploy); None when git cannot tell."""
-    directory = proj.service.repo_path(proj.service.migrations.dir)
+    commit when since is None: a first deploy); None when git cannot tell, or when commit has no
+    migrations.dir at all (a wrong dir would otherwise read as "no migration": fail closed)."""
+    svc = proj.service
+    directory = svc.repo_path(svc.migrations.dir)
+    in_folders = svc.migrations.dir in ("", ".")
     where = [] if directory in ("", ".") else [directory]
+    if where:
+        present = run_process(gitcmd.ls_tree_names(commit, directory), cwd=proj.root)
+        if not present.ok or not present.stdout.strip():
+            return None
     argv = (
         gitcmd.diff_names(since, commit, paths=where)
         if since
@@ -322,7 +342,9 @@ def changed_migration_files(proj: Project, since: str | None, commit: str) -> li
     out = run_process(argv, cwd=proj.root)
     if not out.ok:
         return None
-    return [n for n in out.stdout.splitlines() if n and _counts(n, directory)]
+    return [
+        n for n in out.stdout.splitlines() if n and _counts(n, directory, in_folders=in_folders)
+    ]
 
 
 def pending_by_changes(

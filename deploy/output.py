@@ -25,12 +25,14 @@ def console(*, stderr: bool = False) -> Console:
 
 def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, title_justify="left", header_style="bold")
     for col in columns:
         table.add_column(col)
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+        # Text, not markup: a cell holding "[service.env]" or a ref like "fix[1]" prints as is
+        table.add_row(*(Text("" if v is None else str(v)) for v in row))
     console().print(table)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -36,6 +37,7 @@ from deploy.state import Layout
 
 # the gunicorn a service that installs none gets, when the engine's own version is unknown
 DEFAULT_GUNICORN = "gunicorn==23.0.0"
+BUILD_COMMAND_TIMEOUT_S = 900.0
 # the engine's stdlib-only helpers, copied into every release (cmd.HELPERS)
 HELPERS_SOURCE = Path(__file__).resolve().parent / "runtime"
 
@@ -255,6 +257,9 @@ def build(
     venv = ensure_venv(host, layout, venv_spec(host, proj.service, staging_dir, commit))
     host.symlink(venv, f"{staging_dir}/.venv")
     install_helpers(host, staging_dir)
+    host.makedirs(layout.shared)
+    for argv in proj.service.build:
+        _build_command(proj, env, host, layout, staging_dir, rid, argv)
     meta = {
         "id": rid,
         "commit": commit,
@@ -265,6 +270,31 @@ def build(
     host.write_text(f"{staging_dir}/RELEASE.json", json.dumps(meta, indent=2))
     host.rename(staging_dir, target)  # a release dir exists only when complete
     return Release(rid, commit, ref, dirty)
+
+
+def _build_command(
+    proj: Project,
+    env: EnvConfig,
+    host: Host,
+    layout: Layout,
+    release_dir: str,
+    rid: str,
+    argv: Sequence[str],
+) -> None:
+    """One of [service] build in the release being built; a failure refuses the release before it
+    migrates or serves anything, and the half-built directory goes."""
+    res = _command_in(
+        host, env, proj.service, layout, release_dir, rid, argv, timeout=BUILD_COMMAND_TIMEOUT_S
+    )
+    if res.ok:
+        return
+    host.remove_tree(release_dir)
+    raise ServiceError(
+        f"{host.name}: the build command `{shlex.join(argv)}` exited {res.exit_code}: "
+        f"{res.tail(2)}",
+        hint="fix it ([service] build in stageflow.toml) and deploy again; the previous release "
+        "still serves",
+    )
 
 
 def venv_cache(host: Host) -> str:
@@ -509,7 +539,32 @@ def service_command(
     beside the live one) as its environment. The settings go into a private file for this one
     command, which launch.py loads, so over SSH only that file's path is on the command line;
     extra_env holds names that are no secret. The output comes back scrubbed of every secret."""
-    release_dir = layout.release(rid)
+    return _command_in(
+        host,
+        env,
+        service,
+        layout,
+        layout.release(rid),
+        rid,
+        argv,
+        timeout=timeout,
+        extra_env=extra_env,
+    )
+
+
+def _command_in(
+    host: Host,
+    env: EnvConfig,
+    service: Service,
+    layout: Layout,
+    release_dir: str,
+    rid: str,
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    extra_env: Mapping[str, str] | None = None,
+) -> CommandResult:
+    """service_command in release_dir, which may be a release still being built."""
     ensure_helpers(host, release_dir)
     settings = f"{layout.shared}/command-{uuid.uuid4().hex[:12]}.json"
     host.write_text(settings, json.dumps(service_settings(env, service, release=rid)), mode=0o600)

@@ -44,6 +44,7 @@ _SERVICE_KEYS = {
     "metrics",
     "api_key_header",
     "seed",
+    "build",
     "env",
     "migrations",
     "processes",
@@ -87,6 +88,9 @@ class Service:
     metrics: str = ""
     api_key_header: str = ""
     seed: tuple[str, ...] = ()
+    # commands run in each new release once its venv exists, before it migrates or serves
+    # (Django's collectstatic, compilemessages): each a list of words
+    build: tuple[tuple[str, ...], ...] = ()
     env_keys: tuple[str, ...] = ()
     secret_keys: tuple[str, ...] = ()
     env_from: tuple[tuple[str, str], ...] = ()  # (the service's name, the name stageflow feeds)
@@ -139,6 +143,19 @@ def _argv(value: Any, what: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise _fail(f'{what} must be a list of non-empty strings, e.g. ["flask", "db", "upgrade"]')
     return tuple(value)
+
+
+def _commands(value: Any, what: str) -> tuple[tuple[str, ...], ...]:
+    """One command (a list of words) or several (a list of such lists), in the order they run."""
+    if value in (None, []):
+        return ()
+    if isinstance(value, list) and all(isinstance(v, list) for v in value):
+        out = tuple(_argv(v, f"{what} #{i}") for i, v in enumerate(value, 1))
+        if any(not c for c in out):
+            raise _fail(f"{what} holds an empty command")
+        return out
+    one = _argv(value, what)
+    return (one,) if one else ()
 
 
 def _path(value: str, key: str) -> str:
@@ -298,6 +315,7 @@ def load_service(path: Path, data: dict[str, Any]) -> Service:
         metrics=_str(table, "metrics", "") and _path(_str(table, "metrics", ""), "metrics"),
         api_key_header=_str(table, "api_key_header", ""),
         seed=_argv(table.get("seed"), "[service] seed"),
+        build=_commands(table.get("build"), "[service] build"),
         env_keys=keys,
         secret_keys=secrets,
         env_from=feeds,

@@ -95,10 +95,17 @@ _PROCESS_NAMES = {
     "PYTHONPATH",
     "VIRTUAL_ENV",
 }
+_STATIC_ROOT = re.compile(r"^STATIC_ROOT\s*(?::[^=\n]+)?=", re.M)
+DJANGO_COLLECTSTATIC = ("python", "manage.py", "collectstatic", "--noinput")
+PYTEST = ("python", "-m", "pytest", "-q")
+# pytest-django configured: the project's tests run under pytest, not Django's own runner
+_PYTEST_DJANGO = re.compile(r"pytest[-_]django|^\s*DJANGO_SETTINGS_MODULE\s*=", re.M | re.I)
 _PREFERRED_FILES = ("app.py", "wsgi.py", "main.py", "__init__.py", "asgi.py", "server.py")
 
 DJANGO_MIGRATIONS = Migrations(
     kind="command",
+    # each app keeps its own migrations/ folder: "." counts every one of them under the project
+    dir=".",
     up=("python", "manage.py", "migrate", "--noinput"),
     down=("python", "manage.py", "migrate", "{app}", "{target}", "--noinput"),
     current=("python", "manage.py", "showmigrations", "--plan"),
@@ -140,6 +147,8 @@ class Detection:
     requirements: str
     migrations: Migrations
     migration_tool: str  # what the migrations are: Django, Flask-Migrate, alembic or none
+    build: tuple[tuple[str, ...], ...] = ()  # [service] build: commands each release runs once
+    test_command: tuple[str, ...] = PYTEST  # [gates.test] command, run at the repository's root
     notes: tuple[str, ...] = field(default_factory=tuple)  # what the operator should check
     health: str = "/"
     env_keys: tuple[str, ...] = ()  # settings the code reads from its environment
@@ -245,6 +254,29 @@ def _django_wsgi(base: Path, manage: Path) -> str:
             if module:
                 return f"{module}:application"
     return f"{project}.wsgi:application"
+
+
+def _build(base: Path, framework: str) -> tuple[tuple[str, ...], ...]:
+    """Django with STATIC_ROOT serves the files collectstatic gathers there (whitenoise, say),
+    and a release holds none of them until it runs: each release collects its own."""
+    if framework != "Django":
+        return ()
+    if any(_STATIC_ROOT.search(_read(p)) for p in python_files(base)):
+        return (DJANGO_COLLECTSTATIC,)
+    return ()
+
+
+def _test_command(root: Path, folder: str, framework: str) -> tuple[str, ...]:
+    """Django's own test runner for a Django project (its tests.py files are no pytest's
+    test_*.py), unless pytest-django is set up; pytest for everything else."""
+    if framework != "Django":
+        return PYTEST
+    for name in ("pytest.ini", "pyproject.toml", "setup.cfg", "tox.ini", "requirements-dev.txt"):
+        for base in {root, root / folder}:
+            if _PYTEST_DJANGO.search(_read(base / name)):
+                return PYTEST
+    manage = "manage.py" if folder == "." else str(PurePosixPath(folder) / "manage.py")
+    return ("python", manage, "test")
 
 
 def _alembic_versions(base: Path) -> str:
@@ -392,6 +424,8 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
         requirements=requirements,
         migrations=migrations,
         migration_tool=tool,
+        build=_build(base, framework),
+        test_command=_test_command(root, folder, framework),
         notes=notes + health_notes,
         health=health,
         env_keys=keys,

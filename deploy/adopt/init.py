@@ -120,6 +120,7 @@ def summary(p: Plan) -> list[tuple[str, str]]:
         rows += [("migrations up", " ".join(m.up)), ("migrations dir", m.dir)]
     if d.env_keys or d.secret_keys:
         rows.append(("settings read", ", ".join([*d.env_keys, *d.secret_keys])))
+    rows += [("build", " ".join(c)) for c in d.build]
     for env in NAMESPACES:
         rows.append((f"{env} ports", ", ".join(f"{k}={v}" for k, v in p.ports[env].items())))
     return rows

@@ -62,6 +62,9 @@ def service_table(d: Detection) -> str:
     lines.append(
         f"health = {_toml(d.health)}".ljust(39) + "# a path that answers 2xx when the service is up"
     )
+    if d.build:
+        commands = ", ".join(_toml(c) for c in d.build)
+        lines.append(f"build = [{commands}]  # run in each new release before it migrates")
     return "\n".join([*lines, *_env_table(d), "", *_migrations_table(d.migrations)])
 
 
@@ -91,9 +94,10 @@ def _env_table(d: Detection) -> list[str]:
 
 def stageflow_toml(d: Detection) -> str:
     """The whole stageflow.toml, its budgets locked at the thresholds it ships with."""
-    draft = template("stageflow.toml.tmpl", {"service": service_table(d), "budgets_hash": ""})
+    values = {"service": service_table(d), "test_command": _toml(d.test_command)}
+    draft = template("stageflow.toml.tmpl", {**values, "budgets_hash": ""})
     locked = budgets_hash(tomllib.loads(draft))
-    return template("stageflow.toml.tmpl", {"service": service_table(d), "budgets_hash": locked})
+    return template("stageflow.toml.tmpl", {**values, "budgets_hash": locked})
 
 
 def database_name(d: Detection) -> str:

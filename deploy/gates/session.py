@@ -37,6 +37,23 @@ def request_for(
     )
 
 
+def with_operator_password(db_url: str | None, password: str | None) -> str | None:
+    """--db-url with the operator's PGPASSWORD as its password when it names none (the documented
+    way to keep a password out of the command line); a password in the URL wins, and text that is
+    no connection string is left for the migrations gate to refuse."""
+    if not db_url or not password:
+        return db_url
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        if conninfo_to_dict(db_url).get("password"):
+            return db_url
+        return make_conninfo(db_url, password=password)
+    except ProgrammingError:
+        return db_url
+
+
 def _signer(actor: Actor):
     """Sign an override's statement with the actor's key, as prod's trusted signers will check."""
 

@@ -82,8 +82,11 @@ def dockerfile(service: Service) -> str:
         *deps,
         f"COPY {ENGINE_DIR}/deploy/ {ENGINE_ROOT}/deploy/",
         *code,
-        "USER 10001",
         f"WORKDIR {workdir}",
+        # [service] build: in the image, once for every environment, so without any environment's
+        # settings or secrets (the settings must import without them)
+        *(f"RUN {json.dumps(list(argv))}" for argv in service.build),
+        "USER 10001",
         f"EXPOSE {CONTAINER_PORT}",
         # gunicorn's SIGTERM finishes the requests in flight before the container stops
         f"CMD {json.dumps(gunicorn)}",

@@ -17,6 +17,9 @@ from deploy.policy import guards
 from deploy.policy.actors import Actor, resolve
 
 F = TypeVar("F", bound=Callable[..., Any])
+# The operator's libpq variables the edge took out of the environment, kept for the one task that
+# documents one: release.gate reads PGPASSWORD as --db-url's password.
+OPERATOR_LIBPQ: dict[str, str] = {}
 
 
 def edge(fn: F) -> F:
@@ -26,7 +29,7 @@ def edge(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         # libpq would read the operator's PGHOST, PGSERVICE, ... behind every URL's back
         for key in libpq_variables(os.environ):
-            del os.environ[key]
+            OPERATOR_LIBPQ[key] = os.environ.pop(key)
         try:
             return fn(*args, **kwargs)
         except DeployError as err:

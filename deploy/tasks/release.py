@@ -11,7 +11,7 @@ from invoke import Collection, task
 
 from deploy.config import find_root, load_policy_file
 from deploy.output import print_json, print_table
-from deploy.tasks._common import actor, edge
+from deploy.tasks._common import OPERATOR_LIBPQ, actor, edge
 
 
 @task(
@@ -29,6 +29,7 @@ def gate(c, ref=None, db_url=None, no_cache=False, break_glass=None, json=False,
     """Run the release gates for a ref's maturity stage; exit 5 when a required gate fails."""
     from deploy.gates import runner, session
 
+    db_url = session.with_operator_password(db_url, OPERATOR_LIBPQ.get("PGPASSWORD"))
     request = session.request_for(find_root(Path.cwd()), actor(), ref=ref, db_url=db_url,
                                   use_cache=not no_cache, break_glass=break_glass, only=only)  # fmt: skip
     report = session.watch(request, json_on_stdout=json)

@@ -3,6 +3,7 @@ rehearsal happens in a cluster of the gate's own, for SQL files and for a servic
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -293,3 +294,41 @@ def test_an_alembic_service_gets_its_sql_linted_and_rehearsed(
     mig = by_name(gate(root, "v1.1.0", db_url=Secret(reader)))["migrations"]
     assert mig.status == "failed" and "check constraint" in mig.summary, mig.summary
     assert fingerprint(pg_dsn) == before and _databases(pg_dsn) == databases
+
+
+def test_the_gate_task_reads_the_db_urls_password_from_pgpassword(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The documented way: --db-url without its password, PGPASSWORD in the shell. The task's edge
+    drops the operator's libpq variables before it connects anywhere; the gate keeps this one. The
+    target asks for a password (scram over TCP), as a real prod does."""
+    from invoke import Context
+
+    from deploy.gates import scratch_cluster
+    from deploy.tasks import _common
+    from deploy.tasks.release import gate as gate_task
+
+    with scratch_cluster.started() as target:
+        _target(
+            repo,
+            target.url().reveal(),
+            {"app/migrations/0002_tags.up.sql": "ALTER TABLE notes ADD COLUMN tags text;\n"},
+            "v4.0.2-rc.1",
+        )
+        monkeypatch.chdir(repo)
+        monkeypatch.setenv("PGPASSWORD", target.password.reveal())
+        monkeypatch.setenv("STAGEFLOW_ACTOR", "alice@example.org")
+        try:
+            gate_task(
+                Context(),
+                ref="v4.0.2-rc.1",
+                db_url=f"postgresql://postgres@127.0.0.1:{target.port}/{scratch_cluster.DBNAME}",
+                only="migrations",
+            )
+        finally:
+            getattr(_common, "OPERATOR_LIBPQ", {}).clear()
+    sha = git(repo, "rev-parse", "v4.0.2-rc.1")
+    text = (repo / "dist" / "release-gate" / f"{sha}.partial.json").read_text()
+    (mig,) = [g for g in json.loads(text)["gates"] if g["name"] == "migrations"]
+    assert mig["status"] == "passed", mig["summary"]
+    assert target.password.reveal() not in text

@@ -302,3 +302,82 @@ def test_a_service_repositorys_docs_name_only_what_exists(tmp_path: Path) -> Non
     write(tmp_path, {"stageflow.toml": "[docs]\ncomplete = 'no'\n"})
     with pytest.raises(ConfigError, match=r"\[docs\] complete must be true or false"):
         check_docs(tmp_path, tasks=tasks, keys=[])
+
+
+def test_django_at_the_root_with_static_files(tmp_path: Path) -> None:
+    """The tutorial's layout: manage.py at the root, apps keeping migrations in <app>/migrations,
+    STATIC_ROOT for whitenoise. Each release collects its static files; migrations.dir is the
+    project's folder, so polls/migrations counts; the tests run with Django's own runner."""
+    write(
+        tmp_path,
+        {
+            "manage.py": MANAGE,
+            "mysite/__init__.py": "",
+            "mysite/settings.py": "STATIC_URL = 'static/'\nSTATIC_ROOT = BASE_DIR / 'staticfiles'\n",
+            "mysite/wsgi.py": "from django.core.wsgi import get_wsgi_application\n",
+            "polls/migrations/0001_initial.py": "",
+            "requirements.txt": "django\n",
+        },
+    )
+    d = detect(tmp_path)
+    assert (d.dir, d.migrations.dir) == (".", ".")
+    assert d.build == (("python", "manage.py", "collectstatic", "--noinput"),)
+    assert d.test_command == ("python", "manage.py", "test")
+    data = tomllib.loads(render.stageflow_toml(d))
+    service = load_service(tmp_path / "stageflow.toml", data)
+    assert service.build == d.build and service.migrations.dir == "."
+    assert data["gates"]["test"]["command"] == ["python", "manage.py", "test"]
+
+
+def test_django_without_static_root_or_with_pytest_django(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "site/manage.py": MANAGE,
+            "site/mysite/settings.py": "STATIC_URL = 'static/'\n",
+            "site/mysite/wsgi.py": "",
+        },
+    )
+    d = detect(tmp_path)
+    assert d.build == () and "build" not in render.service_table(d)
+    # Django's runner from the root, where the release gate runs the tests
+    assert d.test_command == ("python", "site/manage.py", "test")
+    write(tmp_path, {"pytest.ini": "[pytest]\nDJANGO_SETTINGS_MODULE = mysite.settings\n"})
+    assert detect(tmp_path).test_command == ("python", "-m", "pytest", "-q")
+    write(tmp_path, {"app.py": FLASK_APP})
+    assert detect(tmp_path, Overrides(wsgi="app:app")).test_command[:3] == (
+        "python",
+        "-m",
+        "pytest",
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (["python", "manage.py", "collectstatic"], (("python", "manage.py", "collectstatic"),)),
+        ([["a"], ["b", "c"]], (("a",), ("b", "c"))),
+        ([], ()),
+    ],
+)
+def test_service_build_takes_one_command_or_several(value: object, expected: tuple) -> None:
+    service = load_service(
+        Path("stageflow.toml"), {"service": {"name": "s", "wsgi": "m:app", "build": value}}
+    )
+    assert service.build == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("python manage.py collectstatic", "[service] build must be a list of non-empty strings"),
+        ([["a"], []], "[service] build holds an empty command"),
+        ([["a"], [1]], "[service] build #2 must be a list of non-empty strings"),
+    ],
+)
+def test_a_bad_service_build_is_one_line(value: object, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_service(
+            Path("stageflow.toml"), {"service": {"name": "s", "wsgi": "m:app", "build": value}}
+        )
+    assert message in err.value.line() and "\n" not in err.value.line()

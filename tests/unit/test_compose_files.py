@@ -389,3 +389,21 @@ def test_the_image_migration_entry_reads_the_services_folder_and_only_inside_the
         "applied": []
     }
     assert [f.version for f in seen] == [1]
+
+
+def test_the_image_runs_the_services_build_commands_before_dropping_root() -> None:
+    from deploy.runtime import compose_image
+    from deploy.service import Service
+
+    service = Service(
+        name="site",
+        wsgi="mysite.wsgi:application",
+        dir="web",
+        build=(("python", "manage.py", "collectstatic", "--noinput"), ("make", "assets")),
+    )
+    lines = compose_image.dockerfile(service).splitlines()
+    run = lines.index('RUN ["python", "manage.py", "collectstatic", "--noinput"]')
+    assert lines[run + 1] == 'RUN ["make", "assets"]'
+    # in the service's folder, after its code is copied, before the unprivileged user
+    assert lines.index("WORKDIR /srv/service/web") < run < lines.index("USER 10001")
+    assert lines.index("COPY . .") < run

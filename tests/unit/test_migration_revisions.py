@@ -98,3 +98,15 @@ def test_a_tool_schema_plan_says_what_it_runs_or_why_not():
     refused = ToolSchemaPlan(refusal="release r1 recorded no schema revision")
     assert refused.refused and not refused.revert
     assert ToolSchemaPlan(kind="none").describe() == "schema not managed (migrations kind none)"
+
+
+def test_a_change_of_one_app_names_that_app_alone() -> None:
+    from deploy.env_migrations import SchemaChange
+
+    before = {"auth": "0012_x", "polls": "0001_initial", "sessions": "0001_initial"}
+    after = {**before, "polls": "0002_question_closed"}
+    assert SchemaChange(before, after).describe() == "polls 0001_initial -> 0002_question_closed"
+    first = SchemaChange({}, {"polls": "0001_initial"}).describe()
+    assert first == "polls zero -> 0001_initial"
+    assert SchemaChange(after, after).describe().startswith("unchanged at auth 0012_x")
+    assert SchemaChange({m.SINGLE: "a1"}, {m.SINGLE: "b2"}).describe() == "a1 -> b2"
