@@ -18,6 +18,11 @@ from deploy.policy.actors import Actor, resolve
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# libpq variables a task reads itself, at its edge, and removes (take_password): the release gate's
+# --db-url takes its password from PGPASSWORD, as the docs tell the operator to keep it out of the
+# URL and the shell's history
+_TAKEN_BY_TASKS = frozenset({"PGPASSWORD"})
+
 
 def edge(fn: F) -> F:
     """Map an expected failure to one line on stderr and its exit code; no traceback."""
@@ -26,7 +31,8 @@ def edge(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         # libpq would read the operator's PGHOST, PGSERVICE, ... behind every URL's back
         for key in libpq_variables(os.environ):
-            del os.environ[key]
+            if key not in _TAKEN_BY_TASKS:
+                del os.environ[key]
         try:
             return fn(*args, **kwargs)
         except DeployError as err:
@@ -38,6 +44,12 @@ def edge(fn: F) -> F:
                 sys.modules["deploy.notify"].flush(5.0)
 
     return wrapper  # type: ignore[return-value]
+
+
+def take_password(name: str = "PGPASSWORD") -> str | None:
+    """The operator's password variable, removed from the process environment as it is read, so
+    no tool the task runs inherits it (the other libpq variables the edge has already dropped)."""
+    return os.environ.pop(name, None) or None
 
 
 def whole(value: object, flag: str, *, minimum: int = 0) -> int:

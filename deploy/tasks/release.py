@@ -11,7 +11,7 @@ from invoke import Collection, task
 
 from deploy.config import find_root, load_policy_file
 from deploy.output import print_json, print_table
-from deploy.tasks._common import actor, edge
+from deploy.tasks._common import actor, edge, take_password
 
 
 @task(
@@ -30,7 +30,8 @@ def gate(c, ref=None, db_url=None, no_cache=False, break_glass=None, json=False,
     from deploy.gates import runner, session
 
     request = session.request_for(find_root(Path.cwd()), actor(), ref=ref, db_url=db_url,
-                                  use_cache=not no_cache, break_glass=break_glass, only=only)  # fmt: skip
+                                  db_password=take_password(), use_cache=not no_cache,
+                                  break_glass=break_glass, only=only)  # fmt: skip
     report = session.watch(request, json_on_stdout=json)
     if json:
         print_json(report.to_dict())

@@ -8,10 +8,13 @@ import re
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from deploy.config import HostSpec, Project, libpq_variables, load_project
 from deploy.errors import ConfigError
+from deploy.gates.session import target_url
 from deploy.policy import guards
+from deploy.tasks._common import edge, take_password
 from tests import support
 
 
@@ -244,6 +247,31 @@ def test_libpq_variables_are_named_for_removal() -> None:
     env = {"PGHOST": "/tmp", "PGSERVICE": "prod", "PATH": "/bin", "PGOPTIONS": "-c x=1"}
     assert libpq_variables(env) == ["PGHOST", "PGOPTIONS", "PGSERVICE"]
     assert os.environ is not env
+
+
+def test_the_edge_leaves_pgpassword_for_the_task_to_take(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the release gate's docs keep --db-url's password in PGPASSWORD, out of the shell's history
+    monkeypatch.setenv("PGHOST", "/tmp")
+    monkeypatch.setenv("PGPASSWORD", "pw-0perator")
+
+    @edge
+    def task() -> tuple[str | None, str | None, str | None]:
+        return os.environ.get("PGHOST"), take_password(), os.environ.get("PGPASSWORD")
+
+    # taken once: no tool the task runs afterwards inherits it
+    assert task() == (None, "pw-0perator", None)
+
+
+def test_the_gate_target_takes_the_password_given_apart() -> None:
+    url = "postgresql://reader@127.0.0.1:5432/shop"
+    target = target_url(url, "pw-0perator")
+    assert target is not None and "pw-0perator" not in str(target)
+    assert conninfo_to_dict(target.reveal())["password"] == "pw-0perator"
+    assert conninfo_to_dict(target.reveal())["user"] == "reader"
+    own = "postgresql://reader:pw-in-url@127.0.0.1:5432/shop"
+    assert target_url(own, "pw-0perator").reveal() == own  # type: ignore[union-attr]
+    assert target_url(url, None).reveal() == url  # type: ignore[union-attr]
+    assert target_url(None, "pw-0perator") is None
 
 
 # -- identity from the servers: the service's sessions name environment and release -----------------
