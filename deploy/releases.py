@@ -642,7 +642,10 @@ def _launch_master(
     )
     try:
         host.run(argv, env={"PATH": "/usr/local/bin:/usr/bin:/bin"}, timeout=30)
-        pid = _await_workers(host, env, layout, release, workers=workers, timeout_s=timeout_s)
+        pid = _await_workers(
+            host, env, layout, release, workers=workers, timeout_s=timeout_s,
+            ready_path=service.ready_path,
+        )  # fmt: skip
     finally:
         host.remove_tree(ready)
     return pid
@@ -657,8 +660,26 @@ def _marks(host: Host, ready: str) -> tuple[int, str | None]:
     return sum(1 for n in names if n.startswith("ok-")), None
 
 
+def not_ready_hint(failure: str, ready_path: str) -> str:
+    """What to check when a worker's probe of the ready path failed: a path the service does not
+    route (404, 405) is stageflow.toml's to fix, anything else the release's."""
+    if failure.split(" ", 1)[0] in ("404", "405"):
+        return (
+            f"the service has no GET {ready_path}: set [service] health (and ready) in "
+            "stageflow.toml to a path that answers 2xx; the previous release still serves"
+        )
+    return "check its migrations, settings and servers; the previous release still serves"
+
+
 def _await_workers(
-    host: Host, env: EnvConfig, layout: Layout, release: Release, *, workers: int, timeout_s: float
+    host: Host,
+    env: EnvConfig,
+    layout: Layout,
+    release: Release,
+    *,
+    workers: int,
+    timeout_s: float,
+    ready_path: str,
 ) -> int:
     pidfile = master_pidfile(layout, release.id)
     ready = ready_dir(layout, release.id)
@@ -672,8 +693,7 @@ def _await_workers(
             _halt(host, pidfile, pid)
             raise ServiceError(
                 f"release {release.id} is not ready: {scrub(failure, env.secret_values())}",
-                hint="check its migrations, settings and servers; the previous release still "
-                "serves",
+                hint=not_ready_hint(failure, ready_path),
             )
         if answered >= workers and _alive(host, pid):
             record_started(host, layout, release.id, pid)  # type: ignore[arg-type]

@@ -59,9 +59,9 @@ def service_table(d: Detection) -> str:
     ]
     if d.worker_class != "sync":
         lines.append(f"worker_class = {_toml(d.worker_class)}")
-    lines += [
-        'health = "/"                           # a path that answers 2xx when the service is up'
-    ]
+    lines.append(f"health = {_toml(d.health)}  # a path that answers 2xx when the service is up")
+    if d.ready:
+        lines.append(f"ready = {_toml(d.ready)}  # answers 2xx when a new release may take traffic")
     return "\n".join([*lines, "", *_migrations_table(d.migrations)])
 
 
@@ -102,7 +102,7 @@ def secrets_example(env: str) -> str:
 
 def files(d: Detection, ports: Ports) -> dict[str, str]:
     """Every file init writes, by path relative to the repository's root, in the order written."""
-    values = {"name": d.name, "db": database_name(d), "health": "/"}
+    values = {"name": d.name, "db": database_name(d), "health": d.health}
     out = {
         "stageflow.toml": stageflow_toml(d),
         "tasks.py": template("tasks.py.tmpl", {}),

@@ -109,6 +109,73 @@ def test_fastapi_runs_under_uvicorns_worker(tmp_path: Path) -> None:
     assert (d.framework, d.wsgi, d.worker_class) == ("FastAPI", "main:api", ASGI_WORKER)
 
 
+FASTAPI_MAIN = """from fastapi import FastAPI
+
+from app.routers import items
+
+app = FastAPI(title="Items", lifespan=lifespan)
+app.include_router(items.router)
+
+
+@app.get("/")
+def index():
+    return {"docs": "/docs"}
+
+
+@app.get("/healthz")
+def healthz():
+    return {"status": "ok"}
+
+
+@app.get( '/readyz' )
+def readyz():
+    return {"status": "ok"}
+"""
+
+
+def test_the_apps_own_health_route_becomes_health(tmp_path: Path) -> None:
+    write(
+        tmp_path, {"app/main.py": FASTAPI_MAIN, "app/__init__.py": "", "app/routers/items.py": ""}
+    )
+    d = detect(tmp_path)
+    assert (d.wsgi, d.health, d.ready) == ("app.main:app", "/healthz", "/readyz")
+    service = load_service(tmp_path / "stageflow.toml", tomllib.loads(render.stageflow_toml(d)))
+    assert (service.health, service.ready_path) == ("/healthz", "/readyz")
+    ports = {"APP_PORT": 1, "POSTGRES_PORT": 2, "REDIS_PORT": 3}
+    compose = render.files(d, {e: ports for e in ("dev", "staging", "prod")})
+    assert "8000${STAGEFLOW_HEALTH_PATH:-/healthz}" in compose["compose/compose.yml"]
+    assert not any("health" in note for note in d.notes)
+
+
+def test_health_routes_of_each_framework(tmp_path: Path) -> None:
+    flask = FACTORY.replace("    return app", '    @app.route("/health")\n    def h():\n'
+                            '        return "ok"\n\n    return app')  # fmt: skip
+    starlette = (
+        "from starlette.applications import Starlette\n"
+        "app = Starlette(routes=[Route('/', home), Route('/ping', ping)])\n"
+    )
+    urls = 'urlpatterns = [path("admin/", admin.site.urls), path("healthz/", views.health)]\n'
+    cases = {
+        "flask": ({"shop/__init__.py": flask}, "/health"),
+        "starlette": ({"main.py": starlette}, "/ping"),
+        "django": (
+            {"manage.py": MANAGE, "mysite/wsgi.py": "", "mysite/urls.py": urls},
+            "/healthz/",
+        ),
+    }
+    for name, (files, health) in cases.items():
+        assert detect(write(tmp_path / name, files)).health == health, name
+
+
+def test_without_a_health_route_health_is_the_root_and_init_says_so(tmp_path: Path) -> None:
+    # a router's route is not taken: its prefix (APIRouter(prefix=...)) is not known here
+    routed = FASTAPI_MAIN.replace("@app.get(", "@router.get(")
+    d = detect(write(tmp_path, {"main.py": routed}))
+    assert (d.health, d.ready) == ("/", "")
+    assert any("no health route found" in note for note in d.notes)
+    assert 'health = "/"' in render.service_table(d) and "ready =" not in render.service_table(d)
+
+
 MANAGE = (
     "import os, sys\n"
     "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'mysite.settings')\n"

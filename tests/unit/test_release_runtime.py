@@ -289,3 +289,12 @@ def test_the_asgi_middleware_names_the_release_and_counts(tmp_path: Path) -> Non
     asyncio.run(app(scope, receive, send))
     assert (b"x-stageflow-release", b"R2") in sent[0]["headers"]
     assert counters.status == {"200": 1}
+
+
+def test_a_ready_path_the_service_does_not_route_names_the_setting() -> None:
+    # a FastAPI app has no "/": the probe's 404 is stageflow.toml's to fix, not the release's
+    hint = releases.not_ready_hint('404 {"detail":"Not Found"}', "/")
+    assert "no GET /" in hint and "[service] health" in hint
+    assert "set [service]" in releases.not_ready_hint("405 Method Not Allowed", "/readyz")
+    other = releases.not_ready_hint('503 {"ready": false}', "/readyz")
+    assert "[service]" not in other and "migrations" in other
