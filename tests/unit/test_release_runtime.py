@@ -4,6 +4,7 @@ called in-process the way a worker calls them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -211,6 +212,85 @@ def test_the_asgi_probe_runs_lifespan_around_one_request() -> None:
     assert hooks.probe(no_lifespan_app, "/ready") == (True, "204 ")
     ok, detail = hooks.probe(LifespanApp(fail_startup=True), "/ready")
     assert not ok and "no redis" in detail
+
+
+class LoopBoundApp(LifespanApp):
+    """Holds a client made on first use and bound to that event loop, as an async engine's pooled
+    asyncpg connection is: used from another loop it fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bound: asyncio.AbstractEventLoop | None = None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            self.bound = self.bound or asyncio.get_running_loop()
+            if self.bound is not asyncio.get_running_loop():
+                await send({"type": "http.response.start", "status": 500, "headers": []})
+                await send({"type": "http.response.body", "body": b"attached to a different loop"})
+                return
+        await super().__call__(scope, receive, send)
+
+
+async def serve(app, *paths: str) -> tuple[list[dict], list[int]]:
+    """What uvicorn does with app: the lifespan startup, then requests on the same loop, then the
+    shutdown; (the lifespan messages the server got, each request's status)."""
+    inbox: asyncio.Queue = asyncio.Queue()
+    got: list[dict] = []
+    await inbox.put({"type": "lifespan.startup"})
+    lifespan = asyncio.ensure_future(
+        app({"type": "lifespan", "state": {}}, inbox.get, lambda m: asyncio.sleep(0, got.append(m)))
+    )
+    while not got:
+        await asyncio.sleep(0)
+    statuses = []
+    if got[0]["type"] != "lifespan.startup.complete":
+        lifespan.cancel()  # uvicorn's worker exits: no shutdown is sent
+        return got, statuses
+    for path in paths:
+        statuses.append((await hooks._asgi_get(app, path, {}))[0])
+    await inbox.put({"type": "lifespan.shutdown"})
+    await asyncio.wait_for(lifespan, 5)
+    return got, statuses
+
+
+def test_an_asgi_app_is_asked_ready_on_the_loop_that_serves_it() -> None:
+    app, reports = LoopBoundApp(), []
+    ready = hooks.ReadyAtStartup(app, "/ready", lambda ok, detail: reports.append((ok, detail)))
+    got, statuses = asyncio.run(serve(ready, "/ready", "/x"))
+    assert [m["type"] for m in got] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert reports == [(True, "200 /ready yes")] and statuses == [200, 200]
+    # a probe on a loop of its own (as before) leaves the app bound to a loop that is gone
+    bound = LoopBoundApp()
+    assert hooks.probe(bound, "/ready")[0]
+    assert asyncio.run(serve(bound, "/x"))[1] == [500]
+
+
+def test_an_asgi_release_not_ready_fails_its_lifespan_startup() -> None:
+    class Unready(LifespanApp):
+        async def __call__(self, scope, receive, send):
+            if scope["type"] != "http":
+                return await super().__call__(scope, receive, send)
+            await send({"type": "http.response.start", "status": 503, "headers": []})
+            await send({"type": "http.response.body", "body": b"no database"})
+
+    for app, detail in (
+        (LifespanApp(fail_startup=True), "lifespan startup failed: no redis"),
+        (Unready(), "503 no database"),
+    ):
+        reports: list = []
+        ready = hooks.ReadyAtStartup(app, "/ready", lambda ok, d, r=reports: r.append((ok, d)))
+        got, _ = asyncio.run(serve(ready))
+        # uvicorn's worker exits with the boot error that halts the master
+        assert got[0]["type"] == "lifespan.startup.failed" and reports == [(False, detail)]
+
+
+def test_an_asgi_app_without_lifespan_is_answered_for() -> None:
+    reports: list = []
+    ready = hooks.ReadyAtStartup(no_lifespan_app, "/ready", lambda ok, d: reports.append((ok, d)))
+    got, statuses = asyncio.run(serve(ready, "/ready"))
+    assert [m["type"] for m in got] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert reports == [(True, "204 ")] and statuses == [204]
 
 
 # -- the hooks: header and counters -------------------------------------------------------------
