@@ -230,9 +230,14 @@ def test_the_written_stageflow_toml_holds_a_valid_service(tmp_path: Path) -> Non
 
 def test_gitignore_lines_are_added_once(tmp_path: Path) -> None:
     first = render.gitignore_addition("node_modules")
-    assert first.startswith("\n#") and first.endswith(".stageflow/\nenv/*.secrets.env\n")
+    assert first.startswith("\n#")
+    assert first.endswith(".stageflow/\nenv/*.secrets.env\ndist/release-gate/\n")
     assert render.gitignore_addition("node_modules" + first) == ""
-    assert render.gitignore_addition(".stageflow/\n").endswith("\nenv/*.secrets.env\n")
+    assert render.gitignore_addition(".stageflow/\n").endswith(
+        "\nenv/*.secrets.env\ndist/release-gate/\n"
+    )
+    # the release gate's reports: a repository that ignores its dist/ already ignores them
+    assert render.gitignore_addition(".stageflow/\nenv/*.secrets.env\ndist/\n") == ""
 
 
 def test_ports_are_distinct_and_skip_what_is_taken() -> None:
