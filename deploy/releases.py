@@ -734,19 +734,32 @@ def stop_master(host: Host, pid: int, *, timeout_s: float = 25.0) -> None:
     _signal(host, pid, signal.SIGKILL)
 
 
-def retire_others(host: Host, layout: Layout, keep: str, *, wait: bool = False) -> list[str]:
-    """Drain every master but keep's. TERM stops their accepting at once and lets in-flight
-    requests finish; the deploy need not wait for the exit unless asked."""
-    retired = []
+# How long a switch waits for the masters it drains to exit before anything probes the new
+# release. A worker told to stop may still take connections off the shared socket until its
+# server notices (uvicorn's worker looks once per 0.1 s tick), and answer for the old release; one
+# still finishing a long request after this is left to finish on its own.
+DRAIN_WAIT_S = 5.0
+
+
+def retire_others(
+    host: Host, layout: Layout, keep: str, *, wait: bool = False, drain_s: float = DRAIN_WAIT_S
+) -> list[str]:
+    """Drain every master but keep's: TERM lets in-flight requests finish. wait: until each
+    exits (KILL after stop_master's timeout); else for at most drain_s, then on without them."""
+    retired, draining = [], []
     for rid, pid in running_masters(host, layout).items():
         if rid != keep:
             if wait:
                 stop_master(host, pid)
             else:
                 _signal(host, pid, signal.SIGTERM)
+                draining.append(pid)
             host.remove_tree(master_pidfile(layout, rid))
             host.remove_tree(started_file(layout, rid))
             retired.append(rid)
+    deadline = time.monotonic() + drain_s
+    while any(_alive(host, pid) for pid in draining) and time.monotonic() < deadline:
+        time.sleep(0.03)
     # the processes of every other release stop once keep's started (start() came first)
     stop_processes(host, layout, keep=keep)
     return retired

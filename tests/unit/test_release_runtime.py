@@ -378,3 +378,30 @@ def test_a_ready_path_the_service_does_not_route_names_the_setting() -> None:
     assert "set [service]" in releases.not_ready_hint("405 Method Not Allowed", "/readyz")
     other = releases.not_ready_hint('503 {"ready": false}', "/readyz")
     assert "[service]" not in other and "migrations" in other
+
+
+def test_a_switch_waits_for_the_drained_master_before_anything_probes(tmp_path: Path) -> None:
+    # a drained uvicorn worker takes connections off the shared socket until its next tick: a
+    # probe sent before the old master is gone may be answered by the old release
+    import subprocess
+
+    from deploy import procs
+
+    slow_exit = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(0.3), sys.exit(0)))\n"
+        "print('up', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    old = subprocess.Popen([sys.executable, "-c", slow_exit], stdout=subprocess.PIPE, text=True)
+    try:
+        assert old.stdout is not None and old.stdout.readline() == "up\n"
+        host, layout = Host(), Layout(str(tmp_path))
+        os.makedirs(layout.run)
+        host.write_text(releases.master_pidfile(layout, "R1"), f"{old.pid}\n")
+        releases.record_started(host, layout, "R1", old.pid)
+        assert releases.retire_others(host, layout, keep="R2") == ["R1"]
+        assert not procs.alive(old.pid)
+    finally:
+        old.kill()
+        old.wait()
