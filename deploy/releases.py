@@ -697,7 +697,10 @@ def _launch_master(
     )
     try:
         host.run(argv, env={"PATH": "/usr/local/bin:/usr/bin:/bin"}, timeout=30)
-        pid = _await_workers(host, env, layout, release, workers=workers, timeout_s=timeout_s)
+        pid = _await_workers(
+            host, env, layout, release, workers=workers, timeout_s=timeout_s,
+            ready_path=service.ready_path,
+        )  # fmt: skip
     finally:
         host.remove_tree(ready)
     return pid
@@ -712,8 +715,26 @@ def _marks(host: Host, ready: str) -> tuple[int, str | None]:
     return sum(1 for n in names if n.startswith("ok-")), None
 
 
+def not_ready_hint(failure: str, ready_path: str) -> str:
+    """What to check when a worker's probe of the ready path failed: a path the service does not
+    route (404, 405) is stageflow.toml's to fix, anything else the release's."""
+    if failure.split(" ", 1)[0] in ("404", "405"):
+        return (
+            f"the service has no GET {ready_path}: set [service] health (and ready) in "
+            "stageflow.toml to a path that answers 2xx; the previous release still serves"
+        )
+    return "check its migrations, settings and servers; the previous release still serves"
+
+
 def _await_workers(
-    host: Host, env: EnvConfig, layout: Layout, release: Release, *, workers: int, timeout_s: float
+    host: Host,
+    env: EnvConfig,
+    layout: Layout,
+    release: Release,
+    *,
+    workers: int,
+    timeout_s: float,
+    ready_path: str,
 ) -> int:
     pidfile = master_pidfile(layout, release.id)
     ready = ready_dir(layout, release.id)
@@ -727,8 +748,7 @@ def _await_workers(
             _halt(host, pidfile, pid)
             raise ServiceError(
                 f"release {release.id} is not ready: {scrub(failure, env.secret_values())}",
-                hint="check its migrations, settings and servers; the previous release still "
-                "serves",
+                hint=not_ready_hint(failure, ready_path),
             )
         if answered >= workers and _alive(host, pid):
             record_started(host, layout, release.id, pid)  # type: ignore[arg-type]
@@ -769,19 +789,32 @@ def stop_master(host: Host, pid: int, *, timeout_s: float = 25.0) -> None:
     _signal(host, pid, signal.SIGKILL)
 
 
-def retire_others(host: Host, layout: Layout, keep: str, *, wait: bool = False) -> list[str]:
-    """Drain every master but keep's. TERM stops their accepting at once and lets in-flight
-    requests finish; the deploy need not wait for the exit unless asked."""
-    retired = []
+# How long a switch waits for the masters it drains to exit before anything probes the new
+# release. A worker told to stop may still take connections off the shared socket until its
+# server notices (uvicorn's worker looks once per 0.1 s tick), and answer for the old release; one
+# still finishing a long request after this is left to finish on its own.
+DRAIN_WAIT_S = 5.0
+
+
+def retire_others(
+    host: Host, layout: Layout, keep: str, *, wait: bool = False, drain_s: float = DRAIN_WAIT_S
+) -> list[str]:
+    """Drain every master but keep's: TERM lets in-flight requests finish. wait: until each
+    exits (KILL after stop_master's timeout); else for at most drain_s, then on without them."""
+    retired, draining = [], []
     for rid, pid in running_masters(host, layout).items():
         if rid != keep:
             if wait:
                 stop_master(host, pid)
             else:
                 _signal(host, pid, signal.SIGTERM)
+                draining.append(pid)
             host.remove_tree(master_pidfile(layout, rid))
             host.remove_tree(started_file(layout, rid))
             retired.append(rid)
+    deadline = time.monotonic() + drain_s
+    while any(_alive(host, pid) for pid in draining) and time.monotonic() < deadline:
+        time.sleep(0.03)
     # the processes of every other release stop once keep's started (start() came first)
     stop_processes(host, layout, keep=keep)
     return retired

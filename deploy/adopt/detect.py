@@ -40,19 +40,6 @@ _ASGI_APP = re.compile(
 )
 _FLASK_MIGRATE = re.compile(r"^\s*(?:from flask_migrate import|import flask_migrate\b)", re.M)
 _DJANGO_SETTINGS = re.compile(r"DJANGO_SETTINGS_MODULE['\"]\s*,\s*['\"]([\w.]+)['\"]")
-# Route paths that say "I am up", best first; a view answering one is what health should probe.
-_HEALTH_PATHS = (
-    "/healthz",
-    "/health",
-    "/livez",
-    "/_health",
-    "/healthcheck",
-    "/health-check",
-    "/ping",
-    "/up",
-)
-_ROUTE = re.compile(r"""\.(?:route|get|api_route)\(\s*['"](/[\w./-]*)['"]""")
-_DJANGO_PATH = re.compile(r"""\b(?:re_)?path\(\s*r?['"]\^?([\w./-]*?)\$?['"]""")
 # The settings an app reads from its environment: os.environ["X"], os.environ.get("X"), getenv("X").
 _ENV_READ = re.compile(
     r"""\b(?:environ\s*\[|environ\.get\(|getenv\(|environ\.setdefault\()\s*['"]([A-Z][A-Z0-9_]*)['"]"""
@@ -100,6 +87,16 @@ DJANGO_COLLECTSTATIC = ("python", "manage.py", "collectstatic", "--noinput")
 PYTEST = ("python", "-m", "pytest", "-q")
 # pytest-django configured: the project's tests run under pytest, not Django's own runner
 _PYTEST_DJANGO = re.compile(r"pytest[-_]django|^\s*DJANGO_SETTINGS_MODULE\s*=", re.M | re.I)
+# A health route the app object itself declares (`@app.get("/healthz")`, `@app.route(...)`,
+# Starlette's `Route("/healthz", ...)`, Django's `path("healthz/", ...)` in the root URLconf): a
+# router's or blueprint's prefix is not known here, so their routes are not guessed at.
+_LIVE_NAMES = ("healthz", "health", "livez", "healthcheck", "health-check", "ping")
+_READY_NAMES = ("readyz", "ready", "readiness")
+_ROUTE_PATH = r"[\"'](/[\w./-]*)[\"']"
+_STARLETTE_ROUTE = re.compile(r"\bRoute\(\s*" + _ROUTE_PATH)
+# a route on any object (a blueprint, a router): taken only when the app object declares none
+_ANY_ROUTE = re.compile(r"(?:\.(?:get|route|api_route|head)|\bRoute)\(\s*" + _ROUTE_PATH)
+_DJANGO_PATH = re.compile(r"\b(?:re_)?path\(\s*r?[\"']\^?([\w./-]*?)\$?[\"']")
 _PREFERRED_FILES = ("app.py", "wsgi.py", "main.py", "__init__.py", "asgi.py", "server.py")
 
 DJANGO_MIGRATIONS = Migrations(
@@ -149,6 +146,7 @@ class Detection:
     migration_tool: str  # what the migrations are: Django, Flask-Migrate, alembic or none
     build: tuple[tuple[str, ...], ...] = ()  # [service] build: commands each release runs once
     test_command: tuple[str, ...] = PYTEST  # [gates.test] command, run at the repository's root
+    ready: str = ""  # its readiness route, when it declares one apart
     notes: tuple[str, ...] = field(default_factory=tuple)  # what the operator should check
     health: str = "/"
     env_keys: tuple[str, ...] = ()  # settings the code reads from its environment
@@ -212,9 +210,9 @@ def _rank(base: Path, path: Path) -> tuple[int, int, str]:
     return depth, preferred, str(path)
 
 
-def _find_app(base: Path) -> tuple[str, str, str] | None:
-    """(framework, app spec, worker class) of the best candidate module under base."""
-    found: list[tuple[tuple[int, int, str], tuple[str, str, str]]] = []
+def _find_app(base: Path) -> tuple[str, str, str, Path] | None:
+    """(framework, app spec, worker class, module file) of the best candidate under base."""
+    found: list[tuple[tuple[int, int, str], tuple[str, str, str, Path]]] = []
     for path in python_files(base):
         text = _read(path)
         module = module_name(base, path)
@@ -222,16 +220,65 @@ def _find_app(base: Path) -> tuple[str, str, str] | None:
             continue
         m = _ASGI_APP.search(text)
         if m:
-            found.append((_rank(base, path), (m[2], f"{module}:{m[1]}", ASGI_WORKER)))
+            found.append((_rank(base, path), (m[2], f"{module}:{m[1]}", ASGI_WORKER, path)))
             continue
         if not _FLASK_IMPORT.search(text):
             continue
         m = _FLASK_APP.search(text)
         if m:
-            found.append((_rank(base, path), ("Flask", f"{module}:{m[1]}", "sync")))
+            found.append((_rank(base, path), ("Flask", f"{module}:{m[1]}", "sync", path)))
         elif _FLASK_FACTORY.search(text):
-            found.append((_rank(base, path), ("Flask", f"{module}:create_app()", "sync")))
+            found.append((_rank(base, path), ("Flask", f"{module}:create_app()", "sync", path)))
     return min(found)[1] if found else None
+
+
+def route_paths(text: str, app: str) -> list[str]:
+    """The URL paths a module routes on its app object `app`, or in Starlette's Route()s."""
+    on_app = re.compile(
+        rf"^\s*@{re.escape(app)}\.(?:get|route|api_route|head)\(\s*" + _ROUTE_PATH, re.M
+    )
+    return [m[1] for m in on_app.finditer(text)] + [m[1] for m in _STARLETTE_ROUTE.finditer(text)]
+
+
+def health_paths(paths: list[str]) -> tuple[str, str]:
+    """(health, ready) among an app's routes: a liveness path (/healthz, /health, ...) and a
+    readiness one (/readyz, ...); ("/", "") when it has neither, ready "" when it equals health."""
+
+    def first(names: tuple[str, ...]) -> str:
+        named = {p.strip("/").lower(): p for p in paths if "/" not in p.strip("/")}
+        return next((named[n] for n in names if n in named), "")
+
+    live, ready = first(_LIVE_NAMES), first(_READY_NAMES)
+    if not live:
+        return ready or "/", ""
+    return live, ready
+
+
+def _app_health(framework: str, wsgi: str, module: Path | None, base: Path) -> tuple[str, str]:
+    if framework == "Django":
+        project = wsgi.split(".")[0]
+        urls = _read(base / project / "urls.py")
+        return health_paths(["/" + m[1] for m in _DJANGO_PATH.finditer(urls)])
+    found = ("/", "")
+    if module is not None:
+        obj = wsgi.partition(":")[2]
+        app = "app" if obj.endswith("()") else obj  # a factory's routes sit on its local `app`
+        found = health_paths(route_paths(_read(module), app))
+    if found[0] != "/":
+        return found
+    # none on the app object: a blueprint's or router's route, whose prefix is not known here
+    return health_paths(_all_routes(base))
+
+
+def _all_routes(base: Path) -> list[str]:
+    return [m[1] for path in python_files(base) for m in _ANY_ROUTE.finditer(_read(path))]
+
+
+def _on_app(module: Path | None, wsgi: str, path: str) -> bool:
+    if module is None:
+        return False
+    obj = wsgi.partition(":")[2]
+    return path in route_paths(_read(module), "app" if obj.endswith("()") else obj)
 
 
 def _manage_py(root: Path) -> Path | None:
@@ -313,22 +360,6 @@ def _migrations(base: Path, framework: str, wsgi: str) -> tuple[Migrations, str]
     return Migrations(kind="none"), "none"
 
 
-def _health(base: Path, framework: str) -> tuple[str, tuple[str, ...]]:
-    """The service's own health view when its code routes one, else "/" when it routes that."""
-    routes: set[str] = set()
-    for path in python_files(base):
-        text = _read(path)
-        routes.update(m.rstrip("/") or "/" for m in _ROUTE.findall(text))
-        if framework == "Django" and path.name == "urls.py":
-            routes.update("/" + m.strip("/") for m in _DJANGO_PATH.findall(text))
-    for candidate in _HEALTH_PATHS:
-        if candidate in routes:
-            # Django's convention is the trailing slash (APPEND_SLASH redirects without it)
-            return (candidate + "/" if framework == "Django" else candidate), ()
-    note = "no health view found: add one answering 2xx and set [service] health to its path"
-    return "/", (() if "/" in routes else (note,))
-
-
 Settings = tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[str, str], ...]]
 
 
@@ -373,8 +404,9 @@ def _relative_dir(root: Path, value: str) -> str:
     return str(path) if str(path) != "" else "."
 
 
-def _entry_point(root: Path, given: Overrides) -> tuple[str, str, str, str]:
-    """(framework, dir, app spec, worker class): the given values first, then what the files say."""
+def _entry_point(root: Path, given: Overrides) -> tuple[str, str, str, str, Path | None]:
+    """(framework, dir, app spec, worker class, the app's module file when found): the given
+    values first, then what the files say."""
     manage = _manage_py(root) if given.dir is None else _manage_py(root / given.dir)
     if given.dir is not None:
         folder = _relative_dir(root, given.dir)
@@ -384,28 +416,40 @@ def _entry_point(root: Path, given: Overrides) -> tuple[str, str, str, str]:
         folder = "."
     base = root / folder
     if manage is not None:
-        found: tuple[str, str, str] | None = ("Django", _django_wsgi(base, manage), "sync")
+        found: tuple[str, str, str, Path] | None = (
+            "Django",
+            _django_wsgi(base, manage),
+            "sync",
+            manage,
+        )
     else:
         found = _find_app(base)
     if given.wsgi:
-        worker = given.worker_class or (found[2] if found and found[1] == given.wsgi else "sync")
-        return "given", folder, given.wsgi, worker
+        same = found is not None and found[1] == given.wsgi
+        worker = given.worker_class or (found[2] if found and same else "sync")
+        return "given", folder, given.wsgi, worker, found[3] if found and same else None
     if found is None:
         raise UsageError(
             "found no Flask, Django, FastAPI or Starlette app in this repository",
             hint="name it: stageflow init --wsgi package.module:app",
         )
-    return found[0], folder, found[1], given.worker_class or found[2]
+    return found[0], folder, found[1], given.worker_class or found[2], found[3]
 
 
 def detect(root: Path, given: Overrides | None = None) -> Detection:
     """What to write into [service] for the repository at root."""
     given = given or Overrides()
-    framework, folder, wsgi, worker = _entry_point(root, given)
+    framework, folder, wsgi, worker, module = _entry_point(root, given)
     base = root / folder
     requirements, notes = _requirements(base)
     migrations, tool = _migrations(base, framework, wsgi)
-    health, health_notes = _health(base, framework)
+    health, ready = _app_health(framework, wsgi, module, base)
+    if health == "/" and (framework == "Django" or "/" not in _all_routes(base)):
+        notes += ("no health route found: `/` must answer 2xx, or set [service] health",)
+    elif framework != "Django" and not _on_app(module, wsgi, health):
+        notes += (
+            f"health {health} is a blueprint's or router's route: add its prefix if it has one",
+        )
     keys, secrets, aliases = _settings_read(base)
     if secrets:
         notes += (
@@ -426,8 +470,9 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
         migration_tool=tool,
         build=_build(base, framework),
         test_command=_test_command(root, folder, framework),
-        notes=notes + health_notes,
+        notes=notes,
         health=health,
+        ready=ready,
         env_keys=keys,
         secret_keys=secrets,
         env_from=aliases,

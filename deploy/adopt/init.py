@@ -113,7 +113,7 @@ def summary(p: Plan) -> list[tuple[str, str]]:
         ("wsgi", d.wsgi),
         ("worker_class", d.worker_class),
         ("requirements", d.requirements),
-        ("health", d.health),
+        ("health", d.health + (f" (ready {d.ready})" if d.ready else "")),
         ("migrations", d.migration_tool if m.kind != "none" else "none found"),
     ]
     if m.kind != "none":

@@ -13,7 +13,9 @@ from deploy.gates.budgets import budgets_hash
 from deploy.service import Migrations
 
 PORT_KEYS = ("APP_PORT", "POSTGRES_PORT", "REDIS_PORT")
-GITIGNORE_LINES = (".stageflow/", "env/*.secrets.env")
+# the release gate writes its reports and caches under dist/release-gate/ of the repository
+GITIGNORE_LINES = (".stageflow/", "env/*.secrets.env", "dist/release-gate/")
+_COVERED_BY = {"dist/release-gate/": ("dist", "dist/", "/dist", "/dist/")}
 Ports = dict[str, dict[str, int]]  # environment -> APP_PORT/POSTGRES_PORT/REDIS_PORT -> port
 
 
@@ -62,6 +64,8 @@ def service_table(d: Detection) -> str:
     lines.append(
         f"health = {_toml(d.health)}".ljust(39) + "# a path that answers 2xx when the service is up"
     )
+    if d.ready:
+        lines.append(f"ready = {_toml(d.ready)}  # answers 2xx when a new release may take traffic")
     if d.build:
         commands = ", ".join(_toml(c) for c in d.build)
         lines.append(f"build = [{commands}]  # run in each new release before it migrates")
@@ -147,10 +151,17 @@ def files(d: Detection, ports: Ports) -> dict[str, str]:
 def gitignore_addition(current: str) -> str:
     """The lines .gitignore still lacks, as text to append (empty when it has them all)."""
     have = {line.strip() for line in current.splitlines()}
-    missing = [line for line in GITIGNORE_LINES if line not in have]
+    missing = [
+        line
+        for line in GITIGNORE_LINES
+        if line not in have and not have.intersection(_COVERED_BY.get(line, ()))
+    ]
     if not missing:
         return ""
     lead = "" if not current or current.endswith("\n") else "\n"
     return (
-        lead + "# stageflow: local state and secrets never enter git\n" + "\n".join(missing) + "\n"
+        lead
+        + "# stageflow: local state, secrets and gate reports never enter git\n"
+        + "\n".join(missing)
+        + "\n"
     )

@@ -12,6 +12,7 @@ from deploy.errors import ConfigError
 from deploy.gates import GateContext, Outcome, first_lines, python_first, run_command
 
 _FOOTER = re.compile(r"^(Found \d+|\[\*\] |No fixes|\d+ files? (would be|already))")
+_FOUND = re.compile(r"^Found (\d+) errors?\b")
 RUFF = (
     ("ruff", "check", "--output-format=concise", "--no-cache", "."),
     ("ruff", "format", "--check", "--output-format=concise", "--no-cache", "."),
@@ -30,6 +31,15 @@ def _commands(ctx: GateContext) -> list[list[str]] | None:
             hint=_HINT,
         )
     return [python_first(ctx, c) for c in value] or None
+
+
+def findings(lines: list[str]) -> int:
+    """How many findings a failed check reported: its own count where it prints one (ruff's
+    "Found 3 errors."; its default output spends several lines on each), else its lines."""
+    counted = [int(m[1]) for ln in lines if (m := _FOUND.match(ln.strip()))]
+    if counted:
+        return sum(counted)
+    return sum(1 for ln in lines if ln.strip() and not _FOOTER.match(ln))
 
 
 def _name(argv: list[str]) -> str:
@@ -72,7 +82,7 @@ def run(ctx: GateContext) -> Outcome:
             # ruff's own footers ("Found 3 errors.") say less than the offending lines themselves.
             lines = [ln for ln in done.lines() if not _FOOTER.match(ln)]
             problems[_name(argv)] = first_lines(lines, 10)
-            counts[_name(argv)] = len(lines)
+            counts[_name(argv)] = findings(done.lines())
     names = " and ".join(_name(c) for c in commands)
     if not problems:
         return Outcome("passed", f"{names} {'are' if len(commands) > 1 else 'is'} clean")

@@ -1,6 +1,6 @@
 """gunicorn hooks for a release of any service (stdlib only; shipped into each release's .stageflow
-folder). Each worker, once it loaded the app, asks it its ready path in-process and marks the
-outcome; then it serves through a middleware that names the release on every response and counts
+folder). Each worker, once it loaded the app, asks it its ready path in-process (an ASGI app on
+its serving event loop, at lifespan startup) and marks the outcome; then it serves through a middleware that names the release on every response and counts
 statuses and latencies into a per-worker file the deploy's verify window reads."""
 
 from __future__ import annotations
@@ -342,6 +342,69 @@ def probe(app: Any, path: str) -> tuple[bool, str]:
     return 200 <= status < 300, detail
 
 
+class ReadyAtStartup:
+    """An ASGI app asked its ready path once on the serving event loop, between its own lifespan
+    startup and the server's first request. A probe on an event loop of its own would leave what
+    the app binds to its loop (an async engine's pooled asyncpg connections) on a loop that is
+    gone, and every request after it would fail. A release that is not ready fails the lifespan
+    startup: uvicorn's worker then exits with the boot error that halts the master. An app without
+    lifespan support (it raises or returns on the lifespan scope) is answered for, as uvicorn
+    would serve it without one."""
+
+    def __init__(self, app: Callable[..., Any], path: str, report: Callable[[bool, str], None]):
+        self.app, self.path, self.report = app, path, report
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        state = scope.get("state")
+        heard: list[str] = []
+        replied = [False]
+
+        async def listen() -> dict[str, Any]:
+            message = await receive()
+            heard.append(message.get("type", ""))
+            return message
+
+        async def reply(message: dict[str, Any]) -> None:
+            replied[0] = True
+            if message.get("type") == "lifespan.startup.complete":
+                message = await self.verdict(state)
+            elif message.get("type") == "lifespan.startup.failed":
+                self.report(False, f"lifespan startup failed: {message.get('message', '')}"[:200])
+            await send(message)
+
+        try:
+            await self.app(scope, listen, reply)
+        except Exception:
+            if replied[0]:
+                raise
+        if replied[0]:
+            return
+        if "lifespan.startup" not in heard:
+            await receive()
+        answer = await self.verdict(state)
+        await send(answer)
+        if answer["type"] == "lifespan.startup.complete":
+            await receive()  # the shutdown
+            await send({"type": "lifespan.shutdown.complete"})
+
+    async def verdict(self, state: dict[str, Any] | None) -> dict[str, Any]:
+        """The ready path's answer, reported, as the lifespan message the server gets."""
+        try:
+            status, body = await asyncio.wait_for(
+                _asgi_get(self.app, self.path, state or {}), PROBE_TIMEOUT_S
+            )
+            ok, detail = 200 <= status < 300, f"{status} {body.decode('utf-8', 'replace')[:200]}"
+        except Exception as exc:
+            ok, detail = False, f"{type(exc).__name__}: {exc}"[:200]
+        self.report(ok, detail)
+        if ok:
+            return {"type": "lifespan.startup.complete"}
+        return {"type": "lifespan.startup.failed", "message": f"not ready: {detail}"}
+
+
 def _mark(kind: str, pid: int, text: str) -> None:
     path = os.path.join(_READY_DIR, f"{kind}-{pid}")
     with open(f"{path}.tmp", "w", encoding="utf-8") as fh:
@@ -352,20 +415,31 @@ def _mark(kind: str, pid: int, text: str) -> None:
 # -- gunicorn's hooks -----------------------------------------------------------------------------
 
 
-def post_worker_init(worker: Any) -> None:
-    app = worker.wsgi
-    # The deploy makes the ready dir before the master starts and removes it once every worker
-    # answered: a worker gunicorn replaces later (a crash, max_requests) is not probed, so a
-    # passing database blip cannot halt a release that already serves.
-    if _READY_DIR and os.path.isdir(_READY_DIR):
-        ok, detail = probe(app, _READY_PATH)
+def _reporter(worker: Any) -> Callable[[bool, str], None]:
+    def report(ok: bool, detail: str) -> None:
         try:
             _mark("ok" if ok else "fail", worker.pid, detail)
         except OSError:
             pass  # the deploy stopped waiting (and removed the dir): its verdict is made
         if not ok:
             worker.log.error("release %s is not ready: %s", _RELEASE, detail)
-            sys.exit(WORKER_BOOT_ERROR)
+
+    return report
+
+
+def post_worker_init(worker: Any) -> None:
+    app = worker.wsgi
+    # The deploy makes the ready dir before the master starts and removes it once every worker
+    # answered: a worker gunicorn replaces later (a crash, max_requests) is not probed, so a
+    # passing database blip cannot halt a release that already serves.
+    if _READY_DIR and os.path.isdir(_READY_DIR):
+        if is_asgi(app):
+            app = ReadyAtStartup(app, _READY_PATH, _reporter(worker))
+        else:
+            ok, detail = probe(app, _READY_PATH)
+            _reporter(worker)(ok, detail)
+            if not ok:
+                sys.exit(WORKER_BOOT_ERROR)
     if _METRICS_DIR:
         os.makedirs(_METRICS_DIR, exist_ok=True)
     counters = Counters(_RELEASE, _METRICS_DIR, worker.pid)

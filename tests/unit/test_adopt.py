@@ -174,7 +174,7 @@ def test_without_a_health_view_the_index_or_a_note(tmp_path: Path) -> None:
     assert d.health == "/" and not any("health view" in n for n in d.notes)
     write(tmp_path, {"app.py": FLASK_APP})
     d = detect(tmp_path)
-    assert d.health == "/" and any("no health view found" in n for n in d.notes)
+    assert d.health == "/" and any("no health route found" in n for n in d.notes)
 
 
 def test_a_django_health_path_keeps_its_slash(tmp_path: Path) -> None:
@@ -210,6 +210,78 @@ def test_fastapi_runs_under_uvicorns_worker(tmp_path: Path) -> None:
     write(tmp_path, {"main.py": "from fastapi import FastAPI\n\napi = FastAPI()\n"})
     d = detect(tmp_path)
     assert (d.framework, d.wsgi, d.worker_class) == ("FastAPI", "main:api", ASGI_WORKER)
+
+
+FASTAPI_MAIN = """from fastapi import FastAPI
+
+from app.routers import items
+
+app = FastAPI(title="Items", lifespan=lifespan)
+app.include_router(items.router)
+
+
+@app.get("/")
+def index():
+    return {"docs": "/docs"}
+
+
+@app.get("/healthz")
+def healthz():
+    return {"status": "ok"}
+
+
+@app.get( '/readyz' )
+def readyz():
+    return {"status": "ok"}
+"""
+
+
+def test_the_apps_own_health_route_becomes_health(tmp_path: Path) -> None:
+    write(
+        tmp_path, {"app/main.py": FASTAPI_MAIN, "app/__init__.py": "", "app/routers/items.py": ""}
+    )
+    d = detect(tmp_path)
+    assert (d.wsgi, d.health, d.ready) == ("app.main:app", "/healthz", "/readyz")
+    service = load_service(tmp_path / "stageflow.toml", tomllib.loads(render.stageflow_toml(d)))
+    assert (service.health, service.ready_path) == ("/healthz", "/readyz")
+    ports = {"APP_PORT": 1, "POSTGRES_PORT": 2, "REDIS_PORT": 3}
+    compose = render.files(d, {e: ports for e in ("dev", "staging", "prod")})
+    assert "8000${STAGEFLOW_HEALTH_PATH:-/healthz}" in compose["compose/compose.yml"]
+    assert not any("health" in note for note in d.notes)
+
+
+def test_health_routes_of_each_framework(tmp_path: Path) -> None:
+    flask = FACTORY.replace("    return app", '    @app.route("/health")\n    def h():\n'
+                            '        return "ok"\n\n    return app')  # fmt: skip
+    starlette = (
+        "from starlette.applications import Starlette\n"
+        "app = Starlette(routes=[Route('/', home), Route('/ping', ping)])\n"
+    )
+    urls = 'urlpatterns = [path("admin/", admin.site.urls), path("healthz/", views.health)]\n'
+    cases = {
+        "flask": ({"shop/__init__.py": flask}, "/health"),
+        "starlette": ({"main.py": starlette}, "/ping"),
+        "django": (
+            {"manage.py": MANAGE, "mysite/wsgi.py": "", "mysite/urls.py": urls},
+            "/healthz/",
+        ),
+    }
+    for name, (files, health) in cases.items():
+        assert detect(write(tmp_path / name, files)).health == health, name
+
+
+def test_a_routers_health_route_comes_with_a_note_and_none_means_the_root(tmp_path: Path) -> None:
+    # a router's route is taken only when the app declares none, with a note: its prefix
+    # (APIRouter(prefix=...)) is not known here
+    routed = FASTAPI_MAIN.replace("@app.get(", "@router.get(")
+    d = detect(write(tmp_path, {"main.py": routed}))
+    assert (d.health, d.ready) == ("/healthz", "/readyz")
+    assert any("router's route" in note for note in d.notes)
+    bare = FASTAPI_MAIN.split("@app.get(")[0]
+    d = detect(write(tmp_path / "bare", {"main.py": bare}))
+    assert (d.health, d.ready) == ("/", "")
+    assert any("no health route found" in note for note in d.notes)
+    assert 'health = "/"' in render.service_table(d) and "ready =" not in render.service_table(d)
 
 
 MANAGE = (
@@ -266,9 +338,14 @@ def test_the_written_stageflow_toml_holds_a_valid_service(tmp_path: Path) -> Non
 
 def test_gitignore_lines_are_added_once(tmp_path: Path) -> None:
     first = render.gitignore_addition("node_modules")
-    assert first.startswith("\n#") and first.endswith(".stageflow/\nenv/*.secrets.env\n")
+    assert first.startswith("\n#")
+    assert first.endswith(".stageflow/\nenv/*.secrets.env\ndist/release-gate/\n")
     assert render.gitignore_addition("node_modules" + first) == ""
-    assert render.gitignore_addition(".stageflow/\n").endswith("\nenv/*.secrets.env\n")
+    assert render.gitignore_addition(".stageflow/\n").endswith(
+        "\nenv/*.secrets.env\ndist/release-gate/\n"
+    )
+    # the release gate's reports: a repository that ignores its dist/ already ignores them
+    assert render.gitignore_addition(".stageflow/\nenv/*.secrets.env\ndist/\n") == ""
 
 
 def test_ports_are_distinct_and_skip_what_is_taken() -> None:

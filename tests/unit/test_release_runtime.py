@@ -4,6 +4,7 @@ called in-process the way a worker calls them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -213,6 +214,85 @@ def test_the_asgi_probe_runs_lifespan_around_one_request() -> None:
     assert not ok and "no redis" in detail
 
 
+class LoopBoundApp(LifespanApp):
+    """Holds a client made on first use and bound to that event loop, as an async engine's pooled
+    asyncpg connection is: used from another loop it fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bound: asyncio.AbstractEventLoop | None = None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            self.bound = self.bound or asyncio.get_running_loop()
+            if self.bound is not asyncio.get_running_loop():
+                await send({"type": "http.response.start", "status": 500, "headers": []})
+                await send({"type": "http.response.body", "body": b"attached to a different loop"})
+                return
+        await super().__call__(scope, receive, send)
+
+
+async def serve(app, *paths: str) -> tuple[list[dict], list[int]]:
+    """What uvicorn does with app: the lifespan startup, then requests on the same loop, then the
+    shutdown; (the lifespan messages the server got, each request's status)."""
+    inbox: asyncio.Queue = asyncio.Queue()
+    got: list[dict] = []
+    await inbox.put({"type": "lifespan.startup"})
+    lifespan = asyncio.ensure_future(
+        app({"type": "lifespan", "state": {}}, inbox.get, lambda m: asyncio.sleep(0, got.append(m)))
+    )
+    while not got:
+        await asyncio.sleep(0)
+    statuses = []
+    if got[0]["type"] != "lifespan.startup.complete":
+        lifespan.cancel()  # uvicorn's worker exits: no shutdown is sent
+        return got, statuses
+    for path in paths:
+        statuses.append((await hooks._asgi_get(app, path, {}))[0])
+    await inbox.put({"type": "lifespan.shutdown"})
+    await asyncio.wait_for(lifespan, 5)
+    return got, statuses
+
+
+def test_an_asgi_app_is_asked_ready_on_the_loop_that_serves_it() -> None:
+    app, reports = LoopBoundApp(), []
+    ready = hooks.ReadyAtStartup(app, "/ready", lambda ok, detail: reports.append((ok, detail)))
+    got, statuses = asyncio.run(serve(ready, "/ready", "/x"))
+    assert [m["type"] for m in got] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert reports == [(True, "200 /ready yes")] and statuses == [200, 200]
+    # a probe on a loop of its own (as before) leaves the app bound to a loop that is gone
+    bound = LoopBoundApp()
+    assert hooks.probe(bound, "/ready")[0]
+    assert asyncio.run(serve(bound, "/x"))[1] == [500]
+
+
+def test_an_asgi_release_not_ready_fails_its_lifespan_startup() -> None:
+    class Unready(LifespanApp):
+        async def __call__(self, scope, receive, send):
+            if scope["type"] != "http":
+                return await super().__call__(scope, receive, send)
+            await send({"type": "http.response.start", "status": 503, "headers": []})
+            await send({"type": "http.response.body", "body": b"no database"})
+
+    for app, detail in (
+        (LifespanApp(fail_startup=True), "lifespan startup failed: no redis"),
+        (Unready(), "503 no database"),
+    ):
+        reports: list = []
+        ready = hooks.ReadyAtStartup(app, "/ready", lambda ok, d, r=reports: r.append((ok, d)))
+        got, _ = asyncio.run(serve(ready))
+        # uvicorn's worker exits with the boot error that halts the master
+        assert got[0]["type"] == "lifespan.startup.failed" and reports == [(False, detail)]
+
+
+def test_an_asgi_app_without_lifespan_is_answered_for() -> None:
+    reports: list = []
+    ready = hooks.ReadyAtStartup(no_lifespan_app, "/ready", lambda ok, d: reports.append((ok, d)))
+    got, statuses = asyncio.run(serve(ready, "/ready"))
+    assert [m["type"] for m in got] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert reports == [(True, "204 ")] and statuses == [204]
+
+
 # -- the hooks: header and counters -------------------------------------------------------------
 
 
@@ -289,3 +369,39 @@ def test_the_asgi_middleware_names_the_release_and_counts(tmp_path: Path) -> Non
     asyncio.run(app(scope, receive, send))
     assert (b"x-stageflow-release", b"R2") in sent[0]["headers"]
     assert counters.status == {"200": 1}
+
+
+def test_a_ready_path_the_service_does_not_route_names_the_setting() -> None:
+    # a FastAPI app has no "/": the probe's 404 is stageflow.toml's to fix, not the release's
+    hint = releases.not_ready_hint('404 {"detail":"Not Found"}', "/")
+    assert "no GET /" in hint and "[service] health" in hint
+    assert "set [service]" in releases.not_ready_hint("405 Method Not Allowed", "/readyz")
+    other = releases.not_ready_hint('503 {"ready": false}', "/readyz")
+    assert "[service]" not in other and "migrations" in other
+
+
+def test_a_switch_waits_for_the_drained_master_before_anything_probes(tmp_path: Path) -> None:
+    # a drained uvicorn worker takes connections off the shared socket until its next tick: a
+    # probe sent before the old master is gone may be answered by the old release
+    import subprocess
+
+    from deploy import procs
+
+    slow_exit = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(0.3), sys.exit(0)))\n"
+        "print('up', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    old = subprocess.Popen([sys.executable, "-c", slow_exit], stdout=subprocess.PIPE, text=True)
+    try:
+        assert old.stdout is not None and old.stdout.readline() == "up\n"
+        host, layout = Host(), Layout(str(tmp_path))
+        os.makedirs(layout.run)
+        host.write_text(releases.master_pidfile(layout, "R1"), f"{old.pid}\n")
+        releases.record_started(host, layout, "R1", old.pid)
+        assert releases.retire_others(host, layout, keep="R2") == ["R1"]
+        assert not procs.alive(old.pid)
+    finally:
+        old.kill()
+        old.wait()

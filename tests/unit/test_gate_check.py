@@ -1,0 +1,34 @@
+"""The check gate's count of findings, from the output of the project's own check commands."""
+
+from __future__ import annotations
+
+from deploy.gates.check import findings
+
+# ruff check's default ("full") output: each finding takes a block of lines, then a footer
+FULL = """B008 Do not perform function call `Depends` in argument defaults
+  --> app/routers/items.py:13:30
+   |
+13 | def list_items(db: Session = Depends(get_db)):
+   |                              ^^^^^^^^^^^^^^^
+   |
+
+F401 [*] `os` imported but unused
+ --> app/main.py:1:8
+  |
+1 | import os
+  |        ^^
+  |
+
+Found 2 errors.
+[*] 1 fixable with the `--fix` option.
+""".splitlines()
+
+
+def test_a_check_that_counts_its_findings_is_believed() -> None:
+    assert findings(FULL) == 2
+
+
+def test_one_finding_per_line_without_a_count() -> None:
+    concise = ["app/main.py:1:8: F401 [*] `os` imported but unused", "", "x.py:2:1: E999 bad"]
+    assert findings(concise) == 2
+    assert findings(["Would reformat: app/main.py", "1 file would be reformatted"]) == 1
