@@ -196,3 +196,14 @@ def _kill_pidfiles(root: Path) -> None:
 
 def minimal_policy() -> str:
     return (REPO / "stageflow.toml").read_text()
+
+
+def git(root: Path, *argv: str) -> str:
+    """git in root as a throwaway identity; its stdout, stripped; a failure raises."""
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *argv],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()

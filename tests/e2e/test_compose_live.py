@@ -129,11 +129,31 @@ def test_three_environments_side_by_side_and_down_leaves_the_others(live: Live) 
     assert live.containers("dev") == before["dev"]
 
 
+def _app_env(live: Live, env: str) -> dict[str, str]:
+    """The app container's environment, read apart from live.seen: it holds secrets, as compose
+    passes them (environment, never argv)."""
+    ids = live.docker(
+        "ps", "-q", "--filter", f"label=com.docker.compose.project={live.names[env]}",
+        "--filter", "label=com.docker.compose.service=app",
+    ).split()  # fmt: skip
+    assert len(ids) == 1, ids
+    res = subprocess.run(["docker", "inspect", "--format", "{{json .Config.Env}}", ids[0]],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return dict(item.split("=", 1) for item in json.loads(res.stdout))
+
+
 def test_deploy_a_broken_release_and_rollback_levels_one_two_three(live: Live) -> None:
     proj = live.proj
     live.inv("dev.deploy")
     a = _history(proj)[-1]
     assert a["status"] == "success" and live.version("dev") == a["release"]
+    # the service's settings reach its container from the runtime's private env file: keys only
+    # that file carries, with the servers by service name inside the project network
+    settings = proj.root / ".stageflow" / "dev" / "state" / "service.env"
+    assert settings.stat().st_mode & 0o777 == 0o600
+    app_env = _app_env(live, "dev")
+    assert app_env["PGAPPNAME"] == f"stageflow:dev:{a['release']}"
+    assert (app_env["PGHOST"], app_env["PGPORT"]) == ("postgres", "5432")
     assert live.sql("SELECT count(*) FROM stageflow_migrations")[0][0] >= 3
 
     (proj.root / "README.md").write_text("release B\n")

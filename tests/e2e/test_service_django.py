@@ -20,11 +20,10 @@ def test_a_django_project_in_a_subdirectory_deploys_and_level_2_migrates_each_ap
     assert 'dir = "web"' in text
     assert 'wsgi = "mysite.wsgi:application"' in text
     assert '"manage.py", "migrate"' in text
-    site.set_table(
-        "service.env.from",
-        'DB_NAME = "PGDATABASE"\nDB_USER = "PGUSER"\nDB_PASSWORD = "PGPASSWORD"\n'
-        'DB_HOST = "PGHOST"\nDB_PORT = "PGPORT"',
-    )
+    # the settings read the database under their own names: init maps each to what it feeds
+    for name, fed in (("DB_NAME", "PGDATABASE"), ("DB_USER", "PGUSER"),
+                      ("DB_PASSWORD", "PGPASSWORD"), ("DB_HOST", "PGHOST"), ("DB_PORT", "PGPORT")):  # fmt: skip
+        assert f'{name} = "{fed}"' in text, text
     site.commit("stageflow init")
     site.ok("dev.up")
     site.ok("dev.deploy")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +19,7 @@ from deploy.hosts import Host
 from deploy.secrets import Secret
 from deploy.state import Layout
 from tests import support
+from tests.support import git
 
 PASSWORD = "build-pw-s3cret-value"
 REQUIREMENTS = "django\n"
@@ -36,16 +36,6 @@ out.mkdir()
 if os.environ.get("BUILD_FAILS"):
     sys.exit("cannot collect with " + os.environ["DATABASE_URL"])
 """
-
-
-def git(root: Path, *argv: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *argv],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ what the backup policy and the prod checklist count, read from git."""
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,16 +12,7 @@ from deploy import env_migrations
 from deploy.config import Project, load_project
 from deploy.service import Migrations
 from tests import support
-
-
-def git(root: Path, *argv: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *argv],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+from tests.support import git
 
 
 def commit(root: Path, files: dict[str, str]) -> str:
