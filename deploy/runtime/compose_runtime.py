@@ -310,6 +310,19 @@ def migrations_check(proj: Project) -> guards.Check:
     return guards.Check("migrations", True, f"kind {kind}")
 
 
+def processes_check(proj: Project) -> guards.Check:
+    """The compose project runs the web service alone: a declared worker would silently not run."""
+    names = [name for name, _ in proj.service.processes]
+    if names:
+        return guards.Check(
+            "processes",
+            False,
+            f"the compose runtime runs the web service only, not [service.processes] "
+            f'{", ".join(names)}: use runtime = "native" for this environment',
+        )
+    return guards.Check("processes", True, "the web service only")
+
+
 class ComposeRuntime:
     """The compose runtime as the deploy pipeline sees it: a release is an image tag, started by
     `up` on the environment's one host; migrations and backups run in containers there."""
@@ -361,6 +374,7 @@ class ComposeRuntime:
             ("engine", lambda: engine_check(self.rt)),
             ("backup", lambda: backup_check(self.proj, self.name)),
             ("migrations", lambda: migrations_check(self.proj)),
+            ("processes", lambda: processes_check(self.proj)),
         ]
 
     def serving(self) -> str | None:
