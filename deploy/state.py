@@ -91,6 +91,11 @@ class Layout:
         return self._p("state", "lock")
 
     @property
+    def cluster(self) -> str:
+        """Which PostgreSQL cluster the environment's `up` started (its system identifier)."""
+        return self._p("state", "cluster.json")
+
+    @property
     def service_env(self) -> str:
         """The compose runtime's env file of the service's settings (mode 0600; secrets inside)."""
         return self._p("state", "service.env")

@@ -25,6 +25,7 @@ from deploy.commands import system
 from deploy.config import EnvConfig
 from deploy.errors import HostError, ServiceError
 from deploy.hosts import Host, as_user, run_process
+from deploy.probes import cluster
 from deploy.state import Layout
 
 
@@ -630,6 +631,12 @@ class NativeServices:
                         sql.Identifier(db), sql.Identifier(role)
                     )
                 )
+        # which cluster this is, for every later task to ask again through the URL; a function's
+        # privileges are kept per database, so the grant is made in the environment's own
+        with psycopg.connect(self.admin_conninfo(db), autocommit=True, connect_timeout=10) as conn:
+            conn.execute(sql.SQL(cluster.GRANT_SQL).format(sql.Identifier(role)))
+            row = conn.execute(cluster.IDENTIFIER_SQL).fetchone()
+        cluster.record(self.env, str(row[0]) if row else "")
 
     def _start_redis(self, server: Path) -> list[str]:
         actions = []

@@ -14,7 +14,7 @@ from deploy.engine.rollback_rules import RollbackPlan
 from deploy.engine.steps import Step
 from deploy.errors import RolledBack
 from deploy.policy import guards
-from deploy.probes import smoke
+from deploy.probes import cluster, smoke
 from deploy.runtime import native_hosts, native_rollback
 from deploy.runtime.native import NativeServices
 from deploy.secrets import scrub
@@ -132,7 +132,10 @@ class NativeRuntime:
     def checks(self) -> list[CheckFn]:
         ctx = self.ctx
         assert ctx is not None
-        out: list[CheckFn] = [("servers", lambda: services_up(ctx.proj, ctx.env.name))]
+        out: list[CheckFn] = [
+            ("servers", lambda: services_up(ctx.proj, ctx.env.name)),
+            ("cluster", lambda: cluster.check(ctx.proj, ctx.env.name)),
+        ]
         if self.rolling_hosts:
             out.append(("hosts", lambda: hosts_answer(self.targets)))
         return out
@@ -316,6 +319,7 @@ class NativeRuntime:
         out: list[CheckFn] = []
         if level > 1:  # level 1 brings servers back itself; 2 and 3 read the ledger first
             out.append(("servers", lambda: services_up(ctx.proj, ctx.env.name)))
+            out.append(("cluster", lambda: cluster.check(ctx.proj, ctx.env.name)))
         if self.rolling_hosts:
             out.append(("hosts", lambda: hosts_answer(self.targets)))
         return out
