@@ -34,6 +34,11 @@ _ASGI = os.environ.get("STAGEFLOW_ASGI") == "1"
 
 _counters: list[Counters] = []  # this worker's, for worker_exit
 
+# gunicorn's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl), so the
+# masters of every environment would take it over in turn, and `gunicornc` could reload or stop
+# whichever started last. stageflow drives its masters by confirmed pid and signal only.
+control_socket_disable = True
+
 
 # -- counters --------------------------------------------------------------------------------------
 

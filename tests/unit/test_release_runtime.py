@@ -405,3 +405,23 @@ def test_a_switch_waits_for_the_drained_master_before_anything_probes(tmp_path: 
     finally:
         old.kill()
         old.wait()
+
+
+def test_no_master_takes_the_users_shared_control_socket() -> None:
+    """gunicorn reads the hooks file as its config: the control socket is off, so no environment's
+    master answers gunicornc on the one per-user path every master would share."""
+    from gunicorn.app.base import Application
+
+    class Loader(Application):
+        def init(self, parser, opts, args):  # noqa: ANN001 - gunicorn's signature
+            return None
+
+        def load(self):  # noqa: ANN201 - never called
+            return None
+
+    loader = Loader.__new__(Loader)
+    loader.usage, loader.prog, loader.callable, loader.cfg = None, None, None, None
+    loader.load_default_config()
+    conf = Path(__file__).resolve().parents[2] / "deploy" / "runtime" / "gunicorn_conf.py"
+    loader.load_config_from_file(str(conf))
+    assert loader.cfg.control_socket_disable is True
