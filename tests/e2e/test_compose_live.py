@@ -1,6 +1,7 @@
 """The compose runtime through `inv` against a real Docker engine: dev, staging and prod side by side
 as three compose projects; a deploy built from a `git archive`; a broken release switched back;
-rollback levels 1, 2 and 3; no secret in any output, log or container argv.
+rollback levels 1, 2 and 3; the service's settings inside its container; staging on a loopback
+OpenSSH host whose docker is the same engine; no secret in any output, log or container argv.
 
 One project and one engine for the whole module (the image layers are built once and cached):
 the live suite stays lean. Without an engine it skips in one line, and fails under
@@ -12,14 +13,19 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests import support
+from tests.conftest import need
 from tests.e2e.conftest import Project, destroy, make_project
 from tests.live_engine import image_env, require_engine
+from tests.sshd import can_run_sshd, keygen, make_sshd, set_hosts
 
 ENVS = ("dev", "staging", "prod")
 SLOW = 1800  # a cold image build installs the service's requirements
@@ -197,3 +203,45 @@ def test_no_secret_in_any_output_log_or_container_argv(live: Live) -> None:
         live.docker("logs", cid)
     leaked = [v for v in live.values if any(v in text for text in live.seen)]
     assert leaked == []
+
+
+def test_compose_on_an_ssh_host_that_talks_to_the_engine(live: Live) -> None:
+    """staging's compose project on a real OpenSSH host (loopback) whose docker is this engine:
+    files and the secrets file there, the image built from the release there, smoke run there."""
+    ok, why = can_run_sshd()
+    need(ok, why)
+    proj = live.proj
+    base = support.public_tmpdir("sf-sshd-live-")
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+    server = make_sshd(base, "127.0.0.71", keygen(base / "client_key"))
+    # the host's sessions find docker, and the image names an operator there would export
+    env_line = " ".join(f"{k}={v}" for k, v in {"PATH": os.environ["PATH"], **live.images}.items())
+    with (server.home / "sshd_config").open("a") as fh:
+        fh.write(f"SetEnv {env_line}\n")
+    server.start()
+    try:
+        [home] = set_hosts(proj.root, "staging", [server], runtime="compose")
+        # the service as the module's first commit had it (a test above broke app/wsgi.py)
+        first = proj.git("rev-list", "--max-parents=0", "HEAD")
+        proj.git("checkout", first, "--", "app/wsgi.py")
+        proj.commit("staging runs on compose on one SSH host")
+        remote = home / "compose" / "env" / "staging.secrets.env"
+        remote.parent.mkdir(parents=True, exist_ok=True)
+        remote.write_text((proj.root / "env" / "staging.secrets.env").read_text())
+        os.chmod(remote, 0o600)
+        live.inv("staging.up", timeout=600)
+        live.inv("staging.deploy")
+        entry = proj.history("staging")[0]
+        assert (entry["kind"], entry["status"]) == ("deploy", "success"), entry
+        assert live.version("staging") == entry["release"]
+        assert len(live.containers("staging")) == 3  # app, postgres, redis of staging's project
+        # the settings file was written on the host, privately, and the container read it
+        settings = home / "state" / "service.env"
+        assert settings.stat().st_mode & 0o777 == 0o600
+        assert _app_env(live, "staging")["PGAPPNAME"] == f"stageflow:staging:{entry['release']}"
+        live.inv("staging.down", timeout=300)
+        assert live.containers("staging") == set()
+    finally:
+        proj.inv("staging.down", env=live.images, timeout=300)  # while the host still answers
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
