@@ -37,8 +37,10 @@ class Secret:
         return bool(self._value)
 
 
+# A scheme is short: bounded, the pattern stays linear on a long run of letters (an unbounded one
+# backtracked over the whole run at every position: a 100,000-character ref took a minute)
 _URL_PASSWORD = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@", re.I
+    r"(?P<scheme>[a-z][a-z0-9+.-]{0,31}://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@", re.I
 )
 
 

@@ -2,8 +2,8 @@
 
 Comparing URLs (policy/guards.isolation) cannot see two addresses that reach one server, or a port
 that forwards to another environment's. The cluster's system identifier can: a random number
-initdb gave it, the same through every address. The environment's own `up` records it (and lets
-the environment's role read it); every deploy and rollback asks the server again, through the
+initdb gave it, the same through every address. The environment's own `up` records it (any role
+may read it); every deploy and rollback asks the server again, through the
 URL the service gets, and refuses a cluster that is not the one recorded or that another
 environment recorded.
 """
@@ -21,7 +21,6 @@ from deploy.policy.guards import Check
 from deploy.state import Layout
 
 IDENTIFIER_SQL = "SELECT system_identifier::text FROM pg_control_system()"
-GRANT_SQL = "GRANT EXECUTE ON FUNCTION pg_control_system() TO {}"
 
 
 def record_path(env: EnvConfig) -> Path:

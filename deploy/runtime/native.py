@@ -631,10 +631,8 @@ class NativeServices:
                         sql.Identifier(db), sql.Identifier(role)
                     )
                 )
-        # which cluster this is, for every later task to ask again through the URL; a function's
-        # privileges are kept per database, so the grant is made in the environment's own
-        with psycopg.connect(self.admin_conninfo(db), autocommit=True, connect_timeout=10) as conn:
-            conn.execute(sql.SQL(cluster.GRANT_SQL).format(sql.Identifier(role)))
+            # which cluster this is, for every later task to ask again through the URL (any role
+            # may read it: no grant, which a dump would carry to another environment's restore)
             row = conn.execute(cluster.IDENTIFIER_SQL).fetchone()
         cluster.record(self.env, str(row[0]) if row else "")
 
