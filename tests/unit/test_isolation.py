@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -256,3 +258,34 @@ def test_service_sessions_carry_environment_and_release(root: Path) -> None:
     settings = service_settings(proj.env("staging"), proj.service, release="20260101T000000Z-abc")
     assert settings["PGAPPNAME"] == "stageflow:staging:20260101T000000Z-abc"
     assert application_name("prod", "r" * 80).encode().__len__() <= 63
+
+
+PLAIN_URLS = (
+    "postgresql://app_dev@127.0.0.1:5432/stageflow_dev",
+    "postgres://app.user@localhost:6543/db-1",
+    "postgresql://u@db.internal.example:5432/shop",
+)
+
+
+@pytest.mark.parametrize("url", PLAIN_URLS)
+def test_a_plain_url_reads_as_libpq_reads_it(root: Path, url: str) -> None:
+    """The plain form skips loading the driver: its four parts must be the ones libpq reads."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    _set(root, "dev", "POSTGRES_PORT", str(port))
+    _set(root, "dev", "DATABASE_URL", url)
+    db = load_project(root).env("dev").database
+    info = conninfo_to_dict(url)
+    assert (db.host, str(db.port), db.name, db.user) == (
+        info["host"], info["port"], info["dbname"], info["user"]
+    )  # fmt: skip
+
+
+def test_loading_plain_environments_does_not_load_the_driver(root: Path) -> None:
+    code = (
+        "import sys; from pathlib import Path; from deploy.config import load_project; "
+        f"load_project(Path({str(root)!r})); print('psycopg' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
