@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from deploy.gates import runner
 from deploy.gates.report import Board, Report, results_table
@@ -54,10 +56,10 @@ def with_operator_password(db_url: str | None, password: str | None) -> str | No
         return db_url
 
 
-def _signer(actor: Actor):
+def _signer(actor: Actor) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
     """Sign an override's statement with the actor's key, as prod's trusted signers will check."""
 
-    def sign(fields):
+    def sign(fields: Mapping[str, Any]) -> dict[str, Any]:
         return keys.sign(statement("gate-override", "release", **fields), key=actor.key)
 
     return sign
