@@ -333,8 +333,8 @@ def release_of(host: Host, layout: Layout, rid: str) -> releases.Release:
     )
 
 
-def _smoke(env: EnvConfig, service: Service, rid: str) -> str:
-    probes = smoke.run(env, service, expect_release=rid)
+def _smoke(env: EnvConfig, proj: Project, rid: str) -> str:
+    probes = smoke.run(env, proj.service, expect_release=rid, project=proj)
     bad = smoke.failed(probes)
     if bad:
         raise ServiceError(
@@ -384,7 +384,7 @@ def restart_steps(ctx: Context, p: RollbackPlan, details: list[str]) -> list[Ste
             f"a new master of {p.current} (x{workers}), then drain the old one",
             lambda: _restart_here(ctx, target_release(ctx, p)),
         ),
-        Step("smoke", _SMOKE, lambda: _smoke(env, ctx.proj.service, p.target or "")),
+        Step("smoke", _SMOKE, lambda: _smoke(env, ctx.proj, p.target or "")),
     ]
 
 
@@ -590,7 +590,7 @@ def switch_steps(ctx: Context, p: RollbackPlan, *, restored: bool) -> list[Step]
         Step(
             "switch", f"{layout.current} -> releases/{target}{drain}", lambda: _switch_here(ctx, p)
         ),
-        Step("smoke", _SMOKE, lambda: _smoke(env, ctx.proj.service, target or "")),
+        Step("smoke", _SMOKE, lambda: _smoke(env, ctx.proj, target or "")),
     ]
 
 
