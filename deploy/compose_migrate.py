@@ -2,9 +2,11 @@
 
 The compose runtime runs this in a one-off container of the release's image, inside the project
 network: `python -m deploy.compose_migrate up --dir D --release R --applied-by A` or
-`... down --dir D --to N --release R --applied-by A`. It reads DATABASE_URL and POSTGRES_PASSWORD
-from the container's environment (compose sets both) and the files the image ships in D (the
-service's migrations.dir, relative to the image's working directory), and
+`... down --dir D --to N --release R --applied-by A`, each with the environment's
+`--lock-timeout`, `--statement-timeout` and `--deadline-s` (the seconds the deploy has left).
+It reads DATABASE_URL and POSTGRES_PASSWORD from the container's environment (compose sets both)
+and the files the image ships in D (the service's migrations.dir, relative to the image's
+working directory), and
 calls deploy.migrations: the same ledger, checksums and advisory lock as the native runtime.
 It prints one JSON line ({"applied": [...]} or {"reverted": [...]}); an expected failure is one
 line on stderr and the error's exit code. Only the standard library, psycopg and
@@ -17,8 +19,10 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from deploy import migrations
 from deploy.errors import DeployError, ExitCode, UsageError
@@ -35,7 +39,24 @@ def _parser() -> argparse.ArgumentParser:
         one.add_argument("--dir", required=True, dest="directory")
         one.add_argument("--release", default="")
         one.add_argument("--applied-by", default="")
+        # the environment's policy, as the native runtime applies it (a file's headers win)
+        one.add_argument("--lock-timeout", default="5s")
+        one.add_argument("--statement-timeout", default="0")
+        one.add_argument("--deadline-s", type=float, default=None)
     return p
+
+
+def _limits(args: argparse.Namespace) -> dict[str, Any]:
+    """The timeouts for deploy.migrations; the deadline, seconds from now on the command line,
+    becomes this process's monotonic clock (the deployer's does not cross into the container)."""
+    if args.deadline_s is not None and args.deadline_s <= 0:
+        raise UsageError(f"--deadline-s {args.deadline_s:g}: the deploy has no time left")
+    deadline = None if args.deadline_s is None else time.monotonic() + args.deadline_s
+    return {
+        "lock_timeout": args.lock_timeout,
+        "statement_timeout": args.statement_timeout,
+        "deadline": deadline,
+    }
 
 
 def run(argv: Sequence[str], environ: Mapping[str, str], *, root: Path) -> dict[str, list[int]]:
@@ -53,19 +74,11 @@ def run(argv: Sequence[str], environ: Mapping[str, str], *, root: Path) -> dict[
     if directory.is_absolute() or ".." in directory.parts:
         raise UsageError(f"--dir {args.directory}: a path inside the image's working directory")
     files = migrations.discover(root / directory)
+    who = {"release": args.release, "applied_by": args.applied_by, "password": password}
     if args.action == "up":
-        done = migrations.migrate(
-            url, files, release=args.release, applied_by=args.applied_by, password=password
-        )
+        done = migrations.migrate(url, files, **who, **_limits(args))
         return {"applied": [f.version for f in done]}
-    done = migrations.revert(
-        url,
-        files,
-        to_version=args.to_version,
-        release=args.release,
-        applied_by=args.applied_by,
-        password=password,
-    )
+    done = migrations.revert(url, files, to_version=args.to_version, **who, **_limits(args))
     return {"reverted": [f.version for f in done]}
 
 

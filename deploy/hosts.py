@@ -363,6 +363,9 @@ class Host:
 
         def append(sftp: Any) -> None:
             with sftp.open(str(path), "a") as fh:  # O_APPEND on the server: one write, one line
+                # history and audit name actors, commands and hook output: private there as here
+                # (state.private_file), narrowed before the line goes in, whatever the umask
+                fh.chmod(0o600)
                 fh.write((line + "\n").encode("utf-8"))
 
         self._remote(f"appending to {path}", append)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 REDACTED = "[REDACTED]"
@@ -97,3 +98,19 @@ def scrub(text: str, secrets: Iterable[Secret]) -> str:
         at = end
     text = "".join([*out, text[at:]])
     return redact_url(text)
+
+
+def scrub_value(value: Any, secrets: Iterable[Secret]) -> Any:
+    """value with scrub applied to every string in it, keys included (dicts, lists and tuples
+    walked): a structure is scrubbed before it is encoded, so an escaped form (JSON's \\uXXXX
+    of a non-ASCII secret, a Markdown table's escaped bar) never slips past."""
+    hidden = tuple(secrets)
+    if not hidden:
+        return value
+    if isinstance(value, str):
+        return scrub(value, hidden)
+    if isinstance(value, dict):
+        return {scrub_value(k, hidden): scrub_value(v, hidden) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(scrub_value(v, hidden) for v in value)
+    return value

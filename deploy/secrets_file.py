@@ -1,4 +1,5 @@
-"""Writes an environment's secrets file: missing secrets get random values, set ones are kept."""
+"""An environment's secrets file: written (missing secrets get random values, set ones are kept),
+and read raw for every secret this machine holds, to scrub what leaves a process."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import os
 import re
 import secrets as pysecrets
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from deploy.config import load_secrets
+from deploy.config import NAMESPACES, load_secrets, read_env_file
+from deploy.secrets import Secret
 
 # Values made only of these go unquoted; any other is single-quoted, so a space, '#' or quote in
 # a value set by hand reads back the same.
@@ -48,3 +50,19 @@ def fill_missing(path: Path, keys: Sequence[str]) -> list[str]:
         raise
     os.chmod(path, 0o600)
     return missing
+
+
+def known_secrets(root: Path, *, process_env: Mapping[str, str]) -> tuple[Secret, ...]:
+    """Every secret this machine holds for the project at root: each environment's secrets file,
+    every value in it, and STAGEFLOW_<ENV>_<KEY> of the process environment. Read without the
+    project's configuration (a release gate runs on a checkout whose env files may be absent or
+    broken, and must still scrub its report); a secrets file that cannot be read is an error:
+    what it holds cannot be hidden unless it is known."""
+    values = []
+    for name in NAMESPACES:
+        path = root / "env" / f"{name}.secrets.env"
+        if path.exists():
+            values += [v for v, _ in read_env_file(path).values()]
+        prefix = f"STAGEFLOW_{name.upper()}_"
+        values += [v for k, v in process_env.items() if k.startswith(prefix)]
+    return tuple(Secret(v) for v in dict.fromkeys(values) if v)

@@ -190,6 +190,13 @@ def _build_environment(
     return steps
 
 
+def migration_limits(proj: Project, name: str) -> dict[str, Any]:
+    """The environment's lock_timeout and statement_timeout, and deploy_timeout_s from now: init
+    and refresh migrate as a deploy does, never waiting on a lock for good."""
+    deadline = time.monotonic() + proj.policies[name].deploy_timeout_s
+    return env_migrations.timeouts(proj, name, deadline=deadline)
+
+
 def _migrate_schema(
     proj: Project, env: EnvConfig, layout: Layout, *, actor: str, reset: bool
 ) -> str:
@@ -199,6 +206,7 @@ def _migrate_schema(
         env_migrations.files_in(proj, source),
         applied_by=actor,
         password=env.secret("POSTGRES_PASSWORD"),
+        **migration_limits(proj, env.name),
     )
     return f"applied {[f.version for f in applied]}" if applied else "up to date"
 
@@ -442,6 +450,7 @@ def _refresh_database(
                 _as_role(svc.admin_conninfo(scratch_db), target.database.user),
                 env_migrations.files_in(proj, _migration_source(proj, layout)),
                 applied_by=actor,
+                **migration_limits(proj, target.name),
             ),
         )
         checked = step(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 # re-exported: compose callers name the container's clients and statements through this module
 from deploy.commands.postgres import MAINTENANCE_DB as MAINTENANCE_DB
@@ -224,12 +225,43 @@ def ledger_in_container(
 MIGRATE_MODULE = "deploy.compose_migrate"
 
 
+class MigrationPolicy(Protocol):
+    """What migrate_limits reads of an environment's policy (config.EnvPolicy has it)."""
+
+    @property
+    def lock_timeout(self) -> str: ...
+    @property
+    def statement_timeout(self) -> str: ...
+    @property
+    def deploy_timeout_s(self) -> float: ...
+
+
+def migrate_limits(policy: MigrationPolicy) -> tuple[str, str, float]:
+    """The environment's (lock_timeout, statement_timeout, deploy_timeout_s) for migrate's
+    limits: the one-off container's migration ends within deploy_timeout_s of its start (the
+    deployer's monotonic deadline means nothing in another process, and a plan must print the
+    same command as the run)."""
+    return policy.lock_timeout, policy.statement_timeout, policy.deploy_timeout_s
+
+
 def migrate(
-    action: str, *, release: str, applied_by: str, directory: str, to: int | None = None
+    action: str,
+    *,
+    release: str,
+    applied_by: str,
+    directory: str,
+    to: int | None = None,
+    limits: tuple[str, str, float] | None = None,
 ) -> list[str]:
     """The migration command run in a one-off container of a release's image (ComposeCommands.run);
-    directory is the service's migrations.dir, relative to the image's working directory."""
+    directory is the service's migrations.dir, relative to the image's working directory; limits
+    is (lock_timeout, statement_timeout, seconds the migration may take)."""
     argv = ["python", "-m", MIGRATE_MODULE, action, "--dir", directory]
     if to is not None:
         argv += ["--to", str(to)]
-    return [*argv, "--release", release, "--applied-by", applied_by]
+    argv += ["--release", release, "--applied-by", applied_by]
+    if limits is not None:
+        lock, statement, within_s = limits
+        argv += ["--lock-timeout", lock, "--statement-timeout", statement]
+        argv += ["--deadline-s", f"{within_s:g}"]
+    return argv

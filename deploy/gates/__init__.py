@@ -41,6 +41,8 @@ class GateContext:
     python: str = sys.executable
     db_url: Secret | None = None
     results: Mapping[str, GateResult] = field(default_factory=dict)  # for promotion_guard only
+    # every environment's secrets this machine holds: no verdict, cache entry or report keeps one
+    known: tuple[Secret, ...] = field(default=(), repr=False)
 
     def bin(self, tool: str) -> str:
         """A tool from the interpreter's own venv when there, else the bare name for PATH."""
@@ -49,7 +51,7 @@ class GateContext:
 
     @property
     def secrets(self) -> tuple[Secret, ...]:
-        return (self.db_url,) if self.db_url else ()
+        return ((self.db_url,) if self.db_url else ()) + self.known
 
     @property
     def service_dir(self) -> Path:

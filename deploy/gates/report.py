@@ -43,12 +43,13 @@ cache/ (one file per gate verdict, keyed by the sha256 of the gate's inputs).
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -58,6 +59,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from deploy.gates import GateResult
+from deploy.secrets import Secret, scrub_value
 
 SCHEMA_VERSION = 1
 _STYLE = {
@@ -164,6 +166,21 @@ class Report:
             lines += ["", "## Report-only findings (not blocking)", ""]
             lines += [f"- {g.name}: {g.status}: {g.summary}" for g in failing_report_only]
         return "\n".join(lines) + "\n"
+
+    def scrubbed(self, secrets: Sequence[Secret]) -> Report:
+        """This report with every secret and its derived forms hidden, wherever a gate's words
+        or an operator's reached it (a verdict cached before, a break-glass reason)."""
+        if not secrets:
+            return self
+        clean = functools.partial(scrub_value, secrets=tuple(secrets))
+        gates = [replace(g, summary=clean(g.summary), details=clean(g.details)) for g in self.gates]
+        return replace(
+            self,
+            ref=clean(self.ref),
+            gates=gates,
+            overrides=clean(self.overrides),
+            artifacts=clean(self.artifacts),
+        )
 
     def write(self, directory: Path) -> tuple[Path, Path]:
         directory.mkdir(parents=True, exist_ok=True)

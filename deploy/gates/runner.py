@@ -21,7 +21,7 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -50,7 +50,8 @@ from deploy.gates.cache import VerdictCache, cache_key
 from deploy.gates.report import Report
 from deploy.gates.stages import GATE_NAMES, GUARD, Stage, load_stages
 from deploy.hosts import run_process
-from deploy.secrets import Secret, scrub
+from deploy.secrets import Secret, scrub, scrub_value
+from deploy.secrets_file import known_secrets
 
 GATES: dict[str, ModuleType] = {
     "check": check,
@@ -85,6 +86,8 @@ class GateRequest:
     actor_is_human: bool = True  # automation may run the gate, never break its glass
     # signs an override's statement with the actor's key: prod counts only signed overrides
     sign: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+    # the operator's environment: its STAGEFLOW_<ENV>_<KEY> secrets are scrubbed from the report
+    process_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 def default_ref(root: Path) -> str:
@@ -166,7 +169,7 @@ def timeout_for(policy: Mapping[str, Any], name: str) -> float:
 
 def _scrubbed(value: Any, secrets: tuple[Secret, ...]) -> Any:
     """Gate details are evidence for people; a secret must never reach the report."""
-    return json.loads(scrub(json.dumps(value, default=str), secrets))
+    return scrub_value(json.loads(json.dumps(value, default=str)), secrets)
 
 
 def run_one(name: str, ctx: GateContext, cache: VerdictCache, *, use_cache: bool) -> GateResult:
@@ -338,6 +341,7 @@ def run(
             timeout_s=300.0,
             python=sys.executable,
             db_url=request.db_url,
+            known=known_secrets(request.root, process_env=request.process_env),
         )
         results = _run_gates(
             base, stage, gates, cache, request=request, on_start=on_start, on_finish=on_finish
@@ -347,6 +351,7 @@ def run(
     _decide(report, results, gates, request=request, report_dir=report_dir)
     report.finished = utc_now()
     report.duration_s = time.monotonic() - started
+    report = report.scrubbed(base.secrets)
     report.write(report_dir)
     if report.overrides:
         _audit(report_dir / "audit.jsonl", report)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -36,6 +37,7 @@ def request_for(
         actor=actor.name,
         actor_is_human=actor.is_human,
         sign=_signer(actor) if break_glass is not None and actor.key else None,
+        process_env=dict(os.environ),
     )
 
 

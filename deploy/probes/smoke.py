@@ -1,5 +1,6 @@
 """Smoke checks against a running service, all from its [service] contract: health, readiness, the
-release that answers, its identity, the service's own [[service.smoke]] checks, and stageflow's Redis.
+release that answers, its identity, the service's own [[service.smoke]] checks, stageflow's Redis,
+and (during all of them) which environments' databases hold the release's sessions.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from deploy.clients import redis_set_get
-from deploy.config import EnvConfig
+from deploy.config import EnvConfig, Project
+from deploy.probes import sessions
 from deploy.service import Service, SmokeCheck
 
 # Set on every response by stageflow's own gunicorn hooks: which release answered, whatever the
@@ -285,13 +287,24 @@ def run(
     *,
     expect_release: str | None = None,
     host: str = "127.0.0.1",
+    project: Project | None = None,
 ) -> list[Probe]:
+    """The probes of plan(service); with project and expect_release, a last `sessions` probe
+    says where the release's database sessions were while the others ran (probes/sessions)."""
     base = f"http://{host}:{env.app_port}"
     if expect_release:
         _settle(base, expect_release, service=service)
     token = f"smoke{secrets.token_hex(5)}"
     target = _Target(base, env, service, expect_release, token, auth_headers(env, service))
-    return [_timed(name, functools.partial(probe, target)) for name, probe in plan(service)]
+    if project is None or not expect_release:
+        return [_timed(name, functools.partial(probe, target)) for name, probe in plan(service)]
+    watch = sessions.watch(env, expect_release, sessions.neighbours(project, env.name))
+    try:
+        probes = [_timed(name, functools.partial(probe, target)) for name, probe in plan(service)]
+    finally:
+        verdict = _timed("sessions", watch.stop)
+    # the connections' opening is this probe's cost too
+    return [*probes, replace(verdict, ms=verdict.ms + watch.opened_ms)]
 
 
 def failed(probes: list[Probe]) -> list[Probe]:

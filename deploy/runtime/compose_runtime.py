@@ -238,7 +238,8 @@ def _deploy_commands(
     build = image_build_argv(rt, ctxdir, rid)
     env_r = release_env(rt, rid)
     servers = c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s)
-    up = migrate_argv("up", release=rid, applied_by=actor, directory=migrations_dir(proj))
+    up = migrate_argv("up", release=rid, applied_by=actor, directory=migrations_dir(proj),
+                      limits=cmd.migrate_limits(policy))  # fmt: skip
     migrate = c.run(APP_SERVICE, up, no_deps=True)
     start = c.up(wait=True, wait_timeout_s=rt.wait_timeout_s)
     backup = []
@@ -434,10 +435,11 @@ class ComposeRuntime:
             return []
         res = self.rt.migrate(
             migrate_argv(
-                "up", release=rid, applied_by=str(ctx.actor), directory=migrations_dir(self.proj)
+                "up", release=rid, applied_by=str(ctx.actor), directory=migrations_dir(self.proj),
+                limits=cmd.migrate_limits(ctx.policy),
             ),
             release=rid,
-        )
+        )  # fmt: skip
         return _versions(res.stdout, "applied")
 
     def host_steps(self, ctx: Context, target: Target) -> list[Step]:

@@ -5,6 +5,7 @@ on this machine alone or on every host of the group, batch by batch."""
 from __future__ import annotations
 
 import shlex
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -333,8 +334,8 @@ def release_of(host: Host, layout: Layout, rid: str) -> releases.Release:
     )
 
 
-def _smoke(env: EnvConfig, service: Service, rid: str) -> str:
-    probes = smoke.run(env, service, expect_release=rid)
+def _smoke(env: EnvConfig, proj: Project, rid: str) -> str:
+    probes = smoke.run(env, proj.service, expect_release=rid, project=proj)
     bad = smoke.failed(probes)
     if bad:
         raise ServiceError(
@@ -384,7 +385,7 @@ def restart_steps(ctx: Context, p: RollbackPlan, details: list[str]) -> list[Ste
             f"a new master of {p.current} (x{workers}), then drain the old one",
             lambda: _restart_here(ctx, target_release(ctx, p)),
         ),
-        Step("smoke", _SMOKE, lambda: _smoke(env, ctx.proj.service, p.target or "")),
+        Step("smoke", _SMOKE, lambda: _smoke(env, ctx.proj, p.target or "")),
     ]
 
 
@@ -458,6 +459,16 @@ def _swap_in(ctx: Context, name: str, details: list[str]) -> str:
     return f"{env.database.name} replaced by the new database; redis db {env.redis.db} flushed"
 
 
+def _limits(ctx: Context) -> dict[str, Any]:
+    """The environment's lock_timeout and statement_timeout, as a deploy's migrations get them:
+    a rollback waiting on a lock the service holds would keep the outage going. A rollback has
+    no deploy deadline; its migrations end within deploy_timeout_s of starting all the same."""
+    deadline = ctx.deadline
+    if deadline is None:
+        deadline = time.monotonic() + ctx.policy.deploy_timeout_s
+    return env_migrations.timeouts(ctx.proj, ctx.env.name, deadline=deadline)
+
+
 def _remigrate(ctx: Context, p: RollbackPlan, env: EnvConfig | None = None) -> str:
     env, rel = env or ctx.env, target_release(ctx, p)
     kind = ctx.proj.service.migrations.kind
@@ -471,6 +482,7 @@ def _remigrate(ctx: Context, p: RollbackPlan, env: EnvConfig | None = None) -> s
         release=rel.id,
         applied_by=str(ctx.actor),
         password=env.secret("POSTGRES_PASSWORD"),
+        **_limits(ctx),
     )
     ctx.applied = [f.version for f in done]
     return f"applied {ctx.applied}"
@@ -545,6 +557,7 @@ def revert_schema(ctx: Context, p: RollbackPlan, details: list[str]) -> str:
         release=target_release(ctx, p).id,
         applied_by=str(ctx.actor),
         password=env.secret("POSTGRES_PASSWORD"),
+        **_limits(ctx),
     )
     reverted = [f.version for f in done]
     details.append(f"reverted migrations {reverted}")
@@ -590,7 +603,7 @@ def switch_steps(ctx: Context, p: RollbackPlan, *, restored: bool) -> list[Step]
         Step(
             "switch", f"{layout.current} -> releases/{target}{drain}", lambda: _switch_here(ctx, p)
         ),
-        Step("smoke", _SMOKE, lambda: _smoke(env, ctx.proj.service, target or "")),
+        Step("smoke", _SMOKE, lambda: _smoke(env, ctx.proj, target or "")),
     ]
 
 

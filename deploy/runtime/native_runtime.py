@@ -456,7 +456,9 @@ def _switch(ctx: Context, t: group.Target) -> str:
 
 
 def _smoke(ctx: Context, t: group.Target) -> str:
-    probes = smoke.run(ctx.env, ctx.proj.service, expect_release=ctx.built.id, host=t.bind)
+    probes = smoke.run(
+        ctx.env, ctx.proj.service, expect_release=ctx.built.id, host=t.bind, project=ctx.proj
+    )
     bad = smoke.failed(probes)
     if bad:
         raise RolledBack(f"smoke failed ({bad[0].name}: {bad[0].detail})")

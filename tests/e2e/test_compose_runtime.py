@@ -44,6 +44,8 @@ ENGINE = [
 PS = [*BASE, "ps", "--all", "--format", "json"]
 # a one-off container of a release image running the migration engine
 MIGRATE = [*BASE, "run", "--rm", "-T", "--no-deps", "app", "python", "-m", "deploy.compose_migrate"]
+# the environment's lock_timeout, statement_timeout and deploy_timeout_s (the defaults here)
+LIMITS = ["--lock-timeout", "5s", "--statement-timeout", "5min", "--deadline-s", "3600"]
 UP_SERVERS = [
     *BASE,
     "up",
@@ -112,7 +114,7 @@ def test_dry_run_prints_the_exact_docker_commands(compose: Project) -> None:
         f"migrate: {env} {settings} {' '.join(UP_SERVERS)}",
         f"migrate: {env} {settings} {' '.join(BASE)} run --rm -T --no-deps app python -m "
         f"deploy.compose_migrate up --dir app/migrations --release {rid} "
-        "--applied-by alice@example.com",
+        f"--applied-by alice@example.com {' '.join(LIMITS)}",
     ]
     start = next(line for line in lines if line.startswith("start:"))
     assert start == f"start:   {env} STAGEFLOW_COMMIT={commit} {settings} {' '.join(UP)}"
@@ -215,6 +217,7 @@ def _migrate_up(rid: str, actor: str) -> list[str]:
         rid,
         "--applied-by",
         actor,
+        *LIMITS,
     ]
 
 

@@ -1,0 +1,184 @@
+"""Where a release's database sessions are, asked of the servers while smoke's requests run.
+
+Every session a release opens carries its application name (settings.application_name). The
+guards compare the URLs stageflow knows; a service may still reach another environment's cluster
+through a name of its own (a second database, a feed of a secret). pg_stat_activity cannot be
+fooled so: the release's sessions should be on its own environment's cluster and must be on no
+other environment's that this machine reaches.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from deploy.config import EnvConfig, Project
+from deploy.probes.cluster import IDENTIFIER_SQL
+from deploy.settings import application_name
+
+# autocommit: pg_stat_activity is read once per transaction, so each sample must be its own
+SESSIONS_SQL = (
+    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND pid <> pg_backend_pid()"
+)
+# a service that opens a connection per request holds it for that request only: sampled this
+# often while the probes run, such a session is usually seen (never seen is said, not failed)
+INTERVAL_S = 0.003
+CONNECT_TIMEOUT_S = 2
+
+
+def _loopback(host: str) -> bool:
+    """libpq's host names this machine: a socket directory, localhost or a loopback address."""
+    host = host.strip().strip("[]").lower()
+    if not host or host.startswith("/") or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def neighbours(proj: Project, name: str) -> list[EnvConfig]:
+    """The other environments whose PostgreSQL runs natively on this machine: the clusters a
+    release of name must never be found on."""
+    return [
+        proj.envs[other]
+        for other in sorted(proj.envs)
+        if other != name
+        and proj.policies.get(other) is not None
+        and proj.policies[other].runtime == "native"
+        and _loopback(proj.envs[other].database.host)
+    ]
+
+
+@dataclass
+class Cluster:
+    """One cluster the watch asks: whose it is, and the most sessions of the release it showed."""
+
+    env: str
+    conn: Any  # psycopg.Connection, imported lazily
+    seen: int = 0
+    gone: bool = False  # stopped answering mid-probe: what it showed until then still counts
+
+
+def _connect(env: EnvConfig) -> tuple[Any, str]:
+    """(connection, cluster identifier) as env's own role, through its DATABASE_URL."""
+    import psycopg
+
+    password = env.secret("POSTGRES_PASSWORD")
+    extra = {"password": password.reveal()} if password else {}
+    conn = psycopg.connect(
+        env.database_url,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        autocommit=True,
+        application_name="stageflow-smoke",
+        **extra,
+    )
+    row = conn.execute(IDENTIFIER_SQL).fetchone()
+    return conn, str(row[0]) if row else ""
+
+
+@dataclass
+class Watch:
+    """Samples, in a thread, how many sessions named after one release each cluster holds."""
+
+    env: str
+    release: str
+    own: Cluster | None
+    others: list[Cluster]
+    not_asked: list[str]  # environments whose cluster did not answer: not checked
+    opened_ms: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    @property
+    def name(self) -> str:
+        return application_name(self.env, self.release)
+
+    def _clusters(self) -> list[Cluster]:
+        return ([self.own] if self.own else []) + self.others
+
+    def sample(self) -> None:
+        import psycopg
+
+        for cl in self._clusters():
+            if cl.gone:
+                continue
+            try:
+                row = cl.conn.execute(SESSIONS_SQL, (self.name,)).fetchone()
+            except psycopg.Error:
+                cl.gone = True
+                continue
+            cl.seen = max(cl.seen, int(row[0]) if row else 0)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(INTERVAL_S):
+            self.sample()
+
+    def start(self) -> Watch:
+        self._thread = threading.Thread(target=self._loop, name="smoke-sessions", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> tuple[bool, str]:
+        """Stop sampling, take a last sample, close every connection: the verdict."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        self.sample()
+        for cl in self._clusters():
+            cl.conn.close()
+        return self.verdict()
+
+    def verdict(self) -> tuple[bool, str]:
+        found = [cl.env for cl in self.others if cl.seen]
+        if found:
+            return False, (
+                f"a session of {self.env}'s release {self.release} is on {found[0]}'s database "
+                f"cluster: {self.env}'s service reaches {found[0]}'s PostgreSQL"
+            )
+        checked = [cl.env for cl in self.others]
+        rest = f"; none on {', '.join(checked)}'s" if checked else ""
+        if self.not_asked:
+            rest += f"; {', '.join(self.not_asked)}'s not reachable, not checked"
+        if self.own is None:
+            return True, f"{self.env}'s database did not answer: its sessions not checked{rest}"
+        if not self.own.seen:
+            return True, (
+                f"no session of {self.release} observed on {self.env}'s database: the service may "
+                f"not use it or closes connections at once{rest}"
+            )
+        return True, f"{self.own.seen} session(s) of {self.release} on {self.env}'s database{rest}"
+
+
+def watch(env: EnvConfig, release: str, others: Iterable[EnvConfig]) -> Watch:
+    """Open one connection to env's cluster and one to each other environment's that answers,
+    and start sampling. A cluster that is env's own under another name is not another's."""
+    import psycopg
+
+    start = time.perf_counter()
+    own: Cluster | None = None
+    mine = ""
+    try:
+        conn, mine = _connect(env)
+        own = Cluster(env.name, conn)
+    except psycopg.Error:
+        pass
+    found: list[Cluster] = []
+    not_asked: list[str] = []
+    for other in others:
+        try:
+            conn, ident = _connect(other)
+        except psycopg.Error:
+            not_asked.append(other.name)
+            continue
+        if mine and ident == mine:
+            conn.close()  # the guards refuse a shared cluster; here it is no evidence either way
+            continue
+        found.append(Cluster(other.name, conn))
+    w = Watch(env.name, release, own, found, not_asked)
+    w.opened_ms = (time.perf_counter() - start) * 1000
+    return w.start()
