@@ -47,9 +47,15 @@ def operator_venv() -> Path:
     base = Path(tempfile.gettempdir()) / f"stageflow-operator-{digest.hexdigest()[:16]}"
     with open(f"{base}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (base / "venv" / ".complete").exists():
+        if not (base / "venv" / ".complete").exists() or not any((base / "wheel").glob("*.whl")):
             _build_operator_venv(base, files)
     return base / "venv"
+
+
+def operator_wheel() -> Path:
+    """The wheel the operator's venv was installed from (built with it, once per source tree)."""
+    (wheel,) = (operator_venv().parent / "wheel").glob("stageflow-*.whl")
+    return wheel
 
 
 def _build_operator_venv(base: Path, files: list[bytes]) -> None:
@@ -64,19 +70,12 @@ def _build_operator_venv(base: Path, files: list[bytes]) -> None:
             shutil.copy2(support.REPO / rel, src / rel)
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run(
-        [
-            str(venv / "bin/python"),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            str(src),
-        ],
-        check=True,
-        timeout=900,
-    )
+    pip = [str(venv / "bin/python"), "-m", "pip", "--quiet", "--disable-pip-version-check"]
+    # the wheel first, kept beside the venv: the adoption tests read what it ships
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(base / "wheel"), str(src)],
+                   check=True, timeout=900)  # fmt: skip
+    (wheel,) = (base / "wheel").glob("stageflow-*.whl")
+    subprocess.run([*pip, "install", str(wheel)], check=True, timeout=900)
     shutil.rmtree(src)
     (venv / ".complete").touch()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.deployed_services import operator_venv, operator_wheel
 
 ROOT = Path(__file__).resolve().parents[2]
 INIT_FILES = (
@@ -47,31 +48,26 @@ def run(argv: list[str], cwd: Path, *, timeout: float = 600) -> subprocess.Compl
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Built from a copy of the checkout: setuptools leaves build/ behind where it builds."""
-    source = tmp_path_factory.mktemp("source") / "stageflow"
-    skip = (".git", ".venv", ".stageflow", "build", "dist", "*.egg-info", "__pycache__", ".*_cache")
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*skip))
-    out = tmp_path_factory.mktemp("wheel")
-    res = run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(source)], out
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    (built,) = out.glob("stageflow-*.whl")
-    return built
+def wheel() -> Path:
+    """Built from a copy of the checkout (no tests, no benchmarks), once per run and source tree:
+    the wheel a team's pip installs."""
+    return operator_wheel()
 
 
 @pytest.fixture(scope="module")
-def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A service's own venv: stageflow from the wheel, and Django for `django-admin startproject`."""
-    path = tmp_path_factory.mktemp("service-venv") / "venv"
-    res = run([sys.executable, "-m", "venv", str(path)], path.parent)
-    assert res.returncode == 0, res.stderr
-    res = run(
-        [str(path / "bin/python"), "-m", "pip", "install", "-q", str(wheel), "django"], path.parent
-    )
+def venv() -> Path:
+    """A service's own venv holding stageflow from that wheel and nothing of this checkout."""
+    return operator_venv()
+
+
+@pytest.fixture(scope="module")
+def django_admin(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """`django-admin` from Django installed apart (the operator's venv has no Django)."""
+    target = tmp_path_factory.mktemp("django")
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-compile"]
+    res = run([*pip, "--target", str(target), "django"], target, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
-    return path
+    return ["env", f"PYTHONPATH={target}", sys.executable, "-m", "django"]
 
 
 @pytest.fixture
@@ -187,9 +183,11 @@ def test_init_outside_git_is_refused_in_one_line(venv: Path, tmp_path: Path) -> 
     assert not (tmp_path / "plain" / "stageflow.toml").exists()
 
 
-def test_init_a_django_project_in_a_subdirectory(venv: Path, repo: Path) -> None:
+def test_init_a_django_project_in_a_subdirectory(
+    venv: Path, repo: Path, django_admin: list[str]
+) -> None:
     (repo / "site").mkdir()
-    res = run([str(venv / "bin/django-admin"), "startproject", "mysite", "site"], repo)
+    res = run([*django_admin, "startproject", "mysite", "site"], repo)
     assert res.returncode == 0, res.stderr
     write(repo, {"site/requirements.txt": "django\n"})
     assert init(venv, repo).returncode == 0
