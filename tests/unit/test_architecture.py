@@ -288,3 +288,12 @@ def test_the_size_check_sees_a_long_task(tmp_path: Path):
     path.write_text(f"@task\ndef t(c):\n{body}\n")
     (fn,) = _functions(path)
     assert _is_task(fn) and fn.end_lineno - fn.lineno + 1 > 20
+
+
+def test_the_files_the_suite_hands_out_first_exist() -> None:
+    """A renamed long file would silently lose its place at the head of the parallel run."""
+    from tests.conftest import RUN_FIRST
+
+    root = Path(__file__).resolve().parents[2]
+    assert [p for p in RUN_FIRST if not (root / p).is_file()] == []
+    assert len(set(RUN_FIRST)) == len(RUN_FIRST)
