@@ -2,9 +2,11 @@
 migrates the scratch copy, never the target.
 
 alembic (and Flask-Migrate, which wraps it) print the SQL of an upgrade offline (`--sql`), so the
-gate lints and profiles exactly what `up` will run. Other tools render through `[gates.migrations]
-render` (an argv; "{current}" is the revision the copy is at); without one the rehearsal still runs
-and the report says the SQL was not linted.
+gate lints and profiles exactly what `up` will run. Django prints each migration's SQL with
+`manage.py sqlmigrate APP NAME`: the gate asks `showmigrations --plan` which ones the copy lacks and
+renders those, in the plan's order. Other tools render through `[gates.migrations] render` (an argv;
+"{current}" is the revision the copy is at; `[]` turns rendering off); without one the rehearsal
+still runs and the report says the SQL was not linted.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from deploy.gates.scratch_cluster import ScratchCluster
 from deploy.secrets import scrub
 from deploy.service import FED_NAMES, Migrations, load_service
 
+_PLAN_ROW = re.compile(r"^\[( |X)\]\s+(\w+)\.(\w+)\s*$")  # showmigrations --plan: [ ]  app.0002_x
 _TX = re.compile(r"^(BEGIN|COMMIT|ROLLBACK|START\s+TRANSACTION|END)\s*$", re.I)
 _KEEP_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER")
 
@@ -131,20 +134,54 @@ def rendered_statements(text: str) -> list[str]:
     return out
 
 
+def django_manage(up: Sequence[str]) -> list[str] | None:
+    """The `python manage.py` head of `up` when up is Django's `manage.py migrate`, else None."""
+    words = list(up)
+    for i, word in enumerate(words[:3]):
+        if Path(word).name == "manage.py" and words[i + 1 : i + 2] == ["migrate"]:
+            return words[: i + 1]
+    return None
+
+
+def django_unapplied(plan: str) -> list[tuple[str, str]]:
+    """(app, migration) of every unapplied row of `showmigrations --plan`, in the plan's order."""
+    rows = (_PLAN_ROW.match(line.strip()) for line in plan.splitlines())
+    return [(m.group(2), m.group(3)) for m in rows if m and m.group(1) == " "]
+
+
+def _render(tool: Tool, before: Mapping[str, str]) -> tuple[list[list[str]], str] | None:
+    """(the commands run, the SQL they printed) for what `up` will apply; None: no way to tell."""
+    argv = render_argv(tool.ctx, tool.m, before)
+    if argv is not None:
+        return [argv], tool.checked(argv, what="render").stdout
+    manage = django_manage(tool.m.up) if tool.ctx.config.get("render") is None else None
+    if manage is None:
+        return None
+    plan = [*manage, "showmigrations", "--plan"]
+    todo = django_unapplied(tool.checked(plan, what="render").stdout)
+    commands = [[*manage, "sqlmigrate", app, name] for app, name in todo]
+    printed = [tool.checked(c, what="render").stdout for c in commands]
+    return commands or [plan], "\n".join(printed)
+
+
 def _lint_rendered(
     tool: Tool, before: Mapping[str, str], details: dict[str, Any]
 ) -> tuple[list[str], list[str]]:
     """(statements, squawk blocking) of the rendered SQL; details say what was linted or why not."""
-    argv = render_argv(tool.ctx, tool.m, before)
-    if argv is None:
+    rendered = _render(tool, before)
+    if rendered is None:
         details["lint"] = (
             "not linted: the tool's SQL cannot be rendered; set [gates.migrations] render "
-            '(e.g. ["python", "manage.py", "sqlmigrate", "shop", "0002"])'
+            '(an argv printing the SQL `up` would run, e.g. ["tool", "sql", "{current}"])'
         )
         return [], []
-    done = tool.checked(argv, what="render")
-    statements = rendered_statements(done.stdout)
-    details["rendered"] = {"command": argv, "statements": [locks.short(s, 240) for s in statements]}
+    commands, printed = rendered
+    statements = rendered_statements(printed)
+    details["rendered"] = {
+        "command": commands[0],
+        "commands": commands,
+        "statements": [locks.short(s, 240) for s in statements],
+    }
     if not statements:
         return [], []
     with tempfile.TemporaryDirectory(prefix="stageflow-gate-") as tmp:

@@ -214,12 +214,12 @@ def alembic_bin() -> Iterator[Path]:
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = subprocess.run(
-        [str(venv / "bin/python"), "-m", "pip", "install", "-q", "alembic", "sqlalchemy",
-         "psycopg[binary]"],
+        [str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-compile", "alembic",
+         "sqlalchemy", "psycopg[binary]", "django"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if pip.returncode != 0:
-        pytest.skip(f"cannot install alembic: {pip.stderr.strip().splitlines()[-1:]}")
+        pytest.skip(f"cannot install the tools: {pip.stderr.strip().splitlines()[-1:]}")
     try:
         yield venv / "bin"
     finally:
@@ -293,6 +293,119 @@ def test_an_alembic_service_gets_its_sql_linted_and_rehearsed(
     )
     mig = by_name(gate(root, "v1.1.0", db_url=Secret(reader)))["migrations"]
     assert mig.status == "failed" and "check constraint" in mig.summary, mig.summary
+    assert fingerprint(pg_dsn) == before and _databases(pg_dsn) == databases
+
+
+# -- a Django service: each pending migration's SQL from `manage.py sqlmigrate` ---------------
+
+DJANGO_SETTINGS = """\
+import os
+from urllib.parse import unquote, urlsplit
+
+SECRET_KEY = "not-a-secret"
+INSTALLED_APPS = ["catalog"]
+USE_TZ = True
+_url = urlsplit(os.environ["DATABASE_URL"])
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": _url.path.lstrip("/"),
+        "USER": unquote(_url.username or ""),
+        "PASSWORD": unquote(_url.password or os.environ.get("PGPASSWORD", "")),
+        "HOST": _url.hostname,
+        "PORT": _url.port,
+    }
+}
+"""
+
+DJANGO_MANAGE = """\
+import os
+import sys
+
+from django.core.management import execute_from_command_line
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "site_settings")
+execute_from_command_line(sys.argv)
+"""
+
+DJANGO_MIGRATION = """\
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    initial = {initial}
+    dependencies = {deps!r}
+    operations = [{op}]
+"""
+
+DJANGO_SERVICE = """
+[service]
+name = "catalog"
+wsgi = "site_settings:app"
+
+[service.migrations]
+kind = "command"
+dir = "."
+up = ["{bin}/python", "manage.py", "migrate", "--noinput"]
+down = ["{bin}/python", "manage.py", "migrate", "{{app}}", "{{target}}", "--noinput"]
+current = ["{bin}/python", "manage.py", "showmigrations", "--plan"]
+
+[stages]
+order = ["GA"]
+[stages.GA]
+patterns = ["*"]
+[stages.GA.gates]
+migrations = "required"
+promotion_guard = "required"
+"""
+
+
+def _django_migration(name: str, op: str, deps: list[tuple[str, str]]) -> dict[str, str]:
+    text = DJANGO_MIGRATION.format(initial=not deps, deps=deps, op=op)
+    return {f"catalog/migrations/{name}.py": text}
+
+
+def test_a_django_service_gets_each_pending_migrations_sql_linted(
+    tmp_path: Path, pg_dsn: str, reader: str, alembic_bin: Path
+) -> None:
+    root = tmp_path / "catalog"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    create = (
+        'migrations.CreateModel("Item", [("id", models.AutoField(primary_key=True)), '
+        '("name", models.TextField())])'
+    )
+    commit(
+        root,
+        {
+            ".gitignore": "dist/\n__pycache__/\n",
+            "stageflow.toml": DJANGO_SERVICE.format(bin=alembic_bin),
+            "manage.py": DJANGO_MANAGE,
+            "site_settings.py": DJANGO_SETTINGS,
+            "catalog/__init__.py": "",
+            "catalog/migrations/__init__.py": "",
+            **_django_migration("0001_initial", create, []),
+        },
+        message="catalog",
+    )
+    env = {"PATH": f"{alembic_bin}:/usr/bin:/bin", "DATABASE_URL": pg_dsn}
+    migrate = [str(alembic_bin / "python"), "manage.py", "migrate", "--noinput"]
+    subprocess.run(migrate, cwd=root, env=env, check=True, capture_output=True)
+    price = 'migrations.AddField("Item", "price", models.IntegerField(null=True))'
+    commit(root, _django_migration("0002_price", price, [("catalog", "0001_initial")]), tag="v1")
+    before, databases = fingerprint(pg_dsn), _databases(pg_dsn)
+    mig = by_name(gate(root, "v1", db_url=Secret(reader)))["migrations"]
+    assert mig.status == "passed", mig.summary
+    rendered = mig.details["rendered"]
+    assert rendered["commands"][-1][-3:] == ["sqlmigrate", "catalog", "0002_price"], rendered
+    assert any('ADD COLUMN "price" integer NULL' in s for s in rendered["statements"]), rendered
+    assert "1 statement(s) linted" in mig.summary, mig.summary
+    # a column's type changed rewrites the table under an exclusive lock: squawk blocks it
+    sku = 'migrations.AlterField("Item", "name", models.CharField(max_length=40))'
+    commit(root, _django_migration("0003_sku", sku, [("catalog", "0002_price")]), tag="v2")
+    mig = by_name(gate(root, "v2", db_url=Secret(reader)))["migrations"]
+    assert mig.status == "failed" and "squawk blocks" in mig.summary, mig.summary
+    assert [c[-1] for c in mig.details["rendered"]["commands"]] == ["0002_price", "0003_sku"]
     assert fingerprint(pg_dsn) == before and _databases(pg_dsn) == databases
 
 
