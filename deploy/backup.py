@@ -36,7 +36,7 @@ def take(
     out = Path(layout.backups) / f"{bid}.dump"
     start = time.perf_counter()
     host.run(dump_argv(pg_bin_dir(), svc.admin_conninfo(env.database.name), str(out)), timeout=3600)
-    version = migrations.current_version(env.database_url, password=env.secret("POSTGRES_PASSWORD"))
+    version, schema = _schema_now(proj, env, host, layout, release)
     info = {
         "id": bid,
         "env": name,
@@ -46,6 +46,7 @@ def take(
         "size_bytes": out.stat().st_size,
         "release": release,
         "ledger_version": version,
+        "schema": schema,
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "duration_s": round(time.perf_counter() - start, 3),
         "actor": actor,
@@ -62,6 +63,34 @@ def take(
     finally:
         primary.close()
     return info
+
+
+def _schema_now(
+    proj: Project, env: Any, host: Host, layout: Layout, release: str
+) -> tuple[int | None, str | None]:
+    """(ledger version, schema revisions) the dump was taken at. stageflow's SQL files keep a
+    ledger; a service's own tool keeps its books itself, so the serving release's recorded
+    revisions say where its schema was (None when it recorded none); no migrations, neither."""
+    kind = proj.service.migrations.kind
+    if kind == "sql":
+        password = env.secret("POSTGRES_PASSWORD")
+        return migrations.current_version(env.database_url, password=password), None
+    if kind != "command" or not release:
+        return None, None
+    from deploy import env_migrations, releases
+
+    meta = releases.release_meta(host, layout, release)
+    revisions = env_migrations.recorded_revisions(meta)
+    return None, migrations.describe_revisions(revisions) if revisions else None
+
+
+def schema_label(info: dict[str, Any]) -> str:
+    """Where the backup's schema was, in the words of its kind: "ledger version 3", "schema a1"."""
+    if info.get("schema"):
+        return f"schema {info['schema']}"
+    if info.get("ledger_version") is not None:
+        return f"ledger version {info['ledger_version']}"
+    return "schema not recorded"
 
 
 def list_backups(proj: Project, name: str) -> list[dict[str, Any]]:
@@ -167,8 +196,8 @@ class TakenBackup:
 
     def summary(self) -> str:
         return (
-            f"backup {self.info['id']} ({self.info['size_bytes'] / 1e6:.2f} MB, ledger version "
-            f"{self.info['ledger_version']}, release {self.serving or '-'})"
+            f"backup {self.info['id']} ({self.info['size_bytes'] / 1e6:.2f} MB, "
+            f"{schema_label(self.info)}, release {self.serving or '-'})"
         )
 
     def verify_rows(self) -> Iterator[tuple[Any, ...]]:
@@ -184,7 +213,7 @@ class TakenBackup:
             )
 
 
-BACKUP_COLUMNS = ("id", "time", "release", "ledger", "size", "actor", "reason")
+BACKUP_COLUMNS = ("id", "time", "release", "schema", "size", "actor", "reason")
 
 
 def backup_rows(found: list[dict[str, Any]]) -> Iterator[tuple[Any, ...]]:
@@ -194,7 +223,7 @@ def backup_rows(found: list[dict[str, Any]]) -> Iterator[tuple[Any, ...]]:
             b["id"],
             b.get("time"),
             b.get("release") or "-",
-            b.get("ledger_version"),
+            b.get("schema") or b.get("ledger_version"),
             f"{b.get('size_bytes', 0) / 1e6:.2f} MB",
             b.get("actor"),
             b.get("reason"),

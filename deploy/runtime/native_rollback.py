@@ -676,5 +676,4 @@ def restore(ctx: Context, p: RollbackPlan, details: list[str]) -> str:
     recreate_database(_services(ctx), ctx.env)
     done = backups.restore(ctx.proj, ctx.env.name, info["id"], actor=str(ctx.actor))
     details.append(f"restored backup {info['id']}; frozen")
-    version = info.get("ledger_version")
-    return f"{info['id']} restored in {done['restore_s']:.2f}s (ledger version {version})"
+    return f"{info['id']} restored in {done['restore_s']:.2f}s ({backups.schema_label(info)})"

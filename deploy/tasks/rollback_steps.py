@@ -97,7 +97,8 @@ def backup(c, verify=False, reason="manual", json=False):
 @task(help={"json": "print as JSON"})
 @edge
 def backups_(c, json=False):
-    """List this environment's backups: id, time, release, ledger version, size."""
+    """List this environment's backups: id, time, release, schema (ledger version or the tool's
+    revisions), size."""
     from deploy import backup as backups
     from deploy import environment
 
