@@ -156,14 +156,16 @@ ROOT_ENTRIES = (".stageflow", ".venv")
 
 
 def open_tree(top: str, who: Account) -> None:
+    """Bottom up, the top folder last: a folder becomes who's only once everything under it is,
+    so a process of who's (a compromised worker) can never swap a path that is still to walk."""
+    for dirpath, dirnames, filenames in os.walk(top, topdown=False):
+        names = [*dirnames, *filenames]
+        if dirpath == top:
+            names = [n for n in names if n not in ROOT_ENTRIES]
+        for name in names:
+            os.chown(os.path.join(dirpath, name), who.uid, who.gid, follow_symlinks=False)
     os.chown(top, 0, who.gid, follow_symlinks=False)
     os.chmod(top, 0o1770)
-    for dirpath, dirnames, filenames in os.walk(top):
-        if dirpath == top:
-            dirnames[:] = [d for d in dirnames if d not in ROOT_ENTRIES]
-            filenames = [f for f in filenames if f not in ROOT_ENTRIES]
-        for name in [*dirnames, *filenames]:
-            os.chown(os.path.join(dirpath, name), who.uid, who.gid, follow_symlinks=False)
 
 
 def seal(top: str) -> None:
@@ -194,6 +196,8 @@ def _seal_dir(fd: int) -> None:
             mode = os.fstat(child).st_mode
             if stat.S_ISDIR(mode):
                 _seal_dir(child)
+            elif stat.S_ISREG(mode) and os.fstat(child).st_nlink > 1:
+                os.unlink(entry.name, dir_fd=fd)  # a hard link: maybe to a file not the build's
             elif stat.S_ISREG(mode):
                 os.fchown(child, 0, 0)
                 os.fchmod(child, 0o755 if mode & 0o111 else 0o644)

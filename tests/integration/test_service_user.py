@@ -58,10 +58,16 @@ def app(environ, start_response):
     return [body]
 """
 WORKER = "import time\nwhile True:\n    time.sleep(1)\n"
+# collectstatic's stand-in, which also leaves what a sealed release must not keep
 BUILD = """\
 import json, os, pathlib
 pathlib.Path("collected").mkdir()
 pathlib.Path("collected/seen.json").write_text(json.dumps({"uid": os.getuid()}))
+os.mkfifo("collected/pipe")
+os.symlink("/etc", "collected/link")
+pathlib.Path("collected/tool").write_text("#!/bin/sh\\n")
+os.chmod("collected/tool", 0o6777)
+os.chmod("collected", 0o777)
 """
 
 
@@ -138,6 +144,10 @@ def test_the_master_its_workers_a_process_and_a_build_run_as_the_service_user(si
     for path in (rdir, rdir / "collected", rdir / "collected" / "seen.json", rdir / "webapp.py"):
         st = path.stat()
         assert st.st_uid == 0 and not st.st_mode & 0o022 and st.st_mode & 0o004, path
+    assert (rdir / "collected" / "tool").stat().st_mode & 0o7777 == 0o755  # no setuid left
+    assert not (rdir / "collected" / "pipe").exists()
+    assert (rdir / "collected" / "link").lstat().st_uid == 0
+    assert (rdir / ".stageflow" / "launch.py").stat().st_uid == 0
 
     master = releases.start(host, site.env, site.proj.service, site.layout, rel, workers=2)
     assert _uids(master) == [site.uid] * 4
@@ -174,3 +184,25 @@ def test_a_release_the_service_user_cannot_reach_is_refused_before_anything_runs
     assert "the service user stageflow cannot read the releases in" in line
     assert "is private" in line and "\n" not in line
     assert releases.list_releases(Host(), layout) == []
+
+
+def test_without_root_the_launcher_runs_the_command_as_the_invoking_user() -> None:
+    """The same launcher, started by the service user itself (not root): --user changes nothing,
+    the command runs as whoever started it."""
+    python = native.service_interpreter("stageflow") or "/usr/bin/python3"
+    base = support.public_tmpdir("sf-launch-")
+    try:
+        shutil.copyfile(releases.HELPERS_SOURCE / "launch.py", base / "launch.py")
+        (base / "settings.json").write_text("{}")
+        os.chmod(base, 0o777)
+        argv = [
+            "runuser", "-u", "stageflow", "--", python, str(base / "launch.py"),
+            "--settings", str(base / "settings.json"), "--user", "nobody",
+            "--files", str(base / "files"), "--", "id", "-u",
+        ]  # fmt: skip
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert int(out.stdout) == pwd.getpwnam("stageflow").pw_uid
+        assert (base / "files").stat().st_uid == pwd.getpwnam("stageflow").pw_uid
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
