@@ -117,7 +117,7 @@ def become(who: Account) -> None:
 
 
 def as_account(env: dict[str, str], who: Account | None, files: str) -> dict[str, str]:
-    """The environment names that say who runs: the service user's, its home its files dir."""
+    """The names that say who runs: the service user's, with its files dir as its home."""
     if who is None:
         return env
     out = {**env, "USER": who.name, "LOGNAME": who.name}
@@ -190,21 +190,28 @@ def _seal_dir(fd: int) -> None:
         try:
             child = os.open(entry.name, flags, dir_fd=fd)
         except OSError:
-            os.unlink(entry.name, dir_fd=fd)  # a socket, or gone: nothing a release needs
+            _drop(fd, entry.name)  # a socket, or a symlink swapped in: nothing a release needs
             continue
         try:
             mode = os.fstat(child).st_mode
             if stat.S_ISDIR(mode):
                 _seal_dir(child)
             elif stat.S_ISREG(mode) and os.fstat(child).st_nlink > 1:
-                os.unlink(entry.name, dir_fd=fd)  # a hard link: maybe to a file not the build's
+                _drop(fd, entry.name)  # a hard link: maybe to a file that is not the build's
             elif stat.S_ISREG(mode):
                 os.fchown(child, 0, 0)
                 os.fchmod(child, 0o755 if mode & 0o111 else 0o644)
             else:
-                os.unlink(entry.name, dir_fd=fd)  # a fifo or device the build left
+                _drop(fd, entry.name)  # a fifo or device the build left
         finally:
             os.close(child)
+
+
+def _drop(fd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=fd)
+    except FileNotFoundError:
+        pass
 
 
 def build_in(tree: str, who: Account, command: list[str], env: dict[str, str]) -> int:
@@ -370,6 +377,7 @@ def _prepare(args: argparse.Namespace, who: Account | None) -> None:
 
 def main(argv: list[str]) -> int:
     command: list[str] = []
+    who: Account | None = None
     try:
         args, command = parse(argv)
         who = account(args.user)
@@ -399,7 +407,8 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"launch: {err}\n")
         return 2
     except OSError as exc:  # the exec itself: a program that is not executable, say
-        sys.stderr.write(f"launch: cannot run {command[0]!r}: {exc.strerror}\n")
+        whom = f" as the service user {who.name}" if who is not None else ""
+        sys.stderr.write(f"launch: cannot run {command[0]!r}{whom}: {exc.strerror}\n")
         return NOT_FOUND
     return 1
 
