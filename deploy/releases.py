@@ -29,7 +29,7 @@ from deploy.commands import release as cmd
 from deploy.config import EnvConfig, Project
 from deploy.errors import ConfigError, MigrationError, ServiceError, UsageError, clip
 from deploy.hosts import CommandResult, Host, run_process
-from deploy.runtime.native import port_is_free
+from deploy.runtime.native import check_service_reach, port_is_free, service_interpreter
 from deploy.secrets import Secret, scrub
 from deploy.service import Service
 from deploy.settings import service_settings
@@ -123,10 +123,12 @@ class VenvSpec:
     install: tuple[str, ...]  # pip install arguments
     cwd: str  # where pip runs: relative paths in a requirements file resolve from here
     gunicorn: str
+    interpreter: str = ""  # the Python the venv is made from, when not the engine's own
 
     @property
     def key(self) -> str:
         parts = [f"mode {self.mode}", f"gunicorn {self.gunicorn}"]
+        parts += [f"python {self.interpreter}"] if self.interpreter else []
         return lock_hash("\n".join(parts + [f"--- {n}\n{t}" for n, t in self.files]))
 
 
@@ -148,9 +150,11 @@ def venv_spec(host: Host, service: Service, release_dir: str, commit: str) -> Ve
         )
     folder = str(PurePosixPath(path).parent)
     gunicorn = engine_gunicorn()
+    # as root, the service user runs the venv's python: one it can reach
+    python = service_interpreter(service.user) if host.is_local else ""
     if PurePosixPath(path).name != "pyproject.toml":
         files = ((service.requirements, text),)
-        return VenvSpec(files, "requirements", ("-r", path), folder, gunicorn)
+        return VenvSpec(files, "requirements", ("-r", path), folder, gunicorn, python)
     files = [(service.requirements, text)]
     install = [folder]
     for name in PYPROJECT_LOCKS:
@@ -159,7 +163,7 @@ def venv_spec(host: Host, service: Service, release_dir: str, commit: str) -> Ve
             files.append((name, lock))
             if name == "requirements.lock":  # the one lock pip reads: the pins hold
                 install = ["-r", f"{folder}/{name}", folder]
-    return VenvSpec(tuple(files), "package", tuple(install), folder, gunicorn)
+    return VenvSpec(tuple(files), "package", tuple(install), folder, gunicorn, python)
 
 
 def install_helpers(host: Host, release_dir: str) -> str:
@@ -242,6 +246,8 @@ def build(
     """
     layout = layout or Layout(str(env.data_dir))
     host.makedirs(layout.releases, layout.venvs, layout.run, layout.logs)
+    if host.is_local:
+        check_service_reach(layout.releases, proj.service.user)
     rid = rid or new_release_id(commit, host.listdir(layout.releases))
     tarball = archive(proj, commit)
     target = layout.release(rid)
@@ -284,7 +290,15 @@ def _build_command(
     """One of [service] build in the release being built; a failure refuses the release before it
     migrates or serves anything, and the half-built directory goes."""
     res = _command_in(
-        host, env, proj.service, layout, release_dir, rid, argv, timeout=BUILD_COMMAND_TIMEOUT_S
+        host,
+        env,
+        proj.service,
+        layout,
+        release_dir,
+        rid,
+        argv,
+        timeout=BUILD_COMMAND_TIMEOUT_S,
+        building=True,
     )
     if res.ok:
         return
@@ -316,7 +330,7 @@ def ensure_venv(host: Host, layout: Layout, spec: VenvSpec) -> str:
         building = f"{cached}.tmp-{os.getpid()}"
         host.remove_tree(building)
         host.makedirs(venv_cache(host))
-        python = sys.executable if host.is_local else "python3"
+        python = spec.interpreter or (sys.executable if host.is_local else "python3")
         host.run(cmd.venv_create(python, building), timeout=120)
         host.run(cmd.pip_install(building, spec.install), timeout=600, cwd=spec.cwd)
         # gunicorn runs the service: the engine's, unless the service installed its own
@@ -455,6 +469,7 @@ class Paths:
     listener_pid: str
     settings: str
     app_log: str
+    files: str  # the service's own writable directory (STAGEFLOW_FILES_DIR)
 
     @classmethod
     def of(cls, layout: Layout) -> Paths:
@@ -463,6 +478,7 @@ class Paths:
             listener_pid=f"{layout.run}/listener.pid",
             settings=f"{layout.shared}/service.json",
             app_log=f"{layout.logs}/app.log",
+            files=f"{layout.shared}/files",
         )
 
 
@@ -563,8 +579,10 @@ def _command_in(
     *,
     timeout: float,
     extra_env: Mapping[str, str] | None = None,
+    building: bool = False,
 ) -> CommandResult:
-    """service_command in release_dir, which may be a release still being built."""
+    """service_command in release_dir, which may be a release still being built (building: the
+    command may write into it)."""
     ensure_helpers(host, release_dir)
     settings = f"{layout.shared}/command-{uuid.uuid4().hex[:12]}.json"
     host.write_text(settings, json.dumps(service_settings(env, service, release=rid)), mode=0o600)
@@ -576,6 +594,9 @@ def _command_in(
                 settings=settings,
                 cwd=service.path_in_release(release_dir),
                 env=sorted((extra_env or {}).items()),
+                user=service.user,
+                files=Paths.of(layout).files,
+                build_tree=release_dir if building else "",
             ),
             check=False,
             timeout=timeout,
@@ -694,6 +715,8 @@ def _launch_master(
         ready_path=service.ready_path,
         asgi=service.is_asgi,
         workers=workers,
+        user=service.user,
+        files=paths.files,
     )
     try:
         host.run(argv, env={"PATH": "/usr/local/bin:/usr/bin:/bin"}, timeout=30)
@@ -968,6 +991,8 @@ def start_processes(
                 pidfile=pidfile,
                 log=process_log(layout, name),
                 env=[("STAGEFLOW_RELEASE", rid)],
+                user=service.user,
+                files=Paths.of(layout).files,
             ),
             check=False,
             timeout=30,

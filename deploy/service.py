@@ -97,6 +97,10 @@ class Service:
     migrations: Migrations = field(default_factory=Migrations)
     processes: tuple[tuple[str, tuple[str, ...]], ...] = ()
     smoke: tuple[SmokeCheck, ...] = ()
+    # [project] service_user: when stageflow runs as root, every process of the service (its
+    # gunicorn master and workers, [service.processes], build, migrate and seed commands) runs as
+    # this user; without root, as the invoking user. Never root (config.load_project refuses it).
+    user: str = "stageflow"
 
     @property
     def ready_path(self) -> str:
@@ -322,7 +326,14 @@ def load_service(path: Path, data: dict[str, Any]) -> Service:
         migrations=_migrations(table.get("migrations")),
         processes=_processes(table.get("processes")),
         smoke=_smoke(table.get("smoke")),
+        user=_service_user(data.get("project")),
     )
+
+
+def _service_user(project: Any) -> str:
+    """[project] service_user as written; config.load_project refuses a bad one in one line."""
+    user = project.get("service_user", "stageflow") if isinstance(project, dict) else "stageflow"
+    return user if isinstance(user, str) else "stageflow"
 
 
 def with_password(url: str, password: str | None) -> str:

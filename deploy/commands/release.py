@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from deploy.commands import system
+
 # the engine's stdlib-only helpers (listener, launcher, gunicorn hooks), copied into each release
 HELPERS_DIR = ".stageflow"
 HELPERS = ("listener.py", "launch.py", "gunicorn_conf.py")
@@ -97,6 +99,13 @@ def code_paths(service_dir: str) -> tuple[str, str]:
     return service_dir, str(PurePosixPath(service_dir, "src"))
 
 
+def _account_args(user: str, files: str) -> list[str]:
+    """Who the service's code runs as when the launcher runs as root (system.checked_user_name),
+    and the directory it may write; the launcher ignores --user when it is not root."""
+    out = ["--user", system.checked_user_name(user)] if user else []
+    return out + (["--files", files] if files else [])
+
+
 def _launch_args(launch: Launch, *, ready_path: str, asgi: bool) -> list[str]:
     return [
         "--control",
@@ -112,6 +121,13 @@ def _launch_args(launch: Launch, *, ready_path: str, asgi: bool) -> list[str]:
         "--metrics-dir",
         launch.metrics_dir,
         *(["--asgi"] if asgi else []),
+        # the launcher, not gunicorn, daemonizes the master: it writes the pid file as the
+        # invoking user, so the master can run as the service user, which cannot write run/
+        "--detach",
+        "--pidfile",
+        launch.pidfile,
+        "--log",
+        launch.logfile,
     ]
 
 
@@ -126,16 +142,21 @@ def gunicorn(
     asgi: bool,
     workers: int,
     graceful_timeout: int = 20,
+    user: str = "",
+    files: str = "",
 ) -> list[str]:
     """gunicorn on the listener's socket, through launch.py, which loads the settings file into
     the environment and swaps in the socket's fd number; the helpers come from the release's
-    `.stageflow` folder, so the service's repository needs none of the engine."""
+    `.stageflow` folder, so the service's repository needs none of the engine. The master runs in
+    the foreground of the session launch.py made for it, as user when launch.py runs as root;
+    gunicorn finds its own pid already in --pid and leaves the file alone."""
     venv_python = str(PurePosixPath(release_dir, ".venv", "bin", "python"))
     helpers = PurePosixPath(release_dir, HELPERS_DIR)
     return [
         venv_python,
         str(helpers / "launch.py"),
         *_launch_args(launch, ready_path=ready_path, asgi=asgi),
+        *_account_args(user, files),
         "--",
         # python -m, not the gunicorn script: a venv copied from the host cache keeps working
         venv_python,
@@ -147,7 +168,6 @@ def gunicorn(
         str(workers),
         "--worker-class",
         worker_class,
-        "--daemon",
         "--pid",
         launch.pidfile,
         "--chdir",
@@ -234,11 +254,15 @@ def service_command(
     settings: str,
     cwd: str,
     env: Sequence[tuple[str, str]] = (),
+    user: str = "",
+    files: str = "",
+    build_tree: str = "",
 ) -> list[str]:
     """One of the service's commands (migrations, seed) in the release's venv, in the foreground,
     through launch.py: the settings file's path is on the command line, never a value of it. env
     holds names that are no secret (PGOPTIONS, STAGEFLOW_SEED_SIZE). cwd is the service's folder
-    in the release: its code comes first on PYTHONPATH, as in gunicorn."""
+    in the release: its code comes first on PYTHONPATH, as in gunicorn. user and files: see
+    _account_args; build_tree: the release being built, which the command may write into."""
     code = ("PYTHONPATH", ":".join(code_paths(cwd)))
     return [
         *_launcher(release_dir),
@@ -249,6 +273,8 @@ def service_command(
         "--venv",
         str(PurePosixPath(release_dir, ".venv")),
         *_env_args([code, *env]),
+        *_account_args(user, files),
+        *(["--build-tree", build_tree] if build_tree else []),
         "--",
         *argv,
     ]
@@ -263,9 +289,13 @@ def service_process(
     pidfile: str,
     log: str,
     env: Sequence[tuple[str, str]] = (),
+    user: str = "",
+    files: str = "",
 ) -> list[str]:
     """A process of [service.processes], detached by launch.py (a session of its own, its pid in
     pidfile, its output in log); prints the pid once the program was exec'd."""
-    cmd = service_command(release_dir, argv, settings=settings, cwd=cwd, env=env)
+    cmd = service_command(
+        release_dir, argv, settings=settings, cwd=cwd, env=env, user=user, files=files
+    )
     cut = cmd.index("--")
     return [*cmd[:cut], "--detach", "--pidfile", pidfile, "--log", log, *cmd[cut:]]

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import stat
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -302,6 +303,59 @@ def server_binaries(user: str | None, *, shared: Path = SHARED_BINARIES) -> Serv
         redis_bin_dir(), ("redis-server",), user=user, label="redis", shared=shared
     )
     return ServerBinaries(pg_bin=pg_bin, redis_server=redis / "redis-server")
+
+
+# Where a system-wide Python lives, for the service user when the engine's own interpreter sits
+# behind a private directory (a pyenv under /root)
+SYSTEM_PYTHON_DIRS = (Path("/usr/local/bin"), Path("/usr/bin"), Path("/bin"))
+
+
+def _runnable_by(program: Path, user: str) -> Path | None:
+    """What keeps user from running program (a private parent, a mode without o+x), or None."""
+    blocked = reachable_by(program, user)
+    if blocked is not None:
+        return blocked
+    try:
+        mode = program.stat().st_mode
+    except OSError:
+        return program
+    return None if mode & stat.S_IXOTH else program
+
+
+def check_service_reach(releases_dir: str, user_name: str) -> None:
+    """As root, the service user must reach the releases it runs: a private parent refuses the
+    deploy in one line before anything is built, started or switched."""
+    user = service_user(user_name)
+    private = reachable_by(Path(releases_dir), user)
+    if private is not None:
+        raise ServiceError(
+            f"the service user {user} cannot read the releases in {releases_dir} "
+            f"({private} is private)",
+            hint=f"chmod o+x {private}, or set DATA_DIR to a path outside it",
+        )
+
+
+def service_interpreter(user_name: str) -> str:
+    """The Python a release's venv is built from, so that the service user can run it: "" for
+    the engine's own (not root, or it is reachable), else a system-wide python3.X of the same
+    version. None such refuses the deploy in one line, before anything of the release runs."""
+    user = service_user(user_name)
+    if user is None:
+        return ""
+    own = Path(os.path.realpath(sys.executable))
+    blocked = _runnable_by(own, user) or reachable_by(Path(sys.base_prefix) / "lib", user)
+    if blocked is None:
+        return ""
+    name = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for folder in SYSTEM_PYTHON_DIRS:
+        candidate = folder / name
+        if candidate.exists() and _runnable_by(Path(os.path.realpath(candidate)), user) is None:
+            return str(candidate)
+    raise ServiceError(
+        f"the service user {user} cannot run {own} ({blocked} is private) and no {name} is "
+        "installed where it can",
+        hint=f"install {name} system-wide (with its venv module), or chmod o+x {blocked}",
+    )
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

@@ -55,14 +55,14 @@ contains = "{token}"
 
 """
 
-# A plain WSGI app: the standard library and nothing else. Notes live in a file beside it so
-# every worker reads what another wrote.
+# A plain WSGI app: the standard library and nothing else. Notes live in a file of the service's
+# files dir (the release is read-only to it) so every worker reads what another wrote.
 SVC = """
 import json
 import os
 from pathlib import Path
 
-NOTES = Path(__file__).with_name("notes.jsonl")
+NOTES = Path(os.environ["STAGEFLOW_FILES_DIR"], "notes.jsonl")
 
 
 def _reply(start_response, status, data):

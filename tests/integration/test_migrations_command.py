@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -25,6 +26,7 @@ from deploy.hosts import Host
 from deploy.policy import promotion
 from deploy.policy.actors import Actor
 from deploy.runtime import native_rollback
+from deploy.runtime.native import service_interpreter
 from deploy.state import HistoryEntry, Layout, record_history
 from tests import support
 from tests.conftest import PgServer, fresh_database
@@ -127,7 +129,9 @@ def repo() -> Iterator[Repo]:
     releases (pip's cache makes it quick)."""
     base = support.public_tmpdir("sf-alembic-")
     venv = base / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # one the service user can run: as root, the service's commands run as that user
+    python = service_interpreter("stageflow") or sys.executable
+    subprocess.run([python, "-m", "venv", str(venv)], check=True)
     pip = subprocess.run(
         [str(venv / "bin/python"), "-m", "pip", "install", "-q", "alembic", "sqlalchemy",
          "psycopg[binary]"],
@@ -156,16 +160,15 @@ def repo() -> Iterator[Repo]:
     try:
         yield Repo(root, venv, commits)
     finally:
-        import shutil
-
         shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
-def proj(repo: Repo, pg_server: PgServer, tmp_path: Path) -> Iterator[Project]:
+def proj(repo: Repo, pg_server: PgServer) -> Iterator[Project]:
     """The repository's environments, dev on a fresh database (with a password: trust ignores
-    it, the scrubbing must not) and a fresh data directory."""
+    it, the scrubbing must not) and a fresh data directory the service user can reach."""
     support.write_envs(repo.root)
+    tmp_path = support.public_tmpdir("sf-alembic-data-")
     with fresh_database(pg_server) as dsn:
         dev = repo.root / "env" / "dev.env"
         text = re.sub(r"POSTGRES_PORT=\d+", f"POSTGRES_PORT={pg_server.port}", dev.read_text())
@@ -179,6 +182,7 @@ def proj(repo: Repo, pg_server: PgServer, tmp_path: Path) -> Iterator[Project]:
             yield load_project(repo.root)
         finally:
             secrets.unlink()
+            shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def query(proj: Project, sql: str) -> list[tuple]:

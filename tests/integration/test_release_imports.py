@@ -19,6 +19,7 @@ from deploy.config import load_project
 from deploy.gates import GateContext
 from deploy.gates import tests as test_gate
 from deploy.hosts import Host
+from deploy.runtime.native import service_interpreter
 from deploy.state import Layout
 from tests import support
 
@@ -36,7 +37,8 @@ def data() -> Iterator[Path]:
 
 def _venv_with_stale_copy(path: Path) -> None:
     """A venv whose site-packages holds `bookmarks` 1.0 (what `pip install .` left there)."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    python = service_interpreter("stageflow") or sys.executable  # one the service user runs
+    subprocess.run([python, "-m", "venv", "--without-pip", str(path)], check=True)
     purelib = subprocess.run(
         [str(path / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True, text=True, check=True,

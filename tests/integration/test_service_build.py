@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from deploy import releases
 from deploy.config import EnvConfig, Project, load_project
 from deploy.errors import ServiceError
 from deploy.hosts import Host
+from deploy.runtime.native import service_interpreter
 from deploy.secrets import Secret
 from deploy.state import Layout
 from tests import support
@@ -39,9 +42,10 @@ if os.environ.get("BUILD_FAILS"):
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> tuple[Project, EnvConfig, Host, Layout, str]:
+def site(tmp_path: Path) -> Iterator[tuple[Project, EnvConfig, Host, Layout, str]]:
     """A service in web/ of a git repository whose build collects its static files, and a dev
-    whose venv for those requirements is already built (this test is about the build commands)."""
+    whose venv for those requirements is already built (this test is about the build commands).
+    The data dir is one the service user can reach: as root, the build runs as that user."""
     root = tmp_path / "repo"
     (root / "web" / "static").mkdir(parents=True)
     (root / "web" / "requirements.txt").write_text(REQUIREMENTS)
@@ -59,20 +63,28 @@ def site(tmp_path: Path) -> tuple[Project, EnvConfig, Host, Layout, str]:
         secret_keys=("SECRET_KEY",),
     )
     proj = replace(proj, root=root, service=service)
+    data = support.public_tmpdir("sf-build-")
     env = replace(
         proj.env("dev"),
-        data_dir=tmp_path / "data",
+        data_dir=data / "data",
         secrets=(("POSTGRES_PASSWORD", Secret(PASSWORD)), ("SECRET_KEY", Secret("sk-s3cret"))),
     )
     layout = Layout(str(env.data_dir))
+    python = service_interpreter(service.user)
     key = releases.VenvSpec(
-        (("requirements.txt", REQUIREMENTS),), "requirements", (), "", releases.engine_gunicorn()
+        (("requirements.txt", REQUIREMENTS),),
+        "requirements",
+        (),
+        "",
+        releases.engine_gunicorn(),
+        python,
     ).key
     venv = Path(layout.venvs) / key
     (venv / "bin").mkdir(parents=True)
-    (venv / "bin" / "python").symlink_to(sys.executable)
+    (venv / "bin" / "python").symlink_to(python or sys.executable)
     (venv / ".complete").write_text("")
-    return proj, env, Host(), layout, git(root, "rev-parse", "HEAD")
+    yield proj, env, Host(), layout, git(root, "rev-parse", "HEAD")
+    shutil.rmtree(data, ignore_errors=True)
 
 
 def test_the_build_commands_run_in_the_new_release_with_the_settings(site) -> None:

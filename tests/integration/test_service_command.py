@@ -20,6 +20,7 @@ from deploy import seed as seeding
 from deploy.config import EnvConfig, HostSpec, Project, load_project
 from deploy.errors import MigrationError, ServiceError
 from deploy.hosts import Host, host_from_spec
+from deploy.runtime.native import service_interpreter
 from deploy.secrets import Secret
 from deploy.state import Layout
 from tests import support
@@ -87,7 +88,10 @@ def remote(server: Sshd, tmp_path: Path) -> Iterator[Remote]:
     release = data / "releases" / "r1"
     (release / "svc").mkdir(parents=True)
     (release / "svc" / "show.py").write_text(SHOW)
-    (release / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    # a venv the service user can run: as root, the command runs as that user
+    python = service_interpreter(base_user()) or sys.executable
+    subprocess.run([python, "-m", "venv", "--without-pip", str(data / "venv")], check=True)
+    (release / ".venv").symlink_to(data / "venv")
     (data / "current").symlink_to("releases/r1")
     (data / "shared").mkdir()
     base = load_project(support.REPO, process_env={})
@@ -115,6 +119,10 @@ def remote(server: Sshd, tmp_path: Path) -> Iterator[Remote]:
     finally:
         host.close()
         shutil.rmtree(data, ignore_errors=True)
+
+
+def base_user() -> str:
+    return load_project(support.REPO, process_env={}).service.user
 
 
 def _seen(stdout: str) -> dict:

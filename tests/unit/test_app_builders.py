@@ -2,8 +2,11 @@
 
 from pathlib import Path
 
+import pytest
+
 from deploy.commands import release as app
 from deploy.commands import services
+from deploy.errors import ConfigError
 
 BIN = Path("/opt/pg/bin")
 
@@ -98,6 +101,13 @@ def test_gunicorn_runs_the_contracts_app_through_launch():
         "R",
         "--metrics-dir",
         "/h/run/metrics/R",
+        # the launcher daemonizes the master and writes its pid file, so that the master itself
+        # may run as the service user (which cannot write run/)
+        "--detach",
+        "--pidfile",
+        "/h/run/app-R.pid",
+        "--log",
+        "/h/logs/app.log",
     ]
     assert argv[cut + 1 : cut + 4] == ["/r/.venv/bin/python", "-m", "gunicorn"]
     assert argv[argv.index("--bind") + 1] == "fd://{fd}"  # launch.py swaps in the fd number
@@ -108,7 +118,7 @@ def test_gunicorn_runs_the_contracts_app_through_launch():
     # the release's own code (and its src layout) before the copy a pyproject installed
     assert argv[argv.index("--pythonpath") + 1] == "/r/web,/r/web/src"
     assert argv[argv.index("--config") + 1] == "/r/.stageflow/gunicorn_conf.py"
-    assert "--daemon" in argv and argv[-1] == "svc:app"
+    assert "--daemon" not in argv and argv[-1] == "svc:app"
     assert not any("deploy/runtime" in a for a in argv)
 
 
@@ -213,3 +223,28 @@ def test_a_service_process_is_detached_with_its_pidfile_and_log():
         "--detach", "--pidfile", "/h/run/proc-worker-R.pid", "--log", "/h/shared/logs/worker.log",
     ]  # fmt: skip
     assert "--control" not in argv
+
+
+def test_the_service_user_and_its_files_dir_go_to_the_launcher_only():
+    argv = _gunicorn(user="stageflow", files="/h/shared/files")
+    cut = argv.index("--")
+    assert argv[cut - 4 : cut] == ["--user", "stageflow", "--files", "/h/shared/files"]
+    assert "--user" not in argv[cut:]  # gunicorn's own --user would leave the master root
+    cmd = app.service_command(
+        "/r", ["python", "manage.py", "collectstatic"], settings="/s", cwd="/r",
+        user="stageflow", files="/h/shared/files", build_tree="/h/releases/R.partial",
+    )  # fmt: skip
+    cut = cmd.index("--")
+    assert cmd[cut - 6 : cut] == [
+        "--user", "stageflow", "--files", "/h/shared/files", "--build-tree", "/h/releases/R.partial",
+    ]  # fmt: skip
+    proc = app.service_process(
+        "/r", ["python", "-m", "w"], settings="/s", cwd="/r", pidfile="/p", log="/l",
+        user="stageflow",
+    )  # fmt: skip
+    assert proc[proc.index("--user") + 1] == "stageflow"
+
+
+def test_a_service_user_that_is_no_plain_name_is_refused():
+    with pytest.raises(ConfigError):
+        app.service_command("/r", ["x"], settings="/s", cwd="/r", user="--all")
