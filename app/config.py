@@ -46,7 +46,9 @@ class Hidden:
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    """A deliberate failure for rollback tests: healthz-fail-after:N, error-rate:P or latency:MS."""
+    """A deliberate failure for rollback tests: healthz-fail-after:N (health fails N seconds
+    after the first health request that is not stageflow's smoke probe), error-rate:P or
+    latency:MS."""
 
     kind: str
     value: float

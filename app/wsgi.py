@@ -107,7 +107,10 @@ class Service:
         self.metrics = Metrics(release=config.release, client=self.redis)
         self.log = configure_logging(config.log_level)
         self.access_log = self.log.getChild("access")
-        self.started = time.monotonic()
+        # the fault's clock: from the first health request that is not stageflow's smoke probe
+        # (after the switch, that is verify's), so it fires after the switch however long the
+        # deploy's steps before it took on a busy machine
+        self.fault_since: float | None = None
         self._fault_lock = threading.Lock()
         self._fault_requests = 0
         self._secrets = config.secrets()
@@ -175,7 +178,9 @@ class Service:
     def healthz(self, environ: Environ) -> Response:
         fault = self.config.fault
         if fault and fault.kind == "healthz-fail-after":
-            if time.monotonic() - self.started >= fault.value:
+            if self.fault_since is None and environ.get("HTTP_X_STAGEFLOW_PROBE") != "smoke":
+                self.fault_since = time.monotonic()
+            if self.fault_since is not None and time.monotonic() - self.fault_since >= fault.value:
                 return json_response(
                     500, {"status": "failing", "reason": "injected fault: healthz-fail-after"}
                 )

@@ -45,7 +45,9 @@ class Sample:
 def _health(path: str, port: int, address: str = "127.0.0.1") -> tuple[bool, float | None, str]:
     start = time.perf_counter()
     try:
-        status = request("GET", f"http://{address}:{port}{path}", timeout=2.0).status
+        status = request(
+            "GET", f"http://{address}:{port}{path}", timeout=2.0, probe="monitor"
+        ).status
     except OSError as exc:
         return False, None, exc.__class__.__name__
     return healthy(status), (time.perf_counter() - start) * 1000, f"HTTP {status}"

@@ -57,6 +57,9 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 _OPENER = urllib.request.build_opener(_NoRedirect)
+# Every probe names itself to the service: "smoke" before the switch, "verify" and "monitor" after
+# it, so a service can tell stageflow's traffic from its users' (in its logs and counters).
+PROBE_HEADER = "X-Stageflow-Probe"
 
 
 def request(
@@ -67,11 +70,13 @@ def request(
     raw: bytes | None = None,
     headers: Mapping[str, str] | None = None,
     timeout: float = 3.0,
+    probe: str = "smoke",
 ) -> Reply:
     """One HTTP request, redirects not followed; an HTTP error status is a Reply, not an error.
-    body is sent as JSON; raw (already encoded) as it is."""
+    body is sent as JSON; raw (already encoded) as it is; the probe's name in PROBE_HEADER."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     hdrs = {"Content-Type": "application/json"} if data is not None and raw is None else {}
+    hdrs[PROBE_HEADER] = probe
     req = urllib.request.Request(url, data=data, method=method, headers={**hdrs, **(headers or {})})
     try:
         with _OPENER.open(req, timeout=timeout) as resp:

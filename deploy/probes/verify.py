@@ -415,7 +415,7 @@ def busy_reason(places: Sequence[tuple[str, Host]]) -> str:
 def service_metrics(base_url: str, path: str) -> dict[str, float]:
     """The service's own Prometheus counters at path, summed by name over their labels (only
     `*_total` series); reported beside stageflow's numbers, never judged."""
-    reply = smoke.request("GET", base_url + path, timeout=2)
+    reply = smoke.request("GET", base_url + path, timeout=2, probe="verify")
     if reply.status != 200 or not isinstance(reply.body, str):
         return {}
     sums: dict[str, float] = {}
@@ -436,7 +436,7 @@ def service_metrics(base_url: str, path: str) -> dict[str, float]:
 
 def _status(url: str, headers: Mapping[str, str], timeout: float = 2) -> int:
     try:
-        return smoke.request("GET", url, headers=headers, timeout=timeout).status
+        return smoke.request("GET", url, headers=headers, timeout=timeout, probe="verify").status
     except OSError:
         return 0
 

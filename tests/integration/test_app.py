@@ -416,6 +416,17 @@ def test_fault_healthz_fail_after(
     assert server.get("/healthz").status == status
 
 
+def test_fault_healthz_fail_after_counts_from_the_first_request_after_smoke(
+    start, redis_url: str, pg_dsn: str
+) -> None:
+    """Smoke's probes (however long they take on a busy machine) never start the fault's clock;
+    the first other health request (verify's, after the switch) does."""
+    server = start(base_env(pg_dsn, redis_url, STAGEFLOW_FAULT="healthz-fail-after:0"))
+    smoke = {"X-Stageflow-Probe": "smoke"}
+    assert [server.get("/healthz", headers=smoke).status for _ in range(3)] == [200] * 3
+    assert server.get("/healthz", headers={"X-Stageflow-Probe": "verify"}).status == 500
+
+
 @pytest.mark.parametrize(("percent", "failures"), [(100, {40}), (50, {19, 20}), (0, {0})])
 def test_fault_error_rate(
     start, pg_dsn: str, redis_url: str, percent: int, failures: set[int]
