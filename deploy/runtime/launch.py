@@ -386,11 +386,15 @@ def main(argv: list[str]) -> int:
         if args.venv:
             env = in_venv(env, args.venv)
         _prepare(args, who)
-        if args.cwd:
-            try:
-                os.chdir(args.cwd)
-            except OSError as exc:
-                raise LaunchError(f"cannot enter {args.cwd}: {exc.strerror}") from None
+        # never the operator's directory, which the service user may not reach (a clone under
+        # /root): gunicorn checks its default --chdir, the working directory, before --chdir
+        # applies; without --cwd, the release this launcher ships in (<release>/.stageflow)
+        where = args.cwd or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        try:
+            os.chdir(where)
+        except OSError as exc:
+            raise LaunchError(f"cannot enter {where}: {exc.strerror}") from None
+        env["PWD"] = where
         if args.control:
             fd = fetch_socket(args.control)
             command = [part.replace("{fd}", str(fd)) for part in command]

@@ -172,6 +172,22 @@ def test_the_master_its_workers_a_process_and_a_build_run_as_the_service_user(si
     assert [p.parent for p in planted] == [Path(releases.Paths.of(site.layout).files)]
 
 
+def test_the_service_starts_from_an_operators_directory_it_cannot_reach(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clone under /root (or in a mode-0700 directory): the master must not inherit the
+    operator's working directory, which the service user cannot enter."""
+    host = Host()
+    rel = releases.build(
+        site.proj, site.env, host, commit=site.commit, ref="main", layout=site.layout
+    )
+    monkeypatch.chdir(tmp_path)  # pytest's tmp_path sits in a mode-0700 directory
+    master = releases.start(host, site.env, site.proj.service, site.layout, rel, workers=1)
+    assert _uids(master) == [site.uid] * 4
+    with urllib.request.urlopen(f"http://127.0.0.1:{site.env.app_port}/", timeout=10) as answer:
+        assert json.loads(answer.read())["uid"] == site.uid
+
+
 def test_a_release_the_service_user_cannot_reach_is_refused_before_anything_runs(
     site: Site, tmp_path: Path
 ) -> None:
