@@ -943,7 +943,7 @@ def _host_specs(path: Path, env: str, hosts: list[Any], root: Path) -> tuple[Hos
 
 def _host_home(address: str, data_dir: str) -> str:
     """A host's data_dir: symlinks resolved on this machine; another host's can only be normalised
-    here (its own tasks resolve it there)."""
+    here (the isolation guard resolves it on that host)."""
     local = address.removeprefix("ssh://") == "local"
     return os.path.realpath(data_dir) if local else os.path.normpath(data_dir)
 
