@@ -242,6 +242,10 @@ class EnvPolicy:
     lock_timeout: str = "5s"
     statement_timeout: str = "5min"
     deploy_timeout_s: float = 3600.0
+    # the keys the environment's table wrote: where a default here differs from a tool's own
+    # (a service's migration tool has no statement_timeout unless the operator asks), the
+    # caller can tell "unset" from "set to the default"
+    written: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -848,6 +852,7 @@ def _check_minimum(path: Path, where: str, value: float, low: float, inclusive: 
 
 def _env_policy(path: Path, name: str, kwargs: dict[str, Any]) -> EnvPolicy:
     """One environment's policy: thresholds, hosts, runtime, backup, releases kept, batch."""
+    kwargs["written"] = frozenset(kwargs)
     kwargs["thresholds"] = _thresholds(path, name, kwargs.get("thresholds", {}))
     kwargs["hosts"] = _host_specs(path, name, kwargs.get("hosts", ["local"]), path.parent)
     if kwargs.get("runtime", "native") not in ("native", "compose"):
@@ -938,7 +943,7 @@ def _host_specs(path: Path, env: str, hosts: list[Any], root: Path) -> tuple[Hos
 
 def _host_home(address: str, data_dir: str) -> str:
     """A host's data_dir: symlinks resolved on this machine; another host's can only be normalised
-    here (its own tasks resolve it there)."""
+    here (the isolation guard resolves it on that host)."""
     local = address.removeprefix("ssh://") == "local"
     return os.path.realpath(data_dir) if local else os.path.normpath(data_dir)
 

@@ -11,6 +11,7 @@ where only it, deploy/errors.py and deploy/secrets.py are shipped.
 
 from __future__ import annotations
 
+import re
 import shlex
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,8 @@ COMMAND_TIMEOUT_S = 3600.0
 # when a service's migrations.dir is its own folder ("."), only these folders hold migrations
 # (Django's <app>/migrations, alembic's versions); any other migrations.dir counts whole
 _MIGRATION_FOLDERS = ("migrations", "versions")
+# what PostgreSQL says when lock_timeout or statement_timeout cancels a statement
+_PG_TIMEOUT = re.compile(r"canceling statement due to (lock|statement) timeout")
 
 
 def kind_of(proj: Project) -> str:
@@ -123,6 +126,20 @@ def timeouts(proj: Project, name: str, *, deadline: float | None = None) -> dict
         "statement_timeout": policy.statement_timeout,
         "deadline": deadline,
     }
+
+
+def tool_timeouts_ms(proj: Project, name: str) -> tuple[int, int]:
+    """(lock_timeout, statement_timeout) in ms for the service's own migration tool: the
+    environment's policy where its table sets them, else the tool's defaults (the engine's lock
+    wait, no statement limit: a tool's data migration may rightly run long unless the operator
+    bounds it)."""
+    policy = proj.policies[name]
+    lock, statement = migrations.COMMAND_LOCK_TIMEOUT_MS, migrations.COMMAND_STATEMENT_TIMEOUT_MS
+    if "lock_timeout" in policy.written:
+        lock = migrations.duration_ms(policy.lock_timeout)
+    if "statement_timeout" in policy.written:
+        statement = migrations.duration_ms(policy.statement_timeout)
+    return lock, statement
 
 
 def resolve(proj: Project, name: str, *, version: int, state: str, actor: str) -> None:
@@ -219,12 +236,12 @@ class MigrationTool:
         return self.layout.release(self.rid)
 
     def extra_env(self) -> dict[str, str]:
-        """The engine's timeouts for libpq (PGOPTIONS), so the tool waits on locks no longer than
-        stageflow's own engine; no secret, so it may travel as an argument of the launcher."""
+        """The environment's timeouts for libpq (PGOPTIONS), so the tool waits on locks no longer
+        than stageflow's own engine; no secret, so it may travel as an argument of the launcher."""
+        lock_ms, statement_ms = tool_timeouts_ms(self.proj, self.name)
         return {
             "PGOPTIONS": migrations.pg_options(
-                lock_timeout_ms=migrations.COMMAND_LOCK_TIMEOUT_MS,
-                statement_timeout_ms=migrations.COMMAND_STATEMENT_TIMEOUT_MS,
+                lock_timeout_ms=lock_ms, statement_timeout_ms=statement_ms
             )
         }
 
@@ -245,10 +262,17 @@ class MigrationTool:
         )
         if not res.ok:
             said = f"{what} `{shlex.join(argv)}` exited {res.exit_code}: {res.tail(2)}"
-            raise MigrationError(
-                scrub(said, releases.secret_forms(self.env)),
-                hint="fix the migration and deploy again; the previous release still serves",
-            )
+            hint = "fix the migration and deploy again; the previous release still serves"
+            # a tool's traceback ends in its own lines (SQLAlchemy's [SQL: ...]): name the limit
+            # the policy set, which the tail would hide, and the knob that moves it
+            hit = _PG_TIMEOUT.search(f"{res.stderr}\n{res.stdout}")
+            if hit:
+                said = f"{what} `{shlex.join(argv)}` hit the {hit[1]} timeout: {res.tail(2)}"
+                hint = (
+                    f"retry when the database is quieter, or raise {hit[1]}_timeout in "
+                    f"[environments.{self.name}]; the previous release still serves"
+                )
+            raise MigrationError(scrub(said, releases.secret_forms(self.env)), hint=hint)
         return res.stdout
 
     def current(self) -> dict[str, str]:

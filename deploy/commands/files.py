@@ -27,6 +27,12 @@ def copy_tree(source: str, destination: str) -> list[str]:
     return ["cp", "-a", "--", source, destination]
 
 
+def realpaths(*paths: str) -> list[str]:
+    """Each path with every symlink resolved, as the host opens it; a missing tail is kept
+    (-m: a home not made yet still resolves). NUL after each (-z): a path may hold a newline."""
+    return ["realpath", "-m", "-z", "--", *paths]
+
+
 def sha256(path: str) -> list[str]:
     """Prints `<hex digest>  <path>`."""
     return ["sha256sum", "--", path]

@@ -311,9 +311,10 @@ def _result(ctx: Context, entry: HistoryEntry) -> dict[str, Any]:
 
 def _preflight(ctx: Context) -> str:
     proj, name = ctx.proj, ctx.env.name
+    hosts = {t.name: t.host for t in ctx.targets}  # the deploy's connections, reused by the guards
     checks = guards.run_checks(
         [
-            *guards.environment_checks(proj, name, ctx.process_env),
+            *guards.environment_checks(proj, name, ctx.process_env, hosts=hosts),
             *ctx.runtime.checks(),
             ("frozen", lambda: _not_frozen(ctx)),
             *ctx.extra_checks,

@@ -62,7 +62,8 @@ def rollback(
     rt = ctx.runtime
     try:
         rt.refuse_rollback(ctx, level=level, reset_data=reset_data)
-        checks = [*guards.environment_checks(proj, name, ctx.process_env)]
+        hosts = {t.name: t.host for t in ctx.targets}  # its connections, reused by the guards
+        checks = [*guards.environment_checks(proj, name, ctx.process_env, hosts=hosts)]
         guards.require(guards.run_checks(checks + rt.rollback_checks(level, dry_run=dry_run)))
         p = rt.rollback_plan(
             ctx, level=level, to=to, backup_id=backup_id, reset_data=reset_data, dry_run=dry_run

@@ -9,8 +9,14 @@ import socket
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from deploy.commands import files as filecmd
 from deploy.config import EnvConfig, HostSpec, Project, host_spec
-from deploy.errors import GuardRefused
+from deploy.errors import GuardRefused, HostError
+from deploy.hosts import Host, host_from_spec
+
+# (host address, environment) -> that environment's home on the host, resolved there
+Homes = Mapping[tuple[str, str], str]
+REALPATH_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -77,10 +83,59 @@ def _loopback(env: EnvConfig) -> bool:
     return _norm_host(env.database.host) == _norm_host(env.redis.host) == LOCAL_MACHINE
 
 
-def _home(spec: HostSpec, env: EnvConfig) -> str:
-    """A host's home for env: on this machine resolved through symlinks, as the kernel opens it."""
+def _home(spec: HostSpec, env: EnvConfig, resolved: Homes | None = None) -> str:
+    """A host's home for env, resolved through symlinks as the kernel opens it: on this machine
+    here, on an SSH host as that host resolved it (resolved); else only normalised."""
     home = spec.home(env)
-    return os.path.realpath(home) if spec.is_local else os.path.normpath(home)
+    if spec.is_local:
+        return os.path.realpath(home)
+    return (resolved or {}).get((spec.address, env.name)) or os.path.normpath(home)
+
+
+def _shared_remote(project: Project, target: str) -> dict[str, list[tuple[HostSpec, EnvConfig]]]:
+    """For each SSH host target shares with another environment, every (spec, env) with a home
+    there: the homes the isolation comparison needs resolved on that host."""
+    mine = {a: h for a, h in _hosts(project, target).items() if not h.is_local}
+    out: dict[str, list[tuple[HostSpec, EnvConfig]]] = {}
+    for name in sorted(project.envs):
+        if name == target:
+            continue
+        for addr, spec in _hosts(project, name).items():
+            if addr in mine:
+                out.setdefault(addr, [(mine[addr], project.envs[target])])
+                out[addr].append((spec, project.envs[name]))
+    return out
+
+
+def _resolve_on(host: Host, homes: list[tuple[HostSpec, EnvConfig]]) -> dict[tuple[str, str], str]:
+    """One realpath on host for every home: a symlink there to another environment's home is
+    that home. An answer that is not one absolute path per home raises (fail closed)."""
+    paths = [spec.home(env) for spec, env in homes]
+    res = host.run(filecmd.realpaths(*paths), timeout=REALPATH_TIMEOUT_S)
+    answer = res.stdout.split("\0")
+    if answer and answer[-1] == "":
+        answer.pop()
+    if len(answer) != len(paths) or not all(a.startswith("/") for a in answer):
+        raise HostError(f"{host.name}: realpath gave no path for each home", host=host.name)
+    return {(spec.address, env.name): a for (spec, env), a in zip(homes, answer, strict=True)}
+
+
+def remote_homes(
+    project: Project, target: str, hosts: Mapping[str, Host] | None = None
+) -> dict[tuple[str, str], str]:
+    """Every home on an SSH host target shares with another environment, resolved on that host:
+    one command per host, over hosts' connection to it when given (else one opened here and
+    closed). A host that cannot answer raises HostError."""
+    resolved: dict[tuple[str, str], str] = {}
+    for addr, homes in _shared_remote(project, target).items():
+        given = (hosts or {}).get(addr)
+        host = given or host_from_spec(homes[0][0], secrets=project.envs[target].secret_values())
+        try:
+            resolved.update(_resolve_on(host, homes))
+        finally:
+            if given is None:
+                host.close()
+    return resolved
 
 
 def _nested(a: str, b: str) -> bool:
@@ -89,8 +144,9 @@ def _nested(a: str, b: str) -> bool:
     return a.startswith(b) or b.startswith(a)
 
 
-def isolation_problems(project: Project) -> list[str]:
-    """Every resource two environments share, named with both environments."""
+def isolation_problems(project: Project, *, resolved: Homes | None = None) -> list[str]:
+    """Every resource two environments share, named with both environments; resolved holds SSH
+    hosts' homes as those hosts resolve them (remote_homes)."""
     problems: list[str] = []
     for a, b in itertools.combinations(sorted(project.envs), 2):
         ea, eb = project.envs[a], project.envs[b]
@@ -107,7 +163,7 @@ def isolation_problems(project: Project) -> list[str]:
                     if pa == pb:
                         problems.append(f"{a} and {b} share port {pa} ({a} {ka}, {b} {kb})")
         for addr in shared_hosts:
-            da, db = _home(hosts_a[addr], ea), _home(hosts_b[addr], eb)
+            da, db = _home(hosts_a[addr], ea, resolved), _home(hosts_b[addr], eb, resolved)
             if _nested(da, db):
                 where = "" if addr == "local" else f" on {addr}"
                 problem = f"{a} and {b} share the data directory {min(da, db, key=len)}{where}"
@@ -160,8 +216,19 @@ def _norm_host(host: str) -> str:
     return str(address)
 
 
-def isolation(project: Project, target: str) -> Check:
-    problems = isolation_problems(project)
+def isolation(project: Project, target: str, *, hosts: Mapping[str, Host] | None = None) -> Check:
+    """No resource shared with another environment; the homes on an SSH host target shares are
+    compared as that host resolves them (over hosts' connections when given)."""
+    try:
+        resolved = remote_homes(project, target, hosts)
+    except HostError as exc:
+        return Check(
+            "isolation",
+            False,
+            f"cannot resolve the data directories on {exc.host} to compare them: "
+            f"{exc.message.removeprefix(f'{exc.host}: ')}",
+        )
+    problems = isolation_problems(project, resolved=resolved)
     if problems:
         return Check("isolation", False, "; ".join(problems))
     return Check("isolation", True, f"{target} shares no port, database, Redis or data directory")
@@ -214,12 +281,18 @@ def production_posture(env: EnvConfig) -> Check:
 
 
 def environment_checks(
-    project: Project, target: str, process_env: Mapping[str, str]
+    project: Project,
+    target: str,
+    process_env: Mapping[str, str],
+    *,
+    hosts: Mapping[str, Host] | None = None,
 ) -> list[tuple[str, Callable[[], Check]]]:
+    """The guards every operation on target runs; hosts (address -> Host) are the operation's
+    own connections, which the isolation guard reuses to resolve homes on SSH hosts."""
     env = project.env(target)
     return [
         ("shell-environment", lambda: shell_environment(env, process_env)),
-        ("isolation", lambda: isolation(project, target)),
+        ("isolation", lambda: isolation(project, target, hosts=hosts)),
         ("home", lambda: home_marker(project, target)),
         ("posture", lambda: production_posture(env)),
     ]

@@ -36,9 +36,10 @@ Printer = Callable[[str], None]
 # -- one host ------------------------------------------------------------------------------------
 
 
-def probe(env: EnvConfig, service: Service, target: Target, release_id: str) -> str:
-    """The host's health check from this machine: the service's smoke probes on its address."""
-    probes = smoke.run(env, service, expect_release=release_id, host=target.bind)
+def probe(env: EnvConfig, proj: Project, target: Target, release_id: str) -> str:
+    """The host's health check from this machine: the service's smoke probes on its address,
+    and where the release's database sessions were meanwhile (probes/sessions)."""
+    probes = smoke.run(env, proj.service, expect_release=release_id, host=target.bind, project=proj)
     bad = smoke.failed(probes)
     if bad:
         raise ServiceError(f"health check failed ({bad[0].name}: {bad[0].detail})")
@@ -47,7 +48,7 @@ def probe(env: EnvConfig, service: Service, target: Target, release_id: str) -> 
 
 def switch_one(
     env: EnvConfig,
-    service: Service,
+    proj: Project,
     target: Target,
     release_id: str,
     *,
@@ -65,13 +66,13 @@ def switch_one(
         )
     rel = releases.Release(release_id, meta.get("commit", ""), meta.get("ref", ""))
     target.started = True
-    pid = releases.start(host, env, service, layout, rel, workers=workers, bind=target.bind)
+    pid = releases.start(host, env, proj.service, layout, rel, workers=workers, bind=target.bind)
     releases.switch(host, layout, release_id)
     target.switched = True
     retired = releases.retire_others(host, layout, keep=release_id)
     detail = f"serving {release_id} (pid {pid})" + (f"; drained {len(retired)}" if retired else "")
     if check:
-        detail += f"; {probe(env, service, target, release_id)}"
+        detail += f"; {probe(env, proj, target, release_id)}"
     return detail
 
 
@@ -95,7 +96,7 @@ def switch_hosts(
     outcomes = roll(
         env.name,
         todo,
-        lambda t: switch_one(env, proj.service, t, release_id, workers=workers, check=check),
+        lambda t: switch_one(env, proj, t, release_id, workers=workers, check=check),
         batch=batch,
         printer=printer,
         release=release_id,
@@ -113,7 +114,7 @@ def switch_hosts(
 
 def switch_back(
     env: EnvConfig,
-    service: Service,
+    proj: Project,
     todo: Sequence[Target],
     outcomes: Sequence[HostOutcome],
     *,
@@ -127,7 +128,7 @@ def switch_back(
 
     def back(t: Target) -> str:
         if t.previous and t.host.exists(t.layout.release(t.previous)):
-            switch_one(env, service, t, t.previous, workers=workers, check=False)
+            switch_one(env, proj, t, t.previous, workers=workers, check=False)
             return f"switched back to {t.previous}"
         releases.retire_others(t.host, t.layout, keep="")
         t.host.run(filecmd.remove(t.layout.current), check=False)
@@ -310,8 +311,8 @@ def probe_serving(proj: Project, name: str) -> list[smoke.Probe]:
         probes = [
             replace(p, name=f"{t.name}: {p.name}")
             for t in group.targets(proj, name)
-            for p in smoke.run(env, proj.service, expect_release=current, host=t.bind)
+            for p in smoke.run(env, proj.service, expect_release=current, host=t.bind, project=proj)
         ]
     else:
-        probes = smoke.run(env, proj.service, expect_release=current)
+        probes = smoke.run(env, proj.service, expect_release=current, project=proj)
     return probes

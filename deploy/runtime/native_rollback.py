@@ -522,7 +522,9 @@ def _restart_hosts(ctx: Context, rel: releases.Release) -> str:
             t.host, env, ctx.proj.service, t.layout, rel, workers=policy.workers, bind=t.bind
         )
         drained = f"; drained {old}" if old else ""
-        return f"master {new} serves {rel.id}{drained}; {native_hosts.probe(env, ctx.proj.service, t, rel.id)}"
+        return (
+            f"master {new} serves {rel.id}{drained}; {native_hosts.probe(env, ctx.proj, t, rel.id)}"
+        )
 
     ctx.outcomes = group.roll(
         env.name, todo, restart_one, batch=policy.batch, printer=ctx.printer, release=rel.id
@@ -652,7 +654,7 @@ def _switch_hosts(ctx: Context, p: RollbackPlan, *, restored: bool) -> str:
             after = "it stays frozen"
         else:
             ctx.outcomes = native_hosts.switch_back(
-                env, ctx.proj.service, todo, err.outcomes, workers=policy.workers,
+                env, ctx.proj, todo, err.outcomes, workers=policy.workers,
                 printer=ctx.printer,
                 why=f"{culprit.host} failed",
             )  # fmt: skip

@@ -274,7 +274,7 @@ class NativeRuntime:
         t = target
         if t.previous and t.host.exists(t.layout.release(t.previous)):
             native_hosts.switch_one(
-                ctx.env, ctx.proj.service, t, t.previous, workers=ctx.policy.workers, check=False
+                ctx.env, ctx.proj, t, t.previous, workers=ctx.policy.workers, check=False
             )
             return t.previous
         releases.retire_others(t.host, t.layout, keep="")

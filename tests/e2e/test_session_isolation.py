@@ -93,3 +93,10 @@ def test_a_staging_release_on_prods_cluster_is_refused_at_smoke(proj: Project) -
     # the release that passed serves again
     with urllib.request.urlopen(proj.url("staging", "/version"), timeout=5) as resp:
         assert json.loads(resp.read())["release"] == good
+
+    # put back under the same settings, it reaches prod's cluster too: `inv staging.smoke` says so
+    res = proj.inv("staging.smoke")
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out
+    assert "sessions: a session of staging's release" in out and "prod's database cluster" in out
+    assert "pg-prod-s3cret-value" not in out

@@ -256,6 +256,34 @@ def test_migrate_runs_up_between_two_currents_under_the_lock_and_records_both(pr
     assert "schema b2 -> b2" in ctx.hook_notes
 
 
+@pytest.fixture
+def bounded(proj: Project, repo: Repo) -> Iterator[Project]:
+    """The same project, dev's policy bounding migrations: lock_timeout 300ms (the tool's own
+    default is 5s), statement_timeout 2min (the tool's own default is none)."""
+    toml = repo.root / "stageflow.toml"
+    text = toml.read_text()
+    bounds = '[environments.dev]\nlock_timeout = "300ms"\nstatement_timeout = "2min"\n'
+    toml.write_text(text.replace("[environments.dev]\n", bounds, 1))
+    try:
+        yield load_project(repo.root)
+    finally:
+        toml.write_text(text)
+
+
+def test_the_tool_migrates_with_the_policys_timeouts(bounded, repo):
+    deploy(bounded, repo, "r1", "a1", None)
+    seen = dict(query(bounded, "SELECT k, v FROM seen"))
+    assert (seen["lock_timeout"], seen["statement_timeout"]) == ("300ms", "2min")
+    # b2's ALTER waits behind a session reading widgets: it fails at 300ms, it does not queue
+    build(bounded, repo, "r2", repo.commits["b2"])
+    ctx = context(bounded, "r2", repo.commits["b2"], "r1")
+    with psycopg.connect(bounded.env("dev").database_url) as holder:
+        holder.execute("LOCK TABLE widgets IN ACCESS SHARE MODE")
+        with pytest.raises(MigrationError) as info:
+            ctx.runtime.migrate(ctx)
+    assert "lock timeout" in info.value.message
+
+
 def test_the_backup_decision_fails_closed_when_it_cannot_tell(proj, repo):
     build(proj, repo, "r0", repo.commits["a1"], meta={"id": "r0"})  # no commit recorded
     build(proj, repo, "r1", repo.commits["app"])

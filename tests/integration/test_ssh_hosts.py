@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import stat
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy.config import HostSpec
+from deploy.config import HostSpec, Project, load_project
 from deploy.errors import HostError, LockHeld
 from deploy.hosts import Host, host_from_spec
+from deploy.policy import guards
 from deploy.secrets import Secret
 from deploy.state import DeployLock, Layout
 from tests import support
@@ -181,6 +183,53 @@ def test_a_host_whose_sshd_stops_fails_with_its_name(servers: list[Sshd], tmp_pa
         if not server.running:
             server.start()
         host.close()
+
+
+def _sharing(server: Sshd, root: Path, homes: dict[str, Path], **changes: str) -> Project:
+    """A project whose staging and prod both run on server, each with its home there."""
+    (root / "stageflow.toml").write_text(support.minimal_policy())
+    support.write_envs(root)
+    proj = load_project(root)
+    t = {**server.table(), **changes}
+    spec = HostSpec(
+        address=t["address"], identity_file=t["identity_file"], known_hosts=t["known_hosts"]
+    )
+    policies = {
+        **proj.policies,
+        **{
+            name: dataclasses.replace(
+                proj.policies[name], hosts=(dataclasses.replace(spec, data_dir=str(home)),)
+            )
+            for name, home in homes.items()
+        },
+    }
+    return dataclasses.replace(proj, policies=policies)
+
+
+def test_a_remote_home_linked_to_another_environments_is_refused(
+    servers: list[Sshd], tmp_path: Path
+) -> None:
+    # the servers are this machine: a directory made here is there
+    (tmp_path / "prod-home").mkdir()
+    (tmp_path / "staging-home").symlink_to(tmp_path / "prod-home")
+    homes = {"staging": tmp_path / "staging-home", "prod": tmp_path / "prod-home"}
+    root = tmp_path / "proj"
+    root.mkdir()
+    check = guards.isolation(_sharing(servers[0], root, homes), "staging")
+    assert not check.ok
+    assert f"prod and staging share the data directory {tmp_path / 'prod-home'} on " in check.detail
+    # a home not made yet resolves too, and is apart
+    homes["staging"] = tmp_path / "staging-new" / "home"
+    assert guards.isolation(_sharing(servers[0], root, homes), "staging").ok
+    # a host that cannot answer leaves the homes unresolved: refused, in one line
+    unknown = keygen(tmp_path / "other_key")
+    check = guards.isolation(
+        _sharing(servers[0], root, homes, identity_file=str(unknown)), "staging"
+    )
+    assert not check.ok and "\n" not in check.detail
+    assert check.detail.startswith(
+        f"cannot resolve the data directories on {servers[0].destination} to compare them: "
+    )
 
 
 def test_inv_list_does_not_load_fabric() -> None:

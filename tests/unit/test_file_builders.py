@@ -22,6 +22,14 @@ def test_remove_takes_every_path_after_the_options():
     assert files.remove("/srv/a b.dump", "-rf") == ["rm", "-f", "--", "/srv/a b.dump", "-rf"]
 
 
+def test_realpaths_resolve_links_and_keep_a_missing_tail(tmp_path: Path):
+    assert files.realpaths("/srv/a", "-b") == ["realpath", "-m", "-z", "--", "/srv/a", "-b"]
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    out = run_process(files.realpaths(str(tmp_path / "link"), str(tmp_path / "link" / "new")))
+    assert out.stdout.split("\0") == [str(tmp_path / "real"), str(tmp_path / "real" / "new"), ""]
+
+
 def test_move_and_rename_onto():
     assert files.move("/run/app-r1.pid", "/run/app-r1.pid.7") == [
         "mv",
