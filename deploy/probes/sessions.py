@@ -138,7 +138,9 @@ class Watch:
         if found:
             return False, (
                 f"a session of {self.env}'s release {self.release} is on {found[0]}'s database "
-                f"cluster: {self.env}'s service reaches {found[0]}'s PostgreSQL"
+                f"cluster: {self.env}'s service reaches {found[0]}'s PostgreSQL (the settings "
+                f"are {self.env}'s, not the release's: fix the one that points there, in "
+                f"env/{self.env}.env or its secrets, before anything of {self.env} serves again)"
             )
         checked = [cl.env for cl in self.others]
         rest = f"; none on {', '.join(checked)}'s" if checked else ""
