@@ -135,6 +135,20 @@ class VenvSpec:
 PYPROJECT_LOCKS = ("uv.lock", "poetry.lock", "requirements.lock")
 
 
+_REMOTE_PYTHON: dict[str, str] = {}
+
+
+def remote_python(host: Host) -> str:
+    """The python an SSH host makes release venvs from (asked once per host and process): as
+    root a system-wide one, which the service user can run; "python3" when the host says none."""
+    key = str(host.address)
+    if key not in _REMOTE_PYTHON:
+        res = host.run(cmd.venv_python(), check=False, timeout=30)
+        found = res.stdout.strip().splitlines() if res.ok else []
+        _REMOTE_PYTHON[key] = found[-1] if found and found[-1].startswith("/") else "python3"
+    return _REMOTE_PYTHON[key]
+
+
 def venv_spec(host: Host, service: Service, release_dir: str, commit: str) -> VenvSpec:
     """Read the service's requirements from the extracted release: a requirements file is
     installed with `-r`; a pyproject.toml installs the service's folder as a package, keyed by the
@@ -151,7 +165,7 @@ def venv_spec(host: Host, service: Service, release_dir: str, commit: str) -> Ve
     folder = str(PurePosixPath(path).parent)
     gunicorn = engine_gunicorn()
     # as root, the service user runs the venv's python: one it can reach
-    python = service_interpreter(service.user) if host.is_local else ""
+    python = service_interpreter(service.user) if host.is_local else remote_python(host)
     if PurePosixPath(path).name != "pyproject.toml":
         files = ((service.requirements, text),)
         return VenvSpec(files, "requirements", ("-r", path), folder, gunicorn, python)
@@ -311,11 +325,26 @@ def _build_command(
     )
 
 
+_REMOTE_HOME: dict[str, str] = {}
+
+
 def venv_cache(host: Host) -> str:
-    """Built venvs kept per host, by lock hash; each environment still gets a copy of its own."""
+    """Built venvs kept per host, by lock hash; each environment still gets a copy of its own.
+    Absolute on an SSH host too: pip runs in the service's folder, where a path relative to the
+    login directory names nothing."""
     if host.is_local:
         return str(Path.home() / ".cache" / "stageflow" / "venvs")
-    return ".cache/stageflow/venvs"  # relative to the SSH user's home
+    key = str(host.address)
+    if key not in _REMOTE_HOME:
+        res = host.run(cmd.home_dir(), check=False, timeout=30)
+        home = res.stdout.strip() if res.ok else ""
+        if not home.startswith("/"):
+            raise ServiceError(
+                f"{host.name}: cannot tell the SSH user's home for the venv cache",
+                hint="give that user a home directory",
+            )
+        _REMOTE_HOME[key] = home
+    return f"{_REMOTE_HOME[key]}/.cache/stageflow/venvs"
 
 
 def ensure_venv(host: Host, layout: Layout, spec: VenvSpec) -> str:
@@ -327,7 +356,7 @@ def ensure_venv(host: Host, layout: Layout, spec: VenvSpec) -> str:
         return venv
     cached = f"{venv_cache(host)}/{digest}"
     if not host.exists(f"{cached}/.complete"):
-        building = f"{cached}.tmp-{os.getpid()}"
+        building = f"{cached}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # hosts may share a home
         host.remove_tree(building)
         host.makedirs(venv_cache(host))
         python = spec.interpreter or (sys.executable if host.is_local else "python3")

@@ -229,7 +229,9 @@ def shared_venv(lock: Path) -> Path:
         fcntl.flock(guard, fcntl.LOCK_EX)
         if not (venv / ".complete").exists():
             shutil.rmtree(venv, ignore_errors=True)
-            subprocess.run(["python3", "-m", "venv", str(venv)], check=True, capture_output=True)
+            subprocess.run(
+                [host_python(), "-m", "venv", str(venv)], check=True, capture_output=True
+            )
             subprocess.run(
                 [str(venv / "bin/python"), "-m", "pip", "install", "-q", "-r", str(lock)],
                 check=True,
@@ -239,12 +241,22 @@ def shared_venv(lock: Path) -> Path:
     return venv
 
 
+def host_python() -> str:
+    """The python the loopback hosts make release venvs from (releases.remote_python): as root a
+    system-wide one, which the service user can run."""
+    from deploy.commands.release import SYSTEM_PYTHON_SH
+
+    out = subprocess.run(["sh", "-c", SYSTEM_PYTHON_SH], capture_output=True, text=True)
+    found = out.stdout.strip().splitlines()
+    return found[-1] if found and found[-1].startswith("/") else "python3"
+
+
 def venv_key(lock: Path) -> str:
     """The name a release's venv gets for the reference service's lock file (releases.VenvSpec)."""
     from deploy.releases import VenvSpec, engine_gunicorn
 
     files = (("app/requirements.lock", lock.read_text()),)
-    return VenvSpec(files, "requirements", (), "", engine_gunicorn()).key
+    return VenvSpec(files, "requirements", (), "", engine_gunicorn(), host_python()).key
 
 
 def seed_venv(data_dir: Path, venv: Path, lock: Path) -> None:

@@ -30,6 +30,24 @@ def venv_create(python: str, path: str) -> list[str]:
     return [python, "-m", "venv", path]
 
 
+# As root the service runs as the service user, who cannot run a python under root's home (a
+# pyenv's, which is what `python3` on root's PATH often is): a system-wide one first, then PATH's.
+SYSTEM_PYTHON_SH = (
+    'if [ "$(id -u)" = 0 ]; then for p in /usr/local/bin/python3 /usr/bin/python3; do '
+    'if [ -x "$p" ]; then echo "$p"; exit 0; fi; done; fi; command -v python3'
+)
+
+
+def home_dir() -> list[str]:
+    """Print the user's home (where a host keeps its venv cache)."""
+    return ["sh", "-c", 'echo "$HOME"']
+
+
+def venv_python() -> list[str]:
+    """Print the python a host's release venvs are made from (SYSTEM_PYTHON_SH)."""
+    return ["sh", "-c", SYSTEM_PYTHON_SH]
+
+
 def pip_install(venv: str, args: Sequence[str]) -> list[str]:
     """`pip install ARGS` with the venv's own python (`-r FILE`, a project directory, pins)."""
     return [
