@@ -8,9 +8,18 @@ STAMP  := $(VENV)/.stageflow-installed
 SHARED_BINARIES := /var/cache/stageflow
 SHARED_DEMO     := /var/lib/stageflow-demo
 
-.PHONY: setup demo test check lint docs-freshness release-gate bench clean engine
+.PHONY: setup system-python demo test check lint docs-freshness release-gate bench clean engine
 
-setup: $(STAMP)
+setup: $(STAMP) system-python
+
+# as root the service runs as the service user, from a system-wide python3 with its venv module
+# (deploy/runtime/native.py, service_interpreter): Debian's python3-venv when that is missing
+system-python:
+	@if [ "$$(id -u)" = 0 ] && ! /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null \
+	  && command -v apt-get >/dev/null; then \
+	  echo "installing python3-venv (root: the service runs as the service user, from /usr/bin/python3)"; \
+	  apt-get install -y -qq python3-venv >/dev/null 2>&1 \
+	  || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null; }; fi
 
 $(STAMP): pyproject.toml app/requirements.lock
 	$(PYTHON) -m venv $(VENV)
