@@ -198,6 +198,9 @@ up = ["{bin}/alembic", "upgrade", "head"]
 down = ["{bin}/alembic", "downgrade", "{{target}}"]
 current = ["{bin}/alembic", "current"]
 
+"""
+# the GA stage alone, requiring the migrations gate: what each service below is judged by
+GA_MIGRATIONS = """
 [stages]
 order = ["GA"]
 [stages.GA]
@@ -240,7 +243,7 @@ def test_an_alembic_service_gets_its_sql_linted_and_rehearsed(
     git(root, "init", "-q", "-b", "main")
     files = {
         ".gitignore": "dist/\n",
-        "stageflow.toml": SERVICE.format(bin=alembic_bin),
+        "stageflow.toml": SERVICE.format(bin=alembic_bin) + GA_MIGRATIONS,
         "alembic.ini": "[alembic]\nscript_location = migrations\n",
         "migrations/env.py": ENV_PY,
         "migrations/versions/a1.py": _revision(
@@ -349,14 +352,6 @@ dir = "."
 up = ["{bin}/python", "manage.py", "migrate", "--noinput"]
 down = ["{bin}/python", "manage.py", "migrate", "{{app}}", "{{target}}", "--noinput"]
 current = ["{bin}/python", "manage.py", "showmigrations", "--plan"]
-
-[stages]
-order = ["GA"]
-[stages.GA]
-patterns = ["*"]
-[stages.GA.gates]
-migrations = "required"
-promotion_guard = "required"
 """
 
 
@@ -379,7 +374,7 @@ def test_a_django_service_gets_each_pending_migrations_sql_linted(
         root,
         {
             ".gitignore": "dist/\n__pycache__/\n",
-            "stageflow.toml": DJANGO_SERVICE.format(bin=alembic_bin),
+            "stageflow.toml": DJANGO_SERVICE.format(bin=alembic_bin) + GA_MIGRATIONS,
             "manage.py": DJANGO_MANAGE,
             "site_settings.py": DJANGO_SETTINGS,
             "catalog/__init__.py": "",
