@@ -14,7 +14,10 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
+import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -245,3 +248,35 @@ def test_compose_on_an_ssh_host_that_talks_to_the_engine(live: Live) -> None:
         proj.inv("staging.down", env=live.images, timeout=300)  # while the host still answers
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_two_deploys_under_load_lose_no_request(live: Live) -> None:
+    """80 req/s from another process, a new connection each, while two deploys switch dev's
+    release: the front keeps the port, the new container starts beside the old one and takes new
+    connections once ready, the old one finishes its own and stops. Not one request fails."""
+    proj = live.proj
+    # the service as the module's first commit had it (a test above broke app/wsgi.py)
+    first = proj.git("rev-list", "--max-parents=0", "HEAD")
+    proj.git("checkout", first, "--", "app/wsgi.py")
+    proj.commit("dev serves again")
+    live.inv("dev.deploy")  # the starting point: a release serving, without load
+    load = subprocess.Popen(
+        [sys.executable, "-m", "tests.loadgen", proj.url("dev", "/healthz"), "80", "600"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(support.REPO),
+    )
+    try:
+        time.sleep(1.0)
+        for i in range(2):
+            (proj.root / f"CHANGES-{i}").write_text(f"change {i}\n")
+            proj.commit(f"change {i} under load")
+            live.inv("dev.deploy")
+            assert live.version("dev") == _history(proj)[-1]["release"]
+        time.sleep(1.0)
+    finally:
+        load.send_signal(signal.SIGTERM)
+        out, _ = load.communicate(timeout=60)
+    result = json.loads(out)
+    assert result["failed"] == 0, result
+    assert result["total"] > 100, result
