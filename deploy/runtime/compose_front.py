@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 
+HOST = os.environ.get("STAGEFLOW_FRONT_HOST", "0.0.0.0")  # every interface of its container
 PORT = int(os.environ.get("STAGEFLOW_FRONT_PORT", "8000"))
 CONTROL = os.environ.get("STAGEFLOW_FRONT_CONTROL", "/tmp/stageflow-front.sock")
 FIRST_TARGET = os.environ.get("STAGEFLOW_FRONT_TARGET", "app:8000")
@@ -143,7 +144,7 @@ async def serve() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = await asyncio.start_server(front.client, "0.0.0.0", PORT, backlog=1024)
+    server = await asyncio.start_server(front.client, HOST, PORT, backlog=1024)
     control = await asyncio.start_unix_server(front.control, CONTROL)
     print(f"front: listening on {PORT}, new connections go to {front.target}", flush=True)
     await stop.wait()
