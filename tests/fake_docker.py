@@ -221,6 +221,16 @@ def _sync(state: dict) -> None:
     _save(state)
 
 
+def _settle(app: dict) -> None:
+    """Return once the container's first healthcheck would have run: gunicorn answers /healthz
+    (or exited). The runtime polls `ps` for health; here one poll sees the verdict, so the
+    recorded argv stay the same from run to run."""
+    for _ in range(600):
+        if _healthy(app["port"]) or not _alive(app["pid"]):
+            return
+        time.sleep(0.05)
+
+
 def _spawn_app(app: dict, env) -> None:
     image = _image_dir(app["image"])
     log = open(STATE / "app.log", "a")  # noqa: SIM115 - the child keeps it
@@ -245,6 +255,7 @@ def _new_app(state: dict, env, ref: str, project: str) -> int:
     cid = f"fakeapp{state['number']:04d}"
     app = {"image": ref, "port": _free_port(), "name": f"{project}-app-{state['number']}"}
     _spawn_app(app, env)
+    _settle(app)
     state["apps"][cid] = app
     if len([a for a in state["apps"].values() if a["pid"]]) == 1:
         state["serving"] = cid  # the front's first target, `app`, resolves to the only one
@@ -365,7 +376,8 @@ def _ps(state: dict, env, project: str) -> None:
                 "Name": app["name"],
                 "Image": app["image"],
                 "State": "running" if up else "exited",
-                "Health": ("healthy" if _healthy(app["port"]) else "unhealthy") if up else "",
+                # docker says "starting" until the healthcheck first passes
+                "Health": ("healthy" if _healthy(app["port"]) else "starting") if up else "",
             }
         )
     for row in rows:
@@ -469,6 +481,7 @@ def compose(args: list[str]) -> int:
         for app in state["apps"].values():
             _kill(app["pid"])
             _spawn_app(app, env)
+            _settle(app)
         _sync(state)
         return 0
     if sub == "stop":
@@ -500,6 +513,7 @@ def _up(state: dict, env, rest: list[str], project: str) -> int:
         count = int(rest[rest.index("--scale") + 1].partition("=")[2])
         for cid in [c for c, a in state["apps"].items() if not _alive(a["pid"])]:
             _spawn_app(state["apps"][cid], env)  # compose starts a stopped one first
+            _settle(state["apps"][cid])
         while len(state["apps"]) < count:
             if _new_app(state, env, _ref(), project):
                 return 1

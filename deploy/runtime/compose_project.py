@@ -31,6 +31,7 @@ SERVICE_ENV_KEY = "STAGEFLOW_SERVICE_ENV"  # compose.yml's app service: env_file
 FRONT_CODE_KEY = "STAGEFLOW_FRONT_CODE"  # compose.yml's front service runs this text
 # the container port compose_image's gunicorn binds; the front reaches a container by its name
 APP_CONTAINER_PORT = 8000
+HEALTH = "/healthz"  # compose.yml's healthcheck path when no [service] names one
 DRAIN_S = 30  # connections to the replaced release may finish for this long (gunicorn's default)
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _GOOD_KINDS = ("deploy", "rollback-1", "rollback-2", "rollback-3", "emergency", "restart")
@@ -414,9 +415,10 @@ class ComposeProject:
 
     def up(self, release: str, *, commit: str | None = None) -> list[dict[str, Any]]:
         """Switch to release without refusing a connection: its container starts beside the
-        serving one, the front moves to it once health and ready answer there, the old containers
-        finish their connections and stop (SIGTERM: gunicorn drains), then they are removed.
-        A container of release that serves alone already is kept (the front is pointed at it)."""
+        serving one; once compose calls it healthy and the service's health and ready paths answer
+        there, the front sends new connections to it; the old containers finish their connections
+        and stop (SIGTERM: gunicorn drains), then they are removed. A container of release that
+        serves alone already is kept (and the front pointed at it once it is healthy)."""
         started = self.run(
             lambda c: c.up(services=FRONT_UP, wait_timeout_s=self.wait_timeout_s),
             release=release,
@@ -428,6 +430,7 @@ class ComposeProject:
         running = [r for r in rows if r.get("State") == "running"]
         self._remove([r for r in rows if r not in running], stop=False)
         if len(running) == 1 and image_tag(str(running[0].get("Image", ""))) == release:
+            self._await_healthy(running[0], release)  # a level 1 restart: up --wait's verdict
             self._point_front(running[0], release)
             return self.status()
         res = self.run(
@@ -438,6 +441,7 @@ class ComposeProject:
             self._remove(new, stop=True)
             raise self.failed(f"starting release {release}", res)
         try:
+            self._await_healthy(new[0], release)
             self._point_front(new[0], release)
         except ServiceError:
             self._remove(new, stop=True)  # the front never moved: the old release still serves
@@ -448,11 +452,28 @@ class ComposeProject:
     def app_rows(self) -> list[dict[str, Any]]:
         return [r for r in self.status() if r.get("Service") == APP_SERVICE]
 
+    def _await_healthy(self, row: Mapping[str, Any], release: str) -> None:
+        """compose's own verdict first (compose.yml's healthcheck), as `up --wait` gave it; a
+        container that exits or turns unhealthy fails at once."""
+        deadline = time.monotonic() + self.wait_timeout_s
+        while True:
+            now = next((r for r in self.app_rows() if r.get("ID") == row.get("ID")), {})
+            state, health = now.get("State"), now.get("Health")
+            if state == "running" and health in (None, "", "healthy"):
+                return
+            if state != "running" or health == "unhealthy" or time.monotonic() > deadline:
+                raise ServiceError(
+                    f"{self.cfg.name}: release {release} did not become healthy: its container "
+                    f"is {health if state == 'running' else state or 'gone'}",
+                    hint=f"inspect with `inv {self.cfg.name}.logs`; the previous release serves",
+                )
+            time.sleep(0.5)
+
     def _point_front(self, row: Mapping[str, Any], release: str) -> None:
         """Move the front to row's container once it answers health and ready, in rounds, so a
         container that exited fails at once instead of at the end of the wait."""
         target = f"{row.get('Name')}:{APP_CONTAINER_PORT}"
-        paths = [self.service.health, self.service.ready_path] if self.service else ["/"]
+        paths = [self.service.health, self.service.ready_path] if self.service else [HEALTH]
         deadline = time.monotonic() + self.wait_timeout_s
         while True:
             res = self.run(
@@ -637,7 +658,7 @@ def switch_shown(rt: ComposeProject, release: str, commit: str | None = None) ->
     """The switch to release as an operator would type it (ComposeProject.up); the containers are
     named as they will be known: the plan asks no engine."""
     c, env = rt.commands(), release_env(rt, release, commit)
-    paths = [rt.service.health, rt.service.ready_path] if rt.service else ["/"]
+    paths = [rt.service.health, rt.service.ready_path] if rt.service else [HEALTH]
     new, old = "<new app container>", "<old app container>"
     switch = cmd.front_switch(
         c,
