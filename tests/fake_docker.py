@@ -14,7 +14,7 @@ would, with the repository's real parts:
   (the real servers, on the env file's ports); `up` of the front runs the runtime's own front
   (STAGEFLOW_FRONT_CODE) on 127.0.0.1:APP_PORT; `up --no-deps --no-recreate --scale app=N app`
   starts app "containers" (gunicorn running that image's code, each on a loopback port of its own,
-  which is its network name to the front) beside the running ones until N run;
+  which its id names to the front, as the engine's DNS does) beside the running ones until N run;
 - `compose exec front python -c ... switch|target` runs the runtime's own front client against
   that front; `docker stop`/`docker rm` stop (SIGTERM) and remove app containers by id;
 - `compose run`/`exec` run the argv in the image's directory (python is this interpreter), with the
@@ -264,16 +264,15 @@ def _new_app(state: dict, env, ref: str, project: str) -> int:
 
 
 # The front as compose.yml runs it: the runtime's own program (STAGEFLOW_FRONT_CODE), on loopback,
-# where a container's network name is the port the stand-in gave it (state.json).
+# where a container's id (its name on the project network) is the port the stand-in gave it.
 FRONT_BOOT = """
 import asyncio, json, os
 _real = asyncio.open_connection
 async def _open(host, port, *args, **kw):
     state = json.load(open(os.environ["FAKE_DOCKER_STATE"]))
-    names = {a["name"]: a["port"] for a in state["apps"].values() if a["pid"]}
-    serving = state["apps"].get(state.get("serving") or "")
-    if host == "app" and serving:
-        host = serving["name"]
+    names = {cid: a["port"] for cid, a in state["apps"].items() if a["pid"]}
+    if host == "app" and state.get("serving"):
+        host = state["serving"]
     if host in names:
         host, port = "127.0.0.1", names[host]
     return await _real(host, port, *args, **kw)
@@ -341,10 +340,8 @@ def _front_exec(state: dict, env, argv: list[str]) -> int:
         return 1
     code = _front_ask(env, argv[3:], show=True)
     if code == 0 and argv[3:4] == ["switch"]:
-        name = argv[4].rpartition(":")[0]
-        state["serving"] = next(
-            (cid for cid, a in state["apps"].items() if a["name"] == name), None
-        )
+        cid = argv[4].rpartition(":")[0]
+        state["serving"] = cid if cid in state["apps"] else None
         _sync(state)
     return code
 

@@ -472,7 +472,9 @@ class ComposeProject:
     def _point_front(self, row: Mapping[str, Any], release: str) -> None:
         """Move the front to row's container once it answers health and ready, in rounds, so a
         container that exited fails at once instead of at the end of the wait."""
-        target = f"{row.get('Name')}:{APP_CONTAINER_PORT}"
+        # by its short id, which the engine's DNS answers on the project network like the name;
+        # a name read back from `ps` may have passed through the secrets scrubber, an id cannot
+        target = f"{row.get('ID')}:{APP_CONTAINER_PORT}"
         paths = [self.service.health, self.service.ready_path] if self.service else [HEALTH]
         deadline = time.monotonic() + self.wait_timeout_s
         while True:
@@ -488,7 +490,7 @@ class ComposeProject:
             if state.get("State") != "running" or time.monotonic() > deadline:
                 why = f"its container is {state.get('State') or 'gone'}"
                 if state.get("State") == "running":
-                    why = f"it did not answer {' and '.join(dict.fromkeys(paths))} in time"
+                    why = f"the front says: {self.scrub(res.tail(1))}"
                 raise ServiceError(
                     f"{self.cfg.name}: release {release} did not become ready: {why}",
                     hint=f"inspect with `inv {self.cfg.name}.logs`; the previous release serves",
@@ -541,8 +543,8 @@ class ComposeProject:
                 target = str(json.loads(res.stdout.strip().splitlines()[-1]).get("target", ""))
             except (ValueError, IndexError, AttributeError):
                 target = ""
-        name = target.rpartition(":")[0]
-        return next((r for r in running if r.get("Name") == name), running[-1])
+        host = target.rpartition(":")[0]
+        return next((r for r in running if r.get("ID") == host), running[-1])
 
     def logs(self, *, tail: int = 100, services: Sequence[str] = ()) -> str:
         res = self.run(lambda c: c.logs(services=services, tail=tail), timeout=60)

@@ -237,7 +237,7 @@ def test_compose_on_an_ssh_host_that_talks_to_the_engine(live: Live) -> None:
         entry = proj.history("staging")[0]
         assert (entry["kind"], entry["status"]) == ("deploy", "success"), entry
         assert live.version("staging") == entry["release"]
-        assert len(live.containers("staging")) == 3  # app, postgres, redis of staging's project
+        assert len(live.containers("staging")) == 4  # app, front, postgres, redis
         # the settings file was written on the host, privately, and the container read it
         settings = home / "state" / "service.env"
         assert settings.stat().st_mode & 0o777 == 0o600

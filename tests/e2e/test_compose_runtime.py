@@ -67,8 +67,9 @@ def _beside(count: int) -> list[str]:
 
 
 def _front_switch(number: int) -> list[str]:
-    """The front moved to the project's number-th app container, once /healthz and /readyz answer."""
-    return [*FRONT, "switch", f"stageflow-dev-app-{number}:8000", "5", "30", "/healthz", "/readyz"]
+    """The front moved to the project's number-th app container (by its id, as the engine's DNS
+    answers it), once /healthz and /readyz answer."""
+    return [*FRONT, "switch", f"fakeapp{number:04d}:8000", "5", "30", "/healthz", "/readyz"]
 
 
 def _switch(
