@@ -16,6 +16,7 @@ from deploy.config import EnvConfig, Project
 from deploy.engine import group
 from deploy.errors import ConfigError, MigrationError, ServiceError, UsageError
 from deploy.hosts import CommandResult, Host
+from deploy.runtime.compose_image import CONTAINER_PORT
 from deploy.secrets import REDACTED, scrub
 from deploy.service import Service
 from deploy.settings import container_settings, env_file_text
@@ -29,8 +30,7 @@ FRONT_UP = (*SERVER_SERVICES, cmd.FRONT_SERVICE)  # what a switch starts (or kee
 REQUIRED_SECRETS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD")
 SERVICE_ENV_KEY = "STAGEFLOW_SERVICE_ENV"  # compose.yml's app service: env_file from this path
 FRONT_CODE_KEY = "STAGEFLOW_FRONT_CODE"  # compose.yml's front service runs this text
-# the container port compose_image's gunicorn binds; the front reaches a container by its name
-APP_CONTAINER_PORT = 8000
+APP_CONTAINER_PORT = CONTAINER_PORT  # the image's gunicorn binds it; the front connects to it
 HEALTH = "/healthz"  # compose.yml's healthcheck path when no [service] names one
 DRAIN_S = 30  # connections to the replaced release may finish for this long (gunicorn's default)
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -456,8 +456,8 @@ class ComposeProject:
         """compose's own verdict first (compose.yml's healthcheck), as `up --wait` gave it; a
         container that exits or turns unhealthy fails at once."""
         deadline = time.monotonic() + self.wait_timeout_s
+        now: Mapping[str, Any] = row  # the `ps` that found it is the first look
         while True:
-            now = next((r for r in self.app_rows() if r.get("ID") == row.get("ID")), {})
             state, health = now.get("State"), now.get("Health")
             if state == "running" and health in (None, "", "healthy"):
                 return
@@ -468,6 +468,7 @@ class ComposeProject:
                     hint=f"inspect with `inv {self.cfg.name}.logs`; the previous release serves",
                 )
             time.sleep(0.5)
+            now = next((r for r in self.app_rows() if r.get("ID") == row.get("ID")), {})
 
     def _point_front(self, row: Mapping[str, Any], release: str) -> None:
         """Move the front to row's container once it answers health and ready, in rounds, so a

@@ -79,7 +79,7 @@ def _switch(
     beside the count - 1 running ones, the front moved to it, the old ones stopped (SIGTERM) and
     removed, what runs read."""
     out = [UP_FRONT, PS, *([["docker", "rm", *stopped]] if stopped else [])]
-    out += [_beside(count), PS, PS, _front_switch(number)]  # the new one's rows, its health
+    out += [_beside(count), PS, _front_switch(number)]
     if old:
         out += [["docker", "stop", "--time", "30", *old], ["docker", "rm", *old]]
     return [*out, PS]
@@ -294,7 +294,7 @@ def test_deploy_failed_up_and_rollback_run_these_docker_commands(compose: Projec
         assert re.fullmatch(_rid(commit_a), rid_a)
         calls = engine.new_calls()
         assert _argv(calls) == [*_deploy_argv(home, rid_a, actor), *_switch(count=1, number=1)]
-        start = calls[-7]
+        start = calls[-6]
         assert (start["release"], start["commit"]) == (rid_a, commit_a)
         assert {"STAGEFLOW_IMAGE", "STAGEFLOW_RELEASE", "POSTGRES_PASSWORD"} <= set(start["env"])
         assert _serving(compose) == rid_a
@@ -352,11 +352,10 @@ def test_deploy_failed_up_and_rollback_run_these_docker_commands(compose: Projec
             UP_FRONT,
             UP_FRONT,
             PS,
-            PS,
             _front_switch(2),
             PS,
         ]
-        assert [(x["release"], x["commit"]) for x in calls[-6:-4]] == [
+        assert [(x["release"], x["commit"]) for x in calls[-5:-3]] == [
             (rid_c, commit_c),
             (rid_b, commit_b),
         ]
