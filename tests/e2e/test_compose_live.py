@@ -1,7 +1,8 @@
 """The compose runtime through `inv` against a real Docker engine: dev, staging and prod side by side
 as three compose projects; a deploy built from a `git archive`; a broken release switched back;
 rollback levels 1, 2 and 3; the service's settings inside its container; staging on a loopback
-OpenSSH host whose docker is the same engine; no secret in any output, log or container argv.
+OpenSSH host whose docker is the same engine; no secret in any output, log or container argv; two
+deploys under 80 req/s that lose no request.
 
 One project and one engine for the whole module (the image layers are built once and cached):
 the live suite stays lean. Without an engine it skips in one line, and fails under
