@@ -31,6 +31,8 @@ TARGETS: tuple[tuple[str, str, str, str | None, float | None], ...] = (
     ("migrations gate, 100 MB copy", "rehearsal", "results.gate.median_s", "results.floor.median_s", None),
     ("Flask warm deploy / ref's", "service", "results.flask_over_reference_ratio", None, 1.1),
     ("request, hooks / none", "service", "results.hooks.hooks_over_none_ratio", None, 1.02),
+    ("compose warm deploy", "compose", "results.warm_deploy.median_s", "results.recreate.median_s", 10.0),
+    ("compose failed req, switch", "compose", "results.failed_per_deploy_max", None, 0.0),
 )  # fmt: skip
 
 

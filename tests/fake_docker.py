@@ -10,9 +10,13 @@ would, with the repository's real parts:
 - `info`, `compose version` answer as an engine and the compose plugin do;
 - `build` checks the Dockerfile and context exist, then keeps the context's app/ and deploy/ as the
   "image" ($FAKE_DOCKER_DIR/images/<tag>); `image rm` forgets it;
-- `compose up` starts the project's PostgreSQL and Redis as the native runtime does (the real
-  servers, on the env file's ports) and the app "container" as gunicorn running that image's code
-  on 127.0.0.1:APP_PORT; with --wait it returns once /healthz answers;
+- `compose up` of the servers starts the project's PostgreSQL and Redis as the native runtime does
+  (the real servers, on the env file's ports); `up` of the front runs the runtime's own front
+  (STAGEFLOW_FRONT_CODE) on 127.0.0.1:APP_PORT; `up --no-deps --no-recreate --scale app=N app`
+  starts app "containers" (gunicorn running that image's code, each on a loopback port of its own,
+  which its id names to the front, as the engine's DNS does) beside the running ones until N run;
+- `compose exec front python -c ... switch|target` runs the runtime's own front client against
+  that front; `docker stop`/`docker rm` stop (SIGTERM) and remove app containers by id;
 - `compose run`/`exec` run the argv in the image's directory (python is this interpreter), with the
   container's environment: the app service's env_file ($STAGEFLOW_SERVICE_ENV) under the keys
   compose.yml names; servers are reached on loopback, the stand-in's project network;
@@ -23,7 +27,8 @@ would, with the repository's real parts:
   loopback with POSTGRES_PASSWORD from compose's environment;
 - `compose cp SERVICE:PATH HOST_PATH` (or the other way) copies that file out of (or into) the
   container's directory; `down` removes the containers, so their files go;
-- `compose ps --format json` answers from what the last `up` started; `restart`, `stop`, `down`,
+- `compose ps --format json` answers from what runs (state.json: "app" is the container the front
+  sends new connections to); `restart`, `stop`, `down`,
   `logs`, `config` do what their names say;
 - $FAKE_DOCKER_DIR/fail.json ({"subcommand": "up", "commit": SHA}) makes that subcommand exit 1
   when the call's STAGEFLOW_COMMIT is SHA (or always, without "commit").
@@ -42,17 +47,20 @@ import urllib.request
 from pathlib import Path
 
 SECRET_NAMES = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "API_KEYS", "SECRET_KEY")
-SERVICES = ("app", "postgres", "redis")
+SERVICES = ("app", "front", "postgres", "redis")
 STATE = Path(os.environ.get("FAKE_DOCKER_DIR", ".fake-docker")).resolve()
 
 
 def _load() -> dict:
     path = STATE / "state.json"
-    return json.loads(path.read_text()) if path.exists() else {"app": None}
+    return json.loads(path.read_text()) if path.exists() else {"app": None, "apps": {}}
 
 
 def _save(state: dict) -> None:
-    (STATE / "state.json").write_text(json.dumps(state))
+    # whole or not at all: the front reads it while a call writes it
+    tmp = STATE / "state.json.tmp"
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, STATE / "state.json")
 
 
 def _record(argv: list[str]) -> None:
@@ -159,51 +167,186 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def _stop_app(state: dict) -> None:
-    app = state.get("app")
-    if app:
-        try:
-            os.kill(app["pid"], signal.SIGTERM)
-            for _ in range(200):
-                os.kill(app["pid"], 0)
-                time.sleep(0.05)
-            os.kill(app["pid"], signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    state["app"] = None
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a child of an earlier call that exited is a zombie until its session leader reaps it
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
-def _start_app(state: dict, env, ref: str, *, wait: bool) -> int:
-    image = _image_dir(ref)
-    if not image.is_dir():
-        print(f"Error response from daemon: pull access denied for {ref}", file=sys.stderr)
-        return 1
-    _stop_app(state)
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _kill(pid: int | None) -> None:
+    """SIGTERM (gunicorn finishes what it serves), SIGKILL after ten seconds."""
+    if not pid:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(200):
+            if not _alive(pid):
+                return
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _stop_app(state: dict, ids: list[str] | None = None) -> None:
+    """Stop app containers (all, or those ids); a stopped one stays listed as exited."""
+    for cid, app in state["apps"].items():
+        if ids is None or cid in ids:
+            _kill(app.get("pid"))
+            app["pid"] = None
+    _sync(state)
+
+
+def _sync(state: dict) -> None:
+    """state["app"]: the serving container (the one the front sends new connections to)."""
+    serving = state.get("serving")
+    app = state["apps"].get(serving) if serving else None
+    state["app"] = {"pid": app["pid"], "image": app["image"]} if app and app["pid"] else None
+    _save(state)
+
+
+def _settle(app: dict) -> None:
+    """Return once the container's first healthcheck would have run: gunicorn answers /healthz
+    (or exited). The runtime polls `ps` for health; here one poll sees the verdict, so the
+    recorded argv stay the same from run to run."""
+    for _ in range(600):
+        if _healthy(app["port"]) or not _alive(app["pid"]):
+            return
+        time.sleep(0.05)
+
+
+def _spawn_app(app: dict, env) -> None:
+    image = _image_dir(app["image"])
     log = open(STATE / "app.log", "a")  # noqa: SIM115 - the child keeps it
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--chdir", str(image), "--bind"]
-        + [f"127.0.0.1:{env.app_port}", "--workers", "1", "app.wsgi:application"],
+        + [f"127.0.0.1:{app['port']}", "--workers", "1", "app.wsgi:application"],
         cwd=image,
         env={**_container_env(env), "STAGEFLOW_APP_DIR": str(image)},
         stdout=log,
         stderr=log,
         start_new_session=True,
     )
-    state["app"] = {"pid": proc.pid, "image": ref}
-    _save(state)
-    if wait:
-        for _ in range(600):
-            if _healthy(env.app_port):
-                return 0
-            if proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        print("container app is unhealthy", file=sys.stderr)
+    app["pid"] = proc.pid
+
+
+def _new_app(state: dict, env, ref: str, project: str) -> int:
+    """One more app container of ref beside the others, on a port of its own (its network name)."""
+    if not _image_dir(ref).is_dir():
+        print(f"Error response from daemon: pull access denied for {ref}", file=sys.stderr)
         return 1
+    state["number"] = state.get("number", 0) + 1
+    cid = f"fakeapp{state['number']:04d}"
+    app = {"image": ref, "port": _free_port(), "name": f"{project}-app-{state['number']}"}
+    _spawn_app(app, env)
+    _settle(app)
+    state["apps"][cid] = app
+    if len([a for a in state["apps"].values() if a["pid"]]) == 1:
+        state["serving"] = cid  # the front's first target, `app`, resolves to the only one
+    _sync(state)
     return 0
 
 
-def _ps(state: dict, env) -> None:
+# The front as compose.yml runs it: the runtime's own program (STAGEFLOW_FRONT_CODE), on loopback,
+# where a container's id (its name on the project network) is the port the stand-in gave it.
+FRONT_BOOT = """
+import asyncio, json, os
+_real = asyncio.open_connection
+async def _open(host, port, *args, **kw):
+    state = json.load(open(os.environ["FAKE_DOCKER_STATE"]))
+    names = {cid: a["port"] for cid, a in state["apps"].items() if a["pid"]}
+    if host == "app" and state.get("serving"):
+        host = state["serving"]
+    if host in names:
+        host, port = "127.0.0.1", names[host]
+    return await _real(host, port, *args, **kw)
+asyncio.open_connection = _open
+exec(os.environ["STAGEFLOW_FRONT_CODE"])
+"""
+
+
+def _front_env(env) -> dict[str, str]:
+    import hashlib
+
+    sock = hashlib.sha256(str(STATE).encode()).hexdigest()[:12]
+    return {
+        **os.environ,
+        "FAKE_DOCKER_STATE": str(STATE / "state.json"),
+        "STAGEFLOW_FRONT_HOST": "127.0.0.1",
+        "STAGEFLOW_FRONT_PORT": str(env.app_port),
+        "STAGEFLOW_FRONT_CONTROL": f"/tmp/sf-front-{sock}.sock",
+    }
+
+
+def _start_front(state: dict, env) -> int:
+    front = state.get("front") or {}
+    if _alive(front.get("pid")):
+        return 0
+    if not os.environ.get("STAGEFLOW_FRONT_CODE"):
+        print("front: STAGEFLOW_FRONT_CODE is empty", file=sys.stderr)
+        return 1
+    log = open(STATE / "front.log", "a")  # noqa: SIM115 - the child keeps it
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FRONT_BOOT],
+        env=_front_env(env),
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    state["front"] = {"pid": proc.pid}
+    _save(state)
+    for _ in range(200):  # up --wait: its healthcheck asks the control socket
+        if _front_ask(env, ["target"]) == 0:
+            return 0
+        time.sleep(0.05)
+    print("container front is unhealthy", file=sys.stderr)
+    return 1
+
+
+def _front_ask(env, args: list[str], *, show: bool = False) -> int:
+    res = subprocess.run(
+        [sys.executable, "-c", "import os; exec(os.environ['STAGEFLOW_FRONT_CODE'])", *args],
+        env=_front_env(env),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if show:
+        print(res.stdout, end="")
+        print(res.stderr, end="", file=sys.stderr)
+    return res.returncode
+
+
+def _front_exec(state: dict, env, argv: list[str]) -> int:
+    """`exec front python -c BOOT switch|target ...`: the runtime's own client, against the front."""
+    if not _alive((state.get("front") or {}).get("pid")):
+        print("service front is not running", file=sys.stderr)
+        return 1
+    code = _front_ask(env, argv[3:], show=True)
+    if code == 0 and argv[3:4] == ["switch"]:
+        cid = argv[4].rpartition(":")[0]
+        state["serving"] = cid if cid in state["apps"] else None
+        _sync(state)
+    return code
+
+
+def _ps(state: dict, env, project: str) -> None:
     rows = []
     for st in _servers(env).status():
         if st.up:
@@ -211,16 +354,29 @@ def _ps(state: dict, env) -> None:
             rows.append(
                 {"Service": st.name, "Image": image, "State": "running", "Health": "healthy"}
             )
-    app = state.get("app")
-    if app:
-        try:
-            os.kill(app["pid"], 0)
-            health = "healthy" if _healthy(env.app_port) else "unhealthy"
-            rows.append(
-                {"Service": "app", "Image": app["image"], "State": "running", "Health": health}
-            )
-        except ProcessLookupError:
-            pass
+    if _alive((state.get("front") or {}).get("pid")):
+        rows.append(
+            {
+                "Service": "front",
+                "Name": f"{project}-front-1",
+                "Image": "python:3.11-slim",
+                "State": "running",
+                "Health": "healthy",
+            }
+        )
+    for cid, app in state["apps"].items():
+        up = _alive(app["pid"])
+        rows.append(
+            {
+                "Service": "app",
+                "ID": cid,
+                "Name": app["name"],
+                "Image": app["image"],
+                "State": "running" if up else "exited",
+                # docker says "starting" until the healthcheck first passes
+                "Health": ("healthy" if _healthy(app["port"]) else "starting") if up else "",
+            }
+        )
     for row in rows:
         print(json.dumps(row))
 
@@ -281,10 +437,12 @@ def _cp(source: str, destination: str) -> int:
 
 
 def compose(args: list[str]) -> int:
-    env_files, i = [], 0
+    env_files, i, project = [], 0, "stageflow"
     while i < len(args) and args[i] in ("-p", "--env-file", "-f"):
         if args[i] == "--env-file":
             env_files.append(args[i + 1])
+        if args[i] == "-p":
+            project = args[i + 1]
         i += 2
     sub, rest = args[i], args[i + 1 :]
     if sub == "version":
@@ -298,16 +456,9 @@ def compose(args: list[str]) -> int:
     if sub == "config":
         return 0
     if sub == "up":
-        services = [a for a in rest if a in SERVICES] or list(SERVICES)
-        _servers(env).up()
-        app = state.get("app")
-        if "app" in services:
-            if app and app["image"] == _ref() and _healthy(env.app_port):
-                return 0  # compose leaves a running container of the same image alone
-            return _start_app(state, env, _ref(), wait="--wait" in rest)
-        return 0
+        return _up(state, env, rest, project)
     if sub == "ps":
-        _ps(state, env)
+        _ps(state, env, project)
         return 0
     if sub in ("run", "exec"):
         flags = ("--rm", "-T", "--no-deps")
@@ -315,6 +466,8 @@ def compose(args: list[str]) -> int:
         service, argv = rest[pos[0]], rest[pos[0] + 1 :]
         if sub == "exec" and service == "postgres":
             return _in_postgres(argv, env)
+        if sub == "exec" and service == "front":
+            return _front_exec(state, env, argv)
         if sub == "exec":
             if not state.get("app"):
                 print(f"service {service} is not running", file=sys.stderr)
@@ -322,18 +475,22 @@ def compose(args: list[str]) -> int:
             return _in_image(state["app"]["image"], argv, env)
         return _in_image(_ref(), argv, env)
     if sub == "restart":
-        if state.get("app"):
-            return _start_app(state, env, state["app"]["image"], wait=False)
+        for app in state["apps"].values():
+            _kill(app["pid"])
+            _spawn_app(app, env)
+            _settle(app)
+        _sync(state)
         return 0
     if sub == "stop":
         _stop_app(state)
-        _save(state)
         return 0
     if sub == "cp":
         return _cp(*rest[-2:])
     if sub == "down":
         _stop_app(state)
-        _save(state)
+        _kill((state.pop("front", None) or {}).get("pid"))
+        state["apps"], state["serving"] = {}, None
+        _sync(state)
         _servers(env).down()
         shutil.rmtree(STATE / "containers", ignore_errors=True)
         return 0
@@ -343,6 +500,27 @@ def compose(args: list[str]) -> int:
         return 0
     print(f"stand-in engine: compose {sub} is not known here", file=sys.stderr)
     return 1
+
+
+def _up(state: dict, env, rest: list[str], project: str) -> int:
+    """`up` of the servers and the front, or (--scale app=N --no-recreate) app containers of the
+    release compose interpolates beside the running ones until N run; none is ever recreated."""
+    services = [a for a in rest if a in SERVICES] or list(SERVICES)
+    if "--scale" in rest and "--no-deps" in rest:
+        count = int(rest[rest.index("--scale") + 1].partition("=")[2])
+        for cid in [c for c, a in state["apps"].items() if not _alive(a["pid"])]:
+            _spawn_app(state["apps"][cid], env)  # compose starts a stopped one first
+            _settle(state["apps"][cid])
+        while len(state["apps"]) < count:
+            if _new_app(state, env, _ref(), project):
+                return 1
+        _sync(state)
+        return 0
+    if any(s in services for s in ("postgres", "redis")):
+        _servers(env).up()
+    if "front" in services:
+        return _start_front(state, env)
+    return 0
 
 
 def _build(tag: str, dockerfile: Path, context: Path) -> int:
@@ -399,6 +577,19 @@ def main(argv: list[str]) -> int:
             print(f"Error: No such image: {argv[2]}", file=sys.stderr)
             return 1
         shutil.rmtree(image)
+        return 0
+    if argv[:1] in (["stop"], ["rm"]):
+        state = _load()
+        ids = [a for a in argv[1:] if not a.startswith("-") and a in state["apps"]]
+        if argv[0] == "stop":
+            _stop_app(state, ids)
+            return 0
+        if any(_alive(state["apps"][cid]["pid"]) for cid in ids):
+            print("Error response from daemon: cannot remove a running container", file=sys.stderr)
+            return 1
+        for cid in ids:
+            del state["apps"][cid]
+        _sync(state)
         return 0
     if argv[:2] == ["image", "inspect"]:
         return 0 if _image_dir(argv[-1]).is_dir() else 1

@@ -62,6 +62,20 @@ class ComposeCommands:
                 argv += ["--wait-timeout", str(wait_timeout_s)]
         return [*argv, "--remove-orphans", *services]
 
+    def beside(self, service: str, *, count: int) -> list[str]:
+        """One more container of service's current model beside the `count - 1` running ones: no
+        existing container is recreated, and the servers it depends on are left alone."""
+        return [
+            *self.base(),
+            "up",
+            "-d",
+            "--no-deps",
+            "--no-recreate",
+            "--scale",
+            f"{service}={count}",
+            service,
+        ]
+
     def pull(self, *, services: Sequence[str] = ()) -> list[str]:
         return [*self.base(), "pull", "--quiet", *services]
 
@@ -117,6 +131,37 @@ class ComposeCommands:
     def cp(self, source: str, destination: str) -> list[str]:
         """Copy one file between the host and a container; name the container side SERVICE:PATH."""
         return [*self.base(), "cp", source, destination]
+
+
+# -- the front: the app port's stable forwarder (deploy/runtime/compose_front.py) ------------------
+
+FRONT_SERVICE = "front"
+# compose.yml runs the front with this; the same boot runs its control commands through exec
+FRONT_BOOT = "import os; exec(os.environ['STAGEFLOW_FRONT_CODE'])"
+
+
+def front_switch(
+    c: ComposeCommands, target: str, *, paths: Sequence[str], ready_s: float, drain_s: float
+) -> list[str]:
+    """Move the front's new connections to target once every path answers 2xx there; returns when
+    the connections to any other target have closed (or drain_s passed)."""
+    args = ["switch", target, f"{ready_s:g}", f"{drain_s:g}", *paths]
+    return c.exec(FRONT_SERVICE, ["python", "-c", FRONT_BOOT, *args])
+
+
+def front_target(c: ComposeCommands) -> list[str]:
+    """Where the front sends new connections, as one JSON line."""
+    return c.exec(FRONT_SERVICE, ["python", "-c", FRONT_BOOT, "target"])
+
+
+def stop_containers(ids: Sequence[str], *, timeout_s: int) -> list[str]:
+    """SIGTERM, then SIGKILL after timeout_s: gunicorn finishes the requests in flight first."""
+    return [DOCKER, "stop", "--time", str(timeout_s), *ids]
+
+
+def remove_containers(ids: Sequence[str]) -> list[str]:
+    """Remove stopped containers (a replaced release's, or one that never became ready)."""
+    return [DOCKER, "rm", *ids]
 
 
 def engine_info() -> list[str]:

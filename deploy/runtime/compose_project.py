@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -15,6 +16,7 @@ from deploy.config import EnvConfig, Project
 from deploy.engine import group
 from deploy.errors import ConfigError, MigrationError, ServiceError, UsageError
 from deploy.hosts import CommandResult, Host
+from deploy.runtime.compose_image import CONTAINER_PORT
 from deploy.secrets import REDACTED, scrub
 from deploy.service import Service
 from deploy.settings import container_settings, env_file_text
@@ -23,9 +25,14 @@ from deploy.state import Layout, history
 DEFAULT_IMAGE = "stageflow-app"
 APP_SERVICE = "app"
 SERVER_SERVICES = ("postgres", "redis")
+FRONT_UP = (*SERVER_SERVICES, cmd.FRONT_SERVICE)  # what a switch starts (or keeps) first
 # compose.yml refuses to render without these (${VAR:?}): check first and say where they go.
 REQUIRED_SECRETS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD")
 SERVICE_ENV_KEY = "STAGEFLOW_SERVICE_ENV"  # compose.yml's app service: env_file from this path
+FRONT_CODE_KEY = "STAGEFLOW_FRONT_CODE"  # compose.yml's front service runs this text
+APP_CONTAINER_PORT = CONTAINER_PORT  # the image's gunicorn binds it; the front connects to it
+HEALTH = "/healthz"  # compose.yml's healthcheck path when no [service] names one
+DRAIN_S = 30  # connections to the replaced release may finish for this long (gunicorn's default)
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _GOOD_KINDS = ("deploy", "rollback-1", "rollback-2", "rollback-3", "emergency", "restart")
 
@@ -366,7 +373,7 @@ class ComposeProject:
     ) -> CommandResult:
         """Build one compose argv (build(commands) -> list[str]) and run it in the project root."""
         # Input and config first: they fail the same way with or without an engine.
-        extra = {"STAGEFLOW_IMAGE": self.image}
+        extra = {"STAGEFLOW_IMAGE": self.image, FRONT_CODE_KEY: front_code()}
         if release is not None:
             extra["STAGEFLOW_RELEASE"] = check_release(release)
         if commit:
@@ -407,15 +414,98 @@ class ComposeProject:
             raise self.failed(f"pulling {cmd.image_ref(self.image, release)}", res)
 
     def up(self, release: str, *, commit: str | None = None) -> list[dict[str, Any]]:
-        """Start (or switch to) release and wait until every service is healthy."""
-        res = self.run(
-            lambda c: c.up(wait=True, wait_timeout_s=self.wait_timeout_s),
+        """Switch to release without refusing a connection: its container starts beside the
+        serving one; once compose calls it healthy and the service's health and ready paths answer
+        there, the front sends new connections to it; the old containers finish their connections
+        and stop (SIGTERM: gunicorn drains), then they are removed. A container of release that
+        serves alone already is kept (and the front pointed at it once it is healthy)."""
+        started = self.run(
+            lambda c: c.up(services=FRONT_UP, wait_timeout_s=self.wait_timeout_s),
             release=release,
             commit=commit,
         )
-        if not res.ok:
+        if not started.ok:
+            raise self.failed("starting postgres, redis and the front", started)
+        rows = self.app_rows()
+        running = [r for r in rows if r.get("State") == "running"]
+        self._remove([r for r in rows if r not in running], stop=False)
+        if len(running) == 1 and image_tag(str(running[0].get("Image", ""))) == release:
+            self._await_healthy(running[0], release)  # a level 1 restart: up --wait's verdict
+            self._point_front(running[0], release)
+            return self.status()
+        res = self.run(
+            lambda c: c.beside(APP_SERVICE, count=len(running) + 1), release=release, commit=commit
+        )
+        new = [r for r in self.app_rows() if r.get("ID") not in {r.get("ID") for r in running}]
+        if not res.ok or len(new) != 1:
+            self._remove(new, stop=True)
             raise self.failed(f"starting release {release}", res)
+        try:
+            self._await_healthy(new[0], release)
+            self._point_front(new[0], release)
+        except ServiceError:
+            self._remove(new, stop=True)  # the front never moved: the old release still serves
+            raise
+        self._remove(running, stop=True)
         return self.status()
+
+    def app_rows(self) -> list[dict[str, Any]]:
+        return [r for r in self.status() if r.get("Service") == APP_SERVICE]
+
+    def _await_healthy(self, row: Mapping[str, Any], release: str) -> None:
+        """compose's own verdict first (compose.yml's healthcheck), as `up --wait` gave it; a
+        container that exits or turns unhealthy fails at once."""
+        deadline = time.monotonic() + self.wait_timeout_s
+        now: Mapping[str, Any] = row  # the `ps` that found it is the first look
+        while True:
+            state, health = now.get("State"), now.get("Health")
+            if state == "running" and health in (None, "", "healthy"):
+                return
+            if state != "running" or health == "unhealthy" or time.monotonic() > deadline:
+                raise ServiceError(
+                    f"{self.cfg.name}: release {release} did not become healthy: its container "
+                    f"is {health if state == 'running' else state or 'gone'}",
+                    hint=f"inspect with `inv {self.cfg.name}.logs`; the previous release serves",
+                )
+            time.sleep(0.5)
+            now = next((r for r in self.app_rows() if r.get("ID") == row.get("ID")), {})
+
+    def _point_front(self, row: Mapping[str, Any], release: str) -> None:
+        """Move the front to row's container once it answers health and ready, in rounds, so a
+        container that exited fails at once instead of at the end of the wait."""
+        # by its short id, which the engine's DNS answers on the project network like the name;
+        # a name read back from `ps` may have passed through the secrets scrubber, an id cannot
+        target = f"{row.get('ID')}:{APP_CONTAINER_PORT}"
+        paths = [self.service.health, self.service.ready_path] if self.service else [HEALTH]
+        deadline = time.monotonic() + self.wait_timeout_s
+        while True:
+            res = self.run(
+                lambda c: cmd.front_switch(
+                    c, target, paths=list(dict.fromkeys(paths)), ready_s=5, drain_s=DRAIN_S
+                ),
+                timeout=DRAIN_S + 60,
+            )
+            if res.ok:
+                return
+            state = next((r for r in self.app_rows() if r.get("ID") == row.get("ID")), {})
+            if state.get("State") != "running" or time.monotonic() > deadline:
+                why = f"its container is {state.get('State') or 'gone'}"
+                if state.get("State") == "running":
+                    why = f"the front says: {self.scrub(res.tail(1))}"
+                raise ServiceError(
+                    f"{self.cfg.name}: release {release} did not become ready: {why}",
+                    hint=f"inspect with `inv {self.cfg.name}.logs`; the previous release serves",
+                )
+
+    def _remove(self, rows: Sequence[Mapping[str, Any]], *, stop: bool) -> None:
+        ids = [str(r["ID"]) for r in rows if r.get("ID")]
+        if not ids:
+            return
+        if stop:
+            self.host.run(cmd.stop_containers(ids, timeout_s=DRAIN_S), check=False, timeout=120)
+        res = self.host.run(cmd.remove_containers(ids), check=False, timeout=120)
+        if not res.ok:
+            raise self.failed("removing the replaced app containers", res)
 
     def down(self, *, volumes: bool = False) -> None:
         """Stop the project; its data stays unless volumes=True (never on production)."""
@@ -436,10 +526,26 @@ class ComposeProject:
         return parse_ps(res.stdout)
 
     def current_release(self) -> str | None:
-        for row in self.status():
-            if row.get("Service") == APP_SERVICE and row.get("State") == "running":
-                return image_tag(str(row.get("Image", "")))
-        return None
+        row = self.serving_row(self.status())
+        return image_tag(str(row.get("Image", ""))) if row else None
+
+    def serving_row(self, rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+        """The running app container new connections go to: the only one, or (while a switch
+        runs, or after one was cut short) the one the front names."""
+        running = [
+            r for r in rows if r.get("Service") == APP_SERVICE and r.get("State") == "running"
+        ]
+        if len(running) < 2:
+            return running[0] if running else None
+        res = self.run(cmd.front_target, timeout=60)
+        target = ""
+        if res.ok:
+            try:
+                target = str(json.loads(res.stdout.strip().splitlines()[-1]).get("target", ""))
+            except (ValueError, IndexError, AttributeError):
+                target = ""
+        host = target.rpartition(":")[0]
+        return next((r for r in running if r.get("ID") == host), running[-1])
 
     def logs(self, *, tail: int = 100, services: Sequence[str] = ()) -> str:
         res = self.run(lambda c: c.logs(services=services, tail=tail), timeout=60)
@@ -510,6 +616,11 @@ class ComposeProject:
 # -- the project of an environment, and its commands as an operator reads them --------------------
 
 
+def front_code() -> str:
+    """The front's program (compose_front.py), which compose passes to the front container."""
+    return Path(__file__).with_name("compose_front.py").read_text(encoding="utf-8")
+
+
 def place(proj: Project, name: str) -> tuple[Host, Layout]:
     """The environment's first host (it runs the project and keeps lock and history) and layout."""
     return group.primary(proj, name)
@@ -544,6 +655,28 @@ def release_env(
     if release is not None and rt.service is not None and rt.settings_path:
         out[SERVICE_ENV_KEY] = rt.settings_path  # the file's path; its values are never shown
     return out
+
+
+def switch_shown(rt: ComposeProject, release: str, commit: str | None = None) -> list[str]:
+    """The switch to release as an operator would type it (ComposeProject.up); the containers are
+    named as they will be known: the plan asks no engine."""
+    c, env = rt.commands(), release_env(rt, release, commit)
+    paths = [rt.service.health, rt.service.ready_path] if rt.service else [HEALTH]
+    new, old = "<new app container>", "<old app container>"
+    switch = cmd.front_switch(
+        c,
+        f"{new}:{APP_CONTAINER_PORT}",
+        paths=list(dict.fromkeys(paths)),
+        ready_s=5,
+        drain_s=DRAIN_S,
+    )
+    return [
+        shown(c.up(services=FRONT_UP, wait_timeout_s=rt.wait_timeout_s), env),
+        shown(c.beside(APP_SERVICE, count=2), env),
+        shown(switch),
+        shown(cmd.stop_containers([old], timeout_s=DRAIN_S)),
+        shown(cmd.remove_containers([old])),
+    ]
 
 
 def shown(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:

@@ -26,6 +26,7 @@ from deploy.runtime.compose_project import (
     ComposeProject,
     release_env,
     shown,
+    switch_shown,
 )
 from deploy.state import Layout, find_backup
 
@@ -102,11 +103,10 @@ def _level3_plan(
     restore = restore_argv(
         c, user=user, database=database, backup_id=chosen["id"], backups_dir=layout.backups
     )
-    start = c.up(wait=True, wait_timeout_s=rt.wait_timeout_s)
     commands = [
         f"stop:    {shown(c.stop(services=[APP_SERVICE]), release_env(rt, current))}",
         *(f"restore: {shown(argv, env_img)}" for argv in restore),
-        f"start:   {shown(start, release_env(rt, target, commit_of(entries, target)))}",
+        *(f"start:   {line}" for line in switch_shown(rt, target, commit_of(entries, target))),
     ]
     return {
         "target": target,
@@ -227,6 +227,5 @@ def _level2_commands(
             f"schema:  {shown(servers, env_cur)}",
             f"schema:  {shown(c.run(APP_SERVICE, down, no_deps=True), env_cur)}",
         ]
-    start = c.up(wait=True, wait_timeout_s=rt.wait_timeout_s)
-    env_target = release_env(rt, target, commit_of(entries, target))
-    return [*commands, f"start:   {shown(start, env_target)}"]
+    start = switch_shown(rt, target, commit_of(entries, target))
+    return [*commands, *(f"start:   {line}" for line in start)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +50,7 @@ from deploy.runtime.compose_project import (
     project_for,
     release_env,
     shown,
+    switch_shown,
 )
 from deploy.runtime.compose_rollback import (
     SERVED_KINDS,
@@ -138,27 +139,28 @@ def container_status(proj: Project, name: str) -> dict[str, Any]:
     """postgres, redis and app as `compose ps` sees them; an absent engine is a detail, not a crash."""
     env = proj.env(name)
     rows: list[dict[str, Any]] = []
-    problem = None
+    problem, app_row = None, None
     try:
-        rows = project_for(proj, name).status()
+        rt = project_for(proj, name)
+        rows = rt.status()
+        app_row = rt.serving_row(rows)
     except DeployError as err:
         problem = err.line()
     by = {str(r.get("Service")): r for r in rows}
 
-    def healthy(service: str) -> bool:
-        row = by.get(service)
+    def healthy(row: Mapping[str, Any] | None) -> bool:
         return bool(
             row and row.get("State") == "running" and row.get("Health") in (None, "", "healthy")
         )
 
-    app_row = by.get(APP_SERVICE)
     return {
         "runtime": "compose",
         "engine": problem,
-        "postgres": {"up": healthy("postgres"), "port": env.postgres_port, "pid": None},
-        "redis": {"up": healthy("redis"), "port": env.redis_port, "pid": None},
+        "postgres": {"up": healthy(by.get("postgres")), "port": env.postgres_port, "pid": None},
+        "redis": {"up": healthy(by.get("redis")), "port": env.redis_port, "pid": None},
         "app": {
-            "up": healthy(APP_SERVICE),
+            # the app answers on its port only through the front
+            "up": healthy(app_row) and healthy(by.get(cmd.FRONT_SERVICE)),
             "port": env.app_port,
             "release": image_tag(str(app_row.get("Image", ""))) if app_row else None,
         },
@@ -212,7 +214,11 @@ def _deploy_rows(
             f"{layout.backups} on {host.name}",
         ),
         ("migrate", f"postgres and redis healthy, then the migrations {rid} ships, in its image"),
-        ("start", f"up --wait with {rt.image}:{rid}; a failure starts the previous tag again"),
+        (
+            "start",
+            f"{rt.image}:{rid} beside the serving container; the front moves to it once health "
+            "and ready answer, the old one drains and stops; a failure leaves the old one serving",
+        ),
         ("smoke", f"health, ready, version, identity, postgres, redis on {where}"),
         (
             "verify",
@@ -241,7 +247,6 @@ def _deploy_commands(
     up = migrate_argv("up", release=rid, applied_by=actor, directory=migrations_dir(proj),
                       limits=cmd.migrate_limits(policy))  # fmt: skip
     migrate = c.run(APP_SERVICE, up, no_deps=True)
-    start = c.up(wait=True, wait_timeout_s=rt.wait_timeout_s)
     backup = []
     if policy.backup != "never":
         user, database = role_and_database(rt)
@@ -261,7 +266,7 @@ def _deploy_commands(
         *backup,
         f"migrate: {shown(servers, env_r)}",
         f"migrate: {shown(migrate, env_r)}",
-        f"start:   {shown(start, release_env(rt, rid, commit))}",
+        *(f"start:   {line}" for line in switch_shown(rt, rid, commit)),
     ]
 
 
@@ -452,7 +457,11 @@ class ComposeRuntime:
             return f"{rt.image}:{ctx.built.id} healthy"
 
         return [
-            Step("start", self._does.get("start", f"up --wait with {rt.image}:<id>"), start),
+            Step(
+                "start",
+                self._does.get("start", f"{rt.image}:<id> beside the serving one, then the switch"),
+                start,
+            ),
             Step(
                 "smoke",
                 self._does.get("smoke", f"health, ready, release, smoke checks on {where}"),
@@ -461,7 +470,8 @@ class ComposeRuntime:
         ]
 
     def revert(self, ctx: Context, target: Target) -> str | None:
-        """Start the previous tag again (or stop the new app when there is none)."""
+        """Switch back to the previous tag (or stop the new app when there is none); when the new
+        release never became ready, the previous one still serves and stays."""
         rt, prev, rid = self.rt, ctx.previous, ctx.built.id
         try:
             if prev:
@@ -482,7 +492,8 @@ class ComposeRuntime:
 
         if not ctx.host.is_local:
             return verify.Verdict(
-                True, summary="health checked by compose (up --wait) on the remote host"
+                True,
+                summary="health and ready checked by the front before the switch on the remote host",
             )
         return verify.watch_places(
             self.proj.service,
@@ -565,7 +576,9 @@ class ComposeRuntime:
 
         return [
             Step(
-                "restart", f"restart every container of {current}, then up --wait with it", restart
+                "restart",
+                f"restart every container of {current}, then point the front at it",
+                restart,
             ),
             Step(
                 "smoke",
@@ -605,7 +618,11 @@ class ComposeRuntime:
             )
 
         return [
-            Step("start", f"up --wait with {which} tag {rt.image}:{target}", start),
+            Step(
+                "start",
+                f"{which} tag {rt.image}:{target} beside the serving one, then the switch",
+                start,
+            ),
             Step(
                 "smoke",
                 _SMOKE_ROW,

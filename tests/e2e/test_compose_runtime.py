@@ -19,10 +19,12 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from deploy.commands.compose import FRONT_BOOT
 from tests import support
 from tests.conftest import need
 from tests.e2e.conftest import Project, destroy, make_project
@@ -58,6 +60,44 @@ UP_SERVERS = [
     "redis",
 ]
 UP = [*BASE, "up", "-d", "--wait", "--wait-timeout", "120", "--remove-orphans"]
+UP_FRONT = [*UP, "postgres", "redis", "front"]
+FRONT = [*BASE, "exec", "-T", "front", "python", "-c", FRONT_BOOT]
+
+
+def _beside(count: int) -> list[str]:
+    return [*BASE, "up", "-d", "--no-deps", "--no-recreate", "--scale", f"app={count}", "app"]
+
+
+def _front_switch(number: int) -> list[str]:
+    """The front moved to the project's number-th app container (by its id, as the engine's DNS
+    answers it), once /healthz and /readyz answer."""
+    return [*FRONT, "switch", f"fakeapp{number:04d}:8000", "5", "30", "/healthz", "/readyz"]
+
+
+def _switch(
+    *, count: int, number: int, old: Sequence[str] = (), stopped: Sequence[str] = ()
+) -> list[list[str]]:
+    """A switch: servers and front up, stopped app containers removed, the number-th app container
+    beside the count - 1 running ones, the front moved to it, the old ones stopped (SIGTERM) and
+    removed, what runs read."""
+    out = [UP_FRONT, PS, *([["docker", "rm", *stopped]] if stopped else [])]
+    out += [_beside(count), PS, _front_switch(number)]
+    if old:
+        out += [["docker", "stop", "--time", "30", *old], ["docker", "rm", *old]]
+    return [*out, PS]
+
+
+def _switch_shown(env: str) -> list[str]:
+    """The switch as a plan prints it: the containers are named as they will be known."""
+    new, old = "'<new app container>:8000'", "'<old app container>'"
+    boot = shlex.quote(FRONT_BOOT)
+    return [
+        f"start:   {env} {' '.join(UP_FRONT)}",
+        f"start:   {env} {' '.join(_beside(2))}",
+        f"start:   {' '.join(FRONT[:-1])} {boot} switch {new} 5 30 /healthz /readyz",
+        f"start:   docker stop --time 30 {old}",
+        f"start:   docker rm {old}",
+    ]
 
 
 def _engine_answers() -> bool:
@@ -116,8 +156,8 @@ def test_dry_run_prints_the_exact_docker_commands(compose: Project) -> None:
         f"deploy.compose_migrate up --dir app/migrations --release {rid} "
         f"--applied-by alice@example.com {' '.join(LIMITS)}",
     ]
-    start = next(line for line in lines if line.startswith("start:"))
-    assert start == f"start:   {env} STAGEFLOW_COMMIT={commit} {settings} {' '.join(UP)}"
+    start = [line for line in lines if line.startswith("start:")]
+    assert start == _switch_shown(f"{env} STAGEFLOW_COMMIT={commit} {settings}")
     _no_secret(res.stdout, res.stderr)
     assert not (home / "state" / "history.jsonl").exists()  # a plan changes nothing
 
@@ -256,8 +296,8 @@ def test_deploy_failed_up_and_rollback_run_these_docker_commands(compose: Projec
         rid_a = a["release"]
         assert re.fullmatch(_rid(commit_a), rid_a)
         calls = engine.new_calls()
-        assert _argv(calls) == [*_deploy_argv(home, rid_a, actor), UP, PS]
-        start = calls[-2]
+        assert _argv(calls) == [*_deploy_argv(home, rid_a, actor), *_switch(count=1, number=1)]
+        start = calls[-6]
         assert (start["release"], start["commit"]) == (rid_a, commit_a)
         assert {"STAGEFLOW_IMAGE", "STAGEFLOW_RELEASE", "POSTGRES_PASSWORD"} <= set(start["env"])
         assert _serving(compose) == rid_a
@@ -271,7 +311,10 @@ def test_deploy_failed_up_and_rollback_run_these_docker_commands(compose: Projec
         b = _last(compose)
         assert (b["status"], b["previous"], b["migrations"]) == ("success", rid_a, [4])
         rid_b = b["release"]
-        assert _argv(engine.new_calls()) == [*_deploy_argv(home, rid_b, actor), UP, PS]
+        assert _argv(engine.new_calls()) == [
+            *_deploy_argv(home, rid_b, actor),
+            *_switch(count=2, number=2, old=["fakeapp0001"]),
+        ]
         assert _serving(compose) == rid_b
 
         # the plan of level 2 names the previous tag and the down migration, in B's image
@@ -289,8 +332,10 @@ def test_deploy_failed_up_and_rollback_run_these_docker_commands(compose: Projec
             f"schema:  {env_b} {' '.join(BASE)} run --rm -T --no-deps app python -m "
             f"deploy.compose_migrate down --dir app/migrations --to 3 --release {rid_a} "
             "--applied-by alice@example.com",
-            f"start:   STAGEFLOW_IMAGE=stageflow-app STAGEFLOW_RELEASE={rid_a} "
-            f"STAGEFLOW_COMMIT={commit_a} {settings} {' '.join(UP)}",
+            *_switch_shown(
+                f"STAGEFLOW_IMAGE=stageflow-app STAGEFLOW_RELEASE={rid_a} "
+                f"STAGEFLOW_COMMIT={commit_a} {settings}"
+            ),
         ]
         assert engine.new_calls() == []  # a plan asks no engine
 
@@ -304,8 +349,16 @@ def test_deploy_failed_up_and_rollback_run_these_docker_commands(compose: Projec
         assert (c["status"], c["previous"]) == ("rolled-back", rid_b)
         rid_c = c["release"]
         calls = engine.new_calls()
-        assert _argv(calls) == [*_deploy_argv(home, rid_c, actor), UP, UP, PS]
-        assert [(x["release"], x["commit"]) for x in calls[-3:-1]] == [
+        # C's switch fails before the front moves; B, serving alone, is kept and pointed at
+        assert _argv(calls) == [
+            *_deploy_argv(home, rid_c, actor),
+            UP_FRONT,
+            UP_FRONT,
+            PS,
+            _front_switch(2),
+            PS,
+        ]
+        assert [(x["release"], x["commit"]) for x in calls[-5:-3]] == [
             (rid_c, commit_c),
             (rid_b, commit_b),
         ]
@@ -327,8 +380,9 @@ def test_deploy_failed_up_and_rollback_run_these_docker_commands(compose: Projec
         down = list(MIGRATE)
         down += ["down", "--dir", "app/migrations", "--to", "3", "--release", rid_a]
         down += ["--applied-by", actor]
-        assert _argv(calls) == [*ENGINE, PS, UP_SERVERS, down, UP, PS]
-        assert [x["release"] for x in calls[-4:-1]] == [rid_b, rid_b, rid_a]
+        switch = _switch(count=2, number=3, old=["fakeapp0002"])
+        assert _argv(calls) == [*ENGINE, PS, UP_SERVERS, down, *switch]
+        assert [x["release"] for x in calls[3:6]] == [rid_b, rid_b, rid_a]
         assert _serving(compose) == rid_a
         assert not (home / "state" / "lock").exists()
 
@@ -462,8 +516,7 @@ def test_backups_and_level_3_restore_run_in_the_postgres_container(
             *_backup(home, bid),
             UP_SERVERS,
             _migrate_up(rid_b, proj.actor),
-            UP,
-            PS,
+            *_switch(count=2, number=2, old=["fakeapp0001"]),
         ]
         assert calls[5]["release"] is None and img <= set(calls[5]["env"])
         dump = home / "shared" / "backups" / f"{bid}.dump"
@@ -519,9 +572,10 @@ def test_backups_and_level_3_restore_run_in_the_postgres_container(
                 f"restore: STAGEFLOW_IMAGE=stageflow-app {shlex.join(argv)}"
                 for argv in _restore(home, bid)
             ),
-            f"start:   STAGEFLOW_IMAGE=stageflow-app STAGEFLOW_RELEASE={rid_a} "
-            f"STAGEFLOW_COMMIT={commit_a} STAGEFLOW_SERVICE_ENV={home}/state/service.env "
-            f"{' '.join(UP)}",
+            *_switch_shown(
+                f"STAGEFLOW_IMAGE=stageflow-app STAGEFLOW_RELEASE={rid_a} "
+                f"STAGEFLOW_COMMIT={commit_a} STAGEFLOW_SERVICE_ENV={home}/state/service.env"
+            ),
         ]
         assert engine.new_calls() == []  # a plan asks no engine
 
@@ -541,10 +595,10 @@ def test_backups_and_level_3_restore_run_in_the_postgres_container(
             ["docker", "image", "inspect", "--format", "{{.Id}}", f"stageflow-app:{rid_a}"],
             [*BASE, "stop", "app"],
             *_restore(home, bid),
-            UP,
-            PS,
+            # B's container, stopped for the restore, is removed; A's starts in its place
+            *_switch(count=1, number=3, stopped=["fakeapp0002"]),
         ]
-        assert calls[-2]["release"] == rid_a
+        assert next(c for c in calls if c["argv"] == UP_FRONT)["release"] == rid_a
         assert _sql(proj, "SELECT body FROM notes WHERE body LIKE 'written%'") == [
             ("written under A",)
         ]

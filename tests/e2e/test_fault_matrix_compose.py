@@ -5,10 +5,10 @@ The cases are the steps `deploy_pipeline.plan` lists for a compose environment, 
 module is collected: a step added to the pipeline is killed at without this file changing. After
 each kill: the app container runs the old tag or the new one (the old one until `start` ran) and
 answers health; what the engine was asked matches where the run died (the new image built once
-`build` ran and started once `start` ran; no container stopped or removed; no image untagged but
-an older one, by `prune`); no row written before is lost; the migration ledger agrees with the
-schema; the lock is stale and can be forced; and the next deploy succeeds with the app container
-on its tag.
+`build` ran and started once `start` ran; no container stopped or removed but the old tag's, by
+the switch once `start` ran; no image untagged but an older one, by `prune`); no row written
+before is lost; the migration ledger agrees with the schema; the lock is stale and can be forced;
+and the next deploy succeeds with the app container on its tag.
 
 Each case ships a release with a migration of its own (one nullable column) and dev backs up
 before pending migrations, so every deploy has a backup to take and a schema to change; the
@@ -40,7 +40,7 @@ from deploy.errors import ExitCode
 from tests.e2e import faults
 from tests.e2e.conftest import Project
 from tests.e2e.faults import after, assert_ledger_matches_schema, user_rows, write_rows
-from tests.e2e.test_compose_runtime import BASE, UP, Engine
+from tests.e2e.test_compose_runtime import BASE, UP_FRONT, Engine
 from tests.e2e.test_compose_runtime import compose as compose_project  # noqa: F401 - reused
 
 START = "start"  # the step that replaces the app container: before it the old tag runs
@@ -126,9 +126,12 @@ def test_a_compose_deploy_killed_at_step(dev: Engine, step: str) -> None:
         assert builds[0]["argv"][3].startswith(f"{IMAGE}:") and builds[0]["argv"][3].endswith(
             new[:8]
         )
-    ups = [c["release"] for c in calls if c["argv"] == UP]
+    ups = [c["release"] for c in calls if c["argv"] == UP_FRONT]
     assert ups == ([tag] if after(STEPS, step, START) else []), calls
     assert not [c for c in calls if _stops(c["argv"])], calls
+    # the switch stops and removes the old tag's container, and only once the front moved
+    removed = [c for c in calls if c["argv"][1:2] in (["stop"], ["rm"])]
+    assert not removed or after(STEPS, step, START), calls
     # prune may untag an older release, never the one that served before nor the new one
     untagged = [c["argv"][3].partition(":")[2] for c in calls if c["argv"][1:3] == ["image", "rm"]]
     assert len(untagged) <= after(STEPS, step, "prune"), calls
@@ -172,7 +175,7 @@ def test_a_deploy_failing_after_a_killed_one_sends_the_killed_ones_tag_back(dev:
     finally:
         dev.heal()
     assert f"{killed_tag} serves again" in res.stderr, res.stderr
-    starts = [(c["release"], c["commit"]) for c in dev.new_calls() if c["argv"] == UP]
+    starts = [(c["release"], c["commit"]) for c in dev.new_calls() if c["argv"] == UP_FRONT]
     assert starts[1:] == [(killed_tag, killed)], starts
     assert starts[0][1] == broken, starts
     assert app_container(dev) == (killed_tag, killed)

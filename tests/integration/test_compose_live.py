@@ -154,7 +154,7 @@ def test_dev_comes_up_healthy_and_goes_down(
         runtime.validate()
         rows = runtime.up(tag)
         by_service = {row["Service"]: row for row in rows}
-        assert set(by_service) == {"app", "postgres", "redis"}
+        assert set(by_service) == {"app", "front", "postgres", "redis"}
         assert all(row["State"] == "running" for row in rows)
         assert all(row.get("Health") == "healthy" for row in rows)
         assert runtime.current_release() == tag

@@ -424,3 +424,25 @@ def test_the_deploy_backs_up_by_the_native_policy() -> None:
     assert pending_versions([1, 2], [1, 2, 5]) == []
     assert wants_backup("always", []) and wants_backup("pending-migrations", [4])
     assert not wants_backup("pending-migrations", []) and not wants_backup("never", [4])
+
+
+def test_the_switch_builders(dev: cmd.ComposeCommands) -> None:
+    assert dev.beside("app", count=2) == [
+        *BASE,
+        "up",
+        "-d",
+        "--no-deps",
+        "--no-recreate",
+        "--scale",
+        "app=2",
+        "app",
+    ]
+    boot = ["python", "-c", cmd.FRONT_BOOT]
+    assert cmd.front_switch(
+        dev, "p-app-2:8000", paths=["/healthz", "/readyz"], ready_s=5, drain_s=30
+    ) == [*BASE, "exec", "-T", "front", *boot, "switch", "p-app-2:8000", "5", "30", "/healthz", "/readyz"]  # fmt: skip
+    assert cmd.front_target(dev) == [*BASE, "exec", "-T", "front", *boot, "target"]
+    assert cmd.stop_containers(["c1", "c2"], timeout_s=30) == [
+        "docker", "stop", "--time", "30", "c1", "c2"
+    ]  # fmt: skip
+    assert cmd.remove_containers(["c1"]) == ["docker", "rm", "c1"]

@@ -76,7 +76,9 @@ def test_base_interpolated_for_each_env_validates(
 ) -> None:
     model = render(ROOT, configs[env], files=[BASE_FILE])
     assert _errors(validator, model) == []
-    assert model["services"]["app"]["ports"][0]["published"] == str(configs[env].app_port)
+    # the front holds the app port across releases; the app containers publish none
+    assert model["services"]["front"]["ports"][0]["published"] == str(configs[env].app_port)
+    assert "ports" not in model["services"]["app"]
 
 
 @pytest.mark.parametrize("env", ENVS)
@@ -84,7 +86,7 @@ def test_base_merged_with_override_validates(
     validator: Any, rendered: dict[str, dict[str, Any]], env: str
 ) -> None:
     assert _errors(validator, rendered[env]) == []
-    assert set(rendered[env]["services"]) == {"app", "postgres", "redis"}
+    assert set(rendered[env]["services"]) == {"app", "front", "postgres", "redis"}
 
 
 # -- what each environment's files say ----------------------------------------------------------
@@ -113,7 +115,7 @@ def test_ports_are_the_env_files_and_loopback_only(
     configs: dict[str, EnvConfig], rendered: dict[str, dict[str, Any]], env: str
 ) -> None:
     cfg = configs[env]
-    expected = {"app": cfg.app_port, "postgres": cfg.postgres_port, "redis": cfg.redis_port}
+    expected = {"front": cfg.app_port, "postgres": cfg.postgres_port, "redis": cfg.redis_port}
     for service, port in expected.items():
         entries = rendered[env]["services"][service]["ports"]
         assert [p for e in entries for p in published_ports(e)] == [port]
@@ -196,7 +198,7 @@ def test_isolation_refuses_a_shared_host_port(rendered: dict[str, dict[str, Any]
     models = copy.deepcopy(rendered)
     models["prod"]["services"]["redis"]["ports"][0]["published"] = "8101"  # dev's APP_PORT
     problems = compose_isolation_problems(models)
-    assert problems == ["dev and prod both publish host port 8101 (dev app, prod redis)"]
+    assert problems == ["dev and prod both publish host port 8101 (dev front, prod redis)"]
 
 
 def test_isolation_reads_short_port_syntax_and_ranges(rendered: dict[str, dict[str, Any]]) -> None:
