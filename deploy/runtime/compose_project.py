@@ -26,6 +26,8 @@ DEFAULT_IMAGE = "stageflow-app"
 APP_SERVICE = "app"
 SERVER_SERVICES = ("postgres", "redis")
 FRONT_UP = (*SERVER_SERVICES, cmd.FRONT_SERVICE)  # what a switch starts (or keeps) first
+# level 1 restarts these; the front keeps its connections (a restart of it would cut them)
+RESTARTED = (APP_SERVICE, *SERVER_SERVICES)
 # compose.yml refuses to render without these (${VAR:?}): check first and say where they go.
 REQUIRED_SECRETS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD")
 SERVICE_ENV_KEY = "STAGEFLOW_SERVICE_ENV"  # compose.yml's app service: env_file from this path
@@ -581,13 +583,14 @@ class ComposeProject:
         return res
 
     def restart(self) -> list[dict[str, Any]]:
-        """Level 1: restart every container of the current release, then wait for health."""
+        """Level 1: restart the current release's app and servers (not the front), then wait for
+        health."""
         current = self.current_release()
         if current is None:
             raise ServiceError(
                 f"{self.cfg.name} has no running release to restart", hint="deploy one first"
             )
-        res = self.run(lambda c: c.restart())
+        res = self.run(lambda c: c.restart(services=RESTARTED))
         if not res.ok:
             raise self.failed("compose restart", res)
         return self.up(current)

@@ -42,6 +42,7 @@ from deploy.runtime.compose_backups import ledger_argv, role_and_database
 from deploy.runtime.compose_project import (
     APP_SERVICE,
     REQUIRED_SECRETS,
+    RESTARTED,
     SERVER_SERVICES,
     ComposeProject,
     check_release,
@@ -569,7 +570,7 @@ class ComposeRuntime:
 
         def restart() -> str:
             commit = commit_of(self._entries, current)
-            res = rt.run(lambda c: c.restart(), release=current, commit=commit)
+            res = rt.run(lambda c: c.restart(services=RESTARTED), release=current, commit=commit)
             if not res.ok:
                 raise rt.failed("compose restart", res)
             return f"{len(rt.up(current, commit=commit))} containers healthy"
@@ -577,7 +578,8 @@ class ComposeRuntime:
         return [
             Step(
                 "restart",
-                f"restart every container of {current}, then point the front at it",
+                f"restart {current}'s app, postgres and redis (the front keeps its "
+                "connections), then point the front at it",
                 restart,
             ),
             Step(
