@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from deploy.errors import GuardRefused, ServiceError, UsageError
 from deploy.secrets import Secret
 from tests import support
 from tests.conftest import fresh_database
+from tests.sshd import shared_venv
 
 PASSWORD = "seed-pw-s3cret-value"
 # A service's seed of its own tables: what it saw goes to seen.json beside it, for the test.
@@ -62,14 +64,18 @@ def service(tmp_path: Path, pg_server) -> tuple[Project, EnvConfig, Path]:
             env_from=(("SHOP_DB", "DATABASE_URL"),),
         ),
     )
-    with fresh_database(pg_server) as dsn:
-        env = replace(
-            proj.env("staging"),
-            data_dir=tmp_path / "data",
-            secrets=(("POSTGRES_PASSWORD", Secret(PASSWORD)),),
-        )
-        env = replace(env, database_url=dsn)
-        yield proj, scratch.on_database(env, dsn.rsplit("/", 1)[1]), svc
+    data = support.public_tmpdir("sf-seed-")  # as root the seed runs as the service user
+    try:
+        with fresh_database(pg_server) as dsn:
+            env = replace(
+                proj.env("staging"),
+                data_dir=data / "data",
+                secrets=(("POSTGRES_PASSWORD", Secret(PASSWORD)),),
+            )
+            env = replace(env, database_url=dsn)
+            yield proj, scratch.on_database(env, dsn.rsplit("/", 1)[1]), svc
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def _rows(env: EnvConfig) -> int:
@@ -100,7 +106,9 @@ def test_the_seed_runs_in_the_serving_releases_venv(service):
     release = Path(env.data_dir) / "releases" / "r-seed-1"
     (release / "svc").mkdir(parents=True)
     (release / "svc" / "seed_items.py").write_text(SEED_SCRIPT)
-    (release / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    os.chmod(release / "svc", 0o777)  # the script reports into its folder, as whoever runs it
+    # a venv with psycopg that the service user can run (as root the seed runs as that user)
+    (release / ".venv").symlink_to(shared_venv(support.REPO / "app" / "requirements.lock"))
     (Path(env.data_dir) / "current").symlink_to(release)
     result = seeding.run(proj, env, size="small", process_env={"PATH": "/usr/bin:/bin"})
     assert result.where == "release r-seed-1" and _rows(env) == 5
