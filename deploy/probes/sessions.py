@@ -25,8 +25,10 @@ SESSIONS_SQL = (
     "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND pid <> pg_backend_pid()"
 )
 # a service that opens a connection per request holds it for that request only: sampled this
-# often while the probes run, such a session is usually seen (never seen is said, not failed)
-INTERVAL_S = 0.003
+# often while the probes run, such a session is often seen (never seen is said, not failed); a
+# pool's sessions are there throughout. Every 3 ms cost each smoke hundreds of queries on every
+# cluster when the machine was busy and smoke slow; every 20 ms, a few dozen
+INTERVAL_S = 0.02
 CONNECT_TIMEOUT_S = 2
 
 
