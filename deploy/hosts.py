@@ -16,7 +16,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -227,24 +227,24 @@ class Host:
         stdout_file: str | Path | None = None,
     ) -> CommandResult:
         """Run argv; output is captured (and scrubbed of secrets) and returned, never streamed."""
-        # Locally the environment goes to the process, not into the command line (ps shows argv).
+        if self.is_local:
+            return self._run_local(
+                argv, check=check, timeout=timeout, env=env, cwd=cwd, stdout_file=stdout_file
+            )
         cmd = to_shell(
             [str(a) for a in argv],
             env=None if self.is_local else env,
             cwd=str(cwd) if cwd else None,
             stdout=str(stdout_file) if stdout_file else None,
         )
-        extra = {"env": dict(env)} if (env and self.is_local) else {}
         start = time.monotonic()
         try:
-            result = self._runner().run(
-                cmd, hide=True, warn=True, timeout=timeout, in_stream=False, **extra
-            )
+            result = self._runner().run(cmd, hide=True, warn=True, timeout=timeout, in_stream=False)
             code, out, err = result.exited, result.stdout, result.stderr
         except Exception as exc:  # timeouts are results, not crashes
             from invoke.exceptions import CommandTimedOut
 
-            if not self.is_local and not isinstance(exc, CommandTimedOut):
+            if not isinstance(exc, CommandTimedOut):
                 # no command ran: "exit 255" would read as the command's own verdict
                 self._sftp_client = None
                 raise HostError(
@@ -261,6 +261,49 @@ class Host:
             scrub(err, self.secrets),
             time.monotonic() - start,
         )
+        if check and not res.ok:
+            raise HostError(
+                f"{self.name}: `{argv[0]}` exited {res.exit_code}: {res.tail()}", host=self.name
+            )
+        return res
+
+    def _run_local(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool,
+        timeout: float | None,
+        env: Mapping[str, str] | None,
+        cwd: str | Path | None,
+        stdout_file: str | Path | None,
+    ) -> CommandResult:
+        """This machine: run_process, no shell in between (a shell and a runner's reader threads
+        per command were a tenth of a warm deploy); env adds to this process's environment, and
+        never goes on the command line (ps shows argv). A program or directory that is not there
+        answers as a shell would (127, 1) instead of raising."""
+        args = [str(a) for a in argv]
+        if cwd is not None and not os.path.isdir(cwd):
+            res = CommandResult(self.name, tuple(args), 1, "", f"cd: {cwd}: No such directory", 0.0)
+        else:
+            full_env = {**os.environ, **env} if env else None
+            if cwd is not None:  # as `cd` would: a program that reads PWD sees where it runs
+                full_env = {**(full_env or os.environ), "PWD": os.path.abspath(cwd)}
+            try:
+                if stdout_file is None:
+                    res = run_process(args, cwd=cwd, env=full_env, timeout=timeout)
+                else:
+                    with open(stdout_file, "a") as out:
+                        res = run_process(
+                            args, cwd=cwd, env=full_env, timeout=timeout, stdout=out,
+                            merge_stderr=True,
+                        )  # fmt: skip
+            except OSError as exc:
+                why = f"{args[0]}: {exc.strerror or exc}"
+                res = CommandResult(self.name, tuple(args), 127, "", why, 0.0)
+        out, err = scrub(res.stdout, self.secrets), scrub(res.stderr, self.secrets)
+        if res.timed_out:
+            err = f"{err.rstrip()}\nstopped after {timeout:g}s: it ran too long".lstrip()
+        res = replace(res, host=self.name, stdout=out, stderr=err)
         if check and not res.ok:
             raise HostError(
                 f"{self.name}: `{argv[0]}` exited {res.exit_code}: {res.tail()}", host=self.name

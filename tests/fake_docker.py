@@ -43,7 +43,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 SECRET_NAMES = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "API_KEYS", "SECRET_KEY")
@@ -120,10 +119,73 @@ def _env(env_files: list[str]):
     )
 
 
+class _Lazy:
+    """The environment compose was given, loaded on first use: `version`, `ps`, `cp`, `logs` and
+    most `exec` calls need none of it, and loading it imports the engine (a process per call)."""
+
+    def __init__(self, env_files: list[str], project: str) -> None:
+        self._files, self._project = env_files, project
+        self._env = None
+
+    def get(self):
+        if self._env is None:
+            self._env = _env(self._files)
+            _remember_servers(self._env, self._project)
+        return self._env
+
+    def __getattr__(self, name: str):
+        return getattr(self.get(), name)
+
+
 def _servers(env):
     from deploy.runtime.native import NativeServices
 
-    return NativeServices(env)
+    return NativeServices(env.get() if isinstance(env, _Lazy) else env)
+
+
+def _known_servers(project: str) -> Path:
+    return STATE / f"servers-{project}.json"
+
+
+def _remember_servers(env, project: str) -> None:
+    """Where this project's servers answer and keep their pid files, for `ps` (the engine knows
+    what it runs without reading the project again)."""
+    from deploy.runtime.native import NativeServices
+
+    servers = NativeServices(env)
+    known = {
+        "postgres": {
+            "port": env.postgres_port,
+            "pidfile": str(servers.layout.pgdata) + "/postmaster.pid",
+        },
+        "redis": {"port": env.redis_port, "pidfile": str(servers.redis_pidfile)},
+    }
+    path = _known_servers(project)
+    if not path.exists() or json.loads(path.read_text()) != known:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, path)
+
+
+def _server_up(project: str, name: str) -> bool:
+    """The server's pid file names a live process and its port answers."""
+    import socket
+
+    path = _known_servers(project)
+    if not path.exists():
+        return False
+    known = json.loads(path.read_text())[name]
+    try:
+        pid = int(Path(known["pidfile"]).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    if not _alive(pid):
+        return False
+    try:
+        with socket.create_connection(("127.0.0.1", known["port"]), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def _settings_file(env) -> dict[str, str]:
@@ -160,9 +222,15 @@ def _container_env(env) -> dict[str, str]:
 
 
 def _healthy(port: int) -> bool:
+    """GET /healthz answers 200 (a raw request: each call is a process of its own, and
+    urllib's imports cost more than the whole call otherwise does)."""
+    import socket
+
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
-            return resp.status == 200
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            status = sock.makefile("rb").readline().split()
+        return status[1:2] == [b"200"]
     except OSError:
         return False
 
@@ -348,12 +416,10 @@ def _front_exec(state: dict, env, argv: list[str]) -> int:
 
 def _ps(state: dict, env, project: str) -> None:
     rows = []
-    for st in _servers(env).status():
-        if st.up:
-            image = "postgres:16-alpine" if st.name == "postgres" else "redis:7-alpine"
-            rows.append(
-                {"Service": st.name, "Image": image, "State": "running", "Health": "healthy"}
-            )
+    for name in ("postgres", "redis"):
+        if _server_up(project, name):
+            image = "postgres:16-alpine" if name == "postgres" else "redis:7-alpine"
+            rows.append({"Service": name, "Image": image, "State": "running", "Health": "healthy"})
     if _alive((state.get("front") or {}).get("pid")):
         rows.append(
             {
@@ -451,7 +517,7 @@ def compose(args: list[str]) -> int:
     if _should_fail(sub):
         print(f"stand-in engine: {sub} told to fail", file=sys.stderr)
         return 1
-    env = _env(env_files)
+    env = _Lazy(env_files, project)
     state = _load()
     if sub == "config":
         return 0

@@ -141,8 +141,11 @@ class Sshd:
             self.registry.unlink(missing_ok=True)
 
 
-def make_sshd(base: Path, address: str, client_key: Path) -> Sshd:
-    """Configure (not start) an sshd on address that accepts root with client_key only."""
+def make_sshd(
+    base: Path, address: str, client_key: Path, *, env: dict[str, str] | None = None
+) -> Sshd:
+    """Configure (not start) an sshd on address that accepts root with client_key only; env:
+    more variables for its sessions (sshd takes only the first SetEnv line, so they go in it)."""
     home = base / f"host-{address}"
     home.mkdir(parents=True, exist_ok=True)
     os.chmod(home, 0o755)
@@ -170,6 +173,10 @@ def make_sshd(base: Path, address: str, client_key: Path) -> Sshd:
                 "PrintMotd no",
                 "PrintLastLog no",
                 "UseDNS no",
+                # bash sources ~/.bashrc for a command sshd runs when SHLVL is unset: this
+                # machine's root runs `pyenv init` there, 0.12 CPU-s on each of the suite's ~800
+                # remote commands. A host of the fleet is a plain server's shell instead.
+                "SetEnv " + " ".join(f"{k}={v}" for k, v in {"SHLVL": "1", **(env or {})}.items()),
                 "",
             ]
         )

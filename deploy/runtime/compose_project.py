@@ -28,6 +28,7 @@ SERVER_SERVICES = ("postgres", "redis")
 FRONT_UP = (*SERVER_SERVICES, cmd.FRONT_SERVICE)  # what a switch starts (or keeps) first
 # level 1 restarts these; the front keeps its connections (a restart of it would cut them)
 RESTARTED = (APP_SERVICE, *SERVER_SERVICES)
+STOPS = frozenset(("down", "stop", "restart", "rm", "kill"))  # compose verbs that may stop a server
 # compose.yml refuses to render without these (${VAR:?}): check first and say where they go.
 REQUIRED_SECRETS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD")
 SERVICE_ENV_KEY = "STAGEFLOW_SERVICE_ENV"  # compose.yml's app service: env_file from this path
@@ -308,6 +309,7 @@ class ComposeProject:
         self.image = image
         self.wait_timeout_s = wait_timeout_s
         self._engine_checked = False
+        self._servers_up = False
 
     # -- plumbing -----------------------------------------------------------------------------
     @property
@@ -386,13 +388,31 @@ class ComposeProject:
             self._write_settings(release)
             env[SERVICE_ENV_KEY] = self.settings_path
         self.check_engine()
-        return self.host.run(build(commands), check=check, timeout=timeout, env=env, cwd=self.root)
+        argv = build(commands)
+        if argv[len(commands.base()) : len(commands.base()) + 1] in ([v] for v in STOPS):
+            self._servers_up = False  # the servers may be down after it: servers_up asks again
+        return self.host.run(argv, check=check, timeout=timeout, env=env, cwd=self.root)
 
     def _write_settings(self, release: str) -> None:
         assert self.service is not None and self.settings_path
         settings = container_settings(self.cfg, self.service, release=release)
         text = env_file_text(settings, source=f"{self.cfg.name}'s settings")
         self.host.write_text(self.settings_path, text, mode=0o600)
+
+    def servers_up(self, *, release: str | None = None) -> None:
+        """Start PostgreSQL and Redis and wait until both are healthy, once per operation: a
+        deploy reads the ledger, backs up and migrates, each with the servers up, and compose's
+        `up --wait` of running servers still costs a whole compose call. A server that dies
+        after this fails the command that needed it, which fails the operation."""
+        if self._servers_up:
+            return
+        res = self.run(
+            lambda c: c.up(services=SERVER_SERVICES, wait_timeout_s=self.wait_timeout_s),
+            release=release,
+        )
+        if not res.ok:
+            raise self.failed("starting postgres and redis", res)
+        self._servers_up = True
 
     def failed(self, what: str, res: CommandResult) -> ServiceError:
         return ServiceError(
@@ -567,12 +587,7 @@ class ComposeProject:
         if release is None:
             res = self.exec(argv)
         else:
-            started = self.run(
-                lambda c: c.up(services=SERVER_SERVICES, wait_timeout_s=self.wait_timeout_s),
-                release=release,
-            )
-            if not started.ok:
-                raise self.failed("starting postgres and redis", started)
+            self.servers_up(release=release)
             res = self.run(lambda c: c.run(APP_SERVICE, argv, no_deps=True), release=release)
         if not res.ok:
             raise MigrationError(

@@ -418,9 +418,7 @@ class ComposeRuntime:
         if ctx.proj.service.migrations.kind == "none":
             return []
         # the servers must run to be read; the migrate step would start them next anyway
-        res = rt.run(lambda c: c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s))
-        if not res.ok:
-            raise rt.failed("starting postgres and redis", res)
+        rt.servers_up()
         self._applied = compose_backups.applied_versions(rt)
         shipped = [f.version for f in releases.migrations_at_commit(ctx.proj, ctx.built.commit)]
         return compose_backups.pending_versions(shipped, self._applied)

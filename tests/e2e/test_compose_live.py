@@ -217,11 +217,9 @@ def test_compose_on_an_ssh_host_that_talks_to_the_engine(live: Live) -> None:
     proj = live.proj
     base = support.public_tmpdir("sf-sshd-live-")
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
-    server = make_sshd(base, "127.0.0.71", keygen(base / "client_key"))
     # the host's sessions find docker, and the image names an operator there would export
-    env_line = " ".join(f"{k}={v}" for k, v in {"PATH": os.environ["PATH"], **live.images}.items())
-    with (server.home / "sshd_config").open("a") as fh:
-        fh.write(f"SetEnv {env_line}\n")
+    env = {"PATH": os.environ["PATH"], **live.images}
+    server = make_sshd(base, "127.0.0.71", keygen(base / "client_key"), env=env)
     server.start()
     try:
         [home] = set_hosts(proj.root, "staging", [server], runtime="compose")

@@ -511,10 +511,9 @@ def test_backups_and_level_3_restore_run_in_the_postgres_container(
             PS,
             PS,
             _build(home, rid_b),
-            UP_SERVERS,
+            UP_SERVERS,  # once per deploy: the ledger, the backup and the migration need them
             _ledger(),
             *_backup(home, bid),
-            UP_SERVERS,
             _migrate_up(rid_b, proj.actor),
             *_switch(count=2, number=2, old=["fakeapp0001"]),
         ]
@@ -641,10 +640,13 @@ def test_a_compose_environment_on_an_ssh_host() -> None:
     proj = make_project("sf-compose-ssh-")
     engine = Engine(proj)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
-    server = make_sshd(base, "127.0.0.70", keygen(base / "client_key"))
     # the stand-in engine is what `docker` finds in that host's sessions
-    with (server.home / "sshd_config").open("a") as fh:
-        fh.write(f"SetEnv PATH={engine.bin}:{os.environ['PATH']} FAKE_DOCKER_DIR={engine.dir}\n")
+    server = make_sshd(
+        base,
+        "127.0.0.70",
+        keygen(base / "client_key"),
+        env={"PATH": f"{engine.bin}:{os.environ['PATH']}", "FAKE_DOCKER_DIR": str(engine.dir)},
+    )
     server.start()
     try:
         [home] = set_hosts(proj.root, "dev", [server], runtime="compose")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from deploy.errors import HostError
-from deploy.hosts import TIMEOUT_EXIT, run_process
+from deploy.hosts import TIMEOUT_EXIT, Host, run_process
 from deploy.secrets import Secret
 
 SECRET = "hunter2-process-secret"
@@ -179,3 +180,38 @@ def test_output_streams_to_a_file_or_merges_into_one_transcript(tmp_path: Path) 
 def test_undecodable_output_is_replaced_not_fatal() -> None:
     res = run_process(["printf", "ok \\377\\n"])
     assert res.ok and res.stdout == "ok \ufffd\n"
+
+
+# -- a local Host runs through run_process ----------------------------------------------------------
+
+
+def test_a_local_hosts_command_times_out_as_a_group_and_says_so(family: Path) -> None:
+    """Host.run on this machine is run_process: no shell between it and the command, the whole
+    group stopped at the timeout, and the result says why it ended."""
+    res = Host().run(["sh", "-c", FAMILY], cwd=family, timeout=2, check=False)
+    shell, child, stubborn = _pids(family, "shell", "child", "stubborn")
+    assert not _exists(shell) and _wait_gone([child, stubborn]) == []
+    assert res.timed_out and res.exit_code == TIMEOUT_EXIT and res.host == "local"
+    assert "stopped after 2s" in res.stderr and res.stdout == "started\n"
+
+
+def test_a_local_hosts_command_answers_as_a_shell_would(tmp_path: Path) -> None:
+    """A missing program is 127 and a missing directory 1, as results; env adds to this
+    process's environment; a stdout file is appended to, stderr with it; secrets are scrubbed."""
+    host = Host(secrets=(Secret(SECRET),))
+    missing = host.run(["no-such-program-here"], check=False)
+    assert missing.exit_code == 127 and "no-such-program-here" in missing.stderr
+    gone = host.run(["true"], cwd=tmp_path / "gone", check=False)
+    assert gone.exit_code == 1 and "gone" in gone.stderr
+    with pytest.raises(HostError) as err:
+        host.run(["no-such-program-here"])
+    assert "exited 127" in str(err.value)
+    code = "import os, sys; e = os.environ; print(e['SF_ADDED'], e['HOME']); sys.exit(e['PWD'])"
+    res = host.run(
+        [sys.executable, "-c", code], env={"SF_ADDED": SECRET}, cwd=tmp_path, check=False
+    )
+    assert res.stdout == f"[REDACTED] {os.environ['HOME']}\n" and res.stderr == f"{tmp_path}\n"
+    log = tmp_path / "out.log"
+    log.write_text("before\n")
+    host.run(["sh", "-c", "echo out; echo err >&2"], stdout_file=log)
+    assert log.read_text() == "before\nout\nerr\n"
