@@ -233,7 +233,7 @@ class Host:
             )
         cmd = to_shell(
             [str(a) for a in argv],
-            env=None if self.is_local else env,
+            env=env,
             cwd=str(cwd) if cwd else None,
             stdout=str(stdout_file) if stdout_file else None,
         )
@@ -277,10 +277,10 @@ class Host:
         cwd: str | Path | None,
         stdout_file: str | Path | None,
     ) -> CommandResult:
-        """This machine: run_process, no shell in between (a shell and a runner's reader threads
-        per command were a tenth of a warm deploy); env adds to this process's environment, and
-        never goes on the command line (ps shows argv). A program or directory that is not there
-        answers as a shell would (127, 1) instead of raising."""
+        """This machine: the one local runner, run_process (no shell in between; at a timeout the
+        whole process group stops). env adds to this process's environment and never goes on the
+        command line (ps shows argv). A program or directory that is not there answers as a
+        shell would (127, 1) instead of raising."""
         args = [str(a) for a in argv]
         if cwd is not None and not os.path.isdir(cwd):
             res = CommandResult(self.name, tuple(args), 1, "", f"cd: {cwd}: No such directory", 0.0)

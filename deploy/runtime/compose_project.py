@@ -389,7 +389,7 @@ class ComposeProject:
             env[SERVICE_ENV_KEY] = self.settings_path
         self.check_engine()
         argv = build(commands)
-        if argv[len(commands.base()) : len(commands.base()) + 1] in ([v] for v in STOPS):
+        if STOPS.intersection(argv[len(commands.base()) :][:1]):
             self._servers_up = False  # the servers may be down after it: servers_up asks again
         return self.host.run(argv, check=check, timeout=timeout, env=env, cwd=self.root)
 
