@@ -28,12 +28,12 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from deploy.errors import MigrationError
 from deploy.secrets import Secret, scrub
@@ -984,6 +984,28 @@ def validate(
     """Refuse drift, applied versions without a file, failed rows, gaps and out-of-order files."""
     with _connect(conninfo, password, connect_timeout) as conn:
         _validate(files, _read_ledger(conn))
+
+
+def validate_rows(files: Sequence[MigrationFile], rows: Iterable[Mapping[str, Any]]) -> None:
+    """validate's checks against ledger rows read elsewhere (psql's JSON of the ledger in a
+    container): the same refusals and messages without a connection from here."""
+    ledger: dict[int, _Row] = {}
+    for r in rows:
+        at = r.get("applied_at")
+        row = _Row(
+            version=int(r["version"]),
+            name=str(r.get("name") or ""),
+            checksum=str(r.get("checksum") or ""),
+            phase=r.get("phase"),
+            state=str(r.get("state") or ""),
+            applied_by=str(r.get("applied_by") or ""),
+            applied_at=datetime.fromisoformat(at) if at else None,
+            duration_ms=r.get("duration_ms"),
+            release=str(r.get("release") or ""),
+            error=r.get("error"),
+        )
+        ledger[row.version] = row
+    _validate(files, ledger)
 
 
 def pending(

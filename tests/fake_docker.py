@@ -478,14 +478,19 @@ def _in_postgres(argv: list[str], env) -> int:
         print(f"stand-in engine: {tool} is not in the postgres image here", file=sys.stderr)
         return 127
     (STATE / "containers" / "postgres" / "tmp").mkdir(parents=True, exist_ok=True)
-    password = os.environ.get("POSTGRES_PASSWORD", "")
+    # compose's environment has it locally; on an SSH host compose reads it from the env files
+    secret = env.secret("POSTGRES_PASSWORD")
+    password = os.environ.get("POSTGRES_PASSWORD") or (secret.reveal() if secret else "")
     run_env = {
         **os.environ,
         "PGHOST": "127.0.0.1",
         "PGPORT": str(env.postgres_port),
         "PGPASSWORD": password,
     }
-    return subprocess.run([str(pg_bin_dir() / tool), *args], env=run_env, check=False).returncode
+    # no stdin, as `exec -T` gives none: a missing password fails instead of waiting on a prompt
+    return subprocess.run(
+        [str(pg_bin_dir() / tool), *args], env=run_env, stdin=subprocess.DEVNULL, check=False
+    ).returncode
 
 
 def _cp(source: str, destination: str) -> int:

@@ -8,9 +8,9 @@ from typing import Protocol
 
 # re-exported: compose callers name the container's clients and statements through this module
 from deploy.commands.postgres import MAINTENANCE_DB as MAINTENANCE_DB
-from deploy.commands.postgres import applied_versions_sql as applied_versions_sql
 from deploy.commands.postgres import create_database_sql as create_database_sql
 from deploy.commands.postgres import drop_database_sql as drop_database_sql
+from deploy.commands.postgres import ledger_rows_sql as ledger_rows_sql
 from deploy.commands.postgres import pg_dump as pg_dump
 from deploy.commands.postgres import pg_restore as pg_restore
 from deploy.commands.postgres import psql as psql
@@ -258,10 +258,10 @@ def restore_in_container(
 def ledger_in_container(
     c: ComposeCommands, *, user: str, database: str, ledger_table: str
 ) -> list[str]:
-    """psql in the container printing the applied ledger versions (applied_versions_sql)."""
+    """psql in the container printing the migration ledger's rows as JSON (ledger_rows_sql)."""
     return c.exec(
         PG_SERVICE,
-        psql(user=user, database=database, statements=applied_versions_sql(ledger_table)),
+        psql(user=user, database=database, statements=ledger_rows_sql(ledger_table)),
     )
 
 

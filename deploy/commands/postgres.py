@@ -98,8 +98,10 @@ def drop_database_sql(database: str) -> list[str]:
     return [f"DROP DATABASE IF EXISTS {quote_ident(database)} WITH (FORCE)"]
 
 
-def applied_versions_sql(ledger_table: str) -> list[str]:
-    """One line: the applied ledger versions, comma-separated; empty when there is no ledger.
+def ledger_rows_sql(ledger_table: str) -> list[str]:
+    """One line: the migration ledger's rows as a JSON array ordered by version (every column,
+    by name); `[]` when there is no ledger. Enough to tell what is pending and to check the
+    ledger against a release's files (failed rows, drift) without running the release.
 
     PL/pgSQL plans its SELECT only when it reaches it, so a database without the ledger table
     answers instead of failing; both statements run in one transaction (one -c)."""
@@ -107,10 +109,10 @@ def applied_versions_sql(ledger_table: str) -> list[str]:
     return [
         "DO $stageflow$ BEGIN "
         f"IF to_regclass('{table}') IS NOT NULL THEN "
-        "PERFORM set_config('stageflow.applied', coalesce((SELECT string_agg(version::text, ',' "
-        f"ORDER BY version) FROM {table} WHERE state = 'applied'), ''), true); "
+        "PERFORM set_config('stageflow.ledger', coalesce((SELECT jsonb_agg(to_jsonb(l) ORDER BY l.version)::text "
+        f"FROM {table} l), '[]'), true); "
         "END IF; END $stageflow$; "
-        "SELECT coalesce(current_setting('stageflow.applied', true), '')"
+        "SELECT coalesce(nullif(current_setting('stageflow.ledger', true), ''), '[]')"
     ]
 
 

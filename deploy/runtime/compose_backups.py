@@ -57,20 +57,35 @@ def _exec_pg(rt: ComposeProject, argv: list[str], what: str) -> CommandResult:
     return res
 
 
-def applied_versions(rt: ComposeProject) -> list[int]:
-    """The versions the ledger marks applied, read by psql in the postgres container."""
+def ledger_rows(rt: ComposeProject) -> list[dict[str, Any]]:
+    """The migration ledger's rows (ledger_rows_sql), read by psql in the postgres container."""
     user, database = role_and_database(rt)
     res = _exec_pg(
         rt, ledger_argv(rt.commands(), user=user, database=database), "reading the ledger"
     )
     line = (res.stdout.strip().splitlines() or [""])[-1]
     try:
-        return [int(v) for v in line.split(",") if v.strip()]
+        rows = json.loads(line)
+        if not isinstance(rows, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("version"), int) for r in rows
+        ):
+            raise ValueError(line)
     except ValueError:
         raise ServiceError(
-            f"{rt.cfg.name}: the ledger query printed {line[:80]!r}, not versions",
+            f"{rt.cfg.name}: the ledger query printed {rt.scrub(line[:80])!r}, not ledger rows",
             hint="check the postgres container's psql",
         ) from None
+    return rows
+
+
+def applied_of(rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """The versions ledger rows mark applied, in order."""
+    return sorted(int(r["version"]) for r in rows if r.get("state") == "applied")
+
+
+def applied_versions(rt: ComposeProject) -> list[int]:
+    """The versions the ledger marks applied, read by psql in the postgres container."""
+    return applied_of(ledger_rows(rt))
 
 
 def _file_facts(host: Host, path: str) -> tuple[str, int]:

@@ -437,10 +437,11 @@ class ComposeProject:
 
     def up(self, release: str, *, commit: str | None = None) -> list[dict[str, Any]]:
         """Switch to release without refusing a connection: its container starts beside the
-        serving one; once compose calls it healthy and the service's health and ready paths answer
-        there, the front sends new connections to it; the old containers finish their connections
-        and stop (SIGTERM: gunicorn drains), then they are removed. A container of release that
-        serves alone already is kept (and the front pointed at it once it is healthy)."""
+        serving one; once the service's health and ready paths answer there, the front sends new
+        connections to it; the old containers finish their connections and stop (SIGTERM:
+        gunicorn drains), then they are removed, and compose's own healthcheck must call the new
+        one healthy before this returns. A container of release that serves alone already is kept
+        (and the front pointed at it once it answers)."""
         started = self.run(
             lambda c: c.up(services=FRONT_UP, wait_timeout_s=self.wait_timeout_s),
             release=release,
@@ -452,7 +453,7 @@ class ComposeProject:
         running = [r for r in rows if r.get("State") == "running"]
         self._remove([r for r in rows if r not in running], stop=False)
         if len(running) == 1 and image_tag(str(running[0].get("Image", ""))) == release:
-            self._await_healthy(running[0], release)  # a level 1 restart: up --wait's verdict
+            self._await(running[0], release, healthy=True)  # a level 1 restart: up --wait's verdict
             self._point_front(running[0], release)
             return self.status()
         res = self.run(
@@ -463,34 +464,49 @@ class ComposeProject:
             self._remove(new, stop=True)
             raise self.failed(f"starting release {release}", res)
         try:
-            self._await_healthy(new[0], release)
+            self._await(new[0], release, healthy=False)
             self._point_front(new[0], release)
         except ServiceError:
             self._remove(new, stop=True)  # the front never moved: the old release still serves
             raise
         self._remove(running, stop=True)
-        return self.status()
+        # compose's healthcheck first runs an interval after the start: its verdict is awaited
+        # here, after the switch and the old containers' drain, not before them
+        rows = self.status()
+        row = next((r for r in rows if r.get("ID") == new[0].get("ID")), {})
+        if row.get("State") != "running" or row.get("Health") not in (None, "", "healthy"):
+            self._await(row, release, healthy=True)
+            rows = self.status()
+        return rows
 
     def app_rows(self) -> list[dict[str, Any]]:
         return [r for r in self.status() if r.get("Service") == APP_SERVICE]
 
-    def _await_healthy(self, row: Mapping[str, Any], release: str) -> None:
-        """compose's own verdict first (compose.yml's healthcheck), as `up --wait` gave it; a
-        container that exits or turns unhealthy fails at once."""
+    def _fresh(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
+        """row as `ps` shows it now; empty when its container is gone."""
+        return next((r for r in self.app_rows() if r.get("ID") == row.get("ID")), {})
+
+    def _await(self, row: Mapping[str, Any], release: str, *, healthy: bool) -> None:
+        """The container running (healthy=False: whatever its healthcheck has not said yet) or
+        called healthy by compose.yml's healthcheck; one that exits or turns unhealthy fails at
+        once."""
         deadline = time.monotonic() + self.wait_timeout_s
         now: Mapping[str, Any] = row  # the `ps` that found it is the first look
         while True:
             state, health = now.get("State"), now.get("Health")
-            if state == "running" and health in (None, "", "healthy"):
+            done = health in (None, "", "healthy") or (not healthy and health == "starting")
+            if state == "running" and done:
                 return
             if state != "running" or health == "unhealthy" or time.monotonic() > deadline:
                 raise ServiceError(
                     f"{self.cfg.name}: release {release} did not become healthy: its container "
                     f"is {health if state == 'running' else state or 'gone'}",
-                    hint=f"inspect with `inv {self.cfg.name}.logs`; the previous release serves",
-                )
+                    hint=f"inspect with `inv {self.cfg.name}.logs`; "
+                    + ("a deploy switches back to the previous release" if healthy
+                       else "the previous release serves"),
+                )  # fmt: skip
             time.sleep(0.5)
-            now = next((r for r in self.app_rows() if r.get("ID") == row.get("ID")), {})
+            now = self._fresh(row)
 
     def _point_front(self, row: Mapping[str, Any], release: str) -> None:
         """Move the front to row's container once it answers health and ready, in rounds, so a
@@ -509,8 +525,9 @@ class ComposeProject:
             )
             if res.ok:
                 return
-            state = next((r for r in self.app_rows() if r.get("ID") == row.get("ID")), {})
-            if state.get("State") != "running" or time.monotonic() > deadline:
+            state = self._fresh(row)
+            gone = state.get("State") != "running" or state.get("Health") == "unhealthy"
+            if gone or time.monotonic() > deadline:
                 why = f"its container is {state.get('State') or 'gone'}"
                 if state.get("State") == "running":
                     why = f"the front says: {self.scrub(res.tail(1))}"

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from deploy import releases
+from deploy import migrations, releases
 from deploy.commands import compose as cmd
 from deploy.commands import files as filecmd
 from deploy.commands import release as appcmd
@@ -214,7 +214,11 @@ def _deploy_rows(
             else f"policy {policy.backup!r}: pg_dump -Fc in the postgres container, copied to "
             f"{layout.backups} on {host.name}",
         ),
-        ("migrate", f"postgres and redis healthy, then the migrations {rid} ships, in its image"),
+        (
+            "migrate",
+            f"postgres and redis healthy; the ledger read; the migrations {rid} ships that it "
+            "leaves pending, in its image (none pending: the ledger checked, no container)",
+        ),
         (
             "start",
             f"{rt.image}:{rid} beside the serving container; the front moves to it once health "
@@ -249,8 +253,8 @@ def _deploy_commands(
                       limits=cmd.migrate_limits(policy))  # fmt: skip
     migrate = c.run(APP_SERVICE, up, no_deps=True)
     backup = []
+    user, database = role_and_database(rt)
     if policy.backup != "never":
-        user, database = role_and_database(rt)
         env_b = release_env(rt, None)
         backup = [
             f"backup:  {shown(argv, env_b)}"
@@ -266,6 +270,7 @@ def _deploy_commands(
         f"build:   {shown(build)}",
         *backup,
         f"migrate: {shown(servers, env_r)}",
+        f"migrate: {shown(ledger_argv(c, user=user, database=database), release_env(rt, None))}",
         f"migrate: {shown(migrate, env_r)}",
         *(f"start:   {line}" for line in switch_shown(rt, rid, commit)),
     ]
@@ -342,6 +347,7 @@ class ComposeRuntime:
         self.rt = project_for(proj, name, host=primary.host, layout=primary.layout)
         self.ctx: Context | None = None
         self._applied: list[int] | None = None
+        self._ledger: list[dict[str, Any]] | None = None  # read by pending, trusted by migrate
         self._does: dict[str, str] = {}
         self._entries: list[dict[str, Any]] = []
 
@@ -419,7 +425,8 @@ class ComposeRuntime:
             return []
         # the servers must run to be read; the migrate step would start them next anyway
         rt.servers_up()
-        self._applied = compose_backups.applied_versions(rt)
+        self._ledger = compose_backups.ledger_rows(rt)
+        self._applied = compose_backups.applied_of(self._ledger)
         shipped = [f.version for f in releases.migrations_at_commit(ctx.proj, ctx.built.commit)]
         return compose_backups.pending_versions(shipped, self._applied)
 
@@ -434,8 +441,21 @@ class ComposeRuntime:
         )
 
     def migrate(self, ctx: Context) -> list[int]:
+        """The release's migrations in a one-off container of its image, only when the ledger
+        leaves some pending: otherwise the ledger is checked from here as the container would
+        (failed rows, drift, applied versions without a file) and no container starts. The
+        deploy holds the environment's lock from the ledger read to the switch."""
         rid = ctx.built.id
         if ctx.proj.service.migrations.kind == "none":
+            return []
+        if self._ledger is None:  # the backup step read it when its policy asked
+            self.rt.servers_up(release=rid)
+            self.pending(ctx)
+        ledger = self._ledger or []
+        files = releases.migrations_at_commit(ctx.proj, ctx.built.commit)
+        applied = compose_backups.applied_of(ledger)
+        if not compose_backups.pending_versions([f.version for f in files], applied):
+            migrations.validate_rows(files, ledger)
             return []
         res = self.rt.migrate(
             migrate_argv(

@@ -16,6 +16,9 @@ from tests import support
 INV = str(Path(sys.executable).with_name("inv"))
 KILLPOINT = str(Path(__file__).resolve().parents[1] / "killpoint.py")
 VERIFY_WINDOW_S = 1  # staging's and prod's in every test project (see make_project)
+# gunicorn workers per release in every test project: each worker imports the service (0.3 CPU-s
+# here), and a second one adds nothing a test checks; a test of several sets its own (workers=2)
+WORKERS = 1
 
 
 @dataclass
@@ -189,6 +192,8 @@ def make_project(prefix: str = "sf-e2e-") -> Project:
     # catches sets its own (verify_window_s=6)
     for env in ("staging", "prod"):
         proj.set_policy(env, verify_window_s=VERIFY_WINDOW_S)
+    for env in ("dev", "staging", "prod"):
+        proj.set_policy(env, workers=WORKERS)
     for cmd in (
         ["init", "-q", "-b", "main"],
         ["config", "user.email", "ci@example.com"],

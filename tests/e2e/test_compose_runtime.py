@@ -152,6 +152,7 @@ def test_dry_run_prints_the_exact_docker_commands(compose: Project) -> None:
     migrate = [line for line in lines if line.startswith("migrate:")]
     assert migrate == [
         f"migrate: {env} {settings} {' '.join(UP_SERVERS)}",
+        f"migrate: STAGEFLOW_IMAGE=stageflow-app {shlex.join(_ledger())}",
         f"migrate: {env} {settings} {' '.join(BASE)} run --rm -T --no-deps app python -m "
         f"deploy.compose_migrate up --dir app/migrations --release {rid} "
         f"--applied-by alice@example.com {' '.join(LIMITS)}",
@@ -261,9 +262,11 @@ def _migrate_up(rid: str, actor: str) -> list[str]:
     ]
 
 
-def _deploy_argv(home: Path, rid: str, actor: str) -> list[list[str]]:
-    """What a deploy runs before start: engine checks, what serves (hook and lock), build, migrate."""
-    return [*ENGINE, PS, PS, _build(home, rid), UP_SERVERS, _migrate_up(rid, actor)]
+def _deploy_argv(home: Path, rid: str, actor: str, *, pending: bool = True) -> list[list[str]]:
+    """What a deploy runs before start: engine checks, what serves (hook and lock), build, the
+    ledger read, and the migrations' one-off container only when some are pending."""
+    migrate = [_migrate_up(rid, actor)] if pending else []
+    return [*ENGINE, PS, PS, _build(home, rid), UP_SERVERS, _ledger(), *migrate]
 
 
 def _last(proj: Project) -> dict:
@@ -351,7 +354,7 @@ def test_deploy_failed_up_and_rollback_run_these_docker_commands(compose: Projec
         calls = engine.new_calls()
         # C's switch fails before the front moves; B, serving alone, is kept and pointed at
         assert _argv(calls) == [
-            *_deploy_argv(home, rid_c, actor),
+            *_deploy_argv(home, rid_c, actor, pending=False),  # C ships no migration
             UP_FRONT,
             UP_FRONT,
             PS,
@@ -408,7 +411,7 @@ PSQL = ["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-U", "app_dev"
 
 
 def _ledger() -> list[str]:
-    from deploy.commands.compose import applied_versions_sql
+    from deploy.commands.compose import ledger_rows_sql
 
     return [
         *BASE,
@@ -417,7 +420,7 @@ def _ledger() -> list[str]:
         "-d",
         "stageflow_dev",
         "-c",
-        *applied_versions_sql("stageflow_migrations"),
+        *ledger_rows_sql("stageflow_migrations"),
     ]
 
 

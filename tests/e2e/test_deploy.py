@@ -116,9 +116,12 @@ def test_concurrent_deploy_names_the_holder(project):
 def test_switching_releases_under_load_fails_no_request(project):
     """80 req/s offered from another process while two deploys switch releases: zero failures.
     The load generator's achieved rate depends on how busy the machine is, so the test counts
-    requests (over a hundred, across both switches) rather than judging the rate."""
+    requests (over a hundred, across both switches) rather than judging the rate. Two workers
+    per release, as the shipped policy has: both old ones drain, both new ones take over."""
     import sys
 
+    project.set_policy("dev", workers=2)
+    project.commit("two workers per release")
     project.ok("dev.deploy")
     load = subprocess.Popen(
         [sys.executable, "-m", "tests.loadgen", project.url("dev", "/healthz"), "80", "60"],

@@ -488,3 +488,58 @@ def test_a_failed_version_resolves_without_its_file(pg_dsn: str, tmp_path: Path)
     )
     assert (state, name, checksum, by) == ("reverted", "half", files[1].checksum, "ann")
     m.validate(pg_dsn, first)  # nothing stands in the way of the serving release any more
+
+
+# --------------------------------------------------------------------------- the ledger read by psql
+
+
+def _ledger_json(dsn: str) -> list[dict[str, Any]]:
+    """The ledger as the compose runtime reads it: ledger_rows_sql through psql, one JSON line."""
+    import json
+    import subprocess
+
+    from deploy.commands.postgres import ledger_rows_sql
+    from deploy.runtime.native import pg_bin_dir
+
+    (sql,) = ledger_rows_sql(m.LEDGER_TABLE)
+    argv = [str(pg_bin_dir() / "psql"), "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", dsn]
+    out = subprocess.run([*argv, "-c", sql], capture_output=True, text=True, check=True).stdout
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, out  # one line, whatever the ledger holds
+    return json.loads(lines[0])
+
+
+def test_the_ledger_read_by_psql_is_checked_as_the_engine_checks_it(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """A compose deploy with nothing pending starts no migration container: validate_rows must
+    refuse what migrate would (drift, a failed row, an applied version without its file)."""
+    assert _ledger_json(pg_dsn) == []  # no ledger yet: nothing applied, nothing to refuse
+    files = write(tmp_path, NOTES)
+    m.migrate(pg_dsn, files)
+    rows = _ledger_json(pg_dsn)
+    assert [(r["version"], r["state"]) for r in rows] == [
+        (1, "applied"),
+        (2, "applied"),
+        (3, "applied"),
+    ]
+    m.validate_rows(files, rows)  # what deployed, unchanged: accepted
+
+    drifted = write(tmp_path, {"0003_notes_title.up.sql": "ALTER TABLE notes ADD COLUMN t int;\n"})
+    expected = refusal(lambda: m.validate(pg_dsn, drifted)).message
+    assert "0003_notes_title.up.sql changed after it was applied" in expected
+    assert refusal(lambda: m.validate_rows(drifted, _ledger_json(pg_dsn))).message == expected
+
+    for name in ("0003_notes_title.up.sql", "0003_notes_title.down.sql"):
+        (tmp_path / name).unlink()
+    fewer = m.discover(tmp_path)
+    expected = refusal(lambda: m.validate(pg_dsn, fewer)).message
+    assert "applied version 3 has no file" in expected
+    assert refusal(lambda: m.validate_rows(fewer, _ledger_json(pg_dsn))).message == expected
+
+    run(
+        pg_dsn, "UPDATE stageflow_migrations SET state = 'failed', error = 'boom' WHERE version = 3"
+    )
+    expected = refusal(lambda: m.validate(pg_dsn, fewer)).message
+    assert "failed at" in expected and "boom" in expected
+    assert refusal(lambda: m.validate_rows(fewer, _ledger_json(pg_dsn))).message == expected

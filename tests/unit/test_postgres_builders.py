@@ -103,9 +103,9 @@ def test_statements_quote_identifiers():
     ]
     assert postgres.create_database_sql("s t") == ['CREATE DATABASE "s t"']
     assert postgres.drop_database_sql("s t") == ['DROP DATABASE IF EXISTS "s t" WITH (FORCE)']
-    (ledger,) = postgres.applied_versions_sql("my ledger")
+    (ledger,) = postgres.ledger_rows_sql("my ledger")
     assert "to_regclass('\"my ledger\"')" in ledger
-    assert "FROM \"my ledger\" WHERE state = 'applied'" in ledger
+    assert 'jsonb_agg(to_jsonb(l) ORDER BY l.version)::text FROM "my ledger" l' in ledger
     (counts,) = postgres.table_counts_sql()
     assert counts.endswith("SELECT current_setting('stageflow.counts', true)")
 
@@ -120,7 +120,7 @@ def test_compose_names_the_same_builders():
         "recreate_database_sql",
         "create_database_sql",
         "drop_database_sql",
-        "applied_versions_sql",
+        "ledger_rows_sql",
         "table_counts_sql",
         "MAINTENANCE_DB",
     ):
@@ -134,5 +134,5 @@ def test_the_ledger_query_in_the_container():
         "exec",
         "-T",
         "postgres",
-        *postgres.psql(user="u", database="d", statements=postgres.applied_versions_sql("t")),
+        *postgres.psql(user="u", database="d", statements=postgres.ledger_rows_sql("t")),
     ]
