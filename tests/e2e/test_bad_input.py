@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from deploy.errors import ExitCode
-from tests.e2e.conftest import Project, destroy, make_project
+from tests.e2e.conftest import WORKERS, Project, destroy, make_project
 
 ENVS = ("dev", "staging", "prod")
 USAGE, GUARD = int(ExitCode.USAGE), int(ExitCode.GUARD_REFUSED)
@@ -154,6 +154,9 @@ def policy(fn: Callable[[str], str]) -> Setup:
 
 def append_policy(text: str) -> Setup:
     return policy(lambda t: t + "\n" + text + "\n")
+
+
+WORKERS_LINE = f"workers = {WORKERS}"  # as make_project leaves every environment
 
 
 def replace_policy(old: str, new: str) -> Setup:
@@ -557,7 +560,7 @@ CASES: dict[str, Case] = {
         ("dev.deploy",),
         USAGE,
         "workers has the wrong type",
-        replace_policy("workers = 2", 'workers = "two"'),
+        replace_policy(WORKERS_LINE, 'workers = "two"'),
     ),
     "toml-bad-threshold": Case(
         ("dev.deploy",),
@@ -769,13 +772,13 @@ CASES |= {
         ("dev.deploy",),
         USAGE,
         "[environments.dev] workers must be a number >= 1, not 0",
-        replace_policy("workers = 2", "workers = 0"),
+        replace_policy(WORKERS_LINE, "workers = 0"),
     ),
     "toml-workers-negative": Case(
         ("dev.up",),
         USAGE,
         "workers must be a number >= 1",
-        replace_policy("workers = 2", "workers = -1"),
+        replace_policy(WORKERS_LINE, "workers = -1"),
     ),
     "toml-verify-window-negative": Case(
         ("dev.deploy",),
