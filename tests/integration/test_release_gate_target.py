@@ -4,8 +4,10 @@ rehearsal happens in a cluster of the gate's own, for SQL files and for a servic
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,6 @@ from psycopg import sql
 
 from deploy.gates.migrations import fingerprint
 from deploy.secrets import Secret
-from tests import support
 from tests.integration import test_release_gate
 from tests.integration.test_release_gate import (
     CREATE,
@@ -211,24 +212,33 @@ promotion_guard = "required"
 """
 
 
-@pytest.fixture(scope="module")
-def alembic_bin() -> Iterator[Path]:
-    base = support.public_tmpdir("sf-gate-alembic-")
-    venv = base / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = subprocess.run(
-        [str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-compile", "alembic",
-         "sqlalchemy", "psycopg[binary]", "django"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if pip.returncode != 0:
-        pytest.skip(f"cannot install the tools: {pip.stderr.strip().splitlines()[-1:]}")
-    try:
-        yield venv / "bin"
-    finally:
-        import shutil
+TOOLS = ("alembic", "sqlalchemy", "psycopg[binary]", "django")
 
-        shutil.rmtree(base, ignore_errors=True)
+
+@pytest.fixture(scope="module")
+def alembic_bin() -> Path:
+    """A venv with the services' migration tools, built once per Python and tool list and kept
+    in the temp dir: the suite runs this module twice (on the embedded servers, then on
+    testcontainers' in test_services_fixture), and pip would build it each time."""
+    import fcntl
+    import hashlib
+
+    key = hashlib.sha256(repr((sys.version, TOOLS)).encode()).hexdigest()[:16]
+    venv = Path(tempfile.gettempdir()) / f"stageflow-test-tools-{key}"
+    # scripts carry their venv's path, so it is built in place; a file lock keeps workers apart
+    with open(f"{venv}.lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if not (venv / ".complete").exists():
+            shutil.rmtree(venv, ignore_errors=True)
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            pip = subprocess.run(
+                [str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-compile", *TOOLS],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if pip.returncode != 0:
+                pytest.skip(f"cannot install the tools: {pip.stderr.strip().splitlines()[-1:]}")
+            (venv / ".complete").write_text("\n".join(TOOLS) + "\n")
+    return venv / "bin"
 
 
 def _revision(rev: str, down: str | None, up: str, down_sql: str) -> str:
@@ -324,6 +334,7 @@ DATABASES = {
 DJANGO_MANAGE = """\
 import os
 import sys
+import tempfile
 
 from django.core.management import execute_from_command_line
 
