@@ -25,6 +25,8 @@ FLUSH_EVERY_S = 0.5
 FLUSH_EVERY_N = 50
 PROBE_TIMEOUT_S = 20.0  # below gunicorn's --timeout 30: the master does not kill the worker first
 HEADER = "X-Stageflow-Release"
+# how long a stopping ASGI worker waits for a connection it accepted to send its request
+ACCEPTED_GRACE_S = 2.0
 
 _READY_DIR = os.environ.get("STAGEFLOW_READY_DIR", "")
 _READY_PATH = os.environ.get("STAGEFLOW_READY_PATH", "") or "/"
@@ -447,10 +449,46 @@ def post_worker_init(worker: Any) -> None:
                 sys.exit(WORKER_BOOT_ERROR)
     if _METRICS_DIR:
         os.makedirs(_METRICS_DIR, exist_ok=True)
+    _serve_what_was_accepted(worker)
     counters = Counters(_RELEASE, _METRICS_DIR, worker.pid)
     counters.start_flusher()
     _counters.append(counters)
     worker.wsgi = ASGIMiddleware(app, counters) if is_asgi(app) else WSGIMiddleware(app, counters)
+
+
+def _serve_what_was_accepted(worker: Any) -> None:
+    """A stopping uvicorn worker answers the connections it already accepted.
+
+    Old and new masters accept from one shared socket, so until its SIGTERM an old worker still
+    takes connections. uvicorn's shutdown closes every connection that has no request yet, and a
+    client whose request was a moment behind its connect gets no answer. Here the worker first
+    stops accepting, then gives such connections ACCEPTED_GRACE_S to send their request (served,
+    then closed), and only then runs uvicorn's own shutdown. Nothing changes for other workers,
+    nor where uvicorn's internals are not as expected."""
+    if not type(worker).__module__.startswith("uvicorn"):
+        return
+    try:
+        from uvicorn.server import Server
+    except ImportError:
+        return
+    original = Server.shutdown
+    if getattr(original, "stageflow", False):
+        return
+
+    async def shutdown(self: Any, sockets: Any = None) -> None:
+        worker.log.info("stopping: no new connections; answering those already accepted")
+        for server in getattr(self, "servers", None) or []:
+            server.close()  # no new connection: the other master's workers take them
+        state = getattr(self, "server_state", None)
+        deadline = time.monotonic() + ACCEPTED_GRACE_S
+        while state is not None and time.monotonic() < deadline:
+            if not any(getattr(c, "cycle", True) is None for c in list(state.connections)):
+                break
+            await asyncio.sleep(0.02)
+        await original(self, sockets)
+
+    shutdown.stageflow = True  # type: ignore[attr-defined]
+    Server.shutdown = shutdown  # type: ignore[method-assign]
 
 
 def worker_exit(server: Any, worker: Any) -> None:
