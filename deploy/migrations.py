@@ -30,7 +30,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -989,22 +989,13 @@ def validate(
 def validate_rows(files: Sequence[MigrationFile], rows: Iterable[Mapping[str, Any]]) -> None:
     """validate's checks against ledger rows read elsewhere (psql's JSON of the ledger in a
     container): the same refusals and messages without a connection from here."""
+    names = [f.name for f in fields(_Row)]
     ledger: dict[int, _Row] = {}
-    for r in rows:
-        at = r.get("applied_at")
-        row = _Row(
-            version=int(r["version"]),
-            name=str(r.get("name") or ""),
-            checksum=str(r.get("checksum") or ""),
-            phase=r.get("phase"),
-            state=str(r.get("state") or ""),
-            applied_by=str(r.get("applied_by") or ""),
-            applied_at=datetime.fromisoformat(at) if at else None,
-            duration_ms=r.get("duration_ms"),
-            release=str(r.get("release") or ""),
-            error=r.get("error"),
-        )
-        ledger[row.version] = row
+    for r in rows:  # psql's JSON names every column; only the timestamp comes as text
+        values = {n: r.get(n) for n in names}
+        at = values["applied_at"]
+        values["applied_at"] = datetime.fromisoformat(at) if at else None
+        ledger[int(values["version"])] = _Row(**values)
     _validate(files, ledger)
 
 

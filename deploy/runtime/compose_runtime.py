@@ -448,14 +448,16 @@ class ComposeRuntime:
         rid = ctx.built.id
         if ctx.proj.service.migrations.kind == "none":
             return []
+        files = releases.migrations_at_commit(ctx.proj, ctx.built.commit)
         if self._ledger is None:  # the backup step read it when its policy asked
             self.rt.servers_up(release=rid)
-            self.pending(ctx)
-        ledger = self._ledger or []
-        files = releases.migrations_at_commit(ctx.proj, ctx.built.commit)
-        applied = compose_backups.applied_of(ledger)
-        if not compose_backups.pending_versions([f.version for f in files], applied):
-            migrations.validate_rows(files, ledger)
+            pending = self.pending(ctx)
+        else:
+            pending = compose_backups.pending_versions(
+                [f.version for f in files], self._applied or []
+            )
+        if not pending:
+            migrations.validate_rows(files, self._ledger or [])
             return []
         res = self.rt.migrate(
             migrate_argv(
