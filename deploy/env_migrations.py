@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from deploy import migrations
+from deploy import migrations, psql
 from deploy.commands import git as gitcmd
+from deploy.commands import postgres as pg
 from deploy.config import EnvConfig, Project
 from deploy.engine.rollback_rules import ToolSchemaPlan
 from deploy.errors import MigrationError, ServiceError, UsageError
@@ -28,6 +29,33 @@ from deploy.hosts import Host, run_process
 from deploy.migrations import MigrationFile, MigrationStatus
 from deploy.secrets import scrub
 from deploy.state import Layout, audit
+
+
+def ledger_rows(env: EnvConfig, *, connect_timeout: int = 10) -> list[dict[str, Any]]:
+    """env's migration ledger, oldest first, [] with no ledger (migrations.parse_rows): read by
+    psql in one query (deploy.psql), or by the driver where there is no psql. Read-only, no lock."""
+    password = env.secret("POSTGRES_PASSWORD")
+    if not psql.available():
+        return migrations.ledger_rows_by_driver(
+            env.database_url, password=password, connect_timeout=connect_timeout
+        )
+    try:
+        out = psql.query(
+            env.database_url,
+            pg.ledger_rows_sql(migrations.LEDGER_TABLE)[0],
+            password=password,
+            timeout_s=connect_timeout,
+            application="stageflow-migrations",
+        )
+        return migrations.parse_rows((out.splitlines() or [""])[-1])
+    except ServiceError as exc:
+        raise MigrationError(
+            f"cannot read {env.name}'s migration ledger: {exc.message}",
+            hint="check that PostgreSQL runs and the database URL is right",
+        ) from None
+    except ValueError:
+        raise MigrationError(f"{env.name}'s migration ledger could not be read as rows") from None
+
 
 COMMAND_TIMEOUT_S = 3600.0
 # when a service's migrations.dir is its own folder ("."), only these folders hold migrations

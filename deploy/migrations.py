@@ -26,6 +26,7 @@ history of a version is never deleted and the next migrate simply applies it aga
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -986,9 +987,7 @@ def validate(
         _validate(files, _read_ledger(conn))
 
 
-def validate_rows(files: Sequence[MigrationFile], rows: Iterable[Mapping[str, Any]]) -> None:
-    """validate's checks against ledger rows read elsewhere (psql's JSON of the ledger in a
-    container): the same refusals and messages without a connection from here."""
+def _rows_as_ledger(rows: Iterable[Mapping[str, Any]]) -> dict[int, _Row]:
     names = [f.name for f in fields(_Row)]
     ledger: dict[int, _Row] = {}
     for r in rows:  # psql's JSON names every column; only the timestamp comes as text
@@ -996,7 +995,40 @@ def validate_rows(files: Sequence[MigrationFile], rows: Iterable[Mapping[str, An
         at = values["applied_at"]
         values["applied_at"] = datetime.fromisoformat(at) if at else None
         ledger[int(values["version"])] = _Row(**values)
-    _validate(files, ledger)
+    return ledger
+
+
+def validate_rows(files: Sequence[MigrationFile], rows: Iterable[Mapping[str, Any]]) -> None:
+    """validate's checks against ledger rows read elsewhere (psql's JSON of the ledger in a
+    container): the same refusals and messages without a connection from here."""
+    _validate(files, _rows_as_ledger(rows))
+
+
+def pending_of(files: Sequence[MigrationFile], rows: Iterable[Mapping[str, Any]]) -> list[int]:
+    """The versions of files that ledger rows do not mark applied, in order."""
+    applied = {int(r["version"]) for r in rows if r.get("state") == "applied"}
+    return sorted(f.version for f in files if f.version not in applied)
+
+
+def parse_rows(line: str) -> list[dict[str, Any]]:
+    """The ledger's rows from the one JSON line ledger_rows_sql prints; ValueError otherwise."""
+    rows = json.loads(line)
+    if not isinstance(rows, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("version"), int) for r in rows
+    ):
+        raise ValueError(line)
+    return rows
+
+
+def ledger_rows_by_driver(
+    conninfo: str, *, password: Secret | None = None, connect_timeout: int = 10
+) -> list[dict[str, Any]]:
+    """The ledger's rows as parse_rows gives them, read through the driver: read-only, no lock."""
+    with _connect(conninfo, password, connect_timeout) as conn:
+        return [
+            {**vars(r), "applied_at": r.applied_at.isoformat() if r.applied_at else None}
+            for r in _read_ledger(conn).values()
+        ]
 
 
 def pending(

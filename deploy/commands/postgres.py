@@ -42,6 +42,12 @@ def pg_restore_dsn(
     ]
 
 
+def psql_dsn(program: Path, dsn: str, query: str) -> list[str]:
+    """One query by connection string: unaligned rows, no psqlrc, stop at the first error. The
+    password never rides on argv: the caller hands it to libpq in PGPASSWORD."""
+    return [str(program), "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-c", query]
+
+
 # -- a database named by role and database, clients on PATH (the postgres container) -------------
 
 

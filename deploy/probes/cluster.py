@@ -15,8 +15,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from deploy import psql
 from deploy.config import EnvConfig, Project
-from deploy.errors import ConfigError
+from deploy.errors import ConfigError, ServiceError, clip
 from deploy.policy.guards import Check
 from deploy.state import Layout
 
@@ -60,20 +61,38 @@ def recorded(env: EnvConfig) -> str | None:
 
 
 def reached(env: EnvConfig, *, timeout_s: int = 5) -> str:
-    """The identifier of the cluster env's DATABASE_URL reaches, as the environment's role."""
+    """The identifier of the cluster env's DATABASE_URL reaches, as the environment's role; a
+    ServiceError saying why (one line, no secret) when the server cannot be asked. Asked with
+    psql where there is one (deploy.psql), with the driver where there is none."""
+    if not psql.available():
+        return _reached_by_driver(env, timeout_s)
+    value = psql.query(
+        env.database_url,
+        IDENTIFIER_SQL,
+        password=env.secret("POSTGRES_PASSWORD"),
+        timeout_s=timeout_s,
+        application="stageflow-cluster-check",
+    )
+    if not value.isdigit():
+        raise ServiceError(f"the server answered {clip(value, 40)!r}, not a cluster identifier")
+    return value
+
+
+def _reached_by_driver(env: EnvConfig, timeout_s: int) -> str:
     import psycopg
 
     password = env.secret("POSTGRES_PASSWORD")
     extra = {"password": password.reveal()} if password else {}
-    with psycopg.connect(env.database_url, connect_timeout=timeout_s, **extra) as conn:
-        row = conn.execute(IDENTIFIER_SQL).fetchone()
+    try:
+        with psycopg.connect(env.database_url, connect_timeout=timeout_s, **extra) as conn:
+            row = conn.execute(IDENTIFIER_SQL).fetchone()
+    except psycopg.Error as exc:
+        raise ServiceError(exc.__class__.__name__) from None
     return str(row[0]) if row else ""
 
 
 def check(proj: Project, name: str) -> Check:
     """The environment's URL reaches the cluster its `up` started, and no other's."""
-    import psycopg
-
     env = proj.env(name)
     mine = recorded(env)
     if mine is None:
@@ -83,11 +102,11 @@ def check(proj: Project, name: str) -> Check:
         )  # fmt: skip
     try:
         actual = reached(env)
-    except psycopg.Error as exc:
+    except ServiceError as exc:
         return Check(
             "cluster", False,
             f"{name}'s DATABASE_URL cannot say which cluster it reaches "
-            f"({exc.__class__.__name__}): run `inv {name}.up`",
+            f"({exc}): run `inv {name}.up`",
         )  # fmt: skip
     if actual != mine:
         return Check(

@@ -65,17 +65,12 @@ def ledger_rows(rt: ComposeProject) -> list[dict[str, Any]]:
     )
     line = (res.stdout.strip().splitlines() or [""])[-1]
     try:
-        rows = json.loads(line)
-        if not isinstance(rows, list) or not all(
-            isinstance(r, dict) and isinstance(r.get("version"), int) for r in rows
-        ):
-            raise ValueError(line)
+        return migrations.parse_rows(line)
     except ValueError:
         raise ServiceError(
             f"{rt.cfg.name}: the ledger query printed {rt.scrub(line[:80])!r}, not ledger rows",
             hint="check the postgres container's psql",
         ) from None
-    return rows
 
 
 def applied_of(rows: Sequence[Mapping[str, Any]]) -> list[int]:

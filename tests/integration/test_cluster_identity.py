@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from deploy.config import load_project
-from deploy.errors import ConfigError
+from deploy.errors import ConfigError, ServiceError
 from deploy.probes import cluster
 from tests import support
 
@@ -111,3 +111,25 @@ def test_a_damaged_record_is_one_line_naming_the_file(root: Path) -> None:
     path.write_text('{"system_identifier": "x; DROP"}')
     with pytest.raises(ConfigError, match="holds no cluster identifier"):
         cluster.recorded(dev)
+
+
+def test_psql_and_the_driver_give_one_answer_and_the_operators_pg_variables_reach_neither(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dev = load_project(root).env("dev")
+    by_psql = cluster.reached(dev)
+    monkeypatch.setattr("deploy.psql.psql_program", lambda: None)
+    assert cluster.reached(dev) == by_psql
+    monkeypatch.undo()
+    # libpq would take these behind the URL's back: this server speaks no TLS, so a demand for it
+    # that reached the client would fail the question
+    monkeypatch.setenv("PGSSLMODE", "require")
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "1")
+    assert cluster.reached(dev) == by_psql
+
+
+def test_a_server_that_does_not_answer_is_one_line_naming_why(root: Path) -> None:
+    _point(root, "dev", support.free_port())  # nothing listens there
+    with pytest.raises(ServiceError) as err:
+        cluster.reached(load_project(root).env("dev"))
+    assert "\n" not in str(err.value) and "refused" in str(err.value).lower()

@@ -494,19 +494,15 @@ def test_a_failed_version_resolves_without_its_file(pg_dsn: str, tmp_path: Path)
 
 
 def _ledger_json(dsn: str) -> list[dict[str, Any]]:
-    """The ledger as the compose runtime reads it: ledger_rows_sql through psql, one JSON line."""
-    import json
-    import subprocess
-
+    """The ledger as a deploy reads it without the driver: ledger_rows_sql through psql, one
+    JSON line (deploy.psql natively; the same query in the postgres container under compose)."""
+    from deploy import psql
     from deploy.commands.postgres import ledger_rows_sql
-    from deploy.runtime.native import pg_bin_dir
 
     (sql,) = ledger_rows_sql(m.LEDGER_TABLE)
-    argv = [str(pg_bin_dir() / "psql"), "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", dsn]
-    out = subprocess.run([*argv, "-c", sql], capture_output=True, text=True, check=True).stdout
-    lines = out.strip().splitlines()
-    assert len(lines) == 1, out  # one line, whatever the ledger holds
-    return json.loads(lines[0])
+    lines = psql.query(dsn, sql).splitlines()
+    assert len(lines) == 1, lines  # one line, whatever the ledger holds
+    return m.parse_rows(lines[0])
 
 
 def test_the_ledger_read_by_psql_is_checked_as_the_engine_checks_it(
@@ -543,3 +539,17 @@ def test_the_ledger_read_by_psql_is_checked_as_the_engine_checks_it(
     expected = refusal(lambda: m.validate(pg_dsn, fewer)).message
     assert "failed at" in expected and "boom" in expected
     assert refusal(lambda: m.validate_rows(fewer, _ledger_json(pg_dsn))).message == expected
+
+
+def test_the_ledger_read_by_psql_is_the_ledger_the_driver_reads(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """A native deploy reads the ledger with psql (no driver loaded) and falls back to the driver
+    where there is no psql: both give the same rows, and the same pending versions."""
+    files = write(tmp_path, NOTES)
+    assert m.ledger_rows_by_driver(pg_dsn) == _ledger_json(pg_dsn) == []
+    m.migrate(pg_dsn, files[:2])
+    run(pg_dsn, "UPDATE stageflow_migrations SET error = 'a note' WHERE version = 2")
+    by_psql, by_driver = _ledger_json(pg_dsn), m.ledger_rows_by_driver(pg_dsn)
+    assert by_psql == by_driver and [r["version"] for r in by_psql] == [1, 2]
+    assert m.pending_of(files, by_psql) == [3] == [f.version for f in m.pending(pg_dsn, files)]
