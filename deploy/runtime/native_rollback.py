@@ -27,7 +27,7 @@ from deploy.engine.rollback_rules import (
 from deploy.engine.steps import Step
 from deploy.errors import DeployError, GuardRefused, ServiceError, UsageError
 from deploy.hosts import Host
-from deploy.probes import smoke
+from deploy.probes import sessions, smoke
 from deploy.runtime import native_hosts
 from deploy.runtime.native import NativeServices
 from deploy.service import Service
@@ -506,6 +506,7 @@ def _seed(ctx: Context, env: EnvConfig) -> str:
 
 
 def _restart_here(ctx: Context, rel: releases.Release) -> str:
+    sessions.preload()  # smoke's watch of the database sessions opens connections next
     old, new = restart_release(
         ctx.host, ctx.env, ctx.proj.service, ctx.layout, rel, workers=ctx.policy.workers
     )
@@ -514,6 +515,7 @@ def _restart_here(ctx: Context, rel: releases.Release) -> str:
 
 def _restart_hosts(ctx: Context, rel: releases.Release) -> str:
     """Level 1 over every host: a new master of the same release on each, batch by batch."""
+    sessions.preload()
     env, todo, policy = ctx.env, ctx.targets, ctx.policy
 
     def restart_one(t: Target) -> str:
