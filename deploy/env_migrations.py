@@ -312,12 +312,33 @@ class MigrationTool:
         return migrations.holding_lock(env.database_url, password=env.secret("POSTGRES_PASSWORD"))
 
 
-def migrate_command(t: MigrationTool) -> SchemaChange:
-    """`current`, `up`, `current` under the migration lock: what the release migrated from and to."""
+def migrate_command(
+    t: MigrationTool, *, unchanged_from: Mapping[str, str] | None = None
+) -> SchemaChange:
+    """`current`, `up`, `current` under the migration lock: what the release migrated from and to.
+
+    unchanged_from: the revisions the serving release recorded, when this release ships its
+    migrations unchanged. If `current` still shows them, `up` has nothing to apply (the same
+    migrations brought the schema there), so one `current` is the whole step: each run of the
+    service's tool is a Python start importing the service. Anything else runs all three."""
     with t.locked():
         before = t.current()
+        if unchanged_from is not None and before == dict(unchanged_from):
+            return SchemaChange(before, before)
         t.run(t.proj.service.migrations.up, what="the up command")
         return SchemaChange(before, t.current())
+
+
+def unchanged_schema(
+    proj: Project, serving: Mapping[str, Any] | None, commit: str, *, dirty: bool
+) -> dict[str, str] | None:
+    """The revisions the serving release (its RELEASE.json) recorded, when a clean build of
+    commit ships that release's migration files unchanged; None when that cannot be told."""
+    if dirty or not serving or serving.get("dirty") or not serving.get("commit"):
+        return None
+    if changed_migration_files(proj, str(serving["commit"]), commit) != []:
+        return None
+    return recorded_revisions(serving)
 
 
 def down_plan(

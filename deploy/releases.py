@@ -697,11 +697,20 @@ def start(
         start_processes(host, env, service, layout, release)
         return old  # type: ignore[return-value]
     host.remove_tree(started_file(layout, release.id))
-    pid = _launch_master(host, env, service, layout, release, workers=workers, timeout_s=timeout_s)
-    # the processes start once the web master booted and before the switch: a process that
-    # cannot start refuses the release while the previous one still serves, with its own
+    # the processes start before the switch, while the web master boots (their settling time
+    # overlaps its workers' boot): a process that cannot start, or a master that cannot, refuses
+    # the release while the previous one still serves, with its own processes
+    spawned = spawn_processes(host, env, service, layout, release)
     try:
-        start_processes(host, env, service, layout, release)
+        pid = _launch_master(
+            host, env, service, layout, release, workers=workers, timeout_s=timeout_s
+        )
+    except BaseException:
+        if spawned.started:
+            stop_processes(host, layout, only=release.id)
+        raise
+    try:
+        settle_processes(host, env, layout, release, spawned)
     except ServiceError:
         stop_master(host, pid)
         host.remove_tree(pidfile)
@@ -999,8 +1008,26 @@ def start_processes(
     kept), detached from the release's venv with the service's settings; then make sure none
     exits within PROCESS_SETTLE_S. One that does stops this release's processes and refuses the
     release with the tail of its log; other releases' processes are never touched here."""
+    settle_processes(
+        host, env, layout, release, spawn_processes(host, env, service, layout, release)
+    )
+    return [p for p in processes_on_host(host, layout) if p.release == release.id]
+
+
+@dataclass(frozen=True)
+class Spawned:
+    """Processes just started, and when they will have run long enough to count as started."""
+
+    started: dict[str, tuple[str, ...]]
+    settled_at: float  # time.monotonic()
+
+
+def spawn_processes(
+    host: Host, env: EnvConfig, service: Service, layout: Layout, release: Release
+) -> Spawned:
+    """start_processes' first half: start what does not run yet, and return without waiting."""
     if not service.processes:
-        return []
+        return Spawned({}, 0.0)
     rid, rdir = release.id, layout.release(release.id)
     ensure_helpers(host, rdir)
     host.write_text(_record_path(layout, rid), json.dumps(dict(service.processes)))
@@ -1029,18 +1056,24 @@ def start_processes(
         if not res.ok:
             _refuse_processes(host, env, layout, rid, name, res.tail(1))
         started[name] = argv
-    deadline = time.monotonic() + PROCESS_SETTLE_S
-    while started:
-        for name, argv in started.items():
+    return Spawned(started, time.monotonic() + PROCESS_SETTLE_S)
+
+
+def settle_processes(
+    host: Host, env: EnvConfig, layout: Layout, release: Release, spawned: Spawned
+) -> None:
+    """start_processes' second half: until settled_at, each started process must keep running."""
+    rid = release.id
+    while spawned.started:
+        for name, argv in spawned.started.items():
             if not runs(host, _read_pid(host, process_pidfile(layout, name, rid)), argv):
                 tail = (host.read_text(process_log(layout, name)) or "").strip().splitlines()
                 _refuse_processes(
                     host, env, layout, rid, name, " | ".join(tail[-2:]) or "no output"
                 )
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= spawned.settled_at:
             break
         time.sleep(0.05)
-    return [p for p in processes_on_host(host, layout) if p.release == rid]
 
 
 def _refuse_processes(

@@ -409,7 +409,13 @@ def migrate_with_tool(ctx: Context, targets: list[group.Target]) -> list[str]:
     tool = env_migrations.MigrationTool(
         ctx.proj, ctx.env.name, primary.host, primary.layout, ctx.built.id
     )
-    change = env_migrations.migrate_command(tool)
+    serving = (
+        releases.release_meta(primary.host, primary.layout, ctx.previous) if ctx.previous else None
+    )
+    unchanged = env_migrations.unchanged_schema(
+        ctx.proj, serving, ctx.built.commit, dirty=ctx.built.dirty
+    )
+    change = env_migrations.migrate_command(tool, unchanged_from=unchanged)
     for t in targets:
         releases.update_meta(t.host, t.layout, ctx.built.id, **change.meta())
     ctx.hook_notes.append(f"schema {change.describe()}")

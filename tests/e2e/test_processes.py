@@ -157,6 +157,27 @@ def test_a_worker_crashing_at_start_fails_the_deploy_and_the_old_one_keeps_runni
     assert project.history("dev")[0]["status"] != "success"
 
 
+def test_a_web_release_that_cannot_boot_leaves_no_worker_of_its_own(project: Project) -> None:
+    """The worker starts while the web master boots: when the master fails, the worker started
+    for that release is stopped with it, and the serving release keeps its own."""
+    a, before = serving(project), up_worker(project)
+    wsgi = project.root / "app" / "wsgi.py"
+    good = wsgi.read_text()
+    wsgi.write_text('raise SystemExit("web: cannot load")\n' + good)
+    project.commit("a web release that cannot load")
+    try:
+        res = project.inv("dev.deploy")
+    finally:
+        wsgi.write_text(good)
+        project.commit("the web release loads again")
+    assert res.returncode != 0, res.stdout
+    assert "Traceback" not in res.stderr
+    assert serving(project) == a
+    assert workers(project) == [before] and alive(before["pid"])
+    leftovers = [p.name for p in run_dir(project).glob("proc-worker-*.pid") if a not in p.name]
+    assert leftovers == []
+
+
 def test_a_planted_pid_file_is_not_signalled_and_down_stops_the_worker(project: Project) -> None:
     run, row = run_dir(project), up_worker(project)
     b = next(

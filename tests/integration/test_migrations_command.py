@@ -256,6 +256,30 @@ def test_migrate_runs_up_between_two_currents_under_the_lock_and_records_both(pr
     assert "schema b2 -> b2" in ctx.hook_notes
 
 
+def test_a_release_shipping_the_same_migrations_runs_up_only_when_the_schema_moved(proj, repo):
+    """`up` is a Python start importing the service: skipped when the release ships the serving
+    release's migrations unchanged and `current` shows the revisions that release recorded."""
+    deploy(proj, repo, "r1", "a1", None)
+    deploy(proj, repo, "r2", "b2", "r1")
+    fails = ("python", "-c", "import sys; sys.exit('up ran')")
+    svc = replace(proj.service, migrations=replace(proj.service.migrations, up=fails))
+    no_up = replace(proj, service=svc)
+    pending, applied, ctx = deploy(no_up, repo, "r3", "app", "r2")
+    assert (pending, applied) == ([], [])
+    assert meta(proj, "r3")["schema_before"] == meta(proj, "r3")["schema_after"] == {"": "b2"}
+    assert "schema b2 -> b2" in ctx.hook_notes
+
+    # the schema moved behind stageflow's back: the same files, but `up` runs and says so
+    tool = env_migrations.MigrationTool(proj, "dev", ctx.host, ctx.layout, "r3")
+    tool.run(("alembic", "downgrade", "a1"), what="a downgrade by hand")
+    build(no_up, repo, "r4", repo.commits["app"])
+    moved = context(no_up, "r4", repo.commits["app"], "r3")
+    with pytest.raises(MigrationError, match="up ran"):
+        moved.runtime.migrate(moved)
+    _, applied, _ = deploy(proj, repo, "r5", "app", "r3")
+    assert applied == ["a1 -> b2"]
+
+
 @pytest.fixture
 def bounded(proj: Project, repo: Repo) -> Iterator[Project]:
     """The same project, dev's policy bounding migrations: lock_timeout 300ms (the tool's own
