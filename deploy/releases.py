@@ -874,10 +874,11 @@ def retire_others(
             host.remove_tree(started_file(layout, rid))
             retired.append(rid)
     deadline = time.monotonic() + drain_s
+    # the processes of every other release stop once keep's started (start() came first); they
+    # finish their work while the old masters drain, not after
+    stop_processes(host, layout, keep=keep)
     while any(_alive(host, pid) for pid in draining) and time.monotonic() < deadline:
         time.sleep(0.03)
-    # the processes of every other release stop once keep's started (start() came first)
-    stop_processes(host, layout, keep=keep)
     return retired
 
 
