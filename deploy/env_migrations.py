@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import shlex
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -254,6 +255,9 @@ class MigrationTool:
     rid: str
     # another database of the environment (a reset builds one beside the live one)
     target: EnvConfig | None = None
+    # time.monotonic() past which no command starts and a running one is stopped: the deploy's
+    # deadline (deploy_timeout_s); without one, each command gets COMMAND_TIMEOUT_S
+    deadline: float | None = None
 
     @property
     def env(self) -> EnvConfig:
@@ -278,6 +282,16 @@ class MigrationTool:
         on this machine or over SSH alike; its stdout, or one MigrationError line (scrubbed)."""
         from deploy import releases
 
+        timeout = COMMAND_TIMEOUT_S
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise MigrationError(
+                    f"{what} `{shlex.join(argv)}` not started: the deploy ran past "
+                    f"deploy_timeout_s ({self.proj.policies[self.name].deploy_timeout_s:g}s)",
+                    hint=f"raise deploy_timeout_s in [environments.{self.name}] or retry",
+                )
+            timeout = min(timeout, left)
         res = releases.service_command(
             self.host,
             self.env,
@@ -285,9 +299,21 @@ class MigrationTool:
             self.layout,
             self.rid,
             argv,
-            timeout=COMMAND_TIMEOUT_S,
+            timeout=timeout,
             extra_env=self.extra_env(),
         )
+        if res.timed_out:
+            raise MigrationError(
+                f"{what} `{shlex.join(argv)}` was stopped after {timeout:.0f}s: "
+                + (
+                    f"the deploy reached deploy_timeout_s "
+                    f"({self.proj.policies[self.name].deploy_timeout_s:g}s)"
+                    if timeout < COMMAND_TIMEOUT_S
+                    else f"it ran longer than {COMMAND_TIMEOUT_S:g}s"
+                ),
+                hint=f"raise deploy_timeout_s in [environments.{self.name}], or make the "
+                "migration shorter; the previous release still serves",
+            )
         if not res.ok:
             said = f"{what} `{shlex.join(argv)}` exited {res.exit_code}: {res.tail(2)}"
             hint = "fix the migration and deploy again; the previous release still serves"

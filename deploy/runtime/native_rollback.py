@@ -490,8 +490,9 @@ def _remigrate(ctx: Context, p: RollbackPlan, env: EnvConfig | None = None) -> s
 
 def _remigrate_with_tool(ctx: Context, rid: str, env: EnvConfig) -> str:
     tool = env_migrations.MigrationTool(
-        ctx.proj, ctx.env.name, ctx.host, ctx.layout, rid, target=env
-    )
+        ctx.proj, ctx.env.name, ctx.host, ctx.layout, rid, target=env,
+        deadline=_limits(ctx)["deadline"],
+    )  # fmt: skip
     change = env_migrations.migrate_command(tool)
     return f"schema {change.describe()}"
 
@@ -575,8 +576,9 @@ def _revert_with_tool(
     if not schema.revert:
         return schema.describe()
     serving = env_migrations.MigrationTool(
-        ctx.proj, ctx.env.name, ctx.host, ctx.layout, p.current or ""
-    )
+        ctx.proj, ctx.env.name, ctx.host, ctx.layout, p.current or "",
+        deadline=_limits(ctx)["deadline"],
+    )  # fmt: skip
     change = env_migrations.migrate_down(serving, schema)
     details.append(f"schema {change.describe()}")
     return f"schema {change.describe()}"

@@ -407,7 +407,7 @@ def migrate_with_tool(ctx: Context, targets: list[group.Target]) -> list[str]:
     the release's RELEASE.json on every host and into history's notes."""
     primary = targets[0]
     tool = env_migrations.MigrationTool(
-        ctx.proj, ctx.env.name, primary.host, primary.layout, ctx.built.id
+        ctx.proj, ctx.env.name, primary.host, primary.layout, ctx.built.id, deadline=ctx.deadline
     )
     serving = (
         releases.release_meta(primary.host, primary.layout, ctx.previous) if ctx.previous else None

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -278,6 +279,23 @@ def test_a_release_shipping_the_same_migrations_runs_up_only_when_the_schema_mov
         moved.runtime.migrate(moved)
     _, applied, _ = deploy(proj, repo, "r5", "app", "r3")
     assert applied == ["a1 -> b2"]
+
+
+def test_the_tools_up_stops_at_the_deploys_deadline_and_says_which_limit(proj, repo):
+    slow = ("python", "-c", "import time; time.sleep(60)")
+    svc = replace(proj.service, migrations=replace(proj.service.migrations, up=slow))
+    stuck = replace(proj, service=svc)
+    build(stuck, repo, "r1", repo.commits["a1"])
+    ctx = context(stuck, "r1", repo.commits["a1"], None)
+    ctx.deadline = time.monotonic() + 3
+    began = time.monotonic()
+    with pytest.raises(MigrationError) as err:
+        ctx.runtime.migrate(ctx)
+    assert time.monotonic() - began < 30  # not the command's own hour
+    assert "was stopped after" in err.value.message and "deploy_timeout_s" in err.value.message
+    ctx.deadline = time.monotonic() - 1  # past already: nothing starts
+    with pytest.raises(MigrationError, match="not started: the deploy ran past deploy_timeout_s"):
+        ctx.runtime.migrate(ctx)
 
 
 @pytest.fixture
