@@ -58,9 +58,19 @@ def init(args: list[str], *, cwd: Path | None = None) -> int:
     written = [*plan.files, *([".gitignore (appended)"] if plan.gitignore else [])]
     say("wrote: " + ", ".join(written))
     say("next:")
-    for step in NEXT_STEPS:
+    for step in next_steps(plan.detection.secret_keys):
         say(f"  {step}")
     return 0
+
+
+def next_steps(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    """NEXT_STEPS, with dev's secrets generated before its first deploy when the code reads some:
+    a service that reads os.environ["SECRET_KEY"] cannot boot without it."""
+    if not secrets:
+        return NEXT_STEPS
+    shown = ", ".join(secrets[:3]) + (", ..." if len(secrets) > 3 else "")
+    generate = f"inv dev.secrets --generate   # random values for dev: {shown}"
+    return (*NEXT_STEPS[:2], generate, *NEXT_STEPS[2:])
 
 
 def _tasks_file(start: Path) -> Path | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -759,9 +760,8 @@ def _launch_master(
     try:
         host.run(argv, env={"PATH": "/usr/local/bin:/usr/bin:/bin"}, timeout=30)
         pid = _await_workers(
-            host, env, layout, release, workers=workers, timeout_s=timeout_s,
-            ready_path=service.ready_path,
-        )  # fmt: skip
+            host, env, service, layout, release, workers=workers, timeout_s=timeout_s
+        )
     finally:
         host.remove_tree(ready)
     return pid
@@ -790,12 +790,12 @@ def not_ready_hint(failure: str, ready_path: str) -> str:
 def _await_workers(
     host: Host,
     env: EnvConfig,
+    service: Service,
     layout: Layout,
     release: Release,
     *,
     workers: int,
     timeout_s: float,
-    ready_path: str,
 ) -> int:
     pidfile = master_pidfile(layout, release.id)
     ready = ready_dir(layout, release.id)
@@ -809,7 +809,7 @@ def _await_workers(
             _halt(host, pidfile, pid)
             raise ServiceError(
                 f"release {release.id} is not ready: {scrub(failure, env.secret_values())}",
-                hint=not_ready_hint(failure, ready_path),
+                hint=not_ready_hint(failure, service.ready_path),
             )
         if answered >= workers and _alive(host, pid):
             record_started(host, layout, release.id, pid)  # type: ignore[arg-type]
@@ -819,12 +819,49 @@ def _await_workers(
         seen = pid
         time.sleep(0.03)
     _halt(host, pidfile, _read_pid(host, pidfile) or seen)
-    tail = (host.read_text(log) or "").strip().splitlines()[-2:]
+    lines = (host.read_text(log) or "").strip().splitlines()[-400:]
+    raised = raised_in(lines)
+    said = raised or " | ".join(lines[-2:])
     raise ServiceError(
-        f"release {release.id} did not boot its workers: "
-        f"{scrub(' | '.join(tail), env.secret_values())}",
-        hint=f"see {log}; the previous release still serves",
+        f"release {release.id} did not boot its workers: {scrub(said, env.secret_values())}",
+        hint=boot_hint(raised, env, service, log),
     )
+
+
+# the line a Python traceback ends with: the exception's (dotted) name, and its message if any
+_RAISED = re.compile(r"^[A-Za-z_][\w.]*(?::\s.*)?$")
+_MISSING_NAME = re.compile(r"^KeyError: '([A-Z][A-Z0-9_]*)'$")
+
+
+def raised_in(lines: Sequence[str]) -> str:
+    """The exception line of the last traceback in lines ("KeyError: 'SECRET_KEY'"), or ""."""
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call last)")]
+    if not starts:
+        return ""
+    for ln in lines[starts[-1] + 1 :]:
+        if ln and not ln[0].isspace() and _RAISED.match(ln):
+            return clip(ln.strip(), 200)
+    return ""
+
+
+def boot_hint(raised: str, env: EnvConfig, service: Service, log: str) -> str:
+    """Where to look; for a setting the service's code reads and this environment lacks, how to
+    give it one."""
+    missing = _MISSING_NAME.match(raised)
+    name = missing[1] if missing else ""
+    if name and name in service.secret_keys:
+        return (
+            f"{name} is one of the service's secrets and {env.name} has none: "
+            f"`inv {env.name}.secrets --generate`, or set it in env/{env.name}.secrets.env"
+        )
+    if name and name in service.env_keys:
+        return f"{name} is one of the service's settings: set it in env/{env.name}.env"
+    if name:
+        return (
+            f"the service reads {name} from its environment: declare it in [service.env] keys "
+            f"or secrets of stageflow.toml and set it for {env.name}; see {log}"
+        )
+    return f"see {log} or `inv {env.name}.logs`"
 
 
 def _halt(host: Host, pidfile: str, pid: int | None) -> None:

@@ -234,9 +234,9 @@ def _walk_body(ctx: Context, body: list[Step]) -> None:
         reason = getattr(err, "message", err.__class__.__name__)
         back = _send_back(ctx, reason=reason)
         if back and not isinstance(err, RolledBack):
-            raise RolledBack(
-                f"{reason}; {back} serves again", hint=f"inspect with `inv {ctx.env.name}.logs`"
-            ) from None
+            # the failure's own advice where it has some (a setting to give, a path to fix)
+            hint = getattr(err, "hint", None) or f"inspect with `inv {ctx.env.name}.logs`"
+            raise RolledBack(f"{reason}; {back} serves again", hint=hint) from None
         raise
 
 

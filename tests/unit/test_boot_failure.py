@@ -1,0 +1,60 @@
+"""What a refused release says when the service's code could not load in gunicorn's workers, and
+what `stageflow init` tells an operator to run before the first deploy."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from deploy.cli import NEXT_STEPS, next_steps
+from deploy.config import load_project
+from deploy.releases import boot_hint, raised_in
+from tests import support
+
+WORKER_LOG = """\
+[2026-12-02 04:42:48 +0000] [23641] [INFO] Booting worker with pid: 23641
+Traceback (most recent call last):
+  File "/srv/app/.venv/lib/python3.11/site-packages/gunicorn/arbiter.py", line 752, in spawn_worker
+    worker.init_process()
+Exception: the first one, handled
+During handling of the above exception, another exception occurred:
+Traceback (most recent call last):
+  File "/srv/app/src/ledgerly/__init__.py", line 20, in create_app
+    app.config["SECRET_KEY"] = os.environ["LEDGERLY_SECRET_KEY"]
+                               ~~~~~~~~~~^^^^^^^^^^^^^^^^^^^^^^^
+  File "<frozen os>", line 679, in __getitem__
+KeyError: 'LEDGERLY_SECRET_KEY'
+'LEDGERLY_SECRET_KEY'
+[2026-12-02 04:42:48 +0000] [23642] [INFO] Worker exiting (pid: 23642)
+[2026-12-02 04:42:49 +0000] [23640] [ERROR] Reason: Worker failed to boot.
+""".splitlines()
+
+
+def test_the_line_is_the_exception_the_last_traceback_ends_with() -> None:
+    assert raised_in(WORKER_LOG) == "KeyError: 'LEDGERLY_SECRET_KEY'"
+    django = ["Traceback (most recent call last):", '  File "x.py", line 1, in <module>',
+              "django.core.exceptions.ImproperlyConfigured: Set the SECRET_KEY variable"]  # fmt: skip
+    assert raised_in(django) == django[-1]
+    assert raised_in(WORKER_LOG[:1] + WORKER_LOG[-2:]) == ""  # no traceback: gunicorn's lines
+    long = ["Traceback (most recent call last):", "ValueError: " + "x" * 5000]
+    assert len(raised_in(long)) < 300
+
+
+def test_the_hint_says_how_to_give_the_environment_the_setting_its_code_reads() -> None:
+    proj = load_project(support.REPO, process_env={})
+    env = proj.env("dev")
+    svc = replace(proj.service, env_keys=("SHOP_MODE",), secret_keys=("SHOP_TOKEN",))
+    log = "/srv/logs/app.log"
+    assert "`inv dev.secrets --generate`" in boot_hint("KeyError: 'SHOP_TOKEN'", env, svc, log)
+    assert "set it in env/dev.env" in boot_hint("KeyError: 'SHOP_MODE'", env, svc, log)
+    other = boot_hint("KeyError: 'SHOP_OTHER'", env, svc, log)
+    assert "declare it in [service.env] keys or secrets" in other
+    assert boot_hint("ValueError: bad", env, svc, log).startswith(f"see {log}")
+    assert boot_hint("KeyError: 'lowercase'", env, svc, log).startswith(f"see {log}")
+
+
+def test_init_tells_to_generate_dev_secrets_when_the_code_reads_some() -> None:
+    assert next_steps(()) == NEXT_STEPS
+    steps = next_steps(("SECRET_KEY", "API_TOKEN"))
+    assert steps.index(next(s for s in steps if "dev.secrets --generate" in s)) == 2
+    assert "SECRET_KEY, API_TOKEN" in steps[2] and steps[1].startswith("inv dev.up")
+    assert steps[3].startswith("inv dev.deploy")
