@@ -70,7 +70,7 @@ def next_steps(secrets: tuple[str, ...]) -> tuple[str, ...]:
         return NEXT_STEPS
     shown = ", ".join(secrets[:3]) + (", ..." if len(secrets) > 3 else "")
     generate = f"inv dev.secrets --generate   # random values for dev: {shown}"
-    return (*NEXT_STEPS[:2], generate, *NEXT_STEPS[2:])
+    return (*NEXT_STEPS[:1], generate, *NEXT_STEPS[1:])
 
 
 def _tasks_file(start: Path) -> Path | None:

@@ -54,10 +54,50 @@ def redis_set_get(env: EnvConfig, key: str, *, timeout_s: float = 2.0) -> bool:
         with sock.makefile("rb") as replies:
             answers = [_resp_reply(replies) for _ in commands]
     refused = next((a for a in answers if isinstance(a, _RespError)), None)
+    if refused is not None and "without any password configured" in refused.text:
+        raise ServiceError(
+            f"{env.name}'s redis has no password and its secrets give one (generated after it "
+            f"started?): `inv {env.name}.up` sets it"
+        )
     if refused is not None:
         text = scrub(refused.text, env.secret_values())  # Redis's words; scrubbed all the same
         raise ServiceError(f"redis refused a command: {text[:120]}")
     return answers[-2] == b"1"
+
+
+def redis_password_matches(env: EnvConfig, *, timeout_s: float = 2.0) -> str:
+    """Whether the env's running Redis takes the password its secrets give: "ok", "unset" (the
+    secrets give one, the server has none: `up` may set it live) or "other" (the server wants
+    another, or one where the secrets give none)."""
+    password = env.secret("REDIS_PASSWORD")
+    commands: list[Sequence[str]] = [("AUTH", password.reveal())] if password else []
+    commands.append(("PING",))
+    with socket.create_connection((env.redis.host, env.redis.port), timeout=timeout_s) as sock:
+        sock.sendall(b"".join(_resp_command(c) for c in commands))
+        with sock.makefile("rb") as replies:
+            answers = [_resp_reply(replies) for _ in commands]
+    refused = [a.text for a in answers if isinstance(a, _RespError)]
+    if not refused:
+        return "ok"
+    if password and "without any password configured" in refused[0]:
+        return "unset"
+    return "other"
+
+
+def redis_set_password(env: EnvConfig, *, timeout_s: float = 2.0) -> None:
+    """Give the env's running Redis, which has no password, the one its secrets hold (over the
+    socket: never on a command line)."""
+    password = env.secret("REDIS_PASSWORD")
+    if not password:
+        return
+    command = ("CONFIG", "SET", "requirepass", password.reveal())
+    with socket.create_connection((env.redis.host, env.redis.port), timeout=timeout_s) as sock:
+        sock.sendall(_resp_command(command))
+        with sock.makefile("rb") as replies:
+            answer = _resp_reply(replies)
+    if isinstance(answer, _RespError):
+        text = scrub(answer.text, env.secret_values())
+        raise ServiceError(f"redis refused its new password: {text[:120]}")
 
 
 @dataclass(frozen=True)

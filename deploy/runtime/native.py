@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy import procs
+from deploy import clients, procs
 from deploy.binaries import pg_bin_dir, pg_install_dir, redis_bin_dir
 from deploy.commands import services as cmd
 from deploy.commands import system
@@ -548,7 +548,7 @@ class NativeServices:
         if not redis_running:
             actions += self._start_redis(bins.redis_server)
         else:
-            actions.append("redis already running")
+            actions.append("redis already running" + self._redis_password())
         return actions
 
     def _start_postgres(self, bin_dir: Path) -> list[str]:
@@ -646,6 +646,22 @@ class NativeServices:
             # may read it: no grant, which a dump would carry to another environment's restore)
             row = conn.execute(cluster.IDENTIFIER_SQL).fetchone()
         cluster.record(self.env, str(row[0]) if row else "")
+
+    def _redis_password(self) -> str:
+        """A running Redis takes the password the secrets give now (generated after it started:
+        set live), or up refuses: restarting a serving Redis is the operator's call."""
+        state = clients.redis_password_matches(self.env)
+        if state == "unset":
+            clients.redis_set_password(self.env)
+            return "; its password set from the secrets"
+        if state == "other":
+            raise ServiceError(
+                f"{self.env.name}'s redis on port {self.env.redis_port} runs with another "
+                "password than its secrets give",
+                hint=f"`inv {self.env.name}.down` then `inv {self.env.name}.up` restarts it "
+                "with the secrets' one",
+            )
+        return ""
 
     def _start_redis(self, server: Path) -> list[str]:
         actions = []

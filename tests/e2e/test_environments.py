@@ -287,6 +287,44 @@ def test_up_is_idempotent(project: Project) -> None:
         assert after[name]["redis"]["pid"] == before[name]["redis"]["pid"]
 
 
+def test_secrets_generated_after_up_reach_the_running_redis_on_the_next_up(
+    project: Project,
+) -> None:
+    """dev started without a Redis password; `dev.secrets --generate` then gave it one. The next
+    `up` sets it on the running server (no restart); a server that wants yet another password
+    is refused in one line, and nothing is restarted."""
+    secrets = project.root / "env" / "dev.secrets.env"
+    assert not secrets.exists() and redis_cli(project, "dev", "ping") == "PONG"
+    pid = status(project)["dev"]["redis"]["pid"]
+    try:
+        project.ok("dev.secrets", "--generate")
+        res = project.ok("dev.up")
+        assert "redis already running; its password set from the secrets" in res.stdout
+        assert "NOAUTH" in redis_cli(project, "dev", "ping", password=False)
+        assert redis_cli(project, "dev", "ping") == "PONG"
+        assert status(project)["dev"]["redis"]["pid"] == pid
+
+        text = secrets.read_text()
+        secrets.write_text(
+            "\n".join(
+                "REDIS_PASSWORD=another-one-entirely" if ln.startswith("REDIS_PASSWORD=") else ln
+                for ln in text.splitlines()
+            )
+            + "\n"
+        )
+        res = project.inv("dev.up")
+        assert res.returncode != 0 and "Traceback" not in res.stderr
+        assert "runs with another password than its secrets give" in res.stderr
+        assert "another-one-entirely" not in res.stdout + res.stderr
+        assert status(project)["dev"]["redis"]["pid"] == pid
+        secrets.write_text(text)
+    finally:
+        if secrets.exists():  # dev goes back to no password, as the later tests expect it
+            redis_cli(project, "dev", "config", "set", "requirepass", "")
+            secrets.unlink()
+    assert redis_cli(project, "dev", "ping", password=False) == "PONG"
+
+
 def test_up_recovers_from_sigkilled_servers(project: Project) -> None:
     row = status(project)["dev"]
     killed = [row["postgres"]["pid"], row["redis"]["pid"]]

@@ -55,6 +55,7 @@ def test_the_hint_says_how_to_give_the_environment_the_setting_its_code_reads() 
 def test_init_tells_to_generate_dev_secrets_when_the_code_reads_some() -> None:
     assert next_steps(()) == NEXT_STEPS
     steps = next_steps(("SECRET_KEY", "API_TOKEN"))
-    assert steps.index(next(s for s in steps if "dev.secrets --generate" in s)) == 2
-    assert "SECRET_KEY, API_TOKEN" in steps[2] and steps[1].startswith("inv dev.up")
+    # before up: the servers start with the passwords the code's settings will carry
+    assert steps.index(next(s for s in steps if "dev.secrets --generate" in s)) == 1
+    assert "SECRET_KEY, API_TOKEN" in steps[1] and steps[2].startswith("inv dev.up")
     assert steps[3].startswith("inv dev.deploy")
