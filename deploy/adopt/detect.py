@@ -40,9 +40,14 @@ _ASGI_APP = re.compile(
 )
 _FLASK_MIGRATE = re.compile(r"^\s*(?:from flask_migrate import|import flask_migrate\b)", re.M)
 _DJANGO_SETTINGS = re.compile(r"DJANGO_SETTINGS_MODULE['\"]\s*,\s*['\"]([\w.]+)['\"]")
-# The settings an app reads from its environment: os.environ["X"], os.environ.get("X"), getenv("X").
+# The settings an app reads from its environment: os.environ["X"], os.environ.get("X"),
+# getenv("X"), and the settings libraries' readers of an UPPER_CASE name: django-environ's
+# env("X") / env.str("X") / env.bool("X"), python-decouple's config("X"), environs' env.int("X").
 _ENV_READ = re.compile(
-    r"""\b(?:environ\s*\[|environ\.get\(|getenv\(|environ\.setdefault\()\s*['"]([A-Z][A-Z0-9_]*)['"]"""
+    r"""\b(?:environ\s*\[|environ\.get\(|getenv\(|environ\.setdefault\("""
+    r"""|(?<![\w.])(?:env|config)(?:\.(?:str|bool|int|float|list|tuple|dict|json|url|path|"""
+    r"""decimal|db|db_url|cache|cache_url|email|email_url|search_url))?\()"""
+    r"""\s*['"]([A-Z][A-Z0-9_]*)['"]"""
 )
 # The usual other names of what stageflow feeds: [service.env.from] maps them, never a value.
 FED_ALIASES = {

@@ -206,6 +206,29 @@ DATABASES = {"default": {"HOST": os.environ["DB_HOST"], "PASSWORD": os.environ["
 """
 
 
+ENVIRON_SETTINGS = """\
+import environ
+from decouple import config
+
+env = environ.Env()
+SECRET_KEY = env("DJANGO_SECRET_KEY")
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+DATABASES = {"default": env.db("DATABASE_URL")}
+SENTRY_TOKEN = config("SENTRY_TOKEN", default="")
+CACHE_TTL = app.config("NOT_A_SETTING")
+"""
+
+
+def test_settings_read_through_django_environ_or_decouple_are_found(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {"manage.py": MANAGE, "mysite/wsgi.py": "", "mysite/settings.py": ENVIRON_SETTINGS},
+    )
+    d = detect(tmp_path)
+    assert d.env_keys == ("DJANGO_DEBUG",)
+    assert d.secret_keys == ("DJANGO_SECRET_KEY", "SENTRY_TOKEN")  # DATABASE_URL is fed
+
+
 def test_fastapi_runs_under_uvicorns_worker(tmp_path: Path) -> None:
     write(tmp_path, {"main.py": "from fastapi import FastAPI\n\napi = FastAPI()\n"})
     d = detect(tmp_path)
