@@ -779,10 +779,17 @@ def _marks(host: Host, ready: str) -> tuple[int, str | None]:
 def not_ready_hint(failure: str, ready_path: str) -> str:
     """What to check when a worker's probe of the ready path failed: a path the service does not
     route (404, 405) is stageflow.toml's to fix, anything else the release's."""
-    if failure.split(" ", 1)[0] in ("404", "405"):
+    status = failure.split(" ", 1)[0]
+    if status in ("404", "405"):
         return (
             f"the service has no GET {ready_path}: set [service] health (and ready) in "
             "stageflow.toml to a path that answers 2xx; the previous release still serves"
+        )
+    if status == "400":
+        return (
+            "the service refused the request as a whole, often for its Host header: the probes "
+            "ask as localhost and 127.0.0.1, which an allowed-hosts setting (Django's "
+            "ALLOWED_HOSTS) must include; the previous release still serves"
         )
     return "check its migrations, settings and servers; the previous release still serves"
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from deploy.cli import NEXT_STEPS, next_steps
 from deploy.config import load_project
-from deploy.releases import boot_hint, raised_in
+from deploy.releases import boot_hint, not_ready_hint, raised_in
 from tests import support
 
 WORKER_LOG = """\
@@ -59,3 +59,9 @@ def test_init_tells_to_generate_dev_secrets_when_the_code_reads_some() -> None:
     assert steps.index(next(s for s in steps if "dev.secrets --generate" in s)) == 1
     assert "SECRET_KEY, API_TOKEN" in steps[1] and steps[2].startswith("inv dev.up")
     assert steps[3].startswith("inv dev.deploy")
+
+
+def test_a_ready_path_answering_400_points_at_the_allowed_hosts() -> None:
+    assert "ALLOWED_HOSTS" in not_ready_hint("400 <h1>Bad Request (400)</h1>", "/healthz/")
+    assert "has no GET /healthz/" in not_ready_hint("404 not found", "/healthz/")
+    assert "ALLOWED_HOSTS" not in not_ready_hint("500 boom", "/healthz/")
