@@ -776,6 +776,15 @@ def _marks(host: Host, ready: str) -> tuple[int, str | None]:
     return sum(1 for n in names if n.startswith("ok-")), None
 
 
+_TAG = re.compile(r"<[^<>]{0,200}>")
+
+
+def one_line(answer: str, limit: int = 160) -> str:
+    """A worker's report of its ready answer ("400 <html>...") as one line: markup dropped,
+    whitespace collapsed, clipped."""
+    return clip(" ".join(_TAG.sub(" ", answer).split()), limit)
+
+
 def not_ready_hint(failure: str, ready_path: str) -> str:
     """What to check when a worker's probe of the ready path failed: a path the service does not
     route (404, 405) is stageflow.toml's to fix, anything else the release's."""
@@ -814,9 +823,10 @@ def _await_workers(
         pid = _read_pid(host, pidfile) or seen
         if failure is not None:
             _halt(host, pidfile, pid)
+            said = one_line(scrub(failure, env.secret_values()))
             raise ServiceError(
-                f"release {release.id} is not ready: {scrub(failure, env.secret_values())}",
-                hint=not_ready_hint(failure, service.ready_path),
+                f"release {release.id} is not ready: {said}",
+                hint=not_ready_hint(said, service.ready_path),
             )
         if answered >= workers and _alive(host, pid):
             record_started(host, layout, release.id, pid)  # type: ignore[arg-type]

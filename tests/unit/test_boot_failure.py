@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from deploy.cli import NEXT_STEPS, next_steps
 from deploy.config import load_project
-from deploy.releases import boot_hint, not_ready_hint, raised_in
+from deploy.releases import boot_hint, not_ready_hint, one_line, raised_in
 from tests import support
 
 WORKER_LOG = """\
@@ -65,3 +65,10 @@ def test_a_ready_path_answering_400_points_at_the_allowed_hosts() -> None:
     assert "ALLOWED_HOSTS" in not_ready_hint("400 <h1>Bad Request (400)</h1>", "/healthz/")
     assert "has no GET /healthz/" in not_ready_hint("404 not found", "/healthz/")
     assert "ALLOWED_HOSTS" not in not_ready_hint("500 boom", "/healthz/")
+
+
+def test_a_ready_answer_in_markup_is_said_in_one_line() -> None:
+    page = '400 \n<!doctype html>\n<html lang="en">\n<head>\n  <title>Bad Request (400)</title>\n'
+    page += "</head>\n<body>\n  <h1>Bad Request (400)</h1><p></p>\n</body>\n</html>"
+    assert one_line(page) == "400 Bad Request (400) Bad Request (400)"
+    assert len(one_line("500 " + "x" * 10_000)) < 200
