@@ -105,6 +105,24 @@ class Project:
             self.git("tag", tag)
         return self.git("rev-parse", "HEAD")
 
+    def inv_on_broken(
+        self, rel: str, insert: str, message: str, *args: str
+    ) -> subprocess.CompletedProcess[str]:
+        """Commit rel with insert after its `from __future__` line (at its top without one),
+        run `inv *args` on that commit, then commit rel as it was: the result of the run."""
+        path = self.root / rel
+        good = path.read_text()
+        future = "from __future__ import annotations\n"
+        path.write_text(
+            good.replace(future, future + insert, 1) if future in good else insert + good
+        )
+        self.commit(message)
+        try:
+            return self.inv(*args)
+        finally:
+            path.write_text(good)
+            self.commit(f"{rel} as it was before: {message}")
+
     def edit(self, rel: str, old: str, new: str) -> None:
         path = self.root / rel
         text = path.read_text()

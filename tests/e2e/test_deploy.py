@@ -74,17 +74,10 @@ def test_a_release_whose_code_cannot_load_names_the_exception_and_what_to_set(pr
     exception the traceback ends with, not gunicorn's shutdown lines, and a setting the code
     reads and nobody declared is named with where to declare it."""
     before = version(project, "dev")["release"]
-    wsgi = project.root / "app" / "wsgi.py"
-    good = wsgi.read_text()
-    future = "from __future__ import annotations\n"
     reads = 'import os\nos.environ["LEDGER_TOKEN"]\n'
-    wsgi.write_text(good.replace(future, future + reads, 1) if future in good else reads + good)
-    project.commit("the code reads a setting nobody set")
-    try:
-        res = project.inv("dev.deploy")
-    finally:
-        wsgi.write_text(good)
-        project.commit("it reads it no more")
+    res = project.inv_on_broken(
+        "app/wsgi.py", reads, "the code reads a setting nobody set", "dev.deploy"
+    )
     assert res.returncode != 0 and "Traceback" not in res.stderr
     line = res.stderr.strip().splitlines()[-1]
     assert "did not boot its workers: KeyError: 'LEDGER_TOKEN'" in line, line

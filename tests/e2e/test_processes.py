@@ -137,16 +137,7 @@ def test_a_worker_crashing_at_start_fails_the_deploy_and_the_old_one_keeps_runni
     project: Project,
 ) -> None:
     a, before = serving(project), up_worker(project)
-    worker = project.root / "app" / "worker.py"
-    good = worker.read_text()
-    future = "from __future__ import annotations\n"
-    worker.write_text(good.replace(future, future + CRASH, 1))
-    project.commit("a worker that cannot start")
-    try:
-        res = project.inv("dev.deploy")
-    finally:
-        worker.write_text(good)
-        project.commit("the worker starts again")
+    res = project.inv_on_broken("app/worker.py", CRASH, "a worker that cannot start", "dev.deploy")
     assert res.returncode != 0, res.stdout
     said = res.stdout + res.stderr
     assert "process worker" in said and "did not start" in said
@@ -161,15 +152,10 @@ def test_a_web_release_that_cannot_boot_leaves_no_worker_of_its_own(project: Pro
     """The worker starts while the web master boots: when the master fails, the worker started
     for that release is stopped with it, and the serving release keeps its own."""
     a, before = serving(project), up_worker(project)
-    wsgi = project.root / "app" / "wsgi.py"
-    good = wsgi.read_text()
-    wsgi.write_text('raise SystemExit("web: cannot load")\n' + good)
-    project.commit("a web release that cannot load")
-    try:
-        res = project.inv("dev.deploy")
-    finally:
-        wsgi.write_text(good)
-        project.commit("the web release loads again")
+    cannot = 'raise SystemExit("web: cannot load")\n'
+    res = project.inv_on_broken(
+        "app/wsgi.py", cannot, "a web release that cannot load", "dev.deploy"
+    )
     assert res.returncode != 0, res.stdout
     assert "Traceback" not in res.stderr
     assert serving(project) == a
