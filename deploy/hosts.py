@@ -14,8 +14,9 @@ import shlex
 import signal
 import stat
 import subprocess
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -82,12 +83,15 @@ def run_process(
     hide = tuple(secrets)
     log.debug("run %s%s", scrub(shlex.join(args), hide), f" in {cwd}" if cwd else "")
     start = time.monotonic()
-    proc = _spawn(
-        args, cwd=cwd, env=env, input=input, stdout=stdout, merge_stderr=merge_stderr,
-        new_session=new_session, check=check, hide=hide,
-    )  # fmt: skip
+    with _interrupt_deferred() as interrupted:
+        proc = _spawn(
+            args, cwd=cwd, env=env, input=input, stdout=stdout, merge_stderr=merge_stderr,
+            new_session=new_session, check=check, hide=hide,
+        )  # fmt: skip
     timed_out = False
     try:
+        if interrupted:
+            raise KeyboardInterrupt  # Ctrl-C while the child started: it is stopped below
         out, err = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
@@ -104,6 +108,26 @@ def run_process(
         what = f"ran longer than {timeout:g}s and was killed" if timed_out else f"exited {code}: {res.tail()}"  # fmt: skip
         raise HostError(scrub(f"local: `{args[0]}` {what}", hide))
     return res
+
+
+@contextlib.contextmanager
+def _interrupt_deferred() -> Iterator[list[int]]:
+    """Hold a Ctrl-C that lands while a child starts (after its fork, before its Popen is ours:
+    raised there, it would leave the child and its group running), and give it back once the
+    caller can stop the child. Only the main thread receives it, and only Python's own handler
+    is replaced; the yielded list is non-empty when one came."""
+    caught: list[int] = []
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield caught
+        return
+    signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield caught
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _spawn(

@@ -103,6 +103,32 @@ def test_an_interrupt_kills_the_whole_group_and_propagates(family: Path) -> None
     assert _wait_gone([child, stubborn]) == []
 
 
+def test_an_interrupt_while_the_child_starts_still_stops_its_group(
+    family: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C after the fork, before the Popen is run_process's (on a busy machine the child can
+    run its first lines by then): the child and its group are stopped all the same."""
+    import subprocess
+
+    real = subprocess.Popen
+
+    def popen_then_interrupted(*args: object, **kwargs: object) -> subprocess.Popen[str]:
+        proc = real(*args, **kwargs)  # type: ignore[call-overload]
+        deadline = time.monotonic() + 30
+        while not (family / "stubborn.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # the handler runs here, inside the spawn
+        return proc
+
+    monkeypatch.setattr(subprocess, "Popen", popen_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_process(["sh", "-c", FAMILY], cwd=family, timeout=60)
+    monkeypatch.undo()
+    shell, child, stubborn = _pids(family, "shell", "child", "stubborn")
+    assert _wait_gone([shell, child, stubborn]) == []
+
+
 def test_without_a_session_only_the_child_is_stopped() -> None:
     # the child shares our process group: a group kill would take the test run down with it
     res = run_process(["sleep", "60"], timeout=0.5, new_session=False)

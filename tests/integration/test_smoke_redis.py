@@ -71,8 +71,20 @@ def test_a_refused_password_fails_without_showing_it(
     assert secret is not None
     with pytest.raises(ServiceError) as err:
         redis_set_get(env, "stageflow:smoke:auth-test")
-    assert err.value.message.startswith("redis refused a command: ")
+    # a server without a password while the secrets hold one: what to run is named
+    assert err.value.message.startswith("staging's redis has no password and its secrets give one")
+    assert "`inv staging.up` sets it" in err.value.message
     assert secret.reveal() not in err.value.line()
+
+
+def test_any_other_refusal_is_said_in_redis_own_words(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    env = env_on(tmp_path, "dev", redis_server, db=99)  # the server keeps 16 databases
+    with pytest.raises(ServiceError) as err:
+        redis_set_get(env, "stageflow:smoke:db-test")
+    assert err.value.message.startswith("redis refused a command: ")
+    assert "out of range" in err.value.message.lower()
 
 
 def test_nothing_listening_fails_the_probe(tmp_path: Path, redis_server: RedisServer) -> None:
