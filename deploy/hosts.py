@@ -8,6 +8,7 @@ tools (git, hooks, gate commands): no shell, its own process group, a timeout th
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shlex
@@ -108,6 +109,23 @@ def run_process(
         what = f"ran longer than {timeout:g}s and was killed" if timed_out else f"exited {code}: {res.tail()}"  # fmt: skip
         raise HostError(scrub(f"local: `{args[0]}` {what}", hide))
     return res
+
+
+def _read_regular(path: Path, last_bytes: int | None) -> str | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):  # as reading one always said
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(info.st_mode):
+            raise HostError(f"{path} is not a regular file: refusing to read it")
+        if last_bytes is not None and info.st_size > last_bytes:
+            fh.seek(info.st_size - last_bytes)
+        text = fh.read().decode("utf-8", errors="replace" if last_bytes is not None else "strict")
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads it
 
 
 @contextlib.contextmanager
@@ -376,17 +394,20 @@ class Host:
     def path(self, p: str | Path) -> str:
         return str(p)
 
-    def read_text(self, path: str | Path) -> str | None:
+    def read_text(self, path: str | Path, *, last_bytes: int | None = None) -> str | None:
+        """The file's text, None when it does not exist; last_bytes: only its end (a log's tail).
+        Locally, only a regular file is read: a fifo or device planted where stageflow reads
+        (a ready mark, a pid file) would block it or feed it forever, so it is a HostError."""
         if self.is_local:
-            try:
-                return Path(path).read_text(encoding="utf-8")
-            except FileNotFoundError:
-                return None
+            return _read_regular(Path(path), last_bytes)
 
         def read(sftp: Any) -> str | None:
             try:
                 with sftp.open(str(path), "r") as fh:
-                    return fh.read().decode("utf-8")
+                    if last_bytes is not None:
+                        fh.seek(max(0, fh.stat().st_size - last_bytes))
+                    errors = "replace" if last_bytes is not None else "strict"
+                    return fh.read().decode("utf-8", errors=errors)
             except FileNotFoundError:
                 return None
 

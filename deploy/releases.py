@@ -39,6 +39,8 @@ from deploy.state import Layout
 # the gunicorn a service that installs none gets, when the engine's own version is unknown
 DEFAULT_GUNICORN = "gunicorn==23.0.0"
 BUILD_COMMAND_TIMEOUT_S = 900.0
+# how much of a log's end a failure reads for its one line: the rest may be gigabytes
+LOG_TAIL_BYTES = 256 * 1024
 # the engine's stdlib-only helpers, copied into every release (cmd.HELPERS)
 HELPERS_SOURCE = Path(__file__).resolve().parent / "runtime"
 
@@ -836,7 +838,7 @@ def _await_workers(
         seen = pid
         time.sleep(0.03)
     _halt(host, pidfile, _read_pid(host, pidfile) or seen)
-    lines = (host.read_text(log) or "").strip().splitlines()[-400:]
+    lines = (host.read_text(log, last_bytes=LOG_TAIL_BYTES) or "").strip().splitlines()[-400:]
     raised = raised_in(lines)
     said = raised or " | ".join(lines[-2:])
     raise ServiceError(
@@ -1122,7 +1124,8 @@ def settle_processes(
     while spawned.started:
         for name, argv in spawned.started.items():
             if not runs(host, _read_pid(host, process_pidfile(layout, name, rid)), argv):
-                tail = (host.read_text(process_log(layout, name)) or "").strip().splitlines()
+                log = process_log(layout, name)
+                tail = (host.read_text(log, last_bytes=LOG_TAIL_BYTES) or "").strip().splitlines()
                 _refuse_processes(
                     host, env, layout, rid, name, " | ".join(tail[-2:]) or "no output"
                 )
