@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from deploy.config import read_env_file
+from deploy.errors import HostError
 from deploy.gates import GateContext, Outcome
+from deploy.hosts import Host
 from deploy.state import Layout
 
 
@@ -101,9 +103,9 @@ def _counters(layout: Layout, problems: list[str], details: dict[str, Any]) -> N
     workers = requests = 0
     for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
-            counts = parse_worker(f.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # a worker rewriting its file; the others still count
+            counts = parse_worker(Host().read_text(f) or "")
+        except (OSError, ValueError, HostError):
+            continue  # a worker rewriting its file, or no regular file; the others still count
         workers += 1
         requests += counts.requests
     details.update(counter_workers=workers, counter_requests=requests)
