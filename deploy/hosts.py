@@ -381,8 +381,8 @@ class Host:
         """Run fn(sftp); a lost or refused connection is a HostError naming this host."""
         try:
             return fn(self._sftp())
-        except FileNotFoundError:
-            raise
+        except (FileNotFoundError, HostError):
+            raise  # an answer, not a lost connection
         except Exception as exc:  # paramiko raises socket, SSH and EOF errors alike
             self._sftp_client = None
             raise HostError(
@@ -396,13 +396,19 @@ class Host:
 
     def read_text(self, path: str | Path, *, last_bytes: int | None = None) -> str | None:
         """The file's text, None when it does not exist; last_bytes: only its end (a log's tail).
-        Locally, only a regular file is read: a fifo or device planted where stageflow reads
-        (a ready mark, a pid file) would block it or feed it forever, so it is a HostError."""
+        Only a regular file is read, here or over SFTP: a fifo or device planted where stageflow
+        reads (a ready mark, a pid file) would block it or feed it forever: a HostError."""
         if self.is_local:
             return _read_regular(Path(path), last_bytes)
 
         def read(sftp: Any) -> str | None:
             try:
+                # as on this machine: opening a fifo would block the host's SFTP server for ever
+                if not stat.S_ISREG(sftp.stat(str(path)).st_mode or 0):
+                    raise HostError(
+                        f"{self.name}: {path} is not a regular file: refusing to read it",
+                        host=self.name,
+                    )
                 with sftp.open(str(path), "r") as fh:
                     if last_bytes is not None:
                         fh.seek(max(0, fh.stat().st_size - last_bytes))

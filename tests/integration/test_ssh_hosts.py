@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,6 +98,28 @@ def test_files_go_over_sftp_atomically(remote: tuple[Host, Path]) -> None:
     assert host.mkdir_atomic(tmp / "locks" / "x") and not host.mkdir_atomic(tmp / "locks" / "x")
     host.remove_tree(tmp / "locks")
     assert not (tmp / "locks").exists()
+
+
+def test_a_fifo_on_the_host_is_refused_not_waited_on(remote: tuple[Host, Path]) -> None:
+    """A ready mark the service user replaced by a fifo would hold the SFTP read for ever."""
+    host, tmp = remote
+    os.mkfifo(tmp / "fail-4242")
+    said: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            host.read_text(tmp / "fail-4242")
+        except BaseException as exc:  # noqa: BLE001 - whatever it raised is the verdict
+            said.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=30)  # a read that waits on the fifo never ends: a failure, not a hang
+    assert not reader.is_alive(), "the read waited on the fifo"
+    assert isinstance(said[0], HostError) and "is not a regular file" in str(said[0])
+    (tmp / "plain").write_text("text\n")
+    assert host.read_text(tmp / "plain") == "text\n"
+    assert host.read_text(tmp / "missing") is None
 
 
 @pytest.mark.parametrize("where", ["remote", "local"])
