@@ -49,12 +49,9 @@ def redis_set_get(env: EnvConfig, key: str, *, timeout_s: float = 2.0) -> bool:
     if env.redis.db:
         commands.append(("SELECT", str(env.redis.db)))
     commands += [("SET", key, "1", "EX", "30"), ("GET", key), ("DEL", key)]
-    with socket.create_connection((env.redis.host, env.redis.port), timeout=timeout_s) as sock:
-        sock.sendall(b"".join(_resp_command(c) for c in commands))
-        with sock.makefile("rb") as replies:
-            answers = [_resp_reply(replies) for _ in commands]
+    answers = _exchange(env, commands, timeout_s)
     refused = next((a for a in answers if isinstance(a, _RespError)), None)
-    if refused is not None and "without any password configured" in refused.text:
+    if refused is not None and _NO_PASSWORD in refused.text:
         raise ServiceError(
             f"{env.name}'s redis has no password and its secrets give one (generated after it "
             f"started?): `inv {env.name}.up` sets it"
@@ -72,14 +69,10 @@ def redis_password_matches(env: EnvConfig, *, timeout_s: float = 2.0) -> str:
     password = env.secret("REDIS_PASSWORD")
     commands: list[Sequence[str]] = [("AUTH", password.reveal())] if password else []
     commands.append(("PING",))
-    with socket.create_connection((env.redis.host, env.redis.port), timeout=timeout_s) as sock:
-        sock.sendall(b"".join(_resp_command(c) for c in commands))
-        with sock.makefile("rb") as replies:
-            answers = [_resp_reply(replies) for _ in commands]
-    refused = [a.text for a in answers if isinstance(a, _RespError)]
+    refused = [a.text for a in _exchange(env, commands, timeout_s) if isinstance(a, _RespError)]
     if not refused:
         return "ok"
-    if password and "without any password configured" in refused[0]:
+    if password and _NO_PASSWORD in refused[0]:
         return "unset"
     return "other"
 
@@ -90,14 +83,24 @@ def redis_set_password(env: EnvConfig, *, timeout_s: float = 2.0) -> None:
     password = env.secret("REDIS_PASSWORD")
     if not password:
         return
-    command = ("CONFIG", "SET", "requirepass", password.reveal())
-    with socket.create_connection((env.redis.host, env.redis.port), timeout=timeout_s) as sock:
-        sock.sendall(_resp_command(command))
-        with sock.makefile("rb") as replies:
-            answer = _resp_reply(replies)
+    (answer,) = _exchange(env, [("CONFIG", "SET", "requirepass", password.reveal())], timeout_s)
     if isinstance(answer, _RespError):
         text = scrub(answer.text, env.secret_values())
         raise ServiceError(f"redis refused its new password: {text[:120]}")
+
+
+# what Redis answers AUTH with when it has no password at all
+_NO_PASSWORD = "without any password configured"
+
+
+def _exchange(
+    env: EnvConfig, commands: Sequence[Sequence[str]], timeout_s: float
+) -> list[bytes | int | None | _RespError]:
+    """commands sent to env's Redis in one round trip; their replies, in order."""
+    with socket.create_connection((env.redis.host, env.redis.port), timeout=timeout_s) as sock:
+        sock.sendall(b"".join(_resp_command(c) for c in commands))
+        with sock.makefile("rb") as replies:
+            return [_resp_reply(replies) for _ in commands]
 
 
 @dataclass(frozen=True)
