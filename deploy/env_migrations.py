@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 from deploy import migrations, psql
 from deploy.commands import git as gitcmd
@@ -367,8 +367,16 @@ def unchanged_schema(
     return recorded_revisions(serving)
 
 
+class ReadsRevisions(Protocol):
+    """Where the serving release's `current` runs: its venv (MigrationTool) or its image."""
+
+    proj: Project
+
+    def current(self) -> dict[str, str]: ...
+
+
 def down_plan(
-    serving: MigrationTool, wanted: Mapping[str, str] | None, *, target: str
+    serving: ReadsRevisions, wanted: Mapping[str, str] | None, *, target: str
 ) -> ToolSchemaPlan:
     """Level 2 back to release target: `down` to the revisions it recorded, for each app whose
     revision differs from what the serving release's `current` prints now. Refused (level 3 is

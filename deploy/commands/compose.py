@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -308,5 +309,35 @@ def migrate(
     if limits is not None:
         lock, statement, within_s = limits
         argv += ["--lock-timeout", lock, "--statement-timeout", statement]
+        argv += ["--deadline-s", f"{within_s:g}"]
+    return argv
+
+
+def migrate_tool(
+    current: Sequence[str],
+    *,
+    up: Sequence[str] | None = None,
+    down: Sequence[Sequence[str]] | None = None,
+    unchanged_from: Mapping[str, str] | None = None,
+    pgoptions: str = "",
+    within_s: float | None = None,
+) -> list[str]:
+    """The service's own migration commands (kind "command") run by the engine's entry point in a
+    one-off container of a release's image: `current`, then `up` or each `down` under the
+    migration lock, then `current`; with neither, `current` alone. Each argv travels as JSON."""
+
+    def js(value: object) -> str:
+        return json.dumps(value, separators=(",", ":"))
+
+    argv = ["python", "-m", MIGRATE_MODULE, "tool", "--current", js(list(current))]
+    if up is not None:
+        argv += ["--up", js(list(up))]
+        if unchanged_from is not None:
+            argv += ["--unchanged-from", js(dict(unchanged_from))]
+    if down is not None:
+        argv += ["--down", js([list(one) for one in down])]
+    if pgoptions:
+        argv.append(f"--pgoptions={pgoptions}")  # one word: its value starts with a dash
+    if within_s is not None:
         argv += ["--deadline-s", f"{within_s:g}"]
     return argv

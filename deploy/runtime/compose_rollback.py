@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from deploy import releases
+from deploy import env_migrations, releases
 from deploy.commands.compose import migrate as migrate_argv
 from deploy.commands.compose import restore_in_container as restore_argv
 from deploy.config import Project
 from deploy.engine.rollback_rules import (
     RollbackPlan,
     SchemaPlan,
+    ToolSchemaPlan,
     backup_for,
     interrupted,
     previous_good,
@@ -28,6 +29,7 @@ from deploy.runtime.compose_project import (
     shown,
     switch_shown,
 )
+from deploy.runtime.compose_tool import ComposeTool
 from deploy.state import Layout, find_backup
 
 # The kinds whose release served successfully (what serves now; what prune keeps).
@@ -152,9 +154,31 @@ def make_plan(
         p.target = _level2_target(
             rt.cfg.name, entries, current=current, to=to, dead=dead if resumes else None
         )
-        p.schema = _level2_schema(proj, rt.cfg.name, entries, current=current, target=p.target)
-        p.commands = _level2_commands(rt, entries, p, actor=actor, directory=migrations_dir(proj))
+        if proj.service.migrations.kind == "command":
+            assert layout is not None
+            p.schema = _level2_tool_schema(proj, rt, layout, current=current, target=p.target)
+        else:
+            p.schema = _level2_schema(proj, rt.cfg.name, entries, current=current, target=p.target)
+        p.commands = _level2_commands(proj, rt, entries, p, actor=actor)
     return p
+
+
+def _level2_tool_schema(
+    proj: Project, rt: ComposeProject, layout: Layout, *, current: str, target: str
+) -> ToolSchemaPlan:
+    """The service's `down` to the revisions the target release recorded (its RELEASE.json on
+    the host), from what `current` prints in the serving release's image; refused, before
+    anything changes, without a recorded revision or a `down` command."""
+    name = rt.cfg.name
+    wanted = env_migrations.recorded_revisions(releases.release_meta(rt.host, layout, target))
+    serving = ComposeTool(proj, name, rt, current)
+    schema = env_migrations.down_plan(serving, wanted, target=target)
+    if schema.refused:
+        raise GuardRefused(
+            f"level 2 cannot go back to {target}: {schema.refusal}; level 3 (restore) is needed",
+            hint=f"`inv {name}.rollback --level 3` restores the backup taken before the deploy",
+        )
+    return schema
 
 
 def _level2_target(
@@ -207,19 +231,28 @@ def _level2_schema(
 
 
 def _level2_commands(
+    proj: Project,
     rt: ComposeProject,
     entries: Sequence[Mapping[str, Any]],
     p: RollbackPlan,
     *,
     actor: str,
-    directory: str,
 ) -> list[str]:
     c, schema, target = rt.commands(), p.schema, p.target or ""
     assert schema is not None
     commands = []
-    if schema.revert:
+    if isinstance(schema, ToolSchemaPlan):
+        if schema.revert:
+            down = ComposeTool(proj, rt.cfg.name, rt, p.current or "").argv(down=schema.commands)
+            env_cur = release_env(rt, p.current)
+            commands.append(f"schema:  {shown(c.run(APP_SERVICE, down, no_deps=True), env_cur)}")
+    elif schema.revert:
         down = migrate_argv(
-            "down", release=target, applied_by=actor, to=schema.target_version, directory=directory
+            "down",
+            release=target,
+            applied_by=actor,
+            to=schema.target_version,
+            directory=migrations_dir(proj),
         )
         env_cur = release_env(rt, p.current)
         servers = c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s)

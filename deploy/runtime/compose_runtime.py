@@ -11,12 +11,13 @@ level 3 restore (pg_restore) run inside the postgres container; the dumps stay o
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from deploy import migrations, releases
+from deploy import env_migrations, migrations, releases
 from deploy.commands import compose as cmd
 from deploy.commands import files as filecmd
 from deploy.commands import release as appcmd
@@ -24,7 +25,7 @@ from deploy.commands.compose import backup_in_container as backup_argv
 from deploy.commands.compose import migrate as migrate_argv
 from deploy.config import Project
 from deploy.engine.group import Target
-from deploy.engine.rollback_rules import RollbackPlan
+from deploy.engine.rollback_rules import RollbackPlan, ToolSchemaPlan
 from deploy.engine.steps import Step
 from deploy.errors import (
     DeployError,
@@ -60,6 +61,7 @@ from deploy.runtime.compose_rollback import (
     releases_in,
     served,
 )
+from deploy.runtime.compose_tool import ComposeTool
 from deploy.service import Service
 from deploy.state import Layout, history
 
@@ -214,11 +216,7 @@ def _deploy_rows(
             else f"policy {policy.backup!r}: pg_dump -Fc in the postgres container, copied to "
             f"{layout.backups} on {host.name}",
         ),
-        (
-            "migrate",
-            f"postgres and redis healthy; the ledger read; the migrations {rid} ships that it "
-            "leaves pending, in its image (none pending: the ledger checked, no container)",
-        ),
+        ("migrate", _migrate_row(proj, rid)),
         (
             "start",
             f"{rt.image}:{rid} beside the serving container; the front moves to it once health "
@@ -235,6 +233,24 @@ def _deploy_rows(
     ]
 
 
+def _migrate_row(proj: Project, rid: str) -> str:
+    kind = proj.service.migrations.kind
+    if kind == "none":
+        return "nothing (migrations kind none)"
+    if kind == "command":
+        m = proj.service.migrations
+        return (
+            f"postgres and redis healthy; in a one-off container of {rid}'s image, under the "
+            f"migration lock: `{shlex.join(m.current)}`, `{shlex.join(m.up)}` (skipped when the "
+            "release ships the serving one's migrations and the schema is where it left it), "
+            f"`{shlex.join(m.current)}`"
+        )
+    return (
+        f"postgres and redis healthy; the ledger read; the migrations {rid} ships that it "
+        "leaves pending, in its image (none pending: the ledger checked, no container)"
+    )
+
+
 def _deploy_commands(
     proj: Project,
     name: str,
@@ -249,8 +265,11 @@ def _deploy_commands(
     build = image_build_argv(rt, ctxdir, rid)
     env_r = release_env(rt, rid)
     servers = c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s)
-    up = migrate_argv("up", release=rid, applied_by=actor, directory=migrations_dir(proj),
-                      limits=cmd.migrate_limits(policy))  # fmt: skip
+    if proj.service.migrations.kind == "command":
+        up = ComposeTool(proj, name, rt, rid).argv(up=True)
+    else:
+        up = migrate_argv("up", release=rid, applied_by=actor, directory=migrations_dir(proj),
+                          limits=cmd.migrate_limits(policy))  # fmt: skip
     migrate = c.run(APP_SERVICE, up, no_deps=True)
     backup = []
     user, database = role_and_database(rt)
@@ -266,12 +285,14 @@ def _deploy_commands(
                 ),
             ]
         ]
+    kind = proj.service.migrations.kind
+    ledger = [] if kind != "sql" else [ledger_argv(c, user=user, database=database)]
     return [
         f"build:   {shown(build)}",
         *backup,
-        f"migrate: {shown(servers, env_r)}",
-        f"migrate: {shown(ledger_argv(c, user=user, database=database), release_env(rt, None))}",
-        f"migrate: {shown(migrate, env_r)}",
+        *([] if kind == "none" else [f"migrate: {shown(servers, env_r)}"]),
+        *(f"migrate: {shown(argv, release_env(rt, None))}" for argv in ledger),
+        *([] if kind == "none" else [f"migrate: {shown(migrate, env_r)}"]),
         *(f"start:   {line}" for line in switch_shown(rt, rid, commit)),
     ]
 
@@ -309,16 +330,9 @@ def _extract(proj: Project, host: Host, layout: Layout, commit: str, rid: str) -
 
 
 def migrations_check(proj: Project) -> guards.Check:
-    """The compose runtime runs stageflow's SQL engine in the release's image (kind "sql") or
-    nothing (kind "none"); a service's own tool (kind "command") runs on the native runtime."""
+    """What migrates in the release's image: stageflow's SQL engine (kind "sql"), the service's
+    own tool (kind "command", under the engine's lock) or nothing (kind "none")."""
     kind = proj.service.migrations.kind
-    if kind == "command":
-        return guards.Check(
-            "migrations",
-            False,
-            'the compose runtime runs [service.migrations] kind "sql" or "none", not "command": '
-            'use runtime = "native" for this environment, or kind = "sql"',
-        )
     return guards.Check("migrations", True, f"kind {kind}")
 
 
@@ -411,6 +425,10 @@ class ComposeRuntime:
             res = host.run(argv, check=False, timeout=1800)
         finally:
             host.remove_tree(ctxdir)  # the image holds the files now
+        if res.ok:  # what the release was built from, and later the schema it migrated
+            host.makedirs(ctxdir)
+            meta = {"id": rid, "commit": commit, "ref": ref, "dirty": dirty, "image": rt.image}
+            host.write_text(f"{ctxdir}/RELEASE.json", json.dumps(meta, indent=2))
         if not res.ok:
             raise ServiceError(
                 f"{ctx.env.name}: docker build of {rt.image}:{rid} failed (exit {res.exit_code}): "
@@ -419,9 +437,16 @@ class ComposeRuntime:
             )
         return releases.Release(rid, commit, ref, dirty), f"{rt.image}:{rid}"
 
-    def pending(self, ctx: Context) -> list[int]:
+    def pending(self, ctx: Context) -> list[int] | list[str]:
         rt = self.rt
-        if ctx.proj.service.migrations.kind == "none":
+        kind = ctx.proj.service.migrations.kind
+        if kind == "command":  # the tool keeps its own books: what changed since the serving one
+            prev = ctx.previous
+            since = commit_of(history(ctx.host, ctx.layout), prev) if prev else None
+            return env_migrations.pending_by_changes(
+                ctx.proj, since, ctx.built.commit, first=prev is None
+            )
+        if kind == "none":
             return []
         # the servers must run to be read; the migrate step would start them next anyway
         rt.servers_up()
@@ -446,8 +471,11 @@ class ComposeRuntime:
         (failed rows, drift, applied versions without a file) and no container starts. The
         deploy holds the environment's lock from the ledger read to the switch."""
         rid = ctx.built.id
-        if ctx.proj.service.migrations.kind == "none":
+        kind = ctx.proj.service.migrations.kind
+        if kind == "none":
             return []
+        if kind == "command":
+            return self._migrate_with_tool(ctx)
         files = releases.migrations_at_commit(ctx.proj, ctx.built.commit)
         if self._ledger is None:  # the backup step read it when its policy asked
             self.rt.servers_up(release=rid)
@@ -467,6 +495,19 @@ class ComposeRuntime:
             release=rid,
         )  # fmt: skip
         return _versions(res.stdout, "applied")
+
+    def _migrate_with_tool(self, ctx: Context) -> list[str]:
+        """The service's `current`, `up`, `current` in a one-off container of the new image; the
+        revisions go into the release's RELEASE.json and history's notes."""
+        host, layout, rid = ctx.host, ctx.layout, ctx.built.id
+        serving = releases.release_meta(host, layout, ctx.previous) if ctx.previous else None
+        unchanged = env_migrations.unchanged_schema(
+            ctx.proj, serving, ctx.built.commit, dirty=ctx.built.dirty
+        )
+        change = ComposeTool(ctx.proj, self.name, self.rt, rid).migrate(unchanged_from=unchanged)
+        releases.update_meta(host, layout, rid, **change.meta())
+        ctx.hook_notes.append(f"schema {change.describe()}")
+        return [change.describe()] if change.changed else []
 
     def host_steps(self, ctx: Context, target: Target) -> list[Step]:
         rt = self.rt
@@ -612,6 +653,17 @@ class ComposeRuntime:
     def revert_schema(self, ctx: Context, p: RollbackPlan, details: list[str]) -> str:
         schema, target, current = p.schema, p.target or "", p.current or ""
         assert schema is not None
+        if isinstance(schema, ToolSchemaPlan):
+            if not schema.revert:
+                return schema.describe()
+            try:  # the serving image ships the newer revisions the downs undo
+                change = ComposeTool(self.proj, self.name, self.rt, current).down(schema)
+            except MigrationError as err:
+                raise MigrationError(
+                    err.message, hint=f"level 2 stopped; {current} still serves"
+                ) from None
+            details.append(f"schema {change.describe()}")
+            return f"schema {change.describe()}"
         if not schema.revert:
             if schema.since:
                 details.append(f"schema kept (expand-only {list(schema.since)})")
@@ -739,4 +791,5 @@ def _prune(rt: ComposeProject, host: Host, layout: Layout, *, keep: int, protect
     if len(newest) <= keep or newest[keep] in protect:
         return "pruned 0"
     res = host.run(cmd.remove_image(rt.image, newest[keep]), check=False, timeout=120)
+    host.remove_tree(layout.release(newest[keep]))  # its RELEASE.json: no image, nothing to read
     return f"pruned {rt.image}:{newest[keep]}" if res.ok else f"{newest[keep]} already gone"
