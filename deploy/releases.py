@@ -373,7 +373,12 @@ def ensure_venv(host: Host, layout: Layout, spec: VenvSpec) -> str:
         if not host.run(filecmd.rename_onto(building, cached), check=False).ok:
             host.remove_tree(building)
     host.remove_tree(f"{venv}.partial")
-    host.run(filecmd.copy_tree(cached, f"{venv}.partial"), timeout=300)
+    # hard links: a venv is never written in place (pip runs only in the cache; the scripts below
+    # and Python's bytecode are replaced by rename, which gives the copy its own file), so the
+    # environment's copy costs directories, not a second 100 MB; a copy across filesystems
+    if not host.run(filecmd.link_tree(cached, f"{venv}.partial"), check=False, timeout=300).ok:
+        host.remove_tree(f"{venv}.partial")
+        host.run(filecmd.copy_tree(cached, f"{venv}.partial"), timeout=300)
     # the service's own commands (alembic, flask, celery...) are scripts naming the python of the
     # venv they were installed into: point them at this copy's, where it will live
     python = sys.executable if host.is_local else "python3"

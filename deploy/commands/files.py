@@ -27,6 +27,12 @@ def copy_tree(source: str, destination: str) -> list[str]:
     return ["cp", "-a", "--", source, destination]
 
 
+def link_tree(source: str, destination: str) -> list[str]:
+    """cp -al: the same tree of new directories whose files are hard links to source's; fails
+    (and the caller copies instead) where the two are on different filesystems."""
+    return ["cp", "-al", "--", source, destination]
+
+
 def realpaths(*paths: str) -> list[str]:
     """Each path with every symlink resolved, as the host opens it; a missing tail is kept
     (-m: a home not made yet still resolves). NUL after each (-z): a path may hold a newline."""

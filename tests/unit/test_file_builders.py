@@ -47,6 +47,16 @@ def test_move_and_rename_onto():
     ]
 
 
+def test_link_tree():
+    assert files.link_tree("/c/abc", "/v/abc.partial") == [
+        "cp",
+        "-al",
+        "--",
+        "/c/abc",
+        "/v/abc.partial",
+    ]
+
+
 def test_copy_tree():
     assert files.copy_tree("/c/abc", "/v/abc.partial") == [
         "cp",
