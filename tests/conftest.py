@@ -46,6 +46,7 @@ RUN_FIRST = (
     "tests/e2e/test_fault_matrix.py",
     "tests/e2e/test_signed_approvals.py",
     "tests/e2e/test_compose_live.py",
+    "tests/e2e/test_compose_live_tool.py",
     "tests/e2e/test_compose_runtime.py",
     "tests/e2e/test_rolling_rollback.py",
     "tests/e2e/test_service_flask_prod.py",
