@@ -57,21 +57,25 @@ class ComposeTool:
         if not res.ok:
             # the entry point's own line (which command failed, how, what to do) where it got
             # that far; else compose's (no such image, a server down)
-            said = [
+            own = [
                 ln.strip().removeprefix("stageflow: ")
                 for ln in res.stderr.splitlines()
                 if ln.startswith("stageflow: ")
             ]
             raise MigrationError(
                 f"{self.name}: "
-                + rt.scrub(said[-1] if said else f"migration command exited {res.exit_code}: "
+                + rt.scrub(own[-1] if own else f"migration command exited {res.exit_code}: "
                            f"{res.tail()}"),
-                hint=None if said else "fix the migration, then deploy again",
+                hint=None if own else "fix the migration, then deploy again",
             )  # fmt: skip
         lines = res.stdout.strip().splitlines()
         try:
             said: dict[str, Any] = json.loads(lines[-1]) if lines else {}
-            before, after = dict(said["before"]), dict(said["after"])
+            # a revision is whatever `current` printed: it goes to history, never a secret
+            before, after = (
+                {rt.scrub(str(k)): rt.scrub(str(v)) for k, v in dict(said[key]).items()}
+                for key in ("before", "after")
+            )
         except (ValueError, KeyError, TypeError):
             raise MigrationError(
                 f"{self.name}: the migration entry point in {self.rid}'s image printed no "
