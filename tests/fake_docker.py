@@ -587,7 +587,10 @@ def _up(state: dict, env, rest: list[str], project: str) -> int:
                 return 1
         _sync(state)
         return 0
-    if any(s in services for s in ("postgres", "redis")):
+    wanted = [s for s in ("postgres", "redis") if s in services]
+    # servers that run and answer are left as they are, as compose leaves an unchanged
+    # container: no project to load, no engine to import (most `up`s of a deploy are these)
+    if wanted and not all(_server_up(project, name) for name in wanted):
         _servers(env).up()
     if "front" in services:
         return _start_front(state, env)
