@@ -249,7 +249,9 @@ def parse_ps(stdout: str) -> list[dict[str, Any]]:
         ) from None
     if not all(isinstance(r, dict) for r in rows):
         raise ServiceError("`docker compose ps` printed JSON that is not a list of containers")
-    return rows
+    # `ps` lists the one-off containers of `run` (a migration, the service's own tool) as the
+    # app service too; one a killed deploy left running is no app container that serves
+    return [r for r in rows if "com.docker.compose.oneoff=True" not in str(r.get("Labels", ""))]
 
 
 def image_tag(image: str) -> str | None:

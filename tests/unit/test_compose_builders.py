@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from deploy.commands import compose as cmd
@@ -202,6 +204,29 @@ PS_ARRAY = (
     '[{"Name":"stageflow-dev-app-1","Service":"app","Image":"stageflow-app:r2","State":"running",'
     '"Health":"healthy"}]'
 )
+
+
+def test_parse_ps_leaves_out_one_off_containers() -> None:
+    """A `run` container (a migration, the service's tool) that a killed deploy left running is
+    listed by compose as the app service; it is not an app container that serves."""
+    label = "com.docker.compose.project=p,com.docker.compose.service=app"
+    rows = [
+        {
+            "ID": "a1",
+            "Service": "app",
+            "State": "running",
+            "Labels": f"{label},com.docker.compose.oneoff=False",
+        },
+        {
+            "ID": "m1",
+            "Service": "app",
+            "State": "running",
+            "Labels": f"com.docker.compose.oneoff=True,{label}",
+        },
+        {"ID": "p1", "Service": "postgres", "State": "running"},
+    ]
+    text = "\n".join(json.dumps(r) for r in rows)
+    assert [r["ID"] for r in parse_ps(text)] == ["a1", "p1"]
 
 
 def test_parse_ps_lines_and_array() -> None:
