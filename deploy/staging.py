@@ -745,7 +745,12 @@ def smoke_probes(
     proj: Project, name: str, *, process_env: Mapping[str, str] | None = None
 ) -> list[Probe]:
     """`inv <env>.smoke`: the serving release probed on every host; staging adds its profile."""
-    probes = native_hosts.probe_serving(proj, name)
+    if proj.policies[name].runtime == "compose":
+        from deploy.runtime import compose_runtime
+
+        probes = compose_runtime.probe_serving(proj, name)
+    else:
+        probes = native_hosts.probe_serving(proj, name)
     if name == "staging":
         probes += profile_checks(proj, name, process_env=process_env)
     return probes

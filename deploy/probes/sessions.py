@@ -59,16 +59,26 @@ def _loopback(host: str) -> bool:
 
 
 def neighbours(proj: Project, name: str) -> list[EnvConfig]:
-    """The other environments whose PostgreSQL runs natively on this machine: the clusters a
-    release of name must never be found on."""
+    """The other environments whose PostgreSQL runs on this machine: natively, or in a compose
+    project on this machine that publishes it on loopback. The clusters a release of name must
+    never be found on."""
     return [
         proj.envs[other]
         for other in sorted(proj.envs)
-        if other != name
-        and proj.policies.get(other) is not None
-        and proj.policies[other].runtime == "native"
-        and _loopback(proj.envs[other].database.host)
+        if other != name and _here(proj, other) and _loopback(proj.envs[other].database.host)
     ]
+
+
+def _here(proj: Project, name: str) -> bool:
+    """name's PostgreSQL runs on this machine: the native runtime's servers always do (an SSH
+    host's are reached through its URL, which names that machine); a compose project's when its
+    one host is this machine (one on an SSH host publishes on that host's loopback, not ours)."""
+    policy = proj.policies.get(name)
+    if policy is None:
+        return False
+    if policy.runtime == "native":
+        return True
+    return policy.runtime == "compose" and all(h.is_local for h in policy.hosts)
 
 
 @dataclass

@@ -37,7 +37,7 @@ from deploy.errors import (
 )
 from deploy.hosts import Host
 from deploy.policy import guards
-from deploy.probes import smoke
+from deploy.probes import sessions, smoke
 from deploy.runtime import compose_backups, compose_image, compose_rollback
 from deploy.runtime.compose_backups import ledger_argv, role_and_database
 from deploy.runtime.compose_project import (
@@ -117,6 +117,19 @@ def backup_check(proj: Project, name: str) -> guards.Check:
 def serving(rt: ComposeProject) -> str | None:
     """The tag the running app container was started from (compose ps)."""
     return rt.current_release()
+
+
+def probe_serving(proj: Project, name: str) -> list[smoke.Probe]:
+    """`inv <env>.smoke` on compose: the probes, and on this machine (where the project publishes
+    its PostgreSQL on loopback) the serving release's database sessions, as a deploy's smoke
+    asks them. On an SSH host the probes answer from this machine as before."""
+    rt = project_for(proj, name)
+    if not rt.host.is_local:
+        return smoke.run(proj.env(name), proj.service)
+    current = serving(rt)
+    return smoke.run(
+        proj.env(name), proj.service, expect_release=current, project=proj if current else None
+    )
 
 
 # -- up, down, status, logs ------------------------------------------------------------------------
@@ -515,6 +528,8 @@ class ComposeRuntime:
 
         def start() -> str:
             target.started = True
+            if ctx.host.is_local:
+                sessions.preload()  # smoke's watch of the database sessions opens connections
             rt.up(ctx.built.id, commit=ctx.built.commit)
             return f"{rt.image}:{ctx.built.id} healthy"
 
@@ -527,7 +542,7 @@ class ComposeRuntime:
             Step(
                 "smoke",
                 self._does.get("smoke", f"health, ready, release, smoke checks on {where}"),
-                lambda: _smoke(rt, self.proj.service, ctx.built.id),
+                lambda: _smoke(rt, self.proj.service, ctx.built.id, proj=self.proj),
             ),
         ]
 
@@ -646,7 +661,7 @@ class ComposeRuntime:
             Step(
                 "smoke",
                 _SMOKE_ROW,
-                lambda: _smoke(rt, self.proj.service, current, rolling_back=True),
+                lambda: _smoke(rt, self.proj.service, current, rolling_back=True, proj=self.proj),
             ),
         ]
 
@@ -700,7 +715,7 @@ class ComposeRuntime:
             Step(
                 "smoke",
                 _SMOKE_ROW,
-                lambda: _smoke(rt, self.proj.service, target, rolling_back=True),
+                lambda: _smoke(rt, self.proj.service, target, rolling_back=True, proj=self.proj),
             ),
         ]
 
@@ -743,10 +758,20 @@ class ComposeRuntime:
 _SMOKE_ROW = "health, ready, release, the [[service.smoke]] checks, redis"
 
 
-def _smoke(rt: ComposeProject, service: Service, rid: str, *, rolling_back: bool = False) -> str:
+def _smoke(
+    rt: ComposeProject,
+    service: Service,
+    rid: str,
+    *,
+    rolling_back: bool = False,
+    proj: Project | None = None,
+) -> str:
     if not rt.host.is_local:
         return _probe_on_host(rt, service, rid, rolling_back=rolling_back)
-    probes = smoke.run(rt.cfg, service, expect_release=rid)
+    # with the project, the release's database sessions are asked of every cluster on this
+    # machine, its own published on loopback (probes/sessions): a release on another
+    # environment's cluster fails smoke, whatever its URL says
+    probes = smoke.run(rt.cfg, service, expect_release=rid, project=proj)
     bad = smoke.failed(probes)
     if bad:
         what = f"smoke failed ({bad[0].name}: {bad[0].detail})"

@@ -2,7 +2,8 @@
 Docker engine, through `inv`: the tool (tests/services/sqltool.py, its own books over the
 reference service's SQL files) runs in one-off containers of the release's image as the image's
 unprivileged user, under the migration lock; a release that adds a column moves the schema; level
-2 runs the tool's `down` in the serving image and the previous tag serves again. Without an
+2 runs the tool's `down` in the serving image and the previous tag serves again; smoke finds the
+release's database sessions on the project's own PostgreSQL. Without an
 engine it skips in one line (fails under STAGEFLOW_REQUIRE_ALL=1, tests/live_engine.py).
 """
 
@@ -88,6 +89,9 @@ def test_the_tool_migrates_in_the_image_and_level_2_runs_its_down(proj: Project)
         assert a["status"] == "success" and a["migrations"] == ["base -> 0003"], a
         assert sql(p, "SELECT action, locked FROM sqltool_runs") == [("up", True)]
         assert sql(p, "SELECT to_regclass('stageflow_migrations') IS NULL") == [(True,)]
+        # the release's sessions are asked of the project's PostgreSQL, published on loopback
+        said = inv(p, "dev.smoke")
+        assert f"session(s) of {a['release']} on dev's database" in said, said
 
         mig = p.root / "app" / "migrations"
         (mig / "0004_probe.up.sql").write_text("ALTER TABLE notes ADD COLUMN probe text;\n")
