@@ -19,7 +19,8 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -234,6 +235,18 @@ class Engine:
 
     def heal(self) -> None:
         (self.dir / "fail.json").unlink(missing_ok=True)
+
+
+@contextmanager
+def stand_in(proj: Project) -> Iterator[Engine]:
+    """The stand-in engine for proj's dev; afterwards dev is taken down and the project removed."""
+    e = Engine(proj)
+    try:
+        yield e
+    finally:
+        e.heal()
+        proj.inv("dev.down", env=e.env)
+        destroy(proj)
 
 
 def _argv(calls: list[dict]) -> list[list[str]]:

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.conftest import Project, destroy, make_project
-from tests.e2e.test_compose_runtime import SECRETS, Engine
-from tests.e2e.test_session_isolation import FEED
+from tests.e2e.conftest import make_project
+from tests.e2e.test_compose_runtime import SECRETS, Engine, stand_in
+from tests.e2e.test_session_isolation import FEED, feed_legacy
 from tests.e2e.test_session_isolation import SECRETS as DECLARED
 
 
@@ -23,24 +23,8 @@ from tests.e2e.test_session_isolation import SECRETS as DECLARED
 def engine() -> Iterator[Engine]:
     p = make_project("sf-compose-sessions-")
     p.set_policy("dev", runtime='"compose"')
-    e = Engine(p)
-    try:
+    with stand_in(p) as e:
         yield e
-    finally:
-        e.heal()
-        p.inv("dev.down", env=e.env)
-        destroy(p)
-
-
-def _feed(p: Project, name: str, url: str, password: str) -> None:
-    """name's service reads its database from secrets of its own (FEED), set to url."""
-    path = p.root / "env" / f"{name}.secrets.env"
-    kept = [ln for ln in path.read_text().splitlines() if not ln.startswith("LEGACY_")]
-    path.write_text(
-        "\n".join([*kept, f"LEGACY_DATABASE_URL={url}", f"LEGACY_DATABASE_PASSWORD={password}"])
-        + "\n"
-    )
-    os.chmod(path, 0o600)
 
 
 def test_sessions_are_asked_of_a_compose_projects_cluster_too(engine: Engine) -> None:
@@ -59,14 +43,14 @@ def test_sessions_are_asked_of_a_compose_projects_cluster_too(engine: Engine) ->
     # dev's compose cluster: every URL guard passes; dev's pg_stat_activity holds its sessions
     p.edit("stageflow.toml", DECLARED, FEED)
     dev_pg = p.ports["dev"]["pg"]
-    _feed(
+    feed_legacy(
         p,
         "dev",
         f"postgresql://app_dev@127.0.0.1:{dev_pg}/stageflow_dev",
         SECRETS["POSTGRES_PASSWORD"],
     )
     # the URL's path names staging's database, so the service's own report says staging
-    _feed(
+    feed_legacy(
         p,
         "staging",
         f"postgresql://app_dev@127.0.0.1:{dev_pg}/stageflow_staging?dbname=stageflow_dev",

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.conftest import Project, destroy, make_project
+from tests.e2e.conftest import Project, make_project
 from tests.e2e.faults import connect
-from tests.e2e.test_compose_runtime import SECRETS, Engine
+from tests.e2e.test_compose_runtime import SECRETS, Engine, stand_in
 
 TOOL = ["python", "tests/services/sqltool.py"]
 MIGRATIONS = f"""[service.migrations]
@@ -46,17 +46,12 @@ def engine() -> Iterator[Engine]:
     new = new.replace('ready = "/readyz"', 'ready = "/healthz"', 1)
     toml.write_text(new)
     proj.commit("dev on compose; the service's own tool migrates")
-    e = Engine(proj)
-    shim = e.bin / "python"  # the image's python, which has psycopg
-    shim.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
-    shim.chmod(0o755)
-    try:
+    with stand_in(proj) as e:
+        shim = e.bin / "python"  # the image's python, which has psycopg
+        shim.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+        shim.chmod(0o755)
         e.inv("dev.up")
         yield e
-    finally:
-        e.heal()
-        proj.inv("dev.down", env=e.env)
-        destroy(proj)
 
 
 def _last(proj: Project) -> dict:

@@ -5,6 +5,7 @@ self-report, and is refused because prod's pg_stat_activity holds its sessions."
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 from collections.abc import Iterator
 
@@ -33,13 +34,14 @@ def proj() -> Iterator[Project]:
         destroy(p)
 
 
-def _legacy(p: Project, name: str, url: str, password: str) -> None:
+def feed_legacy(p: Project, name: str, url: str, password: str) -> None:
     path = p.root / "env" / f"{name}.secrets.env"
     kept = [ln for ln in path.read_text().splitlines() if not ln.startswith("LEGACY_")]
     path.write_text(
         "\n".join([*kept, f"LEGACY_DATABASE_URL={url}", f"LEGACY_DATABASE_PASSWORD={password}"])
         + "\n"
     )
+    os.chmod(path, 0o600)
 
 
 def _sessions(p: Project, name: str, app_name: str) -> int:
@@ -62,7 +64,7 @@ def test_a_staging_release_on_prods_cluster_is_refused_at_smoke(proj: Project) -
     staging_pg, prod_pg = proj.ports["staging"]["pg"], proj.ports["prod"]["pg"]
     # each environment's feed first points at its own database: the release passes
     for name, port in (("staging", staging_pg), ("prod", prod_pg)):
-        _legacy(
+        feed_legacy(
             proj,
             name,
             f"postgresql://app_{name}@127.0.0.1:{port}/stageflow_{name}",
@@ -80,7 +82,7 @@ def test_a_staging_release_on_prods_cluster_is_refused_at_smoke(proj: Project) -
     prod_password = next(
         ln.split("=", 1)[1] for ln in secrets if ln.startswith("POSTGRES_PASSWORD=")
     )
-    _legacy(
+    feed_legacy(
         proj,
         "staging",
         f"postgresql://app_prod@127.0.0.1:{prod_pg}/stageflow_staging?dbname=stageflow_prod",
