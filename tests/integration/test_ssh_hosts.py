@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -206,6 +207,33 @@ def test_a_host_whose_sshd_stops_fails_with_its_name(servers: list[Sshd], tmp_pa
         if not server.running:
             server.start()
         host.close()
+
+
+def _no_delay(host: Host) -> int:
+    sock = host._conn.client.get_transport().sock  # noqa: SLF001 - the socket under test
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def test_the_connection_sends_each_packet_at_once(servers: list[Sshd]) -> None:
+    """TCP_NODELAY on the SSH connection, whichever call opened it and after a reconnect: opening
+    a channel for a command is a few small packets each way, and with Nagle's algorithm each one
+    waited for the peer's delayed ACK (48 ms a command here, 12 ms without)."""
+    server = servers[1]
+    for first in (lambda h: h.run(["true"]), lambda h: h.exists("/")):
+        host = connect(server)
+        try:
+            first(host)
+            assert _no_delay(host)
+            server.stop()
+            with pytest.raises(HostError):
+                host.run(["true"], check=False)
+            server.start()
+            assert host.exists("/")  # reconnected
+            assert _no_delay(host)
+        finally:
+            if not server.running:
+                server.start()
+            host.close()
 
 
 def _sharing(server: Sshd, root: Path, homes: dict[str, Path], **changes: str) -> Project:
