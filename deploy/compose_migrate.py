@@ -28,11 +28,12 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +159,8 @@ class _Tool:
         try:
             out, err_text = proc.communicate(timeout=left)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
+            with suppress(ProcessLookupError):  # it may end on its own meanwhile
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
             raise MigrationError(
                 f"{what} `{shlex.join(argv)}` was stopped after {left:.0f}s: the deploy reached "
