@@ -745,12 +745,13 @@ def smoke_probes(
     proj: Project, name: str, *, process_env: Mapping[str, str] | None = None
 ) -> list[Probe]:
     """`inv <env>.smoke`: the serving release probed on every host; staging adds its profile."""
-    if proj.policies[name].runtime == "compose":
-        from deploy.runtime import compose_runtime
+    from deploy.engine.runtimes import close, runtime_for
 
-        probes = compose_runtime.probe_serving(proj, name)
-    else:
-        probes = native_hosts.probe_serving(proj, name)
+    rt, targets = runtime_for(proj, name)
+    try:
+        probes = rt.probe_serving()
+    finally:
+        close(targets)
     if name == "staging":
         probes += profile_checks(proj, name, process_env=process_env)
     return probes

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from deploy.engine.rollback_rules import RollbackPlan
     from deploy.engine.steps import Step
     from deploy.policy.guards import Check
+    from deploy.probes.smoke import Probe
     from deploy.releases import Release
 
 CheckFn = tuple[str, Callable[[], "Check"]]
@@ -60,6 +61,11 @@ class Runtime(Protocol):
 
     def servers_status(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(PostgreSQL and Redis, the service) as `status` shows them."""
+        ...
+
+    def probe_serving(self) -> list[Probe]:
+        """`inv <env>.smoke`: the serving release's probes, with its database sessions asked
+        where this machine reaches its cluster."""
         ...
 
     # -- deploy -------------------------------------------------------------------------------

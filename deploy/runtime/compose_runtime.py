@@ -119,19 +119,6 @@ def serving(rt: ComposeProject) -> str | None:
     return rt.current_release()
 
 
-def probe_serving(proj: Project, name: str) -> list[smoke.Probe]:
-    """`inv <env>.smoke` on compose: the probes, and on this machine (where the project publishes
-    its PostgreSQL on loopback) the serving release's database sessions, as a deploy's smoke
-    asks them. On an SSH host the probes answer from this machine as before."""
-    rt = project_for(proj, name)
-    if not rt.host.is_local:
-        return smoke.run(proj.env(name), proj.service)
-    current = serving(rt)
-    return smoke.run(
-        proj.env(name), proj.service, expect_release=current, project=proj if current else None
-    )
-
-
 # -- up, down, status, logs ------------------------------------------------------------------------
 
 
@@ -278,7 +265,8 @@ def _deploy_commands(
     build = image_build_argv(rt, ctxdir, rid)
     env_r = release_env(rt, rid)
     servers = c.up(services=SERVER_SERVICES, wait_timeout_s=rt.wait_timeout_s)
-    if proj.service.migrations.kind == "command":
+    kind = proj.service.migrations.kind
+    if kind == "command":
         up = ComposeTool(proj, name, rt, rid).argv(up=True)
     else:
         up = migrate_argv("up", release=rid, applied_by=actor, directory=migrations_dir(proj),
@@ -298,7 +286,6 @@ def _deploy_commands(
                 ),
             ]
         ]
-    kind = proj.service.migrations.kind
     ledger = [] if kind != "sql" else [ledger_argv(c, user=user, database=database)]
     return [
         f"build:   {shown(build)}",
@@ -417,6 +404,17 @@ class ComposeRuntime:
             ("processes", lambda: processes_check(self.proj)),
         ]
 
+    def probe_serving(self) -> list[smoke.Probe]:
+        """On this machine (where the project publishes its PostgreSQL on loopback) with the
+        serving release's database sessions, as a deploy's smoke asks them; on an SSH host the
+        probes answer from this machine as before."""
+        env = self.proj.env(self.name)
+        if not self.rt.host.is_local:
+            return smoke.run(env, self.proj.service)
+        current = serving(self.rt)
+        project = self.proj if current else None
+        return smoke.run(env, self.proj.service, expect_release=current, project=project)
+
     def serving(self) -> str | None:
         return serving(self.rt)
 
@@ -438,16 +436,16 @@ class ComposeRuntime:
             res = host.run(argv, check=False, timeout=1800)
         finally:
             host.remove_tree(ctxdir)  # the image holds the files now
-        if res.ok:  # what the release was built from, and later the schema it migrated
-            host.makedirs(ctxdir)
-            meta = {"id": rid, "commit": commit, "ref": ref, "dirty": dirty, "image": rt.image}
-            host.write_text(f"{ctxdir}/RELEASE.json", json.dumps(meta, indent=2))
         if not res.ok:
             raise ServiceError(
                 f"{ctx.env.name}: docker build of {rt.image}:{rid} failed (exit {res.exit_code}): "
                 f"{res.tail(1)}",
                 hint="fix the service's requirements or [service] in stageflow.toml, then deploy again",
             )
+        # what the release was built from, and later the schema it migrated
+        host.makedirs(ctxdir)
+        meta = {"id": rid, "commit": commit, "ref": ref, "dirty": dirty, "image": rt.image}
+        host.write_text(f"{ctxdir}/RELEASE.json", json.dumps(meta, indent=2))
         return releases.Release(rid, commit, ref, dirty), f"{rt.image}:{rid}"
 
     def pending(self, ctx: Context) -> list[int] | list[str]:

@@ -140,6 +140,9 @@ class NativeRuntime:
             out.append(("hosts", lambda: hosts_answer(self.targets)))
         return out
 
+    def probe_serving(self) -> list[smoke.Probe]:
+        return native_hosts.probe_serving(self.proj, self.name)
+
     def serving(self) -> str | None:
         primary = self.targets[0]
         return releases.current_release(primary.host, primary.layout)
