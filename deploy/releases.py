@@ -774,9 +774,13 @@ def _launch_master(
     return pid
 
 
+_MARK = re.compile(r"(ok|fail)-[0-9]+")
+
+
 def _marks(host: Host, ready: str) -> tuple[int, str | None]:
     """(workers that answered, the first failure's report or None)."""
-    names = host.listdir(ready)
+    # a mark is "<ok|fail>-<pid>"; anything else (a mark still being written) is not one yet
+    names = [n for n in host.listdir(ready) if _MARK.fullmatch(n)]
     failed = sorted(n for n in names if n.startswith("fail-"))
     if failed:
         return 0, (host.read_text(f"{ready}/{failed[0]}") or "").strip() or "no answer"

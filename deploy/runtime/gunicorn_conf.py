@@ -414,9 +414,11 @@ class ReadyAtStartup:
 
 def _mark(kind: str, pid: int, text: str) -> None:
     path = os.path.join(_READY_DIR, f"{kind}-{pid}")
-    with open(f"{path}.tmp", "w", encoding="utf-8") as fh:
+    # written under a hidden name, then renamed: the deploy never reads a mark before its text
+    draft = os.path.join(_READY_DIR, f".{kind}-{pid}.draft")
+    with open(draft, "w", encoding="utf-8") as fh:
         fh.write(text)
-    os.replace(f"{path}.tmp", path)  # the deploy never reads half a mark
+    os.replace(draft, path)
 
 
 # -- gunicorn's hooks -----------------------------------------------------------------------------

@@ -425,3 +425,34 @@ def test_no_master_takes_the_users_shared_control_socket() -> None:
     conf = Path(__file__).resolve().parents[2] / "deploy" / "runtime" / "gunicorn_conf.py"
     loader.load_config_from_file(str(conf))
     assert loader.cfg.control_socket_disable is True
+
+
+# -- the ready marks --------------------------------------------------------------------------------
+
+
+def test_a_mark_being_written_is_not_read_as_an_answer(tmp_path: Path, monkeypatch) -> None:
+    """A worker writes its verdict under a name the deploy does not count, then renames it: a
+    deploy that lists the directory in between neither halts on an empty "fail" nor counts a
+    worker twice."""
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    (ready / "fail-12.tmp").write_text("")  # a writer that opened its file and wrote nothing yet
+    (ready / "ok-13.tmp").write_text("")
+    assert releases._marks(Host(), str(ready)) == (0, None)
+    for name in ("fail-12.tmp", "ok-13.tmp"):
+        (ready / name).unlink()
+
+    seen: list[tuple[int, str | None]] = []
+    real_replace = os.replace
+
+    def replace(src: str, dst: str) -> None:
+        seen.append(releases._marks(Host(), str(ready)))  # the moment before the rename
+        real_replace(src, dst)
+
+    monkeypatch.setattr(hooks, "_READY_DIR", str(ready))
+    monkeypatch.setattr(hooks.os, "replace", replace)
+    hooks._mark("fail", 12, '503 {"ready": false}')
+    assert seen == [(0, None)]
+    assert releases._marks(Host(), str(ready)) == (0, '503 {"ready": false}')
+    hooks._mark("ok", 13, "200 ok")
+    assert sorted(p.name for p in ready.iterdir()) == ["fail-12", "ok-13"]
