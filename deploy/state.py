@@ -101,6 +101,11 @@ class Layout:
         return self._p("state", "service.env")
 
     @property
+    def compose_processes(self) -> str:
+        """The compose runtime's file of [service.processes], one compose service each (no secret)."""
+        return self._p("state", "compose.processes.yml")
+
+    @property
     def freeze(self) -> str:
         return self._p("state", "frozen.json")
 

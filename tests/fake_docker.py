@@ -27,8 +27,13 @@ would, with the repository's real parts:
   loopback with POSTGRES_PASSWORD from compose's environment;
 - `compose cp SERVICE:PATH HOST_PATH` (or the other way) copies that file out of (or into) the
   container's directory; `down` removes the containers, so their files go;
+- a service of [service.processes] is one the runtime's generated `-f` file declares (`proc-<name>`,
+  its `command:` the process's argv): `up --no-deps --no-recreate --scale proc-NAME=N ...` starts
+  process "containers" (the argv in the image's directory, with the app's environment, under a
+  shell that keeps its exit code) beside the running ones until N run; `docker inspect --format`
+  says how each runs (state, restarts, exit code), `docker logs --tail N ID` what it printed;
 - `compose ps --format json` answers from what runs (state.json: "app" is the container the front
-  sends new connections to); `restart`, `stop`, `down`,
+  sends new connections to); `restart`, `stop` (of the services named, or all), `down`,
   `logs`, `config` do what their names say;
 - $FAKE_DOCKER_DIR/fail.json ({"subcommand": "up", "commit": SHA}) makes that subcommand exit 1
   when the call's STAGEFLOW_COMMIT is SHA (or always, without "commit").
@@ -52,7 +57,9 @@ STATE = Path(os.environ.get("FAKE_DOCKER_DIR", ".fake-docker")).resolve()
 
 def _load() -> dict:
     path = STATE / "state.json"
-    return json.loads(path.read_text()) if path.exists() else {"app": None, "apps": {}}
+    state = json.loads(path.read_text()) if path.exists() else {"app": None, "apps": {}}
+    state.setdefault("procs", {})
+    return state
 
 
 def _save(state: dict) -> None:
@@ -331,6 +338,88 @@ def _new_app(state: dict, env, ref: str, project: str) -> int:
     return 0
 
 
+# -- the service's processes: compose services the runtime's generated -f file declares -----------
+
+
+def _declared_processes(files: list[str]) -> dict[str, list[str]]:
+    """proc-<name> -> its command, from the compose files given with -f (compose's $$ is $)."""
+    import yaml
+
+    out: dict[str, list[str]] = {}
+    for f in files:
+        path = Path(f)
+        if not path.is_file():
+            continue
+        services = (yaml.safe_load(path.read_text()) or {}).get("services") or {}
+        for name, spec in services.items():
+            if name.startswith("proc-") and isinstance(spec, dict) and spec.get("command"):
+                out[name] = [str(a).replace("$$", "$") for a in spec["command"]]
+    return out
+
+
+def _spawn_proc(cid: str, proc: dict, env) -> None:
+    """The process's argv in the image's directory; a shell around it keeps its exit code."""
+    image = _image_dir(proc["image"])
+    argv = [
+        sys.executable if a == "python" and i == 0 else a for i, a in enumerate(proc["command"])
+    ]
+    exitfile = STATE / f"{cid}.exit"
+    exitfile.unlink(missing_ok=True)
+    log = open(STATE / f"{cid}.log", "a")  # noqa: SIM115 - the child keeps it
+    proc_ = subprocess.Popen(
+        ["sh", "-c", '"$@"; echo $? > "$0"', str(exitfile), *argv],
+        cwd=image,
+        env=_container_env(env),
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    proc["pid"] = proc_.pid
+
+
+def _new_proc(state: dict, env, service: str, command: list[str], ref: str, project: str) -> int:
+    if not _image_dir(ref).is_dir():
+        print(f"Error response from daemon: pull access denied for {ref}", file=sys.stderr)
+        return 1
+    state["number"] = state.get("number", 0) + 1
+    cid = f"fakeproc{state['number']:04d}"
+    proc = {"service": service, "image": ref, "command": command, "restarts": 0}
+    proc["name"] = f"{project}-{service}-{state['number']}"
+    _spawn_proc(cid, proc, env)
+    state["procs"][cid] = proc
+    _save(state)
+    return 0
+
+
+def _stop_procs(state: dict, ids: list[str]) -> None:
+    """TERM to the process's group (its shell and the argv), KILL after ten seconds."""
+    for cid in ids:
+        pid = state["procs"][cid].get("pid")
+        if not pid:
+            continue
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            for _ in range(200):
+                if not _alive(pid):
+                    break
+                time.sleep(0.05)
+            else:
+                os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        state["procs"][cid]["pid"] = None
+    _save(state)
+
+
+def _proc_state(cid: str, proc: dict) -> str:
+    """`docker inspect --format '{{.State.Status}} {{.RestartCount}} {{.State.ExitCode}}'`."""
+    if _alive(proc.get("pid")):
+        return f"running {proc.get('restarts', 0)} 0"
+    exitfile = STATE / f"{cid}.exit"
+    code = exitfile.read_text().strip() if exitfile.exists() else "143"  # stopped by a signal
+    return f"exited {proc.get('restarts', 0)} {code or '143'}"
+
+
 # The front as compose.yml runs it: the runtime's own program (STAGEFLOW_FRONT_CODE), on loopback,
 # where a container's id (its name on the project network) is the port the stand-in gave it.
 FRONT_BOOT = """
@@ -430,6 +519,17 @@ def _ps(state: dict, env, project: str) -> None:
                 "Health": "healthy",
             }
         )
+    for cid, proc in state["procs"].items():
+        rows.append(
+            {
+                "Service": proc["service"],
+                "ID": cid,
+                "Name": proc["name"],
+                "Image": proc["image"],
+                "State": "running" if _alive(proc.get("pid")) else "exited",
+                "Health": "",
+            }
+        )
     for cid, app in state["apps"].items():
         up = _alive(app["pid"])
         rows.append(
@@ -508,12 +608,14 @@ def _cp(source: str, destination: str) -> int:
 
 
 def compose(args: list[str]) -> int:
-    env_files, i, project = [], 0, "stageflow"
+    env_files, i, project, files = [], 0, "stageflow", []
     while i < len(args) and args[i] in ("-p", "--env-file", "-f"):
         if args[i] == "--env-file":
             env_files.append(args[i + 1])
         if args[i] == "-p":
             project = args[i + 1]
+        if args[i] == "-f":
+            files.append(args[i + 1])
         i += 2
     sub, rest = args[i], args[i + 1 :]
     if sub == "version":
@@ -527,7 +629,7 @@ def compose(args: list[str]) -> int:
     if sub == "config":
         return 0
     if sub == "up":
-        return _up(state, env, rest, project)
+        return _up(state, env, rest, project, _declared_processes(files))
     if sub == "ps":
         _ps(state, env, project)
         return 0
@@ -545,19 +647,31 @@ def compose(args: list[str]) -> int:
                 return 1
             return _in_image(state["app"]["image"], argv, env)
         return _in_image(_ref(), argv, env)
+    named = [a for a in rest if not a.startswith("-") and not a.isdigit()]
     if sub == "restart":
-        for app in state["apps"].values():
-            _kill(app["pid"])
-            _spawn_app(app, env)
-            _settle(app)
+        if not named or "app" in named:
+            for app in state["apps"].values():
+                _kill(app["pid"])
+                _spawn_app(app, env)
+                _settle(app)
+        procs = [c for c, p in state["procs"].items() if not named or p["service"] in named]
+        _stop_procs(state, procs)
+        for cid in procs:
+            _spawn_proc(cid, state["procs"][cid], env)
         _sync(state)
         return 0
     if sub == "stop":
-        _stop_app(state)
+        _stop_procs(
+            state, [c for c, p in state["procs"].items() if not named or p["service"] in named]
+        )
+        if not named or "app" in named:
+            _stop_app(state)
         return 0
     if sub == "cp":
         return _cp(*rest[-2:])
     if sub == "down":
+        _stop_procs(state, list(state["procs"]))
+        state["procs"] = {}
         _stop_app(state)
         _kill((state.pop("front", None) or {}).get("pid"))
         state["apps"], state["serving"] = {}, None
@@ -573,18 +687,24 @@ def compose(args: list[str]) -> int:
     return 1
 
 
-def _up(state: dict, env, rest: list[str], project: str) -> int:
-    """`up` of the servers and the front, or (--scale app=N --no-recreate) app containers of the
-    release compose interpolates beside the running ones until N run; none is ever recreated."""
+def _up(state: dict, env, rest: list[str], project: str, procs: dict[str, list[str]]) -> int:
+    """`up` of the servers and the front, or (--scale S=N --no-recreate) app or process
+    containers of the release compose interpolates beside the running ones until N run; none is
+    ever recreated."""
     services = [a for a in rest if a in SERVICES] or list(SERVICES)
     if "--scale" in rest and "--no-deps" in rest:
-        count = int(rest[rest.index("--scale") + 1].partition("=")[2])
-        for cid in [c for c, a in state["apps"].items() if not _alive(a["pid"])]:
-            _spawn_app(state["apps"][cid], env)  # compose starts a stopped one first
-            _settle(state["apps"][cid])
-        while len(state["apps"]) < count:
-            if _new_app(state, env, _ref(), project):
-                return 1
+        scales = [rest[j + 1].partition("=") for j, a in enumerate(rest) if a == "--scale"]
+        for service, _, count in scales:
+            if service != "app":
+                if _scale_proc(state, env, service, int(count), procs, project):
+                    return 1
+                continue
+            for cid in [c for c, a in state["apps"].items() if not _alive(a["pid"])]:
+                _spawn_app(state["apps"][cid], env)  # compose starts a stopped one first
+                _settle(state["apps"][cid])
+            while len(state["apps"]) < int(count):
+                if _new_app(state, env, _ref(), project):
+                    return 1
         _sync(state)
         return 0
     wanted = [s for s in ("postgres", "redis") if s in services]
@@ -594,6 +714,22 @@ def _up(state: dict, env, rest: list[str], project: str) -> int:
         _servers(env).up()
     if "front" in services:
         return _start_front(state, env)
+    return 0
+
+
+def _scale_proc(
+    state: dict, env, service: str, count: int, procs: dict[str, list[str]], project: str
+) -> int:
+    if service not in procs:
+        print(f"no such service: {service}", file=sys.stderr)
+        return 1
+    mine = {c: p for c, p in state["procs"].items() if p["service"] == service}
+    for cid, proc in mine.items():
+        if not _alive(proc.get("pid")):
+            _spawn_proc(cid, proc, env)  # compose starts a stopped one first
+    for _ in range(count - len(mine)):
+        if _new_proc(state, env, service, procs[service], _ref(), project):
+            return 1
     return 0
 
 
@@ -655,15 +791,41 @@ def main(argv: list[str]) -> int:
     if argv[:1] in (["stop"], ["rm"]):
         state = _load()
         ids = [a for a in argv[1:] if not a.startswith("-") and a in state["apps"]]
+        procs = [a for a in argv[1:] if a in state["procs"]]
         if argv[0] == "stop":
+            _stop_procs(state, procs)
             _stop_app(state, ids)
             return 0
-        if any(_alive(state["apps"][cid]["pid"]) for cid in ids):
+        if any(_alive(state["apps"][cid]["pid"]) for cid in ids) or any(
+            _alive(state["procs"][cid].get("pid")) for cid in procs
+        ):
             print("Error response from daemon: cannot remove a running container", file=sys.stderr)
             return 1
         for cid in ids:
             del state["apps"][cid]
+        for cid in procs:
+            del state["procs"][cid]
+            for suffix in (".log", ".exit"):
+                (STATE / f"{cid}{suffix}").unlink(missing_ok=True)
         _sync(state)
+        return 0
+    if argv[:1] == ["inspect"]:
+        state = _load()
+        ids = [a for a in argv[1:] if a.startswith("fakeproc")]
+        missing = [cid for cid in ids if cid not in state["procs"]]
+        if missing or not ids:
+            print(f"Error: No such object: {(missing or ['(none)'])[0]}", file=sys.stderr)
+            return 1
+        for cid in ids:
+            print(_proc_state(cid, state["procs"][cid]))
+        return 0
+    if argv[:1] == ["logs"]:
+        cid, tail = argv[-1], int(argv[argv.index("--tail") + 1])
+        log = STATE / f"{cid}.log"
+        if cid not in _load()["procs"] or not log.exists():
+            print(f"Error: No such container: {cid}", file=sys.stderr)
+            return 1
+        print("\n".join(log.read_text().splitlines()[-tail:]))
         return 0
     if argv[:2] == ["image", "inspect"]:
         return 0 if _image_dir(argv[-1]).is_dir() else 1

@@ -66,16 +66,14 @@ class ComposeCommands:
     def beside(self, service: str, *, count: int) -> list[str]:
         """One more container of service's current model beside the `count - 1` running ones: no
         existing container is recreated, and the servers it depends on are left alone."""
-        return [
-            *self.base(),
-            "up",
-            "-d",
-            "--no-deps",
-            "--no-recreate",
-            "--scale",
-            f"{service}={count}",
-            service,
-        ]
+        return self.scale_up({service: count})
+
+    def scale_up(self, counts: Mapping[str, int]) -> list[str]:
+        """beside() for several services at once: each service up to its count, in one call."""
+        argv = [*self.base(), "up", "-d", "--no-deps", "--no-recreate"]
+        for service, count in counts.items():
+            argv += ["--scale", f"{service}={count}"]
+        return [*argv, *counts]
 
     def pull(self, *, services: Sequence[str] = ()) -> list[str]:
         return [*self.base(), "pull", "--quiet", *services]
@@ -163,6 +161,20 @@ def stop_containers(ids: Sequence[str], *, timeout_s: int) -> list[str]:
 def remove_containers(ids: Sequence[str]) -> list[str]:
     """Remove stopped containers (a replaced release's, or one that never became ready)."""
     return [DOCKER, "rm", *ids]
+
+
+# one line per container, in the order asked: its state, its restarts, its last exit code
+CONTAINER_STATE_FORMAT = "{{.State.Status}} {{.RestartCount}} {{.State.ExitCode}}"
+
+
+def container_states(ids: Sequence[str]) -> list[str]:
+    """How the engine sees each container: a process that exited or was restarted did not start."""
+    return [DOCKER, "inspect", "--format", CONTAINER_STATE_FORMAT, *ids]
+
+
+def container_logs(container: str, *, tail: int) -> list[str]:
+    """The last lines one container printed (a process that did not start says why there)."""
+    return [DOCKER, "logs", "--tail", str(tail), container]
 
 
 def engine_info() -> list[str]:

@@ -94,6 +94,12 @@ def dockerfile(service: Service) -> str:
     return "\n".join(lines) + "\n"
 
 
+def image_tag(image: str) -> str | None:
+    """registry:5000/name:tag -> tag (a release id); None when the reference carries no tag."""
+    name, sep, tag = image.rpartition(":")
+    return tag if sep and name and "/" not in tag else None
+
+
 def dockerignore() -> str:
     return (
         "# Made by stageflow: nothing secret or local reaches the image.\n"

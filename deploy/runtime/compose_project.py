@@ -17,6 +17,8 @@ from deploy.engine import group
 from deploy.errors import ConfigError, MigrationError, ServiceError, UsageError
 from deploy.hosts import CommandResult, Host
 from deploy.runtime.compose_image import CONTAINER_PORT
+from deploy.runtime.compose_image import image_tag as image_tag
+from deploy.runtime.compose_processes import ComposeProcesses, override
 from deploy.secrets import REDACTED, scrub
 from deploy.service import Service
 from deploy.settings import container_settings, env_file_text
@@ -117,16 +119,22 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist", hint="restore it from the repository") from None
+    return parse_yaml(text, path.name)
+
+
+def parse_yaml(text: str, name: str) -> dict[str, Any]:
     import yaml  # loaded only when files are rendered offline: `inv --list` stays fast
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist", hint="restore it from the repository") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path.name}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{name}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path.name}: a compose file must be a mapping at the top")
+        raise ConfigError(f"{name}: a compose file must be a mapping at the top")
     return data
 
 
@@ -254,12 +262,6 @@ def parse_ps(stdout: str) -> list[dict[str, Any]]:
     return [r for r in rows if "com.docker.compose.oneoff=True" not in str(r.get("Labels", ""))]
 
 
-def image_tag(image: str) -> str | None:
-    """registry:5000/name:tag -> tag; None when the reference carries no tag."""
-    name, sep, tag = image.rpartition(":")
-    return tag if sep and name and "/" not in tag else None
-
-
 def previous_release(entries: Sequence[Mapping[str, Any]], current: str | None) -> str | None:
     """The newest successful release other than current, from history oldest first."""
     for entry in reversed(entries):
@@ -299,6 +301,7 @@ class ComposeProject:
         wait_timeout_s: int = 120,
         service: Service | None = None,
         settings_path: str | None = None,
+        processes_path: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.host = host
@@ -312,6 +315,11 @@ class ComposeProject:
         self.wait_timeout_s = wait_timeout_s
         self._engine_checked = False
         self._servers_up = False
+        # [service.processes]: one compose service each, in a file written before the first
+        # compose command and passed to every one (compose_processes)
+        self.processes = ComposeProcesses(self)
+        self.processes_path = processes_path
+        self._processes_written = False
 
     # -- plumbing -----------------------------------------------------------------------------
     @property
@@ -320,12 +328,32 @@ class ComposeProject:
 
     def commands(self) -> ComposeCommands:
         secrets_present = self.host.exists(str(PurePosixPath(self.root, self._secrets_rel)))
+        files = cmd.compose_files(self.cfg.name)
+        if self.processes.declared and self.processes_path:
+            files = (*files, self.processes_path)
         return cmd.ComposeCommands(
             project=self.cfg.compose_project,
             env_file=f"env/{self.cfg.name}.env",
-            files=cmd.compose_files(self.cfg.name),
+            files=files,
             secrets_file=self._secrets_rel if secrets_present else None,
         )
+
+    def _write_processes(self) -> None:
+        """The processes' compose file, from the app service as the environment's compose files
+        (on the project's host) define it, once per operation."""
+        if self._processes_written or not (self.processes.declared and self.processes_path):
+            return
+        model: dict[str, Any] = {}
+        for rel in cmd.compose_files(self.cfg.name):
+            path = str(PurePosixPath(self.root, rel))
+            text = self.host.read_text(path)
+            if text is None:
+                raise ConfigError(f"{rel} does not exist", hint="restore it from the repository")
+            model = merge(model, parse_yaml(text, PurePosixPath(rel).name))
+        app = (model.get("services") or {}).get(APP_SERVICE) or {}
+        text = override(app, self.processes.declared)
+        self.host.write_text(self.processes_path, text, mode=0o600)
+        self._processes_written = True
 
     def scrub(self, text: str) -> str:
         return scrub(text, self.cfg.secret_values())
@@ -386,6 +414,7 @@ class ComposeProject:
             extra["STAGEFLOW_COMMIT"] = commit
         commands = self.commands()
         env = self._run_env(commands, extra)
+        self._write_processes()
         if release is not None and self.service is not None and self.settings_path:
             self._write_settings(release)
             env[SERVICE_ENV_KEY] = self.settings_path
@@ -457,7 +486,28 @@ class ComposeProject:
         if len(running) == 1 and image_tag(str(running[0].get("Image", ""))) == release:
             self._await(running[0], release, healthy=True)  # a level 1 restart: up --wait's verdict
             self._point_front(running[0], release)
+            self.processes.switch(release, commit=commit)
             return self.status()
+        # where the front goes back to when the new release's processes do not start
+        back = self.serving_row(running) if self.processes.declared else None
+        new = self._switch_to_new(release, commit, running)
+        self._start_processes(release, commit, new, back)
+        self.processes.retire(release)  # the previous release's, once release's started
+        self._remove(running, stop=True)
+        # compose's healthcheck first runs an interval after the start: its verdict is awaited
+        # here, after the switch and the old containers' drain, not before them
+        rows = self.status()
+        row = next((r for r in rows if r.get("ID") == new.get("ID")), {})
+        if row.get("State") != "running" or row.get("Health") not in (None, "", "healthy"):
+            self._await(row, release, healthy=True)
+            rows = self.status()
+        return rows
+
+    def _switch_to_new(
+        self, release: str, commit: str | None, running: Sequence[Mapping[str, Any]]
+    ) -> Mapping[str, Any]:
+        """A container of release beside the running ones, and the front moved to it once it
+        answers; when it does not, it goes and the old release still serves."""
         res = self.run(
             lambda c: c.beside(APP_SERVICE, count=len(running) + 1), release=release, commit=commit
         )
@@ -471,15 +521,35 @@ class ComposeProject:
         except ServiceError:
             self._remove(new, stop=True)  # the front never moved: the old release still serves
             raise
-        self._remove(running, stop=True)
-        # compose's healthcheck first runs an interval after the start: its verdict is awaited
-        # here, after the switch and the old containers' drain, not before them
-        rows = self.status()
-        row = next((r for r in rows if r.get("ID") == new[0].get("ID")), {})
-        if row.get("State") != "running" or row.get("Health") not in (None, "", "healthy"):
-            self._await(row, release, healthy=True)
-            rows = self.status()
-        return rows
+        return new[0]
+
+    def _start_processes(
+        self,
+        release: str,
+        commit: str | None,
+        new: Mapping[str, Any],
+        back: Mapping[str, Any] | None,
+    ) -> None:
+        """release's processes, now that it serves; when one does not start, the front goes back
+        to the container that served (not stopped yet, nor its processes) and the new one goes."""
+        try:
+            self.processes.start(release, commit=commit)
+        except ServiceError:
+            try:
+                if back is not None:
+                    self._point_front(back, image_tag(str(back.get("Image", ""))) or "")
+                self._remove([new], stop=True)
+            except ServiceError:
+                pass  # the deploy's revert switches back from where this stopped
+            raise
+
+    def restarted(self) -> tuple[str, ...]:
+        """What level 1 restarts: the app, the servers and the service's processes."""
+        return (*RESTARTED, *self.processes.services)
+
+    def with_processes(self, *services: str) -> list[str]:
+        """services and the service's processes (what stops with the app)."""
+        return [*services, *self.processes.services]
 
     def app_rows(self) -> list[dict[str, Any]]:
         return [r for r in self.status() if r.get("Service") == APP_SERVICE]
@@ -624,7 +694,7 @@ class ComposeProject:
             raise ServiceError(
                 f"{self.cfg.name} has no running release to restart", hint="deploy one first"
             )
-        res = self.run(lambda c: c.restart(services=RESTARTED))
+        res = self.run(lambda c: c.restart(services=self.restarted()))
         if not res.ok:
             raise self.failed("compose restart", res)
         return self.up(current)
@@ -671,7 +741,11 @@ def project_for(
     if host is None or layout is None:
         host, layout = place(proj, name)
     env = proj.env(name)
-    settings = {"service": proj.service, "settings_path": layout.service_env}
+    settings = {
+        "service": proj.service,
+        "settings_path": layout.service_env,
+        "processes_path": layout.compose_processes,
+    }
     if host.is_local:
         return ComposeProject(env, host, root=proj.root, **settings)
     root = str(PurePosixPath(layout.home, "compose"))
@@ -707,10 +781,15 @@ def switch_shown(rt: ComposeProject, release: str, commit: str | None = None) ->
         ready_s=5,
         drain_s=DRAIN_S,
     )
+    # the release's processes start once it serves; the previous release's stop then
+    processes = [
+        shown(argv, env if i == 0 else None) for i, argv in enumerate(rt.processes.switch_argv(c))
+    ]
     return [
         shown(c.up(services=FRONT_UP, wait_timeout_s=rt.wait_timeout_s), env),
         shown(c.beside(APP_SERVICE, count=2), env),
         shown(switch),
+        *processes,
         shown(cmd.stop_containers([old], timeout_s=DRAIN_S)),
         shown(cmd.remove_containers([old])),
     ]

@@ -106,7 +106,7 @@ def _level3_plan(
         c, user=user, database=database, backup_id=chosen["id"], backups_dir=layout.backups
     )
     commands = [
-        f"stop:    {shown(c.stop(services=[APP_SERVICE]), release_env(rt, current))}",
+        f"stop:    {shown(c.stop(services=rt.with_processes(APP_SERVICE)), release_env(rt, current))}",
         *(f"restore: {shown(argv, env_img)}" for argv in restore),
         *(f"start:   {line}" for line in switch_shown(rt, target, commit_of(entries, target))),
     ]

@@ -43,7 +43,6 @@ from deploy.runtime.compose_backups import ledger_argv, role_and_database
 from deploy.runtime.compose_project import (
     APP_SERVICE,
     REQUIRED_SECRETS,
-    RESTARTED,
     SERVER_SERVICES,
     ComposeProject,
     check_release,
@@ -142,11 +141,13 @@ def container_status(proj: Project, name: str) -> dict[str, Any]:
     """postgres, redis and app as `compose ps` sees them; an absent engine is a detail, not a crash."""
     env = proj.env(name)
     rows: list[dict[str, Any]] = []
-    problem, app_row = None, None
+    problem, app_row, processes = None, None, []
     try:
         rt = project_for(proj, name)
         rows = rt.status()
         app_row = rt.serving_row(rows)
+        current = image_tag(str(app_row.get("Image", ""))) if app_row else None
+        processes = rt.processes.status(rows, current)
     except DeployError as err:
         problem = err.line()
     by = {str(r.get("Service")): r for r in rows}
@@ -166,6 +167,7 @@ def container_status(proj: Project, name: str) -> dict[str, Any]:
             "up": healthy(app_row) and healthy(by.get(cmd.FRONT_SERVICE)),
             "port": env.app_port,
             "release": image_tag(str(app_row.get("Image", ""))) if app_row else None,
+            "processes": processes,
         },
     }
 
@@ -217,11 +219,7 @@ def _deploy_rows(
             f"{layout.backups} on {host.name}",
         ),
         ("migrate", _migrate_row(proj, rid)),
-        (
-            "start",
-            f"{rt.image}:{rid} beside the serving container; the front moves to it once health "
-            "and ready answer, the old one drains and stops; a failure leaves the old one serving",
-        ),
+        ("start", _start_row(rt, rid)),
         ("smoke", f"health, ready, version, identity, postgres, redis on {where}"),
         (
             "verify",
@@ -231,6 +229,20 @@ def _deploy_rows(
         ("prune", f"keep {policy.keep_releases} images: docker image rm the one that falls out"),
         ("unlock", f"rmdir {layout.lock}"),
     ]
+
+
+def _start_row(rt: ComposeProject, rid: str) -> str:
+    row = (
+        f"{rt.image}:{rid} beside the serving container; the front moves to it once health "
+        "and ready answer, the old one drains and stops; a failure leaves the old one serving"
+    )
+    names = [name for name, _ in rt.processes.declared]
+    if names:
+        row += (
+            f"; then {', '.join(names)} in containers of {rid}'s image beside the old ones, which "
+            "stop once the new ones run (one that exits sends the front back)"
+        )
+    return row
 
 
 def _migrate_row(proj: Project, rid: str) -> str:
@@ -337,14 +349,12 @@ def migrations_check(proj: Project) -> guards.Check:
 
 
 def processes_check(proj: Project) -> guards.Check:
-    """The compose project runs the web service alone: a declared worker would silently not run."""
+    """What runs beside the web service: each of [service.processes] in a container of the
+    release's image (compose_processes)."""
     names = [name for name, _ in proj.service.processes]
     if names:
         return guards.Check(
-            "processes",
-            False,
-            f"the compose runtime runs the web service only, not [service.processes] "
-            f'{", ".join(names)}: use runtime = "native" for this environment',
+            "processes", True, f"{', '.join(names)}: a container each, of the release's image"
         )
     return guards.Check("processes", True, "the web service only")
 
@@ -552,7 +562,7 @@ class ComposeRuntime:
             if prev:
                 rt.up(prev, commit=commit_of(history(ctx.host, ctx.layout), prev))
                 return prev
-            res = rt.run(lambda c: c.stop(services=[APP_SERVICE]), release=rid)
+            res = rt.run(lambda c: c.stop(services=rt.with_processes(APP_SERVICE)), release=rid)
             if not res.ok:
                 raise rt.failed("stopping the app", res)
         except DeployError as err:
@@ -634,7 +644,8 @@ class ComposeRuntime:
         return {
             "schema": (schema.describe() if schema else "") + image,
             "freeze": f"write {ctx.layout.freeze}: deploys refused until unfreeze",
-            "stop": f"stop the app container ({p.current})",
+            "stop": f"stop the app container ({p.current})"
+            + (" and its processes" if self.rt.processes.declared else ""),
             "restore": f"copy {info.get('id')}.dump into the postgres container; drop and "
             f"recreate {ctx.env.database.name}; pg_restore it there",
         }
@@ -644,7 +655,9 @@ class ComposeRuntime:
 
         def restart() -> str:
             commit = commit_of(self._entries, current)
-            res = rt.run(lambda c: c.restart(services=RESTARTED), release=current, commit=commit)
+            res = rt.run(
+                lambda c: c.restart(services=rt.restarted()), release=current, commit=commit
+            )
             if not res.ok:
                 raise rt.failed("compose restart", res)
             return f"{len(rt.up(current, commit=commit))} containers healthy"
@@ -652,8 +665,9 @@ class ComposeRuntime:
         return [
             Step(
                 "restart",
-                f"restart {current}'s app, postgres and redis (the front keeps its "
-                "connections), then point the front at it",
+                f"restart {current}'s app, postgres and redis"
+                + (" and processes" if rt.processes.declared else "")
+                + " (the front keeps its connections), then point the front at it",
                 restart,
             ),
             Step(
@@ -718,7 +732,8 @@ class ComposeRuntime:
         ]
 
     def stop_service(self, ctx: Context, p: RollbackPlan) -> str:
-        res = self.rt.run(lambda c: c.stop(services=[APP_SERVICE]), release=p.current)
+        stopped = self.rt.with_processes(APP_SERVICE)  # no worker writes while the restore runs
+        res = self.rt.run(lambda c: c.stop(services=stopped), release=p.current)
         if not res.ok:
             raise self.rt.failed("stopping the app", res)
         return f"{p.current} stopped"
