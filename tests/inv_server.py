@@ -1,7 +1,7 @@
 """`inv` for the tests without paying for Python's start each time: a process per test project that
 has imported invoke, the project's engine and the drivers once, and forks one child per command.
 
-    python tests/inv_server.py SOCKET ROOT
+    SF_INV_SERVER='["SOCKET", "ROOT"]' python tests/inv_server.py
 
 Each child is the `inv` process a test would have started: it takes the test's stdin, stdout and
 stderr (passed over the socket), its environment, working directory and argv, and runs invoke's
@@ -84,6 +84,7 @@ def _serve(sock_path: str, root: str) -> dict:
     for name in _WARM:
         __import__(name)
     seen = _loaded_under(root)
+    os.chdir("/")  # nothing of this server runs in the project: a test of what runs there sees none
     gc.collect()
     gc.freeze()  # what was imported stays out of the children's collections: fewer copied pages
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -98,8 +99,8 @@ def _serve(sock_path: str, root: str) -> dict:
         try:
             conn, _ = listener.accept()
         except TimeoutError:
-            if os.getppid() != parent:
-                os._exit(0)  # the test session is gone
+            if os.getppid() != parent or not os.path.isdir(root):
+                os._exit(0)  # the test session or the project is gone
             continue
         if os.fork() == 0:
             listener.close()
@@ -169,8 +170,10 @@ class _Server:
         Path(self.sock).unlink(missing_ok=True)
         Path(f"{self.sock}.new").unlink(missing_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, self.sock, str(self.root)],
-            env=env,
+            [sys.executable, __file__],
+            # not on the command line: a test looking for what runs under the project's root
+            # finds the commands it ran, not this server
+            env={**env, "SF_INV_SERVER": json.dumps([self.sock, str(self.root)])},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -290,4 +293,4 @@ def _text(chunks: list[bytes]) -> str:
 
 
 if __name__ == "__main__":
-    _run(_serve(sys.argv[1], sys.argv[2]))
+    _run(_serve(*json.loads(os.environ.pop("SF_INV_SERVER"))))
