@@ -159,6 +159,11 @@ def _run(request: dict) -> None:
 # -- the tests' side ----------------------------------------------------------------------------
 
 
+class Unavailable(RuntimeError):
+    """The project's engine does not import as a whole (a test broke it on purpose, say): the
+    caller runs the `inv` script instead, which reports what a user would see."""
+
+
 class _Server:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -181,7 +186,8 @@ class _Server:
         deadline = time.monotonic() + 120
         while not os.path.exists(self.sock):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the inv server for {self.root} did not start")
+                self.stop()
+                raise Unavailable(f"the inv server for {self.root} did not start")
             time.sleep(0.01)
 
     def stop(self) -> None:

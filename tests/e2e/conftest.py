@@ -60,8 +60,11 @@ class Project:
             if a.endswith(".up"):
                 self.started.add(a.split(".")[0])
         if not SPAWN:
-            return inv_server.run(self.root, [INV, *args], env=full_env, timeout=timeout,
-                                  kill_at=kill_at)  # fmt: skip
+            try:
+                return inv_server.run(self.root, [INV, *args], env=full_env, timeout=timeout,
+                                      kill_at=kill_at)  # fmt: skip
+            except inv_server.Unavailable:
+                pass
         argv = [sys.executable, KILLPOINT, kill_at, *args] if kill_at else [INV, *args]
         return subprocess.run(
             argv,
