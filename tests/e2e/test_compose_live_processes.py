@@ -9,7 +9,6 @@ tests/live_engine.py).
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
 import time
@@ -18,39 +17,23 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.e2e.conftest import Project, destroy, make_project
-from tests.e2e.test_compose_live_tool import _released, inv
-from tests.live_engine import image_env, require_engine
+from tests.e2e.conftest import Project
+from tests.e2e.test_compose_live_tool import inv, live_dev_project, remove_live
+from tests.live_engine import require_engine
 
 
 @pytest.fixture(scope="module")
 def proj() -> Iterator[Project]:
     require_engine()
-    p = make_project("sf-live-procs-")
     name = f"sfliveprocs-{secrets.token_hex(3)}-dev"
-    p.set_policy("dev", runtime='"compose"')
-    p.edit("env/dev.env", "COMPOSE_PROJECT_NAME=stageflow-dev", f"COMPOSE_PROJECT_NAME={name}")
-    keys = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "API_KEYS", "SECRET_KEY")
-    path = p.root / "env" / "dev.secrets.env"
-    path.write_text("".join(f"{k}=dev-{k.lower()}-{secrets.token_hex(8)}\n" for k in keys))
-    os.chmod(path, 0o600)
+    p = live_dev_project("sf-live-procs-", name)
     with open(p.root / "stageflow.toml", "a") as fh:
         fh.write('\n[service.processes]\nworker = ["python", "-m", "app.worker"]\n')
     p.commit("dev on compose; the service runs a worker")
     try:
         yield p
     finally:
-        released = _released(p)
-        p.inv("dev.down", env=image_env(), timeout=600)
-        destroy(p)
-        vols = subprocess.run(
-            ["docker", "volume", "ls", "-q", "--filter", f"name={name}-"],
-            capture_output=True, text=True, check=False,
-        ).stdout.split()  # fmt: skip
-        if vols:
-            subprocess.run(["docker", "volume", "rm", "-f", *vols], capture_output=True)
-        for rid in released:
-            subprocess.run(["docker", "image", "rm", f"stageflow-app:{rid}"], capture_output=True)
+        remove_live(p, name)
 
 
 def _values(p: Project, rel: str) -> dict[str, str]:

@@ -26,17 +26,39 @@ from tests.live_engine import image_env, require_engine
 SLOW = 1800  # a cold image build installs the service's requirements
 
 
-@pytest.fixture(scope="module")
-def proj() -> Iterator[Project]:
-    require_engine()
-    p = make_project("sf-live-tool-")
-    name = f"sflivetool-{secrets.token_hex(3)}-dev"
+def live_dev_project(prefix: str, name: str) -> Project:
+    """A test project whose dev runs on the real engine as compose project `name`, with secrets
+    of its own (uncommitted)."""
+    p = make_project(prefix)
     p.set_policy("dev", runtime='"compose"')
     p.edit("env/dev.env", "COMPOSE_PROJECT_NAME=stageflow-dev", f"COMPOSE_PROJECT_NAME={name}")
     keys = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "API_KEYS", "SECRET_KEY")
     path = p.root / "env" / "dev.secrets.env"
     path.write_text("".join(f"{k}=dev-{k.lower()}-{secrets.token_hex(8)}\n" for k in keys))
     os.chmod(path, 0o600)
+    return p
+
+
+def remove_live(p: Project, name: str) -> None:
+    """dev down on the engine, the project gone, then its volumes and its releases' images."""
+    released = _released(p)
+    p.inv("dev.down", env=image_env(), timeout=600)
+    destroy(p)
+    vols = subprocess.run(
+        ["docker", "volume", "ls", "-q", "--filter", f"name={name}-"],
+        capture_output=True, text=True, check=False,
+    ).stdout.split()  # fmt: skip
+    if vols:
+        subprocess.run(["docker", "volume", "rm", "-f", *vols], capture_output=True)
+    for rid in released:
+        subprocess.run(["docker", "image", "rm", f"stageflow-app:{rid}"], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def proj() -> Iterator[Project]:
+    require_engine()
+    name = f"sflivetool-{secrets.token_hex(3)}-dev"
+    p = live_dev_project("sf-live-tool-", name)
     toml = p.root / "stageflow.toml"
     text = re.sub(r"(?ms)^\[service\.migrations\]\n.*?\n\n", MIGRATIONS + "\n", toml.read_text())
     # the reference service's /readyz reads stageflow's ledger, which this tool does not keep
@@ -45,16 +67,7 @@ def proj() -> Iterator[Project]:
     try:
         yield p
     finally:
-        released = _released(p)
-        destroy(p)
-        vols = subprocess.run(
-            ["docker", "volume", "ls", "-q", "--filter", f"name={name}-"],
-            capture_output=True, text=True, check=False,
-        ).stdout.split()  # fmt: skip
-        if vols:
-            subprocess.run(["docker", "volume", "rm", "-f", *vols], capture_output=True)
-        for rid in released:
-            subprocess.run(["docker", "image", "rm", f"stageflow-app:{rid}"], capture_output=True)
+        remove_live(p, name)
 
 
 def _released(p: Project) -> set[str]:
