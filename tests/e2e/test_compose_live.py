@@ -103,12 +103,13 @@ def live() -> Iterator[Live]:
     try:
         yield state
     finally:
+        released = {e.get("release") for e in _history(proj)} - {None}  # before the root goes
         destroy(proj)
         for env in ENVS:
             vols = sorted(state.volumes(env))
             if vols:
                 subprocess.run(["docker", "volume", "rm", "-f", *vols], capture_output=True)
-        for rid in {e.get("release") for e in _history(proj)} - {None}:
+        for rid in released:
             subprocess.run(["docker", "image", "rm", f"stageflow-app:{rid}"], capture_output=True)
 
 
