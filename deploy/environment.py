@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from deploy.backup import TakenBackup, expired_backups
 from deploy.clock import Clock, system_clock
 from deploy.config import Project
+from deploy.errors import UsageError
 from deploy.hosts import Host
 from deploy.secrets_file import fill_missing
 from deploy.state import DeployLock, Layout, audit, history
@@ -36,7 +37,11 @@ def down(proj: Project, name: str) -> list[str]:
 
 
 def logs(proj: Project, name: str, *, tail: int = 100, service: str = "") -> str:
-    """The last lines of the environment's logs: compose's, or the native log files."""
+    """The last lines of the environment's logs: compose's, or the native log files; service
+    narrows them to one: app, postgres, redis or a process of [service.processes]."""
+    known = ("app", "postgres", "redis", *(n for n, _ in proj.service.processes))
+    if service and service not in known:
+        raise UsageError(f"--service {service!r} is not a service", hint=", ".join(known))
     return _on_runtime(proj, name, lambda rt: rt.logs(tail=tail, service=service))
 
 

@@ -680,11 +680,28 @@ def compose(args: list[str]) -> int:
         shutil.rmtree(STATE / "containers", ignore_errors=True)
         return 0
     if sub == "logs":
-        log = STATE / "app.log"
-        print("\n".join((log.read_text() if log.exists() else "").splitlines()[-100:]))
-        return 0
+        return _logs(state, rest, _declared_processes(files))
     print(f"stand-in engine: compose {sub} is not known here", file=sys.stderr)
     return 1
+
+
+def _logs(state: dict, rest: list[str], procs: dict[str, list[str]]) -> int:
+    """`logs --no-color --tail N [SERVICE...]`: the app containers' log, and each process
+    container's under its name as compose prefixes it; a service no file declares is an error."""
+    tail = int(rest[rest.index("--tail") + 1]) if "--tail" in rest else 100
+    named = [a for a in rest if not a.startswith("-") and not a.isdigit()]
+    unknown = [s for s in named if s not in SERVICES and s not in procs]
+    if unknown:
+        print(f"no such service: {unknown[0]}", file=sys.stderr)
+        return 1
+    wanted = named or [*SERVICES, *procs]
+    logs = [("app", STATE / "app.log")] if "app" in wanted else []
+    logs += [(p["name"], STATE / f"{cid}.log") for cid, p in state["procs"].items()
+             if p["service"] in wanted]  # fmt: skip
+    for label, log in logs:
+        for line in (log.read_text() if log.exists() else "").splitlines()[-tail:]:
+            print(f"{label}  | {line}")
+    return 0
 
 
 def _up(state: dict, env, rest: list[str], project: str, procs: dict[str, list[str]]) -> int:

@@ -38,7 +38,7 @@ from deploy.errors import (
 from deploy.hosts import Host
 from deploy.policy import guards
 from deploy.probes import sessions, smoke
-from deploy.runtime import compose_backups, compose_image, compose_rollback
+from deploy.runtime import compose_backups, compose_image, compose_processes, compose_rollback
 from deploy.runtime.compose_backups import ledger_argv, role_and_database
 from deploy.runtime.compose_project import (
     APP_SERVICE,
@@ -385,7 +385,10 @@ class ComposeRuntime:
         return down(self.proj, self.name)
 
     def logs(self, *, tail: int, service: str) -> str:
-        return self.rt.logs(tail=tail, services=[service] if service else [])
+        """compose's logs; a process of [service.processes] is its compose service proc-<name>."""
+        declared = {n for n, _ in self.proj.service.processes}
+        named = f"{compose_processes.PREFIX}{service}" if service in declared else service
+        return self.rt.logs(tail=tail, services=[named] if named else [])
 
     def take_backup(self, *, actor: str, release: str, reason: str) -> dict[str, Any]:
         return compose_backups.take_backup(

@@ -85,8 +85,8 @@ class NativeRuntime:
         """The last lines of the native log files on the primary (secrets scrubbed)."""
         host, layout = self.targets[0].host, self.targets[0].layout
         names = [n for n in host.listdir(layout.logs) if n.endswith(".log")]
-        if service:
-            names = [n for n in names if n.startswith(service)]
+        if service:  # app, postgres, redis or a process: each writes <name>.log
+            names = [n for n in names if n == f"{service}.log"]
         out = []
         for fname in names:
             lines = (host.read_text(f"{layout.logs}/{fname}") or "").splitlines()[-tail:]

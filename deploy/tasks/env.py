@@ -8,7 +8,6 @@ import os
 from invoke import Collection, Task, task
 
 from deploy.config import EnvConfig
-from deploy.errors import UsageError
 from deploy.output import mark, print_json, print_table, say, show
 from deploy.policy import guards
 from deploy.tasks._common import actor, edge, env_name, guarded, project
@@ -91,7 +90,7 @@ def status(c, json=False):
 @task(
     help={
         "tail": "how many lines per service or log file (default 100)",
-        "service": "only this one: app, postgres or redis",
+        "service": "only this one: app, postgres, redis or a process of [service.processes]",
     }
 )
 @edge
@@ -101,8 +100,6 @@ def logs(c, tail="100", service=""):
     from deploy.tasks._common import whole
 
     name = env_name(c)
-    if service and service not in ("app", "postgres", "redis"):
-        raise UsageError(f"--service {service!r} is not a service", hint="app, postgres or redis")
     text = environment.logs(project(), name, tail=whole(tail, "--tail", minimum=1), service=service)
     say(text.rstrip("\n") or f"{name}: no logs yet")
 

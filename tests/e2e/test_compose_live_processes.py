@@ -83,6 +83,8 @@ def test_the_worker_runs_in_the_release_image_is_replaced_and_removed(proj: Proj
     assert workers(p) == [(f"stageflow-app:{b['release']}", "running")]  # A's is gone
     rows = json.loads(inv(p, "dev.status", "--json"))["app"]["processes"]
     assert [(r["name"], r["release"], r["up"]) for r in rows] == [("worker", b["release"], True)]
+    logs = inv(p, "dev.logs", "--service", "worker")  # the engine's log of the proc-worker service
+    assert f"worker of {b['release']} started" in logs, logs
 
     inv(p, "dev.down")
     assert workers(p) == []

@@ -145,6 +145,15 @@ def test_the_next_deploy_replaces_the_worker(engine: Engine) -> None:
     assert beat["pid"] != old["pid"] and not alive(old["pid"]) and alive(beat["pid"])
 
 
+def test_logs_of_the_worker_are_its_containers(engine: Engine) -> None:
+    """`--service worker` asks compose for the logs of proc-worker, the process's service."""
+    engine.new_calls()
+    out = engine.inv("dev.logs", "--service", "worker", "--tail", "20").stdout
+    logs = [c["argv"] for c in engine.new_calls() if "logs" in c["argv"]]
+    assert logs and logs[-1][-1] == "proc-worker", logs
+    assert f"worker of {worker(engine)['release']} started" in out, out
+
+
 def test_level_1_restarts_the_worker(engine: Engine) -> None:
     before = worker(engine)
     old = heartbeat(engine, before["release"])

@@ -100,6 +100,17 @@ def test_a_deploy_starts_the_worker_with_its_release(project: Project) -> None:
     assert "processes" in table and "worker" in table and a in table
 
 
+def test_logs_of_one_process(project: Project) -> None:
+    """`--service NAME` of a declared process prints its log file and no other; a name that is
+    neither a server nor a declared process is refused in one line that names the choices."""
+    out = project.ok("dev.logs", "--service", "worker").stdout
+    assert "==> worker.log <==" in out and f"worker of {serving(project)} started" in out, out
+    assert "app.log" not in out and "postgres.log" not in out, out
+    res = project.inv("dev.logs", "--service", "beat")
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
+    assert "'beat' is not a service" in res.stderr and "worker" in res.stderr, res.stderr
+
+
 def test_the_next_deploy_replaces_the_worker(project: Project) -> None:
     before = up_worker(project)
     project.commit("release B")
