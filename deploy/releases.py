@@ -777,6 +777,10 @@ def _launch_master(
 _MARK = re.compile(r"(ok|fail)-[0-9]+")
 
 
+# the report gunicorn_conf.child_exit leaves for a worker that exited before it answered
+EXITED_BEFORE_READY = "a worker exited before it answered the ready path"
+
+
 def _marks(host: Host, ready: str) -> tuple[int, str | None]:
     """(workers that answered, the first failure's report or None)."""
     # a mark is "<ok|fail>-<pid>"; anything else (a mark still being written) is not one yet
@@ -834,11 +838,12 @@ def _await_workers(
         pid = _read_pid(host, pidfile) or seen
         if failure is not None:
             _halt(host, pidfile, pid)
+            hint = not_ready_hint(failure, service.ready_path)
+            if failure.startswith(EXITED_BEFORE_READY):  # why is in the service's log
+                raised, why = _why_exited(host, log)
+                failure, hint = f"{failure}: {why}", boot_hint(raised, env, service, log)
             said = one_line(scrub(failure, env.secret_values()))
-            raise ServiceError(
-                f"release {release.id} is not ready: {said}",
-                hint=not_ready_hint(said, service.ready_path),
-            )
+            raise ServiceError(f"release {release.id} is not ready: {said}", hint=hint)
         if answered >= workers and _alive(host, pid):
             record_started(host, layout, release.id, pid)  # type: ignore[arg-type]
             return pid  # type: ignore[return-value]
@@ -847,13 +852,39 @@ def _await_workers(
         seen = pid
         time.sleep(0.03)
     _halt(host, pidfile, _read_pid(host, pidfile) or seen)
-    lines = (host.read_text(log, last_bytes=LOG_TAIL_BYTES) or "").strip().splitlines()[-400:]
-    raised = raised_in(lines)
-    said = raised or " | ".join(lines[-2:])
+    raised, said = _why_in_log(host, log)
     raise ServiceError(
         f"release {release.id} did not boot its workers: {scrub(said, env.secret_values())}",
         hint=boot_hint(raised, env, service, log),
     )
+
+
+def _why_in_log(host: Host, log: str) -> tuple[str, str]:
+    """(the exception line of the log's last traceback or "", what to say: that line, or the
+    log's last two lines)."""
+    lines = (host.read_text(log, last_bytes=LOG_TAIL_BYTES) or "").strip().splitlines()[-400:]
+    raised = raised_in(lines)
+    return raised, raised or " | ".join(lines[-2:])
+
+
+# a line gunicorn itself logs: "[2026-12-02 13:33:50 +0000] [22274] [ERROR] ..."
+_GUNICORN_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d [^]]*\] \[\d+\] \[[A-Z]+\] ")
+
+
+def _why_exited(host: Host, log: str) -> tuple[str, str]:
+    """(exception line or "", what to say) for a worker that exited before it answered: the
+    traceback's last line, else the last line not gunicorn's own since the last worker booted
+    (what the service printed as it exited), else gunicorn's word on the exit."""
+    lines = (host.read_text(log, last_bytes=LOG_TAIL_BYTES) or "").strip().splitlines()[-400:]
+    raised = raised_in(lines)
+    if raised:
+        return raised, raised
+    booted = [i for i, ln in enumerate(lines) if "Booting worker with pid" in ln]
+    since = lines[booted[-1] + 1 :] if booted else lines
+    own = [ln.strip() for ln in since if ln.strip() and not _GUNICORN_LINE.match(ln)]
+    exits = [ln for ln in since if "exited with code" in ln or "was sent" in ln]
+    said = own[-1] if own else _GUNICORN_LINE.sub("", exits[0]) if exits else "see the log"
+    return "", clip(said, 200)
 
 
 # the line a Python traceback ends with: the exception's (dotted) name, and its message if any

@@ -493,6 +493,21 @@ def _serve_what_was_accepted(worker: Any) -> None:
     Server.shutdown = shutdown  # type: ignore[method-assign]
 
 
+def child_exit(server: Any, worker: Any) -> None:
+    """In the master, as a worker ends. One that ends before it answered the ready path (its
+    module exited, a signal) would be replaced, and fail again, until the deploy gave up: its
+    missing answer is reported as a failure, so the deploy halts the release at once. The deploy
+    reads why from the service's log (releases.EXITED_BEFORE_READY)."""
+    if not (_READY_DIR and os.path.isdir(_READY_DIR)):
+        return  # every worker answered: one that ends later is gunicorn's to replace
+    if any(os.path.exists(os.path.join(_READY_DIR, f"{k}-{worker.pid}")) for k in ("ok", "fail")):
+        return
+    try:
+        _mark("fail", worker.pid, "a worker exited before it answered the ready path")
+    except OSError:
+        pass  # the deploy stopped waiting (and removed the dir): its verdict is made
+
+
 def worker_exit(server: Any, worker: Any) -> None:
     for counters in _counters:
         counters.flush()

@@ -169,6 +169,9 @@ def test_a_web_release_that_cannot_boot_leaves_no_worker_of_its_own(project: Pro
     )
     assert res.returncode != 0, res.stdout
     assert "Traceback" not in res.stderr
+    # the worker's exit is the verdict (not the wait for an answer that never comes), with the
+    # reason the service's log gives
+    assert "a worker exited before it answered the ready path: web: cannot load" in res.stderr
     assert serving(project) == a
     assert workers(project) == [before] and alive(before["pid"])
     leftovers = [p.name for p in run_dir(project).glob("proc-worker-*.pid") if a not in p.name]

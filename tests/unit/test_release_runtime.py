@@ -456,3 +456,47 @@ def test_a_mark_being_written_is_not_read_as_an_answer(tmp_path: Path, monkeypat
     assert releases._marks(Host(), str(ready)) == (0, '503 {"ready": false}')
     hooks._mark("ok", 13, "200 ok")
     assert sorted(p.name for p in ready.iterdir()) == ["fail-12", "ok-13"]
+
+
+class _Worker:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+
+def test_a_worker_that_exits_before_it_answered_is_a_failure(tmp_path: Path, monkeypatch) -> None:
+    """The master's child_exit hook: a worker gone without an answer is reported as failed (the
+    deploy halts at once instead of waiting while gunicorn replaces it again and again); one that
+    answered, or one that ends after every worker answered (the dir is gone), is not."""
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    monkeypatch.setattr(hooks, "_READY_DIR", str(ready))
+    hooks._mark("ok", 20, "200 ok")
+    hooks.child_exit(None, _Worker(20))  # it answered: nothing more to say
+    assert releases._marks(Host(), str(ready)) == (1, None)
+    hooks.child_exit(None, _Worker(21))
+    answered, failure = releases._marks(Host(), str(ready))
+    assert failure is not None and failure.startswith(releases.EXITED_BEFORE_READY)
+    monkeypatch.setattr(hooks, "_READY_DIR", str(tmp_path / "gone"))
+    hooks.child_exit(None, _Worker(22))
+    assert not (tmp_path / "gone").exists()
+
+
+def test_why_a_worker_exited_is_what_the_service_printed(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    gunicorn = "[2026-12-02 13:33:50 +0000] [22274]"
+    log.write_text(
+        f"{gunicorn} [INFO] Booting worker with pid: 22297\n"
+        "earlier: an older worker's words\n"
+        f"{gunicorn} [INFO] Booting worker with pid: 22302\n"
+        "[2026-12-02 13:33:50 +0000] [22302] [INFO] Worker exiting (pid: 22302)\n"
+        "web: cannot load\n"
+        f"{gunicorn} [ERROR] Worker (pid:22302) exited with code 1\n"
+        f"{gunicorn} [INFO] Shutting down: Master\n"
+    )
+    assert releases._why_exited(Host(), str(log)) == ("", "web: cannot load")
+    log.write_text(
+        f"{gunicorn} [ERROR] Worker (pid:22302) was sent SIGKILL! Perhaps out of memory?\n"
+    )
+    assert releases._why_exited(Host(), str(log))[1].startswith("Worker (pid:22302) was sent")
+    log.write_text("Traceback (most recent call last):\n  File \"x\"\nKeyError: 'SHOP_TOKEN'\n")
+    assert releases._why_exited(Host(), str(log)) == ("KeyError: 'SHOP_TOKEN'",) * 2
