@@ -347,7 +347,11 @@ def migrate_command(
     migrations unchanged. If `current` still shows them, `up` has nothing to apply (the same
     migrations brought the schema there), so one `current` is the whole step: each run of the
     service's tool is a Python start importing the service. Anything else runs all three."""
-    with t.locked():
+    with t.locked() as conn:
+        if unchanged_from is not None and migrations.alembic_table_shows(
+            conn, unchanged_from, t.proj.service.migrations.current
+        ):  # alembic's table shows what `current` would: not even that command runs
+            return SchemaChange(dict(unchanged_from), dict(unchanged_from))
         before = t.current()
         if unchanged_from is not None and before == dict(unchanged_from):
             return SchemaChange(before, before)

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 
 from deploy.errors import MigrationError
@@ -1208,11 +1208,29 @@ def holding_lock(
     password: Secret | None = None,
     lock_wait_s: float = 30.0,
     connect_timeout: int = 10,
-) -> Iterator[None]:
+) -> Iterator[psycopg.Connection]:
     """The migration lock, held on a connection of its own while another program migrates: a
-    service's own tool then never runs beside stageflow's engine or a second deploy."""
+    service's own tool then never runs beside stageflow's engine or a second deploy. Yields that
+    connection (autocommit), for reads that need no tool."""
     with _connect(conninfo, password, connect_timeout) as conn, _advisory_lock(conn, lock_wait_s):
-        yield
+        yield conn
+
+
+def alembic_table_shows(conn: Any, revisions: Mapping[str, str], current: Sequence[str]) -> bool:
+    """Whether alembic's own table holds exactly the one revision given, for a `current`
+    command that is alembic's (alembic itself, or Flask-Migrate's `flask db`). It answers what
+    that command would print without a Python start importing the service; any doubt (another
+    tool, no such table, several heads, a revision that differs) is False, and the command runs."""
+    import psycopg
+
+    names = [PurePosixPath(a).name for a in current]
+    if set(revisions) != {SINGLE} or not ("alembic" in names or {"flask", "db"} <= set(names)):
+        return False
+    try:
+        rows = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+    except psycopg.Error:
+        return False
+    return [r[0] for r in rows] == [revisions[SINGLE]]
 
 
 # --------------------------------------------------------------------------- a service's own tool

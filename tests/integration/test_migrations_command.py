@@ -281,6 +281,27 @@ def test_a_release_shipping_the_same_migrations_runs_up_only_when_the_schema_mov
     assert applied == ["a1 -> b2"]
 
 
+def test_alembics_own_table_answers_for_current_when_nothing_changed(proj, repo):
+    """An unchanged release whose recorded revision alembic's table still shows runs no tool at
+    all (each run is a Python start importing the service); a table showing another revision
+    (the schema moved by hand) runs `current` as before."""
+    deploy(proj, repo, "r1", "a1", None)
+    deploy(proj, repo, "r2", "b2", "r1")
+    fails = ("alembic", "-c", "no-such.ini", "current")  # alembic's, but any run of it fails
+    tools = replace(proj.service.migrations, current=fails, up=fails)
+    no_tool = replace(proj, service=replace(proj.service, migrations=tools))
+    pending, applied, ctx = deploy(no_tool, repo, "r3", "app", "r2")
+    assert (pending, applied) == ([], [])
+    assert meta(proj, "r3")["schema_before"] == meta(proj, "r3")["schema_after"] == {"": "b2"}
+
+    tool = env_migrations.MigrationTool(proj, "dev", ctx.host, ctx.layout, "r3")
+    tool.run(("alembic", "downgrade", "a1"), what="a downgrade by hand")
+    build(no_tool, repo, "r4", repo.commits["app"])
+    moved = context(no_tool, "r4", repo.commits["app"], "r3")
+    with pytest.raises(MigrationError, match="the current command"):
+        moved.runtime.migrate(moved)
+
+
 def test_the_tools_up_stops_at_the_deploys_deadline_and_says_which_limit(proj, repo):
     slow = ("python", "-c", "import time; time.sleep(60)")
     svc = replace(proj.service, migrations=replace(proj.service.migrations, up=slow))
