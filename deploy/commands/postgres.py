@@ -88,6 +88,10 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
 def recreate_database_sql(database: str, owner: str) -> list[str]:
     """Drop the database (ending its sessions) and create it empty: run against MAINTENANCE_DB."""
     return [
@@ -119,6 +123,15 @@ def ledger_rows_sql(ledger_table: str) -> list[str]:
         f"FROM {table} l), '[]'), true); "
         "END IF; END $stageflow$; "
         "SELECT coalesce(nullif(current_setting('stageflow.ledger', true), ''), '[]')"
+    ]
+
+
+def sessions_sql(application_name: str) -> list[str]:
+    """One line: how many sessions of the cluster carry application_name, psql's own left out
+    (pg_stat_activity shows every role's application name to any role)."""
+    return [
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+        f"{quote_literal(application_name)} AND pid <> pg_backend_pid()"
     ]
 
 

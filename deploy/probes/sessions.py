@@ -13,7 +13,7 @@ import importlib
 import ipaddress
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,14 +81,37 @@ def _here(proj: Project, name: str) -> bool:
     return policy.runtime == "compose" and all(h.is_local for h in policy.hosts)
 
 
+# how many sessions carry the name on a cluster now; None when the cluster does not answer
+Count = Callable[[str], int | None]
+
+
 @dataclass
 class Cluster:
-    """One cluster the watch asks: whose it is, and the most sessions of the release it showed."""
+    """One cluster the watch asks: whose it is, how it is asked, the most sessions it showed."""
 
     env: str
-    conn: Any  # psycopg.Connection, imported lazily
+    count: Count
+    close: Callable[[], None] = lambda: None
+    # asked every INTERVAL_S while the probes run; False: only once they are over (each ask is a
+    # command on another host, too dear for a tight loop: a pool's sessions are still there then)
+    live: bool = True
     seen: int = 0
+    answered: bool = False  # what a cluster that never answered says is "not checked"
     gone: bool = False  # stopped answering mid-probe: what it showed until then still counts
+
+
+def connected(env: str, conn: Any) -> Cluster:
+    """A cluster asked over an open connection (psycopg), which answered when it was opened."""
+    import psycopg
+
+    def count(name: str) -> int | None:
+        try:
+            row = conn.execute(SESSIONS_SQL, (name,)).fetchone()
+        except psycopg.Error:
+            return None
+        return int(row[0]) if row else 0
+
+    return Cluster(env, count, conn.close, answered=True)
 
 
 def _connect(env: EnvConfig) -> tuple[Any, str]:
@@ -128,24 +151,24 @@ class Watch:
     def _clusters(self) -> list[Cluster]:
         return ([self.own] if self.own else []) + self.others
 
-    def sample(self) -> None:
-        import psycopg
-
+    def sample(self, *, last: bool = False) -> None:
         for cl in self._clusters():
-            if cl.gone:
+            if cl.gone or not (cl.live or last):
                 continue
-            try:
-                row = cl.conn.execute(SESSIONS_SQL, (self.name,)).fetchone()
-            except psycopg.Error:
+            seen = cl.count(self.name)
+            if seen is None:
                 cl.gone = True
                 continue
-            cl.seen = max(cl.seen, int(row[0]) if row else 0)
+            cl.answered = True
+            cl.seen = max(cl.seen, seen)
 
     def _loop(self) -> None:
         while not self._stop.wait(INTERVAL_S):
             self.sample()
 
     def start(self) -> Watch:
+        if not any(cl.live for cl in self._clusters()):
+            return self  # nothing to ask while the probes run
         self._thread = threading.Thread(target=self._loop, name="smoke-sessions", daemon=True)
         self._thread.start()
         return self
@@ -155,9 +178,9 @@ class Watch:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
-        self.sample()
+        self.sample(last=True)
         for cl in self._clusters():
-            cl.conn.close()
+            cl.close()
         return self.verdict()
 
     def verdict(self) -> tuple[bool, str]:
@@ -173,7 +196,7 @@ class Watch:
         rest = f"; none on {', '.join(checked)}'s" if checked else ""
         if self.not_asked:
             rest += f"; {', '.join(self.not_asked)}'s not reachable, not checked"
-        if self.own is None:
+        if self.own is None or not self.own.answered:
             return True, f"{self.env}'s database did not answer: its sessions not checked{rest}"
         if not self.own.seen:
             return True, (
@@ -183,19 +206,24 @@ class Watch:
         return True, f"{self.own.seen} session(s) of {self.release} on {self.env}'s database{rest}"
 
 
-def watch(env: EnvConfig, release: str, others: Iterable[EnvConfig]) -> Watch:
+def watch(
+    env: EnvConfig, release: str, others: Iterable[EnvConfig], *, own_count: Count | None = None
+) -> Watch:
     """Open one connection to env's cluster and one to each other environment's that answers,
-    and start sampling. A cluster that is env's own under another name is not another's."""
+    and start sampling. A cluster that is env's own under another name is not another's. With
+    own_count, env's cluster is asked through it instead, once the probes are over: this
+    machine does not reach that cluster (a compose project on an SSH host)."""
     import psycopg
 
     start = time.perf_counter()
-    own: Cluster | None = None
+    own = Cluster(env.name, own_count, live=False) if own_count else None
     mine = ""
-    try:
-        conn, mine = _connect(env)
-        own = Cluster(env.name, conn)
-    except psycopg.Error:
-        pass
+    if own is None:
+        try:
+            conn, mine = _connect(env)
+            own = connected(env.name, conn)
+        except psycopg.Error:
+            pass
     found: list[Cluster] = []
     not_asked: list[str] = []
     for other in others:
@@ -207,7 +235,7 @@ def watch(env: EnvConfig, release: str, others: Iterable[EnvConfig]) -> Watch:
         if mine and ident == mine:
             conn.close()  # the guards refuse a shared cluster; here it is no evidence either way
             continue
-        found.append(Cluster(other.name, conn))
+        found.append(connected(other.name, conn))
     w = Watch(env.name, release, own, found, not_asked)
     w.opened_ms = (time.perf_counter() - start) * 1000
     return w.start()

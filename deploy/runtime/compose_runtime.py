@@ -15,7 +15,7 @@ import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from deploy import env_migrations, migrations, releases
 from deploy.commands import compose as cmd
@@ -38,7 +38,13 @@ from deploy.errors import (
 from deploy.hosts import Host
 from deploy.policy import guards
 from deploy.probes import sessions, smoke
-from deploy.runtime import compose_backups, compose_image, compose_processes, compose_rollback
+from deploy.runtime import (
+    compose_backups,
+    compose_image,
+    compose_processes,
+    compose_rollback,
+    compose_sessions,
+)
 from deploy.runtime.compose_backups import ledger_argv, role_and_database
 from deploy.runtime.compose_project import (
     APP_SERVICE,
@@ -62,6 +68,7 @@ from deploy.runtime.compose_rollback import (
 )
 from deploy.runtime.compose_tool import ComposeTool
 from deploy.service import Service
+from deploy.settings import application_name
 from deploy.state import Layout, history
 
 if TYPE_CHECKING:
@@ -220,7 +227,7 @@ def _deploy_rows(
         ),
         ("migrate", _migrate_row(proj, rid)),
         ("start", _start_row(rt, rid)),
-        ("smoke", f"health, ready, version, identity, postgres, redis on {where}"),
+        ("smoke", _smoke_row(host, where)),
         (
             "verify",
             f"{policy.verify_window_s:g}s health window" if policy.verify_window_s else "none",
@@ -229,6 +236,19 @@ def _deploy_rows(
         ("prune", f"keep {policy.keep_releases} images: docker image rm the one that falls out"),
         ("unlock", f"rmdir {layout.lock}"),
     ]
+
+
+def _smoke_row(host: Host, where: str) -> str:
+    if host.is_local:
+        return (
+            f"health, ready, version, identity, postgres, redis on {where}; the release's "
+            "database sessions on every environment's cluster here"
+        )
+    return (
+        f"health, ready and release on {host.name}'s APP_PORT (its python3); the release's "
+        "database sessions: counted there in the postgres container, and on every other "
+        "environment's cluster here"
+    )
 
 
 def _start_row(rt: ComposeProject, rid: str) -> str:
@@ -299,6 +319,10 @@ def _deploy_commands(
             ]
         ]
     ledger = [] if kind != "sql" else [ledger_argv(c, user=user, database=database)]
+    # on an SSH host the release's sessions are counted there (compose_sessions)
+    count = cmd.sessions_in_container(
+        c, user=user, database=database, application_name=application_name(name, rid)
+    )
     return [
         f"build:   {shown(build)}",
         *backup,
@@ -306,6 +330,7 @@ def _deploy_commands(
         *(f"migrate: {shown(argv, release_env(rt, None))}" for argv in ledger),
         *([] if kind == "none" else [f"migrate: {shown(migrate, env_r)}"]),
         *(f"start:   {line}" for line in switch_shown(rt, rid, commit)),
+        *([] if rt.host.is_local else [f"smoke:   {shown(count, release_env(rt, None))}"]),
     ]
 
 
@@ -418,15 +443,16 @@ class ComposeRuntime:
         ]
 
     def probe_serving(self) -> list[smoke.Probe]:
-        """On this machine (where the project publishes its PostgreSQL on loopback) with the
-        serving release's database sessions, as a deploy's smoke asks them; on an SSH host the
-        probes answer from this machine as before."""
+        """The probes with the serving release's database sessions, as a deploy's smoke asks
+        them: on this machine its project publishes its PostgreSQL on loopback; on an SSH host
+        that cluster is counted on the host (compose_sessions), the probes answer from here."""
         env = self.proj.env(self.name)
-        if not self.rt.host.is_local:
-            return smoke.run(env, self.proj.service)
         current = serving(self.rt)
         project = self.proj if current else None
-        return smoke.run(env, self.proj.service, expect_release=current, project=project)
+        own = None if self.rt.host.is_local else compose_sessions.counter(self.rt)
+        return smoke.run(
+            env, self.proj.service, expect_release=current, project=project, own_sessions=own
+        )
 
     def serving(self) -> str | None:
         return serving(self.rt)
@@ -539,8 +565,7 @@ class ComposeRuntime:
 
         def start() -> str:
             target.started = True
-            if ctx.host.is_local:
-                sessions.preload()  # smoke's watch of the database sessions opens connections
+            sessions.preload()  # smoke's watch of the database sessions opens connections
             rt.up(ctx.built.id, commit=ctx.built.commit)
             return f"{rt.image}:{ctx.built.id} healthy"
 
@@ -783,23 +808,47 @@ def _smoke(
     proj: Project | None = None,
 ) -> str:
     if not rt.host.is_local:
-        return _probe_on_host(rt, service, rid, rolling_back=rolling_back)
+        return _probe_on_host(rt, service, rid, rolling_back=rolling_back, proj=proj)
     # with the project, the release's database sessions are asked of every cluster on this
     # machine, its own published on loopback (probes/sessions): a release on another
     # environment's cluster fails smoke, whatever its URL says
     probes = smoke.run(rt.cfg, service, expect_release=rid, project=proj)
     bad = smoke.failed(probes)
     if bad:
-        what = f"smoke failed ({bad[0].name}: {bad[0].detail})"
-        if rolling_back:  # nothing to go back to from a rollback: it failed, it did not roll back
-            raise ServiceError(what, hint=f"inspect with `inv {rt.cfg.name}.logs`")
-        raise RolledBack(what)
+        _smoke_failed(rt, f"smoke failed ({bad[0].name}: {bad[0].detail})", rolling_back)
     return f"{len(probes)} probes passed in {sum(p.ms for p in probes):.0f} ms"
 
 
+def _smoke_failed(rt: ComposeProject, what: str, rolling_back: bool) -> NoReturn:
+    if rolling_back:  # nothing to go back to from a rollback: it failed, it did not roll back
+        raise ServiceError(what, hint=f"inspect with `inv {rt.cfg.name}.logs`")
+    raise RolledBack(what)
+
+
 def _probe_on_host(
-    rt: ComposeProject, service: Service, rid: str, *, rolling_back: bool = False
+    rt: ComposeProject,
+    service: Service,
+    rid: str,
+    *,
+    rolling_back: bool = False,
+    proj: Project | None = None,
 ) -> str:
+    """The HTTP probe run on the host; with the project, the release's database sessions too:
+    the other environments' clusters on this machine watched while it runs, the project's own
+    counted on the host once it answered (compose_sessions)."""
+    watch = compose_sessions.watch(rt, proj, rid) if proj else None
+    try:
+        said, failure = _http_on_host(rt, service, rid)
+    finally:
+        ok, detail = watch.stop() if watch else (True, "")
+    if failure or not ok:
+        _smoke_failed(rt, failure or f"smoke failed (sessions: {detail})", rolling_back)
+    return f"{said}; sessions: {detail}" if watch else said
+
+
+def _http_on_host(rt: ComposeProject, service: Service, rid: str) -> tuple[str, str]:
+    """(what answered, "") or ("", why smoke failed): health, ready and the release that
+    answers, asked by the host's python3 of the port its front publishes there."""
     base = f"http://127.0.0.1:{rt.cfg.app_port}"
     # a few tries: a container of the old tag may still answer while compose replaces it
     serving_now: list[str] = []
@@ -811,13 +860,10 @@ def _probe_on_host(
         res = rt.host.run(argv, check=False, timeout=30)
         serving_now = res.stdout.strip().splitlines()[-1:] if res.ok else []
         if serving_now == [rid]:
-            return f"health, ready and release answered on {rt.host.name}'s {base}"
+            return f"health, ready and release answered on {rt.host.name}'s {base}", ""
         detail = f"serving {serving_now[0]}" if serving_now else rt.scrub(res.tail(1))
         time.sleep(0.5)
-    what = f"smoke failed on {rt.host.name} ({detail}, expected {rid})"
-    if rolling_back:
-        raise ServiceError(what, hint=f"inspect with `inv {rt.cfg.name}.logs`")
-    raise RolledBack(what)
+    return "", f"smoke failed on {rt.host.name} ({detail}, expected {rid})"
 
 
 def _prune(rt: ComposeProject, host: Host, layout: Layout, *, keep: int, protect: set[str]) -> str:

@@ -649,7 +649,9 @@ def test_backups_and_level_3_restore_run_in_the_postgres_container(
 
 def test_a_compose_environment_on_an_ssh_host() -> None:
     """The compose project on a real OpenSSH host: files uploaded there, the secrets file only
-    read there, every docker command run there, smoke against that host's published port."""
+    read there, every docker command run there, smoke against that host's published port with the
+    release's database sessions counted in its postgres container there. A release whose compose
+    file points the app at staging's cluster (on this machine) is rolled back at smoke."""
     ok, why = can_run_sshd()
     need(ok, why)
     base = support.public_tmpdir("sf-sshd-compose-")
@@ -680,15 +682,32 @@ def test_a_compose_environment_on_an_ssh_host() -> None:
         os.chmod(remote, 0o600)
 
         engine.inv("dev.up")
-        a = json.loads(engine.inv("dev.deploy", "--json").stdout)
-        assert a["status"] == "success", a
+        dry = engine.inv("dev.deploy", "--dry-run").stdout
+        count = [ln for ln in dry.splitlines() if ln.strip().startswith("smoke:")]
+        assert len(count) == 1 and "exec -T postgres psql -X" in count[0], dry
+        assert (
+            "pg_stat_activity WHERE application_name" in count[0] and "stageflow:dev:" in count[0]
+        )
+        said = engine.inv("dev.deploy").stdout
+        a = _last(proj)
+        assert a["status"] == "success", said
         assert _serving(proj) == a["release"]
+        # the release's sessions, counted in the postgres container on the host; the other
+        # environments' clusters are asked from here (not up yet: not checked)
+        assert re.search(rf"sessions: [1-9]\d* session\(s\) of {a['release']} on dev's", said), said
+        assert "prod, staging's not reachable, not checked" in said, said
         # what the host ran: the project, env files and tag of this environment, from its files
         for rel in ("compose/compose.yml", "compose/compose.dev.yml", "env/dev.env"):
             assert (home / "compose" / rel).read_text() == (proj.root / rel).read_text()
-        ups = [c for c in engine.new_calls() if "up" in c["argv"]]
+        calls = engine.new_calls()
+        ups = [c for c in calls if "up" in c["argv"]]
         assert ups and all(c["argv"][:4] == BASE[:4] for c in ups)
         assert any(c["release"] == a["release"] for c in ups)
+        asked = [
+            c["argv"] for c in calls if "psql" in c["argv"] and "pg_stat_activity" in c["argv"][-1]
+        ]
+        assert asked and f"'stageflow:dev:{a['release']}'" in asked[-1][-1], asked
+        assert asked[-1][asked[-1].index("exec") :][:3] == ["exec", "-T", "postgres"]
 
         (proj.root / "README.md").write_text("release B\n")
         proj.commit("release B")
@@ -697,8 +716,42 @@ def test_a_compose_environment_on_an_ssh_host() -> None:
         back = json.loads(engine.inv("dev.rollback", "--level", "2", "--yes", "--json").stdout)
         assert back["release"] == a["release"] and _serving(proj) == a["release"]
         _no_secret(*(json.dumps(c) for c in engine.calls()), *engine.outputs)
+        _on_staging_cluster(proj, engine, home, serving=a["release"])
     finally:
         proj.inv("dev.down", env=engine.env, timeout=120)
         server.stop()
         destroy(proj)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _on_staging_cluster(proj: Project, engine: Engine, home: Path, *, serving: str) -> None:
+    """dev's compose file points the app at staging's cluster on this machine (every URL
+    stageflow knows is still dev's): the deploy on the SSH host is rolled back at smoke, and
+    `inv dev.smoke` fails on the release serving again under the same file."""
+    engine.inv("staging.up", "staging.migrate")  # staging's schema is current: the app is ready
+    lines = (proj.root / "env" / "staging.secrets.env").read_text().splitlines()
+    password = next(ln.split("=", 1)[1] for ln in lines if ln.startswith("POSTGRES_PASSWORD="))
+    declared = 'secrets = ["API_KEYS", "SECRET_KEY"]'
+    proj.edit("stageflow.toml", declared, declared[:-1] + ', "STAGING_PASSWORD"]')
+    for path in (proj.root / "env" / "dev.secrets.env", home / "compose/env/dev.secrets.env"):
+        path.write_text(path.read_text() + f"STAGING_PASSWORD={password}\n")
+    port = proj.ports["staging"]["pg"]
+    proj.edit(
+        "compose/compose.dev.yml",
+        "      DATABASE_URL: postgresql://app_dev@postgres:5432/stageflow_dev\n",
+        # the URL's path names dev's database, so the service's own report says dev
+        f"      DATABASE_URL: postgresql://app_staging@127.0.0.1:{port}/stageflow_dev"
+        "?dbname=stageflow_staging\n"
+        "      POSTGRES_PASSWORD: ${STAGING_PASSWORD:?set it in env/dev.secrets.env}\n",
+    )
+    proj.commit("dev's app reads staging's database")
+    res = engine.inv("dev.deploy", code=6)
+    out = res.stdout + res.stderr
+    assert "smoke failed (sessions: a session of dev's release" in out, out
+    assert "is on staging's database cluster" in out, out
+    assert _last(proj)["status"] == "rolled-back" and _serving(proj) == serving
+    res = engine.inv("dev.smoke", code=6)
+    out = res.stdout + res.stderr
+    assert f"a session of dev's release {serving} is on staging's database cluster" in out, out
+    assert password not in "".join(engine.outputs)
+    _no_secret(*engine.outputs)

@@ -122,6 +122,7 @@ def test_compose_names_the_same_builders():
         "drop_database_sql",
         "ledger_rows_sql",
         "table_counts_sql",
+        "sessions_sql",
         "MAINTENANCE_DB",
     ):
         assert getattr(compose, name) is getattr(postgres, name), name
@@ -136,3 +137,27 @@ def test_the_ledger_query_in_the_container():
         "postgres",
         *postgres.psql(user="u", database="d", statements=postgres.ledger_rows_sql("t")),
     ]
+
+
+def test_the_sessions_count_in_the_container():
+    """A release's sessions on the project's cluster, counted by psql in the postgres container:
+    the application name is a quoted literal, psql's own session is left out."""
+    c = compose.ComposeCommands("p", "env/dev.env", ("compose/compose.yml",))
+    assert postgres.sessions_sql("stageflow:dev:2026'x") == [
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+        "'stageflow:dev:2026''x' AND pid <> pg_backend_pid()"
+    ]
+    argv = compose.sessions_in_container(
+        c, user="app_dev", database="stageflow_dev", application_name="stageflow:dev:r1"
+    )
+    assert argv == [
+        *c.base(),
+        "exec",
+        "-T",
+        "postgres",
+        "psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-U", "app_dev",
+        "-d", "stageflow_dev",
+        "-c",
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'stageflow:dev:r1' "
+        "AND pid <> pg_backend_pid()",
+    ]  # fmt: skip

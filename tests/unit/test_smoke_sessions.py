@@ -10,14 +10,13 @@ from deploy.probes import sessions
 from tests import support
 
 
-class _Closed:
-    def close(self) -> None:
-        pass
+def _cluster(env: str, seen: int) -> sessions.Cluster:
+    return sessions.Cluster(env, lambda _name: seen, seen=seen, answered=True)
 
 
 def _watch(own_seen: int | None, others: dict[str, int]) -> sessions.Watch:
-    own = None if own_seen is None else sessions.Cluster("staging", _Closed(), own_seen)
-    found = [sessions.Cluster(name, _Closed(), seen) for name, seen in others.items()]
+    own = None if own_seen is None else _cluster("staging", own_seen)
+    found = [_cluster(name, seen) for name, seen in others.items()]
     return sessions.Watch("staging", "20260101T000000Z-abc", own, found, ["dev"])
 
 
@@ -42,3 +41,39 @@ def test_neighbours_are_the_other_native_environments_on_this_machine(tmp_path: 
     support.write_envs(tmp_path)
     proj = load_project(tmp_path)
     assert [e.name for e in sessions.neighbours(proj, "staging")] == ["dev", "prod"]
+
+
+def test_a_cluster_asked_through_a_command_is_asked_once_the_probes_are_over() -> None:
+    """A compose project on an SSH host: its own cluster is counted on the host (a command per
+    ask), not every few milliseconds while the probes run; the others are, and the verdict is
+    the local watch's."""
+    asked: list[str] = []
+
+    def on_host(name: str) -> int:
+        asked.append(name)
+        return 2
+
+    own = sessions.Cluster("staging", on_host, live=False)
+    prod = sessions.Cluster("prod", lambda _name: 0)
+    w = sessions.Watch("staging", "20260101T000000Z-abc", own, [prod], [])
+    w.sample()
+    assert asked == [] and prod.answered
+    assert w.stop() == (
+        True,
+        "2 session(s) of 20260101T000000Z-abc on staging's database; none on prod's",
+    )
+    assert asked == ["stageflow:staging:20260101T000000Z-abc"]
+
+
+def test_an_own_cluster_that_never_answers_is_not_checked_and_another_still_fails() -> None:
+    own = sessions.Cluster("staging", lambda _name: None, live=False)
+    w = sessions.Watch("staging", "r1", own, [sessions.Cluster("prod", lambda _name: 0)], [])
+    ok, detail = w.stop()
+    assert (
+        ok
+        and detail == "staging's database did not answer: its sessions not checked; none on prod's"
+    )
+    own = sessions.Cluster("staging", lambda _name: None, live=False)
+    found = sessions.Watch("staging", "r1", own, [sessions.Cluster("prod", lambda _name: 1)], [])
+    ok, detail = found.stop()
+    assert not ok and detail.startswith("a session of staging's release r1 is on prod's database")
