@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from deploy.commands.compose import FRONT_BOOT
+from deploy.procs import alive
 from tests import support
 from tests.conftest import need
 from tests.e2e.conftest import Project, destroy, make_project
@@ -650,8 +651,12 @@ def test_backups_and_level_3_restore_run_in_the_postgres_container(
 def test_a_compose_environment_on_an_ssh_host() -> None:
     """The compose project on a real OpenSSH host: files uploaded there, the secrets file only
     read there, every docker command run there, smoke against that host's published port with the
-    release's database sessions counted in its postgres container there. A release whose compose
-    file points the app at staging's cluster (on this machine) is rolled back at smoke."""
+    release's database sessions counted in its postgres container there; the service's worker runs
+    in a container of each release, replaced by the next deploy. A release whose compose file
+    points the app at staging's cluster (on this machine) is rolled back at smoke."""
+    # the processes' helpers live with their own tests, which import this module
+    from tests.e2e.test_compose_processes import TABLE, heartbeat, worker
+
     ok, why = can_run_sshd()
     need(ok, why)
     base = support.public_tmpdir("sf-sshd-compose-")
@@ -668,11 +673,13 @@ def test_a_compose_environment_on_an_ssh_host() -> None:
     server.start()
     try:
         [home] = set_hosts(proj.root, "dev", [server], runtime="compose")
+        with open(proj.root / "stageflow.toml", "a") as fh:
+            fh.write(TABLE)
         secrets = "".join(f"{k}={v}\n" for k, v in SECRETS.items())
         local = proj.root / "env" / "dev.secrets.env"
         local.write_text(secrets)
         os.chmod(local, 0o600)
-        proj.commit("dev runs on compose on one SSH host")
+        proj.commit("dev runs on compose on one SSH host, with a worker")
 
         res = proj.inv("dev.up")  # the host has no secrets file yet: refused, nothing started
         assert res.returncode != 0 and "dev.secrets.env is missing on" in res.stderr, res.stderr
@@ -708,11 +715,22 @@ def test_a_compose_environment_on_an_ssh_host() -> None:
         ]
         assert asked and f"'stageflow:dev:{a['release']}'" in asked[-1][-1], asked
         assert asked[-1][asked[-1].index("exec") :][:3] == ["exec", "-T", "postgres"]
+        # the worker runs in a container of the release, from the file written on the host
+        assert (home / "state" / "compose.processes.yml").is_file()
+        first = worker(engine)
+        assert first["release"] == a["release"]
+        old = heartbeat(engine, a["release"])
+        logs = engine.inv("dev.logs", "--service", "worker", "--tail", "20").stdout
+        assert f"worker of {a['release']} started" in logs, logs
 
         (proj.root / "README.md").write_text("release B\n")
         proj.commit("release B")
         b = json.loads(engine.inv("dev.deploy", "--json").stdout)
         assert _serving(proj) == b["release"]
+        row = worker(engine)  # one worker: the new release's, in a new container
+        assert row["release"] == b["release"] and row["container"] != first["container"]
+        beat = heartbeat(engine, b["release"])
+        assert beat["pid"] != old["pid"] and not alive(old["pid"]) and alive(beat["pid"])
         back = json.loads(engine.inv("dev.rollback", "--level", "2", "--yes", "--json").stdout)
         assert back["release"] == a["release"] and _serving(proj) == a["release"]
         _no_secret(*(json.dumps(c) for c in engine.calls()), *engine.outputs)
