@@ -293,11 +293,9 @@ def run(
     expect_release: str | None = None,
     host: str = "127.0.0.1",
     project: Project | None = None,
-    own_sessions: sessions.Count | None = None,
 ) -> list[Probe]:
     """The probes of plan(service); with project and expect_release, a last `sessions` probe
-    says where the release's database sessions were while the others ran (probes/sessions);
-    own_sessions counts them on env's cluster when this machine does not reach it."""
+    says where the release's database sessions were while the others ran (probes/sessions)."""
     base = f"http://{host}:{env.app_port}"
     if expect_release:
         _settle(base, expect_release, service=service)
@@ -305,9 +303,7 @@ def run(
     target = _Target(base, env, service, expect_release, token, auth_headers(env, service))
     if project is None or not expect_release:
         return [_timed(name, functools.partial(probe, target)) for name, probe in plan(service)]
-    watch = sessions.watch(
-        env, expect_release, sessions.neighbours(project, env.name), own_count=own_sessions
-    )
+    watch = sessions.watch(env, expect_release, sessions.neighbours(project, env.name))
     try:
         probes = [_timed(name, functools.partial(probe, target)) for name, probe in plan(service)]
     finally:

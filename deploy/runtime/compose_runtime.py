@@ -448,11 +448,10 @@ class ComposeRuntime:
         that cluster is counted on the host (compose_sessions), the probes answer from here."""
         env = self.proj.env(self.name)
         current = serving(self.rt)
+        if not self.rt.host.is_local:  # its port is published on that host's loopback, not ours
+            return _probes_on_host(self.rt, self.proj, current)
         project = self.proj if current else None
-        own = None if self.rt.host.is_local else compose_sessions.counter(self.rt)
-        return smoke.run(
-            env, self.proj.service, expect_release=current, project=project, own_sessions=own
-        )
+        return smoke.run(env, self.proj.service, expect_release=current, project=project)
 
     def serving(self) -> str | None:
         return serving(self.rt)
@@ -846,9 +845,25 @@ def _probe_on_host(
     return f"{said}; sessions: {detail}" if watch else said
 
 
-def _http_on_host(rt: ComposeProject, service: Service, rid: str) -> tuple[str, str]:
+def _probes_on_host(rt: ComposeProject, proj: Project, current: str | None) -> list[smoke.Probe]:
+    """`inv <env>.smoke` of a project on an SSH host, as a deploy's smoke asks: the HTTP probe
+    run on the host, and (a release serving) where its database sessions are."""
+    began = time.perf_counter()
+    watch = compose_sessions.watch(rt, proj, current) if current else None
+    try:
+        said, failure = _http_on_host(rt, proj.service, current)
+    finally:
+        ok, detail = watch.stop() if watch else (True, "")
+    probes = [
+        smoke.Probe("http", not failure, failure or said, (time.perf_counter() - began) * 1e3)
+    ]
+    return [*probes, smoke.Probe("sessions", ok, detail, 0.0)] if watch else probes
+
+
+def _http_on_host(rt: ComposeProject, service: Service, rid: str | None) -> tuple[str, str]:
     """(what answered, "") or ("", why smoke failed): health, ready and the release that
-    answers, asked by the host's python3 of the port its front publishes there."""
+    answers (rid, or any when None), asked by the host's python3 of the port its front
+    publishes there."""
     base = f"http://127.0.0.1:{rt.cfg.app_port}"
     # a few tries: a container of the old tag may still answer while compose replaces it
     serving_now: list[str] = []
@@ -859,7 +874,7 @@ def _http_on_host(rt: ComposeProject, service: Service, rid: str) -> tuple[str, 
         )
         res = rt.host.run(argv, check=False, timeout=30)
         serving_now = res.stdout.strip().splitlines()[-1:] if res.ok else []
-        if serving_now == [rid]:
+        if res.ok and (rid is None or serving_now == [rid]):
             return f"health, ready and release answered on {rt.host.name}'s {base}", ""
         detail = f"serving {serving_now[0]}" if serving_now else rt.scrub(res.tail(1))
         time.sleep(0.5)

@@ -722,6 +722,11 @@ def test_a_compose_environment_on_an_ssh_host() -> None:
         old = heartbeat(engine, a["release"])
         logs = engine.inv("dev.logs", "--service", "worker", "--tail", "20").stdout
         assert f"worker of {a['release']} started" in logs, logs
+        # `inv dev.smoke` asks as the deploy did: on the host, where the port is published
+        smoked = engine.inv("dev.smoke", "--json").stdout
+        probes = {p["name"]: p for p in json.loads(smoked)}
+        assert probes["http"]["ok"] and "answered on root@127.0.0.70:" in probes["http"]["detail"]
+        assert probes["sessions"]["ok"] and "on dev's database" in probes["sessions"]["detail"]
 
         (proj.root / "README.md").write_text("release B\n")
         proj.commit("release B")
