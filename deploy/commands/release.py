@@ -26,6 +26,12 @@ def extract(tarball: str, into: str) -> list[str]:
     return ["tar", "-xf", tarball, "-C", into]
 
 
+def extract_files(tarball: str, into: str) -> list[str]:
+    """A tarball's files owned by the caller, their modes under its umask (as Python's tarfile
+    "data" filter made them)."""
+    return ["tar", "-xf", tarball, "-C", into, "--no-same-owner", "--no-same-permissions"]
+
+
 def venv_create(python: str, path: str) -> list[str]:
     return [python, "-m", "venv", path]
 
