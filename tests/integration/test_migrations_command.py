@@ -257,6 +257,15 @@ def test_migrate_runs_up_between_two_currents_under_the_lock_and_records_both(pr
     assert "schema b2 -> b2" in ctx.hook_notes
 
 
+def _moved_by_hand(proj: Project, variant: Project, repo: Repo, ctx: Context) -> Context:
+    """r3's schema taken back to a1 by hand, then r4 (r3's commit) built with variant's commands:
+    the context of its migrate step."""
+    tool = env_migrations.MigrationTool(proj, "dev", ctx.host, ctx.layout, "r3")
+    tool.run(("alembic", "downgrade", "a1"), what="a downgrade by hand")
+    build(variant, repo, "r4", repo.commits["app"])
+    return context(variant, "r4", repo.commits["app"], "r3")
+
+
 def test_a_release_shipping_the_same_migrations_runs_up_only_when_the_schema_moved(proj, repo):
     """`up` is a Python start importing the service: skipped when the release ships the serving
     release's migrations unchanged and `current` shows the revisions that release recorded."""
@@ -271,10 +280,7 @@ def test_a_release_shipping_the_same_migrations_runs_up_only_when_the_schema_mov
     assert "schema b2 -> b2" in ctx.hook_notes
 
     # the schema moved behind stageflow's back: the same files, but `up` runs and says so
-    tool = env_migrations.MigrationTool(proj, "dev", ctx.host, ctx.layout, "r3")
-    tool.run(("alembic", "downgrade", "a1"), what="a downgrade by hand")
-    build(no_up, repo, "r4", repo.commits["app"])
-    moved = context(no_up, "r4", repo.commits["app"], "r3")
+    moved = _moved_by_hand(proj, no_up, repo, ctx)
     with pytest.raises(MigrationError, match="up ran"):
         moved.runtime.migrate(moved)
     _, applied, _ = deploy(proj, repo, "r5", "app", "r3")
@@ -294,10 +300,7 @@ def test_alembics_own_table_answers_for_current_when_nothing_changed(proj, repo)
     assert (pending, applied) == ([], [])
     assert meta(proj, "r3")["schema_before"] == meta(proj, "r3")["schema_after"] == {"": "b2"}
 
-    tool = env_migrations.MigrationTool(proj, "dev", ctx.host, ctx.layout, "r3")
-    tool.run(("alembic", "downgrade", "a1"), what="a downgrade by hand")
-    build(no_tool, repo, "r4", repo.commits["app"])
-    moved = context(no_tool, "r4", repo.commits["app"], "r3")
+    moved = _moved_by_hand(proj, no_tool, repo, ctx)
     with pytest.raises(MigrationError, match="the current command"):
         moved.runtime.migrate(moved)
 
