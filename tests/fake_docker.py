@@ -493,15 +493,17 @@ exec(os.environ["STAGEFLOW_FRONT_CODE"])
 
 
 def _front_env(env) -> dict[str, str]:
-    import hashlib
-
-    sock = hashlib.sha256(str(STATE).encode()).hexdigest()[:12]
+    # the front's control socket in the stand-in's folder, which goes with the test's project (a
+    # Unix socket's path has room for 107 bytes: a folder deeper than that gets one in /tmp)
+    sock = STATE / "front.sock"
+    if len(str(sock)) > 100:
+        sock = Path(f"/tmp/sf-front-{hashlib.sha256(str(STATE).encode()).hexdigest()[:12]}.sock")
     return {
         **os.environ,
         "FAKE_DOCKER_STATE": str(STATE / "state.json"),
         "STAGEFLOW_FRONT_HOST": "127.0.0.1",
         "STAGEFLOW_FRONT_PORT": str(env.app_port),
-        "STAGEFLOW_FRONT_CONTROL": f"/tmp/sf-front-{sock}.sock",
+        "STAGEFLOW_FRONT_CONTROL": str(sock),
     }
 
 
