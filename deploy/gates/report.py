@@ -51,12 +51,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from rich.console import Console
-from rich.live import Live
-from rich.markup import escape
-from rich.table import Table
+if TYPE_CHECKING:  # rich loads where a table is drawn: a gate run for a script draws none
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
 
 from deploy.gates import GateResult
 from deploy.secrets import Secret, scrub_value
@@ -196,6 +196,9 @@ class Report:
 
 
 def results_table(report: Report) -> Table:
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(title=f"release gate {report.ref} @ {report.commit[:12]} ({report.stage})")
     for column in ("gate", "requirement", "status", "time", "summary"):
         table.add_column(column)
@@ -217,7 +220,8 @@ def _styled(status: str, text: str) -> str:
 
 
 class Board:
-    """Live progress: a rich table on a terminal, one plain line per finished gate otherwise."""
+    """Live progress: a rich table on a terminal (given its console), one plain line per
+    finished gate otherwise (to stream, by default the console's)."""
 
     def __init__(
         self,
@@ -226,9 +230,9 @@ class Board:
         console: Console | None = None,
         stream: TextIO | None = None,
     ) -> None:
-        self.console = console or Console()
-        self.stream = stream  # where plain lines go; by default the console's stream
-        self.live_mode = self.console.is_terminal
+        self.console = console
+        self.stream = stream or (sys.stderr if console and console.stderr else sys.stdout)
+        self.live_mode = bool(console and console.is_terminal)
         self.rows: dict[str, dict[str, Any]] = {
             name: {"requirement": req, "status": "waiting", "start": 0.0, "time": "", "summary": ""}
             for name, req in gates
@@ -240,6 +244,8 @@ class Board:
 
     def __enter__(self) -> Board:
         if self.live_mode:
+            from rich.live import Live
+
             # rendered afresh on every refresh, so a running gate's time keeps counting
             self._live = Live(
                 console=self.console,
@@ -255,6 +261,8 @@ class Board:
             self._live.__exit__(None, None, None)
 
     def _render(self) -> Table:
+        from rich.table import Table
+
         table = Table(title="release gate")
         for column in ("gate", "requirement", "status", "time"):
             table.add_column(column)
@@ -284,8 +292,8 @@ class Board:
             if self.live_mode:
                 self._refresh()
                 return
-            stream = self.stream or (sys.stderr if self.console.stderr else sys.stdout)
             summary = " ".join(result.summary.split())
+            stream = self.stream
             stream.write(f"{result.name}: {status} in {result.duration_s:.1f}s: {summary}\n")
             stream.flush()
 

@@ -73,13 +73,17 @@ def watch(request: runner.GateRequest, *, json_on_stdout: bool = False) -> Repor
     runner.enforce does). With json_on_stdout only the board shows, on stderr, so stdout is left
     to the JSON report alone."""
     stage, ref_name, commit, _, gates = runner.plan(request)
-    board = Board(gates, console=console(stderr=json_on_stdout))
+    out = sys.stderr if json_on_stdout else sys.stdout
+    # rich only for a person watching: a script's run (a pipe, a CI log) gets plain lines
+    board = Board(
+        gates, console=console(stderr=json_on_stdout) if out.isatty() else None, stream=out
+    )
     if not json_on_stdout:
         say(f"release gate: {ref_name} @ {commit[:12]} is stage {stage.name}")
     with board:
         report = runner.run(request, on_start=board.started, on_finish=board.finished)
     if not json_on_stdout:
-        board.console.print(results_table(report))
+        (board.console or console()).print(results_table(report))
         say(f"verdict: {report.verdict} (dist/release-gate/{report.stem}.md)")
     if report.overrides and not report.overrides[0].get("signature"):
         print("stageflow: the override is not signed (no signing key): it stands for dev and "
