@@ -444,8 +444,9 @@ class ComposeRuntime:
 
     def probe_serving(self) -> list[smoke.Probe]:
         """The probes with the serving release's database sessions, as a deploy's smoke asks
-        them: on this machine its project publishes its PostgreSQL on loopback; on an SSH host
-        that cluster is counted on the host (compose_sessions), the probes answer from here."""
+        them: on this machine, where the project publishes its ports on loopback; on an SSH
+        host, the HTTP probe runs there and that host's cluster is counted there
+        (compose_sessions)."""
         env = self.proj.env(self.name)
         current = serving(self.rt)
         if not self.rt.host.is_local:  # its port is published on that host's loopback, not ours
