@@ -134,13 +134,12 @@ class _Lazy:
     most `exec` calls need none of it, and loading it imports the engine (a process per call)."""
 
     def __init__(self, env_files: list[str], project: str, files: list[str]) -> None:
-        self._files, self._project = env_files, project
-        self.env_files, self.compose_files = env_files, files
+        self.env_files, self.compose_files, self._project = env_files, files, project
         self._env = None
 
     def get(self):
         if self._env is None:
-            self._env = _env(self._files)
+            self._env = _env(self.env_files)
             _remember_servers(self._env, self._project)
         return self._env
 
