@@ -21,8 +21,7 @@ from typing import Any
 # never takes a request from the shared socket
 WORKER_BOOT_ERROR = 3
 EDGES_MS = (1, 2, 3, 5, 8, 13, 20, 30, 50, 80, 130, 200, 300, 500, 800, 1300, 2000, 3000, 5000, 8000, 13000)  # fmt: skip
-FLUSH_EVERY_S = 0.5
-FLUSH_EVERY_N = 50
+FLUSH_EVERY_S = 0.5  # the counters file is at most this old while requests arrive
 PROBE_TIMEOUT_S = 20.0  # below gunicorn's --timeout 30: the master does not kill the worker first
 HEADER = "X-Stageflow-Release"
 # how long a stopping ASGI worker waits for a connection it accepted to send its request
@@ -46,9 +45,10 @@ control_socket_disable = True
 
 
 class Counters:
-    """One worker's responses: counted in memory, written to <dir>/<pid>.json atomically at most
-    every FLUSH_EVERY_S or FLUSH_EVERY_N responses, and at exit. No I/O on the request's path
-    otherwise."""
+    """One worker's responses: counted in memory, written to <dir>/<pid>.json atomically by a
+    thread of the worker every FLUSH_EVERY_S while there is something new, and at exit. Never on
+    a request's path: a response is counted after the server sent it, and counting is a few
+    additions under a lock."""
 
     def __init__(self, release: str, directory: str, pid: int) -> None:
         self.release, self.pid = release, pid
@@ -69,9 +69,6 @@ class Counters:
             self.status[key] = self.status.get(key, 0) + 1
             self.counts[bisect.bisect_left(EDGES_MS, ms)] += 1  # counts[i]: ms <= EDGES_MS[i]
             self._unflushed += 1
-            due = self._unflushed >= FLUSH_EVERY_N
-        if due:
-            self.flush()
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -100,19 +97,20 @@ class Counters:
         except OSError:
             pass  # counting must never fail a request; the next flush tries again
 
-    def flush_if_stale(self) -> None:
+    def flush_if_new(self) -> None:
         with self._lock:
-            stale = self._unflushed and time.monotonic() - self._last_flush >= FLUSH_EVERY_S
-        if stale:
+            new = self._unflushed
+        if new:
             self.flush()
 
     def start_flusher(self) -> None:
-        """Requests that stop arriving are still written within FLUSH_EVERY_S."""
+        """What was counted is on disk within FLUSH_EVERY_S, however fast or slowly requests
+        arrive."""
 
         def loop() -> None:
             while True:
                 time.sleep(FLUSH_EVERY_S)
-                self.flush_if_stale()
+                self.flush_if_new()
 
         threading.Thread(target=loop, name="stageflow-counters", daemon=True).start()
 
@@ -142,16 +140,17 @@ class WSGIMiddleware:
             done()
             raise
         wrapper = environ.get("wsgi.file_wrapper")
-        if isinstance(body, (list, tuple)) or (
-            isinstance(wrapper, type) and isinstance(body, wrapper)
-        ):
-            done()  # already complete, or a file gunicorn sends itself (kept unwrapped)
+        if isinstance(wrapper, type) and isinstance(body, wrapper):
+            done()  # a file gunicorn sends itself: kept unwrapped, counted now
             return body
         return _Counted(body, done)
 
 
 class _Counted:
-    """A streamed body, counted when the server closes it (its latency includes the stream)."""
+    """A body, counted when the server closes it: after the response was sent, so counting is
+    not part of the client's wait, and a stream's latency includes the stream."""
+
+    __slots__ = ("body", "done")
 
     def __init__(self, body: Iterable[bytes], done: Callable[[], None]) -> None:
         self.body, self.done = body, done

@@ -313,13 +313,20 @@ def test_counters_bucket_latencies_by_the_edges(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["42.json"]  # no temp file left
 
 
-def test_counters_flush_every_50_responses_not_on_each(tmp_path: Path) -> None:
+def test_counting_never_writes_the_flusher_writes_what_is_new(tmp_path: Path) -> None:
     counters = hooks.Counters("R1", str(tmp_path), 7)
-    for _ in range(hooks.FLUSH_EVERY_N - 1):
+    for _ in range(500):
         counters.add(200, 1)
-    assert not (tmp_path / "7.json").exists()
-    counters.add(200, 1)
-    assert json.loads((tmp_path / "7.json").read_text())["requests"] == hooks.FLUSH_EVERY_N
+    assert not (tmp_path / "7.json").exists()  # no file I/O on a request's path
+    counters.flush_if_new()
+    path = tmp_path / "7.json"
+    assert json.loads(path.read_text())["requests"] == 500
+    path.unlink()
+    counters.flush_if_new()  # nothing new: nothing written
+    assert not path.exists()
+    counters.add(503, 2)
+    counters.flush_if_new()
+    assert json.loads(path.read_text())["errors"] == 1
 
 
 def test_the_wsgi_middleware_names_the_release_and_counts(tmp_path: Path) -> None:
@@ -331,8 +338,12 @@ def test_the_wsgi_middleware_names_the_release_and_counts(tmp_path: Path) -> Non
         seen["status"], seen["headers"] = status, headers
 
     environ = {"PATH_INFO": "/ready", "wsgi.errors": sys.stderr}
-    assert b"".join(app(environ, start_response)) == b"/ready says 200 OK"
+    body = app(environ, start_response)
+    assert b"".join(body) == b"/ready says 200 OK"
     assert ("X-Stageflow-Release", "R1") in seen["headers"]
+    assert counters.requests == 0  # counted once the server sent it and closed the body
+    body.close()
+    assert counters.status == {"200": 1}
     with pytest.raises(RuntimeError):
         app({**environ, "PATH_INFO": "/boom"}, start_response)
 
