@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,13 +23,42 @@ PASSING: frozenset[str] = frozenset({"passed", "skipped"})
 CACHEABLE: frozenset[str] = frozenset({"passed", "failed"})
 
 
+class Snapshot:
+    """The commit's files, extracted while the gates start: a gate that reads them waits for
+    them, one that decides from its cache alone (or never reads them) does not."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+
+    def fill(self, extract: Callable[[Path], None]) -> None:
+        """Extract into path (in a thread of its own); every waiting gate wakes either way."""
+        try:
+            extract(self.path)
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def wait(self) -> Path:
+        self._done.wait()
+        if self._error is not None:
+            raise ConfigError(f"no snapshot of the commit to judge: {self._error}")
+        return self.path
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
+
 @dataclass(frozen=True)
 class GateContext:
     """What one gate may look at: the release's files, the project's runtime state, its own config."""
 
     name: str
     root: Path  # the operator's project root: runtime state (env data dirs), dist/
-    tree: Path  # a snapshot of the commit under test (git archive): the release's files
+    tree_dir: Path  # where the snapshot of the commit under test is (being) extracted
     ref: str
     commit: str
     tree_hash: str
@@ -43,6 +73,13 @@ class GateContext:
     results: Mapping[str, GateResult] = field(default_factory=dict)  # for promotion_guard only
     # every environment's secrets this machine holds: no verdict, cache entry or report keeps one
     known: tuple[Secret, ...] = field(default=(), repr=False)
+    # the extraction in progress; None when tree_dir already holds the files
+    snapshot: Snapshot | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def tree(self) -> Path:
+        """The release's files (git archive of the commit), once extracted."""
+        return self.snapshot.wait() if self.snapshot is not None else self.tree_dir
 
     def bin(self, tool: str) -> str:
         """A tool from the interpreter's own venv when there, else the bare name for PATH."""

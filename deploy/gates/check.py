@@ -58,7 +58,7 @@ def inputs(ctx: GateContext) -> list[Any]:
     for tool in tools:
         try:
             versions.append(
-                run_command([tool, "--version"], cwd=ctx.tree, timeout_s=30).stdout.strip()
+                run_command([tool, "--version"], cwd=ctx.tree_dir, timeout_s=30).stdout.strip()
             )
         except ConfigError:
             versions.append(f"{Path(tool).name}: missing")  # the run says so in one line

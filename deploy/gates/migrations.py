@@ -170,7 +170,9 @@ def inputs(ctx: GateContext) -> list[Any] | None:
 
 def _version(ctx: GateContext, tool: str) -> str:
     try:
-        return run_command([ctx.bin(tool), "--version"], cwd=ctx.tree, timeout_s=30).stdout.strip()
+        return run_command(
+            [ctx.bin(tool), "--version"], cwd=ctx.tree_dir, timeout_s=30
+        ).stdout.strip()
     except ConfigError:
         return "missing"  # the run says so in one line; the key only has to differ
 

@@ -30,7 +30,7 @@ from typing import Any
 from deploy.commands import git as gitcmd
 from deploy.commands import release as relcmd
 from deploy.errors import ConfigError, DeployError, GateFailed, GuardRefused, UsageError, clip
-from deploy.gates import CommandTimedOut, GateContext, GateResult, Outcome, git
+from deploy.gates import CommandTimedOut, GateContext, GateResult, Outcome, Snapshot, git
 from deploy.gates.cache import VerdictCache, cache_key
 from deploy.gates.report import Report
 from deploy.gates.stages import GATE_NAMES, GUARD, Stage, load_stages
@@ -316,12 +316,21 @@ def run(
     )
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="stageflow-gate-"))
+    files = Snapshot(workdir)
+    # the gates start while the commit is extracted: their imports, a cached verdict, the
+    # migrations gate's reading of the target overlap it; what reads the files waits for them
+    extracting = threading.Thread(
+        target=files.fill,
+        args=(lambda dest: snapshot(request.root, commit, dest),),
+        daemon=True,
+        name="gate-snapshot",
+    )
+    extracting.start()
     try:
-        snapshot(request.root, commit, workdir)
         base = GateContext(
             name="",
             root=request.root,
-            tree=workdir,
+            tree_dir=workdir,
             ref=ref,
             commit=commit,
             tree_hash=tree_hash,
@@ -334,11 +343,16 @@ def run(
             python=sys.executable,
             db_url=request.db_url,
             known=known_secrets(request.root, process_env=request.process_env),
+            snapshot=files,
         )
         results = _run_gates(
             base, stage, gates, cache, request=request, on_start=on_start, on_finish=on_finish
         )
+        extracting.join()
+        if files.error is not None:  # the verdicts of gates that had no files mean nothing
+            raise files.error
     finally:
+        extracting.join()
         shutil.rmtree(workdir, ignore_errors=True)
     _decide(report, results, gates, request=request, report_dir=report_dir)
     report.finished = utc_now()

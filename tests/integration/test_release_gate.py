@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from deploy import migrations
-from deploy.errors import ExitCode, GateFailed
+from deploy.errors import ExitCode, GateFailed, UsageError
 from deploy.gates import runner
 from deploy.gates.migrations import fingerprint
 from deploy.secrets import Secret
@@ -673,3 +673,36 @@ def test_a_missing_tool_is_one_line_and_an_unconfigured_check_says_what_to_set(
     git(repo, "tag", "v6.0.1")
     check = by_name(gate(repo, "v6.0.1"))["check"]
     assert check.status == "skipped" and "no check configured" in check.summary
+
+
+def test_gates_that_read_the_files_wait_for_a_slow_snapshot(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the gates start while the commit is extracted; none may judge a half-written tree
+    real = runner.snapshot
+
+    def slow(root: Path, sha: str, dest: Path) -> None:
+        time.sleep(1.0)
+        real(root, sha, dest)
+
+    monkeypatch.setattr(runner, "snapshot", slow)
+    commit(repo, {"tests/test_b.py": GOOD_TEST}, tag="v1.6.0")
+    gates = by_name(gate(repo, "v1.6.0", use_cache=False))
+    assert gates["test"].status == "passed" and "2 passed" in gates["test"].summary
+    assert gates["check"].status == "passed"
+
+
+def test_a_snapshot_that_cannot_be_made_fails_the_run_and_writes_nothing(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(root: Path, sha: str, dest: Path) -> None:
+        time.sleep(0.3)
+        raise UsageError(f"the snapshot of {sha[:12]} could not be extracted: disk full")
+
+    monkeypatch.setattr(runner, "snapshot", broken)
+    commit(repo, {"app.py": "VALUE = 2\n"}, tag="v1.7.0")
+    with pytest.raises(UsageError, match="could not be extracted: disk full"):
+        gate(repo, "v1.7.0")
+    reports = repo / "dist" / "release-gate"
+    assert not list(reports.glob("*.json")) and not list(reports.glob("*.md"))
+    assert not list((reports / "cache").glob("*.json"))  # no verdict reached without files
