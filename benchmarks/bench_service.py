@@ -71,6 +71,33 @@ def deploy(root: Path, inv: str, env: dict[str, str]) -> tuple[float, dict[str, 
     return took, out["steps"]
 
 
+# as gunicorn finds it: a name is an attribute of the module (a module __getattr__ included),
+# anything else is called with the module's names
+IMPORT_APP = (
+    "import importlib, sys; name, _, expr = sys.argv[1].partition(':'); "
+    "mod = importlib.import_module(name); expr = expr or 'application'; "
+    "app = getattr(mod, expr) if expr.isidentifier() else eval(expr, vars(mod))"
+)
+
+
+def import_floor(root: Path) -> float:
+    """Median seconds of one Python in the serving release's venv importing the service's app as
+    gunicorn's worker does ([service] wsgi, from the service's folder, with its settings): what
+    every worker of a new release pays before it can answer, whatever deploys it."""
+    proj = load_project(root, process_env={})
+    service, layout = proj.service, Layout(str(proj.env("dev").data_dir))
+    release = os.path.realpath(layout.current)
+    settings = json.loads(Path(releases.Paths.of(layout).settings).read_text())
+    service_dir = service.path_in_release(release)
+    env = environment(settings, {}, dict(os.environ))
+    env["PYTHONPATH"] = service_dir
+    argv = [f"{release}/.venv/bin/python", "-c", IMPORT_APP, service.wsgi]
+    c.run(argv, cwd=Path(service_dir), env=env)  # warm: the page cache, bytecode
+    return statistics.median(
+        c.wall(lambda: c.run(argv, cwd=Path(service_dir), env=env)) for _ in range(c.RUNS)
+    )
+
+
 def step_medians(runs: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
     names = list(runs[0][1])
     return {s: round(statistics.median(r[1].get(s, 0.0) for r in runs), 3) for s in names}
@@ -281,6 +308,7 @@ def main() -> None:
         for _ in range(c.RUNS):  # interleaved: each pair shares the machine's mood
             reference.append(deploy(proj.root, c.INV, env))
             flask.append(deploy(shop.root, shop_inv, senv))
+        floors = {"reference": import_floor(proj.root), "flask": import_floor(shop.root)}
         hooks = hooks_against_none(proj.root)
     finally:
         if shop is not None:
@@ -308,6 +336,11 @@ def main() -> None:
                 ),
                 "reference_steps_median_s": step_medians(reference),
                 "flask_steps_median_s": step_medians(flask),
+                # the service's own start: one Python importing its app in the release's venv
+                "import_app_s": {k: round(v, 3) for k, v in floors.items()},
+                "flask_minus_reference_import_app_s": round(
+                    floors["flask"] - floors["reference"], 3
+                ),
                 "hooks": hooks,
             },
         }
