@@ -717,7 +717,16 @@ class NativeServices:
             _terminate(r_pid)
             actions.append("redis stopped")
         self.redis_pidfile.unlink(missing_ok=True)
+        self._remove_private_socket_dir()
         return actions or ["already down"]
+
+    def _remove_private_socket_dir(self) -> None:
+        """The short socket dir in /tmp a long home gets (socket_dir) goes with its server: once
+        PostgreSQL is down, what is left there (a socket an immediate stop left) is nobody's."""
+        sock = self.socket_dir
+        if sock == os.path.join(self.layout.run, "pg") or self.postgres_pid():
+            return
+        shutil.rmtree(sock, ignore_errors=True)
 
     def restart_unhealthy(self) -> list[str]:
         """Level 1 helper: start whichever server is down, leave healthy ones alone."""
