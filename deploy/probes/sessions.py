@@ -141,6 +141,7 @@ class Watch:
     others: list[Cluster]
     not_asked: list[str]  # environments whose cluster did not answer: not checked
     opened_ms: float = 0.0
+    settings_at: str = ""  # where env's service gets its database settings (settings_at())
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -190,7 +191,8 @@ class Watch:
                 f"a session of {self.env}'s release {self.release} is on {found[0]}'s database "
                 f"cluster: {self.env}'s service reaches {found[0]}'s PostgreSQL (the settings "
                 f"are {self.env}'s, not the release's: fix the one that points there, in "
-                f"env/{self.env}.env or its secrets, before anything of {self.env} serves again)"
+                f"{self.settings_at or f'env/{self.env}.env or its secrets'}, before anything "
+                f"of {self.env} serves again)"
             )
         checked = [cl.env for cl in self.others]
         rest = f"; none on {', '.join(checked)}'s" if checked else ""
@@ -206,8 +208,26 @@ class Watch:
         return True, f"{self.own.seen} session(s) of {self.release} on {self.env}'s database{rest}"
 
 
+def settings_at(project: Project, name: str) -> str:
+    """Where environment name's service gets its database settings, for a verdict's advice: its
+    env file and secrets; on the compose runtime, an `environment:` of a compose file too."""
+    policy = project.policies.get(name)
+    if policy is not None and policy.runtime == "compose":
+        from deploy.commands.compose import compose_files
+
+        return (
+            f"env/{name}.env, its secrets or an environment: of {' or '.join(compose_files(name))}"
+        )
+    return f"env/{name}.env or its secrets"
+
+
 def watch(
-    env: EnvConfig, release: str, others: Iterable[EnvConfig], *, own_count: Count | None = None
+    env: EnvConfig,
+    release: str,
+    others: Iterable[EnvConfig],
+    *,
+    own_count: Count | None = None,
+    settings: str = "",
 ) -> Watch:
     """Open one connection to env's cluster and one to each other environment's that answers,
     and start sampling. A cluster that is env's own under another name is not another's. With
@@ -236,6 +256,6 @@ def watch(
             conn.close()  # the guards refuse a shared cluster; here it is no evidence either way
             continue
         found.append(connected(other.name, conn))
-    w = Watch(env.name, release, own, found, not_asked)
+    w = Watch(env.name, release, own, found, not_asked, settings_at=settings)
     w.opened_ms = (time.perf_counter() - start) * 1000
     return w.start()

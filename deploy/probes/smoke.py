@@ -303,7 +303,12 @@ def run(
     target = _Target(base, env, service, expect_release, token, auth_headers(env, service))
     if project is None or not expect_release:
         return [_timed(name, functools.partial(probe, target)) for name, probe in plan(service)]
-    watch = sessions.watch(env, expect_release, sessions.neighbours(project, env.name))
+    watch = sessions.watch(
+        env,
+        expect_release,
+        sessions.neighbours(project, env.name),
+        settings=sessions.settings_at(project, env.name),
+    )
     try:
         probes = [_timed(name, functools.partial(probe, target)) for name, probe in plan(service)]
     finally:

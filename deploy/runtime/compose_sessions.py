@@ -45,5 +45,9 @@ def watch(rt: ComposeProject, proj: Project, release: str) -> sessions.Watch:
     sampled while the probes run, the project's own counted on its host once they are over
     (the sessions of a pool are still there; one command, not one every few milliseconds)."""
     return sessions.watch(
-        rt.cfg, release, sessions.neighbours(proj, rt.cfg.name), own_count=counter(rt)
+        rt.cfg,
+        release,
+        sessions.neighbours(proj, rt.cfg.name),
+        own_count=counter(rt),
+        settings=sessions.settings_at(proj, rt.cfg.name),
     )

@@ -772,6 +772,8 @@ def _on_staging_cluster(proj: Project, engine: Engine, home: Path, *, serving: s
     out = res.stdout + res.stderr
     assert "smoke failed (sessions: a session of dev's release" in out, out
     assert "is on staging's database cluster" in out, out
+    # the advice names where a compose service's settings come from: the compose file here
+    assert "an environment: of compose/compose.yml or compose/compose.dev.yml" in out, out
     assert _last(proj)["status"] == "rolled-back" and _serving(proj) == serving
     res = engine.inv("dev.smoke", code=6)
     out = res.stdout + res.stderr

@@ -26,6 +26,29 @@ def test_a_session_on_another_environments_cluster_fails_naming_both() -> None:
     assert detail.startswith("a session of staging's release 20260101T000000Z-abc is on prod's")
 
 
+def test_the_advice_names_where_the_service_gets_its_settings(tmp_path: Path) -> None:
+    (tmp_path / "stageflow.toml").write_text(support.minimal_policy())
+    support.write_envs(tmp_path)
+    proj = load_project(tmp_path)
+    assert sessions.settings_at(proj, "staging") == "env/staging.env or its secrets"
+    _, detail = _watch(0, {"prod": 1}).verdict()
+    assert "fix the one that points there, in env/staging.env or its secrets, before" in detail
+    text = (tmp_path / "stageflow.toml").read_text()
+    assert '[environments.staging]\nhosts = ["local"]\nruntime = "native"' in text
+    (tmp_path / "stageflow.toml").write_text(
+        text.replace(
+            '[environments.staging]\nhosts = ["local"]\nruntime = "native"',
+            '[environments.staging]\nhosts = ["local"]\nruntime = "compose"',
+        )
+    )
+    at = sessions.settings_at(load_project(tmp_path), "staging")
+    assert at.startswith("env/staging.env, its secrets or an environment: of ")
+    assert at.endswith("compose/compose.staging.yml")
+    watch = _watch(0, {"prod": 1})
+    watch.settings_at = at
+    assert f"in {at}, before anything of staging serves again" in watch.verdict()[1]
+
+
 def test_no_session_on_its_own_cluster_is_said_not_failed() -> None:
     ok, detail = _watch(0, {"prod": 0}).verdict()
     assert ok
