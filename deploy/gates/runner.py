@@ -316,16 +316,7 @@ def run(
     )
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="stageflow-gate-"))
-    files = Snapshot(workdir)
-    # the gates start while the commit is extracted: their imports, a cached verdict, the
-    # migrations gate's reading of the target overlap it; what reads the files waits for them
-    extracting = threading.Thread(
-        target=files.fill,
-        args=(lambda dest: snapshot(request.root, commit, dest),),
-        daemon=True,
-        name="gate-snapshot",
-    )
-    extracting.start()
+    files, extracting = _extract(request.root, commit, workdir)
     try:
         base = GateContext(
             name="",
@@ -362,6 +353,21 @@ def run(
     if report.overrides:
         _audit(report_dir / "audit.jsonl", report)
     return report
+
+
+def _extract(root: Path, commit: str, workdir: Path) -> tuple[Snapshot, threading.Thread]:
+    """The commit's snapshot, extracted in a thread while the gates start: their imports, a
+    cached verdict, the migrations gate's reading of the target overlap it; what reads the
+    files waits for them (GateContext.tree)."""
+    files = Snapshot(workdir)
+    extracting = threading.Thread(
+        target=files.fill,
+        args=(lambda dest: snapshot(root, commit, dest),),
+        daemon=True,
+        name="gate-snapshot",
+    )
+    extracting.start()
+    return files, extracting
 
 
 def _check_break_glass(request: GateRequest) -> None:
