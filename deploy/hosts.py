@@ -52,6 +52,10 @@ class CommandResult:
 log = logging.getLogger("stageflow.exec")
 TIMEOUT_EXIT = 124  # as timeout(1): the command was stopped, this is not its own verdict
 KILL_GRACE_S = 2.0  # between TERM and KILL of a timed-out process group
+# The longest one wait for a child's output lasts. A Ctrl-C the kernel hands to another thread of
+# this process (it may pick any thread that does not block the signal) is raised by the main
+# thread only once its wait returns: without slices, a 10-minute command ignored it that long.
+WAIT_SLICE_S = 0.5
 
 
 def run_process(
@@ -94,7 +98,7 @@ def run_process(
     try:
         if interrupted:
             raise KeyboardInterrupt  # Ctrl-C while the child started: it is stopped below
-        out, err = proc.communicate(input, timeout=timeout)
+        out, err = _communicate(proc, input, timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
         out, err = _stop(proc, group=new_session, grace_s=kill_grace_s)
@@ -110,6 +114,26 @@ def run_process(
         what = f"ran longer than {timeout:g}s and was killed" if timed_out else f"exited {code}: {res.tail()}"  # fmt: skip
         raise HostError(scrub(f"local: `{args[0]}` {what}", hide))
     return res
+
+
+def _communicate(
+    proc: subprocess.Popen[str], input: str | None, timeout: float | None
+) -> tuple[str | None, str | None]:
+    """proc.communicate(input, timeout) in waits of at most WAIT_SLICE_S: a pending Ctrl-C is
+    raised between two of them (a retry loses no output). With input, one wait: a retry of
+    communicate cannot go on sending it."""
+    if input is not None:
+        return proc.communicate(input, timeout=timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return proc.communicate(
+                input, timeout=WAIT_SLICE_S if left is None else min(left, WAIT_SLICE_S)
+            )
+        except subprocess.TimeoutExpired:
+            if left is not None and left <= WAIT_SLICE_S:
+                raise
 
 
 def _read_regular(path: Path, last_bytes: int | None) -> str | None:

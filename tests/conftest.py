@@ -9,6 +9,7 @@ from __future__ import annotations
 import compileall
 import os
 import shutil
+import signal
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,18 @@ REQUIRE_ALL = os.environ.get("STAGEFLOW_REQUIRE_ALL") == "1"
 # of the tree. Without their compiled code kept, each one compiles the engine again: 0.1-0.2 CPU-s
 # apiece, minutes of a run. A caller's PYTHONDONTWRITEBYTECODE is dropped for what the tests start.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+
+@pytest.fixture(autouse=True)
+def _sigint_left_as_found() -> Iterator[None]:
+    """A test that changes the process's Ctrl-C handler and leaves it changed makes every later
+    test of an interrupt in the same worker pass or fail by chance: it fails here, by name."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+        pytest.fail(f"the test left SIGINT's handler changed: {after!r}, was {before!r}")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

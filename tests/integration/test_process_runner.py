@@ -103,6 +103,31 @@ def test_an_interrupt_kills_the_whole_group_and_propagates(family: Path) -> None
     assert _wait_gone([child, stubborn]) == []
 
 
+def test_an_interrupt_another_thread_received_still_stops_the_group_at_once(family: Path) -> None:
+    """The kernel may hand a process's SIGINT to any of its threads; Python runs the handler in
+    the main thread, which sees it only when its wait for the child returns."""
+    sent: list[float] = []
+
+    def interrupt_through_this_thread() -> None:
+        deadline = time.monotonic() + 30
+        while not (family / "stubborn.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        sent.append(time.monotonic())
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+
+    timer = threading.Thread(target=interrupt_through_this_thread)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_process(["sh", "-c", FAMILY], cwd=family, timeout=120)
+    finally:
+        timer.join()
+    # before: the wait went on until the children's `sleep 60` ended, and only then the
+    # interrupt was raised
+    assert time.monotonic() - sent[0] < 30
+    assert _wait_gone(_pids(family, "shell", "child", "stubborn")) == []
+
+
 def test_an_interrupt_while_the_child_starts_still_stops_its_group(
     family: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -184,6 +209,14 @@ def test_a_program_that_cannot_start(tmp_path: Path) -> None:
     with pytest.raises(HostError) as info:
         run_process([missing], check=True)
     assert "cannot run" in info.value.line() and "\n" not in info.value.line()
+
+
+def test_input_larger_than_a_pipe_reaches_a_slow_reader_whole() -> None:
+    # the child reads only after a second, longer than one of the waits a run without input is
+    # cut into (WAIT_SLICE_S): a retried wait would stop sending the input
+    text = "".join(f"line {i:07d}\n" for i in range(60_000))  # 780 kB, far over a pipe's buffer
+    res = run_process(["sh", "-c", "sleep 1; cat"], input=text, timeout=60)
+    assert res.ok and res.stdout == text
 
 
 def test_input_env_and_cwd_reach_the_child(tmp_path: Path) -> None:
