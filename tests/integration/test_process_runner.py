@@ -56,6 +56,17 @@ def _wait_gone(pids: list[int]) -> list[int]:
     return [p for p in pids if _running(p)]
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_as_a_terminal_gives_it() -> Iterator[None]:
+    """Python's own SIGINT handler, as an operator's terminal leaves it: a test run started in
+    the background by a shell without job control inherits SIGINT ignored, and no interrupt
+    would ever be raised."""
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.fixture
 def family(tmp_path: Path) -> Iterator[Path]:
     """A directory for FAMILY's pid files; whatever of it still runs afterwards is killed."""
