@@ -759,6 +759,7 @@ def _launch_master(
         service_dir=service.path_in_release(rdir),
         worker_class=service.worker_class,
         ready_path=service.ready_path,
+        ready_redirects=service.ready_redirects,
         asgi=service.is_asgi,
         workers=workers,
         user=service.user,
@@ -808,6 +809,12 @@ def not_ready_hint(failure: str, ready_path: str) -> str:
         return (
             f"the service has no GET {ready_path}: set [service] health (and ready) in "
             "stageflow.toml to a path that answers 2xx; the previous release still serves"
+        )
+    if status.startswith("3") and status.isdigit():
+        return (
+            f"[service] ready ({ready_path}) redirected: a ready path of its own must answer 2xx; "
+            "set it to a path that does, or remove it to let the health path stand in (which may "
+            "redirect); the previous release still serves"
         )
     if status == "400":
         return (
@@ -890,6 +897,8 @@ def _why_exited(host: Host, log: str) -> tuple[str, str]:
 # the line a Python traceback ends with: the exception's (dotted) name, and its message if any
 _RAISED = re.compile(r"^[A-Za-z_][\w.]*(?::\s.*)?$")
 _MISSING_NAME = re.compile(r"^KeyError: '([A-Z][A-Z0-9_]*)'$")
+# a write the release refused: permission denied (13) or a read-only file system (30)
+_NOT_WRITABLE = re.compile(r"^(PermissionError|OSError|IsADirectoryError): \[Errno (13|30)\]")
 
 
 def raised_in(lines: Sequence[str]) -> str:
@@ -919,6 +928,12 @@ def boot_hint(raised: str, env: EnvConfig, service: Service, log: str) -> str:
         return (
             f"the service reads {name} from its environment: declare it in [service.env] keys "
             f"or secrets of stageflow.toml and set it for {env.name}; see {log}"
+        )
+    if _NOT_WRITABLE.match(raised):
+        return (
+            "the release is read-only to the service: let it write files under the directory "
+            "STAGEFLOW_FILES_DIR names (shared/files, kept from release to release) and log to "
+            f"stdout or stderr, which stageflow keeps in {log}"
         )
     return f"see {log} or `inv {env.name}.logs`"
 

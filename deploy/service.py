@@ -107,6 +107,16 @@ class Service:
         return self.ready or self.health
 
     @property
+    def ready_redirects(self) -> bool:
+        """No `ready` of its own: the health path stands in for it and answers as health may, a
+        redirect (not followed) included. A ready path of its own must answer 2xx."""
+        return not self.ready
+
+    def is_ready(self, status: int) -> bool:
+        """The ready path's status says a release may take traffic."""
+        return 200 <= status < (400 if self.ready_redirects else 300)
+
+    @property
     def is_asgi(self) -> bool:
         """An ASGI worker class (uvicorn's, say): the barrier and the counters speak ASGI."""
         return "uvicorn" in self.worker_class.lower() or "asgi" in self.worker_class.lower()
@@ -314,7 +324,8 @@ def load_service(path: Path, data: dict[str, Any]) -> Service:
         requirements=_relative(_str(table, "requirements", "requirements.txt"), "requirements"),
         worker_class=_str(table, "worker_class", "sync"),
         health=health,
-        ready=_path(_str(table, "ready", health), "ready"),
+        # unset: ready_path is the health path, which answers for it as it answers for health
+        ready=_path(_str(table, "ready", ""), "ready") if "ready" in table else "",
         version=_str(table, "version", "") and _path(_str(table, "version", ""), "version"),
         metrics=_str(table, "metrics", "") and _path(_str(table, "metrics", ""), "metrics"),
         api_key_header=_str(table, "api_key_header", ""),

@@ -62,7 +62,8 @@ def service_table(d: Detection) -> str:
     if d.worker_class != "sync":
         lines.append(f"worker_class = {_toml(d.worker_class)}")
     lines.append(
-        f"health = {_toml(d.health)}".ljust(39) + "# a path that answers 2xx when the service is up"
+        f"health = {_toml(d.health)}".ljust(39)
+        + "# a path that answers 2xx (or 3xx) when the service is up"
     )
     if d.ready:
         lines.append(f"ready = {_toml(d.ready)}  # answers 2xx when a new release may take traffic")

@@ -143,8 +143,9 @@ FRONT_BOOT = "import os; exec(os.environ['STAGEFLOW_FRONT_CODE'])"
 def front_switch(
     c: ComposeCommands, target: str, *, paths: Sequence[str], ready_s: float, drain_s: float
 ) -> list[str]:
-    """Move the front's new connections to target once every path answers 2xx there; returns when
-    the connections to any other target have closed (or drain_s passed)."""
+    """Move the front's new connections to target once every path answers there (the first, the
+    health path, 2xx or 3xx; the others 2xx); returns when the connections to any other target
+    have closed (or drain_s passed)."""
     args = ["switch", target, f"{ready_s:g}", f"{drain_s:g}", *paths]
     return c.exec(FRONT_SERVICE, ["python", "-c", FRONT_BOOT, *args])
 

@@ -130,7 +130,9 @@ def _account_args(user: str, files: str) -> list[str]:
     return out + (["--files", files] if files else [])
 
 
-def _launch_args(launch: Launch, *, ready_path: str, asgi: bool) -> list[str]:
+def _launch_args(
+    launch: Launch, *, ready_path: str, asgi: bool, ready_redirects: bool = False
+) -> list[str]:
     return [
         "--control",
         launch.control,
@@ -140,6 +142,7 @@ def _launch_args(launch: Launch, *, ready_path: str, asgi: bool) -> list[str]:
         launch.ready_dir,
         "--ready-path",
         ready_path,
+        *(["--ready-redirects"] if ready_redirects else []),
         "--release",
         launch.release,
         "--metrics-dir",
@@ -165,6 +168,7 @@ def gunicorn(
     ready_path: str,
     asgi: bool,
     workers: int,
+    ready_redirects: bool = False,
     graceful_timeout: int = 20,
     user: str = "",
     files: str = "",
@@ -179,7 +183,7 @@ def gunicorn(
     return [
         venv_python,
         str(helpers / "launch.py"),
-        *_launch_args(launch, ready_path=ready_path, asgi=asgi),
+        *_launch_args(launch, ready_path=ready_path, asgi=asgi, ready_redirects=ready_redirects),
         *_account_args(user, files),
         "--",
         # python -m, not the gunicorn script: a venv copied from the host cache keeps working
@@ -222,11 +226,12 @@ def kill(pid: int, sig: signal.Signals) -> list[str]:
 
 # A remote host publishes the app on its own loopback only: the probe runs there, over SSH,
 # against the published port (what a proxy on that host would reach), with the host's python3.
-# Health may answer 2xx or 3xx (a redirect is not followed), ready must answer 2xx; the release is
-# the X-Stageflow-Release header of the ready answer, else the `release` of the version path.
+# Health may answer 2xx or 3xx (a redirect is not followed), ready must answer 2xx (3xx too when
+# the health path stands in for it); the release is the X-Stageflow-Release header of the ready
+# answer, else the `release` of the version path.
 PROBE_CODE = """
 import json, sys, urllib.error, urllib.request
-base, health, ready, version = sys.argv[1:5]
+base, health, ready, version, ready_below = sys.argv[1:6]
 class Keep(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):
         return None
@@ -241,7 +246,7 @@ status = get(health)[0]
 if not 200 <= status < 400:
     sys.exit(f"{health}: HTTP {status}")
 status, headers, _ = get(ready)
-if not 200 <= status < 300:
+if not 200 <= status < int(ready_below):
     sys.exit(f"{ready}: HTTP {status}")
 release = headers.get("X-Stageflow-Release")
 if not release and version:
@@ -250,11 +255,14 @@ print(release or "")
 """
 
 
-def http_probe(base: str, *, health: str, ready: str, version: str = "") -> list[str]:
+def http_probe(
+    base: str, *, health: str, ready: str, version: str = "", ready_redirects: bool = False
+) -> list[str]:
     """Health and readiness of the service at base (`http://host:port`) on the given paths; prints
     the serving release (an empty line when it cannot be told). base and the paths follow
     `-c CODE`, so python hands them to the code as sys.argv, never as options."""
-    return ["python3", "-c", PROBE_CODE, base, health, ready, version]
+    below = "400" if ready_redirects else "300"
+    return ["python3", "-c", PROBE_CODE, base, health, ready, version, below]
 
 
 def _launcher(release_dir: str) -> list[str]:

@@ -186,7 +186,7 @@ def _health(t: _Target) -> tuple[bool, str]:
 
 def _ready(t: _Target) -> tuple[bool, str]:
     reply = request("GET", t.base + t.service.ready_path)
-    ok = 200 <= reply.status < 300
+    ok = t.service.is_ready(reply.status)
     why = "" if ok else f": {str(reply.body)[:120]}"
     return ok, f"{t.service.ready_path}: HTTP {reply.status}{why}"
 

@@ -441,10 +441,6 @@ def _status(url: str, headers: Mapping[str, str], timeout: float = 2) -> int:
         return 0
 
 
-def _ready(status: int) -> bool:
-    return 200 <= status < 300  # a redirect from a ready path is no "ready"
-
-
 def _probe_round(
     places: Sequence[Place],
     port: int,
@@ -461,11 +457,11 @@ def _probe_round(
         status = _status(base_url + service.health, {})
         consecutive[p.name] = 0 if smoke.healthy(status) else consecutive.get(p.name, 0) + 1
         if service.ready_path == service.health:
-            unready[p.name] = 0 if _ready(status) else unready.get(p.name, 0) + 1
+            unready[p.name] = 0 if service.is_ready(status) else unready.get(p.name, 0) + 1
         for path in traffic_paths(service):
             answer = _status(base_url + path, headers)
             if path == service.ready_path:
-                unready[p.name] = 0 if _ready(answer) else unready.get(p.name, 0) + 1
+                unready[p.name] = 0 if service.is_ready(answer) else unready.get(p.name, 0) + 1
     return max(consecutive.values(), default=0)
 
 
@@ -485,7 +481,9 @@ def unready_hosts(
         left = [
             p
             for p in left
-            if not _ready(_status(f"http://{p.bind}:{port}{service.ready_path}", headers, 5))
+            if not service.is_ready(
+                _status(f"http://{p.bind}:{port}{service.ready_path}", headers, 5)
+            )
         ]
         if not left:
             break

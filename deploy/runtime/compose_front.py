@@ -8,7 +8,8 @@ connection stays with the target it started on until either side closes it.
 
 The runtime moves it with `docker compose exec front python -c <this text> switch TARGET PATH...`,
 which talks to the server over a unix socket in the container: the server asks TARGET for each
-PATH (health, then ready) until all answer 2xx, moves new connections to it, then waits until no
+PATH (health, then ready) until all answer, the first (health) 2xx or 3xx (a redirect is an
+answer, not followed), the others 2xx; moves new connections to it, then waits until no
 connection to any other target is open and answers with what it left. `target` prints where new
 connections go. The first target is the compose service's name, which resolves to its one container.
 """
@@ -105,8 +106,9 @@ class Front:
 
     async def switch(self, target: str, paths: list[str], ready_s: float, drain_s: float) -> dict:
         deadline = time.monotonic() + ready_s
-        for path in paths:
-            while (status := await _status(target, path)) // 100 != 2:
+        for i, path in enumerate(paths):
+            below = 400 if i == 0 else 300  # the health path may redirect; a ready path may not
+            while not 200 <= (status := await _status(target, path)) < below:
                 if time.monotonic() > deadline:
                     return {"ok": False, "error": f"{target}{path} answered {status or 'nothing'}"}
                 await asyncio.sleep(0.2)
@@ -163,7 +165,8 @@ async def ask(request: dict) -> dict:
 
 def main(argv: list[str]) -> int:
     """No argument: serve. `target`: where new connections go. `switch TARGET READY_S DRAIN_S
-    PATH...`: move to TARGET once every PATH answers 2xx there, then wait for the others to close."""
+    PATH...`: move to TARGET once every PATH answers there (the first, health, 2xx or 3xx; the
+    others 2xx), then wait for the others to close."""
     if not argv:
         asyncio.run(serve())
         return 0

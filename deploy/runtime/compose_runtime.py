@@ -871,7 +871,11 @@ def _http_on_host(rt: ComposeProject, service: Service, rid: str | None) -> tupl
     detail = ""
     for _ in range(5):
         argv = appcmd.http_probe(
-            base, health=service.health, ready=service.ready_path, version=service.version
+            base,
+            health=service.health,
+            ready=service.ready_path,
+            version=service.version,
+            ready_redirects=service.ready_redirects,
         )
         res = rt.host.run(argv, check=False, timeout=30)
         serving_now = res.stdout.strip().splitlines()[-1:] if res.ok else []

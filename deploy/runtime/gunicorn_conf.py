@@ -29,6 +29,8 @@ ACCEPTED_GRACE_S = 2.0
 
 _READY_DIR = os.environ.get("STAGEFLOW_READY_DIR", "")
 _READY_PATH = os.environ.get("STAGEFLOW_READY_PATH", "") or "/"
+# the health path standing in for the ready path: a redirect is an answer, as for health
+_READY_BELOW = 400 if os.environ.get("STAGEFLOW_READY_REDIRECTS") == "1" else 300
 _RELEASE = os.environ.get("STAGEFLOW_RELEASE_ID", "")
 _METRICS_DIR = os.environ.get("STAGEFLOW_METRICS_DIR", "")
 _ASGI = os.environ.get("STAGEFLOW_ASGI") == "1"
@@ -345,7 +347,7 @@ def probe(app: Any, path: str) -> tuple[bool, str]:
     except Exception as exc:
         return False, f"{type(exc).__name__}: {exc}"[:200]
     detail = f"{status} {body.decode('utf-8', errors='replace')[:200]}"
-    return 200 <= status < 300, detail
+    return 200 <= status < _READY_BELOW, detail
 
 
 class ReadyAtStartup:
@@ -402,7 +404,8 @@ class ReadyAtStartup:
             status, body = await asyncio.wait_for(
                 _asgi_get(self.app, self.path, state or {}), PROBE_TIMEOUT_S
             )
-            ok, detail = 200 <= status < 300, f"{status} {body.decode('utf-8', 'replace')[:200]}"
+            ok = 200 <= status < _READY_BELOW
+            detail = f"{status} {body.decode('utf-8', 'replace')[:200]}"
         except Exception as exc:
             ok, detail = False, f"{type(exc).__name__}: {exc}"[:200]
         self.report(ok, detail)

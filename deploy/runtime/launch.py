@@ -254,6 +254,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--settings", required=True)
     p.add_argument("--ready-dir", default="")
     p.add_argument("--ready-path", default="/")
+    p.add_argument("--ready-redirects", action="store_true")
     p.add_argument("--release", default="")
     p.add_argument("--metrics-dir", default="")
     p.add_argument("--asgi", action="store_true")
@@ -344,6 +345,7 @@ def _runtime(args: argparse.Namespace) -> dict[str, str]:
         runtime = {
             "STAGEFLOW_READY_DIR": args.ready_dir,
             "STAGEFLOW_READY_PATH": args.ready_path,
+            "STAGEFLOW_READY_REDIRECTS": "1" if args.ready_redirects else "",
             "STAGEFLOW_RELEASE_ID": args.release,
             "STAGEFLOW_METRICS_DIR": args.metrics_dir,
             "STAGEFLOW_ASGI": "1" if args.asgi else "",

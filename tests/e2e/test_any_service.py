@@ -241,3 +241,34 @@ def test_a_release_that_is_not_ready_never_serves(service: Project) -> None:
     _, headers, _ = _get(service.url("dev", "/healthz"))
     assert headers["X-Stageflow-Release"] == serving
     assert [p.name for p in (home / "run").glob("app-*.pid")] == [f"app-{serving}.pid"]
+
+
+def test_a_health_path_that_redirects_stands_in_for_ready(service: Project) -> None:
+    """No `ready` of its own and "/" sending to a login page, as many apps do: the health path
+    stands in for the ready path and its redirect answers; a ready path of its own may not."""
+    service.edit("web/svc.py", '"@never@" in os.environ', '"@" in os.environ')
+    service.edit(
+        "web/svc.py",
+        '    if path == "/healthz":\n',
+        '    if path == "/":\n'
+        '        start_response("302 Found", [("Location", "/login?next=%2F")])\n'
+        '        return [b""]\n'
+        '    if path == "/healthz":\n',
+    )
+    service.edit("stageflow.toml", 'health = "/healthz"\nready = "/readyz"\n', 'health = "/"\n')
+    service.commit("health is / and redirects; no ready path of its own")
+    res = service.inv("dev.deploy", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    rid = json.loads(res.stdout)["release"]
+    _, headers, _ = _get(service.url("dev", "/healthz"))
+    assert headers["X-Stageflow-Release"] == rid
+    assert "/" in service.inv("dev.smoke").stdout
+
+    service.edit("stageflow.toml", 'health = "/"\n', 'health = "/"\nready = "/"\n')
+    service.commit("a ready path of its own that redirects")
+    res = service.inv("dev.deploy")
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and re.search(r"release \S+ is not ready: 302", out), out
+    assert "a ready path of its own must answer 2xx" in out
+    _, headers, _ = _get(service.url("dev", "/healthz"))
+    assert headers["X-Stageflow-Release"] == rid

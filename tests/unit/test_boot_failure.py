@@ -50,6 +50,14 @@ def test_the_hint_says_how_to_give_the_environment_the_setting_its_code_reads() 
     assert "declare it in [service.env] keys or secrets" in other
     assert boot_hint("ValueError: bad", env, svc, log).startswith(f"see {log}")
     assert boot_hint("KeyError: 'lowercase'", env, svc, log).startswith(f"see {log}")
+    # a service writing its own log file beside its code (`logs/` in its folder, say)
+    for raised in (
+        "PermissionError: [Errno 13] Permission denied: 'logs'",
+        "OSError: [Errno 30] Read-only file system: 'app.db'",
+    ):
+        hint = boot_hint(raised, env, svc, log)
+        assert hint.startswith("the release is read-only to the service") and log in hint
+        assert "STAGEFLOW_FILES_DIR" in hint
 
 
 def test_init_tells_to_generate_dev_secrets_when_the_code_reads_some() -> None:

@@ -27,6 +27,8 @@ def _server(name: str, *, ready: bool = True) -> ThreadingHTTPServer:
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             status = 200 if ready or self.path != "/ready" else 503
             body = name.encode()
+            if self.path == "/login-first":  # a path that redirects to a login page
+                status = 302
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -128,4 +130,16 @@ def test_a_target_that_is_not_ready_is_never_switched_to(
     assert json.loads(refused.stdout)["error"].endswith("/ready answered 503")
     gone = front.ask("switch", f"127.0.0.1:{free_port()}", "0.5", "1", "/health")
     assert json.loads(gone.stdout)["error"].endswith("/health answered nothing")
+    # a redirect answers for the health path (the first), never for a ready path of its own
+    login = front.ask("switch", _target(servers["new"]), "0.5", "1", "/health", "/login-first")
+    assert json.loads(login.stdout)["error"].endswith("/login-first answered 302")
     assert front.get() == "old"
+
+
+def test_a_health_path_that_redirects_is_an_answer(
+    front: Front, servers: dict[str, ThreadingHTTPServer]
+) -> None:
+    # no ready path of its own: the health path stands in, and "/" sends to a login page
+    moved = front.ask("switch", _target(servers["new"]), "5", "0.2", "/login-first")
+    assert moved.returncode == 0, moved.stdout
+    assert front.get() == "new"

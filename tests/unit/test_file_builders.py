@@ -150,6 +150,7 @@ def test_the_host_probe_prints_the_serving_release():
         "/healthz",
         "/readyz",
         "",
+        "300",
     ]
     server = ThreadingHTTPServer(("127.0.0.1", 0), _App)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -178,9 +179,15 @@ def test_the_host_probe_takes_the_services_paths_and_the_release_header():
         unready = run_process(
             app.http_probe(base, health="/healthz", ready="/login-first"), timeout=60
         )
+        # no `ready` of its own: the health path stands in, and a redirect answers as for health
+        stand_in = run_process(
+            app.http_probe(base, health="/login-first", ready="/login-first", ready_redirects=True),
+            timeout=60,
+        )
     finally:
         server.shutdown()
         server.server_close()
     assert header.ok and header.stdout.strip() == "r9", header.stderr
     assert no_release.ok and no_release.stdout.strip() == ""
     assert not unready.ok and "/login-first: HTTP 302" in unready.stderr
+    assert stand_in.ok, stand_in.stderr

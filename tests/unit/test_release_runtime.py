@@ -387,6 +387,8 @@ def test_a_ready_path_the_service_does_not_route_names_the_setting() -> None:
     hint = releases.not_ready_hint('404 {"detail":"Not Found"}', "/")
     assert "no GET /" in hint and "[service] health" in hint
     assert "set [service]" in releases.not_ready_hint("405 Method Not Allowed", "/readyz")
+    moved = releases.not_ready_hint("302 Redirecting...", "/")
+    assert "a ready path of its own must answer 2xx" in moved and "health path stand in" in moved
     other = releases.not_ready_hint('503 {"ready": false}', "/readyz")
     assert "[service]" not in other and "migrations" in other
 
