@@ -1066,17 +1066,28 @@ def _cmdline(host: Host, pid: int) -> list[str]:
     return text.rstrip("\0").split("\0") if text else []
 
 
+def _names_program(arg: str, program: str) -> bool:
+    """arg is program as launch.py ran it: by the absolute path PATH (or the service's folder,
+    for a relative one) gave it."""
+    return arg == program or arg.endswith("/" + program.lstrip("./"))
+
+
 def runs(host: Host, pid: int | None, argv: Sequence[str]) -> bool:
     """pid is alive and its /proc cmdline is argv as launch.py exec'd it (the program by the
-    absolute path PATH gave it): a pidfile naming any other process is not trusted, so a stale or
-    planted one never makes stageflow signal a stranger."""
+    absolute path PATH gave it), or as the kernel ran a script of it (a console script such as
+    `celery` or `rq`: the interpreter its #! line names, maybe one option, then the script): a
+    pidfile naming any other process is not trusted, so a stale or planted one never makes
+    stageflow signal a stranger."""
     if not pid or not _alive(host, pid):
         return False
-    got = _cmdline(host, pid)
-    if not got or got[1:] != list(argv[1:]):
+    got, rest = _cmdline(host, pid), list(argv[1:])
+    if not got:
         return False
-    program = argv[0]
-    return got[0] == program or ("/" not in program and got[0].endswith(f"/{program}"))
+    if got[1:] == rest and _names_program(got[0], argv[0]):
+        return True
+    cut = len(got) - len(rest)
+    head = got[:cut]
+    return got[cut:] == rest and len(head) in (2, 3) and _names_program(head[-1], argv[0])
 
 
 def processes_on_host(host: Host, layout: Layout) -> list[ProcessState]:

@@ -90,6 +90,13 @@ _PROCESS_NAMES = {
 _STATIC_ROOT = re.compile(r"^STATIC_ROOT\s*(?::[^=\n]+)?=", re.M)
 DJANGO_COLLECTSTATIC = ("python", "manage.py", "collectstatic", "--noinput")
 PYTEST = ("python", "-m", "pytest", "-q")
+# the standard library's runner: for tests written with unittest in a project that never asks
+# for pytest, it needs nothing installed (it finds test*.py, a top-level tests.py among them)
+UNITTEST = ("python", "-m", "unittest")
+_NAMES_PYTEST = re.compile(r"\bpytest\b", re.I)
+_PYTEST_FILES = ("pytest.ini", "pyproject.toml", "setup.cfg", "tox.ini", "requirements.txt",
+                 "requirements-dev.txt", "requirements_dev.txt", "dev-requirements.txt")  # fmt: skip
+_UNITTEST = re.compile(r"^\s*(import unittest|from unittest\b)", re.M)
 # pytest-django configured: the project's tests run under pytest, not Django's own runner
 _PYTEST_DJANGO = re.compile(r"pytest[-_]django|^\s*DJANGO_SETTINGS_MODULE\s*=", re.M | re.I)
 # A health route the app object itself declares (`@app.get("/healthz")`, `@app.route(...)`,
@@ -318,11 +325,29 @@ def _build(base: Path, framework: str) -> tuple[tuple[str, ...], ...]:
     return ()
 
 
+def _uses_pytest(bases: set[Path]) -> bool:
+    """The project asks for pytest: a conftest.py, or pytest named in its config or requirements."""
+    for base in bases:
+        if (base / "conftest.py").exists() or (base / "tests" / "conftest.py").exists():
+            return True
+        if any(_NAMES_PYTEST.search(_read(base / name)) for name in _PYTEST_FILES):
+            return True
+    return False
+
+
+def _unittest_only(bases: set[Path]) -> bool:
+    """Every test file at the top (test*.py, tests.py) or in tests/ is written with unittest."""
+    found = [p for b in bases for p in (*b.glob("test*.py"), *b.glob("tests/test*.py"))]
+    return bool(found) and all(_UNITTEST.search(_read(p)) for p in found)
+
+
 def _test_command(root: Path, folder: str, framework: str) -> tuple[str, ...]:
     """Django's own test runner for a Django project (its tests.py files are no pytest's
-    test_*.py), unless pytest-django is set up; pytest for everything else."""
+    test_*.py), unless pytest-django is set up; the standard library's unittest for a project
+    whose tests are unittest's and that never asks for pytest; pytest for everything else."""
     if framework != "Django":
-        return PYTEST
+        bases = {root, root / folder}
+        return UNITTEST if not _uses_pytest(bases) and _unittest_only(bases) else PYTEST
     for name in ("pytest.ini", "pyproject.toml", "setup.cfg", "tox.ini", "requirements-dev.txt"):
         for base in {root, root / folder}:
             if _PYTEST_DJANGO.search(_read(base / name)):

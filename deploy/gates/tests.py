@@ -25,7 +25,9 @@ from deploy.gates import (
 )
 
 # pytest's short summary (-rf / -rE, on by default): "FAILED tests/x.py::test_y - AssertionError".
-_SUMMARY = re.compile(r"^(FAILED|ERROR) (\S+)(?: - (.*))?$")
+_SUMMARY = re.compile(r"^(FAILED|ERROR) ([^\s(]\S*)(?: - (.*))?$")
+# unittest's: "FAIL: test_y (tests.UserCase.test_y)" (before 3.11 the parentheses end at the class)
+_UNITTEST_CASE = re.compile(r"^(FAIL|ERROR): (\w+) \(([\w.]+)\)")
 _NO_PYTEST = re.compile(r"No module named '?pytest'?")
 DEFAULT = ("python", "-m", "pytest", "-q")
 
@@ -77,6 +79,10 @@ def run(ctx: GateContext) -> Outcome:
         m = _SUMMARY.match(line.strip())
         if m:
             failing.append({"kind": m[1].lower(), "id": m[2], "message": (m[3] or "")[:300]})
+        elif u := _UNITTEST_CASE.match(line.strip()):
+            case = u[3] if u[3].endswith(f".{u[2]}") else f"{u[3]}.{u[2]}"
+            kind = "failed" if u[1] == "FAIL" else "error"
+            failing.append({"kind": kind, "id": case, "message": ""})
     shown = [Path(argv[0]).name if argv[0] == ctx.python else argv[0], *argv[1:]]
     details: dict[str, Any] = {"command": shown[1:] if argv[0] == ctx.python else shown}
     details["exit_code"] = done.exit_code

@@ -706,3 +706,30 @@ def test_a_snapshot_that_cannot_be_made_fails_the_run_and_writes_nothing(
     reports = repo / "dist" / "release-gate"
     assert not list(reports.glob("*.json")) and not list(reports.glob("*.md"))
     assert not list((reports / "cache").glob("*.json"))  # no verdict reached without files
+
+
+def test_a_unittest_suite_names_its_failing_case(repo: Path) -> None:
+    # `stageflow init` writes `python -m unittest` for a project whose tests are unittest's
+    text = (repo / "stageflow.toml").read_text()
+    unit = (
+        "import unittest\n\n\nclass UserCase(unittest.TestCase):\n"
+        "    def test_ok(self):\n        self.assertEqual(1 + 1, 2)\n\n"
+        "    def test_broken(self):\n        self.assertEqual(1 + 1, 3)\n"
+    )
+    commit(
+        repo,
+        {
+            "stageflow.toml": text.replace(
+                'command = ["python", "-m", "pytest", "-q", "-x", "tests"]',
+                'command = ["python", "-m", "unittest"]',
+            ),
+            "tests.py": unit,
+        },
+        tag="v1.8.0-rc.1",
+    )
+    gates = by_name(gate(repo, "v1.8.0-rc.1", only=()))
+    assert gates["test"].status == "failed"
+    assert gates["test"].summary == "1 failing: tests.UserCase.test_broken"
+    commit(repo, {"tests.py": unit.replace("1 + 1, 3", "1 + 1, 2")}, tag="v1.8.0-rc.2")
+    gates = by_name(gate(repo, "v1.8.0-rc.2", only=()))
+    assert gates["test"].status == "passed" and gates["test"].summary == "OK"

@@ -452,6 +452,21 @@ def test_django_without_static_root_or_with_pytest_django(tmp_path: Path) -> Non
     )
 
 
+def test_unittest_tests_in_a_project_without_pytest_run_with_unittest(tmp_path: Path) -> None:
+    # a top-level tests.py of unittest.TestCase classes, and pytest nowhere in the project
+    test_py = "import unittest\n\n\nclass UserModelCase(unittest.TestCase):\n    pass\n"
+    write(tmp_path, {"app.py": FLASK_APP, "tests.py": test_py, "requirements.txt": "flask\n"})
+    assert detect(tmp_path, Overrides(wsgi="app:app")).test_command == (
+        "python",
+        "-m",
+        "unittest",
+    )
+    write(tmp_path, {"requirements.txt": "flask\npytest\n"})  # the project asks for pytest
+    assert detect(tmp_path, Overrides(wsgi="app:app")).test_command[2] == "pytest"
+    write(tmp_path, {"requirements.txt": "flask\n", "tests/test_views.py": "def test_x(): pass\n"})
+    assert detect(tmp_path, Overrides(wsgi="app:app")).test_command[2] == "pytest"
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
