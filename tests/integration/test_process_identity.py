@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,10 +28,10 @@ def started(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
 def _start(procs: list[subprocess.Popen[bytes]], argv: list[str]) -> int:
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs.append(proc)
+    mine = Path("/proc/self/cmdline").read_bytes()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # until exec replaced the forked copy of this process
-        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
-        if cmdline[0] != sys.executable.encode():
+        if Path(f"/proc/{proc.pid}/cmdline").read_bytes() not in (mine, b""):
             break
         time.sleep(0.01)
     return proc.pid
