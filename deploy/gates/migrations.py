@@ -57,6 +57,18 @@ def split_url(url: Secret) -> tuple[str, Secret | None]:
     ) if password else None
 
 
+_NO_PASSWORD = ("no password supplied", "password authentication failed")
+
+
+def database_says(exc: psycopg.Error) -> str:
+    """The driver's first line, and for a role the target did not let in, how to give its
+    password (never on a command line: the URL's, or PGPASSWORD's)."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if any(s in first for s in _NO_PASSWORD):
+        first += "; give the role's password in PGPASSWORD, or in --db-url after its user name"
+    return f"database: {first}"
+
+
 def _connect(conninfo: str, password: Secret | None, **override: str) -> psycopg.Connection:
     kwargs: dict[str, Any] = {
         "autocommit": True,
@@ -150,8 +162,11 @@ def inputs(ctx: GateContext) -> list[Any] | None:
     conninfo, password = split_url(ctx.db_url)
     folder = _dir(ctx)
     files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
-    with _connect(conninfo, password) as conn:
-        size = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    try:
+        with _connect(conninfo, password) as conn:
+            size = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    except psycopg.Error as exc:  # the verdict is run's to say; nothing to cache it under
+        raise ConfigError(database_says(exc)) from None
     # Only a database small enough to hash row by row can prove it is unchanged; larger ones
     # are rehearsed on every run rather than trusted on weaker evidence.
     if size is None or size[0] > locks.number(ctx, "cache_max_mb", 64) * 1024 * 1024:
@@ -409,6 +424,5 @@ def run(ctx: GateContext) -> Outcome:
     except MigrationError as exc:
         return Outcome("failed", scrub(exc.line(), secrets), details)
     except psycopg.Error as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return Outcome("error", scrub(f"database: {first}", secrets), details)
+        return Outcome("error", scrub(database_says(exc), secrets), details)
     return Outcome(outcome.status, scrub(outcome.summary, secrets), outcome.details)

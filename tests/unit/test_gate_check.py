@@ -32,3 +32,19 @@ def test_one_finding_per_line_without_a_count() -> None:
     concise = ["app/main.py:1:8: F401 [*] `os` imported but unused", "", "x.py:2:1: E999 bad"]
     assert findings(concise) == 2
     assert findings(["Would reformat: app/main.py", "1 file would be reformatted"]) == 1
+
+
+def test_a_target_that_wants_a_password_says_where_to_give_it() -> None:
+    import psycopg
+
+    from deploy.gates.migrations import database_says
+
+    said = database_says(
+        psycopg.OperationalError(
+            'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+            "fe_sendauth: no password supplied"
+        )
+    )
+    assert said.startswith("database: connection failed") and "PGPASSWORD" in said
+    other = database_says(psycopg.OperationalError("connection refused\nmore"))
+    assert other == "database: connection refused"
