@@ -1038,6 +1038,12 @@ def process_pidfile(layout: Layout, name: str, rid: str) -> str:
     return f"{layout.run}/proc-{name}-{rid}.pid"
 
 
+def process_started(layout: Layout, name: str, rid: str) -> str:
+    """`<pid> <start time>` of the process stageflow started, written once it came up: it names
+    that process whatever its command line says later (a worker that sets its own title)."""
+    return f"{layout.run}/proc-{name}-{rid}.started"
+
+
 def process_log(layout: Layout, name: str) -> str:
     return f"{layout.logs}/{name}.log"
 
@@ -1072,14 +1078,20 @@ def _names_program(arg: str, program: str) -> bool:
     return arg == program or arg.endswith("/" + program.lstrip("./"))
 
 
-def runs(host: Host, pid: int | None, argv: Sequence[str]) -> bool:
-    """pid is alive and its /proc cmdline is argv as launch.py exec'd it (the program by the
-    absolute path PATH gave it), or as the kernel ran a script of it (a console script such as
-    `celery` or `rq`: the interpreter its #! line names, maybe one option, then the script): a
-    pidfile naming any other process is not trusted, so a stale or planted one never makes
-    stageflow signal a stranger."""
+def runs(host: Host, pid: int | None, argv: Sequence[str], *, started: str = "") -> bool:
+    """pid is the process stageflow started: its start time is the one recorded in started when
+    it came up (process_started) or, with no record, its /proc cmdline is argv as launch.py
+    exec'd it (the program by the absolute path PATH gave it), or as the kernel ran a script of
+    it (a console script such as `celery` or `rq`: the interpreter its #! line names, maybe one
+    option, then the script). A pidfile naming any other process is not trusted, so a stale or
+    planted one never makes stageflow signal a stranger."""
     if not pid or not _alive(host, pid):
         return False
+    record = (host.read_text(started) or "").split() if started else []
+    if len(record) == 2:
+        return record[0] == str(pid) and record[1] == procs.start_time(
+            _proc_text(host, pid, "stat")
+        )
     got, rest = _cmdline(host, pid), list(argv[1:])
     if not got:
         return False
@@ -1107,7 +1119,8 @@ def processes_on_host(host: Host, layout: Layout) -> list[ProcessState]:
             records[rid] = recorded_processes(host, layout, rid)
         argv = records[rid].get(name)
         pid = _read_pid(host, f"{layout.run}/{fname}")
-        out.append(ProcessState(name, rid, pid, bool(argv) and runs(host, pid, argv or [])))
+        up = bool(argv) and runs(host, pid, argv or [], started=process_started(layout, name, rid))
+        out.append(ProcessState(name, rid, pid, up))
     return out
 
 
@@ -1157,9 +1170,10 @@ def spawn_processes(
     settings = ""
     started: dict[str, tuple[str, ...]] = {}
     for name, argv in service.processes:
-        pidfile = process_pidfile(layout, name, rid)
-        if runs(host, _read_pid(host, pidfile), argv):
+        pidfile, record = process_pidfile(layout, name, rid), process_started(layout, name, rid)
+        if runs(host, _read_pid(host, pidfile), argv, started=record):
             continue
+        host.remove_tree(record)
         settings = settings or write_settings(host, env, service, layout, release)
         res = host.run(
             cmd.service_process(
@@ -1178,8 +1192,18 @@ def spawn_processes(
         )
         if not res.ok:
             _refuse_processes(host, env, layout, rid, name, res.tail(1))
+        _record_start(host, pidfile, record)
         started[name] = argv
     return Spawned(started, time.monotonic() + PROCESS_SETTLE_S)
+
+
+def _record_start(host: Host, pidfile: str, record: str) -> None:
+    """The process launch.py just started (its pidfile was written before the exec): its pid and
+    start time, which no later change of its command line or reuse of its pid can fake."""
+    pid = _read_pid(host, pidfile)
+    began = procs.start_time(_proc_text(host, pid, "stat")) if pid else None
+    if pid and began:
+        host.write_text(record, f"{pid} {began}\n")
 
 
 def settle_processes(
@@ -1189,7 +1213,8 @@ def settle_processes(
     rid = release.id
     while spawned.started:
         for name, argv in spawned.started.items():
-            if not runs(host, _read_pid(host, process_pidfile(layout, name, rid)), argv):
+            pid = _read_pid(host, process_pidfile(layout, name, rid))
+            if not runs(host, pid, argv, started=process_started(layout, name, rid)):
                 log = process_log(layout, name)
                 tail = (host.read_text(log, last_bytes=LOG_TAIL_BYTES) or "").strip().splitlines()
                 _refuse_processes(
@@ -1238,10 +1263,12 @@ def stop_processes(
         alive = [p for p in alive if _alive(host, p.pid)]
     for p in alive:
         argv = recorded_processes(host, layout, p.release).get(p.name, [])
-        if runs(host, p.pid, argv):  # still the same process, not a reused pid
+        record = process_started(layout, p.name, p.release)
+        if runs(host, p.pid, argv, started=record):  # still the same process, not a reused pid
             _signal(host, p.pid, signal.SIGKILL)  # type: ignore[arg-type]
     for p in chosen:
         host.remove_tree(process_pidfile(layout, p.name, p.release))
+        host.remove_tree(process_started(layout, p.name, p.release))
         if p.up:
             lines.append(f"{p.name} {p.release} stopped (pid {p.pid})")
     return lines
