@@ -95,11 +95,16 @@ def test_a_timeout_kills_the_whole_group_and_is_a_result(family: Path) -> None:
     assert res.stdout == "started\n"  # what it wrote before the kill is kept
 
 
+def _await_family(family: Path) -> None:
+    """Until FAMILY's last member wrote its pid file (30 s at most: a bound, not a timing)."""
+    deadline = time.monotonic() + 30
+    while not (family / "stubborn.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def test_an_interrupt_kills_the_whole_group_and_propagates(family: Path) -> None:
     def interrupt_once_started() -> None:
-        deadline = time.monotonic() + 30
-        while not (family / "stubborn.pid").exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _await_family(family)
         os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does to the operator's process
 
     timer = threading.Thread(target=interrupt_once_started)
@@ -120,9 +125,7 @@ def test_an_interrupt_another_thread_received_still_stops_the_group_at_once(fami
     sent: list[float] = []
 
     def interrupt_through_this_thread() -> None:
-        deadline = time.monotonic() + 30
-        while not (family / "stubborn.pid").exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _await_family(family)
         sent.append(time.monotonic())
         signal.pthread_kill(threading.get_ident(), signal.SIGINT)
 
@@ -150,9 +153,7 @@ def test_an_interrupt_while_the_child_starts_still_stops_its_group(
 
     def popen_then_interrupted(*args: object, **kwargs: object) -> subprocess.Popen[str]:
         proc = real(*args, **kwargs)  # type: ignore[call-overload]
-        deadline = time.monotonic() + 30
-        while not (family / "stubborn.pid").exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _await_family(family)
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.1)  # the handler runs here, inside the spawn
         return proc
