@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import configparser
 import re
+import shlex
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -164,6 +165,47 @@ class Detection:
     env_keys: tuple[str, ...] = ()  # settings the code reads from its environment
     secret_keys: tuple[str, ...] = ()  # those of them whose names say they are secret
     env_from: tuple[tuple[str, str], ...] = ()  # those that are another name of a fed one
+    processes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # a Procfile's, but its web one
+
+
+_PROCFILE_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):\s*(\S.*)$")
+_SHELL = re.compile(r"[;&|<>$`()*?~]")
+# what the web process and a release hook are in a Procfile: stageflow runs those itself
+_NOT_PROCESSES = {"web", "release"}
+
+
+def _procfile(bases: list[Path]) -> tuple[tuple[tuple[str, tuple[str, ...]], ...], tuple[str, ...]]:
+    """[service.processes] from a Procfile's lines besides web and release, where the command
+    needs no shell; a note for each one that does, which the operator writes by hand."""
+    text = next((_read(b / "Procfile") for b in bases if (b / "Procfile").is_file()), "")
+    found: list[tuple[str, tuple[str, ...]]] = []
+    notes: list[str] = []
+    for line in text.splitlines():
+        m = _PROCFILE_LINE.match(line.strip())
+        if not m or m[1].lower() in _NOT_PROCESSES:
+            continue
+        name = m[1].lower()
+        try:
+            argv = tuple(shlex.split(m[2]))
+        except ValueError:
+            argv = ()
+        if not argv or _SHELL.search(m[2]):
+            notes.append(f"Procfile's {m[1]} runs a shell line: write it in [service.processes]")
+            continue
+        found.append((name, argv))
+    return tuple(found), tuple(notes)
+
+
+def _rq_url(processes: tuple[tuple[str, tuple[str, ...]], ...]) -> tuple[tuple[str, str], ...]:
+    """rq's worker reads its Redis from RQ_REDIS_URL when no --url is given."""
+    for _, argv in processes:
+        if (
+            argv[0] == "rq"
+            and not {"-u", "--url"} & set(argv)
+            and not any(a.startswith("--url=") for a in argv)
+        ):
+            return (("RQ_REDIS_URL", "REDIS_URL"),)
+    return ()
 
 
 def service_name(root: Path, project: str | None = None) -> str:
@@ -489,6 +531,10 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
     if (root / "deploy" / "__init__.py").is_file() and not (root / "deploy" / "tasks").is_dir():
         notes += ("a package named deploy/ here hides stageflow's engine from tasks.py: rename it",)
     project = _project_name(base) or _project_name(root)
+    processes, procfile_notes = _procfile([base, root])
+    notes += procfile_notes
+    taken = {*keys, *secrets, *(n for n, _ in aliases)}
+    aliases += tuple(a for a in _rq_url(processes) if a[0] not in taken)
     return Detection(
         name=given.name or service_name(root, project),
         framework=framework,
@@ -506,4 +552,5 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
         env_keys=keys,
         secret_keys=secrets,
         env_from=aliases,
+        processes=processes,
     )

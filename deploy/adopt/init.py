@@ -121,6 +121,7 @@ def summary(p: Plan) -> list[tuple[str, str]]:
     if d.env_keys or d.secret_keys:
         rows.append(("settings read", ", ".join([*d.env_keys, *d.secret_keys])))
     rows += [("build", " ".join(c)) for c in d.build]
+    rows += [(f"process {name}", " ".join(argv)) for name, argv in d.processes]
     for env in NAMESPACES:
         rows.append((f"{env} ports", ", ".join(f"{k}={v}" for k, v in p.ports[env].items())))
     return rows

@@ -70,7 +70,17 @@ def service_table(d: Detection) -> str:
     if d.build:
         commands = ", ".join(_toml(c) for c in d.build)
         lines.append(f"build = [{commands}]  # run in each new release before it migrates")
-    return "\n".join([*lines, *_env_table(d), "", *_migrations_table(d.migrations)])
+    return "\n".join(
+        [*lines, *_env_table(d), *_processes_table(d), "", *_migrations_table(d.migrations)]
+    )
+
+
+def _processes_table(d: Detection) -> list[str]:
+    """The Procfile's other processes: each started and stopped with its release."""
+    if not d.processes:
+        return []
+    lines = ["", "[service.processes]                   # from the Procfile; run with each release"]
+    return lines + [f"{name} = {_toml(argv)}" for name, argv in d.processes]
 
 
 def _env_table(d: Detection) -> list[str]:

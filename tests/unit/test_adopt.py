@@ -496,3 +496,27 @@ def test_a_bad_service_build_is_one_line(value: object, message: str) -> None:
             Path("stageflow.toml"), {"service": {"name": "s", "wsgi": "m:app", "build": value}}
         )
     assert message in err.value.line() and "\n" not in err.value.line()
+
+
+def test_a_procfile_s_other_processes_become_service_processes(tmp_path: Path) -> None:
+    procfile = (
+        "web: flask db upgrade; gunicorn microblog:app\n"
+        "release: flask db upgrade\n"
+        "worker: rq worker microblog-tasks\n"
+        "beat: celery -A shop.tasks beat --loglevel info\n"
+        "mailer: python -m shop.mail && echo done\n"
+    )
+    write(tmp_path, {"app.py": FLASK_APP, "Procfile": procfile, "requirements.txt": "flask\n"})
+    d = detect(tmp_path, Overrides(wsgi="app:app"))
+    assert d.processes == (
+        ("worker", ("rq", "worker", "microblog-tasks")),
+        ("beat", ("celery", "-A", "shop.tasks", "beat", "--loglevel", "info")),
+    )
+    assert any("Procfile's mailer runs a shell line" in n for n in d.notes)
+    # rq's worker finds its Redis in RQ_REDIS_URL: fed from stageflow's REDIS_URL
+    assert ("RQ_REDIS_URL", "REDIS_URL") in d.env_from
+    service = load_service(tmp_path / "stageflow.toml", tomllib.loads(render.stageflow_toml(d)))
+    assert service.processes == d.processes
+    assert ("RQ_REDIS_URL", "REDIS_URL") in service.env_from
+    write(tmp_path, {"Procfile": "worker: rq worker --url redis://cache:6379 jobs\n"})
+    assert detect(tmp_path, Overrides(wsgi="app:app")).env_from == ()
