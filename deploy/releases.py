@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
-from deploy import migrations, procs
+from deploy import migrations, procs, requirements
 from deploy.commands import files as filecmd
 from deploy.commands import git as gitcmd
 from deploy.commands import release as cmd
@@ -157,20 +157,13 @@ def venv_spec(host: Host, service: Service, release_dir: str, commit: str) -> Ve
     installed with `-r`; a pyproject.toml installs the service's folder as a package, keyed by the
     pyproject and the lock file beside it (uv.lock, poetry.lock or requirements.lock)."""
     path = service.path_in_release(release_dir, service.requirements)
-    text = host.read_text(path)
-    if text is None:
-        raise ServiceError(
-            f"the service's requirements {service.repo_path(service.requirements)} are not in "
-            f"commit {commit[:12]}",
-            hint="commit that file, or point [service] requirements at the file the service "
-            "installs from",
-        )
+    text = _read_requirements(host, service, path, commit)
     folder = str(PurePosixPath(path).parent)
     gunicorn = engine_gunicorn()
     # as root, the service user runs the venv's python: one it can reach
     python = service_interpreter(service.user) if host.is_local else remote_python(host)
     if PurePosixPath(path).name != "pyproject.toml":
-        files = ((service.requirements, text),)
+        files = requirement_files(host, release_dir, path, text, commit)
         return VenvSpec(files, "requirements", ("-r", path), folder, gunicorn, python)
     files = [(service.requirements, text)]
     install = [folder]
@@ -181,6 +174,57 @@ def venv_spec(host: Host, service: Service, release_dir: str, commit: str) -> Ve
             if name == "requirements.lock":  # the one lock pip reads: the pins hold
                 install = ["-r", f"{folder}/{name}", folder]
     return VenvSpec(tuple(files), "package", tuple(install), folder, gunicorn, python)
+
+
+def _read_requirements(host: Host, service: Service, path: str, commit: str) -> str:
+    text = host.read_text(path)
+    if text is None:
+        raise ServiceError(
+            f"the service's requirements {service.repo_path(service.requirements)} are not in "
+            f"commit {commit[:12]}",
+            hint="commit that file, or point [service] requirements at the file the service "
+            "installs from",
+        )
+    return text
+
+
+def image_requirements(
+    host: Host, service: Service, release_dir: str, commit: str
+) -> tuple[tuple[str, str], ...]:
+    """For an image's build: the requirements file and the files it includes (none for a
+    pyproject.toml, whose whole folder the image installs)."""
+    path = service.path_in_release(release_dir, service.requirements)
+    if PurePosixPath(path).name == "pyproject.toml":
+        return ()
+    text = _read_requirements(host, service, path, commit)
+    return requirement_files(host, release_dir, path, text, commit)
+
+
+def requirement_files(
+    host: Host, release_dir: str, path: str, text: str, commit: str
+) -> tuple[tuple[str, str], ...]:
+    """The requirements file and every file it pulls in with `-r` or `-c` (relative to the file
+    that names it, as pip reads them), each once, named by its path in the repository: a change
+    in any of them is a new venv."""
+    files: list[tuple[str, str]] = []
+    seen, queue = {path}, [(path, text)]
+    while queue:
+        here, body = queue.pop(0)
+        files.append((os.path.relpath(here, release_dir), body))
+        for name in requirements.includes(body):
+            target = os.path.normpath(str(PurePosixPath(here).parent / name))
+            if target in seen:
+                continue
+            seen.add(target)
+            included = host.read_text(target)
+            if included is None:
+                raise ServiceError(
+                    f"{os.path.relpath(here, release_dir)} includes "
+                    f"{os.path.relpath(target, release_dir)}, which is not in commit {commit[:12]}",
+                    hint="commit that file, or correct the -r/-c line that names it",
+                )
+            queue.append((target, included))
+    return tuple(files)
 
 
 def install_helpers(host: Host, release_dir: str) -> str:

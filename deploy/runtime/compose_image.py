@@ -11,8 +11,10 @@ replaces the public default without the engine reading or storing it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
+from deploy.requirements import installs_a_local_path
 from deploy.service import Service
 
 BASE_IMAGE_ARG = "STAGEFLOW_BASE_IMAGE"
@@ -40,24 +42,39 @@ def _is_project_file(requirements: str) -> bool:
     return PurePosixPath(requirements).name == "pyproject.toml"
 
 
-def dockerfile(service: Service) -> str:
-    """The Dockerfile of the service's image; paths are the repository's, as in stageflow.toml."""
+def _dependencies(
+    service: Service, requirement_files: Sequence[str], local_paths: bool
+) -> tuple[list[str], list[str]]:
+    """The Dockerfile lines that install the service's dependencies, and the code's COPY when it
+    comes after them."""
     requirements = service.repo_path(service.requirements)
     workdir = service.path_in_release(SERVICE_ROOT)
     if _is_project_file(requirements):
         # a package installs from its whole directory: the code comes first
-        deps = [
+        return ["COPY . .", f"RUN python -m pip install {json.dumps(workdir)}"], []
+    if local_paths:
+        # `-e .` and its kind install the repository's own files: they come first, from its folder
+        folder = str(PurePosixPath(SERVICE_ROOT, requirements).parent)
+        name = PurePosixPath(requirements).name
+        return [
             "COPY . .",
-            f"RUN python -m pip install {json.dumps(workdir)}",
-        ]
-        code = []
-    else:
-        # the requirements first: a code-only change reuses the dependency layer
-        deps = [
-            f"COPY {json.dumps([requirements, requirements])}",
-            f"RUN python -m pip install -r {json.dumps(requirements)}",
-        ]
-        code = ["COPY . ."]
+            f"RUN cd {json.dumps(folder)} && python -m pip install -r {json.dumps(name)}",
+        ], []
+    # the requirements first: a code-only change reuses the dependency layer
+    return [
+        *(f"COPY {json.dumps([f, f])}" for f in (requirement_files or [requirements])),
+        f"RUN python -m pip install -r {json.dumps(requirements)}",
+    ], ["COPY . ."]
+
+
+def dockerfile(
+    service: Service, requirement_files: Sequence[str] = (), *, local_paths: bool = False
+) -> str:
+    """The Dockerfile of the service's image; paths are the repository's, as in stageflow.toml.
+    requirement_files: the requirements file and those it includes (`-r`, `-c`), by their paths
+    in the repository; local_paths: a line of them installs from the repository itself."""
+    workdir = service.path_in_release(SERVICE_ROOT)
+    deps, code = _dependencies(service, requirement_files, local_paths)
     gunicorn = [
         "gunicorn",
         "--bind",
@@ -108,10 +125,14 @@ def dockerignore() -> str:
     )
 
 
-def context_files(service: Service) -> dict[str, str]:
-    """Files the engine adds to a build context: relative path -> text."""
+def context_files(service: Service, requirements: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
+    """Files the engine adds to a build context: relative path -> text. requirements: the
+    requirements files of the commit (path in the repository, text), as the venv's key reads
+    them."""
     engine = Path(__file__).resolve().parents[1]
-    files = {DOCKERFILE: dockerfile(service), ".dockerignore": dockerignore()}
+    local = any(installs_a_local_path(text) for _, text in requirements)
+    image = dockerfile(service, [name for name, _ in requirements], local_paths=local)
+    files = {DOCKERFILE: image, ".dockerignore": dockerignore()}
     for name in ENGINE_MODULES:
         files[f"{ENGINE_DIR}/deploy/{name}"] = (engine / name).read_text(encoding="utf-8")
     return files

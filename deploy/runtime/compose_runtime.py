@@ -359,7 +359,12 @@ def _extract(proj: Project, host: Host, layout: Layout, commit: str, rid: str) -
     host.run(appcmd.extract(remote_tar, target))
     if not host.is_local:
         host.run(filecmd.remove(remote_tar), check=False)
-    files = compose_image.context_files(proj.service)
+    try:
+        needs = releases.image_requirements(host, proj.service, target, commit)
+    except ServiceError:
+        host.remove_tree(target)
+        raise
+    files = compose_image.context_files(proj.service, needs)
     host.makedirs(*sorted({str(PurePosixPath(target, rel).parent) for rel in files}))
     for rel, text in files.items():
         host.write_text(str(PurePosixPath(target, rel)), text)

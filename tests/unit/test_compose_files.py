@@ -409,3 +409,40 @@ def test_the_image_runs_the_services_build_commands_before_dropping_root() -> No
     # in the service's folder, after its code is copied, before the unprivileged user
     assert lines.index("WORKDIR /srv/service/web") < run < lines.index("USER 10001")
     assert lines.index("COPY . .") < run
+
+
+def test_the_image_copies_every_requirements_file_before_installing() -> None:
+    from deploy.runtime import compose_image
+    from deploy.service import Service
+
+    service = Service(name="site", wsgi="config.wsgi:application", dir="web")
+    needs = [
+        ("web/requirements.txt", "-r requirements/base.txt\n"),
+        ("web/requirements/base.txt", "django\n"),
+    ]
+    lines = compose_image.context_files(service, needs)[compose_image.DOCKERFILE].splitlines()
+    install = lines.index('RUN python -m pip install -r "web/requirements.txt"')
+    copies = [i for i, line in enumerate(lines) if line.startswith("COPY [")]
+    assert [lines[i] for i in copies] == [
+        'COPY ["web/requirements.txt", "web/requirements.txt"]',
+        'COPY ["web/requirements/base.txt", "web/requirements/base.txt"]',
+    ]
+    assert max(copies) < install < lines.index("COPY . .")
+
+
+def test_requirements_that_install_the_repository_itself_get_its_files_first() -> None:
+    from deploy.runtime import compose_image
+    from deploy.service import Service
+
+    service = Service(name="site", wsgi="site.wsgi:app", dir="web")
+    for line in ("-e .", "--editable=./libs/shared", ".", "./libs/x[extra]", "file:../pkg"):
+        files = compose_image.context_files(service, [("web/requirements.txt", f"{line}\n")])
+        lines = files[compose_image.DOCKERFILE].splitlines()
+        assert lines.index("COPY . .") < lines.index(
+            'RUN cd "/srv/service/web" && python -m pip install -r "requirements.txt"'
+        ), line
+    plain = compose_image.context_files(service, [("web/requirements.txt", "flask  # .x\n")])
+    assert (
+        'COPY ["web/requirements.txt", "web/requirements.txt"]'
+        in plain[compose_image.DOCKERFILE].splitlines()
+    )

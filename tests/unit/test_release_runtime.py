@@ -46,6 +46,32 @@ def test_a_requirements_file_is_installed_with_r_and_keys_the_venv(tmp_path: Pat
     assert releases.venv_spec(Host(), svc, str(tmp_path / "b"), "c0ffee").key != a.key
 
 
+def test_every_file_a_requirements_file_includes_keys_the_venv(tmp_path: Path) -> None:
+    web = tmp_path / "web"
+    (web / "requirements").mkdir(parents=True)
+    (web / "requirements.txt").write_text("-r requirements/base.txt  # the pins\n")
+    (web / "requirements" / "base.txt").write_text(
+        "--constraint=pins.txt\nflask\n-r ../requirements.txt\n"
+    )
+    (web / "requirements" / "pins.txt").write_text("flask==3.0.0\n")
+    svc = _service(dir="web", requirements="requirements.txt")
+    first = releases.venv_spec(Host(), svc, str(tmp_path), "c0ffee")
+    assert [n for n, _ in first.files] == [
+        "web/requirements.txt",
+        "web/requirements/base.txt",
+        "web/requirements/pins.txt",
+    ]
+    (web / "requirements" / "pins.txt").write_text("flask==3.1.0\n")  # a pin two files down
+    assert releases.venv_spec(Host(), svc, str(tmp_path), "c0ffee").key != first.key
+    (web / "requirements" / "pins.txt").unlink()
+    with pytest.raises(ServiceError) as err:
+        releases.venv_spec(Host(), svc, str(tmp_path), "c0ffee123456789")
+    assert err.value.message == (
+        "web/requirements/base.txt includes web/requirements/pins.txt, which is not in commit "
+        "c0ffee123456"
+    )
+
+
 def test_a_pyproject_installs_the_folder_and_its_lock_keys_the_venv(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "svc"\n')
     svc = _service(requirements="pyproject.toml")
