@@ -460,10 +460,41 @@ def _project_name(base: Path) -> str | None:
     return name if isinstance(name, str) and name.strip() else None
 
 
+# what a deploy installs from, in this order: a requirements file at the top, a pyproject.toml
+# pip can build, then the split files of a requirements/ folder (the one for production first)
+_SPLIT_REQUIREMENTS = ("production.txt", "prod.txt", "base.txt", "common.txt", "main.txt")
+
+
+def _installable(base: Path) -> bool:
+    """pip can install the folder: a pyproject.toml naming a project or a build backend, or a
+    setup.py (a pyproject.toml holding only tools' settings builds nothing)."""
+    if (base / "setup.py").is_file():
+        return True
+    try:
+        data = tomllib.loads((base / "pyproject.toml").read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return False
+    poetry = data.get("tool", {}).get("poetry") if isinstance(data.get("tool"), dict) else None
+    return any(isinstance(t, dict) for t in (data.get("project"), data.get("build-system"), poetry))
+
+
 def _requirements(base: Path) -> tuple[str, tuple[str, ...]]:
-    for candidate in ("requirements.txt", "pyproject.toml"):
-        if (base / candidate).is_file():
-            return candidate, ()
+    if (base / "requirements.txt").is_file():
+        return "requirements.txt", ()
+    if (base / "pyproject.toml").is_file() and _installable(base):
+        return "pyproject.toml", ()
+    for name in _SPLIT_REQUIREMENTS:
+        if (base / "requirements" / name).is_file():
+            return f"requirements/{name}", ()
+    if (base / "pyproject.toml").is_file():
+        return "pyproject.toml", (
+            "pyproject.toml names no project or build backend: pip cannot install it; point "
+            "[service] requirements at a requirements file",
+        )
+    if (base / "Pipfile").is_file():
+        return "requirements.txt", (
+            "pip reads no Pipfile: `pipenv requirements > requirements.txt`, commit it, then deploy",
+        )
     return "requirements.txt", (
         "no requirements.txt or pyproject.toml: write one before deploying",
     )

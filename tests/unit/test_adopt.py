@@ -520,3 +520,24 @@ def test_a_procfile_s_other_processes_become_service_processes(tmp_path: Path) -
     assert ("RQ_REDIS_URL", "REDIS_URL") in service.env_from
     write(tmp_path, {"Procfile": "worker: rq worker --url redis://cache:6379 jobs\n"})
     assert detect(tmp_path, Overrides(wsgi="app:app")).env_from == ()
+
+
+def test_the_requirements_a_deploy_can_install_are_chosen(tmp_path: Path) -> None:
+    def chosen(files: dict[str, str]) -> tuple[str, tuple[str, ...]]:
+        root = tmp_path / str(len(list(tmp_path.iterdir())))
+        d = detect(write(root, {"app.py": FLASK_APP, **files}))
+        return d.requirements, tuple(n for n in d.notes if "requirements" in n or "Pipfile" in n)
+
+    tools_only = "[tool.ruff]\nline-length = 100\n"
+    split = {"requirements/base.txt": "flask\n", "requirements/production.txt": "-r base.txt\n"}
+    assert chosen({"pyproject.toml": tools_only, **split}) == ("requirements/production.txt", ())
+    assert chosen({"requirements/base.txt": "flask\n"}) == ("requirements/base.txt", ())
+    assert chosen({"pyproject.toml": "[tool.poetry]\nname = 'x'\n"}) == ("pyproject.toml", ())
+    assert chosen({"pyproject.toml": tools_only, "setup.py": ""}) == ("pyproject.toml", ())
+    assert chosen({"pyproject.toml": tools_only, "requirements.txt": "flask\n"})[0] == (
+        "requirements.txt"
+    )
+    name, notes = chosen({"pyproject.toml": tools_only})
+    assert name == "pyproject.toml" and "names no project or build backend" in notes[0]
+    name, notes = chosen({"Pipfile": "[packages]\nflask = '*'\n"})
+    assert name == "requirements.txt" and "pipenv requirements" in notes[0]
