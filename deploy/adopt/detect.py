@@ -34,7 +34,11 @@ _SKIP_DIRS = {
 _MAX_DEPTH = 5
 _MAX_FILES = 5000  # a monorepo's far corners say nothing about its web entry point
 _FLASK_APP = re.compile(r"^(\w+)\s*(?::[^=\n]+)?=\s*(?:flask\.)?Flask\(", re.M)
-_FLASK_FACTORY = re.compile(r"^def (create_app)\(", re.M)
+_FLASK_FACTORY = re.compile(r"^def (create_app)\(([^)]*)\)", re.M)
+# a module-level instance made by the project's factory: `app = create_app(os.getenv(...))`
+_FACTORY_CALL = re.compile(
+    r"^(\w+)\s*(?::[^=\n]+)?=\s*(?:\w+\.)?(?:create_app|make_app|build_app|get_app)\(", re.M
+)
 _FLASK_IMPORT = re.compile(r"^\s*(?:from flask import|import flask\b)", re.M)
 _ASGI_APP = re.compile(
     r"^(\w+)\s*(?::[^=\n]+)?=\s*(?:fastapi\.|starlette\.\w+\.)?(FastAPI|Starlette)\(", re.M
@@ -196,6 +200,59 @@ def _procfile(bases: list[Path]) -> tuple[tuple[tuple[str, tuple[str, ...]], ...
     return tuple(found), tuple(notes)
 
 
+_APP_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(?:\(.*\))?$")
+# the options of gunicorn, uvicorn and their kind whose value looks like an app spec
+_HOST_PORT_OPTIONS = {"-b", "--bind", "--host", "--port", "--uds", "--fd", "--listen"}
+_ASGI_SERVERS = {"uvicorn", "hypercorn", "daphne"}
+
+
+def _procfile_web(bases: list[Path]) -> tuple[str, str | None] | None:
+    """The app spec a Procfile's web line serves, and its worker class (an ASGI server's worker,
+    gunicorn's -k), or None when the line names none (`web: bin/start`, a shell line)."""
+    text = next((_read(b / "Procfile") for b in bases if (b / "Procfile").is_file()), "")
+    for line in text.splitlines():
+        m = _PROCFILE_LINE.match(line.strip())
+        if not m or m[1].lower() != "web":
+            continue
+        try:
+            argv = shlex.split(m[2])
+        except ValueError:
+            return None
+        while argv and ("=" in argv[0] and not argv[0].startswith("-")):
+            argv = argv[1:]  # VAR=value before the command
+        if len(argv) > 2 and argv[0].startswith("python") and argv[1] == "-m":
+            argv = argv[2:]  # python -m gunicorn ...
+        if not argv:
+            return None
+        server = PurePosixPath(argv[0]).name
+        worker = ASGI_WORKER if server in _ASGI_SERVERS else None
+        spec, factory = None, "--factory" in argv
+        for before, word in zip(argv, argv[1:], strict=False):
+            if before in ("-k", "--worker-class"):
+                worker = word
+            elif word.startswith("--worker-class="):
+                worker = word.split("=", 1)[1]
+            elif _APP_SPEC.match(word) and before not in _HOST_PORT_OPTIONS:
+                spec = word
+        if spec is None or server not in {"gunicorn", "waitress-serve", *_ASGI_SERVERS}:
+            return None
+        return (f"{spec}()" if factory and not spec.endswith(")") else spec), worker
+    return None
+
+
+def _module_file(base: Path, spec: str) -> Path | None:
+    """The file of an app spec's module under base (or base/src), when there is one."""
+    parts = spec.partition(":")[0].split(".")
+    for root in (base, base / "src"):
+        for candidate in (
+            root.joinpath(*parts).with_suffix(".py"),
+            root.joinpath(*parts, "__init__.py"),
+        ):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
 def _rq_url(processes: tuple[tuple[str, tuple[str, ...]], ...]) -> tuple[tuple[str, str], ...]:
     """rq's worker reads its Redis from RQ_REDIS_URL when no --url is given."""
     for _, argv in processes:
@@ -264,9 +321,23 @@ def _rank(base: Path, path: Path) -> tuple[int, int, str]:
     return depth, preferred, str(path)
 
 
+def _needs_arguments(params: str) -> bool:
+    """A factory's parameters (the text between its parentheses) include one without a default."""
+    for param in params.split(","):
+        name = param.split(":")[0].strip()
+        if name and not name.startswith("*") and name != "/" and "=" not in param:
+            return True
+    return False
+
+
 def _find_app(base: Path) -> tuple[str, str, str, Path] | None:
-    """(framework, app spec, worker class, module file) of the best candidate under base."""
+    """(framework, app spec, worker class, module file) of the best candidate under base. A
+    factory that needs arguments (`def create_app(config_name)`) is a candidate only when no
+    module makes an instance of the project's factory at its top level (`app = create_app(...)`)."""
     found: list[tuple[tuple[int, int, str], tuple[str, str, str, Path]]] = []
+    instances: list[tuple[tuple[int, int, str], str, Path]] = []
+    factories: list[tuple[tuple[int, int, str], str, Path, bool]] = []
+    asgi = ""
     for path in python_files(base):
         text = _read(path)
         module = module_name(base, path)
@@ -276,13 +347,26 @@ def _find_app(base: Path) -> tuple[str, str, str, Path] | None:
         if m:
             found.append((_rank(base, path), (m[2], f"{module}:{m[1]}", ASGI_WORKER, path)))
             continue
+        asgi = asgi or next((k for k in ("FastAPI", "Starlette") if f"{k}(" in text), "")
+        call = _FACTORY_CALL.search(text)
+        if call:
+            instances.append((_rank(base, path), f"{module}:{call[1]}", path))
         if not _FLASK_IMPORT.search(text):
             continue
         m = _FLASK_APP.search(text)
+        factory = _FLASK_FACTORY.search(text)
         if m:
             found.append((_rank(base, path), ("Flask", f"{module}:{m[1]}", "sync", path)))
-        elif _FLASK_FACTORY.search(text):
-            found.append((_rank(base, path), ("Flask", f"{module}:create_app()", "sync", path)))
+        elif factory:
+            spec = f"{module}:create_app()"
+            factories.append((_rank(base, path), spec, path, _needs_arguments(factory[2])))
+    found += [
+        (rank, ("Flask", spec, "sync", path))
+        for rank, spec, path, needs in factories
+        if not (needs and instances)
+    ]
+    kind = (asgi, ASGI_WORKER) if asgi else ("Flask", "sync")
+    found += [(rank, (kind[0], spec, kind[1], path)) for rank, spec, path in instances]
     return min(found)[1] if found else None
 
 
@@ -507,6 +591,21 @@ def _relative_dir(root: Path, value: str) -> str:
     return str(path) if str(path) != "" else "."
 
 
+def _from_procfile(root: Path, base: Path) -> tuple[str, str, str, Path] | None:
+    """What a Procfile's web line serves, when its module is a file of the service: the way the
+    team starts it today beats any guess from the code."""
+    web = _procfile_web([base, root])
+    module = _module_file(base, web[0]) if web else None
+    if web is None or module is None:
+        return None
+    texts = [_read(module)] + [_read(p) for p in python_files(base)]
+    asgi = next((k for k in ("FastAPI", "Starlette") if any(f"{k}(" in t for t in texts)), "")
+    worker = web[1] or (ASGI_WORKER if asgi else "sync")
+    flask = any(_FLASK_IMPORT.search(t) for t in texts)
+    framework = asgi or ("Flask" if flask else "ASGI" if "uvicorn" in worker else "WSGI")
+    return framework, web[0], worker, module
+
+
 def _entry_point(root: Path, given: Overrides) -> tuple[str, str, str, str, Path | None]:
     """(framework, dir, app spec, worker class, the app's module file when found): the given
     values first, then what the files say."""
@@ -526,7 +625,7 @@ def _entry_point(root: Path, given: Overrides) -> tuple[str, str, str, str, Path
             manage,
         )
     else:
-        found = _find_app(base)
+        found = _from_procfile(root, base) or _find_app(base)
     if given.wsgi:
         same = found is not None and found[1] == given.wsgi
         worker = given.worker_class or (found[2] if found and same else "sync")

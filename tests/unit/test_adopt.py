@@ -541,3 +541,49 @@ def test_the_requirements_a_deploy_can_install_are_chosen(tmp_path: Path) -> Non
     assert name == "pyproject.toml" and "names no project or build backend" in notes[0]
     name, notes = chosen({"Pipfile": "[packages]\nflask = '*'\n"})
     assert name == "requirements.txt" and "pipenv requirements" in notes[0]
+
+
+def test_a_factory_that_needs_arguments_gives_way_to_the_instance_a_module_makes(
+    tmp_path: Path,
+) -> None:
+    factory = (
+        "from flask import Flask\n\n\ndef create_app(config_name):\n    return Flask(__name__)\n"
+    )
+    entry = "import os\nfrom shop import create_app\n\napp = create_app(os.getenv('CONFIG') or 'default')\n"
+    write(tmp_path, {"shop/__init__.py": factory, "serve.py": entry, "requirements.txt": "flask\n"})
+    d = detect(tmp_path)
+    assert (d.framework, d.wsgi, d.worker_class) == ("Flask", "serve:app", "sync")
+    # a factory with defaults only still serves as it is
+    (tmp_path / "serve.py").unlink()
+    write(tmp_path, {"shop/__init__.py": factory.replace("config_name", "config_name='x'")})
+    assert detect(tmp_path).wsgi == "shop:create_app()"
+
+
+def test_the_procfile_s_web_line_names_the_app(tmp_path: Path) -> None:
+    def web(line: str, files: dict[str, str] | None = None) -> tuple[str, str, str]:
+        root = tmp_path / str(len(list(tmp_path.iterdir())))
+        code = {"shop/__init__.py": FACTORY, "shop/wsgi.py": "from shop import create_app\n"}
+        d = detect(write(root, {**code, **(files or {}), "Procfile": f"web: {line}\n"}))
+        return d.framework, d.wsgi, d.worker_class
+
+    assert web("gunicorn -b 0.0.0.0:$PORT --log-file - shop.wsgi:application") == (
+        "Flask",
+        "shop.wsgi:application",
+        "sync",
+    )
+    assert web('python -m gunicorn -k gevent "shop:create_app()"') == (
+        "Flask",
+        "shop:create_app()",
+        "gevent",
+    )
+    api = {"api/main.py": "from fastapi import FastAPI\n\n\ndef build():\n    return FastAPI()\n"}
+    assert web("uvicorn api.main:build --factory --host 0.0.0.0 --port $PORT", api) == (
+        "FastAPI",
+        "api.main:build()",
+        ASGI_WORKER,
+    )
+    # a module the repository does not hold, or no server of ours: the code decides
+    assert web("gunicorn elsewhere.wsgi:app")[1] == "shop:create_app()"
+    assert web("bin/start-nginx bin/start-pgbouncer shop.wsgi:application")[1] == (
+        "shop:create_app()"
+    )
