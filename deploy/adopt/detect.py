@@ -606,6 +606,25 @@ def _from_procfile(root: Path, base: Path) -> tuple[str, str, str, Path] | None:
     return framework, web[0], worker, module
 
 
+# what marks a folder as a Python project of its own: its requirements, its packaging
+_PROJECT_FILES = ("pyproject.toml", "requirements.txt", "setup.py", "setup.cfg")
+
+
+def _project_folder(root: Path, module: Path) -> Path | None:
+    """The folder below root that the app's code imports from, when it is a project of its own
+    (a `backend/` holding `pyproject.toml` and the package `app/`): the first folder above the
+    module's packages (the one above `src/` for a src layout). None when that is root, or a
+    folder with no requirements or packaging of its own (then root's are the service's)."""
+    folder = module.parent
+    while folder != root and (folder / "__init__.py").is_file():
+        folder = folder.parent
+    if folder != root and folder.name == "src":
+        folder = folder.parent
+    if folder == root or not any((folder / name).is_file() for name in _PROJECT_FILES):
+        return None
+    return folder
+
+
 def _entry_point(root: Path, given: Overrides) -> tuple[str, str, str, str, Path | None]:
     """(framework, dir, app spec, worker class, the app's module file when found): the given
     values first, then what the files say."""
@@ -626,6 +645,10 @@ def _entry_point(root: Path, given: Overrides) -> tuple[str, str, str, str, Path
         )
     else:
         found = _from_procfile(root, base) or _find_app(base)
+        project = _project_folder(root, found[3]) if found and given.dir is None else None
+        if project is not None:  # the app's own project folder below the repository's root
+            folder, base = str(PurePosixPath(*project.relative_to(root).parts)), project
+            found = _from_procfile(root, base) or _find_app(base)
     if given.wsgi:
         same = found is not None and found[1] == given.wsgi
         worker = given.worker_class or (found[2] if found and same else "sync")

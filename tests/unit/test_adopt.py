@@ -587,3 +587,42 @@ def test_the_procfile_s_web_line_names_the_app(tmp_path: Path) -> None:
     assert web("bin/start-nginx bin/start-pgbouncer shop.wsgi:application")[1] == (
         "shop:create_app()"
     )
+
+
+def test_an_app_in_a_project_folder_of_its_own_runs_from_that_folder(tmp_path: Path) -> None:
+    # a repository with a frontend beside the service: backend/ holds the service's packaging,
+    # its package app/ and alembic.ini; the package imports itself as `app`
+    write(
+        tmp_path,
+        {
+            "pyproject.toml": "[tool.uv.workspace]\nmembers = ['backend']\n",
+            "frontend/package.json": "{}\n",
+            "backend/pyproject.toml": "[project]\nname = 'app'\n",
+            "backend/alembic.ini": "[alembic]\nscript_location = app/alembic\n",
+            "backend/app/__init__.py": "",
+            "backend/app/main.py": "from fastapi import FastAPI\n\napp = FastAPI()\n",
+            "backend/app/core/__init__.py": "",
+        },
+    )
+    d = detect(tmp_path)
+    assert (d.dir, d.wsgi, d.worker_class) == ("backend", "app.main:app", ASGI_WORKER)
+    assert d.requirements == "pyproject.toml"
+    assert d.migrations.up == ("alembic", "upgrade", "head")
+    assert d.migrations.dir == "app/alembic/versions"
+
+
+def test_a_src_layout_in_a_project_folder_runs_from_the_folder_above_src(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "service/pyproject.toml": "[project]\nname = 'shop'\n",
+            "service/src/shop/__init__.py": FACTORY,
+        },
+    )
+    d = detect(tmp_path)
+    assert (d.dir, d.wsgi) == ("service", "shop:create_app()")
+
+
+def test_a_folder_without_packaging_of_its_own_keeps_the_root(tmp_path: Path) -> None:
+    write(tmp_path, {"requirements.txt": "flask\n", "svc/app.py": FLASK_APP})
+    assert (detect(tmp_path).dir, detect(tmp_path).wsgi) == (".", "svc.app:app")
