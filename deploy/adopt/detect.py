@@ -73,6 +73,9 @@ FED_ALIASES = {
     "POSTGRES_USER": "PGUSER",
     "DB_PASSWORD": "PGPASSWORD",
     "DATABASE_PASSWORD": "PGPASSWORD",
+    "POSTGRES_PASSWORD": "PGPASSWORD",
+    "POSTGRES_SERVER": "PGHOST",
+    "POSTGRES_PORT": "PGPORT",
     "REDIS_URI": "REDIS_URL",
     "CACHE_REDIS_URL": "REDIS_URL",
     "RQ_REDIS_URL": "REDIS_URL",
@@ -519,17 +522,68 @@ def _migrations(base: Path, framework: str, wsgi: str) -> tuple[Migrations, str]
 Settings = tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[str, str], ...]]
 
 
+# pydantic-settings: a class of BaseSettings reads each of its fields from the environment
+_SETTINGS_CLASS = re.compile(r"^class\s+\w+\s*\(([^)]*\bBaseSettings\b[^)]*)\)\s*:", re.M)
+_FIELD = re.compile(r"^(\s+)([A-Za-z]\w*)\s*:\s*([^=\n]+?)\s*(?:=(.*))?$")
+_ENV_PREFIX = re.compile(r"""\benv_prefix\s*[=:]\s*['"](\w*)['"]""")
+_ALIAS = re.compile(r"""\b(?:validation_)?alias\s*=\s*['"](\w+)['"]""")
+
+
+def _class_body(lines: list[str], start: int) -> Iterator[tuple[str, str]]:
+    """(indentation, line) of each line of the class body that begins after line start."""
+    indent = None
+    for line in lines[start + 1 :]:
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        lead = line[: len(line) - len(line.lstrip())]
+        if indent is None:
+            if not lead:
+                return
+            indent = lead
+        if len(lead) < len(indent):
+            return
+        yield lead, line
+
+
+def settings_fields(text: str) -> set[str]:
+    """The environment variables the pydantic-settings classes of a module read: each field of
+    a class of BaseSettings, upper-cased (the library matches names case-insensitively), behind
+    the class's env_prefix, or its alias."""
+    names: set[str] = set()
+    lines = text.splitlines()
+    starts = {text.count("\n", 0, m.start()) for m in _SETTINGS_CLASS.finditer(text)}
+    for start in sorted(starts):
+        body = list(_class_body(lines, start))
+        if not body:
+            continue
+        indent = body[0][0]
+        prefix = next((m[1] for _, ln in body if (m := _ENV_PREFIX.search(ln))), "")
+        for lead, line in body:
+            m = _FIELD.match(line)
+            if lead != indent or not m or m[2] == "model_config" or "ClassVar" in m[3]:
+                continue
+            alias = _ALIAS.search(m[4] or "")
+            names.add(alias[1].upper() if alias else f"{prefix}{m[2]}".upper())
+    return names
+
+
 def _settings_read(base: Path) -> Settings:
     """(keys, secrets, fed aliases): the names the service's code reads from its environment that
     stageflow does not feed itself; a name that says secret (SECRET_KEY, API_TOKEN) is a secret,
     a usual other name of a fed one (DB_HOST, SQLALCHEMY_DATABASE_URI) is mapped to it."""
     names: set[str] = set()
     for path in python_files(base):
-        names.update(_ENV_READ.findall(_read(path)))
-    names -= {*FED_NAMES, *STAGEFLOW_KEYS, *_PROCESS_NAMES, "DJANGO_SETTINGS_MODULE"}
+        text = _read(path)
+        names.update(_ENV_READ.findall(text))
+        if "BaseSettings" in text:
+            names.update(settings_fields(text))
+    names -= {*FED_NAMES, *_PROCESS_NAMES, "DJANGO_SETTINGS_MODULE"}
     names = {n for n in names if not n.startswith("STAGEFLOW_")}
+    # a stageflow key the service reads as its own (POSTGRES_PORT) holds the value on the host,
+    # not in a compose network: fed under its libpq name, it is right on both
     aliases = tuple(sorted((n, FED_ALIASES[n]) for n in names if n in FED_ALIASES))
-    names -= set(FED_ALIASES)
+    names -= {*FED_ALIASES, *STAGEFLOW_KEYS}
     secrets = tuple(sorted(n for n in names if _SECRET_NAME.search(n)))
     return tuple(sorted(names - set(secrets))), secrets, aliases
 

@@ -626,3 +626,70 @@ def test_a_src_layout_in_a_project_folder_runs_from_the_folder_above_src(tmp_pat
 def test_a_folder_without_packaging_of_its_own_keeps_the_root(tmp_path: Path) -> None:
     write(tmp_path, {"requirements.txt": "flask\n", "svc/app.py": FLASK_APP})
     assert (detect(tmp_path).dir, detect(tmp_path).wsgi) == (".", "svc.app:app")
+
+
+PYDANTIC_SETTINGS = """import secrets
+from typing import ClassVar
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file="../.env", extra="ignore")
+    API_PREFIX: str = "/api/v1"
+    SECRET_KEY: str = secrets.token_urlsafe(32)
+    PROJECT_NAME: str
+    POSTGRES_SERVER: str
+    POSTGRES_PORT: int = 5432
+    POSTGRES_USER: str
+    POSTGRES_PASSWORD: str = ""
+    POSTGRES_DB: str = ""
+    smtp_password: str | None = None
+    sentry: str = Field(default="", alias="SENTRY_DSN")
+    VERSION: ClassVar[str] = "1"
+
+    @property
+    def SQLALCHEMY_DATABASE_URI(self) -> str:
+        local: str = "not a field"
+        return local
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WORKER_")
+    concurrency: int = 2
+
+
+class NotSettings:
+    IGNORED: str = ""
+
+
+settings = Settings()
+"""
+
+
+def test_pydantic_settings_fields_are_the_settings_the_service_reads(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "requirements.txt": "fastapi\npydantic-settings\n",
+            "app/__init__.py": "",
+            "app/main.py": "from fastapi import FastAPI\n\napp = FastAPI()\n",
+            "app/core/__init__.py": "",
+            "app/core/config.py": PYDANTIC_SETTINGS,
+        },
+    )
+    d = detect(tmp_path)
+    assert d.env_keys == ("API_PREFIX", "PROJECT_NAME", "SENTRY_DSN", "WORKER_CONCURRENCY")
+    assert d.secret_keys == ("SECRET_KEY", "SMTP_PASSWORD")
+    # the database's settings are fed under their libpq names, POSTGRES_PORT too: in a compose
+    # network the server's port is not the one env/<env>.env gives the host
+    assert d.env_from == (
+        ("POSTGRES_DB", "PGDATABASE"),
+        ("POSTGRES_PASSWORD", "PGPASSWORD"),
+        ("POSTGRES_PORT", "PGPORT"),
+        ("POSTGRES_SERVER", "PGHOST"),
+        ("POSTGRES_USER", "PGUSER"),
+    )
+    service = load_service(Path("stageflow.toml"), tomllib.loads(render.stageflow_toml(d)))
+    assert service.env_from == d.env_from and service.secret_keys == d.secret_keys
