@@ -19,7 +19,7 @@ from dotenv.parser import parse_stream
 
 from deploy.errors import ConfigError, clip
 from deploy.secrets import Secret, redact_url
-from deploy.service import Service, load_service
+from deploy.service import Service, about_a_secret, load_service
 
 # The namespaces an operator types, and the ENVIRONMENT each must declare.
 NAMESPACES: dict[str, str] = {"dev": "development", "staging": "staging", "prod": "production"}
@@ -531,7 +531,7 @@ def _check_committed_keys(
                 f"{key} is a secret in a committed file",
                 f"move it to env/{name}.secrets.env (mode 0600)",
             )
-        if _SECRETISH.search(key):
+        if _SECRETISH.search(key) and not about_a_secret(key):
             # declared under keys or not: a name that says secret is kept out of git
             raise _err(
                 path,

@@ -30,6 +30,21 @@ FED_NAMES = (
     "STAGEFLOW_RELEASE",
 )
 _KEY = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+# A setting about a secret rather than a secret: its last word is a duration, a size, a count or
+# a choice (ACCESS_TOKEN_EXPIRE_MINUTES, PASSWORD_MIN_LENGTH, SESSION_TOKEN_TTL, JWT_SECRET_ALGORITHM)
+_ABOUT_A_SECRET = re.compile(
+    r"_(?:MS|SECONDS?|SECS?|MINUTES?|MINS?|HOURS?|DAYS?|WEEKS?|TTL|TIMEOUT|EXPIRE|EXPIRES|EXPIRY|"
+    r"EXPIRATION|LIFETIME|AGE|LENGTH|LEN|SIZE|BYTES|COUNT|LIMIT|ROUNDS|ALGORITHM|ALGORITHMS|"
+    r"ENABLED|DISABLED|HEADER|HEADER_NAME|COOKIE_NAME|PARAM|FIELD)$"
+)
+
+
+def about_a_secret(name: str) -> bool:
+    """A name that speaks of a secret but holds a plain value: a token's lifetime, a password's
+    minimum length, the header a token travels in. It is a setting, not a secret."""
+    return bool(_ABOUT_A_SECRET.search(name.upper()))
+
+
 _PROCESS = re.compile(r"^[a-z][a-z0-9_-]*$")
 _WSGI = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*(\(.*\))?)?$")
 _SERVICE_KEYS = {

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from deploy.errors import UsageError
-from deploy.service import FED_NAMES, Migrations
+from deploy.service import FED_NAMES, Migrations, about_a_secret
 
 ASGI_WORKER = "uvicorn.workers.UvicornWorker"
 # Folders that hold no service code: virtualenvs, caches, stageflow's own state, tests.
@@ -584,7 +584,7 @@ def _settings_read(base: Path) -> Settings:
     # not in a compose network: fed under its libpq name, it is right on both
     aliases = tuple(sorted((n, FED_ALIASES[n]) for n in names if n in FED_ALIASES))
     names -= {*FED_ALIASES, *STAGEFLOW_KEYS}
-    secrets = tuple(sorted(n for n in names if _SECRET_NAME.search(n)))
+    secrets = tuple(sorted(n for n in names if _SECRET_NAME.search(n) and not about_a_secret(n)))
     return tuple(sorted(names - set(secrets))), secrets, aliases
 
 

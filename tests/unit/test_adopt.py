@@ -646,6 +646,7 @@ class Settings(BaseSettings):
     POSTGRES_PASSWORD: str = ""
     POSTGRES_DB: str = ""
     smtp_password: str | None = None
+    ACCESS_TOKEN_EXPIRE_MINUTES: int = 60 * 24 * 8
     sentry: str = Field(default="", alias="SENTRY_DSN")
     VERSION: ClassVar[str] = "1"
 
@@ -680,7 +681,13 @@ def test_pydantic_settings_fields_are_the_settings_the_service_reads(tmp_path: P
         },
     )
     d = detect(tmp_path)
-    assert d.env_keys == ("API_PREFIX", "PROJECT_NAME", "SENTRY_DSN", "WORKER_CONCURRENCY")
+    assert d.env_keys == (
+        "ACCESS_TOKEN_EXPIRE_MINUTES",
+        "API_PREFIX",
+        "PROJECT_NAME",
+        "SENTRY_DSN",
+        "WORKER_CONCURRENCY",
+    )
     assert d.secret_keys == ("SECRET_KEY", "SMTP_PASSWORD")
     # the database's settings are fed under their libpq names, POSTGRES_PORT too: in a compose
     # network the server's port is not the one env/<env>.env gives the host
@@ -693,3 +700,19 @@ def test_pydantic_settings_fields_are_the_settings_the_service_reads(tmp_path: P
     )
     service = load_service(Path("stageflow.toml"), tomllib.loads(render.stageflow_toml(d)))
     assert service.env_from == d.env_from and service.secret_keys == d.secret_keys
+
+
+def test_a_setting_about_a_secret_is_no_secret(tmp_path: Path) -> None:
+    # a token's lifetime is a number: a random string from `secrets --generate` breaks the boot
+    write(
+        tmp_path,
+        {
+            "web.py": FLASK_APP
+            + 'import os\nTTL = int(os.environ.get("ACCESS_TOKEN_EXPIRE_MINUTES", "60"))\n'
+            + 'MIN = int(os.getenv("PASSWORD_MIN_LENGTH", "12"))\n'
+            + 'TOKEN = os.environ["API_TOKEN"]\n',
+        },
+    )
+    d = detect(tmp_path)
+    assert d.env_keys == ("ACCESS_TOKEN_EXPIRE_MINUTES", "PASSWORD_MIN_LENGTH")
+    assert d.secret_keys == ("API_TOKEN",)

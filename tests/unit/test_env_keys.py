@@ -127,6 +127,19 @@ def test_a_secret_looking_key_is_refused_even_when_declared_a_key(root: Path) ->
     assert "declare it under [service.env] secrets" in msg and "s3cret" not in msg
 
 
+def test_a_setting_about_a_token_is_a_plain_key_of_a_committed_file(root: Path) -> None:
+    # a token's lifetime and a password's minimum length say TOKEN and PASSWORD but are numbers
+    names = ["ACCESS_TOKEN_EXPIRE_MINUTES", "PASSWORD_MIN_LENGTH"]
+    keys = '"API_RATE_LIMIT", ' + ", ".join(f'"{n}"' for n in names) + "]"
+    (root / "stageflow.toml").write_text(policy(SHIPPED_ENV.replace('"API_RATE_LIMIT"]', keys)))
+    append(env_file(root), "ACCESS_TOKEN_EXPIRE_MINUTES=60")
+    append(env_file(root), "PASSWORD_MIN_LENGTH=12")
+    values = dict(load_project(root).env("dev").values)
+    assert (values["ACCESS_TOKEN_EXPIRE_MINUTES"], values["PASSWORD_MIN_LENGTH"]) == ("60", "12")
+    append(env_file(root), "ACCESS_TOKEN=t-s3cret-value")  # the token itself stays out of git
+    assert "ACCESS_TOKEN is a secret in a committed file" in refused(root)
+
+
 def test_a_declared_secret_in_a_committed_file_is_refused(root: Path) -> None:
     line = append(env_file(root), "API_KEYS=k-s3cret-value")
     msg = refused(root)
