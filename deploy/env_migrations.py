@@ -315,8 +315,16 @@ class MigrationTool:
                 "migration shorter; the previous release still serves",
             )
         if not res.ok:
-            said = f"{what} `{shlex.join(argv)}` exited {res.exit_code}: {res.tail(2)}"
-            hint = "fix the migration and deploy again; the previous release still serves"
+            # a traceback's last line says what went wrong (a driver's error, a setting pydantic
+            # refused), where the tail may be a library's trailer ("Background on this error")
+            raised = releases.raised_in(f"{res.stderr}\n{res.stdout}".strip().splitlines())
+            said = f"{what} `{shlex.join(argv)}` exited {res.exit_code}: {raised or res.tail(2)}"
+            hint = releases.settings_hint(raised, self.env, self.proj.service)
+            hint = (
+                f"{hint}; the previous release still serves"
+                if hint
+                else "fix the migration and deploy again; the previous release still serves"
+            )
             # a tool's traceback ends in its own lines (SQLAlchemy's [SQL: ...]): name the limit
             # the policy set, which the tail would hide, and the knob that moves it
             hit = _PG_TIMEOUT.search(f"{res.stderr}\n{res.stdout}")

@@ -945,22 +945,66 @@ _MISSING_NAME = re.compile(r"^KeyError: '([A-Z][A-Z0-9_]*)'$")
 _NOT_WRITABLE = re.compile(r"^(PermissionError|OSError|IsADirectoryError): \[Errno (13|30)\]")
 
 
+# pydantic's ValidationError names each field on a line of its own, then says what is wrong on the
+# next, indented, with the input in brackets (a whole settings dict for a missing field: secrets)
+_VALIDATION = re.compile(r"^(?:[\w.]+\.)?(ValidationError: \d+ validation errors? for \w+)\s*$")
+_FIELD_ERROR = re.compile(r"(?:^|: |; )([A-Za-z_]\w*): ([^;]*)")
+
+
+def _validation_errors(head: str, after: Sequence[str]) -> str:
+    """pydantic's "ValidationError: 2 validation errors for Settings" with each field and what
+    is wrong with it, without the inputs: "...: PROJECT_NAME: Field required; ..."."""
+    errors: list[str] = []
+    field = ""
+    for ln in after:
+        if not ln.strip() or ln.startswith("    "):
+            continue
+        if not ln[0].isspace():
+            if field:  # a field line with no message after it: the error's end
+                break
+            field = ln.strip()
+        elif field:
+            errors.append(f"{field}: {ln.strip().split(' [type=')[0]}")
+            field = ""
+    return f"{head}: {'; '.join(errors)}" if errors else head
+
+
 def raised_in(lines: Sequence[str]) -> str:
-    """The exception line of the last traceback in lines ("KeyError: 'SECRET_KEY'"), or ""."""
+    """The exception line of the last traceback in lines ("KeyError: 'SECRET_KEY'"), or "";
+    for pydantic's ValidationError, with the fields it names and what is wrong with each."""
     starts = [i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call last)")]
     if not starts:
         return ""
-    for ln in lines[starts[-1] + 1 :]:
+    for i, ln in enumerate(lines[starts[-1] + 1 :], start=starts[-1] + 1):
         if ln and not ln[0].isspace() and _RAISED.match(ln):
+            invalid = _VALIDATION.match(ln.strip())
+            if invalid:
+                return clip(_validation_errors(invalid[1], lines[i + 1 :]), 300)
             return clip(ln.strip(), 200)
     return ""
 
 
-def boot_hint(raised: str, env: EnvConfig, service: Service, log: str) -> str:
-    """Where to look; for a setting the service's code reads and this environment lacks, how to
-    give it one."""
+def _field_errors(raised: str) -> list[tuple[str, str]]:
+    """(field, what is wrong) of each field of a ValidationError line raised_in made."""
+    if not raised.startswith("ValidationError: "):
+        return []
+    details = raised.partition(" for ")[2].partition(": ")[2]
+    return [(f, said) for f, _, said in (e.partition(": ") for e in details.split("; ")) if said]
+
+
+def _missing_setting(raised: str) -> str:
+    """The setting a boot or a command found missing: KeyError's, or the first field pydantic
+    calls required (its settings match names without case: the variable is upper-case)."""
     missing = _MISSING_NAME.match(raised)
-    name = missing[1] if missing else ""
+    if missing:
+        return missing[1]
+    required = [f for f, said in _field_errors(raised) if said.startswith("Field required")]
+    return required[0].upper() if required and required[0].isidentifier() else ""
+
+
+def settings_hint(raised: str, env: EnvConfig, service: Service) -> str:
+    """How to give this environment a setting the service's code could not load, or ""."""
+    name = _missing_setting(raised)
     if name and name in service.secret_keys:
         return (
             f"{name} is one of the service's secrets and {env.name} has none: "
@@ -971,8 +1015,27 @@ def boot_hint(raised: str, env: EnvConfig, service: Service, log: str) -> str:
     if name:
         return (
             f"the service reads {name} from its environment: declare it in [service.env] keys "
-            f"or secrets of stageflow.toml and set it for {env.name}; see {log}"
+            f"or secrets of stageflow.toml and set it for {env.name}"
         )
+    invalid = {f.upper() for f, _ in _field_errors(raised)}
+    if "ENVIRONMENT" in invalid and "ENVIRONMENT" not in dict(service.env_from):
+        return (
+            f"stageflow feeds ENVIRONMENT={env.environment}, which the service does not accept: "
+            "declare a key of its own (APP_ENVIRONMENT) under [service.env] keys, set the value "
+            f"it accepts in env/{env.name}.env, and map it in [service.env.from]: "
+            'ENVIRONMENT = "APP_ENVIRONMENT"'
+        )
+    return ""
+
+
+def boot_hint(raised: str, env: EnvConfig, service: Service, log: str) -> str:
+    """Where to look; for a setting the service's code reads and this environment lacks, how to
+    give it one."""
+    given = settings_hint(raised, env, service)
+    if given.startswith("the service reads "):
+        return f"{given}; see {log}"
+    if given:
+        return given
     if _NOT_WRITABLE.match(raised):
         return (
             "the release is read-only to the service: let it write files under the directory "

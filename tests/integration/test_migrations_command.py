@@ -371,6 +371,30 @@ def test_a_failing_up_says_one_line_without_the_password(proj, repo):
     assert "[REDACTED]" in err.value.message
 
 
+# a driver's error as SQLAlchemy raises it: the message, then its own trailer lines
+DRIVER_ERROR = (
+    "raise type('NotSupportedError', (Exception,), {})("
+    "'(psycopg.errors.FeatureNotSupported) extension \"uuid-ossp\" is not available\\n'"
+    "'[SQL: CREATE EXTENSION IF NOT EXISTS \"uuid-ossp\"]\\n'"
+    "'(Background on this error at: https://sqlalche.me/e/20/tw8g)')"
+)
+
+
+def test_a_failing_up_says_the_error_its_traceback_ends_with(proj, repo):
+    up = ("python", "-c", DRIVER_ERROR)
+    svc = replace(proj.service, migrations=replace(proj.service.migrations, up=up))
+    broken = replace(proj, service=svc)
+    build(broken, repo, "r1", repo.commits["a1"])
+    ctx = context(broken, "r1", repo.commits["a1"], None)
+    with pytest.raises(MigrationError) as err:
+        ctx.runtime.migrate(ctx)
+    assert err.value.message.endswith(
+        "exited 1: NotSupportedError: (psycopg.errors.FeatureNotSupported) extension "
+        '"uuid-ossp" is not available'
+    )
+    assert "fix the migration" in err.value.line()
+
+
 def test_level_2_runs_down_to_the_revision_the_target_recorded(proj, repo):
     deploy(proj, repo, "r1", "a1", None)
     _, _, ctx = deploy(proj, repo, "r2", "b2", "r1")

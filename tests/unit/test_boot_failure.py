@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from deploy.cli import NEXT_STEPS, next_steps
 from deploy.config import load_project
-from deploy.releases import boot_hint, not_ready_hint, one_line, raised_in
+from deploy.releases import boot_hint, not_ready_hint, one_line, raised_in, settings_hint
 from tests import support
 
 WORKER_LOG = """\
@@ -80,3 +80,51 @@ def test_a_ready_answer_in_markup_is_said_in_one_line() -> None:
     page += "</head>\n<body>\n  <h1>Bad Request (400)</h1><p></p>\n</body>\n</html>"
     assert one_line(page) == "400 Bad Request (400) Bad Request (400)"
     assert len(one_line("500 " + "x" * 10_000)) < 200
+
+
+# what pydantic-settings prints when a settings class cannot load: each field on a line of its
+# own, what is wrong on the next, the input in brackets (for a missing field, every value it got)
+PYDANTIC_LOG = """\
+Traceback (most recent call last):
+  File "/srv/app/app/core/config.py", line 120, in <module>
+    settings = Settings()  # type: ignore
+pydantic_core._pydantic_core.ValidationError: 2 validation errors for Settings
+ENVIRONMENT
+  Input should be 'local', 'staging' or 'production' [type=literal_error, input_value='development', input_type=str]
+    For further information visit https://errors.pydantic.dev/2.14/v/literal_error
+project_name
+  Field required [type=missing, input_value={'SECRET_KEY': 'k-s3cret-value'}, input_type=dict]
+    For further information visit https://errors.pydantic.dev/2.14/v/missing
+""".splitlines()
+
+
+def test_a_settings_class_that_cannot_load_names_each_field_and_never_its_input() -> None:
+    raised = raised_in(PYDANTIC_LOG)
+    assert raised == (
+        "ValidationError: 2 validation errors for Settings: ENVIRONMENT: Input should be "
+        "'local', 'staging' or 'production'; project_name: Field required"
+    )
+    assert "s3cret" not in raised and "input_value" not in raised
+
+
+def test_the_hint_for_a_settings_class_says_which_setting_to_give_and_how() -> None:
+    proj = load_project(support.REPO, process_env={})
+    env = proj.env("dev")
+    svc = replace(proj.service, env_keys=("PROJECT_NAME",), env_from=())
+    log = "/srv/logs/app.log"
+    raised = raised_in(PYDANTIC_LOG)
+    # the first required field the environment lacks: pydantic matches it without case
+    assert boot_hint(raised, env, svc, log) == (
+        "PROJECT_NAME is one of the service's settings: set it in env/dev.env"
+    )
+    assert settings_hint(raised, env, replace(svc, env_keys=())).startswith(
+        "the service reads PROJECT_NAME from its environment: declare it"
+    )
+    # ENVIRONMENT, which stageflow feeds, in values of the service's own
+    only_environment = raised.replace("; project_name: Field required", "")
+    hint = settings_hint(only_environment, env, svc)
+    assert hint.startswith("stageflow feeds ENVIRONMENT=development, which the service does not")
+    assert 'ENVIRONMENT = "APP_ENVIRONMENT"' in hint
+    mapped = replace(svc, env_from=(("ENVIRONMENT", "APP_ENVIRONMENT"),))
+    assert settings_hint(only_environment, env, mapped) == ""
+    assert settings_hint("ValueError: bad", env, svc) == ""
