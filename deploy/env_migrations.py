@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from deploy import migrations, psql
+from deploy import binaries, migrations, psql
 from deploy.commands import git as gitcmd
 from deploy.commands import postgres as pg
 from deploy.config import EnvConfig, Project
@@ -64,6 +64,24 @@ COMMAND_TIMEOUT_S = 3600.0
 _MIGRATION_FOLDERS = ("migrations", "versions")
 # what PostgreSQL says when lock_timeout or statement_timeout cancels a statement
 _PG_TIMEOUT = re.compile(r"canceling statement due to (lock|statement) timeout")
+# an extension the server's installation does not ship (the embedded wheel has no uuid-ossp)
+_NO_EXTENSION = re.compile(
+    r'extension "([\w-]+)" is not available|could not open extension control file "[^"]*/([\w-]+)\.control"'
+)
+
+
+def missing_extension_hint(output: str) -> str:
+    """What to do when a migration asked for an extension this PostgreSQL does not have, or ""."""
+    hit = _NO_EXTENSION.search(output)
+    if not hit:
+        return ""
+    return (
+        f"this environment's PostgreSQL has no extension {hit[1] or hit[2]}: set "
+        f"{binaries.POSTGRES_BIN_VAR} to the bin folder of an installed PostgreSQL that has it "
+        "(Debian's postgresql and postgresql-contrib: /usr/lib/postgresql/<major>/bin) for every "
+        "command on this environment, and give it a cluster of that version (docs/ENVIRONMENT.md); "
+        "the previous release still serves"
+    )
 
 
 def kind_of(proj: Project) -> str:
@@ -323,7 +341,8 @@ class MigrationTool:
             hint = (
                 f"{hint}; the previous release still serves"
                 if hint
-                else "fix the migration and deploy again; the previous release still serves"
+                else missing_extension_hint(f"{res.stderr}\n{res.stdout}")
+                or "fix the migration and deploy again; the previous release still serves"
             )
             # a tool's traceback ends in its own lines (SQLAlchemy's [SQL: ...]): name the limit
             # the policy set, which the tail would hide, and the knob that moves it
