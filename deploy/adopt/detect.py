@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from deploy.adopt.routes import Module, modules_of, router_routes
 from deploy.errors import UsageError
 from deploy.service import FED_NAMES, Migrations, about_a_secret
 
@@ -395,31 +396,44 @@ def health_paths(paths: list[str]) -> tuple[str, str]:
     return live, ready
 
 
-def _app_health(framework: str, wsgi: str, module: Path | None, base: Path) -> tuple[str, str]:
+def _app_health(
+    framework: str, wsgi: str, module: Path | None, base: Path
+) -> tuple[str, str, bool]:
+    """(health, ready, placed): placed when the paths are known whole, routes of the app object
+    or of a router whose prefixes the source spells out."""
     if framework == "Django":
         project = wsgi.split(".")[0]
         urls = _read(base / project / "urls.py")
-        return health_paths(["/" + m[1] for m in _DJANGO_PATH.finditer(urls)])
-    found = ("/", "")
-    if module is not None:
-        obj = wsgi.partition(":")[2]
-        app = "app" if obj.endswith("()") else obj  # a factory's routes sit on its local `app`
-        found = health_paths(route_paths(_read(module), app))
+        return (*health_paths(["/" + m[1] for m in _DJANGO_PATH.finditer(urls)]), True)
+    obj = wsgi.partition(":")[2]
+    app = "app" if obj.endswith("()") else obj  # a factory's routes sit on its local `app`
+    on_app = route_paths(_read(module), app) if module is not None else []
+    found = health_paths(on_app)
     if found[0] != "/":
-        return found
-    # none on the app object: a blueprint's or router's route, whose prefix is not known here
-    return health_paths(_all_routes(base))
+        return (*found, True)
+    # none on the app object: a router's or blueprint's route, under the prefixes it is
+    # included with when the source spells them out
+    name = module_name(base, module) if module is not None else None
+    routes = router_routes(_modules(base), (name or "", app)) if name else []
+    own = health_paths([path for path, _ in routes])
+    whole = {path: full for path, full in routes if full}
+    if own[0] != "/" and own[0] in whole and (not own[1] or own[1] in whole):
+        return whole[own[0]], whole.get(own[1], ""), True
+    health, ready = health_paths(_all_routes(base))
+    return health, ready, health in on_app
+
+
+def _modules(base: Path) -> dict[str, Module]:
+    files = []
+    for path in python_files(base):
+        name = module_name(base, path)
+        if name is not None:
+            files.append((name, path, _read(path)))
+    return modules_of(files)
 
 
 def _all_routes(base: Path) -> list[str]:
     return [m[1] for path in python_files(base) for m in _ANY_ROUTE.finditer(_read(path))]
-
-
-def _on_app(module: Path | None, wsgi: str, path: str) -> bool:
-    if module is None:
-        return False
-    obj = wsgi.partition(":")[2]
-    return path in route_paths(_read(module), "app" if obj.endswith("()") else obj)
 
 
 def _manage_py(root: Path) -> Path | None:
@@ -722,10 +736,10 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
     base = root / folder
     requirements, notes = _requirements(base)
     migrations, tool = _migrations(base, framework, wsgi)
-    health, ready = _app_health(framework, wsgi, module, base)
+    health, ready, placed = _app_health(framework, wsgi, module, base)
     if health == "/" and (framework == "Django" or "/" not in _all_routes(base)):
         notes += ("no health route found: `/` must answer 2xx, or set [service] health",)
-    elif framework != "Django" and not _on_app(module, wsgi, health):
+    elif not placed:
         notes += (
             f"health {health} is a blueprint's or router's route: add its prefix if it has one",
         )

@@ -716,3 +716,60 @@ def test_a_setting_about_a_secret_is_no_secret(tmp_path: Path) -> None:
     d = detect(tmp_path)
     assert d.env_keys == ("ACCESS_TOKEN_EXPIRE_MINUTES", "PASSWORD_MIN_LENGTH")
     assert d.secret_keys == ("API_TOKEN",)
+
+
+def test_a_routers_health_route_gets_the_prefixes_it_is_included_under(tmp_path: Path) -> None:
+    # the router's own prefix, the router it is included in, and the app's include with a
+    # prefix from a settings field's default
+    write(
+        tmp_path,
+        {
+            "requirements.txt": "fastapi\n",
+            "app/__init__.py": "",
+            "app/main.py": "from fastapi import FastAPI\n\nfrom app.api.main import api_router\n"
+            "from app.core.config import settings\n\napp = FastAPI()\n"
+            "app.include_router(api_router, prefix=settings.API_V1_STR)\n",
+            "app/core/__init__.py": "",
+            "app/core/config.py": "class Settings(BaseSettings):\n    API_V1_STR: str = '/api/v1'\n",
+            "app/api/__init__.py": "",
+            "app/api/main.py": "from fastapi import APIRouter\n\nfrom app.api.routes import (\n"
+            "    items,\n    utils,\n)\n\napi_router = APIRouter()\n"
+            "api_router.include_router(items.router)\napi_router.include_router(utils.router)\n",
+            "app/api/routes/__init__.py": "",
+            "app/api/routes/items.py": 'router = APIRouter(prefix="/items")\n\n\n'
+            '@router.get("/")\ndef items():\n    return []\n',
+            "app/api/routes/utils.py": 'router = APIRouter(prefix="/utils", tags=["utils"])\n\n\n'
+            '@router.get("/health-check/")\nasync def health_check() -> bool:\n    return True\n',
+        },
+    )
+    d = detect(tmp_path)
+    assert (d.health, d.ready) == ("/api/v1/utils/health-check/", "")
+    assert not any("prefix" in note for note in d.notes)
+
+
+def test_a_blueprints_health_route_gets_its_url_prefix(tmp_path: Path) -> None:
+    shop = (
+        "from flask import Flask\n\nfrom . import views\n\n\ndef create_app():\n"
+        "    app = Flask(__name__)\n"
+        '    app.register_blueprint(views.bp, url_prefix="/api")\n    return app\n'
+    )
+    write(tmp_path, {"requirements.txt": "flask\n", "shop/__init__.py": shop,
+                     "shop/views.py": VIEWS.replace('Blueprint("api", __name__)',
+                                                    'Blueprint("api", __name__, url_prefix="/v2")')})  # fmt: skip
+    # Flask: the url_prefix given at registration replaces the blueprint's own
+    d = detect(tmp_path)
+    assert d.health == "/api/health"
+    assert not any("prefix" in note for note in d.notes)
+    (tmp_path / "shop" / "__init__.py").write_text(shop.replace(', url_prefix="/api"', ""))
+    assert detect(tmp_path).health == "/v2/health"
+
+
+def test_a_prefix_the_source_does_not_spell_keeps_the_note(tmp_path: Path) -> None:
+    main = (
+        "import os\nfrom fastapi import FastAPI, APIRouter\n\napp = FastAPI()\n"
+        "router = APIRouter()\n\n\n@router.get('/healthz')\ndef healthz():\n    return {}\n\n\n"
+        "app.include_router(router, prefix=os.environ['API_PREFIX'])\n"
+    )
+    d = detect(write(tmp_path, {"main.py": main}))
+    assert d.health == "/healthz"
+    assert any("router's route: add its prefix" in note for note in d.notes)
