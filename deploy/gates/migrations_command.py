@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from secrets import token_urlsafe
 from typing import Any
 
 from deploy import migrations
@@ -70,6 +71,10 @@ class Tool:
         out["STAGEFLOW_RELEASE"] = "rehearsal"
         if "service" in self.ctx.policy:
             service = load_service(Path("stageflow.toml"), dict(self.ctx.policy))
+            # the service's secrets as throwaway values, never the real ones: settings that
+            # require each one at import (pydantic-settings, os.environ[...]) load, and nothing
+            # reached with a real credential can be touched from the rehearsal
+            out.update({k: token_urlsafe(24) for k in service.secret_keys if k not in out})
             out.update({name: out[src] for name, src in service.env_from if src in out})
         # the commit's own code (models imported by env.py), not a copy installed in this venv
         return self.ctx.code_env(out)
@@ -89,9 +94,12 @@ class Tool:
     def checked(self, argv: Sequence[str], *, what: str) -> Completed:
         done = self.run(argv, what=what)
         if not done.ok:
-            tail = (done.lines() or ["no output"])[-1]
+            from deploy.releases import raised_in
+
+            # a traceback's last line, not a library's trailer after it
+            tail = raised_in(done.lines()) or (done.lines() or ["no output"])[-1]
             raise MigrationError(
-                f"rehearsal: `{' '.join(argv)}` exited {done.exit_code}: {tail[:240]}"
+                f"rehearsal: `{' '.join(argv)}` exited {done.exit_code}: {tail[:300]}"
             )
         return done
 

@@ -309,6 +309,40 @@ def test_an_alembic_service_gets_its_sql_linted_and_rehearsed(
     assert fingerprint(pg_dsn) == before and _databases(pg_dsn) == databases
 
 
+def test_a_service_whose_settings_require_its_secrets_is_rehearsed_with_throwaway_ones(
+    tmp_path: Path, pg_dsn: str, reader: str, alembic_bin: Path
+) -> None:
+    # env.py loads the service's settings, which require its declared secret at import (as a
+    # pydantic-settings field without a default does); the gate has no real secret to give
+    root = tmp_path / "widgets"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    settings = "import os\n\nassert len(os.environ['SECRET_KEY']) >= 16, 'SECRET_KEY required'\n"
+    service = SERVICE.format(bin=alembic_bin).replace(
+        "[service.migrations]", '[service.env]\nsecrets = ["SECRET_KEY"]\n\n[service.migrations]'
+    )
+    files = {
+        ".gitignore": "dist/\n",
+        "stageflow.toml": service + GA_MIGRATIONS,
+        "alembic.ini": "[alembic]\nscript_location = migrations\n",
+        "migrations/env.py": "import widgets_settings  # noqa: F401\n" + ENV_PY,
+        "migrations/versions/a1.py": _revision(
+            "a1", None, "CREATE TABLE widgets (id int PRIMARY KEY)", "DROP TABLE widgets"
+        ),
+        "widgets.py": "app = None\n",
+        "widgets_settings.py": settings,
+    }
+    commit(root, files, message="widgets", tag="v1.0.0")
+    mig = by_name(gate(root, "v1.0.0", db_url=Secret(reader)))["migrations"]
+    assert mig.status == "passed", mig.summary
+    # a settings error says the exception its traceback ends with, not what follows it
+    broken = "raise RuntimeError('settings refused\\nsee https://example.invalid/why')\n"
+    commit(root, {"migrations/env.py": broken + files["migrations/env.py"]}, tag="v1.0.1")
+    mig = by_name(gate(root, "v1.0.1", db_url=Secret(reader)))["migrations"]
+    assert mig.status == "failed"
+    assert mig.summary.endswith("exited 1: RuntimeError: settings refused"), mig.summary
+
+
 # -- a Django service: each pending migration's SQL from `manage.py sqlmigrate` ---------------
 
 DJANGO_SETTINGS = """\
