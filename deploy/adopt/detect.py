@@ -174,6 +174,7 @@ class Detection:
     secret_keys: tuple[str, ...] = ()  # those of them whose names say they are secret
     env_from: tuple[tuple[str, str], ...] = ()  # those that are another name of a fed one
     processes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # a Procfile's, but its web one
+    env_values: tuple[tuple[str, str, str], ...] = ()  # (env, key, value) init writes per env
 
 
 _PROCFILE_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):\s*(\S.*)$")
@@ -582,6 +583,51 @@ def settings_fields(text: str) -> set[str]:
     return names
 
 
+_LITERAL = re.compile(r"^\s*Literal\[([^\]]*)\]")
+# the values a service's own ENVIRONMENT may take for each of stageflow's, in order of preference
+ENVIRONMENT_WORDS = {
+    "dev": ("development", "dev", "local", "develop"),
+    "staging": ("staging", "stage", "preprod", "pre-production"),
+    "prod": ("production", "prod", "live"),
+}
+OWN_ENVIRONMENT = "APP_ENVIRONMENT"
+
+
+def environment_choices(text: str) -> tuple[str, ...]:
+    """The values a settings class's ENVIRONMENT field accepts when its type is a Literal."""
+    for line in text.splitlines():
+        m = _FIELD.match(line)
+        if m and m[2].upper() == "ENVIRONMENT":
+            lit = _LITERAL.match(m[3])
+            if lit:
+                return tuple(re.findall(r"[\"']([^\"']+)[\"']", lit[1]))
+    return ()
+
+
+def _own_environment(base: Path) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """((env, value) for each of stageflow's environments, notes): the service's ENVIRONMENT
+    takes a closed set of values, which stageflow's (development, staging, production, and the
+    migrations gate's rehearsal) are not all in. Empty when it takes any value."""
+    choices: tuple[str, ...] = ()
+    for path in python_files(base):
+        text = _read(path)
+        if "BaseSettings" in text and "Literal" in text:
+            choices = choices or environment_choices(text)
+    if not choices:
+        return (), ()
+    picked = tuple(
+        (env, next((w for w in words if w in choices), ""))
+        for env, words in ENVIRONMENT_WORDS.items()
+    )
+    if all(value for _, value in picked):
+        return picked, ()
+    return (), (
+        f"the code's ENVIRONMENT takes only {', '.join(choices)}: declare {OWN_ENVIRONMENT} under "
+        f'[service.env] keys, set it in env/<env>.env, and map ENVIRONMENT = "{OWN_ENVIRONMENT}"'
+        " in [service.env.from]",
+    )
+
+
 def _settings_read(base: Path) -> Settings:
     """(keys, secrets, fed aliases): the names the service's code reads from its environment that
     stageflow does not feed itself; a name that says secret (SECRET_KEY, API_TOKEN) is a secret,
@@ -744,6 +790,13 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
             f"health {health} is a blueprint's or router's route: add its prefix if it has one",
         )
     keys, secrets, aliases = _settings_read(base)
+    own_environment, environment_notes = _own_environment(base)
+    notes += environment_notes
+    env_values: tuple[tuple[str, str, str], ...] = ()
+    if own_environment:  # the service's own values, through a key of its own
+        keys = tuple(sorted({*keys, OWN_ENVIRONMENT}))
+        aliases = tuple(sorted({*aliases, ("ENVIRONMENT", OWN_ENVIRONMENT)}))
+        env_values = tuple((env, OWN_ENVIRONMENT, value) for env, value in own_environment)
     if secrets:
         notes += (
             f"secrets the code reads: {', '.join(secrets)}; `inv <env>.secrets --generate` fills "
@@ -774,4 +827,5 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
         secret_keys=secrets,
         env_from=aliases,
         processes=processes,
+        env_values=env_values,
     )

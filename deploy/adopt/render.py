@@ -109,7 +109,15 @@ def _env_table(d: Detection) -> list[str]:
 
 def stageflow_toml(d: Detection) -> str:
     """The whole stageflow.toml, its budgets locked at the thresholds it ships with."""
-    values = {"service": service_table(d), "test_command": _toml(d.test_command)}
+    # a key whose value init wrote differently for staging and prod is meant to differ
+    staging = {(k, v) for e, k, v in d.env_values if e == "staging"}
+    prod = {(k, v) for e, k, v in d.env_values if e == "prod"}
+    differ = sorted({k for k, _ in staging ^ prod})
+    values = {
+        "service": service_table(d),
+        "test_command": _toml(d.test_command),
+        "allowed_keys": "".join(f', "{k}"' for k in differ),
+    }
     draft = template("stageflow.toml.tmpl", {**values, "budgets_hash": ""})
     locked = budgets_hash(tomllib.loads(draft))
     return template("stageflow.toml.tmpl", {**values, "budgets_hash": locked})
@@ -131,6 +139,7 @@ def env_file(d: Detection, env: str, ports: dict[str, int]) -> str:
             f"DATABASE_URL=postgresql://{db}@127.0.0.1:{ports['POSTGRES_PORT']}/{db}",
             f"REDIS_URL=redis://127.0.0.1:{ports['REDIS_PORT']}/0",
             f"DATA_DIR=.stageflow/{env}",
+            *(f"{key}={value}" for name, key, value in d.env_values if name == env),
             "",
         ]
     )

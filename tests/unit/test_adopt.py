@@ -11,9 +11,11 @@ import pytest
 from deploy.adopt import render
 from deploy.adopt.detect import ASGI_WORKER, Overrides, detect, service_name
 from deploy.adopt.init import choose_ports, port_is_free
+from deploy.config import load_project
 from deploy.errors import ConfigError, UsageError
 from deploy.gates.budgets import budgets_hash
 from deploy.service import load_service
+from deploy.settings import service_settings
 
 
 def write(root: Path, files: dict[str, str]) -> Path:
@@ -773,3 +775,46 @@ def test_a_prefix_the_source_does_not_spell_keeps_the_note(tmp_path: Path) -> No
     d = detect(write(tmp_path, {"main.py": main}))
     assert d.health == "/healthz"
     assert any("router's route: add its prefix" in note for note in d.notes)
+
+
+def test_a_service_environment_of_its_own_values_is_fed_through_a_key_of_its_own(
+    tmp_path: Path,
+) -> None:
+    # the service's ENVIRONMENT takes local, staging or production: stageflow's development
+    # (and the migrations gate's rehearsal) would fail its settings
+    config = PYDANTIC_SETTINGS.replace(
+        '    API_PREFIX: str = "/api/v1"\n',
+        '    API_PREFIX: str = "/api/v1"\n'
+        '    ENVIRONMENT: Literal["local", "staging", "production"] = "local"\n',
+    ).replace("from typing import ClassVar", "from typing import ClassVar, Literal")
+    write(
+        tmp_path,
+        {
+            "requirements.txt": "fastapi\n",
+            "app/__init__.py": "",
+            "app/main.py": "from fastapi import FastAPI\n\napp = FastAPI()\n",
+            "app/config.py": config,
+        },
+    )
+    d = detect(tmp_path)
+    assert "APP_ENVIRONMENT" in d.env_keys
+    assert ("ENVIRONMENT", "APP_ENVIRONMENT") in d.env_from
+    files = render.files(d, choose_ports(d.name))
+    for env, value in (("dev", "local"), ("staging", "staging"), ("prod", "production")):
+        assert f"\nAPP_ENVIRONMENT={value}\n" in files[f"env/{env}.env"]
+    write(tmp_path, files)
+    proj = load_project(tmp_path, process_env={})
+    settings = service_settings(proj.env("dev"), proj.service)
+    assert (settings["ENVIRONMENT"], proj.env("dev").environment) == ("local", "development")
+    # staging and prod are meant to differ in it: the policy-drift gate allows that key
+    drift = tomllib.loads(files["stageflow.toml"])["gates"]["policy-drift"]["allowed_keys"]
+    assert "APP_ENVIRONMENT" in drift
+
+
+def test_a_service_environment_without_a_word_for_each_gets_a_note(tmp_path: Path) -> None:
+    config = 'class Settings(BaseSettings):\n    environment: Literal["test", "live"] = "test"\n'
+    write(tmp_path, {"main.py": "from fastapi import FastAPI\n\napp = FastAPI()\n",
+                     "config.py": "from typing import Literal\n" + config})  # fmt: skip
+    d = detect(tmp_path)
+    assert "APP_ENVIRONMENT" not in d.env_keys and not d.env_values
+    assert any(n.startswith("the code's ENVIRONMENT takes only test, live") for n in d.notes)
