@@ -116,6 +116,13 @@ def stageflow_toml(d: Detection) -> str:
     values = {
         "service": service_table(d),
         "test_command": _toml(d.test_command),
+        # a service in a folder of its own runs its tests there, as its team does (Django's
+        # command names manage.py's folder itself)
+        "test_dir": (
+            f"\ndir = {_toml(d.dir)}                 # the folder the command runs in"
+            if d.dir != "." and d.framework != "Django"
+            else ""
+        ),
         "allowed_keys": "".join(f', "{k}"' for k in differ),
     }
     draft = template("stageflow.toml.tmpl", {**values, "budgets_hash": ""})

@@ -11,7 +11,7 @@ import os
 import re
 import sys
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from deploy.errors import ConfigError
@@ -60,16 +60,34 @@ def _argv(ctx: GateContext) -> list[str]:
     return argv
 
 
+def test_dir(ctx: GateContext) -> str:
+    """[gates.test] dir: the folder of the tree the command runs in (a service's own folder,
+    whose tests find their config and files from there); the tree's root when unset."""
+    value = ctx.config.get("dir", ".")
+    path = PurePosixPath(value) if isinstance(value, str) and value.strip() else None
+    if path is None or path.is_absolute() or ".." in path.parts:
+        raise ConfigError(
+            f"[gates.test] dir = {value!r} must be a folder inside the repository",
+            hint='e.g. dir = "backend"; leave it out to run at the repository\'s root',
+        )
+    if not (ctx.tree / path).is_dir():
+        raise ConfigError(
+            f"[gates.test] dir = {value!r}: the commit under test has no such folder",
+            hint="name the folder the test command runs in, relative to the repository's root",
+        )
+    return str(path)
+
+
 def inputs(ctx: GateContext) -> list[Any]:
     installed = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions())
-    return [ctx.tree_hash, sys.version, installed, _argv(ctx)]
+    return [ctx.tree_hash, sys.version, installed, _argv(ctx), test_dir(ctx)]
 
 
 def run(ctx: GateContext) -> Outcome:
     argv = _argv(ctx)
     done = run_command(
         argv,
-        cwd=ctx.tree,
+        cwd=ctx.tree / test_dir(ctx),
         env=ctx.code_env(os.environ),
         timeout_s=ctx.timeout_s,
         tool_hint="set [gates.test] command to the project's test command",

@@ -654,6 +654,32 @@ def test_a_failing_test_in_any_file_fails_pre_ga_and_ga_named_in_both_reports(re
     assert again.cached and again.status == "failed"
 
 
+def test_the_test_command_runs_in_the_services_own_folder(repo: Path) -> None:
+    # a service in backend/ beside a frontend: its tests read a file relative to that folder
+    policy = STAGES.replace('"-x", "tests"]\n', '"-x", "tests"]\ndir = "backend"\n')
+    reads = (
+        "from pathlib import Path\n\n\ndef test_ok():\n    assert Path('settings.ini').is_file()\n"
+    )
+    commit(
+        repo,
+        {
+            "stageflow.toml": policy,
+            "backend/settings.ini": "[app]\n",
+            "backend/tests/test_b.py": reads,
+        },
+        tag="v6.0.0",
+    )
+    test = by_name(gate(repo, "v6.0.0"))["test"]
+    assert test.status == "passed", test.summary
+    commit(repo, {"stageflow.toml": policy.replace('dir = "backend"', 'dir = "../backend"')})
+    git(repo, "tag", "v6.0.1")
+    test = by_name(gate(repo, "v6.0.1"))["test"]
+    assert (
+        test.status == "error"
+        and "[gates.test] dir = '../backend' must be a folder" in test.summary
+    )
+
+
 def test_a_missing_tool_is_one_line_and_an_unconfigured_check_says_what_to_set(
     repo: Path,
 ) -> None:

@@ -613,6 +613,26 @@ def test_an_app_in_a_project_folder_of_its_own_runs_from_that_folder(tmp_path: P
     assert d.migrations.dir == "app/alembic/versions"
 
 
+def test_the_test_gate_of_a_service_in_a_folder_of_its_own_runs_there(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "backend/pyproject.toml": "[project]\nname = 'app'\n",
+            "backend/app/__init__.py": "",
+            "backend/app/main.py": "from fastapi import FastAPI\n\napp = FastAPI()\n",
+            "backend/tests/conftest.py": "",
+        },
+    )
+    gates = tomllib.loads(render.stageflow_toml(detect(tmp_path)))["gates"]
+    assert gates["test"]["dir"] == "backend"
+    assert gates["test"]["command"] == ["python", "-m", "pytest", "-q"]
+    write(tmp_path / "root", {"app.py": FLASK_APP})
+    assert (
+        "dir"
+        not in tomllib.loads(render.stageflow_toml(detect(tmp_path / "root")))["gates"]["test"]
+    )
+
+
 def test_a_src_layout_in_a_project_folder_runs_from_the_folder_above_src(tmp_path: Path) -> None:
     write(
         tmp_path,
