@@ -565,7 +565,16 @@ def settings_fields(text: str) -> set[str]:
     """The environment variables the pydantic-settings classes of a module read: each field of
     a class of BaseSettings, upper-cased (the library matches names case-insensitively), behind
     the class's env_prefix, or its alias."""
-    names: set[str] = set()
+    return {name for name, _ in _settings_fields(text)}
+
+
+def required_settings(text: str) -> set[str]:
+    """Those of them without a default: the class refuses to load without each."""
+    return {name for name, required in _settings_fields(text) if required}
+
+
+def _settings_fields(text: str) -> set[tuple[str, bool]]:
+    names: set[tuple[str, bool]] = set()
     lines = text.splitlines()
     starts = {text.count("\n", 0, m.start()) for m in _SETTINGS_CLASS.finditer(text)}
     for start in sorted(starts):
@@ -579,7 +588,8 @@ def settings_fields(text: str) -> set[str]:
             if lead != indent or not m or m[2] == "model_config" or "ClassVar" in m[3]:
                 continue
             alias = _ALIAS.search(m[4] or "")
-            names.add(alias[1].upper() if alias else f"{prefix}{m[2]}".upper())
+            name = alias[1].upper() if alias else f"{prefix}{m[2]}".upper()
+            names.add((name, m[4] is None))
     return names
 
 
@@ -790,6 +800,20 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
             f"health {health} is a blueprint's or router's route: add its prefix if it has one",
         )
     keys, secrets, aliases = _settings_read(base)
+    required = sorted(
+        {
+            n
+            for p in python_files(base)
+            if "BaseSettings" in (t := _read(p))
+            for n in required_settings(t)
+        }
+        & set(keys)
+    )
+    if required:
+        notes += (
+            f"settings the code requires, with no default: {', '.join(required)}; set each in "
+            "env/<env>.env",
+        )
     own_environment, environment_notes = _own_environment(base)
     notes += environment_notes
     env_values: tuple[tuple[str, str, str], ...] = ()

@@ -722,6 +722,10 @@ def test_pydantic_settings_fields_are_the_settings_the_service_reads(tmp_path: P
     )
     service = load_service(Path("stageflow.toml"), tomllib.loads(render.stageflow_toml(d)))
     assert service.env_from == d.env_from and service.secret_keys == d.secret_keys
+    # a field without a default must be given (the fed ones are, and secrets are generated)
+    assert "settings the code requires, with no default: PROJECT_NAME; set each in" in " ".join(
+        d.notes
+    )
 
 
 def test_a_setting_about_a_secret_is_no_secret(tmp_path: Path) -> None:
