@@ -94,3 +94,22 @@ def psql_program() -> Path | None:
     if install is not None and (install / "bin" / "psql").exists():
         return install / "bin" / "psql"
     return None
+
+
+def pg_extensions() -> set[str] | None:
+    """The extensions the PostgreSQL stageflow runs can create (its share/extension folder's
+    control files), or None when that folder is not found. Read from disk: nothing runs."""
+    try:
+        bin_dir = pg_bin_dir()
+    except ServiceError:
+        return None
+    prefix = bin_dir.parent
+    # the wheel's and a source build's share/, or Debian's /usr/share/postgresql/<major>/
+    for folder in (
+        prefix / "share" / "extension",
+        prefix / "share" / "postgresql" / "extension",
+        Path("/usr/share/postgresql") / prefix.name / "extension",
+    ):
+        if folder.is_dir():
+            return {p.name.removesuffix(".control") for p in folder.glob("*.control")}
+    return None

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from deploy.adopt.routes import Module, modules_of, router_routes
+from deploy.binaries import POSTGRES_BIN_VAR, pg_extensions
 from deploy.errors import UsageError
 from deploy.service import FED_NAMES, Migrations, about_a_secret
 
@@ -638,6 +639,39 @@ def _own_environment(base: Path) -> tuple[tuple[tuple[str, str], ...], tuple[str
     )
 
 
+_CREATE_EXTENSION = re.compile(
+    r"CREATE\s+EXTENSION\s+(?:IF\s+NOT\s+EXISTS\s+)?[\\\"'`]*([\w-]+)", re.I
+)
+
+
+def extensions_created(folder: Path) -> set[str]:
+    """The PostgreSQL extensions the migrations in folder create."""
+    found: set[str] = set()
+    if not folder.is_dir():
+        return found
+    for path in sorted(folder.rglob("*"))[:_MAX_FILES]:
+        if path.suffix in (".py", ".sql") and path.is_file():
+            found.update(m.lower() for m in _CREATE_EXTENSION.findall(_read(path)))
+    return found
+
+
+def _missing_extensions(base: Path, migrations: Migrations) -> tuple[str, ...]:
+    """A note for each extension a migration creates that the PostgreSQL stageflow would run
+    does not ship (the embedded wheel has no uuid-ossp or pgcrypto)."""
+    if migrations.kind == "none":
+        return ()
+    wanted = extensions_created(base / migrations.dir)
+    available = pg_extensions() if wanted else None
+    missing = sorted(wanted - available) if available is not None else []
+    if not missing:
+        return ()
+    return (
+        f"the migrations create the extension {', '.join(missing)}, which this machine's "
+        f"PostgreSQL for stageflow lacks: set {POSTGRES_BIN_VAR} to an installed PostgreSQL "
+        "that has it before `inv dev.up` (stageflow's ENVIRONMENT.md, Another PostgreSQL)",
+    )
+
+
 def _settings_read(base: Path) -> Settings:
     """(keys, secrets, fed aliases): the names the service's code reads from its environment that
     stageflow does not feed itself; a name that says secret (SECRET_KEY, API_TOKEN) is a secret,
@@ -792,6 +826,7 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
     base = root / folder
     requirements, notes = _requirements(base)
     migrations, tool = _migrations(base, framework, wsgi)
+    notes += _missing_extensions(base, migrations)
     health, ready, placed = _app_health(framework, wsgi, module, base)
     if health == "/" and (framework == "Django" or "/" not in _all_routes(base)):
         notes += ("no health route found: `/` must answer 2xx, or set [service] health",)

@@ -842,3 +842,28 @@ def test_a_service_environment_without_a_word_for_each_gets_a_note(tmp_path: Pat
     d = detect(tmp_path)
     assert "APP_ENVIRONMENT" not in d.env_keys and not d.env_values
     assert any(n.startswith("the code's ENVIRONMENT takes only test, live") for n in d.notes)
+
+
+def test_an_extension_the_migrations_create_and_the_postgresql_lacks_gets_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    migration = "def upgrade():\n    op.execute('CREATE EXTENSION IF NOT EXISTS \"{}\"')\n"
+    write(
+        tmp_path,
+        {
+            "app.py": FLASK_APP,
+            "alembic.ini": "[alembic]\nscript_location = alembic\n",
+            "alembic/versions/a1_ids.py": migration.format("uuid-ossp"),
+            "alembic/versions/b2_names.py": migration.format("citext"),
+        },
+    )
+    # the embedded wheel ships citext but no uuid-ossp
+    monkeypatch.delenv("STAGEFLOW_POSTGRES_BIN", raising=False)
+    notes = " ".join(detect(tmp_path).notes)
+    assert "create the extension uuid-ossp, which this machine's PostgreSQL" in notes
+    assert "citext" not in notes and "STAGEFLOW_POSTGRES_BIN" in notes
+    # an installed PostgreSQL that has it, chosen: nothing to say
+    installed = write(tmp_path / "pg", {"bin/postgres": "", "share/extension/uuid-ossp.control": "",
+                                        "share/extension/citext.control": ""})  # fmt: skip
+    monkeypatch.setenv("STAGEFLOW_POSTGRES_BIN", str(installed / "bin"))
+    assert not any("extension" in note for note in detect(tmp_path).notes)
