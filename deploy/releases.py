@@ -1174,6 +1174,9 @@ def recorded_processes(host: Host, layout: Layout, rid: str) -> dict[str, list[s
     }
 
 
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")  # env(1)'s NAME=value before its command
+
+
 def _cmdline(host: Host, pid: int) -> list[str]:
     text = host.read_text(f"/proc/{pid}/cmdline") or ""
     return text.rstrip("\0").split("\0") if text else []
@@ -1199,9 +1202,24 @@ def runs(host: Host, pid: int | None, argv: Sequence[str], *, started: str = "")
         return record[0] == str(pid) and record[1] == procs.start_time(
             _proc_text(host, pid, "stat")
         )
-    got, rest = _cmdline(host, pid), list(argv[1:])
+    got = _cmdline(host, pid)
     if not got:
         return False
+    return any(_ran(got, a) for a in (list(argv), _after_env(argv)) if a)
+
+
+def _after_env(argv: Sequence[str]) -> list[str]:
+    """The command `env NAME=value ... command` runs once env(1) exec'd it; [] for no env."""
+    if not argv or PurePosixPath(argv[0]).name != "env":
+        return []
+    rest = list(argv[1:])
+    while rest and _ASSIGNMENT.match(rest[0]):
+        rest.pop(0)
+    return rest
+
+
+def _ran(got: list[str], argv: list[str]) -> bool:
+    rest = argv[1:]
     if got[1:] == rest and _names_program(got[0], argv[0]):
         return True
     cut = len(got) - len(rest)

@@ -46,6 +46,7 @@ def about_a_secret(name: str) -> bool:
 
 
 _PROCESS = re.compile(r"^[a-z][a-z0-9_-]*$")
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")  # a shell's NAME=value before a command
 _WSGI = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*(\(.*\))?)?$")
 _SERVICE_KEYS = {
     "name",
@@ -280,6 +281,12 @@ def _processes(table: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
         out.append((name, _argv(argv, f"[service.processes] {name}")))
         if not out[-1][1]:
             raise _fail(f"[service.processes] {name} has an empty command")
+        if _ASSIGNMENT.match(out[-1][1][0]):
+            first = out[-1][1][0]
+            raise _fail(
+                f"[service.processes] {name} starts with {first!r}, a variable, not a program",
+                hint=f'it runs without a shell: write ["env", "{first}", ...]',
+            )
     return tuple(out)
 
 

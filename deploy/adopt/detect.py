@@ -180,6 +180,8 @@ class Detection:
 
 _PROCFILE_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):\s*(\S.*)$")
 _SHELL = re.compile(r"[;&|<>$`()*?~]")
+# a Procfile line's leading NAME=value words set variables for its command, as a shell would
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 # what the web process and a release hook are in a Procfile: stageflow runs those itself
 _NOT_PROCESSES = {"web", "release"}
 
@@ -199,10 +201,12 @@ def _procfile(bases: list[Path]) -> tuple[tuple[tuple[str, tuple[str, ...]], ...
             argv = tuple(shlex.split(m[2]))
         except ValueError:
             argv = ()
-        if not argv or _SHELL.search(m[2]):
+        program = next((a for a in argv if not _ASSIGNMENT.match(a)), None)
+        if program is None or _SHELL.search(m[2]):
             notes.append(f"Procfile's {m[1]} runs a shell line: write it in [service.processes]")
             continue
-        found.append((name, argv))
+        # `NAME=value cmd ...` runs without a shell through env(1), which sets NAME for cmd
+        found.append((name, ("env", *argv) if program != argv[0] else argv))
     return tuple(found), tuple(notes)
 
 

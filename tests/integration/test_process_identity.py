@@ -54,6 +54,23 @@ def test_a_console_script_is_its_own_program(
     assert not runs(host, pid, ["sh", "worker", "--queue", "mail"])  # the interpreter is not it
 
 
+def test_a_command_run_through_env_is_the_command_env_ran(
+    tmp_path: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    script = bin_dir / "jobs"
+    script.write_text("#!/bin/sh\nsleep 30\n")
+    os.chmod(script, 0o755)
+    pid = _start(started, ["/usr/bin/env", "MODE=1", str(script), "worker"])
+    host = Host()
+    # [service.processes] worker = ["env", "MODE=1", "jobs", "worker"]: a Procfile's variables
+    assert runs(host, pid, ["env", "MODE=1", "jobs", "worker"])
+    assert runs(host, pid, ["env", "jobs", "worker"])
+    assert not runs(host, pid, ["env", "MODE=1", "jobs", "other"])
+    assert not runs(host, pid, ["env", "MODE=1", "other", "worker"])
+
+
 def test_a_binary_is_what_it_was(
     started: list[subprocess.Popen[bytes]],
 ) -> None:

@@ -867,3 +867,32 @@ def test_an_extension_the_migrations_create_and_the_postgresql_lacks_gets_a_note
                                         "share/extension/citext.control": ""})  # fmt: skip
     monkeypatch.setenv("STAGEFLOW_POSTGRES_BIN", str(installed / "bin"))
     assert not any("extension" in note for note in detect(tmp_path).notes)
+
+
+def test_a_procfile_line_s_leading_variables_run_through_env(tmp_path: Path) -> None:
+    procfile = (
+        "worker: REMAP_SIGTERM=SIGQUIT celery -A shop.tasks worker -l info\n"
+        "beat: TZ=UTC LOG=1 celery -A shop.tasks beat\n"
+        "bare: ONLY=1\n"
+    )
+    write(tmp_path, {"app.py": FLASK_APP, "Procfile": procfile, "requirements.txt": "flask\n"})
+    d = detect(tmp_path, Overrides(wsgi="app:app"))
+    assert d.processes == (
+        (
+            "worker",
+            ("env", "REMAP_SIGTERM=SIGQUIT", "celery", "-A", "shop.tasks", "worker", "-l", "info"),
+        ),
+        ("beat", ("env", "TZ=UTC", "LOG=1", "celery", "-A", "shop.tasks", "beat")),
+    )
+    assert any("Procfile's bare runs a shell line" in n for n in d.notes)
+    service = load_service(tmp_path / "stageflow.toml", tomllib.loads(render.stageflow_toml(d)))
+    assert service.processes == d.processes
+
+
+def test_a_process_that_starts_with_a_variable_is_refused_at_load() -> None:
+    table = {"name": "s", "wsgi": "m:app", "processes": {"worker": ["X=1", "celery", "worker"]}}
+    with pytest.raises(ConfigError) as err:
+        load_service(Path("stageflow.toml"), {"service": table})
+    line = err.value.line()
+    assert "[service.processes] worker starts with 'X=1', a variable, not a program" in line
+    assert '["env", "X=1", ...]' in line and "\n" not in line
