@@ -51,16 +51,27 @@ def init(args: list[str], *, cwd: Path | None = None) -> int:
     if clashes:
         sys.stderr.write("stageflow: init wrote nothing\n")
         return int(ExitCode.USAGE)
-    adopt.write(plan)
+    ignore = plan.root / ".gitignore"
+    before = _text(ignore)
+    gitignored = adopt.write(plan)
     print_table("stageflow init: what was found", ["what", "value"], adopt.summary(plan))
     for note in plan.detection.notes:
         say(f"check: {note}")
-    written = [*plan.files, *([".gitignore (appended)"] if plan.gitignore else [])]
+    if gitignored:
+        say(
+            f"check: git ignores {', '.join(gitignored)}: commit them anyway (git add -f), the "
+            "release gate reads the env files from the commit"
+        )
+    written = [*plan.files, *([".gitignore (appended)"] if _text(ignore) != before else [])]
     say("wrote: " + ", ".join(written))
     say("next:")
     for step in next_steps(plan.detection.secret_keys):
         say(f"  {step}")
     return 0
+
+
+def _text(path: Path) -> str | None:
+    return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
 def next_steps(secrets: tuple[str, ...]) -> tuple[str, ...]:

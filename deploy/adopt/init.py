@@ -7,7 +7,7 @@ import socket
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from deploy.adopt import render
 from deploy.adopt.detect import Detection, Overrides, detect
@@ -90,16 +90,59 @@ def existing(p: Plan) -> list[str]:
     return [rel for rel in p.files if (p.root / rel).exists() or (p.root / rel).is_symlink()]
 
 
-def write(p: Plan) -> None:
-    """Every file, created exclusively: one that appears meanwhile is refused, never replaced."""
+def write(p: Plan) -> list[str]:
+    """Every file, created exclusively: one that appears meanwhile is refused, never replaced.
+    Returns the files git would still ignore (see keep_committed)."""
     for rel, text in p.files.items():
         path = p.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("x", encoding="utf-8") as fh:
             fh.write(text)
     if p.gitignore:
-        with (p.root / ".gitignore").open("a", encoding="utf-8") as fh:
-            fh.write(p.gitignore)
+        _append(p.root, p.gitignore)
+    return keep_committed(p.root, list(p.files))
+
+
+def _append(root: Path, text: str) -> None:
+    path = root / ".gitignore"
+    current = path.read_text(encoding="utf-8") if path.is_file() else ""
+    lead = "" if not current or current.endswith("\n") else "\n"
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(lead + text)
+
+
+def ignored(root: Path, rels: list[str]) -> list[str]:
+    """Those of rels (paths relative to root) that git ignores."""
+    if not rels:
+        return []
+    res = run_process(git.check_ignore(*rels), cwd=root, timeout=30)
+    return [line for line in res.stdout.splitlines() if line] if res.exit_code == 0 else []
+
+
+_KEEP_HEADER = (
+    "# stageflow: its files are committed, whatever a line above ignores (env/ of a venv)\n"
+)
+
+
+def keep_committed(root: Path, rels: list[str]) -> list[str]:
+    """A team's .gitignore often ignores env/ (a virtualenv's usual name) or *.env (dotenv files):
+    git would then leave env/<env>.env out of every commit, and the release gate, which reads the
+    commit, would find no env files. Appends negations for what init wrote and git ignores (each
+    file, then its folder where the folder itself is ignored), keeps the secrets files ignored,
+    and returns the files git still ignores."""
+    found = ignored(root, rels)
+    if not found:
+        return []
+    _append(root, _KEEP_HEADER + "".join(f"!{rel}\n" for rel in found))
+    still = ignored(root, found)
+    folders = sorted({str(PurePosixPath(rel).parent) for rel in still if "/" in rel})
+    if folders:
+        _append(root, "".join(f"!{folder}/\n" for folder in folders))
+        still = ignored(root, found)
+    secrets = [f"env/{env}.secrets.env" for env in NAMESPACES]
+    if len(ignored(root, secrets)) < len(secrets):
+        _append(root, "env/*.secrets.env\n")
+    return still
 
 
 def summary(p: Plan) -> list[tuple[str, str]]:

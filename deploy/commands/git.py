@@ -74,6 +74,11 @@ def stash_create(message: str, *, repo: PathLike | None = None) -> list[str]:
     return git("stash", "create", message, repo=repo)
 
 
+def check_ignore(*paths: str, repo: PathLike | None = None) -> list[str]:
+    """Prints those of paths that .gitignore (or info/exclude) ignores; exits 1 when none."""
+    return git("check-ignore", "--", *paths, repo=repo)
+
+
 def add(*paths: str, repo: PathLike | None = None) -> list[str]:
     return git("add", *paths, repo=repo)
 

@@ -63,10 +63,23 @@ def posture_problems(
     return [f"{name} {p}" for p in (r.problem(values.get(r.key)) for r in rules) if p]
 
 
+def _committed(ctx: GateContext, path: Path) -> dict[str, str]:
+    """An env file as the commit holds it; one the commit lacks is named by its place in the
+    repository (a .gitignore that ignores env/, a virtualenv's usual name, keeps it out)."""
+    if not path.is_file():
+        rel = path.relative_to(ctx.tree).as_posix()
+        raise ConfigError(
+            f"{rel} is not in the commit under test",
+            hint=f"commit it (git add -f {rel}; `git check-ignore -v {rel}` names a .gitignore "
+            "line that leaves it out)",
+        )
+    return {k: v for k, (v, _) in read_env_file(path).items()}
+
+
 def run(ctx: GateContext) -> Outcome:
     staging_file, prod_file = _files(ctx)
-    staging = {k: v for k, (v, _) in read_env_file(staging_file).items()}
-    prod = {k: v for k, (v, _) in read_env_file(prod_file).items()}
+    staging = _committed(ctx, staging_file)
+    prod = _committed(ctx, prod_file)
     rules = posture_rules(ctx)
     problems = (
         drift(staging, prod, allowed_keys(ctx))

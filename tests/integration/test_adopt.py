@@ -260,3 +260,39 @@ def test_a_bad_init_flag_is_one_line(venv: Path, repo: Path) -> None:
         " [--dir DIR] [--wsgi MODULE:APP] [--worker-class CLASS])"
     ]
     assert not (repo / "stageflow.toml").exists()
+
+
+def _git(repo: Path, *args: str) -> str:
+    res = run(["git", *args], repo, timeout=60)
+    assert res.returncode in (0, 1), res.stderr
+    return res.stdout
+
+
+@pytest.mark.parametrize(
+    "ignores",
+    [
+        "__pycache__/\n.env\nenv/\nvenv/\nENV/\n",  # the usual Python .gitignore: env/ is a venv
+        "*.env\n",  # dotenv files
+    ],
+)
+def test_init_keeps_its_files_committed_where_gitignore_would_drop_them(
+    repo: Path, ignores: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from deploy.cli import init as cli_init
+
+    write(repo, {**FLASK_ALEMBIC, ".gitignore": ignores})
+    assert cli_init([], cwd=repo) == 0
+    out = capsys.readouterr().out
+    assert ".gitignore (appended)" in out and "git ignores" not in out
+    _git(repo, "add", "-A")
+    staged = set(_git(repo, "diff", "--cached", "--name-only").split())
+    assert {f"env/{e}.env" for e in ("dev", "staging", "prod")} <= staged
+    assert "env/dev.secrets.env.example" in staged and "compose/compose.yml" in staged
+    # the secrets stay out of git
+    (repo / "env" / "dev.secrets.env").write_text("POSTGRES_PASSWORD=x\n")
+    (repo / "venv").mkdir()
+    (repo / "venv" / "pyvenv.cfg").write_text("")
+    _git(repo, "add", "-A")
+    staged = set(_git(repo, "diff", "--cached", "--name-only").split())
+    assert "env/dev.secrets.env" not in staged
+    assert ("venv/pyvenv.cfg" in staged) == ("venv/" not in ignores)  # the rest stays as it was

@@ -147,3 +147,30 @@ def test_policy_drift_and_posture() -> None:
     assert len(posture_problems("staging", bad, posture.rules_for("staging"))) == 3
     # a service without [posture]: its keys are its own business
     assert posture_problems("prod", bad, load_posture(Path("x"), {}).rules_for("prod")) == []
+
+
+def test_policy_drift_names_an_env_file_the_commit_lacks(tmp_path: Path) -> None:
+    from deploy.gates import GateContext
+    from deploy.gates.policy_drift import run
+
+    (tmp_path / "tree" / "env").mkdir(parents=True)
+    (tmp_path / "tree" / "env" / "prod.env").write_text("ENVIRONMENT=production\n")
+    ctx = GateContext(
+        name="policy-drift",
+        root=tmp_path,
+        tree_dir=tmp_path / "tree",
+        ref="v1",
+        commit="0" * 40,
+        tree_hash="0" * 40,
+        stage="GA",
+        requirement="required",
+        config={},
+        policy={},
+        report_dir=tmp_path / "reports",
+        timeout_s=10,
+    )
+    with pytest.raises(ConfigError) as err:
+        run(ctx)
+    line = err.value.line()
+    assert line.startswith("env/staging.env is not in the commit under test")
+    assert "git check-ignore -v env/staging.env" in line and str(tmp_path) not in line
