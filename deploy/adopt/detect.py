@@ -81,7 +81,11 @@ FED_ALIASES = {
     "REDIS_URI": "REDIS_URL",
     "CACHE_REDIS_URL": "REDIS_URL",
     "RQ_REDIS_URL": "REDIS_URL",
+    # Celery's broker: the Redis stageflow brings (Celery also reads CELERY_BROKER_URL itself)
+    "CELERY_BROKER_URL": "REDIS_URL",
+    "BROKER_URL": "REDIS_URL",
 }
+_BROKERS = ("CELERY_BROKER_URL", "BROKER_URL")
 _SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|PRIVATE|(?:^|_)KEYS?(?:$|_)")
 # What stageflow itself sets in env/<env>.env, and what no service setting should shadow.
 STAGEFLOW_KEYS = ("COMPOSE_PROJECT_NAME", "APP_PORT", "POSTGRES_PORT", "REDIS_PORT", "DATA_DIR")
@@ -273,6 +277,48 @@ def _rq_url(processes: tuple[tuple[str, tuple[str, ...]], ...]) -> tuple[tuple[s
         ):
             return (("RQ_REDIS_URL", "REDIS_URL"),)
     return ()
+
+
+def _celery_broker(
+    processes: tuple[tuple[str, tuple[str, ...]], ...],
+) -> tuple[tuple[str, str], ...]:
+    """Celery takes its broker from CELERY_BROKER_URL before its configuration, so a celery
+    process without -b/--broker reaches the environment's Redis through it."""
+    for _, argv in processes:
+        words = _after_env(argv)
+        if (
+            words
+            and PurePosixPath(words[0]).name == "celery"
+            and not {"-b", "--broker"} & set(words)
+            and not any(a.startswith("--broker=") for a in words)
+        ):
+            return (("CELERY_BROKER_URL", "REDIS_URL"),)
+    return ()
+
+
+def _after_env(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """The command itself, without the env(1) and NAME=value words a Procfile line put first."""
+    if argv and argv[0] == "env":
+        argv = argv[1:]
+        while argv and _ASSIGNMENT.match(argv[0]):
+            argv = argv[1:]
+    return argv
+
+
+_REDIS_CLIENT = re.compile(r"^\s*[\"']?[\w.\[\],-]*\bredis\b", re.I | re.M)
+_INCLUDE = re.compile(r"^\s*(?:-r|--requirement)[\s=]+(\S+)", re.M)
+
+
+def requires_redis(base: Path, requirements: str, depth: int = 0) -> bool:
+    """The requirements name a Redis client (redis, celery[redis], django-redis...), following
+    a requirements file's -r includes."""
+    text = _read(base / requirements)
+    if _REDIS_CLIENT.search(text):
+        return True
+    if depth > 5 or requirements.endswith(".toml"):
+        return False
+    folder = PurePosixPath(requirements).parent
+    return any(requires_redis(base, str(folder / m[1]), depth + 1) for m in _INCLUDE.finditer(text))
 
 
 def service_name(root: Path, project: str | None = None) -> str:
@@ -872,6 +918,13 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
     notes += procfile_notes
     taken = {*keys, *secrets, *(n for n, _ in aliases)}
     aliases += tuple(a for a in _rq_url(processes) if a[0] not in taken)
+    aliases += tuple(a for a in _celery_broker(processes) if a[0] not in taken)
+    broker = next((n for n, fed in aliases if n in _BROKERS), None)
+    if broker and not requires_redis(base, requirements):
+        notes += (
+            f"{broker} is mapped to the environment's Redis (REDIS_URL), and {requirements} "
+            "names no Redis client: add redis (or celery[redis]) to it",
+        )
     return Detection(
         name=given.name or service_name(root, project),
         framework=framework,

@@ -896,3 +896,35 @@ def test_a_process_that_starts_with_a_variable_is_refused_at_load() -> None:
     line = err.value.line()
     assert "[service.processes] worker starts with 'X=1', a variable, not a program" in line
     assert '["env", "X=1", ...]' in line and "\n" not in line
+
+
+def test_celery_s_broker_is_the_environment_s_redis(tmp_path: Path) -> None:
+    settings = 'import environ\nenv = environ.Env()\nBROKER = env("CELERY_BROKER_URL", default="amqp://guest@localhost//")\n'
+    write(
+        tmp_path,
+        {
+            "app.py": FLASK_APP,
+            "settings.py": settings,
+            "requirements.txt": "-r requirements/base.txt\n",
+            "requirements/base.txt": "flask\ncelery==5.5\n",
+        },
+    )
+    d = detect(tmp_path, Overrides(wsgi="app:app"))
+    assert ("CELERY_BROKER_URL", "REDIS_URL") in d.env_from
+    assert "CELERY_BROKER_URL" not in d.env_keys
+    assert any("names no Redis client: add redis (or celery[redis])" in n for n in d.notes)
+    service = load_service(tmp_path / "stageflow.toml", tomllib.loads(render.stageflow_toml(d)))
+    assert ("CELERY_BROKER_URL", "REDIS_URL") in service.env_from
+    # a Redis client in an included requirements file: nothing to add
+    write(tmp_path, {"requirements/base.txt": "flask\ncelery[redis]==5.5\n"})
+    assert not any("Redis client" in n for n in detect(tmp_path, Overrides(wsgi="app:app")).notes)
+
+
+def test_a_procfile_s_celery_reads_its_broker_from_the_environment(tmp_path: Path) -> None:
+    procfile = "worker: REMAP_SIGTERM=SIGQUIT celery -A shop.tasks worker\n"
+    write(tmp_path, {"app.py": FLASK_APP, "Procfile": procfile, "requirements.txt": "redis\n"})
+    d = detect(tmp_path, Overrides(wsgi="app:app"))
+    assert d.env_from == (("CELERY_BROKER_URL", "REDIS_URL"),)
+    assert not any("Redis client" in n for n in d.notes)
+    write(tmp_path, {"Procfile": "worker: celery -A shop.tasks worker -b redis://cache:6379/0\n"})
+    assert detect(tmp_path, Overrides(wsgi="app:app")).env_from == ()
