@@ -16,18 +16,24 @@ from typing import Any
 
 from deploy.errors import ConfigError
 from deploy.gates import (
+    Completed,
     GateContext,
     Outcome,
     configured_command,
     first_lines,
     python_first,
     run_command,
+    scratch_cluster,
 )
+from deploy.gates.scratch_cluster import ScratchCluster
+from deploy.secrets import Secret
+from deploy.service import load_service
 
 # pytest's short summary (-rf / -rE, on by default): "FAILED tests/x.py::test_y - AssertionError".
 _SUMMARY = re.compile(r"^(FAILED|ERROR) ([^\s(]\S*)(?: - (.*))?$")
 # unittest's: "FAIL: test_y (tests.UserCase.test_y)" (before 3.11 the parentheses end at the class)
 _UNITTEST_CASE = re.compile(r"^(FAIL|ERROR): (\w+) \(([\w.]+)\)")
+_RAISED = re.compile(r"^E\s+((?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception)\b.*)$")
 _NO_PYTEST = re.compile(r"No module named '?pytest'?")
 DEFAULT = ("python", "-m", "pytest", "-q")
 
@@ -78,20 +84,60 @@ def test_dir(ctx: GateContext) -> str:
     return str(path)
 
 
+def wants_database(ctx: GateContext) -> bool:
+    """[gates.test] database = true: the tests get a throwaway PostgreSQL of their own."""
+    value = ctx.config.get("database", False)
+    if not isinstance(value, bool):
+        raise ConfigError(
+            "[gates.test] database must be true or false",
+            hint="true: the tests run against a throwaway PostgreSQL the gate starts",
+        )
+    return value
+
+
 def inputs(ctx: GateContext) -> list[Any]:
     installed = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions())
-    return [ctx.tree_hash, sys.version, installed, _argv(ctx), test_dir(ctx)]
+    return [ctx.tree_hash, sys.version, installed, _argv(ctx), test_dir(ctx), wants_database(ctx)]
+
+
+def database_env(ctx: GateContext, cluster: ScratchCluster) -> dict[str, str]:
+    """The names a deploy feeds the service, pointed at the throwaway cluster (its superuser may
+    create the test database a runner makes, Django's test_<name>), and [service.env.from]
+    mapped; Redis at a port nothing serves, so no real database or Redis of the operator's shell
+    is reached."""
+    out = {**cluster.tool_env(), "ENVIRONMENT": "test", "STAGEFLOW_RELEASE": "test"}
+    out["REDIS_URL"] = f"redis://127.0.0.1:{scratch_cluster.free_port()}/0"
+    service = ctx.policy.get("service")
+    if isinstance(service, dict):
+        feeds = load_service(Path("stageflow.toml"), dict(ctx.policy)).env_from
+        out.update({name: out[src] for name, src in feeds if src in out})
+    return out
 
 
 def run(ctx: GateContext) -> Outcome:
     argv = _argv(ctx)
-    done = run_command(
+    if not wants_database(ctx):
+        return _judge(ctx, argv, _run(ctx, argv, {}, ()))
+    user = str(ctx.policy.get("project", {}).get("service_user", "stageflow"))
+    with scratch_cluster.started(user_name=user, timeout_s=ctx.timeout_s) as cluster:
+        done = _run(ctx, argv, database_env(ctx, cluster), (cluster.password, cluster.url()))
+    return _judge(ctx, argv, done)
+
+
+def _run(
+    ctx: GateContext, argv: list[str], extra: dict[str, str], secrets: tuple[Secret, ...]
+) -> Completed:
+    return run_command(
         argv,
         cwd=ctx.tree / test_dir(ctx),
-        env=ctx.code_env(os.environ),
+        env=ctx.code_env({**os.environ, **extra}),
         timeout_s=ctx.timeout_s,
+        secrets=secrets,
         tool_hint="set [gates.test] command to the project's test command",
     )
+
+
+def _judge(ctx: GateContext, argv: list[str], done: Completed) -> Outcome:
     failing = []
     for line in done.lines():
         m = _SUMMARY.match(line.strip())
@@ -111,7 +157,11 @@ def run(ctx: GateContext) -> Outcome:
     if failing:
         ids = ", ".join(f["id"] for f in failing[:5])
         more = f" (+{len(failing) - 5} more)" if len(failing) > 5 else ""
-        return Outcome("failed", f"{len(failing)} failing: {ids}{more}", details)
+        # one cause for all (a database the tests cannot reach): the exception, said once
+        messages = {f["message"] for f in failing}
+        raised = (messages.pop() or _last_raised(done.lines())) if len(messages) == 1 else ""
+        cause = f" ({raised[:200]})" if raised else ""
+        return Outcome("failed", f"{len(failing)} failing{cause}: {ids}{more}", details)
     details["output"] = first_lines(done.lines()[-15:], 15)
     if any(_NO_PYTEST.search(ln) for ln in done.lines()):
         return Outcome(
@@ -122,3 +172,13 @@ def run(ctx: GateContext) -> Outcome:
         )
     reason = "no tests ran" if done.exit_code == 5 and "pytest" in " ".join(argv) else tail
     return Outcome("failed", f"test command exited {done.exit_code}: {reason}", details)
+
+
+def _last_raised(lines: list[str]) -> str:
+    """The exception pytest's last report shows (its `E   Name: message` lines), for failures
+    whose summary lines carry no message (an error in a fixture, a database it cannot reach)."""
+    for line in reversed(lines):
+        m = _RAISED.match(line)
+        if m:
+            return m[1]
+    return ""

@@ -759,3 +759,30 @@ def test_a_unittest_suite_names_its_failing_case(repo: Path) -> None:
     commit(repo, {"tests.py": unit.replace("1 + 1, 3", "1 + 1, 2")}, tag="v1.8.0-rc.2")
     gates = by_name(gate(repo, "v1.8.0-rc.2", only=()))
     assert gates["test"].status == "passed" and gates["test"].summary == "OK"
+
+
+DB_TEST = (
+    "import os\n\nimport psycopg\n\n\n"
+    "def test_the_database():\n"
+    "    with psycopg.connect(os.environ['SHOP_DB'], autocommit=True) as conn:\n"
+    "        conn.execute('CREATE DATABASE test_shop')\n"
+    "        conn.execute('CREATE TABLE notes (id int)')\n"
+    "        assert conn.execute('SELECT count(*) FROM notes').fetchone() == (0,)\n"
+)
+
+
+def test_the_tests_get_a_throwaway_database_when_asked(repo: Path) -> None:
+    policy = (
+        STAGES.replace('kind = "sql"', 'kind = "none"')
+        + '\n[service.env.from]\nSHOP_DB = "DATABASE_URL"\n'
+    )
+    os.environ.pop("SHOP_DB", None)
+    commit(repo, {"stageflow.toml": policy, "tests/test_a.py": DB_TEST}, tag="v1.0.0-rc.1")
+    without = by_name(gate(repo, "v1.0.0-rc.1", only=("test",)))["test"]
+    assert without.status == "failed"
+    assert "(KeyError: 'SHOP_DB')" in without.summary  # the exception, where pytest gives none
+    commit(
+        repo, {"stageflow.toml": policy.replace("[gates.test]", "[gates.test]\ndatabase = true")}
+    )
+    report = gate(repo, "main", only=("test",))
+    assert by_name(report)["test"].status == "passed", by_name(report)["test"].summary

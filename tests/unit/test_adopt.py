@@ -928,3 +928,9 @@ def test_a_procfile_s_celery_reads_its_broker_from_the_environment(tmp_path: Pat
     assert not any("Redis client" in n for n in d.notes)
     write(tmp_path, {"Procfile": "worker: celery -A shop.tasks worker -b redis://cache:6379/0\n"})
     assert detect(tmp_path, Overrides(wsgi="app:app")).env_from == ()
+
+
+def test_init_gives_the_test_gate_a_throwaway_database(tmp_path: Path) -> None:
+    write(tmp_path, {"app.py": FLASK_APP, "requirements.txt": "flask\n"})
+    policy = tomllib.loads(render.stageflow_toml(detect(tmp_path, Overrides(wsgi="app:app"))))
+    assert policy["gates"]["test"]["database"] is True

@@ -48,3 +48,21 @@ def test_a_target_that_wants_a_password_says_where_to_give_it() -> None:
     assert said.startswith("database: connection failed") and "PGPASSWORD" in said
     other = database_says(psycopg.OperationalError("connection refused\nmore"))
     assert other == "database: connection refused"
+
+
+def test_the_test_gate_finds_the_exception_pytest_printed() -> None:
+    from deploy.gates.tests import _last_raised
+
+    lines = [
+        "    def connect(...):",
+        "E               psycopg.OperationalError: connection is bad: no such socket",
+        "E               \tIs the server running locally?",
+        "E               django.db.utils.OperationalError: connection is bad: no such socket",
+        "E               \tIs the server running locally?",
+        "",
+        "ERROR tests/test_a.py::test_x",
+    ]
+    assert (
+        _last_raised(lines) == "django.db.utils.OperationalError: connection is bad: no such socket"
+    )
+    assert _last_raised(["E       assert 1 == 2", "FAILED t.py::x"]) == ""
