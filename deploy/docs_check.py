@@ -38,12 +38,19 @@ class Problem:
         )
 
 
+# Fences whose lines are commands a reader types: `inv x` and `make x` there must exist. In a fence
+# of another language (a Python docstring's "make sure", a YAML value) they are words, not commands.
+_SHELL_FENCES = {"", "sh", "bash", "zsh", "ksh", "fish", "shell", "console", "shell-session",
+                 "sh-session", "terminal"}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class DocLine:
     file: Path
     line: int
     text: str
     code: bool  # inside a fenced block
+    commands: bool = True  # its code may name tasks and targets: prose, or a shell fence
 
 
 def doc_files(root: Path) -> list[Path]:
@@ -52,12 +59,15 @@ def doc_files(root: Path) -> list[Path]:
 
 
 def read_lines(path: Path) -> list[DocLine]:
-    out, fenced = [], False
+    out, fenced, shell = [], False, True
     for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if _FENCE.match(text):
+        m = _FENCE.match(text)
+        if m:
             fenced = not fenced
+            info = text.strip()[len(m[1]) :].strip().strip("{}.").split()
+            shell = not fenced or (info[0].lower() if info else "") in _SHELL_FENCES
             continue
-        out.append(DocLine(path, number, text, fenced))
+        out.append(DocLine(path, number, text, fenced, shell))
     return out
 
 
@@ -222,12 +232,12 @@ def _line_problems(
         for m in _INV.finditer(code):
             name = m[2]
             use.tasks.add(name)
-            if name not in task_names:
+            if name not in task_names and line.commands:
                 problems.append(Problem(rel, line.line, f"`inv {name}`: no such task"))
         for m in _MAKE.finditer(code):
             name = m[2]
             use.targets.add(name)
-            if name not in targets:
+            if name not in targets and line.commands:
                 problems.append(Problem(rel, line.line, f"`make {name}`: no such Makefile target"))
     if line.code:
         return problems

@@ -94,6 +94,20 @@ def test_unknown_task_and_target_are_named_with_their_line(tmp_path: Path) -> No
     assert "docs/RELEASING.md:11: `make deploy`: no such Makefile target" in found
 
 
+def test_commands_count_in_shell_fences_only(tmp_path: Path) -> None:
+    code = (
+        '\n```python\nclass Auth:\n    """We make sure to exempt CSRF."""\n```\n'
+        "\n```yaml\nrun: inv nightly.job\n```\n"
+        "\n```console\n$ make deploy\n```\n"
+        "\n```bash\ninv prod.deploy\n```\n"
+    )
+    found = problems(tree(tmp_path, README_md=README + code))
+    assert found == [
+        "README.md:23: `make deploy`: no such Makefile target",
+        "README.md:27: `inv prod.deploy`: no such task",
+    ]
+
+
 def test_undocumented_task_and_target(tmp_path: Path) -> None:
     root = tree(tmp_path, Makefile=MAKEFILE + "\nbench:\n\ttrue\n")
     found = problems(root, tasks=TASKS | {"prod.rollback"})
