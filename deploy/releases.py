@@ -860,7 +860,7 @@ def not_ready_hint(failure: str, ready_path: str) -> str:
             "set it to a path that does, or remove it to let the health path stand in (which may "
             "redirect); the previous release still serves"
         )
-    if status == "400":
+    if status == "400" or "DisallowedHost" in failure:
         return (
             "the service refused the request as a whole, often for its Host header: the probes "
             "ask as localhost and 127.0.0.1, which an allowed-hosts setting (Django's "

@@ -340,12 +340,29 @@ def asgi_get(app: Callable[..., Any], path: str) -> tuple[int, bytes]:
     return out["reply"]
 
 
+def described(exc: BaseException) -> str:
+    """An exception the app raised, as one line that starts with the first of its chain: a
+    framework whose error handling fails as well (Django's 400 view, say) raises the second
+    failure, while the first (DisallowedHost) is the one to fix."""
+    first, seen = exc, {id(exc)}
+    while True:
+        before = first.__cause__ or (None if first.__suppress_context__ else first.__context__)
+        if before is None or id(before) in seen:
+            break
+        first = before
+        seen.add(id(first))
+    said = f"{type(first).__name__}: {first}"
+    if first is not exc:
+        said += f" (then {type(exc).__name__}: {exc})"
+    return said[:300]
+
+
 def probe(app: Any, path: str) -> tuple[bool, str]:
     """(ready, what to report): the status and the start of the body, or the exception."""
     try:
         status, body = asgi_get(app, path) if is_asgi(app) else wsgi_get(app, path)
     except Exception as exc:
-        return False, f"{type(exc).__name__}: {exc}"[:200]
+        return False, described(exc)
     detail = f"{status} {body.decode('utf-8', errors='replace')[:200]}"
     return 200 <= status < _READY_BELOW, detail
 
@@ -407,7 +424,7 @@ class ReadyAtStartup:
             ok = 200 <= status < _READY_BELOW
             detail = f"{status} {body.decode('utf-8', 'replace')[:200]}"
         except Exception as exc:
-            ok, detail = False, f"{type(exc).__name__}: {exc}"[:200]
+            ok, detail = False, described(exc)
         self.report(ok, detail)
         if ok:
             return {"type": "lifespan.startup.complete"}

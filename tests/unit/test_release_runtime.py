@@ -199,6 +199,37 @@ def test_the_wsgi_probe_reports_status_and_body() -> None:
     assert hooks.probe(wsgi_app, "/boom") == (False, "RuntimeError: no database")
 
 
+def suppressed_app(environ, start_response):
+    """A second failure raised `from None`: the first is hidden on purpose."""
+    try:
+        raise ValueError(f"Invalid HTTP_HOST header: {environ['HTTP_HOST']!r}")
+    except ValueError:
+        raise RuntimeError("CSRF_USE_SESSIONS is enabled, but request.session is not set") from None
+
+
+def test_the_probe_names_the_first_exception_of_a_chain() -> None:
+    ok, detail = hooks.probe(chained_app, "/")
+    assert not ok
+    assert detail == (
+        "ValueError: Invalid HTTP_HOST header: 'localhost' "
+        "(then RuntimeError: CSRF_USE_SESSIONS is enabled, but request.session is not set)"
+    )
+    # `raise ... from None` says the first one does not matter: the last one is said alone
+    assert hooks.probe(suppressed_app, "/") == (
+        False,
+        "RuntimeError: CSRF_USE_SESSIONS is enabled, but request.session is not set",
+    )
+    hint = releases.not_ready_hint("DisallowedHost: Invalid HTTP_HOST header: 'localhost'", "/")
+    assert "ALLOWED_HOSTS" in hint
+
+
+def chained_app(environ, start_response):
+    try:
+        raise ValueError(f"Invalid HTTP_HOST header: {environ['HTTP_HOST']!r}")
+    except ValueError:
+        raise RuntimeError("CSRF_USE_SESSIONS is enabled, but request.session is not set")  # noqa: B904
+
+
 class LifespanApp:
     def __init__(self, *, fail_startup: bool = False) -> None:
         self.events: list[str] = []
