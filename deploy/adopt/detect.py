@@ -123,6 +123,9 @@ _STARLETTE_ROUTE = re.compile(r"\bRoute\(\s*" + _ROUTE_PATH)
 # a route on any object (a blueprint, a router): taken only when the app object declares none
 _ANY_ROUTE = re.compile(r"(?:\.(?:get|route|api_route|head)|\bRoute)\(\s*" + _ROUTE_PATH)
 _DJANGO_PATH = re.compile(r"\b(?:re_)?path\(\s*r?[\"']\^?([\w./-]*?)\$?[\"']")
+_DJANGO_ADMIN = re.compile(
+    r"\b(?:re_path|path|url)\(\s*r?[\"']\^?([\w./-]*?)\$?[\"']\s*,\s*admin\.site\.urls\b"
+)
 _PREFERRED_FILES = ("app.py", "wsgi.py", "main.py", "__init__.py", "asgi.py", "server.py")
 
 DJANGO_MIGRATIONS = Migrations(
@@ -448,15 +451,34 @@ def health_paths(paths: list[str]) -> tuple[str, str]:
     return live, ready
 
 
+def django_admin_path(urls: str) -> str:
+    """Where a root URLconf mounts Django's admin (`path("admin/", admin.site.urls)`), as a URL
+    path ("/admin/"); "" when it does not, or under a name read elsewhere (settings.ADMIN_URL)."""
+    m = _DJANGO_ADMIN.search(urls)
+    if m is None:
+        return ""
+    return "/" + (m[1].rstrip("/") + "/" if m[1] else "")
+
+
+def _django_urls(base: Path, wsgi: str) -> str:
+    """The root URLconf of the project whose package holds the wsgi module."""
+    return _read(base / wsgi.split(".")[0] / "urls.py")
+
+
 def _app_health(
     framework: str, wsgi: str, module: Path | None, base: Path
 ) -> tuple[str, str, bool]:
     """(health, ready, placed): placed when the paths are known whole, routes of the app object
     or of a router whose prefixes the source spells out."""
     if framework == "Django":
-        project = wsgi.split(".")[0]
-        urls = _read(base / project / "urls.py")
-        return (*health_paths(["/" + m[1] for m in _DJANGO_PATH.finditer(urls)]), True)
+        urls = _django_urls(base, wsgi)
+        found = health_paths(["/" + m[1] for m in _DJANGO_PATH.finditer(urls)])
+        if found[0] == "/" and django_admin_path(urls) not in ("", "/"):
+            # the admin answers while the project is up: a redirect to its login page, which
+            # touches no table (its login page would save a session per probe where CSRF
+            # tokens live in sessions)
+            return django_admin_path(urls), "", True
+        return (*found, True)
     obj = wsgi.partition(":")[2]
     app = "app" if obj.endswith("()") else obj  # a factory's routes sit on its local `app`
     on_app = route_paths(_read(module), app) if module is not None else []
@@ -880,6 +902,11 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
     health, ready, placed = _app_health(framework, wsgi, module, base)
     if health == "/" and (framework == "Django" or "/" not in _all_routes(base)):
         notes += ("no health route found: `/` must answer 2xx, or set [service] health",)
+    elif framework == "Django" and health == django_admin_path(_django_urls(base, wsgi)):
+        notes += (
+            f"no health route found: health is the admin's {health}, which redirects to its login "
+            "page while the project is up; a view of your own (/healthz/) says more",
+        )
     elif not placed:
         notes += (
             f"health {health} is a blueprint's or router's route: add its prefix if it has one",

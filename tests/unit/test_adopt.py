@@ -934,3 +934,38 @@ def test_init_gives_the_test_gate_a_throwaway_database(tmp_path: Path) -> None:
     write(tmp_path, {"app.py": FLASK_APP, "requirements.txt": "flask\n"})
     policy = tomllib.loads(render.stageflow_toml(detect(tmp_path, Overrides(wsgi="app:app"))))
     assert policy["gates"]["test"]["database"] is True
+
+
+@pytest.mark.parametrize(
+    ("urls", "health"),
+    [
+        (
+            'urlpatterns = [path("admin/", admin.site.urls), path("api/", include("api.urls"))]\n',
+            "/admin/",
+        ),
+        ("urlpatterns = [re_path(r'^backoffice/', admin.site.urls)]\n", "/backoffice/"),
+        ("urlpatterns = [path(settings.ADMIN_URL, admin.site.urls)]\n", "/"),
+        (
+            'urlpatterns = [path("admin/", admin.site.urls), path("health/", views.health)]\n',
+            "/health/",
+        ),
+    ],
+)
+def test_a_django_project_without_a_health_view_is_watched_through_its_admin(
+    tmp_path: Path, urls: str, health: str
+) -> None:
+    write(
+        tmp_path,
+        {
+            "manage.py": MANAGE,
+            "mysite/__init__.py": "",
+            "mysite/wsgi.py": "",
+            "mysite/urls.py": urls,
+            "requirements.txt": "django\n",
+        },
+    )
+    d = detect(tmp_path)
+    assert (d.health, d.ready) == (health, "")
+    admin_note = any("health is the admin's" in n for n in d.notes)
+    assert admin_note == (health not in ("/", "/health/"))
+    assert any("no health route found" in n for n in d.notes) == (health != "/health/")
