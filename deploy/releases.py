@@ -1342,22 +1342,37 @@ def settle_processes(
             if not runs(host, pid, argv, started=process_started(layout, name, rid)):
                 log = process_log(layout, name)
                 tail = (host.read_text(log, last_bytes=LOG_TAIL_BYTES) or "").strip().splitlines()
-                _refuse_processes(
-                    host, env, layout, rid, name, " | ".join(tail[-2:]) or "no output"
-                )
+                _refuse_processes(host, env, layout, rid, name, process_failure(tail))
         if time.monotonic() >= spawned.settled_at:
             break
         time.sleep(0.05)
+
+
+# a line of a traceback that only points at a span of the line above (Python 3.11's ^^^^ and ~~~)
+_CARETS = re.compile(r"^\s*[~^]+\s*$")
+
+
+def process_failure(lines: Sequence[str]) -> str:
+    """Why a process ended, from the last lines of its log: the exception of its last
+    traceback, else its last two lines of text."""
+    raised = raised_in(lines)
+    if raised:
+        return raised
+    said = [ln.strip() for ln in lines if ln.strip() and not _CARETS.match(ln)]
+    return " | ".join(said[-2:]) or "no output"
 
 
 def _refuse_processes(
     host: Host, env: EnvConfig, layout: Layout, rid: str, name: str, why: str
 ) -> None:
     stop_processes(host, layout, only=rid)
+    log = process_log(layout, name)
+    # a program that could not be run at all never opened its log
+    where = f"see {log}; " if host.exists(log) else ""
     raise ServiceError(
         f"{host.name}: process {name} of release {rid} did not start: "
         f"{scrub(why, secret_forms(env))}",
-        hint=f"see {process_log(layout, name)}; the previous release and its processes still run",
+        hint=f"{where}the previous release and its processes still run",
     )
 
 

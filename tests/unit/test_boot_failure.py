@@ -128,3 +128,19 @@ def test_the_hint_for_a_settings_class_says_which_setting_to_give_and_how() -> N
     mapped = replace(svc, env_from=(("ENVIRONMENT", "APP_ENVIRONMENT"),))
     assert settings_hint(only_environment, env, mapped) == ""
     assert settings_hint("ValueError: bad", env, svc) == ""
+
+
+def test_a_process_s_failure_is_its_exception_without_the_traceback_s_markers() -> None:
+    from deploy.releases import process_failure
+
+    log = [
+        "Traceback (most recent call last):",
+        '  File "/srv/venv/lib/python3.11/site-packages/kombu/transport/redis.py", line 271',
+        "    class PrefixedRedisPipeline(GlobalKeyPrefixMixin, redis.client.Pipeline):",
+        "                                                      ^^^^^^^^^^^",
+        "AttributeError: 'NoneType' object has no attribute 'client'",
+    ]
+    assert process_failure(log) == "AttributeError: 'NoneType' object has no attribute 'client'"
+    printed = ["starting", "    ^^^^", "cannot reach the queue", "   ~~~^^^  "]
+    assert process_failure(printed) == "starting | cannot reach the queue"
+    assert process_failure([]) == "no output"

@@ -570,3 +570,17 @@ def test_why_a_worker_exited_is_what_the_service_printed(tmp_path: Path) -> None
     assert releases._why_exited(Host(), str(log))[1].startswith("Worker (pid:22302) was sent")
     log.write_text("Traceback (most recent call last):\n  File \"x\"\nKeyError: 'SHOP_TOKEN'\n")
     assert releases._why_exited(Host(), str(log)) == ("KeyError: 'SHOP_TOKEN'",) * 2
+
+
+def test_a_process_that_could_not_run_points_at_no_log(staging, tmp_path: Path) -> None:
+    env = staging.env("staging")
+    layout = Layout(str(tmp_path / "data"))
+    Path(layout.run).mkdir(parents=True)
+    with pytest.raises(ServiceError) as err:
+        releases._refuse_processes(Host(), env, layout, "r1", "worker", "cannot run 'X=1'")
+    assert "see " not in err.value.hint and "still run" in err.value.hint
+    Path(releases.process_log(layout, "worker")).parent.mkdir(parents=True)
+    Path(releases.process_log(layout, "worker")).write_text("boom\n")
+    with pytest.raises(ServiceError) as err:
+        releases._refuse_processes(Host(), env, layout, "r1", "worker", "boom")
+    assert f"see {releases.process_log(layout, 'worker')}; " in err.value.hint
