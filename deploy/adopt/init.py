@@ -57,10 +57,15 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def choose_ports(name: str, *, is_free: Callable[[int], bool] = port_is_free) -> render.Ports:
-    """Distinct free ports per environment. The scan starts at an offset taken from the name, so
-    two services adopted on one machine do not both start from the same ports."""
-    offset = zlib.crc32(name.encode()) % 100 * 3
+def choose_ports(
+    name: str, *, root: str = "", is_free: Callable[[int], bool] = port_is_free
+) -> render.Ports:
+    """Distinct free ports per environment. The scan starts at an offset taken from the name and
+    the repository's folder, so two services adopted on one machine (two named alike, or two
+    clones of one) do not both start from the same ports: only the ports free at init are seen,
+    and the other service's environments may not be up yet."""
+    slots = min(high - low + 1 for low, high in PORT_RANGES.values()) // 3
+    offset = zlib.crc32(f"{name}\0{root}".encode()) % slots * 3
     taken: set[int] = set()
     out: render.Ports = {env: {} for env in NAMESPACES}
     for key, (low, high) in PORT_RANGES.items():
@@ -78,7 +83,7 @@ def choose_ports(name: str, *, is_free: Callable[[int], bool] = port_is_free) ->
 def plan(start: Path, given: Overrides | None = None) -> Plan:
     root = git_root(start)
     detection = detect(root, given)
-    ports = choose_ports(detection.name)
+    ports = choose_ports(detection.name, root=str(root))
     gitignore = root / ".gitignore"
     current = gitignore.read_text(encoding="utf-8") if gitignore.is_file() else ""
     return Plan(

@@ -383,6 +383,12 @@ def test_ports_are_distinct_and_skip_what_is_taken() -> None:
     assert busy not in [p for env in again.values() for p in env.values()]
 
 
+def test_services_named_alike_in_other_folders_start_from_other_ports() -> None:
+    first = [choose_ports("app", root=f"/srv/team{i}/app")["dev"]["APP_PORT"] for i in range(8)]
+    assert len(set(first)) > 1
+    assert choose_ports("app", root="/srv/a") == choose_ports("app", root="/srv/a")
+
+
 def test_a_listening_port_is_not_free() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
