@@ -532,6 +532,32 @@ def _django_wsgi(base: Path, manage: Path) -> str:
     return f"{project}.wsgi:application"
 
 
+_PRODUCTION_SETTINGS = ("production", "prod", "staging")
+
+
+def django_settings_note(base: Path) -> str:
+    """A note when manage.py's settings module has a production sibling it does not use
+    (settings/base.py beside settings/production.py): a deploy runs manage.py's unless the
+    environment names another."""
+    manage = _manage_py(base)
+    m = _DJANGO_SETTINGS.search(_read(manage)) if manage is not None else None
+    if m is None:
+        return ""
+    module = m[1]
+    package, _, stem = module.rpartition(".")
+    if not package or stem in _PRODUCTION_SETTINGS:
+        return ""
+    folder = base.joinpath(*package.split("."))
+    other = next((n for n in _PRODUCTION_SETTINGS if (folder / f"{n}.py").is_file()), None)
+    if other is None:
+        return ""
+    return (
+        f"Django runs {module} (manage.py's default) everywhere; for {package}.{other} on "
+        "staging and prod, add DJANGO_SETTINGS_MODULE to [service.env] keys and set it in "
+        "env/staging.env and env/prod.env"
+    )
+
+
 def _build(base: Path, framework: str) -> tuple[tuple[str, ...], ...]:
     """Django with STATIC_ROOT serves the files collectstatic gathers there (whitenoise, say),
     and a release holds none of them until it runs: each release collects its own."""
@@ -911,6 +937,8 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
         notes += (
             f"health {health} is a blueprint's or router's route: add its prefix if it has one",
         )
+    if framework == "Django" and (settings_note := django_settings_note(base)):
+        notes += (settings_note,)
     keys, secrets, aliases = _settings_read(base)
     required = sorted(
         {

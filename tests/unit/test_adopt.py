@@ -975,3 +975,21 @@ def test_a_django_project_without_a_health_view_is_watched_through_its_admin(
     admin_note = any("health is the admin's" in n for n in d.notes)
     assert admin_note == (health not in ("/", "/health/"))
     assert any("no health route found" in n for n in d.notes) == (health != "/health/")
+
+
+def test_a_django_production_settings_module_beside_manage_py_s_is_noted(tmp_path: Path) -> None:
+    manage = MANAGE.replace("mysite.settings", "mysite.settings.base")
+    files = {
+        "manage.py": manage,
+        "mysite/__init__.py": "",
+        "mysite/wsgi.py": "",
+        "mysite/settings/__init__.py": "",
+        "mysite/settings/base.py": "",
+        "requirements.txt": "django\n",
+    }
+    write(tmp_path, files)
+    assert not any("DJANGO_SETTINGS_MODULE" in n for n in detect(tmp_path).notes)
+    write(tmp_path, {"mysite/settings/production.py": "from .base import *\n"})
+    (note,) = [n for n in detect(tmp_path).notes if "DJANGO_SETTINGS_MODULE" in n]
+    assert note.startswith("Django runs mysite.settings.base (manage.py's default) everywhere")
+    assert "for mysite.settings.production on staging and prod" in note
