@@ -917,29 +917,37 @@ def _entry_point(root: Path, given: Overrides) -> tuple[str, str, str, str, Path
     return found[0], folder, found[1], given.worker_class or found[2], found[3]
 
 
-def detect(root: Path, given: Overrides | None = None) -> Detection:
-    """What to write into [service] for the repository at root."""
-    given = given or Overrides()
-    framework, folder, wsgi, worker, module = _entry_point(root, given)
-    base = root / folder
-    requirements, notes = _requirements(base)
-    migrations, tool = _migrations(base, framework, wsgi)
-    notes += _missing_extensions(base, migrations)
+def _health(
+    framework: str, wsgi: str, module: Path | None, base: Path
+) -> tuple[str, str, tuple[str, ...]]:
+    """(health, ready, notes): the paths init writes, and what the operator should check."""
     health, ready, placed = _app_health(framework, wsgi, module, base)
     if health == "/" and (framework == "Django" or "/" not in _all_routes(base)):
-        notes += ("no health route found: `/` must answer 2xx, or set [service] health",)
-    elif framework == "Django" and health == django_admin_path(_django_urls(base, wsgi)):
-        notes += (
-            f"no health route found: health is the admin's {health}, which redirects to its login "
-            "page while the project is up; a view of your own (/healthz/) says more",
+        return (
+            health,
+            ready,
+            ("no health route found: `/` must answer 2xx, or set [service] health",),
         )
-    elif not placed:
-        notes += (
-            f"health {health} is a blueprint's or router's route: add its prefix if it has one",
+    if framework == "Django" and health == django_admin_path(_django_urls(base, wsgi)):
+        return (
+            health,
+            ready,
+            (
+                f"no health route found: health is the admin's {health}, which redirects to its login "
+                "page while the project is up; a view of your own (/healthz/) says more",
+            ),
         )
-    if framework == "Django" and (settings_note := django_settings_note(base)):
-        notes += (settings_note,)
-    keys, secrets, aliases = _settings_read(base)
+    if not placed:
+        return (
+            health,
+            ready,
+            (f"health {health} is a blueprint's or router's route: add its prefix if it has one",),
+        )
+    return health, ready, ()
+
+
+def _required_settings(base: Path, keys: tuple[str, ...]) -> tuple[str, ...]:
+    """A note naming the settings a pydantic-settings class requires without a default."""
     required = sorted(
         {
             n
@@ -949,11 +957,28 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
         }
         & set(keys)
     )
-    if required:
-        notes += (
-            f"settings the code requires, with no default: {', '.join(required)}; set each in "
-            "env/<env>.env",
-        )
+    if not required:
+        return ()
+    return (
+        f"settings the code requires, with no default: {', '.join(required)}; set each in "
+        "env/<env>.env",
+    )
+
+
+def detect(root: Path, given: Overrides | None = None) -> Detection:
+    """What to write into [service] for the repository at root."""
+    given = given or Overrides()
+    framework, folder, wsgi, worker, module = _entry_point(root, given)
+    base = root / folder
+    requirements, notes = _requirements(base)
+    migrations, tool = _migrations(base, framework, wsgi)
+    notes += _missing_extensions(base, migrations)
+    health, ready, health_notes = _health(framework, wsgi, module, base)
+    notes += health_notes
+    if framework == "Django" and (settings_note := django_settings_note(base)):
+        notes += (settings_note,)
+    keys, secrets, aliases = _settings_read(base)
+    notes += _required_settings(base, keys)
     own_environment, environment_notes = _own_environment(base)
     notes += environment_notes
     env_values: tuple[tuple[str, str, str], ...] = ()
