@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import clients, procs
-from deploy.binaries import pg_bin_dir, pg_install_dir, redis_bin_dir
+from deploy.binaries import POSTGRES_BIN_VAR, pg_bin_dir, pg_install_dir, redis_bin_dir
 from deploy.commands import services as cmd
 from deploy.commands import system
 from deploy.config import EnvConfig
@@ -602,7 +602,7 @@ class NativeServices:
                 tail = Path(self.pg_log).read_text(errors="replace").strip().splitlines()[-2:]
                 raise ServiceError(
                     f"postgres did not start on port {self.env.postgres_port}: " + " | ".join(tail),
-                    hint=f"see {self.pg_log}",
+                    hint=_start_hint(" ".join(tail), pgdata, bin_dir, self.pg_log),
                 ) from None
         actions.append(f"postgres started on 127.0.0.1:{self.env.postgres_port}")
         return actions
@@ -749,3 +749,20 @@ def _terminate(pid: int, *, timeout_s: float = 15.0) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _start_hint(said: str, pgdata: Path, bin_dir: Path, log: str) -> str:
+    """Where to look when postgres did not start; for a cluster another major version made (the
+    embedded wheel's, or the PostgreSQL STAGEFLOW_POSTGRES_BIN named when it was made), which."""
+    if "database files are incompatible with server" not in said:
+        return f"see {log}"
+    try:
+        made_by = (pgdata / "PG_VERSION").read_text().strip()
+    except OSError:
+        made_by = "another version"
+    return (
+        f"the environment's cluster was made by PostgreSQL {made_by} and stageflow runs the one in "
+        f"{bin_dir}: set {POSTGRES_BIN_VAR} to the bin folder of PostgreSQL {made_by} (or unset it "
+        "for the embedded wheel) as when the cluster was made, or give the environment a new "
+        "cluster (docs/ENVIRONMENT.md, Another PostgreSQL)"
+    )
