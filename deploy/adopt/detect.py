@@ -946,23 +946,38 @@ def _health(
     return health, ready, ()
 
 
-def _required_settings(base: Path, keys: tuple[str, ...]) -> tuple[str, ...]:
-    """A note naming the settings a pydantic-settings class requires without a default."""
-    required = sorted(
-        {
-            n
-            for p in python_files(base)
-            if "BaseSettings" in (t := _read(p))
-            for n in required_settings(t)
-        }
-        & set(keys)
-    )
-    if not required:
-        return ()
-    return (
-        f"settings the code requires, with no default: {', '.join(required)}; set each in "
-        "env/<env>.env",
-    )
+def _settings(
+    base: Path,
+) -> tuple[
+    tuple[str, ...],
+    tuple[str, ...],
+    tuple[tuple[str, str], ...],
+    tuple[tuple[str, str, str], ...],
+    tuple[str, ...],
+]:
+    """(keys, secrets, fed aliases, values per environment, notes) of the service's settings."""
+    keys, secrets, aliases = _settings_read(base)
+    notes: tuple[str, ...] = ()
+    texts = [t for p in python_files(base) if "BaseSettings" in (t := _read(p))]
+    required = sorted({n for t in texts for n in required_settings(t)} & set(keys))
+    if required:
+        notes += (
+            f"settings the code requires, with no default: {', '.join(required)}; set each in "
+            "env/<env>.env",
+        )
+    own_environment, environment_notes = _own_environment(base)
+    notes += environment_notes
+    env_values: tuple[tuple[str, str, str], ...] = ()
+    if own_environment:  # the service's own values, through a key of its own
+        keys = tuple(sorted({*keys, OWN_ENVIRONMENT}))
+        aliases = tuple(sorted({*aliases, ("ENVIRONMENT", OWN_ENVIRONMENT)}))
+        env_values = tuple((env, OWN_ENVIRONMENT, value) for env, value in own_environment)
+    if secrets:
+        notes += (
+            f"secrets the code reads: {', '.join(secrets)}; `inv <env>.secrets --generate` fills "
+            "them with random values: set real ones in env/<env>.secrets.env where that is wrong",
+        )
+    return keys, secrets, aliases, env_values, notes
 
 
 def detect(root: Path, given: Overrides | None = None) -> Detection:
@@ -977,20 +992,8 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
     notes += health_notes
     if framework == "Django" and (settings_note := django_settings_note(base)):
         notes += (settings_note,)
-    keys, secrets, aliases = _settings_read(base)
-    notes += _required_settings(base, keys)
-    own_environment, environment_notes = _own_environment(base)
-    notes += environment_notes
-    env_values: tuple[tuple[str, str, str], ...] = ()
-    if own_environment:  # the service's own values, through a key of its own
-        keys = tuple(sorted({*keys, OWN_ENVIRONMENT}))
-        aliases = tuple(sorted({*aliases, ("ENVIRONMENT", OWN_ENVIRONMENT)}))
-        env_values = tuple((env, OWN_ENVIRONMENT, value) for env, value in own_environment)
-    if secrets:
-        notes += (
-            f"secrets the code reads: {', '.join(secrets)}; `inv <env>.secrets --generate` fills "
-            "them with random values: set real ones in env/<env>.secrets.env where that is wrong",
-        )
+    keys, secrets, aliases, env_values, settings_notes = _settings(base)
+    notes += settings_notes
     if (root / "deploy" / "__init__.py").is_file() and not (root / "deploy" / "tasks").is_dir():
         notes += ("a package named deploy/ here hides stageflow's engine from tasks.py: rename it",)
     project = _project_name(base) or _project_name(root)
