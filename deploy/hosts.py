@@ -44,11 +44,16 @@ class CommandResult:
 
     def tail(self, lines: int = 3) -> str:
         """The last lines that say something: click's usage errors end `Usage: ... | (blank) |
-        Error: ...`, and a blank line would use up the one line a message has room for."""
+        Error: ...`, and a blank line would use up the one line a message has room for; pip's
+        warnings (an index it cannot reach, a deprecation) give way to its error."""
         text = [ln.strip() for ln in (self.stderr.strip() or self.stdout.strip()).splitlines()]
-        return " | ".join([ln for ln in text if ln][-lines:])
+        said = [ln for ln in text if ln]
+        errors = [ln for ln in said if not ln.startswith(_PIP_NOISE)]
+        return " | ".join((errors or said)[-lines:])
 
 
+# what pip says besides its error, which would crowd the error out of a one-line message
+_PIP_NOISE = ("WARNING: ", "DEPRECATION: ", "[notice] ")
 log = logging.getLogger("stageflow.exec")
 TIMEOUT_EXIT = 124  # as timeout(1): the command was stopped, this is not its own verdict
 KILL_GRACE_S = 2.0  # between TERM and KILL of a timed-out process group

@@ -28,7 +28,14 @@ from deploy.commands import files as filecmd
 from deploy.commands import git as gitcmd
 from deploy.commands import release as cmd
 from deploy.config import EnvConfig, Project
-from deploy.errors import ConfigError, MigrationError, ServiceError, UsageError, clip
+from deploy.errors import (
+    ConfigError,
+    HostError,
+    MigrationError,
+    ServiceError,
+    UsageError,
+    clip,
+)
 from deploy.hosts import CommandResult, Host, run_process
 from deploy.runtime.native import check_service_reach, port_is_free, service_interpreter
 from deploy.secrets import Secret, scrub
@@ -394,6 +401,22 @@ def venv_cache(host: Host) -> str:
     return f"{_REMOTE_HOME[key]}/.cache/stageflow/venvs"
 
 
+_OTHER_PYTHON = re.compile(r"requires a different Python: (\S+) not in '([^']+)'")
+
+
+def pip_hint(said: str, python: str) -> str:
+    """What to do when pip could not install the service: for a service that asks for another
+    Python than the one its venv is made from, which one."""
+    other = _OTHER_PYTHON.search(said)
+    if other is None:
+        return "check the requirements and that the host reaches the package index"
+    return (
+        f"the service asks for Python {other[2]} and its venv is made from {python} "
+        f"({other[1]}): run stageflow from a virtualenv made with a Python that fits (as root, a "
+        "system-wide python3 of that version is used), or widen requires-python"
+    )
+
+
 def ensure_venv(host: Host, layout: Layout, spec: VenvSpec) -> str:
     """One venv per requirements hash: a deploy that changes no dependency installs nothing, and
     a second environment on the same host copies the host's cached build instead of installing."""
@@ -408,7 +431,17 @@ def ensure_venv(host: Host, layout: Layout, spec: VenvSpec) -> str:
         host.makedirs(venv_cache(host))
         python = spec.interpreter or (sys.executable if host.is_local else "python3")
         host.run(cmd.venv_create(python, building), timeout=120)
-        host.run(cmd.pip_install(building, spec.install), timeout=600, cwd=spec.cwd)
+        res = host.run(
+            cmd.pip_install(building, spec.install), timeout=600, cwd=spec.cwd, check=False
+        )
+        if not res.ok:
+            host.remove_tree(building)  # no half-built venv stays in the cache
+            raise HostError(
+                f"{host.name}: pip could not install the service's "
+                f"{spec.files[0][0] if spec.files else 'requirements'}: {res.tail(2)}",
+                host=host.name,
+                hint=pip_hint(res.tail(2), python),
+            )
         # gunicorn runs the service: the engine's, unless the service installed its own
         if not host.run(cmd.has_module(building, "gunicorn"), check=False).ok:
             host.run(cmd.pip_install(building, [spec.gunicorn]), timeout=300)

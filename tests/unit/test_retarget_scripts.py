@@ -9,12 +9,14 @@ import subprocess
 import sys
 import tempfile
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from deploy import releases
 from deploy.commands import files
+from deploy.errors import HostError
 from deploy.hosts import Host
 from deploy.state import Layout
 
@@ -104,3 +106,35 @@ def test_across_filesystems_the_venv_is_copied(
         assert out.stdout.strip() == str(got)
     finally:
         shutil.rmtree(home)
+
+
+def test_a_service_for_another_python_says_which_and_leaves_no_half_built_venv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    # the service as a wheel that asks for a Python no one has (pip reads that before installing)
+    wheel = tmp_path / "svc-1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        info = "svc-1.dist-info"
+        zf.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: svc\nVersion: 1\n"
+                                       "Requires-Python: >=3.99\n")  # fmt: skip
+        zf.writestr(
+            f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
+        zf.writestr(f"{info}/RECORD", "")
+    spec = releases.VenvSpec(
+        files=(("pyproject.toml", "requires 3.99"),),
+        mode="package",
+        install=("--no-index", str(wheel)),
+        cwd=str(tmp_path),
+        gunicorn="gunicorn",
+    )
+    layout = Layout(str(tmp_path / "env"))
+    Path(layout.venvs).mkdir(parents=True)
+    with pytest.raises(HostError) as err:
+        releases.ensure_venv(Host(), layout, spec)
+    line = err.value.line()
+    assert line.startswith("local: pip could not install the service's pyproject.toml: ERROR:")
+    assert "requires a different Python" in line and "WARNING" not in line
+    assert "the service asks for Python >=3.99 and its venv is made from" in line
+    assert os.listdir(tmp_path / "home" / ".cache" / "stageflow" / "venvs") == []
