@@ -682,14 +682,29 @@ def _settings_fields(text: str) -> set[tuple[str, bool]]:
             continue
         indent = body[0][0]
         prefix = next((m[1] for _, ln in body if (m := _ENV_PREFIX.search(ln))), "")
-        for lead, line in body:
+        for i, (lead, line) in enumerate(body):
             m = _FIELD.match(line)
             if lead != indent or not m or m[2] == "model_config" or "ClassVar" in m[3]:
                 continue
-            alias = _ALIAS.search(m[4] or "")
+            default = m[4] if m[4] is not None else _default_after(m[3], body[i + 1 :])
+            alias = _ALIAS.search(default or "")
             name = alias[1].upper() if alias else f"{prefix}{m[2]}".upper()
-            names.add((name, m[4] is None))
+            names.add((name, default is None))
     return names
+
+
+def _default_after(annotation: str, rest: list[tuple[str, str]]) -> str | None:
+    """The default of a field whose annotation goes on over the next lines (`X: Annotated[`
+    ... `] = []`): what follows `=` on the line that closes it, or None."""
+    depth = sum(annotation.count(c) for c in "[(") - sum(annotation.count(c) for c in "])")
+    for _, line in rest:
+        if depth <= 0:
+            break
+        depth += sum(line.count(c) for c in "[(") - sum(line.count(c) for c in "])")
+        if depth <= 0:
+            _, eq, default = line.partition("=")
+            return default if eq else None
+    return None
 
 
 _LITERAL = re.compile(r"^\s*Literal\[([^\]]*)\]")

@@ -675,6 +675,12 @@ class Settings(BaseSettings):
     POSTGRES_DB: str = ""
     smtp_password: str | None = None
     ACCESS_TOKEN_EXPIRE_MINUTES: int = 60 * 24 * 8
+    CORS_ORIGINS: Annotated[
+        list[str] | str, BeforeValidator(parse_cors)
+    ] = []
+    ADMINS: Annotated[
+        list[str], BeforeValidator(parse_cors)
+    ]
     sentry: str = Field(default="", alias="SENTRY_DSN")
     VERSION: ClassVar[str] = "1"
 
@@ -711,7 +717,9 @@ def test_pydantic_settings_fields_are_the_settings_the_service_reads(tmp_path: P
     d = detect(tmp_path)
     assert d.env_keys == (
         "ACCESS_TOKEN_EXPIRE_MINUTES",
+        "ADMINS",
         "API_PREFIX",
+        "CORS_ORIGINS",
         "PROJECT_NAME",
         "SENTRY_DSN",
         "WORKER_CONCURRENCY",
@@ -729,8 +737,9 @@ def test_pydantic_settings_fields_are_the_settings_the_service_reads(tmp_path: P
     service = load_service(Path("stageflow.toml"), tomllib.loads(render.stageflow_toml(d)))
     assert service.env_from == d.env_from and service.secret_keys == d.secret_keys
     # a field without a default must be given (the fed ones are, and secrets are generated)
-    assert "settings the code requires, with no default: PROJECT_NAME; set each in" in " ".join(
-        d.notes
+    assert (
+        "settings the code requires, with no default: ADMINS, PROJECT_NAME; set each"
+        in " ".join(d.notes)
     )
 
 
