@@ -961,6 +961,28 @@ def _health(
     return health, ready, ()
 
 
+_PRESTART = ("prestart.sh", "scripts/prestart.sh")
+
+
+def _prestart(base: Path, migrations: Migrations) -> tuple[str, ...]:
+    """A note for a prestart script (the convention of uvicorn-gunicorn images: run before the
+    server starts) that runs the migrations and more (the first user, initial data): a deploy
+    runs `up` alone unless it names the script."""
+    if migrations.kind == "none" or not migrations.up:
+        return ()
+    up = shlex.join(migrations.up)
+    for name in _PRESTART:
+        lines = [ln.strip() for ln in _read(base / name).splitlines()]
+        steps = [ln for ln in lines if ln and not ln.startswith(("#", "set ", "echo "))]
+        if up in steps and len(steps) > 1:
+            others = "; ".join(s for s in steps if s != up)
+            return (
+                f"{name} runs `{up}` and more ({others}): for a deploy to run it all, set "
+                f'[service.migrations] up = ["bash", "{name}"]',
+            )
+    return ()
+
+
 def _settings(
     base: Path,
 ) -> tuple[
@@ -1007,6 +1029,15 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
     notes += health_notes
     if framework == "Django" and (settings_note := django_settings_note(base)):
         notes += (settings_note,)
+
+    notes += _missing_extensions(base, migrations) + _prestart(base, migrations)
+    health, ready, placed = _app_health(framework, wsgi, module, base)
+    if health == "/" and (framework == "Django" or "/" not in _all_routes(base)):
+        notes += ("no health route found: `/` must answer 2xx, or set [service] health",)
+    elif not placed:
+        notes += (
+            f"health {health} is a blueprint's or router's route: add its prefix if it has one",
+        )
     keys, secrets, aliases, env_values, settings_notes = _settings(base)
     notes += settings_notes
     if (root / "deploy" / "__init__.py").is_file() and not (root / "deploy" / "tasks").is_dir():

@@ -1002,3 +1002,23 @@ def test_a_django_production_settings_module_beside_manage_py_s_is_noted(tmp_pat
     (note,) = [n for n in detect(tmp_path).notes if "DJANGO_SETTINGS_MODULE" in n]
     assert note.startswith("Django runs mysite.settings.base (manage.py's default) everywhere")
     assert "for mysite.settings.production on staging and prod" in note
+
+
+def test_a_prestart_script_that_migrates_and_more_gets_a_note(tmp_path: Path) -> None:
+    prestart = (
+        "#! /usr/bin/env bash\n\nset -e\nset -x\n\n# Let the DB start\npython app/pre_start.py\n\n"
+        "# Run migrations\nalembic upgrade head\n\n# Create initial data in DB\n"
+        "python app/initial_data.py\n"
+    )
+    files = {
+        "app.py": FLASK_APP,
+        "alembic.ini": "[alembic]\nscript_location = alembic\n",
+        "scripts/prestart.sh": prestart,
+    }
+    d = detect(write(tmp_path, files))
+    assert d.migrations.up == ("alembic", "upgrade", "head")  # the tool's own, for the gate
+    note = next(n for n in d.notes if n.startswith("scripts/prestart.sh runs"))
+    assert "python app/pre_start.py; python app/initial_data.py" in note
+    assert 'up = ["bash", "scripts/prestart.sh"]' in note
+    (tmp_path / "scripts" / "prestart.sh").write_text("#!/bin/sh\nalembic upgrade head\n")
+    assert not any("prestart" in n for n in detect(tmp_path).notes)
