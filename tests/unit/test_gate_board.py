@@ -137,3 +137,24 @@ def test_the_rehearsal_feeds_every_name_and_the_commits_own_code(tmp_path: Path)
     # the snapshot's code before any copy of the service installed into the gate's venv
     tree = tmp_path / "tree" / "web"
     assert env["PYTHONPATH"].split(":")[:2] == [str(tree), str(tree / "src")]
+
+
+def test_the_rehearsal_gives_each_declared_secret_a_throwaway_value(tmp_path: Path) -> None:
+    # production settings that read env("SECRET_KEY") must import for showmigrations too
+    policy = {
+        "service": {
+            "name": "site",
+            "wsgi": "site.wsgi:application",
+            "env": {"keys": ["ALLOWED_HOSTS"], "secrets": ["SECRET_KEY", "MAIL_PASSWORD"]},
+        }
+    }
+    (tmp_path / "tree" / "env").mkdir(parents=True)
+    (tmp_path / "tree" / "env" / "staging.env").write_text("ALLOWED_HOSTS=localhost\n")
+    ctx = GateContext("migrations", tmp_path, tmp_path / "tree", "v1", "c" * 40, "t" * 40, "GA",
+                      "required", {}, policy, tmp_path, 60.0)  # fmt: skip
+    cluster = ScratchCluster(Path("/pg/bin"), 54999, "/run/pg", Secret("pw"))
+    m = Migrations(kind="command", up=("python", "manage.py", "migrate"), current=("x",))
+    env = Tool(ctx, m, cluster).env
+    assert env["ALLOWED_HOSTS"] == "localhost"
+    assert len(env["SECRET_KEY"]) >= 32 and env["MAIL_PASSWORD"] not in ("", env["SECRET_KEY"])
+    assert Tool(ctx, m, cluster).env["SECRET_KEY"] != env["SECRET_KEY"]
