@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -33,8 +34,22 @@ def _item(value: Any) -> Any:
     return value
 
 
-def cache_key(gate: str, config: Mapping[str, Any], inputs: Sequence[Any]) -> str:
-    blob = canonical([CACHE_VERSION, gate, dict(config), _item(list(inputs))])
+@functools.cache
+def engine_fingerprint() -> str:
+    """The engine's own code: a verdict a gate gave under other code is not reused (an upgrade of
+    stageflow may judge the same commit otherwise)."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def cache_key(
+    gate: str, config: Mapping[str, Any], inputs: Sequence[Any], *, engine: str | None = None
+) -> str:
+    engine = engine_fingerprint() if engine is None else engine
+    blob = canonical([CACHE_VERSION, engine, gate, dict(config), _item(list(inputs))])
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

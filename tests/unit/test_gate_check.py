@@ -66,3 +66,12 @@ def test_the_test_gate_finds_the_exception_pytest_printed() -> None:
         _last_raised(lines) == "django.db.utils.OperationalError: connection is bad: no such socket"
     )
     assert _last_raised(["E       assert 1 == 2", "FAILED t.py::x"]) == ""
+
+
+def test_a_cached_verdict_belongs_to_the_engine_that_gave_it() -> None:
+    from deploy.gates.cache import cache_key, engine_fingerprint
+
+    key = cache_key("migrations", {"timeout_s": 9}, ["tree"])
+    assert key == cache_key("migrations", {"timeout_s": 9}, ["tree"], engine=engine_fingerprint())
+    # another stageflow (an upgrade, a fix) judges the same commit again
+    assert key != cache_key("migrations", {"timeout_s": 9}, ["tree"], engine="0" * 64)
