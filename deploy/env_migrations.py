@@ -245,17 +245,7 @@ class SchemaChange:
         return self.before != self.after
 
     def describe(self) -> str:
-        """ "a1 -> b2" for one history; for one per app (Django), only the apps that moved, as
-        "polls 0001_initial -> 0002_closed": the others would bury the change."""
-        if set(self.before) | set(self.after) <= {migrations.SINGLE}:
-            before = migrations.describe_revisions(self.before)
-            return f"{before} -> {migrations.describe_revisions(self.after)}"
-        moved = [
-            f"{app} {self.before.get(app, migrations.ZERO)} -> {self.after.get(app, migrations.ZERO)}"
-            for app in sorted(set(self.before) | set(self.after))
-            if self.before.get(app) != self.after.get(app)
-        ]
-        return ", ".join(moved) or f"unchanged at {migrations.describe_revisions(self.after)}"
+        return migrations.describe_change(self.before, self.after)
 
     def meta(self) -> dict[str, Any]:
         """What the release's RELEASE.json keeps: the schema it was deployed on and left."""

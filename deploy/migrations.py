@@ -1293,6 +1293,19 @@ def describe_revisions(revisions: Mapping[str, str]) -> str:
     return ", ".join(f"{app} {rev}" for app, rev in sorted(revisions.items())) or BASE
 
 
+def describe_change(before: Mapping[str, str], after: Mapping[str, str]) -> str:
+    """ "a1 -> b2" for one history; for one per app (Django), only the apps that moved, as
+    "polls 0001_initial -> 0002_closed": the others would bury the change."""
+    if set(before) | set(after) <= {SINGLE}:
+        return f"{describe_revisions(before)} -> {describe_revisions(after)}"
+    moved = [
+        f"{app} {before.get(app, ZERO)} -> {after.get(app, ZERO)}"
+        for app in sorted(set(before) | set(after))
+        if before.get(app) != after.get(app)
+    ]
+    return ", ".join(moved) or f"unchanged at {describe_revisions(after)}"
+
+
 def revision_steps(now: Mapping[str, str], wanted: Mapping[str, str]) -> list[tuple[str, str]]:
     """(app, revision) for each app whose revision differs from wanted's; an app wanted does not
     name had nothing applied then (zero, or base for a single history)."""

@@ -259,7 +259,7 @@ def gate(
     return Outcome(
         "passed",
         scrub(
-            f"{details['revision_before']} -> {details['revision_after']} rehearsed on a copy "
+            f"{migrations.describe_change(before, after)} rehearsed on a copy "
             f"in {took:.2f}s; {linted}",
             (cluster.password,),
         ),

@@ -440,6 +440,8 @@ def test_a_django_service_gets_each_pending_migrations_sql_linted(
     assert rendered["commands"][-1][-3:] == ["sqlmigrate", "catalog", "0002_price"], rendered
     assert any('ADD COLUMN "price" integer NULL' in s for s in rendered["statements"]), rendered
     assert "1 statement(s) linted" in mig.summary, mig.summary
+    # only the apps that moved: a project's dozen others would bury the change
+    assert mig.summary.startswith("catalog 0001_initial -> 0002_price rehearsed"), mig.summary
     # a column's type changed rewrites the table under an exclusive lock: squawk blocks it
     sku = 'migrations.AlterField("Item", "name", models.CharField(max_length=40))'
     commit(root, _django_migration("0003_sku", sku, [("catalog", "0002_price")]), tag="v2")
