@@ -233,6 +233,28 @@ def status(proj: Project, name: str) -> list[MigrationStatus]:
 # -- kind = "command": the service's own tool --------------------------------------------------
 
 
+def tool_revisions(proj: Project, name: str) -> dict[str, str]:
+    """What the service's `current` command says the schema is at, run in the serving release
+    on the environment's first host ({app: revision} for Django, {"": revision} for one
+    history). Read-only: the tool's own command, no ledger of stageflow's."""
+    from deploy import releases
+    from deploy.engine import group
+
+    if kind_of(proj) != "command":
+        _sql_only(proj, name)
+    host, layout = group.primary(proj, name)
+    try:
+        rid = releases.current_release(host, layout)
+        if not rid:
+            raise UsageError(
+                f"{name}: no release serves yet, so no `current` command can run",
+                hint=f"deploy first: inv {name}.deploy",
+            )
+        return MigrationTool(proj, name, host, layout, rid).current()
+    finally:
+        host.close()
+
+
 @dataclass(frozen=True)
 class SchemaChange:
     """The revisions `current` printed before and after a migrate step."""

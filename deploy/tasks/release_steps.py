@@ -137,8 +137,18 @@ def migrations_(c, json=False):
     """Show each migration: applied or pending, when, by whom, drift."""
     from deploy import env_migrations
 
-    name = env_name(c)
-    rows = env_migrations.status(project(), name)
+    name, proj = env_name(c), project()
+    if env_migrations.kind_of(proj) == "command":
+        revisions = env_migrations.tool_revisions(proj, name)
+        show(
+            [{"app": app, "revision": rev} for app, rev in sorted(revisions.items())],
+            as_json=json,
+            title=f"{name} migrations (the service's current command)",
+            columns=["app", "revision"],
+            rows=((app or "-", rev) for app, rev in sorted(revisions.items())),
+        )
+        return
+    rows = env_migrations.status(proj, name)
     show(
         [r.to_dict() if hasattr(r, "to_dict") else r.__dict__ for r in rows],
         as_json=json,

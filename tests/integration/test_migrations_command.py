@@ -266,6 +266,17 @@ def _moved_by_hand(proj: Project, variant: Project, repo: Repo, ctx: Context) ->
     return context(variant, "r4", repo.commits["app"], "r3")
 
 
+def test_the_migrations_task_asks_the_serving_release_s_current_command(proj, repo):
+    from deploy.errors import UsageError
+
+    with pytest.raises(UsageError, match="no release serves yet"):
+        env_migrations.tool_revisions(proj, "dev")
+    deploy(proj, repo, "r1", "a1", None)
+    assert env_migrations.tool_revisions(proj, "dev") == {"": "a1"}
+    deploy(proj, repo, "r2", "b2", "r1")
+    assert env_migrations.tool_revisions(proj, "dev") == {"": "b2"}
+
+
 def test_a_release_shipping_the_same_migrations_runs_up_only_when_the_schema_moved(proj, repo):
     """`up` is a Python start importing the service: skipped when the release ships the serving
     release's migrations unchanged and `current` shows the revisions that release recorded."""
