@@ -139,14 +139,7 @@ def migrations_(c, json=False):
 
     name, proj = env_name(c), project()
     if env_migrations.kind_of(proj) == "command":
-        revisions = env_migrations.tool_revisions(proj, name)
-        show(
-            [{"app": app, "revision": rev} for app, rev in sorted(revisions.items())],
-            as_json=json,
-            title=f"{name} migrations (the service's current command)",
-            columns=["app", "revision"],
-            rows=((app or "-", rev) for app, rev in sorted(revisions.items())),
-        )
+        _show_tool_revisions(env_migrations.tool_revisions(proj, name), name, json)
         return
     rows = env_migrations.status(proj, name)
     show(
@@ -158,6 +151,17 @@ def migrations_(c, json=False):
             (r.version, r.name, r.state, r.applied_at, r.release, "DRIFT" if r.drift else "")
             for r in rows
         ),
+    )
+
+
+def _show_tool_revisions(revisions: dict[str, str], name: str, as_json: bool) -> None:
+    """kind = "command": the revision the service's own tool reports, per app."""
+    show(
+        [{"app": app, "revision": rev} for app, rev in sorted(revisions.items())],
+        as_json=as_json,
+        title=f"{name} migrations (the service's current command)",
+        columns=["app", "revision"],
+        rows=((app or "-", rev) for app, rev in sorted(revisions.items())),
     )
 
 
