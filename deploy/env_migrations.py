@@ -465,6 +465,8 @@ def _counts(path: str, directory: str, *, in_folders: bool) -> bool:
     p = PurePosixPath(path)
     if "__pycache__" in p.parts or p.name == "__init__.py":  # a package marker, no migration
         return False
+    if p.name.startswith("."):  # a placeholder keeping an empty folder in git (.keep, .gitkeep)
+        return False
     if directory not in ("", "."):
         if not p.is_relative_to(directory):
             return False

@@ -93,3 +93,17 @@ def test_a_named_migrations_dir_counts_whole(repo) -> None:
     assert env_migrations.changed_migration_files(proj, v1, v2) == [
         "web/shop/migrations/0002_price.py"
     ]
+
+
+def test_a_placeholder_that_keeps_an_empty_versions_folder_is_no_migration(tmp_path) -> None:
+    # alembic's versions/ is often committed with a .keep (or .gitkeep) while it is still empty
+    git(tmp_path, "init", "-q", "-b", "main")
+    first = commit(tmp_path, {"backend/app/alembic/versions/.keep": ""})
+    second = commit(tmp_path, {"backend/app/alembic/versions/a1_items.py": "", ".keep": ""})
+    proj = project(tmp_path, dir="backend", migrations_dir="app/alembic/versions")
+    assert env_migrations.changed_migration_files(proj, None, second) == [
+        "backend/app/alembic/versions/a1_items.py"
+    ]
+    assert env_migrations.changed_migration_files(proj, first, second) == [
+        "backend/app/alembic/versions/a1_items.py"
+    ]
