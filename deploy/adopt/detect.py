@@ -893,6 +893,11 @@ def _project_folder(root: Path, module: Path) -> Path | None:
         folder = folder.parent
     if folder == root or not any((folder / name).is_file() for name in _PROJECT_FILES):
         return None
+    # code that imports the folder by its own name (`from backend.api import ...`) runs from
+    # the folder above it
+    by_name = re.compile(rf"^\s*(?:from|import)\s+{re.escape(folder.name)}(?:\.|\s|$)", re.M)
+    if any(by_name.search(_read(p)) for p in python_files(folder)):
+        return None
     return folder
 
 

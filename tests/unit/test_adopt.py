@@ -651,6 +651,17 @@ def test_a_src_layout_in_a_project_folder_runs_from_the_folder_above_src(tmp_pat
     assert (d.dir, d.wsgi) == ("service", "shop:create_app()")
 
 
+def test_code_that_imports_its_folder_by_name_runs_from_the_folder_above(tmp_path: Path) -> None:
+    main = "from fastapi import FastAPI\n\nfrom backend.routes import items\n\napp = FastAPI()\n"
+    write(
+        tmp_path,
+        {"backend/requirements.txt": "fastapi\n", "backend/main.py": main, "backend/routes.py": ""},
+    )
+    assert (detect(tmp_path).dir, detect(tmp_path).wsgi) == (".", "backend.main:app")
+    (tmp_path / "backend" / "main.py").write_text(main.replace("backend.routes", "routes"))
+    assert (detect(tmp_path).dir, detect(tmp_path).wsgi) == ("backend", "main:app")
+
+
 def test_a_folder_without_packaging_of_its_own_keeps_the_root(tmp_path: Path) -> None:
     write(tmp_path, {"requirements.txt": "flask\n", "svc/app.py": FLASK_APP})
     assert (detect(tmp_path).dir, detect(tmp_path).wsgi) == (".", "svc.app:app")
