@@ -502,10 +502,17 @@ def enforce(report: Report) -> None:
     if report.verdict != "failed":
         return
     reasons = []
+    cached = []
     for name in report.blocking:
         g = report.gate(name)
-        reasons.append(f"{name}: {g.status if g else 'missing'}")
+        reasons.append(
+            f"{name}: {g.status if g else 'missing'}" + (" (cached)" if g and g.cached else "")
+        )
+        cached += [name] if g and g.cached else []
+    # a verdict kept from an earlier run of the same inputs: what changed outside them (a
+    # database the tests reach, a server that was down) is seen only by running again
+    again = f"; `--no-cache` runs {', '.join(cached)} again" if cached else ""
     raise GateFailed(
         f"release gate failed at stage {report.stage} for {report.ref}: {'; '.join(reasons)}",
-        hint=f"see dist/release-gate/{report.stem}.md",
+        hint=f"see dist/release-gate/{report.stem}.md{again}",
     )

@@ -227,6 +227,12 @@ def test_unchanged_rerun_reuses_every_cached_verdict(repo: Path) -> None:
     commit(repo, {"tests/test_a.py": BAD_TEST}, tag="v1.3.1")
     third = by_name(gate(repo, "v1.3.1"))
     assert not third["test"].cached and third["test"].status == "failed"
+    # a failure kept from the run before says so, and how to run it again (what the tests reach,
+    # a database say, is no input of the cache)
+    with pytest.raises(GateFailed) as err:
+        runner.enforce(gate(repo, "v1.3.1"))
+    assert "test: failed (cached)" in err.value.line()
+    assert "`--no-cache` runs check, test again" in err.value.line()
 
 
 def test_break_glass_records_overrides_and_audit(repo: Path) -> None:
