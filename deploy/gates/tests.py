@@ -14,20 +14,17 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from deploy.errors import ConfigError
+from deploy.errors import ConfigError, MigrationError
 from deploy.gates import (
-    Completed,
     GateContext,
     Outcome,
     configured_command,
     first_lines,
     python_first,
     run_command,
-    scratch_cluster,
 )
-from deploy.gates.scratch_cluster import ScratchCluster
+from deploy.gates.test_database import database, wanted
 from deploy.secrets import Secret
-from deploy.service import load_service
 
 # pytest's short summary (-rf / -rE, on by default): "FAILED tests/x.py::test_y - AssertionError".
 _SUMMARY = re.compile(r"^(FAILED|ERROR) ([^\s(]\S*)(?: - (.*))?$")
@@ -84,60 +81,30 @@ def test_dir(ctx: GateContext) -> str:
     return str(path)
 
 
-def wants_database(ctx: GateContext) -> bool:
-    """[gates.test] database = true: the tests get a throwaway PostgreSQL of their own."""
-    value = ctx.config.get("database", False)
-    if not isinstance(value, bool):
-        raise ConfigError(
-            "[gates.test] database must be true or false",
-            hint="true: the tests run against a throwaway PostgreSQL the gate starts",
-        )
-    return value
-
-
 def inputs(ctx: GateContext) -> list[Any]:
     installed = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions())
-    return [ctx.tree_hash, sys.version, installed, _argv(ctx), test_dir(ctx), wants_database(ctx)]
-
-
-def database_env(ctx: GateContext, cluster: ScratchCluster) -> dict[str, str]:
-    """The names a deploy feeds the service, pointed at the throwaway cluster (its superuser may
-    create the test database a runner makes, Django's test_<name>), and [service.env.from]
-    mapped; Redis at a port nothing serves, so no real database or Redis of the operator's shell
-    is reached."""
-    out = {**cluster.tool_env(), "ENVIRONMENT": "test", "STAGEFLOW_RELEASE": "test"}
-    out["REDIS_URL"] = f"redis://127.0.0.1:{scratch_cluster.free_port()}/0"
-    service = ctx.policy.get("service")
-    if isinstance(service, dict):
-        feeds = load_service(Path("stageflow.toml"), dict(ctx.policy)).env_from
-        out.update({name: out[src] for name, src in feeds if src in out})
-    return out
+    return [ctx.tree_hash, sys.version, installed, _argv(ctx), test_dir(ctx), wanted(ctx)]
 
 
 def run(ctx: GateContext) -> Outcome:
     argv = _argv(ctx)
-    if not wants_database(ctx):
-        return _judge(ctx, argv, _run(ctx, argv, {}, ()))
-    user = str(ctx.policy.get("project", {}).get("service_user", "stageflow"))
-    with scratch_cluster.started(user_name=user, timeout_s=ctx.timeout_s) as cluster:
-        done = _run(ctx, argv, database_env(ctx, cluster), (cluster.password, cluster.url()))
-    return _judge(ctx, argv, done)
+    run_in = ctx.tree / test_dir(ctx)
+    hint = "set [gates.test] command to the project's test command"
+    if not wanted(ctx):
+        done = run_command(argv, cwd=run_in, env=ctx.code_env(os.environ), timeout_s=ctx.timeout_s,
+                           tool_hint=hint)  # fmt: skip
+        return _judged(ctx, argv, done, {})
+    try:
+        with database(ctx, ctx.code_env(os.environ)) as (env, migrated):
+            secrets = (Secret(env["PGPASSWORD"]), Secret(env["DATABASE_URL"]))
+            done = run_command(argv, cwd=run_in, env=env, timeout_s=ctx.timeout_s,
+                               secrets=secrets, tool_hint=hint)  # fmt: skip
+    except MigrationError as exc:
+        return Outcome("error", exc.line(), {"database": "not migrated"})
+    return _judged(ctx, argv, done, {"database": migrated})
 
 
-def _run(
-    ctx: GateContext, argv: list[str], extra: dict[str, str], secrets: tuple[Secret, ...]
-) -> Completed:
-    return run_command(
-        argv,
-        cwd=ctx.tree / test_dir(ctx),
-        env=ctx.code_env({**os.environ, **extra}),
-        timeout_s=ctx.timeout_s,
-        secrets=secrets,
-        tool_hint="set [gates.test] command to the project's test command",
-    )
-
-
-def _judge(ctx: GateContext, argv: list[str], done: Completed) -> Outcome:
+def _judged(ctx: GateContext, argv: list[str], done: Any, extra: dict[str, Any]) -> Outcome:
     failing = []
     for line in done.lines():
         m = _SUMMARY.match(line.strip())
@@ -148,7 +115,7 @@ def _judge(ctx: GateContext, argv: list[str], done: Completed) -> Outcome:
             kind = "failed" if u[1] == "FAIL" else "error"
             failing.append({"kind": kind, "id": case, "message": ""})
     shown = [Path(argv[0]).name if argv[0] == ctx.python else argv[0], *argv[1:]]
-    details: dict[str, Any] = {"command": shown[1:] if argv[0] == ctx.python else shown}
+    details: dict[str, Any] = {"command": shown[1:] if argv[0] == ctx.python else shown, **extra}
     details["exit_code"] = done.exit_code
     tail = done.lines()[-1] if done.lines() else ""
     if done.ok:

@@ -686,6 +686,67 @@ def test_the_test_command_runs_in_the_services_own_folder(repo: Path) -> None:
     )
 
 
+DB_SERVICE = """
+[service]
+name = "widgets"
+wsgi = "app:app"
+
+[service.env]
+secrets = ["SECRET_KEY"]
+
+[service.env.from]
+POSTGRES_SERVER = "PGHOST"
+
+[service.migrations]
+kind = "command"
+dir = "versions"
+up = ["python", "migrate.py"]
+current = ["python", "-c", "print('a1')"]
+"""
+MIGRATE = """\
+import os
+
+import psycopg
+
+with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+    conn.execute("CREATE TABLE widgets (id int PRIMARY KEY)")
+"""
+# what a service's tests do: reach the database through its settings and empty its tables
+DB_TEST = """\
+import os
+
+import psycopg
+
+
+def test_the_schema_is_there_and_ours_to_empty():
+    assert os.environ["POSTGRES_SERVER"] == "127.0.0.1" and len(os.environ["SECRET_KEY"]) > 16
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+        conn.execute("INSERT INTO widgets VALUES (1)")
+        conn.execute("DELETE FROM widgets")
+"""
+
+
+def test_the_tests_get_a_migrated_database_of_their_own(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the shell points at another database: the tests never reach it
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:9/not-this-one")
+    monkeypatch.setenv("PGHOST", "192.0.2.1")
+    policy = STAGES.replace('"-x", "tests"]\n', '"-x", "tests"]\ndatabase = true\n')
+    policy = DB_SERVICE + policy[policy.index("[environments.dev]") :]
+    files = {"stageflow.toml": policy, "migrate.py": MIGRATE,
+             "versions/a1.txt": "", "tests/test_db.py": DB_TEST}  # fmt: skip
+    commit(repo, files, tag="v7.0.0")
+    test = by_name(gate(repo, "v7.0.0"))["test"]
+    assert test.status == "passed", test.summary
+    assert test.details["database"] == "`python migrate.py` applied"
+    # migrations that do not apply on an empty database: the tests do not run
+    commit(repo, {"migrate.py": "raise SystemExit('no such table: users')\n"}, tag="v7.0.1")
+    test = by_name(gate(repo, "v7.0.1"))["test"]
+    assert test.status == "error"
+    assert test.summary.startswith("the test database: `python migrate.py` exited 1: no such")
+
+
 def test_a_missing_tool_is_one_line_and_an_unconfigured_check_says_what_to_set(
     repo: Path,
 ) -> None:

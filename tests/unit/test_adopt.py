@@ -631,6 +631,7 @@ def test_the_test_gate_of_a_service_in_a_folder_of_its_own_runs_there(tmp_path: 
     )
     gates = tomllib.loads(render.stageflow_toml(detect(tmp_path)))["gates"]
     assert gates["test"]["dir"] == "backend"
+    assert gates["test"]["database"] is True  # the tests get a migrated database of their own
     assert gates["test"]["command"] == ["python", "-m", "pytest", "-q"]
     write(tmp_path / "root", {"app.py": FLASK_APP})
     assert (
