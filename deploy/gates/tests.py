@@ -124,6 +124,12 @@ def _judged(ctx: GateContext, argv: list[str], done: Any, extra: dict[str, Any])
     if failing:
         ids = ", ".join(f["id"] for f in failing[:5])
         more = f" (+{len(failing) - 5} more)" if len(failing) > 5 else ""
+        # a file or folder that could not even be collected (a conftest importing settings the
+        # environment lacks) names no test: what it raised is the news
+        uncollected = [f for f in failing if f["kind"] == "error" and "::" not in f["id"]]
+        if uncollected and uncollected[0]["message"]:
+            why = uncollected[0]["message"]
+            return Outcome("failed", f"{len(failing)} failing: {ids}{more}: {why}", details)
         # one cause for all (a database the tests cannot reach): the exception, said once
         messages = {f["message"] for f in failing}
         raised = (messages.pop() or _last_raised(done.lines())) if len(messages) == 1 else ""

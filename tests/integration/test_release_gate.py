@@ -747,6 +747,16 @@ def test_the_tests_get_a_migrated_database_of_their_own(
     assert test.summary.startswith("the test database: `python migrate.py` exited 1: no such")
 
 
+def test_tests_that_cannot_be_collected_say_what_stopped_them(repo: Path) -> None:
+    # a test module that loads the service's settings at import
+    module = "import os\n\nSETTINGS = os.environ['SHOP_SETTING_THE_GATE_LACKS']\n"
+    commit(repo, {"tests/test_settings.py": module}, tag="v8.0.0")
+    test = by_name(gate(repo, "v8.0.0"))["test"]
+    assert test.status == "failed"
+    assert test.summary.startswith("1 failing: tests/test_settings.py: ")
+    assert "KeyError" in test.summary and "SHOP_SETTING" in test.summary, test.summary
+
+
 def test_a_missing_tool_is_one_line_and_an_unconfigured_check_says_what_to_set(
     repo: Path,
 ) -> None:
