@@ -838,7 +838,7 @@ def test_a_unittest_suite_names_its_failing_case(repo: Path) -> None:
     assert gates["test"].status == "passed" and gates["test"].summary == "OK"
 
 
-DB_TEST = (
+CREATES_A_DATABASE = (
     "import os\n\nimport psycopg\n\n\n"
     "def test_the_database():\n"
     "    with psycopg.connect(os.environ['SHOP_DB'], autocommit=True) as conn:\n"
@@ -854,7 +854,9 @@ def test_the_tests_get_a_throwaway_database_when_asked(repo: Path) -> None:
         + '\n[service.env.from]\nSHOP_DB = "DATABASE_URL"\n'
     )
     os.environ.pop("SHOP_DB", None)
-    commit(repo, {"stageflow.toml": policy, "tests/test_a.py": DB_TEST}, tag="v1.0.0-rc.1")
+    commit(
+        repo, {"stageflow.toml": policy, "tests/test_a.py": CREATES_A_DATABASE}, tag="v1.0.0-rc.1"
+    )
     without = by_name(gate(repo, "v1.0.0-rc.1", only=("test",)))["test"]
     assert without.status == "failed"
     assert "(KeyError: 'SHOP_DB')" in without.summary  # the exception, where pytest gives none
