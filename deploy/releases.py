@@ -973,7 +973,15 @@ def _why_exited(host: Host, log: str) -> tuple[str, str]:
 
 # the line a Python traceback ends with: the exception's (dotted) name, and its message if any
 _RAISED = re.compile(r"^[A-Za-z_][\w.]*(?::\s.*)?$")
-_MISSING_NAME = re.compile(r"^KeyError: '([A-Z][A-Z0-9_]*)'$")
+# a setting read without a default that the environment lacks: os.environ["X"], django-environ's
+# "Set the X environment variable", environs' 'Environment variable "X" not set', python-decouple's
+# "X not found. Declare it as envvar or define a default value."
+_MISSING_NAME = re.compile(
+    r"^(?:KeyError: '([A-Z][A-Z0-9_]*)'"
+    r"|[\w.]*ImproperlyConfigured: Set the ([A-Z][A-Z0-9_]*) environment variable"
+    r"|[\w.]*EnvError: Environment variable \"([A-Z][A-Z0-9_]*)\" not set"
+    r"|[\w.]*UndefinedValueError: ([A-Z][A-Z0-9_]*) not found\.)"
+)
 # a write the release refused: permission denied (13) or a read-only file system (30)
 _NOT_WRITABLE = re.compile(r"^(PermissionError|OSError|IsADirectoryError): \[Errno (13|30)\]")
 
@@ -1030,7 +1038,7 @@ def _missing_setting(raised: str) -> str:
     calls required (its settings match names without case: the variable is upper-case)."""
     missing = _MISSING_NAME.match(raised)
     if missing:
-        return missing[1]
+        return next((g for g in missing.groups() if g), "")
     required = [f for f, said in _field_errors(raised) if said.startswith("Field required")]
     return required[0].upper() if required and required[0].isidentifier() else ""
 

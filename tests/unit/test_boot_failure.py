@@ -144,3 +144,21 @@ def test_a_process_s_failure_is_its_exception_without_the_traceback_s_markers() 
     printed = ["starting", "    ^^^^", "cannot reach the queue", "   ~~~^^^  "]
     assert process_failure(printed) == "starting | cannot reach the queue"
     assert process_failure([]) == "no output"
+
+
+def test_a_settings_library_s_missing_variable_gets_the_same_hint() -> None:
+    proj = load_project(support.REPO, process_env={})
+    env = proj.env("staging")
+    svc = replace(proj.service, env_keys=("ALLOWED_HOSTS",), secret_keys=("SECRET_KEY",))
+    log = "/srv/logs/app.log"
+    django_environ = (
+        "django.core.exceptions.ImproperlyConfigured: Set the SECRET_KEY environment variable"
+    )
+    assert "`inv staging.secrets --generate`" in boot_hint(django_environ, env, svc, log)
+    environs = 'environs.EnvError: Environment variable "ALLOWED_HOSTS" not set'
+    assert "set it in env/staging.env" in boot_hint(environs, env, svc, log)
+    decouple = (
+        "decouple.UndefinedValueError: MAIL_HOST not found. Declare it as envvar or define a "
+        "default value."
+    )
+    assert "declare it in [service.env] keys or secrets" in boot_hint(decouple, env, svc, log)
