@@ -535,15 +535,24 @@ def _django_wsgi(base: Path, manage: Path) -> str:
 _PRODUCTION_SETTINGS = ("production", "prod", "staging")
 
 
-def django_settings_note(base: Path) -> str:
-    """A note when manage.py's settings module has a production sibling it does not use
-    (settings/base.py beside settings/production.py): a deploy runs manage.py's unless the
-    environment names another."""
+def django_settings_note(base: Path, wsgi: str) -> str:
+    """A note when the settings a deploy runs are not one module everywhere, or not the
+    production one beside them: manage.py's default serves its commands (migrate, collectstatic),
+    the wsgi module's default the web workers, unless the environment names one."""
     manage = _manage_py(base)
     m = _DJANGO_SETTINGS.search(_read(manage)) if manage is not None else None
     if m is None:
         return ""
     module = m[1]
+    wsgi_file = base.joinpath(*wsgi.partition(":")[0].split(".")).with_suffix(".py")
+    served = _DJANGO_SETTINGS.search(_read(wsgi_file))
+    how = "add DJANGO_SETTINGS_MODULE to [service.env] keys and set it in each env/<env>.env"
+    if served is not None and served[1] != module:
+        return (
+            f"Django's commands run {module} (manage.py's default) and its web workers "
+            f"{served[1]} (the wsgi module's): to run one settings module in each environment, "
+            + how
+        )
     package, _, stem = module.rpartition(".")
     if not package or stem in _PRODUCTION_SETTINGS:
         return ""
@@ -1032,7 +1041,7 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
     notes += _missing_extensions(base, migrations)
     health, ready, health_notes = _health(framework, wsgi, module, base)
     notes += health_notes
-    if framework == "Django" and (settings_note := django_settings_note(base)):
+    if framework == "Django" and (settings_note := django_settings_note(base, wsgi)):
         notes += (settings_note,)
 
     notes += _missing_extensions(base, migrations) + _prestart(base, migrations)

@@ -1014,6 +1014,16 @@ def test_a_django_production_settings_module_beside_manage_py_s_is_noted(tmp_pat
     (note,) = [n for n in detect(tmp_path).notes if "DJANGO_SETTINGS_MODULE" in n]
     assert note.startswith("Django runs mysite.settings.base (manage.py's default) everywhere")
     assert "for mysite.settings.production on staging and prod" in note
+    # the web workers run the wsgi module's default: the note says the two differ
+    wsgi = (
+        "import os\nos.environ.setdefault('DJANGO_SETTINGS_MODULE', 'mysite.settings.production')\n"
+    )
+    write(tmp_path, {"mysite/wsgi.py": wsgi})
+    (note,) = [n for n in detect(tmp_path).notes if "DJANGO_SETTINGS_MODULE" in n]
+    assert note.startswith(
+        "Django's commands run mysite.settings.base (manage.py's default) and its web workers "
+        "mysite.settings.production (the wsgi module's)"
+    )
 
 
 def test_a_prestart_script_that_migrates_and_more_gets_a_note(tmp_path: Path) -> None:
