@@ -910,6 +910,15 @@ def _project_folder(root: Path, module: Path) -> Path | None:
     return folder
 
 
+def _django_entry(root: Path, base: Path, manage: Path) -> tuple[str, str, str, Path]:
+    """A Django project's app: the wsgi module of manage.py's settings, unless a Procfile's web
+    line serves another module of the repository (config.asgi:application, say); its worker
+    class either way."""
+    web = _procfile_web([base, root])
+    spec = web[0] if web and _module_file(base, web[0]) else _django_wsgi(base, manage)
+    return "Django", spec, (web[1] if web else None) or "sync", manage
+
+
 def _entry_point(root: Path, given: Overrides) -> tuple[str, str, str, str, Path | None]:
     """(framework, dir, app spec, worker class, the app's module file when found): the given
     values first, then what the files say."""
@@ -922,12 +931,7 @@ def _entry_point(root: Path, given: Overrides) -> tuple[str, str, str, str, Path
         folder = "."
     base = root / folder
     if manage is not None:
-        found: tuple[str, str, str, Path] | None = (
-            "Django",
-            _django_wsgi(base, manage),
-            "sync",
-            manage,
-        )
+        found: tuple[str, str, str, Path] | None = _django_entry(root, base, manage)
     else:
         found = _from_procfile(root, base) or _find_app(base)
         project = _project_folder(root, found[3]) if found and given.dir is None else None

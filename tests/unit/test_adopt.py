@@ -1044,3 +1044,29 @@ def test_a_prestart_script_that_migrates_and_more_gets_a_note(tmp_path: Path) ->
     assert 'up = ["bash", "scripts/prestart.sh"]' in note
     (tmp_path / "scripts" / "prestart.sh").write_text("#!/bin/sh\nalembic upgrade head\n")
     assert not any("prestart" in n for n in detect(tmp_path).notes)
+
+
+def test_a_procfile_s_gunicorn_web_line_names_the_app_and_its_worker_class(tmp_path: Path) -> None:
+    files = {
+        "manage.py": MANAGE,
+        "mysite/__init__.py": "",
+        "mysite/wsgi.py": "",
+        "mysite/asgi.py": "",
+        "requirements.txt": "django\nuvicorn\n",
+        "Procfile": "web: gunicorn --bind 0.0.0.0:8000 mysite.asgi:application -k uvicorn.workers.UvicornWorker\n",
+    }
+    d = detect(write(tmp_path, files))
+    assert (d.framework, d.wsgi, d.worker_class) == (
+        "Django",
+        "mysite.asgi:application",
+        "uvicorn.workers.UvicornWorker",
+    )
+    # a module the repository does not hold is not taken; the worker class still is
+    write(tmp_path, {"Procfile": "web: gunicorn other.asgi:app --worker-class=gthread\n"})
+    d = detect(tmp_path)
+    assert (d.wsgi, d.worker_class) == ("mysite.wsgi:application", "gthread")
+    write(tmp_path, {"Procfile": "web: python manage.py runserver 0.0.0.0:$PORT\n"})
+    assert (detect(tmp_path).wsgi, detect(tmp_path).worker_class) == (
+        "mysite.wsgi:application",
+        "sync",
+    )
