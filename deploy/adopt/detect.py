@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from deploy.adopt.routes import Module, modules_of, router_routes
 from deploy.binaries import POSTGRES_BIN_VAR, pg_extensions
+from deploy.config import SECRET_KEYS
 from deploy.errors import UsageError
 from deploy.service import FED_NAMES, Migrations, about_a_secret
 
@@ -809,7 +810,8 @@ def _settings_read(base: Path) -> Settings:
     # a stageflow key the service reads as its own (POSTGRES_PORT) holds the value on the host,
     # not in a compose network: fed under its libpq name, it is right on both
     aliases = tuple(sorted((n, FED_ALIASES[n]) for n in names if n in FED_ALIASES))
-    names -= {*FED_ALIASES, *STAGEFLOW_KEYS}
+    # stageflow's own secrets (the database role's password) reach every process already
+    names -= {*FED_ALIASES, *STAGEFLOW_KEYS, *SECRET_KEYS}
     secrets = tuple(sorted(n for n in names if _SECRET_NAME.search(n) and not about_a_secret(n)))
     return tuple(sorted(names - set(secrets))), secrets, aliases
 

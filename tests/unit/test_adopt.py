@@ -1070,3 +1070,27 @@ def test_a_procfile_s_gunicorn_web_line_names_the_app_and_its_worker_class(tmp_p
         "mysite.wsgi:application",
         "sync",
     )
+
+
+def test_stageflow_s_own_secrets_read_by_the_code_are_not_the_service_s(tmp_path: Path) -> None:
+    settings = (
+        "import os\n"
+        "DATABASES = {'default': {'NAME': os.environ['POSTGRES_DB'],\n"
+        "    'USER': os.environ['POSTGRES_USER'], 'PASSWORD': os.environ['POSTGRES_PASSWORD'],\n"
+        "    'HOST': os.environ['POSTGRES_HOST'], 'PORT': os.environ['POSTGRES_PORT']}}\n"
+        "CACHE_PASSWORD = os.environ.get('REDIS_PASSWORD')\n"
+    )
+    files = {"manage.py": MANAGE, "mysite/wsgi.py": "", "mysite/settings.py": settings}
+    d = detect(write(tmp_path, files))
+    assert d.secret_keys == () and d.env_keys == ()
+    assert not any("secrets the code reads" in n for n in d.notes)
+    # fed under their libpq names: the same values on a host, and right in a compose network too
+    assert set(d.env_from) == {
+        ("POSTGRES_DB", "PGDATABASE"),
+        ("POSTGRES_HOST", "PGHOST"),
+        ("POSTGRES_USER", "PGUSER"),
+        ("POSTGRES_PASSWORD", "PGPASSWORD"),
+        ("POSTGRES_PORT", "PGPORT"),
+    }
+    example = render.files(d, choose_ports(d.name))["env/dev.secrets.env.example"]
+    assert example.count("POSTGRES_PASSWORD=") == 1
