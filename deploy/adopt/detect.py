@@ -87,6 +87,9 @@ FED_ALIASES = {
     "BROKER_URL": "REDIS_URL",
 }
 _BROKERS = ("CELERY_BROKER_URL", "BROKER_URL")
+# a setting that turns a framework's debugging on (DEBUG, DJANGO_DEBUG, FLASK_DEBUG): its error
+# pages show settings and code, so staging and prod hold it to "false"
+_DEBUG_KEY = re.compile(r"^(?:[A-Z][A-Z0-9]*_)?DEBUG$")
 _SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|PRIVATE|(?:^|_)KEYS?(?:$|_)")
 # What stageflow itself sets in env/<env>.env, and what no service setting should shadow.
 STAGEFLOW_KEYS = ("COMPOSE_PROJECT_NAME", "APP_PORT", "POSTGRES_PORT", "REDIS_PORT", "DATA_DIR")
@@ -184,6 +187,7 @@ class Detection:
     env_from: tuple[tuple[str, str], ...] = ()  # those that are another name of a fed one
     processes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # a Procfile's, but its web one
     env_values: tuple[tuple[str, str, str], ...] = ()  # (env, key, value) init writes per env
+    debug_keys: tuple[str, ...] = ()  # its settings that turn debugging on: "false" off dev
 
 
 _PROCFILE_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):\s*(\S.*)$")
@@ -1093,4 +1097,5 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
         env_from=aliases,
         processes=processes,
         env_values=env_values,
+        debug_keys=tuple(k for k in keys if _DEBUG_KEY.match(k)),
     )

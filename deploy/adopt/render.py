@@ -107,6 +107,19 @@ def _env_table(d: Detection) -> list[str]:
     return lines
 
 
+def posture_table(d: Detection) -> list[str]:
+    """[posture]: the service's debug settings off on staging and prod (env_file writes them)."""
+    if not d.debug_keys:
+        return []
+    return [
+        "",
+        "# --- What staging and prod must hold (the posture guard refuses a deploy otherwise; dev",
+        "# may relax): debugging off. env/staging.env and env/prod.env set it. ---",
+        "[posture]",
+        *(f'{key} = "false"' for key in d.debug_keys),
+    ]
+
+
 def stageflow_toml(d: Detection) -> str:
     """The whole stageflow.toml, its budgets locked at the thresholds it ships with."""
     # a key whose value init wrote differently for staging and prod is meant to differ
@@ -114,7 +127,7 @@ def stageflow_toml(d: Detection) -> str:
     prod = {(k, v) for e, k, v in d.env_values if e == "prod"}
     differ = sorted({k for k, _ in staging ^ prod})
     values = {
-        "service": service_table(d),
+        "service": "\n".join([service_table(d), *posture_table(d)]),
         "test_command": _toml(d.test_command),
         # a service in a folder of its own runs its tests there, as its team does (Django's
         # command names manage.py's folder itself)
@@ -147,6 +160,7 @@ def env_file(d: Detection, env: str, ports: dict[str, int]) -> str:
             f"REDIS_URL=redis://127.0.0.1:{ports['REDIS_PORT']}/0",
             f"DATA_DIR=.stageflow/{env}",
             *(f"{key}={value}" for name, key, value in d.env_values if name == env),
+            *(f"{key}=false" for key in (d.debug_keys if env != "dev" else ())),
             "",
         ]
     )

@@ -1094,3 +1094,24 @@ def test_stageflow_s_own_secrets_read_by_the_code_are_not_the_service_s(tmp_path
     }
     example = render.files(d, choose_ports(d.name))["env/dev.secrets.env.example"]
     assert example.count("POSTGRES_PASSWORD=") == 1
+
+
+def test_staging_and_prod_hold_the_debug_settings_off(tmp_path: Path) -> None:
+    from deploy.config import load_posture, read_env_file
+
+    write(
+        tmp_path,
+        {"manage.py": MANAGE, "mysite/wsgi.py": "", "mysite/settings.py": ENVIRON_SETTINGS},
+    )
+    d = detect(tmp_path)
+    assert d.debug_keys == ("DJANGO_DEBUG",)
+    files = render.files(d, choose_ports(d.name))
+    posture = load_posture(Path("stageflow.toml"), tomllib.loads(files["stageflow.toml"]))
+    for env in ("staging", "prod"):
+        (tmp_path / f"{env}.env").write_text(files[f"env/{env}.env"])
+        values = {k: v for k, (v, _) in read_env_file(tmp_path / f"{env}.env").items()}
+        assert values["DJANGO_DEBUG"] == "false"
+        assert [r.problem(values.get(r.key)) for r in posture.rules_for(env)] == [None]
+    assert "DJANGO_DEBUG" not in files["env/dev.env"]
+    bad = [r.problem("true") for r in posture.rules_for("prod")]
+    assert bad == ["DJANGO_DEBUG must be false, not 'true'"]
