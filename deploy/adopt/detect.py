@@ -90,6 +90,9 @@ _BROKERS = ("CELERY_BROKER_URL", "BROKER_URL")
 # a setting that turns a framework's debugging on (DEBUG, DJANGO_DEBUG, FLASK_DEBUG): its error
 # pages show settings and code, so staging and prod hold it to "false"
 _DEBUG_KEY = re.compile(r"^(?:[A-Z][A-Z0-9]*_)?DEBUG$")
+# Django's ALLOWED_HOSTS read from the environment: with debugging off, a host it does not list is
+# refused (400), stageflow's probes included, which ask as localhost and 127.0.0.1
+_HOSTS_KEY = re.compile(r"^(?:DJANGO_)?ALLOWED_HOSTS$")
 _SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|PRIVATE|(?:^|_)KEYS?(?:$|_)")
 # What stageflow itself sets in env/<env>.env, and what no service setting should shadow.
 STAGEFLOW_KEYS = ("COMPOSE_PROJECT_NAME", "APP_PORT", "POSTGRES_PORT", "REDIS_PORT", "DATA_DIR")
@@ -188,6 +191,7 @@ class Detection:
     processes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # a Procfile's, but its web one
     env_values: tuple[tuple[str, str, str], ...] = ()  # (env, key, value) init writes per env
     debug_keys: tuple[str, ...] = ()  # its settings that turn debugging on: "false" off dev
+    hosts_keys: tuple[str, ...] = ()  # its allowed-hosts settings: the probes' names off dev
 
 
 _PROCFILE_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):\s*(\S.*)$")
@@ -1098,4 +1102,5 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
         processes=processes,
         env_values=env_values,
         debug_keys=tuple(k for k in keys if _DEBUG_KEY.match(k)),
+        hosts_keys=tuple(k for k in keys if _HOSTS_KEY.match(k)),
     )

@@ -16,6 +16,8 @@ PORT_KEYS = ("APP_PORT", "POSTGRES_PORT", "REDIS_PORT")
 # the release gate writes its reports and caches under dist/release-gate/ of the repository
 GITIGNORE_LINES = (".stageflow/", "env/*.secrets.env", "dist/release-gate/")
 _COVERED_BY = {"dist/release-gate/": ("dist", "dist/", "/dist", "/dist/")}
+# the Host names stageflow's probes ask with; an operator adds the service's own names
+PROBE_HOSTS = "localhost,127.0.0.1"
 Ports = dict[str, dict[str, int]]  # environment -> APP_PORT/POSTGRES_PORT/REDIS_PORT -> port
 
 
@@ -161,6 +163,7 @@ def env_file(d: Detection, env: str, ports: dict[str, int]) -> str:
             f"DATA_DIR=.stageflow/{env}",
             *(f"{key}={value}" for name, key, value in d.env_values if name == env),
             *(f"{key}=false" for key in (d.debug_keys if env != "dev" else ())),
+            *(f"{key}={PROBE_HOSTS}" for key in (d.hosts_keys if env != "dev" else ())),
             "",
         ]
     )

@@ -1115,3 +1115,13 @@ def test_staging_and_prod_hold_the_debug_settings_off(tmp_path: Path) -> None:
     assert "DJANGO_DEBUG" not in files["env/dev.env"]
     bad = [r.problem("true") for r in posture.rules_for("prod")]
     assert bad == ["DJANGO_DEBUG must be false, not 'true'"]
+
+
+def test_staging_and_prod_allow_the_hosts_stageflow_s_probes_ask_as(tmp_path: Path) -> None:
+    settings = 'import environ\nenv = environ.Env()\nALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=[])\n'
+    write(tmp_path, {"manage.py": MANAGE, "mysite/wsgi.py": "", "mysite/settings.py": settings})
+    d = detect(tmp_path)
+    files = render.files(d, choose_ports(d.name))
+    for env in ("staging", "prod"):
+        assert "DJANGO_ALLOWED_HOSTS=localhost,127.0.0.1\n" in files[f"env/{env}.env"]
+    assert "DJANGO_ALLOWED_HOSTS" not in files["env/dev.env"]
