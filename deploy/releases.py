@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
@@ -159,10 +159,19 @@ def remote_python(host: Host) -> str:
     return _REMOTE_PYTHON[key]
 
 
-def venv_spec(host: Host, service: Service, release_dir: str, commit: str) -> VenvSpec:
+def venv_spec(
+    host: Host,
+    service: Service,
+    release_dir: str,
+    commit: str,
+    object_of: Callable[[str], str] | None = None,
+) -> VenvSpec:
     """Read the service's requirements from the extracted release: a requirements file is
     installed with `-r`; a pyproject.toml installs the service's folder as a package, keyed by the
-    pyproject and the lock file beside it (uv.lock, poetry.lock or requirements.lock)."""
+    pyproject and the lock file beside it (uv.lock, poetry.lock or requirements.lock).
+    object_of: a path of the repository -> the git object it is in the commit; a folder of the
+    repository a requirements line installs (`./libs/shared`) keys the venv by it, so a change
+    there builds a new one."""
     path = service.path_in_release(release_dir, service.requirements)
     text = _read_requirements(host, service, path, commit)
     folder = str(PurePosixPath(path).parent)
@@ -171,6 +180,7 @@ def venv_spec(host: Host, service: Service, release_dir: str, commit: str) -> Ve
     python = service_interpreter(service.user) if host.is_local else remote_python(host)
     if PurePosixPath(path).name != "pyproject.toml":
         files = requirement_files(host, release_dir, path, text, commit)
+        files += _local_objects(service, files, object_of)
         return VenvSpec(files, "requirements", ("-r", path), folder, gunicorn, python)
     files = [(service.requirements, text)]
     install = [folder]
@@ -181,6 +191,40 @@ def venv_spec(host: Host, service: Service, release_dir: str, commit: str) -> Ve
             if name == "requirements.lock":  # the one lock pip reads: the pins hold
                 install = ["-r", f"{folder}/{name}", folder]
     return VenvSpec(tuple(files), "package", tuple(install), folder, gunicorn, python)
+
+
+def _local_objects(
+    service: Service,
+    files: tuple[tuple[str, str], ...],
+    object_of: Callable[[str], str] | None,
+) -> tuple[tuple[str, str], ...]:
+    """(`local <path>`, its git object) for each folder or file of the repository a requirements
+    line installs, but the service's own folder and those above it: its code is imported from the
+    release itself (PYTHONPATH), never from the copy pip made."""
+    if object_of is None:
+        return ()
+    folder = PurePosixPath(service.repo_path(service.requirements)).parent
+    own = PurePosixPath(os.path.normpath(service.repo_path(".")))
+    found: dict[str, str] = {}
+    for _, text in files:
+        for written in requirements.local_paths(text):
+            if written.startswith("/"):
+                continue  # outside the repository: nothing of the commit to key by
+            path = PurePosixPath(os.path.normpath(folder / written))
+            if path.parts[:1] == ("..",) or path == own or path in own.parents:
+                continue
+            found.setdefault(str(path), object_of(str(path)))
+    return tuple((f"local {p}", obj) for p, obj in sorted(found.items()))
+
+
+def object_in_commit(root: Path, commit: str) -> Callable[[str], str]:
+    """path -> the tree (or blob) it is in the commit, "" when the commit has no such path."""
+
+    def object_of(path: str) -> str:
+        out = _git(root, gitcmd.object_at(commit, path))
+        return out.stdout.strip() if out.ok else ""
+
+    return object_of
 
 
 def _read_requirements(host: Host, service: Service, path: str, commit: str) -> str:
@@ -328,7 +372,8 @@ def build(
     host.run(cmd.extract(remote_tar, staging_dir))
     if not host.is_local:
         host.remove_tree(remote_tar)
-    venv = ensure_venv(host, layout, venv_spec(host, proj.service, staging_dir, commit))
+    spec = venv_spec(host, proj.service, staging_dir, commit, object_in_commit(proj.root, commit))
+    venv = ensure_venv(host, layout, spec)
     host.symlink(venv, f"{staging_dir}/.venv")
     install_helpers(host, staging_dir)
     host.makedirs(layout.shared)

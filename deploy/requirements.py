@@ -25,3 +25,16 @@ def includes(text: str) -> list[str]:
 def installs_a_local_path(text: str) -> bool:
     """A line installs from the repository's own files: pip needs them beside the requirements."""
     return any(_LOCAL.match(line) for line in _lines(text))
+
+
+def local_paths(text: str) -> list[str]:
+    """The paths of the repository's own folders or files the lines install (`./libs/x[extra]`
+    gives `./libs/x`), as written: relative to the folder pip runs in."""
+    out = []
+    for line in _lines(text):
+        if not _LOCAL.match(line):
+            continue
+        word = re.sub(r"^(?:-e|--editable)(?:\s*=\s*|\s+)", "", line)
+        word = re.sub(r"^file:(?://)?", "", word)
+        out.append(re.split(r"[\s;\[#]", word, maxsplit=1)[0] or ".")
+    return out

@@ -42,6 +42,11 @@ def rev_parse(ref: str, *, kind: str = "commit", repo: PathLike | None = None) -
     return git("rev-parse", "--verify", "--quiet", f"{ref}^{{{kind}}}", repo=repo)
 
 
+def object_at(commit: str, path: str, *, repo: PathLike | None = None) -> list[str]:
+    """The id of the tree or blob at path in commit; prints nothing and exits 1 for no such path."""
+    return git("rev-parse", "--verify", "--quiet", f"{commit}:{path}", repo=repo)
+
+
 def current_branch(*, repo: PathLike | None = None) -> list[str]:
     """The checked-out branch's short name; prints nothing on a detached HEAD."""
     return git("symbolic-ref", "--short", "-q", "HEAD", repo=repo)

@@ -72,6 +72,44 @@ def test_every_file_a_requirements_file_includes_keys_the_venv(tmp_path: Path) -
     )
 
 
+def test_a_folder_of_the_repository_the_requirements_install_keys_the_venv(tmp_path: Path) -> None:
+    import subprocess
+
+    repo = tmp_path / "repo"
+    files = {
+        "web/requirements.txt": "flask\n-e .\n../libs/shared[extra]  # ours\n",
+        "web/app.py": "app = 1\n",
+        "libs/shared/shared.py": "X = 1\n",
+    }
+
+    def commit(changes: dict[str, str]) -> str:
+        for rel, text in changes.items():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            (repo / rel).write_text(text)
+        git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+        subprocess.run([*git, "add", "-A"], check=True)
+        subprocess.run([*git, "commit", "-qm", "c"], check=True)
+        out = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True)
+        return out.stdout.decode().strip()
+
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    svc = _service(dir="web", requirements="requirements.txt")
+
+    def key(commit_id: str) -> str:
+        spec = releases.venv_spec(
+            Host(), svc, str(repo), commit_id, releases.object_in_commit(repo, commit_id)
+        )
+        return spec.key
+
+    first = commit(files)
+    spec = releases.venv_spec(Host(), svc, str(repo), first, releases.object_in_commit(repo, first))
+    assert [n for n, _ in spec.files] == ["web/requirements.txt", "local libs/shared"]
+    # the service's own code changes: the same venv (its code is imported from the release)
+    assert key(commit({"web/app.py": "app = 2\n"})) == key(first)
+    # the library it installs changes: a new one
+    assert key(commit({"libs/shared/shared.py": "X = 2\n"})) != key(first)
+
+
 def test_a_pyproject_installs_the_folder_and_its_lock_keys_the_venv(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "svc"\n')
     svc = _service(requirements="pyproject.toml")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deploy.requirements import includes, installs_a_local_path
+from deploy.requirements import includes, installs_a_local_path, local_paths
 
 
 def test_includes_are_every_r_and_c_form_and_never_a_url() -> None:
@@ -24,3 +24,11 @@ def test_a_line_installing_the_repository_itself_is_seen() -> None:
         assert installs_a_local_path(f"flask\n{line}\n"), line
     for line in ("flask", "django>=5", "-e git+https://example.org/x.git#egg=x", "# ."):
         assert not installs_a_local_path(f"{line}\n"), line
+
+
+def test_the_local_paths_are_the_paths_as_written() -> None:
+    text = (
+        "-e .\n--editable ./libs/x[extra]\n./y ; python_version > '3'\n"
+        "file:../pkg\nfile:///abs/q\n./z#egg=z\nflask\n"
+    )
+    assert local_paths(text) == [".", "./libs/x", "./y", "../pkg", "/abs/q", "./z"]
