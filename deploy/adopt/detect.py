@@ -107,7 +107,12 @@ _PROCESS_NAMES = {
     "SHELL",
     "PYTHONPATH",
     "VIRTUAL_ENV",
+    "CI",
 }
+# what a CI runner or stageflow sets, never the service's settings: code that asks whether it runs
+# in CI (GITHUB_WORKFLOW, CI) reads them
+_NOT_THE_SERVICE_S = ("STAGEFLOW_", "GITHUB_", "GITLAB_", "CI_", "CIRCLE", "TRAVIS", "BUILDKITE",
+                      "RUNNER_", "JENKINS_", "BITBUCKET_")  # fmt: skip
 _STATIC_ROOT = re.compile(r"^STATIC_ROOT\s*(?::[^=\n]+)?=", re.M)
 DJANGO_COLLECTSTATIC = ("python", "manage.py", "collectstatic", "--noinput")
 PYTEST = ("python", "-m", "pytest", "-q")
@@ -814,7 +819,7 @@ def _settings_read(base: Path) -> Settings:
         if "BaseSettings" in text:
             names.update(settings_fields(text))
     names -= {*FED_NAMES, *_PROCESS_NAMES, "DJANGO_SETTINGS_MODULE"}
-    names = {n for n in names if not n.startswith("STAGEFLOW_")}
+    names = {n for n in names if not n.startswith(_NOT_THE_SERVICE_S)}
     # a stageflow key the service reads as its own (POSTGRES_PORT) holds the value on the host,
     # not in a compose network: fed under its libpq name, it is right on both
     aliases = tuple(sorted((n, FED_ALIASES[n]) for n in names if n in FED_ALIASES))

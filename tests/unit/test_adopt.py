@@ -1125,3 +1125,15 @@ def test_staging_and_prod_allow_the_hosts_stageflow_s_probes_ask_as(tmp_path: Pa
     for env in ("staging", "prod"):
         assert "DJANGO_ALLOWED_HOSTS=localhost,127.0.0.1\n" in files[f"env/{env}.env"]
     assert "DJANGO_ALLOWED_HOSTS" not in files["env/dev.env"]
+
+
+def test_what_a_ci_runner_sets_is_no_setting_of_the_service(tmp_path: Path) -> None:
+    settings = (
+        "import os\n"
+        "TESTING = os.environ.get('CI') or os.environ.get('GITHUB_WORKFLOW')\n"
+        "RUN = os.getenv('GITLAB_CI') or os.getenv('CI_PIPELINE_ID')\n"
+        "SENTRY_DSN = os.environ.get('SENTRY_DSN')\n"
+    )
+    write(tmp_path, {"app.py": FLASK_APP, "settings.py": settings, "requirements.txt": "flask\n"})
+    d = detect(tmp_path)
+    assert d.env_keys == ("SENTRY_DSN",) and d.secret_keys == ()
