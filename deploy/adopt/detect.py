@@ -1063,14 +1063,7 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
     if framework == "Django" and (settings_note := django_settings_note(base, wsgi)):
         notes += (settings_note,)
 
-    notes += _missing_extensions(base, migrations) + _prestart(base, migrations)
-    health, ready, placed = _app_health(framework, wsgi, module, base)
-    if health == "/" and (framework == "Django" or "/" not in _all_routes(base)):
-        notes += ("no health route found: `/` must answer 2xx, or set [service] health",)
-    elif not placed:
-        notes += (
-            f"health {health} is a blueprint's or router's route: add its prefix if it has one",
-        )
+    notes += _prestart(base, migrations)
     keys, secrets, aliases, env_values, settings_notes = _settings(base)
     notes += settings_notes
     if (root / "deploy" / "__init__.py").is_file() and not (root / "deploy" / "tasks").is_dir():

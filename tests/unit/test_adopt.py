@@ -1137,3 +1137,17 @@ def test_what_a_ci_runner_sets_is_no_setting_of_the_service(tmp_path: Path) -> N
     write(tmp_path, {"app.py": FLASK_APP, "settings.py": settings, "requirements.txt": "flask\n"})
     d = detect(tmp_path)
     assert d.env_keys == ("SENTRY_DSN",) and d.secret_keys == ()
+
+
+def test_each_note_about_the_health_path_and_extensions_is_said_once(tmp_path: Path) -> None:
+    # the app is made in one module from a factory that registers a blueprint in another
+    factory = "from flask import Flask\n\n\ndef create_app():\n    app = Flask(__name__)\n"
+    factory += "    from shop.views import bp\n\n    app.register_blueprint(bp)\n    return app\n"
+    migration = "def upgrade():\n    op.execute('CREATE EXTENSION IF NOT EXISTS \"uuid-ossp\"')\n"
+    write(tmp_path, {"shop/__init__.py": factory, "web.py": "from shop import create_app\n\napp = create_app()\n",
+                     "shop/views.py": VIEWS,
+                     "alembic.ini": "[alembic]\nscript_location = alembic\n",
+                     "alembic/versions/a1_ids.py": migration})  # fmt: skip
+    notes = detect(tmp_path).notes
+    assert len(notes) == len(set(notes)), notes
+    assert sum("blueprint's or router's route" in n for n in notes) == 1
