@@ -164,13 +164,16 @@ def inputs(ctx: GateContext) -> list[Any]:
 
 def run(ctx: GateContext) -> Outcome:
     components = installed()
-    problems = check(
-        components,
-        load_approved(approved_path(ctx), shown=str(ctx.config.get("approved", DEFAULT_APPROVED))),
-    )
+    shown = str(ctx.config.get("approved", DEFAULT_APPROVED))
+    problems = check(components, load_approved(approved_path(ctx), shown=shown))
     details = {"sbom": sbom_path(ctx).name, "components": len(components), "problems": problems}
     if problems:
-        return Outcome("failed", f"{len(problems)} unapproved: {problems[0]}", details)
+        return Outcome(
+            "failed",
+            f"{len(problems)} unapproved: {problems[0]} (review it, then add it to {shown}: "
+            "python -m deploy.gates.deps prints an entry for each installed distribution)",
+            details,
+        )
     return Outcome(
         "passed", f"{len(components)} components approved; SBOM {sbom_path(ctx).name}", details
     )

@@ -216,7 +216,7 @@ def squawk_lint(ctx: GateContext, files: list[Path]) -> tuple[list[str], list[st
         [ctx.bin("squawk"), "--reporter", "json", *[str(f) for f in files]],
         cwd=ctx.tree,
         timeout_s=ctx.timeout_s,
-        tool_hint="it lints the migrations: pip install squawk-cli",
+        tool_hint="it lints the migrations: pip install squawk-cli, then approve it for the deps gate",
     )
     try:
         findings = json.loads(done.stdout or "[]")

@@ -12,3 +12,16 @@ APPROVED = Path(__file__).resolve().parents[2] / "deploy" / "gates" / "approved-
 
 def test_every_package_of_the_projects_venv_is_approved() -> None:
     assert deps.check(deps.installed(), deps.load_approved(APPROVED)) == []
+
+
+def test_an_unapproved_distribution_says_how_to_approve_it(tmp_path: Path) -> None:
+    from deploy.gates import GateContext
+
+    (tmp_path / "approved-deps.toml").write_text("[packages]\n", encoding="utf-8")
+    ctx = GateContext("deps", tmp_path, tmp_path, "v1", "c" * 40, "t" * 40, "GA", "required",
+                      {"approved": "approved-deps.toml"}, {}, tmp_path, 60.0)  # fmt: skip
+    outcome = deps.run(ctx)
+    assert outcome.status == "failed"
+    assert "\n" not in outcome.summary
+    assert "add it to approved-deps.toml" in outcome.summary
+    assert "python -m deploy.gates.deps" in outcome.summary
