@@ -237,6 +237,43 @@ _HOST_PORT_OPTIONS = {"-b", "--bind", "--host", "--port", "--uds", "--fd", "--li
 _ASGI_SERVERS = {"uvicorn", "hypercorn", "daphne"}
 
 
+_WEB_STEP = re.compile(r"\s*(?:;|&&)\s*")
+
+
+def _web_steps(line: str) -> list[str]:
+    """The commands of a Procfile line, split where a shell runs one after another."""
+    return [step for step in _WEB_STEP.split(line.strip()) if step]
+
+
+def _web_line_steps(bases: list[Path], migrations: Migrations) -> tuple[str, ...]:
+    """A note for what a Procfile's web line runs before its server, other than the migrations:
+    a deploy runs the migrations' up and [service] build, never the web line's shell."""
+    if _procfile_web(bases) is None:
+        return ()
+    text = next((_read(b / "Procfile") for b in bases if (b / "Procfile").is_file()), "")
+    up = list(migrations.up or ())
+    for line in text.splitlines():
+        m = _PROCFILE_LINE.match(line.strip())
+        if not m or m[1].lower() != "web":
+            continue
+        others = []
+        for step in _web_steps(m[2])[:-1]:
+            try:
+                words = shlex.split(step)
+            except ValueError:
+                words = step.split()
+            if up and words[:1] == up[:1] and words[-2:] == up[-2:]:
+                continue  # the migrations, which a deploy runs itself
+            others.append(step)
+        if others:
+            steps = "; ".join(f"`{s}`" for s in others)
+            return (
+                f"the Procfile's web line runs {steps} before its server: a deploy runs only the "
+                "migrations' up and [service] build; add to build what each release needs",
+            )
+    return ()
+
+
 def _procfile_web(bases: list[Path]) -> tuple[str, str | None] | None:
     """The app spec a Procfile's web line serves, and its worker class (an ASGI server's worker,
     gunicorn's -k), or None when the line names none (`web: bin/start`, a shell line)."""
@@ -245,10 +282,12 @@ def _procfile_web(bases: list[Path]) -> tuple[str, str | None] | None:
         m = _PROCFILE_LINE.match(line.strip())
         if not m or m[1].lower() != "web":
             continue
-        try:
-            argv = shlex.split(m[2])
-        except ValueError:
+        try:  # a shell line's server is its last command (`flask db upgrade; gunicorn app:app`)
+            argv = shlex.split(_web_steps(m[2])[-1])
+        except (ValueError, IndexError):
             return None
+        if argv[:1] == ["exec"]:
+            argv = argv[1:]
         while argv and ("=" in argv[0] and not argv[0].startswith("-")):
             argv = argv[1:]  # VAR=value before the command
         if len(argv) > 2 and argv[0].startswith("python") and argv[1] == "-m":
@@ -1070,7 +1109,7 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
         notes += ("a package named deploy/ here hides stageflow's engine from tasks.py: rename it",)
     project = _project_name(base) or _project_name(root)
     processes, procfile_notes = _procfile([base, root])
-    notes += procfile_notes
+    notes += procfile_notes + _web_line_steps([base, root], migrations)
     taken = {*keys, *secrets, *(n for n, _ in aliases)}
     aliases += tuple(a for a in _rq_url(processes) if a[0] not in taken)
     aliases += tuple(a for a in _celery_broker(processes) if a[0] not in taken)

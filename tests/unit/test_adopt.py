@@ -1151,3 +1151,21 @@ def test_each_note_about_the_health_path_and_extensions_is_said_once(tmp_path: P
     notes = detect(tmp_path).notes
     assert len(notes) == len(set(notes)), notes
     assert sum("blueprint's or router's route" in n for n in notes) == 1
+
+
+def test_a_procfile_web_shell_line_serves_its_last_command_and_notes_the_steps_before(
+    tmp_path: Path,
+) -> None:
+    procfile = (
+        "web: flask db upgrade; flask translate compile && exec gunicorn -k gevent shop.web:app\n"
+    )
+    write(tmp_path, {"shop/__init__.py": "", "shop/web.py": FLASK_APP, "Procfile": procfile,
+                     "migrations/alembic.ini": "[alembic]\n", "requirements.txt": "flask\n",
+                     "shop/ext.py": "from flask_migrate import Migrate\n"})  # fmt: skip
+    d = detect(tmp_path)
+    # the server line's app and worker class, not a guess from the code
+    assert (d.wsgi, d.worker_class) == ("shop.web:app", "gevent")
+    steps = [n for n in d.notes if n.startswith("the Procfile's web line runs")]
+    # the migrations a deploy runs itself; the other step is the operator's to place
+    assert len(steps) == 1 and "`flask translate compile`" in steps[0]
+    assert "flask db upgrade" not in steps[0] and "[service] build" in steps[0]
