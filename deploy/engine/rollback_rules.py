@@ -161,15 +161,18 @@ def backup_for(
     current: str | None,
 ) -> Mapping[str, Any] | None:
     """The backup taken before the current release's deploy: its history entry names it; else the
-    newest backup taken while another release served."""
-    by_id = {b.get("id"): b for b in backups}
+    newest backup taken while another release served; else the newest taken while the current one
+    served (after a level 2 back to it). A backup taken before the first release (no release served
+    it, an empty database) has no release to restore under and is never chosen."""
+    by_id = {b.get("id"): b for b in backups if b.get("release")}
     # a restore put its release back on the backup's data: restoring again goes to the same point
     kinds = (*GOOD_KINDS, "rollback-3")
     for e in reversed(entries):
         if e.get("release") == current and e.get("kind") in kinds and e.get("backup") in by_id:
             return by_id[e["backup"]]
-    older = [b for b in backups if b.get("release") and b.get("release") != current]
-    return max(older, key=lambda b: str(b.get("id")), default=None)
+    older = [b for b in by_id.values() if b.get("release") != current]
+    same = [b for b in by_id.values() if b.get("release") == current]
+    return max(older or same, key=lambda b: str(b.get("id")), default=None)
 
 
 def check_request(

@@ -198,3 +198,17 @@ def test_prod_confirmation_wants_the_environment_name():
         confirm_prod(PROD, actor=HUMAN, yes=False, confirm=eof)
     with pytest.raises(GuardRefused, match="not confirmed"):
         confirm_prod(PROD, actor=AGENT, yes=True, confirm=lambda _p: "")  # --yes is for humans
+
+
+def test_a_backup_taken_before_the_first_release_is_never_chosen():
+    # A's first deploy backed up an empty database (no release served it); B's deploy backed up
+    # A's data; a level 2 went back to A: level 3 restores A's data, the only backup A can take
+    backups = [{"id": "b0", "release": ""}, {"id": "b1", "release": "A"}]
+    entries = [
+        entry("A", backup="b0"),
+        entry("B", backup="b1"),
+        entry("A", kind="rollback-2", previous="B"),
+    ]
+    assert backup_for(entries, backups, current="A")["id"] == "b1"
+    # right after the first deploy there is none to restore
+    assert backup_for([entry("A", backup="b0")], backups[:1], current="A") is None
