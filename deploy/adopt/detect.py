@@ -93,6 +93,10 @@ _DEBUG_KEY = re.compile(r"^(?:[A-Z][A-Z0-9]*_)?DEBUG$")
 # Django's ALLOWED_HOSTS read from the environment: with debugging off, a host it does not list is
 # refused (400), stageflow's probes included, which ask as localhost and 127.0.0.1
 _HOSTS_KEY = re.compile(r"^(?:DJANGO_)?ALLOWED_HOSTS$")
+# a setting that sends the service's logs to stdout instead of files (LOG_TO_STDOUT, the
+# convention of apps written for platforms with read-only releases): stageflow keeps stdout and
+# stderr in the environment's logs, and a release's folder is read-only to the service
+_STDOUT_KEY = re.compile(r"^(?:[A-Z][A-Z0-9]*_)?LOG_?(?:TO_)?STDOUT$")
 _SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|PRIVATE|(?:^|_)KEYS?(?:$|_)")
 # What stageflow itself sets in env/<env>.env, and what no service setting should shadow.
 STAGEFLOW_KEYS = ("COMPOSE_PROJECT_NAME", "APP_PORT", "POSTGRES_PORT", "REDIS_PORT", "DATA_DIR")
@@ -1105,6 +1109,8 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
     notes += _prestart(base, migrations)
     keys, secrets, aliases, env_values, settings_notes = _settings(base)
     notes += settings_notes
+    stdout = [k for k in keys if _STDOUT_KEY.match(k)]
+    env_values += tuple((env, k, "1") for k in stdout for env in ("dev", "staging", "prod"))
     if (root / "deploy" / "__init__.py").is_file() and not (root / "deploy" / "tasks").is_dir():
         notes += ("a package named deploy/ here hides stageflow's engine from tasks.py: rename it",)
     project = _project_name(base) or _project_name(root)

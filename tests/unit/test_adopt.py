@@ -1169,3 +1169,18 @@ def test_a_procfile_web_shell_line_serves_its_last_command_and_notes_the_steps_b
     # the migrations a deploy runs itself; the other step is the operator's to place
     assert len(steps) == 1 and "`flask translate compile`" in steps[0]
     assert "flask db upgrade" not in steps[0] and "[service] build" in steps[0]
+
+
+def test_a_setting_that_logs_to_stdout_is_on_in_every_environment(tmp_path: Path) -> None:
+    # an app that writes log files into its own folder unless told to log to stdout: a release's
+    # folder is read-only to the service, and stageflow keeps stdout in the environment's logs
+    config = "import os\n\nLOG_TO_STDOUT = os.environ.get('LOG_TO_STDOUT')\nLEVEL = os.getenv('LOG_LEVEL')\n"
+    write(tmp_path, {"app.py": FLASK_APP, "config.py": config, "requirements.txt": "flask\n"})
+    d = detect(tmp_path)
+    files = render.files(d, choose_ports(d.name))
+    for env in ("dev", "staging", "prod"):
+        assert "LOG_TO_STDOUT=1\n" in files[f"env/{env}.env"]
+        assert "LOG_LEVEL=" not in files[f"env/{env}.env"]
+    # the same value on staging and prod: not a key the policy-drift gate lets differ
+    drift = tomllib.loads(files["stageflow.toml"])["gates"]["policy-drift"]["allowed_keys"]
+    assert "LOG_TO_STDOUT" not in drift
