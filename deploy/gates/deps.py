@@ -159,7 +159,8 @@ def inputs(ctx: GateContext) -> list[Any]:
         json.dumps(sbom(components, commit=ctx.commit, ref=ctx.ref), indent=2) + "\n",
         encoding="utf-8",
     )
-    return [[c.__dict__ for c in components], approved_path(ctx)]
+    # the commit too: a verdict names its commit's SBOM, so another commit's is not this one's
+    return [[c.__dict__ for c in components], approved_path(ctx), ctx.commit]
 
 
 def run(ctx: GateContext) -> Outcome:

@@ -25,3 +25,20 @@ def test_an_unapproved_distribution_says_how_to_approve_it(tmp_path: Path) -> No
     assert "\n" not in outcome.summary
     assert "add it to approved-deps.toml" in outcome.summary
     assert "python -m deploy.gates.deps" in outcome.summary
+
+
+def test_a_verdict_names_its_own_commit_s_sbom(tmp_path: Path) -> None:
+    from deploy.gates import GateContext
+    from deploy.gates.cache import VerdictCache
+    from deploy.gates.runner import run_one
+
+    cache = VerdictCache(tmp_path / "cache")
+    for commit in ("a" * 40, "b" * 40):
+        ctx = GateContext("deps", tmp_path, tmp_path, "v1", commit, "t" * 40, "GA", "required",
+                          {"approved": str(APPROVED)}, {}, tmp_path, 60.0)  # fmt: skip
+        result = run_one("deps", ctx, cache, use_cache=True)
+        assert result.status == "passed", result.summary
+        assert f"SBOM {commit}.sbom.cdx.json" in result.summary
+        assert (tmp_path / f"{commit}.sbom.cdx.json").is_file()
+    # the same commit again is answered from the cache
+    assert run_one("deps", ctx, cache, use_cache=True).cached
