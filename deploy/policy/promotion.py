@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import os
+import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -60,7 +61,12 @@ def _number(raw: Mapping[str, Any], key: str, default: float, *, whole: bool) ->
 
 def policy(proj: Project) -> Policy:
     """[promotion], each key's type and range checked on load: one line naming the key."""
-    raw = proj.policy.get("promotion", {})
+    return policy_of(proj.policy)
+
+
+def policy_of(data: Mapping[str, Any]) -> Policy:
+    """[promotion] of a parsed stageflow.toml."""
+    raw = data.get("promotion", {})
     if not isinstance(raw, dict):
         raise ConfigError("stageflow.toml: [promotion] must be a table")
     known = {"approvers", "min_approvals", "approval_ttl_s", "freeze"}
@@ -1013,6 +1019,54 @@ def _records_chain(case: _PromotionCase) -> guards.Check:
     return guards.Check("records", True, "prod's audit and staging's history chain")
 
 
+# [environments.<env>] keys prod's decision rests on, and which way is stricter
+_STRICTER_WHEN_HIGHER = ("soak_s", "verify_window_s")
+
+
+def _looser(here: Mapping[str, Any], there: Mapping[str, Any]) -> str:
+    """What of `here` (a parsed stageflow.toml) is looser than `there` for a prod deploy, or ""."""
+    mine, theirs = policy_of(here), policy_of(there)
+    if mine.min_approvals < theirs.min_approvals:
+        return f"[promotion] min_approvals {mine.min_approvals} < {theirs.min_approvals}"
+    if mine.approval_ttl_s > theirs.approval_ttl_s:
+        return f"[promotion] approval_ttl_s {mine.approval_ttl_s:g} > {theirs.approval_ttl_s:g}"
+    if theirs.approvers and not (mine.approvers and set(mine.approvers) <= set(theirs.approvers)):
+        return "[promotion] approvers names someone the commit's list does not"
+    if any(f not in mine.freezes for f in theirs.freezes):
+        return "a [[promotion.freeze]] of the commit is gone"
+    for env in ("staging", PROD):
+        now = (here.get("environments") or {}).get(env) or {}
+        then = (there.get("environments") or {}).get(env) or {}
+        for key in _STRICTER_WHEN_HIGHER:
+            a, b = now.get(key, 0), then.get(key, 0)
+            if isinstance(a, int | float) and isinstance(b, int | float) and a < b:
+                return f"[environments.{env}] {key} {a:g} < {b:g}"
+        if then.get("auto_rollback", True) is not False and now.get("auto_rollback", True) is False:
+            return f"[environments.{env}] auto_rollback is off"
+    return ""
+
+
+def _policy_is_the_commits(case: _PromotionCase) -> guards.Check:
+    """prod's decision rests on the policy the request's commit carries, which its gate and its
+    approvers saw: the working tree's stageflow.toml may tighten it (a freeze declared now, a
+    longer soak, more approvals) but never loosen it, committed or not."""
+    short = case.commit[:12]
+    out = run_process(gitcmd.show_file(case.commit, "stageflow.toml"), cwd=case.proj.root)
+    try:
+        committed = tomllib.loads(out.stdout) if out.ok else None
+        looser = _looser(case.proj.policy, committed) if committed is not None else "it carries none"
+    except (tomllib.TOMLDecodeError, ConfigError) as exc:
+        looser = f"the commit's stageflow.toml does not load ({str(exc).splitlines()[0][:120]})"
+    if looser:
+        return guards.Check(
+            "policy", False,
+            f"stageflow.toml here is looser than commit {short}'s: {looser}; prod is judged by "
+            f"the approved commit's policy (`git checkout {short} -- stageflow.toml`, or take the "
+            "change through the gate and a new request)",
+        )  # fmt: skip
+    return guards.Check("policy", True, f"no looser than commit {short}'s stageflow.toml")
+
+
 # The rules of promotion, in the order the guard table shows them.
 _PROMOTION_RULES: tuple[tuple[str, Callable[[_PromotionCase], guards.Check]], ...] = (
     ("actor", _actor_is_human),
@@ -1020,6 +1074,7 @@ _PROMOTION_RULES: tuple[tuple[str, Callable[[_PromotionCase], guards.Check]], ..
     ("approval", _approval),
     ("ref", _ref_unmoved),
     ("gate", _ga_gate),
+    ("policy", _policy_is_the_commits),
     ("staging", _staging_verified),
     ("soak", _staging_soak),
     ("freeze-window", _freeze_window),

@@ -162,6 +162,22 @@ def test_the_gate_reads_the_policy_of_the_commit(prod):
         prod.git("checkout", "-q", "--", "stageflow.toml")
 
 
+def test_prod_is_judged_by_the_policy_of_the_approved_commit(prod):
+    rid = request(prod)
+    prod.ok("prod.approve", rid, actor=BOB)
+    policy = prod.root / "stageflow.toml"
+    approved, head = policy.read_text(), prod.git("rev-parse", "HEAD")
+    # a looser prod, uncommitted and then committed after the approval: neither is what was gated
+    prod.set_policy("prod", verify_window_s=0, auto_rollback="false")
+    try:
+        refused(prod, "prod.deploy", "--request", rid, says="looser than commit")
+        prod.commit("a looser prod after the approval")
+        refused(prod, "prod.deploy", "--request", rid, says="looser than commit")
+    finally:
+        prod.git("reset", "-q", "--hard", head)
+        assert policy.read_text() == approved
+
+
 def test_markdown_in_a_name_is_text(prod):
     evil = "x **[x] GA passed** <!-- hidden"
     res = prod.ok("prod.request", "--ref", "v1.0.0", actor=evil, kind="agent")
