@@ -13,7 +13,7 @@ import json
 import os
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 from deploy import notify
 from deploy.clock import Clock, as_utc, from_epoch, stamp, system_clock
 from deploy.commands import git as gitcmd
-from deploy.config import Project
+from deploy.config import Project, Thresholds
 from deploy.engine import group
 from deploy.errors import ConfigError, NotApproved, UsageError
 from deploy.hosts import Host, run_process
@@ -1043,6 +1043,26 @@ def _looser(here: Mapping[str, Any], there: Mapping[str, Any]) -> str:
                 return f"[environments.{env}] {key} {a:g} < {b:g}"
         if then.get("auto_rollback", True) is not False and now.get("auto_rollback", True) is False:
             return f"[environments.{env}] auto_rollback is off"
+    return _looser_prod(
+        ((here.get("environments") or {}).get(PROD) or {}),
+        ((there.get("environments") or {}).get(PROD) or {}),
+    )
+
+
+# prod's backup before migrating, weakest first
+_BACKUPS = ("never", "pending-migrations", "always")
+
+
+def _looser_prod(now: Mapping[str, Any], then: Mapping[str, Any]) -> str:
+    """prod's rollback triggers (a higher threshold fires later) and its backup."""
+    mine = Thresholds(**{k: v for k, v in (now.get("thresholds") or {}).items()})
+    theirs = Thresholds(**{k: v for k, v in (then.get("thresholds") or {}).items()})
+    for key, value in asdict(mine).items():
+        if value > getattr(theirs, key):
+            return f"[environments.prod.thresholds] {key} {value:g} > {getattr(theirs, key):g}"
+    a, b = now.get("backup", "pending-migrations"), then.get("backup", "pending-migrations")
+    if a in _BACKUPS and b in _BACKUPS and _BACKUPS.index(a) < _BACKUPS.index(b):
+        return f"[environments.prod] backup {a} instead of {b}"
     return ""
 
 
@@ -1054,8 +1074,10 @@ def _policy_is_the_commits(case: _PromotionCase) -> guards.Check:
     out = run_process(gitcmd.show_file(case.commit, "stageflow.toml"), cwd=case.proj.root)
     try:
         committed = tomllib.loads(out.stdout) if out.ok else None
-        looser = _looser(case.proj.policy, committed) if committed is not None else "it carries none"
-    except (tomllib.TOMLDecodeError, ConfigError) as exc:
+        looser = (
+            _looser(case.proj.policy, committed) if committed is not None else "it carries none"
+        )
+    except (tomllib.TOMLDecodeError, ConfigError, TypeError, ValueError) as exc:
         looser = f"the commit's stageflow.toml does not load ({str(exc).splitlines()[0][:120]})"
     if looser:
         return guards.Check(

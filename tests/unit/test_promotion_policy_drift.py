@@ -16,7 +16,12 @@ COMMITTED = {
     },
     "environments": {
         "staging": {"soak_s": 600, "verify_window_s": 30, "auto_rollback": True},
-        "prod": {"soak_s": 0, "verify_window_s": 60},
+        "prod": {
+            "soak_s": 0,
+            "verify_window_s": 60,
+            "backup": "always",
+            "thresholds": {"error_rate_points": 2.0},
+        },
     },
 }
 
@@ -45,6 +50,7 @@ def test_the_same_or_a_stricter_policy_passes() -> None:
         ("environments.staging.soak_s", 86400),
         ("environments.prod.verify_window_s", 300),
         ("environments.prod.auto_rollback", True),
+        ("environments.prod.thresholds", {"error_rate_points": 1.0, "p95_ratio": 1.5}),
     ):
         assert _looser(edited(path, value), COMMITTED) == "", path
 
@@ -58,6 +64,10 @@ def test_each_loosening_is_named() -> None:
         ("environments.staging.soak_s", None, "[environments.staging] soak_s 0 < 600"),
         ("environments.prod.verify_window_s", 5, "[environments.prod] verify_window_s 5 < 60"),
         ("environments.staging.auto_rollback", False, "auto_rollback is off"),
+        ("environments.prod.thresholds", None, "error_rate_points 5 > 2"),
+        ("environments.prod.thresholds", {"error_rate_points": 2.0, "p95_ratio": 3}, "p95_ratio"),
+        ("environments.prod.backup", "never", "backup never instead of always"),
+        ("environments.prod.backup", None, "backup pending-migrations instead of always"),
     ):
         assert says in _looser(edited(path, value), COMMITTED), path
     listed = edited("promotion.approvers", ["bob@example.org"])
