@@ -15,11 +15,16 @@ def _lines(text: str) -> list[str]:
     return [re.split(r"(?:^|\s)#", line, maxsplit=1)[0].strip() for line in joined.splitlines()]
 
 
-def includes(text: str) -> list[str]:
-    """The paths of the files a requirements file includes, as written (relative to its folder);
-    a URL is left out: there is no file of the repository to read."""
+def includes(text: str, *, constraints: bool = True) -> list[str]:
+    """The paths of the files a requirements file includes, as written (relative to its folder):
+    `-r` ones, and `-c` ones unless constraints is false (they pin, they install nothing); a URL
+    is left out: there is no file of the repository to read."""
     found = (_INCLUDE.match(line) for line in _lines(text))
-    return [m.group(1) for m in found if m and "://" not in m.group(1)]
+    return [
+        m.group(1)
+        for m in found
+        if m and "://" not in m.group(1) and (constraints or m.group(0).startswith(("-r", "--r")))
+    ]
 
 
 def installs_a_local_path(text: str) -> bool:

@@ -15,6 +15,7 @@ from deploy.adopt.routes import Module, modules_of, router_routes
 from deploy.binaries import POSTGRES_BIN_VAR, pg_extensions
 from deploy.config import SECRET_KEYS
 from deploy.errors import UsageError
+from deploy.requirements import includes
 from deploy.service import FED_NAMES, Migrations, about_a_secret
 
 ASGI_WORKER = "uvicorn.workers.UvicornWorker"
@@ -366,7 +367,6 @@ def _after_env(argv: tuple[str, ...]) -> tuple[str, ...]:
 
 
 _REDIS_CLIENT = re.compile(r"^\s*[\"']?[\w.\[\],-]*\bredis\b", re.I | re.M)
-_INCLUDE = re.compile(r"^\s*(?:-r|--requirement)[\s=]+(\S+)", re.M)
 
 
 def requires_redis(base: Path, requirements: str, depth: int = 0) -> bool:
@@ -378,7 +378,10 @@ def requires_redis(base: Path, requirements: str, depth: int = 0) -> bool:
     if depth > 5 or requirements.endswith(".toml"):
         return False
     folder = PurePosixPath(requirements).parent
-    return any(requires_redis(base, str(folder / m[1]), depth + 1) for m in _INCLUDE.finditer(text))
+    return any(
+        requires_redis(base, str(folder / name), depth + 1)
+        for name in includes(text, constraints=False)
+    )
 
 
 def service_name(root: Path, project: str | None = None) -> str:

@@ -17,6 +17,7 @@ def test_includes_are_every_r_and_c_form_and_never_a_url() -> None:
         "flask  # -r not-this.txt\n"
     )
     assert includes(text) == ["base.txt", "dev.txt", "pins.txt", "more/pins.txt"]
+    assert includes(text, constraints=False) == ["base.txt", "dev.txt"]
 
 
 def test_a_line_installing_the_repository_itself_is_seen() -> None:
