@@ -212,24 +212,34 @@ _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _NOT_PROCESSES = {"web", "release"}
 
 
+def _procfile_lines(bases: list[Path]) -> list[tuple[str, str]]:
+    """(process name as written, command) of each line of the first Procfile among bases."""
+    text = next((_read(b / "Procfile") for b in bases if (b / "Procfile").is_file()), "")
+    found = (_PROCFILE_LINE.match(line.strip()) for line in text.splitlines())
+    return [(m[1], m[2]) for m in found if m]
+
+
+def _web_line(bases: list[Path]) -> str | None:
+    """The command of a Procfile's web line, or None without one."""
+    return next((cmd for name, cmd in _procfile_lines(bases) if name.lower() == "web"), None)
+
+
 def _procfile(bases: list[Path]) -> tuple[tuple[tuple[str, tuple[str, ...]], ...], tuple[str, ...]]:
     """[service.processes] from a Procfile's lines besides web and release, where the command
     needs no shell; a note for each one that does, which the operator writes by hand."""
-    text = next((_read(b / "Procfile") for b in bases if (b / "Procfile").is_file()), "")
     found: list[tuple[str, tuple[str, ...]]] = []
     notes: list[str] = []
-    for line in text.splitlines():
-        m = _PROCFILE_LINE.match(line.strip())
-        if not m or m[1].lower() in _NOT_PROCESSES:
+    for written, command in _procfile_lines(bases):
+        name = written.lower()
+        if name in _NOT_PROCESSES:
             continue
-        name = m[1].lower()
         try:
-            argv = tuple(shlex.split(m[2]))
+            argv = tuple(shlex.split(command))
         except ValueError:
             argv = ()
         program = next((a for a in argv if not _ASSIGNMENT.match(a)), None)
-        if program is None or _SHELL.search(m[2]):
-            notes.append(f"Procfile's {m[1]} runs a shell line: write it in [service.processes]")
+        if program is None or _SHELL.search(command):
+            notes.append(f"Procfile's {written} runs a shell line: write it in [service.processes]")
             continue
         # `NAME=value cmd ...` runs without a shell through env(1), which sets NAME for cmd
         found.append((name, ("env", *argv) if program != argv[0] else argv))
@@ -253,66 +263,59 @@ def _web_steps(line: str) -> list[str]:
 def _web_line_steps(bases: list[Path], migrations: Migrations) -> tuple[str, ...]:
     """A note for what a Procfile's web line runs before its server, other than the migrations:
     a deploy runs the migrations' up and [service] build, never the web line's shell."""
-    if _procfile_web(bases) is None:
+    line = _web_line(bases)
+    if line is None or _procfile_web(bases) is None:
         return ()
-    text = next((_read(b / "Procfile") for b in bases if (b / "Procfile").is_file()), "")
     up = list(migrations.up or ())
-    for line in text.splitlines():
-        m = _PROCFILE_LINE.match(line.strip())
-        if not m or m[1].lower() != "web":
-            continue
-        others = []
-        for step in _web_steps(m[2])[:-1]:
-            try:
-                words = shlex.split(step)
-            except ValueError:
-                words = step.split()
-            if up and words[:1] == up[:1] and words[-2:] == up[-2:]:
-                continue  # the migrations, which a deploy runs itself
-            others.append(step)
-        if others:
-            steps = "; ".join(f"`{s}`" for s in others)
-            return (
-                f"the Procfile's web line runs {steps} before its server: a deploy runs only the "
-                "migrations' up and [service] build; add to build what each release needs",
-            )
-    return ()
+    others = []
+    for step in _web_steps(line)[:-1]:
+        try:
+            words = shlex.split(step)
+        except ValueError:
+            words = step.split()
+        if up and words[:1] == up[:1] and words[-2:] == up[-2:]:
+            continue  # the migrations, which a deploy runs itself
+        others.append(step)
+    if not others:
+        return ()
+    steps = "; ".join(f"`{s}`" for s in others)
+    return (
+        f"the Procfile's web line runs {steps} before its server: a deploy runs only the "
+        "migrations' up and [service] build; add to build what each release needs",
+    )
 
 
 def _procfile_web(bases: list[Path]) -> tuple[str, str | None] | None:
     """The app spec a Procfile's web line serves, and its worker class (an ASGI server's worker,
     gunicorn's -k), or None when the line names none (`web: bin/start`, a shell line)."""
-    text = next((_read(b / "Procfile") for b in bases if (b / "Procfile").is_file()), "")
-    for line in text.splitlines():
-        m = _PROCFILE_LINE.match(line.strip())
-        if not m or m[1].lower() != "web":
-            continue
-        try:  # a shell line's server is its last command (`flask db upgrade; gunicorn app:app`)
-            argv = shlex.split(_web_steps(m[2])[-1])
-        except (ValueError, IndexError):
-            return None
-        if argv[:1] == ["exec"]:
-            argv = argv[1:]
-        while argv and ("=" in argv[0] and not argv[0].startswith("-")):
-            argv = argv[1:]  # VAR=value before the command
-        if len(argv) > 2 and argv[0].startswith("python") and argv[1] == "-m":
-            argv = argv[2:]  # python -m gunicorn ...
-        if not argv:
-            return None
-        server = PurePosixPath(argv[0]).name
-        worker = ASGI_WORKER if server in _ASGI_SERVERS else None
-        spec, factory = None, "--factory" in argv
-        for before, word in zip(argv, argv[1:], strict=False):
-            if before in ("-k", "--worker-class"):
-                worker = word
-            elif word.startswith("--worker-class="):
-                worker = word.split("=", 1)[1]
-            elif _APP_SPEC.match(word) and before not in _HOST_PORT_OPTIONS:
-                spec = word
-        if spec is None or server not in {"gunicorn", "waitress-serve", *_ASGI_SERVERS}:
-            return None
-        return (f"{spec}()" if factory and not spec.endswith(")") else spec), worker
-    return None
+    line = _web_line(bases)
+    if line is None:
+        return None
+    try:  # a shell line's server is its last command (`flask db upgrade; gunicorn app:app`)
+        argv = shlex.split(_web_steps(line)[-1])
+    except (ValueError, IndexError):
+        return None
+    if argv[:1] == ["exec"]:
+        argv = argv[1:]
+    while argv and _ASSIGNMENT.match(argv[0]):
+        argv = argv[1:]  # VAR=value before the command
+    if len(argv) > 2 and argv[0].startswith("python") and argv[1] == "-m":
+        argv = argv[2:]  # python -m gunicorn ...
+    if not argv:
+        return None
+    server = PurePosixPath(argv[0]).name
+    worker = ASGI_WORKER if server in _ASGI_SERVERS else None
+    spec, factory = None, "--factory" in argv
+    for before, word in zip(argv, argv[1:], strict=False):
+        if before in ("-k", "--worker-class"):
+            worker = word
+        elif word.startswith("--worker-class="):
+            worker = word.split("=", 1)[1]
+        elif _APP_SPEC.match(word) and before not in _HOST_PORT_OPTIONS:
+            spec = word
+    if spec is None or server not in {"gunicorn", "waitress-serve", *_ASGI_SERVERS}:
+        return None
+    return (f"{spec}()" if factory and not spec.endswith(")") else spec), worker
 
 
 def _module_file(base: Path, spec: str) -> Path | None:
