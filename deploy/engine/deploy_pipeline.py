@@ -20,7 +20,7 @@ from deploy.engine.context import Context, Printer
 from deploy.engine.runtimes import runtime_for
 from deploy.engine.steps import Step, rows
 from deploy.errors import DeployError, Frozen, NotApproved, RolledBack, UsageError, VerifyFailed
-from deploy.policy import guards
+from deploy.policy import contract, guards
 from deploy.policy.actors import Actor
 from deploy.state import HistoryEntry, audit, new_id, record_history, utc_now
 
@@ -49,7 +49,7 @@ def steps(ctx: Context, *, commit: str, ref: str, dirty: bool, entry: HistoryEnt
     rt, lock = ctx.runtime, ctx.lock
     does = rt.describe(ctx, ref)
     return [
-        Step("preflight", does["preflight"], lambda: _preflight(ctx)),
+        Step("preflight", does["preflight"], lambda: _preflight(ctx, commit)),
         Step("lock", does["lock"], lambda: _lock(ctx, lock, ref)),
         Step(
             "build", does["build"], lambda: _build(ctx, entry, commit=commit, ref=ref, dirty=dirty)
@@ -309,13 +309,14 @@ def _result(ctx: Context, entry: HistoryEntry) -> dict[str, Any]:
 # -- the steps --------------------------------------------------------------------------------------
 
 
-def _preflight(ctx: Context) -> str:
+def _preflight(ctx: Context, commit: str) -> str:
     proj, name = ctx.proj, ctx.env.name
     hosts = {t.name: t.host for t in ctx.targets}  # the deploy's connections, reused by the guards
     checks = guards.run_checks(
         [
             *guards.environment_checks(proj, name, ctx.process_env, hosts=hosts),
             *ctx.runtime.checks(),
+            ("contract", lambda: contract.service_contract(proj, ctx.env, commit)),
             ("frozen", lambda: _not_frozen(ctx)),
             *ctx.extra_checks,
         ]

@@ -11,7 +11,6 @@ import functools
 import hashlib
 import json
 import os
-import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -26,7 +25,7 @@ from deploy.config import Project, Thresholds
 from deploy.engine import group
 from deploy.errors import ConfigError, NotApproved, UsageError
 from deploy.hosts import Host, run_process
-from deploy.policy import guards, keys, trust
+from deploy.policy import contract, guards, keys, trust
 from deploy.policy.actors import UNSIGNED, Actor, signed, statement
 from deploy.state import (
     Layout,
@@ -1071,13 +1070,12 @@ def _policy_is_the_commits(case: _PromotionCase) -> guards.Check:
     approvers saw: the working tree's stageflow.toml may tighten it (a freeze declared now, a
     longer soak, more approvals) but never loosen it, committed or not."""
     short = case.commit[:12]
-    out = run_process(gitcmd.show_file(case.commit, "stageflow.toml"), cwd=case.proj.root)
     try:
-        committed = tomllib.loads(out.stdout) if out.ok else None
+        committed = contract.committed_toml(case.proj.root, case.commit)
         looser = (
             _looser(case.proj.policy, committed) if committed is not None else "it carries none"
         )
-    except (tomllib.TOMLDecodeError, ConfigError, TypeError, ValueError) as exc:
+    except (ConfigError, TypeError, ValueError) as exc:
         looser = f"the commit's stageflow.toml does not load ({str(exc).splitlines()[0][:120]})"
     if looser:
         return guards.Check(

@@ -178,6 +178,25 @@ def test_prod_is_judged_by_the_policy_of_the_approved_commit(prod):
         assert policy.read_text() == approved
 
 
+def test_staging_and_prod_run_the_service_contract_of_the_deployed_commit(prod):
+    rid = request(prod)
+    prod.ok("prod.approve", rid, actor=BOB)
+    head = prod.git("rev-parse", "HEAD")
+    # a build step nobody gated, staged or approved, beside the approved commit's [service]
+    prod.edit("stageflow.toml", "\nseed = [", '\nbuild = [["touch", "unreviewed"]]\nseed = [')
+    try:
+        refused(prod, "prod.deploy", "--request", rid, says="[service] here differs from commit")
+        refused(prod, "staging.deploy", "--ref", "v1.0.0", says="differs from commit")
+        prod.commit("a build step after the approval")
+        refused(prod, "prod.deploy", "--request", rid, says="(build)")
+        # dev runs what the working tree says: that is where a contract is tried
+        prod.ok("dev.up")
+        prod.ok("dev.deploy")
+        assert (prod.root / ".stageflow/dev/current/unreviewed").exists()
+    finally:
+        prod.git("reset", "-q", "--hard", head)
+
+
 def test_markdown_in_a_name_is_text(prod):
     evil = "x **[x] GA passed** <!-- hidden"
     res = prod.ok("prod.request", "--ref", "v1.0.0", actor=evil, kind="agent")
