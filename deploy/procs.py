@@ -30,3 +30,14 @@ def start_time(stat: str | None) -> str | None:
         return (stat or "").rsplit(")", 1)[1].split()[19]
     except IndexError:
         return None
+
+
+def waiting(stat: str | None) -> int | None:
+    """The CPU time (user + system, clock ticks) of a process asleep waiting for something (state
+    S: a socket, a timer, a lock), from its /proc/<pid>/stat text; None for one that runs, is
+    runnable (if starved), in disk I/O, or unreadable."""
+    try:
+        fields = (stat or "").rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12]) if fields[0] == "S" else None
+    except (IndexError, ValueError):
+        return None

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path, PurePosixPath
@@ -833,8 +833,9 @@ def start(
     spawned = spawn_processes(host, env, service, layout, release)
     try:
         pid = _launch_master(
-            host, env, service, layout, release, workers=workers, timeout_s=timeout_s
-        )
+            host, env, service, layout, release, workers=workers, timeout_s=timeout_s,
+            between=lambda: spawned.look(host, layout, release.id),
+        )  # fmt: skip
     except BaseException:
         if spawned.started:
             stop_processes(host, layout, only=release.id)
@@ -857,8 +858,10 @@ def _launch_master(
     *,
     workers: int,
     timeout_s: float,
+    between: Callable[[], None] = lambda: None,
 ) -> int:
-    """gunicorn for release through the launcher, its workers awaited (see start)."""
+    """gunicorn for release through the launcher, its workers awaited (see start); between is
+    called while they boot."""
     rdir = layout.release(release.id)
     paths = Paths.of(layout)
     pidfile = master_pidfile(layout, release.id)
@@ -890,8 +893,9 @@ def _launch_master(
     try:
         host.run(argv, env={"PATH": "/usr/local/bin:/usr/bin:/bin"}, timeout=30)
         pid = _await_workers(
-            host, env, service, layout, release, workers=workers, timeout_s=timeout_s
-        )
+            host, env, service, layout, release, workers=workers, timeout_s=timeout_s,
+            between=between,
+        )  # fmt: skip
     finally:
         host.remove_tree(ready)
     return pid
@@ -956,6 +960,7 @@ def _await_workers(
     *,
     workers: int,
     timeout_s: float,
+    between: Callable[[], None] = lambda: None,
 ) -> int:
     pidfile = master_pidfile(layout, release.id)
     ready = ready_dir(layout, release.id)
@@ -979,6 +984,7 @@ def _await_workers(
         if seen and not _alive(host, seen):
             break  # the master halted: a worker could not load the service
         seen = pid
+        between()
         time.sleep(0.03)
     _halt(host, pidfile, _read_pid(host, pidfile) or seen)
     raised, said = _why_in_log(host, log)
@@ -1207,8 +1213,12 @@ def stop_on_host(host: Host, layout: Layout) -> list[str]:
 
 # -- the service's other processes ([service.processes]) -----------------------------------------
 
-# A process that is gone this soon after its start did not start: the release is refused.
-PROCESS_SETTLE_S = 1.0
+# A process of [service.processes] has started once it has run PROCESS_SETTLE_S and then slept for
+# PROCESS_QUIET_S without using CPU (its program is loaded and it waits for work), or once it has run
+# PROCESS_SETTLE_MAX_S however busy; one gone before that did not start: the release is refused.
+PROCESS_SETTLE_S = 0.5
+PROCESS_QUIET_S = 0.25
+PROCESS_SETTLE_MAX_S = 5.0
 # TERM lets a worker finish its job; one that is still there after this is killed.
 PROCESS_GRACE_S = 10.0
 PROCESS_RECORD = "processes.json"
@@ -1361,12 +1371,35 @@ def start_processes(
     return [p for p in processes_on_host(host, layout) if p.release == release.id]
 
 
-@dataclass(frozen=True)
+@dataclass
 class Spawned:
-    """Processes just started, and when they will have run long enough to count as started."""
+    """Processes just started, when (time.monotonic()) they were, and since when each has been
+    quiet: `look` watches them while the web master boots, settle_processes until they started."""
 
     started: dict[str, tuple[str, ...]]
-    settled_at: float  # time.monotonic()
+    at: float
+    # name -> (its processes' CPU ticks while all asleep, since when they stayed so)
+    quiet: dict[str, tuple[tuple[tuple[int, int], ...] | None, float]] = field(default_factory=dict)
+
+    def look(self, host: Host, layout: Layout, rid: str) -> None:
+        """Note which started processes sleep without using CPU, and since when."""
+        now = time.monotonic()
+        for name in self.started:
+            pid = _read_pid(host, process_pidfile(layout, name, rid))
+            asleep = _asleep(host, pid) if pid else None
+            if asleep is None or name not in self.quiet or self.quiet[name][0] != asleep:
+                self.quiet[name] = (asleep, now)  # running, or asleep since now
+
+    def settled(self) -> bool:
+        now = time.monotonic()
+        ran = now - self.at
+        if ran >= PROCESS_SETTLE_MAX_S:
+            return True
+        return ran >= PROCESS_SETTLE_S and all(
+            self.quiet.get(name, (None, now))[0] is not None
+            and now - self.quiet[name][1] >= PROCESS_QUIET_S
+            for name in self.started
+        )
 
 
 def spawn_processes(
@@ -1375,6 +1408,7 @@ def spawn_processes(
     """start_processes' first half: start what does not run yet, and return without waiting."""
     if not service.processes:
         return Spawned({}, 0.0)
+    began = time.monotonic()
     rid, rdir = release.id, layout.release(release.id)
     ensure_helpers(host, rdir)
     host.write_text(_record_path(layout, rid), json.dumps(dict(service.processes)))
@@ -1405,7 +1439,7 @@ def spawn_processes(
             _refuse_processes(host, env, layout, rid, name, res.tail(1))
         _record_start(host, pidfile, record)
         started[name] = argv
-    return Spawned(started, time.monotonic() + PROCESS_SETTLE_S)
+    return Spawned(started, began)
 
 
 def _record_start(host: Host, pidfile: str, record: str) -> None:
@@ -1420,7 +1454,12 @@ def _record_start(host: Host, pidfile: str, record: str) -> None:
 def settle_processes(
     host: Host, env: EnvConfig, layout: Layout, release: Release, spawned: Spawned
 ) -> None:
-    """start_processes' second half: until settled_at, each started process must keep running."""
+    """start_processes' second half: each started process must keep running until it has
+    started (PROCESS_SETTLE_S, then PROCESS_QUIET_S without using CPU; or PROCESS_SETTLE_MAX_S).
+    Quiet is the process and every process under it asleep (waiting on a socket, a timer, a
+    child) with no CPU used: a wrapper waiting for its busy child is busy, so is a runnable
+    process the machine's load keeps off the CPU, and one whose /proc cannot be read gets the
+    maximum."""
     rid = release.id
     while spawned.started:
         for name, argv in spawned.started.items():
@@ -1429,9 +1468,28 @@ def settle_processes(
                 log = process_log(layout, name)
                 tail = (host.read_text(log, last_bytes=LOG_TAIL_BYTES) or "").strip().splitlines()
                 _refuse_processes(host, env, layout, rid, name, process_failure(tail))
-        if time.monotonic() >= spawned.settled_at:
+        spawned.look(host, layout, rid)
+        if spawned.settled():
             break
         time.sleep(0.05)
+
+
+_TREE_LIMIT = 256  # processes under one started process that settling looks at
+
+
+def _asleep(host: Host, pid: int) -> tuple[tuple[int, int], ...] | None:
+    """(pid, CPU ticks) of pid and every process under it when all are asleep; None when one
+    runs or cannot be read (/proc/<pid>/task/<pid>/children names a thread's children)."""
+    found, todo = [], [pid]
+    while todo and len(found) < _TREE_LIMIT:
+        p = todo.pop()
+        ticks = procs.waiting(_proc_text(host, p, "stat"))
+        children = _proc_text(host, p, f"task/{p}/children")
+        if ticks is None or children is None:
+            return None
+        found.append((p, ticks))
+        todo += [int(c) for c in children.split() if c.isdigit()]
+    return tuple(sorted(found)) if not todo else None
 
 
 # a line of a traceback that only points at a span of the line above (Python 3.11's ^^^^ and ~~~)

@@ -9,7 +9,7 @@ resources, logging) without what makes it the web service (published ports, heal
 the process's argv as its command. The file holds `${...}` references only, never a value.
 
 A switch to a release starts its processes beside the running ones once its app container serves;
-each must still run PROCESS_SETTLE_S after its start (one that exited, or that the engine
+each must still run CONTAINER_SETTLE_S after its start (one that exited, or that the engine
 restarted, refuses the release with the last lines it printed, and the containers started for it
 go); then the other releases' process containers stop (TERM, KILL after PROCESS_GRACE_S) and go.
 """
@@ -25,9 +25,12 @@ from deploy.commands.compose import ComposeCommands
 from deploy.config import EnvConfig
 from deploy.errors import ConfigError, ServiceError
 from deploy.hosts import CommandResult, Host
-from deploy.releases import PROCESS_GRACE_S, PROCESS_SETTLE_S
+from deploy.releases import PROCESS_GRACE_S
 from deploy.runtime.compose_image import image_tag
 from deploy.service import Service
+
+# a container's CPU time is not read here: each new one must simply keep running this long
+CONTAINER_SETTLE_S = 1.0
 
 PREFIX = "proc-"  # a process's compose service: proc-<name>
 # what makes the app service the web one: a process publishes nothing and has no HTTP health
@@ -123,7 +126,7 @@ class ComposeProcesses:
     def start(self, release: str, *, commit: str | None = None) -> None:
         """Start each declared process release does not run yet, beside what runs; a stopped
         container (of any release) goes first, as compose would start it again instead. Returns
-        once each started one has run PROCESS_SETTLE_S; one that did not refuses the release,
+        once each started one has run CONTAINER_SETTLE_S; one that did not refuses the release,
         and only the containers started here go."""
         if not self.declared:
             return
@@ -152,8 +155,8 @@ class ComposeProcesses:
             raise
 
     def _settle(self, new: Sequence[Mapping[str, Any]], release: str) -> None:
-        """Each new container runs, unrestarted, until PROCESS_SETTLE_S after its start."""
-        deadline = time.monotonic() + PROCESS_SETTLE_S
+        """Each new container runs, unrestarted, until CONTAINER_SETTLE_S after its start."""
+        deadline = time.monotonic() + CONTAINER_SETTLE_S
         ids = [str(r.get("ID")) for r in new]
         while True:
             res = self.project.host.run(cmd.container_states(ids), check=False, timeout=60)

@@ -393,7 +393,10 @@ def _processes_line(proj: Project) -> str:
     names = [name for name, _ in proj.service.processes]
     if not names:
         return ""
-    return f"; then {', '.join(names)} from the release's venv, each up for {releases.PROCESS_SETTLE_S:g}s"
+    return (
+        f"; then {', '.join(names)} from the release's venv, each up until it waits for work "
+        f"({releases.PROCESS_SETTLE_S:g}s at least, {releases.PROCESS_SETTLE_MAX_S:g}s at most)"
+    )
 
 
 def migrate_does(proj: Project, database: str) -> str:

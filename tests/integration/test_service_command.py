@@ -252,3 +252,37 @@ def test_a_process_that_cannot_start_refuses_the_release_in_one_line(remote: Rem
         assert "process job of release r1 did not start" in line and said in line
         assert PASSWORD not in line and quote(PASSWORD, safe="") not in line
         assert not releases.processes_on_host(r.host, r.layout)
+
+
+# a worker that loads for longer than a second (busy on the CPU), then fails
+LOADS_THEN_FAILS = """\
+import sys, time
+end = time.monotonic() + 1.3
+while time.monotonic() < end:
+    pass
+sys.exit("worker: failed while loading its tasks")
+"""
+
+
+def test_a_process_is_watched_until_it_waits_for_work_not_for_a_fixed_second(
+    remote: Remote,
+) -> None:
+    """A process counts as started once it (and all it started) sleeps without using CPU: one
+    still loading past the first second and then failing refuses the release, run directly or
+    by a shell waiting for it; one that waits for work at once is kept."""
+    r = remote
+    r.host.makedirs(r.layout.run, r.layout.logs)
+    svc = r.release_dir / "svc"
+    (svc / "loads.py").write_text(LOADS_THEN_FAILS)
+    (svc / "tick.py").write_text(TICK)
+    rel = releases.Release("r1", "c0ffee", "main")
+    for argv in (("python", "loads.py"), ("sh", "-c", "python loads.py; exit 3")):
+        service = replace(r.proj.service, processes=(("job", argv),))
+        with pytest.raises(ServiceError) as err:
+            releases.start_processes(r.host, r.env, service, r.layout, rel)
+        assert "process job of release r1 did not start" in err.value.line(), err.value.line()
+        assert not releases.processes_on_host(r.host, r.layout)
+    service = replace(r.proj.service, processes=(("ticker", ("python", "tick.py")),))
+    states = releases.start_processes(r.host, r.env, service, r.layout, rel)
+    assert [(s.name, s.up) for s in states] == [("ticker", True)]
+    releases.stop_processes(r.host, r.layout, grace_s=5)
