@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 from deploy import notify
 from deploy.clock import Clock, as_utc, from_epoch, stamp, system_clock
 from deploy.commands import git as gitcmd
-from deploy.config import Project, Thresholds
+from deploy.config import PostureRule, Project, Thresholds, load_posture
 from deploy.engine import group
 from deploy.errors import ConfigError, NotApproved, UsageError
 from deploy.hosts import Host, run_process
@@ -1045,7 +1045,7 @@ def _looser(here: Mapping[str, Any], there: Mapping[str, Any]) -> str:
     return _looser_prod(
         ((here.get("environments") or {}).get(PROD) or {}),
         ((there.get("environments") or {}).get(PROD) or {}),
-    )
+    ) or _looser_posture(here, there)
 
 
 # prod's backup before migrating, weakest first
@@ -1085,6 +1085,28 @@ def _policy_is_the_commits(case: _PromotionCase) -> guards.Check:
             "change through the gate and a new request)",
         )  # fmt: skip
     return guards.Check("policy", True, f"no looser than commit {short}'s stageflow.toml")
+
+
+def _looser_posture(here: Mapping[str, Any], there: Mapping[str, Any]) -> str:
+    """A rule prod's [posture] had in the commit that the working tree drops or widens: a value
+    it no longer insists on, or bounds it no longer keeps."""
+    where = Path("stageflow.toml")
+    mine = {r.key: r for r in load_posture(where, dict(here)).rules_for(PROD)}
+    for rule in load_posture(where, dict(there)).rules_for(PROD):
+        now = mine.get(rule.key)
+        if now is None or not _as_strict(now, rule):
+            said = now.describe() if now else f"no rule for {rule.key}"
+            return f"[posture] for prod: {said}, where the commit says {rule.describe()}"
+    return ""
+
+
+def _as_strict(now: PostureRule, then: PostureRule) -> bool:
+    if then.one_of:
+        return bool(now.one_of) and set(now.one_of) <= set(then.one_of)
+    if now.one_of:  # exact values, each a whole number in then's bounds
+        return all(then.problem(v) is None for v in now.one_of)
+    low = then.min is None or (now.min is not None and now.min >= then.min)
+    return low and (then.max is None or (now.max is not None and now.max <= then.max))
 
 
 # The rules of promotion, in the order the guard table shows them.

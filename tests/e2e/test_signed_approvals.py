@@ -197,6 +197,27 @@ def test_staging_and_prod_run_the_service_contract_of_the_deployed_commit(prod):
         prod.git("reset", "-q", "--hard", head)
 
 
+def test_prods_posture_is_the_approved_commits_or_stricter(prod):
+    rid = request(prod)
+    prod.ok("prod.approve", rid, actor=BOB)
+    head = prod.git("rev-parse", "HEAD")
+    # debug on in prod, after dropping the rule that forbids it
+    prod.edit("stageflow.toml", 'DEBUG = "false"\n', "")
+    prod.edit("env/prod.env", "DEBUG=false", "DEBUG=true")
+    try:
+        refused(
+            prod,
+            "prod.deploy",
+            "--request",
+            rid,
+            says="no rule for DEBUG, where the commit says DEBUG must be false",
+        )
+        prod.commit("debug in prod after the approval")
+        refused(prod, "prod.deploy", "--request", rid, says="looser than commit")
+    finally:
+        prod.git("reset", "-q", "--hard", head)
+
+
 def test_markdown_in_a_name_is_text(prod):
     evil = "x **[x] GA passed** <!-- hidden"
     res = prod.ok("prod.request", "--ref", "v1.0.0", actor=evil, kind="agent")

@@ -73,3 +73,36 @@ def test_each_loosening_is_named() -> None:
     listed = edited("promotion.approvers", ["bob@example.org"])
     assert "approvers" in _looser(edited("promotion.approvers", []), listed)
     assert "approvers" in _looser(edited("promotion.approvers", ["eve@example.org"]), listed)
+
+
+POSTURE = {
+    "posture": {
+        "DEBUG": "false",
+        "WORKERS": {"min": 2, "max": 8},
+        "prod": {"LOG_LEVEL": ["info", "warning"]},
+    }
+}
+
+
+def test_prods_posture_may_tighten_but_not_loosen() -> None:
+    def posture(common: dict, prod: dict) -> dict:
+        return {"posture": {**common, "prod": prod}}
+
+    rules = POSTURE["posture"]
+    common = {k: v for k, v in rules.items() if k != "prod"}
+    for here in (
+        POSTURE,
+        posture({**common, "WORKERS": {"min": 4, "max": 8}}, rules["prod"]),
+        posture({**common, "WORKERS": "4"}, rules["prod"]),
+        posture(common, {"LOG_LEVEL": "warning", "SENTRY": "on"}),
+        posture({}, {**rules["prod"], **common}),  # prod's own table says the same
+    ):
+        assert _looser(here, POSTURE) == "", here
+    for here, says in (
+        (posture({"WORKERS": {"min": 2, "max": 8}}, rules["prod"]), "no rule for DEBUG"),
+        (posture(common, {"LOG_LEVEL": ["info", "debug"]}), "LOG_LEVEL must be one of info, debug"),
+        (posture({**common, "WORKERS": {"min": 1}}, rules["prod"]), "WORKERS must be a whole"),
+        (posture({**common, "WORKERS": "9"}, rules["prod"]), "WORKERS must be 9"),
+        (posture(common, {**rules["prod"], "DEBUG": "true"}), "DEBUG must be true"),
+    ):
+        assert says in _looser(here, POSTURE), (here, says)
