@@ -43,6 +43,10 @@ _FLASK_FACTORY = re.compile(r"^def (create_app)\(([^)]*)\)", re.M)
 _FACTORY_CALL = re.compile(
     r"^(\w+)\s*(?::[^=\n]+)?=\s*(?:\w+\.)?(?:create_app|make_app|build_app|get_app)\(", re.M
 )
+# a top-level function of the project whose body makes the app object: `def get_application():
+# ... application = FastAPI(**kwargs) ... return application`, whatever the team named it
+_APP_MAKER = re.compile(r"^def (\w+)\(.*?(?=^[A-Za-z_@]|\Z)", re.M | re.S)
+_MAKES_APP = re.compile(r"\b(?:fastapi\.|starlette\.\w+\.|flask\.)?(?:FastAPI|Starlette|Flask)\(")
 _FLASK_IMPORT = re.compile(r"^\s*(?:from flask import|import flask\b)", re.M)
 _ASGI_APP = re.compile(
     r"^(\w+)\s*(?::[^=\n]+)?=\s*(?:fastapi\.|starlette\.\w+\.)?(FastAPI|Starlette)\(", re.M
@@ -452,6 +456,22 @@ def _needs_arguments(params: str) -> bool:
     return False
 
 
+def _app_makers(texts: list[str]) -> set[str]:
+    """The names of the top-level functions of the project that make a Flask, FastAPI or
+    Starlette app object (the project's own factory, whatever its name)."""
+    return {m[1] for text in texts for m in _APP_MAKER.finditer(text) if _MAKES_APP.search(m[0])}
+
+
+def _instance_call(text: str, makers: set[str]) -> re.Match[str] | None:
+    """A module-level `app = <factory>(...)`: one of the usual factory names, or a function of
+    the project that makes the app object."""
+    call = _FACTORY_CALL.search(text)
+    if call or not makers:
+        return call
+    names = "|".join(sorted(map(re.escape, makers)))
+    return re.search(rf"^(\w+)\s*(?::[^=\n]+)?=\s*(?:\w+\.)?(?:{names})\(", text, re.M)
+
+
 def _find_app(base: Path) -> tuple[str, str, str, Path] | None:
     """(framework, app spec, worker class, module file) of the best candidate under base. A
     factory that needs arguments (`def create_app(config_name)`) is a candidate only when no
@@ -460,9 +480,9 @@ def _find_app(base: Path) -> tuple[str, str, str, Path] | None:
     instances: list[tuple[tuple[int, int, str], str, Path]] = []
     factories: list[tuple[tuple[int, int, str], str, Path, bool]] = []
     asgi = ""
-    for path in python_files(base):
-        text = _read(path)
-        module = module_name(base, path)
+    files = [(path, module_name(base, path), _read(path)) for path in python_files(base)]
+    makers = _app_makers([text for _, _, text in files])
+    for path, module, text in files:
         if module is None:
             continue
         m = _ASGI_APP.search(text)
@@ -470,7 +490,7 @@ def _find_app(base: Path) -> tuple[str, str, str, Path] | None:
             found.append((_rank(base, path), (m[2], f"{module}:{m[1]}", ASGI_WORKER, path)))
             continue
         asgi = asgi or next((k for k in ("FastAPI", "Starlette") if f"{k}(" in text), "")
-        call = _FACTORY_CALL.search(text)
+        call = _instance_call(text, makers)
         if call:
             instances.append((_rank(base, path), f"{module}:{call[1]}", path))
         if not _FLASK_IMPORT.search(text):

@@ -237,6 +237,26 @@ def test_fastapi_runs_under_uvicorns_worker(tmp_path: Path) -> None:
     assert (d.framework, d.wsgi, d.worker_class) == ("FastAPI", "main:api", ASGI_WORKER)
 
 
+def test_an_asgi_app_made_by_a_factory_of_the_projects_own_name(tmp_path: Path) -> None:
+    main = (
+        "from fastapi import FastAPI\n\nfrom svc.settings import get_settings\n\n\n"
+        "def build_application(\n    debug: bool = False,\n) -> FastAPI:\n"
+        "    settings = get_settings()\n\n    application = FastAPI(**settings.kwargs)\n"
+        "    return application\n\n\nwebapp = build_application()\n"
+    )
+    write(tmp_path, {"svc/__init__.py": "", "svc/main.py": main, "svc/settings.py": ""})
+    d = detect(tmp_path)
+    assert (d.framework, d.wsgi, d.worker_class) == ("FastAPI", "svc.main:webapp", ASGI_WORKER)
+
+
+def test_a_factory_imported_from_another_module_makes_the_instance(tmp_path: Path) -> None:
+    factory = "import flask\n\n\ndef new_app():\n    return flask.Flask(__name__)\n"
+    entry = "from svc.factory import new_app\n\napplication = new_app()\n"
+    write(tmp_path, {"svc/__init__.py": "", "svc/factory.py": factory, "wsgi.py": entry})
+    d = detect(tmp_path)
+    assert (d.framework, d.wsgi, d.worker_class) == ("Flask", "wsgi:application", "sync")
+
+
 FASTAPI_MAIN = """from fastapi import FastAPI
 
 from app.routers import items
