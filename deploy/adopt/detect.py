@@ -899,13 +899,18 @@ def _settings_read(base: Path) -> Settings:
 
 
 def _project_name(base: Path) -> str | None:
-    """[project] name of pyproject.toml: the name the team gave its service."""
+    """[project] name of pyproject.toml, or poetry's [tool.poetry] name: the name the team gave
+    its service."""
     try:
         data = tomllib.loads((base / "pyproject.toml").read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
         return None
-    name = data.get("project", {}).get("name") if isinstance(data.get("project"), dict) else None
-    return name if isinstance(name, str) and name.strip() else None
+    tool = data.get("tool")
+    for table in (data.get("project"), tool.get("poetry") if isinstance(tool, dict) else None):
+        name = table.get("name") if isinstance(table, dict) else None
+        if isinstance(name, str) and name.strip():
+            return name
+    return None
 
 
 # what a deploy installs from, in this order: a requirements file at the top, a pyproject.toml

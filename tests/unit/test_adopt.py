@@ -368,6 +368,13 @@ def test_service_name_from_the_folder(tmp_path: Path) -> None:
     assert service_name(tmp_path / "___") == "service"
 
 
+def test_a_poetry_project_s_name_names_the_service(tmp_path: Path) -> None:
+    pyproject = '[tool.poetry]\nname = "Billing API"\nversion = "0.1.0"\n'
+    write(tmp_path, {"main.py": "from fastapi import FastAPI\n\napp = FastAPI()\n"})
+    write(tmp_path, {"pyproject.toml": pyproject})
+    assert detect(tmp_path).name == "billing-api"
+
+
 def test_the_written_stageflow_toml_holds_a_valid_service(tmp_path: Path) -> None:
     write(tmp_path, {"site/manage.py": MANAGE, "site/mysite/wsgi.py": ""})
     text = render.stageflow_toml(detect(tmp_path))
