@@ -728,8 +728,10 @@ def _migrations(base: Path, framework: str, wsgi: str) -> tuple[Migrations, str]
 Settings = tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[str, str], ...]]
 
 
-# pydantic-settings: a class of BaseSettings reads each of its fields from the environment
-_SETTINGS_CLASS = re.compile(r"^class\s+\w+\s*\(([^)]*\bBaseSettings\b[^)]*)\)\s*:", re.M)
+# pydantic-settings: a class of BaseSettings reads each of its fields from the environment, and
+# so does a class of the project's own class of it (`class AppSettings(BaseAppSettings)`)
+_CLASS_BASES = re.compile(r"^class\s+(\w+)\s*\(([^)]*)\)\s*:", re.M)
+_BASE_SETTINGS = frozenset({"BaseSettings"})
 _FIELD = re.compile(r"^(\s+)([A-Za-z]\w*)\s*:\s*([^=\n]+?)\s*(?:=(.*))?$")
 _ENV_PREFIX = re.compile(r"""\benv_prefix\s*[=:]\s*['"](\w*)['"]""")
 _ALIAS = re.compile(r"""\b(?:validation_)?alias\s*=\s*['"](\w+)['"]""")
@@ -752,22 +754,41 @@ def _class_body(lines: list[str], start: int) -> Iterator[tuple[str, str]]:
         yield lead, line
 
 
-def settings_fields(text: str) -> set[str]:
+def settings_classes(texts: list[str]) -> frozenset[str]:
+    """BaseSettings and the top-level classes of the project that derive from it, through any
+    number of the project's own classes between them."""
+    edges = [(m[1], set(re.findall(r"\w+", m[2]))) for t in texts for m in _CLASS_BASES.finditer(t)]
+    names = set(_BASE_SETTINGS)
+    while more := {cls for cls, bases in edges if bases & names} - names:
+        names |= more
+    return frozenset(names)
+
+
+def is_settings_module(text: str, classes: frozenset[str] = _BASE_SETTINGS) -> bool:
+    """The module declares a settings class."""
+    return any(set(re.findall(r"\w+", m[2])) & classes for m in _CLASS_BASES.finditer(text))
+
+
+def settings_fields(text: str, classes: frozenset[str] = _BASE_SETTINGS) -> set[str]:
     """The environment variables the pydantic-settings classes of a module read: each field of
     a class of BaseSettings, upper-cased (the library matches names case-insensitively), behind
     the class's env_prefix, or its alias."""
-    return {name for name, _ in _settings_fields(text)}
+    return {name for name, _ in _settings_fields(text, classes)}
 
 
-def required_settings(text: str) -> set[str]:
+def required_settings(text: str, classes: frozenset[str] = _BASE_SETTINGS) -> set[str]:
     """Those of them without a default: the class refuses to load without each."""
-    return {name for name, required in _settings_fields(text) if required}
+    return {name for name, required in _settings_fields(text, classes) if required}
 
 
-def _settings_fields(text: str) -> set[tuple[str, bool]]:
+def _settings_fields(text: str, classes: frozenset[str]) -> set[tuple[str, bool]]:
     names: set[tuple[str, bool]] = set()
     lines = text.splitlines()
-    starts = {text.count("\n", 0, m.start()) for m in _SETTINGS_CLASS.finditer(text)}
+    starts = {
+        text.count("\n", 0, m.start())
+        for m in _CLASS_BASES.finditer(text)
+        if set(re.findall(r"\w+", m[2])) & classes
+    }
     for start in sorted(starts):
         body = list(_class_body(lines, start))
         if not body:
@@ -825,9 +846,10 @@ def _own_environment(base: Path) -> tuple[tuple[tuple[str, str], ...], tuple[str
     takes a closed set of values, which stageflow's (development, staging, production, and the
     migrations gate's rehearsal) are not all in. Empty when it takes any value."""
     choices: tuple[str, ...] = ()
-    for path in python_files(base):
-        text = _read(path)
-        if "BaseSettings" in text and "Literal" in text:
+    texts = [_read(path) for path in python_files(base)]
+    classes = settings_classes(texts)
+    for text in texts:
+        if "Literal" in text and is_settings_module(text, classes):
             choices = choices or environment_choices(text)
     if not choices:
         return (), ()
@@ -882,11 +904,11 @@ def _settings_read(base: Path) -> Settings:
     stageflow does not feed itself; a name that says secret (SECRET_KEY, API_TOKEN) is a secret,
     a usual other name of a fed one (DB_HOST, SQLALCHEMY_DATABASE_URI) is mapped to it."""
     names: set[str] = set()
-    for path in python_files(base):
-        text = _read(path)
+    texts = [_read(path) for path in python_files(base)]
+    classes = settings_classes(texts)
+    for text in texts:
         names.update(_ENV_READ.findall(text))
-        if "BaseSettings" in text:
-            names.update(settings_fields(text))
+        names.update(settings_fields(text, classes))
     names -= {*FED_NAMES, *_PROCESS_NAMES, "DJANGO_SETTINGS_MODULE"}
     names = {n for n in names if not n.startswith(_NOT_THE_SERVICE_S)}
     # a stageflow key the service reads as its own (POSTGRES_PORT) holds the value on the host,
@@ -1102,8 +1124,9 @@ def _settings(
     """(keys, secrets, fed aliases, values per environment, notes) of the service's settings."""
     keys, secrets, aliases = _settings_read(base)
     notes: tuple[str, ...] = ()
-    texts = [t for p in python_files(base) if "BaseSettings" in (t := _read(p))]
-    required = sorted({n for t in texts for n in required_settings(t)} & set(keys))
+    texts = [_read(p) for p in python_files(base)]
+    classes = settings_classes(texts)
+    required = sorted({n for t in texts for n in required_settings(t, classes)} & set(keys))
     if required:
         notes += (
             f"settings the code requires, with no default: {', '.join(required)}; set each in "

@@ -375,6 +375,23 @@ def test_a_poetry_project_s_name_names_the_service(tmp_path: Path) -> None:
     assert detect(tmp_path).name == "billing-api"
 
 
+def test_settings_of_a_subclass_of_the_project_s_own_settings_class(tmp_path: Path) -> None:
+    base = "from pydantic import BaseSettings\n\n\nclass CoreSettings(BaseSettings):\n    stage: str = 'x'\n"
+    app = (
+        "from svc.base import CoreSettings\n\n\nclass AppSettings(CoreSettings):\n"
+        "    debug: bool = False\n    database_url: str\n    secret_key: str\n"
+        "    allowed_hosts: list[str] = ['*']\n\n    class Config:\n        env_file = '.env'\n"
+    )
+    leaf = "from svc.app import AppSettings\n\n\nclass ProdSettings(AppSettings):\n    workers: int = 2\n"
+    main = "from fastapi import FastAPI\n\napp = FastAPI()\n"
+    files = {"svc/__init__.py": "", "svc/base.py": base, "svc/app.py": app, "svc/prod.py": leaf}
+    write(tmp_path, {**files, "svc/main.py": main})
+    d = detect(tmp_path)
+    assert d.env_keys == ("ALLOWED_HOSTS", "DEBUG", "STAGE", "WORKERS")
+    assert d.secret_keys == ("SECRET_KEY",)  # DATABASE_URL is fed
+    assert any("SECRET_KEY" in note for note in d.notes)
+
+
 def test_the_written_stageflow_toml_holds_a_valid_service(tmp_path: Path) -> None:
     write(tmp_path, {"site/manage.py": MANAGE, "site/mysite/wsgi.py": ""})
     text = render.stageflow_toml(detect(tmp_path))
