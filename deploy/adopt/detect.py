@@ -1199,5 +1199,5 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
         processes=processes,
         env_values=env_values,
         debug_keys=tuple(k for k in keys if _DEBUG_KEY.match(k)),
-        hosts_keys=tuple(k for k in keys if _HOSTS_KEY.match(k)),
+        hosts_keys=tuple(k for k in keys if _HOSTS_KEY.match(k) and framework == "Django"),
     )

@@ -1171,6 +1171,21 @@ def test_staging_and_prod_allow_the_hosts_stageflow_s_probes_ask_as(tmp_path: Pa
     assert "DJANGO_ALLOWED_HOSTS" not in files["env/dev.env"]
 
 
+def test_an_asgi_app_s_allowed_hosts_keeps_its_own_default(tmp_path: Path) -> None:
+    # outside Django the name means what the app makes of it (CORS origins, say), and a list
+    # field of pydantic-settings would refuse a comma-separated value
+    settings = (
+        "from typing import List\n\nfrom pydantic import BaseSettings\n\n\n"
+        "class Settings(BaseSettings):\n    allowed_hosts: List[str] = ['*']\n"
+    )
+    main = "from fastapi import FastAPI\n\napp = FastAPI()\n"
+    write(tmp_path, {"svc/__init__.py": "", "svc/main.py": main, "svc/settings.py": settings})
+    d = detect(tmp_path)
+    assert "ALLOWED_HOSTS" in d.env_keys
+    files = render.files(d, choose_ports(d.name))
+    assert all("ALLOWED_HOSTS" not in files[f"env/{env}.env"] for env in ("staging", "prod"))
+
+
 def test_what_a_ci_runner_sets_is_no_setting_of_the_service(tmp_path: Path) -> None:
     settings = (
         "import os\n"
