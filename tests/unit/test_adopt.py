@@ -807,11 +807,19 @@ def test_a_setting_about_a_secret_is_no_secret(tmp_path: Path) -> None:
             "web.py": FLASK_APP
             + 'import os\nTTL = int(os.environ.get("ACCESS_TOKEN_EXPIRE_MINUTES", "60"))\n'
             + 'MIN = int(os.getenv("PASSWORD_MIN_LENGTH", "12"))\n'
-            + 'TOKEN = os.environ["API_TOKEN"]\n',
+            + 'TOKEN = os.environ["API_TOKEN"]\n'
+            # the word before a token in the Authorization header, and the token's kind
+            + 'PREFIX = os.getenv("JWT_TOKEN_PREFIX", "Token")\n'
+            + 'KIND = os.getenv("AUTH_TOKEN_TYPE", "bearer")\n',
         },
     )
     d = detect(tmp_path)
-    assert d.env_keys == ("ACCESS_TOKEN_EXPIRE_MINUTES", "PASSWORD_MIN_LENGTH")
+    assert d.env_keys == (
+        "ACCESS_TOKEN_EXPIRE_MINUTES",
+        "AUTH_TOKEN_TYPE",
+        "JWT_TOKEN_PREFIX",
+        "PASSWORD_MIN_LENGTH",
+    )
     assert d.secret_keys == ("API_TOKEN",)
 
 
