@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
-from deploy import migrations, procs, requirements
+from deploy import migrations, poetry, procs, requirements
 from deploy.commands import files as filecmd
 from deploy.commands import git as gitcmd
 from deploy.commands import release as cmd
@@ -134,6 +134,8 @@ class VenvSpec:
     cwd: str  # where pip runs: relative paths in a requirements file resolve from here
     gunicorn: str
     interpreter: str = ""  # the Python the venv is made from, when not the engine's own
+    # files written into the venv before pip runs (name, text): `{venv}` in install names it
+    generated: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> str:
@@ -190,7 +192,30 @@ def venv_spec(
             files.append((name, lock))
             if name == "requirements.lock":  # the one lock pip reads: the pins hold
                 install = ["-r", f"{folder}/{name}", folder]
+            if name == "poetry.lock" and poetry.is_poetry(text):
+                return _poetry_spec(host, folder, tuple(files), text, lock, (gunicorn, python))
     return VenvSpec(tuple(files), "package", tuple(install), folder, gunicorn, python)
+
+
+def _poetry_spec(
+    host: Host,
+    folder: str,
+    files: tuple[tuple[str, str], ...],
+    pyproject: str,
+    lock: str,
+    engine: tuple[str, str],
+) -> VenvSpec:
+    """A poetry project: its main dependencies at the versions poetry.lock pins, and the project
+    itself only when poetry could build it (an application seldom is a package)."""
+    generated = (
+        ("poetry-requirements.txt", poetry.requirements(pyproject)),
+        ("poetry-constraints.txt", poetry.constraints(lock)),
+    )
+    install = ["-r", "{venv}/poetry-requirements.txt", "-c", "{venv}/poetry-constraints.txt"]
+    if poetry.builds_a_package(pyproject, lambda path: host.exists(f"{folder}/{path}")):
+        install.append(folder)
+    gunicorn, python = engine
+    return VenvSpec(files, "poetry", tuple(install), folder, gunicorn, python, generated)
 
 
 def _local_objects(
@@ -476,9 +501,10 @@ def ensure_venv(host: Host, layout: Layout, spec: VenvSpec) -> str:
         host.makedirs(venv_cache(host))
         python = spec.interpreter or (sys.executable if host.is_local else "python3")
         host.run(cmd.venv_create(python, building), timeout=120)
-        res = host.run(
-            cmd.pip_install(building, spec.install), timeout=600, cwd=spec.cwd, check=False
-        )
+        for name, text in spec.generated:
+            host.write_text(f"{building}/{name}", text)
+        install = [arg.replace("{venv}", building) for arg in spec.install]
+        res = host.run(cmd.pip_install(building, install), timeout=600, cwd=spec.cwd, check=False)
         if not res.ok:
             host.remove_tree(building)  # no half-built venv stays in the cache
             raise HostError(
