@@ -143,7 +143,11 @@ def _judged(ctx: GateContext, argv: list[str], done: Any, extra: dict[str, Any])
             "or set [gates.test] command to the project's test command",
             details,
         )
-    reason = "no tests ran" if done.exit_code == 5 and "pytest" in " ".join(argv) else tail
+    from deploy.releases import raised_in
+
+    # a run that crashed before any test (a plugin, a conftest): the exception, not its trailer
+    reason = raised_in(done.lines()) or tail
+    reason = "no tests ran" if done.exit_code == 5 and "pytest" in " ".join(argv) else reason
     return Outcome("failed", f"test command exited {done.exit_code}: {reason}", details)
 
 

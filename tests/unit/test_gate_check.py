@@ -68,6 +68,28 @@ def test_the_test_gate_finds_the_exception_pytest_printed() -> None:
     assert _last_raised(["E       assert 1 == 2", "FAILED t.py::x"]) == ""
 
 
+def test_a_test_run_that_crashed_before_any_test_names_what_it_raised(tmp_path) -> None:
+    # a plugin that cannot load under the runner (a warning turned error by the project's own
+    # filterwarnings): the exception, not the last line of its message, is the news
+    import sys
+    from types import SimpleNamespace
+
+    from deploy.gates import run_command
+    from deploy.gates.tests import _judged
+
+    script = (
+        "import warnings\nwarnings.simplefilter('error')\n"
+        "warnings.warn(DeprecationWarning('The hook uses old-style options\\n at plugin.py:256'))\n"
+    )
+    argv = [sys.executable, "-c", script]
+    done = run_command(argv, cwd=tmp_path, timeout_s=30)
+    outcome = _judged(SimpleNamespace(python=sys.executable), argv, done, {})
+    assert outcome.status == "failed"
+    assert outcome.summary == (
+        "test command exited 1: DeprecationWarning: The hook uses old-style options"
+    )
+
+
 def test_a_cached_verdict_belongs_to_the_engine_that_gave_it() -> None:
     from deploy.gates.cache import cache_key, engine_fingerprint
 
