@@ -31,6 +31,8 @@ _SUMMARY = re.compile(r"^(FAILED|ERROR) ([^\s(]\S*)(?: - (.*))?$")
 # unittest's: "FAIL: test_y (tests.UserCase.test_y)" (before 3.11 the parentheses end at the class)
 _UNITTEST_CASE = re.compile(r"^(FAIL|ERROR): (\w+) \(([\w.]+)\)")
 _RAISED = re.compile(r"^E\s+((?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception)\b.*)$")
+# a line saying the run failed though no test did: a plugin's verdict (coverage under its floor)
+_FAILED_LINE = re.compile(r"\b(?:fail(?:ed|s|ure)?|error)\b", re.I)
 _NO_PYTEST = re.compile(r"No module named '?pytest'?")
 DEFAULT = ("python", "-m", "pytest", "-q")
 
@@ -143,12 +145,24 @@ def _judged(ctx: GateContext, argv: list[str], done: Any, extra: dict[str, Any])
             "or set [gates.test] command to the project's test command",
             details,
         )
+    reason = "no tests ran" if done.exit_code == 5 and "pytest" in " ".join(argv) else ""
+    return Outcome(
+        "failed", f"test command exited {done.exit_code}: {reason or _why(done.lines())}", details
+    )
+
+
+def _why(lines: list[str]) -> str:
+    """Why a run whose tests all passed, or that ran none, still failed: the exception it raised
+    before any test (a plugin, a conftest), else the last line before pytest's own summary that
+    says it failed (pytest-cov's `FAIL Required test coverage of 100% not reached`), else the
+    last line."""
     from deploy.releases import raised_in
 
-    # a run that crashed before any test (a plugin, a conftest): the exception, not its trailer
-    reason = raised_in(done.lines()) or tail
-    reason = "no tests ran" if done.exit_code == 5 and "pytest" in " ".join(argv) else reason
-    return Outcome("failed", f"test command exited {done.exit_code}: {reason}", details)
+    raised = raised_in(lines)
+    if raised:
+        return raised
+    said = next((ln.strip() for ln in reversed(lines[:-1]) if _FAILED_LINE.search(ln)), "")
+    return said or (lines[-1] if lines else "")
 
 
 def _last_raised(lines: list[str]) -> str:

@@ -90,6 +90,28 @@ def test_a_test_run_that_crashed_before_any_test_names_what_it_raised(tmp_path) 
     )
 
 
+def test_a_run_whose_tests_passed_says_what_failed_it(tmp_path) -> None:
+    # a plugin's verdict after the tests (coverage under the project's floor), then pytest's line
+    import sys
+    from types import SimpleNamespace
+
+    from deploy.gates import run_command
+    from deploy.gates.tests import _judged
+
+    script = (
+        "print('TOTAL    1477   3   99.81%')\n"
+        "print('FAIL Required test coverage of 100% not reached. Total coverage: 99.81%')\n"
+        "print('90 passed in 66.23s')\nraise SystemExit(1)\n"
+    )
+    argv = [sys.executable, "-c", script]
+    done = run_command(argv, cwd=tmp_path, timeout_s=30)
+    outcome = _judged(SimpleNamespace(python=sys.executable), argv, done, {})
+    assert outcome.summary == (
+        "test command exited 1: FAIL Required test coverage of 100% not reached. "
+        "Total coverage: 99.81%"
+    )
+
+
 def test_a_cached_verdict_belongs_to_the_engine_that_gave_it() -> None:
     from deploy.gates.cache import cache_key, engine_fingerprint
 
