@@ -200,6 +200,8 @@ def migration_limits(proj: Project, name: str) -> dict[str, Any]:
 def _migrate_schema(
     proj: Project, env: EnvConfig, layout: Layout, *, actor: str, reset: bool
 ) -> str:
+    if env_migrations.kind_of(proj) == "command":
+        return _migrate_with_tool(proj, env, layout)
     source = str(proj.root) if reset else _migration_source(proj, layout)
     applied = migrations.migrate(
         env.database_url,
@@ -209,6 +211,21 @@ def _migrate_schema(
         **migration_limits(proj, env.name),
     )
     return f"applied {[f.version for f in applied]}" if applied else "up to date"
+
+
+def _migrate_with_tool(proj: Project, env: EnvConfig, layout: Layout) -> str:
+    """The service's own tool migrates in the serving release's venv, as a deploy does; before
+    the first deploy there is none to run it in, and the first deploy runs `up`."""
+    up = " ".join(proj.service.migrations.up)
+    current = releases.current_release(Host(), layout)
+    if not current:
+        return f"none yet: the first deploy runs `{up}`"
+    deadline = time.monotonic() + proj.policies[env.name].deploy_timeout_s
+    tool = env_migrations.MigrationTool(proj, env.name, Host(), layout, current, deadline=deadline)
+    change = env_migrations.migrate_command(tool)
+    if change.changed:
+        return f"`{up}` in {current}: {change.describe()}"
+    return f"up to date at {migrations.describe_revisions(change.after)}"
 
 
 def _user_tables(env: EnvConfig) -> int:

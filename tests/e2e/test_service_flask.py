@@ -60,3 +60,17 @@ def test_a_flask_service_with_alembic_and_a_worker_deploys_and_rolls_back(servic
     assert wait_for(
         lambda: (json.loads(shop.get("dev", "/worker")[1])["beat"] or "").startswith(release_1)
     ), "the worker went back with its release"
+
+
+def test_staging_init_says_what_the_service_s_own_tool_did(service):  # noqa: F811 - the fixture imported above
+    # before the first deploy there is no release whose venv runs alembic: init says the deploy
+    # will; once a release serves, init runs `up` in it as a deploy does
+    shop = service("flask_shop")
+    shop.init()
+    shop.commit("stageflow init")
+    shop.ok("staging.secrets", "--generate")
+    steps = {s["step"]: s["result"] for s in json.loads(shop.ok("staging.init", "--json").stdout)}
+    assert steps["migrate"] == "none yet: the first deploy runs `alembic upgrade head`"
+    shop.ok("staging.deploy")
+    steps = {s["step"]: s["result"] for s in json.loads(shop.ok("staging.init", "--json").stdout)}
+    assert steps["migrate"] == "up to date at a1"
