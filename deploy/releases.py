@@ -397,6 +397,13 @@ def build(
     host.run(cmd.extract(remote_tar, staging_dir))
     if not host.is_local:
         host.remove_tree(remote_tar)
+    if host.exists(f"{staging_dir}/.venv"):
+        host.remove_tree(staging_dir)
+        raise ServiceError(
+            f"commit {commit[:12]} holds a .venv at the repository's root: a virtualenv does not "
+            "belong in git, and a release keeps its own there",
+            hint="git rm -r --cached .venv, add .venv/ to .gitignore, commit, and deploy again",
+        )
     spec = venv_spec(host, proj.service, staging_dir, commit, object_in_commit(proj.root, commit))
     venv = ensure_venv(host, layout, spec)
     host.symlink(venv, f"{staging_dir}/.venv")

@@ -196,6 +196,21 @@ def migrations(files: dict[str, str]) -> Setup:
     return setup
 
 
+@contextmanager
+def committed_venv(p: Project) -> Iterator[None]:
+    """A virtualenv committed at the repository's root by mistake, for one case."""
+    venv = p.root / ".venv"
+    venv.mkdir()
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    p.git("add", "-f", ".venv/pyvenv.cfg")
+    p.commit("a venv by mistake")
+    try:
+        yield
+    finally:
+        p.git("rm", "-q", "-r", ".venv")
+        p.commit("no venv")
+
+
 def symlinked(link: str, target: str, then: Setup | None = None) -> Setup:
     """A symlink in the project (link -> target, both relative to the root) for one case."""
 
@@ -1138,3 +1153,18 @@ def test_project_still_serves_after_the_table(proj: Project) -> None:
         == ""
     )
     proj.ok("dev.smoke")
+
+
+def test_a_virtualenv_committed_by_mistake_is_named_and_the_release_serves_on(
+    proj: Project,
+) -> None:
+    current = proj.root / ".stageflow" / "dev" / "current"
+    before = os.readlink(current) if current.is_symlink() else None
+    with committed_venv(proj):
+        res = proj.inv("dev.deploy")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == FAILURE and "Traceback" not in res.stdout + res.stderr
+    assert len(lines) == 1 and "holds a .venv at the repository's root" in lines[0], lines
+    assert "git rm -r --cached .venv" in lines[0]
+    assert (os.readlink(current) if current.is_symlink() else None) == before
+    assert not list((proj.root / ".stageflow" / "dev" / "releases").glob("*.partial"))
