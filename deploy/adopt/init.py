@@ -105,7 +105,27 @@ def write(p: Plan) -> list[str]:
             fh.write(text)
     if p.gitignore:
         _append(p.root, p.gitignore)
+    ignore_virtualenvs(p.root)
     return keep_committed(p.root, list(p.files))
+
+
+def ignore_virtualenvs(root: Path) -> None:
+    """A virtualenv made inside the repository (`python3 -m venv .venv`) that git would not
+    ignore: committing init's files with `git add -A` would commit it too, and a release keeps
+    its own venv at `.venv`. Each such folder at the top gets a line of .gitignore."""
+    venvs = sorted(
+        entry.name
+        for entry in root.iterdir()
+        if entry.is_dir()
+        and not entry.is_symlink()
+        and (entry / "pyvenv.cfg").is_file()
+        and entry.name != "env"  # stageflow's own folder: keep_committed keeps its files
+    )
+    found = ignored(root, [f"{name}/pyvenv.cfg" for name in venvs])
+    loose = [name for name in venvs if f"{name}/pyvenv.cfg" not in found]
+    if loose:
+        header = "# stageflow: the virtualenvs made inside the repository stay out of git\n"
+        _append(root, header + "".join(f"/{name}/\n" for name in loose))
 
 
 def _append(root: Path, text: str) -> None:

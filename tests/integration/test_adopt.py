@@ -296,3 +296,25 @@ def test_init_keeps_its_files_committed_where_gitignore_would_drop_them(
     staged = set(_git(repo, "diff", "--cached", "--name-only").split())
     assert "env/dev.secrets.env" not in staged
     assert ("venv/pyvenv.cfg" in staged) == ("venv/" not in ignores)  # the rest stays as it was
+
+
+def test_init_keeps_a_virtualenv_inside_the_repository_out_of_git(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a repository whose .gitignore does not name the venv the team made inside it: "commit the
+    # new files" must not commit thousands of files of it; one ignored already is left alone
+    from deploy.cli import init as cli_init
+
+    write(repo, {**FLASK_ALEMBIC, ".gitignore": "*.pyc\nvenv2/\n"})
+    for venv in (".venv", "venv2"):
+        (repo / venv / "lib").mkdir(parents=True)
+        (repo / venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+        (repo / venv / "lib" / "site.py").write_text("")
+    assert cli_init([], cwd=repo) == 0
+    capsys.readouterr()
+    _git(repo, "add", "-A")
+    staged = set(_git(repo, "diff", "--cached", "--name-only").split())
+    assert "stageflow.toml" in staged and "env/dev.env" in staged
+    assert not [path for path in staged if path.startswith((".venv/", "venv2/"))], staged
+    lines = (repo / ".gitignore").read_text().splitlines()
+    assert "/.venv/" in lines and not [line for line in lines if "venv2" in line][1:]
