@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from deploy.clients import redis_set_get
 from deploy.config import EnvConfig, Project
@@ -60,6 +61,21 @@ _OPENER = urllib.request.build_opener(_NoRedirect)
 # Every probe names itself to the service: "smoke" before the switch, "verify" and "monitor" after
 # it, so a service can tell stageflow's traffic from its users' (in its logs and counters).
 PROBE_HEADER = "X-Stageflow-Probe"
+# What a TLS-terminating proxy in front of the service tells it: the client asked over HTTPS.
+# stageflow's probes ask over plain HTTP on loopback, behind no proxy; a service that redirects
+# every plain-HTTP request (Django's SECURE_SSL_REDIRECT, Flask-Talisman) is asked once more the
+# way its users reach it (gunicorn trusts the header from 127.0.0.1 by default).
+FORWARDED_PROTO = "X-Forwarded-Proto"
+
+
+def https_redirect(url: str, reply: Reply) -> str | None:
+    """The Location of a redirect to the same host and path over HTTPS, else None."""
+    location = reply.header("location")
+    if not 300 <= reply.status < 400 or not location:
+        return None
+    asked, to = urlsplit(url), urlsplit(location)
+    same = to.hostname == asked.hostname and (to.path or "/") == (asked.path or "/")
+    return location if to.scheme == "https" and same else None
 
 
 def request(
@@ -73,11 +89,28 @@ def request(
     probe: str = "smoke",
 ) -> Reply:
     """One HTTP request, redirects not followed; an HTTP error status is a Reply, not an error.
-    body is sent as JSON; raw (already encoded) as it is; the probe's name in PROBE_HEADER."""
+    body is sent as JSON; raw (already encoded) as it is; the probe's name in PROBE_HEADER. A
+    redirect of the same URL to HTTPS is asked again as through a TLS proxy (FORWARDED_PROTO)."""
+    reply = _request(method, url, body, raw, headers or {}, timeout, probe)
+    if https_redirect(url, reply) and FORWARDED_PROTO not in (headers or {}):
+        behind_tls = {**(headers or {}), FORWARDED_PROTO: "https"}
+        reply = _request(method, url, body, raw, behind_tls, timeout, probe)
+    return reply
+
+
+def _request(
+    method: str,
+    url: str,
+    body: Any,
+    raw: bytes | None,
+    headers: Mapping[str, str],
+    timeout: float,
+    probe: str,
+) -> Reply:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     hdrs = {"Content-Type": "application/json"} if data is not None and raw is None else {}
     hdrs[PROBE_HEADER] = probe
-    req = urllib.request.Request(url, data=data, method=method, headers={**hdrs, **(headers or {})})
+    req = urllib.request.Request(url, data=data, method=method, headers={**hdrs, **headers})
     try:
         with _OPENER.open(req, timeout=timeout) as resp:
             payload, status, got = resp.read(), resp.status, resp.headers
@@ -180,8 +213,17 @@ class _Target:
 
 
 def _health(t: _Target) -> tuple[bool, str]:
-    status = request("GET", t.base + t.service.health).status
-    return healthy(status), f"{t.service.health}: HTTP {status}"
+    url = t.base + t.service.health
+    reply = request("GET", url)
+    location = https_redirect(url, reply)
+    if location:
+        return False, (
+            f"{t.service.health}: HTTP {reply.status} to {location} even with {FORWARDED_PROTO}: "
+            "https from 127.0.0.1: the service answers nothing but a redirect to HTTPS; let it "
+            f"trust the proxy's header (Django: SECURE_PROXY_SSL_HEADER = "
+            "('HTTP_X_FORWARDED_PROTO', 'https')) or turn the redirect off"
+        )
+    return healthy(reply.status), f"{t.service.health}: HTTP {reply.status}"
 
 
 def _ready(t: _Target) -> tuple[bool, str]:
