@@ -103,6 +103,11 @@ _HOSTS_KEY = re.compile(r"^(?:DJANGO_)?ALLOWED_HOSTS$")
 # stderr in the environment's logs, and a release's folder is read-only to the service
 _STDOUT_KEY = re.compile(r"^(?:[A-Z][A-Z0-9]*_)?LOG_?(?:TO_)?STDOUT$")
 _SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|PRIVATE|(?:^|_)KEYS?(?:$|_)")
+# A name the code tests for presence ("X" in os.environ): setting it turns on what it guards (an
+# outside service's integration), so a random value for such a secret breaks the boot; the
+# service's own signing key (SECRET_KEY, DJANGO_SECRET_KEY) is right random wherever it is read.
+_PRESENCE_TEST = re.compile(r"""['"]([A-Z][A-Z0-9_]*)['"]\s+(?:not\s+)?in\s+(?:os\.)?environ\b""")
+_OWN_KEY = re.compile(r"(?:^|_)SECRET_KEY$")
 # What stageflow itself sets in env/<env>.env, and what no service setting should shadow.
 STAGEFLOW_KEYS = ("COMPOSE_PROJECT_NAME", "APP_PORT", "POSTGRES_PORT", "REDIS_PORT", "DATA_DIR")
 _PROCESS_NAMES = {
@@ -1112,6 +1117,24 @@ def _prestart(base: Path, migrations: Migrations) -> tuple[str, ...]:
     return ()
 
 
+def _switch_secrets(
+    base: Path, secrets: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(notes, secrets to declare): a secret the code only uses when it is set (it tests for its
+    presence) is left out, with a note: `secrets --generate` would set it, turning on what it
+    guards with a random credential."""
+    tested = {n for p in python_files(base) for n in _PRESENCE_TEST.findall(_read(p))}
+    switches = tuple(n for n in secrets if n in tested and not _OWN_KEY.search(n))
+    if not switches:
+        return (), secrets
+    note = (
+        f"secrets the code uses only when set: {', '.join(switches)}; left out of [service.env] "
+        "secrets, since a random value would turn on what each guards: declare one there and set "
+        "its real value in env/<env>.secrets.env when you use it"
+    )
+    return (note,), tuple(n for n in secrets if n not in switches)
+
+
 def _settings(
     base: Path,
 ) -> tuple[
@@ -1123,7 +1146,7 @@ def _settings(
 ]:
     """(keys, secrets, fed aliases, values per environment, notes) of the service's settings."""
     keys, secrets, aliases = _settings_read(base)
-    notes: tuple[str, ...] = ()
+    notes, secrets = _switch_secrets(base, secrets)
     texts = [_read(p) for p in python_files(base)]
     classes = settings_classes(texts)
     required = sorted({n for t in texts for n in required_settings(t, classes)} & set(keys))

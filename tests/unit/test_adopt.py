@@ -1124,6 +1124,27 @@ def test_a_procfile_s_gunicorn_web_line_names_the_app_and_its_worker_class(tmp_p
     )
 
 
+def test_a_secret_the_code_uses_only_when_set_is_not_generated(tmp_path: Path) -> None:
+    # a random token would turn the CDN integration on, and its zone (unset) stops the boot; the
+    # project's own signing key, tested the same way, is right random
+    settings = (
+        "import os\n"
+        "if 'DJANGO_SECRET_KEY' in os.environ:\n"
+        "    SECRET_KEY = os.environ['DJANGO_SECRET_KEY']\n"
+        "if 'CDN_TOKEN' in os.environ:\n"
+        "    CDN = {'TOKEN': os.environ['CDN_TOKEN'], 'ZONE': os.environ['CDN_ZONE']}\n"
+        "STRIPE = os.environ.get('STRIPE_API_KEY')\n"
+    )
+    files = {"manage.py": MANAGE, "mysite/wsgi.py": "", "mysite/settings.py": settings}
+    d = detect(write(tmp_path, files))
+    assert d.secret_keys == ("DJANGO_SECRET_KEY", "STRIPE_API_KEY")
+    assert d.env_keys == ("CDN_ZONE",)
+    (note,) = [n for n in d.notes if "only when set" in n]
+    assert note.startswith("secrets the code uses only when set: CDN_TOKEN;")
+    example = render.files(d, choose_ports(d.name))["env/staging.secrets.env.example"]
+    assert "CDN_TOKEN" not in example and "DJANGO_SECRET_KEY=" in example
+
+
 def test_stageflow_s_own_secrets_read_by_the_code_are_not_the_service_s(tmp_path: Path) -> None:
     settings = (
         "import os\n"
