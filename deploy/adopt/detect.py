@@ -294,6 +294,19 @@ def _web_line_steps(bases: list[Path], migrations: Migrations) -> tuple[str, ...
     )
 
 
+def _other_server(bases: list[Path], wsgi: str, worker: str) -> tuple[str, ...]:
+    """A note when a Procfile's web line runs a server init does not read (uwsgi, a script):
+    stageflow serves the detected app under gunicorn, not through that line."""
+    line = _web_line(bases)
+    if line is None or _procfile_web(bases) is not None:
+        return ()
+    return (
+        f"the Procfile's web line runs `{line.strip()}`, which stageflow does not run: each "
+        f"environment serves {wsgi} under gunicorn (worker_class {worker}); check them, and give "
+        "the service what that server's own configuration did besides (files it served, say)",
+    )
+
+
 def _procfile_web(bases: list[Path]) -> tuple[str, str | None] | None:
     """The app spec a Procfile's web line serves, and its worker class (an ASGI server's worker,
     gunicorn's -k), or None when the line names none (`web: bin/start`, a shell line)."""
@@ -1193,6 +1206,7 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
     project = _project_name(base) or _project_name(root)
     processes, procfile_notes = _procfile([base, root])
     notes += procfile_notes + _web_line_steps([base, root], migrations)
+    notes += _other_server([base, root], wsgi, worker)
     taken = {*keys, *secrets, *(n for n, _ in aliases)}
     aliases += tuple(a for a in _rq_url(processes) if a[0] not in taken)
     aliases += tuple(a for a in _celery_broker(processes) if a[0] not in taken)

@@ -1124,6 +1124,24 @@ def test_a_procfile_s_gunicorn_web_line_names_the_app_and_its_worker_class(tmp_p
     )
 
 
+def test_a_procfile_web_line_init_cannot_read_gets_a_note(tmp_path: Path) -> None:
+    # uwsgi with its own ini file: stageflow serves the project's wsgi module under gunicorn
+    files = {
+        "manage.py": MANAGE,
+        "mysite/__init__.py": "",
+        "mysite/wsgi.py": "",
+        "Procfile": "release: python manage.py migrate\nweb: uwsgi ./etc/uwsgi.ini\n",
+    }
+    d = detect(write(tmp_path, files))
+    assert (d.wsgi, d.worker_class) == ("mysite.wsgi:application", "sync")
+    (note,) = [n for n in d.notes if "Procfile's web line" in n]
+    assert note.startswith("the Procfile's web line runs `uwsgi ./etc/uwsgi.ini`, which stageflow")
+    assert "serves mysite.wsgi:application under gunicorn (worker_class sync)" in note
+    # a line whose server init reads gets none
+    write(tmp_path, {"Procfile": "web: gunicorn mysite.wsgi:application\n"})
+    assert not [n for n in detect(tmp_path).notes if "Procfile's web line" in n]
+
+
 def test_a_secret_the_code_uses_only_when_set_is_not_generated(tmp_path: Path) -> None:
     # a random token would turn the CDN integration on, and its zone (unset) stops the boot; the
     # project's own signing key, tested the same way, is right random
