@@ -349,7 +349,7 @@ class MigrationTool:
             # refused), where the tail may be a library's trailer ("Background on this error")
             raised = releases.raised_in(f"{res.stderr}\n{res.stdout}".strip().splitlines())
             said = f"{what} `{shlex.join(argv)}` exited {res.exit_code}: {raised or res.tail(2)}"
-            hint = releases.settings_hint(raised, self.env, self.proj.service)
+            hint = releases.command_hint(raised, self.env, self.proj.service)
             hint = (
                 f"{hint}; the previous release still serves"
                 if hint

@@ -1163,11 +1163,25 @@ def boot_hint(raised: str, env: EnvConfig, service: Service, log: str) -> str:
         return given
     if _NOT_WRITABLE.match(raised):
         return (
-            "the release is read-only to the service: let it write files under the directory "
-            "STAGEFLOW_FILES_DIR names (shared/files, kept from release to release) and log to "
-            f"stdout or stderr, which stageflow keeps in {log}"
+            f"{read_only_hint(raised)} and log to stdout or stderr, which stageflow keeps in {log}"
         )
     return f"see {log} or `inv {env.name}.logs`"
+
+
+def command_hint(raised: str, env: EnvConfig, service: Service) -> str:
+    """How to fix what a service's command raised, when it says: a setting, a read-only write."""
+    return settings_hint(raised, env, service) or read_only_hint(raised)
+
+
+def read_only_hint(raised: str) -> str:
+    """Where the service may write, when what it raised is a write the release refused; else ""."""
+    if not _NOT_WRITABLE.match(raised):
+        return ""
+    return (
+        "the release is read-only to the service: let it write files under the directory "
+        "STAGEFLOW_FILES_DIR names (shared/files, kept from release to release; Django's "
+        "MEDIA_ROOT, say)"
+    )
 
 
 def _halt(host: Host, pidfile: str, pid: int | None) -> None:

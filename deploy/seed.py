@@ -210,9 +210,10 @@ def run(
         said = [ln for ln in (done.stderr or done.stdout or "").splitlines() if ln.strip()]
         why = "timed out" if done.timed_out else f"exit {done.exit_code}"
         last = scrub(said[-1].strip(), secrets)[:SUMMARY_CHARS] if said else "no output"
+        read_only = releases.read_only_hint(releases.raised_in(said))
         raise ServiceError(
             f"the seed command failed in {where.label} ({why}): {last}",
-            hint=f"fix the command or its data, then run `inv {env.name}.seed`",
+            hint=f"{read_only or 'fix the command or its data'}, then run `inv {env.name}.seed`",
         )
     summary, reported = summarize(scrub(done.stdout, secrets))
     return SeedResult(env.name, size, seconds, where.label, summary, reported)

@@ -118,6 +118,29 @@ def test_the_seed_runs_in_the_serving_releases_venv(service):
     assert not (svc / "seen.json").exists()
 
 
+def test_a_seed_that_writes_into_the_release_is_told_where_it_may_write(service):
+    # a demo's loader copies its files into a folder of the code (Django's MEDIA_ROOT there): the
+    # release is read-only to the service, and the hint names the directory it may write to
+    proj, env, _ = service
+    release = Path(env.data_dir) / "releases" / "r-seed-ro"
+    (release / "svc" / "media").mkdir(parents=True)
+    (release / "svc" / "seed_items.py").write_text(
+        "import sys\nprint('copying files', file=sys.stderr)\nopen('media/a.jpg', 'w')\n"
+    )
+    os.chmod(release / "svc" / "media", 0o555)
+    os.chmod(release / "svc", 0o755)
+    (release / ".venv").symlink_to(shared_venv(support.REPO / "app" / "requirements.lock"))
+    (Path(env.data_dir) / "current").symlink_to(release)
+    if os.geteuid() == 0:
+        os.chmod(Path(env.data_dir) / "releases", 0o755)
+    with pytest.raises(ServiceError) as err:
+        seeding.run(proj, env, size="small", process_env={"PATH": "/usr/bin:/bin"})
+    line = err.value.line()
+    assert "PermissionError: [Errno 13] Permission denied" in line
+    assert "the release is read-only to the service" in line and "STAGEFLOW_FILES_DIR" in line
+    assert line.endswith("then run `inv staging.seed`)")
+
+
 def test_a_failing_seed_is_one_line_without_the_password(service):
     proj, env, _ = service
     # the operator's own variables do not reach the command: only PATH, HOME, LANG, ...

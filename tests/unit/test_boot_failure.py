@@ -7,7 +7,14 @@ from dataclasses import replace
 
 from deploy.cli import NEXT_STEPS, next_steps
 from deploy.config import load_project
-from deploy.releases import boot_hint, not_ready_hint, one_line, raised_in, settings_hint
+from deploy.releases import (
+    boot_hint,
+    command_hint,
+    not_ready_hint,
+    one_line,
+    raised_in,
+    settings_hint,
+)
 from tests import support
 
 WORKER_LOG = """\
@@ -58,6 +65,8 @@ def test_the_hint_says_how_to_give_the_environment_the_setting_its_code_reads() 
         hint = boot_hint(raised, env, svc, log)
         assert hint.startswith("the release is read-only to the service") and log in hint
         assert "STAGEFLOW_FILES_DIR" in hint
+        # a migration or seed command that writes into the release is told the same
+        assert command_hint(raised, env, svc) == hint.partition(" and log to ")[0]
 
 
 def test_init_tells_to_generate_dev_secrets_when_the_code_reads_some() -> None:
