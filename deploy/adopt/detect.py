@@ -668,6 +668,34 @@ def django_settings_note(base: Path, wsgi: str) -> str:
     )
 
 
+_MEDIA_ROOT = re.compile(r"^MEDIA_ROOT\s*(?::[^=\n]+)?=\s*(.+)$", re.M)
+_READS_ENVIRONMENT = re.compile(r"environ|getenv|(?<![\w.])(?:env|config)[.(]")
+
+
+def media_root_note(base: Path) -> str:
+    """A note when Django's MEDIA_ROOT is a folder of the code: in a release, which is read-only
+    to the service, an upload (or a loader that copies files there) fails."""
+    for path in python_files(base):
+        for value in _MEDIA_ROOT.findall(_read(path)):
+            if not _READS_ENVIRONMENT.search(value):
+                return (
+                    f"Django's MEDIA_ROOT ({value.strip()}, {path.relative_to(base)}) lies in the "
+                    "release, which is read-only to the service: uploads fail; point it under "
+                    "the directory stageflow keeps from release to release, MEDIA_ROOT = "
+                    'os.path.join(os.environ.get("STAGEFLOW_FILES_DIR", BASE_DIR), "media"), and '
+                    "serve it (with DEBUG off Django serves no media)"
+                )
+    return ""
+
+
+def _django_notes(base: Path, framework: str, wsgi: str) -> tuple[str, ...]:
+    """What a Django project's settings need for a deploy: one settings module, a media folder
+    the service may write."""
+    if framework != "Django":
+        return ()
+    return tuple(n for n in (django_settings_note(base, wsgi), media_root_note(base)) if n)
+
+
 def _build(base: Path, framework: str) -> tuple[tuple[str, ...], ...]:
     """Django with STATIC_ROOT serves the files collectstatic gathers there (whitenoise, say),
     and a release holds none of them until it runs: each release collects its own."""
@@ -1193,8 +1221,7 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
     notes += _missing_extensions(base, migrations)
     health, ready, health_notes = _health(framework, wsgi, module, base)
     notes += health_notes
-    if framework == "Django" and (settings_note := django_settings_note(base, wsgi)):
-        notes += (settings_note,)
+    notes += _django_notes(base, framework, wsgi)
 
     notes += _prestart(base, migrations)
     keys, secrets, aliases, env_values, settings_notes = _settings(base)

@@ -1142,6 +1142,26 @@ def test_a_procfile_web_line_init_cannot_read_gets_a_note(tmp_path: Path) -> Non
     assert not [n for n in detect(tmp_path).notes if "Procfile's web line" in n]
 
 
+def test_a_django_media_root_in_the_code_gets_a_note(tmp_path: Path) -> None:
+    # uploads land in MEDIA_ROOT: a folder of the code is in the read-only release
+    settings = "import os\nBASE_DIR = os.path.dirname(__file__)\n"
+    files = {
+        "manage.py": MANAGE,
+        "mysite/wsgi.py": "",
+        "mysite/settings.py": settings + 'MEDIA_ROOT = os.path.join(BASE_DIR, "media")\n',
+    }
+    d = detect(write(tmp_path, files))
+    (note,) = [n for n in d.notes if "MEDIA_ROOT" in n]
+    assert note.startswith(
+        """Django's MEDIA_ROOT (os.path.join(BASE_DIR, "media"), mysite/settings.py) lies in the """
+        "release, which is read-only to the service"
+    )
+    assert "STAGEFLOW_FILES_DIR" in note
+    # one the environment names is the operator's to point
+    write(tmp_path, {"mysite/settings.py": settings + 'MEDIA_ROOT = os.environ["MEDIA_ROOT"]\n'})
+    assert not [n for n in detect(tmp_path).notes if "MEDIA_ROOT" in n]
+
+
 def test_a_secret_the_code_uses_only_when_set_is_not_generated(tmp_path: Path) -> None:
     # a random token would turn the CDN integration on, and its zone (unset) stops the boot; the
     # project's own signing key, tested the same way, is right random
