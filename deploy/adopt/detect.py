@@ -636,36 +636,53 @@ def _django_wsgi(base: Path, manage: Path) -> str:
 _PRODUCTION_SETTINGS = ("production", "prod", "staging")
 
 
-def django_settings_note(base: Path, wsgi: str) -> str:
-    """A note when the settings a deploy runs are not one module everywhere, or not the
+SETTINGS_MODULE = "DJANGO_SETTINGS_MODULE"
+Values = tuple[tuple[str, str, str], ...]  # (environment, key, value) init writes in env/<env>.env
+
+
+def django_settings(base: Path, wsgi: str) -> tuple[str, Values]:
+    """(note, values) when the settings a deploy runs are not one module everywhere, or not the
     production one beside them: manage.py's default serves its commands (migrate, collectstatic),
-    the wsgi module's default the web workers, unless the environment names one."""
+    the wsgi module's default the web workers, unless the environment names one. A production
+    module beside manage.py's default (its DEBUG on, say) is what staging and prod run."""
     manage = _manage_py(base)
     m = _DJANGO_SETTINGS.search(_read(manage)) if manage is not None else None
     if m is None:
-        return ""
+        return "", ()
     module = m[1]
     wsgi_file = base.joinpath(*wsgi.partition(":")[0].split(".")).with_suffix(".py")
     served = _DJANGO_SETTINGS.search(_read(wsgi_file))
-    how = "add DJANGO_SETTINGS_MODULE to [service.env] keys and set it in each env/<env>.env"
     if served is not None and served[1] != module:
         return (
             f"Django's commands run {module} (manage.py's default) and its web workers "
             f"{served[1]} (the wsgi module's): to run one settings module in each environment, "
-            + how
-        )
+            f"add {SETTINGS_MODULE} to [service.env] keys and set it in each env/<env>.env"
+        ), ()
     package, _, stem = module.rpartition(".")
     if not package or stem in _PRODUCTION_SETTINGS:
-        return ""
+        return "", ()
     folder = base.joinpath(*package.split("."))
-    other = next((n for n in _PRODUCTION_SETTINGS if (folder / f"{n}.py").is_file()), None)
-    if other is None:
-        return ""
-    return (
-        f"Django runs {module} (manage.py's default) everywhere; for {package}.{other} on "
-        "staging and prod, add DJANGO_SETTINGS_MODULE to [service.env] keys and set it in "
-        "env/staging.env and env/prod.env"
+    have = [n for n in _PRODUCTION_SETTINGS if (folder / f"{n}.py").is_file()]
+    chosen = {
+        env: f"{package}.{next(n for n in names if n in have)}"
+        for env, names in (
+            ("staging", ("staging", "production", "prod")),
+            ("prod", ("production", "prod")),
+        )
+        if any(n in have for n in names)
+    }
+    if not chosen:
+        return "", ()
+    mods = set(chosen.values())
+    runs = (
+        f"{mods.pop()} on {' and '.join(chosen)}"
+        if len(mods) == 1
+        else "; ".join(f"{env}: {mod}" for env, mod in chosen.items())
     )
+    return (
+        f"Django runs {module} (manage.py's default) on dev and the settings module beside it "
+        f"elsewhere ({runs}): {SETTINGS_MODULE} in env/<env>.env says which; change it there"
+    ), tuple((env, SETTINGS_MODULE, mod) for env, mod in chosen.items())
 
 
 _MEDIA_ROOT = re.compile(r"^MEDIA_ROOT\s*(?::[^=\n]+)?=\s*(.+)$", re.M)
@@ -688,12 +705,13 @@ def media_root_note(base: Path) -> str:
     return ""
 
 
-def _django_notes(base: Path, framework: str, wsgi: str) -> tuple[str, ...]:
-    """What a Django project's settings need for a deploy: one settings module, a media folder
-    the service may write."""
+def _django_settings(base: Path, framework: str, wsgi: str) -> tuple[tuple[str, ...], Values]:
+    """(notes, values) of a Django project's settings for a deploy: the settings module each
+    environment runs, a media folder the service may write."""
     if framework != "Django":
-        return ()
-    return tuple(n for n in (django_settings_note(base, wsgi), media_root_note(base)) if n)
+        return (), ()
+    note, values = django_settings(base, wsgi)
+    return tuple(n for n in (note, media_root_note(base)) if n), values
 
 
 def _build(base: Path, framework: str) -> tuple[tuple[str, ...], ...]:
@@ -1221,10 +1239,11 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
     notes += _missing_extensions(base, migrations)
     health, ready, health_notes = _health(framework, wsgi, module, base)
     notes += health_notes
-    notes += _django_notes(base, framework, wsgi)
-
-    notes += _prestart(base, migrations)
+    django_notes, django_values = _django_settings(base, framework, wsgi)
+    notes += django_notes + _prestart(base, migrations)
     keys, secrets, aliases, env_values, settings_notes = _settings(base)
+    keys = tuple(sorted({*keys, *(key for _, key, _ in django_values)}))
+    env_values += django_values
     notes += settings_notes
     stdout = [k for k in keys if _STDOUT_KEY.match(k)]
     env_values += tuple((env, k, "1") for k in stdout for env in ("dev", "staging", "prod"))

@@ -1063,9 +1063,30 @@ def test_a_django_production_settings_module_beside_manage_py_s_is_noted(tmp_pat
     write(tmp_path, files)
     assert not any("DJANGO_SETTINGS_MODULE" in n for n in detect(tmp_path).notes)
     write(tmp_path, {"mysite/settings/production.py": "from .base import *\n"})
-    (note,) = [n for n in detect(tmp_path).notes if "DJANGO_SETTINGS_MODULE" in n]
-    assert note.startswith("Django runs mysite.settings.base (manage.py's default) everywhere")
-    assert "for mysite.settings.production on staging and prod" in note
+    # staging and prod run it (its DEBUG off, say), through DJANGO_SETTINGS_MODULE in their env
+    # files; dev keeps manage.py's default
+    d = detect(tmp_path)
+    (note,) = [n for n in d.notes if "DJANGO_SETTINGS_MODULE" in n]
+    assert note.startswith(
+        "Django runs mysite.settings.base (manage.py's default) on dev and the settings module "
+        "beside it elsewhere (mysite.settings.production on staging and prod)"
+    )
+    assert "DJANGO_SETTINGS_MODULE" in d.env_keys
+    production = "mysite.settings.production"
+    assert set(d.env_values) == {
+        ("staging", "DJANGO_SETTINGS_MODULE", production),
+        ("prod", "DJANGO_SETTINGS_MODULE", production),
+    }
+    envs = render.files(d, choose_ports(d.name))
+    assert f"DJANGO_SETTINGS_MODULE={production}" in envs["env/prod.env"].splitlines()
+    assert "DJANGO_SETTINGS_MODULE" not in envs["env/dev.env"]
+    # a staging module of its own runs on staging; the two then may differ
+    write(tmp_path, {"mysite/settings/staging.py": "from .production import *\n"})
+    d = detect(tmp_path)
+    assert ("staging", "DJANGO_SETTINGS_MODULE", "mysite.settings.staging") in d.env_values
+    toml = tomllib.loads(render.stageflow_toml(d))
+    assert "DJANGO_SETTINGS_MODULE" in toml["gates"]["policy-drift"]["allowed_keys"]
+    (tmp_path / "mysite/settings/staging.py").unlink()
     # the web workers run the wsgi module's default: the note says the two differ
     wsgi = (
         "import os\nos.environ.setdefault('DJANGO_SETTINGS_MODULE', 'mysite.settings.production')\n"
