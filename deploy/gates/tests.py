@@ -33,6 +33,9 @@ _UNITTEST_CASE = re.compile(r"^(FAIL|ERROR): (\w+) \(([\w.]+)\)")
 _RAISED = re.compile(r"^E\s+((?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception)\b.*)$")
 # a line saying the run failed though no test did: a plugin's verdict (coverage under its floor)
 _FAILED_LINE = re.compile(r"\b(?:fail(?:ed|s|ure)?|error)\b", re.I)
+# unittest's closing lines: "Ran 12 tests in 0.412s", a blank line, then "OK (skipped=1)"; Django's
+# runner prints its test database's teardown after them, which is no summary of the run
+_RAN = re.compile(r"^Ran \d+ tests? in \S+$")
 _NO_PYTEST = re.compile(r"No module named '?pytest'?")
 DEFAULT = ("python", "-m", "pytest", "-q")
 
@@ -121,7 +124,7 @@ def _judged(ctx: GateContext, argv: list[str], done: Any, extra: dict[str, Any])
     details["exit_code"] = done.exit_code
     tail = done.lines()[-1] if done.lines() else ""
     if done.ok:
-        return Outcome("passed", tail or "tests passed", details)
+        return Outcome("passed", _ran(done.lines()) or tail or "tests passed", details)
     details["failing"] = failing
     if failing:
         ids = ", ".join(f["id"] for f in failing[:5])
@@ -172,4 +175,13 @@ def _last_raised(lines: list[str]) -> str:
         m = _RAISED.match(line)
         if m:
             return m[1]
+    return ""
+
+
+def _ran(lines: list[str]) -> str:
+    """unittest's own summary of a run ("Ran 12 tests in 0.412s: OK"), or "" without one."""
+    for i in range(len(lines) - 1, -1, -1):
+        if _RAN.match(lines[i].strip()):
+            verdict = next((ln.strip() for ln in lines[i + 1 :] if ln.strip()), "")
+            return f"{lines[i].strip()}: {verdict}" if verdict else lines[i].strip()
     return ""
