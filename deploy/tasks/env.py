@@ -153,7 +153,12 @@ def env_collection(name: str) -> Collection:
     )
 
     ns = Collection(name)
-    only = {"prod": promotion_steps.TASKS, "staging": staging_steps.TASKS}.get(name, [])
+    # dev loads the service's seed data too; prod never does
+    only = {
+        "prod": promotion_steps.TASKS,
+        "staging": staging_steps.TASKS,
+        "dev": [staging_steps.seed],
+    }.get(name, [])
     every = TASKS + release_steps.TASKS + rollback_steps.TASKS + observe_steps.TASKS
     for t in every + only:
         ns.add_task(_own_copy(t, name), name=t.name.strip("_").replace("_", "-"))

@@ -1,4 +1,4 @@
-"""staging-only tasks: init (and reset), seed, refresh from prod."""
+"""staging-only tasks: init (and reset), seed (dev's too), refresh from prod."""
 
 from __future__ import annotations
 

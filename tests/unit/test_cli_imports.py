@@ -63,6 +63,8 @@ def test_the_namespace_still_has_every_environments_tasks() -> None:
     for env in ("dev", "staging", "prod"):
         assert {f"{env}.deploy", f"{env}.rollback", f"{env}.up", f"{env}.monitor"} <= names
     assert {"staging.refresh", "prod.approve", "docs.freshness", "status"} <= names
+    # the service's seed data loads into dev and staging, never into prod
+    assert {"dev.seed", "staging.seed"} <= names and "prod.seed" not in names
 
 
 def deferred_imports() -> Iterator[tuple[str, str, str | None]]:
