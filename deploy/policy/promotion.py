@@ -361,15 +361,7 @@ def checklist(proj: Project, req: dict[str, Any]) -> str:
     """The seed's deployment checklist and request, filled from real data."""
     commit = req["commit"]
     since = _prod_current_commit(proj)
-    log = _git(
-        proj.root,
-        "log",
-        "--oneline",
-        "--no-decorate",
-        f"{since}..{commit}" if since else commit,
-        "-n",
-        "50",
-    ).splitlines()
+    log, more = changes(proj.root, since, commit)
     report = gate_report(proj, commit)
     migs = _migration_changes(proj, commit, since)
     deps = (
@@ -389,7 +381,7 @@ def checklist(proj: Project, req: dict[str, Any]) -> str:
     staging = staging_evidence(proj, commit)
     sections = [
         _request_header(req),
-        _changes_section(log),
+        _changes_section(log, more),
         _gates_section(report),
         _database_section(migs),
         _dependencies_section(deps),
@@ -427,10 +419,27 @@ def _request_header(req: dict[str, Any]) -> list[str]:
     ]
 
 
-def _changes_section(log: list[str]) -> list[str]:
+CHANGES_SHOWN = 50  # the newest commits a checklist lists one by one
+
+
+def changes(root: Path, since: str | None, commit: str) -> tuple[list[str], str]:
+    """(the newest CHANGES_SHOWN commits a request brings, one line each; what the list leaves
+    out and how to read it, or "")."""
+    span = f"{since}..{commit}" if since else commit
+    log = _git(root, "log", "--oneline", "--no-decorate", span, "-n", str(CHANGES_SHOWN))
+    lines = log.splitlines()
+    count = _git(root, "rev-list", "--count", span)
+    left = int(count) - len(lines) if count.isdigit() else 0
+    if left <= 0:
+        return lines, ""
+    return lines, f"... and {left} older commit(s) not listed: `git log --oneline {span}`"
+
+
+def _changes_section(log: list[str], more: str = "") -> list[str]:
     return [
         "### Changes Included",
         *([f"- [ ] {md(line)}" for line in log] or ["- [ ] (no commits since prod's release)"]),
+        *([f"- {more}"] if more else []),
         "",
     ]
 
