@@ -84,6 +84,27 @@ def missing_extension_hint(output: str) -> str:
     )
 
 
+# Django's system checks, which every management command runs first: "SystemCheckError: System
+# check identified some issues", then one line per issue ("app.Model.field: (postgres.E005) ...")
+_DJANGO_CHECKS = re.compile(r"^SystemCheckError\b|\(\w+\.E\d{3}\)", re.M)
+
+
+def django_checks_hint(output: str) -> str:
+    """What to do when Django's system checks stopped the command before any migration ran."""
+    if not _DJANGO_CHECKS.search(output):
+        return ""
+    return (
+        "Django's system checks failed before any migration ran: fix the settings they name "
+        "(INSTALLED_APPS, say) for this environment and deploy again; the previous release "
+        "still serves"
+    )
+
+
+def output_hint(output: str) -> str:
+    """What a failed command's output says to do: an extension, Django's checks; or ""."""
+    return missing_extension_hint(output) or django_checks_hint(output)
+
+
 def kind_of(proj: Project) -> str:
     return proj.service.migrations.kind
 
@@ -353,7 +374,7 @@ class MigrationTool:
             hint = (
                 f"{hint}; the previous release still serves"
                 if hint
-                else missing_extension_hint(f"{res.stderr}\n{res.stdout}")
+                else output_hint(f"{res.stderr}\n{res.stdout}")
                 or "fix the migration and deploy again; the previous release still serves"
             )
             # a tool's traceback ends in its own lines (SQLAlchemy's [SQL: ...]): name the limit

@@ -407,6 +407,28 @@ def test_a_failing_up_says_the_error_its_traceback_ends_with(proj, repo):
     assert "has no extension uuid-ossp: set STAGEFLOW_POSTGRES_BIN" in err.value.line()
 
 
+# Django's management commands run the system checks first and stop, without a traceback, on an
+# error among them (a model field whose app is not installed)
+DJANGO_CHECKS = (
+    "import sys; sys.stderr.write('SystemCheckError: System check identified some issues:\\n\\n"
+    "ERRORS:\\nsearch.Entry.body: (postgres.E005) django.contrib.postgres must be in "
+    "INSTALLED_APPS\\n'); sys.exit(1)"
+)
+
+
+def test_a_command_stopped_by_django_s_system_checks_says_no_migration_ran(proj, repo):
+    up = ("python", "-c", DJANGO_CHECKS)
+    svc = replace(proj.service, migrations=replace(proj.service.migrations, up=up))
+    broken = replace(proj, service=svc)
+    build(broken, repo, "r1", repo.commits["a1"])
+    ctx = context(broken, "r1", repo.commits["a1"], None)
+    with pytest.raises(MigrationError) as err:
+        ctx.runtime.migrate(ctx)
+    assert "(postgres.E005)" in err.value.message
+    assert "Django's system checks failed before any migration ran" in err.value.line()
+    assert "fix the migration" not in err.value.line()
+
+
 def test_level_2_runs_down_to_the_revision_the_target_recorded(proj, repo):
     deploy(proj, repo, "r1", "a1", None)
     _, _, ctx = deploy(proj, repo, "r2", "b2", "r1")
