@@ -20,7 +20,7 @@ from deploy.engine import group
 from deploy.errors import DeployError, GuardRefused, HostError, ServiceError, UsageError, clip
 from deploy.hosts import Host
 from deploy.policy import guards
-from deploy.probes.smoke import Probe, http
+from deploy.probes.smoke import Probe, http, serving_release
 from deploy.runtime import native_hosts
 from deploy.runtime.native import NativeServices, pg_bin_dir
 from deploy.state import DeployLock, Layout, audit, sha256_file
@@ -685,16 +685,20 @@ def _services_up(v: _StagingView) -> tuple[bool, str]:
 
 
 def _serving_current_release(v: _StagingView) -> tuple[bool, str]:
+    """The release that answers is the one `current` names: the release header of its answers,
+    else its [service] version path; and the commit that path reports, when it reports one."""
     current = releases.current_release(v.app_host, v.app_layout)
-    if not v.version:
-        status, body = http("GET", f"http://{v.address}:{v.env.app_port}/version", timeout=1.5)
+    base, service = f"http://{v.address}:{v.env.app_port}", v.proj.service
+    if service.version and not v.version:
+        status, body = http("GET", base + service.version, timeout=1.5)
         v.version.update(body if isinstance(body, dict) else {})
-    meta = releases.release_meta(v.app_host, v.app_layout, current) if current else None
-    serving = v.version.get("release")
+    serving = serving_release(base, service, timeout=1.5)
     if not current or serving != current:
         return False, f"serving {serving}, current is {current}"
-    if meta and meta.get("commit") and v.version.get("commit") != meta["commit"]:
-        return False, f"commit {v.version.get('commit')} != {meta['commit']}"
+    meta = releases.release_meta(v.app_host, v.app_layout, current) or {}
+    said = v.version.get("commit")
+    if said and meta.get("commit") and said != meta["commit"]:
+        return False, f"commit {said} != {meta['commit']}"
     return True, f"{current}"
 
 
