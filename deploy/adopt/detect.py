@@ -106,7 +106,8 @@ _SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|PRIVATE|(?:^
 # A name the code tests for presence ("X" in os.environ): setting it turns on what it guards (an
 # outside service's integration), so a random value for such a secret breaks the boot; the
 # service's own signing key (SECRET_KEY, DJANGO_SECRET_KEY) is right random wherever it is read.
-_PRESENCE_TEST = re.compile(r"""['"]([A-Z][A-Z0-9_]*)['"]\s+(?:not\s+)?in\s+(?:os\.)?environ\b""")
+# (`"X" not in os.environ` is left alone: it as often guards a refusal to start without X.)
+_PRESENCE_TEST = re.compile(r"""['"]([A-Z][A-Z0-9_]*)['"]\s+in\s+(?:os\.)?environ\b""")
 _OWN_KEY = re.compile(r"(?:^|_)SECRET_KEY$")
 # What stageflow itself sets in env/<env>.env, and what no service setting should shadow.
 STAGEFLOW_KEYS = ("COMPOSE_PROJECT_NAME", "APP_PORT", "POSTGRES_PORT", "REDIS_PORT", "DATA_DIR")

@@ -1193,10 +1193,14 @@ def test_a_secret_the_code_uses_only_when_set_is_not_generated(tmp_path: Path) -
         "if 'CDN_TOKEN' in os.environ:\n"
         "    CDN = {'TOKEN': os.environ['CDN_TOKEN'], 'ZONE': os.environ['CDN_ZONE']}\n"
         "STRIPE = os.environ.get('STRIPE_API_KEY')\n"
+        "if 'MAIL_PASSWORD' not in os.environ:\n"
+        "    raise RuntimeError('MAIL_PASSWORD is required')\n"
+        "MAIL = os.environ['MAIL_PASSWORD']\n"
     )
     files = {"manage.py": MANAGE, "mysite/wsgi.py": "", "mysite/settings.py": settings}
     d = detect(write(tmp_path, files))
-    assert d.secret_keys == ("DJANGO_SECRET_KEY", "STRIPE_API_KEY")
+    # a secret whose absence stops the boot is required, and generated
+    assert d.secret_keys == ("DJANGO_SECRET_KEY", "MAIL_PASSWORD", "STRIPE_API_KEY")
     assert d.env_keys == ("CDN_ZONE",)
     (note,) = [n for n in d.notes if "only when set" in n]
     assert note.startswith("secrets the code uses only when set: CDN_TOKEN;")
