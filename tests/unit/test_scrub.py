@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
 import stat
 from pathlib import Path
 from urllib.parse import quote
@@ -92,3 +94,36 @@ def test_state_files_are_private(tmp_path: Path) -> None:
     audit(Host(), layout, actor="a", action="y")
     assert stat.S_IMODE(os.stat(layout.audit).st_mode) == 0o600
     assert len(Path(layout.audit).read_text().splitlines()) == 2
+
+
+ESCAPED = 'p@ss/w%rd+ it\'s "q"-\u00e9 tail'
+
+
+@pytest.mark.parametrize(
+    "printed",
+    [
+        quote(ESCAPED),  # '/' kept, the rest encoded
+        re.sub("%[0-9A-F]{2}", lambda m: m.group(0).lower(), quote(ESCAPED, safe="")),
+        ESCAPED.replace(" ", "+"),
+        re.sub("[:@/]", lambda m: f"%{ord(m.group(0)):X}", ESCAPED),  # a driver's own choice
+        repr(ESCAPED)[1:-1],
+        json.dumps(ESCAPED)[1:-1],
+        repr(ESCAPED.encode())[2:-1],
+        ESCAPED.replace("'", "&#39;").replace('"', "&quot;"),
+        ESCAPED[:14] + "\n    " + ESCAPED[14:],  # wrapped
+    ],
+)
+def test_escaped_forms_are_scrubbed_whole(printed: str) -> None:
+    assert scrub(f"before {printed} after", [Secret(ESCAPED)]) == f"before {REDACTED} after"
+
+
+@pytest.mark.parametrize("cut", [slice(0, 9), slice(5, 14), slice(-9, None)])
+def test_a_run_of_eight_or_more_anywhere_in_the_value_is_scrubbed(cut: slice) -> None:
+    assert scrub(f"<{VALUE[cut]}>", [Secret(VALUE)]) == f"<{REDACTED}>"
+    elided = f"'{VALUE[:10]}...{VALUE[-10:]}'"  # a validation error's cut-short value
+    assert scrub(elided, [Secret(VALUE)]) == f"'{REDACTED}...{REDACTED}'"
+
+
+def test_escapes_that_spell_no_secret_are_left_as_printed() -> None:
+    text = "a+b %41 \\u00e9 &amp; \\'x\\' line\n  next"
+    assert scrub(text, [Secret(VALUE)]) == text
