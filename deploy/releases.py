@@ -718,6 +718,12 @@ def write_settings(
     return path
 
 
+def hidden_settings(env: EnvConfig) -> tuple[str, ...]:
+    """The settings (service_settings) whose values a process's log never shows: the
+    environment's secrets by name. DATABASE_URL and REDIS_URL hold the passwords among them."""
+    return tuple(sorted({k for k, _ in env.secrets}))
+
+
 def secret_forms(env: EnvConfig) -> list[Secret]:
     """The environment's secrets as they may appear in output: as they are, and percent-encoded
     (the form a password takes inside DATABASE_URL or REDIS_URL)."""
@@ -909,6 +915,7 @@ def _launch_master(
         ready_dir=ready,
         metrics_dir=metrics_dir(layout, release.id),
         release=release.id,
+        secrets=hidden_settings(env),
     )
     argv = cmd.gunicorn(
         rdir,
@@ -1478,6 +1485,7 @@ def spawn_processes(
                 env=[("STAGEFLOW_RELEASE", rid)],
                 user=service.user,
                 files=Paths.of(layout).files,
+                secrets=hidden_settings(env),
             ),
             check=False,
             timeout=30,

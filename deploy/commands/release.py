@@ -11,7 +11,7 @@ from deploy.commands import system
 
 # the engine's stdlib-only helpers (listener, launcher, gunicorn hooks), copied into each release
 HELPERS_DIR = ".stageflow"
-HELPERS = ("listener.py", "launch.py", "gunicorn_conf.py")
+HELPERS = ("listener.py", "launch.py", "gunicorn_conf.py", "redact.py")
 
 
 def rev_parse(ref: str) -> list[str]:
@@ -112,6 +112,7 @@ class Launch:
     ready_dir: str  # each worker leaves ok-<pid> or fail-<pid> here
     metrics_dir: str  # each worker's response counters, <pid>.json
     release: str
+    secrets: tuple[str, ...] = ()  # names of settings whose values the log never shows
 
 
 def code_paths(service_dir: str) -> tuple[str, str]:
@@ -155,7 +156,13 @@ def _launch_args(
         launch.pidfile,
         "--log",
         launch.logfile,
+        *_secret_args(launch.secrets),
     ]
+
+
+def _secret_args(names: Sequence[str]) -> list[str]:
+    """--secret NAME for each setting the launcher hides from the process's log: names only."""
+    return [arg for name in names for arg in ("--secret", name)]
 
 
 def gunicorn(
@@ -209,9 +216,9 @@ def gunicorn(
         str(graceful_timeout),
         "--timeout",
         "30",
+        # gunicorn's log and its workers' output go to the launcher's log, secrets hidden
         "--error-logfile",
-        launch.logfile,
-        "--capture-output",
+        "-",
         app,
     ]
 
@@ -323,11 +330,14 @@ def service_process(
     env: Sequence[tuple[str, str]] = (),
     user: str = "",
     files: str = "",
+    secrets: Sequence[str] = (),
 ) -> list[str]:
     """A process of [service.processes], detached by launch.py (a session of its own, its pid in
-    pidfile, its output in log); prints the pid once the program was exec'd."""
+    pidfile, its output in log, the values of the settings named by secrets hidden); prints the
+    pid once the program was exec'd."""
     cmd = service_command(
         release_dir, argv, settings=settings, cwd=cwd, env=env, user=user, files=files
     )
     cut = cmd.index("--")
-    return [*cmd[:cut], "--detach", "--pidfile", pidfile, "--log", log, *cmd[cut:]]
+    detached = ["--detach", "--pidfile", pidfile, "--log", log, *_secret_args(secrets)]
+    return [*cmd[:cut], *detached, *cmd[cut:]]

@@ -264,6 +264,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--detach", action="store_true")
     p.add_argument("--pidfile", default="")
     p.add_argument("--log", default="")
+    p.add_argument("--secret", action="append", default=[])
     p.add_argument("--user", default="")
     p.add_argument("--files", default="")
     p.add_argument("--build-tree", default="")
@@ -293,22 +294,88 @@ def _write_pid(path: str, pid: int) -> None:
     os.replace(tmp, path)
 
 
+def hidden_writer(log: int, values: list[str], who: Account | None) -> int:
+    """A process beside the service that appends what the service prints to log, a line at a
+    time, each with the values hidden (the service's secrets: a worker that prints its
+    environment, a traceback quoting a DSN); returns the pipe's end the service writes to.
+    It holds nothing else of the launcher's, and ends when every writer has closed the pipe."""
+    read_end, write_end = os.pipe()
+    if os.fork() != 0:
+        os.close(read_end)
+        return write_end
+    code = 0
+    try:
+        os.dup2(read_end, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)  # nothing of the invoking command's: its caller waits for their end
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # drain until the end
+            signal.signal(sig, signal.SIG_IGN)
+        if who is not None:
+            become(who)
+        copy_hidden(0, 1, values)
+    except BaseException:  # nothing of the service is written unhidden, ever
+        code = 1
+    os._exit(code)
+
+
+def copy_hidden(src: int, dst: int, values: list[str]) -> None:
+    """src to dst, whole lines hidden by redact.hide (a long run without a newline in pieces)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from redact import hide  # shipped beside this file
+
+    pending = b""
+    while chunk := os.read(src, 65536):
+        pending += chunk
+        cut = pending.rfind(b"\n") + 1 if len(pending) < (1 << 20) else len(pending)
+        if cut:
+            text = pending[:cut].decode("utf-8", "surrogateescape")
+            os.write(dst, hide(text, values).encode("utf-8", "surrogateescape"))
+            pending = pending[cut:]
+    if pending:
+        text = pending.decode("utf-8", "surrogateescape")
+        os.write(dst, hide(text, values).encode("utf-8", "surrogateescape"))
+
+
+def open_log(log: str, hidden: list[str], who: Account | None) -> int:
+    """Where the process's output goes: log, or with values to hide the pipe to a hidden_writer
+    appending to it (forked here, before the process is: a sibling of it, never its child)."""
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    if not hidden:
+        return out
+    try:
+        return hidden_writer(out, hidden, who)
+    finally:
+        os.close(out)
+
+
 def detach(
-    command: list[str], env: dict[str, str], *, pidfile: str, log: str, who: Account | None = None
+    command: list[str],
+    env: dict[str, str],
+    *,
+    pidfile: str,
+    log: str,
+    who: Account | None = None,
+    hidden: list[str] | None = None,
 ) -> int:
     """Double fork: the process leads a session of its own (no terminal, no SSH session holds it),
-    its output goes to log, its pid to pidfile before the exec (both written by the invoking
-    user, then it becomes who). A pipe closed by the exec tells this launcher whether the program
-    started; it prints the pid and returns at once."""
+    its output goes to log (through hidden_writer when there are values to hide), its pid to
+    pidfile before the exec (both written by the invoking user, then it becomes who). A pipe
+    closed by the exec tells this launcher whether the program started; it prints the pid and
+    returns at once."""
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     first = os.fork()
     if first == 0:  # the intermediate child: a new session, then gone
         os.close(read_end)
         os.setsid()
+        try:
+            out = open_log(log, hidden or [], who)
+        except OSError as exc:
+            os.write(write_end, f"cannot open the log {log}: {exc.strerror}".encode())
+            os._exit(NOT_FOUND)
         if os.fork() != 0:
             os._exit(0)
         try:
-            out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
             os.dup2(out, 1)
@@ -403,7 +470,9 @@ def main(argv: list[str]) -> int:
         else:
             command = resolve(command, env)
         if args.detach:
-            return detach(command, env, pidfile=args.pidfile, log=args.log, who=who)
+            # every value of a setting named by --secret is hidden from the log
+            hidden = [settings[k] for k in args.secret if settings.get(k)]
+            return detach(command, env, pidfile=args.pidfile, log=args.log, who=who, hidden=hidden)
         if who is not None and args.build_tree:
             return build_in(args.build_tree, who, command, env)
         if who is not None:

@@ -175,6 +175,7 @@ def test_a_service_without_the_engine_deploys_and_serves(service: Project) -> No
         "gunicorn_conf.py",
         "launch.py",
         "listener.py",
+        "redact.py",
     ]
     status, headers, body = _get(service.url("dev", "/version"))
     assert status == 200 and json.loads(body)["release"] == rid

@@ -1,6 +1,7 @@
 """A password set by hand, with the characters URLs and quotes escape, printed by a service that
 fails the ways real ones do (a driver's URL, a validation error's cut-short value, a settings
-repr): no piece of it reaches the deploy's line, its --json, history or audit."""
+repr) and by a worker that prints its environment: no piece of it reaches the deploy's line,
+its --json, history, audit or the service's own logs."""
 
 from __future__ import annotations
 
@@ -34,9 +35,19 @@ raise RuntimeError(
 """
 
 
+# a worker that prints its environment once it runs, as a debugging one does
+WORKER = """
+[service.processes]
+worker = ["python", "-c", "import os, time; print(dict(os.environ), flush=True); time.sleep(600)"]
+"""
+
+
 @pytest.fixture(scope="module")
 def project() -> Iterator[Project]:
     proj = make_project("sf-forms-")
+    with open(proj.root / "stageflow.toml", "a") as fh:
+        fh.write(WORKER)
+    proj.commit("a worker that prints its environment")
     secrets = proj.root / "env" / "dev.secrets.env"
     secrets.write_text(dotenv_line("POSTGRES_PASSWORD", PASSWORD))
     os.chmod(secrets, 0o600)
@@ -87,6 +98,8 @@ def test_a_failing_service_printing_its_password_leaves_no_piece_of_it(project: 
         "deploy --json": as_json.stdout + as_json.stderr,
         "history": history,
         **{p.name: p.read_text() for p in state.glob("*.jsonl")},
+        **{p.name: p.read_text() for p in (state.parent / "shared" / "logs").glob("*.log")},
     }
-    assert "history.jsonl" in shown
+    assert {"history.jsonl", "app.log", "worker.log"} <= set(shown)
+    assert "DATABASE_URL" in shown["worker.log"] and "Traceback" in shown["app.log"]
     assert {name: _pieces(text) for name, text in shown.items() if _pieces(text)} == {}
