@@ -90,7 +90,7 @@ def run_process(
     Output comes back as the program wrote it (`git show` must return the file as committed): the
     caller scrubs what it shows. The logged argv and any error message are scrubbed of secrets.
     """
-    args = [os.fspath(a) for a in argv]
+    args, env = pinned_git([os.fspath(a) for a in argv], env)
     hide = tuple(secrets)
     log.debug("run %s%s", scrub(shlex.join(args), hide), f" in {cwd}" if cwd else "")
     start = time.monotonic()
@@ -176,6 +176,23 @@ def _interrupt_deferred() -> Iterator[list[int]]:
         yield caught
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# What git reads besides the repository it runs in, named by the operator's shell: another
+# repository, object store, index, namespace, config or replace-ref base. A replace ref swaps an
+# object's content while every id an approval signs stays the same, so the engine's git never
+# follows one, from the shell or from the repository's own config. Who commits is kept.
+_GIT_KEPT = ("GIT_AUTHOR_", "GIT_COMMITTER_", "GIT_SSH", "GIT_ASKPASS", "GIT_TERMINAL_PROMPT")
+
+
+def pinned_git(args: list[str], env: Mapping[str, str] | None) -> tuple[list[str], dict | None]:
+    """args and env as run: for git, without the shell's GIT_* redirections and replace refs."""
+    if not args or os.path.basename(args[0]) != "git":
+        return args, dict(env) if env is not None else None
+    base = os.environ if env is None else env
+    clean = {k: v for k, v in base.items() if not k.startswith("GIT_") or k.startswith(_GIT_KEPT)}
+    clean["GIT_NO_REPLACE_OBJECTS"] = "1"
+    return [args[0], "-c", "core.useReplaceRefs=false", *args[1:]], clean
 
 
 def _spawn(

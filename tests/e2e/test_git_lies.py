@@ -1,0 +1,57 @@
+"""What prod runs is the approved commit's bytes, whatever the operator's repository, shell or
+folder holds: a replace ref (in the repository, or under a base the shell names) swaps a file's
+content while the commit and tree ids the approval signed stay the same."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from tests.e2e.test_signed_approvals import BOB, prod, request  # noqa: F401  (the fixture)
+
+MARK = "# not what was approved"
+
+
+def _evil_blob(p, path: str) -> tuple[str, str]:
+    """(the blob of path in v1.0.0, a blob of the same file with MARK appended)."""
+    blob = p.git("rev-parse", f"v1.0.0:{path}")
+    text = p.git("show", f"v1.0.0:{path}") + f"\n{MARK}\n"
+    evil = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=p.root, input=text,
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    return blob, evil
+
+
+def _served(p, path: str) -> str:
+    return (p.root / ".stageflow/prod/current" / path).read_text()
+
+
+def test_a_replace_ref_does_not_change_what_prod_runs(prod):  # noqa: F811
+    rid = request(prod)
+    prod.ok("prod.approve", rid, actor=BOB)
+    blob, evil = _evil_blob(prod, "app/wsgi.py")
+    prod.git("replace", blob, evil)
+    (prod.root / ".stageflow/build" / f"{prod.git('rev-parse', 'v1.0.0')}.tar").unlink()
+    try:
+        assert MARK in prod.git("show", "v1.0.0:app/wsgi.py")  # git itself now says so
+        prod.ok("prod.deploy", "--request", rid)
+    finally:
+        prod.git("replace", "-d", blob)
+    assert MARK not in _served(prod, "app/wsgi.py")
+
+
+def test_a_replace_ref_base_from_the_shell_changes_nothing(prod):  # noqa: F811
+    (prod.root / "NEXT.txt").write_text("the next release\n")
+    prod.commit("the next release", tag="v1.0.1")
+    prod.ok("release.gate", "--ref", "v1.0.1")
+    prod.ok("staging.deploy", "--ref", "v1.0.1")
+    rid = request(prod, "v1.0.1")
+    prod.ok("prod.approve", rid, actor=BOB)
+    blob, evil = _evil_blob(prod, "app/config.py")
+    prod.git("update-ref", f"refs/elsewhere/{blob}", evil)
+    (prod.root / ".stageflow/build" / f"{prod.git('rev-parse', 'v1.0.1')}.tar").unlink()
+    shell = {"GIT_REPLACE_REF_BASE": "refs/elsewhere/"}
+    seen = subprocess.run(["git", "show", "v1.0.1:app/config.py"], cwd=prod.root,
+                          env={**os.environ, **shell}, capture_output=True, text=True)  # fmt: skip
+    assert MARK in seen.stdout
+    prod.ok("prod.deploy", "--request", rid, env=shell)
+    assert MARK not in _served(prod, "app/config.py")
