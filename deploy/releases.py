@@ -317,17 +317,38 @@ def install_helpers(host: Host, release_dir: str) -> str:
     return target
 
 
+# The archives this process wrote, by path: (inode, size, mtime, ctime) as written. An archive
+# found on disk that this process did not write, or that changed since, is made again: a file in
+# the operator's folder is no evidence of what a commit holds (one edited after staging ran it
+# would otherwise ship to prod under an approval of the commit).
+_ARCHIVED: dict[Path, tuple[int, int, int, int]] = {}
+_ARCHIVING = threading.Lock()
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def archive(proj: Project, commit: str) -> Path:
-    """git archive of the commit, made once on this machine and reused by every host."""
+    """git archive of the commit, made once by this process and reused by every host."""
     build_dir = proj.root / ".stageflow" / "build"
     build_dir.mkdir(parents=True, exist_ok=True)
     tarball = build_dir / f"{commit}.tar"
-    if not tarball.exists():
+    with _ARCHIVING:
+        if tarball in _ARCHIVED and _ARCHIVED[tarball] == _stamp(tarball):
+            return tarball
         tmp = build_dir / f".{commit}.{os.getpid()}.{threading.get_ident()}.tar"
         out = _git(proj.root, gitcmd.archive(commit, output=tmp))
         if out.exit_code != 0:
             raise ServiceError(f"git archive {commit[:12]} failed: {out.stderr.strip()[:200]}")
         os.replace(tmp, tarball)
+        stamp = _stamp(tarball)
+        if stamp is not None:
+            _ARCHIVED[tarball] = stamp
     return tarball
 
 

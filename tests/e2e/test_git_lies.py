@@ -1,11 +1,14 @@
 """What prod runs is the approved commit's bytes, whatever the operator's repository, shell or
 folder holds: a replace ref (in the repository, or under a base the shell names) swaps a file's
-content while the commit and tree ids the approval signed stay the same."""
+content while the commit and tree ids the approval signed stay the same, and so does an archive
+of the commit left on disk by an earlier run and edited since."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
+import tarfile
 
 from tests.e2e.test_signed_approvals import BOB, prod, request  # noqa: F401  (the fixture)
 
@@ -55,3 +58,23 @@ def test_a_replace_ref_base_from_the_shell_changes_nothing(prod):  # noqa: F811
     assert MARK in seen.stdout
     prod.ok("prod.deploy", "--request", rid, env=shell)
     assert MARK not in _served(prod, "app/config.py")
+
+
+def test_the_archive_an_earlier_run_left_is_not_what_prod_ships(prod):  # noqa: F811
+    (prod.root / "NEXT2.txt").write_text("the release after\n")
+    prod.commit("the release after", tag="v1.0.2")
+    prod.ok("release.gate", "--ref", "v1.0.2")
+    prod.ok("staging.deploy", "--ref", "v1.0.2")
+    rid = request(prod, "v1.0.2")
+    prod.ok("prod.approve", rid, actor=BOB)
+    tar_path = prod.root / ".stageflow/build" / f"{prod.git('rev-parse', 'v1.0.2')}.tar"
+    with tarfile.open(tar_path) as tar:
+        members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar]
+    with tarfile.open(tar_path, "w") as tar:
+        for m, data in members:
+            if m.name == "app/wsgi.py":
+                data += f"\n{MARK}\n".encode()
+                m.size = len(data)
+            tar.addfile(m, io.BytesIO(data) if data is not None else None)
+    prod.ok("prod.deploy", "--request", rid)
+    assert MARK not in _served(prod, "app/wsgi.py")
