@@ -82,6 +82,21 @@ def acting_on(
     return actors.prove(who, signers, action, name, **fields)
 
 
+def human_on_prod(proj: Project, name: str, action: str, **fields: Any) -> Actor:
+    """acting_on, refused on a production environment unless a key prod trusts signed it: what
+    changes prod's database or its records outside an approved deploy is a person's act."""
+    who = acting_on(proj, name, action, **fields)
+    if proj.env(name).environment == "production" and not who.is_human:
+        from deploy.errors import GuardRefused
+
+        raise GuardRefused(
+            f"{who} may not {action.replace('-', ' ')} on {name}: a human signs it with a key "
+            "prod trusts",
+            hint="`inv prod.keys` shows whose keys count; `--dry-run` shows the plan unsigned",
+        )
+    return who
+
+
 def shell_guard(proj: Project, name: str) -> None:
     """The shell-ENVIRONMENT guard alone: every task that changes anything runs it first."""
     guards.require([guards.shell_environment(proj.env(name), os.environ)])

@@ -17,6 +17,7 @@ from deploy.tasks._common import (
     edge,
     env_name,
     guarded,
+    human_on_prod,
     preflight,
     project,
     shell_guard,
@@ -118,15 +119,17 @@ def migrate(c, to=None, dry_run=False, resolve=None, mark=""):
     from deploy import env_migrations
 
     name, proj = env_name(c), project()
+    version = whole(resolve, "--resolve", minimum=1) if resolve is not None else None
+    target = whole(to, "--to", minimum=1) if to is not None else None
+    who = actor()
     if not dry_run:
         guarded(proj, name)
-    if resolve is not None:
-        version = whole(resolve, "--resolve", minimum=1)
-        env_migrations.resolve(proj, name, version=version, state=mark, actor=str(actor()))
+        who = human_on_prod(proj, name, "migrate", to=target, resolve=version, mark=mark)
+    if version is not None:
+        env_migrations.resolve(proj, name, version=version, state=mark, actor=str(who))
         say(f"{name}: migration {resolve} marked {mark}")
         return
-    target = whole(to, "--to", minimum=1) if to is not None else None
-    done = env_migrations.migrate(proj, name, target=target, dry_run=dry_run, actor=str(actor()))
+    done = env_migrations.migrate(proj, name, target=target, dry_run=dry_run, actor=str(who))
     verb = "would apply" if dry_run else "applied"
     say(f"{name}: {verb} {[f.version for f in done] or 'nothing'}")
 

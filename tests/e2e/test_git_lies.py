@@ -10,7 +10,7 @@ import os
 import subprocess
 import tarfile
 
-from tests.e2e.test_signed_approvals import BOB, prod, request  # noqa: F401  (the fixture)
+from tests.e2e.test_signed_approvals import BOB, prod, refused, request  # noqa: F401
 
 MARK = "# not what was approved"
 
@@ -78,3 +78,16 @@ def test_the_archive_an_earlier_run_left_is_not_what_prod_ships(prod):  # noqa: 
             tar.addfile(m, io.BytesIO(data) if data is not None else None)
     prod.ok("prod.deploy", "--request", rid)
     assert MARK not in _served(prod, "app/wsgi.py")
+
+
+def test_prods_migrations_and_their_ledger_are_changed_by_a_signed_human_only(prod):  # noqa: F811
+    """The working tree's SQL applied to prod's database, or a failed migration marked resolved,
+    outside any approved deploy: an agent's shell decides neither."""
+    planted = prod.root / "app/migrations/0004_planted.up.sql"
+    planted.write_text("CREATE TABLE planted (id int);\n")
+    try:
+        for args in (("prod.migrate",), ("prod.migrate", "--resolve", "3", "--mark", "applied")):
+            refused(prod, *args, actor="agent-7", kind="agent", says="may not migrate")
+            refused(prod, *args, env={"STAGEFLOW_SIGNING_KEY": ""}, says="may not migrate")
+    finally:
+        planted.unlink()
