@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shlex
+import stat
 import struct
 import tempfile
 import unicodedata
@@ -137,17 +138,59 @@ def canonical(statement: Mapping[str, Any]) -> str:
     return json.dumps(statement, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
+# ssh-keygen decides whose signature counts, so it is never found through PATH (the operator's
+# shell, or an agent's, sets PATH): it is the system's own, in a directory only root can write.
+SYSTEM_DIRS = ("/usr/bin", "/bin", "/usr/local/bin")
+# what ssh-keygen runs with: none of the shell's variables (LD_PRELOAD, a PATH of its own...)
+# but what reaches the person's agent or security key when it signs
+_SIGNING_ENV = ("SSH_AUTH_SOCK", "SSH_ASKPASS", "SSH_ASKPASS_REQUIRE", "DISPLAY", "HOME",
+                "SSH_SK_PROVIDER", "USER", "LOGNAME", "LANG", "LC_ALL")  # fmt: skip
+
+
+def _root_only(path: str) -> bool:
+    """path is root's and only root may change it, nor any folder above it (sticky ones aside)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if (
+        st.st_uid != 0
+        or st.st_mode & 0o022
+        and not (stat.S_ISDIR(st.st_mode) and st.st_mode & 0o1000)
+    ):
+        return False
+    parent = os.path.dirname(path)
+    return parent == path or _root_only(parent)
+
+
+def ssh_keygen() -> str:
+    """The system's ssh-keygen, by absolute path; refused when none is root's alone."""
+    for folder in SYSTEM_DIRS:
+        real = os.path.realpath(os.path.join(folder, "ssh-keygen"))
+        if os.path.isfile(real) and _root_only(real):
+            return real
+    raise NotApproved(
+        f"no ssh-keygen that only root can change in {', '.join(SYSTEM_DIRS)}",
+        hint="install OpenSSH's client from the system's packages (openssh-client)",
+    )
+
+
+def keygen_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in _SIGNING_ENV}
+    return {**env, "PATH": ":".join(SYSTEM_DIRS)}
+
+
 def sign_argv(key: str) -> list[str]:
-    return ["ssh-keygen", "-q", "-Y", "sign", "-f", key, "-n", NAMESPACE]
+    return [ssh_keygen(), "-q", "-Y", "sign", "-f", key, "-n", NAMESPACE]
 
 
 def verify_argv(allowed: str, principal: str, signature: str) -> list[str]:
-    return ["ssh-keygen", "-Y", "verify", "-f", allowed, "-I", principal, "-n", NAMESPACE,
+    return [ssh_keygen(), "-Y", "verify", "-f", allowed, "-I", principal, "-n", NAMESPACE,
             "-s", signature]  # fmt: skip
 
 
 def public_of_argv(key: str) -> list[str]:
-    return ["ssh-keygen", "-y", "-f", key]
+    return [ssh_keygen(), "-y", "-f", key]
 
 
 def signature_fingerprint(signature: str) -> str:
@@ -194,7 +237,7 @@ def sign(statement: Mapping[str, Any], *, key: str | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="stageflow-sign-") as tmp:
         argv = sign_argv(_key_file(key, Path(tmp)))
         out = run_process(argv, input=canonical(statement), timeout=SIGN_TIMEOUT_S,
-                          new_session=False)  # fmt: skip
+                          env=keygen_env(), new_session=False)  # fmt: skip
     if not out.ok or "BEGIN SSH SIGNATURE" not in out.stdout:
         why = out.stderr.strip().splitlines()[-1:] or ["no signature"]
         raise NotApproved(
@@ -220,7 +263,7 @@ def public_key(key: str | None) -> tuple[str, str] | None:
                 text = first
                 break
         if not text:
-            out = run_process(public_of_argv(path), timeout=VERIFY_TIMEOUT_S)
+            out = run_process(public_of_argv(path), timeout=VERIFY_TIMEOUT_S, env=keygen_env())
             text = out.stdout.strip() if out.ok else ""
     parts = text.split()
     return (parts[0], parts[1]) if len(parts) >= 2 and parts[0] in KEY_TYPES else None
@@ -240,7 +283,8 @@ def verify(signed: Mapping[str, Any], signers: Sequence[Signer]) -> Identity:
         allowed.write_text(signer.line() + "\n")
         sig.write_text(signature.strip() + "\n")
         out = run_process(verify_argv(str(allowed), signer.principal, str(sig)),
-                          input=canonical(statement), timeout=VERIFY_TIMEOUT_S)  # fmt: skip
+                          input=canonical(statement), timeout=VERIFY_TIMEOUT_S,
+                          env=keygen_env())  # fmt: skip
     if not out.ok:
         raise NotApproved(f"the signature of {signer.principal} does not match its statement")
     return Identity(signer.principal, fp)

@@ -6,8 +6,10 @@ of the commit left on disk by an earlier run and edited since."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
+import sys
 import tarfile
 
 from tests.e2e.test_signed_approvals import BOB, prod, refused, request  # noqa: F401
@@ -91,3 +93,44 @@ def test_prods_migrations_and_their_ledger_are_changed_by_a_signed_human_only(pr
             refused(prod, *args, env={"STAGEFLOW_SIGNING_KEY": ""}, says="may not migrate")
     finally:
         planted.unlink()
+
+
+# An ssh-keygen the shell finds first on PATH: every signature verifies, and a "signature" names
+# whichever trusted key the caller wants (public: prod's allowed signers list it)
+FAKE_SSH_KEYGEN = """#!/usr/bin/env python3
+import base64, os, struct, sys
+if "verify" in sys.argv:
+    sys.exit(0)
+if "sign" in sys.argv:
+    key = base64.b64decode(os.environ["FAKE_KEY"])
+    def s(b): return struct.pack(">I", len(b)) + b
+    blob = b"SSHSIG" + struct.pack(">I", 1) + s(key) + s(b"stageflow") + s(b"") + s(b"sha512") + s(b"x")
+    print("-----BEGIN SSH SIGNATURE-----")
+    print(base64.b64encode(blob).decode())
+    print("-----END SSH SIGNATURE-----")
+    sys.exit(0)
+os.execv("/usr/bin/ssh-keygen", ["ssh-keygen", *sys.argv[1:]])
+"""
+
+
+def test_an_ssh_keygen_first_on_path_proves_nobody(prod):  # noqa: F811
+    fake = prod.root.parent / "fakebin"
+    fake.mkdir(exist_ok=True)
+    (fake / "ssh-keygen").write_text(FAKE_SSH_KEYGEN)
+    (fake / "ssh-keygen").chmod(0o755)
+    bob_pub = fake / "bob.pub"  # a copy of the public half alone, as prod's signers list it
+    bob_pub.write_text((prod.root.parent / "keys" / f"{BOB}.pub").read_text())
+    shell = {"PATH": f"{fake}:{os.environ['PATH']}", "FAKE_KEY": bob_pub.read_text().split()[1],
+             "STAGEFLOW_SIGNING_KEY": str(bob_pub)}  # fmt: skip
+    rid = request(prod)
+    refused(prod, "prod.approve", rid, actor=BOB, env=shell, says="signing with")
+    # the same "signature" typed into the request file: the deploy verifies it with the same tool
+    path = prod.root / ".stageflow/prod/state/requests" / f"{rid}.json"
+    req = json.loads(path.read_text())
+    said = {"action": "approve", "env": "prod", "request": req["id"], "commit": req["commit"]}
+    fake_sig = subprocess.run([sys.executable, str(fake / "ssh-keygen"), "-Y", "sign"], env=shell,
+                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+    req["approvals"] = [{"actor": BOB, "kind": "human", "statement": said, "signature": fake_sig}]
+    path.write_text(json.dumps(req))
+    own = {**shell, "STAGEFLOW_SIGNING_KEY": str(prod.key(prod.actor))}  # the deployer's key
+    refused(prod, "prod.deploy", "--request", rid, env=own, says="does not match")
