@@ -128,6 +128,11 @@ def ls_tree_names(
     return git("ls-tree", *(["-r"] if recursive else []), "--name-only", commit, *paths, repo=repo)
 
 
+def ls_tree_entries(commit: str, *, repo: PathLike | None = None) -> list[str]:
+    """Every blob and submodule of commit: `MODE TYPE ID\tPATH`, NUL-terminated."""
+    return git("ls-tree", "-r", "-z", "--full-tree", commit, repo=repo)
+
+
 def show_file(commit: str, path: str, *, repo: PathLike | None = None) -> list[str]:
     """One file's text as committed."""
     return git("show", f"{commit}:{path}", repo=repo)

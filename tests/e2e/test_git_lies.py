@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import zlib
 
 from tests.e2e.test_signed_approvals import BOB, prod, refused, request  # noqa: F401
 
@@ -27,7 +28,9 @@ def _evil_blob(p, path: str) -> tuple[str, str]:
 
 
 def _served(p, path: str) -> str:
-    return (p.root / ".stageflow/prod/current" / path).read_text()
+    """The file as prod's serving release holds it ("" before prod's first release)."""
+    served = p.root / ".stageflow/prod/current" / path
+    return served.read_text() if served.exists() else ""
 
 
 def test_a_replace_ref_does_not_change_what_prod_runs(prod):  # noqa: F811
@@ -134,3 +137,28 @@ def test_an_ssh_keygen_first_on_path_proves_nobody(prod):  # noqa: F811
     path.write_text(json.dumps(req))
     own = {**shell, "STAGEFLOW_SIGNING_KEY": str(prod.key(prod.actor))}  # the deployer's key
     refused(prod, "prod.deploy", "--request", rid, env=own, says="does not match")
+
+
+def test_an_object_edited_under_its_own_id_ships_nowhere(prod):  # noqa: F811
+    (prod.root / "NEXT3.txt").write_text("one more release\n")
+    prod.commit("one more release", tag="v1.0.3")
+    prod.ok("release.gate", "--ref", "v1.0.3")
+    prod.ok("staging.deploy", "--ref", "v1.0.3")
+    rid = request(prod, "v1.0.3")
+    prod.ok("prod.approve", rid, actor=BOB)
+    blob = prod.git("rev-parse", "v1.0.3:app/wsgi.py")
+    obj = prod.root / ".git/objects" / blob[:2] / blob[2:]
+    assert obj.exists(), "the blob is packed: nothing to edit in place"
+    original = obj.read_bytes()
+    data = (prod.git("show", "v1.0.3:app/wsgi.py") + f"\n{MARK}\n").encode()
+    obj.chmod(0o644)
+    obj.write_bytes(zlib.compress(f"blob {len(data)}\0".encode() + data))
+    try:
+        assert MARK in prod.git("show", "v1.0.3:app/wsgi.py")  # git reads it without a check
+        res = prod.inv("prod.deploy", "--request", rid)  # fails at build: a failed deploy
+    finally:
+        obj.write_bytes(original)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "does not hold its tree" in res.stderr.strip().splitlines()[-1], res.stderr
+    assert MARK not in _served(prod, "app/wsgi.py")
+    assert prod.history("prod")[0]["status"] == "failed"
