@@ -40,14 +40,16 @@ def derived_forms(value: str) -> list[str]:
 
 
 # How programs escape a character when they print it: percent-encoding (either case, a run of
-# bytes), JSON's and repr's backslash escapes, HTML entities; and a line break with its indent
-# where a long line was wrapped. Each is read back to what it stands for before matching.
+# bytes), JSON's and repr's backslash escapes, HTML entities, a shell's quoting; and a line break
+# with its indent where a long line was wrapped. Each is read back to what it stands for before
+# matching.
 _ESCAPE = re.compile(
     r"(?P<pct>(?:%[0-9A-Fa-f]{2})+)"
     r"|(?P<uni>(?:\\u[0-9A-Fa-f]{4})+)"
     r"|(?P<hex>(?:\\x[0-9A-Fa-f]{2})+)"
     r"|\\(?P<char>[\\'\"/])"
     r"|&(?P<entity>#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|quot|amp|apos|lt|gt);"
+    r"|(?P<quote>'\"'\"'|'\\'')"  # a single quote inside a shell's single-quoted word
     r"|(?P<wrap>\r?\n[ \t]*)"
 )
 _ENTITIES = {"quot": '"', "amp": "&", "apos": "'", "lt": "<", "gt": ">"}
@@ -73,6 +75,8 @@ def _unescape(m: re.Match[str]) -> str:
             return _ENTITIES[text]
         code = int(text[2:], 16) if text[1] in "xX" else int(text[1:])
         return chr(code) if code < 0x110000 else "\ufffd"
+    if kind == "quote":
+        return "'"
     return "" if kind == "wrap" else text
 
 

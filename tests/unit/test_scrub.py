@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import re
+import shlex
 import stat
 from pathlib import Path
 from urllib.parse import quote
@@ -111,6 +112,8 @@ ESCAPED = 'p@ss/w%rd+ it\'s "q"-\u00e9 tail'
         repr(ESCAPED.encode())[2:-1],
         ESCAPED.replace("'", "&#39;").replace('"', "&quot;"),
         ESCAPED[:14] + "\n    " + ESCAPED[14:],  # wrapped
+        shlex.quote(ESCAPED)[1:-1],  # inside a shell's single quotes
+        ESCAPED.replace("'", "'\\''"),
     ],
 )
 def test_escaped_forms_are_scrubbed_whole(printed: str) -> None:
