@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
-from deploy import migrations, poetry, procs, requirements, tree_hash
+from deploy import git_archive, migrations, poetry, procs, requirements
 from deploy.commands import files as filecmd
 from deploy.commands import git as gitcmd
 from deploy.commands import release as cmd
@@ -333,25 +333,6 @@ def _stamp(path: Path) -> tuple[int, int, int, int] | None:
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-def _check_archive(root: Path, commit: str, tarball: Path) -> None:
-    """The archive's bytes hash to the commit's tree (tree_hash): an object of the repository
-    edited in place under its old id ships nowhere."""
-    tree = _git(root, gitcmd.rev_parse(commit, kind="tree")).stdout.strip()
-    listing = _git(root, gitcmd.ls_tree_entries(commit))
-    try:
-        shipped = tree_hash.shipped_tree(tarball, listing.stdout, len(commit))
-    except (ValueError, tarfile.TarError, OSError) as exc:
-        shipped = f"none ({exc})"
-    if not listing.ok or shipped != tree:
-        raise ServiceError(
-            f"the archive of {commit[:12]} does not hold its tree {tree[:12]}: its files hash "
-            f"to {shipped[:12]}",
-            hint="the repository's objects changed under their ids (`git fsck` names them), or "
-            "a .gitattributes export-subst rewrote a file; fix the repository, or drop the "
-            "attribute",
-        )
-
-
 def archive(proj: Project, commit: str) -> Path:
     """git archive of the commit, made once by this process and reused by every host."""
     build_dir = proj.root / ".stageflow" / "build"
@@ -361,14 +342,7 @@ def archive(proj: Project, commit: str) -> Path:
         if tarball in _ARCHIVED and _ARCHIVED[tarball] == _stamp(tarball):
             return tarball
         tmp = build_dir / f".{commit}.{os.getpid()}.{threading.get_ident()}.tar"
-        out = _git(proj.root, gitcmd.archive(commit, output=tmp))
-        if out.exit_code != 0:
-            raise ServiceError(f"git archive {commit[:12]} failed: {out.stderr.strip()[:200]}")
-        try:
-            _check_archive(proj.root, commit, tmp)
-        except ServiceError:
-            tmp.unlink(missing_ok=True)
-            raise
+        git_archive.write(proj.root, commit, tmp)
         os.replace(tmp, tarball)
         stamp = _stamp(tarball)
         if stamp is not None:

@@ -128,6 +128,27 @@ def ls_tree_names(
     return git("ls-tree", *(["-r"] if recursive else []), "--name-only", commit, *paths, repo=repo)
 
 
+def common_dir(*, repo: PathLike | None = None) -> list[str]:
+    """The repository's own .git (a linked worktree's main one), as an absolute path."""
+    return git("rev-parse", "--path-format=absolute", "--git-common-dir", repo=repo)
+
+
+def archive_in(git_dir: PathLike, commit: str, *, output: PathLike) -> list[str]:
+    """`git archive` of commit run in git_dir, with no attributes file but the commit's own."""
+    return [
+        "git",
+        "--git-dir",
+        str(git_dir),
+        "-c",
+        "core.attributesFile=/dev/null",
+        "archive",
+        "--format=tar",
+        "-o",
+        str(output),
+        commit,
+    ]
+
+
 def ls_tree_entries(commit: str, *, repo: PathLike | None = None) -> list[str]:
     """Every blob and submodule of commit: `MODE TYPE ID\tPATH`, NUL-terminated."""
     return git("ls-tree", "-r", "-z", "--full-tree", commit, repo=repo)

@@ -27,9 +27,18 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from deploy import git_archive
 from deploy.commands import git as gitcmd
 from deploy.commands import release as relcmd
-from deploy.errors import ConfigError, DeployError, GateFailed, GuardRefused, UsageError, clip
+from deploy.errors import (
+    ConfigError,
+    DeployError,
+    GateFailed,
+    GuardRefused,
+    ServiceError,
+    UsageError,
+    clip,
+)
 from deploy.gates import CommandTimedOut, GateContext, GateResult, Outcome, Snapshot, git
 from deploy.gates.cache import VerdictCache, cache_key
 from deploy.gates.report import Report
@@ -127,13 +136,13 @@ def snapshot(root: Path, commit: str, dest: Path) -> None:
     Extracted by tar, as a release is (Python's tarfile took 0.3 s of every gate run for a few
     hundred files); a git tree holds no absolute or parent paths, nor a path through a link."""
     dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(suffix=".tar") as tarball:
-        res = run_process(gitcmd.archive(commit, repo=root), stdout=tarball, timeout=300)
-        if res.exit_code != 0:
-            why = "ran longer than 300s" if res.timed_out else res.stderr.strip()
-            raise UsageError(f"git archive {commit[:12]} failed: {why}")
-        tarball.flush()
-        res = run_process(relcmd.extract_files(tarball.name, str(dest)), timeout=300)
+    with tempfile.TemporaryDirectory(prefix="stageflow-snapshot-") as tmp:
+        tarball = Path(tmp) / f"{commit}.tar"
+        try:  # as a release is made: the commit's bytes, whatever the repository's .git says
+            git_archive.write(root, commit, tarball)
+        except ServiceError as exc:
+            raise UsageError(exc.message, hint=exc.hint) from None
+        res = run_process(relcmd.extract_files(str(tarball), str(dest)), timeout=300)
         if res.exit_code != 0:
             why = "ran longer than 300s" if res.timed_out else res.stderr.strip()
             raise UsageError(f"the snapshot of {commit[:12]} could not be extracted: {clip(why)}")

@@ -162,3 +162,18 @@ def test_an_object_edited_under_its_own_id_ships_nowhere(prod):  # noqa: F811
     assert "does not hold its tree" in res.stderr.strip().splitlines()[-1], res.stderr
     assert MARK not in _served(prod, "app/wsgi.py")
     assert prod.history("prod")[0]["status"] == "failed"
+
+
+def test_attributes_outside_the_commit_leave_no_file_out(prod):  # noqa: F811
+    """.git/info/attributes is the operator's, not the commit's: an export-ignore line there
+    would drop a file from a release whose commit and tree were approved whole."""
+    info = prod.root / ".git/info/attributes"
+    info.parent.mkdir(exist_ok=True)
+    info.write_text("README.md export-ignore\n")
+    try:
+        (prod.root / "NEXT4.txt").write_text("and one more\n")
+        prod.commit("and one more", tag="v1.0.4")
+        prod.ok("staging.deploy", "--ref", "v1.0.4")
+    finally:
+        info.unlink()
+    assert (prod.root / ".stageflow/staging/current/README.md").exists()
