@@ -166,9 +166,10 @@ DJANGO_MIGRATIONS = Migrations(
 
 
 def flask_migrate(app: str) -> Migrations:
-    """Flask-Migrate's `flask db` commands; `--app` names the app, since a deploy sets no
-    FLASK_APP and `flask` finds no `db` command without one (a .flaskenv is not in every repo)."""
-    flask = ("flask", "--app", app) if app else ("flask",)
+    """Flask-Migrate's `flask db` commands; `FLASK_APP` names the app, since a deploy sets none
+    and `flask` finds no `db` command without it (a .flaskenv is not in every repo). Set through
+    `env`, not `--app`: Flask before 2.2 has no `--app` option and refuses the command."""
+    flask = ("env", f"FLASK_APP={app}", "flask") if app else ("flask",)
     return Migrations(
         kind="command",
         dir="migrations/versions",
@@ -276,7 +277,7 @@ def _web_line_steps(bases: list[Path], migrations: Migrations) -> tuple[str, ...
     line = _web_line(bases)
     if line is None or _procfile_web(bases) is None:
         return ()
-    up = list(migrations.up or ())
+    up = list(_after_env(migrations.up or ()))
     others = []
     for step in _web_steps(line)[:-1]:
         try:

@@ -68,6 +68,9 @@ def test_alembic_renders_from_the_copys_revision(tmp_path: Path) -> None:
         kind="command", up=("flask", "db", "upgrade"), current=("flask", "db", "current")
     )
     assert render_argv(ctx, flask, {"": "a1"}) == ["flask", "db", "upgrade", "a1:head", "--sql"]
+    named = ("env", "FLASK_APP=shop:app", "flask", "db", "upgrade")  # what init writes
+    env_flask = Migrations(kind="command", up=named, current=("flask", "db", "current"))
+    assert render_argv(ctx, env_flask, {"": "a1"}) == [*named, "a1:head", "--sql"]
     django = Migrations(kind="command", up=("python", "manage.py", "migrate"), current=("x",))
     assert render_argv(ctx, django, {"shop": "0001"}) is None
     configured = _ctx(tmp_path, {"render": ["tool", "sql", "{current}"]})
