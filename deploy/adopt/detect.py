@@ -4,6 +4,7 @@ requirements and the migration tool. Reads only; nothing here writes or runs any
 from __future__ import annotations
 
 import configparser
+import json
 import re
 import shlex
 import tomllib
@@ -311,10 +312,16 @@ def _other_server(bases: list[Path], wsgi: str, worker: str) -> tuple[str, ...]:
 
 def _procfile_web(bases: list[Path]) -> tuple[str, str | None] | None:
     """The app spec a Procfile's web line serves, and its worker class (an ASGI server's worker,
-    gunicorn's -k), or None when the line names none (`web: bin/start`, a shell line)."""
+    gunicorn's -k), or None when the line names none (`web: bin/start`, a shell line). Without a
+    Procfile, the server a Dockerfile's CMD or ENTRYPOINT starts, itself or through its script."""
     line = _web_line(bases)
     if line is None:
-        return None
+        return next(filter(None, map(_server_spec, _docker_server_lines(bases))), None)
+    return _server_spec(line)
+
+
+def _server_spec(line: str) -> tuple[str, str | None] | None:
+    """The app spec and worker class of a line that starts a server, or None."""
     try:  # a shell line's server is its last command (`flask db upgrade; gunicorn app:app`)
         argv = shlex.split(_web_steps(line)[-1])
     except (ValueError, IndexError):
@@ -339,7 +346,74 @@ def _procfile_web(bases: list[Path]) -> tuple[str, str | None] | None:
             spec = word
     if spec is None or server not in {"gunicorn", "waitress-serve", *_ASGI_SERVERS}:
         return None
+    worker = None if worker and "$" in worker else worker  # a variable the script left unset
     return (f"{spec}()" if factory and not spec.endswith(")") else spec), worker
+
+
+_DOCKER_RUN = re.compile(r"^\s*(CMD|ENTRYPOINT)\s+(.+)$", re.I | re.M)
+# VAR=${VAR:-default} or VAR=value: what a start script sets before it runs its server
+_SCRIPT_VAR = re.compile(
+    r"^\s*(?:export\s+)?([A-Za-z_]\w*)=(?:\$\{\1:-([^}]*)\}|([^\s$`;&|]*))\s*$"
+)
+_VAR_USE = re.compile(r"\$\{([A-Za-z_]\w*)(?::?-([^}]*))?\}|\$([A-Za-z_]\w*)")
+
+
+def _docker_commands(bases: list[Path]) -> list[str]:
+    """The commands of the first Dockerfile's CMD and ENTRYPOINT (exec or shell form), CMD first."""
+    text = next((_read(b / "Dockerfile") for b in bases if (b / "Dockerfile").is_file()), "")
+    text = re.sub(r"\\\n", " ", text)
+    found = {kind.upper(): rest.strip() for kind, rest in _DOCKER_RUN.findall(text)}
+    out = []
+    for kind in ("CMD", "ENTRYPOINT"):
+        value = found.get(kind, "")
+        try:
+            words = json.loads(value) if value.startswith("[") else None
+        except ValueError:
+            words = None
+        out.append(shlex.join(words) if isinstance(words, list) else value)
+    return [c for c in out if c]
+
+
+def _script_file(bases: list[Path], path: str) -> Path | None:
+    """The repository's file a path in the image names (`/opt/app/docker-entrypoint.sh` is the
+    `docker-entrypoint.sh` the Dockerfile copied there): the longest tail of it that exists."""
+    parts = [p for p in PurePosixPath(path).parts if p not in ("/", ".")]
+    for i in range(len(parts)):
+        for base in bases:
+            candidate = base.joinpath(*parts[i:])
+            if candidate.is_file() and candidate.suffix != ".py":
+                return candidate
+    return None
+
+
+def _docker_server_lines(bases: list[Path]) -> list[str]:
+    """Each command the Dockerfile runs, then the lines of a start script it runs, last first
+    (the server is the script's last command), continuation lines joined and the script's own
+    variables filled in from the defaults it sets (`WORKER_CLASS=${WORKER_CLASS:-gevent}`)."""
+    lines = []
+    for command in _docker_commands(bases):
+        lines.append(command)
+        words = [w for w in command.split()[:2] if w.endswith(".sh") or "/" in w]
+        script = _script_file(bases, words[0].strip("'\"")) if words else None
+        if script is None:
+            continue
+        text = re.sub(r"\\\n", " ", _read(script)).splitlines()
+        values = {
+            m[1]: m[2] if m[2] is not None else m[3] for m in map(_SCRIPT_VAR.match, text) if m
+        }
+        lines += [_fill(line, values) for line in reversed(text)]
+    return lines
+
+
+def _fill(line: str, values: dict[str, str]) -> str:
+    """A script's line with each variable it set (or one with a `${NAME:-default}`) filled in;
+    any other is left as written."""
+
+    def value(m: re.Match[str]) -> str:
+        name = m[1] or m[3]
+        return values[name] if name in values else m[2] if m[2] is not None else m[0]
+
+    return _VAR_USE.sub(value, line)
 
 
 def _module_file(base: Path, spec: str) -> Path | None:

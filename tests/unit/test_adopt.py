@@ -1343,3 +1343,44 @@ def test_a_setting_that_logs_to_stdout_is_on_in_every_environment(tmp_path: Path
     # the same value on staging and prod: not a key the policy-drift gate lets differ
     drift = tomllib.loads(files["stageflow.toml"])["gates"]["policy-drift"]["allowed_keys"]
     assert "LOG_TO_STDOUT" not in drift
+
+
+START_SCRIPT = """\
+#!/bin/sh
+set -eu
+WORKER_CLASS=${WORKER_CLASS:-gevent}
+LOG=${LOG:--}
+flask db upgrade
+echo "starting gunicorn wsgi:app"
+exec gunicorn 'shop:create_app()' \\
+    --bind "0.0.0.0:${PORT:-8000}" \\
+    --worker-class "$WORKER_CLASS" \\
+    --access-logfile "$LOG"
+"""
+
+
+def test_a_dockerfiles_start_script_names_the_app_and_its_worker_class(tmp_path: Path) -> None:
+    # a module that makes an instance at import (for a dev server) and the factory the image's
+    # start script serves: the way the team runs it in production wins over the guess
+    wsgi = "from shop import create_app\n\napp = create_app()\n"
+    dockerfile = 'FROM python:3.11\nCOPY . /srv/shop\nENTRYPOINT ["/srv/shop/bin/start.sh"]\n'
+    write(tmp_path, {"shop/__init__.py": FACTORY, "wsgi.py": wsgi, "Dockerfile": dockerfile,
+                     "bin/start.sh": START_SCRIPT, "requirements.txt": "flask\n"})  # fmt: skip
+    d = detect(tmp_path)
+    # the script's last command, its continuation lines joined, its variable's default filled in
+    assert (d.framework, d.wsgi, d.worker_class) == ("Flask", "shop:create_app()", "gevent")
+
+
+def test_a_dockerfiles_cmd_names_the_app(tmp_path: Path) -> None:
+    wsgi = "from shop import create_app\n\napp = create_app()\n"
+    for cmd, worker in (
+        ('CMD ["gunicorn", "--bind", "0.0.0.0:8000", "shop:create_app()"]', "sync"),
+        ("CMD gunicorn -k $WORKER_CLASS \\\n    shop:create_app()", "sync"),  # a variable unset
+    ):
+        write(tmp_path, {"shop/__init__.py": FACTORY, "wsgi.py": wsgi, "requirements.txt": "flask\n",
+                         "Dockerfile": f"FROM python:3.11\n{cmd}\n"})  # fmt: skip
+        d = detect(tmp_path)
+        assert (d.wsgi, d.worker_class) == ("shop:create_app()", worker), cmd
+    # a Procfile's web line still comes first
+    (tmp_path / "Procfile").write_text("web: gunicorn wsgi:app\n")
+    assert detect(tmp_path).wsgi == "wsgi:app"
