@@ -1039,16 +1039,47 @@ def _missing_extensions(base: Path, migrations: Migrations) -> tuple[str, ...]:
     )
 
 
+# code that reads the environment by a computed name: a configparser interpolation that looks
+# each option up (`os.getenv(option)`), which lets the environment fill an INI file's options
+_COMPUTED_ENV_READ = re.compile(r"\b(?:getenv|environ\.get)\(\s*[A-Za-z_]|\benviron\[\s*[A-Za-z_]")
+_INI_FILE = re.compile(r"""['"]([\w./-]+\.(?:ini|cfg))['"]""")
+_ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+def ini_env_names(path: Path, text: str, base: Path) -> set[str]:
+    """The options an INI file leaves empty (`SECRET_KEY =`), when a module that reads it with
+    configparser looks names up in the environment by a computed name: the environment fills
+    them, so they are the service's settings like any `os.environ["X"]`."""
+    if "ConfigParser(" not in text or not _COMPUTED_ENV_READ.search(text):
+        return set()
+    names: set[str] = set()
+    for name in _INI_FILE.findall(text):
+        found = next((f for d in (path.parent, base) if (f := d / name).is_file()), None)
+        parser = configparser.RawConfigParser(strict=False)
+        parser.optionxform = str  # type: ignore[assignment,method-assign]
+        try:
+            parser.read_string(_read(found)) if found else None
+        except configparser.Error:
+            continue
+        for section in parser.sections():
+            names.update(
+                k for k, v in parser.items(section) if not (v or "").strip() and _ENV_NAME.match(k)
+            )
+    return names
+
+
 def _settings_read(base: Path) -> Settings:
     """(keys, secrets, fed aliases): the names the service's code reads from its environment that
     stageflow does not feed itself; a name that says secret (SECRET_KEY, API_TOKEN) is a secret,
     a usual other name of a fed one (DB_HOST, SQLALCHEMY_DATABASE_URI) is mapped to it."""
     names: set[str] = set()
-    texts = [_read(path) for path in python_files(base)]
+    paths = list(python_files(base))
+    texts = [_read(path) for path in paths]
     classes = settings_classes(texts)
-    for text in texts:
+    for path, text in zip(paths, texts, strict=True):
         names.update(_ENV_READ.findall(text))
         names.update(settings_fields(text, classes))
+        names.update(ini_env_names(path, text, base))
     names -= {*FED_NAMES, *_PROCESS_NAMES, "DJANGO_SETTINGS_MODULE"}
     names = {n for n in names if not n.startswith(_NOT_THE_SERVICE_S)}
     # a stageflow key the service reads as its own (POSTGRES_PORT) holds the value on the host,

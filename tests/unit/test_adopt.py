@@ -1384,3 +1384,47 @@ def test_a_dockerfiles_cmd_names_the_app(tmp_path: Path) -> None:
     # a Procfile's web line still comes first
     (tmp_path / "Procfile").write_text("web: gunicorn wsgi:app\n")
     assert detect(tmp_path).wsgi == "wsgi:app"
+
+
+INI_CONFIG = """\
+import configparser
+import os
+
+
+class FromEnvironment(configparser.BasicInterpolation):
+    def before_get(self, parser, section, option, value, defaults):
+        return os.getenv(option) or value
+
+
+ini = configparser.ConfigParser(interpolation=FromEnvironment())
+ini.optionxform = str
+ini.read(os.path.join(os.path.dirname(__file__), "settings.ini"))
+SECRET_KEY = ini["server"]["SECRET_KEY"]
+"""
+INI_FILE = """\
+[server]
+# left empty: the environment fills them
+SECRET_KEY =
+SHOP_API_URL =
+DATABASE_URL =
+[features]
+SESSION_COOKIE_HTTPONLY = true
+lower_case =
+"""
+
+
+def test_an_ini_files_empty_options_that_the_environment_fills_are_settings(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path, {"shop/__init__.py": FACTORY, "shop/config.py": INI_CONFIG,
+                     "shop/settings.ini": INI_FILE, "requirements.txt": "flask\n"})  # fmt: skip
+    d = detect(tmp_path)
+    # a secret gets a random value per environment (one key for every worker), a plain one a key
+    assert "SECRET_KEY" in d.secret_keys and "SHOP_API_URL" in d.env_keys
+    # what stageflow feeds stays its own; a value the file sets, and a name no variable has, not
+    assert "DATABASE_URL" not in d.env_keys
+    assert not {"SESSION_COOKIE_HTTPONLY", "lower_case"} & {*d.env_keys, *d.secret_keys}
+    # an INI file read without looking names up in the environment holds no settings of it
+    plain = INI_CONFIG.replace("os.getenv(option) or value", "value")
+    (tmp_path / "shop/config.py").write_text(plain)
+    assert "SECRET_KEY" not in detect(tmp_path).secret_keys
