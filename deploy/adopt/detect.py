@@ -470,18 +470,43 @@ def _after_env(argv: tuple[str, ...]) -> tuple[str, ...]:
 _REDIS_CLIENT = re.compile(r"^\s*[\"']?[\w.\[\],-]*\bredis\b", re.I | re.M)
 
 
-def requires_redis(base: Path, requirements: str, depth: int = 0) -> bool:
+def requires_redis(base: Path, requirements: str) -> bool:
     """The requirements name a Redis client (redis, celery[redis], django-redis...), following
     a requirements file's -r includes."""
+    return _requires(base, requirements, _REDIS_CLIENT)
+
+
+# a PostgreSQL driver, and what reads a database URL through SQLAlchemy (which needs one)
+_PG_DRIVER = re.compile(r"(?<![\w-])(?:psycopg|asyncpg|pg8000)", re.I)
+_SQLALCHEMY = re.compile(r"(?<![\w-])(?:sqlalchemy|flask-sqlalchemy|alembic)\b", re.I)
+
+
+def _requires(base: Path, requirements: str, name: re.Pattern[str], depth: int = 0) -> bool:
+    """The requirements (and the files they include with -r) match name."""
     text = _read(base / requirements)
-    if _REDIS_CLIENT.search(text):
+    if name.search(text):
         return True
     if depth > 5 or requirements.endswith(".toml"):
         return False
     folder = PurePosixPath(requirements).parent
     return any(
-        requires_redis(base, str(folder / name), depth + 1)
-        for name in includes(text, constraints=False)
+        _requires(base, str(folder / inc), name, depth + 1)
+        for inc in includes(text, constraints=False)
+    )
+
+
+def driver_note(base: Path, requirements: str, framework: str) -> tuple[str, ...]:
+    """A note when the service reaches PostgreSQL through Django or SQLAlchemy and its
+    requirements name no driver: the release's venv is built from them alone, and the first
+    migration would stop at the import of the missing one."""
+    if framework != "Django" and not _requires(base, requirements, _SQLALCHEMY):
+        return ()
+    if _requires(base, requirements, _PG_DRIVER):
+        return ()
+    driver = "psycopg[binary]" if framework == "Django" else "psycopg2-binary"
+    return (
+        f"{requirements} names no PostgreSQL driver, which the DATABASE_URL stageflow feeds "
+        f"(postgresql://) needs: add {driver} to it",
     )
 
 
@@ -1342,6 +1367,7 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
     framework, folder, wsgi, worker, module = _entry_point(root, given)
     base = root / folder
     requirements, notes = _requirements(base)
+    notes += driver_note(base, requirements, framework)
     migrations, tool = _migrations(base, framework, wsgi)
     notes += _missing_extensions(base, migrations)
     health, ready, health_notes = _health(framework, wsgi, module, base)

@@ -1428,3 +1428,18 @@ def test_an_ini_files_empty_options_that_the_environment_fills_are_settings(
     plain = INI_CONFIG.replace("os.getenv(option) or value", "value")
     (tmp_path / "shop/config.py").write_text(plain)
     assert "SECRET_KEY" not in detect(tmp_path).secret_keys
+
+
+def test_requirements_without_a_postgresql_driver_get_a_note(tmp_path: Path) -> None:
+    # the release's venv is built from the requirements alone: SQLAlchemy's postgresql:// needs
+    # psycopg2, which a project written against MySQL or SQLite never lists
+    reqs = "flask\nflask-sqlalchemy==2.5.1\n    # via shop\n-r extra.txt\n"
+    write(tmp_path, {"app.py": FLASK_APP, "requirements.txt": reqs, "extra.txt": "pymysql\n"})
+    notes = [n for n in detect(tmp_path).notes if "PostgreSQL driver" in n]
+    assert len(notes) == 1 and "add psycopg2-binary" in notes[0]
+    (tmp_path / "extra.txt").write_text("psycopg2-binary==2.9.10\n")  # through an include
+    assert not [n for n in detect(tmp_path).notes if "PostgreSQL driver" in n]
+    # a service that reaches no database through SQLAlchemy is not asked for one
+    (tmp_path / "requirements.txt").write_text("flask\n")
+    (tmp_path / "extra.txt").write_text("")
+    assert not [n for n in detect(tmp_path).notes if "PostgreSQL driver" in n]
