@@ -66,8 +66,7 @@ class Tool:
             out.update({k: v for k, v in values.items() if k not in FED_NAMES})
         out.update(self.cluster.tool_env(), ENVIRONMENT="rehearsal")
         # every name a deploy feeds is there, as an app's settings module may require each one
-        # at import; Redis is a port nothing listens on, so no real Redis is reached either
-        out["REDIS_URL"] = f"redis://127.0.0.1:{scratch_cluster.free_port()}/0"
+        # at import; REDIS_URL is the scratch cluster's empty Redis, so no real one is reached
         out["STAGEFLOW_RELEASE"] = "rehearsal"
         if "service" in self.ctx.policy:
             service = load_service(Path("stageflow.toml"), dict(self.ctx.policy))

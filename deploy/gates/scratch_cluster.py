@@ -7,12 +7,15 @@ of the target lives in a cluster of its own: initdb in a temp dir, started on a 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import secrets as pysecrets
 import shutil
 import socket
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +47,7 @@ class ScratchCluster:
     port: int
     socket_dir: str
     password: Secret
+    redis_port: int = 0  # a throwaway Redis beside it, when one runs
 
     def admin_conninfo(self, dbname: str = DBNAME) -> str:
         """The superuser over the private socket (trust there: only we can reach it)."""
@@ -68,6 +72,9 @@ class ScratchCluster:
             "PGDATABASE": dbname,
             "PGUSER": "postgres",
             "PGPASSWORD": self.password.reveal(),
+            # an app whose factory reaches Redis (a cache it clears at start) gets an empty one
+            # of its own; without one, a port nothing serves: never a Redis that holds data
+            "REDIS_URL": f"redis://127.0.0.1:{self.redis_port or free_port()}/0",
         }
 
 
@@ -132,12 +139,52 @@ def started(*, user_name: str = "stageflow", timeout_s: float = 120.0) -> Iterat
         )
         running = True
         _prepare(cluster)
-        yield cluster
+        with _redis(bins.redis_server, home, user) as redis_port:
+            yield dataclasses.replace(cluster, redis_port=redis_port)
     finally:
         if running:
             stop = cmd.pg_stop(bins.pg_bin, str(pgdata), mode="immediate", timeout_s=30)
             run_process(as_user(stop, user), timeout=60)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@contextmanager
+def _redis(server: Path, home: Path, user: str | None) -> Iterator[int]:
+    """An empty redis-server on a free loopback port, nothing persisted; its port, then stopped.
+    0 when it cannot start: the commands then meet a port nothing serves, as before."""
+    folder = home / "redis"
+    folder.mkdir(mode=0o700)
+    _chown_tree(folder, user)
+    port = free_port()
+    argv = [str(server), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+            "--save", "", "--appendonly", "no", "--daemonize", "no"]  # fmt: skip
+    try:
+        proc = subprocess.Popen(
+            as_user(argv, user), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    except OSError:
+        yield 0
+        return
+    try:
+        yield port if _answers(port, proc) else 0
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _answers(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
 
 
 def _prepare(cluster: ScratchCluster) -> None:

@@ -3,8 +3,8 @@
 A throwaway cluster (the migrations gate's), its empty database migrated with the service's own
 `up` (or stageflow's engine for SQL files), and the names a deploy feeds pointed at it:
 `DATABASE_URL`, `PG*` and the names `[service.env.from]` maps (`POSTGRES_SERVER`...). The
-service's declared secrets the shell does not set get throwaway values, and `REDIS_URL` a port
-nothing serves. Tests that empty their
+service's declared secrets the shell does not set get throwaway values, and `REDIS_URL` an empty
+Redis of the cluster's own. Tests that empty their
 tables between runs never reach a database the operator's shell points at; the cluster is
 stopped and deleted whatever happened.
 """
@@ -39,8 +39,7 @@ def _env(ctx: GateContext, cluster: scratch_cluster.ScratchCluster, base: Mappin
     """base without the operator's libpq variables, with the fed names at the scratch database."""
     env = {k: v for k, v in base.items() if k not in libpq_variables(base)}
     env.update(cluster.tool_env())
-    # Redis at a port nothing serves: tests that flush it never reach the shell's
-    env["REDIS_URL"] = f"redis://127.0.0.1:{scratch_cluster.free_port()}/0"
+    # the scratch cluster's own empty Redis: tests that flush it never reach the shell's
     if "service" in ctx.policy:
         service = load_service(Path("stageflow.toml"), dict(ctx.policy))
         env.update({k: token_urlsafe(24) for k in service.secret_keys if k not in env})

@@ -876,3 +876,39 @@ def test_the_tests_get_a_throwaway_database_when_asked(repo: Path) -> None:
     )
     report = gate(repo, "main", only=("test",))
     assert by_name(report)["test"].status == "passed", by_name(report)["test"].summary
+
+
+# a service whose app factory reaches Redis at start (a cache it clears), as its migration tool
+# and its tests create the app
+REDIS_AT_START = """\
+import os
+
+import redis
+
+redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=5).flushdb()
+"""
+REDIS_TEST = """\
+import os
+
+import redis
+
+
+def test_redis_is_an_empty_one_of_the_tests_own():
+    client = redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=5)
+    assert client.dbsize() == 0
+    client.set("k", "v")
+"""
+
+
+def test_the_tests_and_their_migrations_get_an_empty_redis_of_their_own(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:9/0")  # the shell's: never reached
+    policy = STAGES.replace('"-x", "tests"]\n', '"-x", "tests"]\ndatabase = true\n')
+    policy = DB_SERVICE + policy[policy.index("[environments.dev]") :]
+    files = {"stageflow.toml": policy, "migrate.py": REDIS_AT_START + MIGRATE,
+             "versions/a1.txt": "", "tests/test_redis.py": REDIS_TEST}  # fmt: skip
+    commit(repo, files, tag="v7.1.0")
+    test = by_name(gate(repo, "v7.1.0"))["test"]
+    assert test.status == "passed", test.summary
+    assert test.details["database"] == "`python migrate.py` applied"
