@@ -309,6 +309,56 @@ def test_an_alembic_service_gets_its_sql_linted_and_rehearsed(
     assert fingerprint(pg_dsn) == before and _databases(pg_dsn) == databases
 
 
+# a data migration that asks the database while it runs: alembic cannot print it offline
+ASKS_THE_DATABASE = """\
+import sqlalchemy as sa
+from alembic import op
+
+revision = "b2"
+down_revision = "a1"
+
+
+def upgrade():
+    rows = op.get_bind().execute(sa.text("SELECT count(*) FROM widgets")).scalar()
+    op.execute(f"ALTER TABLE widgets ADD COLUMN seen int DEFAULT {int(rows)}")
+
+
+def downgrade():
+    op.execute("ALTER TABLE widgets DROP COLUMN seen")
+"""
+
+
+def test_migrations_that_cannot_print_their_sql_offline_are_still_rehearsed(
+    tmp_path: Path, pg_dsn: str, reader: str, alembic_bin: Path
+) -> None:
+    root = tmp_path / "widgets"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    files = {
+        ".gitignore": "dist/\n",
+        "stageflow.toml": SERVICE.format(bin=alembic_bin) + GA_MIGRATIONS,
+        "alembic.ini": "[alembic]\nscript_location = migrations\n",
+        "migrations/env.py": ENV_PY,
+        "migrations/versions/a1.py": _revision(
+            "a1", None, "CREATE TABLE widgets (id int PRIMARY KEY)", "DROP TABLE widgets"
+        ),
+        "migrations/versions/b2.py": ASKS_THE_DATABASE,
+        "widgets.py": "app = None\n",
+    }
+    commit(root, files, message="widgets", tag="v1.0.0")
+    mig = by_name(gate(root, "v1.0.0", db_url=Secret(reader)))["migrations"]
+    # the rehearsal judges them on the copy; the report says why their SQL was not linted
+    assert mig.status == "passed", mig.summary
+    assert mig.details["revision_after"] == "b2"
+    assert "cannot print its SQL offline" in mig.summary, mig.summary
+    assert mig.details["lint"].startswith("not linted: the tool's offline SQL failed")
+    # a render command the operator set must work: its failure fails the gate
+    policy = SERVICE.format(bin=alembic_bin) + '[gates.migrations]\nrender = ["false"]\n'
+    commit(root, {"stageflow.toml": policy + GA_MIGRATIONS}, tag="v1.0.1")
+    mig = by_name(gate(root, "v1.0.1", db_url=Secret(reader)))["migrations"]
+    assert mig.status == "failed" and "`false` exited 1" in mig.summary, mig.summary
+
+
 def test_a_service_whose_settings_require_its_secrets_is_rehearsed_with_throwaway_ones(
     tmp_path: Path, pg_dsn: str, reader: str, alembic_bin: Path
 ) -> None:
