@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import re
 import shlex
 import tomllib
@@ -1041,10 +1042,25 @@ def extensions_created(folder: Path) -> set[str]:
     found: set[str] = set()
     if not folder.is_dir():
         return found
-    for path in sorted(folder.rglob("*"))[:_MAX_FILES]:
-        if path.suffix in (".py", ".sql") and path.is_file():
-            found.update(m.lower() for m in _CREATE_EXTENSION.findall(_read(path)))
+    for path in _migration_files(folder):
+        found.update(m.lower() for m in _CREATE_EXTENSION.findall(_read(path)))
     return found
+
+
+def _migration_files(folder: Path) -> list[Path]:
+    """The .py and .sql files under folder, without virtualenvs and caches: a Django project's
+    migrations folder is the project itself ("."), and a virtualenv inside it holds the
+    libraries' own migrations (django.contrib.gis creates postgis), which the service never runs."""
+    found: list[Path] = []
+    for top, dirs, files in os.walk(folder):
+        here = Path(top)
+        dirs[:] = sorted(
+            d for d in dirs if d not in _SKIP_DIRS and not (here / d / "pyvenv.cfg").exists()
+        )
+        found += [here / f for f in sorted(files) if f.endswith((".py", ".sql"))]
+        if len(found) > _MAX_FILES:
+            break
+    return found[:_MAX_FILES]
 
 
 def _missing_extensions(base: Path, migrations: Migrations) -> tuple[str, ...]:

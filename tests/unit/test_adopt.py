@@ -956,6 +956,24 @@ def test_an_extension_the_migrations_create_and_the_postgresql_lacks_gets_a_note
     assert not any("extension" in note for note in detect(tmp_path).notes)
 
 
+def test_the_extensions_of_a_virtualenv_inside_a_django_project_are_not_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Django's migrations folder is the project (".") and the team's venv sits inside it: the
+    # libraries' migrations there (a GIS backend creating postgis) are not the service's
+    creates = "operations = [RunSQL('CREATE EXTENSION IF NOT EXISTS {}')]\n"
+    write(tmp_path, {"manage.py": MANAGE, "mysite/wsgi.py": "",
+                     ".venv/pyvenv.cfg": "home = /usr/bin\n",
+                     ".venv/lib/site-packages/geo/backend.py": creates.format("postgis"),
+                     "env2/pyvenv.cfg": "home = /usr/bin\n",
+                     "env2/lib/geo/operations.py": creates.format("postgis_raster")})  # fmt: skip
+    monkeypatch.delenv("STAGEFLOW_POSTGRES_BIN", raising=False)
+    assert not any("extension" in note for note in detect(tmp_path).notes)
+    # one of the project's own migrations still counts
+    write(tmp_path, {"polls/migrations/0002_geo.py": creates.format("postgis")})
+    assert any("the extension postgis," in note for note in detect(tmp_path).notes)
+
+
 def test_a_procfile_line_s_leading_variables_run_through_env(tmp_path: Path) -> None:
     procfile = (
         "worker: REMAP_SIGTERM=SIGQUIT celery -A shop.tasks worker -l info\n"
