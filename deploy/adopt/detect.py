@@ -1109,6 +1109,42 @@ def ini_env_names(path: Path, text: str, base: Path) -> set[str]:
     return names
 
 
+# A settings module that chooses its database engine from a variable of its own, SQLite unless
+# told otherwise: `if os.getenv("DB") == "postgres":`, `os.environ.get("DB_ENGINE") in (...)`,
+# or through a name it assigned first (`db = os.getenv("DB")` ... `if db == "postgresql":`).
+_ENV_CALL = (
+    r"""(?:environ\.get\(|getenv\(|environ\s*\[|(?<![\w.])env\()\s*['"]([A-Z][A-Z0-9_]*)['"]"""
+)
+_CHOSEN_BY = re.compile(_ENV_CALL + r"""[^)\]\n]*[)\]](?:\.\w+\(\))*\s*(?:==|\bin\b)([^\n]*)""")
+_ASSIGNED = re.compile(r"^\s*(\w+)\s*=\s*(?:os\.)?" + _ENV_CALL + r"[^\n]*$", re.M)
+_POSTGRES_WORD = re.compile(r"""['"](postgres|postgresql|psql|pg)['"]""", re.I)
+# a variable whose default is Django's SQLite backend names the backend itself
+_ENGINE_DEFAULT = re.compile(_ENV_CALL + r"""\s*,\s*['"]django\.db\.backends\.sqlite3['"]""")
+DJANGO_POSTGRES_ENGINE = "django.db.backends.postgresql"
+
+
+def engine_choice(text: str) -> tuple[str, str] | None:
+    """(variable, value) that points a settings module's database at PostgreSQL when it picks
+    its engine from the environment, or None when it does not."""
+    for m in _CHOSEN_BY.finditer(text):
+        word = _POSTGRES_WORD.search(m[2].split(":")[0])
+        if word:
+            return m[1], word[1]
+    for m in _ASSIGNED.finditer(text):
+        compared = re.compile(rf"\b{re.escape(m[1])}(?:\.\w+\(\))*\s*(?:==|\bin\b)([^\n:]*)")
+        word = next(
+            (w for c in compared.finditer(text) if (w := _POSTGRES_WORD.search(c[1]))), None
+        )
+        if word:
+            return m[2], word[1]
+    m = _ENGINE_DEFAULT.search(text)
+    return (m[1], DJANGO_POSTGRES_ENGINE) if m else None
+
+
+def _engine_choice(base: Path) -> tuple[str, str] | None:
+    return next((c for p in python_files(base) if (c := engine_choice(_read(p)))), None)
+
+
 def _settings_read(base: Path) -> Settings:
     """(keys, secrets, fed aliases): the names the service's code reads from its environment that
     stageflow does not feed itself; a name that says secret (SECRET_KEY, API_TOKEN) is a secret,
@@ -1369,6 +1405,14 @@ def _settings(
         keys = tuple(sorted({*keys, OWN_ENVIRONMENT}))
         aliases = tuple(sorted({*aliases, ("ENVIRONMENT", OWN_ENVIRONMENT)}))
         env_values = tuple((env, OWN_ENVIRONMENT, value) for env, value in own_environment)
+    engine = _engine_choice(base)
+    if engine is not None and engine[0] not in secrets:  # its database is PostgreSQL everywhere
+        keys = tuple(sorted({*keys, engine[0]}))
+        env_values += tuple((env, *engine) for env in ENVIRONMENT_WORDS)
+        notes += (
+            f"the settings choose their database engine from {engine[0]}: init sets "
+            f"{engine[0]}={engine[1]} in each env/<env>.env, for the PostgreSQL stageflow brings",
+        )
     if secrets:
         notes += (
             f"secrets the code reads: {', '.join(secrets)}; `inv <env>.secrets --generate` fills "

@@ -956,6 +956,57 @@ def test_an_extension_the_migrations_create_and_the_postgresql_lacks_gets_a_note
     assert not any("extension" in note for note in detect(tmp_path).notes)
 
 
+ENGINE_BY_VARIABLE = """\
+import os
+
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "local.sqlite"}}
+if os.getenv("DB") == "postgres":
+    DATABASES = {"default": {"ENGINE": "django.db.backends.postgresql",
+                             "HOST": os.getenv("DB_HOST", ""), "NAME": os.getenv("DB_NAME", "")}}
+if os.getenv("DB") in ["mysql", "mariadb"]:
+    DATABASES = {"default": {"ENGINE": "django.db.backends.mysql"}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("settings", "key", "value"),
+    [
+        (ENGINE_BY_VARIABLE, "DB", "postgres"),
+        # through a name the settings assign first, with another spelling
+        ("import os\nkind = os.environ.get('DB_KIND', 'sqlite').lower()\n"
+         "if kind in ('postgresql', 'pg'):\n    pass\n", "DB_KIND", "postgresql"),
+        # the engine itself, SQLite's unless told otherwise
+        ("import os\nDATABASES = {'default': {'ENGINE': os.environ.get("
+         "'DB_ENGINE', 'django.db.backends.sqlite3')}}\n", "DB_ENGINE",
+         "django.db.backends.postgresql"),
+    ],
+)  # fmt: skip
+def test_settings_that_choose_their_database_engine_from_a_variable_get_postgresql(
+    tmp_path: Path, settings: str, key: str, value: str
+) -> None:
+    # SQLite unless a variable says otherwise: without it, every environment would run on a file
+    # inside the read-only release instead of the PostgreSQL stageflow brings
+    write(tmp_path, {"manage.py": MANAGE, "mysite/wsgi.py": "", "mysite/settings.py": settings})
+    d = detect(tmp_path)
+    assert key in d.env_keys
+    files = render.files(d, choose_ports(d.name))
+    for env in ("dev", "staging", "prod"):
+        assert f"\n{key}={value}\n" in files[f"env/{env}.env"]
+    assert any(
+        n.startswith(f"the settings choose their database engine from {key}") for n in d.notes
+    )
+    # the same on staging and prod: not a key the policy-drift gate lets differ
+    drift = tomllib.loads(files["stageflow.toml"])["gates"]["policy-drift"]["allowed_keys"]
+    assert key not in drift
+
+
+def test_settings_on_one_engine_set_no_engine_variable(tmp_path: Path) -> None:
+    settings = "import os\nif os.getenv('CACHE') == 'redis':\n    pass\nMODE = os.getenv('MODE')\n"
+    write(tmp_path, {"manage.py": MANAGE, "mysite/wsgi.py": "", "mysite/settings.py": settings})
+    d = detect(tmp_path)
+    assert not d.env_values and not any("database engine" in n for n in d.notes)
+
+
 def test_the_extensions_of_a_virtualenv_inside_a_django_project_are_not_its_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
