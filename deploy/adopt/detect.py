@@ -214,6 +214,7 @@ class Detection:
     processes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # a Procfile's, but its web one
     env_values: tuple[tuple[str, str, str], ...] = ()  # (env, key, value) init writes per env
     debug_keys: tuple[str, ...] = ()  # its settings that turn debugging on: "false" off dev
+    debug_off: str = "false"  # how the code spells off for them ("False" where it takes no other)
     hosts_keys: tuple[str, ...] = ()  # its allowed-hosts settings: the probes' names off dev
 
 
@@ -1145,6 +1146,50 @@ def _engine_choice(base: Path) -> tuple[str, str] | None:
     return next((c for p in python_files(base) if (c := engine_choice(_read(p)))), None)
 
 
+# A function of the project's own that reads the variable its first parameter names
+# (`def envbool(s, default): v = os.getenv(s, default)`): each call with a name is a read.
+_READER_DEF = re.compile(
+    r"^def (\w+)\(\s*(\w+)[^)]*\)[^:\n]*:[ \t]*\n((?:[ \t]+\S[^\n]*\n|[ \t]*\n)+)", re.M
+)
+_BOOLEAN_WORDS = re.compile(r"""['"](True|False)['"]""")
+
+
+def env_readers(texts: list[str]) -> dict[str, str]:
+    """{name: body} of the functions among texts that read their first parameter's variable."""
+    readers: dict[str, str] = {}
+    for text in texts:
+        for m in _READER_DEF.finditer(text):
+            param = re.escape(m[2])
+            if re.search(rf"(?:getenv\(|environ\.get\(|environ\s*\[)\s*{param}\b", m[3]):
+                readers[m[1]] = m[3]
+    return readers
+
+
+def reader_reads(text: str, readers: dict[str, str]) -> set[str]:
+    """The names text reads through those functions: `envsecret("SECRET_KEY", "---")`."""
+    if not readers:
+        return set()
+    call = re.compile(
+        rf"""(?<![\w.])({"|".join(map(re.escape, readers))})\(\s*['"]([A-Z][A-Z0-9_]*)['"]"""
+    )
+    return {m[2] for m in call.finditer(text)}
+
+
+def boolean_reads(texts: list[str], readers: dict[str, str]) -> set[str]:
+    """The names read through those functions that take only True and False (`if v not in ("",
+    "True", "False"): raise`): a switch, never a secret, whatever its name says."""
+    booleans = {
+        n: b for n, b in readers.items() if set(_BOOLEAN_WORDS.findall(b)) == {"True", "False"}
+    }
+    return {name for text in texts for name in reader_reads(text, booleans)}
+
+
+def debug_off(texts: list[str], debug_keys: tuple[str, ...]) -> str:
+    """How the code spells a debug setting that is off: "False" where a function of its own that
+    takes only True and False reads it, else "false"."""
+    return "False" if set(debug_keys) & boolean_reads(texts, env_readers(texts)) else "false"
+
+
 def _settings_read(base: Path) -> Settings:
     """(keys, secrets, fed aliases): the names the service's code reads from its environment that
     stageflow does not feed itself; a name that says secret (SECRET_KEY, API_TOKEN) is a secret,
@@ -1153,8 +1198,10 @@ def _settings_read(base: Path) -> Settings:
     paths = list(python_files(base))
     texts = [_read(path) for path in paths]
     classes = settings_classes(texts)
+    readers = env_readers(texts)
     for path, text in zip(paths, texts, strict=True):
         names.update(_ENV_READ.findall(text))
+        names.update(reader_reads(text, readers))
         names.update(settings_fields(text, classes))
         names.update(ini_env_names(path, text, base))
     names -= {*FED_NAMES, *_PROCESS_NAMES, "DJANGO_SETTINGS_MODULE"}
@@ -1164,7 +1211,10 @@ def _settings_read(base: Path) -> Settings:
     aliases = tuple(sorted((n, FED_ALIASES[n]) for n in names if n in FED_ALIASES))
     # stageflow's own secrets (the database role's password) reach every process already
     names -= {*FED_ALIASES, *STAGEFLOW_KEYS, *SECRET_KEYS}
-    secrets = tuple(sorted(n for n in names if _SECRET_NAME.search(n) and not about_a_secret(n)))
+    switches = boolean_reads(texts, readers)
+    secrets = tuple(
+        sorted(n for n in names - switches if _SECRET_NAME.search(n) and not about_a_secret(n))
+    )
     return tuple(sorted(names - set(secrets))), secrets, aliases
 
 
@@ -1474,6 +1524,7 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
         env_from=aliases,
         processes=processes,
         env_values=env_values,
-        debug_keys=tuple(k for k in keys if _DEBUG_KEY.match(k)),
+        debug_keys=(debug := tuple(k for k in keys if _DEBUG_KEY.match(k))),
+        debug_off=debug_off([_read(p) for p in python_files(base)], debug),
         hosts_keys=tuple(k for k in keys if _HOSTS_KEY.match(k) and framework == "Django"),
     )

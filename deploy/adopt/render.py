@@ -118,7 +118,7 @@ def posture_table(d: Detection) -> list[str]:
         "# --- What staging and prod must hold (the posture guard refuses a deploy otherwise; dev",
         "# may relax): debugging off. env/staging.env and env/prod.env set it. ---",
         "[posture]",
-        *(f'{key} = "false"' for key in d.debug_keys),
+        *(f'{key} = "{d.debug_off}"' for key in d.debug_keys),
     ]
 
 
@@ -162,7 +162,7 @@ def env_file(d: Detection, env: str, ports: dict[str, int]) -> str:
             f"REDIS_URL=redis://127.0.0.1:{ports['REDIS_PORT']}/0",
             f"DATA_DIR=.stageflow/{env}",
             *(f"{key}={value}" for name, key, value in d.env_values if name == env),
-            *(f"{key}=false" for key in (d.debug_keys if env != "dev" else ())),
+            *(f"{key}={d.debug_off}" for key in (d.debug_keys if env != "dev" else ())),
             *(f"{key}={PROBE_HOSTS}" for key in (d.hosts_keys if env != "dev" else ())),
             "",
         ]

@@ -1000,6 +1000,56 @@ def test_settings_that_choose_their_database_engine_from_a_variable_get_postgres
     assert key not in drift
 
 
+READERS_OF_THEIR_OWN = """\
+import os
+
+
+def flag(name: str, default: str) -> bool:
+    value = os.getenv(name, default=default)
+    if value not in ("", "True", "False"):
+        raise ValueError(f"{name} must be True or False")
+    return value == "True"
+
+
+def secret(name, default=None):
+    if path := os.getenv(name + "_FILE"):
+        return open(path).read().strip()
+    return os.getenv(name, default)
+
+
+def number(name, default):
+    return int(os.environ.get(name, default))
+
+
+SECRET_KEY = secret("SECRET_KEY", "---")
+DEBUG = flag("DEBUG", "True")
+ALLOW_PRIVATE_ADDRESSES = flag("ALLOW_PRIVATE_ADDRESSES", "False")
+TIMEOUT = number("TIMEOUT", "5")
+DATABASES = {"default": {"PASSWORD": secret("DB_PASSWORD", "")}}
+"""
+
+
+def test_settings_read_through_functions_of_the_project_s_own_are_found(tmp_path: Path) -> None:
+    write(tmp_path, {"manage.py": MANAGE, "mysite/wsgi.py": "",
+                     "mysite/settings.py": READERS_OF_THEIR_OWN})  # fmt: skip
+    d = detect(tmp_path)
+    assert d.secret_keys == ("SECRET_KEY",)
+    # a switch its reader takes as True or False is no secret, whatever its name says
+    assert d.env_keys == ("ALLOW_PRIVATE_ADDRESSES", "DEBUG", "TIMEOUT")
+    assert d.env_from == (("DB_PASSWORD", "PGPASSWORD"),)
+    # off, as the reader spells it: it refuses any other word
+    files = render.files(d, choose_ports(d.name))
+    assert "\nDEBUG=False\n" in files["env/prod.env"] and "DEBUG=" not in files["env/dev.env"]
+    assert tomllib.loads(files["stageflow.toml"])["posture"] == {"DEBUG": "False"}
+
+
+def test_a_debug_setting_read_plainly_is_off_in_lower_case(tmp_path: Path) -> None:
+    settings = "import os\n\nDEBUG = os.environ.get('DEBUG', 'false') == 'true'\n"
+    write(tmp_path, {"manage.py": MANAGE, "mysite/wsgi.py": "", "mysite/settings.py": settings})
+    files = render.files(detect(tmp_path), choose_ports("mysite"))
+    assert "\nDEBUG=false\n" in files["env/staging.env"]
+
+
 def test_settings_on_one_engine_set_no_engine_variable(tmp_path: Path) -> None:
     settings = "import os\nif os.getenv('CACHE') == 'redis':\n    pass\nMODE = os.getenv('MODE')\n"
     write(tmp_path, {"manage.py": MANAGE, "mysite/wsgi.py": "", "mysite/settings.py": settings})
