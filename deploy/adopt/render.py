@@ -163,7 +163,9 @@ def env_file(d: Detection, env: str, ports: dict[str, int]) -> str:
             f"DATA_DIR=.stageflow/{env}",
             *(f"{key}={value}" for name, key, value in d.env_values if name == env),
             *(f"{key}={d.debug_off}" for key in (d.debug_keys if env != "dev" else ())),
-            *(f"{key}={PROBE_HOSTS}" for key in (d.hosts_keys if env != "dev" else ())),
+            # dev too: a setting left unset falls back to what the code derives (the host of a
+            # site URL it reads) or to none, and Django refuses a host it does not list
+            *(f"{key}={PROBE_HOSTS}" for key in d.hosts_keys),
             "",
         ]
     )

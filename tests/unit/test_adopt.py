@@ -1380,14 +1380,14 @@ def test_staging_and_prod_hold_the_debug_settings_off(tmp_path: Path) -> None:
     assert bad == ["DJANGO_DEBUG must be false, not 'true'"]
 
 
-def test_staging_and_prod_allow_the_hosts_stageflow_s_probes_ask_as(tmp_path: Path) -> None:
+def test_every_environment_allows_the_hosts_stageflow_s_probes_ask_as(tmp_path: Path) -> None:
     settings = 'import environ\nenv = environ.Env()\nALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=[])\n'
     write(tmp_path, {"manage.py": MANAGE, "mysite/wsgi.py": "", "mysite/settings.py": settings})
     d = detect(tmp_path)
     files = render.files(d, choose_ports(d.name))
-    for env in ("staging", "prod"):
+    # dev too: unset, the code's fallback (none here) refuses the probes, debugging on or off
+    for env in ("dev", "staging", "prod"):
         assert "DJANGO_ALLOWED_HOSTS=localhost,127.0.0.1\n" in files[f"env/{env}.env"]
-    assert "DJANGO_ALLOWED_HOSTS" not in files["env/dev.env"]
 
 
 def test_an_asgi_app_s_allowed_hosts_keeps_its_own_default(tmp_path: Path) -> None:
