@@ -132,6 +132,10 @@ _NOT_THE_SERVICE_S = ("STAGEFLOW_", "GITHUB_", "GITLAB_", "CI_", "CIRCLE", "TRAV
                       "RUNNER_", "JENKINS_", "BITBUCKET_")  # fmt: skip
 _STATIC_ROOT = re.compile(r"^STATIC_ROOT\s*(?::[^=\n]+)?=", re.M)
 DJANGO_COLLECTSTATIC = ("python", "manage.py", "collectstatic", "--noinput")
+# django-compressor's offline mode: templates name a manifest `compress` writes, which a release
+# lacks until it runs; --force runs it where COMPRESS_ENABLED is off (DEBUG on, in dev)
+_COMPRESS_OFFLINE = re.compile(r"^COMPRESS_OFFLINE\s*(?::[^=\n]+)?=\s*(?!False\b)\S", re.M)
+DJANGO_COMPRESS = ("python", "manage.py", "compress", "--force")
 PYTEST = ("python", "-m", "pytest", "-q")
 # the standard library's runner: for tests written with unittest in a project that never asks
 # for pytest, it needs nothing installed (it finds test*.py, a top-level tests.py among them)
@@ -819,12 +823,16 @@ def _django_settings(base: Path, framework: str, wsgi: str) -> tuple[tuple[str, 
 
 def _build(base: Path, framework: str) -> tuple[tuple[str, ...], ...]:
     """Django with STATIC_ROOT serves the files collectstatic gathers there (whitenoise, say),
-    and a release holds none of them until it runs: each release collects its own."""
+    and a release holds none of them until it runs: each release collects its own, and
+    compresses them offline where django-compressor is set to."""
     if framework != "Django":
         return ()
-    if any(_STATIC_ROOT.search(_read(p)) for p in python_files(base)):
-        return (DJANGO_COLLECTSTATIC,)
-    return ()
+    texts = [_read(p) for p in python_files(base)]
+    if not any(_STATIC_ROOT.search(t) for t in texts):
+        return ()
+    if any(_COMPRESS_OFFLINE.search(t) for t in texts):  # compress reads what collectstatic put
+        return (DJANGO_COLLECTSTATIC, DJANGO_COMPRESS)
+    return (DJANGO_COLLECTSTATIC,)
 
 
 def _uses_pytest(bases: set[Path]) -> bool:

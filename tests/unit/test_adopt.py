@@ -489,6 +489,28 @@ def test_django_at_the_root_with_static_files(tmp_path: Path) -> None:
     assert data["gates"]["test"]["command"] == ["python", "manage.py", "test"]
 
 
+@pytest.mark.parametrize(
+    ("offline", "compresses"),
+    [("COMPRESS_OFFLINE = True", True), ("COMPRESS_OFFLINE = not DEBUG", True),
+     ("COMPRESS_OFFLINE = False", False), ("COMPRESS_ENABLED = True", False)],
+)  # fmt: skip
+def test_django_compressor_offline_compresses_each_release(
+    tmp_path: Path, offline: str, compresses: bool
+) -> None:
+    # templates with {% compress %} name what `compress` wrote, or fail to render with debugging
+    # off; it reads what collectstatic gathered, so it runs after it
+    settings = f"STATIC_ROOT = BASE_DIR / 'collected'\n{offline}\n"
+    write(tmp_path, {"manage.py": MANAGE, "mysite/wsgi.py": "", "mysite/settings.py": settings})
+    d = detect(tmp_path)
+    collect = ("python", "manage.py", "collectstatic", "--noinput")
+    expected = (
+        (collect, ("python", "manage.py", "compress", "--force")) if compresses else (collect,)
+    )
+    assert d.build == expected
+    service = load_service(tmp_path / "stageflow.toml", tomllib.loads(render.stageflow_toml(d)))
+    assert service.build == expected
+
+
 def test_django_without_static_root_or_with_pytest_django(tmp_path: Path) -> None:
     write(
         tmp_path,
