@@ -264,6 +264,77 @@ def _procfile(bases: list[Path]) -> tuple[tuple[tuple[str, tuple[str, ...]], ...
     return tuple(found), tuple(notes)
 
 
+# uWSGI's own process supervision: `attach-daemon = ./manage.py sendalerts` runs a command beside
+# the app for as long as the server runs, which under stageflow is a [service.processes] entry
+_UWSGI_DAEMON = re.compile(r"^\s*attach-daemon(2?)\s*=\s*(\S.*?)\s*$")
+_UWSGI_BLOCK = re.compile(r"^\s*(?:if-[\w-]+\s*=|endif\b|for\s*=|endfor\b)")
+_UWSGI_FOLDERS = (".", "docker", "deploy", "config", "conf", "etc")
+
+
+def _uwsgi_files(bases: list[Path]) -> list[Path]:
+    """The uWSGI configurations (an .ini with a [uwsgi] section) at the service's root or in a
+    folder of deployment files beside it."""
+    found = []
+    for base in bases:
+        for folder in _UWSGI_FOLDERS:
+            for path in sorted((base / folder).glob("*.ini")):
+                if path not in found and re.search(r"^\s*\[uwsgi\]", _read(path), re.M):
+                    found.append(path)
+    return found
+
+
+def _daemon_argv(command: str) -> tuple[str, ...]:
+    """A daemon's command as words run in the service's folder: `./manage.py x` through python,
+    as manage.py's shebang would; () when it needs a shell or uWSGI's own placeholders."""
+    if _SHELL.search(command) or "%(" in command:
+        return ()
+    try:
+        argv = tuple(shlex.split(command))
+    except ValueError:
+        return ()
+    if argv and PurePosixPath(argv[0]).name == "manage.py" and not argv[0].startswith("/"):
+        return ("python", "manage.py", *argv[1:])
+    return argv
+
+
+def _uwsgi_daemons(
+    bases: list[Path],
+) -> tuple[tuple[tuple[str, tuple[str, ...]], ...], tuple[str, ...]]:
+    """[service.processes] from uWSGI's attach-daemon lines, named by the management command
+    (or program) they run; a note for each that needs a shell or runs only under a condition."""
+    found: dict[str, tuple[str, ...]] = {}
+    notes: list[str] = []
+    for path in _uwsgi_files(bases):
+        depth = 0
+        for line in _read(path).splitlines():
+            if _UWSGI_BLOCK.match(line):
+                depth += -1 if line.strip().startswith("end") else 1
+                continue
+            m = _UWSGI_DAEMON.match(line)
+            if m is None:
+                continue
+            argv = () if m[1] else _daemon_argv(m[2])  # attach-daemon2 takes key=value options
+            if depth > 0 or not argv:
+                notes.append(
+                    f"{path.name} runs `{m[2]}` beside the app: write it in [service.processes] if each environment needs it"
+                )
+                continue
+            words = argv[2:] if argv[:2] == ("python", "manage.py") else argv
+            name = re.sub(r"[^a-z0-9_-]+", "-", PurePosixPath(words[0]).name.lower()).strip("-")
+            found.setdefault(name or "process", argv)
+    return tuple(found.items()), tuple(notes)
+
+
+def _processes(
+    bases: list[Path],
+) -> tuple[tuple[tuple[str, tuple[str, ...]], ...], tuple[str, ...]]:
+    """A Procfile's processes, then uWSGI's daemons under names the Procfile does not take."""
+    procfile, notes = _procfile(bases)
+    daemons, daemon_notes = _uwsgi_daemons(bases)
+    taken = {name for name, _ in procfile}
+    return procfile + tuple(d for d in daemons if d[0] not in taken), notes + daemon_notes
+
+
 _APP_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(?:\(.*\))?$")
 # the options of gunicorn, uvicorn and their kind whose value looks like an app spec
 _HOST_PORT_OPTIONS = {"-b", "--bind", "--host", "--port", "--uds", "--fd", "--listen"}
@@ -1501,7 +1572,7 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
     if (root / "deploy" / "__init__.py").is_file() and not (root / "deploy" / "tasks").is_dir():
         notes += ("a package named deploy/ here hides stageflow's engine from tasks.py: rename it",)
     project = _project_name(base) or _project_name(root)
-    processes, procfile_notes = _procfile([base, root])
+    processes, procfile_notes = _processes([base, root])
     notes += procfile_notes + _web_line_steps([base, root], migrations)
     notes += _other_server([base, root], wsgi, worker)
     taken = {*keys, *secrets, *(n for n, _ in aliases)}

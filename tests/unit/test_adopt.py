@@ -1097,6 +1097,37 @@ def test_the_extensions_of_a_virtualenv_inside_a_django_project_are_not_its_own(
     assert any("the extension postgis," in note for note in detect(tmp_path).notes)
 
 
+UWSGI_INI = """\
+[uwsgi]
+master = true
+module = mysite.wsgi:application
+hook-pre-app = exec:./manage.py migrate
+attach-daemon = ./manage.py process_queue --skip-checks
+attach-daemon2 = cmd=celery -A mysite beat
+attach-daemon = ./manage.py digest --loop > /dev/null
+if-env = MAIL_PORT
+attach-daemon = ./manage.py mailserver --port %(_)
+endif =
+"""
+
+
+def test_uwsgi_s_attached_daemons_become_service_processes(tmp_path: Path) -> None:
+    # the team runs its long-running commands beside the app under uWSGI: under stageflow each is
+    # a process of [service.processes], named by its management command
+    write(tmp_path, {"manage.py": MANAGE, "mysite/wsgi.py": "", "deploy/uwsgi.ini": UWSGI_INI,
+                     "Procfile": "web: gunicorn mysite.wsgi:application\nbeat: celery -A mysite beat\n"})  # fmt: skip
+    d = detect(tmp_path)
+    assert d.processes == (
+        ("beat", ("celery", "-A", "mysite", "beat")),  # the Procfile's first
+        ("process_queue", ("python", "manage.py", "process_queue", "--skip-checks")),
+    )
+    notes = [n for n in d.notes if n.startswith("uwsgi.ini runs")]
+    # a shell line, uWSGI's keyed form, and one that runs only when a variable is set: the operator's
+    assert len(notes) == 3 and "`./manage.py mailserver --port %(_)`" in notes[2]
+    service = load_service(tmp_path / "stageflow.toml", tomllib.loads(render.stageflow_toml(d)))
+    assert tuple(dict(service.processes)["process_queue"]) == d.processes[1][1]
+
+
 def test_a_procfile_line_s_leading_variables_run_through_env(tmp_path: Path) -> None:
     procfile = (
         "worker: REMAP_SIGTERM=SIGQUIT celery -A shop.tasks worker -l info\n"
