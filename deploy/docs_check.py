@@ -71,9 +71,16 @@ def read_lines(path: Path) -> list[DocLine]:
     return out
 
 
+# a shell comment after a command (`pip install wheel  # make sure it is there`): words, not commands
+_TRAILING_COMMENT = re.compile(r"(?<=\S)\s+#.*$")
+
+
 def code_texts(line: DocLine) -> list[str]:
-    """The parts of a line that are code: the whole line in a fence, else its backtick spans."""
-    return [line.text] if line.code else [m[2] for m in _INLINE_CODE.finditer(line.text)]
+    """The parts of a line that are code: the whole line in a fence (less a comment after its
+    command), else its backtick spans."""
+    if line.code:
+        return [_TRAILING_COMMENT.sub("", line.text)]
+    return [m[2] for m in _INLINE_CODE.finditer(line.text)]
 
 
 def slug(heading: str) -> str:
@@ -153,7 +160,10 @@ def _link_problems(line: DocLine, root: Path, target: str) -> list[Problem]:
         return []  # external: not checked (no network)
     rel = str(line.file.relative_to(root))
     path_part, _, anchor = target.partition("#")
-    dest = line.file if not path_part else (line.file.parent / path_part).resolve()
+    path_part = path_part.partition("?")[0]  # `?raw=true` asks the host, names no other file
+    # a path from `/` is the repository's, as the forges render a README's links
+    folder = root if path_part.startswith("/") else line.file.parent
+    dest = line.file if not path_part else (folder / path_part.lstrip("/")).resolve()
     if path_part and not dest.exists():
         return [Problem(rel, line.line, f"broken link: {target} ({path_part} does not exist)")]
     if anchor and dest.is_file() and dest.suffix.lower() == ".md" and anchor not in anchors(dest):

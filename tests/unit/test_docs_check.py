@@ -126,6 +126,26 @@ def test_broken_links_and_anchors(tmp_path: Path) -> None:
     assert len(found) == 2  # external links are not checked
 
 
+def test_a_link_from_the_repository_s_root_or_with_a_query_names_its_file(tmp_path: Path) -> None:
+    # a README's images as the forges render them: `/` is the repository's root, and `?raw=true`
+    # asks the host for the raw file
+    readme = (
+        README + '\n![shot](/img/shot.png?raw=true "Shot") ![docs](docs/RELEASING.md?plain=1)\n'
+        "![gone](/img/gone.png?raw=true)\n"
+    )
+    root = tree(tmp_path, README_md=readme, img__shot_png="png")
+    (root / "img" / "shot_png").rename(root / "img" / "shot.png")
+    assert problems(root) == [
+        "README.md:14: broken link: /img/gone.png?raw=true (/img/gone.png does not exist)"
+    ]
+
+
+def test_a_comment_after_a_shell_command_names_no_target(tmp_path: Path) -> None:
+    code = "\n```sh\npip install wheel  # make sure it is there\nmake deploy # then this\n```\n"
+    found = problems(tree(tmp_path, README_md=README + code))
+    assert found == ["README.md:15: `make deploy`: no such Makefile target"]
+
+
 def test_links_inside_code_are_not_links(tmp_path: Path) -> None:
     readme = README + "\n`[x](nowhere.md)`\n\n```\n[y](nowhere.md)\n```\n"
     assert problems(tree(tmp_path, README_md=readme)) == []
