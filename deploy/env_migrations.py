@@ -6,7 +6,7 @@ runs its `up`, `current` and `down` commands in a release's venv with the servic
 stageflow holds the same migration lock on a connection of its own. kind = "none": nothing.
 
 Apart from deploy/migrations.py because that module also runs inside the application image,
-where only it, deploy/errors.py and deploy/secrets.py are shipped.
+where only it, deploy/errors.py, deploy/secrets.py and deploy/redact.py are shipped.
 """
 
 from __future__ import annotations

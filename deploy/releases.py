@@ -48,8 +48,14 @@ DEFAULT_GUNICORN = "gunicorn==23.0.0"
 BUILD_COMMAND_TIMEOUT_S = 900.0
 # how much of a log's end a failure reads for its one line: the rest may be gigabytes
 LOG_TAIL_BYTES = 256 * 1024
-# the engine's stdlib-only helpers, copied into every release (cmd.HELPERS)
+# the engine's stdlib-only helpers, copied into every release (cmd.HELPERS): the launcher's own
+# in runtime/, and the secrets' matching it shares with the engine (redact.py) beside this file
 HELPERS_SOURCE = Path(__file__).resolve().parent / "runtime"
+
+
+def helper_source(name: str) -> Path:
+    own = HELPERS_SOURCE / name
+    return own if own.exists() else HELPERS_SOURCE.parent / name
 
 
 @dataclass(frozen=True)
@@ -309,7 +315,7 @@ def install_helpers(host: Host, release_dir: str) -> str:
     target = f"{release_dir}/{cmd.HELPERS_DIR}"
     host.makedirs(target)
     for name in cmd.HELPERS:
-        src = HELPERS_SOURCE / name
+        src = helper_source(name)
         if host.is_local:
             shutil.copyfile(src, f"{target}/{name}")
         else:
@@ -752,8 +758,10 @@ def secret_forms(env: EnvConfig) -> list[Secret]:
 
 
 def ensure_helpers(host: Host, release_dir: str) -> None:
-    if not host.exists(f"{release_dir}/{cmd.HELPERS_DIR}/launch.py"):
-        install_helpers(host, release_dir)  # a release built before the helpers shipped with it
+    # a release built before the helpers (or one of them, redact.py) shipped with it: the
+    # engine's launcher names options an older one does not know
+    if not all(host.exists(f"{release_dir}/{cmd.HELPERS_DIR}/{name}") for name in cmd.HELPERS):
+        install_helpers(host, release_dir)
 
 
 def service_command(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from deploy.runtime.redact import MIN_PREFIX, REDACTED, derived_forms, hide, redact_url
+from deploy.redact import MIN_PREFIX, REDACTED, derived_forms, hide, redact_url
 
 __all__ = [
     "MIN_PREFIX",

@@ -25,7 +25,14 @@ ENGINE_ROOT = "/opt/stageflow"  # the migration engine's modules, on PYTHONPATH
 ENGINE_DIR = ".stageflow-image"  # where the context carries them
 DOCKERFILE = f"{ENGINE_DIR}/Dockerfile"
 # compose_migrate imports only these (a unit test checks it): the image carries nothing more
-ENGINE_MODULES = ("__init__.py", "errors.py", "secrets.py", "migrations.py", "compose_migrate.py")
+ENGINE_MODULES = (
+    "__init__.py",
+    "errors.py",
+    "secrets.py",
+    "redact.py",
+    "migrations.py",
+    "compose_migrate.py",
+)
 # Out of every image: version control, local state and any secrets file a commit might hold.
 IGNORED = (
     ".git",

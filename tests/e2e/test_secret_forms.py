@@ -103,3 +103,23 @@ def test_a_failing_service_printing_its_password_leaves_no_piece_of_it(project: 
     assert {"history.jsonl", "app.log", "worker.log"} <= set(shown)
     assert "DATABASE_URL" in shown["worker.log"] and "Traceback" in shown["app.log"]
     assert {name: _pieces(text) for name, text in shown.items() if _pieces(text)} == {}
+
+
+def test_a_release_built_before_the_log_writer_still_starts(project: Project) -> None:
+    """A release whose launcher predates --secret (and ships no redact.py) gets the engine's
+    helpers again when it starts: a rollback to it works."""
+    home = project.root / ".stageflow" / "dev"
+    older = os.readlink(home / "current").rsplit("/", 1)[-1]
+    helpers = home / "releases" / older / ".stageflow"
+    (helpers / "redact.py").unlink()
+    launch = helpers / "launch.py"
+    launch.write_text(
+        "\n".join(ln for ln in launch.read_text().splitlines() if '"--secret"' not in ln) + "\n"
+    )
+    (project.root / "NEXT.txt").write_text("a later release\n")
+    project.commit("a later release")
+    project.ok("dev.deploy")
+    assert os.readlink(home / "current").rsplit("/", 1)[-1] != older
+    project.ok("dev.rollback", "--level", "2")
+    assert os.readlink(home / "current").rsplit("/", 1)[-1] == older
+    assert (helpers / "redact.py").exists()

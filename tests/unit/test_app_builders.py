@@ -134,7 +134,7 @@ def test_the_helpers_shipped_into_a_release_exist_in_the_engine():
     from deploy import releases
 
     for name in app.HELPERS:
-        assert (releases.HELPERS_SOURCE / name).is_file(), name
+        assert releases.helper_source(name).is_file(), name
 
 
 def test_postgres_builders():

@@ -324,7 +324,14 @@ def test_the_image_is_made_from_the_service_unprivileged_and_ships_no_secrets() 
     shipped = sorted(k for k in files if k.endswith(".py"))
     assert shipped == sorted(
         f".stageflow-image/deploy/{m}"
-        for m in ("__init__.py", "errors.py", "secrets.py", "migrations.py", "compose_migrate.py")
+        for m in (
+            "__init__.py",
+            "errors.py",
+            "secrets.py",
+            "redact.py",
+            "migrations.py",
+            "compose_migrate.py",
+        )
     )
     assert "COPY .stageflow-image/deploy/ /opt/stageflow/deploy/" in lines
 
@@ -350,8 +357,8 @@ def test_the_image_migration_entry_imports_only_what_the_image_ships() -> None:
     """compose_migrate runs in the image: its deploy imports must all be COPYed there."""
     import ast
 
-    shipped = {"deploy", "deploy.errors", "deploy.secrets", "deploy.migrations"}
-    for mod in ("compose_migrate", "migrations", "errors", "secrets"):
+    shipped = {"deploy", "deploy.errors", "deploy.secrets", "deploy.redact", "deploy.migrations"}
+    for mod in ("compose_migrate", "migrations", "errors", "secrets", "redact"):
         tree = ast.parse((ROOT / "deploy" / f"{mod}.py").read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("deploy"):
