@@ -23,6 +23,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
+from packaging.version import InvalidVersion, Version
+
 from deploy import git_archive, migrations, poetry, procs, requirements
 from deploy.commands import files as filecmd
 from deploy.commands import git as gitcmd
@@ -43,8 +45,10 @@ from deploy.service import Service
 from deploy.settings import service_settings
 from deploy.state import Layout
 
-# the gunicorn a service that installs none gets, when the engine's own version is unknown
+# the gunicorn a service that installs none gets, when the engine's own version is unknown or
+# older than GUNICORN_FLOOR (22.0 closed request-smuggling holes of the versions before it)
 DEFAULT_GUNICORN = "gunicorn==23.0.0"
+GUNICORN_FLOOR = "22.0"
 BUILD_COMMAND_TIMEOUT_S = 900.0
 # how much of a log's end a failure reads for its one line: the rest may be gigabytes
 LOG_TAIL_BYTES = 256 * 1024
@@ -119,9 +123,14 @@ def engine_gunicorn() -> str:
     """The gunicorn a release's venv gets when the service does not install one itself: the
     engine's own version (the service's web server is stageflow's business, not the service's)."""
     try:
-        return f"gunicorn=={metadata.version('gunicorn')}"
+        version = metadata.version("gunicorn")
     except metadata.PackageNotFoundError:
         return DEFAULT_GUNICORN
+    try:
+        recent = Version(version) >= Version(GUNICORN_FLOOR)
+    except InvalidVersion:
+        recent = False
+    return f"gunicorn=={version}" if recent else DEFAULT_GUNICORN
 
 
 def lock_hash(lock_text: str) -> str:
