@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import secrets
 import time
 import urllib.error
@@ -363,10 +364,26 @@ def failed(probes: list[Probe]) -> list[Probe]:
     return [p for p in probes if not p.ok]
 
 
+# a 400 to a plain GET is the service refusing the request as a whole (Django's DisallowedHost)
+_REFUSED = re.compile(r"\bHTTP 400\b")
+
+
+def failure_hint(probe: Probe) -> str | None:
+    """What to check for a failed probe whose answer says more than its status: a 400 is most
+    often an allowed-hosts setting without the names the probes ask as."""
+    if not _REFUSED.search(probe.detail):
+        return None
+    return (
+        "the service refused the request as a whole, often for its Host header: the probes ask "
+        "as localhost and 127.0.0.1, which an allowed-hosts setting (Django's ALLOWED_HOSTS) "
+        "must include; its log (inv <env>.logs) names the refusal"
+    )
+
+
 def require_passed(probes: list[Probe]) -> None:
     """Raise RolledBack (its exit code) naming the first failed probe."""
     bad = failed(probes)
     if bad:
         from deploy.errors import RolledBack
 
-        raise RolledBack(f"smoke failed: {bad[0].name}: {bad[0].detail}")
+        raise RolledBack(f"smoke failed: {bad[0].name}: {bad[0].detail}", hint=failure_hint(bad[0]))

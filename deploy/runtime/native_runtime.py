@@ -476,5 +476,7 @@ def _smoke(ctx: Context, t: group.Target) -> str:
     )
     bad = smoke.failed(probes)
     if bad:
-        raise RolledBack(f"smoke failed ({bad[0].name}: {bad[0].detail})")
+        raise RolledBack(
+            f"smoke failed ({bad[0].name}: {bad[0].detail})", hint=smoke.failure_hint(bad[0])
+        )
     return f"{len(probes)} probes passed in {sum(p.ms for p in probes):.0f} ms"

@@ -46,3 +46,20 @@ def test_a_django_project_in_a_subdirectory_deploys_and_level_2_migrates_each_ap
         }
         assert applied == {"0001_initial"}
     assert "chair" in site.get("dev", "/items")[1]
+
+
+def test_a_release_that_refuses_the_probes_host_says_which_setting_to_fix(service):  # noqa: F811 - the fixture imported above
+    # its allowed hosts name localhost alone: the smoke probe asking as 127.0.0.1 gets a 400,
+    # and the refusal says where to look instead of a bare status
+    site = service("django_site")
+    settings = site.root / "web" / "mysite" / "settings.py"
+    settings.write_text(
+        settings.read_text().replace('ALLOWED_HOSTS = ["*"]', 'ALLOWED_HOSTS = ["localhost"]')
+    )
+    site.init()
+    site.commit("stageflow init")
+    site.ok("dev.up")
+    result = site.run(str(site.venv / "bin" / "inv"), "dev.deploy")
+    assert result.returncode == 6, result.stderr
+    assert "HTTP 400" in result.stderr
+    assert "Django's ALLOWED_HOSTS" in result.stderr and "127.0.0.1" in result.stderr
