@@ -78,10 +78,14 @@ def service_table(d: Detection) -> str:
 
 
 def _processes_table(d: Detection) -> list[str]:
-    """The Procfile's other processes: each started and stopped with its release."""
+    """The Procfile's other processes and uWSGI's daemons: each started and stopped with its
+    release."""
     if not d.processes:
         return []
-    lines = ["", "[service.processes]                   # from the Procfile; run with each release"]
+    lines = [
+        "",
+        "[service.processes]                   # beside the web workers; run with each release",
+    ]
     return lines + [f"{name} = {_toml(argv)}" for name, argv in d.processes]
 
 

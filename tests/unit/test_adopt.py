@@ -1124,8 +1124,12 @@ def test_uwsgi_s_attached_daemons_become_service_processes(tmp_path: Path) -> No
     notes = [n for n in d.notes if n.startswith("uwsgi.ini runs")]
     # a shell line, uWSGI's keyed form, and one that runs only when a variable is set: the operator's
     assert len(notes) == 3 and "`./manage.py mailserver --port %(_)`" in notes[2]
-    service = load_service(tmp_path / "stageflow.toml", tomllib.loads(render.stageflow_toml(d)))
+    text = render.stageflow_toml(d)
+    service = load_service(tmp_path / "stageflow.toml", tomllib.loads(text))
     assert tuple(dict(service.processes)["process_queue"]) == d.processes[1][1]
+    # without a Procfile the table says nothing of one
+    (tmp_path / "Procfile").unlink()
+    assert "Procfile" not in render.stageflow_toml(detect(tmp_path))
 
 
 def test_a_procfile_line_s_leading_variables_run_through_env(tmp_path: Path) -> None:
