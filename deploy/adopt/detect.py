@@ -100,6 +100,9 @@ _DEBUG_KEY = re.compile(r"^(?:[A-Z][A-Z0-9]*_)?DEBUG$")
 # Django's ALLOWED_HOSTS read from the environment: with debugging off, a host it does not list is
 # refused (400), stageflow's probes included, which ask as localhost and 127.0.0.1
 _HOSTS_KEY = re.compile(r"^(?:DJANGO_)?ALLOWED_HOSTS$")
+# the address the service gives for itself in its pages, links and e-mails (SITE_ROOT, BASE_URL):
+# unset, its default names a port no environment serves on
+SITE_URL_KEY = re.compile(r"^(?:DJANGO_)?(?:SITE|BASE|PUBLIC|APP)_(?:URL|ROOT)$")
 # a setting that sends the service's logs to stdout instead of files (LOG_TO_STDOUT, the
 # convention of apps written for platforms with read-only releases): stageflow keeps stdout and
 # stderr in the environment's logs, and a release's folder is read-only to the service
@@ -220,6 +223,7 @@ class Detection:
     debug_keys: tuple[str, ...] = ()  # its settings that turn debugging on: "false" off dev
     debug_off: str = "false"  # how the code spells off for them ("False" where it takes no other)
     hosts_keys: tuple[str, ...] = ()  # its allowed-hosts settings: the probes' names off dev
+    url_keys: tuple[str, ...] = ()  # its own public address (SITE_ROOT): each environment's port
 
 
 _PROCFILE_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):\s*(\S.*)$")
@@ -1542,6 +1546,11 @@ def _settings(
             f"the settings choose their database engine from {engine[0]}: init sets "
             f"{engine[0]}={engine[1]} in each env/<env>.env, for the PostgreSQL stageflow brings",
         )
+    if urls := [k for k in keys if SITE_URL_KEY.match(k)]:
+        notes += (
+            f"{', '.join(urls)}: init sets each environment's own address "
+            "(http://localhost:<APP_PORT>); put your public one in env/staging.env and env/prod.env",
+        )
     if secrets:
         notes += (
             f"secrets the code reads: {', '.join(secrets)}; `inv <env>.secrets --generate` fills "
@@ -1606,4 +1615,5 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
         debug_keys=(debug := tuple(k for k in keys if _DEBUG_KEY.match(k))),
         debug_off=debug_off([_read(p) for p in python_files(base)], debug),
         hosts_keys=tuple(k for k in keys if _HOSTS_KEY.match(k) and framework == "Django"),
+        url_keys=tuple(k for k in keys if SITE_URL_KEY.match(k)),
     )

@@ -131,7 +131,7 @@ def stageflow_toml(d: Detection) -> str:
     # a key whose value init wrote differently for staging and prod is meant to differ
     staging = {(k, v) for e, k, v in d.env_values if e == "staging"}
     prod = {(k, v) for e, k, v in d.env_values if e == "prod"}
-    differ = sorted({k for k, _ in staging ^ prod})
+    differ = sorted({k for k, _ in staging ^ prod} | set(d.url_keys))
     values = {
         "service": "\n".join([service_table(d), *posture_table(d)]),
         "test_command": _toml(d.test_command),
@@ -170,6 +170,7 @@ def env_file(d: Detection, env: str, ports: dict[str, int]) -> str:
             # dev too: a setting left unset falls back to what the code derives (the host of a
             # site URL it reads) or to none, and Django refuses a host it does not list
             *(f"{key}={PROBE_HOSTS}" for key in d.hosts_keys),
+            *(f"{key}=http://localhost:{ports['APP_PORT']}" for key in d.url_keys),
             "",
         ]
     )

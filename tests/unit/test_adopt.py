@@ -1462,6 +1462,21 @@ def test_an_asgi_app_s_allowed_hosts_keeps_its_own_default(tmp_path: Path) -> No
     assert all("ALLOWED_HOSTS" not in files[f"env/{env}.env"] for env in ("staging", "prod"))
 
 
+def test_the_service_s_own_address_is_each_environment_s(tmp_path: Path) -> None:
+    # pages, links and e-mails name SITE_ROOT; its default names a port no environment serves on
+    settings = "import os\n\nSITE_ROOT = os.getenv('SITE_ROOT', 'http://localhost:8000')\n"
+    write(tmp_path, {"manage.py": MANAGE, "mysite/wsgi.py": "", "mysite/settings.py": settings})
+    d = detect(tmp_path)
+    ports = choose_ports(d.name)
+    files = render.files(d, ports)
+    for env in ("dev", "staging", "prod"):
+        assert f"\nSITE_ROOT=http://localhost:{ports[env]['APP_PORT']}\n" in files[f"env/{env}.env"]
+    # staging's and prod's differ, as their public addresses will
+    drift = tomllib.loads(files["stageflow.toml"])["gates"]["policy-drift"]["allowed_keys"]
+    assert "SITE_ROOT" in drift
+    assert any(n.startswith("SITE_ROOT: init sets each environment's own address") for n in d.notes)
+
+
 def test_what_a_ci_runner_sets_is_no_setting_of_the_service(tmp_path: Path) -> None:
     settings = (
         "import os\n"
