@@ -383,7 +383,7 @@ def checklist(proj: Project, req: dict[str, Any]) -> str:
         _request_header(req),
         _changes_section(log, more),
         _gates_section(report),
-        _database_section(migs),
+        _database_section(migs, first=not since),
         _dependencies_section(deps),
         _rollback_section(proj, since, migs),
         _staging_section(commit, staging),
@@ -464,7 +464,17 @@ def _gates_section(report: dict[str, Any] | None) -> list[str]:
     ]
 
 
-def _database_section(migs: list[dict[str, Any]]) -> list[str]:
+def _database_section(migs: list[dict[str, Any]], *, first: bool = False) -> list[str]:
+    if first and migs and all(m.get("tool") for m in migs):
+        # an empty database: every migration runs, none changes data a user has; one line, not
+        # one box per file of the project's history
+        down = "yes" if all(m["down"] for m in migs) else "no"
+        return [
+            "### Database Changes",
+            f"- [ ] first prod deploy: {len(migs)} migration files build the schema from empty "
+            f"(the service's own tool, down command: {down})",
+            "",
+        ]
     return [
         "### Database Changes",
         *(

@@ -460,6 +460,17 @@ def test_level_2_is_refused_without_a_recorded_revision_or_a_down_command(proj, 
         native_rollback.make_plan(proj, "dev", level=2, to="r0")
 
 
+def test_a_first_prod_request_sums_the_history_up(proj, repo):
+    # prod has served nothing: every migration builds an empty schema, every commit is new; the
+    # approver gets one line for the migrations and the newest commits, not the whole history
+    req = promotion.request(proj, ref=repo.commits["b2"], actor=Actor("bot", "agent"))
+    md = promotion.checklist(proj, req).replace("\\_", "_")
+    assert re.search(r"first prod deploy: \d+ migration files build the schema from empty", md)
+    assert "Migration: migrations/versions/" not in md
+    changes = md.split("### Changes Included")[1].split("###")[0]
+    assert len([ln for ln in changes.splitlines() if ln.startswith("- [ ]")]) <= 11
+
+
 def test_the_prod_request_sees_the_alembic_files(proj, repo):
     host, layout = Host(), Layout(str(proj.env("prod").data_dir))
     entry = HistoryEntry(
