@@ -593,6 +593,17 @@ def list_releases(host: Host, layout: Layout) -> list[str]:
     return [r for r in host.listdir(layout.releases) if not r.endswith(".partial")]
 
 
+def started(host: Host, layout: Layout, rid: str, pid: int | str) -> str:
+    """What a start step says: the web master's pid, and each process of the release that
+    runs beside it (`master pid 41; worker pid 40`)."""
+    procs = [
+        f"{p.name} pid {p.pid}"
+        for p in processes_on_host(host, layout)
+        if p.release == rid and p.up
+    ]
+    return f"master pid {pid}" + "".join(f"; {p}" for p in procs)
+
+
 def current_release(host: Host, layout: Layout) -> str | None:
     target = host.readlink(layout.current)
     return PurePosixPath(target).name if target else None

@@ -618,7 +618,7 @@ def _start_here(ctx: Context, p: RollbackPlan) -> str:
     pid = releases.start(
         ctx.host, ctx.env, ctx.proj.service, ctx.layout, rel, workers=ctx.policy.workers
     )
-    return f"master pid {pid}"
+    return releases.started(ctx.host, ctx.layout, rel.id, pid)
 
 
 def _switch_here(ctx: Context, p: RollbackPlan) -> str:

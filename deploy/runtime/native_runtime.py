@@ -454,12 +454,7 @@ def _start(ctx: Context, t: group.Target) -> str:
         workers=ctx.policy.workers,
         bind=t.bind,
     )
-    procs = [
-        f"{p.name} pid {p.pid}"
-        for p in releases.processes_on_host(t.host, t.layout)
-        if p.release == ctx.built.id and p.up
-    ]
-    return f"master pid {pid}" + "".join(f"; {p}" for p in procs)
+    return releases.started(t.host, t.layout, ctx.built.id, pid)
 
 
 def _switch(ctx: Context, t: group.Target) -> str:

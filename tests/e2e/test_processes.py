@@ -136,9 +136,10 @@ def test_level2_sends_the_worker_back_with_the_web_release(project: Project) -> 
     a = project.history("dev")[-1]["release"]  # the first deploy
     assert a != b
     before = up_worker(project)
-    project.ok("dev.rollback", "--level", "2", "--to", a, "--reason", "B misbehaves")
+    out = project.ok("dev.rollback", "--level", "2", "--to", a, "--reason", "B misbehaves").stdout
     row = up_worker(project)
     assert serving(project) == a and row["release"] == a
+    assert f"worker pid {row['pid']}" in out, out  # the start step says what it started
     assert environ_of(row["pid"])["STAGEFLOW_RELEASE"] == a
     assert not alive(before["pid"])
     assert heartbeat(project, a)["pid"] == row["pid"]
