@@ -1273,6 +1273,28 @@ def debug_off(texts: list[str], debug_keys: tuple[str, ...]) -> str:
     return "False" if set(debug_keys) & boolean_reads(texts, env_readers(texts)) else "false"
 
 
+# the framework's signing key: sessions and tokens need one, whatever default the code has
+_SIGNING_KEY = re.compile(r"^(?:DJANGO_|FLASK_|APP_)?SECRET_KEY$")
+
+
+def optional_reads(texts: list[str], readers: dict[str, str]) -> set[str]:
+    """The names the code reads only without a default (`os.getenv("PUSHOVER_TOKEN")`), so runs
+    without: what they guard (an integration, a storage) is off until the team sets a real one,
+    and a random value from `secrets --generate` would turn it on."""
+    call = (
+        r"(?:environ\.get\(|getenv\("
+        + "".join(rf"|(?<![\w.]){re.escape(r)}\(" for r in readers)
+        + r")\s*['\"]([A-Z][A-Z0-9_]*)['\"]\s*(\)|,)"
+    )
+    bare: set[str] = set()
+    defaulted: set[str] = set()
+    for text in texts:
+        for m in re.finditer(call, text):
+            (bare if m[2] == ")" else defaulted).add(m[1])
+        defaulted.update(re.findall(r"environ\s*\[\s*['\"]([A-Z][A-Z0-9_]*)['\"]", text))
+    return {n for n in bare - defaulted if not _SIGNING_KEY.match(n)}
+
+
 def _settings_read(base: Path) -> Settings:
     """(keys, secrets, fed aliases): the names the service's code reads from its environment that
     stageflow does not feed itself; a name that says secret (SECRET_KEY, API_TOKEN) is a secret,
@@ -1295,10 +1317,20 @@ def _settings_read(base: Path) -> Settings:
     # stageflow's own secrets (the database role's password) reach every process already
     names -= {*FED_ALIASES, *STAGEFLOW_KEYS, *SECRET_KEYS}
     switches = boolean_reads(texts, readers)
-    secrets = tuple(
-        sorted(n for n in names - switches if _SECRET_NAME.search(n) and not about_a_secret(n))
-    )
-    return tuple(sorted(names - set(secrets))), secrets, aliases
+    secret = {n for n in names - switches if _SECRET_NAME.search(n) and not about_a_secret(n)}
+    # one the code runs without is the team's to declare once it has a real value (a note)
+    secrets = tuple(sorted(secret - optional_reads(texts, readers)))
+    return tuple(sorted(names - secret)), secrets, aliases
+
+
+def optional_secrets(base: Path) -> tuple[str, ...]:
+    """The secret-named settings the code reads only without a default."""
+    texts = [_read(path) for path in python_files(base)]
+    readers = env_readers(texts)
+    names = optional_reads(texts, readers) - boolean_reads(texts, readers)
+    names -= {*FED_NAMES, *FED_ALIASES, *STAGEFLOW_KEYS, *SECRET_KEYS}
+    names = {n for n in names if not n.startswith(_NOT_THE_SERVICE_S)}
+    return tuple(sorted(n for n in names if _SECRET_NAME.search(n) and not about_a_secret(n)))
 
 
 def _project_name(base: Path) -> str | None:
@@ -1550,6 +1582,12 @@ def _settings(
         notes += (
             f"{', '.join(urls)}: init sets each environment's own address "
             "(http://localhost:<APP_PORT>); put your public one in env/staging.env and env/prod.env",
+        )
+    if optional := optional_secrets(base):
+        notes += (
+            f"secrets the code reads without a default, and runs without: {', '.join(optional)}; "
+            "init leaves them out (a random value would turn on what each guards): declare one "
+            "under [service.env] secrets once you have its real value",
         )
     if secrets:
         notes += (

@@ -1065,6 +1065,23 @@ def test_settings_read_through_functions_of_the_project_s_own_are_found(tmp_path
     assert tomllib.loads(files["stageflow.toml"])["posture"] == {"DEBUG": "False"}
 
 
+def test_a_secret_the_code_runs_without_is_left_for_the_team_to_declare(tmp_path: Path) -> None:
+    # read without a default, a token guards a feature (an integration) that is off without it:
+    # a random one from `secrets --generate` would turn it on; a signing key is always needed
+    settings = (
+        "import os\n\nSECRET_KEY = os.getenv('SECRET_KEY')\n"
+        "CHAT_TOKEN = os.getenv('CHAT_TOKEN')\nSTORE_SECRET = os.environ.get( 'STORE_SECRET' )\n"
+        "MAIL_PASSWORD = os.getenv('MAIL_PASSWORD', '')\nAPI_KEY = os.environ['API_KEY']\n"
+        "API_KEY_AGAIN = os.getenv('API_KEY')\n"
+    )
+    write(tmp_path, {"manage.py": MANAGE, "mysite/wsgi.py": "", "mysite/settings.py": settings})
+    d = detect(tmp_path)
+    assert d.secret_keys == ("API_KEY", "MAIL_PASSWORD", "SECRET_KEY")
+    assert "CHAT_TOKEN" not in d.env_keys and "STORE_SECRET" not in d.env_keys
+    note = next(n for n in d.notes if n.startswith("secrets the code reads without a default"))
+    assert "CHAT_TOKEN, STORE_SECRET;" in note and "[service.env] secrets" in note
+
+
 def test_a_debug_setting_read_plainly_is_off_in_lower_case(tmp_path: Path) -> None:
     settings = "import os\n\nDEBUG = os.environ.get('DEBUG', 'false') == 'true'\n"
     write(tmp_path, {"manage.py": MANAGE, "mysite/wsgi.py": "", "mysite/settings.py": settings})
