@@ -1247,22 +1247,26 @@ COMMAND_STATEMENT_TIMEOUT_MS = 0
 _SHOWN = re.compile(r"^(?P<indent>\s*)\[(?P<mark>[ X-])\]\s+(?P<name>\S+)")
 _APP_LINE = re.compile(r"^[A-Za-z_][\w.]*$")
 _LOG_LINE = re.compile(r"^(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL)\b")
+# a revision as a tool's `current` prints it: one word, then labels such as "(head)"
+_REVISION = re.compile(r"^\s*([\w.:-]+?)\s*(?:\([\w ]+\)\s*)*$")
 
 
 def parse_revisions(output: str) -> dict[str, str]:
     """What a `current` command printed, as app -> revision.
 
     Django's showmigrations (plain or --plan): each app's last applied migration, "zero" for an
-    app with none. Anything else (alembic, Flask-Migrate): one revision, the first word of the last
-    line that is not a log line, "(head)" dropped; no such line means nothing applied ("base").
+    app with none. Anything else (alembic, Flask-Migrate): one revision, the last line that is
+    one word and its labels (`3f2a1c9b (head)`), labels dropped; no such line means nothing
+    applied ("base"). Log lines, and what the app printed as the tool imported it (` * Loaded
+    plugin ...`), are not revisions.
     """
     lines = output.splitlines()
     if any(_SHOWN.match(line) for line in lines):
         return _parse_showmigrations(lines)
-    words = [line.split() for line in lines if line.strip() and not _LOG_LINE.match(line.strip())]
-    if not words:
-        return {SINGLE: BASE}
-    return {SINGLE: words[-1][0].removesuffix("(head)") or BASE}
+    found = [
+        m[1] for line in lines if not _LOG_LINE.match(line.strip()) and (m := _REVISION.match(line))
+    ]
+    return {SINGLE: found[-1] if found else BASE}
 
 
 def _parse_showmigrations(lines: Sequence[str]) -> dict[str, str]:

@@ -128,8 +128,21 @@ def render_argv(ctx: GateContext, m: Migrations, before: Mapping[str, str]) -> l
     return [*words[: i + 1], span, *rest, "--sql"]
 
 
+# where a tool's offline SQL begins: a comment, or a statement's first keyword as SQLAlchemy
+# and Django write it (upper case)
+_SQL_START = re.compile(
+    r"^\s*(?:--|/\*|(?:BEGIN|START|COMMIT|CREATE|ALTER|DROP|INSERT|UPDATE|DELETE|SET|COMMENT|"
+    r"GRANT|REVOKE|WITH|SELECT|TRUNCATE|DO|CALL|LOCK|ANALYZE|VACUUM|REINDEX|CLUSTER)\b)"
+)
+
+
 def rendered_statements(text: str) -> list[str]:
-    """The statements of a tool's offline SQL, without its own transaction control."""
+    """The statements of a tool's offline SQL, without its own transaction control, nor the
+    lines the app printed on its way up before the SQL (` * Loaded plugin ...`): the tool
+    imports it, and a print goes to the same stdout."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if _SQL_START.match(line)), len(lines))
+    text = "\n".join(lines[start:])
     out = []
     for stmt in migrations.split_sql(text, source="rendered SQL"):
         lines = stmt.splitlines()

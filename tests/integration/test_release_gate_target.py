@@ -359,6 +359,31 @@ def test_migrations_that_cannot_print_their_sql_offline_are_still_rehearsed(
     assert mig.status == "failed" and "`false` exited 1" in mig.summary, mig.summary
 
 
+def test_what_the_app_prints_on_its_way_up_is_not_linted_as_sql(
+    tmp_path: Path, pg_dsn: str, reader: str, alembic_bin: Path
+) -> None:
+    # an env.py that builds the app, whose factory prints as it loads its plugins
+    root = tmp_path / "widgets"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    files = {
+        ".gitignore": "dist/\n",
+        "stageflow.toml": SERVICE.format(bin=alembic_bin) + GA_MIGRATIONS,
+        "alembic.ini": "[alembic]\nscript_location = migrations\n",
+        "migrations/env.py": 'print(" * Loaded plugin, <module widgets.extras>")\n' + ENV_PY,
+        "migrations/versions/a1.py": _revision(
+            "a1", None, "CREATE TABLE widgets (id int PRIMARY KEY)", "DROP TABLE widgets"
+        ),
+        "widgets.py": "app = None\n",
+    }
+    commit(root, files, message="widgets", tag="v1.0.0")
+    mig = by_name(gate(root, "v1.0.0", db_url=Secret(reader)))["migrations"]
+    assert mig.status == "passed", mig.summary
+    statements = mig.details["rendered"]["statements"]
+    assert statements and not any("Loaded plugin" in s for s in statements), statements
+    assert "CREATE TABLE widgets (id int PRIMARY KEY)" in statements
+
+
 def test_a_service_whose_settings_require_its_secrets_is_rehearsed_with_throwaway_ones(
     tmp_path: Path, pg_dsn: str, reader: str, alembic_bin: Path
 ) -> None:

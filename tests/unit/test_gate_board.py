@@ -88,6 +88,14 @@ def test_rendered_sql_loses_its_transaction_control_and_comments() -> None:
     ]
 
 
+def test_rendered_sql_loses_what_the_app_printed_before_it() -> None:
+    # an app factory that prints as it loads its plugins: the tool imports it, same stdout
+    banner = " * Loaded module, <module 'shop.plugins'>\nStarting shop\n"
+    sql = "BEGIN;\n\n-- Running upgrade a1 -> b2\n\nALTER TABLE w ADD COLUMN n text;\n\nCOMMIT;\n"
+    assert rendered_statements(banner + sql) == ["ALTER TABLE w ADD COLUMN n text"]
+    assert rendered_statements(banner) == []  # nothing pending: no SQL at all
+
+
 def test_long_lock_rules_and_their_measured_time() -> None:
     assert statement_table('ALTER TABLE ONLY "public"."notes" ADD COLUMN x int') == "public.notes"
     assert statement_table("CREATE INDEX i ON ONLY notes (a)") == "notes"

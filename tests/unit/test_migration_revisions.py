@@ -52,6 +52,13 @@ def test_alembic_current_is_the_first_word_of_the_last_line_without_head():
     assert m.parse_revisions("ae1027a6acf(head)\n") == {"": "ae1027a6acf"}
 
 
+def test_what_the_app_prints_as_the_tool_imports_it_is_not_a_revision():
+    banner = " * Loaded module, <module 'shop.plugins'>\n * Loaded module, <module 'shop.x'>\n"
+    assert m.parse_revisions(banner + "396be2782364 (head)\n") == {"": "396be2782364"}
+    assert m.parse_revisions(banner) == {"": "base"}  # alembic prints nothing at base
+    assert m.parse_revisions("a1b2 (head) (effective head)\n") == {"": "a1b2"}
+
+
 def test_no_revision_printed_is_base():
     assert m.parse_revisions("") == {"": "base"}
     assert m.parse_revisions(
