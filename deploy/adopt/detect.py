@@ -128,6 +128,10 @@ _PROCESS_NAMES = {
     "PYTHONPATH",
     "VIRTUAL_ENV",
     "CI",
+    # what Flask's and Werkzeug's own CLI and reloader set for the code to read back
+    "FLASK_RUN_FROM_CLI",
+    "WERKZEUG_RUN_MAIN",
+    "WERKZEUG_SERVER_FD",
 }
 # what a CI runner or stageflow sets, never the service's settings: code that asks whether it runs
 # in CI (GITHUB_WORKFLOW, CI) reads them

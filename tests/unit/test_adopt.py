@@ -1651,3 +1651,15 @@ def test_requirements_without_a_postgresql_driver_get_a_note(tmp_path: Path) -> 
     (tmp_path / "requirements.txt").write_text("flask\n")
     (tmp_path / "extra.txt").write_text("")
     assert not [n for n in detect(tmp_path).notes if "PostgreSQL driver" in n]
+
+
+def test_names_flasks_own_cli_sets_are_not_settings(tmp_path: Path) -> None:
+    # a module that skips a monkey-patch under `flask run`, and one that asks for the reloader
+    wsgi = (
+        "import os\n\nif not os.getenv('FLASK_RUN_FROM_CLI'):\n    pass\n"
+        "RELOADED = os.environ.get('WERKZEUG_RUN_MAIN')\nAPI = os.getenv('SHOP_API_URL')\n"
+    )
+    write(tmp_path, {"app.py": FLASK_APP, "wsgi.py": wsgi, "requirements.txt": "flask\n"})
+    d = detect(tmp_path)
+    assert "SHOP_API_URL" in d.env_keys
+    assert not {"FLASK_RUN_FROM_CLI", "WERKZEUG_RUN_MAIN"} & set(d.env_keys)
