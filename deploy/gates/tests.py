@@ -61,6 +61,9 @@ def _tests_folder(ctx: GateContext) -> bool:
     return any((ctx.tree / d / "tests").is_dir() for d in {".", base})
 
 
+_SUMMARY_COLUMNS = 500  # a failing test's id and the first 300 characters of its message
+
+
 def _argv(ctx: GateContext) -> list[str]:
     argv = command(ctx)
     if len(argv) >= 3 and argv[1:3] == ["-m", "pytest"]:
@@ -95,12 +98,15 @@ def run(ctx: GateContext) -> Outcome:
     argv = _argv(ctx)
     run_in = ctx.tree / test_dir(ctx)
     hint = "set [gates.test] command to the project's test command"
+    # pytest cuts each line of its short summary to the terminal's width, 80 columns without
+    # one: "TypeError: Invalid argu..." would be all the report says of a failure
+    base = {**os.environ, "COLUMNS": str(_SUMMARY_COLUMNS)}
     if not wanted(ctx):
-        done = run_command(argv, cwd=run_in, env=ctx.code_env(os.environ), timeout_s=ctx.timeout_s,
+        done = run_command(argv, cwd=run_in, env=ctx.code_env(base), timeout_s=ctx.timeout_s,
                            tool_hint=hint)  # fmt: skip
         return _judged(ctx, argv, done, {})
     try:
-        with database(ctx, ctx.code_env(os.environ)) as (env, migrated):
+        with database(ctx, ctx.code_env(base)) as (env, migrated):
             secrets = (Secret(env["PGPASSWORD"]), Secret(env["DATABASE_URL"]))
             done = run_command(argv, cwd=run_in, env=env, timeout_s=ctx.timeout_s,
                                secrets=secrets, tool_hint=hint)  # fmt: skip

@@ -912,3 +912,20 @@ def test_the_tests_and_their_migrations_get_an_empty_redis_of_their_own(
     test = by_name(gate(repo, "v7.1.0"))["test"]
     assert test.status == "passed", test.summary
     assert test.details["database"] == "`python migrate.py` applied"
+
+
+LONG_FAILURE = """\
+def test_a_setting_the_engine_refuses():
+    raise TypeError(
+        "Invalid argument(s) 'max_overflow','pool_pre_ping' sent to create_engine(), using "
+        "configuration SQLiteDialect_pysqlite/NullPool/Engine"
+    )
+"""
+
+
+def test_a_failing_tests_message_is_not_cut_at_eighty_columns(repo: Path) -> None:
+    commit(repo, {"tests/test_engine.py": LONG_FAILURE}, tag="v8.1.0")
+    test = by_name(gate(repo, "v8.1.0"))["test"]
+    assert test.status == "failed"
+    (failing,) = test.details["failing"]
+    assert "max_overflow" in failing["message"] and "SQLiteDialect" in failing["message"], failing
