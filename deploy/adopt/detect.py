@@ -107,6 +107,9 @@ SITE_URL_KEY = re.compile(r"^(?:DJANGO_)?(?:SITE|BASE|PUBLIC|APP)_(?:URL|ROOT)$"
 # convention of apps written for platforms with read-only releases): stageflow keeps stdout and
 # stderr in the environment's logs, and a release's folder is read-only to the service
 _STDOUT_KEY = re.compile(r"^(?:[A-Z][A-Z0-9]*_)?LOG_?(?:TO_)?STDOUT$")
+# a setting naming a folder the service writes (uploads, media, log files): its default is often
+# inside the code, which a release keeps read-only to the service
+_WRITTEN_FOLDER = re.compile(r"^(?:[A-Z][A-Z0-9]*_)?(?:UPLOADS?|MEDIA|LOGS?)_(?:FOLDER|DIR|ROOT)$")
 _SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|PRIVATE|(?:^|_)KEYS?(?:$|_)")
 # A name the code tests for presence ("X" in os.environ): setting it turns on what it guards (an
 # outside service's integration), so a random value for such a secret breaks the boot; the
@@ -1592,6 +1595,13 @@ def _settings(
             f"secrets the code reads without a default, and runs without: {', '.join(optional)}; "
             "init leaves them out (a random value would turn on what each guards): declare one "
             "under [service.env] secrets once you have its real value",
+        )
+    folders = [k for k in keys if _WRITTEN_FOLDER.match(k)]
+    if folders:
+        notes += (
+            f"settings that name a folder the service writes: {', '.join(folders)}; a release "
+            "is read-only to the service: set each in env/<env>.env to a folder under "
+            "<DATA_DIR>/shared/files (STAGEFLOW_FILES_DIR), kept from release to release",
         )
     if secrets:
         notes += (

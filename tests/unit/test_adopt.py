@@ -1663,3 +1663,14 @@ def test_names_flasks_own_cli_sets_are_not_settings(tmp_path: Path) -> None:
     d = detect(tmp_path)
     assert "SHOP_API_URL" in d.env_keys
     assert not {"FLASK_RUN_FROM_CLI", "WERKZEUG_RUN_MAIN"} & set(d.env_keys)
+
+
+def test_settings_naming_a_folder_the_service_writes_get_a_note(tmp_path: Path) -> None:
+    config = (
+        "import os\n\nUPLOAD_FOLDER = os.getenv('UPLOAD_FOLDER', 'shop/uploads')\n"
+        "LOG_DIR = os.getenv('LOG_DIR')\nTHEME_FOLDER = os.getenv('THEME_FOLDER')\n"
+    )
+    write(tmp_path, {"app.py": FLASK_APP, "config.py": config, "requirements.txt": "flask\n"})
+    (note,) = [n for n in detect(tmp_path).notes if "folder the service writes" in n]
+    assert "UPLOAD_FOLDER" in note and "LOG_DIR" in note and "THEME_FOLDER" not in note
+    assert "shared/files" in note
