@@ -339,8 +339,9 @@ def test_migrations_that_cannot_print_their_sql_offline_are_still_rehearsed(
         "stageflow.toml": SERVICE.format(bin=alembic_bin) + GA_MIGRATIONS,
         "alembic.ini": "[alembic]\nscript_location = migrations\n",
         "migrations/env.py": ENV_PY,
+        # the oldest migration's downgrade was never kept working
         "migrations/versions/a1.py": _revision(
-            "a1", None, "CREATE TABLE widgets (id int PRIMARY KEY)", "DROP TABLE widgets"
+            "a1", None, "CREATE TABLE widgets (id int PRIMARY KEY)", "SELECT no_such_function()"
         ),
         "migrations/versions/b2.py": ASKS_THE_DATABASE,
         "widgets.py": "app = None\n",
@@ -352,6 +353,8 @@ def test_migrations_that_cannot_print_their_sql_offline_are_still_rehearsed(
     assert mig.details["revision_after"] == "b2"
     assert "cannot print its SQL offline" in mig.summary, mig.summary
     assert mig.details["lint"].startswith("not linted: the tool's offline SQL failed")
+    # an empty target: no round trip down to nothing, which no rollback would ever make
+    assert mig.details["rehearsal"]["round_trip"] == "skipped: the target has no schema yet"
     # a render command the operator set must work: its failure fails the gate
     policy = SERVICE.format(bin=alembic_bin) + '[gates.migrations]\nrender = ["false"]\n'
     commit(root, {"stageflow.toml": policy + GA_MIGRATIONS}, tag="v1.0.1")
