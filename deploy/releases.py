@@ -1122,6 +1122,10 @@ _MISSING_NAME = re.compile(
 )
 # a write the release refused: permission denied (13) or a read-only file system (30)
 _NOT_WRITABLE = re.compile(r"^(PermissionError|OSError|IsADirectoryError): \[Errno (13|30)\]")
+# a database library asking for a PostgreSQL driver the requirements do not install (SQLAlchemy
+# 2.1 connects a postgresql:// URL with psycopg 3 where 2.0 took psycopg2)
+_NO_DRIVER = re.compile(r"^ModuleNotFoundError: No module named '(psycopg2|psycopg|asyncpg)'")
+_DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary"}
 
 
 # pydantic's ValidationError names each field on a line of its own, then says what is wrong on the
@@ -1218,6 +1222,15 @@ def boot_hint(raised: str, env: EnvConfig, service: Service, log: str) -> str:
     if _NOT_WRITABLE.match(raised):
         return (
             f"{read_only_hint(raised)} and log to stdout or stderr, which stageflow keeps in {log}"
+        )
+    driver = _NO_DRIVER.match(raised)
+    if driver:
+        package = _DRIVER_PACKAGES.get(driver[1], driver[1])
+        return (
+            f"the code connects to PostgreSQL through {driver[1]}, which the service's "
+            f"requirements do not install: add {package} to them (SQLAlchemy 2.1 takes "
+            "postgresql:// as psycopg 3; postgresql+psycopg2:// names the older driver where "
+            f"the code builds its URL); see {log}"
         )
     return f"see {log} or `inv {env.name}.logs`"
 

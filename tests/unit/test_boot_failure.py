@@ -67,6 +67,12 @@ def test_the_hint_says_how_to_give_the_environment_the_setting_its_code_reads() 
         assert "STAGEFLOW_FILES_DIR" in hint
         # a migration or seed command that writes into the release is told the same
         assert command_hint(raised, env, svc) == hint.partition(" and log to ")[0]
+    # a database library asking for a driver the requirements lack
+    hint = boot_hint("ModuleNotFoundError: No module named 'psycopg'", env, svc, log)
+    assert "through psycopg, which the service's requirements do not install" in hint
+    assert "add psycopg[binary] to them" in hint and log in hint
+    other = boot_hint("ModuleNotFoundError: No module named 'psycopg_pool'", env, svc, log)
+    assert other.startswith(f"see {log}")
 
 
 def test_init_tells_to_generate_dev_secrets_when_the_code_reads_some() -> None:
