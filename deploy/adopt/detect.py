@@ -960,6 +960,14 @@ def _alembic_versions(base: Path) -> str:
     return str(PurePosixPath(location) / "versions")
 
 
+# no tool of the service makes its tables on a fresh database: stageflow's own engine can
+NO_MIGRATIONS_NOTE = (
+    "no migration tool found (alembic, Flask-Migrate, Django): a fresh database gets no tables "
+    "from a deploy; write them as SQL migrations in the service's folder (migrations/0001_name"
+    '.up.sql and .down.sql) and set [service.migrations] kind = "sql", dir = "migrations"'
+)
+
+
 def _migrations(base: Path, framework: str, wsgi: str) -> tuple[Migrations, str]:
     if framework == "Django":
         return DJANGO_MIGRATIONS, "Django"
@@ -1620,6 +1628,8 @@ def detect(root: Path, given: Overrides | None = None) -> Detection:
     notes += driver_note(base, requirements, framework)
     migrations, tool = _migrations(base, framework, wsgi)
     notes += _missing_extensions(base, migrations)
+    if migrations.kind == "none":
+        notes += (NO_MIGRATIONS_NOTE,)
     health, ready, health_notes = _health(framework, wsgi, module, base)
     notes += health_notes
     django_notes, django_values = _django_settings(base, framework, wsgi)

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from deploy.adopt import render
-from deploy.adopt.detect import ASGI_WORKER, Overrides, detect, service_name
+from deploy.adopt.detect import (
+    ASGI_WORKER,
+    NO_MIGRATIONS_NOTE,
+    Overrides,
+    detect,
+    service_name,
+)
 from deploy.adopt.init import choose_ports, port_is_free
 from deploy.config import load_project
 from deploy.errors import ConfigError, UsageError
@@ -39,6 +45,10 @@ def test_a_flask_module_with_an_app_object(tmp_path: Path) -> None:
     assert (d.framework, d.dir, d.wsgi, d.worker_class) == ("Flask", ".", "shop.web:app", "sync")
     assert d.requirements == "requirements.txt"
     assert d.migrations.kind == "none"
+    # nothing would make its tables on a fresh database: the note says how stageflow's engine can
+    assert [n for n in d.notes if n.startswith("no migration tool found")] == [NO_MIGRATIONS_NOTE]
+    write(tmp_path, {"alembic.ini": "[alembic]\nscript_location = alembic\n"})
+    assert NO_MIGRATIONS_NOTE not in detect(tmp_path).notes
 
 
 def test_a_flask_factory_in_a_package(tmp_path: Path) -> None:
