@@ -1389,9 +1389,10 @@ def test_a_django_media_root_in_the_code_gets_a_note(tmp_path: Path) -> None:
         "release, which is read-only to the service"
     )
     assert "STAGEFLOW_FILES_DIR" in note
-    # one the environment names is the operator's to point
+    # one the environment names is the operator's to point: the note says where
     write(tmp_path, {"mysite/settings.py": settings + 'MEDIA_ROOT = os.environ["MEDIA_ROOT"]\n'})
-    assert not [n for n in detect(tmp_path).notes if "MEDIA_ROOT" in n]
+    (note,) = [n for n in detect(tmp_path).notes if "MEDIA_ROOT" in n]
+    assert "lies in the release" not in note and "set each in env/<env>.env" in note
 
 
 def test_a_secret_the_code_uses_only_when_set_is_not_generated(tmp_path: Path) -> None:
@@ -1410,11 +1411,14 @@ def test_a_secret_the_code_uses_only_when_set_is_not_generated(tmp_path: Path) -
     )
     files = {"manage.py": MANAGE, "mysite/wsgi.py": "", "mysite/settings.py": settings}
     d = detect(write(tmp_path, files))
-    # a secret whose absence stops the boot is required, and generated
-    assert d.secret_keys == ("DJANGO_SECRET_KEY", "MAIL_PASSWORD", "STRIPE_API_KEY")
+    # a secret whose absence stops the boot is required, and generated; one read without a
+    # default is the team's to declare too
+    assert d.secret_keys == ("DJANGO_SECRET_KEY", "MAIL_PASSWORD")
     assert d.env_keys == ("CDN_ZONE",)
     (note,) = [n for n in d.notes if "only when set" in n]
     assert note.startswith("secrets the code uses only when set: CDN_TOKEN;")
+    (note,) = [n for n in d.notes if "without a default" in n]
+    assert "STRIPE_API_KEY" in note and "CDN_TOKEN" not in note
     example = render.files(d, choose_ports(d.name))["env/staging.secrets.env.example"]
     assert "CDN_TOKEN" not in example and "DJANGO_SECRET_KEY=" in example
 
